@@ -1,0 +1,2 @@
+//! Shared code of the example programs.
+#![forbid(unsafe_code)]

@@ -1,0 +1,122 @@
+//! Node configuration, with defaults tuned for a LAN and a validation step.
+
+use std::collections::BTreeSet;
+
+use crate::types::NodeId;
+
+/// The configuration of one node. Build it with [`Config::new`] and adjust fields; the node
+/// checks it with [`Config::validate`] when it starts.
+///
+/// Times are in milliseconds and are converted to ticks of `tick_interval_ms` (rounded up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id. Must be one of `voters`.
+    pub id: NodeId,
+    /// The ids of every voting member, this node included. All nodes must agree on it.
+    pub voters: BTreeSet<NodeId>,
+    /// The period of the node's logical clock. Every other time is a whole number of ticks.
+    pub tick_interval_ms: u64,
+    /// How often a leader sends heartbeats to an idle follower.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized election timeout. Also the window of CheckQuorum and of
+    /// the leader lease that makes followers refuse disruptive votes.
+    pub election_timeout_ms_min: u64,
+    /// Upper bound (exclusive) of the randomized election timeout.
+    pub election_timeout_ms_max: u64,
+    /// Seed of the PRNG that draws election timeouts. Nodes of one cluster must use different
+    /// seeds; the default is derived from `id`. Simulations set it to replay a run exactly.
+    pub random_seed: u64,
+    /// Whether a node runs a PreVote round before incrementing its term (Raft thesis §9.6).
+    pub pre_vote: bool,
+    /// Whether a leader that has not heard from a quorum within an election timeout steps down,
+    /// and followers that recently heard from a leader ignore vote requests (thesis §6.2).
+    pub check_quorum: bool,
+    /// The most entries one AppendEntries carries.
+    pub max_append_entries: usize,
+    /// The most payload bytes (see `Entry::size_bytes`) one AppendEntries carries; a single
+    /// larger entry is still sent alone.
+    pub max_append_entries_bytes: u64,
+    /// The most AppendEntries with entries in flight to one follower at once (pipelining).
+    pub max_inflight_append_entries: usize,
+    /// The most entry bytes in flight to one follower at once.
+    pub max_inflight_bytes: u64,
+    /// The largest command a client may propose, in bytes.
+    pub max_payload_bytes: u64,
+    /// The most proposals accepted by the node but not yet answered. Further `propose` calls wait
+    /// for room (back-pressure) instead of growing memory.
+    pub max_pending_proposals: usize,
+    /// The most log entries a leader holds that are not yet applied by its state machine; once
+    /// reached, proposals wait. Bounds the memory a slow state machine can pin.
+    pub max_unapplied_entries: u64,
+    /// The most committed entries handed to the state machine in one `apply` call.
+    pub max_apply_batch: usize,
+}
+
+impl Config {
+    /// A configuration with defaults for node `id` in a cluster of `voters` (which must include
+    /// `id`).
+    pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Self {
+            id,
+            voters: voters.into_iter().collect(),
+            tick_interval_ms: 10,
+            heartbeat_interval_ms: 50,
+            election_timeout_ms_min: 300,
+            election_timeout_ms_max: 600,
+            random_seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D1CE_5EED,
+            pre_vote: true,
+            check_quorum: true,
+            max_append_entries: 4096,
+            max_append_entries_bytes: 1 << 20,
+            max_inflight_append_entries: 32,
+            max_inflight_bytes: 16 << 20,
+            max_payload_bytes: 1 << 20,
+            max_pending_proposals: 65_536,
+            max_unapplied_entries: 65_536,
+            max_apply_batch: 4096,
+        }
+    }
+
+    /// Checks that the values make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
+        if !self.voters.contains(&self.id) {
+            return fail("voters must contain the node's own id");
+        }
+        if self.tick_interval_ms == 0 {
+            return fail("tick_interval_ms must be positive");
+        }
+        if self.heartbeat_interval_ms < self.tick_interval_ms {
+            return fail("heartbeat_interval_ms must be at least one tick");
+        }
+        if self.election_timeout_ms_min <= self.heartbeat_interval_ms {
+            return fail("election_timeout_ms_min must exceed heartbeat_interval_ms");
+        }
+        if self.election_timeout_ms_max <= self.election_timeout_ms_min + self.tick_interval_ms {
+            return fail("election_timeout_ms_max must exceed election_timeout_ms_min by more than a tick");
+        }
+        if self.max_append_entries == 0 || self.max_inflight_append_entries == 0 {
+            return fail("max_append_entries and max_inflight_append_entries must be positive");
+        }
+        if self.max_append_entries_bytes == 0 || self.max_inflight_bytes < self.max_append_entries_bytes {
+            return fail("max_inflight_bytes must be at least max_append_entries_bytes (> 0)");
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_append_entries_bytes {
+            return fail("max_payload_bytes must be positive and fit in one AppendEntries");
+        }
+        if self.max_pending_proposals == 0 || self.max_unapplied_entries == 0 || self.max_apply_batch == 0 {
+            return fail("max_pending_proposals, max_unapplied_entries and max_apply_batch must be positive");
+        }
+        Ok(())
+    }
+
+    /// `ms` in ticks, rounded up, at least one.
+    pub(crate) fn ticks(&self, ms: u64) -> u64 {
+        ms.div_ceil(self.tick_interval_ms).max(1)
+    }
+}
+
+/// A configuration that cannot work, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid raft config: {0}")]
+pub struct ConfigError(pub String);

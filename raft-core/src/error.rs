@@ -1,0 +1,69 @@
+//! Errors returned by the node handle.
+
+use crate::types::{LogIndex, NodeId, Term};
+
+/// Why a proposal was not accepted or did not produce a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposeError {
+    /// This node is not the leader. Retry on `leader_hint` if it is known.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The command is larger than `Config::max_payload_bytes`.
+    #[error("command of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The command's size.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The node is shutting down or has stopped.
+    #[error("node is shut down")]
+    Shutdown,
+}
+
+/// Why an accepted proposal produced no response from the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProposalError {
+    /// Leadership changed and the entry was replaced by another leader's entry: it was not, and
+    /// will never be, applied. The client may retry.
+    #[error("entry {index} of term {term} was overwritten by a new leader")]
+    Dropped {
+        /// The index the entry had.
+        index: LogIndex,
+        /// The term the entry had.
+        term: Term,
+    },
+    /// The node stopped before the entry was applied. The entry may still commit on the other
+    /// nodes; the outcome is unknown.
+    #[error("node shut down before the entry was applied (outcome unknown)")]
+    Shutdown,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The log store could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Why a node stopped on its own (as opposed to by `shutdown`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FatalError {
+    /// The log store failed: nothing more is acknowledged.
+    #[error("log store failed: {0}")]
+    Storage(String),
+    /// The state machine failed to apply an entry.
+    #[error("state machine failed: {0}")]
+    StateMachine(String),
+}

@@ -1,0 +1,36 @@
+//! # raft-core
+//!
+//! The Raft consensus algorithm as a library: a sans-IO protocol [`engine`], the async
+//! [`LogStore`], [`Network`] and [`StateMachine`] traits an application plugs in, and a [`Node`]
+//! handle that drives the engine on any async runtime (through the [`Runtime`] trait).
+//!
+//! `raft-core` depends on no async runtime. Adapters for tokio, smol and async-std are behind the
+//! cargo features of the same names.
+//!
+//! See `ARCHITECTURE.md` at the root of the repository for the design.
+#![forbid(unsafe_code)]
+
+pub mod config;
+// pub mod engine;
+pub mod error;
+pub mod message;
+pub mod network;
+// mod node;
+pub mod runtime;
+pub mod state_machine;
+pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod types;
+
+pub use config::{Config, ConfigError};
+pub use error::{FatalError, ProposalError, ProposeError, StartError};
+pub use message::*;
+pub use network::{Network, NetworkError, RpcError, RpcHandler};
+// pub use node::{Node, Proposal, StatusWatch};
+pub use runtime::Runtime;
+pub use state_machine::{StateMachine, StateMachineError};
+pub use storage::{DurableState, LogStore, StorageError, WriteBatch};
+pub use types::*;
+
+pub use bytes::Bytes;

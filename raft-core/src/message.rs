@@ -1,0 +1,157 @@
+//! The RPCs of the Raft paper (Figure 2 and §9.6 PreVote), as plain data.
+//!
+//! Every request names its sender (`candidate_id`, `leader_id`, ...). A transport must check that
+//! this claimed sender is the peer its connection authenticated; [`RpcRequest::sender`] gives it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Entry, LogId, LogIndex, NodeId, Term};
+
+/// RequestVote (and its PreVote form).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVoteRequest {
+    /// The candidate's term; for a pre-vote, the term it would campaign in.
+    pub term: Term,
+    /// The candidate asking for the vote.
+    pub candidate_id: NodeId,
+    /// Index and term of the candidate's last log entry (the election restriction, §5.4.1).
+    pub last_log_id: LogId,
+    /// True for a PreVote: the receiver answers as it would vote but changes no state.
+    pub pre_vote: bool,
+}
+
+/// The answer to [`RequestVoteRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestVoteResponse {
+    /// The responder's current term (for a granted pre-vote, the request's term).
+    pub term: Term,
+    /// Whether the vote (or pre-vote) was granted.
+    pub vote_granted: bool,
+    /// Echo of the request's `pre_vote` flag.
+    pub pre_vote: bool,
+}
+
+/// AppendEntries: replicates entries and serves as the leader's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntriesRequest {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader, so followers can redirect clients.
+    pub leader_id: NodeId,
+    /// Index and term of the entry immediately preceding `entries`.
+    pub prev_log_id: LogId,
+    /// Entries to store, in order, starting at `prev_log_id.index + 1`. Empty for a heartbeat.
+    pub entries: Vec<Entry>,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+}
+
+/// Why a follower rejected an AppendEntries, so that the leader can skip a whole term per round
+/// trip (fast backtracking, §5.3) instead of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictHint {
+    /// The term of the follower's entry at `prev_log_id.index`, or 0 if its log is shorter.
+    pub conflict_term: Term,
+    /// The first index the follower holds for `conflict_term` (0 if `conflict_term` is 0).
+    pub first_index_of_term: LogIndex,
+    /// The index of the follower's last log entry.
+    pub last_log_index: LogIndex,
+}
+
+/// The answer to [`AppendEntriesRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendEntriesResponse {
+    /// The responder's current term.
+    pub term: Term,
+    /// On success: the index up to which the follower's log now matches the leader's and is
+    /// durable (`prev_log_id.index + entries.len()`). `None` when the request was rejected.
+    pub match_index: Option<LogIndex>,
+    /// On a log mismatch: where the follower's log diverges. `None` on success and on a
+    /// rejection for a stale term.
+    pub conflict: Option<ConflictHint>,
+}
+
+/// TimeoutNow: asks the target to start an election at once (leadership transfer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNowRequest {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader handing over leadership.
+    pub leader_id: NodeId,
+}
+
+/// The answer to [`TimeoutNowRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutNowResponse {
+    /// The responder's current term.
+    pub term: Term,
+}
+
+/// A request one node sends another.
+///
+/// New variants (InstallSnapshot, ReadIndex) will be added; transports must treat the enum as
+/// open and encode it as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcRequest {
+    /// RequestVote or PreVote.
+    RequestVote(RequestVoteRequest),
+    /// AppendEntries (replication and heartbeat).
+    AppendEntries(AppendEntriesRequest),
+    /// TimeoutNow (leadership transfer).
+    TimeoutNow(TimeoutNowRequest),
+}
+
+/// The response to an [`RpcRequest`], variant for variant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcResponse {
+    /// Answer to RequestVote.
+    RequestVote(RequestVoteResponse),
+    /// Answer to AppendEntries.
+    AppendEntries(AppendEntriesResponse),
+    /// Answer to TimeoutNow.
+    TimeoutNow(TimeoutNowResponse),
+}
+
+impl RpcRequest {
+    /// The node that claims to have sent this request. Transports verify it against the
+    /// authenticated identity of the connection.
+    pub fn sender(&self) -> NodeId {
+        match self {
+            RpcRequest::RequestVote(r) => r.candidate_id,
+            RpcRequest::AppendEntries(r) => r.leader_id,
+            RpcRequest::TimeoutNow(r) => r.leader_id,
+        }
+    }
+
+    /// The term the request was sent in.
+    pub fn term(&self) -> Term {
+        match self {
+            RpcRequest::RequestVote(r) => r.term,
+            RpcRequest::AppendEntries(r) => r.term,
+            RpcRequest::TimeoutNow(r) => r.term,
+        }
+    }
+
+    /// A short name for logs and metrics ("RequestVote", "PreVote", "AppendEntries", ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcRequest::RequestVote(r) if r.pre_vote => "PreVote",
+            RpcRequest::RequestVote(_) => "RequestVote",
+            RpcRequest::AppendEntries(_) => "AppendEntries",
+            RpcRequest::TimeoutNow(_) => "TimeoutNow",
+        }
+    }
+}
+
+impl RpcResponse {
+    /// The responder's term.
+    pub fn term(&self) -> Term {
+        match self {
+            RpcResponse::RequestVote(r) => r.term,
+            RpcResponse::AppendEntries(r) => r.term,
+            RpcResponse::TimeoutNow(r) => r.term,
+        }
+    }
+}

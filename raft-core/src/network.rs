@@ -1,0 +1,91 @@
+//! The `Network` trait (outbound RPCs) and the `RpcHandler` trait (inbound RPCs).
+//!
+//! A transport is a request/response service addressed by node id. Any request or response may
+//! be lost, delayed, duplicated or reordered; the node stays safe under all of it. A transport
+//! must authenticate peers: it delivers a request only if [`RpcRequest::sender`] is the node its
+//! connection proved to be (see `raft-quic` for mutual TLS).
+
+use async_trait::async_trait;
+
+use crate::message::{RpcRequest, RpcResponse};
+use crate::types::NodeId;
+
+/// Why an outbound RPC produced no response. The node treats every variant the same way (the
+/// peer is unreachable for now and will be retried); the variants exist for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// The target is not known to the transport.
+    #[error("unknown peer {0}")]
+    UnknownPeer(NodeId),
+    /// The target could not be reached (connection refused, partition, crashed peer).
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable {
+        /// The target node.
+        peer: NodeId,
+        /// A human-readable reason.
+        reason: String,
+    },
+    /// No response arrived within the transport's RPC timeout.
+    #[error("RPC to {0} timed out")]
+    Timeout(NodeId),
+    /// The peer answered, but with an error (it is shutting down, it refused the request).
+    #[error("peer {peer} refused the request: {reason}")]
+    Refused {
+        /// The target node.
+        peer: NodeId,
+        /// A human-readable reason.
+        reason: String,
+    },
+    /// A message could not be encoded or decoded, or exceeded a size limit.
+    #[error("codec error: {0}")]
+    Codec(String),
+    /// The local transport has been shut down.
+    #[error("network is shut down")]
+    Shutdown,
+}
+
+/// Sends RPCs to other nodes.
+///
+/// The node calls `send` concurrently (several AppendEntries in flight per peer, votes to all
+/// peers at once), and never needs a response in order: implementations should not serialize
+/// calls to one peer behind each other. Implementations should bound the time a call can take
+/// (an RPC timeout); a call that never returns holds one slot of the peer's in-flight window.
+#[async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Delivers `request` to node `target` and returns its response.
+    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError>;
+}
+
+#[async_trait]
+impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
+    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
+        (**self).send(target, request).await
+    }
+}
+
+/// Why an inbound RPC was not answered.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The node is shutting down or has stopped.
+    #[error("node is shut down")]
+    Shutdown,
+    /// The request was addressed to another node id.
+    #[error("request for node {expected} delivered to node {actual}")]
+    WrongNode {
+        /// The id the request was meant for.
+        expected: NodeId,
+        /// The id of the node that received it.
+        actual: NodeId,
+    },
+}
+
+/// Receives RPCs from a transport. Implemented by `Node`; transports hold an `Arc<dyn RpcHandler>`
+/// (or a `Node`) and call it for every authenticated inbound request.
+#[async_trait]
+pub trait RpcHandler: Send + Sync + 'static {
+    /// Handles one request and returns the response to send back. The response is returned only
+    /// once everything it acknowledges is durable.
+    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError>;
+}

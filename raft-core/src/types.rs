@@ -1,0 +1,140 @@
+//! Basic Raft vocabulary: ids, terms, indexes, hard state and log entries.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Identifies a node of the cluster. Ids are chosen by the application and must be unique and
+/// stable: a node keeps its id across restarts.
+pub type NodeId = u64;
+
+/// A Raft term (the paper's `currentTerm`). Terms only grow.
+pub type Term = u64;
+
+/// A position in the replicated log. The first entry has index 1; index 0 means "no entry".
+pub type LogIndex = u64;
+
+/// The persistent state of Figure 2 that is not the log: `currentTerm` and `votedFor`.
+///
+/// A store must make a `HardState` durable before the node acts on it (grants a vote, sends a
+/// message of the new term); the node guarantees it never asks for that ordering to be broken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// The latest term this node has seen.
+    pub current_term: Term,
+    /// The candidate this node voted for in `current_term`, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+/// The position of an entry: its index and the term it was created in. Two logs that hold an
+/// entry with the same `LogId` are identical up to that entry (Log Matching).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LogId {
+    /// The term of the entry (compared first: a log ending in a later term is more up to date).
+    pub term: Term,
+    /// The index of the entry.
+    pub index: LogIndex,
+}
+
+impl LogId {
+    /// Creates a log id.
+    pub const fn new(term: Term, index: LogIndex) -> Self {
+        Self { term, index }
+    }
+}
+
+/// What an entry carries.
+///
+/// New variants may be added in later versions (membership changes); match with a wildcard arm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EntryPayload {
+    /// An entry with no command, appended by every new leader so that it can commit entries of
+    /// earlier terms (Raft paper §5.4.2 and §8). State machines answer it with an empty response.
+    Blank,
+    /// An application command: opaque bytes, handed to the `StateMachine` once committed.
+    Command(Bytes),
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The entry's index in the log.
+    pub index: LogIndex,
+    /// The term of the leader that created the entry.
+    pub term: Term,
+    /// What the entry carries.
+    pub payload: EntryPayload,
+}
+
+/// Bytes charged to an entry on top of its payload when budgets are counted (index, term, tag).
+pub const ENTRY_OVERHEAD_BYTES: u64 = 24;
+
+impl Entry {
+    /// The entry's log id.
+    pub fn log_id(&self) -> LogId {
+        LogId::new(self.term, self.index)
+    }
+
+    /// The application command, or `None` for entries the library appended itself.
+    pub fn command(&self) -> Option<&Bytes> {
+        match &self.payload {
+            EntryPayload::Command(bytes) => Some(bytes),
+            EntryPayload::Blank => None,
+        }
+    }
+
+    /// The size charged to this entry against byte budgets (batches, in-flight windows, reads):
+    /// the payload length plus [`ENTRY_OVERHEAD_BYTES`]. Close to, never below, its encoded size
+    /// minus framing.
+    pub fn size_bytes(&self) -> u64 {
+        let payload = match &self.payload {
+            EntryPayload::Command(bytes) => bytes.len() as u64,
+            EntryPayload::Blank => 0,
+        };
+        payload + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The role a node plays at a moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader (or waits for one).
+    Follower,
+    /// Runs a PreVote round: asks whether it could win before disturbing anyone's term.
+    PreCandidate,
+    /// Runs an election in a new term.
+    Candidate,
+    /// Leads the cluster for its term.
+    Leader,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A point-in-time view of a node, as reported by `Node::status` and its watch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's id.
+    pub id: NodeId,
+    /// Its current role.
+    pub role: Role,
+    /// Its current term.
+    pub current_term: Term,
+    /// The leader it knows for `current_term`, if any.
+    pub leader_id: Option<NodeId>,
+    /// The highest index it knows to be committed (volatile: it restarts at 0 and is relearned).
+    pub commit_index: LogIndex,
+    /// The highest index its state machine has applied.
+    pub applied_index: LogIndex,
+    /// The index of the last entry in its log (durable or not yet).
+    pub last_log_index: LogIndex,
+}

@@ -1,0 +1,146 @@
+//! An in-memory `LogStore`.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use raft_core::{DurableState, Entry, HardState, LogId, LogIndex, LogStore, StorageError, WriteBatch};
+
+#[derive(Debug, Default)]
+struct Inner {
+    hard_state: HardState,
+    purged: LogId,
+    entries: VecDeque<Entry>,
+    writes: u64,
+}
+
+impl Inner {
+    fn last(&self) -> LogId {
+        self.entries.back().map_or(self.purged, Entry::log_id)
+    }
+
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let offset = index.checked_sub(self.purged.index + 1)?;
+        usize::try_from(offset).ok().filter(|&p| p < self.entries.len())
+    }
+
+    fn apply(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        let invalid = |msg: String| Err(StorageError::InvalidRequest(msg));
+        if let Some(cut) = batch.truncate_from {
+            if cut <= self.purged.index {
+                return invalid(format!("truncate_from {cut} is at or below purged index {}", self.purged.index));
+            }
+        }
+        let mut expected = batch.truncate_from.unwrap_or(self.last().index + 1).min(self.last().index + 1);
+        for entry in &batch.entries {
+            if entry.index != expected {
+                return invalid(format!("entry index {} where {expected} was expected", entry.index));
+            }
+            expected += 1;
+        }
+        if let Some(hard_state) = batch.hard_state {
+            self.hard_state = hard_state;
+        }
+        if let Some(cut) = batch.truncate_from {
+            if let Some(pos) = self.position(cut) {
+                self.entries.truncate(pos);
+            }
+        }
+        self.entries.extend(batch.entries);
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+/// An in-memory [`LogStore`]. Cloning gives another handle to the same log.
+///
+/// Everything written is "durable" for as long as the `MemLogStore` lives: give a restarted node a
+/// clone of the crashed node's store and it finds exactly what had been written. Writes are
+/// atomic and validated like a real store's (gaps and truncation below the purged prefix are
+/// rejected).
+#[derive(Clone, Debug, Default)]
+pub struct MemLogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl MemLogStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave `Inner` half-updated (`apply` validates
+        // before mutating), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every stored entry, in order (for tests and invariant checks).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().entries.iter().cloned().collect()
+    }
+
+    /// The stored hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.lock().hard_state
+    }
+
+    /// How many `write` calls have completed (each would be one sync on a disk).
+    pub fn write_count(&self) -> u64 {
+        self.lock().writes
+    }
+}
+
+#[async_trait]
+impl LogStore for MemLogStore {
+    async fn open(&self) -> Result<DurableState, StorageError> {
+        let inner = self.lock();
+        Ok(DurableState { hard_state: inner.hard_state, purged: inner.purged, last: inner.last() })
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.lock().apply(batch)
+    }
+
+    async fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.lock();
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        let (Some(start), Some(_)) = (inner.position(range.start), inner.position(range.end - 1)) else {
+            return Err(StorageError::InvalidRequest(format!(
+                "read of {range:?} outside stored entries {}..={}",
+                inner.purged.index + 1,
+                inner.last().index
+            )));
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for entry in inner.entries.iter().skip(start).take((range.end - range.start) as usize) {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if up_to <= inner.purged.index {
+            return Ok(());
+        }
+        let Some(pos) = inner.position(up_to) else {
+            return Err(StorageError::InvalidRequest(format!(
+                "purge up to {up_to} beyond last index {}",
+                inner.last().index
+            )));
+        };
+        let last_purged = inner.entries[pos].log_id();
+        inner.entries.drain(..=pos);
+        inner.purged = last_purged;
+        Ok(())
+    }
+}
