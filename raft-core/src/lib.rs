@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-// pub mod engine;
+pub mod engine;
 pub mod error;
 pub mod message;
 pub mod network;
