@@ -37,16 +37,11 @@ impl Inner {
                 ));
             }
         }
-        let mut expected =
-            batch.truncate_from.unwrap_or(self.last().index + 1).min(self.last().index + 1);
-        for entry in &batch.entries {
+        let first = batch.truncate_from.unwrap_or(self.last().index + 1).min(self.last().index + 1);
+        for (expected, entry) in (first..).zip(&batch.entries) {
             if entry.index != expected {
-                return invalid(format!(
-                    "entry index {} where {expected} was expected",
-                    entry.index
-                ));
+                return invalid(format!("entry {} where {expected} was expected", entry.index));
             }
-            expected += 1;
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;

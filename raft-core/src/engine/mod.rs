@@ -260,10 +260,8 @@ impl Engine {
             (
                 SentRequest::AppendEntries { term, prev_index, last_index },
                 RpcResponse::AppendEntries(resp),
-            ) => {
-                if term == self.hard_state.current_term {
-                    self.handle_append_response(from, prev_index, last_index, &resp);
-                }
+            ) if term == self.hard_state.current_term => {
+                self.handle_append_response(from, prev_index, last_index, &resp);
             }
             _ => {}
         }

@@ -60,6 +60,7 @@ impl Inflight {
         self.bytes = 0;
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
     }
