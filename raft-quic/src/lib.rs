@@ -41,7 +41,7 @@ mod network;
 mod server;
 mod timer;
 pub mod tls;
-mod wire;
+pub mod wire;
 
 pub use certs::{
     ensure_cluster_certs, generate_cluster_certs, CertError, ClusterCa, ClusterCertFiles, NodeCert,
@@ -52,7 +52,7 @@ pub use frame::FrameError;
 pub use identity::{node_dns_name, IdentityError, NODE_NAME_SUFFIX};
 pub use network::{BindError, QuicNetwork};
 pub use tls::TlsError;
-pub use wire::{ALPN, PROTOCOL_VERSION};
+pub use wire::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
 
 /// The `quinn` crate this network is built on, for its runtime types and for tools that speak
 /// to a node directly.

@@ -14,8 +14,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const ALPN: &[u8] = b"raft-quic/1";
 
 /// The body of a response frame: the handler's response or the reason the request was refused.
+/// (The body of a request frame is a plain [`raft_core::RpcRequest`].)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum WireResponse {
+pub enum WireResponse {
     /// The handler's response.
     Ok(RpcResponse),
     /// The request was not handed to the handler, or the handler refused it.
@@ -24,15 +25,16 @@ pub(crate) enum WireResponse {
 
 /// Why a server refused a well-formed request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Refusal {
+#[non_exhaustive]
+pub enum Refusal {
     /// No handler is installed yet (the node is still starting).
     NotServing,
     /// The request's claimed sender is not the identity proved by the connection's certificate.
     SenderMismatch {
         /// `RpcRequest::sender()` of the request.
-        claimed: u64,
+        claimed: raft_core::NodeId,
         /// The node id bound to the peer's certificate.
-        authenticated: u64,
+        authenticated: raft_core::NodeId,
     },
     /// The handler returned an error (for example, it is shutting down).
     Handler(String),
@@ -52,23 +54,23 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Application error codes for QUIC `RESET_STREAM`, `STOP_SENDING` and `CONNECTION_CLOSE`.
-pub(crate) mod code {
+pub mod code {
     use super::VarInt;
 
     /// Normal close (end of the network, end of a stream).
-    pub(crate) const NO_ERROR: VarInt = VarInt::from_u32(0);
+    pub const NO_ERROR: VarInt = VarInt::from_u32(0);
     /// A frame announced a length above the receiver's maximum frame size.
-    pub(crate) const FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
+    pub const FRAME_TOO_LARGE: VarInt = VarInt::from_u32(1);
     /// A frame carried a protocol version the receiver does not speak.
-    pub(crate) const UNSUPPORTED_VERSION: VarInt = VarInt::from_u32(2);
+    pub const UNSUPPORTED_VERSION: VarInt = VarInt::from_u32(2);
     /// A frame's body did not decode.
-    pub(crate) const DECODE_ERROR: VarInt = VarInt::from_u32(3);
+    pub const DECODE_ERROR: VarInt = VarInt::from_u32(3);
     /// The stream ended inside a frame.
-    pub(crate) const TRUNCATED: VarInt = VarInt::from_u32(4);
+    pub const TRUNCATED: VarInt = VarInt::from_u32(4);
     /// The peer did not deliver its frame within the RPC timeout.
-    pub(crate) const TIMEOUT: VarInt = VarInt::from_u32(5);
+    pub const TIMEOUT: VarInt = VarInt::from_u32(5);
     /// The peer's certificate does not bind exactly one known node id.
-    pub(crate) const BAD_IDENTITY: VarInt = VarInt::from_u32(0x10);
+    pub const BAD_IDENTITY: VarInt = VarInt::from_u32(0x10);
     /// The node is shutting down its network.
-    pub(crate) const SHUTDOWN: VarInt = VarInt::from_u32(0x11);
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0x11);
 }
