@@ -1,0 +1,1 @@
+//! Test support for store implementations (the conformance suite lands with raft-lmdb).
