@@ -156,6 +156,7 @@ pub fn vote(candidate: NodeId) -> RpcRequest {
         candidate_id: candidate,
         last_log_id: LogId::new(1, 7),
         pre_vote: false,
+        leadership_transfer: false,
     })
 }
 
