@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use raft_core::{Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse};
 use tracing::info;
 
@@ -16,7 +16,7 @@ use crate::client::{lock, Client, Peer};
 use crate::config::{ConfigError, QuicConfig};
 use crate::identity::{check_node_cert, IdentityError};
 use crate::timer::timeout;
-use crate::tls::{quic_server_crypto, rustls_client_config, stateless_reset_key, TlsError};
+use crate::tls::{endpoint_config, quic_server_crypto, rustls_client_config, TlsError};
 use crate::wire::code;
 
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
@@ -180,8 +180,8 @@ impl QuicNetwork {
         client.transport_config(transport);
 
         let socket = std::net::UdpSocket::bind(config.listen_addr)?;
-        let endpoint_config = EndpointConfig::new(stateless_reset_key(tls));
-        let endpoint = Endpoint::new(endpoint_config, Some(server), socket, Arc::clone(&runtime))?;
+        let endpoint =
+            Endpoint::new(endpoint_config(tls), Some(server), socket, Arc::clone(&runtime))?;
         let local_addr = endpoint.local_addr()?;
 
         let limits = Limits {

@@ -86,16 +86,34 @@ pub fn quic_client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, TlsError
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
-/// A stateless-reset key derived from the node's private key, stable across restarts.
+/// Derives a 32-byte secret for `purpose` from the node's private key: stable across restarts
+/// of the node, unknown to anyone without the key.
+fn derived_secret(tls: &NodeTls, purpose: &[u8]) -> ring::digest::Digest {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"raft-quic v1 derived secret: ");
+    ctx.update(purpose);
+    ctx.update(tls.key.secret_der());
+    ctx.finish()
+}
+
+/// The endpoint configuration of a node: stateless-reset key and connection-id generator
+/// derived from the node's private key, so that they are the same after a restart.
 ///
 /// When a node restarts, peers still hold connections to its previous incarnation. The new
-/// endpoint answers their packets with a stateless reset, which peers accept only if it is
-/// keyed like the one the old incarnation announced; deriving the key from the node's secret
-/// key makes that so, and peers learn of the restart at once instead of after an idle timeout.
-pub(crate) fn stateless_reset_key(tls: &NodeTls) -> Arc<dyn quinn::crypto::HmacKey> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"raft-quic stateless reset key v1");
-    ctx.update(tls.key.secret_der());
-    let digest = ctx.finish();
-    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, digest.as_ref()))
+/// endpoint recognizes their connection ids as its own (same generator key) and answers them
+/// with a stateless reset, which peers accept because it is keyed like the one the previous
+/// incarnation announced (same reset key). Peers thus learn of the restart at their next
+/// packet instead of after an idle timeout.
+pub(crate) fn endpoint_config(tls: &NodeTls) -> quinn::EndpointConfig {
+    let reset = derived_secret(tls, b"stateless reset key");
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let cid = derived_secret(tls, b"connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cid.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }

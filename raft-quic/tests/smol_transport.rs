@@ -32,4 +32,7 @@ on_smol!(
     large_batches_do_not_block_heartbeats,
     oversized_frames,
     close_is_final,
+    malformed_frames_are_survived,
+    reconnects_after_link_break,
+    stale_connection_is_reset_after_crash,
 );

@@ -198,4 +198,5 @@ where
     }
 }
 
+pub mod proxy;
 pub mod scenarios;

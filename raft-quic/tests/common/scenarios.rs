@@ -357,3 +357,175 @@ pub async fn close_is_final(rt: Arc<dyn Runtime>) {
     assert!(result.is_err(), "{result:?}");
     nets[1].close().await;
 }
+
+/// Malformed input on a mutually authenticated connection: each bad frame closes its own
+/// stream with the matching error code; the connection, and every other peer, keep being
+/// served. Garbage datagrams at the UDP level are ignored.
+pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    // Short, so that the stalled-frame case below ends quickly.
+    config1.rpc_timeout = Duration::from_millis(300);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net3 = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, loopback());
+    net1.set_peer(3, net3.local_addr());
+    net3.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(1);
+    net1.serve(handler.clone());
+
+    // UDP garbage first: quinn drops it.
+    let udp = std::net::UdpSocket::bind(loopback()).unwrap();
+    for i in 0..50u8 {
+        let junk: Vec<u8> = (0..(i as usize * 25 + 1)).map(|j| (j as u8) ^ i).collect();
+        udp.send_to(&junk, net1.local_addr()).unwrap();
+    }
+
+    let endpoint = raw_endpoint(&rt);
+    let client = tls::quic_client_config(&ca.node_tls(2).unwrap()).unwrap();
+    let conn = bounded(&rt, "raw connect", async {
+        endpoint.connect_with(client, net1.local_addr(), "node-1.raft").unwrap().await.unwrap()
+    })
+    .await;
+
+    let valid = frame::encode(&heartbeat(2), 1 << 20).unwrap().to_vec();
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let len = (trailing.len() - 4) as u32;
+    trailing[..4].copy_from_slice(&len.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, bool, quinn::VarInt)> = vec![
+        ("garbage", b"\xde\xad\xbe\xef garbage".to_vec(), true, code::FRAME_TOO_LARGE),
+        ("zero length", vec![0, 0, 0, 0, 1], true, code::DECODE_ERROR),
+        ("unknown version", vec![0, 0, 0, 5, 9, 1, 2, 3, 4], true, code::UNSUPPORTED_VERSION),
+        ("empty stream", vec![], true, code::TRUNCATED),
+        ("truncated header", vec![0, 0], true, code::TRUNCATED),
+        ("truncated body", vec![0, 0, 0, 100, 1, 1, 2, 3], true, code::TRUNCATED),
+        ("undecodable body", vec![0, 0, 0, 5, 1, 0xff, 0xff, 0xff, 0xff], true, code::DECODE_ERROR),
+        ("trailing bytes", trailing, true, code::DECODE_ERROR),
+        ("stalled frame", vec![0, 0, 0, 100, 1, 1, 2], false, code::TIMEOUT),
+    ];
+    for (name, bytes, finish, expected) in cases {
+        let outcome = bounded(&rt, name, async {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            // The server may stop the stream before all is written: write errors are expected.
+            let _ = send.write_all(&bytes).await;
+            if finish {
+                let _ = send.finish();
+            }
+            recv.read_to_end(1 << 20).await
+        })
+        .await;
+        match outcome {
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(code, expected, "case {name}: wrong reset code")
+            }
+            other => panic!("case {name}: expected a reset stream, got {other:?}"),
+        }
+    }
+    assert_eq!(handler.calls(), 0);
+
+    // The same connection still serves a valid request...
+    let response = bounded(&rt, "valid raw RPC", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&valid).await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(1 << 20).await.unwrap()
+    })
+    .await;
+    let (response, _) = frame::decode::<WireResponse>(&response, 1 << 20).unwrap();
+    assert!(matches!(response, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{response:?}");
+    // ...and so does the node to everyone else.
+    bounded(&rt, "RPC from another peer", net3.send(1, heartbeat(3))).await.unwrap();
+    assert_eq!(handler.calls(), 2);
+
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net1.close().await;
+    net3.close().await;
+}
+
+/// Short keep-alive and idle timeouts, for the link-failure scenarios.
+fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
+    let mut config = test_config(ca, id, loopback());
+    config.rpc_timeout = Duration::from_millis(300);
+    config.connect_timeout = Duration::from_millis(300);
+    config.keep_alive_interval = Duration::from_millis(100);
+    config.idle_timeout = idle;
+    config
+}
+
+/// The link breaks long enough for the connection to die; once it heals, RPCs flow again on a
+/// new connection.
+pub async fn reconnects_after_link_break(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let idle = Duration::from_millis(600);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(impatient(&ca, 2, idle), rt.clone()).unwrap();
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    net2.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+
+    proxy.block();
+    let broken = bounded(&rt, "RPC over a broken link", net1.send(2, heartbeat(1))).await;
+    assert!(broken.is_err(), "{broken:?}");
+    // Long enough for both sides' idle timers to fire.
+    sleep(&rt, idle * 3).await;
+    proxy.unblock();
+    eventually(&rt, "RPC after the link healed", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    net1.close().await;
+    net2.close().await;
+}
+
+/// A peer "crashes" without its close reaching us (the link drops it) and restarts on the same
+/// address. Its new endpoint answers our stale connection with a stateless reset (keyed from
+/// the node's key, so accepted), and we reconnect without waiting out the idle timeout, which
+/// is set far beyond the test's patience.
+pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let tls2 = ca.node_tls(2).unwrap();
+    let idle = Duration::from_secs(120);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let mut config2 = impatient(&ca, 2, idle);
+    config2.tls = tls2.clone();
+    let net2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    net2.set_peer(1, net1.local_addr());
+    net2.serve(TestHandler::new(2));
+    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+
+    // Crash: node 2 goes away and its CONNECTION_CLOSE is lost.
+    proxy.block();
+    let addr2 = net2.local_addr();
+    net2.close().await;
+    drop(net2);
+    config2.listen_addr = addr2;
+    config2.peers.insert(1, net1.local_addr());
+    let restarted = eventually(&rt, "rebind node 2", Duration::from_millis(20), || {
+        let (config, rt) = (config2.clone(), rt.clone());
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    let handler = TestHandler::new(2);
+    restarted.serve(handler.clone());
+    proxy.unblock();
+
+    eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    assert!(handler.calls() >= 1);
+    net1.close().await;
+    restarted.close().await;
+}
