@@ -14,7 +14,7 @@ use crate::frame::{self, ReadFrameError};
 use crate::identity::node_dns_name;
 use crate::network::Shared;
 use crate::timer::timeout;
-use crate::wire::WireResponse;
+use crate::wire::{code, WireResponse};
 
 /// Stream priority of small frames (votes, heartbeats): sent before any bulk data.
 const PRIORITY_CONTROL: i32 = 1;
@@ -58,7 +58,7 @@ impl Peer {
         if state.addr != addr {
             state.addr = addr;
             if let Some(conn) = state.connection.take() {
-                conn.close(crate::wire::code::NO_ERROR, b"peer moved");
+                conn.close(code::NO_ERROR, b"peer moved");
             }
             state.backoff.succeeded();
         }
@@ -88,7 +88,23 @@ impl Peer {
     /// Closes the cached connection, if any.
     pub(crate) fn close(&self, reason: &[u8]) {
         if let Some(conn) = lock(&self.state).connection.take() {
-            conn.close(crate::wire::code::SHUTDOWN, reason);
+            conn.close(code::SHUTDOWN, reason);
+        }
+    }
+}
+
+/// The sending half of an RPC's stream. If the RPC is abandoned (its timeout expired) before the
+/// request was completely written, the stream is reset rather than implicitly finished, so the
+/// server sees a cancelled request instead of a truncated frame.
+struct RequestStream {
+    send: quinn::SendStream,
+    finished: bool,
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(code::CANCELLED);
         }
     }
 }
@@ -144,10 +160,11 @@ impl Client {
             peer.forget(&conn);
             unreachable(peer.id, e)
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
+        let (send, mut recv) = conn.open_bi().await.map_err(lost)?;
+        let mut send = RequestStream { send, finished: false };
         // Only fails if the stream is already closed, which the write below reports.
-        let _ = send.set_priority(priority);
-        send.write_chunk(frame).await.map_err(|e| match e {
+        let _ = send.send.set_priority(priority);
+        send.send.write_chunk(frame).await.map_err(|e| match e {
             WriteError::ConnectionLost(e) => lost(e),
             WriteError::Stopped(code) => NetworkError::Refused {
                 peer: peer.id,
@@ -156,7 +173,8 @@ impl Client {
             other => unreachable(peer.id, other),
         })?;
         // Only fails if the stream was reset, in which case the read below reports why.
-        let _ = send.finish();
+        let _ = send.send.finish();
+        send.finished = true;
         let response = frame::read::<WireResponse>(&mut recv, self.shared.limits.max_frame_size)
             .await
             .map_err(|e| match e {
@@ -224,7 +242,7 @@ impl Client {
                 Ok(conn)
             }
             Ok(conn) => {
-                conn.close(crate::wire::code::NO_ERROR, b"stale");
+                conn.close(code::NO_ERROR, b"stale");
                 Err(unreachable(peer.id, "peer address changed or network closed while dialing"))
             }
             Err(reason) => {

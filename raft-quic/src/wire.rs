@@ -69,6 +69,8 @@ pub mod code {
     pub const TRUNCATED: VarInt = VarInt::from_u32(4);
     /// The peer did not deliver its frame within the RPC timeout.
     pub const TIMEOUT: VarInt = VarInt::from_u32(5);
+    /// The sender abandoned the RPC (its own timeout expired) before finishing the request.
+    pub const CANCELLED: VarInt = VarInt::from_u32(6);
     /// The peer's certificate does not bind exactly one known node id.
     pub const BAD_IDENTITY: VarInt = VarInt::from_u32(0x10);
     /// The node is shutting down its network.

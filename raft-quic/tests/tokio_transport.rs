@@ -35,4 +35,5 @@ on_tokio!(
     malformed_frames_are_survived,
     reconnects_after_link_break,
     stale_connection_is_reset_after_crash,
+    rpc_timeout_is_enforced,
 );

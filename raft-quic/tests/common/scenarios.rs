@@ -529,3 +529,25 @@ pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
     net1.close().await;
     restarted.close().await;
 }
+
+/// An RPC whose answer does not come within the RPC timeout fails with `Timeout`; the
+/// connection keeps serving other RPCs.
+pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.rpc_timeout = Duration::from_millis(200);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    net2.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let gate = handler.close_gate();
+    let held = bounded(&rt, "held RPC", net1.send(2, append(1, 1, 10, b"gated"))).await;
+    assert!(matches!(held, Err(NetworkError::Timeout(2))), "{held:?}");
+    bounded(&rt, "RPC after a timeout", net1.send(2, heartbeat(1))).await.unwrap();
+    drop(gate);
+    net1.close().await;
+    net2.close().await;
+}
