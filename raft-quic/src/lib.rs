@@ -4,9 +4,12 @@
 //! TLS (through `rustls` with the `ring` provider).
 //!
 //! - **Transport.** One UDP endpoint per node serves inbound RPCs and dials peers. Each node
-//!   keeps one outbound connection per peer, reused by every RPC; each RPC runs on its own
-//!   bidirectional QUIC stream, so RPCs never wait for each other (no head-of-line blocking),
-//!   and small frames (votes, heartbeats) get a higher send priority than bulk transfers.
+//!   keeps one outbound connection per peer, reused by every RPC it sends there (a pair of
+//!   nodes thus shares two connections, one per direction, which avoids any simultaneous-dial
+//!   tie-breaking). Each RPC runs on its own bidirectional QUIC stream, so RPCs never wait for
+//!   each other (no head-of-line blocking), and small frames (votes, heartbeats) get a higher
+//!   send priority than bulk transfers. A failed dial is retried with capped exponential
+//!   backoff; a restarted peer's stateless reset tears down the stale connection at once.
 //! - **Framing.** `u32 length | u8 version | postcard body` ([`frame`]), at most
 //!   [`QuicConfig::max_frame_size`], checked before anything is allocated.
 //! - **Identity.** A cluster CA signs one certificate per node, naming `node-<id>.raft`

@@ -159,6 +159,7 @@ impl QuicNetwork {
     ///
     /// Checks first that the node's certificate chains to the cluster CA and names
     /// `config.node_id`. Inbound requests are refused until [`serve`](Self::serve) is called.
+    /// With tokio, call it from within the runtime (quinn registers the socket with it).
     pub fn bind(config: QuicConfig, runtime: Arc<dyn quinn::Runtime>) -> Result<Self, BindError> {
         config.validate()?;
         let tls = &config.tls;
