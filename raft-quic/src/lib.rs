@@ -41,6 +41,7 @@ mod config;
 pub mod frame;
 mod identity;
 mod network;
+mod node_tls;
 mod server;
 mod timer;
 pub mod tls;
