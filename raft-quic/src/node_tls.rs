@@ -69,7 +69,7 @@ impl NodeTls {
     }
 
     /// Loads node `id`'s material from a certificate directory laid out as by
-    /// [`generate_cluster_certs`] (`ca.pem`, `node-<id>.pem`, `node-<id>.key`).
+    /// [`generate_cluster_certs`](crate::generate_cluster_certs) (`ca.pem`, `node-<id>.pem`, `node-<id>.key`).
     pub fn load(dir: impl AsRef<Path>, id: NodeId) -> Result<Self, CertError> {
         let dir = dir.as_ref();
         Self::from_pem_files(
