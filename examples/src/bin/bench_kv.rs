@@ -1,0 +1,2 @@
+//! `bench-kv` (placeholder while the benchmark is written).
+fn main() {}

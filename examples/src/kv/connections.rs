@@ -1,0 +1,274 @@
+//! [`Connections`]: one QUIC connection per node, shared by every session of a client process,
+//! with the cluster's client addresses and what the client knows about the leader.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raft_core::NodeId;
+use raft_quic::quinn::{self, Connection, Endpoint};
+use raft_quic::{node_dns_name, NodeTls};
+use tracing::debug;
+
+use super::protocol::{self, ClientRequest, ClientResponse, Member};
+use super::tls::{client_config, KvTlsError};
+
+/// Timeouts and pacing of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The longest one attempt (connect, send, wait for the answer) at one node may take before
+    /// the client tries another node.
+    pub attempt_timeout: Duration,
+    /// The longest an operation may take, retries included; then it fails with
+    /// [`ClientError::Timeout`](super::client::ClientError::Timeout).
+    pub op_timeout: Duration,
+    /// The longest a QUIC handshake may take.
+    pub connect_timeout: Duration,
+    /// The pause before retrying when no leader is known.
+    pub retry_delay: Duration,
+    /// How long a node that timed out is avoided (unless no other node is left).
+    pub suspect_for: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_millis(500),
+            retry_delay: Duration::from_millis(20),
+            suspect_for: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why one attempt at one node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node's address is unknown.
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    /// No connection could be established; the request was not sent.
+    #[error("cannot connect to node {node}: {reason}")]
+    Connect {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The request may have been sent, but no answer arrived (in time).
+    #[error("no answer from node {node}: {reason}")]
+    NoAnswer {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// Whether the request may have reached the node.
+    pub fn maybe_sent(&self) -> bool {
+        matches!(self, CallError::NoAnswer { .. })
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<Connection>,
+    /// After a failed connection attempt, further attempts fail fast until then.
+    failed_until: Option<Instant>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    config: quinn::ClientConfig,
+    options: ClientOptions,
+    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    slots: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
+    leader: Mutex<Option<NodeId>>,
+    suspects: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connections to a cluster's client ports. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").field("nodes", &*lock(&self.inner.addrs)).finish()
+    }
+}
+
+impl Connections {
+    /// Connections to the nodes at `endpoints` (id to client address), authenticating with
+    /// `tls` (a client certificate from the cluster CA). Must be called inside a tokio runtime.
+    pub fn new(
+        endpoints: BTreeMap<NodeId, SocketAddr>,
+        tls: &NodeTls,
+        options: ClientOptions,
+    ) -> Result<Self, KvTlsError> {
+        let ipv6 = endpoints.values().next().is_some_and(SocketAddr::is_ipv6);
+        let bind: SocketAddr = if ipv6 {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            ([0, 0, 0, 0], 0).into()
+        };
+        let endpoint = Endpoint::client(bind).map_err(|e| KvTlsError::Config(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                config: client_config(tls)?,
+                options,
+                addrs: Mutex::new(endpoints),
+                slots: Mutex::new(BTreeMap::new()),
+                leader: Mutex::new(None),
+                suspects: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    /// The client's options.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// The known nodes, in id order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        lock(&self.inner.addrs).keys().copied().collect()
+    }
+
+    /// Records a member's address (learned from a redirect or a status answer).
+    pub fn learn(&self, member: &Member) {
+        let mut addrs = lock(&self.inner.addrs);
+        if addrs.insert(member.id, member.client_addr) != Some(member.client_addr) {
+            lock(&self.inner.slots).remove(&member.id);
+        }
+    }
+
+    /// The node believed to lead, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        *lock(&self.inner.leader)
+    }
+
+    /// Records the node believed to lead (`None`: unknown).
+    pub fn set_leader(&self, leader: Option<NodeId>) {
+        *lock(&self.inner.leader) = leader;
+        if let Some(id) = leader {
+            lock(&self.inner.suspects).remove(&id);
+        }
+    }
+
+    /// Marks `node` as not answering: [`Connections::pick`] avoids it for a while.
+    pub fn suspect(&self, node: NodeId) {
+        lock(&self.inner.suspects).insert(node, Instant::now() + self.inner.options.suspect_for);
+        let mut leader = lock(&self.inner.leader);
+        if *leader == Some(node) {
+            *leader = None;
+        }
+    }
+
+    /// Whether `node` is currently suspected of being down.
+    pub fn is_suspect(&self, node: NodeId) -> bool {
+        let mut suspects = lock(&self.inner.suspects);
+        match suspects.get(&node) {
+            Some(&until) if until > Instant::now() => true,
+            Some(_) => {
+                suspects.remove(&node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// A node to try after `previous`: the next one in id order that is not suspect (or simply
+    /// the next one if every node is suspect).
+    pub fn pick(&self, previous: Option<NodeId>) -> Option<NodeId> {
+        let nodes = self.nodes();
+        let start = previous.and_then(|p| nodes.iter().position(|&n| n == p)).map_or(0, |i| i + 1);
+        let rotated: Vec<NodeId> =
+            nodes.iter().cycle().skip(start).take(nodes.len()).copied().collect();
+        rotated.iter().copied().find(|&n| !self.is_suspect(n)).or(rotated.first().copied())
+    }
+
+    fn slot(&self, node: NodeId) -> Arc<tokio::sync::Mutex<Slot>> {
+        lock(&self.inner.slots).entry(node).or_default().clone()
+    }
+
+    async fn connection(&self, node: NodeId) -> Result<Connection, CallError> {
+        let addr =
+            lock(&self.inner.addrs).get(&node).copied().ok_or(CallError::UnknownNode(node))?;
+        let slot = self.slot(node);
+        let mut slot = slot.lock().await;
+        if let Some(connection) = &slot.connection {
+            if connection.close_reason().is_none() {
+                return Ok(connection.clone());
+            }
+        }
+        let connect_error = |reason: String| CallError::Connect { node, reason };
+        if slot.failed_until.is_some_and(|t| t > Instant::now()) {
+            return Err(connect_error("recent connection attempt failed".into()));
+        }
+        let attempt = async {
+            let connecting = self
+                .inner
+                .endpoint
+                .connect_with(self.inner.config.clone(), addr, &node_dns_name(node))
+                .map_err(|e| e.to_string())?;
+            connecting.await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.inner.options.connect_timeout, attempt).await {
+            Ok(Ok(connection)) => {
+                debug!(node, %addr, "connected");
+                slot.connection = Some(connection.clone());
+                slot.failed_until = None;
+                Ok(connection)
+            }
+            outcome => {
+                slot.connection = None;
+                slot.failed_until = Some(Instant::now() + self.inner.options.retry_delay * 5);
+                let reason = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => "handshake timed out".into(),
+                };
+                Err(connect_error(reason))
+            }
+        }
+    }
+
+    /// Sends one request to `node` and waits for its answer, within the attempt timeout.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, CallError> {
+        let frame_error = |reason: String| CallError::NoAnswer { node, reason };
+        let attempt = async {
+            let connection = self.connection(node).await?;
+            let (mut send, mut recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| CallError::Connect { node, reason: e.to_string() })?;
+            protocol::write(&mut send, request).await.map_err(|e| frame_error(e.to_string()))?;
+            protocol::read(&mut recv).await.map_err(|e| frame_error(e.to_string()))
+        };
+        match tokio::time::timeout(self.inner.options.attempt_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(frame_error("timed out".into())),
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"client done");
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
+    }
+}
