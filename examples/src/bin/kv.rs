@@ -27,6 +27,8 @@ commands:
   del KEY                    remove a key
   cas KEY EXPECTED NEW       compare-and-swap (`-` stands for absent)
   status                     role, term, leader, commit and applied index of every node
+  gen-certs DIR IDS          write a cluster CA, node certificates for IDS (e.g. 1,2,3) and a
+                             client certificate into DIR (existing files are kept)
 options:
   --endpoints ID=ADDR,...    client addresses of some nodes (the others are discovered)
   --certs DIR                ca.pem, client.pem, client.key
@@ -153,11 +155,35 @@ async fn status(connections: &Connections) -> String {
     out.trim_end().to_owned()
 }
 
+/// `kv gen-certs DIR IDS`: certificates for a new cluster, with no other tool needed.
+fn gen_certs(dir: &str, ids: &str) -> Result<(), String> {
+    let ids: Vec<NodeId> = ids
+        .split(',')
+        .map(|id| id.trim().parse().map_err(|_| format!("bad node id `{id}`")))
+        .collect::<Result<_, _>>()?;
+    let dir = PathBuf::from(dir);
+    raft_quic::ensure_cluster_certs(&dir, ids).map_err(|e| e.to_string())?;
+    examples::kv::tls::ensure_client_cert(&dir).map_err(|e| e.to_string())?;
+    println!("certificates in {}", dir.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{USAGE}");
         return ExitCode::SUCCESS;
+    }
+    if let [command, dir, ids] = args.as_slice() {
+        if command == "gen-certs" {
+            return match gen_certs(dir, ids) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kv: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     }
     let cli = match parse(args) {
         Ok(cli) => cli,
