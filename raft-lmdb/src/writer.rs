@@ -1,0 +1,347 @@
+//! The writer thread: the only place write transactions exist.
+//!
+//! It takes requests from a bounded queue, merges every request queued while the previous commit
+//! was running into one transaction (group commit: one sync for many writes), commits it and then
+//! answers every request of the group. Requests are applied in queue order, each validated
+//! against the log as left by the requests before it; an invalid request is answered with its
+//! error and has no effect, without disturbing the others.
+//!
+//! When LMDB reports that the map is full, the transaction is abandoned, the environment is
+//! reopened with a larger map and the whole group is applied again. Any other failure poisons the
+//! store: the group is answered with the error and every later request with
+//! [`StorageError::Closed`]; nothing is acknowledged after an error.
+
+use std::io;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use futures::channel::oneshot;
+use heed::{PutFlags, RwTxn};
+use raft_core::{LogId, LogIndex, StorageError, Term, WriteBatch};
+
+use crate::codec::{self, MetaRecord, STATE_KEY};
+use crate::env::{self, Handles};
+use crate::error::{is_map_full, storage_error};
+use crate::shared::Shared;
+
+/// What a request asks the writer to do.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// [`raft_core::LogStore::write`].
+    Write(WriteBatch),
+    /// [`raft_core::LogStore::purge`].
+    Purge(LogIndex),
+}
+
+impl Op {
+    /// The bytes this request adds to a group (for the group's byte bound).
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Op::Write(batch) => batch.entries.iter().map(|e| e.size_bytes()).sum::<u64>() + 32,
+            Op::Purge(_) => 32,
+        }
+    }
+}
+
+/// One queued request and where to send its outcome.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Bounds on one group commit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupLimits {
+    pub(crate) max_requests: usize,
+    pub(crate) max_bytes: u64,
+}
+
+/// Starts the writer thread. It runs until every sender of `rx` is dropped and the queue is
+/// drained.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    rx: Receiver<Request>,
+    committed: MetaRecord,
+    limits: GroupLimits,
+) -> io::Result<JoinHandle<()>> {
+    let writer = Writer { shared, rx, committed, limits, buf: Vec::new(), spans: Vec::new() };
+    std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || writer.run())
+}
+
+/// Why a group could not be committed.
+enum Failure {
+    /// The map is full: grow it and try again.
+    MapFull,
+    /// Anything else: the store stops.
+    Fatal(StorageError),
+}
+
+impl From<heed::Error> for Failure {
+    fn from(err: heed::Error) -> Self {
+        if is_map_full(&err) {
+            Failure::MapFull
+        } else {
+            Failure::Fatal(storage_error(err))
+        }
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(err: StorageError) -> Self {
+        Failure::Fatal(err)
+    }
+}
+
+/// Why one request of a group was not applied.
+enum Rejection {
+    /// The request is invalid; it alone fails.
+    Invalid(StorageError),
+    /// The group fails.
+    Failed(Failure),
+}
+
+impl<E: Into<Failure>> From<E> for Rejection {
+    fn from(err: E) -> Self {
+        Rejection::Failed(err.into())
+    }
+}
+
+fn invalid(msg: String) -> Rejection {
+    Rejection::Invalid(StorageError::InvalidRequest(msg))
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<Request>,
+    /// The metadata as of the last commit (only this thread changes it).
+    committed: MetaRecord,
+    limits: GroupLimits,
+    /// Encoded entries of the request being applied, back to back.
+    buf: Vec<u8>,
+    /// `(index, end offset in buf)` of each encoded entry.
+    spans: Vec<(LogIndex, usize)>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut bytes = first.op.size_bytes();
+            let mut group = vec![first];
+            while group.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
+                match self.rx.try_recv() {
+                    Ok(request) => {
+                        bytes += request.op.size_bytes();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.shared.space.notify(usize::MAX);
+            self.commit_group(group);
+        }
+        tracing::debug!("raft-lmdb writer thread stops: the store was dropped");
+    }
+
+    fn commit_group(&mut self, group: Vec<Request>) {
+        if self.shared.is_poisoned() {
+            for request in group {
+                let _ = request.reply.send(Err(StorageError::Closed));
+            }
+            return;
+        }
+        loop {
+            match self.try_commit(&group) {
+                Ok((meta, outcomes)) => {
+                    self.committed = meta;
+                    for (request, outcome) in group.into_iter().zip(outcomes) {
+                        // The caller may have stopped waiting; the write is durable all the same.
+                        let _ = request.reply.send(outcome);
+                    }
+                    return;
+                }
+                Err(Failure::MapFull) => {
+                    if let Err(err) = self.grow_map() {
+                        return self.fail(group, err);
+                    }
+                }
+                Err(Failure::Fatal(err)) => return self.fail(group, err),
+            }
+        }
+    }
+
+    /// Poisons the store and answers the whole group with `err`.
+    fn fail(&mut self, group: Vec<Request>, err: StorageError) {
+        tracing::error!(error = %err, "raft-lmdb write failed; the store accepts no more writes");
+        self.shared.poison();
+        for request in group {
+            let _ = request.reply.send(Err(copy_error(&err)));
+        }
+    }
+
+    /// Closes the environment and reopens it with a larger map.
+    fn grow_map(&mut self) -> Result<(), StorageError> {
+        let mut slot = self.shared.handles_mut();
+        let Some(handles) = slot.take() else {
+            return Err(StorageError::Closed);
+        };
+        let old = handles.map_size();
+        let Some(new) = env::grown_map_size(old) else {
+            *slot = Some(handles);
+            return Err(StorageError::Other(format!(
+                "the LMDB map cannot grow beyond {old} bytes"
+            )));
+        };
+        let reopened = env::reopen(&self.shared.guard, handles, new)?;
+        tracing::info!(
+            old_map_size = old,
+            new_map_size = reopened.map_size(),
+            "raft-lmdb map was full and has grown"
+        );
+        *slot = Some(reopened);
+        Ok(())
+    }
+
+    /// Applies the whole group in one transaction and commits it. Returns the new metadata and
+    /// each request's outcome.
+    fn try_commit(
+        &mut self,
+        group: &[Request],
+    ) -> Result<(MetaRecord, Vec<Result<(), StorageError>>), Failure> {
+        let shared = Arc::clone(&self.shared);
+        let slot = shared.handles();
+        let Some(handles) = slot.as_ref() else {
+            return Err(Failure::Fatal(StorageError::Closed));
+        };
+        let mut txn = handles.env.write_txn()?;
+        let mut meta = self.committed;
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group {
+            let applied = match &request.op {
+                Op::Write(batch) => self.apply_write(handles, &mut txn, &mut meta, batch),
+                Op::Purge(up_to) => apply_purge(handles, &mut txn, &mut meta, *up_to),
+            };
+            match applied {
+                Ok(()) => outcomes.push(Ok(())),
+                Err(Rejection::Invalid(err)) => outcomes.push(Err(err)),
+                Err(Rejection::Failed(failure)) => return Err(failure),
+            }
+        }
+        if meta != self.committed {
+            handles.meta.put(&mut txn, STATE_KEY, &codec::encode_meta(&meta)?)?;
+        }
+        #[cfg(test)]
+        if self.shared.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
+        }
+        txn.commit()?;
+        Ok((meta, outcomes))
+    }
+
+    /// Validates `batch` against `meta`, then applies it to `txn` and `meta`. Nothing is changed
+    /// when the batch is invalid.
+    fn apply_write(
+        &mut self,
+        handles: &Handles,
+        txn: &mut RwTxn<'_>,
+        meta: &mut MetaRecord,
+        batch: &WriteBatch,
+    ) -> Result<(), Rejection> {
+        let (purged, last) = (meta.purged(), meta.last());
+        if let Some(cut) = batch.truncate_from {
+            if cut <= purged.index {
+                return Err(invalid(format!(
+                    "truncate_from {cut} is at or below purged index {}",
+                    purged.index
+                )));
+            }
+        }
+        let mut expected = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
+        self.buf.clear();
+        self.spans.clear();
+        for entry in &batch.entries {
+            if entry.index != expected {
+                return Err(invalid(format!(
+                    "entry index {} where {expected} was expected",
+                    entry.index
+                )));
+            }
+            expected += 1;
+            // Encoding before touching the transaction keeps an unencodable batch without effect.
+            self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
+                .map_err(Rejection::Invalid)?;
+            self.spans.push((entry.index, self.buf.len()));
+        }
+
+        if let Some(hard_state) = batch.hard_state {
+            meta.set_hard_state(hard_state);
+        }
+        if let Some(cut) = batch.truncate_from.filter(|&cut| cut <= last.index) {
+            handles.log.delete_range(txn, &(cut..))?;
+            let new_last = if cut - 1 == purged.index {
+                purged
+            } else if batch.entries.is_empty() {
+                LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1)
+            } else {
+                // The appended entries set `last` below; no need to look the term up.
+                last
+            };
+            meta.set_last(new_last);
+        }
+        let mut start = 0;
+        for &(index, end) in &self.spans {
+            handles.log.put_with_flags(txn, PutFlags::APPEND, &index, &self.buf[start..end])?;
+            start = end;
+        }
+        if let Some(entry) = batch.entries.last() {
+            meta.set_last(entry.log_id());
+        }
+        Ok(())
+    }
+}
+
+/// Validates a purge against `meta`, then applies it to `txn` and `meta`.
+fn apply_purge(
+    handles: &Handles,
+    txn: &mut RwTxn<'_>,
+    meta: &mut MetaRecord,
+    up_to: LogIndex,
+) -> Result<(), Rejection> {
+    let (purged, last) = (meta.purged(), meta.last());
+    if up_to <= purged.index {
+        return Ok(());
+    }
+    if up_to > last.index {
+        return Err(invalid(format!("purge up to {up_to} beyond last index {}", last.index)));
+    }
+    let term = if up_to == last.index { last.term } else { stored_term(handles, txn, up_to)? };
+    handles.log.delete_range(txn, &(..=up_to))?;
+    meta.set_purged(LogId::new(term, up_to));
+    Ok(())
+}
+
+/// The term of the stored entry `index`, which the metadata says exists.
+fn stored_term(handles: &Handles, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
+    match handles.log.get(txn, &index)? {
+        Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
+        None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),
+    }
+}
+
+/// A copy of `err` for each request of a failed group (`StorageError` is not `Clone`).
+fn copy_error(err: &StorageError) -> StorageError {
+    match err {
+        StorageError::Io(e) => StorageError::Io(match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e.to_string()),
+        }),
+        StorageError::Corrupt(msg) => StorageError::Corrupt(msg.clone()),
+        StorageError::UnsupportedVersion { found, supported } => {
+            StorageError::UnsupportedVersion { found: *found, supported: *supported }
+        }
+        StorageError::InvalidRequest(msg) => StorageError::InvalidRequest(msg.clone()),
+        StorageError::Closed => StorageError::Closed,
+        other => StorageError::Other(other.to_string()),
+    }
+}
