@@ -93,19 +93,28 @@ impl Config {
             return fail("election_timeout_ms_min must exceed heartbeat_interval_ms");
         }
         if self.election_timeout_ms_max <= self.election_timeout_ms_min + self.tick_interval_ms {
-            return fail("election_timeout_ms_max must exceed election_timeout_ms_min by more than a tick");
+            return fail(
+                "election_timeout_ms_max must exceed election_timeout_ms_min by more than a tick",
+            );
         }
         if self.max_append_entries == 0 || self.max_inflight_append_entries == 0 {
             return fail("max_append_entries and max_inflight_append_entries must be positive");
         }
-        if self.max_append_entries_bytes == 0 || self.max_inflight_bytes < self.max_append_entries_bytes {
+        if self.max_append_entries_bytes == 0
+            || self.max_inflight_bytes < self.max_append_entries_bytes
+        {
             return fail("max_inflight_bytes must be at least max_append_entries_bytes (> 0)");
         }
         if self.max_payload_bytes == 0 || self.max_payload_bytes > self.max_append_entries_bytes {
             return fail("max_payload_bytes must be positive and fit in one AppendEntries");
         }
-        if self.max_pending_proposals == 0 || self.max_unapplied_entries == 0 || self.max_apply_batch == 0 {
-            return fail("max_pending_proposals, max_unapplied_entries and max_apply_batch must be positive");
+        if self.max_pending_proposals == 0
+            || self.max_unapplied_entries == 0
+            || self.max_apply_batch == 0
+        {
+            return fail(
+                "max_pending_proposals, max_unapplied_entries and max_apply_batch must be positive",
+            );
         }
         Ok(())
     }

@@ -38,6 +38,12 @@ pub enum ProposalError {
         /// The term the entry had.
         term: Term,
     },
+    /// This node stopped being the leader before the entry committed. The entry may still
+    /// commit under the next leader, or be overwritten: the outcome is unknown, so only retry
+    /// commands that are safe to apply twice (or deduplicated, like the key-value example's
+    /// client sessions).
+    #[error("leadership lost before the entry committed (outcome unknown)")]
+    LeadershipLost,
     /// The node stopped before the entry was applied. The entry may still commit on the other
     /// nodes; the outcome is unknown.
     #[error("node shut down before the entry was applied (outcome unknown)")]

@@ -11,11 +11,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
-// pub mod engine;
+pub mod engine;
 pub mod error;
 pub mod message;
 pub mod network;
-// mod node;
+mod node;
 pub mod runtime;
 pub mod state_machine;
 pub mod storage;
@@ -27,7 +27,7 @@ pub use config::{Config, ConfigError};
 pub use error::{FatalError, ProposalError, ProposeError, StartError};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
-// pub use node::{Node, Proposal, StatusWatch};
+pub use node::{Node, Proposal, StatusWatch};
 pub use runtime::Runtime;
 pub use state_machine::{StateMachine, StateMachineError};
 pub use storage::{DurableState, LogStore, StorageError, WriteBatch};

@@ -18,6 +18,9 @@ pub struct RequestVoteRequest {
     pub last_log_id: LogId,
     /// True for a PreVote: the receiver answers as it would vote but changes no state.
     pub pre_vote: bool,
+    /// True when the election was asked for by the leader (TimeoutNow): voters then grant it
+    /// even though they heard from that leader recently (the CheckQuorum lease).
+    pub leadership_transfer: bool,
 }
 
 /// The answer to [`RequestVoteRequest`].

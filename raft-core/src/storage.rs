@@ -139,7 +139,11 @@ pub trait LogStore: Send + Sync + 'static {
     /// [`Entry::size_bytes`]) would be exceeded; it returns at least one entry when the range is
     /// not empty, whatever its size. Reads see every write that has returned. Reading purged or
     /// missing entries is an [`StorageError::InvalidRequest`].
-    async fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError>;
+    async fn read(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError>;
 
     /// Removes every entry with index `<= up_to` (log compaction after a snapshot), remembering
     /// the id of the last removed entry as the new `purged`. Durable when it returns. Purging
@@ -156,7 +160,11 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         (**self).write(batch).await
     }
-    async fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    async fn read(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
         (**self).read(range, max_bytes).await
     }
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {

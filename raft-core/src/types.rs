@@ -27,7 +27,9 @@ pub struct HardState {
 
 /// The position of an entry: its index and the term it was created in. Two logs that hold an
 /// entry with the same `LogId` are identical up to that entry (Log Matching).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct LogId {
     /// The term of the entry (compared first: a log ending in a later term is more up to date).
     pub term: Term,

@@ -5,7 +5,9 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use raft_core::{DurableState, Entry, HardState, LogId, LogIndex, LogStore, StorageError, WriteBatch};
+use raft_core::{
+    DurableState, Entry, HardState, LogId, LogIndex, LogStore, StorageError, WriteBatch,
+};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -29,15 +31,17 @@ impl Inner {
         let invalid = |msg: String| Err(StorageError::InvalidRequest(msg));
         if let Some(cut) = batch.truncate_from {
             if cut <= self.purged.index {
-                return invalid(format!("truncate_from {cut} is at or below purged index {}", self.purged.index));
+                return invalid(format!(
+                    "truncate_from {cut} is at or below purged index {}",
+                    self.purged.index
+                ));
             }
         }
-        let mut expected = batch.truncate_from.unwrap_or(self.last().index + 1).min(self.last().index + 1);
-        for entry in &batch.entries {
+        let first = batch.truncate_from.unwrap_or(self.last().index + 1).min(self.last().index + 1);
+        for (expected, entry) in (first..).zip(&batch.entries) {
             if entry.index != expected {
-                return invalid(format!("entry index {} where {expected} was expected", entry.index));
+                return invalid(format!("entry {} where {expected} was expected", entry.index));
             }
-            expected += 1;
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
@@ -103,12 +107,17 @@ impl LogStore for MemLogStore {
         self.lock().apply(batch)
     }
 
-    async fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, StorageError> {
+    async fn read(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
         let inner = self.lock();
         if range.start >= range.end {
             return Ok(Vec::new());
         }
-        let (Some(start), Some(_)) = (inner.position(range.start), inner.position(range.end - 1)) else {
+        let (Some(start), Some(_)) = (inner.position(range.start), inner.position(range.end - 1))
+        else {
             return Err(StorageError::InvalidRequest(format!(
                 "read of {range:?} outside stored entries {}..={}",
                 inner.purged.index + 1,

@@ -88,7 +88,10 @@ impl Network for MemEndpoint {
         let handler = {
             let inner = self.network.lock();
             if inner.disconnected.contains(&self.id) || inner.disconnected.contains(&target) {
-                return Err(NetworkError::Unreachable { peer: target, reason: "disconnected".into() });
+                return Err(NetworkError::Unreachable {
+                    peer: target,
+                    reason: "disconnected".into(),
+                });
             }
             inner.handlers.get(&target).cloned().ok_or(NetworkError::UnknownPeer(target))?
         };

@@ -1,0 +1,152 @@
+//! Handling of inbound requests: AppendEntries (the follower's side of replication),
+//! RequestVote/PreVote (any role) and TimeoutNow.
+
+use super::{Engine, RoleState};
+use crate::message::{
+    AppendEntriesRequest, AppendEntriesResponse, ConflictHint, RequestVoteRequest,
+    RequestVoteResponse, TimeoutNowRequest, TimeoutNowResponse,
+};
+use crate::types::HardState;
+
+impl Engine {
+    pub(super) fn handle_append_entries(
+        &mut self,
+        req: AppendEntriesRequest,
+    ) -> AppendEntriesResponse {
+        let reject = |term, conflict| AppendEntriesResponse { term, match_index: None, conflict };
+        if req.term < self.hard_state.current_term {
+            return reject(self.hard_state.current_term, None);
+        }
+        if req.term > self.hard_state.current_term || !matches!(self.role, RoleState::Follower) {
+            self.become_follower(req.term, Some(req.leader_id));
+        }
+        self.leader_id = Some(req.leader_id);
+        self.election_elapsed = 0;
+        let term = self.hard_state.current_term;
+
+        let prev = req.prev_log_id;
+        if prev.index < self.log.commit_index.max(self.log.first_index() - 1) {
+            // Everything up to our commit index matches the leader (Log Matching + Leader
+            // Completeness); only the part after it needs checking. Skip what we already know.
+            return self.append_after_committed(req);
+        }
+        if !self.log.matches(prev) {
+            let last_log_index = self.log.last_index();
+            let conflict = match self.log.term_at(prev.index) {
+                None => ConflictHint { conflict_term: 0, first_index_of_term: 0, last_log_index },
+                Some(conflict_term) => ConflictHint {
+                    conflict_term,
+                    first_index_of_term: self.log.first_index_of_term(conflict_term, prev.index),
+                    last_log_index,
+                },
+            };
+            return reject(term, Some(conflict));
+        }
+        let last_new = prev.index + req.entries.len() as u64;
+        self.store_entries(req.entries);
+        self.advance_follower_commit(req.leader_commit, last_new);
+        AppendEntriesResponse { term, match_index: Some(last_new), conflict: None }
+    }
+
+    /// An AppendEntries whose `prev_log_id` lies before our commit point (a duplicate or a
+    /// message delayed in the network): drop the committed part and handle the rest.
+    fn append_after_committed(&mut self, mut req: AppendEntriesRequest) -> AppendEntriesResponse {
+        let term = self.hard_state.current_term;
+        let committed = self.log.commit_index.max(self.log.first_index() - 1);
+        let last_new = req.prev_log_id.index + req.entries.len() as u64;
+        if last_new <= committed {
+            return AppendEntriesResponse { term, match_index: Some(last_new), conflict: None };
+        }
+        let skip = (committed - req.prev_log_id.index) as usize;
+        req.entries.drain(..skip);
+        self.store_entries(req.entries);
+        self.advance_follower_commit(req.leader_commit, last_new);
+        AppendEntriesResponse { term, match_index: Some(last_new), conflict: None }
+    }
+
+    /// Appends entries that follow a matching entry, truncating a conflicting suffix first.
+    fn store_entries(&mut self, entries: Vec<crate::types::Entry>) {
+        let Some(first_new) = entries.iter().position(|e| !self.log.matches(e.log_id())) else {
+            return;
+        };
+        let conflict_index = entries[first_new].index;
+        if conflict_index <= self.log.last_index() {
+            if conflict_index <= self.log.commit_index {
+                // Cannot happen with a correct leader: committed entries never change.
+                tracing::error!(
+                    id = self.id,
+                    conflict_index,
+                    commit = self.log.commit_index,
+                    "leader tried to overwrite committed entries; ignoring"
+                );
+                return;
+            }
+            self.log.truncate(conflict_index);
+            self.pending_write.truncate_from = Some(
+                self.pending_write.truncate_from.map_or(conflict_index, |t| t.min(conflict_index)),
+            );
+            self.pending_write.entries.retain(|e| e.index < conflict_index);
+        }
+        for entry in entries.into_iter().skip(first_new) {
+            self.log.push(entry.clone());
+            self.pending_write.entries.push(entry);
+        }
+    }
+
+    fn advance_follower_commit(&mut self, leader_commit: u64, last_new: u64) {
+        let commit = leader_commit.min(last_new);
+        if commit > self.log.commit_index {
+            self.log.commit_index = commit;
+        }
+    }
+
+    pub(super) fn handle_request_vote(&mut self, req: &RequestVoteRequest) -> RequestVoteResponse {
+        let current_term = self.hard_state.current_term;
+        let refuse =
+            |term| RequestVoteResponse { term, vote_granted: false, pre_vote: req.pre_vote };
+        let leader_here = matches!(self.role, RoleState::Leader(_));
+        if !req.leadership_transfer
+            && (self.in_leader_lease() || (leader_here && self.config.check_quorum))
+        {
+            // A live leader exists: do not let a partitioned or lagging node depose it.
+            return refuse(current_term);
+        }
+        let up_to_date = self.log.is_up_to_date(req.last_log_id);
+        if req.pre_vote {
+            let granted = req.term > current_term && up_to_date;
+            let term = if granted { req.term } else { current_term };
+            return RequestVoteResponse { term, vote_granted: granted, pre_vote: true };
+        }
+        if req.term < current_term {
+            return refuse(current_term);
+        }
+        if req.term > current_term {
+            self.become_follower(req.term, None);
+        }
+        let can_vote = match self.hard_state.voted_for {
+            None => self.leader_id.is_none(),
+            Some(candidate) => candidate == req.candidate_id,
+        };
+        if !(can_vote && up_to_date) {
+            return refuse(self.hard_state.current_term);
+        }
+        self.set_hard_state(HardState {
+            current_term: req.term,
+            voted_for: Some(req.candidate_id),
+        });
+        self.reset_election_timer();
+        RequestVoteResponse { term: req.term, vote_granted: true, pre_vote: false }
+    }
+
+    pub(super) fn handle_timeout_now(&mut self, req: &TimeoutNowRequest) -> TimeoutNowResponse {
+        let term = self.hard_state.current_term;
+        if req.term == term
+            && self.leader_id == Some(req.leader_id)
+            && matches!(self.role, RoleState::Follower)
+        {
+            tracing::info!(id = self.id, term, "TimeoutNow from the leader: campaigning");
+            self.campaign(false, true);
+        }
+        TimeoutNowResponse { term }
+    }
+}

@@ -1,0 +1,222 @@
+//! The leader: proposals, replication (pipelined, batched, with fast backtracking), commitment,
+//! heartbeats and CheckQuorum.
+
+use bytes::Bytes;
+
+use super::progress::{Progress, ReplicationMode};
+use super::quorum;
+use super::{Action, Engine, ProgressMap, ProposeRefusal, RoleState};
+use crate::message::{AppendEntriesRequest, AppendEntriesResponse, RpcRequest};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
+
+/// What only a leader keeps.
+#[derive(Debug)]
+pub(super) struct LeaderState {
+    pub(super) progress: ProgressMap,
+}
+
+impl Engine {
+    pub(super) fn become_leader(&mut self) {
+        let term = self.hard_state.current_term;
+        tracing::info!(id = self.id, term, "became leader");
+        let next = self.log.last_index() + 1;
+        let progress = self
+            .peers()
+            .into_iter()
+            .map(|peer| {
+                let p = Progress::new(
+                    next,
+                    self.config.max_inflight_append_entries,
+                    self.config.max_inflight_bytes,
+                );
+                (peer, p)
+            })
+            .collect();
+        self.role = RoleState::Leader(LeaderState { progress });
+        self.leader_id = Some(self.id);
+        self.election_elapsed = 0;
+        // A blank entry of the new term lets the leader commit entries of earlier terms (§5.4.2).
+        self.append_entry(EntryPayload::Blank);
+        self.replicate_all();
+        self.maybe_commit();
+    }
+
+    /// Appends a command to the leader's log. Replication follows when actions are taken.
+    pub fn propose(&mut self, command: Bytes) -> Result<LogId, ProposeRefusal> {
+        self.can_accept_proposal()?;
+        Ok(self.append_entry(EntryPayload::Command(command)))
+    }
+
+    fn append_entry(&mut self, payload: EntryPayload) -> LogId {
+        let entry =
+            Entry { index: self.log.last_index() + 1, term: self.hard_state.current_term, payload };
+        let id = entry.log_id();
+        self.log.push(entry.clone());
+        self.pending_write.entries.push(entry);
+        id
+    }
+
+    /// Sends what each follower's window allows.
+    pub(super) fn replicate_all(&mut self) {
+        for peer in self.peers() {
+            self.replicate_to(peer, false);
+        }
+    }
+
+    /// Sends entries to `peer` while its window has room; with `heartbeat`, sends at least an
+    /// empty AppendEntries.
+    fn replicate_to(&mut self, peer: NodeId, heartbeat: bool) {
+        let mut sent_any = false;
+        loop {
+            let RoleState::Leader(leader) = &mut self.role else { return };
+            let Some(progress) = leader.progress.get_mut(&peer) else { return };
+            let has_entries = progress.next_index <= self.log.last_index();
+            if !(has_entries && progress.can_send_entries()) {
+                break;
+            }
+            let room = progress.inflight.room_bytes().min(self.config.max_append_entries_bytes);
+            let prev_index = progress.next_index - 1;
+            let Some(prev_term) = self.log.term_at(prev_index) else {
+                // Below the compaction point: InstallSnapshot (not yet supported) would be needed.
+                tracing::warn!(id = self.id, peer, prev_index, "follower needs compacted entries");
+                return;
+            };
+            let entries = self.log.slice(prev_index + 1, self.config.max_append_entries, room);
+            let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            let last_index = prev_index + entries.len() as u64;
+            progress.sent(last_index, bytes);
+            let request = self.append_request(LogId::new(prev_term, prev_index), entries);
+            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            sent_any = true;
+        }
+        if heartbeat && !sent_any {
+            let RoleState::Leader(leader) = &mut self.role else { return };
+            let Some(progress) = leader.progress.get_mut(&peer) else { return };
+            progress.idle_ticks = 0;
+            // In Replicate mode `match_index` is known to match; in Probe mode the heartbeat
+            // doubles as a probe of `next_index - 1`.
+            let prev_index = match progress.mode {
+                ReplicationMode::Replicate => progress.match_index,
+                ReplicationMode::Probe => progress.next_index - 1,
+            };
+            let Some(prev_term) = self.log.term_at(prev_index) else { return };
+            let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
+            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+        }
+    }
+
+    fn append_request(&self, prev_log_id: LogId, entries: Vec<Entry>) -> RpcRequest {
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term: self.hard_state.current_term,
+            leader_id: self.id,
+            prev_log_id,
+            entries,
+            leader_commit: self.log.commit_index,
+        })
+    }
+
+    pub(super) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        prev_index: LogIndex,
+        last_index: LogIndex,
+        resp: &AppendEntriesResponse,
+    ) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        progress.recent_active = true;
+        if let Some(match_index) = resp.match_index {
+            if progress.acknowledged(match_index.min(last_index)) {
+                self.maybe_commit();
+            }
+            return;
+        }
+        let Some(hint) = resp.conflict else { return };
+        if prev_index < progress.match_index
+            || (progress.mode == ReplicationMode::Probe && prev_index + 1 != progress.next_index)
+        {
+            return; // an answer to an old request; a newer one is in flight or already answered
+        }
+        let next = if hint.conflict_term == 0 {
+            hint.last_log_index + 1
+        } else {
+            match self.log.last_index_of_term(hint.conflict_term) {
+                Some(last_of_term) => last_of_term + 1,
+                None => hint.first_index_of_term,
+            }
+        };
+        // Move back at least one entry, never below what is known to match.
+        progress.rejected(next.min(prev_index));
+        tracing::trace!(
+            id = self.id,
+            peer = from,
+            next = progress.next_index,
+            "AppendEntries rejected; backtracking"
+        );
+        self.replicate_to(from, false);
+    }
+
+    /// Advances the commit index to the highest index a majority holds durably, if that entry
+    /// is of the current term (§5.4.2: older entries commit only indirectly).
+    pub(super) fn maybe_commit(&mut self) {
+        let RoleState::Leader(leader) = &self.role else { return };
+        let mut indexes: Vec<LogIndex> = Vec::with_capacity(self.config.voters.len());
+        for &voter in &self.config.voters {
+            if voter == self.id {
+                indexes.push(self.log.durable_index);
+            } else if let Some(progress) = leader.progress.get(&voter) {
+                indexes.push(progress.match_index);
+            }
+        }
+        let candidate = quorum::committed_index(indexes);
+        if candidate > self.log.commit_index
+            && self.log.term_at(candidate) == Some(self.hard_state.current_term)
+        {
+            self.log.commit_index = candidate;
+        }
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        let heartbeat_ticks = self.timing.heartbeat_ticks;
+        let mut due = Vec::new();
+        if let RoleState::Leader(leader) = &mut self.role {
+            for (&peer, progress) in leader.progress.iter_mut() {
+                progress.idle_ticks += 1;
+                if progress.idle_ticks >= heartbeat_ticks {
+                    // A lost probe is retried with the heartbeat.
+                    progress.probe_sent = false;
+                    due.push(peer);
+                }
+            }
+        }
+        for peer in due {
+            self.replicate_to(peer, true);
+        }
+        if self.election_elapsed >= self.timing.election_ticks_min {
+            self.election_elapsed = 0;
+            self.check_quorum();
+        }
+    }
+
+    /// CheckQuorum: steps down unless a majority was heard from since the last round.
+    fn check_quorum(&mut self) {
+        if !self.config.check_quorum {
+            return;
+        }
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let mut active = 1; // this node
+        for progress in leader.progress.values_mut() {
+            if std::mem::replace(&mut progress.recent_active, false) {
+                active += 1;
+            }
+        }
+        if active < quorum::majority(self.config.voters.len()) {
+            tracing::warn!(
+                id = self.id,
+                term = self.hard_state.current_term,
+                "lost contact with a quorum; stepping down"
+            );
+            self.become_follower(self.hard_state.current_term, None);
+        }
+    }
+}

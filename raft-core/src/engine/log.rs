@@ -1,0 +1,236 @@
+//! The in-memory Raft log: every entry since the last compaction point, plus the commit, durable
+//! and apply positions.
+//!
+//! Like etcd's `MemoryStorage`, the whole uncompacted log lives in memory; its size is bounded by
+//! log compaction (snapshots), not by a cache policy. This keeps the engine free of reads that
+//! would have to wait for a disk.
+
+use std::collections::VecDeque;
+
+use crate::types::{Entry, LogId, LogIndex, Term};
+
+/// The log and its positions. Invariants: `compacted.index <= applied <= apply_sent <=
+/// min(commit, durable) `, `commit` and `applied` never decrease, entries are contiguous from
+/// `compacted.index + 1`.
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    /// The last entry removed by compaction (`(0, 0)` if none).
+    compacted: LogId,
+    entries: VecDeque<Entry>,
+    /// Highest index known committed.
+    pub(crate) commit_index: LogIndex,
+    /// Highest index known durable in the local store.
+    pub(crate) durable_index: LogIndex,
+    /// Highest index handed to the state machine.
+    pub(crate) apply_sent_index: LogIndex,
+    /// Highest index the state machine reported applied.
+    pub(crate) applied_index: LogIndex,
+}
+
+impl RaftLog {
+    /// A log restored from storage: `entries` follow `compacted` and are all durable.
+    pub(crate) fn restore(compacted: LogId, entries: Vec<Entry>) -> Self {
+        let durable_index = entries.last().map_or(compacted.index, |e| e.index);
+        Self {
+            compacted,
+            entries: entries.into(),
+            commit_index: compacted.index,
+            durable_index,
+            apply_sent_index: compacted.index,
+            applied_index: compacted.index,
+        }
+    }
+
+    pub(crate) fn last_log_id(&self) -> LogId {
+        self.entries.back().map_or(self.compacted, Entry::log_id)
+    }
+
+    pub(crate) fn last_index(&self) -> LogIndex {
+        self.last_log_id().index
+    }
+
+    pub(crate) fn first_index(&self) -> LogIndex {
+        self.compacted.index + 1
+    }
+
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let offset = index.checked_sub(self.first_index())?;
+        usize::try_from(offset).ok().filter(|&p| p < self.entries.len())
+    }
+
+    /// The term of the entry at `index`, if known (the compaction point's term is known).
+    pub(crate) fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.compacted.index {
+            return Some(self.compacted.term);
+        }
+        self.position(index).map(|p| self.entries[p].term)
+    }
+
+    /// Whether this log holds the entry `id`.
+    pub(crate) fn matches(&self, id: LogId) -> bool {
+        self.term_at(id.index) == Some(id.term)
+    }
+
+    /// The election restriction (§5.4.1): is a log ending at `other` at least as up to date?
+    pub(crate) fn is_up_to_date(&self, other: LogId) -> bool {
+        other >= self.last_log_id()
+    }
+
+    /// The first index holding `term`, searching back from `from` (which holds `term`).
+    pub(crate) fn first_index_of_term(&self, term: Term, from: LogIndex) -> LogIndex {
+        let mut index = from;
+        while index > self.first_index() && self.term_at(index - 1) == Some(term) {
+            index -= 1;
+        }
+        index
+    }
+
+    /// The last index holding `term`, if any entry has it.
+    pub(crate) fn last_index_of_term(&self, term: Term) -> Option<LogIndex> {
+        self.entries
+            .iter()
+            .rev()
+            .skip_while(|e| e.term > term)
+            .find(|e| e.term == term)
+            .map(|e| e.index)
+    }
+
+    /// Entries from `start`, at most `max_count` and `max_bytes` (at least one if any exists).
+    pub(crate) fn slice(&self, start: LogIndex, max_count: usize, max_bytes: u64) -> Vec<Entry> {
+        let Some(pos) = self.position(start) else { return Vec::new() };
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for entry in self.entries.range(pos..).take(max_count) {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        out
+    }
+
+    /// Appends one entry at the end (leader path).
+    pub(crate) fn push(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.last_index() + 1);
+        self.entries.push_back(entry);
+    }
+
+    /// Removes every entry with index `>= from` (a conflicting suffix). Never below the commit
+    /// point: callers check.
+    pub(crate) fn truncate(&mut self, from: LogIndex) {
+        if let Some(pos) = self.position(from) {
+            self.entries.truncate(pos);
+        }
+        self.durable_index = self.durable_index.min(from.saturating_sub(1));
+    }
+
+    /// Records that the store made everything up to `last` durable, unless `last` has since been
+    /// overwritten by a truncation.
+    pub(crate) fn persisted(&mut self, last: LogId) {
+        if last.index > self.durable_index && self.matches(last) {
+            self.durable_index = last.index;
+        }
+    }
+
+    /// The highest index that may be applied: committed and durable here.
+    pub(crate) fn applicable_index(&self) -> LogIndex {
+        self.commit_index.min(self.durable_index)
+    }
+
+    /// Takes the next batch of entries to apply, at most `max_count`, and marks them sent.
+    pub(crate) fn next_to_apply(&mut self, max_count: usize) -> Vec<Entry> {
+        let end = self.applicable_index();
+        if end <= self.apply_sent_index {
+            return Vec::new();
+        }
+        let count =
+            usize::try_from(end - self.apply_sent_index).unwrap_or(usize::MAX).min(max_count);
+        let batch = self.slice(self.apply_sent_index + 1, count, u64::MAX);
+        if let Some(last) = batch.last() {
+            self.apply_sent_index = last.index;
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn entry(index: LogIndex, term: Term) -> Entry {
+        Entry { index, term, payload: EntryPayload::Blank }
+    }
+
+    fn log_of(terms: &[Term]) -> RaftLog {
+        let entries = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
+        RaftLog::restore(LogId::default(), entries)
+    }
+
+    #[test]
+    fn terms_and_bounds() {
+        let log = log_of(&[1, 1, 2, 3, 3]);
+        assert_eq!(log.last_log_id(), LogId::new(3, 5));
+        assert_eq!(log.term_at(0), Some(0));
+        assert_eq!(log.term_at(3), Some(2));
+        assert_eq!(log.term_at(6), None);
+        assert!(log.matches(LogId::new(1, 2)));
+        assert!(!log.matches(LogId::new(2, 2)));
+        assert_eq!(log.durable_index, 5);
+    }
+
+    #[test]
+    fn up_to_date_compares_term_then_index() {
+        let log = log_of(&[1, 2, 2]);
+        assert!(log.is_up_to_date(LogId::new(2, 3)));
+        assert!(log.is_up_to_date(LogId::new(3, 1)));
+        assert!(!log.is_up_to_date(LogId::new(2, 2)));
+        assert!(!log.is_up_to_date(LogId::new(1, 10)));
+    }
+
+    #[test]
+    fn term_boundaries() {
+        let log = log_of(&[1, 1, 2, 2, 2, 4]);
+        assert_eq!(log.first_index_of_term(2, 5), 3);
+        assert_eq!(log.first_index_of_term(1, 2), 1);
+        assert_eq!(log.last_index_of_term(2), Some(5));
+        assert_eq!(log.last_index_of_term(3), None);
+        assert_eq!(log.last_index_of_term(4), Some(6));
+    }
+
+    #[test]
+    fn truncate_lowers_durable_and_persisted_ignores_overwritten() {
+        let mut log = log_of(&[1, 1, 1]);
+        log.truncate(2);
+        assert_eq!(log.last_index(), 1);
+        assert_eq!(log.durable_index, 1);
+        log.push(entry(2, 2));
+        log.persisted(LogId::new(1, 3)); // the old write of (1,3) finished: overwritten, ignored
+        assert_eq!(log.durable_index, 1);
+        log.persisted(LogId::new(2, 2));
+        assert_eq!(log.durable_index, 2);
+    }
+
+    #[test]
+    fn slice_respects_count_and_bytes_but_returns_one() {
+        let log = log_of(&[1, 1, 1, 1]);
+        assert_eq!(log.slice(2, 2, u64::MAX).len(), 2);
+        assert_eq!(log.slice(1, 10, 1).len(), 1);
+        assert_eq!(log.slice(1, 10, 2 * crate::types::ENTRY_OVERHEAD_BYTES).len(), 2);
+        assert!(log.slice(5, 10, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn apply_only_committed_and_durable() {
+        let mut log = log_of(&[1, 1, 1]);
+        log.commit_index = 3;
+        log.durable_index = 2;
+        let batch = log.next_to_apply(10);
+        assert_eq!(batch.iter().map(|e| e.index).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(log.next_to_apply(10).is_empty());
+        log.durable_index = 3;
+        assert_eq!(log.next_to_apply(10).len(), 1);
+    }
+}

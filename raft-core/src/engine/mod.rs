@@ -1,0 +1,445 @@
+//! The sans-IO Raft engine.
+//!
+//! [`Engine`] is a deterministic state machine: the caller feeds it inputs (a tick of the logical
+//! clock, an inbound request, a response, a proposal, "these writes are durable", "these entries
+//! are applied") and drains [`Action`]s (persist, send, respond, apply) that it must carry out in
+//! order. It never awaits, never reads a clock and draws randomness only from a PRNG seeded by
+//! [`Config::random_seed`](crate::Config::random_seed), so the same inputs give the same outputs.
+//!
+//! ## Ordering contract for the caller
+//!
+//! * `Action::Persist` batches must be written in the order they are emitted.
+//! * A `Send` or `Respond` with `after_persist: true` must not leave the node before every
+//!   `Persist` emitted before it is durable. This is how the engine keeps the persistence rules of
+//!   Raft (term and vote durable before voting or campaigning; entries durable before a follower
+//!   acknowledges them) without waiting itself. A leader's AppendEntries are not gated: a leader
+//!   may replicate entries while its own write is in flight, and counts itself toward a quorum
+//!   only once [`Engine::on_persisted`] reports its copy durable.
+//! * `Apply` batches are consecutive and committed; hand them to the state machine in order and
+//!   report progress with [`Engine::on_applied`].
+
+mod candidate;
+mod follower;
+mod leader;
+mod log;
+mod progress;
+mod quorum;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::config::Config;
+use crate::message::{RpcRequest, RpcResponse};
+use crate::storage::{DurableState, WriteBatch};
+use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, Role, Status, Term};
+
+use self::log::RaftLog;
+use self::progress::Progress;
+use self::quorum::VoteTally;
+
+/// Identifies an inbound request whose response the engine will produce later (chosen by the
+/// caller, echoed in [`Action::Respond`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyId(pub u64);
+
+/// What the caller must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write this batch to the `LogStore` (after every earlier batch).
+    Persist(WriteBatch),
+    /// Send `request` to node `to`; report its outcome with [`Engine::on_response`] or
+    /// [`Engine::on_unreachable`].
+    Send {
+        /// The target node.
+        to: NodeId,
+        /// The request.
+        request: RpcRequest,
+        /// Hold the request until every earlier `Persist` is durable.
+        after_persist: bool,
+    },
+    /// Answer the inbound request `reply_to` with `response`.
+    Respond {
+        /// Which request this answers.
+        reply_to: ReplyId,
+        /// The response.
+        response: RpcResponse,
+        /// Hold the response until every earlier `Persist` is durable.
+        after_persist: bool,
+    },
+    /// Apply these committed entries to the state machine, after every earlier `Apply`.
+    Apply(Vec<Entry>),
+}
+
+/// Why the engine refused a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProposeRefusal {
+    /// Not the leader; the known leader, if any.
+    NotLeader(Option<NodeId>),
+    /// The leader holds `max_unapplied_entries` entries its state machine has not applied yet:
+    /// try again once some are applied.
+    Backlogged,
+}
+
+/// Tick counts derived from the configuration.
+#[derive(Debug, Clone)]
+struct Timing {
+    heartbeat_ticks: u64,
+    election_ticks_min: u64,
+    election_ticks_max: u64,
+}
+
+/// Role-specific state.
+#[derive(Debug)]
+enum RoleState {
+    Follower,
+    PreCandidate(VoteTally),
+    Candidate(VoteTally),
+    Leader(leader::LeaderState),
+}
+
+/// The Raft protocol for one node, without any I/O. See the [module docs](self).
+#[derive(Debug)]
+pub struct Engine {
+    id: NodeId,
+    config: Config,
+    timing: Timing,
+    rng: ChaCha8Rng,
+    hard_state: HardState,
+    role: RoleState,
+    leader_id: Option<NodeId>,
+    log: RaftLog,
+    /// Ticks since the last election timeout reset (followers and candidates) or since the last
+    /// CheckQuorum round (leaders).
+    election_elapsed: u64,
+    randomized_election_ticks: u64,
+    /// The write being accumulated for the next `Persist`.
+    pending_write: WriteBatch,
+    actions: Vec<Action>,
+}
+
+impl Engine {
+    /// Creates the engine of a node restarting from `durable` (what its store holds) with the
+    /// stored `entries` (every entry after `durable.purged`, in order).
+    pub fn new(config: Config, durable: &DurableState, entries: Vec<Entry>) -> Self {
+        let timing = Timing {
+            heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
+            election_ticks_min: config.ticks(config.election_timeout_ms_min),
+            election_ticks_max: config.ticks(config.election_timeout_ms_max),
+        };
+        let mut engine = Self {
+            id: config.id,
+            rng: ChaCha8Rng::seed_from_u64(config.random_seed),
+            timing,
+            config,
+            hard_state: durable.hard_state,
+            role: RoleState::Follower,
+            leader_id: None,
+            log: RaftLog::restore(durable.purged, entries),
+            election_elapsed: 0,
+            randomized_election_ticks: 0,
+            pending_write: WriteBatch::default(),
+            actions: Vec::new(),
+        };
+        engine.reset_election_timer();
+        engine
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate(_) => Role::PreCandidate,
+            RoleState::Candidate(_) => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// The current term and vote (possibly not yet durable).
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+
+    /// The leader known for the current term.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.commit_index
+    }
+
+    /// The id of the last entry in the log.
+    pub fn last_log_id(&self) -> LogId {
+        self.log.last_log_id()
+    }
+
+    /// The highest index known durable locally.
+    pub fn durable_index(&self) -> LogIndex {
+        self.log.durable_index
+    }
+
+    /// The node's status.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role(),
+            current_term: self.hard_state.current_term,
+            leader_id: self.leader_id,
+            commit_index: self.log.commit_index,
+            applied_index: self.log.applied_index,
+            last_log_index: self.log.last_index(),
+        }
+    }
+
+    /// The term of the entry at `index`, if the log holds it.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        self.log.term_at(index)
+    }
+
+    /// Drains the actions produced so far, flushing the accumulated write and any replication
+    /// the inputs made possible. Call it after feeding a batch of inputs.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.replicate_all();
+        }
+        self.flush_write();
+        self.emit_apply();
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.election_elapsed += 1;
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.randomized_election_ticks {
+            self.election_elapsed = 0;
+            self.campaign(self.config.pre_vote, false);
+        }
+    }
+
+    /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
+    pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
+        let response = match request {
+            RpcRequest::RequestVote(req) => {
+                RpcResponse::RequestVote(self.handle_request_vote(&req))
+            }
+            RpcRequest::AppendEntries(req) => {
+                RpcResponse::AppendEntries(self.handle_append_entries(req))
+            }
+            RpcRequest::TimeoutNow(req) => RpcResponse::TimeoutNow(self.handle_timeout_now(&req)),
+        };
+        self.gated(|actions| {
+            actions.push(Action::Respond { reply_to, response, after_persist: true })
+        });
+    }
+
+    /// The response to a request this engine sent to `from` (`request` is what was sent, minus
+    /// entries: see [`SentRequest::of`]).
+    pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
+        if response.term() > self.hard_state.current_term {
+            let granted_pre_vote =
+                matches!(&response, RpcResponse::RequestVote(r) if r.pre_vote && r.vote_granted);
+            if !granted_pre_vote {
+                self.become_follower(response.term(), None);
+                return;
+            }
+        }
+        match (request, response) {
+            (SentRequest::RequestVote { term, pre_vote }, RpcResponse::RequestVote(resp)) => {
+                self.handle_vote_response(from, term, pre_vote, &resp)
+            }
+            (
+                SentRequest::AppendEntries { term, prev_index, last_index },
+                RpcResponse::AppendEntries(resp),
+            ) if term == self.hard_state.current_term => {
+                self.handle_append_response(from, prev_index, last_index, &resp);
+            }
+            _ => {}
+        }
+    }
+
+    /// A request to `from` failed (lost, timed out, unreachable).
+    pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
+        if let (SentRequest::AppendEntries { term, .. }, RoleState::Leader(leader)) =
+            (request, &mut self.role)
+        {
+            if term == self.hard_state.current_term {
+                if let Some(progress) = leader.progress.get_mut(&from) {
+                    progress.unreachable();
+                }
+            }
+        }
+    }
+
+    /// The store finished a `Persist` whose last entry was `last_entry` (`None` for a batch
+    /// without entries).
+    pub fn on_persisted(&mut self, last_entry: Option<LogId>) {
+        if let Some(last) = last_entry {
+            let before = self.log.durable_index;
+            self.log.persisted(last);
+            if self.log.durable_index > before && matches!(self.role, RoleState::Leader(_)) {
+                self.maybe_commit();
+            }
+        }
+    }
+
+    /// The state machine applied every entry up to `index`.
+    pub fn on_applied(&mut self, index: LogIndex) {
+        if index > self.log.applied_index && index <= self.log.apply_sent_index {
+            self.log.applied_index = index;
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let span = self.timing.election_ticks_max - self.timing.election_ticks_min;
+        self.randomized_election_ticks =
+            self.timing.election_ticks_min + self.rng.next_u64() % span.max(1);
+    }
+
+    /// The voters other than this node.
+    fn peers(&self) -> Vec<NodeId> {
+        self.config.voters.iter().copied().filter(|&id| id != self.id).collect()
+    }
+
+    fn voters(&self) -> &BTreeSet<NodeId> {
+        &self.config.voters
+    }
+
+    /// Moves to a new term (clearing the vote) or just changes the vote; the change is written
+    /// with the next `Persist`.
+    fn set_hard_state(&mut self, hard_state: HardState) {
+        if hard_state != self.hard_state {
+            self.hard_state = hard_state;
+            self.pending_write.hard_state = Some(hard_state);
+        }
+    }
+
+    /// Becomes a follower in `term` (which is >= the current term).
+    fn become_follower(&mut self, term: Term, leader_id: Option<NodeId>) {
+        if term > self.hard_state.current_term {
+            self.set_hard_state(HardState { current_term: term, voted_for: None });
+        }
+        if !matches!(self.role, RoleState::Follower) {
+            tracing::debug!(id = self.id, term, ?leader_id, "becoming follower");
+        }
+        self.role = RoleState::Follower;
+        self.leader_id = leader_id;
+        self.reset_election_timer();
+    }
+
+    /// Whether this node heard from a live leader within the minimum election timeout (the
+    /// CheckQuorum lease, during which it refuses to help depose that leader).
+    fn in_leader_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader_id.is_some()
+            && self.election_elapsed < self.timing.election_ticks_min
+    }
+
+    /// Emits the accumulated write, if any.
+    fn flush_write(&mut self) {
+        if !self.pending_write.is_empty() {
+            let batch = std::mem::take(&mut self.pending_write);
+            self.actions.push(Action::Persist(batch));
+        }
+    }
+
+    /// Pushes actions that must follow every write accumulated so far.
+    fn gated(&mut self, push: impl FnOnce(&mut Vec<Action>)) {
+        self.flush_write();
+        push(&mut self.actions);
+    }
+
+    /// Sends `request` to each of `to`, after the accumulated writes are durable.
+    fn send_gated(&mut self, to: Vec<NodeId>, request: RpcRequest) {
+        self.gated(|actions| {
+            for peer in to {
+                actions.push(Action::Send {
+                    to: peer,
+                    request: request.clone(),
+                    after_persist: true,
+                });
+            }
+        });
+    }
+
+    fn emit_apply(&mut self) {
+        let window = self.config.max_apply_batch as u64 * 4;
+        while self.log.apply_sent_index - self.log.applied_index < window {
+            let batch = self.log.next_to_apply(self.config.max_apply_batch);
+            if batch.is_empty() {
+                break;
+            }
+            self.actions.push(Action::Apply(batch));
+        }
+    }
+
+    /// Whether the leader currently accepts proposals (see [`Engine::propose`]).
+    pub fn can_accept_proposal(&self) -> Result<(), ProposeRefusal> {
+        if !matches!(self.role, RoleState::Leader(_)) {
+            return Err(ProposeRefusal::NotLeader(self.leader_id));
+        }
+        if self.log.last_index() - self.log.applied_index >= self.config.max_unapplied_entries {
+            return Err(ProposeRefusal::Backlogged);
+        }
+        Ok(())
+    }
+}
+
+/// What the caller remembers of a request it sent, to report its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SentRequest {
+    /// A RequestVote or PreVote.
+    RequestVote {
+        /// The term in the request.
+        term: Term,
+        /// Whether it was a pre-vote.
+        pre_vote: bool,
+    },
+    /// An AppendEntries.
+    AppendEntries {
+        /// The term in the request.
+        term: Term,
+        /// `prev_log_id.index` of the request.
+        prev_index: LogIndex,
+        /// The index of the last entry carried (`prev_index` for a heartbeat).
+        last_index: LogIndex,
+    },
+    /// A TimeoutNow.
+    TimeoutNow {
+        /// The term in the request.
+        term: Term,
+    },
+}
+
+impl SentRequest {
+    /// Summarizes a request the engine emitted.
+    pub fn of(request: &RpcRequest) -> Self {
+        match request {
+            RpcRequest::RequestVote(r) => {
+                SentRequest::RequestVote { term: r.term, pre_vote: r.pre_vote }
+            }
+            RpcRequest::AppendEntries(r) => SentRequest::AppendEntries {
+                term: r.term,
+                prev_index: r.prev_log_id.index,
+                last_index: r.prev_log_id.index + r.entries.len() as u64,
+            },
+            RpcRequest::TimeoutNow(r) => SentRequest::TimeoutNow { term: r.term },
+        }
+    }
+}
+
+/// The per-follower progress map of a leader (ordered for deterministic iteration).
+type ProgressMap = BTreeMap<NodeId, Progress>;
+
+#[cfg(test)]
+mod tests;

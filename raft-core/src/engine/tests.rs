@@ -1,0 +1,424 @@
+//! Role-level tests of the engine, driven synchronously: messages are delivered in FIFO order,
+//! writes complete immediately, and nodes can be isolated.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::message::*;
+use crate::types::EntryPayload;
+
+struct Node {
+    engine: Engine,
+    durable_hard_state: HardState,
+    durable_log: Vec<Entry>,
+    applied: Vec<Entry>,
+}
+
+enum Msg {
+    Request { from: NodeId, to: NodeId, request: RpcRequest },
+    Response { from: NodeId, to: NodeId, sent: SentRequest, response: RpcResponse },
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    queue: VecDeque<Msg>,
+    isolated: BTreeSet<NodeId>,
+    /// Pending replies: reply id -> (requester, sent summary).
+    replies: BTreeMap<u64, (NodeId, SentRequest)>,
+    next_reply: u64,
+    /// Every action taken, per node, for ordering checks.
+    log: Vec<(NodeId, Action)>,
+}
+
+fn config(id: NodeId, n: u64) -> Config {
+    let mut c = Config::new(id, 1..=n);
+    c.random_seed = id * 7919;
+    c
+}
+
+impl Cluster {
+    fn new(n: u64) -> Self {
+        Self::with_configs((1..=n).map(|id| config(id, n)).collect())
+    }
+
+    fn with_configs(configs: Vec<Config>) -> Self {
+        let nodes = configs
+            .into_iter()
+            .map(|c| {
+                let id = c.id;
+                let engine = Engine::new(c, &DurableState::default(), Vec::new());
+                (
+                    id,
+                    Node {
+                        engine,
+                        durable_hard_state: HardState::default(),
+                        durable_log: Vec::new(),
+                        applied: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        Self {
+            nodes,
+            queue: VecDeque::new(),
+            isolated: BTreeSet::new(),
+            replies: BTreeMap::new(),
+            next_reply: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn engine(&mut self, id: NodeId) -> &mut Engine {
+        &mut self.nodes.get_mut(&id).unwrap().engine
+    }
+
+    /// Runs node `id`'s actions.
+    fn drain(&mut self, id: NodeId) {
+        loop {
+            let actions = self.engine(id).take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            self.run(id, actions);
+        }
+    }
+
+    fn run(&mut self, id: NodeId, actions: Vec<Action>) {
+        for action in actions {
+            self.log.push((id, action.clone()));
+            match action {
+                Action::Persist(batch) => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    if let Some(hs) = batch.hard_state {
+                        node.durable_hard_state = hs;
+                    }
+                    if let Some(cut) = batch.truncate_from {
+                        node.durable_log.retain(|e| e.index < cut);
+                    }
+                    let last = batch.entries.last().map(Entry::log_id);
+                    node.durable_log.extend(batch.entries);
+                    node.engine.on_persisted(last);
+                }
+                Action::Send { to, request, .. } => {
+                    self.queue.push_back(Msg::Request { from: id, to, request })
+                }
+                Action::Respond { reply_to, response, .. } => {
+                    let (to, sent) = self.replies.remove(&reply_to.0).unwrap();
+                    self.queue.push_back(Msg::Response { from: id, to, sent, response });
+                }
+                Action::Apply(entries) => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    let last = entries.last().unwrap().index;
+                    node.applied.extend(entries);
+                    node.engine.on_applied(last);
+                }
+            }
+        }
+    }
+
+    fn cut(&self, a: NodeId, b: NodeId) -> bool {
+        self.isolated.contains(&a) || self.isolated.contains(&b)
+    }
+
+    /// Delivers queued messages until the network is quiet.
+    fn settle(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.drain(*id);
+        }
+        let mut steps = 0;
+        while let Some(msg) = self.queue.pop_front() {
+            steps += 1;
+            assert!(steps < 100_000, "cluster did not settle");
+            match msg {
+                Msg::Request { from, to, request } => {
+                    let sent = SentRequest::of(&request);
+                    if self.cut(from, to) {
+                        self.engine(from).on_unreachable(to, sent);
+                        self.drain(from);
+                        continue;
+                    }
+                    let reply = self.next_reply;
+                    self.next_reply += 1;
+                    self.replies.insert(reply, (from, sent));
+                    self.engine(to).on_request(request, ReplyId(reply));
+                    self.drain(to);
+                }
+                Msg::Response { from, to, sent, response } => {
+                    if self.cut(from, to) {
+                        self.engine(to).on_unreachable(from, sent);
+                    } else {
+                        self.engine(to).on_response(from, sent, response);
+                    }
+                    self.drain(to);
+                }
+            }
+        }
+    }
+
+    /// Ticks every node `n` times, settling after each tick.
+    fn tick(&mut self, n: usize) {
+        for _ in 0..n {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                self.engine(id).tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(id, n)| n.engine.role() == Role::Leader && !self.isolated.contains(id))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn elect(&mut self) -> NodeId {
+        for _ in 0..200 {
+            self.tick(1);
+            if let [leader] = self.leaders()[..] {
+                return leader;
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    fn propose(&mut self, leader: NodeId, data: &'static [u8]) -> LogId {
+        let id = self.engine(leader).propose(Bytes::from_static(data)).unwrap();
+        self.settle();
+        id
+    }
+}
+
+fn commands(entries: &[Entry]) -> Vec<Bytes> {
+    entries.iter().filter_map(|e| e.command().cloned()).collect()
+}
+
+#[test]
+fn single_node_elects_itself_and_commits() {
+    let mut c = Cluster::new(1);
+    let leader = c.elect();
+    assert_eq!(leader, 1);
+    c.propose(1, b"x");
+    assert_eq!(commands(&c.nodes[&1].applied), vec![Bytes::from_static(b"x")]);
+    assert_eq!(c.nodes[&1].engine.commit_index(), 2, "blank entry + command");
+}
+
+#[test]
+fn three_nodes_elect_one_leader_and_replicate() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    for n in c.nodes.values() {
+        assert_eq!(n.engine.hard_state().current_term, term);
+    }
+    c.propose(leader, b"a");
+    c.propose(leader, b"b");
+    c.tick(10); // heartbeats carry the commit index to followers
+    for n in c.nodes.values() {
+        assert_eq!(commands(&n.applied), vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+    }
+}
+
+#[test]
+fn pre_vote_does_not_raise_terms_of_an_isolated_node() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    c.isolated.insert(follower);
+    c.tick(500);
+    assert_eq!(
+        c.nodes[&follower].engine.hard_state().current_term,
+        term,
+        "pre-votes failed, term unchanged"
+    );
+    c.isolated.clear();
+    c.tick(20);
+    assert_eq!(c.leaders(), vec![leader], "the rejoining node did not disrupt the leader");
+    assert_eq!(c.nodes[&leader].engine.hard_state().current_term, term);
+}
+
+#[test]
+fn vote_is_persisted_before_the_response() {
+    let mut c = Cluster::new(3);
+    c.elect();
+    for (i, (id, action)) in c.log.iter().enumerate() {
+        if let Action::Respond { response: RpcResponse::RequestVote(r), after_persist, .. } = action
+        {
+            if r.vote_granted && !r.pre_vote {
+                assert!(after_persist);
+                let persisted = c.log[..i].iter().rev().take_while(|(other, _)| other == id).any(|(_, a)| {
+                    matches!(a, Action::Persist(b) if b.hard_state.map(|h| h.voted_for.is_some()) == Some(true))
+                });
+                assert!(persisted, "vote granted by {id} without a preceding Persist of the vote");
+            }
+        }
+        if let Action::Send { request: RpcRequest::RequestVote(r), after_persist, .. } = action {
+            assert!(*after_persist, "RequestVote must wait for the term to be durable");
+            let _ = r;
+        }
+    }
+}
+
+#[test]
+fn leader_without_quorum_steps_down_and_minority_cannot_commit() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let others: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(others.iter().copied());
+    let before = c.nodes[&leader].engine.commit_index();
+    let _ = c.engine(leader).propose(Bytes::from_static(b"lost"));
+    c.settle();
+    assert_eq!(c.nodes[&leader].engine.commit_index(), before, "no commit without a majority");
+    c.tick(100);
+    assert_ne!(c.nodes[&leader].engine.role(), Role::Leader, "CheckQuorum stepped the leader down");
+}
+
+#[test]
+fn follower_rejects_with_conflict_hint_and_leader_backtracks_by_term() {
+    // Node 1 is leader of term 3 with log [1,1,1,3,3]; node 2 holds [1,1,1,2,2,2,2] (diverged).
+    let mut c = Cluster::new(2);
+    let mk = |terms: &[Term]| -> Vec<Entry> {
+        terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry { index: i as u64 + 1, term: t, payload: EntryPayload::Blank })
+            .collect()
+    };
+    let leader_log = mk(&[1, 1, 1, 3, 3]);
+    let follower_log = mk(&[1, 1, 1, 2, 2, 2, 2]);
+    for (id, log, term) in [(1, leader_log, 3), (2, follower_log, 2)] {
+        let durable = DurableState {
+            hard_state: HardState { current_term: term, voted_for: None },
+            purged: LogId::default(),
+            last: log.last().unwrap().log_id(),
+        };
+        c.nodes.get_mut(&id).unwrap().engine = Engine::new(config(id, 2), &durable, log.clone());
+        c.nodes.get_mut(&id).unwrap().durable_log = log;
+    }
+    // Node 2's log is longer but older: it cannot win; node 1 wins and repairs node 2.
+    let leader = c.elect();
+    assert_eq!(leader, 1);
+    c.tick(10);
+    let appends = c
+        .log
+        .iter()
+        .filter(|(id, a)| *id == 1 && matches!(a, Action::Send { request: RpcRequest::AppendEntries(r), .. } if !r.entries.is_empty()))
+        .count();
+    assert!(appends <= 3, "fast backtracking: {appends} AppendEntries with entries");
+    let l: Vec<LogId> = c.nodes[&1].durable_log.iter().map(Entry::log_id).collect();
+    let f: Vec<LogId> = c.nodes[&2].durable_log.iter().map(Entry::log_id).collect();
+    assert_eq!(l, f, "follower log repaired to the leader's");
+    assert_eq!(c.nodes[&2].engine.commit_index(), c.nodes[&1].engine.commit_index());
+}
+
+#[test]
+fn leader_commits_old_entries_only_through_an_entry_of_its_term() {
+    // Figure 8: an entry of term 2 on a majority must not commit by counting alone.
+    let mut c = Cluster::new(3);
+    let old = vec![Entry {
+        index: 1,
+        term: 2,
+        payload: EntryPayload::Command(Bytes::from_static(b"old")),
+    }];
+    for id in 1..=3 {
+        let log = if id <= 2 { old.clone() } else { Vec::new() };
+        let durable = DurableState {
+            hard_state: HardState { current_term: 2, voted_for: None },
+            purged: LogId::default(),
+            last: log.last().map_or(LogId::default(), Entry::log_id),
+        };
+        c.nodes.get_mut(&id).unwrap().engine = Engine::new(config(id, 3), &durable, log.clone());
+        c.nodes.get_mut(&id).unwrap().durable_log = log;
+    }
+    // Force node 1 to be leader of term 3 without letting it replicate its blank entry.
+    c.isolated.insert(3);
+    c.engine(1).campaign(false, false);
+    c.drain(1);
+    // Deliver only the vote request/response.
+    let mut blank_sent = false;
+    while let Some(msg) = c.queue.pop_front() {
+        match msg {
+            Msg::Request { from, to, request }
+                if to == 2 && matches!(request, RpcRequest::RequestVote(_)) =>
+            {
+                let reply = c.next_reply;
+                c.next_reply += 1;
+                c.replies.insert(reply, (from, SentRequest::of(&request)));
+                c.engine(2).on_request(request, ReplyId(reply));
+                c.drain(2);
+            }
+            Msg::Response { from, to, sent, response } => {
+                c.engine(to).on_response(from, sent, response);
+                c.drain(to);
+            }
+            Msg::Request { request: RpcRequest::AppendEntries(_), .. } => blank_sent = true,
+            Msg::Request { .. } => {}
+        }
+    }
+    assert!(blank_sent);
+    assert_eq!(c.nodes[&1].engine.role(), Role::Leader);
+    // Entry 1 (term 2) is on nodes 1 and 2, a majority, yet not committed: the blank entry of
+    // term 3 has not reached node 2.
+    assert_eq!(c.nodes[&1].engine.commit_index(), 0);
+    c.isolated.clear();
+    c.tick(10);
+    assert_eq!(c.nodes[&1].engine.commit_index(), 2, "committed through the term-3 entry");
+}
+
+#[test]
+fn restarted_node_does_not_vote_twice_in_a_term() {
+    let mut c = Cluster::new(3);
+    c.elect();
+    let voter = *c.nodes.iter().find(|(_, n)| n.engine.role() == Role::Follower).unwrap().0;
+    let hs = c.nodes[&voter].durable_hard_state;
+    assert!(hs.voted_for.is_some());
+    // Restart from the durable state only.
+    let durable = DurableState {
+        hard_state: hs,
+        purged: LogId::default(),
+        last: c.nodes[&voter].durable_log.last().unwrap().log_id(),
+    };
+    let mut engine = Engine::new(config(voter, 3), &durable, c.nodes[&voter].durable_log.clone());
+    let other = (1..=3).find(|&id| Some(id) != hs.voted_for && id != voter).unwrap();
+    engine.on_request(
+        RpcRequest::RequestVote(RequestVoteRequest {
+            term: hs.current_term,
+            candidate_id: other,
+            last_log_id: LogId::new(hs.current_term, 100),
+            pre_vote: false,
+            leadership_transfer: false,
+        }),
+        ReplyId(0),
+    );
+    let granted = engine.take_actions().into_iter().any(|a| {
+        matches!(a, Action::Respond { response: RpcResponse::RequestVote(r), .. } if r.vote_granted)
+    });
+    assert!(!granted, "voted twice in term {}", hs.current_term);
+}
+
+#[test]
+fn pipelining_is_bounded_by_the_inflight_window() {
+    let mut configs: Vec<Config> = (1..=2).map(|id| config(id, 2)).collect();
+    for c in &mut configs {
+        c.max_append_entries = 1;
+        c.max_inflight_append_entries = 3;
+    }
+    let mut c = Cluster::with_configs(configs);
+    let leader = c.elect();
+    c.settle();
+    for _ in 0..10 {
+        c.engine(leader).propose(Bytes::from_static(b"p")).unwrap();
+    }
+    let actions = c.engine(leader).take_actions();
+    let sends = actions.iter().filter(|a| matches!(a, Action::Send { .. })).count();
+    assert_eq!(sends, 3, "at most 3 AppendEntries in flight");
+    let persists = actions.iter().filter(|a| matches!(a, Action::Persist(_))).count();
+    assert_eq!(persists, 1, "ten proposals, one write (group commit)");
+}

@@ -1,0 +1,83 @@
+//! The applier task: hands committed entries to the state machine in order and answers the
+//! proposers waiting for them.
+
+use std::collections::BTreeMap;
+
+use async_channel::{Receiver, Sender};
+use async_lock::SemaphoreGuardArc;
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+use super::Input;
+use crate::error::ProposalError;
+use crate::state_machine::StateMachine;
+use crate::types::{Entry, LogIndex, Term};
+
+/// A proposer waiting for the response to its entry.
+pub(super) struct Waiter {
+    pub(super) term: Term,
+    pub(super) reply: oneshot::Sender<Result<Bytes, ProposalError>>,
+    /// Holds one of the node's proposal slots until the proposal is answered.
+    pub(super) _permit: SemaphoreGuardArc,
+}
+
+pub(super) enum ApplyMsg {
+    /// Answer the proposer of `index` when it is applied.
+    Wait { index: LogIndex, waiter: Waiter },
+    /// Apply these committed entries.
+    Apply(Vec<Entry>),
+    /// This node stopped leading: fail waiters above `commit_index` (their fate is unknown).
+    LeadershipLost { commit_index: LogIndex },
+}
+
+pub(super) async fn run<M: StateMachine>(
+    mut state_machine: M,
+    messages: Receiver<ApplyMsg>,
+    inputs: Sender<Input>,
+) {
+    let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
+    while let Ok(message) = messages.recv().await {
+        match message {
+            ApplyMsg::Wait { index, waiter } => {
+                waiters.insert(index, waiter);
+            }
+            ApplyMsg::LeadershipLost { commit_index } => {
+                for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
+                    let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
+                }
+            }
+            ApplyMsg::Apply(entries) => {
+                let Some(last) = entries.last().map(|e| e.index) else { continue };
+                let responses = match state_machine.apply(&entries).await {
+                    Ok(responses) if responses.len() == entries.len() => responses,
+                    Ok(responses) => {
+                        let message = format!(
+                            "state machine returned {} responses for {} entries",
+                            responses.len(),
+                            entries.len()
+                        );
+                        let _ = inputs.send(Input::ApplyFailed(message)).await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = inputs.send(Input::ApplyFailed(error.to_string())).await;
+                        return;
+                    }
+                };
+                for (entry, response) in entries.iter().zip(responses) {
+                    if let Some(waiter) = waiters.remove(&entry.index) {
+                        let outcome = if waiter.term == entry.term {
+                            Ok(response)
+                        } else {
+                            Err(ProposalError::Dropped { index: entry.index, term: waiter.term })
+                        };
+                        let _ = waiter.reply.send(outcome);
+                    }
+                }
+                if inputs.send(Input::Applied(last)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The node: a handle to a running Raft node, and the async driver behind it.
+//!
+//! The driver is a few tasks connected by channels:
+//!
+//! * the **main loop** owns the [`Engine`] and is the only code that touches it; it feeds inputs
+//!   in batches (many proposals and messages per step) and dispatches the resulting actions;
+//! * the **log writer** writes `Persist` batches in order, merging the ones that queue up while a
+//!   write is in progress (one sync for many proposals);
+//! * the **applier** runs the state machine and answers proposers;
+//! * one **sender per peer** runs that peer's RPCs concurrently;
+//! * the **ticker** turns the runtime's timer into engine ticks.
+//!
+//! Messages that acknowledge state wait in the main loop until the writes before them are
+//! durable; the leader's own AppendEntries go out at once (see the engine's ordering contract).
+
+mod applier;
+mod core_loop;
+mod peer;
+mod watch;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+
+use async_channel::Sender;
+use async_lock::Semaphore;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+
+use self::watch::StatusCell;
+pub use self::watch::StatusWatch;
+use crate::config::Config;
+use crate::engine::{Engine, SentRequest};
+use crate::error::{FatalError, ProposalError, ProposeError, StartError};
+use crate::message::{RpcRequest, RpcResponse};
+use crate::network::{Network, NetworkError, RpcError, RpcHandler};
+use crate::runtime::Runtime;
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStore, StorageError};
+use crate::types::{Entry, LogId, LogIndex, NodeId, Role, Status, Term};
+
+/// Inputs of the main loop.
+pub(crate) enum Input {
+    Tick,
+    Propose {
+        command: Bytes,
+        permit: async_lock::SemaphoreGuardArc,
+        reply: oneshot::Sender<Result<Proposal, ProposeError>>,
+    },
+    Request {
+        request: RpcRequest,
+        reply: oneshot::Sender<RpcResponse>,
+    },
+    Response {
+        from: NodeId,
+        sent: SentRequest,
+        result: Result<RpcResponse, NetworkError>,
+    },
+    Persisted {
+        seq: u64,
+        last: Option<LogId>,
+        result: Result<(), StorageError>,
+    },
+    Applied(LogIndex),
+    ApplyFailed(String),
+    Shutdown,
+}
+
+/// State shared by every clone of a [`Node`].
+struct Shared {
+    id: NodeId,
+    max_payload_bytes: u64,
+    inputs: Sender<Input>,
+    status: Arc<StatusCell>,
+    proposal_slots: Arc<Semaphore>,
+    fatal: Arc<Mutex<Option<FatalError>>>,
+    /// Completes (yields `None`) once every task of the node has ended.
+    tasks_done: async_lock::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+/// A handle to a running Raft node. Cheap to clone; every clone controls the same node.
+///
+/// The node runs on the tasks it spawned on the [`Runtime`] given to [`Node::start`] until
+/// [`Node::shutdown`] is called, or until a fatal store or state machine error stops it
+/// ([`Node::fatal_error`] says which). Dropping handles does not stop it.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.shared.id).finish_non_exhaustive()
+    }
+}
+
+/// An accepted proposal: its position in the log and a way to wait for the state machine's
+/// response.
+#[derive(Debug)]
+pub struct Proposal {
+    /// The index of the entry in the log.
+    pub index: LogIndex,
+    /// The term of the entry (the leader's term when it was proposed).
+    pub term: Term,
+    response: oneshot::Receiver<Result<Bytes, ProposalError>>,
+}
+
+impl Proposal {
+    /// Waits until the entry is applied and returns the state machine's response for it. The
+    /// entry is then committed: it is on a majority of nodes and will survive any failure the
+    /// cluster survives.
+    pub async fn response(self) -> Result<Bytes, ProposalError> {
+        self.response.await.unwrap_or(Err(ProposalError::Shutdown))
+    }
+}
+
+/// Bytes of entries read per store call while loading the log at start.
+const LOAD_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Most RPCs in flight to one peer: the AppendEntries window plus heartbeats and votes.
+fn max_in_flight_per_peer(config: &Config) -> usize {
+    config.max_inflight_append_entries + 8
+}
+
+impl Node {
+    /// Starts a node: opens `store`, loads its log, and spawns the node's tasks on `runtime`.
+    ///
+    /// The node starts as a follower and learns the commit index from the leader; the state
+    /// machine is rebuilt by applying the log from the beginning. Inbound RPCs must be routed
+    /// to the returned node (it implements [`RpcHandler`]).
+    pub async fn start<S, N, M, R>(
+        config: Config,
+        store: S,
+        network: N,
+        state_machine: M,
+        runtime: R,
+    ) -> Result<Node, StartError>
+    where
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
+        config.validate()?;
+        let durable = store.open().await?;
+        let entries = load_log(&store, durable.first_index(), durable.last.index).await?;
+        let engine = Engine::new(config.clone(), &durable, entries);
+        let id = config.id;
+        let status = StatusCell::new(engine.status());
+        let fatal = Arc::new(Mutex::new(None));
+        let (inputs_tx, inputs_rx) = async_channel::bounded(4096);
+        let (writer_tx, writer_rx) = async_channel::unbounded();
+        let (applier_tx, applier_rx) = async_channel::unbounded();
+        let (done_tx, done_rx) = mpsc::channel::<()>(0);
+        let network = Arc::new(network);
+        let runtime = Arc::new(runtime);
+
+        let spawn = |future: futures::future::BoxFuture<'static, ()>| {
+            let guard = done_tx.clone();
+            runtime.spawn(
+                async move {
+                    future.await;
+                    drop(guard);
+                }
+                .boxed(),
+            );
+        };
+
+        let mut peers = std::collections::BTreeMap::new();
+        for &peer in config.voters.iter().filter(|&&p| p != id) {
+            let capacity = max_in_flight_per_peer(&config);
+            let (tx, rx) = async_channel::bounded(capacity);
+            peers.insert(peer, tx);
+            spawn(peer::run(peer, network.clone(), rx, inputs_tx.clone(), capacity).boxed());
+        }
+        spawn(writer::run(store, writer_rx, inputs_tx.clone()).boxed());
+        spawn(applier::run(state_machine, applier_rx, inputs_tx.clone()).boxed());
+        let tick = std::time::Duration::from_millis(config.tick_interval_ms);
+        let ticker_inputs = inputs_tx.clone();
+        let ticker_sleeper = runtime.clone();
+        spawn(
+            async move {
+                loop {
+                    ticker_sleeper.sleep(tick).await;
+                    if ticker_inputs.send(Input::Tick).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .boxed(),
+        );
+        let main_loop = core_loop::CoreLoop::new(
+            engine,
+            inputs_rx,
+            writer_tx,
+            applier_tx,
+            peers,
+            status.clone(),
+            fatal.clone(),
+        );
+        spawn(main_loop.run().boxed());
+        drop(done_tx);
+        tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");
+        Ok(Node {
+            shared: Arc::new(Shared {
+                id,
+                max_payload_bytes: config.max_payload_bytes,
+                inputs: inputs_tx,
+                status,
+                proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
+                fatal,
+                tasks_done: async_lock::Mutex::new(Some(done_rx)),
+            }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// Proposes `command` for the replicated log.
+    ///
+    /// Fails at once with [`ProposeError::NotLeader`] on a node that is not the leader. On the
+    /// leader, waits for room if `max_pending_proposals` proposals are already pending or the
+    /// state machine is `max_unapplied_entries` behind (back-pressure), then appends the entry
+    /// and returns its index and term; [`Proposal::response`] waits for it to be applied.
+    pub async fn propose(&self, command: Bytes) -> Result<Proposal, ProposeError> {
+        let size = command.len() as u64;
+        if size > self.shared.max_payload_bytes {
+            return Err(ProposeError::TooLarge { size, limit: self.shared.max_payload_bytes });
+        }
+        let status = self.shared.status.get();
+        if status.role != Role::Leader {
+            return Err(ProposeError::NotLeader { leader_hint: status.leader_id });
+        }
+        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::Propose { command, permit, reply })
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        answer.await.unwrap_or(Err(ProposeError::Shutdown))
+    }
+
+    /// The node's current status.
+    pub fn status(&self) -> Status {
+        self.shared.status.get()
+    }
+
+    /// A watch of the node's status.
+    pub fn watch(&self) -> StatusWatch {
+        StatusWatch::new(self.shared.status.clone())
+    }
+
+    /// Why the node stopped on its own, if it did (a store or state machine failure).
+    pub fn fatal_error(&self) -> Option<FatalError> {
+        self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the node: every task and timer ends, pending proposals fail with `Shutdown`, and
+    /// writes already handed to the store complete. Returns once everything has stopped.
+    /// Calling it again (or on a node that stopped on its own) returns at once.
+    pub async fn shutdown(&self) {
+        let _ = self.shared.inputs.send(Input::Shutdown).await;
+        let mut done = self.shared.tasks_done.lock().await;
+        if let Some(mut receiver) = done.take() {
+            while receiver.next().await.is_some() {}
+        }
+    }
+}
+
+#[async_trait]
+impl RpcHandler for Node {
+    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::Request { request, reply })
+            .await
+            .map_err(|_| RpcError::Shutdown)?;
+        answer.await.map_err(|_| RpcError::Shutdown)
+    }
+}
+
+/// Reads the stored log `first..=last` in bounded chunks, checking that it is contiguous.
+async fn load_log<S: LogStore>(
+    store: &S,
+    first: LogIndex,
+    last: LogIndex,
+) -> Result<Vec<Entry>, StorageError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut next = first;
+    while next <= last {
+        let chunk = store.read(next..last + 1, LOAD_CHUNK_BYTES).await?;
+        if chunk.is_empty() {
+            return Err(StorageError::Corrupt(format!(
+                "log read at {next} returned nothing (last is {last})"
+            )));
+        }
+        for entry in chunk {
+            if entry.index != next {
+                return Err(StorageError::Corrupt(format!(
+                    "expected entry {next}, found {}",
+                    entry.index
+                )));
+            }
+            if entries.last().is_some_and(|prev| prev.term > entry.term) {
+                return Err(StorageError::Corrupt(format!("term goes backwards at entry {next}")));
+            }
+            next += 1;
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}

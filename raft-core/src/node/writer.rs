@@ -1,0 +1,44 @@
+//! The log writer task: writes `Persist` batches in order, merging those that queue up while a
+//! write is in progress into one store call (group commit at the node level).
+
+use async_channel::{Receiver, Sender};
+
+use super::Input;
+use crate::storage::{LogStore, WriteBatch};
+use crate::types::Entry;
+
+/// A batch and its sequence number (batches are numbered 1, 2, ... in emission order).
+pub(super) struct WriteRequest {
+    pub(super) seq: u64,
+    pub(super) batch: WriteBatch,
+}
+
+/// At most this many entries go into one merged write.
+const MAX_MERGED_ENTRIES: usize = 65_536;
+
+pub(super) async fn run<S: LogStore>(
+    store: S,
+    requests: Receiver<WriteRequest>,
+    inputs: Sender<Input>,
+) {
+    while let Ok(first) = requests.recv().await {
+        let mut seq = first.seq;
+        let mut batch = first.batch;
+        while batch.entries.len() < MAX_MERGED_ENTRIES {
+            match requests.try_recv() {
+                Ok(next) => {
+                    seq = next.seq;
+                    batch.merge(next.batch);
+                }
+                Err(_) => break,
+            }
+        }
+        let last = batch.entries.last().map(Entry::log_id);
+        let result = store.write(batch).await;
+        let failed = result.is_err();
+        if inputs.send(Input::Persisted { seq, last, result }).await.is_err() || failed {
+            // The node stopped, or the store failed: nothing more may be acknowledged.
+            return;
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! A test cluster of real `Node`s on `MemNetwork` and `MemLogStore`, generic over the runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use raft_core::{
+    Bytes, Config, Entry, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
+    StateMachineError, Status,
+};
+use raft_mem::{MemLogStore, MemNetwork};
+
+/// Records every applied entry; answers each command with its own bytes.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub applied: Arc<Mutex<Vec<Entry>>>,
+}
+
+#[async_trait]
+impl StateMachine for Recorder {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        let mut applied = self.applied.lock().unwrap();
+        if let (Some(last), Some(first)) = (applied.last(), entries.first()) {
+            assert_eq!(first.index, last.index + 1, "applies happen in order without gaps");
+        }
+        applied.extend(entries.iter().cloned());
+        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
+    }
+}
+
+/// A generous bound used only to turn a hang into a failure, never to measure speed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Cluster<R: Runtime + Clone> {
+    pub runtime: R,
+    pub network: MemNetwork,
+    pub ids: Vec<NodeId>,
+    pub stores: BTreeMap<NodeId, MemLogStore>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub recorders: BTreeMap<NodeId, Recorder>,
+}
+
+pub fn config(id: NodeId, ids: &[NodeId]) -> Config {
+    let mut config = Config::new(id, ids.iter().copied());
+    // Short timeouts keep the tests quick; they are still many ticks long.
+    config.tick_interval_ms = 5;
+    config.heartbeat_interval_ms = 25;
+    config.election_timeout_ms_min = 150;
+    config.election_timeout_ms_max = 300;
+    config
+}
+
+impl<R: Runtime + Clone> Cluster<R> {
+    pub async fn start(n: u64, runtime: R) -> Self {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let mut cluster = Self {
+            runtime,
+            network: MemNetwork::new(),
+            stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
+            ids,
+            nodes: BTreeMap::new(),
+            recorders: BTreeMap::new(),
+        };
+        for id in cluster.ids.clone() {
+            cluster.boot(id).await;
+        }
+        cluster
+    }
+
+    /// Starts node `id` from whatever its store holds, with a fresh state machine.
+    pub async fn boot(&mut self, id: NodeId) {
+        let recorder = Recorder::default();
+        let node = Node::start(
+            config(id, &self.ids),
+            self.stores[&id].clone(),
+            self.network.endpoint(id),
+            recorder.clone(),
+            self.runtime.clone(),
+        )
+        .await
+        .unwrap();
+        self.network.register(id, Arc::new(node.clone()));
+        self.nodes.insert(id, node);
+        self.recorders.insert(id, recorder);
+    }
+
+    /// Crashes node `id`: it stops, keeping only what its store made durable.
+    pub async fn crash(&mut self, id: NodeId) {
+        self.network.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self, id: NodeId) {
+        self.crash(id).await;
+        self.boot(id).await;
+    }
+
+    pub async fn shutdown(self) {
+        for node in self.nodes.values() {
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn sleep(&self, duration: Duration) {
+        self.runtime.sleep(duration).await;
+    }
+
+    /// Runs `future`, failing the test if it takes longer than [`PATIENCE`].
+    pub async fn within<T>(&self, what: &str, future: impl std::future::Future<Output = T>) -> T {
+        futures::select! {
+            value = future.fuse() => value,
+            _ = self.runtime.sleep(PATIENCE).fuse() => panic!("timed out waiting for {what}"),
+        }
+    }
+
+    /// The statuses of the running, connected nodes.
+    pub fn connected_statuses(&self) -> Vec<Status> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| !self.network.is_disconnected(**id))
+            .map(|(_, node)| node.status())
+            .collect()
+    }
+
+    /// Waits until exactly one connected node leads, and every connected node follows it in
+    /// its term; returns it.
+    pub async fn wait_for_leader(&self) -> NodeId {
+        self.within("a leader", async {
+            loop {
+                let statuses = self.connected_statuses();
+                let leaders: Vec<&Status> =
+                    statuses.iter().filter(|s| s.role == Role::Leader).collect();
+                if let [leader] = leaders[..] {
+                    if statuses.iter().all(|s| {
+                        s.current_term == leader.current_term && s.leader_id == Some(leader.id)
+                    }) {
+                        return leader.id;
+                    }
+                }
+                self.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Proposes on the current leader until accepted, and returns the applied response.
+    pub async fn write(&self, data: &[u8]) -> (u64, Bytes) {
+        let data = Bytes::copy_from_slice(data);
+        self.within("a write", async {
+            loop {
+                let leader = self.wait_for_leader().await;
+                match self.nodes[&leader].propose(data.clone()).await {
+                    Ok(proposal) => {
+                        let index = proposal.index;
+                        if let Ok(response) = proposal.response().await {
+                            return (index, response);
+                        }
+                    }
+                    Err(ProposeError::NotLeader { .. }) => {}
+                    Err(e) => panic!("propose failed: {e}"),
+                }
+                self.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until every running node has applied up to `index`.
+    pub async fn wait_applied(&self, nodes: &[NodeId], index: u64) {
+        for id in nodes {
+            let mut watch = self.nodes[id].watch();
+            self.within("applies", watch.wait_for(|s| s.applied_index >= index)).await;
+        }
+    }
+
+    pub fn applied_commands(&self, id: NodeId) -> Vec<Bytes> {
+        self.recorders[&id]
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.command().cloned())
+            .collect()
+    }
+
+    /// State Machine Safety across nodes: no two nodes applied different entries at one index.
+    pub fn check_applied_agree(&self) {
+        let logs: Vec<Vec<Entry>> =
+            self.recorders.values().map(|r| r.applied.lock().unwrap().clone()).collect();
+        for a in &logs {
+            for b in &logs {
+                for (x, y) in a.iter().zip(b.iter()) {
+                    assert_eq!(x, y, "two nodes applied different entries at index {}", x.index);
+                }
+            }
+        }
+    }
+}
