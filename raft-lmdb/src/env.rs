@@ -77,7 +77,7 @@ impl Handles {
 /// Default LMDB flags only (synced commits: no `NO_SYNC`, `NO_META_SYNC`, `MAP_ASYNC`); read
 /// transactions are not tied to threads (`read_txn_without_tls`) so that async tasks may read
 /// from any thread.
-fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutTls>, heed::Error> {
+pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutTls>, heed::Error> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options.map_size(map_size).max_dbs(2);
     #[allow(unsafe_code)]
@@ -160,10 +160,10 @@ fn round_up_map_size(size: usize) -> Option<usize> {
     size.checked_next_multiple_of(MAP_GRANULE)
 }
 
-type OpenedDatabases = (Option<MetaDb>, Option<LogDb>, bool);
+pub(crate) type OpenedDatabases = (Option<MetaDb>, Option<LogDb>, bool);
 
 /// Opens the two databases if they exist, and says whether the main database is empty.
-fn open_databases(env: &Env<WithoutTls>) -> Result<OpenedDatabases, heed::Error> {
+pub(crate) fn open_databases(env: &Env<WithoutTls>) -> Result<OpenedDatabases, heed::Error> {
     let rtxn = env.read_txn()?;
     let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, heed::Error> {
         let meta = opener.open_database::<Str, Bytes>(rtxn, Some(META_DB))?;

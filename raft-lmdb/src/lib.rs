@@ -60,9 +60,11 @@ mod options;
 mod registry;
 mod shared;
 mod store;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use codec::FORMAT_VERSION;
 pub use error::OpenError;
 pub use options::LmdbOptions;
-pub use store::{LmdbLogStore, PendingWrite};
+pub use store::{LmdbLogStore, PendingWrite, StoreStats};

@@ -1,6 +1,6 @@
 //! State shared by a store handle and its writer thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use event_listener::Event;
@@ -24,9 +24,17 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     /// Notified each time the writer takes requests out of the queue (room for more).
     pub(crate) space: Event,
+    /// Transactions committed by the writer.
+    pub(crate) commits: AtomicU64,
+    /// Requests answered by those transactions.
+    pub(crate) committed_requests: AtomicU64,
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: the writer waits for this lock after receiving a request, before gathering
+    /// the rest of its group.
+    #[cfg(test)]
+    pub(crate) pause: std::sync::Mutex<()>,
     /// Exclusive ownership of the directory.
     pub(crate) guard: DirGuard,
 }
@@ -37,8 +45,12 @@ impl Shared {
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
             space: Event::new(),
+            commits: AtomicU64::new(0),
+            committed_requests: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            pause: std::sync::Mutex::new(()),
             guard,
         }
     }

@@ -6,6 +6,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -54,7 +55,7 @@ const OWN_FILES: [&str; 3] = ["data.mdb", "lock.mdb", LOCK_FILE];
 pub struct LmdbLogStore {
     tx: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl LmdbLogStore {
@@ -98,6 +99,14 @@ impl LmdbLogStore {
     /// store has stopped.
     pub fn map_size(&self) -> Option<usize> {
         self.shared.handles().as_ref().map(Handles::map_size)
+    }
+
+    /// Counters of the writer thread since the store was opened.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.shared.commits.load(Ordering::Relaxed),
+            requests: self.shared.committed_requests.load(Ordering::Relaxed),
+        }
     }
 
     /// True once a write has failed: the store then accepts no more writes.
@@ -228,6 +237,17 @@ impl LogStore for LmdbLogStore {
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         self.enqueue(Op::Purge(up_to)).await?.await
     }
+}
+
+/// Counters of a store's writer thread. `requests / commits` is the mean group size: how many
+/// writes and purges shared one synced transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Transactions committed (each one sync).
+    pub commits: u64,
+    /// Write and purge requests answered by those transactions (valid or not).
+    pub requests: u64,
 }
 
 /// A write that has been queued: resolves to `Ok(())` once it is durable, or to the error that

@@ -12,6 +12,7 @@
 //! [`StorageError::Closed`]; nothing is acknowledged after an error.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -127,6 +128,8 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         while let Ok(first) = self.rx.recv() {
+            #[cfg(test)]
+            drop(self.shared.pause.lock());
             let mut bytes = first.op.size_bytes();
             let mut group = vec![first];
             while group.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
@@ -155,6 +158,8 @@ impl Writer {
             match self.try_commit(&group) {
                 Ok((meta, outcomes)) => {
                     self.committed = meta;
+                    self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                    self.shared.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                     for (request, outcome) in group.into_iter().zip(outcomes) {
                         // The caller may have stopped waiting; the write is durable all the same.
                         let _ = request.reply.send(outcome);
@@ -232,7 +237,7 @@ impl Writer {
             handles.meta.put(&mut txn, STATE_KEY, &codec::encode_meta(&meta)?)?;
         }
         #[cfg(test)]
-        if self.shared.fail_next_commit.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
         txn.commit()?;
@@ -257,17 +262,16 @@ impl Writer {
                 )));
             }
         }
-        let mut expected = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
+        let first = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
         self.buf.clear();
         self.spans.clear();
-        for entry in &batch.entries {
+        for (expected, entry) in (first..).zip(&batch.entries) {
             if entry.index != expected {
                 return Err(invalid(format!(
                     "entry index {} where {expected} was expected",
                     entry.index
                 )));
             }
-            expected += 1;
             // Encoding before touching the transaction keeps an unencodable batch without effect.
             self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
                 .map_err(Rejection::Invalid)?;
