@@ -125,6 +125,13 @@ impl LmdbLogStore {
         self.enqueue(Op::Write(batch)).await
     }
 
+    /// Queues a purge of every entry up to `up_to`, like [`LmdbLogStore::submit`] queues a
+    /// write: ordered with the writes around it, durable when the [`PendingWrite`] resolves.
+    /// `LogStore::purge` is `submit_purge(up_to).await?.await`.
+    pub async fn submit_purge(&self, up_to: LogIndex) -> Result<PendingWrite, StorageError> {
+        self.enqueue(Op::Purge(up_to)).await
+    }
+
     async fn enqueue(&self, op: Op) -> Result<PendingWrite, StorageError> {
         if self.shared.is_poisoned() {
             return Err(StorageError::Closed);
@@ -235,7 +242,7 @@ impl LogStore for LmdbLogStore {
     }
 
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
-        self.enqueue(Op::Purge(up_to)).await?.await
+        self.submit_purge(up_to).await?.await
     }
 }
 
