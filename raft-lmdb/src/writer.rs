@@ -2,7 +2,10 @@
 //!
 //! It takes requests from a bounded queue, merges every request queued while the previous commit
 //! was running into one transaction (group commit: one sync for many writes), commits it and then
-//! answers every request of the group. Requests are applied in queue order, each validated
+//! answers every request of the group. When the callers just answered are expected back at once
+//! (several callers each waiting for their write before the next), it waits for them a fraction
+//! of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync instead of
+//! splitting into cohorts that alternate between commits; a lone caller never waits. Requests are applied in queue order, each validated
 //! against the log as left by the requests before it; an invalid request is answered with its
 //! error and has no effect, without disturbing the others.
 //!
@@ -16,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use heed::{PutFlags, RwTxn};
@@ -51,6 +55,12 @@ pub(crate) struct Request {
     pub(crate) op: Op,
     pub(crate) reply: oneshot::Sender<Result<(), StorageError>>,
 }
+
+/// A request's answer channel and its outcome.
+type Reply = (oneshot::Sender<Result<(), StorageError>>, Result<(), StorageError>);
+
+/// The longest a group waits for expected requests before committing.
+const MAX_LINGER: Duration = Duration::from_micros(500);
 
 /// Bounds on one group commit.
 #[derive(Debug, Clone, Copy)]
@@ -127,32 +137,89 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
-            #[cfg(test)]
-            drop(self.shared.pause.lock());
-            let mut bytes = first.op.size_bytes();
-            let mut group = vec![first];
-            while group.len() < self.limits.max_requests && bytes < self.limits.max_bytes {
-                match self.rx.try_recv() {
-                    Ok(request) => {
-                        bytes += request.op.size_bytes();
-                        group.push(request);
-                    }
+        // Requests that arrived while the previous group was being committed.
+        let mut carry: Vec<Request> = Vec::new();
+        // Size of the previous group, and how long its commit took.
+        let (mut answered, mut last_commit) = (0, Duration::ZERO);
+        loop {
+            let mut group = std::mem::take(&mut carry);
+            // The writers just answered are likely to come back at once (a closed loop of
+            // callers, each waiting for its write before the next): expect them as well as
+            // the requests that queued up during the commit.
+            let expected = (answered + group.len()).min(self.limits.max_requests);
+            if group.is_empty() {
+                match self.rx.recv() {
+                    Ok(request) => group.push(request),
                     Err(_) => break,
                 }
             }
+            #[cfg(test)]
+            drop(self.shared.pause.lock());
+            let mut bytes = group.iter().map(|r| r.op.size_bytes()).sum();
+            self.gather(&mut group, &mut bytes);
+            self.linger(&mut group, &mut bytes, expected, last_commit);
             self.shared.space.notify(usize::MAX);
-            self.commit_group(group);
+            answered = group.len();
+            let started = Instant::now();
+            let replies = self.commit_group(group);
+            last_commit = started.elapsed();
+            // Take what queued up during the commit before answering, so that it is not
+            // mistaken for the answered callers coming back.
+            let mut carried_bytes = 0;
+            self.gather(&mut carry, &mut carried_bytes);
+            for (reply, outcome) in replies {
+                // The caller may have stopped waiting; the write is durable all the same.
+                let _ = reply.send(outcome);
+            }
         }
         tracing::debug!("raft-lmdb writer thread stops: the store was dropped");
     }
 
-    fn commit_group(&mut self, group: Vec<Request>) {
-        if self.shared.is_poisoned() {
-            for request in group {
-                let _ = request.reply.send(Err(StorageError::Closed));
+    /// Adds queued requests to `group` without waiting, within the group limits.
+    fn gather(&mut self, group: &mut Vec<Request>, bytes: &mut u64) {
+        while group.len() < self.limits.max_requests && *bytes < self.limits.max_bytes {
+            match self.rx.try_recv() {
+                Ok(request) => {
+                    *bytes += request.op.size_bytes();
+                    group.push(request);
+                }
+                Err(_) => break,
             }
+        }
+    }
+
+    /// Waits a little for the group to reach `expected` requests: a fraction of the last
+    /// commit's duration, at most [`MAX_LINGER`]. One sync then serves them all instead of the
+    /// callers splitting into cohorts that alternate between commits. A lone caller never
+    /// waits here (`expected` is 1).
+    fn linger(
+        &mut self,
+        group: &mut Vec<Request>,
+        bytes: &mut u64,
+        expected: usize,
+        last_commit: Duration,
+    ) {
+        if group.len() >= expected {
             return;
+        }
+        let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
+        while group.len() < expected && *bytes < self.limits.max_bytes {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
+            match self.rx.recv_timeout(left) {
+                Ok(request) => {
+                    *bytes += request.op.size_bytes();
+                    group.push(request);
+                    self.gather(group, bytes);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Commits `group` and returns the answer for each request (not sent yet).
+    fn commit_group(&mut self, group: Vec<Request>) -> Vec<Reply> {
+        if self.shared.is_poisoned() {
+            return group.into_iter().map(|r| (r.reply, Err(StorageError::Closed))).collect();
         }
         loop {
             match self.try_commit(&group) {
@@ -160,11 +227,7 @@ impl Writer {
                     self.committed = meta;
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     self.shared.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
-                    for (request, outcome) in group.into_iter().zip(outcomes) {
-                        // The caller may have stopped waiting; the write is durable all the same.
-                        let _ = request.reply.send(outcome);
-                    }
-                    return;
+                    return group.into_iter().map(|r| r.reply).zip(outcomes).collect();
                 }
                 Err(Failure::MapFull) => {
                     if let Err(err) = self.grow_map() {
@@ -177,12 +240,10 @@ impl Writer {
     }
 
     /// Poisons the store and answers the whole group with `err`.
-    fn fail(&mut self, group: Vec<Request>, err: StorageError) {
+    fn fail(&mut self, group: Vec<Request>, err: StorageError) -> Vec<Reply> {
         tracing::error!(error = %err, "raft-lmdb write failed; the store accepts no more writes");
         self.shared.poison();
-        for request in group {
-            let _ = request.reply.send(Err(copy_error(&err)));
-        }
+        group.into_iter().map(|r| (r.reply, Err(copy_error(&err)))).collect()
     }
 
     /// Closes the environment and reopens it with a larger map.
