@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use raft_core::StorageError;
 
-/// Why [`crate::LmdbLogStore::open`] could not open a directory.
+/// Why [`crate::LmdbLogStore::open_dir`] could not open a directory.
 ///
 /// Every variant names the path involved; none of them leaves anything changed on disk except
 /// for creating the directory (and its lock file) when it did not exist.
