@@ -1,2 +1,19 @@
 //! Shared code of the example programs.
 #![forbid(unsafe_code)]
+
+pub mod bench;
+
+use async_trait::async_trait;
+use raft_core::{Bytes, Entry, StateMachine, StateMachineError};
+
+/// A state machine that does nothing and answers every entry with an empty response (for
+/// benchmarks that measure the replication path alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopStateMachine;
+
+#[async_trait]
+impl StateMachine for NoopStateMachine {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        Ok(vec![Bytes::new(); entries.len()])
+    }
+}

@@ -1,12 +1,19 @@
 //! # raft-mem
 //!
-//! In-memory backends for `raft-core`: a [`MemLogStore`] whose durable state survives a simulated
-//! crash, and a [`MemNetwork`] that connects nodes of one process and can cut them off.
-//! Use them in your own tests: they behave like the real backends, minus the disk and the wire.
+//! In-memory backends for `raft-core`, for your tests and for deterministic simulation:
+//!
+//! * [`MemLogStore`]: a `LogStore` whose contents survive a simulated crash (keep a clone and
+//!   give it to the restarted node).
+//! * [`MemNetwork`]: an in-process `Network` with fault injection (loss, delay, reordering,
+//!   duplication, partitions, disconnection) driven by one seed, and RPC/byte counters.
+//! * [`sim`]: a deterministic executor with virtual time ([`sim::SimRuntime`]), a whole-cluster
+//!   [`sim::Simulation`] and the [`sim::InvariantChecker`] that checks the Raft safety
+//!   properties after every step.
 #![forbid(unsafe_code)]
 
 mod log_store;
 mod network;
+pub mod sim;
 
 pub use log_store::MemLogStore;
-pub use network::{MemEndpoint, MemNetwork};
+pub use network::{LinkFaults, MemEndpoint, MemNetwork, NetworkStats};

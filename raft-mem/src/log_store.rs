@@ -15,6 +15,10 @@ struct Inner {
     purged: LogId,
     entries: VecDeque<Entry>,
     writes: u64,
+    /// Lowest index written or removed since the last `take_change`, and whether anything was
+    /// removed (for the simulation's invariant checker).
+    changed_from: Option<LogIndex>,
+    truncated: bool,
 }
 
 impl Inner {
@@ -25,6 +29,11 @@ impl Inner {
     fn position(&self, index: LogIndex) -> Option<usize> {
         let offset = index.checked_sub(self.purged.index + 1)?;
         usize::try_from(offset).ok().filter(|&p| p < self.entries.len())
+    }
+
+    fn note_change(&mut self, index: LogIndex, truncated: bool) {
+        self.changed_from = Some(self.changed_from.map_or(index, |c| c.min(index)));
+        self.truncated |= truncated;
     }
 
     fn apply(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
@@ -49,7 +58,11 @@ impl Inner {
         if let Some(cut) = batch.truncate_from {
             if let Some(pos) = self.position(cut) {
                 self.entries.truncate(pos);
+                self.note_change(cut, true);
             }
+        }
+        if let Some(first) = batch.entries.first() {
+            self.note_change(first.index, false);
         }
         self.entries.extend(batch.entries);
         self.writes += 1;
@@ -88,6 +101,22 @@ impl MemLogStore {
     /// The stored hard state.
     pub fn hard_state(&self) -> HardState {
         self.lock().hard_state
+    }
+
+    /// What changed in the log since the previous call (`None` if nothing): the simulation
+    /// feeds it to the [`InvariantChecker`](crate::sim::InvariantChecker).
+    pub fn take_change(&self) -> Option<crate::sim::LogChange> {
+        let mut inner = self.lock();
+        let first_changed = inner.changed_from.take()?;
+        let truncated = std::mem::take(&mut inner.truncated);
+        let prev_term = if first_changed <= inner.purged.index + 1 {
+            inner.purged.term
+        } else {
+            inner.position(first_changed - 1).map_or(0, |p| inner.entries[p].term)
+        };
+        let start = inner.position(first_changed).unwrap_or(inner.entries.len());
+        let entries = inner.entries.iter().skip(start).cloned().collect();
+        Some(crate::sim::LogChange { first_changed, truncated, prev_term, entries })
     }
 
     /// How many `write` calls have completed (each would be one sync on a disk).

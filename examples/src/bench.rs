@@ -1,0 +1,147 @@
+//! Shared pieces of the benchmark programs: argument parsing, latency recording, tables.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Common benchmark arguments: `--seconds N` per level and `--clients a,b,c`.
+#[derive(Debug, Clone)]
+pub struct Args {
+    /// Measured seconds per level.
+    pub seconds: u64,
+    /// Concurrency levels.
+    pub clients: Vec<usize>,
+}
+
+impl Args {
+    /// Parses `--seconds` and `--clients`, with defaults.
+    pub fn parse(
+        args: impl Iterator<Item = String>,
+        seconds: u64,
+        clients: &[usize],
+    ) -> Result<Self, String> {
+        let mut parsed = Self { seconds, clients: clients.to_vec() };
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--seconds" => {
+                    parsed.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+                }
+                "--clients" => {
+                    parsed.clients = value()?
+                        .split(',')
+                        .map(|c| c.trim().parse::<usize>().map_err(|e| format!("--clients: {e}")))
+                        .collect::<Result<_, _>>()?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown argument {other} (expected --seconds N, --clients a,b,c)"
+                    ))
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Collects latencies in microseconds.
+#[derive(Debug, Clone)]
+pub struct LatencyRecorder {
+    histogram: Histogram<u64>,
+}
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyRecorder {
+    /// An empty recorder (1 µs to 100 s, 3 significant digits).
+    pub fn new() -> Self {
+        #[allow(clippy::expect_used)] // constant bounds that hdrhistogram accepts: cannot fail
+        let histogram =
+            Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid histogram bounds");
+        Self { histogram }
+    }
+
+    /// Records one latency.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 100_000_000);
+        let _ = self.histogram.record(micros);
+    }
+
+    /// Adds another recorder's samples.
+    pub fn merge(&mut self, other: &LatencyRecorder) {
+        let _ = self.histogram.add(&other.histogram);
+    }
+
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.histogram.len()
+    }
+
+    /// A table row for samples collected over `elapsed`.
+    pub fn row(&self, label: String, elapsed: Duration) -> Row {
+        Row {
+            label,
+            ops: self.count(),
+            per_second: self.count() as f64 / elapsed.as_secs_f64(),
+            p50_us: self.histogram.value_at_quantile(0.50),
+            p99_us: self.histogram.value_at_quantile(0.99),
+            reference: None,
+        }
+    }
+}
+
+/// One line of a benchmark table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What varies (clients, writers...).
+    pub label: String,
+    /// Operations completed in the measured window.
+    pub ops: u64,
+    /// Operations per second.
+    pub per_second: f64,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+    /// A reference throughput to compare with, if any.
+    pub reference: Option<f64>,
+}
+
+/// Prints rows as a table with a ratio column against the reference.
+pub fn print_table(title: &str, label: &str, rows: &[Row], reference_name: &str) {
+    println!("\n{title}");
+    println!(
+        "{:>10} | {:>12} | {:>10} | {:>10} | {:>14} | {:>8}",
+        label, "ops/s", "p50", "p99", reference_name, "ratio"
+    );
+    println!("{}", "-".repeat(80));
+    for row in rows {
+        let (reference, ratio) = match row.reference {
+            Some(r) => (format!("{r:.0}"), format!("{:.2}x", row.per_second / r)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:>10} | {:>12.0} | {:>10} | {:>10} | {:>14} | {:>8}",
+            row.label,
+            row.per_second,
+            format_us(row.p50_us),
+            format_us(row.p99_us),
+            reference,
+            ratio
+        );
+    }
+}
+
+/// Formats microseconds as µs or ms.
+pub fn format_us(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}

@@ -1,0 +1,112 @@
+//! Throughput and latency of a 3-node cluster in one process: in-memory store, in-process
+//! network, a no-op state machine. Prints proposals/s and p50/p99 latency (proposal to applied
+//! response) per number of concurrent clients, next to openraft's figures on the same kind of
+//! machine.
+//!
+//! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use examples::bench::{print_table, LatencyRecorder, Row};
+use examples::NoopStateMachine;
+use raft_core::runtime::TokioRuntime;
+use raft_core::{Bytes, Config, Node, Role};
+use raft_mem::{MemLogStore, MemNetwork};
+
+/// openraft's in-memory benchmark on a 2-core machine (clients, proposals/s), from the issue.
+const OPENRAFT: &[(usize, f64)] =
+    &[(1, 16_700.0), (64, 535_000.0), (256, 672_000.0), (1024, 1_040_000.0), (4096, 1_080_000.0)];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args =
+        examples::bench::Args::parse(std::env::args().skip(1), 3, &[1, 64, 256, 1024, 4096])?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let mut rows = Vec::new();
+        for &clients in &args.clients {
+            let (nodes, leader) = start_cluster().await?;
+            let row = run_level(&leader, clients, Duration::from_secs(args.seconds)).await;
+            for node in &nodes {
+                node.shutdown().await;
+            }
+            let reference = OPENRAFT.iter().find(|(c, _)| *c == clients).map(|(_, r)| *r);
+            rows.push(Row { label: format!("{clients}"), reference, ..row });
+        }
+        print_table(
+            "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine",
+            "clients",
+            &rows,
+            "openraft",
+        );
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+async fn start_cluster() -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>> {
+    let network = MemNetwork::new();
+    let ids = [1, 2, 3];
+    let rt = TokioRuntime::current().ok_or("no tokio runtime")?;
+    let mut nodes = Vec::new();
+    for id in ids {
+        let config = Config::new(id, ids);
+        let node = Node::start(
+            config,
+            MemLogStore::new(),
+            network.endpoint(id),
+            NoopStateMachine,
+            rt.clone(),
+        )
+        .await?;
+        network.register(id, Arc::new(node.clone()));
+        nodes.push(node);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(leader) = nodes.iter().find(|n| n.status().role == Role::Leader) {
+            return Ok((nodes.clone(), leader.clone()));
+        }
+        if Instant::now() > deadline {
+            return Err("no leader elected within 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn run_level(leader: &Node, clients: usize, duration: Duration) -> Row {
+    let payload = Bytes::from_static(&[7u8; 16]);
+    let warmup = Duration::from_millis(300);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let leader = leader.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut recorder = LatencyRecorder::new();
+            loop {
+                let now = Instant::now();
+                if now >= stop_at {
+                    break;
+                }
+                let result = match leader.propose(payload.clone()).await {
+                    Ok(proposal) => proposal.response().await.is_ok(),
+                    Err(_) => false,
+                };
+                if result && now >= measure_from {
+                    recorder.record(now.elapsed());
+                }
+            }
+            recorder
+        }));
+    }
+    let mut total = LatencyRecorder::new();
+    for task in tasks {
+        if let Ok(recorder) = task.await {
+            total.merge(&recorder);
+        }
+    }
+    total.row(String::new(), duration)
+}

@@ -1,0 +1,368 @@
+//! The Raft safety properties, checked from observations of a running cluster.
+//!
+//! The checker is pure: the simulation feeds it what it sees after every step (each node's
+//! status, newly applied entries, changes to each node's durable log) and it reports the first
+//! [`Violation`]. Its own tests feed it histories that break each property.
+
+use std::collections::{BTreeMap, HashMap};
+
+use raft_core::{Entry, LogId, LogIndex, NodeId, Role, Status, Term};
+
+/// A broken invariant, with what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which property (Raft paper, Figure 3 names, plus the monotonicity checks).
+    pub invariant: &'static str,
+    /// What was observed.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} violated: {}", self.invariant, self.detail)
+    }
+}
+
+fn violation<T>(invariant: &'static str, detail: String) -> Result<T, Violation> {
+    Err(Violation { invariant, detail })
+}
+
+/// One run of a node: a restart begins a new incarnation (volatile state starts over).
+pub type Incarnation = (NodeId, u64);
+
+#[derive(Debug, Default)]
+struct IncarnationState {
+    commit_index: LogIndex,
+    applied_index: LogIndex,
+    last_applied: Option<LogIndex>,
+}
+
+/// A change to a node's durable log since the previous observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChange {
+    /// Lowest index written or removed.
+    pub first_changed: LogIndex,
+    /// Whether entries were removed (a truncation), not only appended.
+    pub truncated: bool,
+    /// The term of the entry before `first_changed` (0 if none).
+    pub prev_term: Term,
+    /// The log's entries from `first_changed` on, as they are now.
+    pub entries: Vec<Entry>,
+}
+
+/// Checks Election Safety, Leader Append-Only, Log Matching, Leader Completeness, State
+/// Machine Safety, that commit indexes never decrease, and that applies happen in order
+/// without gaps.
+#[derive(Debug, Default)]
+pub struct InvariantChecker {
+    leader_of_term: BTreeMap<Term, NodeId>,
+    incarnations: BTreeMap<Incarnation, IncarnationState>,
+    /// The role and term last observed per node.
+    last_status: BTreeMap<NodeId, (Role, Term)>,
+    /// Every entry applied anywhere (hence committed), with the highest term seen when it was
+    /// first observed committed.
+    committed: BTreeMap<LogIndex, (Entry, Term)>,
+    /// Log Matching facts: (index, term) -> (term of the previous entry, the entry).
+    facts: HashMap<(LogIndex, Term), (Term, Entry)>,
+    /// Terms whose leader's log has been checked for completeness.
+    completeness_checked: BTreeMap<Term, NodeId>,
+    max_term: Term,
+    steps: u64,
+}
+
+impl InvariantChecker {
+    /// A checker with no observations.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many observations were checked.
+    pub fn observations(&self) -> u64 {
+        self.steps
+    }
+
+    /// Every entry known committed (applied by some node), by index.
+    pub fn committed_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.committed.values().map(|(entry, _)| entry)
+    }
+
+    /// Observes a node's status. Checks Election Safety and that commit and applied indexes of
+    /// one incarnation never decrease.
+    pub fn observe_status(
+        &mut self,
+        incarnation: Incarnation,
+        status: &Status,
+    ) -> Result<(), Violation> {
+        self.steps += 1;
+        let node = incarnation.0;
+        self.max_term = self.max_term.max(status.current_term);
+        if status.role == Role::Leader {
+            let leader = *self.leader_of_term.entry(status.current_term).or_insert(node);
+            if leader != node {
+                return violation(
+                    "Election Safety",
+                    format!(
+                        "nodes {leader} and {node} both leader in term {}",
+                        status.current_term
+                    ),
+                );
+            }
+        }
+        self.last_status.insert(node, (status.role, status.current_term));
+        let state = self.incarnations.entry(incarnation).or_default();
+        if status.commit_index < state.commit_index {
+            return violation(
+                "commit index never decreases",
+                format!(
+                    "node {node}: commit index {} after {}",
+                    status.commit_index, state.commit_index
+                ),
+            );
+        }
+        if status.applied_index < state.applied_index {
+            return violation(
+                "applied index never decreases",
+                format!(
+                    "node {node}: applied index {} after {}",
+                    status.applied_index, state.applied_index
+                ),
+            );
+        }
+        state.commit_index = status.commit_index;
+        state.applied_index = status.applied_index;
+        Ok(())
+    }
+
+    /// Observes entries a node's state machine just applied. Checks that applies are in order
+    /// without gaps and State Machine Safety (no two nodes apply different entries at an index).
+    pub fn observe_applied(
+        &mut self,
+        incarnation: Incarnation,
+        entries: &[Entry],
+    ) -> Result<(), Violation> {
+        self.steps += 1;
+        let node = incarnation.0;
+        let max_term = self.max_term;
+        let state = self.incarnations.entry(incarnation).or_default();
+        for entry in entries {
+            let expected = state.last_applied.map_or(1, |last| last + 1);
+            if entry.index != expected {
+                return violation(
+                    "applies in order without gaps",
+                    format!("node {node} applied index {} where {expected} was next", entry.index),
+                );
+            }
+            state.last_applied = Some(entry.index);
+            match self.committed.get(&entry.index) {
+                Some((known, _)) if known != entry => {
+                    return violation(
+                        "State Machine Safety",
+                        format!(
+                            "node {node} applied {:?} at index {} where {:?} was applied elsewhere",
+                            entry.log_id(),
+                            entry.index,
+                            known.log_id()
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(entry.index, (entry.clone(), max_term.max(entry.term)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Observes a change to node `node`'s durable log. Checks Log Matching (inductively: every
+    /// `(index, term)` has one predecessor term and one payload cluster-wide), Leader Append-Only
+    /// (a node that stays leader never truncates), and Leader Completeness (once a leader's
+    /// first entry of its term is durable, its log holds every entry committed before its term).
+    /// `full_log` gives the node's whole log, called only when completeness must be checked.
+    pub fn observe_log(
+        &mut self,
+        node: NodeId,
+        change: &LogChange,
+        full_log: impl FnOnce() -> Vec<Entry>,
+    ) -> Result<(), Violation> {
+        self.steps += 1;
+        let leading = match self.last_status.get(&node) {
+            Some((Role::Leader, term)) => Some(*term),
+            _ => None,
+        };
+        if let (true, Some(term)) = (change.truncated, leading) {
+            return violation(
+                "Leader Append-Only",
+                format!(
+                    "leader {node} of term {term} removed entries from index {}",
+                    change.first_changed
+                ),
+            );
+        }
+        let mut prev_term = change.prev_term;
+        for entry in &change.entries {
+            let fact = self
+                .facts
+                .entry((entry.index, entry.term))
+                .or_insert_with(|| (prev_term, entry.clone()));
+            if fact.0 != prev_term || fact.1 != *entry {
+                return violation(
+                    "Log Matching",
+                    format!(
+                        "node {node} holds {:?} after term {prev_term}; another log holds it after term {} with {}",
+                        entry.log_id(),
+                        fact.0,
+                        if fact.1 == *entry { "the same payload" } else { "another payload" }
+                    ),
+                );
+            }
+            prev_term = entry.term;
+        }
+        let Some(term) = leading else { return Ok(()) };
+        if !change.entries.iter().any(|e| e.term == term) {
+            return Ok(());
+        }
+        if self.completeness_checked.insert(term, node).is_some() {
+            return Ok(());
+        }
+        let log: BTreeMap<LogIndex, LogId> =
+            full_log().iter().map(|e| (e.index, e.log_id())).collect();
+        // Every entry committed before this term began must be in the log (at an index below
+        // the leader's first entry of its term, since that one follows its whole log).
+        for (index, (entry, seen_in_term)) in &self.committed {
+            if *seen_in_term < term && log.get(index) != Some(&entry.log_id()) {
+                return violation(
+                    "Leader Completeness",
+                    format!(
+                        "leader {node} of term {term} lacks committed entry {:?} (holds {:?})",
+                        entry.log_id(),
+                        log.get(index)
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use raft_core::{Bytes, EntryPayload};
+
+    fn status(id: NodeId, role: Role, term: Term, commit: LogIndex, applied: LogIndex) -> Status {
+        Status {
+            id,
+            role,
+            current_term: term,
+            leader_id: None,
+            commit_index: commit,
+            applied_index: applied,
+            last_log_index: commit,
+        }
+    }
+
+    fn entry(index: LogIndex, term: Term, data: &'static str) -> Entry {
+        Entry { index, term, payload: EntryPayload::Command(Bytes::from_static(data.as_bytes())) }
+    }
+
+    fn change(first: LogIndex, prev_term: Term, truncated: bool, entries: Vec<Entry>) -> LogChange {
+        LogChange { first_changed: first, truncated, prev_term, entries }
+    }
+
+    #[test]
+    fn accepts_a_healthy_history() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Leader, 1, 0, 0)).unwrap();
+        c.observe_log(1, &change(1, 0, false, vec![entry(1, 1, "a"), entry(2, 1, "b")]), Vec::new)
+            .unwrap();
+        c.observe_log(2, &change(1, 0, false, vec![entry(1, 1, "a")]), Vec::new).unwrap();
+        c.observe_applied((1, 1), &[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        c.observe_applied((2, 1), &[entry(1, 1, "a")]).unwrap();
+        c.observe_status((1, 1), &status(1, Role::Leader, 1, 2, 2)).unwrap();
+        c.observe_status((2, 1), &status(2, Role::Leader, 2, 2, 1)).unwrap();
+        c.observe_log(2, &change(2, 1, false, vec![entry(2, 1, "b"), entry(3, 2, "c")]), || {
+            vec![entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 2, "c")]
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn detects_two_leaders_in_one_term() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Leader, 3, 0, 0)).unwrap();
+        let v = c.observe_status((2, 1), &status(2, Role::Leader, 3, 0, 0)).unwrap_err();
+        assert_eq!(v.invariant, "Election Safety");
+    }
+
+    #[test]
+    fn detects_a_decreasing_commit_index() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Follower, 1, 5, 0)).unwrap();
+        let v = c.observe_status((1, 1), &status(1, Role::Follower, 1, 4, 0)).unwrap_err();
+        assert_eq!(v.invariant, "commit index never decreases");
+        // A new incarnation starts over: not a violation.
+        c.observe_status((1, 2), &status(1, Role::Follower, 1, 0, 0)).unwrap();
+    }
+
+    #[test]
+    fn detects_gaps_and_reorders_in_applies() {
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, 1, "a")]).unwrap();
+        let v = c.observe_applied((1, 1), &[entry(3, 1, "c")]).unwrap_err();
+        assert_eq!(v.invariant, "applies in order without gaps");
+    }
+
+    #[test]
+    fn detects_different_entries_applied_at_one_index() {
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, 1, "a")]).unwrap();
+        let v = c.observe_applied((2, 1), &[entry(1, 2, "x")]).unwrap_err();
+        assert_eq!(v.invariant, "State Machine Safety");
+    }
+
+    #[test]
+    fn detects_log_matching_violations() {
+        let mut c = InvariantChecker::new();
+        c.observe_log(1, &change(1, 0, false, vec![entry(1, 1, "a"), entry(2, 2, "b")]), Vec::new)
+            .unwrap();
+        // Same (index, term) at 2 but a different predecessor term.
+        let v = c
+            .observe_log(
+                2,
+                &change(1, 0, false, vec![entry(1, 2, "z"), entry(2, 2, "b")]),
+                Vec::new,
+            )
+            .unwrap_err();
+        assert_eq!(v.invariant, "Log Matching");
+        // Same (index, term) but a different payload.
+        let v = c
+            .observe_log(3, &change(1, 0, false, vec![entry(1, 1, "other")]), Vec::new)
+            .unwrap_err();
+        assert_eq!(v.invariant, "Log Matching");
+    }
+
+    #[test]
+    fn detects_a_leader_truncating_its_log() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap();
+        let v = c.observe_log(1, &change(3, 1, true, vec![]), Vec::new).unwrap_err();
+        assert_eq!(v.invariant, "Leader Append-Only");
+    }
+
+    #[test]
+    fn detects_a_leader_missing_a_committed_entry() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Leader, 1, 1, 1)).unwrap();
+        c.observe_applied((1, 1), &[entry(1, 1, "a")]).unwrap();
+        c.observe_status((2, 1), &status(2, Role::Leader, 2, 0, 0)).unwrap();
+        // Node 2 leads term 2 with a log that lacks entry 1 of term 1.
+        let v = c
+            .observe_log(2, &change(1, 0, false, vec![entry(1, 2, "blank")]), || {
+                vec![entry(1, 2, "blank")]
+            })
+            .unwrap_err();
+        assert_eq!(v.invariant, "Leader Completeness");
+    }
+}

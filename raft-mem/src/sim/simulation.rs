@@ -1,0 +1,535 @@
+//! A whole cluster of real nodes in virtual time, checked after every step.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use raft_core::{
+    Bytes, Config, Entry, LogIndex, Node, NodeId, ProposeError, Role, StateMachine,
+    StateMachineError, Status,
+};
+
+use super::checker::{InvariantChecker, Violation};
+use super::executor::SimRuntime;
+use crate::{LinkFaults, MemLogStore, MemNetwork};
+
+/// How to build a [`Simulation`].
+#[derive(Debug, Clone)]
+pub struct SimulationConfig {
+    /// Number of voters, with ids `1..=nodes`.
+    pub nodes: u64,
+    /// The seed every random choice derives from (election timeouts, faults, schedules).
+    pub seed: u64,
+    /// Faults on every link at the start.
+    pub faults: LinkFaults,
+}
+
+impl SimulationConfig {
+    /// `nodes` voters, the given seed, a reliable network with small delays.
+    pub fn new(nodes: u64, seed: u64) -> Self {
+        Self { nodes, seed, faults: LinkFaults::RELIABLE }
+    }
+
+    /// The seed from `RAFT_SIM_SEED` if set (to replay a failure), else `default`.
+    pub fn seed_from_env(default: u64) -> u64 {
+        std::env::var("RAFT_SIM_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(default)
+    }
+}
+
+/// A failed simulation: the violated invariant (or stuck scenario), when, and how to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed of the run.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub at: Duration,
+    /// What went wrong.
+    pub violation: Violation,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} at {:?}: {} (replay with RAFT_SIM_SEED={})",
+            self.seed, self.at, self.violation, self.seed
+        )
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// The state machine of simulated nodes: records every applied entry and answers each command
+/// with its own bytes.
+#[derive(Clone, Default)]
+struct Recorder {
+    /// Applied since the checker last looked.
+    fresh: Arc<Mutex<Vec<Entry>>>,
+    /// Everything applied by this incarnation.
+    history: Arc<Mutex<Vec<Entry>>>,
+}
+
+#[async_trait]
+impl StateMachine for Recorder {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        lock(&self.fresh).extend_from_slice(entries);
+        lock(&self.history).extend_from_slice(entries);
+        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Running {
+    node: Node,
+    incarnation: u64,
+    recorder: Recorder,
+}
+
+/// A cluster of real [`Node`]s on a [`SimRuntime`] and a fault-injecting [`MemNetwork`], with
+/// durable [`MemLogStore`]s that survive crashes. After every executor step it feeds the
+/// [`InvariantChecker`]; the first violation stops the run and is returned as a [`SimFailure`]
+/// naming the seed.
+pub struct Simulation {
+    /// The executor (virtual time).
+    pub runtime: SimRuntime,
+    /// The network (faults, partitions, counters).
+    pub network: MemNetwork,
+    seed: u64,
+    ids: Vec<NodeId>,
+    stores: BTreeMap<NodeId, MemLogStore>,
+    running: BTreeMap<NodeId, Running>,
+    incarnations: BTreeMap<NodeId, u64>,
+    checker: InvariantChecker,
+    failure: Option<SimFailure>,
+    config_hook: Option<Arc<dyn Fn(&mut Config) + Send + Sync>>,
+    /// The running nodes, shared with client tasks.
+    directory: Arc<Mutex<BTreeMap<NodeId, Node>>>,
+    /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
+    livelock: (Duration, u64),
+}
+
+/// More executor steps than this at one virtual instant is reported as a livelock (every real
+/// activity of a node takes virtual time: ticks, network delays, client think time).
+const MAX_STEPS_PER_INSTANT: u64 = 200_000;
+
+/// What one simulated client saw: every write it was told committed, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ClientLog {
+    /// `(command, index)` of every acknowledged write.
+    pub acknowledged: Arc<Mutex<Vec<(Bytes, LogIndex)>>>,
+    /// Set to stop the client after its current write.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ClientLog {
+    /// The acknowledged writes so far.
+    pub fn acknowledged(&self) -> Vec<(Bytes, LogIndex)> {
+        lock(&self.acknowledged).clone()
+    }
+
+    /// Asks the client to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for Simulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulation")
+            .field("seed", &self.seed)
+            .field("now", &self.runtime.now())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Mixes the simulation seed with a salt (SplitMix64 finalizer).
+fn mix(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Simulation {
+    /// Builds and starts the cluster.
+    pub fn new(config: SimulationConfig) -> Result<Self, SimFailure> {
+        Self::with_config_hook(config, None)
+    }
+
+    /// Builds and starts the cluster, letting `hook` adjust every node's [`Config`].
+    pub fn with_config_hook(
+        config: SimulationConfig,
+        hook: Option<Arc<dyn Fn(&mut Config) + Send + Sync>>,
+    ) -> Result<Self, SimFailure> {
+        let runtime = SimRuntime::new();
+        let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 0));
+        network.set_default_faults(config.faults);
+        let ids: Vec<NodeId> = (1..=config.nodes).collect();
+        let mut sim = Self {
+            stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
+            runtime,
+            network,
+            seed: config.seed,
+            ids,
+            running: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
+            checker: InvariantChecker::new(),
+            failure: None,
+            config_hook: hook,
+            directory: Arc::default(),
+            livelock: (Duration::ZERO, 0),
+        };
+        for id in sim.ids.clone() {
+            sim.start(id)?;
+        }
+        Ok(sim)
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The voter ids.
+    pub fn ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    /// The node `id`, if it is running.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.running.get(&id).map(|r| &r.node)
+    }
+
+    /// The durable store of node `id`.
+    pub fn store(&self, id: NodeId) -> Option<&MemLogStore> {
+        self.stores.get(&id)
+    }
+
+    /// The invariant checker (its record of committed entries, for instance).
+    pub fn checker(&self) -> &InvariantChecker {
+        &self.checker
+    }
+
+    /// Virtual time since the start.
+    pub fn now(&self) -> Duration {
+        self.runtime.now()
+    }
+
+    /// Everything node `id`'s current incarnation has applied.
+    pub fn applied(&self, id: NodeId) -> Vec<Entry> {
+        self.running.get(&id).map(|r| lock(&r.recorder.history).clone()).unwrap_or_default()
+    }
+
+    fn fail(&self, violation: Violation) -> SimFailure {
+        SimFailure { seed: self.seed, at: self.runtime.now(), violation }
+    }
+
+    /// Starts node `id` from its durable store (a boot or a restart after a crash).
+    pub fn start(&mut self, id: NodeId) -> Result<(), SimFailure> {
+        if self.running.contains_key(&id) {
+            return Ok(());
+        }
+        let incarnation = {
+            let counter = self.incarnations.entry(id).or_insert(0);
+            *counter += 1;
+            *counter
+        };
+        let mut config = Config::new(id, self.ids.iter().copied());
+        config.random_seed = mix(self.seed, id * 1_000 + incarnation);
+        if let Some(hook) = &self.config_hook {
+            hook(&mut config);
+        }
+        let recorder = Recorder::default();
+        let store = self.stores.get(&id).cloned().unwrap_or_default();
+        let start = Node::start(
+            config,
+            store,
+            self.network.endpoint(id),
+            recorder.clone(),
+            self.runtime.tagged(id),
+        );
+        let started = self.runtime.block_on(Duration::from_secs(1), start, || {});
+        let node = match started {
+            Some(Ok(node)) => node,
+            Some(Err(error)) => {
+                return Err(self.fail(stuck(format!("node {id} failed to start: {error}"))))
+            }
+            None => return Err(self.fail(stuck(format!("node {id} did not start")))),
+        };
+        self.network.register(id, Arc::new(node.clone()));
+        lock(&self.directory).insert(id, node.clone());
+        self.running.insert(id, Running { node, incarnation, recorder });
+        Ok(())
+    }
+
+    /// Starts a client task that writes `"{name}-{k}"` for k = 0, 1, ... through whichever node
+    /// accepts it (following leader hints, retrying after failures) until stopped. Every write it
+    /// is told committed is recorded with its index.
+    pub fn spawn_client(&self, name: &str) -> ClientLog {
+        let log = ClientLog::default();
+        let (directory, runtime, record, name) =
+            (self.directory.clone(), self.runtime.clone(), log.clone(), name.to_owned());
+        let ids = self.ids.clone();
+        self.runtime.spawn_task(async move {
+            let mut target = ids[0];
+            let mut k = 0u64;
+            while !record.stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let command = Bytes::from(format!("{name}-{k}"));
+                let node = lock(&directory).get(&target).cloned();
+                let mut hint = None;
+                if let Some(node) = node {
+                    match node.propose(command.clone()).await {
+                        Ok(proposal) => {
+                            let index = proposal.index;
+                            let outcome = futures::select! {
+                                response = proposal.response().fuse() => response.ok(),
+                                _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
+                            };
+                            if outcome.is_some() {
+                                lock(&record.acknowledged).push((command, index));
+                                k += 1;
+                                // Think time: a client never issues work in zero virtual time.
+                                runtime.sleep_for(Duration::from_millis(1 + k % 7)).await;
+                                continue;
+                            }
+                        }
+                        Err(ProposeError::NotLeader { leader_hint }) => hint = leader_hint,
+                        Err(_) => {}
+                    }
+                }
+                target = hint.unwrap_or_else(|| {
+                    ids[(ids.iter().position(|&i| i == target).unwrap_or(0) + 1) % ids.len()]
+                });
+                runtime.sleep_for(Duration::from_millis(20)).await;
+            }
+        });
+        log
+    }
+
+    /// Crashes node `id`: its tasks vanish mid-flight; only what its store made durable remains.
+    pub fn crash(&mut self, id: NodeId) {
+        lock(&self.directory).remove(&id);
+        self.network.unregister(id);
+        self.runtime.kill(id);
+        self.running.remove(&id);
+    }
+
+    /// Crashes and restarts node `id`.
+    pub fn restart(&mut self, id: NodeId) -> Result<(), SimFailure> {
+        self.crash(id);
+        self.start(id)
+    }
+
+    /// Whether node `id` is running.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.running.contains_key(&id)
+    }
+
+    /// Feeds everything observable since the last step to the checker.
+    fn check_step(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let now = self.runtime.now();
+        if now == self.livelock.0 {
+            self.livelock.1 += 1;
+            if self.livelock.1 > MAX_STEPS_PER_INSTANT {
+                self.failure = Some(self.fail(stuck(format!(
+                    "livelock: {MAX_STEPS_PER_INSTANT} steps without virtual time advancing"
+                ))));
+                return;
+            }
+        } else {
+            self.livelock = (now, 0);
+        }
+        if let Err(violation) = self.observe() {
+            self.failure = Some(self.fail(violation));
+        }
+    }
+
+    fn observe(&mut self) -> Result<(), Violation> {
+        for (&id, running) in &self.running {
+            let status = running.node.status();
+            self.checker.observe_status((id, running.incarnation), &status)?;
+            let fresh = std::mem::take(&mut *lock(&running.recorder.fresh));
+            if !fresh.is_empty() {
+                self.checker.observe_applied((id, running.incarnation), &fresh)?;
+            }
+        }
+        for (&id, store) in &self.stores {
+            if let Some(change) = store.take_change() {
+                self.checker.observe_log(id, &change, || store.entries())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn outcome(&mut self) -> Result<(), SimFailure> {
+        match self.failure.take() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the cluster for `duration` of virtual time, checking the invariants after every step.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), SimFailure> {
+        let runtime = self.runtime.clone();
+        runtime.run_for(duration, || self.check_step());
+        self.outcome()
+    }
+
+    /// Runs until `done` holds (checked after every step) or `max` passes; a timeout is a
+    /// failure named after `what`.
+    pub fn run_until(
+        &mut self,
+        what: &str,
+        max: Duration,
+        mut done: impl FnMut(&Simulation) -> bool,
+    ) -> Result<(), SimFailure> {
+        let runtime = self.runtime.clone();
+        let this = std::cell::RefCell::new(self);
+        let reached = runtime.run_until(
+            max,
+            || this.borrow_mut().check_step(),
+            || {
+                let sim = this.borrow();
+                sim.failure.is_some() || done(&sim)
+            },
+        );
+        let sim = this.into_inner();
+        sim.outcome()?;
+        if reached {
+            Ok(())
+        } else {
+            Err(sim.fail(stuck(format!("{what} did not happen within {max:?}"))))
+        }
+    }
+
+    /// Runs `future` on the executor (with the cluster), for at most `max`.
+    pub fn block_on<T: Send + 'static>(
+        &mut self,
+        what: &str,
+        max: Duration,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, SimFailure> {
+        let runtime = self.runtime.clone();
+        let value = runtime.block_on(max, future, || self.check_step());
+        self.outcome()?;
+        value.ok_or_else(|| self.fail(stuck(format!("{what} did not finish within {max:?}"))))
+    }
+
+    /// Statuses of the running nodes that `from`'s side of the network can reach (all running
+    /// nodes when `from` is `None`).
+    pub fn statuses(&self) -> Vec<Status> {
+        self.running.values().map(|r| r.node.status()).collect()
+    }
+
+    /// The leader with the highest term among running nodes, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.statuses()
+            .into_iter()
+            .filter(|s| s.role == Role::Leader)
+            .max_by_key(|s| s.current_term)
+            .map(|s| s.id)
+    }
+
+    /// The leaders among the running nodes that can reach a majority of the cluster.
+    pub fn leaders_with_quorum(&self) -> Vec<NodeId> {
+        let majority = self.ids.len() / 2 + 1;
+        self.statuses()
+            .into_iter()
+            .filter(|s| s.role == Role::Leader)
+            .filter(|s| {
+                self.ids
+                    .iter()
+                    .filter(|&&p| {
+                        self.is_running(p) && (p == s.id || self.network.connected(s.id, p))
+                    })
+                    .count()
+                    >= majority
+            })
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Runs until some node is leader with a quorum reachable and every running node it can
+    /// reach follows it in its term; returns it.
+    pub fn wait_for_leader(&mut self, max: Duration) -> Result<NodeId, SimFailure> {
+        self.run_until("a stable leader", max, |sim| sim.stable_leader().is_some())?;
+        self.stable_leader().ok_or_else(|| self.fail(stuck("leader vanished".into())))
+    }
+
+    fn stable_leader(&self) -> Option<NodeId> {
+        let [leader] = self.leaders_with_quorum()[..] else { return None };
+        let term = self.running.get(&leader)?.node.status().current_term;
+        self.running
+            .iter()
+            .filter(|(&id, _)| id != leader && self.network.connected(leader, id))
+            .all(|(_, r)| {
+                let s = r.node.status();
+                s.current_term == term && s.leader_id == Some(leader)
+            })
+            .then_some(leader)
+    }
+
+    /// Proposes `command` on node `id`; returns the proposal's index once applied there, or
+    /// `None` if it was refused or lost (not leader, leadership lost, overwritten) or did not
+    /// finish within `max`.
+    pub fn propose_on(
+        &mut self,
+        id: NodeId,
+        command: Bytes,
+        max: Duration,
+    ) -> Result<Option<LogIndex>, SimFailure> {
+        let Some(node) = self.node(id).cloned() else { return Ok(None) };
+        let runtime = self.runtime.clone();
+        let attempt = async move {
+            let proposal = match node.propose(command).await {
+                Ok(p) => p,
+                Err(ProposeError::NotLeader { .. } | ProposeError::Shutdown) => return None,
+                Err(_) => return None,
+            };
+            let index = proposal.index;
+            futures::select! {
+                response = proposal.response().fuse() => response.ok().map(|_| index),
+                _ = runtime.sleep_for(max).fuse() => None,
+            }
+        };
+        let value = self.block_on("a proposal", max + Duration::from_secs(1), attempt)?;
+        Ok(value)
+    }
+
+    /// Writes `command` through whichever node leads, retrying (for at most `max`) until it is
+    /// applied on the leader. Returns its index.
+    pub fn write(&mut self, command: Bytes, max: Duration) -> Result<LogIndex, SimFailure> {
+        let deadline = self.now() + max;
+        while self.now() < deadline {
+            if let Some(leader) = self.leader() {
+                if let Some(index) =
+                    self.propose_on(leader, command.clone(), Duration::from_secs(2))?
+                {
+                    return Ok(index);
+                }
+            }
+            self.run_for(Duration::from_millis(50))?;
+        }
+        Err(self.fail(stuck(format!("write did not commit within {max:?}"))))
+    }
+
+    /// Runs until every running node has applied at least up to `index`.
+    pub fn wait_applied(&mut self, index: LogIndex, max: Duration) -> Result<(), SimFailure> {
+        self.run_until("applies", max, |sim| {
+            sim.statuses().iter().all(|s| s.applied_index >= index)
+        })
+    }
+}
+
+fn stuck(detail: String) -> Violation {
+    Violation { invariant: "liveness (scenario expectation)", detail }
+}

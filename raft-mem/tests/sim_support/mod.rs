@@ -1,0 +1,89 @@
+//! Helpers shared by the simulation test files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use raft_core::{Bytes, NodeId};
+use raft_mem::sim::{ClientLog, SimFailure, Simulation, SimulationConfig};
+use raft_mem::LinkFaults;
+
+pub type Outcome = Result<(), SimFailure>;
+
+/// Election timeouts are 300-600 ms by default.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(600);
+pub const LONG: Duration = Duration::from_secs(30);
+
+pub fn scenario(name: &str, default_seed: u64, body: impl Fn(u64) -> Outcome) {
+    let seed = SimulationConfig::seed_from_env(default_seed);
+    if let Err(failure) = body(seed) {
+        panic!("{name} failed: {failure}");
+    }
+}
+
+pub fn sim(nodes: u64, seed: u64, faults: LinkFaults) -> Result<Simulation, SimFailure> {
+    let mut config = SimulationConfig::new(nodes, seed);
+    config.faults = faults;
+    Simulation::new(config)
+}
+
+pub fn cmd(text: &str) -> Bytes {
+    Bytes::from(text.to_owned())
+}
+
+/// A small deterministic PRNG for scenario choices (SplitMix64).
+pub struct Dice(pub u64);
+
+impl Dice {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick(&mut self, from: &[NodeId]) -> NodeId {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+pub fn commit_indexes(sim: &Simulation, ids: &[NodeId]) -> Vec<u64> {
+    ids.iter().filter_map(|&id| sim.node(id)).map(|n| n.status().commit_index).collect()
+}
+
+/// Brings every node back, heals the network, writes a final entry, waits until all nodes
+/// applied it, and checks that every acknowledged client write is in every node's applied log
+/// at its index.
+pub fn converge_and_check(sim: &mut Simulation, clients: &[ClientLog]) -> Outcome {
+    for client in clients {
+        client.stop();
+    }
+    sim.network.clear_faults();
+    sim.network.heal();
+    for id in sim.ids().to_vec() {
+        sim.network.reconnect(id);
+        sim.start(id)?;
+    }
+    let index = sim.write(cmd("final"), LONG)?;
+    sim.wait_applied(index, LONG)?;
+    for &id in sim.ids() {
+        let applied = sim.applied(id);
+        for client in clients {
+            for (command, at) in client.acknowledged() {
+                let entry = applied.iter().find(|e| e.index == at);
+                assert_eq!(
+                    entry.and_then(|e| e.command()),
+                    Some(&command),
+                    "seed {}: acknowledged write {command:?} at {at} missing on node {id}",
+                    sim.seed()
+                );
+            }
+        }
+    }
+    Ok(())
+}

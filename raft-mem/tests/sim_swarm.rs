@@ -1,0 +1,131 @@
+//! Randomized swarm: many seeds, each with a random cluster size, random link faults and a
+//! random schedule of partitions, disconnections, crashes and restarts while clients write.
+//! Every invariant is checked after every step; at the end the cluster must converge with every
+//! acknowledged write in place.
+//!
+//! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
+//! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, or replay one with
+//! `RAFT_SIM_SEED=<seed>`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod sim_support;
+
+use std::time::Duration;
+
+use raft_core::NodeId;
+use raft_mem::sim::{Simulation, SimulationConfig};
+use raft_mem::LinkFaults;
+use sim_support::*;
+
+const SWARM_SEEDS_CI: u64 = 500;
+const SHARDS: u64 = 4;
+
+fn random_faults(dice: &mut Dice) -> LinkFaults {
+    match dice.below(4) {
+        0 => LinkFaults::NONE,
+        1 => LinkFaults::RELIABLE,
+        2 => LinkFaults::UNRELIABLE,
+        _ => LinkFaults {
+            drop_request: dice.below(30) as f64 / 100.0,
+            drop_response: dice.below(30) as f64 / 100.0,
+            duplicate: dice.below(10) as f64 / 100.0,
+            delay_ms: (0, dice.below(50)),
+            long_delay: dice.below(20) as f64 / 100.0,
+            long_delay_ms_max: dice.below(3000),
+        },
+    }
+}
+
+fn swarm_run(seed: u64) -> Outcome {
+    let mut dice = Dice(seed ^ 0x5EED);
+    let nodes = [3, 5, 5, 7][dice.below(4) as usize];
+    let mut config = SimulationConfig::new(nodes, seed);
+    config.faults = random_faults(&mut dice);
+    let mut sim = Simulation::new(config)?;
+    let ids: Vec<NodeId> = sim.ids().to_vec();
+    for _ in 0..dice.below(3) {
+        let (a, b) = (dice.pick(&ids), dice.pick(&ids));
+        sim.network.set_link_faults(a, b, random_faults(&mut dice));
+    }
+    let clients: Vec<_> =
+        (0..1 + dice.below(3)).map(|c| sim.spawn_client(&format!("s{c}"))).collect();
+    for _ in 0..(5 + dice.below(20)) {
+        match dice.below(7) {
+            0 => {
+                let split = 1 + dice.below(ids.len() as u64 - 1) as usize;
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, dice.below(i as u64 + 1) as usize);
+                }
+                sim.network.partition(&[shuffled[..split].to_vec(), shuffled[split..].to_vec()]);
+            }
+            1 => sim.network.heal(),
+            2 => sim.network.disconnect(dice.pick(&ids)),
+            3 => sim.network.reconnect(dice.pick(&ids)),
+            4 => sim.crash(dice.pick(&ids)),
+            5 => sim.start(dice.pick(&ids))?,
+            _ => {
+                let id = dice.pick(&ids);
+                sim.restart(id)?;
+            }
+        }
+        sim.run_for(Duration::from_millis(dice.below(2000)))?;
+        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+            println!(
+                "  t={:?} polls={} statuses={:?}",
+                sim.now(),
+                sim.runtime.polls(),
+                sim.statuses()
+                    .iter()
+                    .map(|s| (s.id, s.role, s.current_term, s.commit_index, s.last_log_index))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    converge_and_check(&mut sim, &clients)
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn shard(index: u64) {
+    if let Some(seed) = env_u64("RAFT_SIM_SEED") {
+        if index == 0 {
+            swarm_run(seed).unwrap_or_else(|failure| panic!("swarm failed: {failure}"));
+        }
+        return;
+    }
+    let total = env_u64("RAFT_SWARM_SEEDS").unwrap_or(SWARM_SEEDS_CI);
+    let first = env_u64("RAFT_SWARM_FIRST").unwrap_or(1_000_000);
+    let started = std::time::Instant::now();
+    let mut ran = 0;
+    for seed in (first..first + total).filter(|s| s % SHARDS == index) {
+        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+            println!("seed {seed}");
+        }
+        swarm_run(seed).unwrap_or_else(|failure| panic!("swarm failed: {failure}"));
+        ran += 1;
+    }
+    println!("swarm shard {index}: {ran} seeds passed in {:?}", started.elapsed());
+}
+
+#[test]
+fn swarm_shard_0() {
+    shard(0);
+}
+
+#[test]
+fn swarm_shard_1() {
+    shard(1);
+}
+
+#[test]
+fn swarm_shard_2() {
+    shard(2);
+}
+
+#[test]
+fn swarm_shard_3() {
+    shard(3);
+}

@@ -1,0 +1,274 @@
+//! The outbound side: one cached connection per peer, dialed on demand with capped exponential
+//! backoff, and one bidirectional stream per RPC.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
+use raft_core::{NetworkError, NodeId, RpcRequest, RpcResponse};
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::frame::{self, ReadFrameError};
+use crate::identity::node_dns_name;
+use crate::network::Shared;
+use crate::timer::timeout;
+use crate::wire::{code, WireResponse};
+
+/// Stream priority of small frames (votes, heartbeats): sent before any bulk data.
+const PRIORITY_CONTROL: i32 = 1;
+/// Stream priority of large frames (batches of entries, snapshot chunks).
+const PRIORITY_BULK: i32 = 0;
+
+/// Locks a std mutex, recovering from poisoning (no code here panics while holding one, and
+/// the guarded state is valid after any partial update).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct PeerState {
+    addr: SocketAddr,
+    connection: Option<quinn::Connection>,
+    backoff: Backoff,
+}
+
+/// One remote node as seen by the dialer.
+pub(crate) struct Peer {
+    id: NodeId,
+    server_name: String,
+    state: Mutex<PeerState>,
+    /// Serializes dials so that concurrent RPCs share one new connection.
+    dial: async_lock::Mutex<()>,
+}
+
+impl Peer {
+    pub(crate) fn new(id: NodeId, addr: SocketAddr, backoff: Backoff) -> Self {
+        Self {
+            id,
+            server_name: node_dns_name(id),
+            state: Mutex::new(PeerState { addr, connection: None, backoff }),
+            dial: async_lock::Mutex::new(()),
+        }
+    }
+
+    /// Points the peer at a new address: drops its connection and forgets past failures.
+    pub(crate) fn set_addr(&self, addr: SocketAddr) {
+        let mut state = lock(&self.state);
+        if state.addr != addr {
+            state.addr = addr;
+            if let Some(conn) = state.connection.take() {
+                conn.close(code::NO_ERROR, b"peer moved");
+            }
+            state.backoff.succeeded();
+        }
+    }
+
+    /// The cached connection, if it is still open.
+    fn cached(&self) -> Option<quinn::Connection> {
+        let mut state = lock(&self.state);
+        match &state.connection {
+            Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
+            Some(_) => {
+                state.connection = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drops `conn` from the cache (if it is still the cached one) after it failed.
+    fn forget(&self, conn: &quinn::Connection) {
+        let mut state = lock(&self.state);
+        if state.connection.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            state.connection = None;
+        }
+    }
+
+    /// Closes the cached connection, if any.
+    pub(crate) fn close(&self, reason: &[u8]) {
+        if let Some(conn) = lock(&self.state).connection.take() {
+            conn.close(code::SHUTDOWN, reason);
+        }
+    }
+}
+
+/// The sending half of an RPC's stream. If the RPC is abandoned (its timeout expired) before the
+/// request was completely written, the stream is reset rather than implicitly finished, so the
+/// server sees a cancelled request instead of a truncated frame.
+struct RequestStream {
+    send: quinn::SendStream,
+    finished: bool,
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.send.reset(code::CANCELLED);
+        }
+    }
+}
+
+/// Sends RPCs from one endpoint.
+pub(crate) struct Client {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) config: quinn::ClientConfig,
+    pub(crate) shared: Arc<Shared>,
+}
+
+fn unreachable(peer: NodeId, reason: impl std::fmt::Display) -> NetworkError {
+    NetworkError::Unreachable { peer, reason: reason.to_string() }
+}
+
+impl Client {
+    /// Sends `request` to `target` and waits for its response, within the RPC timeout.
+    pub(crate) async fn call(
+        &self,
+        target: NodeId,
+        request: &RpcRequest,
+    ) -> Result<RpcResponse, NetworkError> {
+        let shared = &self.shared;
+        if shared.is_closed() {
+            return Err(NetworkError::Shutdown);
+        }
+        let peer = shared.peer(target).ok_or(NetworkError::UnknownPeer(target))?;
+        let max = shared.limits.max_frame_size;
+        let frame = frame::encode(request, max).map_err(|e| NetworkError::Codec(e.to_string()))?;
+        let priority = if frame.len() <= shared.limits.priority_frame_threshold {
+            PRIORITY_CONTROL
+        } else {
+            PRIORITY_BULK
+        };
+        let rpc = self.exchange(&peer, frame, priority);
+        match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
+            Ok(result) => result,
+            Err(_) => {
+                debug!(node = shared.id, peer = target, kind = request.kind(), "RPC timed out");
+                Err(NetworkError::Timeout(target))
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        peer: &Peer,
+        frame: Bytes,
+        priority: i32,
+    ) -> Result<RpcResponse, NetworkError> {
+        let conn = self.connection(peer).await?;
+        let lost = |e: ConnectionError| {
+            peer.forget(&conn);
+            unreachable(peer.id, e)
+        };
+        let (send, mut recv) = conn.open_bi().await.map_err(lost)?;
+        let mut send = RequestStream { send, finished: false };
+        // Only fails if the stream is already closed, which the write below reports.
+        let _ = send.send.set_priority(priority);
+        send.send.write_chunk(frame).await.map_err(|e| match e {
+            WriteError::ConnectionLost(e) => lost(e),
+            WriteError::Stopped(code) => NetworkError::Refused {
+                peer: peer.id,
+                reason: format!("peer stopped the request stream (code {code})"),
+            },
+            other => unreachable(peer.id, other),
+        })?;
+        // Only fails if the stream was reset, in which case the read below reports why.
+        let _ = send.send.finish();
+        send.finished = true;
+        let response = frame::read::<WireResponse>(&mut recv, self.shared.limits.max_frame_size)
+            .await
+            .map_err(|e| match e {
+                ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
+                ReadFrameError::Stream(ReadError::Reset(code)) => NetworkError::Refused {
+                    peer: peer.id,
+                    reason: format!("peer reset the response stream (code {code})"),
+                },
+                ReadFrameError::Stream(other) => unreachable(peer.id, other),
+                ReadFrameError::Frame(e) => {
+                    warn!(node = self.shared.id, peer = peer.id, "bad response frame: {e}");
+                    NetworkError::Codec(e.to_string())
+                }
+            })?;
+        match response {
+            WireResponse::Ok(response) => Ok(response),
+            WireResponse::Refused(refusal) => {
+                Err(NetworkError::Refused { peer: peer.id, reason: refusal.to_string() })
+            }
+        }
+    }
+
+    /// The open connection to `peer`, dialing it if needed (unless in backoff).
+    async fn connection(&self, peer: &Peer) -> Result<quinn::Connection, NetworkError> {
+        if let Some(conn) = peer.cached() {
+            return Ok(conn);
+        }
+        let _dialing = peer.dial.lock().await;
+        if let Some(conn) = peer.cached() {
+            return Ok(conn);
+        }
+        let shared = &self.shared;
+        let addr = {
+            let state = lock(&peer.state);
+            if let Err(wait) = state.backoff.check(shared.runtime.now()) {
+                return Err(unreachable(
+                    peer.id,
+                    format_args!(
+                        "reconnecting in {wait:?} after {} failed attempts",
+                        state.backoff.failures()
+                    ),
+                ));
+            }
+            state.addr
+        };
+        let result = match self.endpoint.connect_with(self.config.clone(), addr, &peer.server_name)
+        {
+            Ok(connecting) => {
+                match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("connection attempt timed out".to_owned()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let mut state = lock(&peer.state);
+        match result {
+            Ok(conn) if state.addr == addr && !shared.is_closed() => {
+                state.backoff.succeeded();
+                state.connection = Some(conn.clone());
+                drop(state);
+                info!(node = shared.id, peer = peer.id, %addr, "connected to peer");
+                self.watch(peer.id, conn.clone());
+                Ok(conn)
+            }
+            Ok(conn) => {
+                conn.close(code::NO_ERROR, b"stale");
+                Err(unreachable(peer.id, "peer address changed or network closed while dialing"))
+            }
+            Err(reason) => {
+                let delay = state.backoff.failed(shared.runtime.now());
+                warn!(
+                    node = shared.id,
+                    peer = peer.id,
+                    %addr,
+                    failures = state.backoff.failures(),
+                    retry_in = ?delay,
+                    "cannot connect to peer: {reason}"
+                );
+                Err(unreachable(peer.id, reason))
+            }
+        }
+    }
+
+    /// Logs when an outbound connection ends.
+    fn watch(&self, peer: NodeId, conn: quinn::Connection) {
+        let node = self.shared.id;
+        self.shared.runtime.spawn(Box::pin(async move {
+            let reason = conn.closed().await;
+            match reason {
+                ConnectionError::LocallyClosed => debug!(node, peer, "connection to peer closed"),
+                _ => info!(node, peer, "connection to peer lost: {reason}"),
+            }
+        }));
+    }
+}

@@ -1,0 +1,157 @@
+//! The configuration of a [`QuicNetwork`](crate::QuicNetwork).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use raft_core::NodeId;
+
+use crate::certs::NodeTls;
+use crate::frame::MIN_MAX_FRAME_SIZE;
+
+/// Everything a node's QUIC endpoint needs. Build it with [`QuicConfig::new`], which fills in
+/// defaults suited to a LAN cluster, then adjust fields; [`QuicNetwork::bind`] validates it.
+///
+/// Every resource a peer can make this node spend is bounded by a field here: frame size,
+/// streams per connection, inbound connections, flow-control windows, and time (RPC timeout,
+/// connect timeout, idle timeout).
+///
+/// [`QuicNetwork::bind`]: crate::QuicNetwork::bind
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// This node's id. Its certificate must name it (`node-<id>.raft`).
+    pub node_id: NodeId,
+    /// The UDP address the endpoint binds; it both serves peers and dials them from there.
+    pub listen_addr: SocketAddr,
+    /// Where each peer listens. Outbound RPCs may target only these ids, and only these ids are
+    /// accepted as identities of inbound connections. Must not contain `node_id`.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// The cluster CA, this node's certificate chain and its key.
+    pub tls: NodeTls,
+    /// The longest an outbound RPC may take, connection setup included; also the longest an
+    /// inbound request may take to arrive, and its response to be written. Default 2 s.
+    pub rpc_timeout: Duration,
+    /// The longest a connection attempt (QUIC and TLS handshake) may take. Default 1 s.
+    pub connect_timeout: Duration,
+    /// The largest frame (version byte and body) this node sends or accepts. Larger inbound
+    /// frames close their stream; larger outbound messages fail with `NetworkError::Codec`.
+    /// All nodes of a cluster should use the same value. Default 16 MiB.
+    pub max_frame_size: u32,
+    /// The wait after the first failed connection attempt to a peer; it doubles with every
+    /// consecutive failure. Default 50 ms.
+    pub backoff_min: Duration,
+    /// The cap of that wait. Default 2 s.
+    pub backoff_max: Duration,
+    /// The most RPCs a peer may have in flight towards this node on one connection (QUIC
+    /// bidirectional stream limit); further ones wait for a slot. Default 256.
+    pub max_concurrent_streams: u32,
+    /// The most inbound connections served at once; further connection attempts are refused.
+    /// Default 64.
+    pub max_inbound_connections: usize,
+    /// How much unread data a peer may send on one stream (per-stream flow-control window).
+    /// Default 4 MiB.
+    pub stream_receive_window: u32,
+    /// How much unread data a peer may send on one connection, all streams together. Bounds the
+    /// memory one connection can pin. Default 32 MiB.
+    pub connection_receive_window: u32,
+    /// How often an idle connection is pinged to keep it open and detect a dead peer.
+    /// Default 1 s.
+    pub keep_alive_interval: Duration,
+    /// A connection that hears nothing from its peer for this long is closed. Default 10 s.
+    pub idle_timeout: Duration,
+    /// Outbound frames up to this size (votes, heartbeats, small appends) are sent with a
+    /// higher stream priority than larger ones, so they never queue behind a bulk transfer.
+    /// Default 16 KiB.
+    pub priority_frame_threshold: usize,
+}
+
+impl QuicConfig {
+    /// A configuration with the defaults documented on each field and no peers.
+    pub fn new(node_id: NodeId, listen_addr: SocketAddr, tls: NodeTls) -> Self {
+        Self {
+            node_id,
+            listen_addr,
+            peers: BTreeMap::new(),
+            tls,
+            rpc_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            max_frame_size: 16 << 20,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_concurrent_streams: 256,
+            max_inbound_connections: 64,
+            stream_receive_window: 4 << 20,
+            connection_receive_window: 32 << 20,
+            keep_alive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            priority_frame_threshold: 16 << 10,
+        }
+    }
+
+    /// Adds (or moves) peer `id` at `addr`.
+    pub fn with_peer(mut self, id: NodeId, addr: SocketAddr) -> Self {
+        self.peers.insert(id, addr);
+        self
+    }
+
+    /// Checks that the values make sense together. `QuicNetwork::bind` calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("rpc_timeout", self.rpc_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("backoff_min", self.backoff_min),
+            ("keep_alive_interval", self.keep_alive_interval),
+        ];
+        for (field, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        if self.peers.contains_key(&self.node_id) {
+            return Err(ConfigError::new("peers", "must not contain the node's own id"));
+        }
+        if self.max_frame_size < MIN_MAX_FRAME_SIZE {
+            return Err(ConfigError::new("max_frame_size", "must be at least 1024 bytes"));
+        }
+        if self.backoff_max < self.backoff_min {
+            return Err(ConfigError::new("backoff_max", "must be at least backoff_min"));
+        }
+        if self.max_concurrent_streams == 0 || self.max_inbound_connections == 0 {
+            return Err(ConfigError::new(
+                "max_concurrent_streams/max_inbound_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.stream_receive_window == 0
+            || self.connection_receive_window < self.stream_receive_window
+        {
+            return Err(ConfigError::new(
+                "connection_receive_window",
+                "windows must be positive, the connection's at least the stream's",
+            ));
+        }
+        if self.idle_timeout <= self.keep_alive_interval {
+            return Err(ConfigError::new("idle_timeout", "must exceed keep_alive_interval"));
+        }
+        if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
+            return Err(ConfigError::new("idle_timeout", "is too large"));
+        }
+        Ok(())
+    }
+}
+
+/// A configuration value is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid raft-quic configuration: {field} {reason}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason }
+    }
+}

@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests: certificates, networks on loopback port 0, a test
+//! handler that answers every request, and runtime-agnostic sleeping.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{
+    AppendEntriesRequest, AppendEntriesResponse, Entry, EntryPayload, LogId, NodeId,
+    RequestVoteRequest, RequestVoteResponse, RpcError, RpcHandler, RpcRequest, RpcResponse,
+    TimeoutNowResponse,
+};
+use raft_quic::quinn::Runtime;
+use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
+
+/// Loopback, port 0: the only address tests bind.
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Installs a tracing subscriber once (honours RUST_LOG; quiet by default).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A configuration with short timeouts so failure paths finish quickly in tests.
+pub fn test_config(ca: &ClusterCa, id: NodeId, addr: SocketAddr) -> QuicConfig {
+    let mut config = QuicConfig::new(id, addr, ca.node_tls(id).unwrap());
+    config.rpc_timeout = Duration::from_secs(2);
+    config.connect_timeout = Duration::from_millis(500);
+    config.backoff_min = Duration::from_millis(10);
+    config.backoff_max = Duration::from_millis(100);
+    config
+}
+
+/// Binds one network per id on loopback port 0, then tells each about the others.
+pub fn bind_cluster(
+    ca: &ClusterCa,
+    ids: &[NodeId],
+    runtime: &Arc<dyn Runtime>,
+) -> Vec<QuicNetwork> {
+    let nets: Vec<QuicNetwork> = ids
+        .iter()
+        .map(|&id| QuicNetwork::bind(test_config(ca, id, loopback()), runtime.clone()).unwrap())
+        .collect();
+    for a in &nets {
+        for b in &nets {
+            if a.node_id() != b.node_id() {
+                a.set_peer(b.node_id(), b.local_addr());
+            }
+        }
+    }
+    nets
+}
+
+/// Answers every request positively and counts calls. AppendEntries whose first entry carries
+/// the payload `b"gated"` wait until the gate is opened.
+pub struct TestHandler {
+    pub id: NodeId,
+    pub calls: AtomicUsize,
+    gate: async_lock::RwLock<()>,
+}
+
+impl TestHandler {
+    pub fn new(id: NodeId) -> Arc<Self> {
+        Arc::new(Self { id, calls: AtomicUsize::new(0), gate: async_lock::RwLock::new(()) })
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Closes the gate until the returned guard is dropped.
+    pub fn close_gate(&self) -> async_lock::RwLockWriteGuard<'_, ()> {
+        self.gate.try_write().unwrap()
+    }
+}
+
+#[async_trait]
+impl RpcHandler for TestHandler {
+    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(match request {
+            RpcRequest::RequestVote(r) => RpcResponse::RequestVote(RequestVoteResponse {
+                term: r.term,
+                vote_granted: true,
+                pre_vote: r.pre_vote,
+            }),
+            RpcRequest::AppendEntries(r) => {
+                if r.entries.first().and_then(Entry::command).is_some_and(|c| c == "gated") {
+                    let _open = self.gate.read().await;
+                }
+                RpcResponse::AppendEntries(AppendEntriesResponse {
+                    term: r.term,
+                    match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
+                    conflict: None,
+                })
+            }
+            RpcRequest::TimeoutNow(r) => {
+                RpcResponse::TimeoutNow(TimeoutNowResponse { term: r.term })
+            }
+            _ => return Err(RpcError::Shutdown),
+        })
+    }
+}
+
+/// A heartbeat from `leader`.
+pub fn heartbeat(leader: NodeId) -> RpcRequest {
+    RpcRequest::AppendEntries(AppendEntriesRequest {
+        term: 1,
+        leader_id: leader,
+        prev_log_id: LogId::new(1, 7),
+        entries: Vec::new(),
+        leader_commit: 7,
+    })
+}
+
+/// An AppendEntries from `leader` with `count` entries of `size` bytes, the first carrying
+/// `first` (use `b"gated"` to hold it in the handler).
+pub fn append(leader: NodeId, count: usize, size: usize, first: &'static [u8]) -> RpcRequest {
+    let entries = (0..count)
+        .map(|i| Entry {
+            index: 8 + i as u64,
+            term: 1,
+            payload: EntryPayload::Command(if i == 0 && !first.is_empty() {
+                Bytes::from_static(first)
+            } else {
+                Bytes::from(vec![i as u8; size])
+            }),
+        })
+        .collect();
+    RpcRequest::AppendEntries(AppendEntriesRequest {
+        term: 1,
+        leader_id: leader,
+        prev_log_id: LogId::new(1, 7),
+        entries,
+        leader_commit: 7,
+    })
+}
+
+/// A vote request from `candidate`.
+pub fn vote(candidate: NodeId) -> RpcRequest {
+    RpcRequest::RequestVote(RequestVoteRequest {
+        term: 2,
+        candidate_id: candidate,
+        last_log_id: LogId::new(1, 7),
+        pre_vote: false,
+        leadership_transfer: false,
+    })
+}
+
+/// Sleeps on the given quinn runtime.
+pub async fn sleep(runtime: &Arc<dyn Runtime>, duration: Duration) {
+    let mut timer = runtime.new_timer(Instant::now() + duration);
+    std::future::poll_fn(|cx| timer.as_mut().poll(cx)).await
+}
+
+/// Runs `future` with a generous upper bound so that a bug fails the test instead of hanging it.
+pub async fn bounded<F: Future>(runtime: &Arc<dyn Runtime>, what: &str, future: F) -> F::Output {
+    let limit = Duration::from_secs(30);
+    let future = std::pin::pin!(future);
+    match futures::future::select(future, std::pin::pin!(sleep(runtime, limit))).await {
+        futures::future::Either::Left((output, _)) => output,
+        futures::future::Either::Right(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+/// Retries `attempt` until it returns `Some`, sleeping `pause` between tries, for at most
+/// `limit` (a generous bound, not a speed assertion).
+pub async fn eventually<T, F, Fut>(
+    runtime: &Arc<dyn Runtime>,
+    what: &str,
+    pause: Duration,
+    mut attempt: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: gave up after 20 s");
+        sleep(runtime, pause).await;
+    }
+}
+
+pub mod proxy;
+pub mod scenarios;

@@ -1,0 +1,553 @@
+//! Transport scenarios, written once and run under several runtimes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use raft_core::{Network, NetworkError, RpcResponse};
+use raft_quic::quinn::{self, Runtime};
+use raft_quic::wire::code;
+use raft_quic::{frame, tls, ClusterCa, NodeTls, QuicNetwork, WireResponse};
+
+use super::*;
+
+fn match_index(response: RpcResponse) -> Option<u64> {
+    match response {
+        RpcResponse::AppendEntries(r) => r.match_index,
+        other => panic!("unexpected response {other:?}"),
+    }
+}
+
+/// Every node of a 3-node cluster calls every other with each kind of request.
+pub async fn round_trip(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2, 3], &rt);
+    let handlers: Vec<_> = nets.iter().map(|n| TestHandler::new(n.node_id())).collect();
+    for (net, handler) in nets.iter().zip(&handlers) {
+        net.serve(handler.clone());
+    }
+    for from in &nets {
+        for to in &nets {
+            let (a, b) = (from.node_id(), to.node_id());
+            if a == b {
+                continue;
+            }
+            let r = bounded(&rt, "heartbeat", from.send(b, heartbeat(a))).await.unwrap();
+            assert_eq!(match_index(r), Some(7));
+            let r = bounded(&rt, "append", from.send(b, append(a, 3, 100, b""))).await.unwrap();
+            assert_eq!(match_index(r), Some(10));
+            match bounded(&rt, "vote", from.send(b, vote(a))).await.unwrap() {
+                RpcResponse::RequestVote(v) => assert!(v.vote_granted),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    for handler in &handlers {
+        assert_eq!(handler.calls(), 6, "node {} calls", handler.id);
+    }
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// Many RPCs in flight at once to one peer all complete.
+pub async fn concurrent_rpcs(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let handler = TestHandler::new(2);
+    nets[1].serve(handler.clone());
+    let calls = (0..300).map(|i| {
+        let request = if i % 2 == 0 { heartbeat(1) } else { append(1, 2, 1000, b"") };
+        nets[0].send(2, request)
+    });
+    let results = bounded(&rt, "300 concurrent RPCs", join_all(calls)).await;
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(handler.calls(), 300);
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A peer whose request claims another node's id is refused; the handler never sees it.
+pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2, 3], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    // Node 2 (authenticated as 2 by its certificate) claims to be node 3.
+    for request in [heartbeat(3), vote(3)] {
+        match bounded(&rt, "spoofed RPC", nets[1].send(1, request)).await {
+            Err(NetworkError::Refused { peer: 1, reason }) => {
+                assert!(reason.contains("claims sender 3"), "{reason}");
+                assert!(reason.contains("authenticated as 2"), "{reason}");
+            }
+            other => panic!("spoofed request not refused: {other:?}"),
+        }
+    }
+    assert_eq!(handler.calls(), 0);
+    // The honest request on the same connection is served.
+    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// Requests that arrive before a handler is installed are refused, then served once it is.
+pub async fn refuses_until_serving(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    match bounded(&rt, "early RPC", nets[0].send(2, heartbeat(1))).await {
+        Err(NetworkError::Refused { reason, .. }) => assert!(reason.contains("not serving")),
+        other => panic!("request served without a handler: {other:?}"),
+    }
+    let handler = TestHandler::new(2);
+    nets[1].serve(handler.clone());
+    bounded(&rt, "RPC", nets[0].send(2, heartbeat(1))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+    assert!(matches!(nets[0].send(9, heartbeat(1)).await, Err(NetworkError::UnknownPeer(9))));
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// Dialing id 3 at an address where node 2 answers fails: the server must prove the dialed id.
+pub async fn server_must_prove_dialed_id(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let handler = TestHandler::new(2);
+    nets[1].serve(handler.clone());
+    nets[0].set_peer(3, nets[1].local_addr());
+    match bounded(&rt, "misdirected RPC", nets[0].send(3, heartbeat(1))).await {
+        Err(NetworkError::Unreachable { peer: 3, reason }) => {
+            assert!(reason.to_lowercase().contains("certificate"), "{reason}")
+        }
+        other => panic!("impostor server accepted: {other:?}"),
+    }
+    assert_eq!(handler.calls(), 0);
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A node of another cluster (certificate from a foreign CA) is refused, even under a known id.
+pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let foreign = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    let intruder = QuicNetwork::bind(test_config(&foreign, 2, loopback()), rt.clone()).unwrap();
+    intruder.set_peer(1, nets[0].local_addr());
+    let result = bounded(&rt, "intruder RPC", intruder.send(1, heartbeat(2))).await;
+    assert!(matches!(result, Err(NetworkError::Unreachable { .. })), "{result:?}");
+
+    // A client that trusts the cluster CA but presents a foreign certificate: the handshake
+    // may complete on its side, but the server closes the connection and serves nothing.
+    let foreign_cert = foreign.issue(2).unwrap();
+    let mixed = NodeTls::from_pem(
+        ca.cert_pem().as_bytes(),
+        foreign_cert.cert_pem.as_bytes(),
+        foreign_cert.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let refused = raw_rpc_attempt(&rt, tls::quic_client_config(&mixed).unwrap(), &nets[0]).await;
+    assert!(refused.is_err(), "foreign client certificate accepted");
+
+    // A client with no certificate at all.
+    let anonymous = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert_der().clone()).unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    let mut anonymous = anonymous;
+    anonymous.alpn_protocols = vec![raft_quic::ALPN.to_vec()];
+    let anonymous = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(anonymous).unwrap(),
+    ));
+    let refused = raw_rpc_attempt(&rt, anonymous, &nets[0]).await;
+    assert!(refused.is_err(), "anonymous client accepted");
+
+    assert_eq!(handler.calls(), 0);
+    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    intruder.close().await;
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A raw quinn endpoint on loopback port 0.
+pub fn raw_endpoint(rt: &Arc<dyn Runtime>) -> quinn::Endpoint {
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, rt.clone()).unwrap()
+}
+
+/// Connects to `server` (as node 1's name) with `config` and sends one valid heartbeat from
+/// node 2. Returns the response, or the error at whichever step failed.
+async fn raw_rpc_attempt(
+    rt: &Arc<dyn Runtime>,
+    config: quinn::ClientConfig,
+    server: &QuicNetwork,
+) -> Result<WireResponse, String> {
+    let endpoint = raw_endpoint(rt);
+    let name = raft_quic::node_dns_name(server.node_id());
+    let result = bounded(rt, "raw RPC attempt", async {
+        let conn = endpoint
+            .connect_with(config, server.local_addr(), &name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let request = frame::encode(&heartbeat(2), 1 << 20).unwrap();
+        send.write_all(&request).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let bytes = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
+        frame::decode::<WireResponse>(&bytes, 1 << 20).map(|(r, _)| r).map_err(|e| e.to_string())
+    })
+    .await;
+    endpoint.close(0u32.into(), b"");
+    result
+}
+
+/// A node restarts (same address, same certificate); its peer reconnects by itself.
+pub async fn reconnects_after_restart(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let tls2 = ca.node_tls(2).unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let (net1, net2) = (nets[0].clone(), nets[1].clone());
+    drop(nets);
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    bounded(&rt, "first RPC", net1.send(2, heartbeat(1))).await.unwrap();
+    let addr2 = net2.local_addr();
+
+    // Stop node 2: RPCs fail (without hanging) while it is down.
+    net2.close().await;
+    drop(net2);
+    let down = bounded(&rt, "RPC to a stopped node", net1.send(2, heartbeat(1))).await;
+    assert!(down.is_err(), "{down:?}");
+
+    // Restart it on the same address. The old socket may take a moment to be released.
+    let mut config = test_config(&ca, 2, addr2);
+    config.tls = tls2;
+    config.peers.insert(1, net1.local_addr());
+    let restarted = eventually(&rt, "rebind the restarted node", Duration::from_millis(20), || {
+        let config = config.clone();
+        let rt = rt.clone();
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    let handler2 = TestHandler::new(2);
+    restarted.serve(handler2.clone());
+
+    eventually(&rt, "reconnect to the restarted node", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    assert!(handler2.calls() >= 1);
+    // And the restarted node can dial back.
+    let handler1 = TestHandler::new(1);
+    net1.serve(handler1.clone());
+    bounded(&rt, "RPC from the restarted node", restarted.send(1, heartbeat(2))).await.unwrap();
+    assert_eq!(handler1.calls(), 1);
+    restarted.close().await;
+    net1.close().await;
+}
+
+/// Heartbeats and votes complete while several MiB-sized AppendEntries are in flight on the
+/// same connection (held in the handler, so they stay in flight until the test releases them).
+pub async fn large_batches_do_not_block_heartbeats(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let handler = TestHandler::new(2);
+    nets[1].serve(handler.clone());
+    let gate = handler.close_gate();
+
+    // Four 8 MiB batches (8 entries of 1 MiB), each gated in the handler.
+    let mut bulk: futures::stream::FuturesUnordered<_> =
+        (0..4).map(|_| nets[0].send(2, append(1, 8, 1 << 20, b"gated"))).collect();
+    // While they are outstanding, small RPCs go through, many times over.
+    let small = async {
+        for _ in 0..20 {
+            nets[0].send(2, heartbeat(1)).await.unwrap();
+            nets[0].send(2, vote(1)).await.unwrap();
+        }
+    };
+    let mut small = std::pin::pin!(small);
+    let outcome = bounded(
+        &rt,
+        "small RPCs behind bulk",
+        futures::future::select(bulk.next(), small.as_mut()),
+    )
+    .await;
+    if let futures::future::Either::Left((done, _)) = outcome {
+        panic!("a bulk RPC finished before the small ones: {done:?}");
+    }
+    drop(gate);
+    let results: Vec<_> = bounded(&rt, "bulk RPCs", bulk.collect()).await;
+    for result in results {
+        assert_eq!(match_index(result.unwrap()), Some(15));
+    }
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// Frames above the limits: an outbound message above the sender's limit fails locally; an
+/// inbound frame above the receiver's limit closes that stream only.
+pub async fn oversized_frames(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut c1 = test_config(&ca, 1, loopback());
+    c1.max_frame_size = 4 << 20;
+    let mut c2 = test_config(&ca, 2, loopback());
+    c2.max_frame_size = 1 << 20;
+    let net1 = QuicNetwork::bind(c1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(c2, rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    net2.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+
+    let too_big_for_sender = append(1, 5, 1 << 20, b"");
+    let result = net1.send(2, too_big_for_sender).await;
+    assert!(matches!(result, Err(NetworkError::Codec(_))), "{result:?}");
+
+    let too_big_for_receiver = append(1, 2, 1 << 20, b"");
+    let result = bounded(&rt, "oversized RPC", net1.send(2, too_big_for_receiver)).await;
+    match result {
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert!(reason.contains(&format!("code {}", code::FRAME_TOO_LARGE)), "{reason}")
+        }
+        other => panic!("oversized frame accepted: {other:?}"),
+    }
+    assert_eq!(handler.calls(), 0);
+    bounded(&rt, "RPC after the oversized one", net1.send(2, heartbeat(1))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+    net1.close().await;
+    net2.close().await;
+}
+
+/// After `close`, sends fail with `Shutdown` and peers see the node as unreachable.
+pub async fn close_is_final(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    nets[0].serve(TestHandler::new(1));
+    nets[1].serve(TestHandler::new(2));
+    bounded(&rt, "RPC", nets[0].send(2, heartbeat(1))).await.unwrap();
+    nets[0].close().await;
+    nets[0].close().await;
+    assert!(matches!(nets[0].send(2, heartbeat(1)).await, Err(NetworkError::Shutdown)));
+    let result = bounded(&rt, "RPC to a closed node", nets[1].send(1, heartbeat(2))).await;
+    assert!(result.is_err(), "{result:?}");
+    nets[1].close().await;
+}
+
+/// Malformed input on a mutually authenticated connection: each bad frame closes its own
+/// stream with the matching error code; the connection, and every other peer, keep being
+/// served. Garbage datagrams at the UDP level are ignored.
+pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    // Short, so that the stalled-frame case below ends quickly.
+    config1.rpc_timeout = Duration::from_millis(300);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net3 = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, loopback());
+    net1.set_peer(3, net3.local_addr());
+    net3.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(1);
+    net1.serve(handler.clone());
+
+    // UDP garbage first: quinn drops it.
+    let udp = std::net::UdpSocket::bind(loopback()).unwrap();
+    for i in 0..50u8 {
+        let junk: Vec<u8> = (0..(i as usize * 25 + 1)).map(|j| (j as u8) ^ i).collect();
+        udp.send_to(&junk, net1.local_addr()).unwrap();
+    }
+
+    let endpoint = raw_endpoint(&rt);
+    let client = tls::quic_client_config(&ca.node_tls(2).unwrap()).unwrap();
+    let conn = bounded(&rt, "raw connect", async {
+        endpoint.connect_with(client, net1.local_addr(), "node-1.raft").unwrap().await.unwrap()
+    })
+    .await;
+
+    let valid = frame::encode(&heartbeat(2), 1 << 20).unwrap().to_vec();
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let len = (trailing.len() - 4) as u32;
+    trailing[..4].copy_from_slice(&len.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, bool, quinn::VarInt)> = vec![
+        ("garbage", b"\xde\xad\xbe\xef garbage".to_vec(), true, code::FRAME_TOO_LARGE),
+        ("zero length", vec![0, 0, 0, 0, 1], true, code::DECODE_ERROR),
+        ("unknown version", vec![0, 0, 0, 5, 9, 1, 2, 3, 4], true, code::UNSUPPORTED_VERSION),
+        ("empty stream", vec![], true, code::TRUNCATED),
+        ("truncated header", vec![0, 0], true, code::TRUNCATED),
+        ("truncated body", vec![0, 0, 0, 100, 1, 1, 2, 3], true, code::TRUNCATED),
+        ("undecodable body", vec![0, 0, 0, 5, 1, 0xff, 0xff, 0xff, 0xff], true, code::DECODE_ERROR),
+        ("trailing bytes", trailing, true, code::DECODE_ERROR),
+        ("stalled frame", vec![0, 0, 0, 100, 1, 1, 2], false, code::TIMEOUT),
+    ];
+    for (name, bytes, finish, expected) in cases {
+        let outcome = bounded(&rt, name, async {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            // The server may stop the stream before all is written: write errors are expected.
+            let _ = send.write_all(&bytes).await;
+            if finish {
+                let _ = send.finish();
+            }
+            recv.read_to_end(1 << 20).await
+        })
+        .await;
+        match outcome {
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(code, expected, "case {name}: wrong reset code")
+            }
+            other => panic!("case {name}: expected a reset stream, got {other:?}"),
+        }
+    }
+    assert_eq!(handler.calls(), 0);
+
+    // The same connection still serves a valid request...
+    let response = bounded(&rt, "valid raw RPC", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&valid).await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(1 << 20).await.unwrap()
+    })
+    .await;
+    let (response, _) = frame::decode::<WireResponse>(&response, 1 << 20).unwrap();
+    assert!(matches!(response, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{response:?}");
+    // ...and so does the node to everyone else.
+    bounded(&rt, "RPC from another peer", net3.send(1, heartbeat(3))).await.unwrap();
+    assert_eq!(handler.calls(), 2);
+
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net1.close().await;
+    net3.close().await;
+}
+
+/// Short keep-alive and idle timeouts, for the link-failure scenarios.
+fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
+    let mut config = test_config(ca, id, loopback());
+    config.rpc_timeout = Duration::from_millis(300);
+    config.connect_timeout = Duration::from_millis(300);
+    config.keep_alive_interval = Duration::from_millis(100);
+    config.idle_timeout = idle;
+    config
+}
+
+/// The link breaks long enough for the connection to die; once it heals, RPCs flow again on a
+/// new connection.
+pub async fn reconnects_after_link_break(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let idle = Duration::from_millis(600);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(impatient(&ca, 2, idle), rt.clone()).unwrap();
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    net2.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+
+    proxy.block();
+    let broken = bounded(&rt, "RPC over a broken link", net1.send(2, heartbeat(1))).await;
+    assert!(broken.is_err(), "{broken:?}");
+    // Long enough for both sides' idle timers to fire.
+    sleep(&rt, idle * 3).await;
+    proxy.unblock();
+    eventually(&rt, "RPC after the link healed", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    net1.close().await;
+    net2.close().await;
+}
+
+/// A peer "crashes" without its close reaching us (the link drops it) and restarts on the same
+/// address. Its new endpoint answers our stale connection with a stateless reset (keyed from
+/// the node's key, so accepted), and we reconnect without waiting out the idle timeout, which
+/// is set far beyond the test's patience.
+pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let tls2 = ca.node_tls(2).unwrap();
+    let idle = Duration::from_secs(120);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let mut config2 = impatient(&ca, 2, idle);
+    config2.tls = tls2.clone();
+    let net2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    net2.set_peer(1, net1.local_addr());
+    net2.serve(TestHandler::new(2));
+    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+
+    // Crash: node 2 goes away and its CONNECTION_CLOSE is lost.
+    proxy.block();
+    let addr2 = net2.local_addr();
+    net2.close().await;
+    drop(net2);
+    config2.listen_addr = addr2;
+    config2.peers.insert(1, net1.local_addr());
+    let restarted = eventually(&rt, "rebind node 2", Duration::from_millis(20), || {
+        let (config, rt) = (config2.clone(), rt.clone());
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    let handler = TestHandler::new(2);
+    restarted.serve(handler.clone());
+    proxy.unblock();
+
+    eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    assert!(handler.calls() >= 1);
+    net1.close().await;
+    restarted.close().await;
+}
+
+/// An RPC whose answer does not come within the RPC timeout fails with `Timeout`; the
+/// connection keeps serving other RPCs.
+pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.rpc_timeout = Duration::from_millis(200);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    net2.set_peer(1, net1.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let gate = handler.close_gate();
+    let held = bounded(&rt, "held RPC", net1.send(2, append(1, 1, 10, b"gated"))).await;
+    assert!(matches!(held, Err(NetworkError::Timeout(2))), "{held:?}");
+    bounded(&rt, "RPC after a timeout", net1.send(2, heartbeat(1))).await.unwrap();
+    drop(gate);
+    net1.close().await;
+    net2.close().await;
+}

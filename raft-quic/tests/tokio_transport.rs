@@ -1,0 +1,39 @@
+//! Transport scenarios on the tokio runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::scenarios;
+use raft_quic::quinn::{Runtime, TokioRuntime};
+
+fn rt() -> Arc<dyn Runtime> {
+    Arc::new(TokioRuntime)
+}
+
+macro_rules! on_tokio {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            scenarios::$name(rt()).await;
+        }
+    )*};
+}
+
+on_tokio!(
+    round_trip,
+    concurrent_rpcs,
+    sender_must_match_certificate,
+    refuses_until_serving,
+    server_must_prove_dialed_id,
+    foreign_ca_is_refused,
+    reconnects_after_restart,
+    large_batches_do_not_block_heartbeats,
+    oversized_frames,
+    close_is_final,
+    malformed_frames_are_survived,
+    reconnects_after_link_break,
+    stale_connection_is_reset_after_crash,
+    rpc_timeout_is_enforced,
+);
