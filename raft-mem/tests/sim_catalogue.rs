@@ -342,7 +342,7 @@ fn persistence_across_restarts_and_partitions() {
             acknowledged.push((value, index));
             match round % 5 {
                 0 => {
-                    let id = dice.pick(&sim.ids().to_vec());
+                    let id = dice.pick(sim.ids());
                     sim.restart(id)?;
                 }
                 1 => {

@@ -16,6 +16,9 @@ use super::checker::{InvariantChecker, Violation};
 use super::executor::SimRuntime;
 use crate::{LinkFaults, MemLogStore, MemNetwork};
 
+/// Adjusts the [`Config`] of every simulated node (for example, shorter timeouts).
+pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
 /// How to build a [`Simulation`].
 #[derive(Debug, Clone)]
 pub struct SimulationConfig {
@@ -107,7 +110,7 @@ pub struct Simulation {
     incarnations: BTreeMap<NodeId, u64>,
     checker: InvariantChecker,
     failure: Option<SimFailure>,
-    config_hook: Option<Arc<dyn Fn(&mut Config) + Send + Sync>>,
+    config_hook: Option<ConfigHook>,
     /// The running nodes, shared with client tasks.
     directory: Arc<Mutex<BTreeMap<NodeId, Node>>>,
     /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
@@ -165,7 +168,7 @@ impl Simulation {
     /// Builds and starts the cluster, letting `hook` adjust every node's [`Config`].
     pub fn with_config_hook(
         config: SimulationConfig,
-        hook: Option<Arc<dyn Fn(&mut Config) + Send + Sync>>,
+        hook: Option<ConfigHook>,
     ) -> Result<Self, SimFailure> {
         let runtime = SimRuntime::new();
         let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 0));
