@@ -58,6 +58,7 @@
 //! process-wide registry of open directories plus an exclusive lock file (see `env.rs`).
 #![deny(unsafe_code)]
 
+mod apply;
 mod codec;
 mod env;
 mod error;

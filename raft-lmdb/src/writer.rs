@@ -22,12 +22,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use heed::{PutFlags, RwTxn};
-use raft_core::{LogId, LogIndex, StorageError, Term, WriteBatch};
+use raft_core::{LogIndex, StorageError, WriteBatch};
 
+use crate::apply::{self, Applier, Failure, Rejection};
 use crate::codec::{self, MetaRecord, STATE_KEY};
-use crate::env::{self, Handles};
-use crate::error::{is_map_full, storage_error};
+use crate::env;
 use crate::shared::Shared;
 
 /// What a request asks the writer to do.
@@ -77,50 +76,8 @@ pub(crate) fn spawn(
     committed: MetaRecord,
     limits: GroupLimits,
 ) -> io::Result<JoinHandle<()>> {
-    let writer = Writer { shared, rx, committed, limits, buf: Vec::new(), spans: Vec::new() };
+    let writer = Writer { shared, rx, committed, limits, applier: Applier::default() };
     std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || writer.run())
-}
-
-/// Why a group could not be committed.
-enum Failure {
-    /// The map is full: grow it and try again.
-    MapFull,
-    /// Anything else: the store stops.
-    Fatal(StorageError),
-}
-
-impl From<heed::Error> for Failure {
-    fn from(err: heed::Error) -> Self {
-        if is_map_full(&err) {
-            Failure::MapFull
-        } else {
-            Failure::Fatal(storage_error(err))
-        }
-    }
-}
-
-impl From<StorageError> for Failure {
-    fn from(err: StorageError) -> Self {
-        Failure::Fatal(err)
-    }
-}
-
-/// Why one request of a group was not applied.
-enum Rejection {
-    /// The request is invalid; it alone fails.
-    Invalid(StorageError),
-    /// The group fails.
-    Failed(Failure),
-}
-
-impl<E: Into<Failure>> From<E> for Rejection {
-    fn from(err: E) -> Self {
-        Rejection::Failed(err.into())
-    }
-}
-
-fn invalid(msg: String) -> Rejection {
-    Rejection::Invalid(StorageError::InvalidRequest(msg))
 }
 
 struct Writer {
@@ -129,10 +86,8 @@ struct Writer {
     /// The metadata as of the last commit (only this thread changes it).
     committed: MetaRecord,
     limits: GroupLimits,
-    /// Encoded entries of the request being applied, back to back.
-    buf: Vec<u8>,
-    /// `(index, end offset in buf)` of each encoded entry.
-    spans: Vec<(LogIndex, usize)>,
+    /// Applies requests to a transaction.
+    applier: Applier,
 }
 
 impl Writer {
@@ -285,8 +240,8 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
             let applied = match &request.op {
-                Op::Write(batch) => self.apply_write(handles, &mut txn, &mut meta, batch),
-                Op::Purge(up_to) => apply_purge(handles, &mut txn, &mut meta, *up_to),
+                Op::Write(batch) => self.applier.write(handles, &mut txn, &mut meta, batch),
+                Op::Purge(up_to) => apply::purge(handles, &mut txn, &mut meta, *up_to),
             };
             match applied {
                 Ok(()) => outcomes.push(Ok(())),
@@ -303,94 +258,6 @@ impl Writer {
         }
         txn.commit()?;
         Ok((meta, outcomes))
-    }
-
-    /// Validates `batch` against `meta`, then applies it to `txn` and `meta`. Nothing is changed
-    /// when the batch is invalid.
-    fn apply_write(
-        &mut self,
-        handles: &Handles,
-        txn: &mut RwTxn<'_>,
-        meta: &mut MetaRecord,
-        batch: &WriteBatch,
-    ) -> Result<(), Rejection> {
-        let (purged, last) = (meta.purged(), meta.last());
-        if let Some(cut) = batch.truncate_from {
-            if cut <= purged.index {
-                return Err(invalid(format!(
-                    "truncate_from {cut} is at or below purged index {}",
-                    purged.index
-                )));
-            }
-        }
-        let first = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
-        self.buf.clear();
-        self.spans.clear();
-        for (expected, entry) in (first..).zip(&batch.entries) {
-            if entry.index != expected {
-                return Err(invalid(format!(
-                    "entry index {} where {expected} was expected",
-                    entry.index
-                )));
-            }
-            // Encoding before touching the transaction keeps an unencodable batch without effect.
-            self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
-                .map_err(Rejection::Invalid)?;
-            self.spans.push((entry.index, self.buf.len()));
-        }
-
-        if let Some(hard_state) = batch.hard_state {
-            meta.set_hard_state(hard_state);
-        }
-        if let Some(cut) = batch.truncate_from.filter(|&cut| cut <= last.index) {
-            handles.log.delete_range(txn, &(cut..))?;
-            let new_last = if cut - 1 == purged.index {
-                purged
-            } else if batch.entries.is_empty() {
-                LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1)
-            } else {
-                // The appended entries set `last` below; no need to look the term up.
-                last
-            };
-            meta.set_last(new_last);
-        }
-        let mut start = 0;
-        for &(index, end) in &self.spans {
-            handles.log.put_with_flags(txn, PutFlags::APPEND, &index, &self.buf[start..end])?;
-            start = end;
-        }
-        if let Some(entry) = batch.entries.last() {
-            meta.set_last(entry.log_id());
-        }
-        Ok(())
-    }
-}
-
-/// Validates a purge against `meta`, then applies it to `txn` and `meta`.
-fn apply_purge(
-    handles: &Handles,
-    txn: &mut RwTxn<'_>,
-    meta: &mut MetaRecord,
-    up_to: LogIndex,
-) -> Result<(), Rejection> {
-    let (purged, last) = (meta.purged(), meta.last());
-    if up_to <= purged.index {
-        return Ok(());
-    }
-    if up_to > last.index {
-        return Err(invalid(format!("purge up to {up_to} beyond last index {}", last.index)));
-    }
-    let term = if up_to == last.index { last.term } else { stored_term(handles, txn, up_to)? };
-    handles.log.delete_range(txn, &(..=up_to))?;
-    meta.set_purged(LogId::new(term, up_to));
-    Ok(())
-}
-
-/// The term of the stored entry `index`, which the metadata says exists.
-fn stored_term(handles: &Handles, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
-    match handles.log.get(txn, &index)? {
-        Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
-        None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),
     }
 }
 
