@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-/// The log store `kv-node` runs on.
-pub type Store = raft_mem::MemLogStore;
+/// The log store `kv-node` runs on: LMDB, every acknowledged write synced to disk.
+pub type Store = raft_lmdb::LmdbLogStore;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +17,7 @@ pub struct StoreOpenError {
 }
 
 /// Opens (or creates) the node's log store in `dir`.
-///
-/// Until `raft-lmdb` lands this is an in-memory store: a restarted process starts empty.
 pub fn open_store(dir: &Path) -> Result<Store, StoreOpenError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreOpenError { path: dir.display().to_string(), message: e.to_string() })?;
-    Ok(raft_mem::MemLogStore::new())
+    raft_lmdb::LmdbLogStore::open_dir(dir)
+        .map_err(|e| StoreOpenError { path: dir.display().to_string(), message: e.to_string() })
 }
