@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use examples::kv::config::{parse_args, parse_member};
 use examples::kv::tls::load_client_tls;
+use examples::kv::client::status_table;
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
 
@@ -129,30 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 }
 
 async fn status(connections: &Connections) -> String {
-    let mut out = format!(
-        "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
-        "node", "role", "term", "leader", "commit", "applied", "last"
-    );
-    for (id, answer) in connections.statuses().await {
-        match answer {
-            Ok(s) => {
-                let s = s.status;
-                let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
-                out += &format!(
-                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
-                    id,
-                    s.role.to_string(),
-                    s.current_term,
-                    leader,
-                    s.commit_index,
-                    s.applied_index,
-                    s.last_log_index
-                );
-            }
-            Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
-        }
-    }
-    out.trim_end().to_owned()
+    status_table(&connections.statuses().await)
 }
 
 /// `kv gen-certs DIR IDS`: certificates for a new cluster, with no other tool needed.

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::Instant;
 
 use bytes::Bytes;
 use raft_core::{NodeId, Status};
@@ -177,20 +176,44 @@ impl KvClient {
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
+    ///
+    /// Normally one attempt, at the node believed to lead. While an answer is late (every
+    /// `hedge_after`), one more node is tried with the same request, so that a dead leader is
+    /// routed around as soon as another node has taken over; the session makes the copies
+    /// harmless (a read is harmless anyway).
     async fn run(&self, command: &Command) -> Result<Response, ClientError> {
         let conns = &self.connections;
         let options = conns.options().clone();
-        let deadline = Instant::now() + options.op_timeout;
+        let deadline = tokio::time::Instant::now() + options.op_timeout;
         let request = ClientRequest::Command(command.clone());
+        let mut attempts = Attempts::new(conns.clone(), request);
         let mut maybe_applied = false;
-        let mut target = conns.leader().or_else(|| conns.pick(None));
-        let mut redirects = 0;
-        while Instant::now() < deadline {
-            let Some(node) = target else {
-                return Err(ClientError::Protocol("no nodes configured".into()));
+        let mut redirects = 0u32;
+        let first = conns.leader().or_else(|| conns.pick(None));
+        match first {
+            Some(node) => attempts.launch(node, None),
+            None => return Err(ClientError::Protocol("no nodes configured".into())),
+        }
+        let mut next_hedge = tokio::time::Instant::now() + options.hedge_after;
+        loop {
+            let (node, result) = tokio::select! {
+                Some(done) = attempts.next() => done,
+                () = tokio::time::sleep_until(next_hedge) => {
+                    next_hedge += options.hedge_after;
+                    if attempts.len() < 3 {
+                        if let Some(other) = attempts.pick_idle(None) {
+                            attempts.launch(other, None);
+                        }
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(ClientError::Timeout { maybe_applied });
+                }
             };
-            let mut pause = false;
-            match conns.call(node, &request).await {
+            // Where to go next, and after what pause, if nothing else is in flight.
+            let mut next: Option<(Option<NodeId>, bool)> = Some((None, true));
+            match result {
                 Ok(ClientResponse::Applied(response)) => {
                     conns.set_leader(Some(node));
                     return Ok(response);
@@ -200,27 +223,20 @@ impl KvClient {
                 {
                     conns.learn(&leader);
                     conns.set_leader(Some(leader.id));
-                    target = Some(leader.id);
-                    redirects += 1;
-                    if redirects % 4 == 0 {
-                        // Nodes disagree about the leader (an election is settling): slow down.
-                        tokio::time::sleep(options.retry_delay).await;
+                    if attempts.is_in_flight(leader.id) {
+                        next = None;
+                    } else {
+                        redirects += 1;
+                        // Nodes that disagree about the leader (an election settling) slow us.
+                        next = Some((Some(leader.id), redirects % 4 == 0));
                     }
-                    continue;
                 }
-                Ok(ClientResponse::NotLeader { .. }) => {
-                    conns.set_leader(None);
-                    pause = true;
-                }
-                Ok(ClientResponse::NotApplied(reason)) => {
-                    debug!(node, "not applied: {reason}");
-                    pause = true;
-                }
+                Ok(ClientResponse::NotLeader { .. }) => conns.set_leader(None),
+                Ok(ClientResponse::NotApplied(reason)) => debug!(node, "not applied: {reason}"),
                 Ok(ClientResponse::Unknown(reason)) => {
                     debug!(node, "outcome unknown: {reason}");
                     maybe_applied = true;
                     conns.set_leader(None);
-                    pause = true;
                 }
                 Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
                 Ok(other) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
@@ -230,14 +246,98 @@ impl KvClient {
                     if !matches!(e, CallError::UnknownNode(_)) {
                         conns.suspect(node);
                     }
+                    next = Some((None, false));
                 }
             }
-            if pause {
-                tokio::time::sleep(options.retry_delay).await;
+            match next {
+                Some((Some(target), pause)) => {
+                    attempts.launch(target, pause.then_some(options.retry_delay));
+                }
+                Some((None, pause)) if attempts.len() == 0 => {
+                    let target = conns
+                        .leader()
+                        .filter(|&l| l != node)
+                        .or_else(|| attempts.pick_idle(Some(node)))
+                        .or_else(|| conns.pick(Some(node)));
+                    if let Some(target) = target {
+                        attempts.launch(target, pause.then_some(options.retry_delay));
+                    }
+                }
+                _ => {}
             }
-            target = conns.leader().or_else(|| conns.pick(Some(node)));
         }
-        Err(ClientError::Timeout { maybe_applied })
+    }
+}
+
+type AttemptFuture = futures::future::BoxFuture<
+    'static,
+    (NodeId, Result<ClientResponse, CallError>),
+>;
+
+/// The attempts of one operation in flight, by node.
+struct Attempts {
+    connections: Connections,
+    request: std::sync::Arc<ClientRequest>,
+    running: futures::stream::FuturesUnordered<AttemptFuture>,
+    nodes: Vec<NodeId>,
+}
+
+impl Attempts {
+    fn new(connections: Connections, request: ClientRequest) -> Self {
+        Self {
+            connections,
+            request: std::sync::Arc::new(request),
+            running: futures::stream::FuturesUnordered::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn is_in_flight(&self, node: NodeId) -> bool {
+        self.nodes.contains(&node)
+    }
+
+    /// A node with no attempt in flight, not suspect if possible, after `after` in id order.
+    fn pick_idle(&self, after: Option<NodeId>) -> Option<NodeId> {
+        let nodes = self.connections.nodes();
+        let start = after.and_then(|p| nodes.iter().position(|&n| n == p)).map_or(0, |i| i + 1);
+        let idle: Vec<NodeId> = nodes
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(nodes.len())
+            .copied()
+            .filter(|n| !self.is_in_flight(*n))
+            .collect();
+        idle.iter().copied().find(|&n| !self.connections.is_suspect(n)).or(idle.first().copied())
+    }
+
+    fn launch(&mut self, node: NodeId, delay: Option<std::time::Duration>) {
+        use futures::FutureExt;
+        let connections = self.connections.clone();
+        let request = self.request.clone();
+        self.nodes.push(node);
+        self.running.push(
+            async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                (node, connections.call(node, &request).await)
+            }
+            .boxed(),
+        );
+    }
+
+    async fn next(&mut self) -> Option<(NodeId, Result<ClientResponse, CallError>)> {
+        use futures::StreamExt;
+        let (node, result) = self.running.next().await?;
+        if let Some(i) = self.nodes.iter().position(|&n| n == node) {
+            self.nodes.swap_remove(i);
+        }
+        Some((node, result))
     }
 }
 
@@ -258,26 +358,35 @@ pub struct NodeStatus {
 }
 
 impl Connections {
-    /// Asks `node` for its status.
+    /// Asks `node` for its status (within the status timeout).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
-        match self.call(node, &ClientRequest::Status).await {
+        let limit = self.options().status_timeout;
+        match self.call_within(node, &ClientRequest::Status, limit).await {
             Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus { status, members }),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
     }
 
-    /// Asks every known node for its status (learning members from the answers first).
-    pub async fn statuses(&self) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
-        for node in self.nodes() {
-            if let Ok(answer) = self.status(node).await {
-                answer.members.iter().for_each(|m| self.learn(m));
-                break;
-            }
-        }
-        let nodes = self.nodes();
+    /// Asks `nodes` for their status, concurrently.
+    pub async fn statuses_of(&self, nodes: &[NodeId]) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
         let answers = futures::future::join_all(nodes.iter().map(|&n| self.status(n))).await;
-        nodes.into_iter().zip(answers).collect()
+        for answer in answers.iter().flatten() {
+            answer.members.iter().for_each(|m| self.learn(m));
+        }
+        nodes.iter().copied().zip(answers).collect()
+    }
+
+    /// Asks every known node for its status; nodes learned from the answers are asked too.
+    pub async fn statuses(&self) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
+        let known = self.nodes();
+        let mut answers = self.statuses_of(&known).await;
+        let learned: Vec<NodeId> = self.nodes().into_iter().filter(|n| !known.contains(n)).collect();
+        if !learned.is_empty() {
+            answers.extend(self.statuses_of(&learned).await);
+            answers.sort_by_key(|(id, _)| *id);
+        }
+        answers
     }
 
     /// Test-only: makes `node` drop Raft traffic with `blocked` (empty heals). The node must
@@ -290,4 +399,31 @@ impl Connections {
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
     }
+}
+
+/// Formats status answers as a table: node, role, term, leader, commit, applied, last index.
+pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
+        "node", "role", "term", "leader", "commit", "applied", "last"
+    );
+    for (id, answer) in statuses {
+        match answer {
+            Ok(NodeStatus { status: s, .. }) => {
+                let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
+                out += &format!(
+                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
+                    id,
+                    s.role.to_string(),
+                    s.current_term,
+                    leader,
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_log_index
+                );
+            }
+            Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
+        }
+    }
+    out.trim_end().to_owned()
 }

@@ -321,10 +321,14 @@ pub struct LeaderInfo {
     pub term: Term,
 }
 
-/// Asks every node for its status and returns the leader if one node leads and a majority of
+/// Asks `nodes` for their status and returns the leader if one of them leads and a majority of
 /// the cluster (`cluster_size`) reports it in the same term.
-pub async fn current_leader(connections: &Connections, cluster_size: usize) -> Option<LeaderInfo> {
-    let statuses = connections.statuses().await;
+pub async fn current_leader(
+    connections: &Connections,
+    nodes: &[NodeId],
+    cluster_size: usize,
+) -> Option<LeaderInfo> {
+    let statuses = connections.statuses_of(nodes).await;
     let answered: Vec<_> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
     let leader = answered.iter().find(|s| s.status.role == Role::Leader)?;
     let (id, term) = (leader.status.id, leader.status.current_term);
@@ -335,22 +339,20 @@ pub async fn current_leader(connections: &Connections, cluster_size: usize) -> O
     (agree > cluster_size / 2).then_some(LeaderInfo { id, term })
 }
 
-/// Polls [`current_leader`] every 10 ms until a leader is found, other than `not` if given, or
-/// `timeout` passes.
+/// Polls [`current_leader`] among `nodes` every 5 ms until a leader is found, or `timeout`
+/// passes.
 pub async fn wait_for_leader(
     connections: &Connections,
+    nodes: &[NodeId],
     cluster_size: usize,
-    not: Option<NodeId>,
     timeout: Duration,
 ) -> Option<LeaderInfo> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(leader) = current_leader(connections, cluster_size).await {
-            if Some(leader.id) != not {
-                return Some(leader);
-            }
+        if let Some(leader) = current_leader(connections, nodes, cluster_size).await {
+            return Some(leader);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     None
 }

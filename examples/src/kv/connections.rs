@@ -29,6 +29,12 @@ pub struct ClientOptions {
     pub retry_delay: Duration,
     /// How long a node that timed out is avoided (unless no other node is left).
     pub suspect_for: Duration,
+    /// When an answer takes longer than this, the client also tries another node with the
+    /// same request (safe: writes are deduplicated by their session), so that a dead leader
+    /// costs about an election, not a whole attempt timeout.
+    pub hedge_after: Duration,
+    /// The attempt timeout of status requests.
+    pub status_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +45,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_millis(500),
             retry_delay: Duration::from_millis(20),
             suspect_for: Duration::from_secs(1),
+            hedge_after: Duration::from_millis(100),
+            status_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -249,19 +257,46 @@ impl Connections {
         node: NodeId,
         request: &ClientRequest,
     ) -> Result<ClientResponse, CallError> {
-        let frame_error = |reason: String| CallError::NoAnswer { node, reason };
-        let attempt = async {
-            let connection = self.connection(node).await?;
+        self.call_within(node, request, self.inner.options.attempt_timeout).await
+    }
+
+    /// Like [`Connections::call`] with an explicit timeout. A connection on which a request
+    /// timed out is not reused for new requests (the node may have died: a new connection
+    /// finds out within the connect timeout), but requests already on it carry on.
+    pub async fn call_within(
+        &self,
+        node: NodeId,
+        request: &ClientRequest,
+        limit: std::time::Duration,
+    ) -> Result<ClientResponse, CallError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let connection = tokio::time::timeout_at(deadline, self.connection(node))
+            .await
+            .map_err(|_| CallError::Connect { node, reason: "connect timed out".into() })??;
+        let no_answer = |reason: String| CallError::NoAnswer { node, reason };
+        let exchange = async {
             let (mut send, mut recv) = connection
                 .open_bi()
                 .await
                 .map_err(|e| CallError::Connect { node, reason: e.to_string() })?;
-            protocol::write(&mut send, request).await.map_err(|e| frame_error(e.to_string()))?;
-            protocol::read(&mut recv).await.map_err(|e| frame_error(e.to_string()))
+            protocol::write(&mut send, request).await.map_err(|e| no_answer(e.to_string()))?;
+            protocol::read(&mut recv).await.map_err(|e| no_answer(e.to_string()))
         };
-        match tokio::time::timeout(self.inner.options.attempt_timeout, attempt).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(frame_error("timed out".into())),
+            Err(_) => {
+                self.retire(node, &connection).await;
+                Err(no_answer("timed out".into()))
+            }
+        }
+    }
+
+    /// Stops handing out `connection` for `node` (if it is still the current one).
+    async fn retire(&self, node: NodeId, connection: &Connection) {
+        let slot = self.slot(node);
+        let mut slot = slot.lock().await;
+        if slot.connection.as_ref().is_some_and(|c| c.stable_id() == connection.stable_id()) {
+            slot.connection = None;
         }
     }
 
