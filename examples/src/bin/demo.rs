@@ -133,7 +133,10 @@ async fn demo(cluster: &mut ProcessCluster, keys: usize) -> Result<Summary, Erro
     let half = keys / 2;
     let elapsed = write_keys(&connections, 0..half, &format!("writing {half} keys")).await?;
     let write_rate = half as f64 / elapsed.as_secs_f64();
-    println!("  {half} acknowledged writes in {} ({write_rate:.0}/s, {CLIENTS} clients)", ms(elapsed));
+    println!(
+        "  {half} acknowledged writes in {} ({write_rate:.0}/s, {CLIENTS} clients)",
+        ms(elapsed)
+    );
 
     println!("Killing the leader, node {}, with SIGKILL...", leader.id);
     let probe = KvClient::new(connections.clone());
@@ -262,7 +265,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {

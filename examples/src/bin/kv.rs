@@ -14,9 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
+use examples::kv::client::status_table;
 use examples::kv::config::{parse_args, parse_member};
 use examples::kv::tls::load_client_tls;
-use examples::kv::client::status_table;
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
 

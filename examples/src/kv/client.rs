@@ -269,10 +269,8 @@ impl KvClient {
     }
 }
 
-type AttemptFuture = futures::future::BoxFuture<
-    'static,
-    (NodeId, Result<ClientResponse, CallError>),
->;
+type AttemptFuture =
+    futures::future::BoxFuture<'static, (NodeId, Result<ClientResponse, CallError>)>;
 
 /// The attempts of one operation in flight, by node.
 struct Attempts {
@@ -369,7 +367,10 @@ impl Connections {
     }
 
     /// Asks `nodes` for their status, concurrently.
-    pub async fn statuses_of(&self, nodes: &[NodeId]) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
+    pub async fn statuses_of(
+        &self,
+        nodes: &[NodeId],
+    ) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
         let answers = futures::future::join_all(nodes.iter().map(|&n| self.status(n))).await;
         for answer in answers.iter().flatten() {
             answer.members.iter().for_each(|m| self.learn(m));
@@ -381,7 +382,8 @@ impl Connections {
     pub async fn statuses(&self) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
         let known = self.nodes();
         let mut answers = self.statuses_of(&known).await;
-        let learned: Vec<NodeId> = self.nodes().into_iter().filter(|n| !known.contains(n)).collect();
+        let learned: Vec<NodeId> =
+            self.nodes().into_iter().filter(|n| !known.contains(n)).collect();
         if !learned.is_empty() {
             answers.extend(self.statuses_of(&learned).await);
             answers.sort_by_key(|(id, _)| *id);

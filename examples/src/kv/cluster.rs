@@ -53,8 +53,9 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     /// Whether nodes accept partition requests.
     pub fault_injection: bool,
-    /// Where to put certificates, data and logs (`None`: a temporary directory, removed on drop).
-    pub dir: Option<PathBuf>,
+    /// The directory in which the cluster's temporary directory (certificates, data, logs;
+    /// removed on drop) is created (`None`: the system's temporary directory).
+    pub parent_dir: Option<PathBuf>,
     /// Worker threads per node.
     pub worker_threads: usize,
     /// Value of `RUST_LOG` for the nodes, unless the environment sets it.
@@ -68,7 +69,7 @@ impl Default for ClusterSpec {
             election_timeout_ms: 300,
             heartbeat_ms: 50,
             fault_injection: false,
-            dir: None,
+            parent_dir: None,
             worker_threads: 2,
             log_filter: "info".into(),
         }
@@ -113,7 +114,7 @@ pub struct ProcessCluster {
     launcher: Launcher,
     spec: ClusterSpec,
     dir: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    _temp: tempfile::TempDir,
     members: BTreeMap<NodeId, MemberAddrs>,
     children: BTreeMap<NodeId, Child>,
     client_tls: NodeTls,
@@ -122,19 +123,18 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// Generates certificates, picks ports and starts every node.
     pub fn start(launcher: Launcher, spec: ClusterSpec) -> Result<Self, ClusterError> {
-        let (dir, temp) = match &spec.dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-                (dir.clone(), None)
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("raft-kv-");
+        let temp = match &spec.parent_dir {
+            Some(parent) => {
+                std::fs::create_dir_all(parent)
+                    .map_err(io(format!("creating {}", parent.display())))?;
+                builder.tempdir_in(parent)
             }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("raft-kv-")
-                    .tempdir()
-                    .map_err(io("creating a temporary directory"))?;
-                (temp.path().to_owned(), Some(temp))
-            }
-        };
+            None => builder.tempdir(),
+        }
+        .map_err(io("creating a temporary directory"))?;
+        let dir = temp.path().to_owned();
         let ids: Vec<NodeId> = (1..=spec.nodes).collect();
         let certs = dir.join("certs");
         raft_quic::generate_cluster_certs(&certs, ids.iter().copied())?;

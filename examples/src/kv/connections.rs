@@ -3,15 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use raft_core::NodeId;
 use raft_quic::quinn::{self, Connection, Endpoint};
 use raft_quic::{node_dns_name, NodeTls};
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::protocol::{self, ClientRequest, ClientResponse, Member};
+use super::protocol::{
+    self, ClientRequest, ClientResponse, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
+};
 use super::tls::{client_config, KvTlsError};
 
 /// Timeouts and pacing of a client.
@@ -52,7 +55,7 @@ impl Default for ClientOptions {
 }
 
 /// Why one attempt at one node failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     /// The node's address is unknown.
     #[error("unknown node {0}")]
@@ -97,7 +100,17 @@ struct Inner {
     slots: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
     leader: Mutex<Option<NodeId>>,
     suspects: Mutex<BTreeMap<NodeId, Instant>>,
+    batchers: Mutex<BTreeMap<NodeId, mpsc::Sender<Pending>>>,
 }
+
+/// A command waiting for its node's batcher.
+struct Pending {
+    request: ClientRequest,
+    reply: oneshot::Sender<Result<ClientResponse, CallError>>,
+}
+
+/// How many commands may wait for one node's batcher.
+const BATCHER_QUEUE: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -139,6 +152,7 @@ impl Connections {
                 slots: Mutex::new(BTreeMap::new()),
                 leader: Mutex::new(None),
                 suspects: Mutex::new(BTreeMap::new()),
+                batchers: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -252,17 +266,86 @@ impl Connections {
     }
 
     /// Sends one request to `node` and waits for its answer, within the attempt timeout.
+    ///
+    /// Commands issued at the same moment by several sessions of this process are sent to the
+    /// node together, in one [`ClientRequest::Batch`] on one stream (each is still handled on
+    /// its own by the node): one stream and a few packets instead of one per command.
     pub async fn call(
         &self,
         node: NodeId,
         request: &ClientRequest,
     ) -> Result<ClientResponse, CallError> {
-        self.call_within(node, request, self.inner.options.attempt_timeout).await
+        let limit = self.inner.options.attempt_timeout;
+        if !matches!(request, ClientRequest::Command(_)) {
+            return self.call_within(node, request, limit).await;
+        }
+        let queue = self.batcher(node);
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { request: request.clone(), reply };
+        let wait = async {
+            queue.send(pending).await.map_err(|_| CallError::Connect {
+                node,
+                reason: "client is shutting down".into(),
+            })?;
+            answer.await.unwrap_or_else(|_| {
+                Err(CallError::NoAnswer { node, reason: "batch abandoned".into() })
+            })
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or_else(|_| Err(CallError::NoAnswer { node, reason: "timed out".into() }))
     }
 
-    /// Like [`Connections::call`] with an explicit timeout. A connection on which a request
-    /// timed out is not reused for new requests (the node may have died: a new connection
-    /// finds out within the connect timeout), but requests already on it carry on.
+    /// The queue of `node`'s batcher task (started on first use).
+    fn batcher(&self, node: NodeId) -> mpsc::Sender<Pending> {
+        let mut batchers = lock(&self.inner.batchers);
+        if let Some(queue) = batchers.get(&node) {
+            return queue.clone();
+        }
+        let (queue, receiver) = mpsc::channel(BATCHER_QUEUE);
+        tokio::spawn(run_batcher(Arc::downgrade(&self.inner), node, receiver));
+        batchers.insert(node, queue.clone());
+        queue
+    }
+
+    /// Sends `batch` on one stream (alone if it holds one command) and answers each waiter.
+    async fn send_batch(&self, node: NodeId, mut batch: Vec<Pending>) {
+        let limit = self.inner.options.attempt_timeout;
+        if batch.len() == 1 {
+            if let Some(pending) = batch.pop() {
+                let answer = self.call_within(node, &pending.request, limit).await;
+                let _ = pending.reply.send(answer);
+            }
+            return;
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let count = requests.len();
+        match self.call_within(node, &ClientRequest::Batch(requests), limit).await {
+            Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            outcome => {
+                let error = match outcome {
+                    Err(e) => e,
+                    Ok(other) => CallError::NoAnswer {
+                        node,
+                        reason: format!("unexpected answer to a batch: {other:?}"),
+                    },
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends one request on its own stream and waits for the answer, within `limit`. A
+    /// connection on which a request timed out is not reused for new requests (the node may
+    /// have died: a new connection finds out within the connect timeout), but requests
+    /// already on it carry on.
     pub async fn call_within(
         &self,
         node: NodeId,
@@ -305,5 +388,29 @@ impl Connections {
         self.inner.endpoint.close(0u32.into(), b"client done");
         let _ =
             tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// Collects the commands queued for `node` into batches and sends each batch in its own task,
+/// without waiting for earlier batches: a batch holds what queued up while the task ran, so a
+/// lone command is never delayed.
+async fn run_batcher(inner: Weak<Inner>, node: NodeId, mut queue: mpsc::Receiver<Pending>) {
+    while let Some(first) = queue.recv().await {
+        // Let the sessions woken together with this one queue their commands too.
+        tokio::task::yield_now().await;
+        let mut bytes = first.request.approximate_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_LEN && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(pending) => {
+                    bytes += pending.request.approximate_size();
+                    batch.push(pending);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let connections = Connections { inner };
+        tokio::spawn(async move { connections.send_batch(node, batch).await });
     }
 }

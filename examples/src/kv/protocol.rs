@@ -16,9 +16,14 @@ use super::command::{Command, Response};
 /// The ALPN protocol id of the client port.
 pub const ALPN: &[u8] = b"raft-kv/1";
 
-/// The largest request or response frame, in bytes (a value of
-/// [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES) plus a key plus framing fits).
-pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
+/// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
+/// fits with room to spare.
+pub const MAX_FRAME_BYTES: usize = 2 << 20;
+/// The most requests in one [`ClientRequest::Batch`].
+pub const MAX_BATCH_LEN: usize = 1024;
+/// Clients stop adding requests to a batch once it holds about this many bytes.
+pub const MAX_BATCH_BYTES: usize = 256 << 10;
 
 /// A request from a client to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +34,32 @@ pub enum ClientRequest {
     Status,
     /// Test-only fault injection (refused unless the node runs with `--fault-injection`).
     Admin(AdminRequest),
+    /// Several independent requests sent together (by a client process whose sessions issued
+    /// them at the same moment), answered by a [`ClientResponse::Batch`] in the same order.
+    /// Each is handled exactly as if sent alone; batches do not nest.
+    Batch(Vec<ClientRequest>),
+}
+
+impl ClientRequest {
+    /// Roughly how many bytes the request takes on the wire (for batch limits).
+    pub fn approximate_size(&self) -> usize {
+        use super::command::Op;
+        let payload = match self {
+            ClientRequest::Command(c) => match &c.op {
+                Op::Register => 0,
+                Op::Get { key } | Op::Delete { key } => key.len(),
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Cas { key, expected, new } => {
+                    key.len()
+                        + expected.as_ref().map_or(0, |v| v.len())
+                        + new.as_ref().map_or(0, |v| v.len())
+                }
+            },
+            ClientRequest::Batch(requests) => requests.iter().map(Self::approximate_size).sum(),
+            ClientRequest::Status | ClientRequest::Admin(_) => 0,
+        };
+        payload + 48
+    }
 }
 
 /// Fault injection for tests.
@@ -77,6 +108,8 @@ pub enum ClientResponse {
     Refused(String),
     /// Answer to an admin request.
     AdminDone,
+    /// The answers to a [`ClientRequest::Batch`], in order.
+    Batch(Vec<ClientResponse>),
 }
 
 /// Why a frame could not be read or written.

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::command::{decode_response, Command};
 use super::fault::Firewall;
-use super::protocol::{self, AdminRequest, ClientRequest, ClientResponse, Member};
+use super::protocol::{self, AdminRequest, ClientRequest, ClientResponse, Member, MAX_BATCH_LEN};
 use super::state_machine::SharedState;
 
 /// The longest the node works on one request before answering "outcome unknown".
@@ -66,9 +66,25 @@ impl ClientService {
         self.members.iter().find(|m| m.id == id).cloned()
     }
 
-    /// Answers one request.
+    /// Answers one request (a batch: each of its requests, concurrently).
     pub async fn handle(&self, request: ClientRequest) -> ClientResponse {
         match request {
+            ClientRequest::Batch(requests) => {
+                if requests.len() > MAX_BATCH_LEN
+                    || requests.iter().any(|r| matches!(r, ClientRequest::Batch(_)))
+                {
+                    return ClientResponse::Refused("batch too long or nested".into());
+                }
+                let answers = requests.into_iter().map(|r| self.handle_one(r));
+                ClientResponse::Batch(futures::future::join_all(answers).await)
+            }
+            other => self.handle_one(other).await,
+        }
+    }
+
+    async fn handle_one(&self, request: ClientRequest) -> ClientResponse {
+        match request {
+            ClientRequest::Batch(_) => ClientResponse::Refused("nested batch".into()),
             ClientRequest::Command(command) => {
                 if let Err(e) = command.op.validate() {
                     return ClientResponse::Refused(e.to_string());

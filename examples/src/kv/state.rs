@@ -61,7 +61,13 @@ impl KvState {
                 session.last_active = index;
                 if session_ref.ack_below > session.ack_below {
                     session.ack_below = session_ref.ack_below;
-                    session.responses = session.responses.split_off(&session_ref.ack_below);
+                    while session
+                        .responses
+                        .first_key_value()
+                        .is_some_and(|(&s, _)| s < session_ref.ack_below)
+                    {
+                        session.responses.pop_first();
+                    }
                 }
                 if session_ref.seq < session.ack_below {
                     return Err(KvError::Stale);
