@@ -45,8 +45,11 @@ struct Cli {
 }
 
 fn parse(args: Vec<String>) -> Result<Cli, String> {
-    let split = args.iter().position(|a| !a.starts_with("--")).unwrap_or(args.len());
-    let split = if split % 2 == 1 { split + 1 } else { split }; // every option takes a value
+    // Options come first, each with a value; the command starts at the first other word.
+    let mut split = 0;
+    while split < args.len() && args[split].starts_with("--") {
+        split += 2;
+    }
     let (options, command) = args.split_at(split.min(args.len()));
     let mut endpoints = BTreeMap::new();
     let mut certs = None;

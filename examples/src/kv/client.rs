@@ -208,6 +208,8 @@ impl KvClient {
                     continue;
                 }
                 () = tokio::time::sleep_until(deadline) => {
+                    // An attempt still in flight may have reached a node.
+                    let maybe_applied = maybe_applied || attempts.len() > 0;
                     return Err(ClientError::Timeout { maybe_applied });
                 }
             };

@@ -1,6 +1,8 @@
 //! The commands of the key-value state machine (what goes into the Raft log) and its answers.
 //!
-//! Both are encoded with `postcard`. An entry that does not decode is answered with
+//! A log entry holds a list of commands (the commands a client batch brought together, applied
+//! one after the other), and is answered with the list of their responses. Both are encoded
+//! with `postcard`. An entry that does not decode is answered with a single
 //! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
 
 use bytes::Bytes;
@@ -15,7 +17,7 @@ pub const MAX_VALUE_BYTES: usize = 512 << 10;
 /// applied at most once (Raft thesis §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// The session id: the log index of the entry that registered it.
+    /// The session id (the operation id of the registration, see `KvState::apply`).
     pub client_id: u64,
     /// The request's sequence number within the session (unique, increasing per new request;
     /// a retry reuses it).
@@ -154,18 +156,44 @@ pub enum KvError {
     Malformed(String),
 }
 
-/// The state machine's answer to one entry.
+/// The state machine's answer to one command.
 pub type Response = Result<OpResult, KvError>;
 
-/// Encodes a state machine answer.
-pub fn encode_response(response: &Response) -> Bytes {
-    // Encoding these plain enums into a Vec cannot fail; an empty answer decodes as malformed.
-    postcard::to_allocvec(response).map(Bytes::from).unwrap_or_default()
+/// The most commands in one log entry.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 1024;
+
+/// Encodes the commands of one log entry.
+pub fn encode_commands(commands: &[Command]) -> Result<Bytes, KvError> {
+    postcard::to_allocvec(commands).map(Bytes::from).map_err(|e| KvError::Malformed(e.to_string()))
 }
 
-/// Decodes a state machine answer.
-pub fn decode_response(bytes: &[u8]) -> Response {
-    postcard::from_bytes(bytes).unwrap_or_else(|e| Err(KvError::Malformed(e.to_string())))
+/// Decodes the commands of one log entry.
+pub fn decode_commands(bytes: &[u8]) -> Result<Vec<Command>, KvError> {
+    let commands: Vec<Command> =
+        postcard::from_bytes(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
+    if commands.len() > MAX_COMMANDS_PER_ENTRY {
+        return Err(KvError::Malformed(format!("{} commands in one entry", commands.len())));
+    }
+    Ok(commands)
+}
+
+/// Encodes the answers to one entry.
+pub fn encode_responses(responses: &[Response]) -> Bytes {
+    // Encoding these plain enums into a Vec cannot fail; an empty answer decodes as malformed.
+    postcard::to_allocvec(responses).map(Bytes::from).unwrap_or_default()
+}
+
+/// Decodes the answers to an entry of `count` commands: exactly `count` responses (all
+/// [`KvError::Malformed`] if the answer does not match).
+pub fn decode_responses(bytes: &[u8], count: usize) -> Vec<Response> {
+    match postcard::from_bytes::<Vec<Response>>(bytes) {
+        Ok(responses) if responses.len() == count => responses,
+        Ok(responses) => match responses.into_iter().next() {
+            Some(Err(e)) => vec![Err(e); count],
+            _ => vec![Err(KvError::Malformed("answer count mismatch".into())); count],
+        },
+        Err(e) => vec![Err(KvError::Malformed(e.to_string())); count],
+    }
 }
 
 #[cfg(test)]
@@ -188,11 +216,19 @@ mod tests {
     }
 
     #[test]
-    fn response_round_trips() {
-        for response in [Ok(OpResult::Written), Err(KvError::Stale), Ok(OpResult::Value(None))] {
-            assert_eq!(decode_response(&encode_response(&response)), response);
-        }
-        assert!(matches!(decode_response(b""), Err(KvError::Malformed(_))));
+    fn entries_round_trip() {
+        let commands = vec![
+            Command { session: None, op: Op::Register },
+            Command { session: None, op: Op::Get { key: Bytes::from_static(b"k") } },
+        ];
+        assert_eq!(decode_commands(&encode_commands(&commands).unwrap()), Ok(commands));
+        let responses = vec![Ok(OpResult::Written), Err(KvError::Stale), Ok(OpResult::Value(None))];
+        assert_eq!(decode_responses(&encode_responses(&responses), 3), responses);
+        let garbage = decode_responses(b"", 2);
+        assert_eq!(garbage.len(), 2);
+        assert!(garbage.iter().all(|r| matches!(r, Err(KvError::Malformed(_)))));
+        let one_error = encode_responses(&[Err(KvError::Malformed("x".into()))]);
+        assert_eq!(decode_responses(&one_error, 2), vec![Err(KvError::Malformed("x".into())); 2]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use raft_core::{Node, NodeId, ProposalError, ProposeError};
 use raft_quic::quinn::{Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{debug, info, warn};
 
-use super::command::{decode_response, Command};
+use super::command::{decode_responses, encode_commands, Command};
 use super::fault::Firewall;
 use super::protocol::{self, AdminRequest, ClientRequest, ClientResponse, Member, MAX_BATCH_LEN};
 use super::state_machine::SharedState;
@@ -66,39 +66,19 @@ impl ClientService {
         self.members.iter().find(|m| m.id == id).cloned()
     }
 
-    /// Answers one request (a batch: each of its requests, concurrently).
+    /// Answers one request. The commands of a batch share log entries: its writes are
+    /// proposed as one entry and its reads go through [`ClientService::read`] together.
     pub async fn handle(&self, request: ClientRequest) -> ClientResponse {
         match request {
             ClientRequest::Batch(requests) => {
-                if requests.len() > MAX_BATCH_LEN
-                    || requests.iter().any(|r| matches!(r, ClientRequest::Batch(_)))
-                {
-                    return ClientResponse::Refused("batch too long or nested".into());
+                if requests.len() > MAX_BATCH_LEN {
+                    return ClientResponse::Refused("batch too long".into());
                 }
-                let answers = requests.into_iter().map(|r| self.handle_one(r));
-                ClientResponse::Batch(futures::future::join_all(answers).await)
+                ClientResponse::Batch(self.handle_batch(requests).await)
             }
-            other => self.handle_one(other).await,
-        }
-    }
-
-    async fn handle_one(&self, request: ClientRequest) -> ClientResponse {
-        match request {
-            ClientRequest::Batch(_) => ClientResponse::Refused("nested batch".into()),
             ClientRequest::Command(command) => {
-                if let Err(e) = command.op.validate() {
-                    return ClientResponse::Refused(e.to_string());
-                }
-                let work = async {
-                    if command.op.is_read() {
-                        self.read(command).await
-                    } else {
-                        self.propose(command).await
-                    }
-                };
-                tokio::time::timeout(REQUEST_TIMEOUT, work).await.unwrap_or_else(|_| {
-                    ClientResponse::Unknown("the node did not finish the request in time".into())
-                })
+                let mut answers = self.handle_batch(vec![ClientRequest::Command(command)]).await;
+                answers.pop().unwrap_or_else(|| ClientResponse::Refused("no answer".into()))
             }
             ClientRequest::Status => {
                 ClientResponse::Status { status: self.node.status(), members: self.members.clone() }
@@ -114,31 +94,95 @@ impl ClientService {
         }
     }
 
-    /// A linearizable read. For now it runs through the log like a write (a `Get` entry): its
-    /// answer reflects every write committed before the read was accepted.
-    pub async fn read(&self, command: Command) -> ClientResponse {
-        self.propose(command).await
+    async fn handle_batch(&self, requests: Vec<ClientRequest>) -> Vec<ClientResponse> {
+        let mut answers: Vec<Option<ClientResponse>> = vec![None; requests.len()];
+        let (mut reads, mut writes, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, request) in requests.into_iter().enumerate() {
+            match request {
+                ClientRequest::Command(command) => match command.op.validate() {
+                    Err(e) => answers[i] = Some(ClientResponse::Refused(e.to_string())),
+                    Ok(()) if command.op.is_read() => reads.push((i, command)),
+                    Ok(()) => writes.push((i, command)),
+                },
+                ClientRequest::Batch(_) => {
+                    answers[i] = Some(ClientResponse::Refused("nested batch".into()))
+                }
+                other => others.push((i, other)),
+            }
+        }
+        let (read_positions, reads): (Vec<usize>, Vec<Command>) = reads.into_iter().unzip();
+        let (write_positions, writes): (Vec<usize>, Vec<Command>) = writes.into_iter().unzip();
+        let (other_positions, others): (Vec<usize>, Vec<ClientRequest>) =
+            others.into_iter().unzip();
+        let others =
+            futures::future::join_all(others.into_iter().map(|r| Box::pin(self.handle(r))));
+        let (read_answers, write_answers, other_answers) = futures::join!(
+            bounded(reads.len(), self.read(reads)),
+            bounded(writes.len(), self.propose(writes)),
+            others
+        );
+        for (positions, results) in [
+            (read_positions, read_answers),
+            (write_positions, write_answers),
+            (other_positions, other_answers),
+        ] {
+            for (i, answer) in positions.into_iter().zip(results) {
+                answers[i] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| ClientResponse::Refused("no answer".into())))
+            .collect()
     }
 
-    /// Runs `command` through the log and returns the state machine's answer.
-    async fn propose(&self, command: Command) -> ClientResponse {
-        let bytes = match command.encode() {
+    /// Linearizable reads. For now they run through the log like writes (one entry of `Get`
+    /// commands): each answer reflects every write committed before the read was accepted.
+    /// This is the one place to switch to ReadIndex.
+    pub async fn read(&self, commands: Vec<Command>) -> Vec<ClientResponse> {
+        self.propose(commands).await
+    }
+
+    /// Proposes `commands` as one log entry and returns the state machine's answer to each.
+    async fn propose(&self, commands: Vec<Command>) -> Vec<ClientResponse> {
+        let count = commands.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        let all = |response: ClientResponse| vec![response; count];
+        let bytes = match encode_commands(&commands) {
             Ok(bytes) => bytes,
-            Err(e) => return ClientResponse::Refused(e.to_string()),
+            Err(e) => return all(ClientResponse::Refused(e.to_string())),
         };
         match self.node.propose(bytes).await {
             Ok(proposal) => match proposal.response().await {
-                Ok(answer) => ClientResponse::Applied(decode_response(&answer)),
-                Err(e @ ProposalError::Dropped { .. }) => ClientResponse::NotApplied(e.to_string()),
-                Err(e) => ClientResponse::Unknown(e.to_string()),
+                Ok(answer) => decode_responses(&answer, count)
+                    .into_iter()
+                    .map(ClientResponse::Applied)
+                    .collect(),
+                Err(e @ ProposalError::Dropped { .. }) => {
+                    all(ClientResponse::NotApplied(e.to_string()))
+                }
+                Err(e) => all(ClientResponse::Unknown(e.to_string())),
             },
-            Err(ProposeError::NotLeader { leader_hint }) => {
-                ClientResponse::NotLeader { leader: leader_hint.and_then(|id| self.member(id)) }
-            }
-            Err(e @ ProposeError::TooLarge { .. }) => ClientResponse::Refused(e.to_string()),
-            Err(e) => ClientResponse::NotApplied(e.to_string()),
+            Err(ProposeError::NotLeader { leader_hint }) => all(ClientResponse::NotLeader {
+                leader: leader_hint.and_then(|id| self.member(id)),
+            }),
+            Err(e @ ProposeError::TooLarge { .. }) => all(ClientResponse::Refused(e.to_string())),
+            Err(e) => all(ClientResponse::NotApplied(e.to_string())),
         }
     }
+}
+
+/// Bounds the time spent on `count` commands: past [`REQUEST_TIMEOUT`] each is answered
+/// "outcome unknown".
+async fn bounded(
+    count: usize,
+    work: impl std::future::Future<Output = Vec<ClientResponse>>,
+) -> Vec<ClientResponse> {
+    tokio::time::timeout(REQUEST_TIMEOUT, work).await.unwrap_or_else(|_| {
+        vec![ClientResponse::Unknown("the node did not finish the request in time".into()); count]
+    })
 }
 
 /// Accepts client connections on `endpoint` until it is closed.

@@ -17,7 +17,7 @@ pub const MAX_PENDING_PER_SESSION: usize = 1024;
 /// One client session: what the state machine remembers to apply each request at most once.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
-    /// Log index of the session's latest request (for least-recently-active eviction).
+    /// Operation id of the session's latest request (for least-recently-active eviction).
     pub last_active: u64,
     /// Requests below this sequence number were answered to the client; their responses are
     /// forgotten and a late duplicate of one is refused as [`KvError::Stale`].
@@ -47,18 +47,20 @@ impl KvState {
         self.data.get(key).cloned()
     }
 
-    /// Applies the command of the entry at `index`.
-    pub fn apply(&mut self, index: u64, command: Command) -> Response {
+    /// Applies a command. `op_id` identifies it, increasing with every command (the log index
+    /// times [`MAX_COMMANDS_PER_ENTRY`](super::command::MAX_COMMANDS_PER_ENTRY) plus its place
+    /// in the entry): a registration's session id, and a session's activity time.
+    pub fn apply(&mut self, op_id: u64, command: Command) -> Response {
         command.op.validate()?;
         match (command.op, command.session) {
-            (Op::Register, _) => Ok(self.register(index)),
+            (Op::Register, _) => Ok(self.register(op_id)),
             (op, _) if op.is_read() => Ok(self.execute(op)),
             (op, None) => Ok(self.execute(op)),
             (op, Some(session_ref)) => {
                 let Some(session) = self.sessions.get_mut(&session_ref.client_id) else {
                     return Err(KvError::UnknownSession);
                 };
-                session.last_active = index;
+                session.last_active = op_id;
                 if session_ref.ack_below > session.ack_below {
                     session.ack_below = session_ref.ack_below;
                     while session
@@ -85,7 +87,7 @@ impl KvState {
         }
     }
 
-    fn register(&mut self, index: u64) -> OpResult {
+    fn register(&mut self, op_id: u64) -> OpResult {
         while self.sessions.len() >= MAX_SESSIONS {
             let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last_active).map(|(&id, _)| id);
             match oldest {
@@ -93,8 +95,8 @@ impl KvState {
                 None => break,
             };
         }
-        self.sessions.insert(index, Session { last_active: index, ..Session::default() });
-        OpResult::Registered { client_id: index }
+        self.sessions.insert(op_id, Session { last_active: op_id, ..Session::default() });
+        OpResult::Registered { client_id: op_id }
     }
 
     fn execute(&mut self, op: Op) -> OpResult {

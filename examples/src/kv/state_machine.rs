@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use raft_core::{Bytes, Entry, StateMachine, StateMachineError};
 
-use super::command::{encode_response, Command};
+use super::command::{decode_commands, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
 use super::state::KvState;
 
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
@@ -52,10 +52,18 @@ impl StateMachine for KvStateMachine {
             .iter()
             .map(|entry| match entry.command() {
                 None => Bytes::new(),
-                Some(bytes) => {
-                    let response = Command::decode(bytes).and_then(|c| state.apply(entry.index, c));
-                    encode_response(&response)
-                }
+                Some(bytes) => match decode_commands(bytes) {
+                    Ok(commands) => {
+                        let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
+                        let responses: Vec<Response> = commands
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, command)| state.apply(base + i as u64, command))
+                            .collect();
+                        encode_responses(&responses)
+                    }
+                    Err(e) => encode_responses(&[Err(e)]),
+                },
             })
             .collect())
     }
@@ -67,7 +75,7 @@ mod tests {
     use raft_core::EntryPayload;
 
     use super::*;
-    use crate::kv::command::{decode_response, KvError, Op, OpResult};
+    use crate::kv::command::{decode_responses, encode_commands, Command, KvError, Op, OpResult};
 
     #[test]
     fn applies_entries_and_answers_garbage_deterministically() {
@@ -77,20 +85,22 @@ mod tests {
             session: None,
             op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
         };
+        let register = Command { session: None, op: Op::Register };
+        let batch = encode_commands(&[put, register.clone(), register]).unwrap();
+        let garbage = Bytes::from_static(&[0xff]);
         let entries = vec![
             Entry { index: 1, term: 1, payload: EntryPayload::Blank },
-            Entry { index: 2, term: 1, payload: EntryPayload::Command(put.encode().unwrap()) },
-            Entry {
-                index: 3,
-                term: 1,
-                payload: EntryPayload::Command(Bytes::from_static(b"\xff")),
-            },
+            Entry { index: 2, term: 1, payload: EntryPayload::Command(batch) },
+            Entry { index: 3, term: 1, payload: EntryPayload::Command(garbage) },
         ];
         let responses = futures::executor::block_on(machine.apply(&entries)).unwrap();
         assert_eq!(responses.len(), 3);
         assert!(responses[0].is_empty());
-        assert_eq!(decode_response(&responses[1]), Ok(OpResult::Written));
-        assert!(matches!(decode_response(&responses[2]), Err(KvError::Malformed(_))));
+        let answers = decode_responses(&responses[1], 3);
+        assert_eq!(answers[0], Ok(OpResult::Written));
+        // Two registrations in one entry get distinct session ids.
+        assert_ne!(answers[1], answers[2]);
+        assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
     }
 }
