@@ -198,6 +198,7 @@ pub fn decode_responses(bytes: &[u8], count: usize) -> Vec<Response> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
