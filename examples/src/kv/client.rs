@@ -177,10 +177,11 @@ impl KvClient {
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
     ///
-    /// Normally one attempt, at the node believed to lead. While an answer is late (every
-    /// `hedge_after`), one more node is tried with the same request, so that a dead leader is
-    /// routed around as soon as another node has taken over; the session makes the copies
-    /// harmless (a read is harmless anyway).
+    /// Normally one attempt, at the node believed to lead. Once an answer is late
+    /// (`hedge_after`), another node is tried with the same request every `probe_interval`, so
+    /// that a dead leader is routed around as soon as another node has taken over; the session
+    /// makes the copies harmless (a read is harmless anyway). A follower answers such a probe
+    /// with a redirect at once, so probing costs little.
     async fn run(&self, command: &Command) -> Result<Response, ClientError> {
         let conns = &self.connections;
         let options = conns.options().clone();
@@ -199,7 +200,7 @@ impl KvClient {
             let (node, result) = tokio::select! {
                 Some(done) = attempts.next() => done,
                 () = tokio::time::sleep_until(next_hedge) => {
-                    next_hedge += options.hedge_after;
+                    next_hedge = tokio::time::Instant::now() + options.probe_interval;
                     if attempts.len() < 3 {
                         if let Some(other) = attempts.pick_idle(None) {
                             attempts.launch(other, None);

@@ -36,6 +36,8 @@ pub struct ClientOptions {
     /// same request (safe: writes are deduplicated by their session), so that a dead leader
     /// costs about an election, not a whole attempt timeout.
     pub hedge_after: Duration,
+    /// After `hedge_after`, how often another node is probed while the answer is still late.
+    pub probe_interval: Duration,
     /// The attempt timeout of status requests.
     pub status_timeout: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for ClientOptions {
             retry_delay: Duration::from_millis(20),
             suspect_for: Duration::from_secs(1),
             hedge_after: Duration::from_millis(100),
+            probe_interval: Duration::from_millis(25),
             status_timeout: Duration::from_millis(500),
         }
     }
