@@ -81,6 +81,8 @@ struct Recorder {
     fresh: Arc<Mutex<Vec<Event>>>,
     /// Every entry the state reflects (applied, or restored from a snapshot).
     history: Arc<Mutex<Vec<Entry>>>,
+    /// The snapshots this incarnation restored, in order.
+    restores: Arc<Mutex<Vec<LogId>>>,
 }
 
 /// Snapshot data is sent in pieces of this size by the recorder.
@@ -136,6 +138,7 @@ impl StateMachine for Recorder {
             )));
         }
         lock(&self.fresh).push(Event::Restored(last, entries.clone()));
+        lock(&self.restores).push(last);
         *lock(&self.history) = entries;
         Ok(())
     }
@@ -292,6 +295,12 @@ impl Simulation {
     /// applied.
     pub fn applied(&self, id: NodeId) -> Vec<Entry> {
         self.running.get(&id).map(|r| lock(&r.recorder.history).clone()).unwrap_or_default()
+    }
+
+    /// The snapshots node `id`'s current incarnation restored (at start or installed from the
+    /// leader), in order.
+    pub fn restores(&self, id: NodeId) -> Vec<LogId> {
+        self.running.get(&id).map(|r| lock(&r.recorder.restores).clone()).unwrap_or_default()
     }
 
     fn fail(&self, violation: Violation) -> SimFailure {
