@@ -45,6 +45,20 @@ impl Args {
     }
 }
 
+/// Raw latency samples of one client (cheap to create per task); merge them into a
+/// [`LatencyRecorder`] at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    micros: Vec<u32>,
+}
+
+impl Samples {
+    /// Records one latency.
+    pub fn record(&mut self, latency: Duration) {
+        self.micros.push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+    }
+}
+
 /// Collects latencies in microseconds.
 #[derive(Debug, Clone)]
 pub struct LatencyRecorder {
@@ -70,6 +84,13 @@ impl LatencyRecorder {
     pub fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 100_000_000);
         let _ = self.histogram.record(micros);
+    }
+
+    /// Adds raw samples.
+    pub fn add_samples(&mut self, samples: &Samples) {
+        for &us in &samples.micros {
+            let _ = self.histogram.record(u64::from(us).clamp(1, 100_000_000));
+        }
     }
 
     /// Adds another recorder's samples.

@@ -1,4 +1,4 @@
-//! Scenario tests of real nodes on the in-memory backends, under tokio and under smol.
+//! Scenario tests of real nodes on the in-memory backends, under tokio, smol and async-std.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -223,6 +223,14 @@ macro_rules! under_runtimes {
                 async fn $name() {
                     let rt = raft_core::runtime::TokioRuntime::current().unwrap();
                     super::$name(rt).await;
+                }
+            )*
+        }
+        mod async_std_rt {
+            $(
+                #[test]
+                fn $name() {
+                    async_std::task::block_on(super::$name(raft_core::runtime::AsyncStdRuntime));
                 }
             )*
         }

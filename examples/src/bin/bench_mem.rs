@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::bench::{print_table, LatencyRecorder, Row};
+use examples::bench::{print_table, LatencyRecorder, Row, Samples};
 use examples::NoopStateMachine;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{Bytes, Config, Node, Role};
@@ -85,7 +85,7 @@ async fn run_level(leader: &Node, clients: usize, duration: Duration) -> Row {
         let leader = leader.clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut recorder = LatencyRecorder::new();
+            let mut recorder = Samples::default();
             loop {
                 let now = Instant::now();
                 if now >= stop_at {
@@ -104,8 +104,8 @@ async fn run_level(leader: &Node, clients: usize, duration: Duration) -> Row {
     }
     let mut total = LatencyRecorder::new();
     for task in tasks {
-        if let Ok(recorder) = task.await {
-            total.merge(&recorder);
+        if let Ok(samples) = task.await {
+            total.add_samples(&samples);
         }
     }
     total.row(String::new(), duration)

@@ -121,6 +121,10 @@ impl Proposal {
     }
 }
 
+/// Slots in the main loop's input queue. Proposals are bounded separately (by
+/// `max_pending_proposals`); this only decides when senders start to wait.
+const INPUT_QUEUE_CAPACITY: usize = 16_384;
+
 /// Bytes of entries read per store call while loading the log at start.
 const LOAD_CHUNK_BYTES: u64 = 16 << 20;
 
@@ -208,7 +212,7 @@ impl Node {
         let id = config.id;
         let status = StatusCell::new(engine.status());
         let fatal = Arc::new(Mutex::new(None));
-        let (inputs_tx, inputs_rx) = async_channel::bounded(4096);
+        let (inputs_tx, inputs_rx) = async_channel::bounded(INPUT_QUEUE_CAPACITY);
         let (writer_tx, writer_rx) = async_channel::unbounded();
         let (applier_tx, applier_rx) = async_channel::unbounded();
         let (done_tx, done_rx) = mpsc::channel::<()>(0);

@@ -1,0 +1,150 @@
+//! Applying one request to the group's write transaction: validation against the log bounds
+//! (so that an invalid request fails alone and leaves nothing behind), then the LMDB changes.
+
+use heed::{PutFlags, RwTxn};
+use raft_core::{LogId, LogIndex, StorageError, Term, WriteBatch};
+
+use crate::codec::{self, MetaRecord};
+use crate::env::Handles;
+use crate::error::{is_map_full, storage_error};
+
+/// Why a group could not be committed.
+pub(crate) enum Failure {
+    /// The map is full: grow it and try again.
+    MapFull,
+    /// Anything else: the store stops.
+    Fatal(StorageError),
+}
+
+impl From<heed::Error> for Failure {
+    fn from(err: heed::Error) -> Self {
+        if is_map_full(&err) {
+            Failure::MapFull
+        } else {
+            Failure::Fatal(storage_error(err))
+        }
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(err: StorageError) -> Self {
+        Failure::Fatal(err)
+    }
+}
+
+/// Why one request of a group was not applied.
+pub(crate) enum Rejection {
+    /// The request is invalid; it alone fails.
+    Invalid(StorageError),
+    /// The group fails.
+    Failed(Failure),
+}
+
+impl<E: Into<Failure>> From<E> for Rejection {
+    fn from(err: E) -> Self {
+        Rejection::Failed(err.into())
+    }
+}
+
+fn invalid(msg: String) -> Rejection {
+    Rejection::Invalid(StorageError::InvalidRequest(msg))
+}
+
+/// Applies write requests, reusing its encoding buffers from one request to the next.
+#[derive(Debug, Default)]
+pub(crate) struct Applier {
+    /// Encoded entries of the request being applied, back to back.
+    buf: Vec<u8>,
+    /// `(index, end offset in buf)` of each encoded entry.
+    spans: Vec<(LogIndex, usize)>,
+}
+
+impl Applier {
+    /// Validates `batch` against `meta`, then applies it to `txn` and `meta`. Nothing is changed
+    /// when the batch is invalid.
+    pub(crate) fn write(
+        &mut self,
+        handles: &Handles,
+        txn: &mut RwTxn<'_>,
+        meta: &mut MetaRecord,
+        batch: &WriteBatch,
+    ) -> Result<(), Rejection> {
+        let (purged, last) = (meta.purged(), meta.last());
+        if let Some(cut) = batch.truncate_from {
+            if cut <= purged.index {
+                return Err(invalid(format!(
+                    "truncate_from {cut} is at or below purged index {}",
+                    purged.index
+                )));
+            }
+        }
+        let first = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
+        self.buf.clear();
+        self.spans.clear();
+        for (expected, entry) in (first..).zip(&batch.entries) {
+            if entry.index != expected {
+                return Err(invalid(format!(
+                    "entry index {} where {expected} was expected",
+                    entry.index
+                )));
+            }
+            // Encoding before touching the transaction keeps an unencodable batch without effect.
+            self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
+                .map_err(Rejection::Invalid)?;
+            self.spans.push((entry.index, self.buf.len()));
+        }
+
+        if let Some(hard_state) = batch.hard_state {
+            meta.set_hard_state(hard_state);
+        }
+        if let Some(cut) = batch.truncate_from.filter(|&cut| cut <= last.index) {
+            handles.log.delete_range(txn, &(cut..))?;
+            let new_last = if cut - 1 == purged.index {
+                purged
+            } else if batch.entries.is_empty() {
+                LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1)
+            } else {
+                // The appended entries set `last` below; no need to look the term up.
+                last
+            };
+            meta.set_last(new_last);
+        }
+        let mut start = 0;
+        for &(index, end) in &self.spans {
+            handles.log.put_with_flags(txn, PutFlags::APPEND, &index, &self.buf[start..end])?;
+            start = end;
+        }
+        if let Some(entry) = batch.entries.last() {
+            meta.set_last(entry.log_id());
+        }
+        Ok(())
+    }
+}
+
+/// Validates a purge against `meta`, then applies it to `txn` and `meta`.
+pub(crate) fn purge(
+    handles: &Handles,
+    txn: &mut RwTxn<'_>,
+    meta: &mut MetaRecord,
+    up_to: LogIndex,
+) -> Result<(), Rejection> {
+    let (purged, last) = (meta.purged(), meta.last());
+    if up_to <= purged.index {
+        return Ok(());
+    }
+    if up_to > last.index {
+        return Err(invalid(format!("purge up to {up_to} beyond last index {}", last.index)));
+    }
+    let term = if up_to == last.index { last.term } else { stored_term(handles, txn, up_to)? };
+    handles.log.delete_range(txn, &(..=up_to))?;
+    meta.set_purged(LogId::new(term, up_to));
+    Ok(())
+}
+
+/// The term of the stored entry `index`, which the metadata says exists.
+fn stored_term(handles: &Handles, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
+    match handles.log.get(txn, &index)? {
+        Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
+        None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),
+    }
+}

@@ -1,0 +1,58 @@
+//! Tuning knobs of an [`crate::LmdbLogStore`]. None of them can weaken durability.
+
+/// Options for [`crate::LmdbLogStore::open_dir_with`]. The defaults suit a Raft node; change them
+/// for tests (a tiny map exercises map growth) or benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LmdbOptions {
+    pub(crate) initial_map_size: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_group_requests: usize,
+    pub(crate) max_group_bytes: u64,
+}
+
+impl Default for LmdbOptions {
+    fn default() -> Self {
+        Self {
+            initial_map_size: 1 << 30,
+            queue_capacity: 4096,
+            max_group_requests: 4096,
+            max_group_bytes: 64 << 20,
+        }
+    }
+}
+
+impl LmdbOptions {
+    /// The default options: a 1 GiB initial map (address space only: the data file grows with
+    /// the data), a queue of 4096 write requests, groups of at most 4096 requests or 64 MiB.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The size of the memory map to start with (rounded up to a whole MiB, and never below
+    /// twice the current data file). The map grows by itself whenever LMDB reports it full, so
+    /// this only saves the cost of growing (closing and reopening the environment).
+    pub fn with_initial_map_size(mut self, bytes: usize) -> Self {
+        self.initial_map_size = bytes;
+        self
+    }
+
+    /// How many write requests may wait for the writer thread (at least 1). Once the queue is
+    /// full, `write` and `purge` wait (asynchronously) for room: back-pressure.
+    pub fn with_queue_capacity(mut self, requests: usize) -> Self {
+        self.queue_capacity = requests.max(1);
+        self
+    }
+
+    /// The largest number of requests merged into one transaction (at least 1).
+    pub fn with_max_group_requests(mut self, requests: usize) -> Self {
+        self.max_group_requests = requests.max(1);
+        self
+    }
+
+    /// Stop adding requests to a group once it holds this many bytes of entries (a single
+    /// request larger than this still goes through, alone).
+    pub fn with_max_group_bytes(mut self, bytes: u64) -> Self {
+        self.max_group_bytes = bytes;
+        self
+    }
+}

@@ -1,0 +1,212 @@
+//! Tests that need the crate's internals: tampering with the files through a raw environment,
+//! and the writer's test hooks (failing commits, pausing the writer).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::executor::block_on;
+use heed::types::{Bytes as RawBytes, Str};
+use heed::{CommitOrAbort, RwTxn};
+use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, WriteBatch};
+
+use crate::codec::{self, FORMAT_KEY, STATE_KEY};
+use crate::env::{self, Handles};
+use crate::registry::DirGuard;
+use crate::{LmdbLogStore, OpenError};
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
+}
+
+fn append(range: std::ops::Range<u64>, term: u64) -> WriteBatch {
+    WriteBatch { entries: range.map(|i| entry(i, term)).collect(), ..WriteBatch::default() }
+}
+
+/// A store in a fresh directory holding entries 1..=5 of term 1 and hard state (1, 1).
+fn store_with_entries() -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let mut batch = append(1..6, 1);
+    batch.hard_state = Some(HardState { current_term: 1, voted_for: Some(1) });
+    block_on(store.write(batch)).unwrap();
+    drop(store);
+    (root, dir)
+}
+
+/// Changes the store's files through a raw LMDB transaction, as a bug or a foreign tool would.
+fn tamper(dir: &Path, change: impl FnOnce(&Handles, &mut RwTxn<'_>)) {
+    let guard = DirGuard::acquire(&std::fs::canonicalize(dir).unwrap()).unwrap();
+    let env = env::open_env(&guard, 1 << 24).unwrap();
+    let (Some(meta), Some(log), _) = env::open_databases(&env).unwrap() else {
+        panic!("not a store");
+    };
+    let handles = Handles { env, log, meta };
+    let mut txn = handles.env.write_txn().unwrap();
+    change(&handles, &mut txn);
+    txn.commit().unwrap();
+    handles.close().unwrap();
+}
+
+fn open_err(dir: &Path) -> OpenError {
+    match LmdbLogStore::open_dir(dir) {
+        Ok(_) => panic!("opening {} should fail", dir.display()),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn corrupt_entry_is_reported_by_read() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| h.log.put(txn, &3, &[0xff, 0xff, 0xff]).unwrap());
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(block_on(store.read(1..3, u64::MAX)).unwrap().len(), 2);
+    let err = block_on(store.read(1..6, u64::MAX)).unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt(msg) if msg.contains("entry 3")), "{err:?}");
+}
+
+#[test]
+fn corrupt_last_entry_fails_open() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| h.log.put(txn, &5, &[]).unwrap());
+    let err = open_err(&dir);
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn missing_entry_fails_open() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| {
+        h.log.delete(txn, &2).unwrap();
+    });
+    let err = open_err(&dir);
+    assert!(
+        matches!(&err, OpenError::Corrupt { reason, .. } if reason.contains("4 entries")),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_metadata_fails_open() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| h.meta.put(txn, STATE_KEY, b"\x01").unwrap());
+    assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
+    tamper(&dir, |h, txn| {
+        h.meta.delete(txn, STATE_KEY).unwrap();
+    });
+    assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
+}
+
+#[test]
+fn metadata_that_disagrees_with_the_log_fails_open() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| {
+        let mut meta = codec::decode_meta(h.meta.get(txn, STATE_KEY).unwrap().unwrap()).unwrap();
+        meta.set_last(LogId::new(2, 5));
+        h.meta.put(txn, STATE_KEY, &codec::encode_meta(&meta).unwrap()).unwrap();
+    });
+    assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
+}
+
+#[test]
+fn unknown_format_version_is_rejected() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, &codec::encode_format(99)).unwrap());
+    match open_err(&dir) {
+        OpenError::UnsupportedVersion { found: 99, supported: 1, .. } => {}
+        other => panic!("unexpected {other}"),
+    }
+    let storage: StorageError = open_err(&dir).into();
+    assert!(matches!(storage, StorageError::UnsupportedVersion { found: 99, supported: 1 }));
+}
+
+#[test]
+fn foreign_format_record_is_rejected() {
+    let (_root, dir) = store_with_entries();
+    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, b"SOMEONE ELSE").unwrap());
+    assert!(matches!(open_err(&dir), OpenError::NotOurStore { .. }));
+}
+
+#[test]
+fn foreign_lmdb_environment_is_rejected() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(root.path()).unwrap();
+    {
+        let guard = DirGuard::acquire(&dir).unwrap();
+        let env = env::open_env(&guard, 1 << 20).unwrap();
+        let wtxn = env.write_txn().unwrap();
+        let created = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let db = opener.create_database::<Str, RawBytes>(wtxn, Some("accounts"))?;
+                db.put(wtxn, "alice", b"42")?;
+                Ok(CommitOrAbort::<_, ()>::Commit(db))
+            })
+            .unwrap();
+        assert!(!created.is_abort());
+        env.prepare_for_closing().wait();
+    }
+    let err = open_err(&dir);
+    assert!(matches!(err, OpenError::NotOurStore { .. }), "{err}");
+    // Nothing was written: the foreign database is still the only one.
+    assert!(matches!(open_err(&dir), OpenError::NotOurStore { .. }));
+}
+
+#[test]
+fn failed_commit_poisons_the_store() {
+    let (_root, dir) = store_with_entries();
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    store.shared.fail_next_commit.store(true, Ordering::SeqCst);
+    let err = block_on(store.write(append(6..7, 1))).unwrap_err();
+    assert!(matches!(&err, StorageError::Io(e) if e.raw_os_error() == Some(28)), "{err:?}");
+    assert!(store.has_failed());
+    // No acknowledgement after an error: every later write fails.
+    assert!(matches!(block_on(store.write(append(6..7, 1))), Err(StorageError::Closed)));
+    assert!(matches!(block_on(store.purge(2)), Err(StorageError::Closed)));
+    // What was committed before is still readable.
+    assert_eq!(block_on(store.read(1..6, u64::MAX)).unwrap().len(), 5);
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, 5));
+    drop(store);
+    // After a restart the failed batch is absent and the store works again.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, 5));
+    block_on(store.write(append(6..7, 1))).unwrap();
+}
+
+#[test]
+fn requests_queued_during_a_commit_share_the_next_one() {
+    let (_root, dir) = store_with_entries();
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let before = store.stats();
+    // Hold the writer right after it takes the first request, queue 49 more, then let it go:
+    // it must put those 49 into a single transaction.
+    let pause = store.shared.pause.lock().unwrap();
+    let pending: Vec<_> =
+        (6..56).map(|i| block_on(store.submit(append(i..i + 1, 1))).unwrap()).collect();
+    drop(pause);
+    for write in pending {
+        block_on(write).unwrap();
+    }
+    let after = store.stats();
+    assert_eq!(after.requests - before.requests, 50);
+    assert_eq!(after.commits - before.commits, 1, "{before:?} -> {after:?}");
+    let entries = block_on(store.read(1..56, u64::MAX)).unwrap();
+    assert_eq!(entries, (1..56).map(|i| entry(i, 1)).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_invalid_request_in_a_group_fails_alone() {
+    let (_root, dir) = store_with_entries();
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let pause = store.shared.pause.lock().unwrap();
+    let first = block_on(store.submit(append(6..7, 1))).unwrap();
+    let gap = block_on(store.submit(append(9..10, 1))).unwrap();
+    let next = block_on(store.submit(append(7..8, 2))).unwrap();
+    drop(pause);
+    block_on(first).unwrap();
+    assert!(matches!(block_on(gap), Err(StorageError::InvalidRequest(_))));
+    block_on(next).unwrap();
+    assert!(!store.has_failed());
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(2, 7));
+}

@@ -1,0 +1,171 @@
+//! Behaviour of `LmdbLogStore` beyond the conformance suite: map growth, bad and foreign
+//! directories, exclusive opening (in this process and across processes), pipelined writes and
+//! reads running alongside writes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use futures::executor::block_on;
+use raft_core::{Entry, EntryPayload, LogId, LogStore, WriteBatch};
+use raft_lmdb::{LmdbLogStore, LmdbOptions, OpenError};
+
+fn entry(index: u64, term: u64, len: usize) -> Entry {
+    let payload = EntryPayload::Command(Bytes::from(vec![(index % 251) as u8; len]));
+    Entry { index, term, payload }
+}
+
+fn append(entries: Vec<Entry>) -> WriteBatch {
+    WriteBatch { entries, ..WriteBatch::default() }
+}
+
+#[test]
+fn a_full_map_grows_instead_of_failing_the_write() {
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_initial_map_size(1 << 20);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let initial = store.map_size().unwrap();
+    assert_eq!(initial, 1 << 20);
+    // 6 MiB in 64 KiB entries, then one 5 MiB entry: several times the initial map.
+    let mut expected = Vec::new();
+    for chunk in 0..12u64 {
+        let batch: Vec<Entry> = (1..=8).map(|i| entry(chunk * 8 + i, 1, 64 << 10)).collect();
+        expected.extend(batch.clone());
+        block_on(store.write(append(batch))).unwrap();
+    }
+    let big = entry(97, 1, 5 << 20);
+    expected.push(big.clone());
+    block_on(store.write(append(vec![big]))).unwrap();
+    assert!(store.map_size().unwrap() >= 8 << 20, "map stayed at {:?}", store.map_size());
+    assert!(!store.has_failed());
+    assert_eq!(block_on(store.read(1..98, u64::MAX)).unwrap(), expected);
+    let dir = store.path().to_path_buf();
+    drop(store);
+    let store = LmdbLogStore::open_dir_with(&dir, options).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, 97));
+    assert_eq!(block_on(store.read(1..98, u64::MAX)).unwrap(), expected);
+}
+
+#[test]
+fn a_directory_with_other_files_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("notes.txt"), b"mine").unwrap();
+    match LmdbLogStore::open_dir(root.path()) {
+        Err(OpenError::ForeignDirectory { entry, .. }) => assert_eq!(entry, "notes.txt"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Nothing was created next to the foreign file.
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_file_is_not_a_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(LmdbLogStore::open_dir(&file), Err(OpenError::NotADirectory { .. })));
+}
+
+#[test]
+fn a_data_file_that_is_not_lmdb_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("data.mdb"), vec![0x5a; 16 << 10]).unwrap();
+    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, OpenError::NotOurStore { .. }), "{err}");
+    assert!(err.to_string().contains("not a raft-lmdb store"), "{err}");
+    // The file was not touched.
+    assert_eq!(std::fs::read(root.path().join("data.mdb")).unwrap(), vec![0x5a; 16 << 10]);
+}
+
+#[test]
+fn one_directory_opens_once_per_process() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, OpenError::AlreadyOpenInProcess { .. }), "{err}");
+    drop(store);
+    LmdbLogStore::open_dir(root.path()).unwrap();
+}
+
+const LOCK_HOLDER_ENV: &str = "RAFT_LMDB_TEST_LOCK_HOLDER_DIR";
+
+/// Not a test on its own: the child process of `another_process_holding_the_directory_is_reported`.
+#[test]
+fn lock_holder_child() {
+    let Ok(dir) = std::env::var(LOCK_HOLDER_ENV) else { return };
+    let _store = LmdbLogStore::open_dir(dir).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "lock-holder-ready").unwrap();
+    out.flush().unwrap();
+    // Hold the store until the parent closes our stdin.
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
+}
+
+#[test]
+fn another_process_holding_the_directory_is_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lock_holder_child", "--nocapture", "--test-threads=1"])
+        .env(LOCK_HOLDER_ENV, root.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("lock-holder-ready"));
+    assert!(ready, "the child never opened the store");
+    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, OpenError::LockedByOtherProcess { .. }), "{err}");
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(child.stdin.take());
+    // Keep reading until the child exits, so that its last words do not hit a closed pipe.
+    lines.for_each(drop);
+    assert!(child.wait().unwrap().success());
+    LmdbLogStore::open_dir(root.path()).unwrap();
+}
+
+#[test]
+fn submitted_writes_apply_in_submission_order() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    let pending: Vec<_> =
+        (1..=200).map(|i| block_on(store.submit(append(vec![entry(i, 1, 10)]))).unwrap()).collect();
+    block_on(futures::future::try_join_all(pending)).unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.requests, 200);
+    assert!(stats.commits >= 1 && stats.commits <= 200);
+    let entries = block_on(store.read(1..201, u64::MAX)).unwrap();
+    assert_eq!(entries, (1..=200).map(|i| entry(i, 1, 10)).collect::<Vec<_>>());
+}
+
+#[test]
+fn reads_run_alongside_writes_and_see_every_acknowledged_write() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    let acked = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 1..=300 {
+                block_on(store.write(append(vec![entry(i, 1, 100)]))).unwrap();
+                acked.store(i, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        for _ in 0..2 {
+            scope.spawn(|| loop {
+                let seen = acked.load(std::sync::atomic::Ordering::SeqCst);
+                if seen > 0 {
+                    // Every acknowledged entry is readable.
+                    let entries = block_on(store.read(1..seen + 1, u64::MAX)).unwrap();
+                    assert_eq!(entries.len() as u64, seen);
+                    assert!(block_on(store.open()).unwrap().last.index >= seen);
+                }
+                if seen == 300 {
+                    break;
+                }
+                std::thread::yield_now();
+            });
+        }
+    });
+}
