@@ -244,7 +244,9 @@ impl Writer {
             let applied = match &request.op {
                 Op::Write(batch) => self.applier.write(handles, &mut txn, &mut meta, batch),
                 Op::Purge(up_to) => apply::purge(handles, &mut txn, &mut meta, *up_to),
-                Op::Reset(last_included) => apply::reset(handles, &mut txn, &mut meta, *last_included),
+                Op::Reset(last_included) => {
+                    apply::reset(handles, &mut txn, &mut meta, *last_included)
+                }
             };
             match applied {
                 Ok(()) => outcomes.push(Ok(())),

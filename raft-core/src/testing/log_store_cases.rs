@@ -383,8 +383,12 @@ async fn rejects_invalid_writes<F: StoreFactory>(h: &mut Harness<'_, F>) -> Resu
 
 async fn reset_after_snapshot<F: StoreFactory>(h: &mut Harness<'_, F>) -> Result<(), String> {
     let hs = hard_state(3, Some(2));
-    h.write(WriteBatch { hard_state: Some(hs), entries: entries(1..11, 2), ..WriteBatch::default() })
-        .await?;
+    h.write(WriteBatch {
+        hard_state: Some(hs),
+        entries: entries(1..11, 2),
+        ..WriteBatch::default()
+    })
+    .await?;
     h.purge(3).await?;
     // Beyond the end of the log (a follower far behind).
     let snap = LogId::new(3, 40);
