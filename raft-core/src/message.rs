@@ -208,3 +208,32 @@ impl RpcResponse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_snapshot_names_its_sender_and_term() {
+        let request = RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+            term: 7,
+            leader_id: 3,
+            meta: SnapshotMeta {
+                last_included: LogId::new(6, 100),
+                voters: [1, 2, 3].into(),
+                size: 10,
+                checksum: 0,
+            },
+            offset: 0,
+            data: Bytes::from_static(b"0123456789"),
+            done: true,
+        });
+        assert_eq!((request.sender(), request.term(), request.kind()), (3, 7, "InstallSnapshot"));
+        let response = RpcResponse::InstallSnapshot(InstallSnapshotResponse {
+            term: 8,
+            next_offset: 10,
+            complete: true,
+        });
+        assert_eq!(response.term(), 8);
+    }
+}
