@@ -125,7 +125,7 @@ fn install_snapshot_with_crashes() {
         let mut dice = Dice(seed);
         let clients: Vec<_> = (0..2).map(|c| sim.spawn_client(&format!("c{c}"))).collect();
         for round in 0..30 {
-            let id = dice.pick(&sim.ids().to_vec());
+            let id = dice.pick(sim.ids());
             match round % 3 {
                 0 => sim.network.disconnect(id),
                 1 => sim.restart(id)?,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 
-pub(super) use self::snapshots::SnapshotDriver;
+use self::snapshots::SnapshotDriver;
 use super::applier::{ApplyMsg, Waiter};
 use super::watch::StatusCell;
 use super::writer::WriteRequest;
@@ -64,7 +64,6 @@ impl CoreLoop {
         peers: BTreeMap<NodeId, Sender<RpcRequest>>,
         status: Arc<StatusCell>,
         fatal: Arc<Mutex<Option<FatalError>>>,
-        snap: SnapshotDriver,
     ) -> Self {
         Self {
             engine,
@@ -81,7 +80,7 @@ impl CoreLoop {
             status,
             fatal,
             was_leader: false,
-            snap,
+            snap: SnapshotDriver::default(),
         }
     }
 

@@ -288,8 +288,8 @@ impl Node {
             peers,
             status.clone(),
             fatal.clone(),
-            core_loop::SnapshotDriver::new(snap_ops),
-        );
+        )
+        .with_snapshots(snap_ops);
         spawn(main_loop.run().boxed());
         drop(done_tx);
         tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");

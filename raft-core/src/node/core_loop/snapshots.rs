@@ -24,7 +24,7 @@ enum Held {
 
 /// The main loop's snapshot state.
 #[derive(Default)]
-pub(in crate::node) struct SnapshotDriver {
+pub(super) struct SnapshotDriver {
     /// The snapshot storage task (`None`: the node keeps no snapshots).
     ops: Option<Sender<SnapOpRequest>>,
     /// The sequence number of the last operation handed to the log writer / snapshot task.
@@ -36,13 +36,13 @@ pub(in crate::node) struct SnapshotDriver {
     waiters: Vec<(LogIndex, oneshot::Sender<Option<SnapshotMeta>>)>,
 }
 
-impl SnapshotDriver {
-    pub(in crate::node) fn new(ops: Option<Sender<SnapOpRequest>>) -> Self {
-        Self { ops, ..Self::default() }
-    }
-}
-
 impl CoreLoop {
+    /// Gives the loop the queue of the snapshot storage task (the node keeps snapshots).
+    pub(in crate::node) fn with_snapshots(mut self, ops: Option<Sender<SnapOpRequest>>) -> Self {
+        self.snap.ops = ops;
+        self
+    }
+
     /// Hands a log write to the writer, unless a snapshot storage operation issued before it is
     /// still running.
     pub(super) fn persist(&mut self, request: WriteRequest) {
