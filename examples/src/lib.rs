@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod kv;
+pub mod linearizability;
 
 use async_trait::async_trait;
 use raft_core::{Bytes, Entry, StateMachine, StateMachineError};

@@ -64,13 +64,20 @@ fn swarm_run(seed: u64) -> Outcome {
     let nodes = [3, 5, 5, 7][dice.below(4) as usize];
     let mut config = SimulationConfig::new(nodes, seed);
     config.faults = random_faults(&mut dice);
+    if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+        println!("  default faults: {:?}", config.faults);
+    }
     let snapshots = snapshot_hook(seed);
     let with_snapshots = snapshots.is_some();
     let mut sim = Simulation::with_config_hook(config, snapshots)?;
     let ids: Vec<NodeId> = sim.ids().to_vec();
     for _ in 0..dice.below(3) {
         let (a, b) = (dice.pick(&ids), dice.pick(&ids));
-        sim.network.set_link_faults(a, b, random_faults(&mut dice));
+        let faults = random_faults(&mut dice);
+        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+            println!("  link {a}->{b}: {faults:?}");
+        }
+        sim.network.set_link_faults(a, b, faults);
     }
     let clients: Vec<_> =
         (0..1 + dice.below(3)).map(|c| sim.spawn_client(&format!("s{c}"))).collect();

@@ -212,6 +212,14 @@ impl std::fmt::Debug for Simulation {
     }
 }
 
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        // Tasks hold handles to the executor and the executor holds the tasks: break the cycle
+        // so that a finished simulation frees its cluster (a swarm runs thousands in a row).
+        self.runtime.clear();
+    }
+}
+
 /// Mixes the simulation seed with a salt (SplitMix64 finalizer).
 fn mix(seed: u64, salt: u64) -> u64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);

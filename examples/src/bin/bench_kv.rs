@@ -1,0 +1,300 @@
+//! `bench-kv`: a 3-node `kv-node` cluster on loopback (separate processes, QUIC with mutual
+//! TLS, LMDB on the real disk, every write synced), driven by closed-loop clients over the
+//! client protocol.
+//!
+//! Prints puts/s and p50/p99 latency of 100-byte puts with 1, 64 and 256 concurrent clients
+//! (each its own session), then leader failover times: the leader is killed with SIGKILL while a
+//! client writes, and the time until a write issued after the kill is acknowledged is measured
+//! (median and max over the trials). The killed node is restarted between trials.
+//!
+//! `cargo run --release -p examples --bin bench-kv [-- --seconds 5 --clients 1,64,256
+//! --trials 10 --dir PATH]`
+//!
+//! The data directory is created under `--dir` (default `target/`), not in `/tmp`, which is
+//! a RAM disk on many systems. The nodes are this executable run as `bench-kv __kv-node`.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use examples::bench::{format_us, print_table, LatencyRecorder, Row};
+use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::{ClientOptions, Connections, KvClient};
+use raft_core::NodeId;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const NODE_SUBCOMMAND: &str = "__kv-node";
+const VALUE_BYTES: usize = 100;
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// etcd 3.4, 3 members, same kind of machine (from the issue): (clients, puts/s).
+const ETCD: [(usize, f64); 2] = [(1, 870.0), (64, 5849.0)];
+
+struct Args {
+    seconds: u64,
+    clients: Vec<usize>,
+    trials: usize,
+    dir: PathBuf,
+    node_threads: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        seconds: 5,
+        clients: vec![1, 64, 256],
+        trials: 10,
+        dir: PathBuf::from("target"),
+        node_threads: 2,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--seconds" => {
+                args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?
+            }
+            "--trials" => args.trials = value()?.parse().map_err(|e| format!("--trials: {e}"))?,
+            "--dir" => args.dir = PathBuf::from(value()?),
+            "--node-threads" => {
+                args.node_threads = value()?.parse().map_err(|e| format!("--node-threads: {e}"))?
+            }
+            "--clients" => {
+                args.clients = value()?
+                    .split(',')
+                    .map(|c| c.trim().parse().map_err(|e| format!("--clients: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            other => {
+                return Err(format!(
+                "unknown argument {other} (--seconds N, --clients a,b,c, --trials N, --dir PATH)"
+            ))
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Runs `clients` closed-loop writers for the warm-up plus `seconds`; returns the latencies of
+/// the measured window, its length and the number of failed puts.
+async fn measure(
+    connections: &Connections,
+    clients: usize,
+    seconds: u64,
+) -> Result<(LatencyRecorder, Duration, u64), Error> {
+    let sessions: Vec<Arc<KvClient>> =
+        (0..clients).map(|_| Arc::new(KvClient::new(connections.clone()))).collect();
+    // Open every session before the clock starts.
+    let opened = sessions.iter().enumerate().map(|(c, s)| s.put(format!("open-{c}"), "x"));
+    for result in futures::future::join_all(opened).await {
+        result?;
+    }
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + Duration::from_secs(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let tasks = sessions.into_iter().enumerate().map(|(c, session)| {
+        let errors = errors.clone();
+        tokio::spawn(async move {
+            let mut latencies = LatencyRecorder::new();
+            let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
+            let mut n = 0u64;
+            loop {
+                let began = Instant::now();
+                if began >= end {
+                    return latencies;
+                }
+                let key = format!("bench-{c}-{}", n % 1000);
+                n += 1;
+                let result = session.put(key, value.clone()).await;
+                if began >= measure_from && Instant::now() <= end {
+                    match result {
+                        Ok(()) => latencies.record(began.elapsed()),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    });
+    let mut all = LatencyRecorder::new();
+    for latencies in futures::future::try_join_all(tasks).await? {
+        all.merge(&latencies);
+    }
+    Ok((all, Duration::from_secs(seconds), errors.load(Ordering::Relaxed)))
+}
+
+/// One failover trial: kill the leader while a client writes; the time from the kill until a
+/// write issued after it is acknowledged. Restarts the killed node and waits until it caught up.
+async fn failover_trial(
+    cluster: &mut ProcessCluster,
+    connections: &Connections,
+) -> Result<(Duration, NodeId, NodeId), Error> {
+    let ids = cluster.ids();
+    let leader = wait_for_leader(connections, &ids, ids.len(), Duration::from_secs(20))
+        .await
+        .ok_or("no leader")?;
+    let writer = Arc::new(KvClient::new(connections.clone()));
+    writer.put("failover", "warm").await?;
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (writer, killed_at, stop) = (writer.clone(), killed_at.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let kill = *killed_at.lock().unwrap_or_else(|p| p.into_inner());
+                n += 1;
+                let ok = writer.put("failover", n.to_string()).await.is_ok();
+                if let (true, Some(kill)) = (ok, kill) {
+                    return Ok(kill.elapsed());
+                }
+            }
+            Err("stopped")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kill_time = Instant::now();
+    *killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(kill_time);
+    cluster.kill(leader.id)?;
+    let outcome = tokio::time::timeout(Duration::from_secs(30), task).await;
+    stop.store(true, Ordering::Relaxed);
+    let failover = outcome.map_err(|_| "no write succeeded within 30 s of the kill")???;
+    let survivors: Vec<NodeId> = ids.iter().copied().filter(|&id| id != leader.id).collect();
+    let new_leader = wait_for_leader(connections, &survivors, ids.len(), Duration::from_secs(20))
+        .await
+        .ok_or("no new leader")?;
+    cluster.spawn(leader.id)?;
+    let target = connections.status(new_leader.id).await?.status.commit_index;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = connections.status(leader.id).await {
+            if s.status.applied_index >= target {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("restarted node {} did not catch up", leader.id).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((failover, leader.id, new_leader.id))
+}
+
+async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
+    let options =
+        ClientOptions { status_timeout: Duration::from_millis(200), ..Default::default() };
+    let connections = cluster.connections(options)?;
+    let ids = cluster.ids();
+    wait_for_leader(&connections, &ids, ids.len(), Duration::from_secs(20))
+        .await
+        .ok_or("no leader elected")?;
+    let mut rows = Vec::new();
+    for &clients in &args.clients {
+        let (latencies, elapsed, errors) = measure(&connections, clients, args.seconds).await?;
+        let mut row: Row = latencies.row(clients.to_string(), elapsed);
+        row.reference = ETCD.iter().find(|(c, _)| *c == clients).map(|&(_, r)| r);
+        println!(
+            "  {clients:>3} clients: {:.0} puts/s, p50 {}, p99 {}, {errors} errors",
+            row.per_second,
+            format_us(row.p50_us),
+            format_us(row.p99_us)
+        );
+        rows.push(row);
+    }
+    print_table(
+        "100-byte puts, 3 kv-node processes (QUIC + mTLS, LMDB synced)",
+        "clients",
+        &rows,
+        "etcd 3.4 put/s",
+    );
+
+    if args.trials > 0 {
+        println!(
+            "\nLeader failover (kill -9 of the leader until a write issued after it succeeds)"
+        );
+        let mut times = Vec::new();
+        for trial in 1..=args.trials {
+            let (time, old, new) = failover_trial(cluster, &connections).await?;
+            println!("  trial {trial:>2}: {:>7.1} ms  (leader {old} -> {new})", ms(time));
+            times.push(time);
+        }
+        times.sort();
+        let median = times[times.len() / 2];
+        let max = times[times.len() - 1];
+        println!(
+            "  median {:.1} ms, max {:.1} ms over {} trials",
+            ms(median),
+            ms(max),
+            times.len()
+        );
+    }
+    connections.close().await;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(NODE_SUBCOMMAND) {
+        return examples::kv::node::main_with_args(raw.into_iter().skip(1));
+    }
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("bench-kv: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("bench-kv: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let launcher = match Launcher::current_exe(NODE_SUBCOMMAND) {
+        Ok(launcher) => launcher,
+        Err(e) => {
+            eprintln!("bench-kv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let spec = ClusterSpec {
+        parent_dir: Some(args.dir.clone()),
+        log_filter: "warn".into(),
+        worker_threads: args.node_threads,
+        ..ClusterSpec::default()
+    };
+    let mut cluster = match ProcessCluster::start(launcher, spec) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("bench-kv: cannot start the cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "bench-kv: 3 kv-node processes, data in {}, {} s per level after {} s warm-up",
+        cluster.dir().display(),
+        args.seconds,
+        WARMUP.as_secs()
+    );
+    let result = runtime.block_on(bench(&mut cluster, &args));
+    let _ = cluster.stop_all(Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-kv failed: {e} (node logs were in {})", cluster.dir().display());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `kv`: the command-line client of the key-value service.
+//!
+//! ```text
+//! kv --certs DIR --endpoints 1=127.0.0.1:7101,2=127.0.0.1:7102 put greeting hello
+//! kv --config node1.conf get greeting
+//! kv --config node1.conf status
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use examples::kv::client::status_table;
+use examples::kv::config::{parse_args, parse_member};
+use examples::kv::tls::load_client_tls;
+use examples::kv::{ClientOptions, Connections, KvClient};
+use raft_core::NodeId;
+
+const USAGE: &str = "\
+usage: kv [options] COMMAND
+commands:
+  put KEY VALUE              set a key
+  get KEY                    print a key's value ((nil) if absent)
+  del KEY                    remove a key
+  cas KEY EXPECTED NEW       compare-and-swap (`-` stands for absent)
+  status                     role, term, leader, commit and applied index of every node
+  gen-certs DIR IDS          write a cluster CA, node certificates for IDS (e.g. 1,2,3) and a
+                             client certificate into DIR (existing files are kept)
+options:
+  --endpoints ID=ADDR,...    client addresses of some nodes (the others are discovered)
+  --certs DIR                ca.pem, client.pem, client.key
+  --config FILE              a kv-node config file: its `node` and `certs` entries are used
+  --timeout SECS             give up after this long (default 15)
+";
+
+struct Cli {
+    endpoints: BTreeMap<NodeId, SocketAddr>,
+    certs: PathBuf,
+    timeout: Duration,
+    command: Vec<String>,
+}
+
+fn parse(args: Vec<String>) -> Result<Cli, String> {
+    // Options come first, each with a value; the command starts at the first other word.
+    let mut split = 0;
+    while split < args.len() && args[split].starts_with("--") {
+        split += 2;
+    }
+    let (options, command) = args.split_at(split.min(args.len()));
+    let mut endpoints = BTreeMap::new();
+    let mut certs = None;
+    let mut timeout = Duration::from_secs(15);
+    for (key, value) in parse_args(options.to_vec()).map_err(|e| e.to_string())? {
+        match key.as_str() {
+            "endpoints" => {
+                for item in value.split(',') {
+                    let (id, addr) =
+                        item.split_once('=').ok_or(format!("bad endpoint `{item}`"))?;
+                    let id = id.parse().map_err(|_| format!("bad node id in `{item}`"))?;
+                    let addr = addr.parse().map_err(|_| format!("bad address in `{item}`"))?;
+                    endpoints.insert(id, addr);
+                }
+            }
+            "node" => {
+                let (id, addrs) = parse_member(&value).map_err(|e| e.to_string())?;
+                endpoints.insert(id, addrs.client);
+            }
+            "certs" => certs = Some(PathBuf::from(value)),
+            "timeout" => {
+                let secs: f64 = value.parse().map_err(|_| "--timeout: not a number")?;
+                timeout = Duration::from_secs_f64(secs.max(0.1));
+            }
+            // Other keys of a kv-node config file are not the client's business.
+            "id"
+            | "data-dir"
+            | "listen"
+            | "client-listen"
+            | "ca"
+            | "cert"
+            | "key"
+            | "election-timeout-ms"
+            | "heartbeat-ms"
+            | "max-client-connections"
+            | "worker-threads"
+            | "fault-injection"
+            | "stop-on-stdin-eof" => {}
+            other => return Err(format!("unknown option --{other}")),
+        }
+    }
+    if endpoints.is_empty() {
+        return Err("no nodes given: use --endpoints or --config".into());
+    }
+    let certs = certs.ok_or("no certificates given: use --certs or --config")?;
+    Ok(Cli { endpoints, certs, timeout, command: command.to_vec() })
+}
+
+fn value(arg: &str) -> Option<Bytes> {
+    (arg != "-").then(|| Bytes::copy_from_slice(arg.as_bytes()))
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let tls = load_client_tls(&cli.certs).map_err(|e| e.to_string())?;
+    let options = ClientOptions { op_timeout: cli.timeout, ..ClientOptions::default() };
+    let connections = Connections::new(cli.endpoints, &tls, options).map_err(|e| e.to_string())?;
+    let client = KvClient::new(connections.clone());
+    let words: Vec<&str> = cli.command.iter().map(String::as_str).collect();
+    let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
+    let result = match words.as_slice() {
+        ["put", k, v] => client.put(key(k), key(v)).await.map(|()| "OK".to_owned()),
+        ["get", k] => client.get(key(k)).await.map(|v| match v {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => "(nil)".to_owned(),
+        }),
+        ["del", k] => client
+            .delete(key(k))
+            .await
+            .map(|existed| if existed { "deleted" } else { "(not found)" }.to_owned()),
+        ["cas", k, expected, new] => client
+            .cas(key(k), value(expected), value(new))
+            .await
+            .map(|swapped| if swapped { "swapped" } else { "not swapped" }.to_owned()),
+        ["status"] => Ok(status(&connections).await),
+        _ => return Err(format!("unknown command\n{USAGE}")),
+    };
+    connections.close().await;
+    let output = result.map_err(|e| e.to_string())?;
+    println!("{output}");
+    Ok(())
+}
+
+async fn status(connections: &Connections) -> String {
+    status_table(&connections.statuses().await)
+}
+
+/// `kv gen-certs DIR IDS`: certificates for a new cluster, with no other tool needed.
+fn gen_certs(dir: &str, ids: &str) -> Result<(), String> {
+    let ids: Vec<NodeId> = ids
+        .split(',')
+        .map(|id| id.trim().parse().map_err(|_| format!("bad node id `{id}`")))
+        .collect::<Result<_, _>>()?;
+    let dir = PathBuf::from(dir);
+    raft_quic::ensure_cluster_certs(&dir, ids).map_err(|e| e.to_string())?;
+    examples::kv::tls::ensure_client_cert(&dir).map_err(|e| e.to_string())?;
+    println!("certificates in {}", dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if let [command, dir, ids] = args.as_slice() {
+        if command == "gen-certs" {
+            return match gen_certs(dir, ids) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kv: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    let cli = match parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! [`KvClient`]: a client session with leader discovery, retries and exactly-once writes.
+//!
+//! Every write carries the session id and a fresh sequence number; a retry (after a timeout, a
+//! lost leadership or a redirect) reuses them, and the state machine answers a duplicate with
+//! the first answer instead of applying it again. One client may run many operations at once
+//! (it is `Sync`); each session tells the state machine which answers it has received, so the
+//! state machine keeps only the answers still awaited.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use raft_core::{NodeId, Status};
+use tracing::debug;
+
+use super::command::{Command, KvError, Op, OpResult, Response, SessionRef};
+use super::connections::{CallError, Connections};
+use super::protocol::{AdminRequest, ClientRequest, ClientResponse, Member};
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The operation did not complete before its deadline. If `maybe_applied`, a request
+    /// reached a node and the operation may have taken effect (or may still).
+    #[error("operation timed out (may have been applied: {maybe_applied})")]
+    Timeout {
+        /// Whether the operation may have been applied.
+        maybe_applied: bool,
+    },
+    /// The session expired on the cluster (too many sessions); the outcome of the operation
+    /// is unknown. The client opens a new session for its next operation.
+    #[error("client session expired; the outcome is unknown")]
+    SessionExpired,
+    /// The cluster refused the request.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The state machine refused the operation without applying it.
+    #[error("rejected: {0}")]
+    Rejected(KvError),
+    /// A node answered something unexpected.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// Whether the operation may have taken effect.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::Timeout { maybe_applied: true } | ClientError::SessionExpired)
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    client_id: u64,
+    next_seq: u64,
+    outstanding: BTreeSet<u64>,
+}
+
+/// A client session. Create as many as needed on one [`Connections`].
+#[derive(Debug)]
+pub struct KvClient {
+    connections: Connections,
+    session: Mutex<Option<Session>>,
+    /// Serializes session registration.
+    registering: tokio::sync::Mutex<()>,
+}
+
+impl KvClient {
+    /// A client on `connections`. Its session is opened with its first write.
+    pub fn new(connections: Connections) -> Self {
+        Self { connections, session: Mutex::new(None), registering: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The connections this client uses.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    fn session(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `key` (linearizable).
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        let command = Command { session: None, op: Op::Get { key: key.into() } };
+        match self.run(&command).await? {
+            Ok(OpResult::Value(value)) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        match self.write(Op::Put { key: key.into(), value: value.into() }).await? {
+            OpResult::Written => Ok(()),
+            other => Err(unexpected(Ok(other))),
+        }
+    }
+
+    /// Removes `key`; returns whether it existed.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
+        match self.write(Op::Delete { key: key.into() }).await? {
+            OpResult::Deleted { existed } => Ok(existed),
+            other => Err(unexpected(Ok(other))),
+        }
+    }
+
+    /// Sets `key` to `new` (removes it if `None`) if its value is `expected` (`None`: absent);
+    /// returns whether it swapped.
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+    ) -> Result<bool, ClientError> {
+        match self.write(Op::Cas { key: key.into(), expected, new }).await? {
+            OpResult::Cas { swapped } => Ok(swapped),
+            other => Err(unexpected(Ok(other))),
+        }
+    }
+
+    /// Runs a write in this client's session (opening one first if needed).
+    async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
+        let (client_id, seq, ack_below) = self.next_seq().await?;
+        let command = Command { session: Some(SessionRef { client_id, seq, ack_below }), op };
+        let result = self.run(&command).await;
+        let mut session = self.session();
+        if let Some(s) = session.as_mut().filter(|s| s.client_id == client_id) {
+            s.outstanding.remove(&seq);
+        }
+        match result? {
+            Ok(result) => Ok(result),
+            Err(KvError::UnknownSession) => {
+                if session.as_ref().is_some_and(|s| s.client_id == client_id) {
+                    *session = None;
+                }
+                Err(ClientError::SessionExpired)
+            }
+            Err(e) => Err(ClientError::Rejected(e)),
+        }
+    }
+
+    /// Allocates a sequence number, opening the session first if there is none.
+    async fn next_seq(&self) -> Result<(u64, u64, u64), ClientError> {
+        if let Some(allocated) = self.allocate() {
+            return Ok(allocated);
+        }
+        let _registering = self.registering.lock().await;
+        if let Some(allocated) = self.allocate() {
+            return Ok(allocated);
+        }
+        let register = Command { session: None, op: Op::Register };
+        match self.run(&register).await? {
+            Ok(OpResult::Registered { client_id }) => {
+                debug!(client_id, "session opened");
+                *self.session() =
+                    Some(Session { client_id, next_seq: 0, outstanding: BTreeSet::new() });
+            }
+            other => return Err(unexpected(other)),
+        }
+        self.allocate().ok_or(ClientError::SessionExpired)
+    }
+
+    fn allocate(&self) -> Option<(u64, u64, u64)> {
+        let mut session = self.session();
+        let s = session.as_mut()?;
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        s.outstanding.insert(seq);
+        let ack_below = s.outstanding.first().copied().unwrap_or(seq);
+        Some((s.client_id, seq, ack_below))
+    }
+
+    /// Sends `command` until a node applies it or the deadline passes, following redirects.
+    ///
+    /// Normally one attempt, at the node believed to lead. While an answer is late (every
+    /// `hedge_after`), one more node is tried with the same request, so that a dead leader is
+    /// routed around as soon as another node has taken over; the session makes the copies
+    /// harmless (a read is harmless anyway).
+    async fn run(&self, command: &Command) -> Result<Response, ClientError> {
+        let conns = &self.connections;
+        let options = conns.options().clone();
+        let deadline = tokio::time::Instant::now() + options.op_timeout;
+        let request = ClientRequest::Command(command.clone());
+        let mut attempts = Attempts::new(conns.clone(), request);
+        let mut maybe_applied = false;
+        let mut redirects = 0u32;
+        let first = conns.leader().or_else(|| conns.pick(None));
+        match first {
+            Some(node) => attempts.launch(node, None),
+            None => return Err(ClientError::Protocol("no nodes configured".into())),
+        }
+        let mut next_hedge = tokio::time::Instant::now() + options.hedge_after;
+        loop {
+            let (node, result) = tokio::select! {
+                Some(done) = attempts.next() => done,
+                () = tokio::time::sleep_until(next_hedge) => {
+                    next_hedge += options.hedge_after;
+                    if attempts.len() < 3 {
+                        if let Some(other) = attempts.pick_idle(None) {
+                            attempts.launch(other, None);
+                        }
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    // An attempt still in flight may have reached a node.
+                    let maybe_applied = maybe_applied || attempts.len() > 0;
+                    return Err(ClientError::Timeout { maybe_applied });
+                }
+            };
+            // Where to go next, and after what pause, if nothing else is in flight.
+            let mut next: Option<(Option<NodeId>, bool)> = Some((None, true));
+            match result {
+                Ok(ClientResponse::Applied(response)) => {
+                    conns.set_leader(Some(node));
+                    return Ok(response);
+                }
+                Ok(ClientResponse::NotLeader { leader: Some(leader) })
+                    if leader.id != node && !conns.is_suspect(leader.id) =>
+                {
+                    conns.learn(&leader);
+                    conns.set_leader(Some(leader.id));
+                    if attempts.is_in_flight(leader.id) {
+                        next = None;
+                    } else {
+                        redirects += 1;
+                        // Nodes that disagree about the leader (an election settling) slow us.
+                        next = Some((Some(leader.id), redirects % 4 == 0));
+                    }
+                }
+                Ok(ClientResponse::NotLeader { .. }) => conns.set_leader(None),
+                Ok(ClientResponse::NotApplied(reason)) => debug!(node, "not applied: {reason}"),
+                Ok(ClientResponse::Unknown(reason)) => {
+                    debug!(node, "outcome unknown: {reason}");
+                    maybe_applied = true;
+                    conns.set_leader(None);
+                }
+                Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
+                Ok(other) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                Err(e) => {
+                    debug!(node, "attempt failed: {e}");
+                    maybe_applied |= e.maybe_sent();
+                    if !matches!(e, CallError::UnknownNode(_)) {
+                        conns.suspect(node);
+                    }
+                    next = Some((None, false));
+                }
+            }
+            match next {
+                Some((Some(target), pause)) => {
+                    attempts.launch(target, pause.then_some(options.retry_delay));
+                }
+                Some((None, pause)) if attempts.len() == 0 => {
+                    let target = conns
+                        .leader()
+                        .filter(|&l| l != node)
+                        .or_else(|| attempts.pick_idle(Some(node)))
+                        .or_else(|| conns.pick(Some(node)));
+                    if let Some(target) = target {
+                        attempts.launch(target, pause.then_some(options.retry_delay));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+type AttemptFuture =
+    futures::future::BoxFuture<'static, (NodeId, Result<ClientResponse, CallError>)>;
+
+/// The attempts of one operation in flight, by node.
+struct Attempts {
+    connections: Connections,
+    request: std::sync::Arc<ClientRequest>,
+    running: futures::stream::FuturesUnordered<AttemptFuture>,
+    nodes: Vec<NodeId>,
+}
+
+impl Attempts {
+    fn new(connections: Connections, request: ClientRequest) -> Self {
+        Self {
+            connections,
+            request: std::sync::Arc::new(request),
+            running: futures::stream::FuturesUnordered::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn is_in_flight(&self, node: NodeId) -> bool {
+        self.nodes.contains(&node)
+    }
+
+    /// A node with no attempt in flight, not suspect if possible, after `after` in id order.
+    fn pick_idle(&self, after: Option<NodeId>) -> Option<NodeId> {
+        let nodes = self.connections.nodes();
+        let start = after.and_then(|p| nodes.iter().position(|&n| n == p)).map_or(0, |i| i + 1);
+        let idle: Vec<NodeId> = nodes
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(nodes.len())
+            .copied()
+            .filter(|n| !self.is_in_flight(*n))
+            .collect();
+        idle.iter().copied().find(|&n| !self.connections.is_suspect(n)).or(idle.first().copied())
+    }
+
+    fn launch(&mut self, node: NodeId, delay: Option<std::time::Duration>) {
+        use futures::FutureExt;
+        let connections = self.connections.clone();
+        let request = self.request.clone();
+        self.nodes.push(node);
+        self.running.push(
+            async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                (node, connections.call(node, &request).await)
+            }
+            .boxed(),
+        );
+    }
+
+    async fn next(&mut self) -> Option<(NodeId, Result<ClientResponse, CallError>)> {
+        use futures::StreamExt;
+        let (node, result) = self.running.next().await?;
+        if let Some(i) = self.nodes.iter().position(|&n| n == node) {
+            self.nodes.swap_remove(i);
+        }
+        Some((node, result))
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    match response {
+        Err(e) => ClientError::Rejected(e),
+        Ok(other) => ClientError::Protocol(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// A node's answer to a status request.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// Its Raft status.
+    pub status: Status,
+    /// The members it knows.
+    pub members: Vec<Member>,
+}
+
+impl Connections {
+    /// Asks `node` for its status (within the status timeout).
+    pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
+        let limit = self.options().status_timeout;
+        match self.call_within(node, &ClientRequest::Status, limit).await {
+            Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus { status, members }),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            Err(e) => Err(ClientError::Refused(e.to_string())),
+        }
+    }
+
+    /// Asks `nodes` for their status, concurrently.
+    pub async fn statuses_of(
+        &self,
+        nodes: &[NodeId],
+    ) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
+        let answers = futures::future::join_all(nodes.iter().map(|&n| self.status(n))).await;
+        for answer in answers.iter().flatten() {
+            answer.members.iter().for_each(|m| self.learn(m));
+        }
+        nodes.iter().copied().zip(answers).collect()
+    }
+
+    /// Asks every known node for its status; nodes learned from the answers are asked too.
+    pub async fn statuses(&self) -> Vec<(NodeId, Result<NodeStatus, ClientError>)> {
+        let known = self.nodes();
+        let mut answers = self.statuses_of(&known).await;
+        let learned: Vec<NodeId> =
+            self.nodes().into_iter().filter(|n| !known.contains(n)).collect();
+        if !learned.is_empty() {
+            answers.extend(self.statuses_of(&learned).await);
+            answers.sort_by_key(|(id, _)| *id);
+        }
+        answers
+    }
+
+    /// Test-only: makes `node` drop Raft traffic with `blocked` (empty heals). The node must
+    /// run with `--fault-injection`.
+    pub async fn partition(&self, node: NodeId, blocked: Vec<NodeId>) -> Result<(), ClientError> {
+        match self.call(node, &ClientRequest::Admin(AdminRequest::Partition { blocked })).await {
+            Ok(ClientResponse::AdminDone) => Ok(()),
+            Ok(ClientResponse::Refused(reason)) => Err(ClientError::Refused(reason)),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            Err(e) => Err(ClientError::Refused(e.to_string())),
+        }
+    }
+}
+
+/// Formats status answers as a table: node, role, term, leader, commit, applied, last index.
+pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
+        "node", "role", "term", "leader", "commit", "applied", "last"
+    );
+    for (id, answer) in statuses {
+        match answer {
+            Ok(NodeStatus { status: s, .. }) => {
+                let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
+                out += &format!(
+                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
+                    id,
+                    s.role.to_string(),
+                    s.current_term,
+                    leader,
+                    s.commit_index,
+                    s.applied_index,
+                    s.last_log_index
+                );
+            }
+            Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
+        }
+    }
+    out.trim_end().to_owned()
+}

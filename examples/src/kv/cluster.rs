@@ -1,0 +1,367 @@
+//! [`ProcessCluster`]: `kv-node` processes on loopback with generated certificates, for the
+//! demo, the benchmark and the tests. Nodes are real processes, so a crash is a real `kill -9`.
+//!
+//! Every child runs with `--stop-on-stdin-eof` and a pipe as its standard input: if the parent
+//! dies, however it dies, the pipe closes and the children shut down. Dropping the cluster kills
+//! every child still running.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use raft_core::{NodeId, Role, Term};
+use raft_quic::NodeTls;
+
+use super::config::MemberAddrs;
+use super::connections::{ClientOptions, Connections};
+use super::tls::{ensure_client_cert, KvTlsError};
+
+/// How to start a `kv-node` process: a program and the arguments that precede the node's flags
+/// (for a program that runs the node as a subcommand of itself).
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments before the node flags.
+    pub prefix: Vec<String>,
+}
+
+impl Launcher {
+    /// Runs the node as `<this executable> <subcommand> <flags>` (the demo and benchmark
+    /// binaries embed the node program, so they need nothing else built).
+    pub fn current_exe(subcommand: &str) -> std::io::Result<Self> {
+        Ok(Self { program: std::env::current_exe()?, prefix: vec![subcommand.to_owned()] })
+    }
+
+    /// Runs `program <flags>` (for example the `kv-node` binary).
+    pub fn program(program: impl Into<PathBuf>) -> Self {
+        Self { program: program.into(), prefix: Vec::new() }
+    }
+}
+
+/// The shape of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Number of nodes (ids 1..=n).
+    pub nodes: u64,
+    /// Election timeout lower bound, ms.
+    pub election_timeout_ms: u64,
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Whether nodes accept partition requests.
+    pub fault_injection: bool,
+    /// The directory in which the cluster's temporary directory (certificates, data, logs;
+    /// removed on drop) is created (`None`: the system's temporary directory).
+    pub parent_dir: Option<PathBuf>,
+    /// Worker threads per node.
+    pub worker_threads: usize,
+    /// Value of `RUST_LOG` for the nodes, unless the environment sets it.
+    pub log_filter: String,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            election_timeout_ms: 300,
+            heartbeat_ms: 50,
+            fault_injection: false,
+            parent_dir: None,
+            worker_threads: 2,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// Why the cluster could not be set up or a node started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates could not be generated.
+    #[error(transparent)]
+    Tls(#[from] KvTlsError),
+    /// Certificates could not be generated.
+    #[error(transparent)]
+    Cert(#[from] raft_quic::CertError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.into();
+    move |source| ClusterError::Io { what, source }
+}
+
+/// Picks `n` distinct free UDP ports on loopback (bound together, then released).
+pub fn free_udp_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let sockets: Vec<UdpSocket> =
+        (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    sockets.iter().map(|s| s.local_addr().map(|a| a.port())).collect()
+}
+
+/// A running cluster of `kv-node` processes.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    launcher: Launcher,
+    spec: ClusterSpec,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+    members: BTreeMap<NodeId, MemberAddrs>,
+    children: BTreeMap<NodeId, Child>,
+    client_tls: NodeTls,
+}
+
+impl ProcessCluster {
+    /// Generates certificates, picks ports and starts every node.
+    pub fn start(launcher: Launcher, spec: ClusterSpec) -> Result<Self, ClusterError> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("raft-kv-");
+        let temp = match &spec.parent_dir {
+            Some(parent) => {
+                std::fs::create_dir_all(parent)
+                    .map_err(io(format!("creating {}", parent.display())))?;
+                builder.tempdir_in(parent)
+            }
+            None => builder.tempdir(),
+        }
+        .map_err(io("creating a temporary directory"))?;
+        let dir = temp.path().to_owned();
+        let ids: Vec<NodeId> = (1..=spec.nodes).collect();
+        let certs = dir.join("certs");
+        raft_quic::generate_cluster_certs(&certs, ids.iter().copied())?;
+        let client_tls = ensure_client_cert(&certs)?;
+        let ports = free_udp_ports(2 * ids.len()).map_err(io("picking free ports"))?;
+        let members = ids
+            .iter()
+            .zip(ports.chunks(2))
+            .map(|(&id, pair)| {
+                let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+                (id, MemberAddrs { raft: addr(pair[0]), client: addr(pair[1]) })
+            })
+            .collect();
+        let mut cluster = Self {
+            launcher,
+            spec,
+            dir,
+            _temp: temp,
+            members,
+            children: BTreeMap::new(),
+            client_tls,
+        };
+        for id in ids {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's directory (certificates in `certs/`, node `id`'s data in `node-<id>/`,
+    /// its log in `node-<id>.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node ids.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// The log file of node `id`.
+    pub fn log_path(&self, id: NodeId) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    /// The client address of every node.
+    pub fn client_endpoints(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.members.iter().map(|(&id, m)| (id, m.client)).collect()
+    }
+
+    /// The client's TLS material.
+    pub fn client_tls(&self) -> &NodeTls {
+        &self.client_tls
+    }
+
+    /// New client connections to the cluster (call inside a tokio runtime).
+    pub fn connections(&self, options: ClientOptions) -> Result<Connections, KvTlsError> {
+        Connections::new(self.client_endpoints(), &self.client_tls, options)
+    }
+
+    /// The flags that start node `id`.
+    pub fn node_args(&self, id: NodeId) -> Vec<String> {
+        let mut args = vec![
+            "--id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            self.dir.join(format!("node-{id}")).display().to_string(),
+            "--certs".into(),
+            self.dir.join("certs").display().to_string(),
+            "--election-timeout-ms".into(),
+            self.spec.election_timeout_ms.to_string(),
+            "--heartbeat-ms".into(),
+            self.spec.heartbeat_ms.to_string(),
+            "--worker-threads".into(),
+            self.spec.worker_threads.to_string(),
+            "--stop-on-stdin-eof".into(),
+        ];
+        for (member, addrs) in &self.members {
+            args.push("--node".into());
+            args.push(format!("{member}={},{}", addrs.raft, addrs.client));
+        }
+        if self.spec.fault_injection {
+            args.push("--fault-injection".into());
+        }
+        args
+    }
+
+    /// Starts node `id` (again), appending its output to its log file.
+    pub fn spawn(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        if self.is_running(id) {
+            return Ok(());
+        }
+        let log_path = self.log_path(id);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(io("cloning a log handle"))?;
+        let mut command = Command::new(&self.launcher.program);
+        command
+            .args(&self.launcher.prefix)
+            .args(self.node_args(id))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", &self.spec.log_filter);
+        }
+        let child = command.spawn().map_err(io(format!("starting node {id}")))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    /// Whether node `id`'s process is running.
+    pub fn is_running(&mut self, id: NodeId) -> bool {
+        match self.children.get_mut(&id) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The ids of the running nodes.
+    pub fn running(&mut self) -> Vec<NodeId> {
+        self.ids().into_iter().filter(|&id| self.is_running(id)).collect()
+    }
+
+    /// Kills node `id` with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self, id: NodeId) -> Result<(), ClusterError> {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            child.wait().map_err(io(format!("reaping node {id}")))?;
+        }
+        Ok(())
+    }
+
+    /// Stops node `id` cleanly (its stdin closes), killing it if it has not exited within
+    /// `grace`. Returns whether it exited on its own.
+    pub fn stop(&mut self, id: NodeId, grace: Duration) -> Result<bool, ClusterError> {
+        let Some(mut child) = self.children.remove(&id) else { return Ok(true) };
+        drop(child.stdin.take());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait().map_err(io(format!("waiting for node {id}")))?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        child.wait().map_err(io(format!("reaping node {id}")))?;
+        Ok(false)
+    }
+
+    /// Stops every node cleanly (see [`ProcessCluster::stop`]); returns the ids that had to be
+    /// killed.
+    pub fn stop_all(&mut self, grace: Duration) -> Result<Vec<NodeId>, ClusterError> {
+        for child in self.children.values_mut() {
+            drop(child.stdin.take());
+        }
+        let mut killed = Vec::new();
+        for id in self.ids() {
+            if !self.stop(id, grace)? {
+                killed.push(id);
+            }
+        }
+        Ok(killed)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A leader that a majority of the answering nodes agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderInfo {
+    /// The leader.
+    pub id: NodeId,
+    /// Its term.
+    pub term: Term,
+}
+
+/// Asks `nodes` for their status and returns the leader if one of them leads and a majority of
+/// the cluster (`cluster_size`) reports it in the same term.
+pub async fn current_leader(
+    connections: &Connections,
+    nodes: &[NodeId],
+    cluster_size: usize,
+) -> Option<LeaderInfo> {
+    let statuses = connections.statuses_of(nodes).await;
+    let answered: Vec<_> = statuses.iter().filter_map(|(_, s)| s.as_ref().ok()).collect();
+    let leader = answered.iter().find(|s| s.status.role == Role::Leader)?;
+    let (id, term) = (leader.status.id, leader.status.current_term);
+    let agree = answered
+        .iter()
+        .filter(|s| s.status.current_term == term && s.status.leader_id == Some(id))
+        .count();
+    (agree > cluster_size / 2).then_some(LeaderInfo { id, term })
+}
+
+/// Polls [`current_leader`] among `nodes` every 5 ms until a leader is found, or `timeout`
+/// passes.
+pub async fn wait_for_leader(
+    connections: &Connections,
+    nodes: &[NodeId],
+    cluster_size: usize,
+    timeout: Duration,
+) -> Option<LeaderInfo> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(leader) = current_leader(connections, nodes, cluster_size).await {
+            return Some(leader);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Reads the whole log file of a node (for failure reports).
+pub fn read_log(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = std::io::Read::read_to_string(&mut file, &mut text);
+    }
+    text
+}

@@ -1,0 +1,242 @@
+//! The commands of the key-value state machine (what goes into the Raft log) and its answers.
+//!
+//! A log entry holds a list of commands (the commands a client batch brought together, applied
+//! one after the other), and is answered with the list of their responses. Both are encoded
+//! with `postcard`. An entry that does not decode is answered with a single
+//! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The largest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 4 << 10;
+/// The largest value accepted, in bytes.
+pub const MAX_VALUE_BYTES: usize = 512 << 10;
+
+/// A client session's identity and position, carried by every write so that a retried write is
+/// applied at most once (Raft thesis §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionRef {
+    /// The session id (the operation id of the registration, see `KvState::apply`).
+    pub client_id: u64,
+    /// The request's sequence number within the session (unique, increasing per new request;
+    /// a retry reuses it).
+    pub seq: u64,
+    /// Every request of this session below this sequence number has been answered to the
+    /// client: the state machine may forget their responses.
+    pub ack_below: u64,
+}
+
+/// One operation on the map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Opens a client session; answered with [`OpResult::Registered`].
+    Register,
+    /// Reads a key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Sets a key.
+    Put {
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Removes a key.
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Sets `key` to `new` (or removes it if `new` is `None`) only if its current value is
+    /// `expected` (`None`: the key is absent).
+    Cas {
+        /// The key.
+        key: Bytes,
+        /// The value the key must have for the swap to happen.
+        expected: Option<Bytes>,
+        /// The value to install.
+        new: Option<Bytes>,
+    },
+}
+
+impl Op {
+    /// Whether the operation only reads (reads need no deduplication: repeating one is
+    /// harmless).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Op::Get { .. })
+    }
+
+    /// Checks key and value sizes.
+    pub fn validate(&self) -> Result<(), KvError> {
+        let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
+        let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
+        let ok = match self {
+            Op::Register => true,
+            Op::Get { key } | Op::Delete { key } => key_ok(key),
+            Op::Put { key, value } => key_ok(key) && value_ok(value),
+            Op::Cas { key, expected, new } => {
+                key_ok(key) && expected.iter().chain(new).all(value_ok)
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(KvError::TooLarge)
+        }
+    }
+}
+
+/// A log entry of the key-value service: an operation, with its session for writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The session of a deduplicated write; `None` for reads, registrations and writes that
+    /// accept at-least-once semantics.
+    pub session: Option<SessionRef>,
+    /// The operation.
+    pub op: Op,
+}
+
+impl Command {
+    /// Encodes the command for the log.
+    pub fn encode(&self) -> Result<Bytes, KvError> {
+        postcard::to_allocvec(self).map(Bytes::from).map_err(|e| KvError::Malformed(e.to_string()))
+    }
+
+    /// Decodes a command from a log entry.
+    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
+        postcard::from_bytes(bytes).map_err(|e| KvError::Malformed(e.to_string()))
+    }
+}
+
+/// The successful outcome of an [`Op`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// A session was opened with this id.
+    Registered {
+        /// The new session's id.
+        client_id: u64,
+    },
+    /// The value of the key read (`None`: absent).
+    Value(Option<Bytes>),
+    /// The put was applied.
+    Written,
+    /// The delete was applied; whether the key existed.
+    Deleted {
+        /// Whether the key was present.
+        existed: bool,
+    },
+    /// The compare-and-swap was evaluated; whether it swapped.
+    Cas {
+        /// Whether the expected value matched and the new value was installed.
+        swapped: bool,
+    },
+}
+
+/// A deterministic refusal by the state machine (the same on every node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum KvError {
+    /// The session is unknown: never registered, or evicted because too many sessions were
+    /// open. The request was not applied by this entry; an earlier attempt may have been.
+    #[error("unknown or expired client session")]
+    UnknownSession,
+    /// The request's sequence number was already acknowledged by the client (a late
+    /// duplicate); it was not applied again.
+    #[error("stale request (sequence number already acknowledged)")]
+    Stale,
+    /// The session holds too many unacknowledged responses; the request was not applied.
+    #[error("too many unacknowledged requests in the session")]
+    TooManyPending,
+    /// A key or value exceeds its size limit.
+    #[error("key or value too large")]
+    TooLarge,
+    /// The entry does not decode as a command.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+}
+
+/// The state machine's answer to one command.
+pub type Response = Result<OpResult, KvError>;
+
+/// The most commands in one log entry.
+pub const MAX_COMMANDS_PER_ENTRY: usize = 1024;
+
+/// Encodes the commands of one log entry.
+pub fn encode_commands(commands: &[Command]) -> Result<Bytes, KvError> {
+    postcard::to_allocvec(commands).map(Bytes::from).map_err(|e| KvError::Malformed(e.to_string()))
+}
+
+/// Decodes the commands of one log entry.
+pub fn decode_commands(bytes: &[u8]) -> Result<Vec<Command>, KvError> {
+    let commands: Vec<Command> =
+        postcard::from_bytes(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
+    if commands.len() > MAX_COMMANDS_PER_ENTRY {
+        return Err(KvError::Malformed(format!("{} commands in one entry", commands.len())));
+    }
+    Ok(commands)
+}
+
+/// Encodes the answers to one entry.
+pub fn encode_responses(responses: &[Response]) -> Bytes {
+    // Encoding these plain enums into a Vec cannot fail; an empty answer decodes as malformed.
+    postcard::to_allocvec(responses).map(Bytes::from).unwrap_or_default()
+}
+
+/// Decodes the answers to an entry of `count` commands: exactly `count` responses (all
+/// [`KvError::Malformed`] if the answer does not match).
+pub fn decode_responses(bytes: &[u8], count: usize) -> Vec<Response> {
+    match postcard::from_bytes::<Vec<Response>>(bytes) {
+        Ok(responses) if responses.len() == count => responses,
+        Ok(responses) => match responses.into_iter().next() {
+            Some(Err(e)) => vec![Err(e); count],
+            _ => vec![Err(KvError::Malformed("answer count mismatch".into())); count],
+        },
+        Err(e) => vec![Err(KvError::Malformed(e.to_string())); count],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn command_round_trips() {
+        let command = Command {
+            session: Some(SessionRef { client_id: 7, seq: 3, ack_below: 2 }),
+            op: Op::Cas {
+                key: Bytes::from_static(b"k"),
+                expected: None,
+                new: Some(Bytes::from_static(b"v")),
+            },
+        };
+        let encoded = command.encode();
+        assert_eq!(encoded.as_ref().map(|b| Command::decode(b)), Ok(Ok(command)));
+        assert!(matches!(Command::decode(b"\xff\xff\xff"), Err(KvError::Malformed(_))));
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let commands = vec![
+            Command { session: None, op: Op::Register },
+            Command { session: None, op: Op::Get { key: Bytes::from_static(b"k") } },
+        ];
+        assert_eq!(decode_commands(&encode_commands(&commands).unwrap()), Ok(commands));
+        let responses = vec![Ok(OpResult::Written), Err(KvError::Stale), Ok(OpResult::Value(None))];
+        assert_eq!(decode_responses(&encode_responses(&responses), 3), responses);
+        let garbage = decode_responses(b"", 2);
+        assert_eq!(garbage.len(), 2);
+        assert!(garbage.iter().all(|r| matches!(r, Err(KvError::Malformed(_)))));
+        let one_error = encode_responses(&[Err(KvError::Malformed("x".into()))]);
+        assert_eq!(decode_responses(&one_error, 2), vec![Err(KvError::Malformed("x".into())); 2]);
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let big = Bytes::from(vec![0; MAX_VALUE_BYTES + 1]);
+        let put = Op::Put { key: Bytes::from_static(b"k"), value: big };
+        assert_eq!(put.validate(), Err(KvError::TooLarge));
+        assert_eq!(Op::Register.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,322 @@
+//! Configuration of a `kv-node`: flags, a config file of the same keys, or both (flags win).
+//!
+//! ```text
+//! # node1.conf: one `key = value` per line; the keys are the flags without `--`
+//! id = 1
+//! data-dir = /var/lib/kv/1
+//! certs = /etc/kv/certs            # ca.pem, node-<id>.pem, node-<id>.key
+//! node = 1=10.0.0.1:7001,10.0.0.1:7101   # id=raft address,client address; one line per member
+//! node = 2=10.0.0.2:7001,10.0.0.2:7101
+//! node = 3=10.0.0.3:7001,10.0.0.3:7101
+//! ```
+//!
+//! `kv-node --config node1.conf`, or the same with flags: `kv-node --id 1 --data-dir ...
+//! --node 1=...,... --node 2=...`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use raft_core::NodeId;
+
+use super::tls::CLIENT_CERT_ID;
+
+/// Where a member listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberAddrs {
+    /// Its Raft (peer) QUIC address.
+    pub raft: SocketAddr,
+    /// Its client QUIC address.
+    pub client: SocketAddr,
+}
+
+/// The TLS files of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertPaths {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// Everything a `kv-node` needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Every member (this node included) with its addresses.
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+    /// The Raft address to bind (default: this node's `raft` member address).
+    pub listen: SocketAddr,
+    /// The client address to bind (default: this node's `client` member address).
+    pub client_listen: SocketAddr,
+    /// The directory of the node's durable state.
+    pub data_dir: PathBuf,
+    /// TLS files.
+    pub certs: CertPaths,
+    /// Lower bound of the election timeout in ms (the upper bound is twice it).
+    pub election_timeout_ms: u64,
+    /// Heartbeat interval in ms.
+    pub heartbeat_ms: u64,
+    /// Most client connections served at once.
+    pub max_client_connections: usize,
+    /// Most requests in flight per client connection.
+    pub max_client_streams: u32,
+    /// Whether clients may inject faults (test clusters only).
+    pub fault_injection: bool,
+    /// Shut down cleanly when standard input reaches end of file (for supervised children:
+    /// they stop when their parent dies).
+    pub stop_on_stdin_eof: bool,
+    /// Worker threads of the node's runtime.
+    pub worker_threads: usize,
+}
+
+/// A configuration error, with the offending key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// The flags `kv-node` accepts.
+pub const USAGE: &str = "\
+usage: kv-node [--config FILE] [flags]
+  --id N                     this node's id (required)
+  --node ID=RAFT,CLIENT      a member and its Raft and client addresses (repeat for each member,
+                             this node included), e.g. --node 1=127.0.0.1:7001,127.0.0.1:7101
+  --data-dir DIR             durable state (required)
+  --certs DIR                ca.pem, node-<id>.pem, node-<id>.key (or --ca, --cert, --key)
+  --listen ADDR              Raft address to bind (default: this node's --node Raft address)
+  --client-listen ADDR       client address to bind (default: this node's --node client address)
+  --election-timeout-ms N    election timeout lower bound (default 300; upper bound 2N)
+  --heartbeat-ms N           heartbeat interval (default 50)
+  --max-client-connections N (default 256)
+  --worker-threads N         (default 2)
+  --fault-injection          let clients partition this node (tests only)
+  --stop-on-stdin-eof        shut down when stdin closes (supervised child processes)
+  --config FILE              read `key = value` lines with the same keys (flags win)
+";
+
+/// Reads `key = value` lines (`#` starts a comment).
+fn parse_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return err(format!("{}:{}: expected `key = value`", path.display(), n + 1));
+        };
+        pairs.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    Ok(pairs)
+}
+
+const BOOLEAN_FLAGS: [&str; 2] = ["fault-injection", "stop-on-stdin-eof"];
+
+/// Splits `--key value` / `--flag` arguments into pairs; `--config FILE` is expanded in place
+/// (so later flags win over the file).
+pub fn parse_args(
+    args: impl IntoIterator<Item = String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut pairs = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(key) = arg.strip_prefix("--") else {
+            return err(format!("unexpected argument `{arg}`"));
+        };
+        if BOOLEAN_FLAGS.contains(&key) {
+            pairs.push((key.to_owned(), "true".to_owned()));
+            continue;
+        }
+        let Some(value) = args.next() else {
+            return err(format!("--{key} needs a value"));
+        };
+        if key == "config" {
+            pairs.extend(parse_file(Path::new(&value))?);
+        } else {
+            pairs.push((key.to_owned(), value));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Parses `ID=RAFT,CLIENT`.
+pub fn parse_member(value: &str) -> Result<(NodeId, MemberAddrs), ConfigError> {
+    let bad = || ConfigError(format!("node `{value}`: expected ID=RAFT_ADDR,CLIENT_ADDR"));
+    let (id, addrs) = value.split_once('=').ok_or_else(bad)?;
+    let (raft, client) = addrs.split_once(',').ok_or_else(bad)?;
+    let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+    let raft = raft.trim().parse().map_err(|_| bad())?;
+    let client = client.trim().parse().map_err(|_| bad())?;
+    Ok((id, MemberAddrs { raft, client }))
+}
+
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value.parse().map_err(|_| ConfigError(format!("--{key}: `{value}` is not a valid number")))
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => err(format!("--{key}: expected true or false")),
+    }
+}
+
+impl NodeConfig {
+    /// Builds a configuration from command-line arguments (see [`USAGE`]).
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
+        Self::from_pairs(parse_args(args)?)
+    }
+
+    /// Builds a configuration from `key, value` pairs; later pairs win.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+        let mut id = None;
+        let mut members = BTreeMap::new();
+        let (mut listen, mut client_listen, mut data_dir) = (None, None, None);
+        let (mut certs_dir, mut ca, mut cert, mut key) = (None, None, None, None);
+        let mut config = NodeConfig {
+            id: 0,
+            members: BTreeMap::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            client_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: PathBuf::new(),
+            certs: CertPaths { ca: PathBuf::new(), cert: PathBuf::new(), key: PathBuf::new() },
+            election_timeout_ms: 300,
+            heartbeat_ms: 50,
+            max_client_connections: 256,
+            max_client_streams: 1024,
+            fault_injection: false,
+            stop_on_stdin_eof: false,
+            worker_threads: 2,
+        };
+        for (k, v) in pairs {
+            let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
+                v.parse().map_err(|_| ConfigError(format!("--{k}: `{v}` is not an address")))
+            };
+            match k.as_str() {
+                "id" => id = Some(number::<NodeId>(&k, &v)?),
+                "node" => {
+                    let (member, addrs) = parse_member(&v)?;
+                    members.insert(member, addrs);
+                }
+                "listen" => listen = Some(addr(&v)?),
+                "client-listen" => client_listen = Some(addr(&v)?),
+                "data-dir" => data_dir = Some(PathBuf::from(v)),
+                "certs" => certs_dir = Some(PathBuf::from(v)),
+                "ca" => ca = Some(PathBuf::from(v)),
+                "cert" => cert = Some(PathBuf::from(v)),
+                "key" => key = Some(PathBuf::from(v)),
+                "election-timeout-ms" => config.election_timeout_ms = number(&k, &v)?,
+                "heartbeat-ms" => config.heartbeat_ms = number(&k, &v)?,
+                "max-client-connections" => config.max_client_connections = number(&k, &v)?,
+                "worker-threads" => config.worker_threads = number(&k, &v)?,
+                "fault-injection" => config.fault_injection = boolean(&k, &v)?,
+                "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
+                _ => return err(format!("unknown option `{k}`\n{USAGE}")),
+            }
+        }
+        let Some(id) = id else { return err(format!("--id is required\n{USAGE}")) };
+        let Some(own) = members.get(&id).copied() else {
+            return err(format!("no --node entry for this node's id {id}"));
+        };
+        if members.contains_key(&CLIENT_CERT_ID) {
+            return err(format!("node id {CLIENT_CERT_ID} is reserved for client certificates"));
+        }
+        let Some(data_dir) = data_dir else { return err("--data-dir is required") };
+        let pick = |explicit: Option<PathBuf>, file: String| {
+            explicit.or_else(|| certs_dir.as_ref().map(|d| d.join(file)))
+        };
+        let (Some(ca), Some(cert), Some(key)) = (
+            pick(ca, "ca.pem".into()),
+            pick(cert, format!("node-{id}.pem")),
+            pick(key, format!("node-{id}.key")),
+        ) else {
+            return err("certificates are required: --certs DIR, or --ca, --cert and --key");
+        };
+        if config.heartbeat_ms == 0 || config.election_timeout_ms <= config.heartbeat_ms {
+            return err("--election-timeout-ms must exceed --heartbeat-ms (> 0)");
+        }
+        if config.max_client_connections == 0 || config.worker_threads == 0 {
+            return err("--max-client-connections and --worker-threads must be positive");
+        }
+        config.id = id;
+        config.listen = listen.unwrap_or(own.raft);
+        config.client_listen = client_listen.unwrap_or(own.client);
+        config.members = members;
+        config.data_dir = data_dir;
+        config.certs = CertPaths { ca, cert, key };
+        Ok(config)
+    }
+
+    /// The Raft configuration of this node.
+    pub fn raft_config(&self) -> raft_core::Config {
+        let mut config = raft_core::Config::new(self.id, self.members.keys().copied());
+        let tick = (self.heartbeat_ms / 5).clamp(1, 10);
+        config.tick_interval_ms = tick;
+        config.heartbeat_interval_ms = self.heartbeat_ms;
+        config.election_timeout_ms_min = self.election_timeout_ms;
+        config.election_timeout_ms_max = 2 * self.election_timeout_ms;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let config = NodeConfig::from_args(args(
+            "--id 2 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2 \
+             --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection",
+        ))
+        .unwrap();
+        assert_eq!(config.id, 2);
+        assert_eq!(config.listen, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(config.client_listen, "127.0.0.1:4".parse().unwrap());
+        assert_eq!(config.certs.cert, PathBuf::from("/c/node-2.pem"));
+        assert!(config.fault_injection);
+        assert!(config.raft_config().validate().is_ok());
+    }
+
+    #[test]
+    fn a_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.conf");
+        std::fs::write(
+            &file,
+            "# comment\nid = 1\ndata-dir = /d # trailing\ncerts = /c\n\
+             node = 1=127.0.0.1:1,127.0.0.1:2\nelection-timeout-ms = 100\n",
+        )
+        .unwrap();
+        let mut a = args("--config");
+        a.push(file.display().to_string());
+        a.extend(args("--election-timeout-ms 200"));
+        let config = NodeConfig::from_args(a).unwrap();
+        assert_eq!((config.id, config.election_timeout_ms), (1, 200));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = |s: &str| NodeConfig::from_args(args(s)).unwrap_err().0;
+        assert!(e("--id x").contains("--id"));
+        assert!(e("--id 1 --data-dir /d --certs /c").contains("no --node"));
+        assert!(e("--node 1=bad").contains("expected ID=RAFT_ADDR"));
+        assert!(e("--bogus 1").contains("unknown option"));
+        assert!(e("--id").contains("needs a value"));
+    }
+}

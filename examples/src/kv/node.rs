@@ -1,0 +1,224 @@
+//! Running one `kv-node`: the log store, the Raft node over QUIC, the client port, and a clean
+//! shutdown on SIGINT, SIGTERM or (for supervised children) the end of standard input.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_core::runtime::TokioRuntime;
+use raft_core::Node;
+use raft_quic::quinn::Endpoint;
+use raft_quic::{NodeTls, QuicConfig, QuicNetwork};
+use tracing::{error, info};
+
+use super::config::{NodeConfig, USAGE};
+use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork};
+use super::protocol::Member;
+use super::server::{accept_loop, ClientService};
+use super::state_machine::{KvStateMachine, SharedState};
+use super::store::{open_store, StoreOpenError};
+use super::tls::{server_config, KvTlsError};
+
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Cert(#[from] raft_quic::CertError),
+    /// The client port's TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] KvTlsError),
+    /// The log store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreOpenError),
+    /// The Raft endpoint could not be bound.
+    #[error("Raft endpoint: {0}")]
+    Bind(#[from] raft_quic::BindError),
+    /// The client endpoint could not be bound.
+    #[error("client endpoint {addr}: {source}")]
+    ClientBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Raft node could not start.
+    #[error("Raft node: {0}")]
+    Start(#[from] raft_core::StartError),
+    /// No async runtime.
+    #[error("no tokio runtime")]
+    Runtime,
+    /// The node stopped on its own.
+    #[error("the node stopped: {0}")]
+    Fatal(String),
+}
+
+/// Why the node is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Signal(&'static str),
+    StdinClosed,
+    NodeStopped,
+}
+
+/// Runs a node until a stop signal; returns once everything is shut down.
+pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let tls = NodeTls::from_pem_files(&config.certs.ca, &config.certs.cert, &config.certs.key)?;
+    let store = open_store(&config.data_dir.join("raft"))?;
+
+    let mut quic_config = QuicConfig::new(config.id, config.listen, tls.clone());
+    quic_config.backoff_max = Duration::from_millis(500);
+    for (&id, addrs) in &config.members {
+        if id != config.id {
+            quic_config.peers.insert(id, addrs.raft);
+        }
+    }
+    let network = QuicNetwork::bind(quic_config, Arc::new(raft_quic::TokioRuntime))?;
+    let firewall = Firewall::new();
+    let state = SharedState::new();
+    let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;
+    let node = Node::start(
+        config.raft_config(),
+        store,
+        FirewalledNetwork::new(network.clone(), firewall.clone()),
+        KvStateMachine::new(state.clone()),
+        runtime,
+    )
+    .await?;
+    network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
+
+    let members = config
+        .members
+        .iter()
+        .map(|(&id, addrs)| Member { id, client_addr: addrs.client })
+        .collect();
+    let server = server_config(&tls, config.max_client_streams, config.max_client_connections)?;
+    let endpoint = Endpoint::server(server, config.client_listen)
+        .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
+    let service = Arc::new(ClientService::new(
+        node.clone(),
+        state,
+        members,
+        firewall,
+        config.fault_injection,
+        config.max_client_connections,
+    ));
+    tokio::spawn(accept_loop(endpoint.clone(), service));
+    info!(
+        id = config.id,
+        raft = %network.local_addr(),
+        client = ?endpoint.local_addr().ok(),
+        "kv-node ready"
+    );
+
+    let reason = wait_for_stop(&node, config.stop_on_stdin_eof).await;
+    info!(id = config.id, ?reason, "shutting down");
+    endpoint.close(0u32.into(), b"node shutting down");
+    node.shutdown().await;
+    network.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!(id = config.id, "stopped");
+    match (reason, node.fatal_error()) {
+        (StopReason::NodeStopped, Some(e)) => Err(NodeError::Fatal(e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+async fn wait_for_stop(node: &Node, stop_on_stdin_eof: bool) -> StopReason {
+    let stdin_closed = async {
+        if !stop_on_stdin_eof {
+            return std::future::pending().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread: a blocking read of stdin would pin a runtime worker.
+        let spawned = std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+        if spawned.is_ok() {
+            let _ = rx.await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut watch = node.watch();
+    tokio::select! {
+        reason = signal() => reason,
+        () = stdin_closed => StopReason::StdinClosed,
+        _ = watch.wait_for(|_| false) => StopReason::NodeStopped,
+    }
+}
+
+#[cfg(unix)]
+async fn signal() -> StopReason {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => StopReason::Signal("SIGINT"),
+            _ = term.recv() => StopReason::Signal("SIGTERM"),
+        },
+        Err(e) => {
+            error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            StopReason::Signal("SIGINT")
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn signal() -> StopReason {
+    let _ = tokio::signal::ctrl_c().await;
+    StopReason::Signal("ctrl-c")
+}
+
+/// Sets up logging to stderr (`RUST_LOG`, default `info`).
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The whole `kv-node` program: parses `args` (without the program name), runs the node on its
+/// own tokio runtime, and returns the exit code.
+pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let args: Vec<String> = args.into_iter().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    init_tracing("info");
+    let config = match NodeConfig::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kv-node: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kv-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("kv-node failed: {e}");
+            eprintln!("kv-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
