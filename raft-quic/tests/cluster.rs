@@ -187,6 +187,15 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         }
     }
 
+    /// Stops node `id` but keeps its endpoint bound (refusing requests), so that restarting it
+    /// needs no rebind: a freed port could be taken by a concurrent test.
+    async fn pause(&mut self, id: NodeId) {
+        self.nets[&id].stop_serving();
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
     /// Starts node `id` again on its old address (the old socket may take a moment to go).
     async fn restart(&mut self, id: NodeId) {
         let addr = self.addrs[&id];
@@ -334,14 +343,14 @@ async fn lagging_follower_installs_snapshot<R: Runtime + Clone>(
     let mut cluster = QuicCluster::start_with(3, runtime, quic, true).await;
     let leader = cluster.wait_for_leader().await;
     let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
-    cluster.stop(follower).await;
+    cluster.pause(follower).await;
     // About 60 KiB of state: the snapshot travels in about 15 chunks of 4 KiB.
     for i in 0..60u32 {
         cluster.write(Bytes::from(format!("{i:04}-{}", "x".repeat(1000)))).await;
     }
     let compacted = cluster.stores[&leader].purged().index;
     assert!(compacted > 40, "the leader compacted its log (to {compacted})");
-    cluster.restart(follower).await;
+    cluster.start_node(follower).await;
     let last = cluster.write(Bytes::from_static(b"after")).await;
     cluster.wait_applied(last).await;
     let restored = cluster.recorders[&follower].restored.lock().unwrap().clone();
