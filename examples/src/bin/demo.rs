@@ -247,7 +247,7 @@ fn print_summary(s: &Summary, total: Duration) {
 
 fn parse_keys(args: &[String]) -> Result<usize, String> {
     match args {
-        [] => Ok(3000),
+        [] => Ok(10_000),
         [flag, n] if flag == "--keys" => n.parse().map_err(|_| format!("--keys: bad number {n}")),
         _ => Err("usage: demo [--keys N]".into()),
     }
