@@ -50,6 +50,25 @@ pub struct Config {
     pub max_unapplied_entries: u64,
     /// The most committed entries handed to the state machine in one `apply` call.
     pub max_apply_batch: usize,
+    /// Take a snapshot once this many entries were applied since the last one (0: never by
+    /// count). Only with a snapshot store (`Node::builder(..).snapshot_store(..)`) and a state
+    /// machine that implements `StateMachine::snapshot`.
+    pub snapshot_interval_entries: u64,
+    /// Take a snapshot once this many log bytes (`Entry::size_bytes`) were applied since the last
+    /// one (0: never by size).
+    pub snapshot_interval_bytes: u64,
+    /// Entries kept in the log below a new snapshot when the log is compacted, so that followers
+    /// only a little behind still get AppendEntries instead of the whole snapshot.
+    pub snapshot_keep_entries: u64,
+    /// The most snapshot bytes one InstallSnapshot carries. Memory per transfer is about
+    /// `snapshot_chunk_bytes * snapshot_max_inflight_chunks` on the leader and one chunk on
+    /// the follower, whatever the snapshot's size.
+    pub snapshot_chunk_bytes: u64,
+    /// The most InstallSnapshot chunks in flight to one follower at once.
+    pub snapshot_max_inflight_chunks: usize,
+    /// A snapshot transfer that gets no answer for this long is abandoned: the follower goes
+    /// back to probing (a later transfer resumes where the follower's data ends).
+    pub snapshot_transfer_timeout_ms: u64,
 }
 
 impl Config {
@@ -74,6 +93,12 @@ impl Config {
             max_pending_proposals: 65_536,
             max_unapplied_entries: 65_536,
             max_apply_batch: 4096,
+            snapshot_interval_entries: 10_000,
+            snapshot_interval_bytes: 64 << 20,
+            snapshot_keep_entries: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_max_inflight_chunks: 2,
+            snapshot_transfer_timeout_ms: 5_000,
         }
     }
 
@@ -116,6 +141,15 @@ impl Config {
                 "max_pending_proposals, max_unapplied_entries and max_apply_batch must be positive",
             );
         }
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes > MAX_SNAPSHOT_CHUNK_BYTES {
+            return fail("snapshot_chunk_bytes must be between 1 and 64 MiB");
+        }
+        if self.snapshot_max_inflight_chunks == 0 || self.snapshot_max_inflight_chunks > 64 {
+            return fail("snapshot_max_inflight_chunks must be between 1 and 64");
+        }
+        if self.snapshot_transfer_timeout_ms < self.heartbeat_interval_ms {
+            return fail("snapshot_transfer_timeout_ms must be at least heartbeat_interval_ms");
+        }
         Ok(())
     }
 
@@ -124,6 +158,10 @@ impl Config {
         ms.div_ceil(self.tick_interval_ms).max(1)
     }
 }
+
+/// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
+/// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).
+pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 64 << 20;
 
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

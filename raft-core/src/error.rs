@@ -57,9 +57,21 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The log store could not be opened or read.
+    /// The log store or the snapshot store could not be opened or read.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    /// The log store was compacted past the latest snapshot (or without any snapshot in the
+    /// snapshot store): the entries between them are lost, so the node cannot rebuild its state.
+    #[error("the log starts after entry {purged:?} but the latest snapshot ends at {snapshot:?}")]
+    LogAfterSnapshot {
+        /// The last purged entry of the log store.
+        purged: crate::types::LogId,
+        /// The last entry of the latest snapshot (`None`: no snapshot).
+        snapshot: Option<crate::types::LogId>,
+    },
+    /// The state machine failed to restore the latest snapshot.
+    #[error("restoring the latest snapshot failed: {0}")]
+    Restore(#[from] crate::state_machine::StateMachineError),
 }
 
 /// Why a node stopped on its own (as opposed to by `shutdown`).
@@ -69,7 +81,10 @@ pub enum FatalError {
     /// The log store failed: nothing more is acknowledged.
     #[error("log store failed: {0}")]
     Storage(String),
-    /// The state machine failed to apply an entry.
+    /// The state machine failed to apply an entry, take a snapshot or restore one.
     #[error("state machine failed: {0}")]
     StateMachine(String),
+    /// The snapshot store failed.
+    #[error("snapshot store failed: {0}")]
+    Snapshot(String),
 }

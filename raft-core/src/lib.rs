@@ -17,6 +17,7 @@ pub mod message;
 pub mod network;
 mod node;
 pub mod runtime;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 #[cfg(feature = "testing")]
@@ -27,8 +28,9 @@ pub use config::{Config, ConfigError};
 pub use error::{FatalError, ProposalError, ProposeError, StartError};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
-pub use node::{Node, Proposal, StatusWatch};
+pub use node::{Node, NodeBuilder, Proposal, StatusWatch};
 pub use runtime::Runtime;
+pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};
 pub use storage::{DurableState, LogStore, StorageError, WriteBatch};
 pub use types::*;

@@ -3,8 +3,10 @@
 //! Every request names its sender (`candidate_id`, `leader_id`, ...). A transport must check that
 //! this claimed sender is the peer its connection authenticated; [`RpcRequest::sender`] gives it.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::SnapshotMeta;
 use crate::types::{Entry, LogId, LogIndex, NodeId, Term};
 
 /// RequestVote (and its PreVote form).
@@ -90,10 +92,50 @@ pub struct TimeoutNowResponse {
     pub term: Term,
 }
 
+/// InstallSnapshot: one chunk of the leader's latest snapshot, for a follower whose next entry
+/// was compacted away (Raft paper §7, Figure 13).
+///
+/// Chunks are sent in order of `offset` and are at most `Config::snapshot_chunk_bytes` long. A
+/// follower writes chunks that continue what it holds of the same snapshot (`meta`), answers
+/// every chunk with how much it holds (`next_offset`), and installs the snapshot after the last
+/// chunk (`done`). A lost or out-of-order chunk only makes the leader resume at the follower's
+/// `next_offset` (or at 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotRequest {
+    /// The leader's term.
+    pub term: Term,
+    /// The leader.
+    pub leader_id: NodeId,
+    /// The snapshot the chunk belongs to.
+    pub meta: SnapshotMeta,
+    /// Where the chunk starts in the snapshot's data.
+    pub offset: u64,
+    /// The chunk. The engine emits the request with `data` empty; the node fills in the
+    /// [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` read from its snapshot store
+    /// before sending.
+    pub data: Bytes,
+    /// True if this is the last chunk (`offset + data.len() == meta.size`).
+    pub done: bool,
+}
+
+/// The answer to [`InstallSnapshotRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallSnapshotResponse {
+    /// The responder's current term.
+    pub term: Term,
+    /// How many bytes of `meta`'s data the follower holds, from offset 0, durably: the next
+    /// chunk it expects starts there (0 asks the leader to start over).
+    pub next_offset: u64,
+    /// True when the follower's state now covers `meta.last_included`: the snapshot is durably
+    /// installed, or the follower's log already held its last entry or a later commit point.
+    /// The leader then resumes AppendEntries after `meta.last_included`.
+    pub complete: bool,
+}
+
 /// A request one node sends another.
 ///
-/// New variants (InstallSnapshot, ReadIndex) will be added; transports must treat the enum as
-/// open and encode it as a whole.
+/// New variants (ReadIndex) will be added; transports must treat the enum as open and encode it
+/// as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RpcRequest {
@@ -103,6 +145,8 @@ pub enum RpcRequest {
     AppendEntries(AppendEntriesRequest),
     /// TimeoutNow (leadership transfer).
     TimeoutNow(TimeoutNowRequest),
+    /// InstallSnapshot (one chunk of a snapshot).
+    InstallSnapshot(InstallSnapshotRequest),
 }
 
 /// The response to an [`RpcRequest`], variant for variant.
@@ -115,6 +159,8 @@ pub enum RpcResponse {
     AppendEntries(AppendEntriesResponse),
     /// Answer to TimeoutNow.
     TimeoutNow(TimeoutNowResponse),
+    /// Answer to InstallSnapshot.
+    InstallSnapshot(InstallSnapshotResponse),
 }
 
 impl RpcRequest {
@@ -125,6 +171,7 @@ impl RpcRequest {
             RpcRequest::RequestVote(r) => r.candidate_id,
             RpcRequest::AppendEntries(r) => r.leader_id,
             RpcRequest::TimeoutNow(r) => r.leader_id,
+            RpcRequest::InstallSnapshot(r) => r.leader_id,
         }
     }
 
@@ -134,6 +181,7 @@ impl RpcRequest {
             RpcRequest::RequestVote(r) => r.term,
             RpcRequest::AppendEntries(r) => r.term,
             RpcRequest::TimeoutNow(r) => r.term,
+            RpcRequest::InstallSnapshot(r) => r.term,
         }
     }
 
@@ -144,6 +192,7 @@ impl RpcRequest {
             RpcRequest::RequestVote(_) => "RequestVote",
             RpcRequest::AppendEntries(_) => "AppendEntries",
             RpcRequest::TimeoutNow(_) => "TimeoutNow",
+            RpcRequest::InstallSnapshot(_) => "InstallSnapshot",
         }
     }
 }
@@ -155,6 +204,36 @@ impl RpcResponse {
             RpcResponse::RequestVote(r) => r.term,
             RpcResponse::AppendEntries(r) => r.term,
             RpcResponse::TimeoutNow(r) => r.term,
+            RpcResponse::InstallSnapshot(r) => r.term,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_snapshot_names_its_sender_and_term() {
+        let request = RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+            term: 7,
+            leader_id: 3,
+            meta: SnapshotMeta {
+                last_included: LogId::new(6, 100),
+                voters: [1, 2, 3].into(),
+                size: 10,
+                checksum: 0,
+            },
+            offset: 0,
+            data: Bytes::from_static(b"0123456789"),
+            done: true,
+        });
+        assert_eq!((request.sender(), request.term(), request.kind()), (3, 7, "InstallSnapshot"));
+        let response = RpcResponse::InstallSnapshot(InstallSnapshotResponse {
+            term: 8,
+            next_offset: 10,
+            complete: true,
+        });
+        assert_eq!(response.term(), 8);
     }
 }

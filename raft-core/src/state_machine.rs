@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::snapshot::{SnapshotMeta, SnapshotStream};
 use crate::types::Entry;
 
 /// An error from a [`StateMachine`]. The node stops applying and shuts down: entries must apply in
@@ -24,13 +25,22 @@ impl StateMachineError {
 /// The application's deterministic state machine.
 ///
 /// The node calls [`apply`](StateMachine::apply) with committed entries, in log order, without
-/// gaps, each entry exactly once per node lifetime (a restarted node applies again from the
-/// beginning of its log until snapshots are configured). Every node applies the same entries in
-/// the same order, so `apply` must be deterministic: the same entries on the same state give the
+/// gaps, each entry exactly once per node lifetime. Every node applies the same entries in the
+/// same order, so `apply` must be deterministic: the same entries on the same state give the
 /// same state and the same responses.
 ///
-/// Snapshot and restore will be added as provided methods with defaults, so implementations of
-/// this trait keep compiling when they arrive.
+/// # Snapshots
+///
+/// [`snapshot`](StateMachine::snapshot) and [`restore`](StateMachine::restore) are provided
+/// methods: a state machine that does not override them never has a snapshot taken, and its
+/// node never compacts its log (a restarted node applies its whole log again). With a
+/// [`SnapshotStore`](crate::SnapshotStore) given to the node and these methods implemented, the
+/// node takes snapshots by policy (see [`Config`](crate::Config)) and compacts its log; a
+/// restarted node restores the latest snapshot and applies only the entries after it.
+///
+/// Every call (`apply`, `snapshot`, `restore`) comes from one task, in log order: a `restore`
+/// is on the same ordered path as the entries, so after `restore(meta, ..)` the next entry
+/// applied is `meta.last_included.index + 1`, and no entry at or below it is applied again.
 #[async_trait]
 pub trait StateMachine: Send + 'static {
     /// Applies `entries` (consecutive, committed, in order) and returns exactly one response per
@@ -38,11 +48,55 @@ pub trait StateMachine: Send + 'static {
     /// `None`) must be answered too, usually with an empty response. The responses go back to the
     /// proposers on the node that proposed each entry.
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError>;
+
+    /// Captures the state as of the last applied entry and returns a stream that serializes it,
+    /// or `None` if this state machine does not take snapshots (the default).
+    ///
+    /// It is called on the apply path, between two `apply` calls, so it must only *capture* the
+    /// state cheaply (clone a persistent/copy-on-write structure, take an immutable handle, fork
+    /// a database view); the returned stream does the expensive serialization in the node's
+    /// snapshot task while entries keep being applied. The stream must yield the state as of
+    /// this call, whatever is applied afterwards. The node writes the stream's chunks to its
+    /// [`SnapshotStore`](crate::SnapshotStore) as they come, so memory is bounded by the chunk
+    /// size the stream chooses.
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        Ok(None)
+    }
+
+    /// Replaces the whole state with the snapshot described by `meta`, whose data `data` yields
+    /// in order (exactly what a [`snapshot`](StateMachine::snapshot) stream produced, possibly in
+    /// other chunk sizes). After it returns, the next entry applied is
+    /// `meta.last_included.index + 1`. The stream fails (yields an error) if the stored data is
+    /// corrupt; `restore` should then return that error.
+    ///
+    /// The default fails: a state machine that takes no snapshots is never asked to restore one
+    /// unless its node was given a snapshot store that holds snapshots from elsewhere.
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        let _ = data;
+        Err(StateMachineError::new(format!(
+            "this state machine cannot restore snapshots (asked for {:?})",
+            meta.last_included
+        )))
+    }
 }
 
 #[async_trait]
 impl<S: StateMachine + ?Sized> StateMachine for Box<S> {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
         (**self).apply(entries).await
+    }
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        (**self).snapshot().await
+    }
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        (**self).restore(meta, data).await
     }
 }

@@ -113,6 +113,10 @@ pub enum StorageError {
     /// The store has been closed or has stopped after an earlier error.
     #[error("log store is closed")]
     Closed,
+    /// The store does not implement this operation (for example [`LogStore::reset`] on a store
+    /// written before snapshots existed).
+    #[error("unsupported by this store: {0}")]
+    Unsupported(String),
     /// Any other error of a particular store.
     #[error("log store error: {0}")]
     Other(String),
@@ -150,6 +154,20 @@ pub trait LogStore: Send + Sync + 'static {
     /// beyond the last entry is an [`StorageError::InvalidRequest`]; `up_to <= purged.index` is a
     /// no-op.
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError>;
+
+    /// Discards every entry and makes `last_included` the new `purged`, whatever the log held
+    /// (even entries after it, or a log that ends before it): the next write appends at
+    /// `last_included.index + 1`. The hard state is kept. Atomic and durable when it returns.
+    ///
+    /// A node calls it after installing a snapshot from the leader whose last entry its log does
+    /// not hold, and only once that snapshot is durable in its snapshot store. The default fails
+    /// with [`StorageError::Unsupported`]; every store meant to be used with snapshots
+    /// implements it.
+    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
+        Err(StorageError::Unsupported(format!(
+            "LogStore::reset (to {last_included:?}) is not implemented by this store"
+        )))
+    }
 }
 
 #[async_trait]
@@ -169,5 +187,8 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         (**self).purge(up_to).await
+    }
+    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
+        (**self).reset(last_included).await
     }
 }

@@ -141,6 +141,20 @@ pub(crate) fn purge(
     Ok(())
 }
 
+/// Applies a reset (after a snapshot was installed): removes every entry and makes
+/// `last_included` both the purged and the last id.
+pub(crate) fn reset(
+    handles: &Handles,
+    txn: &mut RwTxn<'_>,
+    meta: &mut MetaRecord,
+    last_included: LogId,
+) -> Result<(), Rejection> {
+    handles.log.clear(txn)?;
+    meta.set_purged(last_included);
+    meta.set_last(last_included);
+    Ok(())
+}
+
 /// The term of the stored entry `index`, which the metadata says exists.
 fn stored_term(handles: &Handles, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
     match handles.log.get(txn, &index)? {

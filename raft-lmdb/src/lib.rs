@@ -1,6 +1,7 @@
 //! # raft-lmdb
 //!
-//! A durable [`raft_core::LogStore`] on LMDB (through `heed`): [`LmdbLogStore`].
+//! A durable [`raft_core::LogStore`] on LMDB (through `heed`): [`LmdbLogStore`], and a durable
+//! [`raft_core::SnapshotStore`] of plain files: [`FileSnapshotStore`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,6 +66,7 @@ mod error;
 mod options;
 mod registry;
 mod shared;
+mod snapshot_store;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -73,4 +75,5 @@ mod writer;
 pub use codec::FORMAT_VERSION;
 pub use error::OpenError;
 pub use options::LmdbOptions;
+pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};
 pub use store::{LmdbLogStore, PendingWrite, StoreStats};

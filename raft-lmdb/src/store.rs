@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use raft_core::{DurableState, Entry, LogIndex, LogStore, StorageError, WriteBatch};
+use raft_core::{DurableState, Entry, LogId, LogIndex, LogStore, StorageError, WriteBatch};
 
 use crate::codec;
 use crate::env::{self, Handles};
@@ -132,6 +132,12 @@ impl LmdbLogStore {
         self.enqueue(Op::Purge(up_to)).await
     }
 
+    /// Queues a reset of the log to an empty log after `last_included` (see
+    /// [`LogStore::reset`]), ordered with the writes around it like [`LmdbLogStore::submit`].
+    pub async fn submit_reset(&self, last_included: LogId) -> Result<PendingWrite, StorageError> {
+        self.enqueue(Op::Reset(last_included)).await
+    }
+
     async fn enqueue(&self, op: Op) -> Result<PendingWrite, StorageError> {
         if self.shared.is_poisoned() {
             return Err(StorageError::Closed);
@@ -243,6 +249,10 @@ impl LogStore for LmdbLogStore {
 
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
         self.submit_purge(up_to).await?.await
+    }
+
+    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
+        self.submit_reset(last_included).await?.await
     }
 }
 

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use raft_core::{LogIndex, StorageError, WriteBatch};
+use raft_core::{LogId, LogIndex, StorageError, WriteBatch};
 
 use crate::apply::{self, Applier, Failure, Rejection};
 use crate::codec::{self, MetaRecord, STATE_KEY};
@@ -36,6 +36,8 @@ pub(crate) enum Op {
     Write(WriteBatch),
     /// [`raft_core::LogStore::purge`].
     Purge(LogIndex),
+    /// [`raft_core::LogStore::reset`].
+    Reset(LogId),
 }
 
 impl Op {
@@ -43,7 +45,7 @@ impl Op {
     fn size_bytes(&self) -> u64 {
         match self {
             Op::Write(batch) => batch.entries.iter().map(|e| e.size_bytes()).sum::<u64>() + 32,
-            Op::Purge(_) => 32,
+            Op::Purge(_) | Op::Reset(_) => 32,
         }
     }
 }
@@ -242,6 +244,9 @@ impl Writer {
             let applied = match &request.op {
                 Op::Write(batch) => self.applier.write(handles, &mut txn, &mut meta, batch),
                 Op::Purge(up_to) => apply::purge(handles, &mut txn, &mut meta, *up_to),
+                Op::Reset(last_included) => {
+                    apply::reset(handles, &mut txn, &mut meta, *last_included)
+                }
             };
             match applied {
                 Ok(()) => outcomes.push(Ok(())),

@@ -4,6 +4,7 @@
 //!
 //! * [`MemLogStore`]: a `LogStore` whose contents survive a simulated crash (keep a clone and
 //!   give it to the restarted node).
+//! * [`MemSnapshotStore`]: a `SnapshotStore` that survives simulated crashes the same way.
 //! * [`MemNetwork`]: an in-process `Network` with fault injection (loss, delay, reordering,
 //!   duplication, partitions, disconnection) driven by one seed, and RPC/byte counters.
 //! * [`sim`]: a deterministic executor with virtual time ([`sim::SimRuntime`]), a whole-cluster
@@ -14,6 +15,8 @@
 mod log_store;
 mod network;
 pub mod sim;
+mod snapshot_store;
 
 pub use log_store::MemLogStore;
 pub use network::{LinkFaults, MemEndpoint, MemNetwork, NetworkStats};
+pub use snapshot_store::MemSnapshotStore;

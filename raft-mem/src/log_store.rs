@@ -107,7 +107,8 @@ impl MemLogStore {
     /// feeds it to the [`InvariantChecker`](crate::sim::InvariantChecker).
     pub fn take_change(&self) -> Option<crate::sim::LogChange> {
         let mut inner = self.lock();
-        let first_changed = inner.changed_from.take()?;
+        // Entries written and purged since the last look are gone: report from the first held.
+        let first_changed = inner.changed_from.take()?.max(inner.purged.index + 1);
         let truncated = std::mem::take(&mut inner.truncated);
         let prev_term = if first_changed <= inner.purged.index + 1 {
             inner.purged.term
@@ -122,6 +123,19 @@ impl MemLogStore {
     /// How many `write` calls have completed (each would be one sync on a disk).
     pub fn write_count(&self) -> u64 {
         self.lock().writes
+    }
+
+    /// The last purged entry (`(0, 0)` if none).
+    pub fn purged(&self) -> LogId {
+        self.lock().purged
+    }
+
+    /// The size of the persisted Raft state as a store would encode it: the hard state, the
+    /// purged id and every entry, postcard-encoded (what a compacted log must keep small).
+    pub fn persisted_bytes(&self) -> u64 {
+        let inner = self.lock();
+        let entries: u64 = inner.entries.iter().map(encoded_size).sum();
+        encoded_size(&inner.hard_state) + encoded_size(&inner.purged) + entries
     }
 }
 
@@ -181,4 +195,20 @@ impl LogStore for MemLogStore {
         inner.purged = last_purged;
         Ok(())
     }
+
+    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let first = inner.purged.index + 1;
+        if !inner.entries.is_empty() {
+            inner.note_change(first, true);
+        }
+        inner.entries.clear();
+        inner.purged = last_included;
+        inner.writes += 1;
+        Ok(())
+    }
+}
+
+fn encoded_size<T: serde::Serialize>(value: &T) -> u64 {
+    postcard::experimental::serialized_size(value).map_or(0, |n| n as u64)
 }

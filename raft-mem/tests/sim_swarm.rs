@@ -10,9 +10,10 @@
 
 mod sim_support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::NodeId;
+use raft_core::{Config, NodeId};
 use raft_mem::sim::{Simulation, SimulationConfig};
 use raft_mem::LinkFaults;
 use sim_support::*;
@@ -36,16 +37,47 @@ fn random_faults(dice: &mut Dice) -> LinkFaults {
     }
 }
 
+/// Snapshot settings for a third of the seeds: small intervals, tails and chunks, so that
+/// compaction and InstallSnapshot (with lost, duplicated and reordered chunks) happen often.
+/// Drawn from their own dice so that the rest of each seed's scenario is unchanged.
+fn snapshot_hook(seed: u64) -> Option<raft_mem::sim::ConfigHook> {
+    let mut dice = Dice(seed ^ 0x5A9_5407);
+    if !dice.chance(33) {
+        return None;
+    }
+    let interval = 3 + dice.below(40);
+    let keep = dice.below(8);
+    let chunk = 64 + dice.below(2048);
+    let window = 1 + dice.below(3) as usize;
+    let timeout = 200 + dice.below(3000);
+    Some(Arc::new(move |c: &mut Config| {
+        c.snapshot_interval_entries = interval;
+        c.snapshot_keep_entries = keep;
+        c.snapshot_chunk_bytes = chunk;
+        c.snapshot_max_inflight_chunks = window;
+        c.snapshot_transfer_timeout_ms = timeout;
+    }))
+}
+
 fn swarm_run(seed: u64) -> Outcome {
     let mut dice = Dice(seed ^ 0x5EED);
     let nodes = [3, 5, 5, 7][dice.below(4) as usize];
     let mut config = SimulationConfig::new(nodes, seed);
     config.faults = random_faults(&mut dice);
-    let mut sim = Simulation::new(config)?;
+    if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+        println!("  default faults: {:?}", config.faults);
+    }
+    let snapshots = snapshot_hook(seed);
+    let with_snapshots = snapshots.is_some();
+    let mut sim = Simulation::with_config_hook(config, snapshots)?;
     let ids: Vec<NodeId> = sim.ids().to_vec();
     for _ in 0..dice.below(3) {
         let (a, b) = (dice.pick(&ids), dice.pick(&ids));
-        sim.network.set_link_faults(a, b, random_faults(&mut dice));
+        let faults = random_faults(&mut dice);
+        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+            println!("  link {a}->{b}: {faults:?}");
+        }
+        sim.network.set_link_faults(a, b, faults);
     }
     let clients: Vec<_> =
         (0..1 + dice.below(3)).map(|c| sim.spawn_client(&format!("s{c}"))).collect();
@@ -82,8 +114,17 @@ fn swarm_run(seed: u64) -> Outcome {
             );
         }
     }
-    converge_and_check(&mut sim, &clients)
+    converge_and_check(&mut sim, &clients)?;
+    if with_snapshots {
+        SNAPSHOT_SEEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let restores: usize = ids.iter().map(|&id| sim.restores(id).len()).sum();
+        RESTORES.fetch_add(restores as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
 }
+
+static SNAPSHOT_SEEDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -107,7 +148,12 @@ fn shard(index: u64) {
         swarm_run(seed).unwrap_or_else(|failure| panic!("swarm failed: {failure}"));
         ran += 1;
     }
-    println!("swarm shard {index}: {ran} seeds passed in {:?}", started.elapsed());
+    println!(
+        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} with snapshots, {} snapshot restores)",
+        started.elapsed(),
+        SNAPSHOT_SEEDS.load(std::sync::atomic::Ordering::Relaxed),
+        RESTORES.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[test]

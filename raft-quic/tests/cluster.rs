@@ -1,6 +1,7 @@
 //! Real `raft_core::Node`s on `QuicNetwork` over loopback, with certificates generated into a
-//! temporary directory (no manual step): a 3-node cluster elects a leader and commits, and a
-//! restarted node reconnects and catches up. Run under tokio and smol.
+//! temporary directory (no manual step): a 3-node cluster elects a leader and commits, a
+//! restarted node reconnects and catches up, and a follower left behind by log compaction gets
+//! a multi-chunk InstallSnapshot. Run under tokio and smol.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
-    StateMachineError, Status,
+    Bytes, Config, Entry, LogId, Node, NodeId, ProposeError, Role, Runtime, SnapshotMeta,
+    SnapshotStream, StateMachine, StateMachineError, Status,
 };
-use raft_mem::MemLogStore;
+use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
 
 use common::{init_tracing, loopback};
@@ -24,10 +25,12 @@ use common::{init_tracing, loopback};
 /// A generous bound that turns a hang into a failure; never a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Records every applied entry; answers each command with its own bytes.
+/// Records every applied entry; answers each command with its own bytes. Its snapshot is the
+/// list of applied entries.
 #[derive(Clone, Default)]
 struct Recorder {
     applied: Arc<Mutex<Vec<Entry>>>,
+    restored: Arc<Mutex<Vec<LogId>>>,
 }
 
 #[async_trait]
@@ -35,6 +38,29 @@ impl StateMachine for Recorder {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
         self.applied.lock().unwrap().extend(entries.iter().cloned());
         Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        let encoded = postcard::to_allocvec(&*self.applied.lock().unwrap()).unwrap();
+        let chunks: Vec<Result<Bytes, StateMachineError>> =
+            encoded.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Ok(Some(futures::stream::iter(chunks).boxed()))
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        let mut encoded = Vec::new();
+        while let Some(chunk) = data.next().await {
+            encoded.extend_from_slice(&chunk?);
+        }
+        let entries: Vec<Entry> =
+            postcard::from_bytes(&encoded).map_err(|e| StateMachineError::new(e.to_string()))?;
+        *self.applied.lock().unwrap() = entries;
+        self.restored.lock().unwrap().push(meta.last_included);
+        Ok(())
     }
 }
 
@@ -54,6 +80,8 @@ struct QuicCluster<R: Runtime + Clone> {
     ids: Vec<NodeId>,
     addrs: BTreeMap<NodeId, SocketAddr>,
     stores: BTreeMap<NodeId, MemLogStore>,
+    /// With snapshots: each node's snapshot store (compaction every 10 entries, 4 KiB chunks).
+    snapshot_stores: Option<BTreeMap<NodeId, MemSnapshotStore>>,
     nets: BTreeMap<NodeId, QuicNetwork>,
     nodes: BTreeMap<NodeId, Node>,
     recorders: BTreeMap<NodeId, Recorder>,
@@ -61,6 +89,15 @@ struct QuicCluster<R: Runtime + Clone> {
 
 impl<R: Runtime + Clone> QuicCluster<R> {
     async fn start(n: u64, runtime: R, quic_runtime: Arc<dyn raft_quic::quinn::Runtime>) -> Self {
+        Self::start_with(n, runtime, quic_runtime, false).await
+    }
+
+    async fn start_with(
+        n: u64,
+        runtime: R,
+        quic_runtime: Arc<dyn raft_quic::quinn::Runtime>,
+        snapshots: bool,
+    ) -> Self {
         let ids: Vec<NodeId> = (1..=n).collect();
         let cert_dir = tempfile::tempdir().unwrap();
         generate_cluster_certs(cert_dir.path(), ids.iter().copied()).unwrap();
@@ -69,6 +106,8 @@ impl<R: Runtime + Clone> QuicCluster<R> {
             quic_runtime,
             cert_dir,
             stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
+            snapshot_stores: snapshots
+                .then(|| ids.iter().map(|&id| (id, MemSnapshotStore::new())).collect()),
             ids,
             addrs: BTreeMap::new(),
             nets: BTreeMap::new(),
@@ -111,15 +150,28 @@ impl<R: Runtime + Clone> QuicCluster<R> {
     async fn start_node(&mut self, id: NodeId) {
         let recorder = Recorder::default();
         let net = self.nets[&id].clone();
-        let node = Node::start(
-            raft_config(id, &self.ids),
+        let mut config = raft_config(id, &self.ids);
+        let mut builder = Node::builder(
+            config.clone(),
             self.stores[&id].clone(),
             net.clone(),
             recorder.clone(),
             self.runtime.clone(),
-        )
-        .await
-        .unwrap();
+        );
+        if let Some(stores) = &self.snapshot_stores {
+            config.snapshot_interval_entries = 10;
+            config.snapshot_keep_entries = 0;
+            config.snapshot_chunk_bytes = 4096;
+            builder = Node::builder(
+                config,
+                self.stores[&id].clone(),
+                net.clone(),
+                recorder.clone(),
+                self.runtime.clone(),
+            )
+            .snapshot_store(stores[&id].clone());
+        }
+        let node = builder.start().await.unwrap();
         net.serve(Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);
@@ -132,6 +184,15 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         }
         if let Some(net) = self.nets.remove(&id) {
             net.close().await;
+        }
+    }
+
+    /// Stops node `id` but keeps its endpoint bound (refusing requests), so that restarting it
+    /// needs no rebind: a freed port could be taken by a concurrent test.
+    async fn pause(&mut self, id: NodeId) {
+        self.nets[&id].stop_serving();
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
         }
     }
 
@@ -272,6 +333,46 @@ async fn restarted_node_catches_up<R: Runtime + Clone>(
     assert_eq!(reference.len(), 20);
     assert_eq!(cluster.commands(follower), reference, "the restarted node did not catch up");
     cluster.shutdown().await;
+}
+
+async fn lagging_follower_installs_snapshot<R: Runtime + Clone>(
+    runtime: R,
+    quic: Arc<dyn raft_quic::quinn::Runtime>,
+) {
+    init_tracing();
+    let mut cluster = QuicCluster::start_with(3, runtime, quic, true).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.pause(follower).await;
+    // About 60 KiB of state: the snapshot travels in about 15 chunks of 4 KiB.
+    for i in 0..60u32 {
+        cluster.write(Bytes::from(format!("{i:04}-{}", "x".repeat(1000)))).await;
+    }
+    let compacted = cluster.stores[&leader].purged().index;
+    assert!(compacted > 40, "the leader compacted its log (to {compacted})");
+    cluster.start_node(follower).await;
+    let last = cluster.write(Bytes::from_static(b"after")).await;
+    cluster.wait_applied(last).await;
+    let restored = cluster.recorders[&follower].restored.lock().unwrap().clone();
+    assert!(!restored.is_empty() && restored[0].index > 40, "installed: {restored:?}");
+    let size = cluster.snapshot_stores.as_ref().unwrap()[&follower].latest_meta().unwrap().size;
+    assert!(size > 8 * 4096, "a multi-chunk snapshot ({size} bytes)");
+    assert_eq!(cluster.commands(follower), cluster.commands(leader));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_lagging_follower_installs_snapshot() {
+    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+    lagging_follower_installs_snapshot(rt, Arc::new(raft_quic::quinn::TokioRuntime)).await;
+}
+
+#[test]
+fn smol_lagging_follower_installs_snapshot() {
+    smol::block_on(lagging_follower_installs_snapshot(
+        raft_core::runtime::SmolRuntime,
+        Arc::new(raft_quic::quinn::SmolRuntime),
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,11 @@ impl Engine {
 
     /// Sends entries to `peer` while its window has room; with `heartbeat`, sends at least an
     /// empty AppendEntries.
-    fn replicate_to(&mut self, peer: NodeId, heartbeat: bool) {
+    pub(super) fn replicate_to(&mut self, peer: NodeId, heartbeat: bool) {
+        if self.needs_snapshot(peer) {
+            self.send_snapshot_chunks(peer, heartbeat);
+            return;
+        }
         let mut sent_any = false;
         loop {
             let RoleState::Leader(leader) = &mut self.role else { return };
@@ -77,8 +81,7 @@ impl Engine {
             let room = progress.inflight.room_bytes().min(self.config.max_append_entries_bytes);
             let prev_index = progress.next_index - 1;
             let Some(prev_term) = self.log.term_at(prev_index) else {
-                // Below the compaction point: InstallSnapshot (not yet supported) would be needed.
-                tracing::warn!(id = self.id, peer, prev_index, "follower needs compacted entries");
+                // Below the compaction point without a snapshot (`needs_snapshot` said so).
                 return;
             };
             let entries = self.log.slice(prev_index + 1, self.config.max_append_entries, room);
@@ -96,8 +99,9 @@ impl Engine {
             // In Replicate mode `match_index` is known to match; in Probe mode the heartbeat
             // doubles as a probe of `next_index - 1`.
             let prev_index = match progress.mode {
-                ReplicationMode::Replicate => progress.match_index,
-                ReplicationMode::Probe => progress.next_index - 1,
+                // Never below the compaction point, whose term is still known.
+                ReplicationMode::Replicate => progress.match_index.max(self.log.compacted().index),
+                ReplicationMode::Probe | ReplicationMode::Snapshot => progress.next_index - 1,
             };
             let Some(prev_term) = self.log.term_at(prev_index) else { return };
             let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
@@ -132,6 +136,9 @@ impl Engine {
             return;
         }
         let Some(hint) = resp.conflict else { return };
+        if progress.mode == ReplicationMode::Snapshot {
+            return; // an answer to an AppendEntries sent before the transfer began
+        }
         if prev_index < progress.match_index
             || (progress.mode == ReplicationMode::Probe && prev_index + 1 != progress.next_index)
         {
@@ -189,6 +196,7 @@ impl Engine {
                 }
             }
         }
+        self.tick_snapshot_transfers();
         for peer in due {
             self.replicate_to(peer, true);
         }

@@ -41,6 +41,11 @@ impl RaftLog {
         }
     }
 
+    /// The last entry removed by compaction (`(0, 0)` if none).
+    pub(crate) fn compacted(&self) -> LogId {
+        self.compacted
+    }
+
     pub(crate) fn last_log_id(&self) -> LogId {
         self.entries.back().map_or(self.compacted, Entry::log_id)
     }
@@ -123,6 +128,27 @@ impl RaftLog {
             self.entries.truncate(pos);
         }
         self.durable_index = self.durable_index.min(from.saturating_sub(1));
+    }
+
+    /// Drops every entry up to `up_to` (log compaction after a snapshot). `up_to` must be held by
+    /// the log and applied.
+    pub(crate) fn compact(&mut self, up_to: LogIndex) {
+        let Some(term) = self.term_at(up_to) else { return };
+        if up_to <= self.compacted.index || up_to > self.applied_index {
+            return;
+        }
+        let count = usize::try_from(up_to - self.compacted.index).unwrap_or(usize::MAX);
+        self.entries.drain(..count.min(self.entries.len()));
+        self.compacted = LogId::new(term, up_to);
+    }
+
+    /// Replaces the whole log by an empty log after `last` (a snapshot installed from the
+    /// leader): `last` is committed, and durable once the store's reset is.
+    pub(crate) fn reset_to(&mut self, last: LogId) {
+        self.entries.clear();
+        self.compacted = last;
+        self.durable_index = last.index;
+        self.commit_index = self.commit_index.max(last.index);
     }
 
     /// Records that the store made everything up to `last` durable, unless `last` has since been
@@ -220,6 +246,25 @@ mod tests {
         assert_eq!(log.slice(1, 10, 1).len(), 1);
         assert_eq!(log.slice(1, 10, 2 * crate::types::ENTRY_OVERHEAD_BYTES).len(), 2);
         assert!(log.slice(5, 10, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn compaction_keeps_terms_and_positions() {
+        let mut log = log_of(&[1, 1, 2, 2, 3]);
+        log.applied_index = 4;
+        log.compact(5); // not applied: refused
+        assert_eq!(log.compacted(), LogId::default());
+        log.compact(3);
+        assert_eq!(log.compacted(), LogId::new(2, 3));
+        assert_eq!(log.first_index(), 4);
+        assert_eq!(log.term_at(3), Some(2));
+        assert_eq!(log.term_at(2), None);
+        assert_eq!(log.slice(4, 10, u64::MAX).len(), 2);
+        assert_eq!(log.last_log_id(), LogId::new(3, 5));
+        log.reset_to(LogId::new(4, 9));
+        assert_eq!(log.last_log_id(), LogId::new(4, 9));
+        assert_eq!((log.commit_index, log.durable_index), (9, 9));
+        assert!(log.matches(LogId::new(4, 9)));
     }
 
     #[test]

@@ -17,6 +17,20 @@
 //!   only once [`Engine::on_persisted`] reports its copy durable.
 //! * `Apply` batches are consecutive and committed; hand them to the state machine in order and
 //!   report progress with [`Engine::on_applied`].
+//!
+//! ## Snapshots
+//!
+//! * **Storage actions** are `Persist`, `WriteSnapshotChunk`, `InstallSnapshot` and
+//!   `CompactLog`: carry them out strictly in emission order (an `InstallSnapshot` resets the log
+//!   that later `Persist` batches append to), and treat all of them as "earlier `Persist`s" for
+//!   `after_persist` messages. Report `InstallSnapshot` with [`Engine::on_snapshot_installed`].
+//! * **Apply-path actions** are `Apply`, `TakeSnapshot` and `Restore`: hand them to the state
+//!   machine in emission order. `TakeSnapshot` captures the state after every earlier `Apply`;
+//!   report it with [`Engine::on_snapshot_taken`] once durable (or
+//!   [`Engine::on_snapshot_skipped`]). `Restore` replaces the state; report it with
+//!   [`Engine::on_applied`] of its last included index.
+//! * The engine emits InstallSnapshot requests with empty `data`: fill in the
+//!   [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` of the snapshot from the store.
 
 mod candidate;
 mod follower;
@@ -24,6 +38,7 @@ mod leader;
 mod log;
 mod progress;
 mod quorum;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +47,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::config::Config;
 use crate::message::{RpcRequest, RpcResponse};
+use crate::snapshot::SnapshotMeta;
 use crate::storage::{DurableState, WriteBatch};
 use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, Role, Status, Term};
 
@@ -45,7 +61,10 @@ use self::quorum::VoteTally;
 pub struct ReplyId(pub u64);
 
 /// What the caller must do, in order.
+///
+/// New variants may be added (as snapshots added theirs); match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Action {
     /// Write this batch to the `LogStore` (after every earlier batch).
     Persist(WriteBatch),
@@ -70,6 +89,35 @@ pub enum Action {
     },
     /// Apply these committed entries to the state machine, after every earlier `Apply`.
     Apply(Vec<Entry>),
+    /// Storage: append `data` at `offset` to the snapshot `meta` being received from the leader
+    /// (`offset == 0` starts it, discarding any unfinished one). Not durable by itself.
+    WriteSnapshotChunk {
+        /// The snapshot being received.
+        meta: SnapshotMeta,
+        /// Where `data` starts.
+        offset: u64,
+        /// The chunk.
+        data: bytes::Bytes,
+    },
+    /// Storage: commit the received snapshot `meta` (every chunk was written) durably to the
+    /// snapshot store, then reset the log store after `meta.last_included` (`LogStore::reset`).
+    /// Report completion with [`Engine::on_snapshot_installed`].
+    InstallSnapshot(SnapshotMeta),
+    /// Storage: purge the log store up to `up_to` (a durable snapshot covers it).
+    CompactLog {
+        /// The last index to purge.
+        up_to: LogIndex,
+    },
+    /// Apply path: capture the state machine's state after every earlier `Apply` (it is then
+    /// as of `last_included`), write it to the snapshot store and report it with
+    /// [`Engine::on_snapshot_taken`] or [`Engine::on_snapshot_skipped`].
+    TakeSnapshot {
+        /// The last entry applied before the snapshot.
+        last_included: LogId,
+    },
+    /// Apply path: replace the state machine's state by the (durable) snapshot `meta`; report it
+    /// with [`Engine::on_applied`]`(meta.last_included.index)`.
+    Restore(SnapshotMeta),
 }
 
 /// Why the engine refused a proposal.
@@ -117,12 +165,38 @@ pub struct Engine {
     /// The write being accumulated for the next `Persist`.
     pending_write: WriteBatch,
     actions: Vec<Action>,
+    snapshots: snapshot::SnapshotState,
 }
 
 impl Engine {
     /// Creates the engine of a node restarting from `durable` (what its store holds) with the
-    /// stored `entries` (every entry after `durable.purged`, in order).
+    /// stored `entries` (every entry after `durable.purged`, in order), without snapshots: it
+    /// never emits snapshot actions and refuses InstallSnapshot.
     pub fn new(config: Config, durable: &DurableState, entries: Vec<Entry>) -> Self {
+        Self::build(config, durable, entries, false, None)
+    }
+
+    /// Creates the engine of a node that keeps snapshots, restarting from `durable` and the
+    /// stored `entries` (every entry after `durable.purged`) and from `snapshot`, the latest
+    /// durable snapshot, which the caller restored into the state machine before any entry: the
+    /// engine starts with commit and applied indexes at its last included entry and never emits
+    /// an entry at or below it for applying. `durable.purged` must not be after `snapshot`.
+    pub fn with_snapshots(
+        config: Config,
+        durable: &DurableState,
+        entries: Vec<Entry>,
+        snapshot: Option<SnapshotMeta>,
+    ) -> Self {
+        Self::build(config, durable, entries, true, snapshot)
+    }
+
+    fn build(
+        config: Config,
+        durable: &DurableState,
+        entries: Vec<Entry>,
+        snapshots_enabled: bool,
+        snapshot: Option<SnapshotMeta>,
+    ) -> Self {
         let timing = Timing {
             heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
             election_ticks_min: config.ticks(config.election_timeout_ms_min),
@@ -141,7 +215,17 @@ impl Engine {
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
             actions: Vec::new(),
+            snapshots: snapshot::SnapshotState::default(),
         };
+        let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
+        let log = &mut engine.log;
+        if restored > log.applied_index {
+            log.commit_index = restored;
+            log.apply_sent_index = restored;
+            log.applied_index = restored;
+        }
+        let base = log.applied_index;
+        engine.snapshots = snapshot::SnapshotState::new(snapshots_enabled, snapshot, base);
         engine.reset_election_timer();
         engine
     }
@@ -236,6 +320,9 @@ impl Engine {
                 RpcResponse::AppendEntries(self.handle_append_entries(req))
             }
             RpcRequest::TimeoutNow(req) => RpcResponse::TimeoutNow(self.handle_timeout_now(&req)),
+            RpcRequest::InstallSnapshot(req) => {
+                RpcResponse::InstallSnapshot(self.handle_install_snapshot(req))
+            }
         };
         self.gated(|actions| {
             actions.push(Action::Respond { reply_to, response, after_persist: true })
@@ -263,18 +350,32 @@ impl Engine {
             ) if term == self.hard_state.current_term => {
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
+            (
+                SentRequest::InstallSnapshot { term, last_included, offset },
+                RpcResponse::InstallSnapshot(resp),
+            ) if term == self.hard_state.current_term => {
+                self.handle_snapshot_response(from, last_included, offset, &resp);
+            }
             _ => {}
         }
     }
 
     /// A request to `from` failed (lost, timed out, unreachable).
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
+        if let SentRequest::InstallSnapshot { term, last_included, .. } = request {
+            if term == self.hard_state.current_term {
+                self.snapshot_unreachable(from, last_included);
+            }
+            return;
+        }
         if let (SentRequest::AppendEntries { term, .. }, RoleState::Leader(leader)) =
             (request, &mut self.role)
         {
             if term == self.hard_state.current_term {
                 if let Some(progress) = leader.progress.get_mut(&from) {
-                    progress.unreachable();
+                    if progress.mode != progress::ReplicationMode::Snapshot {
+                        progress.unreachable();
+                    }
                 }
             }
         }
@@ -373,14 +474,20 @@ impl Engine {
     }
 
     fn emit_apply(&mut self) {
+        if !self.emit_snapshot_apply() {
+            return;
+        }
         let window = self.config.max_apply_batch as u64 * 4;
-        while self.log.apply_sent_index - self.log.applied_index < window {
+        while self.log.apply_sent_index.saturating_sub(self.log.applied_index) < window {
             let batch = self.log.next_to_apply(self.config.max_apply_batch);
             if batch.is_empty() {
                 break;
             }
+            let bytes = batch.iter().map(Entry::size_bytes).sum();
             self.actions.push(Action::Apply(batch));
+            self.maybe_take_snapshot(bytes);
         }
+        self.maybe_take_snapshot(0);
     }
 
     /// Whether the leader currently accepts proposals (see [`Engine::propose`]).
@@ -388,7 +495,9 @@ impl Engine {
         if !matches!(self.role, RoleState::Leader(_)) {
             return Err(ProposeRefusal::NotLeader(self.leader_id));
         }
-        if self.log.last_index() - self.log.applied_index >= self.config.max_unapplied_entries {
+        if self.log.last_index().saturating_sub(self.log.applied_index)
+            >= self.config.max_unapplied_entries
+        {
             return Err(ProposeRefusal::Backlogged);
         }
         Ok(())
@@ -419,6 +528,15 @@ pub enum SentRequest {
         /// The term in the request.
         term: Term,
     },
+    /// An InstallSnapshot chunk.
+    InstallSnapshot {
+        /// The term in the request.
+        term: Term,
+        /// The snapshot's last included entry.
+        last_included: LogId,
+        /// Where the chunk starts.
+        offset: u64,
+    },
 }
 
 impl SentRequest {
@@ -434,6 +552,11 @@ impl SentRequest {
                 last_index: r.prev_log_id.index + r.entries.len() as u64,
             },
             RpcRequest::TimeoutNow(r) => SentRequest::TimeoutNow { term: r.term },
+            RpcRequest::InstallSnapshot(r) => SentRequest::InstallSnapshot {
+                term: r.term,
+                last_included: r.meta.last_included,
+                offset: r.offset,
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use crate::snapshot::SnapshotMeta;
 use crate::types::LogIndex;
 
 /// How the leader replicates to a follower (etcd's `StateProbe` / `StateReplicate`).
@@ -12,6 +13,49 @@ pub(crate) enum ReplicationMode {
     Probe,
     /// The follower matches up to `match_index`: stream entries, up to the in-flight window.
     Replicate,
+    /// The follower needs entries the leader compacted away: send it the snapshot in chunks
+    /// (`Progress::transfer`), then resume AppendEntries after it.
+    Snapshot,
+}
+
+/// An InstallSnapshot transfer to one follower: a window of chunks in flight, resumable at the
+/// follower's `next_offset`.
+#[derive(Debug)]
+pub(crate) struct Transfer {
+    pub(crate) meta: SnapshotMeta,
+    /// The next byte to send.
+    pub(crate) next_offset: u64,
+    /// How much the follower last said it holds.
+    pub(crate) acked_offset: u64,
+    /// Whether the last chunk was sent (and not rewound since).
+    pub(crate) sent_last: bool,
+    /// Chunks in flight: (offset, end).
+    pub(crate) inflight: VecDeque<(u64, u64)>,
+    /// After a failed send: wait for the next heartbeat before sending again.
+    pub(crate) paused: bool,
+    /// Ticks since the follower last answered a chunk.
+    pub(crate) idle_ticks: u64,
+}
+
+impl Transfer {
+    pub(crate) fn new(meta: SnapshotMeta) -> Self {
+        Self {
+            meta,
+            next_offset: 0,
+            acked_offset: 0,
+            sent_last: false,
+            inflight: VecDeque::new(),
+            paused: false,
+            idle_ticks: 0,
+        }
+    }
+
+    /// Starts again from what the follower last said it holds.
+    pub(crate) fn rewind(&mut self) {
+        self.next_offset = self.acked_offset;
+        self.sent_last = false;
+        self.inflight.clear();
+    }
 }
 
 /// The in-flight window: AppendEntries with entries sent but not yet acknowledged.
@@ -81,6 +125,8 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// Ticks since anything was last sent to this follower (heartbeats are due when idle).
     pub(crate) idle_ticks: u64,
+    /// In `Snapshot` mode: the transfer.
+    pub(crate) transfer: Option<Transfer>,
 }
 
 impl Progress {
@@ -93,6 +139,7 @@ impl Progress {
             inflight: Inflight::new(max_requests, max_bytes),
             recent_active: true,
             idle_ticks: 0,
+            transfer: None,
         }
     }
 
@@ -101,6 +148,7 @@ impl Progress {
         match self.mode {
             ReplicationMode::Probe => !self.probe_sent,
             ReplicationMode::Replicate => !self.inflight.is_full(),
+            ReplicationMode::Snapshot => false,
         }
     }
 
@@ -113,6 +161,7 @@ impl Progress {
                 self.next_index = last_index + 1;
                 self.inflight.add(last_index, bytes);
             }
+            ReplicationMode::Snapshot => {}
         }
     }
 
@@ -129,6 +178,34 @@ impl Progress {
             self.mode = ReplicationMode::Replicate;
         }
         grew
+    }
+
+    /// Switches to sending `meta` (the follower needs entries before the compaction point).
+    pub(crate) fn start_snapshot(&mut self, meta: SnapshotMeta) {
+        self.mode = ReplicationMode::Snapshot;
+        self.inflight.clear();
+        self.probe_sent = false;
+        self.transfer = Some(Transfer::new(meta));
+    }
+
+    /// The follower's state covers `index` (a snapshot was installed): resume AppendEntries
+    /// after it.
+    pub(crate) fn snapshot_done(&mut self, index: LogIndex) {
+        self.transfer = None;
+        self.match_index = self.match_index.max(index);
+        self.next_index = self.match_index + 1;
+        self.mode = ReplicationMode::Replicate;
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
+    /// Gives up a snapshot transfer (timeout): probe again; a new transfer resumes where the
+    /// follower's data ends.
+    pub(crate) fn abandon_snapshot(&mut self) {
+        self.transfer = None;
+        self.mode = ReplicationMode::Probe;
+        self.probe_sent = false;
+        self.next_index = self.match_index + 1;
     }
 
     /// A rejection: the follower's log diverges; continue probing from `next_index`.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::message::*;
+use crate::snapshot::SnapshotMeta;
 use crate::types::EntryPayload;
 
 struct Node {
@@ -15,10 +16,15 @@ struct Node {
     durable_hard_state: HardState,
     durable_log: Vec<Entry>,
     applied: Vec<Entry>,
+    /// The durable snapshot: its meta, data and the entries its state reflects.
+    snapshot: Option<(SnapshotMeta, Vec<u8>, Vec<Entry>)>,
+    /// The snapshot being received.
+    receiving: Vec<u8>,
 }
 
 enum Msg {
     Request { from: NodeId, to: NodeId, request: RpcRequest },
+    Lost { from: NodeId, to: NodeId, request: RpcRequest },
     Response { from: NodeId, to: NodeId, sent: SentRequest, response: RpcResponse },
 }
 
@@ -31,6 +37,8 @@ struct Cluster {
     next_reply: u64,
     /// Every action taken, per node, for ordering checks.
     log: Vec<(NodeId, Action)>,
+    /// InstallSnapshot requests to drop (by offset), to simulate lost chunks.
+    drop_chunks: BTreeSet<u64>,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -49,7 +57,7 @@ impl Cluster {
             .into_iter()
             .map(|c| {
                 let id = c.id;
-                let engine = Engine::new(c, &DurableState::default(), Vec::new());
+                let engine = Engine::with_snapshots(c, &DurableState::default(), Vec::new(), None);
                 (
                     id,
                     Node {
@@ -57,6 +65,8 @@ impl Cluster {
                         durable_hard_state: HardState::default(),
                         durable_log: Vec::new(),
                         applied: Vec::new(),
+                        snapshot: None,
+                        receiving: Vec::new(),
                     },
                 )
             })
@@ -68,6 +78,7 @@ impl Cluster {
             replies: BTreeMap::new(),
             next_reply: 0,
             log: Vec::new(),
+            drop_chunks: BTreeSet::new(),
         }
     }
 
@@ -102,7 +113,19 @@ impl Cluster {
                     node.durable_log.extend(batch.entries);
                     node.engine.on_persisted(last);
                 }
-                Action::Send { to, request, .. } => {
+                Action::Send { to, mut request, .. } => {
+                    if let RpcRequest::InstallSnapshot(req) = &mut request {
+                        // The driver's job: fill the chunk from the snapshot store.
+                        let (_, data, _) = self.nodes[&id].snapshot.as_ref().unwrap();
+                        let chunk = self.nodes[&id].engine.config.snapshot_chunk_bytes;
+                        let len = crate::snapshot::chunk_len(req.meta.size, req.offset, chunk);
+                        let start = req.offset as usize;
+                        req.data = Bytes::copy_from_slice(&data[start..start + len as usize]);
+                        if self.drop_chunks.remove(&req.offset) {
+                            self.queue.push_back(Msg::Lost { from: id, to, request });
+                            continue;
+                        }
+                    }
                     self.queue.push_back(Msg::Request { from: id, to, request })
                 }
                 Action::Respond { reply_to, response, .. } => {
@@ -114,6 +137,62 @@ impl Cluster {
                     let last = entries.last().unwrap().index;
                     node.applied.extend(entries);
                     node.engine.on_applied(last);
+                }
+                Action::TakeSnapshot { last_included } => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    assert_eq!(node.applied.last().unwrap().log_id(), last_included);
+                    let data: Vec<u8> = node
+                        .applied
+                        .iter()
+                        .flat_map(|e| {
+                            e.index
+                                .to_le_bytes()
+                                .into_iter()
+                                .chain(e.command().cloned().unwrap_or_default())
+                        })
+                        .collect();
+                    let meta = SnapshotMeta {
+                        last_included,
+                        voters: node.engine.config.voters.clone(),
+                        size: data.len() as u64,
+                        checksum: crate::snapshot::Checksum::of(&data),
+                    };
+                    node.snapshot = Some((meta.clone(), data, node.applied.clone()));
+                    node.engine.on_snapshot_taken(meta);
+                }
+                Action::CompactLog { up_to } => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    assert!(node.snapshot.as_ref().unwrap().0.last_included.index >= up_to);
+                    node.durable_log.retain(|e| e.index > up_to);
+                }
+                Action::WriteSnapshotChunk { offset, data, .. } => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    if offset == 0 {
+                        node.receiving.clear();
+                    }
+                    assert_eq!(node.receiving.len() as u64, offset);
+                    node.receiving.extend_from_slice(&data);
+                }
+                Action::InstallSnapshot(meta) => {
+                    let entries = self
+                        .nodes
+                        .values()
+                        .find_map(|n| n.snapshot.as_ref().filter(|s| s.0 == meta))
+                        .map(|s| s.2.clone())
+                        .unwrap();
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    let data = std::mem::take(&mut node.receiving);
+                    assert_eq!(crate::snapshot::Checksum::of(&data), meta.checksum);
+                    node.snapshot = Some((meta.clone(), data, entries));
+                    node.durable_log.clear();
+                    node.engine.on_snapshot_installed(meta.last_included);
+                }
+                Action::Restore(meta) => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    let (stored, _, entries) = node.snapshot.clone().unwrap();
+                    assert_eq!(stored, meta, "restores the durable snapshot");
+                    node.applied = entries;
+                    node.engine.on_applied(meta.last_included.index);
                 }
             }
         }
@@ -146,6 +225,10 @@ impl Cluster {
                     self.replies.insert(reply, (from, sent));
                     self.engine(to).on_request(request, ReplyId(reply));
                     self.drain(to);
+                }
+                Msg::Lost { from, to, request } => {
+                    self.engine(from).on_unreachable(to, SentRequest::of(&request));
+                    self.drain(from);
                 }
                 Msg::Response { from, to, sent, response } => {
                     if self.cut(from, to) {
@@ -359,7 +442,7 @@ fn leader_commits_old_entries_only_through_an_entry_of_its_term() {
                 c.drain(to);
             }
             Msg::Request { request: RpcRequest::AppendEntries(_), .. } => blank_sent = true,
-            Msg::Request { .. } => {}
+            Msg::Request { .. } | Msg::Lost { .. } => {}
         }
     }
     assert!(blank_sent);
@@ -421,4 +504,132 @@ fn pipelining_is_bounded_by_the_inflight_window() {
     assert_eq!(sends, 3, "at most 3 AppendEntries in flight");
     let persists = actions.iter().filter(|a| matches!(a, Action::Persist(_))).count();
     assert_eq!(persists, 1, "ten proposals, one write (group commit)");
+}
+
+fn snapshot_configs(n: u64) -> Vec<Config> {
+    (1..=n)
+        .map(|id| {
+            let mut c = config(id, n);
+            c.snapshot_interval_entries = 5;
+            c.snapshot_keep_entries = 0;
+            c.snapshot_chunk_bytes = 16;
+            c.snapshot_max_inflight_chunks = 2;
+            c
+        })
+        .collect()
+}
+
+fn snapshot_sends(c: &Cluster, from: NodeId) -> Vec<(u64, usize, bool)> {
+    c.log
+        .iter()
+        .filter_map(|(id, a)| match a {
+            Action::Send { request: RpcRequest::InstallSnapshot(r), .. } if *id == from => {
+                Some((r.offset, r.data.len(), r.done))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Isolates a follower, writes enough for the leader to snapshot and compact, reconnects it.
+fn lagging_follower(c: &mut Cluster) -> (NodeId, NodeId) {
+    let leader = c.elect();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    c.isolated.insert(follower);
+    for _ in 0..20 {
+        c.propose(leader, b"0123456789");
+    }
+    c.tick(5);
+    let compacted = c.nodes[&leader].engine.log.compacted().index;
+    assert!(compacted >= 15, "the leader compacted its log (up to {compacted})");
+    assert!(c.nodes[&leader].durable_log.first().unwrap().index > compacted);
+    c.isolated.clear();
+    (leader, follower)
+}
+
+#[test]
+fn lagging_follower_installs_the_snapshot_in_chunks_then_gets_entries() {
+    let mut c = Cluster::with_configs(snapshot_configs(3));
+    let (leader, follower) = lagging_follower(&mut c);
+    c.tick(20);
+    c.propose(leader, b"after");
+    c.tick(5);
+    let sends = snapshot_sends(&c, leader);
+    assert!(sends.len() > 4, "a multi-chunk transfer: {sends:?}");
+    assert!(sends.iter().all(|&(_, len, _)| len <= 16), "chunks are bounded");
+    let leader_applied = commands(&c.nodes[&leader].applied);
+    assert_eq!(commands(&c.nodes[&follower].applied), leader_applied);
+    assert_eq!(leader_applied.last().unwrap(), &Bytes::from_static(b"after"));
+    let installed = c.nodes[&follower].snapshot.as_ref().unwrap().0.last_included;
+    assert!(installed.index >= 15);
+    // Persistence ordering: the follower said "complete" only after the InstallSnapshot action.
+    let position = |pred: &dyn Fn(&Action) -> bool| {
+        c.log.iter().position(|(id, a)| *id == follower && pred(a)).unwrap()
+    };
+    let install = position(&|a| matches!(a, Action::InstallSnapshot(_)));
+    let complete = position(
+        &|a| matches!(a, Action::Respond { response: RpcResponse::InstallSnapshot(r), after_persist: true, .. } if r.complete),
+    );
+    let restore = position(&|a| matches!(a, Action::Restore(_)));
+    assert!(install < complete, "acknowledged only after the install");
+    assert!(install < restore, "restored through the apply path after the install");
+    let first_apply_after = c.log[restore..]
+        .iter()
+        .find_map(|(id, a)| match a {
+            Action::Apply(e) if *id == follower => Some(e[0].index),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(first_apply_after, installed.index + 1, "entries continue after the snapshot");
+}
+
+#[test]
+fn a_lost_chunk_resumes_where_the_follower_is() {
+    let mut c = Cluster::with_configs(snapshot_configs(3));
+    let (leader, follower) = lagging_follower(&mut c);
+    let before = snapshot_sends(&c, leader).len();
+    c.drop_chunks.insert(32);
+    c.tick(30);
+    assert_eq!(commands(&c.nodes[&follower].applied), commands(&c.nodes[&leader].applied));
+    let offsets: Vec<u64> = snapshot_sends(&c, leader)[before..].iter().map(|s| s.0).collect();
+    let lost = offsets.iter().position(|&o| o == 32).unwrap();
+    assert!(offsets[lost + 1..].contains(&32), "the lost chunk was sent again: {offsets:?}");
+    assert_eq!(
+        offsets.iter().filter(|&&o| o == 0).count(),
+        1,
+        "never restarted from 0: {offsets:?}"
+    );
+}
+
+#[test]
+fn restart_from_a_snapshot_never_applies_covered_entries() {
+    let mut c = Cluster::with_configs(snapshot_configs(1));
+    let leader = c.elect();
+    for _ in 0..12 {
+        c.propose(leader, b"x");
+    }
+    let node = &c.nodes[&leader];
+    let (meta, _, _) = node.snapshot.clone().unwrap();
+    let durable = DurableState {
+        hard_state: node.durable_hard_state,
+        purged: LogId::new(1, node.durable_log[0].index - 1),
+        last: node.durable_log.last().unwrap().log_id(),
+    };
+    let mut engine = Engine::with_snapshots(
+        snapshot_configs(1).remove(0),
+        &durable,
+        node.durable_log.clone(),
+        Some(meta.clone()),
+    );
+    assert_eq!(engine.status().applied_index, meta.last_included.index);
+    assert_eq!(engine.commit_index(), meta.last_included.index);
+    for _ in 0..200 {
+        engine.tick();
+        for action in engine.take_actions() {
+            if let Action::Apply(entries) = action {
+                assert!(entries[0].index > meta.last_included.index, "re-applied {entries:?}");
+            }
+        }
+    }
+    assert_eq!(engine.role(), Role::Leader);
 }

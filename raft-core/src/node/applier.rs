@@ -8,10 +8,12 @@ use async_lock::SemaphoreGuardArc;
 use bytes::Bytes;
 use futures::channel::oneshot;
 
+use super::snapshot::{self, ApplierSnapshots};
 use super::Input;
 use crate::error::ProposalError;
+use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
-use crate::types::{Entry, LogIndex, Term};
+use crate::types::{Entry, LogId, LogIndex, Term};
 
 /// A proposer waiting for the response to its entry.
 pub(super) struct Waiter {
@@ -28,12 +30,17 @@ pub(super) enum ApplyMsg {
     Apply(Vec<Entry>),
     /// This node stopped leading: fail waiters above `commit_index` (their fate is unknown).
     LeadershipLost { commit_index: LogIndex },
+    /// Capture a snapshot of the state as of now (`last_included`).
+    TakeSnapshot(LogId),
+    /// Replace the state by this stored snapshot.
+    Restore(SnapshotMeta),
 }
 
 pub(super) async fn run<M: StateMachine>(
     mut state_machine: M,
     messages: Receiver<ApplyMsg>,
     inputs: Sender<Input>,
+    snapshots: Option<ApplierSnapshots>,
 ) {
     let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
     while let Ok(message) = messages.recv().await {
@@ -44,6 +51,18 @@ pub(super) async fn run<M: StateMachine>(
             ApplyMsg::LeadershipLost { commit_index } => {
                 for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
                     let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
+                }
+            }
+            ApplyMsg::TakeSnapshot(last_included) => {
+                let s = snapshots.as_ref();
+                if !snapshot::take(&mut state_machine, s, last_included, &inputs).await {
+                    return;
+                }
+            }
+            ApplyMsg::Restore(meta) => {
+                let s = snapshots.as_ref();
+                if !snapshot::restore(&mut state_machine, s, meta, &mut waiters, &inputs).await {
+                    return;
                 }
             }
             ApplyMsg::Apply(entries) => {

@@ -1,11 +1,14 @@
 //! The main loop: the only owner of the engine.
 
+mod snapshots;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_channel::{Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
 
+use self::snapshots::SnapshotDriver;
 use super::applier::{ApplyMsg, Waiter};
 use super::watch::StatusCell;
 use super::writer::WriteRequest;
@@ -49,6 +52,7 @@ pub(super) struct CoreLoop {
     status: Arc<StatusCell>,
     fatal: Arc<Mutex<Option<FatalError>>>,
     was_leader: bool,
+    snap: SnapshotDriver,
 }
 
 impl CoreLoop {
@@ -76,6 +80,7 @@ impl CoreLoop {
             status,
             fatal,
             was_leader: false,
+            snap: SnapshotDriver::default(),
         }
     }
 
@@ -127,6 +132,7 @@ impl CoreLoop {
                 self.durable_seq = seq;
                 self.engine.on_persisted(last);
                 self.release_held();
+                self.release_storage();
             }
             Input::Applied(index) => {
                 self.engine.on_applied(index);
@@ -136,6 +142,7 @@ impl CoreLoop {
                 }
             }
             Input::ApplyFailed(message) => return self.fail(FatalError::StateMachine(message)),
+            Input::Snapshot(input) => return self.snapshot_input(input),
             Input::Shutdown => return false,
         }
         true
@@ -170,9 +177,7 @@ impl CoreLoop {
                 match action {
                     Action::Persist(batch) => {
                         self.issued_seq += 1;
-                        // The writer queue holds only batches of entries that the in-memory log
-                        // holds anyway; it cannot be full, only closed (the writer stopped).
-                        let _ = self.writer.try_send(WriteRequest { seq: self.issued_seq, batch });
+                        self.persist(WriteRequest { seq: self.issued_seq, batch });
                     }
                     Action::Send { to, request, after_persist } => {
                         if after_persist && self.durable_seq < self.issued_seq {
@@ -192,6 +197,7 @@ impl CoreLoop {
                     Action::Apply(entries) => {
                         let _ = self.applier.try_send(ApplyMsg::Apply(entries));
                     }
+                    other => self.snapshot_action(other),
                 }
             }
         }
@@ -252,6 +258,7 @@ impl CoreLoop {
         for peer in self.peers.values() {
             peer.close();
         }
+        self.stop_snapshots();
         for proposal in std::mem::take(&mut self.deferred) {
             let _ = proposal.reply.send(Err(ProposeError::Shutdown));
         }

@@ -14,8 +14,10 @@
 //! durable; the leader's own AppendEntries go out at once (see the engine's ordering contract).
 
 mod applier;
+mod builder;
 mod core_loop;
 mod peer;
+mod snapshot;
 mod watch;
 mod writer;
 
@@ -28,6 +30,8 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
+pub use self::builder::NodeBuilder;
+use self::snapshot::SnapshotInput;
 use self::watch::StatusCell;
 pub use self::watch::StatusWatch;
 use crate::config::Config;
@@ -36,6 +40,7 @@ use crate::error::{FatalError, ProposalError, ProposeError, StartError};
 use crate::message::{RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
+use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, StorageError};
 use crate::types::{Entry, LogId, LogIndex, NodeId, Role, Status, Term};
@@ -64,6 +69,7 @@ pub(crate) enum Input {
     },
     Applied(LogIndex),
     ApplyFailed(String),
+    Snapshot(SnapshotInput),
     Shutdown,
 }
 
@@ -128,11 +134,13 @@ fn max_in_flight_per_peer(config: &Config) -> usize {
 }
 
 impl Node {
-    /// Starts a node: opens `store`, loads its log, and spawns the node's tasks on `runtime`.
+    /// Starts a node without snapshots: opens `store`, loads its log, and spawns the node's
+    /// tasks on `runtime`. Same as `Node::builder(..).start()`.
     ///
     /// The node starts as a follower and learns the commit index from the leader; the state
     /// machine is rebuilt by applying the log from the beginning. Inbound RPCs must be routed
-    /// to the returned node (it implements [`RpcHandler`]).
+    /// to the returned node (it implements [`RpcHandler`]). To take snapshots and compact the
+    /// log, give the node a snapshot store with [`Node::builder`].
     pub async fn start<S, N, M, R>(
         config: Config,
         store: S,
@@ -146,10 +154,61 @@ impl Node {
         M: StateMachine,
         R: Runtime,
     {
+        Self::builder(config, store, network, state_machine, runtime).start().await
+    }
+
+    /// A builder for a node with options ([`NodeBuilder::snapshot_store`]).
+    pub fn builder<S, N, M, R>(
+        config: Config,
+        store: S,
+        network: N,
+        state_machine: M,
+        runtime: R,
+    ) -> NodeBuilder<S, N, M, R>
+    where
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
+        NodeBuilder::new(config, store, network, state_machine, runtime)
+    }
+
+    /// Starts a node (see [`NodeBuilder::start`]).
+    async fn launch<S, N, M, R>(
+        config: Config,
+        store: S,
+        network: N,
+        mut state_machine: M,
+        runtime: R,
+        snapshots: Option<Arc<dyn SnapshotStore>>,
+    ) -> Result<Node, StartError>
+    where
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
         config.validate()?;
-        let durable = store.open().await?;
-        let entries = load_log(&store, durable.first_index(), durable.last.index).await?;
-        let engine = Engine::new(config.clone(), &durable, entries);
+        let mut durable = store.open().await?;
+        let mut entries = load_log(&store, durable.first_index(), durable.last.index).await?;
+        let engine = match &snapshots {
+            None => Engine::new(config.clone(), &durable, entries),
+            Some(snaps) => {
+                let chunk = config.snapshot_chunk_bytes;
+                let latest = snapshot::recover(
+                    &store,
+                    snaps,
+                    &mut state_machine,
+                    &mut durable,
+                    &mut entries,
+                    chunk,
+                )
+                .await?;
+                Engine::with_snapshots(config.clone(), &durable, entries, latest)
+            }
+        };
+        let store = Arc::new(store);
         let id = config.id;
         let status = StatusCell::new(engine.status());
         let fatal = Arc::new(Mutex::new(None));
@@ -157,7 +216,11 @@ impl Node {
         let (writer_tx, writer_rx) = async_channel::unbounded();
         let (applier_tx, applier_rx) = async_channel::unbounded();
         let (done_tx, done_rx) = mpsc::channel::<()>(0);
-        let network = Arc::new(network);
+        let network = Arc::new(snapshot::ChunkFiller {
+            inner: network,
+            store: snapshots.clone(),
+            chunk_bytes: config.snapshot_chunk_bytes,
+        });
         let runtime = Arc::new(runtime);
 
         let spawn = |future: futures::future::BoxFuture<'static, ()>| {
@@ -178,8 +241,31 @@ impl Node {
             peers.insert(peer, tx);
             spawn(peer::run(peer, network.clone(), rx, inputs_tx.clone(), capacity).boxed());
         }
+        let (snap_ops, applier_snapshots) = match &snapshots {
+            None => (None, None),
+            Some(snaps) => {
+                let (ops_tx, ops_rx) = async_channel::unbounded();
+                let ops =
+                    snapshot::run_ops(store.clone(), snaps.clone(), ops_rx, inputs_tx.clone());
+                spawn(ops.boxed());
+                let (jobs_tx, jobs_rx) = async_channel::bounded(1);
+                let voters = config.voters.clone();
+                let builder =
+                    snapshot::run_builder(snaps.clone(), voters, jobs_rx, inputs_tx.clone());
+                spawn(builder.boxed());
+                let chunk_bytes = config.snapshot_chunk_bytes;
+                let applier = snapshot::ApplierSnapshots {
+                    store: snaps.clone(),
+                    builder: jobs_tx,
+                    chunk_bytes,
+                };
+                (Some(ops_tx), Some(applier))
+            }
+        };
         spawn(writer::run(store, writer_rx, inputs_tx.clone()).boxed());
-        spawn(applier::run(state_machine, applier_rx, inputs_tx.clone()).boxed());
+        spawn(
+            applier::run(state_machine, applier_rx, inputs_tx.clone(), applier_snapshots).boxed(),
+        );
         let tick = std::time::Duration::from_millis(config.tick_interval_ms);
         let ticker_inputs = inputs_tx.clone();
         let ticker_sleeper = runtime.clone();
@@ -202,7 +288,8 @@ impl Node {
             peers,
             status.clone(),
             fatal.clone(),
-        );
+        )
+        .with_snapshots(snap_ops);
         spawn(main_loop.run().boxed());
         drop(done_tx);
         tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");
@@ -247,6 +334,21 @@ impl Node {
             .await
             .map_err(|_| ProposeError::Shutdown)?;
         answer.await.unwrap_or(Err(ProposeError::Shutdown))
+    }
+
+    /// Takes a snapshot now (the manual trigger) and returns the latest snapshot once it covers
+    /// every entry applied when this was called; returns at once if the latest snapshot already
+    /// does. `Ok(None)`: the node has no snapshot store or its state machine takes no
+    /// snapshots. Runs beside the policy of `Config::snapshot_interval_*`, and compacts the log
+    /// like a policy snapshot.
+    pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, ProposeError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::Snapshot(SnapshotInput::Trigger(reply)))
+            .await
+            .map_err(|_| ProposeError::Shutdown)?;
+        answer.await.map_err(|_| ProposeError::Shutdown)
     }
 
     /// The node's current status.

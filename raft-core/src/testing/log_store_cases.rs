@@ -29,11 +29,14 @@ pub enum LogStoreCase {
     PurgeOfPrefix,
     /// Gaps and truncations below the purged prefix are rejected, without partial effects.
     RejectsInvalidWrites,
+    /// `reset` (after installing a snapshot) empties the log after any id, before or beyond its
+    /// end, keeps the hard state, and appends continue after it, durably.
+    ResetAfterSnapshot,
 }
 
 impl LogStoreCase {
     /// Every case, in the order [`super::run_log_store_conformance`] runs them.
-    pub const ALL: [LogStoreCase; 8] = [
+    pub const ALL: [LogStoreCase; 9] = [
         LogStoreCase::NewStoreIsEmpty,
         LogStoreCase::AppendAndRead,
         LogStoreCase::OverwriteAfterTruncation,
@@ -42,6 +45,7 @@ impl LogStoreCase {
         LogStoreCase::RangeReadsBoundedInBytes,
         LogStoreCase::PurgeOfPrefix,
         LogStoreCase::RejectsInvalidWrites,
+        LogStoreCase::ResetAfterSnapshot,
     ];
 
     /// The case's name, for reports.
@@ -55,6 +59,7 @@ impl LogStoreCase {
             LogStoreCase::RangeReadsBoundedInBytes => "range_reads_bounded_in_bytes",
             LogStoreCase::PurgeOfPrefix => "purge_of_prefix",
             LogStoreCase::RejectsInvalidWrites => "rejects_invalid_writes",
+            LogStoreCase::ResetAfterSnapshot => "reset_after_snapshot",
         }
     }
 
@@ -70,6 +75,7 @@ impl LogStoreCase {
             LogStoreCase::RangeReadsBoundedInBytes => range_reads_bounded_in_bytes(&mut h).await,
             LogStoreCase::PurgeOfPrefix => purge_of_prefix(&mut h).await,
             LogStoreCase::RejectsInvalidWrites => rejects_invalid_writes(&mut h).await,
+            LogStoreCase::ResetAfterSnapshot => reset_after_snapshot(&mut h).await,
         }
     }
 }
@@ -109,6 +115,10 @@ impl<F: StoreFactory> Harness<'_, F> {
 
     async fn purge(&self, up_to: LogIndex) -> Result<(), String> {
         self.store()?.purge(up_to).await.map_err(|e| format!("purge up to {up_to}: {e}"))
+    }
+
+    async fn reset(&self, id: LogId) -> Result<(), String> {
+        self.store()?.reset(id).await.map_err(|e| format!("reset to {id:?}: {e}"))
     }
 
     async fn read(&self, range: Range<LogIndex>, max_bytes: u64) -> Result<Vec<Entry>, String> {
@@ -369,4 +379,39 @@ async fn rejects_invalid_writes<F: StoreFactory>(h: &mut Harness<'_, F>) -> Resu
     h.reopen().await?;
     check_eq("hard state", h.state().await?.hard_state, state)?;
     h.check_log(LogId::default(), &entries(1..5, 1)).await
+}
+
+async fn reset_after_snapshot<F: StoreFactory>(h: &mut Harness<'_, F>) -> Result<(), String> {
+    let hs = hard_state(3, Some(2));
+    h.write(WriteBatch {
+        hard_state: Some(hs),
+        entries: entries(1..11, 2),
+        ..WriteBatch::default()
+    })
+    .await?;
+    h.purge(3).await?;
+    // Beyond the end of the log (a follower far behind).
+    let snap = LogId::new(3, 40);
+    h.reset(snap).await?;
+    h.check_log(snap, &[]).await?;
+    check_eq("hard state kept", h.state().await?.hard_state, hs)?;
+    h.expect_invalid_read(40..41).await?;
+    let tail = entries(41..46, 3);
+    h.append(tail.clone()).await?;
+    h.reopen().await?;
+    h.check_log(snap, &tail).await?;
+    check_eq("hard state after reopen", h.state().await?.hard_state, hs)?;
+    // Inside the log, with a different term at that index (a conflicting suffix).
+    let snap = LogId::new(4, 43);
+    h.reset(snap).await?;
+    h.reopen().await?;
+    h.check_log(snap, &[]).await?;
+    let tail = entries(44..47, 4);
+    h.append(tail.clone()).await?;
+    h.check_log(snap, &tail).await?;
+    expect_invalid("append with a gap after reset", {
+        let batch = WriteBatch { entries: entries(48..49, 4), ..WriteBatch::default() };
+        h.store()?.write(batch).await
+    })?;
+    Ok(())
 }

@@ -66,6 +66,10 @@ pub struct InvariantChecker {
     facts: HashMap<(LogIndex, Term), (Term, Entry)>,
     /// Terms whose leader's log has been checked for completeness.
     completeness_checked: BTreeMap<Term, NodeId>,
+    /// Per node: the last entry purged from its durable log (covered by a snapshot).
+    purged: BTreeMap<NodeId, LogId>,
+    /// Per node: the last entry of its latest durable snapshot.
+    durable_snapshot: BTreeMap<NodeId, LogId>,
     max_term: Term,
     steps: u64,
 }
@@ -109,6 +113,19 @@ impl InvariantChecker {
             }
         }
         self.last_status.insert(node, (status.role, status.current_term));
+        if !self.incarnations.contains_key(&incarnation) {
+            // A (re)started node resumes from its latest durable snapshot, never before it.
+            let floor = self.durable_snapshot.get(&node).map_or(0, |id| id.index);
+            if status.applied_index < floor {
+                return violation(
+                    "restarts never go back before the durable snapshot",
+                    format!(
+                        "node {node} started with applied index {} below its snapshot at {floor}",
+                        status.applied_index
+                    ),
+                );
+            }
+        }
         let state = self.incarnations.entry(incarnation).or_default();
         if status.commit_index < state.commit_index {
             return violation(
@@ -153,25 +170,93 @@ impl InvariantChecker {
                 );
             }
             state.last_applied = Some(entry.index);
-            match self.committed.get(&entry.index) {
-                Some((known, _)) if known != entry => {
-                    return violation(
-                        "State Machine Safety",
-                        format!(
-                            "node {node} applied {:?} at index {} where {:?} was applied elsewhere",
-                            entry.log_id(),
-                            entry.index,
-                            known.log_id()
-                        ),
-                    );
-                }
-                Some(_) => {}
-                None => {
-                    self.committed.insert(entry.index, (entry.clone(), max_term.max(entry.term)));
-                }
-            }
+            record_committed(&mut self.committed, node, entry, max_term)?;
         }
         Ok(())
+    }
+
+    /// Observes that a node's state machine was restored from a snapshot whose last entry is
+    /// `last_included` and whose state reflects `contents` (the entries it holds, when the state
+    /// machine can tell; may be empty). Checks that `last_included` is the committed entry at
+    /// its index, State Machine Safety for `contents`, and that the incarnation's applies never
+    /// go back; the next apply expected is `last_included.index + 1`.
+    pub fn observe_snapshot(
+        &mut self,
+        incarnation: Incarnation,
+        last_included: LogId,
+        contents: &[Entry],
+    ) -> Result<(), Violation> {
+        self.steps += 1;
+        let node = incarnation.0;
+        self.check_committed_id(node, last_included)?;
+        for entry in contents {
+            record_committed(&mut self.committed, node, entry, self.max_term)?;
+        }
+        let state = self.incarnations.entry(incarnation).or_default();
+        if let Some(last) = state.last_applied.filter(|&last| last > last_included.index) {
+            return violation(
+                "applied index never decreases",
+                format!(
+                    "node {node} restored a snapshot at {:?} after applying {last}",
+                    last_included
+                ),
+            );
+        }
+        state.last_applied = Some(last_included.index);
+        Ok(())
+    }
+
+    /// Observes node `node`'s latest durable snapshot. Checks that it never goes backwards and
+    /// that its last entry is committed (when that index is known committed). Restarts are then
+    /// checked to resume at or after it.
+    pub fn observe_durable_snapshot(
+        &mut self,
+        node: NodeId,
+        last_included: LogId,
+    ) -> Result<(), Violation> {
+        if self.durable_snapshot.get(&node) == Some(&last_included) {
+            return Ok(());
+        }
+        self.steps += 1;
+        if let Some(before) = self.durable_snapshot.get(&node) {
+            if before.index > last_included.index {
+                return violation(
+                    "durable snapshots never go backwards",
+                    format!("node {node}: snapshot at {last_included:?} after one at {before:?}"),
+                );
+            }
+        }
+        self.check_committed_id(node, last_included)?;
+        self.durable_snapshot.insert(node, last_included);
+        Ok(())
+    }
+
+    /// Observes the last entry purged from node `node`'s durable log (log compaction). Entries
+    /// at or below it are covered by a snapshot: Leader Completeness looks only above it, and
+    /// the purged entry itself must be the committed one.
+    pub fn observe_purged(&mut self, node: NodeId, purged: LogId) -> Result<(), Violation> {
+        if self.purged.get(&node) == Some(&purged) {
+            return Ok(());
+        }
+        self.steps += 1;
+        self.check_committed_id(node, purged)?;
+        self.purged.insert(node, purged);
+        Ok(())
+    }
+
+    /// Checks that `id` (covered by a snapshot or a compaction) is the committed entry at its
+    /// index, if that index is known committed.
+    fn check_committed_id(&self, node: NodeId, id: LogId) -> Result<(), Violation> {
+        match self.committed.get(&id.index) {
+            Some((known, _)) if id.index > 0 && known.log_id() != id => violation(
+                "State Machine Safety",
+                format!(
+                    "node {node} holds a snapshot up to {id:?} where {:?} was committed",
+                    known.log_id()
+                ),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Observes a change to node `node`'s durable log. Checks Log Matching (inductively: every
@@ -228,8 +313,10 @@ impl InvariantChecker {
         let log: BTreeMap<LogIndex, LogId> =
             full_log().iter().map(|e| (e.index, e.log_id())).collect();
         // Every entry committed before this term began must be in the log (at an index below
-        // the leader's first entry of its term, since that one follows its whole log).
-        for (index, (entry, seen_in_term)) in &self.committed {
+        // the leader's first entry of its term, since that one follows its whole log), or be
+        // covered by the leader's snapshot (at or below its purged entry, checked on purge).
+        let purged = self.purged.get(&node).map_or(0, |id| id.index);
+        for (index, (entry, seen_in_term)) in self.committed.range(purged + 1..) {
             if *seen_in_term < term && log.get(index) != Some(&entry.log_id()) {
                 return violation(
                     "Leader Completeness",
@@ -242,6 +329,32 @@ impl InvariantChecker {
             }
         }
         Ok(())
+    }
+}
+
+/// Records `entry` as committed (applied or in a snapshot by `node`), checking State Machine
+/// Safety against what was committed at its index before.
+fn record_committed(
+    committed: &mut BTreeMap<LogIndex, (Entry, Term)>,
+    node: NodeId,
+    entry: &Entry,
+    max_term: Term,
+) -> Result<(), Violation> {
+    match committed.get(&entry.index) {
+        Some((known, _)) if known != entry => violation(
+            "State Machine Safety",
+            format!(
+                "node {node} applied {:?} at index {} where {:?} was applied elsewhere",
+                entry.log_id(),
+                entry.index,
+                known.log_id()
+            ),
+        ),
+        Some(_) => Ok(()),
+        None => {
+            committed.insert(entry.index, (entry.clone(), max_term.max(entry.term)));
+            Ok(())
+        }
     }
 }
 
@@ -364,5 +477,64 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(v.invariant, "Leader Completeness");
+    }
+
+    #[test]
+    fn snapshots_move_the_next_apply_and_are_checked() {
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")]).unwrap();
+        // Node 2 installs a snapshot up to 2: its next apply is 3.
+        c.observe_snapshot((2, 1), LogId::new(1, 2), &[entry(1, 1, "a"), entry(2, 1, "b")])
+            .unwrap();
+        let v = c.observe_applied((2, 1), &[entry(2, 1, "b")]).unwrap_err();
+        assert_eq!(v.invariant, "applies in order without gaps", "never applied twice");
+        c.observe_snapshot((3, 1), LogId::new(1, 2), &[]).unwrap();
+        c.observe_applied((3, 1), &[entry(3, 1, "c")]).unwrap();
+        // A snapshot whose last entry is not the committed one.
+        let v = c.observe_snapshot((4, 1), LogId::new(2, 3), &[]).unwrap_err();
+        assert_eq!(v.invariant, "State Machine Safety");
+        // Contents that disagree with what was applied elsewhere.
+        let v = c.observe_snapshot((5, 1), LogId::new(1, 1), &[entry(1, 1, "x")]).unwrap_err();
+        assert_eq!(v.invariant, "State Machine Safety");
+        // A restore behind what the incarnation already applied.
+        let v = c.observe_snapshot((1, 1), LogId::new(1, 2), &[]).unwrap_err();
+        assert_eq!(v.invariant, "applied index never decreases");
+    }
+
+    #[test]
+    fn restarts_resume_at_the_durable_snapshot() {
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        c.observe_durable_snapshot(1, LogId::new(1, 2)).unwrap();
+        c.observe_status((1, 2), &status(1, Role::Follower, 1, 2, 2)).unwrap();
+        let v = c.observe_status((1, 3), &status(1, Role::Follower, 1, 0, 0)).unwrap_err();
+        assert_eq!(v.invariant, "restarts never go back before the durable snapshot");
+        let v = c.observe_durable_snapshot(1, LogId::new(1, 1)).unwrap_err();
+        assert_eq!(v.invariant, "durable snapshots never go backwards");
+        let v = c.observe_durable_snapshot(2, LogId::new(3, 2)).unwrap_err();
+        assert_eq!(v.invariant, "State Machine Safety");
+    }
+
+    #[test]
+    fn purges_are_not_truncations_and_limit_completeness() {
+        let mut c = InvariantChecker::new();
+        c.observe_status((1, 1), &status(1, Role::Leader, 1, 0, 0)).unwrap();
+        c.observe_log(1, &change(1, 0, false, vec![entry(1, 1, "a"), entry(2, 1, "b")]), Vec::new)
+            .unwrap();
+        c.observe_applied((1, 1), &[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+        // The leader compacts up to 2 and keeps appending: no Leader Append-Only violation.
+        c.observe_purged(1, LogId::new(1, 2)).unwrap();
+        c.observe_log(1, &change(3, 1, false, vec![entry(3, 1, "c")]), Vec::new).unwrap();
+        // A new leader whose log was compacted up to 1 (covered by its snapshot) is complete if
+        // it holds entry 2.
+        c.observe_purged(2, LogId::new(1, 1)).unwrap();
+        c.observe_status((2, 1), &status(2, Role::Leader, 2, 0, 0)).unwrap();
+        c.observe_log(2, &change(3, 1, false, vec![entry(3, 2, "blank")]), || {
+            vec![entry(2, 1, "b"), entry(3, 2, "blank")]
+        })
+        .unwrap();
+        // A purge point that is not the committed entry.
+        let v = c.observe_purged(3, LogId::new(2, 2)).unwrap_err();
+        assert_eq!(v.invariant, "State Machine Safety");
     }
 }

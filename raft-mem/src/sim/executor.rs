@@ -128,6 +128,23 @@ impl SimRuntime {
         }
     }
 
+    /// Drops every task and timer (outside the executor's lock, since a future's destructor may
+    /// touch the executor). Tasks hold handles to the executor, which holds the tasks: without
+    /// this, a finished simulation would never be freed.
+    pub fn clear(&self) {
+        let (tasks, timers) = {
+            let mut state = self.lock();
+            state.ready.clear();
+            state.queued.clear();
+            (std::mem::take(&mut state.tasks), std::mem::take(&mut state.timers))
+        };
+        for task in tasks.into_values() {
+            let future = task.future.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(future);
+        }
+        drop(timers);
+    }
+
     /// Spawns a task.
     pub fn spawn_task(&self, future: impl Future<Output = ()> + Send + 'static) {
         let mut state = self.lock();
@@ -317,7 +334,24 @@ mod tests {
         }
         rt.run_for(Duration::from_secs(1), || {});
         assert_eq!(*log.lock().unwrap(), vec![("a", 10), ("b", 20), ("c", 20)]);
+        assert_eq!(Arc::strong_count(&log), 1, "finished tasks released what they held");
         assert_eq!(rt.now(), Duration::from_secs(1));
+        assert_eq!(rt.task_count(), 0);
+    }
+
+    #[test]
+    fn clear_breaks_the_cycle_between_tasks_and_executor() {
+        let rt = SimRuntime::new();
+        let held = Arc::new(());
+        let (rt2, held2) = (rt.clone(), held.clone());
+        rt.spawn_task(async move {
+            let _keep = held2;
+            rt2.sleep_for(Duration::from_secs(3600)).await;
+        });
+        rt.run_for(Duration::from_millis(1), || {});
+        assert_eq!(Arc::strong_count(&held), 2);
+        rt.clear();
+        assert_eq!(Arc::strong_count(&held), 1, "the pending task was dropped");
         assert_eq!(rt.task_count(), 0);
     }
 

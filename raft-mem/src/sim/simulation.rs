@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogIndex, Node, NodeId, ProposeError, Role, StateMachine,
-    StateMachineError, Status,
+    Bytes, Config, Entry, LogId, LogIndex, Node, NodeId, ProposeError, Role, SnapshotMeta,
+    SnapshotStream, StateMachine, StateMachineError, Status,
 };
 
 use super::checker::{InvariantChecker, Violation};
 use super::executor::SimRuntime;
-use crate::{LinkFaults, MemLogStore, MemNetwork};
+use crate::{LinkFaults, MemLogStore, MemNetwork, MemSnapshotStore};
 
 /// Adjusts the [`Config`] of every simulated node (for example, shorter timeouts).
 pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
@@ -65,22 +65,82 @@ impl std::fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
-/// The state machine of simulated nodes: records every applied entry and answers each command
+/// What a simulated state machine did since the checker last looked.
+enum Event {
+    Applied(Vec<Entry>),
+    /// Restored from a snapshot ending at this entry and holding these entries.
+    Restored(LogId, Vec<Entry>),
+}
+
+/// The state machine of simulated nodes: its state is the list of every entry it applied (so a
+/// snapshot holds the whole history, which the checker verifies), and it answers each command
 /// with its own bytes.
 #[derive(Clone, Default)]
 struct Recorder {
-    /// Applied since the checker last looked.
-    fresh: Arc<Mutex<Vec<Entry>>>,
-    /// Everything applied by this incarnation.
+    /// Done since the checker last looked.
+    fresh: Arc<Mutex<Vec<Event>>>,
+    /// Every entry the state reflects (applied, or restored from a snapshot).
     history: Arc<Mutex<Vec<Entry>>>,
+    /// The snapshots this incarnation restored, in order.
+    restores: Arc<Mutex<Vec<LogId>>>,
 }
+
+/// Snapshot data is sent in pieces of this size by the recorder.
+const RECORDER_PIECE_BYTES: usize = 512;
 
 #[async_trait]
 impl StateMachine for Recorder {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        lock(&self.fresh).extend_from_slice(entries);
+        lock(&self.fresh).push(Event::Applied(entries.to_vec()));
         lock(&self.history).extend_from_slice(entries);
         Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        // Capture now (a copy of the history), serialize later in the stream.
+        let captured = lock(&self.history).clone();
+        let stream = futures::stream::once(async move {
+            postcard::to_allocvec(&captured)
+                .map_err(|e| StateMachineError::new(format!("encoding a snapshot: {e}")))
+        })
+        .flat_map(|encoded| {
+            let pieces: Vec<Result<Bytes, StateMachineError>> = match encoded {
+                Ok(bytes) => {
+                    let bytes = Bytes::from(bytes);
+                    (0..bytes.len())
+                        .step_by(RECORDER_PIECE_BYTES)
+                        .map(|at| Ok(bytes.slice(at..(at + RECORDER_PIECE_BYTES).min(bytes.len()))))
+                        .collect()
+                }
+                Err(error) => vec![Err(error)],
+            };
+            futures::stream::iter(pieces)
+        });
+        Ok(Some(stream.boxed()))
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        let mut encoded = Vec::new();
+        while let Some(chunk) = data.next().await {
+            encoded.extend_from_slice(&chunk?);
+        }
+        let entries: Vec<Entry> = postcard::from_bytes(&encoded)
+            .map_err(|e| StateMachineError::new(format!("decoding a snapshot: {e}")))?;
+        let last = entries.last().map_or(LogId::default(), Entry::log_id);
+        if last != meta.last_included {
+            return Err(StateMachineError::new(format!(
+                "snapshot {:?} holds entries up to {last:?}",
+                meta.last_included
+            )));
+        }
+        lock(&self.fresh).push(Event::Restored(last, entries.clone()));
+        lock(&self.restores).push(last);
+        *lock(&self.history) = entries;
+        Ok(())
     }
 }
 
@@ -106,6 +166,7 @@ pub struct Simulation {
     seed: u64,
     ids: Vec<NodeId>,
     stores: BTreeMap<NodeId, MemLogStore>,
+    snapshot_stores: BTreeMap<NodeId, MemSnapshotStore>,
     running: BTreeMap<NodeId, Running>,
     incarnations: BTreeMap<NodeId, u64>,
     checker: InvariantChecker,
@@ -151,6 +212,14 @@ impl std::fmt::Debug for Simulation {
     }
 }
 
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        // Tasks hold handles to the executor and the executor holds the tasks: break the cycle
+        // so that a finished simulation frees its cluster (a swarm runs thousands in a row).
+        self.runtime.clear();
+    }
+}
+
 /// Mixes the simulation seed with a salt (SplitMix64 finalizer).
 fn mix(seed: u64, salt: u64) -> u64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -176,6 +245,7 @@ impl Simulation {
         let ids: Vec<NodeId> = (1..=config.nodes).collect();
         let mut sim = Self {
             stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
+            snapshot_stores: ids.iter().map(|&id| (id, MemSnapshotStore::new())).collect(),
             runtime,
             network,
             seed: config.seed,
@@ -214,6 +284,11 @@ impl Simulation {
         self.stores.get(&id)
     }
 
+    /// The durable snapshot store of node `id`.
+    pub fn snapshot_store(&self, id: NodeId) -> Option<&MemSnapshotStore> {
+        self.snapshot_stores.get(&id)
+    }
+
     /// The invariant checker (its record of committed entries, for instance).
     pub fn checker(&self) -> &InvariantChecker {
         &self.checker
@@ -224,9 +299,16 @@ impl Simulation {
         self.runtime.now()
     }
 
-    /// Everything node `id`'s current incarnation has applied.
+    /// Every entry node `id`'s current incarnation's state reflects: restored from a snapshot or
+    /// applied.
     pub fn applied(&self, id: NodeId) -> Vec<Entry> {
         self.running.get(&id).map(|r| lock(&r.recorder.history).clone()).unwrap_or_default()
+    }
+
+    /// The snapshots node `id`'s current incarnation restored (at start or installed from the
+    /// leader), in order.
+    pub fn restores(&self, id: NodeId) -> Vec<LogId> {
+        self.running.get(&id).map(|r| lock(&r.recorder.restores).clone()).unwrap_or_default()
     }
 
     fn fail(&self, violation: Violation) -> SimFailure {
@@ -250,13 +332,16 @@ impl Simulation {
         }
         let recorder = Recorder::default();
         let store = self.stores.get(&id).cloned().unwrap_or_default();
-        let start = Node::start(
+        let snapshots = self.snapshot_stores.get(&id).cloned().unwrap_or_default();
+        let start = Node::builder(
             config,
             store,
             self.network.endpoint(id),
             recorder.clone(),
             self.runtime.tagged(id),
-        );
+        )
+        .snapshot_store(snapshots)
+        .start();
         let started = self.runtime.block_on(Duration::from_secs(1), start, || {});
         let node = match started {
             Some(Ok(node)) => node,
@@ -360,12 +445,25 @@ impl Simulation {
         for (&id, running) in &self.running {
             let status = running.node.status();
             self.checker.observe_status((id, running.incarnation), &status)?;
-            let fresh = std::mem::take(&mut *lock(&running.recorder.fresh));
-            if !fresh.is_empty() {
-                self.checker.observe_applied((id, running.incarnation), &fresh)?;
+            let incarnation = (id, running.incarnation);
+            for event in std::mem::take(&mut *lock(&running.recorder.fresh)) {
+                match event {
+                    Event::Applied(entries) => {
+                        self.checker.observe_applied(incarnation, &entries)?;
+                    }
+                    Event::Restored(last, entries) => {
+                        self.checker.observe_snapshot(incarnation, last, &entries)?;
+                    }
+                }
+            }
+        }
+        for (&id, store) in &self.snapshot_stores {
+            if let Some(meta) = store.latest_meta() {
+                self.checker.observe_durable_snapshot(id, meta.last_included)?;
             }
         }
         for (&id, store) in &self.stores {
+            self.checker.observe_purged(id, store.purged())?;
             if let Some(change) = store.take_change() {
                 self.checker.observe_log(id, &change, || store.entries())?;
             }

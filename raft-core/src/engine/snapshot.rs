@@ -1,0 +1,387 @@
+//! Snapshots in the engine: when to take one, log compaction once one is durable, the leader's
+//! side of InstallSnapshot (chunked, windowed, resumable transfers) and the follower's side
+//! (receiving chunks, installing, restoring through the apply path).
+
+use bytes::Bytes;
+
+use super::progress::{ReplicationMode, Transfer};
+use super::{Action, Engine, RoleState};
+use crate::message::{InstallSnapshotRequest, InstallSnapshotResponse, RpcRequest};
+use crate::snapshot::{chunk_len, Checksum, SnapshotMeta};
+use crate::types::{LogId, LogIndex, NodeId, Term};
+
+/// The engine's snapshot bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotState {
+    /// Whether the driver can store snapshots at all (a snapshot store was given).
+    pub(super) enabled: bool,
+    /// The latest durable snapshot (taken here or installed from a leader).
+    pub(super) latest: Option<SnapshotMeta>,
+    /// A `TakeSnapshot` was emitted and its outcome is not known yet.
+    taking: bool,
+    /// A snapshot was asked for (manual trigger) and not taken yet.
+    requested: bool,
+    /// The applied index at the last snapshot (or attempt): the policy counts from here.
+    base_index: LogIndex,
+    /// Log bytes handed to the state machine since the last snapshot (or attempt).
+    bytes_since: u64,
+    /// The snapshot being received from the leader.
+    receiving: Option<Receiving>,
+    /// A snapshot installed from the leader that the state machine must restore before any
+    /// further entry; `durable` once the driver reports the install done.
+    restore: Option<PendingRestore>,
+}
+
+#[derive(Debug)]
+struct Receiving {
+    meta: SnapshotMeta,
+    term: Term,
+    next_offset: u64,
+    checksum: Checksum,
+}
+
+#[derive(Debug)]
+struct PendingRestore {
+    meta: SnapshotMeta,
+    durable: bool,
+}
+
+impl SnapshotState {
+    pub(super) fn new(enabled: bool, latest: Option<SnapshotMeta>, base_index: LogIndex) -> Self {
+        Self { enabled, latest, base_index, ..Self::default() }
+    }
+}
+
+impl Engine {
+    /// The latest durable snapshot this node knows of.
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshots.latest.as_ref()
+    }
+
+    /// Asks for a snapshot as soon as possible (the manual trigger). Ignored if snapshots are
+    /// not enabled; the engine emits [`Action::TakeSnapshot`] once the state machine has applied
+    /// something beyond the latest snapshot and no snapshot is being taken.
+    pub fn trigger_snapshot(&mut self) {
+        if self.snapshots.enabled {
+            self.snapshots.requested = true;
+        }
+    }
+
+    /// The snapshot asked for by [`Action::TakeSnapshot`] is durable in the snapshot store, with
+    /// `meta` (or the store already held a later one: then `meta` is ignored). Compacts the log
+    /// up to `meta`, minus `Config::snapshot_keep_entries`, and emits [`Action::CompactLog`].
+    pub fn on_snapshot_taken(&mut self, meta: SnapshotMeta) {
+        self.snapshots.taking = false;
+        let index = meta.last_included.index;
+        if self.snapshots.latest.as_ref().is_some_and(|l| l.last_included.index >= index) {
+            return;
+        }
+        tracing::debug!(id = self.id, last_included = ?meta.last_included, size = meta.size, "snapshot taken");
+        self.snapshots.latest = Some(meta);
+        let up_to =
+            index.saturating_sub(self.config.snapshot_keep_entries).min(self.log.applied_index);
+        if up_to > self.log.compacted().index && self.log.term_at(up_to).is_some() {
+            self.log.compact(up_to);
+            self.gated(|actions| actions.push(Action::CompactLog { up_to }));
+        }
+    }
+
+    /// The state machine declined the snapshot asked for by [`Action::TakeSnapshot`] (it does not
+    /// take snapshots), or taking it failed: the policy tries again after another interval.
+    pub fn on_snapshot_skipped(&mut self) {
+        self.snapshots.taking = false;
+    }
+
+    /// The driver finished an [`Action::InstallSnapshot`]: the snapshot is durable and the log
+    /// store reset after it. The state machine can now restore it ([`Action::Restore`]).
+    pub fn on_snapshot_installed(&mut self, last_included: LogId) {
+        if let Some(restore) = &mut self.snapshots.restore {
+            if restore.meta.last_included == last_included {
+                restore.durable = true;
+            }
+        }
+    }
+
+    /// Emits what the apply path needs besides entries: a pending restore (which holds back
+    /// every later entry), then a snapshot when the policy asks for one. Returns false while a
+    /// restore holds back the entries.
+    pub(super) fn emit_snapshot_apply(&mut self) -> bool {
+        if let Some(restore) = &self.snapshots.restore {
+            if !restore.durable {
+                return false;
+            }
+            let meta = restore.meta.clone();
+            self.snapshots.restore = None;
+            self.log.apply_sent_index = meta.last_included.index;
+            self.actions.push(Action::Restore(meta));
+        }
+        true
+    }
+
+    /// Counts `bytes` of entries handed to the state machine and emits a `TakeSnapshot` after
+    /// them if the policy (or a manual trigger) asks for one.
+    pub(super) fn maybe_take_snapshot(&mut self, bytes: u64) {
+        let s = &mut self.snapshots;
+        s.bytes_since = s.bytes_since.saturating_add(bytes);
+        if !s.enabled || s.taking || s.restore.is_some() {
+            return;
+        }
+        let at = self.log.apply_sent_index;
+        let latest = s.latest.as_ref().map_or(0, |m| m.last_included.index);
+        if at <= latest || at <= s.base_index {
+            return; // nothing applied beyond the last snapshot (or attempt)
+        }
+        let by_count = self.config.snapshot_interval_entries > 0
+            && at - s.base_index >= self.config.snapshot_interval_entries;
+        let by_bytes = self.config.snapshot_interval_bytes > 0
+            && s.bytes_since >= self.config.snapshot_interval_bytes;
+        if !(s.requested || by_count || by_bytes) {
+            return;
+        }
+        let Some(term) = self.log.term_at(at) else { return };
+        s.taking = true;
+        s.requested = false;
+        s.base_index = at;
+        s.bytes_since = 0;
+        self.actions.push(Action::TakeSnapshot { last_included: LogId::new(term, at) });
+    }
+
+    // ---- leader side -------------------------------------------------------------------------
+
+    /// Whether `peer` needs the snapshot: its next entry was compacted away. Switches it to
+    /// `Snapshot` mode if so (and a snapshot exists).
+    pub(super) fn needs_snapshot(&mut self, peer: NodeId) -> bool {
+        let compacted = self.log.compacted().index;
+        let latest = self.snapshots.latest.clone();
+        let RoleState::Leader(leader) = &mut self.role else { return false };
+        let Some(progress) = leader.progress.get_mut(&peer) else { return false };
+        if progress.mode == ReplicationMode::Snapshot {
+            return true;
+        }
+        if progress.next_index > compacted {
+            return false;
+        }
+        let Some(meta) = latest else {
+            tracing::warn!(id = self.id, peer, "follower needs compacted entries but no snapshot");
+            return false;
+        };
+        tracing::debug!(id = self.id, peer, next = progress.next_index, snapshot = ?meta.last_included, "sending snapshot");
+        progress.start_snapshot(meta);
+        true
+    }
+
+    /// Sends the chunks the window allows; with `heartbeat`, resumes a paused or stalled
+    /// transfer.
+    pub(super) fn send_snapshot_chunks(&mut self, peer: NodeId, heartbeat: bool) {
+        let latest = self.snapshots.latest.clone();
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let window = self.config.snapshot_max_inflight_chunks;
+        let (term, leader_id) = (self.hard_state.current_term, self.id);
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&peer) else { return };
+        let Some(transfer) = progress.transfer.as_mut() else { return };
+        if let Some(latest) = latest {
+            if latest != transfer.meta {
+                // A newer snapshot replaced the one being sent (whose data is gone).
+                *transfer = Transfer::new(latest);
+            }
+        }
+        if heartbeat {
+            transfer.paused = false;
+            if transfer.inflight.is_empty() {
+                // Nothing in flight (lost, or the final answer was): resend from what the
+                // follower last confirmed.
+                transfer.rewind();
+            }
+        }
+        while !transfer.paused && !transfer.sent_last && transfer.inflight.len() < window {
+            let offset = transfer.next_offset;
+            let len = chunk_len(transfer.meta.size, offset, chunk_bytes);
+            let end = offset + len;
+            let done = end == transfer.meta.size;
+            transfer.inflight.push_back((offset, end));
+            transfer.next_offset = end;
+            transfer.sent_last = done;
+            progress.idle_ticks = 0;
+            let request = RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+                term,
+                leader_id,
+                meta: transfer.meta.clone(),
+                offset,
+                data: Bytes::new(),
+                done,
+            });
+            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+        }
+    }
+
+    pub(super) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        last_included: LogId,
+        offset: u64,
+        resp: &InstallSnapshotResponse,
+    ) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        progress.recent_active = true;
+        if resp.complete {
+            if last_included.index > progress.match_index
+                || progress.mode == ReplicationMode::Snapshot
+            {
+                tracing::debug!(id = self.id, peer = from, ?last_included, "snapshot installed");
+                progress.snapshot_done(last_included.index);
+                self.maybe_commit();
+                self.replicate_to(from, false);
+            }
+            return;
+        }
+        let Some(transfer) = progress.transfer.as_mut() else { return };
+        if transfer.meta.last_included != last_included {
+            return; // about another snapshot
+        }
+        transfer.idle_ticks = 0;
+        let Some(pos) = transfer.inflight.iter().position(|&(o, _)| o == offset) else {
+            return; // a chunk already written off by a rewind
+        };
+        let (_, end) = transfer.inflight[pos];
+        transfer.inflight.remove(pos);
+        if resp.next_offset == end {
+            transfer.acked_offset = transfer.acked_offset.max(end);
+        } else {
+            // Lost, duplicated or reordered chunks: continue where the follower's data ends.
+            transfer.acked_offset = resp.next_offset.min(transfer.meta.size);
+            transfer.rewind();
+        }
+        self.send_snapshot_chunks(from, false);
+    }
+
+    /// A chunk could not be delivered: resume from the follower's data at the next heartbeat.
+    pub(super) fn snapshot_unreachable(&mut self, from: NodeId, last_included: LogId) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        let Some(transfer) = progress.transfer.as_mut() else { return };
+        if transfer.meta.last_included == last_included {
+            transfer.rewind();
+            transfer.paused = true;
+        }
+    }
+
+    /// Ages transfers; one with no answer for `snapshot_transfer_timeout_ms` goes back to Probe.
+    pub(super) fn tick_snapshot_transfers(&mut self) {
+        let timeout = self.config.ticks(self.config.snapshot_transfer_timeout_ms);
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        for (&peer, progress) in leader.progress.iter_mut() {
+            let Some(transfer) = progress.transfer.as_mut() else { continue };
+            transfer.idle_ticks += 1;
+            if transfer.idle_ticks >= timeout {
+                tracing::debug!(id = self.id, peer, "snapshot transfer timed out; probing");
+                progress.abandon_snapshot();
+            }
+        }
+    }
+
+    // ---- follower side -----------------------------------------------------------------------
+
+    pub(super) fn handle_install_snapshot(
+        &mut self,
+        req: InstallSnapshotRequest,
+    ) -> InstallSnapshotResponse {
+        let current = self.hard_state.current_term;
+        if req.term < current {
+            return InstallSnapshotResponse { term: current, next_offset: 0, complete: false };
+        }
+        if req.term > current || !matches!(self.role, RoleState::Follower) {
+            self.become_follower(req.term, Some(req.leader_id));
+        }
+        self.leader_id = Some(req.leader_id);
+        self.election_elapsed = 0;
+        let term = self.hard_state.current_term;
+        let answer =
+            |next_offset, complete| InstallSnapshotResponse { term, next_offset, complete };
+        let last = req.meta.last_included;
+        if last.index <= self.log.commit_index || self.log.matches(last) {
+            // Our log already covers it: committed here, or it holds the snapshot's last entry
+            // (Log Matching: then it holds everything before it too).
+            self.log.commit_index = self.log.commit_index.max(last.index);
+            self.snapshots.receiving = None;
+            return answer(req.meta.size, true);
+        }
+        if !self.snapshots.enabled {
+            tracing::warn!(
+                id = self.id,
+                "InstallSnapshot received but this node has no snapshot store"
+            );
+            return answer(0, false);
+        }
+        let same = self.snapshots.receiving.as_ref().is_some_and(|r| r.meta == req.meta);
+        if !same {
+            let older = self
+                .snapshots
+                .receiving
+                .as_ref()
+                .is_some_and(|r| r.term == term && r.meta.last_included.index > last.index);
+            if older || req.offset != 0 {
+                // A stale chunk, or the middle of a snapshot we hold nothing of: start over.
+                return answer(0, false);
+            }
+            self.snapshots.receiving = Some(Receiving {
+                meta: req.meta.clone(),
+                term,
+                next_offset: 0,
+                checksum: Checksum::new(),
+            });
+        }
+        let Some(receiving) = self.snapshots.receiving.as_mut() else { return answer(0, false) };
+        if req.offset != receiving.next_offset {
+            return answer(receiving.next_offset, false); // a duplicate or a gap
+        }
+        let len = req.data.len() as u64;
+        let end = req.offset + len;
+        if end > req.meta.size || req.done != (end == req.meta.size) {
+            tracing::warn!(
+                id = self.id,
+                offset = req.offset,
+                len,
+                size = req.meta.size,
+                "malformed snapshot chunk"
+            );
+            self.snapshots.receiving = None;
+            return answer(0, false);
+        }
+        receiving.checksum.update(&req.data);
+        if req.done && receiving.checksum.value() != req.meta.checksum {
+            tracing::warn!(id = self.id, snapshot = ?last, "snapshot checksum mismatch; starting over");
+            self.snapshots.receiving = None;
+            return answer(0, false);
+        }
+        receiving.next_offset = end;
+        let meta = req.meta;
+        self.flush_write();
+        self.actions.push(Action::WriteSnapshotChunk {
+            meta: meta.clone(),
+            offset: req.offset,
+            data: req.data,
+        });
+        if !req.done {
+            return answer(end, false);
+        }
+        self.snapshots.receiving = None;
+        self.install_snapshot(meta);
+        answer(end, true)
+    }
+
+    /// The whole snapshot was received: make it durable, replace the log by it (none of the
+    /// log's entries after it can be committed: the log does not hold its last entry), and
+    /// restore the state machine from it once durable.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        let last = meta.last_included;
+        tracing::info!(id = self.id, snapshot = ?last, size = meta.size, "installing snapshot from the leader");
+        self.actions.push(Action::InstallSnapshot(meta.clone()));
+        self.log.reset_to(last);
+        self.snapshots.base_index = last.index;
+        self.snapshots.bytes_since = 0;
+        self.snapshots.latest = Some(meta.clone());
+        self.snapshots.restore = Some(PendingRestore { meta, durable: false });
+    }
+}

@@ -1,0 +1,178 @@
+//! The main loop's side of snapshots: ordering storage operations across the log writer and
+//! the snapshot storage task, dispatching snapshot actions, and the snapshot inputs.
+
+use std::collections::VecDeque;
+
+use async_channel::Sender;
+use futures::channel::oneshot;
+
+use super::super::applier::ApplyMsg;
+use super::super::snapshot::{SnapOp, SnapOpRequest, SnapshotInput};
+use super::super::writer::WriteRequest;
+use super::CoreLoop;
+use crate::engine::Action;
+use crate::error::FatalError;
+use crate::snapshot::SnapshotMeta;
+use crate::types::LogIndex;
+
+/// A storage operation held back until the other storage task has finished everything issued
+/// before it (the node's storage operations take effect strictly in order).
+enum Held {
+    Log(WriteRequest),
+    Snap(SnapOpRequest),
+}
+
+/// The main loop's snapshot state.
+#[derive(Default)]
+pub(super) struct SnapshotDriver {
+    /// The snapshot storage task (`None`: the node keeps no snapshots).
+    ops: Option<Sender<SnapOpRequest>>,
+    /// The sequence number of the last operation handed to the log writer / snapshot task.
+    last_log_seq: u64,
+    last_snap_seq: u64,
+    /// Operations waiting for the other task (empty unless a snapshot operation is in flight).
+    held: VecDeque<Held>,
+    /// `Node::snapshot` callers: (applied index when asked, reply).
+    waiters: Vec<(LogIndex, oneshot::Sender<Option<SnapshotMeta>>)>,
+}
+
+impl CoreLoop {
+    /// Gives the loop the queue of the snapshot storage task (the node keeps snapshots).
+    pub(in crate::node) fn with_snapshots(mut self, ops: Option<Sender<SnapOpRequest>>) -> Self {
+        self.snap.ops = ops;
+        self
+    }
+
+    /// Hands a log write to the writer, unless a snapshot storage operation issued before it is
+    /// still running.
+    pub(super) fn persist(&mut self, request: WriteRequest) {
+        if self.snap.held.is_empty() && self.snap.last_snap_seq <= self.durable_seq {
+            self.snap.last_log_seq = request.seq;
+            // The writer queue holds only batches of entries that the in-memory log holds
+            // anyway; it cannot be full, only closed (the writer stopped).
+            let _ = self.writer.try_send(request);
+        } else {
+            self.snap.held.push_back(Held::Log(request));
+        }
+    }
+
+    fn snap_op(&mut self, op: SnapOp) {
+        self.issued_seq += 1;
+        let request = SnapOpRequest { seq: self.issued_seq, op };
+        if self.snap.held.is_empty() && self.snap.last_log_seq <= self.durable_seq {
+            self.dispatch_snap_op(request);
+        } else {
+            self.snap.held.push_back(Held::Snap(request));
+        }
+    }
+
+    fn dispatch_snap_op(&mut self, request: SnapOpRequest) {
+        self.snap.last_snap_seq = request.seq;
+        if let Some(ops) = &self.snap.ops {
+            let _ = ops.try_send(request);
+        }
+    }
+
+    /// Dispatches held storage operations whose predecessors are all durable.
+    pub(super) fn release_storage(&mut self) {
+        while let Some(next) = self.snap.held.front() {
+            let ready = match next {
+                Held::Log(_) => self.snap.last_snap_seq <= self.durable_seq,
+                Held::Snap(_) => self.snap.last_log_seq <= self.durable_seq,
+            };
+            if !ready {
+                return;
+            }
+            match self.snap.held.pop_front() {
+                Some(Held::Log(request)) => {
+                    self.snap.last_log_seq = request.seq;
+                    let _ = self.writer.try_send(request);
+                }
+                Some(Held::Snap(request)) => self.dispatch_snap_op(request),
+                None => return,
+            }
+        }
+    }
+
+    /// Carries out a snapshot action of the engine.
+    pub(super) fn snapshot_action(&mut self, action: Action) {
+        match action {
+            Action::WriteSnapshotChunk { meta, offset, data } => {
+                self.snap_op(SnapOp::Chunk { meta, offset, data })
+            }
+            Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
+            Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
+            Action::TakeSnapshot { last_included } => {
+                let _ = self.applier.try_send(ApplyMsg::TakeSnapshot(last_included));
+            }
+            Action::Restore(meta) => {
+                let _ = self.applier.try_send(ApplyMsg::Restore(meta));
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles an input from the snapshot tasks. Returns false when the node must stop.
+    pub(super) fn snapshot_input(&mut self, input: SnapshotInput) -> bool {
+        match input {
+            SnapshotInput::OpDone { seq, installed, result } => {
+                if let Err(error) = result {
+                    return self.fail(FatalError::Snapshot(error.to_string()));
+                }
+                self.durable_seq = seq;
+                if let Some(last) = installed {
+                    self.engine.on_snapshot_installed(last);
+                }
+                self.release_held();
+                self.release_storage();
+            }
+            SnapshotInput::Taken(meta) => {
+                self.engine.on_snapshot_taken(meta);
+                self.answer_snapshot_waiters(false);
+            }
+            SnapshotInput::Skipped => {
+                self.engine.on_snapshot_skipped();
+                self.answer_snapshot_waiters(true);
+            }
+            SnapshotInput::Failed(error) => return self.fail(error),
+            SnapshotInput::Trigger(reply) => {
+                let applied = self.engine.status().applied_index;
+                let latest = self.engine.snapshot_meta().cloned();
+                let covered = latest.as_ref().map_or(0, |m| m.last_included.index) >= applied;
+                if self.snap.ops.is_none() || covered {
+                    let _ = reply.send(latest);
+                } else {
+                    self.engine.trigger_snapshot();
+                    self.snap.waiters.push((applied, reply));
+                }
+            }
+        }
+        true
+    }
+
+    /// Answers `Node::snapshot` callers whose snapshot is now taken (or all, if the state
+    /// machine declined).
+    fn answer_snapshot_waiters(&mut self, all: bool) {
+        let latest = self.engine.snapshot_meta().cloned();
+        let covered = latest.as_ref().map_or(0, |m| m.last_included.index);
+        for (asked_at, reply) in std::mem::take(&mut self.snap.waiters) {
+            if all || covered >= asked_at {
+                let _ = reply.send(latest.clone());
+            } else {
+                self.snap.waiters.push((asked_at, reply));
+            }
+        }
+        if !self.snap.waiters.is_empty() {
+            self.engine.trigger_snapshot();
+        }
+    }
+
+    /// Closes the snapshot storage task's queue (the node is stopping).
+    pub(super) fn stop_snapshots(&mut self) {
+        if let Some(ops) = &self.snap.ops {
+            ops.close();
+        }
+        self.snap.held.clear();
+        self.snap.waiters.clear();
+    }
+}

@@ -1,0 +1,335 @@
+//! [`FileSnapshotStore`]: a durable [`SnapshotStore`] of plain files in a directory.
+//!
+//! # Layout
+//!
+//! One file per committed snapshot, `snapshot-<index>-<term>-<checksum>.snap` (index and term
+//! zero-padded decimal, checksum hex), holding the data followed by a trailer:
+//! `postcard(SnapshotMeta) | meta length (u32 LE) | format version (u32 LE) | "RAFTSNAP"`.
+//! A snapshot being written is `<n>.tmp`. Committing writes the trailer, syncs the file,
+//! renames it to its final name and syncs the directory: after a crash the directory holds the
+//! old latest snapshot, or the new one, never a partial file under a final name. Older snapshots
+//! are deleted after the rename; opening the store keeps the valid snapshot with the highest
+//! index and deletes temporary files and every other snapshot.
+//!
+//! File I/O runs on short-lived threads (one per call), so the store needs no particular async
+//! runtime and never blocks the caller's executor on a sync.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use raft_core::{SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError};
+
+use crate::error::OpenError;
+
+/// The format version of snapshot files written by this build.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"RAFTSNAP";
+/// Trailer bytes after the encoded metadata: its length, the version, the magic.
+const TRAILER_TAIL: u64 = 16;
+/// The largest metadata accepted when reading a trailer (the voter set is small).
+const MAX_META_BYTES: u32 = 1 << 20;
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    latest: Mutex<Option<(SnapshotMeta, PathBuf)>>,
+    next_tmp: AtomicU64,
+}
+
+impl Inner {
+    fn latest(&self) -> MutexGuard<'_, Option<(SnapshotMeta, PathBuf)>> {
+        // Updates replace the whole value: a poisoned lock is still consistent.
+        self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A durable [`SnapshotStore`] of files in one directory (keep it beside the
+/// [`LmdbLogStore`](crate::LmdbLogStore)'s directory, not inside it: that one holds only LMDB's
+/// files).
+///
+/// # Guarantees
+///
+/// * [`SnapshotWriter::commit`] returns once the data and metadata are synced and renamed into
+///   place and the directory is synced: the snapshot survives a crash and power loss, and
+///   becomes the latest atomically. Nothing of an uncommitted writer is ever visible.
+/// * The latest snapshot never goes backwards (an older commit is discarded).
+/// * Reads of a snapshot that was superseded fail with [`StorageError::InvalidRequest`]; they
+///   never return another snapshot's bytes.
+///
+/// Cloning gives another handle to the same store.
+#[derive(Debug, Clone)]
+pub struct FileSnapshotStore {
+    inner: Arc<Inner>,
+}
+
+fn io_error(source: io::Error) -> StorageError {
+    StorageError::Io(source)
+}
+
+/// Runs blocking file I/O on its own thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::Builder::new()
+        .name("raft-snapshot-io".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(io_error)?;
+    rx.await
+        .map_err(|_| StorageError::Other("snapshot I/O thread ended without an answer".into()))?
+}
+
+fn file_name(meta: &SnapshotMeta) -> String {
+    format!(
+        "snapshot-{:020}-{:020}-{:016x}.snap",
+        meta.last_included.index, meta.last_included.term, meta.checksum
+    )
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads and checks the trailer of a snapshot file.
+fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
+    let corrupt = |why: &str| StorageError::Corrupt(format!("{}: {why}", path.display()));
+    let mut file = File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len();
+    if len < TRAILER_TAIL {
+        return Err(corrupt("too short for a snapshot trailer"));
+    }
+    file.seek(SeekFrom::Start(len - TRAILER_TAIL)).map_err(io_error)?;
+    let mut tail = [0u8; TRAILER_TAIL as usize];
+    file.read_exact(&mut tail).map_err(io_error)?;
+    if &tail[8..] != MAGIC {
+        return Err(corrupt("not a snapshot file (bad magic)"));
+    }
+    let version = u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]);
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(StorageError::UnsupportedVersion {
+            found: version,
+            supported: SNAPSHOT_FORMAT_VERSION,
+        });
+    }
+    let meta_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    if meta_len > MAX_META_BYTES || u64::from(meta_len) + TRAILER_TAIL > len {
+        return Err(corrupt("metadata length out of range"));
+    }
+    file.seek(SeekFrom::Start(len - TRAILER_TAIL - u64::from(meta_len))).map_err(io_error)?;
+    let mut encoded = vec![0u8; meta_len as usize];
+    file.read_exact(&mut encoded).map_err(io_error)?;
+    let meta: SnapshotMeta =
+        postcard::from_bytes(&encoded).map_err(|e| corrupt(&format!("metadata: {e}")))?;
+    if meta.size != len - TRAILER_TAIL - u64::from(meta_len) {
+        return Err(corrupt("data length does not match the metadata"));
+    }
+    Ok(meta)
+}
+
+impl FileSnapshotStore {
+    /// Opens (or creates) the store in `dir`: removes temporary files left by a crash, keeps the
+    /// valid snapshot with the highest index as the latest, and deletes the others. A snapshot
+    /// file whose trailer is unreadable is ignored and reported in the log.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let dir = dir.as_ref();
+        let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let dir = fs::canonicalize(dir).map_err(io_err)?;
+        let mut best: Option<(SnapshotMeta, PathBuf)> = None;
+        let mut others = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err)? {
+            let path = entry.map_err(io_err)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if name.ends_with(".tmp") {
+                others.push(path);
+            } else if name.starts_with("snapshot-") && name.ends_with(".snap") {
+                match read_meta(&path) {
+                    Ok(meta) => {
+                        let better = best
+                            .as_ref()
+                            .is_none_or(|(b, _)| meta.last_included.index > b.last_included.index);
+                        if better {
+                            if let Some((_, old)) = best.replace((meta, path)) {
+                                others.push(old);
+                            }
+                        } else {
+                            others.push(path);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %path.display(), %error, "ignoring an unreadable snapshot file");
+                    }
+                }
+            }
+        }
+        for path in others {
+            fs::remove_file(&path).map_err(io_err)?;
+        }
+        sync_dir(&dir).map_err(io_err)?;
+        tracing::debug!(dir = %dir.display(), latest = ?best.as_ref().map(|(m, _)| m.last_included), "opened snapshot store");
+        Ok(Self {
+            inner: Arc::new(Inner { dir, latest: Mutex::new(best), next_tmp: AtomicU64::new(0) }),
+        })
+    }
+
+    /// The store's directory (canonical).
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The path of the latest snapshot's file, if any.
+    pub fn latest_path(&self) -> Option<PathBuf> {
+        self.inner.latest().as_ref().map(|(_, path)| path.clone())
+    }
+}
+
+/// Writes one snapshot into a temporary file; [`SnapshotWriter::commit`] makes it the latest.
+struct FileWriter {
+    inner: Arc<Inner>,
+    tmp: PathBuf,
+    file: Option<File>,
+    written: u64,
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Abandoned: the temporary file is never visible; remove it now (or at next open).
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotWriter for FileWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
+        let mut file = self.file.take().ok_or(StorageError::Closed)?;
+        let len = data.len() as u64;
+        let (file, result) = blocking(move || {
+            let result = file.write_all(&data).map_err(io_error);
+            Ok((file, result))
+        })
+        .await?;
+        self.file = Some(file);
+        result?;
+        self.written += len;
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>, meta: SnapshotMeta) -> Result<(), StorageError> {
+        if meta.size != self.written {
+            return Err(StorageError::InvalidRequest(format!(
+                "snapshot meta says {} bytes, {} were written",
+                meta.size, self.written
+            )));
+        }
+        let mut file = self.file.take().ok_or(StorageError::Closed)?;
+        let (inner, tmp) = (self.inner.clone(), self.tmp.clone());
+        blocking(move || {
+            let result = commit_file(&inner, &mut file, &tmp, meta);
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+    }
+}
+
+/// Writes the trailer, syncs, and renames the file into place unless a later snapshot exists.
+fn commit_file(
+    inner: &Inner,
+    file: &mut File,
+    tmp: &Path,
+    meta: SnapshotMeta,
+) -> Result<(), StorageError> {
+    let encoded = postcard::to_allocvec(&meta)
+        .map_err(|e| StorageError::InvalidRequest(format!("encoding snapshot metadata: {e}")))?;
+    let meta_len = u32::try_from(encoded.len())
+        .ok()
+        .filter(|&n| n <= MAX_META_BYTES)
+        .ok_or_else(|| StorageError::InvalidRequest("snapshot metadata too large".into()))?;
+    let mut trailer = encoded;
+    trailer.extend_from_slice(&meta_len.to_le_bytes());
+    trailer.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    trailer.extend_from_slice(MAGIC);
+    file.write_all(&trailer).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    // Under the lock: decide, rename, sync the directory, drop the superseded snapshot.
+    let mut latest = inner.latest();
+    let newer =
+        latest.as_ref().is_some_and(|(l, _)| l.last_included.index > meta.last_included.index);
+    if newer {
+        fs::remove_file(tmp).map_err(io_error)?;
+        return Ok(());
+    }
+    let path = inner.dir.join(file_name(&meta));
+    fs::rename(tmp, &path).map_err(io_error)?;
+    sync_dir(&inner.dir).map_err(io_error)?;
+    if let Some((_, old)) = latest.replace((meta, path.clone())) {
+        if old != path {
+            fs::remove_file(&old).map_err(io_error)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SnapshotStore for FileSnapshotStore {
+    async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        Ok(self.inner.latest().as_ref().map(|(meta, _)| meta.clone()))
+    }
+
+    async fn begin(&self) -> Result<Box<dyn SnapshotWriter>, StorageError> {
+        let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.inner.dir.join(format!("{n}.tmp"));
+        let path = tmp.clone();
+        let file = blocking(move || {
+            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_error)
+        })
+        .await?;
+        Ok(Box::new(FileWriter { inner: self.inner.clone(), tmp, file: Some(file), written: 0 }))
+    }
+
+    async fn read(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
+        let superseded = || {
+            StorageError::InvalidRequest(format!(
+                "snapshot {:?} is not the latest",
+                meta.last_included
+            ))
+        };
+        let path = match self.inner.latest().as_ref() {
+            Some((latest, path)) if latest == meta => path.clone(),
+            _ => return Err(superseded()),
+        };
+        let len = meta.size.saturating_sub(offset).min(max_bytes);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let result = blocking(move || {
+            let mut file = File::open(&path).map_err(io_error)?;
+            file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+            let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+            file.read_exact(&mut buf).map_err(io_error)?;
+            Ok(Bytes::from(buf))
+        })
+        .await;
+        match result {
+            // Deleted by a newer commit between the check and the open.
+            Err(StorageError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Err(superseded()),
+            other => other,
+        }
+    }
+}
