@@ -196,19 +196,35 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         }
     }
 
-    /// Starts node `id` again on its old address (the old socket may take a moment to go).
+    /// Starts node `id` again on its old address (the old socket may take a moment to go). If
+    /// a concurrent test took the freed port meanwhile, it restarts on a fresh port and the
+    /// peers learn the new address, as an operator would tell them.
     async fn restart(&mut self, id: NodeId) {
         let addr = self.addrs[&id];
-        let net = self
-            .within("rebinding the restarted node", async {
-                loop {
-                    match self.bind(id, addr) {
-                        Ok(net) => return net,
-                        Err(_) => self.runtime.sleep(Duration::from_millis(20)).await,
+        let mut rebound = None;
+        for _ in 0..50 {
+            match self.bind(id, addr) {
+                Ok(net) => {
+                    rebound = Some(net);
+                    break;
+                }
+                Err(_) => self.runtime.sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let net = match rebound {
+            Some(net) => net,
+            None => {
+                let net = self.bind(id, loopback()).unwrap();
+                let fresh = net.local_addr();
+                self.addrs.insert(id, fresh);
+                for (&other, peer_net) in &self.nets {
+                    if other != id {
+                        peer_net.set_peer(id, fresh);
                     }
                 }
-            })
-            .await;
+                net
+            }
+        };
         self.nets.insert(id, net);
         self.start_node(id).await;
     }
