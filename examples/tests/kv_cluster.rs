@@ -1,6 +1,6 @@
 //! The key-value service end to end on 3 `kv-node` processes: every operation, follower
-//! redirects, the `kv` command-line client, a crashed node restarting from its LMDB log, and a
-//! clean shutdown. Time limits here only turn a hang into a failure.
+//! redirects, the `kv` command-line client, a crashed node restarting from its snapshot and
+//! LMDB log, and a clean shutdown. Time limits here only turn a hang into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -19,7 +19,9 @@ fn b(s: &str) -> Bytes {
 
 fn start(nodes: u64) -> ProcessCluster {
     let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
-    ProcessCluster::start(launcher, ClusterSpec { nodes, ..ClusterSpec::default() }).unwrap()
+    // Frequent snapshots: a restarted node restores one, a lagging one is sent one.
+    let spec = ClusterSpec { nodes, snapshot_entries: 8, ..ClusterSpec::default() };
+    ProcessCluster::start(launcher, spec).unwrap()
 }
 
 fn kv_cli(cluster: &ProcessCluster, args: &[&str]) -> (bool, String) {
@@ -105,6 +107,7 @@ async fn operations_redirects_cli_restart_and_shutdown() {
     let starts: Vec<&str> = log.lines().filter(|l| l.contains("node started")).collect();
     assert_eq!(starts.len(), 2, "{log}");
     assert!(!starts[1].contains("index: 0 }"), "restarted with an empty log: {}", starts[1]);
+    assert!(log.contains("restored from the latest snapshot"), "no snapshot restored: {log}");
 
     // Clean shutdown: every node exits on its own, with success.
     connections.close().await;

@@ -255,7 +255,13 @@ async fn linearizable_under_crashes_and_partitions() {
     println!("kv fault test seed: {seed} (replay the nemesis with KV_FAULT_SEED={seed})");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
-    let spec = ClusterSpec { nodes: NODES, fault_injection: true, ..ClusterSpec::default() };
+    // Snapshots every few hundred entries: restarts restore them, lagging nodes are sent them.
+    let spec = ClusterSpec {
+        nodes: NODES,
+        fault_injection: true,
+        snapshot_entries: 300,
+        ..ClusterSpec::default()
+    };
     let mut cluster = ProcessCluster::start(launcher, spec).unwrap();
     let options = ClientOptions {
         op_timeout: Duration::from_secs(8),
@@ -334,6 +340,12 @@ async fn linearizable_under_crashes_and_partitions() {
         report.elapsed,
         report.outcome()
     );
+    let restores: usize = cluster
+        .ids()
+        .iter()
+        .map(|&id| read_log(&cluster.log_path(id)).matches("restored from").count())
+        .sum();
+    println!("snapshot restores during the run (restarts and installs): {restores}");
     let outcome = report.outcome();
     if !lost.is_empty() || outcome != Outcome::Linearizable {
         let dir = save_failure(&cluster, &history, &nemesis_log);

@@ -84,6 +84,7 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "key"
             | "election-timeout-ms"
             | "heartbeat-ms"
+            | "snapshot-entries"
             | "max-client-connections"
             | "worker-threads"
             | "fault-injection"

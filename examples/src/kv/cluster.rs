@@ -51,6 +51,8 @@ pub struct ClusterSpec {
     pub election_timeout_ms: u64,
     /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
+    /// Snapshot interval in entries.
+    pub snapshot_entries: u64,
     /// Whether nodes accept partition requests.
     pub fault_injection: bool,
     /// The directory in which the cluster's temporary directory (certificates, data, logs;
@@ -68,6 +70,7 @@ impl Default for ClusterSpec {
             nodes: 3,
             election_timeout_ms: 300,
             heartbeat_ms: 50,
+            snapshot_entries: 10_000,
             fault_injection: false,
             parent_dir: None,
             worker_threads: 2,
@@ -207,6 +210,8 @@ impl ProcessCluster {
             self.spec.election_timeout_ms.to_string(),
             "--heartbeat-ms".into(),
             self.spec.heartbeat_ms.to_string(),
+            "--snapshot-entries".into(),
+            self.spec.snapshot_entries.to_string(),
             "--worker-threads".into(),
             self.spec.worker_threads.to_string(),
             "--stop-on-stdin-eof".into(),

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub election_timeout_ms: u64,
     /// Heartbeat interval in ms.
     pub heartbeat_ms: u64,
+    /// Take a snapshot (and compact the log) every this many applied entries.
+    pub snapshot_entries: u64,
     /// Most client connections served at once.
     pub max_client_connections: usize,
     /// Most requests in flight per client connection.
@@ -94,6 +96,8 @@ usage: kv-node [--config FILE] [flags]
   --client-listen ADDR       client address to bind (default: this node's --node client address)
   --election-timeout-ms N    election timeout lower bound (default 300; upper bound 2N)
   --heartbeat-ms N           heartbeat interval (default 50)
+  --snapshot-entries N       snapshot the state and compact the log every N entries (default
+                             10000; snapshots live in DATA_DIR/snapshots)
   --max-client-connections N (default 256)
   --worker-threads N         (default 2)
   --fault-injection          let clients partition this node (tests only)
@@ -192,6 +196,7 @@ impl NodeConfig {
             certs: CertPaths { ca: PathBuf::new(), cert: PathBuf::new(), key: PathBuf::new() },
             election_timeout_ms: 300,
             heartbeat_ms: 50,
+            snapshot_entries: 10_000,
             max_client_connections: 256,
             max_client_streams: 1024,
             fault_injection: false,
@@ -217,6 +222,7 @@ impl NodeConfig {
                 "key" => key = Some(PathBuf::from(v)),
                 "election-timeout-ms" => config.election_timeout_ms = number(&k, &v)?,
                 "heartbeat-ms" => config.heartbeat_ms = number(&k, &v)?,
+                "snapshot-entries" => config.snapshot_entries = number(&k, &v)?,
                 "max-client-connections" => config.max_client_connections = number(&k, &v)?,
                 "worker-threads" => config.worker_threads = number(&k, &v)?,
                 "fault-injection" => config.fault_injection = boolean(&k, &v)?,
@@ -245,6 +251,9 @@ impl NodeConfig {
         if config.heartbeat_ms == 0 || config.election_timeout_ms <= config.heartbeat_ms {
             return err("--election-timeout-ms must exceed --heartbeat-ms (> 0)");
         }
+        if config.snapshot_entries == 0 {
+            return err("--snapshot-entries must be positive");
+        }
         if config.max_client_connections == 0 || config.worker_threads == 0 {
             return err("--max-client-connections and --worker-threads must be positive");
         }
@@ -265,6 +274,8 @@ impl NodeConfig {
         config.heartbeat_interval_ms = self.heartbeat_ms;
         config.election_timeout_ms_min = self.election_timeout_ms;
         config.election_timeout_ms_max = 2 * self.election_timeout_ms;
+        config.snapshot_interval_entries = self.snapshot_entries;
+        config.snapshot_keep_entries = (self.snapshot_entries / 10).max(1);
         config
     }
 }

@@ -31,6 +31,9 @@ pub enum NodeError {
     /// The log store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreOpenError),
+    /// The snapshot store could not be opened.
+    #[error("snapshot store: {0}")]
+    Snapshots(#[from] raft_lmdb::OpenError),
     /// The Raft endpoint could not be bound.
     #[error("Raft endpoint: {0}")]
     Bind(#[from] raft_quic::BindError),
@@ -66,6 +69,7 @@ enum StopReason {
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let tls = NodeTls::from_pem_files(&config.certs.ca, &config.certs.cert, &config.certs.key)?;
     let store = open_store(&config.data_dir.join("raft"))?;
+    let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
 
     let mut quic_config = QuicConfig::new(config.id, config.listen, tls.clone());
     quic_config.backoff_max = Duration::from_millis(500);
@@ -78,13 +82,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let firewall = Firewall::new();
     let state = SharedState::new();
     let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;
-    let node = Node::start(
+    let node = Node::builder(
         config.raft_config(),
         store,
         FirewalledNetwork::new(network.clone(), firewall.clone()),
         KvStateMachine::new(state.clone()),
         runtime,
     )
+    .snapshot_store(snapshots)
+    .start()
     .await?;
     network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
 

@@ -3,7 +3,8 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use raft_core::{Bytes, Entry, StateMachine, StateMachineError};
+use futures::StreamExt;
+use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError};
 
 use super::command::{decode_commands, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
 use super::state::KvState;
@@ -30,6 +31,9 @@ impl SharedState {
     }
 }
 
+/// Size of the chunks a snapshot stream yields.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
 /// Applies committed entries to a [`SharedState`] and answers each with an encoded
 /// [`Response`](super::command::Response).
 #[derive(Clone, Debug, Default)]
@@ -44,6 +48,10 @@ impl KvStateMachine {
     }
 }
 
+/// Snapshots are the whole [`KvState`] (map and sessions) encoded with postcard. Capturing
+/// clones the state under the read lock: a copy of the tree with reference-counted keys and
+/// values (no byte is copied), a few milliseconds per hundred thousand keys. Encoding happens
+/// in the stream, in the node's snapshot task, while entries keep being applied.
 #[async_trait]
 impl StateMachine for KvStateMachine {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
@@ -66,6 +74,45 @@ impl StateMachine for KvStateMachine {
                 },
             })
             .collect())
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        let captured = self.state.read().clone();
+        let encoded = futures::stream::once(async move {
+            captured.to_bytes().map(Bytes::from).map_err(|e| StateMachineError::new(e.to_string()))
+        });
+        let chunks = encoded.flat_map(|result| {
+            let chunks: Vec<Result<Bytes, StateMachineError>> = match result {
+                Ok(bytes) => (0..bytes.len())
+                    .step_by(SNAPSHOT_CHUNK_BYTES)
+                    .map(|at| Ok(bytes.slice(at..(at + SNAPSHOT_CHUNK_BYTES).min(bytes.len()))))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(chunks)
+        });
+        Ok(Some(chunks.boxed()))
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        let size = usize::try_from(meta.size)
+            .map_err(|_| StateMachineError::new("snapshot too large for this platform"))?;
+        let mut bytes = Vec::with_capacity(size.min(64 << 20));
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > size {
+                return Err(StateMachineError::new("snapshot data exceeds its recorded size"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let state = KvState::from_bytes(&bytes)
+            .map_err(|e| StateMachineError::new(format!("snapshot does not decode: {e}")))?;
+        *self.state.write() = state;
+        Ok(())
     }
 }
 
@@ -102,5 +149,51 @@ mod tests {
         assert_ne!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
+    }
+
+    #[test]
+    fn a_snapshot_restores_map_and_sessions() {
+        futures::executor::block_on(async {
+            let state = SharedState::new();
+            let mut machine = KvStateMachine::new(state.clone());
+            let register = Command { session: None, op: Op::Register };
+            // Four values of 400 KiB: more than one chunk of state.
+            let value = Bytes::from(vec![7u8; 400 << 10]);
+            let mut commands = vec![register];
+            for k in 0..4u8 {
+                let key = Bytes::copy_from_slice(&[b'k', b'0' + k]);
+                commands.push(Command { session: None, op: Op::Put { key, value: value.clone() } });
+            }
+            let entry = |index, commands: &[Command]| Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Command(encode_commands(commands).unwrap()),
+            };
+            machine.apply(&[entry(1, &commands)]).await.unwrap();
+            let stream = machine.snapshot().await.unwrap().unwrap();
+            // Applying after the capture does not change the snapshot.
+            let later =
+                Command { session: None, op: Op::Delete { key: Bytes::from_static(b"k0") } };
+            machine.apply(&[entry(2, &[later])]).await.unwrap();
+            let chunks: Vec<Bytes> = stream.map(|c| c.unwrap()).collect().await;
+            assert!(chunks.len() >= 2, "large states stream in several chunks");
+            let size = chunks.iter().map(|c| c.len() as u64).sum();
+            let meta = SnapshotMeta {
+                last_included: raft_core::LogId::new(1, 1),
+                voters: [1].into_iter().collect(),
+                size,
+                checksum: 0,
+            };
+            let restored = SharedState::new();
+            let mut other = KvStateMachine::new(restored.clone());
+            let data = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+            other.restore(&meta, data).await.unwrap();
+            assert_eq!(restored.read().sessions.len(), 1);
+            assert_eq!(restored.read().get(b"k0").map(|v| v.len()), Some(400 << 10));
+            // Corrupt data is refused.
+            let bad = futures::stream::iter(vec![Ok(Bytes::from_static(&[0xff; 4]))]).boxed();
+            let meta = SnapshotMeta { size: 4, ..meta };
+            assert!(other.restore(&meta, bad).await.is_err());
+        });
     }
 }
