@@ -34,8 +34,8 @@ impl SharedState {
 /// Size of the chunks a snapshot stream yields.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
-/// Applies committed entries to a [`SharedState`] and answers each with an encoded
-/// [`Response`](super::command::Response).
+/// Applies committed entries to a [`SharedState`]; each entry holds a list of commands and is
+/// answered with the encoded list of their [`Response`]s.
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
     state: SharedState,
