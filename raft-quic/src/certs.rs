@@ -226,9 +226,9 @@ impl ClusterCertFiles {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename, so that a crash never
-/// leaves a half-written file; `secret` files get mode `0600` on Unix.
-fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
+/// Writes `contents` (a PEM file) to `path` through a temporary file and a rename, so that a
+/// crash never leaves a half-written file; `secret` files get mode `0600` on Unix.
+pub fn write_pem_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
     let tmp = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
@@ -282,8 +282,8 @@ pub fn ensure_cluster_certs(
 
 fn write_ca(dir: &Path, ca: &ClusterCa) -> Result<ClusterCertFiles, CertError> {
     let (ca_cert, ca_key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-    write_file(&ca_key, &ca.key_pem(), true)?;
-    write_file(&ca_cert, ca.cert_pem(), false)?;
+    write_pem_file(&ca_key, &ca.key_pem(), true)?;
+    write_pem_file(&ca_cert, ca.cert_pem(), false)?;
     Ok(ClusterCertFiles { dir: dir.to_owned(), ca_cert, ca_key, nodes: BTreeMap::new() })
 }
 
@@ -300,8 +300,8 @@ fn issue_missing(
         };
         if replace || !(node.cert.exists() && node.key.exists()) {
             let cert = ca.issue(id)?;
-            write_file(&node.key, &cert.key_pem, true)?;
-            write_file(&node.cert, &cert.cert_pem, false)?;
+            write_pem_file(&node.key, &cert.key_pem, true)?;
+            write_pem_file(&node.cert, &cert.cert_pem, false)?;
         }
         files.nodes.insert(id, node);
     }

@@ -8,7 +8,6 @@
 //! that name. A client dials node `id` with the server name `node-<id>.raft`, so rustls checks
 //! that it reached the node it meant.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,8 +61,8 @@ pub fn ensure_client_cert(dir: &Path) -> Result<NodeTls, KvTlsError> {
         };
         let ca = ClusterCa::from_pem(&read(dir.join("ca.pem"))?, &read(dir.join("ca.key"))?)?;
         let issued = ca.issue(CLIENT_CERT_ID)?;
-        write_file(&key, &issued.key_pem, true)?;
-        write_file(&cert, &issued.cert_pem, false)?;
+        raft_quic::certs::write_pem_file(&key, &issued.key_pem, true)?;
+        raft_quic::certs::write_pem_file(&cert, &issued.cert_pem, false)?;
     }
     load_client_tls(dir)
 }
@@ -76,22 +75,6 @@ pub fn load_client_tls(dir: &Path) -> Result<NodeTls, KvTlsError> {
         dir.join(CLIENT_CERT_FILE),
         dir.join(CLIENT_KEY_FILE),
     )?)
-}
-
-fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), KvTlsError> {
-    let io = |source| KvTlsError::Io { path: path.to_owned(), source };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 fn transport(
