@@ -10,9 +10,13 @@ use crate::types::NodeId;
 /// Times are in milliseconds and are converted to ticks of `tick_interval_ms` (rounded up).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This node's id. Must be one of `voters`.
+    /// This node's id.
     pub id: NodeId,
-    /// The ids of every voting member, this node included. All nodes must agree on it.
+    /// The initial voting members, this node included: the membership a node uses while its log
+    /// and snapshot hold none (a new cluster). Every founding node must be given the same set.
+    /// Later changes go through the log (`Node::change_membership`) and override it. Empty for
+    /// a node that will join an existing cluster as a learner ([`Config::joining`]): it waits
+    /// for the leader to send it the log.
     pub voters: BTreeSet<NodeId>,
     /// The period of the node's logical clock. Every other time is a whole number of ticks.
     pub tick_interval_ms: u64,
@@ -69,6 +73,16 @@ pub struct Config {
     /// A snapshot transfer that gets no answer for this long is abandoned: the follower goes
     /// back to probing (a later transfer resumes where the follower's data ends).
     pub snapshot_transfer_timeout_ms: u64,
+    /// The most linearizable reads (`Node::read_index`) a leader holds waiting for their
+    /// heartbeat round; more are refused until some are answered.
+    pub max_pending_reads: usize,
+    /// A learner is promoted to voter only when it is at most this many entries behind the
+    /// leader's commit index, so that a new voter does not stall commitment while it catches
+    /// up.
+    pub max_promotion_lag_entries: u64,
+    /// A leadership transfer that has not made the target leader within this time is abandoned
+    /// and the leader takes proposals again.
+    pub leadership_transfer_timeout_ms: u64,
 }
 
 impl Config {
@@ -99,14 +113,24 @@ impl Config {
             snapshot_chunk_bytes: 1 << 20,
             snapshot_max_inflight_chunks: 2,
             snapshot_transfer_timeout_ms: 5_000,
+            max_pending_reads: 65_536,
+            max_promotion_lag_entries: 1_000,
+            leadership_transfer_timeout_ms: 1_000,
         }
+    }
+
+    /// A configuration with defaults for node `id` joining an existing cluster: no initial
+    /// voters (it never campaigns before the log makes it a voter). Add it to the cluster with
+    /// `MembershipChange::AddLearner` on the leader, which then sends it the log.
+    pub fn joining(id: NodeId) -> Self {
+        Self::new(id, [])
     }
 
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
-        if !self.voters.contains(&self.id) {
-            return fail("voters must contain the node's own id");
+        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
+            return fail("voters must contain the node's own id (or be empty, for a joining node)");
         }
         if self.tick_interval_ms == 0 {
             return fail("tick_interval_ms must be positive");
@@ -146,6 +170,12 @@ impl Config {
         }
         if self.snapshot_max_inflight_chunks == 0 || self.snapshot_max_inflight_chunks > 64 {
             return fail("snapshot_max_inflight_chunks must be between 1 and 64");
+        }
+        if self.max_pending_reads == 0 {
+            return fail("max_pending_reads must be positive");
+        }
+        if self.leadership_transfer_timeout_ms < self.heartbeat_interval_ms {
+            return fail("leadership_transfer_timeout_ms must be at least heartbeat_interval_ms");
         }
         if self.snapshot_transfer_timeout_ms < self.heartbeat_interval_ms {
             return fail("snapshot_transfer_timeout_ms must be at least heartbeat_interval_ms");

@@ -88,3 +88,96 @@ pub enum FatalError {
     #[error("snapshot store failed: {0}")]
     Snapshot(String),
 }
+
+/// Why [`Node::read_index`](crate::Node::read_index) produced no read index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadIndexError {
+    /// No leader is known, or the node asked is not the leader. Retry on `leader_hint`.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader holds `Config::max_pending_reads` reads already; retry shortly.
+    #[error("too many reads pending on the leader")]
+    Backlogged,
+    /// The leader stepped down before confirming its leadership; retry on the new leader.
+    #[error("leadership lost before the read was confirmed")]
+    LeadershipLost,
+    /// The leader could not be reached.
+    #[error("the leader could not be reached")]
+    Unreachable,
+    /// The node is shutting down or has stopped.
+    #[error("node is shut down")]
+    Shutdown,
+}
+
+/// Why a membership change failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// This node is not the leader. Retry on `leader_hint` if it is known.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// Another membership change is not committed yet, or the leader has not committed an entry
+    /// of its own term yet. Retry shortly.
+    #[error("another membership change is in progress")]
+    ChangeInProgress,
+    /// A leadership transfer is in progress. Retry once it ends.
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
+    /// The change does not apply to the current membership.
+    #[error(transparent)]
+    Invalid(#[from] crate::membership::InvalidChange),
+    /// The learner to promote is too far behind the leader's commit index; retry once it caught
+    /// up (or use `Node::add_voter`, which waits).
+    #[error("learner holds entries up to {match_index}, the commit index is {commit_index}")]
+    LearnerBehind {
+        /// The last entry the learner is known to hold.
+        match_index: LogIndex,
+        /// The leader's commit index.
+        commit_index: LogIndex,
+    },
+    /// The learner did not catch up within the time given to `Node::add_voter`; it stays a
+    /// learner.
+    #[error("the learner did not catch up in time")]
+    CatchUpTimeout,
+    /// The change was appended but its outcome is unknown or it was overwritten.
+    #[error(transparent)]
+    Proposal(#[from] ProposalError),
+    /// The node is shutting down or has stopped.
+    #[error("node is shut down")]
+    Shutdown,
+}
+
+/// Why a leadership transfer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransferError {
+    /// This node is not the leader. Ask `leader_hint` if it is known.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The target is not a voter.
+    #[error("node {0} is not a voter")]
+    NotVoter(NodeId),
+    /// A transfer to another node is in progress.
+    #[error("a transfer to node {0} is in progress")]
+    InProgress(NodeId),
+    /// The target did not become leader within `Config::leadership_transfer_timeout_ms`. This
+    /// node may still be the leader (it takes proposals again) or another node may have won.
+    #[error("the transfer did not complete in time (leader now: {leader:?})")]
+    TimedOut {
+        /// The leader this node knows of now.
+        leader: Option<NodeId>,
+    },
+    /// The node is shutting down or has stopped.
+    #[error("node is shut down")]
+    Shutdown,
+}

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod membership;
 pub mod message;
 pub mod network;
 mod node;
@@ -25,7 +26,11 @@ pub mod testing;
 pub mod types;
 
 pub use config::{Config, ConfigError};
-pub use error::{FatalError, ProposalError, ProposeError, StartError};
+pub use error::{
+    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
+    TransferError,
+};
+pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
 pub use node::{Node, NodeBuilder, Proposal, StatusWatch};

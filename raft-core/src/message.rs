@@ -49,6 +49,10 @@ pub struct AppendEntriesRequest {
     pub entries: Vec<Entry>,
     /// The leader's commit index.
     pub leader_commit: LogIndex,
+    /// The leader's ReadIndex round when it sent this request. Followers ignore it; the leader
+    /// counts an answer as confirming its leadership for every read registered in this round or
+    /// before (so many reads share one heartbeat round).
+    pub read_round: u64,
 }
 
 /// Why a follower rejected an AppendEntries, so that the leader can skip a whole term per round
@@ -132,10 +136,33 @@ pub struct InstallSnapshotResponse {
     pub complete: bool,
 }
 
+/// ReadIndex: a follower asks the leader for an index that makes a read linearizable (Raft
+/// thesis §6.4). The leader answers once a quorum confirmed it is still the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexRequest {
+    /// The follower's current term.
+    pub term: Term,
+    /// The follower asking.
+    pub sender: NodeId,
+    /// The follower's id for this read (echoed back through its `SentRequest`).
+    pub read_id: u64,
+}
+
+/// The answer to [`ReadIndexRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexResponse {
+    /// The responder's current term.
+    pub term: Term,
+    /// The read index: every write acknowledged before the request was sent is at or below it.
+    /// `None` if the responder is not the leader or lost leadership before confirming it.
+    pub read_index: Option<LogIndex>,
+    /// The leader the responder knows of, when it is not the leader itself.
+    pub leader_hint: Option<NodeId>,
+}
+
 /// A request one node sends another.
 ///
-/// New variants (ReadIndex) will be added; transports must treat the enum as open and encode it
-/// as a whole.
+/// New variants may be added; transports must treat the enum as open and encode it as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum RpcRequest {
@@ -147,6 +174,8 @@ pub enum RpcRequest {
     TimeoutNow(TimeoutNowRequest),
     /// InstallSnapshot (one chunk of a snapshot).
     InstallSnapshot(InstallSnapshotRequest),
+    /// ReadIndex (a follower's linearizable read).
+    ReadIndex(ReadIndexRequest),
 }
 
 /// The response to an [`RpcRequest`], variant for variant.
@@ -161,6 +190,8 @@ pub enum RpcResponse {
     TimeoutNow(TimeoutNowResponse),
     /// Answer to InstallSnapshot.
     InstallSnapshot(InstallSnapshotResponse),
+    /// Answer to ReadIndex.
+    ReadIndex(ReadIndexResponse),
 }
 
 impl RpcRequest {
@@ -172,6 +203,7 @@ impl RpcRequest {
             RpcRequest::AppendEntries(r) => r.leader_id,
             RpcRequest::TimeoutNow(r) => r.leader_id,
             RpcRequest::InstallSnapshot(r) => r.leader_id,
+            RpcRequest::ReadIndex(r) => r.sender,
         }
     }
 
@@ -182,6 +214,7 @@ impl RpcRequest {
             RpcRequest::AppendEntries(r) => r.term,
             RpcRequest::TimeoutNow(r) => r.term,
             RpcRequest::InstallSnapshot(r) => r.term,
+            RpcRequest::ReadIndex(r) => r.term,
         }
     }
 
@@ -193,6 +226,7 @@ impl RpcRequest {
             RpcRequest::AppendEntries(_) => "AppendEntries",
             RpcRequest::TimeoutNow(_) => "TimeoutNow",
             RpcRequest::InstallSnapshot(_) => "InstallSnapshot",
+            RpcRequest::ReadIndex(_) => "ReadIndex",
         }
     }
 }
@@ -205,6 +239,7 @@ impl RpcResponse {
             RpcResponse::AppendEntries(r) => r.term,
             RpcResponse::TimeoutNow(r) => r.term,
             RpcResponse::InstallSnapshot(r) => r.term,
+            RpcResponse::ReadIndex(r) => r.term,
         }
     }
 }
@@ -220,7 +255,7 @@ mod tests {
             leader_id: 3,
             meta: SnapshotMeta {
                 last_included: LogId::new(6, 100),
-                voters: [1, 2, 3].into(),
+                membership: crate::Membership::with_voters([1, 2, 3]),
                 size: 10,
                 checksum: 0,
             },

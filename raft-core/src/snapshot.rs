@@ -15,25 +15,23 @@
 //!   latest's is discarded.
 //! * A writer dropped without `commit` leaves nothing behind that a reader could see.
 
-use std::collections::BTreeSet;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
 use crate::state_machine::StateMachineError;
 use crate::storage::StorageError;
-use crate::types::{LogId, NodeId};
+use crate::types::LogId;
 
 /// What describes a snapshot, stored durably with its data.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The last entry whose effect the snapshot includes (index and term).
     pub last_included: LogId,
-    /// The voting members as of `last_included` (kept so that membership changes, a later
-    /// addition, do not change the format).
-    pub voters: BTreeSet<NodeId>,
+    /// The cluster membership as of `last_included`.
+    pub membership: Membership,
     /// The size of the snapshot's data in bytes.
     pub size: u64,
     /// The [`Checksum`] of the data. Together with `last_included` it identifies the data: two

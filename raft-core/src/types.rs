@@ -3,6 +3,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
+
 /// Identifies a node of the cluster. Ids are chosen by the application and must be unique and
 /// stable: a node keeps its id across restarts.
 pub type NodeId = u64;
@@ -46,7 +48,7 @@ impl LogId {
 
 /// What an entry carries.
 ///
-/// New variants may be added in later versions (membership changes); match with a wildcard arm.
+/// New variants may be added in later versions; match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum EntryPayload {
@@ -55,6 +57,9 @@ pub enum EntryPayload {
     Blank,
     /// An application command: opaque bytes, handed to the `StateMachine` once committed.
     Command(Bytes),
+    /// A new cluster membership (see [`crate::membership`]). It takes effect on every node as
+    /// soon as the node appends it; state machines answer it with an empty response.
+    Membership(Membership),
 }
 
 /// One log entry.
@@ -81,7 +86,7 @@ impl Entry {
     pub fn command(&self) -> Option<&Bytes> {
         match &self.payload {
             EntryPayload::Command(bytes) => Some(bytes),
-            EntryPayload::Blank => None,
+            EntryPayload::Blank | EntryPayload::Membership(_) => None,
         }
     }
 
@@ -92,6 +97,7 @@ impl Entry {
         let payload = match &self.payload {
             EntryPayload::Command(bytes) => bytes.len() as u64,
             EntryPayload::Blank => 0,
+            EntryPayload::Membership(m) => 8 * (m.voters.len() + m.learners.len()) as u64,
         };
         payload + ENTRY_OVERHEAD_BYTES
     }

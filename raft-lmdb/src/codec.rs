@@ -17,7 +17,7 @@
 //! tag are reported as corruption.
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, LogId, LogIndex, StorageError, Term};
+use raft_core::{Entry, EntryPayload, HardState, LogId, LogIndex, Membership, StorageError, Term};
 use serde::{Deserialize, Serialize};
 
 /// Name of the database holding log entries.
@@ -121,11 +121,13 @@ impl MetaRecord {
     }
 }
 
-/// The payload of an entry as stored. Variant order is part of the format.
+/// The payload of an entry as stored. Variant order is part of the format: new variants go at
+/// the end (format 1 data, written before membership entries existed, decodes unchanged).
 #[derive(Debug, Serialize, Deserialize)]
 enum PayloadRecord<'a> {
     Blank,
     Command(#[serde(borrow, with = "serde_bytes_borrowed")] &'a [u8]),
+    Membership(Membership),
 }
 
 /// A log entry as stored (its index is the key).
@@ -160,6 +162,7 @@ pub(crate) fn encode_entry(entry: &Entry, buf: Vec<u8>) -> Result<Vec<u8>, Stora
     let payload = match &entry.payload {
         EntryPayload::Command(bytes) => PayloadRecord::Command(bytes),
         EntryPayload::Blank => PayloadRecord::Blank,
+        EntryPayload::Membership(m) => PayloadRecord::Membership(m.clone()),
         // `EntryPayload` is non-exhaustive: a variant this build does not know cannot be stored
         // in format 1. Refusing is better than writing something we could not read back.
         other => {
@@ -179,6 +182,7 @@ pub(crate) fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, Stora
     let payload = match record.payload {
         PayloadRecord::Blank => EntryPayload::Blank,
         PayloadRecord::Command(bytes) => EntryPayload::Command(Bytes::copy_from_slice(bytes)),
+        PayloadRecord::Membership(m) => EntryPayload::Membership(m),
     };
     Ok(Entry { index, term: record.term, payload })
 }

@@ -26,8 +26,9 @@ use raft_core::{SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError};
 
 use crate::error::OpenError;
 
-/// The format version of snapshot files written by this build.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The format version of snapshot files written by this build (2: the metadata holds the whole
+/// membership, voters and learners; version 1 held only the voters and is refused).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"RAFTSNAP";
 /// Trailer bytes after the encoded metadata: its length, the version, the magic.
 const TRAILER_TAIL: u64 = 16;

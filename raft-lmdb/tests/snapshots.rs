@@ -24,7 +24,7 @@ const IDS: [NodeId; 3] = [1, 2, 3];
 fn meta(index: u64, data: &[u8]) -> SnapshotMeta {
     SnapshotMeta {
         last_included: LogId::new(2, index),
-        voters: IDS.into(),
+        membership: raft_core::Membership::with_voters(IDS),
         size: data.len() as u64,
         checksum: Checksum::of(data),
     }

@@ -122,7 +122,7 @@ mod tests {
     fn meta(index: u64, data: &[u8]) -> SnapshotMeta {
         SnapshotMeta {
             last_included: LogId::new(1, index),
-            voters: [1, 2, 3].into(),
+            membership: raft_core::Membership::with_voters([1, 2, 3]),
             size: data.len() as u64,
             checksum: Checksum::of(data),
         }

@@ -57,6 +57,7 @@ fn request() -> impl Strategy<Value = RpcRequest> {
                     prev_log_id,
                     entries,
                     leader_commit,
+                    read_round: leader_commit,
                 })
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(term, leader_id)| RpcRequest::TimeoutNow(

@@ -180,7 +180,7 @@ mod tests {
             let size = chunks.iter().map(|c| c.len() as u64).sum();
             let meta = SnapshotMeta {
                 last_included: raft_core::LogId::new(1, 1),
-                voters: [1].into_iter().collect(),
+                membership: raft_core::Membership::with_voters([1]),
                 size,
                 checksum: 0,
             };

@@ -91,6 +91,7 @@ impl Engine {
             self.log.push(entry.clone());
             self.pending_write.entries.push(entry);
         }
+        self.sync_membership();
     }
 
     fn advance_follower_commit(&mut self, leader_commit: u64, last_new: u64) {

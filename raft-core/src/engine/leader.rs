@@ -5,6 +5,8 @@ use bytes::Bytes;
 
 use super::progress::{Progress, ReplicationMode};
 use super::quorum;
+use super::read_index::ReadQueue;
+use super::transfer::LeaderTransfer;
 use super::{Action, Engine, ProgressMap, ProposeRefusal, RoleState};
 use crate::message::{AppendEntriesRequest, AppendEntriesResponse, RpcRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
@@ -12,7 +14,12 @@ use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 /// What only a leader keeps.
 #[derive(Debug)]
 pub(super) struct LeaderState {
+    /// One entry per member other than this node (voters and learners).
     pub(super) progress: ProgressMap,
+    /// Reads waiting for their ReadIndex round.
+    pub(super) reads: ReadQueue,
+    /// The leadership transfer in progress.
+    pub(super) transfer: Option<LeaderTransfer>,
 }
 
 impl Engine {
@@ -32,7 +39,11 @@ impl Engine {
                 (peer, p)
             })
             .collect();
-        self.role = RoleState::Leader(LeaderState { progress });
+        self.role = RoleState::Leader(LeaderState {
+            progress,
+            reads: ReadQueue::default(),
+            transfer: None,
+        });
         self.leader_id = Some(self.id);
         self.election_elapsed = 0;
         // A blank entry of the new term lets the leader commit entries of earlier terms (§5.4.2).
@@ -47,7 +58,7 @@ impl Engine {
         Ok(self.append_entry(EntryPayload::Command(command)))
     }
 
-    fn append_entry(&mut self, payload: EntryPayload) -> LogId {
+    pub(super) fn append_entry(&mut self, payload: EntryPayload) -> LogId {
         let entry =
             Entry { index: self.log.last_index() + 1, term: self.hard_state.current_term, payload };
         let id = entry.log_id();
@@ -116,6 +127,10 @@ impl Engine {
             prev_log_id,
             entries,
             leader_commit: self.log.commit_index,
+            read_round: match &self.role {
+                RoleState::Leader(leader) => leader.reads.round(),
+                _ => 0,
+            },
         })
     }
 
@@ -167,8 +182,9 @@ impl Engine {
     /// is of the current term (§5.4.2: older entries commit only indirectly).
     pub(super) fn maybe_commit(&mut self) {
         let RoleState::Leader(leader) = &self.role else { return };
-        let mut indexes: Vec<LogIndex> = Vec::with_capacity(self.config.voters.len());
-        for &voter in &self.config.voters {
+        let voters = &self.log.membership().latest().voters;
+        let mut indexes: Vec<LogIndex> = Vec::with_capacity(voters.len());
+        for &voter in voters {
             if voter == self.id {
                 indexes.push(self.log.durable_index);
             } else if let Some(progress) = leader.progress.get(&voter) {
@@ -181,11 +197,13 @@ impl Engine {
         {
             self.log.commit_index = candidate;
         }
+        self.step_down_if_removed();
     }
 
     pub(super) fn tick_leader(&mut self) {
         let heartbeat_ticks = self.timing.heartbeat_ticks;
         let mut due = Vec::new();
+        let transfer_target = self.transfer_target();
         if let RoleState::Leader(leader) = &mut self.role {
             for (&peer, progress) in leader.progress.iter_mut() {
                 progress.idle_ticks += 1;
@@ -196,6 +214,7 @@ impl Engine {
                 }
             }
         }
+        self.tick_transfer(transfer_target.is_some_and(|t| due.contains(&t)));
         self.tick_snapshot_transfers();
         for peer in due {
             self.replicate_to(peer, true);
@@ -212,13 +231,14 @@ impl Engine {
             return;
         }
         let RoleState::Leader(leader) = &mut self.role else { return };
-        let mut active = 1; // this node
-        for progress in leader.progress.values_mut() {
-            if std::mem::replace(&mut progress.recent_active, false) {
+        let voters = &self.log.membership().latest().voters;
+        let mut active = usize::from(voters.contains(&self.id));
+        for (id, progress) in leader.progress.iter_mut() {
+            if std::mem::replace(&mut progress.recent_active, false) && voters.contains(id) {
                 active += 1;
             }
         }
-        if active < quorum::majority(self.config.voters.len()) {
+        if active < quorum::majority(voters.len()) {
             tracing::warn!(
                 id = self.id,
                 term = self.hard_state.current_term,

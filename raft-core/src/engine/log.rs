@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 
+use super::membership::MembershipLog;
+use crate::membership::Membership;
 use crate::types::{Entry, LogId, LogIndex, Term};
 
 /// The log and its positions. Invariants: `compacted.index <= applied <= apply_sent <=
@@ -25,13 +27,26 @@ pub(crate) struct RaftLog {
     pub(crate) apply_sent_index: LogIndex,
     /// Highest index the state machine reported applied.
     pub(crate) applied_index: LogIndex,
+    /// The memberships the log holds, kept in step with every change of the entries.
+    membership: MembershipLog,
 }
 
 impl RaftLog {
-    /// A log restored from storage: `entries` follow `compacted` and are all durable.
-    pub(crate) fn restore(compacted: LogId, entries: Vec<Entry>) -> Self {
+    /// A log restored from storage: `entries` follow `compacted` and are all durable;
+    /// `base` is the membership in force at index `base.0` (the latest snapshot's, or the
+    /// configured one at 0), which membership entries after it replace.
+    pub(crate) fn restore(
+        compacted: LogId,
+        entries: Vec<Entry>,
+        base: (LogIndex, Membership),
+    ) -> Self {
         let durable_index = entries.last().map_or(compacted.index, |e| e.index);
+        let mut membership = MembershipLog::new(base.0, base.1);
+        for entry in &entries {
+            membership.appended(entry);
+        }
         Self {
+            membership,
             compacted,
             entries: entries.into(),
             commit_index: compacted.index,
@@ -39,6 +54,11 @@ impl RaftLog {
             apply_sent_index: compacted.index,
             applied_index: compacted.index,
         }
+    }
+
+    /// The memberships held by the log.
+    pub(crate) fn membership(&self) -> &MembershipLog {
+        &self.membership
     }
 
     /// The last entry removed by compaction (`(0, 0)` if none).
@@ -118,6 +138,7 @@ impl RaftLog {
     /// Appends one entry at the end (leader path).
     pub(crate) fn push(&mut self, entry: Entry) {
         debug_assert_eq!(entry.index, self.last_index() + 1);
+        self.membership.appended(&entry);
         self.entries.push_back(entry);
     }
 
@@ -127,6 +148,7 @@ impl RaftLog {
         if let Some(pos) = self.position(from) {
             self.entries.truncate(pos);
         }
+        self.membership.truncated(from);
         self.durable_index = self.durable_index.min(from.saturating_sub(1));
     }
 
@@ -140,12 +162,15 @@ impl RaftLog {
         let count = usize::try_from(up_to - self.compacted.index).unwrap_or(usize::MAX);
         self.entries.drain(..count.min(self.entries.len()));
         self.compacted = LogId::new(term, up_to);
+        self.membership.compacted(up_to);
     }
 
     /// Replaces the whole log by an empty log after `last` (a snapshot installed from the
-    /// leader): `last` is committed, and durable once the store's reset is.
-    pub(crate) fn reset_to(&mut self, last: LogId) {
+    /// leader): `last` is committed, and durable once the store's reset is; `membership` is the
+    /// snapshot's.
+    pub(crate) fn reset_to(&mut self, last: LogId, membership: Membership) {
         self.entries.clear();
+        self.membership.reset(last.index, membership);
         self.compacted = last;
         self.durable_index = last.index;
         self.commit_index = self.commit_index.max(last.index);
@@ -192,7 +217,7 @@ mod tests {
 
     fn log_of(terms: &[Term]) -> RaftLog {
         let entries = terms.iter().enumerate().map(|(i, &t)| entry(i as u64 + 1, t)).collect();
-        RaftLog::restore(LogId::default(), entries)
+        RaftLog::restore(LogId::default(), entries, (0, Membership::default()))
     }
 
     #[test]
@@ -261,7 +286,7 @@ mod tests {
         assert_eq!(log.term_at(2), None);
         assert_eq!(log.slice(4, 10, u64::MAX).len(), 2);
         assert_eq!(log.last_log_id(), LogId::new(3, 5));
-        log.reset_to(LogId::new(4, 9));
+        log.reset_to(LogId::new(4, 9), Membership::default());
         assert_eq!(log.last_log_id(), LogId::new(4, 9));
         assert_eq!((log.commit_index, log.durable_index), (9, 9));
         assert!(log.matches(LogId::new(4, 9)));

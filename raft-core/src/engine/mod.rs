@@ -36,16 +36,23 @@ mod candidate;
 mod follower;
 mod leader;
 mod log;
+mod membership;
 mod progress;
 mod quorum;
+mod read_index;
 mod snapshot;
+mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+pub use self::membership::MembershipRefusal;
+pub use self::read_index::{ReadId, ReadIndexRefusal};
+pub use self::transfer::TransferRefusal;
 use crate::config::Config;
+use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
 use crate::snapshot::SnapshotMeta;
 use crate::storage::{DurableState, WriteBatch};
@@ -114,10 +121,20 @@ pub enum Action {
     TakeSnapshot {
         /// The last entry applied before the snapshot.
         last_included: LogId,
+        /// The membership as of `last_included`, to store in the snapshot's metadata.
+        membership: Membership,
     },
     /// Apply path: replace the state machine's state by the (durable) snapshot `meta`; report it
     /// with [`Engine::on_applied`]`(meta.last_included.index)`.
     Restore(SnapshotMeta),
+    /// The outcome of [`Engine::read_index`] for `id`: the read index (read once the state
+    /// machine has applied it), or why there is none.
+    ReadIndexReady {
+        /// Which read this answers.
+        id: ReadId,
+        /// The read index, or why there is none.
+        result: Result<LogIndex, ReadIndexRefusal>,
+    },
 }
 
 /// Why the engine refused a proposal.
@@ -128,6 +145,9 @@ pub enum ProposeRefusal {
     /// The leader holds `max_unapplied_entries` entries its state machine has not applied yet:
     /// try again once some are applied.
     Backlogged,
+    /// A leadership transfer is in progress: try again once it ends (on the new leader if it
+    /// succeeded).
+    TransferInProgress,
 }
 
 /// Tick counts derived from the configuration.
@@ -166,6 +186,8 @@ pub struct Engine {
     pending_write: WriteBatch,
     actions: Vec<Action>,
     snapshots: snapshot::SnapshotState,
+    /// The membership the leader's replication and quorums were last set up for.
+    membership_seen: Membership,
 }
 
 impl Engine {
@@ -202,6 +224,10 @@ impl Engine {
             election_ticks_min: config.ticks(config.election_timeout_ms_min),
             election_ticks_max: config.ticks(config.election_timeout_ms_max),
         };
+        let base = match &snapshot {
+            Some(meta) => (meta.last_included.index, meta.membership.clone()),
+            None => (0, Membership::with_voters(config.voters.iter().copied())),
+        };
         let mut engine = Self {
             id: config.id,
             rng: ChaCha8Rng::seed_from_u64(config.random_seed),
@@ -210,13 +236,15 @@ impl Engine {
             hard_state: durable.hard_state,
             role: RoleState::Follower,
             leader_id: None,
-            log: RaftLog::restore(durable.purged, entries),
+            log: RaftLog::restore(durable.purged, entries, base),
             election_elapsed: 0,
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
             actions: Vec::new(),
             snapshots: snapshot::SnapshotState::default(),
+            membership_seen: Membership::default(),
         };
+        engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
         let log = &mut engine.log;
         if restored > log.applied_index {
@@ -292,7 +320,9 @@ impl Engine {
     /// the inputs made possible. Call it after feeding a batch of inputs.
     pub fn take_actions(&mut self) -> Vec<Action> {
         if matches!(self.role, RoleState::Leader(_)) {
+            self.start_read_round();
             self.replicate_all();
+            self.advance_transfer();
         }
         self.flush_write();
         self.emit_apply();
@@ -313,6 +343,7 @@ impl Engine {
     /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
     pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
         let response = match request {
+            RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
             RpcRequest::RequestVote(req) => {
                 RpcResponse::RequestVote(self.handle_request_vote(&req))
             }
@@ -332,6 +363,13 @@ impl Engine {
     /// The response to a request this engine sent to `from` (`request` is what was sent, minus
     /// entries: see [`SentRequest::of`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
+        if let SentRequest::ReadIndex { read_id } = request {
+            // Answer the read whatever else the response says.
+            match &response {
+                RpcResponse::ReadIndex(resp) => self.handle_read_index_response(read_id, resp),
+                _ => self.read_index_unreachable(read_id),
+            }
+        }
         if response.term() > self.hard_state.current_term {
             let granted_pre_vote =
                 matches!(&response, RpcResponse::RequestVote(r) if r.pre_vote && r.vote_granted);
@@ -345,9 +383,10 @@ impl Engine {
                 self.handle_vote_response(from, term, pre_vote, &resp)
             }
             (
-                SentRequest::AppendEntries { term, prev_index, last_index },
+                SentRequest::AppendEntries { term, prev_index, last_index, read_round },
                 RpcResponse::AppendEntries(resp),
             ) if term == self.hard_state.current_term => {
+                self.read_round_acked(from, read_round);
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
             (
@@ -362,6 +401,10 @@ impl Engine {
 
     /// A request to `from` failed (lost, timed out, unreachable).
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
+        if let SentRequest::ReadIndex { read_id } = request {
+            self.read_index_unreachable(read_id);
+            return;
+        }
         if let SentRequest::InstallSnapshot { term, last_included, .. } = request {
             if term == self.hard_state.current_term {
                 self.snapshot_unreachable(from, last_included);
@@ -407,13 +450,18 @@ impl Engine {
             self.timing.election_ticks_min + self.rng.next_u64() % span.max(1);
     }
 
-    /// The voters other than this node.
+    /// The members (voters and learners) other than this node: who the leader replicates to.
     fn peers(&self) -> Vec<NodeId> {
-        self.config.voters.iter().copied().filter(|&id| id != self.id).collect()
+        self.membership().members().into_iter().filter(|&id| id != self.id).collect()
+    }
+
+    /// The voters other than this node: who a candidate asks for votes.
+    fn voter_peers(&self) -> Vec<NodeId> {
+        self.voters().iter().copied().filter(|&id| id != self.id).collect()
     }
 
     fn voters(&self) -> &BTreeSet<NodeId> {
-        &self.config.voters
+        &self.membership().voters
     }
 
     /// Moves to a new term (clearing the vote) or just changes the vote; the change is written
@@ -433,7 +481,9 @@ impl Engine {
         if !matches!(self.role, RoleState::Follower) {
             tracing::debug!(id = self.id, term, ?leader_id, "becoming follower");
         }
-        self.role = RoleState::Follower;
+        if let RoleState::Leader(leader) = std::mem::replace(&mut self.role, RoleState::Follower) {
+            self.abandon_reads(leader.reads);
+        }
         self.leader_id = leader_id;
         self.reset_election_timer();
     }
@@ -492,8 +542,11 @@ impl Engine {
 
     /// Whether the leader currently accepts proposals (see [`Engine::propose`]).
     pub fn can_accept_proposal(&self) -> Result<(), ProposeRefusal> {
-        if !matches!(self.role, RoleState::Leader(_)) {
+        let RoleState::Leader(leader) = &self.role else {
             return Err(ProposeRefusal::NotLeader(self.leader_id));
+        };
+        if leader.transfer.is_some() {
+            return Err(ProposeRefusal::TransferInProgress);
         }
         if self.log.last_index().saturating_sub(self.log.applied_index)
             >= self.config.max_unapplied_entries
@@ -522,6 +575,8 @@ pub enum SentRequest {
         prev_index: LogIndex,
         /// The index of the last entry carried (`prev_index` for a heartbeat).
         last_index: LogIndex,
+        /// The request's `read_round`.
+        read_round: u64,
     },
     /// A TimeoutNow.
     TimeoutNow {
@@ -537,6 +592,11 @@ pub enum SentRequest {
         /// Where the chunk starts.
         offset: u64,
     },
+    /// A ReadIndex request to the leader.
+    ReadIndex {
+        /// The request's `read_id`.
+        read_id: u64,
+    },
 }
 
 impl SentRequest {
@@ -550,6 +610,7 @@ impl SentRequest {
                 term: r.term,
                 prev_index: r.prev_log_id.index,
                 last_index: r.prev_log_id.index + r.entries.len() as u64,
+                read_round: r.read_round,
             },
             RpcRequest::TimeoutNow(r) => SentRequest::TimeoutNow { term: r.term },
             RpcRequest::InstallSnapshot(r) => SentRequest::InstallSnapshot {
@@ -557,6 +618,7 @@ impl SentRequest {
                 last_included: r.meta.last_included,
                 offset: r.offset,
             },
+            RpcRequest::ReadIndex(r) => SentRequest::ReadIndex { read_id: r.read_id },
         }
     }
 }

@@ -127,6 +127,8 @@ pub(crate) struct Progress {
     pub(crate) idle_ticks: u64,
     /// In `Snapshot` mode: the transfer.
     pub(crate) transfer: Option<Transfer>,
+    /// The highest ReadIndex round this follower acknowledged.
+    pub(crate) read_round_acked: u64,
 }
 
 impl Progress {
@@ -140,6 +142,7 @@ impl Progress {
             recent_active: true,
             idle_ticks: 0,
             transfer: None,
+            read_round_acked: 0,
         }
     }
 

@@ -143,7 +143,8 @@ impl Engine {
         s.requested = false;
         s.base_index = at;
         s.bytes_since = 0;
-        self.actions.push(Action::TakeSnapshot { last_included: LogId::new(term, at) });
+        let membership = self.log.membership().at(at).clone();
+        self.actions.push(Action::TakeSnapshot { last_included: LogId::new(term, at), membership });
     }
 
     // ---- leader side -------------------------------------------------------------------------
@@ -378,7 +379,8 @@ impl Engine {
         let last = meta.last_included;
         tracing::info!(id = self.id, snapshot = ?last, size = meta.size, "installing snapshot from the leader");
         self.actions.push(Action::InstallSnapshot(meta.clone()));
-        self.log.reset_to(last);
+        self.log.reset_to(last, meta.membership.clone());
+        self.sync_membership();
         self.snapshots.base_index = last.index;
         self.snapshots.bytes_since = 0;
         self.snapshots.latest = Some(meta.clone());

@@ -39,6 +39,8 @@ struct Cluster {
     log: Vec<(NodeId, Action)>,
     /// InstallSnapshot requests to drop (by offset), to simulate lost chunks.
     drop_chunks: BTreeSet<u64>,
+    /// Every `ReadIndexReady`, per node.
+    reads: Vec<(NodeId, ReadId, Result<LogIndex, ReadIndexRefusal>)>,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -79,7 +81,23 @@ impl Cluster {
             next_reply: 0,
             log: Vec::new(),
             drop_chunks: BTreeSet::new(),
+            reads: Vec::new(),
         }
+    }
+
+    /// Adds a node that starts empty with `config`.
+    fn add_node(&mut self, config: Config) {
+        let id = config.id;
+        let engine = Engine::with_snapshots(config, &DurableState::default(), Vec::new(), None);
+        let node = Node {
+            engine,
+            durable_hard_state: HardState::default(),
+            durable_log: Vec::new(),
+            applied: Vec::new(),
+            snapshot: None,
+            receiving: Vec::new(),
+        };
+        self.nodes.insert(id, node);
     }
 
     fn engine(&mut self, id: NodeId) -> &mut Engine {
@@ -138,7 +156,7 @@ impl Cluster {
                     node.applied.extend(entries);
                     node.engine.on_applied(last);
                 }
-                Action::TakeSnapshot { last_included } => {
+                Action::TakeSnapshot { last_included, membership } => {
                     let node = self.nodes.get_mut(&id).unwrap();
                     assert_eq!(node.applied.last().unwrap().log_id(), last_included);
                     let data: Vec<u8> = node
@@ -153,7 +171,7 @@ impl Cluster {
                         .collect();
                     let meta = SnapshotMeta {
                         last_included,
-                        voters: node.engine.config.voters.clone(),
+                        membership,
                         size: data.len() as u64,
                         checksum: crate::snapshot::Checksum::of(&data),
                     };
@@ -187,6 +205,7 @@ impl Cluster {
                     node.durable_log.clear();
                     node.engine.on_snapshot_installed(meta.last_included);
                 }
+                Action::ReadIndexReady { id: read, result } => self.reads.push((id, read, result)),
                 Action::Restore(meta) => {
                     let node = self.nodes.get_mut(&id).unwrap();
                     let (stored, _, entries) = node.snapshot.clone().unwrap();
@@ -199,7 +218,10 @@ impl Cluster {
     }
 
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
-        self.isolated.contains(&a) || self.isolated.contains(&b)
+        self.isolated.contains(&a)
+            || self.isolated.contains(&b)
+            || !self.nodes.contains_key(&a)
+            || !self.nodes.contains_key(&b)
     }
 
     /// Delivers queued messages until the network is quiet.
@@ -633,3 +655,6 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
     }
     assert_eq!(engine.role(), Role::Leader);
 }
+
+mod membership;
+mod reads;

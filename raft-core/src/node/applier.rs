@@ -11,6 +11,7 @@ use futures::channel::oneshot;
 use super::snapshot::{self, ApplierSnapshots};
 use super::Input;
 use crate::error::ProposalError;
+use crate::membership::Membership;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::types::{Entry, LogId, LogIndex, Term};
@@ -31,7 +32,7 @@ pub(super) enum ApplyMsg {
     /// This node stopped leading: fail waiters above `commit_index` (their fate is unknown).
     LeadershipLost { commit_index: LogIndex },
     /// Capture a snapshot of the state as of now (`last_included`).
-    TakeSnapshot(LogId),
+    TakeSnapshot(LogId, Membership),
     /// Replace the state by this stored snapshot.
     Restore(SnapshotMeta),
 }
@@ -53,9 +54,10 @@ pub(super) async fn run<M: StateMachine>(
                     let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
                 }
             }
-            ApplyMsg::TakeSnapshot(last_included) => {
+            ApplyMsg::TakeSnapshot(last_included, membership) => {
                 let s = snapshots.as_ref();
-                if !snapshot::take(&mut state_machine, s, last_included, &inputs).await {
+                let at = (last_included, membership);
+                if !snapshot::take(&mut state_machine, s, at, &inputs).await {
                     return;
                 }
             }

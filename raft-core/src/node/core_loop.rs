@@ -12,15 +12,26 @@ use self::snapshots::SnapshotDriver;
 use super::applier::{ApplyMsg, Waiter};
 use super::watch::StatusCell;
 use super::writer::WriteRequest;
-use super::{Input, Proposal};
-use crate::engine::{Action, Engine, ProposeRefusal, ReplyId, SentRequest};
-use crate::error::{FatalError, ProposeError};
+use super::{Input, PeerFactory, Proposal};
+use crate::engine::{
+    Action, Engine, MembershipRefusal, ProposeRefusal, ReadId, ReadIndexRefusal, ReplyId,
+    SentRequest, TransferRefusal,
+};
+use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
+use crate::membership::{Membership, MembershipChange};
 use crate::message::{RpcRequest, RpcResponse};
-use crate::types::{NodeId, Role};
+use crate::types::{LogIndex, NodeId, Role};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
 const MAX_INPUTS_PER_STEP: usize = 1024;
+
+/// What the main loop publishes to the node handle.
+pub(super) struct Published {
+    pub(super) status: Arc<StatusCell>,
+    pub(super) fatal: Arc<Mutex<Option<FatalError>>>,
+    pub(super) membership: Arc<Mutex<Membership>>,
+}
 
 /// A message waiting for the writes before it to become durable.
 enum Held {
@@ -40,9 +51,16 @@ pub(super) struct CoreLoop {
     inputs: Receiver<Input>,
     writer: Sender<WriteRequest>,
     applier: Sender<ApplyMsg>,
+    /// Sender tasks of the peers this node talks to (members, and the leader for reads).
     peers: BTreeMap<NodeId, Sender<RpcRequest>>,
+    peer_factory: PeerFactory,
     replies: HashMap<u64, oneshot::Sender<RpcResponse>>,
     next_reply: u64,
+    reads: HashMap<u64, oneshot::Sender<Result<LogIndex, ReadIndexError>>>,
+    next_read: u64,
+    /// The membership published to the node handle.
+    membership: Arc<Mutex<Membership>>,
+    membership_seen: Membership,
     /// Sequence number of the last `Persist` handed to the writer.
     issued_seq: u64,
     /// Sequence number of the last `Persist` known durable.
@@ -61,18 +79,30 @@ impl CoreLoop {
         inputs: Receiver<Input>,
         writer: Sender<WriteRequest>,
         applier: Sender<ApplyMsg>,
-        peers: BTreeMap<NodeId, Sender<RpcRequest>>,
-        status: Arc<StatusCell>,
-        fatal: Arc<Mutex<Option<FatalError>>>,
+        peer_factory: PeerFactory,
+        published: Published,
     ) -> Self {
+        let Published { status, fatal, membership } = published;
+        let membership_seen = engine.membership().clone();
+        let mut peers = BTreeMap::new();
+        for peer in membership_seen.members() {
+            if peer != engine.id() {
+                peers.insert(peer, peer_factory.start(peer));
+            }
+        }
         Self {
             engine,
             inputs,
             writer,
             applier,
             peers,
+            peer_factory,
             replies: HashMap::new(),
             next_reply: 0,
+            reads: HashMap::new(),
+            next_read: 0,
+            membership,
+            membership_seen,
             issued_seq: 0,
             durable_seq: 0,
             held: VecDeque::new(),
@@ -99,7 +129,13 @@ impl CoreLoop {
                     Err(_) => break,
                 }
             }
+            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+                for proposal in std::mem::take(&mut self.deferred) {
+                    self.propose(proposal);
+                }
+            }
             self.process_actions();
+            self.sync_membership();
             self.status.publish(self.engine.status());
         }
         self.stop();
@@ -134,12 +170,25 @@ impl CoreLoop {
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => {
-                self.engine.on_applied(index);
-                let waiting = std::mem::take(&mut self.deferred);
-                for proposal in waiting {
-                    self.propose(proposal);
-                }
+            Input::Applied(index) => self.engine.on_applied(index),
+            Input::ReadIndex { reply } => {
+                let id = self.next_read;
+                self.next_read += 1;
+                self.reads.insert(id, reply);
+                self.engine.read_index(ReadId(id));
+            }
+            Input::ChangeMembership { change, permit, reply } => {
+                let _ = reply.send(self.change_membership(change, permit));
+            }
+            Input::TransferLeadership { target, reply } => {
+                let result = self.engine.transfer_leadership(target).map_err(|r| match r {
+                    TransferRefusal::NotLeader(leader_hint) => {
+                        TransferError::NotLeader { leader_hint }
+                    }
+                    TransferRefusal::NotVoter(id) => TransferError::NotVoter(id),
+                    TransferRefusal::InProgress(id) => TransferError::InProgress(id),
+                });
+                let _ = reply.send(result);
             }
             Input::ApplyFailed(message) => return self.fail(FatalError::StateMachine(message)),
             Input::Snapshot(input) => return self.snapshot_input(input),
@@ -162,8 +211,61 @@ impl CoreLoop {
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
                 let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
             }
-            Err(ProposeRefusal::Backlogged) => self.deferred.push_back(proposal),
+            Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
+                self.deferred.push_back(proposal)
+            }
         }
+    }
+
+    fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        permit: async_lock::SemaphoreGuardArc,
+    ) -> Result<(Proposal, crate::membership::Membership), MembershipError> {
+        let id = self.engine.propose_membership(change).map_err(|refusal| match refusal {
+            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader { leader_hint },
+            MembershipRefusal::ChangeInProgress => MembershipError::ChangeInProgress,
+            MembershipRefusal::TransferInProgress => MembershipError::TransferInProgress,
+            MembershipRefusal::Invalid(invalid) => MembershipError::Invalid(invalid),
+            MembershipRefusal::LearnerBehind { match_index, commit_index } => {
+                MembershipError::LearnerBehind { match_index, commit_index }
+            }
+        })?;
+        let (reply, response) = oneshot::channel();
+        let waiter = Waiter { term: id.term, reply, _permit: permit };
+        self.applier
+            .try_send(ApplyMsg::Wait { index: id.index, waiter })
+            .map_err(|_| MembershipError::Shutdown)?;
+        let proposal = Proposal { index: id.index, term: id.term, response };
+        Ok((proposal, self.engine.membership().clone()))
+    }
+
+    /// Publishes a new membership to the node handle, and stops the sender tasks of nodes that
+    /// are no longer members (unless one is the leader, which followers ask for read indexes).
+    fn sync_membership(&mut self) {
+        if self.membership_seen == *self.engine.membership() {
+            return;
+        }
+        self.membership_seen = self.engine.membership().clone();
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = self.membership_seen.clone();
+        let (members, leader) = (self.membership_seen.members(), self.engine.leader_id());
+        self.peers.retain(|id, queue| {
+            let keep = members.contains(id) || leader == Some(*id);
+            if !keep {
+                queue.close();
+            }
+            keep
+        });
+    }
+
+    fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
+        let Some(reply) = self.reads.remove(&id.0) else { return };
+        let _ = reply.send(result.map_err(|refusal| match refusal {
+            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader { leader_hint },
+            ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,
+            ReadIndexRefusal::LeadershipLost => ReadIndexError::LeadershipLost,
+            ReadIndexRefusal::Unreachable => ReadIndexError::Unreachable,
+        }));
     }
 
     /// Carries out the engine's actions until it has none left.
@@ -197,6 +299,7 @@ impl CoreLoop {
                     Action::Apply(entries) => {
                         let _ = self.applier.try_send(ApplyMsg::Apply(entries));
                     }
+                    Action::ReadIndexReady { id, result } => self.answer_read(id, result),
                     other => self.snapshot_action(other),
                 }
             }
@@ -227,7 +330,11 @@ impl CoreLoop {
     }
 
     fn send(&mut self, to: NodeId, request: RpcRequest) {
-        let Some(peer) = self.peers.get(&to) else { return };
+        if to == self.engine.id() {
+            return;
+        }
+        let factory = &self.peer_factory;
+        let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
         if let Err(error) = peer.try_send(request) {
             // The peer's queue is full (it is not answering) or its task ended: count the
             // request as lost; the engine retries on a later heartbeat.
@@ -264,6 +371,7 @@ impl CoreLoop {
         }
         self.held.clear();
         self.replies.clear();
+        self.reads.clear();
         let mut status = self.engine.status();
         status.role = Role::Follower;
         status.leader_id = None;

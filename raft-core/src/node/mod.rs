@@ -22,6 +22,7 @@ mod watch;
 mod writer;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_channel::Sender;
 use async_lock::Semaphore;
@@ -36,7 +37,11 @@ use self::watch::StatusCell;
 pub use self::watch::StatusWatch;
 use crate::config::Config;
 use crate::engine::{Engine, SentRequest};
-use crate::error::{FatalError, ProposalError, ProposeError, StartError};
+use crate::error::{
+    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
+    TransferError,
+};
+use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
@@ -56,6 +61,18 @@ pub(crate) enum Input {
     Request {
         request: RpcRequest,
         reply: oneshot::Sender<RpcResponse>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<LogIndex, ReadIndexError>>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        permit: async_lock::SemaphoreGuardArc,
+        reply: oneshot::Sender<Result<(Proposal, Membership), MembershipError>>,
+    },
+    TransferLeadership {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), TransferError>>,
     },
     Response {
         from: NodeId,
@@ -77,6 +94,10 @@ pub(crate) enum Input {
 struct Shared {
     id: NodeId,
     max_payload_bytes: u64,
+    heartbeat_interval: Duration,
+    transfer_timeout: Duration,
+    runtime: Arc<dyn Runtime>,
+    membership: Arc<Mutex<Membership>>,
     inputs: Sender<Input>,
     status: Arc<StatusCell>,
     proposal_slots: Arc<Semaphore>,
@@ -131,6 +152,43 @@ const LOAD_CHUNK_BYTES: u64 = 16 << 20;
 /// Most RPCs in flight to one peer: the AppendEntries window plus heartbeats and votes.
 fn max_in_flight_per_peer(config: &Config) -> usize {
     config.max_inflight_append_entries + 8
+}
+
+/// Spawns the node's tasks on its runtime, each holding a guard of the "all tasks done" channel.
+#[derive(Clone)]
+pub(crate) struct Spawner {
+    runtime: Arc<dyn Runtime>,
+    done: mpsc::Sender<()>,
+}
+
+impl Spawner {
+    pub(crate) fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
+        let guard = self.done.clone();
+        self.runtime.spawn(
+            async move {
+                future.await;
+                drop(guard);
+            }
+            .boxed(),
+        );
+    }
+}
+
+/// Starts the sender task of one peer and returns its queue.
+pub(crate) struct PeerFactory {
+    spawner: Spawner,
+    network: Arc<dyn Network>,
+    inputs: Sender<Input>,
+    capacity: usize,
+}
+
+impl PeerFactory {
+    pub(crate) fn start(&self, peer: NodeId) -> Sender<RpcRequest> {
+        let (tx, rx) = async_channel::bounded(self.capacity);
+        let task = peer::run(peer, self.network.clone(), rx, self.inputs.clone(), self.capacity);
+        self.spawner.spawn(task.boxed());
+        tx
+    }
 }
 
 impl Node {
@@ -221,26 +279,16 @@ impl Node {
             store: snapshots.clone(),
             chunk_bytes: config.snapshot_chunk_bytes,
         });
-        let runtime = Arc::new(runtime);
-
-        let spawn = |future: futures::future::BoxFuture<'static, ()>| {
-            let guard = done_tx.clone();
-            runtime.spawn(
-                async move {
-                    future.await;
-                    drop(guard);
-                }
-                .boxed(),
-            );
+        let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        let spawner = Spawner { runtime: runtime.clone(), done: done_tx };
+        let spawn = |future| spawner.spawn(future);
+        let peer_factory = PeerFactory {
+            spawner: spawner.clone(),
+            network: network.clone() as Arc<dyn Network>,
+            inputs: inputs_tx.clone(),
+            capacity: max_in_flight_per_peer(&config),
         };
-
-        let mut peers = std::collections::BTreeMap::new();
-        for &peer in config.voters.iter().filter(|&&p| p != id) {
-            let capacity = max_in_flight_per_peer(&config);
-            let (tx, rx) = async_channel::bounded(capacity);
-            peers.insert(peer, tx);
-            spawn(peer::run(peer, network.clone(), rx, inputs_tx.clone(), capacity).boxed());
-        }
+        let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
             None => (None, None),
             Some(snaps) => {
@@ -249,9 +297,7 @@ impl Node {
                     snapshot::run_ops(store.clone(), snaps.clone(), ops_rx, inputs_tx.clone());
                 spawn(ops.boxed());
                 let (jobs_tx, jobs_rx) = async_channel::bounded(1);
-                let voters = config.voters.clone();
-                let builder =
-                    snapshot::run_builder(snaps.clone(), voters, jobs_rx, inputs_tx.clone());
+                let builder = snapshot::run_builder(snaps.clone(), jobs_rx, inputs_tx.clone());
                 spawn(builder.boxed());
                 let chunk_bytes = config.snapshot_chunk_bytes;
                 let applier = snapshot::ApplierSnapshots {
@@ -285,18 +331,27 @@ impl Node {
             inputs_rx,
             writer_tx,
             applier_tx,
-            peers,
-            status.clone(),
-            fatal.clone(),
+            peer_factory,
+            core_loop::Published {
+                status: status.clone(),
+                fatal: fatal.clone(),
+                membership: membership.clone(),
+            },
         )
         .with_snapshots(snap_ops);
         spawn(main_loop.run().boxed());
-        drop(done_tx);
+        drop(spawner);
         tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");
         Ok(Node {
             shared: Arc::new(Shared {
                 id,
                 max_payload_bytes: config.max_payload_bytes,
+                heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+                transfer_timeout: Duration::from_millis(
+                    config.leadership_transfer_timeout_ms + config.election_timeout_ms_max,
+                ),
+                runtime,
+                membership,
                 inputs: inputs_tx,
                 status,
                 proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
@@ -349,6 +404,118 @@ impl Node {
             .await
             .map_err(|_| ProposeError::Shutdown)?;
         answer.await.map_err(|_| ProposeError::Shutdown)
+    }
+
+    /// A linearizable read point (ReadIndex, Raft thesis §6.4): returns an index such that every
+    /// write acknowledged before this call is at or below it, once this node's state machine
+    /// has applied it. Reading the local state machine afterwards observes every such write.
+    ///
+    /// On the leader, the index is the commit index confirmed by a quorum round shared with
+    /// every other read that arrived meanwhile (no log write). On a follower, the leader is asked
+    /// for the index (one RPC) and the follower waits to apply it, so followers can serve reads.
+    /// Fails at once with [`ReadIndexError::NotLeader`] when no leader is known. The wait for the
+    /// local state machine has no deadline: wrap the call in your runtime's timeout if needed.
+    pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::ReadIndex { reply })
+            .await
+            .map_err(|_| ReadIndexError::Shutdown)?;
+        let index = answer.await.unwrap_or(Err(ReadIndexError::Shutdown))?;
+        self.watch()
+            .wait_for(|status| status.applied_index >= index)
+            .await
+            .ok_or(ReadIndexError::Shutdown)?;
+        Ok(index)
+    }
+
+    /// The cluster membership this node uses now (the latest in its log, committed or not).
+    pub fn membership(&self) -> Membership {
+        self.shared.membership.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Leader: changes the membership by one step and returns the new membership once the change
+    /// is committed and applied here. One change at a time: fails with
+    /// [`MembershipError::ChangeInProgress`] while another is uncommitted (or before the leader
+    /// committed an entry of its term). Removing the leader itself works: it steps down once
+    /// the change commits. New members must be reachable through this node's `Network`.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, MembershipError> {
+        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::ChangeMembership { change, permit, reply })
+            .await
+            .map_err(|_| MembershipError::Shutdown)?;
+        let (proposal, membership) = answer.await.unwrap_or(Err(MembershipError::Shutdown))?;
+        proposal.response().await?;
+        Ok(membership)
+    }
+
+    /// Leader: adds `id` as a voter safely: as a learner first (skipped if it is one already),
+    /// then promotes it once it has caught up with the log, retrying every heartbeat interval
+    /// for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]: it stays a learner).
+    pub async fn add_voter(
+        &self,
+        id: NodeId,
+        catch_up_timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        let is_learner = |node: &Node| node.membership().learners.contains(&id);
+        if !is_learner(self) {
+            match self.change_membership(MembershipChange::AddLearner(id)).await {
+                Ok(_) => {}
+                Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
+                    if is_learner(self) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let step = self.shared.heartbeat_interval;
+        let attempts = (catch_up_timeout.as_millis() / step.as_millis().max(1)).max(1);
+        for _ in 0..attempts {
+            match self.change_membership(MembershipChange::PromoteLearner(id)).await {
+                Err(MembershipError::LearnerBehind { .. } | MembershipError::ChangeInProgress) => {
+                    self.shared.runtime.sleep(step).await;
+                }
+                other => return other,
+            }
+        }
+        Err(MembershipError::CatchUpTimeout)
+    }
+
+    /// Leader: hands leadership to the voter `target` (Raft thesis §3.10): stops taking proposals
+    /// (they wait), brings `target` up to date, and tells it to campaign at once. Returns once
+    /// this node sees `target` as leader, or [`TransferError::TimedOut`] after
+    /// `Config::leadership_transfer_timeout_ms` plus an election timeout (the old leader then
+    /// takes proposals again if it still leads). A transfer to this node returns at once.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), TransferError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .inputs
+            .send(Input::TransferLeadership { target, reply })
+            .await
+            .map_err(|_| TransferError::Shutdown)?;
+        answer.await.unwrap_or(Err(TransferError::Shutdown))?;
+        if target == self.shared.id {
+            return Ok(());
+        }
+        let mut watch = self.watch();
+        let moved = async move {
+            watch.wait_for(|s| s.leader_id == Some(target) && s.role != Role::Leader).await
+        };
+        let timeout = self.shared.runtime.sleep(self.shared.transfer_timeout);
+        let outcome = match futures::future::select(Box::pin(moved), timeout).await {
+            futures::future::Either::Left((seen, _)) => Some(seen.is_some()),
+            futures::future::Either::Right(_) => None,
+        };
+        match outcome {
+            Some(true) => Ok(()),
+            Some(false) => Err(TransferError::Shutdown),
+            None => Err(TransferError::TimedOut { leader: self.status().leader_id }),
+        }
     }
 
     /// The node's current status.

@@ -3,7 +3,7 @@
 //! apply path), the apply-path steps (take, restore), reading a stored snapshot as a stream, and
 //! the network wrapper that fills InstallSnapshot chunks from the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
@@ -13,6 +13,7 @@ use futures::StreamExt;
 use super::applier::Waiter;
 use super::Input;
 use crate::error::{FatalError, ProposalError};
+use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError};
 use crate::snapshot::{
@@ -116,6 +117,7 @@ async fn write_chunk(
 /// A state machine's snapshot to stream into the store.
 pub(super) struct BuildJob {
     pub(super) last_included: LogId,
+    pub(super) membership: Membership,
     pub(super) stream: SnapshotStream,
 }
 
@@ -123,12 +125,11 @@ pub(super) struct BuildJob {
 /// Ends when the applier (the only sender) is gone; a build in progress is then abandoned.
 pub(super) async fn run_builder(
     store: Arc<dyn SnapshotStore>,
-    voters: BTreeSet<NodeId>,
     jobs: Receiver<BuildJob>,
     inputs: Sender<Input>,
 ) {
     while let Ok(job) = jobs.recv().await {
-        let input = match build(&*store, &voters, job, &jobs).await {
+        let input = match build(&*store, job, &jobs).await {
             Ok(Some(meta)) => SnapshotInput::Taken(meta),
             Ok(None) => return,
             Err(error) => SnapshotInput::Failed(error),
@@ -142,7 +143,6 @@ pub(super) async fn run_builder(
 
 async fn build(
     store: &dyn SnapshotStore,
-    voters: &BTreeSet<NodeId>,
     job: BuildJob,
     jobs: &Receiver<BuildJob>,
 ) -> Result<Option<SnapshotMeta>, FatalError> {
@@ -163,7 +163,7 @@ async fn build(
     }
     let meta = SnapshotMeta {
         last_included: job.last_included,
-        voters: voters.clone(),
+        membership: job.membership,
         size: checksum.len(),
         checksum: checksum.value(),
     };
@@ -183,7 +183,7 @@ pub(super) struct ApplierSnapshots {
 pub(super) async fn take<M: StateMachine>(
     state_machine: &mut M,
     snapshots: Option<&ApplierSnapshots>,
-    last_included: LogId,
+    (last_included, membership): (LogId, Membership),
     inputs: &Sender<Input>,
 ) -> bool {
     let outcome = match snapshots {
@@ -192,7 +192,7 @@ pub(super) async fn take<M: StateMachine>(
     };
     let input = match (outcome, snapshots) {
         (Ok(Some(stream)), Some(s)) => {
-            match s.builder.try_send(BuildJob { last_included, stream }) {
+            match s.builder.try_send(BuildJob { last_included, membership, stream }) {
                 Ok(()) => return true,
                 Err(_) => Input::Snapshot(SnapshotInput::Skipped),
             }

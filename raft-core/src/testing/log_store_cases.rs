@@ -165,10 +165,16 @@ fn expect_invalid<T: Debug>(what: &str, result: Result<T, StorageError>) -> Resu
     }
 }
 
-/// A deterministic entry: every fifth one is blank, the others carry a command naming them.
+/// A deterministic entry: every fifth one is blank, every seventh a membership, the others
+/// carry a command naming them.
 fn entry(index: LogIndex, term: Term) -> Entry {
     let payload = if index % 5 == 0 {
         EntryPayload::Blank
+    } else if index % 7 == 0 {
+        EntryPayload::Membership(crate::membership::Membership {
+            voters: [1, 2, index].into(),
+            learners: [index + 1, u64::MAX].into(),
+        })
     } else {
         EntryPayload::Command(Bytes::from(format!("entry {index} of term {term}")))
     };

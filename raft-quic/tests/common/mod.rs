@@ -123,6 +123,7 @@ pub fn heartbeat(leader: NodeId) -> RpcRequest {
         prev_log_id: LogId::new(1, 7),
         entries: Vec::new(),
         leader_commit: 7,
+        read_round: 0,
     })
 }
 
@@ -146,6 +147,7 @@ pub fn append(leader: NodeId, count: usize, size: usize, first: &'static [u8]) -
         prev_log_id: LogId::new(1, 7),
         entries,
         leader_commit: 7,
+        read_round: 0,
     })
 }
 

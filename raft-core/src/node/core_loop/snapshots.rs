@@ -102,8 +102,8 @@ impl CoreLoop {
             }
             Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
             Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
-            Action::TakeSnapshot { last_included } => {
-                let _ = self.applier.try_send(ApplyMsg::TakeSnapshot(last_included));
+            Action::TakeSnapshot { last_included, membership } => {
+                let _ = self.applier.try_send(ApplyMsg::TakeSnapshot(last_included, membership));
             }
             Action::Restore(meta) => {
                 let _ = self.applier.try_send(ApplyMsg::Restore(meta));

@@ -1,0 +1,208 @@
+//! The membership history of the log: the membership in force at the log's base (the snapshot
+//! or the configuration) and every membership entry after it, so that the effective membership
+//! (the latest one) can be rolled back when entries are overwritten and read as of any index
+//! when a snapshot is taken; and the leader's side of membership changes.
+
+use super::progress::Progress;
+use super::{Engine, RoleState};
+use crate::membership::{InvalidChange, Membership, MembershipChange};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
+
+/// Why the leader refused a membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipRefusal {
+    /// This node is not the leader; the known leader, if any.
+    NotLeader(Option<NodeId>),
+    /// Another change is not committed yet, or the leader has not committed an entry of its own
+    /// term yet: try again shortly.
+    ChangeInProgress,
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// The change does not apply to the current membership.
+    Invalid(InvalidChange),
+    /// `PromoteLearner` of a learner more than `Config::max_promotion_lag_entries` behind the
+    /// commit index: wait for it to catch up.
+    LearnerBehind {
+        /// The last entry the learner is known to hold.
+        match_index: LogIndex,
+        /// The leader's commit index.
+        commit_index: LogIndex,
+    },
+}
+
+impl Engine {
+    /// The membership in force: the latest one in the log (committed or not), else the latest
+    /// snapshot's, else the configured one.
+    pub fn membership(&self) -> &Membership {
+        self.log.membership().latest()
+    }
+
+    /// The index of the entry that set [`Engine::membership`] (0: the configured one; at most
+    /// the snapshot's last index when a snapshot's).
+    pub fn membership_index(&self) -> LogIndex {
+        self.log.membership().latest_index()
+    }
+
+    /// Leader: appends the membership after `change`. It is in force at once; the change is
+    /// complete once the entry commits (a removed leader then steps down).
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<LogId, MembershipRefusal> {
+        let RoleState::Leader(leader) = &self.role else {
+            return Err(MembershipRefusal::NotLeader(self.leader_id));
+        };
+        if leader.transfer.is_some() {
+            return Err(MembershipRefusal::TransferInProgress);
+        }
+        let commit_index = self.log.commit_index;
+        if !self.own_term_committed() || self.membership_index() > commit_index {
+            return Err(MembershipRefusal::ChangeInProgress);
+        }
+        let next = self.membership().apply(change).map_err(MembershipRefusal::Invalid)?;
+        if let MembershipChange::PromoteLearner(id) = change {
+            let match_index = leader.progress.get(&id).map_or(0, |p| p.match_index);
+            if match_index + self.config.max_promotion_lag_entries < commit_index {
+                return Err(MembershipRefusal::LearnerBehind { match_index, commit_index });
+            }
+        }
+        tracing::info!(id = self.id, ?change, voters = ?next.voters, learners = ?next.learners, "membership change");
+        let id = self.append_entry(EntryPayload::Membership(next));
+        self.sync_membership();
+        Ok(id)
+    }
+
+    /// Brings the leader's bookkeeping in line with the membership in force, after any change of
+    /// the log (append, truncation, snapshot install): replication to new members, none to
+    /// removed ones, quorums of the new voters.
+    pub(super) fn sync_membership(&mut self) {
+        if self.membership_seen == *self.membership() {
+            return;
+        }
+        self.membership_seen = self.membership().clone();
+        let members = self.membership_seen.members();
+        let next = self.log.last_index() + 1;
+        let (max_requests, max_bytes) =
+            (self.config.max_inflight_append_entries, self.config.max_inflight_bytes);
+        if let RoleState::Leader(leader) = &mut self.role {
+            leader.progress.retain(|id, _| members.contains(id));
+            for &id in members.iter().filter(|&&id| id != self.id) {
+                leader
+                    .progress
+                    .entry(id)
+                    .or_insert_with(|| Progress::new(next, max_requests, max_bytes));
+            }
+            self.check_transfer_target();
+            self.maybe_commit();
+        }
+    }
+
+    /// A leader that is not a voter of the membership in force (it was removed) steps down
+    /// once that membership is committed; until then it replicates without counting itself.
+    pub(super) fn step_down_if_removed(&mut self) {
+        if matches!(self.role, RoleState::Leader(_))
+            && !self.membership().is_voter(self.id)
+            && self.log.commit_index >= self.membership_index()
+        {
+            tracing::info!(id = self.id, "removed from the voters; stepping down");
+            self.become_follower(self.hard_state.current_term, None);
+        }
+    }
+}
+
+/// Memberships by log index. Invariant: `changes` are in increasing index order, all after
+/// `base.0`.
+#[derive(Debug, Clone)]
+pub(crate) struct MembershipLog {
+    /// The membership in force at `base.0` (0: the configured initial membership).
+    base: (LogIndex, Membership),
+    /// Membership entries after `base.0`.
+    changes: Vec<(LogIndex, Membership)>,
+}
+
+impl MembershipLog {
+    /// The membership `base` in force at index `at`, with no later change known.
+    pub(crate) fn new(at: LogIndex, base: Membership) -> Self {
+        Self { base: (at, base), changes: Vec::new() }
+    }
+
+    /// Records `entry` if it carries a membership and follows the base.
+    pub(crate) fn appended(&mut self, entry: &Entry) {
+        if let EntryPayload::Membership(m) = &entry.payload {
+            if entry.index > self.base.0 {
+                self.changes.push((entry.index, m.clone()));
+            }
+        }
+    }
+
+    /// Forgets the changes at `from` or later (their entries were overwritten).
+    pub(crate) fn truncated(&mut self, from: LogIndex) {
+        self.changes.retain(|(index, _)| *index < from);
+    }
+
+    /// Folds the changes up to `up_to` into the base (their entries were compacted away).
+    pub(crate) fn compacted(&mut self, up_to: LogIndex) {
+        if up_to <= self.base.0 {
+            return;
+        }
+        let folded = self.changes.iter().take_while(|(index, _)| *index <= up_to).count();
+        let base = match folded {
+            0 => self.base.1.clone(),
+            n => self.changes[n - 1].1.clone(),
+        };
+        self.changes.drain(..folded);
+        self.base = (up_to, base);
+    }
+
+    /// Replaces the whole history by `membership` in force at `at` (a snapshot was installed).
+    pub(crate) fn reset(&mut self, at: LogIndex, membership: Membership) {
+        *self = Self::new(at, membership);
+    }
+
+    /// The latest membership: the one in force now.
+    pub(crate) fn latest(&self) -> &Membership {
+        self.changes.last().map_or(&self.base.1, |(_, m)| m)
+    }
+
+    /// The index of the latest membership entry (the base's index if there is none after it).
+    pub(crate) fn latest_index(&self) -> LogIndex {
+        self.changes.last().map_or(self.base.0, |(index, _)| *index)
+    }
+
+    /// The membership in force at `index` (not before the base).
+    pub(crate) fn at(&self, index: LogIndex) -> &Membership {
+        self.changes.iter().rev().find(|(at, _)| *at <= index).map_or(&self.base.1, |(_, m)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(index: LogIndex, voters: &[u64]) -> Entry {
+        let m = Membership::with_voters(voters.iter().copied());
+        Entry { index, term: 1, payload: EntryPayload::Membership(m) }
+    }
+
+    #[test]
+    fn latest_rolls_back_on_truncation_and_folds_on_compaction() {
+        let mut log = MembershipLog::new(0, Membership::with_voters([1, 2, 3]));
+        log.appended(&Entry { index: 1, term: 1, payload: EntryPayload::Blank });
+        log.appended(&change(2, &[1, 2, 3, 4]));
+        log.appended(&change(5, &[2, 3, 4]));
+        assert_eq!(log.latest().voters, [2, 3, 4].into());
+        assert_eq!(log.latest_index(), 5);
+        assert_eq!(log.at(4).voters, [1, 2, 3, 4].into());
+        assert_eq!(log.at(1).voters, [1, 2, 3].into());
+        log.truncated(5);
+        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        log.compacted(3);
+        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        assert_eq!(log.latest_index(), 3);
+        log.truncated(4); // nothing after the base to forget
+        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        log.reset(10, Membership::with_voters([7]));
+        log.appended(&change(9, &[8])); // before the base: ignored
+        assert_eq!(log.latest().voters, [7].into());
+    }
+}

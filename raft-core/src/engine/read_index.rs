@@ -1,0 +1,229 @@
+//! Linearizable reads without log writes: ReadIndex (Raft thesis §6.4).
+//!
+//! The leader records its commit index as the read index, then confirms it is still the leader
+//! with a round of AppendEntries acknowledged by a majority of voters. Reads registered before a
+//! round is sent share it: every AppendEntries carries the leader's current round number
+//! (`read_round`), and an answer in the leader's term to a request of round `r` confirms every
+//! read of round `r` or earlier. A new leader answers reads only after an entry of its own term
+//! is committed (before that its commit index may be behind the previous leader's).
+//!
+//! A follower asks the leader for a read index with a `ReadIndex` RPC. Either way the caller then
+//! waits until its state machine has applied the read index before reading.
+
+use std::collections::VecDeque;
+
+use super::{Action, Engine, ReplyId, RoleState};
+use crate::message::{ReadIndexRequest, ReadIndexResponse, RpcRequest, RpcResponse};
+use crate::types::{LogIndex, NodeId};
+
+use super::quorum;
+
+/// Identifies a read asked for with [`Engine::read_index`] (chosen by the caller, echoed in
+/// [`Action::ReadIndexReady`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReadId(pub u64);
+
+/// Why a read index could not be obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadIndexRefusal {
+    /// Neither this node nor the node it asked is the leader; the known leader, if any.
+    NotLeader(Option<NodeId>),
+    /// The leader holds `Config::max_pending_reads` reads already: try again shortly.
+    Backlogged,
+    /// The leader stepped down before a quorum confirmed its leadership: retry on the new one.
+    LeadershipLost,
+    /// The leader could not be reached (follower reads).
+    Unreachable,
+}
+
+/// Who waits for a read index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadWaiter {
+    /// A read of this node.
+    Local(ReadId),
+    /// A follower's `ReadIndex` request.
+    Remote(ReplyId),
+}
+
+/// A leader's reads.
+#[derive(Debug, Default)]
+pub(super) struct ReadQueue {
+    /// The latest round number sent.
+    round: u64,
+    /// A read is waiting for the next round.
+    round_wanted: bool,
+    /// Reads waiting for an entry of the leader's term to commit.
+    waiting_commit: Vec<ReadWaiter>,
+    /// Reads with their index, waiting for a majority to acknowledge `round`, oldest first.
+    pending: VecDeque<(u64, LogIndex, ReadWaiter)>,
+}
+
+impl ReadQueue {
+    /// The round stamped on AppendEntries sent now.
+    pub(super) fn round(&self) -> u64 {
+        self.round
+    }
+
+    fn len(&self) -> usize {
+        self.waiting_commit.len() + self.pending.len()
+    }
+}
+
+impl Engine {
+    /// Asks for a read index. The outcome comes as [`Action::ReadIndexReady`] for `id`: on the
+    /// leader once a quorum confirmed its leadership, on a follower once the leader answered
+    /// its `ReadIndex` request. Reading the state machine after it applied that index is
+    /// linearizable.
+    pub fn read_index(&mut self, id: ReadId) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.register_read(ReadWaiter::Local(id));
+            return;
+        }
+        match self.leader_id {
+            Some(leader) if leader != self.id => {
+                let request = RpcRequest::ReadIndex(ReadIndexRequest {
+                    term: self.hard_state.current_term,
+                    sender: self.id,
+                    read_id: id.0,
+                });
+                self.actions.push(Action::Send { to: leader, request, after_persist: false });
+            }
+            _ => self.reply_read(ReadWaiter::Local(id), Err(ReadIndexRefusal::NotLeader(None))),
+        }
+    }
+
+    /// A follower's `ReadIndex` request.
+    pub(super) fn handle_read_index(&mut self, req: &ReadIndexRequest, reply_to: ReplyId) {
+        let waiter = ReadWaiter::Remote(reply_to);
+        if matches!(self.role, RoleState::Leader(_)) && req.term <= self.hard_state.current_term {
+            self.register_read(waiter);
+        } else {
+            self.reply_read(waiter, Err(ReadIndexRefusal::NotLeader(self.leader_id)));
+        }
+    }
+
+    /// The leader's answer to our `ReadIndex` request `read_id`.
+    pub(super) fn handle_read_index_response(&mut self, read_id: u64, resp: &ReadIndexResponse) {
+        let result = resp.read_index.ok_or(ReadIndexRefusal::NotLeader(resp.leader_hint));
+        self.reply_read(ReadWaiter::Local(ReadId(read_id)), result);
+    }
+
+    /// Our `ReadIndex` request `read_id` got no answer.
+    pub(super) fn read_index_unreachable(&mut self, read_id: u64) {
+        self.reply_read(ReadWaiter::Local(ReadId(read_id)), Err(ReadIndexRefusal::Unreachable));
+    }
+
+    fn register_read(&mut self, waiter: ReadWaiter) {
+        let own_term_committed = self.own_term_committed();
+        let (commit, max) = (self.log.commit_index, self.config.max_pending_reads);
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let reads = &mut leader.reads;
+        if reads.len() >= max {
+            self.reply_read(waiter, Err(ReadIndexRefusal::Backlogged));
+        } else if own_term_committed {
+            reads.pending.push_back((reads.round + 1, commit, waiter));
+            reads.round_wanted = true;
+        } else {
+            reads.waiting_commit.push(waiter);
+        }
+    }
+
+    /// Whether the commit index is at an entry of the current term (a leader's commit index is
+    /// then at least every earlier leader's).
+    pub(super) fn own_term_committed(&self) -> bool {
+        self.log.term_at(self.log.commit_index) == Some(self.hard_state.current_term)
+    }
+
+    /// Leader, before replicating: gives waiting reads their index once the leader's term has a
+    /// committed entry, and starts a round for reads that need one (a heartbeat to every voter
+    /// that is not sent entries anyway).
+    pub(super) fn start_read_round(&mut self) {
+        let own_term_committed = self.own_term_committed();
+        let commit = self.log.commit_index;
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let reads = &mut leader.reads;
+        if own_term_committed && !reads.waiting_commit.is_empty() {
+            for waiter in std::mem::take(&mut reads.waiting_commit) {
+                reads.pending.push_back((reads.round + 1, commit, waiter));
+            }
+            reads.round_wanted = true;
+        }
+        if !std::mem::take(&mut reads.round_wanted) {
+            return;
+        }
+        reads.round += 1;
+        let peers: Vec<NodeId> = self.voter_peers();
+        for peer in peers {
+            self.replicate_to(peer, true);
+        }
+        self.confirm_reads();
+    }
+
+    /// `from` answered an AppendEntries of `round` in the current term.
+    pub(super) fn read_round_acked(&mut self, from: NodeId, round: u64) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        if round > progress.read_round_acked {
+            progress.read_round_acked = round;
+            self.confirm_reads();
+        }
+    }
+
+    /// Answers every read whose round a majority of voters acknowledged.
+    fn confirm_reads(&mut self) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        if leader.reads.pending.is_empty() {
+            return;
+        }
+        let membership = self.log.membership().latest();
+        let rounds = membership
+            .voters
+            .iter()
+            .map(|&voter| match leader.progress.get(&voter) {
+                _ if voter == self.id => leader.reads.round,
+                Some(progress) => progress.read_round_acked,
+                None => 0,
+            })
+            .collect();
+        let confirmed = quorum::committed_index(rounds);
+        let mut ready = Vec::new();
+        while let Some(&(round, index, waiter)) = leader.reads.pending.front() {
+            if round > confirmed {
+                break;
+            }
+            leader.reads.pending.pop_front();
+            ready.push((waiter, index));
+        }
+        for (waiter, index) in ready {
+            self.reply_read(waiter, Ok(index));
+        }
+    }
+
+    /// Fails every read of a leader that stepped down.
+    pub(super) fn abandon_reads(&mut self, reads: ReadQueue) {
+        let waiters =
+            reads.waiting_commit.into_iter().chain(reads.pending.into_iter().map(|r| r.2));
+        for waiter in waiters {
+            self.reply_read(waiter, Err(ReadIndexRefusal::LeadershipLost));
+        }
+    }
+
+    fn reply_read(&mut self, waiter: ReadWaiter, result: Result<LogIndex, ReadIndexRefusal>) {
+        let action = match waiter {
+            ReadWaiter::Local(id) => Action::ReadIndexReady { id, result },
+            ReadWaiter::Remote(reply_to) => {
+                let leader_hint = match result {
+                    Err(ReadIndexRefusal::NotLeader(hint)) => hint,
+                    _ => None,
+                };
+                let response = RpcResponse::ReadIndex(ReadIndexResponse {
+                    term: self.hard_state.current_term,
+                    read_index: result.ok(),
+                    leader_hint,
+                });
+                Action::Respond { reply_to, response, after_persist: false }
+            }
+        };
+        self.actions.push(action);
+    }
+}

@@ -1,0 +1,134 @@
+//! Learners and single-server membership changes, driven by the synchronous test cluster.
+
+use super::*;
+use crate::membership::{InvalidChange, Membership, MembershipChange};
+
+fn change(c: &mut Cluster, leader: NodeId, change: MembershipChange) -> LogId {
+    let id = c.engine(leader).propose_membership(change).unwrap();
+    c.settle();
+    id
+}
+
+#[test]
+fn a_learner_catches_up_never_votes_then_is_promoted() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.add_node(Config::joining(4));
+    change(&mut c, leader, MembershipChange::AddLearner(4));
+    c.tick(5);
+    assert_eq!(commands(&c.nodes[&4].applied), vec![Bytes::from_static(b"a")]);
+    assert_eq!(c.nodes[&4].engine.membership().learners, [4].into());
+
+    // The learner does not count: with two voters cut off, nothing commits.
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    c.isolated.extend(others.iter().copied());
+    let stuck = c.engine(leader).propose(Bytes::from_static(b"stuck")).unwrap();
+    c.settle();
+    assert!(c.nodes[&leader].engine.commit_index() < stuck.index);
+    // ... and it never campaigns, however long it hears nothing.
+    c.isolated.insert(leader);
+    let term = c.nodes[&4].engine.hard_state().current_term;
+    c.tick(300);
+    assert_eq!(c.nodes[&4].engine.hard_state().current_term, term);
+    assert_eq!(c.nodes[&4].engine.role(), Role::Follower);
+    c.isolated.clear();
+    let leader = c.elect();
+
+    change(&mut c, leader, MembershipChange::PromoteLearner(4));
+    c.tick(5);
+    for node in c.nodes.values() {
+        assert_eq!(node.engine.membership(), &Membership::with_voters([1, 2, 3, 4]));
+    }
+}
+
+#[test]
+fn removing_the_leader_steps_it_down_once_committed() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let id = change(&mut c, leader, MembershipChange::RemoveNode(leader));
+    assert!(c.nodes[&leader].engine.commit_index() >= id.index);
+    assert_ne!(c.nodes[&leader].engine.role(), Role::Leader);
+    let new_leader = c.elect();
+    assert_ne!(new_leader, leader);
+    let remaining: BTreeSet<NodeId> = (1..=3).filter(|&n| n != leader).collect();
+    assert_eq!(c.nodes[&new_leader].engine.membership().voters, remaining);
+    // The two remaining voters commit on their own.
+    c.isolated.insert(leader);
+    c.propose(new_leader, b"x");
+    c.tick(5);
+    for id in &remaining {
+        assert_eq!(commands(&c.nodes[id].applied), vec![Bytes::from_static(b"x")]);
+    }
+}
+
+#[test]
+fn one_change_at_a_time_and_invalid_changes_are_refused() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    assert_eq!(
+        c.engine(leader).propose_membership(MembershipChange::PromoteLearner(9)),
+        Err(MembershipRefusal::Invalid(InvalidChange::NotLearner(9)))
+    );
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    c.isolated.extend(others.iter().copied());
+    c.engine(leader).propose_membership(MembershipChange::AddLearner(9)).unwrap();
+    assert_eq!(
+        c.engine(leader).propose_membership(MembershipChange::AddLearner(10)),
+        Err(MembershipRefusal::ChangeInProgress),
+        "the first change is not committed"
+    );
+    assert_eq!(
+        c.engine(leader).propose_membership(MembershipChange::PromoteLearner(9)),
+        Err(MembershipRefusal::ChangeInProgress)
+    );
+    let follower = others[0];
+    assert_eq!(
+        c.engine(follower).propose_membership(MembershipChange::AddLearner(10)),
+        Err(MembershipRefusal::NotLeader(Some(leader)))
+    );
+}
+
+#[test]
+fn an_uncommitted_change_is_rolled_back_when_overwritten() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.isolated.insert(leader);
+    c.engine(leader).propose_membership(MembershipChange::AddLearner(9)).unwrap();
+    c.settle();
+    assert!(c.nodes[&leader].engine.membership().learners.contains(&9));
+    let new_leader = c.elect();
+    c.propose(new_leader, b"x");
+    c.isolated.clear();
+    c.tick(60);
+    assert_eq!(c.nodes[&leader].engine.membership(), &Membership::with_voters([1, 2, 3]));
+    assert_eq!(commands(&c.nodes[&leader].applied), vec![Bytes::from_static(b"x")]);
+}
+
+#[test]
+fn a_restarted_node_knows_its_membership_from_the_log_and_the_snapshot() {
+    let mut c = Cluster::with_configs(snapshot_configs(3));
+    let leader = c.elect();
+    c.add_node(Config::joining(4));
+    change(&mut c, leader, MembershipChange::AddLearner(4));
+    c.tick(5);
+    let node = &c.nodes[&4];
+    let durable = DurableState { hard_state: node.durable_hard_state, ..DurableState::default() };
+    let restarted = Engine::new(Config::joining(4), &durable, node.durable_log.clone());
+    assert_eq!(restarted.membership().learners, [4].into());
+
+    // Compact everything: the snapshot carries the membership.
+    for i in 0..30 {
+        c.propose(leader, if i % 2 == 0 { b"p" } else { b"q" });
+    }
+    c.tick(5);
+    let (meta, _, _) = c.nodes[&leader].snapshot.clone().expect("a snapshot was taken");
+    assert_eq!(meta.membership.learners, [4].into());
+    let restarted = Engine::with_snapshots(
+        Config::joining(leader),
+        &DurableState::default(),
+        Vec::new(),
+        Some(meta),
+    );
+    assert_eq!(restarted.membership().voters, [1, 2, 3].into());
+}

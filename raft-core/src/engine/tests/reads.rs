@@ -1,0 +1,133 @@
+//! ReadIndex and leadership transfer, driven by the synchronous test cluster.
+
+use super::*;
+
+fn append_entries_sent(c: &Cluster, from: NodeId, since: usize) -> usize {
+    c.log[since..]
+        .iter()
+        .filter(|(id, a)| {
+            *id == from && matches!(a, Action::Send { request: RpcRequest::AppendEntries(_), .. })
+        })
+        .count()
+}
+
+fn follower_of(c: &Cluster, leader: NodeId) -> NodeId {
+    *c.nodes.keys().find(|&&id| id != leader).unwrap()
+}
+
+#[test]
+fn leader_read_waits_for_a_quorum_round_and_reads_share_it() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    let commit = c.nodes[&leader].engine.commit_index();
+
+    // Cut off both followers: the round gets no answer, so no read is confirmed.
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(followers.iter().copied());
+    c.engine(leader).read_index(ReadId(1));
+    c.settle();
+    assert!(c.reads.is_empty(), "no read is confirmed without a quorum");
+    c.isolated.clear();
+
+    // Three reads in one step share one round: one heartbeat per follower.
+    let before = c.log.len();
+    for id in 2..5 {
+        c.engine(leader).read_index(ReadId(id));
+    }
+    c.settle();
+    assert_eq!(append_entries_sent(&c, leader, before), 2, "one round for three reads");
+    let answered: Vec<(ReadId, Result<LogIndex, ReadIndexRefusal>)> =
+        c.reads.iter().map(|&(_, id, result)| (id, result)).collect();
+    // The first read is confirmed too: a later round covers every earlier read.
+    let expected: Vec<_> = (1..5).map(|id| (ReadId(id), Ok(commit))).collect();
+    assert_eq!(answered, expected);
+}
+
+#[test]
+fn follower_read_asks_the_leader() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    let commit = c.nodes[&leader].engine.commit_index();
+    let follower = follower_of(&c, leader);
+    c.engine(follower).read_index(ReadId(7));
+    c.settle();
+    assert_eq!(c.reads, vec![(follower, ReadId(7), Ok(commit))]);
+
+    // A follower that cannot reach the leader gets an error, not silence.
+    c.isolated.insert(leader);
+    c.engine(follower).read_index(ReadId(8));
+    c.settle();
+    assert_eq!(c.reads[1], (follower, ReadId(8), Err(ReadIndexRefusal::Unreachable)));
+}
+
+#[test]
+fn a_deposed_leader_fails_its_pending_reads() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.isolated.insert(leader);
+    c.engine(leader).read_index(ReadId(1));
+    c.settle();
+    for _ in 0..200 {
+        c.tick(1);
+        if c.nodes[&leader].engine.role() != Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(c.reads, vec![(leader, ReadId(1), Err(ReadIndexRefusal::LeadershipLost))]);
+}
+
+#[test]
+fn a_new_leader_answers_reads_only_after_committing_in_its_term() {
+    let mut c = Cluster::new(1);
+    c.engine(1).tick(); // not yet leader: refused
+    c.engine(1).read_index(ReadId(1));
+    c.drain(1);
+    assert_eq!(c.reads, vec![(1, ReadId(1), Err(ReadIndexRefusal::NotLeader(None)))]);
+    let leader = c.elect();
+    c.engine(leader).read_index(ReadId(2));
+    c.settle();
+    let commit = c.nodes[&leader].engine.commit_index();
+    assert_eq!(commit, 1, "the blank entry of the leader's term");
+    assert_eq!(c.reads[1], (1, ReadId(2), Ok(1)));
+}
+
+#[test]
+fn leadership_transfer_hands_over_and_refuses_proposals_meanwhile() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let target = follower_of(&c, leader);
+    c.isolated.insert(target);
+    c.propose(leader, b"a"); // the target misses it and must be caught up first
+    c.isolated.clear();
+    c.engine(leader).transfer_leadership(target).unwrap();
+    assert_eq!(
+        c.engine(leader).propose(Bytes::from_static(b"b")),
+        Err(ProposeRefusal::TransferInProgress)
+    );
+    assert_eq!(
+        c.engine(leader).transfer_leadership(leader + 10),
+        Err(TransferRefusal::InProgress(target))
+    );
+    c.tick(5);
+    assert_eq!(c.leaders(), vec![target]);
+    assert_eq!(c.nodes[&leader].engine.leader_id(), Some(target));
+    assert_eq!(commands(&c.nodes[&target].applied), vec![Bytes::from_static(b"a")]);
+}
+
+#[test]
+fn leadership_transfer_times_out_and_the_leader_takes_proposals_again() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let target = follower_of(&c, leader);
+    assert_eq!(c.engine(leader).transfer_leadership(99), Err(TransferRefusal::NotVoter(99)));
+    c.isolated.insert(target);
+    c.engine(leader).transfer_leadership(target).unwrap();
+    c.tick(50);
+    assert_eq!(c.nodes[&leader].engine.transfer_target(), Some(target));
+    c.tick(60); // past the 1 s default timeout (10 ms ticks)
+    assert_eq!(c.nodes[&leader].engine.transfer_target(), None);
+    assert_eq!(c.leaders(), vec![leader]);
+    c.propose(leader, b"after");
+}
