@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use raft_core::{Entry, LogId, LogIndex, NodeId, Role, Status, Term};
+use raft_core::{Entry, EntryPayload, LogId, LogIndex, NodeId, Role, Status, Term};
 
 /// A broken invariant, with what was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +51,9 @@ pub struct LogChange {
 }
 
 /// Checks Election Safety, Leader Append-Only, Log Matching, Leader Completeness, State
-/// Machine Safety, that commit indexes never decrease, and that applies happen in order
-/// without gaps.
+/// Machine Safety, that commit indexes never decrease, that applies happen in order without
+/// gaps, and that committed memberships change by at most one voter at a time (so consecutive
+/// configurations have overlapping majorities).
 #[derive(Debug, Default)]
 pub struct InvariantChecker {
     leader_of_term: BTreeMap<Term, NodeId>,
@@ -171,6 +172,7 @@ impl InvariantChecker {
             }
             state.last_applied = Some(entry.index);
             record_committed(&mut self.committed, node, entry, max_term)?;
+            check_membership_step(&self.committed, entry)?;
         }
         Ok(())
     }
@@ -191,6 +193,7 @@ impl InvariantChecker {
         self.check_committed_id(node, last_included)?;
         for entry in contents {
             record_committed(&mut self.committed, node, entry, self.max_term)?;
+            check_membership_step(&self.committed, entry)?;
         }
         let state = self.incarnations.entry(incarnation).or_default();
         if let Some(last) = state.last_applied.filter(|&last| last > last_included.index) {
@@ -332,6 +335,32 @@ impl InvariantChecker {
     }
 }
 
+/// If `entry` (just recorded committed) is a membership, checks that its voters differ by at most
+/// one node from the previous committed membership's. Every committed entry before it is known by
+/// then: the first node to apply an entry applied (or restored) everything before it.
+fn check_membership_step(
+    committed: &BTreeMap<LogIndex, (Entry, Term)>,
+    entry: &Entry,
+) -> Result<(), Violation> {
+    let EntryPayload::Membership(next) = &entry.payload else { return Ok(()) };
+    let previous = committed.range(..entry.index).rev().find_map(|(_, (e, _))| match &e.payload {
+        EntryPayload::Membership(m) => Some((e.index, m)),
+        _ => None,
+    });
+    let Some((at, previous)) = previous else { return Ok(()) };
+    let changed = previous.voters.symmetric_difference(&next.voters).count();
+    if changed > 1 {
+        return violation(
+            "single-server membership changes",
+            format!(
+                "voters {:?} at {at} then {:?} at {}: {changed} voters changed at once",
+                previous.voters, next.voters, entry.index
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Records `entry` as committed (applied or in a snapshot by `node`), checking State Machine
 /// Safety against what was committed at its index before.
 fn record_committed(
@@ -462,6 +491,23 @@ mod tests {
         c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap();
         let v = c.observe_log(1, &change(3, 1, true, vec![]), Vec::new).unwrap_err();
         assert_eq!(v.invariant, "Leader Append-Only");
+    }
+
+    #[test]
+    fn detects_a_membership_change_of_two_voters_at_once() {
+        let membership = |index: LogIndex, voters: &[NodeId]| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Membership(raft_core::Membership::with_voters(
+                voters.iter().copied(),
+            )),
+        };
+        let mut c = InvariantChecker::new();
+        let ok =
+            [membership(1, &[1, 2, 3]), membership(2, &[1, 2, 3, 4]), membership(3, &[2, 3, 4])];
+        c.observe_applied((1, 1), &ok).unwrap();
+        let err = c.observe_applied((1, 1), &[membership(4, &[2, 5])]).unwrap_err();
+        assert_eq!(err.invariant, "single-server membership changes");
     }
 
     #[test]

@@ -12,4 +12,4 @@ mod simulation;
 
 pub use checker::{Incarnation, InvariantChecker, LogChange, Violation};
 pub use executor::{SimRuntime, Sleep};
-pub use simulation::{ClientLog, ConfigHook, SimFailure, Simulation, SimulationConfig};
+pub use simulation::{ClientLog, ConfigHook, ReaderLog, SimFailure, Simulation, SimulationConfig};

@@ -1,15 +1,17 @@
 //! A whole cluster of real nodes in virtual time, checked after every step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogId, LogIndex, Node, NodeId, ProposeError, Role, SnapshotMeta,
-    SnapshotStream, StateMachine, StateMachineError, Status,
+    Bytes, Config, Entry, InvalidChange, LogId, LogIndex, MembershipChange, MembershipError, Node,
+    NodeId, ProposeError, Role, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
+    Status,
 };
 
 use super::checker::{InvariantChecker, Violation};
@@ -164,6 +166,9 @@ pub struct Simulation {
     /// The network (faults, partitions, counters).
     pub network: MemNetwork,
     seed: u64,
+    /// The initial voters (their bootstrap configuration).
+    founders: Vec<NodeId>,
+    /// Every node that is part of the scenario: founders and added nodes, minus retired ones.
     ids: Vec<NodeId>,
     stores: BTreeMap<NodeId, MemLogStore>,
     snapshot_stores: BTreeMap<NodeId, MemSnapshotStore>,
@@ -172,8 +177,10 @@ pub struct Simulation {
     checker: InvariantChecker,
     failure: Option<SimFailure>,
     config_hook: Option<ConfigHook>,
-    /// The running nodes, shared with client tasks.
-    directory: Arc<Mutex<BTreeMap<NodeId, Node>>>,
+    /// The running nodes and their state machines, shared with client tasks.
+    directory: Arc<Mutex<BTreeMap<NodeId, (Node, Recorder)>>>,
+    /// Linearizability bookkeeping shared by writers and readers.
+    reads: Arc<ReadCheck>,
     /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
     livelock: (Duration, u64),
 }
@@ -181,6 +188,43 @@ pub struct Simulation {
 /// More executor steps than this at one virtual instant is reported as a livelock (every real
 /// activity of a node takes virtual time: ticks, network delays, client think time).
 const MAX_STEPS_PER_INSTANT: u64 = 200_000;
+
+/// What readers check: every read index covers every write acknowledged before the read began.
+#[derive(Debug, Default)]
+struct ReadCheck {
+    /// The highest log index of any acknowledged write so far.
+    max_acknowledged: AtomicU64,
+    /// Reads that observed a state missing a write acknowledged before they began.
+    violations: Mutex<Vec<String>>,
+}
+
+/// What one simulated reader saw.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderLog {
+    /// Reads that returned a read index (all checked).
+    pub completed: Arc<AtomicU64>,
+    /// Reads that failed (no leader, leadership lost, unreachable, timed out).
+    pub failed: Arc<AtomicU64>,
+    /// Set to stop the reader after its current read.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReaderLog {
+    /// Reads completed and checked so far.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    /// Reads that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Asks the reader to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
 
 /// What one simulated client saw: every write it was told committed, in order.
 #[derive(Debug, Clone, Default)]
@@ -249,6 +293,7 @@ impl Simulation {
             runtime,
             network,
             seed: config.seed,
+            founders: ids.clone(),
             ids,
             running: BTreeMap::new(),
             incarnations: BTreeMap::new(),
@@ -256,6 +301,7 @@ impl Simulation {
             failure: None,
             config_hook: hook,
             directory: Arc::default(),
+            reads: Arc::default(),
             livelock: (Duration::ZERO, 0),
         };
         for id in sim.ids.clone() {
@@ -269,9 +315,70 @@ impl Simulation {
         self.seed
     }
 
-    /// The voter ids.
+    /// The nodes of the scenario: the founding voters and added nodes, minus retired ones.
     pub fn ids(&self) -> &[NodeId] {
         &self.ids
+    }
+
+    /// Adds node `id` to the scenario and starts it empty, as a node joining the cluster
+    /// ([`Config::joining`]): it does nothing until a leader adds it with a membership change.
+    pub fn add_node(&mut self, id: NodeId) -> Result<(), SimFailure> {
+        if !self.ids.contains(&id) {
+            self.ids.push(id);
+            self.stores.entry(id).or_default();
+            self.snapshot_stores.entry(id).or_default();
+        }
+        self.start(id)
+    }
+
+    /// Crashes node `id` for good (after it was removed from the membership) and drops it from
+    /// [`Simulation::ids`].
+    pub fn retire(&mut self, id: NodeId) {
+        self.crash(id);
+        self.ids.retain(|&n| n != id);
+    }
+
+    /// Applies `change` through whichever node leads, retrying through leader changes, lost
+    /// leadership and changes still in progress, for at most `max`. A retry that finds the change
+    /// already made (an earlier attempt committed after all) counts as success.
+    pub fn change_membership(
+        &mut self,
+        change: MembershipChange,
+        max: Duration,
+    ) -> Result<(), SimFailure> {
+        let deadline = self.now() + max;
+        while self.now() < deadline {
+            if let Some(node) = self.leader().and_then(|leader| self.node(leader).cloned()) {
+                let runtime = self.runtime.clone();
+                let attempt = async move {
+                    futures::select! {
+                        result = node.change_membership(change).fuse() => Some(result),
+                        _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
+                    }
+                };
+                let outcome =
+                    self.block_on("a membership change", Duration::from_secs(4), attempt)?;
+                match outcome {
+                    Some(Ok(_)) => return Ok(()),
+                    Some(Err(MembershipError::Invalid(invalid))) => {
+                        let done = matches!(
+                            (change, &invalid),
+                            (MembershipChange::AddLearner(_), InvalidChange::AlreadyMember(_))
+                                | (MembershipChange::RemoveNode(_), InvalidChange::NotMember(_))
+                        ) || matches!(change, MembershipChange::PromoteLearner(id)
+                            if self.leader().and_then(|l| self.node(l))
+                                .is_some_and(|n| n.membership().is_voter(id)));
+                        if done {
+                            return Ok(());
+                        }
+                        return Err(self.fail(stuck(format!("{change:?} refused: {invalid}"))));
+                    }
+                    _ => {}
+                }
+            }
+            self.run_for(Duration::from_millis(50))?;
+        }
+        Err(self.fail(stuck(format!("{change:?} did not complete within {max:?}"))))
     }
 
     /// The node `id`, if it is running.
@@ -325,7 +432,11 @@ impl Simulation {
             *counter += 1;
             *counter
         };
-        let mut config = Config::new(id, self.ids.iter().copied());
+        let mut config = if self.founders.contains(&id) {
+            Config::new(id, self.founders.iter().copied())
+        } else {
+            Config::joining(id)
+        };
         config.random_seed = mix(self.seed, id * 1_000 + incarnation);
         if let Some(hook) = &self.config_hook {
             hook(&mut config);
@@ -351,7 +462,7 @@ impl Simulation {
             None => return Err(self.fail(stuck(format!("node {id} did not start")))),
         };
         self.network.register(id, Arc::new(node.clone()));
-        lock(&self.directory).insert(id, node.clone());
+        lock(&self.directory).insert(id, (node.clone(), recorder.clone()));
         self.running.insert(id, Running { node, incarnation, recorder });
         Ok(())
     }
@@ -363,13 +474,13 @@ impl Simulation {
         let log = ClientLog::default();
         let (directory, runtime, record, name) =
             (self.directory.clone(), self.runtime.clone(), log.clone(), name.to_owned());
-        let ids = self.ids.clone();
+        let reads = self.reads.clone();
         self.runtime.spawn_task(async move {
-            let mut target = ids[0];
+            let mut target = next_node(&directory, 0);
             let mut k = 0u64;
             while !record.stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let command = Bytes::from(format!("{name}-{k}"));
-                let node = lock(&directory).get(&target).cloned();
+                let node = lock(&directory).get(&target).map(|(node, _)| node.clone());
                 let mut hint = None;
                 if let Some(node) = node {
                     match node.propose(command.clone()).await {
@@ -381,6 +492,7 @@ impl Simulation {
                             };
                             if outcome.is_some() {
                                 lock(&record.acknowledged).push((command, index));
+                                reads.max_acknowledged.fetch_max(index, Ordering::SeqCst);
                                 k += 1;
                                 // Think time: a client never issues work in zero virtual time.
                                 runtime.sleep_for(Duration::from_millis(1 + k % 7)).await;
@@ -391,10 +503,49 @@ impl Simulation {
                         Err(_) => {}
                     }
                 }
-                target = hint.unwrap_or_else(|| {
-                    ids[(ids.iter().position(|&i| i == target).unwrap_or(0) + 1) % ids.len()]
-                });
+                target = hint.unwrap_or_else(|| next_node(&directory, target));
                 runtime.sleep_for(Duration::from_millis(20)).await;
+            }
+        });
+        log
+    }
+
+    /// Starts a reader task that asks running nodes in turn (followers included) for a
+    /// linearizable read with [`Node::read_index`] and checks each answer: the read index must
+    /// cover every write acknowledged (by any client of [`Simulation::spawn_client`]) before the
+    /// read began, and the node's state must hold that index when the call returns. A stale
+    /// read fails the run as a violation of "Linearizable reads".
+    pub fn spawn_reader(&self) -> ReaderLog {
+        let log = ReaderLog::default();
+        let (directory, runtime, record, reads) =
+            (self.directory.clone(), self.runtime.clone(), log.clone(), self.reads.clone());
+        self.runtime.spawn_task(async move {
+            let mut target = 0;
+            while !record.stop.load(Ordering::SeqCst) {
+                target = next_node(&directory, target);
+                let Some((node, recorder)) = lock(&directory).get(&target).cloned() else {
+                    runtime.sleep_for(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let floor = reads.max_acknowledged.load(Ordering::SeqCst);
+                let outcome = futures::select! {
+                    result = node.read_index().fuse() => result.ok(),
+                    _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
+                };
+                let Some(index) = outcome else {
+                    record.failed.fetch_add(1, Ordering::SeqCst);
+                    runtime.sleep_for(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let state_end = lock(&recorder.history).last().map_or(0, |e| e.index);
+                if index < floor || state_end < index {
+                    lock(&reads.violations).push(format!(
+                        "node {target} returned read index {index} with its state at {state_end}; \
+                         a write at index {floor} was acknowledged before the read began"
+                    ));
+                }
+                record.completed.fetch_add(1, Ordering::SeqCst);
+                runtime.sleep_for(Duration::from_millis(3)).await;
             }
         });
         log
@@ -437,6 +588,10 @@ impl Simulation {
             self.livelock = (now, 0);
         }
         if let Err(violation) = self.observe() {
+            self.failure = Some(self.fail(violation));
+        }
+        if let Some(stale) = lock(&self.reads.violations).first() {
+            let violation = Violation { invariant: "Linearizable reads", detail: stale.clone() };
             self.failure = Some(self.fail(violation));
         }
     }
@@ -540,26 +695,31 @@ impl Simulation {
             .map(|s| s.id)
     }
 
-    /// The leaders among the running nodes that can reach a majority of the cluster.
+    /// The leaders among the running nodes that can reach a majority of the voters of their
+    /// membership.
     pub fn leaders_with_quorum(&self) -> Vec<NodeId> {
-        let majority = self.ids.len() / 2 + 1;
-        self.statuses()
-            .into_iter()
-            .filter(|s| s.role == Role::Leader)
-            .filter(|s| {
-                self.ids
+        self.running
+            .values()
+            .filter(|r| r.node.status().role == Role::Leader)
+            .filter(|r| {
+                let id = r.node.id();
+                let voters = r.node.membership().voters;
+                let reachable = voters
                     .iter()
-                    .filter(|&&p| {
-                        self.is_running(p) && (p == s.id || self.network.connected(s.id, p))
-                    })
-                    .count()
-                    >= majority
+                    .filter(|&&p| self.is_running(p) && (p == id || self.network.connected(id, p)))
+                    .count();
+                reachable > voters.len() / 2
             })
-            .map(|s| s.id)
+            .map(|r| r.node.id())
             .collect()
     }
 
-    /// Runs until some node is leader with a quorum reachable and every running node it can
+    /// The voters and learners according to the current leader (`None` without a leader).
+    pub fn members(&self) -> Option<BTreeSet<NodeId>> {
+        self.leader().and_then(|l| self.node(l)).map(|n| n.membership().members())
+    }
+
+    /// Runs until some node is leader with a quorum reachable and every running member it can
     /// reach follows it in its term; returns it.
     pub fn wait_for_leader(&mut self, max: Duration) -> Result<NodeId, SimFailure> {
         self.run_until("a stable leader", max, |sim| sim.stable_leader().is_some())?;
@@ -568,10 +728,13 @@ impl Simulation {
 
     fn stable_leader(&self) -> Option<NodeId> {
         let [leader] = self.leaders_with_quorum()[..] else { return None };
-        let term = self.running.get(&leader)?.node.status().current_term;
+        let node = &self.running.get(&leader)?.node;
+        let (term, members) = (node.status().current_term, node.membership().members());
         self.running
             .iter()
-            .filter(|(&id, _)| id != leader && self.network.connected(leader, id))
+            .filter(|(&id, _)| {
+                id != leader && members.contains(&id) && self.network.connected(leader, id)
+            })
             .all(|(_, r)| {
                 let s = r.node.status();
                 s.current_term == term && s.leader_id == Some(leader)
@@ -629,6 +792,16 @@ impl Simulation {
             sim.statuses().iter().all(|s| s.applied_index >= index)
         })
     }
+}
+
+/// The running node after `current` in id order (wrapping), or `current` if none runs.
+fn next_node(directory: &Mutex<BTreeMap<NodeId, (Node, Recorder)>>, current: NodeId) -> NodeId {
+    let directory = lock(directory);
+    directory
+        .range(current + 1..)
+        .next()
+        .or_else(|| directory.iter().next())
+        .map_or(current, |(&id, _)| id)
 }
 
 fn stuck(detail: String) -> Violation {
