@@ -38,9 +38,9 @@ pub struct Membership {
 pub enum MembershipChange {
     /// Adds a node as a learner: the leader starts replicating to it.
     AddLearner(NodeId),
-    /// Makes a learner a voter. The leader refuses while the learner is more than
-    /// `Config::max_promotion_lag_entries` behind its commit index, so that a new voter never
-    /// stalls commitment while it catches up.
+    /// Makes a learner a voter. The leader refuses until the learner has answered its
+    /// replication and while it is more than `Config::max_promotion_lag_entries` behind the
+    /// commit index, so that a new voter never stalls commitment while it catches up.
     PromoteLearner(NodeId),
     /// Removes a voter or a learner. Removing the leader is allowed: it keeps leading until the
     /// change commits (without counting itself), then steps down.

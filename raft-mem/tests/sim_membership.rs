@@ -60,14 +60,16 @@ fn replacing_each_node_of_three_under_load_loses_nothing() {
             let mut sim = sim(3, seed, LOSSY)?;
             sim.wait_for_leader(LONG)?;
             let clients = [sim.spawn_client("a"), sim.spawn_client("b")];
-            let readers = [sim.spawn_reader()];
+            let readers = [sim.spawn_reader(), sim.spawn_reader()];
             for old in 1..=3 {
-                sim.run_for(Duration::from_millis(300))?;
+                sim.run_for(Duration::from_millis(1000))?;
                 add_voter(&mut sim, old + 3)?;
                 remove_voter(&mut sim, old)?;
             }
             sim.run_for(Duration::from_secs(1))?;
             let reads = stop_readers(&readers);
+            let failed: u64 = readers.iter().map(ReaderLog::failed).sum();
+            println!("seed {seed}: {:?} virtual, {reads} reads, {failed} failed", sim.now());
             converge_and_check(&mut sim, &clients)?;
             let leader = sim.leader().unwrap();
             assert_eq!(

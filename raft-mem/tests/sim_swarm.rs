@@ -1,7 +1,9 @@
 //! Randomized swarm: many seeds, each with a random cluster size, random link faults and a
 //! random schedule of partitions, disconnections, crashes and restarts while clients write.
-//! Every invariant is checked after every step; at the end the cluster must converge with every
-//! acknowledged write in place.
+//! Half of the seeds also add, promote and remove nodes and transfer leadership at random
+//! moments (without waiting for the outcome), and run a reader checking that every read index
+//! covers the writes acknowledged before it. Every invariant is checked after every step; at
+//! the end the cluster must converge with every acknowledged write in place.
 //!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
 //! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, or replay one with
@@ -13,7 +15,7 @@ mod sim_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, NodeId};
+use raft_core::{Config, MembershipChange, NodeId};
 use raft_mem::sim::{Simulation, SimulationConfig};
 use raft_mem::LinkFaults;
 use sim_support::*;
@@ -70,7 +72,12 @@ fn swarm_run(seed: u64) -> Outcome {
     let snapshots = snapshot_hook(seed);
     let with_snapshots = snapshots.is_some();
     let mut sim = Simulation::with_config_hook(config, snapshots)?;
-    let ids: Vec<NodeId> = sim.ids().to_vec();
+    let mut ids: Vec<NodeId> = sim.ids().to_vec();
+    // Membership changes and reads, drawn from their own dice (the rest of each seed's
+    // scenario keeps its shape).
+    let mut changes = Dice(seed ^ 0xC0_4F16);
+    let with_changes = changes.chance(50);
+    let mut next_id = 100;
     for _ in 0..dice.below(3) {
         let (a, b) = (dice.pick(&ids), dice.pick(&ids));
         let faults = random_faults(&mut dice);
@@ -81,7 +88,11 @@ fn swarm_run(seed: u64) -> Outcome {
     }
     let clients: Vec<_> =
         (0..1 + dice.below(3)).map(|c| sim.spawn_client(&format!("s{c}"))).collect();
+    let reader = with_changes.then(|| sim.spawn_reader());
     for _ in 0..(5 + dice.below(20)) {
+        if with_changes && changes.chance(40) {
+            change_at_random(&mut sim, &mut changes, &mut ids, &mut next_id)?;
+        }
         match dice.below(7) {
             0 => {
                 let split = 1 + dice.below(ids.len() as u64 - 1) as usize;
@@ -114,7 +125,16 @@ fn swarm_run(seed: u64) -> Outcome {
             );
         }
     }
+    if let Some(reader) = reader {
+        reader.stop();
+    }
     converge_and_check(&mut sim, &clients)?;
+    let committed_changes = sim
+        .checker()
+        .committed_entries()
+        .filter(|e| matches!(e.payload, raft_core::EntryPayload::Membership(_)))
+        .count();
+    MEMBERSHIP_CHANGES.fetch_add(committed_changes as u64, std::sync::atomic::Ordering::Relaxed);
     if with_snapshots {
         SNAPSHOT_SEEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let restores: usize = ids.iter().map(|&id| sim.restores(id).len()).sum();
@@ -123,7 +143,57 @@ fn swarm_run(seed: u64) -> Outcome {
     Ok(())
 }
 
+/// Starts a random membership change or leadership transfer on the current leader, without
+/// waiting for its outcome (it may fail, commit or be overwritten under the faults).
+fn change_at_random(
+    sim: &mut Simulation,
+    dice: &mut Dice,
+    ids: &mut Vec<NodeId>,
+    next_id: &mut NodeId,
+) -> Outcome {
+    let Some(leader) = sim.leader() else { return Ok(()) };
+    let Some(node) = sim.node(leader).cloned() else { return Ok(()) };
+    let membership = node.membership();
+    let pick = |dice: &mut Dice, set: &std::collections::BTreeSet<NodeId>| {
+        let v: Vec<NodeId> = set.iter().copied().collect();
+        (!v.is_empty()).then(|| dice.pick(&v))
+    };
+    let change = match dice.below(4) {
+        0 => {
+            let id = *next_id;
+            *next_id += 1;
+            sim.add_node(id)?;
+            ids.push(id);
+            MembershipChange::AddLearner(id)
+        }
+        1 => match pick(dice, &membership.learners) {
+            Some(id) => MembershipChange::PromoteLearner(id),
+            None => return Ok(()),
+        },
+        2 => match pick(dice, &membership.members()) {
+            Some(id) => MembershipChange::RemoveNode(id),
+            None => return Ok(()),
+        },
+        _ => {
+            if let Some(target) = pick(dice, &membership.voters) {
+                sim.runtime.spawn_task(async move {
+                    let _ = node.transfer_leadership(target).await;
+                });
+            }
+            return Ok(());
+        }
+    };
+    if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+        println!("  t={:?} {change:?} on leader {leader}", sim.now());
+    }
+    sim.runtime.spawn_task(async move {
+        let _ = node.change_membership(change).await;
+    });
+    Ok(())
+}
+
 static SNAPSHOT_SEEDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static MEMBERSHIP_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -149,10 +219,11 @@ fn shard(index: u64) {
         ran += 1;
     }
     println!(
-        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} with snapshots, {} snapshot restores)",
+        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} with snapshots, {} snapshot restores, {} committed membership changes)",
         started.elapsed(),
         SNAPSHOT_SEEDS.load(std::sync::atomic::Ordering::Relaxed),
-        RESTORES.load(std::sync::atomic::Ordering::Relaxed)
+        RESTORES.load(std::sync::atomic::Ordering::Relaxed),
+        MEMBERSHIP_CHANGES.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
 

@@ -1,7 +1,9 @@
 //! Real `raft_core::Node`s on `QuicNetwork` over loopback, with certificates generated into a
 //! temporary directory (no manual step): a 3-node cluster elects a leader and commits, a
 //! restarted node reconnects and catches up, and a follower left behind by log compaction gets
-//! a multi-chunk InstallSnapshot. Run under tokio and smol.
+//! a multi-chunk InstallSnapshot, and a node is replaced in the live cluster (a joining node is
+//! added as a voter, serves a ReadIndex read as a follower, takes leadership by transfer, and
+//! the old leader is removed). Run under tokio and smol.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -14,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogId, Node, NodeId, ProposeError, Role, Runtime, SnapshotMeta,
-    SnapshotStream, StateMachine, StateMachineError, Status,
+    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, ProposeError, Role, Runtime,
+    SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
 };
 use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
@@ -100,7 +102,8 @@ impl<R: Runtime + Clone> QuicCluster<R> {
     ) -> Self {
         let ids: Vec<NodeId> = (1..=n).collect();
         let cert_dir = tempfile::tempdir().unwrap();
-        generate_cluster_certs(cert_dir.path(), ids.iter().copied()).unwrap();
+        // One spare certificate, for a node added later.
+        generate_cluster_certs(cert_dir.path(), 1..=n + 1).unwrap();
         let mut cluster = Self {
             runtime,
             quic_runtime,
@@ -147,10 +150,33 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         QuicNetwork::bind(config, self.quic_runtime.clone())
     }
 
+    /// Binds and starts node `id` as a node joining the cluster (no initial voters), and tells
+    /// every other node its address.
+    async fn add_node(&mut self, id: NodeId) {
+        let net = self.bind(id, loopback()).unwrap();
+        let addr = net.local_addr();
+        for (&other, peer_net) in &self.nets {
+            peer_net.set_peer(id, addr);
+            net.set_peer(other, self.addrs[&other]);
+        }
+        self.addrs.insert(id, addr);
+        self.nets.insert(id, net);
+        self.stores.insert(id, MemLogStore::new());
+        self.ids.push(id);
+        self.start_node(id).await;
+    }
+
     async fn start_node(&mut self, id: NodeId) {
         let recorder = Recorder::default();
         let net = self.nets[&id].clone();
-        let mut config = raft_config(id, &self.ids);
+        let founders: Vec<NodeId> = self.ids.iter().copied().filter(|&i| i <= 3).collect();
+        let mut config = if founders.contains(&id) {
+            raft_config(id, &founders)
+        } else {
+            let mut c = raft_config(id, &[id]);
+            c.voters.clear();
+            c
+        };
         let mut builder = Node::builder(
             config.clone(),
             self.stores[&id].clone(),
@@ -375,6 +401,64 @@ async fn lagging_follower_installs_snapshot<R: Runtime + Clone>(
     assert!(size > 8 * 4096, "a multi-chunk snapshot ({size} bytes)");
     assert_eq!(cluster.commands(follower), cluster.commands(leader));
     cluster.shutdown().await;
+}
+
+async fn replaces_a_node_live<R: Runtime + Clone>(
+    runtime: R,
+    quic: Arc<dyn raft_quic::quinn::Runtime>,
+) {
+    init_tracing();
+    let mut cluster = QuicCluster::start(3, runtime, quic).await;
+    let old_leader = cluster.wait_for_leader().await;
+    let mut last = 0;
+    for i in 0..10u32 {
+        last = cluster.write(Bytes::from(format!("before-{i}"))).await;
+    }
+    cluster.add_node(4).await;
+    let leader = &cluster.nodes[&old_leader];
+    let membership = cluster
+        .within("adding node 4", leader.add_voter(4, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+
+    // The new node serves a linearizable read as a follower (it asks the leader).
+    let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
+    assert!(index >= last, "read index {index} covers the write at {last}");
+    assert_eq!(cluster.commands(4).len(), 10);
+
+    // Hand leadership to the new node, then remove the old leader through it.
+    cluster.within("a transfer", cluster.nodes[&old_leader].transfer_leadership(4)).await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, 4);
+    let change = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old_leader));
+    let membership = cluster.within("removing the old leader", change).await.unwrap();
+    assert_eq!(membership.voters.len(), 3);
+    assert!(!membership.voters.contains(&old_leader));
+    cluster.stop(old_leader).await;
+    cluster.ids.retain(|&id| id != old_leader);
+    for i in 0..5u32 {
+        last = cluster.write(Bytes::from(format!("after-{i}"))).await;
+    }
+    cluster.wait_applied(last).await;
+    for &id in &cluster.ids {
+        assert_eq!(cluster.commands(id), cluster.commands(4), "node {id}");
+    }
+    assert_eq!(cluster.commands(4).len(), 15);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_replaces_a_node_live() {
+    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+    replaces_a_node_live(rt, Arc::new(raft_quic::quinn::TokioRuntime)).await;
+}
+
+#[test]
+fn smol_replaces_a_node_live() {
+    smol::block_on(replaces_a_node_live(
+        raft_core::runtime::SmolRuntime,
+        Arc::new(raft_quic::quinn::SmolRuntime),
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

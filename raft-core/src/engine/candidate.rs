@@ -9,7 +9,7 @@ impl Engine {
     /// Starts an election: a PreVote round if `pre_vote`, else a real one in the next term.
     /// `transfer` marks an election asked for by the leader (TimeoutNow).
     pub(super) fn campaign(&mut self, pre_vote: bool, transfer: bool) {
-        if !self.voters().contains(&self.id) {
+        if !self.may_campaign() {
             return;
         }
         self.reset_election_timer();

@@ -3,7 +3,7 @@
 //! (the latest one) can be rolled back when entries are overwritten and read as of any index
 //! when a snapshot is taken; and the leader's side of membership changes.
 
-use super::progress::Progress;
+use super::progress::{Progress, ReplicationMode};
 use super::{Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
@@ -61,8 +61,12 @@ impl Engine {
         }
         let next = self.membership().apply(change).map_err(MembershipRefusal::Invalid)?;
         if let MembershipChange::PromoteLearner(id) = change {
-            let match_index = leader.progress.get(&id).map_or(0, |p| p.match_index);
-            if match_index + self.config.max_promotion_lag_entries < commit_index {
+            // The learner must have answered (its position is known: Replicate mode) and be
+            // close enough to the commit index.
+            let progress = leader.progress.get(&id);
+            let match_index = progress.map_or(0, |p| p.match_index);
+            let known = progress.is_some_and(|p| p.mode == ReplicationMode::Replicate);
+            if !known || match_index + self.config.max_promotion_lag_entries < commit_index {
                 return Err(MembershipRefusal::LearnerBehind { match_index, commit_index });
             }
         }
@@ -95,6 +99,21 @@ impl Engine {
             self.check_transfer_target();
             self.maybe_commit();
         }
+    }
+
+    /// Whether this node may start an election: it is a voter of the membership in force, or
+    /// that membership removes it but is not known committed and it was a voter before it.
+    /// Without the second case a node holding an uncommitted change that removes it (a leader
+    /// that lost its quorum mid-change) could be the only one with an up-to-date log and yet
+    /// never campaign, and the others could never win: no leader ever again. Votes are still
+    /// counted among the voters of the membership in force, so a node elected this way commits
+    /// the change and steps down.
+    pub(super) fn may_campaign(&self) -> bool {
+        if self.membership().is_voter(self.id) {
+            return true;
+        }
+        self.membership_index() > self.log.commit_index
+            && self.log.membership().previous().is_some_and(|m| m.is_voter(self.id))
     }
 
     /// A leader that is not a voter of the membership in force (it was removed) steps down
@@ -167,6 +186,15 @@ impl MembershipLog {
     /// The index of the latest membership entry (the base's index if there is none after it).
     pub(crate) fn latest_index(&self) -> LogIndex {
         self.changes.last().map_or(self.base.0, |(index, _)| *index)
+    }
+
+    /// The membership before the latest change (`None` if no change follows the base).
+    pub(crate) fn previous(&self) -> Option<&Membership> {
+        match self.changes.len() {
+            0 => None,
+            1 => Some(&self.base.1),
+            n => Some(&self.changes[n - 2].1),
+        }
     }
 
     /// The membership in force at `index` (not before the base).

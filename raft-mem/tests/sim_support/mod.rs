@@ -70,6 +70,14 @@ pub fn converge_and_check(sim: &mut Simulation, clients: &[ClientLog]) -> Outcom
         sim.start(id)?;
     }
     let index = sim.write(cmd("final"), LONG)?;
+    // Nodes removed from the membership (or never added) get no more entries: retire them.
+    let leader = sim.wait_for_leader(LONG)?;
+    let members = sim.node(leader).map(|n| n.membership().members()).unwrap_or_default();
+    for id in sim.ids().to_vec() {
+        if !members.contains(&id) {
+            sim.retire(id);
+        }
+    }
     sim.wait_applied(index, LONG)?;
     for &id in sim.ids() {
         let applied = sim.applied(id);

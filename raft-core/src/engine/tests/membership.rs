@@ -15,7 +15,16 @@ fn a_learner_catches_up_never_votes_then_is_promoted() {
     let leader = c.elect();
     c.propose(leader, b"a");
     c.add_node(Config::joining(4));
+    c.isolated.insert(4);
     change(&mut c, leader, MembershipChange::AddLearner(4));
+    assert!(
+        matches!(
+            c.engine(leader).propose_membership(MembershipChange::PromoteLearner(4)),
+            Err(MembershipRefusal::LearnerBehind { match_index: 0, .. })
+        ),
+        "a learner that never answered is not promoted"
+    );
+    c.isolated.clear();
     c.tick(5);
     assert_eq!(commands(&c.nodes[&4].applied), vec![Bytes::from_static(b"a")]);
     assert_eq!(c.nodes[&4].engine.membership().learners, [4].into());
@@ -131,4 +140,35 @@ fn a_restarted_node_knows_its_membership_from_the_log_and_the_snapshot() {
         Some(meta),
     );
     assert_eq!(restarted.membership().voters, [1, 2, 3].into());
+}
+
+#[test]
+fn a_leader_cut_off_after_removing_itself_still_lets_the_cluster_elect() {
+    // Found by the swarm (seed 3000724): voters {1, 2}; leader 1 appends "remove 1", loses its
+    // quorum before node 2 gets the entry and steps down. Node 1 has the longer log, so node 2
+    // can never win; node 1 must campaign although its latest membership excludes it.
+    let mut c = Cluster::new(2);
+    let leader = c.elect();
+    let other = 3 - leader;
+    c.isolated.insert(other);
+    c.engine(leader).propose_membership(MembershipChange::RemoveNode(leader)).unwrap();
+    c.settle();
+    for _ in 0..200 {
+        c.tick(1);
+        if c.nodes[&leader].engine.role() != Role::Leader {
+            break;
+        }
+    }
+    assert_ne!(c.nodes[&leader].engine.role(), Role::Leader, "CheckQuorum stepped it down");
+    c.isolated.clear();
+    for _ in 0..400 {
+        c.tick(1);
+        if c.leaders() == vec![other] {
+            break;
+        }
+    }
+    assert_eq!(c.leaders(), vec![other]);
+    assert_eq!(c.nodes[&other].engine.membership().voters, [other].into());
+    c.propose(other, b"alone");
+    assert_eq!(commands(&c.nodes[&other].applied), vec![Bytes::from_static(b"alone")]);
 }
