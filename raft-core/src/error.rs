@@ -124,7 +124,8 @@ pub enum MembershipError {
         leader_hint: Option<NodeId>,
     },
     /// Another membership change is not committed yet, or the leader has not committed an entry
-    /// of its own term yet. Retry shortly.
+    /// of its own term yet, and that did not change within the wait of
+    /// `Node::change_membership` (an election timeout): the cluster is probably unhealthy.
     #[error("another membership change is in progress")]
     ChangeInProgress,
     /// A leadership transfer is in progress. Retry once it ends.

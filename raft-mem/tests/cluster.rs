@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
-use raft_core::{Bytes, ProposeError, Role, Runtime};
+use raft_core::{Bytes, MembershipChange, ProposeError, Role, Runtime};
 
 async fn one_leader_is_elected<R: Runtime + Clone>(rt: R) {
     for n in [3, 5] {
@@ -215,6 +215,41 @@ async fn shutdown_stops_and_fails_pending<R: Runtime + Clone>(rt: R) {
     cluster.shutdown().await;
 }
 
+/// Replaces a node in a running cluster: a joining node is added as a voter, serves a
+/// ReadIndex read as a follower, takes over leadership by transfer, and the old leader is
+/// removed; then many concurrent reads on the new leader all see the last write.
+async fn a_node_is_replaced_and_serves_reads<R: Runtime + Clone>(rt: R) {
+    let mut cluster = Cluster::start(3, rt).await;
+    let old = cluster.wait_for_leader().await;
+    let mut last = 0;
+    for i in 0..5u32 {
+        last = cluster.write(format!("before-{i}").as_bytes()).await.0;
+    }
+    cluster.boot_joining(4).await;
+    let added = cluster.nodes[&old].add_voter(4, Duration::from_secs(10));
+    let membership = cluster.within("add_voter", added).await.unwrap();
+    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
+    assert!(index >= last);
+    assert_eq!(cluster.applied_commands(4).len(), 5, "the read saw every write");
+
+    cluster.within("a transfer", cluster.nodes[&old].transfer_leadership(4)).await.unwrap();
+    assert_eq!(cluster.wait_for_leader().await, 4);
+    let removed = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old));
+    assert!(!cluster.within("remove", removed).await.unwrap().voters.contains(&old));
+    cluster.crash(old).await;
+    cluster.ids.retain(|&id| id != old);
+    last = cluster.write(b"after").await.0;
+    let leader = cluster.nodes[&4].clone();
+    let reads = futures::future::join_all((0..100).map(|_| leader.read_index()));
+    for read in cluster.within("100 reads", reads).await {
+        assert!(read.unwrap() >= last);
+    }
+    cluster.wait_applied(&cluster.ids, last).await;
+    cluster.check_applied_agree();
+    cluster.shutdown().await;
+}
+
 macro_rules! under_runtimes {
     ($($name:ident),* $(,)?) => {
         mod tokio_rt {
@@ -255,4 +290,5 @@ under_runtimes!(
     whole_cluster_restart_recovers_every_committed_entry,
     proposals_on_a_follower_fail_at_once,
     shutdown_stops_and_fails_pending,
+    a_node_is_replaced_and_serves_reads,
 );

@@ -95,6 +95,8 @@ struct Shared {
     id: NodeId,
     max_payload_bytes: u64,
     heartbeat_interval: Duration,
+    /// How long a membership change waits for an earlier one (or the leader's first commit).
+    change_wait: Duration,
     transfer_timeout: Duration,
     runtime: Arc<dyn Runtime>,
     membership: Arc<Mutex<Membership>>,
@@ -347,6 +349,7 @@ impl Node {
                 id,
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+                change_wait: Duration::from_millis(config.election_timeout_ms_max),
                 transfer_timeout: Duration::from_millis(
                     config.leadership_transfer_timeout_ms + config.election_timeout_ms_max,
                 ),
@@ -436,11 +439,27 @@ impl Node {
     }
 
     /// Leader: changes the membership by one step and returns the new membership once the change
-    /// is committed and applied here. One change at a time: fails with
-    /// [`MembershipError::ChangeInProgress`] while another is uncommitted (or before the leader
-    /// committed an entry of its term). Removing the leader itself works: it steps down once
-    /// the change commits. New members must be reachable through this node's `Network`.
+    /// is committed and applied here. One change at a time: while another change is uncommitted
+    /// (or a new leader has not committed an entry of its term yet) the call waits, checking
+    /// every heartbeat interval, for at most `Config::election_timeout_ms_max`, then fails with
+    /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
+    /// once the change commits. New members must be reachable through this node's `Network`.
     pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, MembershipError> {
+        let step = self.shared.heartbeat_interval;
+        let attempts = (self.shared.change_wait.as_millis() / step.as_millis().max(1)).max(1);
+        for _ in 0..attempts {
+            match self.try_change_membership(change).await {
+                Err(MembershipError::ChangeInProgress) => self.shared.runtime.sleep(step).await,
+                other => return other,
+            }
+        }
+        self.try_change_membership(change).await
+    }
+
+    async fn try_change_membership(
         &self,
         change: MembershipChange,
     ) -> Result<Membership, MembershipError> {

@@ -38,6 +38,8 @@ pub struct Cluster<R: Runtime + Clone> {
     pub runtime: R,
     pub network: MemNetwork,
     pub ids: Vec<NodeId>,
+    /// The initial voters.
+    pub founders: Vec<NodeId>,
     pub stores: BTreeMap<NodeId, MemLogStore>,
     pub nodes: BTreeMap<NodeId, Node>,
     pub recorders: BTreeMap<NodeId, Recorder>,
@@ -60,6 +62,7 @@ impl<R: Runtime + Clone> Cluster<R> {
             runtime,
             network: MemNetwork::new(),
             stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
+            founders: ids.clone(),
             ids,
             nodes: BTreeMap::new(),
             recorders: BTreeMap::new(),
@@ -70,11 +73,30 @@ impl<R: Runtime + Clone> Cluster<R> {
         cluster
     }
 
+    /// Adds node `id` to the test, started empty as a node joining the cluster (no initial
+    /// voters); a leader must add it with a membership change.
+    pub async fn boot_joining(&mut self, id: NodeId) {
+        self.stores.insert(id, MemLogStore::new());
+        self.ids.push(id);
+        self.boot(id).await;
+    }
+
     /// Starts node `id` from whatever its store holds, with a fresh state machine.
     pub async fn boot(&mut self, id: NodeId) {
+        let config = if self.founders.contains(&id) {
+            config(id, &self.founders)
+        } else {
+            let mut joining = config(id, &[id]);
+            joining.voters.clear();
+            joining
+        };
+        self.boot_with(id, config).await;
+    }
+
+    async fn boot_with(&mut self, id: NodeId, config: Config) {
         let recorder = Recorder::default();
         let node = Node::start(
-            config(id, &self.ids),
+            config,
             self.stores[&id].clone(),
             self.network.endpoint(id),
             recorder.clone(),
