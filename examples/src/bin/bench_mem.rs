@@ -1,7 +1,8 @@
 //! Throughput and latency of a 3-node cluster in one process: in-memory store, in-process
 //! network, a no-op state machine. Prints proposals/s and p50/p99 latency (proposal to applied
 //! response) per number of concurrent clients, next to openraft's figures on the same kind of
-//! machine.
+//! machine; then linearizable reads (`Node::read_index`, on the leader and on a follower) per
+//! number of concurrent readers, next to the write throughput at the same concurrency.
 //!
 //! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096]`
 
@@ -24,10 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
+        let seconds = Duration::from_secs(args.seconds);
         let mut rows = Vec::new();
         for &clients in &args.clients {
             let (nodes, leader) = start_cluster().await?;
-            let row = run_level(&leader, clients, Duration::from_secs(args.seconds)).await;
+            let row = run_level(&leader, clients, seconds, Op::Write).await;
             for node in &nodes {
                 node.shutdown().await;
             }
@@ -39,6 +41,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "clients",
             &rows,
             "openraft",
+        );
+        let writes: Vec<(String, f64)> = rows.iter().map(|r| (r.label.clone(), r.per_second)).collect();
+        let mut reads = Vec::new();
+        for &clients in &args.clients {
+            let write_rate = writes.iter().find(|(l, _)| *l == format!("{clients}")).map(|w| w.1);
+            for on_follower in [false, true] {
+                let (nodes, leader) = start_cluster().await?;
+                let target = if on_follower {
+                    nodes.iter().find(|n| n.id() != leader.id()).cloned().unwrap_or(leader)
+                } else {
+                    leader
+                };
+                let row = run_level(&target, clients, seconds, Op::ReadIndex).await;
+                for node in &nodes {
+                    node.shutdown().await;
+                }
+                let place = if on_follower { "follower" } else { "leader" };
+                reads.push(Row { label: format!("{clients} {place}"), reference: write_rate, ..row });
+            }
+        }
+        print_table(
+            "linearizable reads (read_index, no log write) by concurrent readers, vs writes at the same concurrency",
+            "readers on",
+            &reads,
+            "writes/s",
         );
         Ok::<_, Box<dyn std::error::Error>>(())
     })
@@ -74,7 +101,16 @@ async fn start_cluster() -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>
     }
 }
 
-async fn run_level(leader: &Node, clients: usize, duration: Duration) -> Row {
+/// What each client does in a loop.
+#[derive(Clone, Copy)]
+enum Op {
+    /// Propose a 16-byte command and wait for its response.
+    Write,
+    /// Ask for a linearizable read point and wait until it is applied locally.
+    ReadIndex,
+}
+
+async fn run_level(leader: &Node, clients: usize, duration: Duration, op: Op) -> Row {
     let payload = Bytes::from_static(&[7u8; 16]);
     let warmup = Duration::from_millis(300);
     let start = Instant::now();
@@ -91,9 +127,12 @@ async fn run_level(leader: &Node, clients: usize, duration: Duration) -> Row {
                 if now >= stop_at {
                     break;
                 }
-                let result = match leader.propose(payload.clone()).await {
-                    Ok(proposal) => proposal.response().await.is_ok(),
-                    Err(_) => false,
+                let result = match op {
+                    Op::Write => match leader.propose(payload.clone()).await {
+                        Ok(proposal) => proposal.response().await.is_ok(),
+                        Err(_) => false,
+                    },
+                    Op::ReadIndex => leader.read_index().await.is_ok(),
                 };
                 if result && now >= measure_from {
                     recorder.record(now.elapsed());

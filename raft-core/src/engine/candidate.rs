@@ -35,7 +35,7 @@ impl Engine {
             pre_vote,
             leadership_transfer: transfer,
         });
-        let peers = self.peers();
+        let peers = self.voter_peers();
         self.send_gated(peers, request);
     }
 

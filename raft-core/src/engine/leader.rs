@@ -69,7 +69,9 @@ impl Engine {
 
     /// Sends what each follower's window allows.
     pub(super) fn replicate_all(&mut self) {
-        for peer in self.peers() {
+        let RoleState::Leader(leader) = &self.role else { return };
+        let peers: Vec<NodeId> = leader.progress.keys().copied().collect();
+        for peer in peers {
             self.replicate_to(peer, false);
         }
     }

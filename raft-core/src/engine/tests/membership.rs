@@ -43,6 +43,11 @@ fn a_learner_catches_up_never_votes_then_is_promoted() {
     assert_eq!(c.nodes[&4].engine.role(), Role::Follower);
     c.isolated.clear();
     let leader = c.elect();
+    let votes_to_learner = c
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Send { to: 4, request: RpcRequest::RequestVote(_), .. }));
+    assert!(!votes_to_learner, "candidates ask only voters");
 
     change(&mut c, leader, MembershipChange::PromoteLearner(4));
     c.tick(5);
