@@ -6,8 +6,23 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError};
 
-use super::command::{decode_commands, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
+use raft_core::NodeId;
+
+use super::command::{
+    decode_commands, encode_responses, Op, OpResult, Response, MAX_COMMANDS_PER_ENTRY,
+};
+use super::config::MemberAddrs;
 use super::state::KvState;
+
+/// Where the state machine reports address-book changes: a node's Raft transport (it must be
+/// able to reach members added at run time, and accept their connections). Called on the apply
+/// path, in log order, on every node; a restore reports every address of the restored state.
+pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
+    /// Member `id` listens at `addrs`.
+    fn set(&self, id: NodeId, addrs: MemberAddrs);
+    /// Member `id` was removed; forget its address.
+    fn forget(&self, id: NodeId);
+}
 
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
 /// applier writes, the client server may read (for reads served locally once ReadIndex exists).
@@ -39,12 +54,35 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
     state: SharedState,
+    directory: Option<Arc<dyn PeerDirectory>>,
 }
 
 impl KvStateMachine {
     /// A state machine applying to `state`.
     pub fn new(state: SharedState) -> Self {
-        Self { state }
+        Self { state, directory: None }
+    }
+
+    /// Reports address-book changes to `directory` as they are applied or restored.
+    pub fn with_directory(mut self, directory: Arc<dyn PeerDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+}
+
+/// An address-book change to report once the state lock is released.
+enum BookChange {
+    Set(NodeId, MemberAddrs),
+    Forget(NodeId),
+}
+
+fn book_change(op: &Op) -> Option<BookChange> {
+    match *op {
+        Op::SetMemberAddress { id, raft_addr, client_addr } => {
+            Some(BookChange::Set(id, MemberAddrs { raft: raft_addr, client: client_addr }))
+        }
+        Op::ForgetMember { id } => Some(BookChange::Forget(id)),
+        _ => None,
     }
 }
 
@@ -55,25 +93,46 @@ impl KvStateMachine {
 #[async_trait]
 impl StateMachine for KvStateMachine {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut state = self.state.write();
-        Ok(entries
-            .iter()
-            .map(|entry| match entry.command() {
-                None => Bytes::new(),
-                Some(bytes) => match decode_commands(bytes) {
-                    Ok(commands) => {
-                        let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
-                        let responses: Vec<Response> = commands
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, command)| state.apply(base + i as u64, command))
-                            .collect();
-                        encode_responses(&responses)
-                    }
-                    Err(e) => encode_responses(&[Err(e)]),
-                },
-            })
-            .collect())
+        let mut changes = Vec::new();
+        let answers = {
+            let mut state = self.state.write();
+            entries
+                .iter()
+                .map(|entry| match entry.command() {
+                    None => Bytes::new(),
+                    Some(bytes) => match decode_commands(bytes) {
+                        Ok(commands) => {
+                            let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
+                            let responses: Vec<Response> = commands
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, command)| {
+                                    let change = book_change(&command.op);
+                                    let response = state.apply(base + i as u64, command);
+                                    if let (Some(change), Ok(OpResult::MembersUpdated)) =
+                                        (change, &response)
+                                    {
+                                        changes.push(change);
+                                    }
+                                    response
+                                })
+                                .collect();
+                            encode_responses(&responses)
+                        }
+                        Err(e) => encode_responses(&[Err(e)]),
+                    },
+                })
+                .collect()
+        };
+        if let Some(directory) = &self.directory {
+            for change in changes {
+                match change {
+                    BookChange::Set(id, addrs) => directory.set(id, addrs),
+                    BookChange::Forget(id) => directory.forget(id),
+                }
+            }
+        }
+        Ok(answers)
     }
 
     async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
@@ -111,6 +170,10 @@ impl StateMachine for KvStateMachine {
         }
         let state = KvState::from_bytes(&bytes)
             .map_err(|e| StateMachineError::new(format!("snapshot does not decode: {e}")))?;
+        if let Some(directory) = &self.directory {
+            state.members.iter().for_each(|(&id, &addrs)| directory.set(id, addrs));
+            state.removed_members.iter().for_each(|&id| directory.forget(id));
+        }
         *self.state.write() = state;
         Ok(())
     }
