@@ -528,7 +528,7 @@ impl Connections {
 /// Formats a member list: one line per member (id, role, leader mark, addresses).
 pub fn member_table(list: &MemberList) -> String {
     let mut out =
-        format!("{:>4}  {:<8} {:<22} {:<22}\n", "node", "role", "raft address", "client address");
+        format!("{:>4}  {:<8} {:<22} {}\n", "node", "role", "raft address", "client address");
     let addr = |a: Option<std::net::SocketAddr>| a.map_or("?".to_owned(), |a| a.to_string());
     for m in &list.members {
         let role = match (m.voter, list.leader == Some(m.id)) {
@@ -537,7 +537,7 @@ pub fn member_table(list: &MemberList) -> String {
             (false, _) => "learner",
         };
         out += &format!(
-            "{:>4}  {:<8} {:<22} {:<22}\n",
+            "{:>4}  {:<8} {:<22} {}\n",
             m.id,
             role,
             addr(m.raft_addr),
