@@ -295,3 +295,62 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex;
+
+    use raft_core::{Entry, EntryPayload, WriteBatch};
+
+    use super::*;
+    use crate::kv::command::{encode_commands, Command};
+
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<(NodeId, Option<MemberAddrs>)>>);
+
+    impl PeerDirectory for Recorder {
+        fn set(&self, id: NodeId, addrs: MemberAddrs) {
+            self.0.lock().unwrap().push((id, Some(addrs)));
+        }
+        fn forget(&self, id: NodeId) {
+            self.0.lock().unwrap().push((id, None));
+        }
+    }
+
+    #[test]
+    fn unapplied_log_entries_give_their_addresses_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path()).unwrap();
+        let addrs = MemberAddrs {
+            raft: "127.0.0.1:1".parse().unwrap(),
+            client: "127.0.0.1:2".parse().unwrap(),
+        };
+        let set =
+            |id| Op::SetMemberAddress { id, raft_addr: addrs.raft, client_addr: addrs.client };
+        let entry = |index, ops: Vec<Op>| {
+            let commands: Vec<Command> =
+                ops.into_iter().map(|op| Command { session: None, op }).collect();
+            Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+            }
+        };
+        let put = Op::Put { key: "k".into(), value: "v".into() };
+        let entries = vec![
+            entry(1, vec![set(9)]),
+            Entry { index: 2, term: 1, payload: EntryPayload::Blank },
+            entry(3, vec![put.clone(), set(4)]),
+            entry(4, vec![Op::ForgetMember { id: 1 }, put]),
+        ];
+        futures::executor::block_on(async {
+            store.open().await.unwrap();
+            store.write(WriteBatch { entries, ..WriteBatch::default() }).await.unwrap();
+            let recorder = Recorder::default();
+            // Entry 1 is covered by the state (applied); 2..=4 are scanned.
+            assert_eq!(addresses_from_log(&store, 1, 4, &recorder).await.unwrap(), 2);
+            assert_eq!(*recorder.0.lock().unwrap(), vec![(4, Some(addrs)), (1, None)]);
+        });
+    }
+}

@@ -25,7 +25,7 @@ pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
-/// applier writes, the client server may read (for reads served locally once ReadIndex exists).
+/// applier writes, the client server reads (after a ReadIndex, for linearizable gets).
 #[derive(Clone, Debug, Default)]
 pub struct SharedState(Arc<RwLock<KvState>>);
 
@@ -212,6 +212,57 @@ mod tests {
         assert_ne!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<(NodeId, bool)>>);
+
+    impl PeerDirectory for Recorder {
+        fn set(&self, id: NodeId, _: MemberAddrs) {
+            self.0.lock().unwrap().push((id, true));
+        }
+        fn forget(&self, id: NodeId) {
+            self.0.lock().unwrap().push((id, false));
+        }
+    }
+
+    #[test]
+    fn address_changes_reach_the_directory_on_apply_and_restore() {
+        futures::executor::block_on(async {
+            let recorder = Arc::new(Recorder::default());
+            let mut machine =
+                KvStateMachine::new(SharedState::new()).with_directory(recorder.clone());
+            let addr = "127.0.0.1:1".parse().unwrap();
+            let commands = [
+                Command {
+                    session: None,
+                    op: Op::SetMemberAddress { id: 4, raft_addr: addr, client_addr: addr },
+                },
+                Command { session: None, op: Op::ForgetMember { id: 1 } },
+            ];
+            let entry = Entry {
+                index: 1,
+                term: 1,
+                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+            };
+            machine.apply(&[entry]).await.unwrap();
+            assert_eq!(*recorder.0.lock().unwrap(), vec![(4, true), (1, false)]);
+            let chunks: Vec<Bytes> =
+                machine.snapshot().await.unwrap().unwrap().map(|c| c.unwrap()).collect().await;
+            let size = chunks.iter().map(|c| c.len() as u64).sum();
+            let meta = SnapshotMeta {
+                last_included: raft_core::LogId::new(1, 1),
+                membership: raft_core::Membership::with_voters([1]),
+                size,
+                checksum: 0,
+            };
+            let restored = Arc::new(Recorder::default());
+            let mut other =
+                KvStateMachine::new(SharedState::new()).with_directory(restored.clone());
+            let data = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+            other.restore(&meta, data).await.unwrap();
+            assert_eq!(*restored.0.lock().unwrap(), vec![(4, true), (1, false)]);
+        });
     }
 
     #[test]
