@@ -447,23 +447,51 @@ impl Connections {
     }
 
     /// Adds node `id` (listening at `raft_addr` for peers and `client_addr` for clients) as a
-    /// voter: learner, catch-up, promotion. The node must be running (`kv-node --join`). The
-    /// catch-up may take the client's whole operation timeout.
+    /// voter. The node must be running (`kv-node --join`). Three steps, each retried as needed
+    /// within the client's operation timeout: the leader records the addresses and adds the node
+    /// as a learner; the client polls the new node's status on its client port until it has
+    /// applied the commit index the leader had then (evidence that it is reachable and caught
+    /// up, which the leader's promotion check does not give in a young cluster); the leader
+    /// promotes it (`Node::add_voter`). A node that never catches up stays a learner
+    /// ([`MemberError::CatchUpTimeout`]; `member remove` it or retry).
     pub async fn member_add(
         &self,
         id: NodeId,
         raft_addr: std::net::SocketAddr,
         client_addr: std::net::SocketAddr,
     ) -> Result<MemberList, ClientError> {
-        let catch_up_ms = u64::try_from(self.options().op_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_sub(1_000)
-            .max(500);
-        let request = MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms };
-        let list = self.member_request(request).await?;
-        let client_member = Member { id, client_addr };
-        self.learn(&client_member);
-        Ok(list)
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.options().op_timeout;
+        let remaining_ms = || {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
+        };
+        let add = |promote| MemberRequest::Add {
+            id,
+            raft_addr,
+            client_addr,
+            catch_up_ms: remaining_ms(),
+            promote,
+        };
+        let learner = self.member_request(add(false)).await?;
+        if learner.members.iter().any(|m| m.id == id && m.voter) {
+            return Ok(learner);
+        }
+        self.learn(&Member { id, client_addr });
+        let target = learner.commit_index;
+        loop {
+            if let Ok(s) = self.status(id).await {
+                if s.status.leader_id.is_some() && s.status.applied_index >= target {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                return Err(ClientError::Member(MemberError::CatchUpTimeout { id, waited_ms }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.member_request(add(true)).await
     }
 
     /// Removes node `id` (the leader too) and forgets its addresses.

@@ -48,8 +48,14 @@ pub enum ClientRequest {
 pub enum MemberRequest {
     /// The membership as the leader knows it: [`ClientResponse::Members`].
     List,
-    /// Adds node `id` as a voter: records its addresses in the replicated address book, adds it
-    /// as a learner, waits until it caught up (at most `catch_up_ms`), promotes it.
+    /// Adds node `id`: records its addresses in the replicated address book and adds it as a
+    /// learner; with `promote`, then waits until the leader sees it caught up (at most
+    /// `catch_up_ms`) and makes it a voter (`Node::add_voter`).
+    ///
+    /// The `kv` client sends it twice: without `promote`, then, once the new node itself reports
+    /// (on its client port) that it applied the leader's commit index, with `promote`. The
+    /// leader's own check alone lets an unreachable learner be promoted while the commit index
+    /// is below `Config::max_promotion_lag_entries` (a young cluster).
     Add {
         /// The new node's id.
         id: NodeId,
@@ -60,6 +66,8 @@ pub enum MemberRequest {
         /// How long the learner may take to catch up before the node gives up (it then stays
         /// a learner; retrying resumes).
         catch_up_ms: u64,
+        /// Whether to promote the learner (else the request ends once it is a learner).
+        promote: bool,
     },
     /// Removes node `id` (voter or learner; the leader too: it steps down once the removal
     /// commits), then forgets its addresses.
@@ -94,6 +102,8 @@ pub struct MemberList {
     pub answered_by: NodeId,
     /// The leader the answering node knows of.
     pub leader: Option<NodeId>,
+    /// The answering node's commit index.
+    pub commit_index: u64,
     /// Every voter and learner, in id order.
     pub members: Vec<MemberInfo>,
 }

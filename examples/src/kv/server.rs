@@ -268,9 +268,9 @@ impl ClientService {
         info!(node = self.node.id(), ?request, "membership request");
         match request {
             MemberRequest::List => ClientResponse::Members(self.member_list()),
-            MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms } => {
+            MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms, promote } => {
                 let addrs = MemberAddrs { raft: raft_addr, client: client_addr };
-                self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS)).await
+                self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote).await
             }
             MemberRequest::Remove { id } => self.remove_member(id).await,
             MemberRequest::TransferLeader { id } => self.transfer_leader(id).await,
@@ -294,7 +294,13 @@ impl ClientService {
             .chain(membership.learners.iter().map(|&id| info(id, false)))
             .collect();
         members.sort_by_key(|m| m.id);
-        MemberList { answered_by: self.node.id(), leader: self.node.status().leader_id, members }
+        let status = self.node.status();
+        MemberList {
+            answered_by: self.node.id(),
+            leader: status.leader_id,
+            commit_index: status.commit_index,
+            members,
+        }
     }
 
     /// Proposes one address-book command; `None` once it is applied, else the answer to give.
@@ -310,8 +316,15 @@ impl ClientService {
     }
 
     /// `member add`: the addresses first (every node must be able to reach the new member, and
-    /// the leader must before it replicates to it), then learner, catch-up and promotion.
-    async fn add_member(&self, id: NodeId, addrs: MemberAddrs, catch_up_ms: u64) -> ClientResponse {
+    /// the leader must before it replicates to it), then learner; with `promote`, catch-up and
+    /// promotion.
+    async fn add_member(
+        &self,
+        id: NodeId,
+        addrs: MemberAddrs,
+        catch_up_ms: u64,
+        promote: bool,
+    ) -> ClientResponse {
         if id == CLIENT_CERT_ID {
             return ClientResponse::MemberFailed(MemberError::Invalid(format!(
                 "node id {id} is reserved for client certificates"
@@ -329,6 +342,20 @@ impl ClientService {
         let set = Op::SetMemberAddress { id, raft_addr: addrs.raft, client_addr: addrs.client };
         if let Some(failed) = self.propose_internal(set).await {
             return failed;
+        }
+        if !promote {
+            if self.node.membership().contains(id) {
+                return ClientResponse::Members(self.member_list());
+            }
+            return match self.node.change_membership(MembershipChange::AddLearner(id)).await {
+                Ok(_) => ClientResponse::Members(self.member_list()),
+                Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
+                    if self.node.membership().learners.contains(&id) =>
+                {
+                    ClientResponse::Members(self.member_list())
+                }
+                Err(e) => self.membership_error(e),
+            };
         }
         match self.node.add_voter(id, Duration::from_millis(catch_up_ms)).await {
             Ok(_) => ClientResponse::Members(self.member_list()),
