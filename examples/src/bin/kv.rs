@@ -96,7 +96,8 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "max-client-connections"
             | "worker-threads"
             | "fault-injection"
-            | "stop-on-stdin-eof" => {}
+            | "stop-on-stdin-eof"
+            | "join" => {}
             other => return Err(format!("unknown option --{other}")),
         }
     }
