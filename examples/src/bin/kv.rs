@@ -4,6 +4,8 @@
 //! kv --certs DIR --endpoints 1=127.0.0.1:7101,2=127.0.0.1:7102 put greeting hello
 //! kv --config node1.conf get greeting
 //! kv --config node1.conf status
+//! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
+//! kv --config node1.conf member remove 1
 //! ```
 #![forbid(unsafe_code)]
 
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use examples::kv::client::status_table;
+use examples::kv::client::{member_table, status_table};
 use examples::kv::config::{parse_args, parse_member};
 use examples::kv::tls::load_client_tls;
 use examples::kv::{ClientOptions, Connections, KvClient};
@@ -28,13 +30,19 @@ commands:
   del KEY                    remove a key
   cas KEY EXPECTED NEW       compare-and-swap (`-` stands for absent)
   status                     role, term, leader, commit and applied index of every node
+  member list                voters, learners, the leader and their addresses (from the leader)
+  member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
+                             address) and CLIENT: learner, catch-up, then voter
+  member remove ID           remove node ID (the leader too: it steps down), forget its addresses
+  transfer-leader ID         hand leadership to voter ID
   gen-certs DIR IDS          write a cluster CA, node certificates for IDS (e.g. 1,2,3) and a
                              client certificate into DIR (existing files are kept)
 options:
   --endpoints ID=ADDR,...    client addresses of some nodes (the others are discovered)
   --certs DIR                ca.pem, client.pem, client.key
   --config FILE              a kv-node config file: its `node` and `certs` entries are used
-  --timeout SECS             give up after this long (default 15)
+  --timeout SECS             give up after this long (default 15; for `member add`, includes
+                             the new node's catch-up)
 ";
 
 struct Cli {
@@ -88,7 +96,8 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "max-client-connections"
             | "worker-threads"
             | "fault-injection"
-            | "stop-on-stdin-eof" => {}
+            | "stop-on-stdin-eof"
+            | "join" => {}
             other => return Err(format!("unknown option --{other}")),
         }
     }
@@ -125,12 +134,41 @@ async fn run(cli: Cli) -> Result<(), String> {
             .await
             .map(|swapped| if swapped { "swapped" } else { "not swapped" }.to_owned()),
         ["status"] => Ok(status(&connections).await),
+        ["member", "list"] => connections.member_list().await.map(|list| member_table(&list)),
+        ["member", "add", id, raft, client] => {
+            let id = node_id(id)?;
+            let raft = address("RAFT", raft)?;
+            let client_addr = address("CLIENT", client)?;
+            connections
+                .member_add(id, raft, client_addr)
+                .await
+                .map(|list| format!("node {id} is a voter\n{}", member_table(&list)))
+        }
+        ["member", "remove", id] => {
+            let id = node_id(id)?;
+            connections
+                .member_remove(id)
+                .await
+                .map(|list| format!("node {id} removed\n{}", member_table(&list)))
+        }
+        ["transfer-leader", id] => {
+            let id = node_id(id)?;
+            connections.transfer_leader(id).await.map(|_| format!("node {id} is the leader"))
+        }
         _ => return Err(format!("unknown command\n{USAGE}")),
     };
     connections.close().await;
     let output = result.map_err(|e| e.to_string())?;
     println!("{output}");
     Ok(())
+}
+
+fn node_id(word: &str) -> Result<NodeId, String> {
+    word.parse().map_err(|_| format!("`{word}` is not a node id"))
+}
+
+fn address(what: &str, word: &str) -> Result<SocketAddr, String> {
+    word.parse().map_err(|_| format!("{what}: `{word}` is not an address (IP:PORT)"))
 }
 
 async fn status(connections: &Connections) -> String {

@@ -15,7 +15,9 @@ use tracing::debug;
 
 use super::command::{Command, KvError, Op, OpResult, Response, SessionRef};
 use super::connections::{CallError, Connections};
-use super::protocol::{AdminRequest, ClientRequest, ClientResponse, Member};
+use super::protocol::{
+    AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberList, MemberRequest,
+};
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +42,12 @@ pub enum ClientError {
     /// A node answered something unexpected.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A membership request failed for good.
+    #[error(transparent)]
+    Member(#[from] MemberError),
+    /// No leader answered before the deadline (membership requests need one).
+    #[error("no leader answered within the time limit (last reason: {0})")]
+    NoLeader(String),
 }
 
 impl ClientError {
@@ -359,6 +367,145 @@ pub struct NodeStatus {
 }
 
 impl Connections {
+    /// Sends a membership request to the leader: follows redirects, retries while the cluster
+    /// says "retry" (another change in progress, no leader yet, node unreachable), until the
+    /// client's operation timeout. Membership requests are idempotent, so a retry after a lost
+    /// answer is harmless. No hedging: one attempt at a time, each allowed the whole remaining
+    /// time (adding a node waits for it to catch up).
+    pub async fn member_request(&self, request: MemberRequest) -> Result<MemberList, ClientError> {
+        let options = self.options().clone();
+        let deadline = tokio::time::Instant::now() + options.op_timeout;
+        let request = ClientRequest::Member(request);
+        let mut target = self.leader().or_else(|| self.pick(None));
+        let mut last_reason = String::from("no attempt");
+        let mut maybe_applied = false;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(if maybe_applied {
+                    ClientError::Timeout { maybe_applied }
+                } else {
+                    ClientError::NoLeader(last_reason)
+                });
+            }
+            let Some(node) = target else {
+                return Err(ClientError::Protocol("no nodes configured".into()));
+            };
+            let mut pause = true;
+            match self.call_within(node, &request, deadline - now).await {
+                Ok(ClientResponse::Members(list)) => {
+                    if list.leader == Some(list.answered_by) {
+                        self.set_leader(Some(list.answered_by));
+                    }
+                    return Ok(list);
+                }
+                Ok(ClientResponse::MemberFailed(e)) => return Err(ClientError::Member(e)),
+                Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
+                Ok(ClientResponse::NotLeader { leader: Some(leader) }) if leader.id != node => {
+                    self.learn(&leader);
+                    self.set_leader(Some(leader.id));
+                    last_reason = format!("node {node} redirected to node {}", leader.id);
+                    target = Some(leader.id);
+                    pause = false;
+                }
+                Ok(ClientResponse::NotLeader { .. }) => {
+                    self.set_leader(None);
+                    last_reason = format!("node {node} knows no leader");
+                    target = self.pick(Some(node));
+                }
+                Ok(ClientResponse::NotApplied(reason)) => {
+                    last_reason = format!("node {node}: {reason}");
+                }
+                Ok(ClientResponse::Unknown(reason)) => {
+                    maybe_applied = true;
+                    last_reason = format!("node {node}: {reason}");
+                    self.set_leader(None);
+                    target = self.pick(Some(node));
+                }
+                Ok(other) => {
+                    return Err(ClientError::Protocol(format!("unexpected {other:?}")));
+                }
+                Err(e) => {
+                    maybe_applied |= e.maybe_sent();
+                    last_reason = e.to_string();
+                    if !matches!(e, CallError::UnknownNode(_)) {
+                        self.suspect(node);
+                    }
+                    target = self.pick(Some(node));
+                }
+            }
+            if pause {
+                tokio::time::sleep(options.retry_delay.max(std::time::Duration::from_millis(50)))
+                    .await;
+            }
+        }
+    }
+
+    /// The membership as the leader knows it (voters, learners, leader, addresses).
+    pub async fn member_list(&self) -> Result<MemberList, ClientError> {
+        self.member_request(MemberRequest::List).await
+    }
+
+    /// Adds node `id` (listening at `raft_addr` for peers and `client_addr` for clients) as a
+    /// voter. The node must be running (`kv-node --join`). Three steps, each retried as needed
+    /// within the client's operation timeout: the leader records the addresses and adds the node
+    /// as a learner; the client polls the new node's status on its client port until it has
+    /// applied the commit index the leader had then (evidence that it is reachable and caught
+    /// up, which the leader's promotion check does not give in a young cluster); the leader
+    /// promotes it (`Node::add_voter`). A node that never catches up stays a learner
+    /// ([`MemberError::CatchUpTimeout`]; `member remove` it or retry).
+    pub async fn member_add(
+        &self,
+        id: NodeId,
+        raft_addr: std::net::SocketAddr,
+        client_addr: std::net::SocketAddr,
+    ) -> Result<MemberList, ClientError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.options().op_timeout;
+        let remaining_ms = || {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
+        };
+        let add = |promote| MemberRequest::Add {
+            id,
+            raft_addr,
+            client_addr,
+            catch_up_ms: remaining_ms(),
+            promote,
+        };
+        let learner = self.member_request(add(false)).await?;
+        if learner.members.iter().any(|m| m.id == id && m.voter) {
+            return Ok(learner);
+        }
+        self.learn(&Member { id, client_addr });
+        let target = learner.commit_index;
+        loop {
+            if let Ok(s) = self.status(id).await {
+                if s.status.leader_id.is_some() && s.status.applied_index >= target {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                return Err(ClientError::Member(MemberError::CatchUpTimeout { id, waited_ms }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.member_request(add(true)).await
+    }
+
+    /// Removes node `id` (the leader too) and forgets its addresses.
+    pub async fn member_remove(&self, id: NodeId) -> Result<MemberList, ClientError> {
+        self.member_request(MemberRequest::Remove { id }).await
+    }
+
+    /// Makes voter `id` the leader.
+    pub async fn transfer_leader(&self, id: NodeId) -> Result<MemberList, ClientError> {
+        let list = self.member_request(MemberRequest::TransferLeader { id }).await?;
+        self.set_leader(Some(id));
+        Ok(list)
+    }
+
     /// Asks `node` for its status (within the status timeout).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         let limit = self.options().status_timeout;
@@ -404,6 +551,31 @@ impl Connections {
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
     }
+}
+
+/// Formats a member list: one line per member (id, role, leader mark, addresses).
+pub fn member_table(list: &MemberList) -> String {
+    let mut out =
+        format!("{:>4}  {:<8} {:<22} {}\n", "node", "role", "raft address", "client address");
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("?".to_owned(), |a| a.to_string());
+    for m in &list.members {
+        let role = match (m.voter, list.leader == Some(m.id)) {
+            (true, true) => "leader",
+            (true, false) => "voter",
+            (false, _) => "learner",
+        };
+        out += &format!(
+            "{:>4}  {:<8} {:<22} {}\n",
+            m.id,
+            role,
+            addr(m.raft_addr),
+            addr(m.client_addr)
+        );
+    }
+    if list.leader.is_none() {
+        out += "(no leader known)\n";
+    }
+    out.trim_end().to_owned()
 }
 
 /// Formats status answers as a table: node, role, term, leader, commit, applied, last index.

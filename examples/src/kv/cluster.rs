@@ -5,7 +5,7 @@
 //! dies, however it dies, the pipe closes and the children shut down. Dropping the cluster kills
 //! every child still running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -119,6 +119,10 @@ pub struct ProcessCluster {
     dir: PathBuf,
     _temp: tempfile::TempDir,
     members: BTreeMap<NodeId, MemberAddrs>,
+    /// The nodes the cluster started with.
+    founding: BTreeSet<NodeId>,
+    /// Nodes started with `--join` (added to the cluster at run time).
+    joining: BTreeSet<NodeId>,
     children: BTreeMap<NodeId, Child>,
     client_tls: NodeTls,
 }
@@ -157,6 +161,8 @@ impl ProcessCluster {
             dir,
             _temp: temp,
             members,
+            founding: ids.iter().copied().collect(),
+            joining: BTreeSet::new(),
             children: BTreeMap::new(),
             client_tls,
         };
@@ -170,6 +176,35 @@ impl ProcessCluster {
     /// its log in `node-<id>.log`).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Starts a new node `id` that joins the running cluster (`kv-node --join`): issues its
+    /// certificate from the cluster CA, picks its ports and starts it with the current members'
+    /// addresses. It waits to be added (`member add` with the returned addresses). Nodes
+    /// restarted later also get its address on their command line.
+    pub fn start_joining(&mut self, id: NodeId) -> Result<MemberAddrs, ClusterError> {
+        raft_quic::ensure_cluster_certs(self.dir.join("certs"), [id])?;
+        let ports = free_udp_ports(2).map_err(io("picking free ports"))?;
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let addrs = MemberAddrs { raft: addr(ports[0]), client: addr(ports[1]) };
+        self.members.insert(id, addrs);
+        self.joining.insert(id);
+        self.spawn(id)?;
+        Ok(addrs)
+    }
+
+    /// The addresses of node `id`.
+    pub fn addrs(&self, id: NodeId) -> Option<MemberAddrs> {
+        self.members.get(&id).copied()
+    }
+
+    /// Stops node `id` (see [`ProcessCluster::stop`]) and drops it from the cluster's list
+    /// (after `member remove`): nodes started later no longer name it.
+    pub fn retire(&mut self, id: NodeId, grace: Duration) -> Result<bool, ClusterError> {
+        let clean = self.stop(id, grace)?;
+        self.members.remove(&id);
+        self.joining.remove(&id);
+        Ok(clean)
     }
 
     /// The node ids.
@@ -197,7 +232,9 @@ impl ProcessCluster {
         Connections::new(self.client_endpoints(), &self.client_tls, options)
     }
 
-    /// The flags that start node `id`.
+    /// The flags that start node `id`. A founding node is given the founding members that are
+    /// still members (as an operator would leave its configuration alone): it learns the nodes
+    /// added later from its own state. A joining node is given every current member.
     pub fn node_args(&self, id: NodeId) -> Vec<String> {
         let mut args = vec![
             "--id".into(),
@@ -216,12 +253,19 @@ impl ProcessCluster {
             self.spec.worker_threads.to_string(),
             "--stop-on-stdin-eof".into(),
         ];
+        let joining = self.joining.contains(&id);
         for (member, addrs) in &self.members {
+            if !joining && !self.founding.contains(member) {
+                continue;
+            }
             args.push("--node".into());
             args.push(format!("{member}={},{}", addrs.raft, addrs.client));
         }
         if self.spec.fault_injection {
             args.push("--fault-injection".into());
+        }
+        if joining {
+            args.push("--join".into());
         }
         args
     }

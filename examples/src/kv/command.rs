@@ -5,7 +5,10 @@
 //! with `postcard`. An entry that does not decode is answered with a single
 //! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
+use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// The largest key accepted, in bytes.
@@ -59,6 +62,22 @@ pub enum Op {
         /// The value to install.
         new: Option<Bytes>,
     },
+    /// Internal (proposed by the leader for `member add`, never accepted from a client):
+    /// records where member `id` listens. Every node applies it to its address book and tells
+    /// its Raft transport, so that it can reach the member (and accept its connections).
+    SetMemberAddress {
+        /// The member.
+        id: NodeId,
+        /// Its Raft (peer) QUIC address.
+        raft_addr: SocketAddr,
+        /// Its client QUIC address.
+        client_addr: SocketAddr,
+    },
+    /// Internal (proposed by the leader after `member remove`): forgets member `id`'s addresses.
+    ForgetMember {
+        /// The removed member.
+        id: NodeId,
+    },
 }
 
 impl Op {
@@ -68,12 +87,17 @@ impl Op {
         matches!(self, Op::Get { .. })
     }
 
+    /// Whether the operation changes the address book (only nodes propose these).
+    pub fn is_internal(&self) -> bool {
+        matches!(self, Op::SetMemberAddress { .. } | Op::ForgetMember { .. })
+    }
+
     /// Checks key and value sizes.
     pub fn validate(&self) -> Result<(), KvError> {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
         let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
         let ok = match self {
-            Op::Register => true,
+            Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => true,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
             Op::Put { key, value } => key_ok(key) && value_ok(value),
             Op::Cas { key, expected, new } => {
@@ -132,6 +156,8 @@ pub enum OpResult {
         /// Whether the expected value matched and the new value was installed.
         swapped: bool,
     },
+    /// The address book was updated.
+    MembersUpdated,
 }
 
 /// A deterministic refusal by the state machine (the same on every node).

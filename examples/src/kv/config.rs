@@ -22,7 +22,7 @@ use raft_core::NodeId;
 use super::tls::CLIENT_CERT_ID;
 
 /// Where a member listens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberAddrs {
     /// Its Raft (peer) QUIC address.
     pub raft: SocketAddr,
@@ -73,6 +73,10 @@ pub struct NodeConfig {
     pub stop_on_stdin_eof: bool,
     /// Worker threads of the node's runtime.
     pub worker_threads: usize,
+    /// Whether this node joins an existing cluster (`--join`): it starts with no voters and
+    /// waits for the leader to add it (`kv member add`). The `--node` entries then name the
+    /// existing members (so that it accepts their connections) and this node.
+    pub join: bool,
 }
 
 /// A configuration error, with the offending key.
@@ -90,6 +94,11 @@ usage: kv-node [--config FILE] [flags]
   --id N                     this node's id (required)
   --node ID=RAFT,CLIENT      a member and its Raft and client addresses (repeat for each member,
                              this node included), e.g. --node 1=127.0.0.1:7001,127.0.0.1:7101
+                             Founding nodes: the --node ids are the initial voters. Members
+                             added later are learned from the replicated log (`kv member add`).
+  --join                     join an existing cluster: start with no voters and wait to be added
+                             with `kv member add ID RAFT CLIENT`; give --node entries for the
+                             current members and this node (keep the flag on restarts)
   --data-dir DIR             durable state (required)
   --certs DIR                ca.pem, node-<id>.pem, node-<id>.key (or --ca, --cert, --key)
   --listen ADDR              Raft address to bind (default: this node's --node Raft address)
@@ -123,7 +132,7 @@ fn parse_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     Ok(pairs)
 }
 
-const BOOLEAN_FLAGS: [&str; 2] = ["fault-injection", "stop-on-stdin-eof"];
+const BOOLEAN_FLAGS: [&str; 3] = ["fault-injection", "stop-on-stdin-eof", "join"];
 
 /// Splits `--key value` / `--flag` arguments into pairs; `--config FILE` is expanded in place
 /// (so later flags win over the file).
@@ -202,6 +211,7 @@ impl NodeConfig {
             fault_injection: false,
             stop_on_stdin_eof: false,
             worker_threads: 2,
+            join: false,
         };
         for (k, v) in pairs {
             let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
@@ -227,6 +237,7 @@ impl NodeConfig {
                 "worker-threads" => config.worker_threads = number(&k, &v)?,
                 "fault-injection" => config.fault_injection = boolean(&k, &v)?,
                 "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
+                "join" => config.join = boolean(&k, &v)?,
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
@@ -266,9 +277,15 @@ impl NodeConfig {
         Ok(config)
     }
 
-    /// The Raft configuration of this node.
+    /// The Raft configuration of this node: the `--node` ids are the bootstrap voters of a
+    /// founding node (used only while its log and snapshot hold no membership); a joining node
+    /// has none.
     pub fn raft_config(&self) -> raft_core::Config {
-        let mut config = raft_core::Config::new(self.id, self.members.keys().copied());
+        let mut config = if self.join {
+            raft_core::Config::joining(self.id)
+        } else {
+            raft_core::Config::new(self.id, self.members.keys().copied())
+        };
         let tick = (self.heartbeat_ms / 5).clamp(1, 10);
         config.tick_interval_ms = tick;
         config.heartbeat_interval_ms = self.heartbeat_ms;
@@ -319,6 +336,19 @@ mod tests {
         a.extend(args("--election-timeout-ms 200"));
         let config = NodeConfig::from_args(a).unwrap();
         assert_eq!((config.id, config.election_timeout_ms), (1, 200));
+    }
+
+    #[test]
+    fn a_joining_node_has_no_voters() {
+        let config = NodeConfig::from_args(args(
+            "--id 4 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2 \
+             --node 4=127.0.0.1:3,127.0.0.1:4 --join",
+        ))
+        .unwrap();
+        assert!(config.join);
+        let raft = config.raft_config();
+        assert!(raft.voters.is_empty());
+        assert!(raft.validate().is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, Response};
 
 /// The ALPN protocol id of the client port.
-pub const ALPN: &[u8] = b"raft-kv/1";
+pub const ALPN: &[u8] = b"raft-kv/2";
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -38,6 +38,111 @@ pub enum ClientRequest {
     /// them at the same moment), answered by a [`ClientResponse::Batch`] in the same order.
     /// Each is handled exactly as if sent alone; batches do not nest.
     Batch(Vec<ClientRequest>),
+    /// Membership administration (served by the leader; other nodes redirect).
+    Member(MemberRequest),
+}
+
+/// Membership administration. Every request is idempotent, so a client may retry one whose
+/// outcome it did not learn (at the same or another node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberRequest {
+    /// The membership as the leader knows it: [`ClientResponse::Members`].
+    List,
+    /// Adds node `id`: records its addresses in the replicated address book and adds it as a
+    /// learner; with `promote`, then waits until the leader sees it caught up (at most
+    /// `catch_up_ms`) and makes it a voter (`Node::add_voter`).
+    ///
+    /// The `kv` client sends it twice: without `promote`, then, once the new node itself reports
+    /// (on its client port) that it applied the leader's commit index, with `promote`. The
+    /// leader's own check alone lets an unreachable learner be promoted while the commit index
+    /// is below `Config::max_promotion_lag_entries` (a young cluster).
+    Add {
+        /// The new node's id.
+        id: NodeId,
+        /// Its Raft (peer) address.
+        raft_addr: SocketAddr,
+        /// Its client address.
+        client_addr: SocketAddr,
+        /// How long the learner may take to catch up before the node gives up (it then stays
+        /// a learner; retrying resumes).
+        catch_up_ms: u64,
+        /// Whether to promote the learner (else the request ends once it is a learner).
+        promote: bool,
+    },
+    /// Removes node `id` (voter or learner; the leader too: it steps down once the removal
+    /// commits), then forgets its addresses.
+    Remove {
+        /// The node to remove.
+        id: NodeId,
+    },
+    /// Hands leadership to voter `id`.
+    TransferLeader {
+        /// The new leader.
+        id: NodeId,
+    },
+}
+
+/// A member with its addresses (as far as the answering node knows them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// Whether it votes (otherwise it is a learner).
+    pub voter: bool,
+    /// Its Raft address, if known.
+    pub raft_addr: Option<SocketAddr>,
+    /// Its client address, if known.
+    pub client_addr: Option<SocketAddr>,
+}
+
+/// The answer to [`MemberRequest::List`] and to a successful change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// The node that answered (the leader, unless the change removed it).
+    pub answered_by: NodeId,
+    /// The leader the answering node knows of.
+    pub leader: Option<NodeId>,
+    /// The answering node's commit index.
+    pub commit_index: u64,
+    /// Every voter and learner, in id order.
+    pub members: Vec<MemberInfo>,
+}
+
+/// Why a membership request failed for good (retrying the same request will not help).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MemberError {
+    /// The node to remove, promote or transfer to is not a member.
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    /// The node to add is already a voter (with these addresses now).
+    #[error("node {0} is already a member")]
+    AlreadyMember(NodeId),
+    /// Removing the last voter would leave a cluster that can never commit.
+    #[error("node {0} is the last voter and cannot be removed")]
+    LastVoter(NodeId),
+    /// The leadership target is not a voter.
+    #[error("node {0} is not a voter")]
+    NotVoter(NodeId),
+    /// The new node did not catch up in time; it stays a learner (retry `member add`, or
+    /// `member remove` it).
+    #[error("node {id} did not catch up within {waited_ms} ms; it stays a learner (is it running and reachable at its Raft address?)")]
+    CatchUpTimeout {
+        /// The node.
+        id: NodeId,
+        /// How long the leader waited.
+        waited_ms: u64,
+    },
+    /// The leadership transfer did not complete in time.
+    #[error("leadership did not move to node {target} in time (leader now: {})", leader.map_or("unknown".to_owned(), |l| l.to_string()))]
+    TransferTimedOut {
+        /// The target.
+        target: NodeId,
+        /// The leader the node knows of now.
+        leader: Option<NodeId>,
+    },
+    /// The id is reserved or otherwise unusable.
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl ClientRequest {
@@ -46,7 +151,7 @@ impl ClientRequest {
         use super::command::Op;
         let payload = match self {
             ClientRequest::Command(c) => match &c.op {
-                Op::Register => 0,
+                Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => 32,
                 Op::Get { key } | Op::Delete { key } => key.len(),
                 Op::Put { key, value } => key.len() + value.len(),
                 Op::Cas { key, expected, new } => {
@@ -56,7 +161,7 @@ impl ClientRequest {
                 }
             },
             ClientRequest::Batch(requests) => requests.iter().map(Self::approximate_size).sum(),
-            ClientRequest::Status | ClientRequest::Admin(_) => 0,
+            ClientRequest::Status | ClientRequest::Admin(_) | ClientRequest::Member(_) => 0,
         };
         payload + 48
     }
@@ -110,6 +215,11 @@ pub enum ClientResponse {
     AdminDone,
     /// The answers to a [`ClientRequest::Batch`], in order.
     Batch(Vec<ClientResponse>),
+    /// The membership (answer to every successful [`MemberRequest`]; after a transfer, as the
+    /// old leader sees it).
+    Members(MemberList),
+    /// A membership request failed for good.
+    MemberFailed(MemberError),
 }
 
 /// Why a frame could not be read or written.

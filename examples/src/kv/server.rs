@@ -1,22 +1,32 @@
 //! The client port of a node: accepts QUIC connections from clients (mutual TLS) and serves
 //! each bidirectional stream as one request.
 //!
-//! Writes go through the log. On a follower the answer is a redirect naming the leader's client
-//! address. Every linearizable read goes through [`ClientService::read`], the one place to
-//! switch to ReadIndex once raft-core offers it.
+//! Writes go through the log: on a follower the answer is a redirect naming the leader's
+//! client address. Reads go through [`ClientService::read`]: a ReadIndex (no log entry), then
+//! the local state; any node serves them, a follower by asking the leader for the read index.
+//! Membership requests ([`MemberRequest`]) are served by the leader, like writes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Node, NodeId, ProposalError, ProposeError};
+use raft_core::{
+    InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
+    ReadIndexError, Role, TransferError,
+};
 use raft_quic::quinn::{Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{debug, info, warn};
 
-use super::command::{decode_responses, encode_commands, Command};
+use super::command::{decode_responses, encode_commands, Command, Op, OpResult};
+use super::config::MemberAddrs;
 use super::fault::Firewall;
-use super::protocol::{self, AdminRequest, ClientRequest, ClientResponse, Member, MAX_BATCH_LEN};
+use super::protocol::{
+    self, AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberInfo, MemberList,
+    MemberRequest, MAX_BATCH_LEN,
+};
 use super::state_machine::SharedState;
+use super::tls::CLIENT_CERT_ID;
 
 /// The longest the node works on one request before answering "outcome unknown".
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,8 +40,9 @@ pub struct ClientService {
     pub node: Node,
     /// The state its state machine applies to.
     pub state: SharedState,
-    /// Every member's client address.
-    pub members: Vec<Member>,
+    /// The members' addresses from this node's configuration (`--node`); the replicated address
+    /// book in the state adds to and overrides them.
+    pub configured: BTreeMap<NodeId, MemberAddrs>,
     /// The node's partition switch.
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
@@ -46,7 +57,7 @@ impl ClientService {
     pub fn new(
         node: Node,
         state: SharedState,
-        members: Vec<Member>,
+        configured: BTreeMap<NodeId, MemberAddrs>,
         firewall: Firewall,
         fault_injection: bool,
         max_connections: usize,
@@ -54,7 +65,7 @@ impl ClientService {
         Self {
             node,
             state,
-            members,
+            configured,
             firewall,
             fault_injection,
             max_connections,
@@ -62,8 +73,38 @@ impl ClientService {
         }
     }
 
+    /// Every address this node knows: its configuration, minus the members forgotten after
+    /// their removal, plus (overriding) the replicated address book.
+    pub fn addresses(&self) -> BTreeMap<NodeId, MemberAddrs> {
+        let state = self.state.read();
+        let mut book = self.configured.clone();
+        for id in &state.removed_members {
+            book.remove(id);
+        }
+        book.extend(state.members.iter().map(|(&id, &addrs)| (id, addrs)));
+        book
+    }
+
     fn member(&self, id: NodeId) -> Option<Member> {
-        self.members.iter().find(|m| m.id == id).cloned()
+        self.addresses().get(&id).map(|addrs| Member { id, client_addr: addrs.client })
+    }
+
+    /// The client addresses of the current members (voters and learners) and of this node; of
+    /// every known node while this node knows no membership (a node waiting to join).
+    fn client_members(&self) -> Vec<Member> {
+        let members = self.node.membership().members();
+        let own = self.node.id();
+        self.addresses()
+            .into_iter()
+            .filter(|(id, _)| members.is_empty() || members.contains(id) || *id == own)
+            .map(|(id, addrs)| Member { id, client_addr: addrs.client })
+            .collect()
+    }
+
+    fn redirect(&self, leader_hint: Option<NodeId>) -> ClientResponse {
+        ClientResponse::NotLeader {
+            leader: leader_hint.filter(|&l| l != self.node.id()).and_then(|id| self.member(id)),
+        }
     }
 
     /// Answers one request. The commands of a batch share log entries: its writes are
@@ -80,8 +121,25 @@ impl ClientService {
                 let mut answers = self.handle_batch(vec![ClientRequest::Command(command)]).await;
                 answers.pop().unwrap_or_else(|| ClientResponse::Refused("no answer".into()))
             }
-            ClientRequest::Status => {
-                ClientResponse::Status { status: self.node.status(), members: self.members.clone() }
+            ClientRequest::Status => ClientResponse::Status {
+                status: self.node.status(),
+                members: self.client_members(),
+            },
+            ClientRequest::Member(request) => {
+                // Bounded like every request; a catch-up gets the time the client allowed.
+                let limit = match &request {
+                    MemberRequest::Add { catch_up_ms, .. } => {
+                        Duration::from_millis((*catch_up_ms).min(MAX_CATCH_UP_MS))
+                    }
+                    _ => Duration::ZERO,
+                } + REQUEST_TIMEOUT;
+                tokio::time::timeout(limit, self.handle_member(request)).await.unwrap_or_else(
+                    |_| {
+                        ClientResponse::Unknown(
+                            "the node did not finish the request in time".into(),
+                        )
+                    },
+                )
             }
             ClientRequest::Admin(AdminRequest::Partition { blocked }) => {
                 if !self.fault_injection {
@@ -99,6 +157,11 @@ impl ClientService {
         let (mut reads, mut writes, mut others) = (Vec::new(), Vec::new(), Vec::new());
         for (i, request) in requests.into_iter().enumerate() {
             match request {
+                ClientRequest::Command(command) if command.op.is_internal() => {
+                    answers[i] = Some(ClientResponse::Refused(
+                        "address-book commands are proposed by nodes only".into(),
+                    ))
+                }
                 ClientRequest::Command(command) => match command.op.validate() {
                     Err(e) => answers[i] = Some(ClientResponse::Refused(e.to_string())),
                     Ok(()) if command.op.is_read() => reads.push((i, command)),
@@ -136,11 +199,34 @@ impl ClientService {
             .collect()
     }
 
-    /// Linearizable reads. For now they run through the log like writes (one entry of `Get`
-    /// commands): each answer reflects every write committed before the read was accepted.
-    /// This is the one place to switch to ReadIndex.
+    /// Linearizable reads, without a log entry: one ReadIndex for the whole batch (on a
+    /// follower, one RPC to the leader), and once this node has applied up to the read index,
+    /// the answers from the local state. Each answer reflects every write acknowledged before
+    /// the read arrived. Without a known leader the answer is a redirect (the client tries
+    /// another node); any other failure is "not applied", which a read may always retry.
     pub async fn read(&self, commands: Vec<Command>) -> Vec<ClientResponse> {
-        self.propose(commands).await
+        let count = commands.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        match self.node.read_index().await {
+            Ok(_) => {
+                let state = self.state.read();
+                commands
+                    .into_iter()
+                    .map(|command| match command.op {
+                        Op::Get { key } => {
+                            ClientResponse::Applied(Ok(OpResult::Value(state.get(&key))))
+                        }
+                        _ => ClientResponse::Refused("not a read".into()),
+                    })
+                    .collect()
+            }
+            Err(ReadIndexError::NotLeader { leader_hint }) => {
+                vec![self.redirect(leader_hint); count]
+            }
+            Err(e) => vec![ClientResponse::NotApplied(e.to_string()); count],
+        }
     }
 
     /// Proposes `commands` as one log entry and returns the state machine's answer to each.
@@ -165,14 +251,196 @@ impl ClientService {
                 }
                 Err(e) => all(ClientResponse::Unknown(e.to_string())),
             },
-            Err(ProposeError::NotLeader { leader_hint }) => all(ClientResponse::NotLeader {
-                leader: leader_hint.and_then(|id| self.member(id)),
-            }),
+            Err(ProposeError::NotLeader { leader_hint }) => all(self.redirect(leader_hint)),
             Err(e @ ProposeError::TooLarge { .. }) => all(ClientResponse::Refused(e.to_string())),
             Err(e) => all(ClientResponse::NotApplied(e.to_string())),
         }
     }
 }
+
+impl ClientService {
+    /// Serves a membership request on the leader (others redirect).
+    async fn handle_member(&self, request: MemberRequest) -> ClientResponse {
+        let status = self.node.status();
+        if status.role != Role::Leader {
+            return self.redirect(status.leader_id);
+        }
+        info!(node = self.node.id(), ?request, "membership request");
+        match request {
+            MemberRequest::List => ClientResponse::Members(self.member_list()),
+            MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms, promote } => {
+                let addrs = MemberAddrs { raft: raft_addr, client: client_addr };
+                self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote).await
+            }
+            MemberRequest::Remove { id } => self.remove_member(id).await,
+            MemberRequest::TransferLeader { id } => self.transfer_leader(id).await,
+        }
+    }
+
+    /// The membership as this node knows it, with addresses.
+    pub fn member_list(&self) -> MemberList {
+        let membership = self.node.membership();
+        let book = self.addresses();
+        let info = |id: NodeId, voter: bool| MemberInfo {
+            id,
+            voter,
+            raft_addr: book.get(&id).map(|a| a.raft),
+            client_addr: book.get(&id).map(|a| a.client),
+        };
+        let mut members: Vec<MemberInfo> = membership
+            .voters
+            .iter()
+            .map(|&id| info(id, true))
+            .chain(membership.learners.iter().map(|&id| info(id, false)))
+            .collect();
+        members.sort_by_key(|m| m.id);
+        let status = self.node.status();
+        MemberList {
+            answered_by: self.node.id(),
+            leader: status.leader_id,
+            commit_index: status.commit_index,
+            members,
+        }
+    }
+
+    /// Proposes one address-book command; `None` once it is applied, else the answer to give.
+    async fn propose_internal(&self, op: Op) -> Option<ClientResponse> {
+        match self.propose(vec![Command { session: None, op }]).await.pop() {
+            Some(ClientResponse::Applied(Ok(OpResult::MembersUpdated))) => None,
+            Some(ClientResponse::Applied(other)) => {
+                Some(ClientResponse::Refused(format!("address book update answered {other:?}")))
+            }
+            Some(other) => Some(other),
+            None => Some(ClientResponse::Unknown("no answer".into())),
+        }
+    }
+
+    /// `member add`: the addresses first (every node must be able to reach the new member, and
+    /// the leader must before it replicates to it), then learner; with `promote`, catch-up and
+    /// promotion.
+    async fn add_member(
+        &self,
+        id: NodeId,
+        addrs: MemberAddrs,
+        catch_up_ms: u64,
+        promote: bool,
+    ) -> ClientResponse {
+        if id == CLIENT_CERT_ID {
+            return ClientResponse::MemberFailed(MemberError::Invalid(format!(
+                "node id {id} is reserved for client certificates"
+            )));
+        }
+        if self.node.membership().is_voter(id) {
+            // A retry of an add that completed is a success; a second node under a voter's id
+            // is refused.
+            return if self.addresses().get(&id) == Some(&addrs) {
+                ClientResponse::Members(self.member_list())
+            } else {
+                ClientResponse::MemberFailed(MemberError::AlreadyMember(id))
+            };
+        }
+        let set = Op::SetMemberAddress { id, raft_addr: addrs.raft, client_addr: addrs.client };
+        if let Some(failed) = self.propose_internal(set).await {
+            return failed;
+        }
+        if !promote {
+            if self.node.membership().contains(id) {
+                return ClientResponse::Members(self.member_list());
+            }
+            return match self.node.change_membership(MembershipChange::AddLearner(id)).await {
+                Ok(_) => ClientResponse::Members(self.member_list()),
+                Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
+                    if self.node.membership().learners.contains(&id) =>
+                {
+                    ClientResponse::Members(self.member_list())
+                }
+                Err(e) => self.membership_error(e),
+            };
+        }
+        match self.node.add_voter(id, Duration::from_millis(catch_up_ms)).await {
+            Ok(_) => ClientResponse::Members(self.member_list()),
+            Err(MembershipError::CatchUpTimeout) => {
+                ClientResponse::MemberFailed(MemberError::CatchUpTimeout {
+                    id,
+                    waited_ms: catch_up_ms,
+                })
+            }
+            Err(e) => self.membership_error(e),
+        }
+    }
+
+    /// `member remove`: the Raft change, then the address book. Removing this node (the
+    /// leader) makes it step down once the change commits; the client's retry then reaches the
+    /// new leader, which finds the node gone and forgets its addresses.
+    async fn remove_member(&self, id: NodeId) -> ClientResponse {
+        if self.node.membership().contains(id) {
+            match self.node.change_membership(MembershipChange::RemoveNode(id)).await {
+                Ok(_) | Err(MembershipError::Invalid(InvalidChange::NotMember(_))) => {}
+                Err(e) => return self.membership_error(e),
+            }
+        } else if !self.addresses().contains_key(&id) {
+            return if self.state.read().removed_members.contains(&id) {
+                ClientResponse::Members(self.member_list())
+            } else {
+                ClientResponse::MemberFailed(MemberError::NotMember(id))
+            };
+        }
+        if let Some(failed) = self.propose_internal(Op::ForgetMember { id }).await {
+            return failed;
+        }
+        ClientResponse::Members(self.member_list())
+    }
+
+    async fn transfer_leader(&self, id: NodeId) -> ClientResponse {
+        match self.node.transfer_leadership(id).await {
+            Ok(()) => ClientResponse::Members(self.member_list()),
+            Err(TransferError::NotLeader { leader_hint }) => self.redirect(leader_hint),
+            Err(TransferError::NotVoter(id)) => {
+                ClientResponse::MemberFailed(if self.node.membership().contains(id) {
+                    MemberError::NotVoter(id)
+                } else {
+                    MemberError::NotMember(id)
+                })
+            }
+            Err(TransferError::TimedOut { leader }) => {
+                ClientResponse::MemberFailed(MemberError::TransferTimedOut { target: id, leader })
+            }
+            Err(e @ (TransferError::InProgress(_) | TransferError::Shutdown)) => {
+                ClientResponse::NotApplied(e.to_string())
+            }
+            Err(e) => ClientResponse::Unknown(e.to_string()),
+        }
+    }
+
+    /// The answer to a failed membership change: a redirect, "retry" (not applied), "outcome
+    /// unknown", or a failure for good.
+    fn membership_error(&self, error: MembershipError) -> ClientResponse {
+        match error {
+            MembershipError::NotLeader { leader_hint } => self.redirect(leader_hint),
+            MembershipError::Invalid(InvalidChange::NotMember(id)) => {
+                ClientResponse::MemberFailed(MemberError::NotMember(id))
+            }
+            MembershipError::Invalid(InvalidChange::AlreadyMember(id)) => {
+                ClientResponse::MemberFailed(MemberError::AlreadyMember(id))
+            }
+            MembershipError::Invalid(InvalidChange::LastVoter(id)) => {
+                ClientResponse::MemberFailed(MemberError::LastVoter(id))
+            }
+            MembershipError::Invalid(e) => {
+                ClientResponse::MemberFailed(MemberError::Invalid(e.to_string()))
+            }
+            e @ (MembershipError::ChangeInProgress
+            | MembershipError::TransferInProgress
+            | MembershipError::LearnerBehind { .. }
+            | MembershipError::Shutdown) => ClientResponse::NotApplied(e.to_string()),
+            e @ MembershipError::CatchUpTimeout => ClientResponse::NotApplied(e.to_string()),
+            e => ClientResponse::Unknown(e.to_string()),
+        }
+    }
+}
+
+/// The longest a `member add` may wait for the new node to catch up.
+pub const MAX_CATCH_UP_MS: u64 = 10 * 60 * 1000;
 
 /// Bounds the time spent on `count` commands: past [`REQUEST_TIMEOUT`] each is answered
 /// "outcome unknown".

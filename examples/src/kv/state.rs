@@ -1,12 +1,14 @@
 //! The replicated state: the map and the client sessions, serializable in full so that a
 //! snapshot is "serialize the state" and a restore is "deserialize it".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
+use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
+use super::config::MemberAddrs;
 
 /// The most sessions kept; registering one more evicts the least recently active.
 pub const MAX_SESSIONS: usize = 16_384;
@@ -34,6 +36,13 @@ pub struct KvState {
     pub data: BTreeMap<Bytes, Bytes>,
     /// Open client sessions by id.
     pub sessions: BTreeMap<u64, Session>,
+    /// The address book: where members added at run time listen (`SetMemberAddress`). The
+    /// founding members' addresses come from each node's configuration and are not here unless
+    /// set explicitly.
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+    /// Members whose addresses were forgotten after their removal (`ForgetMember`), so that a
+    /// node restoring this state also drops addresses it has from its configuration.
+    pub removed_members: BTreeSet<NodeId>,
 }
 
 impl KvState {
@@ -54,7 +63,7 @@ impl KvState {
         command.op.validate()?;
         match (command.op, command.session) {
             (Op::Register, _) => Ok(self.register(op_id)),
-            (op, _) if op.is_read() => Ok(self.execute(op)),
+            (op, _) if op.is_read() || op.is_internal() => Ok(self.execute(op)),
             (op, None) => Ok(self.execute(op)),
             (op, Some(session_ref)) => {
                 let Some(session) = self.sessions.get_mut(&session_ref.client_id) else {
@@ -100,12 +109,28 @@ impl KvState {
     }
 
     fn execute(&mut self, op: Op) -> OpResult {
-        Self::execute_on(&mut self.data, op)
+        match op {
+            Op::SetMemberAddress { id, raft_addr, client_addr } => {
+                self.removed_members.remove(&id);
+                self.members.insert(id, MemberAddrs { raft: raft_addr, client: client_addr });
+                OpResult::MembersUpdated
+            }
+            Op::ForgetMember { id } => {
+                self.members.remove(&id);
+                self.removed_members.insert(id);
+                OpResult::MembersUpdated
+            }
+            op => Self::execute_on(&mut self.data, op),
+        }
     }
 
     fn execute_on(data: &mut BTreeMap<Bytes, Bytes>, op: Op) -> OpResult {
         match op {
-            Op::Register => OpResult::Written,
+            // Address-book changes never carry a session (`execute` handles them); a session
+            // does not make one apply to the map.
+            Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => {
+                OpResult::Written
+            }
             Op::Get { key } => OpResult::Value(data.get(&key).cloned()),
             Op::Put { key, value } => {
                 data.insert(key, value);
@@ -224,6 +249,27 @@ mod tests {
         }
         let over = with(id, MAX_PENDING_PER_SESSION as u64, 0, put("k", "v"));
         assert_eq!(s.apply(5000, over), Err(KvError::TooManyPending));
+    }
+
+    #[test]
+    fn the_address_book_is_replicated_state() {
+        let mut s = KvState::new();
+        let (raft_addr, client_addr) =
+            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let set = Op::SetMemberAddress { id: 4, raft_addr, client_addr };
+        assert_eq!(
+            s.apply(1, Command { session: None, op: set.clone() }),
+            Ok(OpResult::MembersUpdated)
+        );
+        assert_eq!(s.members[&4], MemberAddrs { raft: raft_addr, client: client_addr });
+        let forget = Command { session: None, op: Op::ForgetMember { id: 4 } };
+        assert_eq!(s.apply(2, forget), Ok(OpResult::MembersUpdated));
+        assert!(s.members.is_empty() && s.removed_members.contains(&4));
+        // Even with a session, an address-book change applies to the book, not the map.
+        let id = register(&mut s, 3);
+        assert_eq!(s.apply(4, with(id, 0, 0, set)), Ok(OpResult::MembersUpdated));
+        assert!(s.removed_members.is_empty() && s.data.is_empty());
+        assert_eq!(KvState::from_bytes(&s.to_bytes().unwrap()).unwrap(), s);
     }
 
     #[test]

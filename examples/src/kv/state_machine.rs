@@ -6,11 +6,26 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError};
 
-use super::command::{decode_commands, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
+use raft_core::NodeId;
+
+use super::command::{
+    decode_commands, encode_responses, Op, OpResult, Response, MAX_COMMANDS_PER_ENTRY,
+};
+use super::config::MemberAddrs;
 use super::state::KvState;
 
+/// Where the state machine reports address-book changes: a node's Raft transport (it must be
+/// able to reach members added at run time, and accept their connections). Called on the apply
+/// path, in log order, on every node; a restore reports every address of the restored state.
+pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
+    /// Member `id` listens at `addrs`.
+    fn set(&self, id: NodeId, addrs: MemberAddrs);
+    /// Member `id` was removed; forget its address.
+    fn forget(&self, id: NodeId);
+}
+
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
-/// applier writes, the client server may read (for reads served locally once ReadIndex exists).
+/// applier writes, the client server reads (after a ReadIndex, for linearizable gets).
 #[derive(Clone, Debug, Default)]
 pub struct SharedState(Arc<RwLock<KvState>>);
 
@@ -39,12 +54,35 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
     state: SharedState,
+    directory: Option<Arc<dyn PeerDirectory>>,
 }
 
 impl KvStateMachine {
     /// A state machine applying to `state`.
     pub fn new(state: SharedState) -> Self {
-        Self { state }
+        Self { state, directory: None }
+    }
+
+    /// Reports address-book changes to `directory` as they are applied or restored.
+    pub fn with_directory(mut self, directory: Arc<dyn PeerDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+}
+
+/// An address-book change to report once the state lock is released.
+enum BookChange {
+    Set(NodeId, MemberAddrs),
+    Forget(NodeId),
+}
+
+fn book_change(op: &Op) -> Option<BookChange> {
+    match *op {
+        Op::SetMemberAddress { id, raft_addr, client_addr } => {
+            Some(BookChange::Set(id, MemberAddrs { raft: raft_addr, client: client_addr }))
+        }
+        Op::ForgetMember { id } => Some(BookChange::Forget(id)),
+        _ => None,
     }
 }
 
@@ -55,25 +93,46 @@ impl KvStateMachine {
 #[async_trait]
 impl StateMachine for KvStateMachine {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut state = self.state.write();
-        Ok(entries
-            .iter()
-            .map(|entry| match entry.command() {
-                None => Bytes::new(),
-                Some(bytes) => match decode_commands(bytes) {
-                    Ok(commands) => {
-                        let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
-                        let responses: Vec<Response> = commands
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, command)| state.apply(base + i as u64, command))
-                            .collect();
-                        encode_responses(&responses)
-                    }
-                    Err(e) => encode_responses(&[Err(e)]),
-                },
-            })
-            .collect())
+        let mut changes = Vec::new();
+        let answers = {
+            let mut state = self.state.write();
+            entries
+                .iter()
+                .map(|entry| match entry.command() {
+                    None => Bytes::new(),
+                    Some(bytes) => match decode_commands(bytes) {
+                        Ok(commands) => {
+                            let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
+                            let responses: Vec<Response> = commands
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, command)| {
+                                    let change = book_change(&command.op);
+                                    let response = state.apply(base + i as u64, command);
+                                    if let (Some(change), Ok(OpResult::MembersUpdated)) =
+                                        (change, &response)
+                                    {
+                                        changes.push(change);
+                                    }
+                                    response
+                                })
+                                .collect();
+                            encode_responses(&responses)
+                        }
+                        Err(e) => encode_responses(&[Err(e)]),
+                    },
+                })
+                .collect()
+        };
+        if let Some(directory) = &self.directory {
+            for change in changes {
+                match change {
+                    BookChange::Set(id, addrs) => directory.set(id, addrs),
+                    BookChange::Forget(id) => directory.forget(id),
+                }
+            }
+        }
+        Ok(answers)
     }
 
     async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
@@ -111,6 +170,10 @@ impl StateMachine for KvStateMachine {
         }
         let state = KvState::from_bytes(&bytes)
             .map_err(|e| StateMachineError::new(format!("snapshot does not decode: {e}")))?;
+        if let Some(directory) = &self.directory {
+            state.members.iter().for_each(|(&id, &addrs)| directory.set(id, addrs));
+            state.removed_members.iter().for_each(|&id| directory.forget(id));
+        }
         *self.state.write() = state;
         Ok(())
     }
@@ -149,6 +212,57 @@ mod tests {
         assert_ne!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
+    }
+
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<(NodeId, bool)>>);
+
+    impl PeerDirectory for Recorder {
+        fn set(&self, id: NodeId, _: MemberAddrs) {
+            self.0.lock().unwrap().push((id, true));
+        }
+        fn forget(&self, id: NodeId) {
+            self.0.lock().unwrap().push((id, false));
+        }
+    }
+
+    #[test]
+    fn address_changes_reach_the_directory_on_apply_and_restore() {
+        futures::executor::block_on(async {
+            let recorder = Arc::new(Recorder::default());
+            let mut machine =
+                KvStateMachine::new(SharedState::new()).with_directory(recorder.clone());
+            let addr = "127.0.0.1:1".parse().unwrap();
+            let commands = [
+                Command {
+                    session: None,
+                    op: Op::SetMemberAddress { id: 4, raft_addr: addr, client_addr: addr },
+                },
+                Command { session: None, op: Op::ForgetMember { id: 1 } },
+            ];
+            let entry = Entry {
+                index: 1,
+                term: 1,
+                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+            };
+            machine.apply(&[entry]).await.unwrap();
+            assert_eq!(*recorder.0.lock().unwrap(), vec![(4, true), (1, false)]);
+            let chunks: Vec<Bytes> =
+                machine.snapshot().await.unwrap().unwrap().map(|c| c.unwrap()).collect().await;
+            let size = chunks.iter().map(|c| c.len() as u64).sum();
+            let meta = SnapshotMeta {
+                last_included: raft_core::LogId::new(1, 1),
+                membership: raft_core::Membership::with_voters([1]),
+                size,
+                checksum: 0,
+            };
+            let restored = Arc::new(Recorder::default());
+            let mut other =
+                KvStateMachine::new(SharedState::new()).with_directory(restored.clone());
+            let data = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
+            other.restore(&meta, data).await.unwrap();
+            assert_eq!(*restored.0.lock().unwrap(), vec![(4, true), (1, false)]);
+        });
     }
 
     #[test]
