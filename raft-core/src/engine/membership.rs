@@ -4,8 +4,9 @@
 //! when a snapshot is taken; and the leader's side of membership changes.
 
 use super::progress::{Progress, ReplicationMode};
-use super::{Engine, RoleState};
+use super::{Action, Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
+use crate::message::{RpcRequest, TimeoutNowRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 
 /// Why the leader refused a membership change.
@@ -118,14 +119,27 @@ impl Engine {
 
     /// A leader that is not a voter of the membership in force (it was removed) steps down
     /// once that membership is committed; until then it replicates without counting itself.
+    /// It first sends TimeoutNow to the most up-to-date voter, so that the cluster does not wait
+    /// an election timeout for a new leader.
     pub(super) fn step_down_if_removed(&mut self) {
-        if matches!(self.role, RoleState::Leader(_))
-            && !self.membership().is_voter(self.id)
-            && self.log.commit_index >= self.membership_index()
-        {
-            tracing::info!(id = self.id, "removed from the voters; stepping down");
-            self.become_follower(self.hard_state.current_term, None);
+        let RoleState::Leader(leader) = &self.role else { return };
+        let membership = self.log.membership().latest();
+        if membership.is_voter(self.id) || self.log.commit_index < self.membership_index() {
+            return;
         }
+        let successor = leader
+            .progress
+            .iter()
+            .filter(|(id, _)| membership.is_voter(**id))
+            .max_by_key(|(_, progress)| progress.match_index)
+            .map(|(&id, _)| id);
+        tracing::info!(id = self.id, ?successor, "removed from the voters; stepping down");
+        if let Some(to) = successor {
+            let term = self.hard_state.current_term;
+            let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
+            self.actions.push(Action::Send { to, request, after_persist: false });
+        }
+        self.become_follower(self.hard_state.current_term, None);
     }
 }
 

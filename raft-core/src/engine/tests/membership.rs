@@ -63,7 +63,11 @@ fn removing_the_leader_steps_it_down_once_committed() {
     let id = change(&mut c, leader, MembershipChange::RemoveNode(leader));
     assert!(c.nodes[&leader].engine.commit_index() >= id.index);
     assert_ne!(c.nodes[&leader].engine.role(), Role::Leader);
+    // It handed over with TimeoutNow: a new leader exists without any tick.
+    let new_leaders = c.leaders();
+    assert_eq!(new_leaders.len(), 1, "elected at once: {new_leaders:?}");
     let new_leader = c.elect();
+    assert_eq!(new_leaders, vec![new_leader]);
     assert_ne!(new_leader, leader);
     let remaining: BTreeSet<NodeId> = (1..=3).filter(|&n| n != leader).collect();
     assert_eq!(c.nodes[&new_leader].engine.membership().voters, remaining);
