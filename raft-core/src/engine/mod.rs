@@ -188,6 +188,8 @@ pub struct Engine {
     snapshots: snapshot::SnapshotState,
     /// The membership the leader's replication and quorums were last set up for.
     membership_seen: Membership,
+    /// Reads this node forwarded (or will forward) to the leader.
+    forwarded: read_index::ForwardedReads,
 }
 
 impl Engine {
@@ -243,6 +245,7 @@ impl Engine {
             actions: Vec::new(),
             snapshots: snapshot::SnapshotState::default(),
             membership_seen: Membership::default(),
+            forwarded: read_index::ForwardedReads::default(),
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -324,6 +327,7 @@ impl Engine {
             self.replicate_all();
             self.advance_transfer();
         }
+        self.forward_reads();
         self.flush_write();
         self.emit_apply();
         std::mem::take(&mut self.actions)

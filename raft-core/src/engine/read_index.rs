@@ -7,10 +7,12 @@
 //! read of round `r` or earlier. A new leader answers reads only after an entry of its own term
 //! is committed (before that its commit index may be behind the previous leader's).
 //!
-//! A follower asks the leader for a read index with a `ReadIndex` RPC. Either way the caller then
-//! waits until its state machine has applied the read index before reading.
+//! A follower asks the leader for a read index with a `ReadIndex` RPC, one RPC for all the reads
+//! that arrived in the same step (the leader's answer serves them all: it covers every write
+//! acknowledged before the RPC was sent). Either way the caller then waits until its state
+//! machine has applied the read index before reading.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::{Action, Engine, ReplyId, RoleState};
 use crate::message::{ReadIndexRequest, ReadIndexResponse, RpcRequest, RpcResponse};
@@ -58,6 +60,16 @@ pub(super) struct ReadQueue {
     pending: VecDeque<(u64, LogIndex, ReadWaiter)>,
 }
 
+/// A follower's reads forwarded to the leader.
+#[derive(Debug, Default)]
+pub(super) struct ForwardedReads {
+    /// Reads asked for since the last `ReadIndex` RPC was sent.
+    batch: Vec<ReadId>,
+    /// Reads waiting for the answer to each RPC in flight, by the RPC's `read_id`.
+    in_flight: BTreeMap<u64, Vec<ReadId>>,
+    next_rpc: u64,
+}
+
 impl ReadQueue {
     /// The round stamped on AppendEntries sent now.
     pub(super) fn round(&self) -> u64 {
@@ -80,16 +92,33 @@ impl Engine {
             return;
         }
         match self.leader_id {
-            Some(leader) if leader != self.id => {
-                let request = RpcRequest::ReadIndex(ReadIndexRequest {
-                    term: self.hard_state.current_term,
-                    sender: self.id,
-                    read_id: id.0,
-                });
-                self.actions.push(Action::Send { to: leader, request, after_persist: false });
-            }
+            Some(leader) if leader != self.id => self.forwarded.batch.push(id),
             _ => self.reply_read(ReadWaiter::Local(id), Err(ReadIndexRefusal::NotLeader(None))),
         }
+    }
+
+    /// Follower, when actions are taken: sends one `ReadIndex` RPC for the reads asked for since
+    /// the last one (or fails them if the leader is no longer known).
+    pub(super) fn forward_reads(&mut self) {
+        if self.forwarded.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.forwarded.batch);
+        let Some(leader) = self.leader_id.filter(|&l| l != self.id) else {
+            for id in batch {
+                self.reply_read(ReadWaiter::Local(id), Err(ReadIndexRefusal::NotLeader(None)));
+            }
+            return;
+        };
+        let read_id = self.forwarded.next_rpc;
+        self.forwarded.next_rpc += 1;
+        self.forwarded.in_flight.insert(read_id, batch);
+        let request = RpcRequest::ReadIndex(ReadIndexRequest {
+            term: self.hard_state.current_term,
+            sender: self.id,
+            read_id,
+        });
+        self.actions.push(Action::Send { to: leader, request, after_persist: false });
     }
 
     /// A follower's `ReadIndex` request.
@@ -105,12 +134,18 @@ impl Engine {
     /// The leader's answer to our `ReadIndex` request `read_id`.
     pub(super) fn handle_read_index_response(&mut self, read_id: u64, resp: &ReadIndexResponse) {
         let result = resp.read_index.ok_or(ReadIndexRefusal::NotLeader(resp.leader_hint));
-        self.reply_read(ReadWaiter::Local(ReadId(read_id)), result);
+        self.answer_forwarded(read_id, result);
     }
 
     /// Our `ReadIndex` request `read_id` got no answer.
     pub(super) fn read_index_unreachable(&mut self, read_id: u64) {
-        self.reply_read(ReadWaiter::Local(ReadId(read_id)), Err(ReadIndexRefusal::Unreachable));
+        self.answer_forwarded(read_id, Err(ReadIndexRefusal::Unreachable));
+    }
+
+    fn answer_forwarded(&mut self, read_id: u64, result: Result<LogIndex, ReadIndexRefusal>) {
+        for id in self.forwarded.in_flight.remove(&read_id).unwrap_or_default() {
+            self.reply_read(ReadWaiter::Local(id), result);
+        }
     }
 
     fn register_read(&mut self, waiter: ReadWaiter) {

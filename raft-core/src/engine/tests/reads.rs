@@ -51,15 +51,23 @@ fn follower_read_asks_the_leader() {
     c.propose(leader, b"a");
     let commit = c.nodes[&leader].engine.commit_index();
     let follower = follower_of(&c, leader);
+    let before = c.log.len();
+    c.engine(follower).read_index(ReadId(6));
     c.engine(follower).read_index(ReadId(7));
     c.settle();
-    assert_eq!(c.reads, vec![(follower, ReadId(7), Ok(commit))]);
+    assert_eq!(c.reads, vec![(follower, ReadId(6), Ok(commit)), (follower, ReadId(7), Ok(commit))]);
+    let rpcs = c.log[before..]
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Send { request: RpcRequest::ReadIndex(_), .. }))
+        .count();
+    assert_eq!(rpcs, 1, "reads of one step share one ReadIndex RPC");
+    c.reads.clear();
 
     // A follower that cannot reach the leader gets an error, not silence.
     c.isolated.insert(leader);
     c.engine(follower).read_index(ReadId(8));
     c.settle();
-    assert_eq!(c.reads[1], (follower, ReadId(8), Err(ReadIndexRefusal::Unreachable)));
+    assert_eq!(c.reads, vec![(follower, ReadId(8), Err(ReadIndexRefusal::Unreachable))]);
 }
 
 #[test]
