@@ -83,6 +83,18 @@ pub struct Config {
     /// A leadership transfer that has not made the target leader within this time is abandoned
     /// and the leader takes proposals again.
     pub leadership_transfer_timeout_ms: u64,
+    /// Lease reads (off by default): the leader answers `read_index` at once, without a quorum
+    /// round, while a majority of voters acknowledged AppendEntries it sent less than
+    /// `election_timeout_ms_min - max_clock_drift_ms` ago (they refuse to vote for anyone else
+    /// until an election timeout after hearing from it). Correct only if no node's clock runs
+    /// slower than another's by more than `max_clock_drift_ms` per election timeout, and only
+    /// with `check_quorum`; every node of the cluster must enable it (a node then also refuses
+    /// votes during its first election timeout after starting, when it cannot know whether it
+    /// promised a leader its lease before a restart). A leader that started a leadership
+    /// transfer serves no lease reads for the rest of its term.
+    pub lease_reads: bool,
+    /// The clock-drift margin of lease reads, subtracted from the lease.
+    pub max_clock_drift_ms: u64,
 }
 
 impl Config {
@@ -116,6 +128,8 @@ impl Config {
             max_pending_reads: 65_536,
             max_promotion_lag_entries: 1_000,
             leadership_transfer_timeout_ms: 1_000,
+            lease_reads: false,
+            max_clock_drift_ms: 100,
         }
     }
 
@@ -170,6 +184,13 @@ impl Config {
         }
         if self.snapshot_max_inflight_chunks == 0 || self.snapshot_max_inflight_chunks > 64 {
             return fail("snapshot_max_inflight_chunks must be between 1 and 64");
+        }
+        if self.lease_reads
+            && (!self.check_quorum || self.max_clock_drift_ms >= self.election_timeout_ms_min)
+        {
+            return fail(
+                "lease_reads needs check_quorum and max_clock_drift_ms < election_timeout_ms_min",
+            );
         }
         if self.max_pending_reads == 0 {
             return fail("max_pending_reads must be positive");

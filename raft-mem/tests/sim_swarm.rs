@@ -40,12 +40,16 @@ fn random_faults(dice: &mut Dice) -> LinkFaults {
 }
 
 /// Snapshot settings for a third of the seeds: small intervals, tails and chunks, so that
-/// compaction and InstallSnapshot (with lost, duplicated and reordered chunks) happen often.
-/// Drawn from their own dice so that the rest of each seed's scenario is unchanged.
+/// compaction and InstallSnapshot (with lost, duplicated and reordered chunks) happen often;
+/// and lease reads for a quarter of the seeds. Drawn from their own dice so that the rest of
+/// each seed's scenario is unchanged.
 fn snapshot_hook(seed: u64) -> Option<raft_mem::sim::ConfigHook> {
     let mut dice = Dice(seed ^ 0x5A9_5407);
+    // Lease reads for a quarter of the seeds (own dice, so the snapshot choice is unchanged).
+    let lease_reads = Dice(seed ^ 0x1EA5E).chance(25);
     if !dice.chance(33) {
-        return None;
+        return lease_reads
+            .then(|| Arc::new(|c: &mut Config| c.lease_reads = true) as raft_mem::sim::ConfigHook);
     }
     let interval = 3 + dice.below(40);
     let keep = dice.below(8);
@@ -53,6 +57,7 @@ fn snapshot_hook(seed: u64) -> Option<raft_mem::sim::ConfigHook> {
     let window = 1 + dice.below(3) as usize;
     let timeout = 200 + dice.below(3000);
     Some(Arc::new(move |c: &mut Config| {
+        c.lease_reads = lease_reads;
         c.snapshot_interval_entries = interval;
         c.snapshot_keep_entries = keep;
         c.snapshot_chunk_bytes = chunk;
@@ -70,7 +75,7 @@ fn swarm_run(seed: u64) -> Outcome {
         println!("  default faults: {:?}", config.faults);
     }
     let snapshots = snapshot_hook(seed);
-    let with_snapshots = snapshots.is_some();
+    let with_snapshots = Dice(seed ^ 0x5A9_5407).chance(33); // as drawn in snapshot_hook
     let mut sim = Simulation::with_config_hook(config, snapshots)?;
     let mut ids: Vec<NodeId> = sim.ids().to_vec();
     // Membership changes and reads, drawn from their own dice (the rest of each seed's

@@ -46,6 +46,7 @@ impl Engine {
         });
         self.leader_id = Some(self.id);
         self.election_elapsed = 0;
+        self.start_lease_round();
         // A blank entry of the new term lets the leader commit entries of earlier terms (§5.4.2).
         self.append_entry(EntryPayload::Blank);
         self.replicate_all();
@@ -203,6 +204,7 @@ impl Engine {
     }
 
     pub(super) fn tick_leader(&mut self) {
+        self.start_lease_round();
         let heartbeat_ticks = self.timing.heartbeat_ticks;
         let mut due = Vec::new();
         let transfer_target = self.transfer_target();

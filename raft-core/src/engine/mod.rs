@@ -156,6 +156,8 @@ struct Timing {
     heartbeat_ticks: u64,
     election_ticks_min: u64,
     election_ticks_max: u64,
+    /// `max_clock_drift_ms` in ticks, rounded up.
+    clock_drift_ticks: u64,
 }
 
 /// Role-specific state.
@@ -190,6 +192,8 @@ pub struct Engine {
     membership_seen: Membership,
     /// Reads this node forwarded (or will forward) to the leader.
     forwarded: read_index::ForwardedReads,
+    /// Ticks since the engine was created (the clock of lease reads).
+    now_tick: u64,
 }
 
 impl Engine {
@@ -225,6 +229,7 @@ impl Engine {
             heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
             election_ticks_min: config.ticks(config.election_timeout_ms_min),
             election_ticks_max: config.ticks(config.election_timeout_ms_max),
+            clock_drift_ticks: config.ticks(config.max_clock_drift_ms),
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
@@ -246,6 +251,7 @@ impl Engine {
             snapshots: snapshot::SnapshotState::default(),
             membership_seen: Membership::default(),
             forwarded: read_index::ForwardedReads::default(),
+            now_tick: 0,
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -335,6 +341,7 @@ impl Engine {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
+        self.now_tick += 1;
         self.election_elapsed += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
@@ -494,9 +501,13 @@ impl Engine {
 
     /// Whether this node heard from a live leader within the minimum election timeout (the
     /// CheckQuorum lease, during which it refuses to help depose that leader).
+    ///
+    /// With lease reads, a node that just started counts as in a lease for its first election
+    /// timeout: before a restart it may have acknowledged a leader whose lease still runs.
     fn in_leader_lease(&self) -> bool {
+        let boot_lease = self.config.lease_reads && self.now_tick < self.timing.election_ticks_min;
         self.config.check_quorum
-            && self.leader_id.is_some()
+            && (self.leader_id.is_some() || boot_lease)
             && self.election_elapsed < self.timing.election_ticks_min
     }
 

@@ -58,6 +58,14 @@ pub(super) struct ReadQueue {
     waiting_commit: Vec<ReadWaiter>,
     /// Reads with their index, waiting for a majority to acknowledge `round`, oldest first.
     pending: VecDeque<(u64, LogIndex, ReadWaiter)>,
+    /// Lease reads: when each recent round started (round, tick), oldest first.
+    round_started: VecDeque<(u64, u64)>,
+    /// Lease reads: the tick until which a majority's promise not to vote for another leader
+    /// holds (0: no lease).
+    lease_until: u64,
+    /// Lease reads: a TimeoutNow was sent this term; voters may elect another leader despite
+    /// their promise, so this leader serves no more lease reads.
+    lease_void: bool,
 }
 
 /// A follower's reads forwarded to the leader.
@@ -78,6 +86,13 @@ impl ReadQueue {
 
     fn len(&self) -> usize {
         self.waiting_commit.len() + self.pending.len()
+    }
+
+    /// Lease reads: a TimeoutNow is about to be sent, and voters grant its election despite
+    /// their promise: no more lease reads this term.
+    pub(super) fn void_lease(&mut self) {
+        self.lease_void = true;
+        self.lease_until = 0;
     }
 }
 
@@ -151,9 +166,16 @@ impl Engine {
     fn register_read(&mut self, waiter: ReadWaiter) {
         let own_term_committed = self.own_term_committed();
         let (commit, max) = (self.log.commit_index, self.config.max_pending_reads);
+        let now = self.now_tick;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let reads = &mut leader.reads;
-        if reads.len() >= max {
+        let leased = own_term_committed
+            && !reads.lease_void
+            && leader.transfer.is_none()
+            && now < reads.lease_until;
+        if leased {
+            self.reply_read(waiter, Ok(commit));
+        } else if reads.len() >= max {
             self.reply_read(waiter, Err(ReadIndexRefusal::Backlogged));
         } else if own_term_committed {
             reads.pending.push_back((reads.round + 1, commit, waiter));
@@ -200,16 +222,15 @@ impl Engine {
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         if round > progress.read_round_acked {
             progress.read_round_acked = round;
+            self.extend_lease();
             self.confirm_reads();
         }
     }
 
-    /// Answers every read whose round a majority of voters acknowledged.
-    fn confirm_reads(&mut self) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        if leader.reads.pending.is_empty() {
-            return;
-        }
+    /// The highest round a majority of voters acknowledged (this node's own acknowledgement is
+    /// its current round, if it votes).
+    fn confirmed_round(&self) -> u64 {
+        let RoleState::Leader(leader) = &self.role else { return 0 };
         let membership = self.log.membership().latest();
         let rounds = membership
             .voters
@@ -220,7 +241,50 @@ impl Engine {
                 None => 0,
             })
             .collect();
-        let confirmed = quorum::committed_index(rounds);
+        quorum::committed_index(rounds)
+    }
+
+    /// Lease reads: starts a new round (at every leader tick and when the leader takes office),
+    /// so that the acknowledgements of the AppendEntries sent in it date the voters' promises to
+    /// within a tick.
+    pub(super) fn start_lease_round(&mut self) {
+        if !self.config.lease_reads {
+            return;
+        }
+        let (now, keep) = (self.now_tick, self.timing.election_ticks_min);
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let reads = &mut leader.reads;
+        reads.round += 1;
+        reads.round_started.push_back((reads.round, now));
+        while reads.round_started.front().is_some_and(|&(_, at)| at + keep < now) {
+            reads.round_started.pop_front();
+        }
+    }
+
+    /// Lease reads: moves the lease to the start of the latest round a majority acknowledged
+    /// plus the minimum election timeout, minus the clock-drift margin.
+    fn extend_lease(&mut self) {
+        if !self.config.lease_reads {
+            return;
+        }
+        let confirmed = self.confirmed_round();
+        let span = self.timing.election_ticks_min.saturating_sub(self.timing.clock_drift_ticks);
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let reads = &mut leader.reads;
+        let started =
+            reads.round_started.iter().rev().find(|&&(round, _)| round <= confirmed).map(|r| r.1);
+        if let Some(started) = started {
+            reads.lease_until = reads.lease_until.max(started + span);
+        }
+    }
+
+    /// Answers every read whose round a majority of voters acknowledged.
+    fn confirm_reads(&mut self) {
+        if !matches!(&self.role, RoleState::Leader(l) if !l.reads.pending.is_empty()) {
+            return;
+        }
+        let confirmed = self.confirmed_round();
+        let RoleState::Leader(leader) = &mut self.role else { return };
         let mut ready = Vec::new();
         while let Some(&(round, index, waiter)) = leader.reads.pending.front() {
             if round > confirmed {

@@ -181,6 +181,9 @@ pub struct Simulation {
     directory: Arc<Mutex<BTreeMap<NodeId, (Node, Recorder)>>>,
     /// Linearizability bookkeeping shared by writers and readers.
     reads: Arc<ReadCheck>,
+    /// How long a client of [`Simulation::spawn_client`] waits for a write before trying
+    /// another node.
+    client_timeout: Duration,
     /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
     livelock: (Duration, u64),
 }
@@ -302,6 +305,7 @@ impl Simulation {
             config_hook: hook,
             directory: Arc::default(),
             reads: Arc::default(),
+            client_timeout: Duration::from_secs(3),
             livelock: (Duration::ZERO, 0),
         };
         for id in sim.ids.clone() {
@@ -467,6 +471,13 @@ impl Simulation {
         Ok(())
     }
 
+    /// Sets how long clients started afterwards wait for a write before trying another node
+    /// (3 s by default). Short timeouts make clients find a new leader while an old one is
+    /// still cut off, which is when stale reads would show.
+    pub fn set_client_timeout(&mut self, timeout: Duration) {
+        self.client_timeout = timeout;
+    }
+
     /// Starts a client task that writes `"{name}-{k}"` for k = 0, 1, ... through whichever node
     /// accepts it (following leader hints, retrying after failures) until stopped. Every write it
     /// is told committed is recorded with its index.
@@ -474,7 +485,7 @@ impl Simulation {
         let log = ClientLog::default();
         let (directory, runtime, record, name) =
             (self.directory.clone(), self.runtime.clone(), log.clone(), name.to_owned());
-        let reads = self.reads.clone();
+        let (reads, client_timeout) = (self.reads.clone(), self.client_timeout);
         self.runtime.spawn_task(async move {
             let mut target = next_node(&directory, 0);
             let mut k = 0u64;
@@ -488,7 +499,7 @@ impl Simulation {
                             let index = proposal.index;
                             let outcome = futures::select! {
                                 response = proposal.response().fuse() => response.ok(),
-                                _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
+                                _ = runtime.sleep_for(client_timeout).fuse() => None,
                             };
                             if outcome.is_some() {
                                 lock(&record.acknowledged).push((command, index));

@@ -139,3 +139,98 @@ fn leadership_transfer_times_out_and_the_leader_takes_proposals_again() {
     assert_eq!(c.leaders(), vec![leader]);
     c.propose(leader, b"after");
 }
+
+fn lease_cluster() -> Cluster {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.lease_reads = true;
+            c
+        })
+        .collect();
+    Cluster::with_configs(configs)
+}
+
+#[test]
+fn lease_reads_skip_the_round_while_the_lease_holds_and_expire_without_a_quorum() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(6); // a heartbeat round is acknowledged
+    let commit = c.nodes[&leader].engine.commit_index();
+    let before = c.log.len();
+    c.engine(leader).read_index(ReadId(1));
+    c.drain(leader);
+    assert_eq!(c.reads, vec![(leader, ReadId(1), Ok(commit))], "answered at once");
+    assert_eq!(append_entries_sent(&c, leader, before), 0, "without a round");
+
+    // Cut off the followers: once the lease (election timeout minus drift) runs out, reads
+    // need a round again and get no answer.
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(followers.iter().copied());
+    c.tick(20); // 200 ms: past 300 ms - 100 ms of drift margin since the last acknowledged round
+    c.engine(leader).read_index(ReadId(2));
+    c.settle();
+    assert_eq!(c.reads.len(), 1, "no lease, no quorum: no answer");
+}
+
+#[test]
+fn no_lease_reads_after_a_transfer_started() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    let target = follower_of(&c, leader);
+    c.tick(6);
+    c.engine(leader).read_index(ReadId(0));
+    c.drain(leader);
+    assert_eq!(c.reads.len(), 1, "a lease read before the transfer");
+    c.engine(leader).transfer_leadership(target).unwrap();
+    let actions = c.engine(leader).take_actions();
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { request: RpcRequest::TimeoutNow(_), .. })),
+        "the target is up to date: TimeoutNow goes out"
+    );
+    // The TimeoutNow is lost (those actions were not carried out) and the transfer times out;
+    // it could still arrive late and make voters break their promise: no lease this term.
+    c.isolated.insert(target);
+    c.tick(110);
+    assert_eq!(c.nodes[&leader].engine.transfer_target(), None);
+    assert_eq!(c.leaders(), vec![leader]);
+    c.engine(leader).read_index(ReadId(1));
+    let actions = c.engine(leader).take_actions();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::ReadIndexReady { .. })),
+        "the lease is void once TimeoutNow was sent"
+    );
+    c.run(leader, actions);
+    c.settle();
+    assert_eq!(c.reads.len(), 2, "answered after a quorum round");
+}
+
+#[test]
+fn a_restarted_node_refuses_votes_for_an_election_timeout_with_lease_reads() {
+    let mut config = config(1, 3);
+    config.lease_reads = true;
+    let mut engine = Engine::new(config, &DurableState::default(), Vec::new());
+    let request = RequestVoteRequest {
+        term: 5,
+        candidate_id: 2,
+        last_log_id: LogId::new(4, 10),
+        pre_vote: false,
+        leadership_transfer: false,
+    };
+    engine.on_request(RpcRequest::RequestVote(request.clone()), ReplyId(1));
+    let granted = |actions: Vec<Action>| {
+        actions.iter().any(|a| {
+            matches!(a, Action::Respond { response: RpcResponse::RequestVote(r), .. } if r.vote_granted)
+        })
+    };
+    assert!(!granted(engine.take_actions()), "refused during the boot lease");
+    for _ in 0..30 {
+        engine.tick();
+    }
+    engine.take_actions();
+    engine.on_request(RpcRequest::RequestVote(request), ReplyId(2));
+    assert!(granted(engine.take_actions()), "granted after an election timeout");
+}
