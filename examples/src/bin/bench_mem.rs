@@ -1,8 +1,9 @@
 //! Throughput and latency of a 3-node cluster in one process: in-memory store, in-process
 //! network, a no-op state machine. Prints proposals/s and p50/p99 latency (proposal to applied
 //! response) per number of concurrent clients, next to openraft's figures on the same kind of
-//! machine; then linearizable reads (`Node::read_index`, on the leader and on a follower) per
-//! number of concurrent readers, next to the write throughput at the same concurrency.
+//! machine; then linearizable reads (`Node::read_index` on the leader, on a follower, and on a
+//! leader with lease reads) per number of concurrent readers, next to the write throughput at
+//! the same concurrency.
 //!
 //! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096]`
 
@@ -28,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let seconds = Duration::from_secs(args.seconds);
         let mut rows = Vec::new();
         for &clients in &args.clients {
-            let (nodes, leader) = start_cluster().await?;
+            let (nodes, leader) = start_cluster(false).await?;
             let row = run_level(&leader, clients, seconds, Op::Write).await;
             for node in &nodes {
                 node.shutdown().await;
@@ -46,8 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut reads = Vec::new();
         for &clients in &args.clients {
             let write_rate = writes.iter().find(|(l, _)| *l == format!("{clients}")).map(|w| w.1);
-            for on_follower in [false, true] {
-                let (nodes, leader) = start_cluster().await?;
+            for (on_follower, lease) in [(false, false), (true, false), (false, true)] {
+                let (nodes, leader) = start_cluster(lease).await?;
                 let target = if on_follower {
                     nodes.iter().find(|n| n.id() != leader.id()).cloned().unwrap_or(leader)
                 } else {
@@ -57,7 +58,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 for node in &nodes {
                     node.shutdown().await;
                 }
-                let place = if on_follower { "follower" } else { "leader" };
+                let place = match (on_follower, lease) {
+                    (true, _) => "follower",
+                    (false, false) => "leader",
+                    (false, true) => "lease",
+                };
                 reads.push(Row { label: format!("{clients} {place}"), reference: write_rate, ..row });
             }
         }
@@ -71,13 +76,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-async fn start_cluster() -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>> {
+/// Starts a 3-node cluster (with lease reads if `lease_reads`) and returns its nodes and leader.
+async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>> {
     let network = MemNetwork::new();
     let ids = [1, 2, 3];
     let rt = TokioRuntime::current().ok_or("no tokio runtime")?;
     let mut nodes = Vec::new();
     for id in ids {
-        let config = Config::new(id, ids);
+        let mut config = Config::new(id, ids);
+        config.lease_reads = lease_reads;
         let node = Node::start(
             config,
             MemLogStore::new(),

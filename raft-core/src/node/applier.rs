@@ -10,7 +10,7 @@ use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
 use super::Input;
-use crate::error::ProposalError;
+use crate::error::{ProposalError, ReadIndexError};
 use crate::membership::Membership;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
@@ -35,6 +35,26 @@ pub(super) enum ApplyMsg {
     TakeSnapshot(LogId, Membership),
     /// Replace the state by this stored snapshot.
     Restore(SnapshotMeta),
+    /// Answer a linearizable read once the state machine has applied `index`.
+    ReadAt { index: LogIndex, reply: oneshot::Sender<Result<LogIndex, ReadIndexError>> },
+}
+
+/// Reads waiting for the state machine to reach their read index.
+#[derive(Default)]
+struct ReadWaiters {
+    by_index: BTreeMap<LogIndex, Vec<oneshot::Sender<Result<LogIndex, ReadIndexError>>>>,
+}
+
+impl ReadWaiters {
+    /// Answers every read whose index is at most `applied`.
+    fn applied(&mut self, applied: LogIndex) {
+        let rest = self.by_index.split_off(&(applied + 1));
+        for (index, replies) in std::mem::replace(&mut self.by_index, rest) {
+            for reply in replies {
+                let _ = reply.send(Ok(index));
+            }
+        }
+    }
 }
 
 pub(super) async fn run<M: StateMachine>(
@@ -42,10 +62,19 @@ pub(super) async fn run<M: StateMachine>(
     messages: Receiver<ApplyMsg>,
     inputs: Sender<Input>,
     snapshots: Option<ApplierSnapshots>,
+    mut applied: LogIndex,
 ) {
     let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
+    let mut reads = ReadWaiters::default();
     while let Ok(message) = messages.recv().await {
         match message {
+            ApplyMsg::ReadAt { index, reply } => {
+                if index <= applied {
+                    let _ = reply.send(Ok(index));
+                } else {
+                    reads.by_index.entry(index).or_default().push(reply);
+                }
+            }
             ApplyMsg::Wait { index, waiter } => {
                 waiters.insert(index, waiter);
             }
@@ -63,9 +92,12 @@ pub(super) async fn run<M: StateMachine>(
             }
             ApplyMsg::Restore(meta) => {
                 let s = snapshots.as_ref();
+                let last = meta.last_included.index;
                 if !snapshot::restore(&mut state_machine, s, meta, &mut waiters, &inputs).await {
                     return;
                 }
+                applied = applied.max(last);
+                reads.applied(applied);
             }
             ApplyMsg::Apply(entries) => {
                 let Some(last) = entries.last().map(|e| e.index) else { continue };
@@ -95,6 +127,8 @@ pub(super) async fn run<M: StateMachine>(
                         let _ = waiter.reply.send(outcome);
                     }
                 }
+                applied = last;
+                reads.applied(applied);
                 if inputs.send(Input::Applied(last)).await.is_err() {
                     return;
                 }

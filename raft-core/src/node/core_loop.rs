@@ -258,8 +258,13 @@ impl CoreLoop {
         });
     }
 
+    /// Hands a read index to the applier, which answers once the state machine applied it.
     fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
         let Some(reply) = self.reads.remove(&id.0) else { return };
+        if let Ok(index) = result {
+            let _ = self.applier.try_send(ApplyMsg::ReadAt { index, reply });
+            return;
+        }
         let _ = reply.send(result.map_err(|refusal| match refusal {
             ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader { leader_hint },
             ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,

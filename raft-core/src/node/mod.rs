@@ -271,6 +271,7 @@ impl Node {
         let store = Arc::new(store);
         let id = config.id;
         let status = StatusCell::new(engine.status());
+        let applied_at_start = engine.status().applied_index;
         let fatal = Arc::new(Mutex::new(None));
         let (inputs_tx, inputs_rx) = async_channel::bounded(INPUT_QUEUE_CAPACITY);
         let (writer_tx, writer_rx) = async_channel::unbounded();
@@ -312,7 +313,14 @@ impl Node {
         };
         spawn(writer::run(store, writer_rx, inputs_tx.clone()).boxed());
         spawn(
-            applier::run(state_machine, applier_rx, inputs_tx.clone(), applier_snapshots).boxed(),
+            applier::run(
+                state_machine,
+                applier_rx,
+                inputs_tx.clone(),
+                applier_snapshots,
+                applied_at_start,
+            )
+            .boxed(),
         );
         let tick = std::time::Duration::from_millis(config.tick_interval_ms);
         let ticker_inputs = inputs_tx.clone();
@@ -414,10 +422,12 @@ impl Node {
     /// has applied it. Reading the local state machine afterwards observes every such write.
     ///
     /// On the leader, the index is the commit index confirmed by a quorum round shared with
-    /// every other read that arrived meanwhile (no log write). On a follower, the leader is asked
-    /// for the index (one RPC) and the follower waits to apply it, so followers can serve reads.
-    /// Fails at once with [`ReadIndexError::NotLeader`] when no leader is known. The wait for the
-    /// local state machine has no deadline: wrap the call in your runtime's timeout if needed.
+    /// every other read that arrived meanwhile (no log write), or at once while its lease holds
+    /// with `Config::lease_reads`. On a follower, the leader is asked for the index (one RPC for
+    /// all the reads of a step) and the follower waits to apply it, so followers can serve
+    /// reads. Fails at once with [`ReadIndexError::NotLeader`] when no leader is known. The wait
+    /// for the local state machine has no deadline: wrap the call in your runtime's timeout if
+    /// needed.
     pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
         let (reply, answer) = oneshot::channel();
         self.shared
@@ -425,12 +435,8 @@ impl Node {
             .send(Input::ReadIndex { reply })
             .await
             .map_err(|_| ReadIndexError::Shutdown)?;
-        let index = answer.await.unwrap_or(Err(ReadIndexError::Shutdown))?;
-        self.watch()
-            .wait_for(|status| status.applied_index >= index)
-            .await
-            .ok_or(ReadIndexError::Shutdown)?;
-        Ok(index)
+        // The applier answers once the state machine has applied the index.
+        answer.await.unwrap_or(Err(ReadIndexError::Shutdown))
     }
 
     /// The cluster membership this node uses now (the latest in its log, committed or not).
