@@ -73,8 +73,8 @@ pub struct Config {
     /// A snapshot transfer that gets no answer for this long is abandoned: the follower goes
     /// back to probing (a later transfer resumes where the follower's data ends).
     pub snapshot_transfer_timeout_ms: u64,
-    /// The most linearizable reads (`Node::read_index`) a leader holds waiting for their
-    /// heartbeat round; more are refused until some are answered.
+    /// The most linearizable reads (`Node::read_index`) a node holds at once: further calls
+    /// wait for room, and a leader refuses (`Backlogged`) reads beyond it from its followers.
     pub max_pending_reads: usize,
     /// A learner is promoted to voter only when it is at most this many entries behind the
     /// leader's commit index, so that a new voter does not stall commitment while it catches

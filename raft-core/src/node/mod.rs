@@ -103,6 +103,8 @@ struct Shared {
     inputs: Sender<Input>,
     status: Arc<StatusCell>,
     proposal_slots: Arc<Semaphore>,
+    /// Bounds the reads this node holds (`Config::max_pending_reads`), wherever they wait.
+    read_slots: Arc<Semaphore>,
     fatal: Arc<Mutex<Option<FatalError>>>,
     /// Completes (yields `None`) once every task of the node has ended.
     tasks_done: async_lock::Mutex<Option<mpsc::Receiver<()>>>,
@@ -366,6 +368,7 @@ impl Node {
                 inputs: inputs_tx,
                 status,
                 proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
+                read_slots: Arc::new(Semaphore::new(config.max_pending_reads)),
                 fatal,
                 tasks_done: async_lock::Mutex::new(Some(done_rx)),
             }),
@@ -425,10 +428,13 @@ impl Node {
     /// every other read that arrived meanwhile (no log write), or at once while its lease holds
     /// with `Config::lease_reads`. On a follower, the leader is asked for the index (one RPC for
     /// all the reads of a step) and the follower waits to apply it, so followers can serve
-    /// reads. Fails at once with [`ReadIndexError::NotLeader`] when no leader is known. The wait
+    /// reads. Fails at once with [`ReadIndexError::NotLeader`] when no leader is known. At most
+    /// `Config::max_pending_reads` calls are in progress at once; more wait for room. The wait
     /// for the local state machine has no deadline: wrap the call in your runtime's timeout if
     /// needed.
     pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
+        // Held until answered: at most `max_pending_reads` reads wait here at once.
+        let _slot = self.shared.read_slots.acquire_arc().await;
         let (reply, answer) = oneshot::channel();
         self.shared
             .inputs
