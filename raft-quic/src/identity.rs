@@ -3,8 +3,11 @@
 //! A node's certificate names it with one DNS subject alternative name, `node-<id>.raft`
 //! ([`node_dns_name`]). Clients dial a peer with that name as the TLS server name, so rustls
 //! verifies that the server's certificate names the id being dialed. Servers find the id of an
-//! inbound peer by matching its verified certificate against the ids they know, and require
-//! exactly one match.
+//! inbound peer by matching its verified certificate against the ids they know and the node ids
+//! the certificate itself lists, and require exactly one match: any certificate of the cluster CA
+//! naming one node is accepted, so a node added to the cluster can reach members that do not know
+//! its address yet (a restarted follower that missed the change, for instance). The CA is the
+//! transport's membership authority; Raft's own membership decides what the node may do.
 
 use raft_core::NodeId;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -28,8 +31,8 @@ pub enum IdentityError {
     /// The certificate could not be parsed.
     #[error("the certificate does not parse: {0}")]
     BadCertificate(String),
-    /// The certificate names none of the known node ids.
-    #[error("the certificate names no known node id")]
+    /// The certificate names no node id.
+    #[error("the certificate names no node id")]
     Unknown,
     /// The certificate names several known node ids, so it cannot identify one node.
     #[error("the certificate names several node ids: {0:?}")]
@@ -47,13 +50,27 @@ fn names(cert: &EndEntityCert<'_>, id: NodeId) -> bool {
     }
 }
 
-/// The one id among `candidates` that the (already verified) certificate `cert` names.
+/// The node id in a DNS name of the form `node-<id>.raft`, if it is one.
+fn id_in_name(name: &str) -> Option<NodeId> {
+    let digits = name.strip_prefix("node-")?.strip_suffix(NODE_NAME_SUFFIX)?;
+    let id: NodeId = digits.parse().ok()?;
+    // Only the canonical spelling (no sign, no leading zeros) names a node.
+    (node_dns_name(id) == name).then_some(id)
+}
+
+/// The one node id that the (already verified) certificate `cert` names, among `candidates`
+/// (the ids the caller knows) and the ids its own DNS names spell.
 pub(crate) fn identify(
     cert: &CertificateDer<'_>,
     candidates: impl IntoIterator<Item = NodeId>,
 ) -> Result<NodeId, IdentityError> {
     let parsed =
         EndEntityCert::try_from(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+    let mut candidates: Vec<NodeId> = candidates.into_iter().collect();
+    // The listed names only propose candidates; each is then checked like a known id.
+    candidates.extend(parsed.valid_dns_names().filter_map(id_in_name));
+    candidates.sort_unstable();
+    candidates.dedup();
     let matches: Vec<NodeId> = candidates.into_iter().filter(|&id| names(&parsed, id)).collect();
     match matches.as_slice() {
         [] => Err(IdentityError::Unknown),
@@ -108,4 +125,20 @@ pub(crate) fn check_node_cert(
         return Err(IdentityError::Untrusted(format!("it does not name {}", node_dns_name(id))));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_node_names_propose_an_id() {
+        assert_eq!(id_in_name("node-7.raft"), Some(7));
+        assert_eq!(id_in_name(&node_dns_name(u64::MAX)), Some(u64::MAX));
+        for other in
+            ["node-07.raft", "node-+7.raft", "node-.raft", "node-7.raftx", "x.raft", "*.raft"]
+        {
+            assert_eq!(id_in_name(other), None, "{other}");
+        }
+    }
 }

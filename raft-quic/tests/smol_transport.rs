@@ -27,6 +27,7 @@ on_smol!(
     sender_must_match_certificate,
     refuses_until_serving,
     server_must_prove_dialed_id,
+    unknown_node_with_a_cluster_certificate_is_served,
     foreign_ca_is_refused,
     reconnects_after_restart,
     large_batches_do_not_block_heartbeats,

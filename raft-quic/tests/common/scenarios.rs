@@ -116,6 +116,30 @@ pub async fn refuses_until_serving(rt: Arc<dyn Runtime>) {
     }
 }
 
+/// A node the server does not know (a member added since the server's address book was
+/// written) is accepted on the strength of its cluster-CA certificate, and its requests are
+/// still checked against the id that certificate names.
+pub async fn unknown_node_with_a_cluster_certificate_is_served(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    let newcomer = QuicNetwork::bind(test_config(&ca, 9, loopback()), rt.clone()).unwrap();
+    newcomer.set_peer(1, nets[0].local_addr());
+    bounded(&rt, "RPC from an unknown node", newcomer.send(1, heartbeat(9))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+    match bounded(&rt, "spoofed sender", newcomer.send(1, heartbeat(2))).await {
+        Err(NetworkError::Refused { .. }) => {}
+        other => panic!("a request claiming another sender was served: {other:?}"),
+    }
+    assert_eq!(handler.calls(), 1);
+    newcomer.close().await;
+    for net in &nets {
+        net.close().await;
+    }
+}
+
 /// Dialing id 3 at an address where node 2 answers fails: the server must prove the dialed id.
 pub async fn server_must_prove_dialed_id(rt: Arc<dyn Runtime>) {
     init_tracing();
