@@ -3,7 +3,8 @@
 //! client protocol.
 //!
 //! Prints puts/s and p50/p99 latency of 100-byte puts with 1, 64 and 256 concurrent clients
-//! (each its own session), then leader failover times: the leader is killed with SIGKILL while a
+//! (each its own session), then linearizable gets of those keys (ReadIndex) at the same levels,
+//! then leader failover times: the leader is killed with SIGKILL while a
 //! client writes, and the time until a write issued after the kill is acknowledged is measured
 //! (median and max over the trials). The killed node is restarted between trials.
 //!
@@ -81,10 +82,20 @@ fn parse_args() -> Result<Args, String> {
 
 /// Runs `clients` closed-loop writers for the warm-up plus `seconds`; returns the latencies of
 /// the measured window, its length and the number of failed puts.
+/// What the clients of a level do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    /// 100-byte puts (through the log, synced on a majority).
+    Put,
+    /// Gets of keys the puts wrote (ReadIndex: no log write).
+    Get,
+}
+
 async fn measure(
     connections: &Connections,
     clients: usize,
     seconds: u64,
+    op: Op,
 ) -> Result<(LatencyRecorder, Duration, u64), Error> {
     let sessions: Vec<Arc<KvClient>> =
         (0..clients).map(|_| Arc::new(KvClient::new(connections.clone()))).collect();
@@ -110,7 +121,10 @@ async fn measure(
                 }
                 let key = format!("bench-{c}-{}", n % 1000);
                 n += 1;
-                let result = session.put(key, value.clone()).await;
+                let result = match op {
+                    Op::Put => session.put(key, value.clone()).await,
+                    Op::Get => session.get(key).await.map(|_| ()),
+                };
                 if began >= measure_from && Instant::now() <= end {
                     match result {
                         Ok(()) => latencies.record(began.elapsed()),
@@ -196,7 +210,8 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
         .ok_or("no leader elected")?;
     let mut rows = Vec::new();
     for &clients in &args.clients {
-        let (latencies, elapsed, errors) = measure(&connections, clients, args.seconds).await?;
+        let (latencies, elapsed, errors) =
+            measure(&connections, clients, args.seconds, Op::Put).await?;
         let mut row: Row = latencies.row(clients.to_string(), elapsed);
         row.reference = ETCD.iter().find(|(c, _)| *c == clients).map(|&(_, r)| r);
         println!(
@@ -212,6 +227,21 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
         "clients",
         &rows,
         "etcd 3.4 put/s",
+    );
+    let mut gets = Vec::new();
+    for &clients in &args.clients {
+        let (latencies, elapsed, errors) =
+            measure(&connections, clients, args.seconds, Op::Get).await?;
+        let mut row: Row = latencies.row(clients.to_string(), elapsed);
+        row.reference = rows.iter().find(|r| r.label == row.label).map(|r| r.per_second);
+        println!("  {clients:>3} clients: {:.0} gets/s, {errors} errors", row.per_second);
+        gets.push(row);
+    }
+    print_table(
+        "linearizable gets (ReadIndex, no log write) of the same keys, vs puts",
+        "clients",
+        &gets,
+        "puts/s",
     );
 
     if args.trials > 0 {
