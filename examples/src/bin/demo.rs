@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use examples::kv::client::status_table;
-use examples::kv::cluster::{read_log, wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::cluster::{
+    finish_demo, read_log, start_demo, wait_for_leader, ClusterSpec, DemoCluster, ProcessCluster,
+};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
 
@@ -265,51 +267,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-    let runtime = match runtime {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("demo: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let started = Instant::now();
-    let launcher = match Launcher::current_exe(NODE_SUBCOMMAND) {
-        Ok(launcher) => launcher,
-        Err(e) => {
-            eprintln!("demo: cannot find its own executable: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut cluster = match ProcessCluster::start(launcher, ClusterSpec::default()) {
-        Ok(cluster) => cluster,
-        Err(e) => {
-            eprintln!("demo: cannot start the cluster: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("Started 3 kv-node processes on loopback (QUIC + mutual TLS, LMDB on disk)");
-    println!("  certificates, data and logs in {}", cluster.dir().display());
+    let DemoCluster { runtime, mut cluster, started } =
+        match start_demo("demo", NODE_SUBCOMMAND, ClusterSpec::default()) {
+            Ok(demo) => demo,
+            Err(code) => return code,
+        };
     for (id, addr) in cluster.client_endpoints() {
         println!("  node {id}: client port {addr}");
     }
     let result = runtime.block_on(demo(&mut cluster, keys));
-    let _ = cluster.stop_all(Duration::from_secs(5));
-    match result {
-        Ok(summary) => {
+    match finish_demo("demo", &mut cluster, result) {
+        Some(summary) => {
             print_summary(&summary, started.elapsed());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("\ndemo failed: {e}");
-            for id in cluster.ids() {
-                let log = read_log(&cluster.log_path(id));
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                eprintln!("--- last lines of node {id}'s log ---");
-                tail.iter().rev().for_each(|line| eprintln!("{line}"));
-            }
-            ExitCode::FAILURE
-        }
+        None => ExitCode::FAILURE,
     }
 }

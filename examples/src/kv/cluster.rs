@@ -414,3 +414,64 @@ pub fn read_log(path: &Path) -> String {
     }
     text
 }
+
+/// A demo program's cluster, started by [`start_demo`]: the runtime to drive it, the cluster, and
+/// when the program started.
+pub struct DemoCluster {
+    /// A 2-worker tokio runtime for the demo's client side.
+    pub runtime: tokio::runtime::Runtime,
+    /// The 3 kv-node processes.
+    pub cluster: ProcessCluster,
+    /// When `start_demo` was called (for the total time).
+    pub started: Instant,
+}
+
+/// The common start of the demo programs: builds the runtime and starts 3 kv-node processes from
+/// this executable run as `node_subcommand`, with `spec`, and prints where they keep their files.
+/// On failure prints why (prefixed by `name`) and returns the exit code to end with.
+pub fn start_demo(
+    name: &str,
+    node_subcommand: &str,
+    spec: ClusterSpec,
+) -> Result<DemoCluster, std::process::ExitCode> {
+    let fail = |what: String| {
+        eprintln!("{name}: {what}");
+        std::process::ExitCode::FAILURE
+    };
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let launcher = Launcher::current_exe(node_subcommand)
+        .map_err(|e| fail(format!("cannot find its own executable: {e}")))?;
+    let cluster = ProcessCluster::start(launcher, spec)
+        .map_err(|e| fail(format!("cannot start the cluster: {e}")))?;
+    println!("Started 3 kv-node processes on loopback (QUIC + mutual TLS, LMDB on disk)");
+    println!("  certificates, data and logs in {}", cluster.dir().display());
+    Ok(DemoCluster { runtime, cluster, started })
+}
+
+/// The common end of the demo programs: stops every node, and if the demo failed prints the
+/// error and the last lines of every node's log. Returns the demo's value on success.
+pub fn finish_demo<T, E: std::fmt::Display>(
+    name: &str,
+    cluster: &mut ProcessCluster,
+    result: Result<T, E>,
+) -> Option<T> {
+    let _ = cluster.stop_all(Duration::from_secs(5));
+    match result {
+        Ok(value) => Some(value),
+        Err(e) => {
+            eprintln!("\n{name} failed: {e}");
+            for id in cluster.ids() {
+                let log = read_log(&cluster.log_path(id));
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("--- last lines of node {id}'s log ---");
+                tail.iter().rev().for_each(|line| eprintln!("{line}"));
+            }
+            None
+        }
+    }
+}

@@ -20,6 +20,8 @@ pub(super) struct LeaderState {
     pub(super) reads: ReadQueue,
     /// The leadership transfer in progress.
     pub(super) transfer: Option<LeaderTransfer>,
+    /// A leader removed from the voters started handing over (a transfer) once already.
+    pub(super) handover_started: bool,
 }
 
 impl Engine {
@@ -43,6 +45,7 @@ impl Engine {
             progress,
             reads: ReadQueue::default(),
             transfer: None,
+            handover_started: false,
         });
         self.leader_id = Some(self.id);
         self.election_elapsed = 0;
@@ -219,6 +222,8 @@ impl Engine {
             }
         }
         self.tick_transfer(transfer_target.is_some_and(|t| due.contains(&t)));
+        // A removed leader whose hand-over timed out steps down now.
+        self.step_down_if_removed();
         self.tick_snapshot_transfers();
         for peer in due {
             self.replicate_to(peer, true);

@@ -4,6 +4,7 @@
 //! when a snapshot is taken; and the leader's side of membership changes.
 
 use super::progress::{Progress, ReplicationMode};
+use super::transfer::LeaderTransfer;
 use super::{Action, Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, TimeoutNowRequest};
@@ -119,12 +120,17 @@ impl Engine {
 
     /// A leader that is not a voter of the membership in force (it was removed) steps down
     /// once that membership is committed; until then it replicates without counting itself.
-    /// It first sends TimeoutNow to the most up-to-date voter, so that the cluster does not wait
-    /// an election timeout for a new leader.
+    /// It hands over so that the cluster does not wait an election timeout for a new leader: if
+    /// the most up-to-date voter holds the whole log it gets TimeoutNow at once; otherwise a
+    /// leadership transfer to it starts (no new proposals, TimeoutNow once it caught up), and the
+    /// leader steps down by itself only if that transfer times out.
     pub(super) fn step_down_if_removed(&mut self) {
-        let RoleState::Leader(leader) = &self.role else { return };
+        let last_index = self.log.last_index();
+        let RoleState::Leader(leader) = &mut self.role else { return };
         let membership = self.log.membership().latest();
-        if membership.is_voter(self.id) || self.log.commit_index < self.membership_index() {
+        if membership.is_voter(self.id)
+            || self.log.commit_index < self.log.membership().latest_index()
+        {
             return;
         }
         let successor = leader
@@ -132,7 +138,23 @@ impl Engine {
             .iter()
             .filter(|(id, _)| membership.is_voter(**id))
             .max_by_key(|(_, progress)| progress.match_index)
-            .map(|(&id, _)| id);
+            .map(|(&id, progress)| (id, progress.match_index));
+        if leader.transfer.is_some() {
+            return; // a hand-over (or a transfer asked for before) is under way
+        }
+        if let Some((to, match_index)) = successor {
+            if match_index < last_index && !leader.handover_started {
+                tracing::info!(
+                    id = self.id,
+                    successor = to,
+                    "removed from the voters; handing over"
+                );
+                leader.handover_started = true;
+                leader.transfer = Some(LeaderTransfer::new(to));
+                return;
+            }
+        }
+        let successor = successor.map(|(id, _)| id);
         tracing::info!(id = self.id, ?successor, "removed from the voters; stepping down");
         if let Some(to) = successor {
             let term = self.hard_state.current_term;

@@ -28,6 +28,13 @@ pub(super) struct LeaderTransfer {
     timeout_now_sent: bool,
 }
 
+impl LeaderTransfer {
+    /// A transfer to `target` starting now.
+    pub(super) fn new(target: NodeId) -> Self {
+        Self { target, elapsed_ticks: 0, timeout_now_sent: false }
+    }
+}
+
 impl Engine {
     /// Starts handing leadership to `target`. Until the transfer ends, proposals are refused
     /// with [`ProposeRefusal::TransferInProgress`](super::ProposeRefusal) and membership
@@ -51,8 +58,7 @@ impl Engine {
             return Err(TransferRefusal::NotVoter(target));
         }
         tracing::info!(id = self.id, target, "leadership transfer started");
-        leader.transfer =
-            Some(LeaderTransfer { target, elapsed_ticks: 0, timeout_now_sent: false });
+        leader.transfer = Some(LeaderTransfer::new(target));
         Ok(())
     }
 
