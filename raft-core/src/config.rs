@@ -135,7 +135,9 @@ impl Config {
 
     /// A configuration with defaults for node `id` joining an existing cluster: no initial
     /// voters (it never campaigns before the log makes it a voter). Add it to the cluster with
-    /// `MembershipChange::AddLearner` on the leader, which then sends it the log.
+    /// `MembershipChange::AddLearner` (or `Node::add_voter`) on the leader, which then sends it
+    /// the log, or its latest snapshot if the log was compacted: a node joining a cluster that
+    /// compacts its log needs a snapshot store (`Node::builder(..).snapshot_store(..)`).
     pub fn joining(id: NodeId) -> Self {
         Self::new(id, [])
     }
