@@ -128,6 +128,22 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// What a leader knows of one follower's replication (see `Node::replication`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReplication {
+    /// The follower (a voter or a learner).
+    pub id: NodeId,
+    /// Whether it votes.
+    pub voter: bool,
+    /// The highest index known to match the leader's log and be durable there (0: unknown).
+    pub match_index: LogIndex,
+    /// Whether the leader knows where the follower's log stands (it answered since the leader
+    /// took office or since it was last unreachable).
+    pub in_sync: bool,
+    /// Whether a snapshot is being sent to it.
+    pub snapshot_in_progress: bool,
+}
+
 /// A point-in-time view of a node, as reported by `Node::status` and its watch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {

@@ -229,6 +229,10 @@ async fn a_node_is_replaced_and_serves_reads<R: Runtime + Clone>(rt: R) {
     let added = cluster.nodes[&old].add_voter(4, Duration::from_secs(10));
     let membership = cluster.within("add_voter", added).await.unwrap();
     assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    let replication = cluster.nodes[&old].replication().await;
+    let new = replication.iter().find(|p| p.id == 4).expect("the leader replicates to node 4");
+    assert!(new.voter && new.in_sync && new.match_index >= last, "{new:?}");
+    assert_eq!(replication.len(), 3, "one entry per other member");
     let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
     assert!(index >= last);
     assert_eq!(cluster.applied_commands(4).len(), 5, "the read saw every write");

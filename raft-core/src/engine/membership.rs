@@ -39,6 +39,24 @@ impl Engine {
         self.log.membership().latest()
     }
 
+    /// Leader: what it knows of each follower's replication, in id order (empty on other
+    /// roles).
+    pub fn replication(&self) -> Vec<crate::types::PeerReplication> {
+        let RoleState::Leader(leader) = &self.role else { return Vec::new() };
+        let membership = self.membership();
+        leader
+            .progress
+            .iter()
+            .map(|(&id, p)| crate::types::PeerReplication {
+                id,
+                voter: membership.is_voter(id),
+                match_index: p.match_index,
+                in_sync: p.mode == ReplicationMode::Replicate,
+                snapshot_in_progress: p.mode == ReplicationMode::Snapshot,
+            })
+            .collect()
+    }
+
     /// The index of the entry that set [`Engine::membership`] (0: the configured one; at most
     /// the snapshot's last index when a snapshot's).
     pub fn membership_index(&self) -> LogIndex {

@@ -180,6 +180,9 @@ impl CoreLoop {
             Input::ChangeMembership { change, permit, reply } => {
                 let _ = reply.send(self.change_membership(change, permit));
             }
+            Input::Replication { reply } => {
+                let _ = reply.send(self.engine.replication());
+            }
             Input::TransferLeadership { target, reply } => {
                 let result = self.engine.transfer_leadership(target).map_err(|r| match r {
                     TransferRefusal::NotLeader(leader_hint) => {

@@ -48,7 +48,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{Entry, LogId, LogIndex, NodeId, Role, Status, Term};
+use crate::types::{Entry, LogId, LogIndex, NodeId, PeerReplication, Role, Status, Term};
 
 /// Inputs of the main loop.
 pub(crate) enum Input {
@@ -73,6 +73,9 @@ pub(crate) enum Input {
     TransferLeadership {
         target: NodeId,
         reply: oneshot::Sender<Result<(), TransferError>>,
+    },
+    Replication {
+        reply: oneshot::Sender<Vec<PeerReplication>>,
     },
     Response {
         from: NodeId,
@@ -443,6 +446,17 @@ impl Node {
             .map_err(|_| ReadIndexError::Shutdown)?;
         // The applier answers once the state machine has applied the index.
         answer.await.unwrap_or(Err(ReadIndexError::Shutdown))
+    }
+
+    /// Leader: what it knows of each follower's replication (match index, whether it is in
+    /// sync, whether a snapshot is on its way), e.g. to watch a learner catch up before promoting
+    /// it. Empty on a node that is not the leader, and after shutdown.
+    pub async fn replication(&self) -> Vec<PeerReplication> {
+        let (reply, answer) = oneshot::channel();
+        if self.shared.inputs.send(Input::Replication { reply }).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// The cluster membership this node uses now (the latest in its log, committed or not).

@@ -28,6 +28,9 @@ fn a_learner_catches_up_never_votes_then_is_promoted() {
     c.tick(5);
     assert_eq!(commands(&c.nodes[&4].applied), vec![Bytes::from_static(b"a")]);
     assert_eq!(c.nodes[&4].engine.membership().learners, [4].into());
+    let learner = c.nodes[&leader].engine.replication().into_iter().find(|p| p.id == 4).unwrap();
+    assert!(!learner.voter && learner.in_sync, "{learner:?}");
+    assert_eq!(learner.match_index, c.nodes[&leader].engine.last_log_id().index);
 
     // The learner does not count: with two voters cut off, nothing commits.
     let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
