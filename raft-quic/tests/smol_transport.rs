@@ -1,6 +1,7 @@
 //! Transport scenarios on the smol runtime (quinn's `SmolRuntime`, smol's global executor).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -21,20 +22,4 @@ macro_rules! on_smol {
     )*};
 }
 
-on_smol!(
-    round_trip,
-    concurrent_rpcs,
-    sender_must_match_certificate,
-    refuses_until_serving,
-    server_must_prove_dialed_id,
-    unknown_node_with_a_cluster_certificate_is_served,
-    foreign_ca_is_refused,
-    reconnects_after_restart,
-    large_batches_do_not_block_heartbeats,
-    oversized_frames,
-    close_is_final,
-    malformed_frames_are_survived,
-    reconnects_after_link_break,
-    stale_connection_is_reset_after_crash,
-    rpc_timeout_is_enforced,
-);
+all_scenarios!(on_smol);

@@ -18,6 +18,31 @@ use raft_core::{
 use raft_quic::quinn::Runtime;
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
 
+/// Calls the macro `$on_runtime` with the name of every scenario of [`scenarios`], so that each
+/// runtime's test file runs all of them (the tokio and smol files do).
+#[allow(unused_macros)]
+macro_rules! all_scenarios {
+    ($on_runtime:ident) => {
+        $on_runtime!(
+            round_trip,
+            concurrent_rpcs,
+            sender_must_match_certificate,
+            refuses_until_serving,
+            server_must_prove_dialed_id,
+            unknown_node_with_a_cluster_certificate_is_served,
+            foreign_ca_is_refused,
+            reconnects_after_restart,
+            large_batches_do_not_block_heartbeats,
+            oversized_frames,
+            close_is_final,
+            malformed_frames_are_survived,
+            reconnects_after_link_break,
+            stale_connection_is_reset_after_crash,
+            rpc_timeout_is_enforced,
+        );
+    };
+}
+
 /// Loopback, port 0: the only address tests bind.
 pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
