@@ -91,17 +91,8 @@ async fn operations_redirects_cli_restart_and_shutdown() {
     }
     let commit = connections.status(leader.id).await.unwrap().status.commit_index;
     cluster.spawn(follower).unwrap();
-    let caught_up = async {
-        loop {
-            if let Ok(s) = connections.status(follower).await {
-                if s.status.applied_index >= commit {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, caught_up).await.expect("the restarted node caught up");
+    let caught_up = examples::kv::cluster::wait_applied(&connections, follower, commit, PATIENCE);
+    assert!(caught_up.await, "the restarted node caught up");
     // Its log survived the crash: the restarted node loaded a non-empty log from LMDB.
     let log = examples::kv::cluster::read_log(&cluster.log_path(follower));
     let starts: Vec<&str> = log.lines().filter(|l| l.contains("node started")).collect();

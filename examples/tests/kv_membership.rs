@@ -121,17 +121,8 @@ impl Writer {
 }
 
 async fn wait_applied(connections: &Connections, id: NodeId, index: u64) {
-    let caught_up = async {
-        loop {
-            if let Ok(s) = connections.status(id).await {
-                if s.status.applied_index >= index {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, caught_up).await.expect("the node caught up");
+    let caught_up = examples::kv::cluster::wait_applied(connections, id, index, PATIENCE);
+    assert!(caught_up.await, "node {id} applied {index}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

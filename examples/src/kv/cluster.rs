@@ -406,6 +406,26 @@ pub async fn wait_for_leader(
     None
 }
 
+/// Polls node `id`'s status until its state machine applied `index`; false if that did not
+/// happen within `timeout`.
+pub async fn wait_applied(
+    connections: &Connections,
+    id: NodeId,
+    index: u64,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = connections.status(id).await {
+            if s.status.applied_index >= index {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Reads the whole log file of a node (for failure reports).
 pub fn read_log(path: &Path) -> String {
     let mut text = String::new();

@@ -187,6 +187,16 @@ mod tests {
     use super::*;
     use crate::kv::command::{decode_responses, encode_commands, Command, KvError, Op, OpResult};
 
+    /// The metadata of a one-voter snapshot at entry 1 holding `chunks`.
+    fn meta_of(chunks: &[Bytes]) -> SnapshotMeta {
+        SnapshotMeta {
+            last_included: raft_core::LogId::new(1, 1),
+            membership: raft_core::Membership::with_voters([1]),
+            size: chunks.iter().map(|c| c.len() as u64).sum(),
+            checksum: 0,
+        }
+    }
+
     #[test]
     fn applies_entries_and_answers_garbage_deterministically() {
         let state = SharedState::new();
@@ -249,13 +259,7 @@ mod tests {
             assert_eq!(*recorder.0.lock().unwrap(), vec![(4, true), (1, false)]);
             let chunks: Vec<Bytes> =
                 machine.snapshot().await.unwrap().unwrap().map(|c| c.unwrap()).collect().await;
-            let size = chunks.iter().map(|c| c.len() as u64).sum();
-            let meta = SnapshotMeta {
-                last_included: raft_core::LogId::new(1, 1),
-                membership: raft_core::Membership::with_voters([1]),
-                size,
-                checksum: 0,
-            };
+            let meta = meta_of(&chunks);
             let restored = Arc::new(Recorder::default());
             let mut other =
                 KvStateMachine::new(SharedState::new()).with_directory(restored.clone());
@@ -291,13 +295,7 @@ mod tests {
             machine.apply(&[entry(2, &[later])]).await.unwrap();
             let chunks: Vec<Bytes> = stream.map(|c| c.unwrap()).collect().await;
             assert!(chunks.len() >= 2, "large states stream in several chunks");
-            let size = chunks.iter().map(|c| c.len() as u64).sum();
-            let meta = SnapshotMeta {
-                last_included: raft_core::LogId::new(1, 1),
-                membership: raft_core::Membership::with_voters([1]),
-                size,
-                checksum: 0,
-            };
+            let meta = meta_of(&chunks);
             let restored = SharedState::new();
             let mut other = KvStateMachine::new(restored.clone());
             let data = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();

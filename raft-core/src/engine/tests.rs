@@ -55,26 +55,8 @@ impl Cluster {
     }
 
     fn with_configs(configs: Vec<Config>) -> Self {
-        let nodes = configs
-            .into_iter()
-            .map(|c| {
-                let id = c.id;
-                let engine = Engine::with_snapshots(c, &DurableState::default(), Vec::new(), None);
-                (
-                    id,
-                    Node {
-                        engine,
-                        durable_hard_state: HardState::default(),
-                        durable_log: Vec::new(),
-                        applied: Vec::new(),
-                        snapshot: None,
-                        receiving: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        Self {
-            nodes,
+        let mut cluster = Self {
+            nodes: BTreeMap::new(),
             queue: VecDeque::new(),
             isolated: BTreeSet::new(),
             replies: BTreeMap::new(),
@@ -82,7 +64,11 @@ impl Cluster {
             log: Vec::new(),
             drop_chunks: BTreeSet::new(),
             reads: Vec::new(),
+        };
+        for config in configs {
+            cluster.add_node(config);
         }
+        cluster
     }
 
     /// Adds a node that starts empty with `config`.
