@@ -399,13 +399,8 @@ impl Node {
             return Err(ProposeError::NotLeader { leader_hint: status.leader_id });
         }
         let permit = self.shared.proposal_slots.acquire_arc().await;
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::Propose { command, permit, reply })
-            .await
-            .map_err(|_| ProposeError::Shutdown)?;
-        answer.await.unwrap_or(Err(ProposeError::Shutdown))
+        let answer = self.ask(|reply| Input::Propose { command, permit, reply }).await;
+        answer.unwrap_or(Err(ProposeError::Shutdown))
     }
 
     /// Takes a snapshot now (the manual trigger) and returns the latest snapshot once it covers
@@ -414,13 +409,8 @@ impl Node {
     /// snapshots. Runs beside the policy of `Config::snapshot_interval_*`, and compacts the log
     /// like a policy snapshot.
     pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, ProposeError> {
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::Snapshot(SnapshotInput::Trigger(reply)))
-            .await
-            .map_err(|_| ProposeError::Shutdown)?;
-        answer.await.map_err(|_| ProposeError::Shutdown)
+        let answer = self.ask(|reply| Input::Snapshot(SnapshotInput::Trigger(reply))).await;
+        answer.ok_or(ProposeError::Shutdown)
     }
 
     /// A linearizable read point (ReadIndex, Raft thesis §6.4): returns an index such that every
@@ -438,25 +428,16 @@ impl Node {
     pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
         // Held until answered: at most `max_pending_reads` reads wait here at once.
         let _slot = self.shared.read_slots.acquire_arc().await;
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::ReadIndex { reply })
-            .await
-            .map_err(|_| ReadIndexError::Shutdown)?;
         // The applier answers once the state machine has applied the index.
-        answer.await.unwrap_or(Err(ReadIndexError::Shutdown))
+        let answer = self.ask(|reply| Input::ReadIndex { reply }).await;
+        answer.unwrap_or(Err(ReadIndexError::Shutdown))
     }
 
     /// Leader: what it knows of each follower's replication (match index, whether it is in
     /// sync, whether a snapshot is on its way), e.g. to watch a learner catch up before promoting
     /// it. Empty on a node that is not the leader, and after shutdown.
     pub async fn replication(&self) -> Vec<PeerReplication> {
-        let (reply, answer) = oneshot::channel();
-        if self.shared.inputs.send(Input::Replication { reply }).await.is_err() {
-            return Vec::new();
-        }
-        answer.await.unwrap_or_default()
+        self.ask(|reply| Input::Replication { reply }).await.unwrap_or_default()
     }
 
     /// The cluster membership this node uses now (the latest in its log, committed or not).
@@ -490,13 +471,8 @@ impl Node {
         change: MembershipChange,
     ) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire_arc().await;
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::ChangeMembership { change, permit, reply })
-            .await
-            .map_err(|_| MembershipError::Shutdown)?;
-        let (proposal, membership) = answer.await.unwrap_or(Err(MembershipError::Shutdown))?;
+        let answer = self.ask(|reply| Input::ChangeMembership { change, permit, reply }).await;
+        let (proposal, membership) = answer.unwrap_or(Err(MembershipError::Shutdown))?;
         proposal.response().await?;
         Ok(membership)
     }
@@ -537,13 +513,8 @@ impl Node {
     /// `Config::leadership_transfer_timeout_ms` plus an election timeout (the old leader then
     /// takes proposals again if it still leads). A transfer to this node returns at once.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), TransferError> {
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::TransferLeadership { target, reply })
-            .await
-            .map_err(|_| TransferError::Shutdown)?;
-        answer.await.unwrap_or(Err(TransferError::Shutdown))?;
+        let answer = self.ask(|reply| Input::TransferLeadership { target, reply }).await;
+        answer.unwrap_or(Err(TransferError::Shutdown))?;
         if target == self.shared.id {
             return Ok(());
         }
@@ -561,6 +532,14 @@ impl Node {
             Some(false) => Err(TransferError::Shutdown),
             None => Err(TransferError::TimedOut { leader: self.status().leader_id }),
         }
+    }
+
+    /// Sends the main loop the input `make` builds around a reply channel and waits for the
+    /// reply; `None` if the node stopped before answering.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Input) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.inputs.send(make(reply)).await.ok()?;
+        answer.await.ok()
     }
 
     /// The node's current status.
@@ -593,13 +572,7 @@ impl Node {
 #[async_trait]
 impl RpcHandler for Node {
     async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
-        let (reply, answer) = oneshot::channel();
-        self.shared
-            .inputs
-            .send(Input::Request { request, reply })
-            .await
-            .map_err(|_| RpcError::Shutdown)?;
-        answer.await.map_err(|_| RpcError::Shutdown)
+        self.ask(|reply| Input::Request { request, reply }).await.ok_or(RpcError::Shutdown)
     }
 }
 
