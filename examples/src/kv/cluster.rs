@@ -318,6 +318,11 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// The process id of node `id`, while it runs (to send it signals).
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
+    }
+
     /// Whether node `id`'s process is running.
     pub fn is_running(&mut self, id: NodeId) -> bool {
         match self.children.get_mut(&id) {
