@@ -44,6 +44,7 @@ macro_rules! all_scenarios {
             nodes_of_two_cas_interoperate_during_a_roll_over,
             renewed_certificate_is_used_by_new_connections,
             another_wire_version_is_refused_clearly,
+            requests_stay_within_the_connection_memory_budget,
         );
     };
 }

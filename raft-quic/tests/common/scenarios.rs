@@ -819,3 +819,56 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
         net.close().await;
     }
 }
+
+/// The requests of one connection hold at most its memory budget (`connection_receive_window`):
+/// a large request waits until earlier ones are answered, and one whose decoded elements would
+/// not fit is refused as busy, before they are allocated.
+pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config2 = test_config(&ca, 2, loopback());
+    config2.max_frame_size = 256 << 10;
+    config2.stream_receive_window = 256 << 10;
+    config2.connection_receive_window = 256 << 10;
+    let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
+    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+
+    // Three requests of ~100 KB, held in the handler: two fit the 256 KiB budget, the third
+    // waits for one of them to be answered.
+    let gate = handler.close_gate();
+    let held: futures::stream::FuturesUnordered<_> =
+        (0..3).map(|_| net1.send(2, append(1, 2, 100_000, b"gated"))).collect();
+    let collect = held.collect::<Vec<_>>();
+    let mut collect = std::pin::pin!(collect);
+    let waiting = async {
+        eventually(&rt, "two requests in the handler", Duration::from_millis(10), || {
+            let calls = handler.calls();
+            async move { (calls >= 2).then_some(()) }
+        })
+        .await;
+        sleep(&rt, Duration::from_millis(300)).await;
+    };
+    let waiting = std::pin::pin!(waiting);
+    let outcome = futures::future::select(collect.as_mut(), waiting).await;
+    assert!(matches!(outcome, futures::future::Either::Right(_)), "requests finished while held");
+    assert_eq!(handler.calls(), 2, "a third request was decoded beyond the budget");
+    drop(gate);
+    let results = bounded(&rt, "held requests", collect).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(handler.calls(), 3);
+
+    // 5,000 entries of 80 bytes each in memory: more than the whole budget.
+    match bounded(&rt, "crowded request", net1.send(2, append(1, 5_000, 0, b""))).await {
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert!(reason.contains(&format!("code {}", code::BUSY)), "{reason}")
+        }
+        other => panic!("a request beyond the memory budget was served: {other:?}"),
+    }
+    assert_eq!(handler.calls(), 3);
+    bounded(&rt, "RPC after the busy one", net1.send(2, heartbeat(1))).await.unwrap();
+    net1.close().await;
+    net2.close().await;
+}
