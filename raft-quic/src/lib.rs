@@ -57,6 +57,7 @@ mod identity;
 mod memory;
 mod network;
 mod node_tls;
+mod offload;
 mod server;
 mod timer;
 pub mod tls;

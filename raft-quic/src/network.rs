@@ -21,6 +21,7 @@ use crate::config::{ConfigError, QuicConfig};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, IdentityError};
+use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, TlsError};
 use crate::wire::code;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     refused: RwLock<BTreeSet<NodeId>>,
     /// Established inbound connections by `stable_id`, with the node id they proved.
     inbound: Mutex<HashMap<usize, (NodeId, quinn::Connection)>>,
+    /// Decodes large request bodies off the runtime's threads.
+    pub(crate) offload: Offload,
     closed: AtomicBool,
 }
 
@@ -279,6 +282,7 @@ impl QuicNetwork {
             peers: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(config.refused.clone()),
             inbound: Mutex::new(HashMap::new()),
+            offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
         {

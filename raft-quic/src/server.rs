@@ -13,6 +13,7 @@ use crate::frame::{self, FrameError, ReadFrameError};
 use crate::identity::peer_node_id;
 use crate::memory::{MemoryBudget, Reservation, ITEM_COST};
 use crate::network::Shared;
+use crate::offload::OFFLOAD_ABOVE;
 use crate::timer::timeout;
 use crate::wire::{code, Refusal, WireResponse};
 
@@ -99,8 +100,22 @@ async fn read_request(
         Reservation::empty(budget)
     };
     let body = frame::read_body(recv, body_len).await?;
-    let on_item = || reservation.try_grow(ITEM_COST);
-    match frame::request_body(sender, &body, limits.decode, &on_item) {
+    let decode_limits = limits.decode;
+    let decode = move || {
+        let on_item = || reservation.try_grow(ITEM_COST);
+        let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
+        (decoded, reservation)
+    };
+    let (decoded, reservation) = if body_len > OFFLOAD_ABOVE {
+        match shared.offload.run(decode).await {
+            Some(done) => done,
+            // Only if the helper thread died; nothing can be decoded there any more.
+            None => return Err(RequestError::Busy),
+        }
+    } else {
+        decode()
+    };
+    match decoded {
         Ok(request) => Ok((request, reservation)),
         Err(FrameError::Busy) => Err(RequestError::Busy),
         Err(e) => Err(RequestError::Read(e.into())),
