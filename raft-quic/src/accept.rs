@@ -14,6 +14,26 @@
 //!   with [`code::TOO_MANY_CONNECTIONS`].
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
+//!
+//! ```no_run
+//! # async fn serve(endpoint: raft_quic::quinn::Endpoint) {
+//! use std::sync::Arc;
+//! use raft_quic::{Gate, GateConfig};
+//!
+//! let runtime = Arc::new(raft_quic::quinn::TokioRuntime);
+//! let gate = Gate::new("client", GateConfig::new(256), runtime);
+//! while let Some(incoming) = endpoint.accept().await {
+//!     // Never waits: a Retry, a refusal, or a handshake to finish in its own task.
+//!     if let Some(handshake) = gate.admit(incoming) {
+//!         tokio::spawn(async move {
+//!             let Some((connection, _slot)) = handshake.complete().await else { return };
+//!             // Serve `connection`; the slot is released when `_slot` is dropped.
+//!             # drop(connection);
+//!         });
+//!     }
+//! }
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -66,12 +66,13 @@ pub struct QuicConfig {
     /// How much unread data a peer may send on one stream (per-stream flow-control window).
     /// Default 4 MiB.
     pub stream_receive_window: u32,
-    /// How much unread data a peer may send on one connection, all streams together
-    /// (flow-control window), and as much again for the requests of one connection that were
-    /// read but not yet answered: their bytes (frames above `priority_frame_threshold`; smaller
-    /// ones are bounded by `max_concurrent_streams` instead) plus 80 bytes per decoded element.
-    /// A large request waits for room (within the RPC timeout); one whose elements do not fit
-    /// is refused as busy. Must be at least `max_frame_size`. Default 32 MiB.
+    /// The memory one peer connection may pin, twice over: QUIC flow control lets the peer send
+    /// at most this much that this node has not read yet, and the requests this node has read
+    /// but not yet answered may hold at most this much (their bytes, for frames above
+    /// `priority_frame_threshold`, plus 80 bytes per decoded element; smaller frames are
+    /// bounded by `max_concurrent_streams` instead). A large request waits for room (within
+    /// the RPC timeout); one whose elements do not fit is refused as busy. Must be at least
+    /// `max_frame_size`. Default 32 MiB.
     pub connection_receive_window: u32,
     /// How often an idle connection is pinged to keep it open and detect a dead peer.
     /// Default 1 s.

@@ -9,11 +9,12 @@
 //! of [`WireResponse`]. postcard is not self-describing, so *any* change to those types (a field
 //! added, removed or reordered, a variant added anywhere but at the end of an enum) is
 //! incompatible, and bumps both, together. Nodes of different versions never exchange a frame:
-//! the TLS handshake fails on the ALPN, and both sides report a clear "peer speaks another wire
-//! version" error (`code::` is not involved; see `NetworkError::Unreachable`'s reason on the
-//! dialer, and the warning the server logs) instead of failing to decode. Mixed versions cannot
-//! form one cluster: upgrade across an incompatible version by replacing the whole cluster (or
-//! with an application-level migration), not node by node.
+//! the TLS handshake fails on the ALPN, and both sides say so ("the peer speaks another protocol
+//! or wire version": the dialer's `NetworkError::Unreachable` reason, the server's log line)
+//! instead of failing to decode. Mixed versions cannot form one cluster: upgrade across an
+//! incompatible version by replacing the whole cluster (or with an application-level
+//! migration), not node by node. Compatible changes (none exist yet for postcard-encoded types)
+//! keep the version.
 //!
 //! | version | ALPN | change |
 //! |---|---|---|
