@@ -82,6 +82,23 @@ fn parse<'a>(cert: &'a CertificateDer<'_>) -> Result<EndEntityCert<'a>, Identity
     EndEntityCert::try_from(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))
 }
 
+/// The DNS subject alternative names of `cert`. Says nothing about whether the certificate is
+/// trusted: call it on verified certificates (an application's own roles live in these names).
+pub fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, IdentityError> {
+    Ok(parse(cert)?.valid_dns_names().map(str::to_owned).collect())
+}
+
+/// The verified leaf certificate of an established connection's peer.
+pub fn peer_certificate(
+    connection: &quinn::Connection,
+) -> Result<CertificateDer<'static>, IdentityError> {
+    let identity = connection.peer_identity().ok_or(IdentityError::NoCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| IdentityError::NoCertificate)?;
+    chain.first().cloned().ok_or(IdentityError::NoCertificate)
+}
+
 /// The one node id that `cert` names (its `node-<id>.raft` DNS names, in canonical spelling).
 /// Says nothing about whether the certificate is trusted: call it on verified certificates.
 pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
@@ -99,12 +116,7 @@ pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
 /// The node id proved by an established connection: the one id its peer's (verified) leaf
 /// certificate names. The handshake already checked the chain and the node role.
 pub(crate) fn peer_node_id(connection: &quinn::Connection) -> Result<NodeId, IdentityError> {
-    let identity = connection.peer_identity().ok_or(IdentityError::NoCertificate)?;
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| IdentityError::NoCertificate)?;
-    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
-    node_id_of(leaf)
+    node_id_of(&peer_certificate(connection)?)
 }
 
 /// Checks that `cert` (with `intermediates`) chains to one of `anchors` at `now` and carries

@@ -70,7 +70,10 @@ pub use certs::{
 };
 pub use config::{ConfigError, QuicConfig};
 pub use frame::FrameError;
-pub use identity::{node_dns_name, node_id_of, IdentityError, NODE_NAME_SUFFIX, NODE_ROLE_OID};
+pub use identity::{
+    dns_names, node_dns_name, node_id_of, peer_certificate, IdentityError, NODE_NAME_SUFFIX,
+    NODE_ROLE_OID,
+};
 pub use network::{BindError, QuicNetwork};
 pub use tls::{PeerRole, TlsError};
 pub use wire::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};

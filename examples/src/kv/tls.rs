@@ -90,6 +90,29 @@ impl CertRole {
     }
 }
 
+/// The role and name of a client-port peer, from its verified certificate: exactly one of its
+/// DNS names must be a client or admin name (`client-<name>.kv`, `admin-<name>.kv`). A node
+/// certificate, or any other, is not a client.
+pub fn client_identity(connection: &quinn::Connection) -> Result<(CertRole, String), KvTlsError> {
+    let cert = raft_quic::peer_certificate(connection).map_err(identity_error)?;
+    identity_of(&cert)
+}
+
+fn identity_error(e: impl std::fmt::Display) -> KvTlsError {
+    KvTlsError::NotAClient(e.to_string())
+}
+
+/// The role and name a (verified) client certificate gives (see [`client_identity`]).
+pub fn identity_of(cert: &CertificateDer<'_>) -> Result<(CertRole, String), KvTlsError> {
+    let names = raft_quic::dns_names(cert).map_err(identity_error)?;
+    let mut found = names.iter().filter_map(|n| CertRole::parse(n));
+    match (found.next(), found.next()) {
+        (Some((role, name)), None) => Ok((role, name.to_owned())),
+        (None, _) => Err(identity_error(format!("no client or admin name in {names:?}"))),
+        (Some(_), Some(_)) => Err(identity_error(format!("several client names in {names:?}"))),
+    }
+}
+
 /// Whether `name` may name a client: 1 to 63 lowercase letters, digits or `-`, not starting or
 /// ending with `-` (a DNS label).
 pub fn valid_name(name: &str) -> bool {
@@ -124,6 +147,9 @@ pub enum KvTlsError {
         /// What is wrong.
         reason: String,
     },
+    /// A client-port peer's certificate names no client role (or several).
+    #[error("not a client certificate: {0}")]
+    NotAClient(String),
     /// The node's certificate was refused by its own transport.
     #[error("the node refused the new certificate: {0}")]
     Update(#[from] raft_quic::BindError),
@@ -461,5 +487,34 @@ pub async fn reload_on_change(
             }
             warned = Some(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use raft_quic::rustls::pki_types::pem::PemObject;
+    use raft_quic::ClusterCa;
+
+    use super::*;
+
+    #[test]
+    fn roles_come_from_the_certificate_names() {
+        assert_eq!(CertRole::parse("client-app.kv"), Some((CertRole::Client, "app")));
+        assert_eq!(CertRole::parse("admin-ops-2.kv"), Some((CertRole::Admin, "ops-2")));
+        for other in ["node-1.raft", "client-.kv", "client-App.kv", "admin.kv", "root-x.kv", "x"] {
+            assert_eq!(CertRole::parse(other), None, "{other}");
+        }
+        let ca = ClusterCa::generate_with(CLIENT_CA, Duration::from_secs(3600)).unwrap();
+        let issued = |name: &str| {
+            let cert = ca.issue_client(name, Duration::from_secs(3600)).unwrap();
+            CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()
+        };
+        let admin = identity_of(&issued(&CertRole::Admin.dns_name("alice"))).unwrap();
+        assert_eq!(admin, (CertRole::Admin, "alice".to_owned()));
+        assert!(identity_of(&issued("node-1.raft")).is_err());
+        let node = ClusterCa::generate().unwrap().node_tls(1).unwrap();
+        assert!(identity_of(&node.cert_chain[0]).is_err(), "a node certificate is no client");
     }
 }
