@@ -91,6 +91,14 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
             other => panic!("spoofed request not refused: {other:?}"),
         }
     }
+    // The claim is checked from the header, before the body is read: an 8 MiB request is
+    // refused with the same answer (the server stops the stream instead of reading it).
+    match bounded(&rt, "spoofed bulk RPC", nets[1].send(1, append(3, 8, 1 << 20, b""))).await {
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert!(reason.contains("claims sender 3"), "{reason}")
+        }
+        other => panic!("spoofed request not refused: {other:?}"),
+    }
     assert_eq!(handler.calls(), 0);
     // The honest request on the same connection is served.
     bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
