@@ -116,6 +116,8 @@ pub struct GateStats {
     pub over_capacity: u64,
     /// Connections admitted.
     pub admitted: u64,
+    /// Admitted connections the server then closed for who they are ([`Gate::reject`]).
+    pub rejected: u64,
 }
 
 /// Rate-limited logging of failures, per remote IP.
@@ -257,6 +259,17 @@ impl Gate {
                 None
             }
         }
+    }
+
+    /// Closes an admitted `connection` whose peer the server refuses after all (a certificate
+    /// that names no acceptable identity, a removed node), with `code` and `reason`; logged
+    /// like failed handshakes, at most once per interval and remote IP.
+    pub fn reject(&self, connection: &quinn::Connection, code: quinn::VarInt, reason: &str) {
+        let remote = connection.remote_address();
+        let mut state = lock(&self.inner.state);
+        state.stats.rejected += 1;
+        self.log_failure(state, remote, format_args!("closing inbound connection: {reason}"));
+        connection.close(code, reason.as_bytes());
     }
 
     fn failed(&self, remote: SocketAddr, error: &ConnectionError, timed_out: bool) {

@@ -21,32 +21,27 @@ use crate::wire::{code, Refusal, WireResponse};
 pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, gate: Gate) {
     while let Some(incoming) = endpoint.accept().await {
         if let Some(handshake) = gate.admit(incoming) {
-            let task = serve_connection(handshake, Arc::clone(&shared));
+            let task = serve_connection(handshake, gate.clone(), Arc::clone(&shared));
             shared.runtime.spawn(Box::pin(task));
         }
     }
     debug!(node = shared.id, "endpoint closed: no longer accepting connections");
 }
 
-async fn serve_connection(handshake: Handshake, shared: Arc<Shared>) {
+async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>) {
     let remote = handshake.remote_address();
     // Peers without a certificate, with one from another CA or without the node role, and
     // peers of another wire version fail here (logged by the gate).
     let Some((conn, _slot)) = handshake.complete().await else { return };
     let peer = match peer_node_id(&conn) {
         Ok(peer) => peer,
-        Err(e) => {
-            warn!(node = shared.id, %remote, "closing inbound connection: {e}");
-            conn.close(code::BAD_IDENTITY, e.to_string().as_bytes());
-            return;
-        }
+        Err(e) => return gate.reject(&conn, code::BAD_IDENTITY, &e.to_string()),
     };
     // Registered before the refusal check, so a concurrent `refuse` sees one or the other.
     let _registered = shared.register_inbound(peer, &conn);
     if shared.is_refused(peer) {
-        warn!(node = shared.id, peer, %remote, "closing inbound connection of a removed node");
-        conn.close(code::REMOVED_NODE, b"node removed from the cluster");
-        return;
+        let reason = format!("node {peer} was removed from the cluster");
+        return gate.reject(&conn, code::REMOVED_NODE, &reason);
     }
     info!(node = shared.id, peer, %remote, "inbound connection authenticated");
     let budget = MemoryBudget::new(shared.limits.connection_memory);

@@ -659,6 +659,7 @@ pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
     let result = bounded(&rt, "RPC from a new endpoint of 2", again.send(1, heartbeat(2))).await;
     assert!(result.is_err(), "{result:?}");
     assert_eq!(handler.calls(), 1);
+    assert!(nets[0].accept_stats().rejected >= 1, "{:?}", nets[0].accept_stats());
     // Others carry on.
     bounded(&rt, "RPC from node 3", nets[2].send(1, heartbeat(3))).await.unwrap();
     assert_eq!(handler.calls(), 2);
