@@ -35,8 +35,9 @@ impl Engine {
             pre_vote,
             leadership_transfer: transfer,
         });
-        let peers = self.voter_peers();
-        self.send_gated(peers, request);
+        for peer in self.voter_peers() {
+            self.send(peer, request.clone(), true);
+        }
     }
 
     pub(super) fn handle_vote_response(

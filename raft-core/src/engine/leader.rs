@@ -7,7 +7,7 @@ use super::progress::{Progress, ReplicationMode};
 use super::quorum;
 use super::read_index::ReadQueue;
 use super::transfer::LeaderTransfer;
-use super::{Action, Engine, ProgressMap, ProposeRefusal, RoleState};
+use super::{Engine, ProgressMap, ProposeRefusal, RoleState};
 use crate::message::{AppendEntriesRequest, AppendEntriesResponse, RpcRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 
@@ -106,7 +106,7 @@ impl Engine {
             let last_index = prev_index + entries.len() as u64;
             progress.sent(last_index, bytes);
             let request = self.append_request(LogId::new(prev_term, prev_index), entries);
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            self.send(peer, request, false);
             sent_any = true;
         }
         if heartbeat && !sent_any {
@@ -122,7 +122,7 @@ impl Engine {
             };
             let Some(prev_term) = self.log.term_at(prev_index) else { return };
             let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            self.send(peer, request, false);
         }
     }
 

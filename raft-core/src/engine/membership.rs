@@ -5,7 +5,7 @@
 
 use super::progress::{Progress, ReplicationMode};
 use super::transfer::LeaderTransfer;
-use super::{Action, Engine, RoleState};
+use super::{Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, TimeoutNowRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
@@ -177,7 +177,7 @@ impl Engine {
         if let Some(to) = successor {
             let term = self.hard_state.current_term;
             let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
-            self.actions.push(Action::Send { to, request, after_persist: false });
+            self.send(to, request, false);
         }
         self.become_follower(self.hard_state.current_term, None);
     }

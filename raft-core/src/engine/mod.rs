@@ -12,9 +12,13 @@
 //! * A `Send` or `Respond` with `after_persist: true` must not leave the node before every
 //!   `Persist` emitted before it is durable. This is how the engine keeps the persistence rules of
 //!   Raft (term and vote durable before voting or campaigning; entries durable before a follower
-//!   acknowledges them) without waiting itself. A leader's AppendEntries are not gated: a leader
-//!   may replicate entries while its own write is in flight, and counts itself toward a quorum
-//!   only once [`Engine::on_persisted`] reports its copy durable.
+//!   acknowledges them) without waiting itself. Every message of a term not yet known durable is
+//!   gated too, whatever produced it (a new term is durable before any message of it leaves the
+//!   node). Once its term is durable, a leader's AppendEntries are not gated: a leader may
+//!   replicate entries while its own write is in flight, and counts itself toward a quorum only
+//!   once [`Engine::on_persisted`] reports its copy durable.
+//! * Report every finished write with [`Engine::on_persisted`], in write order: that is how the
+//!   engine learns that its term and its entries are durable.
 //! * `Apply` batches are consecutive and committed; hand them to the state machine in order and
 //!   report progress with [`Engine::on_applied`].
 //!
@@ -37,6 +41,7 @@ mod follower;
 mod leader;
 mod log;
 mod membership;
+mod outbox;
 mod progress;
 mod quorum;
 mod read_index;
@@ -49,6 +54,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 pub use self::membership::MembershipRefusal;
+pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
 use crate::config::Config;
@@ -177,6 +183,9 @@ pub struct Engine {
     timing: Timing,
     rng: ChaCha8Rng,
     hard_state: HardState,
+    /// The highest term the store reported durable (see `outbox.rs`): messages of a later term
+    /// wait for the writes before them.
+    durable_term: Term,
     role: RoleState,
     leader_id: Option<NodeId>,
     log: RaftLog,
@@ -241,6 +250,7 @@ impl Engine {
             timing,
             config,
             hard_state: durable.hard_state,
+            durable_term: durable.hard_state.current_term,
             role: RoleState::Follower,
             leader_id: None,
             log: RaftLog::restore(durable.purged, entries, base),
@@ -270,6 +280,10 @@ impl Engine {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
     }
 
     /// The current role.
@@ -366,9 +380,7 @@ impl Engine {
                 RpcResponse::InstallSnapshot(self.handle_install_snapshot(req))
             }
         };
-        self.gated(|actions| {
-            actions.push(Action::Respond { reply_to, response, after_persist: true })
-        });
+        self.respond(reply_to, response, true);
     }
 
     /// The response to a request this engine sent to `from` (`request` is what was sent, minus
@@ -435,18 +447,6 @@ impl Engine {
         }
     }
 
-    /// The store finished a `Persist` whose last entry was `last_entry` (`None` for a batch
-    /// without entries).
-    pub fn on_persisted(&mut self, last_entry: Option<LogId>) {
-        if let Some(last) = last_entry {
-            let before = self.log.durable_index;
-            self.log.persisted(last);
-            if self.log.durable_index > before && matches!(self.role, RoleState::Leader(_)) {
-                self.maybe_commit();
-            }
-        }
-    }
-
     /// The state machine applied every entry up to `index`.
     pub fn on_applied(&mut self, index: LogIndex) {
         if index > self.log.applied_index && index <= self.log.apply_sent_index {
@@ -509,33 +509,6 @@ impl Engine {
         self.config.check_quorum
             && (self.leader_id.is_some() || boot_lease)
             && self.election_elapsed < self.timing.election_ticks_min
-    }
-
-    /// Emits the accumulated write, if any.
-    fn flush_write(&mut self) {
-        if !self.pending_write.is_empty() {
-            let batch = std::mem::take(&mut self.pending_write);
-            self.actions.push(Action::Persist(batch));
-        }
-    }
-
-    /// Pushes actions that must follow every write accumulated so far.
-    fn gated(&mut self, push: impl FnOnce(&mut Vec<Action>)) {
-        self.flush_write();
-        push(&mut self.actions);
-    }
-
-    /// Sends `request` to each of `to`, after the accumulated writes are durable.
-    fn send_gated(&mut self, to: Vec<NodeId>, request: RpcRequest) {
-        self.gated(|actions| {
-            for peer in to {
-                actions.push(Action::Send {
-                    to: peer,
-                    request: request.clone(),
-                    after_persist: true,
-                });
-            }
-        });
     }
 
     fn emit_apply(&mut self) {

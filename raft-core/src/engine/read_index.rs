@@ -133,7 +133,7 @@ impl Engine {
             sender: self.id,
             read_id,
         });
-        self.actions.push(Action::Send { to: leader, request, after_persist: false });
+        self.send(leader, request, false);
     }
 
     /// A follower's `ReadIndex` request.
@@ -308,8 +308,8 @@ impl Engine {
     }
 
     fn reply_read(&mut self, waiter: ReadWaiter, result: Result<LogIndex, ReadIndexRefusal>) {
-        let action = match waiter {
-            ReadWaiter::Local(id) => Action::ReadIndexReady { id, result },
+        match waiter {
+            ReadWaiter::Local(id) => self.actions.push(Action::ReadIndexReady { id, result }),
             ReadWaiter::Remote(reply_to) => {
                 let leader_hint = match result {
                     Err(ReadIndexRefusal::NotLeader(hint)) => hint,
@@ -320,9 +320,8 @@ impl Engine {
                     read_index: result.ok(),
                     leader_hint,
                 });
-                Action::Respond { reply_to, response, after_persist: false }
+                self.respond(reply_to, response, false);
             }
-        };
-        self.actions.push(action);
+        }
     }
 }

@@ -82,7 +82,8 @@ impl Engine {
             index.saturating_sub(self.config.snapshot_keep_entries).min(self.log.applied_index);
         if up_to > self.log.compacted().index && self.log.term_at(up_to).is_some() {
             self.log.compact(up_to);
-            self.gated(|actions| actions.push(Action::CompactLog { up_to }));
+            self.flush_write();
+            self.actions.push(Action::CompactLog { up_to });
         }
     }
 
@@ -195,6 +196,7 @@ impl Engine {
                 transfer.rewind();
             }
         }
+        let mut requests = Vec::new();
         while !transfer.paused && !transfer.sent_last && transfer.inflight.len() < window {
             let offset = transfer.next_offset;
             let len = chunk_len(transfer.meta.size, offset, chunk_bytes);
@@ -212,7 +214,10 @@ impl Engine {
                 data: Bytes::new(),
                 done,
             });
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            requests.push(request);
+        }
+        for request in requests {
+            self.send(peer, request, false);
         }
     }
 

@@ -4,7 +4,7 @@
 //! transfer ends when the leader steps down, or is abandoned after
 //! `Config::leadership_transfer_timeout_ms`.
 
-use super::{Action, Engine, RoleState};
+use super::{Engine, RoleState};
 use crate::message::{RpcRequest, TimeoutNowRequest};
 use crate::types::NodeId;
 
@@ -87,7 +87,7 @@ impl Engine {
             let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
             tracing::debug!(id = self.id, target = transfer.target, "sending TimeoutNow");
             let to = transfer.target;
-            self.actions.push(Action::Send { to, request, after_persist: false });
+            self.send(to, request, false);
         }
     }
 

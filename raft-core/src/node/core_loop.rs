@@ -161,12 +161,12 @@ impl CoreLoop {
                     self.engine.on_unreachable(from, sent);
                 }
             },
-            Input::Persisted { seq, last, result } => {
+            Input::Persisted { seq, written, result } => {
                 if let Err(error) = result {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
-                self.engine.on_persisted(last);
+                self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }
