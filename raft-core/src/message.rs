@@ -134,6 +134,23 @@ pub struct InstallSnapshotResponse {
     /// installed, or the follower's log already held its last entry or a later commit point.
     /// The leader then resumes AppendEntries after `meta.last_included`.
     pub complete: bool,
+    /// Set when the follower refused the chunk outright, rather than only asking the leader to
+    /// resume at `next_offset`: the transfer failed, and the leader backs off before the next.
+    pub refusal: Option<SnapshotRefusal>,
+}
+
+/// Why a follower refused an InstallSnapshot chunk (see [`InstallSnapshotResponse::refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SnapshotRefusal {
+    /// The follower keeps no snapshots (it runs without a snapshot store): no transfer to it can
+    /// succeed until it restarts with one.
+    Unsupported,
+    /// The data received did not match `meta.checksum`: the leader's stored snapshot, or the
+    /// transfer, is corrupt.
+    ChecksumMismatch,
+    /// The request was malformed (inconsistent offsets, sizes, terms or indexes) and ignored.
+    Malformed,
 }
 
 /// ReadIndex: a follower asks the leader for an index that makes a read linearizable (Raft
@@ -268,6 +285,7 @@ mod tests {
             term: 8,
             next_offset: 10,
             complete: true,
+            refusal: None,
         });
         assert_eq!(response.term(), 8);
     }

@@ -15,6 +15,15 @@ pub type Term = u64;
 /// A position in the replicated log. The first entry has index 1; index 0 means "no entry".
 pub type LogIndex = u64;
 
+/// The largest term a node accepts in a message (2^63 - 1); a message carrying a larger one is
+/// refused as malformed. A correct cluster never comes near it (each election raises the term by
+/// one), and the bound leaves every term a node holds 2^63 increments away from overflowing.
+pub const MAX_TERM: Term = u64::MAX >> 1;
+
+/// The largest log index a node accepts in a message (2^63 - 1), for the same reason as
+/// [`MAX_TERM`]: `index + 1` can never overflow.
+pub const MAX_LOG_INDEX: LogIndex = u64::MAX >> 1;
+
 /// The persistent state of Figure 2 that is not the log: `currentTerm` and `votedFor`.
 ///
 /// A store must make a `HardState` durable before the node acts on it (grants a vote, sends a

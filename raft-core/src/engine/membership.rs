@@ -86,7 +86,8 @@ impl Engine {
             let progress = leader.progress.get(&id);
             let match_index = progress.map_or(0, |p| p.match_index);
             let known = progress.is_some_and(|p| p.mode == ReplicationMode::Replicate);
-            if !known || match_index + self.config.max_promotion_lag_entries < commit_index {
+            let lag_allowed = self.config.max_promotion_lag_entries;
+            if !known || match_index.saturating_add(lag_allowed) < commit_index {
                 return Err(MembershipRefusal::LearnerBehind { match_index, commit_index });
             }
         }

@@ -47,6 +47,7 @@ mod quorum;
 mod read_index;
 mod snapshot;
 mod transfer;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -203,6 +204,8 @@ pub struct Engine {
     forwarded: read_index::ForwardedReads,
     /// Ticks since the engine was created (the clock of lease reads).
     now_tick: u64,
+    /// Inbound messages refused as malformed (see `validate.rs`).
+    malformed: u64,
 }
 
 impl Engine {
@@ -262,6 +265,7 @@ impl Engine {
             membership_seen: Membership::default(),
             forwarded: read_index::ForwardedReads::default(),
             now_tick: 0,
+            malformed: 0,
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -366,7 +370,14 @@ impl Engine {
     }
 
     /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
+    /// A malformed request (see [`Engine::malformed_count`]) changes nothing and is answered with
+    /// a refusal that acknowledges nothing.
     pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
+        if let Err(reason) = self.check_request(&request) {
+            self.count_malformed(request.sender(), request.kind(), &reason);
+            let response = self.refusal(&request);
+            return self.respond(reply_to, response, false);
+        }
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
             RpcRequest::RequestVote(req) => {
@@ -384,13 +395,17 @@ impl Engine {
     }
 
     /// The response to a request this engine sent to `from` (`request` is what was sent, minus
-    /// entries: see [`SentRequest::of`]).
+    /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
+    /// answer ([`Engine::on_unreachable`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
-        if let SentRequest::ReadIndex { read_id } = request {
+        if let Err(reason) = validate::response(&request, &response) {
+            self.count_malformed(from, "response", &reason);
+            return self.on_unreachable(from, request);
+        }
+        if let SentRequest::ReadIndex { read_id, .. } = request {
             // Answer the read whatever else the response says.
-            match &response {
-                RpcResponse::ReadIndex(resp) => self.handle_read_index_response(read_id, resp),
-                _ => self.read_index_unreachable(read_id),
+            if let RpcResponse::ReadIndex(resp) = &response {
+                self.handle_read_index_response(read_id, resp);
             }
         }
         if response.term() > self.hard_state.current_term {
@@ -413,7 +428,7 @@ impl Engine {
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
             (
-                SentRequest::InstallSnapshot { term, last_included, offset },
+                SentRequest::InstallSnapshot { term, last_included, offset, .. },
                 RpcResponse::InstallSnapshot(resp),
             ) if term == self.hard_state.current_term => {
                 self.handle_snapshot_response(from, last_included, offset, &resp);
@@ -424,7 +439,7 @@ impl Engine {
 
     /// A request to `from` failed (lost, timed out, unreachable).
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
-        if let SentRequest::ReadIndex { read_id } = request {
+        if let SentRequest::ReadIndex { read_id, .. } = request {
             self.read_index_unreachable(read_id);
             return;
         }
@@ -456,7 +471,7 @@ impl Engine {
 
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
-        let span = self.timing.election_ticks_max - self.timing.election_ticks_min;
+        let span = self.timing.election_ticks_max.saturating_sub(self.timing.election_ticks_min);
         self.randomized_election_ticks =
             self.timing.election_ticks_min + self.rng.next_u64() % span.max(1);
     }
@@ -579,9 +594,13 @@ pub enum SentRequest {
         last_included: LogId,
         /// Where the chunk starts.
         offset: u64,
+        /// The snapshot's size.
+        size: u64,
     },
     /// A ReadIndex request to the leader.
     ReadIndex {
+        /// The term in the request.
+        term: Term,
         /// The request's `read_id`.
         read_id: u64,
     },
@@ -597,7 +616,7 @@ impl SentRequest {
             RpcRequest::AppendEntries(r) => SentRequest::AppendEntries {
                 term: r.term,
                 prev_index: r.prev_log_id.index,
-                last_index: r.prev_log_id.index + r.entries.len() as u64,
+                last_index: r.prev_log_id.index.saturating_add(r.entries.len() as u64),
                 read_round: r.read_round,
             },
             RpcRequest::TimeoutNow(r) => SentRequest::TimeoutNow { term: r.term },
@@ -605,8 +624,9 @@ impl SentRequest {
                 term: r.term,
                 last_included: r.meta.last_included,
                 offset: r.offset,
+                size: r.meta.size,
             },
-            RpcRequest::ReadIndex(r) => SentRequest::ReadIndex { read_id: r.read_id },
+            RpcRequest::ReadIndex(r) => SentRequest::ReadIndex { term: r.term, read_id: r.read_id },
         }
     }
 }

@@ -6,7 +6,9 @@ use bytes::Bytes;
 
 use super::progress::{ReplicationMode, Transfer};
 use super::{Action, Engine, RoleState};
-use crate::message::{InstallSnapshotRequest, InstallSnapshotResponse, RpcRequest};
+use crate::message::{
+    InstallSnapshotRequest, InstallSnapshotResponse, RpcRequest, SnapshotRefusal,
+};
 use crate::snapshot::{chunk_len, Checksum, SnapshotMeta};
 use crate::types::{LogId, LogIndex, NodeId, Term};
 
@@ -295,7 +297,12 @@ impl Engine {
     ) -> InstallSnapshotResponse {
         let current = self.hard_state.current_term;
         if req.term < current {
-            return InstallSnapshotResponse { term: current, next_offset: 0, complete: false };
+            return InstallSnapshotResponse {
+                term: current,
+                next_offset: 0,
+                complete: false,
+                refusal: None,
+            };
         }
         if req.term > current || !matches!(self.role, RoleState::Follower) {
             self.become_follower(req.term, Some(req.leader_id));
@@ -303,8 +310,18 @@ impl Engine {
         self.leader_id = Some(req.leader_id);
         self.election_elapsed = 0;
         let term = self.hard_state.current_term;
-        let answer =
-            |next_offset, complete| InstallSnapshotResponse { term, next_offset, complete };
+        let answer = |next_offset, complete| InstallSnapshotResponse {
+            term,
+            next_offset,
+            complete,
+            refusal: None,
+        };
+        let refuse = |refusal| InstallSnapshotResponse {
+            term,
+            next_offset: 0,
+            complete: false,
+            refusal: Some(refusal),
+        };
         let last = req.meta.last_included;
         if last.index <= self.log.commit_index || self.log.matches(last) {
             // Our log already covers it: committed here, or it holds the snapshot's last entry
@@ -314,11 +331,11 @@ impl Engine {
             return answer(req.meta.size, true);
         }
         if !self.snapshots.enabled {
-            tracing::warn!(
+            tracing::debug!(
                 id = self.id,
-                "InstallSnapshot received but this node has no snapshot store"
+                "InstallSnapshot received but this node has no snapshot store; refused"
             );
-            return answer(0, false);
+            return refuse(SnapshotRefusal::Unsupported);
         }
         let same = self.snapshots.receiving.as_ref().is_some_and(|r| r.meta == req.meta);
         if !same {
@@ -342,24 +359,13 @@ impl Engine {
         if req.offset != receiving.next_offset {
             return answer(receiving.next_offset, false); // a duplicate or a gap
         }
-        let len = req.data.len() as u64;
-        let end = req.offset + len;
-        if end > req.meta.size || req.done != (end == req.meta.size) {
-            tracing::warn!(
-                id = self.id,
-                offset = req.offset,
-                len,
-                size = req.meta.size,
-                "malformed snapshot chunk"
-            );
-            self.snapshots.receiving = None;
-            return answer(0, false);
-        }
+        // Validated: the chunk lies within the snapshot and `done` marks its end.
+        let end = req.offset.saturating_add(req.data.len() as u64);
         receiving.checksum.update(&req.data);
         if req.done && receiving.checksum.value() != req.meta.checksum {
-            tracing::warn!(id = self.id, snapshot = ?last, "snapshot checksum mismatch; starting over");
+            tracing::warn!(id = self.id, snapshot = ?last, "snapshot checksum mismatch; refused");
             self.snapshots.receiving = None;
-            return answer(0, false);
+            return refuse(SnapshotRefusal::ChecksumMismatch);
         }
         receiving.next_offset = end;
         let meta = req.meta;

@@ -676,5 +676,6 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
 }
 
 mod durability;
+mod hostile;
 mod membership;
 mod reads;
