@@ -90,6 +90,7 @@ impl Engine {
         let mut sent_any = false;
         loop {
             let RoleState::Leader(leader) = &mut self.role else { return };
+            let round = leader.reads.round();
             let Some(progress) = leader.progress.get_mut(&peer) else { return };
             let has_entries = progress.next_index <= self.log.last_index();
             if !(has_entries && progress.can_send_entries()) {
@@ -105,14 +106,15 @@ impl Engine {
             let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
             let last_index = prev_index + entries.len() as u64;
             progress.sent(last_index, bytes);
+            progress.read_round_sent = round;
             let request = self.append_request(LogId::new(prev_term, prev_index), entries);
             self.send(peer, request, false);
             sent_any = true;
         }
         if heartbeat && !sent_any {
             let RoleState::Leader(leader) = &mut self.role else { return };
+            let round = leader.reads.round();
             let Some(progress) = leader.progress.get_mut(&peer) else { return };
-            progress.idle_ticks = 0;
             // In Replicate mode `match_index` is known to match; in Probe mode the heartbeat
             // doubles as a probe of `next_index - 1`.
             let prev_index = match progress.mode {
@@ -121,6 +123,9 @@ impl Engine {
                 ReplicationMode::Probe | ReplicationMode::Snapshot => progress.next_index - 1,
             };
             let Some(prev_term) = self.log.term_at(prev_index) else { return };
+            progress.idle_ticks = 0;
+            progress.read_round_sent = round;
+            progress.heartbeats_in_flight += 1;
             let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
             self.send(peer, request, false);
         }
@@ -138,6 +143,16 @@ impl Engine {
                 _ => 0,
             },
         })
+    }
+
+    /// An AppendEntries of the current term to `from` was answered or failed; `empty`: it was
+    /// a heartbeat.
+    pub(super) fn append_done(&mut self, from: NodeId, empty: bool) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        if empty {
+            progress.heartbeats_in_flight = progress.heartbeats_in_flight.saturating_sub(1);
+        }
     }
 
     pub(super) fn handle_append_response(

@@ -424,6 +424,7 @@ impl Engine {
                 SentRequest::AppendEntries { term, prev_index, last_index, read_round },
                 RpcResponse::AppendEntries(resp),
             ) if term == self.hard_state.current_term => {
+                self.append_done(from, prev_index == last_index);
                 self.read_round_acked(from, read_round);
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
@@ -448,6 +449,11 @@ impl Engine {
                 self.snapshot_unreachable(from, last_included);
             }
             return;
+        }
+        if let SentRequest::AppendEntries { term, prev_index, last_index, .. } = request {
+            if term == self.hard_state.current_term {
+                self.append_done(from, prev_index == last_index);
+            }
         }
         if let (SentRequest::AppendEntries { term, .. }, RoleState::Leader(leader)) =
             (request, &mut self.role)

@@ -129,6 +129,11 @@ pub(crate) struct Progress {
     pub(crate) transfer: Option<Transfer>,
     /// The highest ReadIndex round this follower acknowledged.
     pub(crate) read_round_acked: u64,
+    /// The `read_round` of the latest AppendEntries sent to this follower.
+    pub(crate) read_round_sent: u64,
+    /// Heartbeats (empty AppendEntries) sent and not yet answered or failed. A read round adds
+    /// a heartbeat only while there is none, so reads never pile heartbeats up on a slow link.
+    pub(crate) heartbeats_in_flight: u64,
 }
 
 impl Progress {
@@ -143,6 +148,8 @@ impl Progress {
             idle_ticks: 0,
             transfer: None,
             read_round_acked: 0,
+            read_round_sent: 0,
+            heartbeats_in_flight: 0,
         }
     }
 

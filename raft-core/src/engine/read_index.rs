@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::progress::ReplicationMode;
 use super::{Action, Engine, ReplyId, RoleState};
 use crate::message::{ReadIndexRequest, ReadIndexResponse, RpcRequest, RpcResponse};
 use crate::types::{LogIndex, NodeId};
@@ -192,11 +193,17 @@ impl Engine {
     }
 
     /// Leader, before replicating: gives waiting reads their index once the leader's term has a
-    /// committed entry, and starts a round for reads that need one (a heartbeat to every voter
-    /// that is not sent entries anyway).
+    /// committed entry, starts a round for the reads registered since the last one, and makes
+    /// sure every voter that has not acknowledged the newest read's round gets an AppendEntries
+    /// carrying it (entries if there are some to send, else a heartbeat). Heartbeats are
+    /// coalesced: a voter gets none while one is in flight to it or while an AppendEntries
+    /// carrying the round (or a later one) is on its way; once the heartbeat in flight is
+    /// answered, the next step sends the newer round. So reads never pile heartbeats up on a
+    /// slow link (which would fill the peer's queue and drop it to Probe).
     pub(super) fn start_read_round(&mut self) {
         let own_term_committed = self.own_term_committed();
         let commit = self.log.commit_index;
+        let voter_peers = self.voter_peers();
         let RoleState::Leader(leader) = &mut self.role else { return };
         let reads = &mut leader.reads;
         if own_term_committed && !reads.waiting_commit.is_empty() {
@@ -205,12 +212,23 @@ impl Engine {
             }
             reads.round_wanted = true;
         }
-        if !std::mem::take(&mut reads.round_wanted) {
-            return;
+        if std::mem::take(&mut reads.round_wanted) {
+            reads.round += 1;
         }
-        reads.round += 1;
-        let peers: Vec<NodeId> = self.voter_peers();
-        for peer in peers {
+        let Some(&(needed, _, _)) = reads.pending.back() else { return };
+        let progress = &leader.progress;
+        let to_ask: Vec<NodeId> = voter_peers
+            .into_iter()
+            .filter(|peer| {
+                progress.get(peer).is_some_and(|p| {
+                    p.read_round_acked < needed
+                        && p.read_round_sent < needed
+                        && p.heartbeats_in_flight == 0
+                        && p.mode != ReplicationMode::Snapshot
+                })
+            })
+            .collect();
+        for peer in to_ask {
             self.replicate_to(peer, true);
         }
         self.confirm_reads();

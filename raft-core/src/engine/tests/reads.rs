@@ -234,3 +234,48 @@ fn a_restarted_node_refuses_votes_for_an_election_timeout_with_lease_reads() {
     engine.on_request(RpcRequest::RequestVote(request), ReplyId(2));
     assert!(granted(engine.take_actions()), "granted after an election timeout");
 }
+
+fn heartbeats_to(actions: &[(NodeId, Action)], from: NodeId, to: NodeId) -> usize {
+    actions
+        .iter()
+        .filter(|(id, a)| {
+            *id == from
+                && matches!(a, Action::Send { to: t, request: RpcRequest::AppendEntries(r), .. }
+                    if *t == to && r.entries.is_empty())
+        })
+        .count()
+}
+
+/// Issue 12, item 5: every step that registered a read used to send a heartbeat to every voter;
+/// on a slow link they filled the peer's queue and dropped it to Probe.
+#[test]
+fn read_rounds_keep_at_most_one_heartbeat_in_flight_per_peer() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(10);
+    let commit = c.nodes[&leader].engine.commit_index();
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+
+    // Slow followers: nothing the leader sends is delivered while 100 steps register reads.
+    let mut held = Vec::new();
+    for i in 0..100 {
+        c.engine(leader).read_index(ReadId(i));
+        held.extend(c.engine(leader).take_actions().into_iter().map(|a| (leader, a)));
+    }
+    for &f in &followers {
+        assert_eq!(heartbeats_to(&held, leader, f), 1, "one heartbeat in flight to {f}");
+    }
+    assert!(c.reads.is_empty());
+
+    // The heartbeats arrive; their answers confirm the first read, and the next step sends one
+    // more heartbeat carrying the newest round, which confirms every other read.
+    let before = c.log.len();
+    c.run(leader, held.into_iter().map(|(_, a)| a).collect());
+    c.settle();
+    for &f in &followers {
+        assert_eq!(heartbeats_to(&c.log[before..], leader, f), 2, "one follow-up to {f}");
+    }
+    let expected: Vec<_> = (0..100).map(|i| (leader, ReadId(i), Ok(commit))).collect();
+    assert_eq!(c.reads, expected);
+}
