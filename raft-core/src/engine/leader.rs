@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::lease::Lease;
 use super::progress::{Progress, ReplicationMode};
 use super::quorum;
 use super::read_index::ReadQueue;
@@ -18,6 +19,8 @@ pub(super) struct LeaderState {
     pub(super) progress: ProgressMap,
     /// Reads waiting for their ReadIndex round.
     pub(super) reads: ReadQueue,
+    /// The lease of lease reads.
+    pub(super) lease: Lease,
     /// The leadership transfer in progress.
     pub(super) transfer: Option<LeaderTransfer>,
     /// A leader removed from the voters started handing over (a transfer) once already.
@@ -44,6 +47,7 @@ impl Engine {
         self.role = RoleState::Leader(LeaderState {
             progress,
             reads: ReadQueue::default(),
+            lease: Lease::default(),
             transfer: None,
             handover_started: false,
         });

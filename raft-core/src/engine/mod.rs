@@ -39,6 +39,7 @@
 mod candidate;
 mod follower;
 mod leader;
+mod lease;
 mod log;
 mod membership;
 mod outbox;
@@ -163,8 +164,8 @@ struct Timing {
     heartbeat_ticks: u64,
     election_ticks_min: u64,
     election_ticks_max: u64,
-    /// `max_clock_drift_ms` in ticks, rounded up.
-    clock_drift_ticks: u64,
+    /// How long a lease lasts from the start of a round a majority acknowledged.
+    lease_span: std::time::Duration,
 }
 
 /// Role-specific state.
@@ -202,8 +203,10 @@ pub struct Engine {
     membership_seen: Membership,
     /// Reads this node forwarded (or will forward) to the leader.
     forwarded: read_index::ForwardedReads,
-    /// Ticks since the engine was created (the clock of lease reads).
+    /// Ticks since the engine was created (a node's first election timeout after a restart).
     now_tick: u64,
+    /// The driver's clock at the latest input (`set_now`): the clock of lease reads.
+    now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
 }
@@ -241,7 +244,7 @@ impl Engine {
             heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
             election_ticks_min: config.ticks(config.election_timeout_ms_min),
             election_ticks_max: config.ticks(config.election_timeout_ms_max),
-            clock_drift_ticks: config.ticks(config.max_clock_drift_ms),
+            lease_span: lease::lease_span(&config),
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
@@ -265,6 +268,7 @@ impl Engine {
             membership_seen: Membership::default(),
             forwarded: read_index::ForwardedReads::default(),
             now_tick: 0,
+            now: std::time::Duration::ZERO,
             malformed: 0,
         };
         engine.membership_seen = engine.membership().clone();

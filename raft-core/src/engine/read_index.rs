@@ -59,14 +59,6 @@ pub(super) struct ReadQueue {
     waiting_commit: Vec<ReadWaiter>,
     /// Reads with their index, waiting for a majority to acknowledge `round`, oldest first.
     pending: VecDeque<(u64, LogIndex, ReadWaiter)>,
-    /// Lease reads: when each recent round started (round, tick), oldest first.
-    round_started: VecDeque<(u64, u64)>,
-    /// Lease reads: the tick until which a majority's promise not to vote for another leader
-    /// holds (0: no lease).
-    lease_until: u64,
-    /// Lease reads: a TimeoutNow was sent this term; voters may elect another leader despite
-    /// their promise, so this leader serves no more lease reads.
-    lease_void: bool,
 }
 
 /// A follower's reads forwarded to the leader.
@@ -85,15 +77,13 @@ impl ReadQueue {
         self.round
     }
 
-    fn len(&self) -> usize {
-        self.waiting_commit.len() + self.pending.len()
+    /// Starts a new round: AppendEntries sent from now on carry it.
+    pub(super) fn next_round(&mut self) {
+        self.round += 1;
     }
 
-    /// Lease reads: a TimeoutNow is about to be sent, and voters grant its election despite
-    /// their promise: no more lease reads this term.
-    pub(super) fn void_lease(&mut self) {
-        self.lease_void = true;
-        self.lease_until = 0;
+    fn len(&self) -> usize {
+        self.waiting_commit.len() + self.pending.len()
     }
 }
 
@@ -167,13 +157,9 @@ impl Engine {
     fn register_read(&mut self, waiter: ReadWaiter) {
         let own_term_committed = self.own_term_committed();
         let (commit, max) = (self.log.commit_index, self.config.max_pending_reads);
-        let now = self.now_tick;
+        let leased = own_term_committed && self.lease_holds();
         let RoleState::Leader(leader) = &mut self.role else { return };
         let reads = &mut leader.reads;
-        let leased = own_term_committed
-            && !reads.lease_void
-            && leader.transfer.is_none()
-            && now < reads.lease_until;
         if leased {
             self.reply_read(waiter, Ok(commit));
         } else if reads.len() >= max {
@@ -213,7 +199,7 @@ impl Engine {
             reads.round_wanted = true;
         }
         if std::mem::take(&mut reads.round_wanted) {
-            reads.round += 1;
+            reads.next_round();
         }
         let Some(&(needed, _, _)) = reads.pending.back() else { return };
         let progress = &leader.progress;
@@ -240,7 +226,7 @@ impl Engine {
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         if round > progress.read_round_acked {
             progress.read_round_acked = round;
-            self.extend_lease();
+            self.extend_lease(self.confirmed_round());
             self.confirm_reads();
         }
     }
@@ -260,40 +246,6 @@ impl Engine {
             })
             .collect();
         quorum::committed_index(rounds)
-    }
-
-    /// Lease reads: starts a new round (at every leader tick and when the leader takes office),
-    /// so that the acknowledgements of the AppendEntries sent in it date the voters' promises to
-    /// within a tick.
-    pub(super) fn start_lease_round(&mut self) {
-        if !self.config.lease_reads {
-            return;
-        }
-        let (now, keep) = (self.now_tick, self.timing.election_ticks_min);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let reads = &mut leader.reads;
-        reads.round += 1;
-        reads.round_started.push_back((reads.round, now));
-        while reads.round_started.front().is_some_and(|&(_, at)| at + keep < now) {
-            reads.round_started.pop_front();
-        }
-    }
-
-    /// Lease reads: moves the lease to the start of the latest round a majority acknowledged
-    /// plus the minimum election timeout, minus the clock-drift margin.
-    fn extend_lease(&mut self) {
-        if !self.config.lease_reads {
-            return;
-        }
-        let confirmed = self.confirmed_round();
-        let span = self.timing.election_ticks_min.saturating_sub(self.timing.clock_drift_ticks);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let reads = &mut leader.reads;
-        let started =
-            reads.round_started.iter().rev().find(|&&(round, _)| round <= confirmed).map(|r| r.1);
-        if let Some(started) = started {
-            reads.lease_until = reads.lease_until.max(started + span);
-        }
     }
 
     /// Answers every read whose round a majority of voters acknowledged.

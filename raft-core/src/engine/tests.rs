@@ -41,6 +41,8 @@ struct Cluster {
     drop_chunks: BTreeSet<u64>,
     /// Every `ReadIndexReady`, per node.
     reads: Vec<(NodeId, ReadId, Result<LogIndex, ReadIndexRefusal>)>,
+    /// The drivers' clock (`Engine::set_now`): one tick interval passes with each tick.
+    now: std::time::Duration,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -64,6 +66,7 @@ impl Cluster {
             log: Vec::new(),
             drop_chunks: BTreeSet::new(),
             reads: Vec::new(),
+            now: std::time::Duration::ZERO,
         };
         for config in configs {
             cluster.add_node(config);
@@ -285,13 +288,18 @@ impl Cluster {
         }
     }
 
-    /// Ticks every node `n` times, settling after each tick.
+    /// Ticks every node `n` times, settling after each tick; a tick interval passes before each.
     fn tick(&mut self, n: usize) {
         for _ in 0..n {
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for id in ids {
+                let interval = self.nodes[&id].engine.config.tick_interval_ms;
+                let now = self.now + std::time::Duration::from_millis(interval);
+                self.engine(id).set_now(now);
                 self.engine(id).tick();
             }
+            let interval = self.nodes.values().map(|n| n.engine.config.tick_interval_ms).max();
+            self.now += std::time::Duration::from_millis(interval.unwrap_or(0));
             self.settle();
         }
     }

@@ -83,7 +83,7 @@ impl Engine {
             leader.progress.get(&transfer.target).is_some_and(|p| p.match_index >= last_index);
         if caught_up {
             transfer.timeout_now_sent = true;
-            leader.reads.void_lease();
+            leader.lease.void();
             let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
             tracing::debug!(id = self.id, target = transfer.target, "sending TimeoutNow");
             let to = transfer.target;

@@ -352,6 +352,7 @@ impl Node {
                 fatal: fatal.clone(),
                 membership: membership.clone(),
             },
+            runtime.clone(),
         )
         .with_snapshots(snap_ops);
         spawn(main_loop.run().boxed());

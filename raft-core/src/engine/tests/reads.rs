@@ -279,3 +279,63 @@ fn read_rounds_keep_at_most_one_heartbeat_in_flight_per_peer() {
     let expected: Vec<_> = (0..100).map(|i| (leader, ReadId(i), Ok(commit))).collect();
     assert_eq!(c.reads, expected);
 }
+
+/// Issue 12, item 3: the lease used to be a number of the leader's ticks, so a leader whose
+/// ticks stopped (paused process, stalled ticker, full input queue) while real time went on
+/// kept answering reads from a lease the other nodes no longer honoured.
+#[test]
+fn a_leader_whose_ticks_stopped_while_time_passed_serves_no_lease_read() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(6);
+    c.engine(leader).read_index(ReadId(1));
+    c.drain(leader);
+    assert_eq!(c.reads.len(), 1, "a lease read");
+
+    // The leader is paused for a second: no tick, but its clock moved on when it resumed.
+    let resumed = c.now + std::time::Duration::from_secs(1);
+    c.engine(leader).set_now(resumed);
+    c.engine(leader).read_index(ReadId(2));
+    let actions = c.engine(leader).take_actions();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::ReadIndexReady { .. })),
+        "not answered from the expired lease: {actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { request: RpcRequest::AppendEntries(_), .. })),
+        "a quorum round instead"
+    );
+    c.run(leader, actions);
+    c.settle();
+    assert_eq!(c.reads.len(), 2, "answered once a quorum confirmed the leader");
+}
+
+#[test]
+fn the_lease_ends_by_the_clock_an_election_timeout_minus_tick_and_drift_after_its_round() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(6);
+    // A round stamped at `start` (any earlier lease long expired), acknowledged by both followers.
+    let start = c.now + std::time::Duration::from_secs(1);
+    for id in 1..=3 {
+        c.engine(id).set_now(start);
+    }
+    c.engine(leader).tick();
+    c.propose(leader, b"b");
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(followers.iter().copied());
+    // 300 ms election timeout - 10 ms tick - 100 ms drift margin.
+    let span = std::time::Duration::from_millis(190);
+    let read_at = |c: &mut Cluster, at, id| {
+        c.engine(leader).set_now(at);
+        c.engine(leader).read_index(ReadId(id));
+        c.engine(leader).take_actions().iter().any(|a| matches!(a, Action::ReadIndexReady { .. }))
+    };
+    let just_before = start + span - std::time::Duration::from_millis(1);
+    assert!(read_at(&mut c, just_before, 1), "answered from the lease until it ends");
+    assert!(!read_at(&mut c, start + span, 2), "not once it ended");
+}
