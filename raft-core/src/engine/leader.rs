@@ -103,8 +103,9 @@ impl Engine {
             let room = progress.inflight.room_bytes().min(self.config.max_append_entries_bytes);
             let prev_index = progress.next_index - 1;
             let Some(prev_term) = self.log.term_at(prev_index) else {
-                // Below the compaction point without a snapshot (`needs_snapshot` said so).
-                return;
+                // Below the compaction point, and no snapshot can be sent now (none exists, or
+                // a failed transfer's back-off runs): at most a heartbeat.
+                break;
             };
             let entries = self.log.slice(prev_index + 1, self.config.max_append_entries, room);
             let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
@@ -120,12 +121,13 @@ impl Engine {
             let round = leader.reads.round();
             let Some(progress) = leader.progress.get_mut(&peer) else { return };
             // In Replicate mode `match_index` is known to match; in Probe mode the heartbeat
-            // doubles as a probe of `next_index - 1`.
+            // doubles as a probe of `next_index - 1`. Never below the compaction point, whose
+            // term is still known (a follower waiting for a snapshot transfer to be retried).
             let prev_index = match progress.mode {
-                // Never below the compaction point, whose term is still known.
-                ReplicationMode::Replicate => progress.match_index.max(self.log.compacted().index),
+                ReplicationMode::Replicate => progress.match_index,
                 ReplicationMode::Probe | ReplicationMode::Snapshot => progress.next_index - 1,
             };
+            let prev_index = prev_index.max(self.log.compacted().index);
             let Some(prev_term) = self.log.term_at(prev_index) else { return };
             progress.idle_ticks = 0;
             progress.read_round_sent = round;

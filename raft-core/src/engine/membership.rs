@@ -53,6 +53,8 @@ impl Engine {
                 match_index: p.match_index,
                 in_sync: p.mode == ReplicationMode::Replicate,
                 snapshot_in_progress: p.mode == ReplicationMode::Snapshot,
+                snapshot_failures: p.snapshot_failures.streak,
+                snapshot_error: p.snapshot_failures.last,
             })
             .collect()
     }

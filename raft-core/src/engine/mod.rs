@@ -47,6 +47,7 @@ mod progress;
 mod quorum;
 mod read_index;
 mod snapshot;
+mod snapshot_send;
 mod transfer;
 mod validate;
 

@@ -687,3 +687,4 @@ mod durability;
 mod hostile;
 mod membership;
 mod reads;
+mod snapshot_failures;
