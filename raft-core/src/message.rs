@@ -2,6 +2,17 @@
 //!
 //! Every request names its sender (`candidate_id`, `leader_id`, ...). A transport must check that
 //! this claimed sender is the peer its connection authenticated; [`RpcRequest::sender`] gives it.
+//!
+//! **These types are the wire format, versioned by the transport.** A transport encodes them
+//! (and the [`Entry`], [`LogId`], [`SnapshotMeta`] and `Membership` they carry) as they are;
+//! with a compact, non-self-describing encoding such as postcard (raft-quic), adding, removing or
+//! reordering a field or a variant makes the encoding incompatible. Every such change must come
+//! with a new protocol version of each transport (raft-quic: its version and ALPN), so that nodes
+//! of different versions refuse each other with a clear error instead of misreading messages.
+//!
+//! Receivers validate every message before acting on it (`engine/validate.rs`): terms and
+//! indexes are bounded by [`MAX_TERM`](crate::MAX_TERM) and
+//! [`MAX_LOG_INDEX`](crate::MAX_LOG_INDEX), and a malformed message is refused and counted.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
