@@ -161,6 +161,17 @@ impl Engine {
         }
     }
 
+    /// An AppendEntries of the current term to `from` failed: whatever was in flight is presumed
+    /// lost (a snapshot transfer has its own bookkeeping).
+    pub(super) fn append_unreachable(&mut self, from: NodeId) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        if let Some(progress) = leader.progress.get_mut(&from) {
+            if progress.mode != ReplicationMode::Snapshot {
+                progress.unreachable();
+            }
+        }
+    }
+
     pub(super) fn handle_append_response(
         &mut self,
         from: NodeId,

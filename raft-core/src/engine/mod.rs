@@ -445,31 +445,17 @@ impl Engine {
 
     /// A request to `from` failed (lost, timed out, unreachable).
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
-        if let SentRequest::ReadIndex { read_id, .. } = request {
-            self.read_index_unreachable(read_id);
-            return;
-        }
-        if let SentRequest::InstallSnapshot { term, last_included, .. } = request {
-            if term == self.hard_state.current_term {
-                self.snapshot_unreachable(from, last_included);
+        let current = self.hard_state.current_term;
+        match request {
+            SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),
+            SentRequest::InstallSnapshot { term, last_included, .. } if term == current => {
+                self.snapshot_unreachable(from, last_included)
             }
-            return;
-        }
-        if let SentRequest::AppendEntries { term, prev_index, last_index, .. } = request {
-            if term == self.hard_state.current_term {
+            SentRequest::AppendEntries { term, prev_index, last_index, .. } if term == current => {
                 self.append_done(from, prev_index == last_index);
+                self.append_unreachable(from);
             }
-        }
-        if let (SentRequest::AppendEntries { term, .. }, RoleState::Leader(leader)) =
-            (request, &mut self.role)
-        {
-            if term == self.hard_state.current_term {
-                if let Some(progress) = leader.progress.get_mut(&from) {
-                    if progress.mode != progress::ReplicationMode::Snapshot {
-                        progress.unreachable();
-                    }
-                }
-            }
+            _ => {}
         }
     }
 
