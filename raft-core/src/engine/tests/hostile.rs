@@ -575,7 +575,7 @@ impl Target {
 fn hostile_config() -> ProptestConfig {
     let seed = std::env::var("RAFT_PROPTEST_SEED").ok().and_then(|s| s.parse().ok());
     ProptestConfig {
-        cases: 256,
+        cases: 1024,
         rng_seed: proptest::test_runner::RngSeed::Fixed(seed.unwrap_or(0x5EED_0012)),
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -592,11 +592,17 @@ proptest! {
     #[test]
     fn hostile_messages_never_panic_wrap_or_get_acknowledged(
         prefix in prop::collection::vec(legal(), 0..60),
+        pre_vote in any::<bool>(),
         target in 1u64..=3,
         peer_offset in 1u64..=2,
         attack in prop::collection::vec(hostile(), 1..40),
     ) {
-        let mut c = Cluster::with_configs(super::snapshot_configs(3));
+        // Without PreVote, isolated nodes become candidates: every role is reached.
+        let mut configs = super::snapshot_configs(3);
+        for config in &mut configs {
+            config.pre_vote = pre_vote;
+        }
+        let mut c = Cluster::with_configs(configs);
         for op in prefix {
             match op {
                 Legal::Tick(n) => c.tick(n),
