@@ -50,10 +50,12 @@ pub(super) fn lease_span(config: &crate::Config) -> Duration {
 impl Engine {
     /// The driver's monotonic clock reads `now` (the time since an arbitrary origin fixed for
     /// the node's life, such as [`Runtime::now`](crate::Runtime::now)). Only lease reads use
-    /// it; the engine never reads a clock itself. Call it with a fresh reading before every
-    /// input (at least before [`Engine::tick`], [`Engine::read_index`] and
-    /// [`Engine::on_request`]): the input then happens at that time. A reading earlier than the
-    /// previous one is ignored.
+    /// it; the engine never reads a clock itself. Call it with a fresh reading, taken after the
+    /// input arrived, before every [`Engine::tick`], [`Engine::read_index`] and
+    /// [`Engine::on_request`] (or before every input): a read is answered from the lease only if
+    /// the lease holds at the latest reading. Any other input happens at the latest reading,
+    /// which can only start a lease round earlier than it really starts, so make the lease
+    /// shorter. A reading earlier than the previous one is ignored.
     pub fn set_now(&mut self, now: Duration) {
         self.now = self.now.max(now);
     }

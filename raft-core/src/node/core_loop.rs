@@ -148,9 +148,13 @@ impl CoreLoop {
 
     /// Feeds one input to the engine. Returns false when the node must stop.
     fn handle(&mut self, input: Input) -> bool {
-        // Read after the input arrived: a lease read is answered only if the lease still
-        // holds at a time after the read was asked for.
-        self.engine.set_now(self.clock.now());
+        // For the inputs whose time matters to lease reads (a tick starts a lease round; a
+        // read, local or from a follower, checks the lease), read after the input arrived: a
+        // read is answered from the lease only if it still holds after the read was asked for.
+        // Other inputs happen at the last reading, which can only make a lease shorter.
+        if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
+            self.engine.set_now(self.clock.now());
+        }
         match input {
             Input::Tick => self.engine.tick(),
             Input::Propose { command, permit, reply } => {
