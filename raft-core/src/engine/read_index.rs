@@ -189,7 +189,6 @@ impl Engine {
     pub(super) fn start_read_round(&mut self) {
         let own_term_committed = self.own_term_committed();
         let commit = self.log.commit_index;
-        let voter_peers = self.voter_peers();
         let RoleState::Leader(leader) = &mut self.role else { return };
         let reads = &mut leader.reads;
         if own_term_committed && !reads.waiting_commit.is_empty() {
@@ -202,17 +201,18 @@ impl Engine {
             reads.next_round();
         }
         let Some(&(needed, _, _)) = reads.pending.back() else { return };
-        let progress = &leader.progress;
-        let to_ask: Vec<NodeId> = voter_peers
-            .into_iter()
-            .filter(|peer| {
-                progress.get(peer).is_some_and(|p| {
-                    p.read_round_acked < needed
-                        && p.read_round_sent < needed
-                        && p.heartbeats_in_flight == 0
-                        && p.mode != ReplicationMode::Snapshot
-                })
+        let voters = &self.log.membership().latest().voters;
+        let to_ask: Vec<NodeId> = leader
+            .progress
+            .iter()
+            .filter(|&(id, p)| {
+                voters.contains(id)
+                    && p.read_round_acked < needed
+                    && p.read_round_sent < needed
+                    && p.heartbeats_in_flight == 0
+                    && p.mode != ReplicationMode::Snapshot
             })
+            .map(|(&id, _)| id)
             .collect();
         for peer in to_ask {
             self.replicate_to(peer, true);
