@@ -87,6 +87,19 @@ pub enum FatalError {
     /// The snapshot store failed.
     #[error("snapshot store failed: {0}")]
     Snapshot(String),
+    /// A task of the node panicked (in the state machine, a store, the network or the node
+    /// itself): the node stopped, as after any other fatal error.
+    #[error("the node's {task} panicked: {message}")]
+    Panicked {
+        /// The task that panicked ("applier", "log writer", "sender to peer 2", ...).
+        task: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// A task of the node ended without saying why (it should not happen: every task reports
+    /// its failure): the node stopped rather than run without it.
+    #[error("the node's {0} ended unexpectedly")]
+    TaskEnded(String),
 }
 
 /// Why [`Node::read_index`](crate::Node::read_index) produced no read index.
