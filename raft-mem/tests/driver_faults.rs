@@ -54,10 +54,8 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
     let node = cluster.node(cluster.leader().await).clone();
     let request = RpcRequest::ReadIndex(ReadIndexRequest { term: 1, sender: 9, read_id: 0 });
     // `shutdown` is polled first: its input is queued first, every other one behind it.
-    let (_, read, first, second, rpc, snapshot, replication) = within(
-        &rt,
-        "every caller queued at stop",
-        async {
+    let (_, read, first, second, rpc, snapshot, replication) =
+        within(&rt, "every caller queued at stop", async {
             futures::join!(
                 node.shutdown(),
                 node.read_index(),
@@ -67,9 +65,8 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
                 node.snapshot(),
                 node.replication(),
             )
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(read, Err(ReadIndexError::Shutdown));
     assert!(matches!(first, Err(ProposeError::Shutdown)), "{first:?}");
     assert!(matches!(second, Err(ProposeError::Shutdown)), "{second:?}");
@@ -473,11 +470,8 @@ async fn membership_from_a_plain_thread<R: Runtime + Clone>(rt: R) {
 
 #[test]
 fn tokio_runtime_works_from_a_plain_thread() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let rt = raft_core::runtime::TokioRuntime::from_handle(runtime.handle().clone());
     std::thread::spawn(move || futures::executor::block_on(membership_from_a_plain_thread(rt)))
         .join()
@@ -571,4 +565,22 @@ async fn deferred_proposals_are_not_overtaken() {
         .collect();
     assert_eq!(*applied.lock().unwrap(), expected, "applied in arrival order (last {last})");
     node.shutdown().await;
+}
+
+// ---- 14.8: settings checked together ---------------------------------------------------------
+
+#[test]
+fn settings_that_overflow_the_driver_limits_are_refused() {
+    let valid = support::config(1, &[1]);
+    assert_eq!(valid.validate(), Ok(()));
+    let mut window = valid.clone();
+    window.max_inflight_append_entries = 1 << 20;
+    assert!(window.validate().is_err(), "a per-peer queue of a million slots");
+    let mut transfer = valid.clone();
+    transfer.snapshot_chunk_bytes = raft_core::config::MAX_SNAPSHOT_CHUNK_BYTES;
+    transfer.snapshot_max_inflight_chunks = 64;
+    assert!(transfer.validate().is_err(), "4 GiB of snapshot chunks in flight per follower");
+    let mut reads = valid;
+    reads.max_pending_reads = usize::MAX;
+    assert!(reads.validate().is_err(), "unbounded reads");
 }

@@ -134,7 +134,8 @@ impl StateMachine for Machine {
         if !self.takes_snapshots {
             return Ok(None);
         }
-        let state: Vec<Vec<u8>> = self.commands.lock().unwrap().iter().map(|c| c.to_vec()).collect();
+        let state: Vec<Vec<u8>> =
+            self.commands.lock().unwrap().iter().map(|c| c.to_vec()).collect();
         let encoded = Bytes::from(postcard::to_allocvec(&state).unwrap());
         let pieces: Vec<Result<Bytes, StateMachineError>> = (0..encoded.len())
             .step_by(PIECE_BYTES)
@@ -333,8 +334,7 @@ impl<R: Runtime + Clone> Cluster<R> {
             configure(&mut config);
         }
         let faults = Arc::new(NetworkFaults::default());
-        let network =
-            FaultyNetwork { inner: self.network.endpoint(id), faults: faults.clone() };
+        let network = FaultyNetwork { inner: self.network.endpoint(id), faults: faults.clone() };
         let store = FaultyStore::default();
         let snapshots = FaultySnapshots::default();
         let builder = Node::builder(
