@@ -23,6 +23,10 @@ pub enum ProposeError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why an accepted proposal produced no response from the state machine.
@@ -48,6 +52,10 @@ pub enum ProposalError {
     /// nodes; the outcome is unknown.
     #[error("node shut down before the entry was applied (outcome unknown)")]
     Shutdown,
+    /// The response was awaited inside the proposing node's own state machine before the entry
+    /// was applied: it would wait for itself. The entry may still commit and apply.
+    #[error("response awaited inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a node could not start.
@@ -124,6 +132,10 @@ pub enum ReadIndexError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a membership change failed.
@@ -166,6 +178,10 @@ pub enum MembershipError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a leadership transfer failed.

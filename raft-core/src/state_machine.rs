@@ -55,8 +55,12 @@ impl StateMachineError {
 /// * [`Node::shutdown`](crate::Node::shutdown): it waits for this very task to end;
 /// * `change_membership` and `add_voter`, which wait for their entry to be applied.
 ///
-/// Each of these deadlocks the node: entries stop being applied, proposals wait forever. Hand
-/// such work to another task that the call does not wait for.
+/// Awaited directly inside the call (polled by the node's own apply task), these fail at once
+/// with an `InsideStateMachine` error instead, and `shutdown` only asks the node to stop. Awaited
+/// through another task that the call waits for (a spawned task's join handle, a channel), the
+/// node cannot tell: that deadlocks the node (entries stop being applied, proposals wait
+/// forever). `propose` is allowed, but waits (forever) if the leader's unapplied backlog is full.
+/// Hand such work to a task that the call does not wait for.
 ///
 /// # Panics
 ///

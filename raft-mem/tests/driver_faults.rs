@@ -404,6 +404,79 @@ async fn a_snapshot_window_wider_than_the_append_window_completes<R: Runtime + C
     cluster.shutdown().await;
 }
 
+// ---- 14.10: calls from inside the state machine ---------------------------------------------
+
+/// A state machine that, on the command `reenter`, calls every waiting method of its own node,
+/// and on `stop` shuts its node down.
+struct Reentrant {
+    node: Arc<Mutex<Option<Node>>>,
+    results: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl StateMachine for Reentrant {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        let node = self.node.lock().unwrap().clone();
+        for entry in entries {
+            let (Some(node), Some(command)) = (&node, entry.command()) else { continue };
+            let mut results = Vec::new();
+            if command == "reenter" {
+                results.push(format!("{:?}", node.read_index().await));
+                results.push(format!("{:?}", node.snapshot().await));
+                let change = node.change_membership(MembershipChange::AddLearner(9)).await;
+                results.push(format!("{change:?}"));
+                results.push(format!("{:?}", node.add_voter(9, PATIENCE).await));
+                let inner = node.propose(Bytes::from_static(b"inner")).await.unwrap();
+                results.push(format!("{:?}", inner.response().await));
+            } else if command == "stop" {
+                node.shutdown().await;
+                results.push("stopped".into());
+            }
+            self.results.lock().unwrap().extend(results);
+        }
+        Ok(vec![Bytes::new(); entries.len()])
+    }
+}
+
+/// Calls into a node from inside its own state machine fail at once instead of deadlocking;
+/// `shutdown` only asks the node to stop.
+async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt: R) {
+    let slot = Arc::new(Mutex::new(None));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let machine = Reentrant { node: slot.clone(), results: results.clone() };
+    let network = raft_mem::MemNetwork::new();
+    let config = support::config(1, &[1]);
+    let store = raft_mem::MemLogStore::new();
+    let node = Node::builder(config, store, network.endpoint(1), machine, rt.clone())
+        .snapshot_store(raft_mem::MemSnapshotStore::new())
+        .start()
+        .await
+        .unwrap();
+    network.register(1, Arc::new(node.clone()));
+    *slot.lock().unwrap() = Some(node.clone());
+    let mut watch = node.watch();
+    within(&rt, "leadership", watch.wait_for(|s| s.role == raft_core::Role::Leader)).await;
+    let proposal = node.propose(Bytes::from_static(b"reenter")).await.unwrap();
+    within(&rt, "the re-entrant apply", proposal.response()).await.unwrap();
+    assert_eq!(
+        *results.lock().unwrap(),
+        [
+            "Err(InsideStateMachine)",
+            "Err(InsideStateMachine)",
+            "Err(InsideStateMachine)",
+            "Err(InsideStateMachine)",
+            "Err(InsideStateMachine)",
+        ]
+    );
+    // The node goes on: the inner proposal applies too.
+    let index = node.propose(Bytes::from_static(b"later")).await.unwrap().index;
+    within(&rt, "a later write", watch.wait_for(|s| s.applied_index >= index)).await;
+    let _stop = node.propose(Bytes::from_static(b"stop")).await.unwrap();
+    within(&rt, "the node stops", watch.wait_for(|_| false)).await;
+    within(&rt, "shutdown", node.shutdown()).await;
+    assert_eq!(results.lock().unwrap().last().map(String::as_str), Some("stopped"));
+}
+
 macro_rules! under_runtimes {
     ($($name:ident),* $(,)?) => {
         mod tokio_rt {
@@ -447,6 +520,7 @@ under_runtimes!(
     a_dropped_shutdown_leaves_the_next_one_waiting,
     snapshot_answers_at_once_when_nothing_is_new,
     a_snapshot_window_wider_than_the_append_window_completes,
+    calls_from_inside_the_state_machine_fail_at_once,
 );
 
 // ---- 14.9: runtime adapters from any thread --------------------------------------------------

@@ -49,6 +49,8 @@ struct Deferred {
 }
 
 pub(super) struct CoreLoop {
+    /// This node's token (see `reentrancy`), given to its proposals.
+    token: u64,
     engine: Engine,
     /// The input queue, and what the node publishes when it stops.
     inputs: Arc<Inputs>,
@@ -80,6 +82,7 @@ pub(super) struct CoreLoop {
 
 impl CoreLoop {
     pub(super) fn new(
+        token: u64,
         engine: Engine,
         inputs: Arc<Inputs>,
         writer: Sender<WriteRequest>,
@@ -95,6 +98,7 @@ impl CoreLoop {
             }
         }
         Self {
+            token,
             engine,
             inputs,
             writer,
@@ -232,7 +236,12 @@ impl CoreLoop {
                     return self.lost("applier (state machine)");
                 }
                 let _ =
-                    proposal.reply.send(Ok(Proposal { index: id.index, term: id.term, response }));
+                    proposal.reply.send(Ok(Proposal {
+                    index: id.index,
+                    term: id.term,
+                    response,
+                    node: self.token,
+                }));
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
                 let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
@@ -271,7 +280,7 @@ impl CoreLoop {
             self.lost("applier (state machine)");
             return Err(MembershipError::Shutdown);
         }
-        let proposal = Proposal { index: id.index, term: id.term, response };
+        let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
         Ok((proposal, self.engine.membership().clone()))
     }
 

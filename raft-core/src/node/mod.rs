@@ -17,6 +17,7 @@ mod applier;
 mod builder;
 mod core_loop;
 mod peer;
+mod reentrancy;
 mod snapshot;
 mod supervisor;
 mod watch;
@@ -133,6 +134,8 @@ struct Shared {
     /// Bounds the reads this node holds (`Config::max_pending_reads`), wherever they wait.
     read_slots: Arc<Semaphore>,
     fatal: Arc<Mutex<Option<FatalError>>>,
+    /// Names this node to detect calls from inside its own state machine.
+    token: u64,
     /// Completes (yields `None`) once every task of the node has ended.
     tasks_done: async_lock::Mutex<mpsc::Receiver<()>>,
 }
@@ -162,13 +165,25 @@ pub struct Proposal {
     /// The term of the entry (the leader's term when it was proposed).
     pub term: Term,
     response: oneshot::Receiver<Result<Bytes, ProposalError>>,
+    /// The proposing node's token (see `reentrancy`).
+    node: u64,
 }
 
 impl Proposal {
     /// Waits until the entry is applied and returns the state machine's response for it. The
     /// entry is then committed: it is on a majority of nodes and will survive any failure the
     /// cluster survives.
-    pub async fn response(self) -> Result<Bytes, ProposalError> {
+    ///
+    /// Awaited inside the proposing node's own state machine before the entry was applied, it
+    /// fails at once with [`ProposalError::InsideStateMachine`] (it would wait for itself).
+    pub async fn response(mut self) -> Result<Bytes, ProposalError> {
+        if reentrancy::inside_state_machine(self.node) {
+            return match self.response.try_recv() {
+                Ok(Some(answer)) => answer,
+                Ok(None) => Err(ProposalError::InsideStateMachine),
+                Err(_) => Err(ProposalError::Shutdown),
+            };
+        }
         self.response.await.unwrap_or(Err(ProposalError::Shutdown))
     }
 }
@@ -281,6 +296,7 @@ impl Node {
         };
         let store = Arc::new(store);
         let id = config.id;
+        let token = reentrancy::new_node_token();
         let status = StatusCell::new(engine.status());
         let applied_at_start = engine.status().applied_index;
         let fatal = Arc::new(Mutex::new(None));
@@ -327,7 +343,7 @@ impl Node {
         spawn(
             "applier (state machine)",
             applier::run(
-                state_machine,
+                reentrancy::Marked { token, inner: state_machine },
                 applier_rx,
                 inputs_tx.clone(),
                 applier_snapshots,
@@ -356,6 +372,7 @@ impl Node {
             fatal: fatal.clone(),
         });
         let main_loop = core_loop::CoreLoop::new(
+            token,
             engine,
             ends.clone(),
             writer_tx,
@@ -383,6 +400,7 @@ impl Node {
                 proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
                 read_slots: Arc::new(Semaphore::new(config.max_pending_reads)),
                 fatal,
+                token,
                 tasks_done: async_lock::Mutex::new(done_rx),
             }),
         })
@@ -418,7 +436,13 @@ impl Node {
     /// does. `Ok(None)`: the node has no snapshot store or its state machine takes no
     /// snapshots. Runs beside the policy of `Config::snapshot_interval_*`, and compacts the log
     /// like a policy snapshot.
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`ProposeError::InsideStateMachine`] (the snapshot is taken on the apply path).
     pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, ProposeError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(ProposeError::InsideStateMachine);
+        }
         let answer = self.ask(|reply| Input::Snapshot(SnapshotInput::Trigger(reply))).await;
         answer.ok_or(ProposeError::Shutdown)
     }
@@ -439,7 +463,13 @@ impl Node {
     /// A read holds its slot until it is answered, wherever it waits in the node: a caller that
     /// gives up (drops this future) does not free the slot before the node has let go of the
     /// read (the applier drops abandoned reads as it goes).
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`ReadIndexError::InsideStateMachine`] (it would wait for itself).
     pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(ReadIndexError::InsideStateMachine);
+        }
         let slot = self.shared.read_slots.acquire_arc().await;
         // The applier answers once the state machine has applied the index.
         let answer =
@@ -465,10 +495,16 @@ impl Node {
     /// every heartbeat interval, for at most `Config::election_timeout_ms_max`, then fails with
     /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
     /// once the change commits. New members must be reachable through this node's `Network`.
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`MembershipError::InsideStateMachine`] (it would wait for itself).
     pub async fn change_membership(
         &self,
         change: MembershipChange,
     ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
         let step = self.shared.heartbeat_interval;
         let attempts = (self.shared.change_wait.as_millis() / step.as_millis().max(1)).max(1);
         for _ in 0..attempts {
@@ -499,6 +535,9 @@ impl Node {
         id: NodeId,
         catch_up_timeout: Duration,
     ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
         let is_learner = |node: &Node| node.membership().learners.contains(&id);
         if !is_learner(self) {
             match self.change_membership(MembershipChange::AddLearner(id)).await {
@@ -579,9 +618,13 @@ impl Node {
     /// waits for the same end, and returns at once if the node has already stopped; a call
     /// dropped before it returned leaves the next call waiting just the same.
     ///
-    /// Must not be awaited inside [`StateMachine::apply`] (or the node's other callbacks): the
-    /// node waits for that call to finish, so it would wait for itself.
+    /// Called inside this node's own state machine, it only asks the node to stop and returns at
+    /// once: the node waits for that call to finish, so waiting here would wait for itself.
     pub async fn shutdown(&self) {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            let _ = self.shared.inputs.try_send(Input::Shutdown);
+            return;
+        }
         let _ = self.shared.inputs.send(Input::Shutdown).await;
         // The receiver stays in place until it has yielded `None`: a dropped call loses nothing.
         let mut done = self.shared.tasks_done.lock().await;
