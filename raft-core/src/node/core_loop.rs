@@ -235,8 +235,7 @@ impl CoreLoop {
                     // The proposer sees Shutdown (its reply channel is dropped).
                     return self.lost("applier (state machine)");
                 }
-                let _ =
-                    proposal.reply.send(Ok(Proposal {
+                let _ = proposal.reply.send(Ok(Proposal {
                     index: id.index,
                     term: id.term,
                     response,
