@@ -21,7 +21,7 @@ use crate::engine::{
 use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{RpcRequest, RpcResponse};
-use crate::types::{NodeId, Role};
+use crate::types::{LogIndex, NodeId, Role};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
@@ -304,11 +304,7 @@ impl CoreLoop {
     }
 
     /// Hands a read index to the applier, which answers once the state machine applied it.
-    fn answer_read(
-        &mut self,
-        id: ReadId,
-        result: Result<crate::types::LogIndex, ReadIndexRefusal>,
-    ) {
+    fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
         let Some(read) = self.reads.remove(&id.0) else { return };
         if let Ok(index) = result {
             if !read.abandoned() && self.applier.try_send(ApplyMsg::ReadAt { index, read }).is_err()
@@ -417,9 +413,12 @@ impl CoreLoop {
         }
     }
 
-    /// Stops the node after a fatal error (the first one counts).
+    /// Stops the node after a fatal error (the first one counts; a task's report replaces the
+    /// bare "it ended" of [`CoreLoop::lost`]).
     fn fail(&mut self, error: FatalError) {
-        if !matches!(self.stop, Some(Stop::Failed(_))) {
+        let known = matches!(&self.stop,
+            Some(Stop::Failed(e)) if !matches!(e, FatalError::TaskEnded(_)));
+        if !known {
             self.stop = Some(Stop::Failed(error));
         }
     }
