@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::command::{decode_commands, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
-use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork};
+use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
 use super::server::{accept_loop, ClientService};
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
@@ -149,7 +149,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.raft_config(),
         Arc::clone(&store),
         FirewalledNetwork::new(network.clone(), firewall.clone()),
-        KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+        PanicOnKey::new(
+            KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+            config.panic_on_key.clone(),
+        ),
         runtime,
     )
     .snapshot_store(snapshots)
