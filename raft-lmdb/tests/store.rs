@@ -1,6 +1,6 @@
 //! Behaviour of `LmdbLogStore` beyond the conformance suite: map growth, bad and foreign
-//! directories, exclusive opening (in this process and across processes), pipelined writes and
-//! reads running alongside writes.
+//! directories, exclusive opening (in this process and across processes), write-side
+//! validation, pipelined writes and reads running alongside writes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -168,4 +168,65 @@ fn reads_run_alongside_writes_and_see_every_acknowledged_write() {
             });
         }
     });
+}
+
+/// Writes `batch`, expects it refused as invalid, and checks that the store still opens with
+/// `last` as its last entry.
+fn expect_refused(dir: &std::path::Path, store: LmdbLogStore, batch: WriteBatch, last: LogId) {
+    let err = block_on(store.write(batch.clone())).unwrap_err();
+    assert!(matches!(err, raft_core::StorageError::InvalidRequest(_)), "{batch:?}: {err:?}");
+    assert!(!store.has_failed());
+    assert_eq!(block_on(store.open()).unwrap().last, last);
+    drop(store);
+    let store = LmdbLogStore::open_dir(dir).unwrap_or_else(|e| panic!("{batch:?} broke it: {e}"));
+    assert_eq!(block_on(store.open()).unwrap().last, last);
+}
+
+#[test]
+fn a_batch_that_would_leave_an_unopenable_store_is_refused_before_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(append((1..=5).map(|i| entry(i, 3, 10)).collect()))).unwrap();
+    block_on(store.purge(5)).unwrap();
+    // The log is empty after purged (3, 5): an entry of term 2 would sit below the purged term.
+    let below_purged = append(vec![entry(6, 2, 10)]);
+    expect_refused(&dir, store, below_purged, LogId::new(3, 5));
+
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(append((6..=8).map(|i| entry(i, 4, 10)).collect()))).unwrap();
+    // Terms that decrease inside a batch, after the last entry, or after a truncation point.
+    let decreasing = append(vec![entry(9, 5, 10), entry(10, 4, 10)]);
+    expect_refused(&dir, store, decreasing, LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(9, 3, 10)]), LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let overwrite_lower =
+        WriteBatch { truncate_from: Some(8), entries: vec![entry(8, 3, 10)], hard_state: None };
+    expect_refused(&dir, store, overwrite_lower, LogId::new(4, 8));
+    // Indexes that do not follow.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(8, 4, 10)]), LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(9, 4, 10), entry(9, 4, 10)]), LogId::new(4, 8));
+
+    // Valid writes still go through: an overwrite with a higher term, and equal terms.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let overwrite =
+        WriteBatch { truncate_from: Some(7), entries: vec![entry(7, 6, 10)], hard_state: None };
+    block_on(store.write(overwrite)).unwrap();
+    block_on(store.write(append(vec![entry(8, 6, 10), entry(9, 6, 10)]))).unwrap();
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(6, 9));
+}
+
+#[test]
+fn the_last_possible_index_is_refused_not_wrapped() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let end = LogId::new(1, u64::MAX);
+    block_on(store.reset(end)).unwrap();
+    expect_refused(&dir, store, append(vec![entry(0, 1, 10)]), end);
 }
