@@ -56,13 +56,15 @@
 //! ## Safety
 //!
 //! The crate denies `unsafe` except for one call, heed's `EnvOpenOptions::open`, made sound by a
-//! process-wide registry of open directories plus an exclusive lock file (see `env.rs`).
+//! process-wide registry of open directories plus an exclusive lock on the directory itself (see
+//! `env.rs` and `registry.rs`).
 #![deny(unsafe_code)]
 
 mod apply;
 mod codec;
 mod env;
 mod error;
+mod fsdir;
 mod options;
 mod registry;
 mod shared;

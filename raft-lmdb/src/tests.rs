@@ -1,5 +1,6 @@
 //! Tests that need the crate's internals: tampering with the files through a raw environment,
-//! and the writer's test hooks (failing commits, pausing the writer).
+//! the writer's test hooks (failing commits, pausing the writer), and the record of synced
+//! directories.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -14,8 +15,9 @@ use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, W
 
 use crate::codec::{self, FORMAT_KEY, STATE_KEY};
 use crate::env::{self, Handles};
+use crate::fsdir::synced;
 use crate::registry::DirGuard;
-use crate::{LmdbLogStore, OpenError, FORMAT_VERSION};
+use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
@@ -282,4 +284,28 @@ fn a_format_1_store_is_read_and_upgraded() {
     assert_eq!(format, codec::encode_format(2));
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(3..9, u64::MAX)).unwrap()[..5], expected[..]);
+}
+
+#[test]
+fn new_directories_are_made_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let store_dir = root_path.join("node/raft");
+    let store = LmdbLogStore::open_dir(&store_dir).unwrap();
+    let synced = synced::under(&root_path);
+    // Each created directory's entry (in its parent), then the store's own files.
+    for dir in [&root_path, &root_path.join("node"), &store_dir] {
+        assert!(synced.contains(dir), "{} was not synced: {synced:?}", dir.display());
+    }
+    let position = |dir: &Path| synced.iter().position(|d| d == dir).unwrap();
+    assert!(position(&root_path) < position(&root_path.join("node")), "{synced:?}");
+    drop(store);
+
+    let snapshot_dir = root_path.join("snapshots/node-1");
+    let snapshots = FileSnapshotStore::open_dir(&snapshot_dir).unwrap();
+    let synced = synced::under(&root_path.join("snapshots"));
+    for dir in [&root_path.join("snapshots"), &snapshot_dir] {
+        assert!(synced.contains(dir), "{} was not synced: {synced:?}", dir.display());
+    }
+    drop(snapshots);
 }

@@ -1,10 +1,7 @@
 //! Behaviour of `LmdbLogStore` beyond the conformance suite: map growth, bad and foreign
-//! directories, exclusive opening (in this process and across processes), write-side
-//! validation, pipelined writes and reads running alongside writes.
+//! directories, write-side validation, pipelined writes and reads running alongside writes.
+//! Exclusive opening is in `exclusive.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use futures::executor::block_on;
@@ -76,54 +73,6 @@ fn a_data_file_that_is_not_lmdb_is_refused() {
     assert!(err.to_string().contains("not a raft-lmdb store"), "{err}");
     // The file was not touched.
     assert_eq!(std::fs::read(root.path().join("data.mdb")).unwrap(), vec![0x5a; 16 << 10]);
-}
-
-#[test]
-fn one_directory_opens_once_per_process() {
-    let root = tempfile::tempdir().unwrap();
-    let store = LmdbLogStore::open_dir(root.path()).unwrap();
-    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
-    assert!(matches!(err, OpenError::AlreadyOpenInProcess { .. }), "{err}");
-    drop(store);
-    LmdbLogStore::open_dir(root.path()).unwrap();
-}
-
-const LOCK_HOLDER_ENV: &str = "RAFT_LMDB_TEST_LOCK_HOLDER_DIR";
-
-/// Not a test on its own: the child process of `another_process_holding_the_directory_is_reported`.
-#[test]
-fn lock_holder_child() {
-    let Ok(dir) = std::env::var(LOCK_HOLDER_ENV) else { return };
-    let _store = LmdbLogStore::open_dir(dir).unwrap();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "lock-holder-ready").unwrap();
-    out.flush().unwrap();
-    // Hold the store until the parent closes our stdin.
-    let mut line = String::new();
-    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
-}
-
-#[test]
-fn another_process_holding_the_directory_is_reported() {
-    let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holder_child", "--nocapture", "--test-threads=1"])
-        .env(LOCK_HOLDER_ENV, root.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("lock-holder-ready"));
-    assert!(ready, "the child never opened the store");
-    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
-    assert!(matches!(err, OpenError::LockedByOtherProcess { .. }), "{err}");
-    assert!(err.to_string().contains("another process"), "{err}");
-    drop(child.stdin.take());
-    // Keep reading until the child exits, so that its last words do not hit a closed pipe.
-    lines.for_each(drop);
-    assert!(child.wait().unwrap().success());
-    LmdbLogStore::open_dir(root.path()).unwrap();
 }
 
 #[test]
