@@ -46,6 +46,14 @@ impl Handles {
         self.env.info().map_size
     }
 
+    /// LMDB's page size, and the bytes of the data file its pages use up to the last page of
+    /// the latest commit.
+    pub(crate) fn pages(&self) -> (u64, u64) {
+        let page_size = u64::from(self.env.unnamed_database_stat().page_size);
+        let pages = u64::try_from(self.env.info().last_page_number).unwrap_or(u64::MAX);
+        (page_size, pages.saturating_add(1).saturating_mul(page_size))
+    }
+
     /// Reads the metadata record.
     pub(crate) fn read_meta(
         &self,
@@ -92,7 +100,10 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
     //   no file deletion can defeat, so no other process using this crate writes to the files
     //   while we have them mapped;
     // * no unsafe LMDB flag is set (no `NO_LOCK`, `NO_SYNC`, `WRITE_MAP`): LMDB's own locking
-    //   protects readers and the writer from each other.
+    //   protects readers and the writer from each other;
+    // * the only other writes to `data.mdb` are the writer thread's zeros past the end of the
+    //   file (`headroom.rs`), made between transactions: bytes beyond LMDB's last page, which
+    //   no transaction or reader reaches before LMDB writes that page itself.
     // Foreign tools modifying the files behind our back remain the operator's responsibility,
     // as for any database.
     unsafe {

@@ -20,6 +20,7 @@ use crate::codec;
 use crate::env::{self, Handles};
 use crate::error::{storage_error, OpenError};
 use crate::fsdir;
+use crate::headroom::{Headroom, DATA_FILE};
 use crate::options::LmdbOptions;
 use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
 use crate::shared::{with_handles, Shared};
@@ -27,7 +28,7 @@ use crate::writer::{self, GroupLimits, Op, Request};
 
 /// Files LMDB and this crate (this build or an older one) create in a store directory; anything
 /// else makes the directory foreign.
-const OWN_FILES: [&str; 3] = ["data.mdb", "lock.mdb", LEGACY_LOCK_FILE];
+const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
 
 /// A durable [`LogStore`] on LMDB.
 ///
@@ -84,7 +85,7 @@ impl LmdbLogStore {
         let dir = guard.path().to_path_buf();
         check_own_files(&dir)?;
         let legacy_lock = LegacyLock::take(&dir)?;
-        let data_len = fs::metadata(dir.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
+        let data_len = fs::metadata(dir.join(DATA_FILE)).map(|m| m.len()).unwrap_or(0);
         let map_size = env::initial_map_size(options.initial_map_size, data_len);
         let (handles, meta) = env::open_store(&guard, map_size)?;
         let io_err = |source| OpenError::Io { path: dir.clone(), source };
@@ -100,7 +101,14 @@ impl LmdbLogStore {
             max_requests: options.max_group_requests,
             max_bytes: options.max_group_bytes,
         };
-        let writer = writer::spawn(Arc::clone(&shared), rx, meta, limits).map_err(io_err)?;
+        let mut headroom = Headroom::open(&dir, options.file_headroom_bytes).map_err(io_err)?;
+        if let Some(handles) = shared.handles().as_ref() {
+            // Before the first write, not during it (the writer thread has not started).
+            let (page_size, used) = handles.pages();
+            headroom.ensure(used, 0, page_size);
+        }
+        let writer =
+            writer::spawn(Arc::clone(&shared), rx, meta, limits, headroom).map_err(io_err)?;
         Ok(Self { tx: Some(tx), writer: Some(writer), shared })
     }
 

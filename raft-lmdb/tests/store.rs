@@ -179,3 +179,41 @@ fn the_last_possible_index_is_refused_not_wrapped() {
     block_on(store.reset(end)).unwrap();
     expect_refused(&dir, store, append(vec![entry(0, 1, 10)]), end);
 }
+
+/// How many of `commits` commits of 64 entries each changed the data file's length.
+fn commits_that_grew_the_file(headroom: u64, commits: u64) -> u64 {
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_file_headroom(headroom);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let data = store.path().join("data.mdb");
+    let mut len = std::fs::metadata(&data).unwrap().len();
+    let mut grew = 0;
+    for commit in 0..commits {
+        let first = commit * 64 + 1;
+        block_on(store.write(append((first..first + 64).map(|i| entry(i, 1, 100)).collect())))
+            .unwrap();
+        let now = std::fs::metadata(&data).unwrap().len();
+        grew += u64::from(now != len);
+        len = now;
+    }
+    drop(store);
+    // The zeros past LMDB's last page are invisible: the store reopens with every entry.
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, commits * 64));
+    assert_eq!(
+        block_on(store.read(1..commits * 64 + 1, u64::MAX)).unwrap().len() as u64,
+        commits * 64
+    );
+    grew
+}
+
+#[test]
+fn commits_overwrite_blocks_written_ahead_instead_of_growing_the_file() {
+    // 300 commits add about 2.3 MB of pages. Growing the file makes the commit's sync also
+    // commit the file system's journal; with 8 MiB of headroom the file grows when the store
+    // is opened instead of at nearly every commit.
+    let with_headroom = commits_that_grew_the_file(8 << 20, 300);
+    assert_eq!(with_headroom, 0, "{with_headroom} commits grew the file");
+    let without = commits_that_grew_the_file(0, 300);
+    assert!(without >= 250, "only {without} commits grew the file without headroom");
+}
