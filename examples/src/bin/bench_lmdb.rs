@@ -10,9 +10,10 @@
 //! entries per second with 1, 16, 64 and 256 concurrent writers (group commit), with latency
 //! percentiles, mean group sizes and the ratios against the targets (single commits >= 40% of
 //! the raw fsync rate; a 64-entry commit <= 1.5x a single-entry one; >= 100,000 entries/s with
-//! 64 writers). The raw fsync loops, the single-entry and the 64-entry commits run interleaved
-//! in short slices, so that their ratios compare like with like on a disk whose speed drifts.
-//! The 64-entry and 64-writer measurements also run on a second store without file headroom
+//! 64 writers). The raw fsyncs, the single-entry and the 64-entry commits are taken in turn,
+//! one operation of each per round, so that their ratios compare operations made under the same
+//! conditions on a disk whose speed drifts (the 64-writer runs alternate in short slices). The
+//! 64-entry and 64-writer measurements also run on a second store without file headroom
 //! (`LmdbOptions::with_file_headroom(0)`: LMDB grows the data file at each commit), to show what
 //! the headroom buys in the same run.
 //! `--dir` must be on the disk you care about (not a tmpfs); the benchmark works in a fresh
@@ -34,8 +35,13 @@ type BoxError = Box<dyn Error + Send + Sync>;
 
 const ENTRY_PAYLOAD_BYTES: usize = 100;
 const BLOCK: [u8; 4096] = [0xa5; 4096];
-/// Slices of the interleaved raw-fsync / single-commit measurement.
+/// Slices of the interleaved 64-writer measurements.
 const SLICES: u32 = 10;
+/// Kinds of operations measured in turn (raw overwrite, raw append, single-entry commit,
+/// 64-entry commit, 64-entry commit without headroom): they share `INTERLEAVED_KINDS` periods.
+const INTERLEAVED_KINDS: u32 = 5;
+/// Single-entry commits to each store before measuring.
+const WARM_UP_COMMITS: usize = 500;
 const WRITER_COUNTS: [usize; 4] = [1, 16, 64, 256];
 const SINGLE_COMMIT_TARGET: f64 = 0.40;
 /// Entries per batch of the one-writer batch measurement.
@@ -108,21 +114,25 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
     let mut append = RawFsync::new(work, "raw-append.bin", true)?;
     let mut rows = Vec::new();
     runtime.block_on(async {
-        // Warm up: let the data file grow to its working size before measuring.
-        for store in [&store, &growing] {
-            commits(store, 1, Duration::from_millis(500), &mut Meter::new()?).await?;
+        let mut committer = Committer::new(&store).await?;
+        let mut growing_committer = Committer::new(&growing).await?;
+        // Warm up: let the data files grow to their working size before measuring.
+        for _ in 0..WARM_UP_COMMITS {
+            committer.commit(1, &mut Meter::new()?).await?;
+            growing_committer.commit(1, &mut Meter::new()?).await?;
         }
-        // The disk's speed drifts (other processes write too): interleave short slices of the
-        // raw fsync loops and of the stores so that their ratios compare like with like.
+        // The disk's speed drifts (other processes write too): take the raw fsyncs and the
+        // commits in turn, one operation of each kind per round, so that every ratio compares
+        // operations made under the same conditions.
         let (mut single, mut batched, mut batched_growing) =
             (Meter::new()?, Meter::new()?, Meter::new()?);
-        let slice = period / SLICES;
-        for _ in 0..SLICES {
-            overwrite.run(slice)?;
-            append.run(slice)?;
-            commits(&store, 1, slice, &mut single).await?;
-            commits(&store, BATCH_ENTRIES, slice, &mut batched).await?;
-            commits(&growing, BATCH_ENTRIES, slice, &mut batched_growing).await?;
+        let start = Instant::now();
+        while start.elapsed() < period * INTERLEAVED_KINDS {
+            overwrite.once()?;
+            append.once()?;
+            committer.commit(1, &mut single).await?;
+            committer.commit(BATCH_ENTRIES, &mut batched).await?;
+            growing_committer.commit(BATCH_ENTRIES, &mut batched_growing).await?;
         }
         let raw = overwrite.meter.rate().max(append.meter.rate());
         rows.push(overwrite.meter.row("raw 4 KiB overwrite + fsync", "syncs/s", String::new()));
@@ -165,6 +175,7 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
             // The target: in slices interleaved with the store without headroom, and with raw
             // fsyncs, so that all three compare like with like.
             let (mut group, mut group_growing) = (GroupMeter::new()?, GroupMeter::new()?);
+            let slice = period / SLICES;
             for _ in 0..SLICES {
                 probe.run(slice)?;
                 concurrent_writers(&store, writers, slice, &mut group).await?;
@@ -232,9 +243,13 @@ impl Meter {
         Ok(Self { count: 0, elapsed: Duration::ZERO, latency: Histogram::new(3)? })
     }
 
+    /// Records one operation that started at `started` and has just ended; its time counts
+    /// toward the rate.
     fn record(&mut self, started: Instant) -> Result<(), BoxError> {
-        self.latency.record(started.elapsed().as_micros() as u64)?;
+        let took = started.elapsed();
+        self.latency.record(took.as_micros() as u64)?;
         self.count += 1;
+        self.elapsed += took;
         Ok(())
     }
 
@@ -270,18 +285,21 @@ impl RawFsync {
         Ok(Self { path, file, append, meter: Meter::new()? })
     }
 
+    fn once(&mut self) -> Result<(), BoxError> {
+        let t0 = Instant::now();
+        if !self.append {
+            self.file.seek(SeekFrom::Start(0))?;
+        }
+        self.file.write_all(&BLOCK)?;
+        self.file.sync_all()?;
+        self.meter.record(t0)
+    }
+
     fn run(&mut self, period: Duration) -> Result<(), BoxError> {
         let start = Instant::now();
         while start.elapsed() < period {
-            let t0 = Instant::now();
-            if !self.append {
-                self.file.seek(SeekFrom::Start(0))?;
-            }
-            self.file.write_all(&BLOCK)?;
-            self.file.sync_all()?;
-            self.meter.record(t0)?;
+            self.once()?;
         }
-        self.meter.elapsed += start.elapsed();
         Ok(())
     }
 }
@@ -306,24 +324,26 @@ fn batch_of(first: LogIndex, len: u64) -> WriteBatch {
     WriteBatch { entries: (first..first + len).map(entry).collect(), ..WriteBatch::default() }
 }
 
-/// One writer, `len` entries per durable write, each write awaited before the next.
-async fn commits(
-    store: &LmdbLogStore,
-    len: u64,
-    period: Duration,
-    meter: &mut Meter,
-) -> Result<(), BoxError> {
-    let mut next = store.open().await?.last.index + 1;
-    let start = Instant::now();
-    while start.elapsed() < period {
-        let batch = batch_of(next, len);
-        let t0 = Instant::now();
-        store.write(batch).await?;
-        meter.record(t0)?;
-        next += len;
+/// One writer appending to a store, each write awaited before the next.
+struct Committer<'a> {
+    store: &'a LmdbLogStore,
+    next: LogIndex,
+}
+
+impl<'a> Committer<'a> {
+    async fn new(store: &'a LmdbLogStore) -> Result<Self, BoxError> {
+        Ok(Self { store, next: store.open().await?.last.index + 1 })
     }
-    meter.elapsed += start.elapsed();
-    Ok(())
+
+    /// Appends `len` entries in one durable write.
+    async fn commit(&mut self, len: u64, meter: &mut Meter) -> Result<(), BoxError> {
+        let batch = batch_of(self.next, len);
+        let t0 = Instant::now();
+        self.store.write(batch).await?;
+        meter.record(t0)?;
+        self.next += len;
+        Ok(())
+    }
 }
 
 /// Durable entries of concurrent writers over one or more slices of time, with the writer
