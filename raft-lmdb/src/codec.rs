@@ -48,8 +48,14 @@ pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const STATE_KEY: &str = "state";
 /// First bytes of the format record: identifies a raft-lmdb store.
 pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
-/// The format version this build writes. It also reads every version from
-/// [`OLDEST_READABLE_VERSION`] on (see the version history in the module documentation).
+/// The format version this build writes.
+///
+/// It also reads version 1, the format of earlier builds, and upgrades such a store when it
+/// opens it by rewriting only its format record (every version 1 record is a valid version 2
+/// record); from then on a build that knows only version 1 refuses the store with an
+/// "unsupported version" error instead of misreading it. Version 2 differs from version 1 in
+/// that membership entries belong to it: builds since the membership change had written them
+/// under version 1, which an older build then called corrupt.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this build reads (and upgrades when it opens the store).
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;

@@ -217,3 +217,26 @@ fn commits_overwrite_blocks_written_ahead_instead_of_growing_the_file() {
     let without = commits_that_grew_the_file(0, 300);
     assert!(without >= 250, "only {without} commits grew the file without headroom");
 }
+
+#[test]
+fn a_store_that_purges_reuses_its_pages() {
+    // Without headroom, to see LMDB's own growth: rounds of 100 commits of 64 entries, each
+    // followed by a purge that keeps the last 1000 entries. LMDB reuses the pages the purges
+    // freed, so the file stops growing although six times as much is written.
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_file_headroom(0);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let data = store.path().join("data.mdb");
+    let mut next = 1;
+    let mut sizes = Vec::new();
+    for _round in 0..6 {
+        for _commit in 0..100 {
+            block_on(store.write(append((next..next + 64).map(|i| entry(i, 1, 100)).collect())))
+                .unwrap();
+            next += 64;
+        }
+        sizes.push(std::fs::metadata(&data).unwrap().len());
+        block_on(store.purge(next - 1000)).unwrap();
+    }
+    assert!(sizes[5] < sizes[0] * 3 / 2, "the file kept growing: {sizes:?}");
+}
