@@ -19,7 +19,10 @@
 //! there. `flock` locks belong to the open file description, so LMDB's own descriptors and
 //! locks (`fcntl` on `lock.mdb`) neither release nor conflict with it; it is released when the
 //! process exits, however it exits. Directory locks need a Unix `flock`; like LMDB itself, they
-//! are meant for local file systems.
+//! are meant for local file systems. One consequence of a lock that belongs to the open file: a
+//! child process being spawned holds a copy of every descriptor until it runs its program, so a
+//! store dropped and reopened at that moment by another thread of the same process can be told
+//! the directory is locked by another process (the old lock file behaved the same way).
 //!
 //! Builds before this one locked a file `raft-lmdb.lock` in the store directory. While such a
 //! file exists, [`LegacyLock`] takes it too, so that an older build still running on the store

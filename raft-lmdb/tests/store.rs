@@ -1,6 +1,7 @@
 //! Behaviour of `LmdbLogStore` beyond the conformance suite: map growth, bad and foreign
-//! directories, write-side validation, pipelined writes and reads running alongside writes.
-//! Exclusive opening is in `exclusive.rs`.
+//! directories, exclusive opening within this process, write-side validation, file headroom,
+//! pipelined writes and reads running alongside writes. Exclusive opening across processes is
+//! in `exclusive.rs` (no test here spawns a process: see there why that matters).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;
@@ -73,6 +74,32 @@ fn a_data_file_that_is_not_lmdb_is_refused() {
     assert!(err.to_string().contains("not a raft-lmdb store"), "{err}");
     // The file was not touched.
     assert_eq!(std::fs::read(root.path().join("data.mdb")).unwrap(), vec![0x5a; 16 << 10]);
+}
+
+#[test]
+fn one_directory_opens_once_per_process() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, OpenError::AlreadyOpenInProcess { .. }), "{err}");
+    drop(store);
+    LmdbLogStore::open_dir(root.path()).unwrap();
+}
+
+#[test]
+fn an_older_build_holding_its_lock_file_is_reported_and_the_file_goes_away() {
+    let root = tempfile::tempdir().unwrap();
+    drop(LmdbLogStore::open_dir(root.path()).unwrap());
+    // An older build locks `raft-lmdb.lock` (a `flock` of its own open file, as here).
+    let legacy = std::fs::File::create(root.path().join("raft-lmdb.lock")).unwrap();
+    legacy.lock().unwrap();
+    let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, OpenError::LockedByOtherProcess { .. }), "{err}");
+    drop(legacy);
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    assert!(!root.path().join("raft-lmdb.lock").exists());
+    drop(store);
+    LmdbLogStore::open_dir(root.path()).unwrap();
 }
 
 #[test]
