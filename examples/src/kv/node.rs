@@ -11,10 +11,11 @@ use raft_quic::quinn::Endpoint;
 use raft_quic::{NodeTls, QuicConfig, QuicNetwork};
 use tracing::{debug, error, info, warn};
 
-use super::command::{decode_commands, Op};
+use super::command::{decode_entry, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork};
-use super::server::{accept_loop, ClientService};
+use super::port::{accept_loop, ClientPort};
+use super::server::ClientService;
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
 use super::tls::{server_config, KvTlsError};
@@ -66,7 +67,8 @@ enum StopReason {
 }
 
 /// The Raft transport as the state machine's [`PeerDirectory`]: members added at run time
-/// become peers (reachable, and accepted when they connect); removed ones are dropped.
+/// become peers (reachable, and accepted when they connect); removed ones are dropped, and
+/// this is the one place that tells the transport to refuse them.
 #[derive(Debug)]
 struct QuicDirectory {
     network: QuicNetwork,
@@ -81,9 +83,9 @@ impl PeerDirectory for QuicDirectory {
         }
     }
 
-    fn forget(&self, id: NodeId) {
+    fn removed(&self, id: NodeId) {
         if id != self.own {
-            debug!(peer = id, "peer forgotten");
+            debug!(peer = id, "peer removed from the cluster");
             self.network.remove_peer(id);
         }
     }
@@ -108,14 +110,15 @@ async fn addresses_from_log(
         let Some(end) = entries.last().map(|e| e.index) else { break };
         for entry in &entries {
             let Some(bytes) = entry.command() else { continue };
-            for command in decode_commands(bytes).unwrap_or_default() {
+            let commands = decode_entry(bytes).map(|e| e.commands.into_inner()).unwrap_or_default();
+            for command in commands {
                 match command.op {
                     Op::SetMemberAddress { id, raft_addr, client_addr } => {
                         directory.set(id, MemberAddrs { raft: raft_addr, client: client_addr });
                         found += 1;
                     }
                     Op::ForgetMember { id } => {
-                        directory.forget(id);
+                        directory.removed(id);
                         found += 1;
                     }
                     _ => {}
@@ -175,9 +178,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.members.clone(),
         firewall,
         config.fault_injection,
-        config.max_client_connections,
     ));
-    tokio::spawn(accept_loop(endpoint.clone(), service));
+    let port = ClientPort::new(service, config.max_client_connections);
+    tokio::spawn(accept_loop(endpoint.clone(), port));
     info!(
         id = config.id,
         raft = %network.local_addr(),
@@ -304,7 +307,7 @@ mod tests {
     use raft_core::{Entry, EntryPayload, WriteBatch};
 
     use super::*;
-    use crate::kv::command::{encode_commands, Command};
+    use crate::kv::command::{encode_entry, Command};
 
     #[derive(Debug, Default)]
     struct Recorder(Mutex<Vec<(NodeId, Option<MemberAddrs>)>>);
@@ -313,7 +316,7 @@ mod tests {
         fn set(&self, id: NodeId, addrs: MemberAddrs) {
             self.0.lock().unwrap().push((id, Some(addrs)));
         }
-        fn forget(&self, id: NodeId) {
+        fn removed(&self, id: NodeId) {
             self.0.lock().unwrap().push((id, None));
         }
     }
@@ -334,7 +337,7 @@ mod tests {
             Entry {
                 index,
                 term: 1,
-                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+                payload: EntryPayload::Command(encode_entry(None, commands).unwrap()),
             }
         };
         let put = Op::Put { key: "k".into(), value: "v".into() };

@@ -51,8 +51,8 @@ fn config_error(e: impl std::fmt::Display) -> KvTlsError {
     KvTlsError::Config(e.to_string())
 }
 
-/// Issues `client.pem` / `client.key` in `dir` from the CA there (`ca.pem`, `ca.key`) unless
-/// both exist. Returns the client's TLS material.
+/// Issues `client.pem` / `client.key` (an administrator, `admin-operator.kv`) in `dir` from the
+/// CA there (`ca.pem`, `ca.key`) unless both exist. Returns the client's TLS material.
 pub fn ensure_client_cert(dir: &Path) -> Result<NodeTls, KvTlsError> {
     let (cert, key) = (dir.join(CLIENT_CERT_FILE), dir.join(CLIENT_KEY_FILE));
     if !(cert.exists() && key.exists()) {
@@ -60,9 +60,10 @@ pub fn ensure_client_cert(dir: &Path) -> Result<NodeTls, KvTlsError> {
             std::fs::read_to_string(&p).map_err(|source| KvTlsError::Io { path: p, source })
         };
         let ca = ClusterCa::from_pem(&read(dir.join("ca.pem"))?, &read(dir.join("ca.key"))?)?;
-        let issued = ca.issue(CLIENT_CERT_ID)?;
-        raft_quic::certs::write_pem_file(&key, &issued.key_pem, true)?;
-        raft_quic::certs::write_pem_file(&cert, &issued.cert_pem, false)?;
+        let (cert_pem, key_pem) =
+            super::role_certs::issue_role_cert(&ca.key_pem(), &super::auth::Principal::operator())?;
+        raft_quic::certs::write_pem_file(&key, &key_pem, true)?;
+        raft_quic::certs::write_pem_file(&cert, &cert_pem, false)?;
     }
     load_client_tls(dir)
 }
