@@ -1,0 +1,215 @@
+//! Attacks on the client port of real `kv-node` processes: the nested request that overflowed a
+//! node's stack, requests beyond a certificate's role, and answers that a client never reads.
+//! Time limits here only turn a hang into a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use examples::kv::auth::Principal;
+use examples::kv::client::ClientError;
+use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::role_certs::role_tls;
+use examples::kv::tls::client_config;
+use examples::kv::{ClientOptions, Connections, KvClient};
+use raft_core::NodeId;
+use raft_quic::quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use raft_quic::{node_dns_name, NodeTls};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn start(nodes: u64) -> ProcessCluster {
+    let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
+    let spec = ClusterSpec { nodes, ..ClusterSpec::default() };
+    ProcessCluster::start(launcher, spec).unwrap()
+}
+
+/// A raw QUIC connection to node `id`'s client port with `tls`, and quinn's `transport`.
+async fn raw_connection(
+    cluster: &ProcessCluster,
+    id: NodeId,
+    tls: &NodeTls,
+    transport: Option<TransportConfig>,
+) -> Result<(Endpoint, Connection), String> {
+    let mut config = client_config(tls).unwrap();
+    if let Some(transport) = transport {
+        config.transport_config(Arc::new(transport));
+    }
+    let endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = cluster.addrs(id).unwrap().client;
+    let connecting = endpoint.connect_with(config, addr, &node_dns_name(id)).unwrap();
+    let connection = connecting.await.map_err(|e| e.to_string())?;
+    Ok((endpoint, connection))
+}
+
+/// Sends `body` as one request frame and returns what comes back (bytes, or why nothing).
+async fn send_raw(connection: &Connection, body: &[u8]) -> Result<Vec<u8>, String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    send.write_all(&frame).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    recv.read_to_end(4 << 20).await.map_err(|e| e.to_string())
+}
+
+/// Every node answers a status request, and the cluster takes a write and reads it back.
+async fn every_node_serves(cluster: &ProcessCluster, connections: &Connections, key: &str) {
+    for id in cluster.ids() {
+        let status = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Ok(status) = connections.status(id).await {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        status.await.unwrap_or_else(|_| panic!("node {id} stopped serving"));
+    }
+    let client = KvClient::new(connections.clone());
+    client.put(key.to_owned(), "v").await.unwrap();
+    assert_eq!(client.get(key.to_owned()).await.unwrap(), Some(Bytes::from_static(b"v")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_request_crashes_no_node() {
+    let mut cluster = start(3);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    wait_for_leader(&connections, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    // The ~400 KB request of the issue: `Batch(Batch(...(Status)))`, 200,000 levels deep in
+    // the encoding of `raft-kv/2` (variant 3 = Batch, one item), sent to every node.
+    let mut nested = [3u8, 1].repeat(200_000);
+    nested.push(1);
+    for id in cluster.ids() {
+        let (endpoint, connection) =
+            raw_connection(&cluster, id, cluster.client_tls(), None).await.unwrap();
+        let answer = tokio::time::timeout(PATIENCE, send_raw(&connection, &nested)).await;
+        // Whatever the answer (a refusal), the node must live on.
+        let _ = answer.expect("an answer or a failure, not a hang");
+        endpoint.close(0u32.into(), b"done");
+    }
+    every_node_serves(&cluster, &connections, "after-nesting").await;
+    for id in cluster.ids() {
+        assert!(cluster.is_running(id), "node {id} died");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administration_needs_an_admin_certificate() {
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    let certs = cluster.dir().join("certs");
+
+    // A plain client reads and writes keys...
+    let alice_tls = role_tls(&certs, &Principal::client("alice").unwrap()).unwrap();
+    let options = ClientOptions { op_timeout: Duration::from_secs(5), ..ClientOptions::default() };
+    let alice = Connections::new(cluster.client_endpoints(), &alice_tls, options.clone()).unwrap();
+    let client = KvClient::new(alice.clone());
+    client.put("k", "1").await.unwrap();
+    assert!(client.cas("k", Some(Bytes::from_static(b"1")), None).await.unwrap());
+    assert_eq!(client.get("k").await.unwrap(), None);
+    // ...and nothing else.
+    let forbidden = |r: Result<_, ClientError>| matches!(r, Err(ClientError::Forbidden(_)));
+    let follower = *cluster.ids().iter().find(|&&id| id != leader.id).unwrap();
+    assert!(forbidden(alice.status(leader.id).await.map(|_| ())));
+    assert!(forbidden(alice.member_list().await.map(|_| ())));
+    assert!(forbidden(alice.member_remove(follower).await.map(|_| ())));
+    assert!(forbidden(alice.transfer_leader(follower).await.map(|_| ())));
+    let outsider: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert!(forbidden(alice.member_add(9, outsider, outsider).await.map(|_| ())));
+    assert!(forbidden(alice.partition(leader.id, vec![follower]).await));
+    // Nothing changed.
+    let list = admin.member_list().await.unwrap();
+    assert_eq!(list.members.iter().filter(|m| m.voter).count(), 3);
+    assert_eq!(list.leader, Some(leader.id));
+
+    // A node's certificate is not a client: the connection is closed before any request.
+    let node_tls = NodeTls::load(&certs, follower).unwrap();
+    let (_endpoint, connection) =
+        raw_connection(&cluster, leader.id, &node_tls, None).await.unwrap();
+    let status =
+        examples::kv::protocol::encode(&examples::kv::protocol::ClientRequest::Status).unwrap();
+    let answer = tokio::time::timeout(PATIENCE, send_raw(&connection, &status[4..])).await;
+    assert!(answer.unwrap().is_err(), "a node certificate got an answer");
+
+    // The administrator may.
+    admin.transfer_leader(follower).await.unwrap();
+    alice.close().await;
+    admin.close().await;
+}
+
+/// Resident memory of process `pid`, in bytes (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_do_not_exhaust_a_node() {
+    const VALUE: usize = 500 << 10;
+    const CONNECTIONS: usize = 4;
+    const STREAMS: usize = 250;
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    let client = KvClient::new(admin.clone());
+    client.put("big", Bytes::from(vec![7u8; VALUE])).await.unwrap();
+    let pid = cluster.pid(leader.id).unwrap();
+    let before = rss_bytes(pid);
+
+    // Clients that open many streams of gets of the large value and never read the answers,
+    // granting little flow-control credit: 4 connections x 250 streams x 500 KiB = 500 MB of
+    // answers if the node held them all.
+    let certs = cluster.dir().join("certs");
+    let mallory_tls = role_tls(&certs, &Principal::client("mallory").unwrap()).unwrap();
+    let get = examples::kv::protocol::encode(&examples::kv::protocol::ClientRequest::Command(
+        examples::kv::command::Command {
+            session: None,
+            op: examples::kv::command::Op::Get { key: Bytes::from_static(b"big") },
+        },
+    ))
+    .unwrap();
+    let (mut held, mut endpoints) = (Vec::new(), Vec::new());
+    for _ in 0..CONNECTIONS {
+        let mut transport = TransportConfig::default();
+        transport
+            .stream_receive_window(VarInt::from_u32(1024))
+            .receive_window(VarInt::from_u32(64 << 10));
+        let (endpoint, connection) =
+            raw_connection(&cluster, leader.id, &mallory_tls, Some(transport)).await.unwrap();
+        for _ in 0..STREAMS {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
+            send.write_all(&get).await.unwrap();
+            send.finish().unwrap();
+            held.push((send, recv));
+        }
+        endpoints.push((endpoint, connection));
+    }
+    // While the answers are withheld, the node's memory stays bounded and others are served.
+    let other = role_tls(&certs, &Principal::client("bob").unwrap()).unwrap();
+    let bob =
+        Connections::new(cluster.client_endpoints(), &other, ClientOptions::default()).unwrap();
+    let bob = KvClient::new(bob);
+    let mut peak = 0;
+    for round in 0..20 {
+        let value = tokio::time::timeout(PATIENCE, bob.get("big")).await.unwrap().unwrap();
+        assert_eq!(value.map(|v| v.len()), Some(VALUE), "round {round}");
+        bob.put(format!("bob-{round}"), "x").await.unwrap();
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
+    assert!(grown < 200 << 20, "the node held {grown} bytes for unread answers");
+    drop(held);
+    drop(endpoints);
+}
