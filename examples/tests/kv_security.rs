@@ -213,3 +213,49 @@ async fn unread_answers_do_not_exhaust_a_node() {
     drop(held);
     drop(endpoints);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answers_only_to_the_certificate_that_opened_it() {
+    use examples::kv::command::{Command, KvError, Op, OpResult, SessionRef};
+    use examples::kv::protocol::{ClientRequest, ClientResponse};
+
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader").id;
+    let certs = cluster.dir().join("certs");
+    let connect = |name: &str| {
+        let tls = role_tls(&certs, &Principal::client(name).unwrap()).unwrap();
+        Connections::new(cluster.client_endpoints(), &tls, ClientOptions::default()).unwrap()
+    };
+    let (alice, mallory) = (connect("alice"), connect("mallory"));
+    let call = |connections: &Connections, command: Command| {
+        let connections = connections.clone();
+        async move {
+            let request = ClientRequest::Command(command);
+            match connections.call_within(leader, &request, PATIENCE).await.unwrap() {
+                ClientResponse::Applied(answer) => answer,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let put = |id, seq, ack_below, value: &'static str| Command {
+        session: Some(SessionRef { id, seq, ack_below }),
+        op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(value.as_bytes()) },
+    };
+    // Alice opens a session; Mallory learns its id (here: is told it).
+    let id = 0x5eed;
+    let register = Command { session: None, op: Op::Register { id } };
+    assert_eq!(call(&alice, register.clone()).await, Ok(OpResult::Registered { id }));
+    // Mallory can neither take the id over, nor consume Alice's next sequence number, nor
+    // acknowledge her answers away.
+    assert_eq!(call(&mallory, register).await, Err(KvError::SessionTaken));
+    assert_eq!(call(&mallory, put(id, 0, 0, "mallory")).await, Err(KvError::UnknownSession));
+    assert_eq!(call(&mallory, put(id, 9, 9, "mallory")).await, Err(KvError::UnknownSession));
+    // Alice's write with sequence number 0 is applied (not answered from a cached answer of
+    // Mallory's), and her answers are still there for her retries.
+    assert_eq!(call(&alice, put(id, 0, 0, "alice")).await, Ok(OpResult::Written));
+    assert_eq!(call(&alice, put(id, 1, 0, "alice-1")).await, Ok(OpResult::Written));
+    assert_eq!(call(&alice, put(id, 0, 0, "alice")).await, Ok(OpResult::Written));
+    let reader = KvClient::new(admin.clone());
+    assert_eq!(reader.get("k").await.unwrap(), Some(Bytes::from_static(b"alice-1")));
+}
