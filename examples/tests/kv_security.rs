@@ -259,3 +259,56 @@ async fn a_session_answers_only_to_the_certificate_that_opened_it() {
     let reader = KvClient::new(admin.clone());
     assert_eq!(reader.get("k").await.unwrap(), Some(Bytes::from_static(b"alice-1")));
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_do_not_exhaust_a_node() {
+    const CONNECTIONS: usize = 4;
+    const STREAMS: usize = 64;
+    const BODY: usize = 1 << 20;
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    let pid = cluster.pid(leader.id).unwrap();
+    let before = rss_bytes(pid);
+    // Streams that announce and send a 1 MiB request but never finish it: 4 x 64 x 1 MiB =
+    // 256 MiB if the node buffered them all.
+    let certs = cluster.dir().join("certs");
+    let mallory_tls = role_tls(&certs, &Principal::client("mallory").unwrap()).unwrap();
+    let mut frame = (BODY as u32).to_be_bytes().to_vec();
+    frame.resize(4 + BODY, 0);
+    let frame = Bytes::from(frame);
+    let (mut held, mut endpoints) = (Vec::new(), Vec::new());
+    for _ in 0..CONNECTIONS {
+        let (endpoint, connection) =
+            raw_connection(&cluster, leader.id, &mallory_tls, None).await.unwrap();
+        for _ in 0..STREAMS {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
+            let frame = frame.clone();
+            // Writes block once the node grants no more credit: do not wait for them.
+            let writer = tokio::spawn(async move {
+                let _ = send.write_all(&frame).await;
+                send
+            });
+            held.push((writer, recv));
+        }
+        endpoints.push((endpoint, connection));
+    }
+    let other = role_tls(&certs, &Principal::client("bob").unwrap()).unwrap();
+    let bob =
+        Connections::new(cluster.client_endpoints(), &other, ClientOptions::default()).unwrap();
+    let bob = KvClient::new(bob);
+    let mut peak = 0;
+    for round in 0..20 {
+        tokio::time::timeout(PATIENCE, bob.put(format!("bob-{round}"), "x"))
+            .await
+            .unwrap()
+            .unwrap();
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
+    assert!(grown < 150 << 20, "the node held {grown} bytes of unfinished requests");
+    drop((held, endpoints));
+}

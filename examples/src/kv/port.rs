@@ -1,14 +1,19 @@
 //! The client port: accepts QUIC connections (mutual TLS), names each one's [`Principal`]
 //! from its certificate, and serves every bidirectional stream as one request.
 //!
-//! Memory held for answers not yet read is bounded per connection
-//! ([`CONNECTION_ANSWER_BYTES`]) and per node ([`NODE_ANSWER_BYTES`]): before an answer is
-//! encoded, its size is reserved from both budgets, and the reservation is held until the
-//! client acknowledged every byte of it (so quinn's send buffers are covered too). An answer
-//! must be reserved, written and acknowledged within [`ANSWER_WRITE_TIMEOUT`]; otherwise its
-//! stream is reset ([`ANSWER_TIMED_OUT`]) and its memory released. A client that withholds
-//! flow-control credit thus holds at most its connection's budget, for at most that long per
-//! answer, and never delays the answers of other connections beyond the node budget.
+//! Memory is bounded per connection and per node, for requests and for answers alike (two
+//! [`Budget`]s: [`CONNECTION_BYTES`] and [`NODE_BYTES`] each):
+//!
+//! * What a client sent that the node has not read yet is bounded by the connection's receive
+//!   window ([`CONNECTION_RECEIVE_WINDOW`]). A request's announced length is reserved before
+//!   its body is read; the reservation is held until the request has been handled. A request must arrive within [`RECEIVE_TIMEOUT`] (its
+//!   reservation included), else its stream is reset ([`REQUEST_TIMED_OUT`]).
+//! * An answer's encoded size is reserved before it is encoded, and held until the client
+//!   acknowledged every byte of it (so quinn's send buffers are covered too). An answer must be
+//!   reserved, written and acknowledged within [`ANSWER_WRITE_TIMEOUT`], else its stream is
+//!   reset ([`ANSWER_TIMED_OUT`]) and its memory released. A client that withholds
+//!   flow-control credit thus holds at most its connection's budget, for at most that long per
+//!   answer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,14 +28,18 @@ use super::protocol::{self, ClientResponse, MAX_FRAME_BYTES};
 use super::server::ClientService;
 
 /// The longest a client may take to send its request once it opened the stream.
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an answer may take from the moment it is ready until the client acknowledged
 /// all of it (waiting for the answer budgets included).
 pub const ANSWER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most bytes of answers one connection may hold unread (at least one largest frame).
-pub const CONNECTION_ANSWER_BYTES: usize = 4 * (MAX_FRAME_BYTES + 4);
-/// The most bytes of answers all connections of a node may hold unread.
-pub const NODE_ANSWER_BYTES: usize = 64 << 20;
+/// The most bytes one connection may hold in requests being handled, and (separately) in
+/// answers not yet acknowledged: four of the largest frames.
+pub const CONNECTION_BYTES: usize = 4 * (MAX_FRAME_BYTES + 4);
+/// The most bytes a client may send on one connection that the node has not read yet (quinn's
+/// connection receive window; the client port's server configuration sets it).
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 8 << 20;
+/// The most bytes all connections of a node may hold in requests, and (separately) in answers.
+pub const NODE_BYTES: usize = 64 << 20;
 /// Stream reset code: the answer was not read in time.
 pub const ANSWER_TIMED_OUT: VarInt = VarInt::from_u32(1);
 /// Stream reset code: the request was not received in time.
@@ -38,12 +47,42 @@ pub const REQUEST_TIMED_OUT: VarInt = VarInt::from_u32(2);
 /// Connection close code: the certificate names no client role.
 pub const NO_ROLE: VarInt = VarInt::from_u32(3);
 
-/// A node's client port: the service, the connection slots and the node-wide answer budget.
+/// A byte budget: a connection's share and the node's, reserved together.
+#[derive(Debug, Clone)]
+struct Budget {
+    connection: Arc<Semaphore>,
+    node: Arc<Semaphore>,
+}
+
+/// Bytes reserved from a [`Budget`]; released when dropped.
+struct Reservation {
+    _connection: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+}
+
+impl Budget {
+    fn for_connection(node: &Arc<Semaphore>) -> Self {
+        Self { connection: Arc::new(Semaphore::new(CONNECTION_BYTES)), node: Arc::clone(node) }
+    }
+
+    /// Waits until `bytes` are free in both shares (the connection's first).
+    async fn reserve(&self, bytes: usize) -> Result<Reservation, protocol::FrameError> {
+        let permits = u32::try_from(bytes).map_err(|_| protocol::FrameError::TooLarge)?;
+        let closed = |e: tokio::sync::AcquireError| protocol::FrameError::Stream(e.to_string());
+        let connection =
+            Arc::clone(&self.connection).acquire_many_owned(permits).await.map_err(closed)?;
+        let node = Arc::clone(&self.node).acquire_many_owned(permits).await.map_err(closed)?;
+        Ok(Reservation { _connection: connection, _node: node })
+    }
+}
+
+/// A node's client port: the service, the connection slots and the node-wide budgets.
 #[derive(Debug)]
 pub struct ClientPort {
     service: Arc<ClientService>,
     max_connections: usize,
     connections: AtomicUsize,
+    requests: Arc<Semaphore>,
     answers: Arc<Semaphore>,
 }
 
@@ -54,13 +93,16 @@ impl ClientPort {
             service,
             max_connections,
             connections: AtomicUsize::new(0),
-            answers: Arc::new(Semaphore::new(NODE_ANSWER_BYTES)),
+            requests: Arc::new(Semaphore::new(NODE_BYTES)),
+            answers: Arc::new(Semaphore::new(NODE_BYTES)),
         })
     }
 
-    /// Bytes of answers currently held for clients, node-wide.
-    pub fn answer_bytes_held(&self) -> usize {
-        NODE_ANSWER_BYTES - self.answers.available_permits()
+    /// Bytes currently reserved node-wide for requests being handled and for answers not yet
+    /// acknowledged.
+    pub fn bytes_held(&self) -> (usize, usize) {
+        let held = |budget: &Semaphore| NODE_BYTES - budget.available_permits();
+        (held(&self.requests), held(&self.answers))
     }
 }
 
@@ -87,10 +129,11 @@ impl Drop for Slot {
     }
 }
 
-/// One connection's share: its principal and its answer budget.
+/// One connection's principal and budgets.
 struct Peer {
     principal: Principal,
-    answers: Arc<Semaphore>,
+    requests: Budget,
+    answers: Budget,
 }
 
 async fn serve_connection(incoming: Incoming, port: Arc<ClientPort>) {
@@ -112,8 +155,11 @@ async fn serve_connection(incoming: Incoming, port: Arc<ClientPort>) {
         }
     };
     debug!(%remote, %principal, "client connected");
-    let peer =
-        Arc::new(Peer { principal, answers: Arc::new(Semaphore::new(CONNECTION_ANSWER_BYTES)) });
+    let peer = Arc::new(Peer {
+        principal,
+        requests: Budget::for_connection(&slot.0.requests),
+        answers: Budget::for_connection(&slot.0.answers),
+    });
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
@@ -133,10 +179,18 @@ async fn serve_stream(
     port: Arc<ClientPort>,
     peer: Arc<Peer>,
 ) {
-    let response = match tokio::time::timeout(RECEIVE_TIMEOUT, protocol::read(&mut recv)).await {
-        Ok(Ok(request)) => {
+    let received = tokio::time::timeout(RECEIVE_TIMEOUT, async {
+        let len = protocol::read_len(&mut recv).await?;
+        let reservation = peer.requests.reserve(len).await?;
+        let request = protocol::read_body(&mut recv, len).await?;
+        Ok::<_, protocol::FrameError>((request, reservation))
+    });
+    let response = match received.await {
+        Ok(Ok((request, reservation))) => {
             drop(recv);
-            port.service.handle(&peer.principal, request).await
+            let response = port.service.handle(&peer.principal, request).await;
+            drop(reservation);
+            response
         }
         Ok(Err(e)) => {
             debug!("bad client request: {e}");
@@ -147,9 +201,7 @@ async fn serve_stream(
             return;
         }
     };
-    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, answer(&mut send, &response, &port, &peer))
-        .await
-    {
+    match tokio::time::timeout(ANSWER_WRITE_TIMEOUT, answer(&mut send, &response, &peer)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!("cannot answer a client: {e}"),
         Err(_) => {
@@ -159,32 +211,18 @@ async fn serve_stream(
     }
 }
 
-/// Reserves the answer's bytes from the connection's and the node's budgets, writes it, and
-/// holds the reservation until the client acknowledged all of it.
+/// Reserves the answer's bytes from the connection's and the node's answer budgets, writes it,
+/// and holds the reservation until the client acknowledged all of it.
 async fn answer(
     send: &mut SendStream,
     response: &ClientResponse,
-    port: &ClientPort,
     peer: &Peer,
 ) -> Result<(), protocol::FrameError> {
-    let size = protocol::frame_size(response)?;
-    let _reserved = reserve(&peer.answers, size).await?;
-    let _reserved_node = reserve(&port.answers, size).await?;
+    let _reservation = peer.answers.reserve(protocol::frame_size(response)?).await?;
     let frame = protocol::encode(response)?;
     send.write_all(&frame).await.map_err(|e| protocol::FrameError::Stream(e.to_string()))?;
     drop(frame);
     send.finish().map_err(|e| protocol::FrameError::Stream(e.to_string()))?;
     send.stopped().await.map_err(|e| protocol::FrameError::Stream(e.to_string()))?;
     Ok(())
-}
-
-async fn reserve(
-    budget: &Arc<Semaphore>,
-    bytes: usize,
-) -> Result<OwnedSemaphorePermit, protocol::FrameError> {
-    let permits = u32::try_from(bytes).map_err(|_| protocol::FrameError::TooLarge)?;
-    Arc::clone(budget)
-        .acquire_many_owned(permits)
-        .await
-        .map_err(|e| protocol::FrameError::Stream(e.to_string()))
 }

@@ -323,6 +323,38 @@ pub async fn read<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, Frame
     decode(&frame)
 }
 
+/// Reads the length header of the one frame of a stream direction, checked against
+/// [`MAX_FRAME_BYTES`] (so that the caller can reserve memory for the body before reading it).
+pub async fn read_len(recv: &mut RecvStream) -> Result<usize, FrameError> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(len)
+}
+
+/// Reads and decodes the `len`-byte body announced by [`read_len`]; the stream must end there.
+pub async fn read_body<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    len: usize,
+) -> Result<T, FrameError> {
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        raft_quic::quinn::ReadExactError::FinishedEarly(actual) => {
+            FrameError::Length { announced: len, actual }
+        }
+        other => FrameError::Stream(other.to_string()),
+    })?;
+    match recv.read(&mut [0u8; 1]).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(FrameError::Length { announced: len, actual: len + 1 }),
+        Err(e) => return Err(FrameError::Stream(e.to_string())),
+    }
+    postcard::from_bytes(&body).map_err(|e| FrameError::Decode(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -106,10 +106,11 @@ pub fn server_config(
     rustls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(rustls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config
-        .transport_config(Arc::new(transport(max_streams, None)?))
-        .max_incoming(max_connections)
-        .migration(false);
+    let mut transport = transport(max_streams, None)?;
+    // What a client may send that the node has not read yet, across all its streams (the
+    // client port reserves what it reads from its own budget: `kv::port`).
+    transport.receive_window(VarInt::from_u32(super::port::CONNECTION_RECEIVE_WINDOW));
+    config.transport_config(Arc::new(transport)).max_incoming(max_connections).migration(false);
     Ok(config)
 }
 
