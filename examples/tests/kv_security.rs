@@ -152,6 +152,31 @@ fn rss_bytes(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// Another plain client, `client-bob.kv`.
+fn bob(cluster: &ProcessCluster) -> KvClient {
+    let tls = role_tls(&cluster.dir().join("certs"), &Principal::client("bob").unwrap()).unwrap();
+    KvClient::new(
+        Connections::new(cluster.client_endpoints(), &tls, ClientOptions::default()).unwrap(),
+    )
+}
+
+/// The peak resident memory of process `pid` while `bob` writes 20 times (and reads the key
+/// `big`, which holds `big` bytes, if given), each within the test's patience.
+async fn peak_rss_while_served(pid: u32, bob: &KvClient, big: Option<usize>) -> u64 {
+    let mut peak = 0;
+    for round in 0..20 {
+        if let Some(len) = big {
+            let value = tokio::time::timeout(PATIENCE, bob.get("big")).await.unwrap().unwrap();
+            assert_eq!(value.map(|v| v.len()), Some(len), "round {round}");
+        }
+        let put = bob.put(format!("bob-{round}"), "x");
+        tokio::time::timeout(PATIENCE, put).await.unwrap().unwrap();
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_answers_do_not_exhaust_a_node() {
@@ -195,18 +220,8 @@ async fn unread_answers_do_not_exhaust_a_node() {
         endpoints.push((endpoint, connection));
     }
     // While the answers are withheld, the node's memory stays bounded and others are served.
-    let other = role_tls(&certs, &Principal::client("bob").unwrap()).unwrap();
-    let bob =
-        Connections::new(cluster.client_endpoints(), &other, ClientOptions::default()).unwrap();
-    let bob = KvClient::new(bob);
-    let mut peak = 0;
-    for round in 0..20 {
-        let value = tokio::time::timeout(PATIENCE, bob.get("big")).await.unwrap().unwrap();
-        assert_eq!(value.map(|v| v.len()), Some(VALUE), "round {round}");
-        bob.put(format!("bob-{round}"), "x").await.unwrap();
-        peak = peak.max(rss_bytes(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let bob = bob(&cluster);
+    let peak = peak_rss_while_served(pid, &bob, Some(VALUE)).await;
     let grown = peak.saturating_sub(before);
     println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
     assert!(grown < 200 << 20, "the node held {grown} bytes for unread answers");
@@ -294,19 +309,7 @@ async fn unfinished_requests_do_not_exhaust_a_node() {
         }
         endpoints.push((endpoint, connection));
     }
-    let other = role_tls(&certs, &Principal::client("bob").unwrap()).unwrap();
-    let bob =
-        Connections::new(cluster.client_endpoints(), &other, ClientOptions::default()).unwrap();
-    let bob = KvClient::new(bob);
-    let mut peak = 0;
-    for round in 0..20 {
-        tokio::time::timeout(PATIENCE, bob.put(format!("bob-{round}"), "x"))
-            .await
-            .unwrap()
-            .unwrap();
-        peak = peak.max(rss_bytes(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let peak = peak_rss_while_served(pid, &bob(&cluster), None).await;
     let grown = peak.saturating_sub(before);
     println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
     assert!(grown < 150 << 20, "the node held {grown} bytes of unfinished requests");
