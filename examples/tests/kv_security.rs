@@ -327,13 +327,16 @@ async fn black_hole_relay(server: SocketAddr) -> SocketAddr {
         let mut upstream = std::collections::HashMap::new();
         let mut buf = vec![0u8; 65536];
         while let Ok((len, from)) = relay.recv_from(&mut buf).await {
-            if !upstream.contains_key(&from) {
-                let Ok(socket) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else { continue };
-                upstream.insert(from, socket);
-            }
-            if let Some(socket) = upstream.get(&from) {
-                let _ = socket.send_to(&buf[..len], server).await;
-            }
+            let socket = match upstream.entry(from) {
+                std::collections::hash_map::Entry::Occupied(socket) => socket.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    match tokio::net::UdpSocket::bind("127.0.0.1:0").await {
+                        Ok(socket) => slot.insert(socket),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let _ = socket.send_to(&buf[..len], server).await;
         }
     });
     addr
