@@ -97,13 +97,6 @@ impl ClientPort {
             answers: Arc::new(Semaphore::new(NODE_BYTES)),
         })
     }
-
-    /// Bytes currently reserved node-wide for requests being handled and for answers not yet
-    /// acknowledged.
-    pub fn bytes_held(&self) -> (usize, usize) {
-        let held = |budget: &Semaphore| NODE_BYTES - budget.available_permits();
-        (held(&self.requests), held(&self.answers))
-    }
 }
 
 /// Accepts client connections on `endpoint` until it is closed.
