@@ -15,7 +15,7 @@ use raft_core::{
     InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
     ReadIndexError, Role, TransferError,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use super::auth::Principal;
 use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
@@ -100,7 +100,8 @@ impl ClientService {
     /// sessions they may use) and its reads go through [`ClientService::read`] together.
     pub async fn handle(&self, principal: &Principal, request: ClientRequest) -> ClientResponse {
         if !principal.may(&request) {
-            info!(node = self.node.id(), %principal, "refused a request that needs the admin role");
+            // Not logged above debug: a client could fill the log with such requests.
+            debug!(node = self.node.id(), %principal, "refused a request that needs the admin role");
             return ClientResponse::Forbidden(format!(
                 "{principal} may not make this request: it needs an admin certificate"
             ));
