@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use examples::kv::auth::Principal;
 use examples::kv::client::ClientError;
 use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
-use examples::kv::role_certs::role_tls;
-use examples::kv::tls::client_config;
+use examples::kv::tls::{
+    client_config, issue_user, load_client_tls, CertRole, DEFAULT_CERT_LIFETIME,
+};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
 use raft_quic::quinn::{Connection, Endpoint, TransportConfig, VarInt};
@@ -24,6 +24,13 @@ fn start(nodes: u64) -> ProcessCluster {
     let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
     let spec = ClusterSpec { nodes, ..ClusterSpec::default() };
     ProcessCluster::start(launcher, spec).unwrap()
+}
+
+/// A new plain client certificate, `client-<name>.kv`, issued by the cluster's client CA.
+fn client_tls(cluster: &ProcessCluster, name: &str) -> NodeTls {
+    let (ca, certs) = (cluster.ca_dir(), cluster.certs_dir());
+    issue_user(&ca, &certs, CertRole::Client, name, DEFAULT_CERT_LIFETIME).unwrap();
+    load_client_tls(&certs, &CertRole::Client.file_stem(name)).unwrap()
 }
 
 /// A raw QUIC connection to node `id`'s client port with `tls`, and quinn's `transport`.
@@ -100,10 +107,9 @@ async fn administration_needs_an_admin_certificate() {
     let cluster = start(3);
     let admin = cluster.connections(ClientOptions::default()).unwrap();
     let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
-    let certs = cluster.dir().join("certs");
 
     // A plain client reads and writes keys...
-    let alice_tls = role_tls(&certs, &Principal::client("alice").unwrap()).unwrap();
+    let alice_tls = client_tls(&cluster, "alice");
     let options = ClientOptions { op_timeout: Duration::from_secs(5), ..ClientOptions::default() };
     let alice = Connections::new(cluster.client_endpoints(), &alice_tls, options.clone()).unwrap();
     let client = KvClient::new(alice.clone());
@@ -127,7 +133,7 @@ async fn administration_needs_an_admin_certificate() {
     assert_eq!(voters, cluster.ids());
 
     // A node's certificate is not a client: the connection is closed before any request.
-    let node_tls = NodeTls::load(&certs, follower).unwrap();
+    let node_tls = NodeTls::load(cluster.certs_dir(), follower).unwrap();
     let (_endpoint, connection) =
         raw_connection(&cluster, leader.id, &node_tls, None).await.unwrap();
     let status =
@@ -155,7 +161,7 @@ fn rss_bytes(pid: u32) -> u64 {
 
 /// Another plain client, `client-bob.kv`.
 fn bob(cluster: &ProcessCluster) -> KvClient {
-    let tls = role_tls(&cluster.dir().join("certs"), &Principal::client("bob").unwrap()).unwrap();
+    let tls = client_tls(cluster, "bob");
     KvClient::new(
         Connections::new(cluster.client_endpoints(), &tls, ClientOptions::default()).unwrap(),
     )
@@ -195,8 +201,7 @@ async fn unread_answers_do_not_exhaust_a_node() {
     // Clients that open many streams of gets of the large value and never read the answers,
     // granting little flow-control credit: 4 connections x 250 streams x 500 KiB = 500 MB of
     // answers if the node held them all.
-    let certs = cluster.dir().join("certs");
-    let mallory_tls = role_tls(&certs, &Principal::client("mallory").unwrap()).unwrap();
+    let mallory_tls = client_tls(&cluster, "mallory");
     let get = examples::kv::protocol::encode(&examples::kv::protocol::ClientRequest::Command(
         examples::kv::command::Command {
             session: None,
@@ -238,9 +243,8 @@ async fn a_session_answers_only_to_the_certificate_that_opened_it() {
     let cluster = start(3);
     let admin = cluster.connections(ClientOptions::default()).unwrap();
     let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader").id;
-    let certs = cluster.dir().join("certs");
     let connect = |name: &str| {
-        let tls = role_tls(&certs, &Principal::client(name).unwrap()).unwrap();
+        let tls = client_tls(&cluster, name);
         Connections::new(cluster.client_endpoints(), &tls, ClientOptions::default()).unwrap()
     };
     let (alice, mallory) = (connect("alice"), connect("mallory"));
@@ -289,8 +293,7 @@ async fn unfinished_requests_do_not_exhaust_a_node() {
     let before = rss_bytes(pid);
     // Streams that announce and send a 1 MiB request but never finish it: 4 x 64 x 1 MiB =
     // 256 MiB if the node buffered them all.
-    let certs = cluster.dir().join("certs");
-    let mallory_tls = role_tls(&certs, &Principal::client("mallory").unwrap()).unwrap();
+    let mallory_tls = client_tls(&cluster, "mallory");
     let mut frame = (BODY as u32).to_be_bytes().to_vec();
     frame.resize(4 + BODY, 0);
     let frame = Bytes::from(frame);
@@ -346,8 +349,6 @@ async fn black_hole_relay(server: SocketAddr) -> SocketAddr {
 const CONNECT_AFTER_FLOOD: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until the client port counts its slots after the handshake (the reusable \
-            accept gate of raft-quic); run with --ignored"]
 async fn a_half_open_handshake_flood_does_not_lock_clients_out() {
     let cluster = start(1);
     let admin = cluster.connections(ClientOptions::default()).unwrap();

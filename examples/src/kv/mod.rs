@@ -28,7 +28,6 @@ pub mod fault;
 pub mod node;
 pub mod port;
 pub mod protocol;
-pub mod role_certs;
 pub mod server;
 pub mod sessions;
 pub mod state;

@@ -1,6 +1,11 @@
 //! The client port: accepts QUIC connections (mutual TLS), names each one's [`Principal`]
 //! from its certificate, and serves every bidirectional stream as one request.
 //!
+//! Admission goes through a [`Gate`] (the same as the Raft port's): a connection slot is taken
+//! only once the handshake succeeded, unvalidated source addresses get a QUIC Retry, handshakes
+//! are limited in number (in all and per IP) and in time, and failed attempts are logged at
+//! most once per interval per remote. A flood of half-open handshakes thus holds no slot.
+//!
 //! Memory is bounded per connection and per node, for requests and for answers alike (two
 //! [`Budget`]s: [`CONNECTION_BYTES`] and [`NODE_BYTES`] each):
 //!
@@ -15,13 +20,14 @@
 //!   flow-control credit thus holds at most its connection's budget, for at most that long per
 //!   answer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_quic::quinn::{Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use raft_quic::accept::ConnectionSlot;
+use raft_quic::quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+use raft_quic::{Gate, GateConfig};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::auth::{principal_of, Principal};
 use super::protocol::{self, ClientResponse, MAX_FRAME_BYTES};
@@ -76,23 +82,27 @@ impl Budget {
     }
 }
 
-/// A node's client port: the service, the connection slots and the node-wide budgets.
+/// A node's client port: the service, the admission gate and the node-wide budgets.
 #[derive(Debug)]
 pub struct ClientPort {
     service: Arc<ClientService>,
-    max_connections: usize,
-    connections: AtomicUsize,
+    gate: Gate,
     requests: Arc<Semaphore>,
     answers: Arc<Semaphore>,
 }
 
 impl ClientPort {
-    /// A port serving `service` to at most `max_connections` clients at once.
+    /// A port serving `service` to at most `max_connections` clients at once (counted after
+    /// their handshake; the gate's other limits are [`GateConfig::new`]'s).
     pub fn new(service: Arc<ClientService>, max_connections: usize) -> Arc<Self> {
+        let gate = Gate::new(
+            "kv client port",
+            GateConfig::new(max_connections),
+            Arc::new(raft_quic::TokioRuntime),
+        );
         Arc::new(Self {
             service,
-            max_connections,
-            connections: AtomicUsize::new(0),
+            gate,
             requests: Arc::new(Semaphore::new(NODE_BYTES)),
             answers: Arc::new(Semaphore::new(NODE_BYTES)),
         })
@@ -102,24 +112,15 @@ impl ClientPort {
 /// Accepts client connections on `endpoint` until it is closed.
 pub async fn accept_loop(endpoint: Endpoint, port: Arc<ClientPort>) {
     while let Some(incoming) = endpoint.accept().await {
-        if port.connections.fetch_add(1, Ordering::AcqRel) >= port.max_connections {
-            port.connections.fetch_sub(1, Ordering::AcqRel);
-            warn!(remote = %incoming.remote_address(), "refusing client: too many connections");
-            incoming.refuse();
-            continue;
-        }
-        tokio::spawn(serve_connection(incoming, Arc::clone(&port)));
+        let Some(handshake) = port.gate.admit(incoming) else { continue };
+        let port = Arc::clone(&port);
+        tokio::spawn(async move {
+            if let Some((connection, slot)) = handshake.complete().await {
+                serve_connection(connection, slot, port).await;
+            }
+        });
     }
     debug!("client endpoint closed");
-}
-
-/// Releases a connection slot when dropped.
-struct Slot(Arc<ClientPort>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// One connection's principal and budgets.
@@ -129,34 +130,28 @@ struct Peer {
     answers: Budget,
 }
 
-async fn serve_connection(incoming: Incoming, port: Arc<ClientPort>) {
-    let slot = Slot(port);
-    let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(e) => {
-            warn!(%remote, "client handshake failed: {e}");
-            return;
-        }
-    };
+/// Serves an admitted connection until it ends; its gate slot is released then.
+async fn serve_connection(connection: Connection, slot: ConnectionSlot, port: Arc<ClientPort>) {
+    let _slot = slot;
+    let remote = connection.remote_address();
     let principal = match principal_of(&connection) {
         Ok(principal) => principal,
         Err(e) => {
-            info!(%remote, "refusing client connection: {e}");
-            connection.close(NO_ROLE, b"the certificate names no client role");
+            // Logged through the gate: at most once per interval per remote IP.
+            port.gate.reject(&connection, NO_ROLE, &e.to_string());
             return;
         }
     };
     debug!(%remote, %principal, "client connected");
     let peer = Arc::new(Peer {
         principal,
-        requests: Budget::for_connection(&slot.0.requests),
-        answers: Budget::for_connection(&slot.0.answers),
+        requests: Budget::for_connection(&port.requests),
+        answers: Budget::for_connection(&port.answers),
     });
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, Arc::clone(&slot.0), Arc::clone(&peer)));
+                tokio::spawn(serve_stream(send, recv, Arc::clone(&port), Arc::clone(&peer)));
             }
             Err(e) => {
                 debug!(%remote, "client connection ended: {e}");
