@@ -385,3 +385,48 @@ async fn a_half_open_handshake_flood_does_not_lock_clients_out() {
     assert!(send_raw(&connection, &status[4..]).await.is_ok());
     drop(flood);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_for_good_even_after_a_restart() {
+    use examples::kv::cluster::{read_log, wait_applied};
+    const REFUSED: &str = "refusing removed node from now on";
+
+    let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
+    // Frequent snapshots: the restarted node restores the tombstone from one.
+    let spec = ClusterSpec { nodes: 3, snapshot_entries: 20, ..ClusterSpec::default() };
+    let mut cluster = ProcessCluster::start(launcher, spec).unwrap();
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader").id;
+    let removed = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let kept: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != removed).collect();
+    admin.member_remove(removed).await.unwrap();
+    // The removed node keeps running with its still-valid certificate.
+    assert!(cluster.is_running(removed));
+    let client = KvClient::new(admin.clone());
+    for i in 0..60 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    let refusals = |cluster: &ProcessCluster, id: NodeId| {
+        read_log(&cluster.log_path(id)).lines().filter(|l| l.contains(REFUSED)).count()
+    };
+    for &id in &kept {
+        assert_eq!(refusals(&cluster, id), 1, "node {id} refuses node {removed}");
+    }
+    // A member restarts: it refuses the removed node again, from its restored state, before
+    // it serves Raft traffic.
+    let restarted = *kept.iter().find(|&&id| id != leader).unwrap();
+    cluster.kill(restarted).unwrap();
+    cluster.spawn(restarted).unwrap();
+    let commit = admin.status(leader).await.unwrap().status.commit_index;
+    assert!(
+        wait_applied(&admin, restarted, commit, PATIENCE).await,
+        "the restarted node caught up"
+    );
+    assert_eq!(refusals(&cluster, restarted), 2, "the restarted node refuses node {removed} again");
+    let log = read_log(&cluster.log_path(restarted));
+    assert!(log.contains("restored from the latest snapshot"), "no snapshot restored: {log}");
+    // And the removed id cannot come back.
+    let back =
+        admin.member_add(removed, "127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap());
+    assert!(matches!(back.await, Err(ClientError::Member(_))));
+}
