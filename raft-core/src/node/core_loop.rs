@@ -20,6 +20,7 @@ use crate::engine::{
 use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{RpcRequest, RpcResponse};
+use crate::runtime::Runtime;
 use crate::types::{LogIndex, NodeId, Role};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
@@ -71,6 +72,8 @@ pub(super) struct CoreLoop {
     fatal: Arc<Mutex<Option<FatalError>>>,
     was_leader: bool,
     snap: SnapshotDriver,
+    /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
+    clock: Arc<dyn Runtime>,
 }
 
 impl CoreLoop {
@@ -81,6 +84,7 @@ impl CoreLoop {
         applier: Sender<ApplyMsg>,
         peer_factory: PeerFactory,
         published: Published,
+        clock: Arc<dyn Runtime>,
     ) -> Self {
         let Published { status, fatal, membership } = published;
         let membership_seen = engine.membership().clone();
@@ -111,6 +115,7 @@ impl CoreLoop {
             fatal,
             was_leader: false,
             snap: SnapshotDriver::default(),
+            clock,
         }
     }
 
@@ -143,6 +148,13 @@ impl CoreLoop {
 
     /// Feeds one input to the engine. Returns false when the node must stop.
     fn handle(&mut self, input: Input) -> bool {
+        // For the inputs whose time matters to lease reads (a tick starts a lease round; a
+        // read, local or from a follower, checks the lease), read after the input arrived: a
+        // read is answered from the lease only if it still holds after the read was asked for.
+        // Other inputs happen at the last reading, which can only make a lease shorter.
+        if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
+            self.engine.set_now(self.clock.now());
+        }
         match input {
             Input::Tick => self.engine.tick(),
             Input::Propose { command, permit, reply } => {
@@ -161,12 +173,12 @@ impl CoreLoop {
                     self.engine.on_unreachable(from, sent);
                 }
             },
-            Input::Persisted { seq, last, result } => {
+            Input::Persisted { seq, written, result } => {
                 if let Err(error) = result {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
-                self.engine.on_persisted(last);
+                self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }

@@ -48,7 +48,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{Entry, LogId, LogIndex, NodeId, PeerReplication, Role, Status, Term};
+use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term};
 
 /// Inputs of the main loop.
 pub(crate) enum Input {
@@ -84,7 +84,7 @@ pub(crate) enum Input {
     },
     Persisted {
         seq: u64,
-        last: Option<LogId>,
+        written: crate::engine::PersistedWrite,
         result: Result<(), StorageError>,
     },
     Applied(LogIndex),
@@ -352,6 +352,7 @@ impl Node {
                 fatal: fatal.clone(),
                 membership: membership.clone(),
             },
+            runtime.clone(),
         )
         .with_snapshots(snap_ops);
         spawn(main_loop.run().boxed());

@@ -21,4 +21,8 @@ impl Runtime for SmolRuntime {
         }
         .boxed()
     }
+
+    fn now(&self) -> Duration {
+        super::monotonic_now()
+    }
 }

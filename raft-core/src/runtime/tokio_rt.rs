@@ -31,4 +31,8 @@ impl Runtime for TokioRuntime {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         tokio::time::sleep(duration).boxed()
     }
+
+    fn now(&self) -> Duration {
+        super::monotonic_now()
+    }
 }
