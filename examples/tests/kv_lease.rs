@@ -5,8 +5,8 @@
 //!
 //! Linux only (SIGSTOP through `kill`). Time limits here only turn a hang into a failure.
 //!
-//! Ignored until the engine measures the lease with a monotonic clock: with a lease counted in
-//! ticks, the resumed leader answers the waiting reads with the value it had before the pause.
+//! Before the engine measured the lease with a monotonic clock (a lease counted in ticks), the
+//! resumed leader answered the waiting reads with the value it had before the pause.
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -86,8 +86,6 @@ impl History {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (stale reads) until the engine measures leases with a monotonic clock \
-            (engine-safety branch); run with --ignored"]
 async fn a_paused_leader_serves_no_stale_lease_read() {
     let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
     let spec = ClusterSpec { nodes: 3, lease_reads: true, ..ClusterSpec::default() };
