@@ -208,6 +208,29 @@ impl Config {
         if self.snapshot_transfer_timeout_ms < self.heartbeat_interval_ms {
             return fail("snapshot_transfer_timeout_ms must be at least heartbeat_interval_ms");
         }
+        self.validate_driver_limits()
+    }
+
+    /// The checks across settings that the driver's queues depend on. The per-peer queue is sized
+    /// from both in-flight windows (AppendEntries and InstallSnapshot chunks) plus room for
+    /// heartbeats and votes, so that a full window of either never overflows it (an overflowing
+    /// snapshot window would rewind the transfer forever); that queue is allocated whole, so the
+    /// windows are bounded. The memory of one snapshot transfer (a window of chunks) is bounded
+    /// too.
+    fn validate_driver_limits(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
+        let window = self.max_inflight_append_entries.max(self.snapshot_max_inflight_chunks);
+        if window > MAX_INFLIGHT_WINDOW {
+            return fail("max_inflight_append_entries and snapshot_max_inflight_chunks must be at most 4096 (the per-peer queue holds either window)");
+        }
+        let transfer_bytes =
+            self.snapshot_chunk_bytes.saturating_mul(self.snapshot_max_inflight_chunks as u64);
+        if transfer_bytes > MAX_SNAPSHOT_WINDOW_BYTES {
+            return fail("snapshot_chunk_bytes * snapshot_max_inflight_chunks must be at most 1 GiB (the memory of one snapshot transfer)");
+        }
+        if self.max_pending_reads > MAX_PENDING || self.max_pending_proposals > MAX_PENDING {
+            return fail("max_pending_reads and max_pending_proposals must be at most 2^20");
+        }
         Ok(())
     }
 
@@ -220,6 +243,17 @@ impl Config {
 /// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
 /// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).
 pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// The largest in-flight window to one peer (`max_inflight_append_entries`,
+/// `snapshot_max_inflight_chunks`): the per-peer queue holding it is allocated whole.
+pub const MAX_INFLIGHT_WINDOW: usize = 4096;
+
+/// The most snapshot bytes in flight to one follower (`snapshot_chunk_bytes *
+/// snapshot_max_inflight_chunks`).
+pub const MAX_SNAPSHOT_WINDOW_BYTES: u64 = 1 << 30;
+
+/// The largest `max_pending_reads` / `max_pending_proposals`.
+const MAX_PENDING: usize = 1 << 20;
 
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -64,6 +64,8 @@ pub struct ClusterSpec {
     pub worker_threads: usize,
     /// Value of `RUST_LOG` for the nodes, unless the environment sets it.
     pub log_filter: String,
+    /// More arguments for some nodes (test-only faults such as `--panic-on-key`).
+    pub node_args: BTreeMap<NodeId, Vec<String>>,
 }
 
 impl Default for ClusterSpec {
@@ -78,6 +80,7 @@ impl Default for ClusterSpec {
             parent_dir: None,
             worker_threads: 2,
             log_filter: "info".into(),
+            node_args: BTreeMap::new(),
         }
     }
 }
@@ -294,6 +297,7 @@ impl ProcessCluster {
         if joining {
             args.push("--join".into());
         }
+        args.extend(self.spec.node_args.get(&id).into_iter().flatten().cloned());
         args
     }
 

@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub max_client_streams: u32,
     /// Whether clients may inject faults (test clusters only).
     pub fault_injection: bool,
+    /// Test only (needs `fault_injection`): the state machine panics when it applies a put of
+    /// this key.
+    pub panic_on_key: Option<String>,
     /// Shut down cleanly when standard input reaches end of file (for supervised children:
     /// they stop when their parent dies).
     pub stop_on_stdin_eof: bool,
@@ -118,6 +121,7 @@ usage: kv-node [--config FILE] [flags]
   --lease-reads              the leader answers reads from its lease instead of a quorum round
                              (faster; correct only if clocks advance at about the same rate)
   --fault-injection          let clients partition this node (tests only)
+  --panic-on-key KEY         with --fault-injection: panic when applying a put of KEY (tests only)
   --stop-on-stdin-eof        shut down when stdin closes (supervised child processes)
   --config FILE              read `key = value` lines with the same keys (flags win)
 ";
@@ -223,6 +227,7 @@ impl NodeConfig {
             max_client_connections: 256,
             max_client_streams: 1024,
             fault_injection: false,
+            panic_on_key: None,
             stop_on_stdin_eof: false,
             worker_threads: 2,
             lease_reads: false,
@@ -252,6 +257,7 @@ impl NodeConfig {
                 "max-client-connections" => config.max_client_connections = number(&k, &v)?,
                 "worker-threads" => config.worker_threads = number(&k, &v)?,
                 "fault-injection" => config.fault_injection = boolean(&k, &v)?,
+                "panic-on-key" => config.panic_on_key = Some(v),
                 "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
                 "join" => config.join = boolean(&k, &v)?,
                 "lease-reads" => config.lease_reads = boolean(&k, &v)?,
@@ -259,6 +265,9 @@ impl NodeConfig {
             }
         }
         let Some(id) = id else { return err(format!("--id is required\n{USAGE}")) };
+        if config.panic_on_key.is_some() && !config.fault_injection {
+            return err("--panic-on-key needs --fault-injection (tests only)");
+        }
         let Some(own) = members.get(&id).copied() else {
             return err(format!("no --node entry for this node's id {id}"));
         };

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::command::{decode_entry, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
-use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork};
+use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
 use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
@@ -153,7 +153,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.raft_config(),
         Arc::clone(&store),
         FirewalledNetwork::new(network.clone(), firewall.clone()),
-        KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+        PanicOnKey::new(
+            KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+            config.panic_on_key.clone(),
+        ),
         runtime,
     )
     .snapshot_store(snapshots)
