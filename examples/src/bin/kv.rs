@@ -118,7 +118,8 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "worker-threads"
             | "fault-injection"
             | "stop-on-stdin-eof"
-            | "join" => {}
+            | "join"
+            | "lease-reads" => {}
             other => return Err(format!("unknown option --{other}")),
         }
     }

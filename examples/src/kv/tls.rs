@@ -379,8 +379,12 @@ pub fn server_config(
     rustls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(rustls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = transport(limits.max_streams, None)?;
+    // What a client may send that the node has not read yet, across all its streams (the
+    // client port reserves what it reads from its own budget: `kv::port`).
+    transport.receive_window(VarInt::from_u32(super::port::CONNECTION_RECEIVE_WINDOW));
     config
-        .transport_config(Arc::new(transport(limits.max_streams, None)?))
+        .transport_config(Arc::new(transport))
         .max_incoming(limits.max_connections)
         .migration(false);
     Ok(config)
