@@ -57,7 +57,9 @@ pub struct QuicConfig {
     /// The cap of that wait. Default 2 s.
     pub backoff_max: Duration,
     /// The most RPCs a peer may have in flight towards this node on one connection (QUIC
-    /// bidirectional stream limit); further ones wait for a slot. Default 256.
+    /// bidirectional stream limit); further ones wait for a slot. Default 256. Applies to the
+    /// connections peers dial; on the connections this node dials, the peer may open no stream
+    /// at all (it only answers).
     pub max_concurrent_streams: u32,
     /// Who may complete a handshake and hold an inbound connection: slots counted after the
     /// handshake, address validation, handshake limits and timeout, quiet logs (see

@@ -128,8 +128,9 @@ struct Inner {
     client: Client,
     local_addr: SocketAddr,
     gate: Gate,
-    /// The server configuration's transport and limits, to rebuild it with new TLS material.
-    transport: Arc<TransportConfig>,
+    /// The transports of inbound and outbound connections, to rebuild the configurations with
+    /// new TLS material.
+    transport: Transports,
     max_incoming: usize,
     cert_expiry_warning: Duration,
     /// Serializes `close` and `update_tls`.
@@ -185,12 +186,19 @@ impl std::fmt::Debug for QuicNetwork {
     }
 }
 
-fn transport_config(config: &QuicConfig) -> Result<TransportConfig, ConfigError> {
+/// The transport parameters of a node's connections. `peer_streams` is how many streams the
+/// peer may open at once: `max_concurrent_streams` on inbound connections, none on outbound ones
+/// (a dialed peer only answers our streams; one it opens would never be read, yet could pin
+/// flow-control credit).
+fn transport_config(
+    config: &QuicConfig,
+    peer_streams: u32,
+) -> Result<TransportConfig, ConfigError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| ConfigError { field: "idle_timeout", reason: "is too large" })?;
     let mut transport = TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_concurrent_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
         .receive_window(VarInt::from_u32(config.connection_receive_window))
@@ -207,6 +215,22 @@ fn check_own_certificate(tls: &NodeTls, id: NodeId) -> Result<(), IdentityError>
         return Err(IdentityError::NoCertificate);
     };
     check_node_cert(&tls.trust_anchors, leaf, intermediates, id)
+}
+
+/// The transport configurations of inbound (served) and outbound (dialed) connections.
+#[derive(Clone)]
+struct Transports {
+    inbound: Arc<TransportConfig>,
+    outbound: Arc<TransportConfig>,
+}
+
+impl Transports {
+    fn new(config: &QuicConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            inbound: Arc::new(transport_config(config, config.max_concurrent_streams)?),
+            outbound: Arc::new(transport_config(config, 0)?),
+        })
+    }
 }
 
 fn server_config(
@@ -249,11 +273,11 @@ impl QuicNetwork {
         let tls = &config.tls;
         check_own_certificate(tls, config.node_id)?;
         warn_if_expiring(config.node_id, tls, config.cert_expiry_warning);
-        let transport = Arc::new(transport_config(&config)?);
+        let transport = Transports::new(&config)?;
         // quinn queues attempts until the accept loop screens them, which it does at once.
         let max_incoming = config.accept.max_handshakes.saturating_mul(4).max(64);
-        let server = server_config(tls, &transport, max_incoming)?;
-        let client = client_config(tls, &transport)?;
+        let server = server_config(tls, &transport.inbound, max_incoming)?;
+        let client = client_config(tls, &transport.outbound)?;
 
         let socket = std::net::UdpSocket::bind(config.listen_addr)?;
         let endpoint = Endpoint::new(
@@ -409,8 +433,9 @@ impl QuicNetwork {
         let shared = self.shared();
         check_own_certificate(tls, shared.id)?;
         warn_if_expiring(shared.id, tls, self.inner.cert_expiry_warning);
-        let server = server_config(tls, &self.inner.transport, self.inner.max_incoming)?;
-        let client = client_config(tls, &self.inner.transport)?;
+        let transport = &self.inner.transport;
+        let server = server_config(tls, &transport.inbound, self.inner.max_incoming)?;
+        let client = client_config(tls, &transport.outbound)?;
         let _serialized = lock(&self.inner.closing);
         self.inner.client.endpoint.set_server_config(Some(server));
         *self.inner.client.config.write().unwrap_or_else(|p| p.into_inner()) = client;
