@@ -47,6 +47,7 @@ pub mod accept;
 mod backoff;
 pub mod bounded;
 mod ca;
+mod cert_dirs;
 pub mod certs;
 mod cid;
 mod client;

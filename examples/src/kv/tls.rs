@@ -18,8 +18,11 @@
 //!
 //! **A certificate directory** holds what one host needs: the bundles `node-ca.pem` and (on
 //! nodes) `client-ca.pem`, and its own certificates and keys (`node-<id>.pem`/`.key`,
-//! `client-<name>.pem`/`.key`, `admin-<name>.pem`/`.key`). Keys are written `0600` and refused
-//! when readable by others. Certificates expire ([`DEFAULT_CERT_LIFETIME`] unless told
+//! `client-<name>.pem`/`.key`, `admin-<name>.pem`/`.key`). Keys are written `0600` (each
+//! followed by its certificate, so that an interrupted renewal never leaves a key beside a
+//! certificate of another: see `raft_quic::certs`) and refused when readable by others. It is
+//! never the CA directory, nor inside or around it, and a node refuses one that holds a CA
+//! key. Certificates expire ([`DEFAULT_CERT_LIFETIME`] unless told
 //! otherwise); a node warns a month before, and re-reads its files when they change (and on
 //! SIGHUP), so renewed certificates are used by new connections without a restart.
 
@@ -28,8 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use raft_quic::certs::{
-    create_ca, issue_node_files, load_ca, trust_ca, write_pem_file, CaKind, CertError,
-    DEFAULT_CA_LIFETIME, NODE_CA,
+    check_apart, check_certificate_dir, create_ca, issue_node_files, load_ca, read_ca_cert,
+    trust_ca, write_identity, CaKind, CertError, DEFAULT_CA_LIFETIME, NODE_CA,
 };
 use raft_quic::quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raft_quic::quinn::{self, IdleTimeout, TransportConfig, VarInt};
@@ -182,32 +185,15 @@ fn ensure_cas(ca_dir: &Path) -> Result<(), KvTlsError> {
     Ok(())
 }
 
-fn check_apart(ca_dir: &Path, certs_dir: &Path) -> Result<(), KvTlsError> {
-    std::fs::create_dir_all(certs_dir)
-        .map_err(|source| CertError::Io { path: certs_dir.to_owned(), source })?;
-    let canonical =
-        |p: &Path| p.canonicalize().map_err(|source| CertError::Io { path: p.to_owned(), source });
-    if canonical(ca_dir)? == canonical(certs_dir)? {
-        return Err(CertError::CaBesideCertificates { dir: certs_dir.to_owned() }.into());
-    }
-    Ok(())
-}
-
 /// Adds the CA certificates of `ca_dir` to the trust bundles of `certs_dir` (the node CA to
 /// `node-ca.pem`, the client CA to `client-ca.pem`, each if not there yet). The first step of a
 /// CA roll-over, on every host; nodes pick the new bundles up without a restart.
 pub fn trust(ca_dir: &Path, certs_dir: &Path) -> Result<(), KvTlsError> {
     check_apart(ca_dir, certs_dir)?;
     for kind in [NODE_CA, CLIENT_CA] {
-        let pem = read_text(&ca_dir.join(kind.cert_file()))?;
-        trust_ca(&certs_dir.join(kind.cert_file()), &pem)?;
+        trust_ca(&certs_dir.join(kind.cert_file()), &read_ca_cert(ca_dir, kind)?)?;
     }
     Ok(())
-}
-
-fn read_text(path: &Path) -> Result<String, KvTlsError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| CertError::Io { path: path.to_owned(), source }.into())
 }
 
 /// Issues node `id`'s certificate and key from the node CA of `ca_dir` into `certs_dir`, valid
@@ -222,10 +208,7 @@ pub fn issue_node(
     check_apart(ca_dir, certs_dir)?;
     let ca = load_ca(ca_dir, NODE_CA)?;
     issue_node_files(&ca, certs_dir, id, lifetime)?;
-    trust_ca(
-        &certs_dir.join(CLIENT_CA.cert_file()),
-        &read_text(&ca_dir.join(CLIENT_CA.cert_file()))?,
-    )?;
+    trust_ca(&certs_dir.join(CLIENT_CA.cert_file()), &read_ca_cert(ca_dir, CLIENT_CA)?)?;
     Ok(())
 }
 
@@ -246,9 +229,10 @@ pub fn issue_user(
     let ca = load_ca(ca_dir, CLIENT_CA)?;
     let issued = ca.issue_client(&role.dns_name(name), lifetime)?;
     let stem = role.file_stem(name);
-    write_pem_file(&certs_dir.join(format!("{stem}.key")), &issued.key_pem, true)?;
-    write_pem_file(&certs_dir.join(format!("{stem}.pem")), &issued.cert_pem, false)?;
-    trust_ca(&certs_dir.join(NODE_CA.cert_file()), &read_text(&ca_dir.join(NODE_CA.cert_file()))?)?;
+    let (cert, key) =
+        (certs_dir.join(format!("{stem}.pem")), certs_dir.join(format!("{stem}.key")));
+    write_identity(&cert, &key, &issued.cert_pem, &issued.key_pem)?;
+    trust_ca(&certs_dir.join(NODE_CA.cert_file()), &read_ca_cert(ca_dir, NODE_CA)?)?;
     Ok(())
 }
 
@@ -260,8 +244,6 @@ pub fn gen_certs(
     certs_dir: &Path,
     ids: impl IntoIterator<Item = raft_core::NodeId>,
 ) -> Result<(), KvTlsError> {
-    std::fs::create_dir_all(ca_dir)
-        .map_err(|source| CertError::Io { path: ca_dir.to_owned(), source })?;
     check_apart(ca_dir, certs_dir)?;
     ensure_cas(ca_dir)?;
     let missing = |stem: &str| {
@@ -330,24 +312,41 @@ pub struct NodeMaterial {
 }
 
 impl NodeMaterial {
-    /// Reads the files of `paths` (the key must be private to its owner).
+    /// Reads the files of `paths` (the key must be private to its owner). Refuses them if a
+    /// directory they are in holds a CA key (by name, or one that matches a trusted CA), and
+    /// removes the temporary files crashed writes left there.
     pub fn load(paths: &CertPaths) -> Result<Self, KvTlsError> {
         let node = NodeTls::from_pem_files(&paths.ca, &paths.cert, &paths.key)?;
         let bundle = std::fs::read(&paths.client_ca)
             .map_err(|source| CertError::Io { path: paths.client_ca.clone(), source })?;
         let client_cas =
             raft_quic::certs::parse_certificates(&bundle, &paths.client_ca.display().to_string())?;
+        let cas: Vec<CertificateDer<'static>> =
+            node.trust_anchors.iter().chain(&client_cas).cloned().collect();
+        let mut dirs: Vec<&Path> = [&paths.ca, &paths.client_ca, &paths.cert, &paths.key]
+            .into_iter()
+            .map(|file| {
+                file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            check_certificate_dir(dir, &[NODE_CA, CLIENT_CA], &cas)?;
+        }
         Ok(Self { node, client_cas })
     }
 }
 
+/// The transport of a client-port connection: the peer may open `peer_streams` requests at
+/// once (none towards a client).
 fn transport(
-    max_streams: u32,
+    peer_streams: u32,
     keep_alive: Option<Duration>,
 ) -> Result<TransportConfig, KvTlsError> {
     let mut transport = TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(Duration::from_secs(30)).map_err(config_error)?,
@@ -394,7 +393,9 @@ pub fn client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, KvTlsError> {
     rustls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(rustls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(1024, Some(Duration::from_secs(2)))?));
+    // A node only answers a client's streams: it may open none (one it opened would never be
+    // read, yet could pin the client's flow-control credit).
+    config.transport_config(Arc::new(transport(0, Some(Duration::from_secs(2)))?));
     Ok(config)
 }
 
