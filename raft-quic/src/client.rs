@@ -53,6 +53,11 @@ impl Peer {
         }
     }
 
+    /// Where the peer listens (and dials from).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        lock(&self.state).addr
+    }
+
     /// Points the peer at a new address: drops its connection and forgets past failures.
     pub(crate) fn set_addr(&self, addr: SocketAddr) {
         let mut state = lock(&self.state);

@@ -29,6 +29,14 @@ use crate::wire::code;
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// The most node ids whose last authenticated address is remembered (for the gate's reserve).
+const MAX_REMEMBERED_ADDRESSES: usize = 1024;
+
+/// `addr` with an IPv4-mapped IPv6 address written as IPv4, to compare addresses.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Why [`QuicNetwork::bind`] (or [`QuicNetwork::update_tls`]) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,6 +80,9 @@ pub(crate) struct Shared {
     refused: RwLock<BTreeSet<NodeId>>,
     /// Established inbound connections by `stable_id`, with the node id they proved.
     inbound: Mutex<HashMap<usize, (NodeId, quinn::Connection)>>,
+    /// The address each node id last authenticated from (a peer dials from where it listens),
+    /// at most [`MAX_REMEMBERED_ADDRESSES`], with when: expected by the accept gate.
+    remembered: Mutex<HashMap<NodeId, (SocketAddr, std::time::Instant)>>,
     /// Decodes large request bodies off the runtime's threads.
     pub(crate) offload: Offload,
     closed: AtomicBool,
@@ -105,6 +116,27 @@ impl Shared {
         let key = connection.stable_id();
         lock(&self.inbound).insert(key, (peer, connection.clone()));
         InboundGuard { shared: Arc::clone(self), key }
+    }
+
+    /// Remembers that node `peer` authenticated from `addr`: its later attempts from there may
+    /// use the gate's reserved handshakes (a restarted peer gets in through a flood).
+    pub(crate) fn remember_address(&self, peer: NodeId, addr: SocketAddr) {
+        let mut remembered = lock(&self.remembered);
+        if !remembered.contains_key(&peer) && remembered.len() >= MAX_REMEMBERED_ADDRESSES {
+            let oldest = remembered.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                remembered.remove(&oldest);
+            }
+        }
+        remembered.insert(peer, (canonical(addr), std::time::Instant::now()));
+    }
+
+    /// Whether `addr` is where a known peer listens or where a node last authenticated from.
+    fn is_expected(&self, addr: SocketAddr) -> bool {
+        let addr = canonical(addr);
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.values().any(|peer| canonical(peer.addr()) == addr)
+            || lock(&self.remembered).values().any(|(known, _)| *known == addr)
     }
 
     fn backoff(&self) -> Backoff {
@@ -275,7 +307,12 @@ impl QuicNetwork {
         warn_if_expiring(config.node_id, tls, config.cert_expiry_warning);
         let transport = Transports::new(&config)?;
         // quinn queues attempts until the accept loop screens them, which it does at once.
-        let max_incoming = config.accept.max_handshakes.saturating_mul(4).max(64);
+        let accept = &config.accept;
+        let max_incoming = accept
+            .max_handshakes
+            .saturating_add(accept.reserved_handshakes)
+            .saturating_mul(4)
+            .max(64);
         let server = server_config(tls, &transport.inbound, max_incoming)?;
         let client = client_config(tls, &transport.outbound)?;
 
@@ -306,6 +343,7 @@ impl QuicNetwork {
             peers: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(config.refused.clone()),
             inbound: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(HashMap::new()),
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
@@ -318,6 +356,10 @@ impl QuicNetwork {
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
+        let known = Arc::downgrade(&shared);
+        gate.set_expected(move |addr| {
+            known.upgrade().is_some_and(|shared| shared.is_expected(addr))
+        });
         let accept =
             crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared), gate.clone());
         runtime.spawn(Box::pin(accept));

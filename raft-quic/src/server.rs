@@ -43,6 +43,7 @@ async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>)
         let reason = format!("node {peer} was removed from the cluster");
         return gate.reject(&conn, code::REMOVED_NODE, &reason);
     }
+    shared.remember_address(peer, remote);
     info!(node = shared.id, peer, %remote, "inbound connection authenticated");
     let budget = MemoryBudget::new(shared.limits.connection_memory);
     loop {
