@@ -56,6 +56,7 @@ pub mod expiry;
 pub mod frame;
 mod handshakes;
 mod identity;
+mod inbound;
 mod memory;
 mod network;
 mod node_tls;

@@ -1,6 +1,6 @@
 //! [`QuicNetwork`]: the `Network` implementation and the lifecycle of the endpoint.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,6 +21,7 @@ use crate::config::{ConfigError, QuicConfig};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, IdentityError};
+use crate::inbound::{canonical, IdentityLimits, Inbound};
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, TlsError};
@@ -28,14 +29,6 @@ use crate::wire::code;
 
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// The most node ids whose last authenticated address is remembered (for the gate's reserve).
-const MAX_REMEMBERED_ADDRESSES: usize = 1024;
-
-/// `addr` with an IPv4-mapped IPv6 address written as IPv4, to compare addresses.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
 
 /// Why [`QuicNetwork::bind`] (or [`QuicNetwork::update_tls`]) failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +56,6 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
     pub(crate) decode: Limits,
-    pub(crate) connection_memory: u64,
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -78,11 +70,8 @@ pub(crate) struct Shared {
     handler: RwLock<Option<Arc<dyn RpcHandler>>>,
     peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     refused: RwLock<BTreeSet<NodeId>>,
-    /// Established inbound connections by `stable_id`, with the node id they proved.
-    inbound: Mutex<HashMap<usize, (NodeId, quinn::Connection)>>,
-    /// The address each node id last authenticated from (a peer dials from where it listens),
-    /// at most [`MAX_REMEMBERED_ADDRESSES`], with when: expected by the accept gate.
-    remembered: Mutex<HashMap<NodeId, (SocketAddr, std::time::Instant)>>,
+    /// Established inbound connections, by the node id they proved.
+    pub(crate) inbound: Arc<Inbound>,
     /// Decodes large request bodies off the runtime's threads.
     pub(crate) offload: Offload,
     closed: AtomicBool,
@@ -106,53 +95,16 @@ impl Shared {
         self.refused.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 
-    /// Records an inbound connection of `peer` until the returned guard is dropped, so that
-    /// [`QuicNetwork::refuse`] can close it.
-    pub(crate) fn register_inbound(
-        self: &Arc<Self>,
-        peer: NodeId,
-        connection: &quinn::Connection,
-    ) -> InboundGuard {
-        let key = connection.stable_id();
-        lock(&self.inbound).insert(key, (peer, connection.clone()));
-        InboundGuard { shared: Arc::clone(self), key }
-    }
-
-    /// Remembers that node `peer` authenticated from `addr`: its later attempts from there may
-    /// use the gate's reserved handshakes (a restarted peer gets in through a flood).
-    pub(crate) fn remember_address(&self, peer: NodeId, addr: SocketAddr) {
-        let mut remembered = lock(&self.remembered);
-        if !remembered.contains_key(&peer) && remembered.len() >= MAX_REMEMBERED_ADDRESSES {
-            let oldest = remembered.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                remembered.remove(&oldest);
-            }
-        }
-        remembered.insert(peer, (canonical(addr), std::time::Instant::now()));
-    }
-
     /// Whether `addr` is where a known peer listens or where a node last authenticated from.
     fn is_expected(&self, addr: SocketAddr) -> bool {
         let addr = canonical(addr);
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         peers.values().any(|peer| canonical(peer.addr()) == addr)
-            || lock(&self.remembered).values().any(|(known, _)| *known == addr)
+            || self.inbound.is_remembered(addr)
     }
 
     fn backoff(&self) -> Backoff {
         Backoff::new(self.limits.backoff_min, self.limits.backoff_max)
-    }
-}
-
-/// Unregisters an inbound connection when dropped.
-pub(crate) struct InboundGuard {
-    shared: Arc<Shared>,
-    key: usize,
-}
-
-impl Drop for InboundGuard {
-    fn drop(&mut self) {
-        lock(&self.shared.inbound).remove(&self.key);
     }
 }
 
@@ -330,7 +282,6 @@ impl QuicNetwork {
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
             decode: Limits { max_items: config.max_decoded_items, max_depth: MAX_DEPTH },
-            connection_memory: u64::from(config.connection_receive_window),
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
@@ -342,8 +293,14 @@ impl QuicNetwork {
             handler: RwLock::new(None),
             peers: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(config.refused.clone()),
-            inbound: Mutex::new(HashMap::new()),
-            remembered: Mutex::new(HashMap::new()),
+            inbound: Inbound::new(
+                config.node_id,
+                IdentityLimits {
+                    max_connections: config.max_connections_per_node,
+                    memory: u64::from(config.connection_receive_window),
+                    log_interval: config.accept.log_interval,
+                },
+            ),
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
@@ -448,12 +405,7 @@ impl QuicNetwork {
         }
         let added = shared.refused.write().unwrap_or_else(|p| p.into_inner()).insert(id);
         self.remove_peer(id);
-        let doomed: Vec<quinn::Connection> = lock(&shared.inbound)
-            .values()
-            .filter(|(peer, _)| *peer == id)
-            .map(|(_, conn)| conn.clone())
-            .collect();
-        for conn in doomed {
+        for conn in shared.inbound.connections_of(id) {
             conn.close(code::REMOVED_NODE, b"node removed from the cluster");
         }
         if added {

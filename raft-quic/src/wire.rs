@@ -116,4 +116,6 @@ pub mod code {
     pub const REMOVED_NODE: VarInt = VarInt::from_u32(0x12);
     /// The server has no connection slot left (counted after the handshake).
     pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(0x13);
+    /// The peer's node id opened more connections than allowed: this, its oldest, is closed.
+    pub const REPLACED: VarInt = VarInt::from_u32(0x14);
 }

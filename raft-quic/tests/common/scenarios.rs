@@ -244,6 +244,21 @@ pub async fn raw_rpc_attempt(
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
+        raw_rpc(rt, &conn, sender).await
+    })
+    .await;
+    endpoint.close(0u32.into(), b"");
+    result
+}
+
+/// Sends one valid heartbeat from node `sender` on an established raw connection. Returns the
+/// response, or the error at whichever step failed.
+pub async fn raw_rpc(
+    rt: &Arc<dyn Runtime>,
+    conn: &quinn::Connection,
+    sender: NodeId,
+) -> Result<WireResponse, String> {
+    bounded(rt, "raw RPC", async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         let request = frame::encode_request(&heartbeat(sender), 1 << 20).unwrap();
         send.write_all(&request).await.map_err(|e| e.to_string())?;
@@ -253,9 +268,7 @@ pub async fn raw_rpc_attempt(
             .map(|(r, _)| r)
             .map_err(|e| e.to_string())
     })
-    .await;
-    endpoint.close(0u32.into(), b"");
-    result
+    .await
 }
 
 /// A node restarts (same address, same certificate); its peer reconnects by itself.
@@ -847,25 +860,8 @@ pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runti
 
     // Three requests of ~100 KB, held in the handler: two fit the 256 KiB budget, the third
     // waits for one of them to be answered.
-    let gate = handler.close_gate();
-    let held: futures::stream::FuturesUnordered<_> =
-        (0..3).map(|_| net1.send(2, append(1, 2, 100_000, b"gated"))).collect();
-    let collect = held.collect::<Vec<_>>();
-    let mut collect = std::pin::pin!(collect);
-    let waiting = async {
-        eventually(&rt, "two requests in the handler", Duration::from_millis(10), || {
-            let calls = handler.calls();
-            async move { (calls >= 2).then_some(()) }
-        })
-        .await;
-        sleep(&rt, Duration::from_millis(300)).await;
-    };
-    let waiting = std::pin::pin!(waiting);
-    let outcome = futures::future::select(collect.as_mut(), waiting).await;
-    assert!(matches!(outcome, futures::future::Either::Right(_)), "requests finished while held");
-    assert_eq!(handler.calls(), 2, "a third request was decoded beyond the budget");
-    drop(gate);
-    let results = bounded(&rt, "held requests", collect).await;
+    let requests = (0..3).map(|_| net1.send(2, append(1, 2, 100_000, b"gated")));
+    let results = only_some_reach_the_handler(&rt, &handler, requests, 2).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(handler.calls(), 3);
 
