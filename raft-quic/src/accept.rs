@@ -16,6 +16,10 @@
 //! - **Connection slots are counted after the handshake**, so half-open handshakes never take
 //!   one: at most [`GateConfig::max_connections`] established connections, later ones are closed
 //!   with [`code::TOO_MANY_CONNECTIONS`].
+//! - **Certificates are checked for as long as a connection lasts**, not only at its
+//!   handshake: an admitted connection is closed once its peer's certificate expires
+//!   ([`code::CERT_EXPIRED`]), and [`Gate::revalidate`] closes those whose peer no longer
+//!   passes a check (a CA dropped from the trust bundle).
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
 //!
@@ -39,14 +43,17 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use quinn::{Connecting, ConnectionError, Incoming};
 use tracing::{debug, warn};
 
 use crate::client::lock;
+use crate::expiry::close_at_expiry;
 use crate::handshakes::{Handshakes, Place};
 use crate::quiet::QuietLog;
 use crate::timer::timeout;
@@ -140,6 +147,8 @@ struct GateState {
     handshakes: Handshakes,
     stats: GateStats,
     failures: QuietLog<IpAddr>,
+    /// The admitted connections holding a slot, by `stable_id`.
+    connections: HashMap<usize, quinn::Connection>,
 }
 
 /// Which addresses a server expects (see [`Gate::set_expected`]).
@@ -274,6 +283,29 @@ impl Gate {
         }
     }
 
+    /// Checks every admitted connection (one whose slot is held) with `check`, and closes those
+    /// it refuses with `code` and the reason it gives (logged like failed handshakes). Returns
+    /// how many were closed. For example, after a CA was dropped from the trust bundle:
+    /// `gate.revalidate(code, |c| recheck_peer(c, &bundle, role).map_err(|e| e.to_string()))`
+    /// (see [`recheck_peer`](crate::recheck_peer)), since TLS checks a certificate only at the
+    /// handshake.
+    pub fn revalidate(
+        &self,
+        code: quinn::VarInt,
+        check: impl Fn(&quinn::Connection) -> Result<(), String>,
+    ) -> usize {
+        let connections: Vec<quinn::Connection> =
+            lock(&self.inner.state).connections.values().cloned().collect();
+        let mut closed = 0;
+        for connection in connections {
+            if let Err(reason) = check(&connection) {
+                self.reject(&connection, code, &reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Closes an admitted `connection` whose peer the server refuses after all (a certificate
     /// that names no acceptable identity, a removed node), with `code` and `reason`; logged
     /// like failed handshakes, at most once per interval and remote IP.
@@ -373,22 +405,36 @@ impl Handshake {
         }
         state.stats.connections += 1;
         state.stats.admitted += 1;
+        let key = connection.stable_id();
+        state.connections.insert(key, connection.clone());
         drop(state);
         debug!(gate = inner.name, %remote, "connection admitted");
-        Some((connection, ConnectionSlot { gate: gate.clone() }))
+        // Closed when its peer's certificate expires, for as long as the slot is held.
+        let (released, served) = oneshot::channel::<()>();
+        let served = async move {
+            let _ = served.await;
+        };
+        let watch = close_at_expiry(Arc::clone(&inner.runtime), connection.clone(), served);
+        inner.runtime.spawn(Box::pin(watch));
+        Some((connection, ConnectionSlot { gate: gate.clone(), key, _released: released }))
     }
 }
 
 /// A connection slot of a [`Gate`], released when dropped: hold it as long as the connection
-/// is served.
+/// is served (the gate keeps a handle of the connection, to close it at its peer's
+/// certificate's expiry or on [`Gate::revalidate`], until then).
 #[derive(Debug)]
 pub struct ConnectionSlot {
     gate: Gate,
+    key: usize,
+    /// Dropped with the slot: ends the expiry watch.
+    _released: oneshot::Sender<()>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut state = lock(&self.gate.inner.state);
         state.stats.connections = state.stats.connections.saturating_sub(1);
+        state.connections.remove(&self.key);
     }
 }

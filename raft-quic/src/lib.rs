@@ -75,8 +75,8 @@ pub use certs::{
 pub use config::{ConfigError, QuicConfig};
 pub use frame::FrameError;
 pub use identity::{
-    dns_names, node_dns_name, node_id_of, peer_certificate, IdentityError, NODE_NAME_SUFFIX,
-    NODE_ROLE_OID,
+    dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,
+    NODE_NAME_SUFFIX, NODE_ROLE_OID,
 };
 pub use network::{BindError, QuicNetwork};
 pub use tls::{PeerRole, TlsError};

@@ -20,11 +20,11 @@ use crate::client::{lock, Client, Peer};
 use crate::config::{ConfigError, QuicConfig};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
-use crate::identity::{check_node_cert, IdentityError};
+use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
 use crate::offload::Offload;
 use crate::timer::timeout;
-use crate::tls::{quic_server_crypto, rustls_client_config, TlsError};
+use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
 use crate::wire::code;
 
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
@@ -68,7 +68,7 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<dyn quinn::Runtime>,
     pub(crate) limits: Settings,
     handler: RwLock<Option<Arc<dyn RpcHandler>>>,
-    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
+    pub(crate) peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     refused: RwLock<BTreeSet<NodeId>>,
     /// Established inbound connections, by the node id they proved.
     pub(crate) inbound: Arc<Inbound>,
@@ -419,10 +419,13 @@ impl QuicNetwork {
     }
 
     /// Replaces this node's TLS material (a renewed certificate, a new trust bundle during a CA
-    /// roll-over) without a restart: new connections, in both directions, use it; established
-    /// ones stay up. Fails, keeping the current material, unless the new certificate passes
-    /// the checks of [`bind`](Self::bind); warns if it expires soon. The stateless-reset and
-    /// connection-id keys stay those derived from the key the endpoint was bound with.
+    /// roll-over) without a restart: new connections, in both directions, use it, and the
+    /// established ones are checked again against the new trust bundle: those whose peer's
+    /// certificate it no longer accepts (a CA dropped from the bundle) are closed
+    /// ([`code::UNTRUSTED`]); the others stay up. Fails, keeping the current material, unless
+    /// the new certificate passes the checks of [`bind`](Self::bind); warns if it expires
+    /// soon. The stateless-reset and connection-id keys stay those derived from the key the
+    /// endpoint was bound with.
     pub fn update_tls(&self, tls: &NodeTls) -> Result<(), BindError> {
         let shared = self.shared();
         check_own_certificate(tls, shared.id)?;
@@ -433,7 +436,16 @@ impl QuicNetwork {
         let _serialized = lock(&self.inner.closing);
         self.inner.client.endpoint.set_server_config(Some(server));
         *self.inner.client.config.write().unwrap_or_else(|p| p.into_inner()) = client;
-        info!(node = shared.id, "TLS material replaced: new connections use it");
+        let trusted = |conn: &quinn::Connection| {
+            recheck_peer(conn, &tls.trust_anchors, PeerRole::Node)
+                .map_err(|e| format!("its certificate is no longer trusted: {e}"))
+        };
+        let closed = self.inner.gate.revalidate(code::UNTRUSTED, trusted)
+            + self.inner.client.revalidate(code::UNTRUSTED, trusted);
+        info!(
+            node = shared.id,
+            closed, "TLS material replaced: new connections use it, untrusted ones were closed"
+        );
         Ok(())
     }
 

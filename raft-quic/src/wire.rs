@@ -118,4 +118,8 @@ pub mod code {
     pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(0x13);
     /// The peer's node id opened more connections than allowed: this, its oldest, is closed.
     pub const REPLACED: VarInt = VarInt::from_u32(0x14);
+    /// The peer's certificate is no longer trusted (its CA was dropped from the trust bundle).
+    pub const UNTRUSTED: VarInt = VarInt::from_u32(0x15);
+    /// The peer's certificate (or one of its chain) has expired.
+    pub const CERT_EXPIRED: VarInt = VarInt::from_u32(0x16);
 }
