@@ -353,3 +353,57 @@ async fn a_node_can_open_no_stream_towards_a_client() {
     rogue.close(0u32.into(), b"");
     client.close(0u32.into(), b"");
 }
+
+/// A SIGHUP while `kv-node` starts (an operator's reload racing a restart) asks for a reload:
+/// the node installs its handler before anything else, so it survives signals from its first
+/// log line on (it used to install it once fully started, and died of the signal's default
+/// action before that).
+#[cfg(unix)]
+#[test]
+fn a_sighup_during_startup_does_not_kill_the_node() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, certs) = (dir.path().join("ca"), dir.path().join("certs"));
+    tls::gen_certs(&ca, &certs, [1]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-node"))
+        .args(["--id", "1", "--certs", certs.to_str().unwrap()])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--node", "1=127.0.0.1:0,127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (lines, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let hangup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    // From the first line on, signal without pause until the node is ready, and a few more.
+    let first = log.recv_timeout(PATIENCE).expect("kv-node logs nothing");
+    let deadline = Instant::now() + PATIENCE;
+    let (mut ready, mut after_ready, mut sent) = (first.contains("kv-node ready"), 0, 0);
+    while after_ready < 5 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kv-node died after {sent} SIGHUPs during its startup: {status}");
+        }
+        hangup();
+        sent += 1;
+        ready = ready || log.try_iter().any(|line| line.contains("kv-node ready"));
+        after_ready += usize::from(ready);
+        assert!(Instant::now() < deadline, "kv-node never got ready");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "kv-node died after {sent} SIGHUPs");
+    // The signals asked for reloads.
+    let mut lines = std::iter::from_fn(|| {
+        log.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+    });
+    assert!(lines.any(|line| line.contains("TLS files reloaded")), "no reload after SIGHUP");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+}

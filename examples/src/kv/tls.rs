@@ -38,7 +38,7 @@ use raft_quic::quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raft_quic::quinn::{self, IdleTimeout, TransportConfig, VarInt};
 use raft_quic::rustls::pki_types::CertificateDer;
 use raft_quic::tls::{rustls_client_config, rustls_server_config_with, PeerRole};
-use raft_quic::{NodeTls, QuicNetwork};
+use raft_quic::{Gate, NodeTls, QuicNetwork};
 use tracing::{info, warn};
 
 pub use raft_quic::certs::DEFAULT_CERT_LIFETIME;
@@ -399,15 +399,18 @@ pub fn client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, KvTlsError> {
     Ok(config)
 }
 
-/// How often [`reload_on_change`] looks at the files.
+/// How often a [`Reloader`] looks at the files.
 pub const RELOAD_POLL: Duration = Duration::from_secs(5);
-/// How often [`reload_on_change`] repeats an expiry warning.
+/// How often a [`Reloader`] repeats an expiry warning.
 const WARN_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long before its expiry a node warns about its certificate.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// What identifies a file's current content cheaply: its size, modification time and inode.
-fn fingerprint(paths: &CertPaths) -> Vec<Option<(u64, Option<SystemTime>, u64)>> {
+/// What identifies the files' current content cheaply: each one's size, modification time and
+/// inode.
+type Fingerprint = Vec<Option<(u64, Option<SystemTime>, u64)>>;
+
+fn fingerprint(paths: &CertPaths) -> Fingerprint {
     [&paths.ca, &paths.client_ca, &paths.cert, &paths.key]
         .into_iter()
         .map(|path| {
@@ -421,72 +424,120 @@ fn fingerprint(paths: &CertPaths) -> Vec<Option<(u64, Option<SystemTime>, u64)>>
         .collect()
 }
 
-/// Applies freshly read material to both ports: the Raft transport checks the certificate and
-/// uses it for new connections; the client port gets a new server configuration.
-pub fn apply(
-    material: &NodeMaterial,
-    network: &QuicNetwork,
-    client_endpoint: &quinn::Endpoint,
-    limits: ClientPortLimits,
-) -> Result<(), KvTlsError> {
-    let server = server_config(material, limits)?;
-    network.update_tls(&material.node)?;
-    client_endpoint.set_server_config(Some(server));
+/// What a node's TLS material is applied to: the Raft transport and the client port.
+#[derive(Clone, Debug)]
+pub struct ReloadTargets {
+    /// The Raft transport ([`QuicNetwork::update_tls`]: new connections use the new material,
+    /// and connections whose peer the new node CA bundle no longer trusts are closed).
+    pub network: QuicNetwork,
+    /// The client port's endpoint: gets a new server configuration.
+    pub client_endpoint: quinn::Endpoint,
+    /// The client port's gate, if it admits through one: its connections are checked again
+    /// against the new client CA bundle, and those of a dropped CA closed (TLS checks a
+    /// certificate only at the handshake).
+    pub client_gate: Option<Gate>,
+    /// The client port's limits (its server configuration is rebuilt with them).
+    pub limits: ClientPortLimits,
+}
+
+/// Applies freshly read material to both ports (see [`ReloadTargets`]).
+pub fn apply(material: &NodeMaterial, targets: &ReloadTargets) -> Result<(), KvTlsError> {
+    let server = server_config(material, targets.limits)?;
+    targets.network.update_tls(&material.node)?;
+    targets.client_endpoint.set_server_config(Some(server));
+    if let Some(gate) = &targets.client_gate {
+        let closed = gate.revalidate(raft_quic::wire::code::UNTRUSTED, |connection| {
+            raft_quic::recheck_peer(connection, &material.client_cas, PeerRole::Any)
+                .map_err(|e| format!("the client's certificate is no longer trusted: {e}"))
+        });
+        if closed > 0 {
+            info!(closed, "closed client connections whose certificate is no longer trusted");
+        }
+    }
     Ok(())
 }
 
-/// Re-reads the node's TLS files when they change (checked every [`RELOAD_POLL`]) or on SIGHUP,
+/// Re-reads a node's TLS files when they change (checked every [`RELOAD_POLL`]) or on SIGHUP,
 /// and applies them ([`apply`]): new connections on both ports use renewed certificates and
 /// trust bundles, without a restart. A file that does not load, or a certificate the node
 /// refuses, is logged and the current material kept. Warns once a day while the certificate
-/// expires within [`EXPIRY_WARNING`]. Runs until the task is dropped.
-pub async fn reload_on_change(
+/// expires within [`EXPIRY_WARNING`].
+///
+/// Start it first thing ([`Reloader::start`]), before the files are read and before anything
+/// slow: from then on a SIGHUP asks for a reload instead of killing the process (its default
+/// action), and a change of the files after they were read is noticed.
+#[derive(Debug)]
+pub struct Reloader {
     paths: CertPaths,
-    network: QuicNetwork,
-    client_endpoint: quinn::Endpoint,
-    limits: ClientPortLimits,
-) {
-    let mut seen = fingerprint(&paths);
-    let mut warned: Option<Instant> = None;
+    seen: Fingerprint,
     #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloader {
+    /// Installs the SIGHUP handler and notes the files' state (call it within the tokio
+    /// runtime, before [`Reloader::load`]). A SIGHUP received from now until [`Reloader::run`]
+    /// starts makes its first round reload.
+    pub fn start(paths: CertPaths) -> Self {
         #[cfg(unix)]
-        let forced = match hangup.as_mut() {
-            Some(signal) => tokio::select! {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                warn!("cannot handle SIGHUP (TLS files are still polled): {e}");
+                None
+            }
+        };
+        let seen = fingerprint(&paths);
+        Self {
+            paths,
+            seen,
+            #[cfg(unix)]
+            hangup,
+        }
+    }
+
+    /// Reads the node's files ([`NodeMaterial::load`]).
+    pub fn load(&self) -> Result<NodeMaterial, KvTlsError> {
+        NodeMaterial::load(&self.paths)
+    }
+
+    /// Waits for the next poll or SIGHUP; returns whether a SIGHUP came.
+    async fn next_round(&mut self) -> bool {
+        #[cfg(unix)]
+        if let Some(signal) = self.hangup.as_mut() {
+            return tokio::select! {
                 _ = signal.recv() => true,
                 () = tokio::time::sleep(RELOAD_POLL) => false,
-            },
-            None => {
-                tokio::time::sleep(RELOAD_POLL).await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let forced = {
-            tokio::time::sleep(RELOAD_POLL).await;
-            false
-        };
-        let now = fingerprint(&paths);
-        if forced || now != seen {
-            seen = now;
-            match NodeMaterial::load(&paths)
-                .and_then(|m| apply(&m, &network, &client_endpoint, limits))
-            {
-                Ok(()) => info!("TLS files reloaded: new connections use them"),
-                Err(e) => warn!("TLS files not reloaded, keeping the current ones: {e}"),
-            }
-            warned = None;
+            };
         }
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            if let Ok(material) = NodeMaterial::load(&paths) {
-                if let Some(warning) =
-                    raft_quic::expiry::expiry_warning(&material.node.cert_chain, EXPIRY_WARNING)
-                {
-                    warn!("{warning}");
+        tokio::time::sleep(RELOAD_POLL).await;
+        false
+    }
+
+    /// Reloads into `targets` until the task is dropped (see [`Reloader`]).
+    pub async fn run(mut self, targets: ReloadTargets) {
+        let mut warned: Option<Instant> = None;
+        loop {
+            let forced = self.next_round().await;
+            let now = fingerprint(&self.paths);
+            if forced || now != self.seen {
+                self.seen = now;
+                match self.load().and_then(|material| apply(&material, &targets)) {
+                    Ok(()) => info!("TLS files reloaded: new connections use them"),
+                    Err(e) => warn!("TLS files not reloaded, keeping the current ones: {e}"),
                 }
+                warned = None;
             }
-            warned = Some(Instant::now());
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                if let Ok(material) = self.load() {
+                    if let Some(warning) =
+                        raft_quic::expiry::expiry_warning(&material.node.cert_chain, EXPIRY_WARNING)
+                    {
+                        warn!("{warning}");
+                    }
+                }
+                warned = Some(Instant::now());
+            }
         }
     }
 }
