@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::scenarios::{raw_endpoint, raw_rpc, raw_rpc_attempt};
+use common::scenarios::{dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
 use common::*;
 use raft_core::Network;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
@@ -59,16 +59,8 @@ async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
     let connecting = endpoint.connect_with(config7.clone(), net1.local_addr(), "node-1.raft");
     let rogue7 = bounded(&rt, "rogue 7 connects", connecting.unwrap()).await.unwrap();
     assert!(matches!(raw_rpc(&rt, &rogue7, 7).await, Ok(WireResponse::Ok(_))));
-    let crypto = tls::quic_server_crypto(&material(&[&old, &new], &old, 8)).unwrap();
-    let rogue8 =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(crypto), loopback()).unwrap();
-    net1.set_peer(8, rogue8.local_addr().unwrap());
-    let dial = tokio::spawn({
-        let net1 = net1.clone();
-        async move { net1.send(8, heartbeat(1)).await }
-    });
-    let incoming = bounded(&rt, "node 1 dials rogue 8", rogue8.accept()).await.unwrap();
-    let from_node1 = bounded(&rt, "handshake", incoming.accept().unwrap()).await.unwrap();
+    let rogue8_tls = material(&[&old, &new], &old, 8);
+    let (rogue8, from_node1, dial) = dialed_by(&rt, &net1, 8, &rogue8_tls).await;
     // A legitimate peer of the new CA.
     let config2 = QuicConfig::new(2, loopback(), material(&[&old, &new], &new, 2))
         .with_peer(1, net1.local_addr());
@@ -80,7 +72,7 @@ async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
     net1.update_tls(&material(&[&new], &new, 1)).unwrap();
     assert_eq!(closed_with(&rt, &rogue7).await, code::UNTRUSTED);
     assert_eq!(closed_with(&rt, &from_node1).await, code::UNTRUSTED);
-    assert!(bounded(&rt, "the dial", dial).await.unwrap().is_err());
+    assert!(bounded(&rt, "the dial", dial).await.is_err());
     // Neither rogue gets back in.
     let again = raw_rpc_attempt(&rt, config7, &net1, 7).await;
     assert!(again.is_err(), "rogue 7 was served again: {again:?}");
@@ -153,19 +145,10 @@ async fn connections_are_closed_when_the_peer_certificate_expires() {
     let connecting = endpoint.connect_with(config7, net1.local_addr(), "node-1.raft");
     let node7 = bounded(&rt, "node 7 connects", connecting.unwrap()).await.unwrap();
     assert!(matches!(raw_rpc(&rt, &node7, 7).await, Ok(WireResponse::Ok(_))));
-    let crypto = tls::quic_server_crypto(&ca.node(8, expiring)).unwrap();
-    let node8 =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(crypto), loopback()).unwrap();
-    net1.set_peer(8, node8.local_addr().unwrap());
-    let dial = tokio::spawn({
-        let net1 = net1.clone();
-        async move { net1.send(8, heartbeat(1)).await }
-    });
-    let incoming = bounded(&rt, "node 1 dials node 8", node8.accept()).await.unwrap();
-    let from_node1 = bounded(&rt, "handshake", incoming.accept().unwrap()).await.unwrap();
+    let (node8, from_node1, dial) = dialed_by(&rt, &net1, 8, &ca.node(8, expiring)).await;
     assert_eq!(closed_with(&rt, &node7).await, code::CERT_EXPIRED);
     assert_eq!(closed_with(&rt, &from_node1).await, code::CERT_EXPIRED);
-    assert!(bounded(&rt, "the dial", dial).await.unwrap().is_err());
+    assert!(bounded(&rt, "the dial", dial).await.is_err());
     endpoint.close(0u32.into(), b"");
     node8.close(0u32.into(), b"");
     net1.close().await;

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::scenarios::{raw_endpoint, raw_rpc};
+use common::scenarios::{dialed_by, raw_endpoint, raw_rpc};
 use common::*;
 use futures::FutureExt;
 use raft_core::Network;
@@ -26,20 +26,11 @@ async fn a_dialed_peer_can_open_no_stream() {
     let ca = ClusterCa::generate().unwrap();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     // A peer with node 2's certificate, answering nothing, opening streams instead.
-    let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
-    let rogue =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(crypto), loopback()).unwrap();
-    net1.set_peer(2, rogue.local_addr().unwrap());
-    let rpc = tokio::spawn({
-        let net1 = net1.clone();
-        async move { net1.send(2, heartbeat(1)).await }
-    });
-    let incoming = bounded(&rt, "the dial", rogue.accept()).await.unwrap();
-    let conn = bounded(&rt, "the handshake", incoming.accept().unwrap()).await.unwrap();
+    let (rogue, conn, rpc) = dialed_by(&rt, &net1, 2, &ca.node_tls(2).unwrap()).await;
     // The dialer's transport parameters arrived with its first flight: no stream credit.
     assert!(conn.open_bi().now_or_never().is_none(), "the dialed peer opened a stream");
     assert!(conn.open_uni().now_or_never().is_none(), "the dialed peer opened a uni stream");
-    assert!(bounded(&rt, "the RPC", rpc).await.unwrap().is_err());
+    assert!(bounded(&rt, "the RPC", rpc).await.is_err());
     conn.close(0u32.into(), b"");
     rogue.close(0u32.into(), b"");
     net1.close().await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use raft_core::{Network, NetworkError, RpcResponse};
 use raft_quic::bounded::Limits;
 use raft_quic::quinn::{self, Runtime};
@@ -249,6 +249,36 @@ pub async fn raw_rpc_attempt(
     .await;
     endpoint.close(0u32.into(), b"");
     result
+}
+
+/// A raw peer that `net` dials: a quinn server endpoint presenting `material` as node `id`, added
+/// to `net`'s peers. `net` sends it a heartbeat; returns the peer's endpoint, the connection
+/// `net` dialed (as the peer sees it) and the RPC's outcome (it never gets an answer).
+pub async fn dialed_by(
+    rt: &Arc<dyn Runtime>,
+    net: &QuicNetwork,
+    id: NodeId,
+    material: &NodeTls,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    futures::future::RemoteHandle<Result<RpcResponse, NetworkError>>,
+) {
+    let crypto = tls::quic_server_crypto(material).unwrap();
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    let server = quinn::ServerConfig::with_crypto(crypto);
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, rt.clone())
+            .unwrap();
+    net.set_peer(id, endpoint.local_addr().unwrap());
+    let (rpc, outcome) = {
+        let net = net.clone();
+        async move { net.send(id, heartbeat(net.node_id())).await }.remote_handle()
+    };
+    rt.spawn(Box::pin(rpc));
+    let incoming = bounded(rt, "the dial", endpoint.accept()).await.unwrap();
+    let conn = bounded(rt, "the handshake", incoming.accept().unwrap()).await.unwrap();
+    (endpoint, conn, outcome)
 }
 
 /// Sends one valid heartbeat from node `sender` on an established raw connection. Returns the
