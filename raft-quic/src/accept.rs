@@ -52,6 +52,7 @@ use futures::channel::oneshot;
 use quinn::{Connecting, ConnectionError, Incoming};
 use tracing::{debug, warn};
 
+use crate::cid::cleartext;
 use crate::client::lock;
 use crate::expiry::close_at_expiry;
 use crate::handshakes::{Handshakes, Place};
@@ -250,7 +251,8 @@ impl Gate {
             }
             state.stats.retries += 1;
             drop(state);
-            if let Err(e) = incoming.retry() {
+            // The Retry's connection id is sent in clear: public (see `cid`).
+            if let Err(e) = cleartext(|| incoming.retry()) {
                 e.into_incoming().ignore();
             }
             return None;
@@ -267,14 +269,14 @@ impl Gate {
         let Some(place) = place else {
             state.stats.refused += 1;
             self.log_failure(state, remote, "refusing connection attempt: too many handshakes");
-            incoming.refuse();
+            cleartext(|| incoming.refuse());
             return None;
         };
         state.stats.handshakes = state.handshakes.in_progress();
         drop(state);
         // From here the slot gives the place back, whatever happens.
         let slot = HandshakeSlot { gate: self.clone(), place };
-        match incoming.accept() {
+        match cleartext(|| incoming.accept()) {
             Ok(connecting) => Some(Handshake { connecting, remote, slot }),
             Err(e) => {
                 self.failed(remote, &e, false);

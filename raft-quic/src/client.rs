@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
+use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, ReadFrameError};
 use crate::identity::node_dns_name;
@@ -239,7 +240,8 @@ impl Client {
             state.addr
         };
         let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let result = match self.endpoint.connect_with(config, addr, &peer.server_name) {
+        let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
+        let result = match dial {
             Ok(connecting) => {
                 match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),

@@ -536,7 +536,7 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
 }
 
 /// Short keep-alive and idle timeouts, for the link-failure scenarios.
-fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
+pub fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
     let mut config = test_config(ca, id, loopback());
     config.rpc_timeout = Duration::from_millis(300);
     config.connect_timeout = Duration::from_millis(300);
@@ -578,7 +578,8 @@ pub async fn reconnects_after_link_break(rt: Arc<dyn Runtime>) {
 /// A peer "crashes" without its close reaching us (the link drops it) and restarts on the same
 /// address. Its new endpoint answers our stale connection with a stateless reset (keyed from
 /// the node's key, so accepted), and we reconnect without waiting out the idle timeout, which
-/// is set far beyond the test's patience.
+/// is set far beyond the test's patience. (Only ids never sent in clear earn a reset: the
+/// connection first moves off its handshake id, which takes a connection-id lifetime.)
 pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
     init_tracing();
     let ca = ClusterCa::generate().unwrap();
@@ -593,6 +594,11 @@ pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
     net2.set_peer(1, net1.local_addr());
     net2.serve(TestHandler::new(2));
     bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+    eventually(&rt, "the connection off its handshake id", Duration::from_millis(20), || {
+        let moved = proxy.client_uses_a_private_id();
+        async move { moved.then_some(()) }
+    })
+    .await;
 
     // Crash: node 2 goes away and its CONNECTION_CLOSE is lost.
     proxy.block();
