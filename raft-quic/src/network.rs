@@ -145,9 +145,12 @@ impl Drop for Inner {
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
 ///   task.
-/// - **Bounded.** Handshakes, connections, frame sizes, decoded elements per frame, streams,
-///   flow-control windows, memory per connection and every wait are bounded by
-///   [`QuicConfig`].
+/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
+///   elements per frame, streams, flow-control windows, memory per node id and every wait are
+///   bounded by [`QuicConfig`].
+/// - **Certificates hold for a connection's lifetime.** A connection is closed once its
+///   peer's certificate expires, and [`update_tls`](QuicNetwork::update_tls) closes those a
+///   new trust bundle no longer accepts.
 /// - **Robust.** Malformed input closes the offending stream (or connection) with a logged
 ///   reason; nothing a peer sends can make the node panic. A peer of another wire version is
 ///   refused at the handshake with an error that says so.
