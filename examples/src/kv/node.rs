@@ -18,7 +18,7 @@ use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
-use super::tls::{reload_on_change, server_config, ClientPortLimits, KvTlsError, NodeMaterial};
+use super::tls::{server_config, ClientPortLimits, KvTlsError, ReloadTargets, Reloader};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +133,9 @@ async fn addresses_from_log(
 
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let material = NodeMaterial::load(&config.certs)?;
+    // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
+    let reloader = Reloader::start(config.certs.clone());
+    let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
 
@@ -180,8 +182,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let reload = reload_on_change(config.certs.clone(), network.clone(), endpoint.clone(), limits);
-    let reload = tokio::spawn(reload);
+    let targets = ReloadTargets {
+        network: network.clone(),
+        client_endpoint: endpoint.clone(),
+        client_gate: None,
+        limits,
+    };
+    let reload = tokio::spawn(reloader.run(targets));
     let service = Arc::new(ClientService::new(
         node.clone(),
         state,
