@@ -182,13 +182,6 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let targets = ReloadTargets {
-        network: network.clone(),
-        client_endpoint: endpoint.clone(),
-        client_gate: None,
-        limits,
-    };
-    let reload = tokio::spawn(reloader.run(targets));
     let service = Arc::new(ClientService::new(
         node.clone(),
         state,
@@ -197,6 +190,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.fault_injection,
     ));
     let port = ClientPort::new(service, config.max_client_connections);
+    let targets = ReloadTargets {
+        network: network.clone(),
+        client_endpoint: endpoint.clone(),
+        client_gate: Some(port.gate()),
+        limits,
+    };
+    let reload = tokio::spawn(reloader.run(targets));
     tokio::spawn(accept_loop(endpoint.clone(), port));
     info!(
         id = config.id,

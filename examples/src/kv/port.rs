@@ -107,6 +107,12 @@ impl ClientPort {
             answers: Arc::new(Semaphore::new(NODE_BYTES)),
         })
     }
+
+    /// The port's admission gate (a clone sharing its state): certificate reloads revalidate
+    /// the admitted connections through it, and it closes those whose certificate expires.
+    pub fn gate(&self) -> Gate {
+        self.gate.clone()
+    }
 }
 
 /// Accepts client connections on `endpoint` until it is closed.
