@@ -403,7 +403,9 @@ impl Engine {
     /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
     /// answer ([`Engine::on_unreachable`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
-        if let Err(reason) = validate::response(&request, &response) {
+        let checked = validate::response(&request, &response)
+            .and_then(|()| self.check_term(from, response.term()));
+        if let Err(reason) = checked {
             self.count_malformed(from, "response", &reason);
             return self.on_unreachable(from, request);
         }
@@ -491,6 +493,15 @@ impl Engine {
     /// with the next `Persist`.
     fn set_hard_state(&mut self, hard_state: HardState) {
         if hard_state != self.hard_state {
+            let (from, to) = (self.hard_state.current_term, hard_state.current_term);
+            if from <= validate::TERM_RESERVE_START && to > validate::TERM_RESERVE_START {
+                tracing::error!(
+                    id = self.id,
+                    term = to,
+                    "the term entered the reserve: a peer inflated terms (look for large term \
+                     jumps and refused messages in the logs; see ARCHITECTURE.md)"
+                );
+            }
             self.hard_state = hard_state;
             self.pending_write.hard_state = Some(hard_state);
         }

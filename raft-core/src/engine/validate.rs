@@ -11,6 +11,19 @@
 //! engine's own `term + 1` / `index + 1` have 2^63 increments of headroom and cannot overflow.
 //! Sums of values from the wire (`prev + entries.len()`, `offset + data.len()`) are computed with
 //! checked arithmetic before the bound is applied.
+//!
+//! **The term reserve.** A bound alone would let one message stop the cluster for good: a term
+//! of `MAX_TERM` is adopted (durably) by every node it reaches, and no node can campaign any
+//! more (`MAX_TERM + 1` is refused everywhere). So the terms above [`TERM_RESERVE_START`]
+//! (2^62) are a reserve that a message may climb by at most [`MAX_TERM_STEP_IN_RESERVE`] (2^16)
+//! terms at once: a message whose term is in the reserve and more than that above the
+//! receiver's term is malformed. Below the reserve any jump is accepted (a node cut off for long
+//! with PreVote off comes back with a much higher term, and a new node starts at term 0), and
+//! elections work everywhere but at `MAX_TERM` itself, which a peer inflating terms as fast as
+//! the rule allows reaches only after 2^46 messages in a row. A correct cluster raises its term
+//! by one per election and never sees the reserve: a node entering it logs an error (and every
+//! refused jump is counted as malformed with the sender's id). Recovery is described in
+//! ARCHITECTURE.md ("Inbound validation").
 
 use super::{Engine, SentRequest};
 use crate::membership::Membership;
@@ -21,6 +34,14 @@ use crate::message::{
 };
 use crate::types::{EntryPayload, LogId, LogIndex, NodeId, Term, MAX_LOG_INDEX, MAX_TERM};
 
+/// Terms above this one are the reserve: a message may raise a node's term into or within it by
+/// at most [`MAX_TERM_STEP_IN_RESERVE`] (see the module docs).
+pub(crate) const TERM_RESERVE_START: Term = 1 << 62;
+
+/// The most a message may raise a node's term inside the reserve: more than any correct cluster
+/// needs (one term per election missed), few enough that the reserve outlasts any attack.
+pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
+
 /// The most members (voters and learners) a membership from the wire may name: a leader keeps
 /// replication state for each of them.
 pub(crate) const MAX_MEMBERS: usize = 65_536;
@@ -30,6 +51,8 @@ pub(crate) const MAX_MEMBERS: usize = 65_536;
 pub(crate) enum Malformed {
     #[error("term {0} out of range")]
     Term(Term),
+    #[error("term {term} climbs the reserve too fast from term {current}")]
+    TermStep { term: Term, current: Term },
     #[error("log id {0:?} out of range or inconsistent")]
     LogId(LogId),
     #[error("the request claims to come from this node")]
@@ -63,6 +86,15 @@ type Checked = Result<(), Malformed>;
 fn term(term: Term) -> Checked {
     if term > MAX_TERM {
         return Err(Malformed::Term(term));
+    }
+    Ok(())
+}
+
+/// A term a node in term `current` may act on (see the module docs: the reserve).
+fn term_step(current: Term, t: Term) -> Checked {
+    term(t)?;
+    if t > TERM_RESERVE_START && t > current.saturating_add(MAX_TERM_STEP_IN_RESERVE) {
+        return Err(Malformed::TermStep { term: t, current });
     }
     Ok(())
 }
@@ -223,6 +255,7 @@ impl Engine {
     /// Every check of an inbound request: its shape, then what only this node's state tells.
     pub(super) fn check_request(&self, request: &RpcRequest) -> Checked {
         request_shape(request)?;
+        self.check_term(request.sender(), request.term())?;
         if request.sender() == self.id {
             return Err(Malformed::FromSelf);
         }
@@ -234,6 +267,25 @@ impl Engine {
             RpcRequest::InstallSnapshot(r) => self.check_single_leader(r.term),
             _ => Ok(()),
         }
+    }
+
+    /// The term of a message from `from`: refused if it climbs the reserve too fast (see the
+    /// module docs); a jump of more than [`MAX_TERM_STEP_IN_RESERVE`] below the reserve is
+    /// accepted but logged with the sender (no correct cluster needs it: the sign of a peer
+    /// inflating terms, or of one cut off for long with PreVote off).
+    pub(super) fn check_term(&self, from: NodeId, t: Term) -> Checked {
+        let current = self.hard_state.current_term;
+        term_step(current, t)?;
+        if t > current.saturating_add(MAX_TERM_STEP_IN_RESERVE) {
+            tracing::warn!(
+                id = self.id,
+                peer = from,
+                term = t,
+                current,
+                "a message raises the term by more than 2^16 at once"
+            );
+        }
+        Ok(())
     }
 
     /// Election Safety: while this node leads `term`, no other node leads it.

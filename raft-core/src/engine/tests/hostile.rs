@@ -196,6 +196,120 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
     }
 }
 
+// ---- terms near the cap (review finding 1) ----------------------------------------------------
+
+/// The first term of the reserve, and how far one message may raise a term inside it.
+const RESERVE: Term = 1 << 62;
+const RESERVE_STEP: Term = 1 << 16;
+
+/// One AppendEntries (or one answer to the leader's) with term `MAX_TERM` used to make every node
+/// adopt it durably; every node then campaigned at `MAX_TERM + 1`, which all refused as malformed:
+/// no leader ever again, even after restarts.
+#[test]
+fn one_message_with_the_largest_term_cannot_stop_elections() {
+    let (mut c, leader, _) = committed_cluster();
+    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    for &id in &ids {
+        let engine = &c.nodes[&id].engine;
+        let request = AppendEntriesRequest {
+            term: MAX_TERM,
+            leader_id: ids.iter().copied().find(|&other| other != id).unwrap(),
+            prev_log_id: engine.last_log_id(),
+            entries: Vec::new(),
+            leader_commit: 0,
+            read_round: 0,
+        };
+        ask(&mut c, id, RpcRequest::AppendEntries(request));
+    }
+    // The same term in an answer to the leader's AppendEntries.
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    let last = c.nodes[&leader].engine.last_log_id().index;
+    let follower = ids.iter().copied().find(|&id| id != leader).unwrap();
+    let sent =
+        SentRequest::AppendEntries { term, prev_index: last, last_index: last, read_round: 0 };
+    let answer = AppendEntriesResponse { term: MAX_TERM, match_index: None, conflict: None };
+    c.engine(leader).on_response(follower, sent, RpcResponse::AppendEntries(answer));
+    c.drain(leader);
+    c.tick(3000);
+    assert_eq!(c.leaders().len(), 1, "exactly one leader");
+    for id in ids {
+        let term = c.nodes[&id].engine.hard_state().current_term;
+        assert!(term < RESERVE, "node {id} is in term {term}");
+    }
+}
+
+/// Inside the reserve a message raises a term by at most `RESERVE_STEP`; below it, by any amount
+/// (a node that was partitioned for long with PreVote off comes back with a much higher term).
+#[test]
+fn terms_climb_into_the_reserve_only_step_by_step() {
+    let (mut c, leader, follower) = committed_cluster();
+    let heartbeat = |c: &Cluster, term| {
+        let engine = &c.nodes[&follower].engine;
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term,
+            leader_id: leader,
+            prev_log_id: engine.last_log_id(),
+            entries: Vec::new(),
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let term_of = |c: &Cluster| c.nodes[&follower].engine.hard_state().current_term;
+    for (term, adopted) in [
+        (1 << 40, true),                     // below the reserve: any jump
+        (RESERVE + 1, false),                // into the reserve in one leap
+        (RESERVE, true),                     // up to its start
+        (RESERVE + RESERVE_STEP + 1, false), // one more than a step
+        (RESERVE + RESERVE_STEP, true),      // a step
+        (MAX_TERM, false),
+    ] {
+        let before = term_of(&c);
+        let malformed = c.nodes[&follower].engine.malformed_count();
+        let request = heartbeat(&c, term);
+        ask(&mut c, follower, request);
+        let refused = c.nodes[&follower].engine.malformed_count() > malformed;
+        assert_eq!(
+            (term_of(&c) == term, refused),
+            (adopted, !adopted),
+            "term {term} from {before}"
+        );
+        if !adopted {
+            assert_eq!(term_of(&c), before);
+        }
+    }
+}
+
+/// A node whose term is near the cap can still be elected, and a node at the cap never stores a
+/// term beyond it (with PreVote off it used to store 2^63, which every other node refused).
+#[test]
+fn elections_work_near_the_cap_and_never_pass_it() {
+    for (start, pre_vote) in [(MAX_TERM - 3, true), (MAX_TERM - 3, false), (MAX_TERM, false)] {
+        let mut c = Cluster::with_configs(
+            (1..=3)
+                .map(|id| {
+                    let mut config = config(id, 3);
+                    config.pre_vote = pre_vote;
+                    config
+                })
+                .collect(),
+        );
+        for id in 1..=3 {
+            let hard_state = HardState { current_term: start, voted_for: None };
+            let durable = DurableState { hard_state, ..DurableState::default() };
+            let config = c.nodes[&id].engine.config.clone();
+            c.restart(Engine::new(config, &durable, Vec::new()), hard_state, Vec::new());
+        }
+        c.tick(200);
+        for node in c.nodes.values() {
+            let term = node.engine.hard_state().current_term;
+            assert!(term <= MAX_TERM && node.durable_hard_state.current_term <= MAX_TERM);
+        }
+        if start < MAX_TERM {
+            assert_eq!(c.leaders().len(), 1, "a leader near the cap (pre_vote: {pre_vote})");
+        }
+    }
+}
+
 // ---- the property test ------------------------------------------------------------------------
 
 /// A number chosen relative to the target's state when the message is built, so that random
@@ -566,6 +680,8 @@ impl Target {
         self.run(expect_refusal)?;
         let after = state_of(&self.engine);
         prop_assert!(after.0.current_term >= before.0.current_term, "term went back");
+        let climb = before.0.current_term.saturating_add(RESERVE_STEP).max(RESERVE);
+        prop_assert!(after.0.current_term <= climb, "the term climbed the reserve too fast");
         prop_assert!(after.2 >= before.2, "commit index went back");
         prop_assert!(after.2 <= after.1.index, "commit index beyond the log");
         Ok(())
@@ -587,8 +703,9 @@ proptest! {
 
     /// An engine in any role and state reachable by legal traffic survives any sequence of
     /// random and adversarial messages from an authenticated peer: no panic (overflow panics in
-    /// debug builds), no term or commit index going back, no message of a term not yet
-    /// durable, no refused message acknowledged or changing state.
+    /// debug builds), no term or commit index going back, no term climbing the reserve faster
+    /// than a step per message, no message of a term not yet durable, no refused message
+    /// acknowledged or changing state.
     #[test]
     fn hostile_messages_never_panic_wrap_or_get_acknowledged(
         prefix in prop::collection::vec(legal(), 0..60),
