@@ -159,6 +159,38 @@ async fn a_panicking_snapshot_store_stops_the_node<R: Runtime + Clone>(rt: R) {
     cluster.shutdown().await;
 }
 
+/// A state machine that panicked left its thread marked as running inside the state machine, so
+/// on that thread (every thread of a single-threaded runtime) the stopped node's `read_index`
+/// failed with `InsideStateMachine` instead of `Shutdown`, and `shutdown` returned at once
+/// without waiting for the node's tasks (review finding 4).
+async fn a_panicking_state_machine_leaves_no_mark_on_its_thread<R: Runtime + Clone>(rt: R) {
+    let cluster = Cluster::start(rt.clone(), 1, |_| Recipe::default()).await;
+    let id = cluster.leader().await;
+    cluster.write_on(id, "before").await;
+    cluster.members[&id].machine.poison_armed.store(true, Ordering::SeqCst);
+    let proposal = cluster.node(id).propose(Bytes::from_static(b"poison")).await.unwrap();
+    assert!(within(&rt, "the poisoned proposal", proposal.response()).await.is_err());
+    assert_panicked(&fatal_of(&cluster, id).await, "applier", "poisoned command");
+    let read = within(&rt, "a read after the panic", cluster.node(id).read_index()).await;
+    assert_eq!(read, Err(ReadIndexError::Shutdown));
+    let snapshot = within(&rt, "a snapshot after the panic", cluster.node(id).snapshot()).await;
+    assert_eq!(snapshot, Err(ProposeError::Shutdown));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_state_machine_leaves_no_mark_on_its_thread_tokio_current_thread() {
+    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+    a_panicking_state_machine_leaves_no_mark_on_its_thread(rt).await;
+}
+
+#[test]
+fn a_panicking_state_machine_leaves_no_mark_on_its_thread_smol_one_thread() {
+    let executor = Arc::new(smol::Executor::new());
+    let rt = raft_core::runtime::SmolRuntime::with_executor(executor.clone());
+    smol::block_on(executor.run(a_panicking_state_machine_leaves_no_mark_on_its_thread(rt)));
+}
+
 // ---- 14.3: restoring a snapshot while a newer one arrives ------------------------------------
 
 /// A follower restores snapshot L slowly; meanwhile the leader compacts past L and sends it a
