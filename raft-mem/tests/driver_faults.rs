@@ -100,16 +100,23 @@ fn callers_queued_at_stop_get_shutdown_async_std() {
 
 // ---- 14.2: panics ----------------------------------------------------------------------------
 
+/// Makes the state machine of leader `id` panic on a command, and waits for the node to stop
+/// with that panic as its fatal error.
+async fn poison<R: Runtime + Clone>(cluster: &Cluster<R>, id: NodeId) {
+    cluster.write_on(id, "before").await;
+    cluster.members[&id].machine.poison_armed.store(true, Ordering::SeqCst);
+    let proposal = cluster.node(id).propose(Bytes::from_static(b"poison")).await.unwrap();
+    let response = within(&cluster.runtime, "the poisoned proposal", proposal.response()).await;
+    assert!(response.is_err());
+    assert_panicked(&fatal_of(cluster, id).await, "applier", "poisoned command");
+}
+
 /// The leader's state machine panics on a command: the leader stops with the panic as its fatal
 /// error, stops heartbeating, and the others elect a leader that takes writes.
 async fn a_leader_whose_state_machine_panics_is_replaced<R: Runtime + Clone>(rt: R) {
     let cluster = Cluster::start(rt.clone(), 3, |_| Recipe::default()).await;
     let old = cluster.leader().await;
-    cluster.write_on(old, "before").await;
-    cluster.members[&old].machine.poison_armed.store(true, Ordering::SeqCst);
-    let proposal = cluster.node(old).propose(Bytes::from_static(b"poison")).await.unwrap();
-    assert!(within(&rt, "the poisoned proposal", proposal.response()).await.is_err());
-    assert_panicked(&fatal_of(&cluster, old).await, "applier", "poisoned command");
+    poison(&cluster, old).await;
     within(&rt, "the stopped node's tasks end", cluster.node(old).shutdown()).await;
     let new = cluster.leader_among(&other_than(&cluster, &[old])).await;
     assert_ne!(new, old);
@@ -166,11 +173,7 @@ async fn a_panicking_snapshot_store_stops_the_node<R: Runtime + Clone>(rt: R) {
 async fn a_panicking_state_machine_leaves_no_mark_on_its_thread<R: Runtime + Clone>(rt: R) {
     let cluster = Cluster::start(rt.clone(), 1, |_| Recipe::default()).await;
     let id = cluster.leader().await;
-    cluster.write_on(id, "before").await;
-    cluster.members[&id].machine.poison_armed.store(true, Ordering::SeqCst);
-    let proposal = cluster.node(id).propose(Bytes::from_static(b"poison")).await.unwrap();
-    assert!(within(&rt, "the poisoned proposal", proposal.response()).await.is_err());
-    assert_panicked(&fatal_of(&cluster, id).await, "applier", "poisoned command");
+    poison(&cluster, id).await;
     let read = within(&rt, "a read after the panic", cluster.node(id).read_index()).await;
     assert_eq!(read, Err(ReadIndexError::Shutdown));
     let snapshot = within(&rt, "a snapshot after the panic", cluster.node(id).snapshot()).await;
