@@ -89,6 +89,12 @@ pub struct AppendEntriesResponse {
     /// On a log mismatch: where the follower's log diverges. `None` on success and on a
     /// rejection for a stale term.
     pub conflict: Option<ConflictHint>,
+    /// How long, in milliseconds after it received the request, the responder refuses to vote
+    /// for another candidate (the CheckQuorum lease it keeps, also across a restart): what the
+    /// leader's lease reads may rely on. 0 when it promises nothing: it runs without
+    /// `check_quorum` or without `lease_reads`, or the request was rejected for its term or
+    /// refused (an answer with neither `match_index` nor `conflict` acknowledges nothing).
+    pub lease_promise_ms: u64,
 }
 
 /// TimeoutNow: asks the target to start an election at once (leadership transfer).

@@ -432,7 +432,10 @@ impl Engine {
                 RpcResponse::AppendEntries(resp),
             ) if term == self.hard_state.current_term => {
                 self.append_done(from, prev_index == last_index);
-                self.read_round_acked(from, read_round);
+                if validate::acknowledges_leader(&resp) {
+                    self.lease_acknowledged(from, read_round, resp.lease_promise_ms);
+                    self.read_round_acked(from, read_round);
+                }
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
             (

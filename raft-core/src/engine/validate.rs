@@ -239,6 +239,14 @@ fn append_entries_response(
     }
 }
 
+/// Whether an answer to an AppendEntries of the leader's term acknowledges the leader: it
+/// accepted the entries or reported where its log diverges. Neither is a refusal (a malformed
+/// request, or entries that would overwrite committed ones), which acknowledges nothing: it
+/// confirms no read round and extends no lease.
+pub(super) fn acknowledges_leader(r: &AppendEntriesResponse) -> bool {
+    r.match_index.is_some() || r.conflict.is_some()
+}
+
 /// Whether a follower's conflict hint can answer an AppendEntries of `term` after
 /// `prev_index`: its log is shorter than `prev_index` (no conflicting term), or it holds a
 /// different entry there whose term starts at or before `prev_index`.
@@ -327,6 +335,7 @@ impl Engine {
                 term,
                 match_index: None,
                 conflict: None,
+                lease_promise_ms: 0,
             }),
             RpcRequest::TimeoutNow(_) => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             RpcRequest::InstallSnapshot(_) => {

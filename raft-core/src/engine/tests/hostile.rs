@@ -165,6 +165,7 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             term,
             match_index: None,
             conflict: Some(ConflictHint { conflict_term, first_index_of_term, last_log_index }),
+            lease_promise_ms: 0,
         })
     };
     let responses = [
@@ -176,11 +177,13 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             term,
             match_index: Some(last + 1),
             conflict: None,
+            lease_promise_ms: 0,
         }),
         RpcResponse::AppendEntries(AppendEntriesResponse {
             term: u64::MAX,
             match_index: None,
             conflict: None,
+            lease_promise_ms: 0,
         }),
         RpcResponse::RequestVote(RequestVoteResponse {
             term: term + 1,
@@ -227,7 +230,12 @@ fn one_message_with_the_largest_term_cannot_stop_elections() {
     let follower = ids.iter().copied().find(|&id| id != leader).unwrap();
     let sent =
         SentRequest::AppendEntries { term, prev_index: last, last_index: last, read_round: 0 };
-    let answer = AppendEntriesResponse { term: MAX_TERM, match_index: None, conflict: None };
+    let answer = AppendEntriesResponse {
+        term: MAX_TERM,
+        match_index: None,
+        conflict: None,
+        lease_promise_ms: 0,
+    };
     c.engine(leader).on_response(follower, sent, RpcResponse::AppendEntries(answer));
     c.drain(leader);
     c.tick(3000);
@@ -564,6 +572,7 @@ impl Target {
                     first_index_of_term: index(c),
                     last_log_index: index(a),
                 }),
+                lease_promise_ms: b.at(0, 1000),
             }),
             2 => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             3 => RpcResponse::InstallSnapshot(InstallSnapshotResponse {
