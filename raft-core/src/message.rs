@@ -145,7 +145,9 @@ pub struct InstallSnapshotResponse {
     /// The responder's current term.
     pub term: Term,
     /// How many bytes of `meta`'s data the follower holds, from offset 0, durably: the next
-    /// chunk it expects starts there (0 asks the leader to start over).
+    /// chunk it expects starts there (0 asks the leader to start over). Equal to the chunk's own
+    /// `offset`: the follower cannot take that chunk yet (it still restores an earlier
+    /// snapshot), and the leader offers it again a heartbeat interval later.
     pub next_offset: u64,
     /// True when the follower's state now covers `meta.last_included`: the snapshot is durably
     /// installed, or the follower's log already held its last entry or a later commit point.

@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Entry, FatalError, MembershipChange, MembershipError, Node, NodeId, ProposeError,
-    ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime, StateMachine,
-    StateMachineError,
+    Bytes, Entry, FatalError, LogIndex, MembershipChange, MembershipError, Node, NodeId,
+    ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime,
+    StateMachine, StateMachineError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -196,10 +196,20 @@ fn a_panicking_state_machine_leaves_no_mark_on_its_thread_smol_one_thread() {
 
 // ---- 14.3: restoring a snapshot while a newer one arrives ------------------------------------
 
-/// A follower restores snapshot L slowly; meanwhile the leader compacts past L and sends it a
-/// newer snapshot L2. The follower must not lose L under its restore (it waits to install L2 until
-/// the restore is done), must not stop, and ends with the leader's state.
-async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: R) {
+/// A 3-node cluster whose follower restores snapshot L slowly (at its gate) while the leader,
+/// which compacted past L meanwhile, has delivered it the last chunk of a newer snapshot L2.
+struct RestoringFollower<R: Runtime + Clone> {
+    cluster: Cluster<R>,
+    gates: BTreeMap<NodeId, Gate>,
+    leader: NodeId,
+    follower: NodeId,
+    /// L's last index.
+    first: LogIndex,
+}
+
+async fn restoring_follower_offered_a_newer_snapshot<R: Runtime + Clone>(
+    rt: &R,
+) -> RestoringFollower<R> {
     let gates: BTreeMap<NodeId, Gate> = (1..=3).map(|id| (id, Gate::default())).collect();
     let recipe = |id| Recipe {
         machine: Machine {
@@ -214,7 +224,7 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
             c.snapshot_chunk_bytes = 64;
         }),
     };
-    let mut cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
     let leader = cluster.leader().await;
     let follower = other_than(&cluster, &[leader])[0];
     cluster.network.disconnect(follower);
@@ -223,7 +233,7 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
     }
     cluster.network.reconnect(follower);
     let machine = cluster.members[&follower].machine.clone();
-    wait_until(&rt, "the follower's restore", || {
+    wait_until(rt, "the follower's restore", || {
         machine.restores_started.load(Ordering::SeqCst) >= 1
     })
     .await;
@@ -250,8 +260,18 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
     };
     cluster.network.register(follower, Arc::new(watched));
     cluster.network.reconnect(follower);
-    wait_until(&rt, "the newer snapshot's last chunk", || newer_delivered.load(Ordering::SeqCst))
+    wait_until(rt, "the newer snapshot's last chunk", || newer_delivered.load(Ordering::SeqCst))
         .await;
+    RestoringFollower { cluster, gates, leader, follower, first }
+}
+
+/// A follower restores snapshot L slowly; meanwhile the leader compacts past L and sends it a
+/// newer snapshot L2. The follower must not lose L under its restore (it waits to install L2 until
+/// the restore is done), must not stop, and ends with the leader's state.
+async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: R) {
+    let RestoringFollower { mut cluster, gates, leader, follower, first } =
+        restoring_follower_offered_a_newer_snapshot(&rt).await;
+    let machine = cluster.members[&follower].machine.clone();
     // A chance for a broken node to install the newer snapshot under the restore (a correct one
     // never does: the wait then runs out).
     let snapshots = cluster.members[&follower].snapshots.inner.clone();
@@ -273,6 +293,38 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
         "the follower has the leader's state"
     );
     cluster.members.remove(&follower); // keep the follower's node alive until here
+    cluster.shutdown().await;
+}
+
+/// While a follower's state machine restores snapshot L, the leader sends it a newer snapshot L2;
+/// the third node goes down. The follower keeps answering (votes, heartbeats, chunks) meanwhile,
+/// so the cluster keeps a leader through the slow restore (review finding 3). Before, the install
+/// of L2 waited for the restore and every later write and answer of the follower waited behind
+/// it: the leader lost CheckQuorum and nobody could be elected until the restore finished.
+async fn a_restoring_follower_keeps_answering<R: Runtime + Clone>(rt: R) {
+    let RestoringFollower { mut cluster, gates, leader, follower, .. } =
+        restoring_follower_offered_a_newer_snapshot(&rt).await;
+    let machine = cluster.members[&follower].machine.clone();
+    let third = other_than(&cluster, &[leader, follower])[0];
+
+    // The third node goes down while the restore goes on for three election timeouts.
+    cluster.network.disconnect(third);
+    rt.sleep(Duration::from_millis(3 * 300)).await;
+    assert!(!gates[&follower].is_open() && machine.restores_done.load(Ordering::SeqCst) == 0);
+    let elected = cluster.leader_among(&[leader, follower]).await;
+    assert_eq!(machine.restores_done.load(Ordering::SeqCst), 0, "a leader during the restore");
+
+    gates[&follower].open();
+    cluster.network.reconnect(third);
+    let index = cluster.write_on(elected, "after").await;
+    cluster.wait_applied(follower, index).await;
+    assert_eq!(cluster.node(follower).fatal_error(), None);
+    assert_eq!(
+        *machine.commands.lock().unwrap(),
+        *cluster.members[&elected].machine.commands.lock().unwrap(),
+        "the follower has the leader's state"
+    );
+    cluster.members.remove(&follower);
     cluster.shutdown().await;
 }
 
@@ -548,6 +600,7 @@ under_runtimes!(
     a_leader_whose_network_panics_is_replaced,
     a_panicking_snapshot_store_stops_the_node,
     a_restoring_follower_survives_a_newer_snapshot,
+    a_restoring_follower_keeps_answering,
     abandoned_reads_keep_their_slots,
     a_forwarded_read_ends_when_its_leader_is_removed,
     a_forwarded_read_ends_when_its_leader_removes_itself,

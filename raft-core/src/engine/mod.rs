@@ -28,6 +28,9 @@
 //!   `CompactLog`: carry them out strictly in emission order (an `InstallSnapshot` resets the log
 //!   that later `Persist` batches append to), and treat all of them as "earlier `Persist`s" for
 //!   `after_persist` messages. Report `InstallSnapshot` with [`Engine::on_snapshot_installed`].
+//!   No `InstallSnapshot` is emitted while the state machine restores a snapshot (from the
+//!   `Restore` until [`Engine::on_applied`] reports its last index), so a store may make an
+//!   install supersede (and stop serving) the snapshot read before.
 //! * **Apply-path actions** are `Apply`, `TakeSnapshot` and `Restore`: hand them to the state
 //!   machine in emission order. `TakeSnapshot` captures the state after every earlier `Apply`;
 //!   report it with [`Engine::on_snapshot_taken`] once durable (or
@@ -469,6 +472,7 @@ impl Engine {
         if index > self.log.applied_index && index <= self.log.apply_sent_index {
             self.log.applied_index = index;
         }
+        self.snapshot_applied(index);
     }
 
     fn reset_election_timer(&mut self) {

@@ -148,6 +148,7 @@ impl Engine {
         offset: u64,
         resp: &InstallSnapshotResponse,
     ) {
+        let heartbeat_ticks = self.timing.heartbeat_ticks;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         progress.recent_active = true;
@@ -179,6 +180,14 @@ impl Engine {
         if resp.next_offset == end {
             transfer.acked_offset = transfer.acked_offset.max(end);
             progress.snapshot_failures.acknowledged(last_included, end);
+        } else if resp.next_offset == offset {
+            // The follower holds everything before the chunk but cannot take it yet (it still
+            // restores an earlier snapshot): offer it again a heartbeat interval later. Not a
+            // failure: the follower answers.
+            transfer.acked_offset = offset;
+            transfer.rewind();
+            progress.snapshot_failures.retry_in = heartbeat_ticks;
+            return;
         } else {
             // Lost, duplicated or reordered chunks: continue where the follower's data ends.
             transfer.acked_offset = resp.next_offset.min(transfer.meta.size);

@@ -202,10 +202,7 @@ impl CoreLoop {
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => {
-                self.engine.on_applied(index);
-                self.snapshot_applied(index);
-            }
+            Input::Applied(index) => self.engine.on_applied(index),
             Input::ReadIndex { read } => {
                 if read.abandoned() {
                     return; // the caller gave up before the read started
