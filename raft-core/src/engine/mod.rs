@@ -456,8 +456,8 @@ impl Engine {
         let current = self.hard_state.current_term;
         match request {
             SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),
-            SentRequest::InstallSnapshot { term, last_included, .. } if term == current => {
-                self.snapshot_unreachable(from, last_included)
+            SentRequest::InstallSnapshot { term, last_included, offset, .. } if term == current => {
+                self.snapshot_unreachable(from, last_included, offset)
             }
             SentRequest::AppendEntries { term, prev_index, last_index, .. } if term == current => {
                 self.append_done(from, prev_index == last_index);
