@@ -352,6 +352,53 @@ async fn abandoned_reads_keep_their_slots<R: Runtime + Clone>(rt: R) {
     cluster.shutdown().await;
 }
 
+/// Reads that got their index and wait for the state machine free their slots as soon as their
+/// callers give up, not only when a new read arrives (which needs a slot first): with
+/// `max_pending_reads` 2 and a follower that cannot apply (its log writes hang), two abandoned
+/// reads used to block every later `read_index` until the follower caught up (review finding 6).
+async fn abandoned_reads_free_their_slots_while_waiting_to_apply<R: Runtime + Clone>(rt: R) {
+    let recipe = |_| Recipe {
+        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
+        ..Recipe::default()
+    };
+    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let leader = cluster.leader().await;
+    let follower = other_than(&cluster, &[leader])[0];
+    cluster.write_on(leader, "x").await;
+    let gate = Gate::default();
+    *cluster.members[&follower].store.write_gate.lock().unwrap() = Some(gate.clone());
+    cluster.write_on(leader, "y").await; // committed without the follower's copy
+    let faults = cluster.members[&follower].network.clone();
+    // Each read asks the leader, gets its index (the answer takes far less than the 100 ms
+    // given), waits for the state machine, and is given up.
+    let asked = |sent| {
+        let (rt, faults) = (rt.clone(), faults.clone());
+        async move {
+            let asked = || faults.read_index_sent.load(Ordering::SeqCst) >= sent;
+            wait_until(&rt, &format!("read {sent} to reach the leader"), asked).await;
+            rt.sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for sent in 1..=2 {
+        let read = cluster.node(follower).read_index().fuse();
+        let asked = asked(sent).fuse();
+        futures::pin_mut!(read, asked);
+        futures::select! {
+            read = read => panic!("the follower cannot apply the read index: {read:?}"),
+            () = asked => {}
+        }
+    }
+    let read = cluster.node(follower).read_index().fuse();
+    let asked = asked(3).fuse();
+    futures::pin_mut!(read, asked);
+    futures::select! {
+        read = read => panic!("the follower still cannot apply the read index: {read:?}"),
+        () = asked => {} // the third read got a slot
+    }
+    gate.open();
+    cluster.shutdown().await;
+}
+
 /// A follower's read forwarded to the leader is in flight when that node stops being leader and
 /// member: the follower stops talking to it, and the read ends (`Unreachable`) instead of
 /// waiting forever.
@@ -602,6 +649,7 @@ under_runtimes!(
     a_restoring_follower_survives_a_newer_snapshot,
     a_restoring_follower_keeps_answering,
     abandoned_reads_keep_their_slots,
+    abandoned_reads_free_their_slots_while_waiting_to_apply,
     a_forwarded_read_ends_when_its_leader_is_removed,
     a_forwarded_read_ends_when_its_leader_removes_itself,
     shutdown_completes_when_rpcs_never_return,
