@@ -330,14 +330,18 @@ async fn a_restoring_follower_keeps_answering<R: Runtime + Clone>(rt: R) {
 
 // ---- 14.4, 12.4, 14.10: reads and peers ------------------------------------------------------
 
+/// Nodes that hold at most 2 reads.
+fn two_read_slots(_: NodeId) -> Recipe {
+    Recipe {
+        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
+        ..Recipe::default()
+    }
+}
+
 /// Callers that give up on their reads do not free the reads' slots: with `max_pending_reads`
 /// 2 and forwarded reads that never get an answer, at most 2 reads ever reach the leader.
 async fn abandoned_reads_keep_their_slots<R: Runtime + Clone>(rt: R) {
-    let recipe = |_| Recipe {
-        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
-        ..Recipe::default()
-    };
-    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let cluster = Cluster::start(rt.clone(), 3, two_read_slots).await;
     let leader = cluster.leader().await;
     cluster.write_on(leader, "x").await;
     let follower = other_than(&cluster, &[leader])[0];
@@ -357,11 +361,7 @@ async fn abandoned_reads_keep_their_slots<R: Runtime + Clone>(rt: R) {
 /// `max_pending_reads` 2 and a follower that cannot apply (its log writes hang), two abandoned
 /// reads used to block every later `read_index` until the follower caught up (review finding 6).
 async fn abandoned_reads_free_their_slots_while_waiting_to_apply<R: Runtime + Clone>(rt: R) {
-    let recipe = |_| Recipe {
-        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
-        ..Recipe::default()
-    };
-    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let cluster = Cluster::start(rt.clone(), 3, two_read_slots).await;
     let leader = cluster.leader().await;
     let follower = other_than(&cluster, &[leader])[0];
     cluster.write_on(leader, "x").await;
