@@ -63,6 +63,7 @@ pub use self::membership::MembershipRefusal;
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
+pub(crate) use self::validate::MAX_MEMBERS;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};

@@ -76,7 +76,7 @@ impl Engine {
     /// `Snapshot` mode if so (and a snapshot exists and no back-off is running).
     pub(super) fn needs_snapshot(&mut self, peer: NodeId) -> bool {
         let compacted = self.log.compacted().index;
-        let latest = self.snapshots.latest.clone();
+        let latest = self.snapshots.latest.as_ref();
         let RoleState::Leader(leader) = &mut self.role else { return false };
         let Some(progress) = leader.progress.get_mut(&peer) else { return false };
         if progress.mode == ReplicationMode::Snapshot {
@@ -90,7 +90,7 @@ impl Engine {
             return false;
         };
         tracing::debug!(id = self.id, peer, next = progress.next_index, snapshot = ?meta.last_included, "sending snapshot");
-        progress.start_snapshot(meta);
+        progress.start_snapshot(meta.clone());
         true
     }
 
@@ -99,7 +99,7 @@ impl Engine {
     /// Returns false while a back-off keeps the transfer from sending: the caller then sends the
     /// follower a heartbeat when one is due, so that it keeps hearing from its leader.
     pub(super) fn send_snapshot_chunks(&mut self, peer: NodeId, heartbeat: bool) -> bool {
-        let latest = self.snapshots.latest.clone();
+        let latest = self.snapshots.latest.as_ref();
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let window = self.config.snapshot_max_inflight_chunks;
         let (term, leader_id) = (self.hard_state.current_term, self.id);
@@ -107,9 +107,9 @@ impl Engine {
         let Some(progress) = leader.progress.get_mut(&peer) else { return true };
         let Some(transfer) = progress.transfer.as_mut() else { return true };
         if let Some(latest) = latest {
-            if latest != transfer.meta {
+            if *latest != transfer.meta {
                 // A newer snapshot replaced the one being sent (whose data is gone).
-                *transfer = Transfer::new(latest);
+                *transfer = Transfer::new(latest.clone());
             }
         }
         if progress.snapshot_failures.retry_in > 0 {

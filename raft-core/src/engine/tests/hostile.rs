@@ -318,6 +318,47 @@ fn elections_work_near_the_cap_and_never_pass_it() {
     }
 }
 
+// ---- memberships a leader may propose (review finding 7) -----------------------------------
+
+/// A leader never appends a membership its followers would refuse as malformed (more than
+/// `MAX_MEMBERS` members): the change is refused with a clear error instead. Before, only inbound
+/// memberships were checked, so a leader could append one that no follower would ever take.
+#[test]
+fn a_leader_refuses_a_membership_its_followers_would_refuse() {
+    use crate::membership::{InvalidChange, MembershipChange};
+    let max = crate::engine::MAX_MEMBERS as u64;
+    let mut config = config(1, 1);
+    config.snapshot_interval_entries = 0;
+    let meta = SnapshotMeta {
+        last_included: LogId::new(1, 10),
+        membership: Membership { voters: [1].into(), learners: (2..=max).collect() },
+        size: 0,
+        checksum: crate::snapshot::Checksum::of(b""),
+    };
+    let durable = DurableState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        purged: meta.last_included,
+        last: meta.last_included,
+    };
+    let mut engine = Engine::with_snapshots(config, &durable, Vec::new(), Some(meta));
+    assert_eq!(engine.membership().members().len() as u64, max);
+    engine.campaign(false, false); // the only voter: elected at once
+    for action in engine.take_actions() {
+        if let Action::Persist(batch) = action {
+            engine.on_persisted(PersistedWrite::of(&batch));
+        }
+    }
+    assert!(engine.role() == Role::Leader && engine.own_term_committed());
+    let refused = engine.propose_membership(MembershipChange::AddLearner(max + 1));
+    assert_eq!(
+        refused,
+        Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(max as usize + 1)))
+    );
+    assert_eq!(engine.membership().members().len() as u64, max, "nothing appended");
+    // A change that keeps the bound goes through.
+    assert!(engine.propose_membership(MembershipChange::RemoveNode(max)).is_ok());
+}
+
 // ---- the property test ------------------------------------------------------------------------
 
 /// A number chosen relative to the target's state when the message is built, so that random
