@@ -214,6 +214,9 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
+    /// Per peer: the tick of the last warning about a malformed message, and how many were not
+    /// logged as warnings since.
+    malformed_warnings: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl Engine {
@@ -275,6 +278,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
+            malformed_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);

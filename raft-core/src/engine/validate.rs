@@ -42,6 +42,9 @@ pub(crate) const TERM_RESERVE_START: Term = 1 << 62;
 /// needs (one term per election missed), few enough that the reserve outlasts any attack.
 pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
 
+/// Malformed messages from one peer are logged as a warning at most once per this interval.
+const MALFORMED_WARNING_INTERVAL_MS: u64 = 10_000;
+
 /// The most members (voters and learners) a membership from the wire may name: a leader keeps
 /// replication state for each of them.
 pub(crate) const MAX_MEMBERS: usize = 65_536;
@@ -359,9 +362,33 @@ impl Engine {
         self.malformed
     }
 
-    /// Counts and logs a malformed message from `from`.
+    /// Counts and logs a malformed message from `from`: a warning at most once per peer per
+    /// [`MALFORMED_WARNING_INTERVAL_MS`] (with how many were left out since), the rest at debug
+    /// level, so that a peer sending them in a loop cannot flood the log.
     pub(super) fn count_malformed(&mut self, from: NodeId, kind: &str, reason: &Malformed) {
         self.malformed = self.malformed.saturating_add(1);
-        tracing::warn!(id = self.id, peer = from, kind, %reason, "refused a malformed message");
+        let (now, interval) = (self.now_tick, self.config.ticks(MALFORMED_WARNING_INTERVAL_MS));
+        let warnings = &mut self.malformed_warnings;
+        if warnings.len() >= MAX_MEMBERS && !warnings.contains_key(&from) {
+            warnings.clear(); // a bound on the memory; at worst a few more warnings
+        }
+        match warnings.get_mut(&from) {
+            Some((warned_at, left_out)) if now < warned_at.saturating_add(interval) => {
+                *left_out = left_out.saturating_add(1);
+                tracing::debug!(id = self.id, peer = from, kind, %reason, "refused a malformed message");
+            }
+            entry => {
+                let left_out = entry.map_or(0, |(_, left_out)| *left_out);
+                tracing::warn!(
+                    id = self.id,
+                    peer = from,
+                    kind,
+                    %reason,
+                    "refused a malformed message ({left_out} more from this peer since the last \
+                     warning)"
+                );
+                warnings.insert(from, (now, 0));
+            }
+        }
     }
 }

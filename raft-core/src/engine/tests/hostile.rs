@@ -318,6 +318,70 @@ fn elections_work_near_the_cap_and_never_pass_it() {
     }
 }
 
+// ---- logging malformed messages (review finding 8) --------------------------------------------
+
+/// Counts the warnings of the validation module.
+#[derive(Default)]
+struct Warnings(std::sync::atomic::AtomicUsize);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().ends_with("engine::validate") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A peer sending malformed messages in a loop gets one warning per 10 s, not one per message
+/// (each one is still counted); another peer gets its own.
+#[test]
+fn malformed_messages_are_logged_at_most_once_per_peer_per_ten_seconds() {
+    let (mut c, leader, follower) = committed_cluster();
+    let other = *c.nodes.keys().find(|&&id| id != leader && id != follower).unwrap();
+    let gap = |c: &Cluster, from: NodeId| {
+        let engine = &c.nodes[&follower].engine;
+        let (term, last) = (engine.hard_state().current_term, engine.last_log_id());
+        let entry = Entry { index: last.index + 2, term, payload: EntryPayload::Blank };
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term,
+            leader_id: from,
+            prev_log_id: last,
+            entries: vec![entry],
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let warnings = std::sync::Arc::new(Warnings::default());
+    let counted = warnings.clone();
+    let warned = move || counted.0.load(std::sync::atomic::Ordering::SeqCst);
+    tracing::subscriber::with_default(warnings, || {
+        for _ in 0..100 {
+            let request = gap(&c, leader);
+            ask(&mut c, follower, request);
+        }
+        assert_eq!(c.nodes[&follower].engine.malformed_count(), 100);
+        assert_eq!(warned(), 1, "one warning for 100 malformed messages");
+        let request = gap(&c, other);
+        ask(&mut c, follower, request);
+        assert_eq!(warned(), 2, "another peer gets its own");
+        c.tick(1000); // 10 s
+        let request = gap(&c, leader);
+        ask(&mut c, follower, request);
+        assert_eq!(warned(), 3, "and a peer another one after 10 s");
+    });
+}
+
 // ---- memberships a leader may propose (review finding 7) -----------------------------------
 
 /// A leader never appends a membership its followers would refuse as malformed (more than
