@@ -122,17 +122,17 @@ impl CoreLoop {
             Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
             Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
             Action::TakeSnapshot { last_included, membership } => {
-                let message = ApplyMsg::TakeSnapshot(last_included, membership);
-                if self.applier.try_send(message).is_err() {
-                    self.lost("applier (state machine)");
-                }
+                self.apply_path(ApplyMsg::TakeSnapshot(last_included, membership))
             }
-            Action::Restore(meta) => {
-                if self.applier.try_send(ApplyMsg::Restore(meta)).is_err() {
-                    self.lost("applier (state machine)");
-                }
-            }
+            Action::Restore(meta) => self.apply_path(ApplyMsg::Restore(meta)),
             _ => {}
+        }
+    }
+
+    /// Hands a snapshot step to the applier, in order with the entries.
+    fn apply_path(&mut self, message: ApplyMsg) {
+        if self.applier.try_send(message).is_err() {
+            self.lost("applier (state machine)");
         }
     }
 
