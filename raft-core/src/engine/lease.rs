@@ -138,7 +138,8 @@ impl Engine {
         }
         *promised = until;
         // This node's own promise is as good as its latest round.
-        let own_until = lease.round_started.back().map_or(0, |&(_, at)| nanos(at + span));
+        let own_until =
+            lease.round_started.back().map_or(0, |&(_, at)| nanos(at.saturating_add(span)));
         let voters = &self.log.membership().latest().voters;
         let promises = voters
             .iter()
