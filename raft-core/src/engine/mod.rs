@@ -214,9 +214,9 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
-    /// Per peer: the tick of the last warning about a malformed message, and how many were not
-    /// logged as warnings since.
-    malformed_warnings: BTreeMap<NodeId, (u64, u64)>,
+    /// Per peer: the tick of the last warning about it (see `validate.rs`), and how many were
+    /// left out since.
+    peer_warnings: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl Engine {
@@ -278,7 +278,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
-            malformed_warnings: BTreeMap::new(),
+            peer_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -391,6 +391,7 @@ impl Engine {
             let response = self.refusal(&request);
             return self.respond(reply_to, response, false);
         }
+        self.note_term(request.sender(), request.term());
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
             RpcRequest::RequestVote(req) => {
@@ -411,12 +412,13 @@ impl Engine {
     /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
     /// answer ([`Engine::on_unreachable`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
-        let checked = validate::response(&request, &response)
-            .and_then(|()| self.check_term(from, response.term()));
+        let checked =
+            validate::response(&request, &response).and_then(|()| self.check_term(response.term()));
         if let Err(reason) = checked {
             self.count_malformed(from, "response", &reason);
             return self.on_unreachable(from, request);
         }
+        self.note_term(from, response.term());
         if let SentRequest::ReadIndex { read_id, .. } = request {
             // Answer the read whatever else the response says.
             if let RpcResponse::ReadIndex(resp) = &response {

@@ -42,8 +42,9 @@ pub(crate) const TERM_RESERVE_START: Term = 1 << 62;
 /// needs (one term per election missed), few enough that the reserve outlasts any attack.
 pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
 
-/// Malformed messages from one peer are logged as a warning at most once per this interval.
-const MALFORMED_WARNING_INTERVAL_MS: u64 = 10_000;
+/// Warnings about one peer (malformed messages, term jumps) are logged at most once per this
+/// interval.
+const WARNING_INTERVAL_MS: u64 = 10_000;
 
 /// The most members (voters and learners) a membership from the wire may name: a leader keeps
 /// replication state for each of them.
@@ -266,7 +267,7 @@ impl Engine {
     /// Every check of an inbound request: its shape, then what only this node's state tells.
     pub(super) fn check_request(&self, request: &RpcRequest) -> Checked {
         request_shape(request)?;
-        self.check_term(request.sender(), request.term())?;
+        self.check_term(request.term())?;
         if request.sender() == self.id {
             return Err(Malformed::FromSelf);
         }
@@ -280,23 +281,29 @@ impl Engine {
         }
     }
 
-    /// The term of a message from `from`: refused if it climbs the reserve too fast (see the
-    /// module docs); a jump of more than [`MAX_TERM_STEP_IN_RESERVE`] below the reserve is
-    /// accepted but logged with the sender (no correct cluster needs it: the sign of a peer
-    /// inflating terms, or of one cut off for long with PreVote off).
-    pub(super) fn check_term(&self, from: NodeId, t: Term) -> Checked {
+    /// The term of a message: refused if it climbs the reserve too fast (see the module docs).
+    pub(super) fn check_term(&self, t: Term) -> Checked {
+        term_step(self.hard_state.current_term, t)
+    }
+
+    /// A valid message from `from` carries term `t`: a jump of more than
+    /// [`MAX_TERM_STEP_IN_RESERVE`] (accepted below the reserve) is logged with the sender, as no
+    /// correct cluster needs it (the sign of a peer inflating terms, or of one cut off for long
+    /// with PreVote off).
+    pub(super) fn note_term(&mut self, from: NodeId, t: Term) {
         let current = self.hard_state.current_term;
-        term_step(current, t)?;
         if t > current.saturating_add(MAX_TERM_STEP_IN_RESERVE) {
-            tracing::warn!(
-                id = self.id,
-                peer = from,
-                term = t,
-                current,
-                "a message raises the term by more than 2^16 at once"
-            );
+            if let Some(left_out) = self.may_warn_about(from) {
+                tracing::warn!(
+                    id = self.id,
+                    peer = from,
+                    term = t,
+                    current,
+                    "a message raises the term by more than 2^16 at once ({left_out} more \
+                     warnings about this peer left out since the last one)"
+                );
+            }
         }
-        Ok(())
     }
 
     /// Election Safety: while this node leads `term`, no other node leads it.
@@ -363,31 +370,42 @@ impl Engine {
     }
 
     /// Counts and logs a malformed message from `from`: a warning at most once per peer per
-    /// [`MALFORMED_WARNING_INTERVAL_MS`] (with how many were left out since), the rest at debug
-    /// level, so that a peer sending them in a loop cannot flood the log.
+    /// [`WARNING_INTERVAL_MS`] (with how many were left out since), the rest at debug level, so
+    /// that a peer sending them in a loop cannot flood the log.
     pub(super) fn count_malformed(&mut self, from: NodeId, kind: &str, reason: &Malformed) {
         self.malformed = self.malformed.saturating_add(1);
-        let (now, interval) = (self.now_tick, self.config.ticks(MALFORMED_WARNING_INTERVAL_MS));
-        let warnings = &mut self.malformed_warnings;
+        match self.may_warn_about(from) {
+            Some(left_out) => tracing::warn!(
+                id = self.id,
+                peer = from,
+                kind,
+                %reason,
+                "refused a malformed message ({left_out} more warnings about this peer left out \
+                 since the last one)"
+            ),
+            None => {
+                tracing::debug!(id = self.id, peer = from, kind, %reason, "refused a malformed message")
+            }
+        }
+    }
+
+    /// Whether a warning about peer `from` may be logged now: at most one per
+    /// [`WARNING_INTERVAL_MS`] per peer. `Some(n)`: yes, and `n` were left out since the last.
+    fn may_warn_about(&mut self, from: NodeId) -> Option<u64> {
+        let (now, interval) = (self.now_tick, self.config.ticks(WARNING_INTERVAL_MS));
+        let warnings = &mut self.peer_warnings;
         if warnings.len() >= MAX_MEMBERS && !warnings.contains_key(&from) {
             warnings.clear(); // a bound on the memory; at worst a few more warnings
         }
         match warnings.get_mut(&from) {
             Some((warned_at, left_out)) if now < warned_at.saturating_add(interval) => {
                 *left_out = left_out.saturating_add(1);
-                tracing::debug!(id = self.id, peer = from, kind, %reason, "refused a malformed message");
+                None
             }
             entry => {
                 let left_out = entry.map_or(0, |(_, left_out)| *left_out);
-                tracing::warn!(
-                    id = self.id,
-                    peer = from,
-                    kind,
-                    %reason,
-                    "refused a malformed message ({left_out} more from this peer since the last \
-                     warning)"
-                );
                 warnings.insert(from, (now, 0));
+                Some(left_out)
             }
         }
     }
