@@ -80,6 +80,34 @@ pub enum StartError {
     /// The state machine failed to restore the latest snapshot.
     #[error("restoring the latest snapshot failed: {0}")]
     Restore(#[from] crate::state_machine::StateMachineError),
+    /// `NodeBuilder::bootstrap` was refused; nothing was written.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+}
+
+/// Why `NodeBuilder::bootstrap` refused to write a cluster's first membership. Nothing was
+/// written: the stores are as they were.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// The stores already hold a membership (in the log or in a snapshot): this node was
+    /// bootstrapped before, or joined a cluster. Start it without `bootstrap`.
+    #[error("the node is already initialized (its stores hold a membership)")]
+    AlreadyInitialized,
+    /// The stores hold a term, a vote or log entries but no membership: the node has taken part
+    /// in a cluster (voted, or was receiving its log), so founding a new one here could contradict
+    /// what it promised. Start it without `bootstrap`, or on empty stores.
+    #[error("the stores are not empty (term {current_term}, last log index {last_index})")]
+    NotEmpty {
+        /// The term the log store holds.
+        current_term: Term,
+        /// The last index of its log (or of its purged prefix).
+        last_index: LogIndex,
+    },
+    /// The membership does not make this node a voter: a node can only found a cluster it
+    /// votes in.
+    #[error("node {0} is not a voter of the membership it was asked to bootstrap")]
+    NotAVoter(NodeId),
 }
 
 /// Why a node stopped on its own (as opposed to by `shutdown`).
@@ -172,6 +200,17 @@ pub enum MembershipError {
     /// learner.
     #[error("the learner did not catch up in time")]
     CatchUpTimeout,
+    /// `Node::add_voter`: the learner can never catch up as it runs: it needs a snapshot (the
+    /// leader compacted the entries it lacks) and refused it for a reason a retry does not fix
+    /// (it has no snapshot store). It stays a learner: restart it with a snapshot store, or
+    /// remove it.
+    #[error("node {id} cannot catch up: {reason}")]
+    SnapshotRefused {
+        /// The learner.
+        id: NodeId,
+        /// Why it refused the snapshot.
+        reason: crate::types::SnapshotFailure,
+    },
     /// The change was appended but its outcome is unknown or it was overwritten.
     #[error(transparent)]
     Proposal(#[from] ProposalError),

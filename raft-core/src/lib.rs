@@ -27,8 +27,8 @@ pub mod types;
 
 pub use config::{Config, ConfigError};
 pub use error::{
-    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
-    TransferError,
+    BootstrapError, FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError,
+    StartError, TransferError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::*;

@@ -4,7 +4,9 @@
 //! snapshots ([`SnapshotMeta::membership`]). A node uses the latest membership in its log as soon
 //! as the entry is appended, committed or not (single-server changes, Raft thesis §4.1), and
 //! falls back to the one before it if the entry is overwritten. A node whose log and snapshot
-//! hold no membership uses [`Config::voters`] (how a new cluster bootstraps).
+//! hold no membership has no members: it never campaigns and waits for a leader to send it the
+//! log. A new cluster gets its first membership from [`NodeBuilder::bootstrap`], which writes it
+//! as the first entry of the log of its founding node(s), once.
 //!
 //! Changes go one node at a time ([`MembershipChange`]): any two consecutive memberships then
 //! have overlapping majorities, so two leaders cannot be elected in one term across a change. A
@@ -13,7 +15,7 @@
 //!
 //! [`EntryPayload::Membership`]: crate::EntryPayload::Membership
 //! [`SnapshotMeta::membership`]: crate::SnapshotMeta::membership
-//! [`Config::voters`]: crate::Config::voters
+//! [`NodeBuilder::bootstrap`]: crate::NodeBuilder::bootstrap
 
 use std::collections::BTreeSet;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::runtime::TokioRuntime;
-use raft_core::{LogStore, Node, NodeId};
+use raft_core::{HardState, LogStore, Node, NodeId, SnapshotStore, StartError};
 use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info, warn};
@@ -131,6 +131,16 @@ async fn addresses_from_log(
     Ok(found)
 }
 
+/// Whether the stores hold no Raft state at all (a node's first start).
+async fn stores_empty(
+    store: &Store,
+    snapshots: &raft_lmdb::FileSnapshotStore,
+) -> Result<bool, StartError> {
+    let durable = store.open().await?;
+    let empty_log = durable.last.index == 0 && durable.hard_state == HardState::default();
+    Ok(empty_log && snapshots.latest().await?.is_none())
+}
+
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
@@ -138,6 +148,12 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
+    // A founding node bootstraps the cluster at its first start (empty stores); a joining node
+    // (`--join`) never does.
+    let bootstrap = match config.bootstrap_membership() {
+        Some(membership) if stores_empty(&store, &snapshots).await? => Some(membership),
+        _ => None,
+    };
 
     let mut quic_config = QuicConfig::new(config.id, config.listen, material.node.clone());
     quic_config.backoff_max = Duration::from_millis(500);
@@ -161,7 +177,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         ),
         runtime,
     )
-    .snapshot_store(snapshots)
+    .snapshot_store(snapshots);
+    let node = match bootstrap {
+        Some(membership) => node.bootstrap(membership),
+        None => node,
+    }
     .start()
     .await?;
     // The snapshot's address book is in place (restore); add the one of the unapplied log

@@ -14,6 +14,7 @@
 //! durable; the leader's own AppendEntries go out at once (see the engine's ordering contract).
 
 mod applier;
+mod bootstrap;
 mod builder;
 mod core_loop;
 mod peer;
@@ -51,7 +52,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term};
+use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, SnapshotFailure, Status, Term};
 
 /// Inputs of the main loop.
 pub(crate) enum Input {
@@ -248,16 +249,21 @@ impl PeerFactory {
 }
 
 impl Node {
-    /// Starts a node without snapshots: opens `store`, loads its log, and spawns the node's
-    /// tasks on `runtime`. Same as `Node::builder(..).start()`.
+    /// Starts a node with snapshots: opens `store` and `snapshots`, restores the state machine
+    /// from the latest snapshot, loads the log after it, and spawns the node's tasks on
+    /// `runtime`. Same as `Node::builder(..).snapshot_store(snapshots).start()` (see
+    /// [`NodeBuilder::snapshot_store`] and [`NodeBuilder::start`]).
     ///
-    /// The node starts as a follower and learns the commit index from the leader; the state
-    /// machine is rebuilt by applying the log from the beginning. Inbound RPCs must be routed
-    /// to the returned node (it implements [`RpcHandler`]). To take snapshots and compact the
-    /// log, give the node a snapshot store with [`Node::builder`].
+    /// The node takes snapshots by the policy of `Config::snapshot_interval_*` (on by default)
+    /// if the state machine implements `StateMachine::snapshot`, compacts its log, and sends or
+    /// installs snapshots when a follower is too far behind. It starts as a follower and learns
+    /// the commit index from the leader. Inbound RPCs must be routed to the returned node (it
+    /// implements [`RpcHandler`]). To found a new cluster on its first start, or to run without
+    /// snapshots, use [`Node::builder`] ([`NodeBuilder::bootstrap`]).
     pub async fn start<S, N, M, R>(
         config: Config,
         store: S,
+        snapshots: impl SnapshotStore,
         network: N,
         state_machine: M,
         runtime: R,
@@ -268,10 +274,13 @@ impl Node {
         M: StateMachine,
         R: Runtime,
     {
-        Self::builder(config, store, network, state_machine, runtime).start().await
+        let builder = Self::builder(config, store, network, state_machine, runtime);
+        builder.snapshot_store(snapshots).start().await
     }
 
-    /// A builder for a node with options ([`NodeBuilder::snapshot_store`]).
+    /// A builder for a node with options: a snapshot store ([`NodeBuilder::snapshot_store`];
+    /// without one the node keeps its whole log and cannot catch up through a snapshot) and a
+    /// bootstrap ([`NodeBuilder::bootstrap`]).
     pub fn builder<S, N, M, R>(
         config: Config,
         store: S,
@@ -296,6 +305,7 @@ impl Node {
         mut state_machine: M,
         runtime: R,
         snapshots: Option<Arc<dyn SnapshotStore>>,
+        bootstrap: Option<Membership>,
     ) -> Result<Node, StartError>
     where
         S: LogStore,
@@ -306,6 +316,10 @@ impl Node {
         config.validate()?;
         let mut durable = store.open().await?;
         let mut entries = load_log(&store, durable.first_index(), durable.last.index).await?;
+        if let Some(membership) = bootstrap {
+            let (id, snaps) = (config.id, snapshots.as_ref());
+            bootstrap::bootstrap(&store, snaps, id, membership, &mut durable, &mut entries).await?;
+        }
         let engine = match &snapshots {
             None => Engine::new(config.clone(), &durable, entries),
             Some(snaps) => {
@@ -567,6 +581,9 @@ impl Node {
     /// Leader: adds `id` as a voter safely: as a learner first (skipped if it is one already),
     /// then promotes it once it has caught up with the log, retrying every heartbeat interval
     /// for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]: it stays a learner).
+    /// A learner that refuses the snapshot it needs for a reason that retrying does not fix (it
+    /// runs without a snapshot store) ends the wait at once with
+    /// [`MembershipError::SnapshotRefused`].
     pub async fn add_voter(
         &self,
         id: NodeId,
@@ -589,12 +606,22 @@ impl Node {
         for _ in 0..attempts {
             match self.change_membership(MembershipChange::PromoteLearner(id)).await {
                 Err(MembershipError::LearnerBehind { .. } | MembershipError::ChangeInProgress) => {
+                    if let Some(reason) = self.permanent_snapshot_failure(id).await {
+                        return Err(MembershipError::SnapshotRefused { id, reason });
+                    }
                     self.shared.runtime.sleep(step).await;
                 }
                 other => return other,
             }
         }
         Err(MembershipError::CatchUpTimeout)
+    }
+
+    /// Leader: why snapshot transfers to `id` fail, if retrying cannot fix it.
+    async fn permanent_snapshot_failure(&self, id: NodeId) -> Option<SnapshotFailure> {
+        let peers = self.replication().await;
+        let failure = peers.into_iter().find(|p| p.id == id)?.snapshot_error?;
+        (failure == SnapshotFailure::Unsupported).then_some(failure)
     }
 
     /// Leader: hands leadership to the voter `target` (Raft thesis §3.10): stops taking proposals

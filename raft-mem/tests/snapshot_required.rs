@@ -1,0 +1,43 @@
+//! A node without a snapshot store cannot catch up with a leader that compacted its log: adding
+//! it as a voter says so at once (`MembershipError::SnapshotRefused`) instead of waiting out the
+//! catch-up timeout without a cause.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use raft_core::runtime::TokioRuntime;
+use raft_core::{MembershipError, SnapshotFailure};
+
+use support::{within, Cluster, Machine, Recipe};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_node_without_snapshot_store_fails_with_the_cause() {
+    let rt = TokioRuntime::current().unwrap();
+    let compacting = Recipe {
+        machine: Machine { takes_snapshots: true, ..Machine::default() },
+        with_snapshots: true,
+        configure: Some(|c: &mut raft_core::Config| {
+            c.snapshot_interval_entries = 10;
+            c.snapshot_keep_entries = 0;
+        }),
+    };
+    let mut cluster = Cluster::start(rt.clone(), 1, |_| compacting.clone()).await;
+    let leader = cluster.leader().await;
+    for i in 0..25 {
+        cluster.write_on(leader, &format!("w{i}")).await;
+    }
+    // Node 2 joins without a snapshot store; the entries it lacks are compacted away.
+    cluster.add(2, &[], Recipe::default()).await;
+    // A catch-up timeout far beyond the test's patience: only the refusal ends the call in time.
+    let added = cluster.node(leader).add_voter(2, support::PATIENCE * 10);
+    let refused = within(&rt, "add_voter", added).await;
+    assert!(
+        matches!(
+            refused,
+            Err(MembershipError::SnapshotRefused { id: 2, reason: SnapshotFailure::Unsupported })
+        ),
+        "{refused:?}"
+    );
+    assert!(cluster.node(leader).membership().learners.contains(&2), "it stays a learner");
+    cluster.shutdown().await;
+}
