@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, ProposeError, Role, Runtime,
-    SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
+    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, NodeInfo, ProposeError, Role,
+    Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
 };
 use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
@@ -422,10 +422,10 @@ async fn replaces_a_node_live<R: Runtime + Clone>(
     cluster.add_node(4).await;
     let leader = &cluster.nodes[&old_leader];
     let membership = cluster
-        .within("adding node 4", leader.add_voter(4, Duration::from_secs(10)))
+        .within("adding node 4", leader.add_voter(4, NodeInfo::default(), Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    assert_eq!(membership.voters(), &[1, 2, 3, 4].into());
 
     // The new node serves a linearizable read as a follower (it asks the leader).
     let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
@@ -437,8 +437,8 @@ async fn replaces_a_node_live<R: Runtime + Clone>(
     assert_eq!(cluster.wait_for_leader().await, 4);
     let change = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old_leader));
     let membership = cluster.within("removing the old leader", change).await.unwrap();
-    assert_eq!(membership.voters.len(), 3);
-    assert!(!membership.voters.contains(&old_leader));
+    assert_eq!(membership.voters().len(), 3);
+    assert!(!membership.voters().contains(&old_leader));
     cluster.stop(old_leader).await;
     cluster.ids.retain(|&id| id != old_leader);
     for i in 0..5u32 {

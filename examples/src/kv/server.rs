@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{
-    InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
-    ReadIndexError, Role, TransferError,
+    InvalidChange, MembershipChange, MembershipError, Node, NodeId, NodeInfo, ProposalError,
+    ProposeError, ReadIndexError, Role, TransferError,
 };
 use raft_quic::quinn::{Endpoint, Incoming, RecvStream, SendStream};
 use tracing::{debug, info, warn};
@@ -221,7 +221,7 @@ impl ClientService {
                     })
                     .collect()
             }
-            Err(ReadIndexError::NotLeader { leader_hint }) => {
+            Err(ReadIndexError::NotLeader { leader_hint, .. }) => {
                 vec![self.redirect(leader_hint); count]
             }
             Err(e) => vec![ClientResponse::NotApplied(e.to_string()); count],
@@ -250,7 +250,7 @@ impl ClientService {
                 }
                 Err(e) => all(ClientResponse::Unknown(e.to_string())),
             },
-            Err(ProposeError::NotLeader { leader_hint }) => all(self.redirect(leader_hint)),
+            Err(ProposeError::NotLeader { leader_hint, .. }) => all(self.redirect(leader_hint)),
             Err(e @ ProposeError::TooLarge { .. }) => all(ClientResponse::Refused(e.to_string())),
             Err(e) => all(ClientResponse::NotApplied(e.to_string())),
         }
@@ -286,12 +286,8 @@ impl ClientService {
             raft_addr: book.get(&id).map(|a| a.raft),
             client_addr: book.get(&id).map(|a| a.client),
         };
-        let mut members: Vec<MemberInfo> = membership
-            .voters
-            .iter()
-            .map(|&id| info(id, true))
-            .chain(membership.learners.iter().map(|&id| info(id, false)))
-            .collect();
+        let mut members: Vec<MemberInfo> =
+            membership.members().into_iter().map(|id| info(id, membership.is_voter(id))).collect();
         members.sort_by_key(|m| m.id);
         let status = self.node.status();
         MemberList {
@@ -341,17 +337,22 @@ impl ClientService {
             if self.node.membership().contains(id) {
                 return ClientResponse::Members(self.member_list());
             }
-            return match self.node.change_membership(MembershipChange::AddLearner(id)).await {
+            return match self
+                .node
+                .change_membership(MembershipChange::AddLearner(id, NodeInfo::default()))
+                .await
+            {
                 Ok(_) => ClientResponse::Members(self.member_list()),
                 Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
-                    if self.node.membership().learners.contains(&id) =>
+                    if self.node.membership().is_learner(id) =>
                 {
                     ClientResponse::Members(self.member_list())
                 }
                 Err(e) => self.membership_error(e),
             };
         }
-        match self.node.add_voter(id, Duration::from_millis(catch_up_ms)).await {
+        match self.node.add_voter(id, NodeInfo::default(), Duration::from_millis(catch_up_ms)).await
+        {
             Ok(_) => ClientResponse::Members(self.member_list()),
             Err(MembershipError::CatchUpTimeout) => {
                 ClientResponse::MemberFailed(MemberError::CatchUpTimeout {
@@ -388,7 +389,7 @@ impl ClientService {
     async fn transfer_leader(&self, id: NodeId) -> ClientResponse {
         match self.node.transfer_leadership(id).await {
             Ok(()) => ClientResponse::Members(self.member_list()),
-            Err(TransferError::NotLeader { leader_hint }) => self.redirect(leader_hint),
+            Err(TransferError::NotLeader { leader_hint, .. }) => self.redirect(leader_hint),
             Err(TransferError::NotVoter(id)) => {
                 ClientResponse::MemberFailed(if self.node.membership().contains(id) {
                     MemberError::NotVoter(id)
@@ -410,7 +411,7 @@ impl ClientService {
     /// unknown", or a failure for good.
     fn membership_error(&self, error: MembershipError) -> ClientResponse {
         match error {
-            MembershipError::NotLeader { leader_hint } => self.redirect(leader_hint),
+            MembershipError::NotLeader { leader_hint, .. } => self.redirect(leader_hint),
             MembershipError::Invalid(InvalidChange::NotMember(id)) => {
                 ClientResponse::MemberFailed(MemberError::NotMember(id))
             }

@@ -21,10 +21,6 @@ use crate::message::{
 };
 use crate::types::{EntryPayload, LogId, LogIndex, NodeId, Term, MAX_LOG_INDEX, MAX_TERM};
 
-/// The most members (voters and learners) a membership from the wire may name: a leader keeps
-/// replication state for each of them.
-pub(crate) const MAX_MEMBERS: usize = 65_536;
-
 /// Why an inbound message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Malformed {
@@ -38,7 +34,7 @@ pub(crate) enum Malformed {
     NotContiguous(LogIndex),
     #[error("entry terms decrease or exceed the request's term (at index {0})")]
     EntryTerm(LogIndex),
-    #[error("invalid membership (no voter, a voter that is also a learner, or too many members)")]
+    #[error("invalid membership (no voter, a voter that is also a learner, members without metadata, or over a bound)")]
     Membership,
     #[error("snapshot chunk inconsistent with its metadata")]
     SnapshotChunk,
@@ -83,9 +79,10 @@ fn log_id(id: LogId) -> Checked {
     Ok(())
 }
 
+/// A membership from the wire: its invariants and bounds (decoding checks them too, but a
+/// transport need not decode), and at least one voter.
 fn membership(m: &Membership) -> Checked {
-    let size = m.voters.len().saturating_add(m.learners.len());
-    if m.voters.is_empty() || !m.voters.is_disjoint(&m.learners) || size > MAX_MEMBERS {
+    if m.voters().is_empty() || m.check().is_err() {
         return Err(Malformed::Membership);
     }
     Ok(())

@@ -7,6 +7,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::membership::NodeInfo;
 use crate::types::{MAX_LOG_INDEX, MAX_TERM};
 
 /// A 3-node cluster with an elected leader holding `a` committed everywhere.
@@ -370,10 +371,22 @@ impl Target {
                         payload: match payload % 3 {
                             0 => EntryPayload::Blank,
                             1 => EntryPayload::Command(Bytes::from(vec![payload])),
-                            _ => EntryPayload::Membership(Membership {
-                                voters: [1, 2, 3].into_iter().take(payload as usize % 4).collect(),
-                                learners: [u64::from(payload % 5)].into(),
-                            }),
+                            _ => {
+                                // Often malformed: no voter, or a voter that is also a learner.
+                                let voters: BTreeSet<NodeId> =
+                                    [1, 2, 3].into_iter().take(payload as usize % 4).collect();
+                                let learners: BTreeSet<NodeId> = [u64::from(payload % 5)].into();
+                                let nodes = voters
+                                    .union(&learners)
+                                    .map(|&id| (id, NodeInfo::default()))
+                                    .collect();
+                                EntryPayload::Membership(Membership::from_parts_unchecked(
+                                    voters,
+                                    BTreeSet::new(),
+                                    learners,
+                                    nodes,
+                                ))
+                            }
                         },
                     })
                     .collect();
