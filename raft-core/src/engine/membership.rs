@@ -39,6 +39,7 @@ pub enum MembershipRefusal {
 /// What a leader did to move the membership toward a target (see
 /// [`Engine::propose_membership_target`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MembershipProgress {
     /// The target is the membership in force, and it is committed: nothing to do.
     Done,
