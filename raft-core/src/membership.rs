@@ -227,6 +227,21 @@ impl Membership {
         Self::new(voters.into_iter().map(empty), learners.into_iter().map(empty))
     }
 
+    /// A membership from its parts, as a store that keeps its own record format decodes it:
+    /// the (incoming) `voters`, the `outgoing` voters (empty unless joint), the `learners` and
+    /// every member's metadata. Fails unless they satisfy the invariants (see the type's docs);
+    /// the empty membership is valid.
+    pub fn from_parts(
+        voters: BTreeSet<NodeId>,
+        outgoing: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+        nodes: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<Self, InvalidChange> {
+        let membership = Self { voters, outgoing, learners, nodes };
+        membership.check()?;
+        Ok(membership)
+    }
+
     /// A target built from this membership: exactly `voters` vote and exactly `learners` learn.
     /// Each of them keeps its metadata here, or takes it from `new_nodes` (which wins for a node
     /// in both). Fails with [`InvalidChange::UnknownNode`] for a node that is neither a member
@@ -415,9 +430,11 @@ impl Membership {
     }
 
     /// The bytes this membership is charged against byte budgets: each member's metadata plus
-    /// 16 bytes per member and voter-set entry.
+    /// 16 bytes per member and per entry of the voter and learner sets (at least its postcard
+    /// encoding, minus a few bytes of lengths and tags).
     pub fn size_bytes(&self) -> u64 {
-        let entries = self.nodes.len() + self.voters.len() + self.outgoing.len();
+        let entries =
+            self.nodes.len() + self.voters.len() + self.outgoing.len() + self.learners.len();
         let info: u64 = self.nodes.values().map(|i| i.len() as u64).sum();
         info.saturating_add(MEMBER_OVERHEAD_BYTES * entries as u64)
     }
@@ -527,16 +544,9 @@ pub(crate) struct MembershipV1 {
 impl MembershipV1 {
     /// The membership it describes, with empty metadata.
     pub(crate) fn upgrade(self) -> Result<Membership, InvalidChange> {
-        if let Some(&id) = self.voters.intersection(&self.learners).next() {
-            return Err(InvalidChange::VoterIsLearner(id));
-        }
-        let mut membership = Membership::with_voters(self.voters);
-        for id in self.learners {
-            membership.learners.insert(id);
-            membership.nodes.insert(id, NodeInfo::default());
-        }
-        membership.check()?;
-        Ok(membership)
+        let nodes =
+            self.voters.iter().chain(&self.learners).map(|&id| (id, NodeInfo::default())).collect();
+        Membership::from_parts(self.voters, BTreeSet::new(), self.learners, nodes)
     }
 }
 
