@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,28 +14,53 @@ use async_trait::async_trait;
 use common::{config, Recorder, PATIENCE};
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Config, Membership, MembershipError, Network, NetworkError, Node, NodeId, NodeInfo,
-    ProposeError, Role, RpcRequest, RpcResponse, Runtime,
+    Bytes, Config, EntryPayload, Membership, MembershipError, Network, NetworkError, Node, NodeId,
+    NodeInfo, ProposalError, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
 };
 use raft_mem::{MemLogStore, MemNetwork};
 
 type Members = BTreeMap<NodeId, NodeInfo>;
 
-/// A network that records what `members_changed` was told.
+/// A network that records what `members_changed` was told; once `cut` is armed, the first
+/// AppendEntries carrying a single-configuration membership disconnects the node (it sends
+/// nothing more and hears nothing).
 struct Recording<N> {
     inner: N,
     calls: Arc<Mutex<Vec<Members>>>,
+    cut: Arc<Cut>,
+}
+
+/// See [`Recording`].
+struct Cut {
+    network: MemNetwork,
+    id: NodeId,
+    armed: AtomicBool,
+    fired: AtomicBool,
 }
 
 #[async_trait]
 impl<N: Network> Network for Recording<N> {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
+        let cut = &self.cut;
+        if cut.armed.load(Ordering::SeqCst) && carries_a_final_membership(&request) {
+            cut.fired.store(true, Ordering::SeqCst);
+            cut.network.disconnect(cut.id);
+        }
+        if cut.fired.load(Ordering::SeqCst) {
+            let reason = "cut off".to_owned();
+            return Err(NetworkError::Unreachable { peer: target, reason });
+        }
         self.inner.send(target, request).await
     }
 
     fn members_changed(&self, members: &Members) {
         self.calls.lock().unwrap().push(members.clone());
     }
+}
+
+fn carries_a_final_membership(request: &RpcRequest) -> bool {
+    let RpcRequest::AppendEntries(r) = request else { return false };
+    r.entries.iter().any(|e| matches!(&e.payload, EntryPayload::Membership(m) if !m.is_joint()))
 }
 
 fn info(id: NodeId) -> NodeInfo {
@@ -48,6 +74,7 @@ struct Nodes<R: Runtime + Clone> {
     nodes: BTreeMap<NodeId, Node>,
     recorders: BTreeMap<NodeId, Recorder>,
     calls: BTreeMap<NodeId, Arc<Mutex<Vec<Members>>>>,
+    cuts: BTreeMap<NodeId, Arc<Cut>>,
 }
 
 impl<R: Runtime + Clone> Nodes<R> {
@@ -59,6 +86,7 @@ impl<R: Runtime + Clone> Nodes<R> {
             nodes: BTreeMap::new(),
             recorders: BTreeMap::new(),
             calls: BTreeMap::new(),
+            cuts: BTreeMap::new(),
         }
     }
 
@@ -67,7 +95,14 @@ impl<R: Runtime + Clone> Nodes<R> {
         let id = config.id;
         let store = self.stores.entry(id).or_default().clone();
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let network = Recording { inner: self.network.endpoint(id), calls: calls.clone() };
+        let cut = Arc::new(Cut {
+            network: self.network.clone(),
+            id,
+            armed: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+        });
+        self.cuts.insert(id, cut.clone());
+        let network = Recording { inner: self.network.endpoint(id), calls: calls.clone(), cut };
         let recorder = Recorder::default();
         let runtime = self.runtime.clone();
         let node = Node::start(config, store, network, recorder.clone(), runtime).await.unwrap();
@@ -233,7 +268,41 @@ async fn a_learner_that_never_catches_up_is_not_promoted<R: Runtime + Clone>(rt:
     n.shutdown().await;
 }
 
+async fn a_leader_that_loses_office_in_the_joint_phase_does_not_wait_forever<R: Runtime + Clone>(
+    rt: R,
+) {
+    let mut n = Nodes::new(rt);
+    for id in 1..=3 {
+        n.start(config(id, &[1, 2, 3])).await;
+    }
+    n.start(joining(4)).await;
+    n.write(&[1, 2, 3], "a").await;
+    let leader = n.leader(&[1, 2, 3]).await;
+    let current = n.nodes[&leader].membership();
+    let target = current.target([1, 2, 3, 4], [], [(4, info(4))]).unwrap();
+    // Node 4 joins as a learner first: the change below appends only the joint and the final
+    // configuration.
+    let learner = current.target([1, 2, 3], [4], [(4, info(4))]).unwrap();
+    let set = n.nodes[&leader].set_membership(learner, PATIENCE);
+    n.within("adding the learner", set).await.unwrap();
+    n.write(&[1, 2, 3], "b").await;
+    // The joint entry commits; the leader is cut off as it sends the final configuration, and
+    // steps down (CheckQuorum) before it knows that configuration committed.
+    n.cuts[&leader].armed.store(true, Ordering::SeqCst);
+    let set = n.nodes[&leader].set_membership(target.clone(), PATIENCE);
+    let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+    assert_eq!(n.within("the cut-off leader's answer", set).await, Err(lost));
+    assert!(n.cuts[&leader].fired.load(Ordering::SeqCst));
+    // The next leader finishes the change; a retry there returns once it is complete.
+    let others: Vec<NodeId> = (1..=4).filter(|&id| id != leader).collect();
+    let new_leader = n.leader(&others).await;
+    let retry = n.nodes[&new_leader].set_membership(target.clone(), PATIENCE);
+    assert_eq!(n.within("the retry", retry).await, Ok(target));
+    n.shutdown().await;
+}
+
 common::under_runtimes!(
     set_membership_replaces_two_of_three_voters,
-    a_learner_that_never_catches_up_is_not_promoted
+    a_learner_that_never_catches_up_is_not_promoted,
+    a_leader_that_loses_office_in_the_joint_phase_does_not_wait_forever,
 );

@@ -18,7 +18,9 @@ use crate::engine::{
     Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
     ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
 };
-use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
+use crate::error::{
+    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, TransferError,
+};
 use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
 use crate::runtime::Runtime;
@@ -347,10 +349,14 @@ impl CoreLoop {
         let membership = self.engine.membership();
         let index = self.engine.membership_index();
         let complete = !membership.is_joint() && self.engine.commit_index() >= index;
+        let leading = self.engine.role() == Role::Leader;
         let waiters = std::mem::take(&mut self.membership_waiters);
         for (after, waiter) in waiters {
             if complete && index > after {
-                let _ = waiter.reply.send(membership.clone());
+                let _ = waiter.reply.send(Ok(membership.clone()));
+            } else if !leading {
+                let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+                let _ = waiter.reply.send(Err(lost));
             } else if !waiter.reply.is_canceled() {
                 self.membership_waiters.push((after, waiter));
             }

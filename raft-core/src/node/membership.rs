@@ -33,9 +33,11 @@ pub(crate) enum Step {
 }
 
 /// A caller waiting for a joint change to be complete: answered with the membership in force
-/// once a single-configuration membership after the joint one is committed.
+/// once a single-configuration membership after the joint one is committed, or with
+/// `LeadershipLost` if this node stops leading before it knows that (a node the change removed
+/// may never hear of the end: the next leader replicates nothing to it).
 pub(crate) struct CommitWaiter {
-    pub(crate) reply: oneshot::Sender<Membership>,
+    pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
     /// Holds one of the node's proposal slots while waiting (bounds the waiters).
     pub(crate) _permit: async_lock::SemaphoreGuardArc,
 }
@@ -46,6 +48,10 @@ impl Node {
     /// here for a change that keeps the voters). A change of the voters (`PromoteLearner`,
     /// `RemoveNode` of a voter) goes through a joint configuration, which the leader completes
     /// by itself: the call returns once the final configuration is committed.
+    ///
+    /// If this node stops leading after the joint configuration committed but before it knows
+    /// the final one committed, the call fails with `Proposal(LeadershipLost)`: the next leader
+    /// finishes the change, and a retry on it returns once it is complete.
     ///
     /// One change at a time: while another change is not complete (or a new leader has not
     /// committed an entry of its term yet) the call waits, checking every heartbeat interval,
@@ -164,7 +170,8 @@ impl Node {
     }
 
     /// Waits until the joint membership at `joint_index` (committed) was replaced by the
-    /// configuration it moves to, committed; returns the membership then in force.
+    /// configuration it moves to, committed; returns the membership then in force. Fails with
+    /// `LeadershipLost` if this node stops leading first (the next leader finishes the change).
     async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire_arc().await;
         let answer = self
@@ -173,6 +180,6 @@ impl Node {
                 waiter: CommitWaiter { reply, _permit: permit },
             })
             .await;
-        answer.ok_or(MembershipError::Shutdown)
+        answer.unwrap_or(Err(MembershipError::Shutdown))
     }
 }
