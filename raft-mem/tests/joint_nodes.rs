@@ -21,9 +21,9 @@ use raft_mem::{MemLogStore, MemNetwork};
 
 type Members = BTreeMap<NodeId, NodeInfo>;
 
-/// A network that records what `members_changed` was told; once `cut` is armed, the first
-/// AppendEntries carrying a single-configuration membership disconnects the node (it sends
-/// nothing more and hears nothing).
+/// A network that records what `members_changed` was told; once `cut` is armed with a
+/// membership, the first AppendEntries carrying it disconnects the node (it sends nothing more
+/// and hears nothing).
 struct Recording<N> {
     inner: N,
     calls: Arc<Mutex<Vec<Members>>>,
@@ -34,7 +34,7 @@ struct Recording<N> {
 struct Cut {
     network: MemNetwork,
     id: NodeId,
-    armed: AtomicBool,
+    armed: Mutex<Option<Membership>>,
     fired: AtomicBool,
 }
 
@@ -42,7 +42,8 @@ struct Cut {
 impl<N: Network> Network for Recording<N> {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
         let cut = &self.cut;
-        if cut.armed.load(Ordering::SeqCst) && carries_a_final_membership(&request) {
+        let armed = cut.armed.lock().unwrap().clone();
+        if armed.is_some_and(|m| carries(&request, &m)) {
             cut.fired.store(true, Ordering::SeqCst);
             cut.network.disconnect(cut.id);
         }
@@ -58,9 +59,10 @@ impl<N: Network> Network for Recording<N> {
     }
 }
 
-fn carries_a_final_membership(request: &RpcRequest) -> bool {
+/// Whether `request` is an AppendEntries carrying an entry of `membership`.
+fn carries(request: &RpcRequest, membership: &Membership) -> bool {
     let RpcRequest::AppendEntries(r) = request else { return false };
-    r.entries.iter().any(|e| matches!(&e.payload, EntryPayload::Membership(m) if !m.is_joint()))
+    r.entries.iter().any(|e| matches!(&e.payload, EntryPayload::Membership(m) if m == membership))
 }
 
 fn info(id: NodeId) -> NodeInfo {
@@ -98,7 +100,7 @@ impl<R: Runtime + Clone> Nodes<R> {
         let cut = Arc::new(Cut {
             network: self.network.clone(),
             id,
-            armed: AtomicBool::new(false),
+            armed: Mutex::new(None),
             fired: AtomicBool::new(false),
         });
         self.cuts.insert(id, cut.clone());
@@ -288,7 +290,7 @@ async fn a_leader_that_loses_office_in_the_joint_phase_does_not_wait_forever<R: 
     n.write(&[1, 2, 3], "b").await;
     // The joint entry commits; the leader is cut off as it sends the final configuration, and
     // steps down (CheckQuorum) before it knows that configuration committed.
-    n.cuts[&leader].armed.store(true, Ordering::SeqCst);
+    *n.cuts[&leader].armed.lock().unwrap() = Some(target.clone());
     let set = n.nodes[&leader].set_membership(target.clone(), PATIENCE);
     let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
     assert_eq!(n.within("the cut-off leader's answer", set).await, Err(lost));

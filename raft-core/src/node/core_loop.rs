@@ -341,20 +341,27 @@ impl CoreLoop {
     }
 
     /// Answers the callers waiting for a joint change to be complete: once the membership in
-    /// force is a single configuration entered after their joint one, and committed.
+    /// force is a single configuration entered after their joint one, committed and applied
+    /// here (as a change that keeps the voters is, when its proposal is answered: a state
+    /// machine that derives state from membership entries has seen it). A node that stops
+    /// leading before it knows that configuration committed answers `LeadershipLost`; once it
+    /// is committed here, applying it needs no leader (a removed leader steps down as soon as
+    /// it commits).
     fn answer_membership_waiters(&mut self) {
         if self.membership_waiters.is_empty() {
             return;
         }
         let membership = self.engine.membership();
         let index = self.engine.membership_index();
-        let complete = !membership.is_joint() && self.engine.commit_index() >= index;
+        let committed = !membership.is_joint() && self.engine.commit_index() >= index;
+        let applied = committed && self.engine.status().applied_index >= index;
         let leading = self.engine.role() == Role::Leader;
         let waiters = std::mem::take(&mut self.membership_waiters);
         for (after, waiter) in waiters {
-            if complete && index > after {
+            let final_committed = committed && index > after;
+            if applied && index > after {
                 let _ = waiter.reply.send(Ok(membership.clone()));
-            } else if !leading {
+            } else if !leading && !final_committed {
                 let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
                 let _ = waiter.reply.send(Err(lost));
             } else if !waiter.reply.is_canceled() {

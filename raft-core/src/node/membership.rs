@@ -33,7 +33,8 @@ pub(crate) enum Step {
 }
 
 /// A caller waiting for a joint change to be complete: answered with the membership in force
-/// once a single-configuration membership after the joint one is committed, or with
+/// once a single-configuration membership after the joint one is committed and applied here, or
+/// with
 /// `LeadershipLost` if this node stops leading before it knows that (a node the change removed
 /// may never hear of the end: the next leader replicates nothing to it).
 pub(crate) struct CommitWaiter {
@@ -44,10 +45,10 @@ pub(crate) struct CommitWaiter {
 
 impl Node {
     /// Leader: changes the membership by one step, applied to the membership in force, and
-    /// returns the membership after it once the change is complete (committed, and applied
-    /// here for a change that keeps the voters). A change of the voters (`PromoteLearner`,
-    /// `RemoveNode` of a voter) goes through a joint configuration, which the leader completes
-    /// by itself: the call returns once the final configuration is committed.
+    /// returns the membership after it once the change is complete (committed and applied
+    /// here). A change of the voters (`PromoteLearner`, `RemoveNode` of a voter) goes through a
+    /// joint configuration, which the leader completes by itself: the call returns once the
+    /// final configuration is committed and applied here.
     ///
     /// If this node stops leading after the joint configuration committed but before it knows
     /// the final one committed, the call fails with `Proposal(LeadershipLost)`: the next leader
@@ -76,7 +77,8 @@ impl Node {
     /// interval for at most `catch_up_timeout`, else [`MembershipError::CatchUpTimeout`]: they
     /// stay learners), the leader appends the joint configuration, in which elections and
     /// commitment need a majority of both the old and the new voters, and then the target.
-    /// Returns the target once it is committed; returns at once if it already is.
+    /// Returns the target once it is committed and applied here; returns at once if it is
+    /// committed already.
     ///
     /// A change made by another caller meanwhile (between the learners joining and the joint
     /// configuration) is replaced by `target`. Waits for another change in progress as
@@ -170,7 +172,8 @@ impl Node {
     }
 
     /// Waits until the joint membership at `joint_index` (committed) was replaced by the
-    /// configuration it moves to, committed; returns the membership then in force. Fails with
+    /// configuration it moves to, committed and applied here; returns the membership then in
+    /// force. Fails with
     /// `LeadershipLost` if this node stops leading first (the next leader finishes the change).
     async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire_arc().await;
