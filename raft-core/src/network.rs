@@ -68,7 +68,8 @@ pub trait Network: Send + Sync + 'static {
     /// [`NodeInfo::address`] means the membership does not give one: keep what is known.
     ///
     /// Called from the node's main loop: it must not block. The default does nothing (a
-    /// transport that is given addresses some other way).
+    /// transport that is given addresses some other way); a `Network` that wraps another must
+    /// forward it, or the inner transport never learns the members' addresses.
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
         let _ = members;
     }
