@@ -308,7 +308,9 @@ async fn replace_one(
     let started = Instant::now();
     let list = connections.member_remove(old).await?;
     let remove_time = started.elapsed();
-    let new_leader = list.leader.ok_or("no leader after the removal")?;
+    // The removed leader answered: it may not know its successor (nothing is sent to it now).
+    let remaining: Vec<NodeId> = list.members.iter().map(|m| m.id).collect();
+    let new_leader = leader_among(connections, &remaining).await?;
     // Writes that started during the removal may finish just after it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let slowest = load.slowest_started_between(started, started + remove_time);
@@ -334,6 +336,12 @@ async fn replace_one(
     let members: Vec<NodeId> = list.members.iter().map(|m| m.id).collect();
     writes_after_the_stop(load, &format!(" by nodes {members:?}"), summary).await;
     Ok((new_leader, addrs))
+}
+
+/// The leader that a majority of `nodes` follows (the answer of a removed leader may not know it).
+async fn leader_among(connections: &Connections, nodes: &[NodeId]) -> Result<NodeId, Error> {
+    let leader = wait_for_leader(connections, nodes, nodes.len(), Duration::from_secs(10)).await;
+    Ok(leader.ok_or("no leader after the change")?.id)
 }
 
 /// Watches the writes of the 500 ms after an old process stopped (`by`: who serves them).
@@ -383,7 +391,7 @@ async fn replace_two(
     let list = connections.member_set(voters, new_members).await?;
     let set_time = started.elapsed();
     let slowest = load.slowest_started_since(started);
-    let new_leader = list.leader.ok_or("no leader after the change")?;
+    let new_leader = leader_among(connections, &[keep, NEW_NODE, NEW_NODE + 1]).await?;
     println!(
         "  done after {}: 4 and 5 caught up ({commit_before}+ entries) and the voters moved to \
          {{{keep}, 4, 5}} through a joint configuration; node {new_leader} leads; slowest write \
