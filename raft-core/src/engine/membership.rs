@@ -144,6 +144,11 @@ impl Engine {
         if current == *target {
             return Ok(MembershipProgress::Done);
         }
+        if current.voters() != target.voters() {
+            // The joint membership names the outgoing voters and the target's members together:
+            // refuse now a change that would need one over a bound (followers refuse it).
+            current.joint_to(target).check().map_err(MembershipRefusal::Invalid)?;
+        }
         let newcomers: Vec<NodeId> =
             target.voters().iter().copied().filter(|&id| !current.contains(id)).collect();
         if !newcomers.is_empty() {

@@ -832,9 +832,10 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
     let nets = bind_cluster(&ca, &[1], &rt);
     let handler = TestHandler::new(1);
     nets[0].serve(handler.clone());
-    // An old node (ALPN raft-quic/1) dials us.
+    // A node of the previous version (ALPN raft-quic/<PROTOCOL_VERSION - 1>) dials us.
+    let old_alpn = format!("raft-quic/{}", raft_quic::PROTOCOL_VERSION - 1).into_bytes();
     let mut old_client = tls::rustls_client_config(&ca.node_tls(2).unwrap()).unwrap();
-    old_client.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_client.alpn_protocols = vec![old_alpn.clone()];
     let old_client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(old_client).unwrap(),
     ));
@@ -844,7 +845,7 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
 
     // We dial an old node.
     let mut old_server = tls::rustls_server_config(&ca.node_tls(3).unwrap()).unwrap();
-    old_server.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_server.alpn_protocols = vec![old_alpn];
     let old_server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(old_server).unwrap(),
     ));
