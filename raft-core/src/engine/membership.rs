@@ -240,6 +240,7 @@ impl Engine {
                     .or_insert_with(|| Progress::new(next, max_requests, max_bytes));
             }
             self.check_transfer_target();
+            self.lease_membership_changed();
             self.maybe_commit();
         }
     }

@@ -386,3 +386,63 @@ fn a_removed_leader_cut_off_before_the_final_configuration_commits_lets_the_clus
     c.propose(other, b"alone");
     assert_eq!(commands(&c.nodes[&other].applied), vec![Bytes::from_static(b"alone")]);
 }
+
+/// A lease rests on promises of a quorum of the membership in force. A lease a leader got from
+/// the old voters (long election timeouts) must end once it keeps leading a new voter set (short
+/// ones): the old voters' promises do not stop the new voters from electing another leader.
+/// Before, the lease only ever grew, so a leader cut off after the change served a stale read
+/// while the new voters had elected a leader and committed a write.
+#[test]
+fn a_lease_from_the_old_voters_ends_with_the_change() {
+    let lease = |mut c: Config, timeout_ms: u64| {
+        c.lease_reads = true;
+        c.election_timeout_ms_min = timeout_ms;
+        c.election_timeout_ms_max = 2 * timeout_ms;
+        c.max_clock_drift_ms = 50;
+        c
+    };
+    let mut c = Cluster::with_configs((1..=3).map(|id| lease(config(id, 3), 1000)).collect());
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    for id in [4, 5] {
+        c.add_node(lease(Config::joining(id), 200));
+        let add = MembershipChange::AddLearner(id, info(id));
+        appended(c.engine(leader).propose_membership(add).unwrap());
+        c.settle();
+    }
+    c.tick(5);
+    c.engine(leader).read_index(ReadId(1));
+    c.drain(leader);
+    let commit = c.nodes[&leader].engine.commit_index();
+    assert_eq!(c.reads, vec![(leader, ReadId(1), Ok(commit))], "a lease from the old voters");
+
+    // The leader stays, the other old voters go; the change completes at once.
+    let goal = target(&c, leader, &[leader, 4, 5]);
+    appended(c.engine(leader).propose_membership_target(&goal).unwrap());
+    c.settle();
+    c.tick(1);
+    assert!(committed(&c, leader, &goal));
+    let changed = c.now;
+
+    // Cut off, the leader still believes it leads while 4 and 5 elect one of them and commit.
+    c.isolated.insert(leader);
+    let mut new_commit = None;
+    for _ in 0..60 {
+        c.tick(1);
+        if let Some(&other) = c.leaders().iter().find(|&&id| id != leader) {
+            let index = c.propose(other, b"b").index;
+            if c.nodes[&other].engine.commit_index() >= index {
+                new_commit = Some(index);
+                break;
+            }
+        }
+    }
+    let new_commit = new_commit.expect("4 and 5 elect a leader and commit");
+    assert!(c.now < changed + std::time::Duration::from_millis(800), "the old lease would hold");
+    assert_eq!(c.nodes[&leader].engine.role(), Role::Leader, "it still believes it leads");
+    c.engine(leader).read_index(ReadId(2));
+    c.drain(leader);
+    let stale =
+        c.reads.iter().any(|&(_, id, r)| id == ReadId(2) && r.is_ok_and(|i| i < new_commit));
+    assert!(!stale, "a stale read: {:?} while {new_commit} is committed", c.reads);
+}
