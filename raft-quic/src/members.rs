@@ -52,8 +52,20 @@ impl MembershipAddresses {
         let own = network.node_id();
         let mut learned = lock(&self.learned);
         let mut now = BTreeSet::new();
-        for (&id, info) in
-            members.iter().filter(|(&id, info)| id != own && !info.address.is_empty())
+        let refused = network.refused();
+        for &id in members.keys().filter(|id| refused.contains(id)) {
+            // The application refused it as removed for good, and its id is a member again: it
+            // is never reached nor heard, which a voter's quorum may need.
+            warn!(
+                node = own,
+                peer = id,
+                "a member of the membership is refused here (QuicNetwork::refuse): the ids of \
+                 removed nodes must not be used again"
+            );
+        }
+        for (&id, info) in members
+            .iter()
+            .filter(|(&id, info)| id != own && !info.address.is_empty() && !refused.contains(&id))
         {
             match parse_address(&info.address) {
                 Ok(addr) => {

@@ -198,3 +198,32 @@ fn a_leader_cut_off_after_removing_itself_still_lets_the_cluster_elect() {
     c.propose(other, b"alone");
     assert_eq!(commands(&c.nodes[&other].applied), vec![Bytes::from_static(b"alone")]);
 }
+
+/// raft-core lets a learner be removed and added again under the same id (the transport must
+/// then reach it again: see raft-quic's `members_changed`): it is replicated to from scratch,
+/// with its new metadata, catches up and can be promoted.
+#[test]
+fn a_learner_removed_and_added_again_catches_up_and_is_promoted() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.add_node(Config::joining(4));
+    change(&mut c, leader, add_learner(4));
+    c.tick(5);
+    change(&mut c, leader, MembershipChange::RemoveNode(4));
+    c.tick(5);
+    assert!(!c.nodes[&leader].engine.membership().contains(4));
+    assert!(c.nodes[&leader].engine.replication().iter().all(|p| p.id != 4));
+    c.propose(leader, b"b");
+
+    let moved = NodeInfo::with_address("10.0.0.4:7001");
+    change(&mut c, leader, MembershipChange::AddLearner(4, moved.clone()));
+    c.tick(5);
+    assert_eq!(c.nodes[&leader].engine.membership().node(4), Some(&moved));
+    let learner = c.nodes[&leader].engine.replication().into_iter().find(|p| p.id == 4).unwrap();
+    assert_eq!(learner.match_index, c.nodes[&leader].engine.last_log_id().index, "{learner:?}");
+    change(&mut c, leader, MembershipChange::PromoteLearner(4));
+    c.tick(5);
+    assert!(c.nodes[&4].engine.membership().is_voter(4));
+    assert_eq!(commands(&c.nodes[&4].applied), [&b"a"[..], b"b"].map(Bytes::from_static));
+}
