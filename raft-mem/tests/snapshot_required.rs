@@ -6,7 +6,7 @@
 mod support;
 
 use raft_core::runtime::TokioRuntime;
-use raft_core::{MembershipError, SnapshotFailure};
+use raft_core::{MembershipError, NodeInfo, SnapshotFailure};
 
 use support::{within, Cluster, Machine, Recipe};
 
@@ -29,7 +29,7 @@ async fn adding_a_node_without_snapshot_store_fails_with_the_cause() {
     // Node 2 joins without a snapshot store; the entries it lacks are compacted away.
     cluster.add(2, &[], Recipe::default()).await;
     // A catch-up timeout far beyond the test's patience: only the refusal ends the call in time.
-    let added = cluster.node(leader).add_voter(2, support::PATIENCE * 10);
+    let added = cluster.node(leader).add_voter(2, NodeInfo::default(), support::PATIENCE * 10);
     let refused = within(&rt, "add_voter", added).await;
     assert!(
         matches!(
@@ -38,6 +38,6 @@ async fn adding_a_node_without_snapshot_store_fails_with_the_cause() {
         ),
         "{refused:?}"
     );
-    assert!(cluster.node(leader).membership().learners.contains(&2), "it stays a learner");
+    assert!(cluster.node(leader).membership().is_learner(2), "it stays a learner");
     cluster.shutdown().await;
 }

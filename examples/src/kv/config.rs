@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use raft_core::NodeId;
+use raft_core::{NodeId, NodeInfo};
 
 /// Where a member listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,21 @@ pub struct MemberAddrs {
     pub raft: SocketAddr,
     /// Its client QUIC address.
     pub client: SocketAddr,
+}
+
+impl MemberAddrs {
+    /// The member's metadata in the Raft membership: the Raft address as the `address` (what
+    /// raft-quic dials), the client address as the application `data`, both as `ip:port` text.
+    pub fn to_node_info(&self) -> NodeInfo {
+        NodeInfo::new(self.raft.to_string(), self.client.to_string())
+    }
+
+    /// The addresses in a member's metadata, if it holds both (a founding member's holds none
+    /// until a membership change gives it some).
+    pub fn from_node_info(info: &NodeInfo) -> Option<Self> {
+        let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok();
+        Some(Self { raft: parse(&info.address)?, client: parse(&info.data)? })
+    }
 }
 
 /// The TLS files of a node.
@@ -104,7 +119,8 @@ usage: kv-node [--config FILE] [flags]
                              Founding nodes (without --join) bootstrap the cluster with the
                              --node ids as voters when their data directory holds no Raft state
                              yet (first start); later starts find the membership there. Members
-                             added later are learned from the replicated log (`kv member add`).
+                             added later are learned from the Raft membership, which carries
+                             every member's addresses (`kv member add`, `kv member set`).
   --join                     join an existing cluster: start with no voters and wait to be added
                              with `kv member add ID RAFT CLIENT`; give --node entries for the
                              current members and this node (keep the flag on restarts)
@@ -306,10 +322,16 @@ impl NodeConfig {
     }
 
     /// The membership a founding node bootstraps the cluster with when its stores are empty:
-    /// the `--node` ids as voters. `None` for a joining node (`--join`): it waits to be added.
-    pub fn bootstrap_membership(&self) -> Option<raft_core::Membership> {
-        let voters = self.members.keys().copied();
-        (!self.join).then(|| raft_core::Membership::with_voters(voters))
+    /// the `--node` members as voters, with their addresses. `None` for a joining node
+    /// (`--join`): it waits to be added.
+    pub fn bootstrap_membership(
+        &self,
+    ) -> Result<Option<raft_core::Membership>, raft_core::InvalidChange> {
+        if self.join {
+            return Ok(None);
+        }
+        let voters = self.members.iter().map(|(&id, addrs)| (id, addrs.to_node_info()));
+        raft_core::Membership::new(voters, []).map(Some)
     }
 
     /// The Raft configuration of this node.
@@ -350,8 +372,10 @@ mod tests {
         assert_eq!(config.certs.cert, PathBuf::from("/c/node-2.pem"));
         assert!(config.fault_injection);
         assert!(config.raft_config().validate().is_ok());
-        let founders = config.bootstrap_membership().unwrap();
+        let founders = config.bootstrap_membership().unwrap().unwrap();
         assert!(founders.is_voter(1) && founders.is_voter(2));
+        let addrs = MemberAddrs::from_node_info(founders.node(2).unwrap()).unwrap();
+        assert_eq!(addrs.raft, "127.0.0.1:3".parse().unwrap());
     }
 
     #[test]
@@ -379,7 +403,7 @@ mod tests {
         ))
         .unwrap();
         assert!(config.join);
-        assert_eq!(config.bootstrap_membership(), None);
+        assert_eq!(config.bootstrap_membership(), Ok(None));
         assert!(config.raft_config().validate().is_ok());
     }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::error::{BootstrapError, StartError};
-use crate::membership::Membership;
+use crate::membership::{InvalidChange, Membership};
 use crate::snapshot::SnapshotStore;
 use crate::storage::{DurableState, LogStore, WriteBatch};
 use crate::types::{Entry, EntryPayload, HardState, LogId, NodeId};
@@ -42,6 +42,10 @@ pub(super) async fn bootstrap<S: LogStore>(
         let (current_term, last_index) = (durable.hard_state.current_term, durable.last.index);
         return Err(BootstrapError::NotEmpty { current_term, last_index }.into());
     }
+    if membership.is_joint() {
+        return Err(BootstrapError::Invalid(InvalidChange::Joint).into());
+    }
+    membership.check().map_err(BootstrapError::Invalid)?;
     if !membership.is_voter(id) {
         return Err(BootstrapError::NotAVoter(id).into());
     }
