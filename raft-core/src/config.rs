@@ -218,6 +218,28 @@ impl Config {
         Ok(())
     }
 
+    /// Checks that the largest requests this configuration makes fit a transport that carries
+    /// requests of at most `limit` encoded bytes (`Network::max_request_bytes`): an
+    /// InstallSnapshot of `snapshot_chunk_bytes` and an AppendEntries of
+    /// `max_append_entries_bytes` (or of one membership entry, which may be larger), each with
+    /// [`REQUEST_OVERHEAD_BYTES`]. Returns the first setting that does not fit, with the bytes
+    /// its requests may need.
+    pub fn check_request_limit(&self, limit: u64) -> Result<(), (&'static str, u64)> {
+        let membership = crate::membership::MAX_MEMBERSHIP_BYTES;
+        let entries = self.max_append_entries_bytes.max(membership);
+        let needs = [
+            (
+                "snapshot_chunk_bytes",
+                self.snapshot_chunk_bytes.saturating_add(REQUEST_OVERHEAD_BYTES),
+            ),
+            ("max_append_entries_bytes", entries.saturating_add(REQUEST_OVERHEAD_BYTES)),
+        ];
+        match needs.into_iter().find(|&(_, bytes)| bytes > limit) {
+            Some(too_large) => Err(too_large),
+            None => Ok(()),
+        }
+    }
+
     /// `ms` in ticks, rounded up, at least one.
     pub(crate) fn ticks(&self, ms: u64) -> u64 {
         ms.div_ceil(self.tick_interval_ms).max(1)
@@ -227,6 +249,11 @@ impl Config {
 /// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
 /// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).
 pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Bytes a request may take beyond its chunk of snapshot data or its entries' budget: the
+/// snapshot's metadata (its membership, up to `MAX_MEMBERSHIP_BYTES`) and the request's own
+/// fields, with room to spare. See [`Config::check_request_limit`].
+pub const REQUEST_OVERHEAD_BYTES: u64 = crate::membership::MAX_MEMBERSHIP_BYTES + 4096;
 
 /// The largest in-flight window to one peer (`max_inflight_append_entries`,
 /// `snapshot_max_inflight_chunks`): the per-peer queue holding it is allocated whole.

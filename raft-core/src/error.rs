@@ -84,6 +84,33 @@ pub enum StartError {
     /// The state machine failed to restore the latest snapshot.
     #[error("restoring the latest snapshot failed: {0}")]
     Restore(#[from] crate::state_machine::StateMachineError),
+    /// The state machine says it applied `applied` (`StateMachine::applied_index`), but the
+    /// stores hold no such entry: neither the stored log (which ends at `log_last`, after
+    /// `purged`) nor the latest snapshot. The state machine and the stores do not belong
+    /// together (or the log store lost entries it had made durable).
+    #[error("the state machine applied {applied:?}, which the stores do not hold (log after {purged:?} up to {log_last:?}, snapshot {snapshot:?})")]
+    AppliedNotStored {
+        /// What the state machine says it applied.
+        applied: crate::types::LogId,
+        /// The last purged entry of the log store.
+        purged: crate::types::LogId,
+        /// The last entry of the log store.
+        log_last: crate::types::LogId,
+        /// The last entry of the latest snapshot, if any.
+        snapshot: Option<crate::types::LogId>,
+    },
+    /// The transport carries requests of at most `limit` bytes (`Network::max_request_bytes`),
+    /// but requests sized by the setting `setting` may need `needed` bytes: lower the setting or
+    /// raise the transport's limit (raft-quic: `QuicConfig::max_frame_size`).
+    #[error("requests sized by Config::{setting} may need {needed} bytes; the transport carries at most {limit}")]
+    ExceedsTransport {
+        /// The `Config` field that sizes the requests.
+        setting: &'static str,
+        /// The bytes such a request may need.
+        needed: u64,
+        /// The transport's limit.
+        limit: u64,
+    },
     /// `NodeBuilder::bootstrap` was refused; nothing was written.
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),

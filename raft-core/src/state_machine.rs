@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::snapshot::{SnapshotMeta, SnapshotStream};
-use crate::types::Entry;
+use crate::types::{Entry, LogId};
 
 /// An error from a [`StateMachine`]. The node stops applying and shuts down: entries must apply in
 /// order, so it cannot skip the one that failed.
@@ -75,6 +75,23 @@ pub trait StateMachine: Send + 'static {
     /// proposers on the node that proposed each entry.
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError>;
 
+    /// For a state machine that persists its own state: the last entry it holds the effect of
+    /// (the `log_id` of the last entry applied and made durable with the state, or of the
+    /// snapshot last restored), read when the node starts; `None` (the default) for a state
+    /// machine that starts empty.
+    ///
+    /// The node then applies only the entries after it (and never one at or before it again)
+    /// instead of replaying the log, and restores a snapshot only if it is newer. The entry must
+    /// be one the node's stores hold, with the same term (or the latest snapshot's last entry):
+    /// otherwise the node refuses to start ([`StartError::AppliedNotStored`]). A state machine
+    /// that may lose its latest applies in a crash (it syncs less often than the log) reports an
+    /// older entry, and the node applies the rest again.
+    ///
+    /// [`StartError::AppliedNotStored`]: crate::StartError::AppliedNotStored
+    fn applied_index(&self) -> Option<LogId> {
+        None
+    }
+
     /// Captures the state as of the last applied entry and returns a stream that serializes it,
     /// or `None` if this state machine does not take snapshots (the default).
     ///
@@ -114,6 +131,9 @@ pub trait StateMachine: Send + 'static {
 impl<S: StateMachine + ?Sized> StateMachine for Box<S> {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
         (**self).apply(entries).await
+    }
+    fn applied_index(&self) -> Option<LogId> {
+        (**self).applied_index()
     }
     async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
         (**self).snapshot().await

@@ -41,3 +41,56 @@ async fn adding_a_node_without_snapshot_store_fails_with_the_cause() {
     assert!(cluster.node(leader).membership().is_learner(2), "it stays a learner");
     cluster.shutdown().await;
 }
+
+/// A transport that carries requests of at most `limit` bytes.
+struct Limited(raft_mem::MemEndpoint, u64);
+
+#[async_trait::async_trait]
+impl raft_core::Network for Limited {
+    async fn send(
+        &self,
+        target: raft_core::NodeId,
+        request: raft_core::RpcRequest,
+    ) -> Result<raft_core::RpcResponse, raft_core::NetworkError> {
+        raft_core::Network::send(&self.0, target, request).await
+    }
+
+    fn max_request_bytes(&self) -> Option<u64> {
+        Some(self.1)
+    }
+}
+
+/// A snapshot chunk that cannot fit the transport's frames is refused when the node starts, not
+/// when the first transfer fails.
+#[tokio::test]
+async fn a_chunk_larger_than_the_transport_carries_is_refused_at_start() {
+    let start = |chunk_bytes: u64, limit: u64| async move {
+        let network = raft_mem::MemNetwork::new();
+        let mut config = support::config(1);
+        config.snapshot_chunk_bytes = chunk_bytes;
+        let rt = TokioRuntime::current().unwrap();
+        let limited = Limited(network.endpoint(1), limit);
+        let store = raft_mem::MemLogStore::new();
+        let started = raft_core::Node::builder(config, store, limited, Machine::default(), rt)
+            .snapshot_store(raft_mem::MemSnapshotStore::new())
+            .start()
+            .await;
+        match started {
+            Ok(node) => {
+                node.shutdown().await;
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    };
+    let overhead = raft_core::config::REQUEST_OVERHEAD_BYTES;
+    let refused = start(4 << 20, 4 << 20).await;
+    assert!(
+        matches!(
+            refused,
+            Err(raft_core::StartError::ExceedsTransport { setting: "snapshot_chunk_bytes", .. })
+        ),
+        "{refused:?}"
+    );
+    start(1 << 20, (1 << 20) + overhead).await.unwrap();
+}

@@ -301,6 +301,24 @@ impl Engine {
         engine
     }
 
+    /// For a state machine that persists its own state (see `StateMachine::applied_index`): it
+    /// already holds every entry up to `applied`, which is committed and in the stored log (or
+    /// the snapshot's last entry), so the engine starts with commit and applied indexes there
+    /// and never emits an entry at or below it for applying. Ignored unless `applied` is beyond
+    /// the applied index the engine starts with (a restored snapshot's) and within the durable
+    /// log. The caller checks that the stored log holds `applied` with its term.
+    pub fn resume_applied(mut self, applied: LogIndex) -> Self {
+        let log = &mut self.log;
+        if applied > log.applied_index && applied <= log.durable_index {
+            log.commit_index = applied;
+            log.apply_sent_index = applied;
+            log.applied_index = applied;
+            let (enabled, latest) = (self.snapshots.enabled, self.snapshots.latest.take());
+            self.snapshots = snapshot::SnapshotState::new(enabled, latest, applied);
+        }
+        self
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id

@@ -20,6 +20,7 @@ mod core_loop;
 mod membership;
 mod peer;
 mod reentrancy;
+mod resume;
 mod snapshot;
 mod supervisor;
 mod watch;
@@ -320,27 +321,43 @@ impl Node {
         R: Runtime,
     {
         config.validate()?;
+        if let Some(limit) = network.max_request_bytes() {
+            config.check_request_limit(limit).map_err(|(setting, needed)| {
+                StartError::ExceedsTransport { setting, needed, limit }
+            })?;
+        }
         let mut durable = store.open().await?;
         let mut entries = load_log(&store, durable.first_index(), durable.last.index).await?;
         if let Some(membership) = bootstrap {
             let (id, snaps) = (config.id, snapshots.as_ref());
             bootstrap::bootstrap(&store, snaps, id, membership, &mut durable, &mut entries).await?;
         }
+        // A state machine that persists its own state says what it holds.
+        let applied = state_machine.applied_index().filter(|a| a.index > 0);
         let engine = match &snapshots {
-            None => Engine::new(config.clone(), &durable, entries),
+            None => {
+                if let Some(applied) = applied {
+                    resume::check(applied, &durable, &entries, None)?;
+                }
+                Engine::new(config.clone(), &durable, entries)
+            }
             Some(snaps) => {
                 let chunk = config.snapshot_chunk_bytes;
                 let latest = snapshot::recover(
                     &store,
                     snaps,
                     &mut state_machine,
-                    &mut durable,
-                    &mut entries,
+                    (&mut durable, &mut entries),
                     chunk,
+                    applied,
                 )
                 .await?;
                 Engine::with_snapshots(config.clone(), &durable, entries, latest)
             }
+        };
+        let engine = match applied {
+            Some(applied) => engine.resume_applied(applied.index),
+            None => engine,
         };
         let store = Arc::new(store);
         let id = config.id;
