@@ -10,15 +10,28 @@ use crate::types::{Entry, LogId};
 /// order, so it cannot skip the one that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("state machine error: {message}")]
+#[non_exhaustive]
 pub struct StateMachineError {
     /// What went wrong.
     pub message: String,
+    /// The underlying error, if any (`std::error::Error::source` returns it).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StateMachineError {
     /// Creates an error with a message.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self { message: message.into(), source: None }
+    }
+
+    /// Creates an error with a message and the error that caused it (kept as its source, so
+    /// callers can walk the chain or downcast it).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { message: message.into(), source: Some(Box::new(source)) }
     }
 }
 
@@ -144,5 +157,23 @@ impl<S: StateMachine + ?Sized> StateMachine for Box<S> {
         data: SnapshotStream,
     ) -> Result<(), StateMachineError> {
         (**self).restore(meta, data).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::error::Error;
+
+    use super::StateMachineError;
+
+    #[test]
+    fn an_error_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "state file gone");
+        let error = StateMachineError::with_source("cannot open the state", io);
+        let source = error.source().unwrap();
+        let io = source.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(StateMachineError::new("plain").source().is_none());
     }
 }
