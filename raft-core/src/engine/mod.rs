@@ -37,6 +37,7 @@
 //!   [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` of the snapshot from the store.
 
 mod candidate;
+mod counters;
 mod follower;
 mod leader;
 mod lease;
@@ -56,6 +57,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+pub use self::counters::EngineCounters;
 pub use self::membership::MembershipRefusal;
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
@@ -210,6 +212,8 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
+    /// Elections started and won (see `counters.rs`).
+    counters: EngineCounters,
 }
 
 impl Engine {
@@ -271,6 +275,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
+            counters: EngineCounters::default(),
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
