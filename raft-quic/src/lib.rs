@@ -62,6 +62,7 @@ mod handshakes;
 mod identity;
 mod inbound;
 mod memory;
+pub mod metrics;
 mod network;
 mod node_tls;
 mod offload;
