@@ -21,6 +21,7 @@ use super::auth::Principal;
 use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
+use super::health::HealthReport;
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
     MemberList, MemberRequest,
@@ -44,6 +45,8 @@ pub struct ClientService {
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
     pub fault_injection: bool,
+    /// The readiness bound of health reports (see [`HealthReport`]).
+    pub health_max_lag: u64,
 }
 
 impl ClientService {
@@ -55,7 +58,13 @@ impl ClientService {
         firewall: Firewall,
         fault_injection: bool,
     ) -> Self {
-        Self { node, state, configured, firewall, fault_injection }
+        let health_max_lag = super::health::DEFAULT_MAX_LAG;
+        Self { node, state, configured, firewall, fault_injection, health_max_lag }
+    }
+
+    /// The node's health now (see [`HealthReport`]).
+    pub async fn health(&self) -> HealthReport {
+        HealthReport::of(&self.node, self.health_max_lag).await
     }
 
     /// Every address this node knows: its configuration, minus the members forgotten after
@@ -119,6 +128,7 @@ impl ClientService {
                     .pop()
                     .map_or_else(|| ClientResponse::Refused("no answer".into()), Into::into)
             }
+            ClientRequest::Health => ClientResponse::Health(self.health().await),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
                 members: self.client_members(),
