@@ -136,6 +136,7 @@ impl RpcHandler for TestHandler {
                     term: r.term,
                     match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
                     conflict: None,
+                    lease_promise_ms: 0,
                 })
             }
             RpcRequest::TimeoutNow(r) => {
