@@ -15,11 +15,56 @@
 //! "How far behind": `apply_lag` (commit index minus applied index) on every node, and on the
 //! leader each follower's lag (the leader's last index minus the follower's match index).
 
+use std::path::{Path, PathBuf};
+
 use raft_core::{Node, NodeId, Role, Status};
 use serde::{Deserialize, Serialize};
 
 /// The default readiness bound on the apply lag, in entries.
 pub const DEFAULT_MAX_LAG: u64 = 1000;
+
+/// Below this many bytes available, a file system counts as full.
+pub const FULL_BELOW_BYTES: u64 = 1 << 20;
+
+/// How a node's health is judged.
+#[derive(Clone, Debug)]
+pub struct HealthConfig {
+    /// The readiness bound on the apply lag, in entries (`--health-max-lag`).
+    pub max_lag: u64,
+    /// The node's data directory: a fault report says whether its file system is full or
+    /// read-only (a full disk often surfaces as an I/O error: LMDB reports a short write as
+    /// `EIO`).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { max_lag: DEFAULT_MAX_LAG, data_dir: None }
+    }
+}
+
+/// What the file system holding `dir` says now, if it explains a storage failure: it is
+/// read-only, or full (less than [`FULL_BELOW_BYTES`] available).
+pub fn file_system_trouble(dir: &Path) -> Option<String> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        return Some(format!("the file system of {} is read-only", dir.display()));
+    }
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (available < FULL_BELOW_BYTES).then(|| {
+        format!("the file system of {} is full: {available} bytes available", dir.display())
+    })
+}
+
+/// The fatal error `node` stopped on, with what its data directory's file system says (see
+/// [`file_system_trouble`]); `None` while it runs.
+pub fn fault_of(node: &Node, data_dir: Option<&Path>) -> Option<String> {
+    let fault = node.fatal_error()?.to_string();
+    Some(match data_dir.and_then(file_system_trouble) {
+        Some(trouble) => format!("{fault}; {trouble}"),
+        None => fault,
+    })
+}
 
 /// How far one follower is behind the leader (leader only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +103,11 @@ pub struct HealthReport {
 }
 
 impl HealthReport {
-    /// The health of `node` now, ready if its apply lag is at most `max_lag`.
-    pub async fn of(node: &Node, max_lag: u64) -> Self {
+    /// The health of `node` now, judged by `config`.
+    pub async fn of(node: &Node, config: &HealthConfig) -> Self {
         let status = node.status();
         let membership = node.membership();
-        let fault = node.fatal_error().map(|e| e.to_string());
+        let fault = fault_of(node, config.data_dir.as_deref());
         let followers = if status.role == Role::Leader && fault.is_none() {
             node.replication()
                 .await
@@ -77,7 +122,7 @@ impl HealthReport {
         } else {
             Vec::new()
         };
-        Self::assess(status, &membership, followers, fault, max_lag)
+        Self::assess(status, &membership, followers, fault, config.max_lag)
     }
 
     /// Decides liveness and readiness from what the node reports.

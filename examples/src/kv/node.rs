@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::command::{decode_entry, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
+use super::health::{self, HealthConfig};
 use super::metrics;
 use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
@@ -198,7 +199,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         firewall,
         config.fault_injection,
     );
-    service.health_max_lag = config.health_max_lag;
+    service.health =
+        HealthConfig { max_lag: config.health_max_lag, data_dir: Some(config.data_dir.clone()) };
     let service = Arc::new(service);
     let exporter = exporter.map(|(handle, listener)| {
         let service = Arc::clone(&service);
@@ -225,7 +227,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     );
 
     let mut reason = wait_for_stop(Some(&node), config.stop_on_stdin_eof).await;
-    if let (StopReason::NodeStopped, Some(fault)) = (reason, node.fatal_error()) {
+    let fault = || health::fault_of(&node, Some(&config.data_dir));
+    if let (StopReason::NodeStopped, Some(fault)) = (reason, fault()) {
         // Logged once, here: the process stays up to report the fault (status, health: not
         // live; metrics: raft_node_failed) until it is stopped, and exits with the cause.
         error!(
@@ -246,8 +249,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     network.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     info!(id = config.id, "stopped");
-    match node.fatal_error() {
-        Some(e) => Err(NodeError::Fatal(e.to_string())),
+    match fault() {
+        Some(fault) => Err(NodeError::Fatal(fault)),
         None => Ok(()),
     }
 }

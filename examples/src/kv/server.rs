@@ -21,7 +21,7 @@ use super::auth::Principal;
 use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
-use super::health::HealthReport;
+use super::health::{HealthConfig, HealthReport};
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
     MemberList, MemberRequest,
@@ -45,8 +45,8 @@ pub struct ClientService {
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
     pub fault_injection: bool,
-    /// The readiness bound of health reports (see [`HealthReport`]).
-    pub health_max_lag: u64,
+    /// How health reports are judged (see [`HealthReport`]).
+    pub health: HealthConfig,
 }
 
 impl ClientService {
@@ -58,13 +58,13 @@ impl ClientService {
         firewall: Firewall,
         fault_injection: bool,
     ) -> Self {
-        let health_max_lag = super::health::DEFAULT_MAX_LAG;
-        Self { node, state, configured, firewall, fault_injection, health_max_lag }
+        let health = HealthConfig::default();
+        Self { node, state, configured, firewall, fault_injection, health }
     }
 
     /// The node's health now (see [`HealthReport`]).
     pub async fn health(&self) -> HealthReport {
-        HealthReport::of(&self.node, self.health_max_lag).await
+        HealthReport::of(&self.node, &self.health).await
     }
 
     /// Every address this node knows: its configuration, minus the members forgotten after
