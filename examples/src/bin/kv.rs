@@ -4,6 +4,7 @@
 //! kv --certs DIR --endpoints 1=127.0.0.1:7101,2=127.0.0.1:7102 put greeting hello
 //! kv --config node1.conf get greeting
 //! kv --config node1.conf status
+//! kv --config node1.conf health 1                       # exit status 0 if node 1 is ready
 //! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
 //! kv --config node1.conf member remove 1
 //!

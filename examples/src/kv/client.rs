@@ -784,6 +784,7 @@ pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> S
                     health.as_ref().map_or("?".to_owned(), HealthReport::summary),
                 );
             }
+            Err(e @ ClientError::Unreachable(_)) => out += &format!("{id:>4}  {e}\n"),
             Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
         }
     }

@@ -167,9 +167,9 @@ pub fn tls_failure(error: &quinn::ConnectionError) -> Option<TlsFailure> {
 #[derive(Default)]
 struct Slot {
     connection: Option<Connection>,
-    /// After a failed connection attempt, further attempts fail fast until then: with that
-    /// attempt's error if it was a TLS failure (so that it is not mistaken for a transient one).
-    failed: Option<(Instant, Option<TlsFailure>)>,
+    /// After a failed connection attempt, further attempts fail fast until then, with that
+    /// attempt's error (a TLS failure stays one: it is not mistaken for a transient one).
+    failed: Option<(Instant, CallError)>,
 }
 
 struct Inner {
@@ -315,12 +315,9 @@ impl Connections {
             }
         }
         let connect_error = |reason: String| CallError::Connect { node, reason };
-        if let Some((until, failure)) = &slot.failed {
+        if let Some((until, error)) = &slot.failed {
             if *until > Instant::now() {
-                return Err(match failure {
-                    Some(failure) => CallError::Tls { node, failure: failure.clone() },
-                    None => connect_error("recent connection attempt failed".into()),
-                });
+                return Err(error.clone());
             }
         }
         let attempt = async {
@@ -347,11 +344,8 @@ impl Connections {
                     Ok(Err(e)) => e,
                     _ => connect_error("handshake timed out".into()),
                 };
-                let failure = match &error {
-                    CallError::Tls { failure, .. } => Some(failure.clone()),
-                    _ => None,
-                };
-                slot.failed = Some((Instant::now() + self.inner.options.retry_delay * 5, failure));
+                let until = Instant::now() + self.inner.options.retry_delay * 5;
+                slot.failed = Some((until, error.clone()));
                 Err(error)
             }
         }
