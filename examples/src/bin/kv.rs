@@ -7,6 +7,7 @@
 //! kv --config node1.conf health 1                       # exit status 0 if node 1 is ready
 //! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
 //! kv --config node1.conf member remove 1
+//! kv --config node1.conf member set 1 4=10.0.0.4:7001,10.0.0.4:7101 5=10.0.0.5:7001,10.0.0.5:7101
 //!
 //! kv ca /secure/kv-ca                                   # once, on a machine that is no node
 //! kv issue node 4 --ca /secure/kv-ca --out /tmp/node4   # certificates for a new node
@@ -26,6 +27,7 @@ use examples::kv::client::{exit, member_table, status_table, ClientError};
 use examples::kv::config::{parse_args, parse_member};
 use examples::kv::connections::TlsFailure;
 use examples::kv::health::HealthReport;
+use examples::kv::protocol::{MemberList, NewMember};
 use examples::kv::tls::{self, load_client_tls, pick_identity, CertRole};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
@@ -41,7 +43,11 @@ commands:
   member list                voters, learners, the leader and their addresses (from the leader)
   member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
                              address) and CLIENT: learner, catch-up, then voter
-  member remove ID           remove node ID (the leader too: it steps down), forget its addresses
+  member remove ID           remove node ID (the leader too: it steps down); its id is refused
+  member set SPEC...         make exactly these the voters, in one change (joint consensus). SPEC
+                             is ID (a member) or ID=RAFT,CLIENT (a node started with `kv-node
+                             --join`): new nodes catch up as learners first; voters not named
+                             are removed
   transfer-leader ID         hand leadership to voter ID
   health [ID...]             whether each node (default: every --endpoints node) is ready: in
                              a cluster with a known leader, and at most --health-max-lag
@@ -64,8 +70,8 @@ options:
   --user STEM                the identity in DIR: STEM.pem and STEM.key, e.g. admin-alice
                              (default: admin-default, or the only identity in DIR)
   --config FILE              a kv-node config file: its `node` and `certs` entries are used
-  --timeout SECS             give up after this long (default 15; for `member add`, includes
-                             the new node's catch-up)
+  --timeout SECS             give up after this long (default 15; for `member add` and
+                             `member set`, includes the new nodes' catch-up)
 exit status:
   0  done (`status`: at least one node answered; `health`: every node asked is ready)
   1  the cluster refused the operation (rejected, forbidden, membership error)
@@ -276,6 +282,13 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map(|list| format!("node {id} is a voter\n{}", member_table(&list)))
         }
+        ["member", "set", specs @ ..] if !specs.is_empty() => {
+            let (voters, new_members) = member_specs(specs)?;
+            connections
+                .member_set(voters, new_members)
+                .await
+                .map(|list| format!("the voters are {}\n{}", voter_ids(&list), member_table(&list)))
+        }
         ["member", "remove", id] => {
             let id = node_id(id)?;
             connections
@@ -335,6 +348,29 @@ fn health(
         return Err(Failure { code: exit::NOT_READY, message: format!("node {id} is not ready") });
     }
     Ok(table)
+}
+
+/// Parses the SPECs of `member set`: `ID` (a member) or `ID=RAFT,CLIENT` (a new node).
+fn member_specs(specs: &[&str]) -> Result<(Vec<NodeId>, Vec<NewMember>), Failure> {
+    let mut voters = Vec::new();
+    let mut new_members = Vec::new();
+    for spec in specs {
+        if spec.contains('=') {
+            let (id, addrs) = parse_member(spec).map_err(Failure::usage)?;
+            new_members.push(NewMember { id, raft_addr: addrs.raft, client_addr: addrs.client });
+            voters.push(id);
+        } else {
+            voters.push(node_id(spec)?);
+        }
+    }
+    Ok((voters, new_members))
+}
+
+/// The voters of a member list, as `1, 4, 5`.
+fn voter_ids(list: &MemberList) -> String {
+    let voters: Vec<String> =
+        list.members.iter().filter(|m| m.voter).map(|m| m.id.to_string()).collect();
+    voters.join(", ")
 }
 
 fn node_id(word: &str) -> Result<NodeId, Failure> {
