@@ -17,6 +17,8 @@ use examples::kv::{ClientOptions, KvClient};
 use raft_quic::quinn::{ClientConfig, Endpoint};
 use raft_quic::{node_dns_name, NodeTls};
 
+mod common;
+
 const PATIENCE: Duration = Duration::from_secs(60);
 /// The interval at which a node logs a remote's failed handshakes (raft-quic's `GateConfig`
 /// default, which `kv-node` keeps).
@@ -126,14 +128,17 @@ async fn a_handshake_and_junk_flood_costs_a_few_log_lines_and_no_service() {
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         }
     }
-    // A client that gives up on nodes mid-handshake (another answered first, or it is done).
+    // Clients that give up on nodes mid-handshake (another answered first, or they are done):
+    // through a relay that keeps the nodes' answers from them, their handshakes cannot finish
+    // before they close.
     let config = client_config(cluster.client_tls()).unwrap();
-    for _ in 0..10 {
-        for &id in &ids {
+    for &id in &ids {
+        let trap = common::relay(cluster.addrs(id).unwrap().client, common::is_retry).await;
+        for _ in 0..5 {
             let endpoint = Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-            let addr = cluster.addrs(id).unwrap().client;
-            let connecting = endpoint.connect_with(config.clone(), addr, &node_dns_name(id));
-            let _ = tokio::time::timeout(Duration::from_millis(2), connecting.unwrap()).await;
+            let connecting = endpoint.connect_with(config.clone(), trap, &node_dns_name(id));
+            let finished = tokio::time::timeout(Duration::from_millis(300), connecting.unwrap());
+            assert!(finished.await.is_err(), "a handshake finished through the trap");
             endpoint.close(0u32.into(), b"done");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
