@@ -35,6 +35,7 @@ pub struct NodeBuilder<S, N, M, R> {
     runtime: R,
     snapshots: Option<Arc<dyn SnapshotStore>>,
     bootstrap: Option<Membership>,
+    metric_labels: Vec<(String, String)>,
 }
 
 impl<S, N, M, R> std::fmt::Debug for NodeBuilder<S, N, M, R> {
@@ -55,7 +56,17 @@ where
     R: Runtime,
 {
     pub(super) fn new(config: Config, store: S, network: N, state_machine: M, runtime: R) -> Self {
-        Self { config, store, network, state_machine, runtime, snapshots: None, bootstrap: None }
+        let metric_labels = Vec::new();
+        Self {
+            config,
+            store,
+            network,
+            state_machine,
+            runtime,
+            snapshots: None,
+            bootstrap: None,
+            metric_labels,
+        }
     }
 
     /// Keeps snapshots in `store`: the node takes snapshots of its state machine by the policy of
@@ -88,6 +99,15 @@ where
         self
     }
 
+    /// Adds labels (name, value) to every metric the node records, besides `node_id`: for
+    /// instance the group id when several Raft groups share a process, or a cluster name.
+    /// Metrics go through the `metrics` facade to the recorder installed before the node starts
+    /// (none: they cost a branch each); [`crate::metrics`] lists them.
+    pub fn metric_labels(mut self, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.metric_labels.extend(labels);
+        self
+    }
+
     /// Starts the node: opens the log store and loads its log; with a snapshot store, restores
     /// the state machine from the latest snapshot (before returning, and before any entry is
     /// applied) so that the node resumes with commit and applied indexes at the snapshot and
@@ -102,9 +122,19 @@ where
             self.network,
             self.state_machine,
             self.runtime,
-            self.snapshots,
-            self.bootstrap,
+            Options {
+                snapshots: self.snapshots,
+                bootstrap: self.bootstrap,
+                metric_labels: self.metric_labels,
+            },
         )
         .await
     }
+}
+
+/// The options a [`NodeBuilder`] collected, handed to the start.
+pub(super) struct Options {
+    pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(super) bootstrap: Option<Membership>,
+    pub(super) metric_labels: Vec<(String, String)>,
 }
