@@ -28,7 +28,7 @@ pub mod types;
 pub use config::{Config, ConfigError};
 pub use error::{
     FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
-    TransferError,
+    TransferError, WriteError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange};
 pub use message::*;

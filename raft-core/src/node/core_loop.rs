@@ -9,11 +9,11 @@ use async_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
 
 use self::snapshots::SnapshotDriver;
-use super::applier::{ApplyMsg, Waiter};
+use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
 use super::supervisor::Inputs;
 use super::writer::WriteRequest;
-use super::{Input, PeerFactory, PendingRead, Proposal};
+use super::{Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
     Action, Engine, MembershipRefusal, ProposeRefusal, ReadId, ReadIndexRefusal, ReplyId,
     SentRequest, TransferRefusal,
@@ -46,7 +46,7 @@ enum Held {
 struct Deferred {
     command: bytes::Bytes,
     permit: async_lock::SemaphoreGuardArc,
-    reply: oneshot::Sender<Result<Proposal, ProposeError>>,
+    reply: ProposeReply,
 }
 
 pub(super) struct CoreLoop {
@@ -57,6 +57,9 @@ pub(super) struct CoreLoop {
     inputs: Arc<Inputs>,
     writer: Sender<WriteRequest>,
     applier: Sender<ApplyMsg>,
+    /// Proposers of this step, handed to the applier in one message before anything else
+    /// goes to it (so before the entries can be applied).
+    new_waiters: Vec<(LogIndex, Waiter)>,
     /// Sender tasks of the peers this node talks to (members, and the leader for reads).
     peers: BTreeMap<NodeId, PeerQueue>,
     peer_factory: PeerFactory,
@@ -115,6 +118,7 @@ impl CoreLoop {
             inputs,
             writer,
             applier,
+            new_waiters: Vec::new(),
             peers,
             peer_factory,
             replies: HashMap::new(),
@@ -154,6 +158,7 @@ impl CoreLoop {
             }
             self.propose_deferred();
             self.process_actions();
+            self.flush_waiters();
             if self.stop.is_some() {
                 break;
             }
@@ -248,21 +253,20 @@ impl CoreLoop {
     fn propose(&mut self, proposal: Deferred) {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
-                let (reply, response) = oneshot::channel();
+                let reply = match proposal.reply {
+                    ProposeReply::Appended(appended) => {
+                        let (reply, response) = oneshot::channel();
+                        let (index, term, node) = (id.index, id.term, self.token);
+                        let _ = appended.send(Ok(Proposal { index, term, response, node }));
+                        Answer::Proposal(reply)
+                    }
+                    ProposeReply::Applied(reply) => Answer::Write(reply),
+                };
                 let waiter = Waiter { term: id.term, reply, _permit: proposal.permit };
-                if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-                    // The proposer sees Shutdown (its reply channel is dropped).
-                    return self.lost("applier (state machine)");
-                }
-                let _ = proposal.reply.send(Ok(Proposal {
-                    index: id.index,
-                    term: id.term,
-                    response,
-                    node: self.token,
-                }));
+                self.new_waiters.push((id.index, waiter));
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint });
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
                 self.deferred.push_front(proposal)
@@ -293,11 +297,8 @@ impl CoreLoop {
             }
         })?;
         let (reply, response) = oneshot::channel();
-        let waiter = Waiter { term: id.term, reply, _permit: permit };
-        if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-            self.lost("applier (state machine)");
-            return Err(MembershipError::Shutdown);
-        }
+        let waiter = Waiter { term: id.term, reply: Answer::Proposal(reply), _permit: permit };
+        self.new_waiters.push((id.index, waiter));
         let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
         Ok((proposal, self.engine.membership().clone()))
     }
@@ -326,9 +327,8 @@ impl CoreLoop {
     fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
         let Some(read) = self.reads.remove(&id.0) else { return };
         if let Ok(index) = result {
-            if !read.abandoned() && self.applier.try_send(ApplyMsg::ReadAt { index, read }).is_err()
-            {
-                self.lost("applier (state machine)");
+            if !read.abandoned() {
+                self.send_to_applier(ApplyMsg::ReadAt { index, read });
             }
             return;
         }
@@ -342,10 +342,8 @@ impl CoreLoop {
 
     /// Carries out the engine's actions until it has none left.
     fn process_actions(&mut self) {
-        if std::mem::take(&mut self.prune_reads)
-            && self.applier.try_send(ApplyMsg::PruneReads).is_err()
-        {
-            self.lost("applier (state machine)");
+        if std::mem::take(&mut self.prune_reads) {
+            self.send_to_applier(ApplyMsg::PruneReads);
         }
         loop {
             let actions = self.engine.take_actions();
@@ -373,11 +371,7 @@ impl CoreLoop {
                             self.respond(reply_to, response);
                         }
                     }
-                    Action::Apply(entries) => {
-                        if self.applier.try_send(ApplyMsg::Apply(entries)).is_err() {
-                            self.lost("applier (state machine)");
-                        }
-                    }
+                    Action::Apply(entries) => self.send_to_applier(ApplyMsg::Apply(entries)),
                     Action::ReadIndexReady { id, result } => self.answer_read(id, result),
                     other => self.snapshot_action(other),
                 }
@@ -386,15 +380,34 @@ impl CoreLoop {
         let is_leader = self.engine.role() == Role::Leader;
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
-            if self.applier.try_send(ApplyMsg::LeadershipLost { commit_index }).is_err() {
-                self.lost("applier (state machine)");
-            }
+            self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
             let leader_hint = self.engine.leader_id();
             for proposal in std::mem::take(&mut self.deferred) {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint });
             }
         }
         self.was_leader = is_leader;
+    }
+
+    /// Sends `message` to the applier, after the proposers waiting to be handed to it (the
+    /// applier sees everything in the order the main loop produced it).
+    fn send_to_applier(&mut self, message: ApplyMsg) {
+        self.flush_waiters();
+        if self.applier.try_send(message).is_err() {
+            self.lost("applier (state machine)");
+        }
+    }
+
+    /// Hands this step's proposers to the applier, in one message. If the applier is gone,
+    /// their reply channels are dropped: they see `Shutdown`.
+    fn flush_waiters(&mut self) {
+        if self.new_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new_waiters);
+        if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
+            self.lost("applier (state machine)");
+        }
     }
 
     fn release_held(&mut self) {
@@ -474,8 +487,9 @@ impl CoreLoop {
         self.peers.clear();
         self.stop_snapshots();
         for proposal in std::mem::take(&mut self.deferred) {
-            let _ = proposal.reply.send(Err(ProposeError::Shutdown));
+            proposal.reply.refuse(ProposeError::Shutdown);
         }
+        self.new_waiters.clear();
         self.held.clear();
         self.replies.clear();
         self.reads.clear();
