@@ -11,6 +11,7 @@ use futures::channel::oneshot;
 use self::snapshots::SnapshotDriver;
 use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
+use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
 use super::writer::WriteRequest;
 use super::{Input, PeerFactory, PendingRead, Proposal, ProposeReply};
@@ -83,6 +84,8 @@ pub(super) struct CoreLoop {
     deferred: VecDeque<Deferred>,
     was_leader: bool,
     snap: SnapshotDriver,
+    /// Follows one proposal at a time through its stages (when its `tracing` target is on).
+    probe: LatencyProbe,
     /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
     clock: Arc<dyn Runtime>,
     stop: Option<Stop>,
@@ -135,6 +138,7 @@ impl CoreLoop {
             deferred: VecDeque::new(),
             was_leader: false,
             snap: SnapshotDriver::default(),
+            probe: LatencyProbe::default(),
             clock,
             stop: None,
         }
@@ -159,6 +163,7 @@ impl CoreLoop {
             self.propose_deferred();
             self.process_actions();
             self.flush_waiters();
+            self.probe.committed(self.engine.commit_index(), || self.clock.now());
             if self.stop.is_some() {
                 break;
             }
@@ -195,7 +200,13 @@ impl CoreLoop {
                 self.engine.on_request(request, ReplyId(id));
             }
             Input::Response { from, sent, result } => match result {
-                Ok(response) => self.engine.on_response(from, sent, response),
+                Ok(response) => {
+                    if let RpcResponse::AppendEntries(r) = &response {
+                        let acked = r.match_index.unwrap_or(0);
+                        self.probe.acked(acked, || self.clock.now());
+                    }
+                    self.engine.on_response(from, sent, response)
+                }
                 Err(error) => {
                     tracing::trace!(id = self.engine.id(), peer = from, %error, "RPC failed");
                     self.engine.on_unreachable(from, sent);
@@ -206,11 +217,16 @@ impl CoreLoop {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
+                let last = written.last_entry.map_or(0, |id| id.index);
+                self.probe.persisted(last, || self.clock.now());
                 self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => self.engine.on_applied(index),
+            Input::Applied(index) => {
+                self.probe.applied(index, || self.clock.now());
+                self.engine.on_applied(index)
+            }
             Input::ReadIndex { read } => {
                 if read.abandoned() {
                     return; // the caller gave up before the read started
@@ -264,6 +280,7 @@ impl CoreLoop {
                 };
                 let waiter = Waiter { term: id.term, reply, _permit: proposal.permit };
                 self.new_waiters.push((id.index, waiter));
+                self.probe.accepted(id.index, || self.clock.now());
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
                 proposal.reply.refuse(ProposeError::NotLeader { leader_hint });
@@ -427,21 +444,31 @@ impl CoreLoop {
         if to == self.engine.id() {
             return;
         }
+        let carries = match &request {
+            RpcRequest::AppendEntries(append) => append.entries.last().map_or(0, |e| e.index),
+            _ => 0,
+        };
         let factory = &self.peer_factory;
         let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
-        if let Err(error) = peer.queue().try_send(request) {
-            // The peer's queue is full (it is not answering): count the request as lost; the
-            // engine retries on a later heartbeat. A closed queue means its task ended, which
-            // only a panic does (reported on its way): the node stops.
-            let request = match error {
-                TrySendError::Full(r) => r,
-                TrySendError::Closed(r) => {
-                    self.lost(&format!("sender to peer {to}"));
-                    r
-                }
-            };
-            self.engine.on_unreachable(to, SentRequest::of(&request));
+        match peer.queue().try_send(request) {
+            Ok(()) => self.probe.sent(carries, || self.clock.now()),
+            Err(error) => self.unsent(to, error),
         }
+    }
+
+    /// A request that could not be handed to the sender task of peer `to`.
+    fn unsent(&mut self, to: NodeId, error: TrySendError<RpcRequest>) {
+        // The peer's queue is full (it is not answering): count the request as lost; the
+        // engine retries on a later heartbeat. A closed queue means its task ended, which
+        // only a panic does (reported on its way): the node stops.
+        let request = match error {
+            TrySendError::Full(r) => r,
+            TrySendError::Closed(r) => {
+                self.lost(&format!("sender to peer {to}"));
+                r
+            }
+        };
+        self.engine.on_unreachable(to, SentRequest::of(&request));
     }
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {

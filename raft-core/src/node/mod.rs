@@ -17,6 +17,7 @@ mod applier;
 mod builder;
 mod core_loop;
 mod peer;
+mod probe;
 mod reentrancy;
 mod snapshot;
 mod supervisor;
@@ -34,6 +35,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
 pub use self::builder::NodeBuilder;
+pub use self::probe::LATENCY_TARGET;
 use self::snapshot::SnapshotInput;
 use self::supervisor::{Spawner, Task};
 use self::watch::StatusCell;
