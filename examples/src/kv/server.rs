@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use raft_core::{
     InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
-    ReadIndexError, Role, TransferError,
+    ReadIndexError, Role, TransferError, WriteError,
 };
 use tracing::{debug, info};
 
@@ -239,22 +239,22 @@ impl ClientService {
             Ok(bytes) => bytes,
             Err(e) => return all(CommandAnswer::Refused(e.to_string())),
         };
-        match self.node.propose(bytes).await {
-            Ok(proposal) => match proposal.response().await {
-                Ok(answer) => decode_responses(&answer, count)
-                    .into_iter()
-                    .map(CommandAnswer::Applied)
-                    .collect(),
-                Err(e @ ProposalError::Dropped { .. }) => {
-                    all(CommandAnswer::NotApplied(e.to_string()))
-                }
-                Err(e) => all(CommandAnswer::Unknown(e.to_string())),
-            },
-            Err(ProposeError::NotLeader { leader_hint, .. }) => {
+        // One call to the node: proposed, then answered once applied.
+        match self.node.write(bytes).await {
+            Ok(answer) => {
+                decode_responses(&answer, count).into_iter().map(CommandAnswer::Applied).collect()
+            }
+            Err(WriteError::Failed(e @ ProposalError::Dropped { .. })) => {
+                all(CommandAnswer::NotApplied(e.to_string()))
+            }
+            Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
                 all(CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) })
             }
-            Err(e @ ProposeError::TooLarge { .. }) => all(CommandAnswer::Refused(e.to_string())),
-            Err(e) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(WriteError::Refused(e @ ProposeError::TooLarge { .. })) => {
+                all(CommandAnswer::Refused(e.to_string()))
+            }
+            Err(WriteError::Refused(e)) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(e) => all(CommandAnswer::Unknown(e.to_string())),
         }
     }
 }
