@@ -182,9 +182,13 @@ pub(crate) struct MembershipRecordV2 {
 }
 
 impl MembershipRecordV2 {
-    /// The membership it describes, with empty metadata.
+    /// The membership it describes, with empty metadata. Like format 3, it may have no voter:
+    /// builds of format 2 stored the empty membership a joining node knows before its first
+    /// membership entry in the snapshots it took there.
     pub(crate) fn decode(self) -> Result<Membership, InvalidChange> {
-        Membership::from_ids(self.voters, self.learners)
+        let ids = self.voters.iter().chain(&self.learners);
+        let nodes = ids.map(|&id| (id, NodeInfo::default())).collect();
+        Membership::from_parts(self.voters, BTreeSet::new(), self.learners, nodes)
     }
 }
 
@@ -391,6 +395,23 @@ mod tests {
                 .concat()
         );
         assert_eq!(decode_entry(6, &buf).unwrap(), e);
+    }
+
+    /// Format 2 snapshot files of a joining node could hold the empty membership (voters and
+    /// learners both empty: bytes `0, 0`); they decode as the empty membership, as in format 3,
+    /// instead of making the snapshot unreadable (review LOW 2).
+    #[test]
+    fn a_format_2_membership_without_voters_decodes() {
+        let record: MembershipRecordV2 = strict_decode(&[0, 0]).unwrap();
+        assert_eq!(record.decode(), Ok(Membership::default()));
+        let record: MembershipRecordV2 = strict_decode(&[0, 1, 4]).unwrap();
+        let nodes = [(4, NodeInfo::default())].into();
+        let learner = Membership::from_parts(BTreeSet::new(), BTreeSet::new(), [4].into(), nodes);
+        assert_eq!(record.decode(), learner);
+        let empty = Membership::default();
+        let bytes = postcard::to_allocvec(&MembershipRecord::of(&empty)).unwrap();
+        let record: MembershipRecord<'_> = strict_decode(&bytes).unwrap();
+        assert_eq!(record.decode(), Ok(empty), "format 3 agrees");
     }
 
     #[test]

@@ -446,3 +446,45 @@ fn a_lease_from_the_old_voters_ends_with_the_change() {
         c.reads.iter().any(|&(_, id, r)| id == ReadId(2) && r.is_ok_and(|i| i < new_commit));
     assert!(!stale, "a stale read: {:?} while {new_commit} is committed", c.reads);
 }
+
+/// A joining node knows no membership below the first membership entry it gets (its base is
+/// empty). A snapshot it takes there must not store that empty membership, which every node
+/// refuses when this node later leads and sends it (review LOW 2): it waits until it has applied
+/// a membership entry, and the snapshot then holds the real one.
+#[test]
+fn a_joining_node_snapshots_no_empty_membership() {
+    let mut configs: Vec<Config> = (1..=3).map(|id| config(id, 3)).collect();
+    for c in &mut configs {
+        c.snapshot_interval_entries = 0;
+        c.snapshot_interval_bytes = 0;
+    }
+    let mut c = Cluster::with_configs(configs);
+    let leader = c.elect();
+    for _ in 0..5 {
+        c.propose(leader, b"x");
+    }
+    let mut joining = Config::joining(4);
+    joining.max_apply_batch = 1;
+    joining.snapshot_interval_entries = 2;
+    joining.snapshot_keep_entries = 0;
+    c.add_node(joining);
+    let add = appended(
+        c.engine(leader).propose_membership(MembershipChange::AddLearner(4, info(4))).unwrap(),
+    );
+    c.settle();
+    c.tick(5);
+    let engine = &c.nodes[&4].engine;
+    assert!(engine.log.applied_index >= add.index, "the learner caught up");
+    for (id, action) in &c.log {
+        if let (4, Action::TakeSnapshot { last_included, membership }) = (*id, action) {
+            assert!(
+                !membership.voters().is_empty(),
+                "a snapshot at {last_included:?} without voters"
+            );
+        }
+    }
+    let meta = engine.snapshot_meta().expect("the learner took a snapshot");
+    assert!(meta.last_included.index >= add.index, "{meta:?}");
+    assert_eq!(meta.membership.voters(), &BTreeSet::from([1, 2, 3]), "{meta:?}");
+    assert!(meta.membership.is_learner(4));
+}
