@@ -19,8 +19,9 @@
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
-//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes or an
-//! unknown enum tag are reported as corruption.
+//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes, an
+//! unknown enum tag, or node ids out of order or repeated in a membership (in any of its sets
+//! or its metadata) are reported as corruption.
 //!
 //! # Version history
 //!
@@ -44,7 +45,8 @@ use raft_core::{
     Entry, EntryPayload, HardState, InvalidChange, LogId, LogIndex, Membership, NodeId, NodeInfo,
     StorageError, Term,
 };
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Name of the database holding log entries.
 pub(crate) const LOG_DB: &str = "raft-log";
@@ -177,8 +179,39 @@ enum PayloadRecord<'a> {
 /// files of format 2.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct MembershipRecordV2 {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
+}
+
+/// Decodes a set of node ids as written (postcard encodes a `BTreeSet` as its length and then
+/// its elements in ascending order), refusing ids out of order or repeated: a `BTreeSet` would
+/// take them silently, and only corruption writes them.
+fn ascending_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeSet<NodeId>, D::Error> {
+    let ids = Vec::<NodeId>::deserialize(deserializer)?;
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(D::Error::custom(format!(
+            "node ids out of order or repeated: {} then {}",
+            pair[0], pair[1]
+        )));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Decodes the members' metadata as written (in ascending id order, each id once), refusing
+/// anything else: collecting it into a map would let the last of two records of an id win.
+fn ascending_nodes<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<NodeRecord<'a>>, D::Error> {
+    let nodes = Vec::<NodeRecord<'a>>::deserialize(deserializer)?;
+    if let Some(pair) = nodes.windows(2).find(|pair| pair[0].id >= pair[1].id) {
+        return Err(D::Error::custom(format!(
+            "member metadata out of order or repeated: {} then {}",
+            pair[0].id, pair[1].id
+        )));
+    }
+    Ok(nodes)
 }
 
 impl MembershipRecordV2 {
@@ -196,10 +229,13 @@ impl MembershipRecordV2 {
 /// metadata in id order.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct MembershipRecord<'a> {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     outgoing: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "ascending_nodes")]
     nodes: Vec<NodeRecord<'a>>,
 }
 
@@ -420,7 +456,21 @@ mod tests {
         // A membership whose learner is a voter, or whose voter has no metadata.
         let voter_is_learner: &[u8] = &[2, 2, 1, 1, 1, 1];
         let no_metadata: &[u8] = &[2, 3, 1, 1, 0, 0, 0];
+        // Non-canonical encodings (review NIT): voters {2, 1} or {1, 1}, in both formats, and
+        // the metadata of node 1 twice or after node 2's.
+        let unsorted_v2: &[u8] = &[2, 2, 2, 2, 1, 0];
+        let repeated_v2: &[u8] = &[2, 2, 2, 1, 1, 0];
+        let unsorted: &[u8] = &[2, 3, 2, 2, 1, 0, 0, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_learner: &[u8] = &[2, 3, 1, 1, 0, 2, 2, 2, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_node: &[u8] = &[2, 3, 1, 1, 0, 0, 2, 1, 0, 0, 1, 0, 0];
+        let unsorted_nodes: &[u8] = &[2, 3, 2, 1, 2, 0, 0, 2, 2, 0, 0, 1, 0, 0];
         for bad in [
+            unsorted_v2,
+            repeated_v2,
+            unsorted,
+            repeated_learner,
+            repeated_node,
+            unsorted_nodes,
             &buf[..buf.len() - 1],
             &[2, 9][..],
             &[][..],
