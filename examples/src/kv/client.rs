@@ -14,6 +14,7 @@ use bytes::Bytes;
 use raft_core::{NodeId, Status};
 use tracing::debug;
 
+use super::bounded::Bounded;
 use super::command::{Command, KvError, Op, OpResult, Response, SessionId, SessionRef};
 use super::connections::{CallError, Connections};
 use super::protocol::{
@@ -67,6 +68,7 @@ impl ClientError {
 #[derive(Debug)]
 struct Session {
     id: SessionId,
+    incarnation: u64,
     next_seq: u64,
     outstanding: BTreeSet<u64>,
 }
@@ -140,8 +142,9 @@ impl KvClient {
 
     /// Runs a write in this client's session (opening one first if needed).
     async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
-        let (id, seq, ack_below) = self.next_seq().await?;
-        let command = Command { session: Some(SessionRef { id, seq, ack_below }), op };
+        let session_ref = self.next_seq().await?;
+        let (id, seq) = (session_ref.id, session_ref.seq);
+        let command = Command { session: Some(session_ref), op };
         let result = self.run(&command).await;
         let mut session = self.session();
         if let Some(s) = session.as_mut().filter(|s| s.id == id) {
@@ -160,7 +163,7 @@ impl KvClient {
     }
 
     /// Allocates a sequence number, opening the session first if there is none.
-    async fn next_seq(&self) -> Result<(SessionId, u64, u64), ClientError> {
+    async fn next_seq(&self) -> Result<SessionRef, ClientError> {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
@@ -171,23 +174,24 @@ impl KvClient {
         let id = new_session_id()?;
         let register = Command { session: None, op: Op::Register { id } };
         match self.run(&register).await? {
-            Ok(OpResult::Registered { id: opened }) if opened == id => {
-                debug!(id, "session opened");
-                *self.session() = Some(Session { id, next_seq: 0, outstanding: BTreeSet::new() });
+            Ok(OpResult::Registered { id: opened, incarnation }) if opened == id => {
+                debug!(id, incarnation, "session opened");
+                let outstanding = BTreeSet::new();
+                *self.session() = Some(Session { id, incarnation, next_seq: 0, outstanding });
             }
             other => return Err(unexpected(other)),
         }
         self.allocate().ok_or(ClientError::SessionExpired)
     }
 
-    fn allocate(&self) -> Option<(SessionId, u64, u64)> {
+    fn allocate(&self) -> Option<SessionRef> {
         let mut session = self.session();
         let s = session.as_mut()?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.outstanding.insert(seq);
         let ack_below = s.outstanding.first().copied().unwrap_or(seq);
-        Some((s.id, seq, ack_below))
+        Some(SessionRef { id: s.id, incarnation: s.incarnation, seq, ack_below })
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
@@ -566,6 +570,7 @@ impl Connections {
     /// Test-only: makes `node` drop Raft traffic with `blocked` (empty heals). The node must
     /// run with `--fault-injection`.
     pub async fn partition(&self, node: NodeId, blocked: Vec<NodeId>) -> Result<(), ClientError> {
+        let blocked = Bounded::new(blocked).map_err(|e| ClientError::Refused(e.to_string()))?;
         match self.call(node, &ClientRequest::Admin(AdminRequest::Partition { blocked })).await {
             Ok(ClientResponse::AdminDone) => Ok(()),
             Ok(ClientResponse::Refused(reason)) => Err(ClientError::Refused(reason)),

@@ -14,7 +14,8 @@ use tracing::debug;
 
 use super::command::Command;
 use super::protocol::{
-    self, ClientRequest, ClientResponse, CommandBatch, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
+    self, ClientRequest, ClientResponse, CommandAnswer, CommandBatch, Member, MAX_BATCH_BYTES,
+    MAX_BATCH_LEN,
 };
 use super::tls::{client_config, KvTlsError};
 
@@ -326,14 +327,25 @@ impl Connections {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
-        let outcome = match CommandBatch::new(commands) {
+        let outcome = match CommandBatch::new(commands.clone()) {
             Ok(commands) => self.call_within(node, &ClientRequest::Batch(commands), limit).await,
             Err(e) => Ok(ClientResponse::Refused(e.to_string())),
         };
         match outcome {
             Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
-                for (reply, answer) in replies.into_iter().zip(answers.into_inner()) {
-                    let _ = reply.send(Ok(answer.into()));
+                let answered = commands.into_iter().zip(replies).zip(answers.into_inner());
+                for ((command, reply), answer) in answered {
+                    if answer == CommandAnswer::TooLarge {
+                        // A read whose value did not fit in the batch's answer: read it alone.
+                        let connections = self.clone();
+                        tokio::spawn(async move {
+                            let request = ClientRequest::Command(command);
+                            let _ =
+                                reply.send(connections.call_within(node, &request, limit).await);
+                        });
+                    } else {
+                        let _ = reply.send(Ok(answer.into()));
+                    }
                 }
             }
             outcome => {

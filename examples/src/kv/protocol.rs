@@ -21,7 +21,8 @@ use super::command::{Command, Response};
 
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
 /// have 128-bit ids chosen by the client, requests are authorized by certificate role.
-pub const ALPN: &[u8] = b"raft-kv/3";
+/// Version 4: requests in a session name its incarnation.
+pub const ALPN: &[u8] = b"raft-kv/4";
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -29,6 +30,11 @@ pub const ALPN: &[u8] = b"raft-kv/3";
 pub const MAX_FRAME_BYTES: usize = 2 << 20;
 /// The most commands in one [`ClientRequest::Batch`] (checked before any is decoded).
 pub const MAX_BATCH_LEN: usize = 1024;
+/// The fewest bytes a [`Command`] encodes to (no session, an operation tag, one field), so a
+/// request of `len` bytes holds at most `len / MIN_COMMAND_BYTES` commands.
+pub const MIN_COMMAND_BYTES: usize = 3;
+/// The most peers one [`AdminRequest::Partition`] names (checked before any is decoded).
+pub const MAX_BLOCKED_PEERS: usize = 1024;
 
 /// The commands of a [`ClientRequest::Batch`].
 pub type CommandBatch = Bounded<Command, MAX_BATCH_LEN>;
@@ -164,7 +170,7 @@ pub enum AdminRequest {
     /// Drop all Raft traffic to and from these peers (replaces the previous set; empty heals).
     Partition {
         /// The peers to cut off.
-        blocked: Vec<NodeId>,
+        blocked: Bounded<NodeId, MAX_BLOCKED_PEERS>,
     },
 }
 
@@ -232,6 +238,10 @@ pub enum CommandAnswer {
     Unknown(String),
     /// See [`ClientResponse::Refused`].
     Refused(String),
+    /// A read whose value did not fit in the batch's answer frame (the values of a batch's
+    /// reads add up to more than [`MAX_FRAME_BYTES`]): not answered here; send it alone
+    /// (a read has no effect, so running it again is harmless).
+    TooLarge,
 }
 
 impl From<CommandAnswer> for ClientResponse {
@@ -242,6 +252,51 @@ impl From<CommandAnswer> for ClientResponse {
             CommandAnswer::NotApplied(why) => ClientResponse::NotApplied(why),
             CommandAnswer::Unknown(why) => ClientResponse::Unknown(why),
             CommandAnswer::Refused(why) => ClientResponse::Refused(why),
+            CommandAnswer::TooLarge => {
+                ClientResponse::Refused("the answer does not fit in a frame".into())
+            }
+        }
+    }
+}
+
+impl ClientResponse {
+    /// This response, made to fit in a frame if it is a batch whose read values add up to more
+    /// than [`MAX_FRAME_BYTES`]: the values that do not fit (in order) are replaced by
+    /// [`CommandAnswer::TooLarge`], for the client to read them alone. Any other response is
+    /// returned as it is.
+    pub fn fit_in_frame(self) -> Self {
+        if frame_size(&self).is_ok() {
+            return self;
+        }
+        let ClientResponse::Batch(answers) = self else { return self };
+        let size = |answer: &CommandAnswer| {
+            postcard::experimental::serialized_size(answer).unwrap_or(MAX_FRAME_BYTES)
+        };
+        let is_value = |answer: &CommandAnswer| {
+            matches!(answer, CommandAnswer::Applied(Ok(super::command::OpResult::Value(Some(_)))))
+        };
+        // The batch's tag and length, and every answer that is not a value, are kept.
+        let mut total = 16 + answers.iter().filter(|a| !is_value(a)).map(size).sum::<usize>();
+        let fitted = answers
+            .into_inner()
+            .into_iter()
+            .map(|answer| {
+                if !is_value(&answer) {
+                    return answer;
+                }
+                let len = size(&answer);
+                if total + len <= MAX_FRAME_BYTES {
+                    total += len;
+                    answer
+                } else {
+                    total += 1;
+                    CommandAnswer::TooLarge
+                }
+            })
+            .collect();
+        match Bounded::new(fitted) {
+            Ok(answers) => ClientResponse::Batch(answers),
+            Err(e) => ClientResponse::Refused(e.to_string()),
         }
     }
 }
@@ -357,7 +412,7 @@ pub async fn read_body<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -406,5 +461,46 @@ mod tests {
         assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
         let fits = ClientRequest::Batch(CommandBatch::new(Vec::new()).unwrap());
         assert_eq!(decode::<ClientRequest>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    #[test]
+    fn a_long_partition_is_refused_on_its_length() {
+        // Admin (2), Partition (0), 2,000,000 one-byte ids: decoded before the certificate's
+        // role is checked, so refused on the announced length.
+        let mut body = vec![2, 0];
+        body.extend(postcard::to_allocvec(&vec![0u64; 2_000_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn a_batch_of_large_values_is_fitted_in_a_frame() {
+        use super::super::command::OpResult;
+        let big = bytes::Bytes::from(vec![7u8; 500 << 10]);
+        let value = CommandAnswer::Applied(Ok(OpResult::Value(Some(big))));
+        let written = CommandAnswer::Applied(Ok(OpResult::Written));
+        let mut answers = vec![value; 5];
+        answers.insert(2, written.clone());
+        let response = ClientResponse::Batch(Bounded::new(answers).unwrap());
+        assert!(frame_size(&response).is_err(), "2.5 MiB of values");
+        let fitted = response.clone().fit_in_frame();
+        assert!(frame_size(&fitted).is_ok());
+        let ClientResponse::Batch(fitted) = fitted else { panic!("not a batch: {fitted:?}") };
+        let ClientResponse::Batch(original) = response else { unreachable!() };
+        assert_eq!(fitted[..5], original[..5], "the first four values and the write fit");
+        assert_eq!(fitted[5], CommandAnswer::TooLarge);
+        // A batch that fits is left alone.
+        let small = ClientResponse::Batch(Bounded::new(vec![written; 3]).unwrap());
+        assert_eq!(small.clone().fit_in_frame(), small);
+    }
+
+    #[test]
+    fn the_smallest_command_takes_min_command_bytes() {
+        use super::super::command::Op;
+        let key = bytes::Bytes::new();
+        for op in [Op::Get { key: key.clone() }, Op::Delete { key }, Op::Register { id: 0 }] {
+            let command = Command { session: None, op };
+            assert_eq!(postcard::to_allocvec(&command).unwrap().len(), MIN_COMMAND_BYTES);
+        }
     }
 }

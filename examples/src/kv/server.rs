@@ -144,7 +144,7 @@ impl ClientService {
                     return ClientResponse::Refused("fault injection is disabled".into());
                 }
                 info!(node = self.node.id(), ?blocked, "partition set by a client");
-                self.firewall.set_blocked(blocked);
+                self.firewall.set_blocked(blocked.into_inner());
                 ClientResponse::AdminDone
             }
         }
