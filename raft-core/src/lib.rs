@@ -30,7 +30,7 @@ pub use error::{
     FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
     TransferError,
 };
-pub use membership::{InvalidChange, Membership, MembershipChange};
+pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
 pub use node::{Node, NodeBuilder, Proposal, StatusWatch};

@@ -169,9 +169,9 @@ fn change_at_random(
             *next_id += 1;
             sim.add_node(id)?;
             ids.push(id);
-            MembershipChange::AddLearner(id)
+            MembershipChange::AddLearner(id, raft_core::NodeInfo::default())
         }
-        1 => match pick(dice, &membership.learners) {
+        1 => match pick(dice, membership.learners()) {
             Some(id) => MembershipChange::PromoteLearner(id),
             None => return Ok(()),
         },
@@ -180,7 +180,7 @@ fn change_at_random(
             None => return Ok(()),
         },
         _ => {
-            if let Some(target) = pick(dice, &membership.voters) {
+            if let Some(target) = pick(dice, membership.voters()) {
                 sim.runtime.spawn_task(async move {
                     let _ = node.transfer_leadership(target).await;
                 });

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use raft_core::{Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse};
+use raft_core::{Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcRequest, RpcResponse};
 use tracing::{info, warn};
 
 use crate::accept::{Gate, GateStats};
@@ -22,6 +22,7 @@ use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
+use crate::members::MembershipAddresses;
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
@@ -119,6 +120,8 @@ struct Inner {
     cert_expiry_warning: Duration,
     /// Serializes `close` and `update_tls`.
     closing: Mutex<()>,
+    /// The addresses taken from the membership (`members_changed`).
+    members: MembershipAddresses,
 }
 
 impl Drop for Inner {
@@ -334,6 +337,7 @@ impl QuicNetwork {
                 max_incoming,
                 cert_expiry_warning: config.cert_expiry_warning,
                 closing: Mutex::new(()),
+                members: MembershipAddresses::default(),
             }),
         })
     }
@@ -480,5 +484,14 @@ impl QuicNetwork {
 impl Network for QuicNetwork {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
         self.inner.client.call(target, &request).await
+    }
+
+    /// Takes every member's address (`ip:port`) from the membership: sets or moves the peer's
+    /// address, and forgets those it took from an earlier membership for nodes that left it.
+    /// Never refuses a node (see [`QuicNetwork::refuse`]); ignores empty and invalid addresses
+    /// (names are not resolved here), and leaves alone the addresses of nodes the membership
+    /// gives none for.
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        self.inner.members.apply(self, members);
     }
 }

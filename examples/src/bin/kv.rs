@@ -6,6 +6,7 @@
 //! kv --config node1.conf status
 //! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
 //! kv --config node1.conf member remove 1
+//! kv --config node1.conf member set 1 4=10.0.0.4:7001,10.0.0.4:7101 5=10.0.0.5:7001,10.0.0.5:7101
 //!
 //! kv ca /secure/kv-ca                                   # once, on a machine that is no node
 //! kv issue node 4 --ca /secure/kv-ca --out /tmp/node4   # certificates for a new node
@@ -23,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use examples::kv::client::{member_table, status_table};
 use examples::kv::config::{parse_args, parse_member};
+use examples::kv::protocol::{MemberList, NewMember};
 use examples::kv::tls::{self, load_client_tls, pick_identity, CertRole};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
@@ -38,7 +40,11 @@ commands:
   member list                voters, learners, the leader and their addresses (from the leader)
   member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
                              address) and CLIENT: learner, catch-up, then voter
-  member remove ID           remove node ID (the leader too: it steps down), forget its addresses
+  member remove ID           remove node ID (the leader too: it steps down); its id is refused
+  member set SPEC...         make exactly these the voters, in one change (joint consensus). SPEC
+                             is ID (a member) or ID=RAFT,CLIENT (a node started with `kv-node
+                             --join`): new nodes catch up as learners first; voters not named
+                             are removed
   transfer-leader ID         hand leadership to voter ID
 certificates (the CA directory holds the CA keys: keep it off the nodes):
   ca CA_DIR [--days N]       create the node CA and the client CA in CA_DIR (default 3650 days)
@@ -58,8 +64,8 @@ options:
   --user STEM                the identity in DIR: STEM.pem and STEM.key, e.g. admin-alice
                              (default: admin-default, or the only identity in DIR)
   --config FILE              a kv-node config file: its `node` and `certs` entries are used
-  --timeout SECS             give up after this long (default 15; for `member add`, includes
-                             the new node's catch-up)
+  --timeout SECS             give up after this long (default 15; for `member add` and
+                             `member set`, includes the new nodes' catch-up)
 ";
 
 struct Cli {
@@ -167,6 +173,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map(|list| format!("node {id} is a voter\n{}", member_table(&list)))
         }
+        ["member", "set", specs @ ..] if !specs.is_empty() => {
+            let (voters, new_members) = member_specs(specs)?;
+            connections
+                .member_set(voters, new_members)
+                .await
+                .map(|list| format!("the voters are {}\n{}", voter_ids(&list), member_table(&list)))
+        }
         ["member", "remove", id] => {
             let id = node_id(id)?;
             connections
@@ -184,6 +197,29 @@ async fn run(cli: Cli) -> Result<(), String> {
     let output = result.map_err(|e| e.to_string())?;
     println!("{output}");
     Ok(())
+}
+
+/// Parses the SPECs of `member set`: `ID` (a member) or `ID=RAFT,CLIENT` (a new node).
+fn member_specs(specs: &[&str]) -> Result<(Vec<NodeId>, Vec<NewMember>), String> {
+    let mut voters = Vec::new();
+    let mut new_members = Vec::new();
+    for spec in specs {
+        if spec.contains('=') {
+            let (id, addrs) = parse_member(spec).map_err(|e| e.to_string())?;
+            new_members.push(NewMember { id, raft_addr: addrs.raft, client_addr: addrs.client });
+            voters.push(id);
+        } else {
+            voters.push(node_id(spec)?);
+        }
+    }
+    Ok((voters, new_members))
+}
+
+/// The voters of a member list, as `1, 4, 5`.
+fn voter_ids(list: &MemberList) -> String {
+    let voters: Vec<String> =
+        list.members.iter().filter(|m| m.voter).map(|m| m.id.to_string()).collect();
+    voters.join(", ")
 }
 
 fn node_id(word: &str) -> Result<NodeId, String> {

@@ -19,6 +19,7 @@ use super::command::{Command, KvError, Op, OpResult, Response, SessionId, Sessio
 use super::connections::{CallError, Connections};
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberList, MemberRequest,
+    NewMember, MAX_SET_MEMBERS,
 };
 
 /// Why an operation failed.
@@ -473,11 +474,11 @@ impl Connections {
 
     /// Adds node `id` (listening at `raft_addr` for peers and `client_addr` for clients) as a
     /// voter. The node must be running (`kv-node --join`). Three steps, each retried as needed
-    /// within the client's operation timeout: the leader records the addresses and adds the node
-    /// as a learner; the client polls the new node's status on its client port until it has
-    /// applied the commit index the leader had then (evidence that it is reachable and caught
-    /// up, which the leader's promotion check does not give in a young cluster); the leader
-    /// promotes it (`Node::add_voter`). A node that never catches up stays a learner
+    /// within the client's operation timeout: the leader adds the node as a learner, with its
+    /// addresses in the membership; the client polls the new node's status on its client port
+    /// until it has applied the commit index the leader had then (evidence that it is reachable
+    /// and caught up, which the leader's promotion check does not give in a young cluster); the
+    /// leader promotes it (`Node::add_voter`). A node that never catches up stays a learner
     /// ([`MemberError::CatchUpTimeout`]; `member remove` it or retry).
     pub async fn member_add(
         &self,
@@ -485,17 +486,12 @@ impl Connections {
         raft_addr: std::net::SocketAddr,
         client_addr: std::net::SocketAddr,
     ) -> Result<MemberList, ClientError> {
-        let started = tokio::time::Instant::now();
-        let deadline = started + self.options().op_timeout;
-        let remaining_ms = || {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
-        };
+        let clock = CatchUpClock::start(self.options().op_timeout);
         let add = |promote| MemberRequest::Add {
             id,
             raft_addr,
             client_addr,
-            catch_up_ms: remaining_ms(),
+            catch_up_ms: clock.remaining_ms(),
             promote,
         };
         let learner = self.member_request(add(false)).await?;
@@ -503,20 +499,70 @@ impl Connections {
             return Ok(learner);
         }
         self.learn(&Member { id, client_addr });
-        let target = learner.commit_index;
+        self.wait_caught_up(id, learner.commit_index, &clock).await?;
+        self.member_request(add(true)).await
+    }
+
+    /// Makes exactly `voters` the voters in one change (joint consensus): the nodes of
+    /// `new_members` (running `kv-node --join`) join as learners, the client waits for each to
+    /// apply the commit index the leader had then (as `member add` does), and the leader moves
+    /// the cluster to the new voter set ([`MemberRequest::Set`]). Voters not named are removed
+    /// for good. Every step is retried as needed within the client's operation timeout.
+    pub async fn member_set(
+        &self,
+        voters: Vec<NodeId>,
+        new_members: Vec<NewMember>,
+    ) -> Result<MemberList, ClientError> {
+        let clock = CatchUpClock::start(self.options().op_timeout);
+        let mut commit_index = 0;
+        for member in &new_members {
+            let add = MemberRequest::Add {
+                id: member.id,
+                raft_addr: member.raft_addr,
+                client_addr: member.client_addr,
+                catch_up_ms: clock.remaining_ms(),
+                promote: false,
+            };
+            commit_index = commit_index.max(self.member_request(add).await?.commit_index);
+            self.learn(&Member { id: member.id, client_addr: member.client_addr });
+        }
+        for member in &new_members {
+            self.wait_caught_up(member.id, commit_index, &clock).await?;
+        }
+        let bounded = |what: &str, len: usize| {
+            ClientError::Refused(format!("{len} {what} exceed the limit of {MAX_SET_MEMBERS}"))
+        };
+        let (voter_count, new_count) = (voters.len(), new_members.len());
+        let set = MemberRequest::Set {
+            voters: Bounded::new(voters).map_err(|_| bounded("voters", voter_count))?,
+            new_members: Bounded::new(new_members)
+                .map_err(|_| bounded("new members", new_count))?,
+            catch_up_ms: clock.remaining_ms(),
+        };
+        self.member_request(set).await
+    }
+
+    /// Polls node `id`'s own status until it has applied `index` and knows a leader; fails
+    /// with [`MemberError::CatchUpTimeout`] at the clock's deadline.
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        index: u64,
+        clock: &CatchUpClock,
+    ) -> Result<(), ClientError> {
         loop {
             if let Ok(s) = self.status(id).await {
-                if s.status.leader_id.is_some() && s.status.applied_index >= target {
-                    break;
+                if s.status.leader_id.is_some() && s.status.applied_index >= index {
+                    return Ok(());
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if tokio::time::Instant::now() >= clock.deadline {
+                let waited_ms =
+                    u64::try_from(clock.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 return Err(ClientError::Member(MemberError::CatchUpTimeout { id, waited_ms }));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        self.member_request(add(true)).await
     }
 
     /// Removes node `id` (the leader too) and forgets its addresses.
@@ -578,6 +624,25 @@ impl Connections {
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
+    }
+}
+
+/// The deadline of a membership request that waits for new nodes to catch up.
+struct CatchUpClock {
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+impl CatchUpClock {
+    fn start(timeout: std::time::Duration) -> Self {
+        let started = tokio::time::Instant::now();
+        Self { started, deadline: started + timeout }
+    }
+
+    /// What the leader may spend catching up, leaving the answer half a second to arrive.
+    fn remaining_ms(&self) -> u64 {
+        let left = self.deadline.saturating_duration_since(tokio::time::Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
     }
 }
 

@@ -6,10 +6,7 @@
 //! byte ([`ENTRY_FORMAT`]). An entry that does not decode is answered with a single
 //! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::bounded::Bounded;
@@ -78,22 +75,6 @@ pub enum Op {
         /// The value to install.
         new: Option<Bytes>,
     },
-    /// Internal (proposed by the leader for `member add`, never accepted from a client):
-    /// records where member `id` listens. Every node applies it to its address book and tells
-    /// its Raft transport, so that it can reach the member (and accept its connections).
-    SetMemberAddress {
-        /// The member.
-        id: NodeId,
-        /// Its Raft (peer) QUIC address.
-        raft_addr: SocketAddr,
-        /// Its client QUIC address.
-        client_addr: SocketAddr,
-    },
-    /// Internal (proposed by the leader after `member remove`): forgets member `id`'s addresses.
-    ForgetMember {
-        /// The removed member.
-        id: NodeId,
-    },
 }
 
 impl Op {
@@ -103,17 +84,12 @@ impl Op {
         matches!(self, Op::Get { .. })
     }
 
-    /// Whether the operation changes the address book (only nodes propose these).
-    pub fn is_internal(&self) -> bool {
-        matches!(self, Op::SetMemberAddress { .. } | Op::ForgetMember { .. })
-    }
-
     /// Checks key and value sizes.
     pub fn validate(&self) -> Result<(), KvError> {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
         let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
         let ok = match self {
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => true,
+            Op::Register { .. } => true,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
             Op::Put { key, value } => key_ok(key) && value_ok(value),
             Op::Cas { key, expected, new } => {
@@ -142,7 +118,7 @@ impl Command {
     /// Roughly how many bytes the command takes on the wire (for batch limits).
     pub fn approximate_size(&self) -> usize {
         let payload = match &self.op {
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => 32,
+            Op::Register { .. } => 32,
             Op::Get { key } | Op::Delete { key } => key.len(),
             Op::Put { key, value } => key.len() + value.len(),
             Op::Cas { key, expected, new } => {
@@ -181,8 +157,6 @@ pub enum OpResult {
         /// Whether the expected value matched and the new value was installed.
         swapped: bool,
     },
-    /// The address book was updated.
-    MembersUpdated,
 }
 
 /// A deterministic refusal by the state machine (the same on every node).
@@ -207,9 +181,6 @@ pub enum KvError {
     /// The session holds too many unacknowledged responses; the request was not applied.
     #[error("too many unacknowledged requests in the session")]
     TooManyPending,
-    /// The node was removed from the cluster for good; its id cannot be added again.
-    #[error("node {0} was removed from the cluster; its id cannot be reused")]
-    Removed(NodeId),
     /// A key or value exceeds its size limit.
     #[error("key or value too large")]
     TooLarge,
@@ -233,8 +204,9 @@ pub const ENTRY_FORMAT: u8 = 4;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     /// The client (its certificate name, e.g. `client-alice.kv`) whose connection brought the
-    /// commands; `None` for commands the node proposes itself (address-book updates). Sessions
-    /// belong to their owner: no other client can use them.
+    /// commands; `None` for commands a node proposes itself (none does today; entries of
+    /// earlier versions held the address book's). Sessions belong to their owner: no other
+    /// client can use them.
     pub owner: Option<String>,
     /// The commands, applied in order.
     pub commands: Bounded<Command, MAX_COMMANDS_PER_ENTRY>,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use raft_core::NodeId;
+use raft_core::{NodeId, NodeInfo};
 
 /// Where a member listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,21 @@ pub struct MemberAddrs {
     pub raft: SocketAddr,
     /// Its client QUIC address.
     pub client: SocketAddr,
+}
+
+impl MemberAddrs {
+    /// The member's metadata in the Raft membership: the Raft address as the `address` (what
+    /// raft-quic dials), the client address as the application `data`, both as `ip:port` text.
+    pub fn to_node_info(&self) -> NodeInfo {
+        NodeInfo::new(self.raft.to_string(), self.client.to_string())
+    }
+
+    /// The addresses in a member's metadata, if it holds both (a founding member's holds none
+    /// until a membership change gives it some).
+    pub fn from_node_info(info: &NodeInfo) -> Option<Self> {
+        let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok();
+        Some(Self { raft: parse(&info.address)?, client: parse(&info.data)? })
+    }
 }
 
 /// The TLS files of a node.
@@ -102,7 +117,8 @@ usage: kv-node [--config FILE] [flags]
   --node ID=RAFT,CLIENT      a member and its Raft and client addresses (repeat for each member,
                              this node included), e.g. --node 1=127.0.0.1:7001,127.0.0.1:7101
                              Founding nodes: the --node ids are the initial voters. Members
-                             added later are learned from the replicated log (`kv member add`).
+                             added later are learned from the Raft membership, which carries
+                             every member's addresses (`kv member add`, `kv member set`).
   --join                     join an existing cluster: start with no voters and wait to be added
                              with `kv member add ID RAFT CLIENT`; give --node entries for the
                              current members and this node (keep the flag on restarts)

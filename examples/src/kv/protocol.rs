@@ -20,9 +20,13 @@ use super::bounded::Bounded;
 use super::command::{Command, Response};
 
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
-/// have 128-bit ids chosen by the client, requests are authorized by certificate role.
-/// Version 4: requests in a session name its incarnation.
-pub const ALPN: &[u8] = b"raft-kv/4";
+/// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
+/// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
+/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`.
+pub const ALPN: &[u8] = b"raft-kv/5";
+
+/// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
+pub const MAX_SET_MEMBERS: usize = 256;
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -64,9 +68,9 @@ pub enum ClientRequest {
 pub enum MemberRequest {
     /// The membership as the leader knows it: [`ClientResponse::Members`].
     List,
-    /// Adds node `id`: records its addresses in the replicated address book and adds it as a
-    /// learner; with `promote`, then waits until the leader sees it caught up (at most
-    /// `catch_up_ms`) and makes it a voter (`Node::add_voter`).
+    /// Adds node `id` as a learner, its addresses in the Raft membership (every node's
+    /// transport learns them from there); with `promote`, then waits until the leader sees it
+    /// caught up (at most `catch_up_ms`) and makes it a voter (`Node::add_voter`).
     ///
     /// The `kv` client sends it twice: without `promote`, then, once the new node itself reports
     /// (on its client port) that it applied the leader's commit index, with `promote`. The
@@ -86,7 +90,7 @@ pub enum MemberRequest {
         promote: bool,
     },
     /// Removes node `id` (voter or learner; the leader too: it steps down once the removal
-    /// commits), then forgets its addresses.
+    /// commits). Its id is refused from then on, and never used again.
     Remove {
         /// The node to remove.
         id: NodeId,
@@ -96,6 +100,31 @@ pub enum MemberRequest {
         /// The new leader.
         id: NodeId,
     },
+    /// Makes exactly `voters` the voters in one change (joint consensus, `Node::set_membership`):
+    /// nodes of `new_members` that are not members join as learners with their addresses, and
+    /// become voters once caught up (at most `catch_up_ms`, else they stay learners); voters not
+    /// named are removed (their ids are never used again); learners not named stay learners.
+    /// Members whose addresses the membership does not hold yet (founders) get them from the
+    /// answering node's configuration.
+    Set {
+        /// The voters after the change.
+        voters: Bounded<NodeId, MAX_SET_MEMBERS>,
+        /// The addresses of voters that are not members yet.
+        new_members: Bounded<NewMember, MAX_SET_MEMBERS>,
+        /// How long new voters may take to catch up.
+        catch_up_ms: u64,
+    },
+}
+
+/// A node that a [`MemberRequest::Set`] adds, with its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMember {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its Raft (peer) address.
+    pub raft_addr: SocketAddr,
+    /// Its client address.
+    pub client_addr: SocketAddr,
 }
 
 /// A member with its addresses (as far as the answering node knows them).

@@ -1,20 +1,21 @@
-//! The replicated state: the map and the client sessions, serializable in full so that a
-//! snapshot is "serialize the state" and a restore is "deserialize it".
+//! The replicated state: the map, the client sessions and the tombstones of removed members,
+//! serializable in full so that a snapshot is "serialize the state" and a restore is
+//! "deserialize it".
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use raft_core::NodeId;
+use raft_core::{Membership, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
-use super::config::MemberAddrs;
 use super::sessions::Sessions;
 
 /// The first bytes of an encoded state (a snapshot): a magic word and the format version.
 /// Version 3 added session owners and 128-bit session ids, and made removed members permanent;
-/// version 4 session incarnations.
-pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x04";
+/// version 4 dropped the address book (members' addresses live in the Raft membership) and
+/// derives the tombstones from membership entries; version 5 added session incarnations.
+pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x05";
 
 /// Why an encoded state could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -35,13 +36,12 @@ pub struct KvState {
     pub data: BTreeMap<Bytes, Bytes>,
     /// Open client sessions.
     pub sessions: Sessions,
-    /// The address book: where members added at run time listen (`SetMemberAddress`). The
-    /// founding members' addresses come from each node's configuration and are not here unless
-    /// set explicitly.
-    pub members: BTreeMap<NodeId, MemberAddrs>,
-    /// Tombstones: members removed from the cluster (`ForgetMember`). Their addresses are
-    /// forgotten, their ids are refused by the transport from then on, and they can never be
-    /// added again (their certificates stay valid until they expire).
+    /// The members of the latest membership entry applied (empty before the first: the
+    /// bootstrap membership is no entry).
+    pub members: BTreeSet<NodeId>,
+    /// Tombstones: members that a committed membership entry removed from the cluster. Their
+    /// ids are refused by the transport from then on, and they can never be added again (their
+    /// certificates stay valid until they expire).
     pub removed_members: BTreeSet<NodeId>,
 }
 
@@ -68,14 +68,8 @@ impl KvState {
                 let incarnation = self.sessions.register(owner, id, op_id)?;
                 Ok(OpResult::Registered { id, incarnation })
             }
-            (op, _) if op.is_internal() && owner.is_some() => {
-                Err(KvError::Malformed("address-book commands come from nodes only".into()))
-            }
-            (Op::SetMemberAddress { id, .. }, _) if self.removed_members.contains(&id) => {
-                Err(KvError::Removed(id))
-            }
-            (op, _) if op.is_read() || op.is_internal() => Ok(self.execute(op)),
-            (op, None) => Ok(self.execute(op)),
+            (op, _) if op.is_read() => Ok(Self::execute_on(&mut self.data, op)),
+            (op, None) => Ok(Self::execute_on(&mut self.data, op)),
             (op, Some(session)) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
                 let data = &mut self.data;
@@ -84,28 +78,22 @@ impl KvState {
         }
     }
 
-    fn execute(&mut self, op: Op) -> OpResult {
-        match op {
-            Op::SetMemberAddress { id, raft_addr, client_addr } => {
-                self.members.insert(id, MemberAddrs { raft: raft_addr, client: client_addr });
-                OpResult::MembersUpdated
-            }
-            Op::ForgetMember { id } => {
-                self.members.remove(&id);
-                self.removed_members.insert(id);
-                OpResult::MembersUpdated
-            }
-            op => Self::execute_on(&mut self.data, op),
-        }
+    /// A committed membership entry was applied: the members it drops (present in the
+    /// previous membership entry, absent from this one) become tombstones. Returns them. A
+    /// joint membership still holds its outgoing voters, so a voter is removed by the entry
+    /// that completes the change.
+    pub fn apply_membership(&mut self, membership: &Membership) -> Vec<NodeId> {
+        let members = membership.members();
+        let removed: Vec<NodeId> = self.members.difference(&members).copied().collect();
+        self.removed_members.extend(removed.iter().copied());
+        self.members = members;
+        removed
     }
 
     fn execute_on(data: &mut BTreeMap<Bytes, Bytes>, op: Op) -> OpResult {
         match op {
-            // Address-book changes never carry a session (`execute` handles them); a session
-            // does not make one apply to the map.
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => {
-                OpResult::Written
-            }
+            // Registrations are handled by `apply`; a session does not make one apply to the map.
+            Op::Register { .. } => OpResult::Written,
             Op::Get { key } => OpResult::Value(data.get(&key).cloned()),
             Op::Put { key, value } => {
                 data.insert(key, value);
@@ -309,29 +297,31 @@ mod tests {
     }
 
     #[test]
-    fn the_address_book_is_replicated_state_and_removals_are_permanent() {
+    fn membership_entries_make_removed_members_permanent_tombstones() {
         let mut s = KvState::new();
-        let (raft_addr, client_addr) =
-            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        let set = Op::SetMemberAddress { id: 4, raft_addr, client_addr };
-        assert_eq!(s.apply(1, None, plain(set.clone())), Ok(OpResult::MembersUpdated));
-        assert_eq!(s.members[&4], MemberAddrs { raft: raft_addr, client: client_addr });
-        // Clients cannot change the address book.
-        assert!(matches!(
-            s.apply(2, ALICE, plain(Op::ForgetMember { id: 4 })),
-            Err(KvError::Malformed(_))
-        ));
-        assert_eq!(
-            s.apply(3, None, plain(Op::ForgetMember { id: 4 })),
-            Ok(OpResult::MembersUpdated)
-        );
-        assert!(s.members.is_empty() && s.removed_members.contains(&4));
-        // A removed id is never added back, and the tombstone survives a snapshot.
-        assert_eq!(s.apply(4, None, plain(set)), Err(KvError::Removed(4)));
-        assert!(s.members.is_empty() && s.removed_members.contains(&4));
+        let m = |voters: &[NodeId], learners: &[NodeId]| {
+            Membership::from_ids(voters.iter().copied(), learners.iter().copied()).unwrap()
+        };
+        assert_eq!(s.apply_membership(&m(&[1, 2, 3], &[4])), Vec::<NodeId>::new());
+        // A learner dropped; then voters 1 and 2 replaced by 5 and 6 through a joint membership:
+        // they leave with the entry that completes the change.
+        assert_eq!(s.apply_membership(&m(&[1, 2, 3], &[])), vec![4]);
+        let old = m(&[1, 2, 3], &[]);
+        let target = old.target([3, 5, 6], [], [(5, Default::default()), (6, Default::default())]);
+        let target = target.unwrap();
+        let joint = Membership::from_parts(
+            target.voters().clone(),
+            old.voters().clone(),
+            BTreeSet::new(),
+            old.nodes().iter().chain(target.nodes()).map(|(&id, i)| (id, i.clone())).collect(),
+        )
+        .unwrap();
+        assert_eq!(s.apply_membership(&joint), Vec::<NodeId>::new());
+        assert_eq!(s.apply_membership(&target), vec![1, 2]);
+        assert_eq!(s.removed_members, [1, 2, 4].into());
+        // The tombstones survive a snapshot.
         let restored = KvState::from_bytes(&s.to_bytes().unwrap()).unwrap();
         assert_eq!(restored, s);
-        assert!(restored.removed_members.contains(&4));
     }
 
     #[test]
@@ -343,7 +333,7 @@ mod tests {
         assert_eq!(KvState::from_bytes(&bytes).unwrap(), s);
         // A state of another version (or the previous, unversioned format) is refused clearly.
         let mut other = bytes.clone();
-        other[7] = 3;
+        other[7] = 4;
         assert!(matches!(KvState::from_bytes(&other), Err(StateDecodeError::Format)));
         assert!(matches!(KvState::from_bytes(&bytes[8..]), Err(StateDecodeError::Format)));
     }

@@ -71,7 +71,7 @@ impl Engine {
     fn check_election(&mut self) -> bool {
         let result = match &self.role {
             RoleState::PreCandidate(tally) | RoleState::Candidate(tally) => {
-                tally.result(self.voters())
+                tally.result(self.membership())
             }
             _ => return true,
         };

@@ -54,16 +54,15 @@ mod snapshot_send;
 mod transfer;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-pub use self::membership::MembershipRefusal;
+pub use self::membership::{MembershipProgress, MembershipRefusal};
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
-pub(crate) use self::validate::MAX_MEMBERS;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
@@ -494,13 +493,10 @@ impl Engine {
         self.membership().members().into_iter().filter(|&id| id != self.id).collect()
     }
 
-    /// The voters other than this node: who a candidate asks for votes.
+    /// The voters (of both sets during a joint change) other than this node: who a candidate
+    /// asks for votes.
     fn voter_peers(&self) -> Vec<NodeId> {
-        self.voters().iter().copied().filter(|&id| id != self.id).collect()
-    }
-
-    fn voters(&self) -> &BTreeSet<NodeId> {
-        &self.membership().voters
+        self.membership().all_voters().into_iter().filter(|&id| id != self.id).collect()
     }
 
     /// Moves to a new term (clearing the vote) or just changes the vote; the change is written

@@ -13,13 +13,15 @@ use super::applier::{ApplyMsg, Waiter};
 use super::peer::PeerQueue;
 use super::supervisor::Inputs;
 use super::writer::WriteRequest;
-use super::{Input, PeerFactory, PendingRead, Proposal};
+use super::{membership, Input, PeerFactory, PendingRead, Proposal};
 use crate::engine::{
-    Action, Engine, MembershipRefusal, ProposeRefusal, ReadId, ReadIndexRefusal, ReplyId,
-    SentRequest, TransferRefusal,
+    Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
+    ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
 };
-use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
-use crate::membership::{Membership, MembershipChange};
+use crate::error::{
+    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, TransferError,
+};
+use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
 use crate::runtime::Runtime;
 use crate::types::{LogIndex, NodeId, Role};
@@ -69,6 +71,10 @@ pub(super) struct CoreLoop {
     /// The membership published to the node handle.
     membership: Arc<Mutex<Membership>>,
     membership_seen: Membership,
+    /// The membership changed since the peer tasks were last pruned.
+    peers_stale: bool,
+    /// Callers waiting for a joint change to be complete, with the joint membership's index.
+    membership_waiters: Vec<(LogIndex, membership::CommitWaiter)>,
     /// The leader when the peer tasks were last pruned.
     leader_seen: Option<NodeId>,
     /// Sequence number of the last `Persist` handed to the writer.
@@ -103,6 +109,7 @@ impl CoreLoop {
     ) -> Self {
         let Outlets { writer, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
+        peer_factory.network.members_changed(membership_seen.nodes());
         let mut peers = BTreeMap::new();
         for peer in membership_seen.members() {
             if peer != engine.id() {
@@ -124,6 +131,8 @@ impl CoreLoop {
             prune_reads: false,
             membership,
             membership_seen,
+            peers_stale: false,
+            membership_waiters: Vec::new(),
             leader_seen: None,
             issued_seq: 0,
             durable_seq: 0,
@@ -153,11 +162,13 @@ impl CoreLoop {
                 break;
             }
             self.propose_deferred();
+            self.publish_membership();
             self.process_actions();
             if self.stop.is_some() {
                 break;
             }
             self.sync_peers();
+            self.answer_membership_waiters();
             self.inputs.status.publish(self.engine.status());
         }
         self.finish();
@@ -216,17 +227,21 @@ impl CoreLoop {
                 self.engine.read_index(ReadId(id));
             }
             Input::ReadAbandoned => self.prune_reads = true,
-            Input::ChangeMembership { change, permit, reply } => {
-                let _ = reply.send(self.change_membership(change, permit));
+            Input::ChangeMembership { request, permit, reply } => {
+                let _ = reply.send(self.change_membership(request, permit));
+            }
+            Input::MembershipCommitted { after, waiter } => {
+                self.membership_waiters.push((after, waiter));
             }
             Input::Replication { reply } => {
                 let _ = reply.send(self.engine.replication());
             }
             Input::TransferLeadership { target, reply } => {
                 let result = self.engine.transfer_leadership(target).map_err(|r| match r {
-                    TransferRefusal::NotLeader(leader_hint) => {
-                        TransferError::NotLeader { leader_hint }
-                    }
+                    TransferRefusal::NotLeader(leader_hint) => TransferError::NotLeader {
+                        leader_hint,
+                        leader_info: self.member_info(leader_hint),
+                    },
                     TransferRefusal::NotVoter(id) => TransferError::NotVoter(id),
                     TransferRefusal::InProgress(id) => TransferError::InProgress(id),
                 });
@@ -262,7 +277,9 @@ impl CoreLoop {
                 }));
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                let leader_info = self.member_info(leader_hint);
+                let _ =
+                    proposal.reply.send(Err(ProposeError::NotLeader { leader_hint, leader_info }));
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
                 self.deferred.push_front(proposal)
@@ -278,20 +295,36 @@ impl CoreLoop {
         }
     }
 
+    /// One step of a membership change (see `node/membership.rs`).
     fn change_membership(
         &mut self,
-        change: MembershipChange,
+        request: membership::Request,
         permit: async_lock::SemaphoreGuardArc,
-    ) -> Result<(Proposal, crate::membership::Membership), MembershipError> {
-        let id = self.engine.propose_membership(change).map_err(|refusal| match refusal {
-            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader { leader_hint },
+    ) -> Result<membership::Step, MembershipError> {
+        let result = match request {
+            membership::Request::Change(change) => self.engine.propose_membership(change),
+            membership::Request::Target(target) => self.engine.propose_membership_target(&target),
+        };
+        let progress = result.map_err(|refusal| match refusal {
+            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader {
+                leader_hint,
+                leader_info: self.member_info(leader_hint),
+            },
             MembershipRefusal::ChangeInProgress => MembershipError::ChangeInProgress,
             MembershipRefusal::TransferInProgress => MembershipError::TransferInProgress,
             MembershipRefusal::Invalid(invalid) => MembershipError::Invalid(invalid),
-            MembershipRefusal::LearnerBehind { match_index, commit_index } => {
-                MembershipError::LearnerBehind { match_index, commit_index }
+            MembershipRefusal::LearnerBehind { learner, match_index, commit_index } => {
+                MembershipError::LearnerBehind { learner, match_index, commit_index }
             }
         })?;
+        let id = match progress {
+            MembershipProgress::Done => {
+                return Ok(membership::Step::Done(self.engine.membership().clone()))
+            }
+            MembershipProgress::Changed(id)
+            | MembershipProgress::Joint(id)
+            | MembershipProgress::LearnersAdded(id) => id,
+        };
         let (reply, response) = oneshot::channel();
         let waiter = Waiter { term: id.term, reply, _permit: permit };
         if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
@@ -299,27 +332,73 @@ impl CoreLoop {
             return Err(MembershipError::Shutdown);
         }
         let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
-        Ok((proposal, self.engine.membership().clone()))
+        let membership = self.engine.membership().clone();
+        Ok(membership::Step::Appended { proposal, progress, membership })
     }
 
-    /// Publishes a new membership to the node handle, and stops the sender tasks of nodes that
-    /// are neither members nor the leader (which followers ask for read indexes) any more: when
-    /// the membership or the leader changes. A stopped sender reports its RPCs in flight as
-    /// failed, so nothing waits for their answers.
+    /// The metadata of member `id` of the membership in force.
+    fn member_info(&self, id: Option<NodeId>) -> Option<NodeInfo> {
+        id.and_then(|id| self.engine.membership().node(id).cloned())
+    }
+
+    /// Answers the callers waiting for a joint change to be complete: once the membership in
+    /// force is a single configuration entered after their joint one, committed and applied
+    /// here (as a change that keeps the voters is, when its proposal is answered: a state
+    /// machine that derives state from membership entries has seen it). A node that stops
+    /// leading before it knows that configuration committed answers `LeadershipLost`; once it
+    /// is committed here, applying it needs no leader (a removed leader steps down as soon as
+    /// it commits).
+    fn answer_membership_waiters(&mut self) {
+        if self.membership_waiters.is_empty() {
+            return;
+        }
+        let membership = self.engine.membership();
+        let index = self.engine.membership_index();
+        let committed = !membership.is_joint() && self.engine.commit_index() >= index;
+        let applied = committed && self.engine.status().applied_index >= index;
+        let leading = self.engine.role() == Role::Leader;
+        let waiters = std::mem::take(&mut self.membership_waiters);
+        for (after, waiter) in waiters {
+            let final_committed = committed && index > after;
+            if applied && index > after {
+                let _ = waiter.reply.send(Ok(membership.clone()));
+            } else if !leading && !final_committed {
+                let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+                let _ = waiter.reply.send(Err(lost));
+            } else if !waiter.reply.is_canceled() {
+                self.membership_waiters.push((after, waiter));
+            }
+        }
+    }
+
+    /// Publishes a new membership in force to the node handle, and hands its members' metadata
+    /// to the network if that changed (before any request to a new member leaves).
+    fn publish_membership(&mut self) {
+        if self.membership_seen == *self.engine.membership() {
+            return;
+        }
+        let nodes_changed = self.membership_seen.nodes() != self.engine.membership().nodes();
+        self.membership_seen = self.engine.membership().clone();
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = self.membership_seen.clone();
+        if nodes_changed {
+            self.peer_factory.network.members_changed(self.membership_seen.nodes());
+        }
+        self.peers_stale = true;
+    }
+
+    /// Stops the sender tasks of nodes that are neither members nor the leader (which followers
+    /// ask for read indexes) any more: when the membership or the leader changed. A stopped
+    /// sender reports its RPCs in flight as failed, so nothing waits for their answers.
     fn sync_peers(&mut self) {
+        self.publish_membership();
         let leader = self.engine.leader_id();
-        let membership_changed = self.membership_seen != *self.engine.membership();
-        if !membership_changed && self.leader_seen == leader {
+        if !self.peers_stale && self.leader_seen == leader {
             return;
         }
         self.leader_seen = leader;
-        if membership_changed {
-            self.membership_seen = self.engine.membership().clone();
-            *self.membership.lock().unwrap_or_else(|p| p.into_inner()) =
-                self.membership_seen.clone();
-        }
-        let members = self.membership_seen.members();
-        self.peers.retain(|id, _| members.contains(id) || leader == Some(*id));
+        self.peers_stale = false;
+        let members = self.membership_seen.nodes();
+        self.peers.retain(|id, _| members.contains_key(id) || leader == Some(*id));
     }
 
     /// Hands a read index to the applier, which answers once the state machine applied it.
@@ -333,7 +412,10 @@ impl CoreLoop {
             return;
         }
         read.answer(result.map_err(|refusal| match refusal {
-            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader { leader_hint },
+            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader {
+                leader_hint,
+                leader_info: self.member_info(leader_hint),
+            },
             ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,
             ReadIndexRefusal::LeadershipLost => ReadIndexError::LeadershipLost,
             ReadIndexRefusal::Unreachable => ReadIndexError::Unreachable,
@@ -390,8 +472,11 @@ impl CoreLoop {
                 self.lost("applier (state machine)");
             }
             let leader_hint = self.engine.leader_id();
+            let leader_info = self.member_info(leader_hint);
             for proposal in std::mem::take(&mut self.deferred) {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                let leader_info = leader_info.clone();
+                let _ =
+                    proposal.reply.send(Err(ProposeError::NotLeader { leader_hint, leader_info }));
             }
         }
         self.was_leader = is_leader;
@@ -479,6 +564,7 @@ impl CoreLoop {
         self.held.clear();
         self.replies.clear();
         self.reads.clear();
+        self.membership_waiters.clear();
         self.inputs.finish(fatal, self.engine.status());
         tracing::info!(id = self.engine.id(), "node stopped");
     }

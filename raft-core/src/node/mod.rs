@@ -16,6 +16,7 @@
 mod applier;
 mod builder;
 mod core_loop;
+mod membership;
 mod peer;
 mod reentrancy;
 mod snapshot;
@@ -44,7 +45,7 @@ use crate::error::{
     FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
     TransferError,
 };
-use crate::membership::{InvalidChange, Membership, MembershipChange};
+use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
@@ -72,9 +73,14 @@ pub(crate) enum Input {
     /// are gone can be let go (freeing their slots).
     ReadAbandoned,
     ChangeMembership {
-        change: MembershipChange,
+        request: membership::Request,
         permit: async_lock::SemaphoreGuardArc,
-        reply: oneshot::Sender<Result<(Proposal, Membership), MembershipError>>,
+        reply: oneshot::Sender<Result<membership::Step, MembershipError>>,
+    },
+    /// Answer once a single-configuration membership after `after` is committed.
+    MembershipCommitted {
+        after: LogIndex,
+        waiter: membership::CommitWaiter,
     },
     TransferLeadership {
         target: NodeId,
@@ -451,7 +457,8 @@ impl Node {
         }
         let status = self.shared.status.get();
         if status.role != Role::Leader {
-            return Err(ProposeError::NotLeader { leader_hint: status.leader_id });
+            let leader_info = self.member_info(status.leader_id);
+            return Err(ProposeError::NotLeader { leader_hint: status.leader_id, leader_info });
         }
         let permit = self.shared.proposal_slots.acquire_arc().await;
         let answer = self.ask(|reply| Input::Propose { command, permit, reply }).await;
@@ -526,75 +533,10 @@ impl Node {
         self.shared.membership.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Leader: changes the membership by one step and returns the new membership once the change
-    /// is committed and applied here. One change at a time: while another change is uncommitted
-    /// (or a new leader has not committed an entry of its term yet) the call waits, checking
-    /// every heartbeat interval, for at most `Config::election_timeout_ms_max`, then fails with
-    /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
-    /// once the change commits. New members must be reachable through this node's `Network`.
-    ///
-    /// Called inside this node's own state machine, it fails at once with
-    /// [`MembershipError::InsideStateMachine`] (it would wait for itself).
-    pub async fn change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<Membership, MembershipError> {
-        if reentrancy::inside_state_machine(self.shared.token) {
-            return Err(MembershipError::InsideStateMachine);
-        }
-        let step = self.shared.heartbeat_interval;
-        let attempts = (self.shared.change_wait.as_millis() / step.as_millis().max(1)).max(1);
-        for _ in 0..attempts {
-            match self.try_change_membership(change).await {
-                Err(MembershipError::ChangeInProgress) => self.shared.runtime.sleep(step).await,
-                other => return other,
-            }
-        }
-        self.try_change_membership(change).await
-    }
-
-    async fn try_change_membership(
-        &self,
-        change: MembershipChange,
-    ) -> Result<Membership, MembershipError> {
-        let permit = self.shared.proposal_slots.acquire_arc().await;
-        let answer = self.ask(|reply| Input::ChangeMembership { change, permit, reply }).await;
-        let (proposal, membership) = answer.unwrap_or(Err(MembershipError::Shutdown))?;
-        proposal.response().await?;
-        Ok(membership)
-    }
-
-    /// Leader: adds `id` as a voter safely: as a learner first (skipped if it is one already),
-    /// then promotes it once it has caught up with the log, retrying every heartbeat interval
-    /// for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]: it stays a learner).
-    pub async fn add_voter(
-        &self,
-        id: NodeId,
-        catch_up_timeout: Duration,
-    ) -> Result<Membership, MembershipError> {
-        if reentrancy::inside_state_machine(self.shared.token) {
-            return Err(MembershipError::InsideStateMachine);
-        }
-        let is_learner = |node: &Node| node.membership().learners.contains(&id);
-        if !is_learner(self) {
-            match self.change_membership(MembershipChange::AddLearner(id)).await {
-                Ok(_) => {}
-                Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
-                    if is_learner(self) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        let step = self.shared.heartbeat_interval;
-        let attempts = (catch_up_timeout.as_millis() / step.as_millis().max(1)).max(1);
-        for _ in 0..attempts {
-            match self.change_membership(MembershipChange::PromoteLearner(id)).await {
-                Err(MembershipError::LearnerBehind { .. } | MembershipError::ChangeInProgress) => {
-                    self.shared.runtime.sleep(step).await;
-                }
-                other => return other,
-            }
-        }
-        Err(MembershipError::CatchUpTimeout)
+    /// The metadata of member `id` in [`Node::membership`] (`None` for `None` or a non-member).
+    fn member_info(&self, id: Option<NodeId>) -> Option<NodeInfo> {
+        let membership = self.shared.membership.lock().unwrap_or_else(|p| p.into_inner());
+        id.and_then(|id| membership.node(id).cloned())
     }
 
     /// Leader: hands leadership to the voter `target` (Raft thesis §3.10): stops taking proposals

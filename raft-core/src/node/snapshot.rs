@@ -322,6 +322,13 @@ impl<N: Network> Network for ChunkFiller<N> {
         }
         self.inner.send(target, request).await
     }
+
+    fn members_changed(
+        &self,
+        members: &std::collections::BTreeMap<NodeId, crate::membership::NodeInfo>,
+    ) {
+        self.inner.members_changed(members)
+    }
 }
 
 /// Loads the latest snapshot at start, checks it against the log store, restores the state

@@ -348,13 +348,15 @@ fn check_membership_step(
         _ => None,
     });
     let Some((at, previous)) = previous else { return Ok(()) };
-    let changed = previous.voters.symmetric_difference(&next.voters).count();
+    let changed = previous.voters().symmetric_difference(next.voters()).count();
     if changed > 1 {
         return violation(
             "single-server membership changes",
             format!(
                 "voters {:?} at {at} then {:?} at {}: {changed} voters changed at once",
-                previous.voters, next.voters, entry.index
+                previous.voters(),
+                next.voters(),
+                entry.index
             ),
         );
     }

@@ -354,9 +354,10 @@ impl Simulation {
         while self.now() < deadline {
             if let Some(node) = self.leader().and_then(|leader| self.node(leader).cloned()) {
                 let runtime = self.runtime.clone();
+                let this_change = change.clone();
                 let attempt = async move {
                     futures::select! {
-                        result = node.change_membership(change).fuse() => Some(result),
+                        result = node.change_membership(this_change).fuse() => Some(result),
                         _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
                     }
                 };
@@ -366,8 +367,8 @@ impl Simulation {
                     Some(Ok(_)) => return Ok(()),
                     Some(Err(MembershipError::Invalid(invalid))) => {
                         let done = matches!(
-                            (change, &invalid),
-                            (MembershipChange::AddLearner(_), InvalidChange::AlreadyMember(_))
+                            (&change, &invalid),
+                            (MembershipChange::AddLearner(..), InvalidChange::AlreadyMember(_))
                                 | (MembershipChange::RemoveNode(_), InvalidChange::NotMember(_))
                         ) || matches!(change, MembershipChange::PromoteLearner(id)
                             if self.leader().and_then(|l| self.node(l))
@@ -510,7 +511,7 @@ impl Simulation {
                                 continue;
                             }
                         }
-                        Err(ProposeError::NotLeader { leader_hint }) => hint = leader_hint,
+                        Err(ProposeError::NotLeader { leader_hint, .. }) => hint = leader_hint,
                         Err(_) => {}
                     }
                 }
@@ -714,12 +715,9 @@ impl Simulation {
             .filter(|r| r.node.status().role == Role::Leader)
             .filter(|r| {
                 let id = r.node.id();
-                let voters = r.node.membership().voters;
-                let reachable = voters
-                    .iter()
-                    .filter(|&&p| self.is_running(p) && (p == id || self.network.connected(id, p)))
-                    .count();
-                reachable > voters.len() / 2
+                r.node.membership().has_quorum(|p| {
+                    self.is_running(p) && (p == id || self.network.connected(id, p))
+                })
             })
             .map(|r| r.node.id())
             .collect()

@@ -832,9 +832,10 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
     let nets = bind_cluster(&ca, &[1], &rt);
     let handler = TestHandler::new(1);
     nets[0].serve(handler.clone());
-    // An old node (ALPN raft-quic/1) dials us.
+    // A node of the previous version (ALPN raft-quic/<PROTOCOL_VERSION - 1>) dials us.
+    let old_alpn = format!("raft-quic/{}", raft_quic::PROTOCOL_VERSION - 1).into_bytes();
     let mut old_client = tls::rustls_client_config(&ca.node_tls(2).unwrap()).unwrap();
-    old_client.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_client.alpn_protocols = vec![old_alpn.clone()];
     let old_client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(old_client).unwrap(),
     ));
@@ -844,7 +845,7 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
 
     // We dial an old node.
     let mut old_server = tls::rustls_server_config(&ca.node_tls(3).unwrap()).unwrap();
-    old_server.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_server.alpn_protocols = vec![old_alpn];
     let old_server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(old_server).unwrap(),
     ));
@@ -912,4 +913,57 @@ pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runti
     bounded(&rt, "RPC after the busy one", net1.send(2, heartbeat(1))).await.unwrap();
     net1.close().await;
     net2.close().await;
+}
+
+/// `members_changed` (issue 17.1): members' `ip:port` addresses become peer addresses, move,
+/// and are forgotten when the member leaves; addresses the membership does not give (empty or
+/// invalid) leave what the application set alone; a refused node stays refused.
+pub async fn member_addresses_come_from_the_membership(rt: Arc<dyn Runtime>) {
+    use std::collections::BTreeMap;
+
+    use raft_core::NodeInfo;
+
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets: Vec<QuicNetwork> = [1, 2, 3]
+        .iter()
+        .map(|&id| QuicNetwork::bind(test_config(&ca, id, loopback()), rt.clone()).unwrap())
+        .collect();
+    for net in &nets[1..] {
+        net.serve(TestHandler::new(net.node_id()));
+    }
+    let address = |i: usize| NodeInfo::with_address(nets[i].local_addr().to_string());
+    let reaches = |id| {
+        let net = nets[0].clone();
+        async move {
+            match net.send(id, heartbeat(1)).await {
+                Ok(_) => true,
+                Err(NetworkError::UnknownPeer(_)) => false,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    };
+    let members =
+        |list: &[(u64, NodeInfo)]| -> BTreeMap<u64, NodeInfo> { list.iter().cloned().collect() };
+
+    nets[0].members_changed(&members(&[
+        (1, address(0)),
+        (2, address(1)),
+        (3, NodeInfo::default()),
+    ]));
+    assert!(bounded(&rt, "node 2 by its metadata", reaches(2)).await);
+    assert!(!reaches(3).await, "an empty address gives no peer");
+    nets[0].set_peer(3, nets[2].local_addr());
+    let invalid = NodeInfo::with_address("node-3.example:7000");
+    nets[0].members_changed(&members(&[(1, address(0)), (3, invalid)]));
+    assert!(!reaches(2).await, "a member that left is forgotten");
+    assert!(bounded(&rt, "node 3 as set", reaches(3)).await, "left alone");
+    nets[0].members_changed(&members(&[(2, address(1)), (3, address(2))]));
+    assert!(bounded(&rt, "node 2 again", reaches(2)).await, "a member that came back");
+    nets[0].refuse(2);
+    nets[0].members_changed(&members(&[(2, address(1)), (3, address(2))]));
+    assert!(!reaches(2).await, "a refused node stays refused");
+    for net in &nets {
+        net.close().await;
+    }
 }
