@@ -611,3 +611,18 @@ async fn reads_whose_values_exceed_a_frame_together_are_answered() {
     }
     connections.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_cannot_rewrite_a_known_address() {
+    use examples::kv::protocol::Member;
+    let cluster = start(1);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    wait_for_leader(&connections, &cluster.ids(), 1, PATIENCE).await.expect("a leader");
+    // What a node with a leaked key could answer: "node 1 is at <somewhere else>".
+    let elsewhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    connections.learn(&Member { id: 1, client_addr: elsewhere });
+    connections.learn(&Member { id: 7, client_addr: elsewhere });
+    assert!(connections.status(1).await.is_ok(), "the client was steered away from node 1");
+    assert_eq!(connections.nodes(), vec![1, 7], "a new member is still learned");
+    connections.close().await;
+}

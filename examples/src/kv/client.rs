@@ -581,7 +581,9 @@ impl Connections {
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         let limit = self.options().status_timeout;
         match self.call_within(node, &ClientRequest::Status, limit).await {
-            Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus { status, members }),
+            Ok(ClientResponse::Status { status, members }) => {
+                Ok(NodeStatus { status, members: members.into_inner() })
+            }
             Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),

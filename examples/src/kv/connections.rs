@@ -172,12 +172,11 @@ impl Connections {
         lock(&self.inner.addrs).keys().copied().collect()
     }
 
-    /// Records a member's address (learned from a redirect or a status answer).
+    /// Records the address of a member this client does not know yet (learned from a
+    /// redirect or a status answer). A known member's address is never replaced: a node
+    /// (trusted by Raft, but its key may leak) cannot steer this client away from the others.
     pub fn learn(&self, member: &Member) {
-        let mut addrs = lock(&self.inner.addrs);
-        if addrs.insert(member.id, member.client_addr) != Some(member.client_addr) {
-            lock(&self.inner.slots).remove(&member.id);
-        }
+        lock(&self.inner.addrs).entry(member.id).or_insert(member.client_addr);
     }
 
     /// The node believed to lead, if any.

@@ -27,6 +27,10 @@ pub const ALPN: &[u8] = b"raft-kv/5";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
 pub const MAX_SET_MEMBERS: usize = 256;
+/// The most members a [`MemberList`] or a [`ClientResponse::Status`] lists (checked before
+/// decoding, so that a node cannot make a client decode a 2 MiB list into 40 MB); a node lists
+/// the first ones (in id order) of a larger membership.
+pub const MAX_LISTED_MEMBERS: usize = 4096;
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -149,8 +153,8 @@ pub struct MemberList {
     pub leader: Option<NodeId>,
     /// The answering node's commit index.
     pub commit_index: u64,
-    /// Every voter and learner, in id order.
-    pub members: Vec<MemberInfo>,
+    /// Every voter and learner, in id order (the first [`MAX_LISTED_MEMBERS`]).
+    pub members: Bounded<MemberInfo, MAX_LISTED_MEMBERS>,
 }
 
 /// Why a membership request failed for good (retrying the same request will not help).
@@ -232,8 +236,9 @@ pub enum ClientResponse {
     Status {
         /// Its Raft status.
         status: Status,
-        /// Every member's client address, this node included.
-        members: Vec<Member>,
+        /// Every member's client address, this node included (the first
+        /// [`MAX_LISTED_MEMBERS`]).
+        members: Bounded<Member, MAX_LISTED_MEMBERS>,
     },
     /// The request was refused (malformed, too large, admin disabled).
     Refused(String),
@@ -521,6 +526,27 @@ mod tests {
         // A batch that fits is left alone.
         let small = ClientResponse::Batch(Bounded::new(vec![written; 3]).unwrap());
         assert_eq!(small.clone().fit_in_frame(), small);
+    }
+
+    #[test]
+    fn a_long_member_list_is_refused_on_its_length() {
+        // Members (variant 8 of the response): answered_by, leader: None, commit_index, then
+        // 500,000 members of 4 bytes (id, voter, no addresses): 2 MB, 40 MB decoded.
+        let mut body = vec![8, 1, 0, 0];
+        let member = MemberInfo { id: 1, voter: true, raft_addr: None, client_addr: None };
+        body.extend(postcard::to_allocvec(&vec![member.clone(); 500_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        let decoded = decode::<ClientResponse>(&framed(&body));
+        assert!(matches!(decoded, Err(FrameError::Decode(_))), "{:?}", decoded.map(|_| ()));
+        let fits = MemberList {
+            answered_by: 1,
+            leader: None,
+            commit_index: 0,
+            members: Bounded::truncated(vec![member; MAX_LISTED_MEMBERS + 1]),
+        };
+        assert_eq!(fits.members.len(), MAX_LISTED_MEMBERS);
+        let fits = ClientResponse::Members(fits);
+        assert_eq!(decode::<ClientResponse>(&encode(&fits).unwrap()).unwrap(), fits);
     }
 
     #[test]

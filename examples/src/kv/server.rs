@@ -123,7 +123,7 @@ impl ClientService {
             }
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
-                members: self.client_members(),
+                members: super::bounded::Bounded::truncated(self.client_members()),
             },
             ClientRequest::Member(request) => {
                 // Bounded like every request; a catch-up gets the time the client allowed.
@@ -290,7 +290,7 @@ impl ClientService {
             answered_by: self.node.id(),
             leader: status.leader_id,
             commit_index: status.commit_index,
-            members,
+            members: super::bounded::Bounded::truncated(members),
         }
     }
 
