@@ -455,8 +455,8 @@ impl Handshake {
         let identity = gate.identify(&connection);
         let config = &inner.config;
         let privileged = identity.as_ref().is_some_and(|i| i.privileged);
-        let slots =
-            config.max_connections + if privileged { config.reserved_connections } else { 0 };
+        let reserve = if privileged { config.reserved_connections } else { 0 };
+        let slots = config.max_connections.saturating_add(reserve);
         let name: Option<Arc<str>> = identity.map(|i| Arc::from(i.name));
         let mut state = lock(&inner.state);
         if state.stats.connections >= slots {
