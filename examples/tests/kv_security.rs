@@ -18,6 +18,8 @@ use raft_core::NodeId;
 use raft_quic::quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use raft_quic::{node_dns_name, NodeTls};
 
+mod common;
+
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn start(nodes: u64) -> ProcessCluster {
@@ -331,31 +333,6 @@ async fn unfinished_requests_do_not_exhaust_a_node() {
     drop((held, endpoints));
 }
 
-/// A UDP relay that forwards every datagram sent to it on to `server`, each sender through its
-/// own upstream socket (so the server sees distinct addresses), and drops every answer: the
-/// handshakes relayed through it never complete (half-open), as with spoofed source addresses.
-async fn black_hole_relay(server: SocketAddr) -> SocketAddr {
-    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut upstream = std::collections::HashMap::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok((len, from)) = relay.recv_from(&mut buf).await {
-            let socket = match upstream.entry(from) {
-                std::collections::hash_map::Entry::Occupied(socket) => socket.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    match tokio::net::UdpSocket::bind("127.0.0.1:0").await {
-                        Ok(socket) => slot.insert(socket),
-                        Err(_) => continue,
-                    }
-                }
-            };
-            let _ = socket.send_to(&buf[..len], server).await;
-        }
-    });
-    addr
-}
-
 /// How long a new client may take to connect after a half-open handshake flood.
 const CONNECT_AFTER_FLOOD: Duration = Duration::from_secs(3);
 
@@ -364,7 +341,7 @@ async fn a_half_open_handshake_flood_does_not_lock_clients_out() {
     let cluster = start(1);
     let admin = cluster.connections(ClientOptions::default()).unwrap();
     wait_for_leader(&admin, &[1], 1, PATIENCE).await.expect("a leader");
-    let relay = black_hole_relay(cluster.addrs(1).unwrap().client).await;
+    let relay = common::relay(cluster.addrs(1).unwrap().client, |_| false).await;
     // More half-open handshakes than the node has client slots (256 by default).
     let config = client_config(cluster.client_tls()).unwrap();
     let mut flood = Vec::new();

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod membership;
 pub mod message;
+pub mod metrics;
 pub mod network;
 mod node;
 pub mod runtime;

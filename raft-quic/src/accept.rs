@@ -28,6 +28,10 @@
 //!   passes a check (a CA dropped from the trust bundle).
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
+//!   A peer that merely went away during its handshake (it closed its endpoint, or gave up on
+//!   this server because another answered first) is no warning at all: it is logged at debug
+//!   level and counted. Every outcome is counted (`quic_handshakes_total`, see
+//!   [`crate::metrics`]).
 //!
 //! ```no_run
 //! # async fn serve(endpoint: raft_quic::quinn::Endpoint) {
@@ -62,6 +66,7 @@ use crate::cid::cleartext;
 use crate::client::lock;
 use crate::expiry::close_at_expiry;
 use crate::handshakes::{Handshakes, Place};
+use crate::metrics::{GateCounters, Outcome};
 use crate::quiet::QuietLog;
 use crate::timer::timeout;
 use crate::wire::{code, NO_APPLICATION_PROTOCOL};
@@ -196,6 +201,7 @@ struct GateInner {
     state: Mutex<GateState>,
     expected: RwLock<Option<Expected>>,
     identify: RwLock<Option<Identify>>,
+    counters: GateCounters,
 }
 
 impl std::fmt::Debug for GateInner {
@@ -229,6 +235,23 @@ pub fn describe_connection_error(error: &ConnectionError) -> String {
     }
 }
 
+/// Whether a failed handshake only means that the peer went away: it closed the connection
+/// without an error of its own (an application close, which a client sends when it closes its
+/// endpoint or abandons an attempt because another server answered first; during a handshake
+/// it arrives as a transport close with `APPLICATION_ERROR`), or with `NO_ERROR`, or reset it.
+/// A TLS alert (the peer refused our certificate) or a protocol error is not such a case.
+fn peer_went_away(error: &ConnectionError) -> bool {
+    use quinn::TransportErrorCode;
+    match error {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::Reset => true,
+        ConnectionError::ConnectionClosed(close) => {
+            close.error_code == TransportErrorCode::NO_ERROR
+                || close.error_code == TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
+    }
+}
+
 impl Gate {
     /// A gate named `name` (in logs) with `config`'s limits, timing handshakes on `runtime`.
     pub fn new(name: &'static str, config: GateConfig, runtime: Arc<dyn quinn::Runtime>) -> Self {
@@ -240,6 +263,7 @@ impl Gate {
                 state: Mutex::new(GateState::default()),
                 expected: RwLock::new(None),
                 identify: RwLock::new(None),
+                counters: GateCounters::new(name),
             }),
         }
     }
@@ -322,6 +346,7 @@ impl Gate {
         }
         let Some(place) = place else {
             state.stats.refused += 1;
+            self.inner.counters.count(Outcome::Refused);
             self.log_failure(state, remote, "refusing connection attempt: too many handshakes");
             cleartext(|| incoming.refuse());
             return None;
@@ -369,6 +394,7 @@ impl Gate {
         let remote = connection.remote_address();
         let mut state = lock(&self.inner.state);
         state.stats.rejected += 1;
+        self.inner.counters.count(Outcome::Rejected);
         self.log_failure(state, remote, format_args!("closing inbound connection: {reason}"));
         connection.close(code, reason.as_bytes());
     }
@@ -377,10 +403,17 @@ impl Gate {
         let mut state = lock(&self.inner.state);
         if timed_out {
             state.stats.timed_out += 1;
+            self.inner.counters.count(Outcome::TimedOut);
         } else {
             state.stats.failed += 1;
+            self.inner.counters.count(Outcome::Failed);
         }
         let what = format!("inbound handshake failed: {}", describe_connection_error(error));
+        if peer_went_away(error) {
+            drop(state);
+            debug!(gate = self.inner.name, %remote, "{what}");
+            return;
+        }
         self.log_failure(state, remote, what);
     }
 
@@ -461,6 +494,7 @@ impl Handshake {
         let mut state = lock(&inner.state);
         if state.stats.connections >= slots {
             state.stats.over_capacity += 1;
+            inner.counters.count(Outcome::OverCapacity);
             gate.log_failure(state, remote, "closing connection: no connection slot left");
             connection.close(code::TOO_MANY_CONNECTIONS, b"too many connections");
             return None;
@@ -469,6 +503,8 @@ impl Handshake {
             let held = state.per_identity.get(name).copied().unwrap_or(0);
             if held >= config.max_connections_per_identity {
                 state.stats.over_identity_cap += 1;
+                // Metrics count it with the other capacity refusals.
+                inner.counters.count(Outcome::OverCapacity);
                 let what = format!("closing connection: {name} holds {held} connections");
                 gate.log_failure(state, remote, what);
                 connection.close(code::TOO_MANY_CONNECTIONS, b"too many connections");
@@ -478,6 +514,7 @@ impl Handshake {
         }
         state.stats.connections += 1;
         state.stats.admitted += 1;
+        inner.counters.count(Outcome::Admitted);
         let key = connection.stable_id();
         state.connections.insert(key, connection.clone());
         drop(state);

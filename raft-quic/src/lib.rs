@@ -67,6 +67,7 @@ mod identity;
 mod inbound;
 mod members;
 mod memory;
+pub mod metrics;
 mod network;
 mod node_tls;
 mod offload;

@@ -45,7 +45,7 @@ impl Principal {
     /// Whether this principal may make `request`.
     pub fn may(&self, request: &ClientRequest) -> bool {
         match request {
-            ClientRequest::Command(_) | ClientRequest::Batch(_) => true,
+            ClientRequest::Command(_) | ClientRequest::Batch(_) | ClientRequest::Health => true,
             ClientRequest::Status | ClientRequest::Admin(_) | ClientRequest::Member(_) => {
                 self.role == CertRole::Admin
             }

@@ -14,7 +14,8 @@
 //!   bounded per connection and per node), the roles certificates grant, and the handler:
 //!   writes through the log with leader redirects, reads through ReadIndex on any node,
 //!   membership requests on the leader (admin certificates only).
-//! * [`config`], [`node`], [`store`], [`fault`]: the `kv-node` program.
+//! * [`config`], [`node`], [`store`], [`fault`]: the `kv-node` program; [`health`] and
+//!   [`metrics`]: its health (live, ready, lag) and its metrics listener.
 //! * [`connections`], [`client`]: the client library (leader discovery, retries, sessions).
 //! * [`cluster`]: starting and killing `kv-node` processes on loopback (demo, benchmark, tests).
 
@@ -26,6 +27,8 @@ pub mod command;
 pub mod config;
 pub mod connections;
 pub mod fault;
+pub mod health;
+pub mod metrics;
 pub mod node;
 pub mod port;
 pub mod protocol;

@@ -13,6 +13,8 @@ use tracing::{debug, error, info};
 
 use super::config::{NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
+use super::health::{self, HealthConfig};
+use super::metrics;
 use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
 use super::state_machine::{KvStateMachine, OnRemoved, SharedState};
@@ -55,6 +57,9 @@ pub enum NodeError {
     /// The node stopped on its own.
     #[error("the node stopped: {0}")]
     Fatal(String),
+    /// The metrics recorder or listener could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] super::metrics::MetricsError),
 }
 
 /// Why the node is stopping.
@@ -81,6 +86,11 @@ fn refuse_removed(network: QuicNetwork, own: NodeId) -> OnRemoved {
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
     let reloader = Reloader::start(config.certs.clone());
+    // Before the network and the node start: they register their metrics then.
+    let exporter = match config.metrics_listen {
+        Some(addr) => Some((metrics::install_recorder()?, metrics::bind(addr).await?)),
+        None => None,
+    };
     let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
@@ -121,13 +131,24 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let service = Arc::new(ClientService::new(
+    let mut service = ClientService::new(
         node.clone(),
         state,
         config.members.clone(),
         firewall,
         config.fault_injection,
-    ));
+    );
+    service.health =
+        HealthConfig { max_lag: config.health_max_lag, data_dir: Some(config.data_dir.clone()) };
+    let service = Arc::new(service);
+    let exporter = exporter.map(|(handle, listener)| {
+        let service = Arc::clone(&service);
+        let health: metrics::HealthSource = Arc::new(move || {
+            let service = Arc::clone(&service);
+            Box::pin(async move { service.health().await })
+        });
+        tokio::spawn(metrics::serve(listener, handle, health))
+    });
     let port = ClientPort::new(service, config.max_client_connections);
     let targets = ReloadTargets {
         network: network.clone(),
@@ -144,21 +165,38 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         "kv-node ready"
     );
 
-    let reason = wait_for_stop(&node, config.stop_on_stdin_eof).await;
+    let mut reason = wait_for_stop(Some(&node), config.stop_on_stdin_eof).await;
+    let fault = || health::fault_of(&node, Some(&config.data_dir));
+    if let (StopReason::NodeStopped, Some(fault)) = (reason, fault()) {
+        // Logged once, here: the process stays up to report the fault (status, health: not
+        // live; metrics: raft_node_failed) until it is stopped, and exits with the cause.
+        error!(
+            id = config.id,
+            "the Raft node stopped: {fault}; it acknowledges nothing more and serves no reads; \
+             still answering status, health and metrics until stopped: fix the cause, then \
+             restart the node"
+        );
+        reason = wait_for_stop(None, config.stop_on_stdin_eof).await;
+    }
     info!(id = config.id, ?reason, "shutting down");
     reload.abort();
+    if let Some(exporter) = exporter {
+        exporter.abort();
+    }
     endpoint.close(0u32.into(), b"node shutting down");
     node.shutdown().await;
     network.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     info!(id = config.id, "stopped");
-    match (reason, node.fatal_error()) {
-        (StopReason::NodeStopped, Some(e)) => Err(NodeError::Fatal(e.to_string())),
-        _ => Ok(()),
+    match fault() {
+        Some(fault) => Err(NodeError::Fatal(fault)),
+        None => Ok(()),
     }
 }
 
-async fn wait_for_stop(node: &Node, stop_on_stdin_eof: bool) -> StopReason {
+/// Waits for a signal, the end of standard input (if asked to) or, with `node`, for the node to
+/// stop on its own.
+async fn wait_for_stop(node: Option<&Node>, stop_on_stdin_eof: bool) -> StopReason {
     let stdin_closed = async {
         if !stop_on_stdin_eof {
             return std::future::pending().await;
@@ -178,11 +216,18 @@ async fn wait_for_stop(node: &Node, stop_on_stdin_eof: bool) -> StopReason {
             std::future::pending::<()>().await;
         }
     };
-    let mut watch = node.watch();
+    let stopped = async {
+        match node {
+            Some(node) => {
+                node.watch().wait_for(|_| false).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         reason = signal() => reason,
         () = stdin_closed => StopReason::StdinClosed,
-        _ = watch.wait_for(|_| false) => StopReason::NodeStopped,
+        () = stopped => StopReason::NodeStopped,
     }
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bounded::Bounded;
 use super::command::{Command, Response};
+use super::health::HealthReport;
 
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
 /// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
@@ -64,6 +65,8 @@ pub enum ClientRequest {
     Batch(CommandBatch),
     /// Membership administration (served by the leader; other nodes redirect).
     Member(MemberRequest),
+    /// This node's health ([`ClientResponse::Health`]); any client may ask.
+    Health,
 }
 
 /// Membership administration. Every request is idempotent, so a client may retry one whose
@@ -254,6 +257,8 @@ pub enum ClientResponse {
     /// The client's certificate does not allow the request (administration needs an
     /// `admin-<name>.kv` certificate).
     Forbidden(String),
+    /// The node's health (answer to [`ClientRequest::Health`]).
+    Health(HealthReport),
 }
 
 /// A node's answer to one command (alone, or in a batch).

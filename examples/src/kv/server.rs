@@ -21,6 +21,7 @@ use super::auth::Principal;
 use super::command::{decode_responses, encode_entry, Command, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
+use super::health::{HealthConfig, HealthReport};
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
     MemberList, MemberRequest, NewMember,
@@ -44,6 +45,8 @@ pub struct ClientService {
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
     pub fault_injection: bool,
+    /// How health reports are judged (see [`HealthReport`]).
+    pub health: HealthConfig,
 }
 
 impl ClientService {
@@ -55,7 +58,13 @@ impl ClientService {
         firewall: Firewall,
         fault_injection: bool,
     ) -> Self {
-        Self { node, state, configured, firewall, fault_injection }
+        let health = HealthConfig::default();
+        Self { node, state, configured, firewall, fault_injection, health }
+    }
+
+    /// The node's health now (see [`HealthReport`]).
+    pub async fn health(&self) -> HealthReport {
+        HealthReport::of(&self.node, &self.health).await
     }
 
     /// Every address this node knows: its configuration, minus the members removed for good,
@@ -121,6 +130,7 @@ impl ClientService {
                     .pop()
                     .map_or_else(|| ClientResponse::Refused("no answer".into()), Into::into)
             }
+            ClientRequest::Health => ClientResponse::Health(self.health().await),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
                 members: super::bounded::Bounded::truncated(self.client_members()),

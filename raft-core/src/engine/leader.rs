@@ -30,6 +30,7 @@ impl Engine {
     pub(super) fn become_leader(&mut self) {
         let term = self.hard_state.current_term;
         tracing::info!(id = self.id, term, "became leader");
+        self.counters.elections_won += 1;
         let next = self.log.last_index() + 1;
         let progress = self
             .peers()

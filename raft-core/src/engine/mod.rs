@@ -40,6 +40,7 @@
 //!   [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` of the snapshot from the store.
 
 mod candidate;
+mod counters;
 mod follower;
 mod leader;
 mod lease;
@@ -59,6 +60,7 @@ use std::collections::BTreeMap;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
+pub use self::counters::EngineCounters;
 pub use self::membership::{MembershipProgress, MembershipRefusal};
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
@@ -213,6 +215,8 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
+    /// Elections started and won (see `counters.rs`).
+    counters: EngineCounters,
     /// Per peer: the tick of the last warning about it (see `validate.rs`), and how many were
     /// left out since.
     peer_warnings: BTreeMap<NodeId, (u64, u64)>,
@@ -277,6 +281,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
+            counters: EngineCounters::default(),
             peer_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();

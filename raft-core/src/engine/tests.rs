@@ -713,6 +713,7 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
     assert_eq!(engine.role(), Role::Leader);
 }
 
+mod counters;
 mod durability;
 mod hostile;
 mod joint;

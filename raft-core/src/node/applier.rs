@@ -2,6 +2,8 @@
 //! proposers waiting for them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_lock::SemaphoreGuardArc;
@@ -12,6 +14,7 @@ use super::snapshot::{self, ApplierSnapshots};
 use super::{Input, PendingRead};
 use crate::error::ProposalError;
 use crate::membership::Membership;
+use crate::metrics::NodeMetrics;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::types::{Entry, LogId, LogIndex, Term};
@@ -20,6 +23,8 @@ use crate::types::{Entry, LogId, LogIndex, Term};
 pub(super) struct Waiter {
     pub(super) term: Term,
     pub(super) reply: oneshot::Sender<Result<Bytes, ProposalError>>,
+    /// When the entry was appended (the runtime's clock, read once per main loop step).
+    pub(super) proposed_at: Duration,
     /// Holds one of the node's proposal slots until the proposal is answered.
     pub(super) _permit: SemaphoreGuardArc,
 }
@@ -78,6 +83,7 @@ pub(super) async fn run<M: StateMachine>(
     inputs: Sender<Input>,
     snapshots: Option<ApplierSnapshots>,
     mut applied: LogIndex,
+    metrics: Arc<NodeMetrics>,
 ) {
     let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
     let mut reads = ReadWaiters::default();
@@ -96,6 +102,7 @@ pub(super) async fn run<M: StateMachine>(
             }
             ApplyMsg::LeadershipLost { commit_index } => {
                 for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
+                    metrics.proposal_answered(waiter.proposed_at, Duration::ZERO, false);
                     let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
                 }
             }
@@ -117,6 +124,7 @@ pub(super) async fn run<M: StateMachine>(
             }
             ApplyMsg::Apply(entries) => {
                 let Some(last) = entries.last().map(|e| e.index) else { continue };
+                let started = metrics.now();
                 let responses = match state_machine.apply(&entries).await {
                     Ok(responses) if responses.len() == entries.len() => responses,
                     Ok(responses) => {
@@ -133,9 +141,13 @@ pub(super) async fn run<M: StateMachine>(
                         return;
                     }
                 };
+                let ended = metrics.now();
+                metrics.apply_done(entries.len(), started, ended);
                 for (entry, response) in entries.iter().zip(responses) {
                     if let Some(waiter) = waiters.remove(&entry.index) {
-                        let outcome = if waiter.term == entry.term {
+                        let ok = waiter.term == entry.term;
+                        metrics.proposal_answered(waiter.proposed_at, ended, ok);
+                        let outcome = if ok {
                             Ok(response)
                         } else {
                             Err(ProposalError::Dropped { index: entry.index, term: waiter.term })

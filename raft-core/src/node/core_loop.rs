@@ -4,6 +4,7 @@ mod snapshots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
@@ -23,6 +24,7 @@ use crate::error::{
 };
 use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
+pub(super) use crate::metrics::LoopMetrics;
 use crate::runtime::Runtime;
 use crate::types::{LogIndex, NodeId, Role};
 
@@ -88,6 +90,9 @@ pub(super) struct CoreLoop {
     snap: SnapshotDriver,
     /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
     clock: Arc<dyn Runtime>,
+    /// The clock read during the current step, if it was (see [`CoreLoop::step_now`]).
+    step_now: Option<Duration>,
+    metrics: LoopMetrics,
     stop: Option<Stop>,
 }
 
@@ -106,6 +111,7 @@ impl CoreLoop {
         outlets: Outlets,
         membership: Arc<Mutex<Membership>>,
         clock: Arc<dyn Runtime>,
+        metrics: LoopMetrics,
     ) -> Self {
         let Outlets { writer, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
@@ -141,13 +147,23 @@ impl CoreLoop {
             was_leader: false,
             snap: SnapshotDriver::default(),
             clock,
+            step_now: None,
+            metrics,
             stop: None,
         }
+    }
+
+    /// The clock, read at most once per step for the proposals of the step (unless an input
+    /// already read it): when they were appended, for their latency.
+    fn step_now(&mut self) -> Duration {
+        let clock = &self.clock;
+        *self.step_now.get_or_insert_with(|| clock.now())
     }
 
     pub(super) async fn run(mut self) {
         let inputs = self.inputs.clone();
         while let Ok(input) = inputs.receiver.recv().await {
+            self.step_now = None;
             self.handle(input);
             for _ in 1..MAX_INPUTS_PER_STEP {
                 if self.stop.is_some() {
@@ -169,7 +185,9 @@ impl CoreLoop {
             }
             self.sync_peers();
             self.answer_membership_waiters();
-            self.inputs.status.publish(self.engine.status());
+            let status = self.engine.status();
+            self.metrics.node.step(&status, &self.engine);
+            self.inputs.status.publish(status);
         }
         self.finish();
     }
@@ -181,10 +199,17 @@ impl CoreLoop {
         // read is answered from the lease only if it still holds after the read was asked for.
         // Other inputs happen at the last reading, which can only make a lease shorter.
         if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
-            self.engine.set_now(self.clock.now());
+            let now = self.clock.now();
+            self.step_now = Some(now);
+            self.engine.set_now(now);
         }
         match input {
-            Input::Tick => self.engine.tick(),
+            Input::Tick => {
+                self.engine.tick();
+                if self.engine.role() == Role::Leader {
+                    self.metrics.replication(&self.engine);
+                }
+            }
             Input::Propose { command, permit, reply } => {
                 let proposal = Deferred { command, permit, reply };
                 if self.deferred.is_empty() {
@@ -198,6 +223,7 @@ impl CoreLoop {
                 let id = self.next_reply;
                 self.next_reply += 1;
                 self.replies.insert(id, reply);
+                self.metrics.received(request.sender(), &SentRequest::of(&request));
                 self.engine.on_request(request, ReplyId(id));
             }
             Input::Response { from, sent, result } => match result {
@@ -263,8 +289,10 @@ impl CoreLoop {
     fn propose(&mut self, proposal: Deferred) {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
+                self.metrics.node.proposals.increment(1);
                 let (reply, response) = oneshot::channel();
-                let waiter = Waiter { term: id.term, reply, _permit: proposal.permit };
+                let proposed_at = self.step_now();
+                let waiter = Waiter { term: id.term, reply, proposed_at, _permit: proposal.permit };
                 if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
                     // The proposer sees Shutdown (its reply channel is dropped).
                     return self.lost("applier (state machine)");
@@ -277,6 +305,7 @@ impl CoreLoop {
                 }));
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
+                self.metrics.node.proposals_failed.increment(1);
                 let leader_info = self.member_info(leader_hint);
                 let _ =
                     proposal.reply.send(Err(ProposeError::NotLeader { leader_hint, leader_info }));
@@ -326,7 +355,8 @@ impl CoreLoop {
             | MembershipProgress::LearnersAdded(id) => id,
         };
         let (reply, response) = oneshot::channel();
-        let waiter = Waiter { term: id.term, reply, _permit: permit };
+        let proposed_at = self.step_now();
+        let waiter = Waiter { term: id.term, reply, proposed_at, _permit: permit };
         if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
             self.lost("applier (state machine)");
             return Err(MembershipError::Shutdown);
@@ -553,6 +583,9 @@ impl CoreLoop {
             Some(Stop::Failed(error)) => Some(error),
             Some(Stop::Requested) | None => None,
         };
+        if let Some(error) = &fatal {
+            self.metrics.node.failed(error);
+        }
         self.writer.close();
         self.applier.close();
         // Dropping a peer's queue stops its task, even one whose RPCs never return.

@@ -47,6 +47,7 @@ use crate::error::{
 };
 use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
+use crate::metrics::{NodeMetrics, PeerMetrics};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
@@ -172,6 +173,7 @@ struct Shared {
     token: u64,
     /// Completes (yields `None`) once every task of the node has ended.
     tasks_done: async_lock::Mutex<mpsc::Receiver<()>>,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone controls the same node.
@@ -242,12 +244,16 @@ pub(crate) struct PeerFactory {
     network: Arc<dyn Network>,
     inputs: Sender<Input>,
     capacity: usize,
+    metrics: Arc<NodeMetrics>,
+    chunk_bytes: u64,
 }
 
 impl PeerFactory {
     pub(crate) fn start(&self, peer: NodeId) -> peer::PeerQueue {
+        let metrics = PeerMetrics::new(self.metrics.clone(), peer, self.chunk_bytes);
+        let network = self.network.clone();
         let (queue, task) =
-            peer::PeerQueue::new(peer, self.network.clone(), self.inputs.clone(), self.capacity);
+            peer::PeerQueue::new(peer, network, self.inputs.clone(), self.capacity, metrics);
         self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
         queue
     }
@@ -302,6 +308,7 @@ impl Node {
         mut state_machine: M,
         runtime: R,
         snapshots: Option<Arc<dyn SnapshotStore>>,
+        metric_labels: Vec<(String, String)>,
     ) -> Result<Node, StartError>
     where
         S: LogStore,
@@ -344,6 +351,7 @@ impl Node {
             chunk_bytes: config.snapshot_chunk_bytes,
         });
         let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        let metrics = Arc::new(NodeMetrics::new(id, &metric_labels, runtime.clone()));
         let spawner =
             Spawner { runtime: runtime.clone(), done: done_tx, inputs: inputs_tx.clone() };
         let spawn = |name: &str, future| spawner.spawn(Task::Other(name.to_owned()), future);
@@ -352,6 +360,8 @@ impl Node {
             network: network.clone() as Arc<dyn Network>,
             inputs: inputs_tx.clone(),
             capacity: max_in_flight_per_peer(&config),
+            metrics: metrics.clone(),
+            chunk_bytes: config.snapshot_chunk_bytes,
         };
         let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
@@ -373,7 +383,8 @@ impl Node {
                 (Some(ops_tx), Some(applier))
             }
         };
-        spawn("log writer", writer::run(store, writer_rx, inputs_tx.clone()).boxed());
+        let writer = writer::run(store, writer_rx, inputs_tx.clone(), metrics.clone());
+        spawn("log writer", writer.boxed());
         spawn(
             "applier (state machine)",
             applier::run(
@@ -382,6 +393,7 @@ impl Node {
                 inputs_tx.clone(),
                 applier_snapshots,
                 applied_at_start,
+                metrics.clone(),
             )
             .boxed(),
         );
@@ -412,6 +424,7 @@ impl Node {
             core_loop::Outlets { writer: writer_tx, applier: applier_tx, peer_factory },
             membership.clone(),
             runtime.clone(),
+            core_loop::LoopMetrics::new(metrics.clone()),
         )
         .with_snapshots(snap_ops);
         spawner.spawn(Task::MainLoop(ends), main_loop.run().boxed());
@@ -435,6 +448,7 @@ impl Node {
                 fatal,
                 token,
                 tasks_done: async_lock::Mutex::new(done_rx),
+                metrics,
             }),
         })
     }
@@ -453,10 +467,12 @@ impl Node {
     pub async fn propose(&self, command: Bytes) -> Result<Proposal, ProposeError> {
         let size = command.len() as u64;
         if size > self.shared.max_payload_bytes {
+            self.shared.metrics.proposals_failed.increment(1);
             return Err(ProposeError::TooLarge { size, limit: self.shared.max_payload_bytes });
         }
         let status = self.shared.status.get();
         if status.role != Role::Leader {
+            self.shared.metrics.proposals_failed.increment(1);
             let leader_info = self.member_info(status.leader_id);
             return Err(ProposeError::NotLeader { leader_hint: status.leader_id, leader_info });
         }
@@ -505,11 +521,13 @@ impl Node {
         if reentrancy::inside_state_machine(self.shared.token) {
             return Err(ReadIndexError::InsideStateMachine);
         }
+        let started = self.shared.metrics.now();
         let slot = self.shared.read_slots.acquire_arc().await;
         // The applier answers once the state machine has applied the index.
         let (reply, answer) = oneshot::channel();
         let read = PendingRead { reply, _slot: slot };
         if self.shared.inputs.send(Input::ReadIndex { read }).await.is_err() {
+            self.shared.metrics.read_done(started, false);
             return Err(ReadIndexError::Shutdown);
         }
         let mut waiting = WaitingRead { answer: Some(answer), shared: &self.shared };
@@ -518,7 +536,9 @@ impl Node {
             None => Err(oneshot::Canceled),
         };
         waiting.answer = None; // answered: nothing to let go of
-        answer.unwrap_or(Err(ReadIndexError::Shutdown))
+        let result = answer.unwrap_or(Err(ReadIndexError::Shutdown));
+        self.shared.metrics.read_done(started, result.is_ok());
+        result
     }
 
     /// Leader: what it knows of each follower's replication (match index, whether it is in

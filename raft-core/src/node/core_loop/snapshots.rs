@@ -146,6 +146,8 @@ impl CoreLoop {
                 self.durable_seq = seq;
                 if let Some(last) = installed {
                     self.engine.on_snapshot_installed(last);
+                    let bytes = self.engine.snapshot_meta().map_or(0, |m| m.size);
+                    self.metrics.node.snapshot_installed(bytes);
                     // A snapshot from the leader may cover what waiters asked for.
                     self.answer_snapshot_waiters(false);
                 }
@@ -153,6 +155,7 @@ impl CoreLoop {
                 self.release_storage();
             }
             SnapshotInput::Taken(meta) => {
+                self.metrics.node.snapshot_taken(meta.size);
                 self.engine.on_snapshot_taken(meta);
                 self.answer_snapshot_waiters(false);
             }
