@@ -133,7 +133,7 @@ impl ClientService {
             ClientRequest::Health => ClientResponse::Health(self.health().await),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
-                members: self.client_members(),
+                members: super::bounded::Bounded::truncated(self.client_members()),
             },
             ClientRequest::Member(request) => {
                 // Bounded like every request; a catch-up gets the time the client allowed.
@@ -157,7 +157,7 @@ impl ClientService {
                     return ClientResponse::Refused("fault injection is disabled".into());
                 }
                 info!(node = self.node.id(), ?blocked, "partition set by a client");
-                self.firewall.set_blocked(blocked);
+                self.firewall.set_blocked(blocked.into_inner());
                 ClientResponse::AdminDone
             }
         }
@@ -300,7 +300,7 @@ impl ClientService {
             answered_by: self.node.id(),
             leader: status.leader_id,
             commit_index: status.commit_index,
-            members,
+            members: super::bounded::Bounded::truncated(members),
         }
     }
 

@@ -223,6 +223,13 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
 }
 
 /// A raw quinn endpoint on loopback port 0.
+/// A certificate `ca` issues for `name` (any SAN, no node role), trusting only `ca`.
+pub fn client_material(ca: &ClusterCa, name: &str, lifetime: Duration) -> NodeTls {
+    let cert = ca.issue_client(name, lifetime).unwrap();
+    NodeTls::from_pem(ca.cert_pem().as_bytes(), cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+        .unwrap()
+}
+
 pub fn raw_endpoint(rt: &Arc<dyn Runtime>) -> quinn::Endpoint {
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, rt.clone()).unwrap()
@@ -659,13 +666,7 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
     nets[0].serve(handler.clone());
     let lifetime = Duration::from_secs(3600);
     for name in ["client-app.kv", "node-2.raft", "node-18446744073709551615.raft"] {
-        let cert = ca.issue_client(name, lifetime).unwrap();
-        let tls = NodeTls::from_pem(
-            ca.cert_pem().as_bytes(),
-            cert.cert_pem.as_bytes(),
-            cert.key_pem.as_bytes(),
-        )
-        .unwrap();
+        let tls = client_material(&ca, name, lifetime);
         let config = tls::quic_client_config(&tls).unwrap();
         let sender = raft_quic::node_id_of(&tls.cert_chain[0]).unwrap_or(2);
         let result = raw_rpc_attempt(&rt, config, &nets[0], sender).await;
