@@ -62,6 +62,20 @@ pub enum ProposalError {
     InsideStateMachine,
 }
 
+/// Why [`Node::write`](crate::Node::write) produced no response: the proposal was refused, or
+/// it was accepted and then failed (the two errors of `Node::propose` and `Proposal::response`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The proposal was not accepted: nothing was appended to the log.
+    #[error(transparent)]
+    Refused(#[from] ProposeError),
+    /// The proposal was appended but produced no response (see [`ProposalError`] for whether
+    /// its outcome is known).
+    #[error(transparent)]
+    Failed(#[from] ProposalError),
+}
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -29,12 +29,12 @@ pub mod types;
 pub use config::{Config, ConfigError};
 pub use error::{
     BootstrapError, FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError,
-    StartError, TransferError,
+    StartError, TransferError, WriteError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
-pub use node::{Node, NodeBuilder, Proposal, StatusWatch};
+pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};

@@ -508,16 +508,67 @@ enum MembershipFormat<'a> {
     },
 }
 
-/// The decoding side of [`MembershipFormat`].
+/// The decoding side of [`MembershipFormat`]. Sets and the metadata map must come as every
+/// encoder writes them, in ascending id order with each id once: collecting them would take a
+/// repeated or misplaced id silently, and only corruption or a faulty peer writes one.
 #[derive(Deserialize)]
 #[serde(rename = "Membership")]
 enum MembershipDecoded {
     V2 {
+        #[serde(deserialize_with = "ascending_ids")]
         voters: BTreeSet<NodeId>,
+        #[serde(deserialize_with = "ascending_ids")]
         outgoing: BTreeSet<NodeId>,
+        #[serde(deserialize_with = "ascending_ids")]
         learners: BTreeSet<NodeId>,
+        #[serde(deserialize_with = "ascending_nodes")]
         nodes: BTreeMap<NodeId, NodeInfo>,
     },
+}
+
+/// The error for ids `before` then `after`, which are not strictly ascending.
+fn not_ascending<E: serde::de::Error>(what: &str, before: NodeId, after: NodeId) -> E {
+    E::custom(format!("{what} out of order or repeated: {before} then {after}"))
+}
+
+/// Decodes a set of node ids, refusing ids out of order or repeated.
+fn ascending_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeSet<NodeId>, D::Error> {
+    let ids = Vec::<NodeId>::deserialize(deserializer)?;
+    match ids.windows(2).find(|pair| pair[0] >= pair[1]) {
+        Some(pair) => Err(not_ascending("node ids", pair[0], pair[1])),
+        None => Ok(ids.into_iter().collect()),
+    }
+}
+
+/// Decodes the members' metadata, refusing ids out of order or repeated.
+fn ascending_nodes<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<NodeId, NodeInfo>, D::Error> {
+    struct Ascending;
+    impl<'de> serde::de::Visitor<'de> for Ascending {
+        type Value = BTreeMap<NodeId, NodeInfo>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("members' metadata in ascending id order")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut nodes = BTreeMap::new();
+            while let Some((id, info)) = map.next_entry::<NodeId, NodeInfo>()? {
+                if let Some((&last, _)) = nodes.last_key_value() {
+                    if last >= id {
+                        return Err(not_ascending("member metadata", last, id));
+                    }
+                }
+                nodes.insert(id, info);
+            }
+            Ok(nodes)
+        }
+    }
+    deserializer.deserialize_map(Ascending)
 }
 
 impl Serialize for Membership {
@@ -540,7 +591,9 @@ impl<'de> Deserialize<'de> for Membership {
 /// A membership as earlier builds encoded it (format 1): voters and learners, no metadata.
 #[derive(Deserialize)]
 pub(crate) struct MembershipV1 {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
 }
 

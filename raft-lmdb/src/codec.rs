@@ -19,8 +19,9 @@
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
-//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes or an
-//! unknown enum tag are reported as corruption.
+//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes, an
+//! unknown enum tag, or node ids out of order or repeated in a membership (in any of its sets
+//! or its metadata) are reported as corruption.
 //!
 //! # Version history
 //!
@@ -44,7 +45,8 @@ use raft_core::{
     Entry, EntryPayload, HardState, InvalidChange, LogId, LogIndex, Membership, NodeId, NodeInfo,
     StorageError, Term,
 };
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Name of the database holding log entries.
 pub(crate) const LOG_DB: &str = "raft-log";
@@ -177,14 +179,49 @@ enum PayloadRecord<'a> {
 /// files of format 2.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct MembershipRecordV2 {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
 }
 
+/// Decodes a set of node ids as written (postcard encodes a `BTreeSet` as its length and then
+/// its elements in ascending order), refusing ids out of order or repeated: a `BTreeSet` would
+/// take them silently, and only corruption writes them.
+fn ascending_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeSet<NodeId>, D::Error> {
+    let ids = Vec::<NodeId>::deserialize(deserializer)?;
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(D::Error::custom(format!(
+            "node ids out of order or repeated: {} then {}",
+            pair[0], pair[1]
+        )));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Decodes the members' metadata as written (in ascending id order, each id once), refusing
+/// anything else: collecting it into a map would let the last of two records of an id win.
+fn ascending_nodes<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<NodeRecord<'a>>, D::Error> {
+    let nodes = Vec::<NodeRecord<'a>>::deserialize(deserializer)?;
+    if let Some(pair) = nodes.windows(2).find(|pair| pair[0].id >= pair[1].id) {
+        return Err(D::Error::custom(format!(
+            "member metadata out of order or repeated: {} then {}",
+            pair[0].id, pair[1].id
+        )));
+    }
+    Ok(nodes)
+}
+
 impl MembershipRecordV2 {
-    /// The membership it describes, with empty metadata.
+    /// The membership it describes, with empty metadata. Like format 3, it may have no voter:
+    /// builds of format 2 stored the empty membership a joining node knows before its first
+    /// membership entry in the snapshots it took there.
     pub(crate) fn decode(self) -> Result<Membership, InvalidChange> {
-        Membership::from_ids(self.voters, self.learners)
+        let ids = self.voters.iter().chain(&self.learners);
+        let nodes = ids.map(|&id| (id, NodeInfo::default())).collect();
+        Membership::from_parts(self.voters, BTreeSet::new(), self.learners, nodes)
     }
 }
 
@@ -192,10 +229,13 @@ impl MembershipRecordV2 {
 /// metadata in id order.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct MembershipRecord<'a> {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     outgoing: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "ascending_nodes")]
     nodes: Vec<NodeRecord<'a>>,
 }
 
@@ -393,13 +433,44 @@ mod tests {
         assert_eq!(decode_entry(6, &buf).unwrap(), e);
     }
 
+    /// Format 2 snapshot files of a joining node could hold the empty membership (voters and
+    /// learners both empty: bytes `0, 0`); they decode as the empty membership, as in format 3,
+    /// instead of making the snapshot unreadable (review LOW 2).
+    #[test]
+    fn a_format_2_membership_without_voters_decodes() {
+        let record: MembershipRecordV2 = strict_decode(&[0, 0]).unwrap();
+        assert_eq!(record.decode(), Ok(Membership::default()));
+        let record: MembershipRecordV2 = strict_decode(&[0, 1, 4]).unwrap();
+        let nodes = [(4, NodeInfo::default())].into();
+        let learner = Membership::from_parts(BTreeSet::new(), BTreeSet::new(), [4].into(), nodes);
+        assert_eq!(record.decode(), learner);
+        let empty = Membership::default();
+        let bytes = postcard::to_allocvec(&MembershipRecord::of(&empty)).unwrap();
+        let record: MembershipRecord<'_> = strict_decode(&bytes).unwrap();
+        assert_eq!(record.decode(), Ok(empty), "format 3 agrees");
+    }
+
     #[test]
     fn corrupt_records_are_errors() {
         let buf = encode_entry(&entry(5, 2, Some(b"abc")), Vec::new()).unwrap();
         // A membership whose learner is a voter, or whose voter has no metadata.
         let voter_is_learner: &[u8] = &[2, 2, 1, 1, 1, 1];
         let no_metadata: &[u8] = &[2, 3, 1, 1, 0, 0, 0];
+        // Non-canonical encodings (review NIT): voters {2, 1} or {1, 1}, in both formats, and
+        // the metadata of node 1 twice or after node 2's.
+        let unsorted_v2: &[u8] = &[2, 2, 2, 2, 1, 0];
+        let repeated_v2: &[u8] = &[2, 2, 2, 1, 1, 0];
+        let unsorted: &[u8] = &[2, 3, 2, 2, 1, 0, 0, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_learner: &[u8] = &[2, 3, 1, 1, 0, 2, 2, 2, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_node: &[u8] = &[2, 3, 1, 1, 0, 0, 2, 1, 0, 0, 1, 0, 0];
+        let unsorted_nodes: &[u8] = &[2, 3, 2, 1, 2, 0, 0, 2, 2, 0, 0, 1, 0, 0];
         for bad in [
+            unsorted_v2,
+            repeated_v2,
+            unsorted,
+            repeated_learner,
+            repeated_node,
+            unsorted_nodes,
             &buf[..buf.len() - 1],
             &[2, 9][..],
             &[][..],

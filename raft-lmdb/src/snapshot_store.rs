@@ -362,8 +362,12 @@ fn commit_file(
     fs::rename(tmp, &path).map_err(io_error)?;
     sync_dir(&inner.dir).map_err(io_error)?;
     if let Some((_, old)) = latest.replace((meta, path.clone())) {
+        // The new snapshot is durable and the latest: failing to delete the superseded file
+        // must not fail the commit (the next `open_dir` deletes it).
         if old != path {
-            fs::remove_file(&old).map_err(io_error)?;
+            if let Err(error) = fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), %error, "cannot delete a superseded snapshot");
+            }
         }
     }
     Ok(())

@@ -327,3 +327,22 @@ fn new_directories_are_made_durable() {
     }
     drop(snapshots);
 }
+
+#[test]
+fn a_directory_left_by_a_killed_run_is_made_durable() {
+    // A run killed between creating the directories and syncing their parents left them.
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let store_dir = root_path.join("node/raft");
+    let snapshot_dir = root_path.join("node/snapshots");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    assert!(synced::under(&root_path).is_empty());
+    let store = LmdbLogStore::open_dir(&store_dir).unwrap();
+    let snapshots = FileSnapshotStore::open_dir(&snapshot_dir).unwrap();
+    let synced = synced::under(&root_path);
+    let node = root_path.join("node");
+    let parent_syncs = synced.iter().filter(|d| **d == node).count();
+    assert_eq!(parent_syncs, 2, "the entries of raft/ and snapshots/ were not synced: {synced:?}");
+    drop((store, snapshots));
+}

@@ -567,6 +567,7 @@ impl StateMachine for Reentrant {
                 results.push(format!("{:?}", node.set_membership(target, PATIENCE).await));
                 let inner = node.propose(Bytes::from_static(b"inner")).await.unwrap();
                 results.push(format!("{:?}", inner.response().await));
+                results.push(format!("{:?}", node.write(Bytes::from_static(b"w")).await));
             } else if command == "stop" {
                 node.shutdown().await;
                 results.push("stopped".into());
@@ -607,6 +608,7 @@ async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt
             "Err(InsideStateMachine)",
             "Err(InsideStateMachine)",
             "Err(InsideStateMachine)",
+            "Err(Refused(InsideStateMachine))",
         ]
     );
     // The node goes on: the inner proposal applies too.

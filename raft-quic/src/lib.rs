@@ -77,7 +77,7 @@ mod timer;
 pub mod tls;
 pub mod wire;
 
-pub use accept::{Gate, GateConfig, GateStats};
+pub use accept::{Gate, GateConfig, GateStats, PeerIdentity};
 pub use certs::{
     ensure_cluster_certs, generate_cluster_certs, CaKind, CertError, ClientCert, ClusterCa,
     ClusterCertFiles, NodeCert, NodeCertFiles, NodeTls, NODE_CA,

@@ -310,12 +310,16 @@ impl QuicNetwork {
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
+        let configured: BTreeMap<NodeId, SocketAddr> = config
+            .peers
+            .iter()
+            .filter(|(id, _)| !config.refused.contains(id))
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
-            for (&id, &addr) in &config.peers {
-                if !config.refused.contains(&id) {
-                    peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
-                }
+            for (&id, &addr) in &configured {
+                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
@@ -337,7 +341,7 @@ impl QuicNetwork {
                 max_incoming,
                 cert_expiry_warning: config.cert_expiry_warning,
                 closing: Mutex::new(()),
-                members: MembershipAddresses::default(),
+                members: MembershipAddresses::new(configured),
             }),
         })
     }
@@ -370,15 +374,31 @@ impl QuicNetwork {
 
     /// Adds peer `id` at `addr`, or moves it there (its connection is closed and its backoff
     /// reset), so that RPCs can be sent to it. Ignored for this node's own id and for refused
-    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].)
+    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) A member's address
+    /// from the membership takes precedence while the membership names one (`members_changed`);
+    /// this address is used again when it stops naming one.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        self.inner.members.configure(self, id, Some(addr));
+    }
+
+    /// Forgets peer `id`'s address: RPCs to it fail with `UnknownPeer` and its outbound
+    /// connection is closed. Its inbound connections are still accepted (it may be a member
+    /// whose address is unknown here); to shut a node out, use [`QuicNetwork::refuse`]. A later
+    /// membership naming an address for `id` gives it one again.
+    pub fn remove_peer(&self, id: NodeId) {
+        self.inner.members.configure(self, id, None);
+    }
+
+    /// Puts peer `id` at `addr` (adds it, or moves it); false, and nothing done, for this
+    /// node's own id and for refused ids.
+    pub(crate) fn place_peer(&self, id: NodeId, addr: SocketAddr) -> bool {
         let shared = self.shared();
         if id == shared.id {
-            return;
+            return false;
         }
         if shared.is_refused(id) {
             warn!(node = shared.id, peer = id, "not adding a refused (removed) node as a peer");
-            return;
+            return false;
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
@@ -387,12 +407,11 @@ impl QuicNetwork {
                 peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
             }
         }
+        true
     }
 
-    /// Forgets peer `id`'s address: RPCs to it fail with `UnknownPeer` and its outbound
-    /// connection is closed. Its inbound connections are still accepted (it may be a member
-    /// whose address is unknown here); to shut a node out, use [`QuicNetwork::refuse`].
-    pub fn remove_peer(&self, id: NodeId) {
+    /// Drops peer `id`'s address and closes its outbound connection.
+    pub(crate) fn drop_peer(&self, id: NodeId) {
         let removed = self.shared().peers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         if let Some(peer) = removed {
             peer.close(b"peer removed");

@@ -127,7 +127,9 @@ mod tests {
             ClientRequest::Member(MemberRequest::List),
             ClientRequest::Member(MemberRequest::Remove { id: 1 }),
             ClientRequest::Member(MemberRequest::TransferLeader { id: 1 }),
-            ClientRequest::Admin(AdminRequest::Partition { blocked: vec![] }),
+            ClientRequest::Admin(AdminRequest::Partition {
+                blocked: crate::kv::bounded::Bounded::new(vec![]).unwrap(),
+            }),
         ];
         assert!(client.may(&get) && admin.may(&get));
         for request in &administration {

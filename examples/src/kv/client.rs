@@ -149,6 +149,7 @@ impl TlsFailures {
 #[derive(Debug)]
 struct Session {
     id: SessionId,
+    incarnation: u64,
     next_seq: u64,
     outstanding: BTreeSet<u64>,
 }
@@ -222,8 +223,9 @@ impl KvClient {
 
     /// Runs a write in this client's session (opening one first if needed).
     async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
-        let (id, seq, ack_below) = self.next_seq().await?;
-        let command = Command { session: Some(SessionRef { id, seq, ack_below }), op };
+        let session_ref = self.next_seq().await?;
+        let (id, seq) = (session_ref.id, session_ref.seq);
+        let command = Command { session: Some(session_ref), op };
         let result = self.run(&command).await;
         let mut session = self.session();
         if let Some(s) = session.as_mut().filter(|s| s.id == id) {
@@ -242,7 +244,7 @@ impl KvClient {
     }
 
     /// Allocates a sequence number, opening the session first if there is none.
-    async fn next_seq(&self) -> Result<(SessionId, u64, u64), ClientError> {
+    async fn next_seq(&self) -> Result<SessionRef, ClientError> {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
@@ -262,23 +264,24 @@ impl KvClient {
             other => other,
         });
         match registered? {
-            Ok(OpResult::Registered { id: opened }) if opened == id => {
-                debug!(id, "session opened");
-                *self.session() = Some(Session { id, next_seq: 0, outstanding: BTreeSet::new() });
+            Ok(OpResult::Registered { id: opened, incarnation }) if opened == id => {
+                debug!(id, incarnation, "session opened");
+                let outstanding = BTreeSet::new();
+                *self.session() = Some(Session { id, incarnation, next_seq: 0, outstanding });
             }
             other => return Err(unexpected(other)),
         }
         self.allocate().ok_or(ClientError::SessionExpired)
     }
 
-    fn allocate(&self) -> Option<(SessionId, u64, u64)> {
+    fn allocate(&self) -> Option<SessionRef> {
         let mut session = self.session();
         let s = session.as_mut()?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.outstanding.insert(seq);
         let ack_below = s.outstanding.first().copied().unwrap_or(seq);
-        Some((s.id, seq, ack_below))
+        Some(SessionRef { id: s.id, incarnation: s.incarnation, seq, ack_below })
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
@@ -716,7 +719,7 @@ impl Connections {
         );
         match answer {
             Ok(ClientResponse::Status { status, members }) => {
-                Ok(NodeStatus { status, members, health: health.ok() })
+                Ok(NodeStatus { status, members: members.into_inner(), health: health.ok() })
             }
             Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
@@ -772,6 +775,7 @@ impl Connections {
     /// Test-only: makes `node` drop Raft traffic with `blocked` (empty heals). The node must
     /// run with `--fault-injection`.
     pub async fn partition(&self, node: NodeId, blocked: Vec<NodeId>) -> Result<(), ClientError> {
+        let blocked = Bounded::new(blocked).map_err(|e| ClientError::Refused(e.to_string()))?;
         match self.call(node, &ClientRequest::Admin(AdminRequest::Partition { blocked })).await {
             Ok(ClientResponse::AdminDone) => Ok(()),
             Ok(ClientResponse::Refused(reason)) => Err(ClientError::Refused(reason)),

@@ -26,6 +26,10 @@ pub type SessionId = u128;
 pub struct SessionRef {
     /// The session id (chosen by the client in [`Op::Register`]).
     pub id: SessionId,
+    /// The session's incarnation, as [`OpResult::Registered`] gave it: a session evicted and
+    /// re-created under the same id (by a late duplicate registration) is another incarnation,
+    /// and refuses this one's requests.
+    pub incarnation: u64,
     /// The request's sequence number within the session (unique, increasing per new request;
     /// a retry reuses it).
     pub seq: u64,
@@ -134,6 +138,10 @@ pub enum OpResult {
     Registered {
         /// The new session's id.
         id: SessionId,
+        /// Its incarnation (the operation id of the registration that created it), to name in
+        /// every [`SessionRef`]. A retried registration answers the same as long as the
+        /// session lives.
+        incarnation: u64,
     },
     /// The value of the key read (`None`: absent).
     Value(Option<Bytes>),
@@ -188,8 +196,9 @@ pub type Response = Result<OpResult, KvError>;
 pub const MAX_COMMANDS_PER_ENTRY: usize = 1024;
 
 /// The format byte that starts every log entry of this version of the service; an entry with
-/// another one is answered [`KvError::Malformed`] (the same on every node).
-pub const ENTRY_FORMAT: u8 = 3;
+/// another one is answered [`KvError::Malformed`] (the same on every node). Version 4 added
+/// session incarnations to [`SessionRef`].
+pub const ENTRY_FORMAT: u8 = 4;
 
 /// The commands of one log entry, with the authenticated client that sent them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,7 +262,7 @@ mod tests {
             Command { session: None, op: Op::Register { id: u128::MAX } },
             Command { session: None, op: Op::Get { key: Bytes::from_static(b"k") } },
             Command {
-                session: Some(SessionRef { id: 7, seq: 3, ack_below: 2 }),
+                session: Some(SessionRef { id: 7, incarnation: 1, seq: 3, ack_below: 2 }),
                 op: Op::Cas {
                     key: Bytes::from_static(b"k"),
                     expected: None,
@@ -267,7 +276,7 @@ mod tests {
             (entry.owner.as_deref(), entry.commands.to_vec()),
             (Some("client-a.kv"), commands)
         );
-        assert!(matches!(decode_entry(b"\x03\xff\xff\xff"), Err(KvError::Malformed(_))));
+        assert!(matches!(decode_entry(b"\x04\xff\xff\xff"), Err(KvError::Malformed(_))));
         assert!(matches!(decode_entry(b"\x02\x00\x00"), Err(KvError::Malformed(_))));
         assert!(matches!(decode_entry(b""), Err(KvError::Malformed(_))));
         let too_many = vec![Command { session: None, op: Op::Get { key: Bytes::new() } }; 1025];

@@ -14,7 +14,8 @@ use tracing::debug;
 
 use super::command::Command;
 use super::protocol::{
-    self, ClientRequest, ClientResponse, CommandBatch, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
+    self, ClientRequest, ClientResponse, CommandAnswer, CommandBatch, Member, MAX_BATCH_BYTES,
+    MAX_BATCH_LEN,
 };
 use super::tls::{client_config, KvTlsError};
 
@@ -247,12 +248,11 @@ impl Connections {
         lock(&self.inner.addrs).keys().copied().collect()
     }
 
-    /// Records a member's address (learned from a redirect or a status answer).
+    /// Records the address of a member this client does not know yet (learned from a
+    /// redirect or a status answer). A known member's address is never replaced: a node
+    /// (trusted by Raft, but its key may leak) cannot steer this client away from the others.
     pub fn learn(&self, member: &Member) {
-        let mut addrs = lock(&self.inner.addrs);
-        if addrs.insert(member.id, member.client_addr) != Some(member.client_addr) {
-            lock(&self.inner.slots).remove(&member.id);
-        }
+        lock(&self.inner.addrs).entry(member.id).or_insert(member.client_addr);
     }
 
     /// The node believed to lead, if any.
@@ -408,14 +408,25 @@ impl Connections {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
-        let outcome = match CommandBatch::new(commands) {
+        let outcome = match CommandBatch::new(commands.clone()) {
             Ok(commands) => self.call_within(node, &ClientRequest::Batch(commands), limit).await,
             Err(e) => Ok(ClientResponse::Refused(e.to_string())),
         };
         match outcome {
             Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
-                for (reply, answer) in replies.into_iter().zip(answers.into_inner()) {
-                    let _ = reply.send(Ok(answer.into()));
+                let answered = commands.into_iter().zip(replies).zip(answers.into_inner());
+                for ((command, reply), answer) in answered {
+                    if answer == CommandAnswer::TooLarge {
+                        // A read whose value did not fit in the batch's answer: read it alone.
+                        let connections = self.clone();
+                        tokio::spawn(async move {
+                            let request = ClientRequest::Command(command);
+                            let _ =
+                                reply.send(connections.call_within(node, &request, limit).await);
+                        });
+                    } else {
+                        let _ = reply.send(Ok(answer.into()));
+                    }
                 }
             }
             outcome => {

@@ -23,10 +23,15 @@ use super::health::HealthReport;
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
 /// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
 /// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
-pub const ALPN: &[u8] = b"raft-kv/4";
+/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`.
+pub const ALPN: &[u8] = b"raft-kv/5";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
 pub const MAX_SET_MEMBERS: usize = 256;
+/// The most members a [`MemberList`] or a [`ClientResponse::Status`] lists (checked before
+/// decoding, so that a node cannot make a client decode a 2 MiB list into 40 MB); a node lists
+/// the first ones (in id order) of a larger membership.
+pub const MAX_LISTED_MEMBERS: usize = 4096;
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -34,6 +39,11 @@ pub const MAX_SET_MEMBERS: usize = 256;
 pub const MAX_FRAME_BYTES: usize = 2 << 20;
 /// The most commands in one [`ClientRequest::Batch`] (checked before any is decoded).
 pub const MAX_BATCH_LEN: usize = 1024;
+/// The fewest bytes a [`Command`] encodes to (no session, an operation tag, one field), so a
+/// request of `len` bytes holds at most `len / MIN_COMMAND_BYTES` commands.
+pub const MIN_COMMAND_BYTES: usize = 3;
+/// The most peers one [`AdminRequest::Partition`] names (checked before any is decoded).
+pub const MAX_BLOCKED_PEERS: usize = 1024;
 
 /// The commands of a [`ClientRequest::Batch`].
 pub type CommandBatch = Bounded<Command, MAX_BATCH_LEN>;
@@ -146,8 +156,8 @@ pub struct MemberList {
     pub leader: Option<NodeId>,
     /// The answering node's commit index.
     pub commit_index: u64,
-    /// Every voter and learner, in id order.
-    pub members: Vec<MemberInfo>,
+    /// Every voter and learner, in id order (the first [`MAX_LISTED_MEMBERS`]).
+    pub members: Bounded<MemberInfo, MAX_LISTED_MEMBERS>,
 }
 
 /// Why a membership request failed for good (retrying the same request will not help).
@@ -196,7 +206,7 @@ pub enum AdminRequest {
     /// Drop all Raft traffic to and from these peers (replaces the previous set; empty heals).
     Partition {
         /// The peers to cut off.
-        blocked: Vec<NodeId>,
+        blocked: Bounded<NodeId, MAX_BLOCKED_PEERS>,
     },
 }
 
@@ -229,8 +239,9 @@ pub enum ClientResponse {
     Status {
         /// Its Raft status.
         status: Status,
-        /// Every member's client address, this node included.
-        members: Vec<Member>,
+        /// Every member's client address, this node included (the first
+        /// [`MAX_LISTED_MEMBERS`]).
+        members: Bounded<Member, MAX_LISTED_MEMBERS>,
     },
     /// The request was refused (malformed, too large, admin disabled).
     Refused(String),
@@ -266,6 +277,10 @@ pub enum CommandAnswer {
     Unknown(String),
     /// See [`ClientResponse::Refused`].
     Refused(String),
+    /// A read whose value did not fit in the batch's answer frame (the values of a batch's
+    /// reads add up to more than [`MAX_FRAME_BYTES`]): not answered here; send it alone
+    /// (a read has no effect, so running it again is harmless).
+    TooLarge,
 }
 
 impl From<CommandAnswer> for ClientResponse {
@@ -276,6 +291,51 @@ impl From<CommandAnswer> for ClientResponse {
             CommandAnswer::NotApplied(why) => ClientResponse::NotApplied(why),
             CommandAnswer::Unknown(why) => ClientResponse::Unknown(why),
             CommandAnswer::Refused(why) => ClientResponse::Refused(why),
+            CommandAnswer::TooLarge => {
+                ClientResponse::Refused("the answer does not fit in a frame".into())
+            }
+        }
+    }
+}
+
+impl ClientResponse {
+    /// This response, made to fit in a frame if it is a batch whose read values add up to more
+    /// than [`MAX_FRAME_BYTES`]: the values that do not fit (in order) are replaced by
+    /// [`CommandAnswer::TooLarge`], for the client to read them alone. Any other response is
+    /// returned as it is.
+    pub fn fit_in_frame(self) -> Self {
+        if frame_size(&self).is_ok() {
+            return self;
+        }
+        let ClientResponse::Batch(answers) = self else { return self };
+        let size = |answer: &CommandAnswer| {
+            postcard::experimental::serialized_size(answer).unwrap_or(MAX_FRAME_BYTES)
+        };
+        let is_value = |answer: &CommandAnswer| {
+            matches!(answer, CommandAnswer::Applied(Ok(super::command::OpResult::Value(Some(_)))))
+        };
+        // The batch's tag and length, and every answer that is not a value, are kept.
+        let mut total = 16 + answers.iter().filter(|a| !is_value(a)).map(size).sum::<usize>();
+        let fitted = answers
+            .into_inner()
+            .into_iter()
+            .map(|answer| {
+                if !is_value(&answer) {
+                    return answer;
+                }
+                let len = size(&answer);
+                if total + len <= MAX_FRAME_BYTES {
+                    total += len;
+                    answer
+                } else {
+                    total += 1;
+                    CommandAnswer::TooLarge
+                }
+            })
+            .collect();
+        match Bounded::new(fitted) {
+            Ok(answers) => ClientResponse::Batch(answers),
+            Err(e) => ClientResponse::Refused(e.to_string()),
         }
     }
 }
@@ -391,7 +451,7 @@ pub async fn read_body<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -440,5 +500,67 @@ mod tests {
         assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
         let fits = ClientRequest::Batch(CommandBatch::new(Vec::new()).unwrap());
         assert_eq!(decode::<ClientRequest>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    #[test]
+    fn a_long_partition_is_refused_on_its_length() {
+        // Admin (2), Partition (0), 2,000,000 one-byte ids: decoded before the certificate's
+        // role is checked, so refused on the announced length.
+        let mut body = vec![2, 0];
+        body.extend(postcard::to_allocvec(&vec![0u64; 2_000_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn a_batch_of_large_values_is_fitted_in_a_frame() {
+        use super::super::command::OpResult;
+        let big = bytes::Bytes::from(vec![7u8; 500 << 10]);
+        let value = CommandAnswer::Applied(Ok(OpResult::Value(Some(big))));
+        let written = CommandAnswer::Applied(Ok(OpResult::Written));
+        let mut answers = vec![value; 5];
+        answers.insert(2, written.clone());
+        let response = ClientResponse::Batch(Bounded::new(answers).unwrap());
+        assert!(frame_size(&response).is_err(), "2.5 MiB of values");
+        let fitted = response.clone().fit_in_frame();
+        assert!(frame_size(&fitted).is_ok());
+        let ClientResponse::Batch(fitted) = fitted else { panic!("not a batch: {fitted:?}") };
+        let ClientResponse::Batch(original) = response else { unreachable!() };
+        assert_eq!(fitted[..5], original[..5], "the first four values and the write fit");
+        assert_eq!(fitted[5], CommandAnswer::TooLarge);
+        // A batch that fits is left alone.
+        let small = ClientResponse::Batch(Bounded::new(vec![written; 3]).unwrap());
+        assert_eq!(small.clone().fit_in_frame(), small);
+    }
+
+    #[test]
+    fn a_long_member_list_is_refused_on_its_length() {
+        // Members (variant 8 of the response): answered_by, leader: None, commit_index, then
+        // 500,000 members of 4 bytes (id, voter, no addresses): 2 MB, 40 MB decoded.
+        let mut body = vec![8, 1, 0, 0];
+        let member = MemberInfo { id: 1, voter: true, raft_addr: None, client_addr: None };
+        body.extend(postcard::to_allocvec(&vec![member.clone(); 500_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        let decoded = decode::<ClientResponse>(&framed(&body));
+        assert!(matches!(decoded, Err(FrameError::Decode(_))), "{:?}", decoded.map(|_| ()));
+        let fits = MemberList {
+            answered_by: 1,
+            leader: None,
+            commit_index: 0,
+            members: Bounded::truncated(vec![member; MAX_LISTED_MEMBERS + 1]),
+        };
+        assert_eq!(fits.members.len(), MAX_LISTED_MEMBERS);
+        let fits = ClientResponse::Members(fits);
+        assert_eq!(decode::<ClientResponse>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    #[test]
+    fn the_smallest_command_takes_min_command_bytes() {
+        use super::super::command::Op;
+        let key = bytes::Bytes::new();
+        for op in [Op::Get { key: key.clone() }, Op::Delete { key }, Op::Register { id: 0 }] {
+            let command = Command { session: None, op };
+            assert_eq!(postcard::to_allocvec(&command).unwrap().len(), MIN_COMMAND_BYTES);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use raft_core::{
     InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
-    ReadIndexError, Role, TransferError,
+    ReadIndexError, Role, TransferError, WriteError,
 };
 use tracing::{debug, info};
 
@@ -133,7 +133,7 @@ impl ClientService {
             ClientRequest::Health => ClientResponse::Health(self.health().await),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
-                members: self.client_members(),
+                members: super::bounded::Bounded::truncated(self.client_members()),
             },
             ClientRequest::Member(request) => {
                 // Bounded like every request; a catch-up gets the time the client allowed.
@@ -157,7 +157,7 @@ impl ClientService {
                     return ClientResponse::Refused("fault injection is disabled".into());
                 }
                 info!(node = self.node.id(), ?blocked, "partition set by a client");
-                self.firewall.set_blocked(blocked);
+                self.firewall.set_blocked(blocked.into_inner());
                 ClientResponse::AdminDone
             }
         }
@@ -239,22 +239,22 @@ impl ClientService {
             Ok(bytes) => bytes,
             Err(e) => return all(CommandAnswer::Refused(e.to_string())),
         };
-        match self.node.propose(bytes).await {
-            Ok(proposal) => match proposal.response().await {
-                Ok(answer) => decode_responses(&answer, count)
-                    .into_iter()
-                    .map(CommandAnswer::Applied)
-                    .collect(),
-                Err(e @ ProposalError::Dropped { .. }) => {
-                    all(CommandAnswer::NotApplied(e.to_string()))
-                }
-                Err(e) => all(CommandAnswer::Unknown(e.to_string())),
-            },
-            Err(ProposeError::NotLeader { leader_hint, .. }) => {
+        // One call to the node: proposed, then answered once applied.
+        match self.node.write(bytes).await {
+            Ok(answer) => {
+                decode_responses(&answer, count).into_iter().map(CommandAnswer::Applied).collect()
+            }
+            Err(WriteError::Failed(e @ ProposalError::Dropped { .. })) => {
+                all(CommandAnswer::NotApplied(e.to_string()))
+            }
+            Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
                 all(CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) })
             }
-            Err(e @ ProposeError::TooLarge { .. }) => all(CommandAnswer::Refused(e.to_string())),
-            Err(e) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(WriteError::Refused(e @ ProposeError::TooLarge { .. })) => {
+                all(CommandAnswer::Refused(e.to_string()))
+            }
+            Err(WriteError::Refused(e)) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(e) => all(CommandAnswer::Unknown(e.to_string())),
         }
     }
 }
@@ -300,7 +300,7 @@ impl ClientService {
             answered_by: self.node.id(),
             leader: status.leader_id,
             commit_index: status.commit_index,
-            members,
+            members: super::bounded::Bounded::truncated(members),
         }
     }
 

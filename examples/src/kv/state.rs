@@ -9,13 +9,13 @@ use raft_core::{Membership, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
-use super::sessions::{Sessions, MAX_PENDING_PER_SESSION};
+use super::sessions::Sessions;
 
 /// The first bytes of an encoded state (a snapshot): a magic word and the format version.
 /// Version 3 added session owners and 128-bit session ids, and made removed members permanent;
 /// version 4 dropped the address book (members' addresses live in the Raft membership) and
-/// derives the tombstones from membership entries.
-pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x04";
+/// derives the tombstones from membership entries; version 5 added session incarnations.
+pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x05";
 
 /// Why an encoded state could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -65,39 +65,15 @@ impl KvState {
         match (command.op, command.session) {
             (Op::Register { id }, _) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
-                self.sessions.register(owner, id, op_id)?;
-                Ok(OpResult::Registered { id })
+                let incarnation = self.sessions.register(owner, id, op_id)?;
+                Ok(OpResult::Registered { id, incarnation })
             }
             (op, _) if op.is_read() => Ok(Self::execute_on(&mut self.data, op)),
             (op, None) => Ok(Self::execute_on(&mut self.data, op)),
-            (op, Some(session_ref)) => {
+            (op, Some(session)) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
-                if session_ref.ack_below > session_ref.seq {
-                    return Err(KvError::BadAck);
-                }
-                let session = self.sessions.use_session(owner, session_ref.id, op_id)?;
-                if session_ref.ack_below > session.ack_below {
-                    session.ack_below = session_ref.ack_below;
-                    while session
-                        .responses
-                        .first_key_value()
-                        .is_some_and(|(&s, _)| s < session_ref.ack_below)
-                    {
-                        session.responses.pop_first();
-                    }
-                }
-                if session_ref.seq < session.ack_below {
-                    return Err(KvError::Stale);
-                }
-                if let Some(response) = session.responses.get(&session_ref.seq) {
-                    return response.clone();
-                }
-                if session.responses.len() >= MAX_PENDING_PER_SESSION {
-                    return Err(KvError::TooManyPending);
-                }
-                let response = Ok(Self::execute_on(&mut self.data, op));
-                session.responses.insert(session_ref.seq, response.clone());
-                response
+                let data = &mut self.data;
+                self.sessions.apply(owner, session, op_id, || Self::execute_on(data, op))
             }
         }
     }
@@ -168,17 +144,24 @@ mod tests {
         Op::Put { key: b(key), value: b(value) }
     }
 
+    /// A command in session `id` of incarnation `incarnation`.
+    fn with_in(id: SessionId, incarnation: u64, seq: u64, ack_below: u64, op: Op) -> Command {
+        Command { session: Some(SessionRef { id, incarnation, seq, ack_below }), op }
+    }
+
+    /// A command in session `id`, registered at operation 1 (as most sessions here are).
     fn with(id: SessionId, seq: u64, ack_below: u64, op: Op) -> Command {
-        Command { session: Some(SessionRef { id, seq, ack_below }), op }
+        with_in(id, 1, seq, ack_below, op)
     }
 
     fn plain(op: Op) -> Command {
         Command { session: None, op }
     }
 
+    /// Registers a new session `id` at operation `now` (its incarnation).
     fn register(state: &mut KvState, owner: Option<&str>, id: SessionId, now: u64) {
         let answer = state.apply(now, owner, plain(Op::Register { id }));
-        assert_eq!(answer, Ok(OpResult::Registered { id }));
+        assert_eq!(answer, Ok(OpResult::Registered { id, incarnation: now }));
     }
 
     #[test]
@@ -253,6 +236,25 @@ mod tests {
     }
 
     #[test]
+    fn a_late_duplicate_registration_does_not_let_a_late_write_apply_twice() {
+        let mut s = KvState::new();
+        let x = 0x5eed;
+        register(&mut s, ALICE, x, 1);
+        assert_eq!(s.apply(2, ALICE, with(x, 0, 0, put("k", "v1"))), Ok(OpResult::Written));
+        assert_eq!(s.apply(3, MALLORY, plain(put("k", "v2"))), Ok(OpResult::Written));
+        for i in 0..MAX_SESSIONS_PER_CLIENT as u64 {
+            register(&mut s, ALICE, 1000 + u128::from(i), 10 + i);
+        }
+        assert!(s.sessions.get(x).is_none(), "evicted");
+        // The late duplicates of the registration and of the write arrive.
+        let again = s.apply(5000, ALICE, plain(Op::Register { id: x }));
+        assert_eq!(again, Ok(OpResult::Registered { id: x, incarnation: 5000 }));
+        let late = s.apply(5001, ALICE, with(x, 0, 0, put("k", "v1")));
+        assert_eq!(late, Err(KvError::UnknownSession));
+        assert_eq!(s.get(b"k"), Some(b("v2")), "the write was applied twice");
+    }
+
+    #[test]
     fn acknowledgements_are_capped_at_the_sequence_number() {
         let mut s = KvState::new();
         register(&mut s, ALICE, 5, 1);
@@ -271,7 +273,10 @@ mod tests {
             register(&mut s, MALLORY, 1000 + id, 3 + id as u64);
         }
         assert_eq!(s.sessions.count_of("client-mallory.kv"), MAX_SESSIONS_PER_CLIENT);
-        assert_eq!(s.apply(9999, ALICE, with(42, 0, 0, put("k", "v"))), Ok(OpResult::Written));
+        assert_eq!(
+            s.apply(9999, ALICE, with_in(42, 2, 0, 0, put("k", "v"))),
+            Ok(OpResult::Written)
+        );
         // Registrations need an authenticated owner.
         assert_eq!(
             s.apply(10_000, None, plain(Op::Register { id: 1 })),
@@ -328,7 +333,7 @@ mod tests {
         assert_eq!(KvState::from_bytes(&bytes).unwrap(), s);
         // A state of another version (or the previous, unversioned format) is refused clearly.
         let mut other = bytes.clone();
-        other[7] = 3;
+        other[7] = 4;
         assert!(matches!(KvState::from_bytes(&other), Err(StateDecodeError::Format)));
         assert!(matches!(KvState::from_bytes(&bytes[8..]), Err(StateDecodeError::Format)));
     }

@@ -92,7 +92,10 @@ impl StateMachine for KvStateMachine {
                                 .into_inner()
                                 .into_iter()
                                 .enumerate()
-                                .map(|(i, command)| state.apply(base + i as u64, owner, command))
+                                .map(|(i, command)| {
+                                    // Saturates (never wraps) at indexes beyond 2^54.
+                                    state.apply(base.saturating_add(i as u64), owner, command)
+                                })
                                 .collect();
                             encode_responses(&responses)
                         }
@@ -193,10 +196,26 @@ mod tests {
         let answers = decode_responses(&responses[1], 3);
         assert_eq!(answers[0], Ok(OpResult::Written));
         // A repeated registration answers the same.
-        assert_eq!(answers[1], Ok(OpResult::Registered { id: 1 }));
+        assert_eq!(answers[1], Ok(OpResult::Registered { id: 1, incarnation: 2049 }));
         assert_eq!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
+    }
+
+    #[test]
+    fn op_ids_of_huge_indexes_do_not_overflow() {
+        let state = SharedState::new();
+        let mut machine = KvStateMachine::new(state.clone());
+        let put = |k: &'static [u8]| Command {
+            session: None,
+            op: Op::Put { key: Bytes::from_static(k), value: Bytes::from_static(b"v") },
+        };
+        let batch = encode_entry(Some("client-a.kv"), vec![put(b"a"), put(b"b")]).unwrap();
+        let entries =
+            vec![Entry { index: 1 << 55, term: 1, payload: EntryPayload::Command(batch) }];
+        let responses = futures::executor::block_on(machine.apply(&entries)).unwrap();
+        assert_eq!(decode_responses(&responses[0], 2), vec![Ok(OpResult::Written); 2]);
+        assert_eq!(state.read().get(b"b"), Some(Bytes::from_static(b"v")));
     }
 
     #[test]

@@ -252,12 +252,34 @@ impl Engine {
     /// never campaign, and the others could never win: no leader ever again. Votes are still
     /// counted among the voters of the membership in force, so a node elected this way commits
     /// the change and steps down.
+    ///
+    /// A node knows its commit index only from a leader, so after a restart every membership
+    /// looks uncommitted to it, and a node that a committed change removed or demoted campaigns
+    /// again (thesis §4.2.2: it "should still start new elections, as it might still be needed
+    /// until the C_new entry is committed", which it cannot know). The voters that know stop it
+    /// instead ([`Engine::candidate_superseded`]).
     pub(super) fn may_campaign(&self) -> bool {
         if self.membership().is_voter(self.id) {
             return true;
         }
         self.membership_index() > self.log.commit_index
             && self.log.membership().previous().is_some_and(|m| m.is_voter(self.id))
+    }
+
+    /// Whether a (pre-)vote for `candidate`, whose log ends at `last_log_id`, is refused because
+    /// the candidate is not needed: it votes in neither set of the membership in force here,
+    /// which is committed here, and its log is the same as this node's (so that membership is
+    /// its latest too: it campaigns only because it cannot know that it is committed, see
+    /// [`Engine::may_campaign`]). Refusing it costs no liveness: any voter with this log wins
+    /// with the same votes, and a candidate with a more up-to-date log (one that may hold a
+    /// newer membership in which it votes, or entries the others lack) is not refused here.
+    /// Thesis §4.2.3 stops removed servers with the leader lease; this also covers the time
+    /// when no leader is live, in which a removed node would otherwise win, lead a membership
+    /// it is not a voter of, and hand over again.
+    pub(super) fn candidate_superseded(&self, candidate: NodeId, last_log_id: LogId) -> bool {
+        !self.membership().is_voter(candidate)
+            && self.membership_index() <= self.log.commit_index
+            && last_log_id == self.log.last_log_id()
     }
 
     /// A leader that is not a voter of the membership in force (it was removed) steps down

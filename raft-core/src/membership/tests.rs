@@ -138,3 +138,27 @@ fn the_serde_form_is_versioned_and_decodes_the_format_of_earlier_builds() {
     );
     assert!(postcard::from_bytes::<Membership>(&postcard::to_allocvec(&bad).unwrap()).is_err());
 }
+
+/// Only the canonical encoding decodes: ids in ascending order, each once, in every set and in
+/// the metadata (a set or map would otherwise take the others silently).
+#[test]
+fn the_serde_form_refuses_ids_out_of_order_or_repeated() {
+    // Variant, voters, outgoing, learners (count, ids each), metadata (count, then id, address,
+    // data per member); empty metadata is `0, 0`.
+    let canonical: &[u8] = &[0, 2, 1, 2, 0, 0, 2, 1, 0, 0, 2, 0, 0];
+    let decoded = postcard::from_bytes::<Membership>(canonical).unwrap();
+    assert_eq!(decoded, Membership::from_ids([1, 2], []).unwrap());
+    assert_eq!(postcard::to_allocvec(&decoded).unwrap(), canonical);
+    for bad in [
+        &[0, 2, 2, 1, 0, 0, 2, 1, 0, 0, 2, 0, 0][..],
+        &[0, 2, 1, 1, 0, 0, 1, 1, 0, 0],
+        &[0, 1, 1, 0, 2, 2, 2, 2, 1, 0, 0, 2, 0, 0],
+        &[0, 1, 1, 0, 0, 2, 1, 0, 0, 1, 0, 0],
+        &[0, 2, 1, 2, 0, 0, 2, 2, 0, 0, 1, 0, 0],
+    ] {
+        assert!(postcard::from_bytes::<Membership>(bad).is_err(), "{bad:?} decoded");
+    }
+    // Format 1 (an entry payload of earlier builds): voters {2, 1}.
+    assert!(postcard::from_bytes::<crate::Entry>(&[7, 3, 2, 2, 2, 1, 0]).is_err());
+    assert!(postcard::from_bytes::<crate::Entry>(&[7, 3, 2, 2, 1, 2, 0]).is_ok());
+}

@@ -10,11 +10,12 @@ use async_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
 
 use self::snapshots::SnapshotDriver;
-use super::applier::{ApplyMsg, Waiter};
+use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
+use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
 use super::writer::WriteRequest;
-use super::{membership, Input, PeerFactory, PendingRead, Proposal};
+use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
     Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
     ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
@@ -50,7 +51,7 @@ enum Held {
 struct Deferred {
     command: bytes::Bytes,
     permit: async_lock::SemaphoreGuardArc,
-    reply: oneshot::Sender<Result<Proposal, ProposeError>>,
+    reply: ProposeReply,
 }
 
 pub(super) struct CoreLoop {
@@ -61,6 +62,9 @@ pub(super) struct CoreLoop {
     inputs: Arc<Inputs>,
     writer: Sender<WriteRequest>,
     applier: Sender<ApplyMsg>,
+    /// Proposers of this step, handed to the applier in one message before anything else
+    /// goes to it (so before the entries can be applied).
+    new_waiters: Vec<(LogIndex, Waiter)>,
     /// Sender tasks of the peers this node talks to (members, and the leader for reads).
     peers: BTreeMap<NodeId, PeerQueue>,
     peer_factory: PeerFactory,
@@ -88,6 +92,8 @@ pub(super) struct CoreLoop {
     deferred: VecDeque<Deferred>,
     was_leader: bool,
     snap: SnapshotDriver,
+    /// Follows one proposal at a time through its stages (when its `tracing` target is on).
+    probe: LatencyProbe,
     /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
     clock: Arc<dyn Runtime>,
     /// The clock read during the current step, if it was (see [`CoreLoop::step_now`]).
@@ -128,6 +134,7 @@ impl CoreLoop {
             inputs,
             writer,
             applier,
+            new_waiters: Vec::new(),
             peers,
             peer_factory,
             replies: HashMap::new(),
@@ -146,6 +153,7 @@ impl CoreLoop {
             deferred: VecDeque::new(),
             was_leader: false,
             snap: SnapshotDriver::default(),
+            probe: LatencyProbe::default(),
             clock,
             step_now: None,
             metrics,
@@ -180,6 +188,8 @@ impl CoreLoop {
             self.propose_deferred();
             self.publish_membership();
             self.process_actions();
+            self.flush_waiters();
+            self.probe.committed(self.engine.commit_index(), || self.clock.now());
             if self.stop.is_some() {
                 break;
             }
@@ -227,7 +237,13 @@ impl CoreLoop {
                 self.engine.on_request(request, ReplyId(id));
             }
             Input::Response { from, sent, result } => match result {
-                Ok(response) => self.engine.on_response(from, sent, response),
+                Ok(response) => {
+                    if let RpcResponse::AppendEntries(r) = &response {
+                        let acked = r.match_index.unwrap_or(0);
+                        self.probe.acked(acked, || self.clock.now());
+                    }
+                    self.engine.on_response(from, sent, response)
+                }
                 Err(error) => {
                     tracing::trace!(id = self.engine.id(), peer = from, %error, "RPC failed");
                     self.engine.on_unreachable(from, sent);
@@ -238,11 +254,16 @@ impl CoreLoop {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
+                let last = written.last_entry.map_or(0, |id| id.index);
+                self.probe.persisted(last, || self.clock.now());
                 self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => self.engine.on_applied(index),
+            Input::Applied(index) => {
+                self.probe.applied(index, || self.clock.now());
+                self.engine.on_applied(index)
+            }
             Input::ReadIndex { read } => {
                 if read.abandoned() {
                     return; // the caller gave up before the read started
@@ -290,25 +311,24 @@ impl CoreLoop {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
                 self.metrics.node.proposals.increment(1);
-                let (reply, response) = oneshot::channel();
+                let reply = match proposal.reply {
+                    ProposeReply::Appended(appended) => {
+                        let (reply, response) = oneshot::channel();
+                        let (index, term, node) = (id.index, id.term, self.token);
+                        let _ = appended.send(Ok(Proposal { index, term, response, node }));
+                        Answer::Proposal(reply)
+                    }
+                    ProposeReply::Applied(reply) => Answer::Write(reply),
+                };
                 let proposed_at = self.step_now();
                 let waiter = Waiter { term: id.term, reply, proposed_at, _permit: proposal.permit };
-                if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-                    // The proposer sees Shutdown (its reply channel is dropped).
-                    return self.lost("applier (state machine)");
-                }
-                let _ = proposal.reply.send(Ok(Proposal {
-                    index: id.index,
-                    term: id.term,
-                    response,
-                    node: self.token,
-                }));
+                self.new_waiters.push((id.index, waiter));
+                self.probe.accepted(id.index, || self.clock.now());
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
                 self.metrics.node.proposals_failed.increment(1);
                 let leader_info = self.member_info(leader_hint);
-                let _ =
-                    proposal.reply.send(Err(ProposeError::NotLeader { leader_hint, leader_info }));
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
                 self.deferred.push_front(proposal)
@@ -356,11 +376,9 @@ impl CoreLoop {
         };
         let (reply, response) = oneshot::channel();
         let proposed_at = self.step_now();
-        let waiter = Waiter { term: id.term, reply, proposed_at, _permit: permit };
-        if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-            self.lost("applier (state machine)");
-            return Err(MembershipError::Shutdown);
-        }
+        let waiter =
+            Waiter { term: id.term, reply: Answer::Proposal(reply), proposed_at, _permit: permit };
+        self.new_waiters.push((id.index, waiter));
         let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
         let membership = self.engine.membership().clone();
         Ok(membership::Step::Appended { proposal, progress, membership })
@@ -435,9 +453,8 @@ impl CoreLoop {
     fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
         let Some(read) = self.reads.remove(&id.0) else { return };
         if let Ok(index) = result {
-            if !read.abandoned() && self.applier.try_send(ApplyMsg::ReadAt { index, read }).is_err()
-            {
-                self.lost("applier (state machine)");
+            if !read.abandoned() {
+                self.send_to_applier(ApplyMsg::ReadAt { index, read });
             }
             return;
         }
@@ -454,10 +471,8 @@ impl CoreLoop {
 
     /// Carries out the engine's actions until it has none left.
     fn process_actions(&mut self) {
-        if std::mem::take(&mut self.prune_reads)
-            && self.applier.try_send(ApplyMsg::PruneReads).is_err()
-        {
-            self.lost("applier (state machine)");
+        if std::mem::take(&mut self.prune_reads) {
+            self.send_to_applier(ApplyMsg::PruneReads);
         }
         loop {
             let actions = self.engine.take_actions();
@@ -485,11 +500,7 @@ impl CoreLoop {
                             self.respond(reply_to, response);
                         }
                     }
-                    Action::Apply(entries) => {
-                        if self.applier.try_send(ApplyMsg::Apply(entries)).is_err() {
-                            self.lost("applier (state machine)");
-                        }
-                    }
+                    Action::Apply(entries) => self.send_to_applier(ApplyMsg::Apply(entries)),
                     Action::ReadIndexReady { id, result } => self.answer_read(id, result),
                     other => self.snapshot_action(other),
                 }
@@ -498,18 +509,36 @@ impl CoreLoop {
         let is_leader = self.engine.role() == Role::Leader;
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
-            if self.applier.try_send(ApplyMsg::LeadershipLost { commit_index }).is_err() {
-                self.lost("applier (state machine)");
-            }
+            self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
             let leader_hint = self.engine.leader_id();
             let leader_info = self.member_info(leader_hint);
             for proposal in std::mem::take(&mut self.deferred) {
                 let leader_info = leader_info.clone();
-                let _ =
-                    proposal.reply.send(Err(ProposeError::NotLeader { leader_hint, leader_info }));
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
             }
         }
         self.was_leader = is_leader;
+    }
+
+    /// Sends `message` to the applier, after the proposers waiting to be handed to it (the
+    /// applier sees everything in the order the main loop produced it).
+    fn send_to_applier(&mut self, message: ApplyMsg) {
+        self.flush_waiters();
+        if self.applier.try_send(message).is_err() {
+            self.lost("applier (state machine)");
+        }
+    }
+
+    /// Hands this step's proposers to the applier, in one message. If the applier is gone,
+    /// their reply channels are dropped: they see `Shutdown`.
+    fn flush_waiters(&mut self) {
+        if self.new_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new_waiters);
+        if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
+            self.lost("applier (state machine)");
+        }
     }
 
     fn release_held(&mut self) {
@@ -529,21 +558,31 @@ impl CoreLoop {
         if to == self.engine.id() {
             return;
         }
+        let carries = match &request {
+            RpcRequest::AppendEntries(append) => append.entries.last().map_or(0, |e| e.index),
+            _ => 0,
+        };
         let factory = &self.peer_factory;
         let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
-        if let Err(error) = peer.queue().try_send(request) {
-            // The peer's queue is full (it is not answering): count the request as lost; the
-            // engine retries on a later heartbeat. A closed queue means its task ended, which
-            // only a panic does (reported on its way): the node stops.
-            let request = match error {
-                TrySendError::Full(r) => r,
-                TrySendError::Closed(r) => {
-                    self.lost(&format!("sender to peer {to}"));
-                    r
-                }
-            };
-            self.engine.on_unreachable(to, SentRequest::of(&request));
+        match peer.queue().try_send(request) {
+            Ok(()) => self.probe.sent(carries, || self.clock.now()),
+            Err(error) => self.unsent(to, error),
         }
+    }
+
+    /// A request that could not be handed to the sender task of peer `to`.
+    fn unsent(&mut self, to: NodeId, error: TrySendError<RpcRequest>) {
+        // The peer's queue is full (it is not answering): count the request as lost; the
+        // engine retries on a later heartbeat. A closed queue means its task ended, which
+        // only a panic does (reported on its way): the node stops.
+        let request = match error {
+            TrySendError::Full(r) => r,
+            TrySendError::Closed(r) => {
+                self.lost(&format!("sender to peer {to}"));
+                r
+            }
+        };
+        self.engine.on_unreachable(to, SentRequest::of(&request));
     }
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {
@@ -592,8 +631,9 @@ impl CoreLoop {
         self.peers.clear();
         self.stop_snapshots();
         for proposal in std::mem::take(&mut self.deferred) {
-            let _ = proposal.reply.send(Err(ProposeError::Shutdown));
+            proposal.reply.refuse(ProposeError::Shutdown);
         }
+        self.new_waiters.clear();
         self.held.clear();
         self.replies.clear();
         self.reads.clear();

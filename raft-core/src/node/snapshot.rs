@@ -221,7 +221,7 @@ pub(super) async fn restore<M: StateMachine>(
     let last = meta.last_included.index;
     let rest = waiters.split_off(&(last + 1));
     for (_, waiter) in std::mem::replace(waiters, rest) {
-        let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
+        waiter.reply.send(Err(ProposalError::LeadershipLost));
     }
     let Some(s) = snapshots else {
         let _ = inputs.send(Input::ApplyFailed("restore without a snapshot store".into())).await;

@@ -46,6 +46,7 @@ macro_rules! all_scenarios {
             another_wire_version_is_refused_clearly,
             requests_stay_within_the_connection_memory_budget,
             member_addresses_come_from_the_membership,
+            configured_addresses_survive_a_rolled_back_membership,
         );
     };
 }

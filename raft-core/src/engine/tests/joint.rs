@@ -232,14 +232,19 @@ fn a_new_leader_finishes_the_joint_change_of_a_leader_that_crashed() {
 fn restart_all_from_logs(c: &mut Cluster) {
     let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
     for id in ids {
-        let node = &c.nodes[&id];
-        let log = node.durable_log.clone();
-        let hard_state = node.durable_hard_state;
-        let last = log.last().map_or(LogId::default(), Entry::log_id);
-        let durable = DurableState { hard_state, purged: LogId::default(), last };
-        let engine = node.config.clone().engine_with_snapshots(&durable, log.clone(), None);
-        c.restart(engine, hard_state, log);
+        restart_from_log(c, id);
     }
+}
+
+/// Restarts node `id` from its durable log and hard state.
+fn restart_from_log(c: &mut Cluster, id: NodeId) {
+    let node = &c.nodes[&id];
+    let log = node.durable_log.clone();
+    let hard_state = node.durable_hard_state;
+    let last = log.last().map_or(LogId::default(), Entry::log_id);
+    let durable = DurableState { hard_state, purged: LogId::default(), last };
+    let engine = node.config.clone().engine_with_snapshots(&durable, log.clone(), None);
+    c.restart(engine, hard_state, log);
 }
 
 #[test]
@@ -352,6 +357,17 @@ fn invalid_targets_are_refused_with_the_reason() {
 
 #[test]
 fn a_removed_leader_cut_off_before_the_final_configuration_commits_lets_the_cluster_elect() {
+    removed_leader_cut_off_before_the_final_configuration_commits(false);
+}
+
+/// The same, with the removed leader restarted once cut off: the voter refuses no vote for it
+/// (it has not committed the final membership, see `Engine::candidate_superseded`).
+#[test]
+fn a_removed_leader_restarted_before_the_final_configuration_commits_lets_the_cluster_elect() {
+    removed_leader_cut_off_before_the_final_configuration_commits(true);
+}
+
+fn removed_leader_cut_off_before_the_final_configuration_commits(restart: bool) {
     // Voters {1, 2} become {other}. The leader appends the final configuration and loses the
     // only voter of it before it gets the entry: the leader has the longer log, so the other
     // node can never win; the leader must campaign although the final configuration excludes
@@ -372,6 +388,9 @@ fn a_removed_leader_cut_off_before_the_final_configuration_commits_lets_the_clus
     let mut seen = LeadersByTerm::default();
     while c.nodes[&leader].engine.role() == Role::Leader {
         seen.tick(&mut c, 1);
+    }
+    if restart {
+        restart_from_log(&mut c, leader);
     }
     c.isolated.clear();
     for _ in 0..400 {
@@ -444,4 +463,108 @@ fn a_lease_from_the_old_voters_ends_with_the_change() {
     let stale =
         c.reads.iter().any(|&(_, id, r)| id == ReadId(2) && r.is_ok_and(|i| i < new_commit));
     assert!(!stale, "a stale read: {:?} while {new_commit} is committed", c.reads);
+}
+
+/// A joining node knows no membership below the first membership entry it gets (its base is
+/// empty). A snapshot it takes there must not store that empty membership, which every node
+/// refuses when this node later leads and sends it (review LOW 2): it waits until it has applied
+/// a membership entry, and the snapshot then holds the real one.
+#[test]
+fn a_joining_node_snapshots_no_empty_membership() {
+    let mut configs: Vec<NodeConfig> = (1..=3).map(|id| config(id, 3)).collect();
+    for c in &mut configs {
+        c.snapshot_interval_entries = 0;
+        c.snapshot_interval_bytes = 0;
+    }
+    let mut c = Cluster::with_configs(configs);
+    let leader = c.elect();
+    for _ in 0..5 {
+        c.propose(leader, b"x");
+    }
+    let mut joining = NodeConfig::joining(4);
+    joining.max_apply_batch = 1;
+    joining.snapshot_interval_entries = 2;
+    joining.snapshot_keep_entries = 0;
+    c.add_node(joining);
+    let add = appended(
+        c.engine(leader).propose_membership(MembershipChange::AddLearner(4, info(4))).unwrap(),
+    );
+    c.settle();
+    c.tick(5);
+    let engine = &c.nodes[&4].engine;
+    assert!(engine.log.applied_index >= add.index, "the learner caught up");
+    for (id, action) in &c.log {
+        if let (4, Action::TakeSnapshot { last_included, membership }) = (*id, action) {
+            assert!(
+                !membership.voters().is_empty(),
+                "a snapshot at {last_included:?} without voters"
+            );
+        }
+    }
+    let meta = engine.snapshot_meta().expect("the learner took a snapshot");
+    assert!(meta.last_included.index >= add.index, "{meta:?}");
+    assert_eq!(meta.membership.voters(), &BTreeSet::from([1, 2, 3]), "{meta:?}");
+    assert!(meta.membership.is_learner(4));
+}
+
+/// Ticks node `id` alone `n` times (the others' clocks stand still), settling after each tick.
+fn tick_only(c: &mut Cluster, id: NodeId, n: usize) {
+    for _ in 0..n {
+        c.now += std::time::Duration::from_millis(c.nodes[&id].engine.config.tick_interval_ms);
+        let now = c.now;
+        c.engine(id).set_now(now);
+        c.engine(id).tick();
+        c.settle();
+    }
+}
+
+/// A node that a committed change demoted to a learner restarts: every membership looks
+/// uncommitted to it (it knows no commit index), so it campaigns again as a voter of the joint
+/// membership before. The voters know the final membership is committed and refuse it, so it
+/// is never elected (review LOW 1: it was, then led a membership it is not a voter of, and
+/// handed over again). CheckQuorum is off so that the voters' leader lease, which refuses
+/// while they hear a leader, does not hide what happens once no leader is live.
+#[test]
+fn a_node_demoted_by_a_committed_change_is_not_elected_after_a_restart() {
+    let mut c = Cluster::with_configs(
+        (1..=4)
+            .map(|id| {
+                let mut config = config(id, 4);
+                config.check_quorum = false;
+                config
+            })
+            .collect(),
+    );
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    let demoted = (1..=4).find(|&id| id != leader).unwrap();
+    let voters: Vec<NodeId> = (1..=4).filter(|&id| id != demoted).collect();
+    let goal = c.nodes[&leader].engine.membership().target(voters.clone(), [demoted], []).unwrap();
+    appended(c.engine(leader).propose_membership_target(&goal).unwrap());
+    c.settle();
+    for _ in 0..50 {
+        if (1..=4).all(|id| committed(&c, id, &goal)) {
+            break;
+        }
+        c.tick(1);
+    }
+    for id in 1..=4 {
+        let engine = &c.nodes[&id].engine;
+        assert!(committed(&c, id, &goal), "node {id}: {:?}", engine.membership());
+    }
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+
+    restart_from_log(&mut c, demoted);
+    assert!(c.nodes[&demoted].engine.may_campaign(), "its final membership looks uncommitted");
+
+    let ticks = c.nodes[&demoted].engine.timing.election_ticks_max as usize * 3;
+    for _ in 0..ticks {
+        tick_only(&mut c, demoted, 1);
+        let role = c.nodes[&demoted].engine.role();
+        assert!(matches!(role, Role::Follower | Role::PreCandidate), "{role:?}");
+    }
+    assert_eq!(leaders_among(&c, &[1, 2, 3, 4]), vec![leader]);
+    for id in voters {
+        assert_eq!(c.nodes[&id].engine.hard_state().current_term, term, "node {id}");
+    }
 }
