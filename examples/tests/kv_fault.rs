@@ -162,7 +162,7 @@ async fn nemesis(
             .await
             .map(|l| l.id);
         let victim = match leader {
-            Some(l) if rng.next_u64() % 2 == 0 => l,
+            Some(l) if rng.next_u64().is_multiple_of(2) => l,
             _ => pick(rng, &ids),
         };
         let hold = Duration::from_millis(1000 + rng.next_u64() % 2000);
@@ -170,7 +170,7 @@ async fn nemesis(
             0 | 1 => {
                 // Crash one node, or two (a majority of 3 of 5 remains).
                 let mut victims = vec![victim];
-                if rng.next_u64() % 3 == 0 {
+                if rng.next_u64().is_multiple_of(3) {
                     let other = pick(rng, &ids);
                     if other != victim {
                         victims.push(other);
@@ -188,7 +188,7 @@ async fn nemesis(
             _ => {
                 // Partition: the victim (and maybe one more) on one side, the rest on the other.
                 let mut minority = vec![victim];
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     let other = pick(rng, &ids);
                     if other != victim {
                         minority.push(other);

@@ -1,7 +1,5 @@
 //! Node configuration, with defaults tuned for a LAN and a validation step.
 
-use std::collections::BTreeSet;
-
 use crate::types::NodeId;
 
 /// The configuration of one node. Build it with [`Config::new`] and adjust fields; the node
@@ -10,14 +8,11 @@ use crate::types::NodeId;
 /// Times are in milliseconds and are converted to ticks of `tick_interval_ms` (rounded up).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// This node's id.
+    /// This node's id. The configuration holds no membership: the members are in the log,
+    /// written there once by `NodeBuilder::bootstrap` on the founding node(s) of a cluster and
+    /// changed through the log afterwards. A node whose store holds no membership waits for a
+    /// leader to send it the log.
     pub id: NodeId,
-    /// The initial voting members, this node included: the membership a node uses while its log
-    /// and snapshot hold none (a new cluster). Every founding node must be given the same set.
-    /// Later changes go through the log (`Node::change_membership`) and override it. Empty for
-    /// a node that will join an existing cluster as a learner ([`Config::joining`]): it waits
-    /// for the leader to send it the log.
-    pub voters: BTreeSet<NodeId>,
     /// The period of the node's logical clock. Every other time is a whole number of ticks.
     pub tick_interval_ms: u64,
     /// How often a leader sends heartbeats to an idle follower.
@@ -103,12 +98,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration with defaults for node `id` in a cluster of `voters` (which must include
-    /// `id`).
-    pub fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Self {
+    /// A configuration with defaults for node `id`.
+    pub fn new(id: NodeId) -> Self {
         Self {
             id,
-            voters: voters.into_iter().collect(),
             tick_interval_ms: 10,
             heartbeat_interval_ms: 50,
             election_timeout_ms_min: 300,
@@ -138,21 +131,9 @@ impl Config {
         }
     }
 
-    /// A configuration with defaults for node `id` joining an existing cluster: no initial
-    /// voters (it never campaigns before the log makes it a voter). Add it to the cluster with
-    /// `MembershipChange::AddLearner` (or `Node::add_voter`) on the leader, which then sends it
-    /// the log, or its latest snapshot if the log was compacted: a node joining a cluster that
-    /// compacts its log needs a snapshot store (`Node::builder(..).snapshot_store(..)`).
-    pub fn joining(id: NodeId) -> Self {
-        Self::new(id, [])
-    }
-
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
-        if !self.voters.is_empty() && !self.voters.contains(&self.id) {
-            return fail("voters must contain the node's own id (or be empty, for a joining node)");
-        }
         if self.tick_interval_ms == 0 {
             return fail("tick_interval_ms must be positive");
         }
@@ -237,6 +218,28 @@ impl Config {
         Ok(())
     }
 
+    /// Checks that the largest requests this configuration makes fit a transport that carries
+    /// requests of at most `limit` encoded bytes (`Network::max_request_bytes`): an
+    /// InstallSnapshot of `snapshot_chunk_bytes` and an AppendEntries of
+    /// `max_append_entries_bytes` (or of one membership entry, which may be larger), each with
+    /// [`REQUEST_OVERHEAD_BYTES`]. Returns the first setting that does not fit, with the bytes
+    /// its requests may need.
+    pub fn check_request_limit(&self, limit: u64) -> Result<(), (&'static str, u64)> {
+        let membership = crate::membership::MAX_MEMBERSHIP_BYTES;
+        let entries = self.max_append_entries_bytes.max(membership);
+        let needs = [
+            (
+                "snapshot_chunk_bytes",
+                self.snapshot_chunk_bytes.saturating_add(REQUEST_OVERHEAD_BYTES),
+            ),
+            ("max_append_entries_bytes", entries.saturating_add(REQUEST_OVERHEAD_BYTES)),
+        ];
+        match needs.into_iter().find(|&(_, bytes)| bytes > limit) {
+            Some(too_large) => Err(too_large),
+            None => Ok(()),
+        }
+    }
+
     /// `ms` in ticks, rounded up, at least one.
     pub(crate) fn ticks(&self, ms: u64) -> u64 {
         ms.div_ceil(self.tick_interval_ms).max(1)
@@ -246,6 +249,11 @@ impl Config {
 /// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
 /// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).
 pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Bytes a request may take beyond its chunk of snapshot data or its entries' budget: the
+/// snapshot's metadata (its membership, up to `MAX_MEMBERSHIP_BYTES`) and the request's own
+/// fields, with room to spare. See [`Config::check_request_limit`].
+pub const REQUEST_OVERHEAD_BYTES: u64 = crate::membership::MAX_MEMBERSHIP_BYTES + 4096;
 
 /// The largest in-flight window to one peer (`max_inflight_append_entries`,
 /// `snapshot_max_inflight_chunks`): the per-peer queue holding it is allocated whole.

@@ -98,6 +98,65 @@ pub enum StartError {
     /// The state machine failed to restore the latest snapshot.
     #[error("restoring the latest snapshot failed: {0}")]
     Restore(#[from] crate::state_machine::StateMachineError),
+    /// The state machine says it applied `applied` (`StateMachine::applied_index`), but the
+    /// stores hold no such entry: neither the stored log (which ends at `log_last`, after
+    /// `purged`) nor the latest snapshot. The state machine and the stores do not belong
+    /// together (or the log store lost entries it had made durable).
+    #[error("the state machine applied {applied:?}, which the stores do not hold (log after {purged:?} up to {log_last:?}, snapshot {snapshot:?})")]
+    AppliedNotStored {
+        /// What the state machine says it applied.
+        applied: crate::types::LogId,
+        /// The last purged entry of the log store.
+        purged: crate::types::LogId,
+        /// The last entry of the log store.
+        log_last: crate::types::LogId,
+        /// The last entry of the latest snapshot, if any.
+        snapshot: Option<crate::types::LogId>,
+    },
+    /// The transport carries requests of at most `limit` bytes (`Network::max_request_bytes`),
+    /// but requests sized by the setting `setting` may need `needed` bytes: lower the setting or
+    /// raise the transport's limit (raft-quic: `QuicConfig::max_frame_size`).
+    #[error("requests sized by Config::{setting} may need {needed} bytes; the transport carries at most {limit}")]
+    ExceedsTransport {
+        /// The `Config` field that sizes the requests.
+        setting: &'static str,
+        /// The bytes such a request may need.
+        needed: u64,
+        /// The transport's limit.
+        limit: u64,
+    },
+    /// `NodeBuilder::bootstrap` was refused; nothing was written.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+}
+
+/// Why `NodeBuilder::bootstrap` refused to write a cluster's first membership. Nothing was
+/// written: the stores are as they were.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// The stores already hold a membership (in the log or in a snapshot): this node was
+    /// bootstrapped before, or joined a cluster. Start it without `bootstrap`.
+    #[error("the node is already initialized (its stores hold a membership)")]
+    AlreadyInitialized,
+    /// The stores hold a term, a vote or log entries but no membership: the node has taken part
+    /// in a cluster (voted, or was receiving its log), so founding a new one here could contradict
+    /// what it promised. Start it without `bootstrap`, or on empty stores.
+    #[error("the stores are not empty (term {current_term}, last log index {last_index})")]
+    NotEmpty {
+        /// The term the log store holds.
+        current_term: Term,
+        /// The last index of its log (or of its purged prefix).
+        last_index: LogIndex,
+    },
+    /// The membership does not make this node a voter: a node can only found a cluster it
+    /// votes in.
+    #[error("node {0} is not a voter of the membership it was asked to bootstrap")]
+    NotAVoter(NodeId),
+    /// The membership is not a valid first membership (a joint one, or one that breaks the
+    /// membership's bounds or invariants).
+    #[error("invalid bootstrap membership: {0}")]
+    Invalid(#[from] crate::membership::InvalidChange),
 }
 
 /// Why a node stopped on its own (as opposed to by `shutdown`).
@@ -201,6 +260,17 @@ pub enum MembershipError {
     /// `Node::set_membership`; it stays a learner.
     #[error("the learner did not catch up in time")]
     CatchUpTimeout,
+    /// `Node::add_voter`: the learner can never catch up as it runs: it needs a snapshot (the
+    /// leader compacted the entries it lacks) and refused it for a reason a retry does not fix
+    /// (it has no snapshot store). It stays a learner: restart it with a snapshot store, or
+    /// remove it.
+    #[error("node {id} cannot catch up: {reason}")]
+    SnapshotRefused {
+        /// The learner.
+        id: NodeId,
+        /// Why it refused the snapshot.
+        reason: crate::types::SnapshotFailure,
+    },
     /// The change was appended but its outcome is unknown or it was overwritten.
     #[error(transparent)]
     Proposal(#[from] ProposalError),

@@ -28,8 +28,8 @@ pub mod types;
 
 pub use config::{Config, ConfigError};
 pub use error::{
-    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
-    TransferError, WriteError,
+    BootstrapError, FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError,
+    StartError, TransferError, WriteError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;

@@ -12,8 +12,10 @@
 //! The membership lives in the replicated log as [`EntryPayload::Membership`] entries and in
 //! snapshots ([`SnapshotMeta::membership`]). A node uses the latest membership in its log as soon
 //! as the entry is appended, committed or not, and falls back to the one before it if the entry
-//! is overwritten. A node whose log and snapshot hold no membership uses [`Config::voters`] (how
-//! a new cluster bootstraps).
+//! is overwritten. A node whose log and snapshot hold no membership has no members: it never
+//! campaigns and waits for a leader to send it the log. A new cluster gets its first membership
+//! from [`NodeBuilder::bootstrap`], which writes it as the first entry of the log of its founding
+//! node(s), once.
 //!
 //! **Changes.** A change that keeps the voters (adding or removing a learner, new metadata) is
 //! one entry. A change of the voters, of any size, goes through a joint configuration: the leader
@@ -34,7 +36,7 @@
 //! [`EntryPayload`]: crate::EntryPayload
 //! [`EntryPayload::Membership`]: crate::EntryPayload::Membership
 //! [`SnapshotMeta::membership`]: crate::SnapshotMeta::membership
-//! [`Config::voters`]: crate::Config::voters
+//! [`NodeBuilder::bootstrap`]: crate::NodeBuilder::bootstrap
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -189,8 +191,9 @@ pub enum InvalidChange {
 }
 
 impl Membership {
-    /// A membership of `voters` and no learners, with empty metadata: how `Config::voters`
-    /// bootstraps a cluster. Empty `voters` gives the empty membership.
+    /// A membership of `voters` and no learners, with empty metadata (e.g. to bootstrap a
+    /// cluster whose transport knows the addresses otherwise). Empty `voters` gives the empty
+    /// membership.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         let nodes = voters.iter().map(|&id| (id, NodeInfo::default())).collect();

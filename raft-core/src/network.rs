@@ -73,6 +73,18 @@ pub trait Network: Send + Sync + 'static {
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
         let _ = members;
     }
+
+    /// The largest encoded request this transport carries, in bytes, if it has a limit. The
+    /// node checks at start that its largest requests fit (an InstallSnapshot chunk of
+    /// `Config::snapshot_chunk_bytes` with the snapshot's metadata, and an AppendEntries of
+    /// `Config::max_append_entries_bytes` or one maximal membership entry; see
+    /// `config::REQUEST_OVERHEAD_BYTES`) and refuses to start otherwise
+    /// (`StartError::ExceedsTransport`), instead of failing every such send at run time.
+    ///
+    /// The default has no limit; a `Network` that wraps another must forward it.
+    fn max_request_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[async_trait]
@@ -83,6 +95,10 @@ impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
 
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
         (**self).members_changed(members)
+    }
+
+    fn max_request_bytes(&self) -> Option<u64> {
+        (**self).max_request_bytes()
     }
 }
 

@@ -4,21 +4,34 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::snapshot::{SnapshotMeta, SnapshotStream};
-use crate::types::Entry;
+use crate::types::{Entry, LogId};
 
 /// An error from a [`StateMachine`]. The node stops applying and shuts down: entries must apply in
 /// order, so it cannot skip the one that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("state machine error: {message}")]
+#[non_exhaustive]
 pub struct StateMachineError {
     /// What went wrong.
     pub message: String,
+    /// The underlying error, if any (`std::error::Error::source` returns it).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl StateMachineError {
     /// Creates an error with a message.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self { message: message.into(), source: None }
+    }
+
+    /// Creates an error with a message and the error that caused it (kept as its source, so
+    /// callers can walk the chain or downcast it).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { message: message.into(), source: Some(Box::new(source)) }
     }
 }
 
@@ -75,6 +88,23 @@ pub trait StateMachine: Send + 'static {
     /// proposers on the node that proposed each entry.
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError>;
 
+    /// For a state machine that persists its own state: the last entry it holds the effect of
+    /// (the `log_id` of the last entry applied and made durable with the state, or of the
+    /// snapshot last restored), read when the node starts; `None` (the default) for a state
+    /// machine that starts empty.
+    ///
+    /// The node then applies only the entries after it (and never one at or before it again)
+    /// instead of replaying the log, and restores a snapshot only if it is newer. The entry must
+    /// be one the node's stores hold, with the same term (or the latest snapshot's last entry):
+    /// otherwise the node refuses to start ([`StartError::AppliedNotStored`]). A state machine
+    /// that may lose its latest applies in a crash (it syncs less often than the log) reports an
+    /// older entry, and the node applies the rest again.
+    ///
+    /// [`StartError::AppliedNotStored`]: crate::StartError::AppliedNotStored
+    fn applied_index(&self) -> Option<LogId> {
+        None
+    }
+
     /// Captures the state as of the last applied entry and returns a stream that serializes it,
     /// or `None` if this state machine does not take snapshots (the default).
     ///
@@ -115,6 +145,9 @@ impl<S: StateMachine + ?Sized> StateMachine for Box<S> {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
         (**self).apply(entries).await
     }
+    fn applied_index(&self) -> Option<LogId> {
+        (**self).applied_index()
+    }
     async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
         (**self).snapshot().await
     }
@@ -124,5 +157,23 @@ impl<S: StateMachine + ?Sized> StateMachine for Box<S> {
         data: SnapshotStream,
     ) -> Result<(), StateMachineError> {
         (**self).restore(meta, data).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::error::Error;
+
+    use super::StateMachineError;
+
+    #[test]
+    fn an_error_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "state file gone");
+        let error = StateMachineError::with_source("cannot open the state", io);
+        let source = error.source().unwrap();
+        let io = source.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(StateMachineError::new("plain").source().is_none());
     }
 }

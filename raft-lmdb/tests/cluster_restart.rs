@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{
-    Bytes, Config, Entry, LogStore, Node, NodeId, ProposeError, Role, StateMachine,
+    Bytes, Config, Entry, LogStore, Membership, Node, NodeId, ProposeError, Role, StateMachine,
     StateMachineError,
 };
 use raft_lmdb::LmdbLogStore;
@@ -35,7 +35,7 @@ impl StateMachine for Recorder {
 }
 
 fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id, IDS);
+    let mut config = Config::new(id);
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
     config.election_timeout_ms_min = 150;
@@ -50,23 +50,26 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts every node from the store in its directory under `root`.
+    /// Starts every node from the store in its directory under `root` (bootstrapping the
+    /// cluster if the directories are new).
     async fn start(root: &Path) -> Cluster {
         let runtime = TokioRuntime::current().unwrap();
         let network = MemNetwork::new();
         let (mut nodes, mut recorders) = (BTreeMap::new(), BTreeMap::new());
         for id in IDS {
+            let first_start = !node_dir(root, id).exists();
             let store = LmdbLogStore::open_dir(node_dir(root, id)).unwrap();
             let recorder = Recorder::default();
-            let node = Node::start(
+            let builder = Node::builder(
                 config(id),
                 store,
                 network.endpoint(id),
                 recorder.clone(),
                 runtime.clone(),
-            )
-            .await
-            .unwrap();
+            );
+            let builder =
+                if first_start { builder.bootstrap(Membership::with_voters(IDS)) } else { builder };
+            let node = builder.start().await.unwrap();
             network.register(id, Arc::new(node.clone()));
             nodes.insert(id, node);
             recorders.insert(id, recorder);

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{
-    Bytes, Checksum, Config, Entry, LogId, LogStore, Node, NodeId, ProposeError, Role,
+    Bytes, Checksum, Config, Entry, LogId, LogStore, Membership, Node, NodeId, ProposeError, Role,
     SnapshotMeta, SnapshotStore, SnapshotStream, StateMachine, StateMachineError, StorageError,
 };
 use raft_lmdb::{FileSnapshotStore, LmdbLogStore};
@@ -188,7 +188,7 @@ impl StateMachine for Recorder {
 }
 
 fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id, IDS);
+    let mut config = Config::new(id);
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
     config.election_timeout_ms_min = 150;
@@ -224,18 +224,19 @@ impl Cluster {
 
     async fn boot(&mut self, root: &Path, id: NodeId) {
         let (log_dir, snap_dir) = dirs(root, id);
+        let first_start = !log_dir.exists();
         let recorder = Recorder::default();
-        let node = Node::builder(
+        let builder = Node::builder(
             config(id),
             LmdbLogStore::open_dir(log_dir).unwrap(),
             self.network.endpoint(id),
             recorder.clone(),
             TokioRuntime::current().unwrap(),
         )
-        .snapshot_store(FileSnapshotStore::open_dir(snap_dir).unwrap())
-        .start()
-        .await
-        .unwrap();
+        .snapshot_store(FileSnapshotStore::open_dir(snap_dir).unwrap());
+        let builder =
+            if first_start { builder.bootstrap(Membership::with_voters(IDS)) } else { builder };
+        let node = builder.start().await.unwrap();
         self.network.register(id, Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::runtime::TokioRuntime;
-use raft_core::{Bytes, Config, Entry, Node, Role, StateMachine, StateMachineError};
+use raft_core::{Bytes, Config, Entry, Membership, Node, Role, StateMachine, StateMachineError};
 use raft_mem::{MemLogStore, MemNetwork};
 
 /// Applies nothing until the gate opens.
@@ -30,13 +30,15 @@ impl StateMachine for Gated {
 async fn single_node(config: Config) -> (Node, async_channel::Sender<()>) {
     let (open, gate) = async_channel::unbounded();
     let network = MemNetwork::new();
-    let node = Node::start(
+    let node = Node::builder(
         config,
         MemLogStore::new(),
         network.endpoint(1),
         Gated { gate },
         TokioRuntime::current().unwrap(),
     )
+    .bootstrap(Membership::with_voters([1]))
+    .start()
     .await
     .unwrap();
     network.register(1, Arc::new(node.clone()));
@@ -66,7 +68,7 @@ async fn accepted_while_stalled(
 }
 
 fn config() -> Config {
-    let mut config = Config::new(1, [1]);
+    let mut config = Config::new(1);
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
     config.election_timeout_ms_min = 100;

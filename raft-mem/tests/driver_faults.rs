@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Entry, FatalError, LogIndex, MembershipChange, MembershipError, Node, NodeId, NodeInfo,
-    ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime,
-    StateMachine, StateMachineError,
+    Bytes, Entry, FatalError, LogIndex, Membership, MembershipChange, MembershipError, Node,
+    NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
+    RpcRequest, Runtime, StateMachine, StateMachineError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -585,10 +585,11 @@ async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt
     let results = Arc::new(Mutex::new(Vec::new()));
     let machine = Reentrant { node: slot.clone(), results: results.clone() };
     let network = raft_mem::MemNetwork::new();
-    let config = support::config(1, &[1]);
+    let config = support::config(1);
     let store = raft_mem::MemLogStore::new();
     let node = Node::builder(config, store, network.endpoint(1), machine, rt.clone())
         .snapshot_store(raft_mem::MemSnapshotStore::new())
+        .bootstrap(Membership::with_voters([1]))
         .start()
         .await
         .unwrap();
@@ -744,7 +745,7 @@ impl StateMachine for Injector {
 #[tokio::test]
 async fn deferred_proposals_are_not_overtaken() {
     let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-    let mut config = support::config(1, &[1]);
+    let mut config = support::config(1);
     config.max_unapplied_entries = 2;
     config.max_apply_batch = 1;
     let gate = Gate::default();
@@ -758,10 +759,12 @@ async fn deferred_proposals_are_not_overtaken() {
         last: Arc::new(AtomicU64::new(0)),
     };
     let network = raft_mem::MemNetwork::new();
-    let node =
-        Node::start(config, raft_mem::MemLogStore::new(), network.endpoint(1), machine, rt.clone())
-            .await
-            .unwrap();
+    let store = raft_mem::MemLogStore::new();
+    let node = Node::builder(config, store, network.endpoint(1), machine, rt.clone())
+        .bootstrap(Membership::with_voters([1]))
+        .start()
+        .await
+        .unwrap();
     network.register(1, Arc::new(node.clone()));
     let mut watch = node.watch();
     within(&rt, "leadership", watch.wait_for(|s| s.role == raft_core::Role::Leader)).await;
@@ -789,7 +792,7 @@ async fn deferred_proposals_are_not_overtaken() {
 
 #[test]
 fn settings_that_overflow_the_driver_limits_are_refused() {
-    let valid = support::config(1, &[1]);
+    let valid = support::config(1);
     assert_eq!(valid.validate(), Ok(()));
     let mut window = valid.clone();
     window.max_inflight_append_entries = 1 << 20;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use common::{config, Recorder, PATIENCE};
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Config, EntryPayload, Membership, MembershipError, Network, NetworkError, Node, NodeId,
+    Bytes, EntryPayload, Membership, MembershipError, Network, NetworkError, Node, NodeId,
     NodeInfo, ProposalError, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
 };
 use raft_mem::{MemLogStore, MemNetwork};
@@ -92,9 +92,9 @@ impl<R: Runtime + Clone> Nodes<R> {
         }
     }
 
-    /// Starts node `id` from its store (a new one the first time) with `config`.
-    async fn start(&mut self, config: Config) {
-        let id = config.id;
+    /// Starts node `id` from its store (a new one the first time), bootstrapping it with
+    /// `bootstrap` if given.
+    async fn start(&mut self, id: NodeId, bootstrap: Option<Membership>) {
         let store = self.stores.entry(id).or_default().clone();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let cut = Arc::new(Cut {
@@ -107,7 +107,12 @@ impl<R: Runtime + Clone> Nodes<R> {
         let network = Recording { inner: self.network.endpoint(id), calls: calls.clone(), cut };
         let recorder = Recorder::default();
         let runtime = self.runtime.clone();
-        let node = Node::start(config, store, network, recorder.clone(), runtime).await.unwrap();
+        let builder = Node::builder(config(id), store, network, recorder.clone(), runtime);
+        let builder = match bootstrap {
+            Some(membership) => builder.bootstrap(membership),
+            None => builder,
+        };
+        let node = builder.start().await.unwrap();
         self.network.register(id, Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);
@@ -180,23 +185,17 @@ impl<R: Runtime + Clone> Nodes<R> {
     }
 }
 
-fn joining(id: NodeId) -> Config {
-    let mut config = config(id, &[id]);
-    config.voters.clear();
-    config
-}
-
 async fn set_membership_replaces_two_of_three_voters<R: Runtime + Clone>(rt: R) {
     let mut n = Nodes::new(rt);
     for id in 1..=3 {
-        n.start(config(id, &[1, 2, 3])).await;
+        n.start(id, Some(Membership::with_voters([1, 2, 3]))).await;
     }
     for id in 1..=3 {
         let bootstrap: Members = (1..=3).map(|id| (id, NodeInfo::default())).collect();
         assert_eq!(n.calls(id), [bootstrap], "node {id} is told its members at start");
     }
     for id in [4, 5] {
-        n.start(joining(id)).await;
+        n.start(id, None).await;
         assert_eq!(n.calls(id), [Members::new()], "a joining node knows no member yet");
     }
     let mut acknowledged = Vec::new();
@@ -246,7 +245,7 @@ async fn set_membership_replaces_two_of_three_voters<R: Runtime + Clone>(rt: R) 
 
     // A restarted node learns every member's metadata from its log, at start.
     n.stop(4).await;
-    n.start(joining(4)).await;
+    n.start(4, None).await;
     assert_eq!(n.calls(4).first().cloned(), Some(target.nodes().clone()));
     n.shutdown().await;
 }
@@ -254,7 +253,7 @@ async fn set_membership_replaces_two_of_three_voters<R: Runtime + Clone>(rt: R) 
 async fn a_learner_that_never_catches_up_is_not_promoted<R: Runtime + Clone>(rt: R) {
     let mut n = Nodes::new(rt);
     for id in 1..=3 {
-        n.start(config(id, &[1, 2, 3])).await;
+        n.start(id, Some(Membership::with_voters([1, 2, 3]))).await;
     }
     n.write(&[1, 2, 3], "a").await;
     let leader = n.leader(&[1, 2, 3]).await;
@@ -275,9 +274,9 @@ async fn a_leader_that_loses_office_in_the_joint_phase_does_not_wait_forever<R: 
 ) {
     let mut n = Nodes::new(rt);
     for id in 1..=3 {
-        n.start(config(id, &[1, 2, 3])).await;
+        n.start(id, Some(Membership::with_voters([1, 2, 3]))).await;
     }
-    n.start(joining(4)).await;
+    n.start(4, None).await;
     n.write(&[1, 2, 3], "a").await;
     let leader = n.leader(&[1, 2, 3]).await;
     let current = n.nodes[&leader].membership();

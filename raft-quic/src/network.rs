@@ -505,6 +505,13 @@ impl Network for QuicNetwork {
         self.inner.client.call(target, &request).await
     }
 
+    /// `QuicConfig::max_frame_size` less what a request frame holds besides the request (the
+    /// version byte and the sender header).
+    fn max_request_bytes(&self) -> Option<u64> {
+        let frame = u64::from(self.inner.client.shared.limits.max_frame_size);
+        Some(frame.saturating_sub((crate::frame::HEADER_LEN - 4 + crate::frame::SENDER_LEN) as u64))
+    }
+
     /// Takes every member's address (`ip:port`) from the membership: sets or moves the peer's
     /// address, and forgets those it took from an earlier membership for nodes that left it.
     /// Never refuses a node (see [`QuicNetwork::refuse`]); ignores empty and invalid addresses

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, NodeInfo, ProposeError, Role,
-    Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
+    Bytes, Config, Entry, LogId, Membership, MembershipChange, Node, NodeId, NodeInfo,
+    ProposeError, Role, Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
+    Status,
 };
 use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
@@ -66,8 +67,8 @@ impl StateMachine for Recorder {
     }
 }
 
-fn raft_config(id: NodeId, ids: &[NodeId]) -> Config {
-    let mut config = Config::new(id, ids.iter().copied());
+fn raft_config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
     config.election_timeout_ms_min = 150;
@@ -87,6 +88,8 @@ struct QuicCluster<R: Runtime + Clone> {
     nets: BTreeMap<NodeId, QuicNetwork>,
     nodes: BTreeMap<NodeId, Node>,
     recorders: BTreeMap<NodeId, Recorder>,
+    /// The nodes started at least once: a founder bootstraps the cluster at its first start.
+    started: BTreeSet<NodeId>,
 }
 
 impl<R: Runtime + Clone> QuicCluster<R> {
@@ -121,6 +124,7 @@ impl<R: Runtime + Clone> QuicCluster<R> {
             nets: BTreeMap::new(),
             nodes: BTreeMap::new(),
             recorders: BTreeMap::new(),
+            started: BTreeSet::new(),
         };
         // Bind every endpoint on port 0 first, to learn the addresses.
         for id in cluster.ids.clone() {
@@ -207,13 +211,9 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         let recorder = Recorder::default();
         let net = self.nets[&id].clone();
         let founders: Vec<NodeId> = self.ids.iter().copied().filter(|&i| i <= 3).collect();
-        let mut config = if founders.contains(&id) {
-            raft_config(id, &founders)
-        } else {
-            let mut c = raft_config(id, &[id]);
-            c.voters.clear();
-            c
-        };
+        let bootstrap = (self.started.insert(id) && founders.contains(&id))
+            .then(|| Membership::with_voters(founders.iter().copied()));
+        let mut config = raft_config(id);
         let mut builder = Node::builder(
             config.clone(),
             self.stores[&id].clone(),
@@ -233,6 +233,9 @@ impl<R: Runtime + Clone> QuicCluster<R> {
                 self.runtime.clone(),
             )
             .snapshot_store(stores[&id].clone());
+        }
+        if let Some(membership) = bootstrap {
+            builder = builder.bootstrap(membership);
         }
         let node = builder.start().await.unwrap();
         net.serve(Arc::new(node.clone()));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use examples::bench::{print_table, process_cpu_time, LatencyRecorder, Row, Samples};
 use examples::NoopStateMachine;
 use raft_core::runtime::TokioRuntime;
-use raft_core::{Bytes, Config, Node, Role};
+use raft_core::{Bytes, Config, Membership, Node, Role};
 use raft_mem::{MemLogStore, MemNetwork};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -97,15 +97,17 @@ async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn s
     let rt = TokioRuntime::current().ok_or("no tokio runtime")?;
     let mut nodes = Vec::new();
     for id in ids {
-        let mut config = Config::new(id, ids);
+        let mut config = Config::new(id);
         config.lease_reads = lease_reads;
-        let node = Node::start(
+        let node = Node::builder(
             config,
             MemLogStore::new(),
             network.endpoint(id),
             NoopStateMachine,
             rt.clone(),
         )
+        .bootstrap(Membership::with_voters(ids))
+        .start()
         .await?;
         network.register(id, Arc::new(node.clone()));
         nodes.push(node);

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{
-    Bytes, Config, Entry, Node, NodeId, ProposeError, Role, SnapshotMeta, SnapshotStream,
-    StateMachine, StateMachineError,
+    Bytes, Config, Entry, Membership, Node, NodeId, ProposeError, Role, SnapshotMeta,
+    SnapshotStream, StateMachine, StateMachineError,
 };
 use raft_lmdb::{FileSnapshotStore, LmdbLogStore};
 use raft_mem::MemNetwork;
@@ -125,7 +125,7 @@ fn parse_args() -> Result<Args, BoxError> {
 }
 
 fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id, IDS);
+    let mut config = Config::new(id);
     // Snapshots only when asked for (Node::snapshot), so that the full log exists to replay.
     config.snapshot_interval_entries = 0;
     config.snapshot_interval_bytes = 0;
@@ -147,6 +147,7 @@ struct Cluster {
 impl Cluster {
     async fn start_node(&mut self, id: NodeId, snapshots: bool) -> Result<Duration, BoxError> {
         let (log_dir, snap_dir) = dirs(&self.root, id);
+        let first_start = !log_dir.exists();
         let runtime = TokioRuntime::current().ok_or("no tokio runtime")?;
         let started = Instant::now();
         let builder = Node::builder(
@@ -161,6 +162,8 @@ impl Cluster {
         } else {
             builder
         };
+        let builder =
+            if first_start { builder.bootstrap(Membership::with_voters(IDS)) } else { builder };
         let node = builder.start().await?;
         let start_call = started.elapsed();
         self.network.register(id, Arc::new(node.clone()));

@@ -344,7 +344,7 @@ impl KvClient {
                     } else {
                         redirects += 1;
                         // Nodes that disagree about the leader (an election settling) slow us.
-                        next = Some((Some(leader.id), redirects % 4 == 0));
+                        next = Some((Some(leader.id), redirects.is_multiple_of(4)));
                     }
                 }
                 Ok(ClientResponse::NotLeader { .. }) => {

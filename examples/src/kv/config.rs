@@ -122,7 +122,9 @@ usage: kv-node [--config FILE] [flags]
   --id N                     this node's id (required)
   --node ID=RAFT,CLIENT      a member and its Raft and client addresses (repeat for each member,
                              this node included), e.g. --node 1=127.0.0.1:7001,127.0.0.1:7101
-                             Founding nodes: the --node ids are the initial voters. Members
+                             Founding nodes (without --join) bootstrap the cluster with the
+                             --node ids as voters when their data directory holds no Raft state
+                             yet (first start); later starts find the membership there. Members
                              added later are learned from the Raft membership, which carries
                              every member's addresses (`kv member add`, `kv member set`).
   --join                     join an existing cluster: start with no voters and wait to be added
@@ -334,15 +336,22 @@ impl NodeConfig {
         Ok(config)
     }
 
-    /// The Raft configuration of this node: the `--node` ids are the bootstrap voters of a
-    /// founding node (used only while its log and snapshot hold no membership); a joining node
-    /// has none.
+    /// The membership a founding node bootstraps the cluster with when its stores are empty:
+    /// the `--node` members as voters, with their addresses. `None` for a joining node
+    /// (`--join`): it waits to be added.
+    pub fn bootstrap_membership(
+        &self,
+    ) -> Result<Option<raft_core::Membership>, raft_core::InvalidChange> {
+        if self.join {
+            return Ok(None);
+        }
+        let voters = self.members.iter().map(|(&id, addrs)| (id, addrs.to_node_info()));
+        raft_core::Membership::new(voters, []).map(Some)
+    }
+
+    /// The Raft configuration of this node.
     pub fn raft_config(&self) -> raft_core::Config {
-        let mut config = if self.join {
-            raft_core::Config::joining(self.id)
-        } else {
-            raft_core::Config::new(self.id, self.members.keys().copied())
-        };
+        let mut config = raft_core::Config::new(self.id);
         let tick = (self.heartbeat_ms / 5).clamp(1, 10);
         config.tick_interval_ms = tick;
         config.heartbeat_interval_ms = self.heartbeat_ms;
@@ -381,6 +390,10 @@ mod tests {
         assert_eq!(config.certs.cert, PathBuf::from("/c/node-2.pem"));
         assert!(config.fault_injection);
         assert!(config.raft_config().validate().is_ok());
+        let founders = config.bootstrap_membership().unwrap().unwrap();
+        assert!(founders.is_voter(1) && founders.is_voter(2));
+        let addrs = MemberAddrs::from_node_info(founders.node(2).unwrap()).unwrap();
+        assert_eq!(addrs.raft, "127.0.0.1:3".parse().unwrap());
     }
 
     #[test]
@@ -408,9 +421,8 @@ mod tests {
         ))
         .unwrap();
         assert!(config.join);
-        let raft = config.raft_config();
-        assert!(raft.voters.is_empty());
-        assert!(raft.validate().is_ok());
+        assert_eq!(config.bootstrap_membership(), Ok(None));
+        assert!(config.raft_config().validate().is_ok());
     }
 
     #[test]

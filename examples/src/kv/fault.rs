@@ -65,6 +65,10 @@ impl<N: Network> Network for FirewalledNetwork<N> {
     fn members_changed(&self, members: &std::collections::BTreeMap<NodeId, raft_core::NodeInfo>) {
         self.inner.members_changed(members);
     }
+
+    fn max_request_bytes(&self) -> Option<u64> {
+        self.inner.max_request_bytes()
+    }
 }
 
 /// An [`RpcHandler`] that refuses requests from blocked peers.

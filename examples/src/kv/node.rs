@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::runtime::TokioRuntime;
-use raft_core::{Node, NodeId};
+use raft_core::{BootstrapError, HardState, LogStore, Node, NodeId, SnapshotStore, StartError};
 use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info};
@@ -18,7 +18,7 @@ use super::metrics;
 use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
 use super::state_machine::{KvStateMachine, OnRemoved, SharedState};
-use super::store::{open_store, StoreOpenError};
+use super::store::{open_store, Store, StoreOpenError};
 use super::tls::{server_config, ClientPortLimits, KvTlsError, ReloadTargets, Reloader};
 
 /// Why a node could not run.
@@ -82,6 +82,16 @@ fn refuse_removed(network: QuicNetwork, own: NodeId) -> OnRemoved {
     }))
 }
 
+/// Whether the stores hold no Raft state at all (a node's first start).
+async fn stores_empty(
+    store: &Store,
+    snapshots: &raft_lmdb::FileSnapshotStore,
+) -> Result<bool, StartError> {
+    let durable = store.open().await?;
+    let empty_log = durable.last.index == 0 && durable.hard_state == HardState::default();
+    Ok(empty_log && snapshots.latest().await?.is_none())
+}
+
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
@@ -94,6 +104,14 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
+    // A founding node bootstraps the cluster at its first start (empty stores); a joining node
+    // (`--join`) never does.
+    let founding = config.bootstrap_membership();
+    let founding = founding.map_err(|e| StartError::Bootstrap(BootstrapError::Invalid(e)))?;
+    let bootstrap = match founding {
+        Some(membership) if stores_empty(&store, &snapshots).await? => Some(membership),
+        _ => None,
+    };
 
     let mut quic_config = QuicConfig::new(config.id, config.listen, material.node.clone());
     quic_config.backoff_max = Duration::from_millis(500);
@@ -117,7 +135,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         ),
         runtime,
     )
-    .snapshot_store(snapshots)
+    .snapshot_store(snapshots);
+    let node = match bootstrap {
+        Some(membership) => node.bootstrap(membership),
+        None => node,
+    }
     .start()
     .await?;
     // The members' addresses came with the membership of the log and the snapshot (the node

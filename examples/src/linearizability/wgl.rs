@@ -115,7 +115,7 @@ pub fn check_operations<M: Model>(
     let mut steps: u64 = 0;
     while list.first() != NONE {
         steps += 1;
-        if steps % 4096 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(4096) && Instant::now() > deadline {
             return Outcome::Unknown;
         }
         if entry == NONE {

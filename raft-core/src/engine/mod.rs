@@ -226,8 +226,12 @@ impl Engine {
     /// Creates the engine of a node restarting from `durable` (what its store holds) with the
     /// stored `entries` (every entry after `durable.purged`, in order), without snapshots: it
     /// never emits snapshot actions and refuses InstallSnapshot.
+    ///
+    /// The membership is the latest one in `entries`; a node whose log holds none has no
+    /// members (it waits for a leader to send it the log; see `NodeBuilder::bootstrap` for how
+    /// a cluster gets its first membership).
     pub fn new(config: Config, durable: &DurableState, entries: Vec<Entry>) -> Self {
-        Self::build(config, durable, entries, false, None)
+        Self::build(config, durable, entries, false, None, Membership::default())
     }
 
     /// Creates the engine of a node that keeps snapshots, restarting from `durable` and the
@@ -241,15 +245,19 @@ impl Engine {
         entries: Vec<Entry>,
         snapshot: Option<SnapshotMeta>,
     ) -> Self {
-        Self::build(config, durable, entries, true, snapshot)
+        Self::build(config, durable, entries, true, snapshot, Membership::default())
     }
 
-    fn build(
+    /// `initial`: the membership in force before the first entry when neither `snapshot` nor
+    /// `entries` hold one (the engine's tests start clusters that way; nodes bootstrap through a
+    /// membership entry in the log).
+    pub(crate) fn build(
         config: Config,
         durable: &DurableState,
         entries: Vec<Entry>,
         snapshots_enabled: bool,
         snapshot: Option<SnapshotMeta>,
+        initial: Membership,
     ) -> Self {
         let timing = Timing {
             heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
@@ -259,7 +267,7 @@ impl Engine {
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
-            None => (0, Membership::with_voters(config.voters.iter().copied())),
+            None => (0, initial),
         };
         let mut engine = Self {
             id: config.id,
@@ -296,6 +304,24 @@ impl Engine {
         engine.snapshots = snapshot::SnapshotState::new(snapshots_enabled, snapshot, base);
         engine.reset_election_timer();
         engine
+    }
+
+    /// For a state machine that persists its own state (see `StateMachine::applied_index`): it
+    /// already holds every entry up to `applied`, which is committed and in the stored log (or
+    /// the snapshot's last entry), so the engine starts with commit and applied indexes there
+    /// and never emits an entry at or below it for applying. Ignored unless `applied` is beyond
+    /// the applied index the engine starts with (a restored snapshot's) and within the durable
+    /// log. The caller checks that the stored log holds `applied` with its term.
+    pub fn resume_applied(mut self, applied: LogIndex) -> Self {
+        let log = &mut self.log;
+        if applied > log.applied_index && applied <= log.durable_index {
+            log.commit_index = applied;
+            log.apply_sent_index = applied;
+            log.applied_index = applied;
+            let (enabled, latest) = (self.snapshots.enabled, self.snapshots.latest.take());
+            self.snapshots = snapshot::SnapshotState::new(enabled, latest, applied);
+        }
+        self
     }
 
     /// This node's id.

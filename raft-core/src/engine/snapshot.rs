@@ -62,7 +62,7 @@ impl Engine {
     /// Asks for a snapshot as soon as possible (the manual trigger). Ignored if snapshots are
     /// not enabled; the engine emits [`Action::TakeSnapshot`] once the state machine has applied
     /// something beyond the latest snapshot and no snapshot is being taken (and, on a node that
-    /// started with no membership, `Config::joining`, once it has applied a membership entry:
+    /// started with no membership (a joining node, not bootstrapped), once it has applied a membership entry:
     /// below that it does not know the membership a snapshot must hold).
     pub fn trigger_snapshot(&mut self) {
         if self.snapshots.enabled {

@@ -12,6 +12,8 @@ use crate::snapshot::SnapshotMeta;
 use crate::types::EntryPayload;
 
 struct Node {
+    /// What the node was started with (restarts reuse it).
+    config: NodeConfig,
     engine: Engine,
     durable_hard_state: HardState,
     durable_log: Vec<Entry>,
@@ -53,8 +55,63 @@ struct Cluster {
     held_restores: BTreeMap<NodeId, Vec<Action>>,
 }
 
-fn config(id: NodeId, n: u64) -> Config {
-    let mut c = Config::new(id, 1..=n);
+/// A test node's configuration and the voters its engine starts with while its log holds no
+/// membership. (Nodes bootstrap through a membership entry written to their store; the engine's
+/// tests start from this implicit membership instead, so that the first leader's entries are at
+/// index 1.)
+#[derive(Clone, Debug)]
+struct NodeConfig {
+    config: Config,
+    voters: Vec<NodeId>,
+}
+
+impl NodeConfig {
+    fn new(id: NodeId, voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Self { config: Config::new(id), voters: voters.into_iter().collect() }
+    }
+
+    /// A node without members, waiting to join.
+    fn joining(id: NodeId) -> Self {
+        Self::new(id, [])
+    }
+
+    fn membership(&self) -> Membership {
+        Membership::with_voters(self.voters.iter().copied())
+    }
+
+    /// An engine without snapshots (as `Engine::new`).
+    fn engine(self, durable: &DurableState, entries: Vec<Entry>) -> Engine {
+        let initial = self.membership();
+        Engine::build(self.config, durable, entries, false, None, initial)
+    }
+
+    /// An engine with snapshots (as `Engine::with_snapshots`).
+    fn engine_with_snapshots(
+        self,
+        durable: &DurableState,
+        entries: Vec<Entry>,
+        snapshot: Option<SnapshotMeta>,
+    ) -> Engine {
+        let initial = self.membership();
+        Engine::build(self.config, durable, entries, true, snapshot, initial)
+    }
+}
+
+impl std::ops::Deref for NodeConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl std::ops::DerefMut for NodeConfig {
+    fn deref_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+}
+
+fn config(id: NodeId, n: u64) -> NodeConfig {
+    let mut c = NodeConfig::new(id, 1..=n);
     c.random_seed = id * 7919;
     c
 }
@@ -64,7 +121,7 @@ impl Cluster {
         Self::with_configs((1..=n).map(|id| config(id, n)).collect())
     }
 
-    fn with_configs(configs: Vec<Config>) -> Self {
+    fn with_configs(configs: Vec<NodeConfig>) -> Self {
         let mut cluster = Self {
             nodes: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -86,10 +143,12 @@ impl Cluster {
     }
 
     /// Adds a node that starts empty with `config`.
-    fn add_node(&mut self, config: Config) {
+    fn add_node(&mut self, config: NodeConfig) {
         let id = config.id;
-        let engine = Engine::with_snapshots(config, &DurableState::default(), Vec::new(), None);
+        let engine =
+            config.clone().engine_with_snapshots(&DurableState::default(), Vec::new(), None);
         let node = Node {
+            config,
             engine,
             durable_hard_state: HardState::default(),
             durable_log: Vec::new(),
@@ -463,7 +522,7 @@ fn follower_rejects_with_conflict_hint_and_leader_backtracks_by_term() {
             purged: LogId::default(),
             last: log.last().unwrap().log_id(),
         };
-        c.restart(Engine::new(config(id, 2), &durable, log.clone()), durable.hard_state, log);
+        c.restart(config(id, 2).engine(&durable, log.clone()), durable.hard_state, log);
     }
     // Node 2's log is longer but older: it cannot win; node 1 wins and repairs node 2.
     let leader = c.elect();
@@ -497,7 +556,7 @@ fn leader_commits_old_entries_only_through_an_entry_of_its_term() {
             purged: LogId::default(),
             last: log.last().map_or(LogId::default(), Entry::log_id),
         };
-        c.restart(Engine::new(config(id, 3), &durable, log.clone()), durable.hard_state, log);
+        c.restart(config(id, 3).engine(&durable, log.clone()), durable.hard_state, log);
     }
     // Force node 1 to be leader of term 3 without letting it replicate its blank entry.
     c.isolated.insert(3);
@@ -547,7 +606,7 @@ fn restarted_node_does_not_vote_twice_in_a_term() {
         purged: LogId::default(),
         last: c.nodes[&voter].durable_log.last().unwrap().log_id(),
     };
-    let mut engine = Engine::new(config(voter, 3), &durable, c.nodes[&voter].durable_log.clone());
+    let mut engine = config(voter, 3).engine(&durable, c.nodes[&voter].durable_log.clone());
     let other = (1..=3).find(|&id| Some(id) != hs.voted_for && id != voter).unwrap();
     engine.on_request(
         RpcRequest::RequestVote(RequestVoteRequest {
@@ -567,7 +626,7 @@ fn restarted_node_does_not_vote_twice_in_a_term() {
 
 #[test]
 fn pipelining_is_bounded_by_the_inflight_window() {
-    let mut configs: Vec<Config> = (1..=2).map(|id| config(id, 2)).collect();
+    let mut configs: Vec<NodeConfig> = (1..=2).map(|id| config(id, 2)).collect();
     for c in &mut configs {
         c.max_append_entries = 1;
         c.max_inflight_append_entries = 3;
@@ -585,7 +644,7 @@ fn pipelining_is_bounded_by_the_inflight_window() {
     assert_eq!(persists, 1, "ten proposals, one write (group commit)");
 }
 
-fn snapshot_configs(n: u64) -> Vec<Config> {
+fn snapshot_configs(n: u64) -> Vec<NodeConfig> {
     (1..=n)
         .map(|id| {
             let mut c = config(id, n);
@@ -694,8 +753,7 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
         purged: LogId::new(1, node.durable_log[0].index - 1),
         last: node.durable_log.last().unwrap().log_id(),
     };
-    let mut engine = Engine::with_snapshots(
-        snapshot_configs(1).remove(0),
+    let mut engine = snapshot_configs(1).remove(0).engine_with_snapshots(
         &durable,
         node.durable_log.clone(),
         Some(meta.clone()),

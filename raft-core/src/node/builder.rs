@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::Node;
 use crate::config::Config;
 use crate::error::StartError;
+use crate::membership::Membership;
 use crate::network::Network;
 use crate::runtime::Runtime;
 use crate::snapshot::SnapshotStore;
@@ -12,14 +13,20 @@ use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 
 /// Starts a [`Node`] with options. Made by [`Node::builder`]; [`Node::start`] is
-/// `Node::builder(..).start()` without options.
+/// `Node::builder(..).snapshot_store(..).start()`.
 ///
 /// ```ignore
 /// let node = Node::builder(config, log_store, network, state_machine, runtime)
 ///     .snapshot_store(snapshot_store)
+///     .bootstrap(Membership::with_voters([1, 2, 3])) // first start of a founding node only
 ///     .start()
 ///     .await?;
 /// ```
+///
+/// Without [`snapshot_store`](NodeBuilder::snapshot_store) the node runs without snapshots: it
+/// keeps its whole log, a restart applies it all again, and it refuses InstallSnapshot
+/// (`SnapshotRefusal::Unsupported`), so it cannot join a cluster whose leader compacted its log
+/// (`Node::add_voter` on the leader then fails with `MembershipError::SnapshotRefused`).
 pub struct NodeBuilder<S, N, M, R> {
     config: Config,
     store: S,
@@ -27,6 +34,7 @@ pub struct NodeBuilder<S, N, M, R> {
     state_machine: M,
     runtime: R,
     snapshots: Option<Arc<dyn SnapshotStore>>,
+    bootstrap: Option<Membership>,
     metric_labels: Vec<(String, String)>,
 }
 
@@ -35,6 +43,7 @@ impl<S, N, M, R> std::fmt::Debug for NodeBuilder<S, N, M, R> {
         f.debug_struct("NodeBuilder")
             .field("id", &self.config.id)
             .field("snapshots", &self.snapshots.is_some())
+            .field("bootstrap", &self.bootstrap)
             .finish_non_exhaustive()
     }
 }
@@ -48,7 +57,16 @@ where
 {
     pub(super) fn new(config: Config, store: S, network: N, state_machine: M, runtime: R) -> Self {
         let metric_labels = Vec::new();
-        Self { config, store, network, state_machine, runtime, snapshots: None, metric_labels }
+        Self {
+            config,
+            store,
+            network,
+            state_machine,
+            runtime,
+            snapshots: None,
+            bootstrap: None,
+            metric_labels,
+        }
     }
 
     /// Keeps snapshots in `store`: the node takes snapshots of its state machine by the policy of
@@ -59,6 +77,25 @@ where
     /// [`LogStore::reset`].
     pub fn snapshot_store(mut self, store: impl SnapshotStore) -> Self {
         self.snapshots = Some(Arc::new(store));
+        self
+    }
+
+    /// Founds a new cluster whose first membership is `membership` (this node must be one of its
+    /// voters): [`start`](NodeBuilder::start) writes it durably as the first entry of the log,
+    /// before anything else happens. A one-time step, for the first start of a founding node:
+    /// on stores that hold anything (a membership, a term, a vote, an entry or a snapshot) the
+    /// start fails with [`StartError::Bootstrap`] and writes nothing, so starting a node that
+    /// already runs in a cluster with `bootstrap` is refused instead of founding a second
+    /// cluster. Every later start, and every node that joins the cluster, goes without it.
+    ///
+    /// Bootstrap one founding node, or several with the *same* membership (each writes the same
+    /// entry); the others start empty and receive the membership from the first leader.
+    /// Bootstrapping nodes of one cluster with different memberships breaks Raft's safety. A
+    /// node started without `bootstrap` on empty stores has no members: it never campaigns and
+    /// waits for a leader to send it the log (add it with `Node::add_voter` or
+    /// `MembershipChange::AddLearner` on the leader).
+    pub fn bootstrap(mut self, membership: Membership) -> Self {
+        self.bootstrap = Some(membership);
         self
     }
 
@@ -85,9 +122,19 @@ where
             self.network,
             self.state_machine,
             self.runtime,
-            self.snapshots,
-            self.metric_labels,
+            Options {
+                snapshots: self.snapshots,
+                bootstrap: self.bootstrap,
+                metric_labels: self.metric_labels,
+            },
         )
         .await
     }
+}
+
+/// The options a [`NodeBuilder`] collected, handed to the start.
+pub(super) struct Options {
+    pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(super) bootstrap: Option<Membership>,
+    pub(super) metric_labels: Vec<(String, String)>,
 }

@@ -12,7 +12,7 @@ use super::{reentrancy, Input, Node, Proposal};
 use crate::engine::MembershipProgress;
 use crate::error::MembershipError;
 use crate::membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
-use crate::types::NodeId;
+use crate::types::{NodeId, SnapshotFailure};
 
 /// What a caller asks the leader for.
 #[derive(Debug, Clone)]
@@ -95,7 +95,9 @@ impl Node {
     /// Leader: adds `id` as a voter safely: as a learner with `info` first (skipped if it is a
     /// learner already), then promotes it once it has caught up with the log, retrying every
     /// heartbeat interval for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]:
-    /// it stays a learner).
+    /// it stays a learner). A learner that refuses the snapshot it needs for a reason that
+    /// retrying does not fix (it runs without a snapshot store) ends the wait at once with
+    /// [`MembershipError::SnapshotRefused`].
     pub async fn add_voter(
         &self,
         id: NodeId,
@@ -153,6 +155,9 @@ impl Node {
                     self.shared.runtime.sleep(step).await;
                 }
                 Err(MembershipError::LearnerBehind { .. }) if catch_up_rounds.is_some() => {
+                    if let Some((id, reason)) = self.snapshot_refused(&request).await {
+                        return Err(MembershipError::SnapshotRefused { id, reason });
+                    }
                     if Some(behind) >= catch_up_rounds {
                         return Err(MembershipError::CatchUpTimeout);
                     }
@@ -162,6 +167,22 @@ impl Node {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Leader: a node that `request` makes a voter and that refuses the snapshot it needs for a
+    /// reason retrying cannot fix, with that reason.
+    async fn snapshot_refused(&self, request: &Request) -> Option<(NodeId, SnapshotFailure)> {
+        let promoted = |id: NodeId| match request {
+            Request::Change(change) => *change == MembershipChange::PromoteLearner(id),
+            Request::Target(target) => target.is_voter(id),
+        };
+        let peers = self.replication().await.into_iter();
+        peers.filter(|peer| !peer.voter && promoted(peer.id)).find_map(|peer| {
+            match peer.snapshot_error {
+                Some(SnapshotFailure::Unsupported) => Some((peer.id, SnapshotFailure::Unsupported)),
+                _ => None,
+            }
+        })
     }
 
     /// Asks the leader for one step of `request`.

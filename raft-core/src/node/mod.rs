@@ -14,12 +14,14 @@
 //! durable; the leader's own AppendEntries go out at once (see the engine's ordering contract).
 
 mod applier;
+mod bootstrap;
 mod builder;
 mod core_loop;
 mod membership;
 mod peer;
 mod probe;
 mod reentrancy;
+mod resume;
 mod snapshot;
 mod supervisor;
 mod watch;
@@ -285,16 +287,21 @@ impl PeerFactory {
 }
 
 impl Node {
-    /// Starts a node without snapshots: opens `store`, loads its log, and spawns the node's
-    /// tasks on `runtime`. Same as `Node::builder(..).start()`.
+    /// Starts a node with snapshots: opens `store` and `snapshots`, restores the state machine
+    /// from the latest snapshot, loads the log after it, and spawns the node's tasks on
+    /// `runtime`. Same as `Node::builder(..).snapshot_store(snapshots).start()` (see
+    /// [`NodeBuilder::snapshot_store`] and [`NodeBuilder::start`]).
     ///
-    /// The node starts as a follower and learns the commit index from the leader; the state
-    /// machine is rebuilt by applying the log from the beginning. Inbound RPCs must be routed
-    /// to the returned node (it implements [`RpcHandler`]). To take snapshots and compact the
-    /// log, give the node a snapshot store with [`Node::builder`].
+    /// The node takes snapshots by the policy of `Config::snapshot_interval_*` (on by default)
+    /// if the state machine implements `StateMachine::snapshot`, compacts its log, and sends or
+    /// installs snapshots when a follower is too far behind. It starts as a follower and learns
+    /// the commit index from the leader. Inbound RPCs must be routed to the returned node (it
+    /// implements [`RpcHandler`]). To found a new cluster on its first start, or to run without
+    /// snapshots, use [`Node::builder`] ([`NodeBuilder::bootstrap`]).
     pub async fn start<S, N, M, R>(
         config: Config,
         store: S,
+        snapshots: impl SnapshotStore,
         network: N,
         state_machine: M,
         runtime: R,
@@ -305,10 +312,13 @@ impl Node {
         M: StateMachine,
         R: Runtime,
     {
-        Self::builder(config, store, network, state_machine, runtime).start().await
+        let builder = Self::builder(config, store, network, state_machine, runtime);
+        builder.snapshot_store(snapshots).start().await
     }
 
-    /// A builder for a node with options ([`NodeBuilder::snapshot_store`]).
+    /// A builder for a node with options: a snapshot store ([`NodeBuilder::snapshot_store`];
+    /// without one the node keeps its whole log and cannot catch up through a snapshot) and a
+    /// bootstrap ([`NodeBuilder::bootstrap`]).
     pub fn builder<S, N, M, R>(
         config: Config,
         store: S,
@@ -332,8 +342,7 @@ impl Node {
         network: N,
         mut state_machine: M,
         runtime: R,
-        snapshots: Option<Arc<dyn SnapshotStore>>,
-        metric_labels: Vec<(String, String)>,
+        options: builder::Options,
     ) -> Result<Node, StartError>
     where
         S: LogStore,
@@ -341,24 +350,45 @@ impl Node {
         M: StateMachine,
         R: Runtime,
     {
+        let builder::Options { snapshots, bootstrap, metric_labels } = options;
         config.validate()?;
+        if let Some(limit) = network.max_request_bytes() {
+            config.check_request_limit(limit).map_err(|(setting, needed)| {
+                StartError::ExceedsTransport { setting, needed, limit }
+            })?;
+        }
         let mut durable = store.open().await?;
         let mut entries = load_log(&store, durable.first_index(), durable.last.index).await?;
+        if let Some(membership) = bootstrap {
+            let (id, snaps) = (config.id, snapshots.as_ref());
+            bootstrap::bootstrap(&store, snaps, id, membership, &mut durable, &mut entries).await?;
+        }
+        // A state machine that persists its own state says what it holds.
+        let applied = state_machine.applied_index().filter(|a| a.index > 0);
         let engine = match &snapshots {
-            None => Engine::new(config.clone(), &durable, entries),
+            None => {
+                if let Some(applied) = applied {
+                    resume::check(applied, &durable, &entries, None)?;
+                }
+                Engine::new(config.clone(), &durable, entries)
+            }
             Some(snaps) => {
                 let chunk = config.snapshot_chunk_bytes;
                 let latest = snapshot::recover(
                     &store,
                     snaps,
                     &mut state_machine,
-                    &mut durable,
-                    &mut entries,
+                    (&mut durable, &mut entries),
                     chunk,
+                    applied,
                 )
                 .await?;
                 Engine::with_snapshots(config.clone(), &durable, entries, latest)
             }
+        };
+        let engine = match applied {
+            Some(applied) => engine.resume_applied(applied.index),
+            None => engine,
         };
         let store = Arc::new(store);
         let id = config.id;

@@ -329,19 +329,25 @@ impl<N: Network> Network for ChunkFiller<N> {
     ) {
         self.inner.members_changed(members)
     }
+
+    fn max_request_bytes(&self) -> Option<u64> {
+        self.inner.max_request_bytes()
+    }
 }
 
 /// Loads the latest snapshot at start, checks it against the log store, restores the state
-/// machine from it, and returns it with the log to start the engine from. Resets the log store
+/// machine from it (unless `applied`, what a persistent state machine holds, is at or after
+/// it: then checks that the stores hold that), and returns it with the log to start the engine
+/// from. Resets the log store
 /// after the snapshot if its log does not hold the snapshot's last entry (a crash between
 /// installing a snapshot and resetting the log).
 pub(super) async fn recover<S: LogStore, M: StateMachine>(
     store: &S,
     snapshots: &Arc<dyn SnapshotStore>,
     state_machine: &mut M,
-    durable: &mut crate::storage::DurableState,
-    entries: &mut Vec<crate::types::Entry>,
+    (durable, entries): (&mut crate::storage::DurableState, &mut Vec<crate::types::Entry>),
     chunk_bytes: u64,
+    applied: Option<crate::types::LogId>,
 ) -> Result<Option<SnapshotMeta>, crate::error::StartError> {
     use crate::error::StartError;
     let latest = snapshots.latest().await?;
@@ -352,8 +358,18 @@ pub(super) async fn recover<S: LogStore, M: StateMachine>(
             snapshot: latest.map(|m| m.last_included),
         });
     }
-    let Some(meta) = latest else { return Ok(None) };
+    let Some(meta) = latest else {
+        if let Some(applied) = applied {
+            super::resume::check(applied, durable, entries, None)?;
+        }
+        return Ok(None);
+    };
     let last = meta.last_included;
+    // A state machine that holds its own state at or after the snapshot is not restored.
+    let resume = applied.filter(|a| a.index >= last.index);
+    if let Some(applied) = resume {
+        super::resume::check(applied, durable, entries, Some(&meta))?;
+    }
     let holds = if last == durable.purged {
         true
     } else {
@@ -367,6 +383,10 @@ pub(super) async fn recover<S: LogStore, M: StateMachine>(
         entries.clear();
         durable.purged = last;
         durable.last = last;
+    }
+    if let Some(applied) = resume {
+        tracing::info!(snapshot = ?last, ?applied, "the state machine holds its own state: no restore");
+        return Ok(Some(meta));
     }
     let data = read_stream(snapshots.clone(), meta.clone(), chunk_bytes);
     state_machine.restore(&meta, data).await?;

@@ -168,9 +168,9 @@ fn expect_invalid<T: Debug>(what: &str, result: Result<T, StorageError>) -> Resu
 /// A deterministic entry: every fifth one is blank, every seventh a membership (with metadata,
 /// every other one joint), the others carry a command naming them.
 fn entry(index: LogIndex, term: Term) -> Entry {
-    let payload = if index % 5 == 0 {
+    let payload = if index.is_multiple_of(5) {
         EntryPayload::Blank
-    } else if index % 7 == 0 {
+    } else if index.is_multiple_of(7) {
         EntryPayload::Membership(membership(index))
     } else {
         EntryPayload::Command(Bytes::from(format!("entry {index} of term {term}")))
@@ -186,7 +186,7 @@ fn membership(index: LogIndex) -> crate::membership::Membership {
     let learners = [index + 1, u64::MAX].map(info);
     let stable = Membership::new([1, 2, index].map(info), learners);
     let stable = stable.unwrap_or_default();
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         return stable;
     }
     match stable.target([2, index + 2], [u64::MAX], [info(index + 2)]) {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, InvalidChange, LogId, LogIndex, MembershipChange, MembershipError, Node,
-    NodeId, ProposeError, Role, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
-    Status,
+    Bytes, Config, Entry, InvalidChange, LogId, LogIndex, Membership, MembershipChange,
+    MembershipError, Node, NodeId, ProposeError, Role, SnapshotMeta, SnapshotStream, StateMachine,
+    StateMachineError, Status,
 };
 
 use super::checker::{InvariantChecker, Violation};
@@ -325,7 +325,7 @@ impl Simulation {
     }
 
     /// Adds node `id` to the scenario and starts it empty, as a node joining the cluster
-    /// ([`Config::joining`]): it does nothing until a leader adds it with a membership change.
+    /// (without bootstrap): it does nothing until a leader adds it with a membership change.
     pub fn add_node(&mut self, id: NodeId) -> Result<(), SimFailure> {
         if !self.ids.contains(&id) {
             self.ids.push(id);
@@ -437,11 +437,7 @@ impl Simulation {
             *counter += 1;
             *counter
         };
-        let mut config = if self.founders.contains(&id) {
-            Config::new(id, self.founders.iter().copied())
-        } else {
-            Config::joining(id)
-        };
+        let mut config = Config::new(id);
         config.random_seed = mix(self.seed, id * 1_000 + incarnation);
         if let Some(hook) = &self.config_hook {
             hook(&mut config);
@@ -456,7 +452,14 @@ impl Simulation {
             recorder.clone(),
             self.runtime.tagged(id),
         )
-        .snapshot_store(snapshots)
+        .snapshot_store(snapshots);
+        // A founder bootstraps the cluster at its first start; restarts find the membership
+        // in its stores.
+        let start = if incarnation == 1 && self.founders.contains(&id) {
+            start.bootstrap(Membership::with_voters(self.founders.iter().copied()))
+        } else {
+            start
+        }
         .start();
         let started = self.runtime.block_on(Duration::from_secs(1), start, || {});
         let node = match started {

@@ -1,14 +1,14 @@
 //! A test cluster of real `Node`s on `MemNetwork` and `MemLogStore`, generic over the runtime.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Config, Entry, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
+    Bytes, Config, Entry, Membership, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
     StateMachineError, Status,
 };
 use raft_mem::{MemLogStore, MemNetwork};
@@ -38,15 +38,17 @@ pub struct Cluster<R: Runtime + Clone> {
     pub runtime: R,
     pub network: MemNetwork,
     pub ids: Vec<NodeId>,
-    /// The initial voters.
+    /// The initial voters: each bootstraps the cluster at its first boot.
     pub founders: Vec<NodeId>,
+    /// The nodes booted at least once (their stores are initialized or joining).
+    pub booted: BTreeSet<NodeId>,
     pub stores: BTreeMap<NodeId, MemLogStore>,
     pub nodes: BTreeMap<NodeId, Node>,
     pub recorders: BTreeMap<NodeId, Recorder>,
 }
 
-pub fn config(id: NodeId, ids: &[NodeId]) -> Config {
-    let mut config = Config::new(id, ids.iter().copied());
+pub fn config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
     // Short timeouts keep the tests quick; they are still many ticks long.
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
@@ -63,6 +65,7 @@ impl<R: Runtime + Clone> Cluster<R> {
             network: MemNetwork::new(),
             stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
             founders: ids.clone(),
+            booted: BTreeSet::new(),
             ids,
             nodes: BTreeMap::new(),
             recorders: BTreeMap::new(),
@@ -81,29 +84,24 @@ impl<R: Runtime + Clone> Cluster<R> {
         self.boot(id).await;
     }
 
-    /// Starts node `id` from whatever its store holds, with a fresh state machine.
+    /// Starts node `id` from whatever its store holds, with a fresh state machine. A founder
+    /// bootstraps the cluster at its first boot.
     pub async fn boot(&mut self, id: NodeId) {
-        let config = if self.founders.contains(&id) {
-            config(id, &self.founders)
-        } else {
-            let mut joining = config(id, &[id]);
-            joining.voters.clear();
-            joining
-        };
-        self.boot_with(id, config).await;
-    }
-
-    async fn boot_with(&mut self, id: NodeId, config: Config) {
         let recorder = Recorder::default();
-        let node = Node::start(
-            config,
+        let builder = Node::builder(
+            config(id),
             self.stores[&id].clone(),
             self.network.endpoint(id),
             recorder.clone(),
             self.runtime.clone(),
-        )
-        .await
-        .unwrap();
+        );
+        let first_boot = self.booted.insert(id);
+        let builder = if first_boot && self.founders.contains(&id) {
+            builder.bootstrap(Membership::with_voters(self.founders.iter().copied()))
+        } else {
+            builder
+        };
+        let node = builder.start().await.unwrap();
         self.network.register(id, Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);

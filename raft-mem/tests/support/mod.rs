@@ -11,9 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, DurableState, Entry, LogId, LogIndex, LogStore, Network, NetworkError, Node,
-    NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse, Runtime, SnapshotMeta, SnapshotStore,
-    SnapshotStream, SnapshotWriter, StateMachine, StateMachineError, StorageError, WriteBatch,
+    Bytes, Config, DurableState, Entry, LogId, LogIndex, LogStore, Membership, Network,
+    NetworkError, Node, NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse, Runtime,
+    SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter, StateMachine, StateMachineError,
+    StorageError, WriteBatch,
 };
 use raft_mem::{MemLogStore, MemNetwork, MemSnapshotStore};
 
@@ -54,8 +55,8 @@ pub async fn before<R: Runtime, T>(
     }
 }
 
-pub fn config(id: NodeId, voters: &[NodeId]) -> Config {
-    let mut config = Config::new(id, voters.iter().copied());
+pub fn config(id: NodeId) -> Config {
+    let mut config = Config::new(id);
     config.tick_interval_ms = 5;
     config.heartbeat_interval_ms = 25;
     config.election_timeout_ms_min = 150;
@@ -328,8 +329,10 @@ impl<R: Runtime + Clone> Cluster<R> {
         cluster
     }
 
+    /// Starts node `id` on empty stores: founding a cluster of `voters`, or waiting to join one
+    /// if `voters` is empty.
     pub async fn add(&mut self, id: NodeId, voters: &[NodeId], recipe: Recipe) {
-        let mut config = config(id, voters);
+        let mut config = config(id);
         if let Some(configure) = recipe.configure {
             configure(&mut config);
         }
@@ -346,6 +349,11 @@ impl<R: Runtime + Clone> Cluster<R> {
         );
         let builder =
             if recipe.with_snapshots { builder.snapshot_store(snapshots.clone()) } else { builder };
+        let builder = if voters.is_empty() {
+            builder
+        } else {
+            builder.bootstrap(Membership::with_voters(voters.iter().copied()))
+        };
         let node = builder.start().await.unwrap();
         self.network.register(id, Arc::new(node.clone()));
         let member = Member { node, machine: recipe.machine, store, snapshots, network: faults };

@@ -9,7 +9,7 @@ fn lone_voter_with_learner() -> Cluster {
     let membership = Membership::from_ids([1], [2]).unwrap();
     let log = vec![Entry { index: 1, term: 1, payload: EntryPayload::Membership(membership) }];
     let hard_state = HardState { current_term: 5, voted_for: None };
-    let mut c = Cluster::with_configs(vec![Config::new(1, [1]), Config::new(2, [1])]);
+    let mut c = Cluster::with_configs(vec![NodeConfig::new(1, [1]), NodeConfig::new(2, [1])]);
     for id in [1, 2] {
         c.restart(lone_voter_engine(id, hard_state, &log), hard_state, log.clone());
     }
@@ -22,7 +22,7 @@ fn lone_voter_engine(id: NodeId, hard_state: HardState, log: &[Entry]) -> Engine
         purged: LogId::default(),
         last: log.last().map_or(LogId::default(), Entry::log_id),
     };
-    Engine::new(Config::new(id, [1]), &durable, log.to_vec())
+    NodeConfig::new(id, [1]).engine(&durable, log.to_vec())
 }
 
 /// Runs node `id`'s actions as a node whose disk never finishes a write: its `Persist` batches
@@ -146,7 +146,7 @@ fn a_timeout_now_election_won_at_once_waits_for_the_term() {
         purged: LogId::default(),
         last: LogId::new(term, last.index + 1),
     };
-    c.restart(Engine::new(Config::new(2, [1]), &durable, log.clone()), hard_state, log);
+    c.restart(NodeConfig::new(2, [1]).engine(&durable, log.clone()), hard_state, log);
     let heartbeat = AppendEntriesRequest {
         term,
         leader_id: 1,

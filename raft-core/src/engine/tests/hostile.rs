@@ -305,8 +305,9 @@ fn elections_work_near_the_cap_and_never_pass_it() {
         for id in 1..=3 {
             let hard_state = HardState { current_term: start, voted_for: None };
             let durable = DurableState { hard_state, ..DurableState::default() };
-            let config = c.nodes[&id].engine.config.clone();
-            c.restart(Engine::new(config, &durable, Vec::new()), hard_state, Vec::new());
+            let mut config = config(id, 3);
+            config.pre_vote = pre_vote;
+            c.restart(config.engine(&durable, Vec::new()), hard_state, Vec::new());
         }
         c.tick(200);
         for node in c.nodes.values() {
@@ -407,7 +408,7 @@ fn a_leader_refuses_a_membership_its_followers_would_refuse() {
         purged: meta.last_included,
         last: meta.last_included,
     };
-    let mut engine = Engine::with_snapshots(config, &durable, Vec::new(), Some(meta));
+    let mut engine = config.engine_with_snapshots(&durable, Vec::new(), Some(meta));
     assert_eq!(engine.membership().members().len() as u64, max);
     engine.campaign(false, false); // the only voter: elected at once
     for action in engine.take_actions() {

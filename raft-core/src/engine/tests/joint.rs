@@ -16,7 +16,7 @@ fn cluster_with_learners(learners: &[NodeId]) -> (Cluster, NodeId) {
     let leader = c.elect();
     c.propose(leader, b"a");
     for &id in learners {
-        c.add_node(Config::joining(id));
+        c.add_node(NodeConfig::joining(id));
         let add = MembershipChange::AddLearner(id, info(id));
         appended(c.engine(leader).propose_membership(add).unwrap());
         c.settle();
@@ -85,7 +85,7 @@ fn two_of_three_voters_are_replaced_in_one_change() {
     let leader = c.elect();
     c.propose(leader, b"a");
     for id in [4, 5] {
-        c.add_node(Config::joining(id));
+        c.add_node(NodeConfig::joining(id));
     }
     let keep = (1..=3).find(|&id| id != leader).unwrap();
     let goal = target(&c, leader, &[keep, 4, 5]);
@@ -243,7 +243,7 @@ fn restart_from_log(c: &mut Cluster, id: NodeId) {
     let hard_state = node.durable_hard_state;
     let last = log.last().map_or(LogId::default(), Entry::log_id);
     let durable = DurableState { hard_state, purged: LogId::default(), last };
-    let engine = Engine::with_snapshots(node.engine.config.clone(), &durable, log.clone(), None);
+    let engine = node.config.clone().engine_with_snapshots(&durable, log.clone(), None);
     c.restart(engine, hard_state, log);
 }
 
@@ -285,8 +285,8 @@ fn a_cluster_restarted_from_snapshots_taken_in_the_joint_phase_finishes_the_chan
     let hard_state = HardState { current_term: 2, voted_for: None };
     let durable = DurableState { hard_state, purged: meta.last_included, last: meta.last_included };
     for id in 1..=4 {
-        let config = c.nodes[&id].engine.config.clone();
-        let engine = Engine::with_snapshots(config, &durable, Vec::new(), Some(meta.clone()));
+        let config = c.nodes[&id].config.clone();
+        let engine = config.engine_with_snapshots(&durable, Vec::new(), Some(meta.clone()));
         assert_eq!(engine.membership(), &joint);
         c.restart(engine, hard_state, Vec::new());
         c.nodes.get_mut(&id).unwrap().snapshot = Some((meta.clone(), data.clone(), Vec::new()));
@@ -412,7 +412,7 @@ fn removed_leader_cut_off_before_the_final_configuration_commits(restart: bool) 
 /// while the new voters had elected a leader and committed a write.
 #[test]
 fn a_lease_from_the_old_voters_ends_with_the_change() {
-    let lease = |mut c: Config, timeout_ms: u64| {
+    let lease = |mut c: NodeConfig, timeout_ms: u64| {
         c.lease_reads = true;
         c.election_timeout_ms_min = timeout_ms;
         c.election_timeout_ms_max = 2 * timeout_ms;
@@ -423,7 +423,7 @@ fn a_lease_from_the_old_voters_ends_with_the_change() {
     let leader = c.elect();
     c.propose(leader, b"a");
     for id in [4, 5] {
-        c.add_node(lease(Config::joining(id), 200));
+        c.add_node(lease(NodeConfig::joining(id), 200));
         let add = MembershipChange::AddLearner(id, info(id));
         appended(c.engine(leader).propose_membership(add).unwrap());
         c.settle();
@@ -471,7 +471,7 @@ fn a_lease_from_the_old_voters_ends_with_the_change() {
 /// a membership entry, and the snapshot then holds the real one.
 #[test]
 fn a_joining_node_snapshots_no_empty_membership() {
-    let mut configs: Vec<Config> = (1..=3).map(|id| config(id, 3)).collect();
+    let mut configs: Vec<NodeConfig> = (1..=3).map(|id| config(id, 3)).collect();
     for c in &mut configs {
         c.snapshot_interval_entries = 0;
         c.snapshot_interval_bytes = 0;
@@ -481,7 +481,7 @@ fn a_joining_node_snapshots_no_empty_membership() {
     for _ in 0..5 {
         c.propose(leader, b"x");
     }
-    let mut joining = Config::joining(4);
+    let mut joining = NodeConfig::joining(4);
     joining.max_apply_batch = 1;
     joining.snapshot_interval_entries = 2;
     joining.snapshot_keep_entries = 0;

@@ -28,7 +28,7 @@ fn a_learner_catches_up_never_votes_then_is_promoted() {
     let mut c = Cluster::new(3);
     let leader = c.elect();
     c.propose(leader, b"a");
-    c.add_node(Config::joining(4));
+    c.add_node(NodeConfig::joining(4));
     c.isolated.insert(4);
     change(&mut c, leader, add_learner(4));
     assert!(
@@ -144,12 +144,12 @@ fn an_uncommitted_change_is_rolled_back_when_overwritten() {
 fn a_restarted_node_knows_its_membership_from_the_log_and_the_snapshot() {
     let mut c = Cluster::with_configs(snapshot_configs(3));
     let leader = c.elect();
-    c.add_node(Config::joining(4));
+    c.add_node(NodeConfig::joining(4));
     change(&mut c, leader, add_learner(4));
     c.tick(5);
     let node = &c.nodes[&4];
     let durable = DurableState { hard_state: node.durable_hard_state, ..DurableState::default() };
-    let restarted = Engine::new(Config::joining(4), &durable, node.durable_log.clone());
+    let restarted = NodeConfig::joining(4).engine(&durable, node.durable_log.clone());
     assert_eq!(restarted.membership().learners(), &BTreeSet::from([4]));
 
     // Compact everything: the snapshot carries the membership.
@@ -159,8 +159,7 @@ fn a_restarted_node_knows_its_membership_from_the_log_and_the_snapshot() {
     c.tick(5);
     let (meta, _, _) = c.nodes[&leader].snapshot.clone().expect("a snapshot was taken");
     assert_eq!(meta.membership.learners(), &BTreeSet::from([4]));
-    let restarted = Engine::with_snapshots(
-        Config::joining(leader),
+    let restarted = NodeConfig::joining(leader).engine_with_snapshots(
         &DurableState::default(),
         Vec::new(),
         Some(meta),
@@ -207,7 +206,7 @@ fn a_learner_removed_and_added_again_catches_up_and_is_promoted() {
     let mut c = Cluster::new(3);
     let leader = c.elect();
     c.propose(leader, b"a");
-    c.add_node(Config::joining(4));
+    c.add_node(NodeConfig::joining(4));
     change(&mut c, leader, add_learner(4));
     c.tick(5);
     change(&mut c, leader, MembershipChange::RemoveNode(4));

@@ -212,7 +212,7 @@ fn no_lease_reads_after_a_transfer_started() {
 fn a_restarted_node_refuses_votes_for_an_election_timeout_with_lease_reads() {
     let mut config = config(1, 3);
     config.lease_reads = true;
-    let mut engine = Engine::new(config, &DurableState::default(), Vec::new());
+    let mut engine = config.engine(&DurableState::default(), Vec::new());
     let request = RequestVoteRequest {
         term: 5,
         candidate_id: 2,

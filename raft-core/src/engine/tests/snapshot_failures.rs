@@ -34,7 +34,7 @@ fn a_follower_without_a_snapshot_store_is_refused_with_back_off_and_reported() {
         last: log.last().map_or(LogId::default(), Entry::log_id),
     };
     let config = snapshot_configs(3).remove(follower as usize - 1);
-    c.restart(Engine::new(config, &durable, log.clone()), hard_state, log);
+    c.restart(config.engine(&durable, log.clone()), hard_state, log);
     c.isolated.insert(follower);
     for _ in 0..20 {
         c.propose(leader, b"0123456789");
@@ -93,7 +93,7 @@ fn lose_every_chunk(c: &mut Cluster, leader: NodeId) {
 /// A cluster of `snapshot_configs` changed by `tune`.
 fn tuned(tune: impl Fn(&mut Config)) -> Cluster {
     let mut configs = snapshot_configs(3);
-    configs.iter_mut().for_each(tune);
+    configs.iter_mut().for_each(|c| tune(c));
     Cluster::with_configs(configs)
 }
 
