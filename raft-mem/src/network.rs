@@ -717,7 +717,7 @@ impl Network for MemEndpoint {
         };
         let response = match timeout {
             None => round_trip.await?,
-            Some(timeout) => futures::select! {
+            Some(timeout) => futures::select_biased! {
                 outcome = round_trip.fuse() => outcome?,
                 _ = runtime.sleep(timeout).fuse() => return Err(NetworkError::Timeout(target)),
             },

@@ -249,7 +249,7 @@ fn a_partitioned_leader_serves_no_stale_lease_read() {
             let still_leader = node.status().role == Role::Leader;
             let runtime = sim.runtime.clone();
             let read = sim.block_on("a read on the old leader", LONG, async move {
-                futures::select! {
+                futures::select_biased! {
                     result = futures::FutureExt::fuse(node.read_index()) => result.ok(),
                     _ = futures::FutureExt::fuse(runtime.sleep_for(Duration::from_secs(2))) => None,
                 }

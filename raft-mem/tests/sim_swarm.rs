@@ -1,27 +1,42 @@
-//! Randomized swarm: many seeds, each with a random cluster size, random link faults and a
-//! random schedule of partitions, disconnections, crashes and restarts while clients write.
-//! Half of the seeds also add, promote and remove nodes and transfer leadership at random
-//! moments (without waiting for the outcome), and run a reader checking that every read index
-//! covers the writes acknowledged before it. Every invariant is checked after every step; at
-//! the end the cluster must converge with every acknowledged write in place.
+//! Randomized swarm: many seeds, each drawing a whole scenario from its seed: the cluster
+//! (1 to 7 voters, learners, a lone voter with learners), the protocol settings (PreVote,
+//! CheckQuorum, lease reads, timing, flow control, snapshots; different settings per node), the
+//! disks (latency, stalls, I/O errors), the state machine (slow, failing), the clocks (skew, late
+//! timers), the network (loss, delay, duplication, hung RPCs) and payload sizes; then a schedule
+//! of faults while clients write and readers read: partitions with and without a bridge, one-way
+//! cuts, flapping links, loss bursts, disconnections, crashes at random steps and at events
+//! (during a write, right after an election, after a snapshot commit), crashes of every node at
+//! once, pauses, full disks, graceful shutdowns, membership changes (re-adding removed ids) and
+//! leadership transfers. A quarter of the seeds keep every fault on a fixed minority, so that the
+//! liveness oracle watches a healthy majority for the whole run. Every invariant is checked
+//! after every step; at the end the cluster must converge with every acknowledged write in place.
 //!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
-//! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, or replay one with
-//! `RAFT_SIM_SEED=<seed>`.
+//! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, replay one with
+//! `RAFT_SIM_SEED=<seed>`, and print each seed's draws with `RAFT_SWARM_VERBOSE=1`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod sim_support;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, MembershipChange, NodeId};
-use raft_mem::sim::{Simulation, SimulationConfig};
+use raft_core::{Config, EntryPayload, MembershipChange, NodeId};
+use raft_mem::sim::{
+    ClientOptions, ConfigHook, CrashTrigger, DiskFaults, InFlight, LivenessBounds, NodeClock,
+    Simulation, SimulationConfig, StateMachineFaults,
+};
 use raft_mem::LinkFaults;
 use sim_support::*;
 
-const SWARM_SEEDS_CI: u64 = 500;
+const SWARM_SEEDS_CI: u64 = 400;
 const SHARDS: u64 = 4;
+
+fn verbose() -> bool {
+    std::env::var("RAFT_SWARM_VERBOSE").is_ok()
+}
 
 fn random_faults(dice: &mut Dice) -> LinkFaults {
     match dice.below(4) {
@@ -39,88 +54,354 @@ fn random_faults(dice: &mut Dice) -> LinkFaults {
     }
 }
 
-/// Snapshot settings for a third of the seeds: small intervals, tails and chunks, so that
-/// compaction and InstallSnapshot (with lost, duplicated and reordered chunks) happen often;
-/// and lease reads for a quarter of the seeds. Drawn from their own dice so that the rest of
-/// each seed's scenario is unchanged.
-fn snapshot_hook(seed: u64) -> Option<raft_mem::sim::ConfigHook> {
-    let mut dice = Dice(seed ^ 0x5A9_5407);
-    // Lease reads for a quarter of the seeds (own dice, so the snapshot choice is unchanged).
-    let lease_reads = Dice(seed ^ 0x1EA5E).chance(25);
-    if !dice.chance(33) {
-        return lease_reads
-            .then(|| Arc::new(|c: &mut Config| c.lease_reads = true) as raft_mem::sim::ConfigHook);
+/// Timing profiles: (tick, heartbeat, election min, election max) in ms.
+const TIMINGS: [(u64, u64, u64, u64); 4] =
+    [(10, 50, 300, 600), (5, 20, 100, 200), (20, 100, 800, 1600), (10, 30, 150, 300)];
+
+/// Settings of one node, drawn from the seed.
+#[derive(Debug, Clone, Copy)]
+struct NodeSettings {
+    timing: (u64, u64, u64, u64),
+    max_append_entries: usize,
+    max_inflight_append_entries: usize,
+}
+
+/// Everything a seed draws before the run.
+#[derive(Debug, Clone)]
+struct Draws {
+    voters: u64,
+    learners: u64,
+    pre_vote: bool,
+    check_quorum: bool,
+    lease_reads: bool,
+    /// (interval, keep, chunk, window, timeout) when snapshots are on.
+    snapshots: Option<(u64, u64, u64, usize, u64)>,
+    nodes: BTreeMap<NodeId, NodeSettings>,
+    disk: DiskFaults,
+    state_machine: StateMachineFaults,
+    faults: LinkFaults,
+    hang_chance: f64,
+    payload: (usize, usize),
+    clients: u64,
+    readers: u64,
+    /// The nodes every fault is confined to (`None`: faults hit anyone).
+    minority: Option<Vec<NodeId>>,
+    clock_skew: bool,
+    late_timers: bool,
+}
+
+fn draw(seed: u64) -> Draws {
+    let mut dice = Dice(seed ^ 0xD4A5);
+    let voters = [1, 1, 2, 3, 3, 4, 5, 5, 6, 7][dice.below(10) as usize];
+    let learners = if voters == 1 { 1 + dice.below(2) } else { dice.below(3) / 2 };
+    let pre_vote = dice.chance(80);
+    let check_quorum = dice.chance(80);
+    let lease_reads = check_quorum && dice.chance(35);
+    let snapshots = dice.chance(33).then(|| {
+        (
+            3 + dice.below(40),
+            dice.below(8),
+            64 + dice.below(2048),
+            1 + dice.below(3) as usize,
+            200 + dice.below(3000),
+        )
+    });
+    let base_timing = TIMINGS[dice.below(4) as usize];
+    let heterogeneous = !lease_reads && dice.chance(30);
+    let flow = [(1, 1), (4, 2), (64, 8), (4096, 32)];
+    let mut nodes = BTreeMap::new();
+    for id in 1..=voters + learners + 8 {
+        let timing = if heterogeneous && dice.chance(50) {
+            TIMINGS[dice.below(4) as usize]
+        } else {
+            base_timing
+        };
+        let (max_append_entries, max_inflight_append_entries) = flow[dice.below(4) as usize];
+        nodes.insert(id, NodeSettings { timing, max_append_entries, max_inflight_append_entries });
     }
-    let interval = 3 + dice.below(40);
-    let keep = dice.below(8);
-    let chunk = 64 + dice.below(2048);
-    let window = 1 + dice.below(3) as usize;
-    let timeout = 200 + dice.below(3000);
-    Some(Arc::new(move |c: &mut Config| {
-        c.lease_reads = lease_reads;
-        c.snapshot_interval_entries = interval;
-        c.snapshot_keep_entries = keep;
-        c.snapshot_chunk_bytes = chunk;
-        c.snapshot_max_inflight_chunks = window;
-        c.snapshot_transfer_timeout_ms = timeout;
-    }))
+    let mut disk = match dice.below(5) {
+        0 => DiskFaults::INSTANT,
+        1 | 2 => DiskFaults::SSD,
+        3 => DiskFaults::SPINNING,
+        _ => DiskFaults {
+            latency_us: (0, dice.below(20_000)),
+            stall_chance: dice.below(30) as f64 / 1000.0,
+            stall_ms: (10, 10 + dice.below(1500)),
+            error_chance: 0.0,
+            yield_chance: dice.below(50) as f64 / 100.0,
+        },
+    };
+    if dice.chance(20) {
+        disk.error_chance = 0.0005;
+    }
+    let mut state_machine = StateMachineFaults::default();
+    if dice.chance(20) {
+        state_machine.slow_chance = 0.05;
+        state_machine.slow_us = (100, 50_000);
+    }
+    if dice.chance(10) {
+        state_machine.error_chance = 0.001;
+    }
+    let faults = random_faults(&mut dice);
+    let hang_chance = if dice.chance(40) { dice.below(30) as f64 / 100.0 } else { 0.0 };
+    let payload = if dice.chance(30) { (0, 1 + dice.below(16 << 10) as usize) } else { (0, 0) };
+    let clients = 1 + dice.below(3);
+    let readers = 1 + dice.below(3);
+    let minority = (voters >= 3 && dice.chance(25)).then(|| {
+        let size = 1 + dice.below((voters - 1) / 2);
+        let mut ids: Vec<NodeId> = (1..=voters).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, dice.below(i as u64 + 1) as usize);
+        }
+        ids.truncate(size as usize);
+        ids
+    });
+    Draws {
+        voters,
+        learners,
+        pre_vote,
+        check_quorum,
+        lease_reads,
+        snapshots,
+        nodes,
+        disk,
+        state_machine,
+        faults,
+        hang_chance,
+        payload,
+        clients,
+        readers,
+        minority,
+        clock_skew: dice.chance(30),
+        late_timers: dice.chance(20),
+    }
+}
+
+fn config_hook(draws: &Draws) -> ConfigHook {
+    let draws = draws.clone();
+    Arc::new(move |c: &mut Config| {
+        let settings = draws.nodes.get(&c.id).copied().unwrap_or(draws.nodes[&1]);
+        let (tick, heartbeat, min, max) = settings.timing;
+        c.tick_interval_ms = tick;
+        c.heartbeat_interval_ms = heartbeat;
+        c.election_timeout_ms_min = min;
+        c.election_timeout_ms_max = max;
+        c.leadership_transfer_timeout_ms = c.leadership_transfer_timeout_ms.max(heartbeat);
+        c.pre_vote = draws.pre_vote;
+        c.check_quorum = draws.check_quorum;
+        c.lease_reads = draws.lease_reads;
+        c.max_clock_drift_ms = min / 3;
+        c.max_append_entries = settings.max_append_entries;
+        c.max_inflight_append_entries = settings.max_inflight_append_entries;
+        if let Some((interval, keep, chunk, window, timeout)) = draws.snapshots {
+            c.snapshot_interval_entries = interval;
+            c.snapshot_keep_entries = keep;
+            c.snapshot_chunk_bytes = chunk;
+            c.snapshot_max_inflight_chunks = window;
+            c.snapshot_transfer_timeout_ms = timeout.max(heartbeat);
+        }
+    })
+}
+
+/// Counters over every seed of the process.
+#[derive(Default)]
+struct Totals {
+    seeds: AtomicU64,
+    pauses: AtomicU64,
+    crashes: AtomicU64,
+    in_flight_landed: AtomicU64,
+    in_flight_lost: AtomicU64,
+    fault_stops: AtomicU64,
+    membership_changes: AtomicU64,
+    restores: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    lone_voter: AtomicU64,
+    minority_mode: AtomicU64,
+}
+
+static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A background fault that changes during the run: a link that flaps, or a burst of loss.
+fn spawn_changing_fault(sim: &Simulation, dice: &mut Dice, ids: &[NodeId], stop: &Arc<AtomicBool>) {
+    let (network, runtime, stop) = (sim.network.clone(), sim.runtime.clone(), stop.clone());
+    let (a, b) = (dice.pick(ids), dice.pick(ids));
+    let period = Duration::from_millis(20 + dice.below(500));
+    let rounds = 1 + dice.below(20);
+    let burst = dice.chance(30);
+    let burst_faults = LinkFaults { drop_request: 0.5, drop_response: 0.5, ..LinkFaults::RELIABLE };
+    sim.runtime.spawn_task(async move {
+        for round in 0..rounds {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let on = round % 2 == 0;
+            match (burst, on) {
+                (true, true) => network.set_link_faults(a, b, burst_faults),
+                (true, false) => network.set_link_faults(a, b, LinkFaults::RELIABLE),
+                (false, true) => network.cut_one_way(a, b),
+                (false, false) => network.restore_one_way(a, b),
+            }
+            runtime.sleep_for(period).await;
+        }
+        network.restore_one_way(a, b);
+    });
+}
+
+/// The nodes a fault may hit: the minority in minority mode, anyone otherwise.
+fn targets(draws: &Draws, ids: &[NodeId]) -> Vec<NodeId> {
+    match &draws.minority {
+        Some(minority) => minority.clone(),
+        None => ids.to_vec(),
+    }
 }
 
 fn swarm_run(seed: u64) -> Outcome {
+    let draws = draw(seed);
+    if verbose() {
+        println!("  draws: {draws:?}");
+    }
+    let mut config = SimulationConfig::new(draws.voters, seed);
+    config.faults = if draws.minority.is_some() { LinkFaults::RELIABLE } else { draws.faults };
+    config.disk = draws.disk;
+    config.state_machine = draws.state_machine;
+    config.rpc_timeout = Some((Duration::from_secs(2), draws.hang_chance));
+    let mut sim = Simulation::with_config_hook(config, Some(config_hook(&draws)))?;
+    sim.enable_liveness(LivenessBounds::default());
     let mut dice = Dice(seed ^ 0x5EED);
-    let nodes = [3, 5, 5, 7][dice.below(4) as usize];
-    let mut config = SimulationConfig::new(nodes, seed);
-    config.faults = random_faults(&mut dice);
-    if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
-        println!("  default faults: {:?}", config.faults);
+    let mut next_id = draws.voters + 1;
+    let mut removed: Vec<NodeId> = Vec::new();
+    for _ in 0..draws.learners {
+        let id = next_id;
+        next_id += 1;
+        sim.add_node(id)?;
+        sim.change_membership(MembershipChange::AddLearner(id), LONG)?;
     }
-    let snapshots = snapshot_hook(seed);
-    let with_snapshots = Dice(seed ^ 0x5A9_5407).chance(33); // as drawn in snapshot_hook
-    let mut sim = Simulation::with_config_hook(config, snapshots)?;
-    let mut ids: Vec<NodeId> = sim.ids().to_vec();
-    // Membership changes and reads, drawn from their own dice (the rest of each seed's
-    // scenario keeps its shape).
-    let mut changes = Dice(seed ^ 0xC0_4F16);
-    let with_changes = changes.chance(50);
-    let mut next_id = 100;
-    for _ in 0..dice.below(3) {
-        let (a, b) = (dice.pick(&ids), dice.pick(&ids));
-        let faults = random_faults(&mut dice);
-        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
-            println!("  link {a}->{b}: {faults:?}");
+    let ids: Vec<NodeId> = sim.ids().to_vec();
+    if let Some(minority) = &draws.minority {
+        for &id in minority {
+            sim.network.set_node_faults(id, draws.faults);
         }
-        sim.network.set_link_faults(a, b, faults);
     }
+    if draws.clock_skew || draws.late_timers {
+        for &id in &targets(&draws, &ids) {
+            let (_, heartbeat, min, _) = draws.nodes[&id].timing;
+            let mut clock = NodeClock::EXACT;
+            if draws.clock_skew {
+                clock.rate = 0.95 + dice.below(101) as f64 / 1000.0;
+            }
+            if draws.late_timers {
+                clock.late_chance = 0.01;
+                clock.late_max_us = (min.saturating_sub(2 * heartbeat) / 2) * 1_000;
+            }
+            sim.set_clock(id, clock);
+        }
+    }
+    let options = ClientOptions {
+        timeout: Duration::from_millis(300 + dice.below(3000)),
+        payload_bytes: draws.payload,
+    };
     let clients: Vec<_> =
-        (0..1 + dice.below(3)).map(|c| sim.spawn_client(&format!("s{c}"))).collect();
-    let reader = with_changes.then(|| sim.spawn_reader());
-    for _ in 0..(5 + dice.below(20)) {
-        if with_changes && changes.chance(40) {
-            change_at_random(&mut sim, &mut changes, &mut ids, &mut next_id)?;
-        }
-        match dice.below(7) {
-            0 => {
-                let split = 1 + dice.below(ids.len() as u64 - 1) as usize;
+        (0..draws.clients).map(|c| sim.spawn_client_with(&format!("s{c}"), options)).collect();
+    let readers: Vec<_> = (0..draws.readers).map(|_| sim.spawn_reader()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = 5 + dice.below(20);
+    for _ in 0..rounds {
+        let ids: Vec<NodeId> = sim.ids().to_vec();
+        let hit = targets(&draws, &ids);
+        let action = dice.below(if draws.minority.is_some() { 12 } else { 20 });
+        match action {
+            0 => sim.crash(dice.pick(&hit)),
+            1 => sim.start(dice.pick(&hit))?,
+            2 => {
+                let id = dice.pick(&hit);
+                sim.restart(id)?;
+            }
+            3 => {
+                let id = dice.pick(&hit);
+                let delay = Duration::from_micros(dice.below(2_000_000));
+                sim.crash_after(id, delay, InFlight::Random);
+            }
+            4 => sim.crash_after_steps(dice.pick(&hit), dice.below(20_000), InFlight::Random),
+            5 => {
+                let id = dice.pick(&hit);
+                if sim.is_paused(id) {
+                    sim.resume(id);
+                } else {
+                    sim.pause(id);
+                }
+            }
+            6 => {
+                let (id, trigger) = match dice.below(2) {
+                    0 => {
+                        let delay = Duration::from_micros(dice.below(20_000));
+                        (dice.pick(&hit), CrashTrigger::AfterWriteIssued { delay })
+                    }
+                    _ => (dice.pick(&hit), CrashTrigger::AfterSnapshotCommit),
+                };
+                if let Some(disk) = sim.disk(id) {
+                    disk.set_crash_trigger(Some((trigger, InFlight::Random)));
+                }
+            }
+            7 => {
+                let id = dice.pick(&hit);
+                let full = sim.disk(id).is_some_and(|d| !d.is_full());
+                sim.set_disk_full(id, full);
+            }
+            8 => sim.network.disconnect(dice.pick(&hit)),
+            9 => sim.network.reconnect(dice.pick(&hit)),
+            10 => {
+                let (a, b) = (dice.pick(&hit), dice.pick(&ids));
+                sim.network.cut_one_way(a, b);
+            }
+            11 => spawn_changing_fault(&sim, &mut dice, &hit, &stop),
+            // Faults that may touch a majority.
+            12 => {
+                let split = 1 + dice.below(ids.len().max(2) as u64 - 1) as usize;
                 let mut shuffled = ids.clone();
                 for i in (1..shuffled.len()).rev() {
                     shuffled.swap(i, dice.below(i as u64 + 1) as usize);
                 }
-                sim.network.partition(&[shuffled[..split].to_vec(), shuffled[split..].to_vec()]);
+                let (left, right) = shuffled.split_at(split.min(shuffled.len()));
+                sim.network.partition(&[left.to_vec(), right.to_vec()]);
+                if dice.chance(30) {
+                    sim.network.set_bridge(dice.pick(&ids), true);
+                }
             }
-            1 => sim.network.heal(),
-            2 => sim.network.disconnect(dice.pick(&ids)),
-            3 => sim.network.reconnect(dice.pick(&ids)),
-            4 => sim.crash(dice.pick(&ids)),
-            5 => sim.start(dice.pick(&ids))?,
-            _ => {
+            13 => sim.network.heal(),
+            14 => {
                 let id = dice.pick(&ids);
-                sim.restart(id)?;
+                sim.network.set_link_faults(id, dice.pick(&ids), random_faults(&mut dice));
             }
+            15 => {
+                if dice.chance(30) {
+                    sim.crash_all();
+                } else {
+                    sim.crash_on_leadership(
+                        None,
+                        Duration::from_micros(dice.below(5_000)),
+                        InFlight::Random,
+                    );
+                }
+            }
+            16 => {
+                let id = dice.pick(&ids);
+                if dice.chance(50) {
+                    sim.shutdown(id)?;
+                } else {
+                    sim.start(id)?;
+                }
+            }
+            _ => change_at_random(&mut sim, &mut dice, &mut next_id, &mut removed)?,
         }
-        sim.run_for(Duration::from_millis(dice.below(2000)))?;
-        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+        sim.run_for(Duration::from_micros(dice.below(2_000_000)))?;
+        if verbose() {
             println!(
-                "  t={:?} polls={} statuses={:?}",
+                "  t={:?} action {action} polls={} statuses={:?}",
                 sim.now(),
                 sim.runtime.polls(),
                 sim.statuses()
@@ -130,32 +411,62 @@ fn swarm_run(seed: u64) -> Outcome {
             );
         }
     }
-    if let Some(reader) = reader {
+    stop.store(true, Ordering::SeqCst);
+    for reader in &readers {
         reader.stop();
     }
     converge_and_check(&mut sim, &clients)?;
-    let committed_changes = sim
+    let stats = sim.stats();
+    add(&TOTALS.seeds, 1);
+    add(&TOTALS.pauses, stats.pauses);
+    add(&TOTALS.crashes, stats.crashes);
+    add(&TOTALS.in_flight_landed, stats.crash_landed);
+    add(&TOTALS.in_flight_lost, stats.crash_lost);
+    add(&TOTALS.fault_stops, stats.fault_stops + stats.failed_starts);
+    let changes = sim
         .checker()
         .committed_entries()
-        .filter(|e| matches!(e.payload, raft_core::EntryPayload::Membership(_)))
+        .filter(|e| matches!(e.payload, EntryPayload::Membership(_)))
         .count();
-    MEMBERSHIP_CHANGES.fetch_add(committed_changes as u64, std::sync::atomic::Ordering::Relaxed);
-    if with_snapshots {
-        SNAPSHOT_SEEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let restores: usize = ids.iter().map(|&id| sim.restores(id).len()).sum();
-        RESTORES.fetch_add(restores as u64, std::sync::atomic::Ordering::Relaxed);
-    }
+    add(&TOTALS.membership_changes, changes as u64);
+    let restores: usize = sim.ids().iter().map(|&id| sim.restores(id).len()).sum();
+    add(&TOTALS.restores, restores as u64);
+    add(&TOTALS.reads, readers.iter().map(|r| r.completed()).sum());
+    add(&TOTALS.writes, clients.iter().map(|c| c.acknowledged().len() as u64).sum());
+    add(&TOTALS.lone_voter, u64::from(draws.voters == 1));
+    add(&TOTALS.minority_mode, u64::from(draws.minority.is_some()));
     Ok(())
 }
 
 /// Starts a random membership change or leadership transfer on the current leader, without
-/// waiting for its outcome (it may fail, commit or be overwritten under the faults).
+/// waiting for its outcome (it may fail, commit or be overwritten under the faults). Removed
+/// nodes are retired once their removal is committed, and may be added again later (on an
+/// empty disk).
 fn change_at_random(
     sim: &mut Simulation,
     dice: &mut Dice,
-    ids: &mut Vec<NodeId>,
     next_id: &mut NodeId,
+    removed: &mut Vec<NodeId>,
 ) -> Outcome {
+    // Retire the nodes whose removal committed (members of an earlier committed membership
+    // that the latest one lacks).
+    let memberships: Vec<_> = sim
+        .checker()
+        .committed_entries()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.members()),
+            _ => None,
+        })
+        .collect();
+    if let Some(latest) = memberships.last() {
+        for id in sim.ids().to_vec() {
+            let was_member = memberships.iter().any(|m| m.contains(&id));
+            if was_member && !latest.contains(&id) && !removed.contains(&id) {
+                sim.retire(id);
+                removed.push(id);
+            }
+        }
+    }
     let Some(leader) = sim.leader() else { return Ok(()) };
     let Some(node) = sim.node(leader).cloned() else { return Ok(()) };
     let membership = node.membership();
@@ -163,12 +474,16 @@ fn change_at_random(
         let v: Vec<NodeId> = set.iter().copied().collect();
         (!v.is_empty()).then(|| dice.pick(&v))
     };
-    let change = match dice.below(4) {
+    sim.note_disruption();
+    let change = match dice.below(5) {
         0 => {
-            let id = *next_id;
-            *next_id += 1;
+            let id = if !removed.is_empty() && dice.chance(50) {
+                removed.remove(dice.below(removed.len() as u64) as usize)
+            } else {
+                *next_id += 1;
+                *next_id
+            };
             sim.add_node(id)?;
-            ids.push(id);
             MembershipChange::AddLearner(id)
         }
         1 => match pick(dice, &membership.learners) {
@@ -188,7 +503,7 @@ fn change_at_random(
             return Ok(());
         }
     };
-    if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+    if verbose() {
         println!("  t={:?} {change:?} on leader {leader}", sim.now());
     }
     sim.runtime.spawn_task(async move {
@@ -196,10 +511,6 @@ fn change_at_random(
     });
     Ok(())
 }
-
-static SNAPSHOT_SEEDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static MEMBERSHIP_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
@@ -217,18 +528,29 @@ fn shard(index: u64) {
     let started = std::time::Instant::now();
     let mut ran = 0;
     for seed in (first..first + total).filter(|s| s % SHARDS == index) {
-        if std::env::var("RAFT_SWARM_VERBOSE").is_ok() {
+        if verbose() {
             println!("seed {seed}");
         }
         swarm_run(seed).unwrap_or_else(|failure| panic!("swarm failed: {failure}"));
         ran += 1;
     }
+    let t = &*TOTALS;
+    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} with snapshots, {} snapshot restores, {} committed membership changes)",
+        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} committed membership changes, {} snapshot restores)",
         started.elapsed(),
-        SNAPSHOT_SEEDS.load(std::sync::atomic::Ordering::Relaxed),
-        RESTORES.load(std::sync::atomic::Ordering::Relaxed),
-        MEMBERSHIP_CHANGES.load(std::sync::atomic::Ordering::Relaxed)
+        n(&t.seeds),
+        n(&t.lone_voter),
+        n(&t.minority_mode),
+        n(&t.writes),
+        n(&t.reads),
+        n(&t.crashes),
+        n(&t.in_flight_landed),
+        n(&t.in_flight_lost),
+        n(&t.pauses),
+        n(&t.fault_stops),
+        n(&t.membership_changes),
+        n(&t.restores)
     );
 }
 

@@ -98,7 +98,7 @@ impl InvariantChecker {
     }
 
     /// Every entry known committed (applied by some node), by index.
-    pub fn committed_entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn committed_entries(&self) -> impl DoubleEndedIterator<Item = &Entry> {
         self.committed.values().map(|(entry, _)| entry)
     }
 
@@ -226,6 +226,15 @@ impl InvariantChecker {
             self.observe_vote(node, hard_state.current_term, candidate)?;
         }
         Ok(())
+    }
+
+    /// Node `node` comes back on an empty disk as a new member (its id was removed from the
+    /// cluster): its earlier durable state and votes no longer bind it.
+    pub fn forget_disk(&mut self, node: NodeId) {
+        self.durable_hard_state.remove(&node);
+        self.votes.retain(|&(voter, _), _| voter != node);
+        self.purged.remove(&node);
+        self.durable_snapshot.remove(&node);
     }
 
     /// `node` voted for `candidate` in `term` (granted a vote, asked for votes as a candidate, or

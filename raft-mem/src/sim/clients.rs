@@ -184,7 +184,7 @@ impl Simulation {
                             Err(error) => Err(error),
                         }
                     };
-                    let outcome = futures::select! {
+                    let outcome = futures::select_biased! {
                         outcome = attempt.fuse() => Some(outcome),
                         _ = runtime.sleep_for(options.timeout).fuse() => None,
                     };
@@ -238,7 +238,7 @@ impl Simulation {
                     .load(Ordering::SeqCst)
                     .max(shared.max_committed.load(Ordering::SeqCst));
                 let timeout = Duration::from_millis(50 + runtime.below(2950));
-                let outcome = futures::select! {
+                let outcome = futures::select_biased! {
                     result = node.read_index().fuse() => result.ok(),
                     _ = runtime.sleep_for(timeout).fuse() => None,
                 };

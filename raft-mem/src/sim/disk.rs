@@ -171,9 +171,10 @@ struct DiskState {
     next_op: u64,
     /// Virtual time (µs) until which an operation in flight is stalled.
     stalled_until_us: u64,
-    trigger: Option<CrashTrigger>,
-    /// The virtual time at which the simulation should crash the node.
-    crash_at: Option<Duration>,
+    /// The armed trigger, and how the crash it causes resolves the operations in flight.
+    trigger: Option<(CrashTrigger, InFlight)>,
+    /// When the simulation should crash the node, and how.
+    crash_at: Option<(Duration, InFlight)>,
     /// Log entries a truncation or reset removed, with the step at which they went.
     removed: BTreeMap<LogId, u64>,
     stats: DiskStats,
@@ -354,22 +355,24 @@ impl SimDisk {
         outcome
     }
 
-    /// Crashes the node at the next `trigger` event (see [`SimDisk::take_crash_request`]).
-    pub fn set_crash_trigger(&self, trigger: Option<CrashTrigger>) {
+    /// Crashes the node at the next `trigger` event, resolving its operations in flight by
+    /// `policy` (the simulation carries it out: see [`SimDisk::take_crash_request`]).
+    pub fn set_crash_trigger(&self, trigger: Option<(CrashTrigger, InFlight)>) {
         self.lock().trigger = trigger;
     }
 
-    /// The virtual time at which a triggered crash is due, if one is (taken: asked once).
-    pub fn take_crash_request(&self) -> Option<Duration> {
+    /// A triggered crash that is due, with how to resolve the operations in flight (taken:
+    /// reported once).
+    pub fn take_crash_request(&self) -> Option<InFlight> {
         let mut state = self.lock();
-        let due = state.crash_at.filter(|&at| at <= state.runtime.now())?;
+        let (_, policy) = state.crash_at.filter(|&(at, _)| at <= state.runtime.now())?;
         state.crash_at = None;
-        Some(due)
+        Some(policy)
     }
 
     /// The virtual time at which a triggered crash will be due, if one is planned.
     pub fn crash_request(&self) -> Option<Duration> {
-        self.lock().crash_at
+        self.lock().crash_at.map(|(at, _)| at)
     }
 
     /// A copy of the durable contents.
@@ -420,11 +423,11 @@ impl SimDisk {
             if failure.is_some() {
                 state.stats.errors += 1;
             } else {
-                if let (Op::Write(_), Some(CrashTrigger::AfterWriteIssued { delay })) =
+                if let (Op::Write(_), Some((CrashTrigger::AfterWriteIssued { delay }, policy))) =
                     (&op, state.trigger)
                 {
                     state.trigger = None;
-                    state.crash_at = Some(state.runtime.now() + delay);
+                    state.crash_at = Some((state.runtime.now() + delay, policy));
                 }
                 state.in_flight.insert(seq, op);
             }
@@ -440,9 +443,9 @@ impl SimDisk {
         let op = state.in_flight.remove(&seq).ok_or(StorageError::Closed)?;
         let commit = matches!(op, Op::SnapshotCommit(..));
         let result = self.land(&mut state, op);
-        if commit && state.trigger == Some(CrashTrigger::AfterSnapshotCommit) {
+        if let (true, Some((CrashTrigger::AfterSnapshotCommit, policy))) = (commit, state.trigger) {
             state.trigger = None;
-            state.crash_at = Some(state.runtime.now());
+            state.crash_at = Some((state.runtime.now(), policy));
         }
         result
     }

@@ -77,8 +77,9 @@ impl ClockState {
 struct State {
     /// Virtual time, in microseconds since the start.
     now_us: u64,
-    /// Ready tasks (a FIFO queue without a PRNG; a set picked at random with one).
+    /// Ready tasks in wake order (FIFO scheduling, without a PRNG).
     ready: VecDeque<TaskId>,
+    /// The ready tasks (picked from at random with a PRNG).
     queued: BTreeSet<TaskId>,
     tasks: BTreeMap<TaskId, Arc<Task>>,
     next_task: TaskId,
@@ -116,17 +117,19 @@ impl State {
     }
 
     fn make_ready(&mut self, id: TaskId) {
-        if self.tasks.contains_key(&id) && self.queued.insert(id) {
+        if self.tasks.contains_key(&id) && self.queued.insert(id) && self.rng.is_none() {
             self.ready.push_back(id);
         }
     }
 
-    /// Picks the next ready task of a tag that is not paused (parking the others).
+    /// Picks the next ready task of a tag that is not paused (parking the others). With a PRNG
+    /// the pick is among the ready task ids in order, so it does not depend on the order in
+    /// which they were woken (which may come from a hash map's iteration).
     fn pick(&mut self) -> Option<TaskId> {
         loop {
             let id = if self.rng.is_some() {
-                let at = self.below(self.ready.len() as u64) as usize;
-                self.ready.swap_remove_back(at)?
+                let at = self.below(self.queued.len() as u64) as usize;
+                self.queued.iter().nth(at).copied()?
             } else {
                 self.ready.pop_front()?
             };
@@ -324,8 +327,9 @@ impl SimRuntime {
                     state.tasks.remove(id)
                 })
                 .collect();
-            let State { ready, tasks, parked, .. } = &mut *state;
+            let State { ready, tasks, parked, queued, .. } = &mut *state;
             ready.retain(|id| tasks.contains_key(id));
+            queued.retain(|id| tasks.contains_key(id));
             parked.retain(|id| tasks.contains_key(id));
             killed
         };
@@ -652,6 +656,42 @@ mod tests {
         let shuffled_ready = (1..20).any(|s| interleaving(&SimRuntime::seeded(s, 0))[0] != 0);
         let shuffled_timers = (1..20).any(|s| interleaving(&SimRuntime::seeded(s, 0))[10] != 100);
         assert!(shuffled_ready && shuffled_timers);
+    }
+
+    #[test]
+    fn seeded_picks_do_not_depend_on_wake_order() {
+        // Ten tasks wait on one gate each; a driver wakes them all in a given order. With the
+        // same seed, the order in which they then run must not depend on the wake order (it
+        // may come from a hash map's iteration, which varies between processes).
+        let run_order = |wake_order: Vec<usize>| {
+            let rt = SimRuntime::seeded(5, 0);
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let mut gates = Vec::new();
+            for i in 0..10 {
+                let (open, gate) = futures::channel::oneshot::channel::<()>();
+                gates.push(open);
+                let log = log.clone();
+                rt.spawn_task(async move {
+                    let _ = gate.await;
+                    log.lock().unwrap().push(i);
+                });
+            }
+            rt.run_for(Duration::from_millis(1), || {});
+            let mut gates: Vec<_> = gates.into_iter().map(Some).collect();
+            rt.spawn_task(async move {
+                for i in wake_order {
+                    if let Some(open) = gates[i].take() {
+                        let _ = open.send(());
+                    }
+                }
+            });
+            rt.run_for(Duration::from_millis(1), || {});
+            let order = log.lock().unwrap().clone();
+            order
+        };
+        let forward = run_order((0..10).collect());
+        assert_eq!(forward, run_order((0..10).rev().collect()));
+        assert_eq!(forward, run_order(vec![3, 1, 4, 0, 5, 9, 2, 6, 8, 7]));
     }
 
     #[test]

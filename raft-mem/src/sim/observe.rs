@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use raft_core::{NodeId, Role, Status};
 
 use super::checker::Violation;
-use super::disk::InFlight;
 use super::recorder::{lock, Event};
 use super::simulation::{stuck, Planned, Simulation};
 
@@ -280,8 +279,8 @@ impl Simulation {
             if !self.running.contains_key(&id) {
                 continue;
             }
-            if disk.take_crash_request().is_some() {
-                due.push((id, InFlight::Random));
+            if let Some(policy) = disk.take_crash_request() {
+                due.push((id, policy));
             } else if let Some(at) = disk.crash_request() {
                 wake.push(at);
             }

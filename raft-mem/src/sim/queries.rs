@@ -27,7 +27,7 @@ impl Simulation {
             if let Some(node) = self.leader().and_then(|leader| self.node(leader).cloned()) {
                 let runtime = self.runtime.clone();
                 let attempt = async move {
-                    futures::select! {
+                    futures::select_biased! {
                         result = node.change_membership(change).fuse() => Some(result),
                         _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
                     }
@@ -136,7 +136,7 @@ impl Simulation {
                 Err(_) => return None,
             };
             let index = proposal.index;
-            futures::select! {
+            futures::select_biased! {
                 response = proposal.response().fuse() => response.ok().map(|_| index),
                 _ = runtime.sleep_for(max).fuse() => None,
             }

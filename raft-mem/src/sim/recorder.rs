@@ -45,7 +45,8 @@ pub(crate) struct Recorder {
     responses: Arc<Mutex<BTreeMap<LogIndex, Bytes>>>,
     /// The snapshots this incarnation restored, in order.
     pub(crate) restores: Arc<Mutex<Vec<LogId>>>,
-    faults: StateMachineFaults,
+    /// Shared with the simulation, which may turn the faults off.
+    faults: Arc<Mutex<StateMachineFaults>>,
     rng: Arc<Mutex<ChaCha8Rng>>,
     runtime: SimRuntime,
     /// Whether an injected failure stopped this incarnation.
@@ -62,7 +63,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Recorder {
     /// A recorder whose slow applies sleep on `runtime` (the node's) and whose faults are drawn
     /// from `seed`.
-    pub(crate) fn new(runtime: SimRuntime, faults: StateMachineFaults, seed: u64) -> Self {
+    pub(crate) fn new(
+        runtime: SimRuntime,
+        faults: Arc<Mutex<StateMachineFaults>>,
+        seed: u64,
+    ) -> Self {
         Self {
             fresh: Arc::default(),
             history: Arc::default(),
@@ -102,12 +107,13 @@ impl Recorder {
 #[async_trait]
 impl StateMachine for Recorder {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        if self.draw(self.faults.slow_chance) {
-            let (low, high) = self.faults.slow_us;
+        let faults = *lock(&self.faults);
+        if self.draw(faults.slow_chance) {
+            let (low, high) = faults.slow_us;
             let us = low + lock(&self.rng).next_u64() % (high.saturating_sub(low) + 1);
             self.runtime.sleep_virtual(Duration::from_micros(us)).await;
         }
-        if self.draw(self.faults.error_chance) {
+        if self.draw(faults.error_chance) {
             self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(StateMachineError::new("injected state machine failure"));
         }

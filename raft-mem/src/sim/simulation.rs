@@ -157,7 +157,9 @@ pub struct Simulation {
     pub(super) livelock: (Duration, u64),
     pub(super) oracle: Arc<WireOracle>,
     disk_faults: DiskFaults,
-    sm_faults: StateMachineFaults,
+    sm_faults: Arc<std::sync::Mutex<StateMachineFaults>>,
+    /// Ids that came back after their removal: they join, whatever they were before.
+    rejoined: BTreeSet<NodeId>,
     pub(super) planned: Vec<Planned>,
     pub(super) paused: BTreeSet<NodeId>,
     /// Bumped by every change of the nodes' lives and of their disks (with the network's
@@ -243,7 +245,8 @@ impl Simulation {
             livelock: (Duration::ZERO, 0),
             oracle,
             disk_faults: config.disk,
-            sm_faults: config.state_machine,
+            sm_faults: Arc::new(std::sync::Mutex::new(config.state_machine)),
+            rejoined: BTreeSet::new(),
             planned: Vec::new(),
             paused: BTreeSet::new(),
             epoch: 0,
@@ -286,6 +289,9 @@ impl Simulation {
             self.ids.push(id);
             if let Some(disk) = self.disks.get(&id) {
                 disk.restore_image(&DiskImage::empty());
+                self.checker.forget_disk(id);
+                self.hard_states.remove(&id);
+                self.rejoined.insert(id);
             }
         }
         self.start(id)
@@ -397,7 +403,7 @@ impl Simulation {
             *counter += 1;
             *counter
         };
-        let mut config = if self.founders.contains(&id) {
+        let mut config = if self.founders.contains(&id) && !self.rejoined.contains(&id) {
             Config::new(id, self.founders.iter().copied())
         } else {
             Config::joining(id)
@@ -411,7 +417,7 @@ impl Simulation {
         let disk_errors_at_start = disk.stats().errors;
         let node_runtime = self.runtime.tagged(id);
         let seed = mix(self.seed, 0x5_3000 + id * 1_000 + incarnation);
-        let recorder = Recorder::new(node_runtime.clone(), self.sm_faults, seed);
+        let recorder = Recorder::new(node_runtime.clone(), self.sm_faults.clone(), seed);
         self.oracle.started(id, incarnation, disk.clone());
         self.configs.insert(id, config.clone());
         self.epoch += 1;
@@ -586,14 +592,17 @@ impl Simulation {
     }
 
     /// Brings the cluster back to health: resumes paused nodes, frees full disks and stops
-    /// injecting disk errors and stalls, removes every network fault, partition and
-    /// disconnection. Crashed nodes stay down.
+    /// injecting disk errors, stalls and state machine failures, cancels planned crashes,
+    /// removes every network fault, partition and disconnection. Crashed nodes stay down.
     pub fn calm(&mut self) {
         for id in self.paused.clone() {
             self.resume(id);
         }
+        self.planned.clear();
+        *lock(&self.sm_faults) = StateMachineFaults::default();
         for disk in self.disks.values() {
             disk.set_full(false);
+            disk.set_crash_trigger(None);
             let faults = disk.faults();
             disk.set_faults(DiskFaults { error_chance: 0.0, stall_chance: 0.0, ..faults });
         }

@@ -63,10 +63,8 @@ pub fn converge_and_check(sim: &mut Simulation, clients: &[ClientLog]) -> Outcom
     for client in clients {
         client.stop();
     }
-    sim.network.clear_faults();
-    sim.network.heal();
+    sim.calm();
     for id in sim.ids().to_vec() {
-        sim.network.reconnect(id);
         sim.start(id)?;
     }
     let index = sim.write(cmd("final"), LONG)?;
