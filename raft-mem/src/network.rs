@@ -130,6 +130,8 @@ struct Inner {
     rpc_timeout: Option<Duration>,
     /// Probability that a failed request hangs until the RPC timeout instead of failing fast.
     hang_chance: f64,
+    /// Probability that a send lets every other ready task run before it starts.
+    yield_chance: f64,
     /// Whether every message is round-tripped through its postcard encoding.
     wire_check: bool,
     /// Messages that did not survive their encoding.
@@ -222,6 +224,7 @@ impl MemNetwork {
             cut_link_delay_ms: (50, 150),
             rpc_timeout: None,
             hang_chance: 0.0,
+            yield_chance: 0.0,
             wire_check: true,
             wire_errors: Vec::new(),
             observer: None,
@@ -427,6 +430,12 @@ impl MemNetwork {
         });
     }
 
+    /// With probability `chance`, a send first lets every other ready task run (a random
+    /// interleaving point, on a runtime that picks ready tasks at random).
+    pub fn set_yield_chance(&self, chance: f64) {
+        self.lock().yield_chance = chance;
+    }
+
     /// Whether every message is round-tripped through its postcard encoding (on by default;
     /// benchmarks may turn it off for speed).
     pub fn set_wire_check(&self, on: bool) {
@@ -493,6 +502,22 @@ impl MemNetwork {
         };
         self.lock().wire_errors.push(failure.clone());
         Err(NetworkError::Codec(failure))
+    }
+}
+
+/// Returns `Pending` once (after waking itself): other ready tasks may run first.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -647,7 +672,7 @@ async fn deliver(
 #[async_trait]
 impl Network for MemEndpoint {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
-        let (fate, observer, timeout, routed) = {
+        let (fate, observer, timeout, routed, yields) = {
             let mut inner = self.network.lock();
             if inner.incarnations.get(&self.id) != Some(&self.incarnation) {
                 return Err(NetworkError::Shutdown);
@@ -659,8 +684,13 @@ impl Network for MemEndpoint {
             } else {
                 Ok(())
             };
-            (inner.fate(self.id, target), inner.observer.clone(), inner.rpc_timeout, routed)
+            let yield_chance = inner.yield_chance;
+            let yields = self.network.runtime.is_some() && inner.chance(yield_chance);
+            (inner.fate(self.id, target), inner.observer.clone(), inner.rpc_timeout, routed, yields)
         };
+        if yields {
+            YieldOnce(false).await;
+        }
         if let Some(observer) = &observer {
             observer.on_request(self.id, target, &request);
         }

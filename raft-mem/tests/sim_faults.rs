@@ -265,3 +265,47 @@ fn one_way_cuts_bridges_and_hung_rpcs_keep_the_majority_live() {
         converge_and_check(&mut sim, &clients)
     });
 }
+
+/// Without PreVote, a node whose log is behind and whose election timeout is shorter than the
+/// others' keeps campaigning in ever higher terms and can never win. The others must still
+/// elect a leader: their election timers restart only on AppendEntries from a current leader or
+/// a vote they grant (Raft, Figure 2), not when they refuse a candidate and merely adopt its
+/// term. Found by the swarm (seeds 2002314 and 2001015 of an earlier draw): with the timer
+/// reset on every term change, the cluster stayed leaderless with every node up.
+#[test]
+#[ignore = "engine liveness bug, reported: without PreVote, adopting the term of a refused RequestVote resets the election timer; un-ignore with the fix"]
+fn a_stale_candidate_with_a_short_timeout_cannot_keep_a_cluster_leaderless() {
+    for default_seed in [141, 142, 143] {
+        scenario("stale candidate without PreVote", default_seed, |seed| {
+            // The stale node gets a short election timeout when it restarts behind.
+            let stale = Arc::new(Mutex::new(None::<NodeId>));
+            let chosen = stale.clone();
+            let hook: ConfigHook = Arc::new(move |c: &mut Config| {
+                c.pre_vote = false;
+                let short = *chosen.lock().unwrap() == Some(c.id);
+                let (tick, heartbeat, min, max) =
+                    if short { (5, 20, 100, 200) } else { (10, 50, 800, 1600) };
+                c.tick_interval_ms = tick;
+                c.heartbeat_interval_ms = heartbeat;
+                c.election_timeout_ms_min = min;
+                c.election_timeout_ms_max = max;
+            });
+            let mut sim = Simulation::with_config_hook(SimulationConfig::new(3, seed), Some(hook))?;
+            let leader = sim.wait_for_leader(LONG)?;
+            let behind = sim.ids().iter().copied().find(|&id| id != leader).unwrap();
+            sim.network.disconnect(behind);
+            for i in 0..5 {
+                sim.write(cmd(&format!("w{i}")), LONG)?;
+            }
+            *stale.lock().unwrap() = Some(behind);
+            sim.restart(behind)?;
+            // The leader goes away: the up-to-date node and the stale one must elect a leader.
+            sim.crash(leader);
+            sim.network.reconnect(behind);
+            sim.run_for(Duration::from_secs(2))?;
+            sim.start(leader)?;
+            sim.wait_for_leader(LONG)?;
+            Ok(())
+        });
+    }
+}

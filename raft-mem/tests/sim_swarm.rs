@@ -144,7 +144,10 @@ fn draw(seed: u64) -> Draws {
     }
     let faults = random_faults(&mut dice);
     let hang_chance = if dice.chance(40) { dice.below(30) as f64 / 100.0 } else { 0.0 };
-    let payload = if dice.chance(30) { (0, 1 + dice.below(16 << 10) as usize) } else { (0, 0) };
+    // The recorder's snapshots hold every entry: with snapshots on, payloads stay small enough
+    // that a snapshot transfer in small chunks ends within the final convergence bound.
+    let payload_max = if snapshots.is_some() { 1 << 10 } else { 16 << 10 };
+    let payload = if dice.chance(30) { (0, 1 + dice.below(payload_max) as usize) } else { (0, 0) };
     let clients = 1 + dice.below(3);
     let readers = 1 + dice.below(3);
     let minority = (voters >= 3 && dice.chance(25)).then(|| {
@@ -222,6 +225,9 @@ struct Totals {
 
 static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
 
+/// Set by the first shard that finds a failing seed: the others stop.
+static FAILED: AtomicBool = AtomicBool::new(false);
+
 fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
@@ -267,11 +273,23 @@ fn swarm_run(seed: u64) -> Outcome {
     }
     let mut config = SimulationConfig::new(draws.voters, seed);
     config.faults = if draws.minority.is_some() { LinkFaults::RELIABLE } else { draws.faults };
-    config.disk = draws.disk;
-    config.state_machine = draws.state_machine;
+    // Injected failures stop nodes: they begin once the cluster is set up.
+    config.disk = DiskFaults { error_chance: 0.0, ..draws.disk };
+    config.state_machine = StateMachineFaults { error_chance: 0.0, ..draws.state_machine };
     config.rpc_timeout = Some((Duration::from_secs(2), draws.hang_chance));
+    config.trace = std::env::var("RAFT_SWARM_TRACE").is_ok();
     let mut sim = Simulation::with_config_hook(config, Some(config_hook(&draws)))?;
     sim.enable_liveness(LivenessBounds::default());
+    let outcome = swarm_scenario(&mut sim, seed, &draws);
+    if outcome.is_err() && std::env::var("RAFT_SWARM_TRACE").is_ok() {
+        for event in sim.take_trace() {
+            println!("{event}");
+        }
+    }
+    outcome
+}
+
+fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
     let mut dice = Dice(seed ^ 0x5EED);
     let mut next_id = draws.voters + 1;
     let mut removed: Vec<NodeId> = Vec::new();
@@ -282,17 +300,28 @@ fn swarm_run(seed: u64) -> Outcome {
         sim.change_membership(MembershipChange::AddLearner(id), LONG)?;
     }
     let ids: Vec<NodeId> = sim.ids().to_vec();
+    // In minority mode, failures and stalls hit only the minority.
+    let hit = targets(draws, &ids);
+    let calm_disk = DiskFaults { error_chance: 0.0, stall_chance: 0.0, ..draws.disk };
+    for &id in &ids {
+        sim.set_disk_faults(id, if hit.contains(&id) { draws.disk } else { calm_disk });
+    }
+    if draws.minority.is_none() {
+        sim.set_state_machine_faults(draws.state_machine);
+    }
     if let Some(minority) = &draws.minority {
         for &id in minority {
             sim.network.set_node_faults(id, draws.faults);
         }
     }
     if draws.clock_skew || draws.late_timers {
-        for &id in &targets(&draws, &ids) {
+        for &id in &targets(draws, &ids) {
             let (_, heartbeat, min, _) = draws.nodes[&id].timing;
             let mut clock = NodeClock::EXACT;
             if draws.clock_skew {
-                clock.rate = 0.95 + dice.below(101) as f64 / 1000.0;
+                // Rates differ by at most 26%: within the lease's drift margin (a third of the
+                // election timeout), which a lease without its margin then misses.
+                clock.rate = 0.87 + dice.below(261) as f64 / 1000.0;
             }
             if draws.late_timers {
                 clock.late_chance = 0.01;
@@ -312,7 +341,7 @@ fn swarm_run(seed: u64) -> Outcome {
     let rounds = 5 + dice.below(20);
     for _ in 0..rounds {
         let ids: Vec<NodeId> = sim.ids().to_vec();
-        let hit = targets(&draws, &ids);
+        let hit = targets(draws, &ids);
         let action = dice.below(if draws.minority.is_some() { 12 } else { 20 });
         match action {
             0 => sim.crash(dice.pick(&hit)),
@@ -358,7 +387,7 @@ fn swarm_run(seed: u64) -> Outcome {
                 let (a, b) = (dice.pick(&hit), dice.pick(&ids));
                 sim.network.cut_one_way(a, b);
             }
-            11 => spawn_changing_fault(&sim, &mut dice, &hit, &stop),
+            11 => spawn_changing_fault(sim, &mut dice, &hit, &stop),
             // Faults that may touch a majority.
             12 => {
                 let split = 1 + dice.below(ids.len().max(2) as u64 - 1) as usize;
@@ -396,7 +425,7 @@ fn swarm_run(seed: u64) -> Outcome {
                     sim.start(id)?;
                 }
             }
-            _ => change_at_random(&mut sim, &mut dice, &mut next_id, &mut removed)?,
+            _ => change_at_random(sim, &mut dice, &mut next_id, &mut removed)?,
         }
         sim.run_for(Duration::from_micros(dice.below(2_000_000)))?;
         if verbose() {
@@ -415,7 +444,7 @@ fn swarm_run(seed: u64) -> Outcome {
     for reader in &readers {
         reader.stop();
     }
-    converge_and_check(&mut sim, &clients)?;
+    converge_and_check(sim, &clients)?;
     let stats = sim.stats();
     add(&TOTALS.seeds, 1);
     add(&TOTALS.pauses, stats.pauses);
@@ -528,10 +557,20 @@ fn shard(index: u64) {
     let started = std::time::Instant::now();
     let mut ran = 0;
     for seed in (first..first + total).filter(|s| s % SHARDS == index) {
+        if FAILED.load(Ordering::SeqCst) {
+            return; // another shard failed: its seed is the report
+        }
         if verbose() {
             println!("seed {seed}");
         }
-        swarm_run(seed).unwrap_or_else(|failure| panic!("swarm failed: {failure}"));
+        if let Err(failure) = swarm_run(seed) {
+            FAILED.store(true, Ordering::SeqCst);
+            panic!(
+                "swarm failed: {failure} (found after {} seeds in {:?})",
+                TOTALS.seeds.load(Ordering::Relaxed) + 1,
+                started.elapsed()
+            );
+        }
         ran += 1;
     }
     let t = &*TOTALS;

@@ -171,6 +171,8 @@ struct DiskState {
     next_op: u64,
     /// Virtual time (µs) until which an operation in flight is stalled.
     stalled_until_us: u64,
+    /// Bumped when a stall begins and when a stalled operation ends.
+    stall_epoch: u64,
     /// The armed trigger, and how the crash it causes resolves the operations in flight.
     trigger: Option<(CrashTrigger, InFlight)>,
     /// When the simulation should crash the node, and how.
@@ -197,19 +199,20 @@ impl DiskState {
         low + self.below(high.saturating_sub(low) + 1)
     }
 
-    /// The time an operation issued now takes.
-    fn latency(&mut self) -> Duration {
+    /// The time an operation issued now takes, and whether it stalls.
+    fn latency(&mut self) -> (Duration, bool) {
         let stall_chance = self.faults.stall_chance;
         if self.chance(stall_chance) {
             self.stats.stalls += 1;
+            self.stall_epoch += 1;
             let stall_ms = self.faults.stall_ms;
             let ms = self.uniform(stall_ms);
             let until = self.runtime.now().as_micros() as u64 + ms * 1_000;
             self.stalled_until_us = self.stalled_until_us.max(until);
-            return Duration::from_millis(ms);
+            return (Duration::from_millis(ms), true);
         }
         let latency_us = self.faults.latency_us;
-        Duration::from_micros(self.uniform(latency_us))
+        (Duration::from_micros(self.uniform(latency_us)), false)
     }
 }
 
@@ -250,6 +253,7 @@ impl SimDisk {
             in_flight: BTreeMap::new(),
             next_op: 0,
             stalled_until_us: 0,
+            stall_epoch: 0,
             trigger: None,
             crash_at: None,
             removed: BTreeMap::new(),
@@ -312,11 +316,15 @@ impl SimDisk {
         self.lock().in_flight.len()
     }
 
+    /// A number that changes whenever a stall begins or ends.
+    pub fn stall_epoch(&self) -> u64 {
+        self.lock().stall_epoch
+    }
+
     /// Whether an operation in flight is stalled now.
     pub fn stalled(&self) -> bool {
         let state = self.lock();
-        !state.in_flight.is_empty()
-            && state.stalled_until_us > state.runtime.now().as_micros() as u64
+        state.stalled_until_us > state.runtime.now().as_micros() as u64
     }
 
     /// The stores of a new incarnation of the node. Handles of earlier incarnations fail from
@@ -338,6 +346,8 @@ impl SimDisk {
         state.owner = 0;
         state.trigger = None;
         state.crash_at = None;
+        state.stall_epoch += 1;
+        state.stalled_until_us = 0;
         let ops: Vec<Op> = std::mem::take(&mut state.in_flight).into_values().collect();
         let landing = match policy {
             InFlight::Land => ops.len(),
@@ -403,7 +413,7 @@ impl SimDisk {
 
     /// Issues `op` for incarnation `owner` and waits for it to land.
     async fn run(&self, owner: u64, op: Op) -> Result<(), StorageError> {
-        let (seq, latency, failure, yield_chance, runtime) = {
+        let (seq, (latency, stalls), failure, yield_chance, runtime) = {
             let mut state = self.lock();
             if state.owner != owner {
                 return Err(StorageError::Closed);
@@ -435,6 +445,7 @@ impl SimDisk {
         };
         runtime.maybe_yield(yield_chance).await;
         runtime.sleep_virtual(latency).await;
+        self.stall_ended(stalls);
         if let Some(reason) = failure {
             return Err(io_error(reason));
         }
@@ -452,7 +463,7 @@ impl SimDisk {
 
     /// A read: takes time and may fail, changes nothing.
     async fn read<T>(&self, owner: u64, read: impl FnOnce() -> T) -> Result<T, StorageError> {
-        let (latency, failed, yield_chance, runtime) = {
+        let ((latency, stalls), failed, yield_chance, runtime) = {
             let mut state = self.lock();
             if state.owner != owner {
                 return Err(StorageError::Closed);
@@ -468,6 +479,7 @@ impl SimDisk {
         };
         runtime.maybe_yield(yield_chance).await;
         runtime.sleep_virtual(latency).await;
+        self.stall_ended(stalls);
         if failed {
             return Err(io_error("injected I/O error on a read"));
         }
@@ -475,6 +487,12 @@ impl SimDisk {
             return Err(StorageError::Closed);
         }
         Ok(read())
+    }
+
+    fn stall_ended(&self, stalled: bool) {
+        if stalled {
+            self.lock().stall_epoch += 1;
+        }
     }
 
     /// Makes `op` durable (the state's lock is held: landing is atomic).

@@ -2,14 +2,15 @@
 //! commits an entry of its term within a few election timeouts, entries it holds keep
 //! committing, and leaders do not keep changing.
 //!
-//! The oracle watches the cluster's health: the nodes that run (not paused, disk not full)
+//! The oracle watches the cluster's health: the nodes that run (not paused, disk neither full
+//! nor stalled: a follower answers nothing while an earlier write of it is in flight)
 //! and whose links to each other pass both ways without loss or long delays form the healthy
 //! set (the largest found by dropping the worst-connected node until every link is good). The
 //! cluster is healthy when that set holds a majority of every voter set a running node uses,
 //! and (when some node runs without PreVote or CheckQuorum, which let a cut-off node disrupt a
 //! leader, as Raft allows) no other running node can reach it. While the healthy set stays the
 //! same, within the bound (`election_timeouts` of the slowest node's longest election timeout,
-//! plus the longest disk stall, snapshot transfer timeout and RPC timeout configured):
+//! plus the snapshot transfer timeout and the RPC timeout configured):
 //!
 //! * the leader of the highest term has committed an entry of its term;
 //! * after that, its commit index advances whenever it holds uncommitted entries;
@@ -82,7 +83,8 @@ impl Simulation {
         if now < state.last_look + PERIOD {
             return Ok(());
         }
-        let seen = (self.network.fault_epoch(), self.epoch);
+        let stalls: u64 = self.disks.values().map(|d| d.stall_epoch()).sum();
+        let seen = (self.network.fault_epoch(), self.epoch.wrapping_add(stalls));
         let recompute = seen != state.seen;
         let healthy = recompute.then(|| self.healthy_set());
         let bound = if recompute { self.liveness_bound() } else { Duration::ZERO };
@@ -164,16 +166,8 @@ impl Simulation {
             election = election.max(timeout);
             snapshot = snapshot.max(Duration::from_millis(config.snapshot_transfer_timeout_ms));
         }
-        let stall = self
-            .disks
-            .values()
-            .map(|d| d.faults())
-            .filter(|f| f.stall_chance > 0.0)
-            .map(|f| Duration::from_millis(f.stall_ms.1))
-            .max()
-            .unwrap_or_default();
         let rpc = Duration::from_secs(2);
-        election * state.bounds.election_timeouts + stall + snapshot + rpc
+        election * state.bounds.election_timeouts + snapshot + rpc
     }
 
     /// The healthy set if the cluster is healthy (see the module docs).
@@ -184,7 +178,7 @@ impl Simulation {
             .keys()
             .copied()
             .filter(|id| !self.paused.contains(id))
-            .filter(|id| !self.disks.get(id).is_some_and(|d| d.is_full()))
+            .filter(|id| !self.disks.get(id).is_some_and(|d| d.is_full() || d.stalled()))
             .collect();
         let good = |a: NodeId, b: NodeId| {
             self.network.passes(a, b)

@@ -153,8 +153,11 @@ pub struct Simulation {
     /// How long a client of [`Simulation::spawn_client`] waits for a write before trying
     /// another node.
     pub(crate) client_timeout: Duration,
-    /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
-    pub(super) livelock: (Duration, u64),
+    /// (virtual instant, progress then, steps run at it without progress): too many is a
+    /// livelock.
+    pub(super) livelock: (Duration, u64, u64),
+    /// The sum of every running node's commit, applied and last log indexes (progress).
+    pub(super) progress: u64,
     pub(super) oracle: Arc<WireOracle>,
     disk_faults: DiskFaults,
     sm_faults: Arc<std::sync::Mutex<StateMachineFaults>>,
@@ -220,6 +223,7 @@ impl Simulation {
         let runtime = SimRuntime::seeded(mix(config.seed, 1), config.jitter_us);
         let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 0));
         network.set_default_faults(config.faults);
+        network.set_yield_chance(0.2);
         if let Some((timeout, hang_chance)) = config.rpc_timeout {
             network.set_rpc_timeout(Some(timeout), hang_chance);
         }
@@ -242,7 +246,8 @@ impl Simulation {
             directory: Arc::default(),
             shared: Arc::default(),
             client_timeout: Duration::from_secs(3),
-            livelock: (Duration::ZERO, 0),
+            livelock: (Duration::ZERO, 0, 0),
+            progress: 0,
             oracle,
             disk_faults: config.disk,
             sm_faults: Arc::new(std::sync::Mutex::new(config.state_machine)),
@@ -555,6 +560,11 @@ impl Simulation {
     pub fn set_disk_faults(&mut self, id: NodeId, faults: DiskFaults) {
         self.disk_of(id).set_faults(faults);
         self.epoch += 1;
+    }
+
+    /// Sets how the state machines misbehave from now on (every incarnation, running or not).
+    pub fn set_state_machine_faults(&mut self, faults: StateMachineFaults) {
+        *lock(&self.sm_faults) = faults;
     }
 
     /// Fills node `id`'s disk (its writes fail, so it stops) or frees it.
