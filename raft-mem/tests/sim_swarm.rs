@@ -13,7 +13,9 @@
 //!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
 //! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, replay one with
-//! `RAFT_SIM_SEED=<seed>`, and print each seed's draws with `RAFT_SWARM_VERBOSE=1`.
+//! `RAFT_SIM_SEED=<seed>`, print each seed's draws with `RAFT_SWARM_VERBOSE=1` and a failing
+//! seed's whole trace with `RAFT_SWARM_TRACE=1`. The first failing seed stops every shard;
+//! `RAFT_SWARM_KEEP_GOING=1` runs every seed and lists the failing ones.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod sim_support;
@@ -88,6 +90,8 @@ struct Draws {
     minority: Option<Vec<NodeId>>,
     clock_skew: bool,
     late_timers: bool,
+    /// Every new leader proposes a membership change at once, and may crash right after.
+    membership_storm: bool,
 }
 
 fn draw(seed: u64) -> Draws {
@@ -125,6 +129,7 @@ fn draw(seed: u64) -> Draws {
         3 => DiskFaults::SPINNING,
         _ => DiskFaults {
             latency_us: (0, dice.below(20_000)),
+            read_latency_us: (0, dice.below(1_000)),
             stall_chance: dice.below(30) as f64 / 1000.0,
             stall_ms: (10, 10 + dice.below(1500)),
             error_chance: 0.0,
@@ -159,6 +164,7 @@ fn draw(seed: u64) -> Draws {
         ids.truncate(size as usize);
         ids
     });
+    let minority_free = minority.is_none();
     Draws {
         voters,
         learners,
@@ -175,8 +181,9 @@ fn draw(seed: u64) -> Draws {
         clients,
         readers,
         minority,
-        clock_skew: dice.chance(30),
+        clock_skew: dice.chance(if lease_reads { 60 } else { 30 }),
         late_timers: dice.chance(20),
+        membership_storm: minority_free && voters >= 3 && dice.chance(20),
     }
 }
 
@@ -221,6 +228,10 @@ struct Totals {
     writes: AtomicU64,
     lone_voter: AtomicU64,
     minority_mode: AtomicU64,
+    healthy_periods: AtomicU64,
+    live_periods: AtomicU64,
+    readded: AtomicU64,
+    shutdowns: AtomicU64,
 }
 
 static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
@@ -320,8 +331,17 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
             let mut clock = NodeClock::EXACT;
             if draws.clock_skew {
                 // Rates differ by at most 26%: within the lease's drift margin (a third of the
-                // election timeout), which a lease without its margin then misses.
-                clock.rate = 0.87 + dice.below(261) as f64 / 1000.0;
+                // election timeout), which a lease without its margin then misses. Half the
+                // time at the edges, where the margin matters most.
+                clock.rate = if dice.chance(50) {
+                    if dice.chance(50) {
+                        0.87
+                    } else {
+                        1.13
+                    }
+                } else {
+                    0.87 + dice.below(261) as f64 / 1000.0
+                };
             }
             if draws.late_timers {
                 clock.late_chance = 0.01;
@@ -337,12 +357,30 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
     let clients: Vec<_> =
         (0..draws.clients).map(|c| sim.spawn_client_with(&format!("s{c}"), options)).collect();
     let readers: Vec<_> = (0..draws.readers).map(|_| sim.spawn_reader()).collect();
+    if draws.membership_storm {
+        // Spare nodes, idle until a leader adds them.
+        for _ in 0..2 {
+            let id = next_id;
+            next_id += 1;
+            sim.add_node(id)?;
+        }
+        sim.on_election(Some(Box::new(membership_storm)));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = 5 + dice.below(20);
     for _ in 0..rounds {
+        retire_removed(sim, &mut removed);
         let ids: Vec<NodeId> = sim.ids().to_vec();
         let hit = targets(draws, &ids);
-        let action = dice.below(if draws.minority.is_some() { 12 } else { 20 });
+        let action = dice.below(if draws.minority.is_some() { 12 } else { 22 });
+        if draws.membership_storm {
+            // The storm's crashed leaders come back.
+            for id in sim.ids().to_vec() {
+                if !sim.is_running(id) && dice.chance(50) {
+                    sim.start(id)?;
+                }
+            }
+        }
         match action {
             0 => sim.crash(dice.pick(&hit)),
             1 => sim.start(dice.pick(&hit))?,
@@ -425,6 +463,28 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
                     sim.start(id)?;
                 }
             }
+            20 | 21 => {
+                // Isolate the leader: it may believe it leads (and hold a lease) for a while.
+                if let Some(leader) = sim.leader().filter(|l| hit.contains(l)) {
+                    if draws.lease_reads && draws.clock_skew {
+                        // Its clock slow and the others' fast, as far as the lease's drift
+                        // margin allows: the margin is all that keeps its reads fresh.
+                        for &id in &ids {
+                            let rate = if id == leader { 0.87 } else { 1.13 };
+                            sim.set_clock(id, NodeClock { rate, ..sim.runtime.clock(id) });
+                        }
+                    }
+                    // A client keeps reading from the node it believes leads.
+                    sim.spawn_reader_on(leader, Duration::from_secs(3));
+                    if dice.chance(50) {
+                        sim.network.disconnect(leader);
+                    } else {
+                        let others: Vec<NodeId> =
+                            ids.iter().copied().filter(|&i| i != leader).collect();
+                        sim.network.partition(&[vec![leader], others]);
+                    }
+                }
+            }
             _ => change_at_random(sim, &mut dice, &mut next_id, &mut removed)?,
         }
         sim.run_for(Duration::from_micros(dice.below(2_000_000)))?;
@@ -452,6 +512,9 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
     add(&TOTALS.in_flight_landed, stats.crash_landed);
     add(&TOTALS.in_flight_lost, stats.crash_lost);
     add(&TOTALS.fault_stops, stats.fault_stops + stats.failed_starts);
+    add(&TOTALS.healthy_periods, stats.healthy_periods);
+    add(&TOTALS.shutdowns, stats.shutdowns);
+    add(&TOTALS.live_periods, stats.live_periods);
     let changes = sim
         .checker()
         .committed_entries()
@@ -467,6 +530,56 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
     Ok(())
 }
 
+/// The election hook of membership storms: the new leader proposes a change at once (before it
+/// has committed anything of its term), and crashes soon after in two elections of five.
+fn membership_storm(sim: &mut Simulation, leader: NodeId) {
+    let Some(node) = sim.node(leader).cloned() else { return };
+    let membership = node.membership();
+    let pick = |sim: &Simulation, from: Vec<NodeId>| {
+        (!from.is_empty()).then(|| from[sim.runtime.below(from.len() as u64) as usize])
+    };
+    let outsiders: Vec<NodeId> =
+        sim.ids().iter().copied().filter(|id| !membership.members().contains(id)).collect();
+    let change = match sim.runtime.below(3) {
+        0 => pick(sim, outsiders).map(MembershipChange::AddLearner),
+        1 => pick(sim, membership.learners.iter().copied().collect())
+            .map(MembershipChange::PromoteLearner),
+        _ => pick(sim, membership.voters.iter().copied().collect())
+            .filter(|_| membership.voters.len() > 2)
+            .map(MembershipChange::RemoveNode),
+    };
+    if let Some(change) = change {
+        sim.runtime.spawn_task(async move {
+            let _ = node.change_membership(change).await;
+        });
+    }
+    if sim.runtime.below(5) < 2 {
+        let delay = Duration::from_micros(sim.runtime.below(20_000));
+        sim.crash_after(leader, delay, InFlight::Random);
+    }
+}
+
+/// Retires the nodes whose removal committed (members of an earlier committed membership that
+/// the latest one lacks): they may be added again later, on an empty disk.
+fn retire_removed(sim: &mut Simulation, removed: &mut Vec<NodeId>) {
+    let memberships: Vec<_> = sim
+        .checker()
+        .committed_entries()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.members()),
+            _ => None,
+        })
+        .collect();
+    let Some(latest) = memberships.last() else { return };
+    for id in sim.ids().to_vec() {
+        let was_member = memberships.iter().any(|m| m.contains(&id));
+        if was_member && !latest.contains(&id) && !removed.contains(&id) {
+            sim.retire(id);
+            removed.push(id);
+        }
+    }
+}
+
 /// Starts a random membership change or leadership transfer on the current leader, without
 /// waiting for its outcome (it may fail, commit or be overwritten under the faults). Removed
 /// nodes are retired once their removal is committed, and may be added again later (on an
@@ -477,25 +590,7 @@ fn change_at_random(
     next_id: &mut NodeId,
     removed: &mut Vec<NodeId>,
 ) -> Outcome {
-    // Retire the nodes whose removal committed (members of an earlier committed membership
-    // that the latest one lacks).
-    let memberships: Vec<_> = sim
-        .checker()
-        .committed_entries()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Membership(m) => Some(m.members()),
-            _ => None,
-        })
-        .collect();
-    if let Some(latest) = memberships.last() {
-        for id in sim.ids().to_vec() {
-            let was_member = memberships.iter().any(|m| m.contains(&id));
-            if was_member && !latest.contains(&id) && !removed.contains(&id) {
-                sim.retire(id);
-                removed.push(id);
-            }
-        }
-    }
+    retire_removed(sim, removed);
     let Some(leader) = sim.leader() else { return Ok(()) };
     let Some(node) = sim.node(leader).cloned() else { return Ok(()) };
     let membership = node.membership();
@@ -506,7 +601,8 @@ fn change_at_random(
     sim.note_disruption();
     let change = match dice.below(5) {
         0 => {
-            let id = if !removed.is_empty() && dice.chance(50) {
+            let id = if !removed.is_empty() && dice.chance(80) {
+                add(&TOTALS.readded, 1);
                 removed.remove(dice.below(removed.len() as u64) as usize)
             } else {
                 *next_id += 1;
@@ -555,6 +651,8 @@ fn shard(index: u64) {
     let total = env_u64("RAFT_SWARM_SEEDS").unwrap_or(SWARM_SEEDS_CI);
     let first = env_u64("RAFT_SWARM_FIRST").unwrap_or(1_000_000);
     let started = std::time::Instant::now();
+    let keep_going = std::env::var("RAFT_SWARM_KEEP_GOING").is_ok();
+    let mut failures = Vec::new();
     let mut ran = 0;
     for seed in (first..first + total).filter(|s| s % SHARDS == index) {
         if FAILED.load(Ordering::SeqCst) {
@@ -564,19 +662,25 @@ fn shard(index: u64) {
             println!("seed {seed}");
         }
         if let Err(failure) = swarm_run(seed) {
-            FAILED.store(true, Ordering::SeqCst);
-            panic!(
+            let found = format!(
                 "swarm failed: {failure} (found after {} seeds in {:?})",
                 TOTALS.seeds.load(Ordering::Relaxed) + 1,
                 started.elapsed()
             );
+            if !keep_going {
+                FAILED.store(true, Ordering::SeqCst);
+                panic!("{found}");
+            }
+            println!("{found}");
+            failures.push(seed);
         }
         ran += 1;
     }
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds passed in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} committed membership changes, {} snapshot restores)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes, {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit)",
+        failures.len(),
         started.elapsed(),
         n(&t.seeds),
         n(&t.lone_voter),
@@ -588,9 +692,14 @@ fn shard(index: u64) {
         n(&t.in_flight_lost),
         n(&t.pauses),
         n(&t.fault_stops),
+        n(&t.shutdowns),
         n(&t.membership_changes),
-        n(&t.restores)
+        n(&t.readded),
+        n(&t.restores),
+        n(&t.healthy_periods),
+        n(&t.live_periods)
     );
+    assert!(failures.is_empty(), "swarm shard {index}: failing seeds {failures:?}");
 }
 
 #[test]

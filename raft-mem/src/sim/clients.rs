@@ -219,15 +219,30 @@ impl Simulation {
     /// began, and the node's state must hold that index when the call returns. A stale read
     /// fails the run as a violation of "Linearizable reads".
     pub fn spawn_reader(&self) -> ReaderLog {
+        self.spawn_reader_with(None, None)
+    }
+
+    /// A reader like [`Simulation::spawn_reader`] that asks only node `id` (a client sticking
+    /// to the node it believes leads), for `duration` of virtual time.
+    pub fn spawn_reader_on(&self, id: NodeId, duration: Duration) -> ReaderLog {
+        self.spawn_reader_with(Some(id), Some(self.now() + duration))
+    }
+
+    fn spawn_reader_with(&self, only: Option<NodeId>, until: Option<Duration>) -> ReaderLog {
         let log = ReaderLog::default();
         let (directory, runtime, record, shared) =
             (self.directory.clone(), self.runtime.clone(), log.clone(), self.shared.clone());
         self.runtime.spawn_task(async move {
-            while !record.stop.load(Ordering::SeqCst) {
+            while !record.stop.load(Ordering::SeqCst) && until.is_none_or(|t| runtime.now() < t) {
                 let chosen = {
                     let directory = lock(&directory);
-                    let at = runtime.below(directory.len() as u64) as usize;
-                    directory.iter().nth(at).map(|(&id, entry)| (id, entry.clone()))
+                    match only {
+                        Some(id) => directory.get(&id).map(|entry| (id, entry.clone())),
+                        None => {
+                            let at = runtime.below(directory.len() as u64) as usize;
+                            directory.iter().nth(at).map(|(&id, entry)| (id, entry.clone()))
+                        }
+                    }
                 };
                 let Some((target, (node, recorder))) = chosen else {
                     runtime.sleep_for(Duration::from_millis(20)).await;

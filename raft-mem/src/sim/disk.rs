@@ -34,8 +34,11 @@ use crate::{MemLogStore, MemSnapshotStore};
 /// How a simulated disk behaves: latency, stalls, errors, interleaving.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiskFaults {
-    /// Every operation takes a uniform time in this range, in microseconds.
+    /// Every operation that writes takes a uniform time in this range, in microseconds.
     pub latency_us: (u64, u64),
+    /// Every read takes a uniform time in this range (reads are mostly served by the page
+    /// cache and readahead), in microseconds.
+    pub read_latency_us: (u64, u64),
     /// Probability that an operation stalls instead (a long flush, a busy device).
     pub stall_chance: f64,
     /// How long a stall lasts, uniform in this range, in milliseconds.
@@ -51,24 +54,29 @@ impl DiskFaults {
     /// flight.
     pub const INSTANT: DiskFaults = DiskFaults {
         latency_us: (0, 0),
+        read_latency_us: (0, 0),
         stall_chance: 0.0,
         stall_ms: (0, 0),
         error_chance: 0.0,
         yield_chance: 0.0,
     };
 
-    /// A fast SSD: 20 to 300 µs per operation, one in a thousand stalled for 20 to 200 ms.
+    /// A fast SSD: 20 to 300 µs per write (5 to 50 µs per read), one operation in a thousand
+    /// stalled for 20 to 200 ms.
     pub const SSD: DiskFaults = DiskFaults {
         latency_us: (20, 300),
+        read_latency_us: (5, 50),
         stall_chance: 0.001,
         stall_ms: (20, 200),
         error_chance: 0.0,
         yield_chance: 0.2,
     };
 
-    /// A spinning disk: 2 to 15 ms per operation, one in a hundred stalled for up to a second.
+    /// A spinning disk: 2 to 15 ms per write (50 to 500 µs per read), one operation in a hundred
+    /// stalled for up to a second.
     pub const SPINNING: DiskFaults = DiskFaults {
         latency_us: (2_000, 15_000),
+        read_latency_us: (50, 500),
         stall_chance: 0.01,
         stall_ms: (50, 1_000),
         error_chance: 0.0,
@@ -199,8 +207,8 @@ impl DiskState {
         low + self.below(high.saturating_sub(low) + 1)
     }
 
-    /// The time an operation issued now takes, and whether it stalls.
-    fn latency(&mut self) -> (Duration, bool) {
+    /// The time an operation issued now takes (a read or a write), and whether it stalls.
+    fn latency(&mut self, read: bool) -> (Duration, bool) {
         let stall_chance = self.faults.stall_chance;
         if self.chance(stall_chance) {
             self.stats.stalls += 1;
@@ -211,8 +219,8 @@ impl DiskState {
             self.stalled_until_us = self.stalled_until_us.max(until);
             return (Duration::from_millis(ms), true);
         }
-        let latency_us = self.faults.latency_us;
-        (Duration::from_micros(self.uniform(latency_us)), false)
+        let range = if read { self.faults.read_latency_us } else { self.faults.latency_us };
+        (Duration::from_micros(self.uniform(range)), false)
     }
 }
 
@@ -419,7 +427,7 @@ impl SimDisk {
                 return Err(StorageError::Closed);
             }
             state.stats.ops += 1;
-            let latency = state.latency();
+            let latency = state.latency(false);
             let error_chance = state.faults.error_chance;
             let failure = if state.full && op.needs_space() {
                 Some("no space left on device")
@@ -469,7 +477,7 @@ impl SimDisk {
                 return Err(StorageError::Closed);
             }
             state.stats.ops += 1;
-            let latency = state.latency();
+            let latency = state.latency(true);
             let error_chance = state.faults.error_chance;
             let failed = state.chance(error_chance);
             if failed {

@@ -7,8 +7,9 @@
 //! and whose links to each other pass both ways without loss or long delays form the healthy
 //! set (the largest found by dropping the worst-connected node until every link is good). The
 //! cluster is healthy when that set holds a majority of every voter set a running node uses,
-//! and (when some node runs without PreVote or CheckQuorum, which let a cut-off node disrupt a
-//! leader, as Raft allows) no other running node can reach it. While the healthy set stays the
+//! and, when some node runs without PreVote or CheckQuorum (which let a cut-off or removed node
+//! disrupt a leader, as Raft allows), no other running node can reach it and each of its nodes
+//! is a member of every membership in use. While the healthy set stays the
 //! same, within the bound (`election_timeouts` of the slowest node's longest election timeout,
 //! plus the snapshot transfer timeout and the RPC timeout configured):
 //!
@@ -99,6 +100,7 @@ impl Simulation {
             state.seen = seen;
             let same = state.window.as_ref().map(|w| &w.members) == healthy.as_ref();
             if !same {
+                self.stats.healthy_periods += u64::from(healthy.is_some());
                 state.window = healthy.map(|members| Window {
                     members,
                     since: now,
@@ -113,6 +115,9 @@ impl Simulation {
         let Some(window) = &mut state.window else { return Ok(()) };
         let members = &window.members;
         if let (Some(leader), true) = (&leader, own_term_commit) {
+            if window.terms.is_empty() {
+                self.stats.live_periods += 1;
+            }
             window.terms.insert(leader.current_term);
             let pending = leader.last_log_index > leader.commit_index;
             if leader.commit_index > window.commit || !pending {
@@ -217,6 +222,10 @@ impl Simulation {
                     })
                 },
             );
-        (majorities && (!disruptable || isolated)).then_some(set)
+        // A removed node that has not learnt it may campaign (thesis 4.2.3).
+        let memberships: Vec<BTreeSet<NodeId>> =
+            self.running.values().map(|r| r.node.membership().members()).collect();
+        let members_only = set.iter().all(|id| memberships.iter().all(|m| m.contains(id)));
+        (majorities && (!disruptable || (isolated && members_only))).then_some(set)
     }
 }

@@ -29,4 +29,6 @@ pub use disk::{
 pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
 pub use liveness::LivenessBounds;
 pub use recorder::StateMachineFaults;
-pub use simulation::{ConfigHook, SimFailure, SimStats, Simulation, SimulationConfig};
+pub use simulation::{
+    ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationConfig,
+};

@@ -185,8 +185,15 @@ impl Simulation {
         Ok(())
     }
 
-    /// Arms the planned crashes waiting for `id` (or anyone) to win an election.
+    /// Arms the planned crashes waiting for `id` (or anyone) to win an election, and runs the
+    /// election hook.
     fn leadership_won(&mut self, id: NodeId) {
+        if let Some(mut hook) = self.election_hook.take() {
+            hook(self, id);
+            if self.election_hook.is_none() {
+                self.election_hook = Some(hook);
+            }
+        }
         let now = self.now();
         let mut armed = Vec::new();
         self.planned.retain(|planned| match *planned {

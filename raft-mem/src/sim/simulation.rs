@@ -21,6 +21,10 @@ use crate::{LinkFaults, MemLogStore, MemNetwork, MemSnapshotStore};
 /// node's id (`config.id`), so nodes can be given different settings.
 pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
+/// Called with the simulation and the node each time a node is seen winning an election (see
+/// [`Simulation::on_election`]).
+pub type ElectionHook = Box<dyn FnMut(&mut Simulation, NodeId) + Send>;
+
 /// How to build a [`Simulation`].
 #[derive(Debug, Clone)]
 pub struct SimulationConfig {
@@ -105,6 +109,10 @@ pub struct SimStats {
     pub pauses: u64,
     /// Graceful shutdowns.
     pub shutdowns: u64,
+    /// Healthy periods the liveness oracle watched.
+    pub healthy_periods: u64,
+    /// Healthy periods in which it saw a leader commit an entry of its term.
+    pub live_periods: u64,
 }
 
 /// A crash the simulation will carry out by itself.
@@ -178,6 +186,7 @@ pub struct Simulation {
     /// Virtual times at which a timer was planted for a planned crash.
     pub(super) wakeups: BTreeSet<Duration>,
     pub(super) stats: SimStats,
+    pub(super) election_hook: Option<ElectionHook>,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -261,6 +270,7 @@ impl Simulation {
             traced: BTreeMap::new(),
             wakeups: BTreeSet::new(),
             stats: SimStats::default(),
+            election_hook: None,
         };
         for id in sim.ids.clone() {
             sim.start(id)?;
@@ -431,7 +441,7 @@ impl Simulation {
                 .snapshot_store(snapshots)
                 .start();
         let runtime = self.runtime.clone();
-        let started = runtime.block_on(Duration::from_secs(10), start, || self.check_step());
+        let started = runtime.block_on(Duration::from_secs(60), start, || self.check_step());
         self.outcome()?;
         let node = match started {
             Some(Ok(node)) => node,
@@ -593,6 +603,12 @@ impl Simulation {
         self.planned.push(Planned::OnLeadership { node: id, delay, policy });
     }
 
+    /// Calls `hook` each time a node is seen winning an election (right after the step in which
+    /// it did), for example to propose a membership change on every new leader at once.
+    pub fn on_election(&mut self, hook: Option<ElectionHook>) {
+        self.election_hook = hook;
+    }
+
     /// Makes sure the executor stops at virtual time `at` (a timer is due then).
     pub(super) fn plant_wakeup(&mut self, at: Duration) {
         if at > self.now() && self.wakeups.insert(at) {
@@ -602,13 +618,15 @@ impl Simulation {
     }
 
     /// Brings the cluster back to health: resumes paused nodes, frees full disks and stops
-    /// injecting disk errors, stalls and state machine failures, cancels planned crashes,
-    /// removes every network fault, partition and disconnection. Crashed nodes stay down.
+    /// injecting disk errors, stalls and state machine failures, cancels planned crashes and the
+    /// election hook, removes every network fault, partition and disconnection. Crashed nodes
+    /// stay down.
     pub fn calm(&mut self) {
         for id in self.paused.clone() {
             self.resume(id);
         }
         self.planned.clear();
+        self.election_hook = None;
         *lock(&self.sm_faults) = StateMachineFaults::default();
         for disk in self.disks.values() {
             disk.set_full(false);
