@@ -133,28 +133,36 @@ pub struct Row {
     pub reference: Option<f64>,
 }
 
-/// Prints rows as a table with a ratio column against the reference.
+/// Prints rows as a table; when any row has a reference, with a column for it (a figure measured
+/// in the same run, named `reference_name`) and the ratio against it.
 pub fn print_table(title: &str, label: &str, rows: &[Row], reference_name: &str) {
+    let with_reference = rows.iter().any(|row| row.reference.is_some());
     println!("\n{title}");
-    println!(
-        "{:>10} | {:>12} | {:>10} | {:>10} | {:>14} | {:>8}",
-        label, "ops/s", "p50", "p99", reference_name, "ratio"
-    );
-    println!("{}", "-".repeat(80));
+    let header = format!("{:>10} | {:>12} | {:>10} | {:>10}", label, "ops/s", "p50", "p99");
+    if with_reference {
+        println!("{header} | {reference_name:>14} | {:>8}", "ratio");
+        println!("{}", "-".repeat(80));
+    } else {
+        println!("{header}");
+        println!("{}", "-".repeat(header.len()));
+    }
     for row in rows {
+        let line = format!(
+            "{:>10} | {:>12.0} | {:>10} | {:>10}",
+            row.label,
+            row.per_second,
+            format_us(row.p50_us),
+            format_us(row.p99_us)
+        );
+        if !with_reference {
+            println!("{line}");
+            continue;
+        }
         let (reference, ratio) = match row.reference {
             Some(r) => (format!("{r:.0}"), format!("{:.2}x", row.per_second / r)),
             None => ("-".into(), "-".into()),
         };
-        println!(
-            "{:>10} | {:>12.0} | {:>10} | {:>10} | {:>14} | {:>8}",
-            row.label,
-            row.per_second,
-            format_us(row.p50_us),
-            format_us(row.p99_us),
-            reference,
-            ratio
-        );
+        println!("{line} | {reference:>14} | {ratio:>8}");
     }
 }
 

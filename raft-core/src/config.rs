@@ -85,13 +85,15 @@ pub struct Config {
     pub leadership_transfer_timeout_ms: u64,
     /// Lease reads (off by default): the leader answers `read_index` at once, without a quorum
     /// round, while a majority of voters acknowledged AppendEntries it sent less than
-    /// `election_timeout_ms_min - max_clock_drift_ms` ago (they refuse to vote for anyone else
-    /// until an election timeout after hearing from it). Correct only if no node's clock runs
-    /// slower than another's by more than `max_clock_drift_ms` per election timeout, and only
-    /// with `check_quorum`; every node of the cluster must enable it (a node then also refuses
-    /// votes during its first election timeout after starting, when it cannot know whether it
-    /// promised a leader its lease before a restart). A leader that started a leadership
-    /// transfer serves no lease reads for the rest of its term.
+    /// `election_timeout_ms_min - tick_interval_ms - max_clock_drift_ms` ago (they refuse to
+    /// vote for anyone else until an election timeout after hearing from it). Elapsed time is
+    /// measured with the runtime's monotonic clock (`Runtime::now`), so a leader that was paused
+    /// or starved of ticks longer than that serves no read from its lease. Correct only if no
+    /// node's clock runs slower than another's by more than `max_clock_drift_ms` per election
+    /// timeout, and only with `check_quorum`; every node of the cluster must enable it (a node
+    /// then also refuses votes during its first election timeout after starting, when it cannot
+    /// know whether it promised a leader its lease before a restart). A leader that started a
+    /// leadership transfer serves no lease reads for the rest of its term.
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
     pub max_clock_drift_ms: u64,
@@ -157,7 +159,8 @@ impl Config {
         if self.election_timeout_ms_min <= self.heartbeat_interval_ms {
             return fail("election_timeout_ms_min must exceed heartbeat_interval_ms");
         }
-        if self.election_timeout_ms_max <= self.election_timeout_ms_min + self.tick_interval_ms {
+        let min_plus_tick = self.election_timeout_ms_min.saturating_add(self.tick_interval_ms);
+        if self.election_timeout_ms_max <= min_plus_tick {
             return fail(
                 "election_timeout_ms_max must exceed election_timeout_ms_min by more than a tick",
             );
@@ -187,11 +190,13 @@ impl Config {
         if self.snapshot_max_inflight_chunks == 0 || self.snapshot_max_inflight_chunks > 64 {
             return fail("snapshot_max_inflight_chunks must be between 1 and 64");
         }
+        let lease_margin_ms = self.max_clock_drift_ms.saturating_add(self.tick_interval_ms);
         if self.lease_reads
-            && (!self.check_quorum || self.max_clock_drift_ms >= self.election_timeout_ms_min)
+            && (!self.check_quorum || lease_margin_ms >= self.election_timeout_ms_min)
         {
             return fail(
-                "lease_reads needs check_quorum and max_clock_drift_ms < election_timeout_ms_min",
+                "lease_reads needs check_quorum and max_clock_drift_ms + tick_interval_ms < \
+                 election_timeout_ms_min",
             );
         }
         if self.max_pending_reads == 0 {
@@ -202,6 +207,29 @@ impl Config {
         }
         if self.snapshot_transfer_timeout_ms < self.heartbeat_interval_ms {
             return fail("snapshot_transfer_timeout_ms must be at least heartbeat_interval_ms");
+        }
+        self.validate_driver_limits()
+    }
+
+    /// The checks across settings that the driver's queues depend on. The per-peer queue is sized
+    /// from both in-flight windows (AppendEntries and InstallSnapshot chunks) plus room for
+    /// heartbeats and votes, so that a full window of either never overflows it (an overflowing
+    /// snapshot window would rewind the transfer forever); that queue is allocated whole, so the
+    /// windows are bounded. The memory of one snapshot transfer (a window of chunks) is bounded
+    /// too.
+    fn validate_driver_limits(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
+        let window = self.max_inflight_append_entries.max(self.snapshot_max_inflight_chunks);
+        if window > MAX_INFLIGHT_WINDOW {
+            return fail("max_inflight_append_entries and snapshot_max_inflight_chunks must be at most 4096 (the per-peer queue holds either window)");
+        }
+        let transfer_bytes =
+            self.snapshot_chunk_bytes.saturating_mul(self.snapshot_max_inflight_chunks as u64);
+        if transfer_bytes > MAX_SNAPSHOT_WINDOW_BYTES {
+            return fail("snapshot_chunk_bytes * snapshot_max_inflight_chunks must be at most 1 GiB (the memory of one snapshot transfer)");
+        }
+        if self.max_pending_reads > MAX_PENDING || self.max_pending_proposals > MAX_PENDING {
+            return fail("max_pending_reads and max_pending_proposals must be at most 2^20");
         }
         Ok(())
     }
@@ -215,6 +243,17 @@ impl Config {
 /// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
 /// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).
 pub const MAX_SNAPSHOT_CHUNK_BYTES: u64 = 64 << 20;
+
+/// The largest in-flight window to one peer (`max_inflight_append_entries`,
+/// `snapshot_max_inflight_chunks`): the per-peer queue holding it is allocated whole.
+pub const MAX_INFLIGHT_WINDOW: usize = 4096;
+
+/// The most snapshot bytes in flight to one follower (`snapshot_chunk_bytes *
+/// snapshot_max_inflight_chunks`).
+pub const MAX_SNAPSHOT_WINDOW_BYTES: u64 = 1 << 30;
+
+/// The largest `max_pending_reads` / `max_pending_proposals`.
+const MAX_PENDING: usize = 1 << 20;
 
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,6 +23,10 @@ pub enum ProposeError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why an accepted proposal produced no response from the state machine.
@@ -48,6 +52,10 @@ pub enum ProposalError {
     /// nodes; the outcome is unknown.
     #[error("node shut down before the entry was applied (outcome unknown)")]
     Shutdown,
+    /// The response was awaited inside the proposing node's own state machine before the entry
+    /// was applied: it would wait for itself. The entry may still commit and apply.
+    #[error("response awaited inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a node could not start.
@@ -87,6 +95,19 @@ pub enum FatalError {
     /// The snapshot store failed.
     #[error("snapshot store failed: {0}")]
     Snapshot(String),
+    /// A task of the node panicked (in the state machine, a store, the network or the node
+    /// itself): the node stopped, as after any other fatal error.
+    #[error("the node's {task} panicked: {message}")]
+    Panicked {
+        /// The task that panicked ("applier", "log writer", "sender to peer 2", ...).
+        task: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// A task of the node ended without saying why (it should not happen: every task reports
+    /// its failure): the node stopped rather than run without it.
+    #[error("the node's {0} ended unexpectedly")]
+    TaskEnded(String),
 }
 
 /// Why [`Node::read_index`](crate::Node::read_index) produced no read index.
@@ -111,6 +132,10 @@ pub enum ReadIndexError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a membership change failed.
@@ -153,6 +178,10 @@ pub enum MembershipError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (see the
+    /// re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
 }
 
 /// Why a leadership transfer failed.

@@ -2,6 +2,17 @@
 //!
 //! Every request names its sender (`candidate_id`, `leader_id`, ...). A transport must check that
 //! this claimed sender is the peer its connection authenticated; [`RpcRequest::sender`] gives it.
+//!
+//! **These types are the wire format, versioned by the transport.** A transport encodes them
+//! (and the [`Entry`], [`LogId`], [`SnapshotMeta`] and `Membership` they carry) as they are;
+//! with a compact, non-self-describing encoding such as postcard (raft-quic), adding, removing or
+//! reordering a field or a variant makes the encoding incompatible. Every such change must come
+//! with a new protocol version of each transport (raft-quic: its version and ALPN), so that nodes
+//! of different versions refuse each other with a clear error instead of misreading messages.
+//!
+//! Receivers validate every message before acting on it (`engine/validate.rs`): terms and
+//! indexes are bounded by [`MAX_TERM`](crate::MAX_TERM) and
+//! [`MAX_LOG_INDEX`](crate::MAX_LOG_INDEX), and a malformed message is refused and counted.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -134,6 +145,23 @@ pub struct InstallSnapshotResponse {
     /// installed, or the follower's log already held its last entry or a later commit point.
     /// The leader then resumes AppendEntries after `meta.last_included`.
     pub complete: bool,
+    /// Set when the follower refused the chunk outright, rather than only asking the leader to
+    /// resume at `next_offset`: the transfer failed, and the leader backs off before the next.
+    pub refusal: Option<SnapshotRefusal>,
+}
+
+/// Why a follower refused an InstallSnapshot chunk (see [`InstallSnapshotResponse::refusal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SnapshotRefusal {
+    /// The follower keeps no snapshots (it runs without a snapshot store): no transfer to it can
+    /// succeed until it restarts with one.
+    Unsupported,
+    /// The data received did not match `meta.checksum`: the leader's stored snapshot, or the
+    /// transfer, is corrupt.
+    ChecksumMismatch,
+    /// The request was malformed (inconsistent offsets, sizes, terms or indexes) and ignored.
+    Malformed,
 }
 
 /// ReadIndex: a follower asks the leader for an index that makes a read linearizable (Raft
@@ -268,6 +296,7 @@ mod tests {
             term: 8,
             next_offset: 10,
             complete: true,
+            refusal: None,
         });
         assert_eq!(response.term(), 8);
     }

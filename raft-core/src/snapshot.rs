@@ -66,7 +66,8 @@ pub trait SnapshotWriter: Send {
 ///
 /// Implementations take `&self` and must allow calls from several tasks at once: a node may
 /// build its own snapshot, receive one from the leader and stream its latest one to a follower
-/// concurrently. See the [module docs](self) for the durability contract.
+/// concurrently. See the [module docs](self) for the durability contract. A panic in any method
+/// is caught: the node stops with [`FatalError::Panicked`](crate::FatalError::Panicked).
 #[async_trait]
 pub trait SnapshotStore: Send + Sync + 'static {
     /// The metadata of the latest committed snapshot, or `None` if there is none.

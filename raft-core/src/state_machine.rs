@@ -41,6 +41,32 @@ impl StateMachineError {
 /// Every call (`apply`, `snapshot`, `restore`) comes from one task, in log order: a `restore`
 /// is on the same ordered path as the entries, so after `restore(meta, ..)` the next entry
 /// applied is `meta.last_included.index + 1`, and no entry at or below it is applied again.
+///
+/// # Re-entrancy
+///
+/// The node waits for each call to return before it applies anything else, so a call must not
+/// wait for something that needs the state machine to move on. Inside `apply`, `snapshot` or
+/// `restore`, never await (directly, or through a task the call waits for):
+///
+/// * [`Node::read_index`](crate::Node::read_index): the read is answered once the state machine
+///   has applied the read index, which may be after the entries being applied;
+/// * [`Proposal::response`](crate::Proposal::response) (or a `propose` that waits for room, which
+///   the node gives once entries are applied);
+/// * [`Node::shutdown`](crate::Node::shutdown): it waits for this very task to end;
+/// * `change_membership` and `add_voter`, which wait for their entry to be applied.
+///
+/// Awaited directly inside the call (polled by the node's own apply task), these fail at once
+/// with an `InsideStateMachine` error instead, and `shutdown` only asks the node to stop. Awaited
+/// through another task that the call waits for (a spawned task's join handle, a channel), the
+/// node cannot tell: that deadlocks the node (entries stop being applied, proposals wait
+/// forever). `propose` is allowed, but waits (forever) if the leader's unapplied backlog is full.
+/// Hand such work to a task that the call does not wait for.
+///
+/// # Panics
+///
+/// A panic in any of these methods is caught: the node stops as after an error, with
+/// [`FatalError::Panicked`](crate::FatalError::Panicked) naming it (a leader so stopped stops
+/// heartbeating, and the cluster elects another).
 #[async_trait]
 pub trait StateMachine: Send + 'static {
     /// Applies `entries` (consecutive, committed, in order) and returns exactly one response per

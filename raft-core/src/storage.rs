@@ -129,6 +129,9 @@ pub enum StorageError {
 /// other users (benchmarks, tools) may call `write` concurrently, and a store may then merge
 /// calls into one transaction (group commit) as long as each call returns only once its own batch
 /// is durable.
+///
+/// A panic in any method is caught: the node stops with
+/// [`FatalError::Panicked`](crate::FatalError::Panicked), as after an error.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Opens (or creates) the store and returns its durable state. Called once, before any other

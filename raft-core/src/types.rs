@@ -15,6 +15,15 @@ pub type Term = u64;
 /// A position in the replicated log. The first entry has index 1; index 0 means "no entry".
 pub type LogIndex = u64;
 
+/// The largest term a node accepts in a message (2^63 - 1); a message carrying a larger one is
+/// refused as malformed. A correct cluster never comes near it (each election raises the term by
+/// one), and the bound leaves every term a node holds 2^63 increments away from overflowing.
+pub const MAX_TERM: Term = u64::MAX >> 1;
+
+/// The largest log index a node accepts in a message (2^63 - 1), for the same reason as
+/// [`MAX_TERM`]: `index + 1` can never overflow.
+pub const MAX_LOG_INDEX: LogIndex = u64::MAX >> 1;
+
 /// The persistent state of Figure 2 that is not the log: `currentTerm` and `votedFor`.
 ///
 /// A store must make a `HardState` durable before the node acts on it (grants a vote, sends a
@@ -128,8 +137,32 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Why a snapshot transfer to a follower failed (see [`PeerReplication::snapshot_error`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotFailure {
+    /// The follower keeps no snapshots (it runs without a snapshot store): it cannot catch up
+    /// until it restarts with one.
+    #[error("the follower cannot take snapshots (it has no snapshot store)")]
+    Unsupported,
+    /// The data the follower received did not match the snapshot's checksum: the leader's
+    /// stored snapshot (or the transfer) is corrupt.
+    #[error("the follower received data that does not match the snapshot's checksum")]
+    ChecksumMismatch,
+    /// The follower refused a chunk as malformed.
+    #[error("the follower refused a chunk as malformed")]
+    Refused,
+    /// A chunk could not be read from the snapshot store or delivered to the follower.
+    #[error("a chunk could not be read or delivered")]
+    Unreachable,
+    /// The follower stopped answering for `Config::snapshot_transfer_timeout_ms`.
+    #[error("the follower stopped answering")]
+    TimedOut,
+}
+
 /// What a leader knows of one follower's replication (see `Node::replication`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PeerReplication {
     /// The follower (a voter or a learner).
     pub id: NodeId,
@@ -142,6 +175,11 @@ pub struct PeerReplication {
     pub in_sync: bool,
     /// Whether a snapshot is being sent to it.
     pub snapshot_in_progress: bool,
+    /// Snapshot transfers to it that failed in a row without progress. The leader waits a
+    /// heartbeat interval after the first, doubling with each further one up to 64 intervals.
+    pub snapshot_failures: u32,
+    /// Why the latest snapshot transfer to it failed; cleared once one completes.
+    pub snapshot_error: Option<SnapshotFailure>,
 }
 
 /// A point-in-time view of a node, as reported by `Node::status` and its watch.

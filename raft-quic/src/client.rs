@@ -2,13 +2,14 @@
 //! backoff, and one bidirectional stream per RPC.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
 use raft_core::{NetworkError, NodeId, RpcRequest, RpcResponse};
 use tracing::{debug, info, warn};
 
+use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
 use crate::frame::{self, ReadFrameError};
 use crate::identity::node_dns_name;
@@ -112,7 +113,8 @@ impl Drop for RequestStream {
 /// Sends RPCs from one endpoint.
 pub(crate) struct Client {
     pub(crate) endpoint: Endpoint,
-    pub(crate) config: quinn::ClientConfig,
+    /// Replaced when the node's TLS material is (new connections use the new one).
+    pub(crate) config: RwLock<quinn::ClientConfig>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -133,7 +135,8 @@ impl Client {
         }
         let peer = shared.peer(target).ok_or(NetworkError::UnknownPeer(target))?;
         let max = shared.limits.max_frame_size;
-        let frame = frame::encode(request, max).map_err(|e| NetworkError::Codec(e.to_string()))?;
+        let frame =
+            frame::encode_request(request, max).map_err(|e| NetworkError::Codec(e.to_string()))?;
         let priority = if frame.len() <= shared.limits.priority_frame_threshold {
             PRIORITY_CONTROL
         } else {
@@ -164,21 +167,30 @@ impl Client {
         let mut send = RequestStream { send, finished: false };
         // Only fails if the stream is already closed, which the write below reports.
         let _ = send.send.set_priority(priority);
-        send.send.write_chunk(frame).await.map_err(|e| match e {
-            WriteError::ConnectionLost(e) => lost(e),
-            WriteError::Stopped(code) => NetworkError::Refused {
-                peer: peer.id,
-                reason: format!("peer stopped the request stream (code {code})"),
-            },
-            other => unreachable(peer.id, other),
-        })?;
+        // A server may stop reading a request it refuses from its header alone (a sender it
+        // does not accept) and still answer why: read the answer before reporting the stop.
+        let mut stopped = None;
+        match send.send.write_chunk(frame).await {
+            Ok(()) => {}
+            Err(WriteError::ConnectionLost(e)) => return Err(lost(e)),
+            Err(WriteError::Stopped(code)) => stopped = Some(code),
+            Err(other) => return Err(unreachable(peer.id, other)),
+        }
         // Only fails if the stream was reset, in which case the read below reports why.
         let _ = send.send.finish();
         send.finished = true;
-        let response = frame::read::<WireResponse>(&mut recv, self.shared.limits.max_frame_size)
+        let limits = &self.shared.limits;
+        let response = frame::read::<WireResponse>(&mut recv, limits.max_frame_size, limits.decode)
             .await
             .map_err(|e| match e {
                 ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
+                _ if stopped.is_some() => NetworkError::Refused {
+                    peer: peer.id,
+                    reason: format!(
+                        "peer stopped the request stream (code {})",
+                        stopped.unwrap_or(code::NO_ERROR)
+                    ),
+                },
                 ReadFrameError::Stream(ReadError::Reset(code)) => NetworkError::Refused {
                     peer: peer.id,
                     reason: format!("peer reset the response stream (code {code})"),
@@ -220,12 +232,12 @@ impl Client {
             }
             state.addr
         };
-        let result = match self.endpoint.connect_with(self.config.clone(), addr, &peer.server_name)
-        {
+        let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let result = match self.endpoint.connect_with(config, addr, &peer.server_name) {
             Ok(connecting) => {
                 match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(describe_connection_error(&e)),
                     Err(_) => Err("connection attempt timed out".to_owned()),
                 }
             }

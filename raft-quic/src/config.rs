@@ -1,20 +1,22 @@
 //! The configuration of a [`QuicNetwork`](crate::QuicNetwork).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use raft_core::NodeId;
 
+use crate::accept::GateConfig;
 use crate::certs::NodeTls;
 use crate::frame::MIN_MAX_FRAME_SIZE;
 
 /// Everything a node's QUIC endpoint needs. Build it with [`QuicConfig::new`], which fills in
 /// defaults suited to a LAN cluster, then adjust fields; [`QuicNetwork::bind`] validates it.
 ///
-/// Every resource a peer can make this node spend is bounded by a field here: frame size,
-/// streams per connection, inbound connections, flow-control windows, and time (RPC timeout,
-/// connect timeout, idle timeout).
+/// Every resource a peer can make this node spend is bounded by a field here: frame size and
+/// decoded elements per frame, streams per connection, handshakes and inbound connections,
+/// flow-control windows and memory per connection, and time (RPC, connect, handshake and idle
+/// timeouts).
 ///
 /// [`QuicNetwork::bind`]: crate::QuicNetwork::bind
 #[derive(Clone, Debug)]
@@ -23,20 +25,32 @@ pub struct QuicConfig {
     pub node_id: NodeId,
     /// The UDP address the endpoint binds; it both serves peers and dials them from there.
     pub listen_addr: SocketAddr,
-    /// Where each peer listens. Outbound RPCs may target only these ids, and only these ids are
-    /// accepted as identities of inbound connections. Must not contain `node_id`.
+    /// Where each peer listens: outbound RPCs may target only these ids. Must not contain
+    /// `node_id`. Inbound connections are not limited to them: any peer whose certificate
+    /// carries the node role and names one node id is served (a member added since this list
+    /// was written must reach this node), unless that id is in `refused`.
     pub peers: BTreeMap<NodeId, SocketAddr>,
-    /// The cluster CA, this node's certificate chain and its key.
+    /// Node ids refused from the start (nodes removed from the cluster): no connection from or
+    /// to them. More are added at run time with [`QuicNetwork::refuse`].
+    ///
+    /// [`QuicNetwork::refuse`]: crate::QuicNetwork::refuse
+    pub refused: BTreeSet<NodeId>,
+    /// The trusted node CA certificate(s), this node's certificate chain and its key.
     pub tls: NodeTls,
     /// The longest an outbound RPC may take, connection setup included; also the longest an
     /// inbound request may take to arrive, and its response to be written. Default 2 s.
     pub rpc_timeout: Duration,
     /// The longest a connection attempt (QUIC and TLS handshake) may take. Default 1 s.
     pub connect_timeout: Duration,
-    /// The largest frame (version byte and body) this node sends or accepts. Larger inbound
-    /// frames close their stream; larger outbound messages fail with `NetworkError::Codec`.
-    /// All nodes of a cluster should use the same value. Default 16 MiB.
+    /// The largest frame (version byte, headers and body) this node sends or accepts. Larger
+    /// inbound frames close their stream; larger outbound messages fail with
+    /// `NetworkError::Codec`. All nodes of a cluster should use the same value. Default 16 MiB.
     pub max_frame_size: u32,
+    /// The most elements of variable-length collections (log entries, member ids) one inbound
+    /// frame may decode into; a frame with more is refused before they are allocated. Must be
+    /// at least the senders' `Config::max_append_entries` plus the members of any membership
+    /// entries among them. Default 262,144 (an `Entry` is 72 bytes: under 20 MB per frame).
+    pub max_decoded_items: u64,
     /// The wait after the first failed connection attempt to a peer; it doubles with every
     /// consecutive failure. Default 50 ms.
     pub backoff_min: Duration,
@@ -45,14 +59,20 @@ pub struct QuicConfig {
     /// The most RPCs a peer may have in flight towards this node on one connection (QUIC
     /// bidirectional stream limit); further ones wait for a slot. Default 256.
     pub max_concurrent_streams: u32,
-    /// The most inbound connections served at once; further connection attempts are refused.
-    /// Default 64.
-    pub max_inbound_connections: usize,
+    /// Who may complete a handshake and hold an inbound connection: slots counted after the
+    /// handshake, address validation, handshake limits and timeout, quiet logs (see
+    /// [`GateConfig`]). Default [`GateConfig::new(64)`](GateConfig::new).
+    pub accept: GateConfig,
     /// How much unread data a peer may send on one stream (per-stream flow-control window).
     /// Default 4 MiB.
     pub stream_receive_window: u32,
-    /// How much unread data a peer may send on one connection, all streams together. Bounds the
-    /// memory one connection can pin. Default 32 MiB.
+    /// The memory one peer connection may pin, twice over: QUIC flow control lets the peer send
+    /// at most this much that this node has not read yet, and the requests this node has read
+    /// but not yet answered may hold at most this much (their bytes, for frames above
+    /// `priority_frame_threshold`, plus 80 bytes per decoded element; smaller frames are
+    /// bounded by `max_concurrent_streams` instead). A large request waits for room (within
+    /// the RPC timeout); one whose elements do not fit is refused as busy. Must be at least
+    /// `max_frame_size`. Default 32 MiB.
     pub connection_receive_window: u32,
     /// How often an idle connection is pinged to keep it open and detect a dead peer.
     /// Default 1 s.
@@ -60,9 +80,12 @@ pub struct QuicConfig {
     /// A connection that hears nothing from its peer for this long is closed. Default 10 s.
     pub idle_timeout: Duration,
     /// Outbound frames up to this size (votes, heartbeats, small appends) are sent with a
-    /// higher stream priority than larger ones, so they never queue behind a bulk transfer.
-    /// Default 16 KiB.
+    /// higher stream priority than larger ones, so they never queue behind a bulk transfer;
+    /// inbound requests up to this size never wait for memory. Default 16 KiB.
     pub priority_frame_threshold: usize,
+    /// This node warns (at bind, and when its certificate is replaced) if its certificate
+    /// expires within this long. Default 30 days.
+    pub cert_expiry_warning: Duration,
 }
 
 impl QuicConfig {
@@ -72,19 +95,22 @@ impl QuicConfig {
             node_id,
             listen_addr,
             peers: BTreeMap::new(),
+            refused: BTreeSet::new(),
             tls,
             rpc_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             max_frame_size: 16 << 20,
+            max_decoded_items: 1 << 18,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_concurrent_streams: 256,
-            max_inbound_connections: 64,
+            accept: GateConfig::new(64),
             stream_receive_window: 4 << 20,
             connection_receive_window: 32 << 20,
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             priority_frame_threshold: 16 << 10,
+            cert_expiry_warning: Duration::from_secs(30 * 24 * 3600),
         }
     }
 
@@ -116,19 +142,27 @@ impl QuicConfig {
         if self.backoff_max < self.backoff_min {
             return Err(ConfigError::new("backoff_max", "must be at least backoff_min"));
         }
-        if self.max_concurrent_streams == 0 || self.max_inbound_connections == 0 {
+        if self.max_concurrent_streams == 0 || self.max_decoded_items == 0 {
             return Err(ConfigError::new(
-                "max_concurrent_streams/max_inbound_connections",
+                "max_concurrent_streams/max_decoded_items",
                 "must be at least 1",
             ));
         }
+        if let Err(reason) = self.accept.validate() {
+            return Err(ConfigError::new("accept", reason));
+        }
         if self.stream_receive_window == 0
             || self.connection_receive_window < self.stream_receive_window
+            || self.connection_receive_window < self.max_frame_size
         {
             return Err(ConfigError::new(
                 "connection_receive_window",
-                "windows must be positive, the connection's at least the stream's",
+                "windows must be positive, the connection's at least the stream's and \
+                 max_frame_size",
             ));
+        }
+        if self.refused.contains(&self.node_id) {
+            return Err(ConfigError::new("refused", "must not contain the node's own id"));
         }
         if self.idle_timeout <= self.keep_alive_interval {
             return Err(ConfigError::new("idle_timeout", "must exceed keep_alive_interval"));

@@ -1,30 +1,40 @@
 //! Length-prefixed, versioned frames.
 //!
 //! ```text
-//! +----------------+-----------+----------------------------+
-//! | length: u32 BE | version:u8 | postcard body (length - 1) |
-//! +----------------+-----------+----------------------------+
+//! response: | length: u32 BE | version: u8 |                  postcard body |
+//! request:  | length: u32 BE | version: u8 | sender: u64 BE | postcard body |
 //! ```
 //!
-//! `length` counts the version byte and the body. A receiver checks `length` against its maximum
-//! frame size and the version against [`PROTOCOL_VERSION`] *before* it reads or allocates the
-//! body, and then grows its buffer only as bytes actually arrive, so a peer cannot make it
-//! reserve memory it does not send. A body must decode completely: trailing bytes are an error.
+//! `length` counts everything after itself. A receiver checks `length` against its maximum frame
+//! size and the version against [`PROTOCOL_VERSION`] *before* it reads or allocates the body; a
+//! request's claimed sender, in a fixed header of its own, is checked against the connection's
+//! identity before the body is even read. Buffers grow only as bytes actually arrive, so a peer
+//! cannot make the receiver reserve memory it does not send, and bodies decode under a budget
+//! ([`crate::bounded`]): at most a given number of sequence elements and a bounded nesting depth.
+//! A body must decode completely: trailing bytes are an error.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use raft_core::{NodeId, RpcRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::bounded::{self, BoundedError, Limits};
 use crate::wire::{code, PROTOCOL_VERSION};
 
 /// The size of the frame header: the `u32` length and the version byte.
 pub const HEADER_LEN: usize = 5;
+
+/// The size of a request's sender header, after the frame header.
+pub const SENDER_LEN: usize = 8;
 
 /// The smallest maximum frame size a configuration may set (room for any vote or heartbeat).
 pub const MIN_MAX_FRAME_SIZE: u32 = 1024;
 
 /// How many body bytes are reserved up front, at most, before any of them arrived.
 const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
+/// The deepest nesting a frame body may have (raft-core's messages need fewer than 10 levels).
+pub const MAX_DEPTH: u32 = 32;
 
 /// Why a frame could not be encoded or decoded. Every variant is recoverable: the stream that
 /// carried it is closed and the node carries on.
@@ -39,9 +49,9 @@ pub enum FrameError {
         /// The maximum frame size in force.
         max: u32,
     },
-    /// The frame announced a length of zero, which cannot hold the version byte.
-    #[error("frame announces an empty body without a version byte")]
-    Empty,
+    /// The frame announced a length too small for its fixed headers.
+    #[error("frame announces {0} bytes, too few for its headers")]
+    Empty(u32),
     /// The frame carries a protocol version this node does not speak.
     #[error("unsupported protocol version {0} (this node speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u8),
@@ -53,12 +63,17 @@ pub enum FrameError {
         /// Bytes the frame needs.
         need: usize,
     },
-    /// The body is not a valid postcard encoding of the expected message.
+    /// The body is not a valid postcard encoding of the expected message, exceeds the decoding
+    /// budget, or (a request) names another sender than its header.
     #[error("frame body does not decode: {0}")]
     Decode(String),
     /// The message could not be encoded.
     #[error("message does not encode: {0}")]
     Encode(String),
+    /// The receiver has no memory left for the request's elements now (see
+    /// `QuicConfig::connection_receive_window`).
+    #[error("the receiver's memory budget for this connection is exhausted")]
+    Busy,
 }
 
 impl FrameError {
@@ -68,18 +83,30 @@ impl FrameError {
             FrameError::TooLarge { .. } => code::FRAME_TOO_LARGE,
             FrameError::UnsupportedVersion(_) => code::UNSUPPORTED_VERSION,
             FrameError::Truncated { .. } => code::TRUNCATED,
-            FrameError::Empty | FrameError::Decode(_) | FrameError::Encode(_) => code::DECODE_ERROR,
+            FrameError::Busy => code::BUSY,
+            FrameError::Empty(_) | FrameError::Decode(_) | FrameError::Encode(_) => {
+                code::DECODE_ERROR
+            }
         }
     }
 }
 
-/// Encodes `message` as one complete frame (header and body).
-///
-/// Fails with [`FrameError::TooLarge`] if the frame would exceed `max_frame_size`, so a sender
-/// never emits a frame its peer (configured alike) would refuse.
-pub fn encode<T: Serialize>(message: &T, max_frame_size: u32) -> Result<Bytes, FrameError> {
+impl From<BoundedError> for FrameError {
+    fn from(e: BoundedError) -> Self {
+        FrameError::Decode(e.to_string())
+    }
+}
+
+fn encode_with<T: Serialize>(
+    message: &T,
+    sender: Option<NodeId>,
+    max_frame_size: u32,
+) -> Result<Bytes, FrameError> {
     let mut out = BytesMut::with_capacity(256).writer();
     out.get_mut().put_bytes(0, HEADER_LEN);
+    if let Some(sender) = sender {
+        out.get_mut().put_u64(sender);
+    }
     let out = postcard::to_io(message, out).map_err(|e| FrameError::Encode(e.to_string()))?;
     let mut buf = out.into_inner();
     let len = (buf.len() - 4) as u64;
@@ -92,7 +119,20 @@ pub fn encode<T: Serialize>(message: &T, max_frame_size: u32) -> Result<Bytes, F
     Ok(buf.freeze())
 }
 
-/// Validates a frame header and returns the length of the body that follows it.
+/// Encodes `message` as one complete frame (header and body): a response frame.
+///
+/// Fails with [`FrameError::TooLarge`] if the frame would exceed `max_frame_size`, so a sender
+/// never emits a frame its peer (configured alike) would refuse.
+pub fn encode<T: Serialize>(message: &T, max_frame_size: u32) -> Result<Bytes, FrameError> {
+    encode_with(message, None, max_frame_size)
+}
+
+/// Encodes `request` as one complete request frame: header, sender header, body.
+pub fn encode_request(request: &RpcRequest, max_frame_size: u32) -> Result<Bytes, FrameError> {
+    encode_with(request, Some(request.sender()), max_frame_size)
+}
+
+/// Validates a frame header and returns the length of what follows it.
 ///
 /// Checks, in order: the length holds at least the version byte, the length is within
 /// `max_frame_size`, and the version is [`PROTOCOL_VERSION`].
@@ -100,7 +140,7 @@ pub fn decode_header(header: [u8; HEADER_LEN], max_frame_size: u32) -> Result<us
     let [a, b, c, d, version] = header;
     let len = u32::from_be_bytes([a, b, c, d]);
     if len == 0 {
-        return Err(FrameError::Empty);
+        return Err(FrameError::Empty(len));
     }
     if len > max_frame_size {
         return Err(FrameError::TooLarge { len: u64::from(len), max: max_frame_size });
@@ -111,22 +151,36 @@ pub fn decode_header(header: [u8; HEADER_LEN], max_frame_size: u32) -> Result<us
     Ok(len as usize - 1)
 }
 
-/// Decodes a frame body: the whole of `body` must be one postcard-encoded `T`.
-pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (message, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| FrameError::Decode(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(FrameError::Decode(format!("{} trailing bytes after the message", rest.len())));
-    }
-    Ok(message)
+/// Decodes a frame body: the whole of `body` must be one postcard-encoded `T`, within `limits`.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8], limits: Limits) -> Result<T, FrameError> {
+    Ok(bounded::from_slice(body, limits)?)
 }
 
-/// Decodes one frame from the start of `input` and returns the message and the number of bytes
-/// consumed. Never panics, whatever `input` holds.
+/// Decodes one response frame from the start of `input` and returns the message and the number
+/// of bytes consumed. Never panics, whatever `input` holds.
 pub fn decode<T: DeserializeOwned>(
     input: &[u8],
     max_frame_size: u32,
+    limits: Limits,
 ) -> Result<(T, usize), FrameError> {
+    let (body, need) = split_frame(input, max_frame_size)?;
+    Ok((decode_body(body, limits)?, need))
+}
+
+/// Decodes one request frame from the start of `input`: the sender of its header, the request
+/// (whose own sender must be the same), and the number of bytes consumed.
+pub fn decode_request(
+    input: &[u8],
+    max_frame_size: u32,
+    limits: Limits,
+) -> Result<(NodeId, RpcRequest, usize), FrameError> {
+    let (rest, need) = split_frame(input, max_frame_size)?;
+    let (sender, body) = split_sender(rest)?;
+    let request = request_body(sender, body, limits, &|| true)?;
+    Ok((sender, request, need))
+}
+
+fn split_frame(input: &[u8], max_frame_size: u32) -> Result<(&[u8], usize), FrameError> {
     let Some(header) = input.first_chunk::<HEADER_LEN>() else {
         return Err(FrameError::Truncated { have: input.len(), need: HEADER_LEN });
     };
@@ -135,7 +189,36 @@ pub fn decode<T: DeserializeOwned>(
     let Some(body) = input.get(HEADER_LEN..need) else {
         return Err(FrameError::Truncated { have: input.len(), need });
     };
-    Ok((decode_body(body)?, need))
+    Ok((body, need))
+}
+
+fn split_sender(rest: &[u8]) -> Result<(NodeId, &[u8]), FrameError> {
+    match rest.split_first_chunk::<SENDER_LEN>() {
+        Some((sender, body)) => Ok((u64::from_be_bytes(*sender), body)),
+        None => Err(FrameError::Empty(rest.len() as u32 + 1)),
+    }
+}
+
+/// Decodes a request body announced by `sender`, charging `on_item` for every sequence
+/// element (it returns false when the element does not fit the receiver's memory budget).
+pub(crate) fn request_body(
+    sender: NodeId,
+    body: &[u8],
+    limits: Limits,
+    on_item: &dyn Fn() -> bool,
+) -> Result<RpcRequest, FrameError> {
+    let request: RpcRequest =
+        bounded::from_slice_metered(body, limits, on_item).map_err(|e| match e {
+            BoundedError::OverBudget => FrameError::Busy,
+            other => other.into(),
+        })?;
+    if request.sender() != sender {
+        return Err(FrameError::Decode(format!(
+            "the request names sender {} but its header {sender}",
+            request.sender()
+        )));
+    }
+    Ok(request)
 }
 
 /// Why reading a frame from a QUIC stream failed.
@@ -149,55 +232,139 @@ pub(crate) enum ReadFrameError {
     Stream(#[from] quinn::ReadError),
 }
 
-/// Reads one frame from `recv` and decodes its body.
-///
-/// Memory use is bounded by the bytes actually received, never by the announced length alone.
-pub(crate) async fn read<T: DeserializeOwned>(
+/// Reads exactly `out.len()` bytes, or reports how many arrived before the stream ended.
+async fn read_exact(
     recv: &mut quinn::RecvStream,
-    max_frame_size: u32,
-) -> Result<T, ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
+    out: &mut [u8],
+    frame_len: usize,
+    offset: usize,
+) -> Result<(), ReadFrameError> {
     let mut have = 0;
-    while have < HEADER_LEN {
-        match recv.read(&mut header[have..]).await? {
+    while have < out.len() {
+        match recv.read(&mut out[have..]).await? {
             Some(n) => have += n,
-            None => return Err(FrameError::Truncated { have, need: HEADER_LEN }.into()),
+            None => {
+                return Err(FrameError::Truncated { have: offset + have, need: frame_len }.into())
+            }
         }
     }
-    let body_len = decode_header(header, max_frame_size)?;
+    Ok(())
+}
+
+/// Reads a frame header from `recv` and returns the length of what follows it.
+pub(crate) async fn read_header(
+    recv: &mut quinn::RecvStream,
+    max_frame_size: u32,
+) -> Result<usize, ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
+    Ok(decode_header(header, max_frame_size)?)
+}
+
+/// Reads a request's sender header, given the `len` announced by the frame header; returns the
+/// sender and the length of the body after it.
+pub(crate) async fn read_sender(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+) -> Result<(NodeId, usize), ReadFrameError> {
+    let Some(body_len) = len.checked_sub(SENDER_LEN) else {
+        return Err(FrameError::Empty(len as u32 + 1).into());
+    };
+    let mut sender = [0u8; SENDER_LEN];
+    read_exact(recv, &mut sender, HEADER_LEN + len, HEADER_LEN).await?;
+    Ok((u64::from_be_bytes(sender), body_len))
+}
+
+/// Reads `body_len` bytes of body from `recv`. Memory grows only as bytes arrive.
+pub(crate) async fn read_body(
+    recv: &mut quinn::RecvStream,
+    body_len: usize,
+) -> Result<Vec<u8>, ReadFrameError> {
     let mut body = Vec::with_capacity(body_len.min(INITIAL_BODY_CAPACITY));
     while body.len() < body_len {
         match recv.read_chunk(body_len - body.len(), true).await? {
             Some(chunk) => body.extend_from_slice(&chunk.bytes),
             None => {
-                let have = HEADER_LEN + body.len();
-                return Err(FrameError::Truncated { have, need: HEADER_LEN + body_len }.into());
+                let (have, need) = (body.len(), body_len);
+                return Err(FrameError::Truncated { have, need }.into());
             }
         }
     }
-    Ok(decode_body(&body)?)
+    Ok(body)
+}
+
+/// Reads one response frame from `recv` and decodes its body within `limits`.
+pub(crate) async fn read<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max_frame_size: u32,
+    limits: Limits,
+) -> Result<T, ReadFrameError> {
+    let body_len = read_header(recv, max_frame_size).await?;
+    let body = read_body(recv, body_len).await?;
+    Ok(decode_body(&body, limits)?)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use raft_core::{AppendEntriesRequest, Entry, EntryPayload, LogId};
+
     use super::*;
     use crate::wire::{Refusal, WireResponse};
+
+    const LIMITS: Limits = Limits { max_items: 1 << 18, max_depth: MAX_DEPTH };
 
     #[test]
     fn round_trip() {
         let msg = WireResponse::Refused(Refusal::Handler("x".into()));
         let frame = encode(&msg, 1 << 20).unwrap();
         assert_eq!(frame[4], PROTOCOL_VERSION);
-        let (back, used) = decode::<WireResponse>(&frame, 1 << 20).unwrap();
+        let (back, used) = decode::<WireResponse>(&frame, 1 << 20, LIMITS).unwrap();
         assert_eq!(back, msg);
         assert_eq!(used, frame.len());
     }
 
+    fn append(leader: NodeId, entries: usize) -> RpcRequest {
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term: 3,
+            leader_id: leader,
+            prev_log_id: LogId::new(1, 1),
+            entries: (0..entries as u64)
+                .map(|i| Entry { index: 2 + i, term: 3, payload: EntryPayload::Blank })
+                .collect(),
+            leader_commit: 1,
+            read_round: 0,
+        })
+    }
+
+    #[test]
+    fn request_frames_carry_their_sender_in_a_header() {
+        let request = append(7, 3);
+        let frame = encode_request(&request, 1 << 20).unwrap();
+        assert_eq!(&frame[HEADER_LEN..HEADER_LEN + SENDER_LEN], &7u64.to_be_bytes());
+        let (sender, back, used) = decode_request(&frame, 1 << 20, LIMITS).unwrap();
+        assert_eq!((sender, back, used), (7, request, frame.len()));
+        // A header that names someone else than the body is refused.
+        let mut lying = frame.to_vec();
+        lying[HEADER_LEN + SENDER_LEN - 1] = 8;
+        assert!(matches!(decode_request(&lying, 1 << 20, LIMITS), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn a_frame_of_blank_entries_decodes_only_within_the_element_budget() {
+        // ~16 MiB of blank entries would be ~5.6 million entries; a budget of 1,000 stops it
+        // after 1,000 (and any frame of more entries than the budget is refused).
+        let frame = encode_request(&append(1, 100_000), 16 << 20).unwrap();
+        let small = Limits { max_items: 1_000, max_depth: MAX_DEPTH };
+        let error = decode_request(&frame, 16 << 20, small).unwrap_err();
+        assert!(error.to_string().contains("more than 1000 sequence elements"), "{error}");
+        assert!(decode_request(&frame, 16 << 20, LIMITS).is_ok());
+    }
+
     #[test]
     fn header_checks() {
-        assert_eq!(decode_header([0, 0, 0, 0, 1], 100), Err(FrameError::Empty));
+        assert_eq!(decode_header([0, 0, 0, 0, 1], 100), Err(FrameError::Empty(0)));
         assert!(matches!(decode_header([0, 0, 0, 101, 1], 100), Err(FrameError::TooLarge { .. })));
         assert_eq!(decode_header([0, 0, 0, 10, 9], 100), Err(FrameError::UnsupportedVersion(9)));
         assert_eq!(decode_header([0, 0, 0, 10, PROTOCOL_VERSION], 100), Ok(9));
@@ -216,6 +383,6 @@ mod tests {
         frame.push(0);
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
-        assert!(matches!(decode::<WireResponse>(&frame, 1024), Err(FrameError::Decode(_))));
+        assert!(matches!(decode::<WireResponse>(&frame, 1024, LIMITS), Err(FrameError::Decode(_))));
     }
 }

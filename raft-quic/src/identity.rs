@@ -1,20 +1,44 @@
-//! Binding node ids to certificates.
+//! Node identity: which certificates may speak Raft, and which node id one proves.
 //!
-//! A node's certificate names it with one DNS subject alternative name, `node-<id>.raft`
-//! ([`node_dns_name`]). Clients dial a peer with that name as the TLS server name, so rustls
-//! verifies that the server's certificate names the id being dialed. Servers find the id of an
-//! inbound peer by matching its verified certificate against the ids they know and the node ids
-//! the certificate itself lists, and require exactly one match: any certificate of the cluster CA
-//! naming one node is accepted, so a node added to the cluster can reach members that do not know
-//! its address yet (a restarted follower that missed the change, for instance). The CA is the
-//! transport's membership authority; Raft's own membership decides what the node may do.
+//! A node certificate carries two marks, both required:
+//!
+//! - the **node role**: the extended key usage [`NODE_ROLE_OID`] (next to TLS server and client
+//!   authentication). Only certificates issued as node certificates carry it, so a client
+//!   certificate never passes for a node, even when one CA signs both kinds (a deployment that
+//!   uses one CA for everything stays safe);
+//! - the **node id**: exactly one DNS subject alternative name of the form `node-<id>.raft`
+//!   ([`node_dns_name`]).
+//!
+//! Clients dial a peer with `node-<id>.raft` as the TLS server name, so rustls checks that the
+//! server's certificate names the id being dialed; the verifiers of [`crate::tls`] also demand
+//! the node role on both sides of the handshake. A server binds an inbound connection to the id
+//! its peer's certificate names. Any node id is accepted (a node added to the cluster since this
+//! node's address book was written must be able to reach it), except the ids the network was
+//! told to refuse ([`QuicNetwork::refuse`](crate::QuicNetwork::refuse)): nodes removed from the
+//! cluster, whose certificates may still be valid.
 
 use raft_core::NodeId;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use webpki::EndEntityCert;
+use rustls::pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
+use webpki::{EndEntityCert, KeyUsage};
 
 /// The DNS name suffix of node certificates.
 pub const NODE_NAME_SUFFIX: &str = ".raft";
+
+/// The extended key usage that marks a certificate as a Raft node's: the object identifier
+/// `2.25.263019436043855524101045136422824933350` (an OID derived from the UUID
+/// `c5dfb366-884c-4c65-b2fb-773dc9dd77e6`, as ITU-T X.667 allows without registration), as the
+/// content bytes of its DER encoding.
+///
+/// raft-quic refuses any peer certificate without it, on both sides of every handshake.
+pub const NODE_ROLE_OID: &[u8] = &[
+    0x69, 0x83, 0x8b, 0xdf, 0xd9, 0xd9, 0xd1, 0x84, 0xe2, 0xb1, 0xcb, 0xb2, 0xfd, 0xdd, 0xe7, 0xdc,
+    0xce, 0xf5, 0xef, 0x66,
+];
+
+/// The content bytes of the TLS server authentication OID (1.3.6.1.5.5.7.3.1).
+pub(crate) const SERVER_AUTH_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+/// The content bytes of the TLS client authentication OID (1.3.6.1.5.5.7.3.2).
+pub(crate) const CLIENT_AUTH_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
 /// The DNS name that binds node `id` to a certificate: `node-<id>.raft`.
 pub fn node_dns_name(id: NodeId) -> String {
@@ -34,20 +58,16 @@ pub enum IdentityError {
     /// The certificate names no node id.
     #[error("the certificate names no node id")]
     Unknown,
-    /// The certificate names several known node ids, so it cannot identify one node.
+    /// The certificate names several node ids, so it cannot identify one node.
     #[error("the certificate names several node ids: {0:?}")]
     Ambiguous(Vec<NodeId>),
-    /// The certificate does not chain to the cluster CA, or is not valid for the purpose.
+    /// The certificate does not chain to a trusted CA, is not valid now, or lacks a required
+    /// extended key usage (the node role, or TLS server and client authentication).
     #[error("the certificate is not valid for the cluster: {0}")]
     Untrusted(String),
-}
-
-/// Whether `cert` names node `id`.
-fn names(cert: &EndEntityCert<'_>, id: NodeId) -> bool {
-    match ServerName::try_from(node_dns_name(id)) {
-        Ok(name) => cert.verify_is_valid_for_subject_name(&name).is_ok(),
-        Err(_) => false,
-    }
+    /// The certificate names a node id this network refuses (a node removed from the cluster).
+    #[error("node {0} was removed from the cluster: its certificate is refused")]
+    Refused(NodeId),
 }
 
 /// The node id in a DNS name of the form `node-<id>.raft`, if it is one.
@@ -58,73 +78,121 @@ fn id_in_name(name: &str) -> Option<NodeId> {
     (node_dns_name(id) == name).then_some(id)
 }
 
-/// The one node id that the (already verified) certificate `cert` names, among `candidates`
-/// (the ids the caller knows) and the ids its own DNS names spell.
-pub(crate) fn identify(
-    cert: &CertificateDer<'_>,
-    candidates: impl IntoIterator<Item = NodeId>,
-) -> Result<NodeId, IdentityError> {
-    let parsed =
-        EndEntityCert::try_from(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    let mut candidates: Vec<NodeId> = candidates.into_iter().collect();
-    // The listed names only propose candidates; each is then checked like a known id.
-    candidates.extend(parsed.valid_dns_names().filter_map(id_in_name));
-    candidates.sort_unstable();
-    candidates.dedup();
-    let matches: Vec<NodeId> = candidates.into_iter().filter(|&id| names(&parsed, id)).collect();
-    match matches.as_slice() {
-        [] => Err(IdentityError::Unknown),
-        [id] => Ok(*id),
-        _ => Err(IdentityError::Ambiguous(matches)),
-    }
+fn parse<'a>(cert: &'a CertificateDer<'_>) -> Result<EndEntityCert<'a>, IdentityError> {
+    EndEntityCert::try_from(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))
 }
 
-/// The node id proved by an established connection: its peer's verified leaf certificate must
-/// name exactly one of `candidates`.
-pub(crate) fn peer_node_id(
+/// The DNS subject alternative names of `cert`. Says nothing about whether the certificate is
+/// trusted: call it on verified certificates (an application's own roles live in these names).
+pub fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, IdentityError> {
+    Ok(parse(cert)?.valid_dns_names().map(str::to_owned).collect())
+}
+
+/// The verified leaf certificate of an established connection's peer.
+pub fn peer_certificate(
     connection: &quinn::Connection,
-    candidates: impl IntoIterator<Item = NodeId>,
-) -> Result<NodeId, IdentityError> {
+) -> Result<CertificateDer<'static>, IdentityError> {
     let identity = connection.peer_identity().ok_or(IdentityError::NoCertificate)?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| IdentityError::NoCertificate)?;
-    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
-    identify(leaf, candidates)
+    chain.first().cloned().ok_or(IdentityError::NoCertificate)
 }
 
-/// Checks that `cert` (with `intermediates`) chains to `ca`, is valid now for both TLS client
-/// and server authentication, and names node `id`: the checks peers will apply, run locally so
-/// that a misconfigured node fails at startup with a clear error.
+/// The one node id that `cert` names (its `node-<id>.raft` DNS names, in canonical spelling).
+/// Says nothing about whether the certificate is trusted: call it on verified certificates.
+pub fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, IdentityError> {
+    let parsed = parse(cert)?;
+    let mut ids: Vec<NodeId> = parsed.valid_dns_names().filter_map(id_in_name).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    match ids.as_slice() {
+        [] => Err(IdentityError::Unknown),
+        [id] => Ok(*id),
+        _ => Err(IdentityError::Ambiguous(ids)),
+    }
+}
+
+/// The node id proved by an established connection: the one id its peer's (verified) leaf
+/// certificate names. The handshake already checked the chain and the node role.
+pub(crate) fn peer_node_id(connection: &quinn::Connection) -> Result<NodeId, IdentityError> {
+    node_id_of(&peer_certificate(connection)?)
+}
+
+/// Checks that `cert` (with `intermediates`) chains to one of `anchors` at `now` and carries
+/// the extended key usage `required`.
+pub(crate) fn verify_usage(
+    anchors: &[TrustAnchor<'_>],
+    cert: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    required: &'static [u8],
+) -> Result<(), IdentityError> {
+    let parsed = parse(cert)?;
+    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms.all;
+    parsed
+        .verify_for_usage(
+            algs,
+            anchors,
+            intermediates,
+            now,
+            KeyUsage::required(required),
+            None,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| IdentityError::Untrusted(e.to_string()))
+}
+
+/// Parses CA certificates into trust anchors.
+pub(crate) fn trust_anchors<'a>(
+    cas: &'a [CertificateDer<'a>],
+) -> Result<Vec<TrustAnchor<'a>>, IdentityError> {
+    cas.iter()
+        .map(|ca| {
+            webpki::anchor_from_trusted_cert(ca)
+                .map_err(|e| IdentityError::Untrusted(format!("bad CA certificate: {e}")))
+        })
+        .collect()
+}
+
+/// Checks that `cert` (with `intermediates`) chains to one of the CA certificates `cas`, is
+/// valid now for TLS server and client authentication, carries the node role and names node
+/// `id` and no other: every check peers will apply, run locally so that a misconfigured node
+/// fails at startup with a clear error.
 pub(crate) fn check_node_cert(
-    ca: &CertificateDer<'_>,
+    cas: &[CertificateDer<'_>],
     cert: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     id: NodeId,
 ) -> Result<(), IdentityError> {
-    let anchor = webpki::anchor_from_trusted_cert(ca)
-        .map_err(|e| IdentityError::Untrusted(format!("bad CA certificate: {e}")))?;
-    let parsed =
-        EndEntityCert::try_from(cert).map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
-    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms.all;
+    if cas.is_empty() {
+        return Err(IdentityError::Untrusted("no trusted CA certificate".into()));
+    }
+    let anchors = trust_anchors(cas)?;
     let now = UnixTime::now();
-    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
-        parsed
-            .verify_for_usage(
-                algs,
-                std::slice::from_ref(&anchor),
-                intermediates,
-                now,
-                usage,
-                None,
-                None,
-            )
-            .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+    verify_usage(&anchors, cert, intermediates, now, NODE_ROLE_OID).map_err(|e| {
+        IdentityError::Untrusted(format!("{e} (is it a node certificate with the raft node role?)"))
+    })?;
+    for usage in [SERVER_AUTH_OID, CLIENT_AUTH_OID] {
+        verify_usage(&anchors, cert, intermediates, now, usage)?;
     }
-    if !names(&parsed, id) {
-        return Err(IdentityError::Untrusted(format!("it does not name {}", node_dns_name(id))));
+    match node_id_of(cert) {
+        Ok(named) if named == id => {}
+        Ok(_) | Err(IdentityError::Unknown) | Err(IdentityError::Ambiguous(_)) => {
+            return Err(IdentityError::Untrusted(format!(
+                "it does not name {} (and only it)",
+                node_dns_name(id)
+            )))
+        }
+        Err(e) => return Err(e),
     }
-    Ok(())
+    // The same check a dialing peer makes with `node-<id>.raft` as the server name.
+    let name = ServerName::try_from(node_dns_name(id))
+        .map_err(|e| IdentityError::Untrusted(e.to_string()))?;
+    parse(cert)?
+        .verify_is_valid_for_subject_name(&name)
+        .map_err(|e| IdentityError::Untrusted(e.to_string()))
 }
 
 #[cfg(test)]
@@ -140,5 +208,30 @@ mod tests {
         {
             assert_eq!(id_in_name(other), None, "{other}");
         }
+    }
+
+    /// The DER content bytes of an OID whose first two arcs are `first` and `second`, followed
+    /// by `rest` (base-128, most significant group first).
+    fn encode_oid(first: u128, second: u128, rest: &[u128]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for arc in std::iter::once(first * 40 + second).chain(rest.iter().copied()) {
+            let mut groups = vec![(arc & 0x7f) as u8];
+            let mut value = arc >> 7;
+            while value > 0 {
+                groups.push(0x80 | (value & 0x7f) as u8);
+                value >>= 7;
+            }
+            out.extend(groups.iter().rev());
+        }
+        out
+    }
+
+    #[test]
+    fn the_node_role_oid_is_the_documented_uuid_arc() {
+        let uuid = 0xc5dfb366_884c_4c65_b2fb_773dc9dd77e6_u128;
+        assert_eq!(uuid, 263019436043855524101045136422824933350);
+        assert_eq!(encode_oid(2, 25, &[uuid]), NODE_ROLE_OID);
+        assert_eq!(encode_oid(1, 3, &[6, 1, 5, 5, 7, 3, 1]), SERVER_AUTH_OID);
+        assert_eq!(encode_oid(1, 3, &[6, 1, 5, 5, 7, 3, 2]), CLIENT_AUTH_OID);
     }
 }

@@ -10,11 +10,19 @@
 //!   each other (no head-of-line blocking), and small frames (votes, heartbeats) get a higher
 //!   send priority than bulk transfers. A failed dial is retried with capped exponential
 //!   backoff; a restarted peer's stateless reset tears down the stale connection at once.
-//! - **Framing.** `u32 length | u8 version | postcard body` ([`frame`]), at most
-//!   [`QuicConfig::max_frame_size`], checked before anything is allocated.
-//! - **Identity.** A cluster CA signs one certificate per node, naming `node-<id>.raft`
-//!   ([`node_dns_name`]). Both sides verify; a request whose claimed sender differs from the
-//!   certificate's node id is refused. [`generate_cluster_certs`] creates everything needed.
+//! - **Framing.** `u32 length | u8 version | [u64 sender] | postcard body` ([`frame`]), at most
+//!   [`QuicConfig::max_frame_size`], checked before anything is allocated; bodies decode within
+//!   a budget of elements and depth ([`bounded`]), and a request's sender is checked from its
+//!   header before its body is read. The wire version policy is in [`wire`].
+//! - **Identity.** A node CA signs one certificate per node, naming `node-<id>.raft`
+//!   ([`node_dns_name`]) and carrying the node role ([`NODE_ROLE_OID`]); certificates without
+//!   the role (clients of an application, say) are refused on both sides of every handshake.
+//!   A request whose claimed sender differs from the certificate's node id is refused, and so
+//!   is every connection of a node removed from the cluster ([`QuicNetwork::refuse`]).
+//!   [`generate_cluster_certs`] creates everything needed, with the CA key in a directory of
+//!   its own; [`QuicNetwork::update_tls`] swaps in renewed certificates without a restart.
+//! - **Admission.** Inbound connection attempts go through a [`Gate`](accept::Gate): address
+//!   validation, handshake limits and timeout, connection slots counted after the handshake.
 //! - **Runtime.** The caller's: any `quinn::Runtime` (tokio, smol and async-std behind the
 //!   features of the same names). Timeouts use the runtime's own timers.
 //!
@@ -23,7 +31,8 @@
 //! use std::sync::Arc;
 //! use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
 //!
-//! let files = generate_cluster_certs("certs", [1, 2, 3])?;
+//! // The CA key stays in `ca/`; a node needs only its own files in `certs/`.
+//! let files = generate_cluster_certs("ca", "certs", [1, 2, 3])?;
 //! let config = QuicConfig::new(1, "127.0.0.1:7001".parse()?, NodeTls::load(&files.dir, 1)?)
 //!     .with_peer(2, "127.0.0.1:7002".parse()?)
 //!     .with_peer(3, "127.0.0.1:7003".parse()?);
@@ -34,33 +43,46 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod accept;
 mod backoff;
+pub mod bounded;
+mod ca;
 pub mod certs;
+mod cid;
 mod client;
 mod config;
+pub mod expiry;
 pub mod frame;
 mod identity;
+mod memory;
 mod network;
 mod node_tls;
+mod offload;
 mod server;
 mod timer;
 pub mod tls;
 pub mod wire;
 
+pub use accept::{Gate, GateConfig, GateStats};
 pub use certs::{
-    ensure_cluster_certs, generate_cluster_certs, CertError, ClusterCa, ClusterCertFiles, NodeCert,
-    NodeCertFiles, NodeTls,
+    ensure_cluster_certs, generate_cluster_certs, CaKind, CertError, ClientCert, ClusterCa,
+    ClusterCertFiles, NodeCert, NodeCertFiles, NodeTls, NODE_CA,
 };
 pub use config::{ConfigError, QuicConfig};
 pub use frame::FrameError;
-pub use identity::{node_dns_name, IdentityError, NODE_NAME_SUFFIX};
+pub use identity::{
+    dns_names, node_dns_name, node_id_of, peer_certificate, IdentityError, NODE_NAME_SUFFIX,
+    NODE_ROLE_OID,
+};
 pub use network::{BindError, QuicNetwork};
-pub use tls::TlsError;
+pub use tls::{PeerRole, TlsError};
 pub use wire::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
 
 /// The `quinn` crate this network is built on, for its runtime types and for tools that speak
 /// to a node directly.
 pub use quinn;
+/// The `rustls` crate of the TLS configurations ([`tls`]), and its certificate types.
+pub use rustls;
 
 #[cfg(feature = "async-std")]
 pub use quinn::AsyncStdRuntime;

@@ -1,28 +1,35 @@
 //! [`QuicNetwork`]: the `Network` implementation and the lifecycle of the endpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
 use raft_core::{Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse};
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::accept::{Gate, GateStats};
 use crate::backoff::Backoff;
+use crate::bounded::Limits;
+use crate::certs::NodeTls;
+use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
 use crate::config::{ConfigError, QuicConfig};
+use crate::expiry::expiry_warning;
+use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, IdentityError};
+use crate::offload::Offload;
 use crate::timer::timeout;
-use crate::tls::{endpoint_config, quic_server_crypto, rustls_client_config, TlsError};
+use crate::tls::{quic_server_crypto, rustls_client_config, TlsError};
 use crate::wire::code;
 
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Why [`QuicNetwork::bind`] failed.
+/// Why [`QuicNetwork::bind`] (or [`QuicNetwork::update_tls`]) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BindError {
@@ -32,8 +39,8 @@ pub enum BindError {
     /// The TLS material could not be turned into a TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The node's own certificate would be refused by its peers (wrong CA, wrong name, wrong
-    /// key usage).
+    /// The node's own certificate would be refused by its peers (wrong CA, wrong name, no node
+    /// role, expired).
     #[error("this node's certificate is unusable: {0}")]
     Certificate(#[from] IdentityError),
     /// The UDP socket could not be bound or set up.
@@ -43,11 +50,12 @@ pub enum BindError {
 
 /// The limits copied out of the configuration.
 #[derive(Debug, Clone)]
-pub(crate) struct Limits {
+pub(crate) struct Settings {
     pub(crate) rpc_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
-    pub(crate) max_inbound_connections: usize,
+    pub(crate) decode: Limits,
+    pub(crate) connection_memory: u64,
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -58,10 +66,14 @@ pub(crate) struct Limits {
 pub(crate) struct Shared {
     pub(crate) id: NodeId,
     pub(crate) runtime: Arc<dyn quinn::Runtime>,
-    pub(crate) limits: Limits,
-    pub(crate) inbound: AtomicUsize,
+    pub(crate) limits: Settings,
     handler: RwLock<Option<Arc<dyn RpcHandler>>>,
     peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
+    refused: RwLock<BTreeSet<NodeId>>,
+    /// Established inbound connections by `stable_id`, with the node id they proved.
+    inbound: Mutex<HashMap<usize, (NodeId, quinn::Connection)>>,
+    /// Decodes large request bodies off the runtime's threads.
+    pub(crate) offload: Offload,
     closed: AtomicBool,
 }
 
@@ -78,9 +90,21 @@ impl Shared {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    /// The ids an inbound connection may prove to be.
-    pub(crate) fn peer_ids(&self) -> Vec<NodeId> {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    /// Whether node `id` was removed from the cluster.
+    pub(crate) fn is_refused(&self, id: NodeId) -> bool {
+        self.refused.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// Records an inbound connection of `peer` until the returned guard is dropped, so that
+    /// [`QuicNetwork::refuse`] can close it.
+    pub(crate) fn register_inbound(
+        self: &Arc<Self>,
+        peer: NodeId,
+        connection: &quinn::Connection,
+    ) -> InboundGuard {
+        let key = connection.stable_id();
+        lock(&self.inbound).insert(key, (peer, connection.clone()));
+        InboundGuard { shared: Arc::clone(self), key }
     }
 
     fn backoff(&self) -> Backoff {
@@ -88,10 +112,27 @@ impl Shared {
     }
 }
 
+/// Unregisters an inbound connection when dropped.
+pub(crate) struct InboundGuard {
+    shared: Arc<Shared>,
+    key: usize,
+}
+
+impl Drop for InboundGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.inbound).remove(&self.key);
+    }
+}
+
 struct Inner {
     client: Client,
     local_addr: SocketAddr,
-    /// Serializes `close`.
+    gate: Gate,
+    /// The server configuration's transport and limits, to rebuild it with new TLS material.
+    transport: Arc<TransportConfig>,
+    max_incoming: usize,
+    cert_expiry_warning: Duration,
+    /// Serializes `close` and `update_tls`.
     closing: Mutex<()>,
 }
 
@@ -106,17 +147,25 @@ impl Drop for Inner {
 /// RPCs and dials peers.
 ///
 /// Guarantees:
-/// - **Authentication.** Every connection is mutually authenticated against the cluster CA. An
-///   inbound request is handed to the handler only if its [`RpcRequest::sender`] is the node id
-///   the peer's certificate names; a dialed peer must present a certificate naming the id that
-///   was dialed.
+/// - **Only nodes speak Raft.** Every connection is mutually authenticated against the trusted
+///   node CA(s), and both certificates must carry the node role
+///   ([`NODE_ROLE_OID`](crate::NODE_ROLE_OID)) and name one node id: a client certificate
+///   never passes for a node. A dialed peer must prove the id that was dialed. An inbound
+///   connection is bound to the id its certificate names, whatever the address book holds,
+///   except ids this network [refuses](QuicNetwork::refuse) (removed nodes), whose connections
+///   are closed.
+/// - **Authenticated senders.** An inbound request is handed to the handler only if its
+///   [`RpcRequest::sender`] is that id; the claim is checked from a small header before the
+///   body is read.
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
 ///   task.
-/// - **Bounded.** Frame size, streams per connection, inbound connections, flow-control
-///   windows and every wait are bounded by [`QuicConfig`].
+/// - **Bounded.** Handshakes, connections, frame sizes, decoded elements per frame, streams,
+///   flow-control windows, memory per connection and every wait are bounded by
+///   [`QuicConfig`].
 /// - **Robust.** Malformed input closes the offending stream (or connection) with a logged
-///   reason; nothing a peer sends can make the node panic.
+///   reason; nothing a peer sends can make the node panic. A peer of another wire version is
+///   refused at the handshake with an error that says so.
 /// - **Self-healing.** A failed or lost connection is redialed on the next RPC, with capped
 ///   exponential backoff between failed attempts.
 ///
@@ -152,44 +201,75 @@ fn transport_config(config: &QuicConfig) -> Result<TransportConfig, ConfigError>
     Ok(transport)
 }
 
+/// Checks that `tls` holds a usable certificate for node `id`: the checks its peers will make.
+fn check_own_certificate(tls: &NodeTls, id: NodeId) -> Result<(), IdentityError> {
+    let Some((leaf, intermediates)) = tls.cert_chain.split_first() else {
+        return Err(IdentityError::NoCertificate);
+    };
+    check_node_cert(&tls.trust_anchors, leaf, intermediates, id)
+}
+
+fn server_config(
+    tls: &NodeTls,
+    transport: &Arc<TransportConfig>,
+    max_incoming: usize,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut server = quinn::ServerConfig::with_crypto(quic_server_crypto(tls)?);
+    server.transport_config(Arc::clone(transport)).max_incoming(max_incoming).migration(false);
+    Ok(server)
+}
+
+fn client_config(
+    tls: &NodeTls,
+    transport: &Arc<TransportConfig>,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_client_config(tls)?)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::clone(transport));
+    Ok(client)
+}
+
+fn warn_if_expiring(id: NodeId, tls: &NodeTls, within: Duration) {
+    if let Some(warning) = expiry_warning(&tls.cert_chain, within) {
+        warn!(node = id, "{warning}");
+    }
+}
+
 impl QuicNetwork {
     /// Binds the endpoint at `config.listen_addr` on the caller's async `runtime` (for example
     /// `Arc::new(raft_quic::TokioRuntime)` inside a tokio runtime, or
     /// `Arc::new(raft_quic::SmolRuntime)`), and starts accepting connections.
     ///
-    /// Checks first that the node's certificate chains to the cluster CA and names
-    /// `config.node_id`. Inbound requests are refused until [`serve`](Self::serve) is called.
-    /// With tokio, call it from within the runtime (quinn registers the socket with it).
+    /// Checks first that the node's certificate chains to a trusted CA, carries the node role
+    /// and names `config.node_id`, and warns if it expires soon. Inbound requests are refused
+    /// until [`serve`](Self::serve) is called. With tokio, call it from within the runtime
+    /// (quinn registers the socket with it).
     pub fn bind(config: QuicConfig, runtime: Arc<dyn quinn::Runtime>) -> Result<Self, BindError> {
         config.validate()?;
         let tls = &config.tls;
-        let Some((leaf, intermediates)) = tls.cert_chain.split_first() else {
-            return Err(IdentityError::NoCertificate.into());
-        };
-        check_node_cert(&tls.ca_cert, leaf, intermediates, config.node_id)?;
+        check_own_certificate(tls, config.node_id)?;
+        warn_if_expiring(config.node_id, tls, config.cert_expiry_warning);
         let transport = Arc::new(transport_config(&config)?);
-
-        let mut server = quinn::ServerConfig::with_crypto(quic_server_crypto(tls)?);
-        server
-            .transport_config(Arc::clone(&transport))
-            .max_incoming(config.max_inbound_connections)
-            .migration(false);
-        let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(rustls_client_config(tls)?)
-                .map_err(TlsError::from)?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport);
+        // quinn queues attempts until the accept loop screens them, which it does at once.
+        let max_incoming = config.accept.max_handshakes.saturating_mul(4).max(64);
+        let server = server_config(tls, &transport, max_incoming)?;
+        let client = client_config(tls, &transport)?;
 
         let socket = std::net::UdpSocket::bind(config.listen_addr)?;
-        let endpoint =
-            Endpoint::new(endpoint_config(tls), Some(server), socket, Arc::clone(&runtime))?;
+        let endpoint = Endpoint::new(
+            endpoint_config(tls, config.idle_timeout),
+            Some(server),
+            socket,
+            Arc::clone(&runtime),
+        )?;
         let local_addr = endpoint.local_addr()?;
 
-        let limits = Limits {
+        let limits = Settings {
             rpc_timeout: config.rpc_timeout,
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
-            max_inbound_connections: config.max_inbound_connections,
+            decode: Limits { max_items: config.max_decoded_items, max_depth: MAX_DEPTH },
+            connection_memory: u64::from(config.connection_receive_window),
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
@@ -198,24 +278,41 @@ impl QuicNetwork {
             id: config.node_id,
             runtime: Arc::clone(&runtime),
             limits,
-            inbound: AtomicUsize::new(0),
             handler: RwLock::new(None),
             peers: RwLock::new(BTreeMap::new()),
+            refused: RwLock::new(config.refused.clone()),
+            inbound: Mutex::new(HashMap::new()),
+            offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
             for (&id, &addr) in &config.peers {
-                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                if !config.refused.contains(&id) {
+                    peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                }
             }
         }
-        runtime.spawn(Box::pin(crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared))));
+        let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
+        let accept =
+            crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared), gate.clone());
+        runtime.spawn(Box::pin(accept));
         info!(node = config.node_id, %local_addr, "QUIC endpoint bound");
-        let client = Client { endpoint, config: client, shared };
-        Ok(Self { inner: Arc::new(Inner { client, local_addr, closing: Mutex::new(()) }) })
+        let client = Client { endpoint, config: RwLock::new(client), shared };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                local_addr,
+                gate,
+                transport,
+                max_incoming,
+                cert_expiry_warning: config.cert_expiry_warning,
+                closing: Mutex::new(()),
+            }),
+        })
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Arc<Shared> {
         &self.inner.client.shared
     }
 
@@ -242,10 +339,15 @@ impl QuicNetwork {
     }
 
     /// Adds peer `id` at `addr`, or moves it there (its connection is closed and its backoff
-    /// reset). Inbound connections proving `id` are accepted from now on.
+    /// reset), so that RPCs can be sent to it. Ignored for this node's own id and for refused
+    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].)
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
         let shared = self.shared();
         if id == shared.id {
+            return;
+        }
+        if shared.is_refused(id) {
+            warn!(node = shared.id, peer = id, "not adding a refused (removed) node as a peer");
             return;
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
@@ -257,13 +359,68 @@ impl QuicNetwork {
         }
     }
 
-    /// Forgets peer `id`: RPCs to it fail with `UnknownPeer`, its outbound connection is closed
-    /// and new inbound connections proving `id` are refused.
+    /// Forgets peer `id`'s address: RPCs to it fail with `UnknownPeer` and its outbound
+    /// connection is closed. Its inbound connections are still accepted (it may be a member
+    /// whose address is unknown here); to shut a node out, use [`QuicNetwork::refuse`].
     pub fn remove_peer(&self, id: NodeId) {
         let removed = self.shared().peers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         if let Some(peer) = removed {
             peer.close(b"peer removed");
         }
+    }
+
+    /// Refuses node `id` from now on, for good: a node removed from the cluster, whose
+    /// certificate may still be valid. Its address is forgotten, every connection to or from
+    /// it is closed (with [`code::REMOVED_NODE`]), later connections proving `id` are closed
+    /// at once, and its requests are refused. Node ids are never reused; the refusal lasts as
+    /// long as this network: persist the refused ids and pass them in
+    /// [`QuicConfig::refused`] when the node restarts. Ignored for this node's own id.
+    pub fn refuse(&self, id: NodeId) {
+        let shared = self.shared();
+        if id == shared.id {
+            return;
+        }
+        let added = shared.refused.write().unwrap_or_else(|p| p.into_inner()).insert(id);
+        self.remove_peer(id);
+        let doomed: Vec<quinn::Connection> = lock(&shared.inbound)
+            .values()
+            .filter(|(peer, _)| *peer == id)
+            .map(|(_, conn)| conn.clone())
+            .collect();
+        for conn in doomed {
+            conn.close(code::REMOVED_NODE, b"node removed from the cluster");
+        }
+        if added {
+            info!(node = shared.id, peer = id, "refusing removed node from now on");
+        }
+    }
+
+    /// The refused node ids (see [`QuicNetwork::refuse`]).
+    pub fn refused(&self) -> BTreeSet<NodeId> {
+        self.shared().refused.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces this node's TLS material (a renewed certificate, a new trust bundle during a CA
+    /// roll-over) without a restart: new connections, in both directions, use it; established
+    /// ones stay up. Fails, keeping the current material, unless the new certificate passes
+    /// the checks of [`bind`](Self::bind); warns if it expires soon. The stateless-reset and
+    /// connection-id keys stay those derived from the key the endpoint was bound with.
+    pub fn update_tls(&self, tls: &NodeTls) -> Result<(), BindError> {
+        let shared = self.shared();
+        check_own_certificate(tls, shared.id)?;
+        warn_if_expiring(shared.id, tls, self.inner.cert_expiry_warning);
+        let server = server_config(tls, &self.inner.transport, self.inner.max_incoming)?;
+        let client = client_config(tls, &self.inner.transport)?;
+        let _serialized = lock(&self.inner.closing);
+        self.inner.client.endpoint.set_server_config(Some(server));
+        *self.inner.client.config.write().unwrap_or_else(|p| p.into_inner()) = client;
+        info!(node = shared.id, "TLS material replaced: new connections use it");
+        Ok(())
+    }
+
+    /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.
+    pub fn accept_stats(&self) -> GateStats {
+        self.inner.gate.stats()
     }
 
     /// Closes the endpoint: every connection is closed, RPCs fail with `Shutdown` from now on,

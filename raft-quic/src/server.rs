@@ -1,70 +1,54 @@
-//! The inbound side: accepts connections, binds each to the node id its certificate proves, and
-//! serves every bidirectional stream as one RPC in its own task.
+//! The inbound side: admits connections through the [`Gate`], binds each to the node id its
+//! certificate proves (unless refused), and serves every bidirectional stream as one RPC in its
+//! own task.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use quinn::{Endpoint, Incoming, RecvStream, SendStream};
+use quinn::{Endpoint, RecvStream, SendStream};
 use raft_core::{NodeId, RpcRequest};
 use tracing::{debug, info, warn};
 
-use crate::frame::{self, ReadFrameError};
+use crate::accept::{Gate, Handshake};
+use crate::frame::{self, FrameError, ReadFrameError};
 use crate::identity::peer_node_id;
+use crate::memory::{MemoryBudget, Reservation, ITEM_COST};
 use crate::network::Shared;
+use crate::offload::OFFLOAD_ABOVE;
 use crate::timer::timeout;
 use crate::wire::{code, Refusal, WireResponse};
 
 /// Accepts connections until the endpoint is closed.
-pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>, gate: Gate) {
     while let Some(incoming) = endpoint.accept().await {
-        let remote = incoming.remote_address();
-        let inbound = shared.inbound.fetch_add(1, Ordering::AcqRel);
-        if inbound >= shared.limits.max_inbound_connections {
-            shared.inbound.fetch_sub(1, Ordering::AcqRel);
-            warn!(node = shared.id, %remote, "refusing connection: too many inbound connections");
-            incoming.refuse();
-            continue;
+        if let Some(handshake) = gate.admit(incoming) {
+            let task = serve_connection(handshake, gate.clone(), Arc::clone(&shared));
+            shared.runtime.spawn(Box::pin(task));
         }
-        let task = serve_connection(incoming, Arc::clone(&shared));
-        shared.runtime.spawn(Box::pin(task));
     }
     debug!(node = shared.id, "endpoint closed: no longer accepting connections");
 }
 
-/// Releases an inbound connection slot when dropped.
-struct InboundSlot(Arc<Shared>);
-
-impl Drop for InboundSlot {
-    fn drop(&mut self) {
-        self.0.inbound.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
-    let slot = InboundSlot(shared);
-    let shared = &slot.0;
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            // Peers without a certificate, or with one from another CA, end here.
-            warn!(node = shared.id, %remote, "inbound handshake failed: {e}");
-            return;
-        }
-    };
-    let peer = match peer_node_id(&conn, shared.peer_ids()) {
+async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>) {
+    let remote = handshake.remote_address();
+    // Peers without a certificate, with one from another CA or without the node role, and
+    // peers of another wire version fail here (logged by the gate).
+    let Some((conn, _slot)) = handshake.complete().await else { return };
+    let peer = match peer_node_id(&conn) {
         Ok(peer) => peer,
-        Err(e) => {
-            warn!(node = shared.id, %remote, "closing inbound connection: {e}");
-            conn.close(code::BAD_IDENTITY, e.to_string().as_bytes());
-            return;
-        }
+        Err(e) => return gate.reject(&conn, code::BAD_IDENTITY, &e.to_string()),
     };
+    // Registered before the refusal check, so a concurrent `refuse` sees one or the other.
+    let _registered = shared.register_inbound(peer, &conn);
+    if shared.is_refused(peer) {
+        let reason = format!("node {peer} was removed from the cluster");
+        return gate.reject(&conn, code::REMOVED_NODE, &reason);
+    }
     info!(node = shared.id, peer, %remote, "inbound connection authenticated");
+    let budget = MemoryBudget::new(shared.limits.connection_memory);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let task = serve_stream(send, recv, peer, Arc::clone(shared));
+                let task = serve_stream(send, recv, peer, Arc::clone(&shared), Arc::clone(&budget));
                 shared.runtime.spawn(Box::pin(task));
             }
             Err(e) => {
@@ -75,6 +59,64 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
     }
 }
 
+/// Why an inbound request was not read.
+enum RequestError {
+    Read(ReadFrameError),
+    /// The sender header names another node than the connection's certificate.
+    SenderMismatch(NodeId),
+    /// The request's decoded elements do not fit the connection's memory budget.
+    Busy,
+}
+
+impl From<ReadFrameError> for RequestError {
+    fn from(e: ReadFrameError) -> Self {
+        RequestError::Read(e)
+    }
+}
+
+/// Reads one request from `peer`: the headers first (the claimed sender is checked before the
+/// body is read), then the body within the connection's memory budget. Returns the request and
+/// the memory it holds, to be released once it is answered.
+async fn read_request(
+    recv: &mut RecvStream,
+    peer: NodeId,
+    shared: &Shared,
+    budget: &Arc<MemoryBudget>,
+) -> Result<(RpcRequest, Reservation), RequestError> {
+    let limits = &shared.limits;
+    let len = frame::read_header(recv, limits.max_frame_size).await?;
+    let (sender, body_len) = frame::read_sender(recv, len).await?;
+    if sender != peer {
+        return Err(RequestError::SenderMismatch(sender));
+    }
+    let reservation = if body_len > limits.priority_frame_threshold {
+        budget.take(body_len as u64).await
+    } else {
+        Reservation::empty(budget)
+    };
+    let body = frame::read_body(recv, body_len).await?;
+    let decode_limits = limits.decode;
+    let decode = move || {
+        let on_item = || reservation.try_grow(ITEM_COST);
+        let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
+        (decoded, reservation)
+    };
+    let (decoded, reservation) = if body_len > OFFLOAD_ABOVE {
+        match shared.offload.run(decode).await {
+            Some(done) => done,
+            // Only if the helper thread died; nothing can be decoded there any more.
+            None => return Err(RequestError::Busy),
+        }
+    } else {
+        decode()
+    };
+    match decoded {
+        Ok(request) => Ok((request, reservation)),
+        Err(FrameError::Busy) => Err(RequestError::Busy),
+        Err(e) => Err(RequestError::Read(e.into())),
+    }
+}
+
 /// Serves one RPC: reads the request frame, answers it, closes the stream. A bad frame closes
 /// this stream only, with a logged reason; the connection and every other stream carry on.
 async fn serve_stream(
@@ -82,33 +124,51 @@ async fn serve_stream(
     mut recv: RecvStream,
     peer: NodeId,
     shared: Arc<Shared>,
+    budget: Arc<MemoryBudget>,
 ) {
     let limits = &shared.limits;
-    let read = frame::read::<RpcRequest>(&mut recv, limits.max_frame_size);
-    let request = match timeout(&*shared.runtime, limits.rpc_timeout, read).await {
-        Ok(Ok(request)) => request,
-        Ok(Err(ReadFrameError::Frame(e))) => {
-            warn!(node = shared.id, peer, stream = %recv.id(), "closing stream: bad request: {e}");
-            let _ = recv.stop(e.code());
-            let _ = send.reset(e.code());
-            return;
+    let read = read_request(&mut recv, peer, &shared, &budget);
+    let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
+        let _ = recv.stop(code);
+        let _ = send.reset(code);
+    };
+    let (response, held) = match timeout(&*shared.runtime, limits.rpc_timeout, read).await {
+        Ok(Ok((request, held))) => {
+            drop(recv);
+            (respond(&shared, peer, request).await, held)
         }
-        Ok(Err(ReadFrameError::Stream(e))) => {
+        Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
+            warn!(node = shared.id, peer, stream = %recv.id(), "closing stream: bad request: {e}");
+            return reject(&mut recv, &mut send, e.code());
+        }
+        Ok(Err(RequestError::Read(ReadFrameError::Stream(e)))) => {
             debug!(node = shared.id, peer, "request stream failed: {e}");
             return;
+        }
+        Ok(Err(RequestError::SenderMismatch(claimed))) => {
+            warn!(
+                node = shared.id,
+                peer,
+                claimed,
+                "refusing request: its claimed sender is not the certificate's identity"
+            );
+            let _ = recv.stop(code::SENDER_MISMATCH);
+            let refusal = Refusal::SenderMismatch { claimed, authenticated: peer };
+            (WireResponse::Refused(refusal), Reservation::empty(&budget))
+        }
+        Ok(Err(RequestError::Busy)) => {
+            debug!(node = shared.id, peer, "refusing request: connection memory budget exhausted");
+            return reject(&mut recv, &mut send, code::BUSY);
         }
         Err(_) => {
             warn!(
                 node = shared.id,
                 peer, "closing stream: no complete request within {:?}", limits.rpc_timeout
             );
-            let _ = recv.stop(code::TIMEOUT);
-            let _ = send.reset(code::TIMEOUT);
-            return;
+            return reject(&mut recv, &mut send, code::TIMEOUT);
         }
     };
-    drop(recv);
-    let response = respond(&shared, peer, request).await;
+    drop(held);
     let frame = match frame::encode(&response, limits.max_frame_size) {
         Ok(frame) => frame,
         Err(e) => {
@@ -130,19 +190,11 @@ async fn serve_stream(
     }
 }
 
-/// Checks the claimed sender against the connection's identity and hands the request to the
-/// handler.
+/// Checks that the sender is still welcome and hands the request to the handler. (The claimed
+/// sender was checked against the connection's identity, from the header and from the body.)
 async fn respond(shared: &Shared, peer: NodeId, request: RpcRequest) -> WireResponse {
-    let claimed = request.sender();
-    if claimed != peer {
-        warn!(
-            node = shared.id,
-            peer,
-            claimed,
-            kind = request.kind(),
-            "refusing request: its claimed sender is not the certificate's identity"
-        );
-        return WireResponse::Refused(Refusal::SenderMismatch { claimed, authenticated: peer });
+    if shared.is_refused(peer) {
+        return WireResponse::Refused(Refusal::RemovedNode(peer));
     }
     let Some(handler) = shared.handler() else {
         debug!(node = shared.id, peer, kind = request.kind(), "refusing request: no handler yet");

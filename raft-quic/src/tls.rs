@@ -1,34 +1,55 @@
 //! rustls and quinn configurations for mutual TLS inside one cluster.
 //!
 //! The crypto provider is chosen explicitly (`ring`, through `builder_with_provider`), TLS 1.3
-//! only, with the cluster CA as the only trust anchor on both sides. Servers require a client
-//! certificate (no anonymous peers). Session resumption and 0-RTT are disabled: every
-//! connection runs a full handshake, so every connection is authenticated by its certificate.
+//! only, with the trust bundle of the endpoint's [`NodeTls`] as the only trust anchors. Servers
+//! require a client certificate (no anonymous peers). Session resumption and 0-RTT are
+//! disabled: every connection runs a full handshake, so every connection is authenticated by
+//! its certificate.
+//!
+//! Both verifiers of a Raft connection demand the node role ([`NODE_ROLE_OID`]) on top of the
+//! usual chain, validity and key-usage checks, so a certificate issued for anything but a node
+//! fails the handshake, whichever CA signed it.
 
 use std::sync::Arc;
 
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
-use rustls::client::Resumption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::RootCertStore;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
 use crate::certs::NodeTls;
+use crate::identity::{verify_usage, NODE_ROLE_OID};
 use crate::wire::ALPN;
 
-/// Why a TLS configuration could not be built from a node's material.
+/// Why a TLS configuration could not be built from an endpoint's material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
     /// rustls refused the certificates or the key.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    /// The client-certificate verifier could not be built (for example, the CA is unusable).
-    #[error("client certificate verifier: {0}")]
+    /// A certificate verifier could not be built (for example, a CA is unusable).
+    #[error("certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
     /// The provider offers no cipher suite QUIC can use for its initial packets.
     #[error("QUIC crypto: {0}")]
     Quic(#[from] NoInitialCipherSuite),
+}
+
+/// What a server demands of the certificates of the peers that connect to it, beyond a chain to
+/// its trust anchors and the TLS client-authentication key usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerRole {
+    /// The node role ([`NODE_ROLE_OID`]): the Raft port.
+    Node,
+    /// Nothing more: the application authorizes the peer itself (a client port).
+    Any,
 }
 
 /// The crypto provider used everywhere in this crate: rustls' `ring` provider.
@@ -36,18 +57,137 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(tls: &NodeTls) -> Result<Arc<RootCertStore>, TlsError> {
+fn roots(cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(tls.ca_cert.clone())?;
+    for ca in cas {
+        roots.add(ca.clone())?;
+    }
     Ok(Arc::new(roots))
 }
 
-/// The rustls server configuration of a node: presents its certificate, requires a client
-/// certificate signed by the cluster CA, negotiates [`ALPN`].
+/// Checks the node role of a certificate whose chain the inner verifier accepted.
+fn require_node_role(
+    roots: &RootCertStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    verify_usage(&roots.roots, end_entity, intermediates, now, NODE_ROLE_OID).map_err(|e| {
+        let reason = format!("not a raft node certificate (no node role): {e}");
+        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+            std::io::Error::other(reason),
+        ))))
+    })
+}
+
+/// The handshake-signature methods of a verifier, delegated to its webpki verifier `inner`
+/// (only the certificate checks differ).
+macro_rules! delegate_signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    };
+}
+
+/// Verifies servers: webpki's checks (chain, validity, server name) plus the node role.
+#[derive(Debug)]
+struct NodeServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    roots: Arc<RootCertStore>,
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        require_node_role(&self.roots, end_entity, intermediates, now)?;
+        Ok(verified)
+    }
+
+    delegate_signature_checks!();
+}
+
+/// Verifies clients: webpki's checks (chain, validity, client authentication) plus, for
+/// [`PeerRole::Node`], the node role.
+#[derive(Debug)]
+struct PeerClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+    role: PeerRole,
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if self.role == PeerRole::Node {
+            require_node_role(&self.roots, end_entity, intermediates, now)?;
+        }
+        Ok(verified)
+    }
+
+    delegate_signature_checks!();
+}
+
+/// The rustls server configuration of a node's Raft port: presents its certificate, requires a
+/// client certificate with the node role signed by one of its trusted CAs, negotiates [`ALPN`].
 pub fn rustls_server_config(tls: &NodeTls) -> Result<rustls::ServerConfig, TlsError> {
+    rustls_server_config_with(tls, &tls.trust_anchors, PeerRole::Node)
+}
+
+/// A rustls server configuration that presents `tls`'s certificate and requires a client
+/// certificate signed by one of `peer_cas` (TLS client authentication) with `role`; negotiates
+/// [`ALPN`] (replace `alpn_protocols` for another protocol). For example, an application's
+/// client port trusts its client CA with [`PeerRole::Any`] and authorizes clients itself.
+pub fn rustls_server_config_with(
+    tls: &NodeTls,
+    peer_cas: &[CertificateDer<'static>],
+    role: PeerRole,
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(tls)?, provider.clone()).build()?;
+    let roots = roots(peer_cas)?;
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let verifier = Arc::new(PeerClientVerifier { inner, roots, role });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -59,13 +199,21 @@ pub fn rustls_server_config(tls: &NodeTls) -> Result<rustls::ServerConfig, TlsEr
     Ok(config)
 }
 
-/// The rustls client configuration of a node: presents its certificate, trusts only the
-/// cluster CA, negotiates [`ALPN`]. The server name it is used with decides which node the
-/// server must prove to be (see [`node_dns_name`](crate::node_dns_name)).
+/// The rustls client configuration of an endpoint that dials nodes: presents its certificate,
+/// trusts only its trusted CAs, requires the server's certificate to carry the node role, and
+/// negotiates [`ALPN`]. The server name it is used with decides which node the server must
+/// prove to be (see [`node_dns_name`](crate::node_dns_name)).
 pub fn rustls_client_config(tls: &NodeTls) -> Result<rustls::ClientConfig, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+    let provider = crypto_provider();
+    let roots = roots(&tls.trust_anchors)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(TlsError::Verifier)?;
+    let verifier = Arc::new(NodeServerVerifier { inner, roots });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(tls)?)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = Resumption::disabled();
@@ -73,7 +221,7 @@ pub fn rustls_client_config(tls: &NodeTls) -> Result<rustls::ClientConfig, TlsEr
     Ok(config)
 }
 
-/// The quinn server crypto for `tls` (see [`rustls_server_config`]).
+/// The quinn server crypto of a Raft port (see [`rustls_server_config`]).
 pub fn quic_server_crypto(tls: &NodeTls) -> Result<Arc<QuicServerConfig>, TlsError> {
     Ok(Arc::new(QuicServerConfig::try_from(rustls_server_config(tls)?)?))
 }
@@ -84,36 +232,4 @@ pub fn quic_server_crypto(tls: &NodeTls) -> Result<Arc<QuicServerConfig>, TlsErr
 pub fn quic_client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = QuicClientConfig::try_from(rustls_client_config(tls)?)?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
-}
-
-/// Derives a 32-byte secret for `purpose` from the node's private key: stable across restarts
-/// of the node, unknown to anyone without the key.
-fn derived_secret(tls: &NodeTls, purpose: &[u8]) -> ring::digest::Digest {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"raft-quic v1 derived secret: ");
-    ctx.update(purpose);
-    ctx.update(tls.key.secret_der());
-    ctx.finish()
-}
-
-/// The endpoint configuration of a node: stateless-reset key and connection-id generator
-/// derived from the node's private key, so that they are the same after a restart.
-///
-/// When a node restarts, peers still hold connections to its previous incarnation. The new
-/// endpoint recognizes their connection ids as its own (same generator key) and answers them
-/// with a stateless reset, which peers accept because it is keyed like the one the previous
-/// incarnation announced (same reset key). Peers thus learn of the restart at their next
-/// packet instead of after an idle timeout.
-pub(crate) fn endpoint_config(tls: &NodeTls) -> quinn::EndpointConfig {
-    let reset = derived_secret(tls, b"stateless reset key");
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
-    let cid = derived_secret(tls, b"connection id key");
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&cid.as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    config.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
-    config
 }

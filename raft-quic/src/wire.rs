@@ -1,17 +1,42 @@
 //! What travels inside a frame (a request frame holds an `RpcRequest`, a response frame the
-//! envelope below) and the QUIC error codes used to close a stream or a connection.
+//! envelope below), the QUIC error codes used to close a stream or a connection, and the wire
+//! version.
+//!
+//! # Wire version policy
+//!
+//! [`PROTOCOL_VERSION`] and [`ALPN`] name one encoding of every message that crosses the wire:
+//! the frame layout and the postcard encoding of `raft_core`'s `RpcRequest` / `RpcResponse` and
+//! of [`WireResponse`]. postcard is not self-describing, so *any* change to those types (a field
+//! added, removed or reordered, a variant added anywhere but at the end of an enum) is
+//! incompatible, and bumps both, together. Nodes of different versions never exchange a frame:
+//! the TLS handshake fails on the ALPN, and both sides say so ("the peer speaks another protocol
+//! or wire version": the dialer's `NetworkError::Unreachable` reason, the server's log line)
+//! instead of failing to decode. Mixed versions cannot form one cluster: upgrade across an
+//! incompatible version by replacing the whole cluster (or with an application-level
+//! migration), not node by node. Compatible changes (none exist yet for postcard-encoded types)
+//! keep the version.
+//!
+//! | version | ALPN | change |
+//! |---|---|---|
+//! | 1 | `raft-quic/1` | first version |
+//! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; `read_round` in AppendEntries; node certificates need the node role |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version carried by every frame. A node refuses frames of any other version, so
-/// two nodes that disagree on the encoding never misinterpret each other's bytes.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// two nodes that disagree on the encoding never misinterpret each other's bytes. Bumped with
+/// [`ALPN`] on every incompatible change (see the module docs).
+pub const PROTOCOL_VERSION: u8 = 2;
 
-/// The ALPN protocol name negotiated by the TLS handshake. A peer speaking anything else is
-/// refused before any stream is opened.
-pub const ALPN: &[u8] = b"raft-quic/1";
+/// The ALPN protocol name negotiated by the TLS handshake: `raft-quic/<PROTOCOL_VERSION>`. A
+/// peer speaking anything else is refused before any stream is opened.
+pub const ALPN: &[u8] = b"raft-quic/2";
+
+/// The TLS alert a server sends when no ALPN protocol is common (`no_application_protocol`),
+/// as QUIC carries it: a CRYPTO_ERROR transport code `0x100 + alert`.
+pub(crate) const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
 
 /// The body of a response frame: the handler's response or the reason the request was refused.
 /// (The body of a request frame is a plain [`raft_core::RpcRequest`].)
@@ -38,6 +63,8 @@ pub enum Refusal {
     },
     /// The handler returned an error (for example, it is shutting down).
     Handler(String),
+    /// The sender was removed from the cluster: this node refuses its requests.
+    RemovedNode(raft_core::NodeId),
 }
 
 impl std::fmt::Display for Refusal {
@@ -49,6 +76,7 @@ impl std::fmt::Display for Refusal {
                 "request claims sender {claimed} but the connection is authenticated as {authenticated}"
             ),
             Refusal::Handler(reason) => write!(f, "handler error: {reason}"),
+            Refusal::RemovedNode(id) => write!(f, "node {id} was removed from the cluster"),
         }
     }
 }
@@ -71,8 +99,16 @@ pub mod code {
     pub const TIMEOUT: VarInt = VarInt::from_u32(5);
     /// The sender abandoned the RPC (its own timeout expired) before finishing the request.
     pub const CANCELLED: VarInt = VarInt::from_u32(6);
-    /// The peer's certificate does not bind exactly one known node id.
+    /// A request's sender header names another node than the connection's certificate.
+    pub const SENDER_MISMATCH: VarInt = VarInt::from_u32(7);
+    /// The request does not fit the connection's memory budget now.
+    pub const BUSY: VarInt = VarInt::from_u32(8);
+    /// The peer's certificate does not name exactly one node id.
     pub const BAD_IDENTITY: VarInt = VarInt::from_u32(0x10);
     /// The node is shutting down its network.
     pub const SHUTDOWN: VarInt = VarInt::from_u32(0x11);
+    /// The peer's node id was removed from the cluster: its certificate is refused.
+    pub const REMOVED_NODE: VarInt = VarInt::from_u32(0x12);
+    /// The server has no connection slot left (counted after the handshake).
+    pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(0x13);
 }

@@ -103,7 +103,12 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         let ids: Vec<NodeId> = (1..=n).collect();
         let cert_dir = tempfile::tempdir().unwrap();
         // One spare certificate, for a node added later.
-        generate_cluster_certs(cert_dir.path(), 1..=n + 1).unwrap();
+        generate_cluster_certs(
+            cert_dir.path().join("ca"),
+            cert_dir.path().join("certs"),
+            1..=n + 1,
+        )
+        .unwrap();
         let mut cluster = Self {
             runtime,
             quic_runtime,
@@ -137,7 +142,7 @@ impl<R: Runtime + Clone> QuicCluster<R> {
     }
 
     fn bind(&self, id: NodeId, addr: SocketAddr) -> Result<QuicNetwork, raft_quic::BindError> {
-        let tls = NodeTls::load(self.cert_dir.path(), id).unwrap();
+        let tls = NodeTls::load(self.cert_dir.path().join("certs"), id).unwrap();
         let mut config = QuicConfig::new(id, addr, tls);
         config.connect_timeout = Duration::from_millis(300);
         config.backoff_min = Duration::from_millis(10);

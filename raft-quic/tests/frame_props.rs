@@ -8,10 +8,12 @@ use raft_core::{
     AppendEntriesRequest, Entry, EntryPayload, LogId, RequestVoteRequest, RpcRequest,
     TimeoutNowRequest,
 };
-use raft_quic::frame::{self, FrameError, HEADER_LEN};
+use raft_quic::bounded::Limits;
+use raft_quic::frame::{self, FrameError, HEADER_LEN, SENDER_LEN};
 use raft_quic::{WireResponse, PROTOCOL_VERSION};
 
 const MAX: u32 = 1 << 16;
+const LIMITS: Limits = Limits { max_items: 1 << 16, max_depth: frame::MAX_DEPTH };
 
 fn log_id() -> impl Strategy<Value = LogId> {
     (any::<u64>(), any::<u64>()).prop_map(|(term, index)| LogId::new(term, index))
@@ -72,10 +74,10 @@ proptest! {
     /// Garbage never panics the decoder, whatever type it is decoded as.
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok((_, used)) = frame::decode::<RpcRequest>(&bytes, MAX) {
+        if let Ok((_, _, used)) = frame::decode_request(&bytes, MAX, LIMITS) {
             prop_assert!(used <= bytes.len());
         }
-        let _ = frame::decode::<WireResponse>(&bytes, MAX);
+        let _ = frame::decode::<WireResponse>(&bytes, MAX, LIMITS);
     }
 
     /// Garbage behind a well-formed header (the decoder then reaches postcard) never panics.
@@ -84,32 +86,52 @@ proptest! {
         let mut bytes = ((body.len() + 1) as u32).to_be_bytes().to_vec();
         bytes.push(PROTOCOL_VERSION);
         bytes.extend_from_slice(&body);
-        match frame::decode::<RpcRequest>(&bytes, MAX) {
-            Ok((_, used)) => prop_assert_eq!(used, bytes.len()),
-            Err(e) => prop_assert!(matches!(e, FrameError::Decode(_)), "{e:?}"),
+        match frame::decode_request(&bytes, MAX, LIMITS) {
+            Ok((sender, request, used)) => {
+                prop_assert_eq!(used, bytes.len());
+                prop_assert_eq!(sender, request.sender());
+            }
+            Err(e) => prop_assert!(
+                matches!(e, FrameError::Decode(_) | FrameError::Empty(_)),
+                "{e:?}"
+            ),
         }
     }
 
-    /// Every request round-trips through a frame.
+    /// Every request round-trips through a frame that names its sender in a header.
     #[test]
     fn requests_round_trip(request in request()) {
-        let encoded = frame::encode(&request, MAX).unwrap();
+        let encoded = frame::encode_request(&request, MAX).unwrap();
         prop_assert_eq!(encoded[4], PROTOCOL_VERSION);
         prop_assert_eq!(
             u32::from_be_bytes(encoded[..4].try_into().unwrap()) as usize,
             encoded.len() - 4
         );
-        let (decoded, used) = frame::decode::<RpcRequest>(&encoded, MAX).unwrap();
+        let header: [u8; SENDER_LEN] =
+            encoded[HEADER_LEN..HEADER_LEN + SENDER_LEN].try_into().unwrap();
+        prop_assert_eq!(u64::from_be_bytes(header), request.sender());
+        let (sender, decoded, used) = frame::decode_request(&encoded, MAX, LIMITS).unwrap();
+        prop_assert_eq!(sender, request.sender());
         prop_assert_eq!(decoded, request);
         prop_assert_eq!(used, encoded.len());
+    }
+
+    /// A sender header that differs from the request's own sender is refused.
+    #[test]
+    fn lying_sender_headers_are_refused(request in request(), other in any::<u64>()) {
+        prop_assume!(other != request.sender());
+        let mut encoded = frame::encode_request(&request, MAX).unwrap().to_vec();
+        encoded[HEADER_LEN..HEADER_LEN + SENDER_LEN].copy_from_slice(&other.to_be_bytes());
+        let result = frame::decode_request(&encoded, MAX, LIMITS);
+        prop_assert!(matches!(result, Err(FrameError::Decode(_))), "{result:?}");
     }
 
     /// Every strict prefix of a valid frame is reported as truncated.
     #[test]
     fn prefixes_are_truncated(request in request(), cut in any::<prop::sample::Index>()) {
-        let encoded = frame::encode(&request, MAX).unwrap();
+        let encoded = frame::encode_request(&request, MAX).unwrap();
         let cut = cut.index(encoded.len());
-        let result = frame::decode::<RpcRequest>(&encoded[..cut], MAX);
+        let result = frame::decode_request(&encoded[..cut], MAX, LIMITS);
         prop_assert!(matches!(result, Err(FrameError::Truncated { .. })), "{result:?}");
     }
 
@@ -120,10 +142,10 @@ proptest! {
         at in any::<prop::sample::Index>(),
         xor in 1u8..,
     ) {
-        let mut encoded = frame::encode(&request, MAX).unwrap().to_vec();
+        let mut encoded = frame::encode_request(&request, MAX).unwrap().to_vec();
         let at = at.index(encoded.len());
         encoded[at] ^= xor;
-        let _ = frame::decode::<RpcRequest>(&encoded, MAX);
+        let _ = frame::decode_request(&encoded, MAX, LIMITS);
     }
 
     /// A header announcing more than the maximum is refused before the body is looked at,

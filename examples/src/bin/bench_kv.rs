@@ -33,9 +33,6 @@ const NODE_SUBCOMMAND: &str = "__kv-node";
 const VALUE_BYTES: usize = 100;
 const WARMUP: Duration = Duration::from_secs(1);
 
-/// etcd 3.4, 3 members, same kind of machine (from the issue): (clients, puts/s).
-const ETCD: [(usize, f64); 2] = [(1, 870.0), (64, 5849.0)];
-
 struct Args {
     seconds: u64,
     clients: Vec<usize>,
@@ -212,8 +209,7 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
     for &clients in &args.clients {
         let (latencies, elapsed, errors) =
             measure(&connections, clients, args.seconds, Op::Put).await?;
-        let mut row: Row = latencies.row(clients.to_string(), elapsed);
-        row.reference = ETCD.iter().find(|(c, _)| *c == clients).map(|&(_, r)| r);
+        let row: Row = latencies.row(clients.to_string(), elapsed);
         println!(
             "  {clients:>3} clients: {:.0} puts/s, p50 {}, p99 {}, {errors} errors",
             row.per_second,
@@ -226,7 +222,7 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
         "100-byte puts, 3 kv-node processes (QUIC + mTLS, LMDB synced)",
         "clients",
         &rows,
-        "etcd 3.4 put/s",
+        "",
     );
     let mut gets = Vec::new();
     for &clients in &args.clients {

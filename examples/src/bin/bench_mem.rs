@@ -1,11 +1,13 @@
 //! Throughput and latency of a 3-node cluster in one process: in-memory store, in-process
 //! network, a no-op state machine. Prints proposals/s and p50/p99 latency (proposal to applied
-//! response) per number of concurrent clients, next to openraft's figures on the same kind of
-//! machine; then linearizable reads (`Node::read_index` on the leader, on a follower, and on a
+//! response) per number of concurrent clients; then linearizable reads (`Node::read_index` on the leader, on a follower, and on a
 //! leader with lease reads) per number of concurrent readers, next to the write throughput at
 //! the same concurrency.
 //!
 //! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096]`
+//!
+//! It prints only what it measured. To compare with openraft, run both side by side in one run
+//! (`../shared/bench/mem_vs_openraft.sh`): figures from another run or machine are not comparable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +17,6 @@ use examples::NoopStateMachine;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{Bytes, Config, Node, Role};
 use raft_mem::{MemLogStore, MemNetwork};
-
-/// openraft's in-memory benchmark on a 2-core machine (clients, proposals/s), from the issue.
-const OPENRAFT: &[(usize, f64)] =
-    &[(1, 16_700.0), (64, 535_000.0), (256, 672_000.0), (1024, 1_040_000.0), (4096, 1_080_000.0)];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args =
@@ -34,8 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for node in &nodes {
                 node.shutdown().await;
             }
-            let reference = OPENRAFT.iter().find(|(c, _)| *c == clients).map(|(_, r)| *r);
-            rows.push(Row { label: format!("{clients}"), reference, ..row });
+            rows.push(Row { label: format!("{clients}"), ..row });
         }
         print_table(
             "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine",

@@ -6,19 +6,24 @@
 //! kv --config node1.conf status
 //! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
 //! kv --config node1.conf member remove 1
+//!
+//! kv ca /secure/kv-ca                                   # once, on a machine that is no node
+//! kv issue node 4 --ca /secure/kv-ca --out /tmp/node4   # certificates for a new node
+//! kv issue admin alice --ca /secure/kv-ca --out ~/.kv   # an administrator (or `client NAME`)
+//! kv gen-certs /tmp/kv-ca /tmp/kv-certs 1,2,3           # a whole test cluster at once
 //! ```
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
 use examples::kv::client::{member_table, status_table};
 use examples::kv::config::{parse_args, parse_member};
-use examples::kv::tls::load_client_tls;
+use examples::kv::tls::{self, load_client_tls, pick_identity, CertRole};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
 
@@ -35,11 +40,23 @@ commands:
                              address) and CLIENT: learner, catch-up, then voter
   member remove ID           remove node ID (the leader too: it steps down), forget its addresses
   transfer-leader ID         hand leadership to voter ID
-  gen-certs DIR IDS          write a cluster CA, node certificates for IDS (e.g. 1,2,3) and a
-                             client certificate into DIR (existing files are kept)
+certificates (the CA directory holds the CA keys: keep it off the nodes):
+  ca CA_DIR [--days N]       create the node CA and the client CA in CA_DIR (default 3650 days)
+  issue node ID --ca CA_DIR --out DIR [--days N]
+                             node ID's certificate and key (node-ID.pem/.key) and the CA bundles
+  issue client|admin NAME --ca CA_DIR --out DIR [--days N]
+                             a client (keys only) or admin (everything) identity:
+                             client-NAME.pem/.key or admin-NAME.pem/.key, and node-ca.pem
+  trust --ca CA_DIR --out DIR
+                             add CA_DIR's CAs to DIR's bundles (first step of a CA roll-over)
+  gen-certs CA_DIR DIR IDS   a new cluster: CAs in CA_DIR (if none), node certificates for IDS
+                             (e.g. 1,2,3), admin-default and client-default into DIR (existing
+                             files are kept). Certificates last 365 days unless --days is given.
 options:
   --endpoints ID=ADDR,...    client addresses of some nodes (the others are discovered)
-  --certs DIR                ca.pem, client.pem, client.key
+  --certs DIR                node-ca.pem and the identity's certificate and key
+  --user STEM                the identity in DIR: STEM.pem and STEM.key, e.g. admin-alice
+                             (default: admin-default, or the only identity in DIR)
   --config FILE              a kv-node config file: its `node` and `certs` entries are used
   --timeout SECS             give up after this long (default 15; for `member add`, includes
                              the new node's catch-up)
@@ -48,6 +65,7 @@ options:
 struct Cli {
     endpoints: BTreeMap<NodeId, SocketAddr>,
     certs: PathBuf,
+    user: Option<String>,
     timeout: Duration,
     command: Vec<String>,
 }
@@ -61,6 +79,7 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
     let (options, command) = args.split_at(split.min(args.len()));
     let mut endpoints = BTreeMap::new();
     let mut certs = None;
+    let mut user = None;
     let mut timeout = Duration::from_secs(15);
     for (key, value) in parse_args(options.to_vec()).map_err(|e| e.to_string())? {
         match key.as_str() {
@@ -78,6 +97,7 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
                 endpoints.insert(id, addrs.client);
             }
             "certs" => certs = Some(PathBuf::from(value)),
+            "user" => user = Some(value),
             "timeout" => {
                 let secs: f64 = value.parse().map_err(|_| "--timeout: not a number")?;
                 timeout = Duration::from_secs_f64(secs.max(0.1));
@@ -88,6 +108,7 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "listen"
             | "client-listen"
             | "ca"
+            | "client-ca"
             | "cert"
             | "key"
             | "election-timeout-ms"
@@ -105,7 +126,7 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
         return Err("no nodes given: use --endpoints or --config".into());
     }
     let certs = certs.ok_or("no certificates given: use --certs or --config")?;
-    Ok(Cli { endpoints, certs, timeout, command: command.to_vec() })
+    Ok(Cli { endpoints, certs, user, timeout, command: command.to_vec() })
 }
 
 fn value(arg: &str) -> Option<Bytes> {
@@ -113,7 +134,8 @@ fn value(arg: &str) -> Option<Bytes> {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let tls = load_client_tls(&cli.certs).map_err(|e| e.to_string())?;
+    let identity = pick_identity(&cli.certs, cli.user.as_deref()).map_err(|e| e.to_string())?;
+    let tls = load_client_tls(&cli.certs, &identity).map_err(|e| e.to_string())?;
     let options = ClientOptions { op_timeout: cli.timeout, ..ClientOptions::default() };
     let connections = Connections::new(cli.endpoints, &tls, options).map_err(|e| e.to_string())?;
     let client = KvClient::new(connections.clone());
@@ -175,17 +197,81 @@ async fn status(connections: &Connections) -> String {
     status_table(&connections.statuses().await)
 }
 
-/// `kv gen-certs DIR IDS`: certificates for a new cluster, with no other tool needed.
-fn gen_certs(dir: &str, ids: &str) -> Result<(), String> {
-    let ids: Vec<NodeId> = ids
-        .split(',')
-        .map(|id| id.trim().parse().map_err(|_| format!("bad node id `{id}`")))
-        .collect::<Result<_, _>>()?;
-    let dir = PathBuf::from(dir);
-    raft_quic::ensure_cluster_certs(&dir, ids).map_err(|e| e.to_string())?;
-    examples::kv::tls::ensure_client_cert(&dir).map_err(|e| e.to_string())?;
-    println!("certificates in {}", dir.display());
-    Ok(())
+/// The value of `--NAME VALUE` in `args`, if given.
+fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn lifetime(args: &[String], default_days: u64) -> Result<Duration, String> {
+    let days: u64 = match option(args, "--days") {
+        Some(days) => days.parse().map_err(|_| format!("--days: `{days}` is not a number"))?,
+        None => default_days,
+    };
+    if days == 0 {
+        return Err("--days must be at least 1".into());
+    }
+    Ok(Duration::from_secs(days * 24 * 3600))
+}
+
+fn required<'a>(args: &'a [String], name: &str) -> Result<&'a Path, String> {
+    option(args, name).map(Path::new).ok_or(format!("{name} DIR is required"))
+}
+
+/// The words of `args` that are neither options nor their values.
+fn words(args: &[String]) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg.starts_with("--") {
+            iter.next();
+        } else {
+            words.push(arg.as_str());
+        }
+    }
+    words
+}
+
+/// The certificate subcommands (`ca`, `issue`, `trust`, `gen-certs`); `None` for other commands.
+fn certificates(args: &[String]) -> Option<Result<String, String>> {
+    let words = words(args);
+    let cert_days = tls::DEFAULT_CERT_LIFETIME.as_secs() / 86_400;
+    let run = || -> Result<String, String> {
+        let fail = |e: tls::KvTlsError| e.to_string();
+        match words.as_slice() {
+            ["ca", dir] => {
+                tls::create_cas(Path::new(dir), lifetime(args, 3650)?).map_err(fail)?;
+                Ok(format!("node and client CAs in {dir}: keep this directory off the nodes"))
+            }
+            ["issue", "node", id] => {
+                let (ca, out) = (required(args, "--ca")?, required(args, "--out")?);
+                let id = node_id(id)?;
+                tls::issue_node(ca, out, id, lifetime(args, cert_days)?).map_err(fail)?;
+                Ok(format!("node-{id}.pem and node-{id}.key in {}", out.display()))
+            }
+            ["issue", role @ ("client" | "admin"), name] => {
+                let (ca, out) = (required(args, "--ca")?, required(args, "--out")?);
+                let role = if *role == "admin" { CertRole::Admin } else { CertRole::Client };
+                tls::issue_user(ca, out, role, name, lifetime(args, cert_days)?).map_err(fail)?;
+                let stem = role.file_stem(name);
+                Ok(format!("{stem}.pem and {stem}.key in {}", out.display()))
+            }
+            ["trust"] => {
+                let (ca, out) = (required(args, "--ca")?, required(args, "--out")?);
+                tls::trust(ca, out).map_err(fail)?;
+                Ok(format!("{} trusts the CAs of {}", out.display(), ca.display()))
+            }
+            ["gen-certs", ca, dir, ids] => {
+                let ids: Vec<NodeId> = ids
+                    .split(',')
+                    .map(|id| id.trim().parse().map_err(|_| format!("bad node id `{id}`")))
+                    .collect::<Result<_, _>>()?;
+                tls::gen_certs(Path::new(ca), Path::new(dir), ids).map_err(fail)?;
+                Ok(format!("certificates in {dir}; CAs in {ca}"))
+            }
+            _ => Err(format!("bad certificate command\n{USAGE}")),
+        }
+    };
+    matches!(words.first(), Some(&("ca" | "issue" | "trust" | "gen-certs"))).then(run)
 }
 
 fn main() -> ExitCode {
@@ -194,16 +280,17 @@ fn main() -> ExitCode {
         print!("{USAGE}");
         return ExitCode::SUCCESS;
     }
-    if let [command, dir, ids] = args.as_slice() {
-        if command == "gen-certs" {
-            return match gen_certs(dir, ids) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("kv: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+    if let Some(result) = certificates(&args) {
+        return match result {
+            Ok(done) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kv: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let cli = match parse(args) {
         Ok(cli) => cli,

@@ -17,7 +17,7 @@ use raft_quic::NodeTls;
 
 use super::config::MemberAddrs;
 use super::connections::{ClientOptions, Connections};
-use super::tls::{ensure_client_cert, KvTlsError};
+use super::tls::{gen_certs, load_client_tls, CertRole, KvTlsError, DEFAULT_ADMIN, DEFAULT_CLIENT};
 
 /// How to start a `kv-node` process: a program and the arguments that precede the node's flags
 /// (for a program that runs the node as a subcommand of itself).
@@ -62,6 +62,8 @@ pub struct ClusterSpec {
     pub worker_threads: usize,
     /// Value of `RUST_LOG` for the nodes, unless the environment sets it.
     pub log_filter: String,
+    /// More arguments for some nodes (test-only faults such as `--panic-on-key`).
+    pub node_args: BTreeMap<NodeId, Vec<String>>,
 }
 
 impl Default for ClusterSpec {
@@ -75,6 +77,7 @@ impl Default for ClusterSpec {
             parent_dir: None,
             worker_threads: 2,
             log_filter: "info".into(),
+            node_args: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +130,11 @@ pub struct ProcessCluster {
     client_tls: NodeTls,
 }
 
+/// The CA directory of a cluster directory (what `kv ca` creates; no node reads it).
+const CA_DIR: &str = "ca";
+/// The certificate directory of a cluster directory (what the nodes and clients load).
+const CERTS_DIR: &str = "certs";
+
 impl ProcessCluster {
     /// Generates certificates, picks ports and starts every node.
     pub fn start(launcher: Launcher, spec: ClusterSpec) -> Result<Self, ClusterError> {
@@ -143,9 +151,9 @@ impl ProcessCluster {
         .map_err(io("creating a temporary directory"))?;
         let dir = temp.path().to_owned();
         let ids: Vec<NodeId> = (1..=spec.nodes).collect();
-        let certs = dir.join("certs");
-        raft_quic::generate_cluster_certs(&certs, ids.iter().copied())?;
-        let client_tls = ensure_client_cert(&certs)?;
+        let certs = dir.join(CERTS_DIR);
+        gen_certs(&dir.join(CA_DIR), &certs, ids.iter().copied())?;
+        let client_tls = load_client_tls(&certs, &CertRole::Admin.file_stem(DEFAULT_ADMIN))?;
         let ports = free_udp_ports(2 * ids.len()).map_err(io("picking free ports"))?;
         let members = ids
             .iter()
@@ -172,18 +180,29 @@ impl ProcessCluster {
         Ok(cluster)
     }
 
-    /// The cluster's directory (certificates in `certs/`, node `id`'s data in `node-<id>/`,
-    /// its log in `node-<id>.log`).
+    /// The cluster's directory (the CAs in `ca/`, certificates in `certs/`, node `id`'s data in
+    /// `node-<id>/`, its log in `node-<id>.log`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The CA directory (node CA and client CA, with their keys; no node reads it).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join(CA_DIR)
+    }
+
+    /// The certificate directory every node and client of the cluster loads: the CA bundles,
+    /// every node's certificate and key, `admin-default` and `client-default`.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join(CERTS_DIR)
+    }
+
     /// Starts a new node `id` that joins the running cluster (`kv-node --join`): issues its
-    /// certificate from the cluster CA, picks its ports and starts it with the current members'
+    /// certificate from the node CA, picks its ports and starts it with the current members'
     /// addresses. It waits to be added (`member add` with the returned addresses). Nodes
     /// restarted later also get its address on their command line.
     pub fn start_joining(&mut self, id: NodeId) -> Result<MemberAddrs, ClusterError> {
-        raft_quic::ensure_cluster_certs(self.dir.join("certs"), [id])?;
+        gen_certs(&self.ca_dir(), &self.certs_dir(), [id])?;
         let ports = free_udp_ports(2).map_err(io("picking free ports"))?;
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let addrs = MemberAddrs { raft: addr(ports[0]), client: addr(ports[1]) };
@@ -222,9 +241,14 @@ impl ProcessCluster {
         self.members.iter().map(|(&id, m)| (id, m.client)).collect()
     }
 
-    /// The client's TLS material.
+    /// The TLS material of the cluster's administrator (`admin-default`: every operation).
     pub fn client_tls(&self) -> &NodeTls {
         &self.client_tls
+    }
+
+    /// The TLS material of a plain client (`client-default`: key reads and writes only).
+    pub fn plain_client_tls(&self) -> Result<NodeTls, KvTlsError> {
+        load_client_tls(&self.certs_dir(), &CertRole::Client.file_stem(DEFAULT_CLIENT))
     }
 
     /// New client connections to the cluster (call inside a tokio runtime).
@@ -242,7 +266,7 @@ impl ProcessCluster {
             "--data-dir".into(),
             self.dir.join(format!("node-{id}")).display().to_string(),
             "--certs".into(),
-            self.dir.join("certs").display().to_string(),
+            self.certs_dir().display().to_string(),
             "--election-timeout-ms".into(),
             self.spec.election_timeout_ms.to_string(),
             "--heartbeat-ms".into(),
@@ -267,6 +291,7 @@ impl ProcessCluster {
         if joining {
             args.push("--join".into());
         }
+        args.extend(self.spec.node_args.get(&id).into_iter().flatten().cloned());
         args
     }
 
@@ -295,6 +320,11 @@ impl ProcessCluster {
         let child = command.spawn().map_err(io(format!("starting node {id}")))?;
         self.children.insert(id, child);
         Ok(())
+    }
+
+    /// The process id of node `id`, while it runs (to send it signals).
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
     }
 
     /// Whether node `id`'s process is running.

@@ -4,7 +4,7 @@
 //! # node1.conf: one `key = value` per line; the keys are the flags without `--`
 //! id = 1
 //! data-dir = /var/lib/kv/1
-//! certs = /etc/kv/certs            # ca.pem, node-<id>.pem, node-<id>.key
+//! certs = /etc/kv/certs   # node-ca.pem, client-ca.pem, node-<id>.pem, node-<id>.key
 //! node = 1=10.0.0.1:7001,10.0.0.1:7101   # id=raft address,client address; one line per member
 //! node = 2=10.0.0.2:7001,10.0.0.2:7101
 //! node = 3=10.0.0.3:7001,10.0.0.3:7101
@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 
 use raft_core::NodeId;
 
-use super::tls::CLIENT_CERT_ID;
-
 /// Where a member listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemberAddrs {
@@ -33,8 +31,10 @@ pub struct MemberAddrs {
 /// The TLS files of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertPaths {
-    /// The cluster CA certificate.
+    /// The node CA bundle (trusted for peers on the Raft port).
     pub ca: PathBuf,
+    /// The client CA bundle (trusted for clients on the client port).
+    pub client_ca: PathBuf,
     /// This node's certificate.
     pub cert: PathBuf,
     /// This node's private key.
@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub max_client_streams: u32,
     /// Whether clients may inject faults (test clusters only).
     pub fault_injection: bool,
+    /// Test only (needs `fault_injection`): the state machine panics when it applies a put of
+    /// this key.
+    pub panic_on_key: Option<String>,
     /// Shut down cleanly when standard input reaches end of file (for supervised children:
     /// they stop when their parent dies).
     pub stop_on_stdin_eof: bool,
@@ -100,7 +103,9 @@ usage: kv-node [--config FILE] [flags]
                              with `kv member add ID RAFT CLIENT`; give --node entries for the
                              current members and this node (keep the flag on restarts)
   --data-dir DIR             durable state (required)
-  --certs DIR                ca.pem, node-<id>.pem, node-<id>.key (or --ca, --cert, --key)
+  --certs DIR                node-ca.pem, client-ca.pem, node-<id>.pem, node-<id>.key (or
+                             --ca, --client-ca, --cert, --key); renewed files are picked up
+                             within seconds (or on SIGHUP) without a restart
   --listen ADDR              Raft address to bind (default: this node's --node Raft address)
   --client-listen ADDR       client address to bind (default: this node's --node client address)
   --election-timeout-ms N    election timeout lower bound (default 300; upper bound 2N)
@@ -110,6 +115,7 @@ usage: kv-node [--config FILE] [flags]
   --max-client-connections N (default 256)
   --worker-threads N         (default 2)
   --fault-injection          let clients partition this node (tests only)
+  --panic-on-key KEY         with --fault-injection: panic when applying a put of KEY (tests only)
   --stop-on-stdin-eof        shut down when stdin closes (supervised child processes)
   --config FILE              read `key = value` lines with the same keys (flags win)
 ";
@@ -196,19 +202,26 @@ impl NodeConfig {
         let mut members = BTreeMap::new();
         let (mut listen, mut client_listen, mut data_dir) = (None, None, None);
         let (mut certs_dir, mut ca, mut cert, mut key) = (None, None, None, None);
+        let mut client_ca = None;
         let mut config = NodeConfig {
             id: 0,
             members: BTreeMap::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             client_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: PathBuf::new(),
-            certs: CertPaths { ca: PathBuf::new(), cert: PathBuf::new(), key: PathBuf::new() },
+            certs: CertPaths {
+                ca: PathBuf::new(),
+                client_ca: PathBuf::new(),
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
             election_timeout_ms: 300,
             heartbeat_ms: 50,
             snapshot_entries: 10_000,
             max_client_connections: 256,
             max_client_streams: 1024,
             fault_injection: false,
+            panic_on_key: None,
             stop_on_stdin_eof: false,
             worker_threads: 2,
             join: false,
@@ -228,6 +241,7 @@ impl NodeConfig {
                 "data-dir" => data_dir = Some(PathBuf::from(v)),
                 "certs" => certs_dir = Some(PathBuf::from(v)),
                 "ca" => ca = Some(PathBuf::from(v)),
+                "client-ca" => client_ca = Some(PathBuf::from(v)),
                 "cert" => cert = Some(PathBuf::from(v)),
                 "key" => key = Some(PathBuf::from(v)),
                 "election-timeout-ms" => config.election_timeout_ms = number(&k, &v)?,
@@ -236,28 +250,32 @@ impl NodeConfig {
                 "max-client-connections" => config.max_client_connections = number(&k, &v)?,
                 "worker-threads" => config.worker_threads = number(&k, &v)?,
                 "fault-injection" => config.fault_injection = boolean(&k, &v)?,
+                "panic-on-key" => config.panic_on_key = Some(v),
                 "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
                 "join" => config.join = boolean(&k, &v)?,
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
         let Some(id) = id else { return err(format!("--id is required\n{USAGE}")) };
+        if config.panic_on_key.is_some() && !config.fault_injection {
+            return err("--panic-on-key needs --fault-injection (tests only)");
+        }
         let Some(own) = members.get(&id).copied() else {
             return err(format!("no --node entry for this node's id {id}"));
         };
-        if members.contains_key(&CLIENT_CERT_ID) {
-            return err(format!("node id {CLIENT_CERT_ID} is reserved for client certificates"));
-        }
         let Some(data_dir) = data_dir else { return err("--data-dir is required") };
         let pick = |explicit: Option<PathBuf>, file: String| {
             explicit.or_else(|| certs_dir.as_ref().map(|d| d.join(file)))
         };
-        let (Some(ca), Some(cert), Some(key)) = (
-            pick(ca, "ca.pem".into()),
+        let (Some(ca), Some(client_ca), Some(cert), Some(key)) = (
+            pick(ca, "node-ca.pem".into()),
+            pick(client_ca, "client-ca.pem".into()),
             pick(cert, format!("node-{id}.pem")),
             pick(key, format!("node-{id}.key")),
         ) else {
-            return err("certificates are required: --certs DIR, or --ca, --cert and --key");
+            return err(
+                "certificates are required: --certs DIR, or --ca, --client-ca, --cert and --key",
+            );
         };
         if config.heartbeat_ms == 0 || config.election_timeout_ms <= config.heartbeat_ms {
             return err("--election-timeout-ms must exceed --heartbeat-ms (> 0)");
@@ -273,7 +291,7 @@ impl NodeConfig {
         config.client_listen = client_listen.unwrap_or(own.client);
         config.members = members;
         config.data_dir = data_dir;
-        config.certs = CertPaths { ca, cert, key };
+        config.certs = CertPaths { ca, client_ca, cert, key };
         Ok(config)
     }
 

@@ -4,13 +4,19 @@
 //! symmetric partition of the Raft traffic; client traffic is not affected.
 //!
 //! `kv-node` wires these in always, but lets clients change the blocked set only when started
-//! with `--fault-injection`.
+//! with `--fault-injection`. Also [`PanicOnKey`], a state machine that panics on a chosen put
+//! (`--panic-on-key`, test clusters only).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use raft_core::{Network, NetworkError, NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse};
+use raft_core::{
+    Bytes, Entry, Network, NetworkError, NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse,
+    SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
+};
+
+use super::command::{decode_commands, Op};
 
 /// The set of peers this node must not talk to. Clones share it.
 #[derive(Clone, Debug, Default)]
@@ -79,5 +85,50 @@ impl<H: RpcHandler> RpcHandler for FirewalledHandler<H> {
             return Err(RpcError::Shutdown);
         }
         self.inner.handle_rpc(request).await
+    }
+}
+
+/// A [`StateMachine`] that panics when it applies a put of one key (when one is set), and is
+/// `inner` otherwise: to test that a node whose state machine panics stops, and that its cluster
+/// goes on without it.
+#[derive(Debug)]
+pub struct PanicOnKey<M> {
+    inner: M,
+    key: Option<Bytes>,
+}
+
+impl<M> PanicOnKey<M> {
+    /// Wraps `inner`; `key: None` never panics.
+    pub fn new(inner: M, key: Option<String>) -> Self {
+        Self { inner, key: key.map(Bytes::from) }
+    }
+
+    fn poisoned(&self, entry: &Entry) -> bool {
+        let (Some(key), Some(command)) = (&self.key, entry.command()) else { return false };
+        let commands = decode_commands(command).unwrap_or_default();
+        commands.iter().any(|c| matches!(&c.op, Op::Put { key: k, .. } if k == key))
+    }
+}
+
+#[async_trait]
+impl<M: StateMachine> StateMachine for PanicOnKey<M> {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        if let Some(entry) = entries.iter().find(|e| self.poisoned(e)) {
+            #[allow(clippy::panic)]
+            {
+                panic!("test fault: a put of the poisoned key at index {}", entry.index);
+            }
+        }
+        self.inner.apply(entries).await
+    }
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        self.inner.snapshot().await
+    }
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        self.inner.restore(meta, data).await
     }
 }

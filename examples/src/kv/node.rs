@@ -8,16 +8,16 @@ use std::time::Duration;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{LogStore, Node, NodeId};
 use raft_quic::quinn::Endpoint;
-use raft_quic::{NodeTls, QuicConfig, QuicNetwork};
+use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info, warn};
 
 use super::command::{decode_commands, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
-use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork};
+use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
 use super::server::{accept_loop, ClientService};
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
-use super::tls::{server_config, KvTlsError};
+use super::tls::{reload_on_change, server_config, ClientPortLimits, KvTlsError, NodeMaterial};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -129,11 +129,11 @@ async fn addresses_from_log(
 
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let tls = NodeTls::from_pem_files(&config.certs.ca, &config.certs.cert, &config.certs.key)?;
+    let material = NodeMaterial::load(&config.certs)?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
 
-    let mut quic_config = QuicConfig::new(config.id, config.listen, tls.clone());
+    let mut quic_config = QuicConfig::new(config.id, config.listen, material.node.clone());
     quic_config.backoff_max = Duration::from_millis(500);
     for (&id, addrs) in &config.members {
         if id != config.id {
@@ -149,7 +149,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.raft_config(),
         Arc::clone(&store),
         FirewalledNetwork::new(network.clone(), firewall.clone()),
-        KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+        PanicOnKey::new(
+            KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+            config.panic_on_key.clone(),
+        ),
         runtime,
     )
     .snapshot_store(snapshots)
@@ -166,9 +169,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
 
-    let server = server_config(&tls, config.max_client_streams, config.max_client_connections)?;
+    let limits = ClientPortLimits {
+        max_streams: config.max_client_streams,
+        max_connections: config.max_client_connections,
+    };
+    let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
+    let reload = reload_on_change(config.certs.clone(), network.clone(), endpoint.clone(), limits);
+    let reload = tokio::spawn(reload);
     let service = Arc::new(ClientService::new(
         node.clone(),
         state,
@@ -187,6 +196,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 
     let reason = wait_for_stop(&node, config.stop_on_stdin_eof).await;
     info!(id = config.id, ?reason, "shutting down");
+    reload.abort();
     endpoint.close(0u32.into(), b"node shutting down");
     node.shutdown().await;
     network.close().await;

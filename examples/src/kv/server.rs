@@ -26,7 +26,6 @@ use super::protocol::{
     MemberRequest, MAX_BATCH_LEN,
 };
 use super::state_machine::SharedState;
-use super::tls::CLIENT_CERT_ID;
 
 /// The longest the node works on one request before answering "outcome unknown".
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -325,11 +324,6 @@ impl ClientService {
         catch_up_ms: u64,
         promote: bool,
     ) -> ClientResponse {
-        if id == CLIENT_CERT_ID {
-            return ClientResponse::MemberFailed(MemberError::Invalid(format!(
-                "node id {id} is reserved for client certificates"
-            )));
-        }
         if self.node.membership().is_voter(id) {
             // A retry of an add that completed is a success; a second node under a voter's id
             // is refused.

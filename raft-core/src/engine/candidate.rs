@@ -12,8 +12,12 @@ impl Engine {
         if !self.may_campaign() {
             return;
         }
+        let Some(term) = self.hard_state.current_term.checked_add(1) else {
+            // Unreachable in practice: terms from messages are bounded by `MAX_TERM`.
+            tracing::error!(id = self.id, "the term cannot grow any more; not campaigning");
+            return;
+        };
         self.reset_election_timer();
-        let term = self.hard_state.current_term + 1;
         let mut tally = VoteTally::default();
         tally.record(self.id, true);
         if pre_vote {
@@ -35,8 +39,9 @@ impl Engine {
             pre_vote,
             leadership_transfer: transfer,
         });
-        let peers = self.voter_peers();
-        self.send_gated(peers, request);
+        for peer in self.voter_peers() {
+            self.send(peer, request.clone(), true);
+        }
     }
 
     pub(super) fn handle_vote_response(
@@ -48,7 +53,11 @@ impl Engine {
     ) {
         let current = self.hard_state.current_term;
         let tally = match &mut self.role {
-            RoleState::PreCandidate(tally) if pre_vote && request_term == current + 1 => tally,
+            RoleState::PreCandidate(tally)
+                if pre_vote && Some(request_term) == current.checked_add(1) =>
+            {
+                tally
+            }
             RoleState::Candidate(tally) if !pre_vote && request_term == current => tally,
             _ => return, // a late answer to an election that is over
         };

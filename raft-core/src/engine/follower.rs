@@ -6,7 +6,7 @@ use crate::message::{
     AppendEntriesRequest, AppendEntriesResponse, ConflictHint, RequestVoteRequest,
     RequestVoteResponse, TimeoutNowRequest, TimeoutNowResponse,
 };
-use crate::types::HardState;
+use crate::types::{HardState, LogIndex};
 
 impl Engine {
     pub(super) fn handle_append_entries(
@@ -25,7 +25,7 @@ impl Engine {
         let term = self.hard_state.current_term;
 
         let prev = req.prev_log_id;
-        if prev.index < self.log.commit_index.max(self.log.first_index() - 1) {
+        if prev.index < self.log.commit_index.max(self.log.compacted().index) {
             // Everything up to our commit index matches the leader (Log Matching + Leader
             // Completeness); only the part after it needs checking. Skip what we already know.
             return self.append_after_committed(req);
@@ -42,44 +42,53 @@ impl Engine {
             };
             return reject(term, Some(conflict));
         }
-        let last_new = prev.index + req.entries.len() as u64;
-        self.store_entries(req.entries);
+        let last_new = last_new_index(&req);
+        if !self.store_entries(req.entries) {
+            return reject(term, None);
+        }
         self.advance_follower_commit(req.leader_commit, last_new);
         AppendEntriesResponse { term, match_index: Some(last_new), conflict: None }
     }
 
     /// An AppendEntries whose `prev_log_id` lies before our commit point (a duplicate or a
-    /// message delayed in the network): drop the committed part and handle the rest.
+    /// message delayed in the network): drop the committed part (validation checked that it
+    /// matches where our log still holds it) and handle the rest.
     fn append_after_committed(&mut self, mut req: AppendEntriesRequest) -> AppendEntriesResponse {
         let term = self.hard_state.current_term;
-        let committed = self.log.commit_index.max(self.log.first_index() - 1);
-        let last_new = req.prev_log_id.index + req.entries.len() as u64;
+        let committed = self.log.commit_index.max(self.log.compacted().index);
+        let last_new = last_new_index(&req);
+        let accepted = AppendEntriesResponse { term, match_index: Some(last_new), conflict: None };
         if last_new <= committed {
-            return AppendEntriesResponse { term, match_index: Some(last_new), conflict: None };
+            return accepted;
         }
-        let skip = (committed - req.prev_log_id.index) as usize;
+        let skip = usize::try_from(committed.saturating_sub(req.prev_log_id.index))
+            .unwrap_or(usize::MAX)
+            .min(req.entries.len());
         req.entries.drain(..skip);
-        self.store_entries(req.entries);
+        if !self.store_entries(req.entries) {
+            return AppendEntriesResponse { term, match_index: None, conflict: None };
+        }
         self.advance_follower_commit(req.leader_commit, last_new);
-        AppendEntriesResponse { term, match_index: Some(last_new), conflict: None }
+        accepted
     }
 
     /// Appends entries that follow a matching entry, truncating a conflicting suffix first.
-    fn store_entries(&mut self, entries: Vec<crate::types::Entry>) {
+    /// Returns false, storing nothing, if that would overwrite a committed entry (validation
+    /// refuses such requests first; this is the last line of defence).
+    fn store_entries(&mut self, entries: Vec<crate::types::Entry>) -> bool {
         let Some(first_new) = entries.iter().position(|e| !self.log.matches(e.log_id())) else {
-            return;
+            return true;
         };
         let conflict_index = entries[first_new].index;
         if conflict_index <= self.log.last_index() {
             if conflict_index <= self.log.commit_index {
-                // Cannot happen with a correct leader: committed entries never change.
                 tracing::error!(
                     id = self.id,
                     conflict_index,
                     commit = self.log.commit_index,
-                    "leader tried to overwrite committed entries; ignoring"
+                    "leader tried to overwrite committed entries; refused"
                 );
-                return;
+                return false;
             }
             self.log.truncate(conflict_index);
             self.pending_write.truncate_from = Some(
@@ -92,6 +101,7 @@ impl Engine {
             self.pending_write.entries.push(entry);
         }
         self.sync_membership();
+        true
     }
 
     fn advance_follower_commit(&mut self, leader_commit: u64, last_new: u64) {
@@ -150,4 +160,10 @@ impl Engine {
         }
         TimeoutNowResponse { term }
     }
+}
+
+/// The index of the last entry an AppendEntries carries (`prev_log_id.index` for a heartbeat).
+/// Validation bounds it by `MAX_LOG_INDEX`.
+fn last_new_index(req: &AppendEntriesRequest) -> LogIndex {
+    req.prev_log_id.index.saturating_add(req.entries.len() as u64)
 }

@@ -3,11 +3,12 @@
 
 use bytes::Bytes;
 
+use super::lease::Lease;
 use super::progress::{Progress, ReplicationMode};
 use super::quorum;
 use super::read_index::ReadQueue;
 use super::transfer::LeaderTransfer;
-use super::{Action, Engine, ProgressMap, ProposeRefusal, RoleState};
+use super::{Engine, ProgressMap, ProposeRefusal, RoleState};
 use crate::message::{AppendEntriesRequest, AppendEntriesResponse, RpcRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 
@@ -18,6 +19,8 @@ pub(super) struct LeaderState {
     pub(super) progress: ProgressMap,
     /// Reads waiting for their ReadIndex round.
     pub(super) reads: ReadQueue,
+    /// The lease of lease reads.
+    pub(super) lease: Lease,
     /// The leadership transfer in progress.
     pub(super) transfer: Option<LeaderTransfer>,
     /// A leader removed from the voters started handing over (a transfer) once already.
@@ -44,6 +47,7 @@ impl Engine {
         self.role = RoleState::Leader(LeaderState {
             progress,
             reads: ReadQueue::default(),
+            lease: Lease::default(),
             transfer: None,
             handover_started: false,
         });
@@ -90,6 +94,7 @@ impl Engine {
         let mut sent_any = false;
         loop {
             let RoleState::Leader(leader) = &mut self.role else { return };
+            let round = leader.reads.round();
             let Some(progress) = leader.progress.get_mut(&peer) else { return };
             let has_entries = progress.next_index <= self.log.last_index();
             if !(has_entries && progress.can_send_entries()) {
@@ -98,31 +103,37 @@ impl Engine {
             let room = progress.inflight.room_bytes().min(self.config.max_append_entries_bytes);
             let prev_index = progress.next_index - 1;
             let Some(prev_term) = self.log.term_at(prev_index) else {
-                // Below the compaction point without a snapshot (`needs_snapshot` said so).
-                return;
+                // Below the compaction point, and no snapshot can be sent now (none exists, or
+                // a failed transfer's back-off runs): at most a heartbeat.
+                break;
             };
             let entries = self.log.slice(prev_index + 1, self.config.max_append_entries, room);
             let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
             let last_index = prev_index + entries.len() as u64;
             progress.sent(last_index, bytes);
+            progress.read_round_sent = round;
             let request = self.append_request(LogId::new(prev_term, prev_index), entries);
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            self.send(peer, request, false);
             sent_any = true;
         }
         if heartbeat && !sent_any {
             let RoleState::Leader(leader) = &mut self.role else { return };
+            let round = leader.reads.round();
             let Some(progress) = leader.progress.get_mut(&peer) else { return };
-            progress.idle_ticks = 0;
             // In Replicate mode `match_index` is known to match; in Probe mode the heartbeat
-            // doubles as a probe of `next_index - 1`.
+            // doubles as a probe of `next_index - 1`. Never below the compaction point, whose
+            // term is still known (a follower waiting for a snapshot transfer to be retried).
             let prev_index = match progress.mode {
-                // Never below the compaction point, whose term is still known.
-                ReplicationMode::Replicate => progress.match_index.max(self.log.compacted().index),
+                ReplicationMode::Replicate => progress.match_index,
                 ReplicationMode::Probe | ReplicationMode::Snapshot => progress.next_index - 1,
             };
+            let prev_index = prev_index.max(self.log.compacted().index);
             let Some(prev_term) = self.log.term_at(prev_index) else { return };
+            progress.idle_ticks = 0;
+            progress.read_round_sent = round;
+            progress.heartbeats_in_flight += 1;
             let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
+            self.send(peer, request, false);
         }
     }
 
@@ -138,6 +149,27 @@ impl Engine {
                 _ => 0,
             },
         })
+    }
+
+    /// An AppendEntries of the current term to `from` was answered or failed; `empty`: it was
+    /// a heartbeat.
+    pub(super) fn append_done(&mut self, from: NodeId, empty: bool) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let Some(progress) = leader.progress.get_mut(&from) else { return };
+        if empty {
+            progress.heartbeats_in_flight = progress.heartbeats_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// An AppendEntries of the current term to `from` failed: whatever was in flight is presumed
+    /// lost (a snapshot transfer has its own bookkeeping).
+    pub(super) fn append_unreachable(&mut self, from: NodeId) {
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        if let Some(progress) = leader.progress.get_mut(&from) {
+            if progress.mode != ReplicationMode::Snapshot {
+                progress.unreachable();
+            }
+        }
     }
 
     pub(super) fn handle_append_response(

@@ -5,7 +5,7 @@
 
 use super::progress::{Progress, ReplicationMode};
 use super::transfer::LeaderTransfer;
-use super::{Action, Engine, RoleState};
+use super::{Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, TimeoutNowRequest};
 use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
@@ -53,6 +53,8 @@ impl Engine {
                 match_index: p.match_index,
                 in_sync: p.mode == ReplicationMode::Replicate,
                 snapshot_in_progress: p.mode == ReplicationMode::Snapshot,
+                snapshot_failures: p.snapshot_failures.streak,
+                snapshot_error: p.snapshot_failures.last,
             })
             .collect()
     }
@@ -86,7 +88,8 @@ impl Engine {
             let progress = leader.progress.get(&id);
             let match_index = progress.map_or(0, |p| p.match_index);
             let known = progress.is_some_and(|p| p.mode == ReplicationMode::Replicate);
-            if !known || match_index + self.config.max_promotion_lag_entries < commit_index {
+            let lag_allowed = self.config.max_promotion_lag_entries;
+            if !known || match_index.saturating_add(lag_allowed) < commit_index {
                 return Err(MembershipRefusal::LearnerBehind { match_index, commit_index });
             }
         }
@@ -177,7 +180,7 @@ impl Engine {
         if let Some(to) = successor {
             let term = self.hard_state.current_term;
             let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
-            self.actions.push(Action::Send { to, request, after_persist: false });
+            self.send(to, request, false);
         }
         self.become_follower(self.hard_state.current_term, None);
     }

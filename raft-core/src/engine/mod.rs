@@ -12,9 +12,13 @@
 //! * A `Send` or `Respond` with `after_persist: true` must not leave the node before every
 //!   `Persist` emitted before it is durable. This is how the engine keeps the persistence rules of
 //!   Raft (term and vote durable before voting or campaigning; entries durable before a follower
-//!   acknowledges them) without waiting itself. A leader's AppendEntries are not gated: a leader
-//!   may replicate entries while its own write is in flight, and counts itself toward a quorum
-//!   only once [`Engine::on_persisted`] reports its copy durable.
+//!   acknowledges them) without waiting itself. Every message of a term not yet known durable is
+//!   gated too, whatever produced it (a new term is durable before any message of it leaves the
+//!   node). Once its term is durable, a leader's AppendEntries are not gated: a leader may
+//!   replicate entries while its own write is in flight, and counts itself toward a quorum only
+//!   once [`Engine::on_persisted`] reports its copy durable.
+//! * Report every finished write with [`Engine::on_persisted`], in write order: that is how the
+//!   engine learns that its term and its entries are durable.
 //! * `Apply` batches are consecutive and committed; hand them to the state machine in order and
 //!   report progress with [`Engine::on_applied`].
 //!
@@ -35,13 +39,17 @@
 mod candidate;
 mod follower;
 mod leader;
+mod lease;
 mod log;
 mod membership;
+mod outbox;
 mod progress;
 mod quorum;
 mod read_index;
 mod snapshot;
+mod snapshot_send;
 mod transfer;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +57,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 pub use self::membership::MembershipRefusal;
+pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
 use crate::config::Config;
@@ -156,8 +165,8 @@ struct Timing {
     heartbeat_ticks: u64,
     election_ticks_min: u64,
     election_ticks_max: u64,
-    /// `max_clock_drift_ms` in ticks, rounded up.
-    clock_drift_ticks: u64,
+    /// How long a lease lasts from the start of a round a majority acknowledged.
+    lease_span: std::time::Duration,
 }
 
 /// Role-specific state.
@@ -177,6 +186,9 @@ pub struct Engine {
     timing: Timing,
     rng: ChaCha8Rng,
     hard_state: HardState,
+    /// The highest term the store reported durable (see `outbox.rs`): messages of a later term
+    /// wait for the writes before them.
+    durable_term: Term,
     role: RoleState,
     leader_id: Option<NodeId>,
     log: RaftLog,
@@ -192,8 +204,12 @@ pub struct Engine {
     membership_seen: Membership,
     /// Reads this node forwarded (or will forward) to the leader.
     forwarded: read_index::ForwardedReads,
-    /// Ticks since the engine was created (the clock of lease reads).
+    /// Ticks since the engine was created (a node's first election timeout after a restart).
     now_tick: u64,
+    /// The driver's clock at the latest input (`set_now`): the clock of lease reads.
+    now: std::time::Duration,
+    /// Inbound messages refused as malformed (see `validate.rs`).
+    malformed: u64,
 }
 
 impl Engine {
@@ -229,7 +245,7 @@ impl Engine {
             heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
             election_ticks_min: config.ticks(config.election_timeout_ms_min),
             election_ticks_max: config.ticks(config.election_timeout_ms_max),
-            clock_drift_ticks: config.ticks(config.max_clock_drift_ms),
+            lease_span: lease::lease_span(&config),
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
@@ -241,6 +257,7 @@ impl Engine {
             timing,
             config,
             hard_state: durable.hard_state,
+            durable_term: durable.hard_state.current_term,
             role: RoleState::Follower,
             leader_id: None,
             log: RaftLog::restore(durable.purged, entries, base),
@@ -252,6 +269,8 @@ impl Engine {
             membership_seen: Membership::default(),
             forwarded: read_index::ForwardedReads::default(),
             now_tick: 0,
+            now: std::time::Duration::ZERO,
+            malformed: 0,
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -270,6 +289,10 @@ impl Engine {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
     }
 
     /// The current role.
@@ -352,7 +375,14 @@ impl Engine {
     }
 
     /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
+    /// A malformed request (see [`Engine::malformed_count`]) changes nothing and is answered with
+    /// a refusal that acknowledges nothing.
     pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
+        if let Err(reason) = self.check_request(&request) {
+            self.count_malformed(request.sender(), request.kind(), &reason);
+            let response = self.refusal(&request);
+            return self.respond(reply_to, response, false);
+        }
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
             RpcRequest::RequestVote(req) => {
@@ -366,19 +396,21 @@ impl Engine {
                 RpcResponse::InstallSnapshot(self.handle_install_snapshot(req))
             }
         };
-        self.gated(|actions| {
-            actions.push(Action::Respond { reply_to, response, after_persist: true })
-        });
+        self.respond(reply_to, response, true);
     }
 
     /// The response to a request this engine sent to `from` (`request` is what was sent, minus
-    /// entries: see [`SentRequest::of`]).
+    /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
+    /// answer ([`Engine::on_unreachable`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
-        if let SentRequest::ReadIndex { read_id } = request {
+        if let Err(reason) = validate::response(&request, &response) {
+            self.count_malformed(from, "response", &reason);
+            return self.on_unreachable(from, request);
+        }
+        if let SentRequest::ReadIndex { read_id, .. } = request {
             // Answer the read whatever else the response says.
-            match &response {
-                RpcResponse::ReadIndex(resp) => self.handle_read_index_response(read_id, resp),
-                _ => self.read_index_unreachable(read_id),
+            if let RpcResponse::ReadIndex(resp) = &response {
+                self.handle_read_index_response(read_id, resp);
             }
         }
         if response.term() > self.hard_state.current_term {
@@ -397,11 +429,12 @@ impl Engine {
                 SentRequest::AppendEntries { term, prev_index, last_index, read_round },
                 RpcResponse::AppendEntries(resp),
             ) if term == self.hard_state.current_term => {
+                self.append_done(from, prev_index == last_index);
                 self.read_round_acked(from, read_round);
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
             (
-                SentRequest::InstallSnapshot { term, last_included, offset },
+                SentRequest::InstallSnapshot { term, last_included, offset, .. },
                 RpcResponse::InstallSnapshot(resp),
             ) if term == self.hard_state.current_term => {
                 self.handle_snapshot_response(from, last_included, offset, &resp);
@@ -412,38 +445,17 @@ impl Engine {
 
     /// A request to `from` failed (lost, timed out, unreachable).
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
-        if let SentRequest::ReadIndex { read_id } = request {
-            self.read_index_unreachable(read_id);
-            return;
-        }
-        if let SentRequest::InstallSnapshot { term, last_included, .. } = request {
-            if term == self.hard_state.current_term {
-                self.snapshot_unreachable(from, last_included);
+        let current = self.hard_state.current_term;
+        match request {
+            SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),
+            SentRequest::InstallSnapshot { term, last_included, .. } if term == current => {
+                self.snapshot_unreachable(from, last_included)
             }
-            return;
-        }
-        if let (SentRequest::AppendEntries { term, .. }, RoleState::Leader(leader)) =
-            (request, &mut self.role)
-        {
-            if term == self.hard_state.current_term {
-                if let Some(progress) = leader.progress.get_mut(&from) {
-                    if progress.mode != progress::ReplicationMode::Snapshot {
-                        progress.unreachable();
-                    }
-                }
+            SentRequest::AppendEntries { term, prev_index, last_index, .. } if term == current => {
+                self.append_done(from, prev_index == last_index);
+                self.append_unreachable(from);
             }
-        }
-    }
-
-    /// The store finished a `Persist` whose last entry was `last_entry` (`None` for a batch
-    /// without entries).
-    pub fn on_persisted(&mut self, last_entry: Option<LogId>) {
-        if let Some(last) = last_entry {
-            let before = self.log.durable_index;
-            self.log.persisted(last);
-            if self.log.durable_index > before && matches!(self.role, RoleState::Leader(_)) {
-                self.maybe_commit();
-            }
+            _ => {}
         }
     }
 
@@ -456,7 +468,7 @@ impl Engine {
 
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
-        let span = self.timing.election_ticks_max - self.timing.election_ticks_min;
+        let span = self.timing.election_ticks_max.saturating_sub(self.timing.election_ticks_min);
         self.randomized_election_ticks =
             self.timing.election_ticks_min + self.rng.next_u64() % span.max(1);
     }
@@ -509,33 +521,6 @@ impl Engine {
         self.config.check_quorum
             && (self.leader_id.is_some() || boot_lease)
             && self.election_elapsed < self.timing.election_ticks_min
-    }
-
-    /// Emits the accumulated write, if any.
-    fn flush_write(&mut self) {
-        if !self.pending_write.is_empty() {
-            let batch = std::mem::take(&mut self.pending_write);
-            self.actions.push(Action::Persist(batch));
-        }
-    }
-
-    /// Pushes actions that must follow every write accumulated so far.
-    fn gated(&mut self, push: impl FnOnce(&mut Vec<Action>)) {
-        self.flush_write();
-        push(&mut self.actions);
-    }
-
-    /// Sends `request` to each of `to`, after the accumulated writes are durable.
-    fn send_gated(&mut self, to: Vec<NodeId>, request: RpcRequest) {
-        self.gated(|actions| {
-            for peer in to {
-                actions.push(Action::Send {
-                    to: peer,
-                    request: request.clone(),
-                    after_persist: true,
-                });
-            }
-        });
     }
 
     fn emit_apply(&mut self) {
@@ -606,9 +591,13 @@ pub enum SentRequest {
         last_included: LogId,
         /// Where the chunk starts.
         offset: u64,
+        /// The snapshot's size.
+        size: u64,
     },
     /// A ReadIndex request to the leader.
     ReadIndex {
+        /// The term in the request.
+        term: Term,
         /// The request's `read_id`.
         read_id: u64,
     },
@@ -624,7 +613,7 @@ impl SentRequest {
             RpcRequest::AppendEntries(r) => SentRequest::AppendEntries {
                 term: r.term,
                 prev_index: r.prev_log_id.index,
-                last_index: r.prev_log_id.index + r.entries.len() as u64,
+                last_index: r.prev_log_id.index.saturating_add(r.entries.len() as u64),
                 read_round: r.read_round,
             },
             RpcRequest::TimeoutNow(r) => SentRequest::TimeoutNow { term: r.term },
@@ -632,8 +621,9 @@ impl SentRequest {
                 term: r.term,
                 last_included: r.meta.last_included,
                 offset: r.offset,
+                size: r.meta.size,
             },
-            RpcRequest::ReadIndex(r) => SentRequest::ReadIndex { read_id: r.read_id },
+            RpcRequest::ReadIndex(r) => SentRequest::ReadIndex { term: r.term, read_id: r.read_id },
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use super::snapshot_send::TransferFailures;
 use crate::snapshot::SnapshotMeta;
 use crate::types::LogIndex;
 
@@ -31,8 +32,6 @@ pub(crate) struct Transfer {
     pub(crate) sent_last: bool,
     /// Chunks in flight: (offset, end).
     pub(crate) inflight: VecDeque<(u64, u64)>,
-    /// After a failed send: wait for the next heartbeat before sending again.
-    pub(crate) paused: bool,
     /// Ticks since the follower last answered a chunk.
     pub(crate) idle_ticks: u64,
 }
@@ -45,7 +44,6 @@ impl Transfer {
             acked_offset: 0,
             sent_last: false,
             inflight: VecDeque::new(),
-            paused: false,
             idle_ticks: 0,
         }
     }
@@ -127,8 +125,15 @@ pub(crate) struct Progress {
     pub(crate) idle_ticks: u64,
     /// In `Snapshot` mode: the transfer.
     pub(crate) transfer: Option<Transfer>,
+    /// Failed snapshot transfers to this follower, and the back-off they started.
+    pub(crate) snapshot_failures: TransferFailures,
     /// The highest ReadIndex round this follower acknowledged.
     pub(crate) read_round_acked: u64,
+    /// The `read_round` of the latest AppendEntries sent to this follower.
+    pub(crate) read_round_sent: u64,
+    /// Heartbeats (empty AppendEntries) sent and not yet answered or failed. A read round adds
+    /// a heartbeat only while there is none, so reads never pile heartbeats up on a slow link.
+    pub(crate) heartbeats_in_flight: u64,
 }
 
 impl Progress {
@@ -142,7 +147,10 @@ impl Progress {
             recent_active: true,
             idle_ticks: 0,
             transfer: None,
+            snapshot_failures: TransferFailures::default(),
             read_round_acked: 0,
+            read_round_sent: 0,
+            heartbeats_in_flight: 0,
         }
     }
 
@@ -202,7 +210,7 @@ impl Progress {
         self.inflight.clear();
     }
 
-    /// Gives up a snapshot transfer (timeout): probe again; a new transfer resumes where the
+    /// Gives up a snapshot transfer (it failed): probe again; a new transfer resumes where the
     /// follower's data ends.
     pub(crate) fn abandon_snapshot(&mut self) {
         self.transfer = None;

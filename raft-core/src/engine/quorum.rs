@@ -46,7 +46,7 @@ impl VoteTally {
         if self.granted.iter().filter(|id| voters.contains(id)).count() >= need {
             VoteResult::Won
         } else if self.rejected.iter().filter(|id| voters.contains(id)).count()
-            > voters.len() - need
+            > voters.len().saturating_sub(need)
         {
             VoteResult::Lost
         } else {

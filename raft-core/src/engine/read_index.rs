@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::progress::ReplicationMode;
 use super::{Action, Engine, ReplyId, RoleState};
 use crate::message::{ReadIndexRequest, ReadIndexResponse, RpcRequest, RpcResponse};
 use crate::types::{LogIndex, NodeId};
@@ -58,14 +59,6 @@ pub(super) struct ReadQueue {
     waiting_commit: Vec<ReadWaiter>,
     /// Reads with their index, waiting for a majority to acknowledge `round`, oldest first.
     pending: VecDeque<(u64, LogIndex, ReadWaiter)>,
-    /// Lease reads: when each recent round started (round, tick), oldest first.
-    round_started: VecDeque<(u64, u64)>,
-    /// Lease reads: the tick until which a majority's promise not to vote for another leader
-    /// holds (0: no lease).
-    lease_until: u64,
-    /// Lease reads: a TimeoutNow was sent this term; voters may elect another leader despite
-    /// their promise, so this leader serves no more lease reads.
-    lease_void: bool,
 }
 
 /// A follower's reads forwarded to the leader.
@@ -84,15 +77,13 @@ impl ReadQueue {
         self.round
     }
 
-    fn len(&self) -> usize {
-        self.waiting_commit.len() + self.pending.len()
+    /// Starts a new round: AppendEntries sent from now on carry it.
+    pub(super) fn next_round(&mut self) {
+        self.round += 1;
     }
 
-    /// Lease reads: a TimeoutNow is about to be sent, and voters grant its election despite
-    /// their promise: no more lease reads this term.
-    pub(super) fn void_lease(&mut self) {
-        self.lease_void = true;
-        self.lease_until = 0;
+    fn len(&self) -> usize {
+        self.waiting_commit.len() + self.pending.len()
     }
 }
 
@@ -133,7 +124,7 @@ impl Engine {
             sender: self.id,
             read_id,
         });
-        self.actions.push(Action::Send { to: leader, request, after_persist: false });
+        self.send(leader, request, false);
     }
 
     /// A follower's `ReadIndex` request.
@@ -166,13 +157,9 @@ impl Engine {
     fn register_read(&mut self, waiter: ReadWaiter) {
         let own_term_committed = self.own_term_committed();
         let (commit, max) = (self.log.commit_index, self.config.max_pending_reads);
-        let now = self.now_tick;
+        let leased = own_term_committed && self.lease_holds();
         let RoleState::Leader(leader) = &mut self.role else { return };
         let reads = &mut leader.reads;
-        let leased = own_term_committed
-            && !reads.lease_void
-            && leader.transfer.is_none()
-            && now < reads.lease_until;
         if leased {
             self.reply_read(waiter, Ok(commit));
         } else if reads.len() >= max {
@@ -192,8 +179,13 @@ impl Engine {
     }
 
     /// Leader, before replicating: gives waiting reads their index once the leader's term has a
-    /// committed entry, and starts a round for reads that need one (a heartbeat to every voter
-    /// that is not sent entries anyway).
+    /// committed entry, starts a round for the reads registered since the last one, and makes
+    /// sure every voter that has not acknowledged the newest read's round gets an AppendEntries
+    /// carrying it (entries if there are some to send, else a heartbeat). Heartbeats are
+    /// coalesced: a voter gets none while one is in flight to it or while an AppendEntries
+    /// carrying the round (or a later one) is on its way; once the heartbeat in flight is
+    /// answered, the next step sends the newer round. So reads never pile heartbeats up on a
+    /// slow link (which would fill the peer's queue and drop it to Probe).
     pub(super) fn start_read_round(&mut self) {
         let own_term_committed = self.own_term_committed();
         let commit = self.log.commit_index;
@@ -205,12 +197,24 @@ impl Engine {
             }
             reads.round_wanted = true;
         }
-        if !std::mem::take(&mut reads.round_wanted) {
-            return;
+        if std::mem::take(&mut reads.round_wanted) {
+            reads.next_round();
         }
-        reads.round += 1;
-        let peers: Vec<NodeId> = self.voter_peers();
-        for peer in peers {
+        let Some(&(needed, _, _)) = reads.pending.back() else { return };
+        let voters = &self.log.membership().latest().voters;
+        let to_ask: Vec<NodeId> = leader
+            .progress
+            .iter()
+            .filter(|&(id, p)| {
+                voters.contains(id)
+                    && p.read_round_acked < needed
+                    && p.read_round_sent < needed
+                    && p.heartbeats_in_flight == 0
+                    && p.mode != ReplicationMode::Snapshot
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in to_ask {
             self.replicate_to(peer, true);
         }
         self.confirm_reads();
@@ -222,7 +226,7 @@ impl Engine {
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         if round > progress.read_round_acked {
             progress.read_round_acked = round;
-            self.extend_lease();
+            self.extend_lease(self.confirmed_round());
             self.confirm_reads();
         }
     }
@@ -242,40 +246,6 @@ impl Engine {
             })
             .collect();
         quorum::committed_index(rounds)
-    }
-
-    /// Lease reads: starts a new round (at every leader tick and when the leader takes office),
-    /// so that the acknowledgements of the AppendEntries sent in it date the voters' promises to
-    /// within a tick.
-    pub(super) fn start_lease_round(&mut self) {
-        if !self.config.lease_reads {
-            return;
-        }
-        let (now, keep) = (self.now_tick, self.timing.election_ticks_min);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let reads = &mut leader.reads;
-        reads.round += 1;
-        reads.round_started.push_back((reads.round, now));
-        while reads.round_started.front().is_some_and(|&(_, at)| at + keep < now) {
-            reads.round_started.pop_front();
-        }
-    }
-
-    /// Lease reads: moves the lease to the start of the latest round a majority acknowledged
-    /// plus the minimum election timeout, minus the clock-drift margin.
-    fn extend_lease(&mut self) {
-        if !self.config.lease_reads {
-            return;
-        }
-        let confirmed = self.confirmed_round();
-        let span = self.timing.election_ticks_min.saturating_sub(self.timing.clock_drift_ticks);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let reads = &mut leader.reads;
-        let started =
-            reads.round_started.iter().rev().find(|&&(round, _)| round <= confirmed).map(|r| r.1);
-        if let Some(started) = started {
-            reads.lease_until = reads.lease_until.max(started + span);
-        }
     }
 
     /// Answers every read whose round a majority of voters acknowledged.
@@ -308,8 +278,8 @@ impl Engine {
     }
 
     fn reply_read(&mut self, waiter: ReadWaiter, result: Result<LogIndex, ReadIndexRefusal>) {
-        let action = match waiter {
-            ReadWaiter::Local(id) => Action::ReadIndexReady { id, result },
+        match waiter {
+            ReadWaiter::Local(id) => self.actions.push(Action::ReadIndexReady { id, result }),
             ReadWaiter::Remote(reply_to) => {
                 let leader_hint = match result {
                     Err(ReadIndexRefusal::NotLeader(hint)) => hint,
@@ -320,9 +290,8 @@ impl Engine {
                     read_index: result.ok(),
                     leader_hint,
                 });
-                Action::Respond { reply_to, response, after_persist: false }
+                self.respond(reply_to, response, false);
             }
-        };
-        self.actions.push(action);
+        }
     }
 }

@@ -1,14 +1,11 @@
-//! Snapshots in the engine: when to take one, log compaction once one is durable, the leader's
-//! side of InstallSnapshot (chunked, windowed, resumable transfers) and the follower's side
-//! (receiving chunks, installing, restoring through the apply path).
+//! Snapshots in the engine: when to take one, log compaction once one is durable, and the
+//! follower's side of InstallSnapshot (receiving chunks, installing, restoring through the apply
+//! path). The leader's side is in `snapshot_send.rs`.
 
-use bytes::Bytes;
-
-use super::progress::{ReplicationMode, Transfer};
 use super::{Action, Engine, RoleState};
-use crate::message::{InstallSnapshotRequest, InstallSnapshotResponse, RpcRequest};
-use crate::snapshot::{chunk_len, Checksum, SnapshotMeta};
-use crate::types::{LogId, LogIndex, NodeId, Term};
+use crate::message::{InstallSnapshotRequest, InstallSnapshotResponse, SnapshotRefusal};
+use crate::snapshot::{Checksum, SnapshotMeta};
+use crate::types::{LogId, LogIndex, Term};
 
 /// The engine's snapshot bookkeeping.
 #[derive(Debug, Default)]
@@ -82,7 +79,8 @@ impl Engine {
             index.saturating_sub(self.config.snapshot_keep_entries).min(self.log.applied_index);
         if up_to > self.log.compacted().index && self.log.term_at(up_to).is_some() {
             self.log.compact(up_to);
-            self.gated(|actions| actions.push(Action::CompactLog { up_to }));
+            self.flush_write();
+            self.actions.push(Action::CompactLog { up_to });
         }
     }
 
@@ -147,141 +145,6 @@ impl Engine {
         self.actions.push(Action::TakeSnapshot { last_included: LogId::new(term, at), membership });
     }
 
-    // ---- leader side -------------------------------------------------------------------------
-
-    /// Whether `peer` needs the snapshot: its next entry was compacted away. Switches it to
-    /// `Snapshot` mode if so (and a snapshot exists).
-    pub(super) fn needs_snapshot(&mut self, peer: NodeId) -> bool {
-        let compacted = self.log.compacted().index;
-        let latest = self.snapshots.latest.clone();
-        let RoleState::Leader(leader) = &mut self.role else { return false };
-        let Some(progress) = leader.progress.get_mut(&peer) else { return false };
-        if progress.mode == ReplicationMode::Snapshot {
-            return true;
-        }
-        if progress.next_index > compacted {
-            return false;
-        }
-        let Some(meta) = latest else {
-            tracing::warn!(id = self.id, peer, "follower needs compacted entries but no snapshot");
-            return false;
-        };
-        tracing::debug!(id = self.id, peer, next = progress.next_index, snapshot = ?meta.last_included, "sending snapshot");
-        progress.start_snapshot(meta);
-        true
-    }
-
-    /// Sends the chunks the window allows; with `heartbeat`, resumes a paused or stalled
-    /// transfer.
-    pub(super) fn send_snapshot_chunks(&mut self, peer: NodeId, heartbeat: bool) {
-        let latest = self.snapshots.latest.clone();
-        let chunk_bytes = self.config.snapshot_chunk_bytes;
-        let window = self.config.snapshot_max_inflight_chunks;
-        let (term, leader_id) = (self.hard_state.current_term, self.id);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(progress) = leader.progress.get_mut(&peer) else { return };
-        let Some(transfer) = progress.transfer.as_mut() else { return };
-        if let Some(latest) = latest {
-            if latest != transfer.meta {
-                // A newer snapshot replaced the one being sent (whose data is gone).
-                *transfer = Transfer::new(latest);
-            }
-        }
-        if heartbeat {
-            transfer.paused = false;
-            if transfer.inflight.is_empty() {
-                // Nothing in flight (lost, or the final answer was): resend from what the
-                // follower last confirmed.
-                transfer.rewind();
-            }
-        }
-        while !transfer.paused && !transfer.sent_last && transfer.inflight.len() < window {
-            let offset = transfer.next_offset;
-            let len = chunk_len(transfer.meta.size, offset, chunk_bytes);
-            let end = offset + len;
-            let done = end == transfer.meta.size;
-            transfer.inflight.push_back((offset, end));
-            transfer.next_offset = end;
-            transfer.sent_last = done;
-            progress.idle_ticks = 0;
-            let request = RpcRequest::InstallSnapshot(InstallSnapshotRequest {
-                term,
-                leader_id,
-                meta: transfer.meta.clone(),
-                offset,
-                data: Bytes::new(),
-                done,
-            });
-            self.actions.push(Action::Send { to: peer, request, after_persist: false });
-        }
-    }
-
-    pub(super) fn handle_snapshot_response(
-        &mut self,
-        from: NodeId,
-        last_included: LogId,
-        offset: u64,
-        resp: &InstallSnapshotResponse,
-    ) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(progress) = leader.progress.get_mut(&from) else { return };
-        progress.recent_active = true;
-        if resp.complete {
-            if last_included.index > progress.match_index
-                || progress.mode == ReplicationMode::Snapshot
-            {
-                tracing::debug!(id = self.id, peer = from, ?last_included, "snapshot installed");
-                progress.snapshot_done(last_included.index);
-                self.maybe_commit();
-                self.replicate_to(from, false);
-            }
-            return;
-        }
-        let Some(transfer) = progress.transfer.as_mut() else { return };
-        if transfer.meta.last_included != last_included {
-            return; // about another snapshot
-        }
-        transfer.idle_ticks = 0;
-        let Some(pos) = transfer.inflight.iter().position(|&(o, _)| o == offset) else {
-            return; // a chunk already written off by a rewind
-        };
-        let (_, end) = transfer.inflight[pos];
-        transfer.inflight.remove(pos);
-        if resp.next_offset == end {
-            transfer.acked_offset = transfer.acked_offset.max(end);
-        } else {
-            // Lost, duplicated or reordered chunks: continue where the follower's data ends.
-            transfer.acked_offset = resp.next_offset.min(transfer.meta.size);
-            transfer.rewind();
-        }
-        self.send_snapshot_chunks(from, false);
-    }
-
-    /// A chunk could not be delivered: resume from the follower's data at the next heartbeat.
-    pub(super) fn snapshot_unreachable(&mut self, from: NodeId, last_included: LogId) {
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(progress) = leader.progress.get_mut(&from) else { return };
-        let Some(transfer) = progress.transfer.as_mut() else { return };
-        if transfer.meta.last_included == last_included {
-            transfer.rewind();
-            transfer.paused = true;
-        }
-    }
-
-    /// Ages transfers; one with no answer for `snapshot_transfer_timeout_ms` goes back to Probe.
-    pub(super) fn tick_snapshot_transfers(&mut self) {
-        let timeout = self.config.ticks(self.config.snapshot_transfer_timeout_ms);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        for (&peer, progress) in leader.progress.iter_mut() {
-            let Some(transfer) = progress.transfer.as_mut() else { continue };
-            transfer.idle_ticks += 1;
-            if transfer.idle_ticks >= timeout {
-                tracing::debug!(id = self.id, peer, "snapshot transfer timed out; probing");
-                progress.abandon_snapshot();
-            }
-        }
-    }
-
     // ---- follower side -----------------------------------------------------------------------
 
     pub(super) fn handle_install_snapshot(
@@ -290,7 +153,12 @@ impl Engine {
     ) -> InstallSnapshotResponse {
         let current = self.hard_state.current_term;
         if req.term < current {
-            return InstallSnapshotResponse { term: current, next_offset: 0, complete: false };
+            return InstallSnapshotResponse {
+                term: current,
+                next_offset: 0,
+                complete: false,
+                refusal: None,
+            };
         }
         if req.term > current || !matches!(self.role, RoleState::Follower) {
             self.become_follower(req.term, Some(req.leader_id));
@@ -298,8 +166,18 @@ impl Engine {
         self.leader_id = Some(req.leader_id);
         self.election_elapsed = 0;
         let term = self.hard_state.current_term;
-        let answer =
-            |next_offset, complete| InstallSnapshotResponse { term, next_offset, complete };
+        let answer = |next_offset, complete| InstallSnapshotResponse {
+            term,
+            next_offset,
+            complete,
+            refusal: None,
+        };
+        let refuse = |refusal| InstallSnapshotResponse {
+            term,
+            next_offset: 0,
+            complete: false,
+            refusal: Some(refusal),
+        };
         let last = req.meta.last_included;
         if last.index <= self.log.commit_index || self.log.matches(last) {
             // Our log already covers it: committed here, or it holds the snapshot's last entry
@@ -309,11 +187,11 @@ impl Engine {
             return answer(req.meta.size, true);
         }
         if !self.snapshots.enabled {
-            tracing::warn!(
+            tracing::debug!(
                 id = self.id,
-                "InstallSnapshot received but this node has no snapshot store"
+                "InstallSnapshot received but this node has no snapshot store; refused"
             );
-            return answer(0, false);
+            return refuse(SnapshotRefusal::Unsupported);
         }
         let same = self.snapshots.receiving.as_ref().is_some_and(|r| r.meta == req.meta);
         if !same {
@@ -337,24 +215,13 @@ impl Engine {
         if req.offset != receiving.next_offset {
             return answer(receiving.next_offset, false); // a duplicate or a gap
         }
-        let len = req.data.len() as u64;
-        let end = req.offset + len;
-        if end > req.meta.size || req.done != (end == req.meta.size) {
-            tracing::warn!(
-                id = self.id,
-                offset = req.offset,
-                len,
-                size = req.meta.size,
-                "malformed snapshot chunk"
-            );
-            self.snapshots.receiving = None;
-            return answer(0, false);
-        }
+        // Validated: the chunk lies within the snapshot and `done` marks its end.
+        let end = req.offset.saturating_add(req.data.len() as u64);
         receiving.checksum.update(&req.data);
         if req.done && receiving.checksum.value() != req.meta.checksum {
-            tracing::warn!(id = self.id, snapshot = ?last, "snapshot checksum mismatch; starting over");
+            tracing::warn!(id = self.id, snapshot = ?last, "snapshot checksum mismatch; refused");
             self.snapshots.receiving = None;
-            return answer(0, false);
+            return refuse(SnapshotRefusal::ChecksumMismatch);
         }
         receiving.next_offset = end;
         let meta = req.meta;

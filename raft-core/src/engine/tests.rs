@@ -41,6 +41,8 @@ struct Cluster {
     drop_chunks: BTreeSet<u64>,
     /// Every `ReadIndexReady`, per node.
     reads: Vec<(NodeId, ReadId, Result<LogIndex, ReadIndexRefusal>)>,
+    /// The drivers' clock (`Engine::set_now`): one tick interval passes with each tick.
+    now: std::time::Duration,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -64,6 +66,7 @@ impl Cluster {
             log: Vec::new(),
             drop_chunks: BTreeSet::new(),
             reads: Vec::new(),
+            now: std::time::Duration::ZERO,
         };
         for config in configs {
             cluster.add_node(config);
@@ -86,6 +89,15 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
+    /// Replaces a node's engine by `engine`, started from a store holding `hard_state` and `log`
+    /// (a restart).
+    fn restart(&mut self, engine: Engine, hard_state: HardState, log: Vec<Entry>) {
+        let node = self.nodes.get_mut(&engine.id()).unwrap();
+        node.engine = engine;
+        node.durable_hard_state = hard_state;
+        node.durable_log = log;
+    }
+
     fn engine(&mut self, id: NodeId) -> &mut Engine {
         &mut self.nodes.get_mut(&id).unwrap().engine
     }
@@ -102,7 +114,11 @@ impl Cluster {
     }
 
     fn run(&mut self, id: NodeId, actions: Vec<Action>) {
+        // What the store held before these actions: a message that does not wait for the
+        // writes emitted before it leaves while they may still be in flight.
+        let durable_before = self.nodes[&id].durable_hard_state.current_term;
         for action in actions {
+            self.check_term_durable(id, &action, durable_before);
             self.log.push((id, action.clone()));
             match action {
                 Action::Persist(batch) => {
@@ -113,9 +129,9 @@ impl Cluster {
                     if let Some(cut) = batch.truncate_from {
                         node.durable_log.retain(|e| e.index < cut);
                     }
-                    let last = batch.entries.last().map(Entry::log_id);
+                    let written = PersistedWrite::of(&batch);
                     node.durable_log.extend(batch.entries);
-                    node.engine.on_persisted(last);
+                    node.engine.on_persisted(written);
                 }
                 Action::Send { to, mut request, .. } => {
                     if let RpcRequest::InstallSnapshot(req) = &mut request {
@@ -203,6 +219,28 @@ impl Cluster {
         }
     }
 
+    /// A new term is durable before any message of it leaves the node: checked for every message
+    /// of every test (a pre-vote's term is only prospective).
+    fn check_term_durable(&self, id: NodeId, action: &Action, durable_before: Term) {
+        let (term, after_persist) = match action {
+            Action::Send { request: RpcRequest::RequestVote(r), .. } if r.pre_vote => return,
+            Action::Respond { response: RpcResponse::RequestVote(r), .. } if r.pre_vote => return,
+            Action::Send { request, after_persist, .. } => (request.term(), *after_persist),
+            Action::Respond { response, after_persist, .. } => (response.term(), *after_persist),
+            _ => return,
+        };
+        let durable = if after_persist {
+            self.nodes[&id].durable_hard_state.current_term
+        } else {
+            durable_before
+        };
+        assert!(
+            term <= durable,
+            "node {id} emitted a message of term {term} that may leave before the term is durable \
+             (durable: {durable}, after_persist: {after_persist}): {action:?}"
+        );
+    }
+
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
         self.isolated.contains(&a)
             || self.isolated.contains(&b)
@@ -250,13 +288,18 @@ impl Cluster {
         }
     }
 
-    /// Ticks every node `n` times, settling after each tick.
+    /// Ticks every node `n` times, settling after each tick; a tick interval passes before each.
     fn tick(&mut self, n: usize) {
         for _ in 0..n {
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for id in ids {
+                let interval = self.nodes[&id].engine.config.tick_interval_ms;
+                let now = self.now + std::time::Duration::from_millis(interval);
+                self.engine(id).set_now(now);
                 self.engine(id).tick();
             }
+            let interval = self.nodes.values().map(|n| n.engine.config.tick_interval_ms).max();
+            self.now += std::time::Duration::from_millis(interval.unwrap_or(0));
             self.settle();
         }
     }
@@ -390,8 +433,7 @@ fn follower_rejects_with_conflict_hint_and_leader_backtracks_by_term() {
             purged: LogId::default(),
             last: log.last().unwrap().log_id(),
         };
-        c.nodes.get_mut(&id).unwrap().engine = Engine::new(config(id, 2), &durable, log.clone());
-        c.nodes.get_mut(&id).unwrap().durable_log = log;
+        c.restart(Engine::new(config(id, 2), &durable, log.clone()), durable.hard_state, log);
     }
     // Node 2's log is longer but older: it cannot win; node 1 wins and repairs node 2.
     let leader = c.elect();
@@ -425,8 +467,7 @@ fn leader_commits_old_entries_only_through_an_entry_of_its_term() {
             purged: LogId::default(),
             last: log.last().map_or(LogId::default(), Entry::log_id),
         };
-        c.nodes.get_mut(&id).unwrap().engine = Engine::new(config(id, 3), &durable, log.clone());
-        c.nodes.get_mut(&id).unwrap().durable_log = log;
+        c.restart(Engine::new(config(id, 3), &durable, log.clone()), durable.hard_state, log);
     }
     // Force node 1 to be leader of term 3 without letting it replicate its blank entry.
     c.isolated.insert(3);
@@ -642,5 +683,8 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
     assert_eq!(engine.role(), Role::Leader);
 }
 
+mod durability;
+mod hostile;
 mod membership;
 mod reads;
+mod snapshot_failures;

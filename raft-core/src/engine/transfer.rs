@@ -4,7 +4,7 @@
 //! transfer ends when the leader steps down, or is abandoned after
 //! `Config::leadership_transfer_timeout_ms`.
 
-use super::{Action, Engine, RoleState};
+use super::{Engine, RoleState};
 use crate::message::{RpcRequest, TimeoutNowRequest};
 use crate::types::NodeId;
 
@@ -83,11 +83,11 @@ impl Engine {
             leader.progress.get(&transfer.target).is_some_and(|p| p.match_index >= last_index);
         if caught_up {
             transfer.timeout_now_sent = true;
-            leader.reads.void_lease();
+            leader.lease.void();
             let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term, leader_id: self.id });
             tracing::debug!(id = self.id, target = transfer.target, "sending TimeoutNow");
             let to = transfer.target;
-            self.actions.push(Action::Send { to, request, after_persist: false });
+            self.send(to, request, false);
         }
     }
 

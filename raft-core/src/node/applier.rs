@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
-use super::Input;
-use crate::error::{ProposalError, ReadIndexError};
+use super::{Input, PendingRead};
+use crate::error::ProposalError;
 use crate::membership::Membership;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
@@ -36,22 +36,40 @@ pub(super) enum ApplyMsg {
     /// Replace the state by this stored snapshot.
     Restore(SnapshotMeta),
     /// Answer a linearizable read once the state machine has applied `index`.
-    ReadAt { index: LogIndex, reply: oneshot::Sender<Result<LogIndex, ReadIndexError>> },
+    ReadAt { index: LogIndex, read: PendingRead },
 }
 
-/// Reads waiting for the state machine to reach their read index.
+/// Reads waiting for the state machine to reach their read index. Each holds a read slot until
+/// answered; reads whose caller gave up are dropped (freeing their slots) as new ones come.
 #[derive(Default)]
 struct ReadWaiters {
-    by_index: BTreeMap<LogIndex, Vec<oneshot::Sender<Result<LogIndex, ReadIndexError>>>>,
+    by_index: BTreeMap<LogIndex, Vec<PendingRead>>,
+    len: usize,
+    /// Prune abandoned reads once `len` reaches this (doubling: amortized constant work).
+    prune_at: usize,
 }
 
 impl ReadWaiters {
+    fn wait(&mut self, index: LogIndex, read: PendingRead) {
+        if self.len >= self.prune_at {
+            self.by_index.retain(|_, reads| {
+                reads.retain(|read| !read.abandoned());
+                !reads.is_empty()
+            });
+            self.len = self.by_index.values().map(Vec::len).sum();
+            self.prune_at = (self.len * 2).max(64);
+        }
+        self.by_index.entry(index).or_default().push(read);
+        self.len += 1;
+    }
+
     /// Answers every read whose index is at most `applied`.
     fn applied(&mut self, applied: LogIndex) {
         let rest = self.by_index.split_off(&(applied + 1));
-        for (index, replies) in std::mem::replace(&mut self.by_index, rest) {
-            for reply in replies {
-                let _ = reply.send(Ok(index));
+        for (index, reads) in std::mem::replace(&mut self.by_index, rest) {
+            self.len -= reads.len();
+            for read in reads {
+                read.answer(Ok(index));
             }
         }
     }
@@ -68,11 +86,11 @@ pub(super) async fn run<M: StateMachine>(
     let mut reads = ReadWaiters::default();
     while let Ok(message) = messages.recv().await {
         match message {
-            ApplyMsg::ReadAt { index, reply } => {
+            ApplyMsg::ReadAt { index, read } => {
                 if index <= applied {
-                    let _ = reply.send(Ok(index));
-                } else {
-                    reads.by_index.entry(index).or_default().push(reply);
+                    read.answer(Ok(index));
+                } else if !read.abandoned() {
+                    reads.wait(index, read);
                 }
             }
             ApplyMsg::Wait { index, waiter } => {

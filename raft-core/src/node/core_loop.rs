@@ -5,14 +5,15 @@ mod snapshots;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
 
 use self::snapshots::SnapshotDriver;
 use super::applier::{ApplyMsg, Waiter};
-use super::watch::StatusCell;
+use super::peer::PeerQueue;
+use super::supervisor::Inputs;
 use super::writer::WriteRequest;
-use super::{Input, PeerFactory, Proposal};
+use super::{Input, PeerFactory, PendingRead, Proposal};
 use crate::engine::{
     Action, Engine, MembershipRefusal, ProposeRefusal, ReadId, ReadIndexRefusal, ReplyId,
     SentRequest, TransferRefusal,
@@ -20,17 +21,19 @@ use crate::engine::{
 use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
 use crate::membership::{Membership, MembershipChange};
 use crate::message::{RpcRequest, RpcResponse};
+use crate::runtime::Runtime;
 use crate::types::{LogIndex, NodeId, Role};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
 const MAX_INPUTS_PER_STEP: usize = 1024;
 
-/// What the main loop publishes to the node handle.
-pub(super) struct Published {
-    pub(super) status: Arc<StatusCell>,
-    pub(super) fatal: Arc<Mutex<Option<FatalError>>>,
-    pub(super) membership: Arc<Mutex<Membership>>,
+/// Why the main loop stops.
+enum Stop {
+    /// `Node::shutdown`.
+    Requested,
+    /// A fatal error (the node stops on its own).
+    Failed(FatalError),
 }
 
 /// A message waiting for the writes before it to become durable.
@@ -47,42 +50,56 @@ struct Deferred {
 }
 
 pub(super) struct CoreLoop {
+    /// This node's token (see `reentrancy`), given to its proposals.
+    token: u64,
     engine: Engine,
-    inputs: Receiver<Input>,
+    /// The input queue, and what the node publishes when it stops.
+    inputs: Arc<Inputs>,
     writer: Sender<WriteRequest>,
     applier: Sender<ApplyMsg>,
     /// Sender tasks of the peers this node talks to (members, and the leader for reads).
-    peers: BTreeMap<NodeId, Sender<RpcRequest>>,
+    peers: BTreeMap<NodeId, PeerQueue>,
     peer_factory: PeerFactory,
     replies: HashMap<u64, oneshot::Sender<RpcResponse>>,
     next_reply: u64,
-    reads: HashMap<u64, oneshot::Sender<Result<LogIndex, ReadIndexError>>>,
+    reads: HashMap<u64, PendingRead>,
     next_read: u64,
     /// The membership published to the node handle.
     membership: Arc<Mutex<Membership>>,
     membership_seen: Membership,
+    /// The leader when the peer tasks were last pruned.
+    leader_seen: Option<NodeId>,
     /// Sequence number of the last `Persist` handed to the writer.
     issued_seq: u64,
     /// Sequence number of the last `Persist` known durable.
     durable_seq: u64,
     held: VecDeque<(u64, Held)>,
+    /// Proposals waiting for room, in arrival order: while any waits, new ones queue behind it.
     deferred: VecDeque<Deferred>,
-    status: Arc<StatusCell>,
-    fatal: Arc<Mutex<Option<FatalError>>>,
     was_leader: bool,
     snap: SnapshotDriver,
+    /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
+    clock: Arc<dyn Runtime>,
+    stop: Option<Stop>,
+}
+
+/// Where the main loop sends its work: the log writer, the applier and the peers' sender tasks.
+pub(super) struct Outlets {
+    pub(super) writer: Sender<WriteRequest>,
+    pub(super) applier: Sender<ApplyMsg>,
+    pub(super) peer_factory: PeerFactory,
 }
 
 impl CoreLoop {
     pub(super) fn new(
+        token: u64,
         engine: Engine,
-        inputs: Receiver<Input>,
-        writer: Sender<WriteRequest>,
-        applier: Sender<ApplyMsg>,
-        peer_factory: PeerFactory,
-        published: Published,
+        inputs: Arc<Inputs>,
+        outlets: Outlets,
+        membership: Arc<Mutex<Membership>>,
+        clock: Arc<dyn Runtime>,
     ) -> Self {
-        let Published { status, fatal, membership } = published;
+        let Outlets { writer, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
         let mut peers = BTreeMap::new();
         for peer in membership_seen.members() {
@@ -91,6 +108,7 @@ impl CoreLoop {
             }
         }
         Self {
+            token,
             engine,
             inputs,
             writer,
@@ -103,50 +121,64 @@ impl CoreLoop {
             next_read: 0,
             membership,
             membership_seen,
+            leader_seen: None,
             issued_seq: 0,
             durable_seq: 0,
             held: VecDeque::new(),
             deferred: VecDeque::new(),
-            status,
-            fatal,
             was_leader: false,
             snap: SnapshotDriver::default(),
+            clock,
+            stop: None,
         }
     }
 
     pub(super) async fn run(mut self) {
-        'outer: while let Ok(input) = self.inputs.recv().await {
-            if !self.handle(input) {
-                break;
-            }
+        let inputs = self.inputs.clone();
+        while let Ok(input) = inputs.receiver.recv().await {
+            self.handle(input);
             for _ in 1..MAX_INPUTS_PER_STEP {
-                match self.inputs.try_recv() {
-                    Ok(input) => {
-                        if !self.handle(input) {
-                            break 'outer;
-                        }
-                    }
+                if self.stop.is_some() {
+                    break;
+                }
+                match inputs.receiver.try_recv() {
+                    Ok(input) => self.handle(input),
                     Err(_) => break,
                 }
             }
-            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
-                for proposal in std::mem::take(&mut self.deferred) {
-                    self.propose(proposal);
-                }
+            if self.stop.is_some() {
+                break;
             }
+            self.propose_deferred();
             self.process_actions();
-            self.sync_membership();
-            self.status.publish(self.engine.status());
+            if self.stop.is_some() {
+                break;
+            }
+            self.sync_peers();
+            self.inputs.status.publish(self.engine.status());
         }
-        self.stop();
+        self.finish();
     }
 
-    /// Feeds one input to the engine. Returns false when the node must stop.
-    fn handle(&mut self, input: Input) -> bool {
+    /// Feeds one input to the engine; sets `stop` when the node must stop.
+    fn handle(&mut self, input: Input) {
+        // For the inputs whose time matters to lease reads (a tick starts a lease round; a
+        // read, local or from a follower, checks the lease), read after the input arrived: a
+        // read is answered from the lease only if it still holds after the read was asked for.
+        // Other inputs happen at the last reading, which can only make a lease shorter.
+        if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
+            self.engine.set_now(self.clock.now());
+        }
         match input {
             Input::Tick => self.engine.tick(),
             Input::Propose { command, permit, reply } => {
-                self.propose(Deferred { command, permit, reply })
+                let proposal = Deferred { command, permit, reply };
+                if self.deferred.is_empty() {
+                    self.propose(proposal);
+                } else {
+                    // Older proposals wait for room: this one waits behind them.
+                    self.deferred.push_back(proposal);
+                }
             }
             Input::Request { request, reply } => {
                 let id = self.next_reply;
@@ -161,20 +193,26 @@ impl CoreLoop {
                     self.engine.on_unreachable(from, sent);
                 }
             },
-            Input::Persisted { seq, last, result } => {
+            Input::Persisted { seq, written, result } => {
                 if let Err(error) = result {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
-                self.engine.on_persisted(last);
+                self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => self.engine.on_applied(index),
-            Input::ReadIndex { reply } => {
+            Input::Applied(index) => {
+                self.engine.on_applied(index);
+                self.snapshot_applied(index);
+            }
+            Input::ReadIndex { read } => {
+                if read.abandoned() {
+                    return; // the caller gave up before the read started
+                }
                 let id = self.next_read;
                 self.next_read += 1;
-                self.reads.insert(id, reply);
+                self.reads.insert(id, read);
                 self.engine.read_index(ReadId(id));
             }
             Input::ChangeMembership { change, permit, reply } => {
@@ -193,30 +231,49 @@ impl CoreLoop {
                 });
                 let _ = reply.send(result);
             }
-            Input::ApplyFailed(message) => return self.fail(FatalError::StateMachine(message)),
-            Input::Snapshot(input) => return self.snapshot_input(input),
-            Input::Shutdown => return false,
+            Input::ApplyFailed(message) => self.fail(FatalError::StateMachine(message)),
+            Input::Snapshot(input) => self.snapshot_input(input),
+            Input::Fatal(error) => self.fail(error),
+            Input::Shutdown => {
+                if self.stop.is_none() {
+                    self.stop = Some(Stop::Requested);
+                }
+            }
         }
-        true
     }
 
+    /// Hands a proposal to the engine; one that must wait for room goes to the front of
+    /// the deferred queue (it is older than every proposal queued there).
     fn propose(&mut self, proposal: Deferred) {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
                 let (reply, response) = oneshot::channel();
                 let waiter = Waiter { term: id.term, reply, _permit: proposal.permit };
                 if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-                    return; // the applier stopped: the node is stopping; the proposer sees Shutdown
+                    // The proposer sees Shutdown (its reply channel is dropped).
+                    return self.lost("applier (state machine)");
                 }
-                let _ =
-                    proposal.reply.send(Ok(Proposal { index: id.index, term: id.term, response }));
+                let _ = proposal.reply.send(Ok(Proposal {
+                    index: id.index,
+                    term: id.term,
+                    response,
+                    node: self.token,
+                }));
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
                 let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
-                self.deferred.push_back(proposal)
+                self.deferred.push_front(proposal)
             }
+        }
+    }
+
+    /// Proposes deferred proposals, oldest first, while the engine has room.
+    fn propose_deferred(&mut self) {
+        while self.engine.can_accept_proposal().is_ok() {
+            let Some(proposal) = self.deferred.pop_front() else { return };
+            self.propose(proposal);
         }
     }
 
@@ -236,39 +293,45 @@ impl CoreLoop {
         })?;
         let (reply, response) = oneshot::channel();
         let waiter = Waiter { term: id.term, reply, _permit: permit };
-        self.applier
-            .try_send(ApplyMsg::Wait { index: id.index, waiter })
-            .map_err(|_| MembershipError::Shutdown)?;
-        let proposal = Proposal { index: id.index, term: id.term, response };
+        if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
+            self.lost("applier (state machine)");
+            return Err(MembershipError::Shutdown);
+        }
+        let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
         Ok((proposal, self.engine.membership().clone()))
     }
 
     /// Publishes a new membership to the node handle, and stops the sender tasks of nodes that
-    /// are no longer members (unless one is the leader, which followers ask for read indexes).
-    fn sync_membership(&mut self) {
-        if self.membership_seen == *self.engine.membership() {
+    /// are neither members nor the leader (which followers ask for read indexes) any more: when
+    /// the membership or the leader changes. A stopped sender reports its RPCs in flight as
+    /// failed, so nothing waits for their answers.
+    fn sync_peers(&mut self) {
+        let leader = self.engine.leader_id();
+        let membership_changed = self.membership_seen != *self.engine.membership();
+        if !membership_changed && self.leader_seen == leader {
             return;
         }
-        self.membership_seen = self.engine.membership().clone();
-        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = self.membership_seen.clone();
-        let (members, leader) = (self.membership_seen.members(), self.engine.leader_id());
-        self.peers.retain(|id, queue| {
-            let keep = members.contains(id) || leader == Some(*id);
-            if !keep {
-                queue.close();
-            }
-            keep
-        });
+        self.leader_seen = leader;
+        if membership_changed {
+            self.membership_seen = self.engine.membership().clone();
+            *self.membership.lock().unwrap_or_else(|p| p.into_inner()) =
+                self.membership_seen.clone();
+        }
+        let members = self.membership_seen.members();
+        self.peers.retain(|id, _| members.contains(id) || leader == Some(*id));
     }
 
     /// Hands a read index to the applier, which answers once the state machine applied it.
     fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
-        let Some(reply) = self.reads.remove(&id.0) else { return };
+        let Some(read) = self.reads.remove(&id.0) else { return };
         if let Ok(index) = result {
-            let _ = self.applier.try_send(ApplyMsg::ReadAt { index, reply });
+            if !read.abandoned() && self.applier.try_send(ApplyMsg::ReadAt { index, read }).is_err()
+            {
+                self.lost("applier (state machine)");
+            }
             return;
         }
-        let _ = reply.send(result.map_err(|refusal| match refusal {
+        read.answer(result.map_err(|refusal| match refusal {
             ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader { leader_hint },
             ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,
             ReadIndexRefusal::LeadershipLost => ReadIndexError::LeadershipLost,
@@ -305,7 +368,9 @@ impl CoreLoop {
                         }
                     }
                     Action::Apply(entries) => {
-                        let _ = self.applier.try_send(ApplyMsg::Apply(entries));
+                        if self.applier.try_send(ApplyMsg::Apply(entries)).is_err() {
+                            self.lost("applier (state machine)");
+                        }
                     }
                     Action::ReadIndexReady { id, result } => self.answer_read(id, result),
                     other => self.snapshot_action(other),
@@ -315,7 +380,9 @@ impl CoreLoop {
         let is_leader = self.engine.role() == Role::Leader;
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
-            let _ = self.applier.try_send(ApplyMsg::LeadershipLost { commit_index });
+            if self.applier.try_send(ApplyMsg::LeadershipLost { commit_index }).is_err() {
+                self.lost("applier (state machine)");
+            }
             let leader_hint = self.engine.leader_id();
             for proposal in std::mem::take(&mut self.deferred) {
                 let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
@@ -343,11 +410,16 @@ impl CoreLoop {
         }
         let factory = &self.peer_factory;
         let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
-        if let Err(error) = peer.try_send(request) {
-            // The peer's queue is full (it is not answering) or its task ended: count the
-            // request as lost; the engine retries on a later heartbeat.
+        if let Err(error) = peer.queue().try_send(request) {
+            // The peer's queue is full (it is not answering): count the request as lost; the
+            // engine retries on a later heartbeat. A closed queue means its task ended, which
+            // only a panic does (reported on its way): the node stops.
             let request = match error {
-                TrySendError::Full(r) | TrySendError::Closed(r) => r,
+                TrySendError::Full(r) => r,
+                TrySendError::Closed(r) => {
+                    self.lost(&format!("sender to peer {to}"));
+                    r
+                }
             };
             self.engine.on_unreachable(to, SentRequest::of(&request));
         }
@@ -359,20 +431,41 @@ impl CoreLoop {
         }
     }
 
-    fn fail(&mut self, error: FatalError) -> bool {
-        tracing::error!(id = self.engine.id(), %error, "node stopping after a fatal error");
-        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-        false
+    /// Stops the node after a fatal error (the first one counts; a task's report replaces the
+    /// bare "it ended" of [`CoreLoop::lost`]).
+    fn fail(&mut self, error: FatalError) {
+        let known = matches!(&self.stop,
+            Some(Stop::Failed(e)) if !matches!(e, FatalError::TaskEnded(_)));
+        if !known {
+            self.stop = Some(Stop::Failed(error));
+        }
     }
 
-    /// Stops the node's other tasks by closing their queues, and fails what is pending.
-    fn stop(&mut self) {
-        self.inputs.close();
+    /// A task's queue is closed: the task ended, which it does only after reporting why (an
+    /// error or a panic, found among the inputs at the latest when the loop stops). The node
+    /// cannot run without it: it stops.
+    fn lost(&mut self, task: &str) {
+        if self.stop.is_none() {
+            self.stop = Some(Stop::Failed(FatalError::TaskEnded(task.to_owned())));
+        }
+    }
+
+    /// Stops the node's other tasks by closing their queues, and fails what is pending: the
+    /// inputs still queued too, so that every caller gets `Shutdown` at once.
+    fn finish(&mut self) {
+        let cause = self.inputs.close();
+        let fatal = match self.stop.take() {
+            // A task that ended reported why before its queue closed: that report is the cause.
+            Some(Stop::Failed(FatalError::TaskEnded(task))) => {
+                Some(cause.unwrap_or(FatalError::TaskEnded(task)))
+            }
+            Some(Stop::Failed(error)) => Some(error),
+            Some(Stop::Requested) | None => None,
+        };
         self.writer.close();
         self.applier.close();
-        for peer in self.peers.values() {
-            peer.close();
-        }
+        // Dropping a peer's queue stops its task, even one whose RPCs never return.
+        self.peers.clear();
         self.stop_snapshots();
         for proposal in std::mem::take(&mut self.deferred) {
             let _ = proposal.reply.send(Err(ProposeError::Shutdown));
@@ -380,11 +473,7 @@ impl CoreLoop {
         self.held.clear();
         self.replies.clear();
         self.reads.clear();
-        let mut status = self.engine.status();
-        status.role = Role::Follower;
-        status.leader_id = None;
-        self.status.publish(status);
-        self.status.close();
+        self.inputs.finish(fatal, self.engine.status());
         tracing::info!(id = self.engine.id(), "node stopped");
     }
 }

@@ -17,7 +17,9 @@ mod applier;
 mod builder;
 mod core_loop;
 mod peer;
+mod reentrancy;
 mod snapshot;
+mod supervisor;
 mod watch;
 mod writer;
 
@@ -33,6 +35,7 @@ use futures::{FutureExt, StreamExt};
 
 pub use self::builder::NodeBuilder;
 use self::snapshot::SnapshotInput;
+use self::supervisor::{Spawner, Task};
 use self::watch::StatusCell;
 pub use self::watch::StatusWatch;
 use crate::config::Config;
@@ -48,7 +51,7 @@ use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, StorageError};
-use crate::types::{Entry, LogId, LogIndex, NodeId, PeerReplication, Role, Status, Term};
+use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term};
 
 /// Inputs of the main loop.
 pub(crate) enum Input {
@@ -63,7 +66,7 @@ pub(crate) enum Input {
         reply: oneshot::Sender<RpcResponse>,
     },
     ReadIndex {
-        reply: oneshot::Sender<Result<LogIndex, ReadIndexError>>,
+        read: PendingRead,
     },
     ChangeMembership {
         change: MembershipChange,
@@ -84,13 +87,35 @@ pub(crate) enum Input {
     },
     Persisted {
         seq: u64,
-        last: Option<LogId>,
+        written: crate::engine::PersistedWrite,
         result: Result<(), StorageError>,
     },
     Applied(LogIndex),
     ApplyFailed(String),
     Snapshot(SnapshotInput),
+    /// A task failed (panicked): the node stops.
+    Fatal(FatalError),
     Shutdown,
+}
+
+/// A `Node::read_index` call on its way through the node: its reply channel and its read slot,
+/// which the read holds wherever it waits (input queue, main loop, engine, applier) until it is
+/// answered or dropped, whatever the caller does with its future.
+pub(crate) struct PendingRead {
+    pub(crate) reply: oneshot::Sender<Result<LogIndex, ReadIndexError>>,
+    pub(crate) _slot: async_lock::SemaphoreGuardArc,
+}
+
+impl PendingRead {
+    /// Answers the read (freeing its slot).
+    pub(crate) fn answer(self, result: Result<LogIndex, ReadIndexError>) {
+        let _ = self.reply.send(result);
+    }
+
+    /// Whether the caller stopped waiting (then the read can be dropped, freeing its slot).
+    pub(crate) fn abandoned(&self) -> bool {
+        self.reply.is_canceled()
+    }
 }
 
 /// State shared by every clone of a [`Node`].
@@ -109,8 +134,10 @@ struct Shared {
     /// Bounds the reads this node holds (`Config::max_pending_reads`), wherever they wait.
     read_slots: Arc<Semaphore>,
     fatal: Arc<Mutex<Option<FatalError>>>,
+    /// Names this node to detect calls from inside its own state machine.
+    token: u64,
     /// Completes (yields `None`) once every task of the node has ended.
-    tasks_done: async_lock::Mutex<Option<mpsc::Receiver<()>>>,
+    tasks_done: async_lock::Mutex<mpsc::Receiver<()>>,
 }
 
 /// A handle to a running Raft node. Cheap to clone; every clone controls the same node.
@@ -138,50 +165,44 @@ pub struct Proposal {
     /// The term of the entry (the leader's term when it was proposed).
     pub term: Term,
     response: oneshot::Receiver<Result<Bytes, ProposalError>>,
+    /// The proposing node's token (see `reentrancy`).
+    node: u64,
 }
 
 impl Proposal {
     /// Waits until the entry is applied and returns the state machine's response for it. The
     /// entry is then committed: it is on a majority of nodes and will survive any failure the
     /// cluster survives.
-    pub async fn response(self) -> Result<Bytes, ProposalError> {
+    ///
+    /// Awaited inside the proposing node's own state machine before the entry was applied, it
+    /// fails at once with [`ProposalError::InsideStateMachine`] (it would wait for itself).
+    pub async fn response(mut self) -> Result<Bytes, ProposalError> {
+        if reentrancy::inside_state_machine(self.node) {
+            return match self.response.try_recv() {
+                Ok(Some(answer)) => answer,
+                Ok(None) => Err(ProposalError::InsideStateMachine),
+                Err(_) => Err(ProposalError::Shutdown),
+            };
+        }
         self.response.await.unwrap_or(Err(ProposalError::Shutdown))
     }
 }
 
 /// Slots in the main loop's input queue. Proposals are bounded separately (by
 /// `max_pending_proposals`); this only decides when senders start to wait.
-const INPUT_QUEUE_CAPACITY: usize = 16_384;
+pub(crate) const INPUT_QUEUE_CAPACITY: usize = 16_384;
 
 /// Bytes of entries read per store call while loading the log at start.
 const LOAD_CHUNK_BYTES: u64 = 16 << 20;
 
-/// Most RPCs in flight to one peer: the AppendEntries window plus heartbeats and votes.
-fn max_in_flight_per_peer(config: &Config) -> usize {
-    config.max_inflight_append_entries + 8
+/// Most RPCs in flight to one peer: the larger of the AppendEntries and InstallSnapshot
+/// windows, plus heartbeats and votes (so that a full window of either never crowds out the
+/// other messages, nor the window itself).
+pub(crate) fn max_in_flight_per_peer(config: &Config) -> usize {
+    config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8
 }
 
-/// Spawns the node's tasks on its runtime, each holding a guard of the "all tasks done" channel.
-#[derive(Clone)]
-pub(crate) struct Spawner {
-    runtime: Arc<dyn Runtime>,
-    done: mpsc::Sender<()>,
-}
-
-impl Spawner {
-    pub(crate) fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
-        let guard = self.done.clone();
-        self.runtime.spawn(
-            async move {
-                future.await;
-                drop(guard);
-            }
-            .boxed(),
-        );
-    }
-}
-
-/// Starts the sender task of one peer and returns its queue.
+/// Starts the sender task of one peer.
 pub(crate) struct PeerFactory {
     spawner: Spawner,
     network: Arc<dyn Network>,
@@ -190,11 +211,11 @@ pub(crate) struct PeerFactory {
 }
 
 impl PeerFactory {
-    pub(crate) fn start(&self, peer: NodeId) -> Sender<RpcRequest> {
-        let (tx, rx) = async_channel::bounded(self.capacity);
-        let task = peer::run(peer, self.network.clone(), rx, self.inputs.clone(), self.capacity);
-        self.spawner.spawn(task.boxed());
-        tx
+    pub(crate) fn start(&self, peer: NodeId) -> peer::PeerQueue {
+        let (queue, task) =
+            peer::PeerQueue::new(peer, self.network.clone(), self.inputs.clone(), self.capacity);
+        self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
+        queue
     }
 }
 
@@ -275,6 +296,7 @@ impl Node {
         };
         let store = Arc::new(store);
         let id = config.id;
+        let token = reentrancy::new_node_token();
         let status = StatusCell::new(engine.status());
         let applied_at_start = engine.status().applied_index;
         let fatal = Arc::new(Mutex::new(None));
@@ -288,8 +310,9 @@ impl Node {
             chunk_bytes: config.snapshot_chunk_bytes,
         });
         let runtime: Arc<dyn Runtime> = Arc::new(runtime);
-        let spawner = Spawner { runtime: runtime.clone(), done: done_tx };
-        let spawn = |future| spawner.spawn(future);
+        let spawner =
+            Spawner { runtime: runtime.clone(), done: done_tx, inputs: inputs_tx.clone() };
+        let spawn = |name: &str, future| spawner.spawn(Task::Other(name.to_owned()), future);
         let peer_factory = PeerFactory {
             spawner: spawner.clone(),
             network: network.clone() as Arc<dyn Network>,
@@ -303,10 +326,10 @@ impl Node {
                 let (ops_tx, ops_rx) = async_channel::unbounded();
                 let ops =
                     snapshot::run_ops(store.clone(), snaps.clone(), ops_rx, inputs_tx.clone());
-                spawn(ops.boxed());
+                spawn("snapshot storage task", ops.boxed());
                 let (jobs_tx, jobs_rx) = async_channel::bounded(1);
                 let builder = snapshot::run_builder(snaps.clone(), jobs_rx, inputs_tx.clone());
-                spawn(builder.boxed());
+                spawn("snapshot builder", builder.boxed());
                 let chunk_bytes = config.snapshot_chunk_bytes;
                 let applier = snapshot::ApplierSnapshots {
                     store: snaps.clone(),
@@ -316,10 +339,11 @@ impl Node {
                 (Some(ops_tx), Some(applier))
             }
         };
-        spawn(writer::run(store, writer_rx, inputs_tx.clone()).boxed());
+        spawn("log writer", writer::run(store, writer_rx, inputs_tx.clone()).boxed());
         spawn(
+            "applier (state machine)",
             applier::run(
-                state_machine,
+                reentrancy::Marked { token, inner: state_machine },
                 applier_rx,
                 inputs_tx.clone(),
                 applier_snapshots,
@@ -331,6 +355,7 @@ impl Node {
         let ticker_inputs = inputs_tx.clone();
         let ticker_sleeper = runtime.clone();
         spawn(
+            "ticker",
             async move {
                 loop {
                     ticker_sleeper.sleep(tick).await;
@@ -341,20 +366,21 @@ impl Node {
             }
             .boxed(),
         );
+        let ends = Arc::new(supervisor::Inputs {
+            receiver: inputs_rx,
+            status: status.clone(),
+            fatal: fatal.clone(),
+        });
         let main_loop = core_loop::CoreLoop::new(
+            token,
             engine,
-            inputs_rx,
-            writer_tx,
-            applier_tx,
-            peer_factory,
-            core_loop::Published {
-                status: status.clone(),
-                fatal: fatal.clone(),
-                membership: membership.clone(),
-            },
+            ends.clone(),
+            core_loop::Outlets { writer: writer_tx, applier: applier_tx, peer_factory },
+            membership.clone(),
+            runtime.clone(),
         )
         .with_snapshots(snap_ops);
-        spawn(main_loop.run().boxed());
+        spawner.spawn(Task::MainLoop(ends), main_loop.run().boxed());
         drop(spawner);
         tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");
         Ok(Node {
@@ -373,7 +399,8 @@ impl Node {
                 proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
                 read_slots: Arc::new(Semaphore::new(config.max_pending_reads)),
                 fatal,
-                tasks_done: async_lock::Mutex::new(Some(done_rx)),
+                token,
+                tasks_done: async_lock::Mutex::new(done_rx),
             }),
         })
     }
@@ -408,7 +435,13 @@ impl Node {
     /// does. `Ok(None)`: the node has no snapshot store or its state machine takes no
     /// snapshots. Runs beside the policy of `Config::snapshot_interval_*`, and compacts the log
     /// like a policy snapshot.
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`ProposeError::InsideStateMachine`] (the snapshot is taken on the apply path).
     pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, ProposeError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(ProposeError::InsideStateMachine);
+        }
         let answer = self.ask(|reply| Input::Snapshot(SnapshotInput::Trigger(reply))).await;
         answer.ok_or(ProposeError::Shutdown)
     }
@@ -425,12 +458,22 @@ impl Node {
     /// `Config::max_pending_reads` calls are in progress at once; more wait for room. The wait
     /// for the local state machine has no deadline: wrap the call in your runtime's timeout if
     /// needed.
+    ///
+    /// A read holds its slot until it is answered, wherever it waits in the node: a caller that
+    /// gives up (drops this future) does not free the slot before the node has let go of the
+    /// read (the applier drops abandoned reads as it goes).
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`ReadIndexError::InsideStateMachine`] (it would wait for itself).
     pub async fn read_index(&self) -> Result<LogIndex, ReadIndexError> {
-        // Held until answered: at most `max_pending_reads` reads wait here at once.
-        let _slot = self.shared.read_slots.acquire_arc().await;
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(ReadIndexError::InsideStateMachine);
+        }
+        let slot = self.shared.read_slots.acquire_arc().await;
         // The applier answers once the state machine has applied the index.
-        let answer = self.ask(|reply| Input::ReadIndex { reply }).await;
-        answer.unwrap_or(Err(ReadIndexError::Shutdown))
+        let answer =
+            self.ask(|reply| Input::ReadIndex { read: PendingRead { reply, _slot: slot } });
+        answer.await.unwrap_or(Err(ReadIndexError::Shutdown))
     }
 
     /// Leader: what it knows of each follower's replication (match index, whether it is in
@@ -451,10 +494,16 @@ impl Node {
     /// every heartbeat interval, for at most `Config::election_timeout_ms_max`, then fails with
     /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
     /// once the change commits. New members must be reachable through this node's `Network`.
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`MembershipError::InsideStateMachine`] (it would wait for itself).
     pub async fn change_membership(
         &self,
         change: MembershipChange,
     ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
         let step = self.shared.heartbeat_interval;
         let attempts = (self.shared.change_wait.as_millis() / step.as_millis().max(1)).max(1);
         for _ in 0..attempts {
@@ -485,6 +534,9 @@ impl Node {
         id: NodeId,
         catch_up_timeout: Duration,
     ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
         let is_learner = |node: &Node| node.membership().learners.contains(&id);
         if !is_learner(self) {
             match self.change_membership(MembershipChange::AddLearner(id)).await {
@@ -557,15 +609,25 @@ impl Node {
         self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Stops the node: every task and timer ends, pending proposals fail with `Shutdown`, and
-    /// writes already handed to the store complete. Returns once everything has stopped.
-    /// Calling it again (or on a node that stopped on its own) returns at once.
+    /// Stops the node: every task and timer ends, pending proposals, reads and inbound RPCs
+    /// fail with `Shutdown` (those still queued too), and writes already handed to the store
+    /// complete. Returns once everything has stopped (then the stores are no longer used).
+    ///
+    /// Idempotent and cancellation-safe: calling it again (or on a node that stopped on its own)
+    /// waits for the same end, and returns at once if the node has already stopped; a call
+    /// dropped before it returned leaves the next call waiting just the same.
+    ///
+    /// Called inside this node's own state machine, it only asks the node to stop and returns at
+    /// once: the node waits for that call to finish, so waiting here would wait for itself.
     pub async fn shutdown(&self) {
-        let _ = self.shared.inputs.send(Input::Shutdown).await;
-        let mut done = self.shared.tasks_done.lock().await;
-        if let Some(mut receiver) = done.take() {
-            while receiver.next().await.is_some() {}
+        if reentrancy::inside_state_machine(self.shared.token) {
+            let _ = self.shared.inputs.try_send(Input::Shutdown);
+            return;
         }
+        let _ = self.shared.inputs.send(Input::Shutdown).await;
+        // The receiver stays in place until it has yielded `None`: a dropped call loses nothing.
+        let mut done = self.shared.tasks_done.lock().await;
+        while done.next().await.is_some() {}
     }
 }
 

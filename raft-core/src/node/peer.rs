@@ -1,11 +1,13 @@
 //! One sender task per peer: runs RPCs to that peer concurrently (pipelining) and reports each
 //! outcome to the main loop.
 
+use std::collections::HashMap;
 use std::task::Poll;
 
 use async_channel::{Receiver, Sender};
+use futures::channel::oneshot;
 use futures::stream::FuturesUnordered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use super::Input;
 use crate::engine::SentRequest;
@@ -13,25 +15,67 @@ use crate::message::{RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError};
 use crate::types::NodeId;
 
+/// The main loop's end of a peer's sender task: its request queue. Dropping it stops the task
+/// at once, whatever its RPCs in flight are doing; the task then reports each of them, and each
+/// request still queued, as failed, so that nothing in the engine waits for their answers.
+pub(crate) struct PeerQueue {
+    queue: Sender<RpcRequest>,
+    /// Dropped with the queue: wakes the task even when its window is full.
+    _stop: oneshot::Sender<()>,
+}
+
+impl PeerQueue {
+    /// The queue and the sender task to spawn for `peer`, with at most `max_in_flight` RPCs
+    /// in flight and as many queued.
+    pub(crate) fn new<N: Network + Clone>(
+        peer: NodeId,
+        network: N,
+        inputs: Sender<Input>,
+        max_in_flight: usize,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (queue, requests) = async_channel::bounded(max_in_flight);
+        let (stop_tx, stop) = oneshot::channel();
+        let task = run(peer, network, requests, stop, inputs, max_in_flight);
+        (Self { queue, _stop: stop_tx }, task)
+    }
+
+    /// The request queue (full: the peer is not answering).
+    pub(crate) fn queue(&self) -> &Sender<RpcRequest> {
+        &self.queue
+    }
+}
+
+impl Drop for PeerQueue {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
 enum Event {
-    Done((SentRequest, Result<RpcResponse, NetworkError>)),
+    Done((u64, Result<RpcResponse, NetworkError>)),
     Request(RpcRequest),
     Closed,
 }
 
-/// Runs until the main loop closes `requests` (then in-flight RPCs are abandoned: their answers
-/// no longer matter) or stops listening.
-pub(super) async fn run<N: Network + Clone>(
+/// Runs until the main loop drops its [`PeerQueue`] or stops listening.
+async fn run<N: Network + Clone>(
     peer: NodeId,
     network: N,
     requests: Receiver<RpcRequest>,
+    mut stop: oneshot::Receiver<()>,
     inputs: Sender<Input>,
     max_in_flight: usize,
 ) {
     let mut in_flight = FuturesUnordered::new();
+    let mut sent: HashMap<u64, SentRequest> = HashMap::new();
+    let mut next_id = 0u64;
     let mut requests = std::pin::pin!(requests);
     loop {
         let event = futures::future::poll_fn(|cx| {
+            // Checked first: a full window must not hide the stop.
+            if stop.poll_unpin(cx).is_ready() {
+                return Poll::Ready(Event::Closed);
+            }
             if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
                 return Poll::Ready(Event::Done(done));
             }
@@ -46,19 +90,34 @@ pub(super) async fn run<N: Network + Clone>(
         })
         .await;
         match event {
-            Event::Done((sent, result)) => {
+            Event::Done((id, result)) => {
+                let Some(sent) = sent.remove(&id) else { continue };
                 if inputs.send(Input::Response { from: peer, sent, result }).await.is_err() {
                     return;
                 }
             }
             Event::Request(request) => {
                 let network = network.clone();
-                in_flight.push(async move {
-                    let sent = SentRequest::of(&request);
-                    (sent, network.send(peer, request).await)
-                });
+                let id = next_id;
+                next_id += 1;
+                sent.insert(id, SentRequest::of(&request));
+                in_flight.push(async move { (id, network.send(peer, request).await) });
             }
-            Event::Closed => return,
+            Event::Closed => break,
+        }
+    }
+    // Abandon the RPCs in flight (their answers no longer arrive) and the queued requests:
+    // report them failed. Once the whole node stops, the inputs are closed and this ends at once.
+    drop(in_flight);
+    let queued = std::iter::from_fn(|| requests.try_recv().ok()).map(|r| SentRequest::of(&r));
+    let abandoned: Vec<SentRequest> = sent.into_values().chain(queued).collect();
+    for sent in abandoned {
+        let result = Err(NetworkError::Unreachable {
+            peer,
+            reason: "no longer talking to this peer".into(),
+        });
+        if inputs.send(Input::Response { from: peer, sent, result }).await.is_err() {
+            return;
         }
     }
 }

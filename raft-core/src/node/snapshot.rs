@@ -29,8 +29,9 @@ pub(crate) enum SnapshotInput {
     OpDone { seq: u64, installed: Option<LogId>, result: Result<(), StorageError> },
     /// A snapshot asked for by `TakeSnapshot` is durable.
     Taken(SnapshotMeta),
-    /// The state machine took no snapshot.
-    Skipped,
+    /// No snapshot was taken at applied index `at` (the state machine declined, or the
+    /// previous snapshot was still being built).
+    Skipped { at: LogIndex },
     /// Building a snapshot failed: the node stops.
     Failed(FatalError),
     /// `Node::snapshot`: take a snapshot now and answer with the latest one once done.
@@ -190,14 +191,15 @@ pub(super) async fn take<M: StateMachine>(
         None => Ok(None),
         Some(_) => state_machine.snapshot().await,
     };
+    let skipped = Input::Snapshot(SnapshotInput::Skipped { at: last_included.index });
     let input = match (outcome, snapshots) {
         (Ok(Some(stream)), Some(s)) => {
             match s.builder.try_send(BuildJob { last_included, membership, stream }) {
                 Ok(()) => return true,
-                Err(_) => Input::Snapshot(SnapshotInput::Skipped),
+                Err(_) => skipped,
             }
         }
-        (Ok(_), _) => Input::Snapshot(SnapshotInput::Skipped),
+        (Ok(_), _) => skipped,
         (Err(error), _) => {
             let _ = inputs.send(Input::ApplyFailed(error.to_string())).await;
             return false;

@@ -4,8 +4,8 @@
 use async_channel::{Receiver, Sender};
 
 use super::Input;
+use crate::engine::PersistedWrite;
 use crate::storage::{LogStore, WriteBatch};
-use crate::types::Entry;
 
 /// A batch and its sequence number (batches are numbered 1, 2, ... in emission order).
 pub(super) struct WriteRequest {
@@ -33,10 +33,10 @@ pub(super) async fn run<S: LogStore>(
                 Err(_) => break,
             }
         }
-        let last = batch.entries.last().map(Entry::log_id);
+        let written = PersistedWrite::of(&batch);
         let result = store.write(batch).await;
         let failed = result.is_err();
-        if inputs.send(Input::Persisted { seq, last, result }).await.is_err() || failed {
+        if inputs.send(Input::Persisted { seq, written, result }).await.is_err() || failed {
             // The node stopped, or the store failed: nothing more may be acknowledged.
             return;
         }

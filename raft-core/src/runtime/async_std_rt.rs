@@ -18,4 +18,8 @@ impl Runtime for AsyncStdRuntime {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         async_std::task::sleep(duration).boxed()
     }
+
+    fn now(&self) -> Duration {
+        super::monotonic_now()
+    }
 }

@@ -564,6 +564,11 @@ impl Runtime for SimRuntime {
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
         self.sleep_for(duration).boxed()
     }
+
+    /// The virtual time (the clock `sleep` follows).
+    fn now(&self) -> Duration {
+        SimRuntime::now(self)
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +593,21 @@ mod tests {
         assert_eq!(Arc::strong_count(&log), 1, "finished tasks released what they held");
         assert_eq!(rt.now(), Duration::from_secs(1));
         assert_eq!(rt.task_count(), 0);
+    }
+
+    #[test]
+    fn the_runtime_clock_is_virtual_time() {
+        let rt = SimRuntime::new();
+        let clock: Arc<dyn Runtime> = Arc::new(rt.clone());
+        let seen = Arc::new(Mutex::new(None));
+        let (task_clock, task_seen) = (clock.clone(), seen.clone());
+        rt.spawn_task(async move {
+            task_clock.sleep(Duration::from_millis(250)).await;
+            *task_seen.lock().unwrap() = Some(task_clock.now());
+        });
+        rt.run_for(Duration::from_secs(1), || {});
+        assert_eq!(*seen.lock().unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(Runtime::now(&Arc::new(rt.clone())), Duration::from_secs(1));
     }
 
     #[test]

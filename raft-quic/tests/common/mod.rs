@@ -39,6 +39,12 @@ macro_rules! all_scenarios {
             reconnects_after_link_break,
             stale_connection_is_reset_after_crash,
             rpc_timeout_is_enforced,
+            certificate_without_the_node_role_is_refused,
+            refused_node_is_shut_out,
+            nodes_of_two_cas_interoperate_during_a_roll_over,
+            renewed_certificate_is_used_by_new_connections,
+            another_wire_version_is_refused_clearly,
+            requests_stay_within_the_connection_memory_budget,
         );
     };
 }

@@ -17,7 +17,13 @@ pub struct UdpProxy {
 
 impl UdpProxy {
     pub fn start(target: SocketAddr) -> Self {
-        let socket = UdpSocket::bind(super::loopback()).unwrap();
+        Self::start_filtered(super::loopback(), target, |_| true)
+    }
+
+    /// A proxy bound at `bind` that passes back to the client only the datagrams from `target`
+    /// that `back` accepts (to play a client that never hears the server, or only some of it).
+    pub fn start_filtered(bind: SocketAddr, target: SocketAddr, back: fn(&[u8]) -> bool) -> Self {
+        let socket = UdpSocket::bind(bind).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let addr = socket.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
@@ -33,6 +39,9 @@ impl UdpProxy {
                         continue;
                     }
                     if from == target {
+                        if !back(&buf[..n]) {
+                            continue;
+                        }
                         if let Some(client) = client {
                             let _ = socket.send_to(&buf[..n], client);
                         }

@@ -6,11 +6,14 @@ use std::time::Duration;
 use futures::future::join_all;
 use futures::StreamExt;
 use raft_core::{Network, NetworkError, RpcResponse};
+use raft_quic::bounded::Limits;
 use raft_quic::quinn::{self, Runtime};
 use raft_quic::wire::code;
-use raft_quic::{frame, tls, ClusterCa, NodeTls, QuicNetwork, WireResponse};
+use raft_quic::{frame, tls, ClusterCa, NodeTls, QuicNetwork, WireResponse, PROTOCOL_VERSION};
 
 use super::*;
+
+const LIMITS: Limits = Limits { max_items: 1 << 16, max_depth: frame::MAX_DEPTH };
 
 fn match_index(response: RpcResponse) -> Option<u64> {
     match response {
@@ -88,6 +91,14 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
             other => panic!("spoofed request not refused: {other:?}"),
         }
     }
+    // The claim is checked from the header, before the body is read: an 8 MiB request is
+    // refused with the same answer (the server stops the stream instead of reading it).
+    match bounded(&rt, "spoofed bulk RPC", nets[1].send(1, append(3, 8, 1 << 20, b""))).await {
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert!(reason.contains("claims sender 3"), "{reason}")
+        }
+        other => panic!("spoofed request not refused: {other:?}"),
+    }
     assert_eq!(handler.calls(), 0);
     // The honest request on the same connection is served.
     bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
@@ -117,8 +128,8 @@ pub async fn refuses_until_serving(rt: Arc<dyn Runtime>) {
 }
 
 /// A node the server does not know (a member added since the server's address book was
-/// written) is accepted on the strength of its cluster-CA certificate, and its requests are
-/// still checked against the id that certificate names.
+/// written) is accepted on the strength of its node certificate (node CA, node role), and its
+/// requests are still checked against the id that certificate names.
 pub async fn unknown_node_with_a_cluster_certificate_is_served(rt: Arc<dyn Runtime>) {
     init_tracing();
     let ca = ClusterCa::generate().unwrap();
@@ -182,7 +193,7 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
         foreign_cert.key_pem.as_bytes(),
     )
     .unwrap();
-    let refused = raw_rpc_attempt(&rt, tls::quic_client_config(&mixed).unwrap(), &nets[0]).await;
+    let refused = raw_rpc_attempt(&rt, tls::quic_client_config(&mixed).unwrap(), &nets[0], 2).await;
     assert!(refused.is_err(), "foreign client certificate accepted");
 
     // A client with no certificate at all.
@@ -200,7 +211,7 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
     let anonymous = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(anonymous).unwrap(),
     ));
-    let refused = raw_rpc_attempt(&rt, anonymous, &nets[0]).await;
+    let refused = raw_rpc_attempt(&rt, anonymous, &nets[0], 2).await;
     assert!(refused.is_err(), "anonymous client accepted");
 
     assert_eq!(handler.calls(), 0);
@@ -217,12 +228,13 @@ pub fn raw_endpoint(rt: &Arc<dyn Runtime>) -> quinn::Endpoint {
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, rt.clone()).unwrap()
 }
 
-/// Connects to `server` (as node 1's name) with `config` and sends one valid heartbeat from
-/// node 2. Returns the response, or the error at whichever step failed.
-async fn raw_rpc_attempt(
+/// Connects to `server` (by its node name) with `config` and sends one valid heartbeat from
+/// node `sender`. Returns the response, or the error at whichever step failed.
+pub async fn raw_rpc_attempt(
     rt: &Arc<dyn Runtime>,
     config: quinn::ClientConfig,
     server: &QuicNetwork,
+    sender: NodeId,
 ) -> Result<WireResponse, String> {
     let endpoint = raw_endpoint(rt);
     let name = raft_quic::node_dns_name(server.node_id());
@@ -233,11 +245,13 @@ async fn raw_rpc_attempt(
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let request = frame::encode(&heartbeat(2), 1 << 20).unwrap();
+        let request = frame::encode_request(&heartbeat(sender), 1 << 20).unwrap();
         send.write_all(&request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let bytes = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
-        frame::decode::<WireResponse>(&bytes, 1 << 20).map(|(r, _)| r).map_err(|e| e.to_string())
+        frame::decode::<WireResponse>(&bytes, 1 << 20, LIMITS)
+            .map(|(r, _)| r)
+            .map_err(|e| e.to_string())
     })
     .await;
     endpoint.close(0u32.into(), b"");
@@ -391,6 +405,7 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     let mut config1 = test_config(&ca, 1, loopback());
     // Short, so that the stalled-frame case below ends quickly.
     config1.rpc_timeout = Duration::from_millis(300);
+    config1.max_decoded_items = 1_000;
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let net3 = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, loopback());
@@ -413,21 +428,29 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     })
     .await;
 
-    let valid = frame::encode(&heartbeat(2), 1 << 20).unwrap().to_vec();
+    let valid = frame::encode_request(&heartbeat(2), 1 << 20).unwrap().to_vec();
     let mut trailing = valid.clone();
     trailing.push(0);
     let len = (trailing.len() - 4) as u32;
     trailing[..4].copy_from_slice(&len.to_be_bytes());
+    let v = PROTOCOL_VERSION;
+    let mut undecodable = vec![0, 0, 0, 13, v];
+    undecodable.extend(2u64.to_be_bytes());
+    undecodable.extend([0xff; 4]);
+    // More log entries than node 1 decodes in one frame (`max_decoded_items` 1,000).
+    let crowded = frame::encode_request(&append(2, 2_000, 0, b""), 1 << 20).unwrap().to_vec();
     let cases: Vec<(&str, Vec<u8>, bool, quinn::VarInt)> = vec![
         ("garbage", b"\xde\xad\xbe\xef garbage".to_vec(), true, code::FRAME_TOO_LARGE),
-        ("zero length", vec![0, 0, 0, 0, 1], true, code::DECODE_ERROR),
+        ("zero length", vec![0, 0, 0, 0, v], true, code::DECODE_ERROR),
         ("unknown version", vec![0, 0, 0, 5, 9, 1, 2, 3, 4], true, code::UNSUPPORTED_VERSION),
         ("empty stream", vec![], true, code::TRUNCATED),
         ("truncated header", vec![0, 0], true, code::TRUNCATED),
-        ("truncated body", vec![0, 0, 0, 100, 1, 1, 2, 3], true, code::TRUNCATED),
-        ("undecodable body", vec![0, 0, 0, 5, 1, 0xff, 0xff, 0xff, 0xff], true, code::DECODE_ERROR),
+        ("no room for the sender", vec![0, 0, 0, 5, v, 0, 0, 0, 2], true, code::DECODE_ERROR),
+        ("truncated sender", vec![0, 0, 0, 100, v, 1, 2, 3], true, code::TRUNCATED),
+        ("undecodable body", undecodable, true, code::DECODE_ERROR),
         ("trailing bytes", trailing, true, code::DECODE_ERROR),
-        ("stalled frame", vec![0, 0, 0, 100, 1, 1, 2], false, code::TIMEOUT),
+        ("too many entries", crowded, true, code::DECODE_ERROR),
+        ("stalled frame", vec![0, 0, 0, 100, v, 1, 2], false, code::TIMEOUT),
     ];
     for (name, bytes, finish, expected) in cases {
         let outcome = bounded(&rt, name, async {
@@ -457,7 +480,7 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
         recv.read_to_end(1 << 20).await.unwrap()
     })
     .await;
-    let (response, _) = frame::decode::<WireResponse>(&response, 1 << 20).unwrap();
+    let (response, _) = frame::decode::<WireResponse>(&response, 1 << 20, LIMITS).unwrap();
     assert!(matches!(response, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{response:?}");
     // ...and so does the node to everyone else.
     bounded(&rt, "RPC from another peer", net3.send(1, heartbeat(3))).await.unwrap();
@@ -572,6 +595,289 @@ pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
     assert!(matches!(held, Err(NetworkError::Timeout(2))), "{held:?}");
     bounded(&rt, "RPC after a timeout", net1.send(2, heartbeat(1))).await.unwrap();
     drop(gate);
+    net1.close().await;
+    net2.close().await;
+}
+
+/// A certificate from the cluster's own node CA but without the node role (what a client of
+/// an application gets, even one naming `node-<id>.raft`) never speaks Raft: the handshake
+/// fails, whatever it claims.
+pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    let lifetime = Duration::from_secs(3600);
+    for name in ["client-app.kv", "node-2.raft", "node-18446744073709551615.raft"] {
+        let cert = ca.issue_client(name, lifetime).unwrap();
+        let tls = NodeTls::from_pem(
+            ca.cert_pem().as_bytes(),
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+        )
+        .unwrap();
+        let config = tls::quic_client_config(&tls).unwrap();
+        let sender = raft_quic::node_id_of(&tls.cert_chain[0]).unwrap_or(2);
+        let result = raw_rpc_attempt(&rt, config, &nets[0], sender).await;
+        assert!(result.is_err(), "{name}: a certificate without the node role was served");
+    }
+    assert_eq!(handler.calls(), 0);
+    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A refused (removed) node loses its connections at once and can never connect again, with
+/// its still-valid certificate; refusals given at bind time hold from the start.
+pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1, 2, 3], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    bounded(&rt, "RPC before the removal", nets[1].send(1, heartbeat(2))).await.unwrap();
+    assert_eq!(handler.calls(), 1);
+
+    nets[0].refuse(2);
+    assert_eq!(nets[0].refused().into_iter().collect::<Vec<_>>(), [2]);
+    // Node 1 no longer sends to it either.
+    let to_removed = nets[0].send(2, heartbeat(1)).await;
+    assert!(matches!(to_removed, Err(NetworkError::UnknownPeer(2))), "{to_removed:?}");
+    nets[0].set_peer(2, nets[1].local_addr());
+    assert!(matches!(nets[0].send(2, heartbeat(1)).await, Err(NetworkError::UnknownPeer(2))));
+    // Its existing connection is closed, and redialing fails.
+    for attempt in 0..5 {
+        let result = bounded(&rt, "RPC from the removed node", nets[1].send(1, heartbeat(2))).await;
+        assert!(result.is_err(), "attempt {attempt}: a removed node was served: {result:?}");
+    }
+    // A fresh endpoint with node 2's certificate fares no better.
+    let again = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    again.set_peer(1, nets[0].local_addr());
+    let result = bounded(&rt, "RPC from a new endpoint of 2", again.send(1, heartbeat(2))).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(handler.calls(), 1);
+    assert!(nets[0].accept_stats().rejected >= 1, "{:?}", nets[0].accept_stats());
+    // Others carry on.
+    bounded(&rt, "RPC from node 3", nets[2].send(1, heartbeat(3))).await.unwrap();
+    assert_eq!(handler.calls(), 2);
+
+    // Refused from the start.
+    let mut config = test_config(&ca, 4, loopback());
+    config.refused.insert(3);
+    let net4 = QuicNetwork::bind(config, rt.clone()).unwrap();
+    let handler4 = TestHandler::new(4);
+    net4.serve(handler4.clone());
+    nets[2].set_peer(4, net4.local_addr());
+    let result =
+        bounded(&rt, "RPC from a node refused at bind", nets[2].send(4, heartbeat(3))).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(handler4.calls(), 0);
+    again.close().await;
+    net4.close().await;
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// Material of node `id` with a certificate from `issuer`, trusting every CA of `trusted`.
+fn material(issuer: &ClusterCa, id: NodeId, trusted: &[&ClusterCa]) -> NodeTls {
+    let cert = issuer.issue(id).unwrap();
+    let bundle: String = trusted.iter().map(|ca| ca.cert_pem()).collect();
+    NodeTls::from_pem(bundle.as_bytes(), cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap()
+}
+
+/// During a CA roll-over, nodes whose certificates come from the old and from the new CA
+/// serve each other once both CAs are in their trust bundles; a node that trusts only the old
+/// CA refuses the new one's certificates.
+pub async fn nodes_of_two_cas_interoperate_during_a_roll_over(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let config = |id: NodeId, tls: NodeTls| {
+        let mut config = test_config(&old, id, loopback());
+        config.tls = tls;
+        config
+    };
+    let net1 = QuicNetwork::bind(config(1, material(&old, 1, &[&old, &new])), rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(config(2, material(&new, 2, &[&old, &new])), rt.clone()).unwrap();
+    let net3 = QuicNetwork::bind(config(3, material(&old, 3, &[&old])), rt.clone()).unwrap();
+    let nets = [&net1, &net2, &net3];
+    for a in nets {
+        for b in nets {
+            if a.node_id() != b.node_id() {
+                a.set_peer(b.node_id(), b.local_addr());
+            }
+        }
+        a.serve(TestHandler::new(a.node_id()));
+    }
+    bounded(&rt, "old-CA node to new-CA node", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "new-CA node to old-CA node", net2.send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "old-only node to old-CA node", net3.send(1, heartbeat(3))).await.unwrap();
+    let refused = bounded(&rt, "new-CA node to an old-only node", net2.send(3, heartbeat(2))).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let refused = bounded(&rt, "old-only node to new-CA node", net3.send(2, heartbeat(3))).await;
+    assert!(refused.is_err(), "{refused:?}");
+    for net in nets {
+        net.close().await;
+    }
+}
+
+/// The leaf certificate a server presents to a new connection.
+async fn served_certificate(
+    rt: &Arc<dyn Runtime>,
+    client: &NodeTls,
+    server: &QuicNetwork,
+) -> Vec<u8> {
+    let endpoint = raw_endpoint(rt);
+    let config = tls::quic_client_config(client).unwrap();
+    let name = raft_quic::node_dns_name(server.node_id());
+    let conn = bounded(rt, "connect", async {
+        endpoint.connect_with(config, server.local_addr(), &name).unwrap().await.unwrap()
+    })
+    .await;
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .unwrap();
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    chain[0].to_vec()
+}
+
+/// A renewed certificate (here from a new CA, with the trust bundle extended) replaces the old
+/// one without a restart: new connections, both ways, use it. A certificate that does not fit
+/// the node is refused and the old one stays.
+pub async fn renewed_certificate_is_used_by_new_connections(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let nets = bind_cluster(&old, &[1, 2], &rt);
+    nets[0].serve(TestHandler::new(1));
+    let handler2 = TestHandler::new(2);
+    nets[1].serve(handler2.clone());
+    let before = served_certificate(&rt, &old.node_tls(9).unwrap(), &nets[0]).await;
+
+    let renewed = material(&new, 1, &[&old, &new]);
+    assert!(nets[0].update_tls(&material(&new, 3, &[&old, &new])).is_err(), "wrong node id");
+    nets[0].update_tls(&renewed).unwrap();
+    let after = served_certificate(&rt, &material(&old, 9, &[&old, &new]), &nets[0]).await;
+    assert_ne!(before, after);
+    assert_eq!(after, renewed.cert_chain[0].to_vec());
+    // Dialing out uses the new certificate too: node 2 (trusting both CAs from now on) serves
+    // node 1 on a new connection.
+    nets[1].update_tls(&material(&old, 2, &[&old, &new])).unwrap();
+    bounded(&rt, "RPC with the renewed certificate", nets[0].send(2, heartbeat(1))).await.unwrap();
+    assert_eq!(handler2.calls(), 1);
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A peer of another wire version (another ALPN) fails at the handshake, with an error that
+/// says so on the dialing side, and is never served.
+pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets = bind_cluster(&ca, &[1], &rt);
+    let handler = TestHandler::new(1);
+    nets[0].serve(handler.clone());
+    // An old node (ALPN raft-quic/1) dials us.
+    let mut old_client = tls::rustls_client_config(&ca.node_tls(2).unwrap()).unwrap();
+    old_client.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    let old_client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(old_client).unwrap(),
+    ));
+    let result = raw_rpc_attempt(&rt, old_client, &nets[0], 2).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(handler.calls(), 0);
+
+    // We dial an old node.
+    let mut old_server = tls::rustls_server_config(&ca.node_tls(3).unwrap()).unwrap();
+    old_server.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    let old_server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(old_server).unwrap(),
+    ));
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    let old_endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(old_server),
+        socket,
+        rt.clone(),
+    )
+    .unwrap();
+    let accepting = {
+        let endpoint = old_endpoint.clone();
+        async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let _ = incoming.await;
+            }
+        }
+    };
+    rt.spawn(Box::pin(accepting));
+    nets[0].set_peer(3, old_endpoint.local_addr().unwrap());
+    match bounded(&rt, "RPC to an old node", nets[0].send(3, heartbeat(1))).await {
+        Err(NetworkError::Unreachable { peer: 3, reason }) => {
+            assert!(reason.contains("another protocol or wire version"), "{reason}")
+        }
+        other => panic!("expected a version error, got {other:?}"),
+    }
+    old_endpoint.close(0u32.into(), b"");
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// The requests of one connection hold at most its memory budget (`connection_receive_window`):
+/// a large request waits until earlier ones are answered, and one whose decoded elements would
+/// not fit is refused as busy, before they are allocated.
+pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config2 = test_config(&ca, 2, loopback());
+    config2.max_frame_size = 256 << 10;
+    config2.stream_receive_window = 256 << 10;
+    config2.connection_receive_window = 256 << 10;
+    let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
+    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+
+    // Three requests of ~100 KB, held in the handler: two fit the 256 KiB budget, the third
+    // waits for one of them to be answered.
+    let gate = handler.close_gate();
+    let held: futures::stream::FuturesUnordered<_> =
+        (0..3).map(|_| net1.send(2, append(1, 2, 100_000, b"gated"))).collect();
+    let collect = held.collect::<Vec<_>>();
+    let mut collect = std::pin::pin!(collect);
+    let waiting = async {
+        eventually(&rt, "two requests in the handler", Duration::from_millis(10), || {
+            let calls = handler.calls();
+            async move { (calls >= 2).then_some(()) }
+        })
+        .await;
+        sleep(&rt, Duration::from_millis(300)).await;
+    };
+    let waiting = std::pin::pin!(waiting);
+    let outcome = futures::future::select(collect.as_mut(), waiting).await;
+    assert!(matches!(outcome, futures::future::Either::Right(_)), "requests finished while held");
+    assert_eq!(handler.calls(), 2, "a third request was decoded beyond the budget");
+    drop(gate);
+    let results = bounded(&rt, "held requests", collect).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(handler.calls(), 3);
+
+    // 5,000 entries of 80 bytes each in memory: more than the whole budget.
+    match bounded(&rt, "crowded request", net1.send(2, append(1, 5_000, 0, b""))).await {
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert!(reason.contains(&format!("code {}", code::BUSY)), "{reason}")
+        }
+        other => panic!("a request beyond the memory budget was served: {other:?}"),
+    }
+    assert_eq!(handler.calls(), 3);
+    bounded(&rt, "RPC after the busy one", net1.send(2, heartbeat(1))).await.unwrap();
     net1.close().await;
     net2.close().await;
 }

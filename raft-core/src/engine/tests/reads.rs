@@ -234,3 +234,108 @@ fn a_restarted_node_refuses_votes_for_an_election_timeout_with_lease_reads() {
     engine.on_request(RpcRequest::RequestVote(request), ReplyId(2));
     assert!(granted(engine.take_actions()), "granted after an election timeout");
 }
+
+fn heartbeats_to(actions: &[(NodeId, Action)], from: NodeId, to: NodeId) -> usize {
+    actions
+        .iter()
+        .filter(|(id, a)| {
+            *id == from
+                && matches!(a, Action::Send { to: t, request: RpcRequest::AppendEntries(r), .. }
+                    if *t == to && r.entries.is_empty())
+        })
+        .count()
+}
+
+/// Issue 12, item 5: every step that registered a read used to send a heartbeat to every voter;
+/// on a slow link they filled the peer's queue and dropped it to Probe.
+#[test]
+fn read_rounds_keep_at_most_one_heartbeat_in_flight_per_peer() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(10);
+    let commit = c.nodes[&leader].engine.commit_index();
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+
+    // Slow followers: nothing the leader sends is delivered while 100 steps register reads.
+    let mut held = Vec::new();
+    for i in 0..100 {
+        c.engine(leader).read_index(ReadId(i));
+        held.extend(c.engine(leader).take_actions().into_iter().map(|a| (leader, a)));
+    }
+    for &f in &followers {
+        assert_eq!(heartbeats_to(&held, leader, f), 1, "one heartbeat in flight to {f}");
+    }
+    assert!(c.reads.is_empty());
+
+    // The heartbeats arrive; their answers confirm the first read, and the next step sends one
+    // more heartbeat carrying the newest round, which confirms every other read.
+    let before = c.log.len();
+    c.run(leader, held.into_iter().map(|(_, a)| a).collect());
+    c.settle();
+    for &f in &followers {
+        assert_eq!(heartbeats_to(&c.log[before..], leader, f), 2, "one follow-up to {f}");
+    }
+    let expected: Vec<_> = (0..100).map(|i| (leader, ReadId(i), Ok(commit))).collect();
+    assert_eq!(c.reads, expected);
+}
+
+/// Issue 12, item 3: the lease used to be a number of the leader's ticks, so a leader whose
+/// ticks stopped (paused process, stalled ticker, full input queue) while real time went on
+/// kept answering reads from a lease the other nodes no longer honoured.
+#[test]
+fn a_leader_whose_ticks_stopped_while_time_passed_serves_no_lease_read() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(6);
+    c.engine(leader).read_index(ReadId(1));
+    c.drain(leader);
+    assert_eq!(c.reads.len(), 1, "a lease read");
+
+    // The leader is paused for a second: no tick, but its clock moved on when it resumed.
+    let resumed = c.now + std::time::Duration::from_secs(1);
+    c.engine(leader).set_now(resumed);
+    c.engine(leader).read_index(ReadId(2));
+    let actions = c.engine(leader).take_actions();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::ReadIndexReady { .. })),
+        "not answered from the expired lease: {actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { request: RpcRequest::AppendEntries(_), .. })),
+        "a quorum round instead"
+    );
+    c.run(leader, actions);
+    c.settle();
+    assert_eq!(c.reads.len(), 2, "answered once a quorum confirmed the leader");
+}
+
+#[test]
+fn the_lease_ends_by_the_clock_an_election_timeout_minus_tick_and_drift_after_its_round() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.tick(6);
+    // A round stamped at `start` (any earlier lease long expired), acknowledged by both followers.
+    let start = c.now + std::time::Duration::from_secs(1);
+    for id in 1..=3 {
+        c.engine(id).set_now(start);
+    }
+    c.engine(leader).tick();
+    c.propose(leader, b"b");
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(followers.iter().copied());
+    // 300 ms election timeout - 10 ms tick - 100 ms drift margin.
+    let span = std::time::Duration::from_millis(190);
+    let read_at = |c: &mut Cluster, at, id| {
+        c.engine(leader).set_now(at);
+        c.engine(leader).read_index(ReadId(id));
+        c.engine(leader).take_actions().iter().any(|a| matches!(a, Action::ReadIndexReady { .. }))
+    };
+    let just_before = start + span - std::time::Duration::from_millis(1);
+    assert!(read_at(&mut c, just_before, 1), "answered from the lease until it ends");
+    assert!(!read_at(&mut c, start + span, 2), "not once it ended");
+}

@@ -34,6 +34,13 @@ pub(super) struct SnapshotDriver {
     held: VecDeque<Held>,
     /// `Node::snapshot` callers: (applied index when asked, reply).
     waiters: Vec<(LogIndex, oneshot::Sender<Option<SnapshotMeta>>)>,
+    /// The last snapshot attempt, at this applied index, was skipped (the state machine declined,
+    /// or a build was still running): the engine makes no new attempt before something more is
+    /// applied, so a request until then gets the latest snapshot at once.
+    declined_at: Option<LogIndex>,
+    /// The state machine is restoring the snapshot ending at this index: a newer snapshot is
+    /// not installed before it is done (installing supersedes the snapshot being read).
+    restoring: Option<LogIndex>,
 }
 
 impl CoreLoop {
@@ -48,28 +55,52 @@ impl CoreLoop {
     pub(super) fn persist(&mut self, request: WriteRequest) {
         if self.snap.held.is_empty() && self.snap.last_snap_seq <= self.durable_seq {
             self.snap.last_log_seq = request.seq;
-            // The writer queue holds only batches of entries that the in-memory log holds
-            // anyway; it cannot be full, only closed (the writer stopped).
-            let _ = self.writer.try_send(request);
+            self.write_log(request);
         } else {
             self.snap.held.push_back(Held::Log(request));
+        }
+    }
+
+    /// Hands a batch to the log writer. Its queue holds only batches of entries that the
+    /// in-memory log holds anyway; it cannot be full, only closed (the writer ended).
+    fn write_log(&mut self, request: WriteRequest) {
+        if self.writer.try_send(request).is_err() {
+            self.lost("log writer");
         }
     }
 
     fn snap_op(&mut self, op: SnapOp) {
         self.issued_seq += 1;
         let request = SnapOpRequest { seq: self.issued_seq, op };
-        if self.snap.held.is_empty() && self.snap.last_log_seq <= self.durable_seq {
+        if self.snap.held.is_empty() && self.snap_op_ready(&request) {
             self.dispatch_snap_op(request);
         } else {
             self.snap.held.push_back(Held::Snap(request));
         }
     }
 
+    /// Whether a snapshot operation can start: everything issued before it is durable, and it is
+    /// not the install of a snapshot while the state machine still reads the previous one.
+    fn snap_op_ready(&self, request: &SnapOpRequest) -> bool {
+        let restoring = matches!(request.op, SnapOp::Install(_)) && self.snap.restoring.is_some();
+        self.snap.last_log_seq <= self.durable_seq && !restoring
+    }
+
     fn dispatch_snap_op(&mut self, request: SnapOpRequest) {
         self.snap.last_snap_seq = request.seq;
         if let Some(ops) = &self.snap.ops {
-            let _ = ops.try_send(request);
+            if ops.try_send(request).is_err() {
+                self.lost("snapshot storage task");
+            }
+        }
+    }
+
+    /// The state machine applied up to `index`: a restore that ended there is done, and an
+    /// install held back for it can go.
+    pub(super) fn snapshot_applied(&mut self, index: LogIndex) {
+        if self.snap.restoring.is_some_and(|restoring| restoring <= index) {
+            self.snap.restoring = None;
+            self.release_storage();
         }
     }
 
@@ -78,7 +109,7 @@ impl CoreLoop {
         while let Some(next) = self.snap.held.front() {
             let ready = match next {
                 Held::Log(_) => self.snap.last_snap_seq <= self.durable_seq,
-                Held::Snap(_) => self.snap.last_log_seq <= self.durable_seq,
+                Held::Snap(request) => self.snap_op_ready(request),
             };
             if !ready {
                 return;
@@ -86,7 +117,7 @@ impl CoreLoop {
             match self.snap.held.pop_front() {
                 Some(Held::Log(request)) => {
                     self.snap.last_log_seq = request.seq;
-                    let _ = self.writer.try_send(request);
+                    self.write_log(request);
                 }
                 Some(Held::Snap(request)) => self.dispatch_snap_op(request),
                 None => return,
@@ -103,17 +134,23 @@ impl CoreLoop {
             Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
             Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
             Action::TakeSnapshot { last_included, membership } => {
-                let _ = self.applier.try_send(ApplyMsg::TakeSnapshot(last_included, membership));
+                let message = ApplyMsg::TakeSnapshot(last_included, membership);
+                if self.applier.try_send(message).is_err() {
+                    self.lost("applier (state machine)");
+                }
             }
             Action::Restore(meta) => {
-                let _ = self.applier.try_send(ApplyMsg::Restore(meta));
+                self.snap.restoring = Some(meta.last_included.index);
+                if self.applier.try_send(ApplyMsg::Restore(meta)).is_err() {
+                    self.lost("applier (state machine)");
+                }
             }
             _ => {}
         }
     }
 
-    /// Handles an input from the snapshot tasks. Returns false when the node must stop.
-    pub(super) fn snapshot_input(&mut self, input: SnapshotInput) -> bool {
+    /// Handles an input from the snapshot tasks.
+    pub(super) fn snapshot_input(&mut self, input: SnapshotInput) {
         match input {
             SnapshotInput::OpDone { seq, installed, result } => {
                 if let Err(error) = result {
@@ -122,6 +159,8 @@ impl CoreLoop {
                 self.durable_seq = seq;
                 if let Some(last) = installed {
                     self.engine.on_snapshot_installed(last);
+                    // A snapshot from the leader may cover what waiters asked for.
+                    self.answer_snapshot_waiters(false);
                 }
                 self.release_held();
                 self.release_storage();
@@ -130,16 +169,20 @@ impl CoreLoop {
                 self.engine.on_snapshot_taken(meta);
                 self.answer_snapshot_waiters(false);
             }
-            SnapshotInput::Skipped => {
+            SnapshotInput::Skipped { at } => {
+                self.snap.declined_at = Some(at);
                 self.engine.on_snapshot_skipped();
                 self.answer_snapshot_waiters(true);
             }
-            SnapshotInput::Failed(error) => return self.fail(error),
+            SnapshotInput::Failed(error) => self.fail(error),
             SnapshotInput::Trigger(reply) => {
                 let applied = self.engine.status().applied_index;
                 let latest = self.engine.snapshot_meta().cloned();
                 let covered = latest.as_ref().map_or(0, |m| m.last_included.index) >= applied;
-                if self.snap.ops.is_none() || covered {
+                // Nothing applied since the state machine last declined: it would decline again,
+                // and the engine takes no snapshot without something new.
+                let declined = self.snap.declined_at.is_some_and(|at| at >= applied);
+                if self.snap.ops.is_none() || covered || declined {
                     let _ = reply.send(latest);
                 } else {
                     self.engine.trigger_snapshot();
@@ -147,7 +190,6 @@ impl CoreLoop {
                 }
             }
         }
-        true
     }
 
     /// Answers `Node::snapshot` callers whose snapshot is now taken (or all, if the state
@@ -155,8 +197,9 @@ impl CoreLoop {
     fn answer_snapshot_waiters(&mut self, all: bool) {
         let latest = self.engine.snapshot_meta().cloned();
         let covered = latest.as_ref().map_or(0, |m| m.last_included.index);
+        let skipped = self.snap.declined_at.unwrap_or(0);
         for (asked_at, reply) in std::mem::take(&mut self.snap.waiters) {
-            if all || covered >= asked_at {
+            if all || covered >= asked_at || skipped >= asked_at {
                 let _ = reply.send(latest.clone());
             } else {
                 self.snap.waiters.push((asked_at, reply));

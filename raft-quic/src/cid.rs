@@ -1,0 +1,189 @@
+//! Connection ids and stateless resets.
+//!
+//! When a node restarts, peers still hold connections to its previous incarnation. QUIC lets the
+//! new endpoint tear them down at once with a *stateless reset*: a packet ending in the reset
+//! token that the previous incarnation announced for the connection id, `HMAC(reset key, id)`.
+//! For that the new endpoint must (a) recognize the ids of the previous incarnation as its own,
+//! and (b) compute the same tokens: both keys are derived from the node's private key.
+//!
+//! Connection ids are 20 bytes: a random *incarnation* tag (4 bytes, fresh for every endpoint),
+//! a random nonce (8 bytes, from the operating system's CSPRNG) and an 8-byte tag,
+//! HMAC-SHA256(id key, incarnation || nonce). An endpoint answers a packet for an unknown
+//! connection with a reset only if its id carries a valid tag (no one without the node's key
+//! can forge one), comes from *another* incarnation (not a connection of this endpoint that it
+//! already closed) and arrives within the reset window after the endpoint started (the idle
+//! timeout: a stale connection idles out by then anyway). So ids learnt by opening connections
+//! to the current incarnation cannot be replayed to make it spend its stateless-reset budget
+//! (quinn sends at most one reset per 20 ms) or to harvest tokens; ids from a previous
+//! incarnation can, only during the window after a restart.
+//!
+//! Both keys change when the node's key does (a renewed certificate with a new key): the first
+//! restart after a renewal does not reset stale connections; peers notice within their idle
+//! timeout instead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::certs::NodeTls;
+
+/// Bytes of the random incarnation tag that starts every connection id.
+const INCARNATION_LEN: usize = 4;
+/// Bytes of the random nonce after it.
+const NONCE_LEN: usize = 8;
+/// Bytes of the authentication tag that ends it.
+const TAG_LEN: usize = 8;
+/// The length of every connection id (QUIC's maximum is 20).
+const CID_LEN: usize = INCARNATION_LEN + NONCE_LEN + TAG_LEN;
+
+/// A 32-byte key for `purpose`: HMAC-SHA256 of the purpose under the node's private key (a
+/// PRF, so the keys of different purposes are independent), stable across restarts and unknown
+/// to anyone without the private key.
+fn derived_key(tls: &NodeTls, purpose: &'static [u8]) -> hmac::Key {
+    let master = hmac::Key::new(hmac::HMAC_SHA256, tls.key.secret_der());
+    let mut input = b"raft-quic endpoint key v2: ".to_vec();
+    input.extend_from_slice(purpose);
+    hmac::Key::new(hmac::HMAC_SHA256, hmac::sign(&master, &input).as_ref())
+}
+
+/// Generates and recognizes this endpoint's connection ids (see the module docs).
+struct CidGenerator {
+    key: hmac::Key,
+    random: SystemRandom,
+    incarnation: [u8; INCARNATION_LEN],
+    started: Instant,
+    reset_window: Duration,
+    fallback_counter: u64,
+}
+
+impl CidGenerator {
+    fn new(key: hmac::Key, reset_window: Duration) -> Self {
+        let mut generator = CidGenerator {
+            key,
+            random: SystemRandom::new(),
+            incarnation: [0; INCARNATION_LEN],
+            started: Instant::now(),
+            reset_window,
+            fallback_counter: 0,
+        };
+        let mut incarnation = [0u8; INCARNATION_LEN];
+        generator.fill(&mut incarnation);
+        generator.incarnation = incarnation;
+        generator
+    }
+
+    fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
+        let full = hmac::sign(&self.key, body);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
+        tag
+    }
+
+    /// Random bytes from the operating system. Should it ever fail, an HMAC of a counter under
+    /// the node's key stands in: unpredictable to anyone without the key, never repeating.
+    fn fill(&mut self, out: &mut [u8]) {
+        if self.random.fill(out).is_err() {
+            self.fallback_counter += 1;
+            let mut input = self.incarnation.to_vec();
+            input.extend_from_slice(&self.fallback_counter.to_be_bytes());
+            let mac = hmac::sign(&self.key, &input);
+            for (o, m) in out.iter_mut().zip(mac.as_ref()) {
+                *o = *m;
+            }
+        }
+    }
+}
+
+impl ConnectionIdGenerator for CidGenerator {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0u8; CID_LEN];
+        bytes[..INCARNATION_LEN].copy_from_slice(&self.incarnation);
+        self.fill(&mut bytes[INCARNATION_LEN..INCARNATION_LEN + NONCE_LEN]);
+        let tag = self.tag(&bytes[..INCARNATION_LEN + NONCE_LEN]);
+        bytes[INCARNATION_LEN + NONCE_LEN..].copy_from_slice(&tag);
+        ConnectionId::new(&bytes)
+    }
+
+    /// quinn asks this only about ids of packets for unknown connections, to decide whether to
+    /// answer with a stateless reset.
+    fn validate(&self, cid: &ConnectionId) -> Result<(), InvalidCid> {
+        if cid.len() != CID_LEN {
+            return Err(InvalidCid);
+        }
+        let (body, tag) = cid.split_at(INCARNATION_LEN + NONCE_LEN);
+        let expected = self.tag(body);
+        #[allow(deprecated)]
+        let authentic = ring::constant_time::verify_slices_are_equal(&expected, tag).is_ok();
+        let previous = body[..INCARNATION_LEN] != self.incarnation;
+        let in_window = self.started.elapsed() <= self.reset_window;
+        if authentic && previous && in_window {
+            Ok(())
+        } else {
+            Err(InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The endpoint configuration of a node: connection ids and stateless-reset key as described
+/// in the module docs; resets for a previous incarnation's connections are sent during
+/// `reset_window` after the endpoint starts.
+pub(crate) fn endpoint_config(tls: &NodeTls, reset_window: Duration) -> quinn::EndpointConfig {
+    let reset_key = derived_key(tls, b"stateless reset key");
+    let cid_key = derived_key(tls, b"connection id key");
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(CidGenerator::new(cid_key.clone(), reset_window)));
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::ClusterCa;
+
+    fn generator(tls: &NodeTls, window: Duration) -> CidGenerator {
+        CidGenerator::new(derived_key(tls, b"connection id key"), window)
+    }
+
+    #[test]
+    fn only_a_previous_incarnations_authentic_ids_within_the_window_earn_a_reset() {
+        let ca = ClusterCa::generate().unwrap();
+        let tls = ca.node_tls(1).unwrap();
+        let window = Duration::from_secs(60);
+        let mut before = generator(&tls, window);
+        let mut now = generator(&tls, window);
+        let old = before.generate_cid();
+        assert_eq!(old.len(), 20);
+        // The restarted endpoint (same key, new incarnation) recognizes the old id...
+        assert!(now.validate(&old).is_ok());
+        // ...but not its own ids (connections it closed itself), nor forged or foreign ones.
+        let own = now.generate_cid();
+        assert!(now.validate(&own).is_err());
+        let mut forged = old.to_vec();
+        forged[10] ^= 1;
+        assert!(now.validate(&ConnectionId::new(&forged)).is_err());
+        let mut other = generator(&ca.node_tls(2).unwrap(), window);
+        assert!(now.validate(&other.generate_cid()).is_err());
+        assert!(now.validate(&ConnectionId::new(&[0u8; 8])).is_err());
+        // After the window, no id earns a reset any more.
+        let late = generator(&tls, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(late.validate(&old).is_err());
+        // Ids are distinct.
+        let ids: std::collections::BTreeSet<Vec<u8>> =
+            (0..1000).map(|_| now.generate_cid().to_vec()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}
