@@ -565,9 +565,10 @@ impl Runtime for SimRuntime {
         self.sleep_for(duration).boxed()
     }
 
-    /// The virtual time (the clock `sleep` follows).
+    /// This handle's tag's own clock ([`SimRuntime::local_now`]): the clock its `sleep`
+    /// follows, which keeps running while the tag is paused.
     fn now(&self) -> Duration {
-        SimRuntime::now(self)
+        self.local_now()
     }
 }
 
@@ -748,11 +749,13 @@ mod tests {
         let (fast2, done2) = (fast.clone(), done.clone());
         fast.spawn_task(async move {
             fast2.sleep_for(Duration::from_millis(100)).await;
-            *done2.lock().unwrap() = Some((fast2.now(), fast2.local_now()));
+            let runtime_clock = Runtime::now(&fast2);
+            *done2.lock().unwrap() = Some((fast2.now(), fast2.local_now(), runtime_clock));
         });
         rt.run_for(Duration::from_secs(1), || {});
-        let (virtual_time, local) = done.lock().unwrap().unwrap();
+        let (virtual_time, local, runtime_clock) = done.lock().unwrap().unwrap();
         assert_eq!(virtual_time, Duration::from_millis(50), "a fast clock's 100 ms pass in 50");
         assert_eq!(local, Duration::from_millis(100));
+        assert_eq!(runtime_clock, local, "the node's Runtime clock is its own clock");
     }
 }
