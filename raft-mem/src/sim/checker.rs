@@ -228,9 +228,16 @@ impl InvariantChecker {
         Ok(())
     }
 
+    /// Node `node` stopped (crashed or shut down): whatever it does to its disk from now on
+    /// (a restart that resets its log to its snapshot) is not done as a leader.
+    pub fn observe_down(&mut self, node: NodeId) {
+        self.last_status.remove(&node);
+    }
+
     /// Node `node` comes back on an empty disk as a new member (its id was removed from the
     /// cluster): its earlier durable state and votes no longer bind it.
     pub fn forget_disk(&mut self, node: NodeId) {
+        self.last_status.remove(&node);
         self.durable_hard_state.remove(&node);
         self.votes.retain(|&(voter, _), _| voter != node);
         self.purged.remove(&node);
@@ -498,6 +505,8 @@ pub trait DurableView {
     /// Whether entry `id` is durable (in the log, or covered by a snapshot or the compacted
     /// prefix), or was at some moment since step `since`.
     fn covers(&self, id: LogId, since: u64) -> bool;
+    /// The term of the durable log entry at `index`, if the log holds one.
+    fn term_at(&self, index: LogIndex) -> Option<Term>;
 }
 
 fn not_durable<T>(node: NodeId, what: String, durable: HardState) -> Result<T, Violation> {
@@ -547,7 +556,9 @@ pub fn check_request(
 
 /// Checks that a response leaving `responder` (to `request`, delivered at step `delivered`) is
 /// covered by its durable state: its term; a granted vote; for a successful AppendEntries, every
-/// entry it acknowledges (durable at some moment since the request arrived); for a completed
+/// entry it acknowledges (durable at some moment since the request arrived, or overwritten on
+/// its disk by an entry of a newer term than the answer's: a newer leader's write that group
+/// commit merged with it, which no majority of the older term can then commit); for a completed
 /// InstallSnapshot, the snapshot's last entry. PreVote and ReadIndex answers are exempt.
 /// Returns the vote the response grants, if any.
 pub fn check_response(
@@ -584,7 +595,8 @@ pub fn check_response(
             let prev = std::iter::once(req.prev_log_id).filter(|p| p.index > 0);
             let acknowledged = prev.chain(req.entries.iter().map(Entry::log_id));
             for id in acknowledged.filter(|id| id.index <= matched) {
-                if !durable.covers(id, delivered) {
+                let superseded = durable.term_at(id.index).is_some_and(|t| t > resp.term);
+                if !durable.covers(id, delivered) && !superseded {
                     return violation(
                         "durability at the message boundary",
                         format!(
@@ -716,6 +728,9 @@ mod tests {
         c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap();
         let v = c.observe_log(1, &change(3, 1, true, vec![]), Vec::new).unwrap_err();
         assert_eq!(v.invariant, "Leader Append-Only");
+        // Once it is down, a reset of its log (at a restart) is not a leader's doing.
+        c.observe_down(1);
+        c.observe_log(1, &change(1, 0, true, vec![]), Vec::new).unwrap();
     }
 
     #[test]
@@ -858,6 +873,9 @@ mod tests {
         fn covers(&self, id: LogId, _since: u64) -> bool {
             self.held.contains(&id)
         }
+        fn term_at(&self, index: LogIndex) -> Option<Term> {
+            self.held.iter().find(|id| id.index == index).map(|id| id.term)
+        }
     }
 
     #[test]
@@ -908,6 +926,14 @@ mod tests {
         assert_eq!(v.invariant, "durability at the message boundary");
         let v = check_response(2, &append, &ack(11), 0, &durable(5, None, &held)).unwrap_err();
         assert_eq!(v.invariant, "durability at the message boundary", "the answer's term");
+        // An entry a newer term's leader overwrote before the write landed (group commit
+        // merged the two writes): the old term's answer is harmless. An older entry in its
+        // place means it was never written.
+        let overwritten = [LogId::new(5, 10), LogId::new(6, 11), LogId::new(7, 12)];
+        assert!(check_response(2, &append, &ack(12), 0, &durable(7, None, &overwritten)).is_ok());
+        let older = [LogId::new(5, 10), LogId::new(6, 11), LogId::new(5, 12)];
+        let v = check_response(2, &append, &ack(12), 0, &durable(7, None, &older));
+        assert!(v.is_err(), "an entry of an older term at 12");
         // A granted vote must be durable; a granted pre-vote need not.
         let granted = |pre_vote| {
             RpcResponse::RequestVote(RequestVoteResponse { term: 3, vote_granted: true, pre_vote })

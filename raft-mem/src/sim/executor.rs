@@ -88,6 +88,8 @@ struct State {
     timers: BTreeMap<(u64, u64, u64), Waker>,
     next_timer: u64,
     polls: u64,
+    /// Polls per tag.
+    tag_polls: BTreeMap<u64, u64>,
     /// Seeded scheduling; `None`: FIFO.
     rng: Option<ChaCha8Rng>,
     /// Every sleep is extended by a uniform jitter up to this many microseconds (with a PRNG).
@@ -247,6 +249,11 @@ impl SimRuntime {
         self.lock().polls
     }
 
+    /// How many task polls have run per tag (whose tasks the executor spent its steps on).
+    pub fn polls_by_tag(&self) -> BTreeMap<u64, u64> {
+        self.lock().tag_polls.clone()
+    }
+
     /// How many tasks are alive.
     pub fn task_count(&self) -> usize {
         self.lock().tasks.len()
@@ -377,7 +384,11 @@ impl SimRuntime {
             match state.pick() {
                 Some(id) => {
                     state.polls += 1;
-                    state.tasks.get(&id).cloned().map(|task| (id, task))
+                    let task = state.tasks.get(&id).cloned();
+                    if let Some(task) = &task {
+                        *state.tag_polls.entry(task.tag).or_default() += 1;
+                    }
+                    task.map(|task| (id, task))
                 }
                 None => {
                     let Some((&key, _)) = state.timers.iter().next() else {

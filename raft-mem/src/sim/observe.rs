@@ -34,20 +34,31 @@ impl Simulation {
     }
 
     /// Too many steps at one virtual instant without any node's log, commit or applied index
-    /// moving is a livelock (a catch-up with zero-latency disks and links may legitimately take
-    /// many steps at one instant, but it makes progress).
+    /// moving, nor any follower's match index or snapshot transfer, is a livelock (a catch-up with zero-latency disks
+    /// and links may legitimately take many steps at one instant, but it makes progress).
     fn livelock(&mut self) -> Result<(), Violation> {
         let now = self.runtime.now();
         let (at, progress, steps) = self.livelock;
         if now == at && self.progress == progress {
             self.livelock.2 = steps + 1;
             if steps + 1 > MAX_STEPS_PER_INSTANT {
+                let mut spinning: Vec<(u64, u64)> = self
+                    .runtime
+                    .polls_by_tag()
+                    .into_iter()
+                    .map(|(tag, polls)| {
+                        (polls - self.livelock_polls.get(&tag).copied().unwrap_or(0), tag)
+                    })
+                    .filter(|&(polls, _)| polls > 0)
+                    .collect();
+                spinning.sort_unstable_by(|a, b| b.cmp(a));
                 return Err(stuck(format!(
-                    "livelock: {MAX_STEPS_PER_INSTANT} steps without virtual time or any index advancing"
+                    "livelock: {MAX_STEPS_PER_INSTANT} steps without virtual time or any index advancing; polls by tag (0: clients and the network): {spinning:?}"
                 )));
             }
         } else {
             self.livelock = (now, self.progress, 0);
+            self.livelock_polls = self.runtime.polls_by_tag();
         }
         Ok(())
     }
@@ -106,7 +117,7 @@ impl Simulation {
             }
         }
         self.shared.max_committed.fetch_max(max_commit, Ordering::SeqCst);
-        self.progress = progress;
+        self.progress = progress.wrapping_add(self.oracle.match_progress());
         for (&id, disk) in &self.disks {
             // The hard state first: a disk that went back shows there most precisely.
             let hard_state = disk.hard_state();

@@ -166,6 +166,8 @@ pub struct Simulation {
     pub(super) livelock: (Duration, u64, u64),
     /// The sum of every running node's commit, applied and last log indexes (progress).
     pub(super) progress: u64,
+    /// Polls per tag when the current livelock count started.
+    pub(super) livelock_polls: BTreeMap<u64, u64>,
     pub(super) oracle: Arc<WireOracle>,
     disk_faults: DiskFaults,
     sm_faults: Arc<std::sync::Mutex<StateMachineFaults>>,
@@ -257,6 +259,7 @@ impl Simulation {
             client_timeout: Duration::from_secs(3),
             livelock: (Duration::ZERO, 0, 0),
             progress: 0,
+            livelock_polls: BTreeMap::new(),
             oracle,
             disk_faults: config.disk,
             sm_faults: Arc::new(std::sync::Mutex::new(config.state_machine)),
@@ -481,6 +484,7 @@ impl Simulation {
         self.runtime.kill(id);
         self.paused.remove(&id);
         self.running.remove(&id)?;
+        self.checker.observe_down(id);
         self.epoch += 1;
         let outcome = self.disks.get(&id).map(|disk| disk.crash(policy)).unwrap_or_default();
         self.stats.crashes += 1;

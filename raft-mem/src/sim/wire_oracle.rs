@@ -25,6 +25,10 @@ impl DurableView for SimDisk {
     fn covers(&self, id: LogId, since: u64) -> bool {
         SimDisk::covers(self, id, since)
     }
+
+    fn term_at(&self, index: raft_core::LogIndex) -> Option<raft_core::Term> {
+        self.log().term_at(index)
+    }
 }
 
 /// What the oracle learned since the simulation last looked.
@@ -43,6 +47,12 @@ struct WireState {
     incarnations: BTreeMap<NodeId, u64>,
     findings: WireFindings,
     trace: Option<Vec<String>>,
+    /// The highest match index each follower acknowledged to each leader in each term, and the
+    /// furthest offset it reached in each snapshot that leader sent.
+    matched: BTreeMap<(NodeId, NodeId, Term), raft_core::LogIndex>,
+    received: BTreeMap<(NodeId, NodeId, Term, LogId), u64>,
+    /// How many answers raised one of those (replication progress).
+    match_progress: u64,
 }
 
 /// Checks every message against its sender's [`SimDisk`].
@@ -75,6 +85,13 @@ impl WireOracle {
             let at = self.runtime.now();
             trace.push(format!("{:>12?} {}", at, event()));
         }
+    }
+
+    /// How many answers raised a follower's match index or a snapshot transfer's offset so far
+    /// (progress that no status shows: a new leader confirming entries a follower already
+    /// holds, a snapshot on its way).
+    pub(crate) fn match_progress(&self) -> u64 {
+        lock(&self.state).match_progress
     }
 
     pub(crate) fn take_trace(&self) -> Vec<String> {
@@ -146,6 +163,19 @@ impl WireObserver for WireOracle {
             let at: Duration = self.runtime.now();
             trace.push(format!("{at:>12?} {to}=>{from} {response:?}"));
         }
+        let raised = match (request, response) {
+            (_, RpcResponse::AppendEntries(ack)) => ack.match_index.is_some_and(|matched| {
+                let best = state.matched.entry((to, from, ack.term)).or_default();
+                std::mem::replace(best, matched.max(*best)) < matched
+            }),
+            (RpcRequest::InstallSnapshot(req), RpcResponse::InstallSnapshot(ack)) => {
+                let key = (to, from, ack.term, req.meta.last_included);
+                let best = state.received.entry(key).or_default();
+                std::mem::replace(best, ack.next_offset.max(*best)) < ack.next_offset
+            }
+            _ => false,
+        };
+        state.match_progress += u64::from(raised);
         let Some(disk) = state.disks.get(&to).cloned() else { return };
         let outcome = check_response(to, request, response, delivered, &disk);
         self.record(&mut state, outcome, to);
