@@ -177,6 +177,9 @@ async fn replace_a_node_under_writes() {
     assert!(ok && roles(&list).get(&5).map(String::as_str) == Some("learner"), "{list}");
     let (ok, removed) = kv_cli(&cluster, &[2], &["member", "remove", "5"]);
     assert!(ok && !roles(&removed).contains_key(&5), "{removed}");
+    // A removed id is never used again (its certificate stays valid).
+    let (ok, refused) = kv_cli(&cluster, &[2], &["member", "add", "5", &raft5, &client5]);
+    assert!(!ok && refused.contains("node 5 was removed"), "{refused}");
     writer.wait_for(50).await;
 
     // Node 1 becomes the leader, then is removed while leading, and its process stops.

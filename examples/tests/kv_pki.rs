@@ -129,6 +129,19 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// Starts `kv-node` as node 1 with the certificates of `certs`, expecting it to refuse to
+/// start; returns what it printed.
+fn node_start_fails(certs: &str, data: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-node"))
+        .args(["--id", "1", "--data-dir", data, "--certs", certs])
+        .args(["--node", "1=127.0.0.1:0,127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "kv-node started: {text}");
+    text
+}
+
 /// `kv ca` / `kv issue` / `kv trust`: the CA keys stay in their own directory, keys are
 /// private, certificates expire when asked, names are checked, bundles grow for a roll-over,
 /// and a node refuses a key file others can read.
@@ -147,6 +160,15 @@ fn the_certificate_tooling_keeps_the_ca_apart_and_keys_private() {
     assert!(!ok && text.contains("not a valid name"), "{text}");
     let (ok, text) = kv(&["issue", "node", "2", "--ca", &node1, "--out", &node1]);
     assert!(!ok, "issued from a certificate directory: {text}");
+    // A CA directory inside a certificate directory, or around one, is refused too.
+    for (ca_dir, certs_dir) in [(path("certs/ca"), path("certs")), (path("ca"), path("ca/certs"))] {
+        let (ok, text) = kv(&["gen-certs", &ca_dir, &certs_dir, "1,2,3"]);
+        assert!(!ok && text.contains("apart"), "gen-certs {ca_dir} {certs_dir}: {text}");
+    }
+    assert!(!Path::new(&path("certs/ca/node-ca.key")).exists(), "a CA key in the certificates");
+    // An absurd lifetime is refused, not an overflow.
+    let (ok, text) = kv(&["ca", &path("ca3"), "--days", &u64::MAX.to_string()]);
+    assert!(!ok && text.contains("too long") && !text.contains("panicked"), "{text}");
 
     let files = |d: &str| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(d)
@@ -157,6 +179,7 @@ fn the_certificate_tooling_keeps_the_ca_apart_and_keys_private() {
         names
     };
     assert_eq!(files(&ca), ["client-ca.key", "client-ca.pem", "node-ca.key", "node-ca.pem"]);
+    assert!(!Path::new(&path("certs")).exists(), "a refused gen-certs created directories");
     assert_eq!(files(&node1), ["client-ca.pem", "node-1.key", "node-1.pem", "node-ca.pem"]);
     assert_eq!(files(&user), ["admin-alice.key", "admin-alice.pem", "node-ca.pem"]);
     #[cfg(unix)]
@@ -197,14 +220,19 @@ fn the_certificate_tooling_keeps_the_ca_apart_and_keys_private() {
         use std::os::unix::fs::PermissionsExt;
         let key = dir.path().join("node1/node-1.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_kv-node"))
-            .args(["--id", "1", "--data-dir", &path("data"), "--certs", &node1])
-            .args(["--node", "1=127.0.0.1:0,127.0.0.1:0"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "kv-node started with a readable key");
+        let text = node_start_fails(&node1, &path("data"));
         assert!(text.contains("chmod 600"), "{text}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    // A node refuses to start beside a CA key (whoever reads its files could mint
+    // certificates), under the CA's file name or another.
+    for name in ["client-ca.key", "old-backup.key"] {
+        let copy = dir.path().join("node1").join(name);
+        std::fs::copy(dir.path().join("ca/client-ca.key"), &copy).unwrap();
+        let text = node_start_fails(&node1, &path("data"));
+        assert!(text.contains("CA private key"), "beside {name}: {text}");
+        std::fs::remove_file(copy).unwrap();
     }
 }
 
@@ -273,4 +301,109 @@ async fn renewed_certificates_are_taken_up_without_a_restart() {
     assert!(cluster.is_running(1), "node 1 restarted or died");
     connections.close().await;
     cluster.stop_all(Duration::from_secs(5)).unwrap();
+}
+
+/// A node may open no stream towards a kv client: the client only sends requests, and a stream
+/// a (rogue) node opened would never be read, yet could pin the client's flow-control credit
+/// (clients used to grant 1024 streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_can_open_no_stream_towards_a_client() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, certs) = (dir.path().join("ca"), dir.path().join("certs"));
+    tls::gen_certs(&ca, &certs, [1]).unwrap();
+    let node = NodeTls::load(&certs, 1).unwrap();
+    let mut server = raft_quic::tls::rustls_server_config_with(
+        &node,
+        &raft_quic::certs::parse_certificates(
+            &std::fs::read(certs.join("client-ca.pem")).unwrap(),
+            "client CA",
+        )
+        .unwrap(),
+        raft_quic::PeerRole::Any,
+    )
+    .unwrap();
+    server.alpn_protocols = vec![examples::kv::protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
+    let rogue = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let client_tls =
+        tls::load_client_tls(&certs, &CertRole::Client.file_stem(tls::DEFAULT_CLIENT)).unwrap();
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dial = client
+        .connect_with(
+            tls::client_config(&client_tls).unwrap(),
+            rogue.local_addr().unwrap(),
+            "node-1.raft",
+        )
+        .unwrap();
+    let (accepted, dialed) = tokio::time::timeout(PATIENCE, async {
+        let incoming = rogue.accept().await.unwrap();
+        tokio::join!(incoming.accept().unwrap(), dial)
+    })
+    .await
+    .unwrap();
+    let (conn, _dialed) = (accepted.unwrap(), dialed.unwrap());
+    assert!(conn.open_bi().now_or_never().is_none(), "the node opened a stream to a client");
+    assert!(conn.open_uni().now_or_never().is_none(), "the node opened a uni stream");
+    conn.close(0u32.into(), b"");
+    rogue.close(0u32.into(), b"");
+    client.close(0u32.into(), b"");
+}
+
+/// A SIGHUP while `kv-node` starts (an operator's reload racing a restart) asks for a reload:
+/// the node installs its handler before anything else, so it survives signals from its first
+/// log line on (it used to install it once fully started, and died of the signal's default
+/// action before that).
+#[cfg(unix)]
+#[test]
+fn a_sighup_during_startup_does_not_kill_the_node() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, certs) = (dir.path().join("ca"), dir.path().join("certs"));
+    tls::gen_certs(&ca, &certs, [1]).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kv-node"))
+        .args(["--id", "1", "--certs", certs.to_str().unwrap()])
+        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+        .args(["--node", "1=127.0.0.1:0,127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (lines, log) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let hangup = || assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    // From the first line on, signal without pause until the node is ready, and a few more.
+    let first = log.recv_timeout(PATIENCE).expect("kv-node logs nothing");
+    let deadline = Instant::now() + PATIENCE;
+    let (mut ready, mut after_ready, mut sent) = (first.contains("kv-node ready"), 0, 0);
+    while after_ready < 5 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kv-node died after {sent} SIGHUPs during its startup: {status}");
+        }
+        hangup();
+        sent += 1;
+        ready = ready || log.try_iter().any(|line| line.contains("kv-node ready"));
+        after_ready += usize::from(ready);
+        assert!(Instant::now() < deadline, "kv-node never got ready");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "kv-node died after {sent} SIGHUPs");
+    // The signals asked for reloads.
+    let mut lines = std::iter::from_fn(|| {
+        log.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+    });
+    assert!(lines.any(|line| line.contains("TLS files reloaded")), "no reload after SIGHUP");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
 }

@@ -84,16 +84,19 @@ pub struct Config {
     /// and the leader takes proposals again.
     pub leadership_transfer_timeout_ms: u64,
     /// Lease reads (off by default): the leader answers `read_index` at once, without a quorum
-    /// round, while a majority of voters acknowledged AppendEntries it sent less than
-    /// `election_timeout_ms_min - tick_interval_ms - max_clock_drift_ms` ago (they refuse to
-    /// vote for anyone else until an election timeout after hearing from it). Elapsed time is
+    /// round, while a majority of voters promised not to vote for anyone else: each voter's
+    /// answer to an AppendEntries says for how long after receiving it (its own
+    /// `election_timeout_ms_min`, in its ticks, less one tick), and the leader counts that
+    /// from when it started the round, capped by its own promise, minus `max_clock_drift_ms`.
+    /// Voters may run other timeouts and tick intervals than the leader. Elapsed time is
     /// measured with the runtime's monotonic clock (`Runtime::now`), so a leader that was paused
     /// or starved of ticks longer than that serves no read from its lease. Correct only if no
     /// node's clock runs slower than another's by more than `max_clock_drift_ms` per election
-    /// timeout, and only with `check_quorum`; every node of the cluster must enable it (a node
-    /// then also refuses votes during its first election timeout after starting, when it cannot
-    /// know whether it promised a leader its lease before a restart). A leader that started a
-    /// leadership transfer serves no lease reads for the rest of its term.
+    /// timeout, and only with `check_quorum`. A voter promises only with lease reads on (it then
+    /// also refuses votes during its first election timeout after starting, when it cannot know
+    /// whether it promised a leader its lease before a restart): a leader has a lease only from
+    /// a majority of voters that enable it. A leader that started a leadership transfer serves
+    /// no lease reads for the rest of its term.
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
     pub max_clock_drift_ms: u64,

@@ -74,6 +74,10 @@ pub enum InvalidChange {
     /// Removing the only voter would leave a cluster that can never commit again.
     #[error("node {0} is the last voter")]
     LastVoter(NodeId),
+    /// The membership would have this many members, more than nodes accept from the wire
+    /// (65,536).
+    #[error("{0} members exceed the limit of {max}", max = crate::engine::MAX_MEMBERS)]
+    TooManyMembers(usize),
 }
 
 impl Membership {

@@ -89,6 +89,12 @@ pub struct AppendEntriesResponse {
     /// On a log mismatch: where the follower's log diverges. `None` on success and on a
     /// rejection for a stale term.
     pub conflict: Option<ConflictHint>,
+    /// How long, in milliseconds after it received the request, the responder refuses to vote
+    /// for another candidate (the CheckQuorum lease it keeps, also across a restart): what the
+    /// leader's lease reads may rely on. 0 when it promises nothing: it runs without
+    /// `check_quorum` or without `lease_reads`, or the request was rejected for its term or
+    /// refused (an answer with neither `match_index` nor `conflict` acknowledges nothing).
+    pub lease_promise_ms: u64,
 }
 
 /// TimeoutNow: asks the target to start an election at once (leadership transfer).
@@ -139,7 +145,9 @@ pub struct InstallSnapshotResponse {
     /// The responder's current term.
     pub term: Term,
     /// How many bytes of `meta`'s data the follower holds, from offset 0, durably: the next
-    /// chunk it expects starts there (0 asks the leader to start over).
+    /// chunk it expects starts there (0 asks the leader to start over). Equal to the chunk's own
+    /// `offset`: the follower cannot take that chunk yet (it still restores an earlier
+    /// snapshot), and the leader offers it again a heartbeat interval later.
     pub next_offset: u64,
     /// True when the follower's state now covers `meta.last_included`: the snapshot is durably
     /// installed, or the follower's log already held its last entry or a later commit point.

@@ -2,7 +2,7 @@
 //! (so that an invalid request fails alone and leaves nothing behind), then the LMDB changes.
 
 use heed::{PutFlags, RwTxn};
-use raft_core::{LogId, LogIndex, StorageError, Term, WriteBatch};
+use raft_core::{Entry, LogId, LogIndex, StorageError, Term, WriteBatch};
 
 use crate::codec::{self, MetaRecord};
 use crate::env::Handles;
@@ -62,6 +62,11 @@ pub(crate) struct Applier {
 impl Applier {
     /// Validates `batch` against `meta`, then applies it to `txn` and `meta`. Nothing is changed
     /// when the batch is invalid.
+    ///
+    /// A valid batch leaves a store that opens: the truncation point is above the purged index,
+    /// the entries are contiguous and follow the log left by the truncation, and their terms
+    /// never decrease, starting from the term of the entry before the first one (so no entry's
+    /// term is below the purged term).
     pub(crate) fn write(
         &mut self,
         handles: &Handles,
@@ -70,6 +75,7 @@ impl Applier {
         batch: &WriteBatch,
     ) -> Result<(), Rejection> {
         let (purged, last) = (meta.purged(), meta.last());
+        let cut = batch.truncate_from.filter(|&cut| cut <= last.index);
         if let Some(cut) = batch.truncate_from {
             if cut <= purged.index {
                 return Err(invalid(format!(
@@ -78,44 +84,55 @@ impl Applier {
                 )));
             }
         }
-        let first = batch.truncate_from.unwrap_or(last.index + 1).min(last.index + 1);
-        self.buf.clear();
-        self.spans.clear();
-        for (expected, entry) in (first..).zip(&batch.entries) {
-            if entry.index != expected {
-                return Err(invalid(format!(
-                    "entry index {} where {expected} was expected",
-                    entry.index
-                )));
-            }
-            // Encoding before touching the transaction keeps an unencodable batch without effect.
-            self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
-                .map_err(Rejection::Invalid)?;
-            self.spans.push((entry.index, self.buf.len()));
-        }
+        // The id of the entry the batch's entries follow: the last one left by the truncation.
+        let before = match cut {
+            Some(cut) if cut - 1 == purged.index => purged,
+            Some(cut) => LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1),
+            None => last,
+        };
+        self.encode(batch, before)?;
 
         if let Some(hard_state) = batch.hard_state {
             meta.set_hard_state(hard_state);
         }
-        if let Some(cut) = batch.truncate_from.filter(|&cut| cut <= last.index) {
+        if let Some(cut) = cut {
             handles.log.delete_range(txn, &(cut..))?;
-            let new_last = if cut - 1 == purged.index {
-                purged
-            } else if batch.entries.is_empty() {
-                LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1)
-            } else {
-                // The appended entries set `last` below; no need to look the term up.
-                last
-            };
-            meta.set_last(new_last);
         }
         let mut start = 0;
         for &(index, end) in &self.spans {
             handles.log.put_with_flags(txn, PutFlags::APPEND, &index, &self.buf[start..end])?;
             start = end;
         }
-        if let Some(entry) = batch.entries.last() {
-            meta.set_last(entry.log_id());
+        if cut.is_some() || !batch.entries.is_empty() {
+            meta.set_last(batch.entries.last().map_or(before, Entry::log_id));
+        }
+        Ok(())
+    }
+
+    /// Checks that `batch`'s entries follow `before` (contiguous indexes, terms that never
+    /// decrease) and encodes them into `buf` and `spans`.
+    fn encode(&mut self, batch: &WriteBatch, before: LogId) -> Result<(), Rejection> {
+        self.buf.clear();
+        self.spans.clear();
+        let mut previous = before;
+        for entry in &batch.entries {
+            if previous.index.checked_add(1) != Some(entry.index) {
+                return Err(invalid(format!(
+                    "entry index {} does not follow index {}",
+                    entry.index, previous.index
+                )));
+            }
+            if entry.term < previous.term {
+                return Err(invalid(format!(
+                    "entry {} has term {}, below the term {} of entry {} before it",
+                    entry.index, entry.term, previous.term, previous.index
+                )));
+            }
+            // Encoding before touching the transaction keeps an unencodable batch without effect.
+            self.buf = codec::encode_entry(entry, std::mem::take(&mut self.buf))
+                .map_err(Rejection::Invalid)?;
+            self.spans.push((entry.index, self.buf.len()));
+            previous = entry.log_id();
         }
         Ok(())
     }

@@ -1,23 +1,41 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 1
+//! # Format version 2
 //!
 //! The environment holds two named databases:
 //!
 //! * [`LOG_DB`]: one record per log entry. The key is the entry index as a big-endian `u64`
-//!   (heed's `U64<BigEndian>`, so LMDB's byte order is index order); the value is the postcard encoding of [`EntryRecord`]:
-//!   the term (varint) then the payload as an enum (`0` = blank, `1` = command followed by its
-//!   length-prefixed bytes).
+//!   (heed's `U64<BigEndian>`, so LMDB's byte order is index order and appends go to the end of
+//!   the B-tree); the value is the postcard encoding of [`EntryRecord`]: the term (varint) then
+//!   the payload as an enum: `0` = blank, `1` = command followed by its length-prefixed bytes,
+//!   `2` = membership followed by the voters and then the learners, each a length-prefixed
+//!   ascending list of varint node ids ([`MembershipRecord`]).
 //! * [`META_DB`]: [`FORMAT_KEY`] holds [`FORMAT_MAGIC`] followed by the format version as a
 //!   big-endian `u32`; [`STATE_KEY`] holds the postcard encoding of [`MetaRecord`]: the hard state
 //!   and the log bounds (`purged` and `last` log ids).
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
-//! only when [`FORMAT_VERSION`] does. Every decode is strict: trailing bytes or an unknown enum
-//! tag are reported as corruption.
+//! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
+//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes or an
+//! unknown enum tag are reported as corruption.
+//!
+//! # Version history
+//!
+//! * **1**: payload tags `0` (blank) and `1` (command). Builds from the one that introduced
+//!   membership changes (commit `e97b4ea`) up to format 2 also wrote tag `2` (membership, the
+//!   same bytes as in version 2) while still calling the format version 1, so that an older build
+//!   opening such a store met an entry it could not decode and reported corruption.
+//! * **2**: tag `2` belongs to the format, and every record is otherwise unchanged: a version 1
+//!   store is read as it is. Opening one rewrites only its format record to 2, in one synced
+//!   transaction before anything else is written, so that an older build refuses the store with
+//!   a clear "unsupported version" instead of misreading it.
+
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use raft_core::{Entry, EntryPayload, HardState, LogId, LogIndex, Membership, StorageError, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, StorageError, Term,
+};
 use serde::{Deserialize, Serialize};
 
 /// Name of the database holding log entries.
@@ -30,8 +48,17 @@ pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const STATE_KEY: &str = "state";
 /// First bytes of the format record: identifies a raft-lmdb store.
 pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes.
+///
+/// It also reads version 1, the format of earlier builds, and upgrades such a store when it
+/// opens it by rewriting only its format record (every version 1 record is a valid version 2
+/// record); from then on a build that knows only version 1 refuses the store with an
+/// "unsupported version" error instead of misreading it. Version 2 differs from version 1 in
+/// that membership entries belong to it: builds since the membership change had written them
+/// under version 1, which an older build then called corrupt.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build reads (and upgrades when it opens the store).
+pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Encodes the format record.
 pub(crate) fn encode_format(version: u32) -> [u8; 12] {
@@ -44,8 +71,11 @@ pub(crate) fn encode_format(version: u32) -> [u8; 12] {
 /// What a format record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FormatCheck {
-    /// Our magic and a version this build reads.
-    Supported,
+    /// Our magic and the version this build writes.
+    Current,
+    /// Our magic and an older version this build reads and upgrades by rewriting the format
+    /// record (every record of it is a valid record of the current version).
+    Upgradable(u32),
     /// Our magic, but another version.
     Unsupported(u32),
     /// Not our magic: some other program's data.
@@ -64,7 +94,8 @@ pub(crate) fn check_format(bytes: &[u8]) -> FormatCheck {
         return FormatCheck::Foreign;
     };
     match u32::from_be_bytes(version) {
-        FORMAT_VERSION => FormatCheck::Supported,
+        FORMAT_VERSION => FormatCheck::Current,
+        old @ OLDEST_READABLE_VERSION..FORMAT_VERSION => FormatCheck::Upgradable(old),
         other => FormatCheck::Unsupported(other),
     }
 }
@@ -121,13 +152,37 @@ impl MetaRecord {
     }
 }
 
-/// The payload of an entry as stored. Variant order is part of the format: new variants go at
-/// the end (format 1 data, written before membership entries existed, decodes unchanged).
+/// The payload of an entry as stored. Variant order is part of the format: a new variant goes
+/// at the end and comes with a new [`FORMAT_VERSION`].
 #[derive(Debug, Serialize, Deserialize)]
 enum PayloadRecord<'a> {
     Blank,
     Command(#[serde(borrow, with = "serde_bytes_borrowed")] &'a [u8]),
-    Membership(Membership),
+    Membership(MembershipRecord),
+}
+
+/// A membership as stored: voters, then learners (postcard encodes a `BTreeSet` as its length
+/// followed by its elements in ascending order).
+#[derive(Debug, Serialize, Deserialize)]
+struct MembershipRecord {
+    voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
+}
+
+impl From<&Membership> for MembershipRecord {
+    fn from(membership: &Membership) -> Self {
+        // Destructured so that a new field of `Membership` fails to compile here: it needs a
+        // format decision (and a version) before it can be stored.
+        let Membership { voters, learners } = membership;
+        Self { voters: voters.clone(), learners: learners.clone() }
+    }
+}
+
+impl From<MembershipRecord> for Membership {
+    fn from(record: MembershipRecord) -> Self {
+        let MembershipRecord { voters, learners } = record;
+        Membership { voters, learners }
+    }
 }
 
 /// A log entry as stored (its index is the key).
@@ -162,9 +217,9 @@ pub(crate) fn encode_entry(entry: &Entry, buf: Vec<u8>) -> Result<Vec<u8>, Stora
     let payload = match &entry.payload {
         EntryPayload::Command(bytes) => PayloadRecord::Command(bytes),
         EntryPayload::Blank => PayloadRecord::Blank,
-        EntryPayload::Membership(m) => PayloadRecord::Membership(m.clone()),
-        // `EntryPayload` is non-exhaustive: a variant this build does not know cannot be stored
-        // in format 1. Refusing is better than writing something we could not read back.
+        EntryPayload::Membership(m) => PayloadRecord::Membership(m.into()),
+        // `EntryPayload` is non-exhaustive: a variant this build does not know has no place in
+        // the format. Refusing is better than writing something we could not read back.
         other => {
             return Err(StorageError::InvalidRequest(format!(
                 "entry {} has a payload this store cannot encode: {other:?}",
@@ -182,7 +237,7 @@ pub(crate) fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, Stora
     let payload = match record.payload {
         PayloadRecord::Blank => EntryPayload::Blank,
         PayloadRecord::Command(bytes) => EntryPayload::Command(Bytes::copy_from_slice(bytes)),
-        PayloadRecord::Membership(m) => EntryPayload::Membership(m),
+        PayloadRecord::Membership(m) => EntryPayload::Membership(m.into()),
     };
     Ok(Entry { index, term: record.term, payload })
 }
@@ -243,11 +298,17 @@ mod tests {
 
     #[test]
     fn encoding_is_stable() {
-        // Format version 1: term varint, payload tag, length varint, bytes.
+        // Term varint, payload tag, length varint, bytes.
         let buf = encode_entry(&entry(5, 2, Some(b"ab")), Vec::new()).unwrap();
         assert_eq!(buf, vec![2, 1, 2, b'a', b'b']);
         let buf = encode_entry(&entry(5, 300, None), Vec::new()).unwrap();
         assert_eq!(buf, vec![0xac, 0x02, 0]);
+        // Term, tag 2, voters (count, ids), learners (count, ids).
+        let membership = Membership { voters: [1, 2, 300].into(), learners: [4].into() };
+        let e = Entry { index: 5, term: 2, payload: EntryPayload::Membership(membership) };
+        let buf = encode_entry(&e, Vec::new()).unwrap();
+        assert_eq!(buf, vec![2, 2, 3, 1, 2, 0xac, 0x02, 1, 4]);
+        assert_eq!(decode_entry(5, &buf).unwrap(), e);
     }
 
     #[test]
@@ -274,7 +335,9 @@ mod tests {
 
     #[test]
     fn format_records() {
-        assert_eq!(check_format(&encode_format(FORMAT_VERSION)), FormatCheck::Supported);
+        assert_eq!(check_format(&encode_format(FORMAT_VERSION)), FormatCheck::Current);
+        assert_eq!(check_format(&encode_format(1)), FormatCheck::Upgradable(1));
+        assert_eq!(check_format(&encode_format(0)), FormatCheck::Unsupported(0));
         assert_eq!(check_format(&encode_format(9)), FormatCheck::Unsupported(9));
         assert_eq!(check_format(b"something else"), FormatCheck::Foreign);
         assert_eq!(check_format(b""), FormatCheck::Foreign);

@@ -46,6 +46,14 @@ impl Handles {
         self.env.info().map_size
     }
 
+    /// LMDB's page size, and the bytes of the data file its pages use up to the last page of
+    /// the latest commit.
+    pub(crate) fn pages(&self) -> (u64, u64) {
+        let page_size = u64::from(self.env.unnamed_database_stat().page_size);
+        let pages = u64::try_from(self.env.info().last_page_number).unwrap_or(u64::MAX);
+        (page_size, pages.saturating_add(1).saturating_mul(page_size))
+    }
+
     /// Reads the metadata record.
     pub(crate) fn read_meta(
         &self,
@@ -88,10 +96,14 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
     //   `registry.rs` admits one live store per canonical directory, and the store never opens
     //   a second environment before the previous one has been closed (see `Handles::close`,
     //   used when the map grows);
-    // * the same guard holds an exclusive advisory lock on the directory's lock file, so no
-    //   other process using this crate writes to the files while we have them mapped;
+    // * the same guard holds an exclusive advisory lock (`flock`) on the directory itself, which
+    //   no file deletion can defeat, so no other process using this crate writes to the files
+    //   while we have them mapped;
     // * no unsafe LMDB flag is set (no `NO_LOCK`, `NO_SYNC`, `WRITE_MAP`): LMDB's own locking
-    //   protects readers and the writer from each other.
+    //   protects readers and the writer from each other;
+    // * the only other writes to `data.mdb` are the writer thread's zeros past the end of the
+    //   file (`headroom.rs`), made between transactions: bytes beyond LMDB's last page, which
+    //   no transaction or reader reaches before LMDB writes that page itself.
     // Foreign tools modifying the files behind our back remain the operator's responsibility,
     // as for any database.
     unsafe {
@@ -202,14 +214,16 @@ fn create_databases(env: Env<WithoutTls>) -> Result<Handles, heed::Error> {
     }
 }
 
-/// Checks the format record, the metadata record and that the log matches the bounds.
+/// Checks the format record, the metadata record and that the log matches the bounds, then
+/// upgrades the format record of an older readable version (see `codec`'s version history).
 fn check_store(handles: &Handles, path: &Path) -> Result<MetaRecord, OpenError> {
     let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
     let rtxn = handles.read_txn().map_err(|e| corrupt(e.to_string()))?;
     let format = handles.meta.get(&rtxn, FORMAT_KEY).map_err(|e| open_error(path, e))?;
-    match format.map(codec::check_format) {
+    let upgrade_from = match format.map(codec::check_format) {
         None => return Err(corrupt("the format record is missing".into())),
-        Some(FormatCheck::Supported) => {}
+        Some(FormatCheck::Current) => None,
+        Some(FormatCheck::Upgradable(old)) => Some(old),
         Some(FormatCheck::Unsupported(found)) => {
             return Err(OpenError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -223,9 +237,22 @@ fn check_store(handles: &Handles, path: &Path) -> Result<MetaRecord, OpenError> 
                 reason: "its format record does not carry the raft-lmdb magic".into(),
             })
         }
-    }
+    };
     let meta = handles.read_meta(&rtxn).map_err(|e| corrupt(e.to_string()))?;
     check_log_bounds(handles, &rtxn, &meta).map_err(|e| corrupt(e.to_string()))?;
+    drop(rtxn);
+    if let Some(old) = upgrade_from {
+        let mut wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
+        let record = codec::encode_format(FORMAT_VERSION);
+        handles.meta.put(&mut wtxn, FORMAT_KEY, &record).map_err(|e| open_error(path, e))?;
+        wtxn.commit().map_err(|e| open_error(path, e))?;
+        tracing::info!(
+            path = %path.display(),
+            from = old,
+            to = FORMAT_VERSION,
+            "upgraded the raft-lmdb format record"
+        );
+    }
     Ok(meta)
 }
 

@@ -9,7 +9,7 @@ use raft_core::StorageError;
 /// Why [`crate::LmdbLogStore::open_dir`] could not open a directory.
 ///
 /// Every variant names the path involved; none of them leaves anything changed on disk except
-/// for creating the directory (and its lock file) when it did not exist.
+/// for creating the directory when it did not exist.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OpenError {
@@ -39,14 +39,18 @@ pub enum OpenError {
         /// What gave it away.
         reason: String,
     },
-    /// The store was written with a format version this build does not read.
-    #[error("{path}: unsupported raft-lmdb format version {found} (this build reads {supported})")]
+    /// The store was written with a format version this build does not read (a newer one, or
+    /// something that was never a version).
+    #[error(
+        "{path}: unsupported raft-lmdb format version {found} (this build reads versions {} to {supported})",
+        crate::codec::OLDEST_READABLE_VERSION
+    )]
     UnsupportedVersion {
         /// The directory.
         path: PathBuf,
         /// The version found on disk.
         found: u32,
-        /// The version this build reads and writes.
+        /// The version this build writes, the newest it reads (it also reads every older one).
         supported: u32,
     },
     /// The store is ours but its contents are inconsistent or undecodable.
@@ -64,7 +68,7 @@ pub enum OpenError {
         /// The canonical path of the directory.
         path: PathBuf,
     },
-    /// Another process holds the directory open (its lock file is locked).
+    /// Another process holds the directory open (it holds the lock on the directory).
     #[error("{path}: locked by another process (is another node running on this directory?)")]
     LockedByOtherProcess {
         /// The directory.

@@ -8,6 +8,7 @@ pub struct LmdbOptions {
     pub(crate) queue_capacity: usize,
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_bytes: u64,
+    pub(crate) file_headroom_bytes: u64,
 }
 
 impl Default for LmdbOptions {
@@ -17,13 +18,15 @@ impl Default for LmdbOptions {
             queue_capacity: 4096,
             max_group_requests: 4096,
             max_group_bytes: 64 << 20,
+            file_headroom_bytes: 8 << 20,
         }
     }
 }
 
 impl LmdbOptions {
     /// The default options: a 1 GiB initial map (address space only: the data file grows with
-    /// the data), a queue of 4096 write requests, groups of at most 4096 requests or 64 MiB.
+    /// the data), a queue of 4096 write requests, groups of at most 4096 requests or 64 MiB, and
+    /// 8 MiB of file headroom.
     pub fn new() -> Self {
         Self::default()
     }
@@ -53,6 +56,17 @@ impl LmdbOptions {
     /// request larger than this still goes through, alone).
     pub fn with_max_group_bytes(mut self, bytes: u64) -> Self {
         self.max_group_bytes = bytes;
+        self
+    }
+
+    /// How far past LMDB's last page the data file is kept written (with zeros), so that
+    /// commits overwrite blocks the file system has already allocated instead of growing the
+    /// file, which would make each commit's sync also commit the file system's journal. The
+    /// file is extended by about half of this at a time, by the writer thread between commits
+    /// (one extra sync per step). 0 turns it off. The disk holds up to this much more than the
+    /// store needs. Durability is the same either way.
+    pub fn with_file_headroom(mut self, bytes: u64) -> Self {
+        self.file_headroom_bytes = bytes;
         self
     }
 }

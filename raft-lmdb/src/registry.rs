@@ -1,19 +1,45 @@
-//! Exclusive ownership of a store directory: at most one open store per directory in this
-//! process (a process-wide registry) and across processes (an advisory lock on a lock file).
+//! Exclusive ownership of a store directory (an LMDB store's or a snapshot store's): at most one
+//! open store per directory in this process (a process-wide registry) and across processes (an
+//! advisory `flock` on the directory itself).
 //!
 //! This is what makes the one `unsafe` call of the crate sound: LMDB must not map the same
 //! environment twice in one process, and the data file must not be modified behind the map by
-//! anyone but LMDB itself.
+//! anyone but LMDB itself. It also keeps two snapshot stores from writing into one directory.
+//!
+//! # Why a lock on the directory
+//!
+//! The lock is held on an open descriptor of the directory, not on a lock file inside it. A lock
+//! file can be deleted (by an operator tidying up, a script cleaning "stale locks", a restore
+//! from a backup): the next process then creates a new file, locks that one and opens the store
+//! while the first process still has it open. The directory cannot be deleted while it holds the
+//! store's files, and a directory moved elsewhere keeps its lock (the lock belongs to the inode,
+//! whatever path reaches it), so whoever reaches the store's files through any path meets the
+//! lock. A lock on `data.mdb` would protect the LMDB store equally well, but the file would have
+//! to be created before LMDB opens it, and a snapshot directory has no file that is always
+//! there. `flock` locks belong to the open file description, so LMDB's own descriptors and
+//! locks (`fcntl` on `lock.mdb`) neither release nor conflict with it; it is released when the
+//! process exits, however it exits. Directory locks need a Unix `flock`; like LMDB itself, they
+//! are meant for local file systems. One consequence of a lock that belongs to the open file: a
+//! child process being spawned holds a copy of every descriptor until it runs its program, so a
+//! store dropped and reopened at that moment by another thread of the same process can be told
+//! the directory is locked by another process (the old lock file behaved the same way).
+//!
+//! Builds before this one locked a file `raft-lmdb.lock` in the store directory. While such a
+//! file exists, [`LegacyLock`] takes it too, so that an older build still running on the store
+//! is detected; it is deleted once the store is open (and the format upgrade makes older builds
+//! refuse the store from then on).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::OpenError;
+use crate::fsdir;
 
-/// Name of the lock file in a store directory.
-pub(crate) const LOCK_FILE: &str = "raft-lmdb.lock";
+/// Name of the lock file that builds before directory locks kept in a store directory.
+pub(crate) const LEGACY_LOCK_FILE: &str = "raft-lmdb.lock";
 
 /// Canonical paths of the directories opened by a live store of this process.
 static OPEN_DIRS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
@@ -23,16 +49,33 @@ fn open_dirs() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
     OPEN_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Proof that this store exclusively owns a directory. Dropping it releases the directory (the
-/// environment must have been closed before).
+/// Proof that this store exclusively owns a directory. Dropping it releases the directory (an
+/// LMDB environment in it must have been closed before).
 #[derive(Debug)]
 pub(crate) struct DirGuard {
     path: PathBuf,
-    /// Holds the exclusive advisory lock for as long as it is open.
-    _lock_file: File,
+    /// The directory, open, holding the exclusive advisory lock for as long as it is open.
+    _locked_dir: File,
 }
 
 impl DirGuard {
+    /// Creates `dir` if it does not exist (durably: see [`fsdir::create_dir_durably`]) and
+    /// claims it for this store, or says why not (not a directory, held by someone else).
+    pub(crate) fn open(dir: &Path) -> Result<DirGuard, OpenError> {
+        let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
+        match std::fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(OpenError::NotADirectory { path: dir.to_path_buf() })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fsdir::create_dir_durably(dir).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        Self::acquire(&std::fs::canonicalize(dir).map_err(io_err)?)
+    }
+
     /// Claims `dir` (already canonical) for this store, or says who holds it.
     pub(crate) fn acquire(dir: &Path) -> Result<DirGuard, OpenError> {
         let path = dir.to_path_buf();
@@ -43,8 +86,11 @@ impl DirGuard {
                 return Err(OpenError::AlreadyOpenInProcess { path });
             }
         }
-        match lock_file(&path) {
-            Ok(file) => Ok(DirGuard { path, _lock_file: file }),
+        let io = |source| OpenError::Io { path: path.clone(), source };
+        let locked =
+            File::open(&path).map_err(io).and_then(|file| try_lock(&file, &path).map(|()| file));
+        match locked {
+            Ok(file) => Ok(DirGuard { path, _locked_dir: file }),
             Err(err) => {
                 release(&path);
                 Err(err)
@@ -70,21 +116,43 @@ fn release(path: &Path) {
     }
 }
 
-fn lock_file(dir: &Path) -> Result<File, OpenError> {
-    let lock_path = dir.join(LOCK_FILE);
-    let io = |source| OpenError::Io { path: lock_path.clone(), source };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(io)?;
+/// Takes the exclusive `flock` on `file`, or reports `dir` as held by another process.
+fn try_lock(file: &File, dir: &Path) -> Result<(), OpenError> {
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(()),
         Err(TryLockError::WouldBlock) => {
             Err(OpenError::LockedByOtherProcess { path: dir.to_path_buf() })
         }
-        Err(TryLockError::Error(source)) => Err(io(source)),
+        Err(TryLockError::Error(source)) => Err(OpenError::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
+/// The lock file of an older build, locked while this build opens the store.
+#[derive(Debug)]
+pub(crate) struct LegacyLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl LegacyLock {
+    /// Locks the legacy lock file in `dir` if there is one: fails if an older build holds it.
+    pub(crate) fn take(dir: &Path) -> Result<Option<LegacyLock>, OpenError> {
+        let path = dir.join(LEGACY_LOCK_FILE);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(OpenError::Io { path, source }),
+        };
+        try_lock(&file, dir)?;
+        Ok(Some(LegacyLock { path, _file: file }))
+    }
+
+    /// Deletes the legacy lock file (the directory lock replaces it) and releases it.
+    pub(crate) fn remove(self) -> io::Result<()> {
+        std::fs::remove_file(&self.path)?;
+        match self.path.parent() {
+            Some(dir) => fsdir::sync_dir(dir),
+            None => Ok(()),
+        }
     }
 }

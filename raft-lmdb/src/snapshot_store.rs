@@ -5,11 +5,15 @@
 //! One file per committed snapshot, `snapshot-<index>-<term>-<checksum>.snap` (index and term
 //! zero-padded decimal, checksum hex), holding the data followed by a trailer:
 //! `postcard(SnapshotMeta) | meta length (u32 LE) | format version (u32 LE) | "RAFTSNAP"`.
-//! A snapshot being written is `<n>.tmp`. Committing writes the trailer, syncs the file,
-//! renames it to its final name and syncs the directory: after a crash the directory holds the
-//! old latest snapshot, or the new one, never a partial file under a final name. Older snapshots
-//! are deleted after the rename; opening the store keeps the valid snapshot with the highest
-//! index and deletes temporary files and every other snapshot.
+//! A snapshot being written is `<pid>-<n>.tmp`, created only if no file has that name (never
+//! opening a file that exists). Committing writes the trailer, syncs the file, renames it to its
+//! final name and syncs the directory: after a crash the directory holds the old latest
+//! snapshot, or the new one, never a partial file under a final name. Older snapshots are
+//! deleted after the rename; opening the store keeps the valid snapshot with the highest index
+//! and deletes temporary files and every other snapshot.
+//!
+//! The store owns its directory exclusively, like an [`crate::LmdbLogStore`]: a second store on
+//! the same directory, in this process or another one, fails to open (see `registry.rs`).
 //!
 //! File I/O runs on short-lived threads (one per call), so the store needs no particular async
 //! runtime and never blocks the caller's executor on a sync.
@@ -25,6 +29,8 @@ use bytes::Bytes;
 use raft_core::{SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError};
 
 use crate::error::OpenError;
+use crate::fsdir::sync_dir;
+use crate::registry::DirGuard;
 
 /// The format version of snapshot files written by this build (2: the metadata holds the whole
 /// membership, voters and learners; version 1 held only the voters and is refused).
@@ -35,11 +41,18 @@ const TRAILER_TAIL: u64 = 16;
 /// The largest metadata accepted when reading a trailer (the voter set is small).
 const MAX_META_BYTES: u32 = 1 << 20;
 
+/// How many names `begin` tries before giving up (each one exists already: a foreign file).
+const TEMP_NAME_ATTEMPTS: usize = 16;
+/// Numbers temporary files, process-wide, so that two stores of this process never pick the
+/// same name (the process id tells processes apart).
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
     latest: Mutex<Option<(SnapshotMeta, PathBuf)>>,
-    next_tmp: AtomicU64,
+    /// Exclusive ownership of `dir`, released when the last handle (and writer) is dropped.
+    _guard: DirGuard,
 }
 
 impl Inner {
@@ -94,10 +107,6 @@ fn file_name(meta: &SnapshotMeta) -> String {
     )
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Reads and checks the trailer of a snapshot file.
 fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
     let corrupt = |why: &str| StorageError::Corrupt(format!("{}: {why}", path.display()));
@@ -138,11 +147,15 @@ impl FileSnapshotStore {
     /// Opens (or creates) the store in `dir`: removes temporary files left by a crash, keeps the
     /// valid snapshot with the highest index as the latest, and deletes the others. A snapshot
     /// file whose trailer is unreadable is ignored and reported in the log.
+    ///
+    /// A directory it creates is durable when this returns (its parent is synced). The store
+    /// holds the directory exclusively until its last handle is dropped: opening it again, in
+    /// this process ([`OpenError::AlreadyOpenInProcess`]) or in another one
+    /// ([`OpenError::LockedByOtherProcess`]), fails meanwhile.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
-        let dir = dir.as_ref();
-        let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
-        fs::create_dir_all(dir).map_err(io_err)?;
-        let dir = fs::canonicalize(dir).map_err(io_err)?;
+        let guard = DirGuard::open(dir.as_ref())?;
+        let dir = guard.path().to_path_buf();
+        let io_err = |source: io::Error| OpenError::Io { path: dir.clone(), source };
         let mut best: Option<(SnapshotMeta, PathBuf)> = None;
         let mut others = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err)? {
@@ -175,9 +188,7 @@ impl FileSnapshotStore {
         }
         sync_dir(&dir).map_err(io_err)?;
         tracing::debug!(dir = %dir.display(), latest = ?best.as_ref().map(|(m, _)| m.last_included), "opened snapshot store");
-        Ok(Self {
-            inner: Arc::new(Inner { dir, latest: Mutex::new(best), next_tmp: AtomicU64::new(0) }),
-        })
+        Ok(Self { inner: Arc::new(Inner { dir, latest: Mutex::new(best), _guard: guard }) })
     }
 
     /// The store's directory (canonical).
@@ -244,6 +255,25 @@ impl SnapshotWriter for FileWriter {
     }
 }
 
+/// Creates a new temporary file in `dir` under a name no file has: `<pid>-<n>.tmp` with a
+/// process-wide counter, created exclusively (`O_EXCL`), so that it never truncates or shares a
+/// file that exists, whoever made it.
+fn create_temp_file(dir: &Path) -> Result<(PathBuf, File), StorageError> {
+    for _ in 0..TEMP_NAME_ATTEMPTS {
+        let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{n}.tmp", std::process::id()));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    Err(StorageError::Other(format!(
+        "{}: {TEMP_NAME_ATTEMPTS} temporary file names in a row were taken",
+        dir.display()
+    )))
+}
+
 /// Writes the trailer, syncs, and renames the file into place unless a later snapshot exists.
 fn commit_file(
     inner: &Inner,
@@ -289,13 +319,8 @@ impl SnapshotStore for FileSnapshotStore {
     }
 
     async fn begin(&self) -> Result<Box<dyn SnapshotWriter>, StorageError> {
-        let n = self.inner.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.inner.dir.join(format!("{n}.tmp"));
-        let path = tmp.clone();
-        let file = blocking(move || {
-            OpenOptions::new().write(true).create(true).truncate(true).open(&path).map_err(io_error)
-        })
-        .await?;
+        let dir = self.inner.dir.clone();
+        let (tmp, file) = blocking(move || create_temp_file(&dir)).await?;
         Ok(Box::new(FileWriter { inner: self.inner.clone(), tmp, file: Some(file), written: 0 }))
     }
 

@@ -4,7 +4,7 @@ use std::fs;
 use std::future::Future;
 use std::io;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -19,14 +19,16 @@ use raft_core::{DurableState, Entry, LogId, LogIndex, LogStore, StorageError, Wr
 use crate::codec;
 use crate::env::{self, Handles};
 use crate::error::{storage_error, OpenError};
+use crate::fsdir;
+use crate::headroom::{Headroom, DATA_FILE};
 use crate::options::LmdbOptions;
-use crate::registry::{DirGuard, LOCK_FILE};
+use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
 use crate::shared::{with_handles, Shared};
 use crate::writer::{self, GroupLimits, Op, Request};
 
-/// Files LMDB and this crate create in a store directory; anything else makes the directory
-/// foreign.
-const OWN_FILES: [&str; 3] = ["data.mdb", "lock.mdb", LOCK_FILE];
+/// Files LMDB and this crate (this build or an older one) create in a store directory; anything
+/// else makes the directory foreign.
+const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
 
 /// A durable [`LogStore`] on LMDB.
 ///
@@ -72,12 +74,26 @@ impl LmdbLogStore {
     /// with another format version, is inconsistent, is already open in this process or is held
     /// by another process. It checks, before returning, that the log holds exactly the entries
     /// the metadata says it does.
+    ///
+    /// The directory and the files in it are durable when this returns: a directory it creates
+    /// is synced into its parent, and the directory itself is synced once LMDB's files exist.
+    /// The store holds the directory exclusively (an advisory lock on the directory itself, which
+    /// no file deletion defeats) until it is dropped. A store of an older format version is
+    /// upgraded (see [`crate::FORMAT_VERSION`]).
     pub fn open_dir_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, OpenError> {
-        let dir = prepare_dir(dir.as_ref())?;
-        let guard = DirGuard::acquire(&dir)?;
-        let data_len = fs::metadata(dir.join("data.mdb")).map(|m| m.len()).unwrap_or(0);
+        let guard = DirGuard::open(dir.as_ref())?;
+        let dir = guard.path().to_path_buf();
+        check_own_files(&dir)?;
+        let legacy_lock = LegacyLock::take(&dir)?;
+        let data_len = fs::metadata(dir.join(DATA_FILE)).map(|m| m.len()).unwrap_or(0);
         let map_size = env::initial_map_size(options.initial_map_size, data_len);
         let (handles, meta) = env::open_store(&guard, map_size)?;
+        let io_err = |source| OpenError::Io { path: dir.clone(), source };
+        // The entries of LMDB's files (created by the first open) become durable.
+        fsdir::sync_dir(&dir).map_err(io_err)?;
+        if let Some(legacy_lock) = legacy_lock {
+            legacy_lock.remove().map_err(io_err)?;
+        }
         tracing::debug!(path = %dir.display(), map_size, ?meta, "opened raft-lmdb store");
         let shared = Arc::new(Shared::new(handles, guard));
         let (tx, rx) = mpsc::sync_channel(options.queue_capacity);
@@ -85,8 +101,14 @@ impl LmdbLogStore {
             max_requests: options.max_group_requests,
             max_bytes: options.max_group_bytes,
         };
-        let writer = writer::spawn(Arc::clone(&shared), rx, meta, limits)
-            .map_err(|source| OpenError::Io { path: dir.clone(), source })?;
+        let mut headroom = Headroom::open(&dir, options.file_headroom_bytes).map_err(io_err)?;
+        if let Some(handles) = shared.handles().as_ref() {
+            // Before the first write, not during it (the writer thread has not started).
+            let (page_size, used) = handles.pages();
+            headroom.ensure(used, 0, page_size);
+        }
+        let writer =
+            writer::spawn(Arc::clone(&shared), rx, meta, limits, headroom).map_err(io_err)?;
         Ok(Self { tx: Some(tx), writer: Some(writer), shared })
     }
 
@@ -285,26 +307,17 @@ impl Future for PendingWrite {
     }
 }
 
-/// Creates `dir` if needed, checks that it holds nothing foreign and returns its canonical path.
-fn prepare_dir(dir: &Path) -> Result<PathBuf, OpenError> {
+/// Checks that `dir` holds no file a raft-lmdb store does not create.
+fn check_own_files(dir: &Path) -> Result<(), OpenError> {
     let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
-    match fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => {
-            return Err(OpenError::NotADirectory { path: dir.to_path_buf() })
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir).map_err(io_err)?,
-        Err(e) => return Err(io_err(e)),
-    }
-    let dir = fs::canonicalize(dir).map_err(io_err)?;
-    for entry in fs::read_dir(&dir).map_err(io_err)? {
+    for entry in fs::read_dir(dir).map_err(io_err)? {
         let name = entry.map_err(io_err)?.file_name();
         if !OWN_FILES.iter().any(|own| name == *own) {
             return Err(OpenError::ForeignDirectory {
-                path: dir,
+                path: dir.to_path_buf(),
                 entry: name.to_string_lossy().into_owned(),
             });
         }
     }
-    Ok(dir)
+    Ok(())
 }

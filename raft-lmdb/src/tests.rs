@@ -1,5 +1,6 @@
 //! Tests that need the crate's internals: tampering with the files through a raw environment,
-//! and the writer's test hooks (failing commits, pausing the writer).
+//! the writer's test hooks (failing commits, pausing the writer), and the record of synced
+//! directories.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -7,14 +8,16 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use heed::types::{Bytes as RawBytes, Str};
+use heed::byteorder::BigEndian;
+use heed::types::{Bytes as RawBytes, Str, U64};
 use heed::{CommitOrAbort, RwTxn};
 use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, WriteBatch};
 
 use crate::codec::{self, FORMAT_KEY, STATE_KEY};
 use crate::env::{self, Handles};
+use crate::fsdir::synced;
 use crate::registry::DirGuard;
-use crate::{LmdbLogStore, OpenError};
+use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
@@ -115,11 +118,14 @@ fn unknown_format_version_is_rejected() {
     let (_root, dir) = store_with_entries();
     tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, &codec::encode_format(99)).unwrap());
     match open_err(&dir) {
-        OpenError::UnsupportedVersion { found: 99, supported: 1, .. } => {}
+        OpenError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION, .. } => {}
         other => panic!("unexpected {other}"),
     }
     let storage: StorageError = open_err(&dir).into();
-    assert!(matches!(storage, StorageError::UnsupportedVersion { found: 99, supported: 1 }));
+    assert!(matches!(
+        storage,
+        StorageError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION }
+    ));
 }
 
 #[test]
@@ -209,4 +215,97 @@ fn an_invalid_request_in_a_group_fails_alone() {
     block_on(next).unwrap();
     assert!(!store.has_failed());
     assert_eq!(block_on(store.open()).unwrap().last, LogId::new(2, 7));
+}
+
+/// Parses `tests/fixtures/format-v1.records`: `(database, key, value)` per line.
+fn fixture_records(text: &str) -> Vec<(String, String, Vec<u8>)> {
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let [db, key, value] = fields[..] else { panic!("bad fixture line {line:?}") };
+            (db.to_owned(), key.to_owned(), hex(value))
+        })
+        .collect()
+}
+
+#[test]
+fn a_format_1_store_is_read_and_upgraded() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(root.path()).unwrap();
+    // Rebuild the store an older build wrote, record by record.
+    let records = fixture_records(include_str!("../tests/fixtures/format-v1.records"));
+    {
+        let guard = DirGuard::acquire(&dir).unwrap();
+        let env = env::open_env(&guard, 1 << 20).unwrap();
+        let wtxn = env.write_txn().unwrap();
+        let created = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let meta = opener.create_database::<Str, RawBytes>(wtxn, Some(codec::META_DB))?;
+                let log = opener
+                    .create_database::<U64<BigEndian>, RawBytes>(wtxn, Some(codec::LOG_DB))?;
+                for (db, key, value) in &records {
+                    match db.as_str() {
+                        "meta" => meta.put(wtxn, key, value)?,
+                        "log" => log.put(wtxn, &key.parse().unwrap(), value)?,
+                        other => panic!("unknown database {other}"),
+                    }
+                }
+                Ok(CommitOrAbort::<_, ()>::Commit(()))
+            })
+            .unwrap();
+        assert!(!created.is_abort());
+        env.prepare_for_closing().wait();
+    }
+
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let state = block_on(store.open()).unwrap();
+    assert_eq!(state.hard_state, HardState { current_term: 300, voted_for: Some(2) });
+    assert_eq!((state.purged, state.last), (LogId::new(1, 2), LogId::new(300, 7)));
+    let membership = raft_core::Membership { voters: [1, 2, 3].into(), learners: [4].into() };
+    let command = |bytes: &'static [u8]| EntryPayload::Command(Bytes::from_static(bytes));
+    let expected = vec![
+        Entry { index: 3, term: 2, payload: EntryPayload::Blank },
+        Entry { index: 4, term: 2, payload: command(b"set x=1") },
+        Entry { index: 5, term: 2, payload: EntryPayload::Membership(membership) },
+        Entry { index: 6, term: 3, payload: command(b"") },
+        Entry { index: 7, term: 300, payload: EntryPayload::Command(vec![0xab; 200].into()) },
+    ];
+    assert_eq!(block_on(store.read(3..8, u64::MAX)).unwrap(), expected);
+    block_on(store.write(append(8..9, 300))).unwrap();
+    drop(store);
+
+    // The format record now says 2: an older build refuses the store instead of misreading it.
+    let mut format = Vec::new();
+    tamper(&dir, |h, txn| format = h.meta.get(txn, FORMAT_KEY).unwrap().unwrap().to_vec());
+    assert_eq!(format, codec::encode_format(2));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(block_on(store.read(3..9, u64::MAX)).unwrap()[..5], expected[..]);
+}
+
+#[test]
+fn new_directories_are_made_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let store_dir = root_path.join("node/raft");
+    let store = LmdbLogStore::open_dir(&store_dir).unwrap();
+    let synced = synced::under(&root_path);
+    // Each created directory's entry (in its parent), then the store's own files.
+    for dir in [&root_path, &root_path.join("node"), &store_dir] {
+        assert!(synced.contains(dir), "{} was not synced: {synced:?}", dir.display());
+    }
+    let position = |dir: &Path| synced.iter().position(|d| d == dir).unwrap();
+    assert!(position(&root_path) < position(&root_path.join("node")), "{synced:?}");
+    drop(store);
+
+    let snapshot_dir = root_path.join("snapshots/node-1");
+    let snapshots = FileSnapshotStore::open_dir(&snapshot_dir).unwrap();
+    let synced = synced::under(&root_path.join("snapshots"));
+    for dir in [&root_path.join("snapshots"), &snapshot_dir] {
+        assert!(synced.contains(dir), "{} was not synced: {synced:?}", dir.display());
+    }
+    drop(snapshots);
 }

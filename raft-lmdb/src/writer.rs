@@ -27,6 +27,7 @@ use raft_core::{LogId, LogIndex, StorageError, WriteBatch};
 use crate::apply::{self, Applier, Failure, Rejection};
 use crate::codec::{self, MetaRecord, STATE_KEY};
 use crate::env;
+use crate::headroom::Headroom;
 use crate::shared::Shared;
 
 /// What a request asks the writer to do.
@@ -77,8 +78,9 @@ pub(crate) fn spawn(
     rx: Receiver<Request>,
     committed: MetaRecord,
     limits: GroupLimits,
+    headroom: Headroom,
 ) -> io::Result<JoinHandle<()>> {
-    let writer = Writer { shared, rx, committed, limits, applier: Applier::default() };
+    let writer = Writer { shared, rx, committed, limits, applier: Applier::default(), headroom };
     std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || writer.run())
 }
 
@@ -90,6 +92,8 @@ struct Writer {
     limits: GroupLimits,
     /// Applies requests to a transaction.
     applier: Applier,
+    /// Keeps the data file written ahead of the commits.
+    headroom: Headroom,
 }
 
 impl Writer {
@@ -237,6 +241,9 @@ impl Writer {
         let Some(handles) = slot.as_ref() else {
             return Err(Failure::Fatal(StorageError::Closed));
         };
+        let (page_size, used) = handles.pages();
+        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum();
+        self.headroom.ensure(used, entry_bytes, page_size);
         let mut txn = handles.env.write_txn()?;
         let mut meta = self.committed;
         let mut outcomes = Vec::with_capacity(group.len());

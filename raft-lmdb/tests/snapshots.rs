@@ -1,4 +1,5 @@
-//! Snapshots on disk: `FileSnapshotStore` on its own, and a 3-node cluster on `LmdbLogStore` +
+//! Snapshots on disk: `FileSnapshotStore` on its own (including exclusive opening within this
+//! process; across processes is in `exclusive.rs`), and a 3-node cluster on `LmdbLogStore` +
 //! `FileSnapshotStore` that compacts its logs, restarts from snapshots, and brings a wiped node
 //! back by InstallSnapshot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -92,6 +93,40 @@ async fn file_snapshot_store_commits_atomically_and_never_goes_back() {
     assert_eq!(store.latest().await.unwrap(), Some(m20.clone()));
     assert_eq!(&store.read(&m20, 4, 5).await.unwrap()[..], b"newer");
     assert!(!dir.path().join("7.tmp").exists());
+}
+
+#[test]
+fn a_snapshot_directory_opens_once_per_process() {
+    let root = tempfile::tempdir().unwrap();
+    let store = FileSnapshotStore::open_dir(root.path()).unwrap();
+    let handle = store.clone();
+    let err = FileSnapshotStore::open_dir(root.path()).unwrap_err();
+    assert!(matches!(err, raft_lmdb::OpenError::AlreadyOpenInProcess { .. }), "{err}");
+    assert!(err.to_string().contains("already open in this process"), "{err}");
+    drop(store);
+    // A clone is the same store: the directory stays held until the last handle goes.
+    assert!(FileSnapshotStore::open_dir(root.path()).is_err());
+    drop(handle);
+    FileSnapshotStore::open_dir(root.path()).unwrap();
+}
+
+#[tokio::test]
+async fn a_snapshot_never_writes_into_a_file_it_did_not_create() {
+    let root = tempfile::tempdir().unwrap();
+    let store = FileSnapshotStore::open_dir(root.path()).unwrap();
+    // Files under the names a per-store counter would pick, made by someone else.
+    for n in 0..4 {
+        std::fs::write(root.path().join(format!("{n}.tmp")), b"not yours").unwrap();
+    }
+    let mut writer = store.begin().await.unwrap();
+    writer.write(Bytes::from_static(b"snapshot data")).await.unwrap();
+    let meta = meta(10, b"snapshot data");
+    writer.commit(meta.clone()).await.unwrap();
+    assert_eq!(store.latest().await.unwrap(), Some(meta.clone()));
+    assert_eq!(&store.read(&meta, 0, 100).await.unwrap()[..], b"snapshot data");
+    for n in 0..4 {
+        assert_eq!(std::fs::read(root.path().join(format!("{n}.tmp"))).unwrap(), b"not yours");
+    }
 }
 
 /// A state machine that keeps every applied entry and snapshots them (postcard).

@@ -1,10 +1,8 @@
 //! Behaviour of `LmdbLogStore` beyond the conformance suite: map growth, bad and foreign
-//! directories, exclusive opening (in this process and across processes), pipelined writes and
-//! reads running alongside writes.
+//! directories, exclusive opening within this process, write-side validation, file headroom,
+//! pipelined writes and reads running alongside writes. Exclusive opening across processes is
+//! in `exclusive.rs` (no test here spawns a process: see there why that matters).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use futures::executor::block_on;
@@ -88,41 +86,19 @@ fn one_directory_opens_once_per_process() {
     LmdbLogStore::open_dir(root.path()).unwrap();
 }
 
-const LOCK_HOLDER_ENV: &str = "RAFT_LMDB_TEST_LOCK_HOLDER_DIR";
-
-/// Not a test on its own: the child process of `another_process_holding_the_directory_is_reported`.
 #[test]
-fn lock_holder_child() {
-    let Ok(dir) = std::env::var(LOCK_HOLDER_ENV) else { return };
-    let _store = LmdbLogStore::open_dir(dir).unwrap();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "lock-holder-ready").unwrap();
-    out.flush().unwrap();
-    // Hold the store until the parent closes our stdin.
-    let mut line = String::new();
-    while std::io::stdin().read_line(&mut line).unwrap_or(0) > 0 {}
-}
-
-#[test]
-fn another_process_holding_the_directory_is_reported() {
+fn an_older_build_holding_its_lock_file_is_reported_and_the_file_goes_away() {
     let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holder_child", "--nocapture", "--test-threads=1"])
-        .env(LOCK_HOLDER_ENV, root.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("lock-holder-ready"));
-    assert!(ready, "the child never opened the store");
+    drop(LmdbLogStore::open_dir(root.path()).unwrap());
+    // An older build locks `raft-lmdb.lock` (a `flock` of its own open file, as here).
+    let legacy = std::fs::File::create(root.path().join("raft-lmdb.lock")).unwrap();
+    legacy.lock().unwrap();
     let err = LmdbLogStore::open_dir(root.path()).unwrap_err();
     assert!(matches!(err, OpenError::LockedByOtherProcess { .. }), "{err}");
-    assert!(err.to_string().contains("another process"), "{err}");
-    drop(child.stdin.take());
-    // Keep reading until the child exits, so that its last words do not hit a closed pipe.
-    lines.for_each(drop);
-    assert!(child.wait().unwrap().success());
+    drop(legacy);
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    assert!(!root.path().join("raft-lmdb.lock").exists());
+    drop(store);
     LmdbLogStore::open_dir(root.path()).unwrap();
 }
 
@@ -168,4 +144,126 @@ fn reads_run_alongside_writes_and_see_every_acknowledged_write() {
             });
         }
     });
+}
+
+/// Writes `batch`, expects it refused as invalid, and checks that the store still opens with
+/// `last` as its last entry.
+fn expect_refused(dir: &std::path::Path, store: LmdbLogStore, batch: WriteBatch, last: LogId) {
+    let err = block_on(store.write(batch.clone())).unwrap_err();
+    assert!(matches!(err, raft_core::StorageError::InvalidRequest(_)), "{batch:?}: {err:?}");
+    assert!(!store.has_failed());
+    assert_eq!(block_on(store.open()).unwrap().last, last);
+    drop(store);
+    let store = LmdbLogStore::open_dir(dir).unwrap_or_else(|e| panic!("{batch:?} broke it: {e}"));
+    assert_eq!(block_on(store.open()).unwrap().last, last);
+}
+
+#[test]
+fn a_batch_that_would_leave_an_unopenable_store_is_refused_before_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(append((1..=5).map(|i| entry(i, 3, 10)).collect()))).unwrap();
+    block_on(store.purge(5)).unwrap();
+    // The log is empty after purged (3, 5): an entry of term 2 would sit below the purged term.
+    let below_purged = append(vec![entry(6, 2, 10)]);
+    expect_refused(&dir, store, below_purged, LogId::new(3, 5));
+
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(append((6..=8).map(|i| entry(i, 4, 10)).collect()))).unwrap();
+    // Terms that decrease inside a batch, after the last entry, or after a truncation point.
+    let decreasing = append(vec![entry(9, 5, 10), entry(10, 4, 10)]);
+    expect_refused(&dir, store, decreasing, LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(9, 3, 10)]), LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let overwrite_lower =
+        WriteBatch { truncate_from: Some(8), entries: vec![entry(8, 3, 10)], hard_state: None };
+    expect_refused(&dir, store, overwrite_lower, LogId::new(4, 8));
+    // Indexes that do not follow.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(8, 4, 10)]), LogId::new(4, 8));
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    expect_refused(&dir, store, append(vec![entry(9, 4, 10), entry(9, 4, 10)]), LogId::new(4, 8));
+
+    // Valid writes still go through: an overwrite with a higher term, and equal terms.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let overwrite =
+        WriteBatch { truncate_from: Some(7), entries: vec![entry(7, 6, 10)], hard_state: None };
+    block_on(store.write(overwrite)).unwrap();
+    block_on(store.write(append(vec![entry(8, 6, 10), entry(9, 6, 10)]))).unwrap();
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(6, 9));
+}
+
+#[test]
+fn the_last_possible_index_is_refused_not_wrapped() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("s");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let end = LogId::new(1, u64::MAX);
+    block_on(store.reset(end)).unwrap();
+    expect_refused(&dir, store, append(vec![entry(0, 1, 10)]), end);
+}
+
+/// How many of `commits` commits of 64 entries each changed the data file's length.
+fn commits_that_grew_the_file(headroom: u64, commits: u64) -> u64 {
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_file_headroom(headroom);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let data = store.path().join("data.mdb");
+    let mut len = std::fs::metadata(&data).unwrap().len();
+    let mut grew = 0;
+    for commit in 0..commits {
+        let first = commit * 64 + 1;
+        block_on(store.write(append((first..first + 64).map(|i| entry(i, 1, 100)).collect())))
+            .unwrap();
+        let now = std::fs::metadata(&data).unwrap().len();
+        grew += u64::from(now != len);
+        len = now;
+    }
+    drop(store);
+    // The zeros past LMDB's last page are invisible: the store reopens with every entry.
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, commits * 64));
+    assert_eq!(
+        block_on(store.read(1..commits * 64 + 1, u64::MAX)).unwrap().len() as u64,
+        commits * 64
+    );
+    grew
+}
+
+#[test]
+fn commits_overwrite_blocks_written_ahead_instead_of_growing_the_file() {
+    // 300 commits add about 2.3 MB of pages. Growing the file makes the commit's sync also
+    // commit the file system's journal; with 8 MiB of headroom the file grows when the store
+    // is opened instead of at nearly every commit.
+    let with_headroom = commits_that_grew_the_file(8 << 20, 300);
+    assert_eq!(with_headroom, 0, "{with_headroom} commits grew the file");
+    let without = commits_that_grew_the_file(0, 300);
+    assert!(without >= 250, "only {without} commits grew the file without headroom");
+}
+
+#[test]
+fn a_store_that_purges_reuses_its_pages() {
+    // Without headroom, to see LMDB's own growth: rounds of 100 commits of 64 entries, each
+    // followed by a purge that keeps the last 1000 entries. LMDB reuses the pages the purges
+    // freed, so the file stops growing although six times as much is written.
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_file_headroom(0);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let data = store.path().join("data.mdb");
+    let mut next = 1;
+    let mut sizes = Vec::new();
+    for _round in 0..6 {
+        for _commit in 0..100 {
+            block_on(store.write(append((next..next + 64).map(|i| entry(i, 1, 100)).collect())))
+                .unwrap();
+            next += 64;
+        }
+        sizes.push(std::fs::metadata(&data).unwrap().len());
+        block_on(store.purge(next - 1000)).unwrap();
+    }
+    assert!(sizes[5] < sizes[0] * 3 / 2, "the file kept growing: {sizes:?}");
 }

@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Entry, FatalError, MembershipChange, MembershipError, Node, NodeId, ProposeError,
-    ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime, StateMachine,
-    StateMachineError,
+    Bytes, Entry, FatalError, LogIndex, MembershipChange, MembershipError, Node, NodeId,
+    ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime,
+    StateMachine, StateMachineError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -100,16 +100,23 @@ fn callers_queued_at_stop_get_shutdown_async_std() {
 
 // ---- 14.2: panics ----------------------------------------------------------------------------
 
+/// Makes the state machine of leader `id` panic on a command, and waits for the node to stop
+/// with that panic as its fatal error.
+async fn poison<R: Runtime + Clone>(cluster: &Cluster<R>, id: NodeId) {
+    cluster.write_on(id, "before").await;
+    cluster.members[&id].machine.poison_armed.store(true, Ordering::SeqCst);
+    let proposal = cluster.node(id).propose(Bytes::from_static(b"poison")).await.unwrap();
+    let response = within(&cluster.runtime, "the poisoned proposal", proposal.response()).await;
+    assert!(response.is_err());
+    assert_panicked(&fatal_of(cluster, id).await, "applier", "poisoned command");
+}
+
 /// The leader's state machine panics on a command: the leader stops with the panic as its fatal
 /// error, stops heartbeating, and the others elect a leader that takes writes.
 async fn a_leader_whose_state_machine_panics_is_replaced<R: Runtime + Clone>(rt: R) {
     let cluster = Cluster::start(rt.clone(), 3, |_| Recipe::default()).await;
     let old = cluster.leader().await;
-    cluster.write_on(old, "before").await;
-    cluster.members[&old].machine.poison_armed.store(true, Ordering::SeqCst);
-    let proposal = cluster.node(old).propose(Bytes::from_static(b"poison")).await.unwrap();
-    assert!(within(&rt, "the poisoned proposal", proposal.response()).await.is_err());
-    assert_panicked(&fatal_of(&cluster, old).await, "applier", "poisoned command");
+    poison(&cluster, old).await;
     within(&rt, "the stopped node's tasks end", cluster.node(old).shutdown()).await;
     let new = cluster.leader_among(&other_than(&cluster, &[old])).await;
     assert_ne!(new, old);
@@ -159,12 +166,50 @@ async fn a_panicking_snapshot_store_stops_the_node<R: Runtime + Clone>(rt: R) {
     cluster.shutdown().await;
 }
 
+/// A state machine that panicked left its thread marked as running inside the state machine, so
+/// on that thread (every thread of a single-threaded runtime) the stopped node's `read_index`
+/// failed with `InsideStateMachine` instead of `Shutdown`, and `shutdown` returned at once
+/// without waiting for the node's tasks (review finding 4).
+async fn a_panicking_state_machine_leaves_no_mark_on_its_thread<R: Runtime + Clone>(rt: R) {
+    let cluster = Cluster::start(rt.clone(), 1, |_| Recipe::default()).await;
+    let id = cluster.leader().await;
+    poison(&cluster, id).await;
+    let read = within(&rt, "a read after the panic", cluster.node(id).read_index()).await;
+    assert_eq!(read, Err(ReadIndexError::Shutdown));
+    let snapshot = within(&rt, "a snapshot after the panic", cluster.node(id).snapshot()).await;
+    assert_eq!(snapshot, Err(ProposeError::Shutdown));
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_state_machine_leaves_no_mark_on_its_thread_tokio_current_thread() {
+    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+    a_panicking_state_machine_leaves_no_mark_on_its_thread(rt).await;
+}
+
+#[test]
+fn a_panicking_state_machine_leaves_no_mark_on_its_thread_smol_one_thread() {
+    let executor = Arc::new(smol::Executor::new());
+    let rt = raft_core::runtime::SmolRuntime::with_executor(executor.clone());
+    smol::block_on(executor.run(a_panicking_state_machine_leaves_no_mark_on_its_thread(rt)));
+}
+
 // ---- 14.3: restoring a snapshot while a newer one arrives ------------------------------------
 
-/// A follower restores snapshot L slowly; meanwhile the leader compacts past L and sends it a
-/// newer snapshot L2. The follower must not lose L under its restore (it waits to install L2 until
-/// the restore is done), must not stop, and ends with the leader's state.
-async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: R) {
+/// A 3-node cluster whose follower restores snapshot L slowly (at its gate) while the leader,
+/// which compacted past L meanwhile, has delivered it the last chunk of a newer snapshot L2.
+struct RestoringFollower<R: Runtime + Clone> {
+    cluster: Cluster<R>,
+    gates: BTreeMap<NodeId, Gate>,
+    leader: NodeId,
+    follower: NodeId,
+    /// L's last index.
+    first: LogIndex,
+}
+
+async fn restoring_follower_offered_a_newer_snapshot<R: Runtime + Clone>(
+    rt: &R,
+) -> RestoringFollower<R> {
     let gates: BTreeMap<NodeId, Gate> = (1..=3).map(|id| (id, Gate::default())).collect();
     let recipe = |id| Recipe {
         machine: Machine {
@@ -179,7 +224,7 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
             c.snapshot_chunk_bytes = 64;
         }),
     };
-    let mut cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
     let leader = cluster.leader().await;
     let follower = other_than(&cluster, &[leader])[0];
     cluster.network.disconnect(follower);
@@ -188,7 +233,7 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
     }
     cluster.network.reconnect(follower);
     let machine = cluster.members[&follower].machine.clone();
-    wait_until(&rt, "the follower's restore", || {
+    wait_until(rt, "the follower's restore", || {
         machine.restores_started.load(Ordering::SeqCst) >= 1
     })
     .await;
@@ -215,8 +260,18 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
     };
     cluster.network.register(follower, Arc::new(watched));
     cluster.network.reconnect(follower);
-    wait_until(&rt, "the newer snapshot's last chunk", || newer_delivered.load(Ordering::SeqCst))
+    wait_until(rt, "the newer snapshot's last chunk", || newer_delivered.load(Ordering::SeqCst))
         .await;
+    RestoringFollower { cluster, gates, leader, follower, first }
+}
+
+/// A follower restores snapshot L slowly; meanwhile the leader compacts past L and sends it a
+/// newer snapshot L2. The follower must not lose L under its restore (it waits to install L2 until
+/// the restore is done), must not stop, and ends with the leader's state.
+async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: R) {
+    let RestoringFollower { mut cluster, gates, leader, follower, first } =
+        restoring_follower_offered_a_newer_snapshot(&rt).await;
+    let machine = cluster.members[&follower].machine.clone();
     // A chance for a broken node to install the newer snapshot under the restore (a correct one
     // never does: the wait then runs out).
     let snapshots = cluster.members[&follower].snapshots.inner.clone();
@@ -241,16 +296,52 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
     cluster.shutdown().await;
 }
 
+/// While a follower's state machine restores snapshot L, the leader sends it a newer snapshot L2;
+/// the third node goes down. The follower keeps answering (votes, heartbeats, chunks) meanwhile,
+/// so the cluster keeps a leader through the slow restore (review finding 3). Before, the install
+/// of L2 waited for the restore and every later write and answer of the follower waited behind
+/// it: the leader lost CheckQuorum and nobody could be elected until the restore finished.
+async fn a_restoring_follower_keeps_answering<R: Runtime + Clone>(rt: R) {
+    let RestoringFollower { mut cluster, gates, leader, follower, .. } =
+        restoring_follower_offered_a_newer_snapshot(&rt).await;
+    let machine = cluster.members[&follower].machine.clone();
+    let third = other_than(&cluster, &[leader, follower])[0];
+
+    // The third node goes down while the restore goes on for three election timeouts.
+    cluster.network.disconnect(third);
+    rt.sleep(Duration::from_millis(3 * 300)).await;
+    assert!(!gates[&follower].is_open() && machine.restores_done.load(Ordering::SeqCst) == 0);
+    let elected = cluster.leader_among(&[leader, follower]).await;
+    assert_eq!(machine.restores_done.load(Ordering::SeqCst), 0, "a leader during the restore");
+
+    gates[&follower].open();
+    cluster.network.reconnect(third);
+    let index = cluster.write_on(elected, "after").await;
+    cluster.wait_applied(follower, index).await;
+    assert_eq!(cluster.node(follower).fatal_error(), None);
+    assert_eq!(
+        *machine.commands.lock().unwrap(),
+        *cluster.members[&elected].machine.commands.lock().unwrap(),
+        "the follower has the leader's state"
+    );
+    cluster.members.remove(&follower);
+    cluster.shutdown().await;
+}
+
 // ---- 14.4, 12.4, 14.10: reads and peers ------------------------------------------------------
+
+/// Nodes that hold at most 2 reads.
+fn two_read_slots(_: NodeId) -> Recipe {
+    Recipe {
+        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
+        ..Recipe::default()
+    }
+}
 
 /// Callers that give up on their reads do not free the reads' slots: with `max_pending_reads`
 /// 2 and forwarded reads that never get an answer, at most 2 reads ever reach the leader.
 async fn abandoned_reads_keep_their_slots<R: Runtime + Clone>(rt: R) {
-    let recipe = |_| Recipe {
-        configure: Some(|c: &mut raft_core::Config| c.max_pending_reads = 2),
-        ..Recipe::default()
-    };
-    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let cluster = Cluster::start(rt.clone(), 3, two_read_slots).await;
     let leader = cluster.leader().await;
     cluster.write_on(leader, "x").await;
     let follower = other_than(&cluster, &[leader])[0];
@@ -262,6 +353,49 @@ async fn abandoned_reads_keep_their_slots<R: Runtime + Clone>(rt: R) {
     }
     let sent = faults.read_index_sent.load(Ordering::SeqCst);
     assert!(sent <= 2, "{sent} reads in progress with 2 read slots");
+    cluster.shutdown().await;
+}
+
+/// Reads that got their index and wait for the state machine free their slots as soon as their
+/// callers give up, not only when a new read arrives (which needs a slot first): with
+/// `max_pending_reads` 2 and a follower that cannot apply (its log writes hang), two abandoned
+/// reads used to block every later `read_index` until the follower caught up (review finding 6).
+async fn abandoned_reads_free_their_slots_while_waiting_to_apply<R: Runtime + Clone>(rt: R) {
+    let cluster = Cluster::start(rt.clone(), 3, two_read_slots).await;
+    let leader = cluster.leader().await;
+    let follower = other_than(&cluster, &[leader])[0];
+    cluster.write_on(leader, "x").await;
+    let gate = Gate::default();
+    *cluster.members[&follower].store.write_gate.lock().unwrap() = Some(gate.clone());
+    cluster.write_on(leader, "y").await; // committed without the follower's copy
+    let faults = cluster.members[&follower].network.clone();
+    // Each read asks the leader, gets its index (the answer takes far less than the 100 ms
+    // given), waits for the state machine, and is given up.
+    let asked = |sent| {
+        let (rt, faults) = (rt.clone(), faults.clone());
+        async move {
+            let asked = || faults.read_index_sent.load(Ordering::SeqCst) >= sent;
+            wait_until(&rt, &format!("read {sent} to reach the leader"), asked).await;
+            rt.sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for sent in 1..=2 {
+        let read = cluster.node(follower).read_index().fuse();
+        let asked = asked(sent).fuse();
+        futures::pin_mut!(read, asked);
+        futures::select! {
+            read = read => panic!("the follower cannot apply the read index: {read:?}"),
+            () = asked => {}
+        }
+    }
+    let read = cluster.node(follower).read_index().fuse();
+    let asked = asked(3).fuse();
+    futures::pin_mut!(read, asked);
+    futures::select! {
+        read = read => panic!("the follower still cannot apply the read index: {read:?}"),
+        () = asked => {} // the third read got a slot
+    }
+    gate.open();
     cluster.shutdown().await;
 }
 
@@ -513,7 +647,9 @@ under_runtimes!(
     a_leader_whose_network_panics_is_replaced,
     a_panicking_snapshot_store_stops_the_node,
     a_restoring_follower_survives_a_newer_snapshot,
+    a_restoring_follower_keeps_answering,
     abandoned_reads_keep_their_slots,
+    abandoned_reads_free_their_slots_while_waiting_to_apply,
     a_forwarded_read_ends_when_its_leader_is_removed,
     a_forwarded_read_ends_when_its_leader_removes_itself,
     shutdown_completes_when_rpcs_never_return,

@@ -6,12 +6,20 @@
 //!   handshakes are in progress (by default always), an attempt from an address that has not
 //!   proved it can receive packets gets a QUIC Retry: a spoofed source never costs more than
 //!   that stateless answer, and never holds any state.
-//! - **Handshake limits.** At most [`GateConfig::max_handshakes`] handshakes at once, and
-//!   [`GateConfig::max_handshakes_per_ip`] from one IP address; each must finish within
-//!   [`GateConfig::handshake_timeout`]. Attempts beyond are refused at once.
+//! - **Handshake limits.** At most [`GateConfig::max_handshakes`] handshakes at once,
+//!   [`GateConfig::max_handshakes_per_ip`] from one IP address and
+//!   [`GateConfig::max_handshakes_per_prefix`] from one network prefix (`/24`, `/64`); each must
+//!   finish within [`GateConfig::handshake_timeout`]. Attempts beyond are refused at once,
+//!   except validated attempts from *expected* addresses ([`Gate::set_expected`]: a server's
+//!   known peers), which may use [`GateConfig::reserved_handshakes`] more: a flood from any
+//!   number of sources never locks a known peer out.
 //! - **Connection slots are counted after the handshake**, so half-open handshakes never take
 //!   one: at most [`GateConfig::max_connections`] established connections, later ones are closed
 //!   with [`code::TOO_MANY_CONNECTIONS`].
+//! - **Certificates are checked for as long as a connection lasts**, not only at its
+//!   handshake: an admitted connection is closed once its peer's certificate expires
+//!   ([`code::CERT_EXPIRED`]), and [`Gate::revalidate`] closes those whose peer no longer
+//!   passes a check (a CA dropped from the trust bundle).
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
 //!
@@ -37,19 +45,20 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use quinn::{Connecting, ConnectionError, Incoming};
 use tracing::{debug, warn};
 
+use crate::cid::cleartext;
 use crate::client::lock;
+use crate::expiry::close_at_expiry;
+use crate::handshakes::{Handshakes, Place};
+use crate::quiet::QuietLog;
 use crate::timer::timeout;
 use crate::wire::{code, NO_APPLICATION_PROTOCOL};
-
-/// The most remote IPs whose failures are tracked one by one for rate-limited logging; beyond,
-/// failures are counted together.
-const MAX_TRACKED_REMOTES: usize = 1024;
 
 /// The limits of a [`Gate`]. [`GateConfig::new`] gives defaults for a server with a few dozen
 /// legitimate peers.
@@ -61,6 +70,13 @@ pub struct GateConfig {
     pub max_handshakes: usize,
     /// The most handshakes in progress from one IP address. Default 8.
     pub max_handshakes_per_ip: usize,
+    /// The most handshakes in progress from one network prefix: a `/24` in IPv4, a `/64` in
+    /// IPv6 (one host may own a whole `/64`). Default 16.
+    pub max_handshakes_per_prefix: usize,
+    /// Handshakes beyond `max_handshakes` and the per-IP and per-prefix caps for validated
+    /// attempts from expected addresses ([`Gate::set_expected`]), at most 2 per address.
+    /// Default 16; 0 disables the reserve.
+    pub reserved_handshakes: usize,
     /// The longest a handshake may take before it is abandoned. Default 3 s.
     pub handshake_timeout: Duration,
     /// Attempts from unvalidated addresses get a Retry while at least this many handshakes
@@ -78,6 +94,8 @@ impl GateConfig {
             max_connections,
             max_handshakes: 64,
             max_handshakes_per_ip: 8,
+            max_handshakes_per_prefix: 16,
+            reserved_handshakes: 16,
             handshake_timeout: Duration::from_secs(3),
             validate_addresses_above: 0,
             log_interval: Duration::from_secs(10),
@@ -86,7 +104,10 @@ impl GateConfig {
 
     /// Checks that the values make sense: every limit at least 1, a positive timeout.
     pub fn validate(&self) -> Result<(), &'static str> {
-        if self.max_connections == 0 || self.max_handshakes == 0 || self.max_handshakes_per_ip == 0
+        if self.max_connections == 0
+            || self.max_handshakes == 0
+            || self.max_handshakes_per_ip == 0
+            || self.max_handshakes_per_prefix == 0
         {
             return Err("connection and handshake limits must be at least 1");
         }
@@ -102,8 +123,10 @@ impl GateConfig {
 pub struct GateStats {
     /// Established connections holding a slot now.
     pub connections: usize,
-    /// Handshakes in progress now.
+    /// Handshakes in progress now (reserved ones included).
     pub handshakes: usize,
+    /// Handshakes admitted from the reserve of expected addresses.
+    pub reserved: u64,
     /// Retries sent to unvalidated addresses.
     pub retries: u64,
     /// Attempts refused because a handshake limit was reached.
@@ -120,55 +143,33 @@ pub struct GateStats {
     pub rejected: u64,
 }
 
-/// Rate-limited logging of failures, per remote IP.
-#[derive(Debug, Default)]
-struct FailureLog {
-    /// IP -> when its last failure was logged, failures since.
-    remotes: HashMap<IpAddr, (Instant, u64)>,
-}
-
-impl FailureLog {
-    /// Records a failure from `ip` at `now`; returns `Some(suppressed)` if it is to be logged,
-    /// with the number of failures of `ip` not logged since its last logged one.
-    fn record(&mut self, ip: IpAddr, now: Instant, interval: Duration) -> Option<u64> {
-        if !self.remotes.contains_key(&ip) && self.remotes.len() >= MAX_TRACKED_REMOTES {
-            self.remotes.retain(|_, (at, _)| now.duration_since(*at) < interval);
-            if self.remotes.len() >= MAX_TRACKED_REMOTES {
-                // Too many distinct sources to track: log none of the newcomers one by one.
-                return None;
-            }
-        }
-        match self.remotes.get_mut(&ip) {
-            Some((at, suppressed)) if now.duration_since(*at) < interval => {
-                *suppressed += 1;
-                None
-            }
-            Some(entry) => {
-                let suppressed = entry.1;
-                *entry = (now, 0);
-                Some(suppressed)
-            }
-            None => {
-                self.remotes.insert(ip, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct GateState {
-    per_ip: HashMap<IpAddr, usize>,
+    handshakes: Handshakes,
     stats: GateStats,
-    failures: FailureLog,
+    failures: QuietLog<IpAddr>,
+    /// The admitted connections holding a slot, by `stable_id`.
+    connections: HashMap<usize, quinn::Connection>,
 }
 
-#[derive(Debug)]
+/// Which addresses a server expects (see [`Gate::set_expected`]).
+type Expected = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
 struct GateInner {
     name: &'static str,
     config: GateConfig,
     runtime: Arc<dyn quinn::Runtime>,
     state: Mutex<GateState>,
+    expected: RwLock<Option<Expected>>,
+}
+
+impl std::fmt::Debug for GateInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GateInner")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Admits connection attempts to one server endpoint (see the module docs). Clones share the
@@ -202,8 +203,22 @@ impl Gate {
                 config,
                 runtime,
                 state: Mutex::new(GateState::default()),
+                expected: RwLock::new(None),
             }),
         }
+    }
+
+    /// Tells the gate which remote addresses it expects (a server's known peers): their
+    /// validated attempts may use the reserved handshakes when the general limits refuse them.
+    /// Called with the remote address of an attempt only when the general limits are reached,
+    /// never with the gate's lock held.
+    pub fn set_expected(&self, expected: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) {
+        *self.inner.expected.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(expected));
+    }
+
+    fn is_expected(&self, remote: SocketAddr) -> bool {
+        let expected = self.inner.expected.read().unwrap_or_else(|p| p.into_inner()).clone();
+        expected.is_some_and(|expected| expected(remote))
     }
 
     /// The gate's limits.
@@ -217,48 +232,80 @@ impl Gate {
     }
 
     /// Screens a connection attempt without waiting: sends a Retry to an unvalidated address
-    /// when validation is required, refuses the attempt if a handshake limit is reached, and
-    /// otherwise starts the handshake, to be completed with [`Handshake::complete`] (in a task
-    /// of its own, so that the accept loop never waits for a handshake).
+    /// when validation is required (or when only the reserve could take it), refuses the
+    /// attempt if the handshake limits are reached, and otherwise starts the handshake, to be
+    /// completed with [`Handshake::complete`] (in a task of its own, so that the accept loop
+    /// never waits for a handshake).
     pub fn admit(&self, incoming: Incoming) -> Option<Handshake> {
         let config = &self.inner.config;
         let remote = incoming.remote_address();
-        let ip = remote.ip();
+        let validated = incoming.remote_address_validated();
         let mut state = lock(&self.inner.state);
-        if !incoming.remote_address_validated()
-            && state.stats.handshakes >= config.validate_addresses_above
-            && incoming.may_retry()
-        {
+        let must_validate = state.handshakes.in_progress() >= config.validate_addresses_above;
+        let mut place = state.handshakes.try_general(config, remote);
+        if !validated && incoming.may_retry() && (must_validate || place.is_none()) {
+            // Validation first: a spoofed source holds no place, and an expected address comes
+            // back validated, for the reserve if need be.
+            if let Some(place) = place {
+                state.handshakes.release(place);
+            }
             state.stats.retries += 1;
             drop(state);
-            if let Err(e) = incoming.retry() {
+            // The Retry's connection id is sent in clear: public (see `cid`).
+            if let Err(e) = cleartext(|| incoming.retry()) {
                 e.into_incoming().ignore();
             }
             return None;
         }
-        let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
-        if state.stats.handshakes >= config.max_handshakes
-            || from_ip >= config.max_handshakes_per_ip
-        {
+        if place.is_none() && validated {
+            drop(state);
+            let expected = self.is_expected(remote);
+            state = lock(&self.inner.state);
+            place = if expected { state.handshakes.try_reserve(config, remote) } else { None };
+            if place.is_some() {
+                state.stats.reserved += 1;
+            }
+        }
+        let Some(place) = place else {
             state.stats.refused += 1;
             self.log_failure(state, remote, "refusing connection attempt: too many handshakes");
-            incoming.refuse();
+            cleartext(|| incoming.refuse());
             return None;
-        }
-        match incoming.accept() {
-            Ok(connecting) => {
-                state.stats.handshakes += 1;
-                *state.per_ip.entry(ip).or_insert(0) += 1;
-                drop(state);
-                let slot = HandshakeSlot { gate: self.clone(), ip };
-                Some(Handshake { connecting, remote, slot })
-            }
+        };
+        state.stats.handshakes = state.handshakes.in_progress();
+        drop(state);
+        // From here the slot gives the place back, whatever happens.
+        let slot = HandshakeSlot { gate: self.clone(), place };
+        match cleartext(|| incoming.accept()) {
+            Ok(connecting) => Some(Handshake { connecting, remote, slot }),
             Err(e) => {
-                drop(state);
                 self.failed(remote, &e, false);
                 None
             }
         }
+    }
+
+    /// Checks every admitted connection (one whose slot is held) with `check`, and closes those
+    /// it refuses with `code` and the reason it gives (logged like failed handshakes). Returns
+    /// how many were closed. For example, after a CA was dropped from the trust bundle:
+    /// `gate.revalidate(code, |c| recheck_peer(c, &bundle, role).map_err(|e| e.to_string()))`
+    /// (see [`recheck_peer`](crate::recheck_peer)), since TLS checks a certificate only at the
+    /// handshake.
+    pub fn revalidate(
+        &self,
+        code: quinn::VarInt,
+        check: impl Fn(&quinn::Connection) -> Result<(), String>,
+    ) -> usize {
+        let connections: Vec<quinn::Connection> =
+            lock(&self.inner.state).connections.values().cloned().collect();
+        let mut closed = 0;
+        for connection in connections {
+            if let Err(reason) = check(&connection) {
+                self.reject(&connection, code, &reason);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Closes an admitted `connection` whose peer the server refuses after all (a certificate
@@ -304,19 +351,14 @@ impl Gate {
 #[derive(Debug)]
 struct HandshakeSlot {
     gate: Gate,
-    ip: IpAddr,
+    place: Place,
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut state = lock(&self.gate.inner.state);
-        state.stats.handshakes = state.stats.handshakes.saturating_sub(1);
-        if let Some(count) = state.per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_ip.remove(&self.ip);
-            }
-        }
+        state.handshakes.release(self.place);
+        state.stats.handshakes = state.handshakes.in_progress();
     }
 }
 
@@ -365,57 +407,36 @@ impl Handshake {
         }
         state.stats.connections += 1;
         state.stats.admitted += 1;
+        let key = connection.stable_id();
+        state.connections.insert(key, connection.clone());
         drop(state);
         debug!(gate = inner.name, %remote, "connection admitted");
-        Some((connection, ConnectionSlot { gate: gate.clone() }))
+        // Closed when its peer's certificate expires, for as long as the slot is held.
+        let (released, served) = oneshot::channel::<()>();
+        let served = async move {
+            let _ = served.await;
+        };
+        let watch = close_at_expiry(Arc::clone(&inner.runtime), connection.clone(), served);
+        inner.runtime.spawn(Box::pin(watch));
+        Some((connection, ConnectionSlot { gate: gate.clone(), key, _released: released }))
     }
 }
 
 /// A connection slot of a [`Gate`], released when dropped: hold it as long as the connection
-/// is served.
+/// is served (the gate keeps a handle of the connection, to close it at its peer's
+/// certificate's expiry or on [`Gate::revalidate`], until then).
 #[derive(Debug)]
 pub struct ConnectionSlot {
     gate: Gate,
+    key: usize,
+    /// Dropped with the slot: ends the expiry watch.
+    _released: oneshot::Sender<()>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut state = lock(&self.gate.inner.state);
         state.stats.connections = state.stats.connections.saturating_sub(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_are_logged_once_per_interval_per_remote_with_a_count() {
-        let mut log = FailureLog::default();
-        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
-        let t = Instant::now();
-        let interval = Duration::from_secs(10);
-        assert_eq!(log.record(a, t, interval), Some(0));
-        for i in 1..=5 {
-            assert_eq!(log.record(a, t + Duration::from_secs(i), interval), None);
-        }
-        assert_eq!(log.record(b, t, interval), Some(0), "another remote is logged on its own");
-        assert_eq!(log.record(a, t + interval, interval), Some(5));
-        assert_eq!(log.record(a, t + interval, interval), None);
-    }
-
-    #[test]
-    fn the_remotes_tracked_are_bounded() {
-        let mut log = FailureLog::default();
-        let t = Instant::now();
-        let interval = Duration::from_secs(10);
-        for i in 0..(MAX_TRACKED_REMOTES as u32 + 100) {
-            log.record(IpAddr::from(i.to_be_bytes()), t, interval);
-        }
-        assert_eq!(log.remotes.len(), MAX_TRACKED_REMOTES);
-        // Once their interval passed, old entries make room.
-        let later = t + interval;
-        assert_eq!(log.record(IpAddr::from([1, 2, 3, 4]), later, interval), Some(0));
-        assert_eq!(log.remotes.len(), 1);
+        state.connections.remove(&self.key);
     }
 }

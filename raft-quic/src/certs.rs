@@ -7,11 +7,21 @@
 //! | CA | `node-ca.key` | the node CA private key: it can mint any node; **never on a node** | **yes** |
 //! | certs | `node-ca.pem` | the trust bundle: every node CA certificate trusted (two during a roll-over) | no |
 //! | certs | `node-<id>.pem` | node `id`'s certificate (node role, names `node-<id>.raft`) | no |
-//! | certs | `node-<id>.key` | node `id`'s private key (PKCS#8) | **yes** |
+//! | certs | `node-<id>.key` | node `id`'s private key (PKCS#8), followed by its certificate | **yes** |
 //!
 //! Secret files are created with mode `0600` on Unix, and a key file that the group or other
-//! users may access is refused when loaded ([`CertError::KeyPermissions`]). The CA directory
-//! must differ from every certificate directory ([`CertError::CaBesideCertificates`]).
+//! users may access is refused when loaded ([`CertError::KeyPermissions`]). A CA directory is
+//! never a certificate directory, nor inside one, nor around one
+//! ([`CertError::CaBesideCertificates`]), and a node refuses to load its files from a
+//! directory that holds a CA key ([`CertError::CaKeyInCertificates`]).
+//!
+//! **Crash safety.** Every file is replaced atomically ([`write_pem_file`]). A key and its
+//! certificate are two files, so a crash (or a full disk) between the two replacements would
+//! leave a new key beside the old certificate; hence a key file also holds the certificate
+//! chain it was issued with, and is written first ([`write_identity`]). A loader takes the
+//! certificate file when it belongs to the key, and otherwise the chain stored with the key:
+//! the pair it loads always belongs together. Temporary files of a crashed write (which may
+//! hold a key) are removed when a node loads its directory ([`remove_stale_temps`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,6 +34,10 @@ use rustls::pki_types::CertificateDer;
 
 pub use crate::ca::{
     CaKind, ClientCert, ClusterCa, NodeCert, DEFAULT_CA_LIFETIME, DEFAULT_CERT_LIFETIME, NODE_CA,
+};
+pub use crate::cert_dirs::{
+    check_apart, check_certificate_dir, key_matches, refuse_ca_keys, remove_stale_temps,
+    STALE_TEMP_AGE,
 };
 pub use crate::node_tls::{parse_certificates, NodeTls};
 
@@ -77,11 +91,35 @@ pub enum CertError {
         mode: u32,
     },
     /// A CA key would be written into (or read from) a directory that holds node or client
-    /// keys.
-    #[error("{}: the CA directory must not be a certificate directory", dir.display())]
+    /// keys: the CA directory is the certificate directory, or inside it, or contains it.
+    #[error(
+        "{}: the CA directory must be apart from certificate directories (not the same, not \
+         inside one, not containing one)",
+        dir.display()
+    )]
     CaBesideCertificates {
-        /// The directory.
+        /// The certificate directory.
         dir: PathBuf,
+    },
+    /// A certificate directory holds a CA's private key (by its name, or a key that matches a
+    /// trusted CA certificate): a node refuses to load its files from there.
+    #[error(
+        "{}: a CA private key sits in the certificate directory; move it to the CA directory, \
+         off the nodes",
+        path.display()
+    )]
+    CaKeyInCertificates {
+        /// The CA key file.
+        path: PathBuf,
+    },
+    /// A certificate does not belong to the private key beside it (and the key file holds no
+    /// certificate that does).
+    #[error("{}: the certificate does not belong to the key {}", cert.display(), key.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
     },
     /// A CA already exists where a new one was to be created.
     #[error("{}: a CA key already exists; refusing to replace it", path.display())]
@@ -181,15 +219,44 @@ fn sync_dir(dir: &Path) -> Result<(), CertError> {
     Ok(())
 }
 
-fn create_dir(dir: &Path) -> Result<(), CertError> {
-    std::fs::create_dir_all(dir).map_err(io_error(dir))
+/// Writes an identity: `key_path` gets the private key followed by the certificate chain, then
+/// `cert_path` the chain alone, each atomically ([`write_pem_file`]). The key file is the unit a
+/// crash cannot split: whatever happens between the two writes, the key file's chain belongs to
+/// its key, and loaders fall back on it when the certificate file does not (see the module
+/// docs).
+pub fn write_identity(
+    cert_path: &Path,
+    key_path: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), CertError> {
+    let mut both = String::with_capacity(key_pem.len() + cert_pem.len() + 1);
+    both.push_str(key_pem);
+    if !both.ends_with('\n') {
+        both.push('\n');
+    }
+    both.push_str(cert_pem);
+    write_pem_file(key_path, &both, true)?;
+    write_pem_file(cert_path, cert_pem, false)
 }
 
-/// Whether `a` and `b` are the same directory (both must exist).
-fn same_dir(a: &Path, b: &Path) -> Result<bool, CertError> {
-    let a = a.canonicalize().map_err(io_error(a))?;
-    let b = b.canonicalize().map_err(io_error(b))?;
-    Ok(a == b)
+/// The PEM blocks of certificates in `text`, in order.
+fn certificate_blocks(text: &str) -> Vec<&str> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else { break };
+        let end = start + len + END.len();
+        blocks.push(&rest[start..end]);
+        rest = &rest[end..];
+    }
+    blocks
+}
+
+fn create_dir(dir: &Path) -> Result<(), CertError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))
 }
 
 /// Creates a CA of `kind` in `ca_dir` (created if needed) whose certificate is valid for
@@ -201,17 +268,43 @@ pub fn create_ca(ca_dir: &Path, kind: CaKind, lifetime: Duration) -> Result<Clus
         return Err(CertError::CaExists { path: key });
     }
     let ca = ClusterCa::generate_with(kind, lifetime)?;
-    write_pem_file(&key, &ca.key_pem(), true)?;
-    write_pem_file(&ca_dir.join(kind.cert_file()), ca.cert_pem(), false)?;
+    write_identity(&ca_dir.join(kind.cert_file()), &key, ca.cert_pem(), &ca.key_pem())?;
     Ok(ca)
 }
 
-/// Loads the CA of `kind` from `ca_dir` (its key must be private to its owner).
+/// Loads the CA of `kind` from `ca_dir` (its key must be private to its owner). The
+/// certificate is `<stem>.pem`, or the one stored in the key file if `<stem>.pem` is missing or
+/// does not belong to the key (a creation interrupted between the two files).
 pub fn load_ca(ca_dir: &Path, kind: CaKind) -> Result<ClusterCa, CertError> {
     let cert_path = ca_dir.join(kind.cert_file());
-    let cert = String::from_utf8_lossy(&read_file(&cert_path)?).into_owned();
     let key = String::from_utf8_lossy(&read_key_file(&ca_dir.join(kind.key_file()))?).into_owned();
-    ClusterCa::from_pem_with(kind, &cert, &key)
+    let file_error = match read_file(&cert_path) {
+        Ok(bytes) => match ClusterCa::from_pem_with(kind, &String::from_utf8_lossy(&bytes), &key) {
+            Ok(ca) => return Ok(ca),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    // The certificate file is missing or does not belong to the key: the one stored with it.
+    for cert in certificate_blocks(&key) {
+        if let Ok(ca) = ClusterCa::from_pem_with(kind, &format!("{cert}\n"), &key) {
+            return Ok(ca);
+        }
+    }
+    Err(file_error)
+}
+
+/// The certificate of the CA of `kind` in `ca_dir`, in PEM: `<stem>.pem`, or if it is missing
+/// the one stored with the CA key (see [`load_ca`]).
+pub fn read_ca_cert(ca_dir: &Path, kind: CaKind) -> Result<String, CertError> {
+    let path = ca_dir.join(kind.cert_file());
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            load_ca(ca_dir, kind).map(|ca| ca.cert_pem().to_owned())
+        }
+        Err(e) => Err(io_error(&path)(e)),
+    }
 }
 
 /// Loads the CA of `kind` from `ca_dir`, or creates it there if it holds no key yet.
@@ -274,8 +367,7 @@ pub fn issue_node_files(
     };
     let cert = ca.issue_node(id, lifetime)?;
     trust_ca(&certs_dir.join(NODE_CA.cert_file()), ca.cert_pem())?;
-    write_pem_file(&files.key, &cert.key_pem, true)?;
-    write_pem_file(&files.cert, &cert.cert_pem, false)?;
+    write_identity(&files.cert, &files.key, &cert.cert_pem, &cert.key_pem)?;
     Ok(files)
 }
 
@@ -332,12 +424,7 @@ pub fn ensure_cluster_certs(
 }
 
 fn prepare_dirs(ca_dir: &Path, certs_dir: &Path) -> Result<(), CertError> {
-    create_dir(ca_dir)?;
-    create_dir(certs_dir)?;
-    if same_dir(ca_dir, certs_dir)? {
-        return Err(CertError::CaBesideCertificates { dir: certs_dir.to_owned() });
-    }
-    Ok(())
+    check_apart(ca_dir, certs_dir)
 }
 
 fn issue_missing(

@@ -8,19 +8,36 @@
 //!
 //! Connection ids are 20 bytes: a random *incarnation* tag (4 bytes, fresh for every endpoint),
 //! a random nonce (8 bytes, from the operating system's CSPRNG) and an 8-byte tag,
-//! HMAC-SHA256(id key, incarnation || nonce). An endpoint answers a packet for an unknown
-//! connection with a reset only if its id carries a valid tag (no one without the node's key
-//! can forge one), comes from *another* incarnation (not a connection of this endpoint that it
-//! already closed) and arrives within the reset window after the endpoint started (the idle
-//! timeout: a stale connection idles out by then anyway). So ids learnt by opening connections
-//! to the current incarnation cannot be replayed to make it spend its stateless-reset budget
-//! (quinn sends at most one reset per 20 ms) or to harvest tokens; ids from a previous
-//! incarnation can, only during the window after a restart.
+//! HMAC-SHA256(id key, kind || incarnation || nonce). The *kind* says whether the id was ever
+//! sent in clear to whoever asked: the ids of Retry packets, of a server's handshake packets and
+//! of a client's first flight are *public* (anyone who sends an Initial gets one, before any
+//! certificate is checked); the ids issued later, in encrypted NEW_CONNECTION_ID frames to an
+//! authenticated peer, are *private*. Ids live [`CID_LIFETIME`]: quinn then issues new ones
+//! and retires the old, so a connection moves off its public handshake id within that time.
+//!
+//! An endpoint answers a packet for an unknown connection with a reset only if its id carries a
+//! valid *private* tag (no one without the node's key can forge one, and no one off the path of
+//! an authenticated connection ever saw one), comes from *another* incarnation (not a connection
+//! of this endpoint that it already closed) and arrives within the reset window after the
+//! endpoint started (the idle timeout: a stale connection idles out by then anyway). So ids
+//! harvested by sending Initials (from Retries or handshake packets, before or after a restart)
+//! earn nothing, and cannot be replayed to spend the endpoint's stateless-reset budget (quinn
+//! sends at most one reset per 20 ms) or to fish for tokens. What remains: a connection younger
+//! than [`CID_LIFETIME`] when its peer crashed still uses its public id, so it gets no reset
+//! and idles out instead; an on-path attacker (who sees the ids a connection uses) or a member
+//! (who holds private ids of its own connections) can still spend the reset budget during the
+//! reset window after a restart, delaying other peers' teardown to their idle timeout.
+//!
+//! Whether an id is public is known from where it is generated: [`cleartext`] marks the calls
+//! into quinn that generate one synchronously on the calling thread (accepting, refusing or
+//! retrying an incoming connection, dialing). Anything else quinn generates (on its endpoint
+//! driver: the ids of NEW_CONNECTION_ID frames) is private.
 //!
 //! Both keys change when the node's key does (a renewed certificate with a new key): the first
 //! restart after a renewal does not reset stale connections; peers notice within their idle
 //! timeout instead.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +55,34 @@ const NONCE_LEN: usize = 8;
 const TAG_LEN: usize = 8;
 /// The length of every connection id (QUIC's maximum is 20).
 const CID_LEN: usize = INCARNATION_LEN + NONCE_LEN + TAG_LEN;
+
+/// How long a connection id is used before quinn retires it and issues a new one: a connection
+/// leaves its public handshake id after this (see the module docs).
+pub(crate) const CID_LIFETIME: Duration = Duration::from_secs(1);
+
+/// The kind byte of public ids in their tag's input.
+const PUBLIC: u8 = 0;
+/// The kind byte of private ids in their tag's input.
+const PRIVATE: u8 = 1;
+
+thread_local! {
+    /// Set while [`cleartext`] runs on this thread: the ids generated meanwhile are public.
+    static CLEARTEXT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `call` (a call into quinn that generates a connection id sent in clear: accepting,
+/// refusing or retrying an incoming connection, dialing), so that the ids it generates are
+/// marked public and never earn a stateless reset.
+pub(crate) fn cleartext<T>(call: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CLEARTEXT.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(CLEARTEXT.with(|flag| flag.replace(true)));
+    call()
+}
 
 /// A 32-byte key for `purpose`: HMAC-SHA256 of the purpose under the node's private key (a
 /// PRF, so the keys of different purposes are independent), stable across restarts and unknown
@@ -75,8 +120,11 @@ impl CidGenerator {
         generator
     }
 
-    fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
-        let full = hmac::sign(&self.key, body);
+    fn tag(&self, kind: u8, body: &[u8]) -> [u8; TAG_LEN] {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(&[kind]);
+        context.update(body);
+        let full = context.sign();
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
         tag
@@ -102,7 +150,8 @@ impl ConnectionIdGenerator for CidGenerator {
         let mut bytes = [0u8; CID_LEN];
         bytes[..INCARNATION_LEN].copy_from_slice(&self.incarnation);
         self.fill(&mut bytes[INCARNATION_LEN..INCARNATION_LEN + NONCE_LEN]);
-        let tag = self.tag(&bytes[..INCARNATION_LEN + NONCE_LEN]);
+        let kind = if CLEARTEXT.with(Cell::get) { PUBLIC } else { PRIVATE };
+        let tag = self.tag(kind, &bytes[..INCARNATION_LEN + NONCE_LEN]);
         bytes[INCARNATION_LEN + NONCE_LEN..].copy_from_slice(&tag);
         ConnectionId::new(&bytes)
     }
@@ -114,7 +163,7 @@ impl ConnectionIdGenerator for CidGenerator {
             return Err(InvalidCid);
         }
         let (body, tag) = cid.split_at(INCARNATION_LEN + NONCE_LEN);
-        let expected = self.tag(body);
+        let expected = self.tag(PRIVATE, body);
         #[allow(deprecated)]
         let authentic = ring::constant_time::verify_slices_are_equal(&expected, tag).is_ok();
         let previous = body[..INCARNATION_LEN] != self.incarnation;
@@ -131,7 +180,7 @@ impl ConnectionIdGenerator for CidGenerator {
     }
 
     fn cid_lifetime(&self) -> Option<Duration> {
-        None
+        Some(CID_LIFETIME)
     }
 }
 
@@ -148,13 +197,31 @@ pub(crate) fn endpoint_config(tls: &NodeTls, reset_window: Duration) -> quinn::E
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
     use crate::ClusterCa;
 
     fn generator(tls: &NodeTls, window: Duration) -> CidGenerator {
         CidGenerator::new(derived_key(tls, b"connection id key"), window)
+    }
+
+    #[test]
+    fn ids_sent_in_clear_never_earn_a_reset() {
+        let ca = ClusterCa::generate().unwrap();
+        let tls = ca.node_tls(1).unwrap();
+        let window = Duration::from_secs(60);
+        let mut before = generator(&tls, window);
+        let now = generator(&tls, window);
+        let public = cleartext(|| before.generate_cid());
+        let private = before.generate_cid();
+        assert!(now.validate(&public).is_err(), "a public id earned a reset");
+        assert!(now.validate(&private).is_ok());
+        // The mark lasts exactly as long as the call, even one that unwinds.
+        assert!(!CLEARTEXT.with(Cell::get));
+        let unwound = std::panic::catch_unwind(|| cleartext(|| panic!("inside")));
+        assert!(unwound.is_err());
+        assert!(!CLEARTEXT.with(Cell::get));
     }
 
     #[test]

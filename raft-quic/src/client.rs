@@ -11,6 +11,8 @@ use tracing::{debug, info, warn};
 
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
+use crate::cid::cleartext;
+use crate::expiry::close_at_expiry;
 use crate::frame::{self, ReadFrameError};
 use crate::identity::node_dns_name;
 use crate::network::Shared;
@@ -51,6 +53,11 @@ impl Peer {
             state: Mutex::new(PeerState { addr, connection: None, backoff }),
             dial: async_lock::Mutex::new(()),
         }
+    }
+
+    /// Where the peer listens (and dials from).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        lock(&self.state).addr
     }
 
     /// Points the peer at a new address: drops its connection and forgets past failures.
@@ -233,7 +240,8 @@ impl Client {
             state.addr
         };
         let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let result = match self.endpoint.connect_with(config, addr, &peer.server_name) {
+        let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
+        let result = match dial {
             Ok(connecting) => {
                 match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
                     Ok(Ok(conn)) => Ok(conn),
@@ -272,10 +280,39 @@ impl Client {
         }
     }
 
-    /// Logs when an outbound connection ends.
+    /// Closes the cached connections whose peer fails `check` now (with `code` and the reason
+    /// it gives); returns how many were closed. Their next RPC dials anew.
+    pub(crate) fn revalidate(
+        &self,
+        code: quinn::VarInt,
+        check: impl Fn(&quinn::Connection) -> Result<(), String>,
+    ) -> usize {
+        let peers: Vec<Arc<Peer>> =
+            self.shared.peers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut closed = 0;
+        for peer in peers {
+            let Some(conn) = peer.cached() else { continue };
+            if let Err(reason) = check(&conn) {
+                warn!(
+                    node = self.shared.id,
+                    peer = peer.id,
+                    "closing connection to peer: {reason}"
+                );
+                conn.close(code, reason.as_bytes());
+                peer.forget(&conn);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes an outbound connection once its peer's certificate expires, and logs when it
+    /// ends.
     fn watch(&self, peer: NodeId, conn: quinn::Connection) {
         let node = self.shared.id;
+        let runtime = Arc::clone(&self.shared.runtime);
         self.shared.runtime.spawn(Box::pin(async move {
+            close_at_expiry(runtime, conn.clone(), std::future::pending()).await;
             let reason = conn.closed().await;
             match reason {
                 ConnectionError::LocallyClosed => debug!(node, peer, "connection to peer closed"),

@@ -57,8 +57,13 @@ pub struct QuicConfig {
     /// The cap of that wait. Default 2 s.
     pub backoff_max: Duration,
     /// The most RPCs a peer may have in flight towards this node on one connection (QUIC
-    /// bidirectional stream limit); further ones wait for a slot. Default 256.
+    /// bidirectional stream limit); further ones wait for a slot. Default 256. Applies to the
+    /// connections peers dial; on the connections this node dials, the peer may open no stream
+    /// at all (it only answers).
     pub max_concurrent_streams: u32,
+    /// The most inbound connections one node id may hold; a newer one closes its oldest (a
+    /// restarted node's new connection always gets in, beside its stale one). Default 4.
+    pub max_connections_per_node: usize,
     /// Who may complete a handshake and hold an inbound connection: slots counted after the
     /// handshake, address validation, handshake limits and timeout, quiet logs (see
     /// [`GateConfig`]). Default [`GateConfig::new(64)`](GateConfig::new).
@@ -66,13 +71,14 @@ pub struct QuicConfig {
     /// How much unread data a peer may send on one stream (per-stream flow-control window).
     /// Default 4 MiB.
     pub stream_receive_window: u32,
-    /// The memory one peer connection may pin, twice over: QUIC flow control lets the peer send
-    /// at most this much that this node has not read yet, and the requests this node has read
-    /// but not yet answered may hold at most this much (their bytes, for frames above
-    /// `priority_frame_threshold`, plus 80 bytes per decoded element; smaller frames are
-    /// bounded by `max_concurrent_streams` instead). A large request waits for room (within
-    /// the RPC timeout); one whose elements do not fit is refused as busy. Must be at least
-    /// `max_frame_size`. Default 32 MiB.
+    /// The memory one peer may pin: QUIC flow control lets a connection send at most this much
+    /// that this node has not read yet, and the requests this node has read but not yet
+    /// answered hold at most this much for each peer node id, all its connections together
+    /// (their bytes, for frames above `priority_frame_threshold`, plus 80 bytes per decoded
+    /// element; smaller frames are bounded by `max_concurrent_streams` instead). So one node
+    /// id pins at most `max_connections_per_node + 1` times this. A large request waits for
+    /// room (within the RPC timeout); one whose elements do not fit is refused as busy. Must be
+    /// at least `max_frame_size`. Default 32 MiB.
     pub connection_receive_window: u32,
     /// How often an idle connection is pinged to keep it open and detect a dead peer.
     /// Default 1 s.
@@ -104,6 +110,7 @@ impl QuicConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_concurrent_streams: 256,
+            max_connections_per_node: 4,
             accept: GateConfig::new(64),
             stream_receive_window: 4 << 20,
             connection_receive_window: 32 << 20,
@@ -142,9 +149,12 @@ impl QuicConfig {
         if self.backoff_max < self.backoff_min {
             return Err(ConfigError::new("backoff_max", "must be at least backoff_min"));
         }
-        if self.max_concurrent_streams == 0 || self.max_decoded_items == 0 {
+        if self.max_concurrent_streams == 0
+            || self.max_decoded_items == 0
+            || self.max_connections_per_node == 0
+        {
             return Err(ConfigError::new(
-                "max_concurrent_streams/max_decoded_items",
+                "max_concurrent_streams/max_decoded_items/max_connections_per_node",
                 "must be at least 1",
             ));
         }

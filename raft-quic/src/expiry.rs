@@ -1,9 +1,21 @@
-//! When a certificate expires: its `notAfter`, read from the DER, and the warning a node logs
-//! when its own certificate is about to expire.
+//! When a certificate expires: its `notAfter`, read from the DER, the warning a node logs when
+//! its own certificate is about to expire, and the closing of connections whose peer's
+//! certificate has expired (TLS checks validity only at the handshake; a connection kept alive
+//! by keep-alives would otherwise outlive its certificate for good).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::future::{select, Either};
 use rustls::pki_types::CertificateDer;
+
+use crate::identity::peer_chain;
+use crate::wire::code;
+
+/// The longest a connection's expiry watch sleeps at once (it then reads the clock again, so a
+/// clock that was set forward is noticed within this).
+const EXPIRY_RECHECK: Duration = Duration::from_secs(600);
 
 /// One DER element: its tag and content, and what follows it.
 fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
@@ -83,6 +95,38 @@ pub fn expiry_warning(chain: &[CertificateDer<'_>], within: Duration) -> Option<
         )),
         Ok(_) => None,
     }
+}
+
+/// When the first certificate of `chain` expires (`None` if none can be read).
+fn chain_expiry(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
+    chain.iter().filter_map(not_after).min()
+}
+
+/// Closes `connection` with [`code::CERT_EXPIRED`] once a certificate of its peer's chain has
+/// expired, unless the connection ends first or `until` completes (its owner stopped serving
+/// it). Runs on `runtime`'s timers; spawn it beside the connection.
+pub(crate) async fn close_at_expiry(
+    runtime: Arc<dyn quinn::Runtime>,
+    connection: quinn::Connection,
+    until: impl Future<Output = ()>,
+) {
+    let Some(expires) = peer_chain(&connection).ok().and_then(|chain| chain_expiry(&chain)) else {
+        return;
+    };
+    let closed = std::pin::pin!(connection.closed());
+    let until = std::pin::pin!(until);
+    let mut stopped = select(closed, until);
+    while let Ok(left) = expires.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        let mut timer = runtime.new_timer(Instant::now() + left.min(EXPIRY_RECHECK));
+        let sleep = std::future::poll_fn(|cx| timer.as_mut().poll(cx));
+        if let Either::Left(_) = select(&mut stopped, std::pin::pin!(sleep)).await {
+            return;
+        }
+    }
+    connection.close(code::CERT_EXPIRED, b"the peer's certificate has expired");
 }
 
 #[cfg(test)]

@@ -88,15 +88,44 @@ pub fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, IdentityError
     Ok(parse(cert)?.valid_dns_names().map(str::to_owned).collect())
 }
 
+/// The certificate chain an established connection's peer presented (verified at the
+/// handshake), leaf first.
+pub(crate) fn peer_chain(
+    connection: &quinn::Connection,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let identity = connection.peer_identity().ok_or(IdentityError::NoCertificate)?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>();
+    chain.map(|chain| *chain).map_err(|_| IdentityError::NoCertificate)
+}
+
 /// The verified leaf certificate of an established connection's peer.
 pub fn peer_certificate(
     connection: &quinn::Connection,
 ) -> Result<CertificateDer<'static>, IdentityError> {
-    let identity = connection.peer_identity().ok_or(IdentityError::NoCertificate)?;
-    let chain = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| IdentityError::NoCertificate)?;
-    chain.first().cloned().ok_or(IdentityError::NoCertificate)
+    peer_chain(connection)?.first().cloned().ok_or(IdentityError::NoCertificate)
+}
+
+/// Checks again, now, the certificate chain an established connection's peer presented: it
+/// must chain to one of `cas` (say, a trust bundle that dropped a CA since the handshake), be
+/// valid now, and carry the extended key usage of `role` (the node role for
+/// [`PeerRole::Node`](crate::PeerRole::Node), TLS client authentication for
+/// [`PeerRole::Any`](crate::PeerRole::Any): what the handshake demanded). TLS checks a
+/// certificate once, at the handshake; this is how a server applies a CA roll-over to the
+/// connections it already holds.
+pub fn recheck_peer(
+    connection: &quinn::Connection,
+    cas: &[CertificateDer<'_>],
+    role: crate::PeerRole,
+) -> Result<(), IdentityError> {
+    let chain = peer_chain(connection)?;
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(IdentityError::NoCertificate);
+    };
+    let usage = match role {
+        crate::PeerRole::Node => NODE_ROLE_OID,
+        crate::PeerRole::Any => CLIENT_AUTH_OID,
+    };
+    verify_usage(&trust_anchors(cas)?, leaf, intermediates, UnixTime::now(), usage)
 }
 
 /// The one node id that `cert` names (its `node-<id>.raft` DNS names, in canonical spelling).

@@ -20,9 +20,13 @@
 //!   A request whose claimed sender differs from the certificate's node id is refused, and so
 //!   is every connection of a node removed from the cluster ([`QuicNetwork::refuse`]).
 //!   [`generate_cluster_certs`] creates everything needed, with the CA key in a directory of
-//!   its own; [`QuicNetwork::update_tls`] swaps in renewed certificates without a restart.
-//! - **Admission.** Inbound connection attempts go through a [`Gate`](accept::Gate): address
-//!   validation, handshake limits and timeout, connection slots counted after the handshake.
+//!   its own; [`QuicNetwork::update_tls`] swaps in renewed certificates without a restart and
+//!   closes the connections of a CA dropped from the trust bundle; a connection is closed once
+//!   its peer's certificate expires.
+//! - **Admission.** Inbound connection attempts go through a [`Gate`]: address
+//!   validation, handshake limits (per IP, per network prefix, in all) and timeout, handshakes
+//!   reserved for known peers, connection slots counted after the handshake; then at most a
+//!   few connections and one memory budget per node id.
 //! - **Runtime.** The caller's: any `quinn::Runtime` (tokio, smol and async-std behind the
 //!   features of the same names). Timeouts use the runtime's own timers.
 //!
@@ -47,17 +51,21 @@ pub mod accept;
 mod backoff;
 pub mod bounded;
 mod ca;
+mod cert_dirs;
 pub mod certs;
 mod cid;
 mod client;
 mod config;
 pub mod expiry;
 pub mod frame;
+mod handshakes;
 mod identity;
+mod inbound;
 mod memory;
 mod network;
 mod node_tls;
 mod offload;
+mod quiet;
 mod server;
 mod timer;
 pub mod tls;
@@ -71,8 +79,8 @@ pub use certs::{
 pub use config::{ConfigError, QuicConfig};
 pub use frame::FrameError;
 pub use identity::{
-    dns_names, node_dns_name, node_id_of, peer_certificate, IdentityError, NODE_NAME_SUFFIX,
-    NODE_ROLE_OID,
+    dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,
+    NODE_NAME_SUFFIX, NODE_ROLE_OID,
 };
 pub use network::{BindError, QuicNetwork};
 pub use tls::{PeerRole, TlsError};

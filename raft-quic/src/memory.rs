@@ -1,5 +1,5 @@
-//! [`MemoryBudget`]: the bytes one inbound connection's requests may hold while they are read,
-//! decoded and handled.
+//! [`MemoryBudget`]: the bytes the requests of one peer node id (all its inbound connections)
+//! may hold while they are read, decoded and handled.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +12,7 @@ use crate::client::lock;
 /// least the size of an `Entry` in memory.
 pub(crate) const ITEM_COST: u64 = 80;
 
-/// A budget of bytes shared by the requests of one connection.
+/// A budget of bytes shared by the requests of one peer node id.
 #[derive(Debug)]
 pub(crate) struct MemoryBudget {
     capacity: u64,

@@ -1,6 +1,6 @@
 //! [`QuicNetwork`]: the `Network` implementation and the lifecycle of the endpoint.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,10 +20,11 @@ use crate::client::{lock, Client, Peer};
 use crate::config::{ConfigError, QuicConfig};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
-use crate::identity::{check_node_cert, IdentityError};
+use crate::identity::{check_node_cert, recheck_peer, IdentityError};
+use crate::inbound::{canonical, IdentityLimits, Inbound};
 use crate::offload::Offload;
 use crate::timer::timeout;
-use crate::tls::{quic_server_crypto, rustls_client_config, TlsError};
+use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
 use crate::wire::code;
 
 /// How long [`QuicNetwork::close`] waits for peers to acknowledge the close.
@@ -55,7 +56,6 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
     pub(crate) decode: Limits,
-    pub(crate) connection_memory: u64,
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
@@ -68,10 +68,10 @@ pub(crate) struct Shared {
     pub(crate) runtime: Arc<dyn quinn::Runtime>,
     pub(crate) limits: Settings,
     handler: RwLock<Option<Arc<dyn RpcHandler>>>,
-    peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
+    pub(crate) peers: RwLock<BTreeMap<NodeId, Arc<Peer>>>,
     refused: RwLock<BTreeSet<NodeId>>,
-    /// Established inbound connections by `stable_id`, with the node id they proved.
-    inbound: Mutex<HashMap<usize, (NodeId, quinn::Connection)>>,
+    /// Established inbound connections, by the node id they proved.
+    pub(crate) inbound: Arc<Inbound>,
     /// Decodes large request bodies off the runtime's threads.
     pub(crate) offload: Offload,
     closed: AtomicBool,
@@ -95,16 +95,12 @@ impl Shared {
         self.refused.read().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 
-    /// Records an inbound connection of `peer` until the returned guard is dropped, so that
-    /// [`QuicNetwork::refuse`] can close it.
-    pub(crate) fn register_inbound(
-        self: &Arc<Self>,
-        peer: NodeId,
-        connection: &quinn::Connection,
-    ) -> InboundGuard {
-        let key = connection.stable_id();
-        lock(&self.inbound).insert(key, (peer, connection.clone()));
-        InboundGuard { shared: Arc::clone(self), key }
+    /// Whether `addr` is where a known peer listens or where a node last authenticated from.
+    fn is_expected(&self, addr: SocketAddr) -> bool {
+        let addr = canonical(addr);
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.values().any(|peer| canonical(peer.addr()) == addr)
+            || self.inbound.is_remembered(addr)
     }
 
     fn backoff(&self) -> Backoff {
@@ -112,24 +108,13 @@ impl Shared {
     }
 }
 
-/// Unregisters an inbound connection when dropped.
-pub(crate) struct InboundGuard {
-    shared: Arc<Shared>,
-    key: usize,
-}
-
-impl Drop for InboundGuard {
-    fn drop(&mut self) {
-        lock(&self.shared.inbound).remove(&self.key);
-    }
-}
-
 struct Inner {
     client: Client,
     local_addr: SocketAddr,
     gate: Gate,
-    /// The server configuration's transport and limits, to rebuild it with new TLS material.
-    transport: Arc<TransportConfig>,
+    /// The transports of inbound and outbound connections, to rebuild the configurations with
+    /// new TLS material.
+    transport: Transports,
     max_incoming: usize,
     cert_expiry_warning: Duration,
     /// Serializes `close` and `update_tls`.
@@ -160,9 +145,12 @@ impl Drop for Inner {
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
 ///   task.
-/// - **Bounded.** Handshakes, connections, frame sizes, decoded elements per frame, streams,
-///   flow-control windows, memory per connection and every wait are bounded by
-///   [`QuicConfig`].
+/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
+///   elements per frame, streams, flow-control windows, memory per node id and every wait are
+///   bounded by [`QuicConfig`].
+/// - **Certificates hold for a connection's lifetime.** A connection is closed once its
+///   peer's certificate expires, and [`update_tls`](QuicNetwork::update_tls) closes those a
+///   new trust bundle no longer accepts.
 /// - **Robust.** Malformed input closes the offending stream (or connection) with a logged
 ///   reason; nothing a peer sends can make the node panic. A peer of another wire version is
 ///   refused at the handshake with an error that says so.
@@ -185,12 +173,19 @@ impl std::fmt::Debug for QuicNetwork {
     }
 }
 
-fn transport_config(config: &QuicConfig) -> Result<TransportConfig, ConfigError> {
+/// The transport parameters of a node's connections. `peer_streams` is how many streams the
+/// peer may open at once: `max_concurrent_streams` on inbound connections, none on outbound ones
+/// (a dialed peer only answers our streams; one it opens would never be read, yet could pin
+/// flow-control credit).
+fn transport_config(
+    config: &QuicConfig,
+    peer_streams: u32,
+) -> Result<TransportConfig, ConfigError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| ConfigError { field: "idle_timeout", reason: "is too large" })?;
     let mut transport = TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(config.max_concurrent_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window))
         .receive_window(VarInt::from_u32(config.connection_receive_window))
@@ -207,6 +202,22 @@ fn check_own_certificate(tls: &NodeTls, id: NodeId) -> Result<(), IdentityError>
         return Err(IdentityError::NoCertificate);
     };
     check_node_cert(&tls.trust_anchors, leaf, intermediates, id)
+}
+
+/// The transport configurations of inbound (served) and outbound (dialed) connections.
+#[derive(Clone)]
+struct Transports {
+    inbound: Arc<TransportConfig>,
+    outbound: Arc<TransportConfig>,
+}
+
+impl Transports {
+    fn new(config: &QuicConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            inbound: Arc::new(transport_config(config, config.max_concurrent_streams)?),
+            outbound: Arc::new(transport_config(config, 0)?),
+        })
+    }
 }
 
 fn server_config(
@@ -249,11 +260,16 @@ impl QuicNetwork {
         let tls = &config.tls;
         check_own_certificate(tls, config.node_id)?;
         warn_if_expiring(config.node_id, tls, config.cert_expiry_warning);
-        let transport = Arc::new(transport_config(&config)?);
+        let transport = Transports::new(&config)?;
         // quinn queues attempts until the accept loop screens them, which it does at once.
-        let max_incoming = config.accept.max_handshakes.saturating_mul(4).max(64);
-        let server = server_config(tls, &transport, max_incoming)?;
-        let client = client_config(tls, &transport)?;
+        let accept = &config.accept;
+        let max_incoming = accept
+            .max_handshakes
+            .saturating_add(accept.reserved_handshakes)
+            .saturating_mul(4)
+            .max(64);
+        let server = server_config(tls, &transport.inbound, max_incoming)?;
+        let client = client_config(tls, &transport.outbound)?;
 
         let socket = std::net::UdpSocket::bind(config.listen_addr)?;
         let endpoint = Endpoint::new(
@@ -269,7 +285,6 @@ impl QuicNetwork {
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
             decode: Limits { max_items: config.max_decoded_items, max_depth: MAX_DEPTH },
-            connection_memory: u64::from(config.connection_receive_window),
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
@@ -281,7 +296,14 @@ impl QuicNetwork {
             handler: RwLock::new(None),
             peers: RwLock::new(BTreeMap::new()),
             refused: RwLock::new(config.refused.clone()),
-            inbound: Mutex::new(HashMap::new()),
+            inbound: Inbound::new(
+                config.node_id,
+                IdentityLimits {
+                    max_connections: config.max_connections_per_node,
+                    memory: u64::from(config.connection_receive_window),
+                    log_interval: config.accept.log_interval,
+                },
+            ),
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
@@ -294,6 +316,10 @@ impl QuicNetwork {
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
+        let known = Arc::downgrade(&shared);
+        gate.set_expected(move |addr| {
+            known.upgrade().is_some_and(|shared| shared.is_expected(addr))
+        });
         let accept =
             crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared), gate.clone());
         runtime.spawn(Box::pin(accept));
@@ -382,12 +408,7 @@ impl QuicNetwork {
         }
         let added = shared.refused.write().unwrap_or_else(|p| p.into_inner()).insert(id);
         self.remove_peer(id);
-        let doomed: Vec<quinn::Connection> = lock(&shared.inbound)
-            .values()
-            .filter(|(peer, _)| *peer == id)
-            .map(|(_, conn)| conn.clone())
-            .collect();
-        for conn in doomed {
+        for conn in shared.inbound.connections_of(id) {
             conn.close(code::REMOVED_NODE, b"node removed from the cluster");
         }
         if added {
@@ -401,20 +422,33 @@ impl QuicNetwork {
     }
 
     /// Replaces this node's TLS material (a renewed certificate, a new trust bundle during a CA
-    /// roll-over) without a restart: new connections, in both directions, use it; established
-    /// ones stay up. Fails, keeping the current material, unless the new certificate passes
-    /// the checks of [`bind`](Self::bind); warns if it expires soon. The stateless-reset and
-    /// connection-id keys stay those derived from the key the endpoint was bound with.
+    /// roll-over) without a restart: new connections, in both directions, use it, and the
+    /// established ones are checked again against the new trust bundle: those whose peer's
+    /// certificate it no longer accepts (a CA dropped from the bundle) are closed
+    /// ([`code::UNTRUSTED`]); the others stay up. Fails, keeping the current material, unless
+    /// the new certificate passes the checks of [`bind`](Self::bind); warns if it expires
+    /// soon. The stateless-reset and connection-id keys stay those derived from the key the
+    /// endpoint was bound with.
     pub fn update_tls(&self, tls: &NodeTls) -> Result<(), BindError> {
         let shared = self.shared();
         check_own_certificate(tls, shared.id)?;
         warn_if_expiring(shared.id, tls, self.inner.cert_expiry_warning);
-        let server = server_config(tls, &self.inner.transport, self.inner.max_incoming)?;
-        let client = client_config(tls, &self.inner.transport)?;
+        let transport = &self.inner.transport;
+        let server = server_config(tls, &transport.inbound, self.inner.max_incoming)?;
+        let client = client_config(tls, &transport.outbound)?;
         let _serialized = lock(&self.inner.closing);
         self.inner.client.endpoint.set_server_config(Some(server));
         *self.inner.client.config.write().unwrap_or_else(|p| p.into_inner()) = client;
-        info!(node = shared.id, "TLS material replaced: new connections use it");
+        let trusted = |conn: &quinn::Connection| {
+            recheck_peer(conn, &tls.trust_anchors, PeerRole::Node)
+                .map_err(|e| format!("its certificate is no longer trusted: {e}"))
+        };
+        let closed = self.inner.gate.revalidate(code::UNTRUSTED, trusted)
+            + self.inner.client.revalidate(code::UNTRUSTED, trusted);
+        info!(
+            node = shared.id,
+            closed, "TLS material replaced: new connections use it, untrusted ones were closed"
+        );
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::ca::NODE_CA;
+use crate::cert_dirs::{check_certificate_dir, key_matches};
 use crate::certs::{node_cert_file, node_key_file, read_file, read_key_file, CertError};
 
 /// The TLS material of one endpoint: the CA certificates it trusts for its peers (a bundle:
@@ -68,33 +69,37 @@ impl NodeTls {
     }
 
     /// Reads and parses the three PEM files. Refuses a key file that its group or other users
-    /// may access ([`CertError::KeyPermissions`]), as ssh does.
+    /// may access ([`CertError::KeyPermissions`]), as ssh does. The chain is the certificate
+    /// file's if it belongs to the key; otherwise the chain stored in the key file after the
+    /// key (see [`write_identity`](crate::certs::write_identity): a renewal interrupted between
+    /// its two files), if that one does; otherwise [`CertError::KeyMismatch`].
     pub fn from_pem_files(
         trust: impl AsRef<Path>,
         cert: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self, CertError> {
-        let (trust, cert, key) = (trust.as_ref(), cert.as_ref(), key.as_ref());
-        Self::parse(
-            &read_file(trust)?,
-            &trust.display().to_string(),
-            &read_file(cert)?,
-            &cert.display().to_string(),
-            &read_key_file(key)?,
-            &key.display().to_string(),
-        )
+        let (trust, cert, key_path) = (trust.as_ref(), cert.as_ref(), key.as_ref());
+        let key_pem = read_key_file(key_path)?;
+        let key = parse_key(&key_pem, &key_path.display().to_string())?;
+        let cert_chain = chain_of_key(cert, key_path, &key_pem, &key)?;
+        let trust_anchors = parse_certificates(&read_file(trust)?, &trust.display().to_string())?;
+        Ok(Self { trust_anchors, cert_chain, key })
     }
 
     /// Loads node `id`'s material from a certificate directory laid out as by
     /// [`generate_cluster_certs`](crate::generate_cluster_certs): the node CA bundle
-    /// (`node-ca.pem`), `node-<id>.pem` and `node-<id>.key`.
+    /// (`node-ca.pem`), `node-<id>.pem` and `node-<id>.key`. Refuses a directory that holds
+    /// the node CA's key ([`CertError::CaKeyInCertificates`]), and removes the temporary files
+    /// crashed writes left there.
     pub fn load(dir: impl AsRef<Path>, id: NodeId) -> Result<Self, CertError> {
         let dir = dir.as_ref();
-        Self::from_pem_files(
+        let tls = Self::from_pem_files(
             dir.join(NODE_CA.cert_file()),
             dir.join(node_cert_file(id)),
             dir.join(node_key_file(id)),
-        )
+        )?;
+        check_certificate_dir(dir, &[NODE_CA], &tls.trust_anchors)?;
+        Ok(tls)
     }
 
     fn parse(
@@ -107,8 +112,48 @@ impl NodeTls {
     ) -> Result<Self, CertError> {
         let trust_anchors = parse_certificates(trust, trust_what)?;
         let cert_chain = parse_certificates(cert, cert_what)?;
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| CertError::Pem { what: key_what.into(), reason: e.to_string() })?;
+        let key = parse_key(key, key_what)?;
         Ok(Self { trust_anchors, cert_chain, key })
+    }
+}
+
+fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| CertError::Pem { what: what.into(), reason: e.to_string() })
+}
+
+/// The certificate chain that belongs to `key`: the certificate file's, or the one stored in
+/// the key file (see [`NodeTls::from_pem_files`]).
+fn chain_of_key(
+    cert_path: &Path,
+    key_path: &Path,
+    key_pem: &[u8],
+    key: &PrivateKeyDer<'_>,
+) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let belongs =
+        |chain: &[CertificateDer<'_>]| chain.first().and_then(|leaf| key_matches(leaf, key));
+    let from_file = read_file(cert_path)
+        .and_then(|pem| parse_certificates(&pem, &cert_path.display().to_string()));
+    if let Ok(chain) = &from_file {
+        if belongs(chain) != Some(false) {
+            return Ok(chain.clone());
+        }
+    }
+    let stored: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(key_pem).filter_map(Result::ok).collect();
+    if belongs(&stored) == Some(true) {
+        tracing::warn!(
+            cert = %cert_path.display(),
+            key = %key_path.display(),
+            "the certificate file does not belong to the key (a renewal was interrupted?): \
+             using the certificate stored with the key"
+        );
+        return Ok(stored);
+    }
+    match from_file {
+        Ok(_) => {
+            Err(CertError::KeyMismatch { cert: cert_path.to_owned(), key: key_path.to_owned() })
+        }
+        Err(e) => Err(e),
     }
 }

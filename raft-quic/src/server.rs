@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use quinn::{Endpoint, RecvStream, SendStream};
 use raft_core::{NodeId, RpcRequest};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::accept::{Gate, Handshake};
 use crate::frame::{self, FrameError, ReadFrameError};
@@ -37,18 +37,23 @@ async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>)
         Ok(peer) => peer,
         Err(e) => return gate.reject(&conn, code::BAD_IDENTITY, &e.to_string()),
     };
-    // Registered before the refusal check, so a concurrent `refuse` sees one or the other.
-    let _registered = shared.register_inbound(peer, &conn);
+    if shared.is_refused(peer) {
+        let reason = format!("node {peer} was removed from the cluster");
+        return gate.reject(&conn, code::REMOVED_NODE, &reason);
+    }
+    // Registered before the second refusal check, so a concurrent `refuse` sees one or the
+    // other.
+    let registration = shared.inbound.register(peer, &conn);
     if shared.is_refused(peer) {
         let reason = format!("node {peer} was removed from the cluster");
         return gate.reject(&conn, code::REMOVED_NODE, &reason);
     }
     info!(node = shared.id, peer, %remote, "inbound connection authenticated");
-    let budget = MemoryBudget::new(shared.limits.connection_memory);
+    let budget = &registration.budget;
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let task = serve_stream(send, recv, peer, Arc::clone(&shared), Arc::clone(&budget));
+                let task = serve_stream(send, recv, peer, Arc::clone(&shared), Arc::clone(budget));
                 shared.runtime.spawn(Box::pin(task));
             }
             Err(e) => {
@@ -138,7 +143,9 @@ async fn serve_stream(
             (respond(&shared, peer, request).await, held)
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
-            warn!(node = shared.id, peer, stream = %recv.id(), "closing stream: bad request: {e}");
+            shared
+                .inbound
+                .warn(peer, format_args!("closing stream {}: bad request: {e}", recv.id()));
             return reject(&mut recv, &mut send, e.code());
         }
         Ok(Err(RequestError::Read(ReadFrameError::Stream(e)))) => {
@@ -146,11 +153,11 @@ async fn serve_stream(
             return;
         }
         Ok(Err(RequestError::SenderMismatch(claimed))) => {
-            warn!(
-                node = shared.id,
+            shared.inbound.warn(
                 peer,
-                claimed,
-                "refusing request: its claimed sender is not the certificate's identity"
+                format_args!(
+                    "refusing request: it claims sender {claimed}, not the certificate's identity"
+                ),
             );
             let _ = recv.stop(code::SENDER_MISMATCH);
             let refusal = Refusal::SenderMismatch { claimed, authenticated: peer };
@@ -161,10 +168,10 @@ async fn serve_stream(
             return reject(&mut recv, &mut send, code::BUSY);
         }
         Err(_) => {
-            warn!(
-                node = shared.id,
-                peer, "closing stream: no complete request within {:?}", limits.rpc_timeout
-            );
+            let timeout = limits.rpc_timeout;
+            shared
+                .inbound
+                .warn(peer, format_args!("closing stream: no request within {timeout:?}"));
             return reject(&mut recv, &mut send, code::TIMEOUT);
         }
     };
@@ -172,7 +179,7 @@ async fn serve_stream(
     let frame = match frame::encode(&response, limits.max_frame_size) {
         Ok(frame) => frame,
         Err(e) => {
-            warn!(node = shared.id, peer, "cannot send response: {e}");
+            shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
             let _ = send.reset(e.code());
             return;
         }

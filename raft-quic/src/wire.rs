@@ -16,10 +16,15 @@
 //! migration), not node by node. Compatible changes (none exist yet for postcard-encoded types)
 //! keep the version.
 //!
+//! The test `tests/wire_golden.rs` holds the exact bytes of a frame of every request, response
+//! and refusal variant of the current version: any change to the encoding fails it until the
+//! version is bumped and the change is listed below (a version is fixed once released; changes
+//! made before its first release belong to it).
+//!
 //! | version | ALPN | change |
 //! |---|---|---|
 //! | 1 | `raft-quic/1` | first version |
-//! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; `read_round` in AppendEntries; node certificates need the node role |
+//! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`) |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
@@ -111,4 +116,10 @@ pub mod code {
     pub const REMOVED_NODE: VarInt = VarInt::from_u32(0x12);
     /// The server has no connection slot left (counted after the handshake).
     pub const TOO_MANY_CONNECTIONS: VarInt = VarInt::from_u32(0x13);
+    /// The peer's node id opened more connections than allowed: this, its oldest, is closed.
+    pub const REPLACED: VarInt = VarInt::from_u32(0x14);
+    /// The peer's certificate is no longer trusted (its CA was dropped from the trust bundle).
+    pub const UNTRUSTED: VarInt = VarInt::from_u32(0x15);
+    /// The peer's certificate (or one of its chain) has expired.
+    pub const CERT_EXPIRED: VarInt = VarInt::from_u32(0x16);
 }

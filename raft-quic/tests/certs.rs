@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use raft_quic::certs::{
-    create_ca, load_ca, trust_ca, write_pem_file, CertError, DEFAULT_CERT_LIFETIME, NODE_CA,
+    create_ca, issue_node_files, load_ca, trust_ca, write_pem_file, CertError,
+    DEFAULT_CERT_LIFETIME, NODE_CA,
 };
 use raft_quic::expiry::not_after;
 use raft_quic::{
@@ -236,4 +237,138 @@ async fn bind_refuses_a_certificate_that_does_not_fit_the_node() {
     assert!(matches!(QuicNetwork::bind(config, rt.clone()), Err(BindError::Config(_))));
     let good = QuicNetwork::bind(QuicConfig::new(1, addr, ca.node_tls(1).unwrap()), rt).unwrap();
     good.close().await;
+}
+
+#[test]
+fn the_ca_directory_is_never_inside_or_around_a_certificate_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p);
+    // `kv gen-certs certs/ca certs 1,2,3` used to put the CA key inside the certificate tree.
+    for (ca, certs) in [("certs/ca", "certs"), ("ca", "ca/certs"), ("same", "same/./")] {
+        let result = generate_cluster_certs(path(ca), path(certs), [1]);
+        assert!(
+            matches!(result, Err(CertError::CaBesideCertificates { .. })),
+            "CA {ca}, certificates {certs}: {result:?}"
+        );
+        assert!(!path(ca).join("node-ca.key").exists(), "a CA key was written into {ca}");
+    }
+    let result = ensure_cluster_certs(path("certs/ca"), path("certs"), [1]);
+    assert!(matches!(result, Err(CertError::CaBesideCertificates { .. })), "{result:?}");
+    // Siblings, even with a common prefix in their names, are apart.
+    generate_cluster_certs(path("x/ca"), path("x/ca-certs"), [1]).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_node_refuses_a_certificate_directory_holding_a_ca_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_dir, certs) = (dir.path().join("ca"), dir.path().join("certs"));
+    generate_cluster_certs(&ca_dir, &certs, [1]).unwrap();
+    NodeTls::load(&certs, 1).unwrap();
+    let ca_key = std::fs::read(ca_dir.join("node-ca.key")).unwrap();
+    // Under its own name, and renamed: the key matches the trusted CA.
+    for name in ["node-ca.key", "backup.key"] {
+        write_pem_file(&certs.join(name), &String::from_utf8(ca_key.clone()).unwrap(), true)
+            .unwrap();
+        match NodeTls::load(&certs, 1) {
+            Err(CertError::CaKeyInCertificates { path }) => assert!(path.ends_with(name)),
+            other => panic!("loaded beside the CA key {name}: {other:?}"),
+        }
+        std::fs::remove_file(certs.join(name)).unwrap();
+    }
+    NodeTls::load(&certs, 1).unwrap();
+}
+
+/// A CA directory and a certificate directory for node 1, in a fresh temporary directory.
+fn node_1() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_dir, certs) = (dir.path().join("ca"), dir.path().join("certs"));
+    generate_cluster_certs(&ca_dir, &certs, [1]).unwrap();
+    (dir, ca_dir, certs)
+}
+
+/// Node 1's certificate file as it is now.
+fn cert_1(certs: &Path) -> Vec<u8> {
+    std::fs::read(certs.join("node-1.pem")).unwrap()
+}
+
+async fn binds(tls: NodeTls) {
+    let rt = std::sync::Arc::new(raft_quic::quinn::TokioRuntime);
+    let config = QuicConfig::new(1, "127.0.0.1:0".parse().unwrap(), tls);
+    let network = QuicNetwork::bind(config, rt).unwrap();
+    network.close().await;
+}
+
+/// A renewal writes the key and then the certificate; a crash between the two replacements
+/// leaves the new key beside the old certificate. The node still loads a pair that belongs
+/// together (the certificate stored with the key) and binds; it used to fail to start
+/// (rustls: inconsistent keys).
+#[tokio::test]
+async fn a_renewal_interrupted_between_key_and_certificate_still_loads_and_binds() {
+    let (_dir, ca_dir, certs) = node_1();
+    let old_cert = cert_1(&certs);
+    let ca = load_ca(&ca_dir, NODE_CA).unwrap();
+    issue_node_files(&ca, &certs, 1, DEFAULT_CERT_LIFETIME).unwrap();
+    let new_cert = cert_1(&certs);
+    assert_ne!(old_cert, new_cert);
+    // The crash: the certificate's replacement never happened.
+    std::fs::write(certs.join("node-1.pem"), &old_cert).unwrap();
+    let tls = NodeTls::load(&certs, 1).unwrap();
+    assert_eq!(
+        tls.cert_chain,
+        raft_quic::certs::parse_certificates(&new_cert, "renewed").unwrap(),
+        "the key's own certificate is used"
+    );
+    binds(tls).await;
+}
+
+/// The second write of a renewal fails (here the certificate's name is taken by a directory;
+/// a full disk does the same): the renewal reports it, and the directory still loads a pair
+/// that belongs together and binds.
+#[tokio::test]
+async fn a_renewal_whose_second_write_fails_leaves_a_directory_that_loads_and_binds() {
+    let (_dir, ca_dir, certs) = node_1();
+    let old_cert = cert_1(&certs);
+    std::fs::remove_file(certs.join("node-1.pem")).unwrap();
+    std::fs::create_dir(certs.join("node-1.pem")).unwrap();
+    std::fs::write(certs.join("node-1.pem").join("occupied"), "").unwrap();
+    let ca = load_ca(&ca_dir, NODE_CA).unwrap();
+    assert!(issue_node_files(&ca, &certs, 1, DEFAULT_CERT_LIFETIME).is_err());
+    let tls = NodeTls::load(&certs, 1).unwrap();
+    assert_ne!(tls.cert_chain, raft_quic::certs::parse_certificates(&old_cert, "old").unwrap());
+    binds(tls).await;
+}
+
+/// A CA whose creation stopped after its key (the certificate file missing, or another one
+/// in its place) still loads, from the certificate stored with its key: `kv ca` refuses to
+/// replace the key, so the CA used to be unusable for good.
+#[test]
+fn a_ca_created_up_to_its_key_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let created = create_ca(&ca_dir, NODE_CA, Duration::from_secs(86_400)).unwrap();
+    std::fs::remove_file(ca_dir.join("node-ca.pem")).unwrap();
+    assert_eq!(load_ca(&ca_dir, NODE_CA).unwrap().cert_pem(), created.cert_pem());
+    let other = ClusterCa::generate().unwrap();
+    std::fs::write(ca_dir.join("node-ca.pem"), other.cert_pem()).unwrap();
+    assert_eq!(load_ca(&ca_dir, NODE_CA).unwrap().cert_pem(), created.cert_pem());
+    let files = ensure_cluster_certs(&ca_dir, dir.path().join("certs"), [1]).unwrap();
+    files.node_tls(1).unwrap();
+}
+
+/// Temporary files of crashed writes (they may hold a key) are removed when a node loads its
+/// directory; a write in progress (a fresh temporary file) is left alone.
+#[test]
+fn temporary_files_of_crashed_writes_are_removed_on_load() {
+    let (_dir, _, certs) = node_1();
+    let stale = certs.join(".node-1.key.4242.0123456789abcdef.tmp");
+    let fresh = certs.join(".node-1.key.4243.fedcba9876543210.tmp");
+    for file in [&stale, &fresh] {
+        std::fs::write(file, "-----BEGIN PRIVATE KEY-----").unwrap();
+    }
+    let long_ago = SystemTime::now() - raft_quic::certs::STALE_TEMP_AGE * 2;
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(long_ago).unwrap();
+    NodeTls::load(&certs, 1).unwrap();
+    assert!(!stale.exists(), "the crashed write's key is still there");
+    assert!(fresh.exists(), "a write in progress lost its file");
 }

@@ -31,6 +31,7 @@ impl RpcHandler for Responder {
                 term: r.term,
                 match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
                 conflict: None,
+                lease_promise_ms: 0,
             })),
             _ => Err(RpcError::Shutdown),
         }

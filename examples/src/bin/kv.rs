@@ -118,7 +118,8 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "worker-threads"
             | "fault-injection"
             | "stop-on-stdin-eof"
-            | "join" => {}
+            | "join"
+            | "lease-reads" => {}
             other => return Err(format!("unknown option --{other}")),
         }
     }
@@ -210,7 +211,9 @@ fn lifetime(args: &[String], default_days: u64) -> Result<Duration, String> {
     if days == 0 {
         return Err("--days must be at least 1".into());
     }
-    Ok(Duration::from_secs(days * 24 * 3600))
+    days.checked_mul(86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("--days: {days} days is too long"))
 }
 
 fn required<'a>(args: &'a [String], name: &str) -> Result<&'a Path, String> {

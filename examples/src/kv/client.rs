@@ -1,7 +1,8 @@
 //! [`KvClient`]: a client session with leader discovery, retries and exactly-once writes.
 //!
-//! Every write carries the session id and a fresh sequence number; a retry (after a timeout, a
-//! lost leadership or a redirect) reuses them, and the state machine answers a duplicate with
+//! Every write carries the session id (128 random bits drawn when the session is opened; the
+//! session belongs to this client's certificate) and a fresh sequence number; a retry (after a
+//! timeout, a lost leadership or a redirect) reuses them, and the state machine answers a duplicate with
 //! the first answer instead of applying it again. One client may run many operations at once
 //! (it is `Sync`); each session tells the state machine which answers it has received, so the
 //! state machine keeps only the answers still awaited.
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use raft_core::{NodeId, Status};
 use tracing::debug;
 
-use super::command::{Command, KvError, Op, OpResult, Response, SessionRef};
+use super::command::{Command, KvError, Op, OpResult, Response, SessionId, SessionRef};
 use super::connections::{CallError, Connections};
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberList, MemberRequest,
@@ -36,6 +37,12 @@ pub enum ClientError {
     /// The cluster refused the request.
     #[error("refused: {0}")]
     Refused(String),
+    /// The client's certificate does not allow the request (it needs an admin certificate).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The operating system gave no randomness for a session id.
+    #[error("no randomness for a session id")]
+    NoRandomness,
     /// The state machine refused the operation without applying it.
     #[error("rejected: {0}")]
     Rejected(KvError),
@@ -59,7 +66,7 @@ impl ClientError {
 
 #[derive(Debug)]
 struct Session {
-    client_id: u64,
+    id: SessionId,
     next_seq: u64,
     outstanding: BTreeSet<u64>,
 }
@@ -133,17 +140,17 @@ impl KvClient {
 
     /// Runs a write in this client's session (opening one first if needed).
     async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
-        let (client_id, seq, ack_below) = self.next_seq().await?;
-        let command = Command { session: Some(SessionRef { client_id, seq, ack_below }), op };
+        let (id, seq, ack_below) = self.next_seq().await?;
+        let command = Command { session: Some(SessionRef { id, seq, ack_below }), op };
         let result = self.run(&command).await;
         let mut session = self.session();
-        if let Some(s) = session.as_mut().filter(|s| s.client_id == client_id) {
+        if let Some(s) = session.as_mut().filter(|s| s.id == id) {
             s.outstanding.remove(&seq);
         }
         match result? {
             Ok(result) => Ok(result),
             Err(KvError::UnknownSession) => {
-                if session.as_ref().is_some_and(|s| s.client_id == client_id) {
+                if session.as_ref().is_some_and(|s| s.id == id) {
                     *session = None;
                 }
                 Err(ClientError::SessionExpired)
@@ -153,7 +160,7 @@ impl KvClient {
     }
 
     /// Allocates a sequence number, opening the session first if there is none.
-    async fn next_seq(&self) -> Result<(u64, u64, u64), ClientError> {
+    async fn next_seq(&self) -> Result<(SessionId, u64, u64), ClientError> {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
@@ -161,26 +168,26 @@ impl KvClient {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
-        let register = Command { session: None, op: Op::Register };
+        let id = new_session_id()?;
+        let register = Command { session: None, op: Op::Register { id } };
         match self.run(&register).await? {
-            Ok(OpResult::Registered { client_id }) => {
-                debug!(client_id, "session opened");
-                *self.session() =
-                    Some(Session { client_id, next_seq: 0, outstanding: BTreeSet::new() });
+            Ok(OpResult::Registered { id: opened }) if opened == id => {
+                debug!(id, "session opened");
+                *self.session() = Some(Session { id, next_seq: 0, outstanding: BTreeSet::new() });
             }
             other => return Err(unexpected(other)),
         }
         self.allocate().ok_or(ClientError::SessionExpired)
     }
 
-    fn allocate(&self) -> Option<(u64, u64, u64)> {
+    fn allocate(&self) -> Option<(SessionId, u64, u64)> {
         let mut session = self.session();
         let s = session.as_mut()?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.outstanding.insert(seq);
         let ack_below = s.outstanding.first().copied().unwrap_or(seq);
-        Some((s.client_id, seq, ack_below))
+        Some((s.id, seq, ack_below))
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
@@ -250,6 +257,9 @@ impl KvClient {
                     conns.set_leader(None);
                 }
                 Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
+                Ok(ClientResponse::Forbidden(reason)) => {
+                    return Err(ClientError::Forbidden(reason))
+                }
                 Ok(other) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
                 Err(e) => {
                     debug!(node, "attempt failed: {e}");
@@ -350,6 +360,14 @@ impl Attempts {
     }
 }
 
+/// A fresh session id: 128 bits from the operating system's random source.
+fn new_session_id() -> Result<SessionId, ClientError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| ClientError::NoRandomness)?;
+    Ok(SessionId::from_le_bytes(bytes))
+}
+
 fn unexpected(response: Response) -> ClientError {
     match response {
         Err(e) => ClientError::Rejected(e),
@@ -401,6 +419,9 @@ impl Connections {
                 }
                 Ok(ClientResponse::MemberFailed(e)) => return Err(ClientError::Member(e)),
                 Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
+                Ok(ClientResponse::Forbidden(reason)) => {
+                    return Err(ClientError::Forbidden(reason))
+                }
                 Ok(ClientResponse::NotLeader { leader: Some(leader) }) if leader.id != node => {
                     self.learn(&leader);
                     self.set_leader(Some(leader.id));
@@ -511,6 +532,7 @@ impl Connections {
         let limit = self.options().status_timeout;
         match self.call_within(node, &ClientRequest::Status, limit).await {
             Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus { status, members }),
+            Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
@@ -547,6 +569,7 @@ impl Connections {
         match self.call(node, &ClientRequest::Admin(AdminRequest::Partition { blocked })).await {
             Ok(ClientResponse::AdminDone) => Ok(()),
             Ok(ClientResponse::Refused(reason)) => Err(ClientError::Refused(reason)),
+            Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }

@@ -55,6 +55,8 @@ pub struct ClusterSpec {
     pub snapshot_entries: u64,
     /// Whether nodes accept partition requests.
     pub fault_injection: bool,
+    /// Whether leaders answer reads from their lease (`--lease-reads`).
+    pub lease_reads: bool,
     /// The directory in which the cluster's temporary directory (certificates, data, logs;
     /// removed on drop) is created (`None`: the system's temporary directory).
     pub parent_dir: Option<PathBuf>,
@@ -74,6 +76,7 @@ impl Default for ClusterSpec {
             heartbeat_ms: 50,
             snapshot_entries: 10_000,
             fault_injection: false,
+            lease_reads: false,
             parent_dir: None,
             worker_threads: 2,
             log_filter: "info".into(),
@@ -287,6 +290,9 @@ impl ProcessCluster {
         }
         if self.spec.fault_injection {
             args.push("--fault-injection".into());
+        }
+        if self.spec.lease_reads {
+            args.push("--lease-reads".into());
         }
         if joining {
             args.push("--join".into());

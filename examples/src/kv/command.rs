@@ -1,8 +1,9 @@
 //! The commands of the key-value state machine (what goes into the Raft log) and its answers.
 //!
-//! A log entry holds a list of commands (the commands a client batch brought together, applied
-//! one after the other), and is answered with the list of their responses. Both are encoded
-//! with `postcard`. An entry that does not decode is answered with a single
+//! A log entry ([`KvEntry`]) holds the authenticated client that sent it and a list of commands
+//! (the commands a client batch brought together, applied one after the other), and is answered
+//! with the list of their responses. Both are encoded with `postcard`, the entry after a format
+//! byte ([`ENTRY_FORMAT`]). An entry that does not decode is answered with a single
 //! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
 
 use std::net::SocketAddr;
@@ -11,30 +12,41 @@ use bytes::Bytes;
 use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
+use super::bounded::Bounded;
+
 /// The largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 4 << 10;
 /// The largest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 512 << 10;
 
+/// A client session's id: 128 random bits drawn by the client when it registers the session
+/// (unguessable; and a session only answers to the client that opened it).
+pub type SessionId = u128;
+
 /// A client session's identity and position, carried by every write so that a retried write is
 /// applied at most once (Raft thesis §6.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionRef {
-    /// The session id (the operation id of the registration, see `KvState::apply`).
-    pub client_id: u64,
+    /// The session id (chosen by the client in [`Op::Register`]).
+    pub id: SessionId,
     /// The request's sequence number within the session (unique, increasing per new request;
     /// a retry reuses it).
     pub seq: u64,
     /// Every request of this session below this sequence number has been answered to the
-    /// client: the state machine may forget their responses.
+    /// client: the state machine may forget their responses. At most `seq` (a request cannot
+    /// acknowledge itself or later ones).
     pub ack_below: u64,
 }
 
 /// One operation on the map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Opens a client session; answered with [`OpResult::Registered`].
-    Register,
+    /// Opens client session `id` for the client that sends it; answered with
+    /// [`OpResult::Registered`]. Idempotent for that client (a retry answers the same).
+    Register {
+        /// The new session's id: 128 random bits drawn by the client.
+        id: SessionId,
+    },
     /// Reads a key.
     Get {
         /// The key.
@@ -97,7 +109,7 @@ impl Op {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
         let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
         let ok = match self {
-            Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => true,
+            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => true,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
             Op::Put { key, value } => key_ok(key) && value_ok(value),
             Op::Cas { key, expected, new } => {
@@ -112,7 +124,7 @@ impl Op {
     }
 }
 
-/// A log entry of the key-value service: an operation, with its session for writes.
+/// A command of the key-value service: an operation, with its session for writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// The session of a deduplicated write; `None` for reads, registrations and writes that
@@ -123,14 +135,19 @@ pub struct Command {
 }
 
 impl Command {
-    /// Encodes the command for the log.
-    pub fn encode(&self) -> Result<Bytes, KvError> {
-        postcard::to_allocvec(self).map(Bytes::from).map_err(|e| KvError::Malformed(e.to_string()))
-    }
-
-    /// Decodes a command from a log entry.
-    pub fn decode(bytes: &[u8]) -> Result<Self, KvError> {
-        postcard::from_bytes(bytes).map_err(|e| KvError::Malformed(e.to_string()))
+    /// Roughly how many bytes the command takes on the wire (for batch limits).
+    pub fn approximate_size(&self) -> usize {
+        let payload = match &self.op {
+            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => 32,
+            Op::Get { key } | Op::Delete { key } => key.len(),
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::Cas { key, expected, new } => {
+                key.len()
+                    + expected.as_ref().map_or(0, |v| v.len())
+                    + new.as_ref().map_or(0, |v| v.len())
+            }
+        };
+        payload + 48
     }
 }
 
@@ -140,7 +157,7 @@ pub enum OpResult {
     /// A session was opened with this id.
     Registered {
         /// The new session's id.
-        client_id: u64,
+        id: SessionId,
     },
     /// The value of the key read (`None`: absent).
     Value(Option<Bytes>),
@@ -163,10 +180,18 @@ pub enum OpResult {
 /// A deterministic refusal by the state machine (the same on every node).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum KvError {
-    /// The session is unknown: never registered, or evicted because too many sessions were
-    /// open. The request was not applied by this entry; an earlier attempt may have been.
+    /// The session is unknown to the sending client: never registered, opened by another
+    /// client, or evicted because too many sessions were open. The request was not applied by
+    /// this entry; an earlier attempt may have been.
     #[error("unknown or expired client session")]
     UnknownSession,
+    /// Another client already opened a session with this id (registering a fresh random id
+    /// succeeds).
+    #[error("the session id is taken")]
+    SessionTaken,
+    /// The request acknowledges itself or later requests (`ack_below > seq`); not applied.
+    #[error("invalid acknowledgement (ack_below above the sequence number)")]
+    BadAck,
     /// The request's sequence number was already acknowledged by the client (a late
     /// duplicate); it was not applied again.
     #[error("stale request (sequence number already acknowledged)")]
@@ -174,6 +199,9 @@ pub enum KvError {
     /// The session holds too many unacknowledged responses; the request was not applied.
     #[error("too many unacknowledged requests in the session")]
     TooManyPending,
+    /// The node was removed from the cluster for good; its id cannot be added again.
+    #[error("node {0} was removed from the cluster; its id cannot be reused")]
+    Removed(NodeId),
     /// A key or value exceeds its size limit.
     #[error("key or value too large")]
     TooLarge,
@@ -188,19 +216,39 @@ pub type Response = Result<OpResult, KvError>;
 /// The most commands in one log entry.
 pub const MAX_COMMANDS_PER_ENTRY: usize = 1024;
 
-/// Encodes the commands of one log entry.
-pub fn encode_commands(commands: &[Command]) -> Result<Bytes, KvError> {
-    postcard::to_allocvec(commands).map(Bytes::from).map_err(|e| KvError::Malformed(e.to_string()))
+/// The format byte that starts every log entry of this version of the service; an entry with
+/// another one is answered [`KvError::Malformed`] (the same on every node).
+pub const ENTRY_FORMAT: u8 = 3;
+
+/// The commands of one log entry, with the authenticated client that sent them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The client (its certificate name, e.g. `client-alice.kv`) whose connection brought the
+    /// commands; `None` for commands the node proposes itself (address-book updates). Sessions
+    /// belong to their owner: no other client can use them.
+    pub owner: Option<String>,
+    /// The commands, applied in order.
+    pub commands: Bounded<Command, MAX_COMMANDS_PER_ENTRY>,
 }
 
-/// Decodes the commands of one log entry.
-pub fn decode_commands(bytes: &[u8]) -> Result<Vec<Command>, KvError> {
-    let commands: Vec<Command> =
-        postcard::from_bytes(bytes).map_err(|e| KvError::Malformed(e.to_string()))?;
-    if commands.len() > MAX_COMMANDS_PER_ENTRY {
-        return Err(KvError::Malformed(format!("{} commands in one entry", commands.len())));
+/// Encodes one log entry: `owner`'s `commands` (at most [`MAX_COMMANDS_PER_ENTRY`]).
+pub fn encode_entry(owner: Option<&str>, commands: Vec<Command>) -> Result<Bytes, KvError> {
+    let commands = Bounded::new(commands).map_err(|e| KvError::Malformed(e.to_string()))?;
+    let entry = KvEntry { owner: owner.map(str::to_owned), commands };
+    postcard::to_extend(&entry, vec![ENTRY_FORMAT])
+        .map(Bytes::from)
+        .map_err(|e| KvError::Malformed(e.to_string()))
+}
+
+/// Decodes one log entry (the command count is checked before any command is decoded).
+pub fn decode_entry(bytes: &[u8]) -> Result<KvEntry, KvError> {
+    match bytes.split_first() {
+        Some((&ENTRY_FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|e| KvError::Malformed(e.to_string()))
+        }
+        Some((format, _)) => Err(KvError::Malformed(format!("unknown entry format {format}"))),
+        None => Err(KvError::Malformed("empty entry".into())),
     }
-    Ok(commands)
 }
 
 /// Encodes the answers to one entry.
@@ -228,27 +276,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_round_trips() {
-        let command = Command {
-            session: Some(SessionRef { client_id: 7, seq: 3, ack_below: 2 }),
-            op: Op::Cas {
-                key: Bytes::from_static(b"k"),
-                expected: None,
-                new: Some(Bytes::from_static(b"v")),
-            },
-        };
-        let encoded = command.encode();
-        assert_eq!(encoded.as_ref().map(|b| Command::decode(b)), Ok(Ok(command)));
-        assert!(matches!(Command::decode(b"\xff\xff\xff"), Err(KvError::Malformed(_))));
-    }
-
-    #[test]
     fn entries_round_trip() {
         let commands = vec![
-            Command { session: None, op: Op::Register },
+            Command { session: None, op: Op::Register { id: u128::MAX } },
             Command { session: None, op: Op::Get { key: Bytes::from_static(b"k") } },
+            Command {
+                session: Some(SessionRef { id: 7, seq: 3, ack_below: 2 }),
+                op: Op::Cas {
+                    key: Bytes::from_static(b"k"),
+                    expected: None,
+                    new: Some(Bytes::from_static(b"v")),
+                },
+            },
         ];
-        assert_eq!(decode_commands(&encode_commands(&commands).unwrap()), Ok(commands));
+        let entry = decode_entry(&encode_entry(Some("client-a.kv"), commands.clone()).unwrap());
+        let entry = entry.unwrap();
+        assert_eq!(
+            (entry.owner.as_deref(), entry.commands.to_vec()),
+            (Some("client-a.kv"), commands)
+        );
+        assert!(matches!(decode_entry(b"\x03\xff\xff\xff"), Err(KvError::Malformed(_))));
+        assert!(matches!(decode_entry(b"\x02\x00\x00"), Err(KvError::Malformed(_))));
+        assert!(matches!(decode_entry(b""), Err(KvError::Malformed(_))));
+        let too_many = vec![Command { session: None, op: Op::Get { key: Bytes::new() } }; 1025];
+        assert!(matches!(encode_entry(None, too_many), Err(KvError::Malformed(_))));
         let responses = vec![Ok(OpResult::Written), Err(KvError::Stale), Ok(OpResult::Value(None))];
         assert_eq!(decode_responses(&encode_responses(&responses), 3), responses);
         let garbage = decode_responses(b"", 2);
@@ -263,6 +314,6 @@ mod tests {
         let big = Bytes::from(vec![0; MAX_VALUE_BYTES + 1]);
         let put = Op::Put { key: Bytes::from_static(b"k"), value: big };
         assert_eq!(put.validate(), Err(KvError::TooLarge));
-        assert_eq!(Op::Register.validate(), Ok(()));
+        assert_eq!(Op::Register { id: 1 }.validate(), Ok(()));
     }
 }

@@ -76,6 +76,10 @@ pub struct NodeConfig {
     pub stop_on_stdin_eof: bool,
     /// Worker threads of the node's runtime.
     pub worker_threads: usize,
+    /// Whether the leader answers reads from its lease (`--lease-reads`, Raft thesis §6.4.1)
+    /// instead of confirming its leadership with a quorum round per batch of reads. Faster,
+    /// but correct only while clocks advance at about the same rate everywhere.
+    pub lease_reads: bool,
     /// Whether this node joins an existing cluster (`--join`): it starts with no voters and
     /// waits for the leader to add it (`kv member add`). The `--node` entries then name the
     /// existing members (so that it accepts their connections) and this node.
@@ -114,6 +118,8 @@ usage: kv-node [--config FILE] [flags]
                              10000; snapshots live in DATA_DIR/snapshots)
   --max-client-connections N (default 256)
   --worker-threads N         (default 2)
+  --lease-reads              the leader answers reads from its lease instead of a quorum round
+                             (faster; correct only if clocks advance at about the same rate)
   --fault-injection          let clients partition this node (tests only)
   --panic-on-key KEY         with --fault-injection: panic when applying a put of KEY (tests only)
   --stop-on-stdin-eof        shut down when stdin closes (supervised child processes)
@@ -138,7 +144,7 @@ fn parse_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
     Ok(pairs)
 }
 
-const BOOLEAN_FLAGS: [&str; 3] = ["fault-injection", "stop-on-stdin-eof", "join"];
+const BOOLEAN_FLAGS: [&str; 4] = ["fault-injection", "stop-on-stdin-eof", "join", "lease-reads"];
 
 /// Splits `--key value` / `--flag` arguments into pairs; `--config FILE` is expanded in place
 /// (so later flags win over the file).
@@ -224,6 +230,7 @@ impl NodeConfig {
             panic_on_key: None,
             stop_on_stdin_eof: false,
             worker_threads: 2,
+            lease_reads: false,
             join: false,
         };
         for (k, v) in pairs {
@@ -253,6 +260,7 @@ impl NodeConfig {
                 "panic-on-key" => config.panic_on_key = Some(v),
                 "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
                 "join" => config.join = boolean(&k, &v)?,
+                "lease-reads" => config.lease_reads = boolean(&k, &v)?,
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
@@ -311,6 +319,7 @@ impl NodeConfig {
         config.election_timeout_ms_max = 2 * self.election_timeout_ms;
         config.snapshot_interval_entries = self.snapshot_entries;
         config.snapshot_keep_entries = (self.snapshot_entries / 10).max(1);
+        config.lease_reads = self.lease_reads;
         config
     }
 }
@@ -328,9 +337,10 @@ mod tests {
     fn flags_build_a_config() {
         let config = NodeConfig::from_args(args(
             "--id 2 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2 \
-             --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection",
+             --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection --lease-reads",
         ))
         .unwrap();
+        assert!(config.lease_reads && config.raft_config().lease_reads);
         assert_eq!(config.id, 2);
         assert_eq!(config.listen, "127.0.0.1:3".parse().unwrap());
         assert_eq!(config.client_listen, "127.0.0.1:4".parse().unwrap());

@@ -12,8 +12,9 @@ use raft_quic::{node_dns_name, NodeTls};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use super::command::Command;
 use super::protocol::{
-    self, ClientRequest, ClientResponse, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
+    self, ClientRequest, ClientResponse, CommandBatch, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
 };
 use super::tls::{client_config, KvTlsError};
 
@@ -108,7 +109,7 @@ struct Inner {
 
 /// A command waiting for its node's batcher.
 struct Pending {
-    request: ClientRequest,
+    command: Command,
     reply: oneshot::Sender<Result<ClientResponse, CallError>>,
 }
 
@@ -279,12 +280,12 @@ impl Connections {
         request: &ClientRequest,
     ) -> Result<ClientResponse, CallError> {
         let limit = self.inner.options.attempt_timeout;
-        if !matches!(request, ClientRequest::Command(_)) {
+        let ClientRequest::Command(command) = request else {
             return self.call_within(node, request, limit).await;
-        }
+        };
         let queue = self.batcher(node);
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { request: request.clone(), reply };
+        let pending = Pending { command: command.clone(), reply };
         let wait = async {
             queue.send(pending).await.map_err(|_| CallError::Connect {
                 node,
@@ -316,18 +317,23 @@ impl Connections {
         let limit = self.inner.options.attempt_timeout;
         if batch.len() == 1 {
             if let Some(pending) = batch.pop() {
-                let answer = self.call_within(node, &pending.request, limit).await;
+                let request = ClientRequest::Command(pending.command);
+                let answer = self.call_within(node, &request, limit).await;
                 let _ = pending.reply.send(answer);
             }
             return;
         }
-        let (requests, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-        let count = requests.len();
-        match self.call_within(node, &ClientRequest::Batch(requests), limit).await {
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let count = commands.len();
+        let outcome = match CommandBatch::new(commands) {
+            Ok(commands) => self.call_within(node, &ClientRequest::Batch(commands), limit).await,
+            Err(e) => Ok(ClientResponse::Refused(e.to_string())),
+        };
+        match outcome {
             Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+                for (reply, answer) in replies.into_iter().zip(answers.into_inner()) {
+                    let _ = reply.send(Ok(answer.into()));
                 }
             }
             outcome => {
@@ -401,12 +407,12 @@ async fn run_batcher(inner: Weak<Inner>, node: NodeId, mut queue: mpsc::Receiver
     while let Some(first) = queue.recv().await {
         // Let the sessions woken together with this one queue their commands too.
         tokio::task::yield_now().await;
-        let mut bytes = first.request.approximate_size();
+        let mut bytes = first.command.approximate_size();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_LEN && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
                 Ok(pending) => {
-                    bytes += pending.request.approximate_size();
+                    bytes += pending.command.approximate_size();
                     batch.push(pending);
                 }
                 Err(_) => break,

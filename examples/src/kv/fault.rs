@@ -16,7 +16,7 @@ use raft_core::{
     SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
 };
 
-use super::command::{decode_commands, Op};
+use super::command::{decode_entry, Op};
 
 /// The set of peers this node must not talk to. Clones share it.
 #[derive(Clone, Debug, Default)]
@@ -105,8 +105,8 @@ impl<M> PanicOnKey<M> {
 
     fn poisoned(&self, entry: &Entry) -> bool {
         let (Some(key), Some(command)) = (&self.key, entry.command()) else { return false };
-        let commands = decode_commands(command).unwrap_or_default();
-        commands.iter().any(|c| matches!(&c.op, Op::Put { key: k, .. } if k == key))
+        let Ok(entry) = decode_entry(command) else { return false };
+        entry.commands.iter().any(|c| matches!(&c.op, Op::Put { key: k, .. } if k == key))
     }
 }
 

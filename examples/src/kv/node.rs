@@ -11,13 +11,14 @@ use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info, warn};
 
-use super::command::{decode_commands, Op};
+use super::command::{decode_entry, Op};
 use super::config::{MemberAddrs, NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
-use super::server::{accept_loop, ClientService};
+use super::port::{accept_loop, ClientPort};
+use super::server::ClientService;
 use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
-use super::tls::{reload_on_change, server_config, ClientPortLimits, KvTlsError, NodeMaterial};
+use super::tls::{server_config, ClientPortLimits, KvTlsError, ReloadTargets, Reloader};
 
 /// Why a node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,9 @@ enum StopReason {
 }
 
 /// The Raft transport as the state machine's [`PeerDirectory`]: members added at run time
-/// become peers (reachable, and accepted when they connect); removed ones are dropped.
+/// become peers (reachable, and accepted when they connect); removed ones are refused for good
+/// (`QuicNetwork::refuse`), on apply and again from every restored snapshot, so a restarted
+/// node refuses them before it serves Raft traffic.
 #[derive(Debug)]
 struct QuicDirectory {
     network: QuicNetwork,
@@ -81,10 +84,10 @@ impl PeerDirectory for QuicDirectory {
         }
     }
 
-    fn forget(&self, id: NodeId) {
+    fn removed(&self, id: NodeId) {
         if id != self.own {
-            debug!(peer = id, "peer forgotten");
-            self.network.remove_peer(id);
+            debug!(peer = id, "peer removed from the cluster: refused from now on");
+            self.network.refuse(id);
         }
     }
 }
@@ -108,14 +111,15 @@ async fn addresses_from_log(
         let Some(end) = entries.last().map(|e| e.index) else { break };
         for entry in &entries {
             let Some(bytes) = entry.command() else { continue };
-            for command in decode_commands(bytes).unwrap_or_default() {
+            let commands = decode_entry(bytes).map(|e| e.commands.into_inner()).unwrap_or_default();
+            for command in commands {
                 match command.op {
                     Op::SetMemberAddress { id, raft_addr, client_addr } => {
                         directory.set(id, MemberAddrs { raft: raft_addr, client: client_addr });
                         found += 1;
                     }
                     Op::ForgetMember { id } => {
-                        directory.forget(id);
+                        directory.removed(id);
                         found += 1;
                     }
                     _ => {}
@@ -129,7 +133,9 @@ async fn addresses_from_log(
 
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let material = NodeMaterial::load(&config.certs)?;
+    // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
+    let reloader = Reloader::start(config.certs.clone());
+    let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
 
@@ -176,17 +182,22 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let reload = reload_on_change(config.certs.clone(), network.clone(), endpoint.clone(), limits);
-    let reload = tokio::spawn(reload);
     let service = Arc::new(ClientService::new(
         node.clone(),
         state,
         config.members.clone(),
         firewall,
         config.fault_injection,
-        config.max_client_connections,
     ));
-    tokio::spawn(accept_loop(endpoint.clone(), service));
+    let port = ClientPort::new(service, config.max_client_connections);
+    let targets = ReloadTargets {
+        network: network.clone(),
+        client_endpoint: endpoint.clone(),
+        client_gate: Some(port.gate()),
+        limits,
+    };
+    let reload = tokio::spawn(reloader.run(targets));
+    tokio::spawn(accept_loop(endpoint.clone(), port));
     info!(
         id = config.id,
         raft = %network.local_addr(),
@@ -314,7 +325,7 @@ mod tests {
     use raft_core::{Entry, EntryPayload, WriteBatch};
 
     use super::*;
-    use crate::kv::command::{encode_commands, Command};
+    use crate::kv::command::{encode_entry, Command};
 
     #[derive(Debug, Default)]
     struct Recorder(Mutex<Vec<(NodeId, Option<MemberAddrs>)>>);
@@ -323,7 +334,7 @@ mod tests {
         fn set(&self, id: NodeId, addrs: MemberAddrs) {
             self.0.lock().unwrap().push((id, Some(addrs)));
         }
-        fn forget(&self, id: NodeId) {
+        fn removed(&self, id: NodeId) {
             self.0.lock().unwrap().push((id, None));
         }
     }
@@ -344,7 +355,7 @@ mod tests {
             Entry {
                 index,
                 term: 1,
-                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+                payload: EntryPayload::Command(encode_entry(None, commands).unwrap()),
             }
         };
         let put = Op::Put { key: "k".into(), value: "v".into() };

@@ -3,6 +3,11 @@
 //!
 //! The ALPN names the protocol version ([`ALPN`]); a node and a client of different versions
 //! fail the TLS handshake instead of misreading each other.
+//!
+//! Decoding is bounded before it allocates: a frame is at most [`MAX_FRAME_BYTES`], no type is
+//! recursive (a [`ClientRequest::Batch`] holds only commands, a [`ClientResponse::Batch`] only
+//! their answers, so nothing nests), and a batch's length is checked against
+//! [`MAX_BATCH_LEN`] before its first item is decoded ([`Bounded`]).
 
 use std::net::SocketAddr;
 
@@ -11,17 +16,22 @@ use raft_quic::quinn::{RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::bounded::Bounded;
 use super::command::{Command, Response};
 
-/// The ALPN protocol id of the client port.
-pub const ALPN: &[u8] = b"raft-kv/2";
+/// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
+/// have 128-bit ids chosen by the client, requests are authorized by certificate role.
+pub const ALPN: &[u8] = b"raft-kv/3";
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
 /// fits with room to spare.
 pub const MAX_FRAME_BYTES: usize = 2 << 20;
-/// The most requests in one [`ClientRequest::Batch`].
+/// The most commands in one [`ClientRequest::Batch`] (checked before any is decoded).
 pub const MAX_BATCH_LEN: usize = 1024;
+
+/// The commands of a [`ClientRequest::Batch`].
+pub type CommandBatch = Bounded<Command, MAX_BATCH_LEN>;
 /// Clients stop adding requests to a batch once it holds about this many bytes.
 pub const MAX_BATCH_BYTES: usize = 256 << 10;
 
@@ -34,10 +44,10 @@ pub enum ClientRequest {
     Status,
     /// Test-only fault injection (refused unless the node runs with `--fault-injection`).
     Admin(AdminRequest),
-    /// Several independent requests sent together (by a client process whose sessions issued
+    /// Several independent commands sent together (by a client process whose sessions issued
     /// them at the same moment), answered by a [`ClientResponse::Batch`] in the same order.
-    /// Each is handled exactly as if sent alone; batches do not nest.
-    Batch(Vec<ClientRequest>),
+    /// Each is handled exactly as if sent alone.
+    Batch(CommandBatch),
     /// Membership administration (served by the leader; other nodes redirect).
     Member(MemberRequest),
 }
@@ -140,31 +150,12 @@ pub enum MemberError {
         /// The leader the node knows of now.
         leader: Option<NodeId>,
     },
+    /// The node was removed from the cluster; its id is never used again.
+    #[error("node {0} was removed from the cluster; its id cannot be reused")]
+    Removed(NodeId),
     /// The id is reserved or otherwise unusable.
     #[error("invalid request: {0}")]
     Invalid(String),
-}
-
-impl ClientRequest {
-    /// Roughly how many bytes the request takes on the wire (for batch limits).
-    pub fn approximate_size(&self) -> usize {
-        use super::command::Op;
-        let payload = match self {
-            ClientRequest::Command(c) => match &c.op {
-                Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => 32,
-                Op::Get { key } | Op::Delete { key } => key.len(),
-                Op::Put { key, value } => key.len() + value.len(),
-                Op::Cas { key, expected, new } => {
-                    key.len()
-                        + expected.as_ref().map_or(0, |v| v.len())
-                        + new.as_ref().map_or(0, |v| v.len())
-                }
-            },
-            ClientRequest::Batch(requests) => requests.iter().map(Self::approximate_size).sum(),
-            ClientRequest::Status | ClientRequest::Admin(_) | ClientRequest::Member(_) => 0,
-        };
-        payload + 48
-    }
 }
 
 /// Fault injection for tests.
@@ -214,12 +205,45 @@ pub enum ClientResponse {
     /// Answer to an admin request.
     AdminDone,
     /// The answers to a [`ClientRequest::Batch`], in order.
-    Batch(Vec<ClientResponse>),
+    Batch(Bounded<CommandAnswer, MAX_BATCH_LEN>),
     /// The membership (answer to every successful [`MemberRequest`]; after a transfer, as the
     /// old leader sees it).
     Members(MemberList),
     /// A membership request failed for good.
     MemberFailed(MemberError),
+    /// The client's certificate does not allow the request (administration needs an
+    /// `admin-<name>.kv` certificate).
+    Forbidden(String),
+}
+
+/// A node's answer to one command (alone, or in a batch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandAnswer {
+    /// See [`ClientResponse::Applied`].
+    Applied(Response),
+    /// See [`ClientResponse::NotLeader`].
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<Member>,
+    },
+    /// See [`ClientResponse::NotApplied`].
+    NotApplied(String),
+    /// See [`ClientResponse::Unknown`].
+    Unknown(String),
+    /// See [`ClientResponse::Refused`].
+    Refused(String),
+}
+
+impl From<CommandAnswer> for ClientResponse {
+    fn from(answer: CommandAnswer) -> Self {
+        match answer {
+            CommandAnswer::Applied(r) => ClientResponse::Applied(r),
+            CommandAnswer::NotLeader { leader } => ClientResponse::NotLeader { leader },
+            CommandAnswer::NotApplied(why) => ClientResponse::NotApplied(why),
+            CommandAnswer::Unknown(why) => ClientResponse::Unknown(why),
+            CommandAnswer::Refused(why) => ClientResponse::Refused(why),
+        }
+    }
 }
 
 /// Why a frame could not be read or written.
@@ -260,6 +284,16 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(buf)
 }
 
+/// The size of `message`'s frame, computed without encoding it.
+pub fn frame_size<T: Serialize>(message: &T) -> Result<usize, FrameError> {
+    let len = postcard::experimental::serialized_size(message)
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(len + 4)
+}
+
 /// Decodes a frame received whole.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, FrameError> {
     let (header, body) = frame
@@ -289,6 +323,38 @@ pub async fn read<T: DeserializeOwned>(recv: &mut RecvStream) -> Result<T, Frame
     decode(&frame)
 }
 
+/// Reads the length header of the one frame of a stream direction, checked against
+/// [`MAX_FRAME_BYTES`] (so that the caller can reserve memory for the body before reading it).
+pub async fn read_len(recv: &mut RecvStream) -> Result<usize, FrameError> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(|e| FrameError::Stream(e.to_string()))?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge);
+    }
+    Ok(len)
+}
+
+/// Reads and decodes the `len`-byte body announced by [`read_len`]; the stream must end there.
+pub async fn read_body<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    len: usize,
+) -> Result<T, FrameError> {
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        raft_quic::quinn::ReadExactError::FinishedEarly(actual) => {
+            FrameError::Length { announced: len, actual }
+        }
+        other => FrameError::Stream(other.to_string()),
+    })?;
+    match recv.read(&mut [0u8; 1]).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(FrameError::Length { announced: len, actual: len + 1 }),
+        Err(e) => return Err(FrameError::Stream(e.to_string())),
+    }
+    postcard::from_bytes(&body).map_err(|e| FrameError::Decode(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -297,11 +363,48 @@ mod tests {
     #[test]
     fn frames_carry_their_length() {
         let frame = encode(&ClientRequest::Status).unwrap();
+        assert_eq!(frame_size(&ClientRequest::Status).unwrap(), frame.len());
         assert_eq!(decode::<ClientRequest>(&frame).unwrap(), ClientRequest::Status);
         assert!(matches!(
             decode::<ClientRequest>(&frame[..frame.len() - 1]),
             Err(FrameError::Length { .. })
         ));
         assert!(decode::<ClientRequest>(&[0, 0]).is_err());
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    #[test]
+    fn nested_batches_cannot_be_expressed() {
+        // The request that overflowed a node's stack in `raft-kv/2`: Batch(Batch(...(Status)))
+        // (variant 3, one item, repeated); and the same shape of response (variant 7).
+        let nested = |variant: u8| {
+            let mut body = [variant, 1].repeat(200_000);
+            body.push(1);
+            framed(&body)
+        };
+        assert!(matches!(decode::<ClientRequest>(&nested(3)), Err(FrameError::Decode(_))));
+        assert!(matches!(decode::<ClientResponse>(&nested(7)), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn a_long_batch_is_refused_on_its_length() {
+        // 2 MiB of two-byte commands (`Get` of an empty key without a session) after the
+        // `Batch` tag: refused on the announced length, before any command is decoded.
+        let get = Command {
+            session: None,
+            op: super::super::command::Op::Get { key: bytes::Bytes::new() },
+        };
+        let commands = vec![get; 1 << 20];
+        let mut body = vec![3];
+        body.extend(postcard::to_allocvec(&commands).unwrap());
+        // (`Bounded`'s own test shows that not one item is decoded.)
+        assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
+        let fits = ClientRequest::Batch(CommandBatch::new(Vec::new()).unwrap());
+        assert_eq!(decode::<ClientRequest>(&encode(&fits).unwrap()).unwrap(), fits);
     }
 }

@@ -4,33 +4,31 @@
 //! Writes go through the log: on a follower the answer is a redirect naming the leader's
 //! client address. Reads go through [`ClientService::read`]: a ReadIndex (no log entry), then
 //! the local state; any node serves them, a follower by asking the leader for the read index.
-//! Membership requests ([`MemberRequest`]) are served by the leader, like writes.
+//! Membership requests ([`MemberRequest`]) are served by the leader, like writes. Every request
+//! is first authorized against the connection's [`Principal`] (see [`auth`](super::auth)).
+//! The port itself (connections, streams, answer budgets) is [`port`](super::port).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{
     InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
     ReadIndexError, Role, TransferError,
 };
-use raft_quic::quinn::{Endpoint, Incoming, RecvStream, SendStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::command::{decode_responses, encode_commands, Command, Op, OpResult};
+use super::auth::Principal;
+use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
 use super::protocol::{
-    self, AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberInfo, MemberList,
-    MemberRequest, MAX_BATCH_LEN,
+    AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
+    MemberList, MemberRequest,
 };
 use super::state_machine::SharedState;
 
 /// The longest the node works on one request before answering "outcome unknown".
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a client may take to send its request once it opened the stream.
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the client port serves requests with.
 #[derive(Debug)]
@@ -46,9 +44,6 @@ pub struct ClientService {
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
     pub fault_injection: bool,
-    /// The most client connections served at once.
-    pub max_connections: usize,
-    connections: AtomicUsize,
 }
 
 impl ClientService {
@@ -59,17 +54,8 @@ impl ClientService {
         configured: BTreeMap<NodeId, MemberAddrs>,
         firewall: Firewall,
         fault_injection: bool,
-        max_connections: usize,
     ) -> Self {
-        Self {
-            node,
-            state,
-            configured,
-            firewall,
-            fault_injection,
-            max_connections,
-            connections: AtomicUsize::new(0),
-        }
+        Self { node, state, configured, firewall, fault_injection }
     }
 
     /// Every address this node knows: its configuration, minus the members forgotten after
@@ -100,25 +86,38 @@ impl ClientService {
             .collect()
     }
 
-    fn redirect(&self, leader_hint: Option<NodeId>) -> ClientResponse {
-        ClientResponse::NotLeader {
-            leader: leader_hint.filter(|&l| l != self.node.id()).and_then(|id| self.member(id)),
-        }
+    fn leader_member(&self, leader_hint: Option<NodeId>) -> Option<Member> {
+        leader_hint.filter(|&l| l != self.node.id()).and_then(|id| self.member(id))
     }
 
-    /// Answers one request. The commands of a batch share log entries: its writes are
-    /// proposed as one entry and its reads go through [`ClientService::read`] together.
-    pub async fn handle(&self, request: ClientRequest) -> ClientResponse {
+    fn redirect(&self, leader_hint: Option<NodeId>) -> ClientResponse {
+        ClientResponse::NotLeader { leader: self.leader_member(leader_hint) }
+    }
+
+    /// Answers one request of `principal`, if its role allows it. The commands of a batch
+    /// share log entries: its writes are proposed as one entry (owned by `principal`, whose
+    /// sessions they may use) and its reads go through [`ClientService::read`] together.
+    pub async fn handle(&self, principal: &Principal, request: ClientRequest) -> ClientResponse {
+        if !principal.may(&request) {
+            // Not logged above debug: a client could fill the log with such requests.
+            debug!(node = self.node.id(), %principal, "refused a request that needs the admin role");
+            return ClientResponse::Forbidden(format!(
+                "{principal} may not make this request: it needs an admin certificate"
+            ));
+        }
         match request {
-            ClientRequest::Batch(requests) => {
-                if requests.len() > MAX_BATCH_LEN {
-                    return ClientResponse::Refused("batch too long".into());
+            ClientRequest::Batch(commands) => {
+                let answers = self.handle_batch(principal, commands.into_inner()).await;
+                match super::bounded::Bounded::new(answers) {
+                    Ok(answers) => ClientResponse::Batch(answers),
+                    Err(e) => ClientResponse::Refused(e.to_string()),
                 }
-                ClientResponse::Batch(self.handle_batch(requests).await)
             }
             ClientRequest::Command(command) => {
-                let mut answers = self.handle_batch(vec![ClientRequest::Command(command)]).await;
-                answers.pop().unwrap_or_else(|| ClientResponse::Refused("no answer".into()))
+                let mut answers = self.handle_batch(principal, vec![command]).await;
+                answers
+                    .pop()
+                    .map_or_else(|| ClientResponse::Refused("no answer".into()), Into::into)
             }
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
@@ -151,50 +150,43 @@ impl ClientService {
         }
     }
 
-    async fn handle_batch(&self, requests: Vec<ClientRequest>) -> Vec<ClientResponse> {
-        let mut answers: Vec<Option<ClientResponse>> = vec![None; requests.len()];
-        let (mut reads, mut writes, mut others) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, request) in requests.into_iter().enumerate() {
-            match request {
-                ClientRequest::Command(command) if command.op.is_internal() => {
-                    answers[i] = Some(ClientResponse::Refused(
-                        "address-book commands are proposed by nodes only".into(),
-                    ))
-                }
-                ClientRequest::Command(command) => match command.op.validate() {
-                    Err(e) => answers[i] = Some(ClientResponse::Refused(e.to_string())),
-                    Ok(()) if command.op.is_read() => reads.push((i, command)),
-                    Ok(()) => writes.push((i, command)),
-                },
-                ClientRequest::Batch(_) => {
-                    answers[i] = Some(ClientResponse::Refused("nested batch".into()))
-                }
-                other => others.push((i, other)),
+    async fn handle_batch(
+        &self,
+        principal: &Principal,
+        commands: Vec<Command>,
+    ) -> Vec<CommandAnswer> {
+        let mut answers: Vec<Option<CommandAnswer>> = vec![None; commands.len()];
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for (i, command) in commands.into_iter().enumerate() {
+            if command.op.is_internal() {
+                answers[i] = Some(CommandAnswer::Refused(
+                    "address-book commands are proposed by nodes only".into(),
+                ));
+                continue;
+            }
+            match command.op.validate() {
+                Err(e) => answers[i] = Some(CommandAnswer::Refused(e.to_string())),
+                Ok(()) if command.op.is_read() => reads.push((i, command)),
+                Ok(()) => writes.push((i, command)),
             }
         }
         let (read_positions, reads): (Vec<usize>, Vec<Command>) = reads.into_iter().unzip();
         let (write_positions, writes): (Vec<usize>, Vec<Command>) = writes.into_iter().unzip();
-        let (other_positions, others): (Vec<usize>, Vec<ClientRequest>) =
-            others.into_iter().unzip();
-        let others =
-            futures::future::join_all(others.into_iter().map(|r| Box::pin(self.handle(r))));
-        let (read_answers, write_answers, other_answers) = futures::join!(
+        let owner = principal.dns_name();
+        let (read_answers, write_answers) = futures::join!(
             bounded(reads.len(), self.read(reads)),
-            bounded(writes.len(), self.propose(writes)),
-            others
+            bounded(writes.len(), self.propose(Some(&owner), writes)),
         );
-        for (positions, results) in [
-            (read_positions, read_answers),
-            (write_positions, write_answers),
-            (other_positions, other_answers),
-        ] {
+        for (positions, results) in
+            [(read_positions, read_answers), (write_positions, write_answers)]
+        {
             for (i, answer) in positions.into_iter().zip(results) {
                 answers[i] = Some(answer);
             }
         }
         answers
             .into_iter()
-            .map(|a| a.unwrap_or_else(|| ClientResponse::Refused("no answer".into())))
+            .map(|a| a.unwrap_or_else(|| CommandAnswer::Refused("no answer".into())))
             .collect()
     }
 
@@ -203,7 +195,7 @@ impl ClientService {
     /// the answers from the local state. Each answer reflects every write acknowledged before
     /// the read arrived. Without a known leader the answer is a redirect (the client tries
     /// another node); any other failure is "not applied", which a read may always retry.
-    pub async fn read(&self, commands: Vec<Command>) -> Vec<ClientResponse> {
+    pub async fn read(&self, commands: Vec<Command>) -> Vec<CommandAnswer> {
         let count = commands.len();
         if count == 0 {
             return Vec::new();
@@ -215,44 +207,47 @@ impl ClientService {
                     .into_iter()
                     .map(|command| match command.op {
                         Op::Get { key } => {
-                            ClientResponse::Applied(Ok(OpResult::Value(state.get(&key))))
+                            CommandAnswer::Applied(Ok(OpResult::Value(state.get(&key))))
                         }
-                        _ => ClientResponse::Refused("not a read".into()),
+                        _ => CommandAnswer::Refused("not a read".into()),
                     })
                     .collect()
             }
             Err(ReadIndexError::NotLeader { leader_hint }) => {
-                vec![self.redirect(leader_hint); count]
+                vec![CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) }; count]
             }
-            Err(e) => vec![ClientResponse::NotApplied(e.to_string()); count],
+            Err(e) => vec![CommandAnswer::NotApplied(e.to_string()); count],
         }
     }
 
-    /// Proposes `commands` as one log entry and returns the state machine's answer to each.
-    async fn propose(&self, commands: Vec<Command>) -> Vec<ClientResponse> {
+    /// Proposes `commands` of `owner` (`None`: the node's own) as one log entry and returns
+    /// the state machine's answer to each.
+    async fn propose(&self, owner: Option<&str>, commands: Vec<Command>) -> Vec<CommandAnswer> {
         let count = commands.len();
         if count == 0 {
             return Vec::new();
         }
-        let all = |response: ClientResponse| vec![response; count];
-        let bytes = match encode_commands(&commands) {
+        let all = |response: CommandAnswer| vec![response; count];
+        let bytes = match encode_entry(owner, commands) {
             Ok(bytes) => bytes,
-            Err(e) => return all(ClientResponse::Refused(e.to_string())),
+            Err(e) => return all(CommandAnswer::Refused(e.to_string())),
         };
         match self.node.propose(bytes).await {
             Ok(proposal) => match proposal.response().await {
                 Ok(answer) => decode_responses(&answer, count)
                     .into_iter()
-                    .map(ClientResponse::Applied)
+                    .map(CommandAnswer::Applied)
                     .collect(),
                 Err(e @ ProposalError::Dropped { .. }) => {
-                    all(ClientResponse::NotApplied(e.to_string()))
+                    all(CommandAnswer::NotApplied(e.to_string()))
                 }
-                Err(e) => all(ClientResponse::Unknown(e.to_string())),
+                Err(e) => all(CommandAnswer::Unknown(e.to_string())),
             },
-            Err(ProposeError::NotLeader { leader_hint }) => all(self.redirect(leader_hint)),
-            Err(e @ ProposeError::TooLarge { .. }) => all(ClientResponse::Refused(e.to_string())),
-            Err(e) => all(ClientResponse::NotApplied(e.to_string())),
+            Err(ProposeError::NotLeader { leader_hint }) => {
+                all(CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) })
+            }
+            Err(e @ ProposeError::TooLarge { .. }) => all(CommandAnswer::Refused(e.to_string())),
+            Err(e) => all(CommandAnswer::NotApplied(e.to_string())),
         }
     }
 }
@@ -304,12 +299,15 @@ impl ClientService {
 
     /// Proposes one address-book command; `None` once it is applied, else the answer to give.
     async fn propose_internal(&self, op: Op) -> Option<ClientResponse> {
-        match self.propose(vec![Command { session: None, op }]).await.pop() {
-            Some(ClientResponse::Applied(Ok(OpResult::MembersUpdated))) => None,
-            Some(ClientResponse::Applied(other)) => {
+        match self.propose(None, vec![Command { session: None, op }]).await.pop() {
+            Some(CommandAnswer::Applied(Ok(OpResult::MembersUpdated))) => None,
+            Some(CommandAnswer::Applied(Err(KvError::Removed(id)))) => {
+                Some(ClientResponse::MemberFailed(MemberError::Removed(id)))
+            }
+            Some(CommandAnswer::Applied(other)) => {
                 Some(ClientResponse::Refused(format!("address book update answered {other:?}")))
             }
-            Some(other) => Some(other),
+            Some(other) => Some(other.into()),
             None => Some(ClientResponse::Unknown("no answer".into())),
         }
     }
@@ -324,6 +322,9 @@ impl ClientService {
         catch_up_ms: u64,
         promote: bool,
     ) -> ClientResponse {
+        if self.state.read().removed_members.contains(&id) {
+            return ClientResponse::MemberFailed(MemberError::Removed(id));
+        }
         if self.node.membership().is_voter(id) {
             // A retry of an add that completed is a success; a second node under a voter's id
             // is refused.
@@ -440,76 +441,9 @@ pub const MAX_CATCH_UP_MS: u64 = 10 * 60 * 1000;
 /// "outcome unknown".
 async fn bounded(
     count: usize,
-    work: impl std::future::Future<Output = Vec<ClientResponse>>,
-) -> Vec<ClientResponse> {
+    work: impl std::future::Future<Output = Vec<CommandAnswer>>,
+) -> Vec<CommandAnswer> {
     tokio::time::timeout(REQUEST_TIMEOUT, work).await.unwrap_or_else(|_| {
-        vec![ClientResponse::Unknown("the node did not finish the request in time".into()); count]
+        vec![CommandAnswer::Unknown("the node did not finish the request in time".into()); count]
     })
-}
-
-/// Accepts client connections on `endpoint` until it is closed.
-pub async fn accept_loop(endpoint: Endpoint, service: Arc<ClientService>) {
-    while let Some(incoming) = endpoint.accept().await {
-        if service.connections.fetch_add(1, Ordering::AcqRel) >= service.max_connections {
-            service.connections.fetch_sub(1, Ordering::AcqRel);
-            warn!(remote = %incoming.remote_address(), "refusing client: too many connections");
-            incoming.refuse();
-            continue;
-        }
-        tokio::spawn(serve_connection(incoming, Arc::clone(&service)));
-    }
-    debug!("client endpoint closed");
-}
-
-/// Releases a connection slot when dropped.
-struct Slot(Arc<ClientService>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-async fn serve_connection(incoming: Incoming, service: Arc<ClientService>) {
-    let slot = Slot(service);
-    let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(e) => {
-            warn!(%remote, "client handshake failed: {e}");
-            return;
-        }
-    };
-    debug!(%remote, "client connected");
-    loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(serve_stream(send, recv, Arc::clone(&slot.0)));
-            }
-            Err(e) => {
-                debug!(%remote, "client connection ended: {e}");
-                return;
-            }
-        }
-    }
-}
-
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, service: Arc<ClientService>) {
-    let request = match tokio::time::timeout(RECEIVE_TIMEOUT, protocol::read(&mut recv)).await {
-        Ok(Ok(request)) => request,
-        Ok(Err(e)) => {
-            debug!("bad client request: {e}");
-            let _ = protocol::write(&mut send, &ClientResponse::Refused(e.to_string())).await;
-            return;
-        }
-        Err(_) => {
-            let _ = send.reset(0u32.into());
-            return;
-        }
-    };
-    drop(recv);
-    let response = service.handle(request).await;
-    if let Err(e) = protocol::write(&mut send, &response).await {
-        debug!("cannot answer a client: {e}");
-    }
 }

@@ -9,23 +9,21 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
 use super::config::MemberAddrs;
+use super::sessions::{Sessions, MAX_PENDING_PER_SESSION};
 
-/// The most sessions kept; registering one more evicts the least recently active.
-pub const MAX_SESSIONS: usize = 16_384;
-/// The most unacknowledged responses one session keeps; further new requests are refused with
-/// [`KvError::TooManyPending`] until the client acknowledges some.
-pub const MAX_PENDING_PER_SESSION: usize = 1024;
+/// The first bytes of an encoded state (a snapshot): a magic word and the format version.
+/// Version 3 added session owners and 128-bit session ids, and made removed members permanent.
+pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x03";
 
-/// One client session: what the state machine remembers to apply each request at most once.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Session {
-    /// Operation id of the session's latest request (for least-recently-active eviction).
-    pub last_active: u64,
-    /// Requests below this sequence number were answered to the client; their responses are
-    /// forgotten and a late duplicate of one is refused as [`KvError::Stale`].
-    pub ack_below: u64,
-    /// The responses of applied requests at or above `ack_below`, by sequence number.
-    pub responses: BTreeMap<u64, Response>,
+/// Why an encoded state could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDecodeError {
+    /// The bytes do not start with [`STATE_FORMAT`]: another version, or not a state.
+    #[error("not a kv state of format version {} (a snapshot of another version?)", STATE_FORMAT[7])]
+    Format,
+    /// The body does not decode.
+    #[error("state does not decode: {0}")]
+    Decode(#[from] postcard::Error),
 }
 
 /// The state of the key-value service. Deterministic: the same commands give the same state
@@ -34,14 +32,15 @@ pub struct Session {
 pub struct KvState {
     /// The map.
     pub data: BTreeMap<Bytes, Bytes>,
-    /// Open client sessions by id.
-    pub sessions: BTreeMap<u64, Session>,
+    /// Open client sessions.
+    pub sessions: Sessions,
     /// The address book: where members added at run time listen (`SetMemberAddress`). The
     /// founding members' addresses come from each node's configuration and are not here unless
     /// set explicitly.
     pub members: BTreeMap<NodeId, MemberAddrs>,
-    /// Members whose addresses were forgotten after their removal (`ForgetMember`), so that a
-    /// node restoring this state also drops addresses it has from its configuration.
+    /// Tombstones: members removed from the cluster (`ForgetMember`). Their addresses are
+    /// forgotten, their ids are refused by the transport from then on, and they can never be
+    /// added again (their certificates stay valid until they expire).
     pub removed_members: BTreeSet<NodeId>,
 }
 
@@ -56,20 +55,32 @@ impl KvState {
         self.data.get(key).cloned()
     }
 
-    /// Applies a command. `op_id` identifies it, increasing with every command (the log index
-    /// times [`MAX_COMMANDS_PER_ENTRY`](super::command::MAX_COMMANDS_PER_ENTRY) plus its place
-    /// in the entry): a registration's session id, and a session's activity time.
-    pub fn apply(&mut self, op_id: u64, command: Command) -> Response {
+    /// Applies a command of the entry that `owner` sent (`None`: proposed by a node). `op_id`
+    /// increases with every command (the log index times
+    /// [`MAX_COMMANDS_PER_ENTRY`](super::command::MAX_COMMANDS_PER_ENTRY) plus its place in
+    /// the entry): a session's time of last use.
+    pub fn apply(&mut self, op_id: u64, owner: Option<&str>, command: Command) -> Response {
         command.op.validate()?;
         match (command.op, command.session) {
-            (Op::Register, _) => Ok(self.register(op_id)),
+            (Op::Register { id }, _) => {
+                let owner = owner.ok_or(KvError::UnknownSession)?;
+                self.sessions.register(owner, id, op_id)?;
+                Ok(OpResult::Registered { id })
+            }
+            (op, _) if op.is_internal() && owner.is_some() => {
+                Err(KvError::Malformed("address-book commands come from nodes only".into()))
+            }
+            (Op::SetMemberAddress { id, .. }, _) if self.removed_members.contains(&id) => {
+                Err(KvError::Removed(id))
+            }
             (op, _) if op.is_read() || op.is_internal() => Ok(self.execute(op)),
             (op, None) => Ok(self.execute(op)),
             (op, Some(session_ref)) => {
-                let Some(session) = self.sessions.get_mut(&session_ref.client_id) else {
-                    return Err(KvError::UnknownSession);
-                };
-                session.last_active = op_id;
+                let owner = owner.ok_or(KvError::UnknownSession)?;
+                if session_ref.ack_below > session_ref.seq {
+                    return Err(KvError::BadAck);
+                }
+                let session = self.sessions.use_session(owner, session_ref.id, op_id)?;
                 if session_ref.ack_below > session.ack_below {
                     session.ack_below = session_ref.ack_below;
                     while session
@@ -96,22 +107,9 @@ impl KvState {
         }
     }
 
-    fn register(&mut self, op_id: u64) -> OpResult {
-        while self.sessions.len() >= MAX_SESSIONS {
-            let oldest = self.sessions.iter().min_by_key(|(_, s)| s.last_active).map(|(&id, _)| id);
-            match oldest {
-                Some(id) => self.sessions.remove(&id),
-                None => break,
-            };
-        }
-        self.sessions.insert(op_id, Session { last_active: op_id, ..Session::default() });
-        OpResult::Registered { client_id: op_id }
-    }
-
     fn execute(&mut self, op: Op) -> OpResult {
         match op {
             Op::SetMemberAddress { id, raft_addr, client_addr } => {
-                self.removed_members.remove(&id);
                 self.members.insert(id, MemberAddrs { raft: raft_addr, client: client_addr });
                 OpResult::MembersUpdated
             }
@@ -128,7 +126,7 @@ impl KvState {
         match op {
             // Address-book changes never carry a session (`execute` handles them); a session
             // does not make one apply to the map.
-            Op::Register | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => {
+            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => {
                 OpResult::Written
             }
             Op::Get { key } => OpResult::Value(data.get(&key).cloned()),
@@ -150,14 +148,16 @@ impl KvState {
         }
     }
 
-    /// The whole state, encoded (the body of a future snapshot).
+    /// The whole state, encoded after [`STATE_FORMAT`] (the body of a snapshot).
     pub fn to_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_allocvec(self)
+        postcard::to_extend(self, STATE_FORMAT.to_vec())
     }
 
-    /// A state decoded from [`KvState::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(bytes)
+    /// A state decoded from [`KvState::to_bytes`]; a state of another format version is
+    /// refused with [`StateDecodeError::Format`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateDecodeError> {
+        let body = bytes.strip_prefix(STATE_FORMAT.as_slice()).ok_or(StateDecodeError::Format)?;
+        Ok(postcard::from_bytes(body)?)
     }
 }
 
@@ -165,7 +165,11 @@ impl KvState {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::kv::command::SessionRef;
+    use crate::kv::command::{SessionId, SessionRef};
+    use crate::kv::sessions::{MAX_PENDING_PER_SESSION, MAX_SESSIONS_PER_CLIENT};
+
+    const ALICE: Option<&str> = Some("client-alice.kv");
+    const MALLORY: Option<&str> = Some("client-mallory.kv");
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -175,108 +179,166 @@ mod tests {
         Op::Put { key: b(key), value: b(value) }
     }
 
-    fn with(client_id: u64, seq: u64, ack_below: u64, op: Op) -> Command {
-        Command { session: Some(SessionRef { client_id, seq, ack_below }), op }
+    fn with(id: SessionId, seq: u64, ack_below: u64, op: Op) -> Command {
+        Command { session: Some(SessionRef { id, seq, ack_below }), op }
     }
 
-    fn register(state: &mut KvState, index: u64) -> u64 {
-        match state.apply(index, Command { session: None, op: Op::Register }) {
-            Ok(OpResult::Registered { client_id }) => client_id,
-            other => panic!("unexpected {other:?}"),
-        }
+    fn plain(op: Op) -> Command {
+        Command { session: None, op }
+    }
+
+    fn register(state: &mut KvState, owner: Option<&str>, id: SessionId, now: u64) {
+        let answer = state.apply(now, owner, plain(Op::Register { id }));
+        assert_eq!(answer, Ok(OpResult::Registered { id }));
     }
 
     #[test]
     fn basic_operations() {
         let mut s = KvState::new();
-        let get =
-            |s: &mut KvState, k| s.apply(9, Command { session: None, op: Op::Get { key: b(k) } });
+        let get = |s: &mut KvState, k| s.apply(9, ALICE, plain(Op::Get { key: b(k) }));
         assert_eq!(get(&mut s, "a"), Ok(OpResult::Value(None)));
-        assert_eq!(s.apply(1, Command { session: None, op: put("a", "1") }), Ok(OpResult::Written));
+        assert_eq!(s.apply(1, ALICE, plain(put("a", "1"))), Ok(OpResult::Written));
         assert_eq!(get(&mut s, "a"), Ok(OpResult::Value(Some(b("1")))));
-        let cas = |expected: Option<&str>, new: Option<&str>| Command {
-            session: None,
-            op: Op::Cas { key: b("a"), expected: expected.map(b), new: new.map(b) },
+        let cas = |expected: Option<&str>, new: Option<&str>| {
+            plain(Op::Cas { key: b("a"), expected: expected.map(b), new: new.map(b) })
         };
-        assert_eq!(s.apply(2, cas(Some("0"), Some("2"))), Ok(OpResult::Cas { swapped: false }));
-        assert_eq!(s.apply(3, cas(Some("1"), Some("2"))), Ok(OpResult::Cas { swapped: true }));
+        assert_eq!(
+            s.apply(2, ALICE, cas(Some("0"), Some("2"))),
+            Ok(OpResult::Cas { swapped: false })
+        );
+        assert_eq!(
+            s.apply(3, ALICE, cas(Some("1"), Some("2"))),
+            Ok(OpResult::Cas { swapped: true })
+        );
         assert_eq!(s.get(b"a"), Some(b("2")));
-        assert_eq!(s.apply(4, cas(Some("2"), None)), Ok(OpResult::Cas { swapped: true }));
-        assert_eq!(s.apply(5, cas(None, Some("3"))), Ok(OpResult::Cas { swapped: true }));
-        let del = Command { session: None, op: Op::Delete { key: b("a") } };
-        assert_eq!(s.apply(6, del.clone()), Ok(OpResult::Deleted { existed: true }));
-        assert_eq!(s.apply(7, del), Ok(OpResult::Deleted { existed: false }));
+        assert_eq!(s.apply(4, ALICE, cas(Some("2"), None)), Ok(OpResult::Cas { swapped: true }));
+        assert_eq!(s.apply(5, ALICE, cas(None, Some("3"))), Ok(OpResult::Cas { swapped: true }));
+        let del = plain(Op::Delete { key: b("a") });
+        assert_eq!(s.apply(6, ALICE, del.clone()), Ok(OpResult::Deleted { existed: true }));
+        assert_eq!(s.apply(7, ALICE, del), Ok(OpResult::Deleted { existed: false }));
     }
 
     #[test]
     fn a_retried_write_applies_once() {
         let mut s = KvState::new();
-        let id = register(&mut s, 1);
+        let id = 0x1234_5678_9abc_def0_1234_5678_9abc_def0;
+        register(&mut s, ALICE, id, 1);
         let cas = Op::Cas { key: b("k"), expected: None, new: Some(b("x")) };
-        assert_eq!(s.apply(2, with(id, 0, 0, cas.clone())), Ok(OpResult::Cas { swapped: true }));
+        let swapped = Ok(OpResult::Cas { swapped: true });
+        assert_eq!(s.apply(2, ALICE, with(id, 0, 0, cas.clone())), swapped);
         // The same request again (a retry): the first answer, not a failed swap.
-        assert_eq!(s.apply(3, with(id, 0, 0, cas.clone())), Ok(OpResult::Cas { swapped: true }));
+        assert_eq!(s.apply(3, ALICE, with(id, 0, 0, cas.clone())), swapped);
         // Out-of-order completion within a session: seq 2 before seq 1.
-        assert_eq!(s.apply(4, with(id, 2, 0, put("k", "two"))), Ok(OpResult::Written));
-        assert_eq!(s.apply(5, with(id, 1, 0, put("k", "one"))), Ok(OpResult::Written));
-        assert_eq!(s.apply(6, with(id, 2, 0, put("k", "two"))), Ok(OpResult::Written));
+        assert_eq!(s.apply(4, ALICE, with(id, 2, 0, put("k", "two"))), Ok(OpResult::Written));
+        assert_eq!(s.apply(5, ALICE, with(id, 1, 0, put("k", "one"))), Ok(OpResult::Written));
+        assert_eq!(s.apply(6, ALICE, with(id, 2, 0, put("k", "two"))), Ok(OpResult::Written));
         assert_eq!(s.get(b"k"), Some(b("one")));
         // Acknowledging forgets responses; a late duplicate is refused, not re-applied.
-        assert_eq!(s.apply(7, with(id, 3, 3, put("k", "three"))), Ok(OpResult::Written));
-        assert_eq!(s.sessions[&id].responses.len(), 1);
-        assert_eq!(s.apply(8, with(id, 1, 0, put("k", "one"))), Err(KvError::Stale));
+        assert_eq!(s.apply(7, ALICE, with(id, 3, 3, put("k", "three"))), Ok(OpResult::Written));
+        assert_eq!(s.sessions.get(id).unwrap().responses.len(), 1);
+        assert_eq!(s.apply(8, ALICE, with(id, 1, 0, put("k", "one"))), Err(KvError::Stale));
         assert_eq!(s.get(b"k"), Some(b("three")));
     }
 
     #[test]
-    fn unknown_sessions_and_eviction() {
+    fn another_client_cannot_use_a_victims_session() {
         let mut s = KvState::new();
-        assert_eq!(s.apply(1, with(42, 0, 0, put("k", "v"))), Err(KvError::UnknownSession));
-        let first = register(&mut s, 2);
-        for index in 3..3 + MAX_SESSIONS as u64 {
-            register(&mut s, index);
+        let id = 77;
+        register(&mut s, ALICE, id, 1);
+        // Mallory knows the id: she can neither consume Alice's next sequence number...
+        let stolen = s.apply(2, MALLORY, with(id, 0, 0, put("k", "mallory")));
+        assert_eq!(stolen, Err(KvError::UnknownSession));
+        // ...nor move her ack_below, nor take the id over.
+        assert_eq!(
+            s.apply(3, MALLORY, with(id, u64::MAX, u64::MAX, put("k", "m"))),
+            Err(KvError::UnknownSession)
+        );
+        assert_eq!(s.apply(4, MALLORY, plain(Op::Register { id })), Err(KvError::SessionTaken));
+        let session = s.sessions.get(id).unwrap();
+        assert_eq!((session.ack_below, session.responses.len()), (0, 0));
+        // Alice's write with sequence number 0 is applied, not answered from a cache.
+        assert_eq!(s.apply(5, ALICE, with(id, 0, 0, put("k", "alice"))), Ok(OpResult::Written));
+        assert_eq!(s.get(b"k"), Some(b("alice")));
+        // Entries without an owner (proposed by a node) use no session.
+        assert_eq!(s.apply(6, None, with(id, 1, 0, put("k", "x"))), Err(KvError::UnknownSession));
+    }
+
+    #[test]
+    fn acknowledgements_are_capped_at_the_sequence_number() {
+        let mut s = KvState::new();
+        register(&mut s, ALICE, 5, 1);
+        assert_eq!(s.apply(2, ALICE, with(5, 3, 4, put("k", "v"))), Err(KvError::BadAck));
+        assert_eq!(s.apply(3, ALICE, with(5, 0, u64::MAX, put("k", "v"))), Err(KvError::BadAck));
+        assert_eq!(s.sessions.get(5).unwrap().ack_below, 0);
+        assert_eq!(s.apply(4, ALICE, with(5, 0, 0, put("k", "v"))), Ok(OpResult::Written));
+    }
+
+    #[test]
+    fn unknown_sessions_and_a_registration_flood() {
+        let mut s = KvState::new();
+        assert_eq!(s.apply(1, ALICE, with(42, 0, 0, put("k", "v"))), Err(KvError::UnknownSession));
+        register(&mut s, ALICE, 42, 2);
+        for id in 0..2 * MAX_SESSIONS_PER_CLIENT as u128 {
+            register(&mut s, MALLORY, 1000 + id, 3 + id as u64);
         }
-        assert_eq!(s.sessions.len(), MAX_SESSIONS);
-        assert!(!s.sessions.contains_key(&first), "the least recently active session is evicted");
+        assert_eq!(s.sessions.count_of("client-mallory.kv"), MAX_SESSIONS_PER_CLIENT);
+        assert_eq!(s.apply(9999, ALICE, with(42, 0, 0, put("k", "v"))), Ok(OpResult::Written));
+        // Registrations need an authenticated owner.
+        assert_eq!(
+            s.apply(10_000, None, plain(Op::Register { id: 1 })),
+            Err(KvError::UnknownSession)
+        );
     }
 
     #[test]
     fn pending_responses_are_bounded() {
         let mut s = KvState::new();
-        let id = register(&mut s, 1);
+        register(&mut s, ALICE, 1, 1);
         for seq in 0..MAX_PENDING_PER_SESSION as u64 {
-            assert_eq!(s.apply(2 + seq, with(id, seq, 0, put("k", "v"))), Ok(OpResult::Written));
+            let answer = s.apply(2 + seq, ALICE, with(1, seq, 0, put("k", "v")));
+            assert_eq!(answer, Ok(OpResult::Written));
         }
-        let over = with(id, MAX_PENDING_PER_SESSION as u64, 0, put("k", "v"));
-        assert_eq!(s.apply(5000, over), Err(KvError::TooManyPending));
+        let over = with(1, MAX_PENDING_PER_SESSION as u64, 0, put("k", "v"));
+        assert_eq!(s.apply(5000, ALICE, over), Err(KvError::TooManyPending));
     }
 
     #[test]
-    fn the_address_book_is_replicated_state() {
+    fn the_address_book_is_replicated_state_and_removals_are_permanent() {
         let mut s = KvState::new();
         let (raft_addr, client_addr) =
             ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let set = Op::SetMemberAddress { id: 4, raft_addr, client_addr };
+        assert_eq!(s.apply(1, None, plain(set.clone())), Ok(OpResult::MembersUpdated));
+        assert_eq!(s.members[&4], MemberAddrs { raft: raft_addr, client: client_addr });
+        // Clients cannot change the address book.
+        assert!(matches!(
+            s.apply(2, ALICE, plain(Op::ForgetMember { id: 4 })),
+            Err(KvError::Malformed(_))
+        ));
         assert_eq!(
-            s.apply(1, Command { session: None, op: set.clone() }),
+            s.apply(3, None, plain(Op::ForgetMember { id: 4 })),
             Ok(OpResult::MembersUpdated)
         );
-        assert_eq!(s.members[&4], MemberAddrs { raft: raft_addr, client: client_addr });
-        let forget = Command { session: None, op: Op::ForgetMember { id: 4 } };
-        assert_eq!(s.apply(2, forget), Ok(OpResult::MembersUpdated));
         assert!(s.members.is_empty() && s.removed_members.contains(&4));
-        // Even with a session, an address-book change applies to the book, not the map.
-        let id = register(&mut s, 3);
-        assert_eq!(s.apply(4, with(id, 0, 0, set)), Ok(OpResult::MembersUpdated));
-        assert!(s.removed_members.is_empty() && s.data.is_empty());
-        assert_eq!(KvState::from_bytes(&s.to_bytes().unwrap()).unwrap(), s);
+        // A removed id is never added back, and the tombstone survives a snapshot.
+        assert_eq!(s.apply(4, None, plain(set)), Err(KvError::Removed(4)));
+        assert!(s.members.is_empty() && s.removed_members.contains(&4));
+        let restored = KvState::from_bytes(&s.to_bytes().unwrap()).unwrap();
+        assert_eq!(restored, s);
+        assert!(restored.removed_members.contains(&4));
     }
 
     #[test]
-    fn state_round_trips_through_bytes() {
+    fn state_round_trips_through_versioned_bytes() {
         let mut s = KvState::new();
-        let id = register(&mut s, 1);
-        s.apply(2, with(id, 0, 0, put("k", "v"))).unwrap();
-        assert_eq!(KvState::from_bytes(&s.to_bytes().unwrap()).unwrap(), s);
+        register(&mut s, ALICE, 1, 1);
+        s.apply(2, ALICE, with(1, 0, 0, put("k", "v"))).unwrap();
+        let bytes = s.to_bytes().unwrap();
+        assert_eq!(KvState::from_bytes(&bytes).unwrap(), s);
+        // A state of another version (or the previous, unversioned format) is refused clearly.
+        let mut other = bytes.clone();
+        other[7] = 2;
+        assert!(matches!(KvState::from_bytes(&other), Err(StateDecodeError::Format)));
+        assert!(matches!(KvState::from_bytes(&bytes[8..]), Err(StateDecodeError::Format)));
     }
 }

@@ -9,19 +9,21 @@ use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateM
 use raft_core::NodeId;
 
 use super::command::{
-    decode_commands, encode_responses, Op, OpResult, Response, MAX_COMMANDS_PER_ENTRY,
+    decode_entry, encode_responses, Op, OpResult, Response, MAX_COMMANDS_PER_ENTRY,
 };
 use super::config::MemberAddrs;
 use super::state::KvState;
 
 /// Where the state machine reports address-book changes: a node's Raft transport (it must be
 /// able to reach members added at run time, and accept their connections). Called on the apply
-/// path, in log order, on every node; a restore reports every address of the restored state.
+/// path, in log order, on every node; a restore reports every address and every tombstone of
+/// the restored state.
 pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
     /// Member `id` listens at `addrs`.
     fn set(&self, id: NodeId, addrs: MemberAddrs);
-    /// Member `id` was removed; forget its address.
-    fn forget(&self, id: NodeId);
+    /// Member `id` was removed from the cluster for good: forget its address and refuse its
+    /// connections and messages from now on (its certificate stays valid until it expires).
+    fn removed(&self, id: NodeId);
 }
 
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
@@ -73,7 +75,7 @@ impl KvStateMachine {
 /// An address-book change to report once the state lock is released.
 enum BookChange {
     Set(NodeId, MemberAddrs),
-    Forget(NodeId),
+    Removed(NodeId),
 }
 
 fn book_change(op: &Op) -> Option<BookChange> {
@@ -81,7 +83,7 @@ fn book_change(op: &Op) -> Option<BookChange> {
         Op::SetMemberAddress { id, raft_addr, client_addr } => {
             Some(BookChange::Set(id, MemberAddrs { raft: raft_addr, client: client_addr }))
         }
-        Op::ForgetMember { id } => Some(BookChange::Forget(id)),
+        Op::ForgetMember { id } => Some(BookChange::Removed(id)),
         _ => None,
     }
 }
@@ -100,15 +102,18 @@ impl StateMachine for KvStateMachine {
                 .iter()
                 .map(|entry| match entry.command() {
                     None => Bytes::new(),
-                    Some(bytes) => match decode_commands(bytes) {
-                        Ok(commands) => {
+                    Some(bytes) => match decode_entry(bytes) {
+                        Ok(decoded) => {
                             let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
-                            let responses: Vec<Response> = commands
+                            let owner = decoded.owner.as_deref();
+                            let responses: Vec<Response> = decoded
+                                .commands
+                                .into_inner()
                                 .into_iter()
                                 .enumerate()
                                 .map(|(i, command)| {
                                     let change = book_change(&command.op);
-                                    let response = state.apply(base + i as u64, command);
+                                    let response = state.apply(base + i as u64, owner, command);
                                     if let (Some(change), Ok(OpResult::MembersUpdated)) =
                                         (change, &response)
                                     {
@@ -128,7 +133,7 @@ impl StateMachine for KvStateMachine {
             for change in changes {
                 match change {
                     BookChange::Set(id, addrs) => directory.set(id, addrs),
-                    BookChange::Forget(id) => directory.forget(id),
+                    BookChange::Removed(id) => directory.removed(id),
                 }
             }
         }
@@ -172,7 +177,7 @@ impl StateMachine for KvStateMachine {
             .map_err(|e| StateMachineError::new(format!("snapshot does not decode: {e}")))?;
         if let Some(directory) = &self.directory {
             state.members.iter().for_each(|(&id, &addrs)| directory.set(id, addrs));
-            state.removed_members.iter().for_each(|&id| directory.forget(id));
+            state.removed_members.iter().for_each(|&id| directory.removed(id));
         }
         *self.state.write() = state;
         Ok(())
@@ -185,7 +190,7 @@ mod tests {
     use raft_core::EntryPayload;
 
     use super::*;
-    use crate::kv::command::{decode_responses, encode_commands, Command, KvError, Op, OpResult};
+    use crate::kv::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 
     /// The metadata of a one-voter snapshot at entry 1 holding `chunks`.
     fn meta_of(chunks: &[Bytes]) -> SnapshotMeta {
@@ -205,8 +210,8 @@ mod tests {
             session: None,
             op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") },
         };
-        let register = Command { session: None, op: Op::Register };
-        let batch = encode_commands(&[put, register.clone(), register]).unwrap();
+        let register = |id| Command { session: None, op: Op::Register { id } };
+        let batch = encode_entry(Some("client-a.kv"), vec![put, register(1), register(1)]).unwrap();
         let garbage = Bytes::from_static(&[0xff]);
         let entries = vec![
             Entry { index: 1, term: 1, payload: EntryPayload::Blank },
@@ -218,8 +223,9 @@ mod tests {
         assert!(responses[0].is_empty());
         let answers = decode_responses(&responses[1], 3);
         assert_eq!(answers[0], Ok(OpResult::Written));
-        // Two registrations in one entry get distinct session ids.
-        assert_ne!(answers[1], answers[2]);
+        // A repeated registration answers the same.
+        assert_eq!(answers[1], Ok(OpResult::Registered { id: 1 }));
+        assert_eq!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
     }
@@ -231,7 +237,7 @@ mod tests {
         fn set(&self, id: NodeId, _: MemberAddrs) {
             self.0.lock().unwrap().push((id, true));
         }
-        fn forget(&self, id: NodeId) {
+        fn removed(&self, id: NodeId) {
             self.0.lock().unwrap().push((id, false));
         }
     }
@@ -253,7 +259,7 @@ mod tests {
             let entry = Entry {
                 index: 1,
                 term: 1,
-                payload: EntryPayload::Command(encode_commands(&commands).unwrap()),
+                payload: EntryPayload::Command(encode_entry(None, commands.to_vec()).unwrap()),
             };
             machine.apply(&[entry]).await.unwrap();
             assert_eq!(*recorder.0.lock().unwrap(), vec![(4, true), (1, false)]);
@@ -274,7 +280,7 @@ mod tests {
         futures::executor::block_on(async {
             let state = SharedState::new();
             let mut machine = KvStateMachine::new(state.clone());
-            let register = Command { session: None, op: Op::Register };
+            let register = Command { session: None, op: Op::Register { id: 9 } };
             // Four values of 400 KiB: more than one chunk of state.
             let value = Bytes::from(vec![7u8; 400 << 10]);
             let mut commands = vec![register];
@@ -285,7 +291,9 @@ mod tests {
             let entry = |index, commands: &[Command]| Entry {
                 index,
                 term: 1,
-                payload: EntryPayload::Command(encode_commands(commands).unwrap()),
+                payload: EntryPayload::Command(
+                    encode_entry(Some("client-a.kv"), commands.to_vec()).unwrap(),
+                ),
             };
             machine.apply(&[entry(1, &commands)]).await.unwrap();
             let stream = machine.snapshot().await.unwrap().unwrap();

@@ -18,8 +18,11 @@
 //!
 //! **A certificate directory** holds what one host needs: the bundles `node-ca.pem` and (on
 //! nodes) `client-ca.pem`, and its own certificates and keys (`node-<id>.pem`/`.key`,
-//! `client-<name>.pem`/`.key`, `admin-<name>.pem`/`.key`). Keys are written `0600` and refused
-//! when readable by others. Certificates expire ([`DEFAULT_CERT_LIFETIME`] unless told
+//! `client-<name>.pem`/`.key`, `admin-<name>.pem`/`.key`). Keys are written `0600` (each
+//! followed by its certificate, so that an interrupted renewal never leaves a key beside a
+//! certificate of another: see `raft_quic::certs`) and refused when readable by others. It is
+//! never the CA directory, nor inside or around it, and a node refuses one that holds a CA
+//! key. Certificates expire ([`DEFAULT_CERT_LIFETIME`] unless told
 //! otherwise); a node warns a month before, and re-reads its files when they change (and on
 //! SIGHUP), so renewed certificates are used by new connections without a restart.
 
@@ -28,14 +31,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use raft_quic::certs::{
-    create_ca, issue_node_files, load_ca, trust_ca, write_pem_file, CaKind, CertError,
-    DEFAULT_CA_LIFETIME, NODE_CA,
+    check_apart, check_certificate_dir, create_ca, issue_node_files, load_ca, read_ca_cert,
+    trust_ca, write_identity, CaKind, CertError, DEFAULT_CA_LIFETIME, NODE_CA,
 };
 use raft_quic::quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use raft_quic::quinn::{self, IdleTimeout, TransportConfig, VarInt};
 use raft_quic::rustls::pki_types::CertificateDer;
 use raft_quic::tls::{rustls_client_config, rustls_server_config_with, PeerRole};
-use raft_quic::{NodeTls, QuicNetwork};
+use raft_quic::{Gate, NodeTls, QuicNetwork};
 use tracing::{info, warn};
 
 pub use raft_quic::certs::DEFAULT_CERT_LIFETIME;
@@ -182,32 +185,15 @@ fn ensure_cas(ca_dir: &Path) -> Result<(), KvTlsError> {
     Ok(())
 }
 
-fn check_apart(ca_dir: &Path, certs_dir: &Path) -> Result<(), KvTlsError> {
-    std::fs::create_dir_all(certs_dir)
-        .map_err(|source| CertError::Io { path: certs_dir.to_owned(), source })?;
-    let canonical =
-        |p: &Path| p.canonicalize().map_err(|source| CertError::Io { path: p.to_owned(), source });
-    if canonical(ca_dir)? == canonical(certs_dir)? {
-        return Err(CertError::CaBesideCertificates { dir: certs_dir.to_owned() }.into());
-    }
-    Ok(())
-}
-
 /// Adds the CA certificates of `ca_dir` to the trust bundles of `certs_dir` (the node CA to
 /// `node-ca.pem`, the client CA to `client-ca.pem`, each if not there yet). The first step of a
 /// CA roll-over, on every host; nodes pick the new bundles up without a restart.
 pub fn trust(ca_dir: &Path, certs_dir: &Path) -> Result<(), KvTlsError> {
     check_apart(ca_dir, certs_dir)?;
     for kind in [NODE_CA, CLIENT_CA] {
-        let pem = read_text(&ca_dir.join(kind.cert_file()))?;
-        trust_ca(&certs_dir.join(kind.cert_file()), &pem)?;
+        trust_ca(&certs_dir.join(kind.cert_file()), &read_ca_cert(ca_dir, kind)?)?;
     }
     Ok(())
-}
-
-fn read_text(path: &Path) -> Result<String, KvTlsError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| CertError::Io { path: path.to_owned(), source }.into())
 }
 
 /// Issues node `id`'s certificate and key from the node CA of `ca_dir` into `certs_dir`, valid
@@ -222,10 +208,7 @@ pub fn issue_node(
     check_apart(ca_dir, certs_dir)?;
     let ca = load_ca(ca_dir, NODE_CA)?;
     issue_node_files(&ca, certs_dir, id, lifetime)?;
-    trust_ca(
-        &certs_dir.join(CLIENT_CA.cert_file()),
-        &read_text(&ca_dir.join(CLIENT_CA.cert_file()))?,
-    )?;
+    trust_ca(&certs_dir.join(CLIENT_CA.cert_file()), &read_ca_cert(ca_dir, CLIENT_CA)?)?;
     Ok(())
 }
 
@@ -246,9 +229,10 @@ pub fn issue_user(
     let ca = load_ca(ca_dir, CLIENT_CA)?;
     let issued = ca.issue_client(&role.dns_name(name), lifetime)?;
     let stem = role.file_stem(name);
-    write_pem_file(&certs_dir.join(format!("{stem}.key")), &issued.key_pem, true)?;
-    write_pem_file(&certs_dir.join(format!("{stem}.pem")), &issued.cert_pem, false)?;
-    trust_ca(&certs_dir.join(NODE_CA.cert_file()), &read_text(&ca_dir.join(NODE_CA.cert_file()))?)?;
+    let (cert, key) =
+        (certs_dir.join(format!("{stem}.pem")), certs_dir.join(format!("{stem}.key")));
+    write_identity(&cert, &key, &issued.cert_pem, &issued.key_pem)?;
+    trust_ca(&certs_dir.join(NODE_CA.cert_file()), &read_ca_cert(ca_dir, NODE_CA)?)?;
     Ok(())
 }
 
@@ -260,8 +244,6 @@ pub fn gen_certs(
     certs_dir: &Path,
     ids: impl IntoIterator<Item = raft_core::NodeId>,
 ) -> Result<(), KvTlsError> {
-    std::fs::create_dir_all(ca_dir)
-        .map_err(|source| CertError::Io { path: ca_dir.to_owned(), source })?;
     check_apart(ca_dir, certs_dir)?;
     ensure_cas(ca_dir)?;
     let missing = |stem: &str| {
@@ -330,24 +312,41 @@ pub struct NodeMaterial {
 }
 
 impl NodeMaterial {
-    /// Reads the files of `paths` (the key must be private to its owner).
+    /// Reads the files of `paths` (the key must be private to its owner). Refuses them if a
+    /// directory they are in holds a CA key (by name, or one that matches a trusted CA), and
+    /// removes the temporary files crashed writes left there.
     pub fn load(paths: &CertPaths) -> Result<Self, KvTlsError> {
         let node = NodeTls::from_pem_files(&paths.ca, &paths.cert, &paths.key)?;
         let bundle = std::fs::read(&paths.client_ca)
             .map_err(|source| CertError::Io { path: paths.client_ca.clone(), source })?;
         let client_cas =
             raft_quic::certs::parse_certificates(&bundle, &paths.client_ca.display().to_string())?;
+        let cas: Vec<CertificateDer<'static>> =
+            node.trust_anchors.iter().chain(&client_cas).cloned().collect();
+        let mut dirs: Vec<&Path> = [&paths.ca, &paths.client_ca, &paths.cert, &paths.key]
+            .into_iter()
+            .map(|file| {
+                file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in dirs {
+            check_certificate_dir(dir, &[NODE_CA, CLIENT_CA], &cas)?;
+        }
         Ok(Self { node, client_cas })
     }
 }
 
+/// The transport of a client-port connection: the peer may open `peer_streams` requests at
+/// once (none towards a client).
 fn transport(
-    max_streams: u32,
+    peer_streams: u32,
     keep_alive: Option<Duration>,
 ) -> Result<TransportConfig, KvTlsError> {
     let mut transport = TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
+        .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(
             IdleTimeout::try_from(Duration::from_secs(30)).map_err(config_error)?,
@@ -379,8 +378,12 @@ pub fn server_config(
     rustls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(rustls).map_err(config_error)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = transport(limits.max_streams, None)?;
+    // What a client may send that the node has not read yet, across all its streams (the
+    // client port reserves what it reads from its own budget: `kv::port`).
+    transport.receive_window(VarInt::from_u32(super::port::CONNECTION_RECEIVE_WINDOW));
     config
-        .transport_config(Arc::new(transport(limits.max_streams, None)?))
+        .transport_config(Arc::new(transport))
         .max_incoming(limits.max_connections)
         .migration(false);
     Ok(config)
@@ -394,19 +397,24 @@ pub fn client_config(tls: &NodeTls) -> Result<quinn::ClientConfig, KvTlsError> {
     rustls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(rustls).map_err(config_error)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(1024, Some(Duration::from_secs(2)))?));
+    // A node only answers a client's streams: it may open none (one it opened would never be
+    // read, yet could pin the client's flow-control credit).
+    config.transport_config(Arc::new(transport(0, Some(Duration::from_secs(2)))?));
     Ok(config)
 }
 
-/// How often [`reload_on_change`] looks at the files.
+/// How often a [`Reloader`] looks at the files.
 pub const RELOAD_POLL: Duration = Duration::from_secs(5);
-/// How often [`reload_on_change`] repeats an expiry warning.
+/// How often a [`Reloader`] repeats an expiry warning.
 const WARN_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long before its expiry a node warns about its certificate.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// What identifies a file's current content cheaply: its size, modification time and inode.
-fn fingerprint(paths: &CertPaths) -> Vec<Option<(u64, Option<SystemTime>, u64)>> {
+/// What identifies the files' current content cheaply: each one's size, modification time and
+/// inode.
+type Fingerprint = Vec<Option<(u64, Option<SystemTime>, u64)>>;
+
+fn fingerprint(paths: &CertPaths) -> Fingerprint {
     [&paths.ca, &paths.client_ca, &paths.cert, &paths.key]
         .into_iter()
         .map(|path| {
@@ -420,72 +428,120 @@ fn fingerprint(paths: &CertPaths) -> Vec<Option<(u64, Option<SystemTime>, u64)>>
         .collect()
 }
 
-/// Applies freshly read material to both ports: the Raft transport checks the certificate and
-/// uses it for new connections; the client port gets a new server configuration.
-pub fn apply(
-    material: &NodeMaterial,
-    network: &QuicNetwork,
-    client_endpoint: &quinn::Endpoint,
-    limits: ClientPortLimits,
-) -> Result<(), KvTlsError> {
-    let server = server_config(material, limits)?;
-    network.update_tls(&material.node)?;
-    client_endpoint.set_server_config(Some(server));
+/// What a node's TLS material is applied to: the Raft transport and the client port.
+#[derive(Clone, Debug)]
+pub struct ReloadTargets {
+    /// The Raft transport ([`QuicNetwork::update_tls`]: new connections use the new material,
+    /// and connections whose peer the new node CA bundle no longer trusts are closed).
+    pub network: QuicNetwork,
+    /// The client port's endpoint: gets a new server configuration.
+    pub client_endpoint: quinn::Endpoint,
+    /// The client port's gate, if it admits through one: its connections are checked again
+    /// against the new client CA bundle, and those of a dropped CA closed (TLS checks a
+    /// certificate only at the handshake).
+    pub client_gate: Option<Gate>,
+    /// The client port's limits (its server configuration is rebuilt with them).
+    pub limits: ClientPortLimits,
+}
+
+/// Applies freshly read material to both ports (see [`ReloadTargets`]).
+pub fn apply(material: &NodeMaterial, targets: &ReloadTargets) -> Result<(), KvTlsError> {
+    let server = server_config(material, targets.limits)?;
+    targets.network.update_tls(&material.node)?;
+    targets.client_endpoint.set_server_config(Some(server));
+    if let Some(gate) = &targets.client_gate {
+        let closed = gate.revalidate(raft_quic::wire::code::UNTRUSTED, |connection| {
+            raft_quic::recheck_peer(connection, &material.client_cas, PeerRole::Any)
+                .map_err(|e| format!("the client's certificate is no longer trusted: {e}"))
+        });
+        if closed > 0 {
+            info!(closed, "closed client connections whose certificate is no longer trusted");
+        }
+    }
     Ok(())
 }
 
-/// Re-reads the node's TLS files when they change (checked every [`RELOAD_POLL`]) or on SIGHUP,
+/// Re-reads a node's TLS files when they change (checked every [`RELOAD_POLL`]) or on SIGHUP,
 /// and applies them ([`apply`]): new connections on both ports use renewed certificates and
 /// trust bundles, without a restart. A file that does not load, or a certificate the node
 /// refuses, is logged and the current material kept. Warns once a day while the certificate
-/// expires within [`EXPIRY_WARNING`]. Runs until the task is dropped.
-pub async fn reload_on_change(
+/// expires within [`EXPIRY_WARNING`].
+///
+/// Start it first thing ([`Reloader::start`]), before the files are read and before anything
+/// slow: from then on a SIGHUP asks for a reload instead of killing the process (its default
+/// action), and a change of the files after they were read is noticed.
+#[derive(Debug)]
+pub struct Reloader {
     paths: CertPaths,
-    network: QuicNetwork,
-    client_endpoint: quinn::Endpoint,
-    limits: ClientPortLimits,
-) {
-    let mut seen = fingerprint(&paths);
-    let mut warned: Option<Instant> = None;
+    seen: Fingerprint,
     #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reloader {
+    /// Installs the SIGHUP handler and notes the files' state (call it within the tokio
+    /// runtime, before [`Reloader::load`]). A SIGHUP received from now until [`Reloader::run`]
+    /// starts makes its first round reload.
+    pub fn start(paths: CertPaths) -> Self {
         #[cfg(unix)]
-        let forced = match hangup.as_mut() {
-            Some(signal) => tokio::select! {
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                warn!("cannot handle SIGHUP (TLS files are still polled): {e}");
+                None
+            }
+        };
+        let seen = fingerprint(&paths);
+        Self {
+            paths,
+            seen,
+            #[cfg(unix)]
+            hangup,
+        }
+    }
+
+    /// Reads the node's files ([`NodeMaterial::load`]).
+    pub fn load(&self) -> Result<NodeMaterial, KvTlsError> {
+        NodeMaterial::load(&self.paths)
+    }
+
+    /// Waits for the next poll or SIGHUP; returns whether a SIGHUP came.
+    async fn next_round(&mut self) -> bool {
+        #[cfg(unix)]
+        if let Some(signal) = self.hangup.as_mut() {
+            return tokio::select! {
                 _ = signal.recv() => true,
                 () = tokio::time::sleep(RELOAD_POLL) => false,
-            },
-            None => {
-                tokio::time::sleep(RELOAD_POLL).await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let forced = {
-            tokio::time::sleep(RELOAD_POLL).await;
-            false
-        };
-        let now = fingerprint(&paths);
-        if forced || now != seen {
-            seen = now;
-            match NodeMaterial::load(&paths)
-                .and_then(|m| apply(&m, &network, &client_endpoint, limits))
-            {
-                Ok(()) => info!("TLS files reloaded: new connections use them"),
-                Err(e) => warn!("TLS files not reloaded, keeping the current ones: {e}"),
-            }
-            warned = None;
+            };
         }
-        if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            if let Ok(material) = NodeMaterial::load(&paths) {
-                if let Some(warning) =
-                    raft_quic::expiry::expiry_warning(&material.node.cert_chain, EXPIRY_WARNING)
-                {
-                    warn!("{warning}");
+        tokio::time::sleep(RELOAD_POLL).await;
+        false
+    }
+
+    /// Reloads into `targets` until the task is dropped (see [`Reloader`]).
+    pub async fn run(mut self, targets: ReloadTargets) {
+        let mut warned: Option<Instant> = None;
+        loop {
+            let forced = self.next_round().await;
+            let now = fingerprint(&self.paths);
+            if forced || now != self.seen {
+                self.seen = now;
+                match self.load().and_then(|material| apply(&material, &targets)) {
+                    Ok(()) => info!("TLS files reloaded: new connections use them"),
+                    Err(e) => warn!("TLS files not reloaded, keeping the current ones: {e}"),
                 }
+                warned = None;
             }
-            warned = Some(Instant::now());
+            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                if let Ok(material) = self.load() {
+                    if let Some(warning) =
+                        raft_quic::expiry::expiry_warning(&material.node.cert_chain, EXPIRY_WARNING)
+                    {
+                        warn!("{warning}");
+                    }
+                }
+                warned = Some(Instant::now());
+            }
         }
     }
 }

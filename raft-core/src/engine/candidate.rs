@@ -3,7 +3,7 @@
 use super::quorum::{VoteResult, VoteTally};
 use super::{Engine, RoleState};
 use crate::message::{RequestVoteRequest, RequestVoteResponse, RpcRequest};
-use crate::types::{HardState, NodeId, Term};
+use crate::types::{HardState, NodeId, Term, MAX_TERM};
 
 impl Engine {
     /// Starts an election: a PreVote round if `pre_vote`, else a real one in the next term.
@@ -12,8 +12,9 @@ impl Engine {
         if !self.may_campaign() {
             return;
         }
-        let Some(term) = self.hard_state.current_term.checked_add(1) else {
-            // Unreachable in practice: terms from messages are bounded by `MAX_TERM`.
+        let Some(term) = self.hard_state.current_term.checked_add(1).filter(|&t| t <= MAX_TERM)
+        else {
+            // Only after 2^46 inflating messages (see the term reserve in `validate.rs`).
             tracing::error!(id = self.id, "the term cannot grow any more; not campaigning");
             return;
         };

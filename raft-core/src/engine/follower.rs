@@ -1,7 +1,7 @@
 //! Handling of inbound requests: AppendEntries (the follower's side of replication),
 //! RequestVote/PreVote (any role) and TimeoutNow.
 
-use super::{Engine, RoleState};
+use super::{validate, Engine, RoleState};
 use crate::message::{
     AppendEntriesRequest, AppendEntriesResponse, ConflictHint, RequestVoteRequest,
     RequestVoteResponse, TimeoutNowRequest, TimeoutNowResponse,
@@ -13,16 +13,14 @@ impl Engine {
         &mut self,
         req: AppendEntriesRequest,
     ) -> AppendEntriesResponse {
-        let reject = |term, conflict| AppendEntriesResponse { term, match_index: None, conflict };
         if req.term < self.hard_state.current_term {
-            return reject(self.hard_state.current_term, None);
+            return self.append_answer(None, None);
         }
         if req.term > self.hard_state.current_term || !matches!(self.role, RoleState::Follower) {
             self.become_follower(req.term, Some(req.leader_id));
         }
         self.leader_id = Some(req.leader_id);
         self.election_elapsed = 0;
-        let term = self.hard_state.current_term;
 
         let prev = req.prev_log_id;
         if prev.index < self.log.commit_index.max(self.log.compacted().index) {
@@ -40,36 +38,53 @@ impl Engine {
                     last_log_index,
                 },
             };
-            return reject(term, Some(conflict));
+            return self.append_answer(None, Some(conflict));
         }
         let last_new = last_new_index(&req);
         if !self.store_entries(req.entries) {
-            return reject(term, None);
+            return self.append_answer(None, None);
         }
         self.advance_follower_commit(req.leader_commit, last_new);
-        AppendEntriesResponse { term, match_index: Some(last_new), conflict: None }
+        self.append_answer(Some(last_new), None)
+    }
+
+    /// The answer to an AppendEntries, in the current term; one that acknowledges the leader
+    /// carries the lease this node promises it (see `lease.rs`).
+    fn append_answer(
+        &self,
+        match_index: Option<LogIndex>,
+        conflict: Option<ConflictHint>,
+    ) -> AppendEntriesResponse {
+        let mut answer = AppendEntriesResponse {
+            term: self.hard_state.current_term,
+            match_index,
+            conflict,
+            lease_promise_ms: 0,
+        };
+        if validate::acknowledges_leader(&answer) {
+            answer.lease_promise_ms = self.lease_promise_ms();
+        }
+        answer
     }
 
     /// An AppendEntries whose `prev_log_id` lies before our commit point (a duplicate or a
     /// message delayed in the network): drop the committed part (validation checked that it
     /// matches where our log still holds it) and handle the rest.
     fn append_after_committed(&mut self, mut req: AppendEntriesRequest) -> AppendEntriesResponse {
-        let term = self.hard_state.current_term;
         let committed = self.log.commit_index.max(self.log.compacted().index);
         let last_new = last_new_index(&req);
-        let accepted = AppendEntriesResponse { term, match_index: Some(last_new), conflict: None };
         if last_new <= committed {
-            return accepted;
+            return self.append_answer(Some(last_new), None);
         }
         let skip = usize::try_from(committed.saturating_sub(req.prev_log_id.index))
             .unwrap_or(usize::MAX)
             .min(req.entries.len());
         req.entries.drain(..skip);
         if !self.store_entries(req.entries) {
-            return AppendEntriesResponse { term, match_index: None, conflict: None };
+            return self.append_answer(None, None);
         }
         self.advance_follower_commit(req.leader_commit, last_new);
-        accepted
+        self.append_answer(Some(last_new), None)
     }
 
     /// Appends entries that follow a matching entry, truncating a conflicting suffix first.

@@ -87,9 +87,8 @@ impl Engine {
     /// Sends entries to `peer` while its window has room; with `heartbeat`, sends at least an
     /// empty AppendEntries.
     pub(super) fn replicate_to(&mut self, peer: NodeId, heartbeat: bool) {
-        if self.needs_snapshot(peer) {
-            self.send_snapshot_chunks(peer, heartbeat);
-            return;
+        if self.needs_snapshot(peer) && self.send_snapshot_chunks(peer, heartbeat) {
+            return; // else a back-off runs: a heartbeat if one is due
         }
         let mut sent_any = false;
         loop {

@@ -5,25 +5,37 @@
 //! stop while a leader is paused (SIGSTOP, a VM freeze, a stalled or overloaded process, a full
 //! input queue) although real time, and the other nodes' election timers, go on. The leader
 //! stamps each round with the clock reading taken before the round's AppendEntries were issued
-//! (at every tick, and when it takes office). A voter that acknowledges an AppendEntries of a
-//! round refuses votes until `election_timeout_ms_min` after it received it, counted in its own
-//! ticks, whose first one may come right after it (so at least `election_timeout_ms_min -
-//! tick_interval_ms` after the round started). So once a majority acknowledged a round started
-//! at `t`, no other leader can be elected before `t + election_timeout_ms_min -
-//! tick_interval_ms`, as long as clocks run at rates within `max_clock_drift_ms` of each other
-//! over that span; the lease ends that much earlier. A read is answered from the lease only if
-//! the clock, read after the read arrived, is still before the end.
+//! (at every tick, and when it takes office).
+//!
+//! **What the voters promise.** A voter that acknowledges an AppendEntries refuses votes for
+//! its own `election_timeout_ms_min` after it received it, counted in its own ticks, whose first
+//! one may come right after it (and, with lease reads, for as long after a restart). Each answer
+//! says how long that is (`AppendEntriesResponse::lease_promise_ms`: `election_timeout_ms_min`
+//! rounded up to ticks, minus a tick; 0 from a voter without `check_quorum` or `lease_reads`,
+//! which does not keep it across a restart, and in a refusal). Voters may have other timeouts
+//! and tick intervals than the leader (a rolling change of settings): the leader does not assume
+//! its own. From an answer to a round started at `t` with promise `p`, that voter is known not
+//! to vote for anyone else before `t + min(p, own promise) - max_clock_drift_ms` (the leader's
+//! own promise caps it, so a lease never outlasts the leader's own election timeout, and the
+//! drift margin covers clocks running at rates within `max_clock_drift_ms` of each other over
+//! that span). The lease ends when a majority's promises have (the leader's own counts from its
+//! latest round). A read is answered from the lease only if the clock, read after the read
+//! arrived, is still before the end.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use super::quorum;
 use super::{Engine, RoleState};
+use crate::types::NodeId;
 
 /// A leader's lease.
 #[derive(Debug, Default)]
 pub(super) struct Lease {
     /// When recent rounds started by the driver's clock, (round, start), oldest first.
     round_started: VecDeque<(u64, Duration)>,
+    /// Per voter, the clock reading until which it promised to vote for nobody else.
+    promised_until: BTreeMap<NodeId, Duration>,
     /// The clock reading at which the majority's promise runs out (`None`: no lease).
     until: Option<Duration>,
     /// A TimeoutNow was sent this term: voters grant its election despite their promise, so
@@ -40,11 +52,22 @@ impl Lease {
     }
 }
 
-/// The length of a lease: from the start of a round a majority acknowledged, how long no other
-/// leader can be elected, minus the clock-drift margin (see the module docs).
+/// How long this node, as a voter, refuses votes after an AppendEntries of a leader it
+/// acknowledges, at least (see the module docs): its minimum election timeout in ticks, less the
+/// tick that may come right after the AppendEntries.
+pub(super) fn promise(config: &crate::Config) -> Duration {
+    let ticks = config.ticks(config.election_timeout_ms_min).saturating_sub(1);
+    Duration::from_millis(ticks.saturating_mul(config.tick_interval_ms))
+}
+
+/// The longest lease one round can give: this node's own promise minus the drift margin.
 pub(super) fn lease_span(config: &crate::Config) -> Duration {
-    let promised = config.election_timeout_ms_min.saturating_sub(config.tick_interval_ms);
-    Duration::from_millis(promised.saturating_sub(config.max_clock_drift_ms))
+    promise(config).saturating_sub(Duration::from_millis(config.max_clock_drift_ms))
+}
+
+/// A clock reading as a number, for the quorum arithmetic.
+fn nanos(at: Duration) -> u64 {
+    u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Engine {
@@ -78,21 +101,56 @@ impl Engine {
         }
     }
 
-    /// Lease reads: a majority acknowledged round `confirmed`; the lease runs until the start of
-    /// the latest round at or before it plus the lease span.
-    pub(super) fn extend_lease(&mut self, confirmed: u64) {
-        if !self.config.lease_reads {
+    /// What this node promises a leader whose AppendEntries it acknowledges, for
+    /// `AppendEntriesResponse::lease_promise_ms`: nothing unless it keeps the promise across a
+    /// restart too (lease reads on, and CheckQuorum, which makes it refuse votes at all).
+    pub(super) fn lease_promise_ms(&self) -> u64 {
+        if !(self.config.lease_reads && self.config.check_quorum) {
+            return 0;
+        }
+        u64::try_from(promise(&self.config).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Lease reads: voter `from` acknowledged an AppendEntries of `round`, promising to vote for
+    /// nobody else for `promise_ms` after it got it. Extends the lease to where a majority's
+    /// promises run out.
+    pub(super) fn lease_acknowledged(&mut self, from: NodeId, round: u64, promise_ms: u64) {
+        if !self.config.lease_reads || promise_ms == 0 {
             return;
         }
+        let own = promise(&self.config);
+        let drift = Duration::from_millis(self.config.max_clock_drift_ms);
         let span = self.timing.lease_span;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let lease = &mut leader.lease;
-        let started =
-            lease.round_started.iter().rev().find(|&&(round, _)| round <= confirmed).map(|r| r.1);
-        if let (Some(started), false) = (started, lease.void) {
-            let until = started.saturating_add(span);
-            lease.until = Some(lease.until.map_or(until, |u| u.max(until)));
+        // The latest round at or before `round` whose start is known (rounds start in order;
+        // an earlier start only makes the promise end earlier).
+        let known = lease.round_started.partition_point(|&(r, _)| r <= round);
+        let Some(&(_, started)) = known.checked_sub(1).and_then(|i| lease.round_started.get(i))
+        else {
+            return;
+        };
+        let until = started.saturating_add(Duration::from_millis(promise_ms).min(own));
+        let until = until.saturating_sub(drift);
+        let promised = lease.promised_until.entry(from).or_default();
+        if until <= *promised || lease.void {
+            return;
         }
+        *promised = until;
+        // This node's own promise is as good as its latest round.
+        let own_until =
+            lease.round_started.back().map_or(0, |&(_, at)| nanos(at.saturating_add(span)));
+        let voters = &self.log.membership().latest().voters;
+        let promises = voters
+            .iter()
+            .map(|&voter| match lease.promised_until.get(&voter) {
+                _ if voter == self.id => own_until,
+                Some(&until) => nanos(until),
+                None => 0,
+            })
+            .collect();
+        let until = Duration::from_nanos(quorum::committed_index(promises));
+        lease.until = Some(lease.until.map_or(until, |u| u.max(until)));
     }
 
     /// Whether this leader may answer a read now from its lease.

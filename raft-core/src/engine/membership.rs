@@ -82,6 +82,10 @@ impl Engine {
             return Err(MembershipRefusal::ChangeInProgress);
         }
         let next = self.membership().apply(change).map_err(MembershipRefusal::Invalid)?;
+        let size = next.voters.len() + next.learners.len(); // disjoint
+        if size > super::MAX_MEMBERS {
+            return Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(size)));
+        }
         if let MembershipChange::PromoteLearner(id) = change {
             // The learner must have answered (its position is known: Replicate mode) and be
             // close enough to the commit index.

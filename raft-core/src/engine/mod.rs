@@ -28,6 +28,9 @@
 //!   `CompactLog`: carry them out strictly in emission order (an `InstallSnapshot` resets the log
 //!   that later `Persist` batches append to), and treat all of them as "earlier `Persist`s" for
 //!   `after_persist` messages. Report `InstallSnapshot` with [`Engine::on_snapshot_installed`].
+//!   No `InstallSnapshot` is emitted while the state machine restores a snapshot (from the
+//!   `Restore` until [`Engine::on_applied`] reports its last index), so a store may make an
+//!   install supersede (and stop serving) the snapshot read before.
 //! * **Apply-path actions** are `Apply`, `TakeSnapshot` and `Restore`: hand them to the state
 //!   machine in emission order. `TakeSnapshot` captures the state after every earlier `Apply`;
 //!   report it with [`Engine::on_snapshot_taken`] once durable (or
@@ -60,6 +63,7 @@ pub use self::membership::MembershipRefusal;
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
+pub(crate) use self::validate::MAX_MEMBERS;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
@@ -210,6 +214,9 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
+    /// Per peer: the tick of the last warning about it (see `validate.rs`), and how many were
+    /// left out since.
+    peer_warnings: BTreeMap<NodeId, (u64, u64)>,
 }
 
 impl Engine {
@@ -271,6 +278,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
+            peer_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
@@ -383,6 +391,7 @@ impl Engine {
             let response = self.refusal(&request);
             return self.respond(reply_to, response, false);
         }
+        self.note_term(request.sender(), request.term());
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
             RpcRequest::RequestVote(req) => {
@@ -403,10 +412,13 @@ impl Engine {
     /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
     /// answer ([`Engine::on_unreachable`]).
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
-        if let Err(reason) = validate::response(&request, &response) {
+        let checked =
+            validate::response(&request, &response).and_then(|()| self.check_term(response.term()));
+        if let Err(reason) = checked {
             self.count_malformed(from, "response", &reason);
             return self.on_unreachable(from, request);
         }
+        self.note_term(from, response.term());
         if let SentRequest::ReadIndex { read_id, .. } = request {
             // Answer the read whatever else the response says.
             if let RpcResponse::ReadIndex(resp) = &response {
@@ -430,7 +442,10 @@ impl Engine {
                 RpcResponse::AppendEntries(resp),
             ) if term == self.hard_state.current_term => {
                 self.append_done(from, prev_index == last_index);
-                self.read_round_acked(from, read_round);
+                if validate::acknowledges_leader(&resp) {
+                    self.lease_acknowledged(from, read_round, resp.lease_promise_ms);
+                    self.read_round_acked(from, read_round);
+                }
                 self.handle_append_response(from, prev_index, last_index, &resp);
             }
             (
@@ -448,8 +463,8 @@ impl Engine {
         let current = self.hard_state.current_term;
         match request {
             SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),
-            SentRequest::InstallSnapshot { term, last_included, .. } if term == current => {
-                self.snapshot_unreachable(from, last_included)
+            SentRequest::InstallSnapshot { term, last_included, offset, .. } if term == current => {
+                self.snapshot_unreachable(from, last_included, offset)
             }
             SentRequest::AppendEntries { term, prev_index, last_index, .. } if term == current => {
                 self.append_done(from, prev_index == last_index);
@@ -464,6 +479,7 @@ impl Engine {
         if index > self.log.applied_index && index <= self.log.apply_sent_index {
             self.log.applied_index = index;
         }
+        self.snapshot_applied(index);
     }
 
     fn reset_election_timer(&mut self) {
@@ -491,6 +507,15 @@ impl Engine {
     /// with the next `Persist`.
     fn set_hard_state(&mut self, hard_state: HardState) {
         if hard_state != self.hard_state {
+            let (from, to) = (self.hard_state.current_term, hard_state.current_term);
+            if from <= validate::TERM_RESERVE_START && to > validate::TERM_RESERVE_START {
+                tracing::error!(
+                    id = self.id,
+                    term = to,
+                    "the term entered the reserve: a peer inflated terms (look for large term \
+                     jumps and refused messages in the logs; see ARCHITECTURE.md)"
+                );
+            }
             self.hard_state = hard_state;
             self.pending_write.hard_state = Some(hard_state);
         }

@@ -226,7 +226,6 @@ impl Engine {
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         if round > progress.read_round_acked {
             progress.read_round_acked = round;
-            self.extend_lease(self.confirmed_round());
             self.confirm_reads();
         }
     }

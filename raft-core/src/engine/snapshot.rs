@@ -27,6 +27,10 @@ pub(super) struct SnapshotState {
     /// A snapshot installed from the leader that the state machine must restore before any
     /// further entry; `durable` once the driver reports the install done.
     restore: Option<PendingRestore>,
+    /// The last index of the snapshot the state machine is restoring (a `Restore` was emitted
+    /// and not yet reported applied). No newer snapshot is installed meanwhile: that would
+    /// supersede the snapshot being read.
+    restoring: Option<LogIndex>,
 }
 
 #[derive(Debug)]
@@ -91,12 +95,26 @@ impl Engine {
     }
 
     /// The driver finished an [`Action::InstallSnapshot`]: the snapshot is durable and the log
-    /// store reset after it. The state machine can now restore it ([`Action::Restore`]).
+    /// store reset after it. The state machine can now restore it ([`Action::Restore`]), and it
+    /// is the latest snapshot ([`Engine::snapshot_meta`]).
     pub fn on_snapshot_installed(&mut self, last_included: LogId) {
         if let Some(restore) = &mut self.snapshots.restore {
             if restore.meta.last_included == last_included {
                 restore.durable = true;
+                let newer = self.snapshots.latest.as_ref().is_none_or(|latest| {
+                    latest.last_included.index < restore.meta.last_included.index
+                });
+                if newer {
+                    self.snapshots.latest = Some(restore.meta.clone());
+                }
             }
+        }
+    }
+
+    /// The state machine applied up to `index`: a restore that ends there is done.
+    pub(super) fn snapshot_applied(&mut self, index: LogIndex) {
+        if self.snapshots.restoring.is_some_and(|restoring| restoring <= index) {
+            self.snapshots.restoring = None;
         }
     }
 
@@ -110,6 +128,7 @@ impl Engine {
             }
             let meta = restore.meta.clone();
             self.snapshots.restore = None;
+            self.snapshots.restoring = Some(meta.last_included.index);
             self.log.apply_sent_index = meta.last_included.index;
             self.actions.push(Action::Restore(meta));
         }
@@ -215,6 +234,11 @@ impl Engine {
         if req.offset != receiving.next_offset {
             return answer(receiving.next_offset, false); // a duplicate or a gap
         }
+        if req.done && self.snapshots.restoring.is_some() {
+            // Installing now would supersede the snapshot the state machine is reading: not
+            // yet (the leader offers the chunk again a heartbeat interval later).
+            return answer(req.offset, false);
+        }
         // Validated: the chunk lies within the snapshot and `done` marks its end.
         let end = req.offset.saturating_add(req.data.len() as u64);
         receiving.checksum.update(&req.data);
@@ -250,7 +274,6 @@ impl Engine {
         self.sync_membership();
         self.snapshots.base_index = last.index;
         self.snapshots.bytes_since = 0;
-        self.snapshots.latest = Some(meta.clone());
         self.snapshots.restore = Some(PendingRestore { meta, durable: false });
     }
 }

@@ -9,9 +9,11 @@
 //! flaky link that moves a transfer forward between failures keeps retrying quickly, while a
 //! transfer that can never succeed (a corrupt stored snapshot fails at the last chunk every
 //! time) backs off. A chunk that could not be delivered pauses the transfer, which then resumes
-//! where the follower's data ends; the other failures abandon it (the follower goes back to
-//! Probe and gets heartbeats meanwhile). The failures are visible in
-//! [`PeerReplication`](crate::PeerReplication) and logged once per kind, not per retry.
+//! where the follower's data ends (a lost flight of chunks is one failure); the other failures
+//! abandon it (the follower goes back to Probe). Either way the follower gets heartbeats during
+//! the back-off, so that it keeps its leader. Only chunks in flight can time out. The failures
+//! are visible in [`PeerReplication`](crate::PeerReplication) and logged once per kind, not per
+//! retry.
 
 use bytes::Bytes;
 
@@ -74,7 +76,7 @@ impl Engine {
     /// `Snapshot` mode if so (and a snapshot exists and no back-off is running).
     pub(super) fn needs_snapshot(&mut self, peer: NodeId) -> bool {
         let compacted = self.log.compacted().index;
-        let latest = self.snapshots.latest.clone();
+        let latest = self.snapshots.latest.as_ref();
         let RoleState::Leader(leader) = &mut self.role else { return false };
         let Some(progress) = leader.progress.get_mut(&peer) else { return false };
         if progress.mode == ReplicationMode::Snapshot {
@@ -88,28 +90,30 @@ impl Engine {
             return false;
         };
         tracing::debug!(id = self.id, peer, next = progress.next_index, snapshot = ?meta.last_included, "sending snapshot");
-        progress.start_snapshot(meta);
+        progress.start_snapshot(meta.clone());
         true
     }
 
     /// Sends the chunks the window allows, unless a back-off is running; with `heartbeat`,
     /// resumes a stalled transfer (nothing in flight) from what the follower last confirmed.
-    pub(super) fn send_snapshot_chunks(&mut self, peer: NodeId, heartbeat: bool) {
-        let latest = self.snapshots.latest.clone();
+    /// Returns false while a back-off keeps the transfer from sending: the caller then sends the
+    /// follower a heartbeat when one is due, so that it keeps hearing from its leader.
+    pub(super) fn send_snapshot_chunks(&mut self, peer: NodeId, heartbeat: bool) -> bool {
+        let latest = self.snapshots.latest.as_ref();
         let chunk_bytes = self.config.snapshot_chunk_bytes;
         let window = self.config.snapshot_max_inflight_chunks;
         let (term, leader_id) = (self.hard_state.current_term, self.id);
-        let RoleState::Leader(leader) = &mut self.role else { return };
-        let Some(progress) = leader.progress.get_mut(&peer) else { return };
-        let Some(transfer) = progress.transfer.as_mut() else { return };
+        let RoleState::Leader(leader) = &mut self.role else { return true };
+        let Some(progress) = leader.progress.get_mut(&peer) else { return true };
+        let Some(transfer) = progress.transfer.as_mut() else { return true };
         if let Some(latest) = latest {
-            if latest != transfer.meta {
+            if *latest != transfer.meta {
                 // A newer snapshot replaced the one being sent (whose data is gone).
-                *transfer = Transfer::new(latest);
+                *transfer = Transfer::new(latest.clone());
             }
         }
         if progress.snapshot_failures.retry_in > 0 {
-            return;
+            return false;
         }
         if heartbeat && transfer.inflight.is_empty() {
             // Nothing in flight (lost, or the final answer was): resend from what the follower
@@ -122,6 +126,9 @@ impl Engine {
             let len = chunk_len(transfer.meta.size, offset, chunk_bytes);
             let end = offset + len;
             let done = end == transfer.meta.size;
+            if transfer.inflight.is_empty() {
+                transfer.idle_ticks = 0; // the timeout counts from the first chunk in flight
+            }
             transfer.inflight.push_back((offset, end));
             transfer.next_offset = end;
             transfer.sent_last = done;
@@ -139,6 +146,7 @@ impl Engine {
         for request in requests {
             self.send(peer, request, false);
         }
+        true
     }
 
     pub(super) fn handle_snapshot_response(
@@ -148,6 +156,7 @@ impl Engine {
         offset: u64,
         resp: &InstallSnapshotResponse,
     ) {
+        let heartbeat_ticks = self.timing.heartbeat_ticks;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         progress.recent_active = true;
@@ -179,6 +188,14 @@ impl Engine {
         if resp.next_offset == end {
             transfer.acked_offset = transfer.acked_offset.max(end);
             progress.snapshot_failures.acknowledged(last_included, end);
+        } else if resp.next_offset == offset {
+            // The follower holds everything before the chunk but cannot take it yet (it still
+            // restores an earlier snapshot): offer it again a heartbeat interval later. Not a
+            // failure: the follower answers.
+            transfer.acked_offset = offset;
+            transfer.rewind();
+            progress.snapshot_failures.retry_in = heartbeat_ticks;
+            return;
         } else {
             // Lost, duplicated or reordered chunks: continue where the follower's data ends.
             transfer.acked_offset = resp.next_offset.min(transfer.meta.size);
@@ -187,18 +204,22 @@ impl Engine {
         self.send_snapshot_chunks(from, false);
     }
 
-    /// A chunk could not be read or delivered: resume from the follower's data after a back-off.
-    pub(super) fn snapshot_unreachable(&mut self, from: NodeId, last_included: LogId) {
+    /// The chunk at `offset` could not be read or delivered: resume from the follower's data
+    /// after a back-off. One failure per flight: the chunks sent with it were written off by its
+    /// rewind and fail without counting again.
+    pub(super) fn snapshot_unreachable(&mut self, from: NodeId, last_included: LogId, offset: u64) {
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.progress.get_mut(&from) else { return };
         let Some(transfer) = progress.transfer.as_mut() else { return };
-        if transfer.meta.last_included == last_included {
+        let in_flight = transfer.inflight.iter().any(|&(o, _)| o == offset);
+        if transfer.meta.last_included == last_included && in_flight {
             self.snapshot_failed(from, SnapshotFailure::Unreachable);
         }
     }
 
-    /// Ages back-offs and transfers; a transfer with no answer for
-    /// `snapshot_transfer_timeout_ms` has failed.
+    /// Ages back-offs and transfers; a transfer with chunks in flight and no answer for
+    /// `snapshot_transfer_timeout_ms` has failed (a paused one, with nothing in flight, waits
+    /// for its back-off and cannot time out meanwhile).
     pub(super) fn tick_snapshot_transfers(&mut self) {
         let timeout = self.config.ticks(self.config.snapshot_transfer_timeout_ms);
         let RoleState::Leader(leader) = &mut self.role else { return };
@@ -206,7 +227,10 @@ impl Engine {
         for (&peer, progress) in leader.progress.iter_mut() {
             let failures = &mut progress.snapshot_failures;
             failures.retry_in = failures.retry_in.saturating_sub(1);
-            let Some(transfer) = progress.transfer.as_mut() else { continue };
+            let Some(transfer) = progress.transfer.as_mut().filter(|t| !t.inflight.is_empty())
+            else {
+                continue;
+            };
             transfer.idle_ticks += 1;
             if transfer.idle_ticks >= timeout {
                 timed_out.push(peer);

@@ -43,6 +43,9 @@ struct Cluster {
     reads: Vec<(NodeId, ReadId, Result<LogIndex, ReadIndexRefusal>)>,
     /// The drivers' clock (`Engine::set_now`): one tick interval passes with each tick.
     now: std::time::Duration,
+    /// Nodes whose state machine is slow to restore: from a `Restore` on, their apply-path
+    /// actions wait here (in order).
+    held_restores: BTreeMap<NodeId, Vec<Action>>,
 }
 
 fn config(id: NodeId, n: u64) -> Config {
@@ -67,6 +70,7 @@ impl Cluster {
             drop_chunks: BTreeSet::new(),
             reads: Vec::new(),
             now: std::time::Duration::ZERO,
+            held_restores: BTreeMap::new(),
         };
         for config in configs {
             cluster.add_node(config);
@@ -121,6 +125,13 @@ impl Cluster {
             self.check_term_durable(id, &action, durable_before);
             self.log.push((id, action.clone()));
             match action {
+                Action::Restore(_) | Action::Apply(_) | Action::TakeSnapshot { .. }
+                    if self.held_restores.get(&id).is_some_and(|held| {
+                        !held.is_empty() || matches!(action, Action::Restore(_))
+                    }) =>
+                {
+                    self.held_restores.entry(id).or_default().push(action);
+                }
                 Action::Persist(batch) => {
                     let node = self.nodes.get_mut(&id).unwrap();
                     if let Some(hs) = batch.hard_state {
@@ -688,3 +699,4 @@ mod hostile;
 mod membership;
 mod reads;
 mod snapshot_failures;
+mod snapshot_restore;

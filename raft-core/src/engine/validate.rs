@@ -11,6 +11,19 @@
 //! engine's own `term + 1` / `index + 1` have 2^63 increments of headroom and cannot overflow.
 //! Sums of values from the wire (`prev + entries.len()`, `offset + data.len()`) are computed with
 //! checked arithmetic before the bound is applied.
+//!
+//! **The term reserve.** A bound alone would let one message stop the cluster for good: a term
+//! of `MAX_TERM` is adopted (durably) by every node it reaches, and no node can campaign any
+//! more (`MAX_TERM + 1` is refused everywhere). So the terms above [`TERM_RESERVE_START`]
+//! (2^62) are a reserve that a message may climb by at most [`MAX_TERM_STEP_IN_RESERVE`] (2^16)
+//! terms at once: a message whose term is in the reserve and more than that above the
+//! receiver's term is malformed. Below the reserve any jump is accepted (a node cut off for long
+//! with PreVote off comes back with a much higher term, and a new node starts at term 0), and
+//! elections work everywhere but at `MAX_TERM` itself, which a peer inflating terms as fast as
+//! the rule allows reaches only after 2^46 messages in a row. A correct cluster raises its term
+//! by one per election and never sees the reserve: a node entering it logs an error (and every
+//! refused jump is counted as malformed with the sender's id). Recovery is described in
+//! ARCHITECTURE.md ("Inbound validation").
 
 use super::{Engine, SentRequest};
 use crate::membership::Membership;
@@ -21,6 +34,18 @@ use crate::message::{
 };
 use crate::types::{EntryPayload, LogId, LogIndex, NodeId, Term, MAX_LOG_INDEX, MAX_TERM};
 
+/// Terms above this one are the reserve: a message may raise a node's term into or within it by
+/// at most [`MAX_TERM_STEP_IN_RESERVE`] (see the module docs).
+pub(crate) const TERM_RESERVE_START: Term = 1 << 62;
+
+/// The most a message may raise a node's term inside the reserve: more than any correct cluster
+/// needs (one term per election missed), few enough that the reserve outlasts any attack.
+pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
+
+/// Warnings about one peer (malformed messages, term jumps) are logged at most once per this
+/// interval.
+const WARNING_INTERVAL_MS: u64 = 10_000;
+
 /// The most members (voters and learners) a membership from the wire may name: a leader keeps
 /// replication state for each of them.
 pub(crate) const MAX_MEMBERS: usize = 65_536;
@@ -30,6 +55,8 @@ pub(crate) const MAX_MEMBERS: usize = 65_536;
 pub(crate) enum Malformed {
     #[error("term {0} out of range")]
     Term(Term),
+    #[error("term {term} climbs the reserve too fast from term {current}")]
+    TermStep { term: Term, current: Term },
     #[error("log id {0:?} out of range or inconsistent")]
     LogId(LogId),
     #[error("the request claims to come from this node")]
@@ -63,6 +90,15 @@ type Checked = Result<(), Malformed>;
 fn term(term: Term) -> Checked {
     if term > MAX_TERM {
         return Err(Malformed::Term(term));
+    }
+    Ok(())
+}
+
+/// A term a node in term `current` may act on (see the module docs: the reserve).
+fn term_step(current: Term, t: Term) -> Checked {
+    term(t)?;
+    if t > TERM_RESERVE_START && t > current.saturating_add(MAX_TERM_STEP_IN_RESERVE) {
+        return Err(Malformed::TermStep { term: t, current });
     }
     Ok(())
 }
@@ -207,6 +243,14 @@ fn append_entries_response(
     }
 }
 
+/// Whether an answer to an AppendEntries of the leader's term acknowledges the leader: it
+/// accepted the entries or reported where its log diverges. Neither is a refusal (a malformed
+/// request, or entries that would overwrite committed ones), which acknowledges nothing: it
+/// confirms no read round and extends no lease.
+pub(super) fn acknowledges_leader(r: &AppendEntriesResponse) -> bool {
+    r.match_index.is_some() || r.conflict.is_some()
+}
+
 /// Whether a follower's conflict hint can answer an AppendEntries of `term` after
 /// `prev_index`: its log is shorter than `prev_index` (no conflicting term), or it holds a
 /// different entry there whose term starts at or before `prev_index`.
@@ -223,6 +267,7 @@ impl Engine {
     /// Every check of an inbound request: its shape, then what only this node's state tells.
     pub(super) fn check_request(&self, request: &RpcRequest) -> Checked {
         request_shape(request)?;
+        self.check_term(request.term())?;
         if request.sender() == self.id {
             return Err(Malformed::FromSelf);
         }
@@ -233,6 +278,31 @@ impl Engine {
             }
             RpcRequest::InstallSnapshot(r) => self.check_single_leader(r.term),
             _ => Ok(()),
+        }
+    }
+
+    /// The term of a message: refused if it climbs the reserve too fast (see the module docs).
+    pub(super) fn check_term(&self, t: Term) -> Checked {
+        term_step(self.hard_state.current_term, t)
+    }
+
+    /// A valid message from `from` carries term `t`: a jump of more than
+    /// [`MAX_TERM_STEP_IN_RESERVE`] (accepted below the reserve) is logged with the sender, as no
+    /// correct cluster needs it (the sign of a peer inflating terms, or of one cut off for long
+    /// with PreVote off).
+    pub(super) fn note_term(&mut self, from: NodeId, t: Term) {
+        let current = self.hard_state.current_term;
+        if t > current.saturating_add(MAX_TERM_STEP_IN_RESERVE) {
+            if let Some(left_out) = self.may_warn_about(from) {
+                tracing::warn!(
+                    id = self.id,
+                    peer = from,
+                    term = t,
+                    current,
+                    "a message raises the term by more than 2^16 at once ({left_out} more \
+                     warnings about this peer left out since the last one)"
+                );
+            }
         }
     }
 
@@ -275,6 +345,7 @@ impl Engine {
                 term,
                 match_index: None,
                 conflict: None,
+                lease_promise_ms: 0,
             }),
             RpcRequest::TimeoutNow(_) => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             RpcRequest::InstallSnapshot(_) => {
@@ -298,9 +369,44 @@ impl Engine {
         self.malformed
     }
 
-    /// Counts and logs a malformed message from `from`.
+    /// Counts and logs a malformed message from `from`: a warning at most once per peer per
+    /// [`WARNING_INTERVAL_MS`] (with how many were left out since), the rest at debug level, so
+    /// that a peer sending them in a loop cannot flood the log.
     pub(super) fn count_malformed(&mut self, from: NodeId, kind: &str, reason: &Malformed) {
         self.malformed = self.malformed.saturating_add(1);
-        tracing::warn!(id = self.id, peer = from, kind, %reason, "refused a malformed message");
+        match self.may_warn_about(from) {
+            Some(left_out) => tracing::warn!(
+                id = self.id,
+                peer = from,
+                kind,
+                %reason,
+                "refused a malformed message ({left_out} more warnings about this peer left out \
+                 since the last one)"
+            ),
+            None => {
+                tracing::debug!(id = self.id, peer = from, kind, %reason, "refused a malformed message")
+            }
+        }
+    }
+
+    /// Whether a warning about peer `from` may be logged now: at most one per
+    /// [`WARNING_INTERVAL_MS`] per peer. `Some(n)`: yes, and `n` were left out since the last.
+    fn may_warn_about(&mut self, from: NodeId) -> Option<u64> {
+        let (now, interval) = (self.now_tick, self.config.ticks(WARNING_INTERVAL_MS));
+        let warnings = &mut self.peer_warnings;
+        if warnings.len() >= MAX_MEMBERS && !warnings.contains_key(&from) {
+            warnings.clear(); // a bound on the memory; at worst a few more warnings
+        }
+        match warnings.get_mut(&from) {
+            Some((warned_at, left_out)) if now < warned_at.saturating_add(interval) => {
+                *left_out = left_out.saturating_add(1);
+                None
+            }
+            entry => {
+                let left_out = entry.map_or(0, |(_, left_out)| *left_out);
+                warnings.insert(from, (now, 0));
+                Some(left_out)
+            }
+        }
     }
 }

@@ -37,37 +37,34 @@ pub(super) enum ApplyMsg {
     Restore(SnapshotMeta),
     /// Answer a linearizable read once the state machine has applied `index`.
     ReadAt { index: LogIndex, read: PendingRead },
+    /// A reader gave up: drop the reads whose callers are gone (freeing their slots).
+    PruneReads,
 }
 
 /// Reads waiting for the state machine to reach their read index. Each holds a read slot until
-/// answered; reads whose caller gave up are dropped (freeing their slots) as new ones come.
+/// answered, or until its caller gave up (the caller's `read_index` then asks for a prune).
 #[derive(Default)]
 struct ReadWaiters {
     by_index: BTreeMap<LogIndex, Vec<PendingRead>>,
-    len: usize,
-    /// Prune abandoned reads once `len` reaches this (doubling: amortized constant work).
-    prune_at: usize,
 }
 
 impl ReadWaiters {
     fn wait(&mut self, index: LogIndex, read: PendingRead) {
-        if self.len >= self.prune_at {
-            self.by_index.retain(|_, reads| {
-                reads.retain(|read| !read.abandoned());
-                !reads.is_empty()
-            });
-            self.len = self.by_index.values().map(Vec::len).sum();
-            self.prune_at = (self.len * 2).max(64);
-        }
         self.by_index.entry(index).or_default().push(read);
-        self.len += 1;
+    }
+
+    /// Drops the reads whose callers gave up.
+    fn prune(&mut self) {
+        self.by_index.retain(|_, reads| {
+            reads.retain(|read| !read.abandoned());
+            !reads.is_empty()
+        });
     }
 
     /// Answers every read whose index is at most `applied`.
     fn applied(&mut self, applied: LogIndex) {
         let rest = self.by_index.split_off(&(applied + 1));
         for (index, reads) in std::mem::replace(&mut self.by_index, rest) {
-            self.len -= reads.len();
             for read in reads {
                 read.answer(Ok(index));
             }
@@ -93,6 +90,7 @@ pub(super) async fn run<M: StateMachine>(
                     reads.wait(index, read);
                 }
             }
+            ApplyMsg::PruneReads => reads.prune(),
             ApplyMsg::Wait { index, waiter } => {
                 waiters.insert(index, waiter);
             }

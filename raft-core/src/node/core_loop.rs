@@ -64,6 +64,8 @@ pub(super) struct CoreLoop {
     next_reply: u64,
     reads: HashMap<u64, PendingRead>,
     next_read: u64,
+    /// A caller gave up on its read: the applier is to let go of abandoned reads.
+    prune_reads: bool,
     /// The membership published to the node handle.
     membership: Arc<Mutex<Membership>>,
     membership_seen: Membership,
@@ -119,6 +121,7 @@ impl CoreLoop {
             next_reply: 0,
             reads: HashMap::new(),
             next_read: 0,
+            prune_reads: false,
             membership,
             membership_seen,
             leader_seen: None,
@@ -202,10 +205,7 @@ impl CoreLoop {
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => {
-                self.engine.on_applied(index);
-                self.snapshot_applied(index);
-            }
+            Input::Applied(index) => self.engine.on_applied(index),
             Input::ReadIndex { read } => {
                 if read.abandoned() {
                     return; // the caller gave up before the read started
@@ -215,6 +215,7 @@ impl CoreLoop {
                 self.reads.insert(id, read);
                 self.engine.read_index(ReadId(id));
             }
+            Input::ReadAbandoned => self.prune_reads = true,
             Input::ChangeMembership { change, permit, reply } => {
                 let _ = reply.send(self.change_membership(change, permit));
             }
@@ -341,6 +342,11 @@ impl CoreLoop {
 
     /// Carries out the engine's actions until it has none left.
     fn process_actions(&mut self) {
+        if std::mem::take(&mut self.prune_reads)
+            && self.applier.try_send(ApplyMsg::PruneReads).is_err()
+        {
+            self.lost("applier (state machine)");
+        }
         loop {
             let actions = self.engine.take_actions();
             if actions.is_empty() {

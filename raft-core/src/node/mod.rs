@@ -68,6 +68,9 @@ pub(crate) enum Input {
     ReadIndex {
         read: PendingRead,
     },
+    /// The caller of a `read_index` gave up: reads waiting for the state machine whose callers
+    /// are gone can be let go (freeing their slots).
+    ReadAbandoned,
     ChangeMembership {
         change: MembershipChange,
         permit: async_lock::SemaphoreGuardArc,
@@ -115,6 +118,31 @@ impl PendingRead {
     /// Whether the caller stopped waiting (then the read can be dropped, freeing its slot).
     pub(crate) fn abandoned(&self) -> bool {
         self.reply.is_canceled()
+    }
+}
+
+/// The answer a `read_index` caller waits for. Dropped before it came (the caller gave up), it
+/// tells the node, which then lets go of the read at once if it waits for the state machine (a
+/// read waiting for a round or an RPC is let go when that ends), freeing its slot for others.
+struct WaitingRead<'a> {
+    answer: Option<oneshot::Receiver<Result<LogIndex, ReadIndexError>>>,
+    shared: &'a Shared,
+}
+
+impl Drop for WaitingRead<'_> {
+    fn drop(&mut self) {
+        let Some(answer) = self.answer.take() else { return };
+        drop(answer); // the read is abandoned from now on
+        match self.shared.inputs.try_send(Input::ReadAbandoned) {
+            Err(async_channel::TrySendError::Full(input)) => {
+                // The node is busy: tell it as soon as there is room.
+                let inputs = self.shared.inputs.clone();
+                self.shared.runtime.spawn(Box::pin(async move {
+                    let _ = inputs.send(input).await;
+                }));
+            }
+            Ok(()) | Err(async_channel::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -461,7 +489,8 @@ impl Node {
     ///
     /// A read holds its slot until it is answered, wherever it waits in the node: a caller that
     /// gives up (drops this future) does not free the slot before the node has let go of the
-    /// read (the applier drops abandoned reads as it goes).
+    /// read: at once if the read waits for the state machine, when its quorum round or its RPC
+    /// to the leader ends otherwise.
     ///
     /// Called inside this node's own state machine, it fails at once with
     /// [`ReadIndexError::InsideStateMachine`] (it would wait for itself).
@@ -471,9 +500,18 @@ impl Node {
         }
         let slot = self.shared.read_slots.acquire_arc().await;
         // The applier answers once the state machine has applied the index.
-        let answer =
-            self.ask(|reply| Input::ReadIndex { read: PendingRead { reply, _slot: slot } });
-        answer.await.unwrap_or(Err(ReadIndexError::Shutdown))
+        let (reply, answer) = oneshot::channel();
+        let read = PendingRead { reply, _slot: slot };
+        if self.shared.inputs.send(Input::ReadIndex { read }).await.is_err() {
+            return Err(ReadIndexError::Shutdown);
+        }
+        let mut waiting = WaitingRead { answer: Some(answer), shared: &self.shared };
+        let answer = match waiting.answer.as_mut() {
+            Some(answer) => answer.await,
+            None => Err(oneshot::Canceled),
+        };
+        waiting.answer = None; // answered: nothing to let go of
+        answer.unwrap_or(Err(ReadIndexError::Shutdown))
     }
 
     /// Leader: what it knows of each follower's replication (match index, whether it is in

@@ -42,10 +42,26 @@ impl<F: Future + Unpin> Future for StateMachineCall<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let outer = APPLYING.with(|applying| applying.replace(self.token));
-        let polled = Pin::new(&mut self.call).poll(cx);
-        APPLYING.with(|applying| applying.set(outer));
-        polled
+        let _mark = Mark::set(self.token);
+        Pin::new(&mut self.call).poll(cx)
+    }
+}
+
+/// The mark of a thread inside a state machine call, taken off when dropped: also when the call
+/// panics (the supervisor catches the panic and the thread runs other tasks afterwards).
+struct Mark {
+    outer: u64,
+}
+
+impl Mark {
+    fn set(token: u64) -> Self {
+        Self { outer: APPLYING.with(|applying| applying.replace(token)) }
+    }
+}
+
+impl Drop for Mark {
+    fn drop(&mut self) {
+        APPLYING.with(|applying| applying.set(self.outer));
     }
 }
 
@@ -71,5 +87,27 @@ impl<M: StateMachine> StateMachine for Marked<M> {
         data: SnapshotStream,
     ) -> Result<(), StateMachineError> {
         StateMachineCall { token: self.token, call: self.inner.restore(meta, data) }.await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    /// A state machine call that panics leaves the thread unmarked (review finding 4).
+    #[test]
+    fn a_panicking_call_leaves_the_thread_unmarked() {
+        let token = new_node_token();
+        let call = StateMachineCall {
+            token,
+            call: futures::future::poll_fn(|_| -> Poll<()> { panic!("state machine exploded") }),
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures::executor::block_on(call)
+        }));
+        assert!(outcome.is_err(), "the call panicked");
+        assert!(!inside_state_machine(token), "the thread is still marked");
     }
 }

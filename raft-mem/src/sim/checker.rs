@@ -918,6 +918,7 @@ mod tests {
                 term: 6,
                 match_index: Some(matched),
                 conflict: None,
+                lease_promise_ms: 0,
             })
         };
         let held = [LogId::new(5, 10), LogId::new(6, 11)];

@@ -136,6 +136,7 @@ impl RpcHandler for TestHandler {
                     term: r.term,
                     match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
                     conflict: None,
+                    lease_promise_ms: 0,
                 })
             }
             RpcRequest::TimeoutNow(r) => {
@@ -229,6 +230,36 @@ where
         assert!(Instant::now() < deadline, "{what}: gave up after 20 s");
         sleep(runtime, pause).await;
     }
+}
+
+/// Sends `requests` while `handler`'s gate is closed and checks that exactly `admitted` of
+/// them reach it (the others wait for memory: none more arrives within 300 ms of the last
+/// admitted one), then opens the gate and returns every result.
+pub async fn only_some_reach_the_handler<T>(
+    runtime: &Arc<dyn Runtime>,
+    handler: &TestHandler,
+    requests: impl IntoIterator<Item = impl Future<Output = T>>,
+    admitted: usize,
+) -> Vec<T> {
+    use futures::StreamExt;
+    let gate = handler.close_gate();
+    let held: futures::stream::FuturesUnordered<_> = requests.into_iter().collect();
+    let collect = held.collect::<Vec<_>>();
+    let mut collect = std::pin::pin!(collect);
+    let waiting = async {
+        eventually(runtime, "requests in the handler", Duration::from_millis(10), || {
+            let calls = handler.calls();
+            async move { (calls >= admitted).then_some(()) }
+        })
+        .await;
+        sleep(runtime, Duration::from_millis(300)).await;
+    };
+    let waiting = std::pin::pin!(waiting);
+    let outcome = futures::future::select(collect.as_mut(), waiting).await;
+    assert!(matches!(outcome, futures::future::Either::Right(_)), "requests finished while held");
+    assert_eq!(handler.calls(), admitted, "a request was read beyond the memory budget");
+    drop(gate);
+    bounded(runtime, "held requests", collect).await
 }
 
 pub mod proxy;

@@ -1,17 +1,52 @@
 //! A UDP forwarder on loopback that can black-hole traffic, to break a link (or hide a crash)
-//! between two endpoints. Runs on a plain thread, so it works under any async runtime.
+//! between two endpoints, and that reads the connection ids the two use. Runs on a plain
+//! thread, so it works under any async runtime.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// The length of raft-quic's connection ids (what a short header's id is read as).
+pub const CID_LEN: usize = 20;
+
+/// The source connection id of a QUIC long-header packet (Initial, Handshake, Retry), if the
+/// datagram starts with one.
+pub fn long_header_scid(datagram: &[u8]) -> Option<Vec<u8>> {
+    if datagram.first()? & 0x80 == 0 {
+        return None;
+    }
+    let dcid_len = usize::from(*datagram.get(5)?);
+    let scid_len = usize::from(*datagram.get(6 + dcid_len)?);
+    let start = 7 + dcid_len;
+    datagram.get(start..start + scid_len).map(<[u8]>::to_vec)
+}
+
+/// The destination connection id of a QUIC short-header packet, if the datagram is one.
+pub fn short_header_dcid(datagram: &[u8]) -> Option<Vec<u8>> {
+    if datagram.first()? & 0x80 != 0 {
+        return None;
+    }
+    datagram.get(1..1 + CID_LEN).map(<[u8]>::to_vec)
+}
+
+/// The connection ids seen by a proxy.
+#[derive(Debug, Default)]
+pub struct SeenIds {
+    /// Every id the target sent in a long header (its public ids).
+    pub target_public: HashSet<Vec<u8>>,
+    /// The id of the client's latest short-header packet (the target's id it uses now).
+    pub client_uses: Option<Vec<u8>>,
+}
 
 /// Forwards datagrams from one client to `target` and back, unless blocked.
 pub struct UdpProxy {
     addr: SocketAddr,
     blocked: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<SeenIds>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -28,8 +63,9 @@ impl UdpProxy {
         let addr = socket.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(SeenIds::default()));
         let thread = {
-            let (blocked, stop) = (blocked.clone(), stop.clone());
+            let (blocked, stop, seen) = (blocked.clone(), stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 let mut client: Option<SocketAddr> = None;
                 let mut buf = vec![0u8; 65536];
@@ -39,6 +75,9 @@ impl UdpProxy {
                         continue;
                     }
                     if from == target {
+                        if let Some(scid) = long_header_scid(&buf[..n]) {
+                            seen.lock().unwrap().target_public.insert(scid);
+                        }
                         if !back(&buf[..n]) {
                             continue;
                         }
@@ -46,13 +85,28 @@ impl UdpProxy {
                             let _ = socket.send_to(&buf[..n], client);
                         }
                     } else {
+                        if let Some(dcid) = short_header_dcid(&buf[..n]) {
+                            seen.lock().unwrap().client_uses = Some(dcid);
+                        }
                         client = Some(from);
                         let _ = socket.send_to(&buf[..n], target);
                     }
                 }
             })
         };
-        Self { addr, blocked, stop, thread: Some(thread) }
+        Self { addr, blocked, stop, seen, thread: Some(thread) }
+    }
+
+    /// The ids the target sent in clear (long headers) through this proxy so far.
+    pub fn target_public_ids(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap().target_public.iter().cloned().collect()
+    }
+
+    /// Whether the client now sends to an id of the target's that never appeared in clear (the
+    /// connection moved off its handshake id), so that a restarted target will reset it.
+    pub fn client_uses_a_private_id(&self) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.client_uses.as_ref().is_some_and(|id| !seen.target_public.contains(id))
     }
 
     /// Where clients should send to reach the target.

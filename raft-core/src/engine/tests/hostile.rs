@@ -165,6 +165,7 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             term,
             match_index: None,
             conflict: Some(ConflictHint { conflict_term, first_index_of_term, last_log_index }),
+            lease_promise_ms: 0,
         })
     };
     let responses = [
@@ -176,11 +177,13 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             term,
             match_index: Some(last + 1),
             conflict: None,
+            lease_promise_ms: 0,
         }),
         RpcResponse::AppendEntries(AppendEntriesResponse {
             term: u64::MAX,
             match_index: None,
             conflict: None,
+            lease_promise_ms: 0,
         }),
         RpcResponse::RequestVote(RequestVoteResponse {
             term: term + 1,
@@ -194,6 +197,230 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
         assert_eq!(c.nodes[&leader].engine.malformed_count(), i as u64 + 1);
         assert_eq!(state_of(&c.nodes[&leader].engine), before, "response {i} changed nothing");
     }
+}
+
+// ---- terms near the cap (review finding 1) ----------------------------------------------------
+
+/// The first term of the reserve, and how far one message may raise a term inside it.
+const RESERVE: Term = 1 << 62;
+const RESERVE_STEP: Term = 1 << 16;
+
+/// One AppendEntries (or one answer to the leader's) with term `MAX_TERM` used to make every node
+/// adopt it durably; every node then campaigned at `MAX_TERM + 1`, which all refused as malformed:
+/// no leader ever again, even after restarts.
+#[test]
+fn one_message_with_the_largest_term_cannot_stop_elections() {
+    let (mut c, leader, _) = committed_cluster();
+    let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+    for &id in &ids {
+        let engine = &c.nodes[&id].engine;
+        let request = AppendEntriesRequest {
+            term: MAX_TERM,
+            leader_id: ids.iter().copied().find(|&other| other != id).unwrap(),
+            prev_log_id: engine.last_log_id(),
+            entries: Vec::new(),
+            leader_commit: 0,
+            read_round: 0,
+        };
+        ask(&mut c, id, RpcRequest::AppendEntries(request));
+    }
+    // The same term in an answer to the leader's AppendEntries.
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    let last = c.nodes[&leader].engine.last_log_id().index;
+    let follower = ids.iter().copied().find(|&id| id != leader).unwrap();
+    let sent =
+        SentRequest::AppendEntries { term, prev_index: last, last_index: last, read_round: 0 };
+    let answer = AppendEntriesResponse {
+        term: MAX_TERM,
+        match_index: None,
+        conflict: None,
+        lease_promise_ms: 0,
+    };
+    c.engine(leader).on_response(follower, sent, RpcResponse::AppendEntries(answer));
+    c.drain(leader);
+    c.tick(3000);
+    assert_eq!(c.leaders().len(), 1, "exactly one leader");
+    for id in ids {
+        let term = c.nodes[&id].engine.hard_state().current_term;
+        assert!(term < RESERVE, "node {id} is in term {term}");
+    }
+}
+
+/// Inside the reserve a message raises a term by at most `RESERVE_STEP`; below it, by any amount
+/// (a node that was partitioned for long with PreVote off comes back with a much higher term).
+#[test]
+fn terms_climb_into_the_reserve_only_step_by_step() {
+    let (mut c, leader, follower) = committed_cluster();
+    let heartbeat = |c: &Cluster, term| {
+        let engine = &c.nodes[&follower].engine;
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term,
+            leader_id: leader,
+            prev_log_id: engine.last_log_id(),
+            entries: Vec::new(),
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let term_of = |c: &Cluster| c.nodes[&follower].engine.hard_state().current_term;
+    for (term, adopted) in [
+        (1 << 40, true),                     // below the reserve: any jump
+        (RESERVE + 1, false),                // into the reserve in one leap
+        (RESERVE, true),                     // up to its start
+        (RESERVE + RESERVE_STEP + 1, false), // one more than a step
+        (RESERVE + RESERVE_STEP, true),      // a step
+        (MAX_TERM, false),
+    ] {
+        let before = term_of(&c);
+        let malformed = c.nodes[&follower].engine.malformed_count();
+        let request = heartbeat(&c, term);
+        ask(&mut c, follower, request);
+        let refused = c.nodes[&follower].engine.malformed_count() > malformed;
+        assert_eq!(
+            (term_of(&c) == term, refused),
+            (adopted, !adopted),
+            "term {term} from {before}"
+        );
+        if !adopted {
+            assert_eq!(term_of(&c), before);
+        }
+    }
+}
+
+/// A node whose term is near the cap can still be elected, and a node at the cap never stores a
+/// term beyond it (with PreVote off it used to store 2^63, which every other node refused).
+#[test]
+fn elections_work_near_the_cap_and_never_pass_it() {
+    for (start, pre_vote) in [(MAX_TERM - 3, true), (MAX_TERM - 3, false), (MAX_TERM, false)] {
+        let mut c = Cluster::with_configs(
+            (1..=3)
+                .map(|id| {
+                    let mut config = config(id, 3);
+                    config.pre_vote = pre_vote;
+                    config
+                })
+                .collect(),
+        );
+        for id in 1..=3 {
+            let hard_state = HardState { current_term: start, voted_for: None };
+            let durable = DurableState { hard_state, ..DurableState::default() };
+            let config = c.nodes[&id].engine.config.clone();
+            c.restart(Engine::new(config, &durable, Vec::new()), hard_state, Vec::new());
+        }
+        c.tick(200);
+        for node in c.nodes.values() {
+            let term = node.engine.hard_state().current_term;
+            assert!(term <= MAX_TERM && node.durable_hard_state.current_term <= MAX_TERM);
+        }
+        if start < MAX_TERM {
+            assert_eq!(c.leaders().len(), 1, "a leader near the cap (pre_vote: {pre_vote})");
+        }
+    }
+}
+
+// ---- logging malformed messages (review finding 8) --------------------------------------------
+
+/// Counts the warnings of the validation module.
+#[derive(Default)]
+struct Warnings(std::sync::atomic::AtomicUsize);
+
+impl tracing::Subscriber for Warnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        if *meta.level() == tracing::Level::WARN && meta.target().ends_with("engine::validate") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// A peer sending malformed messages in a loop gets one warning per 10 s, not one per message
+/// (each one is still counted); another peer gets its own.
+#[test]
+fn malformed_messages_are_logged_at_most_once_per_peer_per_ten_seconds() {
+    let (mut c, leader, follower) = committed_cluster();
+    let other = *c.nodes.keys().find(|&&id| id != leader && id != follower).unwrap();
+    let gap = |c: &Cluster, from: NodeId| {
+        let engine = &c.nodes[&follower].engine;
+        let (term, last) = (engine.hard_state().current_term, engine.last_log_id());
+        let entry = Entry { index: last.index + 2, term, payload: EntryPayload::Blank };
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term,
+            leader_id: from,
+            prev_log_id: last,
+            entries: vec![entry],
+            leader_commit: 0,
+            read_round: 0,
+        })
+    };
+    let warnings = std::sync::Arc::new(Warnings::default());
+    let counted = warnings.clone();
+    let warned = move || counted.0.load(std::sync::atomic::Ordering::SeqCst);
+    tracing::subscriber::with_default(warnings, || {
+        for _ in 0..100 {
+            let request = gap(&c, leader);
+            ask(&mut c, follower, request);
+        }
+        assert_eq!(c.nodes[&follower].engine.malformed_count(), 100);
+        assert_eq!(warned(), 1, "one warning for 100 malformed messages");
+        let request = gap(&c, other);
+        ask(&mut c, follower, request);
+        assert_eq!(warned(), 2, "another peer gets its own");
+        c.tick(1000); // 10 s
+        let request = gap(&c, leader);
+        ask(&mut c, follower, request);
+        assert_eq!(warned(), 3, "and a peer another one after 10 s");
+    });
+}
+
+// ---- memberships a leader may propose (review finding 7) -----------------------------------
+
+/// A leader never appends a membership its followers would refuse as malformed (more than
+/// `MAX_MEMBERS` members): the change is refused with a clear error instead. Before, only inbound
+/// memberships were checked, so a leader could append one that no follower would ever take.
+#[test]
+fn a_leader_refuses_a_membership_its_followers_would_refuse() {
+    use crate::membership::{InvalidChange, MembershipChange};
+    let max = crate::engine::MAX_MEMBERS as u64;
+    let mut config = config(1, 1);
+    config.snapshot_interval_entries = 0;
+    let meta = SnapshotMeta {
+        last_included: LogId::new(1, 10),
+        membership: Membership { voters: [1].into(), learners: (2..=max).collect() },
+        size: 0,
+        checksum: crate::snapshot::Checksum::of(b""),
+    };
+    let durable = DurableState {
+        hard_state: HardState { current_term: 1, voted_for: None },
+        purged: meta.last_included,
+        last: meta.last_included,
+    };
+    let mut engine = Engine::with_snapshots(config, &durable, Vec::new(), Some(meta));
+    assert_eq!(engine.membership().members().len() as u64, max);
+    engine.campaign(false, false); // the only voter: elected at once
+    for action in engine.take_actions() {
+        if let Action::Persist(batch) = action {
+            engine.on_persisted(PersistedWrite::of(&batch));
+        }
+    }
+    assert!(engine.role() == Role::Leader && engine.own_term_committed());
+    let refused = engine.propose_membership(MembershipChange::AddLearner(max + 1));
+    assert_eq!(
+        refused,
+        Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(max as usize + 1)))
+    );
+    assert_eq!(engine.membership().members().len() as u64, max, "nothing appended");
+    // A change that keeps the bound goes through.
+    assert!(engine.propose_membership(MembershipChange::RemoveNode(max)).is_ok());
 }
 
 // ---- the property test ------------------------------------------------------------------------
@@ -450,6 +677,7 @@ impl Target {
                     first_index_of_term: index(c),
                     last_log_index: index(a),
                 }),
+                lease_promise_ms: b.at(0, 1000),
             }),
             2 => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             3 => RpcResponse::InstallSnapshot(InstallSnapshotResponse {
@@ -566,6 +794,8 @@ impl Target {
         self.run(expect_refusal)?;
         let after = state_of(&self.engine);
         prop_assert!(after.0.current_term >= before.0.current_term, "term went back");
+        let climb = before.0.current_term.saturating_add(RESERVE_STEP).max(RESERVE);
+        prop_assert!(after.0.current_term <= climb, "the term climbed the reserve too fast");
         prop_assert!(after.2 >= before.2, "commit index went back");
         prop_assert!(after.2 <= after.1.index, "commit index beyond the log");
         Ok(())
@@ -587,8 +817,9 @@ proptest! {
 
     /// An engine in any role and state reachable by legal traffic survives any sequence of
     /// random and adversarial messages from an authenticated peer: no panic (overflow panics in
-    /// debug builds), no term or commit index going back, no message of a term not yet
-    /// durable, no refused message acknowledged or changing state.
+    /// debug builds), no term or commit index going back, no term climbing the reserve faster
+    /// than a step per message, no message of a term not yet durable, no refused message
+    /// acknowledged or changing state.
     #[test]
     fn hostile_messages_never_panic_wrap_or_get_acknowledged(
         prefix in prop::collection::vec(legal(), 0..60),

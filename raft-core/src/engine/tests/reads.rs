@@ -339,3 +339,135 @@ fn the_lease_ends_by_the_clock_an_election_timeout_minus_tick_and_drift_after_it
     assert!(read_at(&mut c, just_before, 1), "answered from the lease until it ends");
     assert!(!read_at(&mut c, start + span, 2), "not once it ended");
 }
+
+/// Review finding 2: the lease assumed every voter keeps its promise as long as the leader's own
+/// election timeout. After a rolling change of timeouts (leader 1000 ms, voters 200 ms), an old
+/// leader cut off from the voters served a stale read while they had elected another leader and
+/// committed a write. The lease now rests on what each voter promised in its answers.
+#[test]
+fn the_lease_is_what_the_voters_promised_not_the_leaders_own_timeout() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.lease_reads = true;
+            if id == 1 {
+                c.election_timeout_ms_min = 1000;
+                c.election_timeout_ms_max = 2000;
+            } else {
+                c.election_timeout_ms_min = 200;
+                c.election_timeout_ms_max = 400;
+                c.max_clock_drift_ms = 50;
+            }
+            c
+        })
+        .collect();
+    let mut c = Cluster::with_configs(configs);
+    let first = c.elect();
+    if first != 1 {
+        c.engine(first).transfer_leadership(1).unwrap();
+        for _ in 0..100 {
+            c.tick(1);
+            if c.leaders() == vec![1] {
+                break;
+            }
+        }
+    }
+    assert_eq!(c.leaders(), vec![1]);
+    c.propose(1, b"a");
+    c.tick(2); // a round acknowledged by both voters
+    c.engine(1).read_index(ReadId(1));
+    c.drain(1);
+    let old_commit = c.nodes[&1].engine.commit_index();
+    assert_eq!(c.reads, vec![(1, ReadId(1), Ok(old_commit))], "a lease read while in contact");
+    let lease_start = c.now;
+
+    // Node 1 is cut off; the voters stop honouring it after their own 200 ms, elect a leader and
+    // commit a write, well within the 890 ms lease node 1 computed from its own timeout.
+    c.isolated.insert(1);
+    let mut new_commit = None;
+    for _ in 0..60 {
+        c.tick(1);
+        if let Some(&leader) = c.leaders().iter().find(|&&id| id != 1) {
+            let index = c.propose(leader, b"b").index;
+            if c.nodes[&leader].engine.commit_index() >= index {
+                new_commit = Some(index);
+                break;
+            }
+        }
+    }
+    let new_commit = new_commit.expect("the voters elect a leader and commit");
+    assert!(c.now < lease_start + std::time::Duration::from_millis(890));
+    assert_eq!(c.nodes[&1].engine.role(), Role::Leader, "node 1 still believes it leads");
+    c.engine(1).read_index(ReadId(2));
+    c.drain(1);
+    let stale =
+        c.reads.iter().any(|&(_, id, r)| id == ReadId(2) && r.is_ok_and(|i| i < new_commit));
+    assert!(!stale, "a stale read: {:?} while {new_commit} is committed", c.reads);
+}
+
+/// Review finding 8: an answer in the leader's term that refuses its AppendEntries (a malformed
+/// request, or one that would overwrite committed entries) acknowledges nothing: it confirms no
+/// read round and extends no lease, whatever it claims to promise.
+#[test]
+fn a_refusal_confirms_no_read_and_extends_no_lease() {
+    let mut c = lease_cluster();
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    c.isolated.extend(followers.iter().copied());
+    c.tick(30); // the lease ran out
+    c.engine(leader).read_index(ReadId(1));
+    let actions = c.engine(leader).take_actions();
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    let refusal = RpcResponse::AppendEntries(AppendEntriesResponse {
+        term,
+        match_index: None,
+        conflict: None,
+        lease_promise_ms: 290,
+    });
+    let mut refused = 0;
+    for action in &actions {
+        if let Action::Send { to, request: request @ RpcRequest::AppendEntries(_), .. } = action {
+            c.engine(leader).on_response(*to, SentRequest::of(request), refusal.clone());
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 2, "the read's round went to both followers: {actions:?}");
+    c.engine(leader).read_index(ReadId(2));
+    let actions = c.engine(leader).take_actions();
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::ReadIndexReady { .. })),
+        "a read confirmed by refusals: {actions:?}"
+    );
+}
+
+/// A voter that would not keep its promise across a restart (lease reads off: no refusal of
+/// votes after starting) promises nothing, so a leader whose voters all run so has no lease and
+/// confirms every read with a round.
+#[test]
+fn voters_without_lease_reads_give_no_lease() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.lease_reads = id == 1;
+            c
+        })
+        .collect();
+    let mut c = Cluster::with_configs(configs);
+    let first = c.elect();
+    if first != 1 {
+        c.engine(first).transfer_leadership(1).unwrap();
+        c.tick(20);
+    }
+    assert_eq!(c.leaders(), vec![1]);
+    c.propose(1, b"a");
+    c.tick(6);
+    let before = c.log.len();
+    c.engine(1).read_index(ReadId(1));
+    let actions = c.engine(1).take_actions();
+    assert!(!actions.iter().any(|a| matches!(a, Action::ReadIndexReady { .. })), "no lease");
+    c.run(1, actions);
+    c.settle();
+    assert!(append_entries_sent(&c, 1, before) > 0, "a round instead");
+    assert_eq!(c.reads.len(), 1, "answered after the round");
+}

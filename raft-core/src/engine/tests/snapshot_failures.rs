@@ -82,3 +82,91 @@ fn a_corrupt_stored_snapshot_backs_off_until_a_good_one_replaces_it() {
     assert_eq!((peer.snapshot_error, peer.snapshot_failures), (None, 0), "{peer:?}");
     assert_eq!(commands(&c.nodes[&follower].applied), commands(&c.nodes[&leader].applied));
 }
+
+/// Loses every chunk of the leader's current snapshot sent before the next call.
+fn lose_every_chunk(c: &mut Cluster, leader: NodeId) {
+    let size = c.nodes[&leader].engine.snapshot_meta().unwrap().size;
+    let chunk = c.nodes[&leader].engine.config.snapshot_chunk_bytes;
+    c.drop_chunks.extend((0..size).step_by(chunk as usize));
+}
+
+/// A cluster of `snapshot_configs` changed by `tune`.
+fn tuned(tune: impl Fn(&mut Config)) -> Cluster {
+    let mut configs = snapshot_configs(3);
+    configs.iter_mut().for_each(tune);
+    Cluster::with_configs(configs)
+}
+
+/// Review finding 5a: one lost window counts as one failure, not one per chunk (the chunks after
+/// the first were written off by its rewind). A window of 8 lost chunks made a streak of 8: a
+/// back-off of 2^7 heartbeats.
+#[test]
+fn a_lost_window_is_one_failure() {
+    let mut c = tuned(|config| {
+        config.snapshot_chunk_bytes = 80;
+        config.snapshot_max_inflight_chunks = 8;
+    });
+    let (leader, follower) = lagging_follower(&mut c);
+    let size = c.nodes[&leader].engine.snapshot_meta().unwrap().size;
+    assert!((3..=8).contains(&size.div_ceil(80)), "a window holds the snapshot: {size} bytes");
+    // The transfer started while the follower was cut off and failed already: the next flight,
+    // after the back-off, is lost whole.
+    let failed = replication_of(&c, leader, follower).snapshot_failures;
+    let before = c.log.len();
+    while transfers_started(&c, leader, follower, before) == 0 {
+        lose_every_chunk(&mut c, leader);
+        c.tick(1);
+    }
+    let peer = replication_of(&c, leader, follower);
+    assert_eq!(peer.snapshot_error, Some(SnapshotFailure::Unreachable));
+    assert!(peer.snapshot_failures <= failed + 1, "{peer:?}, {failed} before");
+}
+
+/// Review finding 5b: while a paused transfer backs off, the follower still hears from the
+/// leader (heartbeats), so it neither forgets its leader (PreVote) nor deposes it (no PreVote).
+/// Before, nothing was sent during the back-off: after four failures it outlasted the election
+/// timeout.
+#[test]
+fn a_follower_hears_from_the_leader_while_its_transfer_backs_off() {
+    for pre_vote in [true, false] {
+        let mut c = tuned(|config| config.pre_vote = pre_vote);
+        let (leader, follower) = lagging_follower(&mut c);
+        let term = c.nodes[&leader].engine.hard_state().current_term;
+        for _ in 0..200 {
+            lose_every_chunk(&mut c, leader);
+            c.tick(1);
+            let engine = &c.nodes[&follower].engine;
+            assert_eq!(
+                (engine.role(), engine.leader_id(), engine.hard_state().current_term),
+                (Role::Follower, Some(leader), term),
+                "pre_vote: {pre_vote}"
+            );
+        }
+        let peer = replication_of(&c, leader, follower);
+        assert!(peer.snapshot_failures >= 4, "the back-off outlasts an election timeout: {peer:?}");
+        assert_eq!(c.leaders(), vec![leader]);
+    }
+}
+
+/// Review finding 5c: a paused transfer has nothing in flight, so it cannot time out during its
+/// own back-off. With a long heartbeat interval the back-off outlasted
+/// `snapshot_transfer_timeout_ms` and counted a `TimedOut` failure without any attempt.
+#[test]
+fn a_paused_transfer_does_not_time_out_during_its_back_off() {
+    let mut c = tuned(|config| {
+        config.heartbeat_interval_ms = 100;
+        config.snapshot_transfer_timeout_ms = 150;
+    });
+    let (leader, follower) = lagging_follower(&mut c);
+    let before = c.log.len();
+    let failed = replication_of(&c, leader, follower).snapshot_failures as usize;
+    for _ in 0..150 {
+        lose_every_chunk(&mut c, leader);
+        c.tick(1);
+    }
+    let attempts = transfers_started(&c, leader, follower, before);
+    let peer = replication_of(&c, leader, follower);
+    assert_eq!(peer.snapshot_error, Some(SnapshotFailure::Unreachable), "{peer:?}");
+    let failures = peer.snapshot_failures as usize - failed;
+    assert!(failures <= attempts, "{failures} failures in {attempts} attempts: {peer:?}");
+}

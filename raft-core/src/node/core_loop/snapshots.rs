@@ -38,9 +38,6 @@ pub(super) struct SnapshotDriver {
     /// or a build was still running): the engine makes no new attempt before something more is
     /// applied, so a request until then gets the latest snapshot at once.
     declined_at: Option<LogIndex>,
-    /// The state machine is restoring the snapshot ending at this index: a newer snapshot is
-    /// not installed before it is done (installing supersedes the snapshot being read).
-    restoring: Option<LogIndex>,
 }
 
 impl CoreLoop {
@@ -72,18 +69,18 @@ impl CoreLoop {
     fn snap_op(&mut self, op: SnapOp) {
         self.issued_seq += 1;
         let request = SnapOpRequest { seq: self.issued_seq, op };
-        if self.snap.held.is_empty() && self.snap_op_ready(&request) {
+        if self.snap.held.is_empty() && self.snap_op_ready() {
             self.dispatch_snap_op(request);
         } else {
             self.snap.held.push_back(Held::Snap(request));
         }
     }
 
-    /// Whether a snapshot operation can start: everything issued before it is durable, and it is
-    /// not the install of a snapshot while the state machine still reads the previous one.
-    fn snap_op_ready(&self, request: &SnapOpRequest) -> bool {
-        let restoring = matches!(request.op, SnapOp::Install(_)) && self.snap.restoring.is_some();
-        self.snap.last_log_seq <= self.durable_seq && !restoring
+    /// Whether a snapshot operation can start: everything issued before it is durable. (The
+    /// engine never installs a snapshot while the state machine restores one: installing would
+    /// supersede the snapshot being read.)
+    fn snap_op_ready(&self) -> bool {
+        self.snap.last_log_seq <= self.durable_seq
     }
 
     fn dispatch_snap_op(&mut self, request: SnapOpRequest) {
@@ -95,21 +92,12 @@ impl CoreLoop {
         }
     }
 
-    /// The state machine applied up to `index`: a restore that ended there is done, and an
-    /// install held back for it can go.
-    pub(super) fn snapshot_applied(&mut self, index: LogIndex) {
-        if self.snap.restoring.is_some_and(|restoring| restoring <= index) {
-            self.snap.restoring = None;
-            self.release_storage();
-        }
-    }
-
     /// Dispatches held storage operations whose predecessors are all durable.
     pub(super) fn release_storage(&mut self) {
         while let Some(next) = self.snap.held.front() {
             let ready = match next {
                 Held::Log(_) => self.snap.last_snap_seq <= self.durable_seq,
-                Held::Snap(request) => self.snap_op_ready(request),
+                Held::Snap(_) => self.snap_op_ready(),
             };
             if !ready {
                 return;
@@ -134,18 +122,17 @@ impl CoreLoop {
             Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
             Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
             Action::TakeSnapshot { last_included, membership } => {
-                let message = ApplyMsg::TakeSnapshot(last_included, membership);
-                if self.applier.try_send(message).is_err() {
-                    self.lost("applier (state machine)");
-                }
+                self.apply_path(ApplyMsg::TakeSnapshot(last_included, membership))
             }
-            Action::Restore(meta) => {
-                self.snap.restoring = Some(meta.last_included.index);
-                if self.applier.try_send(ApplyMsg::Restore(meta)).is_err() {
-                    self.lost("applier (state machine)");
-                }
-            }
+            Action::Restore(meta) => self.apply_path(ApplyMsg::Restore(meta)),
             _ => {}
+        }
+    }
+
+    /// Hands a snapshot step to the applier, in order with the entries.
+    fn apply_path(&mut self, message: ApplyMsg) {
+        if self.applier.try_send(message).is_err() {
+            self.lost("applier (state machine)");
         }
     }
 

@@ -1,0 +1,212 @@
+//! A certificate is trusted for as long as a connection lasts, not only at its handshake: the
+//! connections of a CA dropped from the trust bundle are closed at the roll-over, and a
+//! connection is closed once its peer's certificate expires (keep-alives used to keep both up
+//! for good).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::scenarios::{dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
+use common::*;
+use raft_core::Network;
+use raft_quic::quinn::{self, Runtime, TokioRuntime};
+use raft_quic::wire::code;
+use raft_quic::{
+    tls, ClusterCa, Gate, GateConfig, NodeTls, PeerRole, QuicConfig, QuicNetwork, WireResponse,
+    NODE_ROLE_OID,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+fn material(trust: &[&ClusterCa], leaf: &ClusterCa, id: u64) -> NodeTls {
+    let bundle: String = trust.iter().map(|c| c.cert_pem().to_owned()).collect();
+    let cert = leaf.issue(id).unwrap();
+    NodeTls::from_pem(bundle.as_bytes(), cert.cert_pem.as_bytes(), cert.key_pem.as_bytes()).unwrap()
+}
+
+/// Waits until `conn` is closed and returns the application code it was closed with.
+async fn closed_with(rt: &Arc<dyn Runtime>, conn: &quinn::Connection) -> quinn::VarInt {
+    match bounded(rt, "the connection's close", conn.closed()).await {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
+        other => panic!("the connection ended with {other}"),
+    }
+}
+
+/// A CA is rolled over because it was compromised: node 1 drops it from its trust bundle. The
+/// connections authenticated under it (inbound from a rogue node 7, outbound to a rogue node 8)
+/// are closed at once, and the rogues cannot connect again; a peer of the new CA keeps its
+/// connection. The rogue's connection used to be served indefinitely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let net1 = QuicNetwork::bind(
+        QuicConfig::new(1, loopback(), material(&[&old, &new], &new, 1)),
+        rt.clone(),
+    )
+    .unwrap();
+    net1.serve(TestHandler::new(1));
+    // Rogue node 7 (old CA) dials node 1; node 1 dials rogue node 8 (old CA).
+    let endpoint = raw_endpoint(&rt);
+    let config7 = tls::quic_client_config(&material(&[&old, &new], &old, 7)).unwrap();
+    let connecting = endpoint.connect_with(config7.clone(), net1.local_addr(), "node-1.raft");
+    let rogue7 = bounded(&rt, "rogue 7 connects", connecting.unwrap()).await.unwrap();
+    assert!(matches!(raw_rpc(&rt, &rogue7, 7).await, Ok(WireResponse::Ok(_))));
+    let rogue8_tls = material(&[&old, &new], &old, 8);
+    let (rogue8, from_node1, dial) = dialed_by(&rt, &net1, 8, &rogue8_tls).await;
+    // A legitimate peer of the new CA.
+    let config2 = QuicConfig::new(2, loopback(), material(&[&old, &new], &new, 2))
+        .with_peer(1, net1.local_addr());
+    let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
+    bounded(&rt, "peer 2's RPC", net2.send(1, heartbeat(2))).await.unwrap();
+    let admitted = net1.accept_stats().admitted;
+
+    // The roll-over: node 1 trusts only the new CA.
+    net1.update_tls(&material(&[&new], &new, 1)).unwrap();
+    assert_eq!(closed_with(&rt, &rogue7).await, code::UNTRUSTED);
+    assert_eq!(closed_with(&rt, &from_node1).await, code::UNTRUSTED);
+    assert!(bounded(&rt, "the dial", dial).await.is_err());
+    // Neither rogue gets back in.
+    let again = raw_rpc_attempt(&rt, config7, &net1, 7).await;
+    assert!(again.is_err(), "rogue 7 was served again: {again:?}");
+    assert!(bounded(&rt, "node 1 to rogue 8 again", net1.send(8, heartbeat(1))).await.is_err());
+    // Peer 2 still uses the connection it had.
+    bounded(&rt, "peer 2's RPC", net2.send(1, heartbeat(2))).await.unwrap();
+    assert_eq!(net1.accept_stats().admitted, admitted, "peer 2 had to reconnect");
+    endpoint.close(0u32.into(), b"");
+    rogue8.close(0u32.into(), b"");
+    net2.close().await;
+    net1.close().await;
+}
+
+/// A CA made here with rcgen, to issue node certificates of any lifetime (`ClusterCa` issues
+/// none shorter than a minute).
+struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// Node `id`'s material, its certificate valid from an hour ago until `lifetime` from now.
+    fn node(&self, id: u64, lifetime: Duration) -> NodeTls {
+        const SERVER_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 1];
+        const CLIENT_AUTH: &[u8] = &[0x2b, 6, 1, 5, 5, 7, 3, 2];
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![raft_quic::node_dns_name(id)]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::try_from(lifetime).unwrap();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let mut usages = Vec::new();
+        for oid in [SERVER_AUTH, CLIENT_AUTH, NODE_ROLE_OID] {
+            usages.extend([0x06, oid.len() as u8]);
+            usages.extend_from_slice(oid);
+        }
+        let mut eku = vec![0x30, usages.len() as u8];
+        eku.extend(usages);
+        params.custom_extensions.push(CustomExtension::from_oid_content(&[2, 5, 29, 37], eku));
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        NodeTls::from_pem(self.pem.as_bytes(), cert.as_bytes(), key.as_bytes()).unwrap()
+    }
+}
+
+/// A connection is closed once its peer's certificate expires, in both directions: node 1
+/// serves node 7 and dials node 8, whose certificates expire a few seconds after the
+/// handshakes. Both connections used to stay up for as long as keep-alives flowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_closed_when_the_peer_certificate_expires() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = TestCa::new();
+    let (lasting, expiring) = (Duration::from_secs(3600), Duration::from_secs(5));
+    let net1 =
+        QuicNetwork::bind(QuicConfig::new(1, loopback(), ca.node(1, lasting)), rt.clone()).unwrap();
+    net1.serve(TestHandler::new(1));
+    let endpoint = raw_endpoint(&rt);
+    let config7 = tls::quic_client_config(&ca.node(7, expiring)).unwrap();
+    let connecting = endpoint.connect_with(config7, net1.local_addr(), "node-1.raft");
+    let node7 = bounded(&rt, "node 7 connects", connecting.unwrap()).await.unwrap();
+    assert!(matches!(raw_rpc(&rt, &node7, 7).await, Ok(WireResponse::Ok(_))));
+    let (node8, from_node1, dial) = dialed_by(&rt, &net1, 8, &ca.node(8, expiring)).await;
+    assert_eq!(closed_with(&rt, &node7).await, code::CERT_EXPIRED);
+    assert_eq!(closed_with(&rt, &from_node1).await, code::CERT_EXPIRED);
+    assert!(bounded(&rt, "the dial", dial).await.is_err());
+    endpoint.close(0u32.into(), b"");
+    node8.close(0u32.into(), b"");
+    net1.close().await;
+}
+
+/// Any server admitting through a [`Gate`] (an application's client port) can apply a CA
+/// roll-over to the connections it holds: `Gate::revalidate` with `recheck_peer` closes the
+/// clients of the dropped CA and keeps the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_client_port_drops_the_clients_of_a_dropped_ca() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let both = [old.cert_der().clone(), new.cert_der().clone()];
+    let server_tls = old.node_tls(1).unwrap();
+    let rustls = tls::rustls_server_config_with(&server_tls, &both, PeerRole::Any).unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).unwrap();
+    let server =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), loopback())
+            .unwrap();
+    let gate = Gate::new("clients", GateConfig::new(8), rt.clone());
+    let accepting = tokio::spawn({
+        let (server, gate) = (server.clone(), gate.clone());
+        async move {
+            let mut held = Vec::new();
+            while let Some(incoming) = server.accept().await {
+                if let Some(handshake) = gate.admit(incoming) {
+                    held.extend(handshake.complete().await);
+                }
+            }
+            held.len()
+        }
+    });
+    let endpoint = raw_endpoint(&rt);
+    let mut clients = Vec::new();
+    for ca in [&old, &new] {
+        let cert = ca.issue_client("client-a.kv", Duration::from_secs(3600)).unwrap();
+        let trust = old.cert_pem().to_owned();
+        let tls =
+            NodeTls::from_pem(trust.as_bytes(), cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+                .unwrap();
+        let config = tls::quic_client_config(&tls).unwrap();
+        let connecting = endpoint.connect_with(config, server.local_addr().unwrap(), "node-1.raft");
+        clients.push(bounded(&rt, "a client connects", connecting.unwrap()).await.unwrap());
+    }
+    eventually(&rt, "both clients admitted", Duration::from_millis(10), || {
+        let admitted = gate.stats().connections;
+        async move { (admitted == 2).then_some(()) }
+    })
+    .await;
+    let closed = gate.revalidate(code::UNTRUSTED, |conn| {
+        raft_quic::recheck_peer(conn, std::slice::from_ref(new.cert_der()), PeerRole::Any)
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(closed, 1);
+    assert_eq!(closed_with(&rt, &clients[0]).await, code::UNTRUSTED);
+    assert!(clients[1].close_reason().is_none(), "the new CA's client was closed");
+    endpoint.close(0u32.into(), b"");
+    server.close(0u32.into(), b"");
+    let _ = bounded(&rt, "the accept loop", accepting).await;
+}

@@ -1,0 +1,115 @@
+//! Stateless resets after a restart cannot be starved with harvested connection ids: the ids a
+//! node sends in clear (in Retry and handshake packets, to anyone who sends an Initial) never
+//! earn a reset, so replaying them after a restart costs the node nothing, and a peer's stale
+//! connection is still torn down at its next packet.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::proxy::UdpProxy;
+use common::scenarios::{impatient, raw_endpoint};
+use common::*;
+use raft_core::Network;
+use raft_quic::quinn::{Runtime, TokioRuntime};
+use raft_quic::{tls, ClusterCa, QuicNetwork};
+
+/// The longest the stale connection may take to be replaced: far below its 120 s idle timeout.
+const RESET_BOUND: Duration = Duration::from_secs(5);
+
+/// Sends short-header packets to each of `ids` at `target`, one every 500 µs, from a socket of
+/// its own, until `stop`; returns how many datagrams came back (stateless resets).
+fn replay(ids: Vec<Vec<u8>>, target: SocketAddr, stop: Arc<AtomicBool>) -> usize {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut answers = 0;
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Acquire) {
+        for id in &ids {
+            let mut packet = vec![0x41];
+            packet.extend_from_slice(id);
+            packet.extend_from_slice(&[0x5a; 48]);
+            let _ = socket.send_to(&packet, target);
+            while socket.recv_from(&mut buf).is_ok() {
+                answers += 1;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_harvested_in_clear_earn_no_reset_after_a_restart() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = ClusterCa::generate().unwrap();
+    let idle = Duration::from_secs(120);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let mut config2 = impatient(&ca, 2, idle);
+    let net2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
+    let addr2 = net2.local_addr();
+    let link = UdpProxy::start(addr2);
+    net1.set_peer(2, link.addr());
+    net2.serve(TestHandler::new(2));
+    bounded(&rt, "RPC to node 2", net1.send(2, heartbeat(1))).await.unwrap();
+    eventually(&rt, "the connection off its handshake id", Duration::from_millis(20), || {
+        let moved = link.client_uses_a_private_id();
+        async move { moved.then_some(()) }
+    })
+    .await;
+
+    // An attacker without a certificate of the cluster sends Initials to node 2 and reads the
+    // ids node 2 answers with in clear: a Retry's, then its handshake packets'.
+    let spy = UdpProxy::start(addr2);
+    let attacker = raw_endpoint(&rt);
+    let foreign = tls::quic_client_config(&ClusterCa::generate().unwrap().node_tls(9).unwrap());
+    let foreign = foreign.unwrap();
+    for _ in 0..8 {
+        let attempt = attacker.connect_with(foreign.clone(), spy.addr(), "node-2.raft").unwrap();
+        let _ = bounded(&rt, "an attacker's attempt", attempt).await;
+    }
+    let harvested = spy.target_public_ids();
+    assert!(harvested.len() >= 8, "harvested only {} ids", harvested.len());
+
+    // Node 2 crashes (its close lost) and restarts; the attacker replays the ids at once,
+    // 2,000 packets a second (quinn sends at most one reset per 20 ms).
+    link.block();
+    net2.close().await;
+    drop(net2);
+    config2.listen_addr = addr2;
+    let restarted = eventually(&rt, "rebind node 2", Duration::from_millis(20), || {
+        let (config, rt) = (config2.clone(), rt.clone());
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    restarted.serve(TestHandler::new(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let replayer = std::thread::spawn({
+        let stop = stop.clone();
+        move || replay(harvested, addr2, stop)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    link.unblock();
+
+    // Node 1's stale connection is reset at its next packet, and it reconnects.
+    let started = Instant::now();
+    eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    let took = started.elapsed();
+    stop.store(true, Ordering::Release);
+    let answers = replayer.join().unwrap();
+    assert_eq!(answers, 0, "the harvested ids earned {answers} stateless resets");
+    assert!(took < RESET_BOUND, "the stale connection lasted {took:?}");
+    attacker.close(0u32.into(), b"");
+    net1.close().await;
+    restarted.close().await;
+}

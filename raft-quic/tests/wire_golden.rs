@@ -1,0 +1,218 @@
+//! The wire version policy, enforced: the exact bytes of a frame of every request, response and
+//! [`WireResponse`] variant (and of every variant nested in them) under the current
+//! [`PROTOCOL_VERSION`]. postcard is not self-describing, so any change to these types changes
+//! some bytes here: this test then fails until the version (and the ALPN) is bumped, the table
+//! in `raft_quic::wire` says what changed, and the goldens below are replaced by the new
+//! version's. A new variant of any of these enums gets a golden here too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use raft_core::{
+    AppendEntriesRequest, AppendEntriesResponse, ConflictHint, Entry, EntryPayload,
+    InstallSnapshotRequest, InstallSnapshotResponse, LogId, Membership, ReadIndexRequest,
+    ReadIndexResponse, RequestVoteRequest, RequestVoteResponse, RpcRequest, RpcResponse,
+    SnapshotMeta, SnapshotRefusal, TimeoutNowRequest, TimeoutNowResponse,
+};
+use raft_quic::bounded::Limits;
+use raft_quic::frame::{decode, decode_request, encode, encode_request, MAX_DEPTH};
+use raft_quic::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
+
+/// The version these goldens are the encoding of.
+const GOLDEN_VERSION: u8 = 2;
+const MAX: u32 = 1 << 20;
+const LIMITS: Limits = Limits { max_items: 1 << 10, max_depth: MAX_DEPTH };
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn membership() -> Membership {
+    Membership { voters: BTreeSet::from([1, 2, 300]), learners: BTreeSet::from([4]) }
+}
+
+/// One request of each variant, every field set to a distinct value (so that a reordering of
+/// fields changes the bytes), with every entry payload variant.
+fn requests() -> Vec<(&'static str, RpcRequest)> {
+    let entries = vec![
+        Entry { index: 11, term: 5, payload: EntryPayload::Blank },
+        Entry { index: 12, term: 5, payload: EntryPayload::Command(Bytes::from_static(b"put")) },
+        Entry { index: 13, term: 6, payload: EntryPayload::Membership(membership()) },
+    ];
+    vec![
+        (
+            "RequestVote",
+            RpcRequest::RequestVote(RequestVoteRequest {
+                term: 7,
+                candidate_id: 2,
+                last_log_id: LogId::new(6, 13),
+                pre_vote: true,
+                leadership_transfer: false,
+            }),
+        ),
+        (
+            "AppendEntries",
+            RpcRequest::AppendEntries(AppendEntriesRequest {
+                term: 6,
+                leader_id: 3,
+                prev_log_id: LogId::new(4, 10),
+                entries,
+                leader_commit: 9,
+                read_round: 1000,
+            }),
+        ),
+        ("TimeoutNow", RpcRequest::TimeoutNow(TimeoutNowRequest { term: 8, leader_id: 4 })),
+        (
+            "InstallSnapshot",
+            RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+                term: 9,
+                leader_id: 5,
+                meta: SnapshotMeta {
+                    last_included: LogId::new(8, 200),
+                    membership: membership(),
+                    size: 4096,
+                    checksum: 0x0123_4567_89ab_cdef,
+                },
+                offset: 1024,
+                data: Bytes::from_static(b"chunk"),
+                done: true,
+            }),
+        ),
+        ("ReadIndex", RpcRequest::ReadIndex(ReadIndexRequest { term: 10, sender: 6, read_id: 77 })),
+    ]
+}
+
+/// One response of each variant (and each `SnapshotRefusal`), fields distinct.
+fn responses() -> Vec<(&'static str, RpcResponse)> {
+    let snapshot = |refusal| {
+        RpcResponse::InstallSnapshot(InstallSnapshotResponse {
+            term: 9,
+            next_offset: 2048,
+            complete: false,
+            refusal,
+        })
+    };
+    vec![
+        (
+            "RequestVote",
+            RpcResponse::RequestVote(RequestVoteResponse {
+                term: 7,
+                vote_granted: true,
+                pre_vote: false,
+            }),
+        ),
+        (
+            "AppendEntries",
+            RpcResponse::AppendEntries(AppendEntriesResponse {
+                term: 6,
+                match_index: None,
+                conflict: Some(ConflictHint {
+                    conflict_term: 4,
+                    first_index_of_term: 8,
+                    last_log_index: 12,
+                }),
+            }),
+        ),
+        (
+            "AppendEntries(match)",
+            RpcResponse::AppendEntries(AppendEntriesResponse {
+                term: 6,
+                match_index: Some(13),
+                conflict: None,
+            }),
+        ),
+        ("TimeoutNow", RpcResponse::TimeoutNow(TimeoutNowResponse { term: 8 })),
+        ("InstallSnapshot", snapshot(None)),
+        ("InstallSnapshot(Unsupported)", snapshot(Some(SnapshotRefusal::Unsupported))),
+        ("InstallSnapshot(ChecksumMismatch)", snapshot(Some(SnapshotRefusal::ChecksumMismatch))),
+        ("InstallSnapshot(Malformed)", snapshot(Some(SnapshotRefusal::Malformed))),
+        (
+            "ReadIndex",
+            RpcResponse::ReadIndex(ReadIndexResponse {
+                term: 10,
+                read_index: Some(300),
+                leader_hint: Some(3),
+            }),
+        ),
+    ]
+}
+
+/// Every refusal of the response envelope.
+fn refusals() -> Vec<(&'static str, WireResponse)> {
+    vec![
+        ("NotServing", WireResponse::Refused(Refusal::NotServing)),
+        (
+            "SenderMismatch",
+            WireResponse::Refused(Refusal::SenderMismatch { claimed: 9, authenticated: 2 }),
+        ),
+        ("Handler", WireResponse::Refused(Refusal::Handler("stopped".into()))),
+        ("RemovedNode", WireResponse::Refused(Refusal::RemovedNode(5))),
+    ]
+}
+
+/// The golden frames of version [`GOLDEN_VERSION`], by name: requests (`u32 length | version |
+/// u64 sender | body`), then `WireResponse::Ok` of each response, then each refusal.
+const GOLDEN: &[(&str, &str)] = &[
+    ("request RequestVote", "00000010020000000000000002000702060d0100"),
+    ("request AppendEntries", "00000026020000000000000003010603040a030b05000c0501037075740d0602030102ac02010409e807"),
+    ("request TimeoutNow", "0000000c020000000000000004020804"),
+    ("request InstallSnapshot", "0000002a02000000000000000503090508c801030102ac0201048020ef9bafcdf8acd191018008056368756e6b01"),
+    ("request ReadIndex", "0000000d020000000000000006040a064d"),
+    ("response RequestVote", "00000006020000070100"),
+    ("response AppendEntries", "0000000902000106000104080c"),
+    ("response AppendEntries(match)", "0000000702000106010d00"),
+    ("response TimeoutNow", "0000000402000208"),
+    ("response InstallSnapshot", "000000080200030980100000"),
+    ("response InstallSnapshot(Unsupported)", "00000009020003098010000100"),
+    ("response InstallSnapshot(ChecksumMismatch)", "00000009020003098010000101"),
+    ("response InstallSnapshot(Malformed)", "00000009020003098010000102"),
+    ("response ReadIndex", "000000090200040a01ac020103"),
+    ("refusal NotServing", "00000003020100"),
+    ("refusal SenderMismatch", "000000050201010902"),
+    ("refusal Handler", "0000000b0201020773746f70706564"),
+    ("refusal RemovedNode", "0000000402010305"),
+];
+
+#[test]
+fn every_message_encodes_to_its_golden_bytes_of_this_wire_version() {
+    assert_eq!(
+        PROTOCOL_VERSION, GOLDEN_VERSION,
+        "the wire version changed: replace the goldens with the new version's encoding"
+    );
+    assert_eq!(ALPN, format!("raft-quic/{PROTOCOL_VERSION}").as_bytes());
+    let mut frames: Vec<(String, Bytes)> = Vec::new();
+    for (name, request) in requests() {
+        let frame = encode_request(&request, MAX).unwrap();
+        let (sender, decoded, used) = decode_request(&frame, MAX, LIMITS).unwrap();
+        assert_eq!((sender, &decoded, used), (request.sender(), &request, frame.len()), "{name}");
+        frames.push((format!("request {name}"), frame));
+    }
+    for (name, response) in responses() {
+        let wire = WireResponse::Ok(response);
+        let frame = encode(&wire, MAX).unwrap();
+        assert_eq!(decode::<WireResponse>(&frame, MAX, LIMITS).unwrap(), (wire, frame.len()));
+        frames.push((format!("response {name}"), frame));
+    }
+    for (name, refusal) in refusals() {
+        let frame = encode(&refusal, MAX).unwrap();
+        let used = frame.len();
+        assert_eq!(decode::<WireResponse>(&frame, MAX, LIMITS).unwrap(), (refusal, used));
+        frames.push((format!("refusal {name}"), frame));
+    }
+    let actual: Vec<(String, String)> =
+        frames.iter().map(|(name, frame)| (name.clone(), hex(frame))).collect();
+    let expected: Vec<(String, String)> =
+        GOLDEN.iter().map(|(name, bytes)| ((*name).to_owned(), (*bytes).to_owned())).collect();
+    if actual != expected {
+        let listing: String = actual
+            .iter()
+            .map(|(name, bytes)| format!("    (\"{name}\", \"{bytes}\"),\n"))
+            .collect();
+        panic!(
+            "the encoding differs from wire version {GOLDEN_VERSION}'s goldens: bump \
+             PROTOCOL_VERSION and ALPN, document the change in raft_quic::wire, and replace \
+             GOLDEN with this version's frames:\n{listing}"
+        );
+    }
+}
