@@ -695,6 +695,7 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
 }
 
 mod durability;
+mod elections;
 mod hostile;
 mod membership;
 mod reads;
