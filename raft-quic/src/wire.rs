@@ -24,7 +24,7 @@
 //! | version | ALPN | change |
 //! |---|---|---|
 //! | 1 | `raft-quic/1` | first version |
-//! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`) |
+//! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
