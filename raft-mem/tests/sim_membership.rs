@@ -262,3 +262,48 @@ fn a_partitioned_leader_serves_no_stale_lease_read() {
         });
     }
 }
+
+/// The single-server change bug (Ongaro, raft-dev 2015) that the leader's own-term commit rule
+/// prevents. Four voters: leader 1, cut off, removes a voter `x` (`{1, p, s}` in force on it
+/// alone). The others elect a leader, which at once removes node 1 (`{l, p, s}`) and keeps only
+/// `p` in reach. Were it allowed to change the membership before an entry of its term commits,
+/// `{l, p}` would commit its change; node 1, back, would then be elected by `{1, s}` (a
+/// majority of its own membership, disjoint from `{l, p}`) and overwrite a committed entry. With
+/// the rule, the new leader can commit nothing without a majority of all four, and node 1 may
+/// take over safely. (Calibration mutation 6.)
+#[test]
+fn a_new_leader_changes_the_membership_only_after_an_entry_of_its_term_commits() {
+    for default_seed in [71, 72, 73] {
+        scenario("membership change by a new leader", default_seed, |seed| {
+            let mut sim = sim(4, seed, LinkFaults::RELIABLE)?;
+            let first = sim.wait_for_leader(LONG)?;
+            let x = sim.ids().iter().copied().find(|&id| id != first).unwrap();
+            sim.network.disconnect(first);
+            let node = sim.node(first).cloned().unwrap();
+            sim.runtime.spawn_task(async move {
+                let _ = node.change_membership(MembershipChange::RemoveNode(x)).await;
+            });
+            let mut acted = false;
+            sim.on_election(Some(Box::new(move |sim: &mut Simulation, leader: NodeId| {
+                if acted || leader == first {
+                    return;
+                }
+                acted = true;
+                let rest: Vec<NodeId> =
+                    sim.ids().iter().copied().filter(|&id| id != first && id != leader).collect();
+                // `p` keeps in touch with the new leader; `x` is `p` unless it leads.
+                let s = if rest[0] == x { rest[1] } else { rest[0] };
+                sim.network.cut_one_way(leader, s);
+                sim.network.cut_one_way(s, leader);
+                let node = sim.node(leader).cloned().unwrap();
+                sim.runtime.spawn_task(async move {
+                    let _ = node.change_membership(MembershipChange::RemoveNode(first)).await;
+                });
+            })));
+            sim.run_for(Duration::from_secs(3))?;
+            sim.network.reconnect(first);
+            sim.run_for(Duration::from_secs(5))?;
+            converge_and_check(&mut sim, &[])
+        });
+    }
+}

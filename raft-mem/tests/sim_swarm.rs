@@ -7,9 +7,13 @@
 //! cuts, flapping links, loss bursts, disconnections, crashes at random steps and at events
 //! (during a write, right after an election, after a snapshot commit), crashes of every node at
 //! once, pauses, full disks, graceful shutdowns, membership changes (re-adding removed ids) and
-//! leadership transfers. A quarter of the seeds keep every fault on a fixed minority, so that the
-//! liveness oracle watches a healthy majority for the whole run. Every invariant is checked
-//! after every step; at the end the cluster must converge with every acknowledged write in place.
+//! leadership transfers; and targeted nemeses: the leader isolated (with lease reads, its clock
+//! slow and the others' fast) or paused (SIGSTOP) while a client keeps reading from it, and
+//! membership storms (every new leader changes the membership at once and is cut off, alone or
+//! with one voter in turn, or crashes; most storms start from four voters, and the cluster
+//! regrows). A quarter of the seeds keep every fault on a fixed minority, so that the liveness
+//! oracle watches a healthy majority for the whole run. Every invariant is checked after every
+//! step; at the end the cluster must converge with every acknowledged write in place.
 //!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
 //! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, replay one with
@@ -24,6 +28,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use raft_core::{Config, EntryPayload, MembershipChange, NodeId};
 use raft_mem::sim::{
@@ -165,6 +171,12 @@ fn draw(seed: u64) -> Draws {
         ids
     });
     let minority_free = minority.is_none();
+    let clock_skew = dice.chance(if lease_reads { 60 } else { 30 });
+    let late_timers = dice.chance(20);
+    let membership_storm = minority_free && voters >= 3 && dice.chance(40);
+    // Two one-voter changes by successive leaders can elect two leaders only from an even
+    // number of voters: most storms start from four.
+    let voters = if membership_storm && voters % 2 == 1 && dice.chance(67) { 4 } else { voters };
     Draws {
         voters,
         learners,
@@ -181,9 +193,9 @@ fn draw(seed: u64) -> Draws {
         clients,
         readers,
         minority,
-        clock_skew: dice.chance(if lease_reads { 60 } else { 30 }),
-        late_timers: dice.chance(20),
-        membership_storm: minority_free && voters >= 3 && dice.chance(20),
+        clock_skew,
+        late_timers,
+        membership_storm,
     }
 }
 
@@ -357,6 +369,7 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
     let clients: Vec<_> =
         (0..draws.clients).map(|c| sim.spawn_client_with(&format!("s{c}"), options)).collect();
     let readers: Vec<_> = (0..draws.readers).map(|_| sim.spawn_reader()).collect();
+    let storm_partitions = Arc::new(AtomicU64::new(0));
     if draws.membership_storm {
         // Spare nodes, idle until a leader adds them.
         for _ in 0..2 {
@@ -364,7 +377,11 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
             next_id += 1;
             sim.add_node(id)?;
         }
-        sim.on_election(Some(Box::new(membership_storm)));
+        let voters = draws.voters;
+        let partitions = storm_partitions.clone();
+        sim.on_election(Some(Box::new(move |sim: &mut Simulation, leader: NodeId| {
+            membership_storm(sim, leader, voters, &partitions)
+        })));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = 5 + dice.below(20);
@@ -372,13 +389,18 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
         retire_removed(sim, &mut removed);
         let ids: Vec<NodeId> = sim.ids().to_vec();
         let hit = targets(draws, &ids);
-        let action = dice.below(if draws.minority.is_some() { 12 } else { 22 });
+        let action = dice.below(if draws.minority.is_some() { 12 } else { 23 });
         if draws.membership_storm {
-            // The storm's crashed leaders come back.
+            // The storm's crashed leaders come back, and the cluster regrows.
             for id in sim.ids().to_vec() {
                 if !sim.is_running(id) && dice.chance(50) {
                     sim.start(id)?;
                 }
+            }
+            regrow(sim, draws.voters, &mut next_id, &mut removed)?;
+            // And the leader is cut off in one round of two: the next one's storm begins.
+            if let Some(leader) = sim.leader().filter(|_| dice.chance(50)) {
+                cut_off_with(sim, leader, None, &storm_partitions);
             }
         }
         match action {
@@ -485,6 +507,20 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
                     }
                 }
             }
+            22 => {
+                // Pause the leader (SIGSTOP, a VM freeze) for longer than an election timeout
+                // while a client keeps reading from it: the others elect a leader and take
+                // writes, and the paused one runs its backlog when it resumes.
+                let leader = sim.leader().filter(|&l| hit.contains(&l) && !sim.is_paused(l));
+                if let Some(leader) = leader {
+                    let max = sim.config(leader).map_or(600, |c| c.election_timeout_ms_max);
+                    let pause = Duration::from_millis(max + dice.below(3 * max));
+                    sim.spawn_reader_on(leader, pause + Duration::from_secs(1));
+                    sim.pause(leader);
+                    sim.run_for(pause)?;
+                    sim.resume(leader);
+                }
+            }
             _ => change_at_random(sim, &mut dice, &mut next_id, &mut removed)?,
         }
         sim.run_for(Duration::from_micros(dice.below(2_000_000)))?;
@@ -531,8 +567,17 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
 }
 
 /// The election hook of membership storms: the new leader proposes a change at once (before it
-/// has committed anything of its term), and crashes soon after in two elections of five.
-fn membership_storm(sim: &mut Simulation, leader: NodeId) {
+/// has committed anything of its term): while it has `voters` voters (the size the seed started
+/// with, which [`regrow`] restores) it removes another voter, else it adds a learner. In one
+/// election of five it crashes soon after; in the others it is cut off for a while
+/// ([`cut_off_with`]), alone or with one other voter in turn, and removes one of the voters it
+/// lost, as an operator replacing failed nodes would.
+fn membership_storm(
+    sim: &mut Simulation,
+    leader: NodeId,
+    voters: u64,
+    partitions: &Arc<AtomicU64>,
+) {
     let Some(node) = sim.node(leader).cloned() else { return };
     let membership = node.membership();
     let pick = |sim: &Simulation, from: Vec<NodeId>| {
@@ -540,23 +585,107 @@ fn membership_storm(sim: &mut Simulation, leader: NodeId) {
     };
     let outsiders: Vec<NodeId> =
         sim.ids().iter().copied().filter(|id| !membership.members().contains(id)).collect();
-    let change = match sim.runtime.below(3) {
-        0 => pick(sim, outsiders).map(MembershipChange::AddLearner),
-        1 => pick(sim, membership.learners.iter().copied().collect())
-            .map(MembershipChange::PromoteLearner),
-        _ => pick(sim, membership.voters.iter().copied().collect())
-            .filter(|_| membership.voters.len() > 2)
-            .map(MembershipChange::RemoveNode),
+    let other_voters: Vec<NodeId> =
+        membership.voters.iter().copied().filter(|&id| id != leader).collect();
+    let fate = sim.runtime.below(5);
+    let mut kept = None;
+    match fate {
+        0 => {
+            let delay = Duration::from_micros(sim.runtime.below(20_000));
+            sim.crash_after(leader, delay, InFlight::Random);
+        }
+        _ => {
+            // Alone after a leader was cut off with another voter, and the other way round: the
+            // leader elected while one is cut off alone is then cut off with one voter.
+            let alone = partitions.load(Ordering::SeqCst) % 2 == 0;
+            kept = pick(sim, other_voters.clone()).filter(|_| !alone);
+            cut_off_with(sim, leader, kept, partitions);
+        }
+    }
+    let lost: Vec<NodeId> = other_voters.into_iter().filter(|&id| Some(id) != kept).collect();
+    let change = if membership.voters.len() as u64 >= voters {
+        pick(sim, lost).map(MembershipChange::RemoveNode)
+    } else {
+        pick(sim, outsiders).map(MembershipChange::AddLearner)
     };
     if let Some(change) = change {
         sim.runtime.spawn_task(async move {
             let _ = node.change_membership(change).await;
         });
     }
-    if sim.runtime.below(5) < 2 {
-        let delay = Duration::from_micros(sim.runtime.below(20_000));
-        sim.crash_after(leader, delay, InFlight::Random);
+}
+
+/// Storms remove voters: brings the cluster back toward `voters` voters, one step per call on
+/// a leader that reaches a quorum: promote a learner that is in sync, or, without learners,
+/// add a node (a removed id first) as a learner.
+fn regrow(
+    sim: &mut Simulation,
+    voters: u64,
+    next_id: &mut NodeId,
+    removed: &mut Vec<NodeId>,
+) -> Outcome {
+    retire_removed(sim, removed);
+    let leader = sim.leaders_with_quorum().into_iter().next();
+    let Some(node) = leader.and_then(|l| sim.node(l)).cloned() else { return Ok(()) };
+    let membership = node.membership();
+    if membership.voters.len() as u64 >= voters {
+        return Ok(());
     }
+    let change = if membership.learners.is_empty() {
+        let id = removed.pop().unwrap_or_else(|| {
+            *next_id += 1;
+            *next_id
+        });
+        sim.add_node(id)?;
+        MembershipChange::AddLearner(id)
+    } else {
+        // A paused leader does not answer: give up after a moment.
+        let (leader, runtime) = (node.clone(), sim.runtime.clone());
+        let replication = sim.block_on("the leader's replication", LONG, async move {
+            futures::select_biased! {
+                replication = leader.replication().fuse() => replication,
+                _ = runtime.sleep_for(Duration::from_millis(100)).fuse() => Vec::new(),
+            }
+        })?;
+        let ready =
+            replication.iter().filter(|p| !p.voter && p.in_sync).max_by_key(|p| p.match_index);
+        match ready {
+            Some(learner) => MembershipChange::PromoteLearner(learner.id),
+            None => return Ok(()),
+        }
+    };
+    sim.runtime.spawn_task(async move {
+        let _ = node.change_membership(change).await;
+    });
+    Ok(())
+}
+
+/// Storms: partitions the cluster into the new leader with `kept` and everyone else, from the
+/// moment it took office and for a while, so that what it appends (its membership change)
+/// reaches at most `kept`, as when a leader is cut off right after
+/// proposing. The others may elect a leader of their own, whose change the storm treats the
+/// same way (that partition replaces this one: the first leader and the second one's cut-off
+/// peers are together), and the two leaders' memberships may be in force side by side.
+fn cut_off_with(
+    sim: &mut Simulation,
+    leader: NodeId,
+    kept: Option<NodeId>,
+    partitions: &Arc<AtomicU64>,
+) {
+    let (inside, outside): (Vec<NodeId>, Vec<NodeId>) =
+        sim.ids().iter().partition(|&&id| id == leader || Some(id) == kept);
+    let hold = Duration::from_millis(200 + sim.runtime.below(3_000));
+    let (network, runtime, partitions) =
+        (sim.network.clone(), sim.runtime.clone(), partitions.clone());
+    let mine = partitions.fetch_add(1, Ordering::SeqCst) + 1;
+    sim.network.partition(&[inside, outside]);
+    sim.runtime.spawn_task(async move {
+        runtime.sleep_for(hold).await;
+        // Unless a later storm partition replaced this one.
+        if partitions.load(Ordering::SeqCst) == mine {
+            network.heal();
+        }
+    });
 }
 
 /// Retires the nodes whose removal committed (members of an earlier committed membership that
