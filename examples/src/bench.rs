@@ -4,23 +4,29 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// Common benchmark arguments: `--seconds N` per level and `--clients a,b,c`.
+/// Common benchmark arguments: `--seconds N` per level, `--clients a,b,c`, `--workers N`
+/// (runtime worker threads, default: the number of CPUs) and `--writes-only`.
 #[derive(Debug, Clone)]
 pub struct Args {
     /// Measured seconds per level.
     pub seconds: u64,
     /// Concurrency levels.
     pub clients: Vec<usize>,
+    /// Worker threads of the runtime.
+    pub workers: usize,
+    /// Skip what the program measures besides writes (reads).
+    pub writes_only: bool,
 }
 
 impl Args {
-    /// Parses `--seconds` and `--clients`, with defaults.
+    /// Parses the arguments, with defaults.
     pub fn parse(
         args: impl Iterator<Item = String>,
         seconds: u64,
         clients: &[usize],
     ) -> Result<Self, String> {
-        let mut parsed = Self { seconds, clients: clients.to_vec() };
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut parsed = Self { seconds, clients: clients.to_vec(), workers, writes_only: false };
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -34,15 +40,36 @@ impl Args {
                         .map(|c| c.trim().parse::<usize>().map_err(|e| format!("--clients: {e}")))
                         .collect::<Result<_, _>>()?
                 }
+                "--workers" => {
+                    parsed.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
+                    if parsed.workers == 0 {
+                        return Err("--workers must be at least 1".into());
+                    }
+                }
+                "--writes-only" => parsed.writes_only = true,
                 other => {
                     return Err(format!(
-                        "unknown argument {other} (expected --seconds N, --clients a,b,c)"
+                        "unknown argument {other} (expected --seconds N, --clients a,b,c, \
+                         --workers N, --writes-only)"
                     ))
                 }
             }
         }
         Ok(parsed)
     }
+}
+
+/// CPU time used so far by this process (every thread, user and system), from
+/// `/proc/self/stat`; `None` where that is not available. Resolution: 10 ms (`USER_HZ`).
+pub fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces):
+    // state is field 3, utime field 14 and stime field 15, in clock ticks of 1/100 s.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// Raw latency samples of one client (cheap to create per task); merge them into a

@@ -3,6 +3,8 @@
 //! leader is removed (`kv member remove`) and its process stopped, a node restarts while a
 //! member added at run time leads (it must rebuild that member's address from its own state),
 //! and every acknowledged write is then read back (ReadIndex gets) through the new node alone.
+//! And two of three nodes, the leader among them, are replaced in one change (`kv member set`,
+//! joint consensus), every acknowledged write then read back through each new node alone.
 //! Time limits here only turn a hang into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -120,6 +122,20 @@ impl Writer {
     }
 }
 
+/// Reads every acknowledged write back (ReadIndex gets) through node `only` alone.
+async fn read_back_through(cluster: &ProcessCluster, only: NodeId, acknowledged: &[u64]) {
+    let endpoints: BTreeMap<_, _> =
+        cluster.client_endpoints().into_iter().filter(|(id, _)| *id == only).collect();
+    let reader_connections =
+        Connections::new(endpoints, cluster.client_tls(), ClientOptions::default()).unwrap();
+    let reader = KvClient::new(reader_connections.clone());
+    for &n in acknowledged {
+        let value = reader.get(format!("w-{n}")).await.unwrap();
+        assert_eq!(value, Some(Bytes::from(format!("v-{n}"))), "acknowledged write {n} lost");
+    }
+    reader_connections.close().await;
+}
+
 async fn wait_applied(connections: &Connections, id: NodeId, index: u64) {
     let caught_up = examples::kv::cluster::wait_applied(connections, id, index, PATIENCE);
     assert!(caught_up.await, "node {id} applied {index}");
@@ -215,16 +231,7 @@ async fn replace_a_node_under_writes() {
     // Every acknowledged write is readable through node 4 alone (ReadIndex gets), and through
     // a follower alone.
     for only in [4, 3] {
-        let endpoints: BTreeMap<_, _> =
-            cluster.client_endpoints().into_iter().filter(|(id, _)| *id == only).collect();
-        let reader_connections =
-            Connections::new(endpoints, cluster.client_tls(), ClientOptions::default()).unwrap();
-        let reader = KvClient::new(reader_connections.clone());
-        for &n in &acknowledged {
-            let value = reader.get(format!("w-{n}")).await.unwrap();
-            assert_eq!(value, Some(Bytes::from(format!("v-{n}"))), "acknowledged write {n} lost");
-        }
-        reader_connections.close().await;
+        read_back_through(&cluster, only, &acknowledged).await;
     }
     eprintln!("{} writes acknowledged, {failed} failed or of unknown outcome", acknowledged.len());
 
@@ -234,4 +241,60 @@ async fn replace_a_node_under_writes() {
     // Node 2's command line never named node 4: it knew it from its snapshot or its log.
     let log = read_log(&cluster.log_path(2));
     assert_eq!(log.matches("node started").count(), 2, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_two_of_three_nodes_in_one_change_under_writes() {
+    let launcher = Launcher::program(env!("CARGO_BIN_EXE_kv-node"));
+    let spec = ClusterSpec { nodes: 3, snapshot_entries: 200, ..ClusterSpec::default() };
+    let mut cluster = ProcessCluster::start(launcher, spec).unwrap();
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&connections, &[1, 2, 3], 3, PATIENCE).await.expect("a leader").id;
+    let writer = start_writer(connections.clone());
+    writer.wait_for(100).await;
+
+    // Nodes 4 and 5 join; one founder stays, the other two (the leader among them) go.
+    let keep = (1..=3).find(|&id| id != leader).unwrap();
+    let gone: Vec<NodeId> = (1..=3).filter(|&id| id != keep).collect();
+    let spec = |id: NodeId, cluster: &mut ProcessCluster| {
+        let addrs = cluster.start_joining(id).unwrap();
+        format!("{id}={},{}", addrs.raft, addrs.client)
+    };
+    let (four, five) = (spec(4, &mut cluster), spec(5, &mut cluster));
+    let keep_word = keep.to_string();
+    let started = std::time::Instant::now();
+    let (ok, set) = kv_cli(&cluster, &[1, 2, 3], &["member", "set", &keep_word, &four, &five]);
+    let took = started.elapsed();
+    assert!(ok, "{set}");
+    let mut voters = vec![keep, 4, 5];
+    voters.sort_unstable();
+    let expected = voters.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    assert!(set.contains(&format!("the voters are {expected}")), "{set}");
+    let after = roles(&set);
+    assert_eq!(after.keys().copied().collect::<Vec<_>>(), voters, "{set}");
+    assert!(after.values().all(|role| role != "learner"), "{set}");
+    writer.wait_for(50).await;
+    // The same change again is a no-op success; a removed id is never used again.
+    let (ok, again) = kv_cli(&cluster, &[4, 5], &["member", "set", &keep_word, "4", "5"]);
+    assert!(ok && roles(&again).keys().copied().collect::<Vec<_>>() == voters, "{again}");
+    let stale = format!("{}=127.0.0.1:1,127.0.0.1:2", gone[0]);
+    let (ok, refused) = kv_cli(&cluster, &[4, 5], &["member", "set", &keep_word, "4", &stale]);
+    assert!(!ok && refused.contains(&format!("node {} was removed", gone[0])), "{refused}");
+
+    for &id in &gone {
+        cluster.retire(id, Duration::from_secs(10)).unwrap();
+    }
+    writer.wait_for(50).await;
+    let (acknowledged, failed) = writer.finish().await;
+    for only in [4, 5] {
+        read_back_through(&cluster, only, &acknowledged).await;
+    }
+    eprintln!(
+        "replacing nodes {gone:?} by 4 and 5 (`kv member set`) took {took:?}; {} writes \
+         acknowledged, {failed} failed or of unknown outcome",
+        acknowledged.len()
+    );
+    connections.close().await;
+    let killed = cluster.stop_all(Duration::from_secs(10)).unwrap();
+    assert!(killed.is_empty(), "nodes {killed:?} did not shut down cleanly");
 }

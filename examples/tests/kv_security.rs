@@ -18,6 +18,8 @@ use raft_core::NodeId;
 use raft_quic::quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use raft_quic::{node_dns_name, NodeTls};
 
+mod common;
+
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn start(nodes: u64) -> ProcessCluster {
@@ -258,24 +260,35 @@ async fn a_session_answers_only_to_the_certificate_that_opened_it() {
             }
         }
     };
-    let put = |id, seq, ack_below, value: &'static str| Command {
-        session: Some(SessionRef { id, seq, ack_below }),
+    let put = |id, incarnation, seq, ack_below, value: &'static str| Command {
+        session: Some(SessionRef { id, incarnation, seq, ack_below }),
         op: Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(value.as_bytes()) },
     };
     // Alice opens a session; Mallory learns its id (here: is told it).
     let id = 0x5eed;
     let register = Command { session: None, op: Op::Register { id } };
-    assert_eq!(call(&alice, register.clone()).await, Ok(OpResult::Registered { id }));
+    let Ok(OpResult::Registered { id: registered, incarnation }) =
+        call(&alice, register.clone()).await
+    else {
+        panic!("alice could not register");
+    };
+    assert_eq!(registered, id);
     // Mallory can neither take the id over, nor consume Alice's next sequence number, nor
     // acknowledge her answers away.
     assert_eq!(call(&mallory, register).await, Err(KvError::SessionTaken));
-    assert_eq!(call(&mallory, put(id, 0, 0, "mallory")).await, Err(KvError::UnknownSession));
-    assert_eq!(call(&mallory, put(id, 9, 9, "mallory")).await, Err(KvError::UnknownSession));
+    assert_eq!(
+        call(&mallory, put(id, incarnation, 0, 0, "mallory")).await,
+        Err(KvError::UnknownSession)
+    );
+    assert_eq!(
+        call(&mallory, put(id, incarnation, 9, 9, "mallory")).await,
+        Err(KvError::UnknownSession)
+    );
     // Alice's write with sequence number 0 is applied (not answered from a cached answer of
     // Mallory's), and her answers are still there for her retries.
-    assert_eq!(call(&alice, put(id, 0, 0, "alice")).await, Ok(OpResult::Written));
-    assert_eq!(call(&alice, put(id, 1, 0, "alice-1")).await, Ok(OpResult::Written));
-    assert_eq!(call(&alice, put(id, 0, 0, "alice")).await, Ok(OpResult::Written));
+    assert_eq!(call(&alice, put(id, incarnation, 0, 0, "alice")).await, Ok(OpResult::Written));
+    assert_eq!(call(&alice, put(id, incarnation, 1, 0, "alice-1")).await, Ok(OpResult::Written));
+    assert_eq!(call(&alice, put(id, incarnation, 0, 0, "alice")).await, Ok(OpResult::Written));
     let reader = KvClient::new(admin.clone());
     assert_eq!(reader.get("k").await.unwrap(), Some(Bytes::from_static(b"alice-1")));
 }
@@ -320,31 +333,6 @@ async fn unfinished_requests_do_not_exhaust_a_node() {
     drop((held, endpoints));
 }
 
-/// A UDP relay that forwards every datagram sent to it on to `server`, each sender through its
-/// own upstream socket (so the server sees distinct addresses), and drops every answer: the
-/// handshakes relayed through it never complete (half-open), as with spoofed source addresses.
-async fn black_hole_relay(server: SocketAddr) -> SocketAddr {
-    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = relay.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut upstream = std::collections::HashMap::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok((len, from)) = relay.recv_from(&mut buf).await {
-            let socket = match upstream.entry(from) {
-                std::collections::hash_map::Entry::Occupied(socket) => socket.into_mut(),
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    match tokio::net::UdpSocket::bind("127.0.0.1:0").await {
-                        Ok(socket) => slot.insert(socket),
-                        Err(_) => continue,
-                    }
-                }
-            };
-            let _ = socket.send_to(&buf[..len], server).await;
-        }
-    });
-    addr
-}
-
 /// How long a new client may take to connect after a half-open handshake flood.
 const CONNECT_AFTER_FLOOD: Duration = Duration::from_secs(3);
 
@@ -353,7 +341,7 @@ async fn a_half_open_handshake_flood_does_not_lock_clients_out() {
     let cluster = start(1);
     let admin = cluster.connections(ClientOptions::default()).unwrap();
     wait_for_leader(&admin, &[1], 1, PATIENCE).await.expect("a leader");
-    let relay = black_hole_relay(cluster.addrs(1).unwrap().client).await;
+    let relay = common::relay(cluster.addrs(1).unwrap().client, |_| false).await;
     // More half-open handshakes than the node has client slots (256 by default).
     let config = client_config(cluster.client_tls()).unwrap();
     let mut flood = Vec::new();
@@ -429,4 +417,189 @@ async fn a_removed_node_is_refused_for_good_even_after_a_restart() {
     let back =
         admin.member_add(removed, "127.0.0.1:9".parse().unwrap(), "127.0.0.1:9".parse().unwrap());
     assert!(matches!(back.await, Err(ClientError::Member(_))));
+}
+
+/// Calls `status(id)` until it succeeds; `None` if it never did within the test's patience.
+async fn status_within_patience(connections: &Connections, id: NodeId) -> Option<()> {
+    let status = async {
+        while connections.status(id).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, status).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_cannot_take_every_connection_slot() {
+    use examples::kv::port::connections_per_principal;
+    const SLOTS: usize = 256; // `--max-client-connections`' default
+    let cluster = start(1);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    wait_for_leader(&admin, &cluster.ids(), 1, PATIENCE).await.expect("a leader");
+    admin.close().await;
+    // Mallory, a plain client, opens as many connections as the node has slots and keeps
+    // them (quinn's keep-alives), sending nothing.
+    let mallory_tls = client_tls(&cluster, "mallory");
+    let mut held = Vec::new();
+    for _ in 0..SLOTS {
+        held.push(raw_connection(&cluster, 1, &mallory_tls, None).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kept = held.iter().filter(|(_, c)| c.close_reason().is_none()).count();
+    assert!(kept <= connections_per_principal(SLOTS), "mallory holds {kept} connections");
+    // A new administrator and another client still connect and are served.
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    assert!(status_within_patience(&admin, 1).await.is_some(), "the admin was locked out");
+    let bob = bob(&cluster);
+    tokio::time::timeout(PATIENCE, bob.put("bob", "1")).await.unwrap().unwrap();
+    drop(held);
+    admin.close().await;
+}
+
+/// The peak resident memory of process `pid` over `samples` samples 100 ms apart.
+async fn peak_rss_over(pid: u32, samples: usize) -> u64 {
+    let mut peak = 0;
+    for _ in 0..samples {
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_with_large_answers_in_memory_do_not_exhaust_a_node() {
+    use examples::kv::command::{Command, Op};
+    use examples::kv::protocol::{ClientRequest, CommandBatch, MAX_BATCH_LEN};
+    const CONNECTIONS: usize = 8;
+    const STREAMS: usize = 1024;
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    let pid = cluster.pid(leader.id).unwrap();
+    let before = rss_bytes(pid);
+    // 8 x 1,024 streams, each a 3 KB batch of 1,024 reads of the empty key (160 KB of
+    // commands once decoded, 48 KB of answers once built), whose answers are never read.
+    let get = Command { session: None, op: Op::Get { key: Bytes::new() } };
+    let batch = CommandBatch::new(vec![get; MAX_BATCH_LEN]).unwrap();
+    let request = examples::kv::protocol::encode(&ClientRequest::Batch(batch)).unwrap();
+    let request = Bytes::from(request);
+    let mallory_tls = client_tls(&cluster, "mallory");
+    let (mut held, mut endpoints) = (Vec::new(), Vec::new());
+    for _ in 0..CONNECTIONS {
+        let mut transport = TransportConfig::default();
+        transport.stream_receive_window(VarInt::from_u32(1024));
+        let (endpoint, connection) =
+            raw_connection(&cluster, leader.id, &mallory_tls, Some(transport)).await.unwrap();
+        for _ in 0..STREAMS {
+            let Ok((mut send, recv)) = connection.open_bi().await else { break };
+            let request = request.clone();
+            held.push(tokio::spawn(async move {
+                let _ = send.write_all(&request).await;
+                let _ = send.finish();
+                (send, recv)
+            }));
+        }
+        endpoints.push((endpoint, connection));
+    }
+    let peak = peak_rss_over(pid, 50).await;
+    let grown = peak.saturating_sub(before);
+    println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
+    // Others are still served.
+    let bob = bob(&cluster);
+    tokio::time::timeout(PATIENCE, bob.put("bob", "1")).await.unwrap().unwrap();
+    assert!(grown < 200 << 20, "the node held {grown} bytes for 3 KB batches");
+    drop((held, endpoints));
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_requests_are_bounded_per_node_not_only_per_connection() {
+    const CERTIFICATES: usize = 4;
+    const CONNECTIONS_EACH: usize = 16;
+    const STREAMS: usize = 8;
+    const BODY: usize = 2 << 20;
+    let cluster = start(3);
+    let admin = cluster.connections(ClientOptions::default()).unwrap();
+    let leader = wait_for_leader(&admin, &cluster.ids(), 3, PATIENCE).await.expect("a leader");
+    let pid = cluster.pid(leader.id).unwrap();
+    let before = rss_bytes(pid);
+    // 64 connections, each with streams that send a whole 2 MiB request but never finish it:
+    // the node reads some (within its request budgets) and leaves the others unread, which
+    // the clients may send only as far as the receive windows allow.
+    let mut frame = (BODY as u32).to_be_bytes().to_vec();
+    frame.resize(4 + BODY, 0);
+    let frame = Bytes::from(frame);
+    let (mut held, mut endpoints) = (Vec::new(), Vec::new());
+    for c in 0..CERTIFICATES {
+        let tls = client_tls(&cluster, &format!("mallory-{c}"));
+        for _ in 0..CONNECTIONS_EACH {
+            let (endpoint, connection) =
+                raw_connection(&cluster, leader.id, &tls, None).await.unwrap();
+            for _ in 0..STREAMS {
+                let (mut send, recv) = connection.open_bi().await.unwrap();
+                let frame = frame.clone();
+                held.push(tokio::spawn(async move {
+                    let _ = send.write_all(&frame).await;
+                    (send, recv)
+                }));
+            }
+            endpoints.push((endpoint, connection));
+        }
+    }
+    let peak = peak_rss_over(pid, 50).await;
+    let grown = peak.saturating_sub(before);
+    println!("leader RSS before {before} B, peak {peak} B, grown {grown} B");
+    assert!(grown < 200 << 20, "the node held {grown} bytes of unread requests");
+    drop((held, endpoints));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_whose_values_exceed_a_frame_together_are_answered() {
+    use examples::kv::command::{Command, Op, OpResult};
+    use examples::kv::protocol::{ClientRequest, ClientResponse, CommandBatch};
+    const VALUE: usize = 500 << 10;
+    let cluster = start(1);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    wait_for_leader(&connections, &cluster.ids(), 1, PATIENCE).await.expect("a leader");
+    let client = KvClient::new(connections.clone());
+    client.put("big", Bytes::from(vec![7u8; VALUE])).await.unwrap();
+    // One batch of five reads of a 500 KiB value: 2.5 MiB of answers, more than a frame.
+    let get = Command { session: None, op: Op::Get { key: Bytes::from_static(b"big") } };
+    let batch = ClientRequest::Batch(CommandBatch::new(vec![get; 5]).unwrap());
+    let answer = connections.call_within(1, &batch, PATIENCE).await;
+    let Ok(ClientResponse::Batch(answers)) = answer else {
+        panic!("the batch was not answered: {answer:?}")
+    };
+    assert_eq!(answers.len(), 5);
+    let values = answers
+        .iter()
+        .filter(|a| {
+            matches!(a, examples::kv::protocol::CommandAnswer::Applied(Ok(OpResult::Value(Some(v))))
+                if v.len() == VALUE)
+        })
+        .count();
+    assert!(values >= 1, "{answers:?}");
+    // Concurrent reads that the client batches together all get the value.
+    let clients: Vec<KvClient> = (0..8).map(|_| KvClient::new(connections.clone())).collect();
+    let reads = futures::future::join_all(clients.iter().map(|c| c.get("big")));
+    for value in tokio::time::timeout(PATIENCE, reads).await.unwrap() {
+        assert_eq!(value.unwrap().map(|v| v.len()), Some(VALUE));
+    }
+    connections.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_cannot_rewrite_a_known_address() {
+    use examples::kv::protocol::Member;
+    let cluster = start(1);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    wait_for_leader(&connections, &cluster.ids(), 1, PATIENCE).await.expect("a leader");
+    // What a node with a leaked key could answer: "node 1 is at <somewhere else>".
+    let elsewhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    connections.learn(&Member { id: 1, client_addr: elsewhere });
+    connections.learn(&Member { id: 7, client_addr: elsewhere });
+    assert!(connections.status(1).await.is_ok(), "the client was steered away from node 1");
+    assert_eq!(connections.nodes(), vec![1, 7], "a new member is still learned");
+    connections.close().await;
 }

@@ -1,5 +1,6 @@
 //! Errors returned by the node handle.
 
+use crate::membership::NodeInfo;
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Why a proposal was not accepted or did not produce a response.
@@ -11,6 +12,9 @@ pub enum ProposeError {
     NotLeader {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
+        /// That leader's metadata from the membership (its address, application data), if
+        /// known: where to redirect a client.
+        leader_info: Option<NodeInfo>,
     },
     /// The command is larger than `Config::max_payload_bytes`.
     #[error("command of {size} bytes exceeds the limit of {limit} bytes")]
@@ -56,6 +60,20 @@ pub enum ProposalError {
     /// was applied: it would wait for itself. The entry may still commit and apply.
     #[error("response awaited inside the node's own state machine (it would wait for itself)")]
     InsideStateMachine,
+}
+
+/// Why [`Node::write`](crate::Node::write) produced no response: the proposal was refused, or
+/// it was accepted and then failed (the two errors of `Node::propose` and `Proposal::response`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The proposal was not accepted: nothing was appended to the log.
+    #[error(transparent)]
+    Refused(#[from] ProposeError),
+    /// The proposal was appended but produced no response (see [`ProposalError`] for whether
+    /// its outcome is known).
+    #[error(transparent)]
+    Failed(#[from] ProposalError),
 }
 
 /// Why a node could not start.
@@ -119,6 +137,9 @@ pub enum ReadIndexError {
     NotLeader {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
+        /// That leader's metadata from the membership (its address, application data), if
+        /// known: where to redirect a client.
+        leader_info: Option<NodeInfo>,
     },
     /// The leader holds `Config::max_pending_reads` reads already; retry shortly.
     #[error("too many reads pending on the leader")]
@@ -147,29 +168,37 @@ pub enum MembershipError {
     NotLeader {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
+        /// That leader's metadata from the membership (its address, application data), if
+        /// known: where to redirect a client.
+        leader_info: Option<NodeInfo>,
     },
-    /// Another membership change is not committed yet, or the leader has not committed an entry
-    /// of its own term yet, and that did not change within the wait of
+    /// Another membership change is not complete yet (or the leader has not committed an entry
+    /// of its own term yet), and that did not change within the wait of
     /// `Node::change_membership` (an election timeout): the cluster is probably unhealthy.
     #[error("another membership change is in progress")]
     ChangeInProgress,
     /// A leadership transfer is in progress. Retry once it ends.
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
-    /// The change does not apply to the current membership.
+    /// The change does not apply to the current membership, or the target is invalid.
     #[error(transparent)]
     Invalid(#[from] crate::membership::InvalidChange),
-    /// The learner to promote is too far behind the leader's commit index; retry once it caught
-    /// up (or use `Node::add_voter`, which waits).
-    #[error("learner holds entries up to {match_index}, the commit index is {commit_index}")]
+    /// A learner to promote is too far behind the leader's commit index (or has not answered
+    /// the leader yet); retry once it caught up (or use `Node::add_voter` or
+    /// `Node::set_membership`, which wait).
+    #[error(
+        "learner {learner} holds entries up to {match_index}, the commit index is {commit_index}"
+    )]
     LearnerBehind {
+        /// The learner.
+        learner: NodeId,
         /// The last entry the learner is known to hold.
         match_index: LogIndex,
         /// The leader's commit index.
         commit_index: LogIndex,
     },
-    /// The learner did not catch up within the time given to `Node::add_voter`; it stays a
-    /// learner.
+    /// A learner did not catch up within the time given to `Node::add_voter` or
+    /// `Node::set_membership`; it stays a learner.
     #[error("the learner did not catch up in time")]
     CatchUpTimeout,
     /// The change was appended but its outcome is unknown or it was overwritten.
@@ -193,6 +222,9 @@ pub enum TransferError {
     NotLeader {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
+        /// That leader's metadata from the membership (its address, application data), if
+        /// known: where to redirect a client.
+        leader_info: Option<NodeInfo>,
     },
     /// The target is not a voter.
     #[error("node {0} is not a voter")]

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod membership;
 pub mod message;
+pub mod metrics;
 pub mod network;
 mod node;
 pub mod runtime;
@@ -28,12 +29,12 @@ pub mod types;
 pub use config::{Config, ConfigError};
 pub use error::{
     FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
-    TransferError,
+    TransferError, WriteError,
 };
-pub use membership::{InvalidChange, Membership, MembershipChange};
+pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
 pub use network::{Network, NetworkError, RpcError, RpcHandler};
-pub use node::{Node, NodeBuilder, Proposal, StatusWatch};
+pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};

@@ -5,8 +5,11 @@
 //! must authenticate peers: it delivers a request only if [`RpcRequest::sender`] is the node its
 //! connection proved to be (see `raft-quic` for mutual TLS).
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
+use crate::membership::NodeInfo;
 use crate::message::{RpcRequest, RpcResponse};
 use crate::types::NodeId;
 
@@ -55,12 +58,31 @@ pub enum NetworkError {
 pub trait Network: Send + Sync + 'static {
     /// Delivers `request` to node `target` and returns its response.
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError>;
+
+    /// The members of the membership this node uses (voters of both sets during a joint
+    /// change, and learners) with their metadata: called once when the node starts (from its log
+    /// and snapshot) and again whenever that changes, before any request to a new member is
+    /// sent. The membership in force may be uncommitted and may be rolled back, so this is a
+    /// hint of whom to reach and where, not a decision (a transport that refuses removed nodes
+    /// must not refuse a node only because it left this map). An empty
+    /// [`NodeInfo::address`] means the membership does not give one: keep what is known.
+    ///
+    /// Called from the node's main loop: it must not block. The default does nothing (a
+    /// transport that is given addresses some other way); a `Network` that wraps another must
+    /// forward it, or the inner transport never learns the members' addresses.
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        let _ = members;
+    }
 }
 
 #[async_trait]
 impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
         (**self).send(target, request).await
+    }
+
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        (**self).members_changed(members)
     }
 }
 

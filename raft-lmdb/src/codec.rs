@@ -1,6 +1,6 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 2
+//! # Format version 3
 //!
 //! The environment holds two named databases:
 //!
@@ -8,16 +8,20 @@
 //!   (heed's `U64<BigEndian>`, so LMDB's byte order is index order and appends go to the end of
 //!   the B-tree); the value is the postcard encoding of [`EntryRecord`]: the term (varint) then
 //!   the payload as an enum: `0` = blank, `1` = command followed by its length-prefixed bytes,
-//!   `2` = membership followed by the voters and then the learners, each a length-prefixed
-//!   ascending list of varint node ids ([`MembershipRecord`]).
+//!   `2` = membership of format 2 (read only: the voters and then the learners, each a
+//!   length-prefixed ascending list of varint node ids, [`MembershipRecordV2`]), `3` =
+//!   membership ([`MembershipRecord`]): the voters, the outgoing voters (empty unless joint) and
+//!   the learners as such lists, then the members' metadata, a length-prefixed list of (varint
+//!   id, length-prefixed address bytes, length-prefixed data bytes) in ascending id order.
 //! * [`META_DB`]: [`FORMAT_KEY`] holds [`FORMAT_MAGIC`] followed by the format version as a
 //!   big-endian `u32`; [`STATE_KEY`] holds the postcard encoding of [`MetaRecord`]: the hard state
 //!   and the log bounds (`purged` and `last` log ids).
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
-//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes or an
-//! unknown enum tag are reported as corruption.
+//! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes, an
+//! unknown enum tag, or node ids out of order or repeated in a membership (in any of its sets
+//! or its metadata) are reported as corruption.
 //!
 //! # Version history
 //!
@@ -29,14 +33,20 @@
 //!   store is read as it is. Opening one rewrites only its format record to 2, in one synced
 //!   transaction before anything else is written, so that an older build refuses the store with
 //!   a clear "unsupported version" instead of misreading it.
+//! * **3**: memberships are written with tag `3` (joint configurations and member metadata,
+//!   raft-core's joint consensus); tag `2` is still read (a membership with empty metadata) and
+//!   never written. Every version 1 or 2 record is a valid version 3 record, so such a store is
+//!   upgraded the same way: its format record is rewritten to 3 when it is opened.
 
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use raft_core::{
-    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, StorageError, Term,
+    Entry, EntryPayload, HardState, InvalidChange, LogId, LogIndex, Membership, NodeId, NodeInfo,
+    StorageError, Term,
 };
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Name of the database holding log entries.
 pub(crate) const LOG_DB: &str = "raft-log";
@@ -50,13 +60,14 @@ pub(crate) const STATE_KEY: &str = "state";
 pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
 /// The format version this build writes.
 ///
-/// It also reads version 1, the format of earlier builds, and upgrades such a store when it
-/// opens it by rewriting only its format record (every version 1 record is a valid version 2
-/// record); from then on a build that knows only version 1 refuses the store with an
-/// "unsupported version" error instead of misreading it. Version 2 differs from version 1 in
-/// that membership entries belong to it: builds since the membership change had written them
-/// under version 1, which an older build then called corrupt.
-pub const FORMAT_VERSION: u32 = 2;
+/// It also reads versions 1 and 2, the formats of earlier builds, and upgrades such a store
+/// when it opens it by rewriting only its format record (every version 1 or 2 record is a valid
+/// version 3 record); from then on a build that knows only an older version refuses the store
+/// with an "unsupported version" error instead of misreading it. Version 2 differs from version
+/// 1 in that membership entries belong to it (builds since the membership change had written
+/// them under version 1, which an older build then called corrupt); version 3 writes memberships
+/// with joint configurations and member metadata under a new tag.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads (and upgrades when it opens the store).
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 
@@ -158,30 +169,111 @@ impl MetaRecord {
 enum PayloadRecord<'a> {
     Blank,
     Command(#[serde(borrow, with = "serde_bytes_borrowed")] &'a [u8]),
-    Membership(MembershipRecord),
+    /// Format 2's membership: read, never written.
+    MembershipV2(MembershipRecordV2),
+    Membership(#[serde(borrow)] MembershipRecord<'a>),
 }
 
-/// A membership as stored: voters, then learners (postcard encodes a `BTreeSet` as its length
-/// followed by its elements in ascending order).
+/// A membership as format 2 stored it: voters, then learners (postcard encodes a `BTreeSet` as
+/// its length followed by its elements in ascending order). Also the membership of snapshot
+/// files of format 2.
 #[derive(Debug, Serialize, Deserialize)]
-struct MembershipRecord {
+pub(crate) struct MembershipRecordV2 {
+    #[serde(deserialize_with = "ascending_ids")]
     voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
     learners: BTreeSet<NodeId>,
 }
 
-impl From<&Membership> for MembershipRecord {
-    fn from(membership: &Membership) -> Self {
-        // Destructured so that a new field of `Membership` fails to compile here: it needs a
-        // format decision (and a version) before it can be stored.
-        let Membership { voters, learners } = membership;
-        Self { voters: voters.clone(), learners: learners.clone() }
+/// Decodes a set of node ids as written (postcard encodes a `BTreeSet` as its length and then
+/// its elements in ascending order), refusing ids out of order or repeated: a `BTreeSet` would
+/// take them silently, and only corruption writes them.
+fn ascending_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeSet<NodeId>, D::Error> {
+    let ids = Vec::<NodeId>::deserialize(deserializer)?;
+    if let Some(pair) = ids.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(D::Error::custom(format!(
+            "node ids out of order or repeated: {} then {}",
+            pair[0], pair[1]
+        )));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+/// Decodes the members' metadata as written (in ascending id order, each id once), refusing
+/// anything else: collecting it into a map would let the last of two records of an id win.
+fn ascending_nodes<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<NodeRecord<'a>>, D::Error> {
+    let nodes = Vec::<NodeRecord<'a>>::deserialize(deserializer)?;
+    if let Some(pair) = nodes.windows(2).find(|pair| pair[0].id >= pair[1].id) {
+        return Err(D::Error::custom(format!(
+            "member metadata out of order or repeated: {} then {}",
+            pair[0].id, pair[1].id
+        )));
+    }
+    Ok(nodes)
+}
+
+impl MembershipRecordV2 {
+    /// The membership it describes, with empty metadata. Like format 3, it may have no voter:
+    /// builds of format 2 stored the empty membership a joining node knows before its first
+    /// membership entry in the snapshots it took there.
+    pub(crate) fn decode(self) -> Result<Membership, InvalidChange> {
+        let ids = self.voters.iter().chain(&self.learners);
+        let nodes = ids.map(|&id| (id, NodeInfo::default())).collect();
+        Membership::from_parts(self.voters, BTreeSet::new(), self.learners, nodes)
     }
 }
 
-impl From<MembershipRecord> for Membership {
-    fn from(record: MembershipRecord) -> Self {
-        let MembershipRecord { voters, learners } = record;
-        Membership { voters, learners }
+/// A membership as stored since format 3: the voter sets, the learners, and each member's
+/// metadata in id order.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MembershipRecord<'a> {
+    #[serde(deserialize_with = "ascending_ids")]
+    voters: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
+    outgoing: BTreeSet<NodeId>,
+    #[serde(deserialize_with = "ascending_ids")]
+    learners: BTreeSet<NodeId>,
+    #[serde(borrow, deserialize_with = "ascending_nodes")]
+    nodes: Vec<NodeRecord<'a>>,
+}
+
+/// One member's metadata as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeRecord<'a> {
+    id: NodeId,
+    #[serde(borrow, with = "serde_bytes_borrowed")]
+    address: &'a [u8],
+    #[serde(borrow, with = "serde_bytes_borrowed")]
+    data: &'a [u8],
+}
+
+impl<'a> MembershipRecord<'a> {
+    /// The record of `membership`. `NodeInfo` may gain fields in later versions of raft-core:
+    /// such a field needs a format decision (and a version) before it can be stored here.
+    pub(crate) fn of(membership: &'a Membership) -> Self {
+        let nodes = membership
+            .nodes()
+            .iter()
+            .map(|(&id, info)| NodeRecord { id, address: &info.address, data: &info.data })
+            .collect();
+        Self {
+            voters: membership.voters().clone(),
+            outgoing: membership.outgoing_voters().clone(),
+            learners: membership.learners().clone(),
+            nodes,
+        }
+    }
+
+    /// The membership it describes, checked (a record breaking the invariants is corrupt).
+    pub(crate) fn decode(self) -> Result<Membership, InvalidChange> {
+        let nodes = self
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, NodeInfo::new(n.address.to_vec(), n.data.to_vec())))
+            .collect();
+        Membership::from_parts(self.voters, self.outgoing, self.learners, nodes)
     }
 }
 
@@ -195,7 +287,7 @@ struct EntryRecord<'a> {
 
 /// Serializes a byte slice with `serialize_bytes` (postcard: varint length + raw bytes) and
 /// borrows it back on decode.
-mod serde_bytes_borrowed {
+pub(crate) mod serde_bytes_borrowed {
     use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(
@@ -217,7 +309,7 @@ pub(crate) fn encode_entry(entry: &Entry, buf: Vec<u8>) -> Result<Vec<u8>, Stora
     let payload = match &entry.payload {
         EntryPayload::Command(bytes) => PayloadRecord::Command(bytes),
         EntryPayload::Blank => PayloadRecord::Blank,
-        EntryPayload::Membership(m) => PayloadRecord::Membership(m.into()),
+        EntryPayload::Membership(m) => PayloadRecord::Membership(MembershipRecord::of(m)),
         // `EntryPayload` is non-exhaustive: a variant this build does not know has no place in
         // the format. Refusing is better than writing something we could not read back.
         other => {
@@ -234,10 +326,14 @@ pub(crate) fn encode_entry(entry: &Entry, buf: Vec<u8>) -> Result<Vec<u8>, Stora
 /// Decodes the entry stored under `index`.
 pub(crate) fn decode_entry(index: LogIndex, bytes: &[u8]) -> Result<Entry, StorageError> {
     let record: EntryRecord<'_> = strict_decode(bytes).map_err(|e| corrupt_entry(index, &e))?;
+    let membership = |m: Result<Membership, InvalidChange>| {
+        m.map(EntryPayload::Membership).map_err(|e| corrupt_entry(index, &e.to_string()))
+    };
     let payload = match record.payload {
         PayloadRecord::Blank => EntryPayload::Blank,
         PayloadRecord::Command(bytes) => EntryPayload::Command(Bytes::copy_from_slice(bytes)),
-        PayloadRecord::Membership(m) => EntryPayload::Membership(m.into()),
+        PayloadRecord::MembershipV2(m) => membership(m.decode())?,
+        PayloadRecord::Membership(m) => membership(m.decode())?,
     };
     Ok(Entry { index, term: record.term, payload })
 }
@@ -266,12 +362,21 @@ fn corrupt_entry(index: LogIndex, err: &str) -> StorageError {
 }
 
 /// Decodes `bytes` as exactly one `T`: trailing bytes are an error.
-fn strict_decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+pub(crate) fn strict_decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
     match postcard::take_from_bytes(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(format!("{} trailing bytes", rest.len())),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A joint membership with metadata: voters {1} moving to {2}, node 1 staying as a learner.
+#[cfg(test)]
+pub(crate) fn joint_membership() -> Membership {
+    let info = |address: &'static str, data: &'static str| NodeInfo::new(address, data);
+    let (voters, outgoing, learners) = ([2].into(), [1].into(), [1].into());
+    let nodes = [(1, info("a:1", "x")), (2, info("b:2", ""))].into();
+    Membership::from_parts(voters, outgoing, learners, nodes).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -303,18 +408,76 @@ mod tests {
         assert_eq!(buf, vec![2, 1, 2, b'a', b'b']);
         let buf = encode_entry(&entry(5, 300, None), Vec::new()).unwrap();
         assert_eq!(buf, vec![0xac, 0x02, 0]);
-        // Term, tag 2, voters (count, ids), learners (count, ids).
-        let membership = Membership { voters: [1, 2, 300].into(), learners: [4].into() };
+        // Format 2's membership, still read: term, tag 2, voters (count, ids), learners (count,
+        // ids); empty metadata.
+        let membership = Membership::from_ids([1, 2, 300], [4]).unwrap();
         let e = Entry { index: 5, term: 2, payload: EntryPayload::Membership(membership) };
+        assert_eq!(decode_entry(5, &[2, 2, 3, 1, 2, 0xac, 0x02, 1, 4]).unwrap(), e);
+        // Format 3: term, tag 3, voters, outgoing voters, learners (count, ids each), then the
+        // metadata (count, then id, address (length, bytes), data (length, bytes) per member).
         let buf = encode_entry(&e, Vec::new()).unwrap();
-        assert_eq!(buf, vec![2, 2, 3, 1, 2, 0xac, 0x02, 1, 4]);
+        let mut expected = vec![2, 3, 3, 1, 2, 0xac, 0x02, 0, 1, 4, 4];
+        for id in [&[1][..], &[2], &[4], &[0xac, 0x02]] {
+            expected.extend_from_slice(id);
+            expected.extend_from_slice(&[0, 0]);
+        }
+        assert_eq!(buf, expected);
         assert_eq!(decode_entry(5, &buf).unwrap(), e);
+        let e = Entry { index: 6, term: 2, payload: EntryPayload::Membership(joint_membership()) };
+        let buf = encode_entry(&e, Vec::new()).unwrap();
+        assert_eq!(
+            buf,
+            [&[2, 3, 1, 2, 1, 1, 1, 1, 2][..], &[1, 3], b"a:1", &[1], b"x", &[2, 3], b"b:2", &[0]]
+                .concat()
+        );
+        assert_eq!(decode_entry(6, &buf).unwrap(), e);
+    }
+
+    /// Format 2 snapshot files of a joining node could hold the empty membership (voters and
+    /// learners both empty: bytes `0, 0`); they decode as the empty membership, as in format 3,
+    /// instead of making the snapshot unreadable (review LOW 2).
+    #[test]
+    fn a_format_2_membership_without_voters_decodes() {
+        let record: MembershipRecordV2 = strict_decode(&[0, 0]).unwrap();
+        assert_eq!(record.decode(), Ok(Membership::default()));
+        let record: MembershipRecordV2 = strict_decode(&[0, 1, 4]).unwrap();
+        let nodes = [(4, NodeInfo::default())].into();
+        let learner = Membership::from_parts(BTreeSet::new(), BTreeSet::new(), [4].into(), nodes);
+        assert_eq!(record.decode(), learner);
+        let empty = Membership::default();
+        let bytes = postcard::to_allocvec(&MembershipRecord::of(&empty)).unwrap();
+        let record: MembershipRecord<'_> = strict_decode(&bytes).unwrap();
+        assert_eq!(record.decode(), Ok(empty), "format 3 agrees");
     }
 
     #[test]
     fn corrupt_records_are_errors() {
         let buf = encode_entry(&entry(5, 2, Some(b"abc")), Vec::new()).unwrap();
-        for bad in [&buf[..buf.len() - 1], &[2, 9][..], &[][..], &[2, 0, 0][..]] {
+        // A membership whose learner is a voter, or whose voter has no metadata.
+        let voter_is_learner: &[u8] = &[2, 2, 1, 1, 1, 1];
+        let no_metadata: &[u8] = &[2, 3, 1, 1, 0, 0, 0];
+        // Non-canonical encodings (review NIT): voters {2, 1} or {1, 1}, in both formats, and
+        // the metadata of node 1 twice or after node 2's.
+        let unsorted_v2: &[u8] = &[2, 2, 2, 2, 1, 0];
+        let repeated_v2: &[u8] = &[2, 2, 2, 1, 1, 0];
+        let unsorted: &[u8] = &[2, 3, 2, 2, 1, 0, 0, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_learner: &[u8] = &[2, 3, 1, 1, 0, 2, 2, 2, 2, 1, 0, 0, 2, 0, 0];
+        let repeated_node: &[u8] = &[2, 3, 1, 1, 0, 0, 2, 1, 0, 0, 1, 0, 0];
+        let unsorted_nodes: &[u8] = &[2, 3, 2, 1, 2, 0, 0, 2, 2, 0, 0, 1, 0, 0];
+        for bad in [
+            unsorted_v2,
+            repeated_v2,
+            unsorted,
+            repeated_learner,
+            repeated_node,
+            unsorted_nodes,
+            &buf[..buf.len() - 1],
+            &[2, 9][..],
+            &[][..],
+            &[2, 0, 0][..],
+            voter_is_learner,
+            no_metadata,
+        ] {
             let err = decode_entry(5, bad).unwrap_err();
             assert!(matches!(err, StorageError::Corrupt(_)), "{err:?}");
         }

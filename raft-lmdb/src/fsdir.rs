@@ -11,10 +11,15 @@ use std::io;
 use std::path::Path;
 
 /// Creates `dir` and its missing ancestors like [`fs::create_dir_all`], syncing the parent of
-/// each directory it creates once the directory exists.
+/// each directory it creates once the directory exists. If `dir` exists already, its parent
+/// is synced all the same: an earlier run may have created it and been killed before syncing
+/// its entry (ancestors such a run created above `dir`'s parent are not known, and not synced).
 pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
     let missing: Vec<&Path> =
         dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    if missing.is_empty() {
+        return sync_dir(parent_of(dir));
+    }
     for created in missing.iter().rev() {
         match fs::create_dir(created) {
             Ok(()) => {}

@@ -59,15 +59,17 @@ pub(crate) struct DirGuard {
 }
 
 impl DirGuard {
-    /// Creates `dir` if it does not exist (durably: see [`fsdir::create_dir_durably`]) and
-    /// claims it for this store, or says why not (not a directory, held by someone else).
+    /// Creates `dir` if it does not exist and makes its entry durable either way (see
+    /// [`fsdir::create_dir_durably`]: a directory left by a run killed before it synced the
+    /// entry is synced now), and claims it for this store, or says why not (not a directory,
+    /// held by someone else).
     pub(crate) fn open(dir: &Path) -> Result<DirGuard, OpenError> {
         let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
         match std::fs::metadata(dir) {
             Ok(meta) if !meta.is_dir() => {
                 return Err(OpenError::NotADirectory { path: dir.to_path_buf() })
             }
-            Ok(_) => {}
+            Ok(_) => fsdir::create_dir_durably(dir).map_err(io_err)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fsdir::create_dir_durably(dir).map_err(io_err)?;
             }

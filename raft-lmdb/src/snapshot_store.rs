@@ -4,7 +4,13 @@
 //!
 //! One file per committed snapshot, `snapshot-<index>-<term>-<checksum>.snap` (index and term
 //! zero-padded decimal, checksum hex), holding the data followed by a trailer:
-//! `postcard(SnapshotMeta) | meta length (u32 LE) | format version (u32 LE) | "RAFTSNAP"`.
+//! `metadata | meta length (u32 LE) | format version (u32 LE) | "RAFTSNAP"`, where the
+//! metadata is the postcard encoding of this crate's own record (term, index, membership, size,
+//! checksum; the membership as in the log, see `codec`), so that the format changes only with
+//! [`SNAPSHOT_FORMAT_VERSION`].
+//!
+//! Versions: 1 held only the voters (refused); 2 held voters and learners (read: a membership
+//! with empty metadata); 3 holds the voter sets of a joint change and the members' metadata.
 //! A snapshot being written is `<pid>-<n>.tmp`, created only if no file has that name (never
 //! opening a file that exists). Committing writes the trailer, syncs the file, renames it to its
 //! final name and syncs the directory: after a crash the directory holds the old latest
@@ -26,20 +32,73 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use raft_core::{SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError};
+use raft_core::{LogId, LogIndex, SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError, Term};
+use serde::{Deserialize, Serialize};
 
+use crate::codec::{strict_decode, MembershipRecord, MembershipRecordV2};
 use crate::error::OpenError;
 use crate::fsdir::sync_dir;
 use crate::registry::DirGuard;
 
-/// The format version of snapshot files written by this build (2: the metadata holds the whole
-/// membership, voters and learners; version 1 held only the voters and is refused).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The format version of snapshot files written by this build (3: the metadata holds the whole
+/// membership: voter sets, learners and metadata). Version 2 (voters and learners) is read too;
+/// version 1 held only the voters and is refused.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The oldest snapshot format version this build reads.
+const OLDEST_READABLE_SNAPSHOT_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"RAFTSNAP";
 /// Trailer bytes after the encoded metadata: its length, the version, the magic.
 const TRAILER_TAIL: u64 = 16;
-/// The largest metadata accepted when reading a trailer (the voter set is small).
-const MAX_META_BYTES: u32 = 1 << 20;
+/// The largest metadata accepted when reading a trailer: a membership at its bound, plus room
+/// for the other fields and the lengths.
+const MAX_META_BYTES: u32 = raft_core::membership::MAX_MEMBERSHIP_BYTES as u32 + 4096;
+
+/// A snapshot's metadata as stored since format 3.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaRecord<'a> {
+    term: Term,
+    index: LogIndex,
+    #[serde(borrow)]
+    membership: MembershipRecord<'a>,
+    size: u64,
+    checksum: u64,
+}
+
+/// A snapshot's metadata as format 2 stored it (raft-core's `SnapshotMeta` of then).
+#[derive(Debug, Deserialize)]
+struct MetaRecordV2 {
+    term: Term,
+    index: LogIndex,
+    membership: MembershipRecordV2,
+    size: u64,
+    checksum: u64,
+}
+
+/// Encodes the metadata of a snapshot file.
+fn encode_meta(meta: &SnapshotMeta) -> Result<Vec<u8>, StorageError> {
+    let record = MetaRecord {
+        term: meta.last_included.term,
+        index: meta.last_included.index,
+        membership: MembershipRecord::of(&meta.membership),
+        size: meta.size,
+        checksum: meta.checksum,
+    };
+    postcard::to_allocvec(&record)
+        .map_err(|e| StorageError::InvalidRequest(format!("encoding snapshot metadata: {e}")))
+}
+
+/// Decodes the metadata of a snapshot file of format `version` (checked readable).
+fn decode_meta(version: u32, encoded: &[u8]) -> Result<SnapshotMeta, String> {
+    let (term, index, membership, size, checksum) = if version == 2 {
+        let r: MetaRecordV2 = strict_decode(encoded)?;
+        (r.term, r.index, r.membership.decode(), r.size, r.checksum)
+    } else {
+        let r: MetaRecord<'_> = strict_decode(encoded)?;
+        (r.term, r.index, r.membership.decode(), r.size, r.checksum)
+    };
+    let membership = membership.map_err(|e| e.to_string())?;
+    Ok(SnapshotMeta { last_included: LogId::new(term, index), membership, size, checksum })
+}
 
 /// How many names `begin` tries before giving up (each one exists already: a foreign file).
 const TEMP_NAME_ATTEMPTS: usize = 16;
@@ -122,7 +181,7 @@ fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
         return Err(corrupt("not a snapshot file (bad magic)"));
     }
     let version = u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]);
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if !(OLDEST_READABLE_SNAPSHOT_VERSION..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         return Err(StorageError::UnsupportedVersion {
             found: version,
             supported: SNAPSHOT_FORMAT_VERSION,
@@ -135,8 +194,7 @@ fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
     file.seek(SeekFrom::Start(len - TRAILER_TAIL - u64::from(meta_len))).map_err(io_error)?;
     let mut encoded = vec![0u8; meta_len as usize];
     file.read_exact(&mut encoded).map_err(io_error)?;
-    let meta: SnapshotMeta =
-        postcard::from_bytes(&encoded).map_err(|e| corrupt(&format!("metadata: {e}")))?;
+    let meta = decode_meta(version, &encoded).map_err(|e| corrupt(&format!("metadata: {e}")))?;
     if meta.size != len - TRAILER_TAIL - u64::from(meta_len) {
         return Err(corrupt("data length does not match the metadata"));
     }
@@ -281,8 +339,7 @@ fn commit_file(
     tmp: &Path,
     meta: SnapshotMeta,
 ) -> Result<(), StorageError> {
-    let encoded = postcard::to_allocvec(&meta)
-        .map_err(|e| StorageError::InvalidRequest(format!("encoding snapshot metadata: {e}")))?;
+    let encoded = encode_meta(&meta)?;
     let meta_len = u32::try_from(encoded.len())
         .ok()
         .filter(|&n| n <= MAX_META_BYTES)
@@ -305,8 +362,12 @@ fn commit_file(
     fs::rename(tmp, &path).map_err(io_error)?;
     sync_dir(&inner.dir).map_err(io_error)?;
     if let Some((_, old)) = latest.replace((meta, path.clone())) {
+        // The new snapshot is durable and the latest: failing to delete the superseded file
+        // must not fail the commit (the next `open_dir` deletes it).
         if old != path {
-            fs::remove_file(&old).map_err(io_error)?;
+            if let Err(error) = fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), %error, "cannot delete a superseded snapshot");
+            }
         }
     }
     Ok(())
@@ -356,6 +417,77 @@ impl SnapshotStore for FileSnapshotStore {
             // Deleted by a newer commit between the check and the open.
             Err(StorageError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Err(superseded()),
             other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use raft_core::Membership;
+
+    use super::*;
+
+    /// Writes a snapshot file of `data` with `meta` (encoded) and `version` into `dir`.
+    fn write_file(dir: &Path, name: &str, data: &[u8], meta: &[u8], version: u32) {
+        let mut bytes = data.to_vec();
+        bytes.extend_from_slice(meta);
+        bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(MAGIC);
+        fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_format_2_snapshot_is_read_with_empty_metadata() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(root.path()).unwrap();
+        // The metadata of `SnapshotMeta { last_included: (3, 9), voters {1, 2, 3}, learners
+        // {4}, size 10, checksum 77 }` as the build before format 3 encoded it (bytes printed
+        // by that build, commit 3bbd55a).
+        let v2_meta: &[u8] = &[3, 9, 3, 1, 2, 3, 1, 4, 10, 77];
+        let data = b"0123456789";
+        let meta = SnapshotMeta {
+            last_included: LogId::new(3, 9),
+            membership: Membership::from_ids([1, 2, 3], [4]).unwrap(),
+            size: 10,
+            checksum: 77,
+        };
+        write_file(&dir, &file_name(&meta), data, v2_meta, 2);
+        let store = FileSnapshotStore::open_dir(&dir).unwrap();
+        let latest = futures::executor::block_on(store.latest()).unwrap();
+        assert_eq!(latest, Some(meta.clone()));
+        let read = futures::executor::block_on(store.read(&meta, 0, 100)).unwrap();
+        assert_eq!(&read[..], data);
+    }
+
+    #[test]
+    fn format_3_metadata_round_trips_joint_memberships_and_metadata_and_is_checked() {
+        let joint = crate::codec::joint_membership();
+        assert!(joint.is_joint() && !joint.nodes()[&1].is_empty());
+        let meta = SnapshotMeta {
+            last_included: LogId::new(7, 70),
+            membership: joint,
+            size: 3,
+            checksum: 5,
+        };
+        let encoded = encode_meta(&meta).unwrap();
+        assert_eq!(decode_meta(3, &encoded).unwrap(), meta);
+        assert!(decode_meta(3, &[&encoded[..], &[0]].concat()).is_err(), "trailing bytes");
+        // A learner that is also a voter is refused, not loaded.
+        assert!(decode_meta(2, &[3, 9, 1, 1, 1, 1, 10, 77]).is_err());
+        // Version 1 stays refused, and a newer version too.
+        let root = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(root.path()).unwrap();
+        for version in [1, SNAPSHOT_FORMAT_VERSION + 1] {
+            let name = format!("v{version}.snap");
+            write_file(&dir, &name, b"abc", &encoded, version);
+            assert!(matches!(
+                read_meta(&dir.join(name)),
+                Err(StorageError::UnsupportedVersion { found, supported: SNAPSHOT_FORMAT_VERSION })
+                    if found == version
+            ));
         }
     }
 }

@@ -233,11 +233,27 @@ fn fixture_records(text: &str) -> Vec<(String, String, Vec<u8>)> {
 }
 
 #[test]
-fn a_format_1_store_is_read_and_upgraded() {
+fn format_1_and_2_stores_are_read_and_upgraded() {
+    // Format 2 changed no record: a store of format 2 holds the same records as the fixture,
+    // with another format record.
+    let v1 = fixture_records(include_str!("../tests/fixtures/format-v1.records"));
+    let v2: Vec<_> = v1
+        .iter()
+        .map(|(db, key, value)| match (db.as_str(), key.as_str()) {
+            ("meta", "format") => (db.clone(), key.clone(), codec::encode_format(2).to_vec()),
+            _ => (db.clone(), key.clone(), value.clone()),
+        })
+        .collect();
+    assert_ne!(v1, v2);
+    for records in [v1, v2] {
+        an_older_store_is_read_and_upgraded(&records);
+    }
+}
+
+fn an_older_store_is_read_and_upgraded(records: &[(String, String, Vec<u8>)]) {
     let root = tempfile::tempdir().unwrap();
     let dir = std::fs::canonicalize(root.path()).unwrap();
     // Rebuild the store an older build wrote, record by record.
-    let records = fixture_records(include_str!("../tests/fixtures/format-v1.records"));
     {
         let guard = DirGuard::acquire(&dir).unwrap();
         let env = env::open_env(&guard, 1 << 20).unwrap();
@@ -247,7 +263,7 @@ fn a_format_1_store_is_read_and_upgraded() {
                 let meta = opener.create_database::<Str, RawBytes>(wtxn, Some(codec::META_DB))?;
                 let log = opener
                     .create_database::<U64<BigEndian>, RawBytes>(wtxn, Some(codec::LOG_DB))?;
-                for (db, key, value) in &records {
+                for (db, key, value) in records {
                     match db.as_str() {
                         "meta" => meta.put(wtxn, key, value)?,
                         "log" => log.put(wtxn, &key.parse().unwrap(), value)?,
@@ -265,7 +281,7 @@ fn a_format_1_store_is_read_and_upgraded() {
     let state = block_on(store.open()).unwrap();
     assert_eq!(state.hard_state, HardState { current_term: 300, voted_for: Some(2) });
     assert_eq!((state.purged, state.last), (LogId::new(1, 2), LogId::new(300, 7)));
-    let membership = raft_core::Membership { voters: [1, 2, 3].into(), learners: [4].into() };
+    let membership = raft_core::Membership::from_ids([1, 2, 3], [4]).unwrap();
     let command = |bytes: &'static [u8]| EntryPayload::Command(Bytes::from_static(bytes));
     let expected = vec![
         Entry { index: 3, term: 2, payload: EntryPayload::Blank },
@@ -278,10 +294,12 @@ fn a_format_1_store_is_read_and_upgraded() {
     block_on(store.write(append(8..9, 300))).unwrap();
     drop(store);
 
-    // The format record now says 2: an older build refuses the store instead of misreading it.
+    // The format record now says the current version: an older build refuses the store
+    // instead of misreading it.
     let mut format = Vec::new();
     tamper(&dir, |h, txn| format = h.meta.get(txn, FORMAT_KEY).unwrap().unwrap().to_vec());
-    assert_eq!(format, codec::encode_format(2));
+    assert_eq!(format, codec::encode_format(FORMAT_VERSION));
+    assert_eq!(FORMAT_VERSION, 3);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(3..9, u64::MAX)).unwrap()[..5], expected[..]);
 }
@@ -308,4 +326,23 @@ fn new_directories_are_made_durable() {
         assert!(synced.contains(dir), "{} was not synced: {synced:?}", dir.display());
     }
     drop(snapshots);
+}
+
+#[test]
+fn a_directory_left_by_a_killed_run_is_made_durable() {
+    // A run killed between creating the directories and syncing their parents left them.
+    let root = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let store_dir = root_path.join("node/raft");
+    let snapshot_dir = root_path.join("node/snapshots");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    assert!(synced::under(&root_path).is_empty());
+    let store = LmdbLogStore::open_dir(&store_dir).unwrap();
+    let snapshots = FileSnapshotStore::open_dir(&snapshot_dir).unwrap();
+    let synced = synced::under(&root_path);
+    let node = root_path.join("node");
+    let parent_syncs = synced.iter().filter(|d| **d == node).count();
+    assert_eq!(parent_syncs, 2, "the entries of raft/ and snapshots/ were not synced: {synced:?}");
+    drop((store, snapshots));
 }

@@ -129,6 +129,24 @@ async fn a_snapshot_never_writes_into_a_file_it_did_not_create() {
     }
 }
 
+#[tokio::test]
+async fn a_superseded_snapshot_that_cannot_be_deleted_does_not_fail_the_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let store = FileSnapshotStore::open_dir(root.path()).unwrap();
+    commit(&store, 1, b"first").await;
+    // The first snapshot's file becomes something `remove_file` cannot delete.
+    let [first] = files(root.path()).try_into().unwrap();
+    let first = root.path().join(first);
+    std::fs::remove_file(&first).unwrap();
+    std::fs::create_dir(&first).unwrap();
+    std::fs::write(first.join("x"), b"x").unwrap();
+    let mut writer = store.begin().await.unwrap();
+    writer.write(Bytes::from_static(b"second")).await.unwrap();
+    let second = meta(2, b"second");
+    writer.commit(second.clone()).await.unwrap();
+    assert_eq!(store.latest().await.unwrap(), Some(second));
+}
+
 /// A state machine that keeps every applied entry and snapshots them (postcard).
 #[derive(Clone, Default)]
 struct Recorder {

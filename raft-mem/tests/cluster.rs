@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
-use raft_core::{Bytes, MembershipChange, ProposeError, Role, Runtime};
+use raft_core::{Bytes, MembershipChange, NodeInfo, ProposeError, Role, Runtime};
 
 async fn one_leader_is_elected<R: Runtime + Clone>(rt: R) {
     for n in [3, 5] {
@@ -183,7 +183,9 @@ async fn proposals_on_a_follower_fail_at_once<R: Runtime + Clone>(rt: R) {
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.ids.iter().copied().find(|&id| id != leader).unwrap();
     let error = cluster.nodes[&follower].propose(Bytes::from_static(b"x")).await.unwrap_err();
-    assert_eq!(error, ProposeError::NotLeader { leader_hint: Some(leader) });
+    // The bootstrap membership gives no metadata: the leader's is empty, but known.
+    let leader_info = Some(NodeInfo::default());
+    assert_eq!(error, ProposeError::NotLeader { leader_hint: Some(leader), leader_info });
     let big = Bytes::from(vec![0u8; 2 << 20]);
     assert!(matches!(
         cluster.nodes[&leader].propose(big).await,
@@ -226,9 +228,9 @@ async fn a_node_is_replaced_and_serves_reads<R: Runtime + Clone>(rt: R) {
         last = cluster.write(format!("before-{i}").as_bytes()).await.0;
     }
     cluster.boot_joining(4).await;
-    let added = cluster.nodes[&old].add_voter(4, Duration::from_secs(10));
+    let added = cluster.nodes[&old].add_voter(4, NodeInfo::default(), Duration::from_secs(10));
     let membership = cluster.within("add_voter", added).await.unwrap();
-    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    assert_eq!(membership.voters(), &[1, 2, 3, 4].into());
     let replication = cluster.nodes[&old].replication().await;
     let new = replication.iter().find(|p| p.id == 4).expect("the leader replicates to node 4");
     assert!(new.voter && new.in_sync && new.match_index >= last, "{new:?}");
@@ -240,7 +242,7 @@ async fn a_node_is_replaced_and_serves_reads<R: Runtime + Clone>(rt: R) {
     cluster.within("a transfer", cluster.nodes[&old].transfer_leadership(4)).await.unwrap();
     assert_eq!(cluster.wait_for_leader().await, 4);
     let removed = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old));
-    assert!(!cluster.within("remove", removed).await.unwrap().voters.contains(&old));
+    assert!(!cluster.within("remove", removed).await.unwrap().voters().contains(&old));
     cluster.crash(old).await;
     cluster.ids.retain(|&id| id != old);
     last = cluster.write(b"after").await.0;
@@ -254,37 +256,7 @@ async fn a_node_is_replaced_and_serves_reads<R: Runtime + Clone>(rt: R) {
     cluster.shutdown().await;
 }
 
-macro_rules! under_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod tokio_rt {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-                    super::$name(rt).await;
-                }
-            )*
-        }
-        mod async_std_rt {
-            $(
-                #[test]
-                fn $name() {
-                    async_std::task::block_on(super::$name(raft_core::runtime::AsyncStdRuntime));
-                }
-            )*
-        }
-        mod smol_rt {
-            $(
-                #[test]
-                fn $name() {
-                    smol::block_on(super::$name(raft_core::runtime::SmolRuntime));
-                }
-            )*
-        }
-    };
-}
-
-under_runtimes!(
+common::under_runtimes!(
     one_leader_is_elected,
     proposals_replicate_and_apply_in_order,
     concurrent_proposals_all_commit,

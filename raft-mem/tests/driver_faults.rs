@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Entry, FatalError, LogIndex, MembershipChange, MembershipError, Node, NodeId,
+    Bytes, Entry, FatalError, LogIndex, MembershipChange, MembershipError, Node, NodeId, NodeInfo,
     ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler, RpcRequest, Runtime,
     StateMachine, StateMachineError,
 };
@@ -73,7 +73,7 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
     assert!(matches!(rpc, Err(RpcError::Shutdown)), "{rpc:?}");
     assert_eq!(snapshot, Err(ProposeError::Shutdown));
     assert!(replication.is_empty());
-    let change = node.change_membership(MembershipChange::AddLearner(5));
+    let change = node.change_membership(MembershipChange::AddLearner(5, NodeInfo::default()));
     let change = within(&rt, "a change after stop (proposal permits returned)", change).await;
     assert_eq!(change, Err(MembershipError::Shutdown));
 }
@@ -557,11 +557,17 @@ impl StateMachine for Reentrant {
             if command == "reenter" {
                 results.push(format!("{:?}", node.read_index().await));
                 results.push(format!("{:?}", node.snapshot().await));
-                let change = node.change_membership(MembershipChange::AddLearner(9)).await;
+                let change = node
+                    .change_membership(MembershipChange::AddLearner(9, NodeInfo::default()))
+                    .await;
                 results.push(format!("{change:?}"));
-                results.push(format!("{:?}", node.add_voter(9, PATIENCE).await));
+                results
+                    .push(format!("{:?}", node.add_voter(9, NodeInfo::default(), PATIENCE).await));
+                let target = raft_core::Membership::with_voters([1, 9]);
+                results.push(format!("{:?}", node.set_membership(target, PATIENCE).await));
                 let inner = node.propose(Bytes::from_static(b"inner")).await.unwrap();
                 results.push(format!("{:?}", inner.response().await));
+                results.push(format!("{:?}", node.write(Bytes::from_static(b"w")).await));
             } else if command == "stop" {
                 node.shutdown().await;
                 results.push("stopped".into());
@@ -600,6 +606,8 @@ async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt
             "Err(InsideStateMachine)",
             "Err(InsideStateMachine)",
             "Err(InsideStateMachine)",
+            "Err(InsideStateMachine)",
+            "Err(Refused(InsideStateMachine))",
         ]
     );
     // The node goes on: the inner proposal applies too.
@@ -672,8 +680,8 @@ async fn membership_from_a_plain_thread<R: Runtime + Clone>(rt: R) {
     let removed = cluster.node(new).change_membership(MembershipChange::RemoveNode(old));
     within(&rt, "a removal", removed).await.unwrap();
     cluster.add(4, &[], Recipe::default()).await;
-    let added = cluster.node(new).add_voter(4, PATIENCE);
-    assert!(within(&rt, "add_voter", added).await.unwrap().voters.contains(&4));
+    let added = cluster.node(new).add_voter(4, NodeInfo::default(), PATIENCE);
+    assert!(within(&rt, "add_voter", added).await.unwrap().voters().contains(&4));
     cluster.write_on(new, "after").await;
     cluster.shutdown().await;
 }

@@ -9,7 +9,7 @@ mod sim_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_core::{Config, MembershipChange, Node, NodeId, Role};
+use raft_core::{Config, MembershipChange, Node, NodeId, NodeInfo, Role};
 use raft_mem::sim::{ConfigHook, CrashTrigger, DiskFaults, InFlight, Simulation, SimulationConfig};
 use raft_mem::LinkFaults;
 use sim_support::*;
@@ -44,7 +44,7 @@ fn a_lone_voter_crashing_before_its_term_is_durable_keeps_logs_matching() {
             let mut sim = sim(1, seed, LinkFaults::RELIABLE)?;
             sim.wait_for_leader(LONG)?;
             sim.add_node(2)?;
-            sim.change_membership(MembershipChange::AddLearner(2), LONG)?;
+            sim.change_membership(MembershipChange::AddLearner(2, NodeInfo::default()), LONG)?;
             let index = sim.write(cmd("first"), LONG)?;
             sim.wait_applied(index, LONG)?;
             let term_before = sim.node(1).unwrap().status().current_term;
@@ -205,7 +205,7 @@ fn a_disk_that_goes_back_is_reported_and_a_removed_id_may_return_empty() {
         sim.retire(gone);
         sim.run_for(Duration::from_millis(500))?;
         sim.add_node(gone)?;
-        sim.change_membership(MembershipChange::AddLearner(gone), LONG)?;
+        sim.change_membership(MembershipChange::AddLearner(gone, NodeInfo::default()), LONG)?;
         sim.run_for(Duration::from_secs(1))?;
         sim.change_membership(MembershipChange::PromoteLearner(gone), LONG)?;
         sim.run_for(Duration::from_secs(1))?;

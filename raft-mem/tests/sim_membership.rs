@@ -10,7 +10,7 @@ mod sim_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, MembershipChange, NodeId, Role};
+use raft_core::{Config, MembershipChange, NodeId, NodeInfo, Role};
 use raft_mem::sim::{ConfigHook, ReaderLog, Simulation, SimulationConfig};
 use raft_mem::LinkFaults;
 use sim_support::*;
@@ -28,7 +28,7 @@ const LOSSY: LinkFaults = LinkFaults {
 /// Adds `new` as a voter: starts it empty, adds it as a learner, promotes it once caught up.
 fn add_voter(sim: &mut Simulation, new: NodeId) -> Outcome {
     sim.add_node(new)?;
-    sim.change_membership(MembershipChange::AddLearner(new), LONG)?;
+    sim.change_membership(MembershipChange::AddLearner(new, NodeInfo::default()), LONG)?;
     sim.run_until("the learner catches up", LONG, |sim| {
         let commit = sim.leader().and_then(|l| sim.node(l)).map_or(0, |n| n.status().commit_index);
         sim.node(new).is_some_and(|n| commit > 0 && n.status().applied_index + 5 >= commit)
@@ -73,8 +73,8 @@ fn replacing_each_node_of_three_under_load_loses_nothing() {
             converge_and_check(&mut sim, &clients)?;
             let leader = sim.leader().unwrap();
             assert_eq!(
-                sim.node(leader).unwrap().membership().voters,
-                [4, 5, 6].into(),
+                sim.node(leader).unwrap().membership().voters(),
+                &[4, 5, 6].into(),
                 "seed {seed}"
             );
             let writes: usize = clients.iter().map(|c| c.acknowledged().len()).sum();
@@ -102,7 +102,7 @@ fn removing_the_leader_hands_over_to_the_remaining_voters() {
         sim.retire(leader);
         sim.run_for(Duration::from_millis(500))?;
         converge_and_check(&mut sim, &clients)?;
-        let voters = sim.node(new_leader).unwrap().membership().voters;
+        let voters = sim.node(new_leader).unwrap().membership().voters().clone();
         assert_eq!(voters.len(), 2, "seed {seed}");
         assert!(!voters.contains(&leader), "seed {seed}");
         Ok(())
@@ -117,7 +117,7 @@ fn a_partition_during_a_membership_change_keeps_every_invariant() {
             let leader = sim.wait_for_leader(LONG)?;
             let clients = [sim.spawn_client("a")];
             sim.add_node(4)?;
-            sim.change_membership(MembershipChange::AddLearner(4), LONG)?;
+            sim.change_membership(MembershipChange::AddLearner(4, NodeInfo::default()), LONG)?;
             sim.run_for(Duration::from_millis(500))?;
             // Promote on the leader, and cut it off with the new node while the change is in
             // flight: the change may commit or be overwritten by the majority's new leader.

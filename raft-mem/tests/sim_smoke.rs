@@ -84,7 +84,10 @@ fn snapshots_and_membership_with_a_lone_voter(
     sim.wait_for_leader(LONG)?;
     for id in [2, 3] {
         sim.add_node(id)?;
-        sim.change_membership(MembershipChange::AddLearner(id), LONG)?;
+        sim.change_membership(
+            MembershipChange::AddLearner(id, raft_core::NodeInfo::default()),
+            LONG,
+        )?;
         sim.run_for(Duration::from_millis(300))?;
     }
     sim.change_membership(MembershipChange::PromoteLearner(2), LONG)?;

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use raft_core::{Config, EntryPayload, MembershipChange, NodeId};
+use raft_core::{Config, EntryPayload, MembershipChange, NodeId, NodeInfo};
 use raft_mem::sim::{
     ClientOptions, ConfigHook, CrashTrigger, DiskFaults, InFlight, LivenessBounds, NodeClock,
     Simulation, SimulationConfig, StateMachineFaults,
@@ -320,7 +320,7 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
         let id = next_id;
         next_id += 1;
         sim.add_node(id)?;
-        sim.change_membership(MembershipChange::AddLearner(id), LONG)?;
+        sim.change_membership(MembershipChange::AddLearner(id, NodeInfo::default()), LONG)?;
     }
     let ids: Vec<NodeId> = sim.ids().to_vec();
     // In minority mode, failures and stalls hit only the minority.
@@ -586,7 +586,7 @@ fn membership_storm(
     let outsiders: Vec<NodeId> =
         sim.ids().iter().copied().filter(|id| !membership.members().contains(id)).collect();
     let other_voters: Vec<NodeId> =
-        membership.voters.iter().copied().filter(|&id| id != leader).collect();
+        membership.voters().iter().copied().filter(|&id| id != leader).collect();
     let fate = sim.runtime.below(5);
     let mut kept = None;
     match fate {
@@ -603,10 +603,10 @@ fn membership_storm(
         }
     }
     let lost: Vec<NodeId> = other_voters.into_iter().filter(|&id| Some(id) != kept).collect();
-    let change = if membership.voters.len() as u64 >= voters {
+    let change = if membership.voters().len() as u64 >= voters {
         pick(sim, lost).map(MembershipChange::RemoveNode)
     } else {
-        pick(sim, outsiders).map(MembershipChange::AddLearner)
+        pick(sim, outsiders).map(|id| MembershipChange::AddLearner(id, NodeInfo::default()))
     };
     if let Some(change) = change {
         sim.runtime.spawn_task(async move {
@@ -628,16 +628,16 @@ fn regrow(
     let leader = sim.leaders_with_quorum().into_iter().next();
     let Some(node) = leader.and_then(|l| sim.node(l)).cloned() else { return Ok(()) };
     let membership = node.membership();
-    if membership.voters.len() as u64 >= voters {
+    if membership.voters().len() as u64 >= voters || membership.is_joint() {
         return Ok(());
     }
-    let change = if membership.learners.is_empty() {
+    let change = if membership.learners().is_empty() {
         let id = removed.pop().unwrap_or_else(|| {
             *next_id += 1;
             *next_id
         });
         sim.add_node(id)?;
-        MembershipChange::AddLearner(id)
+        MembershipChange::AddLearner(id, NodeInfo::default())
     } else {
         // A paused leader does not answer: give up after a moment.
         let (leader, runtime) = (node.clone(), sim.runtime.clone());
@@ -738,9 +738,9 @@ fn change_at_random(
                 *next_id
             };
             sim.add_node(id)?;
-            MembershipChange::AddLearner(id)
+            MembershipChange::AddLearner(id, NodeInfo::default())
         }
-        1 => match pick(dice, &membership.learners) {
+        1 => match pick(dice, membership.learners()) {
             Some(id) => MembershipChange::PromoteLearner(id),
             None => return Ok(()),
         },
@@ -749,7 +749,7 @@ fn change_at_random(
             None => return Ok(()),
         },
         _ => {
-            if let Some(target) = pick(dice, &membership.voters) {
+            if let Some(target) = pick(dice, membership.voters()) {
                 sim.runtime.spawn_task(async move {
                     let _ = node.transfer_leadership(target).await;
                 });

@@ -16,12 +16,22 @@
 //! - **Connection slots are counted after the handshake**, so half-open handshakes never take
 //!   one: at most [`GateConfig::max_connections`] established connections, later ones are closed
 //!   with [`code::TOO_MANY_CONNECTIONS`].
+//! - **Per-identity caps and a privileged reserve.** A server that names the peer of each
+//!   connection ([`Gate::set_identify`]: a certificate's principal) limits every identity to
+//!   [`GateConfig::max_connections_per_identity`] slots, so one certificate cannot take them
+//!   all, and lets privileged identities (administrators) use
+//!   [`GateConfig::reserved_connections`] slots beyond `max_connections`, so that they still
+//!   connect when others hold every ordinary slot.
 //! - **Certificates are checked for as long as a connection lasts**, not only at its
 //!   handshake: an admitted connection is closed once its peer's certificate expires
 //!   ([`code::CERT_EXPIRED`]), and [`Gate::revalidate`] closes those whose peer no longer
 //!   passes a check (a CA dropped from the trust bundle).
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
+//!   A peer that merely went away during its handshake (it closed its endpoint, or gave up on
+//!   this server because another answered first) is no warning at all: it is logged at debug
+//!   level and counted. Every outcome is counted (`quic_handshakes_total`, see
+//!   [`crate::metrics`]).
 //!
 //! ```no_run
 //! # async fn serve(endpoint: raft_quic::quinn::Endpoint) {
@@ -56,6 +66,7 @@ use crate::cid::cleartext;
 use crate::client::lock;
 use crate::expiry::close_at_expiry;
 use crate::handshakes::{Handshakes, Place};
+use crate::metrics::{GateCounters, Outcome};
 use crate::quiet::QuietLog;
 use crate::timer::timeout;
 use crate::wire::{code, NO_APPLICATION_PROTOCOL};
@@ -77,6 +88,13 @@ pub struct GateConfig {
     /// attempts from expected addresses ([`Gate::set_expected`]), at most 2 per address.
     /// Default 16; 0 disables the reserve.
     pub reserved_handshakes: usize,
+    /// The most established connections of one identity ([`Gate::set_identify`]); default
+    /// `max_connections` (no cap beyond the total). Connections without an identity are not
+    /// capped by it.
+    pub max_connections_per_identity: usize,
+    /// Slots beyond `max_connections` that only privileged identities
+    /// ([`PeerIdentity::privileged`]) may take. Default 0.
+    pub reserved_connections: usize,
     /// The longest a handshake may take before it is abandoned. Default 3 s.
     pub handshake_timeout: Duration,
     /// Attempts from unvalidated addresses get a Retry while at least this many handshakes
@@ -96,6 +114,8 @@ impl GateConfig {
             max_handshakes_per_ip: 8,
             max_handshakes_per_prefix: 16,
             reserved_handshakes: 16,
+            max_connections_per_identity: max_connections,
+            reserved_connections: 0,
             handshake_timeout: Duration::from_secs(3),
             validate_addresses_above: 0,
             log_interval: Duration::from_secs(10),
@@ -105,6 +125,7 @@ impl GateConfig {
     /// Checks that the values make sense: every limit at least 1, a positive timeout.
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.max_connections == 0
+            || self.max_connections_per_identity == 0
             || self.max_handshakes == 0
             || self.max_handshakes_per_ip == 0
             || self.max_handshakes_per_prefix == 0
@@ -137,6 +158,9 @@ pub struct GateStats {
     pub timed_out: u64,
     /// Connections closed after the handshake because every connection slot was taken.
     pub over_capacity: u64,
+    /// Connections closed after the handshake because their identity held its
+    /// [`GateConfig::max_connections_per_identity`] slots.
+    pub over_identity_cap: u64,
     /// Connections admitted.
     pub admitted: u64,
     /// Admitted connections the server then closed for who they are ([`Gate::reject`]).
@@ -150,10 +174,25 @@ struct GateState {
     failures: QuietLog<IpAddr>,
     /// The admitted connections holding a slot, by `stable_id`.
     connections: HashMap<usize, quinn::Connection>,
+    /// How many slots each identity holds (only identities holding one).
+    per_identity: HashMap<Arc<str>, usize>,
 }
 
 /// Which addresses a server expects (see [`Gate::set_expected`]).
 type Expected = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+/// Who the peer of a connection is, as the server names it ([`Gate::set_identify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The identity's name: connections with the same name share
+    /// [`GateConfig::max_connections_per_identity`].
+    pub name: String,
+    /// Whether it may use [`GateConfig::reserved_connections`].
+    pub privileged: bool,
+}
+
+/// How a server names a connection's peer (see [`Gate::set_identify`]).
+type Identify = Arc<dyn Fn(&quinn::Connection) -> Option<PeerIdentity> + Send + Sync>;
 
 struct GateInner {
     name: &'static str,
@@ -161,6 +200,8 @@ struct GateInner {
     runtime: Arc<dyn quinn::Runtime>,
     state: Mutex<GateState>,
     expected: RwLock<Option<Expected>>,
+    identify: RwLock<Option<Identify>>,
+    counters: GateCounters,
 }
 
 impl std::fmt::Debug for GateInner {
@@ -194,6 +235,23 @@ pub fn describe_connection_error(error: &ConnectionError) -> String {
     }
 }
 
+/// Whether a failed handshake only means that the peer went away: it closed the connection
+/// without an error of its own (an application close, which a client sends when it closes its
+/// endpoint or abandons an attempt because another server answered first; during a handshake
+/// it arrives as a transport close with `APPLICATION_ERROR`), or with `NO_ERROR`, or reset it.
+/// A TLS alert (the peer refused our certificate) or a protocol error is not such a case.
+fn peer_went_away(error: &ConnectionError) -> bool {
+    use quinn::TransportErrorCode;
+    match error {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::Reset => true,
+        ConnectionError::ConnectionClosed(close) => {
+            close.error_code == TransportErrorCode::NO_ERROR
+                || close.error_code == TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
+    }
+}
+
 impl Gate {
     /// A gate named `name` (in logs) with `config`'s limits, timing handshakes on `runtime`.
     pub fn new(name: &'static str, config: GateConfig, runtime: Arc<dyn quinn::Runtime>) -> Self {
@@ -204,6 +262,8 @@ impl Gate {
                 runtime,
                 state: Mutex::new(GateState::default()),
                 expected: RwLock::new(None),
+                identify: RwLock::new(None),
+                counters: GateCounters::new(name),
             }),
         }
     }
@@ -219,6 +279,24 @@ impl Gate {
     fn is_expected(&self, remote: SocketAddr) -> bool {
         let expected = self.inner.expected.read().unwrap_or_else(|p| p.into_inner()).clone();
         expected.is_some_and(|expected| expected(remote))
+    }
+
+    /// Tells the gate who the peer of an established connection is (from its verified
+    /// certificate), for [`GateConfig::max_connections_per_identity`] and
+    /// [`GateConfig::reserved_connections`]. Called once per connection, after its handshake
+    /// and before it takes a slot, never with the gate's lock held. `None`: no identity (the
+    /// connection takes an ordinary slot, uncapped per identity; the server may still
+    /// [`reject`](Gate::reject) it).
+    pub fn set_identify(
+        &self,
+        identify: impl Fn(&quinn::Connection) -> Option<PeerIdentity> + Send + Sync + 'static,
+    ) {
+        *self.inner.identify.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(identify));
+    }
+
+    fn identify(&self, connection: &quinn::Connection) -> Option<PeerIdentity> {
+        let identify = self.inner.identify.read().unwrap_or_else(|p| p.into_inner()).clone();
+        identify.and_then(|identify| identify(connection))
     }
 
     /// The gate's limits.
@@ -268,6 +346,7 @@ impl Gate {
         }
         let Some(place) = place else {
             state.stats.refused += 1;
+            self.inner.counters.count(Outcome::Refused);
             self.log_failure(state, remote, "refusing connection attempt: too many handshakes");
             cleartext(|| incoming.refuse());
             return None;
@@ -315,6 +394,7 @@ impl Gate {
         let remote = connection.remote_address();
         let mut state = lock(&self.inner.state);
         state.stats.rejected += 1;
+        self.inner.counters.count(Outcome::Rejected);
         self.log_failure(state, remote, format_args!("closing inbound connection: {reason}"));
         connection.close(code, reason.as_bytes());
     }
@@ -323,10 +403,17 @@ impl Gate {
         let mut state = lock(&self.inner.state);
         if timed_out {
             state.stats.timed_out += 1;
+            self.inner.counters.count(Outcome::TimedOut);
         } else {
             state.stats.failed += 1;
+            self.inner.counters.count(Outcome::Failed);
         }
         let what = format!("inbound handshake failed: {}", describe_connection_error(error));
+        if peer_went_away(error) {
+            drop(state);
+            debug!(gate = self.inner.name, %remote, "{what}");
+            return;
+        }
         self.log_failure(state, remote, what);
     }
 
@@ -398,15 +485,36 @@ impl Handshake {
                 return None;
             }
         };
+        let identity = gate.identify(&connection);
+        let config = &inner.config;
+        let privileged = identity.as_ref().is_some_and(|i| i.privileged);
+        let reserve = if privileged { config.reserved_connections } else { 0 };
+        let slots = config.max_connections.saturating_add(reserve);
+        let name: Option<Arc<str>> = identity.map(|i| Arc::from(i.name));
         let mut state = lock(&inner.state);
-        if state.stats.connections >= inner.config.max_connections {
+        if state.stats.connections >= slots {
             state.stats.over_capacity += 1;
+            inner.counters.count(Outcome::OverCapacity);
             gate.log_failure(state, remote, "closing connection: no connection slot left");
             connection.close(code::TOO_MANY_CONNECTIONS, b"too many connections");
             return None;
         }
+        if let Some(name) = &name {
+            let held = state.per_identity.get(name).copied().unwrap_or(0);
+            if held >= config.max_connections_per_identity {
+                state.stats.over_identity_cap += 1;
+                // Metrics count it with the other capacity refusals.
+                inner.counters.count(Outcome::OverCapacity);
+                let what = format!("closing connection: {name} holds {held} connections");
+                gate.log_failure(state, remote, what);
+                connection.close(code::TOO_MANY_CONNECTIONS, b"too many connections");
+                return None;
+            }
+            *state.per_identity.entry(Arc::clone(name)).or_default() += 1;
+        }
         state.stats.connections += 1;
         state.stats.admitted += 1;
+        inner.counters.count(Outcome::Admitted);
         let key = connection.stable_id();
         state.connections.insert(key, connection.clone());
         drop(state);
@@ -418,7 +526,8 @@ impl Handshake {
         };
         let watch = close_at_expiry(Arc::clone(&inner.runtime), connection.clone(), served);
         inner.runtime.spawn(Box::pin(watch));
-        Some((connection, ConnectionSlot { gate: gate.clone(), key, _released: released }))
+        let slot = ConnectionSlot { gate: gate.clone(), key, identity: name, _released: released };
+        Some((connection, slot))
     }
 }
 
@@ -429,6 +538,8 @@ impl Handshake {
 pub struct ConnectionSlot {
     gate: Gate,
     key: usize,
+    /// The identity the slot counts against, if any.
+    identity: Option<Arc<str>>,
     /// Dropped with the slot: ends the expiry watch.
     _released: oneshot::Sender<()>,
 }
@@ -438,5 +549,13 @@ impl Drop for ConnectionSlot {
         let mut state = lock(&self.gate.inner.state);
         state.stats.connections = state.stats.connections.saturating_sub(1);
         state.connections.remove(&self.key);
+        if let Some(name) = &self.identity {
+            if let Some(held) = state.per_identity.get_mut(name) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    state.per_identity.remove(name);
+                }
+            }
+        }
     }
 }

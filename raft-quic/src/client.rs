@@ -2,7 +2,8 @@
 //! backoff, and one bidirectional stream per RPC.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
@@ -15,6 +16,7 @@ use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, ReadFrameError};
 use crate::identity::node_dns_name;
+use crate::metrics::PeerCounters;
 use crate::network::Shared;
 use crate::timer::timeout;
 use crate::wire::{code, WireResponse};
@@ -23,6 +25,9 @@ use crate::wire::{code, WireResponse};
 const PRIORITY_CONTROL: i32 = 1;
 /// Stream priority of large frames (batches of entries, snapshot chunks).
 const PRIORITY_BULK: i32 = 0;
+/// A peer that keeps failing (unreachable, bad answers) is warned about at most once per this
+/// interval, with the number of failures since the last warning.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Locks a std mutex, recovering from poisoning (no code here panics while holding one, and
 /// the guarded state is valid after any partial update).
@@ -34,6 +39,27 @@ struct PeerState {
     addr: SocketAddr,
     connection: Option<quinn::Connection>,
     backoff: Backoff,
+    /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
+    /// how many were not warned about since.
+    warned: Option<(Instant, u64)>,
+}
+
+impl PeerState {
+    /// Whether to warn about a failure now; `Some(n)`: yes, `n` failures were left out since
+    /// the last warning.
+    fn should_warn(&mut self, now: Instant) -> Option<u64> {
+        match &mut self.warned {
+            Some((at, skipped)) if now.duration_since(*at) < WARN_INTERVAL => {
+                *skipped += 1;
+                None
+            }
+            warned => {
+                let skipped = warned.map_or(0, |(_, skipped)| skipped);
+                *warned = Some((now, 0));
+                Some(skipped)
+            }
+        }
+    }
 }
 
 /// One remote node as seen by the dialer.
@@ -43,6 +69,8 @@ pub(crate) struct Peer {
     state: Mutex<PeerState>,
     /// Serializes dials so that concurrent RPCs share one new connection.
     dial: async_lock::Mutex<()>,
+    /// Registered on first use (they need this node's id).
+    counters: OnceLock<PeerCounters>,
 }
 
 impl Peer {
@@ -50,8 +78,9 @@ impl Peer {
         Self {
             id,
             server_name: node_dns_name(id),
-            state: Mutex::new(PeerState { addr, connection: None, backoff }),
+            state: Mutex::new(PeerState { addr, connection: None, backoff, warned: None }),
             dial: async_lock::Mutex::new(()),
+            counters: OnceLock::new(),
         }
     }
 
@@ -69,7 +98,12 @@ impl Peer {
                 conn.close(code::NO_ERROR, b"peer moved");
             }
             state.backoff.succeeded();
+            state.warned = None;
         }
+    }
+
+    fn counters(&self, node: NodeId) -> &PeerCounters {
+        self.counters.get_or_init(|| PeerCounters::new(node, self.id))
     }
 
     /// The cached connection, if it is still open.
@@ -150,13 +184,17 @@ impl Client {
             PRIORITY_BULK
         };
         let rpc = self.exchange(&peer, frame, priority);
-        match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
+        let result = match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
             Ok(result) => result,
             Err(_) => {
                 debug!(node = shared.id, peer = target, kind = request.kind(), "RPC timed out");
                 Err(NetworkError::Timeout(target))
             }
+        };
+        if let Err(error) = &result {
+            peer.counters(shared.id).failed(error);
         }
+        result
     }
 
     async fn exchange(
@@ -177,8 +215,10 @@ impl Client {
         // A server may stop reading a request it refuses from its header alone (a sender it
         // does not accept) and still answer why: read the answer before reporting the stop.
         let mut stopped = None;
+        let counters = peer.counters(self.shared.id);
+        let frame_len = frame.len() as u64;
         match send.send.write_chunk(frame).await {
-            Ok(()) => {}
+            Ok(()) => counters.sent_bytes.increment(frame_len),
             Err(WriteError::ConnectionLost(e)) => return Err(lost(e)),
             Err(WriteError::Stopped(code)) => stopped = Some(code),
             Err(other) => return Err(unreachable(peer.id, other)),
@@ -187,27 +227,32 @@ impl Client {
         let _ = send.send.finish();
         send.finished = true;
         let limits = &self.shared.limits;
-        let response = frame::read::<WireResponse>(&mut recv, limits.max_frame_size, limits.decode)
-            .await
-            .map_err(|e| match e {
-                ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
-                _ if stopped.is_some() => NetworkError::Refused {
-                    peer: peer.id,
-                    reason: format!(
-                        "peer stopped the request stream (code {})",
-                        stopped.unwrap_or(code::NO_ERROR)
-                    ),
-                },
-                ReadFrameError::Stream(ReadError::Reset(code)) => NetworkError::Refused {
-                    peer: peer.id,
-                    reason: format!("peer reset the response stream (code {code})"),
-                },
-                ReadFrameError::Stream(other) => unreachable(peer.id, other),
-                ReadFrameError::Frame(e) => {
-                    warn!(node = self.shared.id, peer = peer.id, "bad response frame: {e}");
-                    NetworkError::Codec(e.to_string())
+        let read =
+            frame::read_sized::<WireResponse>(&mut recv, limits.max_frame_size, limits.decode);
+        let (response, frame_len) = read.await.map_err(|e| match e {
+            ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
+            _ if stopped.is_some() => NetworkError::Refused {
+                peer: peer.id,
+                reason: format!(
+                    "peer stopped the request stream (code {})",
+                    stopped.unwrap_or(code::NO_ERROR)
+                ),
+            },
+            ReadFrameError::Stream(ReadError::Reset(code)) => NetworkError::Refused {
+                peer: peer.id,
+                reason: format!("peer reset the response stream (code {code})"),
+            },
+            ReadFrameError::Stream(other) => unreachable(peer.id, other),
+            ReadFrameError::Frame(e) => {
+                let warn_now = lock(&peer.state).should_warn(self.shared.runtime.now());
+                if let Some(suppressed) = warn_now {
+                    let node = self.shared.id;
+                    warn!(node, peer = peer.id, suppressed, "bad response frame: {e}");
                 }
-            })?;
+                NetworkError::Codec(e.to_string())
+            }
+        })?;
+        counters.received_bytes.increment(frame_len as u64);
         match response {
             WireResponse::Ok(response) => Ok(response),
             WireResponse::Refused(refusal) => {
@@ -255,6 +300,7 @@ impl Client {
         match result {
             Ok(conn) if state.addr == addr && !shared.is_closed() => {
                 state.backoff.succeeded();
+                state.warned = None;
                 state.connection = Some(conn.clone());
                 drop(state);
                 info!(node = shared.id, peer = peer.id, %addr, "connected to peer");
@@ -267,14 +313,21 @@ impl Client {
             }
             Err(reason) => {
                 let delay = state.backoff.failed(shared.runtime.now());
-                warn!(
-                    node = shared.id,
-                    peer = peer.id,
-                    %addr,
-                    failures = state.backoff.failures(),
-                    retry_in = ?delay,
-                    "cannot connect to peer: {reason}"
-                );
+                peer.counters(shared.id).dial_failures.increment(1);
+                // Once per interval, however often the backoff lets the node try again.
+                if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
+                    warn!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        failures = state.backoff.failures(),
+                        suppressed,
+                        retry_in = ?delay,
+                        "cannot connect to peer: {reason}"
+                    );
+                } else {
+                    debug!(node = shared.id, peer = peer.id, %addr, "cannot connect to peer: {reason}");
+                }
                 Err(unreachable(peer.id, reason))
             }
         }

@@ -293,15 +293,16 @@ pub(crate) async fn read_body(
     Ok(body)
 }
 
-/// Reads one response frame from `recv` and decodes its body within `limits`.
-pub(crate) async fn read<T: DeserializeOwned>(
+/// Reads one response frame from `recv` and decodes its body within `limits`; returns it and
+/// the frame's size in bytes (header included).
+pub(crate) async fn read_sized<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max_frame_size: u32,
     limits: Limits,
-) -> Result<T, ReadFrameError> {
+) -> Result<(T, usize), ReadFrameError> {
     let body_len = read_header(recv, max_frame_size).await?;
     let body = read_body(recv, body_len).await?;
-    Ok(decode_body(&body, limits)?)
+    Ok((decode_body(&body, limits)?, HEADER_LEN + body_len))
 }
 
 #[cfg(test)]

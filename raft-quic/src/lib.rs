@@ -19,6 +19,10 @@
 //!   the role (clients of an application, say) are refused on both sides of every handshake.
 //!   A request whose claimed sender differs from the certificate's node id is refused, and so
 //!   is every connection of a node removed from the cluster ([`QuicNetwork::refuse`]).
+//! - **Addresses.** [`QuicNetwork::set_peer`], or the membership: a member's
+//!   [`NodeInfo::address`](raft_core::NodeInfo) (`ip:port`) becomes its peer address when the
+//!   node hands its membership over (`Network::members_changed`), so adding a node needs no
+//!   address plumbing and a restarted node knows every address its log holds.
 //!   [`generate_cluster_certs`] creates everything needed, with the CA key in a directory of
 //!   its own; [`QuicNetwork::update_tls`] swaps in renewed certificates without a restart and
 //!   closes the connections of a CA dropped from the trust bundle; a connection is closed once
@@ -61,7 +65,9 @@ pub mod frame;
 mod handshakes;
 mod identity;
 mod inbound;
+mod members;
 mod memory;
+pub mod metrics;
 mod network;
 mod node_tls;
 mod offload;
@@ -71,7 +77,7 @@ mod timer;
 pub mod tls;
 pub mod wire;
 
-pub use accept::{Gate, GateConfig, GateStats};
+pub use accept::{Gate, GateConfig, GateStats, PeerIdentity};
 pub use certs::{
     ensure_cluster_certs, generate_cluster_certs, CaKind, CertError, ClientCert, ClusterCa,
     ClusterCertFiles, NodeCert, NodeCertFiles, NodeTls, NODE_CA,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use raft_core::{Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse};
+use raft_core::{Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcRequest, RpcResponse};
 use tracing::{info, warn};
 
 use crate::accept::{Gate, GateStats};
@@ -22,6 +22,7 @@ use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
+use crate::members::MembershipAddresses;
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
@@ -119,6 +120,8 @@ struct Inner {
     cert_expiry_warning: Duration,
     /// Serializes `close` and `update_tls`.
     closing: Mutex<()>,
+    /// The addresses taken from the membership (`members_changed`).
+    members: MembershipAddresses,
 }
 
 impl Drop for Inner {
@@ -307,12 +310,16 @@ impl QuicNetwork {
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             closed: AtomicBool::new(false),
         });
+        let configured: BTreeMap<NodeId, SocketAddr> = config
+            .peers
+            .iter()
+            .filter(|(id, _)| !config.refused.contains(id))
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
-            for (&id, &addr) in &config.peers {
-                if !config.refused.contains(&id) {
-                    peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
-                }
+            for (&id, &addr) in &configured {
+                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
@@ -334,6 +341,7 @@ impl QuicNetwork {
                 max_incoming,
                 cert_expiry_warning: config.cert_expiry_warning,
                 closing: Mutex::new(()),
+                members: MembershipAddresses::new(configured),
             }),
         })
     }
@@ -366,15 +374,31 @@ impl QuicNetwork {
 
     /// Adds peer `id` at `addr`, or moves it there (its connection is closed and its backoff
     /// reset), so that RPCs can be sent to it. Ignored for this node's own id and for refused
-    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].)
+    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) A member's address
+    /// from the membership takes precedence while the membership names one (`members_changed`);
+    /// this address is used again when it stops naming one.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
+        self.inner.members.configure(self, id, Some(addr));
+    }
+
+    /// Forgets peer `id`'s address: RPCs to it fail with `UnknownPeer` and its outbound
+    /// connection is closed. Its inbound connections are still accepted (it may be a member
+    /// whose address is unknown here); to shut a node out, use [`QuicNetwork::refuse`]. A later
+    /// membership naming an address for `id` gives it one again.
+    pub fn remove_peer(&self, id: NodeId) {
+        self.inner.members.configure(self, id, None);
+    }
+
+    /// Puts peer `id` at `addr` (adds it, or moves it); false, and nothing done, for this
+    /// node's own id and for refused ids.
+    pub(crate) fn place_peer(&self, id: NodeId, addr: SocketAddr) -> bool {
         let shared = self.shared();
         if id == shared.id {
-            return;
+            return false;
         }
         if shared.is_refused(id) {
             warn!(node = shared.id, peer = id, "not adding a refused (removed) node as a peer");
-            return;
+            return false;
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
@@ -383,12 +407,11 @@ impl QuicNetwork {
                 peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
             }
         }
+        true
     }
 
-    /// Forgets peer `id`'s address: RPCs to it fail with `UnknownPeer` and its outbound
-    /// connection is closed. Its inbound connections are still accepted (it may be a member
-    /// whose address is unknown here); to shut a node out, use [`QuicNetwork::refuse`].
-    pub fn remove_peer(&self, id: NodeId) {
+    /// Drops peer `id`'s address and closes its outbound connection.
+    pub(crate) fn drop_peer(&self, id: NodeId) {
         let removed = self.shared().peers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
         if let Some(peer) = removed {
             peer.close(b"peer removed");
@@ -480,5 +503,14 @@ impl QuicNetwork {
 impl Network for QuicNetwork {
     async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
         self.inner.client.call(target, &request).await
+    }
+
+    /// Takes every member's address (`ip:port`) from the membership: sets or moves the peer's
+    /// address, and forgets those it took from an earlier membership for nodes that left it.
+    /// Never refuses a node (see [`QuicNetwork::refuse`]); ignores empty and invalid addresses
+    /// (names are not resolved here), and leaves alone the addresses of nodes the membership
+    /// gives none for.
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        self.inner.members.apply(self, members);
     }
 }

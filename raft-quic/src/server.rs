@@ -12,6 +12,7 @@ use crate::accept::{Gate, Handshake};
 use crate::frame::{self, FrameError, ReadFrameError};
 use crate::identity::peer_node_id;
 use crate::memory::{MemoryBudget, Reservation, ITEM_COST};
+use crate::metrics::PeerCounters;
 use crate::network::Shared;
 use crate::offload::OFFLOAD_ABOVE;
 use crate::timer::timeout;
@@ -50,10 +51,13 @@ async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>)
     }
     info!(node = shared.id, peer, %remote, "inbound connection authenticated");
     let budget = &registration.budget;
+    let counters = PeerCounters::new(shared.id, peer);
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
-                let task = serve_stream(send, recv, peer, Arc::clone(&shared), Arc::clone(budget));
+                let budget = Arc::clone(budget);
+                let task =
+                    serve_stream(send, recv, peer, Arc::clone(&shared), budget, counters.clone());
                 shared.runtime.spawn(Box::pin(task));
             }
             Err(e) => {
@@ -87,9 +91,11 @@ async fn read_request(
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
+    counters: &PeerCounters,
 ) -> Result<(RpcRequest, Reservation), RequestError> {
     let limits = &shared.limits;
     let len = frame::read_header(recv, limits.max_frame_size).await?;
+    counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
     let (sender, body_len) = frame::read_sender(recv, len).await?;
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
@@ -130,9 +136,10 @@ async fn serve_stream(
     peer: NodeId,
     shared: Arc<Shared>,
     budget: Arc<MemoryBudget>,
+    counters: PeerCounters,
 ) {
     let limits = &shared.limits;
-    let read = read_request(&mut recv, peer, &shared, &budget);
+    let read = read_request(&mut recv, peer, &shared, &budget, &counters);
     let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
         let _ = recv.stop(code);
         let _ = send.reset(code);
@@ -143,6 +150,7 @@ async fn serve_stream(
             (respond(&shared, peer, request).await, held)
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
+            counters.bad_requests.increment(1);
             shared
                 .inbound
                 .warn(peer, format_args!("closing stream {}: bad request: {e}", recv.id()));
@@ -153,6 +161,7 @@ async fn serve_stream(
             return;
         }
         Ok(Err(RequestError::SenderMismatch(claimed))) => {
+            counters.bad_requests.increment(1);
             shared.inbound.warn(
                 peer,
                 format_args!(
@@ -168,6 +177,7 @@ async fn serve_stream(
             return reject(&mut recv, &mut send, code::BUSY);
         }
         Err(_) => {
+            counters.bad_requests.increment(1);
             let timeout = limits.rpc_timeout;
             shared
                 .inbound
@@ -184,8 +194,10 @@ async fn serve_stream(
             return;
         }
     };
+    let frame_len = frame.len() as u64;
     match timeout(&*shared.runtime, limits.rpc_timeout, send.write_chunk(frame)).await {
         Ok(Ok(())) => {
+            counters.sent_bytes.increment(frame_len);
             // Fails only if the peer already reset the stream; nothing is left to do then.
             let _ = send.finish();
         }

@@ -25,6 +25,7 @@
 //! |---|---|---|
 //! | 1 | `raft-quic/1` | first version |
 //! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
+//! | 3 | `raft-quic/3` | joint consensus and member metadata: `Membership` (in membership entries and `SnapshotMeta`) is an enum whose variant 0 holds the voters, the outgoing voters, the learners and each member's `NodeInfo` (address, data); a membership entry is `EntryPayload` variant 3 (variant 2, the old bare voters and learners, is only decoded) |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
@@ -33,11 +34,11 @@ use serde::{Deserialize, Serialize};
 /// The protocol version carried by every frame. A node refuses frames of any other version, so
 /// two nodes that disagree on the encoding never misinterpret each other's bytes. Bumped with
 /// [`ALPN`] on every incompatible change (see the module docs).
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The ALPN protocol name negotiated by the TLS handshake: `raft-quic/<PROTOCOL_VERSION>`. A
 /// peer speaking anything else is refused before any stream is opened.
-pub const ALPN: &[u8] = b"raft-quic/2";
+pub const ALPN: &[u8] = b"raft-quic/3";
 
 /// The TLS alert a server sends when no ALPN protocol is common (`no_application_protocol`),
 /// as QUIC carries it: a CRYPTO_ERROR transport code `0x100 + alert`.

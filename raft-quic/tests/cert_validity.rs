@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::scenarios::{dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
+use common::scenarios::{client_material, dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
 use common::*;
 use raft_core::Network;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
@@ -206,6 +206,100 @@ async fn a_gated_client_port_drops_the_clients_of_a_dropped_ca() {
     assert_eq!(closed, 1);
     assert_eq!(closed_with(&rt, &clients[0]).await, code::UNTRUSTED);
     assert!(clients[1].close_reason().is_none(), "the new CA's client was closed");
+    endpoint.close(0u32.into(), b"");
+    server.close(0u32.into(), b"");
+    let _ = bounded(&rt, "the accept loop", accepting).await;
+}
+
+/// A server that names its peers (`Gate::set_identify`) caps each identity's connections and
+/// keeps a reserve for privileged ones: one client certificate cannot take every slot, and an
+/// administrator still connects when ordinary clients hold all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_caps_connections_per_identity_and_keeps_a_privileged_reserve() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = ClusterCa::generate().unwrap();
+    let server_tls = ca.node_tls(1).unwrap();
+    let trust = [ca.cert_der().clone()];
+    let rustls = tls::rustls_server_config_with(&server_tls, &trust, PeerRole::Any).unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).unwrap();
+    let server =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), loopback())
+            .unwrap();
+    let config = GateConfig {
+        max_connections_per_identity: 1,
+        reserved_connections: 1,
+        ..GateConfig::new(2)
+    };
+    let gate = Gate::new("clients", config, rt.clone());
+    // The name in the leaf certificate (test names only: `client-<x>.kv`, `admin-<x>.kv`).
+    gate.set_identify(|connection| {
+        let certs = connection.peer_identity()?;
+        let certs = certs.downcast_ref::<Vec<quinn::rustls::pki_types::CertificateDer<'_>>>()?;
+        let leaf = certs.first()?.as_ref();
+        let named = |name: &str| leaf.windows(name.len()).any(|w| w == name.as_bytes());
+        let name = ["client-a.kv", "client-b.kv", "client-c.kv", "admin-x.kv"]
+            .into_iter()
+            .find(|n| named(n))?;
+        Some(raft_quic::PeerIdentity {
+            name: name.to_owned(),
+            privileged: name.starts_with("admin"),
+        })
+    });
+    let accepting = tokio::spawn({
+        let (server, gate) = (server.clone(), gate.clone());
+        async move {
+            while let Some(incoming) = server.accept().await {
+                if let Some(handshake) = gate.admit(incoming) {
+                    // Served (slot held) until the client closes it.
+                    tokio::spawn(async move {
+                        if let Some((connection, slot)) = handshake.complete().await {
+                            connection.closed().await;
+                            drop(slot);
+                        }
+                    });
+                }
+            }
+        }
+    });
+    let endpoint = raw_endpoint(&rt);
+    let connect = |name: &'static str| {
+        let tls = client_material(&ca, name, Duration::from_secs(3600));
+        let config = tls::quic_client_config(&tls).unwrap();
+        let connecting = endpoint.connect_with(config, server.local_addr().unwrap(), "node-1.raft");
+        let rt = rt.clone();
+        async move { bounded(&rt, "a client connects", connecting.unwrap()).await.unwrap() }
+    };
+    let admitted = |n: usize| {
+        let gate = gate.clone();
+        let rt = rt.clone();
+        async move {
+            eventually(&rt, "the admissions", Duration::from_millis(10), || {
+                let connections = gate.stats().connections;
+                async move { (connections == n).then_some(()) }
+            })
+            .await
+        }
+    };
+    let a1 = connect("client-a.kv").await;
+    admitted(1).await;
+    let a2 = connect("client-a.kv").await;
+    assert_eq!(closed_with(&rt, &a2).await, code::TOO_MANY_CONNECTIONS, "a's second");
+    assert_eq!(gate.stats().over_identity_cap, 1);
+    let b = connect("client-b.kv").await;
+    admitted(2).await;
+    let c = connect("client-c.kv").await;
+    assert_eq!(closed_with(&rt, &c).await, code::TOO_MANY_CONNECTIONS, "no ordinary slot left");
+    let admin = connect("admin-x.kv").await;
+    admitted(3).await;
+    assert!(admin.close_reason().is_none(), "the administrator was refused");
+    // A closed connection gives its identity's slot back.
+    a1.close(0u32.into(), b"");
+    admin.close(0u32.into(), b"");
+    admitted(1).await;
+    let a3 = connect("client-a.kv").await;
+    admitted(2).await;
+    assert!(a3.close_reason().is_none() && b.close_reason().is_none());
     endpoint.close(0u32.into(), b"");
     server.close(0u32.into(), b"");
     let _ = bounded(&rt, "the accept loop", accepting).await;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, ProposeError, Role, Runtime,
-    SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
+    Bytes, Config, Entry, LogId, MembershipChange, Node, NodeId, NodeInfo, ProposeError, Role,
+    Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError, Status,
 };
 use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
@@ -142,17 +142,49 @@ impl<R: Runtime + Clone> QuicCluster<R> {
     }
 
     fn bind(&self, id: NodeId, addr: SocketAddr) -> Result<QuicNetwork, raft_quic::BindError> {
+        self.bind_knowing(id, addr, &self.addrs)
+    }
+
+    /// Binds node `id`'s endpoint at `addr`, knowing the addresses of `peers`.
+    fn bind_knowing(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Result<QuicNetwork, raft_quic::BindError> {
         let tls = NodeTls::load(self.cert_dir.path().join("certs"), id).unwrap();
         let mut config = QuicConfig::new(id, addr, tls);
         config.connect_timeout = Duration::from_millis(300);
         config.backoff_min = Duration::from_millis(10);
         config.backoff_max = Duration::from_millis(200);
-        for (&peer, &peer_addr) in &self.addrs {
+        for (&peer, &peer_addr) in peers {
             if peer != id {
                 config.peers.insert(peer, peer_addr);
             }
         }
         QuicNetwork::bind(config, self.quic_runtime.clone())
+    }
+
+    /// Binds and starts node `id` as a joining node that knows no peer address, on `addr`
+    /// (retrying while an old socket of it goes away), without telling anyone its address:
+    /// only the membership will.
+    async fn start_unannounced(&mut self, id: NodeId, addr: SocketAddr) {
+        let mut bound = self.bind_knowing(id, addr, &BTreeMap::new());
+        for _ in 0..50 {
+            if bound.is_ok() {
+                break;
+            }
+            self.runtime.sleep(Duration::from_millis(20)).await;
+            bound = self.bind_knowing(id, addr, &BTreeMap::new());
+        }
+        let net = bound.unwrap();
+        self.addrs.insert(id, net.local_addr());
+        self.nets.insert(id, net);
+        self.stores.entry(id).or_default();
+        if !self.ids.contains(&id) {
+            self.ids.push(id);
+        }
+        self.start_node(id).await;
     }
 
     /// Binds and starts node `id` as a node joining the cluster (no initial voters), and tells
@@ -328,6 +360,56 @@ impl<R: Runtime + Clone> QuicCluster<R> {
     }
 }
 
+/// Issue 17.1: a node joins with its address in the membership only (no `set_peer` anywhere),
+/// serves follower reads by dialing the leader it learned from the log, learns every address
+/// from its log again after a restart, and leads.
+async fn adds_a_node_by_its_metadata_alone<R: Runtime + Clone>(
+    runtime: R,
+    quic: Arc<dyn raft_quic::quinn::Runtime>,
+) {
+    init_tracing();
+    let mut cluster = QuicCluster::start(3, runtime, quic).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut last = 0;
+    for i in 0..5u32 {
+        last = cluster.write(Bytes::from(format!("before-{i}"))).await;
+    }
+    cluster.start_unannounced(4, loopback()).await;
+    let info =
+        |cluster: &QuicCluster<R>, id| NodeInfo::with_address(cluster.addrs[&id].to_string());
+    let current = cluster.nodes[&leader].membership();
+    let nodes: Vec<(NodeId, NodeInfo)> = (1..=4).map(|id| (id, info(&cluster, id))).collect();
+    let target = current.target([1, 2, 3, 4], [], nodes).unwrap();
+    let set = cluster.nodes[&leader].set_membership(target.clone(), PATIENCE);
+    assert_eq!(cluster.within("set_membership", set).await.unwrap(), target);
+    let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
+    assert!(index >= last);
+
+    // Restarted with an endpoint that knows no peer, node 4 learns them from its log.
+    let addr = cluster.addrs[&4];
+    cluster.stop(4).await;
+    cluster.start_unannounced(4, addr).await;
+    assert_eq!(cluster.addrs[&4], addr);
+    last = cluster.write(Bytes::from_static(b"after restart")).await;
+    let read = cluster.within("a read after the restart", async {
+        loop {
+            match cluster.nodes[&4].read_index().await {
+                Ok(index) if index >= last => return index,
+                _ => cluster.runtime.sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    assert!(read.await >= last);
+    cluster
+        .within("a transfer to node 4", cluster.nodes[&leader].transfer_leadership(4))
+        .await
+        .unwrap();
+    last = cluster.write(Bytes::from_static(b"led by 4")).await;
+    cluster.wait_applied(last).await;
+    assert_eq!(cluster.commands(4), cluster.commands(leader));
+    cluster.shutdown().await;
+}
+
 async fn elects_and_commits<R: Runtime + Clone>(
     runtime: R,
     quic: Arc<dyn raft_quic::quinn::Runtime>,
@@ -422,10 +504,10 @@ async fn replaces_a_node_live<R: Runtime + Clone>(
     cluster.add_node(4).await;
     let leader = &cluster.nodes[&old_leader];
     let membership = cluster
-        .within("adding node 4", leader.add_voter(4, Duration::from_secs(10)))
+        .within("adding node 4", leader.add_voter(4, NodeInfo::default(), Duration::from_secs(10)))
         .await
         .unwrap();
-    assert_eq!(membership.voters, [1, 2, 3, 4].into());
+    assert_eq!(membership.voters(), &[1, 2, 3, 4].into());
 
     // The new node serves a linearizable read as a follower (it asks the leader).
     let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
@@ -437,8 +519,8 @@ async fn replaces_a_node_live<R: Runtime + Clone>(
     assert_eq!(cluster.wait_for_leader().await, 4);
     let change = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old_leader));
     let membership = cluster.within("removing the old leader", change).await.unwrap();
-    assert_eq!(membership.voters.len(), 3);
-    assert!(!membership.voters.contains(&old_leader));
+    assert_eq!(membership.voters().len(), 3);
+    assert!(!membership.voters().contains(&old_leader));
     cluster.stop(old_leader).await;
     cluster.ids.retain(|&id| id != old_leader);
     for i in 0..5u32 {
@@ -503,6 +585,20 @@ fn smol_three_nodes_elect_and_commit() {
 #[test]
 fn smol_restarted_node_catches_up() {
     smol::block_on(restarted_node_catches_up(
+        raft_core::runtime::SmolRuntime,
+        Arc::new(raft_quic::quinn::SmolRuntime),
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_adds_a_node_by_its_metadata_alone() {
+    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+    adds_a_node_by_its_metadata_alone(rt, Arc::new(raft_quic::quinn::TokioRuntime)).await;
+}
+
+#[test]
+fn smol_adds_a_node_by_its_metadata_alone() {
+    smol::block_on(adds_a_node_by_its_metadata_alone(
         raft_core::runtime::SmolRuntime,
         Arc::new(raft_quic::quinn::SmolRuntime),
     ));

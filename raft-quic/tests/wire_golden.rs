@@ -6,12 +6,12 @@
 //! version's. A new variant of any of these enums gets a golden here too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use raft_core::{
     AppendEntriesRequest, AppendEntriesResponse, ConflictHint, Entry, EntryPayload,
-    InstallSnapshotRequest, InstallSnapshotResponse, LogId, Membership, ReadIndexRequest,
+    InstallSnapshotRequest, InstallSnapshotResponse, LogId, Membership, NodeInfo, ReadIndexRequest,
     ReadIndexResponse, RequestVoteRequest, RequestVoteResponse, RpcRequest, RpcResponse,
     SnapshotMeta, SnapshotRefusal, TimeoutNowRequest, TimeoutNowResponse,
 };
@@ -20,7 +20,7 @@ use raft_quic::frame::{decode, decode_request, encode, encode_request, MAX_DEPTH
 use raft_quic::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
 
 /// The version these goldens are the encoding of.
-const GOLDEN_VERSION: u8 = 2;
+const GOLDEN_VERSION: u8 = 3;
 const MAX: u32 = 1 << 20;
 const LIMITS: Limits = Limits { max_items: 1 << 10, max_depth: MAX_DEPTH };
 
@@ -28,8 +28,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A joint membership (voters {1, 2, 300} moving to {2, 300, 5}, learner 4) with metadata, so
+/// that every field of it is on the wire.
 fn membership() -> Membership {
-    Membership { voters: BTreeSet::from([1, 2, 300]), learners: BTreeSet::from([4]) }
+    let info = |address: &str, data: &str| NodeInfo::new(address.to_owned(), data.to_owned());
+    let nodes = BTreeMap::from([
+        (1, info("a:1", "")),
+        (2, info("", "b")),
+        (4, info("d:4", "dd")),
+        (5, NodeInfo::default()),
+        (300, info("x", "y")),
+    ]);
+    let (voters, outgoing, learners) =
+        (BTreeSet::from([2, 300, 5]), BTreeSet::from([1, 2, 300]), BTreeSet::from([4]));
+    Membership::from_parts(voters, outgoing, learners, nodes).unwrap()
 }
 
 /// One request of each variant, every field set to a distinct value (so that a reordering of
@@ -121,7 +133,7 @@ fn responses() -> Vec<(&'static str, RpcResponse)> {
                 term: 6,
                 match_index: Some(13),
                 conflict: None,
-                lease_promise_ms: 1500,
+                lease_promise_ms: 1_500,
             }),
         ),
         ("TimeoutNow", RpcResponse::TimeoutNow(TimeoutNowResponse { term: 8 })),
@@ -156,24 +168,24 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
 /// The golden frames of version [`GOLDEN_VERSION`], by name: requests (`u32 length | version |
 /// u64 sender | body`), then `WireResponse::Ok` of each response, then each refusal.
 const GOLDEN: &[(&str, &str)] = &[
-    ("request RequestVote", "00000010020000000000000002000702060d0100"),
-    ("request AppendEntries", "00000026020000000000000003010603040a030b05000c0501037075740d0602030102ac02010409e807"),
-    ("request TimeoutNow", "0000000c020000000000000004020804"),
-    ("request InstallSnapshot", "0000002a02000000000000000503090508c801030102ac0201048020ef9bafcdf8acd191018008056368756e6b01"),
-    ("request ReadIndex", "0000000d020000000000000006040a064d"),
-    ("response RequestVote", "00000006020000070100"),
-    ("response AppendEntries", "0000000a02000106000104080c00"),
-    ("response AppendEntries(match)", "0000000902000106010d00dc0b"),
-    ("response TimeoutNow", "0000000402000208"),
-    ("response InstallSnapshot", "000000080200030980100000"),
-    ("response InstallSnapshot(Unsupported)", "00000009020003098010000100"),
-    ("response InstallSnapshot(ChecksumMismatch)", "00000009020003098010000101"),
-    ("response InstallSnapshot(Malformed)", "00000009020003098010000102"),
-    ("response ReadIndex", "000000090200040a01ac020103"),
-    ("refusal NotServing", "00000003020100"),
-    ("refusal SenderMismatch", "000000050201010902"),
-    ("refusal Handler", "0000000b0201020773746f70706564"),
-    ("refusal RemovedNode", "0000000402010305"),
+    ("request RequestVote", "00000010030000000000000002000702060d0100"),
+    ("request AppendEntries", "00000048030000000000000003010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e807"),
+    ("request TimeoutNow", "0000000c030000000000000004020804"),
+    ("request InstallSnapshot", "0000004c03000000000000000503090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
+    ("request ReadIndex", "0000000d030000000000000006040a064d"),
+    ("response RequestVote", "00000006030000070100"),
+    ("response AppendEntries", "0000000a03000106000104080c00"),
+    ("response AppendEntries(match)", "0000000903000106010d00dc0b"),
+    ("response TimeoutNow", "0000000403000208"),
+    ("response InstallSnapshot", "000000080300030980100000"),
+    ("response InstallSnapshot(Unsupported)", "00000009030003098010000100"),
+    ("response InstallSnapshot(ChecksumMismatch)", "00000009030003098010000101"),
+    ("response InstallSnapshot(Malformed)", "00000009030003098010000102"),
+    ("response ReadIndex", "000000090300040a01ac020103"),
+    ("refusal NotServing", "00000003030100"),
+    ("refusal SenderMismatch", "000000050301010902"),
+    ("refusal Handler", "0000000b0301020773746f70706564"),
+    ("refusal RemovedNode", "0000000403010305"),
 ];
 
 #[test]

@@ -11,6 +11,14 @@
 //! `cargo run --release -p examples --bin bench-kv [-- --seconds 5 --clients 1,64,256
 //! --trials 10 --dir PATH]`
 //!
+//! `--breakdown` instead measures where the time of one put goes, with one client: the
+//! leader's driver follows one proposal at a time (the `raft_core::latency` tracing target,
+//! turned on in the nodes' logs) and reports when its AppendEntries left, when the leader's own
+//! LMDB commit was durable, when the first follower acknowledged it (network round trip plus
+//! the follower's commit), when it committed and when it was applied; the rest of the
+//! client's latency is the client's request to the leader and its answer back (QUIC both ways,
+//! the kv service).
+//!
 //! The data directory is created under `--dir` (default `target/`), not in `/tmp`, which is
 //! a RAM disk on many systems. The nodes are this executable run as `bench-kv __kv-node`.
 #![forbid(unsafe_code)]
@@ -39,6 +47,7 @@ struct Args {
     trials: usize,
     dir: PathBuf,
     node_threads: usize,
+    breakdown: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         trials: 10,
         dir: PathBuf::from("target"),
         node_threads: 2,
+        breakdown: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--trials" => args.trials = value()?.parse().map_err(|e| format!("--trials: {e}"))?,
             "--dir" => args.dir = PathBuf::from(value()?),
+            "--breakdown" => args.breakdown = true,
             "--node-threads" => {
                 args.node_threads = value()?.parse().map_err(|e| format!("--node-threads: {e}"))?
             }
@@ -69,7 +80,8 @@ fn parse_args() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                "unknown argument {other} (--seconds N, --clients a,b,c, --trials N, --dir PATH)"
+                "unknown argument {other} (--seconds N, --clients a,b,c, --trials N, --dir PATH, \
+                 --breakdown)"
             ))
             }
         }
@@ -205,6 +217,11 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
     wait_for_leader(&connections, &ids, ids.len(), Duration::from_secs(20))
         .await
         .ok_or("no leader elected")?;
+    if args.breakdown {
+        let (latencies, _, errors) = measure(&connections, 1, args.seconds, Op::Put).await?;
+        connections.close().await;
+        return print_breakdown(cluster, &latencies, errors);
+    }
     let mut rows = Vec::new();
     for &clients in &args.clients {
         let (latencies, elapsed, errors) =
@@ -264,6 +281,70 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// The stages the leader's driver reports per followed proposal (fields of its events), in
+/// order, with what each covers.
+const STAGES: [(&str, &str); 5] = [
+    ("sent_us", "AppendEntries handed to the peers' senders"),
+    ("persisted_us", "leader's own LMDB commit durable"),
+    ("acked_us", "first follower's ack (round trip + its commit)"),
+    ("committed_us", "committed (quorum durable)"),
+    ("applied_us", "applied, proposer answered"),
+];
+
+/// Prints the client's put latency next to the stages the leader reported in its log.
+fn print_breakdown(
+    cluster: &ProcessCluster,
+    client: &LatencyRecorder,
+    errors: u64,
+) -> Result<(), Error> {
+    let mut stages: Vec<LatencyRecorder> = STAGES.iter().map(|_| LatencyRecorder::new()).collect();
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id))?;
+        for line in log.lines().filter(|l| l.contains(raft_core::LATENCY_TARGET)) {
+            for ((field, _), recorder) in STAGES.iter().zip(&mut stages) {
+                if let Some(us) = field_value(line, field) {
+                    recorder.record(Duration::from_micros(us));
+                }
+            }
+        }
+    }
+    let followed = stages.last().map_or(0, LatencyRecorder::count);
+    let client_row = client.row(String::new(), Duration::from_secs(1));
+    println!(
+        "\nOne put, 1 client: {} puts ({errors} errors), {followed} followed by the leader",
+        client.count()
+    );
+    println!("{:<52} | {:>9} | {:>9}", "time since the leader took the proposal", "p50", "p99");
+    println!("{}", "-".repeat(76));
+    for ((_, what), recorder) in STAGES.iter().zip(&stages) {
+        let row = recorder.row(String::new(), Duration::from_secs(1));
+        println!("{what:<52} | {:>9} | {:>9}", format_us(row.p50_us), format_us(row.p99_us));
+    }
+    let applied = stages.last().map(|r| r.row(String::new(), Duration::from_secs(1)));
+    println!("{}", "-".repeat(76));
+    println!(
+        "{:<52} | {:>9} | {:>9}",
+        "client: put sent -> answer received",
+        format_us(client_row.p50_us),
+        format_us(client_row.p99_us)
+    );
+    if let Some(applied) = applied {
+        println!(
+            "{:<52} | {:>9} |",
+            "outside the driver (client <-> leader, kv service)",
+            format_us(client_row.p50_us.saturating_sub(applied.p50_us))
+        );
+    }
+    Ok(())
+}
+
+/// The value of `field=N` in a log line.
+fn field_value(line: &str, field: &str) -> Option<u64> {
+    let start = line.find(&format!(" {field}="))? + field.len() + 2;
+    let digits: String = line[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -297,7 +378,11 @@ fn main() -> ExitCode {
     };
     let spec = ClusterSpec {
         parent_dir: Some(args.dir.clone()),
-        log_filter: "warn".into(),
+        log_filter: if args.breakdown {
+            format!("warn,{}=debug", raft_core::LATENCY_TARGET)
+        } else {
+            "warn".into()
+        },
         worker_threads: args.node_threads,
         ..ClusterSpec::default()
     };

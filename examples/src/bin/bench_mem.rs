@@ -4,7 +4,13 @@
 //! leader with lease reads) per number of concurrent readers, next to the write throughput at
 //! the same concurrency.
 //!
-//! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096]`
+//! `cargo run --release -p examples --bin bench-mem [-- --seconds 3 --clients 1,64,256,1024,4096
+//! --workers 2 --writes-only]`
+//!
+//! Writes use `Node::write` (propose and wait for the response in one call). Next to each write
+//! level it prints the CPU time the whole process used in the measured window per write: on a
+//! machine shared with other work, throughput follows the CPU share the process gets, CPU time
+//! per write much less.
 //!
 //! It prints only what it measured. To compare with openraft, run both side by side in one run
 //! (`../shared/bench/mem_vs_openraft.sh`): figures from another run or machine are not comparable.
@@ -12,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use examples::bench::{print_table, LatencyRecorder, Row, Samples};
+use examples::bench::{print_table, process_cpu_time, LatencyRecorder, Row, Samples};
 use examples::NoopStateMachine;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{Bytes, Config, Node, Role};
@@ -21,25 +27,36 @@ use raft_mem::{MemLogStore, MemNetwork};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args =
         examples::bench::Args::parse(std::env::args().skip(1), 3, &[1, 64, 256, 1024, 4096])?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let seconds = Duration::from_secs(args.seconds);
         let mut rows = Vec::new();
+        let mut cpu = Vec::new();
         for &clients in &args.clients {
             let (nodes, leader) = start_cluster(false).await?;
-            let row = run_level(&leader, clients, seconds, Op::Write).await;
+            let (row, cpu_time) = run_level(&leader, clients, seconds, Op::Write).await;
             for node in &nodes {
                 node.shutdown().await;
             }
+            cpu.push((clients, cpu_time, row.ops));
             rows.push(Row { label: format!("{clients}"), ..row });
         }
         print_table(
-            "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine",
+            &format!(
+                "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine, {} workers",
+                args.workers
+            ),
             "clients",
             &rows,
             "openraft",
         );
+        print_cpu(&cpu);
+        if args.writes_only {
+            return Ok(());
+        }
         let writes: Vec<(String, f64)> = rows.iter().map(|r| (r.label.clone(), r.per_second)).collect();
         let mut reads = Vec::new();
         for &clients in &args.clients {
@@ -51,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 } else {
                     leader
                 };
-                let row = run_level(&target, clients, seconds, Op::ReadIndex).await;
+                let (row, _) = run_level(&target, clients, seconds, Op::ReadIndex).await;
                 for node in &nodes {
                     node.shutdown().await;
                 }
@@ -107,16 +124,41 @@ async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn s
     }
 }
 
+/// Prints the CPU time of the process per write, by number of clients.
+fn print_cpu(levels: &[(usize, Option<Duration>, u64)]) {
+    println!("\nCPU time of the process (all threads) in the measured window, per write");
+    println!("{:>10} | {:>10} | {:>10} | {:>14}", "clients", "cpu s", "µs/write", "writes/cpu-s");
+    println!("{}", "-".repeat(53));
+    for &(clients, cpu, ops) in levels {
+        match cpu {
+            Some(cpu) if ops > 0 && !cpu.is_zero() => println!(
+                "{clients:>10} | {:>10.2} | {:>10.2} | {:>14.0}",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / ops as f64,
+                ops as f64 / cpu.as_secs_f64()
+            ),
+            _ => println!("{clients:>10} | {:>10} | {:>10} | {:>14}", "-", "-", "-"),
+        }
+    }
+}
+
 /// What each client does in a loop.
 #[derive(Clone, Copy)]
 enum Op {
-    /// Propose a 16-byte command and wait for its response.
+    /// Write a 16-byte command and wait for its response (`Node::write`).
     Write,
     /// Ask for a linearizable read point and wait until it is applied locally.
     ReadIndex,
 }
 
-async fn run_level(leader: &Node, clients: usize, duration: Duration, op: Op) -> Row {
+/// Runs `clients` loops of `op` for a warm-up and then `duration`; returns what was measured
+/// and the CPU time the process used during `duration`.
+async fn run_level(
+    leader: &Node,
+    clients: usize,
+    duration: Duration,
+    op: Op,
+) -> (Row, Option<Duration>) {
     let payload = Bytes::from_static(&[7u8; 16]);
     let warmup = Duration::from_millis(300);
     let start = Instant::now();
@@ -134,10 +176,7 @@ async fn run_level(leader: &Node, clients: usize, duration: Duration, op: Op) ->
                     break;
                 }
                 let result = match op {
-                    Op::Write => match leader.propose(payload.clone()).await {
-                        Ok(proposal) => proposal.response().await.is_ok(),
-                        Err(_) => false,
-                    },
+                    Op::Write => leader.write(payload.clone()).await.is_ok(),
                     Op::ReadIndex => leader.read_index().await.is_ok(),
                 };
                 if result && now >= measure_from {
@@ -147,11 +186,17 @@ async fn run_level(leader: &Node, clients: usize, duration: Duration, op: Op) ->
             recorder
         }));
     }
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let from = process_cpu_time();
+        tokio::time::sleep_until(stop_at.into()).await;
+        Some(process_cpu_time()?.saturating_sub(from?))
+    });
     let mut total = LatencyRecorder::new();
     for task in tasks {
         if let Ok(samples) = task.await {
             total.add_samples(&samples);
         }
     }
-    total.row(String::new(), duration)
+    (total.row(String::new(), duration), cpu.await.ok().flatten())
 }

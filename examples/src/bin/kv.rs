@@ -4,8 +4,10 @@
 //! kv --certs DIR --endpoints 1=127.0.0.1:7101,2=127.0.0.1:7102 put greeting hello
 //! kv --config node1.conf get greeting
 //! kv --config node1.conf status
+//! kv --config node1.conf health 1                       # exit status 0 if node 1 is ready
 //! kv --config node1.conf member add 4 10.0.0.4:7001 10.0.0.4:7101
 //! kv --config node1.conf member remove 1
+//! kv --config node1.conf member set 1 4=10.0.0.4:7001,10.0.0.4:7101 5=10.0.0.5:7001,10.0.0.5:7101
 //!
 //! kv ca /secure/kv-ca                                   # once, on a machine that is no node
 //! kv issue node 4 --ca /secure/kv-ca --out /tmp/node4   # certificates for a new node
@@ -21,8 +23,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use examples::kv::client::{member_table, status_table};
+use examples::kv::client::{exit, member_table, status_table, ClientError};
 use examples::kv::config::{parse_args, parse_member};
+use examples::kv::connections::TlsFailure;
+use examples::kv::health::HealthReport;
+use examples::kv::protocol::{MemberList, NewMember};
 use examples::kv::tls::{self, load_client_tls, pick_identity, CertRole};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::NodeId;
@@ -38,8 +43,15 @@ commands:
   member list                voters, learners, the leader and their addresses (from the leader)
   member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
                              address) and CLIENT: learner, catch-up, then voter
-  member remove ID           remove node ID (the leader too: it steps down), forget its addresses
+  member remove ID           remove node ID (the leader too: it steps down); its id is refused
+  member set SPEC...         make exactly these the voters, in one change (joint consensus). SPEC
+                             is ID (a member) or ID=RAFT,CLIENT (a node started with `kv-node
+                             --join`): new nodes catch up as learners first; voters not named
+                             are removed
   transfer-leader ID         hand leadership to voter ID
+  health [ID...]             whether each node (default: every --endpoints node) is ready: in
+                             a cluster with a known leader, and at most --health-max-lag
+                             entries behind (exit status 0 only if every node asked is ready)
 certificates (the CA directory holds the CA keys: keep it off the nodes):
   ca CA_DIR [--days N]       create the node CA and the client CA in CA_DIR (default 3650 days)
   issue node ID --ca CA_DIR --out DIR [--days N]
@@ -58,8 +70,16 @@ options:
   --user STEM                the identity in DIR: STEM.pem and STEM.key, e.g. admin-alice
                              (default: admin-default, or the only identity in DIR)
   --config FILE              a kv-node config file: its `node` and `certs` entries are used
-  --timeout SECS             give up after this long (default 15; for `member add`, includes
-                             the new node's catch-up)
+  --timeout SECS             give up after this long (default 15; for `member add` and
+                             `member set`, includes the new nodes' catch-up)
+exit status:
+  0  done (`status`: at least one node answered; `health`: every node asked is ready)
+  1  the cluster refused the operation (rejected, forbidden, membership error)
+  2  bad usage or configuration (arguments, unreadable certificate or key files)
+  3  unavailable: no node answered, or no leader in time; nothing was applied (retry later)
+  4  a write's outcome is unknown: it may have been applied; read before retrying it
+  5  TLS failed: a certificate must change (the message names the file to check)
+  6  `health`: a node answered but is not ready (or stopped on a fault)
 ";
 
 struct Cli {
@@ -119,7 +139,9 @@ fn parse(args: Vec<String>) -> Result<Cli, String> {
             | "fault-injection"
             | "stop-on-stdin-eof"
             | "join"
-            | "lease-reads" => {}
+            | "lease-reads"
+            | "metrics-listen"
+            | "health-max-lag" => {}
             other => return Err(format!("unknown option --{other}")),
         }
     }
@@ -134,14 +156,86 @@ fn value(arg: &str) -> Option<Bytes> {
     (arg != "-").then(|| Bytes::copy_from_slice(arg.as_bytes()))
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    let identity = pick_identity(&cli.certs, cli.user.as_deref()).map_err(|e| e.to_string())?;
-    let tls = load_client_tls(&cli.certs, &identity).map_err(|e| e.to_string())?;
+/// Why `kv` failed: the message for standard error and the exit status.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl std::fmt::Display) -> Self {
+        Self { code: exit::USAGE, message: message.to_string() }
+    }
+
+    /// The failure of an operation, with what to check for a TLS failure.
+    fn of(error: &ClientError, cli: &Cli, identity: &str) -> Self {
+        let code = error.exit_status();
+        let message = match error {
+            ClientError::Tls { failure, .. } => {
+                format!("{error}\n{}", tls_hint(failure, &cli.certs, identity))
+            }
+            _ => error.to_string(),
+        };
+        Self { code, message }
+    }
+}
+
+/// What to check after `failure`: the file (or the address) that must change.
+fn tls_hint(failure: &TlsFailure, certs: &Path, identity: &str) -> String {
+    let node_ca = certs.join("node-ca.pem");
+    let ours = certs.join(format!("{identity}.pem"));
+    match failure {
+        TlsFailure::NodeCertificate { reason } => {
+            let reason = reason.to_ascii_lowercase();
+            if reason.contains("name") {
+                "check the node addresses (--endpoints, --node): the address of node N must be \
+                 node N's client port (its certificate names another node)"
+                    .to_owned()
+            } else if reason.contains("expired") || reason.contains("notvalidyet") {
+                "the node's certificate is expired (or not valid yet): renew it on the node \
+                 (kv issue node ID), or check this machine's clock"
+                    .to_owned()
+            } else {
+                format!(
+                    "check {}: it must hold the CA that signed the nodes' certificates (the \
+                     cluster's node CA)",
+                    node_ca.display()
+                )
+            }
+        }
+        TlsFailure::ClientCertificate { alert } => {
+            let why = match alert.as_str() {
+                "CertificateExpired" => "it has expired: issue a new one (kv issue)",
+                "CertificateRequired" => "the node got no client certificate",
+                "UnknownCA" | "BadCertificate" | "DecryptError" => {
+                    "it is not signed by a client CA the nodes trust (their client-ca.pem)"
+                }
+                _ => "the nodes do not accept it",
+            };
+            format!("check {}: {why}", ours.display())
+        }
+        TlsFailure::NoRole { .. } => format!(
+            "check {}: it must name a client role (client-NAME.kv or admin-NAME.kv; kv issue \
+             client|admin NAME)",
+            ours.display()
+        ),
+        TlsFailure::Protocol { .. } => {
+            "the node runs another version of kv-node: use a kv of the same version".to_owned()
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<String, Failure> {
+    let identity = pick_identity(&cli.certs, cli.user.as_deref()).map_err(Failure::usage)?;
+    let tls = load_client_tls(&cli.certs, &identity).map_err(Failure::usage)?;
     let options = ClientOptions { op_timeout: cli.timeout, ..ClientOptions::default() };
-    let connections = Connections::new(cli.endpoints, &tls, options).map_err(|e| e.to_string())?;
+    let connections =
+        Connections::new(cli.endpoints.clone(), &tls, options).map_err(Failure::usage)?;
     let client = KvClient::new(connections.clone());
     let words: Vec<&str> = cli.command.iter().map(String::as_str).collect();
     let key = |k: &str| Bytes::copy_from_slice(k.as_bytes());
+    let fail = |e: ClientError| Failure::of(&e, &cli, &identity);
     let result = match words.as_slice() {
         ["put", k, v] => client.put(key(k), key(v)).await.map(|()| "OK".to_owned()),
         ["get", k] => client.get(key(k)).await.map(|v| match v {
@@ -156,7 +250,28 @@ async fn run(cli: Cli) -> Result<(), String> {
             .cas(key(k), value(expected), value(new))
             .await
             .map(|swapped| if swapped { "swapped" } else { "not swapped" }.to_owned()),
-        ["status"] => Ok(status(&connections).await),
+        ["status"] => {
+            let statuses = connections.statuses().await;
+            let table = status_table(&statuses);
+            // Success if any node answered: the table shows the others as unreachable.
+            match statuses.iter().find_map(|(_, a)| a.as_ref().err()) {
+                Some(first) if statuses.iter().all(|(_, a)| a.is_err()) => {
+                    println!("{table}");
+                    Err(first.clone())
+                }
+                _ => Ok(table),
+            }
+        }
+        ["health", ids @ ..] => {
+            let ids = if ids.is_empty() {
+                cli.endpoints.keys().copied().collect()
+            } else {
+                ids.iter().map(|id| node_id(id)).collect::<Result<Vec<_>, _>>()?
+            };
+            let answers = connections.healths_of(&ids).await;
+            connections.close().await;
+            return health(&answers, &cli, &identity);
+        }
         ["member", "list"] => connections.member_list().await.map(|list| member_table(&list)),
         ["member", "add", id, raft, client] => {
             let id = node_id(id)?;
@@ -166,6 +281,13 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .member_add(id, raft, client_addr)
                 .await
                 .map(|list| format!("node {id} is a voter\n{}", member_table(&list)))
+        }
+        ["member", "set", specs @ ..] if !specs.is_empty() => {
+            let (voters, new_members) = member_specs(specs)?;
+            connections
+                .member_set(voters, new_members)
+                .await
+                .map(|list| format!("the voters are {}\n{}", voter_ids(&list), member_table(&list)))
         }
         ["member", "remove", id] => {
             let id = node_id(id)?;
@@ -178,24 +300,86 @@ async fn run(cli: Cli) -> Result<(), String> {
             let id = node_id(id)?;
             connections.transfer_leader(id).await.map(|_| format!("node {id} is the leader"))
         }
-        _ => return Err(format!("unknown command\n{USAGE}")),
+        _ => return Err(Failure::usage(format!("unknown command\n{USAGE}"))),
     };
     connections.close().await;
-    let output = result.map_err(|e| e.to_string())?;
-    println!("{output}");
-    Ok(())
+    result.map_err(fail)
 }
 
-fn node_id(word: &str) -> Result<NodeId, String> {
-    word.parse().map_err(|_| format!("`{word}` is not a node id"))
+/// `kv health`: a table of the answers; fails unless every node answered ready.
+fn health(
+    answers: &[(NodeId, Result<HealthReport, ClientError>)],
+    cli: &Cli,
+    identity: &str,
+) -> Result<String, Failure> {
+    let mut out = format!(
+        "{:>4}  {:<5} {:<5} {:<13} {:>7} {:>9}  {}\n",
+        "node", "ready", "live", "role", "leader", "apply lag", "state"
+    );
+    for (id, answer) in answers {
+        match answer {
+            Ok(h) => {
+                let leader = h.status.leader_id.map_or("-".to_owned(), |l| l.to_string());
+                out += &format!(
+                    "{id:>4}  {:<5} {:<5} {:<13} {leader:>7} {:>9}  {}\n",
+                    h.ready,
+                    h.live,
+                    h.status.role.to_string(),
+                    h.apply_lag,
+                    h.summary()
+                );
+                for f in &h.followers {
+                    out += &format!(
+                        "        follower {} match index {} lag {}\n",
+                        f.id, f.match_index, f.lag
+                    );
+                }
+            }
+            Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
+        }
+    }
+    let table = out.trim_end().to_owned();
+    if let Some(error) = answers.iter().find_map(|(_, a)| a.as_ref().err()) {
+        println!("{table}");
+        return Err(Failure::of(error, cli, identity));
+    }
+    if let Some((id, _)) = answers.iter().find(|(_, a)| a.as_ref().is_ok_and(|h| !h.ready)) {
+        println!("{table}");
+        return Err(Failure { code: exit::NOT_READY, message: format!("node {id} is not ready") });
+    }
+    Ok(table)
 }
 
-fn address(what: &str, word: &str) -> Result<SocketAddr, String> {
-    word.parse().map_err(|_| format!("{what}: `{word}` is not an address (IP:PORT)"))
+/// Parses the SPECs of `member set`: `ID` (a member) or `ID=RAFT,CLIENT` (a new node).
+fn member_specs(specs: &[&str]) -> Result<(Vec<NodeId>, Vec<NewMember>), Failure> {
+    let mut voters = Vec::new();
+    let mut new_members = Vec::new();
+    for spec in specs {
+        if spec.contains('=') {
+            let (id, addrs) = parse_member(spec).map_err(Failure::usage)?;
+            new_members.push(NewMember { id, raft_addr: addrs.raft, client_addr: addrs.client });
+            voters.push(id);
+        } else {
+            voters.push(node_id(spec)?);
+        }
+    }
+    Ok((voters, new_members))
 }
 
-async fn status(connections: &Connections) -> String {
-    status_table(&connections.statuses().await)
+/// The voters of a member list, as `1, 4, 5`.
+fn voter_ids(list: &MemberList) -> String {
+    let voters: Vec<String> =
+        list.members.iter().filter(|m| m.voter).map(|m| m.id.to_string()).collect();
+    voters.join(", ")
+}
+
+fn node_id(word: &str) -> Result<NodeId, Failure> {
+    word.parse().map_err(|_| Failure::usage(format!("`{word}` is not a node id")))
+}
+
+fn address(what: &str, word: &str) -> Result<SocketAddr, Failure> {
+    word.parse()
+        .map_err(|_| Failure::usage(format!("{what}: `{word}` is not an address (IP:PORT)")))
 }
 
 /// The value of `--NAME VALUE` in `args`, if given.
@@ -247,7 +431,7 @@ fn certificates(args: &[String]) -> Option<Result<String, String>> {
             }
             ["issue", "node", id] => {
                 let (ca, out) = (required(args, "--ca")?, required(args, "--out")?);
-                let id = node_id(id)?;
+                let id = node_id(id).map_err(|f| f.message)?;
                 tls::issue_node(ca, out, id, lifetime(args, cert_days)?).map_err(fail)?;
                 Ok(format!("node-{id}.pem and node-{id}.key in {}", out.display()))
             }
@@ -291,7 +475,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("kv: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(exit::USAGE)
             }
         };
     }
@@ -299,7 +483,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             eprintln!("kv: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -310,10 +494,13 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kv: {e}");
-            ExitCode::FAILURE
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure { code, message }) => {
+            eprintln!("kv: {message}");
+            ExitCode::from(code)
         }
     }
 }

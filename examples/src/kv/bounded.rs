@@ -35,6 +35,12 @@ impl<T, const MAX: usize> Bounded<T, MAX> {
         Ok(Self(items))
     }
 
+    /// The first `MAX` of the items (all if there are at most `MAX`).
+    pub fn truncated(mut items: Vec<T>) -> Self {
+        items.truncate(MAX);
+        Self(items)
+    }
+
     /// The items.
     pub fn into_inner(self) -> Vec<T> {
         self.0
@@ -56,6 +62,15 @@ impl<T, const MAX: usize> std::ops::Deref for Bounded<T, MAX> {
 
     fn deref(&self) -> &[T] {
         &self.0
+    }
+}
+
+impl<'a, T, const MAX: usize> IntoIterator for &'a Bounded<T, MAX> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
     }
 }
 

@@ -14,21 +14,37 @@ use bytes::Bytes;
 use raft_core::{NodeId, Status};
 use tracing::debug;
 
+use super::bounded::Bounded;
 use super::command::{Command, KvError, Op, OpResult, Response, SessionId, SessionRef};
-use super::connections::{CallError, Connections};
+use super::connections::{CallError, Connections, TlsFailure};
+use super::health::HealthReport;
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberList, MemberRequest,
+    NewMember, MAX_SET_MEMBERS,
 };
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The operation did not complete before its deadline. If `maybe_applied`, a request
-    /// reached a node and the operation may have taken effect (or may still).
-    #[error("operation timed out (may have been applied: {maybe_applied})")]
+    /// The operation did not complete before its deadline. If `maybe_applied` (only ever for
+    /// a write), a request reached a node and the write may have taken effect (or may still):
+    /// check before retrying it. A read, a status request or a write that never reached a node
+    /// has `maybe_applied: false`.
+    #[error("{}", timeout_message(*.maybe_applied, .reason))]
     Timeout {
         /// Whether the operation may have been applied.
         maybe_applied: bool,
+        /// What went wrong last (why no node answered).
+        reason: String,
+    },
+    /// TLS failed with every node tried: a certificate or the configuration must change
+    /// (nothing was sent, nothing was applied).
+    #[error("TLS with node {node} failed: {failure}")]
+    Tls {
+        /// The node (the first that failed).
+        node: NodeId,
+        /// What failed.
+        failure: TlsFailure,
     },
     /// The session expired on the cluster (too many sessions); the outcome of the operation
     /// is unknown. The client opens a new session for its next operation.
@@ -49,6 +65,9 @@ pub enum ClientError {
     /// A node answered something unexpected.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A node could not be reached (no connection, no answer in time).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
     /// A membership request failed for good.
     #[error(transparent)]
     Member(#[from] MemberError),
@@ -57,16 +76,80 @@ pub enum ClientError {
     NoLeader(String),
 }
 
+fn timeout_message(maybe_applied: bool, reason: &str) -> String {
+    if maybe_applied {
+        format!("the write timed out and may have been applied: check before retrying it (last error: {reason})")
+    } else {
+        format!("timed out (last error: {reason})")
+    }
+}
+
 impl ClientError {
     /// Whether the operation may have taken effect.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(self, ClientError::Timeout { maybe_applied: true } | ClientError::SessionExpired)
+        matches!(
+            self,
+            ClientError::Timeout { maybe_applied: true, .. } | ClientError::SessionExpired
+        )
+    }
+
+    /// The exit status of the `kv` command that failed with this error (see [`exit`]).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ClientError::Tls { .. } => exit::TLS,
+            e if e.outcome_unknown() => exit::OUTCOME_UNKNOWN,
+            ClientError::Timeout { .. }
+            | ClientError::NoLeader(_)
+            | ClientError::Unreachable(_) => exit::UNAVAILABLE,
+            _ => exit::REFUSED,
+        }
+    }
+}
+
+/// The exit statuses of the `kv` command-line client (also in its usage text).
+pub mod exit {
+    /// The cluster refused the operation (rejected, forbidden, a membership error).
+    pub const REFUSED: u8 = 1;
+    /// Bad arguments or configuration (unreadable certificate or key files).
+    pub const USAGE: u8 = 2;
+    /// No node answered, or no leader in time: nothing was applied (retry later).
+    pub const UNAVAILABLE: u8 = 3;
+    /// A write's outcome is unknown: it may have been applied (read before retrying it).
+    pub const OUTCOME_UNKNOWN: u8 = 4;
+    /// TLS failed: a certificate or an address must change.
+    pub const TLS: u8 = 5;
+    /// `kv health`: a node answered but is not ready.
+    pub const NOT_READY: u8 = 6;
+}
+
+/// The TLS failures of one operation, by node: once every known node failed TLS, the
+/// operation fails at once (no retry can help).
+#[derive(Default)]
+struct TlsFailures(std::collections::BTreeMap<NodeId, TlsFailure>);
+
+impl TlsFailures {
+    /// Records `node`'s failure; the error to fail with if every known node has failed.
+    fn record(
+        &mut self,
+        conns: &Connections,
+        node: NodeId,
+        failure: TlsFailure,
+    ) -> Option<ClientError> {
+        self.0.insert(node, failure);
+        let all = conns.nodes().iter().all(|n| self.0.contains_key(n));
+        let (&node, failure) = self.0.iter().next()?;
+        all.then(|| ClientError::Tls { node, failure: failure.clone() })
+    }
+
+    fn contains(&self, node: NodeId) -> bool {
+        self.0.contains_key(&node)
     }
 }
 
 #[derive(Debug)]
 struct Session {
     id: SessionId,
+    incarnation: u64,
     next_seq: u64,
     outstanding: BTreeSet<u64>,
 }
@@ -140,8 +223,9 @@ impl KvClient {
 
     /// Runs a write in this client's session (opening one first if needed).
     async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
-        let (id, seq, ack_below) = self.next_seq().await?;
-        let command = Command { session: Some(SessionRef { id, seq, ack_below }), op };
+        let session_ref = self.next_seq().await?;
+        let (id, seq) = (session_ref.id, session_ref.seq);
+        let command = Command { session: Some(session_ref), op };
         let result = self.run(&command).await;
         let mut session = self.session();
         if let Some(s) = session.as_mut().filter(|s| s.id == id) {
@@ -160,7 +244,7 @@ impl KvClient {
     }
 
     /// Allocates a sequence number, opening the session first if there is none.
-    async fn next_seq(&self) -> Result<(SessionId, u64, u64), ClientError> {
+    async fn next_seq(&self) -> Result<SessionRef, ClientError> {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
@@ -170,24 +254,34 @@ impl KvClient {
         }
         let id = new_session_id()?;
         let register = Command { session: None, op: Op::Register { id } };
-        match self.run(&register).await? {
-            Ok(OpResult::Registered { id: opened }) if opened == id => {
-                debug!(id, "session opened");
-                *self.session() = Some(Session { id, next_seq: 0, outstanding: BTreeSet::new() });
+        // The write itself was not sent yet: whatever happened to the registration (an unused
+        // session at worst), the write was not applied.
+        let registered = self.run(&register).await.map_err(|e| match e {
+            ClientError::Timeout { reason, .. } => ClientError::Timeout {
+                maybe_applied: false,
+                reason: format!("opening a session: {reason}"),
+            },
+            other => other,
+        });
+        match registered? {
+            Ok(OpResult::Registered { id: opened, incarnation }) if opened == id => {
+                debug!(id, incarnation, "session opened");
+                let outstanding = BTreeSet::new();
+                *self.session() = Some(Session { id, incarnation, next_seq: 0, outstanding });
             }
             other => return Err(unexpected(other)),
         }
         self.allocate().ok_or(ClientError::SessionExpired)
     }
 
-    fn allocate(&self) -> Option<(SessionId, u64, u64)> {
+    fn allocate(&self) -> Option<SessionRef> {
         let mut session = self.session();
         let s = session.as_mut()?;
         let seq = s.next_seq;
         s.next_seq += 1;
         s.outstanding.insert(seq);
         let ack_below = s.outstanding.first().copied().unwrap_or(seq);
-        Some((s.id, seq, ack_below))
+        Some(SessionRef { id: s.id, incarnation: s.incarnation, seq, ack_below })
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.
@@ -203,7 +297,11 @@ impl KvClient {
         let deadline = tokio::time::Instant::now() + options.op_timeout;
         let request = ClientRequest::Command(command.clone());
         let mut attempts = Attempts::new(conns.clone(), request);
+        // Only a write can have been applied (a session registration is a write too).
+        let is_write = !command.op.is_read();
         let mut maybe_applied = false;
+        let mut last_reason = String::from("no answer yet");
+        let mut tls = TlsFailures::default();
         let mut redirects = 0u32;
         let first = conns.leader().or_else(|| conns.pick(None));
         match first {
@@ -225,8 +323,8 @@ impl KvClient {
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     // An attempt still in flight may have reached a node.
-                    let maybe_applied = maybe_applied || attempts.len() > 0;
-                    return Err(ClientError::Timeout { maybe_applied });
+                    let maybe_applied = is_write && (maybe_applied || attempts.len() > 0);
+                    return Err(ClientError::Timeout { maybe_applied, reason: last_reason });
                 }
             };
             // Where to go next, and after what pause, if nothing else is in flight.
@@ -249,10 +347,17 @@ impl KvClient {
                         next = Some((Some(leader.id), redirects % 4 == 0));
                     }
                 }
-                Ok(ClientResponse::NotLeader { .. }) => conns.set_leader(None),
-                Ok(ClientResponse::NotApplied(reason)) => debug!(node, "not applied: {reason}"),
+                Ok(ClientResponse::NotLeader { .. }) => {
+                    last_reason = format!("node {node} knows no leader");
+                    conns.set_leader(None);
+                }
+                Ok(ClientResponse::NotApplied(reason)) => {
+                    debug!(node, "not applied: {reason}");
+                    last_reason = format!("node {node}: {reason}");
+                }
                 Ok(ClientResponse::Unknown(reason)) => {
                     debug!(node, "outcome unknown: {reason}");
+                    last_reason = format!("node {node}: {reason}");
                     maybe_applied = true;
                     conns.set_leader(None);
                 }
@@ -261,8 +366,18 @@ impl KvClient {
                     return Err(ClientError::Forbidden(reason))
                 }
                 Ok(other) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+                Err(CallError::Tls { node, failure }) => {
+                    debug!(node, "TLS failed: {failure}");
+                    last_reason = failure.to_string();
+                    conns.suspect(node);
+                    if let Some(error) = tls.record(conns, node, failure) {
+                        return Err(error);
+                    }
+                    next = Some((None, false));
+                }
                 Err(e) => {
                     debug!(node, "attempt failed: {e}");
+                    last_reason = e.to_string();
                     maybe_applied |= e.maybe_sent();
                     if !matches!(e, CallError::UnknownNode(_)) {
                         conns.suspect(node);
@@ -277,8 +392,8 @@ impl KvClient {
                 Some((None, pause)) if attempts.len() == 0 => {
                     let target = conns
                         .leader()
-                        .filter(|&l| l != node)
-                        .or_else(|| attempts.pick_idle(Some(node)))
+                        .filter(|&l| l != node && !tls.contains(l))
+                        .or_else(|| attempts.pick_idle(Some(node)).filter(|&n| !tls.contains(n)))
                         .or_else(|| conns.pick(Some(node)));
                     if let Some(target) = target {
                         attempts.launch(target, pause.then_some(options.retry_delay));
@@ -368,6 +483,15 @@ fn new_session_id() -> Result<SessionId, ClientError> {
     Ok(SessionId::from_le_bytes(bytes))
 }
 
+/// A request to one node that got no answer: a TLS failure as such, anything else as the node
+/// being unreachable (nothing that can have been applied: status and health change nothing).
+fn unreachable_node(error: CallError) -> ClientError {
+    match error {
+        CallError::Tls { node, failure } => ClientError::Tls { node, failure },
+        other => ClientError::Unreachable(other.to_string()),
+    }
+}
+
 fn unexpected(response: Response) -> ClientError {
     match response {
         Err(e) => ClientError::Rejected(e),
@@ -382,6 +506,8 @@ pub struct NodeStatus {
     pub status: Status,
     /// The members it knows.
     pub members: Vec<Member>,
+    /// Its health, if it answered that too (it says whether the node stopped on a fault).
+    pub health: Option<HealthReport>,
 }
 
 impl Connections {
@@ -393,15 +519,18 @@ impl Connections {
     pub async fn member_request(&self, request: MemberRequest) -> Result<MemberList, ClientError> {
         let options = self.options().clone();
         let deadline = tokio::time::Instant::now() + options.op_timeout;
+        // A list changes nothing: only a change can have been applied.
+        let is_change = !matches!(request, MemberRequest::List);
         let request = ClientRequest::Member(request);
         let mut target = self.leader().or_else(|| self.pick(None));
         let mut last_reason = String::from("no attempt");
         let mut maybe_applied = false;
+        let mut tls = TlsFailures::default();
         loop {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(if maybe_applied {
-                    ClientError::Timeout { maybe_applied }
+                    ClientError::Timeout { maybe_applied, reason: last_reason }
                 } else {
                     ClientError::NoLeader(last_reason)
                 });
@@ -438,7 +567,7 @@ impl Connections {
                     last_reason = format!("node {node}: {reason}");
                 }
                 Ok(ClientResponse::Unknown(reason)) => {
-                    maybe_applied = true;
+                    maybe_applied = is_change;
                     last_reason = format!("node {node}: {reason}");
                     self.set_leader(None);
                     target = self.pick(Some(node));
@@ -446,8 +575,17 @@ impl Connections {
                 Ok(other) => {
                     return Err(ClientError::Protocol(format!("unexpected {other:?}")));
                 }
+                Err(CallError::Tls { node, failure }) => {
+                    last_reason = failure.to_string();
+                    self.suspect(node);
+                    if let Some(error) = tls.record(self, node, failure) {
+                        return Err(error);
+                    }
+                    target = self.pick(Some(node));
+                    pause = false;
+                }
                 Err(e) => {
-                    maybe_applied |= e.maybe_sent();
+                    maybe_applied |= is_change && e.maybe_sent();
                     last_reason = e.to_string();
                     if !matches!(e, CallError::UnknownNode(_)) {
                         self.suspect(node);
@@ -469,11 +607,11 @@ impl Connections {
 
     /// Adds node `id` (listening at `raft_addr` for peers and `client_addr` for clients) as a
     /// voter. The node must be running (`kv-node --join`). Three steps, each retried as needed
-    /// within the client's operation timeout: the leader records the addresses and adds the node
-    /// as a learner; the client polls the new node's status on its client port until it has
-    /// applied the commit index the leader had then (evidence that it is reachable and caught
-    /// up, which the leader's promotion check does not give in a young cluster); the leader
-    /// promotes it (`Node::add_voter`). A node that never catches up stays a learner
+    /// within the client's operation timeout: the leader adds the node as a learner, with its
+    /// addresses in the membership; the client polls the new node's status on its client port
+    /// until it has applied the commit index the leader had then (evidence that it is reachable
+    /// and caught up, which the leader's promotion check does not give in a young cluster); the
+    /// leader promotes it (`Node::add_voter`). A node that never catches up stays a learner
     /// ([`MemberError::CatchUpTimeout`]; `member remove` it or retry).
     pub async fn member_add(
         &self,
@@ -481,17 +619,12 @@ impl Connections {
         raft_addr: std::net::SocketAddr,
         client_addr: std::net::SocketAddr,
     ) -> Result<MemberList, ClientError> {
-        let started = tokio::time::Instant::now();
-        let deadline = started + self.options().op_timeout;
-        let remaining_ms = || {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
-        };
+        let clock = CatchUpClock::start(self.options().op_timeout);
         let add = |promote| MemberRequest::Add {
             id,
             raft_addr,
             client_addr,
-            catch_up_ms: remaining_ms(),
+            catch_up_ms: clock.remaining_ms(),
             promote,
         };
         let learner = self.member_request(add(false)).await?;
@@ -499,20 +632,70 @@ impl Connections {
             return Ok(learner);
         }
         self.learn(&Member { id, client_addr });
-        let target = learner.commit_index;
+        self.wait_caught_up(id, learner.commit_index, &clock).await?;
+        self.member_request(add(true)).await
+    }
+
+    /// Makes exactly `voters` the voters in one change (joint consensus): the nodes of
+    /// `new_members` (running `kv-node --join`) join as learners, the client waits for each to
+    /// apply the commit index the leader had then (as `member add` does), and the leader moves
+    /// the cluster to the new voter set ([`MemberRequest::Set`]). Voters not named are removed
+    /// for good. Every step is retried as needed within the client's operation timeout.
+    pub async fn member_set(
+        &self,
+        voters: Vec<NodeId>,
+        new_members: Vec<NewMember>,
+    ) -> Result<MemberList, ClientError> {
+        let clock = CatchUpClock::start(self.options().op_timeout);
+        let mut commit_index = 0;
+        for member in &new_members {
+            let add = MemberRequest::Add {
+                id: member.id,
+                raft_addr: member.raft_addr,
+                client_addr: member.client_addr,
+                catch_up_ms: clock.remaining_ms(),
+                promote: false,
+            };
+            commit_index = commit_index.max(self.member_request(add).await?.commit_index);
+            self.learn(&Member { id: member.id, client_addr: member.client_addr });
+        }
+        for member in &new_members {
+            self.wait_caught_up(member.id, commit_index, &clock).await?;
+        }
+        let bounded = |what: &str, len: usize| {
+            ClientError::Refused(format!("{len} {what} exceed the limit of {MAX_SET_MEMBERS}"))
+        };
+        let (voter_count, new_count) = (voters.len(), new_members.len());
+        let set = MemberRequest::Set {
+            voters: Bounded::new(voters).map_err(|_| bounded("voters", voter_count))?,
+            new_members: Bounded::new(new_members)
+                .map_err(|_| bounded("new members", new_count))?,
+            catch_up_ms: clock.remaining_ms(),
+        };
+        self.member_request(set).await
+    }
+
+    /// Polls node `id`'s own status until it has applied `index` and knows a leader; fails
+    /// with [`MemberError::CatchUpTimeout`] at the clock's deadline.
+    async fn wait_caught_up(
+        &self,
+        id: NodeId,
+        index: u64,
+        clock: &CatchUpClock,
+    ) -> Result<(), ClientError> {
         loop {
             if let Ok(s) = self.status(id).await {
-                if s.status.leader_id.is_some() && s.status.applied_index >= target {
-                    break;
+                if s.status.leader_id.is_some() && s.status.applied_index >= index {
+                    return Ok(());
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if tokio::time::Instant::now() >= clock.deadline {
+                let waited_ms =
+                    u64::try_from(clock.started.elapsed().as_millis()).unwrap_or(u64::MAX);
                 return Err(ClientError::Member(MemberError::CatchUpTimeout { id, waited_ms }));
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        self.member_request(add(true)).await
     }
 
     /// Removes node `id` (the leader too) and forgets its addresses.
@@ -527,15 +710,41 @@ impl Connections {
         Ok(list)
     }
 
-    /// Asks `node` for its status (within the status timeout).
+    /// Asks `node` for its status and its health, concurrently (within the status timeout).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         let limit = self.options().status_timeout;
-        match self.call_within(node, &ClientRequest::Status, limit).await {
-            Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus { status, members }),
+        let (answer, health) = futures::join!(
+            self.call_within(node, &ClientRequest::Status, limit),
+            self.health(node)
+        );
+        match answer {
+            Ok(ClientResponse::Status { status, members }) => {
+                Ok(NodeStatus { status, members: members.into_inner(), health: health.ok() })
+            }
             Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
-            Err(e) => Err(ClientError::Refused(e.to_string())),
+            Err(e) => Err(unreachable_node(e)),
         }
+    }
+
+    /// Asks `node` for its health (within the status timeout); any client certificate may.
+    pub async fn health(&self, node: NodeId) -> Result<HealthReport, ClientError> {
+        let limit = self.options().status_timeout;
+        match self.call_within(node, &ClientRequest::Health, limit).await {
+            Ok(ClientResponse::Health(report)) => Ok(report),
+            Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
+            Err(e) => Err(unreachable_node(e)),
+        }
+    }
+
+    /// Asks `nodes` for their health, concurrently.
+    pub async fn healths_of(
+        &self,
+        nodes: &[NodeId],
+    ) -> Vec<(NodeId, Result<HealthReport, ClientError>)> {
+        let answers = futures::future::join_all(nodes.iter().map(|&n| self.health(n))).await;
+        nodes.iter().copied().zip(answers).collect()
     }
 
     /// Asks `nodes` for their status, concurrently.
@@ -566,6 +775,7 @@ impl Connections {
     /// Test-only: makes `node` drop Raft traffic with `blocked` (empty heals). The node must
     /// run with `--fault-injection`.
     pub async fn partition(&self, node: NodeId, blocked: Vec<NodeId>) -> Result<(), ClientError> {
+        let blocked = Bounded::new(blocked).map_err(|e| ClientError::Refused(e.to_string()))?;
         match self.call(node, &ClientRequest::Admin(AdminRequest::Partition { blocked })).await {
             Ok(ClientResponse::AdminDone) => Ok(()),
             Ok(ClientResponse::Refused(reason)) => Err(ClientError::Refused(reason)),
@@ -573,6 +783,25 @@ impl Connections {
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
         }
+    }
+}
+
+/// The deadline of a membership request that waits for new nodes to catch up.
+struct CatchUpClock {
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+impl CatchUpClock {
+    fn start(timeout: std::time::Duration) -> Self {
+        let started = tokio::time::Instant::now();
+        Self { started, deadline: started + timeout }
+    }
+
+    /// What the leader may spend catching up, leaving the answer half a second to arrive.
+    fn remaining_ms(&self) -> u64 {
+        let left = self.deadline.saturating_duration_since(tokio::time::Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX).saturating_sub(500).max(100)
     }
 }
 
@@ -601,27 +830,31 @@ pub fn member_table(list: &MemberList) -> String {
     out.trim_end().to_owned()
 }
 
-/// Formats status answers as a table: node, role, term, leader, commit, applied, last index.
+/// Formats status answers as a table: node, role, term, leader, commit, applied, last index,
+/// and the node's health (`ready`, or why not: a fault it stopped on, no leader, lag). A node
+/// that did not answer has a row saying so.
 pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> String {
     let mut out = format!(
-        "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
-        "node", "role", "term", "leader", "commit", "applied", "last"
+        "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}  {}\n",
+        "node", "role", "term", "leader", "commit", "applied", "last", "health"
     );
     for (id, answer) in statuses {
         match answer {
-            Ok(NodeStatus { status: s, .. }) => {
+            Ok(NodeStatus { status: s, health, .. }) => {
                 let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
                 out += &format!(
-                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}\n",
+                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}  {}\n",
                     id,
                     s.role.to_string(),
                     s.current_term,
                     leader,
                     s.commit_index,
                     s.applied_index,
-                    s.last_log_index
+                    s.last_log_index,
+                    health.as_ref().map_or("?".to_owned(), HealthReport::summary),
                 );
             }
+            Err(e @ ClientError::Unreachable(_)) => out += &format!("{id:>4}  {e}\n"),
             Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
         }
     }

@@ -60,6 +60,10 @@ pub struct ClusterSpec {
     /// The directory in which the cluster's temporary directory (certificates, data, logs;
     /// removed on drop) is created (`None`: the system's temporary directory).
     pub parent_dir: Option<PathBuf>,
+    /// Where the nodes keep their data (`node-<id>/` in it; `None`: in the cluster's
+    /// temporary directory). For a data directory on a file system of its own (disk faults);
+    /// the caller removes it.
+    pub data_root: Option<PathBuf>,
     /// Worker threads per node.
     pub worker_threads: usize,
     /// Value of `RUST_LOG` for the nodes, unless the environment sets it.
@@ -78,6 +82,7 @@ impl Default for ClusterSpec {
             fault_injection: false,
             lease_reads: false,
             parent_dir: None,
+            data_root: None,
             worker_threads: 2,
             log_filter: "info".into(),
             node_args: BTreeMap::new(),
@@ -234,6 +239,11 @@ impl ProcessCluster {
         self.members.keys().copied().collect()
     }
 
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.spec.data_root.as_deref().unwrap_or(&self.dir).join(format!("node-{id}"))
+    }
+
     /// The log file of node `id`.
     pub fn log_path(&self, id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{id}.log"))
@@ -267,7 +277,7 @@ impl ProcessCluster {
             "--id".into(),
             id.to_string(),
             "--data-dir".into(),
-            self.dir.join(format!("node-{id}")).display().to_string(),
+            self.data_dir(id).display().to_string(),
             "--certs".into(),
             self.certs_dir().display().to_string(),
             "--election-timeout-ms".into(),

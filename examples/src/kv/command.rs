@@ -6,10 +6,7 @@
 //! byte ([`ENTRY_FORMAT`]). An entry that does not decode is answered with a single
 //! [`KvError::Malformed`] on every node alike (the state machine never fails on user data).
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use raft_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::bounded::Bounded;
@@ -29,6 +26,10 @@ pub type SessionId = u128;
 pub struct SessionRef {
     /// The session id (chosen by the client in [`Op::Register`]).
     pub id: SessionId,
+    /// The session's incarnation, as [`OpResult::Registered`] gave it: a session evicted and
+    /// re-created under the same id (by a late duplicate registration) is another incarnation,
+    /// and refuses this one's requests.
+    pub incarnation: u64,
     /// The request's sequence number within the session (unique, increasing per new request;
     /// a retry reuses it).
     pub seq: u64,
@@ -74,22 +75,6 @@ pub enum Op {
         /// The value to install.
         new: Option<Bytes>,
     },
-    /// Internal (proposed by the leader for `member add`, never accepted from a client):
-    /// records where member `id` listens. Every node applies it to its address book and tells
-    /// its Raft transport, so that it can reach the member (and accept its connections).
-    SetMemberAddress {
-        /// The member.
-        id: NodeId,
-        /// Its Raft (peer) QUIC address.
-        raft_addr: SocketAddr,
-        /// Its client QUIC address.
-        client_addr: SocketAddr,
-    },
-    /// Internal (proposed by the leader after `member remove`): forgets member `id`'s addresses.
-    ForgetMember {
-        /// The removed member.
-        id: NodeId,
-    },
 }
 
 impl Op {
@@ -99,17 +84,12 @@ impl Op {
         matches!(self, Op::Get { .. })
     }
 
-    /// Whether the operation changes the address book (only nodes propose these).
-    pub fn is_internal(&self) -> bool {
-        matches!(self, Op::SetMemberAddress { .. } | Op::ForgetMember { .. })
-    }
-
     /// Checks key and value sizes.
     pub fn validate(&self) -> Result<(), KvError> {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
         let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
         let ok = match self {
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => true,
+            Op::Register { .. } => true,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
             Op::Put { key, value } => key_ok(key) && value_ok(value),
             Op::Cas { key, expected, new } => {
@@ -138,7 +118,7 @@ impl Command {
     /// Roughly how many bytes the command takes on the wire (for batch limits).
     pub fn approximate_size(&self) -> usize {
         let payload = match &self.op {
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => 32,
+            Op::Register { .. } => 32,
             Op::Get { key } | Op::Delete { key } => key.len(),
             Op::Put { key, value } => key.len() + value.len(),
             Op::Cas { key, expected, new } => {
@@ -158,6 +138,10 @@ pub enum OpResult {
     Registered {
         /// The new session's id.
         id: SessionId,
+        /// Its incarnation (the operation id of the registration that created it), to name in
+        /// every [`SessionRef`]. A retried registration answers the same as long as the
+        /// session lives.
+        incarnation: u64,
     },
     /// The value of the key read (`None`: absent).
     Value(Option<Bytes>),
@@ -173,8 +157,6 @@ pub enum OpResult {
         /// Whether the expected value matched and the new value was installed.
         swapped: bool,
     },
-    /// The address book was updated.
-    MembersUpdated,
 }
 
 /// A deterministic refusal by the state machine (the same on every node).
@@ -199,9 +181,6 @@ pub enum KvError {
     /// The session holds too many unacknowledged responses; the request was not applied.
     #[error("too many unacknowledged requests in the session")]
     TooManyPending,
-    /// The node was removed from the cluster for good; its id cannot be added again.
-    #[error("node {0} was removed from the cluster; its id cannot be reused")]
-    Removed(NodeId),
     /// A key or value exceeds its size limit.
     #[error("key or value too large")]
     TooLarge,
@@ -217,15 +196,17 @@ pub type Response = Result<OpResult, KvError>;
 pub const MAX_COMMANDS_PER_ENTRY: usize = 1024;
 
 /// The format byte that starts every log entry of this version of the service; an entry with
-/// another one is answered [`KvError::Malformed`] (the same on every node).
-pub const ENTRY_FORMAT: u8 = 3;
+/// another one is answered [`KvError::Malformed`] (the same on every node). Version 4 added
+/// session incarnations to [`SessionRef`].
+pub const ENTRY_FORMAT: u8 = 4;
 
 /// The commands of one log entry, with the authenticated client that sent them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
     /// The client (its certificate name, e.g. `client-alice.kv`) whose connection brought the
-    /// commands; `None` for commands the node proposes itself (address-book updates). Sessions
-    /// belong to their owner: no other client can use them.
+    /// commands; `None` for commands a node proposes itself (none does today; entries of
+    /// earlier versions held the address book's). Sessions belong to their owner: no other
+    /// client can use them.
     pub owner: Option<String>,
     /// The commands, applied in order.
     pub commands: Bounded<Command, MAX_COMMANDS_PER_ENTRY>,
@@ -281,7 +262,7 @@ mod tests {
             Command { session: None, op: Op::Register { id: u128::MAX } },
             Command { session: None, op: Op::Get { key: Bytes::from_static(b"k") } },
             Command {
-                session: Some(SessionRef { id: 7, seq: 3, ack_below: 2 }),
+                session: Some(SessionRef { id: 7, incarnation: 1, seq: 3, ack_below: 2 }),
                 op: Op::Cas {
                     key: Bytes::from_static(b"k"),
                     expected: None,
@@ -295,7 +276,7 @@ mod tests {
             (entry.owner.as_deref(), entry.commands.to_vec()),
             (Some("client-a.kv"), commands)
         );
-        assert!(matches!(decode_entry(b"\x03\xff\xff\xff"), Err(KvError::Malformed(_))));
+        assert!(matches!(decode_entry(b"\x04\xff\xff\xff"), Err(KvError::Malformed(_))));
         assert!(matches!(decode_entry(b"\x02\x00\x00"), Err(KvError::Malformed(_))));
         assert!(matches!(decode_entry(b""), Err(KvError::Malformed(_))));
         let too_many = vec![Command { session: None, op: Op::Get { key: Bytes::new() } }; 1025];

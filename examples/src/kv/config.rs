@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use raft_core::NodeId;
+use raft_core::{NodeId, NodeInfo};
 
 /// Where a member listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -26,6 +26,21 @@ pub struct MemberAddrs {
     pub raft: SocketAddr,
     /// Its client QUIC address.
     pub client: SocketAddr,
+}
+
+impl MemberAddrs {
+    /// The member's metadata in the Raft membership: the Raft address as the `address` (what
+    /// raft-quic dials), the client address as the application `data`, both as `ip:port` text.
+    pub fn to_node_info(&self) -> NodeInfo {
+        NodeInfo::new(self.raft.to_string(), self.client.to_string())
+    }
+
+    /// The addresses in a member's metadata, if it holds both (a founding member's holds none
+    /// until a membership change gives it some).
+    pub fn from_node_info(info: &NodeInfo) -> Option<Self> {
+        let parse = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok();
+        Some(Self { raft: parse(&info.address)?, client: parse(&info.data)? })
+    }
 }
 
 /// The TLS files of a node.
@@ -84,6 +99,12 @@ pub struct NodeConfig {
     /// waits for the leader to add it (`kv member add`). The `--node` entries then name the
     /// existing members (so that it accepts their connections) and this node.
     pub join: bool,
+    /// Where to serve the metrics (Prometheus text) and health over HTTP
+    /// (`--metrics-listen`); `None`: nowhere, and no recorder is installed.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Readiness bound: a node whose state machine is more entries than this behind its
+    /// commit index is not ready (`--health-max-lag`).
+    pub health_max_lag: u64,
 }
 
 /// A configuration error, with the offending key.
@@ -102,7 +123,8 @@ usage: kv-node [--config FILE] [flags]
   --node ID=RAFT,CLIENT      a member and its Raft and client addresses (repeat for each member,
                              this node included), e.g. --node 1=127.0.0.1:7001,127.0.0.1:7101
                              Founding nodes: the --node ids are the initial voters. Members
-                             added later are learned from the replicated log (`kv member add`).
+                             added later are learned from the Raft membership, which carries
+                             every member's addresses (`kv member add`, `kv member set`).
   --join                     join an existing cluster: start with no voters and wait to be added
                              with `kv member add ID RAFT CLIENT`; give --node entries for the
                              current members and this node (keep the flag on restarts)
@@ -123,6 +145,11 @@ usage: kv-node [--config FILE] [flags]
   --fault-injection          let clients partition this node (tests only)
   --panic-on-key KEY         with --fault-injection: panic when applying a put of KEY (tests only)
   --stop-on-stdin-eof        shut down when stdin closes (supervised child processes)
+  --metrics-listen ADDR      serve GET /metrics (Prometheus text), /health (200 when ready,
+                             else 503) and /health/live (200 unless the node stopped on a
+                             fault) over HTTP on ADDR; bind a loopback or management address
+  --health-max-lag N         not ready while the state machine is more than N entries behind
+                             the commit index (default 1000)
   --config FILE              read `key = value` lines with the same keys (flags win)
 ";
 
@@ -232,6 +259,8 @@ impl NodeConfig {
             worker_threads: 2,
             lease_reads: false,
             join: false,
+            metrics_listen: None,
+            health_max_lag: super::health::DEFAULT_MAX_LAG,
         };
         for (k, v) in pairs {
             let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
@@ -261,6 +290,8 @@ impl NodeConfig {
                 "stop-on-stdin-eof" => config.stop_on_stdin_eof = boolean(&k, &v)?,
                 "join" => config.join = boolean(&k, &v)?,
                 "lease-reads" => config.lease_reads = boolean(&k, &v)?,
+                "metrics-listen" => config.metrics_listen = Some(addr(&v)?),
+                "health-max-lag" => config.health_max_lag = number(&k, &v)?,
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
@@ -337,9 +368,12 @@ mod tests {
     fn flags_build_a_config() {
         let config = NodeConfig::from_args(args(
             "--id 2 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2 \
-             --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection --lease-reads",
+             --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection --lease-reads \
+             --metrics-listen 127.0.0.1:9100 --health-max-lag 50",
         ))
         .unwrap();
+        assert_eq!(config.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(config.health_max_lag, 50);
         assert!(config.lease_reads && config.raft_config().lease_reads);
         assert_eq!(config.id, 2);
         assert_eq!(config.listen, "127.0.0.1:3".parse().unwrap());

@@ -14,7 +14,8 @@ use tracing::debug;
 
 use super::command::Command;
 use super::protocol::{
-    self, ClientRequest, ClientResponse, CommandBatch, Member, MAX_BATCH_BYTES, MAX_BATCH_LEN,
+    self, ClientRequest, ClientResponse, CommandAnswer, CommandBatch, Member, MAX_BATCH_BYTES,
+    MAX_BATCH_LEN,
 };
 use super::tls::{client_config, KvTlsError};
 
@@ -80,6 +81,15 @@ pub enum CallError {
         /// Why.
         reason: String,
     },
+    /// TLS failed with the node: retrying cannot help until a certificate or the configuration
+    /// changes. The request was not handled.
+    #[error("TLS with node {node} failed: {failure}")]
+    Tls {
+        /// The node.
+        node: NodeId,
+        /// What failed.
+        failure: TlsFailure,
+    },
 }
 
 impl CallError {
@@ -89,11 +99,78 @@ impl CallError {
     }
 }
 
+/// Why TLS failed between a client and a node (see [`CallError::Tls`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsFailure {
+    /// The client refused the node's certificate; `reason` is the TLS library's (unknown
+    /// issuer or bad signature: not signed by a CA of the client's `node-ca.pem`; not valid
+    /// for the name: the address belongs to another node; expired).
+    #[error("the node's certificate was refused: {reason}")]
+    NodeCertificate {
+        /// The TLS library's reason.
+        reason: String,
+    },
+    /// The node refused the client's certificate (its TLS alert: unknown CA, bad certificate,
+    /// certificate expired, certificate required...).
+    #[error("the node refused our certificate (TLS alert: {alert})")]
+    ClientCertificate {
+        /// The alert the node sent.
+        alert: String,
+    },
+    /// The node accepted the certificate but it names no client role (`client-NAME.kv` or
+    /// `admin-NAME.kv`).
+    #[error("the node refused our certificate: it names no client role ({reason})")]
+    NoRole {
+        /// The node's reason.
+        reason: String,
+    },
+    /// The node speaks another version of the client protocol (no common ALPN).
+    #[error("the node speaks another version of the client protocol ({reason})")]
+    Protocol {
+        /// The TLS library's reason.
+        reason: String,
+    },
+}
+
+/// The TLS alert of a crypto error code (QUIC carries TLS alerts as codes `0x100 + alert`).
+fn alert_of(code: u64) -> Option<quinn::rustls::AlertDescription> {
+    let alert = code.checked_sub(0x100).filter(|a| *a <= 0xff)?;
+    u8::try_from(alert).ok().map(quinn::rustls::AlertDescription::from)
+}
+
+/// Classifies a failed connection: `Some` for a TLS failure, which no retry can fix.
+pub fn tls_failure(error: &quinn::ConnectionError) -> Option<TlsFailure> {
+    use quinn::rustls::AlertDescription;
+    use quinn::ConnectionError;
+    match error {
+        // Raised here: the client's TLS refused the handshake.
+        ConnectionError::TransportError(e) => match alert_of(u64::from(e.code))? {
+            AlertDescription::NoApplicationProtocol => {
+                Some(TlsFailure::Protocol { reason: e.reason.clone() })
+            }
+            _ => Some(TlsFailure::NodeCertificate { reason: e.reason.clone() }),
+        },
+        // Sent by the node: its TLS refused the handshake.
+        ConnectionError::ConnectionClosed(close) => match alert_of(u64::from(close.error_code))? {
+            AlertDescription::NoApplicationProtocol => {
+                Some(TlsFailure::Protocol { reason: close.to_string() })
+            }
+            alert => Some(TlsFailure::ClientCertificate { alert: format!("{alert:?}") }),
+        },
+        ConnectionError::ApplicationClosed(close) if close.error_code == super::port::NO_ROLE => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            Some(TlsFailure::NoRole { reason })
+        }
+        _ => None,
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     connection: Option<Connection>,
-    /// After a failed connection attempt, further attempts fail fast until then.
-    failed_until: Option<Instant>,
+    /// After a failed connection attempt, further attempts fail fast until then, with that
+    /// attempt's error (a TLS failure stays one: it is not mistaken for a transient one).
+    failed: Option<(Instant, CallError)>,
 }
 
 struct Inner {
@@ -171,12 +248,11 @@ impl Connections {
         lock(&self.inner.addrs).keys().copied().collect()
     }
 
-    /// Records a member's address (learned from a redirect or a status answer).
+    /// Records the address of a member this client does not know yet (learned from a
+    /// redirect or a status answer). A known member's address is never replaced: a node
+    /// (trusted by Raft, but its key may leak) cannot steer this client away from the others.
     pub fn learn(&self, member: &Member) {
-        let mut addrs = lock(&self.inner.addrs);
-        if addrs.insert(member.id, member.client_addr) != Some(member.client_addr) {
-            lock(&self.inner.slots).remove(&member.id);
-        }
+        lock(&self.inner.addrs).entry(member.id).or_insert(member.client_addr);
     }
 
     /// The node believed to lead, if any.
@@ -239,32 +315,38 @@ impl Connections {
             }
         }
         let connect_error = |reason: String| CallError::Connect { node, reason };
-        if slot.failed_until.is_some_and(|t| t > Instant::now()) {
-            return Err(connect_error("recent connection attempt failed".into()));
+        if let Some((until, error)) = &slot.failed {
+            if *until > Instant::now() {
+                return Err(error.clone());
+            }
         }
         let attempt = async {
             let connecting = self
                 .inner
                 .endpoint
                 .connect_with(self.inner.config.clone(), addr, &node_dns_name(node))
-                .map_err(|e| e.to_string())?;
-            connecting.await.map_err(|e| e.to_string())
+                .map_err(|e| connect_error(e.to_string()))?;
+            connecting.await.map_err(|e| match tls_failure(&e) {
+                Some(failure) => CallError::Tls { node, failure },
+                None => connect_error(e.to_string()),
+            })
         };
         match tokio::time::timeout(self.inner.options.connect_timeout, attempt).await {
             Ok(Ok(connection)) => {
                 debug!(node, %addr, "connected");
                 slot.connection = Some(connection.clone());
-                slot.failed_until = None;
+                slot.failed = None;
                 Ok(connection)
             }
             outcome => {
                 slot.connection = None;
-                slot.failed_until = Some(Instant::now() + self.inner.options.retry_delay * 5);
-                let reason = match outcome {
+                let error = match outcome {
                     Ok(Err(e)) => e,
-                    _ => "handshake timed out".into(),
+                    _ => connect_error("handshake timed out".into()),
                 };
-                Err(connect_error(reason))
+                let until = Instant::now() + self.inner.options.retry_delay * 5;
+                slot.failed = Some((until, error.clone()));
+                Err(error)
             }
         }
     }
@@ -326,14 +408,25 @@ impl Connections {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
-        let outcome = match CommandBatch::new(commands) {
+        let outcome = match CommandBatch::new(commands.clone()) {
             Ok(commands) => self.call_within(node, &ClientRequest::Batch(commands), limit).await,
             Err(e) => Ok(ClientResponse::Refused(e.to_string())),
         };
         match outcome {
             Ok(ClientResponse::Batch(answers)) if answers.len() == count => {
-                for (reply, answer) in replies.into_iter().zip(answers.into_inner()) {
-                    let _ = reply.send(Ok(answer.into()));
+                let answered = commands.into_iter().zip(replies).zip(answers.into_inner());
+                for ((command, reply), answer) in answered {
+                    if answer == CommandAnswer::TooLarge {
+                        // A read whose value did not fit in the batch's answer: read it alone.
+                        let connections = self.clone();
+                        tokio::spawn(async move {
+                            let request = ClientRequest::Command(command);
+                            let _ =
+                                reply.send(connections.call_within(node, &request, limit).await);
+                        });
+                    } else {
+                        let _ = reply.send(Ok(answer.into()));
+                    }
                 }
             }
             outcome => {
@@ -375,6 +468,14 @@ impl Connections {
             protocol::read(&mut recv).await.map_err(|e| no_answer(e.to_string()))
         };
         match tokio::time::timeout_at(deadline, exchange).await {
+            // A node that refuses the certificate's role closes the connection at once.
+            Ok(Err(error)) => match connection.close_reason().as_ref().and_then(tls_failure) {
+                Some(failure) => {
+                    self.retire(node, &connection).await;
+                    Err(CallError::Tls { node, failure })
+                }
+                None => Err(error),
+            },
             Ok(result) => result,
             Err(_) => {
                 self.retire(node, &connection).await;

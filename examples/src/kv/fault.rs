@@ -61,6 +61,10 @@ impl<N: Network> Network for FirewalledNetwork<N> {
         }
         self.inner.send(target, request).await
     }
+
+    fn members_changed(&self, members: &std::collections::BTreeMap<NodeId, raft_core::NodeInfo>) {
+        self.inner.members_changed(members);
+    }
 }
 
 /// An [`RpcHandler`] that refuses requests from blocked peers.

@@ -2,18 +2,20 @@
 //! node program and the client library.
 //!
 //! * [`command`], [`state`] and [`sessions`]: the log commands (put, get, delete,
-//!   compare-and-swap, session registration, and the internal address-book updates of
-//!   membership changes) and the state they apply to: the map, client sessions (each owned by
-//!   the client certificate that opened it) and the members' addresses and tombstones,
-//!   serde-serializable in full (a snapshot is the serialized state, after a format version).
-//! * [`state_machine`]: the `StateMachine` implementation; it reports address-book changes to a
-//!   `PeerDirectory` (the node's QUIC transport).
+//!   compare-and-swap, session registration) and the state they apply to: the map, client
+//!   sessions (each owned by the client certificate that opened it) and the tombstones of
+//!   removed members (derived from membership entries), serde-serializable in full (a snapshot
+//!   is the serialized state, after a format version). Members' addresses are not state: they
+//!   travel in the Raft membership (`NodeInfo`: Raft address, client address).
+//! * [`state_machine`]: the `StateMachine` implementation; it reports members removed for good
+//!   ([`state_machine::OnRemoved`]) so that the node's QUIC transport refuses them.
 //! * [`protocol`], [`bounded`], [`port`], [`auth`], [`server`], [`tls`]: the client port (one
 //!   request per QUIC stream, mutual TLS, decoding bounded before it allocates, answer memory
 //!   bounded per connection and per node), the roles certificates grant, and the handler:
 //!   writes through the log with leader redirects, reads through ReadIndex on any node,
 //!   membership requests on the leader (admin certificates only).
-//! * [`config`], [`node`], [`store`], [`fault`]: the `kv-node` program.
+//! * [`config`], [`node`], [`store`], [`fault`]: the `kv-node` program; [`health`] and
+//!   [`metrics`]: its health (live, ready, lag) and its metrics listener.
 //! * [`connections`], [`client`]: the client library (leader discovery, retries, sessions).
 //! * [`cluster`]: starting and killing `kv-node` processes on loopback (demo, benchmark, tests).
 
@@ -25,6 +27,8 @@ pub mod command;
 pub mod config;
 pub mod connections;
 pub mod fault;
+pub mod health;
+pub mod metrics;
 pub mod node;
 pub mod port;
 pub mod protocol;

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::runtime::TokioRuntime;
-use raft_core::{LogStore, Node, NodeId};
+use raft_core::{Node, NodeId};
 use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
-use super::command::{decode_entry, Op};
-use super::config::{MemberAddrs, NodeConfig, USAGE};
+use super::config::{NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
+use super::health::{self, HealthConfig};
+use super::metrics;
 use super::port::{accept_loop, ClientPort};
 use super::server::ClientService;
-use super::state_machine::{KvStateMachine, PeerDirectory, SharedState};
-use super::store::{open_store, Store, StoreOpenError};
+use super::state_machine::{KvStateMachine, OnRemoved, SharedState};
+use super::store::{open_store, StoreOpenError};
 use super::tls::{server_config, ClientPortLimits, KvTlsError, ReloadTargets, Reloader};
 
 /// Why a node could not run.
@@ -56,6 +57,9 @@ pub enum NodeError {
     /// The node stopped on its own.
     #[error("the node stopped: {0}")]
     Fatal(String),
+    /// The metrics recorder or listener could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] super::metrics::MetricsError),
 }
 
 /// Why the node is stopping.
@@ -66,75 +70,27 @@ enum StopReason {
     NodeStopped,
 }
 
-/// The Raft transport as the state machine's [`PeerDirectory`]: members added at run time
-/// become peers (reachable, and accepted when they connect); removed ones are refused for good
-/// (`QuicNetwork::refuse`), on apply and again from every restored snapshot, so a restarted
-/// node refuses them before it serves Raft traffic.
-#[derive(Debug)]
-struct QuicDirectory {
-    network: QuicNetwork,
-    own: NodeId,
-}
-
-impl PeerDirectory for QuicDirectory {
-    fn set(&self, id: NodeId, addrs: MemberAddrs) {
-        if id != self.own {
-            debug!(peer = id, raft = %addrs.raft, "peer address set");
-            self.network.set_peer(id, addrs.raft);
-        }
-    }
-
-    fn removed(&self, id: NodeId) {
-        if id != self.own {
+/// What the state machine calls for a member removed for good: the Raft transport refuses it
+/// from then on (`QuicNetwork::refuse`), on apply and again from every restored snapshot, so a
+/// restarted node refuses it before it serves Raft traffic.
+fn refuse_removed(network: QuicNetwork, own: NodeId) -> OnRemoved {
+    OnRemoved(Arc::new(move |id| {
+        if id != own {
             debug!(peer = id, "peer removed from the cluster: refused from now on");
-            self.network.refuse(id);
+            network.refuse(id);
         }
-    }
-}
-
-/// Reports the address-book commands of the log entries that the state machine has not applied
-/// yet (`after..=last`) to `directory`, in log order. The state restored from the snapshot
-/// covers everything before; these entries are applied only once the leader confirms them,
-/// but the leader may be a member that only they name, and it must be reachable (and accepted)
-/// before it can confirm anything. An address is a hint, never a safety matter, so reporting
-/// one from an entry that a leader later overwrites is harmless.
-async fn addresses_from_log(
-    store: &Store,
-    after: u64,
-    last: u64,
-    directory: &dyn PeerDirectory,
-) -> Result<usize, raft_core::StorageError> {
-    let mut next = after + 1;
-    let mut found = 0;
-    while next <= last {
-        let entries = store.read(next..last + 1, 4 << 20).await?;
-        let Some(end) = entries.last().map(|e| e.index) else { break };
-        for entry in &entries {
-            let Some(bytes) = entry.command() else { continue };
-            let commands = decode_entry(bytes).map(|e| e.commands.into_inner()).unwrap_or_default();
-            for command in commands {
-                match command.op {
-                    Op::SetMemberAddress { id, raft_addr, client_addr } => {
-                        directory.set(id, MemberAddrs { raft: raft_addr, client: client_addr });
-                        found += 1;
-                    }
-                    Op::ForgetMember { id } => {
-                        directory.removed(id);
-                        found += 1;
-                    }
-                    _ => {}
-                }
-            }
-        }
-        next = end + 1;
-    }
-    Ok(found)
+    }))
 }
 
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
     let reloader = Reloader::start(config.certs.clone());
+    // Before the network and the node start: they register their metrics then.
+    let exporter = match config.metrics_listen {
+        Some(addr) => Some((metrics::install_recorder()?, metrics::bind(addr).await?)),
+        None => None,
+    };
     let material = reloader.load()?;
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
@@ -150,13 +106,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let firewall = Firewall::new();
     let state = SharedState::new();
     let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;
-    let directory = Arc::new(QuicDirectory { network: network.clone(), own: config.id });
     let node = Node::builder(
         config.raft_config(),
         Arc::clone(&store),
         FirewalledNetwork::new(network.clone(), firewall.clone()),
         PanicOnKey::new(
-            KvStateMachine::new(state.clone()).with_directory(directory.clone()),
+            KvStateMachine::new(state.clone())
+                .on_removed(refuse_removed(network.clone(), config.id)),
             config.panic_on_key.clone(),
         ),
         runtime,
@@ -164,15 +120,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     .snapshot_store(snapshots)
     .start()
     .await?;
-    // The snapshot's address book is in place (restore); add the one of the unapplied log
-    // before serving, so that a leader added after the snapshot is accepted.
-    let status = node.status();
-    match addresses_from_log(&store, status.applied_index, status.last_log_index, &*directory).await
-    {
-        Ok(0) => {}
-        Ok(n) => info!(id = config.id, commands = n, "address book updated from the log"),
-        Err(e) => warn!(id = config.id, "cannot scan the log for member addresses: {e}"),
-    }
+    // The members' addresses came with the membership of the log and the snapshot (the node
+    // handed them to the network when it started); the tombstones of the snapshot are refused.
     network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
 
     let limits = ClientPortLimits {
@@ -182,13 +131,24 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let service = Arc::new(ClientService::new(
+    let mut service = ClientService::new(
         node.clone(),
         state,
         config.members.clone(),
         firewall,
         config.fault_injection,
-    ));
+    );
+    service.health =
+        HealthConfig { max_lag: config.health_max_lag, data_dir: Some(config.data_dir.clone()) };
+    let service = Arc::new(service);
+    let exporter = exporter.map(|(handle, listener)| {
+        let service = Arc::clone(&service);
+        let health: metrics::HealthSource = Arc::new(move || {
+            let service = Arc::clone(&service);
+            Box::pin(async move { service.health().await })
+        });
+        tokio::spawn(metrics::serve(listener, handle, health))
+    });
     let port = ClientPort::new(service, config.max_client_connections);
     let targets = ReloadTargets {
         network: network.clone(),
@@ -205,21 +165,38 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         "kv-node ready"
     );
 
-    let reason = wait_for_stop(&node, config.stop_on_stdin_eof).await;
+    let mut reason = wait_for_stop(Some(&node), config.stop_on_stdin_eof).await;
+    let fault = || health::fault_of(&node, Some(&config.data_dir));
+    if let (StopReason::NodeStopped, Some(fault)) = (reason, fault()) {
+        // Logged once, here: the process stays up to report the fault (status, health: not
+        // live; metrics: raft_node_failed) until it is stopped, and exits with the cause.
+        error!(
+            id = config.id,
+            "the Raft node stopped: {fault}; it acknowledges nothing more and serves no reads; \
+             still answering status, health and metrics until stopped: fix the cause, then \
+             restart the node"
+        );
+        reason = wait_for_stop(None, config.stop_on_stdin_eof).await;
+    }
     info!(id = config.id, ?reason, "shutting down");
     reload.abort();
+    if let Some(exporter) = exporter {
+        exporter.abort();
+    }
     endpoint.close(0u32.into(), b"node shutting down");
     node.shutdown().await;
     network.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     info!(id = config.id, "stopped");
-    match (reason, node.fatal_error()) {
-        (StopReason::NodeStopped, Some(e)) => Err(NodeError::Fatal(e.to_string())),
-        _ => Ok(()),
+    match fault() {
+        Some(fault) => Err(NodeError::Fatal(fault)),
+        None => Ok(()),
     }
 }
 
-async fn wait_for_stop(node: &Node, stop_on_stdin_eof: bool) -> StopReason {
+/// Waits for a signal, the end of standard input (if asked to) or, with `node`, for the node to
+/// stop on its own.
+async fn wait_for_stop(node: Option<&Node>, stop_on_stdin_eof: bool) -> StopReason {
     let stdin_closed = async {
         if !stop_on_stdin_eof {
             return std::future::pending().await;
@@ -239,11 +216,18 @@ async fn wait_for_stop(node: &Node, stop_on_stdin_eof: bool) -> StopReason {
             std::future::pending::<()>().await;
         }
     };
-    let mut watch = node.watch();
+    let stopped = async {
+        match node {
+            Some(node) => {
+                node.watch().wait_for(|_| false).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         reason = signal() => reason,
         () = stdin_closed => StopReason::StdinClosed,
-        _ = watch.wait_for(|_| false) => StopReason::NodeStopped,
+        () = stopped => StopReason::NodeStopped,
     }
 }
 
@@ -314,64 +298,5 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
             eprintln!("kv-node: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::sync::Mutex;
-
-    use raft_core::{Entry, EntryPayload, WriteBatch};
-
-    use super::*;
-    use crate::kv::command::{encode_entry, Command};
-
-    #[derive(Debug, Default)]
-    struct Recorder(Mutex<Vec<(NodeId, Option<MemberAddrs>)>>);
-
-    impl PeerDirectory for Recorder {
-        fn set(&self, id: NodeId, addrs: MemberAddrs) {
-            self.0.lock().unwrap().push((id, Some(addrs)));
-        }
-        fn removed(&self, id: NodeId) {
-            self.0.lock().unwrap().push((id, None));
-        }
-    }
-
-    #[test]
-    fn unapplied_log_entries_give_their_addresses_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_store(dir.path()).unwrap();
-        let addrs = MemberAddrs {
-            raft: "127.0.0.1:1".parse().unwrap(),
-            client: "127.0.0.1:2".parse().unwrap(),
-        };
-        let set =
-            |id| Op::SetMemberAddress { id, raft_addr: addrs.raft, client_addr: addrs.client };
-        let entry = |index, ops: Vec<Op>| {
-            let commands: Vec<Command> =
-                ops.into_iter().map(|op| Command { session: None, op }).collect();
-            Entry {
-                index,
-                term: 1,
-                payload: EntryPayload::Command(encode_entry(None, commands).unwrap()),
-            }
-        };
-        let put = Op::Put { key: "k".into(), value: "v".into() };
-        let entries = vec![
-            entry(1, vec![set(9)]),
-            Entry { index: 2, term: 1, payload: EntryPayload::Blank },
-            entry(3, vec![put.clone(), set(4)]),
-            entry(4, vec![Op::ForgetMember { id: 1 }, put]),
-        ];
-        futures::executor::block_on(async {
-            store.open().await.unwrap();
-            store.write(WriteBatch { entries, ..WriteBatch::default() }).await.unwrap();
-            let recorder = Recorder::default();
-            // Entry 1 is covered by the state (applied); 2..=4 are scanned.
-            assert_eq!(addresses_from_log(&store, 1, 4, &recorder).await.unwrap(), 2);
-            assert_eq!(*recorder.0.lock().unwrap(), vec![(4, Some(addrs)), (1, None)]);
-        });
     }
 }

@@ -18,10 +18,20 @@ use serde::{Deserialize, Serialize};
 
 use super::bounded::Bounded;
 use super::command::{Command, Response};
+use super::health::HealthReport;
 
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
-/// have 128-bit ids chosen by the client, requests are authorized by certificate role.
-pub const ALPN: &[u8] = b"raft-kv/3";
+/// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
+/// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
+/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`.
+pub const ALPN: &[u8] = b"raft-kv/5";
+
+/// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
+pub const MAX_SET_MEMBERS: usize = 256;
+/// The most members a [`MemberList`] or a [`ClientResponse::Status`] lists (checked before
+/// decoding, so that a node cannot make a client decode a 2 MiB list into 40 MB); a node lists
+/// the first ones (in id order) of a larger membership.
+pub const MAX_LISTED_MEMBERS: usize = 4096;
 
 /// The largest request or response frame, in bytes: a batch of up to [`MAX_BATCH_BYTES`] of
 /// requests, or one request with a value of [`MAX_VALUE_BYTES`](super::command::MAX_VALUE_BYTES),
@@ -29,6 +39,11 @@ pub const ALPN: &[u8] = b"raft-kv/3";
 pub const MAX_FRAME_BYTES: usize = 2 << 20;
 /// The most commands in one [`ClientRequest::Batch`] (checked before any is decoded).
 pub const MAX_BATCH_LEN: usize = 1024;
+/// The fewest bytes a [`Command`] encodes to (no session, an operation tag, one field), so a
+/// request of `len` bytes holds at most `len / MIN_COMMAND_BYTES` commands.
+pub const MIN_COMMAND_BYTES: usize = 3;
+/// The most peers one [`AdminRequest::Partition`] names (checked before any is decoded).
+pub const MAX_BLOCKED_PEERS: usize = 1024;
 
 /// The commands of a [`ClientRequest::Batch`].
 pub type CommandBatch = Bounded<Command, MAX_BATCH_LEN>;
@@ -50,6 +65,8 @@ pub enum ClientRequest {
     Batch(CommandBatch),
     /// Membership administration (served by the leader; other nodes redirect).
     Member(MemberRequest),
+    /// This node's health ([`ClientResponse::Health`]); any client may ask.
+    Health,
 }
 
 /// Membership administration. Every request is idempotent, so a client may retry one whose
@@ -58,9 +75,9 @@ pub enum ClientRequest {
 pub enum MemberRequest {
     /// The membership as the leader knows it: [`ClientResponse::Members`].
     List,
-    /// Adds node `id`: records its addresses in the replicated address book and adds it as a
-    /// learner; with `promote`, then waits until the leader sees it caught up (at most
-    /// `catch_up_ms`) and makes it a voter (`Node::add_voter`).
+    /// Adds node `id` as a learner, its addresses in the Raft membership (every node's
+    /// transport learns them from there); with `promote`, then waits until the leader sees it
+    /// caught up (at most `catch_up_ms`) and makes it a voter (`Node::add_voter`).
     ///
     /// The `kv` client sends it twice: without `promote`, then, once the new node itself reports
     /// (on its client port) that it applied the leader's commit index, with `promote`. The
@@ -80,7 +97,7 @@ pub enum MemberRequest {
         promote: bool,
     },
     /// Removes node `id` (voter or learner; the leader too: it steps down once the removal
-    /// commits), then forgets its addresses.
+    /// commits). Its id is refused from then on, and never used again.
     Remove {
         /// The node to remove.
         id: NodeId,
@@ -90,6 +107,31 @@ pub enum MemberRequest {
         /// The new leader.
         id: NodeId,
     },
+    /// Makes exactly `voters` the voters in one change (joint consensus, `Node::set_membership`):
+    /// nodes of `new_members` that are not members join as learners with their addresses, and
+    /// become voters once caught up (at most `catch_up_ms`, else they stay learners); voters not
+    /// named are removed (their ids are never used again); learners not named stay learners.
+    /// Members whose addresses the membership does not hold yet (founders) get them from the
+    /// answering node's configuration.
+    Set {
+        /// The voters after the change.
+        voters: Bounded<NodeId, MAX_SET_MEMBERS>,
+        /// The addresses of voters that are not members yet.
+        new_members: Bounded<NewMember, MAX_SET_MEMBERS>,
+        /// How long new voters may take to catch up.
+        catch_up_ms: u64,
+    },
+}
+
+/// A node that a [`MemberRequest::Set`] adds, with its addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMember {
+    /// The node's id.
+    pub id: NodeId,
+    /// Its Raft (peer) address.
+    pub raft_addr: SocketAddr,
+    /// Its client address.
+    pub client_addr: SocketAddr,
 }
 
 /// A member with its addresses (as far as the answering node knows them).
@@ -114,8 +156,8 @@ pub struct MemberList {
     pub leader: Option<NodeId>,
     /// The answering node's commit index.
     pub commit_index: u64,
-    /// Every voter and learner, in id order.
-    pub members: Vec<MemberInfo>,
+    /// Every voter and learner, in id order (the first [`MAX_LISTED_MEMBERS`]).
+    pub members: Bounded<MemberInfo, MAX_LISTED_MEMBERS>,
 }
 
 /// Why a membership request failed for good (retrying the same request will not help).
@@ -164,7 +206,7 @@ pub enum AdminRequest {
     /// Drop all Raft traffic to and from these peers (replaces the previous set; empty heals).
     Partition {
         /// The peers to cut off.
-        blocked: Vec<NodeId>,
+        blocked: Bounded<NodeId, MAX_BLOCKED_PEERS>,
     },
 }
 
@@ -197,8 +239,9 @@ pub enum ClientResponse {
     Status {
         /// Its Raft status.
         status: Status,
-        /// Every member's client address, this node included.
-        members: Vec<Member>,
+        /// Every member's client address, this node included (the first
+        /// [`MAX_LISTED_MEMBERS`]).
+        members: Bounded<Member, MAX_LISTED_MEMBERS>,
     },
     /// The request was refused (malformed, too large, admin disabled).
     Refused(String),
@@ -214,6 +257,8 @@ pub enum ClientResponse {
     /// The client's certificate does not allow the request (administration needs an
     /// `admin-<name>.kv` certificate).
     Forbidden(String),
+    /// The node's health (answer to [`ClientRequest::Health`]).
+    Health(HealthReport),
 }
 
 /// A node's answer to one command (alone, or in a batch).
@@ -232,6 +277,10 @@ pub enum CommandAnswer {
     Unknown(String),
     /// See [`ClientResponse::Refused`].
     Refused(String),
+    /// A read whose value did not fit in the batch's answer frame (the values of a batch's
+    /// reads add up to more than [`MAX_FRAME_BYTES`]): not answered here; send it alone
+    /// (a read has no effect, so running it again is harmless).
+    TooLarge,
 }
 
 impl From<CommandAnswer> for ClientResponse {
@@ -242,6 +291,51 @@ impl From<CommandAnswer> for ClientResponse {
             CommandAnswer::NotApplied(why) => ClientResponse::NotApplied(why),
             CommandAnswer::Unknown(why) => ClientResponse::Unknown(why),
             CommandAnswer::Refused(why) => ClientResponse::Refused(why),
+            CommandAnswer::TooLarge => {
+                ClientResponse::Refused("the answer does not fit in a frame".into())
+            }
+        }
+    }
+}
+
+impl ClientResponse {
+    /// This response, made to fit in a frame if it is a batch whose read values add up to more
+    /// than [`MAX_FRAME_BYTES`]: the values that do not fit (in order) are replaced by
+    /// [`CommandAnswer::TooLarge`], for the client to read them alone. Any other response is
+    /// returned as it is.
+    pub fn fit_in_frame(self) -> Self {
+        if frame_size(&self).is_ok() {
+            return self;
+        }
+        let ClientResponse::Batch(answers) = self else { return self };
+        let size = |answer: &CommandAnswer| {
+            postcard::experimental::serialized_size(answer).unwrap_or(MAX_FRAME_BYTES)
+        };
+        let is_value = |answer: &CommandAnswer| {
+            matches!(answer, CommandAnswer::Applied(Ok(super::command::OpResult::Value(Some(_)))))
+        };
+        // The batch's tag and length, and every answer that is not a value, are kept.
+        let mut total = 16 + answers.iter().filter(|a| !is_value(a)).map(size).sum::<usize>();
+        let fitted = answers
+            .into_inner()
+            .into_iter()
+            .map(|answer| {
+                if !is_value(&answer) {
+                    return answer;
+                }
+                let len = size(&answer);
+                if total + len <= MAX_FRAME_BYTES {
+                    total += len;
+                    answer
+                } else {
+                    total += 1;
+                    CommandAnswer::TooLarge
+                }
+            })
+            .collect();
+        match Bounded::new(fitted) {
+            Ok(answers) => ClientResponse::Batch(answers),
+            Err(e) => ClientResponse::Refused(e.to_string()),
         }
     }
 }
@@ -357,7 +451,7 @@ pub async fn read_body<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     #[test]
@@ -406,5 +500,67 @@ mod tests {
         assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
         let fits = ClientRequest::Batch(CommandBatch::new(Vec::new()).unwrap());
         assert_eq!(decode::<ClientRequest>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    #[test]
+    fn a_long_partition_is_refused_on_its_length() {
+        // Admin (2), Partition (0), 2,000,000 one-byte ids: decoded before the certificate's
+        // role is checked, so refused on the announced length.
+        let mut body = vec![2, 0];
+        body.extend(postcard::to_allocvec(&vec![0u64; 2_000_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        assert!(matches!(decode::<ClientRequest>(&framed(&body)), Err(FrameError::Decode(_))));
+    }
+
+    #[test]
+    fn a_batch_of_large_values_is_fitted_in_a_frame() {
+        use super::super::command::OpResult;
+        let big = bytes::Bytes::from(vec![7u8; 500 << 10]);
+        let value = CommandAnswer::Applied(Ok(OpResult::Value(Some(big))));
+        let written = CommandAnswer::Applied(Ok(OpResult::Written));
+        let mut answers = vec![value; 5];
+        answers.insert(2, written.clone());
+        let response = ClientResponse::Batch(Bounded::new(answers).unwrap());
+        assert!(frame_size(&response).is_err(), "2.5 MiB of values");
+        let fitted = response.clone().fit_in_frame();
+        assert!(frame_size(&fitted).is_ok());
+        let ClientResponse::Batch(fitted) = fitted else { panic!("not a batch: {fitted:?}") };
+        let ClientResponse::Batch(original) = response else { unreachable!() };
+        assert_eq!(fitted[..5], original[..5], "the first four values and the write fit");
+        assert_eq!(fitted[5], CommandAnswer::TooLarge);
+        // A batch that fits is left alone.
+        let small = ClientResponse::Batch(Bounded::new(vec![written; 3]).unwrap());
+        assert_eq!(small.clone().fit_in_frame(), small);
+    }
+
+    #[test]
+    fn a_long_member_list_is_refused_on_its_length() {
+        // Members (variant 8 of the response): answered_by, leader: None, commit_index, then
+        // 500,000 members of 4 bytes (id, voter, no addresses): 2 MB, 40 MB decoded.
+        let mut body = vec![8, 1, 0, 0];
+        let member = MemberInfo { id: 1, voter: true, raft_addr: None, client_addr: None };
+        body.extend(postcard::to_allocvec(&vec![member.clone(); 500_000]).unwrap());
+        assert!(body.len() <= MAX_FRAME_BYTES);
+        let decoded = decode::<ClientResponse>(&framed(&body));
+        assert!(matches!(decoded, Err(FrameError::Decode(_))), "{:?}", decoded.map(|_| ()));
+        let fits = MemberList {
+            answered_by: 1,
+            leader: None,
+            commit_index: 0,
+            members: Bounded::truncated(vec![member; MAX_LISTED_MEMBERS + 1]),
+        };
+        assert_eq!(fits.members.len(), MAX_LISTED_MEMBERS);
+        let fits = ClientResponse::Members(fits);
+        assert_eq!(decode::<ClientResponse>(&encode(&fits).unwrap()).unwrap(), fits);
+    }
+
+    #[test]
+    fn the_smallest_command_takes_min_command_bytes() {
+        use super::super::command::Op;
+        let key = bytes::Bytes::new();
+        for op in [Op::Get { key: key.clone() }, Op::Delete { key }, Op::Register { id: 0 }] {
+            let command = Command { session: None, op };
+            assert_eq!(postcard::to_allocvec(&command).unwrap().len(), MIN_COMMAND_BYTES);
+        }
     }
 }

@@ -13,17 +13,18 @@ use std::time::Duration;
 
 use raft_core::{
     InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
-    ReadIndexError, Role, TransferError,
+    ReadIndexError, Role, TransferError, WriteError,
 };
 use tracing::{debug, info};
 
 use super::auth::Principal;
-use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
+use super::command::{decode_responses, encode_entry, Command, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
+use super::health::{HealthConfig, HealthReport};
 use super::protocol::{
     AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
-    MemberList, MemberRequest,
+    MemberList, MemberRequest, NewMember,
 };
 use super::state_machine::SharedState;
 
@@ -37,13 +38,15 @@ pub struct ClientService {
     pub node: Node,
     /// The state its state machine applies to.
     pub state: SharedState,
-    /// The members' addresses from this node's configuration (`--node`); the replicated address
-    /// book in the state adds to and overrides them.
+    /// The members' addresses from this node's configuration (`--node`); the addresses in the
+    /// Raft membership add to and override them.
     pub configured: BTreeMap<NodeId, MemberAddrs>,
     /// The node's partition switch.
     pub firewall: Firewall,
     /// Whether admin (fault injection) requests are honoured.
     pub fault_injection: bool,
+    /// How health reports are judged (see [`HealthReport`]).
+    pub health: HealthConfig,
 }
 
 impl ClientService {
@@ -55,18 +58,26 @@ impl ClientService {
         firewall: Firewall,
         fault_injection: bool,
     ) -> Self {
-        Self { node, state, configured, firewall, fault_injection }
+        let health = HealthConfig::default();
+        Self { node, state, configured, firewall, fault_injection, health }
     }
 
-    /// Every address this node knows: its configuration, minus the members forgotten after
-    /// their removal, plus (overriding) the replicated address book.
+    /// The node's health now (see [`HealthReport`]).
+    pub async fn health(&self) -> HealthReport {
+        HealthReport::of(&self.node, &self.health).await
+    }
+
+    /// Every address this node knows: its configuration, minus the members removed for good,
+    /// plus (overriding) the addresses the Raft membership holds (every member added at run
+    /// time, and founders once a change gave them theirs).
     pub fn addresses(&self) -> BTreeMap<NodeId, MemberAddrs> {
-        let state = self.state.read();
         let mut book = self.configured.clone();
-        for id in &state.removed_members {
-            book.remove(id);
+        book.retain(|id, _| !self.state.read().removed_members.contains(id));
+        for (&id, info) in self.node.membership().nodes() {
+            if let Some(addrs) = MemberAddrs::from_node_info(info) {
+                book.insert(id, addrs);
+            }
         }
-        book.extend(state.members.iter().map(|(&id, &addrs)| (id, addrs)));
         book
     }
 
@@ -119,14 +130,16 @@ impl ClientService {
                     .pop()
                     .map_or_else(|| ClientResponse::Refused("no answer".into()), Into::into)
             }
+            ClientRequest::Health => ClientResponse::Health(self.health().await),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
-                members: self.client_members(),
+                members: super::bounded::Bounded::truncated(self.client_members()),
             },
             ClientRequest::Member(request) => {
                 // Bounded like every request; a catch-up gets the time the client allowed.
                 let limit = match &request {
-                    MemberRequest::Add { catch_up_ms, .. } => {
+                    MemberRequest::Add { catch_up_ms, .. }
+                    | MemberRequest::Set { catch_up_ms, .. } => {
                         Duration::from_millis((*catch_up_ms).min(MAX_CATCH_UP_MS))
                     }
                     _ => Duration::ZERO,
@@ -144,7 +157,7 @@ impl ClientService {
                     return ClientResponse::Refused("fault injection is disabled".into());
                 }
                 info!(node = self.node.id(), ?blocked, "partition set by a client");
-                self.firewall.set_blocked(blocked);
+                self.firewall.set_blocked(blocked.into_inner());
                 ClientResponse::AdminDone
             }
         }
@@ -158,12 +171,6 @@ impl ClientService {
         let mut answers: Vec<Option<CommandAnswer>> = vec![None; commands.len()];
         let (mut reads, mut writes) = (Vec::new(), Vec::new());
         for (i, command) in commands.into_iter().enumerate() {
-            if command.op.is_internal() {
-                answers[i] = Some(CommandAnswer::Refused(
-                    "address-book commands are proposed by nodes only".into(),
-                ));
-                continue;
-            }
             match command.op.validate() {
                 Err(e) => answers[i] = Some(CommandAnswer::Refused(e.to_string())),
                 Ok(()) if command.op.is_read() => reads.push((i, command)),
@@ -213,7 +220,7 @@ impl ClientService {
                     })
                     .collect()
             }
-            Err(ReadIndexError::NotLeader { leader_hint }) => {
+            Err(ReadIndexError::NotLeader { leader_hint, .. }) => {
                 vec![CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) }; count]
             }
             Err(e) => vec![CommandAnswer::NotApplied(e.to_string()); count],
@@ -232,22 +239,22 @@ impl ClientService {
             Ok(bytes) => bytes,
             Err(e) => return all(CommandAnswer::Refused(e.to_string())),
         };
-        match self.node.propose(bytes).await {
-            Ok(proposal) => match proposal.response().await {
-                Ok(answer) => decode_responses(&answer, count)
-                    .into_iter()
-                    .map(CommandAnswer::Applied)
-                    .collect(),
-                Err(e @ ProposalError::Dropped { .. }) => {
-                    all(CommandAnswer::NotApplied(e.to_string()))
-                }
-                Err(e) => all(CommandAnswer::Unknown(e.to_string())),
-            },
-            Err(ProposeError::NotLeader { leader_hint }) => {
+        // One call to the node: proposed, then answered once applied.
+        match self.node.write(bytes).await {
+            Ok(answer) => {
+                decode_responses(&answer, count).into_iter().map(CommandAnswer::Applied).collect()
+            }
+            Err(WriteError::Failed(e @ ProposalError::Dropped { .. })) => {
+                all(CommandAnswer::NotApplied(e.to_string()))
+            }
+            Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
                 all(CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) })
             }
-            Err(e @ ProposeError::TooLarge { .. }) => all(CommandAnswer::Refused(e.to_string())),
-            Err(e) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(WriteError::Refused(e @ ProposeError::TooLarge { .. })) => {
+                all(CommandAnswer::Refused(e.to_string()))
+            }
+            Err(WriteError::Refused(e)) => all(CommandAnswer::NotApplied(e.to_string())),
+            Err(e) => all(CommandAnswer::Unknown(e.to_string())),
         }
     }
 }
@@ -268,6 +275,10 @@ impl ClientService {
             }
             MemberRequest::Remove { id } => self.remove_member(id).await,
             MemberRequest::TransferLeader { id } => self.transfer_leader(id).await,
+            MemberRequest::Set { voters, new_members, catch_up_ms } => {
+                let (voters, new_members) = (voters.into_inner(), new_members.into_inner());
+                self.set_members(voters, new_members, catch_up_ms.min(MAX_CATCH_UP_MS)).await
+            }
         }
     }
 
@@ -281,40 +292,20 @@ impl ClientService {
             raft_addr: book.get(&id).map(|a| a.raft),
             client_addr: book.get(&id).map(|a| a.client),
         };
-        let mut members: Vec<MemberInfo> = membership
-            .voters
-            .iter()
-            .map(|&id| info(id, true))
-            .chain(membership.learners.iter().map(|&id| info(id, false)))
-            .collect();
+        let mut members: Vec<MemberInfo> =
+            membership.members().into_iter().map(|id| info(id, membership.is_voter(id))).collect();
         members.sort_by_key(|m| m.id);
         let status = self.node.status();
         MemberList {
             answered_by: self.node.id(),
             leader: status.leader_id,
             commit_index: status.commit_index,
-            members,
+            members: super::bounded::Bounded::truncated(members),
         }
     }
 
-    /// Proposes one address-book command; `None` once it is applied, else the answer to give.
-    async fn propose_internal(&self, op: Op) -> Option<ClientResponse> {
-        match self.propose(None, vec![Command { session: None, op }]).await.pop() {
-            Some(CommandAnswer::Applied(Ok(OpResult::MembersUpdated))) => None,
-            Some(CommandAnswer::Applied(Err(KvError::Removed(id)))) => {
-                Some(ClientResponse::MemberFailed(MemberError::Removed(id)))
-            }
-            Some(CommandAnswer::Applied(other)) => {
-                Some(ClientResponse::Refused(format!("address book update answered {other:?}")))
-            }
-            Some(other) => Some(other.into()),
-            None => Some(ClientResponse::Unknown("no answer".into())),
-        }
-    }
-
-    /// `member add`: the addresses first (every node must be able to reach the new member, and
-    /// the leader must before it replicates to it), then learner; with `promote`, catch-up and
-    /// promotion.
+    /// `member add`: learner with its addresses in the membership (the leader and every other
+    /// node reach it through them); with `promote`, catch-up and promotion.
     async fn add_member(
         &self,
         id: NodeId,
@@ -325,34 +316,30 @@ impl ClientService {
         if self.state.read().removed_members.contains(&id) {
             return ClientResponse::MemberFailed(MemberError::Removed(id));
         }
-        if self.node.membership().is_voter(id) {
-            // A retry of an add that completed is a success; a second node under a voter's id
-            // is refused.
-            return if self.addresses().get(&id) == Some(&addrs) {
-                ClientResponse::Members(self.member_list())
-            } else {
-                ClientResponse::MemberFailed(MemberError::AlreadyMember(id))
-            };
+        let membership = self.node.membership();
+        let info = addrs.to_node_info();
+        if membership.contains(id) && membership.node(id) != Some(&info) {
+            // A second node under a member's id is refused.
+            return ClientResponse::MemberFailed(MemberError::AlreadyMember(id));
         }
-        let set = Op::SetMemberAddress { id, raft_addr: addrs.raft, client_addr: addrs.client };
-        if let Some(failed) = self.propose_internal(set).await {
-            return failed;
+        if membership.is_voter(id) {
+            return ClientResponse::Members(self.member_list()); // a retry of a completed add
         }
         if !promote {
-            if self.node.membership().contains(id) {
+            if membership.contains(id) {
                 return ClientResponse::Members(self.member_list());
             }
-            return match self.node.change_membership(MembershipChange::AddLearner(id)).await {
+            return match self.node.change_membership(MembershipChange::AddLearner(id, info)).await {
                 Ok(_) => ClientResponse::Members(self.member_list()),
                 Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
-                    if self.node.membership().learners.contains(&id) =>
+                    if self.node.membership().is_learner(id) =>
                 {
                     ClientResponse::Members(self.member_list())
                 }
                 Err(e) => self.membership_error(e),
             };
         }
-        match self.node.add_voter(id, Duration::from_millis(catch_up_ms)).await {
+        match self.node.add_voter(id, info, Duration::from_millis(catch_up_ms)).await {
             Ok(_) => ClientResponse::Members(self.member_list()),
             Err(MembershipError::CatchUpTimeout) => {
                 ClientResponse::MemberFailed(MemberError::CatchUpTimeout {
@@ -364,32 +351,78 @@ impl ClientService {
         }
     }
 
-    /// `member remove`: the Raft change, then the address book. Removing this node (the
-    /// leader) makes it step down once the change commits; the client's retry then reaches the
-    /// new leader, which finds the node gone and forgets its addresses.
+    /// `member remove`: the Raft change. Once it is applied the state machine tombstones the id
+    /// (every node refuses it from then on). Removing this node (the leader) makes it step down
+    /// once the change commits. Idempotent: removing a removed node succeeds.
     async fn remove_member(&self, id: NodeId) -> ClientResponse {
-        if self.node.membership().contains(id) {
-            match self.node.change_membership(MembershipChange::RemoveNode(id)).await {
-                Ok(_) | Err(MembershipError::Invalid(InvalidChange::NotMember(_))) => {}
-                Err(e) => return self.membership_error(e),
-            }
-        } else if !self.addresses().contains_key(&id) {
+        if !self.node.membership().contains(id) {
             return if self.state.read().removed_members.contains(&id) {
                 ClientResponse::Members(self.member_list())
             } else {
                 ClientResponse::MemberFailed(MemberError::NotMember(id))
             };
         }
-        if let Some(failed) = self.propose_internal(Op::ForgetMember { id }).await {
-            return failed;
+        match self.node.change_membership(MembershipChange::RemoveNode(id)).await {
+            Ok(_) | Err(MembershipError::Invalid(InvalidChange::NotMember(_))) => {
+                ClientResponse::Members(self.member_list())
+            }
+            Err(e) => self.membership_error(e),
         }
-        ClientResponse::Members(self.member_list())
+    }
+
+    /// `member set`: exactly `voters` vote after one joint change; see [`MemberRequest::Set`].
+    async fn set_members(
+        &self,
+        voters: Vec<NodeId>,
+        new_members: Vec<NewMember>,
+        catch_up_ms: u64,
+    ) -> ClientResponse {
+        let removed = self.state.read().removed_members.clone();
+        let named = voters.iter().copied().chain(new_members.iter().map(|m| m.id));
+        if let Some(id) = named.clone().find(|id| removed.contains(id)) {
+            return ClientResponse::MemberFailed(MemberError::Removed(id));
+        }
+        let current = self.node.membership();
+        let mut nodes: BTreeMap<NodeId, raft_core::NodeInfo> = BTreeMap::new();
+        for member in &new_members {
+            let addrs = MemberAddrs { raft: member.raft_addr, client: member.client_addr };
+            let info = addrs.to_node_info();
+            if current.node(member.id).is_some_and(|known| *known != info) {
+                return ClientResponse::MemberFailed(MemberError::AlreadyMember(member.id));
+            }
+            nodes.insert(member.id, info);
+        }
+        let learners: Vec<NodeId> =
+            current.learners().iter().copied().filter(|id| !voters.contains(id)).collect();
+        // Members the membership gives no addresses (founders) get this node's configured ones.
+        for &id in voters.iter().chain(&learners) {
+            let empty = current.node(id).is_some_and(raft_core::NodeInfo::is_empty);
+            if let (true, Some(addrs)) = (empty, self.configured.get(&id)) {
+                nodes.entry(id).or_insert_with(|| addrs.to_node_info());
+            }
+        }
+        let target = match current.target(voters.iter().copied(), learners, nodes) {
+            Ok(target) => target,
+            Err(e) => return self.membership_error(MembershipError::Invalid(e)),
+        };
+        match self.node.set_membership(target, Duration::from_millis(catch_up_ms)).await {
+            Ok(_) => ClientResponse::Members(self.member_list()),
+            Err(MembershipError::CatchUpTimeout) => {
+                let membership = self.node.membership();
+                let id = voters.iter().copied().find(|&id| membership.is_learner(id));
+                ClientResponse::MemberFailed(MemberError::CatchUpTimeout {
+                    id: id.unwrap_or_default(),
+                    waited_ms: catch_up_ms,
+                })
+            }
+            Err(e) => self.membership_error(e),
+        }
     }
 
     async fn transfer_leader(&self, id: NodeId) -> ClientResponse {
         match self.node.transfer_leadership(id).await {
             Ok(()) => ClientResponse::Members(self.member_list()),
-            Err(TransferError::NotLeader { leader_hint }) => self.redirect(leader_hint),
+            Err(TransferError::NotLeader { leader_hint, .. }) => self.redirect(leader_hint),
             Err(TransferError::NotVoter(id)) => {
                 ClientResponse::MemberFailed(if self.node.membership().contains(id) {
                     MemberError::NotVoter(id)
@@ -411,7 +444,7 @@ impl ClientService {
     /// unknown", or a failure for good.
     fn membership_error(&self, error: MembershipError) -> ClientResponse {
         match error {
-            MembershipError::NotLeader { leader_hint } => self.redirect(leader_hint),
+            MembershipError::NotLeader { leader_hint, .. } => self.redirect(leader_hint),
             MembershipError::Invalid(InvalidChange::NotMember(id)) => {
                 ClientResponse::MemberFailed(MemberError::NotMember(id))
             }
@@ -420,6 +453,9 @@ impl ClientService {
             }
             MembershipError::Invalid(InvalidChange::LastVoter(id)) => {
                 ClientResponse::MemberFailed(MemberError::LastVoter(id))
+            }
+            MembershipError::Invalid(InvalidChange::UnknownNode(id)) => {
+                ClientResponse::MemberFailed(MemberError::NotMember(id))
             }
             MembershipError::Invalid(e) => {
                 ClientResponse::MemberFailed(MemberError::Invalid(e.to_string()))

@@ -1,19 +1,21 @@
-//! The replicated state: the map and the client sessions, serializable in full so that a
-//! snapshot is "serialize the state" and a restore is "deserialize it".
+//! The replicated state: the map, the client sessions and the tombstones of removed members,
+//! serializable in full so that a snapshot is "serialize the state" and a restore is
+//! "deserialize it".
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use raft_core::NodeId;
+use raft_core::{Membership, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
-use super::config::MemberAddrs;
-use super::sessions::{Sessions, MAX_PENDING_PER_SESSION};
+use super::sessions::Sessions;
 
 /// The first bytes of an encoded state (a snapshot): a magic word and the format version.
-/// Version 3 added session owners and 128-bit session ids, and made removed members permanent.
-pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x03";
+/// Version 3 added session owners and 128-bit session ids, and made removed members permanent;
+/// version 4 dropped the address book (members' addresses live in the Raft membership) and
+/// derives the tombstones from membership entries; version 5 added session incarnations.
+pub const STATE_FORMAT: &[u8; 8] = b"RAFTKV\x00\x05";
 
 /// Why an encoded state could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +36,12 @@ pub struct KvState {
     pub data: BTreeMap<Bytes, Bytes>,
     /// Open client sessions.
     pub sessions: Sessions,
-    /// The address book: where members added at run time listen (`SetMemberAddress`). The
-    /// founding members' addresses come from each node's configuration and are not here unless
-    /// set explicitly.
-    pub members: BTreeMap<NodeId, MemberAddrs>,
-    /// Tombstones: members removed from the cluster (`ForgetMember`). Their addresses are
-    /// forgotten, their ids are refused by the transport from then on, and they can never be
-    /// added again (their certificates stay valid until they expire).
+    /// The members of the latest membership entry applied (empty before the first: the
+    /// bootstrap membership is no entry).
+    pub members: BTreeSet<NodeId>,
+    /// Tombstones: members that a committed membership entry removed from the cluster. Their
+    /// ids are refused by the transport from then on, and they can never be added again (their
+    /// certificates stay valid until they expire).
     pub removed_members: BTreeSet<NodeId>,
 }
 
@@ -64,71 +65,35 @@ impl KvState {
         match (command.op, command.session) {
             (Op::Register { id }, _) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
-                self.sessions.register(owner, id, op_id)?;
-                Ok(OpResult::Registered { id })
+                let incarnation = self.sessions.register(owner, id, op_id)?;
+                Ok(OpResult::Registered { id, incarnation })
             }
-            (op, _) if op.is_internal() && owner.is_some() => {
-                Err(KvError::Malformed("address-book commands come from nodes only".into()))
-            }
-            (Op::SetMemberAddress { id, .. }, _) if self.removed_members.contains(&id) => {
-                Err(KvError::Removed(id))
-            }
-            (op, _) if op.is_read() || op.is_internal() => Ok(self.execute(op)),
-            (op, None) => Ok(self.execute(op)),
-            (op, Some(session_ref)) => {
+            (op, _) if op.is_read() => Ok(Self::execute_on(&mut self.data, op)),
+            (op, None) => Ok(Self::execute_on(&mut self.data, op)),
+            (op, Some(session)) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
-                if session_ref.ack_below > session_ref.seq {
-                    return Err(KvError::BadAck);
-                }
-                let session = self.sessions.use_session(owner, session_ref.id, op_id)?;
-                if session_ref.ack_below > session.ack_below {
-                    session.ack_below = session_ref.ack_below;
-                    while session
-                        .responses
-                        .first_key_value()
-                        .is_some_and(|(&s, _)| s < session_ref.ack_below)
-                    {
-                        session.responses.pop_first();
-                    }
-                }
-                if session_ref.seq < session.ack_below {
-                    return Err(KvError::Stale);
-                }
-                if let Some(response) = session.responses.get(&session_ref.seq) {
-                    return response.clone();
-                }
-                if session.responses.len() >= MAX_PENDING_PER_SESSION {
-                    return Err(KvError::TooManyPending);
-                }
-                let response = Ok(Self::execute_on(&mut self.data, op));
-                session.responses.insert(session_ref.seq, response.clone());
-                response
+                let data = &mut self.data;
+                self.sessions.apply(owner, session, op_id, || Self::execute_on(data, op))
             }
         }
     }
 
-    fn execute(&mut self, op: Op) -> OpResult {
-        match op {
-            Op::SetMemberAddress { id, raft_addr, client_addr } => {
-                self.members.insert(id, MemberAddrs { raft: raft_addr, client: client_addr });
-                OpResult::MembersUpdated
-            }
-            Op::ForgetMember { id } => {
-                self.members.remove(&id);
-                self.removed_members.insert(id);
-                OpResult::MembersUpdated
-            }
-            op => Self::execute_on(&mut self.data, op),
-        }
+    /// A committed membership entry was applied: the members it drops (present in the
+    /// previous membership entry, absent from this one) become tombstones. Returns them. A
+    /// joint membership still holds its outgoing voters, so a voter is removed by the entry
+    /// that completes the change.
+    pub fn apply_membership(&mut self, membership: &Membership) -> Vec<NodeId> {
+        let members = membership.members();
+        let removed: Vec<NodeId> = self.members.difference(&members).copied().collect();
+        self.removed_members.extend(removed.iter().copied());
+        self.members = members;
+        removed
     }
 
     fn execute_on(data: &mut BTreeMap<Bytes, Bytes>, op: Op) -> OpResult {
         match op {
-            // Address-book changes never carry a session (`execute` handles them); a session
-            // does not make one apply to the map.
-            Op::Register { .. } | Op::SetMemberAddress { .. } | Op::ForgetMember { .. } => {
-                OpResult::Written
-            }
+            // Registrations are handled by `apply`; a session does not make one apply to the map.
+            Op::Register { .. } => OpResult::Written,
             Op::Get { key } => OpResult::Value(data.get(&key).cloned()),
             Op::Put { key, value } => {
                 data.insert(key, value);
@@ -179,17 +144,24 @@ mod tests {
         Op::Put { key: b(key), value: b(value) }
     }
 
+    /// A command in session `id` of incarnation `incarnation`.
+    fn with_in(id: SessionId, incarnation: u64, seq: u64, ack_below: u64, op: Op) -> Command {
+        Command { session: Some(SessionRef { id, incarnation, seq, ack_below }), op }
+    }
+
+    /// A command in session `id`, registered at operation 1 (as most sessions here are).
     fn with(id: SessionId, seq: u64, ack_below: u64, op: Op) -> Command {
-        Command { session: Some(SessionRef { id, seq, ack_below }), op }
+        with_in(id, 1, seq, ack_below, op)
     }
 
     fn plain(op: Op) -> Command {
         Command { session: None, op }
     }
 
+    /// Registers a new session `id` at operation `now` (its incarnation).
     fn register(state: &mut KvState, owner: Option<&str>, id: SessionId, now: u64) {
         let answer = state.apply(now, owner, plain(Op::Register { id }));
-        assert_eq!(answer, Ok(OpResult::Registered { id }));
+        assert_eq!(answer, Ok(OpResult::Registered { id, incarnation: now }));
     }
 
     #[test]
@@ -264,6 +236,25 @@ mod tests {
     }
 
     #[test]
+    fn a_late_duplicate_registration_does_not_let_a_late_write_apply_twice() {
+        let mut s = KvState::new();
+        let x = 0x5eed;
+        register(&mut s, ALICE, x, 1);
+        assert_eq!(s.apply(2, ALICE, with(x, 0, 0, put("k", "v1"))), Ok(OpResult::Written));
+        assert_eq!(s.apply(3, MALLORY, plain(put("k", "v2"))), Ok(OpResult::Written));
+        for i in 0..MAX_SESSIONS_PER_CLIENT as u64 {
+            register(&mut s, ALICE, 1000 + u128::from(i), 10 + i);
+        }
+        assert!(s.sessions.get(x).is_none(), "evicted");
+        // The late duplicates of the registration and of the write arrive.
+        let again = s.apply(5000, ALICE, plain(Op::Register { id: x }));
+        assert_eq!(again, Ok(OpResult::Registered { id: x, incarnation: 5000 }));
+        let late = s.apply(5001, ALICE, with(x, 0, 0, put("k", "v1")));
+        assert_eq!(late, Err(KvError::UnknownSession));
+        assert_eq!(s.get(b"k"), Some(b("v2")), "the write was applied twice");
+    }
+
+    #[test]
     fn acknowledgements_are_capped_at_the_sequence_number() {
         let mut s = KvState::new();
         register(&mut s, ALICE, 5, 1);
@@ -282,7 +273,10 @@ mod tests {
             register(&mut s, MALLORY, 1000 + id, 3 + id as u64);
         }
         assert_eq!(s.sessions.count_of("client-mallory.kv"), MAX_SESSIONS_PER_CLIENT);
-        assert_eq!(s.apply(9999, ALICE, with(42, 0, 0, put("k", "v"))), Ok(OpResult::Written));
+        assert_eq!(
+            s.apply(9999, ALICE, with_in(42, 2, 0, 0, put("k", "v"))),
+            Ok(OpResult::Written)
+        );
         // Registrations need an authenticated owner.
         assert_eq!(
             s.apply(10_000, None, plain(Op::Register { id: 1 })),
@@ -303,29 +297,31 @@ mod tests {
     }
 
     #[test]
-    fn the_address_book_is_replicated_state_and_removals_are_permanent() {
+    fn membership_entries_make_removed_members_permanent_tombstones() {
         let mut s = KvState::new();
-        let (raft_addr, client_addr) =
-            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        let set = Op::SetMemberAddress { id: 4, raft_addr, client_addr };
-        assert_eq!(s.apply(1, None, plain(set.clone())), Ok(OpResult::MembersUpdated));
-        assert_eq!(s.members[&4], MemberAddrs { raft: raft_addr, client: client_addr });
-        // Clients cannot change the address book.
-        assert!(matches!(
-            s.apply(2, ALICE, plain(Op::ForgetMember { id: 4 })),
-            Err(KvError::Malformed(_))
-        ));
-        assert_eq!(
-            s.apply(3, None, plain(Op::ForgetMember { id: 4 })),
-            Ok(OpResult::MembersUpdated)
-        );
-        assert!(s.members.is_empty() && s.removed_members.contains(&4));
-        // A removed id is never added back, and the tombstone survives a snapshot.
-        assert_eq!(s.apply(4, None, plain(set)), Err(KvError::Removed(4)));
-        assert!(s.members.is_empty() && s.removed_members.contains(&4));
+        let m = |voters: &[NodeId], learners: &[NodeId]| {
+            Membership::from_ids(voters.iter().copied(), learners.iter().copied()).unwrap()
+        };
+        assert_eq!(s.apply_membership(&m(&[1, 2, 3], &[4])), Vec::<NodeId>::new());
+        // A learner dropped; then voters 1 and 2 replaced by 5 and 6 through a joint membership:
+        // they leave with the entry that completes the change.
+        assert_eq!(s.apply_membership(&m(&[1, 2, 3], &[])), vec![4]);
+        let old = m(&[1, 2, 3], &[]);
+        let target = old.target([3, 5, 6], [], [(5, Default::default()), (6, Default::default())]);
+        let target = target.unwrap();
+        let joint = Membership::from_parts(
+            target.voters().clone(),
+            old.voters().clone(),
+            BTreeSet::new(),
+            old.nodes().iter().chain(target.nodes()).map(|(&id, i)| (id, i.clone())).collect(),
+        )
+        .unwrap();
+        assert_eq!(s.apply_membership(&joint), Vec::<NodeId>::new());
+        assert_eq!(s.apply_membership(&target), vec![1, 2]);
+        assert_eq!(s.removed_members, [1, 2, 4].into());
+        // The tombstones survive a snapshot.
         let restored = KvState::from_bytes(&s.to_bytes().unwrap()).unwrap();
         assert_eq!(restored, s);
-        assert!(restored.removed_members.contains(&4));
     }
 
     #[test]
@@ -337,7 +333,7 @@ mod tests {
         assert_eq!(KvState::from_bytes(&bytes).unwrap(), s);
         // A state of another version (or the previous, unversioned format) is refused clearly.
         let mut other = bytes.clone();
-        other[7] = 2;
+        other[7] = 4;
         assert!(matches!(KvState::from_bytes(&other), Err(StateDecodeError::Format)));
         assert!(matches!(KvState::from_bytes(&bytes[8..]), Err(StateDecodeError::Format)));
     }

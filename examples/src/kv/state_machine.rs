@@ -6,24 +6,22 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError};
 
-use raft_core::NodeId;
+use raft_core::{EntryPayload, NodeId};
 
-use super::command::{
-    decode_entry, encode_responses, Op, OpResult, Response, MAX_COMMANDS_PER_ENTRY,
-};
-use super::config::MemberAddrs;
+use super::command::{decode_entry, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
 use super::state::KvState;
 
-/// Where the state machine reports address-book changes: a node's Raft transport (it must be
-/// able to reach members added at run time, and accept their connections). Called on the apply
-/// path, in log order, on every node; a restore reports every address and every tombstone of
-/// the restored state.
-pub trait PeerDirectory: Send + Sync + std::fmt::Debug + 'static {
-    /// Member `id` listens at `addrs`.
-    fn set(&self, id: NodeId, addrs: MemberAddrs);
-    /// Member `id` was removed from the cluster for good: forget its address and refuse its
-    /// connections and messages from now on (its certificate stays valid until it expires).
-    fn removed(&self, id: NodeId);
+/// What the state machine calls, on the apply path and in log order on every node, for each
+/// member that a committed membership entry removed from the cluster for good (and, after a
+/// restore, for every tombstone of the restored state): a node refuses its connections and
+/// messages from then on (its certificate stays valid until it expires).
+#[derive(Clone)]
+pub struct OnRemoved(pub Arc<dyn Fn(NodeId) + Send + Sync>);
+
+impl std::fmt::Debug for OnRemoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRemoved(..)")
+    }
 }
 
 /// A handle to the state a node's state machine applies to. Clones share it: the node's
@@ -56,35 +54,19 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
     state: SharedState,
-    directory: Option<Arc<dyn PeerDirectory>>,
+    on_removed: Option<OnRemoved>,
 }
 
 impl KvStateMachine {
     /// A state machine applying to `state`.
     pub fn new(state: SharedState) -> Self {
-        Self { state, directory: None }
+        Self { state, on_removed: None }
     }
 
-    /// Reports address-book changes to `directory` as they are applied or restored.
-    pub fn with_directory(mut self, directory: Arc<dyn PeerDirectory>) -> Self {
-        self.directory = Some(directory);
+    /// Reports members removed for good to `on_removed`, as removals are applied or restored.
+    pub fn on_removed(mut self, on_removed: OnRemoved) -> Self {
+        self.on_removed = Some(on_removed);
         self
-    }
-}
-
-/// An address-book change to report once the state lock is released.
-enum BookChange {
-    Set(NodeId, MemberAddrs),
-    Removed(NodeId),
-}
-
-fn book_change(op: &Op) -> Option<BookChange> {
-    match *op {
-        Op::SetMemberAddress { id, raft_addr, client_addr } => {
-            Some(BookChange::Set(id, MemberAddrs { raft: raft_addr, client: client_addr }))
-        }
-        Op::ForgetMember { id } => Some(BookChange::Removed(id)),
-        _ => None,
     }
 }
 
@@ -95,14 +77,13 @@ fn book_change(op: &Op) -> Option<BookChange> {
 #[async_trait]
 impl StateMachine for KvStateMachine {
     async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut changes = Vec::new();
+        let mut removed = Vec::new();
         let answers = {
             let mut state = self.state.write();
             entries
                 .iter()
-                .map(|entry| match entry.command() {
-                    None => Bytes::new(),
-                    Some(bytes) => match decode_entry(bytes) {
+                .map(|entry| match &entry.payload {
+                    EntryPayload::Command(bytes) => match decode_entry(bytes) {
                         Ok(decoded) => {
                             let base = entry.index.saturating_mul(MAX_COMMANDS_PER_ENTRY as u64);
                             let owner = decoded.owner.as_deref();
@@ -112,30 +93,24 @@ impl StateMachine for KvStateMachine {
                                 .into_iter()
                                 .enumerate()
                                 .map(|(i, command)| {
-                                    let change = book_change(&command.op);
-                                    let response = state.apply(base + i as u64, owner, command);
-                                    if let (Some(change), Ok(OpResult::MembersUpdated)) =
-                                        (change, &response)
-                                    {
-                                        changes.push(change);
-                                    }
-                                    response
+                                    // Saturates (never wraps) at indexes beyond 2^54.
+                                    state.apply(base.saturating_add(i as u64), owner, command)
                                 })
                                 .collect();
                             encode_responses(&responses)
                         }
                         Err(e) => encode_responses(&[Err(e)]),
                     },
+                    EntryPayload::Membership(membership) => {
+                        removed.extend(state.apply_membership(membership));
+                        Bytes::new()
+                    }
+                    _ => Bytes::new(),
                 })
                 .collect()
         };
-        if let Some(directory) = &self.directory {
-            for change in changes {
-                match change {
-                    BookChange::Set(id, addrs) => directory.set(id, addrs),
-                    BookChange::Removed(id) => directory.removed(id),
-                }
-            }
+        if let Some(OnRemoved(report)) = &self.on_removed {
+            removed.into_iter().for_each(|id| report(id));
         }
         Ok(answers)
     }
@@ -175,9 +150,8 @@ impl StateMachine for KvStateMachine {
         }
         let state = KvState::from_bytes(&bytes)
             .map_err(|e| StateMachineError::new(format!("snapshot does not decode: {e}")))?;
-        if let Some(directory) = &self.directory {
-            state.members.iter().for_each(|(&id, &addrs)| directory.set(id, addrs));
-            state.removed_members.iter().for_each(|&id| directory.removed(id));
+        if let Some(OnRemoved(report)) = &self.on_removed {
+            state.removed_members.iter().for_each(|&id| report(id));
         }
         *self.state.write() = state;
         Ok(())
@@ -187,8 +161,6 @@ impl StateMachine for KvStateMachine {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use raft_core::EntryPayload;
-
     use super::*;
     use crate::kv::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 
@@ -224,54 +196,57 @@ mod tests {
         let answers = decode_responses(&responses[1], 3);
         assert_eq!(answers[0], Ok(OpResult::Written));
         // A repeated registration answers the same.
-        assert_eq!(answers[1], Ok(OpResult::Registered { id: 1 }));
+        assert_eq!(answers[1], Ok(OpResult::Registered { id: 1, incarnation: 2049 }));
         assert_eq!(answers[1], answers[2]);
         assert!(matches!(decode_responses(&responses[2], 1)[0], Err(KvError::Malformed(_))));
         assert_eq!(state.read().get(b"k"), Some(Bytes::from_static(b"v")));
     }
 
-    #[derive(Debug, Default)]
-    struct Recorder(std::sync::Mutex<Vec<(NodeId, bool)>>);
-
-    impl PeerDirectory for Recorder {
-        fn set(&self, id: NodeId, _: MemberAddrs) {
-            self.0.lock().unwrap().push((id, true));
-        }
-        fn removed(&self, id: NodeId) {
-            self.0.lock().unwrap().push((id, false));
-        }
+    #[test]
+    fn op_ids_of_huge_indexes_do_not_overflow() {
+        let state = SharedState::new();
+        let mut machine = KvStateMachine::new(state.clone());
+        let put = |k: &'static [u8]| Command {
+            session: None,
+            op: Op::Put { key: Bytes::from_static(k), value: Bytes::from_static(b"v") },
+        };
+        let batch = encode_entry(Some("client-a.kv"), vec![put(b"a"), put(b"b")]).unwrap();
+        let entries =
+            vec![Entry { index: 1 << 55, term: 1, payload: EntryPayload::Command(batch) }];
+        let responses = futures::executor::block_on(machine.apply(&entries)).unwrap();
+        assert_eq!(decode_responses(&responses[0], 2), vec![Ok(OpResult::Written); 2]);
+        assert_eq!(state.read().get(b"b"), Some(Bytes::from_static(b"v")));
     }
 
     #[test]
-    fn address_changes_reach_the_directory_on_apply_and_restore() {
+    fn removals_are_reported_on_apply_and_restore() {
         futures::executor::block_on(async {
-            let recorder = Arc::new(Recorder::default());
-            let mut machine =
-                KvStateMachine::new(SharedState::new()).with_directory(recorder.clone());
-            let addr = "127.0.0.1:1".parse().unwrap();
-            let commands = [
-                Command {
-                    session: None,
-                    op: Op::SetMemberAddress { id: 4, raft_addr: addr, client_addr: addr },
-                },
-                Command { session: None, op: Op::ForgetMember { id: 1 } },
-            ];
-            let entry = Entry {
-                index: 1,
-                term: 1,
-                payload: EntryPayload::Command(encode_entry(None, commands.to_vec()).unwrap()),
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let record = |seen: Arc<std::sync::Mutex<Vec<NodeId>>>| {
+                OnRemoved(Arc::new(move |id| seen.lock().unwrap().push(id)))
             };
-            machine.apply(&[entry]).await.unwrap();
-            assert_eq!(*recorder.0.lock().unwrap(), vec![(4, true), (1, false)]);
+            let mut machine =
+                KvStateMachine::new(SharedState::new()).on_removed(record(seen.clone()));
+            let membership = |index, voters: &[NodeId]| Entry {
+                index,
+                term: 1,
+                payload: EntryPayload::Membership(raft_core::Membership::with_voters(
+                    voters.iter().copied(),
+                )),
+            };
+            let entries = [membership(1, &[1, 2, 3]), membership(2, &[2, 3])];
+            let answers = machine.apply(&entries).await.unwrap();
+            assert!(answers.iter().all(Bytes::is_empty));
+            assert_eq!(*seen.lock().unwrap(), vec![1]);
             let chunks: Vec<Bytes> =
                 machine.snapshot().await.unwrap().unwrap().map(|c| c.unwrap()).collect().await;
             let meta = meta_of(&chunks);
-            let restored = Arc::new(Recorder::default());
+            let restored = Arc::new(std::sync::Mutex::new(Vec::new()));
             let mut other =
-                KvStateMachine::new(SharedState::new()).with_directory(restored.clone());
+                KvStateMachine::new(SharedState::new()).on_removed(record(restored.clone()));
             let data = futures::stream::iter(chunks.into_iter().map(Ok)).boxed();
             other.restore(&meta, data).await.unwrap();
-            assert_eq!(*restored.0.lock().unwrap(), vec![(4, true), (1, false)]);
+            assert_eq!(*restored.lock().unwrap(), vec![1]);
         });
     }
 

@@ -361,14 +361,16 @@ fn transport(
 pub struct ClientPortLimits {
     /// Requests in flight per connection.
     pub max_streams: u32,
-    /// Connection attempts queued.
+    /// Connection attempts queued; also the client port's connection slots, which size each
+    /// connection's receive window.
     pub max_connections: usize,
 }
 
 /// The QUIC server configuration of a node's client port: presents the node's certificate,
 /// requires a client certificate from one of the client CAs (any role: the service authorizes
-/// by role), at most `max_streams` requests in flight per connection and `max_connections`
-/// connection attempts queued.
+/// by role), at most `max_streams` requests in flight per connection, `max_connections`
+/// connection attempts queued, and each connection's receive window the port's share for
+/// `max_connections` slots ([`connection_receive_window`](super::port::connection_receive_window)).
 pub fn server_config(
     material: &NodeMaterial,
     limits: ClientPortLimits,
@@ -381,7 +383,8 @@ pub fn server_config(
     let mut transport = transport(limits.max_streams, None)?;
     // What a client may send that the node has not read yet, across all its streams (the
     // client port reserves what it reads from its own budget: `kv::port`).
-    transport.receive_window(VarInt::from_u32(super::port::CONNECTION_RECEIVE_WINDOW));
+    let window = super::port::connection_receive_window(limits.max_connections);
+    transport.receive_window(VarInt::from_u32(window));
     config
         .transport_config(Arc::new(transport))
         .max_incoming(limits.max_connections)

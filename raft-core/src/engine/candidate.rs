@@ -23,9 +23,11 @@ impl Engine {
         tally.record(self.id, true);
         if pre_vote {
             tracing::debug!(id = self.id, term, "starting pre-vote");
+            self.counters.pre_votes_started += 1;
             self.role = RoleState::PreCandidate(tally);
         } else {
             tracing::debug!(id = self.id, term, "starting election");
+            self.counters.elections_started += 1;
             self.set_hard_state(HardState { current_term: term, voted_for: Some(self.id) });
             self.role = RoleState::Candidate(tally);
         }
@@ -71,7 +73,7 @@ impl Engine {
     fn check_election(&mut self) -> bool {
         let result = match &self.role {
             RoleState::PreCandidate(tally) | RoleState::Candidate(tally) => {
-                tally.result(self.voters())
+                tally.result(self.membership())
             }
             _ => return true,
         };

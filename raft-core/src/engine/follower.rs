@@ -137,6 +137,9 @@ impl Engine {
             // A live leader exists: do not let a partitioned or lagging node depose it.
             return refuse(current_term);
         }
+        if self.candidate_superseded(req.candidate_id, req.last_log_id) {
+            return refuse(current_term);
+        }
         let up_to_date = self.log.is_up_to_date(req.last_log_id);
         if req.pre_vote {
             let granted = req.term > current_term && up_to_date;

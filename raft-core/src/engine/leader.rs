@@ -5,7 +5,6 @@ use bytes::Bytes;
 
 use super::lease::Lease;
 use super::progress::{Progress, ReplicationMode};
-use super::quorum;
 use super::read_index::ReadQueue;
 use super::transfer::LeaderTransfer;
 use super::{Engine, ProgressMap, ProposeRefusal, RoleState};
@@ -31,6 +30,7 @@ impl Engine {
     pub(super) fn become_leader(&mut self) {
         let term = self.hard_state.current_term;
         tracing::info!(id = self.id, term, "became leader");
+        self.counters.elections_won += 1;
         let next = self.log.last_index() + 1;
         let progress = self
             .peers()
@@ -215,25 +215,22 @@ impl Engine {
         self.replicate_to(from, false);
     }
 
-    /// Advances the commit index to the highest index a majority holds durably, if that entry
-    /// is of the current term (§5.4.2: older entries commit only indirectly).
+    /// Advances the commit index to the highest index a quorum holds durably, if that entry is
+    /// of the current term (§5.4.2: older entries commit only indirectly); then finishes a joint
+    /// change that became committed, and steps down if the leader was removed.
     pub(super) fn maybe_commit(&mut self) {
         let RoleState::Leader(leader) = &self.role else { return };
-        let voters = &self.log.membership().latest().voters;
-        let mut indexes: Vec<LogIndex> = Vec::with_capacity(voters.len());
-        for &voter in voters {
-            if voter == self.id {
-                indexes.push(self.log.durable_index);
-            } else if let Some(progress) = leader.progress.get(&voter) {
-                indexes.push(progress.match_index);
-            }
-        }
-        let candidate = quorum::committed_index(indexes);
+        let (id, durable) = (self.id, self.log.durable_index);
+        let candidate = self.log.membership().latest().agreed_value(|voter| match voter {
+            _ if voter == id => durable,
+            _ => leader.progress.get(&voter).map_or(0, |p| p.match_index),
+        });
         if candidate > self.log.commit_index
             && self.log.term_at(candidate) == Some(self.hard_state.current_term)
         {
             self.log.commit_index = candidate;
         }
+        self.finish_joint_change();
         self.step_down_if_removed();
     }
 
@@ -265,20 +262,19 @@ impl Engine {
         }
     }
 
-    /// CheckQuorum: steps down unless a majority was heard from since the last round.
+    /// CheckQuorum: steps down unless a quorum was heard from since the last round.
     fn check_quorum(&mut self) {
         if !self.config.check_quorum {
             return;
         }
         let RoleState::Leader(leader) = &mut self.role else { return };
-        let voters = &self.log.membership().latest().voters;
-        let mut active = usize::from(voters.contains(&self.id));
-        for (id, progress) in leader.progress.iter_mut() {
-            if std::mem::replace(&mut progress.recent_active, false) && voters.contains(id) {
-                active += 1;
+        let mut active = std::collections::BTreeSet::from([self.id]);
+        for (&id, progress) in leader.progress.iter_mut() {
+            if std::mem::replace(&mut progress.recent_active, false) {
+                active.insert(id);
             }
         }
-        if active < quorum::majority(voters.len()) {
+        if !self.log.membership().latest().has_quorum(|id| active.contains(&id)) {
             tracing::warn!(
                 id = self.id,
                 term = self.hard_state.current_term,

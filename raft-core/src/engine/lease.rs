@@ -18,15 +18,17 @@
 //! to vote for anyone else before `t + min(p, own promise) - max_clock_drift_ms` (the leader's
 //! own promise caps it, so a lease never outlasts the leader's own election timeout, and the
 //! drift margin covers clocks running at rates within `max_clock_drift_ms` of each other over
-//! that span). The lease ends when a majority's promises have (the leader's own counts from its
-//! latest round). A read is answered from the lease only if the clock, read after the read
+//! that span). The lease ends when a quorum's promises have (a majority of each voter set of
+//! the membership in force; the leader's own counts from its latest round), computed again
+//! whenever that membership changes: the promises of the previous voters say nothing about
+//! whom the new ones may elect. A read is answered from the lease only if the clock, read after the read
 //! arrived, is still before the end.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::quorum;
 use super::{Engine, RoleState};
+use crate::membership::Membership;
 use crate::types::NodeId;
 
 /// A leader's lease.
@@ -49,6 +51,20 @@ impl Lease {
     pub(super) fn void(&mut self) {
         self.void = true;
         self.until = None;
+    }
+
+    /// The clock reading until which a quorum of `membership` (a majority of each voter set)
+    /// is known to vote for nobody else; leader `own`'s promise is as good as its latest round,
+    /// which is at most `span` long.
+    fn quorum_until(&self, membership: &Membership, own: NodeId, span: Duration) -> Duration {
+        let own_until =
+            self.round_started.back().map_or(0, |&(_, at)| nanos(at.saturating_add(span)));
+        let promised = |voter: NodeId| match self.promised_until.get(&voter) {
+            _ if voter == own => own_until,
+            Some(&until) => nanos(until),
+            None => 0,
+        };
+        Duration::from_nanos(membership.agreed_value(promised))
     }
 }
 
@@ -137,20 +153,21 @@ impl Engine {
             return;
         }
         *promised = until;
-        // This node's own promise is as good as its latest round.
-        let own_until =
-            lease.round_started.back().map_or(0, |&(_, at)| nanos(at.saturating_add(span)));
-        let voters = &self.log.membership().latest().voters;
-        let promises = voters
-            .iter()
-            .map(|&voter| match lease.promised_until.get(&voter) {
-                _ if voter == self.id => own_until,
-                Some(&until) => nanos(until),
-                None => 0,
-            })
-            .collect();
-        let until = Duration::from_nanos(quorum::committed_index(promises));
+        let until = lease.quorum_until(self.log.membership().latest(), self.id, span);
         lease.until = Some(lease.until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Lease reads: the membership in force changed. The lease is what a quorum of it promised,
+    /// computed again: promises of a quorum of the previous one do not stop a quorum of this one
+    /// from electing another leader (after a joint change, or several one-node changes, the two
+    /// may not overlap).
+    pub(super) fn lease_membership_changed(&mut self) {
+        let span = self.timing.lease_span;
+        let RoleState::Leader(leader) = &mut self.role else { return };
+        let lease = &mut leader.lease;
+        if lease.until.is_some() {
+            lease.until = Some(lease.quorum_until(self.log.membership().latest(), self.id, span));
+        }
     }
 
     /// Whether this leader may answer a read now from its lease.

@@ -15,21 +15,44 @@ use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 pub enum MembershipRefusal {
     /// This node is not the leader; the known leader, if any.
     NotLeader(Option<NodeId>),
-    /// Another change is not committed yet, or the leader has not committed an entry of its own
+    /// Another change is not complete yet (an uncommitted membership, or a joint one that the
+    /// leader finishes once it commits), or the leader has not committed an entry of its own
     /// term yet: try again shortly.
     ChangeInProgress,
     /// A leadership transfer is in progress.
     TransferInProgress,
-    /// The change does not apply to the current membership.
+    /// The change does not apply to the current membership, or the target is not a valid one.
     Invalid(InvalidChange),
-    /// `PromoteLearner` of a learner more than `Config::max_promotion_lag_entries` behind the
-    /// commit index: wait for it to catch up.
+    /// A learner that would become a voter has not answered the leader's replication yet or is
+    /// more than `Config::max_promotion_lag_entries` behind the commit index: wait for it to
+    /// catch up.
     LearnerBehind {
+        /// The learner.
+        learner: NodeId,
         /// The last entry the learner is known to hold.
         match_index: LogIndex,
         /// The leader's commit index.
         commit_index: LogIndex,
     },
+}
+
+/// What a leader did to move the membership toward a target (see
+/// [`Engine::propose_membership_target`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipProgress {
+    /// The target is the membership in force, and it is committed: nothing to do.
+    Done,
+    /// Appended the target itself (a change that keeps the voters): complete once this entry
+    /// commits.
+    Changed(LogId),
+    /// Appended the joint membership of the current voters and the target's. Once it commits,
+    /// the leader (this one or the next) appends the target by itself: the change is complete
+    /// once that later entry commits.
+    Joint(LogId),
+    /// Appended the current membership plus the target's new voters as learners: propose the
+    /// same target again once they caught up.
+    LearnersAdded(LogId),
 }
 
 impl Engine {
@@ -65,42 +88,135 @@ impl Engine {
         self.log.membership().latest_index()
     }
 
-    /// Leader: appends the membership after `change`. It is in force at once; the change is
-    /// complete once the entry commits (a removed leader then steps down).
+    /// Leader: takes one step of `change`, applied to the membership in force (see
+    /// [`Engine::propose_membership_target`]; a change never adds a voter that is not a member
+    /// yet, so it never needs a `LearnersAdded` step).
     pub fn propose_membership(
         &mut self,
         change: MembershipChange,
-    ) -> Result<LogId, MembershipRefusal> {
+    ) -> Result<MembershipProgress, MembershipRefusal> {
+        self.check_can_change()?;
+        let target = self.membership().apply(change).map_err(MembershipRefusal::Invalid)?;
+        self.step_toward(&target)
+    }
+
+    /// Leader: takes the next step from the membership in force toward `target` (a single
+    /// configuration with a voter). Refused while another change is in progress. Then, in this
+    /// order: nothing if `target` is in force and committed; else the target's voters that are
+    /// not members yet join as learners (one entry); else, once every learner that becomes a
+    /// voter has caught up (the rule of [`MembershipRefusal::LearnerBehind`]), the target itself
+    /// if it keeps the voters, or the joint membership of the current and the target's voters.
+    /// A joint membership is in force at once; once it commits, the leader appends the target by
+    /// itself. Memberships take effect when appended; a removed leader steps down (handing over)
+    /// once the membership without it commits.
+    pub fn propose_membership_target(
+        &mut self,
+        target: &Membership,
+    ) -> Result<MembershipProgress, MembershipRefusal> {
+        self.check_can_change()?;
+        target.check_target().map_err(MembershipRefusal::Invalid)?;
+        self.step_toward(target)
+    }
+
+    /// Whether this leader may propose a membership change now.
+    fn check_can_change(&self) -> Result<(), MembershipRefusal> {
         let RoleState::Leader(leader) = &self.role else {
             return Err(MembershipRefusal::NotLeader(self.leader_id));
         };
         if leader.transfer.is_some() {
             return Err(MembershipRefusal::TransferInProgress);
         }
-        let commit_index = self.log.commit_index;
-        if !self.own_term_committed() || self.membership_index() > commit_index {
+        if !self.own_term_committed()
+            || self.membership_index() > self.log.commit_index
+            || self.membership().is_joint()
+        {
             return Err(MembershipRefusal::ChangeInProgress);
         }
-        let next = self.membership().apply(change).map_err(MembershipRefusal::Invalid)?;
-        let size = next.voters.len() + next.learners.len(); // disjoint
-        if size > super::MAX_MEMBERS {
-            return Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(size)));
+        Ok(())
+    }
+
+    /// One step toward `target` (valid), from a committed single configuration.
+    fn step_toward(
+        &mut self,
+        target: &Membership,
+    ) -> Result<MembershipProgress, MembershipRefusal> {
+        let current = self.membership().clone();
+        if current == *target {
+            return Ok(MembershipProgress::Done);
         }
-        if let MembershipChange::PromoteLearner(id) = change {
-            // The learner must have answered (its position is known: Replicate mode) and be
-            // close enough to the commit index.
-            let progress = leader.progress.get(&id);
-            let match_index = progress.map_or(0, |p| p.match_index);
-            let known = progress.is_some_and(|p| p.mode == ReplicationMode::Replicate);
-            let lag_allowed = self.config.max_promotion_lag_entries;
-            if !known || match_index.saturating_add(lag_allowed) < commit_index {
-                return Err(MembershipRefusal::LearnerBehind { match_index, commit_index });
+        if current.voters() != target.voters() {
+            // The joint membership names the outgoing voters and the target's members together:
+            // refuse now a change that would need one over a bound (followers refuse it).
+            current.joint_to(target).check().map_err(MembershipRefusal::Invalid)?;
+        }
+        let newcomers: Vec<NodeId> =
+            target.voters().iter().copied().filter(|&id| !current.contains(id)).collect();
+        if !newcomers.is_empty() {
+            let mut next = current;
+            for id in newcomers {
+                let info = target.node(id).cloned().unwrap_or_default();
+                next = next
+                    .apply(MembershipChange::AddLearner(id, info))
+                    .map_err(MembershipRefusal::Invalid)?;
             }
+            return Ok(MembershipProgress::LearnersAdded(self.append_membership(next)));
         }
-        tracing::info!(id = self.id, ?change, voters = ?next.voters, learners = ?next.learners, "membership change");
+        for &learner in target.voters().iter().filter(|&&id| current.is_learner(id)) {
+            self.check_caught_up(learner)?;
+        }
+        if current.voters() == target.voters() {
+            return Ok(MembershipProgress::Changed(self.append_membership(target.clone())));
+        }
+        let joint = current.joint_to(target);
+        Ok(MembershipProgress::Joint(self.append_membership(joint)))
+    }
+
+    /// A learner may become a voter once it answered (its position is known: Replicate mode)
+    /// and is at most `max_promotion_lag_entries` behind the commit index.
+    fn check_caught_up(&self, learner: NodeId) -> Result<(), MembershipRefusal> {
+        let RoleState::Leader(leader) = &self.role else {
+            return Err(MembershipRefusal::NotLeader(self.leader_id));
+        };
+        let commit_index = self.log.commit_index;
+        let progress = leader.progress.get(&learner);
+        let match_index = progress.map_or(0, |p| p.match_index);
+        let known = progress.is_some_and(|p| p.mode == ReplicationMode::Replicate);
+        if !known
+            || match_index.saturating_add(self.config.max_promotion_lag_entries) < commit_index
+        {
+            return Err(MembershipRefusal::LearnerBehind { learner, match_index, commit_index });
+        }
+        Ok(())
+    }
+
+    /// Appends `next` (in force at once) and brings the leader's bookkeeping in line.
+    fn append_membership(&mut self, next: Membership) -> LogId {
+        tracing::info!(
+            id = self.id,
+            voters = ?next.voters(),
+            outgoing = ?next.outgoing_voters(),
+            learners = ?next.learners(),
+            "membership change"
+        );
         let id = self.append_entry(EntryPayload::Membership(next));
         self.sync_membership();
-        Ok(id)
+        id
+    }
+
+    /// Leader: once a joint membership is committed (and an entry of this leader's term, so
+    /// that its commit index is the cluster's), appends the configuration it moves to. Any
+    /// leader does it, so a change interrupted by a crash is finished by the next leader.
+    pub(super) fn finish_joint_change(&mut self) {
+        let latest = self.log.membership().latest();
+        if !self.is_leader()
+            || !latest.is_joint()
+            || self.membership_index() > self.log.commit_index
+            || !self.own_term_committed()
+        {
+            return;
+        }
+        let target = latest.finalized();
+        self.append_membership(target);
     }
 
     /// Brings the leader's bookkeeping in line with the membership in force, after any change of
@@ -124,6 +240,7 @@ impl Engine {
                     .or_insert_with(|| Progress::new(next, max_requests, max_bytes));
             }
             self.check_transfer_target();
+            self.lease_membership_changed();
             self.maybe_commit();
         }
     }
@@ -135,12 +252,34 @@ impl Engine {
     /// never campaign, and the others could never win: no leader ever again. Votes are still
     /// counted among the voters of the membership in force, so a node elected this way commits
     /// the change and steps down.
+    ///
+    /// A node knows its commit index only from a leader, so after a restart every membership
+    /// looks uncommitted to it, and a node that a committed change removed or demoted campaigns
+    /// again (thesis §4.2.2: it "should still start new elections, as it might still be needed
+    /// until the C_new entry is committed", which it cannot know). The voters that know stop it
+    /// instead ([`Engine::candidate_superseded`]).
     pub(super) fn may_campaign(&self) -> bool {
         if self.membership().is_voter(self.id) {
             return true;
         }
         self.membership_index() > self.log.commit_index
             && self.log.membership().previous().is_some_and(|m| m.is_voter(self.id))
+    }
+
+    /// Whether a (pre-)vote for `candidate`, whose log ends at `last_log_id`, is refused because
+    /// the candidate is not needed: it votes in neither set of the membership in force here,
+    /// which is committed here, and its log is the same as this node's (so that membership is
+    /// its latest too: it campaigns only because it cannot know that it is committed, see
+    /// [`Engine::may_campaign`]). Refusing it costs no liveness: any voter with this log wins
+    /// with the same votes, and a candidate with a more up-to-date log (one that may hold a
+    /// newer membership in which it votes, or entries the others lack) is not refused here.
+    /// Thesis §4.2.3 stops removed servers with the leader lease; this also covers the time
+    /// when no leader is live, in which a removed node would otherwise win, lead a membership
+    /// it is not a voter of, and hand over again.
+    pub(super) fn candidate_superseded(&self, candidate: NodeId, last_log_id: LogId) -> bool {
+        !self.membership().is_voter(candidate)
+            && self.membership_index() <= self.log.commit_index
+            && last_log_id == self.log.last_log_id()
     }
 
     /// A leader that is not a voter of the membership in force (it was removed) steps down
@@ -266,6 +405,8 @@ impl MembershipLog {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn change(index: LogIndex, voters: &[u64]) -> Entry {
@@ -279,19 +420,44 @@ mod tests {
         log.appended(&Entry { index: 1, term: 1, payload: EntryPayload::Blank });
         log.appended(&change(2, &[1, 2, 3, 4]));
         log.appended(&change(5, &[2, 3, 4]));
-        assert_eq!(log.latest().voters, [2, 3, 4].into());
+        assert_eq!(log.latest().voters(), &BTreeSet::from([2, 3, 4]));
         assert_eq!(log.latest_index(), 5);
-        assert_eq!(log.at(4).voters, [1, 2, 3, 4].into());
-        assert_eq!(log.at(1).voters, [1, 2, 3].into());
+        assert_eq!(log.at(4).voters(), &BTreeSet::from([1, 2, 3, 4]));
+        assert_eq!(log.at(1).voters(), &BTreeSet::from([1, 2, 3]));
         log.truncated(5);
-        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.compacted(3);
-        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.latest_index(), 3);
         log.truncated(4); // nothing after the base to forget
-        assert_eq!(log.latest().voters, [1, 2, 3, 4].into());
+        assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.reset(10, Membership::with_voters([7]));
         log.appended(&change(9, &[8])); // before the base: ignored
-        assert_eq!(log.latest().voters, [7].into());
+        assert_eq!(log.latest().voters(), &BTreeSet::from([7]));
+    }
+
+    #[test]
+    fn a_joint_membership_is_read_as_of_its_indexes() {
+        let old = Membership::with_voters([1, 2, 3]);
+        let target = Membership::with_voters([3, 4, 5]);
+        let joint = old.joint_to(&target);
+        let mut log = MembershipLog::new(0, old.clone());
+        log.appended(&Entry {
+            index: 4,
+            term: 1,
+            payload: EntryPayload::Membership(joint.clone()),
+        });
+        log.appended(&Entry {
+            index: 7,
+            term: 1,
+            payload: EntryPayload::Membership(target.clone()),
+        });
+        assert_eq!(log.at(5), &joint, "what a snapshot taken at 5 stores");
+        assert_eq!(log.previous(), Some(&joint));
+        log.truncated(7);
+        assert_eq!(log.latest(), &joint);
+        log.compacted(5);
+        log.truncated(5);
+        assert_eq!(log.latest(), &joint, "the base keeps the joint membership");
     }
 }

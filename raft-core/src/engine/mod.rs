@@ -40,6 +40,7 @@
 //!   [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` of the snapshot from the store.
 
 mod candidate;
+mod counters;
 mod follower;
 mod leader;
 mod lease;
@@ -54,16 +55,16 @@ mod snapshot_send;
 mod transfer;
 mod validate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-pub use self::membership::MembershipRefusal;
+pub use self::counters::EngineCounters;
+pub use self::membership::{MembershipProgress, MembershipRefusal};
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
-pub(crate) use self::validate::MAX_MEMBERS;
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
@@ -214,6 +215,8 @@ pub struct Engine {
     now: std::time::Duration,
     /// Inbound messages refused as malformed (see `validate.rs`).
     malformed: u64,
+    /// Elections started and won (see `counters.rs`).
+    counters: EngineCounters,
     /// Per peer: the tick of the last warning about it (see `validate.rs`), and how many were
     /// left out since.
     peer_warnings: BTreeMap<NodeId, (u64, u64)>,
@@ -278,6 +281,7 @@ impl Engine {
             now_tick: 0,
             now: std::time::Duration::ZERO,
             malformed: 0,
+            counters: EngineCounters::default(),
             peer_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();
@@ -494,13 +498,10 @@ impl Engine {
         self.membership().members().into_iter().filter(|&id| id != self.id).collect()
     }
 
-    /// The voters other than this node: who a candidate asks for votes.
+    /// The voters (of both sets during a joint change) other than this node: who a candidate
+    /// asks for votes.
     fn voter_peers(&self) -> Vec<NodeId> {
-        self.voters().iter().copied().filter(|&id| id != self.id).collect()
-    }
-
-    fn voters(&self) -> &BTreeSet<NodeId> {
-        &self.membership().voters
+        self.membership().all_voters().into_iter().filter(|&id| id != self.id).collect()
     }
 
     /// Moves to a new term (clearing the vote) or just changes the vote; the change is written

@@ -1,21 +1,9 @@
-//! Majority arithmetic.
+//! Vote tallies. Whether votes make a quorum is [`Membership::agreed_value`]'s question, the one
+//! quorum rule of the engine (a majority of every voter set of a joint membership).
 
-use crate::types::{LogIndex, NodeId};
+use crate::membership::Membership;
+use crate::types::NodeId;
 use std::collections::BTreeSet;
-
-/// The number of votes that make a majority of `voters`.
-pub(crate) fn majority(voters: usize) -> usize {
-    voters / 2 + 1
-}
-
-/// The highest index that a majority has reached, given each voter's index.
-pub(crate) fn committed_index(mut indexes: Vec<LogIndex>) -> LogIndex {
-    if indexes.is_empty() {
-        return 0;
-    }
-    indexes.sort_unstable_by(|a, b| b.cmp(a));
-    indexes[majority(indexes.len()) - 1]
-}
 
 /// The outcome of an election so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +29,12 @@ impl VoteTally {
         }
     }
 
-    pub(crate) fn result(&self, voters: &BTreeSet<NodeId>) -> VoteResult {
-        let need = majority(voters.len());
-        if self.granted.iter().filter(|id| voters.contains(id)).count() >= need {
+    /// Won once the granted votes form a quorum; lost once they cannot any more (even if every
+    /// voter yet to answer granted its vote).
+    pub(crate) fn result(&self, membership: &Membership) -> VoteResult {
+        if membership.has_quorum(|id| self.granted.contains(&id)) {
             VoteResult::Won
-        } else if self.rejected.iter().filter(|id| voters.contains(id)).count()
-            > voters.len().saturating_sub(need)
-        {
+        } else if !membership.has_quorum(|id| !self.rejected.contains(&id)) {
             VoteResult::Lost
         } else {
             VoteResult::Pending
@@ -60,25 +47,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn majorities() {
-        assert_eq!(majority(1), 1);
-        assert_eq!(majority(2), 2);
-        assert_eq!(majority(3), 2);
-        assert_eq!(majority(4), 3);
-        assert_eq!(majority(5), 3);
-    }
-
-    #[test]
-    fn committed_index_is_the_majority_minimum() {
-        assert_eq!(committed_index(vec![5]), 5);
-        assert_eq!(committed_index(vec![5, 3, 1]), 3);
-        assert_eq!(committed_index(vec![1, 5, 3, 4, 2]), 3);
-        assert_eq!(committed_index(vec![7, 7, 0, 0]), 0);
-    }
-
-    #[test]
     fn tally_wins_loses_or_waits() {
-        let voters: BTreeSet<NodeId> = [1, 2, 3, 4, 5].into();
+        let voters = Membership::with_voters([1, 2, 3, 4, 5]);
         let mut tally = VoteTally::default();
         tally.record(1, true);
         tally.record(2, true);
@@ -95,5 +65,27 @@ mod tests {
         assert_eq!(tally.result(&voters), VoteResult::Pending);
         tally.record(4, false);
         assert_eq!(tally.result(&voters), VoteResult::Lost);
+    }
+
+    #[test]
+    fn a_joint_election_needs_both_majorities() {
+        let old = Membership::with_voters([1, 2, 3]);
+        let joint = old.joint_to(&Membership::with_voters([3, 4, 5]));
+        let mut tally = VoteTally::default();
+        for id in [1, 2, 3] {
+            tally.record(id, true);
+        }
+        assert_eq!(tally.result(&joint), VoteResult::Pending, "the old majority alone");
+        tally.record(4, true);
+        assert_eq!(tally.result(&joint), VoteResult::Won);
+
+        let mut tally = VoteTally::default();
+        for id in [3, 4, 5] {
+            tally.record(id, true);
+        }
+        tally.record(1, false);
+        assert_eq!(tally.result(&joint), VoteResult::Pending, "the new majority alone");
+        tally.record(2, false);
+        assert_eq!(tally.result(&joint), VoteResult::Lost, "no majority of the old set left");
     }
 }

@@ -1,7 +1,7 @@
 //! Linearizable reads without log writes: ReadIndex (Raft thesis §6.4).
 //!
 //! The leader records its commit index as the read index, then confirms it is still the leader
-//! with a round of AppendEntries acknowledged by a majority of voters. Reads registered before a
+//! with a round of AppendEntries acknowledged by a quorum of voters. Reads registered before a
 //! round is sent share it: every AppendEntries carries the leader's current round number
 //! (`read_round`), and an answer in the leader's term to a request of round `r` confirms every
 //! read of round `r` or earlier. A new leader answers reads only after an entry of its own term
@@ -18,8 +18,6 @@ use super::progress::ReplicationMode;
 use super::{Action, Engine, ReplyId, RoleState};
 use crate::message::{ReadIndexRequest, ReadIndexResponse, RpcRequest, RpcResponse};
 use crate::types::{LogIndex, NodeId};
-
-use super::quorum;
 
 /// Identifies a read asked for with [`Engine::read_index`] (chosen by the caller, echoed in
 /// [`Action::ReadIndexReady`]).
@@ -201,12 +199,12 @@ impl Engine {
             reads.next_round();
         }
         let Some(&(needed, _, _)) = reads.pending.back() else { return };
-        let voters = &self.log.membership().latest().voters;
+        let membership = self.log.membership().latest();
         let to_ask: Vec<NodeId> = leader
             .progress
             .iter()
-            .filter(|&(id, p)| {
-                voters.contains(id)
+            .filter(|&(&id, p)| {
+                membership.is_voter(id)
                     && p.read_round_acked < needed
                     && p.read_round_sent < needed
                     && p.heartbeats_in_flight == 0
@@ -230,24 +228,18 @@ impl Engine {
         }
     }
 
-    /// The highest round a majority of voters acknowledged (this node's own acknowledgement is
+    /// The highest round a quorum of voters acknowledged (this node's own acknowledgement is
     /// its current round, if it votes).
     fn confirmed_round(&self) -> u64 {
         let RoleState::Leader(leader) = &self.role else { return 0 };
-        let membership = self.log.membership().latest();
-        let rounds = membership
-            .voters
-            .iter()
-            .map(|&voter| match leader.progress.get(&voter) {
-                _ if voter == self.id => leader.reads.round,
-                Some(progress) => progress.read_round_acked,
-                None => 0,
-            })
-            .collect();
-        quorum::committed_index(rounds)
+        self.log.membership().latest().agreed_value(|voter| match leader.progress.get(&voter) {
+            _ if voter == self.id => leader.reads.round(),
+            Some(progress) => progress.read_round_acked,
+            None => 0,
+        })
     }
 
-    /// Answers every read whose round a majority of voters acknowledged.
+    /// Answers every read whose round a quorum of voters acknowledged.
     fn confirm_reads(&mut self) {
         if !matches!(&self.role, RoleState::Leader(l) if !l.reads.pending.is_empty()) {
             return;

@@ -61,7 +61,9 @@ impl Engine {
 
     /// Asks for a snapshot as soon as possible (the manual trigger). Ignored if snapshots are
     /// not enabled; the engine emits [`Action::TakeSnapshot`] once the state machine has applied
-    /// something beyond the latest snapshot and no snapshot is being taken.
+    /// something beyond the latest snapshot and no snapshot is being taken (and, on a node that
+    /// started with no membership, `Config::joining`, once it has applied a membership entry:
+    /// below that it does not know the membership a snapshot must hold).
     pub fn trigger_snapshot(&mut self) {
         if self.snapshots.enabled {
             self.snapshots.requested = true;
@@ -156,11 +158,19 @@ impl Engine {
             return;
         }
         let Some(term) = self.log.term_at(at) else { return };
+        let membership = self.log.membership().at(at);
+        if membership.voters().is_empty() {
+            // A joining node below the first membership entry it got: the membership in force
+            // there (the cluster's bootstrap voters) is unknown here, and a snapshot without
+            // voters would be refused by every node it is sent to. It waits (a manual request
+            // stays pending) until it has applied a membership entry.
+            return;
+        }
+        let membership = membership.clone();
         s.taking = true;
         s.requested = false;
         s.base_index = at;
         s.bytes_since = 0;
-        let membership = self.log.membership().at(at).clone();
         self.actions.push(Action::TakeSnapshot { last_included: LogId::new(term, at), membership });
     }
 

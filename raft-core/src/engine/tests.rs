@@ -32,6 +32,11 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Node>,
     queue: VecDeque<Msg>,
     isolated: BTreeSet<NodeId>,
+    /// Nodes that send but hear nothing (their requests are delivered, every answer to them and
+    /// every request to them is lost): a node that crashes right after sending.
+    deaf: BTreeSet<NodeId>,
+    /// A partition (empty: none): two nodes talk only if every group holds both or neither.
+    groups: Vec<BTreeSet<NodeId>>,
     /// Pending replies: reply id -> (requester, sent summary).
     replies: BTreeMap<u64, (NodeId, SentRequest)>,
     next_reply: u64,
@@ -64,6 +69,8 @@ impl Cluster {
             nodes: BTreeMap::new(),
             queue: VecDeque::new(),
             isolated: BTreeSet::new(),
+            deaf: BTreeSet::new(),
+            groups: Vec::new(),
             replies: BTreeMap::new(),
             next_reply: 0,
             log: Vec::new(),
@@ -253,7 +260,8 @@ impl Cluster {
     }
 
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
-        self.isolated.contains(&a)
+        self.groups.iter().any(|g| g.contains(&a) != g.contains(&b))
+            || self.isolated.contains(&a)
             || self.isolated.contains(&b)
             || !self.nodes.contains_key(&a)
             || !self.nodes.contains_key(&b)
@@ -261,42 +269,53 @@ impl Cluster {
 
     /// Delivers queued messages until the network is quiet.
     fn settle(&mut self) {
+        self.drain_all();
+        let mut steps = 0;
+        while self.deliver_one() {
+            steps += 1;
+            assert!(steps < 100_000, "cluster did not settle");
+        }
+    }
+
+    /// Runs every node's actions.
+    fn drain_all(&mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in &ids {
             self.drain(*id);
         }
-        let mut steps = 0;
-        while let Some(msg) = self.queue.pop_front() {
-            steps += 1;
-            assert!(steps < 100_000, "cluster did not settle");
-            match msg {
-                Msg::Request { from, to, request } => {
-                    let sent = SentRequest::of(&request);
-                    if self.cut(from, to) {
-                        self.engine(from).on_unreachable(to, sent);
-                        self.drain(from);
-                        continue;
-                    }
-                    let reply = self.next_reply;
-                    self.next_reply += 1;
-                    self.replies.insert(reply, (from, sent));
-                    self.engine(to).on_request(request, ReplyId(reply));
-                    self.drain(to);
-                }
-                Msg::Lost { from, to, request } => {
-                    self.engine(from).on_unreachable(to, SentRequest::of(&request));
+    }
+
+    /// Delivers the oldest queued message, if any (and runs the actions it causes).
+    fn deliver_one(&mut self) -> bool {
+        let Some(msg) = self.queue.pop_front() else { return false };
+        match msg {
+            Msg::Request { from, to, request } => {
+                let sent = SentRequest::of(&request);
+                if self.cut(from, to) || self.deaf.contains(&to) {
+                    self.engine(from).on_unreachable(to, sent);
                     self.drain(from);
+                    return true;
                 }
-                Msg::Response { from, to, sent, response } => {
-                    if self.cut(from, to) {
-                        self.engine(to).on_unreachable(from, sent);
-                    } else {
-                        self.engine(to).on_response(from, sent, response);
-                    }
-                    self.drain(to);
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(reply, (from, sent));
+                self.engine(to).on_request(request, ReplyId(reply));
+                self.drain(to);
+            }
+            Msg::Lost { from, to, request } => {
+                self.engine(from).on_unreachable(to, SentRequest::of(&request));
+                self.drain(from);
+            }
+            Msg::Response { from, to, sent, response } => {
+                if self.cut(from, to) || self.deaf.contains(&to) {
+                    self.engine(to).on_unreachable(from, sent);
+                } else {
+                    self.engine(to).on_response(from, sent, response);
                 }
+                self.drain(to);
             }
         }
+        true
     }
 
     /// Ticks every node `n` times, settling after each tick; a tick interval passes before each.
@@ -694,9 +713,11 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
     assert_eq!(engine.role(), Role::Leader);
 }
 
+mod counters;
 mod durability;
 mod elections;
 mod hostile;
+mod joint;
 mod membership;
 mod reads;
 mod snapshot_failures;

@@ -26,7 +26,7 @@
 //! ARCHITECTURE.md ("Inbound validation").
 
 use super::{Engine, SentRequest};
-use crate::membership::Membership;
+use crate::membership::{Membership, MAX_MEMBERS};
 use crate::message::{
     AppendEntriesRequest, AppendEntriesResponse, ConflictHint, InstallSnapshotRequest,
     InstallSnapshotResponse, ReadIndexResponse, RequestVoteRequest, RequestVoteResponse,
@@ -46,10 +46,6 @@ pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
 /// interval.
 const WARNING_INTERVAL_MS: u64 = 10_000;
 
-/// The most members (voters and learners) a membership from the wire may name: a leader keeps
-/// replication state for each of them.
-pub(crate) const MAX_MEMBERS: usize = 65_536;
-
 /// Why an inbound message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Malformed {
@@ -65,7 +61,7 @@ pub(crate) enum Malformed {
     NotContiguous(LogIndex),
     #[error("entry terms decrease or exceed the request's term (at index {0})")]
     EntryTerm(LogIndex),
-    #[error("invalid membership (no voter, a voter that is also a learner, or too many members)")]
+    #[error("invalid membership (no voter, a voter that is also a learner, members without metadata, or over a bound)")]
     Membership,
     #[error("snapshot chunk inconsistent with its metadata")]
     SnapshotChunk,
@@ -119,9 +115,10 @@ fn log_id(id: LogId) -> Checked {
     Ok(())
 }
 
+/// A membership from the wire: its invariants and bounds (decoding checks them too, but a
+/// transport need not decode), and at least one voter.
 fn membership(m: &Membership) -> Checked {
-    let size = m.voters.len().saturating_add(m.learners.len());
-    if m.voters.is_empty() || !m.voters.is_disjoint(&m.learners) || size > MAX_MEMBERS {
+    if m.voters().is_empty() || m.check().is_err() {
         return Err(Malformed::Membership);
     }
     Ok(())

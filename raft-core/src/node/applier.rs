@@ -2,6 +2,8 @@
 //! proposers waiting for them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_lock::SemaphoreGuardArc;
@@ -10,8 +12,9 @@ use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
 use super::{Input, PendingRead};
-use crate::error::ProposalError;
+use crate::error::{ProposalError, WriteError};
 use crate::membership::Membership;
+use crate::metrics::NodeMetrics;
 use crate::snapshot::SnapshotMeta;
 use crate::state_machine::StateMachine;
 use crate::types::{Entry, LogId, LogIndex, Term};
@@ -19,14 +22,39 @@ use crate::types::{Entry, LogId, LogIndex, Term};
 /// A proposer waiting for the response to its entry.
 pub(super) struct Waiter {
     pub(super) term: Term,
-    pub(super) reply: oneshot::Sender<Result<Bytes, ProposalError>>,
+    pub(super) reply: Answer,
+    /// When the entry was appended (the runtime's clock, read once per main loop step).
+    pub(super) proposed_at: Duration,
     /// Holds one of the node's proposal slots until the proposal is answered.
     pub(super) _permit: SemaphoreGuardArc,
 }
 
+/// Where the response to a proposal goes.
+pub(super) enum Answer {
+    /// The channel behind a [`Proposal`](super::Proposal) (`Node::propose`).
+    Proposal(oneshot::Sender<Result<Bytes, ProposalError>>),
+    /// The caller of `Node::write`, which waits for the response in one call.
+    Write(oneshot::Sender<Result<Bytes, WriteError>>),
+}
+
+impl Answer {
+    /// Sends the outcome (a proposer that gave up is not an error).
+    pub(super) fn send(self, outcome: Result<Bytes, ProposalError>) {
+        match self {
+            Answer::Proposal(reply) => {
+                let _ = reply.send(outcome);
+            }
+            Answer::Write(reply) => {
+                let _ = reply.send(outcome.map_err(WriteError::Failed));
+            }
+        }
+    }
+}
+
 pub(super) enum ApplyMsg {
-    /// Answer the proposer of `index` when it is applied.
-    Wait { index: LogIndex, waiter: Waiter },
+    /// Answer these proposers (by index, ascending) when their entries are applied: the
+    /// proposals of one step of the main loop, in one message.
+    Wait(Vec<(LogIndex, Waiter)>),
     /// Apply these committed entries.
     Apply(Vec<Entry>),
     /// This node stopped leading: fail waiters above `commit_index` (their fate is unknown).
@@ -78,6 +106,7 @@ pub(super) async fn run<M: StateMachine>(
     inputs: Sender<Input>,
     snapshots: Option<ApplierSnapshots>,
     mut applied: LogIndex,
+    metrics: Arc<NodeMetrics>,
 ) {
     let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
     let mut reads = ReadWaiters::default();
@@ -91,12 +120,11 @@ pub(super) async fn run<M: StateMachine>(
                 }
             }
             ApplyMsg::PruneReads => reads.prune(),
-            ApplyMsg::Wait { index, waiter } => {
-                waiters.insert(index, waiter);
-            }
+            ApplyMsg::Wait(batch) => waiters.extend(batch),
             ApplyMsg::LeadershipLost { commit_index } => {
                 for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
-                    let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
+                    metrics.proposal_answered(waiter.proposed_at, Duration::ZERO, false);
+                    waiter.reply.send(Err(ProposalError::LeadershipLost));
                 }
             }
             ApplyMsg::TakeSnapshot(last_included, membership) => {
@@ -117,6 +145,7 @@ pub(super) async fn run<M: StateMachine>(
             }
             ApplyMsg::Apply(entries) => {
                 let Some(last) = entries.last().map(|e| e.index) else { continue };
+                let started = metrics.now();
                 let responses = match state_machine.apply(&entries).await {
                     Ok(responses) if responses.len() == entries.len() => responses,
                     Ok(responses) => {
@@ -133,14 +162,18 @@ pub(super) async fn run<M: StateMachine>(
                         return;
                     }
                 };
+                let ended = metrics.now();
+                metrics.apply_done(entries.len(), started, ended);
                 for (entry, response) in entries.iter().zip(responses) {
                     if let Some(waiter) = waiters.remove(&entry.index) {
-                        let outcome = if waiter.term == entry.term {
+                        let ok = waiter.term == entry.term;
+                        metrics.proposal_answered(waiter.proposed_at, ended, ok);
+                        let outcome = if ok {
                             Ok(response)
                         } else {
                             Err(ProposalError::Dropped { index: entry.index, term: waiter.term })
                         };
-                        let _ = waiter.reply.send(outcome);
+                        waiter.reply.send(outcome);
                     }
                 }
                 applied = last;

@@ -27,6 +27,7 @@ pub struct NodeBuilder<S, N, M, R> {
     state_machine: M,
     runtime: R,
     snapshots: Option<Arc<dyn SnapshotStore>>,
+    metric_labels: Vec<(String, String)>,
 }
 
 impl<S, N, M, R> std::fmt::Debug for NodeBuilder<S, N, M, R> {
@@ -46,7 +47,8 @@ where
     R: Runtime,
 {
     pub(super) fn new(config: Config, store: S, network: N, state_machine: M, runtime: R) -> Self {
-        Self { config, store, network, state_machine, runtime, snapshots: None }
+        let metric_labels = Vec::new();
+        Self { config, store, network, state_machine, runtime, snapshots: None, metric_labels }
     }
 
     /// Keeps snapshots in `store`: the node takes snapshots of its state machine by the policy of
@@ -57,6 +59,15 @@ where
     /// [`LogStore::reset`].
     pub fn snapshot_store(mut self, store: impl SnapshotStore) -> Self {
         self.snapshots = Some(Arc::new(store));
+        self
+    }
+
+    /// Adds labels (name, value) to every metric the node records, besides `node_id`: for
+    /// instance the group id when several Raft groups share a process, or a cluster name.
+    /// Metrics go through the `metrics` facade to the recorder installed before the node starts
+    /// (none: they cost a branch each); [`crate::metrics`] lists them.
+    pub fn metric_labels(mut self, labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.metric_labels.extend(labels);
         self
     }
 
@@ -75,6 +86,7 @@ where
             self.state_machine,
             self.runtime,
             self.snapshots,
+            self.metric_labels,
         )
         .await
     }

@@ -4,23 +4,28 @@ mod snapshots;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
 
 use self::snapshots::SnapshotDriver;
-use super::applier::{ApplyMsg, Waiter};
+use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
+use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
 use super::writer::WriteRequest;
-use super::{Input, PeerFactory, PendingRead, Proposal};
+use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
-    Action, Engine, MembershipRefusal, ProposeRefusal, ReadId, ReadIndexRefusal, ReplyId,
-    SentRequest, TransferRefusal,
+    Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
+    ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
 };
-use crate::error::{FatalError, MembershipError, ProposeError, ReadIndexError, TransferError};
-use crate::membership::{Membership, MembershipChange};
+use crate::error::{
+    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, TransferError,
+};
+use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
+pub(super) use crate::metrics::LoopMetrics;
 use crate::runtime::Runtime;
 use crate::types::{LogIndex, NodeId, Role};
 
@@ -46,7 +51,7 @@ enum Held {
 struct Deferred {
     command: bytes::Bytes,
     permit: async_lock::SemaphoreGuardArc,
-    reply: oneshot::Sender<Result<Proposal, ProposeError>>,
+    reply: ProposeReply,
 }
 
 pub(super) struct CoreLoop {
@@ -57,6 +62,9 @@ pub(super) struct CoreLoop {
     inputs: Arc<Inputs>,
     writer: Sender<WriteRequest>,
     applier: Sender<ApplyMsg>,
+    /// Proposers of this step, handed to the applier in one message before anything else
+    /// goes to it (so before the entries can be applied).
+    new_waiters: Vec<(LogIndex, Waiter)>,
     /// Sender tasks of the peers this node talks to (members, and the leader for reads).
     peers: BTreeMap<NodeId, PeerQueue>,
     peer_factory: PeerFactory,
@@ -69,6 +77,10 @@ pub(super) struct CoreLoop {
     /// The membership published to the node handle.
     membership: Arc<Mutex<Membership>>,
     membership_seen: Membership,
+    /// The membership changed since the peer tasks were last pruned.
+    peers_stale: bool,
+    /// Callers waiting for a joint change to be complete, with the joint membership's index.
+    membership_waiters: Vec<(LogIndex, membership::CommitWaiter)>,
     /// The leader when the peer tasks were last pruned.
     leader_seen: Option<NodeId>,
     /// Sequence number of the last `Persist` handed to the writer.
@@ -80,8 +92,13 @@ pub(super) struct CoreLoop {
     deferred: VecDeque<Deferred>,
     was_leader: bool,
     snap: SnapshotDriver,
+    /// Follows one proposal at a time through its stages (when its `tracing` target is on).
+    probe: LatencyProbe,
     /// The runtime's monotonic clock, read before every input (`Engine::set_now`).
     clock: Arc<dyn Runtime>,
+    /// The clock read during the current step, if it was (see [`CoreLoop::step_now`]).
+    step_now: Option<Duration>,
+    metrics: LoopMetrics,
     stop: Option<Stop>,
 }
 
@@ -100,9 +117,11 @@ impl CoreLoop {
         outlets: Outlets,
         membership: Arc<Mutex<Membership>>,
         clock: Arc<dyn Runtime>,
+        metrics: LoopMetrics,
     ) -> Self {
         let Outlets { writer, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
+        peer_factory.network.members_changed(membership_seen.nodes());
         let mut peers = BTreeMap::new();
         for peer in membership_seen.members() {
             if peer != engine.id() {
@@ -115,6 +134,7 @@ impl CoreLoop {
             inputs,
             writer,
             applier,
+            new_waiters: Vec::new(),
             peers,
             peer_factory,
             replies: HashMap::new(),
@@ -124,6 +144,8 @@ impl CoreLoop {
             prune_reads: false,
             membership,
             membership_seen,
+            peers_stale: false,
+            membership_waiters: Vec::new(),
             leader_seen: None,
             issued_seq: 0,
             durable_seq: 0,
@@ -131,14 +153,25 @@ impl CoreLoop {
             deferred: VecDeque::new(),
             was_leader: false,
             snap: SnapshotDriver::default(),
+            probe: LatencyProbe::default(),
             clock,
+            step_now: None,
+            metrics,
             stop: None,
         }
+    }
+
+    /// The clock, read at most once per step for the proposals of the step (unless an input
+    /// already read it): when they were appended, for their latency.
+    fn step_now(&mut self) -> Duration {
+        let clock = &self.clock;
+        *self.step_now.get_or_insert_with(|| clock.now())
     }
 
     pub(super) async fn run(mut self) {
         let inputs = self.inputs.clone();
         while let Ok(input) = inputs.receiver.recv().await {
+            self.step_now = None;
             self.handle(input);
             for _ in 1..MAX_INPUTS_PER_STEP {
                 if self.stop.is_some() {
@@ -153,12 +186,18 @@ impl CoreLoop {
                 break;
             }
             self.propose_deferred();
+            self.publish_membership();
             self.process_actions();
+            self.flush_waiters();
+            self.probe.committed(self.engine.commit_index(), || self.clock.now());
             if self.stop.is_some() {
                 break;
             }
             self.sync_peers();
-            self.inputs.status.publish(self.engine.status());
+            self.answer_membership_waiters();
+            let status = self.engine.status();
+            self.metrics.node.step(&status, &self.engine);
+            self.inputs.status.publish(status);
         }
         self.finish();
     }
@@ -170,10 +209,17 @@ impl CoreLoop {
         // read is answered from the lease only if it still holds after the read was asked for.
         // Other inputs happen at the last reading, which can only make a lease shorter.
         if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
-            self.engine.set_now(self.clock.now());
+            let now = self.clock.now();
+            self.step_now = Some(now);
+            self.engine.set_now(now);
         }
         match input {
-            Input::Tick => self.engine.tick(),
+            Input::Tick => {
+                self.engine.tick();
+                if self.engine.role() == Role::Leader {
+                    self.metrics.replication(&self.engine);
+                }
+            }
             Input::Propose { command, permit, reply } => {
                 let proposal = Deferred { command, permit, reply };
                 if self.deferred.is_empty() {
@@ -187,10 +233,17 @@ impl CoreLoop {
                 let id = self.next_reply;
                 self.next_reply += 1;
                 self.replies.insert(id, reply);
+                self.metrics.received(request.sender(), &SentRequest::of(&request));
                 self.engine.on_request(request, ReplyId(id));
             }
             Input::Response { from, sent, result } => match result {
-                Ok(response) => self.engine.on_response(from, sent, response),
+                Ok(response) => {
+                    if let RpcResponse::AppendEntries(r) = &response {
+                        let acked = r.match_index.unwrap_or(0);
+                        self.probe.acked(acked, || self.clock.now());
+                    }
+                    self.engine.on_response(from, sent, response)
+                }
                 Err(error) => {
                     tracing::trace!(id = self.engine.id(), peer = from, %error, "RPC failed");
                     self.engine.on_unreachable(from, sent);
@@ -201,11 +254,16 @@ impl CoreLoop {
                     return self.fail(FatalError::Storage(error.to_string()));
                 }
                 self.durable_seq = seq;
+                let last = written.last_entry.map_or(0, |id| id.index);
+                self.probe.persisted(last, || self.clock.now());
                 self.engine.on_persisted(written);
                 self.release_held();
                 self.release_storage();
             }
-            Input::Applied(index) => self.engine.on_applied(index),
+            Input::Applied(index) => {
+                self.probe.applied(index, || self.clock.now());
+                self.engine.on_applied(index)
+            }
             Input::ReadIndex { read } => {
                 if read.abandoned() {
                     return; // the caller gave up before the read started
@@ -216,17 +274,21 @@ impl CoreLoop {
                 self.engine.read_index(ReadId(id));
             }
             Input::ReadAbandoned => self.prune_reads = true,
-            Input::ChangeMembership { change, permit, reply } => {
-                let _ = reply.send(self.change_membership(change, permit));
+            Input::ChangeMembership { request, permit, reply } => {
+                let _ = reply.send(self.change_membership(request, permit));
+            }
+            Input::MembershipCommitted { after, waiter } => {
+                self.membership_waiters.push((after, waiter));
             }
             Input::Replication { reply } => {
                 let _ = reply.send(self.engine.replication());
             }
             Input::TransferLeadership { target, reply } => {
                 let result = self.engine.transfer_leadership(target).map_err(|r| match r {
-                    TransferRefusal::NotLeader(leader_hint) => {
-                        TransferError::NotLeader { leader_hint }
-                    }
+                    TransferRefusal::NotLeader(leader_hint) => TransferError::NotLeader {
+                        leader_hint,
+                        leader_info: self.member_info(leader_hint),
+                    },
                     TransferRefusal::NotVoter(id) => TransferError::NotVoter(id),
                     TransferRefusal::InProgress(id) => TransferError::InProgress(id),
                 });
@@ -248,21 +310,25 @@ impl CoreLoop {
     fn propose(&mut self, proposal: Deferred) {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
-                let (reply, response) = oneshot::channel();
-                let waiter = Waiter { term: id.term, reply, _permit: proposal.permit };
-                if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-                    // The proposer sees Shutdown (its reply channel is dropped).
-                    return self.lost("applier (state machine)");
-                }
-                let _ = proposal.reply.send(Ok(Proposal {
-                    index: id.index,
-                    term: id.term,
-                    response,
-                    node: self.token,
-                }));
+                self.metrics.node.proposals.increment(1);
+                let reply = match proposal.reply {
+                    ProposeReply::Appended(appended) => {
+                        let (reply, response) = oneshot::channel();
+                        let (index, term, node) = (id.index, id.term, self.token);
+                        let _ = appended.send(Ok(Proposal { index, term, response, node }));
+                        Answer::Proposal(reply)
+                    }
+                    ProposeReply::Applied(reply) => Answer::Write(reply),
+                };
+                let proposed_at = self.step_now();
+                let waiter = Waiter { term: id.term, reply, proposed_at, _permit: proposal.permit };
+                self.new_waiters.push((id.index, waiter));
+                self.probe.accepted(id.index, || self.clock.now());
             }
             Err(ProposeRefusal::NotLeader(leader_hint)) => {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                self.metrics.node.proposals_failed.increment(1);
+                let leader_info = self.member_info(leader_hint);
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
                 self.deferred.push_front(proposal)
@@ -278,62 +344,125 @@ impl CoreLoop {
         }
     }
 
+    /// One step of a membership change (see `node/membership.rs`).
     fn change_membership(
         &mut self,
-        change: MembershipChange,
+        request: membership::Request,
         permit: async_lock::SemaphoreGuardArc,
-    ) -> Result<(Proposal, crate::membership::Membership), MembershipError> {
-        let id = self.engine.propose_membership(change).map_err(|refusal| match refusal {
-            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader { leader_hint },
+    ) -> Result<membership::Step, MembershipError> {
+        let result = match request {
+            membership::Request::Change(change) => self.engine.propose_membership(change),
+            membership::Request::Target(target) => self.engine.propose_membership_target(&target),
+        };
+        let progress = result.map_err(|refusal| match refusal {
+            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader {
+                leader_hint,
+                leader_info: self.member_info(leader_hint),
+            },
             MembershipRefusal::ChangeInProgress => MembershipError::ChangeInProgress,
             MembershipRefusal::TransferInProgress => MembershipError::TransferInProgress,
             MembershipRefusal::Invalid(invalid) => MembershipError::Invalid(invalid),
-            MembershipRefusal::LearnerBehind { match_index, commit_index } => {
-                MembershipError::LearnerBehind { match_index, commit_index }
+            MembershipRefusal::LearnerBehind { learner, match_index, commit_index } => {
+                MembershipError::LearnerBehind { learner, match_index, commit_index }
             }
         })?;
+        let id = match progress {
+            MembershipProgress::Done => {
+                return Ok(membership::Step::Done(self.engine.membership().clone()))
+            }
+            MembershipProgress::Changed(id)
+            | MembershipProgress::Joint(id)
+            | MembershipProgress::LearnersAdded(id) => id,
+        };
         let (reply, response) = oneshot::channel();
-        let waiter = Waiter { term: id.term, reply, _permit: permit };
-        if self.applier.try_send(ApplyMsg::Wait { index: id.index, waiter }).is_err() {
-            self.lost("applier (state machine)");
-            return Err(MembershipError::Shutdown);
-        }
+        let proposed_at = self.step_now();
+        let waiter =
+            Waiter { term: id.term, reply: Answer::Proposal(reply), proposed_at, _permit: permit };
+        self.new_waiters.push((id.index, waiter));
         let proposal = Proposal { index: id.index, term: id.term, response, node: self.token };
-        Ok((proposal, self.engine.membership().clone()))
+        let membership = self.engine.membership().clone();
+        Ok(membership::Step::Appended { proposal, progress, membership })
     }
 
-    /// Publishes a new membership to the node handle, and stops the sender tasks of nodes that
-    /// are neither members nor the leader (which followers ask for read indexes) any more: when
-    /// the membership or the leader changes. A stopped sender reports its RPCs in flight as
-    /// failed, so nothing waits for their answers.
+    /// The metadata of member `id` of the membership in force.
+    fn member_info(&self, id: Option<NodeId>) -> Option<NodeInfo> {
+        id.and_then(|id| self.engine.membership().node(id).cloned())
+    }
+
+    /// Answers the callers waiting for a joint change to be complete: once the membership in
+    /// force is a single configuration entered after their joint one, committed and applied
+    /// here (as a change that keeps the voters is, when its proposal is answered: a state
+    /// machine that derives state from membership entries has seen it). A node that stops
+    /// leading before it knows that configuration committed answers `LeadershipLost`; once it
+    /// is committed here, applying it needs no leader (a removed leader steps down as soon as
+    /// it commits).
+    fn answer_membership_waiters(&mut self) {
+        if self.membership_waiters.is_empty() {
+            return;
+        }
+        let membership = self.engine.membership();
+        let index = self.engine.membership_index();
+        let committed = !membership.is_joint() && self.engine.commit_index() >= index;
+        let applied = committed && self.engine.status().applied_index >= index;
+        let leading = self.engine.role() == Role::Leader;
+        let waiters = std::mem::take(&mut self.membership_waiters);
+        for (after, waiter) in waiters {
+            let final_committed = committed && index > after;
+            if applied && index > after {
+                let _ = waiter.reply.send(Ok(membership.clone()));
+            } else if !leading && !final_committed {
+                let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+                let _ = waiter.reply.send(Err(lost));
+            } else if !waiter.reply.is_canceled() {
+                self.membership_waiters.push((after, waiter));
+            }
+        }
+    }
+
+    /// Publishes a new membership in force to the node handle, and hands its members' metadata
+    /// to the network if that changed (before any request to a new member leaves).
+    fn publish_membership(&mut self) {
+        if self.membership_seen == *self.engine.membership() {
+            return;
+        }
+        let nodes_changed = self.membership_seen.nodes() != self.engine.membership().nodes();
+        self.membership_seen = self.engine.membership().clone();
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = self.membership_seen.clone();
+        if nodes_changed {
+            self.peer_factory.network.members_changed(self.membership_seen.nodes());
+        }
+        self.peers_stale = true;
+    }
+
+    /// Stops the sender tasks of nodes that are neither members nor the leader (which followers
+    /// ask for read indexes) any more: when the membership or the leader changed. A stopped
+    /// sender reports its RPCs in flight as failed, so nothing waits for their answers.
     fn sync_peers(&mut self) {
+        self.publish_membership();
         let leader = self.engine.leader_id();
-        let membership_changed = self.membership_seen != *self.engine.membership();
-        if !membership_changed && self.leader_seen == leader {
+        if !self.peers_stale && self.leader_seen == leader {
             return;
         }
         self.leader_seen = leader;
-        if membership_changed {
-            self.membership_seen = self.engine.membership().clone();
-            *self.membership.lock().unwrap_or_else(|p| p.into_inner()) =
-                self.membership_seen.clone();
-        }
-        let members = self.membership_seen.members();
-        self.peers.retain(|id, _| members.contains(id) || leader == Some(*id));
+        self.peers_stale = false;
+        let members = self.membership_seen.nodes();
+        self.peers.retain(|id, _| members.contains_key(id) || leader == Some(*id));
     }
 
     /// Hands a read index to the applier, which answers once the state machine applied it.
     fn answer_read(&mut self, id: ReadId, result: Result<LogIndex, ReadIndexRefusal>) {
         let Some(read) = self.reads.remove(&id.0) else { return };
         if let Ok(index) = result {
-            if !read.abandoned() && self.applier.try_send(ApplyMsg::ReadAt { index, read }).is_err()
-            {
-                self.lost("applier (state machine)");
+            if !read.abandoned() {
+                self.send_to_applier(ApplyMsg::ReadAt { index, read });
             }
             return;
         }
         read.answer(result.map_err(|refusal| match refusal {
-            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader { leader_hint },
+            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader {
+                leader_hint,
+                leader_info: self.member_info(leader_hint),
+            },
             ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,
             ReadIndexRefusal::LeadershipLost => ReadIndexError::LeadershipLost,
             ReadIndexRefusal::Unreachable => ReadIndexError::Unreachable,
@@ -342,10 +471,8 @@ impl CoreLoop {
 
     /// Carries out the engine's actions until it has none left.
     fn process_actions(&mut self) {
-        if std::mem::take(&mut self.prune_reads)
-            && self.applier.try_send(ApplyMsg::PruneReads).is_err()
-        {
-            self.lost("applier (state machine)");
+        if std::mem::take(&mut self.prune_reads) {
+            self.send_to_applier(ApplyMsg::PruneReads);
         }
         loop {
             let actions = self.engine.take_actions();
@@ -373,11 +500,7 @@ impl CoreLoop {
                             self.respond(reply_to, response);
                         }
                     }
-                    Action::Apply(entries) => {
-                        if self.applier.try_send(ApplyMsg::Apply(entries)).is_err() {
-                            self.lost("applier (state machine)");
-                        }
-                    }
+                    Action::Apply(entries) => self.send_to_applier(ApplyMsg::Apply(entries)),
                     Action::ReadIndexReady { id, result } => self.answer_read(id, result),
                     other => self.snapshot_action(other),
                 }
@@ -386,15 +509,36 @@ impl CoreLoop {
         let is_leader = self.engine.role() == Role::Leader;
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
-            if self.applier.try_send(ApplyMsg::LeadershipLost { commit_index }).is_err() {
-                self.lost("applier (state machine)");
-            }
+            self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
             let leader_hint = self.engine.leader_id();
+            let leader_info = self.member_info(leader_hint);
             for proposal in std::mem::take(&mut self.deferred) {
-                let _ = proposal.reply.send(Err(ProposeError::NotLeader { leader_hint }));
+                let leader_info = leader_info.clone();
+                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
             }
         }
         self.was_leader = is_leader;
+    }
+
+    /// Sends `message` to the applier, after the proposers waiting to be handed to it (the
+    /// applier sees everything in the order the main loop produced it).
+    fn send_to_applier(&mut self, message: ApplyMsg) {
+        self.flush_waiters();
+        if self.applier.try_send(message).is_err() {
+            self.lost("applier (state machine)");
+        }
+    }
+
+    /// Hands this step's proposers to the applier, in one message. If the applier is gone,
+    /// their reply channels are dropped: they see `Shutdown`.
+    fn flush_waiters(&mut self) {
+        if self.new_waiters.is_empty() {
+            return;
+        }
+        let waiters = std::mem::take(&mut self.new_waiters);
+        if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
+            self.lost("applier (state machine)");
+        }
     }
 
     fn release_held(&mut self) {
@@ -414,21 +558,31 @@ impl CoreLoop {
         if to == self.engine.id() {
             return;
         }
+        let carries = match &request {
+            RpcRequest::AppendEntries(append) => append.entries.last().map_or(0, |e| e.index),
+            _ => 0,
+        };
         let factory = &self.peer_factory;
         let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
-        if let Err(error) = peer.queue().try_send(request) {
-            // The peer's queue is full (it is not answering): count the request as lost; the
-            // engine retries on a later heartbeat. A closed queue means its task ended, which
-            // only a panic does (reported on its way): the node stops.
-            let request = match error {
-                TrySendError::Full(r) => r,
-                TrySendError::Closed(r) => {
-                    self.lost(&format!("sender to peer {to}"));
-                    r
-                }
-            };
-            self.engine.on_unreachable(to, SentRequest::of(&request));
+        match peer.queue().try_send(request) {
+            Ok(()) => self.probe.sent(carries, || self.clock.now()),
+            Err(error) => self.unsent(to, error),
         }
+    }
+
+    /// A request that could not be handed to the sender task of peer `to`.
+    fn unsent(&mut self, to: NodeId, error: TrySendError<RpcRequest>) {
+        // The peer's queue is full (it is not answering): count the request as lost; the
+        // engine retries on a later heartbeat. A closed queue means its task ended, which
+        // only a panic does (reported on its way): the node stops.
+        let request = match error {
+            TrySendError::Full(r) => r,
+            TrySendError::Closed(r) => {
+                self.lost(&format!("sender to peer {to}"));
+                r
+            }
+        };
+        self.engine.on_unreachable(to, SentRequest::of(&request));
     }
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {
@@ -468,17 +622,22 @@ impl CoreLoop {
             Some(Stop::Failed(error)) => Some(error),
             Some(Stop::Requested) | None => None,
         };
+        if let Some(error) = &fatal {
+            self.metrics.node.failed(error);
+        }
         self.writer.close();
         self.applier.close();
         // Dropping a peer's queue stops its task, even one whose RPCs never return.
         self.peers.clear();
         self.stop_snapshots();
         for proposal in std::mem::take(&mut self.deferred) {
-            let _ = proposal.reply.send(Err(ProposeError::Shutdown));
+            proposal.reply.refuse(ProposeError::Shutdown);
         }
+        self.new_waiters.clear();
         self.held.clear();
         self.replies.clear();
         self.reads.clear();
+        self.membership_waiters.clear();
         self.inputs.finish(fatal, self.engine.status());
         tracing::info!(id = self.engine.id(), "node stopped");
     }

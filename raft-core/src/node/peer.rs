@@ -12,6 +12,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use super::Input;
 use crate::engine::SentRequest;
 use crate::message::{RpcRequest, RpcResponse};
+use crate::metrics::PeerMetrics;
 use crate::network::{Network, NetworkError};
 use crate::types::NodeId;
 
@@ -32,10 +33,11 @@ impl PeerQueue {
         network: N,
         inputs: Sender<Input>,
         max_in_flight: usize,
+        metrics: PeerMetrics,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (queue, requests) = async_channel::bounded(max_in_flight);
         let (stop_tx, stop) = oneshot::channel();
-        let task = run(peer, network, requests, stop, inputs, max_in_flight);
+        let task = run(peer, network, requests, stop, inputs, max_in_flight, metrics);
         (Self { queue, _stop: stop_tx }, task)
     }
 
@@ -65,9 +67,11 @@ async fn run<N: Network + Clone>(
     mut stop: oneshot::Receiver<()>,
     inputs: Sender<Input>,
     max_in_flight: usize,
+    metrics: PeerMetrics,
 ) {
     let mut in_flight = FuturesUnordered::new();
-    let mut sent: HashMap<u64, SentRequest> = HashMap::new();
+    // What was sent, and when (the runtime's clock), by request id.
+    let mut sent: HashMap<u64, (SentRequest, std::time::Duration)> = HashMap::new();
     let mut next_id = 0u64;
     let mut requests = std::pin::pin!(requests);
     loop {
@@ -91,7 +95,8 @@ async fn run<N: Network + Clone>(
         .await;
         match event {
             Event::Done((id, result)) => {
-                let Some(sent) = sent.remove(&id) else { continue };
+                let Some((sent, started)) = sent.remove(&id) else { continue };
+                metrics.done(&sent, started, &result);
                 if inputs.send(Input::Response { from: peer, sent, result }).await.is_err() {
                     return;
                 }
@@ -100,7 +105,13 @@ async fn run<N: Network + Clone>(
                 let network = network.clone();
                 let id = next_id;
                 next_id += 1;
-                sent.insert(id, SentRequest::of(&request));
+                let summary = SentRequest::of(&request);
+                let payload = match &request {
+                    RpcRequest::AppendEntries(r) => r.entries.iter().map(|e| e.size_bytes()).sum(),
+                    _ => 0,
+                };
+                metrics.sending(&summary, payload);
+                sent.insert(id, (summary, metrics.now()));
                 in_flight.push(async move { (id, network.send(peer, request).await) });
             }
             Event::Closed => break,
@@ -110,7 +121,7 @@ async fn run<N: Network + Clone>(
     // report them failed. Once the whole node stops, the inputs are closed and this ends at once.
     drop(in_flight);
     let queued = std::iter::from_fn(|| requests.try_recv().ok()).map(|r| SentRequest::of(&r));
-    let abandoned: Vec<SentRequest> = sent.into_values().chain(queued).collect();
+    let abandoned: Vec<SentRequest> = sent.into_values().map(|(s, _)| s).chain(queued).collect();
     for sent in abandoned {
         let result = Err(NetworkError::Unreachable {
             peer,

@@ -221,7 +221,7 @@ pub(super) async fn restore<M: StateMachine>(
     let last = meta.last_included.index;
     let rest = waiters.split_off(&(last + 1));
     for (_, waiter) in std::mem::replace(waiters, rest) {
-        let _ = waiter.reply.send(Err(ProposalError::LeadershipLost));
+        waiter.reply.send(Err(ProposalError::LeadershipLost));
     }
     let Some(s) = snapshots else {
         let _ = inputs.send(Input::ApplyFailed("restore without a snapshot store".into())).await;
@@ -321,6 +321,13 @@ impl<N: Network> Network for ChunkFiller<N> {
             }
         }
         self.inner.send(target, request).await
+    }
+
+    fn members_changed(
+        &self,
+        members: &std::collections::BTreeMap<NodeId, crate::membership::NodeInfo>,
+    ) {
+        self.inner.members_changed(members)
     }
 }
 

@@ -165,20 +165,34 @@ fn expect_invalid<T: Debug>(what: &str, result: Result<T, StorageError>) -> Resu
     }
 }
 
-/// A deterministic entry: every fifth one is blank, every seventh a membership, the others
-/// carry a command naming them.
+/// A deterministic entry: every fifth one is blank, every seventh a membership (with metadata,
+/// every other one joint), the others carry a command naming them.
 fn entry(index: LogIndex, term: Term) -> Entry {
     let payload = if index % 5 == 0 {
         EntryPayload::Blank
     } else if index % 7 == 0 {
-        EntryPayload::Membership(crate::membership::Membership {
-            voters: [1, 2, index].into(),
-            learners: [index + 1, u64::MAX].into(),
-        })
+        EntryPayload::Membership(membership(index))
     } else {
         EntryPayload::Command(Bytes::from(format!("entry {index} of term {term}")))
     };
     Entry { index, term, payload }
+}
+
+/// The membership of [`entry`] `index`: voters `{1, 2, index}` and learners `{index + 1,
+/// u64::MAX}` with metadata naming them, joint toward `{2, index + 2}` for odd indexes.
+fn membership(index: LogIndex) -> crate::membership::Membership {
+    use crate::membership::{Membership, NodeInfo};
+    let info = |id: u64| (id, NodeInfo::new(format!("host-{id}:7000"), format!("data {id}")));
+    let learners = [index + 1, u64::MAX].map(info);
+    let stable = Membership::new([1, 2, index].map(info), learners);
+    let stable = stable.unwrap_or_default();
+    if index % 2 == 0 {
+        return stable;
+    }
+    match stable.target([2, index + 2], [u64::MAX], [info(index + 2)]) {
+        Ok(target) => stable.joint_to(&target),
+        Err(_) => stable,
+    }
 }
 
 fn entries(range: Range<LogIndex>, term: Term) -> Vec<Entry> {

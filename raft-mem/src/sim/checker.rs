@@ -4,11 +4,11 @@
 //! status, newly applied entries, changes to each node's durable log) and it reports the first
 //! [`Violation`]. Its own tests feed it histories that break each property.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use raft_core::{
-    Entry, EntryPayload, HardState, LogId, LogIndex, NodeId, Role, RpcRequest, RpcResponse, Status,
-    Term,
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, RpcRequest,
+    RpcResponse, Status, Term,
 };
 
 /// A broken invariant, with what was seen.
@@ -446,9 +446,13 @@ impl InvariantChecker {
     }
 }
 
-/// If `entry` (just recorded committed) is a membership, checks that its voters differ by at most
-/// one node from the previous committed membership's. Every committed entry before it is known by
-/// then: the first node to apply an entry applied (or restored) everything before it.
+/// If `entry` (just recorded committed) is a membership, checks it against the previous
+/// committed membership: every quorum of one must intersect every quorum of the other, or two
+/// leaders could be elected (and two entries committed) with disjoint quorums. Joint consensus
+/// gets there through `C -> (C, N) -> N`, each step sharing a voter set; a direct change of one
+/// voter (the single-server rule) passes too, anything else fails. Every committed entry before
+/// it is known by then: the first node to apply an entry applied (or restored) everything
+/// before it.
 fn check_membership_step(
     committed: &BTreeMap<LogIndex, (Entry, Term)>,
     entry: &Entry,
@@ -459,17 +463,35 @@ fn check_membership_step(
         _ => None,
     });
     let Some((at, previous)) = previous else { return Ok(()) };
-    let changed = previous.voters.symmetric_difference(&next.voters).count();
-    if changed > 1 {
+    if !quorums_intersect(previous, next) {
         return violation(
-            "single-server membership changes",
+            "membership changes keep quorums intersecting",
             format!(
-                "voters {:?} at {at} then {:?} at {}: {changed} voters changed at once",
-                previous.voters, next.voters, entry.index
+                "voters {:?} (outgoing {:?}) at {at} then {:?} (outgoing {:?}) at {}: two quorums of these can be disjoint",
+                previous.voters(),
+                previous.outgoing_voters(),
+                next.voters(),
+                next.outgoing_voters(),
+                entry.index
             ),
         );
     }
     Ok(())
+}
+
+/// Whether every quorum of `a` intersects every quorum of `b` (a quorum is a majority of each
+/// voter set). Sufficient: some voter set of `a` and some of `b` whose majorities cannot be
+/// disjoint, that is whose majority sizes add up to more than the two sets hold together.
+fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
+    let sets = |m: &Membership| {
+        let mut sets = vec![m.voters().clone()];
+        if m.is_joint() {
+            sets.push(m.outgoing_voters().clone());
+        }
+        sets
+    };
+    let majority = |set: &BTreeSet<NodeId>| set.len() / 2 + 1;
+    sets(a).iter().any(|x| sets(b).iter().any(|y| majority(x) + majority(y) > x.union(y).count()))
 }
 
 /// Records `entry` as committed (applied or in a snapshot by `node`), checking State Machine
@@ -738,16 +760,49 @@ mod tests {
         let membership = |index: LogIndex, voters: &[NodeId]| Entry {
             index,
             term: 1,
-            payload: EntryPayload::Membership(raft_core::Membership::with_voters(
-                voters.iter().copied(),
-            )),
+            payload: EntryPayload::Membership(Membership::with_voters(voters.iter().copied())),
         };
         let mut c = InvariantChecker::new();
         let ok =
             [membership(1, &[1, 2, 3]), membership(2, &[1, 2, 3, 4]), membership(3, &[2, 3, 4])];
         c.observe_applied((1, 1), &ok).unwrap();
         let err = c.observe_applied((1, 1), &[membership(4, &[2, 5])]).unwrap_err();
-        assert_eq!(err.invariant, "single-server membership changes");
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
+    }
+
+    #[test]
+    fn joint_changes_pass_through_a_joint_membership_only() {
+        let single = |voters: &[NodeId]| Membership::with_voters(voters.iter().copied());
+        let joint = |old: &[NodeId], new: &[NodeId]| {
+            let set = |ids: &[NodeId]| ids.iter().copied().collect::<BTreeSet<NodeId>>();
+            let nodes = set(old).union(&set(new)).map(|&id| (id, Default::default())).collect();
+            Membership::from_parts(set(new), set(old), BTreeSet::new(), nodes).unwrap()
+        };
+        let entry = |index: LogIndex, m: Membership| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Membership(m),
+        };
+        // The whole set swapped, grown by two, shrunk by two: each through a joint membership.
+        let mut c = InvariantChecker::new();
+        let steps = [
+            entry(1, single(&[1, 2, 3])),
+            entry(2, joint(&[1, 2, 3], &[4, 5, 6])),
+            entry(3, single(&[4, 5, 6])),
+            entry(4, joint(&[4, 5, 6], &[4, 5, 6, 7, 8])),
+            entry(5, single(&[4, 5, 6, 7, 8])),
+            entry(6, joint(&[4, 5, 6, 7, 8], &[6, 7, 8])),
+            entry(7, single(&[6, 7, 8])),
+        ];
+        c.observe_applied((1, 1), &steps).unwrap();
+        // Straight from three voters to three others, or from a joint membership to another one.
+        let err = c.observe_applied((1, 1), &[entry(8, single(&[1, 2, 9]))]).unwrap_err();
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, joint(&[1, 2, 3], &[4, 5, 6]))]).unwrap();
+        let err =
+            c.observe_applied((1, 1), &[entry(2, joint(&[7, 8, 9], &[4, 5, 10]))]).unwrap_err();
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
     }
 
     #[test]

@@ -201,7 +201,9 @@ impl Simulation {
                                 continue;
                             }
                         }
-                        Some(Err(ProposeError::NotLeader { leader_hint })) => hint = leader_hint,
+                        Some(Err(ProposeError::NotLeader { leader_hint, .. })) => {
+                            hint = leader_hint
+                        }
                         _ => {}
                     }
                 }

@@ -201,9 +201,13 @@ impl Simulation {
                 _ => break,
             };
         }
-        let mut voter_sets: Vec<BTreeSet<NodeId>> =
-            self.running.values().map(|r| r.node.membership().voters).collect();
+        let mut voter_sets: Vec<BTreeSet<NodeId>> = Vec::new();
+        for membership in self.running.values().map(|r| r.node.membership()) {
+            voter_sets.push(membership.voters().clone());
+            voter_sets.push(membership.outgoing_voters().clone());
+        }
         voter_sets.retain(|v| !v.is_empty());
+        voter_sets.sort();
         voter_sets.dedup();
         if voter_sets.is_empty() {
             return None;

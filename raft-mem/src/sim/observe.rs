@@ -165,31 +165,35 @@ impl Simulation {
     }
 
     /// The entry at a leader's new commit index (one of its own term: it counts replicas only
-    /// for those) must be durable on a majority of its voters: it may count its own copy only
-    /// once durable, a follower's only once acknowledged, which the follower does only when
-    /// durable.
+    /// for those) must be durable on a majority of every voter set of its membership (both
+    /// during a joint change): it may count its own copy only once durable, a follower's only
+    /// once acknowledged, which the follower does only when durable.
     fn check_commit_durable(&self, id: NodeId, status: &Status) -> Result<(), Violation> {
         let Some(node) = self.node(id) else { return Ok(()) };
-        let voters = node.membership().voters;
+        let membership = node.membership();
         let index = status.commit_index;
-        let mut covered = 0usize;
-        let mut by_term = std::collections::BTreeMap::<u64, usize>::new();
-        for voter in &voters {
-            let Some(disk) = self.disks.get(voter) else { continue };
+        // Whether `voter`'s disk holds the entry (in its log, or under its snapshot or purge
+        // point), and the terms found there otherwise, for the report.
+        let mut by_term = std::collections::BTreeMap::<u64, Vec<NodeId>>::new();
+        let holds = |voter: NodeId| {
+            let disk = self.disks.get(&voter)?;
             let snapshot = disk.snapshots().latest_meta().map_or(0, |m| m.last_included.index);
             if index <= disk.log().purged().index.max(snapshot) {
-                covered += 1;
-            } else if let Some(term) = disk.log().term_at(index) {
-                *by_term.entry(term).or_default() += 1;
+                return Some(status.current_term);
             }
+            disk.log().term_at(index)
+        };
+        for voter in membership.all_voters() {
+            by_term.entry(holds(voter).unwrap_or(0)).or_default().push(voter);
         }
-        let holders = covered + by_term.get(&status.current_term).copied().unwrap_or(0);
-        if holders * 2 <= voters.len() {
+        if !membership.has_quorum(|voter| holds(voter) == Some(status.current_term)) {
             return Err(Violation {
                 invariant: "committed entries are durable on a majority",
                 detail: format!(
-                    "leader {id} of term {} committed index {index}, durable on {holders} of voters {voters:?} ({by_term:?} by term)",
-                    status.current_term
+                    "leader {id} of term {} committed index {index}, not durable on a majority of each voter set of {:?} / {:?} (voters by the term they hold there, 0 for none: {by_term:?})",
+                    status.current_term,
+                    membership.voters(),
+                    membership.outgoing_voters()
                 ),
             });
         }

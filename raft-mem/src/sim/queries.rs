@@ -26,9 +26,10 @@ impl Simulation {
         while self.now() < deadline {
             if let Some(node) = self.leader().and_then(|leader| self.node(leader).cloned()) {
                 let runtime = self.runtime.clone();
+                let this_change = change.clone();
                 let attempt = async move {
                     futures::select_biased! {
-                        result = node.change_membership(change).fuse() => Some(result),
+                        result = node.change_membership(this_change).fuse() => Some(result),
                         _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
                     }
                 };
@@ -38,8 +39,8 @@ impl Simulation {
                     Some(Ok(_)) => return Ok(()),
                     Some(Err(MembershipError::Invalid(invalid))) => {
                         let done = matches!(
-                            (change, &invalid),
-                            (MembershipChange::AddLearner(_), InvalidChange::AlreadyMember(_))
+                            (&change, &invalid),
+                            (MembershipChange::AddLearner(..), InvalidChange::AlreadyMember(_))
                                 | (MembershipChange::RemoveNode(_), InvalidChange::NotMember(_))
                         ) || matches!(change, MembershipChange::PromoteLearner(id)
                             if self.leader().and_then(|l| self.node(l))
@@ -71,20 +72,17 @@ impl Simulation {
             .map(|s| s.id)
     }
 
-    /// The leaders among the running nodes that can reach a majority of the voters of their
-    /// membership.
+    /// The leaders among the running nodes that can reach a quorum of their membership (a
+    /// majority of each voter set).
     pub fn leaders_with_quorum(&self) -> Vec<NodeId> {
         self.running
             .values()
             .filter(|r| r.node.status().role == Role::Leader)
             .filter(|r| {
                 let id = r.node.id();
-                let voters = r.node.membership().voters;
-                let reachable = voters
-                    .iter()
-                    .filter(|&&p| self.is_running(p) && (p == id || self.network.connected(id, p)))
-                    .count();
-                reachable > voters.len() / 2
+                r.node.membership().has_quorum(|p| {
+                    self.is_running(p) && (p == id || self.network.connected(id, p))
+                })
             })
             .map(|r| r.node.id())
             .collect()

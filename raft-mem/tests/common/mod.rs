@@ -223,3 +223,38 @@ impl<R: Runtime + Clone> Cluster<R> {
         }
     }
 }
+
+/// Defines, for each async test function named (generic over the runtime), one test under
+/// tokio, one under async-std and one under smol.
+#[allow(unused_macros)]
+macro_rules! under_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod tokio_rt {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+                    super::$name(rt).await;
+                }
+            )*
+        }
+        mod async_std_rt {
+            $(
+                #[test]
+                fn $name() {
+                    async_std::task::block_on(super::$name(raft_core::runtime::AsyncStdRuntime));
+                }
+            )*
+        }
+        mod smol_rt {
+            $(
+                #[test]
+                fn $name() {
+                    smol::block_on(super::$name(raft_core::runtime::SmolRuntime));
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use under_runtimes;

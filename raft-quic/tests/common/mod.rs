@@ -45,6 +45,8 @@ macro_rules! all_scenarios {
             renewed_certificate_is_used_by_new_connections,
             another_wire_version_is_refused_clearly,
             requests_stay_within_the_connection_memory_budget,
+            member_addresses_come_from_the_membership,
+            configured_addresses_survive_a_rolled_back_membership,
         );
     };
 }

@@ -223,6 +223,13 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
 }
 
 /// A raw quinn endpoint on loopback port 0.
+/// A certificate `ca` issues for `name` (any SAN, no node role), trusting only `ca`.
+pub fn client_material(ca: &ClusterCa, name: &str, lifetime: Duration) -> NodeTls {
+    let cert = ca.issue_client(name, lifetime).unwrap();
+    NodeTls::from_pem(ca.cert_pem().as_bytes(), cert.cert_pem.as_bytes(), cert.key_pem.as_bytes())
+        .unwrap()
+}
+
 pub fn raw_endpoint(rt: &Arc<dyn Runtime>) -> quinn::Endpoint {
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, rt.clone()).unwrap()
@@ -659,13 +666,7 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
     nets[0].serve(handler.clone());
     let lifetime = Duration::from_secs(3600);
     for name in ["client-app.kv", "node-2.raft", "node-18446744073709551615.raft"] {
-        let cert = ca.issue_client(name, lifetime).unwrap();
-        let tls = NodeTls::from_pem(
-            ca.cert_pem().as_bytes(),
-            cert.cert_pem.as_bytes(),
-            cert.key_pem.as_bytes(),
-        )
-        .unwrap();
+        let tls = client_material(&ca, name, lifetime);
         let config = tls::quic_client_config(&tls).unwrap();
         let sender = raft_quic::node_id_of(&tls.cert_chain[0]).unwrap_or(2);
         let result = raw_rpc_attempt(&rt, config, &nets[0], sender).await;
@@ -832,9 +833,10 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
     let nets = bind_cluster(&ca, &[1], &rt);
     let handler = TestHandler::new(1);
     nets[0].serve(handler.clone());
-    // An old node (ALPN raft-quic/1) dials us.
+    // A node of the previous version (ALPN raft-quic/<PROTOCOL_VERSION - 1>) dials us.
+    let old_alpn = format!("raft-quic/{}", raft_quic::PROTOCOL_VERSION - 1).into_bytes();
     let mut old_client = tls::rustls_client_config(&ca.node_tls(2).unwrap()).unwrap();
-    old_client.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_client.alpn_protocols = vec![old_alpn.clone()];
     let old_client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(old_client).unwrap(),
     ));
@@ -844,7 +846,7 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
 
     // We dial an old node.
     let mut old_server = tls::rustls_server_config(&ca.node_tls(3).unwrap()).unwrap();
-    old_server.alpn_protocols = vec![b"raft-quic/1".to_vec()];
+    old_server.alpn_protocols = vec![old_alpn];
     let old_server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(old_server).unwrap(),
     ));
@@ -912,4 +914,109 @@ pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runti
     bounded(&rt, "RPC after the busy one", net1.send(2, heartbeat(1))).await.unwrap();
     net1.close().await;
     net2.close().await;
+}
+
+/// Whether `net` has an address for `id` (a heartbeat is answered), or not (`UnknownPeer`).
+async fn reaches_peer(net: QuicNetwork, id: NodeId) -> bool {
+    match net.send(id, heartbeat(1)).await {
+        Ok(_) => true,
+        Err(NetworkError::UnknownPeer(_)) => false,
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+/// A membership's metadata from a list.
+fn members(
+    list: &[(NodeId, raft_core::NodeInfo)],
+) -> std::collections::BTreeMap<NodeId, raft_core::NodeInfo> {
+    list.iter().cloned().collect()
+}
+
+/// `members_changed` (issue 17.1): members' `ip:port` addresses become peer addresses, move,
+/// and are forgotten when the member leaves; addresses the membership does not give (empty or
+/// invalid) leave what the application set alone; a refused node stays refused.
+pub async fn member_addresses_come_from_the_membership(rt: Arc<dyn Runtime>) {
+    use raft_core::NodeInfo;
+
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let nets: Vec<QuicNetwork> = [1, 2, 3]
+        .iter()
+        .map(|&id| QuicNetwork::bind(test_config(&ca, id, loopback()), rt.clone()).unwrap())
+        .collect();
+    for net in &nets[1..] {
+        net.serve(TestHandler::new(net.node_id()));
+    }
+    let address = |i: usize| NodeInfo::with_address(nets[i].local_addr().to_string());
+    let reaches = |id| reaches_peer(nets[0].clone(), id);
+
+    nets[0].members_changed(&members(&[
+        (1, address(0)),
+        (2, address(1)),
+        (3, NodeInfo::default()),
+    ]));
+    assert!(bounded(&rt, "node 2 by its metadata", reaches(2)).await);
+    assert!(!reaches(3).await, "an empty address gives no peer");
+    nets[0].set_peer(3, nets[2].local_addr());
+    let invalid = NodeInfo::with_address("node-3.example:7000");
+    nets[0].members_changed(&members(&[(1, address(0)), (3, invalid)]));
+    assert!(!reaches(2).await, "a member that left is forgotten");
+    assert!(bounded(&rt, "node 3 as set", reaches(3)).await, "left alone");
+    nets[0].members_changed(&members(&[(2, address(1)), (3, address(2))]));
+    assert!(bounded(&rt, "node 2 again", reaches(2)).await, "a member that came back");
+    nets[0].refuse(2);
+    nets[0].members_changed(&members(&[(2, address(1)), (3, address(2))]));
+    assert!(!reaches(2).await, "a refused node stays refused");
+    for net in &nets {
+        net.close().await;
+    }
+}
+
+/// A membership entry that named addresses and was rolled back (review MEDIUM 1): the addresses
+/// the application configured, at bind (`QuicConfig::peers`) and with `set_peer`, come back when
+/// the membership stops naming them, instead of being forgotten; an id only the membership gave
+/// an address is forgotten, and one the application removed stays removed.
+pub async fn configured_addresses_survive_a_rolled_back_membership(rt: Arc<dyn Runtime>) {
+    use raft_core::NodeInfo;
+
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let others: Vec<QuicNetwork> = [2, 3, 4]
+        .iter()
+        .map(|&id| QuicNetwork::bind(test_config(&ca, id, loopback()), rt.clone()).unwrap())
+        .collect();
+    for net in &others {
+        net.serve(TestHandler::new(net.node_id()));
+    }
+    let mut config = test_config(&ca, 1, loopback());
+    config.peers.insert(2, others[0].local_addr());
+    let net1 = QuicNetwork::bind(config, rt.clone()).unwrap();
+    net1.set_peer(3, others[1].local_addr());
+    let address = |net: &QuicNetwork| NodeInfo::with_address(net.local_addr().to_string());
+    let reaches = |id| reaches_peer(net1.clone(), id);
+
+    // The uncommitted entry names the founders' addresses (the same ones) and a newcomer's.
+    net1.members_changed(&members(&[
+        (1, address(&net1)),
+        (2, address(&others[0])),
+        (3, address(&others[1])),
+        (4, address(&others[2])),
+    ]));
+    assert!(bounded(&rt, "node 4 by its metadata", reaches(4)).await);
+    // It is rolled back to the bootstrap membership, whose founders give no address.
+    let founders =
+        members(&[(1, NodeInfo::default()), (2, NodeInfo::default()), (3, NodeInfo::default())]);
+    net1.members_changed(&founders);
+    assert!(bounded(&rt, "node 2 as bound", reaches(2)).await, "configured at bind");
+    assert!(bounded(&rt, "node 3 as set", reaches(3)).await, "configured with set_peer");
+    assert!(!reaches(4).await, "an address only the membership gave is forgotten");
+    // What the application removes stays removed, even after the membership named it.
+    net1.members_changed(&members(&[(1, address(&net1)), (3, address(&others[1]))]));
+    net1.remove_peer(3);
+    net1.members_changed(&founders);
+    assert!(!reaches(3).await, "removed by the application");
+    net1.close().await;
+    for net in &others {
+        net.close().await;
+    }
 }

@@ -6,7 +6,7 @@ use super::*;
 
 /// Voter 1 and learner 2, both holding `[(1,1) membership]` in term 5.
 fn lone_voter_with_learner() -> Cluster {
-    let membership = Membership { voters: [1].into(), learners: [2].into() };
+    let membership = Membership::from_ids([1], [2]).unwrap();
     let log = vec![Entry { index: 1, term: 1, payload: EntryPayload::Membership(membership) }];
     let hard_state = HardState { current_term: 5, voted_for: None };
     let mut c = Cluster::with_configs(vec![Config::new(1, [1]), Config::new(2, [1])]);
@@ -133,7 +133,7 @@ fn a_timeout_now_election_won_at_once_waits_for_the_term() {
     assert_eq!(leader, 1);
     // Node 2 is the only voter now (as after a removal of node 1 that committed) and gets a
     // TimeoutNow from node 1.
-    let membership = Membership { voters: [2].into(), learners: [1].into() };
+    let membership = Membership::from_ids([2], [1]).unwrap();
     let term = c.nodes[&2].engine.hard_state().current_term;
     let last = c.nodes[&2].engine.last_log_id();
     let entry =

@@ -7,6 +7,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::membership::NodeInfo;
 use crate::types::{MAX_LOG_INDEX, MAX_TERM};
 
 /// A 3-node cluster with an elected leader holding `a` committed everywhere.
@@ -385,17 +386,19 @@ fn malformed_messages_are_logged_at_most_once_per_peer_per_ten_seconds() {
 // ---- memberships a leader may propose (review finding 7) -----------------------------------
 
 /// A leader never appends a membership its followers would refuse as malformed (more than
-/// `MAX_MEMBERS` members): the change is refused with a clear error instead. Before, only inbound
-/// memberships were checked, so a leader could append one that no follower would ever take.
+/// `MAX_MEMBERS` members): the change is refused with a clear error instead, also when only the
+/// joint membership of a change would exceed the bound (it names the old voters and the new
+/// members together). Before, only inbound memberships were checked, so a leader could append
+/// one that no follower would ever take.
 #[test]
 fn a_leader_refuses_a_membership_its_followers_would_refuse() {
-    use crate::membership::{InvalidChange, MembershipChange};
-    let max = crate::engine::MAX_MEMBERS as u64;
+    use crate::membership::{InvalidChange, MembershipChange, NodeInfo};
+    let max = crate::membership::MAX_MEMBERS as u64;
     let mut config = config(1, 1);
     config.snapshot_interval_entries = 0;
     let meta = SnapshotMeta {
         last_included: LogId::new(1, 10),
-        membership: Membership { voters: [1].into(), learners: (2..=max).collect() },
+        membership: Membership::from_ids([1], 2..=max).unwrap(),
         size: 0,
         checksum: crate::snapshot::Checksum::of(b""),
     };
@@ -413,12 +416,16 @@ fn a_leader_refuses_a_membership_its_followers_would_refuse() {
         }
     }
     assert!(engine.role() == Role::Leader && engine.own_term_committed());
-    let refused = engine.propose_membership(MembershipChange::AddLearner(max + 1));
-    assert_eq!(
-        refused,
-        Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(max as usize + 1)))
-    );
-    assert_eq!(engine.membership().members().len() as u64, max, "nothing appended");
+    let too_many = Err(MembershipRefusal::Invalid(InvalidChange::TooManyMembers(max as usize + 1)));
+    let add = MembershipChange::AddLearner(max + 1, NodeInfo::default());
+    assert_eq!(engine.propose_membership(add), too_many);
+    // A target within the bound whose joint membership (voter 1 going, learners 2..=max staying
+    // or coming, max + 1 new) is not: refused before any step is taken.
+    let current = engine.membership().clone();
+    let target = current.target([2], 3..=max + 1, [(max + 1, NodeInfo::default())]).unwrap();
+    assert_eq!(target.members().len() as u64, max);
+    assert_eq!(engine.propose_membership_target(&target), too_many);
+    assert_eq!(engine.membership(), &current, "nothing appended");
     // A change that keeps the bound goes through.
     assert!(engine.propose_membership(MembershipChange::RemoveNode(max)).is_ok());
 }
@@ -597,10 +604,22 @@ impl Target {
                         payload: match payload % 3 {
                             0 => EntryPayload::Blank,
                             1 => EntryPayload::Command(Bytes::from(vec![payload])),
-                            _ => EntryPayload::Membership(Membership {
-                                voters: [1, 2, 3].into_iter().take(payload as usize % 4).collect(),
-                                learners: [u64::from(payload % 5)].into(),
-                            }),
+                            _ => {
+                                // Often malformed: no voter, or a voter that is also a learner.
+                                let voters: BTreeSet<NodeId> =
+                                    [1, 2, 3].into_iter().take(payload as usize % 4).collect();
+                                let learners: BTreeSet<NodeId> = [u64::from(payload % 5)].into();
+                                let nodes = voters
+                                    .union(&learners)
+                                    .map(|&id| (id, NodeInfo::default()))
+                                    .collect();
+                                EntryPayload::Membership(Membership::from_parts_unchecked(
+                                    voters,
+                                    BTreeSet::new(),
+                                    learners,
+                                    nodes,
+                                ))
+                            }
                         },
                     })
                     .collect();

@@ -122,17 +122,10 @@ impl CoreLoop {
             Action::InstallSnapshot(meta) => self.snap_op(SnapOp::Install(meta)),
             Action::CompactLog { up_to } => self.snap_op(SnapOp::Compact(up_to)),
             Action::TakeSnapshot { last_included, membership } => {
-                self.apply_path(ApplyMsg::TakeSnapshot(last_included, membership))
+                self.send_to_applier(ApplyMsg::TakeSnapshot(last_included, membership))
             }
-            Action::Restore(meta) => self.apply_path(ApplyMsg::Restore(meta)),
+            Action::Restore(meta) => self.send_to_applier(ApplyMsg::Restore(meta)),
             _ => {}
-        }
-    }
-
-    /// Hands a snapshot step to the applier, in order with the entries.
-    fn apply_path(&mut self, message: ApplyMsg) {
-        if self.applier.try_send(message).is_err() {
-            self.lost("applier (state machine)");
         }
     }
 
@@ -146,6 +139,8 @@ impl CoreLoop {
                 self.durable_seq = seq;
                 if let Some(last) = installed {
                     self.engine.on_snapshot_installed(last);
+                    let bytes = self.engine.snapshot_meta().map_or(0, |m| m.size);
+                    self.metrics.node.snapshot_installed(bytes);
                     // A snapshot from the leader may cover what waiters asked for.
                     self.answer_snapshot_waiters(false);
                 }
@@ -153,6 +148,7 @@ impl CoreLoop {
                 self.release_storage();
             }
             SnapshotInput::Taken(meta) => {
+                self.metrics.node.snapshot_taken(meta.size);
                 self.engine.on_snapshot_taken(meta);
                 self.answer_snapshot_waiters(false);
             }

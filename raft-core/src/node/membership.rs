@@ -1,0 +1,188 @@
+//! Membership changes through the node handle: one step at a time ([`Node::change_membership`],
+//! [`Node::add_voter`]) or to any target at once through a joint configuration
+//! ([`Node::set_membership`]). The engine takes each step (`Engine::propose_membership*`); this
+//! side waits for entries to commit, retries while another change is in progress or a learner
+//! catches up, and waits for the configuration a joint one moves to.
+
+use std::time::Duration;
+
+use futures::channel::oneshot;
+
+use super::{reentrancy, Input, Node, Proposal};
+use crate::engine::MembershipProgress;
+use crate::error::MembershipError;
+use crate::membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
+use crate::types::NodeId;
+
+/// What a caller asks the leader for.
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    /// One step relative to the membership in force.
+    Change(MembershipChange),
+    /// Any membership, through a joint configuration.
+    Target(Membership),
+}
+
+/// What the leader did for a [`Request`].
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Nothing to do: the membership in force (committed) is the one asked for.
+    Done(Membership),
+    /// An entry was appended: `membership`, at `proposal`.
+    Appended { proposal: Proposal, progress: MembershipProgress, membership: Membership },
+}
+
+/// A caller waiting for a joint change to be complete: answered with the membership in force
+/// once a single-configuration membership after the joint one is committed and applied here, or
+/// with
+/// `LeadershipLost` if this node stops leading before it knows that (a node the change removed
+/// may never hear of the end: the next leader replicates nothing to it).
+pub(crate) struct CommitWaiter {
+    pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
+    /// Holds one of the node's proposal slots while waiting (bounds the waiters).
+    pub(crate) _permit: async_lock::SemaphoreGuardArc,
+}
+
+impl Node {
+    /// Leader: changes the membership by one step, applied to the membership in force, and
+    /// returns the membership after it once the change is complete (committed and applied
+    /// here). A change of the voters (`PromoteLearner`, `RemoveNode` of a voter) goes through a
+    /// joint configuration, which the leader completes by itself: the call returns once the
+    /// final configuration is committed and applied here.
+    ///
+    /// If this node stops leading after the joint configuration committed but before it knows
+    /// the final one committed, the call fails with `Proposal(LeadershipLost)`: the next leader
+    /// finishes the change, and a retry on it returns once it is complete.
+    ///
+    /// One change at a time: while another change is not complete (or a new leader has not
+    /// committed an entry of its term yet) the call waits, checking every heartbeat interval,
+    /// for at most `Config::election_timeout_ms_max`, then fails with
+    /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
+    /// (handing over) once the change is complete. New members must be reachable through this
+    /// node's `Network` (which learns their [`NodeInfo`] from the membership).
+    ///
+    /// Called inside this node's own state machine, it fails at once with
+    /// [`MembershipError::InsideStateMachine`] (it would wait for itself).
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<Membership, MembershipError> {
+        self.drive_membership(Request::Change(change), None).await
+    }
+
+    /// Leader: changes the membership to `target` (voters, learners and their metadata: build it
+    /// with [`Membership::new`] or [`Membership::target`]) in one call, through joint consensus.
+    /// Target voters that are not members yet join as learners first; once each learner that
+    /// becomes a voter has caught up (as for [`Node::add_voter`], retrying every heartbeat
+    /// interval for at most `catch_up_timeout`, else [`MembershipError::CatchUpTimeout`]: they
+    /// stay learners), the leader appends the joint configuration, in which elections and
+    /// commitment need a majority of both the old and the new voters, and then the target.
+    /// Returns the target once it is committed and applied here; returns at once if it is
+    /// committed already.
+    ///
+    /// A change made by another caller meanwhile (between the learners joining and the joint
+    /// configuration) is replaced by `target`. Waits for another change in progress as
+    /// [`Node::change_membership`] does. A leader that is not a voter of `target` leads until
+    /// the target is committed, then hands over.
+    pub async fn set_membership(
+        &self,
+        target: Membership,
+        catch_up_timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        self.drive_membership(Request::Target(target), Some(catch_up_timeout)).await
+    }
+
+    /// Leader: adds `id` as a voter safely: as a learner with `info` first (skipped if it is a
+    /// learner already), then promotes it once it has caught up with the log, retrying every
+    /// heartbeat interval for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]:
+    /// it stays a learner).
+    pub async fn add_voter(
+        &self,
+        id: NodeId,
+        info: NodeInfo,
+        catch_up_timeout: Duration,
+    ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
+        let is_learner = |node: &Node| node.membership().is_learner(id);
+        if !is_learner(self) {
+            match self.change_membership(MembershipChange::AddLearner(id, info)).await {
+                Ok(_) => {}
+                Err(MembershipError::Invalid(InvalidChange::AlreadyMember(_)))
+                    if is_learner(self) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let promote = Request::Change(MembershipChange::PromoteLearner(id));
+        self.drive_membership(promote, Some(catch_up_timeout)).await
+    }
+
+    /// Takes steps toward what `request` asks for until it is done. `ChangeInProgress` is
+    /// retried every heartbeat interval for at most `change_wait` in a row; `LearnerBehind` for
+    /// at most `catch_up` (without it, it is the caller's error).
+    async fn drive_membership(
+        &self,
+        request: Request,
+        catch_up: Option<Duration>,
+    ) -> Result<Membership, MembershipError> {
+        if reentrancy::inside_state_machine(self.shared.token) {
+            return Err(MembershipError::InsideStateMachine);
+        }
+        let step = self.shared.heartbeat_interval;
+        let rounds = |wait: Duration| (wait.as_millis() / step.as_millis().max(1)).max(1);
+        let in_progress_rounds = rounds(self.shared.change_wait);
+        let catch_up_rounds = catch_up.map(rounds);
+        let (mut in_progress, mut behind) = (0, 0);
+        loop {
+            match self.membership_step(request.clone()).await {
+                Ok(Step::Done(membership)) => return Ok(membership),
+                Ok(Step::Appended { proposal, progress, membership }) => {
+                    let index = proposal.index;
+                    proposal.response().await?;
+                    match progress {
+                        MembershipProgress::Joint(_) => return self.joint_complete(index).await,
+                        MembershipProgress::LearnersAdded(_) => in_progress = 0,
+                        MembershipProgress::Changed(_) | MembershipProgress::Done => {
+                            return Ok(membership)
+                        }
+                    }
+                }
+                Err(MembershipError::ChangeInProgress) if in_progress < in_progress_rounds => {
+                    in_progress += 1;
+                    self.shared.runtime.sleep(step).await;
+                }
+                Err(MembershipError::LearnerBehind { .. }) if catch_up_rounds.is_some() => {
+                    if Some(behind) >= catch_up_rounds {
+                        return Err(MembershipError::CatchUpTimeout);
+                    }
+                    behind += 1;
+                    self.shared.runtime.sleep(step).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Asks the leader for one step of `request`.
+    async fn membership_step(&self, request: Request) -> Result<Step, MembershipError> {
+        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let answer = self.ask(|reply| Input::ChangeMembership { request, permit, reply }).await;
+        answer.unwrap_or(Err(MembershipError::Shutdown))
+    }
+
+    /// Waits until the joint membership at `joint_index` (committed) was replaced by the
+    /// configuration it moves to, committed and applied here; returns the membership then in
+    /// force. Fails with
+    /// `LeadershipLost` if this node stops leading first (the next leader finishes the change).
+    async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
+        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let answer = self
+            .ask(|reply| Input::MembershipCommitted {
+                after: joint_index,
+                waiter: CommitWaiter { reply, _permit: permit },
+            })
+            .await;
+        answer.unwrap_or(Err(MembershipError::Shutdown))
+    }
+}

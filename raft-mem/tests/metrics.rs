@@ -1,0 +1,226 @@
+//! The metrics a node records through the `metrics` facade: a recorder installed for this test
+//! binary sees the status gauges, per-follower replication, proposals, reads, log writes,
+//! applies, snapshots (taken, sent, installed), elections, per-peer RPCs and a fatal error.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use raft_core::runtime::TokioRuntime;
+use raft_core::{FatalError, NodeId};
+use support::{wait_until, within, Cluster, Machine, Recipe};
+
+/// A metric's name and labels, rendered `name{a="1",b="2"}` with the labels sorted.
+fn render(key: &Key) -> String {
+    let mut labels: Vec<String> =
+        key.labels().map(|l| format!("{}=\"{}\"", l.key(), l.value())).collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+#[derive(Default)]
+struct Cell {
+    counter: AtomicU64,
+    gauge: Mutex<f64>,
+    samples: Mutex<Vec<f64>>,
+}
+
+impl CounterFn for Cell {
+    fn increment(&self, value: u64) {
+        self.counter.fetch_add(value, Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.counter.fetch_max(value, Ordering::SeqCst);
+    }
+}
+
+impl GaugeFn for Cell {
+    fn increment(&self, value: f64) {
+        *self.gauge.lock().unwrap() += value;
+    }
+    fn decrement(&self, value: f64) {
+        *self.gauge.lock().unwrap() -= value;
+    }
+    fn set(&self, value: f64) {
+        *self.gauge.lock().unwrap() = value;
+    }
+}
+
+impl HistogramFn for Cell {
+    fn record(&self, value: f64) {
+        self.samples.lock().unwrap().push(value);
+    }
+}
+
+/// Keeps every metric in a map, by rendered key.
+#[derive(Default)]
+struct TestRecorder {
+    cells: Mutex<BTreeMap<String, Arc<Cell>>>,
+}
+
+impl TestRecorder {
+    fn cell(&self, key: &Key) -> Arc<Cell> {
+        self.cells.lock().unwrap().entry(render(key)).or_default().clone()
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, String)]) -> Option<Arc<Cell>> {
+        let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        wanted.sort();
+        self.cells.lock().unwrap().get(&format!("{name}{{{}}}", wanted.join(","))).cloned()
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, String)]) -> u64 {
+        self.find(name, labels).map_or(0, |c| c.counter.load(Ordering::SeqCst))
+    }
+
+    fn gauge(&self, name: &str, labels: &[(&str, String)]) -> Option<f64> {
+        self.find(name, labels).map(|c| *c.gauge.lock().unwrap())
+    }
+
+    fn samples(&self, name: &str, labels: &[(&str, String)]) -> Vec<f64> {
+        self.find(name, labels).map(|c| c.samples.lock().unwrap().clone()).unwrap_or_default()
+    }
+}
+
+impl Recorder for &'static TestRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.cell(key))
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.cell(key))
+    }
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.cell(key))
+    }
+}
+
+fn recorder() -> &'static TestRecorder {
+    static RECORDER: OnceLock<&'static TestRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| {
+        let recorder: &'static TestRecorder = Box::leak(Box::default());
+        metrics::set_global_recorder(recorder).unwrap();
+        recorder
+    })
+}
+
+fn node(id: NodeId) -> Vec<(&'static str, String)> {
+    vec![("node_id", id.to_string())]
+}
+
+fn with(id: NodeId, more: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut labels = node(id);
+    labels.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+    labels
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_records_what_it_does() {
+    let metrics = recorder();
+    let rt = TokioRuntime::current().unwrap();
+    let recipe = |_| Recipe {
+        machine: Machine { takes_snapshots: true, ..Machine::default() },
+        with_snapshots: true,
+        configure: Some(|c| {
+            c.snapshot_interval_entries = 1_000_000;
+            c.snapshot_keep_entries = 0;
+            c.snapshot_chunk_bytes = 64;
+        }),
+    };
+    let cluster = Cluster::start(rt.clone(), 3, recipe).await;
+    let leader = cluster.leader().await;
+    let lagging = *cluster.members.keys().find(|&&id| id != leader).unwrap();
+    let other = *cluster.members.keys().find(|&&id| id != leader && id != lagging).unwrap();
+
+    // The lagging follower misses writes that a snapshot then compacts away: it catches up by
+    // InstallSnapshot once it is back.
+    cluster.network.disconnect(lagging);
+    let mut last = 0;
+    for i in 0..30 {
+        last = cluster.write_on(leader, &format!("w{i}")).await;
+    }
+    let snapshot = within(&rt, "a snapshot", cluster.node(leader).snapshot()).await.unwrap();
+    assert!(snapshot.is_some(), "the leader took a snapshot");
+    cluster.network.reconnect(lagging);
+    cluster.wait_applied(lagging, last).await;
+    for _ in 0..5 {
+        within(&rt, "a read", cluster.node(other).read_index()).await.unwrap();
+    }
+    // The lag gauges are refreshed on the leader's ticks.
+    wait_until(&rt, "the lag gauge shows the follower caught up", || {
+        metrics.gauge("raft_follower_lag_entries", &with(leader, &[("peer", &lagging.to_string())]))
+            == Some(0.0)
+    })
+    .await;
+
+    let status = cluster.node(leader).status();
+    let l = node(leader);
+    assert_eq!(metrics.gauge("raft_role", &l), Some(3.0));
+    assert_eq!(metrics.gauge("raft_role", &node(other)), Some(0.0));
+    assert_eq!(metrics.gauge("raft_term", &l), Some(status.current_term as f64));
+    assert_eq!(metrics.gauge("raft_leader_id", &node(other)), Some(leader as f64));
+    assert!(metrics.gauge("raft_commit_index", &l).unwrap() >= last as f64);
+    assert!(metrics.gauge("raft_applied_index", &l).unwrap() >= last as f64);
+    assert!(metrics.gauge("raft_last_log_index", &l).unwrap() >= last as f64);
+    let peer = lagging.to_string();
+    let match_index = metrics.gauge("raft_follower_match_index", &with(leader, &[("peer", &peer)]));
+    assert!(match_index.unwrap() >= last as f64);
+
+    assert_eq!(metrics.counter("raft_elections_won_total", &l), 1);
+    assert!(metrics.counter("raft_elections_started_total", &l) >= 1);
+    assert_eq!(metrics.counter("raft_proposals_total", &l), 30);
+    assert_eq!(metrics.samples("raft_proposal_duration_seconds", &l).len(), 30);
+    assert_eq!(metrics.counter("raft_reads_total", &node(other)), 5);
+    assert_eq!(metrics.samples("raft_read_duration_seconds", &node(other)).len(), 5);
+    assert!(metrics.counter("raft_log_writes_total", &l) >= 1);
+    let batches = metrics.samples("raft_log_write_entries", &l);
+    assert!(batches.iter().sum::<f64>() >= 31.0, "every entry was written: {batches:?}");
+    assert!(!metrics.samples("raft_log_write_duration_seconds", &l).is_empty());
+    assert!(metrics.counter("raft_applied_entries_total", &l) >= 31);
+    assert!(!metrics.samples("raft_apply_duration_seconds", &l).is_empty());
+
+    let size = snapshot.unwrap().size;
+    assert_eq!(metrics.counter("raft_snapshots_taken_total", &l), 1);
+    assert_eq!(metrics.counter("raft_snapshot_taken_bytes_total", &l), size);
+    assert_eq!(metrics.counter("raft_snapshots_installed_total", &node(lagging)), 1);
+    assert_eq!(metrics.counter("raft_snapshot_installed_bytes_total", &node(lagging)), size);
+    assert!(metrics.counter("raft_snapshots_sent_total", &with(leader, &[("peer", &peer)])) >= 1);
+    let chunks = with(leader, &[("peer", &peer), ("rpc", "install_snapshot")]);
+    assert!(metrics.counter("raft_rpc_sent_total", &chunks) >= 1);
+    assert!(metrics.counter("raft_rpc_sent_bytes_total", &chunks) >= size);
+
+    let appends = with(leader, &[("peer", &other.to_string()), ("rpc", "append_entries")]);
+    assert!(metrics.counter("raft_rpc_sent_total", &appends) >= 30);
+    assert!(metrics.counter("raft_rpc_sent_bytes_total", &appends) > 0);
+    assert!(!metrics.samples("raft_rpc_duration_seconds", &appends).is_empty());
+    // While it was disconnected, AppendEntries to the lagging follower failed.
+    let to_lagging = with(leader, &[("peer", &peer), ("rpc", "append_entries")]);
+    assert!(metrics.counter("raft_rpc_errors_total", &to_lagging) >= 1);
+    let received = with(other, &[("peer", &leader.to_string()), ("rpc", "append_entries")]);
+    assert!(metrics.counter("raft_rpc_received_total", &received) >= 30);
+    let asked = with(leader, &[("peer", &other.to_string()), ("rpc", "read_index")]);
+    assert!(metrics.counter("raft_rpc_received_total", &asked) >= 1);
+
+    // A store that fails stops the node, and the metrics say why.
+    assert_eq!(metrics.gauge("raft_node_failed", &with(other, &[("kind", "panicked")])), None);
+    cluster.members[&other].store.panic_on_write.store(true, Ordering::SeqCst);
+    cluster.write_on(leader, "after").await;
+    wait_until(&rt, "the follower's store to fail", || {
+        matches!(cluster.node(other).fatal_error(), Some(FatalError::Panicked { .. }))
+    })
+    .await;
+    wait_until(&rt, "the failure to show in the metrics", || {
+        metrics.gauge("raft_node_failed", &with(other, &[("kind", "panicked")])) == Some(1.0)
+    })
+    .await;
+    cluster.shutdown().await;
+}

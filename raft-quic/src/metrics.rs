@@ -1,0 +1,85 @@
+//! What the transport records through the [`metrics`] facade (the application installs the
+//! recorder, before binding the network; without one every handle does nothing):
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `quic_sent_bytes_total` | counter | `node_id`, `peer` | frame bytes written to a peer (requests this node sent, answers it gave) |
+//! | `quic_received_bytes_total` | counter | `node_id`, `peer` | frame bytes read from a peer (answers it got, requests it served) |
+//! | `quic_rpc_errors_total` | counter | `node_id`, `peer`, `error` | outbound RPCs that failed: `timeout`, `unreachable`, `refused`, `codec` |
+//! | `quic_dial_failures_total` | counter | `node_id`, `peer` | failed attempts to connect to a peer |
+//! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound streams closed for a bad frame, a lying sender or a timeout |
+//! | `quic_handshakes_total` | counter | `gate`, `outcome` | connection attempts at a [`Gate`](crate::Gate): `admitted`, `failed` (TLS or the peer gave up), `timed_out`, `refused` (limits, Retry not counted), `rejected` (identity or removed node, after the handshake), `over_capacity` |
+//!
+//! Handles are registered once per peer (per connection on the inbound side) and per gate.
+
+use ::metrics::{Counter, Label};
+use raft_core::{NetworkError, NodeId};
+
+/// The counters of one peer, as seen by one node.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCounters {
+    pub(crate) sent_bytes: Counter,
+    pub(crate) received_bytes: Counter,
+    errors: [Counter; 4],
+    pub(crate) dial_failures: Counter,
+    pub(crate) bad_requests: Counter,
+}
+
+impl PeerCounters {
+    pub(crate) fn new(node: NodeId, peer: NodeId) -> Self {
+        let labels =
+            [Label::new("node_id", node.to_string()), Label::new("peer", peer.to_string())];
+        let error = |kind: &'static str| {
+            let mut labels = labels.to_vec();
+            labels.push(Label::new("error", kind));
+            ::metrics::counter!("quic_rpc_errors_total", labels.iter())
+        };
+        Self {
+            sent_bytes: ::metrics::counter!("quic_sent_bytes_total", labels.iter()),
+            received_bytes: ::metrics::counter!("quic_received_bytes_total", labels.iter()),
+            errors: ["timeout", "unreachable", "refused", "codec"].map(error),
+            dial_failures: ::metrics::counter!("quic_dial_failures_total", labels.iter()),
+            bad_requests: ::metrics::counter!("quic_bad_requests_total", labels.iter()),
+        }
+    }
+
+    /// Counts an outbound RPC that failed with `error`.
+    pub(crate) fn failed(&self, error: &NetworkError) {
+        let kind = match error {
+            NetworkError::Timeout(_) => 0,
+            NetworkError::Refused { .. } => 2,
+            NetworkError::Codec(_) => 3,
+            _ => 1,
+        };
+        self.errors[kind].increment(1);
+    }
+}
+
+/// What happened to a connection attempt at a gate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Outcome {
+    Admitted,
+    Failed,
+    TimedOut,
+    Refused,
+    Rejected,
+    OverCapacity,
+}
+
+/// The counters of one gate, by [`Outcome`].
+#[derive(Debug)]
+pub(crate) struct GateCounters([Counter; 6]);
+
+impl GateCounters {
+    pub(crate) fn new(gate: &'static str) -> Self {
+        let outcomes = ["admitted", "failed", "timed_out", "refused", "rejected", "over_capacity"];
+        Self(outcomes.map(|outcome| {
+            let labels = [Label::new("gate", gate), Label::new("outcome", outcome)];
+            ::metrics::counter!("quic_handshakes_total", labels.iter())
+        }))
+    }
+
+    pub(crate) fn count(&self, outcome: Outcome) {
+        self.0[outcome as usize].increment(1);
+    }
+}
