@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use raft_core::{Config, EntryPayload, MembershipChange, NodeId, NodeInfo};
+use raft_core::{Config, EntryPayload, Membership, MembershipChange, NodeId, NodeInfo};
 use raft_mem::sim::{
     ClientOptions, ConfigHook, CrashTrigger, DiskFaults, InFlight, LivenessBounds, NodeClock,
     Simulation, SimulationConfig, StateMachineFaults,
@@ -235,6 +235,8 @@ struct Totals {
     in_flight_lost: AtomicU64,
     fault_stops: AtomicU64,
     membership_changes: AtomicU64,
+    joint_changes_started: AtomicU64,
+    joint_memberships: AtomicU64,
     restores: AtomicU64,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -557,6 +559,12 @@ fn swarm_scenario(sim: &mut Simulation, seed: u64, draws: &Draws) -> Outcome {
         .filter(|e| matches!(e.payload, EntryPayload::Membership(_)))
         .count();
     add(&TOTALS.membership_changes, changes as u64);
+    let joint = sim
+        .checker()
+        .committed_entries()
+        .filter(|e| matches!(&e.payload, EntryPayload::Membership(m) if m.is_joint()))
+        .count();
+    add(&TOTALS.joint_memberships, joint as u64);
     let restores: usize = sim.ids().iter().map(|&id| sim.restores(id).len()).sum();
     add(&TOTALS.restores, restores as u64);
     add(&TOTALS.reads, readers.iter().map(|r| r.completed()).sum());
@@ -728,18 +736,12 @@ fn change_at_random(
         (!v.is_empty()).then(|| dice.pick(&v))
     };
     sim.note_disruption();
-    let change = match dice.below(5) {
+    let change = match dice.below(7) {
         0 => {
-            let id = if !removed.is_empty() && dice.chance(80) {
-                add(&TOTALS.readded, 1);
-                removed.remove(dice.below(removed.len() as u64) as usize)
-            } else {
-                *next_id += 1;
-                *next_id
-            };
-            sim.add_node(id)?;
+            let id = fresh_node(sim, dice, next_id, removed)?;
             MembershipChange::AddLearner(id, NodeInfo::default())
         }
+        5 | 6 => return joint_change(sim, dice, next_id, removed, node, &membership),
         1 => match pick(dice, membership.learners()) {
             Some(id) => MembershipChange::PromoteLearner(id),
             None => return Ok(()),
@@ -762,6 +764,74 @@ fn change_at_random(
     }
     sim.runtime.spawn_task(async move {
         let _ = node.change_membership(change).await;
+    });
+    Ok(())
+}
+
+/// A node to add: a removed id again (on an empty disk) four times in five, else a new one.
+fn fresh_node(
+    sim: &mut Simulation,
+    dice: &mut Dice,
+    next_id: &mut NodeId,
+    removed: &mut Vec<NodeId>,
+) -> Result<NodeId, raft_mem::sim::SimFailure> {
+    let id = if !removed.is_empty() && dice.chance(80) {
+        add(&TOTALS.readded, 1);
+        removed.remove(dice.below(removed.len() as u64) as usize)
+    } else {
+        *next_id += 1;
+        *next_id
+    };
+    sim.add_node(id)?;
+    Ok(id)
+}
+
+/// Starts a change of several voters at once on the leader `node` (through joint consensus),
+/// without waiting for its outcome: replace two voters (two of three, say), grow by two (3 to
+/// 5), shrink by two (5 to 3) or swap the whole voter set, the incoming voters being new nodes.
+fn joint_change(
+    sim: &mut Simulation,
+    dice: &mut Dice,
+    next_id: &mut NodeId,
+    removed: &mut Vec<NodeId>,
+    node: raft_core::Node,
+    membership: &Membership,
+) -> Outcome {
+    if membership.is_joint() {
+        return Ok(());
+    }
+    let mut voters: Vec<NodeId> = membership.voters().iter().copied().collect();
+    for i in (1..voters.len()).rev() {
+        voters.swap(i, dice.below(i as u64 + 1) as usize);
+    }
+    let n = voters.len();
+    let (keep, incoming) = match dice.below(4) {
+        0 if n >= 2 => (n - 2, 2),
+        1 if n <= 5 => (n, 2),
+        2 if n >= 3 => (n - 2, 0),
+        _ => (0, n),
+    };
+    voters.truncate(keep);
+    let mut new_nodes = Vec::new();
+    for _ in 0..incoming {
+        let id = fresh_node(sim, dice, next_id, removed)?;
+        voters.push(id);
+        new_nodes.push((id, NodeInfo::default()));
+    }
+    let learners: Vec<NodeId> =
+        membership.learners().iter().copied().filter(|id| !voters.contains(id)).collect();
+    let Ok(target) = membership.target(voters, learners, new_nodes) else { return Ok(()) };
+    if verbose() {
+        println!(
+            "  t={:?} joint change to {:?} on leader {}",
+            sim.now(),
+            target.voters(),
+            node.id()
+        );
+    }
+    add(&TOTALS.joint_changes_started, 1);
+    sim.runtime.spawn_task(async move {
+        let _ = node.set_membership(target, Duration::from_secs(3)).await;
     });
     Ok(())
 }
@@ -808,7 +878,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes, {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -823,6 +893,8 @@ fn shard(index: u64) {
         n(&t.fault_stops),
         n(&t.shutdowns),
         n(&t.membership_changes),
+        n(&t.joint_memberships),
+        n(&t.joint_changes_started),
         n(&t.readded),
         n(&t.restores),
         n(&t.healthy_periods),

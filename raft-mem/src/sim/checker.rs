@@ -483,15 +483,26 @@ fn check_membership_step(
 /// voter set). Sufficient: some voter set of `a` and some of `b` whose majorities cannot be
 /// disjoint, that is whose majority sizes add up to more than the two sets hold together.
 fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
-    let sets = |m: &Membership| {
-        let mut sets = vec![m.voters().clone()];
-        if m.is_joint() {
-            sets.push(m.outgoing_voters().clone());
-        }
-        sets
-    };
     let majority = |set: &BTreeSet<NodeId>| set.len() / 2 + 1;
-    sets(a).iter().any(|x| sets(b).iter().any(|y| majority(x) + majority(y) > x.union(y).count()))
+    let (a, b) = (voter_sets(a), voter_sets(b));
+    a.iter().any(|x| b.iter().any(|y| majority(x) + majority(y) > x.union(y).count()))
+}
+
+/// The voter sets of `membership`: one, or two during a joint change. The oracles count
+/// quorums with this, not with the engine's own quorum rule, which they check.
+pub(super) fn voter_sets(membership: &Membership) -> Vec<BTreeSet<NodeId>> {
+    let mut sets = vec![membership.voters().clone()];
+    if membership.is_joint() {
+        sets.push(membership.outgoing_voters().clone());
+    }
+    sets
+}
+
+/// Whether the voters for which `yes` holds are a majority of every voter set of `membership`.
+pub(super) fn is_quorum(membership: &Membership, yes: impl Fn(NodeId) -> bool) -> bool {
+    voter_sets(membership)
+        .iter()
+        .all(|set| set.iter().filter(|&&id| yes(id)).count() * 2 > set.len())
 }
 
 /// Records `entry` as committed (applied or in a snapshot by `node`), checking State Machine

@@ -203,8 +203,7 @@ impl Simulation {
         }
         let mut voter_sets: Vec<BTreeSet<NodeId>> = Vec::new();
         for membership in self.running.values().map(|r| r.node.membership()) {
-            voter_sets.push(membership.voters().clone());
-            voter_sets.push(membership.outgoing_voters().clone());
+            voter_sets.extend(super::checker::voter_sets(&membership));
         }
         voter_sets.retain(|v| !v.is_empty());
         voter_sets.sort();

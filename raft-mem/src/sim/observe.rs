@@ -186,7 +186,9 @@ impl Simulation {
         for voter in membership.all_voters() {
             by_term.entry(holds(voter).unwrap_or(0)).or_default().push(voter);
         }
-        if !membership.has_quorum(|voter| holds(voter) == Some(status.current_term)) {
+        if !super::checker::is_quorum(&membership, |voter| {
+            holds(voter) == Some(status.current_term)
+        }) {
             return Err(Violation {
                 invariant: "committed entries are durable on a majority",
                 detail: format!(
