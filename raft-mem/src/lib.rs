@@ -18,5 +18,5 @@ pub mod sim;
 mod snapshot_store;
 
 pub use log_store::MemLogStore;
-pub use network::{LinkFaults, MemEndpoint, MemNetwork, NetworkStats};
+pub use network::{LinkFaults, MemEndpoint, MemNetwork, NetworkStats, WireObserver};
 pub use snapshot_store::MemSnapshotStore;

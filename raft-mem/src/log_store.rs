@@ -9,7 +9,7 @@ use raft_core::{
     DurableState, Entry, HardState, LogId, LogIndex, LogStore, StorageError, WriteBatch,
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     hard_state: HardState,
     purged: LogId,
@@ -137,6 +137,75 @@ impl MemLogStore {
         let entries: u64 = inner.entries.iter().map(encoded_size).sum();
         encoded_size(&inner.hard_state) + encoded_size(&inner.purged) + entries
     }
+
+    /// The term of the stored entry at `index` (the purged one's included), if the store holds
+    /// it.
+    pub fn term_at(&self, index: LogIndex) -> Option<raft_core::Term> {
+        let inner = self.lock();
+        if index == inner.purged.index {
+            return Some(inner.purged.term);
+        }
+        inner.position(index).map(|p| inner.entries[p].term)
+    }
+
+    /// The ids of the stored entries from `index` on (what a truncation there removes).
+    pub(crate) fn ids_from(&self, index: LogIndex) -> Vec<LogId> {
+        let inner = self.lock();
+        let start = inner.position(index).unwrap_or(inner.entries.len());
+        inner.entries.iter().skip(start).map(Entry::log_id).collect()
+    }
+
+    /// `LogStore::write` without awaiting: validates and applies `batch` atomically.
+    pub(crate) fn write_now(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.lock().apply(batch)
+    }
+
+    /// `LogStore::purge` without awaiting.
+    pub(crate) fn purge_now(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if up_to <= inner.purged.index {
+            return Ok(());
+        }
+        let Some(pos) = inner.position(up_to) else {
+            return Err(StorageError::InvalidRequest(format!(
+                "purge up to {up_to} beyond last index {}",
+                inner.last().index
+            )));
+        };
+        let last_purged = inner.entries[pos].log_id();
+        inner.entries.drain(..=pos);
+        inner.purged = last_purged;
+        Ok(())
+    }
+
+    /// `LogStore::reset` without awaiting.
+    pub(crate) fn reset_now(&self, last_included: LogId) {
+        let mut inner = self.lock();
+        let first = inner.purged.index + 1;
+        if !inner.entries.is_empty() {
+            inner.note_change(first, true);
+        }
+        inner.entries.clear();
+        inner.purged = last_included;
+        inner.writes += 1;
+    }
+
+    /// A copy of the stored contents (a disk image), independent of this store.
+    pub(crate) fn image(&self) -> MemLogStore {
+        let copy = self.lock().clone();
+        MemLogStore { inner: Arc::new(Mutex::new(copy)) }
+    }
+
+    /// Replaces the stored contents by `image`'s (a disk swapped for an older one). The change
+    /// is reported to the checker as a rewrite of the whole log.
+    pub(crate) fn restore_image(&self, image: &MemLogStore) {
+        let copy = image.lock().clone();
+        let mut inner = self.lock();
+        let first = inner.purged.index.min(copy.purged.index) + 1;
+        *inner = copy;
+        inner.changed_from = Some(first);
+        inner.truncated = true;
+    }
 }
 
 #[async_trait]
@@ -147,7 +216,7 @@ impl LogStore for MemLogStore {
     }
 
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        self.lock().apply(batch)
+        self.write_now(batch)
     }
 
     async fn read(
@@ -180,31 +249,11 @@ impl LogStore for MemLogStore {
     }
 
     async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        if up_to <= inner.purged.index {
-            return Ok(());
-        }
-        let Some(pos) = inner.position(up_to) else {
-            return Err(StorageError::InvalidRequest(format!(
-                "purge up to {up_to} beyond last index {}",
-                inner.last().index
-            )));
-        };
-        let last_purged = inner.entries[pos].log_id();
-        inner.entries.drain(..=pos);
-        inner.purged = last_purged;
-        Ok(())
+        self.purge_now(up_to)
     }
 
     async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
-        let mut inner = self.lock();
-        let first = inner.purged.index + 1;
-        if !inner.entries.is_empty() {
-            inner.note_change(first, true);
-        }
-        inner.entries.clear();
-        inner.purged = last_included;
-        inner.writes += 1;
+        self.reset_now(last_included);
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use raft_core::{Bytes, SnapshotMeta, SnapshotStore, SnapshotWriter, StorageError};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     latest: Option<(SnapshotMeta, Bytes)>,
     commits: u64,
@@ -47,6 +47,61 @@ impl MemSnapshotStore {
     pub fn commit_count(&self) -> u64 {
         self.lock().commits
     }
+
+    /// `SnapshotWriter::commit` of `data` without awaiting: checks the size, then makes it the
+    /// latest snapshot unless a newer one is stored.
+    pub(crate) fn commit_now(&self, meta: SnapshotMeta, data: Bytes) -> Result<(), StorageError> {
+        if meta.size != data.len() as u64 {
+            return Err(StorageError::InvalidRequest(format!(
+                "snapshot meta says {} bytes, {} were written",
+                meta.size,
+                data.len()
+            )));
+        }
+        let mut inner = self.lock();
+        let newer = inner
+            .latest
+            .as_ref()
+            .is_some_and(|(latest, _)| latest.last_included.index > meta.last_included.index);
+        if !newer {
+            inner.latest = Some((meta, data));
+            inner.commits += 1;
+        }
+        Ok(())
+    }
+
+    /// A copy of the stored snapshot (a disk image), independent of this store.
+    pub(crate) fn image(&self) -> MemSnapshotStore {
+        let copy = self.lock().clone();
+        MemSnapshotStore { inner: Arc::new(Mutex::new(copy)) }
+    }
+
+    /// Replaces the stored snapshot by `image`'s (a disk swapped for an older one).
+    pub(crate) fn restore_image(&self, image: &MemSnapshotStore) {
+        let copy = image.lock().clone();
+        *self.lock() = copy;
+    }
+
+    /// `SnapshotStore::read` without awaiting.
+    pub(crate) fn read_now(
+        &self,
+        meta: &SnapshotMeta,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<Bytes, StorageError> {
+        let inner = self.lock();
+        let Some((latest, data)) = inner.latest.as_ref().filter(|(latest, _)| latest == meta)
+        else {
+            return Err(StorageError::InvalidRequest(format!(
+                "snapshot {:?} is not the latest",
+                meta.last_included
+            )));
+        };
+        let start = usize::try_from(offset.min(latest.size)).unwrap_or(usize::MAX);
+        let len = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let end = start.saturating_add(len).min(data.len());
+        Ok(data.slice(start.min(end)..end))
+    }
 }
 
 struct MemWriter {
@@ -62,23 +117,7 @@ impl SnapshotWriter for MemWriter {
     }
 
     async fn commit(self: Box<Self>, meta: SnapshotMeta) -> Result<(), StorageError> {
-        if meta.size != self.data.len() as u64 {
-            return Err(StorageError::InvalidRequest(format!(
-                "snapshot meta says {} bytes, {} were written",
-                meta.size,
-                self.data.len()
-            )));
-        }
-        let mut inner = self.store.lock();
-        let newer = inner
-            .latest
-            .as_ref()
-            .is_some_and(|(latest, _)| latest.last_included.index > meta.last_included.index);
-        if !newer {
-            inner.latest = Some((meta, Bytes::from(self.data)));
-            inner.commits += 1;
-        }
-        Ok(())
+        self.store.commit_now(meta, Bytes::from(self.data))
     }
 }
 
@@ -98,18 +137,7 @@ impl SnapshotStore for MemSnapshotStore {
         offset: u64,
         max_bytes: u64,
     ) -> Result<Bytes, StorageError> {
-        let inner = self.lock();
-        let Some((latest, data)) = inner.latest.as_ref().filter(|(latest, _)| latest == meta)
-        else {
-            return Err(StorageError::InvalidRequest(format!(
-                "snapshot {:?} is not the latest",
-                meta.last_included
-            )));
-        };
-        let start = usize::try_from(offset.min(latest.size)).unwrap_or(usize::MAX);
-        let len = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        let end = start.saturating_add(len).min(data.len());
-        Ok(data.slice(start.min(end)..end))
+        self.read_now(meta, offset, max_bytes)
     }
 }
 

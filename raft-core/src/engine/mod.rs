@@ -549,6 +549,12 @@ impl Engine {
     }
 
     /// Becomes a follower in `term` (which is >= the current term).
+    ///
+    /// Only a leader stepping down starts an election timer here (it ran none). A follower's or
+    /// candidate's timer keeps running: as in Raft's Figure 2, it restarts only when the node
+    /// hears from the current leader or grants a vote. Were learning a higher term enough, a
+    /// node that cannot win (a stale log) but times out first would, without PreVote, move
+    /// everyone to its new term again and again and keep every other timer from expiring.
     fn become_follower(&mut self, term: Term, leader_id: Option<NodeId>) {
         if term > self.hard_state.current_term {
             self.set_hard_state(HardState { current_term: term, voted_for: None });
@@ -558,9 +564,9 @@ impl Engine {
         }
         if let RoleState::Leader(leader) = std::mem::replace(&mut self.role, RoleState::Follower) {
             self.abandon_reads(leader.reads);
+            self.reset_election_timer();
         }
         self.leader_id = leader_id;
-        self.reset_election_timer();
     }
 
     /// Whether this node heard from a live leader within the minimum election timeout (the

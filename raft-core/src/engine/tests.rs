@@ -773,6 +773,7 @@ fn restart_from_a_snapshot_never_applies_covered_entries() {
 
 mod counters;
 mod durability;
+mod elections;
 mod hostile;
 mod joint;
 mod membership;

@@ -4,9 +4,12 @@
 //! status, newly applied entries, changes to each node's durable log) and it reports the first
 //! [`Violation`]. Its own tests feed it histories that break each property.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use raft_core::{Entry, EntryPayload, LogId, LogIndex, NodeId, Role, Status, Term};
+use raft_core::{
+    Entry, EntryPayload, HardState, LogId, LogIndex, Membership, NodeId, Role, RpcRequest,
+    RpcResponse, Status, Term,
+};
 
 /// A broken invariant, with what was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +53,21 @@ pub struct LogChange {
     pub entries: Vec<Entry>,
 }
 
-/// Checks Election Safety, Leader Append-Only, Log Matching, Leader Completeness, State
-/// Machine Safety, that commit indexes never decrease, that applies happen in order without
-/// gaps, and that committed memberships change by at most one voter at a time (so consecutive
-/// configurations have overlapping majorities).
+/// Checks Election Safety (per node and per incarnation), Leader Append-Only, Log Matching,
+/// Leader Completeness, State Machine Safety, that commit indexes never decrease, that applies
+/// happen in order without gaps, that committed memberships change by at most one voter at a
+/// time (so consecutive configurations have overlapping majorities), that each node's durable
+/// term and vote never go back, and that a node votes for one candidate per term.
 #[derive(Debug, Default)]
 pub struct InvariantChecker {
     leader_of_term: BTreeMap<Term, NodeId>,
+    /// Per term, the incarnations seen leading it and whether each acted as leader (sent a
+    /// message of the term, or made the term durable).
+    leader_incarnations: BTreeMap<Term, BTreeMap<Incarnation, bool>>,
+    /// Per node, the durable hard state last observed.
+    durable_hard_state: BTreeMap<NodeId, HardState>,
+    /// Who each node voted for in each term (granted votes and its own candidacy).
+    votes: BTreeMap<(NodeId, Term), NodeId>,
     incarnations: BTreeMap<Incarnation, IncarnationState>,
     /// The role and term last observed per node.
     last_status: BTreeMap<NodeId, (Role, Term)>,
@@ -87,7 +98,7 @@ impl InvariantChecker {
     }
 
     /// Every entry known committed (applied by some node), by index.
-    pub fn committed_entries(&self) -> impl Iterator<Item = &Entry> {
+    pub fn committed_entries(&self) -> impl DoubleEndedIterator<Item = &Entry> {
         self.committed.values().map(|(entry, _)| entry)
     }
 
@@ -111,6 +122,11 @@ impl InvariantChecker {
                         status.current_term
                     ),
                 );
+            }
+            let claims = self.leader_incarnations.entry(status.current_term).or_default();
+            if let std::collections::btree_map::Entry::Vacant(claim) = claims.entry(incarnation) {
+                claim.insert(false);
+                self.check_incarnations(status.current_term)?;
             }
         }
         self.last_status.insert(node, (status.role, status.current_term));
@@ -148,6 +164,101 @@ impl InvariantChecker {
         }
         state.commit_index = status.commit_index;
         state.applied_index = status.applied_index;
+        Ok(())
+    }
+
+    /// `incarnation` acted as the leader of `term`: a message of that term left it, or it made
+    /// the term durable. Another incarnation of the same node leading that term before it is a
+    /// violation of Election Safety (the first one could have been followed; the second one
+    /// may build a different log in the same term).
+    pub fn observe_leader_acted(
+        &mut self,
+        incarnation: Incarnation,
+        term: Term,
+    ) -> Result<(), Violation> {
+        let claims = self.leader_incarnations.entry(term).or_default();
+        if claims.insert(incarnation, true) != Some(true) {
+            self.check_incarnations(term)?;
+        }
+        Ok(())
+    }
+
+    /// Election Safety per incarnation: at most one incarnation leads `term` once any earlier
+    /// one acted as its leader.
+    fn check_incarnations(&self, term: Term) -> Result<(), Violation> {
+        let Some(claims) = self.leader_incarnations.get(&term) else { return Ok(()) };
+        let Some((&latest, _)) = claims.iter().next_back() else { return Ok(()) };
+        let acted_before = claims.iter().find(|&(&inc, &acted)| inc != latest && acted);
+        if let Some((earlier, _)) = acted_before {
+            return violation(
+                "Election Safety",
+                format!(
+                    "node {} led term {term} in incarnation {} (and acted as its leader), then again in incarnation {}",
+                    latest.0, earlier.1, latest.1
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Observes node `node`'s durable hard state. Checks that the durable term never decreases
+    /// and that, within one term, a durable vote is never changed or withdrawn, across
+    /// incarnations (a restart with an older disk breaks it).
+    pub fn observe_durable_hard_state(
+        &mut self,
+        node: NodeId,
+        hard_state: HardState,
+    ) -> Result<(), Violation> {
+        let before = self.durable_hard_state.insert(node, hard_state);
+        let Some(before) = before.filter(|b| *b != hard_state) else { return Ok(()) };
+        self.steps += 1;
+        let back = hard_state.current_term < before.current_term
+            || (hard_state.current_term == before.current_term
+                && before.voted_for.is_some()
+                && hard_state.voted_for != before.voted_for);
+        if back {
+            return violation(
+                "durable term and vote never go back",
+                format!("node {node}: durable {hard_state:?} after {before:?}"),
+            );
+        }
+        if let Some(candidate) = hard_state.voted_for {
+            self.observe_vote(node, hard_state.current_term, candidate)?;
+        }
+        Ok(())
+    }
+
+    /// Node `node` stopped (crashed or shut down): whatever it does to its disk from now on
+    /// (a restart that resets its log to its snapshot) is not done as a leader.
+    pub fn observe_down(&mut self, node: NodeId) {
+        self.last_status.remove(&node);
+    }
+
+    /// Node `node` comes back on an empty disk as a new member (its id was removed from the
+    /// cluster): its earlier durable state and votes no longer bind it.
+    pub fn forget_disk(&mut self, node: NodeId) {
+        self.last_status.remove(&node);
+        self.durable_hard_state.remove(&node);
+        self.votes.retain(|&(voter, _), _| voter != node);
+        self.purged.remove(&node);
+        self.durable_snapshot.remove(&node);
+    }
+
+    /// `node` voted for `candidate` in `term` (granted a vote, asked for votes as a candidate, or
+    /// made the vote durable). Checks one vote per node and term, across incarnations.
+    pub fn observe_vote(
+        &mut self,
+        node: NodeId,
+        term: Term,
+        candidate: NodeId,
+    ) -> Result<(), Violation> {
+        let earlier = *self.votes.entry((node, term)).or_insert(candidate);
+        if earlier != candidate {
+            return violation(
+                "one vote per term",
+                format!("node {node} voted for {earlier} and for {candidate} in term {term}"),
+            );
+        }
         Ok(())
     }
 
@@ -335,9 +446,13 @@ impl InvariantChecker {
     }
 }
 
-/// If `entry` (just recorded committed) is a membership, checks that its voters differ by at most
-/// one node from the previous committed membership's. Every committed entry before it is known by
-/// then: the first node to apply an entry applied (or restored) everything before it.
+/// If `entry` (just recorded committed) is a membership, checks it against the previous
+/// committed membership: every quorum of one must intersect every quorum of the other, or two
+/// leaders could be elected (and two entries committed) with disjoint quorums. Joint consensus
+/// gets there through `C -> (C, N) -> N`, each step sharing a voter set; a direct change of one
+/// voter (the single-server rule) passes too, anything else fails. Every committed entry before
+/// it is known by then: the first node to apply an entry applied (or restored) everything
+/// before it.
 fn check_membership_step(
     committed: &BTreeMap<LogIndex, (Entry, Term)>,
     entry: &Entry,
@@ -348,19 +463,46 @@ fn check_membership_step(
         _ => None,
     });
     let Some((at, previous)) = previous else { return Ok(()) };
-    let changed = previous.voters().symmetric_difference(next.voters()).count();
-    if changed > 1 {
+    if !quorums_intersect(previous, next) {
         return violation(
-            "single-server membership changes",
+            "membership changes keep quorums intersecting",
             format!(
-                "voters {:?} at {at} then {:?} at {}: {changed} voters changed at once",
+                "voters {:?} (outgoing {:?}) at {at} then {:?} (outgoing {:?}) at {}: two quorums of these can be disjoint",
                 previous.voters(),
+                previous.outgoing_voters(),
                 next.voters(),
+                next.outgoing_voters(),
                 entry.index
             ),
         );
     }
     Ok(())
+}
+
+/// Whether every quorum of `a` intersects every quorum of `b` (a quorum is a majority of each
+/// voter set). Sufficient: some voter set of `a` and some of `b` whose majorities cannot be
+/// disjoint, that is whose majority sizes add up to more than the two sets hold together.
+fn quorums_intersect(a: &Membership, b: &Membership) -> bool {
+    let majority = |set: &BTreeSet<NodeId>| set.len() / 2 + 1;
+    let (a, b) = (voter_sets(a), voter_sets(b));
+    a.iter().any(|x| b.iter().any(|y| majority(x) + majority(y) > x.union(y).count()))
+}
+
+/// The voter sets of `membership`: one, or two during a joint change. The oracles count
+/// quorums with this, not with the engine's own quorum rule, which they check.
+pub(super) fn voter_sets(membership: &Membership) -> Vec<BTreeSet<NodeId>> {
+    let mut sets = vec![membership.voters().clone()];
+    if membership.is_joint() {
+        sets.push(membership.outgoing_voters().clone());
+    }
+    sets
+}
+
+/// Whether the voters for which `yes` holds are a majority of every voter set of `membership`.
+pub(super) fn is_quorum(membership: &Membership, yes: impl Fn(NodeId) -> bool) -> bool {
+    voter_sets(membership)
+        .iter()
+        .all(|set| set.iter().filter(|&&id| yes(id)).count() * 2 > set.len())
 }
 
 /// Records `entry` as committed (applied or in a snapshot by `node`), checking State Machine
@@ -386,6 +528,132 @@ fn record_committed(
             committed.insert(entry.index, (entry.clone(), max_term.max(entry.term)));
             Ok(())
         }
+    }
+}
+
+/// A node's durable state as the message-boundary checks see it.
+pub trait DurableView {
+    /// The durable term and vote.
+    fn hard_state(&self) -> HardState;
+    /// Whether entry `id` is durable (in the log, or covered by a snapshot or the compacted
+    /// prefix), or was at some moment since step `since`.
+    fn covers(&self, id: LogId, since: u64) -> bool;
+    /// The term of the durable log entry at `index`, if the log holds one.
+    fn term_at(&self, index: LogIndex) -> Option<Term>;
+}
+
+fn not_durable<T>(node: NodeId, what: String, durable: HardState) -> Result<T, Violation> {
+    violation(
+        "durability at the message boundary",
+        format!(
+            "node {node} sent {what} while its durable term was {} (vote {:?})",
+            durable.current_term, durable.voted_for
+        ),
+    )
+}
+
+/// Whether the durable state has moved past `term`, or is in `term` with a vote for `candidate`.
+fn vote_durable(durable: HardState, term: Term, candidate: NodeId) -> bool {
+    durable.current_term > term
+        || (durable.current_term == term && durable.voted_for == Some(candidate))
+}
+
+/// Checks that a request leaving `from` is covered by `from`'s durable state: a RequestVote's
+/// term and the candidate's own vote, the term of an AppendEntries, InstallSnapshot or
+/// TimeoutNow. PreVote and ReadIndex are exempt (they promise nothing). Returns the vote the
+/// request casts, if any (a candidate votes for itself).
+pub fn check_request(
+    from: NodeId,
+    request: &RpcRequest,
+    durable: &impl DurableView,
+) -> Result<Option<(Term, NodeId)>, Violation> {
+    let hard_state = durable.hard_state();
+    match request {
+        RpcRequest::RequestVote(r) if r.pre_vote => Ok(None),
+        RpcRequest::ReadIndex(_) => Ok(None),
+        RpcRequest::RequestVote(r) => {
+            if !vote_durable(hard_state, r.term, from) {
+                return not_durable(from, format!("RequestVote of term {}", r.term), hard_state);
+            }
+            Ok(Some((r.term, from)))
+        }
+        other => {
+            if hard_state.current_term < other.term() {
+                let what = format!("{} of term {}", other.kind(), other.term());
+                return not_durable(from, what, hard_state);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Checks that a response leaving `responder` (to `request`, delivered at step `delivered`) is
+/// covered by its durable state: its term; a granted vote; for a successful AppendEntries, every
+/// entry it acknowledges (durable at some moment since the request arrived, or overwritten on
+/// its disk by an entry of a newer term than the answer's: a newer leader's write that group
+/// commit merged with it, which no majority of the older term can then commit); for a completed
+/// InstallSnapshot, the snapshot's last entry. PreVote and ReadIndex answers are exempt.
+/// Returns the vote the response grants, if any.
+pub fn check_response(
+    responder: NodeId,
+    request: &RpcRequest,
+    response: &RpcResponse,
+    delivered: u64,
+    durable: &impl DurableView,
+) -> Result<Option<(Term, NodeId)>, Violation> {
+    let hard_state = durable.hard_state();
+    let exempt = matches!(response, RpcResponse::ReadIndex(_))
+        || matches!(response, RpcResponse::RequestVote(r) if r.pre_vote);
+    if exempt {
+        return Ok(None);
+    }
+    let kind = request.kind();
+    if hard_state.current_term < response.term() {
+        return not_durable(
+            responder,
+            format!("an answer of term {} to {kind}", response.term()),
+            hard_state,
+        );
+    }
+    match (request, response) {
+        (RpcRequest::RequestVote(req), RpcResponse::RequestVote(resp)) if resp.vote_granted => {
+            if !vote_durable(hard_state, req.term, req.candidate_id) {
+                let what = format!("a vote for {} in term {}", req.candidate_id, req.term);
+                return not_durable(responder, what, hard_state);
+            }
+            Ok(Some((req.term, req.candidate_id)))
+        }
+        (RpcRequest::AppendEntries(req), RpcResponse::AppendEntries(resp)) => {
+            let Some(matched) = resp.match_index else { return Ok(None) };
+            let prev = std::iter::once(req.prev_log_id).filter(|p| p.index > 0);
+            let acknowledged = prev.chain(req.entries.iter().map(Entry::log_id));
+            for id in acknowledged.filter(|id| id.index <= matched) {
+                let superseded = durable.term_at(id.index).is_some_and(|t| t > resp.term);
+                if !durable.covers(id, delivered) && !superseded {
+                    return violation(
+                        "durability at the message boundary",
+                        format!(
+                            "node {responder} acknowledged entries up to {matched} (term {}) but does not hold {id:?} durably",
+                            req.term
+                        ),
+                    );
+                }
+            }
+            Ok(None)
+        }
+        (RpcRequest::InstallSnapshot(req), RpcResponse::InstallSnapshot(resp)) if resp.complete => {
+            let last = req.meta.last_included;
+            if !durable.covers(last, delivered) {
+                return violation(
+                    "durability at the message boundary",
+                    format!(
+                        "node {responder} answered that it holds snapshot {last:?} without holding it durably"
+                    ),
+                );
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -493,6 +761,9 @@ mod tests {
         c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap();
         let v = c.observe_log(1, &change(3, 1, true, vec![]), Vec::new).unwrap_err();
         assert_eq!(v.invariant, "Leader Append-Only");
+        // Once it is down, a reset of its log (at a restart) is not a leader's doing.
+        c.observe_down(1);
+        c.observe_log(1, &change(1, 0, true, vec![]), Vec::new).unwrap();
     }
 
     #[test]
@@ -500,16 +771,49 @@ mod tests {
         let membership = |index: LogIndex, voters: &[NodeId]| Entry {
             index,
             term: 1,
-            payload: EntryPayload::Membership(raft_core::Membership::with_voters(
-                voters.iter().copied(),
-            )),
+            payload: EntryPayload::Membership(Membership::with_voters(voters.iter().copied())),
         };
         let mut c = InvariantChecker::new();
         let ok =
             [membership(1, &[1, 2, 3]), membership(2, &[1, 2, 3, 4]), membership(3, &[2, 3, 4])];
         c.observe_applied((1, 1), &ok).unwrap();
         let err = c.observe_applied((1, 1), &[membership(4, &[2, 5])]).unwrap_err();
-        assert_eq!(err.invariant, "single-server membership changes");
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
+    }
+
+    #[test]
+    fn joint_changes_pass_through_a_joint_membership_only() {
+        let single = |voters: &[NodeId]| Membership::with_voters(voters.iter().copied());
+        let joint = |old: &[NodeId], new: &[NodeId]| {
+            let set = |ids: &[NodeId]| ids.iter().copied().collect::<BTreeSet<NodeId>>();
+            let nodes = set(old).union(&set(new)).map(|&id| (id, Default::default())).collect();
+            Membership::from_parts(set(new), set(old), BTreeSet::new(), nodes).unwrap()
+        };
+        let entry = |index: LogIndex, m: Membership| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Membership(m),
+        };
+        // The whole set swapped, grown by two, shrunk by two: each through a joint membership.
+        let mut c = InvariantChecker::new();
+        let steps = [
+            entry(1, single(&[1, 2, 3])),
+            entry(2, joint(&[1, 2, 3], &[4, 5, 6])),
+            entry(3, single(&[4, 5, 6])),
+            entry(4, joint(&[4, 5, 6], &[4, 5, 6, 7, 8])),
+            entry(5, single(&[4, 5, 6, 7, 8])),
+            entry(6, joint(&[4, 5, 6, 7, 8], &[6, 7, 8])),
+            entry(7, single(&[6, 7, 8])),
+        ];
+        c.observe_applied((1, 1), &steps).unwrap();
+        // Straight from three voters to three others, or from a joint membership to another one.
+        let err = c.observe_applied((1, 1), &[entry(8, single(&[1, 2, 9]))]).unwrap_err();
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
+        let mut c = InvariantChecker::new();
+        c.observe_applied((1, 1), &[entry(1, joint(&[1, 2, 3], &[4, 5, 6]))]).unwrap();
+        let err =
+            c.observe_applied((1, 1), &[entry(2, joint(&[7, 8, 9], &[4, 5, 10]))]).unwrap_err();
+        assert_eq!(err.invariant, "membership changes keep quorums intersecting");
     }
 
     #[test]
@@ -584,5 +888,133 @@ mod tests {
         // A purge point that is not the committed entry.
         let v = c.observe_purged(3, LogId::new(2, 2)).unwrap_err();
         assert_eq!(v.invariant, "State Machine Safety");
+    }
+    #[test]
+    fn detects_one_node_leading_a_term_twice_across_a_restart() {
+        let mut c = InvariantChecker::new();
+        // Incarnation 1 leads term 6 without acting (nothing sent, term not durable): a
+        // restart may lead term 6 again.
+        c.observe_status((1, 1), &status(1, Role::Leader, 6, 0, 0)).unwrap();
+        c.observe_status((1, 2), &status(1, Role::Leader, 6, 0, 0)).unwrap();
+        // Incarnation 2 acts as the leader of term 6; incarnation 3 leading it is a violation.
+        c.observe_leader_acted((1, 2), 6).unwrap();
+        let v = c.observe_status((1, 3), &status(1, Role::Leader, 6, 0, 0)).unwrap_err();
+        assert_eq!(v.invariant, "Election Safety");
+        // The same when the acting is reported after the second claim.
+        let mut c = InvariantChecker::new();
+        c.observe_status((2, 1), &status(2, Role::Leader, 3, 0, 0)).unwrap();
+        c.observe_status((2, 2), &status(2, Role::Leader, 3, 0, 0)).unwrap();
+        let v = c.observe_leader_acted((2, 1), 3).unwrap_err();
+        assert_eq!(v.invariant, "Election Safety");
+    }
+
+    #[test]
+    fn detects_durable_term_or_vote_going_back_and_double_votes() {
+        let hs = |term, vote| HardState { current_term: term, voted_for: vote };
+        let mut c = InvariantChecker::new();
+        c.observe_durable_hard_state(1, hs(2, None)).unwrap();
+        c.observe_durable_hard_state(1, hs(2, Some(3))).unwrap();
+        let v = c.observe_durable_hard_state(1, hs(2, Some(2))).unwrap_err();
+        assert_eq!(v.invariant, "durable term and vote never go back");
+        let mut c = InvariantChecker::new();
+        c.observe_durable_hard_state(1, hs(5, None)).unwrap();
+        let v = c.observe_durable_hard_state(1, hs(4, None)).unwrap_err();
+        assert_eq!(v.invariant, "durable term and vote never go back");
+        let mut c = InvariantChecker::new();
+        c.observe_vote(1, 7, 2).unwrap();
+        c.observe_vote(1, 7, 2).unwrap();
+        let v = c.observe_vote(1, 7, 3).unwrap_err();
+        assert_eq!(v.invariant, "one vote per term");
+    }
+
+    struct Durable {
+        hard_state: HardState,
+        held: Vec<LogId>,
+    }
+
+    impl DurableView for Durable {
+        fn hard_state(&self) -> HardState {
+            self.hard_state
+        }
+        fn covers(&self, id: LogId, _since: u64) -> bool {
+            self.held.contains(&id)
+        }
+        fn term_at(&self, index: LogIndex) -> Option<Term> {
+            self.held.iter().find(|id| id.index == index).map(|id| id.term)
+        }
+    }
+
+    #[test]
+    fn messages_must_be_covered_by_their_senders_durable_state() {
+        use raft_core::{
+            AppendEntriesRequest, AppendEntriesResponse, RequestVoteRequest, RequestVoteResponse,
+        };
+        let durable = |term, vote, held: &[LogId]| Durable {
+            hard_state: HardState { current_term: term, voted_for: vote },
+            held: held.to_vec(),
+        };
+        let vote = |term, pre_vote| {
+            RpcRequest::RequestVote(RequestVoteRequest {
+                term,
+                candidate_id: 1,
+                last_log_id: LogId::default(),
+                pre_vote,
+                leadership_transfer: false,
+            })
+        };
+        // A candidate's vote for itself must be durable before it asks; a pre-vote promises nothing.
+        assert_eq!(check_request(1, &vote(3, false), &durable(3, Some(1), &[])), Ok(Some((3, 1))));
+        let v = check_request(1, &vote(3, false), &durable(2, None, &[])).unwrap_err();
+        assert_eq!(v.invariant, "durability at the message boundary");
+        assert_eq!(check_request(1, &vote(3, true), &durable(2, None, &[])), Ok(None));
+        // A leader's AppendEntries needs its term durable (the lone-voter bug), not its entries.
+        let append = RpcRequest::AppendEntries(AppendEntriesRequest {
+            term: 6,
+            leader_id: 1,
+            prev_log_id: LogId::new(5, 10),
+            entries: vec![entry(11, 6, "blank"), entry(12, 6, "a")],
+            leader_commit: 10,
+            read_round: 0,
+        });
+        assert!(check_request(1, &append, &durable(5, Some(1), &[])).is_err());
+        assert!(check_request(1, &append, &durable(6, Some(1), &[])).is_ok());
+        // A follower acknowledges only what it holds durably (persist before reply).
+        let ack = |matched| {
+            RpcResponse::AppendEntries(AppendEntriesResponse {
+                term: 6,
+                match_index: Some(matched),
+                conflict: None,
+                lease_promise_ms: 0,
+            })
+        };
+        let held = [LogId::new(5, 10), LogId::new(6, 11)];
+        assert!(check_response(2, &append, &ack(11), 0, &durable(6, None, &held)).is_ok());
+        let v = check_response(2, &append, &ack(12), 0, &durable(6, None, &held)).unwrap_err();
+        assert_eq!(v.invariant, "durability at the message boundary");
+        let v = check_response(2, &append, &ack(11), 0, &durable(5, None, &held)).unwrap_err();
+        assert_eq!(v.invariant, "durability at the message boundary", "the answer's term");
+        // An entry a newer term's leader overwrote before the write landed (group commit
+        // merged the two writes): the old term's answer is harmless. An older entry in its
+        // place means it was never written.
+        let overwritten = [LogId::new(5, 10), LogId::new(6, 11), LogId::new(7, 12)];
+        assert!(check_response(2, &append, &ack(12), 0, &durable(7, None, &overwritten)).is_ok());
+        let older = [LogId::new(5, 10), LogId::new(6, 11), LogId::new(5, 12)];
+        let v = check_response(2, &append, &ack(12), 0, &durable(7, None, &older));
+        assert!(v.is_err(), "an entry of an older term at 12");
+        // A granted vote must be durable; a granted pre-vote need not.
+        let granted = |pre_vote| {
+            RpcResponse::RequestVote(RequestVoteResponse { term: 3, vote_granted: true, pre_vote })
+        };
+        assert!(
+            check_response(2, &vote(3, false), &granted(false), 0, &durable(3, None, &[])).is_err()
+        );
+        assert_eq!(
+            check_response(2, &vote(3, false), &granted(false), 0, &durable(3, Some(1), &[])),
+            Ok(Some((3, 1)))
+        );
+        assert_eq!(
+            check_response(2, &vote(3, true), &granted(true), 0, &durable(2, None, &[])),
+            Ok(None)
+        );
     }
 }

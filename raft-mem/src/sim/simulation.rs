@@ -1,25 +1,29 @@
-//! A whole cluster of real nodes in virtual time, checked after every step.
+//! A whole cluster of real nodes in virtual time, checked after every step: its construction,
+//! the life of its nodes (start, crash, restart, pause, shutdown) and the faults a test sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
-use raft_core::{
-    Bytes, Config, Entry, InvalidChange, LogId, LogIndex, Membership, MembershipChange,
-    MembershipError, Node, NodeId, ProposeError, Role, SnapshotMeta, SnapshotStream, StateMachine,
-    StateMachineError, Status,
-};
+use raft_core::{Config, Entry, LogId, LogIndex, Membership, Node, NodeId, Term};
 
 use super::checker::{InvariantChecker, Violation};
-use super::executor::SimRuntime;
+use super::clients::{Directory, Shared};
+use super::disk::{CrashOutcome, DiskFaults, DiskImage, InFlight, SimDisk};
+use super::executor::{NodeClock, SimRuntime};
+use super::liveness::{LivenessBounds, LivenessState};
+use super::recorder::{lock, Recorder, StateMachineFaults};
+use super::wire_oracle::WireOracle;
 use crate::{LinkFaults, MemLogStore, MemNetwork, MemSnapshotStore};
 
-/// Adjusts the [`Config`] of every simulated node (for example, shorter timeouts).
+/// Adjusts the [`Config`] of every simulated node (for example, shorter timeouts). It sees the
+/// node's id (`config.id`), so nodes can be given different settings.
 pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+/// Called with the simulation and the node each time a node is seen winning an election (see
+/// [`Simulation::on_election`]).
+pub type ElectionHook = Box<dyn FnMut(&mut Simulation, NodeId) + Send>;
 
 /// How to build a [`Simulation`].
 #[derive(Debug, Clone)]
@@ -30,12 +34,33 @@ pub struct SimulationConfig {
     pub seed: u64,
     /// Faults on every link at the start.
     pub faults: LinkFaults,
+    /// How every node's disk behaves at the start (each can be changed later).
+    pub disk: DiskFaults,
+    /// How the simulated state machine misbehaves.
+    pub state_machine: StateMachineFaults,
+    /// Every sleep is extended by a random jitter of up to this many microseconds.
+    pub jitter_us: u64,
+    /// The transport's RPC timeout (raft-quic's is 2 s) and the probability that a failed RPC
+    /// hangs that long instead of failing fast.
+    pub rpc_timeout: Option<(Duration, f64)>,
+    /// Record a trace of every message and status change ([`Simulation::take_trace`]).
+    pub trace: bool,
 }
 
 impl SimulationConfig {
-    /// `nodes` voters, the given seed, a reliable network with small delays.
+    /// `nodes` voters, the given seed, a reliable network with small delays, SSD-like disks,
+    /// seeded scheduling with up to 100 µs of jitter, and a 2 s RPC timeout.
     pub fn new(nodes: u64, seed: u64) -> Self {
-        Self { nodes, seed, faults: LinkFaults::RELIABLE }
+        Self {
+            nodes,
+            seed,
+            faults: LinkFaults::RELIABLE,
+            disk: DiskFaults::SSD,
+            state_machine: StateMachineFaults::default(),
+            jitter_us: 100,
+            rpc_timeout: Some((Duration::from_secs(2), 0.0)),
+            trace: false,
+        }
     }
 
     /// The seed from `RAFT_SIM_SEED` if set (to replay a failure), else `default`.
@@ -67,187 +92,103 @@ impl std::fmt::Display for SimFailure {
 
 impl std::error::Error for SimFailure {}
 
-/// What a simulated state machine did since the checker last looked.
-enum Event {
-    Applied(Vec<Entry>),
-    /// Restored from a snapshot ending at this entry and holding these entries.
-    Restored(LogId, Vec<Entry>),
+/// What happened to the nodes of a simulation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Crashes (including those after a node stopped on an injected fault).
+    pub crashes: u64,
+    /// Storage operations in flight at a crash that landed / were lost.
+    pub crash_landed: u64,
+    /// See `crash_landed`.
+    pub crash_lost: u64,
+    /// Nodes that stopped on an injected disk or state machine failure.
+    pub fault_stops: u64,
+    /// Starts that failed on an injected disk failure (the node stayed down).
+    pub failed_starts: u64,
+    /// Pauses.
+    pub pauses: u64,
+    /// Graceful shutdowns.
+    pub shutdowns: u64,
+    /// Healthy periods the liveness oracle watched.
+    pub healthy_periods: u64,
+    /// Healthy periods in which it saw a leader commit an entry of its term.
+    pub live_periods: u64,
 }
 
-/// The state machine of simulated nodes: its state is the list of every entry it applied (so a
-/// snapshot holds the whole history, which the checker verifies), and it answers each command
-/// with its own bytes.
-#[derive(Clone, Default)]
-struct Recorder {
-    /// Done since the checker last looked.
-    fresh: Arc<Mutex<Vec<Event>>>,
-    /// Every entry the state reflects (applied, or restored from a snapshot).
-    history: Arc<Mutex<Vec<Entry>>>,
-    /// The snapshots this incarnation restored, in order.
-    restores: Arc<Mutex<Vec<LogId>>>,
+/// A crash the simulation will carry out by itself.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Planned {
+    /// Crash `node` once virtual time reaches `at`.
+    At { at: Duration, node: NodeId, policy: InFlight },
+    /// Crash `node` once `step` executor steps have run.
+    AtStep { step: u64, node: NodeId, policy: InFlight },
+    /// Crash the next node (or `node`) that wins an election, `delay` after it does.
+    OnLeadership { node: Option<NodeId>, delay: Duration, policy: InFlight },
 }
 
-/// Snapshot data is sent in pieces of this size by the recorder.
-const RECORDER_PIECE_BYTES: usize = 512;
-
-#[async_trait]
-impl StateMachine for Recorder {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        lock(&self.fresh).push(Event::Applied(entries.to_vec()));
-        lock(&self.history).extend_from_slice(entries);
-        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
-        // Capture now (a copy of the history), serialize later in the stream.
-        let captured = lock(&self.history).clone();
-        let stream = futures::stream::once(async move {
-            postcard::to_allocvec(&captured)
-                .map_err(|e| StateMachineError::new(format!("encoding a snapshot: {e}")))
-        })
-        .flat_map(|encoded| {
-            let pieces: Vec<Result<Bytes, StateMachineError>> = match encoded {
-                Ok(bytes) => {
-                    let bytes = Bytes::from(bytes);
-                    (0..bytes.len())
-                        .step_by(RECORDER_PIECE_BYTES)
-                        .map(|at| Ok(bytes.slice(at..(at + RECORDER_PIECE_BYTES).min(bytes.len()))))
-                        .collect()
-                }
-                Err(error) => vec![Err(error)],
-            };
-            futures::stream::iter(pieces)
-        });
-        Ok(Some(stream.boxed()))
-    }
-
-    async fn restore(
-        &mut self,
-        meta: &SnapshotMeta,
-        mut data: SnapshotStream,
-    ) -> Result<(), StateMachineError> {
-        let mut encoded = Vec::new();
-        while let Some(chunk) = data.next().await {
-            encoded.extend_from_slice(&chunk?);
-        }
-        let entries: Vec<Entry> = postcard::from_bytes(&encoded)
-            .map_err(|e| StateMachineError::new(format!("decoding a snapshot: {e}")))?;
-        let last = entries.last().map_or(LogId::default(), Entry::log_id);
-        if last != meta.last_included {
-            return Err(StateMachineError::new(format!(
-                "snapshot {:?} holds entries up to {last:?}",
-                meta.last_included
-            )));
-        }
-        lock(&self.fresh).push(Event::Restored(last, entries.clone()));
-        lock(&self.restores).push(last);
-        *lock(&self.history) = entries;
-        Ok(())
-    }
+pub(super) struct Running {
+    pub(super) node: Node,
+    pub(super) incarnation: u64,
+    pub(super) recorder: Recorder,
+    /// The disk's injected failures when this incarnation started.
+    pub(super) disk_errors_at_start: u64,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Running {
-    node: Node,
-    incarnation: u64,
-    recorder: Recorder,
-}
-
-/// A cluster of real [`Node`]s on a [`SimRuntime`] and a fault-injecting [`MemNetwork`], with
-/// durable [`MemLogStore`]s that survive crashes. After every executor step it feeds the
-/// [`InvariantChecker`]; the first violation stops the run and is returned as a [`SimFailure`]
-/// naming the seed.
+/// A cluster of real [`Node`]s on a [`SimRuntime`] and a fault-injecting [`MemNetwork`], each on
+/// a [`SimDisk`] that survives crashes. After every executor step it feeds the
+/// [`InvariantChecker`] and the message-boundary and liveness oracles; the first violation
+/// stops the run and is returned as a [`SimFailure`] naming the seed.
 pub struct Simulation {
     /// The executor (virtual time).
     pub runtime: SimRuntime,
     /// The network (faults, partitions, counters).
     pub network: MemNetwork,
-    seed: u64,
+    pub(super) seed: u64,
     /// The initial voters (their bootstrap configuration).
     founders: Vec<NodeId>,
     /// Every node that is part of the scenario: founders and added nodes, minus retired ones.
     ids: Vec<NodeId>,
-    stores: BTreeMap<NodeId, MemLogStore>,
-    snapshot_stores: BTreeMap<NodeId, MemSnapshotStore>,
-    running: BTreeMap<NodeId, Running>,
+    pub(super) disks: BTreeMap<NodeId, SimDisk>,
+    pub(super) running: BTreeMap<NodeId, Running>,
     incarnations: BTreeMap<NodeId, u64>,
-    checker: InvariantChecker,
-    failure: Option<SimFailure>,
+    /// The configuration each node last started with.
+    pub(super) configs: BTreeMap<NodeId, Config>,
+    pub(super) checker: InvariantChecker,
+    pub(super) failure: Option<SimFailure>,
     config_hook: Option<ConfigHook>,
-    /// The running nodes and their state machines, shared with client tasks.
-    directory: Arc<Mutex<BTreeMap<NodeId, (Node, Recorder)>>>,
-    /// Linearizability bookkeeping shared by writers and readers.
-    reads: Arc<ReadCheck>,
+    pub(crate) directory: Directory,
+    pub(crate) shared: Arc<Shared>,
     /// How long a client of [`Simulation::spawn_client`] waits for a write before trying
     /// another node.
-    client_timeout: Duration,
-    /// (virtual instant, steps run at it): too many steps at one instant is a livelock.
-    livelock: (Duration, u64),
-}
-
-/// More executor steps than this at one virtual instant is reported as a livelock (every real
-/// activity of a node takes virtual time: ticks, network delays, client think time).
-const MAX_STEPS_PER_INSTANT: u64 = 200_000;
-
-/// What readers check: every read index covers every write acknowledged before the read began.
-#[derive(Debug, Default)]
-struct ReadCheck {
-    /// The highest log index of any acknowledged write so far.
-    max_acknowledged: AtomicU64,
-    /// Reads that observed a state missing a write acknowledged before they began.
-    violations: Mutex<Vec<String>>,
-}
-
-/// What one simulated reader saw.
-#[derive(Debug, Clone, Default)]
-pub struct ReaderLog {
-    /// Reads that returned a read index (all checked).
-    pub completed: Arc<AtomicU64>,
-    /// Reads that failed (no leader, leadership lost, unreachable, timed out).
-    pub failed: Arc<AtomicU64>,
-    /// Set to stop the reader after its current read.
-    pub stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl ReaderLog {
-    /// Reads completed and checked so far.
-    pub fn completed(&self) -> u64 {
-        self.completed.load(Ordering::SeqCst)
-    }
-
-    /// Reads that failed so far.
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    /// Asks the reader to stop.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// What one simulated client saw: every write it was told committed, in order.
-#[derive(Debug, Clone, Default)]
-pub struct ClientLog {
-    /// `(command, index)` of every acknowledged write.
-    pub acknowledged: Arc<Mutex<Vec<(Bytes, LogIndex)>>>,
-    /// Set to stop the client after its current write.
-    pub stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl ClientLog {
-    /// The acknowledged writes so far.
-    pub fn acknowledged(&self) -> Vec<(Bytes, LogIndex)> {
-        lock(&self.acknowledged).clone()
-    }
-
-    /// Asks the client to stop.
-    pub fn stop(&self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
+    pub(crate) client_timeout: Duration,
+    /// (virtual instant, progress then, steps run at it without progress): too many is a
+    /// livelock.
+    pub(super) livelock: (Duration, u64, u64),
+    /// The sum of every running node's commit, applied and last log indexes (progress).
+    pub(super) progress: u64,
+    /// Polls per tag when the current livelock count started.
+    pub(super) livelock_polls: BTreeMap<u64, u64>,
+    pub(super) oracle: Arc<WireOracle>,
+    disk_faults: DiskFaults,
+    sm_faults: Arc<std::sync::Mutex<StateMachineFaults>>,
+    /// Ids that came back after their removal: they join, whatever they were before.
+    rejoined: BTreeSet<NodeId>,
+    pub(super) planned: Vec<Planned>,
+    pub(super) paused: BTreeSet<NodeId>,
+    /// Bumped by every change of the nodes' lives and of their disks (with the network's
+    /// `fault_epoch`, what the liveness oracle watches).
+    pub(super) epoch: u64,
+    pub(super) liveness: Option<LivenessState>,
+    /// Per incarnation: the last term it was seen leading, and its commit index then.
+    pub(super) leading: BTreeMap<(NodeId, u64), (Term, LogIndex)>,
+    /// The durable hard state last fed to the checker, per node.
+    pub(super) hard_states: BTreeMap<NodeId, raft_core::HardState>,
+    /// The status last traced, per node.
+    pub(super) traced: BTreeMap<NodeId, raft_core::Status>,
+    /// Virtual times at which a timer was planted for a planned crash.
+    pub(super) wakeups: BTreeSet<Duration>,
+    pub(super) stats: SimStats,
+    pub(super) election_hook: Option<ElectionHook>,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -268,11 +209,15 @@ impl Drop for Simulation {
 }
 
 /// Mixes the simulation seed with a salt (SplitMix64 finalizer).
-fn mix(seed: u64, salt: u64) -> u64 {
+pub(super) fn mix(seed: u64, salt: u64) -> u64 {
     let mut z = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+pub(super) fn stuck(detail: String) -> Violation {
+    Violation { invariant: "liveness (scenario expectation)", detail }
 }
 
 impl Simulation {
@@ -286,30 +231,55 @@ impl Simulation {
         config: SimulationConfig,
         hook: Option<ConfigHook>,
     ) -> Result<Self, SimFailure> {
-        let runtime = SimRuntime::new();
+        let runtime = SimRuntime::seeded(mix(config.seed, 1), config.jitter_us);
         let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 0));
         network.set_default_faults(config.faults);
+        network.set_yield_chance(0.2);
+        if let Some((timeout, hang_chance)) = config.rpc_timeout {
+            network.set_rpc_timeout(Some(timeout), hang_chance);
+        }
+        let oracle = Arc::new(WireOracle::new(runtime.clone(), config.trace));
+        network.set_observer(Some(oracle.clone()));
         let ids: Vec<NodeId> = (1..=config.nodes).collect();
         let mut sim = Self {
-            stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
-            snapshot_stores: ids.iter().map(|&id| (id, MemSnapshotStore::new())).collect(),
             runtime,
             network,
             seed: config.seed,
             founders: ids.clone(),
             ids,
+            disks: BTreeMap::new(),
             running: BTreeMap::new(),
             incarnations: BTreeMap::new(),
+            configs: BTreeMap::new(),
             checker: InvariantChecker::new(),
             failure: None,
             config_hook: hook,
             directory: Arc::default(),
-            reads: Arc::default(),
+            shared: Arc::default(),
             client_timeout: Duration::from_secs(3),
-            livelock: (Duration::ZERO, 0),
+            livelock: (Duration::ZERO, 0, 0),
+            progress: 0,
+            livelock_polls: BTreeMap::new(),
+            oracle,
+            disk_faults: config.disk,
+            sm_faults: Arc::new(std::sync::Mutex::new(config.state_machine)),
+            rejoined: BTreeSet::new(),
+            planned: Vec::new(),
+            paused: BTreeSet::new(),
+            epoch: 0,
+            liveness: None,
+            leading: BTreeMap::new(),
+            hard_states: BTreeMap::new(),
+            traced: BTreeMap::new(),
+            wakeups: BTreeSet::new(),
+            stats: SimStats::default(),
+            election_hook: None,
         };
         for id in sim.ids.clone() {
             sim.start(id)?;
+            // Nodes boot at random moments: their tickers run in different phases.
+            let phase = Duration::from_micros(sim.runtime.below(10_000));
+            sim.run_for(phase)?;
         }
         Ok(sim)
     }
@@ -324,13 +294,23 @@ impl Simulation {
         &self.ids
     }
 
+    /// What happened to the nodes so far.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+
     /// Adds node `id` to the scenario and starts it empty, as a node joining the cluster
     /// (without bootstrap): it does nothing until a leader adds it with a membership change.
+    /// An id that was retired before may be added again: it starts on an empty disk.
     pub fn add_node(&mut self, id: NodeId) -> Result<(), SimFailure> {
         if !self.ids.contains(&id) {
             self.ids.push(id);
-            self.stores.entry(id).or_default();
-            self.snapshot_stores.entry(id).or_default();
+            if let Some(disk) = self.disks.get(&id) {
+                disk.restore_image(&DiskImage::empty());
+                self.checker.forget_disk(id);
+                self.hard_states.remove(&id);
+                self.rejoined.insert(id);
+            }
         }
         self.start(id)
     }
@@ -342,63 +322,24 @@ impl Simulation {
         self.ids.retain(|&n| n != id);
     }
 
-    /// Applies `change` through whichever node leads, retrying through leader changes, lost
-    /// leadership and changes still in progress, for at most `max`. A retry that finds the change
-    /// already made (an earlier attempt committed after all) counts as success.
-    pub fn change_membership(
-        &mut self,
-        change: MembershipChange,
-        max: Duration,
-    ) -> Result<(), SimFailure> {
-        let deadline = self.now() + max;
-        while self.now() < deadline {
-            if let Some(node) = self.leader().and_then(|leader| self.node(leader).cloned()) {
-                let runtime = self.runtime.clone();
-                let this_change = change.clone();
-                let attempt = async move {
-                    futures::select! {
-                        result = node.change_membership(this_change).fuse() => Some(result),
-                        _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
-                    }
-                };
-                let outcome =
-                    self.block_on("a membership change", Duration::from_secs(4), attempt)?;
-                match outcome {
-                    Some(Ok(_)) => return Ok(()),
-                    Some(Err(MembershipError::Invalid(invalid))) => {
-                        let done = matches!(
-                            (&change, &invalid),
-                            (MembershipChange::AddLearner(..), InvalidChange::AlreadyMember(_))
-                                | (MembershipChange::RemoveNode(_), InvalidChange::NotMember(_))
-                        ) || matches!(change, MembershipChange::PromoteLearner(id)
-                            if self.leader().and_then(|l| self.node(l))
-                                .is_some_and(|n| n.membership().is_voter(id)));
-                        if done {
-                            return Ok(());
-                        }
-                        return Err(self.fail(stuck(format!("{change:?} refused: {invalid}"))));
-                    }
-                    _ => {}
-                }
-            }
-            self.run_for(Duration::from_millis(50))?;
-        }
-        Err(self.fail(stuck(format!("{change:?} did not complete within {max:?}"))))
-    }
-
     /// The node `id`, if it is running.
     pub fn node(&self, id: NodeId) -> Option<&Node> {
         self.running.get(&id).map(|r| &r.node)
     }
 
-    /// The durable store of node `id`.
+    /// The durable log of node `id`.
     pub fn store(&self, id: NodeId) -> Option<&MemLogStore> {
-        self.stores.get(&id)
+        self.disks.get(&id).map(SimDisk::log)
     }
 
-    /// The durable snapshot store of node `id`.
+    /// The durable snapshots of node `id`.
     pub fn snapshot_store(&self, id: NodeId) -> Option<&MemSnapshotStore> {
-        self.snapshot_stores.get(&id)
+        self.disks.get(&id).map(SimDisk::snapshots)
+    }
+
+    /// The disk of node `id` (latency, faults, crash triggers, images).
+    pub fn disk(&self, id: NodeId) -> Option<&SimDisk> {
+        self.disks.get(&id)
     }
 
     /// The invariant checker (its record of committed entries, for instance).
@@ -423,11 +364,54 @@ impl Simulation {
         self.running.get(&id).map(|r| lock(&r.recorder.restores).clone()).unwrap_or_default()
     }
 
-    fn fail(&self, violation: Violation) -> SimFailure {
+    /// The configuration node `id` last started with.
+    pub fn config(&self, id: NodeId) -> Option<&Config> {
+        self.configs.get(&id)
+    }
+
+    /// The trace recorded so far (with [`SimulationConfig::trace`]); taken.
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.oracle.take_trace()
+    }
+
+    pub(super) fn fail(&self, violation: Violation) -> SimFailure {
         SimFailure { seed: self.seed, at: self.runtime.now(), violation }
     }
 
-    /// Starts node `id` from its durable store (a boot or a restart after a crash).
+    /// Sets how long clients started afterwards wait for a write before trying another node
+    /// (3 s by default). Short timeouts make clients find a new leader while an old one is
+    /// still cut off, which is when stale reads would show.
+    pub fn set_client_timeout(&mut self, timeout: Duration) {
+        self.client_timeout = timeout;
+    }
+
+    /// Checks bounded liveness from now on (see [`LivenessBounds`]).
+    pub fn enable_liveness(&mut self, bounds: LivenessBounds) {
+        self.liveness = Some(LivenessState::new(bounds));
+    }
+
+    /// Tells the liveness oracle that the scenario disturbed the cluster on purpose (a
+    /// leadership transfer, a membership change): the current healthy period starts over.
+    pub fn note_disruption(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// The disk of node `id`, created (empty, with the configured faults) on first use.
+    fn disk_of(&mut self, id: NodeId) -> SimDisk {
+        let (runtime, seed, faults) = (self.runtime.clone(), self.seed, self.disk_faults);
+        self.disks
+            .entry(id)
+            .or_insert_with(|| {
+                let disk = SimDisk::new(runtime, mix(seed, 7_000 + id));
+                disk.set_faults(faults);
+                disk
+            })
+            .clone()
+    }
+
+    /// Starts node `id` from its disk (a boot or a restart after a crash). A start that fails
+    /// on an injected disk failure leaves the node down; any other failure to start fails the
+    /// run.
     pub fn start(&mut self, id: NodeId) -> Result<(), SimFailure> {
         if self.running.contains_key(&id) {
             return Ok(());
@@ -442,136 +426,86 @@ impl Simulation {
         if let Some(hook) = &self.config_hook {
             hook(&mut config);
         }
-        let recorder = Recorder::default();
-        let store = self.stores.get(&id).cloned().unwrap_or_default();
-        let snapshots = self.snapshot_stores.get(&id).cloned().unwrap_or_default();
-        let start = Node::builder(
-            config,
-            store,
-            self.network.endpoint(id),
-            recorder.clone(),
-            self.runtime.tagged(id),
-        )
-        .snapshot_store(snapshots);
-        // A founder bootstraps the cluster at its first start; restarts find the membership
-        // in its stores.
-        let start = if incarnation == 1 && self.founders.contains(&id) {
-            start.bootstrap(Membership::with_voters(self.founders.iter().copied()))
+        let disk = self.disk_of(id);
+        // A founder bootstraps the cluster when its disk holds nothing (its first start, or a
+        // restart on an empty disk: the same entry again, so Log Matching holds); a node added
+        // later, or a founder retired and added again, joins and waits for a leader.
+        let bootstrap = self.founders.contains(&id)
+            && !self.rejoined.contains(&id)
+            && disk.hard_state().current_term == 0;
+        let (log, snapshots) = disk.attach();
+        let disk_errors_at_start = disk.stats().errors;
+        let node_runtime = self.runtime.tagged(id);
+        let seed = mix(self.seed, 0x5_3000 + id * 1_000 + incarnation);
+        let recorder = Recorder::new(node_runtime.clone(), self.sm_faults.clone(), seed);
+        self.oracle.started(id, incarnation, disk.clone());
+        self.configs.insert(id, config.clone());
+        self.epoch += 1;
+        let builder =
+            Node::builder(config, log, self.network.endpoint(id), recorder.clone(), node_runtime)
+                .snapshot_store(snapshots);
+        let builder = if bootstrap {
+            builder.bootstrap(Membership::with_voters(self.founders.iter().copied()))
         } else {
-            start
-        }
-        .start();
-        let started = self.runtime.block_on(Duration::from_secs(1), start, || {});
+            builder
+        };
+        let start = builder.start();
+        let runtime = self.runtime.clone();
+        let started = runtime.block_on(Duration::from_secs(60), start, || self.check_step());
+        self.outcome()?;
         let node = match started {
             Some(Ok(node)) => node,
+            Some(Err(error)) if disk.stats().errors > disk_errors_at_start => {
+                tracing::debug!(id, %error, "start failed on an injected disk failure");
+                self.stats.failed_starts += 1;
+                disk.crash(InFlight::Random);
+                return Ok(());
+            }
             Some(Err(error)) => {
                 return Err(self.fail(stuck(format!("node {id} failed to start: {error}"))))
             }
-            None => return Err(self.fail(stuck(format!("node {id} did not start")))),
+            None => {
+                self.runtime.kill(id);
+                return Err(self.fail(stuck(format!("node {id} did not start"))));
+            }
         };
+        self.oracle.trace(|| format!("start {id} incarnation {incarnation}"));
         self.network.register(id, Arc::new(node.clone()));
         lock(&self.directory).insert(id, (node.clone(), recorder.clone()));
-        self.running.insert(id, Running { node, incarnation, recorder });
+        self.running.insert(id, Running { node, incarnation, recorder, disk_errors_at_start });
         Ok(())
     }
 
-    /// Sets how long clients started afterwards wait for a write before trying another node
-    /// (3 s by default). Short timeouts make clients find a new leader while an old one is
-    /// still cut off, which is when stale reads would show.
-    pub fn set_client_timeout(&mut self, timeout: Duration) {
-        self.client_timeout = timeout;
-    }
-
-    /// Starts a client task that writes `"{name}-{k}"` for k = 0, 1, ... through whichever node
-    /// accepts it (following leader hints, retrying after failures) until stopped. Every write it
-    /// is told committed is recorded with its index.
-    pub fn spawn_client(&self, name: &str) -> ClientLog {
-        let log = ClientLog::default();
-        let (directory, runtime, record, name) =
-            (self.directory.clone(), self.runtime.clone(), log.clone(), name.to_owned());
-        let (reads, client_timeout) = (self.reads.clone(), self.client_timeout);
-        self.runtime.spawn_task(async move {
-            let mut target = next_node(&directory, 0);
-            let mut k = 0u64;
-            while !record.stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let command = Bytes::from(format!("{name}-{k}"));
-                let node = lock(&directory).get(&target).map(|(node, _)| node.clone());
-                let mut hint = None;
-                if let Some(node) = node {
-                    match node.propose(command.clone()).await {
-                        Ok(proposal) => {
-                            let index = proposal.index;
-                            let outcome = futures::select! {
-                                response = proposal.response().fuse() => response.ok(),
-                                _ = runtime.sleep_for(client_timeout).fuse() => None,
-                            };
-                            if outcome.is_some() {
-                                lock(&record.acknowledged).push((command, index));
-                                reads.max_acknowledged.fetch_max(index, Ordering::SeqCst);
-                                k += 1;
-                                // Think time: a client never issues work in zero virtual time.
-                                runtime.sleep_for(Duration::from_millis(1 + k % 7)).await;
-                                continue;
-                            }
-                        }
-                        Err(ProposeError::NotLeader { leader_hint, .. }) => hint = leader_hint,
-                        Err(_) => {}
-                    }
-                }
-                target = hint.unwrap_or_else(|| next_node(&directory, target));
-                runtime.sleep_for(Duration::from_millis(20)).await;
-            }
-        });
-        log
-    }
-
-    /// Starts a reader task that asks running nodes in turn (followers included) for a
-    /// linearizable read with [`Node::read_index`] and checks each answer: the read index must
-    /// cover every write acknowledged (by any client of [`Simulation::spawn_client`]) before the
-    /// read began, and the node's state must hold that index when the call returns. A stale
-    /// read fails the run as a violation of "Linearizable reads".
-    pub fn spawn_reader(&self) -> ReaderLog {
-        let log = ReaderLog::default();
-        let (directory, runtime, record, reads) =
-            (self.directory.clone(), self.runtime.clone(), log.clone(), self.reads.clone());
-        self.runtime.spawn_task(async move {
-            let mut target = 0;
-            while !record.stop.load(Ordering::SeqCst) {
-                target = next_node(&directory, target);
-                let Some((node, recorder)) = lock(&directory).get(&target).cloned() else {
-                    runtime.sleep_for(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let floor = reads.max_acknowledged.load(Ordering::SeqCst);
-                let outcome = futures::select! {
-                    result = node.read_index().fuse() => result.ok(),
-                    _ = runtime.sleep_for(Duration::from_secs(3)).fuse() => None,
-                };
-                let Some(index) = outcome else {
-                    record.failed.fetch_add(1, Ordering::SeqCst);
-                    runtime.sleep_for(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let state_end = lock(&recorder.history).last().map_or(0, |e| e.index);
-                if index < floor || state_end < index {
-                    lock(&reads.violations).push(format!(
-                        "node {target} returned read index {index} with its state at {state_end}; \
-                         a write at index {floor} was acknowledged before the read began"
-                    ));
-                }
-                record.completed.fetch_add(1, Ordering::SeqCst);
-                runtime.sleep_for(Duration::from_millis(3)).await;
-            }
-        });
-        log
-    }
-
-    /// Crashes node `id`: its tasks vanish mid-flight; only what its store made durable remains.
+    /// Crashes node `id`: its tasks vanish mid-flight; of its storage operations in flight a
+    /// random prefix lands; only what its disk holds remains.
     pub fn crash(&mut self, id: NodeId) {
+        self.crash_with(id, InFlight::Random);
+    }
+
+    /// Crashes node `id`, resolving its storage operations in flight by `policy`. Returns what
+    /// happened to them (`None` if the node was not running).
+    pub fn crash_with(&mut self, id: NodeId, policy: InFlight) -> Option<CrashOutcome> {
         lock(&self.directory).remove(&id);
         self.network.unregister(id);
+        self.network.resume(id);
         self.runtime.kill(id);
-        self.running.remove(&id);
+        self.paused.remove(&id);
+        self.running.remove(&id)?;
+        self.checker.observe_down(id);
+        self.epoch += 1;
+        let outcome = self.disks.get(&id).map(|disk| disk.crash(policy)).unwrap_or_default();
+        self.stats.crashes += 1;
+        self.stats.crash_landed += outcome.landed as u64;
+        self.stats.crash_lost += outcome.lost as u64;
+        self.oracle.trace(|| format!("crash {id} {outcome:?}"));
+        Some(outcome)
+    }
+
+    /// Crashes every running node at the same instant (a power cut of the whole cluster).
+    pub fn crash_all(&mut self) {
+        for id in self.running.keys().copied().collect::<Vec<_>>() {
+            self.crash(id);
+        }
     }
 
     /// Crashes and restarts node `id`.
@@ -580,68 +514,146 @@ impl Simulation {
         self.start(id)
     }
 
+    /// Crashes node `id` and restarts it on a different disk: `image` (an empty one, or a copy
+    /// taken earlier with [`SimDisk::image`]). Raft's safety assumes disks never go back; the
+    /// checker reports what breaks.
+    pub fn restart_with_disk(&mut self, id: NodeId, image: &DiskImage) -> Result<(), SimFailure> {
+        self.crash(id);
+        if let Some(disk) = self.disks.get(&id) {
+            disk.restore_image(image);
+        }
+        self.start(id)
+    }
+
+    /// Shuts node `id` down gracefully ([`Node::shutdown`]: its writes complete) and leaves it
+    /// down.
+    pub fn shutdown(&mut self, id: NodeId) -> Result<(), SimFailure> {
+        let Some(node) = self.node(id).cloned() else { return Ok(()) };
+        self.resume(id);
+        self.block_on("a graceful shutdown", Duration::from_secs(30), async move {
+            node.shutdown().await
+        })?;
+        self.stats.shutdowns += 1;
+        self.crash_with(id, InFlight::Land);
+        Ok(())
+    }
+
     /// Whether node `id` is running.
     pub fn is_running(&self, id: NodeId) -> bool {
         self.running.contains_key(&id)
     }
 
-    /// Feeds everything observable since the last step to the checker.
-    fn check_step(&mut self) {
-        if self.failure.is_some() {
-            return;
-        }
-        let now = self.runtime.now();
-        if now == self.livelock.0 {
-            self.livelock.1 += 1;
-            if self.livelock.1 > MAX_STEPS_PER_INSTANT {
-                self.failure = Some(self.fail(stuck(format!(
-                    "livelock: {MAX_STEPS_PER_INSTANT} steps without virtual time advancing"
-                ))));
-                return;
-            }
-        } else {
-            self.livelock = (now, 0);
-        }
-        if let Err(violation) = self.observe() {
-            self.failure = Some(self.fail(violation));
-        }
-        if let Some(stale) = lock(&self.reads.violations).first() {
-            let violation = Violation { invariant: "Linearizable reads", detail: stale.clone() };
-            self.failure = Some(self.fail(violation));
+    /// Pauses node `id` (a stopped process, a long GC pause, a frozen VM): its tasks and timers
+    /// stop, messages to it wait; its clock keeps running. [`Simulation::resume`] continues it
+    /// with its old timers and beliefs, and the messages that waited reach it in a seeded order.
+    pub fn pause(&mut self, id: NodeId) {
+        if self.is_running(id) && self.paused.insert(id) {
+            self.runtime.pause(id);
+            self.network.pause(id);
+            self.stats.pauses += 1;
+            self.epoch += 1;
+            self.oracle.trace(|| format!("pause {id}"));
         }
     }
 
-    fn observe(&mut self) -> Result<(), Violation> {
-        for (&id, running) in &self.running {
-            let status = running.node.status();
-            self.checker.observe_status((id, running.incarnation), &status)?;
-            let incarnation = (id, running.incarnation);
-            for event in std::mem::take(&mut *lock(&running.recorder.fresh)) {
-                match event {
-                    Event::Applied(entries) => {
-                        self.checker.observe_applied(incarnation, &entries)?;
-                    }
-                    Event::Restored(last, entries) => {
-                        self.checker.observe_snapshot(incarnation, last, &entries)?;
-                    }
-                }
-            }
+    /// Resumes a paused node.
+    pub fn resume(&mut self, id: NodeId) {
+        if self.paused.remove(&id) {
+            self.runtime.resume(id);
+            self.network.resume(id);
+            self.epoch += 1;
+            self.oracle.trace(|| format!("resume {id}"));
         }
-        for (&id, store) in &self.snapshot_stores {
-            if let Some(meta) = store.latest_meta() {
-                self.checker.observe_durable_snapshot(id, meta.last_included)?;
-            }
-        }
-        for (&id, store) in &self.stores {
-            self.checker.observe_purged(id, store.purged())?;
-            if let Some(change) = store.take_change() {
-                self.checker.observe_log(id, &change, || store.entries())?;
-            }
-        }
-        Ok(())
     }
 
-    fn outcome(&mut self) -> Result<(), SimFailure> {
+    /// Whether node `id` is paused.
+    pub fn is_paused(&self, id: NodeId) -> bool {
+        self.paused.contains(&id)
+    }
+
+    /// Sets node `id`'s clock (rate, late timers) from now on.
+    pub fn set_clock(&mut self, id: NodeId, clock: NodeClock) {
+        self.runtime.set_clock(id, clock);
+        self.epoch += 1;
+    }
+
+    /// Sets node `id`'s disk behavior.
+    pub fn set_disk_faults(&mut self, id: NodeId, faults: DiskFaults) {
+        self.disk_of(id).set_faults(faults);
+        self.epoch += 1;
+    }
+
+    /// Sets how the state machines misbehave from now on (every incarnation, running or not).
+    pub fn set_state_machine_faults(&mut self, faults: StateMachineFaults) {
+        *lock(&self.sm_faults) = faults;
+    }
+
+    /// Fills node `id`'s disk (its writes fail, so it stops) or frees it.
+    pub fn set_disk_full(&mut self, id: NodeId, full: bool) {
+        self.disk_of(id).set_full(full);
+        self.epoch += 1;
+    }
+
+    /// Crashes node `id` once `delay` of virtual time has passed (at any step in between, with
+    /// whatever it has in flight).
+    pub fn crash_after(&mut self, id: NodeId, delay: Duration, policy: InFlight) {
+        let at = self.now() + delay;
+        self.plant_wakeup(at);
+        self.planned.push(Planned::At { at, node: id, policy });
+    }
+
+    /// Crashes node `id` after `steps` more executor steps.
+    pub fn crash_after_steps(&mut self, id: NodeId, steps: u64, policy: InFlight) {
+        let step = self.runtime.polls() + steps;
+        self.planned.push(Planned::AtStep { step, node: id, policy });
+    }
+
+    /// Crashes the next node to win an election (or `id` the next time it does), `delay` after
+    /// it is seen leading.
+    pub fn crash_on_leadership(&mut self, id: Option<NodeId>, delay: Duration, policy: InFlight) {
+        self.planned.push(Planned::OnLeadership { node: id, delay, policy });
+    }
+
+    /// Calls `hook` each time a node is seen winning an election (right after the step in which
+    /// it did), for example to propose a membership change on every new leader at once.
+    pub fn on_election(&mut self, hook: Option<ElectionHook>) {
+        self.election_hook = hook;
+    }
+
+    /// Makes sure the executor stops at virtual time `at` (a timer is due then).
+    pub(super) fn plant_wakeup(&mut self, at: Duration) {
+        if at > self.now() && self.wakeups.insert(at) {
+            let sleep = self.runtime.sleep_until(at);
+            self.runtime.spawn_task(sleep);
+        }
+    }
+
+    /// Brings the cluster back to health: resumes paused nodes, frees full disks and stops
+    /// injecting disk errors, stalls and state machine failures, cancels planned crashes and the
+    /// election hook, removes every network fault, partition and disconnection. Crashed nodes
+    /// stay down.
+    pub fn calm(&mut self) {
+        for id in self.paused.clone() {
+            self.resume(id);
+        }
+        self.planned.clear();
+        self.election_hook = None;
+        *lock(&self.sm_faults) = StateMachineFaults::default();
+        for disk in self.disks.values() {
+            disk.set_full(false);
+            disk.set_crash_trigger(None);
+            let faults = disk.faults();
+            disk.set_faults(DiskFaults { error_chance: 0.0, stall_chance: 0.0, ..faults });
+        }
+        for id in self.ids.clone() {
+            self.network.reconnect(id);
+        }
+        self.network.clear_faults();
+        self.network.heal();
+        self.epoch += 1;
+    }
+
+    pub(super) fn outcome(&mut self) -> Result<(), SimFailure> {
         match self.failure.take() {
             Some(failure) => Err(failure),
             None => Ok(()),
@@ -694,128 +706,4 @@ impl Simulation {
         self.outcome()?;
         value.ok_or_else(|| self.fail(stuck(format!("{what} did not finish within {max:?}"))))
     }
-
-    /// Statuses of the running nodes that `from`'s side of the network can reach (all running
-    /// nodes when `from` is `None`).
-    pub fn statuses(&self) -> Vec<Status> {
-        self.running.values().map(|r| r.node.status()).collect()
-    }
-
-    /// The leader with the highest term among running nodes, if any.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.statuses()
-            .into_iter()
-            .filter(|s| s.role == Role::Leader)
-            .max_by_key(|s| s.current_term)
-            .map(|s| s.id)
-    }
-
-    /// The leaders among the running nodes that can reach a majority of the voters of their
-    /// membership.
-    pub fn leaders_with_quorum(&self) -> Vec<NodeId> {
-        self.running
-            .values()
-            .filter(|r| r.node.status().role == Role::Leader)
-            .filter(|r| {
-                let id = r.node.id();
-                r.node.membership().has_quorum(|p| {
-                    self.is_running(p) && (p == id || self.network.connected(id, p))
-                })
-            })
-            .map(|r| r.node.id())
-            .collect()
-    }
-
-    /// The voters and learners according to the current leader (`None` without a leader).
-    pub fn members(&self) -> Option<BTreeSet<NodeId>> {
-        self.leader().and_then(|l| self.node(l)).map(|n| n.membership().members())
-    }
-
-    /// Runs until some node is leader with a quorum reachable and every running member it can
-    /// reach follows it in its term; returns it.
-    pub fn wait_for_leader(&mut self, max: Duration) -> Result<NodeId, SimFailure> {
-        self.run_until("a stable leader", max, |sim| sim.stable_leader().is_some())?;
-        self.stable_leader().ok_or_else(|| self.fail(stuck("leader vanished".into())))
-    }
-
-    fn stable_leader(&self) -> Option<NodeId> {
-        let [leader] = self.leaders_with_quorum()[..] else { return None };
-        let node = &self.running.get(&leader)?.node;
-        let (term, members) = (node.status().current_term, node.membership().members());
-        self.running
-            .iter()
-            .filter(|(&id, _)| {
-                id != leader && members.contains(&id) && self.network.connected(leader, id)
-            })
-            .all(|(_, r)| {
-                let s = r.node.status();
-                s.current_term == term && s.leader_id == Some(leader)
-            })
-            .then_some(leader)
-    }
-
-    /// Proposes `command` on node `id`; returns the proposal's index once applied there, or
-    /// `None` if it was refused or lost (not leader, leadership lost, overwritten) or did not
-    /// finish within `max`.
-    pub fn propose_on(
-        &mut self,
-        id: NodeId,
-        command: Bytes,
-        max: Duration,
-    ) -> Result<Option<LogIndex>, SimFailure> {
-        let Some(node) = self.node(id).cloned() else { return Ok(None) };
-        let runtime = self.runtime.clone();
-        let attempt = async move {
-            let proposal = match node.propose(command).await {
-                Ok(p) => p,
-                Err(ProposeError::NotLeader { .. } | ProposeError::Shutdown) => return None,
-                Err(_) => return None,
-            };
-            let index = proposal.index;
-            futures::select! {
-                response = proposal.response().fuse() => response.ok().map(|_| index),
-                _ = runtime.sleep_for(max).fuse() => None,
-            }
-        };
-        let value = self.block_on("a proposal", max + Duration::from_secs(1), attempt)?;
-        Ok(value)
-    }
-
-    /// Writes `command` through whichever node leads, retrying (for at most `max`) until it is
-    /// applied on the leader. Returns its index.
-    pub fn write(&mut self, command: Bytes, max: Duration) -> Result<LogIndex, SimFailure> {
-        let deadline = self.now() + max;
-        while self.now() < deadline {
-            if let Some(leader) = self.leader() {
-                if let Some(index) =
-                    self.propose_on(leader, command.clone(), Duration::from_secs(2))?
-                {
-                    return Ok(index);
-                }
-            }
-            self.run_for(Duration::from_millis(50))?;
-        }
-        Err(self.fail(stuck(format!("write did not commit within {max:?}"))))
-    }
-
-    /// Runs until every running node has applied at least up to `index`.
-    pub fn wait_applied(&mut self, index: LogIndex, max: Duration) -> Result<(), SimFailure> {
-        self.run_until("applies", max, |sim| {
-            sim.statuses().iter().all(|s| s.applied_index >= index)
-        })
-    }
-}
-
-/// The running node after `current` in id order (wrapping), or `current` if none runs.
-fn next_node(directory: &Mutex<BTreeMap<NodeId, (Node, Recorder)>>, current: NodeId) -> NodeId {
-    let directory = lock(directory);
-    directory
-        .range(current + 1..)
-        .next()
-        .or_else(|| directory.iter().next())
-        .map_or(current, |(&id, _)| id)
-}
-
-fn stuck(detail: String) -> Violation {
-    Violation { invariant: "liveness (scenario expectation)", detail }
 }

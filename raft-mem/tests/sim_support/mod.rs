@@ -63,22 +63,28 @@ pub fn converge_and_check(sim: &mut Simulation, clients: &[ClientLog]) -> Outcom
     for client in clients {
         client.stop();
     }
-    sim.network.clear_faults();
-    sim.network.heal();
+    sim.calm();
     for id in sim.ids().to_vec() {
-        sim.network.reconnect(id);
         sim.start(id)?;
     }
     let index = sim.write(cmd("final"), LONG)?;
+    sim.wait_for_leader(LONG)?;
+    // Every member of the leader's membership applies the final write. Membership changes
+    // started before may still commit meanwhile, so the members are looked up as it goes.
+    sim.run_until("the final write applied by every member", LONG, |sim| {
+        let Some(members) = sim.members() else { return false };
+        sim.ids()
+            .iter()
+            .filter(|id| members.contains(id))
+            .all(|&id| sim.node(id).is_some_and(|n| n.status().applied_index >= index))
+    })?;
     // Nodes removed from the membership (or never added) get no more entries: retire them.
-    let leader = sim.wait_for_leader(LONG)?;
-    let members = sim.node(leader).map(|n| n.membership().members()).unwrap_or_default();
+    let members = sim.members().unwrap_or_default();
     for id in sim.ids().to_vec() {
         if !members.contains(&id) {
             sim.retire(id);
         }
     }
-    sim.wait_applied(index, LONG)?;
     for &id in sim.ids() {
         let applied = sim.applied(id);
         for client in clients {

@@ -1,0 +1,334 @@
+//! What the simulation does after every executor step: feed the checker everything observable,
+//! surface the oracles' findings, handle nodes that stopped on an injected fault, and carry out
+//! planned crashes.
+
+use std::sync::atomic::Ordering;
+
+use raft_core::{NodeId, Role, Status};
+
+use super::checker::Violation;
+use super::recorder::{lock, Event};
+use super::simulation::{stuck, Planned, Simulation};
+
+/// More executor steps than this at one virtual instant, without progress, is reported as a
+/// livelock.
+const MAX_STEPS_PER_INSTANT: u64 = 200_000;
+
+impl Simulation {
+    /// Feeds everything observable since the last step to the checkers.
+    pub(super) fn check_step(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        let checked = self
+            .observe()
+            .and_then(|()| self.livelock())
+            .and_then(|()| self.stopped_nodes())
+            .and_then(|()| self.findings())
+            .and_then(|()| self.check_liveness());
+        if let Err(violation) = checked {
+            self.failure = Some(self.fail(violation));
+            return;
+        }
+        self.planned_crashes();
+    }
+
+    /// Too many steps at one virtual instant without any node's log, commit or applied index
+    /// moving, nor any follower's match index or snapshot transfer, is a livelock (a catch-up with zero-latency disks
+    /// and links may legitimately take many steps at one instant, but it makes progress).
+    fn livelock(&mut self) -> Result<(), Violation> {
+        let now = self.runtime.now();
+        let (at, progress, steps) = self.livelock;
+        if now == at && self.progress == progress {
+            self.livelock.2 = steps + 1;
+            if steps + 1 > MAX_STEPS_PER_INSTANT {
+                let mut spinning: Vec<(u64, u64)> = self
+                    .runtime
+                    .polls_by_tag()
+                    .into_iter()
+                    .map(|(tag, polls)| {
+                        (polls - self.livelock_polls.get(&tag).copied().unwrap_or(0), tag)
+                    })
+                    .filter(|&(polls, _)| polls > 0)
+                    .collect();
+                spinning.sort_unstable_by(|a, b| b.cmp(a));
+                return Err(stuck(format!(
+                    "livelock: {MAX_STEPS_PER_INSTANT} steps without virtual time or any index advancing; polls by tag (0: clients and the network): {spinning:?}"
+                )));
+            }
+        } else {
+            self.livelock = (now, self.progress, 0);
+            self.livelock_polls = self.runtime.polls_by_tag();
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self) -> Result<(), Violation> {
+        let mut max_commit = 0;
+        let mut progress = 0u64;
+        let ids: Vec<NodeId> = self.running.keys().copied().collect();
+        for id in ids {
+            let Some(running) = self.running.get(&id) else { continue };
+            let (node, incarnation) = (running.node.clone(), running.incarnation);
+            let fresh = running.recorder.fresh.clone();
+            let status = node.status();
+            max_commit = max_commit.max(status.commit_index);
+            progress = progress
+                .wrapping_add(status.commit_index)
+                .wrapping_add(status.applied_index)
+                .wrapping_add(status.last_log_index);
+            self.checker.observe_status((id, incarnation), &status)?;
+            if status.role == Role::Leader {
+                self.observe_leader(id, incarnation, &status)?;
+            }
+            self.trace_status(&status);
+            let events = std::mem::take(&mut *lock(&fresh));
+            let disk = self.disks.get(&id).cloned();
+            for event in events {
+                match event {
+                    Event::Applied(entries) => {
+                        let local = disk
+                            .as_ref()
+                            .is_none_or(|d| entries.iter().all(|e| d.holds(e.log_id())));
+                        if !local {
+                            return Err(Violation {
+                                invariant: "apply only what is locally durable",
+                                detail: format!(
+                                    "node {id} applied entries {:?}..={:?} that its disk does not hold",
+                                    entries.first().map(|e| e.log_id()),
+                                    entries.last().map(|e| e.log_id())
+                                ),
+                            });
+                        }
+                        self.checker.observe_applied((id, incarnation), &entries)?;
+                    }
+                    Event::Restored(last, entries) => {
+                        if disk.as_ref().is_some_and(|d| !d.holds(last)) {
+                            return Err(Violation {
+                                invariant: "apply only what is locally durable",
+                                detail: format!(
+                                    "node {id} restored snapshot {last:?} that its disk does not hold"
+                                ),
+                            });
+                        }
+                        self.checker.observe_snapshot((id, incarnation), last, &entries)?;
+                    }
+                }
+            }
+        }
+        self.shared.max_committed.fetch_max(max_commit, Ordering::SeqCst);
+        self.progress = progress.wrapping_add(self.oracle.match_progress());
+        for (&id, disk) in &self.disks {
+            // The hard state first: a disk that went back shows there most precisely.
+            let hard_state = disk.hard_state();
+            if self.hard_states.insert(id, hard_state) != Some(hard_state) {
+                self.checker.observe_durable_hard_state(id, hard_state)?;
+            }
+            if let Some(meta) = disk.snapshots().latest_meta() {
+                self.checker.observe_durable_snapshot(id, meta.last_included)?;
+            }
+            let store = disk.log();
+            self.checker.observe_purged(id, store.purged())?;
+            if let Some(change) = store.take_change() {
+                self.checker.observe_log(id, &change, || store.entries())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader's status: whether it made its term durable (it then acted as leader), whether
+    /// it just won an election (planned crashes), and, when its commit index moved, that the
+    /// entry it committed is durable on a majority of its voters.
+    fn observe_leader(
+        &mut self,
+        id: NodeId,
+        incarnation: u64,
+        status: &Status,
+    ) -> Result<(), Violation> {
+        let term = status.current_term;
+        let durable_term = self.disks.get(&id).map_or(0, |d| d.hard_state().current_term);
+        if durable_term >= term {
+            self.checker.observe_leader_acted((id, incarnation), term)?;
+        }
+        let before = self.leading.insert((id, incarnation), (term, status.commit_index));
+        match before {
+            // A commit made by this leader's own count in this term.
+            Some((was_term, was_commit)) if was_term == term => {
+                if status.commit_index > was_commit {
+                    self.check_commit_durable(id, status)?;
+                }
+            }
+            // It just won: its commit index so far was learned from an earlier leader.
+            _ => self.leadership_won(id),
+        }
+        Ok(())
+    }
+
+    /// The entry at a leader's new commit index (one of its own term: it counts replicas only
+    /// for those) must be durable on a majority of every voter set of its membership (both
+    /// during a joint change): it may count its own copy only once durable, a follower's only
+    /// once acknowledged, which the follower does only when durable.
+    fn check_commit_durable(&self, id: NodeId, status: &Status) -> Result<(), Violation> {
+        let Some(node) = self.node(id) else { return Ok(()) };
+        let membership = node.membership();
+        let index = status.commit_index;
+        // Whether `voter`'s disk holds the entry (in its log, or under its snapshot or purge
+        // point), and the terms found there otherwise, for the report.
+        let mut by_term = std::collections::BTreeMap::<u64, Vec<NodeId>>::new();
+        let holds = |voter: NodeId| {
+            let disk = self.disks.get(&voter)?;
+            let snapshot = disk.snapshots().latest_meta().map_or(0, |m| m.last_included.index);
+            if index <= disk.log().purged().index.max(snapshot) {
+                return Some(status.current_term);
+            }
+            disk.log().term_at(index)
+        };
+        for voter in membership.all_voters() {
+            by_term.entry(holds(voter).unwrap_or(0)).or_default().push(voter);
+        }
+        if !super::checker::is_quorum(&membership, |voter| {
+            holds(voter) == Some(status.current_term)
+        }) {
+            return Err(Violation {
+                invariant: "committed entries are durable on a majority",
+                detail: format!(
+                    "leader {id} of term {} committed index {index}, not durable on a majority of each voter set of {:?} / {:?} (voters by the term they hold there, 0 for none: {by_term:?})",
+                    status.current_term,
+                    membership.voters(),
+                    membership.outgoing_voters()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Arms the planned crashes waiting for `id` (or anyone) to win an election, and runs the
+    /// election hook.
+    fn leadership_won(&mut self, id: NodeId) {
+        if let Some(mut hook) = self.election_hook.take() {
+            hook(self, id);
+            if self.election_hook.is_none() {
+                self.election_hook = Some(hook);
+            }
+        }
+        let now = self.now();
+        let mut armed = Vec::new();
+        self.planned.retain(|planned| match *planned {
+            Planned::OnLeadership { node, delay, policy } if node.is_none_or(|n| n == id) => {
+                armed.push(Planned::At { at: now + delay, node: id, policy });
+                false
+            }
+            _ => true,
+        });
+        for planned in armed {
+            if let Planned::At { at, .. } = planned {
+                self.plant_wakeup(at);
+            }
+            self.planned.push(planned);
+        }
+    }
+
+    fn trace_status(&mut self, status: &Status) {
+        let changed = self.traced.get(&status.id) != Some(status);
+        if changed {
+            self.traced.insert(status.id, status.clone());
+            self.oracle.trace(|| {
+                format!(
+                    "status {} {:?} t{} leader {:?} commit {} applied {} last {}",
+                    status.id,
+                    status.role,
+                    status.current_term,
+                    status.leader_id,
+                    status.commit_index,
+                    status.applied_index,
+                    status.last_log_index
+                )
+            });
+        }
+    }
+
+    /// Nodes that stopped on a fatal error: expected after an injected disk or state machine
+    /// failure (the node is then treated as crashed), a violation otherwise.
+    fn stopped_nodes(&mut self) -> Result<(), Violation> {
+        let stopped: Vec<(NodeId, bool, String)> = self
+            .running
+            .iter()
+            .filter_map(|(&id, running)| {
+                let error = running.node.fatal_error()?;
+                let disk_errors = self.disks.get(&id).map_or(0, |d| d.stats().errors);
+                let injected = disk_errors > running.disk_errors_at_start
+                    || running.recorder.failed.load(Ordering::SeqCst);
+                Some((id, injected, error.to_string()))
+            })
+            .collect();
+        for (id, injected, error) in stopped {
+            if !injected {
+                return Err(Violation {
+                    invariant: "no fatal error without an injected fault",
+                    detail: format!("node {id} stopped: {error}"),
+                });
+            }
+            self.stats.fault_stops += 1;
+            self.crash(id);
+        }
+        Ok(())
+    }
+
+    /// What the message-boundary oracle, the network, the clients and the readers found.
+    fn findings(&mut self) -> Result<(), Violation> {
+        let findings = self.oracle.take_findings();
+        if let Some(violation) = findings.violations.into_iter().next() {
+            return Err(violation);
+        }
+        for (voter, term, candidate) in findings.votes {
+            self.checker.observe_vote(voter, term, candidate)?;
+        }
+        for (incarnation, term) in findings.leaders_acted {
+            self.checker.observe_leader_acted(incarnation, term)?;
+        }
+        if let Some(error) = self.network.take_wire_errors().into_iter().next() {
+            return Err(Violation {
+                invariant: "messages survive their wire encoding",
+                detail: error,
+            });
+        }
+        if let Some(violation) = lock(&self.shared.violations).first() {
+            return Err(violation.clone());
+        }
+        Ok(())
+    }
+
+    /// Carries out planned crashes that are due, and crashes triggered by disk events.
+    fn planned_crashes(&mut self) {
+        let (now, step) = (self.now(), self.runtime.polls());
+        let mut due = Vec::new();
+        self.planned.retain(|planned| match *planned {
+            Planned::At { at, node, policy } if at <= now => {
+                due.push((node, policy));
+                false
+            }
+            Planned::AtStep { step: at, node, policy } if at <= step => {
+                due.push((node, policy));
+                false
+            }
+            _ => true,
+        });
+        let mut wake = Vec::new();
+        for (&id, disk) in &self.disks {
+            if !self.running.contains_key(&id) {
+                continue;
+            }
+            if let Some(policy) = disk.take_crash_request() {
+                due.push((id, policy));
+            } else if let Some(at) = disk.crash_request() {
+                wake.push(at);
+            }
+        }
+        for at in wake {
+            self.plant_wakeup(at);
+        }
+        for (id, policy) in due {
+            self.crash_with(id, policy);
+        }
+    }
+}
