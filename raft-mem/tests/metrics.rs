@@ -156,9 +156,12 @@ async fn a_cluster_records_what_it_does() {
         within(&rt, "a read", cluster.node(other).read_index()).await.unwrap();
     }
     // The lag gauges are refreshed on the leader's ticks.
-    wait_until(&rt, "the lag gauge shows the follower caught up", || {
-        metrics.gauge("raft_follower_lag_entries", &with(leader, &[("peer", &lagging.to_string())]))
-            == Some(0.0)
+    // Wait for a refresh after the catch-up: a lag of 0 alone may still be the value of a tick
+    // before the follower was cut off (no tick need fall within the writes).
+    let follower = with(leader, &[("peer", &lagging.to_string())]);
+    wait_until(&rt, "the gauges show the follower caught up", || {
+        metrics.gauge("raft_follower_lag_entries", &follower) == Some(0.0)
+            && metrics.gauge("raft_follower_match_index", &follower) >= Some(last as f64)
     })
     .await;
 
