@@ -289,7 +289,12 @@ impl Simulation {
         self.seed
     }
 
-    /// The nodes of the scenario: the founding voters and added nodes, minus retired ones.
+    /// The founding voters: those that bootstrap the cluster (on an empty disk).
+    pub fn founders(&self) -> &[NodeId] {
+        &self.founders
+    }
+
+    /// The nodes of the scenario (see [`Simulation::founders`] for the first voters).
     pub fn ids(&self) -> &[NodeId] {
         &self.ids
     }
