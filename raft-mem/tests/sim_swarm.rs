@@ -640,10 +640,13 @@ fn regrow(
         return Ok(());
     }
     let change = if membership.learners().is_empty() {
-        let id = removed.pop().unwrap_or_else(|| {
-            *next_id += 1;
-            *next_id
-        });
+        let id = match reusable(sim, removed).first() {
+            Some(&index) => removed.remove(index),
+            None => {
+                *next_id += 1;
+                *next_id
+            }
+        };
         sim.add_node(id)?;
         MembershipChange::AddLearner(id, NodeInfo::default())
     } else {
@@ -775,15 +778,43 @@ fn fresh_node(
     next_id: &mut NodeId,
     removed: &mut Vec<NodeId>,
 ) -> Result<NodeId, raft_mem::sim::SimFailure> {
-    let id = if !removed.is_empty() && dice.chance(80) {
+    let reusable = reusable(sim, removed);
+    let id = if !reusable.is_empty() && dice.chance(80) {
         add(&TOTALS.readded, 1);
-        removed.remove(dice.below(removed.len() as u64) as usize)
+        removed.remove(reusable[dice.below(reusable.len() as u64) as usize])
     } else {
         *next_id += 1;
         *next_id
     };
     sim.add_node(id)?;
     Ok(id)
+}
+
+/// The positions in `removed` of the ids that may come back on an empty disk: those that were
+/// never voters. A former voter's id must never be used again by a node without its log (as
+/// openraft's FAQ warns too): replaying the log from the start, the new node passes through the
+/// old memberships that name it a voter, and one in which it was the only voter (a cluster that
+/// began as a lone voter) makes it leader on its own, beside the real cluster. Raft-core allows
+/// a removed learner to come back under its id.
+fn reusable(sim: &Simulation, removed: &[NodeId]) -> Vec<usize> {
+    let mut voted: std::collections::BTreeSet<NodeId> = sim
+        .checker()
+        .committed_entries()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.all_voters()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for id in sim.ids() {
+        if let Some(node) = sim.node(*id) {
+            voted.extend(node.membership().all_voters());
+        }
+        if sim.config(*id).is_some_and(|c| c.voters.contains(id)) {
+            voted.insert(*id);
+        }
+    }
+    (0..removed.len()).filter(|&i| !voted.contains(&removed[i])).collect()
 }
 
 /// Starts a change of several voters at once on the leader `node` (through joint consensus),

@@ -406,7 +406,10 @@ impl Engine {
         self.election_elapsed += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
-        } else if self.election_elapsed >= self.randomized_election_ticks {
+        } else if self.election_elapsed >= self.randomized_election_ticks && self.may_campaign() {
+            // A node that may not campaign lets the timer run on, as etcd does for learners:
+            // restarting it would renew the lease of a leader it no longer hears from (see
+            // `in_leader_lease`), and it would refuse the votes the next leader needs.
             self.election_elapsed = 0;
             self.campaign(self.config.pre_vote, false);
         }

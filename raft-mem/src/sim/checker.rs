@@ -53,17 +53,19 @@ pub struct LogChange {
     pub entries: Vec<Entry>,
 }
 
-/// Checks Election Safety (per node and per incarnation), Leader Append-Only, Log Matching,
-/// Leader Completeness, State Machine Safety, that commit indexes never decrease, that applies
-/// happen in order without gaps, that committed memberships change by at most one voter at a
-/// time (so consecutive configurations have overlapping majorities), that each node's durable
-/// term and vote never go back, and that a node votes for one candidate per term.
+/// Checks Election Safety (per incarnation: a leadership that vanished in a crash before it
+/// acted does not count), Leader Append-Only, Log Matching, Leader Completeness, State Machine
+/// Safety, that commit indexes never decrease, that applies happen in order without gaps, that
+/// consecutive committed memberships keep quorums intersecting (joint consensus), that each
+/// node's durable term and vote never go back, and that a node votes for one candidate per
+/// term.
 #[derive(Debug, Default)]
 pub struct InvariantChecker {
-    leader_of_term: BTreeMap<Term, NodeId>,
     /// Per term, the incarnations seen leading it and whether each acted as leader (sent a
     /// message of the term, or made the term durable).
     leader_incarnations: BTreeMap<Term, BTreeMap<Incarnation, bool>>,
+    /// The incarnations that went down (crashed or shut down): their memory is gone.
+    down: BTreeSet<Incarnation>,
     /// Per node, the durable hard state last observed.
     durable_hard_state: BTreeMap<NodeId, HardState>,
     /// Who each node voted for in each term (granted votes and its own candidacy).
@@ -113,20 +115,10 @@ impl InvariantChecker {
         let node = incarnation.0;
         self.max_term = self.max_term.max(status.current_term);
         if status.role == Role::Leader {
-            let leader = *self.leader_of_term.entry(status.current_term).or_insert(node);
-            if leader != node {
-                return violation(
-                    "Election Safety",
-                    format!(
-                        "nodes {leader} and {node} both leader in term {}",
-                        status.current_term
-                    ),
-                );
-            }
             let claims = self.leader_incarnations.entry(status.current_term).or_default();
             if let std::collections::btree_map::Entry::Vacant(claim) = claims.entry(incarnation) {
                 claim.insert(false);
-                self.check_incarnations(status.current_term)?;
+                self.check_leaders(status.current_term, incarnation)?;
             }
         }
         self.last_status.insert(node, (status.role, status.current_term));
@@ -168,8 +160,8 @@ impl InvariantChecker {
     }
 
     /// `incarnation` acted as the leader of `term`: a message of that term left it, or it made
-    /// the term durable. Another incarnation of the same node leading that term before it is a
-    /// violation of Election Safety (the first one could have been followed; the second one
+    /// the term durable. Another incarnation leading that term too, of the same node or not, is
+    /// a violation of Election Safety (the first one could have been followed; the second one
     /// may build a different log in the same term).
     pub fn observe_leader_acted(
         &mut self,
@@ -178,27 +170,39 @@ impl InvariantChecker {
     ) -> Result<(), Violation> {
         let claims = self.leader_incarnations.entry(term).or_default();
         if claims.insert(incarnation, true) != Some(true) {
-            self.check_incarnations(term)?;
+            self.check_leaders(term, incarnation)?;
         }
         Ok(())
     }
 
-    /// Election Safety per incarnation: at most one incarnation leads `term` once any earlier
-    /// one acted as its leader.
-    fn check_incarnations(&self, term: Term) -> Result<(), Violation> {
+    /// Election Safety, per incarnation: `newest` and any other incarnation that led `term` are
+    /// two leaders of it, unless the other one went down without ever acting as its leader. A
+    /// node can win alone (a lone voter) before its new term is durable, and a crash then
+    /// erases that leadership and the vote behind it: no one could have seen or followed it.
+    fn check_leaders(&self, term: Term, newest: Incarnation) -> Result<(), Violation> {
         let Some(claims) = self.leader_incarnations.get(&term) else { return Ok(()) };
-        let Some((&latest, _)) = claims.iter().next_back() else { return Ok(()) };
-        let acted_before = claims.iter().find(|&(&inc, &acted)| inc != latest && acted);
-        if let Some((earlier, _)) = acted_before {
-            return violation(
-                "Election Safety",
-                format!(
-                    "node {} led term {term} in incarnation {} (and acted as its leader), then again in incarnation {}",
-                    latest.0, earlier.1, latest.1
-                ),
-            );
-        }
-        Ok(())
+        // A node runs one incarnation at a time: a later one means the earlier ones are down.
+        let down = |inc: &Incarnation| {
+            self.down.contains(inc)
+                || (inc.0 == newest.0 && inc.1 < newest.1)
+                || self.incarnations.keys().any(|k| k.0 == inc.0 && k.1 > inc.1)
+        };
+        let other = claims.iter().find(|&(&inc, &acted)| inc != newest && (acted || !down(&inc)));
+        let Some((&other, &acted)) = other else { return Ok(()) };
+        let (first, second) = if other < newest { (other, newest) } else { (newest, other) };
+        let detail = if first.0 == second.0 {
+            format!(
+                "node {} led term {term} in incarnation {} (and acted as its leader), then again in incarnation {}",
+                first.0, first.1, second.1
+            )
+        } else {
+            let how = if acted { "acted as its leader" } else { "is still up" };
+            format!(
+                "nodes {} and {} both leader in term {term} (node {} {how})",
+                other.0, newest.0, other.0
+            )
+        };
+        violation("Election Safety", detail)
     }
 
     /// Observes node `node`'s durable hard state. Checks that the durable term never decreases
@@ -232,6 +236,8 @@ impl InvariantChecker {
     /// (a restart that resets its log to its snapshot) is not done as a leader.
     pub fn observe_down(&mut self, node: NodeId) {
         self.last_status.remove(&node);
+        let latest = self.incarnations.keys().filter(|inc| inc.0 == node).max().copied();
+        self.down.extend(latest);
     }
 
     /// Node `node` comes back on an empty disk as a new member (its id was removed from the
@@ -905,6 +911,28 @@ mod tests {
         c.observe_status((2, 1), &status(2, Role::Leader, 3, 0, 0)).unwrap();
         c.observe_status((2, 2), &status(2, Role::Leader, 3, 0, 0)).unwrap();
         let v = c.observe_leader_acted((2, 1), 3).unwrap_err();
+        assert_eq!(v.invariant, "Election Safety");
+    }
+
+    #[test]
+    fn two_nodes_leading_one_term_unless_the_first_vanished_unseen() {
+        // Node 5, a lone voter, wins term 2 and crashes before anything of it is durable or
+        // sent; its vote is lost with it and node 1 may win term 2 with it.
+        let mut c = InvariantChecker::new();
+        c.observe_status((5, 1), &status(5, Role::Leader, 2, 0, 0)).unwrap();
+        c.observe_down(5);
+        c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap();
+        // Not if it acted as the leader of term 2 first...
+        let mut c = InvariantChecker::new();
+        c.observe_status((5, 1), &status(5, Role::Leader, 2, 0, 0)).unwrap();
+        c.observe_leader_acted((5, 1), 2).unwrap();
+        c.observe_down(5);
+        let v = c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap_err();
+        assert_eq!(v.invariant, "Election Safety");
+        // ... nor while it is up.
+        let mut c = InvariantChecker::new();
+        c.observe_status((5, 1), &status(5, Role::Leader, 2, 0, 0)).unwrap();
+        let v = c.observe_status((1, 1), &status(1, Role::Leader, 2, 0, 0)).unwrap_err();
         assert_eq!(v.invariant, "Election Safety");
     }
 

@@ -67,6 +67,12 @@ pub fn converge_and_check(sim: &mut Simulation, clients: &[ClientLog]) -> Outcom
     for id in sim.ids().to_vec() {
         sim.start(id)?;
     }
+    // A disk operation or an apply issued before the calm may still fail (its fault was drawn
+    // when it was issued) and stop its node: let them all land, then start the stopped ones.
+    sim.run_for(Duration::from_secs(2))?;
+    for id in sim.ids().to_vec() {
+        sim.start(id)?;
+    }
     let index = sim.write(cmd("final"), LONG)?;
     sim.wait_for_leader(LONG)?;
     // Every member of the leader's membership applies the final write. Membership changes

@@ -2,6 +2,7 @@
 //! current leader or grants a vote).
 
 use super::*;
+use crate::membership::{Membership, MembershipChange};
 
 /// Without PreVote, a node with a stale log and the shortest election timeout campaigns again
 /// and again and can never win. Its RequestVotes move everyone to its term; if refusing such a
@@ -54,4 +55,44 @@ fn a_refused_vote_does_not_restart_the_election_timer() {
         c.tick(10);
         assert_eq!(commands(&c.nodes[&1].applied), [&b"a"[..], b"b"], "node 1 caught up");
     }
+}
+
+/// A node that may not campaign (a learner, or a voter whose log does not say so yet) lets its
+/// election timer run on: once it has not heard from a leader for an election timeout, it no
+/// longer refuses votes as if that leader were alive (the CheckQuorum lease). It used to restart
+/// the timer at each timeout without campaigning, which renewed its belief in the last leader
+/// forever: a learner promoted while cut off, whose leader then failed, refused the only vote
+/// that could elect the next one (found by the swarm, seed 3001388: a change of the whole voter
+/// set to a node added again on an empty disk).
+#[test]
+fn a_node_that_cannot_campaign_does_not_keep_a_dead_leaders_lease() {
+    let configs = vec![config(1, 2), config(2, 2), Config::joining(3)];
+    let mut c = Cluster::with_configs(configs);
+    let leader = c.elect();
+    let other = 3 - leader;
+    let learner = MembershipChange::AddLearner(3, crate::membership::NodeInfo::default());
+    c.engine(leader).propose_membership(learner).unwrap();
+    c.settle();
+    c.tick(5);
+    // Promoted while cut off: the learner never hears of it.
+    c.isolated.insert(3);
+    c.engine(leader).propose_membership(MembershipChange::PromoteLearner(3)).unwrap();
+    c.tick(5);
+    for id in [leader, other] {
+        assert_eq!(c.nodes[&id].engine.membership(), &Membership::with_voters([1, 2, 3]));
+    }
+    assert!(!c.nodes[&3].engine.membership().is_voter(3));
+    // The leader fails for good, and node 3 hears from no one for a while: it must not go on
+    // believing in the leader's lease.
+    c.isolated = BTreeSet::from([leader, other]);
+    let timeout = c.nodes[&3].engine.timing.election_ticks_max as usize;
+    c.tick(timeout);
+    for _ in 0..2 * timeout {
+        c.tick(1);
+        assert!(!c.nodes[&3].engine.in_leader_lease(), "node 3 heard from no leader for long");
+    }
+    // `other` needs the vote of node 3.
+    c.isolated = BTreeSet::from([leader]);
+    c.tick(2 * timeout);
+    assert!(c.leaders().iter().any(|&l| l != leader), "a leader elected without the failed one");
 }
