@@ -806,12 +806,10 @@ fn reusable(sim: &Simulation, removed: &[NodeId]) -> Vec<usize> {
         })
         .flatten()
         .collect();
+    // The founders are voters of the bootstrap entry, committed first.
     for id in sim.ids() {
         if let Some(node) = sim.node(*id) {
             voted.extend(node.membership().all_voters());
-        }
-        if sim.config(*id).is_some_and(|c| c.voters.contains(id)) {
-            voted.insert(*id);
         }
     }
     (0..removed.len()).filter(|&i| !voted.contains(&removed[i])).collect()

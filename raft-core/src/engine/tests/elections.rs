@@ -66,7 +66,7 @@ fn a_refused_vote_does_not_restart_the_election_timer() {
 /// set to a node added again on an empty disk).
 #[test]
 fn a_node_that_cannot_campaign_does_not_keep_a_dead_leaders_lease() {
-    let configs = vec![config(1, 2), config(2, 2), Config::joining(3)];
+    let configs = vec![config(1, 2), config(2, 2), NodeConfig::joining(3)];
     let mut c = Cluster::with_configs(configs);
     let leader = c.elect();
     let other = 3 - leader;
