@@ -806,6 +806,7 @@ fn reusable(sim: &Simulation, removed: &[NodeId]) -> Vec<usize> {
         })
         .flatten()
         .collect();
+    // The founders are voters of the bootstrap entry, committed first.
     for id in sim.ids() {
         if let Some(node) = sim.node(*id) {
             voted.extend(node.membership().all_voters());

@@ -546,6 +546,9 @@ pub trait DurableView {
     fn covers(&self, id: LogId, since: u64) -> bool;
     /// The term of the durable log entry at `index`, if the log holds one.
     fn term_at(&self, index: LogIndex) -> Option<Term>;
+    /// The highest durable term under which a write that truncated the log at or below
+    /// `index` landed at or after step `since`, if any (a newer leader overwriting entries).
+    fn overwritten_since(&self, index: LogIndex, since: u64) -> Option<Term>;
 }
 
 fn not_durable<T>(node: NodeId, what: String, durable: HardState) -> Result<T, Violation> {
@@ -596,8 +599,9 @@ pub fn check_request(
 /// Checks that a response leaving `responder` (to `request`, delivered at step `delivered`) is
 /// covered by its durable state: its term; a granted vote; for a successful AppendEntries, every
 /// entry it acknowledges (durable at some moment since the request arrived, or overwritten on
-/// its disk by an entry of a newer term than the answer's: a newer leader's write that group
-/// commit merged with it, which no majority of the older term can then commit); for a completed
+/// its disk by a newer leader's write that group commit merged with it: an entry of a newer
+/// term in its place, or a truncation that landed under a newer term since the request
+/// arrived; no majority of the older term can then commit it); for a completed
 /// InstallSnapshot, the snapshot's last entry. PreVote and ReadIndex answers are exempt.
 /// Returns the vote the response grants, if any.
 pub fn check_response(
@@ -634,7 +638,12 @@ pub fn check_response(
             let prev = std::iter::once(req.prev_log_id).filter(|p| p.index > 0);
             let acknowledged = prev.chain(req.entries.iter().map(Entry::log_id));
             for id in acknowledged.filter(|id| id.index <= matched) {
-                let superseded = durable.term_at(id.index).is_some_and(|t| t > resp.term);
+                // The newer leader's entry in its place may carry an older term (it was
+                // appended before the acknowledged one): the truncation's term tells.
+                let superseded = durable.term_at(id.index).is_some_and(|t| t > resp.term)
+                    || durable
+                        .overwritten_since(id.index, delivered)
+                        .is_some_and(|t| t > resp.term);
                 if !durable.covers(id, delivered) && !superseded {
                     return violation(
                         "durability at the message boundary",
@@ -958,6 +967,8 @@ mod tests {
     struct Durable {
         hard_state: HardState,
         held: Vec<LogId>,
+        /// A truncation that landed: (first index cut, durable term then).
+        truncated: Option<(LogIndex, Term)>,
     }
 
     impl DurableView for Durable {
@@ -970,6 +981,9 @@ mod tests {
         fn term_at(&self, index: LogIndex) -> Option<Term> {
             self.held.iter().find(|id| id.index == index).map(|id| id.term)
         }
+        fn overwritten_since(&self, index: LogIndex, _since: u64) -> Option<Term> {
+            self.truncated.filter(|&(cut, _)| cut <= index).map(|(_, term)| term)
+        }
     }
 
     #[test]
@@ -980,6 +994,7 @@ mod tests {
         let durable = |term, vote, held: &[LogId]| Durable {
             hard_state: HardState { current_term: term, voted_for: vote },
             held: held.to_vec(),
+            truncated: None,
         };
         let vote = |term, pre_vote| {
             RpcRequest::RequestVote(RequestVoteRequest {
@@ -1029,6 +1044,12 @@ mod tests {
         let older = [LogId::new(5, 10), LogId::new(6, 11), LogId::new(5, 12)];
         let v = check_response(2, &append, &ack(12), 0, &durable(7, None, &older));
         assert!(v.is_err(), "an entry of an older term at 12");
+        // ... unless a newer leader's write truncated the log there since the request arrived
+        // (its entry, appended in an earlier term, may be older than the acknowledged one).
+        let merged = Durable { truncated: Some((12, 7)), ..durable(7, None, &older) };
+        assert!(check_response(2, &append, &ack(12), 0, &merged).is_ok());
+        let by_same_term = Durable { truncated: Some((12, 6)), ..durable(6, None, &older) };
+        assert!(check_response(2, &append, &ack(12), 0, &by_same_term).is_err());
         // A granted vote must be durable; a granted pre-vote need not.
         let granted = |pre_vote| {
             RpcResponse::RequestVote(RequestVoteResponse { term: 3, vote_granted: true, pre_vote })

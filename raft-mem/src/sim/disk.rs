@@ -15,7 +15,7 @@
 //! The disk also keeps what the simulation's oracles need: the durable hard state and log at any
 //! moment, and since when each log entry that a truncation removed had been gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,13 +23,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raft_core::{
     Bytes, DurableState, Entry, HardState, LogId, LogIndex, LogStore, SnapshotMeta, SnapshotStore,
-    SnapshotWriter, StorageError, WriteBatch,
+    SnapshotWriter, StorageError, Term, WriteBatch,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::executor::SimRuntime;
 use crate::{MemLogStore, MemSnapshotStore};
+
+/// How many landed truncations a disk remembers for the message-boundary oracle.
+const MAX_TRUNCATIONS: usize = 1024;
 
 /// How a simulated disk behaves: latency, stalls, errors, interleaving.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -187,6 +190,8 @@ struct DiskState {
     crash_at: Option<(Duration, InFlight)>,
     /// Log entries a truncation or reset removed, with the step at which they went.
     removed: BTreeMap<LogId, u64>,
+    /// The latest truncations that landed: (first index cut, step, durable term after it).
+    truncations: VecDeque<(LogIndex, u64, Term)>,
     stats: DiskStats,
 }
 
@@ -265,6 +270,7 @@ impl SimDisk {
             trigger: None,
             crash_at: None,
             removed: BTreeMap::new(),
+            truncations: VecDeque::new(),
             stats: DiskStats::default(),
         };
         Self {
@@ -419,6 +425,14 @@ impl SimDisk {
         self.holds(id) || self.lock().removed.get(&id).is_some_and(|&at| at >= since)
     }
 
+    /// The highest durable term under which a write that truncated the log at or below `index`
+    /// landed at or after step `since` (among the latest [`MAX_TRUNCATIONS`]).
+    pub fn overwritten_since(&self, index: LogIndex, since: u64) -> Option<Term> {
+        let state = self.lock();
+        let found = state.truncations.iter().filter(|&&(cut, at, _)| cut <= index && at >= since);
+        found.map(|&(_, _, term)| term).max()
+    }
+
     /// Issues `op` for incarnation `owner` and waits for it to land.
     async fn run(&self, owner: u64, op: Op) -> Result<(), StorageError> {
         let (seq, (latency, stalls), failure, yield_chance, runtime) = {
@@ -508,10 +522,17 @@ impl SimDisk {
         let step = state.runtime.polls();
         match op {
             Op::Write(batch) => {
-                let removed = batch.truncate_from.map(|cut| self.log.ids_from(cut));
+                let cut = batch.truncate_from;
+                let removed = cut.map(|cut| self.log.ids_from(cut));
                 self.log.write_now(batch)?;
                 for id in removed.into_iter().flatten() {
                     state.removed.insert(id, step);
+                }
+                if let Some(cut) = cut {
+                    if state.truncations.len() == MAX_TRUNCATIONS {
+                        state.truncations.pop_front();
+                    }
+                    state.truncations.push_back((cut, step, self.log.hard_state().current_term));
                 }
                 Ok(())
             }

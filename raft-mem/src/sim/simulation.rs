@@ -488,8 +488,12 @@ impl Simulation {
     }
 
     /// Crashes node `id`, resolving its storage operations in flight by `policy`. Returns what
-    /// happened to them (`None` if the node was not running).
+    /// happened to them (`None`, doing nothing, if the node was not running: a planned crash
+    /// that falls due while the node is down, or while it is starting, is dropped).
     pub fn crash_with(&mut self, id: NodeId, policy: InFlight) -> Option<CrashOutcome> {
+        if !self.running.contains_key(&id) {
+            return None;
+        }
         lock(&self.directory).remove(&id);
         self.network.unregister(id);
         self.network.resume(id);

@@ -29,6 +29,10 @@ impl DurableView for SimDisk {
     fn term_at(&self, index: raft_core::LogIndex) -> Option<raft_core::Term> {
         self.log().term_at(index)
     }
+
+    fn overwritten_since(&self, index: raft_core::LogIndex, since: u64) -> Option<raft_core::Term> {
+        SimDisk::overwritten_since(self, index, since)
+    }
 }
 
 /// What the oracle learned since the simulation last looked.
