@@ -28,7 +28,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn report(&self, invariant: &'static str, detail: String) {
+    pub(crate) fn report(&self, invariant: &'static str, detail: String) {
         lock(&self.violations).push(Violation { invariant, detail });
     }
 }
@@ -110,7 +110,7 @@ pub(crate) fn next_node<S>(directory: &Directory<S>, current: NodeId) -> NodeId 
 
 /// Checks the answer to a write proposed as `command`, accepted at `index` in `term`, against
 /// what the answering incarnation's state machine applied there.
-fn check_answer(
+pub(crate) fn check_answer(
     shared: &Shared,
     recorder: &Record,
     node: NodeId,

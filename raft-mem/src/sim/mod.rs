@@ -8,6 +8,7 @@
 //! message against its sender's durable state, and (when enabled) bounded liveness.
 
 mod checker;
+mod client;
 mod clients;
 mod disk;
 mod executor;
@@ -17,12 +18,14 @@ mod observe;
 mod queries;
 mod recorder;
 mod recording;
+mod schedule;
 mod simulation;
 mod wire_oracle;
 
 pub use checker::{
     check_request, check_response, DurableView, Incarnation, InvariantChecker, LogChange, Violation,
 };
+pub use client::SimClient;
 pub use clients::{ClientLog, ClientOptions, ReaderLog};
 pub use disk::{
     CrashOutcome, CrashTrigger, DiskFaults, DiskImage, DiskStats, InFlight, SimDisk, SimLogStore,
@@ -33,6 +36,7 @@ pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use recording::RecordingStateMachine;
+pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{
     ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationBuilder,
     SimulationConfig, StateMachineFactory,

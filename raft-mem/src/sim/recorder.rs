@@ -252,13 +252,15 @@ impl<S: StateMachine> StateMachine for Observed<S> {
         let mut inner = self.inner.lock().await;
         let answers = inner.apply(entries).await?;
         let digest = self.digest.as_ref().map(|digest| digest(&inner));
-        drop(inner);
+        // Recorded before the state machine is unlocked: whoever locks it next sees a record
+        // that matches its state.
         self.record.push(Event::Applied(entries.to_vec(), digest));
         lock(&self.record.state).1.extend_from_slice(entries);
         let mut responses = lock(&self.record.responses);
         for (entry, answer) in entries.iter().zip(&answers) {
             responses.insert(entry.index, answer.clone());
         }
+        drop(inner);
         Ok(answers)
     }
 
@@ -293,7 +295,6 @@ impl<S: StateMachine> StateMachine for Observed<S> {
         let mut inner = self.inner.lock().await;
         inner.restore(meta, data).await?;
         let digest = self.digest.as_ref().map(|digest| digest(&inner));
-        drop(inner);
         let last = meta.last_included;
         // A state machine that stopped reading before the end is not checked.
         let key = *lock(&read);
@@ -301,6 +302,7 @@ impl<S: StateMachine> StateMachine for Observed<S> {
         self.record.push(Event::Restored(last, verified, digest));
         lock(&self.record.restores).push(last);
         self.record.restored(last);
+        drop(inner);
         Ok(())
     }
 }
