@@ -341,3 +341,27 @@ fn a_deterministic_apply_passes_the_digest_check() {
         .unwrap_or_else(|failure| panic!("{failure}"));
     run_writes(&mut sim).unwrap_or_else(|failure| panic!("{failure}"));
 }
+
+#[test]
+#[should_panic(expected = "missing")]
+fn the_history_check_rejects_a_stale_read() {
+    let at = Duration::from_millis;
+    let history = vec![
+        Record {
+            client: 0,
+            op: Op::Append { key: 0, value: 1 },
+            call: at(1),
+            ret: Some(at(2)),
+            outcome: OpOutcome::Ok(vec![1]),
+        },
+        // Called after the append returned, yet it does not see it.
+        Record {
+            client: 1,
+            op: Op::Read { key: 0 },
+            call: at(3),
+            ret: Some(at(4)),
+            outcome: OpOutcome::Ok(vec![]),
+        },
+    ];
+    check_linearizable(0, &history);
+}
