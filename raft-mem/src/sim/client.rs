@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use raft_core::{Bytes, NodeId, ProposalError, ProposeError, ReadIndexError, StateMachine};
+use raft_core::{Bytes, Node, NodeId, ProposalError, ProposeError, ReadIndexError, StateMachine};
 
 use super::clients::{check_answer, next_node, Directory, Shared};
 use super::executor::SimRuntime;
 use super::history::{History, OpOutcome};
-use super::recorder::lock;
+use super::recorder::{lock, Record, StateMachineHandle};
 use super::simulation::Simulation;
 
 /// A simulated client of the cluster (see [`Simulation::client`]): it runs inside a task on
@@ -87,14 +87,8 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
         let pending = self.history.call(self.id, op, self.now());
         let deadline = self.now() + self.timeout;
         let outcome = loop {
-            let Some(left) = deadline.checked_sub(self.now()).filter(|d| !d.is_zero()) else {
+            let Some((left, (node, record, _))) = self.next_attempt(deadline).await else {
                 break OpOutcome::Failed;
-            };
-            self.pick_target();
-            let entry = lock(&self.directory).get(&self.target).cloned();
-            let Some((node, record, _)) = entry else {
-                self.back_off(None).await;
-                continue;
             };
             let attempt = async {
                 let proposal = node.propose(command.clone()).await?;
@@ -145,14 +139,8 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
             .max(self.shared.max_committed.load(Ordering::SeqCst));
         let deadline = self.now() + self.timeout;
         let outcome = loop {
-            let Some(left) = deadline.checked_sub(self.now()).filter(|d| !d.is_zero()) else {
+            let Some((left, (node, record, handle))) = self.next_attempt(deadline).await else {
                 break OpOutcome::Failed;
-            };
-            self.pick_target();
-            let entry = lock(&self.directory).get(&self.target).cloned();
-            let Some((node, record, handle)) = entry else {
-                self.back_off(None).await;
-                continue;
             };
             let outcome = futures::select_biased! {
                 result = node.read_index().fuse() => Some(result),
@@ -184,9 +172,22 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
         outcome
     }
 
-    fn pick_target(&mut self) {
-        if !lock(&self.directory).contains_key(&self.target) {
-            self.target = next_node(&self.directory, self.target);
+    /// The node to try next (the target if it runs, else the next running one, waiting for
+    /// one to run) and the time left before `deadline`; `None` once it passed.
+    async fn next_attempt(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<(Duration, (Node, Record, StateMachineHandle<S>))> {
+        loop {
+            let left = deadline.checked_sub(self.now()).filter(|d| !d.is_zero())?;
+            if !lock(&self.directory).contains_key(&self.target) {
+                self.target = next_node(&self.directory, self.target);
+            }
+            let entry = lock(&self.directory).get(&self.target).cloned();
+            match entry {
+                Some(entry) => return Some((left, entry)),
+                None => self.back_off(None).await,
+            }
         }
     }
 
