@@ -549,6 +549,11 @@ pub trait DurableView {
     /// The highest durable term under which a write that truncated the log at or below
     /// `index` landed at or after step `since`, if any (a newer leader overwriting entries).
     fn overwritten_since(&self, index: LogIndex, since: u64) -> Option<Term>;
+    /// If the durable log holds another entry than `id` at `id.index`, and a write that landed
+    /// at or after step `since` wrote that index: the highest durable term under which such a
+    /// write landed (a newer leader's entry, written with no truncation landing because group
+    /// commit merged it with the write of the entries it replaced).
+    fn replaced_since(&self, id: LogId, since: u64) -> Option<Term>;
 }
 
 fn not_durable<T>(node: NodeId, what: String, durable: HardState) -> Result<T, Violation> {
@@ -600,9 +605,10 @@ pub fn check_request(
 /// covered by its durable state: its term; a granted vote; for a successful AppendEntries, every
 /// entry it acknowledges (durable at some moment since the request arrived, or overwritten on
 /// its disk by a newer leader's write that group commit merged with it: an entry of a newer
-/// term in its place, or a truncation that landed under a newer term since the request
-/// arrived; no majority of the older term can then commit it); for a completed
-/// InstallSnapshot, the snapshot's last entry. PreVote and ReadIndex answers are exempt.
+/// term in its place, a truncation that landed under a newer term since the request arrived,
+/// or another entry at an acknowledged index at or below it that a write under a newer term
+/// put there since the request arrived; no majority of the older term can then commit it);
+/// for a completed InstallSnapshot, the snapshot's last entry. PreVote and ReadIndex answers are exempt.
 /// Returns the vote the response grants, if any.
 pub fn check_response(
     responder: NodeId,
@@ -636,14 +642,25 @@ pub fn check_response(
         (RpcRequest::AppendEntries(req), RpcResponse::AppendEntries(resp)) => {
             let Some(matched) = resp.match_index else { return Ok(None) };
             let prev = std::iter::once(req.prev_log_id).filter(|p| p.index > 0);
-            let acknowledged = prev.chain(req.entries.iter().map(Entry::log_id));
-            for id in acknowledged.filter(|id| id.index <= matched) {
+            let acknowledged: Vec<LogId> = prev
+                .chain(req.entries.iter().map(Entry::log_id))
+                .filter(|id| id.index <= matched)
+                .collect();
+            let newer = |term: Option<Term>| term.is_some_and(|t| t > resp.term);
+            // The first acknowledged index at which a write under a newer term put another
+            // entry since the request arrived: by Log Matching, every acknowledged entry from
+            // there on was replaced, even if no truncation of them ever landed (group commit
+            // merged the newer leader's write with theirs: seed 11000998).
+            let replaced_from = acknowledged
+                .iter()
+                .find(|&&id| newer(durable.replaced_since(id, delivered)))
+                .map_or(LogIndex::MAX, |id| id.index);
+            for &id in &acknowledged {
                 // The newer leader's entry in its place may carry an older term (it was
                 // appended before the acknowledged one): the truncation's term tells.
-                let superseded = durable.term_at(id.index).is_some_and(|t| t > resp.term)
-                    || durable
-                        .overwritten_since(id.index, delivered)
-                        .is_some_and(|t| t > resp.term);
+                let superseded = newer(durable.term_at(id.index))
+                    || newer(durable.overwritten_since(id.index, delivered))
+                    || id.index >= replaced_from;
                 if !durable.covers(id, delivered) && !superseded {
                     return violation(
                         "durability at the message boundary",
@@ -969,6 +986,8 @@ mod tests {
         held: Vec<LogId>,
         /// A truncation that landed: (first index cut, durable term then).
         truncated: Option<(LogIndex, Term)>,
+        /// A write of entries that landed: (indexes written, durable term then).
+        written: Option<(std::ops::Range<LogIndex>, Term)>,
     }
 
     impl DurableView for Durable {
@@ -984,6 +1003,11 @@ mod tests {
         fn overwritten_since(&self, index: LogIndex, _since: u64) -> Option<Term> {
             self.truncated.filter(|&(cut, _)| cut <= index).map(|(_, term)| term)
         }
+        fn replaced_since(&self, id: LogId, _since: u64) -> Option<Term> {
+            let other = self.term_at(id.index).is_some_and(|term| term != id.term);
+            let written = self.written.as_ref().filter(|(indexes, _)| indexes.contains(&id.index));
+            written.filter(|_| other).map(|&(_, term)| term)
+        }
     }
 
     #[test]
@@ -995,6 +1019,7 @@ mod tests {
             hard_state: HardState { current_term: term, voted_for: vote },
             held: held.to_vec(),
             truncated: None,
+            written: None,
         };
         let vote = |term, pre_vote| {
             RpcRequest::RequestVote(RequestVoteRequest {
@@ -1065,5 +1090,48 @@ mod tests {
             check_response(2, &vote(3, true), &granted(true), 0, &durable(2, None, &[])),
             Ok(None)
         );
+    }
+
+    /// Seed 11000998: a follower of term 3 acknowledged entries 4..=7 of that term while its
+    /// write was stalled; it then adopted term 6 and took the new leader's entry 4, and group
+    /// commit merged both writes into one that appended only (6, 4) after (2, 3): no truncation
+    /// of 4..=7 ever landed. The term-3 answer acknowledges entries that a newer term replaced.
+    #[test]
+    fn entries_a_merged_newer_write_replaced_below_them_are_superseded() {
+        use raft_core::{AppendEntriesRequest, AppendEntriesResponse};
+        let append = RpcRequest::AppendEntries(AppendEntriesRequest {
+            term: 3,
+            leader_id: 6,
+            prev_log_id: LogId::new(2, 3),
+            entries: (4..=7).map(|index| entry(index, 3, "x")).collect(),
+            leader_commit: 2,
+            read_round: 0,
+        });
+        let ack = RpcResponse::AppendEntries(AppendEntriesResponse {
+            term: 3,
+            match_index: Some(7),
+            conflict: None,
+            lease_promise_ms: 0,
+        });
+        let durable = |term, held: &[LogId], written| Durable {
+            hard_state: HardState { current_term: term, voted_for: None },
+            held: held.to_vec(),
+            truncated: None,
+            written,
+        };
+        let merged = [LogId::new(2, 3), LogId::new(6, 4)];
+        let disk = durable(6, &merged, Some((3..5, 6)));
+        assert!(check_response(1, &append, &ack, 0, &disk).is_ok());
+        // Nothing replaced: entries 5..=7 were acknowledged and never written.
+        let v = check_response(1, &append, &ack, 0, &durable(6, &merged[..1], Some((3..4, 6))));
+        assert_eq!(v.unwrap_err().invariant, "durability at the message boundary");
+        // Entry 4 written under the answer's own term, or no write of it since the request
+        // arrived, or the acknowledged entry itself written at 4: no newer leader replaced them.
+        let v = check_response(1, &append, &ack, 0, &durable(3, &merged, Some((3..5, 3))));
+        assert!(v.is_err(), "replaced under the same term");
+        assert!(check_response(1, &append, &ack, 0, &durable(6, &merged, None)).is_err());
+        let same = [LogId::new(2, 3), LogId::new(3, 4)];
+        let v = check_response(1, &append, &ack, 0, &durable(6, &same, Some((3..5, 6))));
+        assert!(v.is_err(), "entry 4 is the acknowledged one: 5..=7 are simply missing");
     }
 }

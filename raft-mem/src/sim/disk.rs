@@ -13,7 +13,8 @@
 //! not returned.
 //!
 //! The disk also keeps what the simulation's oracles need: the durable hard state and log at any
-//! moment, and since when each log entry that a truncation removed had been gone.
+//! moment, since when each log entry that a truncation removed had been gone, and which of the
+//! latest writes truncated or wrote which indexes, when and under which durable term.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -31,8 +32,9 @@ use rand_core::{RngCore, SeedableRng};
 use super::executor::SimRuntime;
 use crate::{MemLogStore, MemSnapshotStore};
 
-/// How many landed truncations a disk remembers for the message-boundary oracle.
-const MAX_TRUNCATIONS: usize = 1024;
+/// How many landed truncations, and how many landed writes of entries, a disk remembers for
+/// the message-boundary oracle.
+const MAX_LANDED: usize = 1024;
 
 /// How a simulated disk behaves: latency, stalls, errors, interleaving.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,6 +194,8 @@ struct DiskState {
     removed: BTreeMap<LogId, u64>,
     /// The latest truncations that landed: (first index cut, step, durable term after it).
     truncations: VecDeque<(LogIndex, u64, Term)>,
+    /// The latest writes of entries that landed: (indexes written, step, durable term after it).
+    appends: VecDeque<(Range<LogIndex>, u64, Term)>,
     stats: DiskStats,
 }
 
@@ -271,6 +275,7 @@ impl SimDisk {
             crash_at: None,
             removed: BTreeMap::new(),
             truncations: VecDeque::new(),
+            appends: VecDeque::new(),
             stats: DiskStats::default(),
         };
         Self {
@@ -426,10 +431,27 @@ impl SimDisk {
     }
 
     /// The highest durable term under which a write that truncated the log at or below `index`
-    /// landed at or after step `since` (among the latest [`MAX_TRUNCATIONS`]).
+    /// landed at or after step `since` (among the latest [`MAX_LANDED`]).
     pub fn overwritten_since(&self, index: LogIndex, since: u64) -> Option<Term> {
         let state = self.lock();
         let found = state.truncations.iter().filter(|&&(cut, at, _)| cut <= index && at >= since);
+        found.map(|&(_, _, term)| term).max()
+    }
+
+    /// If the durable log holds another entry than `id` at `id.index`, and a write that landed
+    /// at or after step `since` wrote that index: the highest durable term under which such a
+    /// write landed (among the latest [`MAX_LANDED`]). Group commit can merge a newer leader's
+    /// overwrite with the write of the entries it replaces, so that no truncation of them ever
+    /// lands: this is what such a merged write leaves.
+    pub fn replaced_since(&self, id: LogId, since: u64) -> Option<Term> {
+        let state = self.lock();
+        if self.log.term_at(id.index).is_none_or(|term| term == id.term) {
+            return None;
+        }
+        let found = state
+            .appends
+            .iter()
+            .filter(|&(written, at, _)| written.contains(&id.index) && *at >= since);
         found.map(|&(_, _, term)| term).max()
     }
 
@@ -524,15 +546,18 @@ impl SimDisk {
             Op::Write(batch) => {
                 let cut = batch.truncate_from;
                 let removed = cut.map(|cut| self.log.ids_from(cut));
+                let written = batch.entries.first().zip(batch.entries.last());
+                let written = written.map(|(first, last)| first.index..last.index + 1);
                 self.log.write_now(batch)?;
                 for id in removed.into_iter().flatten() {
                     state.removed.insert(id, step);
                 }
+                let term = self.log.hard_state().current_term;
                 if let Some(cut) = cut {
-                    if state.truncations.len() == MAX_TRUNCATIONS {
-                        state.truncations.pop_front();
-                    }
-                    state.truncations.push_back((cut, step, self.log.hard_state().current_term));
+                    remember(&mut state.truncations, (cut, step, term));
+                }
+                if let Some(written) = written {
+                    remember(&mut state.appends, (written, step, term));
                 }
                 Ok(())
             }
@@ -548,6 +573,14 @@ impl SimDisk {
             Op::SnapshotCommit(meta, data) => self.snapshots.commit_now(meta, data),
         }
     }
+}
+
+/// Appends `item` to `latest`, forgetting the oldest beyond [`MAX_LANDED`].
+fn remember<T>(latest: &mut VecDeque<T>, item: T) {
+    if latest.len() == MAX_LANDED {
+        latest.pop_front();
+    }
+    latest.push_back(item);
 }
 
 /// The [`LogStore`] of one incarnation of a node on a [`SimDisk`].
@@ -763,5 +796,30 @@ mod tests {
         assert!(disk.covers(LogId::new(1, 2), before), "removed after `before`");
         assert!(!disk.covers(LogId::new(1, 2), rt.polls() + 1));
         assert!(!disk.covers(LogId::new(3, 2), 0), "never held");
+    }
+
+    #[test]
+    fn a_write_that_put_another_entry_at_an_index_replaced_it_since_it_landed() {
+        let rt = SimRuntime::new();
+        let disk = SimDisk::new(rt.clone(), 5);
+        let (store, _) = disk.attach();
+        let write = |b: WriteBatch| {
+            let store = store.clone();
+            rt.block_on(Duration::from_secs(1), async move { store.write(b).await }, || {})
+        };
+        write(batch(vec![entry(1, 1)])).unwrap().unwrap();
+        let before = rt.polls() + 1;
+        // A newer term's entry at 2, as group commit leaves it when it merged the write of an
+        // older term's entries 2..=3 with the overwrite: no truncation lands.
+        let mut merged = batch(vec![entry(2, 6)]);
+        merged.hard_state = Some(HardState { current_term: 6, voted_for: None });
+        write(merged).unwrap().unwrap();
+        let after = rt.polls() + 1;
+        assert_eq!(disk.overwritten_since(2, before), None);
+        assert_eq!(disk.replaced_since(LogId::new(3, 2), before), Some(6));
+        assert_eq!(disk.replaced_since(LogId::new(3, 2), after), None, "landed before `after`");
+        assert_eq!(disk.replaced_since(LogId::new(6, 2), before), None, "the entry it holds");
+        assert_eq!(disk.replaced_since(LogId::new(3, 3), before), None, "holds nothing at 3");
+        assert_eq!(disk.replaced_since(LogId::new(2, 1), before), None, "not written since");
     }
 }

@@ -9,7 +9,8 @@
 //! cluster is healthy when that set holds a majority of every voter set a running node uses,
 //! and, when some node runs without PreVote or CheckQuorum (which let a cut-off or removed node
 //! disrupt a leader, as Raft allows), no other running node can reach it and each of its nodes
-//! is a member of every membership in use. While the healthy set stays the
+//! is a member of every membership in use. The set is computed again whenever a fault, a node's
+//! state or the membership a running node uses changes. While the healthy set stays the
 //! same, within the bound (`election_timeouts` of the slowest node's longest election timeout,
 //! plus the snapshot transfer timeout and the RPC timeout configured):
 //!
@@ -17,10 +18,10 @@
 //! * after that, its commit index advances whenever it holds uncommitted entries;
 //! * at most `max_leader_changes` other leaders follow the first one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use raft_core::{LogIndex, NodeId, Role, Status, Term};
+use raft_core::{LogIndex, Membership, NodeId, Role, Status, Term};
 
 use super::checker::Violation;
 use super::simulation::Simulation;
@@ -58,18 +59,32 @@ struct Window {
     progress_at: Duration,
 }
 
+/// What the healthy set was computed from: when any of it changes, it is computed again.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    /// The network's fault epoch.
+    faults: u64,
+    /// The simulation's epoch plus every disk's stall epoch.
+    epoch: u64,
+    /// The membership each running node uses: whether a node is a member of every membership
+    /// in use (and which voter sets need a majority) changes as changes commit, without any
+    /// fault (seed 11001094: a removed node kept campaigning, its removal came after the set
+    /// was computed, and its disruption was taken for a liveness failure).
+    memberships: BTreeMap<NodeId, Membership>,
+}
+
 #[derive(Debug)]
 pub(super) struct LivenessState {
     bounds: LivenessBounds,
     last_look: Duration,
-    /// (network fault epoch, simulation epoch) when the healthy set was computed.
-    seen: (u64, u64),
+    /// What the healthy set was last computed from (`None` before the first look).
+    seen: Option<Seen>,
     window: Option<Window>,
 }
 
 impl LivenessState {
     pub(super) fn new(bounds: LivenessBounds) -> Self {
-        Self { bounds, last_look: Duration::ZERO, seen: (u64::MAX, u64::MAX), window: None }
+        Self { bounds, last_look: Duration::ZERO, seen: None, window: None }
     }
 }
 
@@ -85,9 +100,14 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             return Ok(());
         }
         let stalls: u64 = self.disks.values().map(|d| d.stall_epoch()).sum();
-        let seen = (self.network.fault_epoch(), self.epoch.wrapping_add(stalls));
-        let recompute = seen != state.seen;
-        let healthy = recompute.then(|| self.healthy_set());
+        let memberships = self.running.iter().map(|(&id, r)| (id, r.node.membership())).collect();
+        let seen = Seen {
+            faults: self.network.fault_epoch(),
+            epoch: self.epoch.wrapping_add(stalls),
+            memberships,
+        };
+        let recompute = state.seen.as_ref() != Some(&seen);
+        let healthy = recompute.then(|| self.healthy_set(&seen.memberships));
         let bound = if recompute { self.liveness_bound() } else { Duration::ZERO };
         let leader = self.highest_leader();
         let own_term_commit = leader.as_ref().is_some_and(|s| {
@@ -97,7 +117,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
         let Some(state) = &mut self.liveness else { return Ok(()) };
         state.last_look = now;
         if let Some(healthy) = healthy {
-            state.seen = seen;
+            state.seen = Some(seen);
             let same = state.window.as_ref().map(|w| &w.members) == healthy.as_ref();
             if !same {
                 self.stats.healthy_periods += u64::from(healthy.is_some());
@@ -175,8 +195,9 @@ impl<S: raft_core::StateMachine> Simulation<S> {
         election * state.bounds.election_timeouts + snapshot + rpc
     }
 
-    /// The healthy set if the cluster is healthy (see the module docs).
-    fn healthy_set(&self) -> Option<BTreeSet<NodeId>> {
+    /// The healthy set if the cluster is healthy (see the module docs), given the membership
+    /// each running node uses.
+    fn healthy_set(&self, memberships: &BTreeMap<NodeId, Membership>) -> Option<BTreeSet<NodeId>> {
         let max_delay = self.liveness.as_ref()?.bounds.max_link_delay_ms;
         let mut set: BTreeSet<NodeId> = self
             .running
@@ -202,8 +223,8 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             };
         }
         let mut voter_sets: Vec<BTreeSet<NodeId>> = Vec::new();
-        for membership in self.running.values().map(|r| r.node.membership()) {
-            voter_sets.extend(super::checker::voter_sets(&membership));
+        for membership in memberships.values() {
+            voter_sets.extend(super::checker::voter_sets(membership));
         }
         voter_sets.retain(|v| !v.is_empty());
         voter_sets.sort();
@@ -226,9 +247,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
                 },
             );
         // A removed node that has not learnt it may campaign (thesis 4.2.3).
-        let memberships: Vec<BTreeSet<NodeId>> =
-            self.running.values().map(|r| r.node.membership().members()).collect();
-        let members_only = set.iter().all(|id| memberships.iter().all(|m| m.contains(id)));
+        let members_only = set.iter().all(|&id| memberships.values().all(|m| m.contains(id)));
         (majorities && (!disruptable || (isolated && members_only))).then_some(set)
     }
 }

@@ -33,6 +33,10 @@ impl DurableView for SimDisk {
     fn overwritten_since(&self, index: raft_core::LogIndex, since: u64) -> Option<raft_core::Term> {
         SimDisk::overwritten_since(self, index, since)
     }
+
+    fn replaced_since(&self, id: LogId, since: u64) -> Option<Term> {
+        SimDisk::replaced_since(self, id, since)
+    }
 }
 
 /// What the oracle learned since the simulation last looked.
