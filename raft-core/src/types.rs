@@ -9,6 +9,22 @@ use crate::membership::{Membership, MembershipV1};
 /// stable: a node keeps its id across restarts.
 pub type NodeId = u64;
 
+/// Identifies one Raft cluster among others that may share a network: every request carries
+/// the sender's (see [`Envelope`](crate::message::Envelope)) and a node answers only requests of
+/// its own (`Config::cluster_id`).
+pub type ClusterId = u64;
+
+/// The cluster id of a configuration built by `Config::new`.
+pub const DEFAULT_CLUSTER_ID: ClusterId = 0;
+
+/// Identifies one Raft group among several run by the same nodes (multi-raft). Today a node runs
+/// one group, [`DEFAULT_GROUP_ID`]; the id is on every request so that a transport shared by
+/// several groups can route by it without a new wire format.
+pub type GroupId = u64;
+
+/// The group of a node that runs a single Raft group (the default of `Config::group_id`).
+pub const DEFAULT_GROUP_ID: GroupId = 0;
+
 /// A Raft term (the paper's `currentTerm`). Terms only grow.
 pub type Term = u64;
 
