@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod network;
 mod node;
 pub mod runtime;
+pub mod session;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
