@@ -22,7 +22,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::SnapshotMeta;
+use crate::snapshot_meta::SnapshotMeta;
 use crate::types::{ClusterId, Entry, GroupId, LogId, LogIndex, NodeId, Term};
 
 /// RequestVote (and its PreVote form).

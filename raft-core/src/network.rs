@@ -2,7 +2,7 @@
 //!
 //! A transport is a request/response service addressed by node id. Any request or response may
 //! be lost, delayed, duplicated or reordered; the node stays safe under all of it. A transport
-//! must authenticate peers: it delivers a request only if [`RpcRequest::sender`] is the node its
+//! must authenticate peers: it delivers a request only if [`RpcRequest::sender`](crate::RpcRequest::sender) is the node its
 //! connection proved to be (see `raft-quic` for mutual TLS).
 
 use std::collections::BTreeMap;
