@@ -1,6 +1,6 @@
 //! Node configuration, with defaults tuned for a LAN and a validation step.
 
-use crate::types::NodeId;
+use crate::types::{ClusterId, GroupId, NodeId, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID};
 
 /// The configuration of one node. Build it with [`Config::new`] and adjust fields; the node
 /// checks it with [`Config::validate`] when it starts.
@@ -13,6 +13,18 @@ pub struct Config {
     /// changed through the log afterwards. A node whose store holds no membership waits for a
     /// leader to send it the log.
     pub id: NodeId,
+    /// The cluster this node belongs to: it is written on every request the node sends
+    /// ([`Envelope::cluster_id`](crate::message::Envelope)), and the node refuses requests of
+    /// any other cluster (`RpcError::WrongCluster`). Every node of a cluster must use the same
+    /// value. The default, [`DEFAULT_CLUSTER_ID`], suits a network that carries one cluster;
+    /// give clusters that may reach each other (a shared network, reused addresses, test and
+    /// production side by side) distinct ids, for example a random `u64` chosen when the
+    /// cluster is founded and kept in each node's configuration.
+    pub cluster_id: ClusterId,
+    /// The Raft group this node serves within its cluster ([`DEFAULT_GROUP_ID`] for a
+    /// single-group node; reserved for multi-raft, where one process runs several groups over
+    /// one transport). Checked like `cluster_id` (`RpcError::WrongGroup`).
+    pub group_id: GroupId,
     /// The period of the node's logical clock. Every other time is a whole number of ticks.
     pub tick_interval_ms: u64,
     /// How often a leader sends heartbeats to an idle follower.
@@ -102,6 +114,8 @@ impl Config {
     pub fn new(id: NodeId) -> Self {
         Self {
             id,
+            cluster_id: DEFAULT_CLUSTER_ID,
+            group_id: DEFAULT_GROUP_ID,
             tick_interval_ms: 10,
             heartbeat_interval_ms: 50,
             election_timeout_ms_min: 300,

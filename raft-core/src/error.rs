@@ -1,4 +1,6 @@
-//! Errors returned by the node handle.
+//! Errors: those returned by the node handle, and those the application's stores and state
+//! machine return to it ([`StorageError`], [`StateMachineError`]). Plain data: this module uses
+//! no trait module.
 
 use crate::membership::NodeInfo;
 use crate::types::{LogIndex, NodeId, Term};
@@ -85,7 +87,7 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     /// The log store or the snapshot store could not be opened or read.
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] StorageError),
     /// The log store was compacted past the latest snapshot (or without any snapshot in the
     /// snapshot store): the entries between them are lost, so the node cannot rebuild its state.
     #[error("the log starts after entry {purged:?} but the latest snapshot ends at {snapshot:?}")]
@@ -97,7 +99,7 @@ pub enum StartError {
     },
     /// The state machine failed to restore the latest snapshot.
     #[error("restoring the latest snapshot failed: {0}")]
-    Restore(#[from] crate::state_machine::StateMachineError),
+    Restore(#[from] StateMachineError),
     /// The state machine says it applied `applied` (`StateMachine::applied_index`), but the
     /// stores hold no such entry: neither the stored log (which ends at `log_last`, after
     /// `purged`) nor the latest snapshot. The state machine and the stores do not belong
@@ -312,4 +314,70 @@ pub enum TransferError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
+}
+
+/// An error from a [`LogStore`](crate::LogStore).
+///
+/// After any error the node stops: it cannot know what became durable, so it accepts no more
+/// writes and acknowledges nothing more (it never "retries" around a failed sync).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// An I/O error from the operating system (disk full, permission, hardware).
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data could not be decoded or violates the store's invariants.
+    #[error("corrupt log store: {0}")]
+    Corrupt(String),
+    /// The store was written by an incompatible version of its format.
+    #[error("unsupported log store format version {found} (this build reads {supported})")]
+    UnsupportedVersion {
+        /// The version found on disk.
+        found: u32,
+        /// The version this build understands.
+        supported: u32,
+    },
+    /// The request is not valid for the store's state (a gap in the log, a read of purged entries,
+    /// a truncation below the first index...). This is a bug in the caller.
+    #[error("invalid log store request: {0}")]
+    InvalidRequest(String),
+    /// The store has been closed or has stopped after an earlier error.
+    #[error("log store is closed")]
+    Closed,
+    /// The store does not implement this operation (for example [`LogStore::reset`](crate::LogStore::reset) on a store
+    /// written before snapshots existed).
+    #[error("unsupported by this store: {0}")]
+    Unsupported(String),
+    /// Any other error of a particular store.
+    #[error("log store error: {0}")]
+    Other(String),
+}
+
+/// An error from a [`StateMachine`](crate::StateMachine). The node stops applying and shuts down: entries must apply in
+/// order, so it cannot skip the one that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("state machine error: {message}")]
+#[non_exhaustive]
+pub struct StateMachineError {
+    /// What went wrong.
+    pub message: String,
+    /// The underlying error, if any (`std::error::Error::source` returns it).
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StateMachineError {
+    /// Creates an error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), source: None }
+    }
+
+    /// Creates an error with a message and the error that caused it (kept as its source, so
+    /// callers can walk the chain or downcast it).
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { message: message.into(), source: Some(Box::new(source)) }
+    }
 }

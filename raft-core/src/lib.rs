@@ -10,16 +10,20 @@
 //! See `ARCHITECTURE.md` at the root of the repository for the design.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod config;
 pub mod engine;
 pub mod error;
+mod ids;
 pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod network;
 mod node;
 pub mod runtime;
+pub mod session;
 pub mod snapshot;
+mod snapshot_meta;
 pub mod state_machine;
 pub mod storage;
 #[cfg(feature = "testing")]

@@ -43,7 +43,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::types::NodeId;
+use crate::ids::NodeId;
 
 /// The most members (voters and learners) a membership may name: a leader keeps replication
 /// state for each of them.

@@ -2,6 +2,11 @@
 //!
 //! Every request names its sender (`candidate_id`, `leader_id`, ...). A transport must check that
 //! this claimed sender is the peer its connection authenticated; [`RpcRequest::sender`] gives it.
+//! Every request also travels in an [`Envelope`] that names its receiver, its cluster and its
+//! group: the receiving node refuses a request meant for another node, cluster or group
+//! (`RpcError::WrongNode` / `WrongCluster` / `WrongGroup`) before its engine sees it, so a
+//! transport that reaches the wrong node (a stale address) cannot make a leader count another
+//! node's answer.
 //!
 //! **These types are the wire format, versioned by the transport.** A transport encodes them
 //! (and the [`Entry`], [`LogId`], [`SnapshotMeta`] and `Membership` they carry) as they are;
@@ -17,8 +22,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::SnapshotMeta;
-use crate::types::{Entry, LogId, LogIndex, NodeId, Term};
+use crate::snapshot_meta::SnapshotMeta;
+use crate::types::{ClusterId, Entry, GroupId, LogId, LogIndex, NodeId, Term};
 
 /// RequestVote (and its PreVote form).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +233,41 @@ pub enum RpcResponse {
     InstallSnapshot(InstallSnapshotResponse),
     /// Answer to ReadIndex.
     ReadIndex(ReadIndexResponse),
+}
+
+/// A request with its address: what a transport carries from one node to another.
+///
+/// The sending node fills it in from its own configuration (`Config::cluster_id`,
+/// `Config::group_id`) and the target's id. The receiving node answers it only if all three
+/// are its own; otherwise `Node::handle_rpc` returns `RpcError::WrongNode`, `WrongCluster` or
+/// `WrongGroup` at once, without the engine seeing the request. A transport delivers the
+/// envelope whole (it may route by `receiver` or by an address it was given for it, and must
+/// never rewrite the fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The cluster of the sender. Nodes of one cluster share it.
+    pub cluster_id: ClusterId,
+    /// The Raft group the request belongs to (multi-raft; [`DEFAULT_GROUP_ID`] for a node that
+    /// runs one group).
+    ///
+    /// [`DEFAULT_GROUP_ID`]: crate::types::DEFAULT_GROUP_ID
+    pub group_id: GroupId,
+    /// The node the sender means to reach.
+    pub receiver: NodeId,
+    /// The request itself (which names its sender).
+    pub request: RpcRequest,
+}
+
+impl Envelope {
+    /// `request` for node `receiver` of group `group_id` of cluster `cluster_id`.
+    pub fn new(
+        cluster_id: ClusterId,
+        group_id: GroupId,
+        receiver: NodeId,
+        request: RpcRequest,
+    ) -> Self {
+        Self { cluster_id, group_id, receiver, request }
+    }
 }
 
 impl RpcRequest {

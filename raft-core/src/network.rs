@@ -2,7 +2,7 @@
 //!
 //! A transport is a request/response service addressed by node id. Any request or response may
 //! be lost, delayed, duplicated or reordered; the node stays safe under all of it. A transport
-//! must authenticate peers: it delivers a request only if [`RpcRequest::sender`] is the node its
+//! must authenticate peers: it delivers a request only if [`RpcRequest::sender`](crate::RpcRequest::sender) is the node its
 //! connection proved to be (see `raft-quic` for mutual TLS).
 
 use std::collections::BTreeMap;
@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::membership::NodeInfo;
-use crate::message::{RpcRequest, RpcResponse};
-use crate::types::NodeId;
+use crate::message::{Envelope, RpcResponse};
+use crate::types::{ClusterId, GroupId, NodeId};
 
 /// Why an outbound RPC produced no response. The node treats every variant the same way (the
 /// peer is unreachable for now and will be retried); the variants exist for logs and metrics.
@@ -56,8 +56,10 @@ pub enum NetworkError {
 /// (an RPC timeout); a call that never returns holds one slot of the peer's in-flight window.
 #[async_trait]
 pub trait Network: Send + Sync + 'static {
-    /// Delivers `request` to node `target` and returns its response.
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError>;
+    /// Delivers `request` to node `request.receiver` and returns its response. The envelope
+    /// must reach the receiver unchanged (its `receiver`, `cluster_id` and `group_id` are what
+    /// the receiver checks).
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError>;
 
     /// The members of the membership this node uses (voters of both sets during a joint
     /// change, and learners) with their metadata: called once when the node starts (from its log
@@ -89,8 +91,8 @@ pub trait Network: Send + Sync + 'static {
 
 #[async_trait]
 impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
-        (**self).send(target, request).await
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        (**self).send(request).await
     }
 
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
@@ -102,20 +104,39 @@ impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
     }
 }
 
-/// Why an inbound RPC was not answered.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// Why an inbound RPC was not answered. Every variant but `Shutdown` is decided from the
+/// [`Envelope`] alone, before the engine sees the request: the request changed nothing.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum RpcError {
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,
-    /// The request was addressed to another node id.
+    /// The request was addressed to another node id: the transport reached the wrong node (a
+    /// stale or wrong address).
     #[error("request for node {expected} delivered to node {actual}")]
     WrongNode {
-        /// The id the request was meant for.
+        /// The id the request was meant for (`Envelope::receiver`).
         expected: NodeId,
         /// The id of the node that received it.
         actual: NodeId,
+    },
+    /// The request comes from another cluster (`Envelope::cluster_id` is not this node's
+    /// `Config::cluster_id`).
+    #[error("request of cluster {expected} delivered to a node of cluster {actual}")]
+    WrongCluster {
+        /// The sender's cluster.
+        expected: ClusterId,
+        /// The receiving node's cluster.
+        actual: ClusterId,
+    },
+    /// The request is for another Raft group than the one this node serves.
+    #[error("request of group {expected} delivered to a node of group {actual}")]
+    WrongGroup {
+        /// The group the request belongs to.
+        expected: GroupId,
+        /// The receiving node's group.
+        actual: GroupId,
     },
 }
 
@@ -124,6 +145,8 @@ pub enum RpcError {
 #[async_trait]
 pub trait RpcHandler: Send + Sync + 'static {
     /// Handles one request and returns the response to send back. The response is returned only
-    /// once everything it acknowledges is durable.
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError>;
+    /// once everything it acknowledges is durable. A request whose envelope names another
+    /// receiver, cluster or group is refused (`RpcError::WrongNode`, `WrongCluster`,
+    /// `WrongGroup`) without being looked at.
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError>;
 }

@@ -3,37 +3,9 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::snapshot::{SnapshotMeta, SnapshotStream};
+pub use crate::error::StateMachineError;
+use crate::snapshot_meta::{SnapshotMeta, SnapshotStream};
 use crate::types::{Entry, LogId};
-
-/// An error from a [`StateMachine`]. The node stops applying and shuts down: entries must apply in
-/// order, so it cannot skip the one that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("state machine error: {message}")]
-#[non_exhaustive]
-pub struct StateMachineError {
-    /// What went wrong.
-    pub message: String,
-    /// The underlying error, if any (`std::error::Error::source` returns it).
-    #[source]
-    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
-
-impl StateMachineError {
-    /// Creates an error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), source: None }
-    }
-
-    /// Creates an error with a message and the error that caused it (kept as its source, so
-    /// callers can walk the chain or downcast it).
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self { message: message.into(), source: Some(Box::new(source)) }
-    }
-}
 
 /// The application's deterministic state machine.
 ///

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::channel::oneshot;
 use futures::FutureExt;
-use raft_core::{Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse, Runtime};
+use raft_core::{
+    Envelope, Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse, Runtime,
+};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::de::DeserializeOwned;
@@ -118,6 +120,8 @@ struct Inner {
     bridges: BTreeSet<NodeId>,
     /// One-way cuts: messages from the first node to the second are lost.
     cuts: BTreeSet<(NodeId, NodeId)>,
+    /// Wrong routes: requests meant for the key reach the value's handler instead.
+    misroutes: BTreeMap<NodeId, NodeId>,
     /// Paused nodes: deliveries to them wait until they resume.
     paused: BTreeSet<NodeId>,
     pause_waiters: Vec<(NodeId, Waker)>,
@@ -216,6 +220,7 @@ impl MemNetwork {
             groups: BTreeMap::new(),
             bridges: BTreeSet::new(),
             cuts: BTreeSet::new(),
+            misroutes: BTreeMap::new(),
             paused: BTreeSet::new(),
             pause_waiters: Vec::new(),
             default_faults: LinkFaults::NONE,
@@ -337,12 +342,28 @@ impl MemNetwork {
         });
     }
 
-    /// Removes every partition, bridge and one-way cut (disconnected nodes stay disconnected).
+    /// Delivers requests meant for `intended` to `actual` instead, envelope unchanged, as a
+    /// transport with a stale or wrong address for `intended` would (a fault only the receiver's
+    /// envelope check can catch). `actual == intended` restores the route; so does
+    /// [`heal`](Self::heal).
+    pub fn misroute(&self, intended: NodeId, actual: NodeId) {
+        self.change(|inner| {
+            if intended == actual {
+                inner.misroutes.remove(&intended);
+            } else {
+                inner.misroutes.insert(intended, actual);
+            }
+        });
+    }
+
+    /// Removes every partition, bridge, one-way cut and misroute (disconnected nodes stay
+    /// disconnected).
     pub fn heal(&self) {
         self.change(|inner| {
             inner.groups.clear();
             inner.bridges.clear();
             inner.cuts.clear();
+            inner.misroutes.clear();
         });
     }
 
@@ -641,7 +662,7 @@ async fn deliver(
     network: MemNetwork,
     from: NodeId,
     to: NodeId,
-    request: RpcRequest,
+    envelope: Envelope,
     delay: Duration,
 ) -> Result<RpcResponse, NetworkError> {
     network.pause_for(delay).await;
@@ -655,10 +676,10 @@ async fn deliver(
         let handler = inner.handlers.get(&to).cloned().ok_or(NetworkError::UnknownPeer(to))?;
         (handler, inner.observer.clone())
     };
-    let delivered = observer.as_ref().map_or(0, |o| o.on_delivery(from, to, &request));
-    let observed = observer.as_ref().map(|_| request.clone());
+    let delivered = observer.as_ref().map_or(0, |o| o.on_delivery(from, to, &envelope.request));
+    let observed = observer.as_ref().map(|_| envelope.request.clone());
     let response = handler
-        .handle_rpc(request)
+        .handle_rpc(envelope)
         .await
         .map_err(|e| NetworkError::Refused { peer: to, reason: e.to_string() })?;
     if let (Some(observer), Some(request)) = (&observer, &observed) {
@@ -671,12 +692,15 @@ async fn deliver(
 
 #[async_trait]
 impl Network for MemEndpoint {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
-        let (fate, observer, timeout, routed, yields) = {
+    async fn send(&self, envelope: Envelope) -> Result<RpcResponse, NetworkError> {
+        let (fate, observer, timeout, routed, yields, target) = {
             let mut inner = self.network.lock();
             if inner.incarnations.get(&self.id) != Some(&self.incarnation) {
                 return Err(NetworkError::Shutdown);
             }
+            // Where the request really goes: its receiver, unless a misroute says otherwise.
+            let target = inner.misroutes.get(&envelope.receiver).copied();
+            let target = target.unwrap_or(envelope.receiver);
             let routed = if !inner.passes(self.id, target) {
                 Err(NetworkError::Unreachable { peer: target, reason: "link cut".into() })
             } else if !inner.handlers.contains_key(&target) {
@@ -686,15 +710,16 @@ impl Network for MemEndpoint {
             };
             let yield_chance = inner.yield_chance;
             let yields = self.network.runtime.is_some() && inner.chance(yield_chance);
-            (inner.fate(self.id, target), inner.observer.clone(), inner.rpc_timeout, routed, yields)
+            let fate = inner.fate(self.id, target);
+            (fate, inner.observer.clone(), inner.rpc_timeout, routed, yields, target)
         };
         if yields {
             YieldOnce(false).await;
         }
         if let Some(observer) = &observer {
-            observer.on_request(self.id, target, &request);
+            observer.on_request(self.id, target, &envelope.request);
         }
-        let (request, size) = self.network.wire(request)?;
+        let (request, size) = self.network.wire(envelope)?;
         self.network.lock().count(self.id, size, true);
         if let Err(error) = routed {
             return Err(self.fail_after_timeout(error).await);

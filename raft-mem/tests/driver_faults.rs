@@ -14,9 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Entry, FatalError, LogIndex, Membership, MembershipChange, MembershipError, Node,
-    NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
-    RpcRequest, Runtime, StateMachine, StateMachineError,
+    Bytes, Entry, Envelope, FatalError, LogIndex, Membership, MembershipChange, MembershipError,
+    Node, NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
+    RpcRequest, Runtime, StateMachine, StateMachineError, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -51,8 +51,10 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
         ..Recipe::default()
     };
     let cluster = Cluster::start(rt.clone(), 1, recipe).await;
-    let node = cluster.node(cluster.leader().await).clone();
+    let leader = cluster.leader().await;
+    let node = cluster.node(leader).clone();
     let request = RpcRequest::ReadIndex(ReadIndexRequest { term: 1, sender: 9, read_id: 0 });
+    let request = Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, leader, request);
     // `shutdown` is polled first: its input is queued first, every other one behind it.
     let (_, read, first, second, rpc, snapshot, replication) =
         within(&rt, "every caller queued at stop", async {

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use common::{config, Recorder, PATIENCE};
 use futures::FutureExt;
 use raft_core::{
-    Bytes, EntryPayload, Membership, MembershipError, Network, NetworkError, Node, NodeId,
-    NodeInfo, ProposalError, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
+    Bytes, EntryPayload, Envelope, Membership, MembershipError, Network, NetworkError, Node,
+    NodeId, NodeInfo, ProposalError, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
 };
 use raft_mem::{MemLogStore, MemNetwork};
 
@@ -40,10 +40,11 @@ struct Cut {
 
 #[async_trait]
 impl<N: Network> Network for Recording<N> {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
+    async fn send(&self, envelope: Envelope) -> Result<RpcResponse, NetworkError> {
+        let (target, request) = (envelope.receiver, &envelope.request);
         let cut = &self.cut;
         let armed = cut.armed.lock().unwrap().clone();
-        if armed.is_some_and(|m| carries(&request, &m)) {
+        if armed.is_some_and(|m| carries(request, &m)) {
             cut.fired.store(true, Ordering::SeqCst);
             cut.network.disconnect(cut.id);
         }
@@ -51,7 +52,7 @@ impl<N: Network> Network for Recording<N> {
             let reason = "cut off".to_owned();
             return Err(NetworkError::Unreachable { peer: target, reason });
         }
-        self.inner.send(target, request).await
+        self.inner.send(envelope).await
     }
 
     fn members_changed(&self, members: &Members) {

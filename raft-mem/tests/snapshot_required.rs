@@ -49,10 +49,9 @@ struct Limited(raft_mem::MemEndpoint, u64);
 impl raft_core::Network for Limited {
     async fn send(
         &self,
-        target: raft_core::NodeId,
-        request: raft_core::RpcRequest,
+        request: raft_core::Envelope,
     ) -> Result<raft_core::RpcResponse, raft_core::NetworkError> {
-        raft_core::Network::send(&self.0, target, request).await
+        raft_core::Network::send(&self.0, request).await
     }
 
     fn max_request_bytes(&self) -> Option<u64> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
-use raft_core::{NetworkError, NodeId, RpcRequest, RpcResponse};
+use raft_core::{Envelope, NetworkError, NodeId, RpcResponse};
 use tracing::{debug, info, warn};
 
 use crate::accept::describe_connection_error;
@@ -164,12 +164,9 @@ fn unreachable(peer: NodeId, reason: impl std::fmt::Display) -> NetworkError {
 }
 
 impl Client {
-    /// Sends `request` to `target` and waits for its response, within the RPC timeout.
-    pub(crate) async fn call(
-        &self,
-        target: NodeId,
-        request: &RpcRequest,
-    ) -> Result<RpcResponse, NetworkError> {
+    /// Sends `request` to its receiver and waits for its response, within the RPC timeout.
+    pub(crate) async fn call(&self, request: &Envelope) -> Result<RpcResponse, NetworkError> {
+        let target = request.receiver;
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(NetworkError::Shutdown);
@@ -187,7 +184,12 @@ impl Client {
         let result = match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
             Ok(result) => result,
             Err(_) => {
-                debug!(node = shared.id, peer = target, kind = request.kind(), "RPC timed out");
+                debug!(
+                    node = shared.id,
+                    peer = target,
+                    kind = request.request.kind(),
+                    "RPC timed out"
+                );
                 Err(NetworkError::Timeout(target))
             }
         };

@@ -5,6 +5,10 @@
 //! request:  | length: u32 BE | version: u8 | sender: u64 BE | postcard body |
 //! ```
 //!
+//! A request's body is a `raft_core::Envelope`: the receiver, cluster and group it is meant
+//! for, and the request (whose sender must be the header's). The receiving node checks the
+//! envelope's address (`RpcError::WrongNode` / `WrongCluster` / `WrongGroup`).
+//!
 //! `length` counts everything after itself. A receiver checks `length` against its maximum frame
 //! size and the version against [`PROTOCOL_VERSION`] *before* it reads or allocates the body; a
 //! request's claimed sender, in a fixed header of its own, is checked against the connection's
@@ -14,7 +18,7 @@
 //! A body must decode completely: trailing bytes are an error.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use raft_core::{NodeId, RpcRequest};
+use raft_core::{Envelope, NodeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -128,8 +132,8 @@ pub fn encode<T: Serialize>(message: &T, max_frame_size: u32) -> Result<Bytes, F
 }
 
 /// Encodes `request` as one complete request frame: header, sender header, body.
-pub fn encode_request(request: &RpcRequest, max_frame_size: u32) -> Result<Bytes, FrameError> {
-    encode_with(request, Some(request.sender()), max_frame_size)
+pub fn encode_request(request: &Envelope, max_frame_size: u32) -> Result<Bytes, FrameError> {
+    encode_with(request, Some(request.request.sender()), max_frame_size)
 }
 
 /// Validates a frame header and returns the length of what follows it.
@@ -173,7 +177,7 @@ pub fn decode_request(
     input: &[u8],
     max_frame_size: u32,
     limits: Limits,
-) -> Result<(NodeId, RpcRequest, usize), FrameError> {
+) -> Result<(NodeId, Envelope, usize), FrameError> {
     let (rest, need) = split_frame(input, max_frame_size)?;
     let (sender, body) = split_sender(rest)?;
     let request = request_body(sender, body, limits, &|| true)?;
@@ -206,16 +210,16 @@ pub(crate) fn request_body(
     body: &[u8],
     limits: Limits,
     on_item: &dyn Fn() -> bool,
-) -> Result<RpcRequest, FrameError> {
-    let request: RpcRequest =
+) -> Result<Envelope, FrameError> {
+    let request: Envelope =
         bounded::from_slice_metered(body, limits, on_item).map_err(|e| match e {
             BoundedError::OverBudget => FrameError::Busy,
             other => other.into(),
         })?;
-    if request.sender() != sender {
+    if request.request.sender() != sender {
         return Err(FrameError::Decode(format!(
             "the request names sender {} but its header {sender}",
-            request.sender()
+            request.request.sender()
         )));
     }
     Ok(request)
@@ -309,7 +313,7 @@ pub(crate) async fn read_sized<T: DeserializeOwned>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use raft_core::{AppendEntriesRequest, Entry, EntryPayload, LogId};
+    use raft_core::{AppendEntriesRequest, Entry, EntryPayload, LogId, RpcRequest};
 
     use super::*;
     use crate::wire::{Refusal, WireResponse};
@@ -318,7 +322,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let msg = WireResponse::Refused(Refusal::Handler("x".into()));
+        let msg = WireResponse::Refused(Refusal::Handler(raft_core::RpcError::WrongCluster {
+            expected: 1,
+            actual: 2,
+        }));
         let frame = encode(&msg, 1 << 20).unwrap();
         assert_eq!(frame[4], PROTOCOL_VERSION);
         let (back, used) = decode::<WireResponse>(&frame, 1 << 20, LIMITS).unwrap();
@@ -326,8 +333,8 @@ mod tests {
         assert_eq!(used, frame.len());
     }
 
-    fn append(leader: NodeId, entries: usize) -> RpcRequest {
-        RpcRequest::AppendEntries(AppendEntriesRequest {
+    fn append(leader: NodeId, entries: usize) -> Envelope {
+        let request = RpcRequest::AppendEntries(AppendEntriesRequest {
             term: 3,
             leader_id: leader,
             prev_log_id: LogId::new(1, 1),
@@ -336,7 +343,8 @@ mod tests {
                 .collect(),
             leader_commit: 1,
             read_round: 0,
-        })
+        });
+        Envelope::new(5, 0, 9, request)
     }
 
     #[test]
@@ -369,12 +377,23 @@ mod tests {
         assert!(matches!(decode_header([0, 0, 0, 101, 1], 100), Err(FrameError::TooLarge { .. })));
         assert_eq!(decode_header([0, 0, 0, 10, 9], 100), Err(FrameError::UnsupportedVersion(9)));
         assert_eq!(decode_header([0, 0, 0, 10, PROTOCOL_VERSION], 100), Ok(9));
+        // A frame of version 3 (requests without an envelope) is refused with its version named.
+        let old = decode_header([0, 0, 0, 10, 3], 100).unwrap_err();
+        assert_eq!(old, FrameError::UnsupportedVersion(3));
+        assert_eq!(old.to_string(), "unsupported protocol version 3 (this node speaks 4)");
     }
 
     #[test]
     fn oversized_encode_is_refused() {
-        let msg = WireResponse::Refused(Refusal::Handler("y".repeat(2000)));
-        assert!(matches!(encode(&msg, 1024), Err(FrameError::TooLarge { .. })));
+        let msg = WireResponse::Refused(Refusal::RemovedNode(u64::MAX));
+        assert!(matches!(encode(&msg, 5), Err(FrameError::TooLarge { .. })));
+        let msg =
+            WireResponse::Ok(raft_core::RpcResponse::ReadIndex(raft_core::ReadIndexResponse {
+                term: 1,
+                read_index: None,
+                leader_hint: None,
+            }));
+        assert!(matches!(encode(&msg, 4), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use raft_core::{Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcRequest, RpcResponse};
+use raft_core::{Envelope, Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcResponse};
 use tracing::{info, warn};
 
 use crate::accept::{Gate, GateStats};
@@ -501,8 +501,8 @@ impl QuicNetwork {
 
 #[async_trait]
 impl Network for QuicNetwork {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
-        self.inner.client.call(target, &request).await
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        self.inner.client.call(&request).await
     }
 
     /// `QuicConfig::max_frame_size` less what a request frame holds besides the request (the

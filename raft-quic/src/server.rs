@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quinn::{Endpoint, RecvStream, SendStream};
-use raft_core::{NodeId, RpcRequest};
+use raft_core::{Envelope, NodeId};
 use tracing::{debug, info};
 
 use crate::accept::{Gate, Handshake};
@@ -92,7 +92,7 @@ async fn read_request(
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
     counters: &PeerCounters,
-) -> Result<(RpcRequest, Reservation), RequestError> {
+) -> Result<(Envelope, Reservation), RequestError> {
     let limits = &shared.limits;
     let len = frame::read_header(recv, limits.max_frame_size).await?;
     counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
@@ -211,16 +211,21 @@ async fn serve_stream(
 
 /// Checks that the sender is still welcome and hands the request to the handler. (The claimed
 /// sender was checked against the connection's identity, from the header and from the body.)
-async fn respond(shared: &Shared, peer: NodeId, request: RpcRequest) -> WireResponse {
+async fn respond(shared: &Shared, peer: NodeId, request: Envelope) -> WireResponse {
     if shared.is_refused(peer) {
         return WireResponse::Refused(Refusal::RemovedNode(peer));
     }
     let Some(handler) = shared.handler() else {
-        debug!(node = shared.id, peer, kind = request.kind(), "refusing request: no handler yet");
+        debug!(
+            node = shared.id,
+            peer,
+            kind = request.request.kind(),
+            "refusing request: no handler yet"
+        );
         return WireResponse::Refused(Refusal::NotServing);
     };
     match handler.handle_rpc(request).await {
         Ok(response) => WireResponse::Ok(response),
-        Err(e) => WireResponse::Refused(Refusal::Handler(e.to_string())),
+        Err(e) => WireResponse::Refused(Refusal::Handler(e)),
     }
 }

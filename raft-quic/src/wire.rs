@@ -1,12 +1,12 @@
-//! What travels inside a frame (a request frame holds an `RpcRequest`, a response frame the
-//! envelope below), the QUIC error codes used to close a stream or a connection, and the wire
+//! What travels inside a frame (a request frame holds a `raft_core::Envelope`, a response frame
+//! the [`WireResponse`] below), the QUIC error codes used to close a stream or a connection, and the wire
 //! version.
 //!
 //! # Wire version policy
 //!
 //! [`PROTOCOL_VERSION`] and [`ALPN`] name one encoding of every message that crosses the wire:
-//! the frame layout and the postcard encoding of `raft_core`'s `RpcRequest` / `RpcResponse` and
-//! of [`WireResponse`]. postcard is not self-describing, so *any* change to those types (a field
+//! the frame layout and the postcard encoding of `raft_core`'s `Envelope` (with its
+//! `RpcRequest`), `RpcResponse` and `RpcError`, and of [`WireResponse`]. postcard is not self-describing, so *any* change to those types (a field
 //! added, removed or reordered, a variant added anywhere but at the end of an enum) is
 //! incompatible, and bumps both, together. Nodes of different versions never exchange a frame:
 //! the TLS handshake fails on the ALPN, and both sides say so ("the peer speaks another protocol
@@ -26,6 +26,7 @@
 //! | 1 | `raft-quic/1` | first version |
 //! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
 //! | 3 | `raft-quic/3` | joint consensus and member metadata: `Membership` (in membership entries and `SnapshotMeta`) is an enum whose variant 0 holds the voters, the outgoing voters, the learners and each member's `NodeInfo` (address, data); a membership entry is `EntryPayload` variant 3 (variant 2, the old bare voters and learners, is only decoded) |
+//! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`) instead of a string |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
@@ -34,18 +35,18 @@ use serde::{Deserialize, Serialize};
 /// The protocol version carried by every frame. A node refuses frames of any other version, so
 /// two nodes that disagree on the encoding never misinterpret each other's bytes. Bumped with
 /// [`ALPN`] on every incompatible change (see the module docs).
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// The ALPN protocol name negotiated by the TLS handshake: `raft-quic/<PROTOCOL_VERSION>`. A
 /// peer speaking anything else is refused before any stream is opened.
-pub const ALPN: &[u8] = b"raft-quic/3";
+pub const ALPN: &[u8] = b"raft-quic/4";
 
 /// The TLS alert a server sends when no ALPN protocol is common (`no_application_protocol`),
 /// as QUIC carries it: a CRYPTO_ERROR transport code `0x100 + alert`.
 pub(crate) const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
 
 /// The body of a response frame: the handler's response or the reason the request was refused.
-/// (The body of a request frame is a plain [`raft_core::RpcRequest`].)
+/// (The body of a request frame is a [`raft_core::Envelope`].)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireResponse {
     /// The handler's response.
@@ -67,8 +68,9 @@ pub enum Refusal {
         /// The node id bound to the peer's certificate.
         authenticated: raft_core::NodeId,
     },
-    /// The handler returned an error (for example, it is shutting down).
-    Handler(String),
+    /// The handler refused the request (it is shutting down, or the request's envelope names
+    /// another node, cluster or group).
+    Handler(raft_core::RpcError),
     /// The sender was removed from the cluster: this node refuses its requests.
     RemovedNode(raft_core::NodeId),
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::scenarios::{client_material, dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
 use common::*;
-use raft_core::Network;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
 use raft_quic::wire::code;
 use raft_quic::{
@@ -65,7 +64,7 @@ async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
     let config2 = QuicConfig::new(2, loopback(), material(&[&old, &new], &new, 2))
         .with_peer(1, net1.local_addr());
     let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
-    bounded(&rt, "peer 2's RPC", net2.send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "peer 2's RPC", net2.send_to(1, heartbeat(2))).await.unwrap();
     let admitted = net1.accept_stats().admitted;
 
     // The roll-over: node 1 trusts only the new CA.
@@ -76,9 +75,9 @@ async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
     // Neither rogue gets back in.
     let again = raw_rpc_attempt(&rt, config7, &net1, 7).await;
     assert!(again.is_err(), "rogue 7 was served again: {again:?}");
-    assert!(bounded(&rt, "node 1 to rogue 8 again", net1.send(8, heartbeat(1))).await.is_err());
+    assert!(bounded(&rt, "node 1 to rogue 8 again", net1.send_to(8, heartbeat(1))).await.is_err());
     // Peer 2 still uses the connection it had.
-    bounded(&rt, "peer 2's RPC", net2.send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "peer 2's RPC", net2.send_to(1, heartbeat(2))).await.unwrap();
     assert_eq!(net1.accept_stats().admitted, admitted, "peer 2 had to reconnect");
     endpoint.close(0u32.into(), b"");
     rogue8.close(0u32.into(), b"");

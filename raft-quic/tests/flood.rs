@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::proxy::UdpProxy;
 use common::*;
-use raft_core::Network;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
 use raft_quic::{tls, ClusterCa, QuicNetwork};
 
@@ -92,7 +91,7 @@ async fn restart_during_flood(sources: &[Source]) -> FloodOutcome {
     net1.serve(handler1.clone());
     let config2 = test_config(&ca, 2, loopback()).with_peer(1, net1.local_addr());
     let net2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
-    bounded(&rt, "first RPC", net2.send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "first RPC", net2.send_to(1, heartbeat(2))).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let proxies: Vec<(UdpProxy, usize)> = sources
@@ -124,7 +123,7 @@ async fn restart_during_flood(sources: &[Source]) -> FloodOutcome {
     .await;
     eventually(&rt, "RPC from the restarted node", Duration::from_millis(10), || {
         let net = restarted.clone();
-        async move { net.send(1, heartbeat(2)).await.ok() }
+        async move { net.send_to(1, heartbeat(2)).await.ok() }
     })
     .await;
     let took = restarted_at.elapsed();

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use raft_core::{
-    AppendEntriesRequest, Entry, EntryPayload, LogId, RequestVoteRequest, RpcRequest,
+    AppendEntriesRequest, Entry, EntryPayload, Envelope, LogId, RequestVoteRequest, RpcRequest,
     TimeoutNowRequest,
 };
 use raft_quic::bounded::Limits;
@@ -32,7 +32,13 @@ fn entry() -> impl Strategy<Value = Entry> {
     })
 }
 
-fn request() -> impl Strategy<Value = RpcRequest> {
+fn request() -> impl Strategy<Value = Envelope> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), rpc_request()).prop_map(
+        |(cluster, group, receiver, request)| Envelope::new(cluster, group, receiver, request),
+    )
+}
+
+fn rpc_request() -> impl Strategy<Value = RpcRequest> {
     prop_oneof![
         (any::<u64>(), any::<u64>(), log_id(), any::<bool>(), any::<bool>()).prop_map(
             |(term, candidate_id, last_log_id, pre_vote, leadership_transfer)| {
@@ -89,7 +95,7 @@ proptest! {
         match frame::decode_request(&bytes, MAX, LIMITS) {
             Ok((sender, request, used)) => {
                 prop_assert_eq!(used, bytes.len());
-                prop_assert_eq!(sender, request.sender());
+                prop_assert_eq!(sender, request.request.sender());
             }
             Err(e) => prop_assert!(
                 matches!(e, FrameError::Decode(_) | FrameError::Empty(_)),
@@ -109,9 +115,9 @@ proptest! {
         );
         let header: [u8; SENDER_LEN] =
             encoded[HEADER_LEN..HEADER_LEN + SENDER_LEN].try_into().unwrap();
-        prop_assert_eq!(u64::from_be_bytes(header), request.sender());
+        prop_assert_eq!(u64::from_be_bytes(header), request.request.sender());
         let (sender, decoded, used) = frame::decode_request(&encoded, MAX, LIMITS).unwrap();
-        prop_assert_eq!(sender, request.sender());
+        prop_assert_eq!(sender, request.request.sender());
         prop_assert_eq!(decoded, request);
         prop_assert_eq!(used, encoded.len());
     }
@@ -119,7 +125,7 @@ proptest! {
     /// A sender header that differs from the request's own sender is refused.
     #[test]
     fn lying_sender_headers_are_refused(request in request(), other in any::<u64>()) {
-        prop_assume!(other != request.sender());
+        prop_assume!(other != request.request.sender());
         let mut encoded = frame::encode_request(&request, MAX).unwrap().to_vec();
         encoded[HEADER_LEN..HEADER_LEN + SENDER_LEN].copy_from_slice(&other.to_be_bytes());
         let result = frame::decode_request(&encoded, MAX, LIMITS);

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use common::scenarios::{dialed_by, raw_endpoint, raw_rpc};
 use common::*;
 use futures::FutureExt;
-use raft_core::Network;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
 use raft_quic::wire::code;
 use raft_quic::{tls, ClusterCa, QuicNetwork, WireResponse};
@@ -94,7 +93,7 @@ async fn the_connections_of_one_node_share_one_memory_budget() {
         })
         .collect();
     // Two requests of ~150 KB held in the handler: only one fits the 256 KiB budget.
-    let requests = senders.iter().map(|net| net.send(2, append(1, 3, 75_000, b"gated")));
+    let requests = senders.iter().map(|net| net.send_to(2, append(1, 3, 75_000, b"gated")));
     let results = only_some_reach_the_handler(&rt, &handler, requests, 1).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(handler.calls(), 2);

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::proxy::UdpProxy;
 use common::scenarios::{impatient, raw_endpoint};
 use common::*;
-use raft_core::Network;
 use raft_quic::quinn::{Runtime, TokioRuntime};
 use raft_quic::{tls, ClusterCa, QuicNetwork};
 
@@ -57,7 +56,7 @@ async fn ids_harvested_in_clear_earn_no_reset_after_a_restart() {
     let link = UdpProxy::start(addr2);
     net1.set_peer(2, link.addr());
     net2.serve(TestHandler::new(2));
-    bounded(&rt, "RPC to node 2", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC to node 2", net1.send_to(2, heartbeat(1))).await.unwrap();
     eventually(&rt, "the connection off its handshake id", Duration::from_millis(20), || {
         let moved = link.client_uses_a_private_id();
         async move { moved.then_some(()) }
@@ -101,7 +100,7 @@ async fn ids_harvested_in_clear_earn_no_reset_after_a_restart() {
     let started = Instant::now();
     eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
         let net1 = net1.clone();
-        async move { net1.send(2, heartbeat(1)).await.ok() }
+        async move { net1.send_to(2, heartbeat(1)).await.ok() }
     })
     .await;
     let took = started.elapsed();

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, ConflictHint, Entry, EntryPayload,
+    AppendEntriesRequest, AppendEntriesResponse, ConflictHint, Entry, EntryPayload, Envelope,
     InstallSnapshotRequest, InstallSnapshotResponse, LogId, Membership, NodeInfo, ReadIndexRequest,
-    ReadIndexResponse, RequestVoteRequest, RequestVoteResponse, RpcRequest, RpcResponse,
+    ReadIndexResponse, RequestVoteRequest, RequestVoteResponse, RpcError, RpcRequest, RpcResponse,
     SnapshotMeta, SnapshotRefusal, TimeoutNowRequest, TimeoutNowResponse,
 };
 use raft_quic::bounded::Limits;
@@ -20,7 +20,7 @@ use raft_quic::frame::{decode, decode_request, encode, encode_request, MAX_DEPTH
 use raft_quic::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
 
 /// The version these goldens are the encoding of.
-const GOLDEN_VERSION: u8 = 3;
+const GOLDEN_VERSION: u8 = 4;
 const MAX: u32 = 1 << 20;
 const LIMITS: Limits = Limits { max_items: 1 << 10, max_depth: MAX_DEPTH };
 
@@ -44,9 +44,19 @@ fn membership() -> Membership {
     Membership::from_parts(voters, outgoing, learners, nodes).unwrap()
 }
 
-/// One request of each variant, every field set to a distinct value (so that a reordering of
-/// fields changes the bytes), with every entry payload variant.
-fn requests() -> Vec<(&'static str, RpcRequest)> {
+/// One request of each variant in its envelope, every field set to a distinct value (so that a
+/// reordering of fields changes the bytes), with every entry payload variant.
+fn requests() -> Vec<(&'static str, Envelope)> {
+    rpc_requests()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, request))| {
+            (name, Envelope::new(0xc1, 17 + i as u64, 400 + i as u64, request))
+        })
+        .collect()
+}
+
+fn rpc_requests() -> Vec<(&'static str, RpcRequest)> {
     let entries = vec![
         Entry { index: 11, term: 5, payload: EntryPayload::Blank },
         Entry { index: 12, term: 5, payload: EntryPayload::Command(Bytes::from_static(b"put")) },
@@ -160,32 +170,53 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
             "SenderMismatch",
             WireResponse::Refused(Refusal::SenderMismatch { claimed: 9, authenticated: 2 }),
         ),
-        ("Handler", WireResponse::Refused(Refusal::Handler("stopped".into()))),
+        ("Handler(Shutdown)", WireResponse::Refused(Refusal::Handler(RpcError::Shutdown))),
+        (
+            "Handler(WrongNode)",
+            WireResponse::Refused(Refusal::Handler(RpcError::WrongNode { expected: 3, actual: 4 })),
+        ),
+        (
+            "Handler(WrongCluster)",
+            WireResponse::Refused(Refusal::Handler(RpcError::WrongCluster {
+                expected: 5,
+                actual: 6,
+            })),
+        ),
+        (
+            "Handler(WrongGroup)",
+            WireResponse::Refused(Refusal::Handler(RpcError::WrongGroup {
+                expected: 7,
+                actual: 8,
+            })),
+        ),
         ("RemovedNode", WireResponse::Refused(Refusal::RemovedNode(5))),
     ]
 }
 
 /// The golden frames of version [`GOLDEN_VERSION`], by name: requests (`u32 length | version |
-/// u64 sender | body`), then `WireResponse::Ok` of each response, then each refusal.
+/// u64 sender | envelope`), then `WireResponse::Ok` of each response, then each refusal.
 const GOLDEN: &[(&str, &str)] = &[
-    ("request RequestVote", "00000010030000000000000002000702060d0100"),
-    ("request AppendEntries", "00000048030000000000000003010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e807"),
-    ("request TimeoutNow", "0000000c030000000000000004020804"),
-    ("request InstallSnapshot", "0000004c03000000000000000503090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
-    ("request ReadIndex", "0000000d030000000000000006040a064d"),
-    ("response RequestVote", "00000006030000070100"),
-    ("response AppendEntries", "0000000a03000106000104080c00"),
-    ("response AppendEntries(match)", "0000000903000106010d00dc0b"),
-    ("response TimeoutNow", "0000000403000208"),
-    ("response InstallSnapshot", "000000080300030980100000"),
-    ("response InstallSnapshot(Unsupported)", "00000009030003098010000100"),
-    ("response InstallSnapshot(ChecksumMismatch)", "00000009030003098010000101"),
-    ("response InstallSnapshot(Malformed)", "00000009030003098010000102"),
-    ("response ReadIndex", "000000090300040a01ac020103"),
-    ("refusal NotServing", "00000003030100"),
-    ("refusal SenderMismatch", "000000050301010902"),
-    ("refusal Handler", "0000000b0301020773746f70706564"),
-    ("refusal RemovedNode", "0000000403010305"),
+    ("request RequestVote", "00000015040000000000000002c101119003000702060d0100"),
+    ("request AppendEntries", "0000004d040000000000000003c101129103010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e807"),
+    ("request TimeoutNow", "00000011040000000000000004c101139203020804"),
+    ("request InstallSnapshot", "00000051040000000000000005c10114930303090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
+    ("request ReadIndex", "00000012040000000000000006c101159403040a064d"),
+    ("response RequestVote", "00000006040000070100"),
+    ("response AppendEntries", "0000000a04000106000104080c00"),
+    ("response AppendEntries(match)", "0000000904000106010d00dc0b"),
+    ("response TimeoutNow", "0000000404000208"),
+    ("response InstallSnapshot", "000000080400030980100000"),
+    ("response InstallSnapshot(Unsupported)", "00000009040003098010000100"),
+    ("response InstallSnapshot(ChecksumMismatch)", "00000009040003098010000101"),
+    ("response InstallSnapshot(Malformed)", "00000009040003098010000102"),
+    ("response ReadIndex", "000000090400040a01ac020103"),
+    ("refusal NotServing", "00000003040100"),
+    ("refusal SenderMismatch", "000000050401010902"),
+    ("refusal Handler(Shutdown)", "0000000404010200"),
+    ("refusal Handler(WrongNode)", "00000006040102010304"),
+    ("refusal Handler(WrongCluster)", "00000006040102020506"),
+    ("refusal Handler(WrongGroup)", "00000006040102030708"),
+    ("refusal RemovedNode", "0000000404010305"),
 ];
 
 #[test]
@@ -199,7 +230,11 @@ fn every_message_encodes_to_its_golden_bytes_of_this_wire_version() {
     for (name, request) in requests() {
         let frame = encode_request(&request, MAX).unwrap();
         let (sender, decoded, used) = decode_request(&frame, MAX, LIMITS).unwrap();
-        assert_eq!((sender, &decoded, used), (request.sender(), &request, frame.len()), "{name}");
+        assert_eq!(
+            (sender, &decoded, used),
+            (request.request.sender(), &request, frame.len()),
+            "{name}"
+        );
         frames.push((format!("request {name}"), frame));
     }
     for (name, response) in responses() {

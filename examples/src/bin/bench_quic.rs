@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use examples::bench::{format_us, LatencyRecorder};
 use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, LogId, Network,
-    RpcError, RpcHandler, RpcRequest, RpcResponse,
+    AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, Envelope, LogId,
+    Network, RpcError, RpcHandler, RpcRequest, RpcResponse, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
 };
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork, TokioRuntime};
 
@@ -25,8 +25,8 @@ struct Responder;
 
 #[async_trait]
 impl RpcHandler for Responder {
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
-        match request {
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        match request.request {
             RpcRequest::AppendEntries(r) => Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
                 term: r.term,
                 match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
@@ -92,7 +92,9 @@ async fn run(
                 if start >= stop {
                     return latencies;
                 }
-                let result = net.send(2, request.clone()).await;
+                let result = net
+                    .send(Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, 2, request.clone()))
+                    .await;
                 if result.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 } else if start >= warmup_until {
@@ -194,7 +196,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bulk.push(tokio::spawn(async move {
                 let mut sent = 0u64;
                 while busy.load(Ordering::Relaxed) {
-                    if net.send(2, batch.clone()).await.is_ok() {
+                    if net
+                        .send(Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, 2, batch.clone()))
+                        .await
+                        .is_ok()
+                    {
                         sent += 1;
                     }
                 }

@@ -7,10 +7,10 @@
 //! (it is `Sync`); each session tells the state machine which answers it has received, so the
 //! state machine keeps only the answers still awaited.
 
-use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use bytes::Bytes;
+use raft_core::session::ClientSession;
 use raft_core::{NodeId, Status};
 use tracing::debug;
 
@@ -146,19 +146,11 @@ impl TlsFailures {
     }
 }
 
-#[derive(Debug)]
-struct Session {
-    id: SessionId,
-    incarnation: u64,
-    next_seq: u64,
-    outstanding: BTreeSet<u64>,
-}
-
 /// A client session. Create as many as needed on one [`Connections`].
 #[derive(Debug)]
 pub struct KvClient {
     connections: Connections,
-    session: Mutex<Option<Session>>,
+    session: Mutex<Option<ClientSession>>,
     /// Serializes session registration.
     registering: tokio::sync::Mutex<()>,
 }
@@ -174,7 +166,7 @@ impl KvClient {
         &self.connections
     }
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+    fn session(&self) -> std::sync::MutexGuard<'_, Option<ClientSession>> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -228,13 +220,13 @@ impl KvClient {
         let command = Command { session: Some(session_ref), op };
         let result = self.run(&command).await;
         let mut session = self.session();
-        if let Some(s) = session.as_mut().filter(|s| s.id == id) {
-            s.outstanding.remove(&seq);
+        if let Some(s) = session.as_mut().filter(|s| s.id() == id) {
+            s.finish(seq);
         }
         match result? {
             Ok(result) => Ok(result),
             Err(KvError::UnknownSession) => {
-                if session.as_ref().is_some_and(|s| s.id == id) {
+                if session.as_ref().is_some_and(|s| s.id() == id) {
                     *session = None;
                 }
                 Err(ClientError::SessionExpired)
@@ -266,8 +258,9 @@ impl KvClient {
         match registered? {
             Ok(OpResult::Registered { id: opened, incarnation }) if opened == id => {
                 debug!(id, incarnation, "session opened");
-                let outstanding = BTreeSet::new();
-                *self.session() = Some(Session { id, incarnation, next_seq: 0, outstanding });
+                let mut session = ClientSession::new(id);
+                session.opened(incarnation);
+                *self.session() = Some(session);
             }
             other => return Err(unexpected(other)),
         }
@@ -275,13 +268,7 @@ impl KvClient {
     }
 
     fn allocate(&self) -> Option<SessionRef> {
-        let mut session = self.session();
-        let s = session.as_mut()?;
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.outstanding.insert(seq);
-        let ack_below = s.outstanding.first().copied().unwrap_or(seq);
-        Some(SessionRef { id: s.id, incarnation: s.incarnation, seq, ack_below })
+        self.session().as_mut()?.begin()
     }
 
     /// Sends `command` until a node applies it or the deadline passes, following redirects.

@@ -16,28 +16,9 @@ pub const MAX_KEY_BYTES: usize = 4 << 10;
 /// The largest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 512 << 10;
 
-/// A client session's id: 128 random bits drawn by the client when it registers the session
-/// (unguessable; and a session only answers to the client that opened it).
-pub type SessionId = u128;
-
-/// A client session's identity and position, carried by every write so that a retried write is
-/// applied at most once (Raft thesis §6.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SessionRef {
-    /// The session id (chosen by the client in [`Op::Register`]).
-    pub id: SessionId,
-    /// The session's incarnation, as [`OpResult::Registered`] gave it: a session evicted and
-    /// re-created under the same id (by a late duplicate registration) is another incarnation,
-    /// and refuses this one's requests.
-    pub incarnation: u64,
-    /// The request's sequence number within the session (unique, increasing per new request;
-    /// a retry reuses it).
-    pub seq: u64,
-    /// Every request of this session below this sequence number has been answered to the
-    /// client: the state machine may forget their responses. At most `seq` (a request cannot
-    /// acknowledge itself or later ones).
-    pub ack_below: u64,
-}
+/// A client session's id and a write's place in it: raft-core's session types (the
+/// registration command carries the id; every write in a session carries a [`SessionRef`]).
+pub use raft_core::session::{SessionId, SessionRef};
 
 /// One operation on the map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +168,20 @@ pub enum KvError {
     /// The entry does not decode as a command.
     #[error("malformed command: {0}")]
     Malformed(String),
+}
+
+impl From<raft_core::session::SessionError> for KvError {
+    fn from(refused: raft_core::session::SessionError) -> Self {
+        use raft_core::session::SessionError;
+        match refused {
+            SessionError::Taken => KvError::SessionTaken,
+            SessionError::BadAck => KvError::BadAck,
+            SessionError::Stale => KvError::Stale,
+            SessionError::TooManyPending => KvError::TooManyPending,
+            // `Unknown`, and any refusal a later raft-core adds: the session cannot serve.
+            _ => KvError::UnknownSession,
+        }
+    }
 }
 
 /// The state machine's answer to one command.

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use raft_core::{
-    Bytes, Entry, Network, NetworkError, NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse,
+    Bytes, Entry, Envelope, Network, NetworkError, NodeId, RpcError, RpcHandler, RpcResponse,
     SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
 };
 
@@ -55,11 +55,12 @@ impl<N> FirewalledNetwork<N> {
 
 #[async_trait]
 impl<N: Network> Network for FirewalledNetwork<N> {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        let target = request.receiver;
         if self.firewall.blocks(target) {
             return Err(NetworkError::Unreachable { peer: target, reason: "partitioned".into() });
         }
-        self.inner.send(target, request).await
+        self.inner.send(request).await
     }
 
     fn members_changed(&self, members: &std::collections::BTreeMap<NodeId, raft_core::NodeInfo>) {
@@ -87,8 +88,8 @@ impl<H> FirewalledHandler<H> {
 
 #[async_trait]
 impl<H: RpcHandler> RpcHandler for FirewalledHandler<H> {
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
-        if self.firewall.blocks(request.sender()) {
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        if self.firewall.blocks(request.request.sender()) {
             // The transport turns this into a refusal, which the sender treats as unreachable.
             return Err(RpcError::Shutdown);
         }

@@ -1,9 +1,10 @@
 //! A replicated key-value service on `raft-core`: the state machine, the client protocol, the
 //! node program and the client library.
 //!
-//! * [`command`], [`state`] and [`sessions`]: the log commands (put, get, delete,
+//! * [`command`] and [`state`]: the log commands (put, get, delete,
 //!   compare-and-swap, session registration) and the state they apply to: the map, client
-//!   sessions (each owned by the client certificate that opened it) and the tombstones of
+//!   sessions (`raft_core::session::SessionTable`, each owned by the client certificate that
+//!   opened it) and the tombstones of
 //!   removed members (derived from membership entries), serde-serializable in full (a snapshot
 //!   is the serialized state, after a format version). Members' addresses are not state: they
 //!   travel in the Raft membership (`NodeInfo`: Raft address, client address).
@@ -33,7 +34,6 @@ pub mod node;
 pub mod port;
 pub mod protocol;
 pub mod server;
-pub mod sessions;
 pub mod state;
 pub mod state_machine;
 pub mod store;

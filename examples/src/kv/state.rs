@@ -9,7 +9,7 @@ use raft_core::{Membership, NodeId};
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, KvError, Op, OpResult, Response};
-use super::sessions::Sessions;
+use raft_core::session::SessionTable;
 
 /// The first bytes of an encoded state (a snapshot): a magic word and the format version.
 /// Version 3 added session owners and 128-bit session ids, and made removed members permanent;
@@ -34,8 +34,9 @@ pub enum StateDecodeError {
 pub struct KvState {
     /// The map.
     pub data: BTreeMap<Bytes, Bytes>,
-    /// Open client sessions.
-    pub sessions: Sessions,
+    /// Open client sessions (raft-core's table: owned by the client certificate that opened
+    /// each, bounded, `O(log n)` eviction), keeping each write's response for retries.
+    pub sessions: SessionTable<String, Response>,
     /// The members of the latest membership entry applied (empty before the first: the
     /// bootstrap membership is no entry).
     pub members: BTreeSet<NodeId>,
@@ -65,7 +66,8 @@ impl KvState {
         match (command.op, command.session) {
             (Op::Register { id }, _) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
-                let incarnation = self.sessions.register(owner, id, op_id)?;
+                let incarnation =
+                    self.sessions.register(owner, id, op_id).map_err(KvError::from)?;
                 Ok(OpResult::Registered { id, incarnation })
             }
             (op, _) if op.is_read() => Ok(Self::execute_on(&mut self.data, op)),
@@ -73,7 +75,9 @@ impl KvState {
             (op, Some(session)) => {
                 let owner = owner.ok_or(KvError::UnknownSession)?;
                 let data = &mut self.data;
-                self.sessions.apply(owner, session, op_id, || Self::execute_on(data, op))
+                let answer =
+                    self.sessions.apply(owner, session, op_id, || Ok(Self::execute_on(data, op)));
+                answer.unwrap_or_else(|refused| Err(refused.into()))
             }
         }
     }
@@ -131,7 +135,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::kv::command::{SessionId, SessionRef};
-    use crate::kv::sessions::{MAX_PENDING_PER_SESSION, MAX_SESSIONS_PER_CLIENT};
+    const MAX_PENDING_PER_SESSION: usize =
+        raft_core::session::SessionLimits::DEFAULT.max_pending_per_session;
+    const MAX_SESSIONS_PER_CLIENT: usize =
+        raft_core::session::SessionLimits::DEFAULT.max_sessions_per_owner;
 
     const ALICE: Option<&str> = Some("client-alice.kv");
     const MALLORY: Option<&str> = Some("client-mallory.kv");

@@ -37,7 +37,7 @@
 //!   [`Engine::on_snapshot_skipped`]). `Restore` replaces the state; report it with
 //!   [`Engine::on_applied`] of its last included index.
 //! * The engine emits InstallSnapshot requests with empty `data`: fill in the
-//!   [`chunk_len`](crate::snapshot::chunk_len) bytes at `offset` of the snapshot from the store.
+//!   [`chunk_len`](crate::snapshot_meta::chunk_len) bytes at `offset` of the snapshot from the store.
 
 mod candidate;
 mod counters;
@@ -65,11 +65,11 @@ pub use self::membership::{MembershipProgress, MembershipRefusal};
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};
 pub use self::transfer::TransferRefusal;
+use crate::batch::{DurableState, WriteBatch};
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::message::{RpcRequest, RpcResponse};
-use crate::snapshot::SnapshotMeta;
-use crate::storage::{DurableState, WriteBatch};
+use crate::snapshot_meta::SnapshotMeta;
 use crate::types::{Entry, HardState, LogId, LogIndex, NodeId, Role, Status, Term};
 
 use self::log::RaftLog;

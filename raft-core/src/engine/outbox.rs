@@ -11,8 +11,8 @@
 //! durable from [`Engine::on_persisted`], which the driver calls in write order.
 
 use super::{Action, Engine, ReplyId};
+use crate::batch::WriteBatch;
 use crate::message::{RpcRequest, RpcResponse};
-use crate::storage::WriteBatch;
 use crate::types::{Entry, HardState, LogId, NodeId};
 
 /// What a finished write made durable, reported with [`Engine::on_persisted`]. Build it with

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use super::snapshot_send::TransferFailures;
-use crate::snapshot::SnapshotMeta;
+use crate::snapshot_meta::SnapshotMeta;
 use crate::types::LogIndex;
 
 /// How the leader replicates to a follower (etcd's `StateProbe` / `StateReplicate`).

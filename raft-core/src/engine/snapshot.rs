@@ -4,7 +4,7 @@
 
 use super::{Action, Engine, RoleState};
 use crate::message::{InstallSnapshotRequest, InstallSnapshotResponse, SnapshotRefusal};
-use crate::snapshot::{Checksum, SnapshotMeta};
+use crate::snapshot_meta::{Checksum, SnapshotMeta};
 use crate::types::{LogId, LogIndex, Term};
 
 /// The engine's snapshot bookkeeping.

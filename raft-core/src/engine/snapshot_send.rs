@@ -22,7 +22,7 @@ use super::{Engine, RoleState};
 use crate::message::{
     InstallSnapshotRequest, InstallSnapshotResponse, RpcRequest, SnapshotRefusal,
 };
-use crate::snapshot::chunk_len;
+use crate::snapshot_meta::chunk_len;
 use crate::types::{LogId, NodeId, SnapshotFailure};
 
 /// The longest back-off between failed snapshot transfers, in heartbeat intervals.

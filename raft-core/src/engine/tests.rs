@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::*;
 use crate::message::*;
-use crate::snapshot::SnapshotMeta;
+use crate::snapshot_meta::SnapshotMeta;
 use crate::types::EntryPayload;
 
 struct Node {
@@ -215,7 +215,7 @@ impl Cluster {
                         // The driver's job: fill the chunk from the snapshot store.
                         let (_, data, _) = self.nodes[&id].snapshot.as_ref().unwrap();
                         let chunk = self.nodes[&id].engine.config.snapshot_chunk_bytes;
-                        let len = crate::snapshot::chunk_len(req.meta.size, req.offset, chunk);
+                        let len = crate::snapshot_meta::chunk_len(req.meta.size, req.offset, chunk);
                         let start = req.offset as usize;
                         req.data = Bytes::copy_from_slice(&data[start..start + len as usize]);
                         if self.drop_chunks.remove(&req.offset) {
@@ -252,7 +252,7 @@ impl Cluster {
                         last_included,
                         membership,
                         size: data.len() as u64,
-                        checksum: crate::snapshot::Checksum::of(&data),
+                        checksum: crate::snapshot_meta::Checksum::of(&data),
                     };
                     node.snapshot = Some((meta.clone(), data, node.applied.clone()));
                     node.engine.on_snapshot_taken(meta);
@@ -279,7 +279,7 @@ impl Cluster {
                         .unwrap();
                     let node = self.nodes.get_mut(&id).unwrap();
                     let data = std::mem::take(&mut node.receiving);
-                    assert_eq!(crate::snapshot::Checksum::of(&data), meta.checksum);
+                    assert_eq!(crate::snapshot_meta::Checksum::of(&data), meta.checksum);
                     node.snapshot = Some((meta.clone(), data, entries));
                     node.durable_log.clear();
                     node.engine.on_snapshot_installed(meta.last_included);

@@ -50,7 +50,7 @@ use crate::error::{
     TransferError, WriteError,
 };
 use crate::membership::{Membership, NodeInfo};
-use crate::message::{RpcRequest, RpcResponse};
+use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::metrics::{NodeMetrics, PeerMetrics};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
@@ -183,6 +183,8 @@ impl Drop for WaitingRead<'_> {
 /// State shared by every clone of a [`Node`].
 struct Shared {
     id: NodeId,
+    /// The cluster and group this node serves: required on every inbound request.
+    address: peer::Address,
     max_payload_bytes: u64,
     heartbeat_interval: Duration,
     /// How long a membership change waits for an earlier one (or the leader's first commit).
@@ -273,14 +275,21 @@ pub(crate) struct PeerFactory {
     capacity: usize,
     metrics: Arc<NodeMetrics>,
     chunk_bytes: u64,
+    address: peer::Address,
 }
 
 impl PeerFactory {
     pub(crate) fn start(&self, peer: NodeId) -> peer::PeerQueue {
         let metrics = PeerMetrics::new(self.metrics.clone(), peer, self.chunk_bytes);
         let network = self.network.clone();
-        let (queue, task) =
-            peer::PeerQueue::new(peer, network, self.inputs.clone(), self.capacity, metrics);
+        let (queue, task) = peer::PeerQueue::new(
+            peer,
+            self.address,
+            network,
+            self.inputs.clone(),
+            self.capacity,
+            metrics,
+        );
         self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
         queue
     }
@@ -417,6 +426,7 @@ impl Node {
             capacity: max_in_flight_per_peer(&config),
             metrics: metrics.clone(),
             chunk_bytes: config.snapshot_chunk_bytes,
+            address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
         };
         let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
@@ -488,6 +498,7 @@ impl Node {
         Ok(Node {
             shared: Arc::new(Shared {
                 id,
+                address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
                 change_wait: Duration::from_millis(config.election_timeout_ms_max),
@@ -726,7 +737,9 @@ impl Node {
 
 #[async_trait]
 impl RpcHandler for Node {
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
+    async fn handle_rpc(&self, envelope: Envelope) -> Result<RpcResponse, RpcError> {
+        self.shared.address.accepts(self.shared.id, &envelope)?;
+        let request = envelope.request;
         self.ask(|reply| Input::Request { request, reply }).await.ok_or(RpcError::Shutdown)
     }
 }

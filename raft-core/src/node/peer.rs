@@ -11,10 +11,46 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use super::Input;
 use crate::engine::SentRequest;
-use crate::message::{RpcRequest, RpcResponse};
+use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::metrics::PeerMetrics;
-use crate::network::{Network, NetworkError};
-use crate::types::NodeId;
+use crate::network::{Network, NetworkError, RpcError};
+use crate::types::{ClusterId, GroupId, NodeId};
+
+/// What a node writes on the envelope of every request it sends, besides the receiver, and
+/// what it requires on every request it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Address {
+    pub(crate) cluster_id: ClusterId,
+    pub(crate) group_id: GroupId,
+}
+
+impl Address {
+    /// The envelope of `request` for `receiver`.
+    fn envelope(self, receiver: NodeId, request: RpcRequest) -> Envelope {
+        Envelope::new(self.cluster_id, self.group_id, receiver, request)
+    }
+
+    /// Whether node `id` of this cluster and group may handle `envelope`: the cluster first
+    /// (a node of another cluster may well have the same id), then the group, then the node.
+    pub(crate) fn accepts(self, id: NodeId, envelope: &Envelope) -> Result<(), RpcError> {
+        if envelope.cluster_id != self.cluster_id {
+            return Err(RpcError::WrongCluster {
+                expected: envelope.cluster_id,
+                actual: self.cluster_id,
+            });
+        }
+        if envelope.group_id != self.group_id {
+            return Err(RpcError::WrongGroup {
+                expected: envelope.group_id,
+                actual: self.group_id,
+            });
+        }
+        if envelope.receiver != id {
+            return Err(RpcError::WrongNode { expected: envelope.receiver, actual: id });
+        }
+        Ok(())
+    }
+}
 
 /// The main loop's end of a peer's sender task: its request queue. Dropping it stops the task
 /// at once, whatever its RPCs in flight are doing; the task then reports each of them, and each
@@ -30,6 +66,7 @@ impl PeerQueue {
     /// in flight and as many queued.
     pub(crate) fn new<N: Network + Clone>(
         peer: NodeId,
+        address: Address,
         network: N,
         inputs: Sender<Input>,
         max_in_flight: usize,
@@ -37,7 +74,7 @@ impl PeerQueue {
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (queue, requests) = async_channel::bounded(max_in_flight);
         let (stop_tx, stop) = oneshot::channel();
-        let task = run(peer, network, requests, stop, inputs, max_in_flight, metrics);
+        let task = run(peer, address, network, requests, stop, inputs, max_in_flight, metrics);
         (Self { queue, _stop: stop_tx }, task)
     }
 
@@ -60,8 +97,10 @@ enum Event {
 }
 
 /// Runs until the main loop drops its [`PeerQueue`] or stops listening.
+#[allow(clippy::too_many_arguments)]
 async fn run<N: Network + Clone>(
     peer: NodeId,
+    address: Address,
     network: N,
     requests: Receiver<RpcRequest>,
     mut stop: oneshot::Receiver<()>,
@@ -112,7 +151,8 @@ async fn run<N: Network + Clone>(
                 };
                 metrics.sending(&summary, payload);
                 sent.insert(id, (summary, metrics.now()));
-                in_flight.push(async move { (id, network.send(peer, request).await) });
+                let envelope = address.envelope(peer, request);
+                in_flight.push(async move { (id, network.send(envelope).await) });
             }
             Event::Closed => break,
         }

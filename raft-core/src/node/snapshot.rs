@@ -14,7 +14,7 @@ use super::applier::Waiter;
 use super::Input;
 use crate::error::{FatalError, ProposalError};
 use crate::membership::Membership;
-use crate::message::{RpcRequest, RpcResponse};
+use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError};
 use crate::snapshot::{
     chunk_len, Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter,
@@ -295,12 +295,9 @@ pub(super) struct ChunkFiller<N> {
 
 #[async_trait]
 impl<N: Network> Network for ChunkFiller<N> {
-    async fn send(
-        &self,
-        target: NodeId,
-        mut request: RpcRequest,
-    ) -> Result<RpcResponse, NetworkError> {
-        if let RpcRequest::InstallSnapshot(req) = &mut request {
+    async fn send(&self, mut envelope: Envelope) -> Result<RpcResponse, NetworkError> {
+        let target = envelope.receiver;
+        if let RpcRequest::InstallSnapshot(req) = &mut envelope.request {
             let len = chunk_len(req.meta.size, req.offset, self.chunk_bytes);
             if req.data.is_empty() && len > 0 {
                 let unavailable = |reason: String| NetworkError::Unreachable {
@@ -320,7 +317,7 @@ impl<N: Network> Network for ChunkFiller<N> {
                 req.data = data;
             }
         }
-        self.inner.send(target, request).await
+        self.inner.send(envelope).await
     }
 
     fn members_changed(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use raft_core::{
-    Bytes, Config, DurableState, Entry, LogId, LogIndex, LogStore, Membership, Network,
+    Bytes, Config, DurableState, Entry, Envelope, LogId, LogIndex, LogStore, Membership, Network,
     NetworkError, Node, NodeId, RpcError, RpcHandler, RpcRequest, RpcResponse, Runtime,
     SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter, StateMachine, StateMachineError,
     StorageError, WriteBatch,
@@ -186,7 +186,8 @@ pub struct FaultyNetwork<N> {
 
 #[async_trait]
 impl<N: Network> Network for FaultyNetwork<N> {
-    async fn send(&self, target: NodeId, request: RpcRequest) -> Result<RpcResponse, NetworkError> {
+    async fn send(&self, envelope: Envelope) -> Result<RpcResponse, NetworkError> {
+        let (target, request) = (envelope.receiver, &envelope.request);
         let faults = &self.faults;
         faults.sent.fetch_add(1, Ordering::SeqCst);
         if faults.panic_on_send.load(Ordering::SeqCst) {
@@ -201,7 +202,7 @@ impl<N: Network> Network for FaultyNetwork<N> {
         {
             futures::future::pending::<()>().await;
         }
-        self.inner.send(target, request).await
+        self.inner.send(envelope).await
     }
 }
 
@@ -284,8 +285,8 @@ pub struct Watched {
 
 #[async_trait]
 impl RpcHandler for Watched {
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
-        (self.seen)(&request);
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        (self.seen)(&request.request);
         self.node.handle_rpc(request).await
     }
 }

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, Entry, EntryPayload, LogId, NodeId,
-    RequestVoteRequest, RequestVoteResponse, RpcError, RpcHandler, RpcRequest, RpcResponse,
-    TimeoutNowResponse,
+    AppendEntriesRequest, AppendEntriesResponse, Entry, EntryPayload, Envelope, LogId, Network,
+    NetworkError, NodeId, RequestVoteRequest, RequestVoteResponse, RpcError, RpcHandler,
+    RpcRequest, RpcResponse, TimeoutNowResponse,
 };
 use raft_quic::quinn::Runtime;
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
@@ -97,6 +97,33 @@ pub fn bind_cluster(
     nets
 }
 
+/// Sends a bare request to a node of the default cluster and group, as the tests' raw RPCs do.
+#[async_trait]
+pub trait SendTo {
+    /// `Network::send` of `request` in an envelope for `target`.
+    async fn send_to(
+        &self,
+        target: NodeId,
+        request: RpcRequest,
+    ) -> Result<RpcResponse, NetworkError>;
+}
+
+#[async_trait]
+impl<N: Network> SendTo for N {
+    async fn send_to(
+        &self,
+        target: NodeId,
+        request: RpcRequest,
+    ) -> Result<RpcResponse, NetworkError> {
+        self.send(envelope(target, request)).await
+    }
+}
+
+/// `request` for `target` in the default cluster and group.
+pub fn envelope(target: NodeId, request: RpcRequest) -> Envelope {
+    Envelope::new(raft_core::DEFAULT_CLUSTER_ID, raft_core::DEFAULT_GROUP_ID, target, request)
+}
+
 /// Answers every request positively and counts calls. AppendEntries whose first entry carries
 /// the payload `b"gated"` wait until the gate is opened.
 pub struct TestHandler {
@@ -122,9 +149,9 @@ impl TestHandler {
 
 #[async_trait]
 impl RpcHandler for TestHandler {
-    async fn handle_rpc(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(match request {
+        Ok(match request.request {
             RpcRequest::RequestVote(r) => RpcResponse::RequestVote(RequestVoteResponse {
                 term: r.term,
                 vote_granted: true,

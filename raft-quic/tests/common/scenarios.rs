@@ -37,11 +37,11 @@ pub async fn round_trip(rt: Arc<dyn Runtime>) {
             if a == b {
                 continue;
             }
-            let r = bounded(&rt, "heartbeat", from.send(b, heartbeat(a))).await.unwrap();
+            let r = bounded(&rt, "heartbeat", from.send_to(b, heartbeat(a))).await.unwrap();
             assert_eq!(match_index(r), Some(7));
-            let r = bounded(&rt, "append", from.send(b, append(a, 3, 100, b""))).await.unwrap();
+            let r = bounded(&rt, "append", from.send_to(b, append(a, 3, 100, b""))).await.unwrap();
             assert_eq!(match_index(r), Some(10));
-            match bounded(&rt, "vote", from.send(b, vote(a))).await.unwrap() {
+            match bounded(&rt, "vote", from.send_to(b, vote(a))).await.unwrap() {
                 RpcResponse::RequestVote(v) => assert!(v.vote_granted),
                 other => panic!("unexpected {other:?}"),
             }
@@ -64,7 +64,7 @@ pub async fn concurrent_rpcs(rt: Arc<dyn Runtime>) {
     nets[1].serve(handler.clone());
     let calls = (0..300).map(|i| {
         let request = if i % 2 == 0 { heartbeat(1) } else { append(1, 2, 1000, b"") };
-        nets[0].send(2, request)
+        nets[0].send_to(2, request)
     });
     let results = bounded(&rt, "300 concurrent RPCs", join_all(calls)).await;
     assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
@@ -83,7 +83,7 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
     nets[0].serve(handler.clone());
     // Node 2 (authenticated as 2 by its certificate) claims to be node 3.
     for request in [heartbeat(3), vote(3)] {
-        match bounded(&rt, "spoofed RPC", nets[1].send(1, request)).await {
+        match bounded(&rt, "spoofed RPC", nets[1].send_to(1, request)).await {
             Err(NetworkError::Refused { peer: 1, reason }) => {
                 assert!(reason.contains("claims sender 3"), "{reason}");
                 assert!(reason.contains("authenticated as 2"), "{reason}");
@@ -93,7 +93,7 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
     }
     // The claim is checked from the header, before the body is read: an 8 MiB request is
     // refused with the same answer (the server stops the stream instead of reading it).
-    match bounded(&rt, "spoofed bulk RPC", nets[1].send(1, append(3, 8, 1 << 20, b""))).await {
+    match bounded(&rt, "spoofed bulk RPC", nets[1].send_to(1, append(3, 8, 1 << 20, b""))).await {
         Err(NetworkError::Refused { reason, .. }) => {
             assert!(reason.contains("claims sender 3"), "{reason}")
         }
@@ -101,7 +101,7 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
     }
     assert_eq!(handler.calls(), 0);
     // The honest request on the same connection is served.
-    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "honest RPC", nets[1].send_to(1, heartbeat(2))).await.unwrap();
     assert_eq!(handler.calls(), 1);
     for net in &nets {
         net.close().await;
@@ -113,15 +113,15 @@ pub async fn refuses_until_serving(rt: Arc<dyn Runtime>) {
     init_tracing();
     let ca = ClusterCa::generate().unwrap();
     let nets = bind_cluster(&ca, &[1, 2], &rt);
-    match bounded(&rt, "early RPC", nets[0].send(2, heartbeat(1))).await {
+    match bounded(&rt, "early RPC", nets[0].send_to(2, heartbeat(1))).await {
         Err(NetworkError::Refused { reason, .. }) => assert!(reason.contains("not serving")),
         other => panic!("request served without a handler: {other:?}"),
     }
     let handler = TestHandler::new(2);
     nets[1].serve(handler.clone());
-    bounded(&rt, "RPC", nets[0].send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC", nets[0].send_to(2, heartbeat(1))).await.unwrap();
     assert_eq!(handler.calls(), 1);
-    assert!(matches!(nets[0].send(9, heartbeat(1)).await, Err(NetworkError::UnknownPeer(9))));
+    assert!(matches!(nets[0].send_to(9, heartbeat(1)).await, Err(NetworkError::UnknownPeer(9))));
     for net in &nets {
         net.close().await;
     }
@@ -138,9 +138,9 @@ pub async fn unknown_node_with_a_cluster_certificate_is_served(rt: Arc<dyn Runti
     nets[0].serve(handler.clone());
     let newcomer = QuicNetwork::bind(test_config(&ca, 9, loopback()), rt.clone()).unwrap();
     newcomer.set_peer(1, nets[0].local_addr());
-    bounded(&rt, "RPC from an unknown node", newcomer.send(1, heartbeat(9))).await.unwrap();
+    bounded(&rt, "RPC from an unknown node", newcomer.send_to(1, heartbeat(9))).await.unwrap();
     assert_eq!(handler.calls(), 1);
-    match bounded(&rt, "spoofed sender", newcomer.send(1, heartbeat(2))).await {
+    match bounded(&rt, "spoofed sender", newcomer.send_to(1, heartbeat(2))).await {
         Err(NetworkError::Refused { .. }) => {}
         other => panic!("a request claiming another sender was served: {other:?}"),
     }
@@ -159,7 +159,7 @@ pub async fn server_must_prove_dialed_id(rt: Arc<dyn Runtime>) {
     let handler = TestHandler::new(2);
     nets[1].serve(handler.clone());
     nets[0].set_peer(3, nets[1].local_addr());
-    match bounded(&rt, "misdirected RPC", nets[0].send(3, heartbeat(1))).await {
+    match bounded(&rt, "misdirected RPC", nets[0].send_to(3, heartbeat(1))).await {
         Err(NetworkError::Unreachable { peer: 3, reason }) => {
             assert!(reason.to_lowercase().contains("certificate"), "{reason}")
         }
@@ -181,7 +181,7 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
     nets[0].serve(handler.clone());
     let intruder = QuicNetwork::bind(test_config(&foreign, 2, loopback()), rt.clone()).unwrap();
     intruder.set_peer(1, nets[0].local_addr());
-    let result = bounded(&rt, "intruder RPC", intruder.send(1, heartbeat(2))).await;
+    let result = bounded(&rt, "intruder RPC", intruder.send_to(1, heartbeat(2))).await;
     assert!(matches!(result, Err(NetworkError::Unreachable { .. })), "{result:?}");
 
     // A client that trusts the cluster CA but presents a foreign certificate: the handshake
@@ -215,7 +215,7 @@ pub async fn foreign_ca_is_refused(rt: Arc<dyn Runtime>) {
     assert!(refused.is_err(), "anonymous client accepted");
 
     assert_eq!(handler.calls(), 0);
-    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "honest RPC", nets[1].send_to(1, heartbeat(2))).await.unwrap();
     intruder.close().await;
     for net in &nets {
         net.close().await;
@@ -280,7 +280,7 @@ pub async fn dialed_by(
     net.set_peer(id, endpoint.local_addr().unwrap());
     let (rpc, outcome) = {
         let net = net.clone();
-        async move { net.send(id, heartbeat(net.node_id())).await }.remote_handle()
+        async move { net.send_to(id, heartbeat(net.node_id())).await }.remote_handle()
     };
     rt.spawn(Box::pin(rpc));
     let incoming = bounded(rt, "the dial", endpoint.accept()).await.unwrap();
@@ -297,7 +297,7 @@ pub async fn raw_rpc(
 ) -> Result<WireResponse, String> {
     bounded(rt, "raw RPC", async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let request = frame::encode_request(&heartbeat(sender), 1 << 20).unwrap();
+        let request = frame::encode_request(&envelope(1, heartbeat(sender)), 1 << 20).unwrap();
         send.write_all(&request).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let bytes = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
@@ -318,13 +318,13 @@ pub async fn reconnects_after_restart(rt: Arc<dyn Runtime>) {
     drop(nets);
     let handler = TestHandler::new(2);
     net2.serve(handler.clone());
-    bounded(&rt, "first RPC", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "first RPC", net1.send_to(2, heartbeat(1))).await.unwrap();
     let addr2 = net2.local_addr();
 
     // Stop node 2: RPCs fail (without hanging) while it is down.
     net2.close().await;
     drop(net2);
-    let down = bounded(&rt, "RPC to a stopped node", net1.send(2, heartbeat(1))).await;
+    let down = bounded(&rt, "RPC to a stopped node", net1.send_to(2, heartbeat(1))).await;
     assert!(down.is_err(), "{down:?}");
 
     // Restart it on the same address. The old socket may take a moment to be released.
@@ -342,14 +342,14 @@ pub async fn reconnects_after_restart(rt: Arc<dyn Runtime>) {
 
     eventually(&rt, "reconnect to the restarted node", Duration::from_millis(20), || {
         let net1 = net1.clone();
-        async move { net1.send(2, heartbeat(1)).await.ok() }
+        async move { net1.send_to(2, heartbeat(1)).await.ok() }
     })
     .await;
     assert!(handler2.calls() >= 1);
     // And the restarted node can dial back.
     let handler1 = TestHandler::new(1);
     net1.serve(handler1.clone());
-    bounded(&rt, "RPC from the restarted node", restarted.send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "RPC from the restarted node", restarted.send_to(1, heartbeat(2))).await.unwrap();
     assert_eq!(handler1.calls(), 1);
     restarted.close().await;
     net1.close().await;
@@ -367,12 +367,12 @@ pub async fn large_batches_do_not_block_heartbeats(rt: Arc<dyn Runtime>) {
 
     // Four 8 MiB batches (8 entries of 1 MiB), each gated in the handler.
     let mut bulk: futures::stream::FuturesUnordered<_> =
-        (0..4).map(|_| nets[0].send(2, append(1, 8, 1 << 20, b"gated"))).collect();
+        (0..4).map(|_| nets[0].send_to(2, append(1, 8, 1 << 20, b"gated"))).collect();
     // While they are outstanding, small RPCs go through, many times over.
     let small = async {
         for _ in 0..20 {
-            nets[0].send(2, heartbeat(1)).await.unwrap();
-            nets[0].send(2, vote(1)).await.unwrap();
+            nets[0].send_to(2, heartbeat(1)).await.unwrap();
+            nets[0].send_to(2, vote(1)).await.unwrap();
         }
     };
     let mut small = std::pin::pin!(small);
@@ -412,11 +412,11 @@ pub async fn oversized_frames(rt: Arc<dyn Runtime>) {
     net2.serve(handler.clone());
 
     let too_big_for_sender = append(1, 5, 1 << 20, b"");
-    let result = net1.send(2, too_big_for_sender).await;
+    let result = net1.send_to(2, too_big_for_sender).await;
     assert!(matches!(result, Err(NetworkError::Codec(_))), "{result:?}");
 
     let too_big_for_receiver = append(1, 2, 1 << 20, b"");
-    let result = bounded(&rt, "oversized RPC", net1.send(2, too_big_for_receiver)).await;
+    let result = bounded(&rt, "oversized RPC", net1.send_to(2, too_big_for_receiver)).await;
     match result {
         Err(NetworkError::Refused { reason, .. }) => {
             assert!(reason.contains(&format!("code {}", code::FRAME_TOO_LARGE)), "{reason}")
@@ -424,7 +424,7 @@ pub async fn oversized_frames(rt: Arc<dyn Runtime>) {
         other => panic!("oversized frame accepted: {other:?}"),
     }
     assert_eq!(handler.calls(), 0);
-    bounded(&rt, "RPC after the oversized one", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC after the oversized one", net1.send_to(2, heartbeat(1))).await.unwrap();
     assert_eq!(handler.calls(), 1);
     net1.close().await;
     net2.close().await;
@@ -437,11 +437,11 @@ pub async fn close_is_final(rt: Arc<dyn Runtime>) {
     let nets = bind_cluster(&ca, &[1, 2], &rt);
     nets[0].serve(TestHandler::new(1));
     nets[1].serve(TestHandler::new(2));
-    bounded(&rt, "RPC", nets[0].send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC", nets[0].send_to(2, heartbeat(1))).await.unwrap();
     nets[0].close().await;
     nets[0].close().await;
-    assert!(matches!(nets[0].send(2, heartbeat(1)).await, Err(NetworkError::Shutdown)));
-    let result = bounded(&rt, "RPC to a closed node", nets[1].send(1, heartbeat(2))).await;
+    assert!(matches!(nets[0].send_to(2, heartbeat(1)).await, Err(NetworkError::Shutdown)));
+    let result = bounded(&rt, "RPC to a closed node", nets[1].send_to(1, heartbeat(2))).await;
     assert!(result.is_err(), "{result:?}");
     nets[1].close().await;
 }
@@ -478,7 +478,7 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     })
     .await;
 
-    let valid = frame::encode_request(&heartbeat(2), 1 << 20).unwrap().to_vec();
+    let valid = frame::encode_request(&envelope(1, heartbeat(2)), 1 << 20).unwrap().to_vec();
     let mut trailing = valid.clone();
     trailing.push(0);
     let len = (trailing.len() - 4) as u32;
@@ -488,7 +488,8 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     undecodable.extend(2u64.to_be_bytes());
     undecodable.extend([0xff; 4]);
     // More log entries than node 1 decodes in one frame (`max_decoded_items` 1,000).
-    let crowded = frame::encode_request(&append(2, 2_000, 0, b""), 1 << 20).unwrap().to_vec();
+    let crowded =
+        frame::encode_request(&envelope(1, append(2, 2_000, 0, b"")), 1 << 20).unwrap().to_vec();
     let cases: Vec<(&str, Vec<u8>, bool, quinn::VarInt)> = vec![
         ("garbage", b"\xde\xad\xbe\xef garbage".to_vec(), true, code::FRAME_TOO_LARGE),
         ("zero length", vec![0, 0, 0, 0, v], true, code::DECODE_ERROR),
@@ -533,7 +534,7 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     let (response, _) = frame::decode::<WireResponse>(&response, 1 << 20, LIMITS).unwrap();
     assert!(matches!(response, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{response:?}");
     // ...and so does the node to everyone else.
-    bounded(&rt, "RPC from another peer", net3.send(1, heartbeat(3))).await.unwrap();
+    bounded(&rt, "RPC from another peer", net3.send_to(1, heartbeat(3))).await.unwrap();
     assert_eq!(handler.calls(), 2);
 
     conn.close(0u32.into(), b"");
@@ -565,17 +566,17 @@ pub async fn reconnects_after_link_break(rt: Arc<dyn Runtime>) {
     net2.set_peer(1, net1.local_addr());
     let handler = TestHandler::new(2);
     net2.serve(handler.clone());
-    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC over the proxy", net1.send_to(2, heartbeat(1))).await.unwrap();
 
     proxy.block();
-    let broken = bounded(&rt, "RPC over a broken link", net1.send(2, heartbeat(1))).await;
+    let broken = bounded(&rt, "RPC over a broken link", net1.send_to(2, heartbeat(1))).await;
     assert!(broken.is_err(), "{broken:?}");
     // Long enough for both sides' idle timers to fire.
     sleep(&rt, idle * 3).await;
     proxy.unblock();
     eventually(&rt, "RPC after the link healed", Duration::from_millis(20), || {
         let net1 = net1.clone();
-        async move { net1.send(2, heartbeat(1)).await.ok() }
+        async move { net1.send_to(2, heartbeat(1)).await.ok() }
     })
     .await;
     net1.close().await;
@@ -600,7 +601,7 @@ pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
     net1.set_peer(2, proxy.addr());
     net2.set_peer(1, net1.local_addr());
     net2.serve(TestHandler::new(2));
-    bounded(&rt, "RPC over the proxy", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC over the proxy", net1.send_to(2, heartbeat(1))).await.unwrap();
     eventually(&rt, "the connection off its handshake id", Duration::from_millis(20), || {
         let moved = proxy.client_uses_a_private_id();
         async move { moved.then_some(()) }
@@ -625,7 +626,7 @@ pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
 
     eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
         let net1 = net1.clone();
-        async move { net1.send(2, heartbeat(1)).await.ok() }
+        async move { net1.send_to(2, heartbeat(1)).await.ok() }
     })
     .await;
     assert!(handler.calls() >= 1);
@@ -647,9 +648,9 @@ pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
     let handler = TestHandler::new(2);
     net2.serve(handler.clone());
     let gate = handler.close_gate();
-    let held = bounded(&rt, "held RPC", net1.send(2, append(1, 1, 10, b"gated"))).await;
+    let held = bounded(&rt, "held RPC", net1.send_to(2, append(1, 1, 10, b"gated"))).await;
     assert!(matches!(held, Err(NetworkError::Timeout(2))), "{held:?}");
-    bounded(&rt, "RPC after a timeout", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC after a timeout", net1.send_to(2, heartbeat(1))).await.unwrap();
     drop(gate);
     net1.close().await;
     net2.close().await;
@@ -673,7 +674,7 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
         assert!(result.is_err(), "{name}: a certificate without the node role was served");
     }
     assert_eq!(handler.calls(), 0);
-    bounded(&rt, "honest RPC", nets[1].send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "honest RPC", nets[1].send_to(1, heartbeat(2))).await.unwrap();
     assert_eq!(handler.calls(), 1);
     for net in &nets {
         net.close().await;
@@ -688,30 +689,31 @@ pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
     let nets = bind_cluster(&ca, &[1, 2, 3], &rt);
     let handler = TestHandler::new(1);
     nets[0].serve(handler.clone());
-    bounded(&rt, "RPC before the removal", nets[1].send(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "RPC before the removal", nets[1].send_to(1, heartbeat(2))).await.unwrap();
     assert_eq!(handler.calls(), 1);
 
     nets[0].refuse(2);
     assert_eq!(nets[0].refused().into_iter().collect::<Vec<_>>(), [2]);
     // Node 1 no longer sends to it either.
-    let to_removed = nets[0].send(2, heartbeat(1)).await;
+    let to_removed = nets[0].send_to(2, heartbeat(1)).await;
     assert!(matches!(to_removed, Err(NetworkError::UnknownPeer(2))), "{to_removed:?}");
     nets[0].set_peer(2, nets[1].local_addr());
-    assert!(matches!(nets[0].send(2, heartbeat(1)).await, Err(NetworkError::UnknownPeer(2))));
+    assert!(matches!(nets[0].send_to(2, heartbeat(1)).await, Err(NetworkError::UnknownPeer(2))));
     // Its existing connection is closed, and redialing fails.
     for attempt in 0..5 {
-        let result = bounded(&rt, "RPC from the removed node", nets[1].send(1, heartbeat(2))).await;
+        let result =
+            bounded(&rt, "RPC from the removed node", nets[1].send_to(1, heartbeat(2))).await;
         assert!(result.is_err(), "attempt {attempt}: a removed node was served: {result:?}");
     }
     // A fresh endpoint with node 2's certificate fares no better.
     let again = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
     again.set_peer(1, nets[0].local_addr());
-    let result = bounded(&rt, "RPC from a new endpoint of 2", again.send(1, heartbeat(2))).await;
+    let result = bounded(&rt, "RPC from a new endpoint of 2", again.send_to(1, heartbeat(2))).await;
     assert!(result.is_err(), "{result:?}");
     assert_eq!(handler.calls(), 1);
     assert!(nets[0].accept_stats().rejected >= 1, "{:?}", nets[0].accept_stats());
     // Others carry on.
-    bounded(&rt, "RPC from node 3", nets[2].send(1, heartbeat(3))).await.unwrap();
+    bounded(&rt, "RPC from node 3", nets[2].send_to(1, heartbeat(3))).await.unwrap();
     assert_eq!(handler.calls(), 2);
 
     // Refused from the start.
@@ -722,7 +724,7 @@ pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
     net4.serve(handler4.clone());
     nets[2].set_peer(4, net4.local_addr());
     let result =
-        bounded(&rt, "RPC from a node refused at bind", nets[2].send(4, heartbeat(3))).await;
+        bounded(&rt, "RPC from a node refused at bind", nets[2].send_to(4, heartbeat(3))).await;
     assert!(result.is_err(), "{result:?}");
     assert_eq!(handler4.calls(), 0);
     again.close().await;
@@ -762,12 +764,13 @@ pub async fn nodes_of_two_cas_interoperate_during_a_roll_over(rt: Arc<dyn Runtim
         }
         a.serve(TestHandler::new(a.node_id()));
     }
-    bounded(&rt, "old-CA node to new-CA node", net1.send(2, heartbeat(1))).await.unwrap();
-    bounded(&rt, "new-CA node to old-CA node", net2.send(1, heartbeat(2))).await.unwrap();
-    bounded(&rt, "old-only node to old-CA node", net3.send(1, heartbeat(3))).await.unwrap();
-    let refused = bounded(&rt, "new-CA node to an old-only node", net2.send(3, heartbeat(2))).await;
+    bounded(&rt, "old-CA node to new-CA node", net1.send_to(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "new-CA node to old-CA node", net2.send_to(1, heartbeat(2))).await.unwrap();
+    bounded(&rt, "old-only node to old-CA node", net3.send_to(1, heartbeat(3))).await.unwrap();
+    let refused =
+        bounded(&rt, "new-CA node to an old-only node", net2.send_to(3, heartbeat(2))).await;
     assert!(refused.is_err(), "{refused:?}");
-    let refused = bounded(&rt, "old-only node to new-CA node", net3.send(2, heartbeat(3))).await;
+    let refused = bounded(&rt, "old-only node to new-CA node", net3.send_to(2, heartbeat(3))).await;
     assert!(refused.is_err(), "{refused:?}");
     for net in nets {
         net.close().await;
@@ -818,7 +821,9 @@ pub async fn renewed_certificate_is_used_by_new_connections(rt: Arc<dyn Runtime>
     // Dialing out uses the new certificate too: node 2 (trusting both CAs from now on) serves
     // node 1 on a new connection.
     nets[1].update_tls(&material(&old, 2, &[&old, &new])).unwrap();
-    bounded(&rt, "RPC with the renewed certificate", nets[0].send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC with the renewed certificate", nets[0].send_to(2, heartbeat(1)))
+        .await
+        .unwrap();
     assert_eq!(handler2.calls(), 1);
     for net in &nets {
         net.close().await;
@@ -868,7 +873,7 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
     };
     rt.spawn(Box::pin(accepting));
     nets[0].set_peer(3, old_endpoint.local_addr().unwrap());
-    match bounded(&rt, "RPC to an old node", nets[0].send(3, heartbeat(1))).await {
+    match bounded(&rt, "RPC to an old node", nets[0].send_to(3, heartbeat(1))).await {
         Err(NetworkError::Unreachable { peer: 3, reason }) => {
             assert!(reason.contains("another protocol or wire version"), "{reason}")
         }
@@ -898,27 +903,27 @@ pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runti
 
     // Three requests of ~100 KB, held in the handler: two fit the 256 KiB budget, the third
     // waits for one of them to be answered.
-    let requests = (0..3).map(|_| net1.send(2, append(1, 2, 100_000, b"gated")));
+    let requests = (0..3).map(|_| net1.send_to(2, append(1, 2, 100_000, b"gated")));
     let results = only_some_reach_the_handler(&rt, &handler, requests, 2).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(handler.calls(), 3);
 
     // 5,000 entries of 80 bytes each in memory: more than the whole budget.
-    match bounded(&rt, "crowded request", net1.send(2, append(1, 5_000, 0, b""))).await {
+    match bounded(&rt, "crowded request", net1.send_to(2, append(1, 5_000, 0, b""))).await {
         Err(NetworkError::Refused { reason, .. }) => {
             assert!(reason.contains(&format!("code {}", code::BUSY)), "{reason}")
         }
         other => panic!("a request beyond the memory budget was served: {other:?}"),
     }
     assert_eq!(handler.calls(), 3);
-    bounded(&rt, "RPC after the busy one", net1.send(2, heartbeat(1))).await.unwrap();
+    bounded(&rt, "RPC after the busy one", net1.send_to(2, heartbeat(1))).await.unwrap();
     net1.close().await;
     net2.close().await;
 }
 
 /// Whether `net` has an address for `id` (a heartbeat is answered), or not (`UnknownPeer`).
 async fn reaches_peer(net: QuicNetwork, id: NodeId) -> bool {
-    match net.send(id, heartbeat(1)).await {
+    match net.send_to(id, heartbeat(1)).await {
         Ok(_) => true,
         Err(NetworkError::UnknownPeer(_)) => false,
         Err(other) => panic!("{other:?}"),

@@ -128,7 +128,7 @@ fn extreme_terms_indexes_and_snapshots_are_refused_without_overflow() {
         last_included: LogId::new(term, index),
         membership: Membership::with_voters([1, 2, 3]),
         size: 4,
-        checksum: crate::snapshot::Checksum::of(b"abcd"),
+        checksum: crate::snapshot_meta::Checksum::of(b"abcd"),
     };
     let chunk = |meta, offset, data: &'static [u8], done| InstallSnapshotRequest {
         term,
@@ -401,7 +401,7 @@ fn a_leader_refuses_a_membership_its_followers_would_refuse() {
         last_included: LogId::new(1, 10),
         membership: Membership::from_ids([1], 2..=max).unwrap(),
         size: 0,
-        checksum: crate::snapshot::Checksum::of(b""),
+        checksum: crate::snapshot_meta::Checksum::of(b""),
     };
     let durable = DurableState {
         hard_state: HardState { current_term: 1, voted_for: None },
@@ -655,7 +655,7 @@ impl Target {
                         last_included: id(*last),
                         membership: Membership::with_voters([1, 2, 3]),
                         size,
-                        checksum: crate::snapshot::Checksum::of(&data),
+                        checksum: crate::snapshot_meta::Checksum::of(&data),
                     },
                     offset: offset.at(0, size),
                     data: Bytes::from(data),

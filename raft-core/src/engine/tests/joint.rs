@@ -279,7 +279,7 @@ fn a_cluster_restarted_from_snapshots_taken_in_the_joint_phase_finishes_the_chan
         last_included: LogId::new(2, 10),
         membership: joint.clone(),
         size: data.len() as u64,
-        checksum: crate::snapshot::Checksum::of(&data),
+        checksum: crate::snapshot_meta::Checksum::of(&data),
     };
     let mut c = Cluster::with_configs(snapshot_configs(4));
     let hard_state = HardState { current_term: 2, voted_for: None };

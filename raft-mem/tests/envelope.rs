@@ -1,0 +1,186 @@
+//! Every request travels in an `Envelope` naming its receiver, cluster and group, and a node
+//! answers only requests addressed to itself (issue 17.3). These tests run real `Node`s on the
+//! deterministic executor (virtual time, one seed): a transport that reaches the wrong node, or a
+//! node of another cluster, must not let a leader count that node's answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raft_core::{
+    Bytes, Config, Entry, Envelope, Membership, Node, NodeId, RequestVoteRequest, Role, RpcError,
+    RpcHandler, RpcRequest, StateMachine, StateMachineError, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
+};
+use raft_mem::sim::SimRuntime;
+use raft_mem::{MemLogStore, MemNetwork};
+
+const SEED: u64 = 17;
+
+/// Answers every command with nothing.
+struct Nothing;
+
+#[async_trait]
+impl StateMachine for Nothing {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        Ok(entries.iter().map(|_| Bytes::new()).collect())
+    }
+}
+
+fn config(id: NodeId, cluster_id: u64) -> Config {
+    let mut config = Config::new(id);
+    config.cluster_id = cluster_id;
+    config.tick_interval_ms = 5;
+    config.heartbeat_interval_ms = 25;
+    config.election_timeout_ms_min = 150;
+    config.election_timeout_ms_max = 300;
+    config
+}
+
+/// Starts node `id` of cluster `cluster_id` on `network`, bootstrapped with `voters`.
+fn start(
+    rt: &SimRuntime,
+    network: &MemNetwork,
+    id: NodeId,
+    cluster_id: u64,
+    voters: &[NodeId],
+) -> Node {
+    let builder = Node::builder(
+        config(id, cluster_id),
+        MemLogStore::new(),
+        network.endpoint(id),
+        Nothing,
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters(voters.iter().copied()));
+    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+    network.register(id, std::sync::Arc::new(node.clone()));
+    node
+}
+
+fn vote_request(term: u64, candidate_id: NodeId) -> RpcRequest {
+    RpcRequest::RequestVote(RequestVoteRequest {
+        term,
+        candidate_id,
+        last_log_id: raft_core::LogId::new(1, 1),
+        pre_vote: false,
+        leadership_transfer: false,
+    })
+}
+
+/// A request addressed to another node, cluster or group is refused with a typed error, and
+/// the node's state does not change (a vote of a much higher term would raise its term).
+#[test]
+fn a_node_refuses_requests_addressed_to_another_node_cluster_or_group() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let node = start(&rt, &network, 1, 7, &[1, 2, 3]);
+    let before = node.status();
+    let cases = [
+        (
+            Envelope::new(7, DEFAULT_GROUP_ID, 2, vote_request(50, 3)),
+            RpcError::WrongNode { expected: 2, actual: 1 },
+        ),
+        (
+            Envelope::new(8, DEFAULT_GROUP_ID, 1, vote_request(50, 3)),
+            RpcError::WrongCluster { expected: 8, actual: 7 },
+        ),
+        (
+            Envelope::new(7, 4, 1, vote_request(50, 3)),
+            RpcError::WrongGroup { expected: 4, actual: DEFAULT_GROUP_ID },
+        ),
+    ];
+    for (envelope, refusal) in cases {
+        let handler = node.clone();
+        let answer = rt
+            .block_on(
+                Duration::from_secs(5),
+                async move { handler.handle_rpc(envelope).await },
+                || {},
+            )
+            .unwrap();
+        assert_eq!(answer, Err(refusal));
+    }
+    let after = node.status();
+    assert_eq!(after.current_term, before.current_term, "a refused request changed the term");
+    // The same request, rightly addressed, is answered (and raises the term).
+    let handler = node.clone();
+    let envelope = Envelope::new(7, DEFAULT_GROUP_ID, 1, vote_request(50, 3));
+    let answer = rt
+        .block_on(Duration::from_secs(5), async move { handler.handle_rpc(envelope).await }, || {})
+        .unwrap();
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(node.status().current_term, 50);
+}
+
+/// Runs the cluster for `duration` of virtual time and returns every node that was ever leader.
+fn leaders_during(
+    rt: &SimRuntime,
+    nodes: &BTreeMap<NodeId, Node>,
+    duration: Duration,
+) -> Vec<NodeId> {
+    let mut leaders = Vec::new();
+    rt.run_for(duration, || {
+        for (&id, node) in nodes {
+            if node.status().role == Role::Leader && !leaders.contains(&id) {
+                leaders.push(id);
+            }
+        }
+    });
+    leaders
+}
+
+/// Five voters, of which only 1 and 2 run; the transport sends whatever is meant for 3, 4 and
+/// 5 to node 2 (stale addresses). If node 2 answered those requests, node 1 would count its one
+/// vote as four and lead (and commit) with two of five voters. Node 2 refuses them
+/// (`WrongNode`), so no leader can be elected until a real majority runs.
+#[test]
+fn a_leader_never_counts_an_answer_from_the_wrong_node() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let voters = [1, 2, 3, 4, 5];
+    let mut nodes = BTreeMap::new();
+    for id in [1, 2] {
+        nodes.insert(id, start(&rt, &network, id, DEFAULT_CLUSTER_ID, &voters));
+    }
+    for stale in [3, 4, 5] {
+        network.misroute(stale, 2);
+    }
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
+    assert!(leaders.is_empty(), "seed {SEED}: nodes {leaders:?} led with two of five voters");
+    // Once the routes are right and a real majority runs, a leader is elected.
+    network.heal();
+    nodes.insert(3, start(&rt, &network, 3, DEFAULT_CLUSTER_ID, &voters));
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
+    assert!(!leaders.is_empty(), "seed {SEED}: no leader with three of five voters");
+    for node in nodes.values() {
+        let node = node.clone();
+        rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    }
+}
+
+/// Voters 1, 2 and 3, of which 1 runs and a node of another cluster answers at id 2's place (a
+/// reused address). Node 1 must not count its votes: no leader until node 2 of its own
+/// cluster runs.
+#[test]
+fn a_node_of_another_cluster_is_not_counted() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let voters = [1, 2, 3];
+    let mut nodes = BTreeMap::new();
+    nodes.insert(1, start(&rt, &network, 1, 100, &voters));
+    nodes.insert(2, start(&rt, &network, 2, 200, &voters));
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
+    // Node 2 of cluster 200 has no peer of its own cluster either: neither may lead.
+    assert!(leaders.is_empty(), "seed {SEED}: nodes {leaders:?} led with a foreign node's votes");
+    let foreign = nodes.remove(&2).unwrap();
+    network.unregister(2);
+    rt.block_on(Duration::from_secs(5), async move { foreign.shutdown().await }, || {});
+    nodes.insert(3, start(&rt, &network, 3, 100, &voters));
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
+    assert!(!leaders.is_empty(), "seed {SEED}: no leader with two of three voters");
+    for node in nodes.values() {
+        let node = node.clone();
+        rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    }
+}
