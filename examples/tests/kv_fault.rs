@@ -21,7 +21,7 @@ use examples::kv::{ClientError, ClientOptions, Connections, KvClient};
 use examples::linearizability::kv::{
     check_kv_history, format_explanation, save_history, KvOperation,
 };
-use examples::linearizability::{Budget, Outcome, Verdict};
+use examples::linearizability::{Budget, OpOutcome, Verdict};
 use raft_core::NodeId;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -34,7 +34,7 @@ const CHAOS: Duration = Duration::from_secs(30);
 /// Hang guard for waits.
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Budget of the linearizability search (steps; bounded, so the check ends).
-const CHECK_BUDGET: Budget = Budget { steps: 20_000_000 };
+const CHECK_BUDGET: Budget = Budget { steps: 20_000_000, states: 2_000_000 };
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -56,7 +56,7 @@ struct Recorder {
 
 impl Recorder {
     fn record(&self, op: KvOperation) {
-        if op.output().is_some() {
+        if op.outcome.ok().is_some() {
             self.ok.fetch_add(1, Ordering::Relaxed);
         } else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
@@ -65,18 +65,20 @@ impl Recorder {
     }
 }
 
-/// What to record for an outcome: `Returned` if known (now), `Unknown` if the operation may
-/// have happened, `None` if it certainly did not happen (not recorded).
-fn outcome<T>(
+/// The record of `op`, called at `call` and ended now with `result`; `None` if it certainly did
+/// not happen (not recorded).
+fn record<T>(
+    (client, op, call): (u64, Op, Duration),
     result: &Result<T, ClientError>,
     start: Instant,
     output: impl FnOnce(&T) -> OpResult,
-) -> Option<Outcome<OpResult>> {
-    match result {
-        Ok(value) => Some(Outcome::Returned { output: output(value), at: start.elapsed() }),
-        Err(e) if e.outcome_unknown() => Some(Outcome::Unknown),
-        Err(_) => None,
-    }
+) -> Option<KvOperation> {
+    let (ret, outcome) = match result {
+        Ok(value) => (Some(start.elapsed()), OpOutcome::Ok(output(value))),
+        Err(e) if e.outcome_unknown() => (None, OpOutcome::Unknown),
+        Err(_) => return None,
+    };
+    Some(KvOperation { client, op, call, ret, outcome })
 }
 
 async fn client_loop(
@@ -95,15 +97,16 @@ async fn client_loop(
         let unique = b(&format!("c{id}-{n}"));
         let call = start.elapsed();
         let roll = rng.next_u64() % 100;
-        let (input, output) = if roll < 35 {
+        let operation = if roll < 35 {
             let r = client.get(key.clone()).await;
-            (Op::Get { key }, outcome(&r, start, |v| OpResult::Value(v.clone())))
+            record((id, Op::Get { key }, call), &r, start, |v| OpResult::Value(v.clone()))
         } else if roll < 60 {
             let r = client.put(key.clone(), unique.clone()).await;
-            (Op::Put { key, value: unique }, outcome(&r, start, |()| OpResult::Written))
+            record((id, Op::Put { key, value: unique }, call), &r, start, |()| OpResult::Written)
         } else if roll < 70 {
             let r = client.delete(key.clone()).await;
-            (Op::Delete { key }, outcome(&r, start, |&existed| OpResult::Deleted { existed }))
+            let op = Op::Delete { key };
+            record((id, op, call), &r, start, |&existed| OpResult::Deleted { existed })
         } else if roll < 90 {
             // Compare-and-swap from a value this client may have seen, or from absent.
             let expected = if rng.next_u64() % 4 == 0 {
@@ -116,10 +119,8 @@ async fn client_loop(
                 )))
             };
             let r = client.cas(key.clone(), expected.clone(), Some(unique.clone())).await;
-            (
-                Op::Cas { key, expected, new: Some(unique) },
-                outcome(&r, start, |&swapped| OpResult::Cas { swapped }),
-            )
+            let op = Op::Cas { key, expected, new: Some(unique) };
+            record((id, op, call), &r, start, |&swapped| OpResult::Cas { swapped })
         } else {
             // A write to a key of its own: must survive everything once acknowledged.
             let own = b(&format!("own-{id}-{n}"));
@@ -127,14 +128,14 @@ async fn client_loop(
             if r.is_ok() {
                 recorder.acknowledged.lock().unwrap().push((own.clone(), unique.clone()));
             }
-            if let Some(outcome) = outcome(&r, start, |()| OpResult::Written) {
-                let input = Op::Put { key: own, value: unique };
-                recorder.record(KvOperation { client: id, input, call, outcome });
+            let op = Op::Put { key: own, value: unique };
+            if let Some(operation) = record((id, op, call), &r, start, |()| OpResult::Written) {
+                recorder.record(operation);
             }
             continue;
         };
-        if let Some(outcome) = output {
-            recorder.record(KvOperation { client: id, input, call, outcome });
+        if let Some(operation) = operation {
+            recorder.record(operation);
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % 10)).await;
     }
@@ -303,13 +304,13 @@ async fn linearizable_under_crashes_and_partitions() {
     for key in KEYS {
         let call = start.elapsed();
         let value = reader.get(key).await.expect("final read");
-        recorder.record(KvOperation::returned(
-            CLIENTS,
-            Op::Get { key: b(key) },
-            OpResult::Value(value),
+        recorder.record(KvOperation {
+            client: CLIENTS,
+            op: Op::Get { key: b(key) },
             call,
-            start.elapsed(),
-        ));
+            ret: Some(start.elapsed()),
+            outcome: OpOutcome::Ok(OpResult::Value(value)),
+        });
     }
     let acknowledged = recorder.acknowledged.lock().unwrap().clone();
     let mut lost = Vec::new();

@@ -19,7 +19,7 @@ use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessClust
 use examples::kv::command::{Op, OpResult};
 use examples::kv::{ClientOptions, Connections, KvClient};
 use examples::linearizability::kv::{check_kv_history, format_history, KvOperation};
-use examples::linearizability::{Budget, Outcome, Verdict};
+use examples::linearizability::{Budget, OpOutcome, Verdict};
 use raft_core::NodeId;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -60,8 +60,8 @@ impl History {
         let result = kv.get("x").await;
         let ret = self.start.elapsed();
         if let Ok(value) = result {
-            let outcome = Outcome::Returned { output: OpResult::Value(value), at: ret };
-            self.push(client, Op::Get { key: key() }, call, outcome);
+            let outcome = OpOutcome::Ok(OpResult::Value(value));
+            self.push(client, Op::Get { key: key() }, call, Some(ret), outcome);
         }
     }
 
@@ -72,16 +72,24 @@ impl History {
         let input = Op::Put { key: key(), value: Bytes::from(value) };
         match result {
             Ok(()) => {
-                let outcome = Outcome::Returned { output: OpResult::Written, at: ret };
-                self.push(client, input, call, outcome);
+                self.push(client, input, call, Some(ret), OpOutcome::Ok(OpResult::Written));
             }
-            Err(e) if e.outcome_unknown() => self.push(client, input, call, Outcome::Unknown),
+            Err(e) if e.outcome_unknown() => {
+                self.push(client, input, call, None, OpOutcome::Unknown)
+            }
             Err(_) => {}
         }
     }
 
-    fn push(&self, client: u64, input: Op, call: Duration, outcome: Outcome<OpResult>) {
-        self.ops.lock().unwrap().push(KvOperation { client, input, call, outcome });
+    fn push(
+        &self,
+        client: u64,
+        op: Op,
+        call: Duration,
+        ret: Option<Duration>,
+        outcome: OpOutcome<OpResult>,
+    ) {
+        self.ops.lock().unwrap().push(KvOperation { client, op, call, ret, outcome });
     }
 }
 
@@ -135,7 +143,7 @@ async fn a_paused_leader_serves_no_stale_lease_read() {
     }
 
     let ops = history.ops.lock().unwrap().clone();
-    let outcome = check_kv_history(&ops, Budget { steps: 20_000_000 }).verdict;
+    let outcome = check_kv_history(&ops, Budget { steps: 20_000_000, ..Budget::default() }).verdict;
     assert!(
         !matches!(outcome, Verdict::NotLinearizable { .. }),
         "a stale read was served: {outcome:?}\n{}",

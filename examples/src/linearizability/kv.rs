@@ -7,10 +7,10 @@ use std::path::Path;
 
 use crate::kv::command::{Op, OpResult};
 use bytes::Bytes;
-use raft_mem::linearizability::{check, Budget, Explanation, Model, Operation, Outcome, Report};
+use raft_mem::linearizability::{check, Budget, Explanation, Model, OpOutcome, OpRecord, Report};
 
 /// One operation of a key-value history: the service's own [`Op`] and [`OpResult`].
-pub type KvOperation = Operation<Op, OpResult>;
+pub type KvOperation = OpRecord<Op, OpResult>;
 
 /// The key an operation touches (`None` for a session registration, which is not an operation
 /// of the map).
@@ -57,7 +57,7 @@ impl Model for KvModel {
     fn partition(&self, history: &[KvOperation]) -> Vec<Vec<usize>> {
         let mut by_key: BTreeMap<&Bytes, Vec<usize>> = BTreeMap::new();
         for (i, op) in history.iter().enumerate() {
-            if let Some(key) = key_of(&op.input) {
+            if let Some(key) = key_of(&op.op) {
                 by_key.entry(key).or_default().push(i);
             }
         }
@@ -87,7 +87,7 @@ pub fn format_history(history: &[KvOperation]) -> String {
     ops.sort_by_key(|op| op.call);
     let mut text = String::from("# client key call_us return_us input -> output\n");
     for op in ops {
-        let input = match &op.input {
+        let input = match &op.op {
             Op::Register { id } => format!("register {id:x}"),
             Op::Get { .. } => "get".to_owned(),
             Op::Put { value, .. } => format!("put {}", show(Some(value))),
@@ -96,24 +96,23 @@ pub fn format_history(history: &[KvOperation]) -> String {
                 format!("cas {} {}", show(expected.as_ref()), show(new.as_ref()))
             }
         };
-        let (ret, output) = match &op.outcome {
-            Outcome::Unknown => ("-".to_owned(), "unknown".to_owned()),
-            Outcome::Returned { output, at } => (
-                at.as_micros().to_string(),
-                match output {
-                    OpResult::Registered { incarnation, .. } => format!("registered {incarnation}"),
-                    OpResult::Value(v) => show(v.as_ref()),
-                    OpResult::Written => "ok".to_owned(),
-                    OpResult::Deleted { existed } => format!("deleted existed={existed}"),
-                    OpResult::Cas { swapped } => format!("swapped={swapped}"),
-                },
-            ),
+        let ret = op.ret.map_or("-".to_owned(), |at| at.as_micros().to_string());
+        let output = match &op.outcome {
+            OpOutcome::Unknown => "unknown".to_owned(),
+            OpOutcome::Failed => "failed".to_owned(),
+            OpOutcome::Ok(output) => match output {
+                OpResult::Registered { incarnation, .. } => format!("registered {incarnation}"),
+                OpResult::Value(v) => show(v.as_ref()),
+                OpResult::Written => "ok".to_owned(),
+                OpResult::Deleted { existed } => format!("deleted existed={existed}"),
+                OpResult::Cas { swapped } => format!("swapped={swapped}"),
+            },
         };
         let _ = writeln!(
             text,
             "{} {} {} {} {} -> {}",
             op.client,
-            show(key_of(&op.input)),
+            show(key_of(&op.op)),
             op.call.as_micros(),
             ret,
             input,
@@ -151,12 +150,12 @@ mod tests {
         Op::Get { key: b(key) }
     }
 
-    fn op(input: Op, output: Option<OpResult>, call: u64, ret: u64) -> KvOperation {
-        let call = Duration::from_millis(call);
-        match output {
-            Some(output) => Operation::returned(0, input, output, call, Duration::from_millis(ret)),
-            None => Operation::unknown(0, input, call),
-        }
+    fn op(op: Op, output: Option<OpResult>, call: u64, ret: u64) -> KvOperation {
+        let (ret, outcome) = match output {
+            Some(output) => (Some(Duration::from_millis(ret)), OpOutcome::Ok(output)),
+            None => (None, OpOutcome::Unknown),
+        };
+        KvOperation { client: 0, op, call: Duration::from_millis(call), ret, outcome }
     }
 
     fn verdict(history: &[KvOperation]) -> Verdict {

@@ -7,4 +7,6 @@
 
 pub mod kv;
 
-pub use raft_mem::linearizability::{check, Budget, Explanation, Outcome, Report, Verdict};
+pub use raft_mem::linearizability::{
+    check, Budget, Explanation, OpOutcome, OpRecord, Report, Verdict,
+};

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use super::search::{linearize, Event, Found};
-use super::{Explanation, Model, Operation};
+use super::{Budget, Explanation, Model, OpOutcome, OpRecord};
 
 /// What becomes of one operation of the part in a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ enum Form {
 
 impl Form {
     /// The operation as an event of the search (`None`: relaxed or dropped).
-    fn event<'a, M: Model>(self, op: &'a Operation<M::Input, M::Output>) -> Option<Event<'a, M>> {
+    fn event<'a, M: Model>(self, op: &'a OpRecord<M::Input, M::Output>) -> Option<Event<'a, M>> {
         match self {
             Form::Exact => Some(Event::exact(op)),
             Form::Pending => Some(Event { output: None, ret: None, ..Event::exact(op) }),
@@ -52,18 +52,18 @@ impl Form {
 
 struct Trial<'h, M: Model> {
     model: &'h M,
-    history: &'h [Operation<M::Input, M::Output>],
+    history: &'h [OpRecord<M::Input, M::Output>],
     part: &'h [usize],
 }
 
 impl<M: Model> Trial<'_, M> {
     /// Whether the history with these forms is not linearizable (`None`: the budget ran out).
-    fn fails(&self, forms: &[Form], left: &mut u64) -> Option<bool> {
+    fn fails(&self, forms: &[Form], budget: &mut Budget) -> Option<bool> {
         let ops = || self.part.iter().map(|&i| &self.history[i]).zip(forms);
         let events: Vec<Event<'_, M>> = ops().filter_map(|(op, form)| form.event(op)).collect();
         let spontaneous: Vec<&M::Input> =
-            ops().filter(|(_, form)| **form == Form::Relaxed).map(|(op, _)| &op.input).collect();
-        match linearize(self.model, &events, &spontaneous, left) {
+            ops().filter(|(_, form)| **form == Form::Relaxed).map(|(op, _)| &op.op).collect();
+        match linearize(self.model, &events, &spontaneous, budget) {
             Found::NotLinearizable => Some(true),
             Found::Linearizable => Some(false),
             Found::Exhausted => None,
@@ -75,9 +75,9 @@ impl<M: Model> Trial<'_, M> {
         self.part
             .iter()
             .map(|&i| {
-                let op = &self.history[i];
-                match op.returned_at() {
-                    _ if op.call > t => Form::Dropped,
+                let record = &self.history[i];
+                match returned_at(record) {
+                    _ if record.call > t => Form::Dropped,
                     Some(at) if at <= t => Form::Exact,
                     _ => Form::Pending,
                 }
@@ -85,8 +85,36 @@ impl<M: Model> Trial<'_, M> {
             .collect()
     }
 
+    /// Relaxes, in halving chunks and finally one by one, the operations still involved,
+    /// keeping each relaxation under which the part still fails. Returns whether the last pass
+    /// was decided for every operation (then none can be relaxed alone).
+    fn relax_all(&self, forms: &mut Vec<Form>, budget: &mut Budget) -> bool {
+        let candidates = |forms: &[Form]| -> Vec<usize> {
+            (0..forms.len()).filter(|&p| forms[p].involved()).collect()
+        };
+        let mut chunk = candidates(forms).len().div_ceil(2).max(1);
+        loop {
+            let mut decided = true;
+            for group in candidates(forms).chunks(chunk) {
+                let mut candidate = forms.clone();
+                for &p in group {
+                    candidate[p] = self.relax(p);
+                }
+                match self.fails(&candidate, budget) {
+                    Some(true) => *forms = candidate,
+                    Some(false) => {}
+                    None => decided = false,
+                }
+            }
+            if chunk == 1 {
+                return decided;
+            }
+            chunk = chunk.div_ceil(2);
+        }
+    }
+
     fn relax(&self, position: usize) -> Form {
-        if self.model.is_read_only(&self.history[self.part[position]].input) {
+        if self.model.is_read_only(&self.history[self.part[position]].op) {
             Form::Dropped
         } else {
             Form::Relaxed
@@ -94,26 +122,33 @@ impl<M: Model> Trial<'_, M> {
     }
 }
 
+/// When the operation returned, if it did with an output.
+fn returned_at<I, O>(record: &OpRecord<I, O>) -> Option<Duration> {
+    match record.outcome {
+        OpOutcome::Ok(_) => record.ret,
+        OpOutcome::Unknown | OpOutcome::Failed => None,
+    }
+}
+
 /// A small set of operations of `part` (indices into `history`) that cannot be linearized,
-/// given that `part` as a whole cannot; spends at most `left` steps.
+/// given that `part` as a whole cannot; spends from `budget`.
 pub(super) fn shrink<M: Model>(
     model: &M,
-    history: &[Operation<M::Input, M::Output>],
+    history: &[OpRecord<M::Input, M::Output>],
     part: &[usize],
-    left: &mut u64,
+    budget: &mut Budget,
 ) -> Explanation {
     let trial = Trial { model, history, part };
     let mut forms = vec![Form::Exact; part.len()];
-    let mut minimal = true;
 
-    let mut cuts: Vec<Duration> = part.iter().filter_map(|&i| history[i].returned_at()).collect();
+    let mut cuts: Vec<Duration> = part.iter().filter_map(|&i| returned_at(&history[i])).collect();
     cuts.sort_unstable();
     cuts.dedup();
     // The shortest failing prefix: cuts[high] fails (high == len: the whole part, known to).
     let (mut low, mut high) = (0, cuts.len());
     while low < high {
         let middle = low + (high - low) / 2;
-        if trial.fails(&trial.prefix(cuts[middle]), left) == Some(true) {
+        if trial.fails(&trial.prefix(cuts[middle]), budget) == Some(true) {
             high = middle;
         } else {
             low = middle + 1;
@@ -123,27 +158,7 @@ pub(super) fn shrink<M: Model>(
         forms = trial.prefix(cut);
     }
 
-    let mut chunk = forms.iter().filter(|f| f.involved()).count().div_ceil(2).max(1);
-    loop {
-        let involved: Vec<usize> = (0..forms.len()).filter(|&p| forms[p].involved()).collect();
-        for group in involved.chunks(chunk) {
-            let mut candidate = forms.clone();
-            for &p in group {
-                candidate[p] = trial.relax(p);
-            }
-            match trial.fails(&candidate, left) {
-                Some(true) => forms = candidate,
-                Some(false) => {}
-                // Only the last pass decides minimality: it tries each operation alone.
-                None if chunk == 1 => minimal = false,
-                None => {}
-            }
-        }
-        if chunk == 1 {
-            break;
-        }
-        chunk = chunk.div_ceil(2);
-    }
+    let minimal = trial.relax_all(&mut forms, budget);
     let mut ops: Vec<usize> =
         part.iter().zip(&forms).filter(|(_, f)| f.involved()).map(|(&i, _)| i).collect();
     ops.sort_unstable();

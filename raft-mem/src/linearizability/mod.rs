@@ -1,18 +1,19 @@
 //! A linearizability checker for recorded histories, against a sequential model you write.
 //!
-//! A history is what concurrent clients saw: for each [`Operation`], its input, when it was
-//! called, and either its output and when it returned, or [`Outcome::Unknown`] (the client gave
-//! up: a timeout, a lost leader, a crash). The history is **linearizable** if every operation can
-//! be given one instant between its call and its return (an unknown one: any instant after its
-//! call, or none at all) such that running the operations one by one in that order through the
-//! [`Model`] produces every output the clients saw.
+//! A history is what concurrent clients saw, as the simulation records it
+//! ([`History`](crate::sim::History)): for each [`OpRecord`], its input, when it was called, and
+//! its [`OpOutcome`]: the output and when it returned, or unknown (the client gave up: a
+//! timeout, a lost leader, a crash), or failed (it certainly did not take effect; left out).
+//! The history is **linearizable** if every operation can be given one instant between its call
+//! and its return (an unknown one: any instant after its call, or none at all) such that running
+//! the operations one by one in that order through the [`Model`] produces every output the
+//! clients saw.
 //!
 //! [`check`] searches for such an order with Wing & Gong's algorithm and Lowe's memoization of
 //! (set of operations linearized, model state), as Porcupine does. The search is exponential in
 //! the worst case, so it is bounded by a [`Budget`] of search steps (each step tries one
-//! operation or undoes one; the memo grows by at most one entry per step, so the budget bounds
-//! memory as well as time) and answers [`Verdict::Unknown`] when the budget runs out rather
-//! than running on. The answer is a pure function of the history and the budget: it does not
+//! operation or undoes one) and of remembered configurations (memory), and answers
+//! [`Verdict::Unknown`] when the budget runs out rather than running on. The answer is a pure function of the history and the budget: it does not
 //! depend on the machine's speed.
 //!
 //! A model whose object splits into independent parts (the keys of a map) says so with
@@ -26,11 +27,13 @@
 //! fails, then relaxing operations (an operation relaxed keeps its input but loses its output
 //! and its times) while the history stays non-linearizable; every set it reports is a real
 //! contradiction, and no operation of it can be relaxed when [`Explanation::minimal`] says so
-//! (the budget may run out first).
+//! (the budget may run out first). Explaining costs more than checking (a search per trial, and
+//! proving a history wrong explores every order of its concurrent operations), but only a
+//! failing check pays it.
 //!
 //! ```
 //! use std::time::Duration;
-//! use raft_mem::linearizability::{check, Budget, Model, Operation, Verdict};
+//! use raft_mem::linearizability::{check, Budget, Model, OpOutcome, OpRecord, Verdict};
 //!
 //! /// A register of integers: `Some(v)` writes v, `None` reads.
 //! struct Register;
@@ -52,8 +55,9 @@
 //!
 //! let ms = Duration::from_millis;
 //! let history = [
-//!     Operation::returned(1, Some(1), 1, ms(0), ms(10)), // client 1 writes 1
-//!     Operation::returned(2, None, 0, ms(20), ms(30)),   // client 2 then reads 0
+//!     // Client 1 writes 1, then client 2 reads 0.
+//!     OpRecord { client: 1, op: Some(1), call: ms(0), ret: Some(ms(10)), outcome: OpOutcome::Ok(1) },
+//!     OpRecord { client: 2, op: None, call: ms(20), ret: Some(ms(30)), outcome: OpOutcome::Ok(0) },
 //! ];
 //! match check(&Register, &history, Budget::default()).verdict {
 //!     Verdict::NotLinearizable(explanation) => assert_eq!(explanation.ops, vec![0, 1]),
@@ -66,9 +70,10 @@ mod search;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::{self, Debug};
+use std::fmt::Debug;
 use std::hash::Hash;
-use std::time::Duration;
+
+pub use crate::sim::{OpOutcome, OpRecord};
 
 /// A sequential specification of the object under test.
 pub trait Model {
@@ -89,7 +94,7 @@ pub trait Model {
     /// Splits a history into independent parts, each checked alone from [`Model::init`]: for a
     /// map, the operations of each key. Every operation must be in exactly one part (an
     /// operation in none is not checked). By default the whole history is one part.
-    fn partition(&self, history: &[Operation<Self::Input, Self::Output>]) -> Vec<Vec<usize>> {
+    fn partition(&self, history: &[OpRecord<Self::Input, Self::Output>]) -> Vec<Vec<usize>> {
         vec![(0..history.len()).collect()]
     }
 
@@ -100,87 +105,23 @@ pub trait Model {
     }
 }
 
-/// How an operation ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome<O> {
-    /// The client received `output` at `at`.
-    Returned {
-        /// What the client was answered.
-        output: O,
-        /// When the answer arrived (at or after the call).
-        at: Duration,
-    },
-    /// The client does not know whether the operation took effect (it timed out, the node it
-    /// asked crashed or lost its leadership): it may have, at any time after its call, or never.
-    Unknown,
-}
-
-/// One operation of a history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Operation<I, O> {
-    /// The client that ran it (for reports; the checker does not use it).
-    pub client: u64,
-    /// What was asked.
-    pub input: I,
-    /// When the client called it.
-    pub call: Duration,
-    /// How it ended.
-    pub outcome: Outcome<O>,
-}
-
-impl<I, O> Operation<I, O> {
-    /// An operation that returned `output` at `at`.
-    pub fn returned(client: u64, input: I, output: O, call: Duration, at: Duration) -> Self {
-        Self { client, input, call, outcome: Outcome::Returned { output, at } }
-    }
-
-    /// An operation whose outcome is unknown.
-    pub fn unknown(client: u64, input: I, call: Duration) -> Self {
-        Self { client, input, call, outcome: Outcome::Unknown }
-    }
-
-    /// Its output, if it returned.
-    pub fn output(&self) -> Option<&O> {
-        match &self.outcome {
-            Outcome::Returned { output, .. } => Some(output),
-            Outcome::Unknown => None,
-        }
-    }
-
-    /// When it returned, if it did.
-    pub fn returned_at(&self) -> Option<Duration> {
-        match &self.outcome {
-            Outcome::Returned { at, .. } => Some(*at),
-            Outcome::Unknown => None,
-        }
-    }
-}
-
-impl<I: Debug, O: Debug> fmt::Display for Operation<I, O> {
-    /// `client 2 [20ms, 30ms] None -> 0` (or `[20ms, ?] ... -> unknown`).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "client {} [{:?}, ", self.client, self.call)?;
-        match &self.outcome {
-            Outcome::Returned { output, at } => write!(f, "{at:?}] {:?} -> {output:?}", self.input),
-            Outcome::Unknown => write!(f, "?] {:?} -> unknown", self.input),
-        }
-    }
-}
-
 /// How much the checker may search.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
     /// Search steps in all (every part, and the explanation of a failure). Each step tries one
-    /// operation or undoes one and adds at most one entry to the memo.
+    /// operation or undoes one: this bounds the time a check takes.
     pub steps: u64,
+    /// Configurations (set of operations linearized, model state) one search may remember: this
+    /// bounds memory, about `states * (operations / 8 + size of a state)` bytes at most.
+    pub states: usize,
 }
 
 impl Default for Budget {
-    /// A million steps: well-behaved histories need a few steps per operation, so this decides
-    /// parts of tens of thousands of operations, in about a second; the memo then holds at most
-    /// a million entries (a few hundred megabytes for parts of a thousand operations).
+    /// Ten million steps (a second or so; well-behaved histories need a few steps per
+    /// operation) and a million configurations (a few hundred megabytes at most for parts of a
+    /// thousand operations).
     fn default() -> Self {
-        Self { steps: 1_000_000 }
+        Self { steps: 10_000_000, states: 1_000_000 }
     }
 }
 
@@ -223,7 +164,7 @@ pub struct Report {
     pub verdict: Verdict,
     /// Search steps spent (at most the budget).
     pub steps: u64,
-    /// Operations searched (unknown-outcome reads are left out).
+    /// Operations searched (failed operations and unknown-outcome reads are left out).
     pub searched: usize,
     /// Parts the model split the history into.
     pub parts: usize,
@@ -235,14 +176,18 @@ pub struct Report {
 /// linearizable is explained and ends the check.
 pub fn check<M: Model>(
     model: &M,
-    history: &[Operation<M::Input, M::Output>],
+    history: &[OpRecord<M::Input, M::Output>],
     budget: Budget,
 ) -> Report {
-    let mut left = budget.steps;
+    let mut left = budget;
     let mut parts = model.partition(history);
     for part in &mut parts {
         part.retain(|&i| {
-            history.get(i).is_some_and(|op| op.output().is_some() || !model.is_read_only(&op.input))
+            history.get(i).is_some_and(|record| match record.outcome {
+                OpOutcome::Ok(_) => true,
+                OpOutcome::Unknown => !model.is_read_only(&record.op),
+                OpOutcome::Failed => false,
+            })
         });
     }
     parts.sort_by_key(Vec::len);
@@ -261,5 +206,5 @@ pub fn check<M: Model>(
             }
         }
     }
-    Report { verdict, steps: budget.steps - left, searched, parts: parts.len() }
+    Report { verdict, steps: budget.steps - left.steps, searched, parts: parts.len() }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Model, Operation};
+use super::{Budget, Model, OpOutcome, OpRecord};
 
 /// One operation as the search sees it.
 pub(super) struct Event<'a, M: Model> {
@@ -17,9 +17,14 @@ pub(super) struct Event<'a, M: Model> {
 }
 
 impl<'a, M: Model> Event<'a, M> {
-    /// The operation as recorded.
-    pub(super) fn exact(op: &'a Operation<M::Input, M::Output>) -> Self {
-        Self { input: &op.input, output: op.output(), call: op.call, ret: op.returned_at() }
+    /// The operation as recorded (a failed one is never searched; were it, it would be as an
+    /// unknown one).
+    pub(super) fn exact(record: &'a OpRecord<M::Input, M::Output>) -> Self {
+        let (output, ret) = match &record.outcome {
+            OpOutcome::Ok(output) => (Some(output), record.ret),
+            OpOutcome::Unknown | OpOutcome::Failed => (None, None),
+        };
+        Self { input: &record.op, output, call: record.call, ret }
     }
 }
 
@@ -135,15 +140,15 @@ enum Cursor {
     Spontaneous(usize),
 }
 
-/// Searches for a linearization of `ops` against `model`, spending at most `budget` steps
-/// (what it spends is taken off). Besides the operations, the object may at any moment take
+/// Searches for a linearization of `ops` against `model`, spending at most `budget.steps` steps
+/// (what it spends is taken off) and remembering at most `budget.states` configurations. Besides the operations, the object may at any moment take
 /// any of the `spontaneous` steps, any number of times (operations relaxed to "at any time, or
 /// never"; allowing repeats keeps the memo exact, and only allows more).
 pub(super) fn linearize<M: Model>(
     model: &M,
     ops: &[Event<'_, M>],
     spontaneous: &[&M::Input],
-    budget: &mut u64,
+    budget: &mut Budget,
 ) -> Found {
     let mut list = List::new(ops);
     let mut linearized = Bits::new(ops.len());
@@ -153,10 +158,10 @@ pub(super) fn linearize<M: Model>(
     let mut state = model.init();
     let mut cursor = Cursor::Event(list.first());
     while list.first() != NONE {
-        if *budget == 0 {
+        if budget.steps == 0 || memo.len() >= budget.states {
             return Found::Exhausted;
         }
-        *budget -= 1;
+        budget.steps -= 1;
         match cursor {
             Cursor::Event(entry) => {
                 let Some(&node) = list.nodes.get(entry) else {

@@ -29,22 +29,30 @@ impl Model for Register {
     }
 }
 
-type Op = Operation<Option<i64>, i64>;
+type Op = OpRecord<Option<i64>, i64>;
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+fn returned<I, O>(client: u64, op: I, output: O, call: u64, ret: u64) -> OpRecord<I, O> {
+    OpRecord { client, op, call: ms(call), ret: Some(ms(ret)), outcome: OpOutcome::Ok(output) }
+}
+
+fn unknown<I, O>(client: u64, op: I, call: u64) -> OpRecord<I, O> {
+    OpRecord { client, op, call: ms(call), ret: None, outcome: OpOutcome::Unknown }
+}
+
 fn write(client: u64, v: i64, call: u64, ret: u64) -> Op {
-    Operation::returned(client, Some(v), v, ms(call), ms(ret))
+    returned(client, Some(v), v, call, ret)
 }
 
 fn read(client: u64, seen: i64, call: u64, ret: u64) -> Op {
-    Operation::returned(client, None, seen, ms(call), ms(ret))
+    returned(client, None, seen, call, ret)
 }
 
 fn unknown_write(client: u64, v: i64, call: u64) -> Op {
-    Operation::unknown(client, Some(v), ms(call))
+    unknown(client, Some(v), call)
 }
 
 fn verdict(history: &[Op]) -> Verdict {
@@ -147,10 +155,20 @@ fn an_unknown_write_can_reorder_after_completed_ones() {
 
 #[test]
 fn unknown_reads_are_left_out() {
-    let history =
-        [write(1, 1, 0, 1), Operation::unknown(2, None, ms(2)), Operation::unknown(3, None, ms(3))];
+    let history = [write(1, 1, 0, 1), unknown(2, None, 2), unknown(3, None, 3)];
     let report = check(&Register, &history, Budget::default());
     assert_eq!((report.verdict, report.searched), (Verdict::Linearizable, 1));
+}
+
+#[test]
+fn failed_operations_are_left_out() {
+    // A write refused before it entered any log: a read that saw its value is stale.
+    let mut refused = unknown_write(1, 1, 0);
+    (refused.ret, refused.outcome) = (Some(ms(1)), OpOutcome::Failed);
+    let history = [refused, read(2, 1, 2, 3)];
+    let report = check(&Register, &history, Budget::default());
+    let expected = Verdict::NotLinearizable(Explanation { ops: vec![1], minimal: true });
+    assert_eq!((report.verdict, report.searched), (expected, 1));
 }
 
 /// `clients` clients each doing `per_client` operations that overlap their neighbours'.
@@ -177,7 +195,7 @@ fn busy_history(clients: u64, per_client: u64, unknown_every: u64) -> Vec<Op> {
 #[test]
 fn a_large_concurrent_history_is_checked_within_a_small_budget() {
     let history = busy_history(4, 500, 0);
-    let report = check(&Register, &history, Budget { steps: 20_000 });
+    let report = check(&Register, &history, Budget { steps: 20_000, ..Budget::default() });
     assert_eq!(report.verdict, Verdict::Linearizable);
     assert!(report.steps <= 20_000);
 }
@@ -185,9 +203,12 @@ fn a_large_concurrent_history_is_checked_within_a_small_budget() {
 #[test]
 fn an_exhausted_budget_answers_unknown() {
     let history = busy_history(4, 500, 7);
-    let report = check(&Register, &history, Budget { steps: 100 });
+    let report = check(&Register, &history, Budget { steps: 100, ..Budget::default() });
     assert_eq!((report.verdict, report.steps), (Verdict::Unknown, 100));
-    let report = check(&Register, &history, Budget { steps: 0 });
+    let report = check(&Register, &history, Budget { steps: 0, ..Budget::default() });
+    assert_eq!(report.verdict, Verdict::Unknown);
+    // Memory is bounded too: too few configurations to remember is as good as no time.
+    let report = check(&Register, &history, Budget { steps: u64::MAX, states: 10 });
     assert_eq!(report.verdict, Verdict::Unknown);
     // With enough budget, the same history is decided.
     assert!(verdict(&history).is_linearizable());
@@ -197,8 +218,8 @@ fn an_exhausted_budget_answers_unknown() {
 fn a_violation_deep_in_a_long_history_is_explained_by_the_few_operations_involved() {
     let mut history = busy_history(4, 100, 11);
     // A read long after the last write, of the value before it.
-    let last = history.iter().rev().find_map(|op| op.input).unwrap_or_default();
-    let stale = history.iter().rev().filter_map(|op| op.input).nth(1).unwrap_or_default();
+    let last = history.iter().rev().find_map(|op| op.op).unwrap_or_default();
+    let stale = history.iter().rev().filter_map(|op| op.op).nth(1).unwrap_or_default();
     history.push(read(9, stale, 100_000, 100_001));
     let explanation = explain(&history);
     let ops: Vec<_> = explanation.ops.iter().map(|&i| &history[i]).collect();
@@ -206,7 +227,7 @@ fn a_violation_deep_in_a_long_history_is_explained_by_the_few_operations_involve
     // The last write, the stale read, and what pins the stale value before the last write
     // (here an unknown write of it, which could otherwise land late, and a read that saw it).
     assert_eq!(explanation.ops.len(), 4, "{ops:?}");
-    assert!(ops.iter().any(|op| op.input == Some(last)), "{ops:?}");
+    assert!(ops.iter().any(|op| op.op == Some(last)), "{ops:?}");
     assert!(ops.iter().all(|op| op.call >= ms(3_900)), "{ops:?}");
     assert_eq!(explanation.ops.last(), Some(&(history.len() - 1)));
 }
@@ -214,8 +235,8 @@ fn a_violation_deep_in_a_long_history_is_explained_by_the_few_operations_involve
 #[test]
 fn the_check_is_deterministic() {
     let history = busy_history(3, 200, 5);
-    let first = check(&Register, &history, Budget { steps: 5_000 });
-    assert_eq!(first, check(&Register, &history, Budget { steps: 5_000 }));
+    let first = check(&Register, &history, Budget { steps: 5_000, ..Budget::default() });
+    assert_eq!(first, check(&Register, &history, Budget { steps: 5_000, ..Budget::default() }));
 }
 
 /// A map of registers, partitioned by key: `(key, Some(v))` writes, `(key, None)` reads.
@@ -239,10 +260,10 @@ impl Model for Map {
         (next, output)
     }
 
-    fn partition(&self, history: &[Operation<Self::Input, i64>]) -> Vec<Vec<usize>> {
+    fn partition(&self, history: &[OpRecord<Self::Input, i64>]) -> Vec<Vec<usize>> {
         let mut parts: BTreeMap<u8, Vec<usize>> = BTreeMap::new();
-        for (i, op) in history.iter().enumerate() {
-            parts.entry(op.input.0).or_default().push(i);
+        for (i, record) in history.iter().enumerate() {
+            parts.entry(record.op.0).or_default().push(i);
         }
         parts.into_values().collect()
     }
@@ -250,9 +271,7 @@ impl Model for Map {
 
 #[test]
 fn a_partitioned_model_checks_each_part_alone() {
-    let op = |key, input, output, call, ret| {
-        Operation::returned(0, (key, input), output, ms(call), ms(ret))
-    };
+    let op = |key, input, output, call, ret| returned(0, (key, input), output, call, ret);
     let history = [
         op(b'a', Some(1), 1, 0, 1),
         op(b'b', None, 0, 2, 3),
@@ -271,25 +290,18 @@ fn a_partitioned_model_checks_each_part_alone() {
     );
 }
 
-#[test]
-fn operations_display_their_times_and_outcome() {
-    assert_eq!(write(2, 1, 20, 30).to_string(), "client 2 [20ms, 30ms] Some(1) -> 1");
-    assert_eq!(unknown_write(1, 7, 5).to_string(), "client 1 [5ms, ?] Some(7) -> unknown");
-}
-
 /// Linearizability by brute force: tries every order of every subset of the unknown operations.
 fn brute_force(history: &[Op]) -> bool {
     fn search(history: &[Op], left: &mut Vec<usize>, state: i64) -> bool {
-        if left.iter().all(|&i| history[i].returned_at().is_none()) {
+        if left.iter().all(|&i| history[i].outcome.ok().is_none()) {
             return true;
         }
         for position in 0..left.len() {
             let op = &history[left[position]];
             // Some operation left returned before this one was called: it must go first.
-            let blocked =
-                left.iter().any(|&j| history[j].returned_at().is_some_and(|at| at < op.call));
-            let (next, output) = Register.step(&state, &op.input);
-            if blocked || op.output().is_some_and(|seen| *seen != output) {
+            let blocked = left.iter().any(|&j| history[j].ret.is_some_and(|at| at < op.call));
+            let (next, output) = Register.step(&state, &op.op);
+            if blocked || op.outcome.ok().is_some_and(|seen| *seen != output) {
                 continue;
             }
             let taken = left.remove(position);
