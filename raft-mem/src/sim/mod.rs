@@ -16,6 +16,7 @@ mod liveness;
 mod observe;
 mod queries;
 mod recorder;
+mod recording;
 mod simulation;
 mod wire_oracle;
 
@@ -30,7 +31,9 @@ pub use disk::{
 pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
-pub use recorder::StateMachineFaults;
+pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
+pub use recording::RecordingStateMachine;
 pub use simulation::{
-    ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationConfig,
+    ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationBuilder,
+    SimulationConfig, StateMachineFactory,
 };
