@@ -36,8 +36,11 @@ const OWNER: &str = "client-sim.kv";
 const KEYS: [&str; 2] = ["x", "y"];
 /// How long a client keeps retrying one operation (the real client's `op_timeout`).
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long one attempt at one node may take before the client tries another.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long one attempt at one node may take before the client tries another, at least. The
+/// real client keeps its first attempt in flight until the operation's deadline while it hedges
+/// to other nodes; here an attempt lives for a random time up to that deadline, so that an
+/// answer from a node that was paused or cut off can still arrive late, as it would there.
+const ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 /// The pause before a retry (the real client's `retry_delay`).
 const RETRY_DELAY: Duration = Duration::from_millis(20);
 /// How long the nemesis runs.
@@ -155,9 +158,12 @@ impl Client {
                     propose(&service.node, command.clone()).await
                 }
             };
+            let left = deadline.saturating_sub(self.runtime.now()).as_millis() as u64;
+            let patience =
+                ATTEMPT_TIMEOUT_MIN + Duration::from_millis(self.runtime.below(left + 1));
             let outcome = futures::select_biased! {
                 outcome = attempt.fuse() => outcome,
-                _ = self.runtime.sleep_for(ATTEMPT_TIMEOUT).fuse() => Attempt::MaybeApplied,
+                _ = self.runtime.sleep_for(patience).fuse() => Attempt::MaybeApplied,
             };
             match outcome {
                 Attempt::Answered(response) => return Ok(response),
@@ -279,12 +285,40 @@ fn spawn_client(
     });
 }
 
+/// A client that believes `node` leads reads one key from it (and only it), waiting up to
+/// [`OP_TIMEOUT`] for the answer.
+fn spawn_pinned_read(
+    sim: &Simulation<KvStateMachine>,
+    directory: &Directory,
+    history: &History<Op, OpResult>,
+    node: NodeId,
+    client: u64,
+) {
+    let Some(service) = directory.get(node) else { return };
+    let runtime = sim.runtime.clone();
+    let key = Bytes::from_static(KEYS[runtime.below(KEYS.len() as u64) as usize].as_bytes());
+    let command = Command { session: None, op: Op::Get { key } };
+    let pending = history.call(client, command.op.clone(), runtime.now());
+    sim.runtime.spawn_task(async move {
+        let outcome = futures::select_biased! {
+            answers = service.read(vec![command]).fuse() => match answers.into_iter().next() {
+                Some(CommandAnswer::Applied(Ok(result))) => OpOutcome::Ok(result),
+                _ => OpOutcome::Failed,
+            },
+            _ = runtime.sleep_for(OP_TIMEOUT).fuse() => OpOutcome::Failed,
+        };
+        pending.finish(outcome, runtime.now());
+    });
+}
+
 /// The faults of one seed, one at a time, between slices of virtual time.
 fn nemesis(
     sim: &mut Simulation<KvStateMachine>,
     directory: &Directory,
     states: &States,
+    history: &History<Op, OpResult>,
 ) -> Result<(), String> {
+    let mut readers = 100;
     let ids: Vec<NodeId> = sim.ids().to_vec();
     let end = sim.now() + CHAOS;
     while sim.now() < end {
@@ -330,8 +364,16 @@ fn nemesis(
                 sim.network.heal();
             }
             6 => {
+                // A paused node (SIGSTOP, a long GC pause), often the leader; clients that
+                // believe it leads keep sending it reads, which wait for it to resume.
                 sim.pause(victim);
-                sim.run_for(hold).map_err(|f| f.to_string())?;
+                let started = sim.now();
+                while sim.now() < started + hold {
+                    readers += 1;
+                    spawn_pinned_read(sim, directory, history, victim, readers);
+                    let pause = Duration::from_millis(50 + sim.runtime.below(100));
+                    sim.run_for(pause).map_err(|f| f.to_string())?;
+                }
                 sim.resume(victim);
             }
             7 => {
@@ -374,7 +416,7 @@ fn run_seed(seed: u64) -> Result<Run, String> {
         spawn_client(&sim, &directory, &history, &acknowledged, &stop, client);
     }
     sim.run_for(Duration::from_millis(500)).map_err(|f| f.to_string())?;
-    nemesis(&mut sim, &directory, &states)?;
+    nemesis(&mut sim, &directory, &states, &history)?;
     // Heal, restart everything, let the clients finish on a healthy cluster.
     sim.calm();
     for id in sim.ids().to_vec() {
@@ -427,7 +469,9 @@ fn check_seed(seed: u64) -> Result<usize, String> {
     match report.verdict {
         Verdict::Linearizable => Ok(report.searched),
         Verdict::NotLinearizable(explanation) => Err(format!(
-            "not linearizable; these operations contradict each other:\n{}",
+            "not linearizable; these {} operations contradict each other (minimal: {}):\n{}",
+            explanation.ops.len(),
+            explanation.minimal,
             format_explanation(&run.history, &explanation)
         )),
         Verdict::Unknown => {
