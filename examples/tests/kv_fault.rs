@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use examples::kv::cluster::{read_log, wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::command::{Op, OpResult};
 use examples::kv::{ClientError, ClientOptions, Connections, KvClient};
 use examples::linearizability::kv::{
-    check_kv_history, save_history, KvInput, KvOperation, KvOutput,
+    check_kv_history, format_explanation, save_history, KvOperation,
 };
-use examples::linearizability::Outcome;
+use examples::linearizability::{Budget, OpOutcome, Verdict};
 use raft_core::NodeId;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -32,8 +33,8 @@ const KEYS: [&str; 3] = ["x", "y", "z"];
 const CHAOS: Duration = Duration::from_secs(30);
 /// Hang guard for waits.
 const PATIENCE: Duration = Duration::from_secs(60);
-/// Time budget of the linearizability search.
-const CHECK_BUDGET: Duration = Duration::from_secs(60);
+/// Budget of the linearizability search (steps; bounded, so the check ends).
+const CHECK_BUDGET: Budget = Budget { steps: 20_000_000, states: 2_000_000 };
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -55,7 +56,7 @@ struct Recorder {
 
 impl Recorder {
     fn record(&self, op: KvOperation) {
-        if op.output.is_some() {
+        if op.outcome.ok().is_some() {
             self.ok.fetch_add(1, Ordering::Relaxed);
         } else {
             self.unknown.fetch_add(1, Ordering::Relaxed);
@@ -64,17 +65,20 @@ impl Recorder {
     }
 }
 
-/// What to record for an outcome: `Some(output)` if known, `Some(None)` if unknown (may have
-/// happened), `None` if the operation certainly did not happen (not recorded).
-fn outcome<T>(
+/// The record of `op`, called at `call` and ended now with `result`; `None` if it certainly did
+/// not happen (not recorded).
+fn record<T>(
+    (client, op, call): (u64, Op, Duration),
     result: &Result<T, ClientError>,
-    output: impl FnOnce(&T) -> KvOutput,
-) -> Option<Option<KvOutput>> {
-    match result {
-        Ok(value) => Some(Some(output(value))),
-        Err(e) if e.outcome_unknown() => Some(None),
-        Err(_) => None,
-    }
+    start: Instant,
+    output: impl FnOnce(&T) -> OpResult,
+) -> Option<KvOperation> {
+    let (ret, outcome) = match result {
+        Ok(value) => (Some(start.elapsed()), OpOutcome::Ok(output(value))),
+        Err(e) if e.outcome_unknown() => (None, OpOutcome::Unknown),
+        Err(_) => return None,
+    };
+    Some(KvOperation { client, op, call, ret, outcome })
 }
 
 async fn client_loop(
@@ -93,15 +97,16 @@ async fn client_loop(
         let unique = b(&format!("c{id}-{n}"));
         let call = start.elapsed();
         let roll = rng.next_u64() % 100;
-        let (input, output) = if roll < 35 {
+        let operation = if roll < 35 {
             let r = client.get(key.clone()).await;
-            (KvInput::Get, outcome(&r, |v| KvOutput::Value(v.clone())))
+            record((id, Op::Get { key }, call), &r, start, |v| OpResult::Value(v.clone()))
         } else if roll < 60 {
             let r = client.put(key.clone(), unique.clone()).await;
-            (KvInput::Put(unique.clone()), outcome(&r, |()| KvOutput::Written))
+            record((id, Op::Put { key, value: unique }, call), &r, start, |()| OpResult::Written)
         } else if roll < 70 {
             let r = client.delete(key.clone()).await;
-            (KvInput::Delete, outcome(&r, |&existed| KvOutput::Deleted(existed)))
+            let op = Op::Delete { key };
+            record((id, op, call), &r, start, |&existed| OpResult::Deleted { existed })
         } else if roll < 90 {
             // Compare-and-swap from a value this client may have seen, or from absent.
             let expected = if rng.next_u64() % 4 == 0 {
@@ -114,10 +119,8 @@ async fn client_loop(
                 )))
             };
             let r = client.cas(key.clone(), expected.clone(), Some(unique.clone())).await;
-            (
-                KvInput::Cas { expected, new: Some(unique.clone()) },
-                outcome(&r, |&swapped| KvOutput::Cas(swapped)),
-            )
+            let op = Op::Cas { key, expected, new: Some(unique) };
+            record((id, op, call), &r, start, |&swapped| OpResult::Cas { swapped })
         } else {
             // A write to a key of its own: must survive everything once acknowledged.
             let own = b(&format!("own-{id}-{n}"));
@@ -125,23 +128,14 @@ async fn client_loop(
             if r.is_ok() {
                 recorder.acknowledged.lock().unwrap().push((own.clone(), unique.clone()));
             }
-            let output = outcome(&r, |()| KvOutput::Written);
-            if let Some(output) = output {
-                let ret = output.as_ref().map(|_| start.elapsed());
-                recorder.record(KvOperation {
-                    client: id,
-                    key: own,
-                    input: KvInput::Put(unique),
-                    output,
-                    call,
-                    ret,
-                });
+            let op = Op::Put { key: own, value: unique };
+            if let Some(operation) = record((id, op, call), &r, start, |()| OpResult::Written) {
+                recorder.record(operation);
             }
             continue;
         };
-        if let Some(output) = output {
-            let ret = output.as_ref().map(|_| start.elapsed());
-            recorder.record(KvOperation { client: id, key, input, output, call, ret });
+        if let Some(operation) = operation {
+            recorder.record(operation);
         }
         tokio::time::sleep(Duration::from_millis(rng.next_u64() % 10)).await;
     }
@@ -312,11 +306,10 @@ async fn linearizable_under_crashes_and_partitions() {
         let value = reader.get(key).await.expect("final read");
         recorder.record(KvOperation {
             client: CLIENTS,
-            key: b(key),
-            input: KvInput::Get,
-            output: Some(KvOutput::Value(value)),
+            op: Op::Get { key: b(key) },
             call,
             ret: Some(start.elapsed()),
+            outcome: OpOutcome::Ok(OpResult::Value(value)),
         });
     }
     let acknowledged = recorder.acknowledged.lock().unwrap().clone();
@@ -333,12 +326,13 @@ async fn linearizable_under_crashes_and_partitions() {
     let report = check_kv_history(&history, CHECK_BUDGET);
     println!(
         "history: {} operations ({ok} completed, {unknown} with unknown outcome), {} acknowledged own-key writes; \
-         checked {} in {:?}: {:?}",
+         checked {} ({} keys) in {} search steps: {:?}",
         history.len(),
         acknowledged.len(),
-        report.checked,
-        report.elapsed,
-        report.outcome()
+        report.searched,
+        report.parts,
+        report.steps,
+        report.verdict
     );
     let restores: usize = cluster
         .ids()
@@ -346,24 +340,17 @@ async fn linearizable_under_crashes_and_partitions() {
         .map(|&id| read_log(&cluster.log_path(id)).matches("restored from").count())
         .sum();
     println!("snapshot restores during the run (restarts and installs): {restores}");
-    let outcome = report.outcome();
-    if !lost.is_empty() || outcome != Outcome::Linearizable {
+    if !lost.is_empty() || report.verdict != Verdict::Linearizable {
         let dir = save_failure(&cluster, &history, &nemesis_log);
-        let verdicts: Vec<String> = report
-            .keys
-            .iter()
-            .filter(|(_, o)| !o.is_linearizable())
-            .map(|(key, o)| match o {
-                Outcome::NotLinearizable { longest } => format!(
-                    "{}: not linearizable (longest linearizable prefix: {} operations)",
-                    String::from_utf8_lossy(key),
-                    longest.len()
-                ),
-                _ => format!("{}: unknown (search budget exhausted)", String::from_utf8_lossy(key)),
-            })
-            .collect();
+        let verdict = match &report.verdict {
+            Verdict::NotLinearizable(explanation) => format!(
+                "not linearizable; these operations contradict each other:\n{}",
+                format_explanation(&history, explanation)
+            ),
+            other => format!("{other:?} (search budget exhausted)"),
+        };
         panic!(
-            "lost acknowledged writes: {lost:?}; keys failing the check: {verdicts:?}; \
+            "lost acknowledged writes: {lost:?}; the check: {verdict}; \
              history, nemesis log and node logs saved in {}",
             dir.display()
         );

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::command::{Op, OpResult};
 use examples::kv::{ClientOptions, Connections, KvClient};
-use examples::linearizability::kv::{
-    check_kv_history, format_history, KvInput, KvOperation, KvOutput,
-};
-use examples::linearizability::Outcome;
+use examples::linearizability::kv::{check_kv_history, format_history, KvOperation};
+use examples::linearizability::{Budget, OpOutcome, Verdict};
 use raft_core::NodeId;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -44,6 +43,11 @@ fn connections_to(
     Connections::new(endpoints.collect(), cluster.client_tls(), options).unwrap()
 }
 
+/// The one key of the test.
+fn key() -> Bytes {
+    Bytes::from_static(b"x")
+}
+
 /// The shared history of the test.
 struct History {
     start: Instant,
@@ -56,7 +60,8 @@ impl History {
         let result = kv.get("x").await;
         let ret = self.start.elapsed();
         if let Ok(value) = result {
-            self.push(client, KvInput::Get, Some(KvOutput::Value(value)), call, Some(ret));
+            let outcome = OpOutcome::Ok(OpResult::Value(value));
+            self.push(client, Op::Get { key: key() }, call, Some(ret), outcome);
         }
     }
 
@@ -64,10 +69,14 @@ impl History {
         let call = self.start.elapsed();
         let result = kv.put("x", value.clone()).await;
         let ret = self.start.elapsed();
-        let input = KvInput::Put(Bytes::from(value));
+        let input = Op::Put { key: key(), value: Bytes::from(value) };
         match result {
-            Ok(()) => self.push(client, input, Some(KvOutput::Written), call, Some(ret)),
-            Err(e) if e.outcome_unknown() => self.push(client, input, None, call, None),
+            Ok(()) => {
+                self.push(client, input, call, Some(ret), OpOutcome::Ok(OpResult::Written));
+            }
+            Err(e) if e.outcome_unknown() => {
+                self.push(client, input, call, None, OpOutcome::Unknown)
+            }
             Err(_) => {}
         }
     }
@@ -75,13 +84,12 @@ impl History {
     fn push(
         &self,
         client: u64,
-        input: KvInput,
-        output: Option<KvOutput>,
+        op: Op,
         call: Duration,
         ret: Option<Duration>,
+        outcome: OpOutcome<OpResult>,
     ) {
-        let key = Bytes::from_static(b"x");
-        self.ops.lock().unwrap().push(KvOperation { client, key, input, output, call, ret });
+        self.ops.lock().unwrap().push(KvOperation { client, op, call, ret, outcome });
     }
 }
 
@@ -135,12 +143,11 @@ async fn a_paused_leader_serves_no_stale_lease_read() {
     }
 
     let ops = history.ops.lock().unwrap().clone();
-    let report = check_kv_history(&ops, Duration::from_secs(60));
-    let outcome = report.outcome();
+    let outcome = check_kv_history(&ops, Budget { steps: 20_000_000, ..Budget::default() }).verdict;
     assert!(
-        !matches!(outcome, Outcome::NotLinearizable { .. }),
+        !matches!(outcome, Verdict::NotLinearizable { .. }),
         "a stale read was served: {outcome:?}\n{}",
         format_history(&ops)
     );
-    assert_eq!(outcome, Outcome::Linearizable, "the check did not finish");
+    assert_eq!(outcome, Verdict::Linearizable, "the check did not finish");
 }

@@ -10,8 +10,11 @@
 //! * [`sim`]: a deterministic executor with virtual time ([`sim::SimRuntime`]), a whole-cluster
 //!   [`sim::Simulation`] and the [`sim::InvariantChecker`] that checks the Raft safety
 //!   properties after every step.
+//! * [`linearizability`]: a checker of recorded client histories against a sequential model you
+//!   write, with a bounded search that answers "unknown" rather than hanging.
 #![forbid(unsafe_code)]
 
+pub mod linearizability;
 mod log_store;
 mod network;
 pub mod sim;

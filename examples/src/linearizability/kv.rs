@@ -1,188 +1,77 @@
 //! Histories of a key-value map: the per-key register model, the split by key, and a text
 //! format for saving failing histories.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
+use crate::kv::command::{Op, OpResult};
 use bytes::Bytes;
+use raft_mem::linearizability::{check, Budget, Explanation, Model, OpOutcome, OpRecord, Report};
 
-use super::{check_operations, Model, Operation, Outcome};
+/// One operation of a key-value history: the service's own [`Op`] and [`OpResult`].
+pub type KvOperation = OpRecord<Op, OpResult>;
 
-/// An operation on one key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KvInput {
-    /// Read the key.
-    Get,
-    /// Write a value.
-    Put(Bytes),
-    /// Remove the key.
-    Delete,
-    /// Compare-and-swap (`None`: absent).
-    Cas {
-        /// The value required.
-        expected: Option<Bytes>,
-        /// The value installed (`None`: remove).
-        new: Option<Bytes>,
-    },
+/// The key an operation touches (`None` for a session registration, which is not an operation
+/// of the map).
+pub fn key_of(op: &Op) -> Option<&Bytes> {
+    match op {
+        Op::Register { .. } => None,
+        Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+            Some(key)
+        }
+    }
 }
 
-/// The observed answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KvOutput {
-    /// The value read.
-    Value(Option<Bytes>),
-    /// A put completed.
-    Written,
-    /// A delete completed; whether the key existed.
-    Deleted(bool),
-    /// A compare-and-swap completed; whether it swapped.
-    Cas(bool),
-}
+/// The sequential specification of the map, partitioned by key: each part is checked alone, and
+/// its state is the value of its one key (`None`: absent). Session registrations belong to no
+/// part: they are the client's bookkeeping, not operations of the map, and are not checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvModel;
 
-/// One operation of a key-value history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvOperation {
-    /// The client that ran it.
-    pub client: u64,
-    /// The key.
-    pub key: Bytes,
-    /// What was asked.
-    pub input: KvInput,
-    /// What was answered; `None` if the outcome is unknown.
-    pub output: Option<KvOutput>,
-    /// Invocation time (since the start of the test).
-    pub call: Duration,
-    /// Response time; `None` if the outcome is unknown.
-    pub ret: Option<Duration>,
-}
+impl Model for KvModel {
+    type State = Option<Bytes>;
+    type Input = Op;
+    type Output = OpResult;
 
-/// One key as a register over interned values (`u32` ids; absent is `None`).
-struct Register;
-
-#[derive(Debug)]
-enum In {
-    Get,
-    Put(u32),
-    Delete,
-    Cas(Option<u32>, Option<u32>),
-}
-
-#[derive(Debug)]
-enum Out {
-    Value(Option<u32>),
-    Written,
-    Deleted(bool),
-    Cas(bool),
-}
-
-impl Model for Register {
-    type State = Option<u32>;
-    type Input = In;
-    type Output = Out;
-
-    fn init(&self) -> Option<u32> {
+    fn init(&self) -> Option<Bytes> {
         None
     }
 
-    fn step(&self, state: &Option<u32>, input: &In, output: Option<&Out>) -> Option<Option<u32>> {
-        match (input, output) {
-            (In::Get, None) => Some(*state),
-            (In::Get, Some(Out::Value(v))) => (v == state).then_some(*state),
-            (In::Put(v), None | Some(Out::Written)) => Some(Some(*v)),
-            (In::Delete, None) => Some(None),
-            (In::Delete, Some(Out::Deleted(existed))) => {
-                (*existed == state.is_some()).then_some(None)
+    fn step(&self, state: &Option<Bytes>, op: &Op) -> (Option<Bytes>, OpResult) {
+        match op {
+            Op::Get { .. } => (state.clone(), OpResult::Value(state.clone())),
+            Op::Put { value, .. } => (Some(value.clone()), OpResult::Written),
+            Op::Delete { .. } => (None, OpResult::Deleted { existed: state.is_some() }),
+            Op::Cas { expected, new, .. } if expected == state => {
+                (new.clone(), OpResult::Cas { swapped: true })
             }
-            (In::Cas(expected, new), output) => {
-                let matches = expected == state;
-                match output {
-                    Some(Out::Cas(swapped)) if *swapped != matches => None,
-                    None | Some(Out::Cas(_)) => Some(if matches { *new } else { *state }),
-                    Some(_) => None,
-                }
-            }
-            _ => None,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Interner(HashMap<Bytes, u32>);
-
-impl Interner {
-    fn id(&mut self, value: &Bytes) -> u32 {
-        let next = self.0.len() as u32;
-        *self.0.entry(value.clone()).or_insert(next)
-    }
-    fn opt(&mut self, value: &Option<Bytes>) -> Option<u32> {
-        value.as_ref().map(|v| self.id(v))
-    }
-}
-
-fn intern(op: &KvOperation, values: &mut Interner) -> Operation<In, Out> {
-    let input = match &op.input {
-        KvInput::Get => In::Get,
-        KvInput::Put(v) => In::Put(values.id(v)),
-        KvInput::Delete => In::Delete,
-        KvInput::Cas { expected, new } => In::Cas(values.opt(expected), values.opt(new)),
-    };
-    let output = op.output.as_ref().map(|o| match o {
-        KvOutput::Value(v) => Out::Value(values.opt(v)),
-        KvOutput::Written => Out::Written,
-        KvOutput::Deleted(existed) => Out::Deleted(*existed),
-        KvOutput::Cas(swapped) => Out::Cas(*swapped),
-    });
-    Operation { client: op.client, input, output, call: op.call, ret: op.ret }
-}
-
-/// The verdict for a whole history.
-#[derive(Clone, Debug)]
-pub struct KvReport {
-    /// The verdict of each key.
-    pub keys: BTreeMap<Bytes, Outcome>,
-    /// Operations checked (reads with unknown outcome are dropped: they cannot matter).
-    pub checked: usize,
-    /// How long the check took.
-    pub elapsed: Duration,
-}
-
-impl KvReport {
-    /// The overall verdict: not linearizable if any key is not, else unknown if any key is
-    /// unknown, else linearizable.
-    pub fn outcome(&self) -> Outcome {
-        let mut overall = Outcome::Linearizable;
-        for outcome in self.keys.values() {
-            match outcome {
-                Outcome::NotLinearizable { .. } => return outcome.clone(),
-                Outcome::Unknown => overall = Outcome::Unknown,
-                Outcome::Linearizable => {}
+            Op::Cas { .. } => (state.clone(), OpResult::Cas { swapped: false }),
+            // Never searched (no part holds it); answered as a no-op.
+            Op::Register { id } => {
+                (state.clone(), OpResult::Registered { id: *id, incarnation: 0 })
             }
         }
-        overall
+    }
+
+    fn partition(&self, history: &[KvOperation]) -> Vec<Vec<usize>> {
+        let mut by_key: BTreeMap<&Bytes, Vec<usize>> = BTreeMap::new();
+        for (i, op) in history.iter().enumerate() {
+            if let Some(key) = key_of(&op.op) {
+                by_key.entry(key).or_default().push(i);
+            }
+        }
+        by_key.into_values().collect()
+    }
+
+    fn is_read_only(&self, op: &Op) -> bool {
+        op.is_read()
     }
 }
 
-/// Checks a history of a map key by key, within `budget` overall.
-pub fn check_kv_history(history: &[KvOperation], budget: Duration) -> KvReport {
-    let started = Instant::now();
-    let mut by_key: BTreeMap<Bytes, Vec<&KvOperation>> = BTreeMap::new();
-    for op in history {
-        if op.output.is_none() && op.input == KvInput::Get {
-            continue;
-        }
-        by_key.entry(op.key.clone()).or_default().push(op);
-    }
-    let checked = by_key.values().map(Vec::len).sum();
-    let mut keys = BTreeMap::new();
-    for (key, ops) in by_key {
-        let mut values = Interner::default();
-        let ops: Vec<_> = ops.iter().map(|op| intern(op, &mut values)).collect();
-        let left = budget.saturating_sub(started.elapsed());
-        keys.insert(key, check_operations(&Register, &ops, left));
-    }
-    KvReport { keys, checked, elapsed: started.elapsed() }
+/// Checks a history of the map, key by key, within `budget`.
+pub fn check_kv_history(history: &[KvOperation], budget: Budget) -> Report {
+    check(&KvModel, history, budget)
 }
 
 fn show(value: Option<&Bytes>) -> String {
@@ -198,27 +87,32 @@ pub fn format_history(history: &[KvOperation]) -> String {
     ops.sort_by_key(|op| op.call);
     let mut text = String::from("# client key call_us return_us input -> output\n");
     for op in ops {
-        let input = match &op.input {
-            KvInput::Get => "get".to_owned(),
-            KvInput::Put(v) => format!("put {}", show(Some(v))),
-            KvInput::Delete => "delete".to_owned(),
-            KvInput::Cas { expected, new } => {
+        let input = match &op.op {
+            Op::Register { id } => format!("register {id:x}"),
+            Op::Get { .. } => "get".to_owned(),
+            Op::Put { value, .. } => format!("put {}", show(Some(value))),
+            Op::Delete { .. } => "delete".to_owned(),
+            Op::Cas { expected, new, .. } => {
                 format!("cas {} {}", show(expected.as_ref()), show(new.as_ref()))
             }
         };
-        let output = match &op.output {
-            None => "unknown".to_owned(),
-            Some(KvOutput::Value(v)) => show(v.as_ref()),
-            Some(KvOutput::Written) => "ok".to_owned(),
-            Some(KvOutput::Deleted(existed)) => format!("deleted existed={existed}"),
-            Some(KvOutput::Cas(swapped)) => format!("swapped={swapped}"),
+        let ret = op.ret.map_or("-".to_owned(), |at| at.as_micros().to_string());
+        let output = match &op.outcome {
+            OpOutcome::Unknown => "unknown".to_owned(),
+            OpOutcome::Failed => "failed".to_owned(),
+            OpOutcome::Ok(output) => match output {
+                OpResult::Registered { incarnation, .. } => format!("registered {incarnation}"),
+                OpResult::Value(v) => show(v.as_ref()),
+                OpResult::Written => "ok".to_owned(),
+                OpResult::Deleted { existed } => format!("deleted existed={existed}"),
+                OpResult::Cas { swapped } => format!("swapped={swapped}"),
+            },
         };
-        let ret = op.ret.map_or("-".to_owned(), |r| r.as_micros().to_string());
         let _ = writeln!(
             text,
             "{} {} {} {} {} -> {}",
             op.client,
-            show(Some(&op.key)),
+            show(key_of(&op.op)),
             op.call.as_micros(),
             ret,
             input,
@@ -228,6 +122,13 @@ pub fn format_history(history: &[KvOperation]) -> String {
     text
 }
 
+/// [`format_history`] of the operations an explanation names.
+pub fn format_explanation(history: &[KvOperation], explanation: &Explanation) -> String {
+    let ops: Vec<KvOperation> =
+        explanation.ops.iter().filter_map(|&i| history.get(i).cloned()).collect();
+    format_history(&ops)
+}
+
 /// Writes [`format_history`] to `path`.
 pub fn save_history(path: &Path, history: &[KvOperation]) -> std::io::Result<()> {
     std::fs::write(path, format_history(history))
@@ -235,70 +136,81 @@ pub fn save_history(path: &Path, history: &[KvOperation]) -> std::io::Result<()>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use raft_mem::linearizability::Verdict;
+
     use super::*;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    fn op(key: &str, input: KvInput, output: Option<KvOutput>, call: u64, ret: u64) -> KvOperation {
-        KvOperation {
-            client: 0,
-            key: b(key),
-            input,
-            ret: output.as_ref().map(|_| Duration::from_millis(ret)),
-            output,
-            call: Duration::from_millis(call),
-        }
+    fn get(key: &str) -> Op {
+        Op::Get { key: b(key) }
     }
 
-    fn verdict(history: &[KvOperation]) -> Outcome {
-        check_kv_history(history, Duration::from_secs(5)).outcome()
+    fn op(op: Op, output: Option<OpResult>, call: u64, ret: u64) -> KvOperation {
+        let (ret, outcome) = match output {
+            Some(output) => (Some(Duration::from_millis(ret)), OpOutcome::Ok(output)),
+            None => (None, OpOutcome::Unknown),
+        };
+        KvOperation { client: 0, op, call: Duration::from_millis(call), ret, outcome }
+    }
+
+    fn verdict(history: &[KvOperation]) -> Verdict {
+        check_kv_history(history, Budget::default()).verdict
     }
 
     #[test]
     fn keys_are_independent() {
+        let put = |key: &str, value: &str| Op::Put { key: b(key), value: b(value) };
         let history = [
-            op("a", KvInput::Put(b("1")), Some(KvOutput::Written), 0, 1),
-            op("b", KvInput::Get, Some(KvOutput::Value(None)), 2, 3),
-            op("a", KvInput::Get, Some(KvOutput::Value(Some(b("1")))), 4, 5),
+            op(put("a", "1"), Some(OpResult::Written), 0, 1),
+            op(get("b"), Some(OpResult::Value(None)), 2, 3),
+            op(get("a"), Some(OpResult::Value(Some(b("1")))), 4, 5),
         ];
-        assert!(verdict(&history).is_linearizable());
+        let report = check_kv_history(&history, Budget::default());
+        assert_eq!((report.verdict, report.parts), (Verdict::Linearizable, 2));
         let lost = [
-            op("a", KvInput::Put(b("1")), Some(KvOutput::Written), 0, 1),
-            op("a", KvInput::Get, Some(KvOutput::Value(None)), 2, 3),
+            op(put("a", "1"), Some(OpResult::Written), 0, 1),
+            op(get("a"), Some(OpResult::Value(None)), 2, 3),
         ];
-        assert!(matches!(verdict(&lost), Outcome::NotLinearizable { .. }));
+        assert!(matches!(verdict(&lost), Verdict::NotLinearizable { .. }));
     }
 
     #[test]
     fn cas_and_delete_follow_the_register() {
-        let cas =
-            |e: Option<&str>, n: Option<&str>| KvInput::Cas { expected: e.map(b), new: n.map(b) };
+        let cas = |e: Option<&str>, n: Option<&str>| Op::Cas {
+            key: b("k"),
+            expected: e.map(b),
+            new: n.map(b),
+        };
+        let delete = || Op::Delete { key: b("k") };
         let ok = [
-            op("k", cas(None, Some("x")), Some(KvOutput::Cas(true)), 0, 1),
-            op("k", cas(None, Some("y")), Some(KvOutput::Cas(false)), 2, 3),
-            op("k", KvInput::Delete, Some(KvOutput::Deleted(true)), 4, 5),
-            op("k", KvInput::Delete, Some(KvOutput::Deleted(false)), 6, 7),
+            op(cas(None, Some("x")), Some(OpResult::Cas { swapped: true }), 0, 1),
+            op(cas(None, Some("y")), Some(OpResult::Cas { swapped: false }), 2, 3),
+            op(delete(), Some(OpResult::Deleted { existed: true }), 4, 5),
+            op(delete(), Some(OpResult::Deleted { existed: false }), 6, 7),
         ];
         assert!(verdict(&ok).is_linearizable());
         // Two sequential swaps from the same expected value cannot both succeed.
         let double = [
-            op("k", cas(None, Some("x")), Some(KvOutput::Cas(true)), 0, 1),
-            op("k", cas(None, Some("y")), Some(KvOutput::Cas(true)), 2, 3),
+            op(cas(None, Some("x")), Some(OpResult::Cas { swapped: true }), 0, 1),
+            op(cas(None, Some("y")), Some(OpResult::Cas { swapped: true }), 2, 3),
         ];
-        assert!(matches!(verdict(&double), Outcome::NotLinearizable { .. }));
+        assert!(matches!(verdict(&double), Verdict::NotLinearizable { .. }));
         // An unknown swap may explain a later read.
         let unknown = [
-            op("k", cas(None, Some("x")), None, 0, 0),
-            op("k", KvInput::Get, Some(KvOutput::Value(Some(b("x")))), 2, 3),
+            op(cas(None, Some("x")), None, 0, 0),
+            op(get("k"), Some(OpResult::Value(Some(b("x")))), 2, 3),
         ];
         assert!(verdict(&unknown).is_linearizable());
     }
 
     #[test]
     fn histories_format_one_line_per_operation() {
-        let history = [op("k", KvInput::Put(b("v")), None, 0, 0)];
+        let history = [op(Op::Put { key: b("k"), value: b("v") }, None, 0, 0)];
         let text = format_history(&history);
         assert!(text.contains("\"k\" 0 - put \"v\" -> unknown"), "{text}");
     }
