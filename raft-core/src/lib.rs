@@ -38,7 +38,7 @@ pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};
-pub use storage::{DurableState, LogStore, PendingWrite, StorageError, WriteBatch};
+pub use storage::{DurableState, LogStore, StorageError, WriteBatch};
 pub use types::*;
 
 pub use bytes::Bytes;

@@ -18,7 +18,6 @@
 use std::ops::Range;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 
 use crate::types::{Entry, HardState, LogId, LogIndex};
 
@@ -123,34 +122,13 @@ pub enum StorageError {
     Other(String),
 }
 
-/// A write queued by [`LogStore::submit_write`]: resolves once the batch is durable (or failed).
-pub type PendingWrite = BoxFuture<'static, Result<(), StorageError>>;
-
 /// Durable storage for a node's hard state and log.
 ///
 /// Implementations take `&self` (use interior mutability) so that reads can run while a write is
-/// in progress. By default a node has at most one write in flight and waits for it before the
-/// next one; other users (benchmarks, tools) may call `write` concurrently, and a store may then
-/// merge calls into one transaction (group commit) as long as each call returns only once its own
-/// batch is durable.
-///
-/// # Pipelined writes (opt-in)
-///
-/// A store that can take the next batch while the previous one is still being made durable
-/// says so with [`LogStore::max_writes_in_flight`] above 1 and implements
-/// [`LogStore::submit_write`]. The node then queues up to that many batches before the first
-/// is durable, and relies on three promises:
-///
-/// * **Order.** Batches are applied in the order their `submit_write` calls returned.
-/// * **Prefix durability.** After a crash the store holds, for some `k`, exactly the first `k`
-///   submitted batches (each whole): never a batch without every batch submitted before it.
-/// * **In-order completion.** The [`PendingWrite`] of a batch resolves `Ok` only once that
-///   batch, and therefore every batch before it, is durable; after an error no later batch
-///   resolves `Ok`.
-///
-/// The node acknowledges nothing (an AppendEntries success, its own vote towards a commit)
-/// before the `PendingWrite` covering it has resolved, so pipelining never acknowledges a write
-/// that a crash could lose.
+/// in progress. A node issues at most one `write` at a time and waits for it before the next one;
+/// other users (benchmarks, tools) may call `write` concurrently, and a store may then merge
+/// calls into one transaction (group commit) as long as each call returns only once its own batch
+/// is durable.
 ///
 /// A panic in any method is caught: the node stops with
 /// [`FatalError::Panicked`](crate::FatalError::Panicked), as after an error.
@@ -163,24 +141,6 @@ pub trait LogStore: Send + Sync + 'static {
     /// Writes `batch` atomically. When this returns `Ok`, the whole batch is durable (survives
     /// power loss). When it returns `Err`, the store may hold the batch or not, and the node stops.
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError>;
-
-    /// How many batches the node may hand to [`LogStore::submit_write`] before the first of
-    /// them is durable (values below 1 count as 1). The default, 1, keeps one write at a time;
-    /// a store returning more must keep the promises of the trait's "Pipelined writes".
-    fn max_writes_in_flight(&self) -> usize {
-        1
-    }
-
-    /// Queues `batch` behind every batch submitted before it and returns once it is queued,
-    /// with a [`PendingWrite`] that resolves when it is durable. Errors that prevent queuing
-    /// are returned at once; the node stops on either.
-    ///
-    /// The default writes the batch ([`LogStore::write`]) before returning, so the returned
-    /// future is already finished: one write at a time, whatever the node asks for.
-    async fn submit_write(&self, batch: WriteBatch) -> Result<PendingWrite, StorageError> {
-        let result = self.write(batch).await;
-        Ok(Box::pin(async move { result }))
-    }
 
     /// Reads the entries in `range`, in order, stopping once `max_bytes` (counted with
     /// [`Entry::size_bytes`]) would be exceeded; it returns at least one entry when the range is
@@ -220,12 +180,6 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         (**self).write(batch).await
-    }
-    fn max_writes_in_flight(&self) -> usize {
-        (**self).max_writes_in_flight()
-    }
-    async fn submit_write(&self, batch: WriteBatch) -> Result<PendingWrite, StorageError> {
-        (**self).submit_write(batch).await
     }
     async fn read(
         &self,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use heed::byteorder::BigEndian;
 use heed::types::{Bytes, Str, U64};
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 use raft_core::{LogId, StorageError};
 
 use crate::codec::{
@@ -65,15 +65,6 @@ impl Handles {
         }
     }
 
-    /// Syncs the data file (`fdatasync`): the last commit's meta page, written without a sync
-    /// (`NO_META_SYNC`), is durable when this returns `Ok`.
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
-        self.env.force_sync().map_err(|e| match e {
-            heed::Error::Io(io) => io,
-            other => std::io::Error::other(other.to_string()),
-        })
-    }
-
     /// Closes the environment and waits until LMDB has really closed it, so that the same path
     /// may be opened again.
     pub(crate) fn close(self) -> Result<(), StorageError> {
@@ -91,12 +82,7 @@ impl Handles {
 
 /// Opens the environment in `dir`.
 ///
-/// LMDB's default flags except `NO_META_SYNC`: a commit writes its pages, syncs them
-/// (`fdatasync`), and then writes its meta page without syncing it. That meta page becomes
-/// durable with the next commit's `fdatasync` (same file) or an explicit
-/// [`Handles::sync`]; the writer thread acknowledges a commit only after one of those has
-/// succeeded (see `writer.rs`). LMDB documents the flag as keeping the database's integrity
-/// (a crash may only undo the last commit); no `NO_SYNC`, `MAP_ASYNC` or `WRITE_MAP`. Read
+/// Default LMDB flags only (synced commits: no `NO_SYNC`, `NO_META_SYNC`, `MAP_ASYNC`); read
 /// transactions are not tied to threads (`read_txn_without_tls`) so that async tasks may read
 /// from any thread.
 pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutTls>, heed::Error> {
@@ -113,18 +99,14 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
     // * the same guard holds an exclusive advisory lock (`flock`) on the directory itself, which
     //   no file deletion can defeat, so no other process using this crate writes to the files
     //   while we have them mapped;
-    // * no memory-unsafe LMDB flag is set (no `NO_LOCK`, `WRITE_MAP`): LMDB's own locking
-    //   protects readers and the writer from each other. `flags` is unsafe for the durability
-    //   flags (`NO_SYNC`, `NO_META_SYNC`); the one set here, `NO_META_SYNC`, only defers the
-    //   sync of a commit's meta page to the next sync of the same file, and the writer thread
-    //   acknowledges nothing before that sync (see `open_env`'s documentation);
+    // * no unsafe LMDB flag is set (no `NO_LOCK`, `NO_SYNC`, `WRITE_MAP`): LMDB's own locking
+    //   protects readers and the writer from each other;
     // * the only other writes to `data.mdb` are the writer thread's zeros past the end of the
     //   file (`headroom.rs`), made between transactions: bytes beyond LMDB's last page, which
     //   no transaction or reader reaches before LMDB writes that page itself.
     // Foreign tools modifying the files behind our back remain the operator's responsibility,
     // as for any database.
     unsafe {
-        options.flags(EnvFlags::NO_META_SYNC);
         options.open(guard.path())
     }
 }
@@ -155,9 +137,6 @@ pub(crate) fn open_store(
         }
     };
     let meta = check_store(&handles, path)?;
-    // What opening committed (new databases, an upgraded format record) is durable before the
-    // store is used: its last meta page is not synced yet (`NO_META_SYNC`).
-    handles.sync().map_err(|e| OpenError::Io { path: path.to_path_buf(), source: e })?;
     Ok((handles, meta))
 }
 

@@ -9,7 +9,6 @@ pub struct LmdbOptions {
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_bytes: u64,
     pub(crate) file_headroom_bytes: u64,
-    pub(crate) max_writes_in_flight: usize,
 }
 
 impl Default for LmdbOptions {
@@ -20,7 +19,6 @@ impl Default for LmdbOptions {
             max_group_requests: 4096,
             max_group_bytes: 64 << 20,
             file_headroom_bytes: 8 << 20,
-            max_writes_in_flight: 4,
         }
     }
 }
@@ -69,16 +67,6 @@ impl LmdbOptions {
     /// store needs. Durability is the same either way.
     pub fn with_file_headroom(mut self, bytes: u64) -> Self {
         self.file_headroom_bytes = bytes;
-        self
-    }
-
-    /// How many writes a Raft node may queue in the store before the first of them is durable
-    /// ([`raft_core::LogStore::max_writes_in_flight`], at least 1). With more than one, the
-    /// next batch is committed while the previous one waits for its meta page to be synced, and
-    /// one sync serves both; 1 makes the node wait for each write. Durability is the same
-    /// either way.
-    pub fn with_max_writes_in_flight(mut self, writes: usize) -> Self {
-        self.max_writes_in_flight = writes.max(1);
         self
     }
 }

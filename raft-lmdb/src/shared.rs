@@ -1,7 +1,5 @@
 //! State shared by a store handle and its writer thread.
 
-#[cfg(test)]
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -30,9 +28,9 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     /// Requests answered by those transactions.
     pub(crate) committed_requests: AtomicU64,
-    /// Test hook: the `n`-th commit from now fails as if the disk were full (0: none).
+    /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
-    pub(crate) fail_commit_in: AtomicU32,
+    pub(crate) fail_next_commit: AtomicBool,
     /// Test hook: the writer waits for this lock after receiving a request, before gathering
     /// the rest of its group.
     #[cfg(test)]
@@ -50,7 +48,7 @@ impl Shared {
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             #[cfg(test)]
-            fail_commit_in: AtomicU32::new(0),
+            fail_next_commit: AtomicBool::new(false),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
             guard,

@@ -34,18 +34,15 @@ const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
 ///
 /// # Guarantees
 ///
-/// * **Durability.** When [`LogStore::write`] or [`LogStore::purge`] returns `Ok` (or a
-///   [`PendingWrite`] resolves `Ok`), the change has been committed by an LMDB transaction whose
-///   data pages and then meta page were synced to disk (the meta page by the next commit's sync
-///   or an explicit one: the environment runs with `NO_META_SYNC`, see `writer.rs`). It survives a process crash and a power
+/// * **Durability.** When [`LogStore::write`] or [`LogStore::purge`] returns `Ok`, the change
+///   has been committed by an LMDB transaction with LMDB's default (synchronous) flags: the data
+///   pages and then the meta page were synced to disk. It survives a process crash and a power
 ///   loss, as far as the disk honours `fdatasync`.
 /// * **Atomicity.** Each batch is all-or-nothing, including its hard state, truncation and
 ///   entries. Several concurrent calls may share one transaction (group commit); each returns
 ///   only once the transaction holding its own batch is durable.
 /// * **Order.** Requests are applied in the order they entered the writer's queue; a call to
-///   [`LmdbLogStore::submit`] fixes that order before it returns. Commits are ordered and each
-///   contains every earlier one, so a crash keeps a prefix of them, and writes complete in
-///   order: the store keeps the promises of pipelined writes ([`LogStore::submit_write`]).
+///   [`LmdbLogStore::submit`] fixes that order before it returns.
 /// * **No acknowledgement after a failure.** If a commit fails (disk full, I/O error), every
 ///   caller of that group gets the error and every later write fails with
 ///   [`StorageError::Closed`]. A full memory map is not a failure: the map grows and the
@@ -60,7 +57,6 @@ const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
 pub struct LmdbLogStore {
     tx: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
-    max_writes_in_flight: usize,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -113,8 +109,7 @@ impl LmdbLogStore {
         }
         let writer =
             writer::spawn(Arc::clone(&shared), rx, meta, limits, headroom).map_err(io_err)?;
-        let max_writes_in_flight = options.max_writes_in_flight;
-        Ok(Self { tx: Some(tx), writer: Some(writer), max_writes_in_flight, shared })
+        Ok(Self { tx: Some(tx), writer: Some(writer), shared })
     }
 
     /// The store's directory (canonical).
@@ -264,17 +259,6 @@ impl LogStore for LmdbLogStore {
 
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         self.submit(batch).await?.await
-    }
-
-    fn max_writes_in_flight(&self) -> usize {
-        self.max_writes_in_flight
-    }
-
-    async fn submit_write(
-        &self,
-        batch: WriteBatch,
-    ) -> Result<raft_core::PendingWrite, StorageError> {
-        Ok(Box::pin(self.submit(batch).await?))
     }
 
     async fn read(

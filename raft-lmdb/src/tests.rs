@@ -17,7 +17,7 @@ use crate::codec::{self, FORMAT_KEY, STATE_KEY};
 use crate::env::{self, Handles};
 use crate::fsdir::synced;
 use crate::registry::DirGuard;
-use crate::{FileSnapshotStore, LmdbLogStore, LmdbOptions, OpenError, FORMAT_VERSION};
+use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
@@ -163,7 +163,7 @@ fn foreign_lmdb_environment_is_rejected() {
 fn failed_commit_poisons_the_store() {
     let (_root, dir) = store_with_entries();
     let store = LmdbLogStore::open_dir(&dir).unwrap();
-    store.shared.fail_commit_in.store(1, Ordering::SeqCst);
+    store.shared.fail_next_commit.store(true, Ordering::SeqCst);
     let err = block_on(store.write(append(6..7, 1))).unwrap_err();
     assert!(matches!(&err, StorageError::Io(e) if e.raw_os_error() == Some(28)), "{err:?}");
     assert!(store.has_failed());
@@ -199,46 +199,6 @@ fn requests_queued_during_a_commit_share_the_next_one() {
     assert_eq!(after.commits - before.commits, 1, "{before:?} -> {after:?}");
     let entries = block_on(store.read(1..56, u64::MAX)).unwrap();
     assert_eq!(entries, (1..56).map(|i| entry(i, 1)).collect::<Vec<_>>());
-}
-
-/// A commit's meta page is synced by the next commit (`NO_META_SYNC`), so its writes are
-/// acknowledged only after that: when the next commit fails, the writes of the commit before it
-/// (committed, never known durable) fail too instead of being acknowledged.
-#[test]
-fn a_commit_is_acknowledged_only_once_a_later_sync_made_it_durable() {
-    let (_root, dir) = store_with_entries();
-    let options = LmdbOptions::default().with_max_group_requests(1);
-    let store = LmdbLogStore::open_dir_with(&dir, options).unwrap();
-    let pause = store.shared.pause.lock().unwrap();
-    let first = block_on(store.submit(append(6..7, 1))).unwrap();
-    let second = block_on(store.submit(append(7..8, 1))).unwrap();
-    // The first commit succeeds; the second, which would have synced it, fails.
-    store.shared.fail_commit_in.store(2, Ordering::SeqCst);
-    drop(pause);
-    let first = block_on(first);
-    assert!(matches!(&first, Err(StorageError::Other(_))), "{first:?}");
-    let second = block_on(second);
-    assert!(matches!(&second, Err(StorageError::Io(e)) if e.raw_os_error() == Some(28)));
-    assert!(store.has_failed());
-}
-
-/// Pipelined writes (`submit_write`, many in flight) are applied in order, resolve in order,
-/// and are all there after a reopen; a lone last write is synced without waiting for another.
-#[test]
-fn pipelined_writes_resolve_in_order_and_persist() {
-    let (_root, dir) = store_with_entries();
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
-    assert_eq!(store.max_writes_in_flight(), 4);
-    let pending: Vec<_> =
-        (6..206).map(|i| block_on(store.submit_write(append(i..i + 1, 1))).unwrap()).collect();
-    for write in pending {
-        block_on(write).unwrap();
-    }
-    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, 205));
-    drop(store);
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
-    let entries = block_on(store.read(1..206, u64::MAX)).unwrap();
-    assert_eq!(entries, (1..206).map(|i| entry(i, 1)).collect::<Vec<_>>());
 }
 
 #[test]

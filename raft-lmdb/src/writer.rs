@@ -1,19 +1,8 @@
 //! The writer thread: the only place write transactions exist.
 //!
 //! It takes requests from a bounded queue, merges every request queued while the previous commit
-//! was running into one transaction (group commit: one sync for many writes), commits it and
-//! answers every request of the group once the commit is durable.
-//!
-//! A commit is durable in two steps (the environment has `NO_META_SYNC`): LMDB writes and syncs
-//! its data pages, then writes its meta page without a sync. The next commit's sync of the same
-//! file makes that meta page durable, so when requests are queued the writer answers a group
-//! after the *next* group's commit: one sync per commit instead of two, and the next group's
-//! transaction is built and written while the previous one is still waiting for its meta page
-//! (pipelining). With nothing queued it syncs at once (`settle`) and answers. Commits are ordered
-//! (each transaction's tree contains every earlier one, and LMDB opens at the newest durable meta
-//! page), so a crash keeps a prefix of the commits; a group is answered only once its own meta
-//! page is durable, so nothing acknowledged is lost, and a later group is never answered before
-//! an earlier one. When the callers just answered are expected back at once
+//! was running into one transaction (group commit: one sync for many writes), commits it and then
+//! answers every request of the group. When the callers just answered are expected back at once
 //! (several callers each waiting for their write before the next), it waits for them a fraction
 //! of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync instead of
 //! splitting into cohorts that alternate between commits; a lone caller never waits. Requests are applied in queue order, each validated
@@ -111,21 +100,10 @@ impl Writer {
     fn run(mut self) {
         // Requests that arrived while the previous group was being committed.
         let mut carry: Vec<Request> = Vec::new();
-        // The answers of the last commit, held until its meta page is durable (the next
-        // commit's sync, or `settle`).
-        let mut unsynced: Vec<Reply> = Vec::new();
         // Size of the previous group, and how long its commit took.
         let (mut answered, mut last_commit) = (0, Duration::ZERO);
         loop {
             let mut group = std::mem::take(&mut carry);
-            if group.is_empty() && !unsynced.is_empty() {
-                // Nothing to commit behind the last group: sync its meta page now rather than
-                // keep its callers waiting for a next commit.
-                match self.rx.try_recv() {
-                    Ok(request) => group.push(request),
-                    Err(_) => answered = self.settle(&mut unsynced),
-                }
-            }
             // The writers just answered are likely to come back at once (a closed loop of
             // callers, each waiting for its write before the next): expect them as well as
             // the requests that queued up during the commit.
@@ -142,54 +120,20 @@ impl Writer {
             self.gather(&mut group, &mut bytes);
             self.linger(&mut group, &mut bytes, expected, last_commit);
             self.shared.space.notify(usize::MAX);
+            answered = group.len();
             let started = Instant::now();
-            let (replies, committed) = self.commit_group(group);
+            let replies = self.commit_group(group);
             last_commit = started.elapsed();
             // Take what queued up during the commit before answering, so that it is not
             // mistaken for the answered callers coming back.
             let mut carried_bytes = 0;
             self.gather(&mut carry, &mut carried_bytes);
-            // This commit synced the data file, which made the previous commit's meta page
-            // durable: its callers may hear of it now. If the commit failed, that sync may not
-            // have happened, and the previous group fails with it.
-            let previous = std::mem::replace(&mut unsynced, replies);
-            answered = previous.len();
-            if committed {
-                send_all(previous);
-            } else {
-                fail_unsynced(previous);
-                answered += unsynced.len();
-                send_all(std::mem::take(&mut unsynced));
+            for (reply, outcome) in replies {
+                // The caller may have stopped waiting; the write is durable all the same.
+                let _ = reply.send(outcome);
             }
         }
-        self.settle(&mut unsynced);
         tracing::debug!("raft-lmdb writer thread stops: the store was dropped");
-    }
-
-    /// Makes the last commit durable (syncs its meta page) and answers its callers, or fails
-    /// them (and poisons the store) if the sync fails. Returns how many were answered.
-    fn settle(&mut self, unsynced: &mut Vec<Reply>) -> usize {
-        let replies = std::mem::take(unsynced);
-        if replies.is_empty() {
-            return 0;
-        }
-        let count = replies.len();
-        match self.sync() {
-            Ok(()) => send_all(replies),
-            Err(err) => {
-                tracing::error!(error = %err, "raft-lmdb sync failed; the store accepts no more writes");
-                self.shared.poison();
-                send_all(replies.into_iter().map(|(reply, _)| (reply, Err(copy_error(&err)))));
-            }
-        }
-        count
-    }
-
-    /// Syncs the data file, making the last commit's meta page durable.
-    fn sync(&self) -> Result<(), StorageError> {
-        let slot = self.shared.handles();
-        let handles = slot.as_ref().ok_or(StorageError::Closed)?;
-        handles.sync().map_err(StorageError::Io)
     }
 
     /// Adds queued requests to `group` without waiting, within the group limits.
@@ -233,13 +177,10 @@ impl Writer {
         }
     }
 
-    /// Commits `group` and returns the answer for each request (not sent yet), and whether the
-    /// commit succeeded (then its data pages and the previous commit's meta page are durable,
-    /// its own meta page not yet).
-    fn commit_group(&mut self, group: Vec<Request>) -> (Vec<Reply>, bool) {
+    /// Commits `group` and returns the answer for each request (not sent yet).
+    fn commit_group(&mut self, group: Vec<Request>) -> Vec<Reply> {
         if self.shared.is_poisoned() {
-            let closed = group.into_iter().map(|r| (r.reply, Err(StorageError::Closed)));
-            return (closed.collect(), false);
+            return group.into_iter().map(|r| (r.reply, Err(StorageError::Closed))).collect();
         }
         loop {
             match self.try_commit(&group) {
@@ -247,14 +188,14 @@ impl Writer {
                     self.committed = meta;
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     self.shared.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
-                    return (group.into_iter().map(|r| r.reply).zip(outcomes).collect(), true);
+                    return group.into_iter().map(|r| r.reply).zip(outcomes).collect();
                 }
                 Err(Failure::MapFull) => {
                     if let Err(err) = self.grow_map() {
-                        return (self.fail(group, err), false);
+                        return self.fail(group, err);
                     }
                 }
-                Err(Failure::Fatal(err)) => return (self.fail(group, err), false),
+                Err(Failure::Fatal(err)) => return self.fail(group, err),
             }
         }
     }
@@ -272,12 +213,6 @@ impl Writer {
         let Some(handles) = slot.take() else {
             return Err(StorageError::Closed);
         };
-        // The last commit's meta page is made durable before the environment closes (closing
-        // does not sync); its callers are answered after the next commit as usual.
-        if let Err(err) = handles.sync() {
-            *slot = Some(handles);
-            return Err(StorageError::Io(err));
-        }
         let old = handles.map_size();
         let Some(new) = env::grown_map_size(old) else {
             *slot = Some(handles);
@@ -326,36 +261,15 @@ impl Writer {
                 Err(Rejection::Failed(failure)) => return Err(failure),
             }
         }
-        // Always written, even unchanged: a transaction without changes commits without a sync,
-        // and every commit's sync is what makes the previous commit durable (`run`).
-        handles.meta.put(&mut txn, STATE_KEY, &codec::encode_meta(&meta)?)?;
+        if meta != self.committed {
+            handles.meta.put(&mut txn, STATE_KEY, &codec::encode_meta(&meta)?)?;
+        }
         #[cfg(test)]
-        if self
-            .shared
-            .fail_commit_in
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            == Ok(1)
-        {
+        if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
         txn.commit()?;
         Ok((meta, outcomes))
-    }
-}
-
-/// Answers `replies` (a group committed just before a failed commit) with an error: their meta
-/// page may not be durable.
-fn fail_unsynced(replies: Vec<Reply>) {
-    let failure =
-        || StorageError::Other("a later commit failed before this write was durable".into());
-    send_all(replies.into_iter().map(|(reply, _)| (reply, Err(failure()))));
-}
-
-/// Sends each outcome to its caller. A caller may have stopped waiting; the outcome stands all
-/// the same.
-fn send_all(replies: impl IntoIterator<Item = Reply>) {
-    for (reply, outcome) in replies {
-        let _ = reply.send(outcome);
     }
 }
 
