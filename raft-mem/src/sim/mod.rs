@@ -11,6 +11,7 @@ mod checker;
 mod clients;
 mod disk;
 mod executor;
+mod history;
 mod liveness;
 mod observe;
 mod queries;
@@ -27,6 +28,7 @@ pub use disk::{
     SimSnapshotStore,
 };
 pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
+pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use recorder::StateMachineFaults;
 pub use simulation::{
