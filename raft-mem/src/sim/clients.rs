@@ -10,11 +10,11 @@ use futures::FutureExt;
 use raft_core::{Bytes, LogIndex, Node, NodeId, ProposalError, ProposeError};
 
 use super::checker::Violation;
-use super::recorder::{lock, Recorder};
+use super::recorder::{lock, Record, StateMachineHandle};
 use super::simulation::Simulation;
 
 /// The running nodes and their state machines, shared with client tasks.
-pub(crate) type Directory = Arc<Mutex<BTreeMap<NodeId, (Node, Recorder)>>>;
+pub(crate) type Directory<S> = Arc<Mutex<BTreeMap<NodeId, (Node, Record, StateMachineHandle<S>)>>>;
 
 /// What clients and readers share with the checker.
 #[derive(Debug, Default)]
@@ -28,7 +28,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn report(&self, invariant: &'static str, detail: String) {
+    pub(crate) fn report(&self, invariant: &'static str, detail: String) {
         lock(&self.violations).push(Violation { invariant, detail });
     }
 }
@@ -99,7 +99,7 @@ impl ReaderLog {
 }
 
 /// The running node after `current` in id order (wrapping), or `current` if none runs.
-pub(crate) fn next_node(directory: &Directory, current: NodeId) -> NodeId {
+pub(crate) fn next_node<S>(directory: &Directory<S>, current: NodeId) -> NodeId {
     let directory = lock(directory);
     directory
         .range(current + 1..)
@@ -110,9 +110,9 @@ pub(crate) fn next_node(directory: &Directory, current: NodeId) -> NodeId {
 
 /// Checks the answer to a write proposed as `command`, accepted at `index` in `term`, against
 /// what the answering incarnation's state machine applied there.
-fn check_answer(
+pub(crate) fn check_answer(
     shared: &Shared,
-    recorder: &Recorder,
+    recorder: &Record,
     node: NodeId,
     (command, index, term): (&Bytes, LogIndex, raft_core::Term),
     answer: &Result<Bytes, ProposalError>,
@@ -144,7 +144,7 @@ fn check_answer(
     }
 }
 
-impl Simulation {
+impl<S: raft_core::StateMachine> Simulation<S> {
     /// Starts a client task that writes `"{name}-{k}"` for k = 0, 1, ... through whichever node
     /// accepts it (following leader hints, retrying after failures) until stopped. Every write it
     /// is told committed is recorded with its index, and every answer is checked against what
@@ -174,7 +174,7 @@ impl Simulation {
                 let command = Bytes::from(text);
                 let entry = lock(&directory).get(&target).cloned();
                 let mut hint = None;
-                if let Some((node, recorder)) = entry {
+                if let Some((node, recorder, _)) = entry {
                     let attempt = async {
                         match node.propose(command.clone()).await {
                             Ok(proposal) => {
@@ -246,7 +246,7 @@ impl Simulation {
                         }
                     }
                 };
-                let Some((target, (node, recorder))) = chosen else {
+                let Some((target, (node, recorder, _))) = chosen else {
                     runtime.sleep_for(Duration::from_millis(20)).await;
                     continue;
                 };
@@ -264,7 +264,7 @@ impl Simulation {
                     runtime.sleep_for(Duration::from_millis(20)).await;
                     continue;
                 };
-                let state_end = recorder.state_end();
+                let state_end = recorder.state_end().index;
                 if index < floor || state_end < index {
                     shared.report(
                         "Linearizable reads",

@@ -77,7 +77,7 @@ fn liveness(detail: String) -> Violation {
     Violation { invariant: "bounded liveness", detail }
 }
 
-impl Simulation {
+impl<S: raft_core::StateMachine> Simulation<S> {
     pub(super) fn check_liveness(&mut self) -> Result<(), Violation> {
         let now = self.now();
         let Some(state) = &self.liveness else { return Ok(()) };

@@ -14,7 +14,7 @@ use super::simulation::{stuck, Planned, Simulation};
 /// livelock.
 const MAX_STEPS_PER_INSTANT: u64 = 200_000;
 
-impl Simulation {
+impl<S: raft_core::StateMachine> Simulation<S> {
     /// Feeds everything observable since the last step to the checkers.
     pub(super) fn check_step(&mut self) {
         if self.failure.is_some() {
@@ -70,7 +70,7 @@ impl Simulation {
         for id in ids {
             let Some(running) = self.running.get(&id) else { continue };
             let (node, incarnation) = (running.node.clone(), running.incarnation);
-            let fresh = running.recorder.fresh.clone();
+            let fresh = running.record.fresh.clone();
             let status = node.status();
             max_commit = max_commit.max(status.commit_index);
             progress = progress
@@ -86,7 +86,7 @@ impl Simulation {
             let disk = self.disks.get(&id).cloned();
             for event in events {
                 match event {
-                    Event::Applied(entries) => {
+                    Event::Applied(entries, digest) => {
                         let local = disk
                             .as_ref()
                             .is_none_or(|d| entries.iter().all(|e| d.holds(e.log_id())));
@@ -101,8 +101,17 @@ impl Simulation {
                             });
                         }
                         self.checker.observe_applied((id, incarnation), &entries)?;
+                        if let (Some(digest), Some(last)) = (digest, entries.last()) {
+                            self.check_digest(id, last.index, digest)?;
+                        }
                     }
-                    Event::Restored(last, entries) => {
+                    Event::Restored(last, verified, digest) => {
+                        if let Err(detail) = verified {
+                            return Err(Violation {
+                                invariant: "restores install a snapshot captured at its entry",
+                                detail: format!("node {id}: {detail}"),
+                            });
+                        }
                         if disk.as_ref().is_some_and(|d| !d.holds(last)) {
                             return Err(Violation {
                                 invariant: "apply only what is locally durable",
@@ -111,7 +120,10 @@ impl Simulation {
                                 ),
                             });
                         }
-                        self.checker.observe_snapshot((id, incarnation), last, &entries)?;
+                        self.checker.observe_snapshot((id, incarnation), last, &[])?;
+                        if let Some(digest) = digest {
+                            self.check_digest(id, last.index, digest)?;
+                        }
                     }
                 }
             }
@@ -132,6 +144,21 @@ impl Simulation {
             if let Some(change) = store.take_change() {
                 self.checker.observe_log(id, &change, || store.entries())?;
             }
+        }
+        Ok(())
+    }
+
+    /// Divergence detection: every state machine that applied up to `index` must report the
+    /// same digest there.
+    fn check_digest(&mut self, id: NodeId, index: u64, digest: u64) -> Result<(), Violation> {
+        let (first, by) = *self.digests.entry(index).or_insert((digest, id));
+        if first != digest {
+            return Err(Violation {
+                invariant: "state machines agree at every applied index (deterministic apply)",
+                detail: format!(
+                    "at applied index {index} node {id}'s state machine reports digest {digest:#018x}, node {by}'s reported {first:#018x}"
+                ),
+            });
         }
         Ok(())
     }
@@ -257,7 +284,7 @@ impl Simulation {
                 let error = running.node.fatal_error()?;
                 let disk_errors = self.disks.get(&id).map_or(0, |d| d.stats().errors);
                 let injected = disk_errors > running.disk_errors_at_start
-                    || running.recorder.failed.load(Ordering::SeqCst);
+                    || running.record.failed.load(Ordering::SeqCst);
                 Some((id, injected, error.to_string()))
             })
             .collect();

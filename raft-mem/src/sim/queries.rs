@@ -12,7 +12,7 @@ use raft_core::{
 
 use super::simulation::{stuck, SimFailure, Simulation};
 
-impl Simulation {
+impl<S: raft_core::StateMachine> Simulation<S> {
     /// Applies `change` through whichever node leads, retrying through leader changes, lost
     /// leadership and changes still in progress, for at most `max`. A retry that finds the change
     /// already made (an earlier attempt committed after all) counts as success.

@@ -6,14 +6,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, Entry, LogId, LogIndex, Membership, Node, NodeId, Term};
+use raft_core::{Config, Entry, LogId, LogIndex, Membership, Node, NodeId, StateMachine, Term};
 
 use super::checker::{InvariantChecker, Violation};
 use super::clients::{Directory, Shared};
 use super::disk::{CrashOutcome, DiskFaults, DiskImage, InFlight, SimDisk};
 use super::executor::{NodeClock, SimRuntime};
 use super::liveness::{LivenessBounds, LivenessState};
-use super::recorder::{lock, Recorder, StateMachineFaults};
+use super::recorder::{
+    lock, DigestFn, Observed, Record, Registry, StateMachineFaults, StateMachineHandle,
+};
+use super::recording::RecordingStateMachine;
 use super::wire_oracle::WireOracle;
 use crate::{LinkFaults, MemLogStore, MemNetwork, MemSnapshotStore};
 
@@ -23,7 +26,13 @@ pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
 /// Called with the simulation and the node each time a node is seen winning an election (see
 /// [`Simulation::on_election`]).
-pub type ElectionHook = Box<dyn FnMut(&mut Simulation, NodeId) + Send>;
+pub type ElectionHook<S = RecordingStateMachine> =
+    Box<dyn FnMut(&mut Simulation<S>, NodeId) + Send>;
+
+/// Makes the state machine of a simulated node: called with the node's id at every start (the
+/// first one and each restart after a crash: a state machine keeps only what it persisted
+/// itself, exactly as in production).
+pub type StateMachineFactory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 
 /// How to build a [`Simulation`].
 #[derive(Debug, Clone)]
@@ -126,10 +135,11 @@ pub(super) enum Planned {
     OnLeadership { node: Option<NodeId>, delay: Duration, policy: InFlight },
 }
 
-pub(super) struct Running {
+pub(super) struct Running<S> {
     pub(super) node: Node,
     pub(super) incarnation: u64,
-    pub(super) recorder: Recorder,
+    pub(super) record: Record,
+    pub(super) handle: StateMachineHandle<S>,
     /// The disk's injected failures when this incarnation started.
     pub(super) disk_errors_at_start: u64,
 }
@@ -138,7 +148,7 @@ pub(super) struct Running {
 /// a [`SimDisk`] that survives crashes. After every executor step it feeds the
 /// [`InvariantChecker`] and the message-boundary and liveness oracles; the first violation
 /// stops the run and is returned as a [`SimFailure`] naming the seed.
-pub struct Simulation {
+pub struct Simulation<S = RecordingStateMachine> {
     /// The executor (virtual time).
     pub runtime: SimRuntime,
     /// The network (faults, partitions, counters).
@@ -149,14 +159,14 @@ pub struct Simulation {
     /// Every node that is part of the scenario: founders and added nodes, minus retired ones.
     ids: Vec<NodeId>,
     pub(super) disks: BTreeMap<NodeId, SimDisk>,
-    pub(super) running: BTreeMap<NodeId, Running>,
+    pub(super) running: BTreeMap<NodeId, Running<S>>,
     incarnations: BTreeMap<NodeId, u64>,
     /// The configuration each node last started with.
     pub(super) configs: BTreeMap<NodeId, Config>,
     pub(super) checker: InvariantChecker,
     pub(super) failure: Option<SimFailure>,
     config_hook: Option<ConfigHook>,
-    pub(crate) directory: Directory,
+    pub(crate) directory: Directory<S>,
     pub(crate) shared: Arc<Shared>,
     /// How long a client of [`Simulation::spawn_client`] waits for a write before trying
     /// another node.
@@ -188,10 +198,15 @@ pub struct Simulation {
     /// Virtual times at which a timer was planted for a planned crash.
     pub(super) wakeups: BTreeSet<Duration>,
     pub(super) stats: SimStats,
-    pub(super) election_hook: Option<ElectionHook>,
+    pub(super) election_hook: Option<ElectionHook<S>>,
+    factory: StateMachineFactory<S>,
+    digest: Option<DigestFn<S>>,
+    registry: Registry,
+    /// Per applied index, the first digest reported there and by which node.
+    pub(super) digests: BTreeMap<LogIndex, (u64, NodeId)>,
 }
 
-impl std::fmt::Debug for Simulation {
+impl<S> std::fmt::Debug for Simulation<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Simulation")
             .field("seed", &self.seed)
@@ -200,7 +215,7 @@ impl std::fmt::Debug for Simulation {
     }
 }
 
-impl Drop for Simulation {
+impl<S> Drop for Simulation<S> {
     fn drop(&mut self) {
         // Tasks hold handles to the executor and the executor holds the tasks: break the cycle
         // so that a finished simulation frees its cluster (a swarm runs thousands in a row).
@@ -221,9 +236,9 @@ pub(super) fn stuck(detail: String) -> Violation {
 }
 
 impl Simulation {
-    /// Builds and starts the cluster.
+    /// Builds and starts the cluster, each node running a [`RecordingStateMachine`].
     pub fn new(config: SimulationConfig) -> Result<Self, SimFailure> {
-        Self::with_config_hook(config, None)
+        Self::builder(config).build()
     }
 
     /// Builds and starts the cluster, letting `hook` adjust every node's [`Config`].
@@ -231,6 +246,81 @@ impl Simulation {
         config: SimulationConfig,
         hook: Option<ConfigHook>,
     ) -> Result<Self, SimFailure> {
+        let builder = Self::builder(config);
+        match hook {
+            Some(hook) => builder.config_hook(hook).build(),
+            None => builder.build(),
+        }
+    }
+
+    /// A builder for a simulation of `config`, whose nodes run a [`RecordingStateMachine`]
+    /// unless [`SimulationBuilder::state_machine`] gives another.
+    pub fn builder(config: SimulationConfig) -> SimulationBuilder<RecordingStateMachine> {
+        SimulationBuilder {
+            config,
+            hook: None,
+            factory: Arc::new(|_| RecordingStateMachine::new()),
+            digest: None,
+        }
+    }
+}
+
+/// How to build a [`Simulation`]: its [`SimulationConfig`], the state machine its nodes run
+/// (yours, made by a factory), an optional digest of that state machine's state for divergence
+/// detection, and an optional [`ConfigHook`].
+pub struct SimulationBuilder<S> {
+    config: SimulationConfig,
+    hook: Option<ConfigHook>,
+    factory: StateMachineFactory<S>,
+    digest: Option<DigestFn<S>>,
+}
+
+impl<S> std::fmt::Debug for SimulationBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulationBuilder")
+            .field("config", &self.config)
+            .field("digest", &self.digest.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> SimulationBuilder<S> {
+    /// Runs the state machines `factory` makes: it is called with the node's id each time a
+    /// node starts (at boot and after every crash), so a node keeps only what its state machine
+    /// persisted itself. The simulation records what the checker needs *around* the state
+    /// machine (the entries it was given, the snapshots it captured and restored): nothing more
+    /// is asked of it than the [`StateMachine`] trait. A digest given before is dropped (it was
+    /// for the other type).
+    pub fn state_machine<T: StateMachine>(
+        self,
+        factory: impl Fn(NodeId) -> T + Send + Sync + 'static,
+    ) -> SimulationBuilder<T> {
+        SimulationBuilder {
+            config: self.config,
+            hook: self.hook,
+            factory: Arc::new(factory),
+            digest: None,
+        }
+    }
+
+    /// Divergence detection: after every `apply` and `restore`, the simulation asks `digest`
+    /// for a digest of the state machine's state (a hash of it, say) and checks that every node
+    /// reports the same digest at the same applied index. A non-deterministic `apply` (iteration
+    /// over a `HashMap`, a clock read, a random number) then fails the run, naming the seed.
+    pub fn digest(mut self, digest: impl Fn(&S) -> u64 + Send + Sync + 'static) -> Self {
+        self.digest = Some(Arc::new(digest));
+        self
+    }
+
+    /// Lets `hook` adjust every node's [`Config`] (for example, shorter timeouts).
+    pub fn config_hook(mut self, hook: ConfigHook) -> Self {
+        self.hook = Some(hook);
+        self
+    }
+
+    /// Builds and starts the cluster.
+    pub fn build(self) -> Result<Simulation<S>, SimFailure> {
+        let Self { config, hook, factory, digest } = self;
         let runtime = SimRuntime::seeded(mix(config.seed, 1), config.jitter_us);
         let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 0));
         network.set_default_faults(config.faults);
@@ -241,7 +331,7 @@ impl Simulation {
         let oracle = Arc::new(WireOracle::new(runtime.clone(), config.trace));
         network.set_observer(Some(oracle.clone()));
         let ids: Vec<NodeId> = (1..=config.nodes).collect();
-        let mut sim = Self {
+        let mut sim = Simulation {
             runtime,
             network,
             seed: config.seed,
@@ -274,6 +364,10 @@ impl Simulation {
             wakeups: BTreeSet::new(),
             stats: SimStats::default(),
             election_hook: None,
+            factory,
+            digest,
+            registry: Registry::default(),
+            digests: BTreeMap::new(),
         };
         for id in sim.ids.clone() {
             sim.start(id)?;
@@ -283,7 +377,9 @@ impl Simulation {
         }
         Ok(sim)
     }
+}
 
+impl<S: StateMachine> Simulation<S> {
     /// The seed of this run.
     pub fn seed(&self) -> u64 {
         self.seed
@@ -360,13 +456,37 @@ impl Simulation {
     /// Every entry node `id`'s current incarnation's state reflects: restored from a snapshot or
     /// applied.
     pub fn applied(&self, id: NodeId) -> Vec<Entry> {
-        self.running.get(&id).map(|r| lock(&r.recorder.history).clone()).unwrap_or_default()
+        let Some(running) = self.running.get(&id) else { return Vec::new() };
+        let (base, applied) = lock(&running.record.state).clone();
+        // What a snapshot (or a state machine's own persistence) holds is what was committed up
+        // to it: the checker verified both.
+        let mut entries: Vec<Entry> = self
+            .checker
+            .committed_entries()
+            .take_while(|e| e.index <= base.index)
+            .cloned()
+            .collect();
+        entries.extend(applied);
+        entries
+    }
+
+    /// A handle to node `id`'s state machine (of its current incarnation), if it is running.
+    pub fn state_machine(&self, id: NodeId) -> Option<StateMachineHandle<S>> {
+        self.running.get(&id).map(|r| r.handle.clone())
+    }
+
+    /// Calls `read` with node `id`'s state machine, unless the node is down or inside a call
+    /// to it (an `apply` suspended in virtual time).
+    pub fn inspect<R>(&self, id: NodeId, read: impl FnOnce(&S) -> R) -> Option<R> {
+        let handle = self.state_machine(id)?;
+        let guard = handle.try_lock()?;
+        Some(read(&guard))
     }
 
     /// The snapshots node `id`'s current incarnation restored (at start or installed from the
     /// leader), in order.
     pub fn restores(&self, id: NodeId) -> Vec<LogId> {
-        self.running.get(&id).map(|r| lock(&r.recorder.restores).clone()).unwrap_or_default()
+        self.running.get(&id).map(|r| lock(&r.record.restores).clone()).unwrap_or_default()
     }
 
     /// The configuration node `id` last started with.
@@ -442,12 +562,19 @@ impl Simulation {
         let disk_errors_at_start = disk.stats().errors;
         let node_runtime = self.runtime.tagged(id);
         let seed = mix(self.seed, 0x5_3000 + id * 1_000 + incarnation);
-        let recorder = Recorder::new(node_runtime.clone(), self.sm_faults.clone(), seed);
+        let state_machine = Observed::new(
+            (self.factory)(id),
+            (node_runtime.clone(), seed),
+            self.sm_faults.clone(),
+            self.registry.clone(),
+            self.digest.clone(),
+        );
+        let (record, handle) = (state_machine.record(), state_machine.handle());
         self.oracle.started(id, incarnation, disk.clone());
         self.configs.insert(id, config.clone());
         self.epoch += 1;
         let builder =
-            Node::builder(config, log, self.network.endpoint(id), recorder.clone(), node_runtime)
+            Node::builder(config, log, self.network.endpoint(id), state_machine, node_runtime)
                 .snapshot_store(snapshots);
         let builder = if bootstrap {
             builder.bootstrap(Membership::with_voters(self.founders.iter().copied()))
@@ -476,8 +603,9 @@ impl Simulation {
         };
         self.oracle.trace(|| format!("start {id} incarnation {incarnation}"));
         self.network.register(id, Arc::new(node.clone()));
-        lock(&self.directory).insert(id, (node.clone(), recorder.clone()));
-        self.running.insert(id, Running { node, incarnation, recorder, disk_errors_at_start });
+        lock(&self.directory).insert(id, (node.clone(), record.clone(), handle.clone()));
+        self.running
+            .insert(id, Running { node, incarnation, record, handle, disk_errors_at_start });
         Ok(())
     }
 
@@ -625,7 +753,7 @@ impl Simulation {
 
     /// Calls `hook` each time a node is seen winning an election (right after the step in which
     /// it did), for example to propose a membership change on every new leader at once.
-    pub fn on_election(&mut self, hook: Option<ElectionHook>) {
+    pub fn on_election(&mut self, hook: Option<ElectionHook<S>>) {
         self.election_hook = hook;
     }
 
@@ -682,7 +810,7 @@ impl Simulation {
         &mut self,
         what: &str,
         max: Duration,
-        mut done: impl FnMut(&Simulation) -> bool,
+        mut done: impl FnMut(&Simulation<S>) -> bool,
     ) -> Result<(), SimFailure> {
         let runtime = self.runtime.clone();
         let this = std::cell::RefCell::new(self);

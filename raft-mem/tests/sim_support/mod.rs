@@ -30,27 +30,7 @@ pub fn cmd(text: &str) -> Bytes {
     Bytes::from(text.to_owned())
 }
 
-/// A small deterministic PRNG for scenario choices (SplitMix64).
-pub struct Dice(pub u64);
-
-impl Dice {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    pub fn pick(&mut self, from: &[NodeId]) -> NodeId {
-        from[self.below(from.len() as u64) as usize]
-    }
-}
+pub use raft_mem::sim::Dice;
 
 pub fn commit_indexes(sim: &Simulation, ids: &[NodeId]) -> Vec<u64> {
     ids.iter().filter_map(|&id| sim.node(id)).map(|n| n.status().commit_index).collect()
