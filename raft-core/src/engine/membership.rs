@@ -82,6 +82,12 @@ impl Engine {
             .collect()
     }
 
+    /// A number that changes whenever [`Engine::membership`] may have changed: while it stays
+    /// the same, so does the membership (a cheap test for a driver that follows it).
+    pub fn membership_generation(&self) -> u64 {
+        self.log.membership().generation()
+    }
+
     /// The index of the entry that set [`Engine::membership`] (0: the configured one; at most
     /// the snapshot's last index when a snapshot's).
     pub fn membership_index(&self) -> LogIndex {
@@ -223,6 +229,12 @@ impl Engine {
     /// the log (append, truncation, snapshot install): replication to new members, none to
     /// removed ones, quorums of the new voters.
     pub(super) fn sync_membership(&mut self) {
+        // Cheap test first: this runs after every append (each AppendEntries on a follower).
+        let generation = self.log.membership().generation();
+        if self.membership_generation_seen == generation {
+            return;
+        }
+        self.membership_generation_seen = generation;
         if self.membership_seen == *self.membership() {
             return;
         }
@@ -337,12 +349,21 @@ pub(crate) struct MembershipLog {
     base: (LogIndex, Membership),
     /// Membership entries after `base.0`.
     changes: Vec<(LogIndex, Membership)>,
+    /// Grows whenever the latest membership may have changed (see [`MembershipLog::generation`]).
+    generation: u64,
 }
 
 impl MembershipLog {
     /// The membership `base` in force at index `at`, with no later change known.
     pub(crate) fn new(at: LogIndex, base: Membership) -> Self {
-        Self { base: (at, base), changes: Vec::new() }
+        Self { base: (at, base), changes: Vec::new(), generation: 0 }
+    }
+
+    /// A number that changes whenever [`MembershipLog::latest`] may have changed: equal
+    /// generations (of the same log) mean the same latest membership, so callers that follow
+    /// the membership compare this instead of the memberships on every step.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records `entry` if it carries a membership and follows the base.
@@ -350,13 +371,18 @@ impl MembershipLog {
         if let EntryPayload::Membership(m) = &entry.payload {
             if entry.index > self.base.0 {
                 self.changes.push((entry.index, m.clone()));
+                self.generation += 1;
             }
         }
     }
 
     /// Forgets the changes at `from` or later (their entries were overwritten).
     pub(crate) fn truncated(&mut self, from: LogIndex) {
+        let before = self.changes.len();
         self.changes.retain(|(index, _)| *index < from);
+        if self.changes.len() != before {
+            self.generation += 1;
+        }
     }
 
     /// Folds the changes up to `up_to` into the base (their entries were compacted away).
@@ -371,11 +397,14 @@ impl MembershipLog {
         };
         self.changes.drain(..folded);
         self.base = (up_to, base);
+        self.generation += 1;
     }
 
     /// Replaces the whole history by `membership` in force at `at` (a snapshot was installed).
     pub(crate) fn reset(&mut self, at: LogIndex, membership: Membership) {
+        let generation = self.generation + 1;
         *self = Self::new(at, membership);
+        self.generation = generation;
     }
 
     /// The latest membership: the one in force now.
@@ -434,6 +463,40 @@ mod tests {
         log.reset(10, Membership::with_voters([7]));
         log.appended(&change(9, &[8])); // before the base: ignored
         assert_eq!(log.latest().voters(), &BTreeSet::from([7]));
+    }
+
+    /// Whatever changes the latest membership changes the generation (the driver and the
+    /// leader's bookkeeping skip their work while it stays the same); other entries do not.
+    #[test]
+    fn the_generation_changes_whenever_the_latest_membership_may_change() {
+        let mut log = MembershipLog::new(0, Membership::with_voters([1, 2, 3]));
+        let mut seen = log.generation();
+        let mut changed = |log: &MembershipLog| {
+            let now = log.generation();
+            let changed = now != seen;
+            seen = now;
+            changed
+        };
+        log.appended(&Entry { index: 1, term: 1, payload: EntryPayload::Blank });
+        assert!(!changed(&log), "a command or blank entry leaves the membership");
+        log.appended(&change(2, &[1, 2]));
+        assert!(changed(&log));
+        log.truncated(3);
+        assert!(!changed(&log), "a truncation after the change keeps it");
+        log.truncated(2);
+        assert!(changed(&log), "the change was overwritten");
+        // The same membership appended again at the same index after a truncation, and a
+        // different one at the same index: both are seen.
+        log.appended(&change(2, &[1, 2]));
+        assert!(changed(&log));
+        log.truncated(2);
+        log.appended(&change(2, &[1, 2, 4]));
+        assert!(changed(&log));
+        assert_eq!(log.latest(), &Membership::with_voters([1, 2, 4]));
+        log.compacted(2);
+        assert!(changed(&log));
+        log.reset(10, Membership::with_voters([5]));
+        assert!(changed(&log), "an installed snapshot's membership");
     }
 
     #[test]

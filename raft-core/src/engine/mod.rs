@@ -207,6 +207,8 @@ pub struct Engine {
     snapshots: snapshot::SnapshotState,
     /// The membership the leader's replication and quorums were last set up for.
     membership_seen: Membership,
+    /// The membership log's generation when `membership_seen` was last checked.
+    membership_generation_seen: u64,
     /// Reads this node forwarded (or will forward) to the leader.
     forwarded: read_index::ForwardedReads,
     /// Ticks since the engine was created (a node's first election timeout after a restart).
@@ -285,6 +287,7 @@ impl Engine {
             actions: Vec::new(),
             snapshots: snapshot::SnapshotState::default(),
             membership_seen: Membership::default(),
+            membership_generation_seen: 0,
             forwarded: read_index::ForwardedReads::default(),
             now_tick: 0,
             now: std::time::Duration::ZERO,
@@ -293,6 +296,7 @@ impl Engine {
             peer_warnings: BTreeMap::new(),
         };
         engine.membership_seen = engine.membership().clone();
+        engine.membership_generation_seen = engine.log.membership().generation();
         let restored = snapshot.as_ref().map_or(0, |m| m.last_included.index);
         let log = &mut engine.log;
         if restored > log.applied_index {

@@ -77,6 +77,8 @@ pub(super) struct CoreLoop {
     /// The membership published to the node handle.
     membership: Arc<Mutex<Membership>>,
     membership_seen: Membership,
+    /// The engine's membership generation when `membership_seen` was last checked.
+    membership_generation_seen: u64,
     /// The membership changed since the peer tasks were last pruned.
     peers_stale: bool,
     /// Callers waiting for a joint change to be complete, with the joint membership's index.
@@ -121,6 +123,7 @@ impl CoreLoop {
     ) -> Self {
         let Outlets { writer, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
+        let membership_generation_seen = engine.membership_generation();
         peer_factory.network.members_changed(membership_seen.nodes());
         let mut peers = BTreeMap::new();
         for peer in membership_seen.members() {
@@ -143,6 +146,7 @@ impl CoreLoop {
             next_read: 0,
             prune_reads: false,
             membership,
+            membership_generation_seen,
             membership_seen,
             peers_stale: false,
             membership_waiters: Vec::new(),
@@ -422,6 +426,12 @@ impl CoreLoop {
     /// Publishes a new membership in force to the node handle, and hands its members' metadata
     /// to the network if that changed (before any request to a new member leaves).
     fn publish_membership(&mut self) {
+        // Runs twice per step: the generation spares comparing whole memberships each time.
+        let generation = self.engine.membership_generation();
+        if self.membership_generation_seen == generation {
+            return;
+        }
+        self.membership_generation_seen = generation;
         if self.membership_seen == *self.engine.membership() {
             return;
         }
