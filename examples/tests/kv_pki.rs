@@ -51,12 +51,7 @@ async fn raw_request(
             .await
             .map_err(|e| e.to_string())?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let envelope = raft_core::Envelope::new(
-            raft_core::DEFAULT_CLUSTER_ID,
-            raft_core::DEFAULT_GROUP_ID,
-            id,
-            request.clone(),
-        );
+        let envelope = raft_core::Envelope::new(id, request.clone());
         let frame = frame::encode_request(&envelope, 1 << 20).unwrap();
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;

@@ -16,10 +16,29 @@ pub struct Config {
     /// The cluster this node belongs to: it is written on every request the node sends
     /// ([`Envelope::cluster_id`](crate::message::Envelope)), and the node refuses requests of
     /// any other cluster (`RpcError::WrongCluster`). Every node of a cluster must use the same
-    /// value. The default, [`DEFAULT_CLUSTER_ID`], suits a network that carries one cluster;
-    /// give clusters that may reach each other (a shared network, reused addresses, test and
-    /// production side by side) distinct ids, for example a random `u64` chosen when the
-    /// cluster is founded and kept in each node's configuration.
+    /// value.
+    ///
+    /// **The default, [`DEFAULT_CLUSTER_ID`] (0), turns this check off between clusters that
+    /// keep it:** two clusters that both use the default accept each other's requests, so a
+    /// stale address that reaches a node of another cluster with the same node id is not
+    /// caught, and a leader can count that node's votes and acknowledgements (and overwrite
+    /// its log). The default suits only a network that carries a single cluster. Give clusters
+    /// that may reach each other (a shared network, reused addresses, test and production side
+    /// by side) distinct ids: for example a random `u64` chosen when the cluster is founded, or
+    /// one derived from something each cluster owns alone (the kv example hashes its node CA
+    /// certificate).
+    ///
+    /// Known limit: the id is configuration only. It is not persisted with the log nor checked
+    /// against the store at start, so a data directory of one cluster started under another
+    /// cluster's configuration (same node id) is not detected by raft-core; an application
+    /// that reuses data directories should record the id next to them and check it (the kv
+    /// example does). A node started with the wrong id only fails to talk to its cluster: it
+    /// refuses every request, and a leader's `add_voter` of it fails with
+    /// `MembershipError::LearnerRefuses` naming `WrongCluster`.
+    ///
+    /// The cluster id is no security boundary: it guards against misrouting and
+    /// misconfiguration only. Any node the transport authenticates may write any id; one
+    /// certificate authority per cluster is what keeps other clusters' nodes out.
     pub cluster_id: ClusterId,
     /// The Raft group this node serves within its cluster ([`DEFAULT_GROUP_ID`] for a
     /// single-group node; reserved for multi-raft, where one process runs several groups over

@@ -262,6 +262,21 @@ pub enum MembershipError {
     /// `Node::set_membership`; it stays a learner.
     #[error("the learner did not catch up in time")]
     CatchUpTimeout,
+    /// A learner did not catch up within the time given to `Node::add_voter` or
+    /// `Node::set_membership` because it refuses the leader's requests: it refused the latest
+    /// one with `refusal`, typically `RpcError::WrongCluster` (it runs with another
+    /// `Config::cluster_id`), `WrongNode` (its address reaches another node) or `WrongGroup`.
+    /// It stays a learner: fix its configuration or address, or remove it.
+    /// ([`CatchUpTimeout`](Self::CatchUpTimeout) when it is slow or unreachable instead.)
+    #[error(
+        "learner {learner} did not catch up in time: it refuses the leader's requests: {refusal}"
+    )]
+    LearnerRefuses {
+        /// The learner.
+        learner: NodeId,
+        /// The refusal as the leader's transport reported it (it names the `RpcError`).
+        refusal: String,
+    },
     /// `Node::add_voter`: the learner can never catch up as it runs: it needs a snapshot (the
     /// leader compacted the entries it lacks) and refused it for a reason a retry does not fix
     /// (it has no snapshot store). It stays a learner: restart it with a snapshot store, or

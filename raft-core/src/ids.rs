@@ -10,7 +10,8 @@ pub type NodeId = u64;
 /// its own (`Config::cluster_id`).
 pub type ClusterId = u64;
 
-/// The cluster id of a configuration built by `Config::new`.
+/// The cluster id of a configuration built by `Config::new`. Clusters that all use it accept
+/// each other's requests (see `Config::cluster_id`): it suits a network with a single cluster.
 pub const DEFAULT_CLUSTER_ID: ClusterId = 0;
 
 /// Identifies one Raft group among several run by the same nodes (multi-raft). Today a node runs

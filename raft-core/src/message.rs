@@ -243,7 +243,13 @@ pub enum RpcResponse {
 /// `WrongGroup` at once, without the engine seeing the request. A transport delivers the
 /// envelope whole (it may route by `receiver` or by an address it was given for it, and must
 /// never rewrite the fields).
+///
+/// Build one with [`Envelope::new`] and the `with_*` methods, which name each id (the three
+/// are plain `u64`s, so positional arguments could be swapped unnoticed). The struct is
+/// `#[non_exhaustive]`: it will grow (multi-raft routing, tracing), and only raft-core builds
+/// it by its fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Envelope {
     /// The cluster of the sender. Nodes of one cluster share it.
     pub cluster_id: ClusterId,
@@ -259,14 +265,31 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// `request` for node `receiver` of group `group_id` of cluster `cluster_id`.
-    pub fn new(
-        cluster_id: ClusterId,
-        group_id: GroupId,
-        receiver: NodeId,
-        request: RpcRequest,
-    ) -> Self {
-        Self { cluster_id, group_id, receiver, request }
+    /// `request` for node `receiver`, in the default cluster and group
+    /// ([`DEFAULT_CLUSTER_ID`](crate::types::DEFAULT_CLUSTER_ID),
+    /// [`DEFAULT_GROUP_ID`](crate::types::DEFAULT_GROUP_ID)); set them with
+    /// [`with_cluster_id`](Self::with_cluster_id) and [`with_group_id`](Self::with_group_id).
+    pub fn new(receiver: NodeId, request: RpcRequest) -> Self {
+        Self {
+            cluster_id: crate::types::DEFAULT_CLUSTER_ID,
+            group_id: crate::types::DEFAULT_GROUP_ID,
+            receiver,
+            request,
+        }
+    }
+
+    /// The same envelope, from a node of cluster `cluster_id`.
+    #[must_use]
+    pub fn with_cluster_id(mut self, cluster_id: ClusterId) -> Self {
+        self.cluster_id = cluster_id;
+        self
+    }
+
+    /// The same envelope, for Raft group `group_id`.
+    #[must_use]
+    pub fn with_group_id(mut self, group_id: GroupId) -> Self {
+        self.group_id = group_id;
+        self
     }
 }
 

@@ -63,6 +63,11 @@ const RPC_KINDS: [&str; 6] =
 /// series stays bounded.
 const MAX_LABELLED_PEERS: usize = 256;
 
+/// The name of the kind of `request`, as the `rpc` label names it (`"append_entries"`).
+pub(crate) fn rpc_kind_name(request: &SentRequest) -> &'static str {
+    RPC_KINDS[rpc_kind(request)]
+}
+
 fn rpc_kind(request: &SentRequest) -> usize {
     match request {
         SentRequest::AppendEntries { .. } => 0,

@@ -106,6 +106,15 @@ impl<N: Network + ?Sized> Network for std::sync::Arc<N> {
 
 /// Why an inbound RPC was not answered. Every variant but `Shutdown` is decided from the
 /// [`Envelope`] alone, before the engine sees the request: the request changed nothing.
+///
+/// **Part of the wire format, versioned by the transport** (like the types of
+/// [`message`](crate::message)): a transport carries it back to the sender as it is (raft-quic
+/// encodes it with postcard, by variant index). Adding, removing or reordering a variant or a
+/// field changes the encoding, so it needs a new wire version; a variant is added at the end
+/// only. The exhaustive list of variants in this module's tests fails to compile when one is
+/// added, and points to `raft-quic/tests/wire_golden.rs`, which holds the bytes of each.
+/// `#[non_exhaustive]` lets raft-core add variants in a minor release, each with a wire
+/// version bump.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum RpcError {
@@ -114,30 +123,54 @@ pub enum RpcError {
     Shutdown,
     /// The request was addressed to another node id: the transport reached the wrong node (a
     /// stale or wrong address).
-    #[error("request for node {expected} delivered to node {actual}")]
+    #[error("wrong node: request for node {expected} delivered to node {actual}")]
     WrongNode {
         /// The id the request was meant for (`Envelope::receiver`).
         expected: NodeId,
         /// The id of the node that received it.
         actual: NodeId,
     },
-    /// The request comes from another cluster (`Envelope::cluster_id` is not this node's
-    /// `Config::cluster_id`).
-    #[error("request of cluster {expected} delivered to a node of cluster {actual}")]
+    /// The request comes from another cluster (`Envelope::cluster_id` is not the receiving
+    /// node's `Config::cluster_id`): a node of another cluster, or a node of this cluster
+    /// configured with another id.
+    #[error(
+        "wrong cluster: request of cluster {sender_cluster} delivered to a node of cluster \
+         {receiver_cluster}"
+    )]
     WrongCluster {
-        /// The sender's cluster.
-        expected: ClusterId,
-        /// The receiving node's cluster.
-        actual: ClusterId,
+        /// The cluster written on the request by its sender (`Envelope::cluster_id`).
+        sender_cluster: ClusterId,
+        /// The cluster of the node that received and refused it (its `Config::cluster_id`).
+        receiver_cluster: ClusterId,
     },
     /// The request is for another Raft group than the one this node serves.
-    #[error("request of group {expected} delivered to a node of group {actual}")]
+    #[error(
+        "wrong group: request of group {sender_group} delivered to a node of group \
+         {receiver_group}"
+    )]
     WrongGroup {
-        /// The group the request belongs to.
-        expected: GroupId,
-        /// The receiving node's group.
-        actual: GroupId,
+        /// The group written on the request by its sender (`Envelope::group_id`).
+        sender_group: GroupId,
+        /// The group of the node that received and refused it (its `Config::group_id`).
+        receiver_group: GroupId,
     },
+}
+
+/// How many variants [`RpcError`] has in the current wire format: raft-quic's golden wire
+/// test checks that it holds the bytes of this many (raft-core's own test keeps the number
+/// true).
+pub const RPC_ERROR_VARIANTS: usize = 4;
+
+impl RpcError {
+    /// A short name of the variant (`"WrongCluster"`), for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcError::Shutdown => "Shutdown",
+            RpcError::WrongNode { .. } => "WrongNode",
+            RpcError::WrongCluster { .. } => "WrongCluster",
+            RpcError::WrongGroup { .. } => "WrongGroup",
+        }
+    }
 }
 
 /// Receives RPCs from a transport. Implemented by `Node`; transports hold an `Arc<dyn RpcHandler>`
@@ -149,4 +182,40 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// receiver, cluster or group is refused (`RpcError::WrongNode`, `WrongCluster`,
     /// `WrongGroup`) without being looked at.
     async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::RpcError;
+
+    /// `RpcError` is wire format. This match lists every variant with the index postcard
+    /// encodes it by; it stops compiling when a variant is added. Whoever adds one: add it at
+    /// the end (the next index), bump raft-quic's `PROTOCOL_VERSION` and its table in
+    /// `raft-quic/src/wire.rs`, and add the variant's bytes to `raft-quic/tests/wire_golden.rs`
+    /// (which checks that it covers `RPC_ERROR_VARIANTS` variants).
+    fn wire_index(error: &RpcError) -> u8 {
+        match error {
+            RpcError::Shutdown => 0,
+            RpcError::WrongNode { .. } => 1,
+            RpcError::WrongCluster { .. } => 2,
+            RpcError::WrongGroup { .. } => 3,
+        }
+    }
+
+    #[test]
+    fn every_variant_keeps_its_wire_index() {
+        let all = [
+            RpcError::Shutdown,
+            RpcError::WrongNode { expected: 1, actual: 2 },
+            RpcError::WrongCluster { sender_cluster: 1, receiver_cluster: 2 },
+            RpcError::WrongGroup { sender_group: 1, receiver_group: 2 },
+        ];
+        assert_eq!(all.len(), crate::network::RPC_ERROR_VARIANTS);
+        for (index, error) in all.iter().enumerate() {
+            assert_eq!(usize::from(wire_index(error)), index, "{error:?}");
+            let encoded = postcard::to_allocvec(error).expect("encodes");
+            assert_eq!(encoded[0], wire_index(error), "postcard's variant index of {error:?}");
+        }
+    }
 }

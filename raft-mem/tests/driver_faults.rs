@@ -16,7 +16,7 @@ use futures::FutureExt;
 use raft_core::{
     Bytes, Entry, Envelope, FatalError, LogIndex, Membership, MembershipChange, MembershipError,
     Node, NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
-    RpcRequest, Runtime, StateMachine, StateMachineError, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
+    RpcRequest, Runtime, StateMachine, StateMachineError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -54,7 +54,7 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
     let leader = cluster.leader().await;
     let node = cluster.node(leader).clone();
     let request = RpcRequest::ReadIndex(ReadIndexRequest { term: 1, sender: 9, read_id: 0 });
-    let request = Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, leader, request);
+    let request = Envelope::new(leader, request);
     // `shutdown` is polled first: its input is queued first, every other one behind it.
     let (_, read, first, second, rpc, snapshot, replication) =
         within(&rt, "every caller queued at stop", async {

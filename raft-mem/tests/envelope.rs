@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::{
-    Bytes, Config, Entry, Envelope, Membership, Node, NodeId, RequestVoteRequest, Role, RpcError,
-    RpcHandler, RpcRequest, StateMachine, StateMachineError, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
+    Bytes, Config, Entry, Envelope, Membership, MembershipError, Node, NodeId, NodeInfo,
+    RequestVoteRequest, Role, RpcError, RpcHandler, RpcRequest, StateMachine, StateMachineError,
+    DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
 };
 use raft_mem::sim::SimRuntime;
 use raft_mem::{MemLogStore, MemNetwork};
@@ -37,7 +38,8 @@ fn config(id: NodeId, cluster_id: u64) -> Config {
     config
 }
 
-/// Starts node `id` of cluster `cluster_id` on `network`, bootstrapped with `voters`.
+/// Starts node `id` of cluster `cluster_id` on `network`, bootstrapped with `voters` (none: it
+/// joins, waiting for a leader to add it).
 fn start(
     rt: &SimRuntime,
     network: &MemNetwork,
@@ -51,8 +53,11 @@ fn start(
         network.endpoint(id),
         Nothing,
         rt.clone(),
-    )
-    .bootstrap(Membership::with_voters(voters.iter().copied()));
+    );
+    let builder = match voters {
+        [] => builder,
+        voters => builder.bootstrap(Membership::with_voters(voters.iter().copied())),
+    };
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
     network.register(id, std::sync::Arc::new(node.clone()));
     node
@@ -78,16 +83,16 @@ fn a_node_refuses_requests_addressed_to_another_node_cluster_or_group() {
     let before = node.status();
     let cases = [
         (
-            Envelope::new(7, DEFAULT_GROUP_ID, 2, vote_request(50, 3)),
+            Envelope::new(2, vote_request(50, 3)).with_cluster_id(7),
             RpcError::WrongNode { expected: 2, actual: 1 },
         ),
         (
-            Envelope::new(8, DEFAULT_GROUP_ID, 1, vote_request(50, 3)),
-            RpcError::WrongCluster { expected: 8, actual: 7 },
+            Envelope::new(1, vote_request(50, 3)).with_cluster_id(8),
+            RpcError::WrongCluster { sender_cluster: 8, receiver_cluster: 7 },
         ),
         (
-            Envelope::new(7, 4, 1, vote_request(50, 3)),
-            RpcError::WrongGroup { expected: 4, actual: DEFAULT_GROUP_ID },
+            Envelope::new(1, vote_request(50, 3)).with_cluster_id(7).with_group_id(4),
+            RpcError::WrongGroup { sender_group: 4, receiver_group: DEFAULT_GROUP_ID },
         ),
     ];
     for (envelope, refusal) in cases {
@@ -105,7 +110,7 @@ fn a_node_refuses_requests_addressed_to_another_node_cluster_or_group() {
     assert_eq!(after.current_term, before.current_term, "a refused request changed the term");
     // The same request, rightly addressed, is answered (and raises the term).
     let handler = node.clone();
-    let envelope = Envelope::new(7, DEFAULT_GROUP_ID, 1, vote_request(50, 3));
+    let envelope = Envelope::new(1, vote_request(50, 3)).with_cluster_id(7);
     let answer = rt
         .block_on(Duration::from_secs(5), async move { handler.handle_rpc(envelope).await }, || {})
         .unwrap();
@@ -183,4 +188,113 @@ fn a_node_of_another_cluster_is_not_counted() {
         let node = node.clone();
         rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
     }
+}
+
+fn shutdown_all(rt: &SimRuntime, nodes: &BTreeMap<NodeId, Node>) {
+    for node in nodes.values() {
+        let node = node.clone();
+        rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    }
+}
+
+/// The default cluster id turns the cross-cluster check off: the same scenario as
+/// `a_node_of_another_cluster_is_not_counted`, with both clusters on `DEFAULT_CLUSTER_ID`,
+/// elects a leader with the foreign node's vote. This documents why `Config::cluster_id`
+/// should be set (kv-node derives it from its node CA); if the default ever stops accepting
+/// this, the docs of `Config::cluster_id` must change with it.
+#[test]
+fn clusters_that_keep_the_default_id_accept_each_other() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let voters = [1, 2, 3];
+    let mut nodes = BTreeMap::new();
+    nodes.insert(1, start(&rt, &network, 1, DEFAULT_CLUSTER_ID, &voters));
+    // "Another cluster's" node 2: its own bootstrap, its own store, the default id too.
+    nodes.insert(2, start(&rt, &network, 2, DEFAULT_CLUSTER_ID, &voters));
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
+    assert!(!leaders.is_empty(), "seed {SEED}: no leader, yet nothing told the clusters apart");
+    shutdown_all(&rt, &nodes);
+}
+
+/// `add_voter` of a node that runs with another cluster id: the node refuses every request of
+/// the leader (`WrongCluster`), and the call ends with an error that says so, instead of a bare
+/// `CatchUpTimeout`. The node stays a learner and the cluster keeps working.
+#[test]
+fn adding_a_node_of_another_cluster_fails_naming_wrong_cluster() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let voters = [1, 2, 3];
+    let mut nodes = BTreeMap::new();
+    for id in voters {
+        nodes.insert(id, start(&rt, &network, id, 7, &voters));
+    }
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(5));
+    let leader = nodes[leaders.last().expect("a leader")].clone();
+    nodes.insert(4, start(&rt, &network, 4, 8, &[]));
+    let adding = leader.clone();
+    let result = rt
+        .block_on(
+            Duration::from_secs(60),
+            async move { adding.add_voter(4, NodeInfo::default(), Duration::from_secs(2)).await },
+            || {},
+        )
+        .expect("add_voter returned");
+    let refusal = RpcError::WrongCluster { sender_cluster: 7, receiver_cluster: 8 }.to_string();
+    match &result {
+        Err(MembershipError::LearnerRefuses { learner: 4, refusal: reason })
+            if reason.contains(&refusal) => {}
+        other => panic!("seed {SEED}: expected LearnerRefuses naming `{refusal}`, got {other:?}"),
+    }
+    assert!(result.unwrap_err().to_string().contains("wrong cluster"));
+    let membership = leader.membership();
+    assert!(membership.is_learner(4) && !membership.is_voter(4), "{membership:?}");
+    shutdown_all(&rt, &nodes);
+}
+
+/// Five voters, all running until a leader is elected; then three of them stop and the
+/// transport sends whatever is meant for them to one running follower (stale addresses). If
+/// that follower acknowledged those AppendEntries, the leader would count its one
+/// acknowledgement as four and commit with two of five voters. It refuses them (`WrongNode`),
+/// so nothing proposed after the stop is ever committed.
+#[test]
+fn a_misrouted_append_entries_acknowledgement_never_advances_commit() {
+    let rt = SimRuntime::seeded(SEED, 0);
+    let network = MemNetwork::with_runtime(rt.clone(), SEED);
+    let voters = [1, 2, 3, 4, 5];
+    let mut nodes = BTreeMap::new();
+    for id in voters {
+        nodes.insert(id, start(&rt, &network, id, DEFAULT_CLUSTER_ID, &voters));
+    }
+    let leaders = leaders_during(&rt, &nodes, Duration::from_secs(5));
+    let leader_id = *leaders.last().expect("a leader");
+    let follower = voters.into_iter().find(|&id| id != leader_id).expect("a follower");
+    let stale: Vec<NodeId> =
+        voters.into_iter().filter(|&id| id != leader_id && id != follower).collect();
+    for &id in &stale {
+        network.misroute(id, follower);
+    }
+    let leader = nodes[&leader_id].clone();
+    let proposed = rt
+        .block_on(
+            Duration::from_secs(5),
+            async move { leader.propose(Bytes::from_static(b"x")).await },
+            || {},
+        )
+        .expect("propose returned");
+    let index = proposed.unwrap_or_else(|e| panic!("seed {SEED}: proposal refused: {e}")).index;
+    for id in stale {
+        let stopped = nodes.remove(&id).expect("running");
+        network.unregister(id);
+        rt.block_on(Duration::from_secs(5), async move { stopped.shutdown().await }, || {});
+    }
+    rt.run_for(Duration::from_secs(10), || {
+        for (id, node) in &nodes {
+            let commit_index = node.status().commit_index;
+            assert!(
+                commit_index < index,
+                "seed {SEED}: node {id} committed {commit_index} with two of five voters"
+            );
+        }
+    });
+    shutdown_all(&rt, &nodes);
 }

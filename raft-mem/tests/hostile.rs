@@ -12,8 +12,7 @@ use common::Cluster;
 use raft_core::{
     AppendEntriesRequest, Bytes, Entry, EntryPayload, Envelope, InstallSnapshotRequest, LogId,
     Membership, NodeId, ReadIndexRequest, RequestVoteRequest, RpcHandler, RpcRequest, RpcResponse,
-    SnapshotMeta, SnapshotRefusal, Status, TimeoutNowRequest, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
-    MAX_LOG_INDEX, MAX_TERM,
+    SnapshotMeta, SnapshotRefusal, Status, TimeoutNowRequest, MAX_LOG_INDEX, MAX_TERM,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -154,12 +153,7 @@ async fn malformed_requests_are_refused_and_change_nothing() {
         let answer = cluster
             .within(
                 "an answer to a malformed request",
-                cluster.nodes[&to].handle_rpc(Envelope::new(
-                    DEFAULT_CLUSTER_ID,
-                    DEFAULT_GROUP_ID,
-                    to,
-                    request.clone(),
-                )),
+                cluster.nodes[&to].handle_rpc(Envelope::new(to, request.clone())),
             )
             .await
             .unwrap();

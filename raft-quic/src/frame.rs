@@ -323,8 +323,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let msg = WireResponse::Refused(Refusal::Handler(raft_core::RpcError::WrongCluster {
-            expected: 1,
-            actual: 2,
+            sender_cluster: 1,
+            receiver_cluster: 2,
         }));
         let frame = encode(&msg, 1 << 20).unwrap();
         assert_eq!(frame[4], PROTOCOL_VERSION);
@@ -344,7 +344,7 @@ mod tests {
             leader_commit: 1,
             read_round: 0,
         });
-        Envelope::new(5, 0, 9, request)
+        Envelope::new(9, request).with_cluster_id(5)
     }
 
     #[test]

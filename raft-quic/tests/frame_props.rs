@@ -34,7 +34,9 @@ fn entry() -> impl Strategy<Value = Entry> {
 
 fn request() -> impl Strategy<Value = Envelope> {
     (any::<u64>(), any::<u64>(), any::<u64>(), rpc_request()).prop_map(
-        |(cluster, group, receiver, request)| Envelope::new(cluster, group, receiver, request),
+        |(cluster, group, receiver, request)| {
+            Envelope::new(receiver, request).with_cluster_id(cluster).with_group_id(group)
+        },
     )
 }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use examples::bench::{format_us, LatencyRecorder};
 use raft_core::{
     AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, Envelope, LogId,
-    Network, RpcError, RpcHandler, RpcRequest, RpcResponse, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
+    Network, RpcError, RpcHandler, RpcRequest, RpcResponse,
 };
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork, TokioRuntime};
 
@@ -92,9 +92,7 @@ async fn run(
                 if start >= stop {
                     return latencies;
                 }
-                let result = net
-                    .send(Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, 2, request.clone()))
-                    .await;
+                let result = net.send(Envelope::new(2, request.clone())).await;
                 if result.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 } else if start >= warmup_until {
@@ -196,11 +194,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             bulk.push(tokio::spawn(async move {
                 let mut sent = 0u64;
                 while busy.load(Ordering::Relaxed) {
-                    if net
-                        .send(Envelope::new(DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID, 2, batch.clone()))
-                        .await
-                        .is_ok()
-                    {
+                    if net.send(Envelope::new(2, batch.clone())).await.is_ok() {
                         sent += 1;
                     }
                 }

@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Readiness bound: a node whose state machine is more entries than this behind its
     /// commit index is not ready (`--health-max-lag`).
     pub health_max_lag: u64,
+    /// The cluster id (`--cluster-id`); `None`: the one stored in the data directory, else
+    /// derived from the node CA (see [`super::cluster_id`]).
+    pub cluster_id: Option<raft_core::ClusterId>,
 }
 
 /// A configuration error, with the offending key.
@@ -131,6 +134,11 @@ usage: kv-node [--config FILE] [flags]
                              with `kv member add ID RAFT CLIENT`; give --node entries for the
                              current members and this node (keep the flag on restarts)
   --data-dir DIR             durable state (required)
+  --cluster-id N             the cluster's id, written on every Raft request; nodes refuse
+                             requests of another id (default: the id stored in DATA_DIR/cluster-id
+                             at the first start, else derived from the node CA, so clusters with
+                             their own CAs tell each other apart). Give it to a node that joins
+                             after a node-CA roll-over: every node logs its id at start
   --certs DIR                node-ca.pem, client-ca.pem, node-<id>.pem, node-<id>.key (or
                              --ca, --client-ca, --cert, --key); renewed files are picked up
                              within seconds (or on SIGHUP) without a restart
@@ -263,6 +271,7 @@ impl NodeConfig {
             join: false,
             metrics_listen: None,
             health_max_lag: super::health::DEFAULT_MAX_LAG,
+            cluster_id: None,
         };
         for (k, v) in pairs {
             let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
@@ -294,6 +303,7 @@ impl NodeConfig {
                 "lease-reads" => config.lease_reads = boolean(&k, &v)?,
                 "metrics-listen" => config.metrics_listen = Some(addr(&v)?),
                 "health-max-lag" => config.health_max_lag = number(&k, &v)?,
+                "cluster-id" => config.cluster_id = Some(number(&k, &v)?),
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
@@ -349,9 +359,11 @@ impl NodeConfig {
         raft_core::Membership::new(voters, []).map(Some)
     }
 
-    /// The Raft configuration of this node.
-    pub fn raft_config(&self) -> raft_core::Config {
+    /// The Raft configuration of this node, in cluster `cluster_id` (settled by
+    /// [`super::cluster_id::settle`] from `--cluster-id`, the data directory and the node CA).
+    pub fn raft_config(&self, cluster_id: raft_core::ClusterId) -> raft_core::Config {
         let mut config = raft_core::Config::new(self.id);
+        config.cluster_id = cluster_id;
         let tick = (self.heartbeat_ms / 5).clamp(1, 10);
         config.tick_interval_ms = tick;
         config.heartbeat_interval_ms = self.heartbeat_ms;
@@ -378,18 +390,19 @@ mod tests {
         let config = NodeConfig::from_args(args(
             "--id 2 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2 \
              --node 2=127.0.0.1:3,127.0.0.1:4 --fault-injection --lease-reads \
-             --metrics-listen 127.0.0.1:9100 --health-max-lag 50",
+             --metrics-listen 127.0.0.1:9100 --health-max-lag 50 --cluster-id 77",
         ))
         .unwrap();
         assert_eq!(config.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(config.health_max_lag, 50);
-        assert!(config.lease_reads && config.raft_config().lease_reads);
+        assert!(config.lease_reads && config.raft_config(77).lease_reads);
+        assert_eq!((config.cluster_id, config.raft_config(77).cluster_id), (Some(77), 77));
         assert_eq!(config.id, 2);
         assert_eq!(config.listen, "127.0.0.1:3".parse().unwrap());
         assert_eq!(config.client_listen, "127.0.0.1:4".parse().unwrap());
         assert_eq!(config.certs.cert, PathBuf::from("/c/node-2.pem"));
         assert!(config.fault_injection);
-        assert!(config.raft_config().validate().is_ok());
+        assert!(config.raft_config(77).validate().is_ok());
         let founders = config.bootstrap_membership().unwrap().unwrap();
         assert!(founders.is_voter(1) && founders.is_voter(2));
         let addrs = MemberAddrs::from_node_info(founders.node(2).unwrap()).unwrap();
@@ -422,7 +435,8 @@ mod tests {
         .unwrap();
         assert!(config.join);
         assert_eq!(config.bootstrap_membership(), Ok(None));
-        assert!(config.raft_config().validate().is_ok());
+        assert_eq!(config.cluster_id, None);
+        assert!(config.raft_config(1).validate().is_ok());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod bounded;
 pub mod client;
 pub mod cluster;
+pub mod cluster_id;
 pub mod command;
 pub mod config;
 pub mod connections;

@@ -11,6 +11,7 @@ use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info};
 
+use super::cluster_id;
 use super::config::{NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
 use super::health::{self, HealthConfig};
@@ -60,6 +61,9 @@ pub enum NodeError {
     /// The metrics recorder or listener could not be set up.
     #[error(transparent)]
     Metrics(#[from] super::metrics::MetricsError),
+    /// The cluster id could not be settled (the data directory is another cluster's).
+    #[error("cluster id: {0}")]
+    ClusterId(#[from] cluster_id::ClusterIdError),
 }
 
 /// Why the node is stopping.
@@ -102,6 +106,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         None => None,
     };
     let material = reloader.load()?;
+    let cluster_id =
+        cluster_id::settle(&config.data_dir, config.cluster_id, &material.node.trust_anchors)?;
+    info!(id = config.id, cluster_id, "cluster id (pass --cluster-id {cluster_id} to a node that joins after a node-CA roll-over)");
     let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
     let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
     // A founding node bootstraps the cluster at its first start (empty stores); a joining node
@@ -125,7 +132,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let state = SharedState::new();
     let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;
     let node = Node::builder(
-        config.raft_config(),
+        config.raft_config(cluster_id),
         Arc::clone(&store),
         FirewalledNetwork::new(network.clone(), firewall.clone()),
         PanicOnKey::new(

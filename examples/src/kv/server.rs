@@ -464,7 +464,9 @@ impl ClientService {
             | MembershipError::TransferInProgress
             | MembershipError::LearnerBehind { .. }
             | MembershipError::Shutdown) => ClientResponse::NotApplied(e.to_string()),
-            e @ MembershipError::CatchUpTimeout => ClientResponse::NotApplied(e.to_string()),
+            e @ (MembershipError::CatchUpTimeout | MembershipError::LearnerRefuses { .. }) => {
+                ClientResponse::NotApplied(e.to_string())
+            }
             e => ClientResponse::Unknown(e.to_string()),
         }
     }

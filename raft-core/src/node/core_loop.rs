@@ -240,19 +240,24 @@ impl CoreLoop {
                 self.metrics.received(request.sender(), &SentRequest::of(&request));
                 self.engine.on_request(request, ReplyId(id));
             }
-            Input::Response { from, sent, result } => match result {
-                Ok(response) => {
-                    if let RpcResponse::AppendEntries(r) = &response {
-                        let acked = r.match_index.unwrap_or(0);
-                        self.probe.acked(acked, || self.clock.now());
+            Input::Response { from, sent, result } => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    peer.outcome(&result);
+                }
+                match result {
+                    Ok(response) => {
+                        if let RpcResponse::AppendEntries(r) = &response {
+                            let acked = r.match_index.unwrap_or(0);
+                            self.probe.acked(acked, || self.clock.now());
+                        }
+                        self.engine.on_response(from, sent, response)
                     }
-                    self.engine.on_response(from, sent, response)
+                    Err(error) => {
+                        tracing::trace!(id = self.engine.id(), peer = from, %error, "RPC failed");
+                        self.engine.on_unreachable(from, sent);
+                    }
                 }
-                Err(error) => {
-                    tracing::trace!(id = self.engine.id(), peer = from, %error, "RPC failed");
-                    self.engine.on_unreachable(from, sent);
-                }
-            },
+            }
             Input::Persisted { seq, written, result } => {
                 if let Err(error) = result {
                     return self.fail(FatalError::Storage(error.to_string()));
@@ -286,6 +291,9 @@ impl CoreLoop {
             }
             Input::Replication { reply } => {
                 let _ = reply.send(self.engine.replication());
+            }
+            Input::LastRefusal { peer, reply } => {
+                let _ = reply.send(self.peers.get(&peer).and_then(PeerQueue::last_refusal));
             }
             Input::TransferLeadership { target, reply } => {
                 let result = self.engine.transfer_leadership(target).map_err(|r| match r {

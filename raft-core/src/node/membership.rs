@@ -94,8 +94,9 @@ impl Node {
 
     /// Leader: adds `id` as a voter safely: as a learner with `info` first (skipped if it is a
     /// learner already), then promotes it once it has caught up with the log, retrying every
-    /// heartbeat interval for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`]:
-    /// it stays a learner). A learner that refuses the snapshot it needs for a reason that
+    /// heartbeat interval for at most `catch_up_timeout` ([`MembershipError::CatchUpTimeout`],
+    /// or [`MembershipError::LearnerRefuses`] with the reason if it refused the leader's latest
+    /// request, e.g. `WrongCluster`: it stays a learner). A learner that refuses the snapshot it needs for a reason that
     /// retrying does not fix (it runs without a snapshot store) ends the wait at once with
     /// [`MembershipError::SnapshotRefused`].
     pub async fn add_voter(
@@ -154,12 +155,19 @@ impl Node {
                     in_progress += 1;
                     self.shared.runtime.sleep(step).await;
                 }
-                Err(MembershipError::LearnerBehind { .. }) if catch_up_rounds.is_some() => {
+                Err(MembershipError::LearnerBehind { learner, .. })
+                    if catch_up_rounds.is_some() =>
+                {
                     if let Some((id, reason)) = self.snapshot_refused(&request).await {
                         return Err(MembershipError::SnapshotRefused { id, reason });
                     }
                     if Some(behind) >= catch_up_rounds {
-                        return Err(MembershipError::CatchUpTimeout);
+                        // Say why if the learner refuses every request (its envelope check:
+                        // another cluster, another node at its address) rather than being slow.
+                        return Err(match self.last_refusal(learner).await {
+                            Some(refusal) => MembershipError::LearnerRefuses { learner, refusal },
+                            None => MembershipError::CatchUpTimeout,
+                        });
                     }
                     behind += 1;
                     self.shared.runtime.sleep(step).await;

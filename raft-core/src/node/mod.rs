@@ -20,6 +20,7 @@ mod core_loop;
 mod membership;
 mod peer;
 mod probe;
+mod quiet;
 mod reentrancy;
 mod resume;
 mod snapshot;
@@ -93,6 +94,11 @@ pub(crate) enum Input {
     },
     Replication {
         reply: oneshot::Sender<Vec<PeerReplication>>,
+    },
+    /// Why `peer` refused the latest RPC to it, if it did.
+    LastRefusal {
+        peer: NodeId,
+        reply: oneshot::Sender<Option<String>>,
     },
     Response {
         from: NodeId,
@@ -185,6 +191,8 @@ struct Shared {
     id: NodeId,
     /// The cluster and group this node serves: required on every inbound request.
     address: peer::Address,
+    /// Refused inbound requests, logged at most once per interval per sender and refusal.
+    refusals: Mutex<quiet::QuietLog<(NodeId, &'static str)>>,
     max_payload_bytes: u64,
     heartbeat_interval: Duration,
     /// How long a membership change waits for an earlier one (or the leader's first commit).
@@ -494,11 +502,18 @@ impl Node {
         .with_snapshots(snap_ops);
         spawner.spawn(Task::MainLoop(ends), main_loop.run().boxed());
         drop(spawner);
-        tracing::info!(id, term = durable.hard_state.current_term, last = ?durable.last, "node started");
+        tracing::info!(
+            id,
+            cluster_id = config.cluster_id,
+            term = durable.hard_state.current_term,
+            last = ?durable.last,
+            "node started"
+        );
         Ok(Node {
             shared: Arc::new(Shared {
                 id,
                 address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
+                refusals: Mutex::new(quiet::QuietLog::default()),
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
                 change_wait: Duration::from_millis(config.election_timeout_ms_max),
@@ -652,6 +667,13 @@ impl Node {
         self.ask(|reply| Input::Replication { reply }).await.unwrap_or_default()
     }
 
+    /// Why `peer` refused this node's latest RPC to it, if it did (`None` once another RPC
+    /// has another outcome, and for a peer this node does not talk to): why a learner does
+    /// not catch up.
+    async fn last_refusal(&self, peer: NodeId) -> Option<String> {
+        self.ask(|reply| Input::LastRefusal { peer, reply }).await.flatten()
+    }
+
     /// The cluster membership this node uses now (the latest in its log, committed or not).
     pub fn membership(&self) -> Membership {
         self.shared.membership.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -738,7 +760,22 @@ impl Node {
 #[async_trait]
 impl RpcHandler for Node {
     async fn handle_rpc(&self, envelope: Envelope) -> Result<RpcResponse, RpcError> {
-        self.shared.address.accepts(self.shared.id, &envelope)?;
+        let shared = &self.shared;
+        if let Err(refusal) = shared.address.accepts(shared.id, &envelope) {
+            let sender = envelope.request.sender();
+            let now = shared.runtime.now();
+            let mut refusals = shared.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(suppressed) = refusals.record((sender, refusal.kind()), now) {
+                tracing::warn!(
+                    id = shared.id,
+                    peer = sender,
+                    kind = envelope.request.kind(),
+                    suppressed,
+                    "refused a request: {refusal}"
+                );
+            }
+            return Err(refusal);
+        }
         let request = envelope.request;
         self.ask(|reply| Input::Request { request, reply }).await.ok_or(RpcError::Shutdown)
     }

@@ -9,10 +9,11 @@ use futures::channel::oneshot;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 
+use super::quiet::QuietLog;
 use super::Input;
 use crate::engine::SentRequest;
 use crate::message::{Envelope, RpcRequest, RpcResponse};
-use crate::metrics::PeerMetrics;
+use crate::metrics::{rpc_kind_name, PeerMetrics};
 use crate::network::{Network, NetworkError, RpcError};
 use crate::types::{ClusterId, GroupId, NodeId};
 
@@ -27,7 +28,9 @@ pub(crate) struct Address {
 impl Address {
     /// The envelope of `request` for `receiver`.
     fn envelope(self, receiver: NodeId, request: RpcRequest) -> Envelope {
-        Envelope::new(self.cluster_id, self.group_id, receiver, request)
+        Envelope::new(receiver, request)
+            .with_cluster_id(self.cluster_id)
+            .with_group_id(self.group_id)
     }
 
     /// Whether node `id` of this cluster and group may handle `envelope`: the cluster first
@@ -35,14 +38,14 @@ impl Address {
     pub(crate) fn accepts(self, id: NodeId, envelope: &Envelope) -> Result<(), RpcError> {
         if envelope.cluster_id != self.cluster_id {
             return Err(RpcError::WrongCluster {
-                expected: envelope.cluster_id,
-                actual: self.cluster_id,
+                sender_cluster: envelope.cluster_id,
+                receiver_cluster: self.cluster_id,
             });
         }
         if envelope.group_id != self.group_id {
             return Err(RpcError::WrongGroup {
-                expected: envelope.group_id,
-                actual: self.group_id,
+                sender_group: envelope.group_id,
+                receiver_group: self.group_id,
             });
         }
         if envelope.receiver != id {
@@ -57,6 +60,8 @@ impl Address {
 /// request still queued, as failed, so that nothing in the engine waits for their answers.
 pub(crate) struct PeerQueue {
     queue: Sender<RpcRequest>,
+    /// Why the peer refused the latest RPC whose outcome the main loop saw, if it did.
+    last_refusal: Option<String>,
     /// Dropped with the queue: wakes the task even when its window is full.
     _stop: oneshot::Sender<()>,
 }
@@ -75,12 +80,26 @@ impl PeerQueue {
         let (queue, requests) = async_channel::bounded(max_in_flight);
         let (stop_tx, stop) = oneshot::channel();
         let task = run(peer, address, network, requests, stop, inputs, max_in_flight, metrics);
-        (Self { queue, _stop: stop_tx }, task)
+        (Self { queue, last_refusal: None, _stop: stop_tx }, task)
     }
 
     /// The request queue (full: the peer is not answering).
     pub(crate) fn queue(&self) -> &Sender<RpcRequest> {
         &self.queue
+    }
+
+    /// Notes the outcome of an RPC to the peer: the refusal if the peer refused it (its node
+    /// refused the envelope: `RpcError::WrongCluster`, ...), else none.
+    pub(crate) fn outcome(&mut self, result: &Result<RpcResponse, NetworkError>) {
+        self.last_refusal = match result {
+            Err(refusal @ NetworkError::Refused { .. }) => Some(refusal.to_string()),
+            _ => None,
+        };
+    }
+
+    /// Why the peer refused the latest RPC to it, if it did.
+    pub(crate) fn last_refusal(&self) -> Option<String> {
+        self.last_refusal.clone()
     }
 }
 
@@ -112,6 +131,8 @@ async fn run<N: Network + Clone>(
     // What was sent, and when (the runtime's clock), by request id.
     let mut sent: HashMap<u64, (SentRequest, std::time::Duration)> = HashMap::new();
     let mut next_id = 0u64;
+    // Refusals by the peer (its node refused the envelope, or it is shutting down), by kind.
+    let mut refusals = QuietLog::default();
     let mut requests = std::pin::pin!(requests);
     loop {
         let event = futures::future::poll_fn(|cx| {
@@ -136,6 +157,12 @@ async fn run<N: Network + Clone>(
             Event::Done((id, result)) => {
                 let Some((sent, started)) = sent.remove(&id) else { continue };
                 metrics.done(&sent, started, &result);
+                if let Err(error @ NetworkError::Refused { .. }) = &result {
+                    let kind = rpc_kind_name(&sent);
+                    if let Some(suppressed) = refusals.record(kind, metrics.now()) {
+                        tracing::warn!(peer, kind, suppressed, "{error}");
+                    }
+                }
                 if inputs.send(Input::Response { from: peer, sent, result }).await.is_err() {
                     return;
                 }

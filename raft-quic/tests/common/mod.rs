@@ -121,7 +121,7 @@ impl<N: Network> SendTo for N {
 
 /// `request` for `target` in the default cluster and group.
 pub fn envelope(target: NodeId, request: RpcRequest) -> Envelope {
-    Envelope::new(raft_core::DEFAULT_CLUSTER_ID, raft_core::DEFAULT_GROUP_ID, target, request)
+    Envelope::new(target, request)
 }
 
 /// Answers every request positively and counts calls. AppendEntries whose first entry carries
