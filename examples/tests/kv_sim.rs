@@ -484,15 +484,20 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(default)
 }
 
-#[test]
-fn the_kv_service_is_linearizable_under_faults() {
-    let seeds: Vec<u64> = match std::env::var("RAFT_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+/// The seeds of this run: `RAFT_SIM_SEED` alone, or `KV_SIM_SEEDS` from `KV_SIM_FIRST`.
+fn seeds() -> Vec<u64> {
+    match std::env::var("RAFT_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
         None => {
             let first = env("KV_SIM_FIRST", 1);
             (first..first + env("KV_SIM_SEEDS", 200)).collect()
         }
-    };
+    }
+}
+
+/// Runs every `SHARDS`-th seed from position `shard` (the shards run in parallel, one per core).
+fn run_shard(shard: usize) {
+    let seeds: Vec<u64> = seeds().into_iter().skip(shard).step_by(SHARDS).collect();
     let started = std::time::Instant::now();
     let mut operations = 0;
     let mut failures = Vec::new();
@@ -509,9 +514,22 @@ fn the_kv_service_is_linearizable_under_faults() {
         }
     }
     println!(
-        "{} seeds, {operations} operations checked, {:?}; failing seeds: {failures:?}",
+        "shard {shard}: {} seeds, {operations} operations checked, {:?}; failing seeds: {failures:?}",
         seeds.len(),
         started.elapsed()
     );
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+/// How many tests share the seeds.
+const SHARDS: usize = 2;
+
+#[test]
+fn the_kv_service_is_linearizable_under_faults_shard_0() {
+    run_shard(0);
+}
+
+#[test]
+fn the_kv_service_is_linearizable_under_faults_shard_1() {
+    run_shard(1);
 }
