@@ -100,11 +100,13 @@ struct Single {
 }
 
 impl Single {
-    /// Starts the node from the stores and the state machine's file.
+    /// Starts the node from the stores and the state machine's file, and waits for it to lead.
+    /// Also returns the applied index the node reported as it started, before its election
+    /// (once it leads, it applies its term's blank entry too).
     async fn start(
         &self,
         bootstrap: bool,
-    ) -> Result<(Node, Arc<Mutex<(Vec<LogIndex>, usize)>>), StartError> {
+    ) -> Result<(Node, Arc<Mutex<(Vec<LogIndex>, usize)>>, LogIndex), StartError> {
         let machine = FileMachine::open(&self.file);
         let seen = machine.seen.clone();
         let mut config = config(1);
@@ -120,10 +122,11 @@ impl Single {
             builder = builder.bootstrap(Membership::with_voters([1]));
         }
         let node = builder.start().await?;
+        let applied_at_start = node.status().applied_index;
         self.network.register(1, Arc::new(node.clone()));
         let mut watch = node.watch();
         tokio::time::timeout(PATIENCE, watch.wait_for(|s| s.role == Role::Leader)).await.unwrap();
-        Ok((node, seen))
+        Ok((node, seen, applied_at_start))
     }
 
     async fn write(node: &Node, command: &str) -> LogIndex {
@@ -146,7 +149,7 @@ async fn restart_applies_only_what_the_state_machine_lacks(with_snapshots: bool)
         snapshots: with_snapshots.then(MemSnapshotStore::new),
         file: dir.path().join("machine"),
     };
-    let (node, _) = single.start(true).await.unwrap();
+    let (node, _, _) = single.start(true).await.unwrap();
     for i in 0..5 {
         Single::write(&node, &format!("c{i}")).await;
     }
@@ -156,8 +159,8 @@ async fn restart_applies_only_what_the_state_machine_lacks(with_snapshots: bool)
     let (applied_term, applied) = before.applied.unwrap();
     assert_eq!(before.commands.len(), 5);
 
-    let (node, seen) = single.start(false).await.unwrap();
-    assert_eq!(node.status().applied_index, applied, "resumed where the state machine was");
+    let (node, seen, applied_at_start) = single.start(false).await.unwrap();
+    assert_eq!(applied_at_start, applied, "resumed where the state machine was");
     let last = Single::write(&node, "after").await;
     node.shutdown().await;
     let (indexes, restores) = seen.lock().unwrap().clone();
@@ -192,7 +195,7 @@ async fn an_older_state_machine_is_restored_from_the_snapshot() {
         snapshots: Some(MemSnapshotStore::new()),
         file: dir.path().join("machine"),
     };
-    let (node, _) = single.start(true).await.unwrap();
+    let (node, _, _) = single.start(true).await.unwrap();
     Single::write(&node, "c0").await;
     let old = std::fs::read(&single.file).unwrap();
     for i in 1..8 {
@@ -202,7 +205,7 @@ async fn an_older_state_machine_is_restored_from_the_snapshot() {
     single.network.unregister(1);
     std::fs::write(&single.file, old).unwrap();
 
-    let (node, seen) = single.start(false).await.unwrap();
+    let (node, seen, _) = single.start(false).await.unwrap();
     Single::write(&node, "after").await;
     node.shutdown().await;
     assert_eq!(seen.lock().unwrap().1, 1, "restored from the snapshot");
@@ -221,7 +224,7 @@ async fn a_state_machine_beside_the_stores_is_refused() {
         snapshots: None,
         file: dir.path().join("machine"),
     };
-    let (node, _) = single.start(true).await.unwrap();
+    let (node, _, _) = single.start(true).await.unwrap();
     Single::write(&node, "c0").await;
     node.shutdown().await;
     single.network.unregister(1);
