@@ -19,3 +19,9 @@ impl StateMachine for NoopStateMachine {
         Ok(vec![Bytes::new(); entries.len()])
     }
 }
+
+/// The Rust snippets of the repository's README, compiled by `cargo test --doc -p examples` so
+/// that they cannot rot unnoticed (they start nodes, so they are `no_run`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

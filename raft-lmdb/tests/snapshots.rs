@@ -6,20 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use futures::StreamExt;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{
-    Bytes, Checksum, Config, Entry, LogId, LogStore, Membership, Node, NodeId, ProposeError, Role,
-    SnapshotMeta, SnapshotStore, SnapshotStream, StateMachine, StateMachineError, StorageError,
+    Bytes, Checksum, Config, LogId, LogStore, NodeId, SnapshotMeta, SnapshotStore, StorageError,
 };
 use raft_lmdb::{FileSnapshotStore, LmdbLogStore};
+use raft_mem::harness::{test_config, Cluster, RecordingStateMachine};
 use raft_mem::MemNetwork;
 
-const PATIENCE: Duration = Duration::from_secs(30);
 const IDS: [NodeId; 3] = [1, 2, 3];
 
 fn meta(index: u64, data: &[u8]) -> SnapshotMeta {
@@ -147,52 +142,8 @@ async fn a_superseded_snapshot_that_cannot_be_deleted_does_not_fail_the_commit()
     assert_eq!(store.latest().await.unwrap(), Some(second));
 }
 
-/// A state machine that keeps every applied entry and snapshots them (postcard).
-#[derive(Clone, Default)]
-struct Recorder {
-    applied: Arc<Mutex<Vec<Entry>>>,
-    restored: Arc<Mutex<Vec<LogId>>>,
-}
-
-#[async_trait]
-impl StateMachine for Recorder {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        self.applied.lock().unwrap().extend(entries.iter().cloned());
-        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
-        let captured = self.applied.lock().unwrap().clone();
-        let encoded = postcard::to_allocvec(&captured).unwrap();
-        let chunks: Vec<Result<Bytes, StateMachineError>> =
-            encoded.chunks(100).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        Ok(Some(futures::stream::iter(chunks).boxed()))
-    }
-
-    async fn restore(
-        &mut self,
-        meta: &SnapshotMeta,
-        mut data: SnapshotStream,
-    ) -> Result<(), StateMachineError> {
-        let mut encoded = Vec::new();
-        while let Some(chunk) = data.next().await {
-            encoded.extend_from_slice(&chunk?);
-        }
-        let entries: Vec<Entry> =
-            postcard::from_bytes(&encoded).map_err(|e| StateMachineError::new(e.to_string()))?;
-        assert_eq!(entries.last().unwrap().log_id(), meta.last_included);
-        *self.applied.lock().unwrap() = entries;
-        self.restored.lock().unwrap().push(meta.last_included);
-        Ok(())
-    }
-}
-
 fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id);
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
+    let mut config = test_config(id);
     config.snapshot_interval_entries = 20;
     config.snapshot_keep_entries = 5;
     config.snapshot_chunk_bytes = 512;
@@ -203,111 +154,42 @@ fn dirs(root: &Path, id: NodeId) -> (PathBuf, PathBuf) {
     (root.join(format!("node-{id}/raft")), root.join(format!("node-{id}/snapshots")))
 }
 
-struct Cluster {
-    network: MemNetwork,
-    nodes: BTreeMap<NodeId, Node>,
-    recorders: BTreeMap<NodeId, Recorder>,
+type LmdbCluster = Cluster<TokioRuntime, MemNetwork, LmdbLogStore, RecordingStateMachine>;
+
+/// The cluster of nodes whose stores are in directories under `root` (bootstrapping the
+/// cluster at a node's start if its directories are new), none of them started.
+fn cluster(root: &Path) -> LmdbCluster {
+    let (logs, snapshots, new) = (root.to_path_buf(), root.to_path_buf(), root.to_path_buf());
+    Cluster::builder(
+        TokioRuntime::current().unwrap(),
+        MemNetwork::new(),
+        IDS,
+        move |id| Ok(LmdbLogStore::open_dir(dirs(&logs, id).0)?),
+        |_| RecordingStateMachine::new(),
+    )
+    .config(config)
+    .snapshot_store(move |id| Ok(Some(FileSnapshotStore::open_dir(dirs(&snapshots, id).1)?)))
+    .bootstrap_if(move |id| !dirs(&new, id).0.exists())
+    .build()
 }
 
-impl Cluster {
-    async fn start(root: &Path) -> Cluster {
-        let mut cluster = Cluster {
-            network: MemNetwork::new(),
-            nodes: BTreeMap::new(),
-            recorders: BTreeMap::new(),
-        };
-        for id in IDS {
-            cluster.boot(root, id).await;
-        }
-        cluster
-    }
-
-    async fn boot(&mut self, root: &Path, id: NodeId) {
-        let (log_dir, snap_dir) = dirs(root, id);
-        let first_start = !log_dir.exists();
-        let recorder = Recorder::default();
-        let builder = Node::builder(
-            config(id),
-            LmdbLogStore::open_dir(log_dir).unwrap(),
-            self.network.endpoint(id),
-            recorder.clone(),
-            TokioRuntime::current().unwrap(),
-        )
-        .snapshot_store(FileSnapshotStore::open_dir(snap_dir).unwrap());
-        let builder =
-            if first_start { builder.bootstrap(Membership::with_voters(IDS)) } else { builder };
-        let node = builder.start().await.unwrap();
-        self.network.register(id, Arc::new(node.clone()));
-        self.nodes.insert(id, node);
-        self.recorders.insert(id, recorder);
-    }
-
-    async fn stop(&mut self, id: NodeId) {
-        self.network.unregister(id);
-        let node = self.nodes.remove(&id).unwrap();
-        node.shutdown().await;
-        assert!(node.fatal_error().is_none(), "node {id}: {:?}", node.fatal_error());
-    }
-
-    async fn write(&self, command: Bytes) -> u64 {
-        within("a committed write", async {
-            loop {
-                let leader = self
-                    .nodes
-                    .values()
-                    .map(Node::status)
-                    .find(|s| s.role == Role::Leader)
-                    .map(|s| s.id);
-                if let Some(leader) = leader {
-                    match self.nodes[&leader].propose(command.clone()).await {
-                        Ok(proposal) => {
-                            let index = proposal.index;
-                            if proposal.response().await.is_ok() {
-                                return index;
-                            }
-                        }
-                        Err(ProposeError::NotLeader { .. }) => {}
-                        Err(e) => panic!("propose failed: {e}"),
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-    }
-
-    async fn wait_applied(&self, index: u64) {
-        for node in self.nodes.values() {
-            let mut watch = node.watch();
-            within("applies", watch.wait_for(|s| s.applied_index >= index)).await;
-        }
-    }
-
-    fn commands(&self, id: NodeId) -> Vec<(u64, Bytes)> {
-        let applied = self.recorders[&id].applied.lock().unwrap();
-        applied.iter().filter_map(|e| Some((e.index, e.command()?.clone()))).collect()
-    }
-}
-
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(PATIENCE, future).await {
-        Ok(value) => value,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
+async fn write(cluster: &LmdbCluster, command: Bytes) -> u64 {
+    cluster.propose(command).await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lmdb_cluster_compacts_restarts_from_snapshots_and_installs_them() {
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(root.path()).await;
+    let mut cluster = cluster(root.path());
+    cluster.start_all().await.unwrap();
     let mut last = 0;
     for i in 0..120 {
-        last = cluster.write(Bytes::from(format!("w{i:04}"))).await;
+        last = write(&cluster, Bytes::from(format!("w{i:04}"))).await;
     }
-    cluster.wait_applied(last).await;
-    let expected = cluster.commands(1);
+    cluster.wait_applied(last).await.unwrap();
+    let expected = cluster.applied(1);
     for id in IDS {
-        cluster.stop(id).await;
+        cluster.stop(id).await.unwrap();
     }
     // Every log was compacted on disk, below a durable snapshot.
     let mut snapshots = BTreeMap::new();
@@ -322,27 +204,27 @@ async fn lmdb_cluster_compacts_restarts_from_snapshots_and_installs_them() {
     }
     // Restart: every node restores its snapshot first, then applies only the tail.
     for id in IDS {
-        cluster.boot(root.path(), id).await;
-        let status = cluster.nodes[&id].status();
+        cluster.start(id).await.unwrap();
+        let status = cluster.node(id).unwrap().status();
         assert_eq!(status.applied_index, snapshots[&id].index, "node {id}");
-        assert_eq!(*cluster.recorders[&id].restored.lock().unwrap(), vec![snapshots[&id]]);
+        assert_eq!(cluster.restored(id), vec![snapshots[&id]]);
     }
-    let after = cluster.write(Bytes::from_static(b"after restart")).await;
-    cluster.wait_applied(after).await;
+    let after = write(&cluster, Bytes::from_static(b"after restart")).await;
+    cluster.wait_applied(after).await.unwrap();
     for id in IDS {
-        assert_eq!(cluster.commands(id)[..expected.len()], expected[..], "node {id}");
+        assert_eq!(cluster.applied(id)[..expected.len()], expected[..], "node {id}");
     }
     // Wipe node 3: it comes back empty and catches up by InstallSnapshot.
-    cluster.stop(3).await;
+    cluster.stop(3).await.unwrap();
     std::fs::remove_dir_all(root.path().join("node-3")).unwrap();
     for i in 0..30 {
-        last = cluster.write(Bytes::from(format!("x{i:04}"))).await;
+        last = write(&cluster, Bytes::from(format!("x{i:04}"))).await;
     }
-    cluster.boot(root.path(), 3).await;
-    cluster.wait_applied(last).await;
-    assert!(!cluster.recorders[&3].restored.lock().unwrap().is_empty(), "installed a snapshot");
-    assert_eq!(cluster.commands(3), cluster.commands(1));
+    cluster.start(3).await.unwrap();
+    cluster.wait_applied(last).await.unwrap();
+    assert!(!cluster.restored(3).is_empty(), "installed a snapshot");
+    assert_eq!(cluster.applied(3), cluster.applied(1));
     for id in IDS {
-        cluster.stop(id).await;
+        cluster.stop(id).await.unwrap();
     }
 }

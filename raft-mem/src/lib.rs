@@ -7,6 +7,8 @@
 //! * [`MemSnapshotStore`]: a `SnapshotStore` that survives simulated crashes the same way.
 //! * [`MemNetwork`]: an in-process `Network` with fault injection (loss, delay, reordering,
 //!   duplication, partitions, disconnection) driven by one seed, and RPC/byte counters.
+//! * [`harness`]: a [`harness::Cluster`] of real nodes on a real runtime with any stores and
+//!   network, and the [`harness::RecordingStateMachine`]: the harness of every crate's tests.
 //! * [`sim`]: a deterministic executor with virtual time ([`sim::SimRuntime`]), a whole-cluster
 //!   [`sim::Simulation`] and the [`sim::InvariantChecker`] that checks the Raft safety
 //!   properties after every step.
@@ -14,6 +16,7 @@
 //!   write, with a bounded search that answers "unknown" rather than hanging.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod linearizability;
 mod log_store;
 mod network;

@@ -10,16 +10,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
-use raft_core::{
-    Bytes, Config, Entry, LogId, Membership, MembershipChange, Node, NodeId, NodeInfo,
-    ProposeError, Role, Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
-    Status,
-};
+use raft_core::{Bytes, MembershipChange, Node, NodeId, NodeInfo, Runtime};
+use raft_mem::harness::{test_config, BoxError, Cluster, RecordingStateMachine, Transport};
 use raft_mem::{MemLogStore, MemSnapshotStore};
 use raft_quic::{generate_cluster_certs, NodeTls, QuicConfig, QuicNetwork};
 
@@ -28,127 +24,22 @@ use common::{init_tracing, loopback};
 /// A generous bound that turns a hang into a failure; never a speed assertion.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Records every applied entry; answers each command with its own bytes. Its snapshot is the
-/// list of applied entries.
-#[derive(Clone, Default)]
-struct Recorder {
-    applied: Arc<Mutex<Vec<Entry>>>,
-    restored: Arc<Mutex<Vec<LogId>>>,
-}
-
-#[async_trait]
-impl StateMachine for Recorder {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        self.applied.lock().unwrap().extend(entries.iter().cloned());
-        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
-    }
-
-    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
-        let encoded = postcard::to_allocvec(&*self.applied.lock().unwrap()).unwrap();
-        let chunks: Vec<Result<Bytes, StateMachineError>> =
-            encoded.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
-        Ok(Some(futures::stream::iter(chunks).boxed()))
-    }
-
-    async fn restore(
-        &mut self,
-        meta: &SnapshotMeta,
-        mut data: SnapshotStream,
-    ) -> Result<(), StateMachineError> {
-        let mut encoded = Vec::new();
-        while let Some(chunk) = data.next().await {
-            encoded.extend_from_slice(&chunk?);
-        }
-        let entries: Vec<Entry> =
-            postcard::from_bytes(&encoded).map_err(|e| StateMachineError::new(e.to_string()))?;
-        *self.applied.lock().unwrap() = entries;
-        self.restored.lock().unwrap().push(meta.last_included);
-        Ok(())
-    }
-}
-
-fn raft_config(id: NodeId) -> Config {
-    let mut config = Config::new(id);
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
-    config
-}
-
-struct QuicCluster<R: Runtime + Clone> {
+/// The QUIC endpoints of a cluster, with certificates generated into a temporary directory.
+struct QuicTransport<R> {
     runtime: R,
     quic_runtime: Arc<dyn raft_quic::quinn::Runtime>,
     cert_dir: tempfile::TempDir,
-    ids: Vec<NodeId>,
     addrs: BTreeMap<NodeId, SocketAddr>,
-    stores: BTreeMap<NodeId, MemLogStore>,
-    /// With snapshots: each node's snapshot store (compaction every 10 entries, 4 KiB chunks).
-    snapshot_stores: Option<BTreeMap<NodeId, MemSnapshotStore>>,
     nets: BTreeMap<NodeId, QuicNetwork>,
-    nodes: BTreeMap<NodeId, Node>,
-    recorders: BTreeMap<NodeId, Recorder>,
-    /// The nodes started at least once: a founder bootstraps the cluster at its first start.
-    started: BTreeSet<NodeId>,
+    /// Nodes whose endpoint stays bound (refusing requests) while they are stopped, so that
+    /// restarting them needs no rebind: a freed port could be taken by a concurrent test.
+    keep_bound: BTreeSet<NodeId>,
+    /// Nodes to bind at their next start knowing no peer address, at the address given,
+    /// without telling anyone their address: only the membership will.
+    unannounced: BTreeMap<NodeId, SocketAddr>,
 }
 
-impl<R: Runtime + Clone> QuicCluster<R> {
-    async fn start(n: u64, runtime: R, quic_runtime: Arc<dyn raft_quic::quinn::Runtime>) -> Self {
-        Self::start_with(n, runtime, quic_runtime, false).await
-    }
-
-    async fn start_with(
-        n: u64,
-        runtime: R,
-        quic_runtime: Arc<dyn raft_quic::quinn::Runtime>,
-        snapshots: bool,
-    ) -> Self {
-        let ids: Vec<NodeId> = (1..=n).collect();
-        let cert_dir = tempfile::tempdir().unwrap();
-        // One spare certificate, for a node added later.
-        generate_cluster_certs(
-            cert_dir.path().join("ca"),
-            cert_dir.path().join("certs"),
-            1..=n + 1,
-        )
-        .unwrap();
-        let mut cluster = Self {
-            runtime,
-            quic_runtime,
-            cert_dir,
-            stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
-            snapshot_stores: snapshots
-                .then(|| ids.iter().map(|&id| (id, MemSnapshotStore::new())).collect()),
-            ids,
-            addrs: BTreeMap::new(),
-            nets: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            recorders: BTreeMap::new(),
-            started: BTreeSet::new(),
-        };
-        // Bind every endpoint on port 0 first, to learn the addresses.
-        for id in cluster.ids.clone() {
-            let net = cluster.bind(id, loopback()).unwrap();
-            cluster.addrs.insert(id, net.local_addr());
-            cluster.nets.insert(id, net);
-        }
-        for (&id, net) in &cluster.nets {
-            for (&peer, &addr) in &cluster.addrs {
-                if peer != id {
-                    net.set_peer(peer, addr);
-                }
-            }
-        }
-        for id in cluster.ids.clone() {
-            cluster.start_node(id).await;
-        }
-        cluster
-    }
-
-    fn bind(&self, id: NodeId, addr: SocketAddr) -> Result<QuicNetwork, raft_quic::BindError> {
-        self.bind_knowing(id, addr, &self.addrs)
-    }
-
+impl<R: Runtime + Clone> QuicTransport<R> {
     /// Binds node `id`'s endpoint at `addr`, knowing the addresses of `peers`.
     fn bind_knowing(
         &self,
@@ -169,198 +60,206 @@ impl<R: Runtime + Clone> QuicCluster<R> {
         QuicNetwork::bind(config, self.quic_runtime.clone())
     }
 
-    /// Binds and starts node `id` as a joining node that knows no peer address, on `addr`
-    /// (retrying while an old socket of it goes away), without telling anyone its address:
-    /// only the membership will.
-    async fn start_unannounced(&mut self, id: NodeId, addr: SocketAddr) {
-        let mut bound = self.bind_knowing(id, addr, &BTreeMap::new());
+    fn bind(&self, id: NodeId, addr: SocketAddr) -> Result<QuicNetwork, raft_quic::BindError> {
+        self.bind_knowing(id, addr, &self.addrs)
+    }
+
+    /// Binds at `addr`, retrying while an old socket of the node goes away.
+    async fn bind_retrying(
+        &self,
+        id: NodeId,
+        addr: SocketAddr,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+    ) -> Option<QuicNetwork> {
         for _ in 0..50 {
-            if bound.is_ok() {
-                break;
+            if let Ok(net) = self.bind_knowing(id, addr, peers) {
+                return Some(net);
             }
             self.runtime.sleep(Duration::from_millis(20)).await;
-            bound = self.bind_knowing(id, addr, &BTreeMap::new());
         }
-        let net = bound.unwrap();
-        self.addrs.insert(id, net.local_addr());
-        self.nets.insert(id, net);
-        self.stores.entry(id).or_default();
-        if !self.ids.contains(&id) {
-            self.ids.push(id);
-        }
-        self.start_node(id).await;
+        None
     }
+}
 
-    /// Binds and starts node `id` as a node joining the cluster (no initial voters), and tells
-    /// every other node its address.
-    async fn add_node(&mut self, id: NodeId) {
-        let net = self.bind(id, loopback()).unwrap();
-        let addr = net.local_addr();
-        for (&other, peer_net) in &self.nets {
-            peer_net.set_peer(id, addr);
-            net.set_peer(other, self.addrs[&other]);
-        }
-        self.addrs.insert(id, addr);
-        self.nets.insert(id, net);
-        self.stores.insert(id, MemLogStore::new());
-        self.ids.push(id);
-        self.start_node(id).await;
-    }
+#[async_trait]
+impl<R: Runtime + Clone> Transport for QuicTransport<R> {
+    type Network = QuicNetwork;
 
-    async fn start_node(&mut self, id: NodeId) {
-        let recorder = Recorder::default();
-        let net = self.nets[&id].clone();
-        let founders: Vec<NodeId> = self.ids.iter().copied().filter(|&i| i <= 3).collect();
-        let bootstrap = (self.started.insert(id) && founders.contains(&id))
-            .then(|| Membership::with_voters(founders.iter().copied()));
-        let mut config = raft_config(id);
-        let mut builder = Node::builder(
-            config.clone(),
-            self.stores[&id].clone(),
-            net.clone(),
-            recorder.clone(),
-            self.runtime.clone(),
-        );
-        if let Some(stores) = &self.snapshot_stores {
-            config.snapshot_interval_entries = 10;
-            config.snapshot_keep_entries = 0;
-            config.snapshot_chunk_bytes = 4096;
-            builder = Node::builder(
-                config,
-                self.stores[&id].clone(),
-                net.clone(),
-                recorder.clone(),
-                self.runtime.clone(),
-            )
-            .snapshot_store(stores[&id].clone());
+    async fn endpoint(&mut self, id: NodeId) -> Result<QuicNetwork, BoxError> {
+        if let Some(net) = self.nets.get(&id) {
+            // Bound before the first start, or kept bound while the node was stopped.
+            return Ok(net.clone());
         }
-        if let Some(membership) = bootstrap {
-            builder = builder.bootstrap(membership);
-        }
-        let node = builder.start().await.unwrap();
-        net.serve(Arc::new(node.clone()));
-        self.nodes.insert(id, node);
-        self.recorders.insert(id, recorder);
-    }
-
-    /// Stops node `id` and its endpoint; its store keeps what was durable.
-    async fn stop(&mut self, id: NodeId) {
-        if let Some(node) = self.nodes.remove(&id) {
-            node.shutdown().await;
-        }
-        if let Some(net) = self.nets.remove(&id) {
-            net.close().await;
-        }
-    }
-
-    /// Stops node `id` but keeps its endpoint bound (refusing requests), so that restarting it
-    /// needs no rebind: a freed port could be taken by a concurrent test.
-    async fn pause(&mut self, id: NodeId) {
-        self.nets[&id].stop_serving();
-        if let Some(node) = self.nodes.remove(&id) {
-            node.shutdown().await;
-        }
-    }
-
-    /// Starts node `id` again on its old address (the old socket may take a moment to go). If
-    /// a concurrent test took the freed port meanwhile, it restarts on a fresh port and the
-    /// peers learn the new address, as an operator would tell them.
-    async fn restart(&mut self, id: NodeId) {
-        let addr = self.addrs[&id];
-        let mut rebound = None;
-        for _ in 0..50 {
-            match self.bind(id, addr) {
-                Ok(net) => {
-                    rebound = Some(net);
-                    break;
-                }
-                Err(_) => self.runtime.sleep(Duration::from_millis(20)).await,
-            }
-        }
-        let net = match rebound {
-            Some(net) => net,
-            None => {
-                let net = self.bind(id, loopback()).unwrap();
-                let fresh = net.local_addr();
-                self.addrs.insert(id, fresh);
-                for (&other, peer_net) in &self.nets {
-                    if other != id {
-                        peer_net.set_peer(id, fresh);
-                    }
-                }
-                net
-            }
-        };
-        self.nets.insert(id, net);
-        self.start_node(id).await;
-    }
-
-    async fn shutdown(mut self) {
-        for id in self.ids.clone() {
-            self.stop(id).await;
-        }
-    }
-
-    async fn within<T>(&self, what: &str, future: impl std::future::Future<Output = T>) -> T {
-        futures::select! {
-            value = future.fuse() => value,
-            _ = self.runtime.sleep(PATIENCE).fuse() => panic!("timed out waiting for {what}"),
-        }
-    }
-
-    /// Waits until exactly one running node leads and every running node follows it.
-    async fn wait_for_leader(&self) -> NodeId {
-        self.within("a leader", async {
-            loop {
-                let statuses: Vec<Status> = self.nodes.values().map(Node::status).collect();
-                let leaders: Vec<&Status> =
-                    statuses.iter().filter(|s| s.role == Role::Leader).collect();
-                if let [leader] = leaders[..] {
-                    if statuses.iter().all(|s| {
-                        s.current_term == leader.current_term && s.leader_id == Some(leader.id)
-                    }) {
-                        return leader.id;
-                    }
-                }
-                self.runtime.sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-    }
-
-    /// Proposes on the leader until accepted and applied; returns the entry's index.
-    async fn write(&self, data: Bytes) -> u64 {
-        self.within("a write", async {
-            loop {
-                let leader = self.wait_for_leader().await;
-                match self.nodes[&leader].propose(data.clone()).await {
-                    Ok(proposal) => {
-                        let index = proposal.index;
-                        if let Ok(response) = proposal.response().await {
-                            assert_eq!(response, data);
-                            return index;
+        let net = if let Some(addr) = self.unannounced.remove(&id) {
+            let net = self.bind_retrying(id, addr, &BTreeMap::new()).await.ok_or("no bind")?;
+            self.addrs.insert(id, net.local_addr());
+            net
+        } else if let Some(&addr) = self.addrs.get(&id) {
+            // A restart, on the old address. If a concurrent test took the freed port
+            // meanwhile, on a fresh port, and the peers learn the new address, as an operator
+            // would tell them.
+            let addrs = self.addrs.clone();
+            match self.bind_retrying(id, addr, &addrs).await {
+                Some(net) => net,
+                None => {
+                    let net = self.bind(id, loopback())?;
+                    let fresh = net.local_addr();
+                    self.addrs.insert(id, fresh);
+                    for (&other, peer_net) in &self.nets {
+                        if other != id {
+                            peer_net.set_peer(id, fresh);
                         }
                     }
-                    Err(ProposeError::NotLeader { .. }) => {}
-                    Err(e) => panic!("propose failed: {e}"),
+                    net
                 }
-                self.runtime.sleep(Duration::from_millis(5)).await;
             }
-        })
-        .await
+        } else {
+            // A new node: every other node learns its address.
+            let net = self.bind(id, loopback())?;
+            let addr = net.local_addr();
+            for (&other, peer_net) in &self.nets {
+                peer_net.set_peer(id, addr);
+                net.set_peer(other, self.addrs[&other]);
+            }
+            self.addrs.insert(id, addr);
+            net
+        };
+        self.nets.insert(id, net.clone());
+        Ok(net)
     }
 
-    async fn wait_applied(&self, index: u64) {
-        for node in self.nodes.values() {
-            let mut watch = node.watch();
-            self.within("applies", watch.wait_for(|s| s.applied_index >= index)).await;
+    fn serve(&mut self, id: NodeId, node: &Node) {
+        self.nets[&id].serve(Arc::new(node.clone()));
+    }
+
+    async fn unserve(&mut self, id: NodeId) {
+        if let Some(net) = self.nets.get(&id) {
+            net.stop_serving();
         }
     }
 
-    fn commands(&self, id: NodeId) -> Vec<Bytes> {
-        let applied = self.recorders[&id].applied.lock().unwrap();
-        applied.iter().filter_map(|e| e.command().cloned()).collect()
+    async fn release(&mut self, id: NodeId) {
+        if !self.keep_bound.remove(&id) {
+            if let Some(net) = self.nets.remove(&id) {
+                net.close().await;
+            }
+        }
     }
+}
+
+type QuicCluster<R> = Cluster<R, QuicTransport<R>, MemLogStore, RecordingStateMachine>;
+
+/// What the test keeps of each node's stores (clones share their contents with the node's).
+struct Stores {
+    logs: BTreeMap<NodeId, MemLogStore>,
+    /// With snapshots: each node's snapshot store (compaction every 10 entries, 4 KiB chunks).
+    snapshots: Option<BTreeMap<NodeId, MemSnapshotStore>>,
+}
+
+async fn start<R: Runtime + Clone>(
+    n: u64,
+    runtime: R,
+    quic_runtime: Arc<dyn raft_quic::quinn::Runtime>,
+) -> QuicCluster<R> {
+    start_with(n, runtime, quic_runtime, false).await.0
+}
+
+/// Starts `n` founding voters on loopback, with stores for one more node added later.
+async fn start_with<R: Runtime + Clone>(
+    n: u64,
+    runtime: R,
+    quic_runtime: Arc<dyn raft_quic::quinn::Runtime>,
+    snapshots: bool,
+) -> (QuicCluster<R>, Stores) {
+    let cert_dir = tempfile::tempdir().unwrap();
+    // One spare certificate, for a node added later.
+    generate_cluster_certs(cert_dir.path().join("ca"), cert_dir.path().join("certs"), 1..=n + 1)
+        .unwrap();
+    let mut transport = QuicTransport {
+        runtime: runtime.clone(),
+        quic_runtime,
+        cert_dir,
+        addrs: BTreeMap::new(),
+        nets: BTreeMap::new(),
+        keep_bound: BTreeSet::new(),
+        unannounced: BTreeMap::new(),
+    };
+    // Bind every endpoint on port 0 first, to learn the addresses.
+    for id in 1..=n {
+        let net = transport.bind(id, loopback()).unwrap();
+        transport.addrs.insert(id, net.local_addr());
+        transport.nets.insert(id, net);
+    }
+    for (&id, net) in &transport.nets {
+        for (&peer, &addr) in &transport.addrs {
+            if peer != id {
+                net.set_peer(peer, addr);
+            }
+        }
+    }
+    let stores = Stores {
+        logs: (1..=n + 1).map(|id| (id, MemLogStore::new())).collect(),
+        snapshots: snapshots.then(|| (1..=n + 1).map(|id| (id, MemSnapshotStore::new())).collect()),
+    };
+    let logs = stores.logs.clone();
+    let mut builder = Cluster::builder(
+        runtime,
+        transport,
+        1..=n,
+        move |id| Ok(logs[&id].clone()),
+        |_| RecordingStateMachine::new(),
+    )
+    .patience(PATIENCE);
+    if let Some(snapshot_stores) = stores.snapshots.clone() {
+        builder = builder
+            .config(|id| {
+                let mut config = test_config(id);
+                config.snapshot_interval_entries = 10;
+                config.snapshot_keep_entries = 0;
+                config.snapshot_chunk_bytes = 4096;
+                config
+            })
+            .snapshot_store(move |id| Ok(Some(snapshot_stores[&id].clone())));
+    }
+    let mut cluster = builder.build();
+    cluster.start_all().await.unwrap();
+    (cluster, stores)
+}
+
+/// Starts node `id` as a joining node that knows no peer address, on `addr`, without telling
+/// anyone its address: only the membership will.
+async fn start_unannounced<R: Runtime + Clone>(
+    cluster: &mut QuicCluster<R>,
+    id: NodeId,
+    addr: SocketAddr,
+) {
+    cluster.transport_mut().unannounced.insert(id, addr);
+    cluster.start(id).await.unwrap();
+}
+
+/// Stops node `id` but keeps its endpoint bound (refusing requests).
+async fn pause<R: Runtime + Clone>(cluster: &mut QuicCluster<R>, id: NodeId) {
+    cluster.transport_mut().keep_bound.insert(id);
+    cluster.stop(id).await.unwrap();
+}
+
+async fn within<R: Runtime + Clone, T>(
+    cluster: &QuicCluster<R>,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    cluster.within(what, future).await.unwrap()
+}
+
+/// Proposes on the leader until accepted and applied; returns the entry's index.
+async fn write<R: Runtime + Clone>(cluster: &QuicCluster<R>, data: Bytes) -> u64 {
+    let (index, response) = cluster.propose(data.clone()).await.unwrap();
+    assert_eq!(response, data);
+    index
+}
+
+fn node<R: Runtime + Clone>(cluster: &QuicCluster<R>, id: NodeId) -> &Node {
+    cluster.node(id).unwrap()
 }
 
 /// Issue 17.1: a node joins with its address in the membership only (no `set_peer` anywhere),
@@ -371,46 +270,46 @@ async fn adds_a_node_by_its_metadata_alone<R: Runtime + Clone>(
     quic: Arc<dyn raft_quic::quinn::Runtime>,
 ) {
     init_tracing();
-    let mut cluster = QuicCluster::start(3, runtime, quic).await;
-    let leader = cluster.wait_for_leader().await;
+    let mut cluster = start(3, runtime, quic).await;
+    let leader = cluster.leader().await.unwrap();
     let mut last = 0;
     for i in 0..5u32 {
-        last = cluster.write(Bytes::from(format!("before-{i}"))).await;
+        last = write(&cluster, Bytes::from(format!("before-{i}"))).await;
     }
-    cluster.start_unannounced(4, loopback()).await;
-    let info =
-        |cluster: &QuicCluster<R>, id| NodeInfo::with_address(cluster.addrs[&id].to_string());
-    let current = cluster.nodes[&leader].membership();
+    start_unannounced(&mut cluster, 4, loopback()).await;
+    let info = |cluster: &QuicCluster<R>, id| {
+        NodeInfo::with_address(cluster.transport().addrs[&id].to_string())
+    };
+    let current = node(&cluster, leader).membership();
     let nodes: Vec<(NodeId, NodeInfo)> = (1..=4).map(|id| (id, info(&cluster, id))).collect();
     let target = current.target([1, 2, 3, 4], [], nodes).unwrap();
-    let set = cluster.nodes[&leader].set_membership(target.clone(), PATIENCE);
-    assert_eq!(cluster.within("set_membership", set).await.unwrap(), target);
-    let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
+    let set = node(&cluster, leader).set_membership(target.clone(), PATIENCE);
+    assert_eq!(within(&cluster, "set_membership", set).await.unwrap(), target);
+    let index = within(&cluster, "a follower read", node(&cluster, 4).read_index()).await.unwrap();
     assert!(index >= last);
 
     // Restarted with an endpoint that knows no peer, node 4 learns them from its log.
-    let addr = cluster.addrs[&4];
-    cluster.stop(4).await;
-    cluster.start_unannounced(4, addr).await;
-    assert_eq!(cluster.addrs[&4], addr);
-    last = cluster.write(Bytes::from_static(b"after restart")).await;
-    let read = cluster.within("a read after the restart", async {
+    let addr = cluster.transport().addrs[&4];
+    cluster.stop(4).await.unwrap();
+    start_unannounced(&mut cluster, 4, addr).await;
+    assert_eq!(cluster.transport().addrs[&4], addr);
+    last = write(&cluster, Bytes::from_static(b"after restart")).await;
+    let read = within(&cluster, "a read after the restart", async {
         loop {
-            match cluster.nodes[&4].read_index().await {
+            match node(&cluster, 4).read_index().await {
                 Ok(index) if index >= last => return index,
-                _ => cluster.runtime.sleep(Duration::from_millis(20)).await,
+                _ => cluster.runtime().sleep(Duration::from_millis(20)).await,
             }
         }
     });
     assert!(read.await >= last);
-    cluster
-        .within("a transfer to node 4", cluster.nodes[&leader].transfer_leadership(4))
+    within(&cluster, "a transfer to node 4", node(&cluster, leader).transfer_leadership(4))
         .await
         .unwrap();
-    last = cluster.write(Bytes::from_static(b"led by 4")).await;
-    cluster.wait_applied(last).await;
+    last = write(&cluster, Bytes::from_static(b"led by 4")).await;
+    cluster.wait_applied(last).await.unwrap();
     assert_eq!(cluster.commands(4), cluster.commands(leader));
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 async fn elects_and_commits<R: Runtime + Clone>(
@@ -418,25 +317,25 @@ async fn elects_and_commits<R: Runtime + Clone>(
     quic: Arc<dyn raft_quic::quinn::Runtime>,
 ) {
     init_tracing();
-    let cluster = QuicCluster::start(3, runtime, quic).await;
-    let leader = cluster.wait_for_leader().await;
-    assert!(cluster.ids.contains(&leader));
+    let mut cluster = start(3, runtime, quic).await;
+    let leader = cluster.leader().await.unwrap();
+    assert!(cluster.voters().contains(&leader));
     let mut last = 0;
     let mut expected = Vec::new();
     for i in 0..20u32 {
         let data = Bytes::from(format!("cmd-{i}"));
-        last = cluster.write(data.clone()).await;
+        last = write(&cluster, data.clone()).await;
         expected.push(data);
     }
     // A batch large enough to span many QUIC packets (and several entries per AppendEntries).
     let big = Bytes::from(vec![7u8; 256 << 10]);
-    last = last.max(cluster.write(big.clone()).await);
+    last = last.max(write(&cluster, big.clone()).await);
     expected.push(big);
-    cluster.wait_applied(last).await;
-    for &id in &cluster.ids {
+    cluster.wait_applied(last).await.unwrap();
+    for id in cluster.running() {
         assert_eq!(cluster.commands(id), expected, "node {id} applied a different sequence");
     }
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 async fn restarted_node_catches_up<R: Runtime + Clone>(
@@ -444,27 +343,27 @@ async fn restarted_node_catches_up<R: Runtime + Clone>(
     quic: Arc<dyn raft_quic::quinn::Runtime>,
 ) {
     init_tracing();
-    let mut cluster = QuicCluster::start(3, runtime, quic).await;
-    let leader = cluster.wait_for_leader().await;
+    let mut cluster = start(3, runtime, quic).await;
+    let leader = cluster.leader().await.unwrap();
     for i in 0..5u32 {
-        cluster.write(Bytes::from(format!("before-{i}"))).await;
+        write(&cluster, Bytes::from(format!("before-{i}"))).await;
     }
     // Restart a follower; the other two keep committing while it is down.
-    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
-    cluster.stop(follower).await;
+    let follower = *cluster.voters().iter().find(|&&id| id != leader).unwrap();
+    cluster.stop(follower).await.unwrap();
     for i in 0..10u32 {
-        cluster.write(Bytes::from(format!("while-down-{i}"))).await;
+        write(&cluster, Bytes::from(format!("while-down-{i}"))).await;
     }
-    cluster.restart(follower).await;
+    cluster.start(follower).await.unwrap();
     let mut last = 0;
     for i in 0..5u32 {
-        last = cluster.write(Bytes::from(format!("after-{i}"))).await;
+        last = write(&cluster, Bytes::from(format!("after-{i}"))).await;
     }
-    cluster.wait_applied(last).await;
+    cluster.wait_applied(last).await.unwrap();
     let reference = cluster.commands(leader);
     assert_eq!(reference.len(), 20);
     assert_eq!(cluster.commands(follower), reference, "the restarted node did not catch up");
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 async fn lagging_follower_installs_snapshot<R: Runtime + Clone>(
@@ -472,25 +371,25 @@ async fn lagging_follower_installs_snapshot<R: Runtime + Clone>(
     quic: Arc<dyn raft_quic::quinn::Runtime>,
 ) {
     init_tracing();
-    let mut cluster = QuicCluster::start_with(3, runtime, quic, true).await;
-    let leader = cluster.wait_for_leader().await;
-    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
-    cluster.pause(follower).await;
+    let (mut cluster, stores) = start_with(3, runtime, quic, true).await;
+    let leader = cluster.leader().await.unwrap();
+    let follower = *cluster.voters().iter().find(|&&id| id != leader).unwrap();
+    pause(&mut cluster, follower).await;
     // About 60 KiB of state: the snapshot travels in about 15 chunks of 4 KiB.
     for i in 0..60u32 {
-        cluster.write(Bytes::from(format!("{i:04}-{}", "x".repeat(1000)))).await;
+        write(&cluster, Bytes::from(format!("{i:04}-{}", "x".repeat(1000)))).await;
     }
-    let compacted = cluster.stores[&leader].purged().index;
+    let compacted = stores.logs[&leader].purged().index;
     assert!(compacted > 40, "the leader compacted its log (to {compacted})");
-    cluster.start_node(follower).await;
-    let last = cluster.write(Bytes::from_static(b"after")).await;
-    cluster.wait_applied(last).await;
-    let restored = cluster.recorders[&follower].restored.lock().unwrap().clone();
+    cluster.start(follower).await.unwrap();
+    let last = write(&cluster, Bytes::from_static(b"after")).await;
+    cluster.wait_applied(last).await.unwrap();
+    let restored = cluster.restored(follower);
     assert!(!restored.is_empty() && restored[0].index > 40, "installed: {restored:?}");
-    let size = cluster.snapshot_stores.as_ref().unwrap()[&follower].latest_meta().unwrap().size;
+    let size = stores.snapshots.as_ref().unwrap()[&follower].latest_meta().unwrap().size;
     assert!(size > 8 * 4096, "a multi-chunk snapshot ({size} bytes)");
     assert_eq!(cluster.commands(follower), cluster.commands(leader));
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 async fn replaces_a_node_live<R: Runtime + Clone>(
@@ -498,43 +397,47 @@ async fn replaces_a_node_live<R: Runtime + Clone>(
     quic: Arc<dyn raft_quic::quinn::Runtime>,
 ) {
     init_tracing();
-    let mut cluster = QuicCluster::start(3, runtime, quic).await;
-    let old_leader = cluster.wait_for_leader().await;
+    let mut cluster = start(3, runtime, quic).await;
+    let old_leader = cluster.leader().await.unwrap();
     let mut last = 0;
     for i in 0..10u32 {
-        last = cluster.write(Bytes::from(format!("before-{i}"))).await;
+        last = write(&cluster, Bytes::from(format!("before-{i}"))).await;
     }
-    cluster.add_node(4).await;
-    let leader = &cluster.nodes[&old_leader];
-    let membership = cluster
-        .within("adding node 4", leader.add_voter(4, NodeInfo::default(), Duration::from_secs(10)))
-        .await
-        .unwrap();
+    cluster.start(4).await.unwrap();
+    let leader = node(&cluster, old_leader);
+    let membership = within(
+        &cluster,
+        "adding node 4",
+        leader.add_voter(4, NodeInfo::default(), Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
     assert_eq!(membership.voters(), &[1, 2, 3, 4].into());
 
     // The new node serves a linearizable read as a follower (it asks the leader).
-    let index = cluster.within("a follower read", cluster.nodes[&4].read_index()).await.unwrap();
+    let index = within(&cluster, "a follower read", node(&cluster, 4).read_index()).await.unwrap();
     assert!(index >= last, "read index {index} covers the write at {last}");
     assert_eq!(cluster.commands(4).len(), 10);
 
     // Hand leadership to the new node, then remove the old leader through it.
-    cluster.within("a transfer", cluster.nodes[&old_leader].transfer_leadership(4)).await.unwrap();
-    assert_eq!(cluster.wait_for_leader().await, 4);
-    let change = cluster.nodes[&4].change_membership(MembershipChange::RemoveNode(old_leader));
-    let membership = cluster.within("removing the old leader", change).await.unwrap();
+    within(&cluster, "a transfer", node(&cluster, old_leader).transfer_leadership(4))
+        .await
+        .unwrap();
+    assert_eq!(cluster.leader().await.unwrap(), 4);
+    let change = node(&cluster, 4).change_membership(MembershipChange::RemoveNode(old_leader));
+    let membership = within(&cluster, "removing the old leader", change).await.unwrap();
     assert_eq!(membership.voters().len(), 3);
     assert!(!membership.voters().contains(&old_leader));
-    cluster.stop(old_leader).await;
-    cluster.ids.retain(|&id| id != old_leader);
+    cluster.stop(old_leader).await.unwrap();
     for i in 0..5u32 {
-        last = cluster.write(Bytes::from(format!("after-{i}"))).await;
+        last = write(&cluster, Bytes::from(format!("after-{i}"))).await;
     }
-    cluster.wait_applied(last).await;
-    for &id in &cluster.ids {
+    cluster.wait_applied(last).await.unwrap();
+    for id in cluster.running() {
         assert_eq!(cluster.commands(id), cluster.commands(4), "node {id}");
     }
     assert_eq!(cluster.commands(4).len(), 15);
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,10 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::runtime::TokioRuntime;
 use raft_core::{
-    Bytes, Config, Entry, Membership, Node, NodeId, ProposeError, Role, SnapshotMeta,
-    SnapshotStream, StateMachine, StateMachineError,
+    Bytes, Config, Entry, NodeId, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
 };
 use raft_lmdb::{FileSnapshotStore, LmdbLogStore};
+use raft_mem::harness::Cluster;
 use raft_mem::MemNetwork;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,7 +36,8 @@ const NEW_FOLLOWER: NodeId = 5;
 const KEYS_PER_PIECE: usize = 65_536;
 
 /// A key-value map of `u64 -> u64`. A command is a run of (key, value) pairs, little endian.
-#[derive(Default)]
+/// (Cloned only empty, when the harness keeps a copy of each node's state machine at its start.)
+#[derive(Default, Clone)]
 struct Kv {
     map: HashMap<u64, u64>,
     /// Time spent capturing snapshots on the apply path.
@@ -138,66 +140,43 @@ fn dirs(root: &Path, id: NodeId) -> (PathBuf, PathBuf) {
     (root.join(format!("node-{id}/raft")), root.join(format!("node-{id}/snapshots")))
 }
 
-struct Cluster {
-    root: PathBuf,
-    network: MemNetwork,
-    nodes: HashMap<NodeId, Node>,
+/// The 5-voter cluster, and whether a node's next start gets its snapshot store.
+struct Bench {
+    cluster: Cluster<TokioRuntime, MemNetwork, LmdbLogStore, Kv>,
+    snapshots: Arc<AtomicBool>,
 }
 
-impl Cluster {
-    async fn start_node(&mut self, id: NodeId, snapshots: bool) -> Result<Duration, BoxError> {
-        let (log_dir, snap_dir) = dirs(&self.root, id);
-        let first_start = !log_dir.exists();
+impl Bench {
+    fn new(root: &Path) -> Result<Bench, BoxError> {
         let runtime = TokioRuntime::current().ok_or("no tokio runtime")?;
-        let started = Instant::now();
-        let builder = Node::builder(
-            config(id),
-            LmdbLogStore::open_dir(log_dir)?,
-            self.network.endpoint(id),
-            Kv::default(),
+        let snapshots = Arc::new(AtomicBool::new(true));
+        let (logs, snaps, new) = (root.to_path_buf(), root.to_path_buf(), root.to_path_buf());
+        let with_snapshots = snapshots.clone();
+        let cluster = Cluster::builder(
             runtime,
-        );
-        let builder = if snapshots {
-            builder.snapshot_store(FileSnapshotStore::open_dir(snap_dir)?)
-        } else {
-            builder
-        };
-        let builder =
-            if first_start { builder.bootstrap(Membership::with_voters(IDS)) } else { builder };
-        let node = builder.start().await?;
-        let start_call = started.elapsed();
-        self.network.register(id, Arc::new(node.clone()));
-        self.nodes.insert(id, node);
-        Ok(start_call)
+            MemNetwork::new(),
+            IDS,
+            move |id| Ok(LmdbLogStore::open_dir(dirs(&logs, id).0)?),
+            |_| Kv::default(),
+        )
+        .config(config)
+        .snapshot_store(move |id| match with_snapshots.load(Ordering::Relaxed) {
+            true => Ok(Some(FileSnapshotStore::open_dir(dirs(&snaps, id).1)?)),
+            false => Ok(None),
+        })
+        .bootstrap_if(move |id| !dirs(&new, id).0.exists())
+        // A bound on each wait, generous for a million keys on a slow disk.
+        .patience(Duration::from_secs(600))
+        .build();
+        Ok(Bench { cluster, snapshots })
     }
 
-    async fn stop(&mut self, id: NodeId) {
-        self.network.unregister(id);
-        if let Some(node) = self.nodes.remove(&id) {
-            node.shutdown().await;
-        }
-    }
-
-    fn leader(&self) -> Option<Node> {
-        self.nodes.values().find(|n| n.status().role == Role::Leader).cloned()
-    }
-
-    async fn write(&self, command: Bytes) -> Result<u64, BoxError> {
-        loop {
-            if let Some(leader) = self.leader() {
-                match leader.propose(command.clone()).await {
-                    Ok(proposal) => {
-                        let index = proposal.index;
-                        if proposal.response().await.is_ok() {
-                            return Ok(index);
-                        }
-                    }
-                    Err(ProposeError::NotLeader { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    /// Starts node `id`, with its snapshot store or without; returns the time of the start call.
+    async fn start_node(&mut self, id: NodeId, snapshots: bool) -> Result<Duration, BoxError> {
+        self.snapshots.store(snapshots, Ordering::Relaxed);
+        let started = Instant::now();
+        self.cluster.start(id).await?;
+        Ok(started.elapsed())
     }
 
     /// Writes keys `from..to`, `per_entry` per entry, with many proposals in flight.
@@ -215,24 +194,12 @@ impl Cluster {
             .collect();
         let mut last = 0;
         for batch in commands.chunks(256) {
-            let writes = batch.iter().map(|c| self.write(c.clone()));
-            for index in futures::future::join_all(writes).await {
-                last = last.max(index?);
+            let writes = batch.iter().map(|c| self.cluster.propose(c.clone()));
+            for written in futures::future::join_all(writes).await {
+                last = last.max(written?.0);
             }
         }
         Ok(last)
-    }
-
-    async fn wait_applied(&self, id: NodeId, index: u64) -> Result<(), BoxError> {
-        let node = self.nodes.get(&id).ok_or("no such node")?;
-        let mut watch = node.watch();
-        let limit = Duration::from_secs(600);
-        let waited = tokio::time::timeout(limit, watch.wait_for(|s| s.applied_index >= index));
-        if waited.await.is_err() {
-            let statuses: Vec<_> = self.nodes.values().map(Node::status).collect();
-            return Err(format!("node {id} did not apply {index}: {statuses:?}").into());
-        }
-        Ok(())
     }
 }
 
@@ -246,65 +213,62 @@ fn main() -> Result<(), BoxError> {
 async fn run(args: Args) -> Result<(), BoxError> {
     let root = std::env::temp_dir().join(format!("bench-snapshot-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let mut cluster =
-        Cluster { root: root.clone(), network: MemNetwork::new(), nodes: HashMap::new() };
+    let mut bench = Bench::new(&root)?;
     // Measure the node, not the simulator's check that every message survives its encoding.
-    cluster.network.set_wire_check(false);
+    bench.cluster.transport().set_wire_check(false);
     let running = [1, 2, 3, 4];
     for id in running {
-        cluster.start_node(id, true).await?;
+        bench.start_node(id, true).await?;
     }
     let started = Instant::now();
-    let last = cluster.fill(0, args.keys, args.keys_per_entry).await?;
+    let last = bench.fill(0, args.keys, args.keys_per_entry).await?;
     for id in running {
-        cluster.wait_applied(id, last).await?;
+        bench.cluster.wait_applied_on(id, last).await?;
     }
-    let leader = cluster.leader().ok_or("no leader")?.id();
+    let leader = bench.cluster.leader().await?;
     let follower = running.into_iter().find(|&id| id != leader).ok_or("no follower")?;
 
     let fill_time = started.elapsed();
     println!("filled {} keys in {last} entries in {fill_time:.2?}", args.keys);
 
     // 1. Restart with a full log replay (the node is started without its snapshot store).
-    cluster.stop(follower).await;
+    bench.cluster.stop(follower).await?;
     let started = Instant::now();
-    let replay_start = cluster.start_node(follower, false).await?;
-    cluster.wait_applied(follower, last).await?;
+    let replay_start = bench.start_node(follower, false).await?;
+    bench.cluster.wait_applied_on(follower, last).await?;
     let replay = started.elapsed();
-    cluster.stop(follower).await;
+    bench.cluster.stop(follower).await?;
 
     // 2. Snapshots everywhere, then a tail of 1% more keys, then restart from snapshot + tail.
-    cluster.start_node(follower, true).await?;
-    cluster.wait_applied(follower, last).await?;
+    bench.start_node(follower, true).await?;
+    bench.cluster.wait_applied_on(follower, last).await?;
     let mut snapshot_time = Duration::ZERO;
     let mut meta = None;
     for id in running {
         let started = Instant::now();
-        meta = cluster.nodes[&id].snapshot().await?;
+        meta = bench.cluster.running_node(id)?.snapshot().await?;
         snapshot_time = snapshot_time.max(started.elapsed());
     }
     let meta = meta.ok_or("no snapshot taken")?;
     let tail_keys = (args.keys / 100).max(args.keys_per_entry);
-    let last = cluster.fill(args.keys, args.keys + tail_keys, args.keys_per_entry).await?;
-    cluster.wait_applied(follower, last).await?;
-    cluster.stop(follower).await;
+    let last = bench.fill(args.keys, args.keys + tail_keys, args.keys_per_entry).await?;
+    bench.cluster.wait_applied_on(follower, last).await?;
+    bench.cluster.stop(follower).await?;
     let started = Instant::now();
-    let snap_start = cluster.start_node(follower, true).await?;
-    cluster.wait_applied(follower, last).await?;
+    let snap_start = bench.start_node(follower, true).await?;
+    bench.cluster.wait_applied_on(follower, last).await?;
     let from_snapshot = started.elapsed();
     let tail_entries = last - meta.last_included.index;
 
     // 3. The new follower (never started before) catches up by InstallSnapshot.
-    cluster.network.reset_stats();
+    bench.cluster.transport().reset_stats();
     let started = Instant::now();
-    cluster.start_node(NEW_FOLLOWER, true).await?;
-    cluster.wait_applied(NEW_FOLLOWER, last).await?;
+    bench.start_node(NEW_FOLLOWER, true).await?;
+    bench.cluster.wait_applied_on(NEW_FOLLOWER, last).await?;
     let catch_up = started.elapsed();
-    let sent = cluster.network.stats();
+    let sent = bench.cluster.transport().stats();
 
-    for id in IDS {
-        cluster.stop(id).await;
-    }
+    bench.cluster.stop_all().await?;
     let _ = std::fs::remove_dir_all(&root);
 
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;

@@ -129,11 +129,11 @@ mod liveness;
 mod observe;
 mod queries;
 mod recorder;
-mod recording;
 mod schedule;
 mod simulation;
 mod wire_oracle;
 
+pub use crate::harness::RecordingStateMachine;
 pub use checker::{
     check_request, check_response, DurableView, Incarnation, InvariantChecker, LogChange, Violation,
 };
@@ -147,7 +147,6 @@ pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
-pub use recording::RecordingStateMachine;
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{
     ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationBuilder,

@@ -16,8 +16,8 @@ use super::liveness::{LivenessBounds, LivenessState};
 use super::recorder::{
     lock, DigestFn, Observed, Record, Registry, StateMachineFaults, StateMachineHandle,
 };
-use super::recording::RecordingStateMachine;
 use super::wire_oracle::WireOracle;
+use crate::harness::RecordingStateMachine;
 use crate::{LinkFaults, MemLogStore, MemNetwork, MemSnapshotStore};
 
 /// Adjusts the [`Config`] of every simulated node (for example, shorter timeouts). It sees the

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use raft_core::{
-    Bytes, Config, Entry, Membership, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
+    Bytes, Entry, Membership, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
     StateMachineError, Status,
 };
 use raft_mem::{MemLogStore, MemNetwork};
@@ -47,15 +47,8 @@ pub struct Cluster<R: Runtime + Clone> {
     pub recorders: BTreeMap<NodeId, Recorder>,
 }
 
-pub fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id);
-    // Short timeouts keep the tests quick; they are still many ticks long.
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
-    config
-}
+/// Short timeouts keep the tests quick; they are still many ticks long.
+pub use raft_mem::harness::test_config as config;
 
 impl<R: Runtime + Clone> Cluster<R> {
     pub async fn start(n: u64, runtime: R) -> Self {

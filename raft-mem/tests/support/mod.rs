@@ -55,14 +55,8 @@ pub async fn before<R: Runtime, T>(
     }
 }
 
-pub fn config(id: NodeId) -> Config {
-    let mut config = Config::new(id);
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
-    config
-}
+/// Short timeouts keep the tests quick; they are still many ticks long.
+pub use raft_mem::harness::test_config as config;
 
 /// A gate that tasks wait at until the test opens it (for good).
 #[derive(Clone)]
