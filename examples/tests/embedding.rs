@@ -450,13 +450,13 @@ async fn ledger_service<R: Runtime + Clone>(runtime: R, quic: Arc<dyn raft_quic:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_on_lmdb_and_quic_under_tokio() {
     let runtime = raft_core::runtime::TokioRuntime::current().unwrap();
-    ledger_service(runtime, Arc::new(raft_quic::TokioRuntime)).await;
+    ledger_service(runtime, Arc::new(raft_quic::QuinnTokioRuntime)).await;
 }
 
 #[test]
 fn a_ledger_on_lmdb_and_quic_under_smol() {
     smol::block_on(ledger_service(
         raft_core::runtime::SmolRuntime,
-        Arc::new(raft_quic::SmolRuntime),
+        Arc::new(raft_quic::QuinnSmolRuntime),
     ));
 }

@@ -31,8 +31,9 @@
 //!   validation, handshake limits (per IP, per network prefix, in all) and timeout, handshakes
 //!   reserved for known peers, connection slots counted after the handshake; then at most a
 //!   few connections and one memory budget per node id.
-//! - **Runtime.** The caller's: any `quinn::Runtime` (tokio, smol and async-std behind the
-//!   features of the same names). Timeouts use the runtime's own timers.
+//! - **Runtime.** The caller's: any `quinn::Runtime` ([`QuinnTokioRuntime`],
+//!   [`QuinnSmolRuntime`] and [`QuinnAsyncStdRuntime`] behind the features `tokio`, `smol` and
+//!   `async-std`; they are quinn's runtimes, not raft-core's `Runtime`s of the same runtime). Timeouts use the runtime's own timers.
 //!
 //! ```no_run
 //! # async fn demo(node: std::sync::Arc<dyn raft_core::RpcHandler>) -> Result<(), Box<dyn std::error::Error>> {
@@ -45,7 +46,7 @@
 //!     .with_peer(2, "127.0.0.1:7002".parse()?)
 //!     .with_peer(3, "127.0.0.1:7003".parse()?);
 //! # let runtime: Arc<dyn raft_quic::quinn::Runtime> = unimplemented!();
-//! let network = QuicNetwork::bind(config, runtime)?; // e.g. Arc::new(raft_quic::TokioRuntime)
+//! let network = QuicNetwork::bind(config, runtime)?; // e.g. Arc::new(raft_quic::QuinnTokioRuntime)
 //! network.serve(node); // the node, once started with `network.clone()`
 //! # Ok(()) }
 //! ```
@@ -98,9 +99,15 @@ pub use quinn;
 /// The `rustls` crate of the TLS configurations ([`tls`]), and its certificate types.
 pub use rustls;
 
+/// quinn's async-std runtime, for [`QuicNetwork::bind`] (raft-core's node runtime of the same
+/// runtime is `raft_core::runtime::AsyncStdRuntime`, a different trait).
 #[cfg(feature = "async-std")]
-pub use quinn::AsyncStdRuntime;
+pub use quinn::AsyncStdRuntime as QuinnAsyncStdRuntime;
+/// quinn's smol runtime, for [`QuicNetwork::bind`] (raft-core's node runtime of the same runtime
+/// is `raft_core::runtime::SmolRuntime`, a different trait).
 #[cfg(feature = "smol")]
-pub use quinn::SmolRuntime;
+pub use quinn::SmolRuntime as QuinnSmolRuntime;
+/// quinn's tokio runtime, for [`QuicNetwork::bind`] (raft-core's node runtime of the same
+/// runtime is `raft_core::runtime::TokioRuntime`, a different trait).
 #[cfg(feature = "tokio")]
-pub use quinn::TokioRuntime;
+pub use quinn::TokioRuntime as QuinnTokioRuntime;

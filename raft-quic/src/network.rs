@@ -251,8 +251,8 @@ fn warn_if_expiring(id: NodeId, tls: &NodeTls, within: Duration) {
 
 impl QuicNetwork {
     /// Binds the endpoint at `config.listen_addr` on the caller's async `runtime` (for example
-    /// `Arc::new(raft_quic::TokioRuntime)` inside a tokio runtime, or
-    /// `Arc::new(raft_quic::SmolRuntime)`), and starts accepting connections.
+    /// `Arc::new(raft_quic::QuinnTokioRuntime)` inside a tokio runtime, or
+    /// `Arc::new(raft_quic::QuinnSmolRuntime)`), and starts accepting connections.
     ///
     /// Checks first that the node's certificate chains to a trusted CA, carries the node role
     /// and names `config.node_id`, and warns if it expires soon. Inbound requests are refused

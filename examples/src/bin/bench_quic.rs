@@ -18,7 +18,7 @@ use raft_core::{
     AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, Envelope, LogId,
     Network, RpcError, RpcHandler, RpcRequest, RpcResponse,
 };
-use raft_quic::{ClusterCa, QuicConfig, QuicNetwork, TokioRuntime};
+use raft_quic::{ClusterCa, QuicConfig, QuicNetwork, QuinnTokioRuntime};
 
 /// Answers AppendEntries as a follower whose log always matches, without storing anything.
 struct Responder;
@@ -163,7 +163,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async move {
         let ca = ClusterCa::generate()?;
         let loopback = "127.0.0.1:0".parse()?;
-        let quic_runtime = Arc::new(TokioRuntime);
+        let quic_runtime = Arc::new(QuinnTokioRuntime);
         let mut config1 = QuicConfig::new(1, loopback, ca.node_tls(1)?);
         config1.rpc_timeout = Duration::from_secs(10);
         let mut config2 = QuicConfig::new(2, loopback, ca.node_tls(2)?);

@@ -127,7 +127,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             quic_config.peers.insert(id, addrs.raft);
         }
     }
-    let network = QuicNetwork::bind(quic_config, Arc::new(raft_quic::TokioRuntime))?;
+    let network = QuicNetwork::bind(quic_config, Arc::new(raft_quic::QuinnTokioRuntime))?;
     let firewall = Firewall::new();
     let state = SharedState::new();
     let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;

@@ -168,7 +168,7 @@ impl ClientPort {
             reserved_connections: ADMIN_RESERVED_CONNECTIONS,
             ..GateConfig::new(max_connections)
         };
-        let gate = Gate::new("kv client port", config, Arc::new(raft_quic::TokioRuntime));
+        let gate = Gate::new("kv client port", config, Arc::new(raft_quic::QuinnTokioRuntime));
         gate.set_identify(|connection| {
             let principal = principal_of(connection).ok()?;
             let privileged = principal.role == CertRole::Admin;
