@@ -128,7 +128,7 @@ impl QuicConfig {
     }
 
     /// Checks that the values make sense together. `QuicNetwork::bind` calls it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), QuicConfigError> {
         let positive = [
             ("rpc_timeout", self.rpc_timeout),
             ("connect_timeout", self.connect_timeout),
@@ -137,48 +137,48 @@ impl QuicConfig {
         ];
         for (field, value) in positive {
             if value.is_zero() {
-                return Err(ConfigError::new(field, "must be greater than zero"));
+                return Err(QuicConfigError::new(field, "must be greater than zero"));
             }
         }
         if self.peers.contains_key(&self.node_id) {
-            return Err(ConfigError::new("peers", "must not contain the node's own id"));
+            return Err(QuicConfigError::new("peers", "must not contain the node's own id"));
         }
         if self.max_frame_size < MIN_MAX_FRAME_SIZE {
-            return Err(ConfigError::new("max_frame_size", "must be at least 1024 bytes"));
+            return Err(QuicConfigError::new("max_frame_size", "must be at least 1024 bytes"));
         }
         if self.backoff_max < self.backoff_min {
-            return Err(ConfigError::new("backoff_max", "must be at least backoff_min"));
+            return Err(QuicConfigError::new("backoff_max", "must be at least backoff_min"));
         }
         if self.max_concurrent_streams == 0
             || self.max_decoded_items == 0
             || self.max_connections_per_node == 0
         {
-            return Err(ConfigError::new(
+            return Err(QuicConfigError::new(
                 "max_concurrent_streams/max_decoded_items/max_connections_per_node",
                 "must be at least 1",
             ));
         }
         if let Err(reason) = self.accept.validate() {
-            return Err(ConfigError::new("accept", reason));
+            return Err(QuicConfigError::new("accept", reason));
         }
         if self.stream_receive_window == 0
             || self.connection_receive_window < self.stream_receive_window
             || self.connection_receive_window < self.max_frame_size
         {
-            return Err(ConfigError::new(
+            return Err(QuicConfigError::new(
                 "connection_receive_window",
                 "windows must be positive, the connection's at least the stream's and \
                  max_frame_size",
             ));
         }
         if self.refused.contains(&self.node_id) {
-            return Err(ConfigError::new("refused", "must not contain the node's own id"));
+            return Err(QuicConfigError::new("refused", "must not contain the node's own id"));
         }
         if self.idle_timeout <= self.keep_alive_interval {
-            return Err(ConfigError::new("idle_timeout", "must exceed keep_alive_interval"));
+            return Err(QuicConfigError::new("idle_timeout", "must exceed keep_alive_interval"));
         }
         if quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
-            return Err(ConfigError::new("idle_timeout", "is too large"));
+            return Err(QuicConfigError::new("idle_timeout", "is too large"));
         }
         Ok(())
     }
@@ -187,14 +187,14 @@ impl QuicConfig {
 /// A configuration value is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid raft-quic configuration: {field} {reason}")]
-pub struct ConfigError {
+pub struct QuicConfigError {
     /// The offending field.
     pub field: &'static str,
     /// What is wrong with it.
     pub reason: &'static str,
 }
 
-impl ConfigError {
+impl QuicConfigError {
     fn new(field: &'static str, reason: &'static str) -> Self {
         Self { field, reason }
     }

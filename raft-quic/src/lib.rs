@@ -83,7 +83,7 @@ pub use certs::{
     ensure_cluster_certs, generate_cluster_certs, CaKind, CertError, ClientCert, ClusterCa,
     ClusterCertFiles, NodeCert, NodeCertFiles, NodeTls, NODE_CA,
 };
-pub use config::{ConfigError, QuicConfig};
+pub use config::{QuicConfig, QuicConfigError};
 pub use frame::FrameError;
 pub use identity::{
     dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,

@@ -17,7 +17,7 @@ use crate::bounded::Limits;
 use crate::certs::NodeTls;
 use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
-use crate::config::{ConfigError, QuicConfig};
+use crate::config::{QuicConfig, QuicConfigError};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
@@ -37,7 +37,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub enum BindError {
     /// The configuration is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] QuicConfigError),
     /// The TLS material could not be turned into a TLS configuration.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -183,9 +183,9 @@ impl std::fmt::Debug for QuicNetwork {
 fn transport_config(
     config: &QuicConfig,
     peer_streams: u32,
-) -> Result<TransportConfig, ConfigError> {
+) -> Result<TransportConfig, QuicConfigError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| ConfigError { field: "idle_timeout", reason: "is too large" })?;
+        .map_err(|_| QuicConfigError { field: "idle_timeout", reason: "is too large" })?;
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
@@ -215,7 +215,7 @@ struct Transports {
 }
 
 impl Transports {
-    fn new(config: &QuicConfig) -> Result<Self, ConfigError> {
+    fn new(config: &QuicConfig) -> Result<Self, QuicConfigError> {
         Ok(Self {
             inbound: Arc::new(transport_config(config, config.max_concurrent_streams)?),
             outbound: Arc::new(transport_config(config, 0)?),

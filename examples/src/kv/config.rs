@@ -113,10 +113,10 @@ pub struct NodeConfig {
 /// A configuration error, with the offending key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(pub String);
+pub struct NodeConfigError(pub String);
 
-fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(message.into()))
+fn err<T>(message: impl Into<String>) -> Result<T, NodeConfigError> {
+    Err(NodeConfigError(message.into()))
 }
 
 /// The flags `kv-node` accepts.
@@ -164,9 +164,9 @@ usage: kv-node [--config FILE] [flags]
 ";
 
 /// Reads `key = value` lines (`#` starts a comment).
-fn parse_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+fn parse_file(path: &Path) -> Result<Vec<(String, String)>, NodeConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        .map_err(|e| NodeConfigError(format!("{}: {e}", path.display())))?;
     let mut pairs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -187,7 +187,7 @@ const BOOLEAN_FLAGS: [&str; 4] = ["fault-injection", "stop-on-stdin-eof", "join"
 /// (so later flags win over the file).
 pub fn parse_args(
     args: impl IntoIterator<Item = String>,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<Vec<(String, String)>, NodeConfigError> {
     let mut pairs = Vec::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -211,8 +211,8 @@ pub fn parse_args(
 }
 
 /// Parses `ID=RAFT,CLIENT`.
-pub fn parse_member(value: &str) -> Result<(NodeId, MemberAddrs), ConfigError> {
-    let bad = || ConfigError(format!("node `{value}`: expected ID=RAFT_ADDR,CLIENT_ADDR"));
+pub fn parse_member(value: &str) -> Result<(NodeId, MemberAddrs), NodeConfigError> {
+    let bad = || NodeConfigError(format!("node `{value}`: expected ID=RAFT_ADDR,CLIENT_ADDR"));
     let (id, addrs) = value.split_once('=').ok_or_else(bad)?;
     let (raft, client) = addrs.split_once(',').ok_or_else(bad)?;
     let id: NodeId = id.trim().parse().map_err(|_| bad())?;
@@ -221,11 +221,11 @@ pub fn parse_member(value: &str) -> Result<(NodeId, MemberAddrs), ConfigError> {
     Ok((id, MemberAddrs { raft, client }))
 }
 
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
-    value.parse().map_err(|_| ConfigError(format!("--{key}: `{value}` is not a valid number")))
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, NodeConfigError> {
+    value.parse().map_err(|_| NodeConfigError(format!("--{key}: `{value}` is not a valid number")))
 }
 
-fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
+fn boolean(key: &str, value: &str) -> Result<bool, NodeConfigError> {
     match value {
         "true" | "yes" | "1" => Ok(true),
         "false" | "no" | "0" => Ok(false),
@@ -235,12 +235,12 @@ fn boolean(key: &str, value: &str) -> Result<bool, ConfigError> {
 
 impl NodeConfig {
     /// Builds a configuration from command-line arguments (see [`USAGE`]).
-    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, ConfigError> {
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, NodeConfigError> {
         Self::from_pairs(parse_args(args)?)
     }
 
     /// Builds a configuration from `key, value` pairs; later pairs win.
-    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, NodeConfigError> {
         let mut id = None;
         let mut members = BTreeMap::new();
         let (mut listen, mut client_listen, mut data_dir) = (None, None, None);
@@ -274,8 +274,8 @@ impl NodeConfig {
             cluster_id: None,
         };
         for (k, v) in pairs {
-            let addr = |v: &str| -> Result<SocketAddr, ConfigError> {
-                v.parse().map_err(|_| ConfigError(format!("--{k}: `{v}` is not an address")))
+            let addr = |v: &str| -> Result<SocketAddr, NodeConfigError> {
+                v.parse().map_err(|_| NodeConfigError(format!("--{k}: `{v}` is not an address")))
             };
             match k.as_str() {
                 "id" => id = Some(number::<NodeId>(&k, &v)?),
