@@ -150,7 +150,7 @@ struct Inner {
 /// An in-process network: a shared registry of nodes by id, with fault injection.
 ///
 /// Every node of a test cluster sends through its own [`MemEndpoint`] ([`MemNetwork::endpoint`])
-/// and is reached through the [`RpcHandler`] registered for its id. All randomness comes from the
+/// and is reached through the [`RpcHandler`] served for its id ([`MemNetwork::serve`]). All randomness comes from the
 /// seed given to [`MemNetwork::with_runtime`], so a run on a deterministic runtime replays
 /// exactly.
 ///
@@ -251,15 +251,16 @@ impl MemNetwork {
         inner.epoch += 1;
     }
 
-    /// Routes requests for `id` to `handler` from now on (replacing any earlier handler).
-    pub fn register(&self, id: NodeId, handler: Arc<dyn RpcHandler>) {
+    /// Routes requests for `id` to `handler` from now on (replacing any earlier handler): the
+    /// handler answers the RPCs of node `id` (as `QuicNetwork::serve` does for a QUIC endpoint).
+    pub fn serve(&self, id: NodeId, handler: Arc<dyn RpcHandler>) {
         self.change(|inner| {
             inner.handlers.insert(id, handler);
         });
     }
 
-    /// Removes `id`'s handler: requests to it fail until it is registered again (a crash).
-    pub fn unregister(&self, id: NodeId) {
+    /// Removes `id`'s handler: requests to it fail until it is served again (a crash).
+    pub fn stop_serving(&self, id: NodeId) {
         self.change(|inner| {
             inner.handlers.remove(&id);
         });

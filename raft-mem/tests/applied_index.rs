@@ -123,7 +123,7 @@ impl Single {
         }
         let node = builder.start().await?;
         let applied_at_start = node.status().applied_index;
-        self.network.register(1, Arc::new(node.clone()));
+        self.network.serve(1, Arc::new(node.clone()));
         let mut watch = node.watch();
         tokio::time::timeout(PATIENCE, watch.wait_for(|s| s.role == Role::Leader)).await.unwrap();
         Ok((node, seen, applied_at_start))
@@ -154,7 +154,7 @@ async fn restart_applies_only_what_the_state_machine_lacks(with_snapshots: bool)
         Single::write(&node, &format!("c{i}")).await;
     }
     node.shutdown().await;
-    single.network.unregister(1);
+    single.network.stop_serving(1);
     let before = single.saved();
     let (applied_term, applied) = before.applied.unwrap();
     assert_eq!(before.commands.len(), 5);
@@ -202,7 +202,7 @@ async fn an_older_state_machine_is_restored_from_the_snapshot() {
         Single::write(&node, &format!("c{i}")).await;
     }
     node.shutdown().await;
-    single.network.unregister(1);
+    single.network.stop_serving(1);
     std::fs::write(&single.file, old).unwrap();
 
     let (node, seen, _) = single.start(false).await.unwrap();
@@ -227,7 +227,7 @@ async fn a_state_machine_beside_the_stores_is_refused() {
     let (node, _, _) = single.start(true).await.unwrap();
     Single::write(&node, "c0").await;
     node.shutdown().await;
-    single.network.unregister(1);
+    single.network.stop_serving(1);
     let mut saved = single.saved();
     let (term, index) = saved.applied.unwrap();
     saved.applied = Some((term + 5, index));

@@ -41,7 +41,7 @@ async fn single_node(config: Config) -> (Node, async_channel::Sender<()>) {
     .start()
     .await
     .unwrap();
-    network.register(1, Arc::new(node.clone()));
+    network.serve(1, Arc::new(node.clone()));
     let mut watch = node.watch();
     tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.role == Role::Leader))
         .await

@@ -36,7 +36,7 @@ async fn start(
         None => builder,
     };
     let node = builder.start().await?;
-    network.register(id, Arc::new(node.clone()));
+    network.serve(id, Arc::new(node.clone()));
     Ok((node, recorder))
 }
 
@@ -60,7 +60,7 @@ async fn bootstrap_is_a_one_time_step() {
         matches!(first.payload, EntryPayload::Membership(m) if m == Membership::with_voters([1]))
     );
     node.shutdown().await;
-    network.unregister(1);
+    network.stop_serving(1);
 
     // A second bootstrap is refused and writes nothing.
     let before = store.open().await.unwrap();

@@ -260,7 +260,7 @@ async fn restoring_follower_offered_a_newer_snapshot<R: Runtime + Clone>(
             }
         }),
     };
-    cluster.network.register(follower, Arc::new(watched));
+    cluster.network.serve(follower, Arc::new(watched));
     cluster.network.reconnect(follower);
     wait_until(rt, "the newer snapshot's last chunk", || newer_delivered.load(Ordering::SeqCst))
         .await;
@@ -595,7 +595,7 @@ async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt
         .start()
         .await
         .unwrap();
-    network.register(1, Arc::new(node.clone()));
+    network.serve(1, Arc::new(node.clone()));
     *slot.lock().unwrap() = Some(node.clone());
     let mut watch = node.watch();
     within(&rt, "leadership", watch.wait_for(|s| s.role == raft_core::Role::Leader)).await;
@@ -767,7 +767,7 @@ async fn deferred_proposals_are_not_overtaken() {
         .start()
         .await
         .unwrap();
-    network.register(1, Arc::new(node.clone()));
+    network.serve(1, Arc::new(node.clone()));
     let mut watch = node.watch();
     within(&rt, "leadership", watch.wait_for(|s| s.role == raft_core::Role::Leader)).await;
     let proposer = node.clone();

@@ -59,7 +59,7 @@ fn start(
         voters => builder.bootstrap(Membership::with_voters(voters.iter().copied())),
     };
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
-    network.register(id, std::sync::Arc::new(node.clone()));
+    network.serve(id, std::sync::Arc::new(node.clone()));
     node
 }
 
@@ -179,7 +179,7 @@ fn a_node_of_another_cluster_is_not_counted() {
     // Node 2 of cluster 200 has no peer of its own cluster either: neither may lead.
     assert!(leaders.is_empty(), "seed {SEED}: nodes {leaders:?} led with a foreign node's votes");
     let foreign = nodes.remove(&2).unwrap();
-    network.unregister(2);
+    network.stop_serving(2);
     rt.block_on(Duration::from_secs(5), async move { foreign.shutdown().await }, || {});
     nodes.insert(3, start(&rt, &network, 3, 100, &voters));
     let leaders = leaders_during(&rt, &nodes, Duration::from_secs(10));
@@ -284,7 +284,7 @@ fn a_misrouted_append_entries_acknowledgement_never_advances_commit() {
     let index = proposed.unwrap_or_else(|e| panic!("seed {SEED}: proposal refused: {e}")).index;
     for id in stale {
         let stopped = nodes.remove(&id).expect("running");
-        network.unregister(id);
+        network.stop_serving(id);
         rt.block_on(Duration::from_secs(5), async move { stopped.shutdown().await }, || {});
     }
     rt.run_for(Duration::from_secs(10), || {

@@ -114,14 +114,14 @@ impl<R: Runtime + Clone> Nodes<R> {
             None => builder,
         };
         let node = builder.start().await.unwrap();
-        self.network.register(id, Arc::new(node.clone()));
+        self.network.serve(id, Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);
         self.calls.insert(id, calls);
     }
 
     async fn stop(&mut self, id: NodeId) {
-        self.network.unregister(id);
+        self.network.stop_serving(id);
         if let Some(node) = self.nodes.remove(&id) {
             node.shutdown().await;
         }

@@ -111,7 +111,7 @@ async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn s
         .bootstrap(Membership::with_voters(ids))
         .start()
         .await?;
-        network.register(id, Arc::new(node.clone()));
+        network.serve(id, Arc::new(node.clone()));
         nodes.push(node);
     }
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -107,11 +107,11 @@ impl Transport for MemNetwork {
     }
 
     fn serve(&mut self, id: NodeId, node: &Node) {
-        self.register(id, Arc::new(node.clone()));
+        MemNetwork::serve(self, id, Arc::new(node.clone()));
     }
 
     async fn unserve(&mut self, id: NodeId) {
-        self.unregister(id);
+        self.stop_serving(id);
     }
 }
 

@@ -602,7 +602,7 @@ impl<S: StateMachine> Simulation<S> {
             }
         };
         self.oracle.trace(|| format!("start {id} incarnation {incarnation}"));
-        self.network.register(id, Arc::new(node.clone()));
+        self.network.serve(id, Arc::new(node.clone()));
         lock(&self.directory).insert(id, (node.clone(), record.clone(), handle.clone()));
         self.running
             .insert(id, Running { node, incarnation, record, handle, disk_errors_at_start });
@@ -623,7 +623,7 @@ impl<S: StateMachine> Simulation<S> {
             return None;
         }
         lock(&self.directory).remove(&id);
-        self.network.unregister(id);
+        self.network.stop_serving(id);
         self.network.resume(id);
         self.runtime.kill(id);
         self.paused.remove(&id);

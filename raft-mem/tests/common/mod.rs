@@ -95,14 +95,14 @@ impl<R: Runtime + Clone> Cluster<R> {
             builder
         };
         let node = builder.start().await.unwrap();
-        self.network.register(id, Arc::new(node.clone()));
+        self.network.serve(id, Arc::new(node.clone()));
         self.nodes.insert(id, node);
         self.recorders.insert(id, recorder);
     }
 
     /// Crashes node `id`: it stops, keeping only what its store made durable.
     pub async fn crash(&mut self, id: NodeId) {
-        self.network.unregister(id);
+        self.network.stop_serving(id);
         if let Some(node) = self.nodes.remove(&id) {
             node.shutdown().await;
         }

@@ -350,7 +350,7 @@ impl<R: Runtime + Clone> Cluster<R> {
             builder.bootstrap(Membership::with_voters(voters.iter().copied()))
         };
         let node = builder.start().await.unwrap();
-        self.network.register(id, Arc::new(node.clone()));
+        self.network.serve(id, Arc::new(node.clone()));
         let member = Member { node, machine: recipe.machine, store, snapshots, network: faults };
         self.members.insert(id, member);
     }
