@@ -27,7 +27,7 @@ use examples::kv::state_machine::{KvStateMachine, SharedState};
 use examples::linearizability::kv::{check_kv_history, format_explanation, KvOperation};
 use examples::linearizability::{Budget, Verdict};
 use futures::FutureExt;
-use raft_core::{Node, NodeId, ProposalError, ProposeError, WriteError};
+use raft_core::{CommitError, Node, NodeId, ProposeError, WriteError};
 use raft_mem::sim::{History, OpOutcome, SimRuntime, Simulation, SimulationConfig};
 use raft_mem::LinkFaults;
 
@@ -109,7 +109,7 @@ async fn propose(node: &Node, command: Command) -> Attempt {
             Some(response) => Attempt::Answered(response),
             None => Attempt::MaybeApplied,
         },
-        Err(WriteError::Failed(ProposalError::Dropped { .. })) => Attempt::Elsewhere(None),
+        Err(WriteError::Failed(CommitError::Dropped { .. })) => Attempt::Elsewhere(None),
         Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
             Attempt::Elsewhere(leader_hint)
         }

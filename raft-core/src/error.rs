@@ -35,10 +35,13 @@ pub enum ProposeError {
     InsideStateMachine,
 }
 
-/// Why an accepted proposal produced no response from the state machine.
+/// Why an accepted proposal (one [`Node::propose`](crate::Node::propose) appended to the log)
+/// produced no response from the state machine: it did not commit, or this node cannot tell
+/// whether it did. The error of [`Proposal::response`](crate::Proposal::response); a refused
+/// proposal fails with [`ProposeError`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProposalError {
+pub enum CommitError {
     /// Leadership changed and the entry was replaced by another leader's entry: it was not, and
     /// will never be, applied. The client may retry.
     #[error("entry {index} of term {term} was overwritten by a new leader")]
@@ -72,10 +75,10 @@ pub enum WriteError {
     /// The proposal was not accepted: nothing was appended to the log.
     #[error(transparent)]
     Refused(#[from] ProposeError),
-    /// The proposal was appended but produced no response (see [`ProposalError`] for whether
+    /// The proposal was appended but produced no response (see [`CommitError`] for whether
     /// its outcome is known).
     #[error(transparent)]
-    Failed(#[from] ProposalError),
+    Failed(#[from] CommitError),
 }
 
 /// Why a node could not start.
@@ -290,7 +293,7 @@ pub enum MembershipError {
     },
     /// The change was appended but its outcome is unknown or it was overwritten.
     #[error(transparent)]
-    Proposal(#[from] ProposalError),
+    Commit(#[from] CommitError),
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]
     Shutdown,

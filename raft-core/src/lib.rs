@@ -32,7 +32,7 @@ pub mod types;
 
 pub use config::{Config, ConfigError};
 pub use error::{
-    BootstrapError, FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError,
+    BootstrapError, CommitError, FatalError, MembershipError, ProposeError, ReadIndexError,
     StartError, TransferError, WriteError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use common::{config, Recorder, PATIENCE};
 use futures::FutureExt;
 use raft_core::{
-    Bytes, EntryPayload, Envelope, Membership, MembershipError, Network, NetworkError, Node,
-    NodeId, NodeInfo, ProposalError, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
+    Bytes, CommitError, EntryPayload, Envelope, Membership, MembershipError, Network, NetworkError,
+    Node, NodeId, NodeInfo, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
 };
 use raft_mem::{MemLogStore, MemNetwork};
 
@@ -292,7 +292,7 @@ async fn a_leader_that_loses_office_in_the_joint_phase_does_not_wait_forever<R: 
     // steps down (CheckQuorum) before it knows that configuration committed.
     *n.cuts[&leader].armed.lock().unwrap() = Some(target.clone());
     let set = n.nodes[&leader].set_membership(target.clone(), PATIENCE);
-    let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+    let lost = MembershipError::Commit(CommitError::LeadershipLost);
     assert_eq!(n.within("the cut-off leader's answer", set).await, Err(lost));
     assert!(n.cuts[&leader].fired.load(Ordering::SeqCst));
     // The next leader finishes the change; a retry there returns once it is complete.

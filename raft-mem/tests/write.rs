@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Cluster;
-use raft_core::{Bytes, ProposalError, ProposeError, Runtime, WriteError};
+use raft_core::{Bytes, CommitError, ProposeError, Runtime, WriteError};
 
 /// Concurrent writes and proposals on the leader all get their own response, and every node
 /// applies all of them.
@@ -78,7 +78,7 @@ async fn a_pending_write_fails_at_shutdown<R: Runtime + Clone>(rt: R) {
         node.shutdown().await;
     };
     let (outcome, ()) = cluster.within("shutdown", futures::future::join(pending, stop)).await;
-    assert_eq!(outcome, Err(WriteError::Failed(ProposalError::Shutdown)));
+    assert_eq!(outcome, Err(WriteError::Failed(CommitError::Shutdown)));
     // A stopped node says so (not "not the leader, leader unknown").
     let after = node.write(Bytes::from_static(b"x")).await;
     assert_eq!(after, Err(WriteError::Refused(ProposeError::Shutdown)));

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raft_core::{
-    InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposalError, ProposeError,
+    CommitError, InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposeError,
     ReadIndexError, Role, TransferError, WriteError,
 };
 use tracing::{debug, info};
@@ -244,7 +244,7 @@ impl ClientService {
             Ok(answer) => {
                 decode_responses(&answer, count).into_iter().map(CommandAnswer::Applied).collect()
             }
-            Err(WriteError::Failed(e @ ProposalError::Dropped { .. })) => {
+            Err(WriteError::Failed(e @ CommitError::Dropped { .. })) => {
                 all(CommandAnswer::NotApplied(e.to_string()))
             }
             Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {

@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
 use super::{Input, PendingRead};
-use crate::error::{ProposalError, WriteError};
+use crate::error::{CommitError, WriteError};
 use crate::membership::Membership;
 use crate::metrics::NodeMetrics;
 use crate::snapshot::SnapshotMeta;
@@ -32,14 +32,14 @@ pub(super) struct Waiter {
 /// Where the response to a proposal goes.
 pub(super) enum Answer {
     /// The channel behind a [`Proposal`](super::Proposal) (`Node::propose`).
-    Proposal(oneshot::Sender<Result<Bytes, ProposalError>>),
+    Proposal(oneshot::Sender<Result<Bytes, CommitError>>),
     /// The caller of `Node::write`, which waits for the response in one call.
     Write(oneshot::Sender<Result<Bytes, WriteError>>),
 }
 
 impl Answer {
     /// Sends the outcome (a proposer that gave up is not an error).
-    pub(super) fn send(self, outcome: Result<Bytes, ProposalError>) {
+    pub(super) fn send(self, outcome: Result<Bytes, CommitError>) {
         match self {
             Answer::Proposal(reply) => {
                 let _ = reply.send(outcome);
@@ -124,7 +124,7 @@ pub(super) async fn run<M: StateMachine>(
             ApplyMsg::LeadershipLost { commit_index } => {
                 for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
                     metrics.proposal_answered(waiter.proposed_at, Duration::ZERO, false);
-                    waiter.reply.send(Err(ProposalError::LeadershipLost));
+                    waiter.reply.send(Err(CommitError::LeadershipLost));
                 }
             }
             ApplyMsg::TakeSnapshot(last_included, membership) => {
@@ -171,7 +171,7 @@ pub(super) async fn run<M: StateMachine>(
                         let outcome = if ok {
                             Ok(response)
                         } else {
-                            Err(ProposalError::Dropped { index: entry.index, term: waiter.term })
+                            Err(CommitError::Dropped { index: entry.index, term: waiter.term })
                         };
                         waiter.reply.send(outcome);
                     }

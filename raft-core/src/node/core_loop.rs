@@ -21,7 +21,7 @@ use crate::engine::{
     ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
 };
 use crate::error::{
-    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, TransferError,
+    CommitError, FatalError, MembershipError, ProposeError, ReadIndexError, TransferError,
 };
 use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
@@ -423,7 +423,7 @@ impl CoreLoop {
             if applied && index > after {
                 let _ = waiter.reply.send(Ok(membership.clone()));
             } else if !leading && !final_committed {
-                let lost = MembershipError::Proposal(ProposalError::LeadershipLost);
+                let lost = MembershipError::Commit(CommitError::LeadershipLost);
                 let _ = waiter.reply.send(Err(lost));
             } else if !waiter.reply.is_canceled() {
                 self.membership_waiters.push((after, waiter));

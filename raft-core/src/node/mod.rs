@@ -47,7 +47,7 @@ pub use self::watch::StatusWatch;
 use crate::config::Config;
 use crate::engine::{Engine, SentRequest};
 use crate::error::{
-    FatalError, MembershipError, ProposalError, ProposeError, ReadIndexError, StartError,
+    CommitError, FatalError, MembershipError, ProposeError, ReadIndexError, StartError,
     TransferError, WriteError,
 };
 use crate::membership::{Membership, NodeInfo};
@@ -237,7 +237,7 @@ pub struct Proposal {
     pub index: LogIndex,
     /// The term of the entry (the leader's term when it was proposed).
     pub term: Term,
-    response: oneshot::Receiver<Result<Bytes, ProposalError>>,
+    response: oneshot::Receiver<Result<Bytes, CommitError>>,
     /// The proposing node's token (see `reentrancy`).
     node: u64,
 }
@@ -248,16 +248,16 @@ impl Proposal {
     /// cluster survives.
     ///
     /// Awaited inside the proposing node's own state machine before the entry was applied, it
-    /// fails at once with [`ProposalError::InsideStateMachine`] (it would wait for itself).
-    pub async fn response(mut self) -> Result<Bytes, ProposalError> {
+    /// fails at once with [`CommitError::InsideStateMachine`] (it would wait for itself).
+    pub async fn response(mut self) -> Result<Bytes, CommitError> {
         if reentrancy::inside_state_machine(self.node) {
             return match self.response.try_recv() {
                 Ok(Some(answer)) => answer,
-                Ok(None) => Err(ProposalError::InsideStateMachine),
-                Err(_) => Err(ProposalError::Shutdown),
+                Ok(None) => Err(CommitError::InsideStateMachine),
+                Err(_) => Err(CommitError::Shutdown),
             };
         }
-        self.response.await.unwrap_or(Err(ProposalError::Shutdown))
+        self.response.await.unwrap_or(Err(CommitError::Shutdown))
     }
 }
 
@@ -560,7 +560,7 @@ impl Node {
     /// applied). Refusals are those of `propose` ([`WriteError::Refused`]: nothing was
     /// appended), failures after the entry was appended those of `response`
     /// ([`WriteError::Failed`]). If the node stops before answering, the outcome is unknown:
-    /// [`WriteError::Failed`] with [`ProposalError::Shutdown`].
+    /// [`WriteError::Failed`] with [`CommitError::Shutdown`].
     ///
     /// Called inside this node's own state machine, it fails at once with
     /// [`ProposeError::InsideStateMachine`] without proposing (it would wait for itself).
@@ -576,7 +576,7 @@ impl Node {
             return Err(ProposeError::Shutdown.into());
         }
         // Dropped unanswered: the node stopped, before or after appending the entry.
-        answer.await.unwrap_or(Err(WriteError::Failed(ProposalError::Shutdown)))
+        answer.await.unwrap_or(Err(WriteError::Failed(CommitError::Shutdown)))
     }
 
     /// The checks of a proposal that need no round trip to the main loop: its size, and

@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use super::applier::Waiter;
 use super::Input;
-use crate::error::{FatalError, ProposalError};
+use crate::error::{CommitError, FatalError};
 use crate::membership::Membership;
 use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::network::{Network, NetworkError};
@@ -221,7 +221,7 @@ pub(super) async fn restore<M: StateMachine>(
     let last = meta.last_included.index;
     let rest = waiters.split_off(&(last + 1));
     for (_, waiter) in std::mem::replace(waiters, rest) {
-        waiter.reply.send(Err(ProposalError::LeadershipLost));
+        waiter.reply.send(Err(CommitError::LeadershipLost));
     }
     let Some(s) = snapshots else {
         let _ = inputs.send(Input::ApplyFailed("restore without a snapshot store".into())).await;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use crate::error::{ProposalError, ProposeError, WriteError};
+use crate::error::{CommitError, ProposeError, WriteError};
 use crate::membership::NodeInfo;
 use crate::runtime::Runtime;
 use crate::types::NodeId;
@@ -202,12 +202,12 @@ impl Attempt<bytes::Bytes, WriteError> {
             Err(WriteError::Refused(ProposeError::Shutdown)) => {
                 Attempt::Retry { reason: "node shut down".into(), maybe_applied: false }
             }
-            Err(WriteError::Failed(e @ ProposalError::Dropped { .. })) => {
+            Err(WriteError::Failed(e @ CommitError::Dropped { .. })) => {
                 Attempt::Retry { reason: e.to_string(), maybe_applied: false }
             }
-            Err(WriteError::Failed(
-                e @ (ProposalError::LeadershipLost | ProposalError::Shutdown),
-            )) => Attempt::Retry { reason: e.to_string(), maybe_applied: true },
+            Err(WriteError::Failed(e @ (CommitError::LeadershipLost | CommitError::Shutdown))) => {
+                Attempt::Retry { reason: e.to_string(), maybe_applied: true }
+            }
             Err(other) => Attempt::Fail(other),
         }
     }
@@ -410,7 +410,7 @@ mod tests {
             Attempt::from_write(Err(not_leader)),
             Attempt::NotLeader { leader_hint: Some(2), .. }
         ));
-        let lost = WriteError::Failed(ProposalError::LeadershipLost);
+        let lost = WriteError::Failed(CommitError::LeadershipLost);
         assert!(matches!(
             Attempt::from_write(Err(lost)),
             Attempt::Retry { maybe_applied: true, .. }

@@ -1,7 +1,7 @@
 //! Exactly-once client sessions and leader discovery (Raft thesis §6.3), for services built on
 //! a [`Node`](crate::Node).
 //!
-//! A write whose outcome is unknown (`ProposalError::LeadershipLost`, a timeout, a lost
+//! A write whose outcome is unknown (`CommitError::LeadershipLost`, a timeout, a lost
 //! answer) can only be retried safely if the state machine recognizes the retry. The pieces
 //! here do that, generic over the service's commands and answers:
 //!

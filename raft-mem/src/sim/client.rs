@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use raft_core::{Bytes, Node, NodeId, ProposalError, ProposeError, ReadIndexError, StateMachine};
+use raft_core::{Bytes, CommitError, Node, NodeId, ProposeError, ReadIndexError, StateMachine};
 
 use super::clients::{check_answer, next_node, Directory, Shared};
 use super::executor::SimRuntime;
@@ -115,7 +115,7 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
                             shared.max_acknowledged.fetch_max(index, Ordering::SeqCst);
                             OpOutcome::Ok(decode(&response))
                         }
-                        Err(ProposalError::Dropped { .. }) => OpOutcome::Failed,
+                        Err(CommitError::Dropped { .. }) => OpOutcome::Failed,
                         Err(_) => OpOutcome::Unknown,
                     };
                 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use raft_core::{Bytes, LogIndex, Node, NodeId, ProposalError, ProposeError};
+use raft_core::{Bytes, CommitError, LogIndex, Node, NodeId, ProposeError};
 
 use super::checker::Violation;
 use super::recorder::{lock, Record, StateMachineHandle};
@@ -115,7 +115,7 @@ pub(crate) fn check_answer(
     recorder: &Record,
     node: NodeId,
     (command, index, term): (&Bytes, LogIndex, raft_core::Term),
-    answer: &Result<Bytes, ProposalError>,
+    answer: &Result<Bytes, CommitError>,
 ) {
     let (entry, response) = recorder.applied_at(index);
     match answer {
@@ -132,7 +132,7 @@ pub(crate) fn check_answer(
                 );
             }
         }
-        Err(ProposalError::Dropped { .. }) => {
+        Err(CommitError::Dropped { .. }) => {
             if entry.as_ref().is_some_and(|e| e.term == term) {
                 shared.report(
                     "write answers match what was applied",
