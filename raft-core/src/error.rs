@@ -192,6 +192,20 @@ pub enum FatalError {
     TaskEnded(String),
 }
 
+/// Why [`Node::snapshot`](crate::Node::snapshot) returned no snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The node is shutting down or has stopped, before the snapshot was taken. A snapshot that
+    /// fails stops the node: [`Node::fatal_error`](crate::Node::fatal_error) then says why.
+    #[error("node is shut down")]
+    Shutdown,
+    /// Called inside this node's own state machine, where waiting would deadlock (the snapshot
+    /// is taken on the apply path; see the re-entrancy rules of `StateMachine`).
+    #[error("called inside the node's own state machine (it would wait for itself)")]
+    InsideStateMachine,
+}
+
 /// Why [`Node::read_index`](crate::Node::read_index) produced no read index.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -33,7 +33,7 @@ pub mod types;
 pub use config::{Config, ConfigError};
 pub use error::{
     BootstrapError, CommitError, FatalError, MembershipError, ProposeError, ReadIndexError,
-    StartError, TransferError, WriteError,
+    SnapshotError, StartError, TransferError, WriteError,
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;

@@ -16,7 +16,7 @@ use futures::FutureExt;
 use raft_core::{
     Bytes, Entry, Envelope, FatalError, LogIndex, Membership, MembershipChange, MembershipError,
     Node, NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
-    RpcRequest, Runtime, StateMachine, StateMachineError,
+    RpcRequest, Runtime, SnapshotError, StateMachine, StateMachineError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -73,7 +73,7 @@ async fn callers_queued_at_stop_get_shutdown<R: Runtime + Clone>(rt: R) {
     assert!(matches!(first, Err(ProposeError::Shutdown)), "{first:?}");
     assert!(matches!(second, Err(ProposeError::Shutdown)), "{second:?}");
     assert!(matches!(rpc, Err(RpcError::Shutdown)), "{rpc:?}");
-    assert_eq!(snapshot, Err(ProposeError::Shutdown));
+    assert_eq!(snapshot, Err(SnapshotError::Shutdown));
     assert!(replication.is_empty());
     let change = node.change_membership(MembershipChange::AddLearner(5, NodeInfo::default()));
     let change = within(&rt, "a change after stop (proposal permits returned)", change).await;
@@ -179,7 +179,7 @@ async fn a_panicking_state_machine_leaves_no_mark_on_its_thread<R: Runtime + Clo
     let read = within(&rt, "a read after the panic", cluster.node(id).read_index()).await;
     assert_eq!(read, Err(ReadIndexError::Shutdown));
     let snapshot = within(&rt, "a snapshot after the panic", cluster.node(id).snapshot()).await;
-    assert_eq!(snapshot, Err(ProposeError::Shutdown));
+    assert_eq!(snapshot, Err(SnapshotError::Shutdown));
     cluster.shutdown().await;
 }
 

@@ -47,8 +47,8 @@ pub use self::watch::StatusWatch;
 use crate::config::Config;
 use crate::engine::{Engine, SentRequest};
 use crate::error::{
-    CommitError, FatalError, MembershipError, ProposeError, ReadIndexError, StartError,
-    TransferError, WriteError,
+    CommitError, FatalError, MembershipError, ProposeError, ReadIndexError, SnapshotError,
+    StartError, TransferError, WriteError,
 };
 use crate::membership::{Membership, NodeInfo};
 use crate::message::{Envelope, RpcRequest, RpcResponse};
@@ -607,13 +607,13 @@ impl Node {
     /// like a policy snapshot.
     ///
     /// Called inside this node's own state machine, it fails at once with
-    /// [`ProposeError::InsideStateMachine`] (the snapshot is taken on the apply path).
-    pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, ProposeError> {
+    /// [`SnapshotError::InsideStateMachine`] (the snapshot is taken on the apply path).
+    pub async fn snapshot(&self) -> Result<Option<SnapshotMeta>, SnapshotError> {
         if reentrancy::inside_state_machine(self.shared.token) {
-            return Err(ProposeError::InsideStateMachine);
+            return Err(SnapshotError::InsideStateMachine);
         }
         let answer = self.ask(|reply| Input::Snapshot(SnapshotInput::Trigger(reply))).await;
-        answer.ok_or(ProposeError::Shutdown)
+        answer.ok_or(SnapshotError::Shutdown)
     }
 
     /// A linearizable read point (ReadIndex, Raft thesis §6.4): returns an index such that every
