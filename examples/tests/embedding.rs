@@ -399,7 +399,7 @@ async fn ledger_service<R: Runtime + Clone>(runtime: R, quic: Arc<dyn raft_quic:
     assert_eq!(alice.submit(&cluster, &retried).await.unwrap(), Answer::Done);
     alice.session.lock().unwrap().finish(session.seq);
     let expected = balances(&[("alice", 50), ("bob", 50)]);
-    let leader = alice.tracker.lock().unwrap().leader().unwrap();
+    let leader = alice.tracker.lock().unwrap().leader_id().unwrap();
     assert_eq!(cluster.balances_on(leader).await, expected);
 
     // Another client cannot use alice's session, even knowing its id.

@@ -110,8 +110,8 @@ async fn propose(node: &Node, command: Command) -> Attempt {
             None => Attempt::MaybeApplied,
         },
         Err(WriteError::Failed(CommitError::Dropped { .. })) => Attempt::Elsewhere(None),
-        Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
-            Attempt::Elsewhere(leader_hint)
+        Err(WriteError::Refused(ProposeError::NotLeader { leader_id, .. })) => {
+            Attempt::Elsewhere(leader_id)
         }
         Err(WriteError::Refused(_)) => Attempt::Elsewhere(None),
         Err(_) => Attempt::MaybeApplied,

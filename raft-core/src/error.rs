@@ -9,11 +9,11 @@ use crate::types::{LogIndex, NodeId, Term};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProposeError {
-    /// This node is not the leader. Retry on `leader_hint` if it is known.
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    /// This node is not the leader. Retry on `leader_id` if it is known.
+    #[error("not the leader (known leader: {leader_id:?})")]
     NotLeader {
         /// The leader this node knows of, if any.
-        leader_hint: Option<NodeId>,
+        leader_id: Option<NodeId>,
         /// That leader's metadata from the membership (its address, application data), if
         /// known: where to redirect a client.
         leader_info: Option<NodeInfo>,
@@ -210,11 +210,11 @@ pub enum SnapshotError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReadIndexError {
-    /// No leader is known, or the node asked is not the leader. Retry on `leader_hint`.
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    /// No leader is known, or the node asked is not the leader. Retry on `leader_id`.
+    #[error("not the leader (known leader: {leader_id:?})")]
     NotLeader {
         /// The leader this node knows of, if any.
-        leader_hint: Option<NodeId>,
+        leader_id: Option<NodeId>,
         /// That leader's metadata from the membership (its address, application data), if
         /// known: where to redirect a client.
         leader_info: Option<NodeInfo>,
@@ -241,11 +241,11 @@ pub enum ReadIndexError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MembershipError {
-    /// This node is not the leader. Retry on `leader_hint` if it is known.
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    /// This node is not the leader. Retry on `leader_id` if it is known.
+    #[error("not the leader (known leader: {leader_id:?})")]
     NotLeader {
         /// The leader this node knows of, if any.
-        leader_hint: Option<NodeId>,
+        leader_id: Option<NodeId>,
         /// That leader's metadata from the membership (its address, application data), if
         /// known: where to redirect a client.
         leader_info: Option<NodeInfo>,
@@ -321,11 +321,11 @@ pub enum MembershipError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {
-    /// This node is not the leader. Ask `leader_hint` if it is known.
-    #[error("not the leader (leader hint: {leader_hint:?})")]
+    /// This node is not the leader. Ask `leader_id` if it is known.
+    #[error("not the leader (known leader: {leader_id:?})")]
     NotLeader {
         /// The leader this node knows of, if any.
-        leader_hint: Option<NodeId>,
+        leader_id: Option<NodeId>,
         /// That leader's metadata from the membership (its address, application data), if
         /// known: where to redirect a client.
         leader_info: Option<NodeInfo>,
@@ -338,10 +338,10 @@ pub enum TransferError {
     InProgress(NodeId),
     /// The target did not become leader within `Config::leadership_transfer_timeout_ms`. This
     /// node may still be the leader (it takes proposals again) or another node may have won.
-    #[error("the transfer did not complete in time (leader now: {leader:?})")]
+    #[error("the transfer did not complete in time (leader now: {leader_id:?})")]
     TimedOut {
         /// The leader this node knows of now.
-        leader: Option<NodeId>,
+        leader_id: Option<NodeId>,
     },
     /// The node is shutting down or has stopped.
     #[error("node is shut down")]

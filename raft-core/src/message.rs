@@ -198,7 +198,7 @@ pub struct ReadIndexResponse {
     /// `None` if the responder is not the leader or lost leadership before confirming it.
     pub read_index: Option<LogIndex>,
     /// The leader the responder knows of, when it is not the leader itself.
-    pub leader_hint: Option<NodeId>,
+    pub leader_id: Option<NodeId>,
 }
 
 /// A request one node sends another.

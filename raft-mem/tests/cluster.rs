@@ -185,7 +185,7 @@ async fn proposals_on_a_follower_fail_at_once<R: Runtime + Clone>(rt: R) {
     let error = cluster.nodes[&follower].propose(Bytes::from_static(b"x")).await.unwrap_err();
     // The bootstrap membership gives no metadata: the leader's is empty, but known.
     let leader_info = Some(NodeInfo::default());
-    assert_eq!(error, ProposeError::NotLeader { leader_hint: Some(leader), leader_info });
+    assert_eq!(error, ProposeError::NotLeader { leader_id: Some(leader), leader_info });
     let big = Bytes::from(vec![0u8; 2 << 20]);
     assert!(matches!(
         cluster.nodes[&leader].propose(big).await,

@@ -241,7 +241,7 @@ async fn set_membership_replaces_two_of_three_voters<R: Runtime + Clone>(rt: R) 
     let leader_info = target.node(leader).cloned();
     assert_eq!(
         refused.err(),
-        Some(ProposeError::NotLeader { leader_hint: Some(leader), leader_info })
+        Some(ProposeError::NotLeader { leader_id: Some(leader), leader_info })
     );
 
     // A restarted node learns every member's metadata from its log, at start.

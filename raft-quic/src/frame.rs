@@ -391,7 +391,7 @@ mod tests {
             WireResponse::Ok(raft_core::RpcResponse::ReadIndex(raft_core::ReadIndexResponse {
                 term: 1,
                 read_index: None,
-                leader_hint: None,
+                leader_id: None,
             }));
         assert!(matches!(encode(&msg, 4), Err(FrameError::TooLarge { .. })));
     }

@@ -161,7 +161,7 @@ fn responses() -> Vec<(&'static str, RpcResponse)> {
             RpcResponse::ReadIndex(ReadIndexResponse {
                 term: 10,
                 read_index: Some(300),
-                leader_hint: Some(3),
+                leader_id: Some(3),
             }),
         ),
     ]

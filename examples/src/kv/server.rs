@@ -97,12 +97,12 @@ impl ClientService {
             .collect()
     }
 
-    fn leader_member(&self, leader_hint: Option<NodeId>) -> Option<Member> {
-        leader_hint.filter(|&l| l != self.node.id()).and_then(|id| self.member(id))
+    fn leader_member(&self, leader_id: Option<NodeId>) -> Option<Member> {
+        leader_id.filter(|&l| l != self.node.id()).and_then(|id| self.member(id))
     }
 
-    fn redirect(&self, leader_hint: Option<NodeId>) -> ClientResponse {
-        ClientResponse::NotLeader { leader: self.leader_member(leader_hint) }
+    fn redirect(&self, leader_id: Option<NodeId>) -> ClientResponse {
+        ClientResponse::NotLeader { leader: self.leader_member(leader_id) }
     }
 
     /// Answers one request of `principal`, if its role allows it. The commands of a batch
@@ -220,8 +220,8 @@ impl ClientService {
                     })
                     .collect()
             }
-            Err(ReadIndexError::NotLeader { leader_hint, .. }) => {
-                vec![CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) }; count]
+            Err(ReadIndexError::NotLeader { leader_id, .. }) => {
+                vec![CommandAnswer::NotLeader { leader: self.leader_member(leader_id) }; count]
             }
             Err(e) => vec![CommandAnswer::NotApplied(e.to_string()); count],
         }
@@ -247,8 +247,8 @@ impl ClientService {
             Err(WriteError::Failed(e @ CommitError::Dropped { .. })) => {
                 all(CommandAnswer::NotApplied(e.to_string()))
             }
-            Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, .. })) => {
-                all(CommandAnswer::NotLeader { leader: self.leader_member(leader_hint) })
+            Err(WriteError::Refused(ProposeError::NotLeader { leader_id, .. })) => {
+                all(CommandAnswer::NotLeader { leader: self.leader_member(leader_id) })
             }
             Err(WriteError::Refused(e @ ProposeError::TooLarge { .. })) => {
                 all(CommandAnswer::Refused(e.to_string()))
@@ -422,7 +422,7 @@ impl ClientService {
     async fn transfer_leader(&self, id: NodeId) -> ClientResponse {
         match self.node.transfer_leadership(id).await {
             Ok(()) => ClientResponse::Members(self.member_list()),
-            Err(TransferError::NotLeader { leader_hint, .. }) => self.redirect(leader_hint),
+            Err(TransferError::NotLeader { leader_id, .. }) => self.redirect(leader_id),
             Err(TransferError::NotVoter(id)) => {
                 ClientResponse::MemberFailed(if self.node.membership().contains(id) {
                     MemberError::NotVoter(id)
@@ -430,7 +430,7 @@ impl ClientService {
                     MemberError::NotMember(id)
                 })
             }
-            Err(TransferError::TimedOut { leader }) => {
+            Err(TransferError::TimedOut { leader_id: leader }) => {
                 ClientResponse::MemberFailed(MemberError::TransferTimedOut { target: id, leader })
             }
             Err(e @ (TransferError::InProgress(_) | TransferError::Shutdown)) => {
@@ -444,7 +444,7 @@ impl ClientService {
     /// unknown", or a failure for good.
     fn membership_error(&self, error: MembershipError) -> ClientResponse {
         match error {
-            MembershipError::NotLeader { leader_hint, .. } => self.redirect(leader_hint),
+            MembershipError::NotLeader { leader_id, .. } => self.redirect(leader_id),
             MembershipError::Invalid(InvalidChange::NotMember(id)) => {
                 ClientResponse::MemberFailed(MemberError::NotMember(id))
             }

@@ -137,7 +137,7 @@ impl Engine {
 
     /// The leader's answer to our `ReadIndex` request `read_id`.
     pub(super) fn handle_read_index_response(&mut self, read_id: u64, resp: &ReadIndexResponse) {
-        let result = resp.read_index.ok_or(ReadIndexRefusal::NotLeader(resp.leader_hint));
+        let result = resp.read_index.ok_or(ReadIndexRefusal::NotLeader(resp.leader_id));
         self.answer_forwarded(read_id, result);
     }
 
@@ -272,14 +272,14 @@ impl Engine {
         match waiter {
             ReadWaiter::Local(id) => self.actions.push(Action::ReadIndexReady { id, result }),
             ReadWaiter::Remote(reply_to) => {
-                let leader_hint = match result {
+                let leader_id = match result {
                     Err(ReadIndexRefusal::NotLeader(hint)) => hint,
                     _ => None,
                 };
                 let response = RpcResponse::ReadIndex(ReadIndexResponse {
                     term: self.hard_state.current_term,
                     read_index: result.ok(),
-                    leader_hint,
+                    leader_id,
                 });
                 self.respond(reply_to, response, false);
             }

@@ -41,10 +41,10 @@ impl Engine {
     /// changes with [`MembershipRefusal::TransferInProgress`](super::MembershipRefusal).
     /// Asking again for the same target is a no-op, and so is a transfer to this node.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferRefusal> {
-        let leader_hint = self.leader_id;
+        let leader_id = self.leader_id;
         let is_voter = self.log.membership().latest().is_voter(target);
         let RoleState::Leader(leader) = &mut self.role else {
-            return Err(TransferRefusal::NotLeader(leader_hint));
+            return Err(TransferRefusal::NotLeader(leader_id));
         };
         match &leader.transfer {
             Some(t) if t.target == target => return Ok(()),

@@ -214,7 +214,7 @@ pub(super) fn response(sent: &SentRequest, response: &RpcResponse) -> Checked {
         }
         (SentRequest::ReadIndex { term, .. }, RpcResponse::ReadIndex(r)) => match r.read_index {
             Some(index) if index > MAX_LOG_INDEX => Err(Malformed::ReadIndex(index)),
-            Some(_) if r.term < *term || r.leader_hint.is_some() => Err(Malformed::Mismatch),
+            Some(_) if r.term < *term || r.leader_id.is_some() => Err(Malformed::Mismatch),
             _ => Ok(()),
         },
         _ => Err(Malformed::Mismatch),
@@ -356,7 +356,7 @@ impl Engine {
             RpcRequest::ReadIndex(_) => RpcResponse::ReadIndex(ReadIndexResponse {
                 term,
                 read_index: None,
-                leader_hint: None,
+                leader_id: None,
             }),
         }
     }

@@ -297,9 +297,9 @@ impl CoreLoop {
             }
             Input::TransferLeadership { target, reply } => {
                 let result = self.engine.transfer_leadership(target).map_err(|r| match r {
-                    TransferRefusal::NotLeader(leader_hint) => TransferError::NotLeader {
-                        leader_hint,
-                        leader_info: self.member_info(leader_hint),
+                    TransferRefusal::NotLeader(leader_id) => TransferError::NotLeader {
+                        leader_id,
+                        leader_info: self.member_info(leader_id),
                     },
                     TransferRefusal::NotVoter(id) => TransferError::NotVoter(id),
                     TransferRefusal::InProgress(id) => TransferError::InProgress(id),
@@ -337,10 +337,10 @@ impl CoreLoop {
                 self.new_waiters.push((id.index, waiter));
                 self.probe.accepted(id.index, || self.clock.now());
             }
-            Err(ProposeRefusal::NotLeader(leader_hint)) => {
+            Err(ProposeRefusal::NotLeader(leader_id)) => {
                 self.metrics.node.proposals_failed.increment(1);
-                let leader_info = self.member_info(leader_hint);
-                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
+                let leader_info = self.member_info(leader_id);
+                proposal.reply.refuse(ProposeError::NotLeader { leader_id, leader_info });
             }
             Err(ProposeRefusal::Backlogged | ProposeRefusal::TransferInProgress) => {
                 self.deferred.push_front(proposal)
@@ -367,10 +367,9 @@ impl CoreLoop {
             membership::Request::Target(target) => self.engine.propose_membership_target(&target),
         };
         let progress = result.map_err(|refusal| match refusal {
-            MembershipRefusal::NotLeader(leader_hint) => MembershipError::NotLeader {
-                leader_hint,
-                leader_info: self.member_info(leader_hint),
-            },
+            MembershipRefusal::NotLeader(leader_id) => {
+                MembershipError::NotLeader { leader_id, leader_info: self.member_info(leader_id) }
+            }
             MembershipRefusal::ChangeInProgress => MembershipError::ChangeInProgress,
             MembershipRefusal::TransferInProgress => MembershipError::TransferInProgress,
             MembershipRefusal::Invalid(invalid) => MembershipError::Invalid(invalid),
@@ -477,10 +476,9 @@ impl CoreLoop {
             return;
         }
         read.answer(result.map_err(|refusal| match refusal {
-            ReadIndexRefusal::NotLeader(leader_hint) => ReadIndexError::NotLeader {
-                leader_hint,
-                leader_info: self.member_info(leader_hint),
-            },
+            ReadIndexRefusal::NotLeader(leader_id) => {
+                ReadIndexError::NotLeader { leader_id, leader_info: self.member_info(leader_id) }
+            }
             ReadIndexRefusal::Backlogged => ReadIndexError::Backlogged,
             ReadIndexRefusal::LeadershipLost => ReadIndexError::LeadershipLost,
             ReadIndexRefusal::Unreachable => ReadIndexError::Unreachable,
@@ -528,11 +526,11 @@ impl CoreLoop {
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
             self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
-            let leader_hint = self.engine.leader_id();
-            let leader_info = self.member_info(leader_hint);
+            let leader_id = self.engine.leader_id();
+            let leader_info = self.member_info(leader_id);
             for proposal in std::mem::take(&mut self.deferred) {
                 let leader_info = leader_info.clone();
-                proposal.reply.refuse(ProposeError::NotLeader { leader_hint, leader_info });
+                proposal.reply.refuse(ProposeError::NotLeader { leader_id, leader_info });
             }
         }
         self.was_leader = is_leader;

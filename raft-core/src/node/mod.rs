@@ -595,7 +595,7 @@ impl Node {
                 return Err(ProposeError::Shutdown);
             }
             let leader_info = self.member_info(status.leader_id);
-            return Err(ProposeError::NotLeader { leader_hint: status.leader_id, leader_info });
+            return Err(ProposeError::NotLeader { leader_id: status.leader_id, leader_info });
         }
         Ok(())
     }
@@ -708,7 +708,7 @@ impl Node {
         match outcome {
             Some(true) => Ok(()),
             Some(false) => Err(TransferError::Shutdown),
-            None => Err(TransferError::TimedOut { leader: self.status().leader_id }),
+            None => Err(TransferError::TimedOut { leader_id: self.status().leader_id }),
         }
     }
 

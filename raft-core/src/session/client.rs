@@ -90,7 +90,7 @@ impl LeaderTracker {
     }
 
     /// The leader, if one is believed known.
-    pub fn leader(&self) -> Option<NodeId> {
+    pub fn leader_id(&self) -> Option<NodeId> {
         self.leader
     }
 
@@ -110,15 +110,15 @@ impl LeaderTracker {
         Some((id, info.clone()))
     }
 
-    /// A node answered `NotLeader { leader_hint, leader_info }`: remember the leader (and its
+    /// A node answered `NotLeader { leader_id, leader_info }`: remember the leader (and its
     /// metadata, learning a member the client did not know), or forget it if none is known.
-    pub fn redirected(&mut self, leader_hint: Option<NodeId>, leader_info: Option<NodeInfo>) {
-        if let (Some(id), Some(info)) = (leader_hint, leader_info) {
+    pub fn redirected(&mut self, leader_id: Option<NodeId>, leader_info: Option<NodeInfo>) {
+        if let (Some(id), Some(info)) = (leader_id, leader_info) {
             if !info.address.is_empty() || !self.members.contains_key(&id) {
                 self.members.insert(id, info);
             }
         }
-        self.leader = leader_hint.filter(|id| self.members.contains_key(id));
+        self.leader = leader_id.filter(|id| self.members.contains_key(id));
     }
 
     /// `node` answered a request only the leader answers: it leads.
@@ -173,7 +173,7 @@ pub enum Attempt<T, E> {
     /// The node is not the leader; it named the one it knows of, if any.
     NotLeader {
         /// The leader the node knows of.
-        leader_hint: Option<NodeId>,
+        leader_id: Option<NodeId>,
         /// That leader's metadata (its address), if the node knows it.
         leader_info: Option<NodeInfo>,
     },
@@ -196,8 +196,8 @@ impl Attempt<bytes::Bytes, WriteError> {
     pub fn from_write(result: Result<bytes::Bytes, WriteError>) -> Self {
         match result {
             Ok(answer) => Attempt::Done(answer),
-            Err(WriteError::Refused(ProposeError::NotLeader { leader_hint, leader_info })) => {
-                Attempt::NotLeader { leader_hint, leader_info }
+            Err(WriteError::Refused(ProposeError::NotLeader { leader_id, leader_info })) => {
+                Attempt::NotLeader { leader_id, leader_info }
             }
             Err(WriteError::Refused(ProposeError::Shutdown)) => {
                 Attempt::Retry { reason: "node shut down".into(), maybe_applied: false }
@@ -269,11 +269,11 @@ where
                 return Ok(answer);
             }
             Attempt::Fail(error) => return Err(CallError::Failed(error)),
-            Attempt::NotLeader { leader_hint, leader_info } => {
+            Attempt::NotLeader { leader_id, leader_info } => {
                 let mut tracker = lock();
-                tracker.redirected(leader_hint, leader_info);
+                tracker.redirected(leader_id, leader_info);
                 // Straight to a newly named leader; pause if no leader is known (an election).
-                pause = tracker.leader().is_none_or(|leader| leader == node);
+                pause = tracker.leader_id().is_none_or(|leader| leader == node);
                 reason = format!("node {node} is not the leader");
             }
             Attempt::Retry { reason: why, maybe_applied: applied } => {
@@ -356,13 +356,13 @@ mod tests {
                 let outcome: Attempt<&str, ()> = match (tried.len(), node) {
                     // The first node knows the leader is 3 (and a new address for it).
                     (1, _) => Attempt::NotLeader {
-                        leader_hint: Some(3),
+                        leader_id: Some(3),
                         leader_info: Some(node_info("c:33")),
                     },
                     // The leader loses leadership before answering: outcome unknown.
                     (2, 3) => Attempt::Retry { reason: "lost".into(), maybe_applied: true },
                     (_, 2) => Attempt::Done("ok"),
-                    _ => Attempt::NotLeader { leader_hint: Some(2), leader_info: None },
+                    _ => Attempt::NotLeader { leader_id: Some(2), leader_info: None },
                 };
                 async move { outcome }
             },
@@ -375,7 +375,7 @@ mod tests {
             "redirected at once, to the new address"
         );
         assert_eq!(tried.last().unwrap().0, 2);
-        assert_eq!(tracker.lock().unwrap().leader(), Some(2));
+        assert_eq!(tracker.lock().unwrap().leader_id(), Some(2));
         assert!(runtime.0.load(std::sync::atomic::Ordering::SeqCst) >= 1, "backed off once");
     }
 
@@ -402,13 +402,11 @@ mod tests {
 
     #[test]
     fn write_errors_are_classified() {
-        let not_leader = WriteError::Refused(ProposeError::NotLeader {
-            leader_hint: Some(2),
-            leader_info: None,
-        });
+        let not_leader =
+            WriteError::Refused(ProposeError::NotLeader { leader_id: Some(2), leader_info: None });
         assert!(matches!(
             Attempt::from_write(Err(not_leader)),
-            Attempt::NotLeader { leader_hint: Some(2), .. }
+            Attempt::NotLeader { leader_id: Some(2), .. }
         ));
         let lost = WriteError::Failed(CommitError::LeadershipLost);
         assert!(matches!(

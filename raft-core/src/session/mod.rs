@@ -15,7 +15,7 @@
 //!   ([`SessionLimits`]), and evicted least-recently-used in `O(log n)`.
 //! * **Client side:** a [`ClientSession`] numbers requests and acknowledges answered ones (so
 //!   the table forgets their answers), and [`LeaderTracker`] with [`call`] sends an attempt to
-//!   the node believed to lead, follows `NotLeader { leader_hint, leader_info }` redirects,
+//!   the node believed to lead, follows `NotLeader { leader_id, leader_info }` redirects,
 //!   rotates through the members on failures with bounded back-off, and gives up after a
 //!   bounded number of attempts. [`Attempt::from_write`] classifies the node's own
 //!   [`WriteError`](crate::WriteError) for a client that calls `Node::write` in-process.

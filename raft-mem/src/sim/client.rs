@@ -103,8 +103,8 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
                 // The proposal may have been appended before the client stopped waiting.
                 None => break OpOutcome::Unknown,
                 Some(Err(ProposeError::TooLarge { .. })) => break OpOutcome::Failed,
-                Some(Err(ProposeError::NotLeader { leader_hint, .. })) => {
-                    self.back_off(leader_hint).await
+                Some(Err(ProposeError::NotLeader { leader_id, .. })) => {
+                    self.back_off(leader_id).await
                 }
                 Some(Err(_)) => self.back_off(None).await,
                 Some(Ok((index, term, answer))) => {
@@ -148,8 +148,8 @@ impl<S: StateMachine, Op: Clone, Res: Clone> SimClient<S, Op, Res> {
             };
             match outcome {
                 None => break OpOutcome::Failed,
-                Some(Err(ReadIndexError::NotLeader { leader_hint, .. })) => {
-                    self.back_off(leader_hint).await
+                Some(Err(ReadIndexError::NotLeader { leader_id, .. })) => {
+                    self.back_off(leader_id).await
                 }
                 Some(Err(_)) => self.back_off(None).await,
                 Some(Ok(index)) => {

@@ -201,9 +201,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
                                 continue;
                             }
                         }
-                        Some(Err(ProposeError::NotLeader { leader_hint, .. })) => {
-                            hint = leader_hint
-                        }
+                        Some(Err(ProposeError::NotLeader { leader_id, .. })) => hint = leader_id,
                         _ => {}
                     }
                 }

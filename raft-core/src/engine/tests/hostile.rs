@@ -709,7 +709,7 @@ impl Target {
             _ => RpcResponse::ReadIndex(ReadIndexResponse {
                 term,
                 read_index: flag.then(|| index(a)),
-                leader_hint: None,
+                leader_id: None,
             }),
         }
     }
