@@ -1,11 +1,14 @@
 //! Node configuration, with defaults tuned for a LAN and a validation step.
 
+use std::time::Duration;
+
 use crate::types::{ClusterId, GroupId, NodeId, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID};
 
 /// The configuration of one node. Build it with [`Config::new`] and adjust fields; the node
 /// checks it with [`Config::validate`] when it starts.
 ///
-/// Times are in milliseconds and are converted to ticks of `tick_interval_ms` (rounded up).
+/// Times are [`Duration`]s; the engine counts them in ticks of `tick_interval` (rounded up, at
+/// least one tick).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// This node's id. The configuration holds no membership: the members are in the log,
@@ -45,14 +48,14 @@ pub struct Config {
     /// one transport). Checked like `cluster_id` (`RpcError::WrongGroup`).
     pub group_id: GroupId,
     /// The period of the node's logical clock. Every other time is a whole number of ticks.
-    pub tick_interval_ms: u64,
+    pub tick_interval: Duration,
     /// How often a leader sends heartbeats to an idle follower.
-    pub heartbeat_interval_ms: u64,
+    pub heartbeat_interval: Duration,
     /// Lower bound of the randomized election timeout. Also the window of CheckQuorum and of
     /// the leader lease that makes followers refuse disruptive votes.
-    pub election_timeout_ms_min: u64,
+    pub election_timeout_min: Duration,
     /// Upper bound (exclusive) of the randomized election timeout.
-    pub election_timeout_ms_max: u64,
+    pub election_timeout_max: Duration,
     /// Seed of the PRNG that draws election timeouts. Nodes of one cluster must use different
     /// seeds; the default is derived from `id`. Simulations set it to replay a run exactly.
     pub random_seed: u64,
@@ -98,7 +101,7 @@ pub struct Config {
     pub snapshot_max_inflight_chunks: usize,
     /// A snapshot transfer that gets no answer for this long is abandoned: the follower goes
     /// back to probing (a later transfer resumes where the follower's data ends).
-    pub snapshot_transfer_timeout_ms: u64,
+    pub snapshot_transfer_timeout: Duration,
     /// The most linearizable reads (`Node::read_index`) a node holds at once: further calls
     /// wait for room, and a leader refuses (`Backlogged`) reads beyond it from its followers.
     pub max_pending_reads: usize,
@@ -108,16 +111,16 @@ pub struct Config {
     pub max_promotion_lag_entries: u64,
     /// A leadership transfer that has not made the target leader within this time is abandoned
     /// and the leader takes proposals again.
-    pub leadership_transfer_timeout_ms: u64,
+    pub leadership_transfer_timeout: Duration,
     /// Lease reads (off by default): the leader answers `read_index` at once, without a quorum
     /// round, while a majority of voters promised not to vote for anyone else: each voter's
     /// answer to an AppendEntries says for how long after receiving it (its own
-    /// `election_timeout_ms_min`, in its ticks, less one tick), and the leader counts that
-    /// from when it started the round, capped by its own promise, minus `max_clock_drift_ms`.
+    /// `election_timeout_min`, in its ticks, less one tick), and the leader counts that
+    /// from when it started the round, capped by its own promise, minus `max_clock_drift`.
     /// Voters may run other timeouts and tick intervals than the leader. Elapsed time is
     /// measured with the runtime's monotonic clock (`Runtime::now`), so a leader that was paused
     /// or starved of ticks longer than that serves no read from its lease. Correct only if no
-    /// node's clock runs slower than another's by more than `max_clock_drift_ms` per election
+    /// node's clock runs slower than another's by more than `max_clock_drift` per election
     /// timeout, and only with `check_quorum`. A voter promises only with lease reads on (it then
     /// also refuses votes during its first election timeout after starting, when it cannot know
     /// whether it promised a leader its lease before a restart): a leader has a lease only from
@@ -125,7 +128,7 @@ pub struct Config {
     /// no lease reads for the rest of its term.
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
-    pub max_clock_drift_ms: u64,
+    pub max_clock_drift: Duration,
 }
 
 impl Config {
@@ -135,10 +138,10 @@ impl Config {
             id,
             cluster_id: DEFAULT_CLUSTER_ID,
             group_id: DEFAULT_GROUP_ID,
-            tick_interval_ms: 10,
-            heartbeat_interval_ms: 50,
-            election_timeout_ms_min: 300,
-            election_timeout_ms_max: 600,
+            tick_interval: Duration::from_millis(10),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
             random_seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5DEE_CE66_D1CE_5EED,
             pre_vote: true,
             check_quorum: true,
@@ -155,31 +158,31 @@ impl Config {
             snapshot_keep_entries: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_max_inflight_chunks: 2,
-            snapshot_transfer_timeout_ms: 5_000,
+            snapshot_transfer_timeout: Duration::from_millis(5_000),
             max_pending_reads: 65_536,
             max_promotion_lag_entries: 1_000,
-            leadership_transfer_timeout_ms: 1_000,
+            leadership_transfer_timeout: Duration::from_millis(1_000),
             lease_reads: false,
-            max_clock_drift_ms: 100,
+            max_clock_drift: Duration::from_millis(100),
         }
     }
 
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
-        if self.tick_interval_ms == 0 {
-            return fail("tick_interval_ms must be positive");
+        if self.tick_interval.is_zero() {
+            return fail("tick_interval must be positive");
         }
-        if self.heartbeat_interval_ms < self.tick_interval_ms {
-            return fail("heartbeat_interval_ms must be at least one tick");
+        if self.heartbeat_interval < self.tick_interval {
+            return fail("heartbeat_interval must be at least one tick");
         }
-        if self.election_timeout_ms_min <= self.heartbeat_interval_ms {
-            return fail("election_timeout_ms_min must exceed heartbeat_interval_ms");
+        if self.election_timeout_min <= self.heartbeat_interval {
+            return fail("election_timeout_min must exceed heartbeat_interval");
         }
-        let min_plus_tick = self.election_timeout_ms_min.saturating_add(self.tick_interval_ms);
-        if self.election_timeout_ms_max <= min_plus_tick {
+        let min_plus_tick = self.election_timeout_min.saturating_add(self.tick_interval);
+        if self.election_timeout_max <= min_plus_tick {
             return fail(
-                "election_timeout_ms_max must exceed election_timeout_ms_min by more than a tick",
+                "election_timeout_max must exceed election_timeout_min by more than a tick",
             );
         }
         if self.max_append_entries == 0 || self.max_inflight_append_entries == 0 {
@@ -207,23 +210,21 @@ impl Config {
         if self.snapshot_max_inflight_chunks == 0 || self.snapshot_max_inflight_chunks > 64 {
             return fail("snapshot_max_inflight_chunks must be between 1 and 64");
         }
-        let lease_margin_ms = self.max_clock_drift_ms.saturating_add(self.tick_interval_ms);
-        if self.lease_reads
-            && (!self.check_quorum || lease_margin_ms >= self.election_timeout_ms_min)
-        {
+        let lease_margin = self.max_clock_drift.saturating_add(self.tick_interval);
+        if self.lease_reads && (!self.check_quorum || lease_margin >= self.election_timeout_min) {
             return fail(
-                "lease_reads needs check_quorum and max_clock_drift_ms + tick_interval_ms < \
-                 election_timeout_ms_min",
+                "lease_reads needs check_quorum and max_clock_drift + tick_interval < \
+                 election_timeout_min",
             );
         }
         if self.max_pending_reads == 0 {
             return fail("max_pending_reads must be positive");
         }
-        if self.leadership_transfer_timeout_ms < self.heartbeat_interval_ms {
-            return fail("leadership_transfer_timeout_ms must be at least heartbeat_interval_ms");
+        if self.leadership_transfer_timeout < self.heartbeat_interval {
+            return fail("leadership_transfer_timeout must be at least heartbeat_interval");
         }
-        if self.snapshot_transfer_timeout_ms < self.heartbeat_interval_ms {
-            return fail("snapshot_transfer_timeout_ms must be at least heartbeat_interval_ms");
+        if self.snapshot_transfer_timeout < self.heartbeat_interval {
+            return fail("snapshot_transfer_timeout must be at least heartbeat_interval");
         }
         self.validate_driver_limits()
     }
@@ -273,9 +274,16 @@ impl Config {
         }
     }
 
-    /// `ms` in ticks, rounded up, at least one.
-    pub(crate) fn ticks(&self, ms: u64) -> u64 {
-        ms.div_ceil(self.tick_interval_ms).max(1)
+    /// `time` in ticks of `tick_interval`, rounded up, at least one.
+    pub(crate) fn ticks(&self, time: Duration) -> u64 {
+        let ticks = time.as_nanos().div_ceil(self.tick_interval.as_nanos().max(1)).max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    /// The time `ticks` ticks of `tick_interval` take (saturating).
+    pub(crate) fn ticks_time(&self, ticks: u64) -> Duration {
+        let nanos = self.tick_interval.as_nanos().saturating_mul(u128::from(ticks));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
 

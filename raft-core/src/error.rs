@@ -336,7 +336,7 @@ pub enum TransferError {
     /// A transfer to another node is in progress.
     #[error("a transfer to node {0} is in progress")]
     InProgress(NodeId),
-    /// The target did not become leader within `Config::leadership_transfer_timeout_ms`. This
+    /// The target did not become leader within `Config::leadership_transfer_timeout`. This
     /// node may still be the leader (it takes proposals again) or another node may have won.
     #[error("the transfer did not complete in time (leader now: {leader_id:?})")]
     TimedOut {

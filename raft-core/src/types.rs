@@ -186,7 +186,7 @@ pub enum SnapshotFailure {
     /// A chunk could not be read from the snapshot store or delivered to the follower.
     #[error("a chunk could not be read or delivered")]
     Unreachable,
-    /// The follower stopped answering for `Config::snapshot_transfer_timeout_ms`.
+    /// The follower stopped answering for `Config::snapshot_transfer_timeout`.
     #[error("the follower stopped answering")]
     TimedOut,
 }

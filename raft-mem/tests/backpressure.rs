@@ -69,10 +69,10 @@ async fn accepted_while_stalled(
 
 fn config() -> Config {
     let mut config = Config::new(1);
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 100;
-    config.election_timeout_ms_max = 200;
+    config.tick_interval = Duration::from_millis(5);
+    config.heartbeat_interval = Duration::from_millis(25);
+    config.election_timeout_min = Duration::from_millis(100);
+    config.election_timeout_max = Duration::from_millis(200);
     config
 }
 

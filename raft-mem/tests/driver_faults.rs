@@ -453,10 +453,10 @@ async fn shutdown_completes_when_rpcs_never_return<R: Runtime + Clone>(rt: R) {
     let recipe = Recipe {
         configure: Some(|c: &mut raft_core::Config| {
             c.max_inflight_append_entries = 1;
-            c.tick_interval_ms = 1;
-            c.heartbeat_interval_ms = 2;
-            c.election_timeout_ms_min = 10;
-            c.election_timeout_ms_max = 20;
+            c.tick_interval = Duration::from_millis(1);
+            c.heartbeat_interval = Duration::from_millis(2);
+            c.election_timeout_min = Duration::from_millis(10);
+            c.election_timeout_max = Duration::from_millis(20);
         }),
         ..Recipe::default()
     };

@@ -31,10 +31,10 @@ impl StateMachine for Nothing {
 fn config(id: NodeId, cluster_id: u64) -> Config {
     let mut config = Config::new(id);
     config.cluster_id = cluster_id;
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
+    config.tick_interval = Duration::from_millis(5);
+    config.heartbeat_interval = Duration::from_millis(25);
+    config.election_timeout_min = Duration::from_millis(150);
+    config.election_timeout_max = Duration::from_millis(300);
     config
 }
 

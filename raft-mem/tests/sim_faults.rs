@@ -285,10 +285,10 @@ fn a_stale_candidate_with_a_short_timeout_cannot_keep_a_cluster_leaderless() {
                 let short = *chosen.lock().unwrap() == Some(c.id);
                 let (tick, heartbeat, min, max) =
                     if short { (5, 20, 100, 200) } else { (10, 50, 800, 1600) };
-                c.tick_interval_ms = tick;
-                c.heartbeat_interval_ms = heartbeat;
-                c.election_timeout_ms_min = min;
-                c.election_timeout_ms_max = max;
+                c.tick_interval = Duration::from_millis(tick);
+                c.heartbeat_interval = Duration::from_millis(heartbeat);
+                c.election_timeout_min = Duration::from_millis(min);
+                c.election_timeout_max = Duration::from_millis(max);
             });
             let mut sim = Simulation::with_config_hook(SimulationConfig::new(3, seed), Some(hook))?;
             let leader = sim.wait_for_leader(LONG)?;

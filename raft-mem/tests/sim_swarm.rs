@@ -188,15 +188,16 @@ fn config_hook(draws: &Draws) -> ConfigHook {
     Arc::new(move |c: &mut Config| {
         let settings = draws.nodes.get(&c.id).copied().unwrap_or(draws.nodes[&1]);
         let (tick, heartbeat, min, max) = settings.timing;
-        c.tick_interval_ms = tick;
-        c.heartbeat_interval_ms = heartbeat;
-        c.election_timeout_ms_min = min;
-        c.election_timeout_ms_max = max;
-        c.leadership_transfer_timeout_ms = c.leadership_transfer_timeout_ms.max(heartbeat);
+        c.tick_interval = Duration::from_millis(tick);
+        c.heartbeat_interval = Duration::from_millis(heartbeat);
+        c.election_timeout_min = Duration::from_millis(min);
+        c.election_timeout_max = Duration::from_millis(max);
+        c.leadership_transfer_timeout =
+            c.leadership_transfer_timeout.max(Duration::from_millis(heartbeat));
         c.pre_vote = draws.pre_vote;
         c.check_quorum = draws.check_quorum;
         c.lease_reads = draws.lease_reads;
-        c.max_clock_drift_ms = min / 3;
+        c.max_clock_drift = Duration::from_millis(min / 3);
         c.max_append_entries = settings.max_append_entries;
         c.max_inflight_append_entries = settings.max_inflight_append_entries;
         if let Some((interval, keep, chunk, window, timeout)) = draws.snapshots {
@@ -204,7 +205,7 @@ fn config_hook(draws: &Draws) -> ConfigHook {
             c.snapshot_keep_entries = keep;
             c.snapshot_chunk_bytes = chunk;
             c.snapshot_max_inflight_chunks = window;
-            c.snapshot_transfer_timeout_ms = timeout.max(heartbeat);
+            c.snapshot_transfer_timeout = Duration::from_millis(timeout.max(heartbeat));
         }
     })
 }

@@ -365,10 +365,11 @@ impl NodeConfig {
         let mut config = raft_core::Config::new(self.id);
         config.cluster_id = cluster_id;
         let tick = (self.heartbeat_ms / 5).clamp(1, 10);
-        config.tick_interval_ms = tick;
-        config.heartbeat_interval_ms = self.heartbeat_ms;
-        config.election_timeout_ms_min = self.election_timeout_ms;
-        config.election_timeout_ms_max = 2 * self.election_timeout_ms;
+        config.tick_interval = std::time::Duration::from_millis(tick);
+        config.heartbeat_interval = std::time::Duration::from_millis(self.heartbeat_ms);
+        config.election_timeout_min = std::time::Duration::from_millis(self.election_timeout_ms);
+        config.election_timeout_max =
+            std::time::Duration::from_millis(2 * self.election_timeout_ms);
         config.snapshot_interval_entries = self.snapshot_entries;
         config.snapshot_keep_entries = (self.snapshot_entries / 10).max(1);
         config.lease_reads = self.lease_reads;

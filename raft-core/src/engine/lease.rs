@@ -8,16 +8,16 @@
 //! (at every tick, and when it takes office).
 //!
 //! **What the voters promise.** A voter that acknowledges an AppendEntries refuses votes for
-//! its own `election_timeout_ms_min` after it received it, counted in its own ticks, whose first
+//! its own `election_timeout_min` after it received it, counted in its own ticks, whose first
 //! one may come right after it (and, with lease reads, for as long after a restart). Each answer
-//! says how long that is (`AppendEntriesResponse::lease_promise_ms`: `election_timeout_ms_min`
+//! says how long that is (`AppendEntriesResponse::lease_promise_ms`: `election_timeout_min`
 //! rounded up to ticks, minus a tick; 0 from a voter without `check_quorum` or `lease_reads`,
 //! which does not keep it across a restart, and in a refusal). Voters may have other timeouts
 //! and tick intervals than the leader (a rolling change of settings): the leader does not assume
 //! its own. From an answer to a round started at `t` with promise `p`, that voter is known not
-//! to vote for anyone else before `t + min(p, own promise) - max_clock_drift_ms` (the leader's
+//! to vote for anyone else before `t + min(p, own promise) - max_clock_drift` (the leader's
 //! own promise caps it, so a lease never outlasts the leader's own election timeout, and the
-//! drift margin covers clocks running at rates within `max_clock_drift_ms` of each other over
+//! drift margin covers clocks running at rates within `max_clock_drift` of each other over
 //! that span). The lease ends when a quorum's promises have (a majority of each voter set of
 //! the membership in force; the leader's own counts from its latest round), computed again
 //! whenever that membership changes: the promises of the previous voters say nothing about
@@ -72,13 +72,13 @@ impl Lease {
 /// acknowledges, at least (see the module docs): its minimum election timeout in ticks, less the
 /// tick that may come right after the AppendEntries.
 pub(super) fn promise(config: &crate::Config) -> Duration {
-    let ticks = config.ticks(config.election_timeout_ms_min).saturating_sub(1);
-    Duration::from_millis(ticks.saturating_mul(config.tick_interval_ms))
+    let ticks = config.ticks(config.election_timeout_min).saturating_sub(1);
+    config.ticks_time(ticks)
 }
 
 /// The longest lease one round can give: this node's own promise minus the drift margin.
 pub(super) fn lease_span(config: &crate::Config) -> Duration {
-    promise(config).saturating_sub(Duration::from_millis(config.max_clock_drift_ms))
+    promise(config).saturating_sub(config.max_clock_drift)
 }
 
 /// A clock reading as a number, for the quorum arithmetic.
@@ -135,7 +135,7 @@ impl Engine {
             return;
         }
         let own = promise(&self.config);
-        let drift = Duration::from_millis(self.config.max_clock_drift_ms);
+        let drift = self.config.max_clock_drift;
         let span = self.timing.lease_span;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let lease = &mut leader.lease;

@@ -262,9 +262,9 @@ impl Engine {
         initial: Membership,
     ) -> Self {
         let timing = Timing {
-            heartbeat_ticks: config.ticks(config.heartbeat_interval_ms),
-            election_ticks_min: config.ticks(config.election_timeout_ms_min),
-            election_ticks_max: config.ticks(config.election_timeout_ms_max),
+            heartbeat_ticks: config.ticks(config.heartbeat_interval),
+            election_ticks_min: config.ticks(config.election_timeout_min),
+            election_ticks_max: config.ticks(config.election_timeout_max),
             lease_span: lease::lease_span(&config),
         };
         let base = match &snapshot {

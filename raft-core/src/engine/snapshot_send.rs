@@ -218,10 +218,10 @@ impl Engine {
     }
 
     /// Ages back-offs and transfers; a transfer with chunks in flight and no answer for
-    /// `snapshot_transfer_timeout_ms` has failed (a paused one, with nothing in flight, waits
+    /// `snapshot_transfer_timeout` has failed (a paused one, with nothing in flight, waits
     /// for its back-off and cannot time out meanwhile).
     pub(super) fn tick_snapshot_transfers(&mut self) {
-        let timeout = self.config.ticks(self.config.snapshot_transfer_timeout_ms);
+        let timeout = self.config.ticks(self.config.snapshot_transfer_timeout);
         let RoleState::Leader(leader) = &mut self.role else { return };
         let mut timed_out = Vec::new();
         for (&peer, progress) in leader.progress.iter_mut() {
@@ -247,7 +247,7 @@ impl Engine {
     /// transfer completes.
     fn snapshot_failed(&mut self, peer: NodeId, failure: SnapshotFailure) {
         let heartbeat_ticks = self.timing.heartbeat_ticks;
-        let tick_ms = self.config.tick_interval_ms;
+        let tick_interval = self.config.tick_interval;
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(progress) = leader.progress.get_mut(&peer) else { return };
         let failures = &mut progress.snapshot_failures;
@@ -255,7 +255,8 @@ impl Engine {
         failures.streak = failures.streak.saturating_add(1);
         failures.retry_in = backoff_ticks(heartbeat_ticks, failures.streak);
         failures.last = Some(failure);
-        let (streak, retry_ms) = (failures.streak, failures.retry_in.saturating_mul(tick_ms));
+        let streak = failures.streak;
+        let retry_ms = tick_interval.as_millis().saturating_mul(u128::from(failures.retry_in));
         match (failure, progress.transfer.as_mut()) {
             (SnapshotFailure::Unreachable, Some(transfer)) => transfer.rewind(),
             _ => progress.abandon_snapshot(),

@@ -382,13 +382,13 @@ impl Cluster {
         for _ in 0..n {
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for id in ids {
-                let interval = self.nodes[&id].engine.config.tick_interval_ms;
-                let now = self.now + std::time::Duration::from_millis(interval);
+                let interval = self.nodes[&id].engine.config.tick_interval;
+                let now = self.now + interval;
                 self.engine(id).set_now(now);
                 self.engine(id).tick();
             }
-            let interval = self.nodes.values().map(|n| n.engine.config.tick_interval_ms).max();
-            self.now += std::time::Duration::from_millis(interval.unwrap_or(0));
+            let interval = self.nodes.values().map(|n| n.engine.config.tick_interval).max();
+            self.now += interval.unwrap_or_default();
             self.settle();
         }
     }

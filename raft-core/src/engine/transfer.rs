@@ -2,7 +2,7 @@
 //! target's log up to date, then sends it TimeoutNow so that it campaigns at once (its vote
 //! requests carry `leadership_transfer`, which voters honour despite the leader lease). The
 //! transfer ends when the leader steps down, or is abandoned after
-//! `Config::leadership_transfer_timeout_ms`.
+//! `Config::leadership_transfer_timeout`.
 
 use super::{Engine, RoleState};
 use crate::message::{RpcRequest, TimeoutNowRequest};
@@ -94,7 +94,7 @@ impl Engine {
     /// Leader tick: ages the transfer, abandons it after the timeout, and lets TimeoutNow be
     /// sent again with each heartbeat (in case it was lost).
     pub(super) fn tick_transfer(&mut self, heartbeat_due: bool) {
-        let timeout = self.config.ticks(self.config.leadership_transfer_timeout_ms);
+        let timeout = self.config.ticks(self.config.leadership_transfer_timeout);
         let RoleState::Leader(leader) = &mut self.role else { return };
         let Some(transfer) = &mut leader.transfer else { return };
         transfer.elapsed_ticks += 1;

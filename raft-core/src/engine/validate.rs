@@ -44,7 +44,7 @@ pub(crate) const MAX_TERM_STEP_IN_RESERVE: Term = 1 << 16;
 
 /// Warnings about one peer (malformed messages, term jumps) are logged at most once per this
 /// interval.
-const WARNING_INTERVAL_MS: u64 = 10_000;
+const WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why an inbound message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -367,7 +367,7 @@ impl Engine {
     }
 
     /// Counts and logs a malformed message from `from`: a warning at most once per peer per
-    /// [`WARNING_INTERVAL_MS`] (with how many were left out since), the rest at debug level, so
+    /// [`WARNING_INTERVAL`] (with how many were left out since), the rest at debug level, so
     /// that a peer sending them in a loop cannot flood the log.
     pub(super) fn count_malformed(&mut self, from: NodeId, kind: &str, reason: &Malformed) {
         self.malformed = self.malformed.saturating_add(1);
@@ -387,9 +387,9 @@ impl Engine {
     }
 
     /// Whether a warning about peer `from` may be logged now: at most one per
-    /// [`WARNING_INTERVAL_MS`] per peer. `Some(n)`: yes, and `n` were left out since the last.
+    /// [`WARNING_INTERVAL`] per peer. `Some(n)`: yes, and `n` were left out since the last.
     fn may_warn_about(&mut self, from: NodeId) -> Option<u64> {
-        let (now, interval) = (self.now_tick, self.config.ticks(WARNING_INTERVAL_MS));
+        let (now, interval) = (self.now_tick, self.config.ticks(WARNING_INTERVAL));
         let warnings = &mut self.peer_warnings;
         if warnings.len() >= MAX_MEMBERS && !warnings.contains_key(&from) {
             warnings.clear(); // a bound on the memory; at worst a few more warnings

@@ -56,7 +56,7 @@ impl Node {
     ///
     /// One change at a time: while another change is not complete (or a new leader has not
     /// committed an entry of its term yet) the call waits, checking every heartbeat interval,
-    /// for at most `Config::election_timeout_ms_max`, then fails with
+    /// for at most `Config::election_timeout_max`, then fails with
     /// [`MembershipError::ChangeInProgress`]. Removing the leader itself works: it steps down
     /// (handing over) once the change is complete. New members must be reachable through this
     /// node's `Network` (which learns their [`NodeInfo`] from the membership).

@@ -470,7 +470,7 @@ impl Node {
             )
             .boxed(),
         );
-        let tick = std::time::Duration::from_millis(config.tick_interval_ms);
+        let tick = config.tick_interval;
         let ticker_inputs = inputs_tx.clone();
         let ticker_sleeper = runtime.clone();
         spawn(
@@ -515,11 +515,11 @@ impl Node {
                 address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
                 refusals: Mutex::new(quiet::QuietLog::default()),
                 max_payload_bytes: config.max_payload_bytes,
-                heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
-                change_wait: Duration::from_millis(config.election_timeout_ms_max),
-                transfer_timeout: Duration::from_millis(
-                    config.leadership_transfer_timeout_ms + config.election_timeout_ms_max,
-                ),
+                heartbeat_interval: config.heartbeat_interval,
+                change_wait: config.election_timeout_max,
+                transfer_timeout: config
+                    .leadership_transfer_timeout
+                    .saturating_add(config.election_timeout_max),
                 runtime,
                 membership,
                 inputs: inputs_tx,
@@ -688,7 +688,7 @@ impl Node {
     /// Leader: hands leadership to the voter `target` (Raft thesis §3.10): stops taking proposals
     /// (they wait), brings `target` up to date, and tells it to campaign at once. Returns once
     /// this node sees `target` as leader, or [`TransferError::TimedOut`] after
-    /// `Config::leadership_transfer_timeout_ms` plus an election timeout (the old leader then
+    /// `Config::leadership_transfer_timeout` plus an election timeout (the old leader then
     /// takes proposals again if it still leads). A transfer to this node returns at once.
     pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), TransferError> {
         let answer = self.ask(|reply| Input::TransferLeadership { target, reply }).await;

@@ -148,10 +148,10 @@ impl<R, T, S, M> std::fmt::Debug for ClusterBuilder<R, T, S, M> {
 /// elections after 150 to 300 ms. The default of [`ClusterBuilder::config`].
 pub fn test_config(id: NodeId) -> Config {
     let mut config = Config::new(id);
-    config.tick_interval_ms = 5;
-    config.heartbeat_interval_ms = 25;
-    config.election_timeout_ms_min = 150;
-    config.election_timeout_ms_max = 300;
+    config.tick_interval = Duration::from_millis(5);
+    config.heartbeat_interval = Duration::from_millis(25);
+    config.election_timeout_min = Duration::from_millis(150);
+    config.election_timeout_max = Duration::from_millis(300);
     config
 }
 

@@ -187,9 +187,9 @@ impl<S: raft_core::StateMachine> Simulation<S> {
         let mut snapshot = Duration::ZERO;
         for (&id, config) in &self.configs {
             let rate = self.runtime.clock(id).rate.clamp(0.01, 100.0);
-            let timeout = Duration::from_millis(config.election_timeout_ms_max).div_f64(rate);
+            let timeout = config.election_timeout_max.div_f64(rate);
             election = election.max(timeout);
-            snapshot = snapshot.max(Duration::from_millis(config.snapshot_transfer_timeout_ms));
+            snapshot = snapshot.max(config.snapshot_transfer_timeout);
         }
         let rpc = Duration::from_secs(2);
         election * state.bounds.election_timeouts + snapshot + rpc

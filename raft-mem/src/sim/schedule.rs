@@ -340,7 +340,9 @@ impl<S: StateMachine> Simulation<S> {
                 // writes, and the paused one runs its backlog when it resumes.
                 let leader = self.leader().filter(|&l| hit.contains(&l) && !self.is_paused(l));
                 if let Some(leader) = leader {
-                    let max = self.config(leader).map_or(600, |c| c.election_timeout_ms_max);
+                    let max = self.config(leader).map_or(600, |c| {
+                        u64::try_from(c.election_timeout_max.as_millis()).unwrap_or(u64::MAX)
+                    });
                     let pause = Duration::from_millis(max + dice.below(3 * max));
                     self.spawn_reader_on(leader, pause + Duration::from_secs(1));
                     self.pause(leader);

@@ -18,8 +18,9 @@ fn a_refused_vote_does_not_restart_the_election_timer() {
                 c.pre_vote = false;
                 c.check_quorum = check_quorum;
                 // Node 1 always times out long before the others could.
-                (c.election_timeout_ms_min, c.election_timeout_ms_max) =
-                    if id == 1 { (100, 120) } else { (300, 600) };
+                let (min_ms, max_ms) = if id == 1 { (100, 120) } else { (300, 600) };
+                c.election_timeout_min = std::time::Duration::from_millis(min_ms);
+                c.election_timeout_max = std::time::Duration::from_millis(max_ms);
                 c
             })
             .collect();

@@ -414,9 +414,9 @@ fn removed_leader_cut_off_before_the_final_configuration_commits(restart: bool) 
 fn a_lease_from_the_old_voters_ends_with_the_change() {
     let lease = |mut c: NodeConfig, timeout_ms: u64| {
         c.lease_reads = true;
-        c.election_timeout_ms_min = timeout_ms;
-        c.election_timeout_ms_max = 2 * timeout_ms;
-        c.max_clock_drift_ms = 50;
+        c.election_timeout_min = std::time::Duration::from_millis(timeout_ms);
+        c.election_timeout_max = std::time::Duration::from_millis(2 * timeout_ms);
+        c.max_clock_drift = std::time::Duration::from_millis(50);
         c
     };
     let mut c = Cluster::with_configs((1..=3).map(|id| lease(config(id, 3), 1000)).collect());
@@ -510,7 +510,7 @@ fn a_joining_node_snapshots_no_empty_membership() {
 /// Ticks node `id` alone `n` times (the others' clocks stand still), settling after each tick.
 fn tick_only(c: &mut Cluster, id: NodeId, n: usize) {
     for _ in 0..n {
-        c.now += std::time::Duration::from_millis(c.nodes[&id].engine.config.tick_interval_ms);
+        c.now += c.nodes[&id].engine.config.tick_interval;
         let now = c.now;
         c.engine(id).set_now(now);
         c.engine(id).tick();

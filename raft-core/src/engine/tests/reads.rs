@@ -351,12 +351,12 @@ fn the_lease_is_what_the_voters_promised_not_the_leaders_own_timeout() {
             let mut c = config(id, 3);
             c.lease_reads = true;
             if id == 1 {
-                c.election_timeout_ms_min = 1000;
-                c.election_timeout_ms_max = 2000;
+                c.election_timeout_min = std::time::Duration::from_millis(1000);
+                c.election_timeout_max = std::time::Duration::from_millis(2000);
             } else {
-                c.election_timeout_ms_min = 200;
-                c.election_timeout_ms_max = 400;
-                c.max_clock_drift_ms = 50;
+                c.election_timeout_min = std::time::Duration::from_millis(200);
+                c.election_timeout_max = std::time::Duration::from_millis(400);
+                c.max_clock_drift = std::time::Duration::from_millis(50);
             }
             c
         })

@@ -150,12 +150,12 @@ fn a_follower_hears_from_the_leader_while_its_transfer_backs_off() {
 
 /// Review finding 5c: a paused transfer has nothing in flight, so it cannot time out during its
 /// own back-off. With a long heartbeat interval the back-off outlasted
-/// `snapshot_transfer_timeout_ms` and counted a `TimedOut` failure without any attempt.
+/// `snapshot_transfer_timeout` and counted a `TimedOut` failure without any attempt.
 #[test]
 fn a_paused_transfer_does_not_time_out_during_its_back_off() {
     let mut c = tuned(|config| {
-        config.heartbeat_interval_ms = 100;
-        config.snapshot_transfer_timeout_ms = 150;
+        config.heartbeat_interval = std::time::Duration::from_millis(100);
+        config.snapshot_transfer_timeout = std::time::Duration::from_millis(150);
     });
     let (leader, follower) = lagging_follower(&mut c);
     let before = c.log.len();
