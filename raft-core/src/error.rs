@@ -2,6 +2,8 @@
 //! machine return to it ([`StorageError`], [`StateMachineError`]). Plain data: this module uses
 //! no trait module.
 
+use std::sync::Arc;
+
 use crate::membership::NodeInfo;
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -165,21 +167,24 @@ pub enum BootstrapError {
 }
 
 /// Why a node stopped on its own (as opposed to by `shutdown`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// The error of a store or of the state machine is kept whole (shared, as every caller of
+/// [`Node::fatal_error`](crate::Node::fatal_error) gets a clone): match on the variant, then on
+/// the inner error. `std::error::Error::source` returns that inner error itself (downcast it to
+/// [`StorageError`] or [`StateMachineError`]); the message includes the inner error's.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum FatalError {
-    /// The log store failed: nothing more is acknowledged.
-    #[error("log store failed: {0}")]
-    Storage(String),
-    /// The state machine failed to apply an entry, take a snapshot or restore one.
-    #[error("state machine failed: {0}")]
-    StateMachine(String),
-    /// The snapshot store failed.
-    #[error("snapshot store failed: {0}")]
-    Snapshot(String),
+    /// The log store failed (a write, or a read the node needed): nothing more is acknowledged.
+    Storage(Arc<StorageError>),
+    /// The state machine failed to apply an entry, take a snapshot or restore one (or broke
+    /// its contract, such as returning fewer responses than entries).
+    StateMachine(Arc<StateMachineError>),
+    /// The snapshot store failed, or the log store while installing a snapshot or compacting
+    /// the log behind one.
+    Snapshot(Arc<StorageError>),
     /// A task of the node panicked (in the state machine, a store, the network or the node
     /// itself): the node stopped, as after any other fatal error.
-    #[error("the node's {task} panicked: {message}")]
     Panicked {
         /// The task that panicked ("applier", "log writer", "sender to peer 2", ...).
         task: String,
@@ -188,8 +193,30 @@ pub enum FatalError {
     },
     /// A task of the node ended without saying why (it should not happen: every task reports
     /// its failure): the node stopped rather than run without it.
-    #[error("the node's {0} ended unexpectedly")]
     TaskEnded(String),
+}
+
+impl std::fmt::Display for FatalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Storage(error) => write!(f, "log store failed: {error}"),
+            Self::StateMachine(error) => write!(f, "state machine failed: {error}"),
+            Self::Snapshot(error) => write!(f, "snapshot store failed: {error}"),
+            Self::Panicked { task, message } => write!(f, "the node's {task} panicked: {message}"),
+            Self::TaskEnded(task) => write!(f, "the node's {task} ended unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for FatalError {
+    /// The store's or the state machine's error itself (not the `Arc` around it).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Storage(error) | Self::Snapshot(error) => Some(&**error),
+            Self::StateMachine(error) => Some(&**error),
+            Self::Panicked { .. } | Self::TaskEnded(_) => None,
+        }
+    }
 }
 
 /// Why [`Node::snapshot`](crate::Node::snapshot) returned no snapshot.
@@ -291,8 +318,10 @@ pub enum MembershipError {
     LearnerRefuses {
         /// The learner.
         learner: NodeId,
-        /// The refusal as the leader's transport reported it (it names the `RpcError`).
-        refusal: String,
+        /// The learner's refusal of the leader's latest request, as the leader's transport
+        /// reported it: typically [`RefusalReason::Rpc`](crate::RefusalReason::Rpc) with the
+        /// learner's `RpcError`.
+        refusal: crate::network::RefusalReason,
     },
     /// `Node::add_voter`: the learner can never catch up as it runs: it needs a snapshot (the
     /// leader compacted the entries it lacks) and refused it for a reason a retry does not fix

@@ -37,7 +37,7 @@ pub use error::{
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
-pub use network::{Network, NetworkError, RpcError, RpcHandler, RPC_ERROR_VARIANTS};
+pub use network::{Network, NetworkError, RefusalReason, RpcError, RpcHandler, RPC_ERROR_VARIANTS};
 pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};

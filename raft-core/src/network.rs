@@ -6,6 +6,7 @@
 //! connection proved to be (see `raft-quic` for mutual TLS).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -37,8 +38,9 @@ pub enum NetworkError {
     Refused {
         /// The target node.
         peer: NodeId,
-        /// A human-readable reason.
-        reason: String,
+        /// Who refused and why: the receiving node (its [`RpcError`], typed, so that a
+        /// permanent `WrongCluster` can be told from a transient `Shutdown`) or its transport.
+        reason: RefusalReason,
     },
     /// A message could not be encoded or decoded, or exceeded a size limit.
     #[error("codec error: {0}")]
@@ -47,6 +49,52 @@ pub enum NetworkError {
     #[error("network is shut down")]
     Shutdown,
 }
+
+/// Why a peer refused a request ([`NetworkError::Refused`]): its node refused it, or its
+/// transport did before the node saw it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// The receiving node refused the request: the [`RpcError`] its
+    /// [`RpcHandler::handle_rpc`] returned, carried back by the transport as it is.
+    #[error(transparent)]
+    Rpc(RpcError),
+    /// The receiver's transport refused the request before any handler saw it (no handler
+    /// installed yet, the sender's authenticated identity, a size or memory limit, a reset
+    /// stream). It holds the transport's own error: downcast it to the transport's type
+    /// (raft-quic: `raft_quic::Refusal`), or read its message.
+    #[error(transparent)]
+    Transport(Arc<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl RefusalReason {
+    /// A refusal by the transport, from its error or its message (a `String` or `&str`).
+    pub fn transport(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Transport(Arc::from(error.into()))
+    }
+
+    /// The receiving node's refusal, if it was the node (not its transport) that refused.
+    pub fn rpc_error(&self) -> Option<&RpcError> {
+        match self {
+            Self::Rpc(error) => Some(error),
+            Self::Transport(_) => None,
+        }
+    }
+}
+
+/// Two refusals are equal when both are the node's with equal [`RpcError`]s, or both the
+/// transport's with the same message (a transport error has no equality of its own).
+impl PartialEq for RefusalReason {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Rpc(a), Self::Rpc(b)) => a == b,
+            (Self::Transport(a), Self::Transport(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RefusalReason {}
 
 /// Sends RPCs to other nodes.
 ///

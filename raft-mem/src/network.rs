@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use futures::FutureExt;
 use raft_core::{
-    Envelope, Network, NetworkError, NodeId, RpcHandler, RpcRequest, RpcResponse, Runtime,
+    Envelope, Network, NetworkError, NodeId, RefusalReason, RpcHandler, RpcRequest, RpcResponse,
+    Runtime,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -682,7 +683,7 @@ async fn deliver(
     let response = handler
         .handle_rpc(envelope)
         .await
-        .map_err(|e| NetworkError::Refused { peer: to, reason: e.to_string() })?;
+        .map_err(|e| NetworkError::Refused { peer: to, reason: RefusalReason::Rpc(e) })?;
     if let (Some(observer), Some(request)) = (&observer, &observed) {
         observer.on_response(from, to, request, &response, delivered);
     }

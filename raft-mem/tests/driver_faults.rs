@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use futures::FutureExt;
 use raft_core::{
     Bytes, Entry, Envelope, FatalError, LogIndex, Membership, MembershipChange, MembershipError,
     Node, NodeId, NodeInfo, ProposeError, ReadIndexError, ReadIndexRequest, RpcError, RpcHandler,
-    RpcRequest, Runtime, SnapshotError, StateMachine, StateMachineError,
+    RpcRequest, Runtime, SnapshotError, StateMachine, StateMachineError, StorageError,
 };
 use support::{before, wait_until, within, Cluster, Gate, Machine, Recipe, PATIENCE};
 
@@ -287,7 +288,8 @@ async fn a_restoring_follower_survives_a_newer_snapshot<R: Runtime + Clone>(rt: 
 
     let index = cluster.write_on(leader, "after").await;
     cluster.wait_applied(follower, index).await;
-    assert_eq!(cluster.node(follower).fatal_error(), None);
+    let fatal = cluster.node(follower).fatal_error();
+    assert!(fatal.is_none(), "{fatal:?}");
     assert!(machine.restores_done.load(Ordering::SeqCst) >= 1);
     assert_eq!(
         *machine.commands.lock().unwrap(),
@@ -320,7 +322,8 @@ async fn a_restoring_follower_keeps_answering<R: Runtime + Clone>(rt: R) {
     cluster.network.reconnect(third);
     let index = cluster.write_on(elected, "after").await;
     cluster.wait_applied(follower, index).await;
-    assert_eq!(cluster.node(follower).fatal_error(), None);
+    let fatal = cluster.node(follower).fatal_error();
+    assert!(fatal.is_none(), "{fatal:?}");
     assert_eq!(
         *machine.commands.lock().unwrap(),
         *cluster.members[&elected].machine.commands.lock().unwrap(),
@@ -622,6 +625,48 @@ async fn calls_from_inside_the_state_machine_fail_at_once<R: Runtime + Clone>(rt
     assert_eq!(results.lock().unwrap().last().map(String::as_str), Some("stopped"));
 }
 
+// ---- 17.7: typed fatal errors ---------------------------------------------------------------
+
+/// Whether `error` is the I/O error of a full disk the faulty store and state machine return.
+fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::StorageFull)
+}
+
+/// A log store that fails stops the node with `FatalError::Storage` holding the store's own
+/// error (not its text): a caller can tell a full disk from corruption.
+async fn a_failing_log_store_stops_the_node_with_its_error<R: Runtime + Clone>(rt: R) {
+    let cluster = Cluster::start(rt.clone(), 1, |_| Recipe::default()).await;
+    let id = cluster.leader().await;
+    cluster.write_on(id, "before").await;
+    cluster.members[&id].store.fail_writes.store(true, Ordering::SeqCst);
+    let proposal = cluster.node(id).propose(Bytes::from_static(b"lost")).await.unwrap();
+    assert!(within(&rt, "the proposal", proposal.response()).await.is_err());
+    let fatal = fatal_of(&cluster, id).await;
+    let FatalError::Storage(error) = &fatal else { panic!("not a storage error: {fatal:?}") };
+    assert!(
+        matches!(&**error, StorageError::Io(io) if io.kind() == ErrorKind::StorageFull),
+        "{error:?}"
+    );
+    let source = std::error::Error::source(&fatal).expect("the store's error is the source");
+    assert!(source.downcast_ref::<StorageError>().is_some(), "{source:?}");
+    cluster.shutdown().await;
+}
+
+/// A state machine that fails stops the node with `FatalError::StateMachine` holding its
+/// `StateMachineError`, whose own source (an I/O error here) is kept.
+async fn a_failing_state_machine_stops_the_node_with_its_error<R: Runtime + Clone>(rt: R) {
+    let cluster = Cluster::start(rt.clone(), 1, |_| Recipe::default()).await;
+    let id = cluster.leader().await;
+    let proposal = cluster.node(id).propose(Bytes::from_static(b"fail")).await.unwrap();
+    assert!(within(&rt, "the proposal", proposal.response()).await.is_err());
+    let fatal = fatal_of(&cluster, id).await;
+    let FatalError::StateMachine(error) = &fatal else { panic!("not an apply error: {fatal:?}") };
+    assert_eq!(error.message, "cannot apply");
+    let cause = std::error::Error::source(&**error).expect("the state machine's cause");
+    assert!(is_disk_full(cause), "{cause:?}");
+    cluster.shutdown().await;
+}
+
 macro_rules! under_runtimes {
     ($($name:ident),* $(,)?) => {
         mod tokio_rt {
@@ -653,6 +698,8 @@ macro_rules! under_runtimes {
 }
 
 under_runtimes!(
+    a_failing_log_store_stops_the_node_with_its_error,
+    a_failing_state_machine_stops_the_node_with_its_error,
     a_leader_whose_state_machine_panics_is_replaced,
     a_panicking_log_store_stops_the_node,
     a_leader_whose_network_panics_is_replaced,

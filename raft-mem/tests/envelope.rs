@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::{
-    Bytes, Config, Entry, Envelope, Membership, MembershipError, Node, NodeId, NodeInfo,
-    RequestVoteRequest, Role, RpcError, RpcHandler, RpcRequest, StateMachine, StateMachineError,
-    DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
+    Bytes, Config, Entry, Envelope, Membership, MembershipError, Network, NetworkError, Node,
+    NodeId, NodeInfo, RefusalReason, RequestVoteRequest, Role, RpcError, RpcHandler, RpcRequest,
+    StateMachine, StateMachineError, DEFAULT_CLUSTER_ID, DEFAULT_GROUP_ID,
 };
 use raft_mem::sim::SimRuntime;
 use raft_mem::{MemLogStore, MemNetwork};
@@ -108,6 +108,20 @@ fn a_node_refuses_requests_addressed_to_another_node_cluster_or_group() {
     }
     let after = node.status();
     assert_eq!(after.current_term, before.current_term, "a refused request changed the term");
+    // Through the network, the sender gets the receiver's refusal typed, not as text (review of
+    // 17.3, LOW 4): a permanent `WrongCluster` is told from a transient `Shutdown`.
+    let sender = network.endpoint(2);
+    let envelope = Envelope::new(1, vote_request(50, 3)).with_cluster_id(8);
+    let sent = rt
+        .block_on(Duration::from_secs(5), async move { sender.send(envelope).await }, || {})
+        .unwrap();
+    let wrong_cluster = RpcError::WrongCluster { sender_cluster: 8, receiver_cluster: 7 };
+    match sent {
+        Err(NetworkError::Refused { peer: 1, reason: RefusalReason::Rpc(error) }) => {
+            assert_eq!(error, wrong_cluster)
+        }
+        other => panic!("expected the receiver's WrongCluster, got {other:?}"),
+    }
     // The same request, rightly addressed, is answered (and raises the term).
     let handler = node.clone();
     let envelope = Envelope::new(1, vote_request(50, 3)).with_cluster_id(7);
@@ -239,11 +253,13 @@ fn adding_a_node_of_another_cluster_fails_naming_wrong_cluster() {
             || {},
         )
         .expect("add_voter returned");
-    let refusal = RpcError::WrongCluster { sender_cluster: 7, receiver_cluster: 8 }.to_string();
+    let refusal = RpcError::WrongCluster { sender_cluster: 7, receiver_cluster: 8 };
     match &result {
-        Err(MembershipError::LearnerRefuses { learner: 4, refusal: reason })
-            if reason.contains(&refusal) => {}
-        other => panic!("seed {SEED}: expected LearnerRefuses naming `{refusal}`, got {other:?}"),
+        Err(MembershipError::LearnerRefuses {
+            learner: 4,
+            refusal: RefusalReason::Rpc(reason),
+        }) if *reason == refusal => {}
+        other => panic!("seed {SEED}: expected LearnerRefuses with `{refusal}`, got {other:?}"),
     }
     assert!(result.unwrap_err().to_string().contains("wrong cluster"));
     let membership = leader.membership();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
-use raft_core::{Envelope, NetworkError, NodeId, RpcResponse};
+use raft_core::{Envelope, NetworkError, NodeId, RefusalReason, RpcResponse};
 use tracing::{debug, info, warn};
 
 use crate::accept::describe_connection_error;
@@ -19,7 +19,7 @@ use crate::identity::node_dns_name;
 use crate::metrics::PeerCounters;
 use crate::network::Shared;
 use crate::timer::timeout;
-use crate::wire::{code, WireResponse};
+use crate::wire::{code, Refusal, WireResponse};
 
 /// Stream priority of small frames (votes, heartbeats): sent before any bulk data.
 const PRIORITY_CONTROL: i32 = 1;
@@ -235,14 +235,16 @@ impl Client {
             ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
             _ if stopped.is_some() => NetworkError::Refused {
                 peer: peer.id,
-                reason: format!(
+                reason: RefusalReason::transport(format!(
                     "peer stopped the request stream (code {})",
                     stopped.unwrap_or(code::NO_ERROR)
-                ),
+                )),
             },
             ReadFrameError::Stream(ReadError::Reset(code)) => NetworkError::Refused {
                 peer: peer.id,
-                reason: format!("peer reset the response stream (code {code})"),
+                reason: RefusalReason::transport(format!(
+                    "peer reset the response stream (code {code})"
+                )),
             },
             ReadFrameError::Stream(other) => unreachable(peer.id, other),
             ReadFrameError::Frame(e) => {
@@ -257,9 +259,13 @@ impl Client {
         counters.received_bytes.increment(frame_len as u64);
         match response {
             WireResponse::Ok(response) => Ok(response),
-            WireResponse::Refused(refusal) => {
-                Err(NetworkError::Refused { peer: peer.id, reason: refusal.to_string() })
+            WireResponse::Refused(Refusal::Handler(error)) => {
+                Err(NetworkError::Refused { peer: peer.id, reason: RefusalReason::Rpc(error) })
             }
+            WireResponse::Refused(refusal) => Err(NetworkError::Refused {
+                peer: peer.id,
+                reason: RefusalReason::transport(refusal),
+            }),
         }
     }
 

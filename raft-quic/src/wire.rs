@@ -89,6 +89,8 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl std::error::Error for Refusal {}
+
 /// Application error codes for QUIC `RESET_STREAM`, `STOP_SENDING` and `CONNECTION_CLOSE`.
 pub mod code {
     use super::VarInt;

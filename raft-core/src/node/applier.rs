@@ -12,7 +12,7 @@ use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
 use super::{Input, PendingRead};
-use crate::error::{CommitError, WriteError};
+use crate::error::{CommitError, StateMachineError, WriteError};
 use crate::membership::Membership;
 use crate::metrics::NodeMetrics;
 use crate::snapshot::SnapshotMeta;
@@ -154,11 +154,12 @@ pub(super) async fn run<M: StateMachine>(
                             responses.len(),
                             entries.len()
                         );
-                        let _ = inputs.send(Input::ApplyFailed(message)).await;
+                        let error = StateMachineError::new(message);
+                        let _ = inputs.send(Input::ApplyFailed(Arc::new(error))).await;
                         return;
                     }
                     Err(error) => {
-                        let _ = inputs.send(Input::ApplyFailed(error.to_string())).await;
+                        let _ = inputs.send(Input::ApplyFailed(Arc::new(error))).await;
                         return;
                     }
                 };

@@ -260,7 +260,7 @@ impl CoreLoop {
             }
             Input::Persisted { seq, written, result } => {
                 if let Err(error) = result {
-                    return self.fail(FatalError::Storage(error.to_string()));
+                    return self.fail(FatalError::Storage(error));
                 }
                 self.durable_seq = seq;
                 let last = written.last_entry.map_or(0, |id| id.index);

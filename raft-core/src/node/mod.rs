@@ -56,7 +56,7 @@ use crate::metrics::{NodeMetrics, PeerMetrics};
 use crate::network::{Network, NetworkError, RpcError, RpcHandler};
 use crate::runtime::Runtime;
 use crate::snapshot::{SnapshotMeta, SnapshotStore};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term};
 
@@ -98,7 +98,7 @@ pub(crate) enum Input {
     /// Why `peer` refused the latest RPC to it, if it did.
     LastRefusal {
         peer: NodeId,
-        reply: oneshot::Sender<Option<String>>,
+        reply: oneshot::Sender<Option<crate::network::RefusalReason>>,
     },
     Response {
         from: NodeId,
@@ -108,10 +108,10 @@ pub(crate) enum Input {
     Persisted {
         seq: u64,
         written: crate::engine::PersistedWrite,
-        result: Result<(), StorageError>,
+        result: Result<(), Arc<StorageError>>,
     },
     Applied(LogIndex),
-    ApplyFailed(String),
+    ApplyFailed(Arc<StateMachineError>),
     Snapshot(SnapshotInput),
     /// A task failed (panicked): the node stops.
     Fatal(FatalError),
@@ -670,7 +670,7 @@ impl Node {
     /// Why `peer` refused this node's latest RPC to it, if it did (`None` once another RPC
     /// has another outcome, and for a peer this node does not talk to): why a learner does
     /// not catch up.
-    async fn last_refusal(&self, peer: NodeId) -> Option<String> {
+    async fn last_refusal(&self, peer: NodeId) -> Option<crate::network::RefusalReason> {
         self.ask(|reply| Input::LastRefusal { peer, reply }).await.flatten()
     }
 

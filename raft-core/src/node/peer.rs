@@ -14,7 +14,7 @@ use super::Input;
 use crate::engine::SentRequest;
 use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::metrics::{rpc_kind_name, PeerMetrics};
-use crate::network::{Network, NetworkError, RpcError};
+use crate::network::{Network, NetworkError, RefusalReason, RpcError};
 use crate::types::{ClusterId, GroupId, NodeId};
 
 /// What a node writes on the envelope of every request it sends, besides the receiver, and
@@ -61,7 +61,7 @@ impl Address {
 pub(crate) struct PeerQueue {
     queue: Sender<RpcRequest>,
     /// Why the peer refused the latest RPC whose outcome the main loop saw, if it did.
-    last_refusal: Option<String>,
+    last_refusal: Option<RefusalReason>,
     /// Dropped with the queue: wakes the task even when its window is full.
     _stop: oneshot::Sender<()>,
 }
@@ -92,13 +92,13 @@ impl PeerQueue {
     /// refused the envelope: `RpcError::WrongCluster`, ...), else none.
     pub(crate) fn outcome(&mut self, result: &Result<RpcResponse, NetworkError>) {
         self.last_refusal = match result {
-            Err(refusal @ NetworkError::Refused { .. }) => Some(refusal.to_string()),
+            Err(NetworkError::Refused { reason, .. }) => Some(reason.clone()),
             _ => None,
         };
     }
 
     /// Why the peer refused the latest RPC to it, if it did.
-    pub(crate) fn last_refusal(&self) -> Option<String> {
+    pub(crate) fn last_refusal(&self) -> Option<RefusalReason> {
         self.last_refusal.clone()
     }
 }

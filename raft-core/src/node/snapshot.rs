@@ -26,7 +26,7 @@ use crate::types::{LogId, LogIndex, NodeId};
 /// What the snapshot tasks tell the main loop.
 pub(crate) enum SnapshotInput {
     /// A storage operation finished (`installed`: the snapshot it installed).
-    OpDone { seq: u64, installed: Option<LogId>, result: Result<(), StorageError> },
+    OpDone { seq: u64, installed: Option<LogId>, result: Result<(), Arc<StorageError>> },
     /// A snapshot asked for by `TakeSnapshot` is durable.
     Taken(SnapshotMeta),
     /// No snapshot was taken at applied index `at` (the state machine declined, or the
@@ -84,6 +84,7 @@ pub(super) async fn run_ops<S: LogStore>(
             SnapOp::Compact(up_to) => log.purge(up_to).await,
         };
         let failed = result.is_err();
+        let result = result.map_err(Arc::new);
         let done = Input::Snapshot(SnapshotInput::OpDone { seq, installed, result });
         if inputs.send(done).await.is_err() || failed {
             return;
@@ -147,7 +148,7 @@ async fn build(
     job: BuildJob,
     jobs: &Receiver<BuildJob>,
 ) -> Result<Option<SnapshotMeta>, FatalError> {
-    let storage = |e: StorageError| FatalError::Snapshot(e.to_string());
+    let storage = |e: StorageError| FatalError::Snapshot(Arc::new(e));
     let mut writer = store.begin().await.map_err(storage)?;
     let mut checksum = Checksum::new();
     let mut stream = job.stream;
@@ -155,7 +156,7 @@ async fn build(
         if jobs.is_closed() {
             return Ok(None); // the node is stopping
         }
-        let chunk = chunk.map_err(|e| FatalError::StateMachine(e.to_string()))?;
+        let chunk = chunk.map_err(|e| FatalError::StateMachine(Arc::new(e)))?;
         if chunk.is_empty() {
             continue;
         }
@@ -201,7 +202,7 @@ pub(super) async fn take<M: StateMachine>(
         }
         (Ok(_), _) => skipped,
         (Err(error), _) => {
-            let _ = inputs.send(Input::ApplyFailed(error.to_string())).await;
+            let _ = inputs.send(Input::ApplyFailed(Arc::new(error))).await;
             return false;
         }
     };
@@ -224,12 +225,13 @@ pub(super) async fn restore<M: StateMachine>(
         waiter.reply.send(Err(CommitError::LeadershipLost));
     }
     let Some(s) = snapshots else {
-        let _ = inputs.send(Input::ApplyFailed("restore without a snapshot store".into())).await;
+        let error = StateMachineError::new("restore without a snapshot store");
+        let _ = inputs.send(Input::ApplyFailed(Arc::new(error))).await;
         return false;
     };
     let data = read_stream(s.store.clone(), meta.clone(), s.chunk_bytes);
     if let Err(error) = state_machine.restore(&meta, data).await {
-        let _ = inputs.send(Input::ApplyFailed(error.to_string())).await;
+        let _ = inputs.send(Input::ApplyFailed(Arc::new(error))).await;
         return false;
     }
     tracing::debug!(snapshot = ?meta.last_included, "state machine restored from snapshot");

@@ -40,7 +40,7 @@ pub(super) async fn run<S: LogStore>(
         let written = PersistedWrite::of(&batch);
         let entries = batch.entries.len();
         let started = metrics.now();
-        let result = store.write(batch).await;
+        let result = store.write(batch).await.map_err(std::sync::Arc::new);
         let failed = result.is_err();
         metrics.log_write_done(entries, started, !failed);
         if inputs.send(Input::Persisted { seq, written, result }).await.is_err() || failed {

@@ -88,7 +88,8 @@ impl Gate {
 }
 
 /// The state machine: its state is the list of commands applied. Panics on the command
-/// `poison` once armed; takes snapshots if asked to; its restores can be held at a gate.
+/// `poison` once armed; fails the command `fail` (with an I/O error as its source); takes
+/// snapshots if asked to; its restores can be held at a gate.
 #[derive(Clone, Default)]
 pub struct Machine {
     pub commands: Arc<Mutex<Vec<Bytes>>>,
@@ -117,6 +118,10 @@ impl StateMachine for Machine {
             if entry.command().is_some() {
                 if command == "poison" && self.poison_armed.load(Ordering::SeqCst) {
                     panic!("poisoned command at index {}", entry.index);
+                }
+                if command == "fail" {
+                    let cause = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+                    return Err(StateMachineError::with_source("cannot apply", cause));
                 }
                 self.commands.lock().unwrap().push(command.clone());
             }
@@ -200,11 +205,13 @@ impl<N: Network> Network for FaultyNetwork<N> {
     }
 }
 
-/// A log store that can be made to panic in `write`, or to hold writes at a gate.
+/// A log store that can be made to panic in `write`, to fail it (a full disk), or to hold
+/// writes at a gate.
 #[derive(Clone, Default)]
 pub struct FaultyStore {
     pub inner: MemLogStore,
     pub panic_on_write: Arc<AtomicBool>,
+    pub fail_writes: Arc<AtomicBool>,
     pub write_gate: Arc<Mutex<Option<Gate>>>,
     pub writes_started: Arc<AtomicUsize>,
     pub writes_finished: Arc<AtomicUsize>,
@@ -218,6 +225,10 @@ impl LogStore for FaultyStore {
     async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         if self.panic_on_write.load(Ordering::SeqCst) {
             panic!("log store exploded");
+        }
+        if self.fail_writes.load(Ordering::SeqCst) {
+            let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+            return Err(StorageError::Io(full));
         }
         self.writes_started.fetch_add(1, Ordering::SeqCst);
         let gate = self.write_gate.lock().unwrap().clone();

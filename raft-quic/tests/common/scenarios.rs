@@ -5,13 +5,23 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use futures::{FutureExt, StreamExt};
-use raft_core::{Network, NetworkError, RpcResponse};
+use raft_core::{Network, NetworkError, RefusalReason, RpcResponse};
 use raft_quic::bounded::Limits;
 use raft_quic::quinn::{self, Runtime};
 use raft_quic::wire::code;
-use raft_quic::{frame, tls, ClusterCa, NodeTls, QuicNetwork, WireResponse, PROTOCOL_VERSION};
+use raft_quic::{
+    frame, tls, ClusterCa, NodeTls, QuicNetwork, Refusal, WireResponse, PROTOCOL_VERSION,
+};
 
 use super::*;
+
+/// The transport's own refusal inside `reason`, if raft-quic refused (not the node).
+fn transport_refusal(reason: &RefusalReason) -> Option<&Refusal> {
+    match reason {
+        RefusalReason::Transport(error) => error.downcast_ref::<Refusal>(),
+        _ => None,
+    }
+}
 
 const LIMITS: Limits = Limits { max_items: 1 << 16, max_depth: frame::MAX_DEPTH };
 
@@ -85,8 +95,10 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
     for request in [heartbeat(3), vote(3)] {
         match bounded(&rt, "spoofed RPC", nets[1].send_to(1, request)).await {
             Err(NetworkError::Refused { peer: 1, reason }) => {
-                assert!(reason.contains("claims sender 3"), "{reason}");
-                assert!(reason.contains("authenticated as 2"), "{reason}");
+                let refusal = transport_refusal(&reason);
+                let mismatch = Refusal::SenderMismatch { claimed: 3, authenticated: 2 };
+                assert_eq!(refusal, Some(&mismatch), "{reason}");
+                assert!(reason.to_string().contains("claims sender 3"), "{reason}");
             }
             other => panic!("spoofed request not refused: {other:?}"),
         }
@@ -95,7 +107,7 @@ pub async fn sender_must_match_certificate(rt: Arc<dyn Runtime>) {
     // refused with the same answer (the server stops the stream instead of reading it).
     match bounded(&rt, "spoofed bulk RPC", nets[1].send_to(1, append(3, 8, 1 << 20, b""))).await {
         Err(NetworkError::Refused { reason, .. }) => {
-            assert!(reason.contains("claims sender 3"), "{reason}")
+            assert!(reason.to_string().contains("claims sender 3"), "{reason}")
         }
         other => panic!("spoofed request not refused: {other:?}"),
     }
@@ -114,13 +126,25 @@ pub async fn refuses_until_serving(rt: Arc<dyn Runtime>) {
     let ca = ClusterCa::generate().unwrap();
     let nets = bind_cluster(&ca, &[1, 2], &rt);
     match bounded(&rt, "early RPC", nets[0].send_to(2, heartbeat(1))).await {
-        Err(NetworkError::Refused { reason, .. }) => assert!(reason.contains("not serving")),
+        Err(NetworkError::Refused { reason, .. }) => {
+            assert_eq!(transport_refusal(&reason), Some(&Refusal::NotServing), "{reason}")
+        }
         other => panic!("request served without a handler: {other:?}"),
     }
     let handler = TestHandler::new(2);
     nets[1].serve(handler.clone());
     bounded(&rt, "RPC", nets[0].send_to(2, heartbeat(1))).await.unwrap();
     assert_eq!(handler.calls(), 1);
+    // The handler's own refusal comes back typed (review of 17.3, LOW 4): a caller can tell a
+    // node that shuts down from one of another cluster without parsing a message.
+    let read =
+        RpcRequest::ReadIndex(raft_core::ReadIndexRequest { term: 1, sender: 1, read_id: 7 });
+    match bounded(&rt, "refused RPC", nets[0].send_to(2, read)).await {
+        Err(NetworkError::Refused { peer: 2, reason }) => {
+            assert_eq!(reason.rpc_error(), Some(&RpcError::Shutdown), "{reason}")
+        }
+        other => panic!("the handler's refusal got lost: {other:?}"),
+    }
     assert!(matches!(nets[0].send_to(9, heartbeat(1)).await, Err(NetworkError::UnknownPeer(9))));
     for net in &nets {
         net.close().await;
@@ -419,7 +443,8 @@ pub async fn oversized_frames(rt: Arc<dyn Runtime>) {
     let result = bounded(&rt, "oversized RPC", net1.send_to(2, too_big_for_receiver)).await;
     match result {
         Err(NetworkError::Refused { reason, .. }) => {
-            assert!(reason.contains(&format!("code {}", code::FRAME_TOO_LARGE)), "{reason}")
+            let frame_too_large = format!("code {}", code::FRAME_TOO_LARGE);
+            assert!(reason.to_string().contains(&frame_too_large), "{reason}")
         }
         other => panic!("oversized frame accepted: {other:?}"),
     }
@@ -911,7 +936,7 @@ pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runti
     // 5,000 entries of 80 bytes each in memory: more than the whole budget.
     match bounded(&rt, "crowded request", net1.send_to(2, append(1, 5_000, 0, b""))).await {
         Err(NetworkError::Refused { reason, .. }) => {
-            assert!(reason.contains(&format!("code {}", code::BUSY)), "{reason}")
+            assert!(reason.to_string().contains(&format!("code {}", code::BUSY)), "{reason}")
         }
         other => panic!("a request beyond the memory budget was served: {other:?}"),
     }

@@ -134,7 +134,7 @@ impl CoreLoop {
         match input {
             SnapshotInput::OpDone { seq, installed, result } => {
                 if let Err(error) = result {
-                    return self.fail(FatalError::Snapshot(error.to_string()));
+                    return self.fail(FatalError::Snapshot(error));
                 }
                 self.durable_seq = seq;
                 if let Some(last) = installed {
