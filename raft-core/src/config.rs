@@ -10,6 +10,7 @@ use crate::types::{ClusterId, GroupId, NodeId, DEFAULT_CLUSTER_ID, DEFAULT_GROUP
 /// Times are [`Duration`]s; the engine counts them in ticks of `tick_interval` (rounded up, at
 /// least one tick).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// This node's id. The configuration holds no membership: the members are in the log,
     /// written there once by `NodeBuilder::bootstrap` on the founding node(s) of a cluster and
@@ -310,4 +311,5 @@ const MAX_PENDING: usize = 1 << 20;
 /// A configuration that cannot work, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid raft config: {0}")]
+#[non_exhaustive]
 pub struct ConfigError(pub String);

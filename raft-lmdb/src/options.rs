@@ -3,6 +3,7 @@
 /// Options for [`crate::LmdbLogStore::open_dir_with`]. The defaults suit a Raft node; change them
 /// for tests (a tiny map exercises map growth) or benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LmdbOptions {
     pub(crate) initial_map_size: usize,
     pub(crate) queue_capacity: usize,

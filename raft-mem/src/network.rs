@@ -82,6 +82,7 @@ impl Default for LinkFaults {
 
 /// RPC counters: requests sent and bytes (postcard-encoded requests plus responses).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NetworkStats {
     /// Requests sent by all nodes.
     pub rpcs: u64,

@@ -141,6 +141,7 @@ impl GateConfig {
 
 /// Counters of a [`Gate`] since it was created, and its current occupancy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GateStats {
     /// Established connections holding a slot now.
     pub connections: usize,

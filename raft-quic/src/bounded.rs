@@ -31,6 +31,7 @@ pub struct Limits {
 
 /// Why a bounded decode failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BoundedError {
     /// The input is not a valid encoding.
     #[error("{0}")]

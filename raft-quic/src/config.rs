@@ -20,6 +20,7 @@ use crate::frame::MIN_MAX_FRAME_SIZE;
 ///
 /// [`QuicNetwork::bind`]: crate::QuicNetwork::bind
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct QuicConfig {
     /// This node's id. Its certificate must name it (`node-<id>.raft`).
     pub node_id: NodeId,
@@ -187,6 +188,7 @@ impl QuicConfig {
 /// A configuration value is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid raft-quic configuration: {field} {reason}")]
+#[non_exhaustive]
 pub struct QuicConfigError {
     /// The offending field.
     pub field: &'static str,

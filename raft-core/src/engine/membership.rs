@@ -12,6 +12,7 @@ use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 
 /// Why the leader refused a membership change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MembershipRefusal {
     /// This node is not the leader; the known leader, if any.
     NotLeader(Option<NodeId>),

@@ -153,6 +153,7 @@ pub enum Action {
 
 /// Why the engine refused a proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProposeRefusal {
     /// Not the leader; the known leader, if any.
     NotLeader(Option<NodeId>),
@@ -624,6 +625,7 @@ impl Engine {
 
 /// What the caller remembers of a request it sent, to report its outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SentRequest {
     /// A RequestVote or PreVote.
     RequestVote {

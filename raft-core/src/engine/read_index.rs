@@ -26,6 +26,7 @@ pub struct ReadId(pub u64);
 
 /// Why a read index could not be obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReadIndexRefusal {
     /// Neither this node nor the node it asked is the leader; the known leader, if any.
     NotLeader(Option<NodeId>),

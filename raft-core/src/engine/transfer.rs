@@ -10,6 +10,7 @@ use crate::types::NodeId;
 
 /// Why a leadership transfer could not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransferRefusal {
     /// This node is not the leader; the known leader, if any.
     NotLeader(Option<NodeId>),

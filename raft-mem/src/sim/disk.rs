@@ -129,6 +129,7 @@ pub struct CrashOutcome {
 
 /// Counters of a disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DiskStats {
     /// Operations issued.
     pub ops: u64,

@@ -77,6 +77,7 @@ impl Default for FaultSchedule {
 
 /// What a fault schedule did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScheduleStats {
     /// Rounds run.
     pub rounds: u64,

@@ -103,6 +103,7 @@ impl std::error::Error for SimFailure {}
 
 /// What happened to the nodes of a simulation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SimStats {
     /// Crashes (including those after a node stopped on an injected fault).
     pub crashes: u64,
