@@ -143,7 +143,7 @@ impl Drop for Inner {
 ///   except ids this network [refuses](QuicNetwork::refuse) (removed nodes), whose connections
 ///   are closed.
 /// - **Authenticated senders.** An inbound request is handed to the handler only if its
-///   [`RpcRequest::sender`] is that id; the claim is checked from a small header before the
+///   [`RpcRequest::sender`](raft_core::RpcRequest::sender) is that id; the claim is checked from a small header before the
 ///   body is read.
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own

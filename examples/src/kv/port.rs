@@ -10,7 +10,7 @@
 //! administrators, so that clients holding every ordinary slot never lock an administrator out.
 //!
 //! Memory is bounded per connection and per node, for requests and for answers alike (two
-//! [`Budget`]s: [`CONNECTION_BYTES`] and [`NODE_BYTES`] each). What is reserved is the memory a
+//! `Budget`s: [`CONNECTION_BYTES`] and [`NODE_BYTES`] each). What is reserved is the memory a
 //! message takes once decoded or built, not only its encoded size: a 3 KB batch of 1,024 reads
 //! holds 160 KB of commands and 48 KB of answers.
 //!

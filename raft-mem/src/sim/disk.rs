@@ -234,8 +234,9 @@ impl DiskState {
     }
 }
 
-/// A node's simulated disk. Cloning gives another handle to the same disk. See the
-/// [module docs](self).
+/// A node's simulated disk: durable contents that survive crashes, operations that take virtual
+/// time, stall and fail on demand, and a crash that decides which operations in flight landed.
+/// Cloning gives another handle to the same disk.
 #[derive(Clone)]
 pub struct SimDisk {
     log: MemLogStore,
@@ -432,7 +433,7 @@ impl SimDisk {
     }
 
     /// The highest durable term under which a write that truncated the log at or below `index`
-    /// landed at or after step `since` (among the latest [`MAX_LANDED`]).
+    /// landed at or after step `since` (among the latest 1,024).
     pub fn overwritten_since(&self, index: LogIndex, since: u64) -> Option<Term> {
         let state = self.lock();
         let found = state.truncations.iter().filter(|&&(cut, at, _)| cut <= index && at >= since);
@@ -441,7 +442,7 @@ impl SimDisk {
 
     /// If the durable log holds another entry than `id` at `id.index`, and a write that landed
     /// at or after step `since` wrote that index: the highest durable term under which such a
-    /// write landed (among the latest [`MAX_LANDED`]). Group commit can merge a newer leader's
+    /// write landed (among the latest 1,024). Group commit can merge a newer leader's
     /// overwrite with the write of the entries it replaces, so that no truncation of them ever
     /// lands: this is what such a merged write leaves.
     pub fn replaced_since(&self, id: LogId, since: u64) -> Option<Term> {
