@@ -72,10 +72,13 @@
 mod apply;
 mod codec;
 mod env;
+mod environment;
 mod error;
 mod fsdir;
 mod headroom;
+mod layout;
 mod options;
+mod queue;
 mod registry;
 mod shared;
 mod snapshot_store;
@@ -85,6 +88,7 @@ mod tests;
 mod writer;
 
 pub use codec::FORMAT_VERSION;
+pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
 pub use options::LmdbOptions;
 pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};

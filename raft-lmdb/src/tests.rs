@@ -16,6 +16,7 @@ use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, W
 use crate::codec::{self, FORMAT_KEY, STATE_KEY};
 use crate::env::{self, Handles};
 use crate::fsdir::synced;
+use crate::layout::Layout;
 use crate::registry::DirGuard;
 use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
 
@@ -43,10 +44,10 @@ fn store_with_entries() -> (tempfile::TempDir, std::path::PathBuf) {
 fn tamper(dir: &Path, change: impl FnOnce(&Handles, &mut RwTxn<'_>)) {
     let guard = DirGuard::acquire(&std::fs::canonicalize(dir).unwrap()).unwrap();
     let env = env::open_env(&guard, 1 << 24).unwrap();
-    let (Some(meta), Some(log), _) = env::open_databases(&env).unwrap() else {
+    let (Some(log), Some(meta)) = env::open_databases(&env, Layout::Single).unwrap() else {
         panic!("not a store");
     };
-    let handles = Handles { env, log, meta };
+    let handles = Handles { env, log, meta, layout: Layout::Single };
     let mut txn = handles.env.write_txn().unwrap();
     change(&handles, &mut txn);
     txn.commit().unwrap();
@@ -63,7 +64,7 @@ fn open_err(dir: &Path) -> OpenError {
 #[test]
 fn corrupt_entry_is_reported_by_read() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.log.put(txn, &3, &[0xff, 0xff, 0xff]).unwrap());
+    tamper(&dir, |h, txn| h.log.put(txn, &3u64.to_be_bytes(), &[0xff, 0xff, 0xff]).unwrap());
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(1..3, u64::MAX)).unwrap().len(), 2);
     let err = block_on(store.read(1..6, u64::MAX)).unwrap_err();
@@ -73,7 +74,7 @@ fn corrupt_entry_is_reported_by_read() {
 #[test]
 fn corrupt_last_entry_fails_open() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.log.put(txn, &5, &[]).unwrap());
+    tamper(&dir, |h, txn| h.log.put(txn, &5u64.to_be_bytes(), &[]).unwrap());
     let err = open_err(&dir);
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
 }
@@ -82,7 +83,7 @@ fn corrupt_last_entry_fails_open() {
 fn missing_entry_fails_open() {
     let (_root, dir) = store_with_entries();
     tamper(&dir, |h, txn| {
-        h.log.delete(txn, &2).unwrap();
+        h.log.delete(txn, &2u64.to_be_bytes()).unwrap();
     });
     let err = open_err(&dir);
     assert!(
@@ -94,10 +95,10 @@ fn missing_entry_fails_open() {
 #[test]
 fn corrupt_metadata_fails_open() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, STATE_KEY, b"\x01").unwrap());
+    tamper(&dir, |h, txn| h.meta.put(txn, STATE_KEY.as_bytes(), b"\x01").unwrap());
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
     tamper(&dir, |h, txn| {
-        h.meta.delete(txn, STATE_KEY).unwrap();
+        h.meta.delete(txn, STATE_KEY.as_bytes()).unwrap();
     });
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
 }
@@ -106,9 +107,10 @@ fn corrupt_metadata_fails_open() {
 fn metadata_that_disagrees_with_the_log_fails_open() {
     let (_root, dir) = store_with_entries();
     tamper(&dir, |h, txn| {
-        let mut meta = codec::decode_meta(h.meta.get(txn, STATE_KEY).unwrap().unwrap()).unwrap();
+        let mut meta =
+            codec::decode_meta(h.meta.get(txn, STATE_KEY.as_bytes()).unwrap().unwrap()).unwrap();
         meta.set_last(LogId::new(2, 5));
-        h.meta.put(txn, STATE_KEY, &codec::encode_meta(&meta).unwrap()).unwrap();
+        h.meta.put(txn, STATE_KEY.as_bytes(), &codec::encode_meta(&meta).unwrap()).unwrap();
     });
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
 }
@@ -116,7 +118,9 @@ fn metadata_that_disagrees_with_the_log_fails_open() {
 #[test]
 fn unknown_format_version_is_rejected() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, &codec::encode_format(99)).unwrap());
+    tamper(&dir, |h, txn| {
+        h.meta.put(txn, FORMAT_KEY.as_bytes(), &codec::encode_format(99)).unwrap()
+    });
     match open_err(&dir) {
         OpenError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION, .. } => {}
         other => panic!("unexpected {other}"),
@@ -131,7 +135,7 @@ fn unknown_format_version_is_rejected() {
 #[test]
 fn foreign_format_record_is_rejected() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, b"SOMEONE ELSE").unwrap());
+    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY.as_bytes(), b"SOMEONE ELSE").unwrap());
     assert!(matches!(open_err(&dir), OpenError::NotOurStore { .. }));
 }
 
@@ -297,7 +301,9 @@ fn an_older_store_is_read_and_upgraded(records: &[(String, String, Vec<u8>)]) {
     // The format record now says the current version: an older build refuses the store
     // instead of misreading it.
     let mut format = Vec::new();
-    tamper(&dir, |h, txn| format = h.meta.get(txn, FORMAT_KEY).unwrap().unwrap().to_vec());
+    tamper(&dir, |h, txn| {
+        format = h.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap().to_vec()
+    });
     assert_eq!(format, codec::encode_format(FORMAT_VERSION));
     assert_eq!(FORMAT_VERSION, 3);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
