@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{JoinHandle, Thread};
 
-use futures::executor::block_on;
 use raft_core::{GroupId, StorageError, DEFAULT_GROUP_ID};
 
 use crate::codec::MetaRecord;
@@ -218,6 +220,12 @@ impl LmdbEnvironment {
         &self.running.shared
     }
 
+    /// The shared state, for the crate's tests (test hooks).
+    #[cfg(test)]
+    pub(crate) fn running_shared(&self) -> &Shared {
+        self.shared()
+    }
+
     /// The environment's directory (canonical).
     pub fn path(&self) -> &Path {
         self.shared().guard.path()
@@ -278,7 +286,7 @@ impl LmdbEnvironment {
     /// Runs `op` for `group` on the writer and waits until it is durable.
     fn run(&self, group: GroupId, op: Op) -> Result<(), OpenError> {
         let storage = |source| OpenError::Storage { path: self.path().to_path_buf(), source };
-        block_on(async { enqueue(self.shared(), group, op).await?.await }).map_err(storage)?;
+        wait_here(async { enqueue(self.shared(), group, op).await?.await }).map_err(storage)?;
         Ok(())
     }
 
@@ -388,5 +396,26 @@ fn delete_dir_durably(dir: &Path) -> Result<(), OpenError> {
     match dir.parent() {
         Some(parent) => fsdir::sync_dir(parent).map_err(io_err),
         None => Ok(()),
+    }
+}
+
+/// Runs `future` to completion on the calling thread, parking it while the future waits. Unlike
+/// an executor's `block_on`, it may be called from within any executor (it blocks that
+/// executor's thread meanwhile, as opening a store does).
+fn wait_here<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
     }
 }

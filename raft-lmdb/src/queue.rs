@@ -220,3 +220,88 @@ impl Queue {
         self.space.notify(usize::MAX);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use raft_core::LogIndex;
+
+    use super::*;
+    use crate::writer::Op;
+
+    fn request(group: GroupId, n: LogIndex) -> Request {
+        let (reply, _) = futures::channel::oneshot::channel();
+        Request { group, op: Op::Purge(n), reply }
+    }
+
+    fn pushed(queue: &Queue, group: GroupId, n: LogIndex) -> bool {
+        match queue.try_push(request(group, n)) {
+            Ok(()) => true,
+            Err(Refused::Full(_)) => false,
+            Err(Refused::Closed) => panic!("closed"),
+        }
+    }
+
+    fn taken(queue: &Queue, max_requests: usize) -> Vec<(GroupId, LogIndex)> {
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        queue.take(&mut out, &mut bytes, max_requests, u64::MAX);
+        out.iter()
+            .map(|r| match r.op {
+                Op::Purge(n) => (r.group, n),
+                _ => panic!("unexpected op"),
+            })
+            .collect()
+    }
+
+    /// A busy group fills its own bound and the overall one; another group with nothing queued
+    /// is admitted all the same (once), and the queue never holds more than the overall bound
+    /// plus one request per such group.
+    #[test]
+    fn a_busy_group_cannot_keep_another_out_of_the_queue() {
+        let queue = Queue::new(QueueLimits { per_group: 3, total: 4 });
+        assert!((1..=3).all(|n| pushed(&queue, 1, n)));
+        assert!(!pushed(&queue, 1, 4), "per-group bound");
+        assert!(pushed(&queue, 2, 1));
+        assert!(!pushed(&queue, 2, 2), "overall bound, group 2 has one queued");
+        assert!(pushed(&queue, 3, 1), "a group with nothing queued is admitted over the bound");
+        assert!(!pushed(&queue, 3, 2));
+        assert_eq!(queue.lock().queued, 5);
+        // Room again: group 1 is still bounded by its own limit, the others by the total.
+        assert_eq!(taken(&queue, 3).len(), 3);
+        assert!(pushed(&queue, 1, 4));
+        assert!(pushed(&queue, 2, 2));
+        assert!(!pushed(&queue, 2, 3));
+    }
+
+    /// The writer takes one request of each group in turn (each group's in order), so a
+    /// group's request is in the next transaction however long another group's backlog is.
+    #[test]
+    fn requests_are_taken_round_robin_over_groups_in_each_groups_order() {
+        let queue = Queue::new(QueueLimits { per_group: 100, total: 100 });
+        for n in 1..=5 {
+            assert!(pushed(&queue, 7, n));
+        }
+        assert!(pushed(&queue, 8, 1));
+        assert!(pushed(&queue, 9, 1));
+        assert!(pushed(&queue, 9, 2));
+        assert_eq!(taken(&queue, 2), [(7, 1), (8, 1)]);
+        assert_eq!(taken(&queue, 4), [(9, 1), (7, 2), (9, 2), (7, 3)]);
+        assert_eq!(taken(&queue, 10), [(7, 4), (7, 5)]);
+        assert!(taken(&queue, 10).is_empty());
+    }
+
+    /// A closing store waits for its group's requests to be answered, not for other groups'.
+    #[test]
+    fn a_group_is_idle_once_its_requests_are_answered() {
+        let queue = Queue::new(QueueLimits { per_group: 10, total: 10 });
+        assert!(pushed(&queue, 1, 1));
+        assert!(pushed(&queue, 2, 1));
+        let batch = taken(&queue, 10);
+        queue.answered(batch.iter().filter(|(g, _)| *g == 1).map(|(g, _)| *g));
+        queue.wait_idle(1); // returns: group 1 has nothing left
+        assert!(queue.lock().groups.contains_key(&2));
+        queue.answered([2]);
+        assert!(queue.lock().groups.is_empty());
+    }
+}
