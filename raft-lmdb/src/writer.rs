@@ -302,13 +302,10 @@ impl Writer {
     ) -> Result<(), Rejection> {
         let keys = handles.layout.keys(request.group);
         let log = GroupLog::new(handles, keys);
-        if let Op::Open = request.op {
-            if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group)
-            {
-                // Not loaded yet: what is on disk is what is committed.
-                if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {
-                    self.committed.insert(request.group, meta);
-                }
+        if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group) {
+            // Not loaded yet (a group found on disk): what is on disk is what is committed.
+            if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {
+                self.committed.insert(request.group, meta);
             }
         }
         let meta = match touched.entry(request.group) {

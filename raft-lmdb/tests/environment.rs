@@ -148,6 +148,9 @@ fn a_removed_group_is_gone_after_a_restart_and_its_neighbours_are_not() {
     for group in [1, 3] {
         let store = env.log_store(group).unwrap();
         assert_eq!(block_on(store.open()).unwrap().last, LogId::new(group, 5));
+        // The group, found on disk, takes writes again.
+        block_on(store.write(append(6..7, group))).unwrap();
+        assert_eq!(block_on(store.open()).unwrap().last, LogId::new(group, 6));
         let snapshots = env.snapshot_store(group).unwrap();
         assert!(block_on(snapshots.latest()).unwrap().is_some());
     }
