@@ -97,13 +97,12 @@ impl Queue {
             return Err(Refused::Closed);
         }
         let over_total = state.queued >= self.limits.total;
-        let group = state.groups.entry(request.group).or_default();
-        let len = group.queued.len();
+        let id = request.group;
+        let len = state.groups.get(&id).map_or(0, |group| group.queued.len());
         if len >= self.limits.per_group || (over_total && len > 0) {
             return Err(Refused::Full(request));
         }
-        let id = request.group;
-        group.queued.push_back(request);
+        state.groups.entry(id).or_default().queued.push_back(request);
         if len == 0 {
             state.ready.push_back(id);
         }
@@ -191,7 +190,10 @@ impl Queue {
         let state = self.lock();
         let _state = self
             .answered
-            .wait_while(state, |s| !s.closed && s.groups.contains_key(&group))
+            .wait_while(state, |s| {
+                !s.closed
+                    && s.groups.get(&group).is_some_and(|g| g.in_commit > 0 || !g.queued.is_empty())
+            })
             .unwrap_or_else(|poisoned| poisoned.into_inner());
     }
 
