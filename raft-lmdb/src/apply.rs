@@ -5,8 +5,9 @@ use heed::{PutFlags, RwTxn};
 use raft_core::{Entry, LogId, LogIndex, StorageError, Term, WriteBatch};
 
 use crate::codec::{self, MetaRecord};
-use crate::env::Handles;
+use crate::env::{Db, Handles};
 use crate::error::{is_map_full, storage_error};
+use crate::layout::{GroupKeys, Layout};
 
 /// Why a group could not be committed.
 pub(crate) enum Failure {
@@ -50,6 +51,49 @@ fn invalid(msg: String) -> Rejection {
     Rejection::Invalid(StorageError::InvalidRequest(msg))
 }
 
+/// One group's entries in the log database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupLog<'a> {
+    log: &'a Db,
+    keys: GroupKeys,
+}
+
+impl<'a> GroupLog<'a> {
+    pub(crate) fn new(handles: &'a Handles, keys: GroupKeys) -> Self {
+        Self { log: &handles.log, keys }
+    }
+
+    /// Stores an entry after every entry of the group.
+    fn append(&self, txn: &mut RwTxn<'_>, index: LogIndex, bytes: &[u8]) -> heed::Result<()> {
+        let key = self.keys.log(index);
+        if self.keys.appends_at_end() {
+            self.log.put_with_flags(txn, PutFlags::APPEND, key.as_slice(), bytes)
+        } else {
+            self.log.put(txn, key.as_slice(), bytes)
+        }
+    }
+
+    /// Deletes the entries in `from..=to`.
+    fn delete(&self, txn: &mut RwTxn<'_>, from: LogIndex, to: LogIndex) -> heed::Result<()> {
+        let (from, to) = (self.keys.log(from), self.keys.log(to));
+        self.log.delete_range(txn, &from.through(&to)).map(drop)
+    }
+
+    /// Deletes every entry of the group.
+    pub(crate) fn clear(&self, txn: &mut RwTxn<'_>) -> heed::Result<()> {
+        match self.keys.layout() {
+            // The database holds this group alone.
+            Layout::Single => self.log.clear(txn),
+            Layout::Groups => self.delete(txn, 0, LogIndex::MAX),
+        }
+    }
+
+    /// The stored bytes of entry `index`.
+    fn get<'t>(&self, txn: &'t RwTxn<'_>, index: LogIndex) -> heed::Result<Option<&'t [u8]>> {
+        self.log.get(txn, self.keys.log(index).as_slice())
+    }
+}
+
 /// Applies write requests, reusing its encoding buffers from one request to the next.
 #[derive(Debug, Default)]
 pub(crate) struct Applier {
@@ -69,7 +113,7 @@ impl Applier {
     /// term is below the purged term).
     pub(crate) fn write(
         &mut self,
-        handles: &Handles,
+        log: GroupLog<'_>,
         txn: &mut RwTxn<'_>,
         meta: &mut MetaRecord,
         batch: &WriteBatch,
@@ -87,7 +131,7 @@ impl Applier {
         // The id of the entry the batch's entries follow: the last one left by the truncation.
         let before = match cut {
             Some(cut) if cut - 1 == purged.index => purged,
-            Some(cut) => LogId::new(stored_term(handles, txn, cut - 1)?, cut - 1),
+            Some(cut) => LogId::new(stored_term(log, txn, cut - 1)?, cut - 1),
             None => last,
         };
         self.encode(batch, before)?;
@@ -96,11 +140,11 @@ impl Applier {
             meta.set_hard_state(hard_state);
         }
         if let Some(cut) = cut {
-            handles.log.delete_range(txn, &(cut..))?;
+            log.delete(txn, cut, LogIndex::MAX)?;
         }
         let mut start = 0;
         for &(index, end) in &self.spans {
-            handles.log.put_with_flags(txn, PutFlags::APPEND, &index, &self.buf[start..end])?;
+            log.append(txn, index, &self.buf[start..end])?;
             start = end;
         }
         if cut.is_some() || !batch.entries.is_empty() {
@@ -140,7 +184,7 @@ impl Applier {
 
 /// Validates a purge against `meta`, then applies it to `txn` and `meta`.
 pub(crate) fn purge(
-    handles: &Handles,
+    log: GroupLog<'_>,
     txn: &mut RwTxn<'_>,
     meta: &mut MetaRecord,
     up_to: LogIndex,
@@ -152,8 +196,8 @@ pub(crate) fn purge(
     if up_to > last.index {
         return Err(invalid(format!("purge up to {up_to} beyond last index {}", last.index)));
     }
-    let term = if up_to == last.index { last.term } else { stored_term(handles, txn, up_to)? };
-    handles.log.delete_range(txn, &(..=up_to))?;
+    let term = if up_to == last.index { last.term } else { stored_term(log, txn, up_to)? };
+    log.delete(txn, 0, up_to)?;
     meta.set_purged(LogId::new(term, up_to));
     Ok(())
 }
@@ -161,20 +205,20 @@ pub(crate) fn purge(
 /// Applies a reset (after a snapshot was installed): removes every entry and makes
 /// `last_included` both the purged and the last id.
 pub(crate) fn reset(
-    handles: &Handles,
+    log: GroupLog<'_>,
     txn: &mut RwTxn<'_>,
     meta: &mut MetaRecord,
     last_included: LogId,
 ) -> Result<(), Rejection> {
-    handles.log.clear(txn)?;
+    log.clear(txn)?;
     meta.set_purged(last_included);
     meta.set_last(last_included);
     Ok(())
 }
 
 /// The term of the stored entry `index`, which the metadata says exists.
-fn stored_term(handles: &Handles, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
-    match handles.log.get(txn, &index)? {
+fn stored_term(log: GroupLog<'_>, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
+    match log.get(txn, index)? {
         Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
         None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),
     }

@@ -17,6 +17,11 @@
 //!   big-endian `u32`; [`STATE_KEY`] holds the postcard encoding of [`MetaRecord`]: the hard state
 //!   and the log bounds (`purged` and `last` log ids).
 //!
+//! That is the layout of a store of its own. An [`crate::LmdbEnvironment`] holds the same records
+//! for many groups in `raft-groups-log` (key: group id then index, both big-endian `u64`) and
+//! `raft-groups-meta` ([`FORMAT_KEY`], and `g` followed by the big-endian group id for each
+//! group's [`MetaRecord`]); see `layout.rs`.
+//!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
 //! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes, an

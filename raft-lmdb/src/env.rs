@@ -1,24 +1,21 @@
-//! The LMDB environment of a store: opening it (the crate's single `unsafe` call), creating or
-//! checking its databases, and reopening it with a larger map.
+//! The LMDB environment: opening it (the crate's single `unsafe` call), creating or checking
+//! its databases in either layout (see `layout`), checking a group's records, and reopening it
+//! with a larger map.
 
 use std::path::Path;
 use std::time::Duration;
 
-use heed::byteorder::BigEndian;
-use heed::types::{Bytes, Str, U64};
+use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
-use raft_core::{LogId, StorageError};
+use raft_core::{GroupId, LogId, StorageError};
 
-use crate::codec::{
-    self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION, LOG_DB, META_DB, STATE_KEY,
-};
+use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
 use crate::error::{storage_error, OpenError};
+use crate::layout::{GroupKeys, Layout};
 use crate::registry::DirGuard;
 
-/// Log entries: big-endian index → encoded [`codec::EntryRecord`].
-pub(crate) type LogDb = Database<'static, U64<BigEndian>, Bytes>;
-/// Metadata: name → record.
-pub(crate) type MetaDb = Database<'static, Str, Bytes>;
+/// A database of the environment: byte keys (see `layout`) → encoded records (see `codec`).
+pub(crate) type Db = Database<'static, Bytes, Bytes>;
 
 /// Map sizes are kept multiples of this (a multiple of every page size LMDB runs with).
 const MAP_GRANULE: usize = 1 << 20;
@@ -26,13 +23,17 @@ const MAP_GRANULE: usize = 1 << 20;
 const MAX_GROWTH_STEP: usize = 16 << 30;
 /// How long closing waits for the last handle on the environment before giving up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Named databases an environment may open: the two of its layout, and the two of the other
+/// layout, looked up (never created) to recognize a directory opened the wrong way.
+const MAX_DBS: u32 = 4;
 
 /// An open environment and its two databases. Dropping it closes the environment.
 #[derive(Debug)]
 pub(crate) struct Handles {
     pub(crate) env: Env<WithoutTls>,
-    pub(crate) log: LogDb,
-    pub(crate) meta: MetaDb,
+    pub(crate) log: Db,
+    pub(crate) meta: Db,
+    pub(crate) layout: Layout,
 }
 
 impl Handles {
@@ -54,15 +55,42 @@ impl Handles {
         (page_size, pages.saturating_add(1).saturating_mul(page_size))
     }
 
-    /// Reads the metadata record.
+    /// Reads a group's metadata record, `None` if the group has none (it does not exist).
+    pub(crate) fn find_meta(
+        &self,
+        txn: &RoTxn<'_, WithoutTls>,
+        keys: GroupKeys,
+    ) -> Result<Option<MetaRecord>, StorageError> {
+        match self.meta.get(txn, keys.meta().as_slice()).map_err(storage_error)? {
+            Some(bytes) => codec::decode_meta(bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the metadata record of a group that exists.
     pub(crate) fn read_meta(
         &self,
         txn: &RoTxn<'_, WithoutTls>,
+        keys: GroupKeys,
     ) -> Result<MetaRecord, StorageError> {
-        match self.meta.get(txn, STATE_KEY).map_err(storage_error)? {
-            Some(bytes) => codec::decode_meta(bytes),
-            None => Err(StorageError::Corrupt("the metadata record is missing".into())),
+        self.find_meta(txn, keys)?
+            .ok_or_else(|| StorageError::Corrupt("the metadata record is missing".into()))
+    }
+
+    /// The groups that have a metadata record, in ascending order.
+    pub(crate) fn groups(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Vec<GroupId>, StorageError> {
+        let mut groups = Vec::new();
+        let prefix = self.layout.meta_prefix();
+        for item in self.meta.prefix_iter(txn, prefix).map_err(storage_error)? {
+            let (key, _) = item.map_err(storage_error)?;
+            match self.layout.group_of_meta_key(key) {
+                Some(group) => groups.push(group),
+                None => {
+                    return Err(StorageError::Corrupt(format!("unexpected metadata key {key:?}")))
+                }
+            }
         }
+        Ok(groups)
     }
 
     /// Closes the environment and waits until LMDB has really closed it, so that the same path
@@ -87,15 +115,16 @@ impl Handles {
 /// from any thread.
 pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutTls>, heed::Error> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(map_size).max_dbs(2);
+    options.map_size(map_size).max_dbs(MAX_DBS);
     #[allow(unsafe_code)]
     // SAFETY: `EnvOpenOptions::open` is unsafe because LMDB maps the data file into memory and
     // undefined behaviour follows if that file is changed behind the map or the same
     // environment is mapped twice in one process. Both are excluded here:
-    // * `guard` proves that this store exclusively owns `dir`: the process-wide registry in
-    //   `registry.rs` admits one live store per canonical directory, and the store never opens
-    //   a second environment before the previous one has been closed (see `Handles::close`,
-    //   used when the map grows);
+    // * `guard` proves that this environment exclusively owns `dir`: the process-wide registry
+    //   in `registry.rs` admits one live owner per canonical directory (one environment, shared
+    //   by all the groups of an `LmdbEnvironment`), and an environment never opens a second LMDB
+    //   environment before the previous one has been closed (see `Handles::close`, used when
+    //   the map grows);
     // * the same guard holds an exclusive advisory lock (`flock`) on the directory itself, which
     //   no file deletion can defeat, so no other process using this crate writes to the files
     //   while we have them mapped;
@@ -111,18 +140,39 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
     }
 }
 
-/// Opens the store in `guard`'s directory: creates the databases of a new store, or checks that
-/// an existing one is ours, of a supported version and consistent.
-pub(crate) fn open_store(
+/// Opens the environment in `guard`'s directory with `layout`: creates the databases of a new
+/// environment, or checks that an existing one is ours, of that layout and of a supported
+/// format version (upgrading the format record of an older one).
+pub(crate) fn open_environment(
     guard: &DirGuard,
     map_size: usize,
-) -> Result<(Handles, MetaRecord), OpenError> {
+    layout: Layout,
+) -> Result<Handles, OpenError> {
     let path = guard.path();
     let env = open_env(guard, map_size).map_err(|e| open_error(path, e))?;
-    let (meta, log, main_is_empty) = open_databases(&env).map_err(|e| open_error(path, e))?;
-    let handles = match (meta, log) {
-        (Some(meta), Some(log)) => Handles { env, log, meta },
-        (None, None) if main_is_empty => create_databases(env).map_err(|e| open_error(path, e))?,
+    let (log, meta) = open_databases(&env, layout).map_err(|e| open_error(path, e))?;
+    let (other_log, other_meta) =
+        open_databases(&env, layout.other()).map_err(|e| open_error(path, e))?;
+    // The main database lists the named databases (and whatever another program stored there).
+    let main_is_empty = env.unnamed_database_stat().entries == 0;
+    if other_log.is_some() || other_meta.is_some() {
+        let reason = match layout {
+            Layout::Single => {
+                "it holds a multi-group raft-lmdb environment (open it with \
+                               LmdbEnvironment::open)"
+            }
+            Layout::Groups => {
+                "it holds a single-group raft-lmdb store (open it with \
+                               LmdbLogStore::open_dir)"
+            }
+        };
+        return Err(OpenError::NotOurStore { path: path.to_path_buf(), reason: reason.into() });
+    }
+    let handles = match (log, meta) {
+        (Some(log), Some(meta)) => Handles { env, log, meta, layout },
+        (None, None) if main_is_empty => {
+            create_databases(env, layout).map_err(|e| open_error(path, e))?
+        }
         (None, None) => {
             return Err(OpenError::NotOurStore {
                 path: path.to_path_buf(),
@@ -136,20 +186,22 @@ pub(crate) fn open_store(
             })
         }
     };
-    let meta = check_store(&handles, path)?;
-    Ok((handles, meta))
+    check_format(&handles, path)?;
+    Ok(handles)
 }
 
-/// Closes `handles` and opens the same store again with a map of at least `map_size` bytes.
+/// Closes `handles` and opens the same environment again with a map of at least `map_size`
+/// bytes.
 pub(crate) fn reopen(
     guard: &DirGuard,
     handles: Handles,
     map_size: usize,
 ) -> Result<Handles, StorageError> {
+    let layout = handles.layout;
     handles.close()?;
     let env = open_env(guard, map_size).map_err(storage_error)?;
-    match open_databases(&env).map_err(storage_error)? {
-        (Some(meta), Some(log), _) => Ok(Handles { env, log, meta }),
+    match open_databases(&env, layout).map_err(storage_error)? {
+        (Some(log), Some(meta)) => Ok(Handles { env, log, meta, layout }),
         _ => Err(StorageError::Corrupt("the raft-lmdb databases vanished while reopening".into())),
     }
 }
@@ -160,7 +212,8 @@ pub(crate) fn grown_map_size(current: usize) -> Option<usize> {
     round_up_map_size(current.checked_add(step)?)
 }
 
-/// The map size to open a store with, given the size asked for and the data file's size.
+/// The map size to open an environment with, given the size asked for and the data file's
+/// size.
 pub(crate) fn initial_map_size(requested: usize, data_file_len: u64) -> usize {
     let file = usize::try_from(data_file_len).unwrap_or(usize::MAX);
     let wanted = requested.max(file.saturating_mul(2));
@@ -172,41 +225,44 @@ fn round_up_map_size(size: usize) -> Option<usize> {
     size.checked_next_multiple_of(MAP_GRANULE)
 }
 
-pub(crate) type OpenedDatabases = (Option<MetaDb>, Option<LogDb>, bool);
-
-/// Opens the two databases if they exist, and says whether the main database is empty.
-pub(crate) fn open_databases(env: &Env<WithoutTls>) -> Result<OpenedDatabases, heed::Error> {
+/// Opens the log and metadata databases of `layout` if they exist.
+pub(crate) fn open_databases(
+    env: &Env<WithoutTls>,
+    layout: Layout,
+) -> Result<(Option<Db>, Option<Db>), heed::Error> {
+    let (log_name, meta_name) = layout.db_names();
     let rtxn = env.read_txn()?;
     let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, heed::Error> {
-        let meta = opener.open_database::<Str, Bytes>(rtxn, Some(META_DB))?;
-        let log = opener.open_database::<U64<BigEndian>, Bytes>(rtxn, Some(LOG_DB))?;
-        Ok(CommitOrAbort::<_, ()>::Commit((meta, log)))
+        let log = opener.open_database::<Bytes, Bytes>(rtxn, Some(log_name))?;
+        let meta = opener.open_database::<Bytes, Bytes>(rtxn, Some(meta_name))?;
+        Ok(CommitOrAbort::<_, ()>::Commit((log, meta)))
     })?;
-    let (meta, log) = Result::from(opened).unwrap_or((None, None));
-    // The main database lists the named databases (and whatever another program stored there).
-    let main_is_empty = env.unnamed_database_stat().entries == 0;
-    Ok((meta, log, main_is_empty))
+    Ok(Result::from(opened).unwrap_or((None, None)))
 }
 
-/// Creates the databases and the format and metadata records of a new store, in one synced
-/// transaction.
-fn create_databases(env: Env<WithoutTls>) -> Result<Handles, heed::Error> {
+/// Creates the databases and the format record of a new environment (and, in the single-group
+/// layout, the metadata record of its group), in one synced transaction.
+fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, heed::Error> {
+    let (log_name, meta_name) = layout.db_names();
     let wtxn = env.write_txn()?;
     let created =
         env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
-            let meta = opener.create_database::<Str, Bytes>(wtxn, Some(META_DB))?;
-            let log = opener.create_database::<U64<BigEndian>, Bytes>(wtxn, Some(LOG_DB))?;
-            meta.put(wtxn, FORMAT_KEY, &codec::encode_format(FORMAT_VERSION))?;
-            let state = codec::encode_meta(&MetaRecord::default()).map_err(|e| {
-                heed::Error::Encoding(Box::new(std::io::Error::other(e.to_string())))
-            })?;
-            meta.put(wtxn, STATE_KEY, &state)?;
+            let meta = opener.create_database::<Bytes, Bytes>(wtxn, Some(meta_name))?;
+            let log = opener.create_database::<Bytes, Bytes>(wtxn, Some(log_name))?;
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
+            if layout == Layout::Single {
+                let state = codec::encode_meta(&MetaRecord::default()).map_err(|e| {
+                    heed::Error::Encoding(Box::new(std::io::Error::other(e.to_string())))
+                })?;
+                let key = layout.keys(raft_core::DEFAULT_GROUP_ID).meta();
+                meta.put(wtxn, key.as_slice(), &state)?;
+            }
             Ok(CommitOrAbort::<_, ()>::Commit((meta, log)))
         })?;
     match Result::from(created) {
         Ok((meta, log)) => {
-            tracing::info!(path = %env.path().display(), "created a new raft-lmdb store");
-            Ok(Handles { env, log, meta })
+            tracing::info!(path = %env.path().display(), ?layout, "created a new raft-lmdb environment");
+            Ok(Handles { env, log, meta, layout })
         }
         Err(()) => {
             Err(heed::Error::Io(std::io::Error::other("creating the databases was aborted")))
@@ -214,12 +270,12 @@ fn create_databases(env: Env<WithoutTls>) -> Result<Handles, heed::Error> {
     }
 }
 
-/// Checks the format record, the metadata record and that the log matches the bounds, then
-/// upgrades the format record of an older readable version (see `codec`'s version history).
-fn check_store(handles: &Handles, path: &Path) -> Result<MetaRecord, OpenError> {
+/// Checks the format record, then upgrades the format record of an older readable version
+/// (see `codec`'s version history).
+fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
+    let rtxn = handles.env.read_txn().map_err(|e| open_error(path, e))?;
+    let format = handles.meta.get(&rtxn, FORMAT_KEY.as_bytes()).map_err(|e| open_error(path, e))?;
     let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
-    let rtxn = handles.read_txn().map_err(|e| corrupt(e.to_string()))?;
-    let format = handles.meta.get(&rtxn, FORMAT_KEY).map_err(|e| open_error(path, e))?;
     let upgrade_from = match format.map(codec::check_format) {
         None => return Err(corrupt("the format record is missing".into())),
         Some(FormatCheck::Current) => None,
@@ -238,13 +294,14 @@ fn check_store(handles: &Handles, path: &Path) -> Result<MetaRecord, OpenError> 
             })
         }
     };
-    let meta = handles.read_meta(&rtxn).map_err(|e| corrupt(e.to_string()))?;
-    check_log_bounds(handles, &rtxn, &meta).map_err(|e| corrupt(e.to_string()))?;
     drop(rtxn);
     if let Some(old) = upgrade_from {
         let mut wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
         let record = codec::encode_format(FORMAT_VERSION);
-        handles.meta.put(&mut wtxn, FORMAT_KEY, &record).map_err(|e| open_error(path, e))?;
+        handles
+            .meta
+            .put(&mut wtxn, FORMAT_KEY.as_bytes(), &record)
+            .map_err(|e| open_error(path, e))?;
         wtxn.commit().map_err(|e| open_error(path, e))?;
         tracing::info!(
             path = %path.display(),
@@ -253,31 +310,56 @@ fn check_store(handles: &Handles, path: &Path) -> Result<MetaRecord, OpenError> 
             "upgraded the raft-lmdb format record"
         );
     }
-    Ok(meta)
+    Ok(())
 }
 
-/// Checks that the log holds exactly the entries `purged.index + 1 ..= last.index`, and that the
-/// last one has the recorded term.
-fn check_log_bounds(
+/// Reads the metadata record of the group `keys` (`None` if it does not exist) and checks that
+/// its log holds exactly the entries `purged.index + 1 ..= last.index`, the last one with the
+/// recorded term.
+pub(crate) fn check_group(
     handles: &Handles,
-    rtxn: &RoTxn<'_, WithoutTls>,
-    meta: &MetaRecord,
-) -> Result<(), StorageError> {
+    keys: GroupKeys,
+) -> Result<Option<MetaRecord>, StorageError> {
+    let rtxn = handles.read_txn()?;
+    let Some(meta) = handles.find_meta(&rtxn, keys)? else {
+        return Ok(None);
+    };
     let (purged, last) = (meta.purged(), meta.last());
     let expected_len = last.index - purged.index;
-    let len = handles.log.len(rtxn).map_err(storage_error)?;
+    let all = keys.log(0);
+    let end = keys.log(u64::MAX);
+    let bounds = all.through(&end);
+    let len = match keys.layout() {
+        // The whole database is the group's: LMDB keeps the count.
+        Layout::Single => handles.log.len(&rtxn).map_err(storage_error)?,
+        Layout::Groups => {
+            let mut len = 0u64;
+            for item in handles.log.range(&rtxn, &bounds).map_err(storage_error)? {
+                item.map_err(storage_error)?;
+                len += 1;
+            }
+            len
+        }
+    };
     if len != expected_len {
         return Err(StorageError::Corrupt(format!(
             "the log holds {len} entries where the metadata (purged {purged:?}, last {last:?}) says {expected_len}"
         )));
     }
     if len == 0 {
-        return Ok(());
+        return Ok(Some(meta));
     }
-    let first = handles.log.first(rtxn).map_err(storage_error)?.map(|(index, _)| index);
-    let stored_last = handles.log.last(rtxn).map_err(storage_error)?;
-    let stored_last_id = match stored_last {
-        Some((index, bytes)) => LogId::new(codec::decode_entry_term(index, bytes)?, index),
+    let first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
+        Some(item) => keys.index_of(item.map_err(storage_error)?.0),
+        None => None,
+    };
+    let stored_last_id = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next()
+    {
+        Some(item) => {
+            let (key, bytes) = item.map_err(storage_error)?;
+            let index = keys.index_of(key).unwrap_or_default();
+            LogId::new(codec::decode_entry_term(index, bytes)?, index)
+        }
         None => LogId::default(),
     };
     if first != Some(purged.index + 1) || stored_last_id != last {
@@ -286,7 +368,7 @@ fn check_log_bounds(
             purged.index + 1
         )));
     }
-    Ok(())
+    Ok(Some(meta))
 }
 
 fn open_error(path: &Path, err: heed::Error) -> OpenError {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use raft_core::StorageError;
 
-/// Why [`crate::LmdbLogStore::open_dir`] could not open a directory.
+/// Why [`crate::LmdbLogStore::open_dir`] or [`crate::LmdbEnvironment::open`] could not open a
+/// directory, or an environment could not open or remove a group.
 ///
 /// Every variant names the path involved; none of them leaves anything changed on disk except
 /// for creating the directory when it did not exist.
@@ -74,6 +75,25 @@ pub enum OpenError {
         /// The directory.
         path: PathBuf,
     },
+    /// The store of this group of the environment is already open in this process (or the
+    /// group is being removed). Drop that store first.
+    #[error("{path}: group {group} is in use in this process")]
+    GroupInUse {
+        /// The environment's directory.
+        path: PathBuf,
+        /// The group.
+        group: raft_core::GroupId,
+    },
+    /// The environment could not carry out the request: its writer has stopped after a failed
+    /// commit, or reading failed.
+    #[error("{path}: {source}")]
+    Storage {
+        /// The environment's directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: StorageError,
+    },
     /// An I/O error while opening (permissions, disk full, ...).
     #[error("{path}: I/O error while opening: {source}")]
     Io {
@@ -97,6 +117,7 @@ impl From<OpenError> for StorageError {
     fn from(err: OpenError) -> Self {
         match err {
             OpenError::Io { source, .. } => StorageError::Io(source),
+            OpenError::Storage { source, .. } => source,
             OpenError::UnsupportedVersion { found, supported, .. } => {
                 StorageError::UnsupportedVersion { found, supported }
             }

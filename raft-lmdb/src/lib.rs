@@ -13,6 +13,25 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Many Raft groups, one environment
+//!
+//! [`LmdbEnvironment`] keeps the logs of every Raft group of a process in one LMDB environment
+//! with one writer thread: [`LmdbEnvironment::log_store`] gives each group an [`LmdbLogStore`],
+//! [`LmdbEnvironment::snapshot_store`] its [`FileSnapshotStore`] (in `snapshots/<group>/`),
+//! [`LmdbEnvironment::groups`] lists the groups on disk and [`LmdbEnvironment::remove_group`]
+//! deletes one. A transaction of the writer merges the pending writes of every group, so one
+//! sync makes many groups durable; the queue is bounded per group and overall and served
+//! round-robin, so a busy group cannot starve another.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = raft_lmdb::LmdbEnvironment::open("/var/lib/my-node/raft")?;
+//! let shard_7 = env.log_store(7)?;
+//! let shard_7_snapshots = env.snapshot_store(7)?;
+//! # let _ = (shard_7, shard_7_snapshots);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Durability guarantee
 //!
 //! A `write` or `purge` that returns `Ok` is durable: it was committed by one LMDB write
@@ -56,7 +75,8 @@
 //!
 //! ## Format
 //!
-//! Entries live under big-endian `u64` keys; entries and metadata are encoded with `postcard`
+//! Entries live under big-endian `u64` keys (prefixed by the big-endian group id in an
+//! [`LmdbEnvironment`]); entries and metadata are encoded with `postcard`
 //! behind an explicit format version ([`FORMAT_VERSION`]); the hard state and the log bounds
 //! live in a metadata database updated in the same transaction as the log. Opening checks the
 //! directory, the format version and that the log matches its recorded bounds, and reports any
@@ -72,10 +92,13 @@
 mod apply;
 mod codec;
 mod env;
+mod environment;
 mod error;
 mod fsdir;
 mod headroom;
+mod layout;
 mod options;
+mod queue;
 mod registry;
 mod shared;
 mod snapshot_store;
@@ -85,6 +108,7 @@ mod tests;
 mod writer;
 
 pub use codec::FORMAT_VERSION;
+pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
 pub use options::LmdbOptions;
 pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};

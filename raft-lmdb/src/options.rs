@@ -1,12 +1,14 @@
-//! Tuning knobs of an [`crate::LmdbLogStore`]. None of them can weaken durability.
+//! Tuning knobs of an [`crate::LmdbLogStore`] or an [`crate::LmdbEnvironment`]. None of them
+//! can weaken durability.
 
-/// Options for [`crate::LmdbLogStore::open_dir_with`]. The defaults suit a Raft node; change them
+/// Options for [`crate::LmdbLogStore::open_dir_with`] and [`crate::LmdbEnvironment::open_with`]. The defaults suit a Raft node; change them
 /// for tests (a tiny map exercises map growth) or benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LmdbOptions {
     pub(crate) initial_map_size: usize,
     pub(crate) queue_capacity: usize,
+    pub(crate) group_queue_capacity: usize,
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_bytes: u64,
     pub(crate) file_headroom_bytes: u64,
@@ -17,6 +19,7 @@ impl Default for LmdbOptions {
         Self {
             initial_map_size: 1 << 30,
             queue_capacity: 4096,
+            group_queue_capacity: 1024,
             max_group_requests: 4096,
             max_group_bytes: 64 << 20,
             file_headroom_bytes: 8 << 20,
@@ -26,8 +29,9 @@ impl Default for LmdbOptions {
 
 impl LmdbOptions {
     /// The default options: a 1 GiB initial map (address space only: the data file grows with
-    /// the data), a queue of 4096 write requests, groups of at most 4096 requests or 64 MiB, and
-    /// 8 MiB of file headroom.
+    /// the data), a queue of 4096 write requests (at most 1024 of one group in an
+    /// [`crate::LmdbEnvironment`]), transactions of at most 4096 requests or 64 MiB, and 8 MiB
+    /// of file headroom.
     pub fn new() -> Self {
         Self::default()
     }
@@ -41,13 +45,27 @@ impl LmdbOptions {
     }
 
     /// How many write requests may wait for the writer thread (at least 1). Once the queue is
-    /// full, `write` and `purge` wait (asynchronously) for room: back-pressure.
+    /// full, `write` and `purge` wait (asynchronously) for room: back-pressure. In an
+    /// [`crate::LmdbEnvironment`], a group with no request queued is admitted even then (so
+    /// the queue holds at most this many plus one per group), and each group is also bounded by
+    /// [`LmdbOptions::with_group_queue_capacity`].
     pub fn with_queue_capacity(mut self, requests: usize) -> Self {
         self.queue_capacity = requests.max(1);
         self
     }
 
-    /// The largest number of requests merged into one transaction (at least 1).
+    /// How many write requests of one group may wait for the writer thread of an
+    /// [`crate::LmdbEnvironment`] (at least 1): a group beyond it waits for room however empty
+    /// the queue is, so that one busy group cannot fill the queue that all groups share. A
+    /// store of its own ([`crate::LmdbLogStore::open_dir_with`]) has one group, bounded by
+    /// [`LmdbOptions::with_queue_capacity`] alone.
+    pub fn with_group_queue_capacity(mut self, requests: usize) -> Self {
+        self.group_queue_capacity = requests.max(1);
+        self
+    }
+
+    /// The largest number of requests merged into one transaction (at least 1), of all groups
+    /// together.
     pub fn with_max_group_requests(mut self, requests: usize) -> Self {
         self.max_group_requests = requests.max(1);
         self

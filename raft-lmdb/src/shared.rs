@@ -1,15 +1,19 @@
-//! State shared by a store handle and its writer thread.
+//! State shared by an environment's handles (the environment, its group stores) and its writer
+//! thread.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use event_listener::Event;
-use raft_core::StorageError;
+use raft_core::{GroupId, StorageError};
 
 use crate::env::Handles;
+use crate::layout::Layout;
+use crate::queue::Queue;
 use crate::registry::DirGuard;
+use crate::store::StoreStats;
 
-/// What the store handle and the writer thread share.
+/// What the handles of an environment and its writer thread share.
 ///
 /// Field order matters: the environment (`handles`) is closed before the directory is released
 /// (`guard`), so that no other store can open the directory while it is still mapped.
@@ -20,10 +24,16 @@ pub(crate) struct Shared {
     /// reopen the environment with a larger map (no transaction may be live then). `None` once
     /// reopening failed.
     handles: RwLock<Option<Handles>>,
+    /// How the groups are laid out in the databases.
+    pub(crate) layout: Layout,
     /// Set when a write failed: from then on every write fails with [`StorageError::Closed`].
     poisoned: AtomicBool,
-    /// Notified each time the writer takes requests out of the queue (room for more).
-    pub(crate) space: Event,
+    /// The writer's requests.
+    pub(crate) queue: Queue,
+    /// The groups with a store open in this process (or being removed).
+    open_groups: Mutex<HashSet<GroupId>>,
+    /// Held while a group is opened or removed, so that those never interleave.
+    group_changes: Mutex<()>,
     /// Transactions committed by the writer.
     pub(crate) commits: AtomicU64,
     /// Requests answered by those transactions.
@@ -40,11 +50,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(handles: Handles, guard: DirGuard) -> Self {
+    pub(crate) fn new(handles: Handles, guard: DirGuard, queue: Queue) -> Self {
         Self {
+            layout: handles.layout,
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
-            space: Event::new(),
+            queue,
+            open_groups: Mutex::new(HashSet::new()),
+            group_changes: Mutex::new(()),
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             #[cfg(test)]
@@ -72,9 +85,37 @@ impl Shared {
         self.poisoned.load(Ordering::Acquire)
     }
 
+    /// The writer's counters.
+    pub(crate) fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            requests: self.committed_requests.load(Ordering::Relaxed),
+        }
+    }
+
     /// Stops all further writes.
     pub(crate) fn poison(&self) {
         self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Claims `group` for one store (or a removal): `false` if it is claimed already.
+    pub(crate) fn claim_group(&self, group: GroupId) -> bool {
+        self.groups_in_use().insert(group)
+    }
+
+    /// Releases a group claimed by [`Shared::claim_group`].
+    pub(crate) fn release_group(&self, group: GroupId) {
+        self.groups_in_use().remove(&group);
+    }
+
+    fn groups_in_use(&self) -> MutexGuard<'_, HashSet<GroupId>> {
+        // Only inserted into or removed from: a panic elsewhere cannot leave it torn.
+        self.open_groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serializes opening and removing groups.
+    pub(crate) fn changing_groups(&self) -> MutexGuard<'_, ()> {
+        self.group_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

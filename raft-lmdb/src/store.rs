@@ -1,36 +1,31 @@
 //! [`LmdbLogStore`]: the public handle, the read path and the `LogStore` implementation.
 
-use std::fs;
 use std::future::Future;
-use std::io;
 use std::ops::Range;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use raft_core::{DurableState, Entry, LogId, LogIndex, LogStore, StorageError, WriteBatch};
+use raft_core::{
+    DurableState, Entry, GroupId, LogId, LogIndex, LogStore, StorageError, WriteBatch,
+    DEFAULT_GROUP_ID,
+};
 
 use crate::codec;
-use crate::env::{self, Handles};
+use crate::env::Handles;
+use crate::environment::{self, Running};
 use crate::error::{storage_error, OpenError};
-use crate::fsdir;
-use crate::headroom::{Headroom, DATA_FILE};
+use crate::layout::{GroupKeys, Layout};
 use crate::options::LmdbOptions;
-use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
+use crate::queue::Refused;
 use crate::shared::{with_handles, Shared};
-use crate::writer::{self, GroupLimits, Op, Request};
+use crate::writer::{Op, Request};
 
-/// Files LMDB and this crate (this build or an older one) create in a store directory; anything
-/// else makes the directory foreign.
-const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
-
-/// A durable [`LogStore`] on LMDB.
+/// A durable [`LogStore`] on LMDB: a store of its own ([`LmdbLogStore::open_dir`]), or one
+/// group of a shared [`crate::LmdbEnvironment`] ([`crate::LmdbEnvironment::log_store`]).
 ///
 /// # Guarantees
 ///
@@ -39,28 +34,40 @@ const OWN_FILES: [&str; 3] = [DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
 ///   pages and then the meta page were synced to disk. It survives a process crash and a power
 ///   loss, as far as the disk honours `fdatasync`.
 /// * **Atomicity.** Each batch is all-or-nothing, including its hard state, truncation and
-///   entries. Several concurrent calls may share one transaction (group commit); each returns
-///   only once the transaction holding its own batch is durable.
-/// * **Order.** Requests are applied in the order they entered the writer's queue; a call to
-///   [`LmdbLogStore::submit`] fixes that order before it returns.
+///   entries. Several concurrent calls may share one transaction (group commit), with calls of
+///   other groups of the same environment too; each returns only once the transaction holding
+///   its own batch is durable.
+/// * **Order.** A store's requests are applied in the order they entered the writer's queue; a
+///   call to [`LmdbLogStore::submit`] fixes that order before it returns.
+/// * **Isolation between groups.** A group's requests touch only its own records; an invalid
+///   request fails alone, whichever groups share its transaction.
 /// * **No acknowledgement after a failure.** If a commit fails (disk full, I/O error), every
-///   caller of that group gets the error and every later write fails with
-///   [`StorageError::Closed`]. A full memory map is not a failure: the map grows and the
-///   transaction is retried.
+///   caller of that transaction gets the error and every later write, of every group of the
+///   environment, fails with [`StorageError::Closed`]. A full memory map is not a failure: the
+///   map grows and the transaction is retried.
 /// * **Reads** use LMDB read transactions and see every write that has returned. They run on
 ///   the caller's thread, never wait for a commit in progress, and wait only while the map is
 ///   being grown.
 ///
-/// Dropping the store waits for the writer thread to finish the requests already queued, then
-/// closes the environment and releases the directory.
+/// Dropping the store waits until the writer thread has answered every request of the store
+/// already queued. The store of [`LmdbLogStore::open_dir`] then closes its environment and
+/// releases the directory; a group store of an environment releases its group (it may be
+/// opened again, or removed).
 #[derive(Debug)]
 pub struct LmdbLogStore {
-    tx: Option<SyncSender<Request>>,
-    writer: Option<JoinHandle<()>>,
+    /// Keeps the environment and its writer thread running while the store exists.
+    _running: Arc<Running>,
     pub(crate) shared: Arc<Shared>,
+    group: GroupId,
 }
 
 impl LmdbLogStore {
+    /// The store of `group`, claimed already, on `running`.
+    pub(crate) fn new(running: Arc<Running>, group: GroupId) -> Self {
+        let shared = Arc::clone(&running.shared);
+        Self { _running: running, shared, group }
+    }
+
     /// Opens the store in `dir` with default [`LmdbOptions`], creating the directory and a new
     /// store if it does not exist. See [`LmdbLogStore::open_dir_with`].
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
@@ -68,12 +75,15 @@ impl LmdbLogStore {
     }
 
     /// Opens the store in `dir`, creating the directory and a new store if it does not exist.
+    /// The store has an LMDB environment and a writer thread of its own; to keep several Raft
+    /// groups in one environment, use [`crate::LmdbEnvironment`] instead (another directory
+    /// layout: neither opens the other's directory).
     ///
     /// Fails with a clear [`OpenError`], never a panic, when `dir` is not a directory, holds
-    /// files raft-lmdb does not create, holds another program's LMDB environment, was written
-    /// with another format version, is inconsistent, is already open in this process or is held
-    /// by another process. It checks, before returning, that the log holds exactly the entries
-    /// the metadata says it does.
+    /// files raft-lmdb does not create, holds another program's LMDB environment (or a
+    /// multi-group environment), was written with another format version, is inconsistent, is
+    /// already open in this process or is held by another process. It checks, before
+    /// returning, that the log holds exactly the entries the metadata says it does.
     ///
     /// The directory and the files in it are durable when this returns: a directory it creates
     /// is synced into its parent, and the directory itself is synced once LMDB's files exist.
@@ -81,57 +91,41 @@ impl LmdbLogStore {
     /// no file deletion defeats) until it is dropped. A store of an older format version is
     /// upgraded (see [`crate::FORMAT_VERSION`]).
     pub fn open_dir_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, OpenError> {
-        let guard = DirGuard::open(dir.as_ref())?;
-        let dir = guard.path().to_path_buf();
-        check_own_files(&dir)?;
-        let legacy_lock = LegacyLock::take(&dir)?;
-        let data_len = fs::metadata(dir.join(DATA_FILE)).map(|m| m.len()).unwrap_or(0);
-        let map_size = env::initial_map_size(options.initial_map_size, data_len);
-        let (handles, meta) = env::open_store(&guard, map_size)?;
-        let io_err = |source| OpenError::Io { path: dir.clone(), source };
-        // The entries of LMDB's files (created by the first open) become durable.
-        fsdir::sync_dir(&dir).map_err(io_err)?;
-        if let Some(legacy_lock) = legacy_lock {
-            legacy_lock.remove().map_err(io_err)?;
+        let running = environment::start(dir.as_ref(), options, Layout::Single)?;
+        if !running.shared.claim_group(DEFAULT_GROUP_ID) {
+            return Err(OpenError::GroupInUse {
+                path: running.shared.guard.path().to_path_buf(),
+                group: DEFAULT_GROUP_ID,
+            });
         }
-        tracing::debug!(path = %dir.display(), map_size, ?meta, "opened raft-lmdb store");
-        let shared = Arc::new(Shared::new(handles, guard));
-        let (tx, rx) = mpsc::sync_channel(options.queue_capacity);
-        let limits = GroupLimits {
-            max_requests: options.max_group_requests,
-            max_bytes: options.max_group_bytes,
-        };
-        let mut headroom = Headroom::open(&dir, options.file_headroom_bytes).map_err(io_err)?;
-        if let Some(handles) = shared.handles().as_ref() {
-            // Before the first write, not during it (the writer thread has not started).
-            let (page_size, used) = handles.pages();
-            headroom.ensure(used, 0, page_size);
-        }
-        let writer =
-            writer::spawn(Arc::clone(&shared), rx, meta, limits, headroom).map_err(io_err)?;
-        Ok(Self { tx: Some(tx), writer: Some(writer), shared })
+        Ok(Self::new(running, DEFAULT_GROUP_ID))
     }
 
-    /// The store's directory (canonical).
+    /// The Raft group this store holds ([`raft_core::DEFAULT_GROUP_ID`] for a store opened
+    /// with [`LmdbLogStore::open_dir`]).
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The directory of the store's environment (canonical).
     pub fn path(&self) -> &Path {
         self.shared.guard.path()
     }
 
     /// The current size of LMDB's memory map in bytes (it grows when full), or `None` once the
-    /// store has stopped.
+    /// environment has stopped.
     pub fn map_size(&self) -> Option<usize> {
         self.shared.handles().as_ref().map(Handles::map_size)
     }
 
-    /// Counters of the writer thread since the store was opened.
+    /// Counters of the environment's writer thread since the environment was opened (all its
+    /// groups together: a commit serves requests of any group).
     pub fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            requests: self.shared.committed_requests.load(Ordering::Relaxed),
-        }
+        self.shared.stats()
     }
 
-    /// True once a write has failed: the store then accepts no more writes.
+    /// True once a write has failed: the environment (every group of it) then accepts no more
+    /// writes.
     pub fn has_failed(&self) -> bool {
         self.shared.is_poisoned()
     }
@@ -161,33 +155,17 @@ impl LmdbLogStore {
     }
 
     async fn enqueue(&self, op: Op) -> Result<PendingWrite, StorageError> {
-        if self.shared.is_poisoned() {
-            return Err(StorageError::Closed);
-        }
-        let tx = self.tx.as_ref().ok_or(StorageError::Closed)?;
-        let (reply, outcome) = oneshot::channel();
-        let mut request = Request { op, reply };
-        loop {
-            request = match tx.try_send(request) {
-                Ok(()) => return Ok(PendingWrite { outcome }),
-                Err(TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
-                Err(TrySendError::Full(request)) => request,
-            };
-            // Register before trying again so that a wake-up between the two is not lost.
-            let room = self.shared.space.listen();
-            request = match tx.try_send(request) {
-                Ok(()) => return Ok(PendingWrite { outcome }),
-                Err(TrySendError::Disconnected(_)) => return Err(StorageError::Closed),
-                Err(TrySendError::Full(request)) => request,
-            };
-            room.await;
-        }
+        enqueue(&self.shared, self.group, op).await
+    }
+
+    fn keys(&self) -> GroupKeys {
+        self.shared.layout.keys(self.group)
     }
 
     fn durable_state(&self) -> Result<DurableState, StorageError> {
         with_handles(&self.shared, |handles| {
             let txn = handles.read_txn()?;
-            let meta = handles.read_meta(&txn)?;
+            let meta = handles.read_meta(&txn, self.keys())?;
             Ok(DurableState {
                 hard_state: meta.hard_state(),
                 purged: meta.purged(),
@@ -205,8 +183,9 @@ impl LmdbLogStore {
             return Ok(Vec::new());
         }
         with_handles(&self.shared, |handles| {
+            let keys = self.keys();
             let txn = handles.read_txn()?;
-            let meta = handles.read_meta(&txn)?;
+            let meta = handles.read_meta(&txn, keys)?;
             let (first, last) = (meta.purged().index + 1, meta.last().index);
             if range.start < first || range.end - 1 > last {
                 return Err(StorageError::InvalidRequest(format!(
@@ -216,8 +195,11 @@ impl LmdbLogStore {
             let mut out = Vec::new();
             let mut bytes = 0u64;
             let mut expected = range.start;
-            for item in handles.log.range(&txn, &range).map_err(storage_error)? {
-                let (index, value) = item.map_err(storage_error)?;
+            let (start, end) = (keys.log(range.start), keys.log(range.end));
+            let bounds = start.until(&end);
+            for item in handles.log.range(&txn, &bounds).map_err(storage_error)? {
+                let (key, value) = item.map_err(storage_error)?;
+                let index = keys.index_of(key).unwrap_or_default();
                 if index != expected {
                     return Err(StorageError::Corrupt(format!(
                         "log entry {expected} is missing (found {index})"
@@ -241,13 +223,12 @@ impl LmdbLogStore {
 
 impl Drop for LmdbLogStore {
     fn drop(&mut self) {
-        // Closing the queue makes the writer finish what is queued and stop.
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("the raft-lmdb writer thread panicked");
-            }
-        }
+        // The requests of this store already queued are answered before the group is released:
+        // a store of the group opened next reads a state no earlier request changes any more.
+        self.shared.queue.wait_idle(self.group);
+        self.shared.release_group(self.group);
+        // Dropping the last handle on the environment (`running`) stops its writer thread once
+        // it has answered every queued request, then closes the environment.
     }
 }
 
@@ -307,17 +288,32 @@ impl Future for PendingWrite {
     }
 }
 
-/// Checks that `dir` holds no file a raft-lmdb store does not create.
-fn check_own_files(dir: &Path) -> Result<(), OpenError> {
-    let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
-    for entry in fs::read_dir(dir).map_err(io_err)? {
-        let name = entry.map_err(io_err)?.file_name();
-        if !OWN_FILES.iter().any(|own| name == *own) {
-            return Err(OpenError::ForeignDirectory {
-                path: dir.to_path_buf(),
-                entry: name.to_string_lossy().into_owned(),
-            });
-        }
+/// Queues `op` for `group` on the writer of `shared` and returns once it is queued, with a
+/// [`PendingWrite`] that resolves when it is durable (or failed). Waits (asynchronously) while
+/// the queue has no room for the group.
+pub(crate) async fn enqueue(
+    shared: &Shared,
+    group: GroupId,
+    op: Op,
+) -> Result<PendingWrite, StorageError> {
+    if shared.is_poisoned() {
+        return Err(StorageError::Closed);
     }
-    Ok(())
+    let (reply, outcome) = oneshot::channel();
+    let mut request = Request { group, op, reply };
+    loop {
+        request = match shared.queue.try_push(request) {
+            Ok(()) => return Ok(PendingWrite { outcome }),
+            Err(Refused::Closed) => return Err(StorageError::Closed),
+            Err(Refused::Full(request)) => request,
+        };
+        // Register before trying again so that a wake-up between the two is not lost.
+        let room = shared.queue.listen();
+        request = match shared.queue.try_push(request) {
+            Ok(()) => return Ok(PendingWrite { outcome }),
+            Err(Refused::Closed) => return Err(StorageError::Closed),
+            Err(Refused::Full(request)) => request,
+        };
+        room.await;
+    }
 }

@@ -16,6 +16,7 @@ use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, W
 use crate::codec::{self, FORMAT_KEY, STATE_KEY};
 use crate::env::{self, Handles};
 use crate::fsdir::synced;
+use crate::layout::Layout;
 use crate::registry::DirGuard;
 use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
 
@@ -43,10 +44,10 @@ fn store_with_entries() -> (tempfile::TempDir, std::path::PathBuf) {
 fn tamper(dir: &Path, change: impl FnOnce(&Handles, &mut RwTxn<'_>)) {
     let guard = DirGuard::acquire(&std::fs::canonicalize(dir).unwrap()).unwrap();
     let env = env::open_env(&guard, 1 << 24).unwrap();
-    let (Some(meta), Some(log), _) = env::open_databases(&env).unwrap() else {
+    let (Some(log), Some(meta)) = env::open_databases(&env, Layout::Single).unwrap() else {
         panic!("not a store");
     };
-    let handles = Handles { env, log, meta };
+    let handles = Handles { env, log, meta, layout: Layout::Single };
     let mut txn = handles.env.write_txn().unwrap();
     change(&handles, &mut txn);
     txn.commit().unwrap();
@@ -63,7 +64,7 @@ fn open_err(dir: &Path) -> OpenError {
 #[test]
 fn corrupt_entry_is_reported_by_read() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.log.put(txn, &3, &[0xff, 0xff, 0xff]).unwrap());
+    tamper(&dir, |h, txn| h.log.put(txn, &3u64.to_be_bytes(), &[0xff, 0xff, 0xff]).unwrap());
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(1..3, u64::MAX)).unwrap().len(), 2);
     let err = block_on(store.read(1..6, u64::MAX)).unwrap_err();
@@ -73,7 +74,7 @@ fn corrupt_entry_is_reported_by_read() {
 #[test]
 fn corrupt_last_entry_fails_open() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.log.put(txn, &5, &[]).unwrap());
+    tamper(&dir, |h, txn| h.log.put(txn, &5u64.to_be_bytes(), &[]).unwrap());
     let err = open_err(&dir);
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
 }
@@ -82,7 +83,7 @@ fn corrupt_last_entry_fails_open() {
 fn missing_entry_fails_open() {
     let (_root, dir) = store_with_entries();
     tamper(&dir, |h, txn| {
-        h.log.delete(txn, &2).unwrap();
+        h.log.delete(txn, &2u64.to_be_bytes()).unwrap();
     });
     let err = open_err(&dir);
     assert!(
@@ -94,10 +95,10 @@ fn missing_entry_fails_open() {
 #[test]
 fn corrupt_metadata_fails_open() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, STATE_KEY, b"\x01").unwrap());
+    tamper(&dir, |h, txn| h.meta.put(txn, STATE_KEY.as_bytes(), b"\x01").unwrap());
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
     tamper(&dir, |h, txn| {
-        h.meta.delete(txn, STATE_KEY).unwrap();
+        h.meta.delete(txn, STATE_KEY.as_bytes()).unwrap();
     });
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
 }
@@ -106,9 +107,10 @@ fn corrupt_metadata_fails_open() {
 fn metadata_that_disagrees_with_the_log_fails_open() {
     let (_root, dir) = store_with_entries();
     tamper(&dir, |h, txn| {
-        let mut meta = codec::decode_meta(h.meta.get(txn, STATE_KEY).unwrap().unwrap()).unwrap();
+        let mut meta =
+            codec::decode_meta(h.meta.get(txn, STATE_KEY.as_bytes()).unwrap().unwrap()).unwrap();
         meta.set_last(LogId::new(2, 5));
-        h.meta.put(txn, STATE_KEY, &codec::encode_meta(&meta).unwrap()).unwrap();
+        h.meta.put(txn, STATE_KEY.as_bytes(), &codec::encode_meta(&meta).unwrap()).unwrap();
     });
     assert!(matches!(open_err(&dir), OpenError::Corrupt { .. }));
 }
@@ -116,7 +118,9 @@ fn metadata_that_disagrees_with_the_log_fails_open() {
 #[test]
 fn unknown_format_version_is_rejected() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, &codec::encode_format(99)).unwrap());
+    tamper(&dir, |h, txn| {
+        h.meta.put(txn, FORMAT_KEY.as_bytes(), &codec::encode_format(99)).unwrap()
+    });
     match open_err(&dir) {
         OpenError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION, .. } => {}
         other => panic!("unexpected {other}"),
@@ -131,7 +135,7 @@ fn unknown_format_version_is_rejected() {
 #[test]
 fn foreign_format_record_is_rejected() {
     let (_root, dir) = store_with_entries();
-    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY, b"SOMEONE ELSE").unwrap());
+    tamper(&dir, |h, txn| h.meta.put(txn, FORMAT_KEY.as_bytes(), b"SOMEONE ELSE").unwrap());
     assert!(matches!(open_err(&dir), OpenError::NotOurStore { .. }));
 }
 
@@ -297,7 +301,9 @@ fn an_older_store_is_read_and_upgraded(records: &[(String, String, Vec<u8>)]) {
     // The format record now says the current version: an older build refuses the store
     // instead of misreading it.
     let mut format = Vec::new();
-    tamper(&dir, |h, txn| format = h.meta.get(txn, FORMAT_KEY).unwrap().unwrap().to_vec());
+    tamper(&dir, |h, txn| {
+        format = h.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap().to_vec()
+    });
     assert_eq!(format, codec::encode_format(FORMAT_VERSION));
     assert_eq!(FORMAT_VERSION, 3);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
@@ -345,4 +351,120 @@ fn a_directory_left_by_a_killed_run_is_made_durable() {
     let parent_syncs = synced.iter().filter(|d| **d == node).count();
     assert_eq!(parent_syncs, 2, "the entries of raft/ and snapshots/ were not synced: {synced:?}");
     drop((store, snapshots));
+}
+
+/// An environment in a fresh directory with stores of groups `1..=n`.
+fn environment_with_groups(
+    n: u64,
+    options: crate::LmdbOptions,
+) -> (tempfile::TempDir, crate::LmdbEnvironment, Vec<LmdbLogStore>) {
+    let root = tempfile::tempdir().unwrap();
+    let env = crate::LmdbEnvironment::open_with(root.path().join("env"), options).unwrap();
+    let stores = (1..=n).map(|g| env.log_store(g).unwrap()).collect();
+    (root, env, stores)
+}
+
+#[test]
+fn requests_of_many_groups_queued_during_a_commit_share_one_transaction() {
+    let (_root, env, stores) = environment_with_groups(16, crate::LmdbOptions::default());
+    let before = env.stats();
+    // Hold the writer right after it takes the first request; every group queues one write.
+    let pause = env.running_shared().pause.lock().unwrap();
+    let pending: Vec<_> =
+        stores.iter().map(|s| block_on(s.submit(append(1..3, 1))).unwrap()).collect();
+    drop(pause);
+    for write in pending {
+        block_on(write).unwrap();
+    }
+    let after = env.stats();
+    assert_eq!(after.requests - before.requests, 16);
+    assert!(after.commits - before.commits <= 2, "{before:?} -> {after:?}");
+    for store in &stores {
+        assert_eq!(block_on(store.read(1..3, u64::MAX)).unwrap(), vec![entry(1, 1), entry(2, 1)]);
+    }
+}
+
+/// Requests of two groups in one transaction: the invalid one of group 2 fails alone; group
+/// 1's requests around it and group 2's next one are applied.
+#[test]
+fn an_invalid_request_of_one_group_does_not_disturb_another_group_in_the_transaction() {
+    let (_root, env, stores) = environment_with_groups(2, crate::LmdbOptions::default());
+    let (a, b) = (&stores[0], &stores[1]);
+    let before = env.stats();
+    let pause = env.running_shared().pause.lock().unwrap();
+    let a1 = block_on(a.submit(append(1..2, 1))).unwrap();
+    let gap = block_on(b.submit(append(5..6, 1))).unwrap();
+    let a2 = block_on(a.submit(append(2..3, 1))).unwrap();
+    let b1 = block_on(b.submit(append(1..4, 2))).unwrap();
+    drop(pause);
+    block_on(a1).unwrap();
+    assert!(matches!(block_on(gap), Err(StorageError::InvalidRequest(_))));
+    block_on(a2).unwrap();
+    block_on(b1).unwrap();
+    let after = env.stats();
+    assert_eq!(after.requests - before.requests, 4);
+    assert!(after.commits - before.commits <= 2, "{before:?} -> {after:?}");
+    assert!(!env.has_failed());
+    assert_eq!(block_on(a.open()).unwrap().last, LogId::new(1, 2));
+    assert_eq!(block_on(b.open()).unwrap().last, LogId::new(2, 3));
+}
+
+/// A failed commit stops the whole environment: the transaction's requests of every group get
+/// the error, later ones of every group `Closed`; after a restart every group holds what was
+/// committed before.
+#[test]
+fn a_failed_commit_stops_every_group_of_the_environment() {
+    let (root, env, stores) = environment_with_groups(2, crate::LmdbOptions::default());
+    block_on(stores[0].write(append(1..3, 1))).unwrap();
+    block_on(stores[1].write(append(1..2, 1))).unwrap();
+    env.running_shared().fail_next_commit.store(true, Ordering::SeqCst);
+    let pause = env.running_shared().pause.lock().unwrap();
+    let pending: Vec<_> =
+        stores.iter().map(|s| block_on(s.submit(append(3..4, 1))).unwrap()).collect();
+    drop(pause);
+    let outcomes: Vec<_> = pending.into_iter().map(block_on).collect();
+    // The first request may have had a transaction of its own (the one that failed).
+    assert!(matches!(&outcomes[0], Err(StorageError::Io(e)) if e.raw_os_error() == Some(28)));
+    assert!(outcomes[1].is_err(), "{outcomes:?}");
+    assert!(env.has_failed());
+    for store in &stores {
+        assert!(matches!(block_on(store.write(append(3..4, 1))), Err(StorageError::Closed)));
+    }
+    drop((stores, env));
+    let env = crate::LmdbEnvironment::open(root.path().join("env")).unwrap();
+    assert_eq!(block_on(env.log_store(1).unwrap().open()).unwrap().last, LogId::new(1, 2));
+    assert_eq!(block_on(env.log_store(2).unwrap().open()).unwrap().last, LogId::new(1, 1));
+}
+
+/// With the writer held and the queue full of one group's requests, another group's write is
+/// admitted at once (not after the backlog) and is durable after the writer resumes.
+#[test]
+fn a_busy_group_does_not_keep_another_groups_write_out_of_the_queue() {
+    use futures::FutureExt;
+    let options =
+        crate::LmdbOptions::default().with_queue_capacity(4).with_group_queue_capacity(16);
+    let (_root, env, stores) = environment_with_groups(2, options);
+    let (busy, quiet) = (&stores[0], &stores[1]);
+    let pause = env.running_shared().pause.lock().unwrap();
+    let mut pending = Vec::new();
+    let mut next = 1;
+    let blocked = loop {
+        let mut submit = Box::pin(busy.submit(append(next..next + 1, 1)));
+        match (&mut submit).now_or_never() {
+            Some(write) => pending.push(write.unwrap()),
+            None => break submit,
+        }
+        next += 1;
+        assert!(next < 10, "the queue bound did not hold");
+    };
+    // A FIFO queue bounded overall would keep this one waiting behind the busy group.
+    let quiet_write = quiet.submit(append(1..2, 1)).now_or_never().expect("admitted at once");
+    let quiet_write = quiet_write.unwrap();
+    drop(pause);
+    block_on(quiet_write).unwrap();
+    pending.push(block_on(blocked).unwrap());
+    for write in pending {
+        block_on(write).unwrap();
+    }
+    assert_eq!(block_on(busy.open()).unwrap().last, LogId::new(1, next));
 }

@@ -1,32 +1,36 @@
-//! The writer thread: the only place write transactions exist.
+//! The writer thread of an environment: the only place write transactions exist.
 //!
-//! It takes requests from a bounded queue, merges every request queued while the previous commit
-//! was running into one transaction (group commit: one sync for many writes), commits it and then
-//! answers every request of the group. When the callers just answered are expected back at once
+//! It takes requests from the bounded queue (`queue.rs`: fair between Raft groups), merges every
+//! request queued while the previous commit was running, whatever its group, into one
+//! transaction (group commit: one sync for many writes of many groups), commits it and then
+//! answers every request of the transaction. When the callers just answered are expected back at once
 //! (several callers each waiting for their write before the next), it waits for them a fraction
 //! of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync instead of
-//! splitting into cohorts that alternate between commits; a lone caller never waits. Requests are applied in queue order, each validated
-//! against the log as left by the requests before it; an invalid request is answered with its
-//! error and has no effect, without disturbing the others.
+//! //! splitting into cohorts that alternate between commits; a lone caller never waits. A group's
+//! requests are applied in its queue order, each validated against the group's log as left by
+//! the requests before it; an invalid request is answered with its error and has no effect,
+//! without disturbing the others, of its group or of another group.
 //!
 //! When LMDB reports that the map is full, the transaction is abandoned, the environment is
-//! reopened with a larger map and the whole group is applied again. Any other failure poisons the
-//! store: the group is answered with the error and every later request with
-//! [`StorageError::Closed`]; nothing is acknowledged after an error.
+//! reopened with a larger map and the whole transaction is applied again. Any other failure
+//! poisons the environment: every request of the transaction is answered with the error and
+//! every later request, of any group, with [`StorageError::Closed`]; nothing is acknowledged
+//! after an error.
 
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use raft_core::{LogId, LogIndex, StorageError, WriteBatch};
+use raft_core::{GroupId, LogId, LogIndex, StorageError, WriteBatch};
 
-use crate::apply::{self, Applier, Failure, Rejection};
-use crate::codec::{self, MetaRecord, STATE_KEY};
-use crate::env;
+use crate::apply::{self, Applier, Failure, GroupLog, Rejection};
+use crate::codec::{self, MetaRecord};
+use crate::env::{self, Handles};
 use crate::headroom::Headroom;
 use crate::shared::Shared;
 
@@ -39,14 +43,18 @@ pub(crate) enum Op {
     Purge(LogIndex),
     /// [`raft_core::LogStore::reset`].
     Reset(LogId),
+    /// Load the group's metadata, creating the group (an empty log) if it does not exist.
+    Open,
+    /// Delete the group's entries and metadata.
+    Remove,
 }
 
 impl Op {
-    /// The bytes this request adds to a group (for the group's byte bound).
-    fn size_bytes(&self) -> u64 {
+    /// The bytes this request adds to a transaction (for the byte bound).
+    pub(crate) fn size_bytes(&self) -> u64 {
         match self {
             Op::Write(batch) => batch.entries.iter().map(|e| e.size_bytes()).sum::<u64>() + 32,
-            Op::Purge(_) | Op::Reset(_) => 32,
+            Op::Purge(_) | Op::Reset(_) | Op::Open | Op::Remove => 32,
         }
     }
 }
@@ -54,41 +62,43 @@ impl Op {
 /// One queued request and where to send its outcome.
 #[derive(Debug)]
 pub(crate) struct Request {
+    pub(crate) group: GroupId,
     pub(crate) op: Op,
     pub(crate) reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
-/// A request's answer channel and its outcome.
-type Reply = (oneshot::Sender<Result<(), StorageError>>, Result<(), StorageError>);
+/// A request's group, answer channel and outcome.
+type Reply = (GroupId, oneshot::Sender<Result<(), StorageError>>, Result<(), StorageError>);
 
-/// The longest a group waits for expected requests before committing.
+/// The state of the groups a transaction touches: `None` once removed.
+type Touched = HashMap<GroupId, Option<MetaRecord>>;
+
+/// The longest a transaction waits for expected requests before committing.
 const MAX_LINGER: Duration = Duration::from_micros(500);
 
-/// Bounds on one group commit.
+/// Bounds on one transaction.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GroupLimits {
     pub(crate) max_requests: usize,
     pub(crate) max_bytes: u64,
 }
 
-/// Starts the writer thread. It runs until every sender of `rx` is dropped and the queue is
-/// drained.
+/// Starts the writer thread, knowing the metadata of the groups in `committed` (others are
+/// loaded by [`Op::Open`]). It runs until the queue is closed and drained.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
-    rx: Receiver<Request>,
-    committed: MetaRecord,
+    committed: HashMap<GroupId, MetaRecord>,
     limits: GroupLimits,
     headroom: Headroom,
 ) -> io::Result<JoinHandle<()>> {
-    let writer = Writer { shared, rx, committed, limits, applier: Applier::default(), headroom };
+    let writer = Writer { shared, committed, limits, applier: Applier::default(), headroom };
     std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || writer.run())
 }
 
 struct Writer {
     shared: Arc<Shared>,
-    rx: Receiver<Request>,
-    /// The metadata as of the last commit (only this thread changes it).
-    committed: MetaRecord,
+    /// Each loaded group's metadata as of the last commit (only this thread changes it).
+    committed: HashMap<GroupId, MetaRecord>,
     limits: GroupLimits,
     /// Applies requests to a transaction.
     applier: Applier,
@@ -96,30 +106,41 @@ struct Writer {
     headroom: Headroom,
 }
 
+/// Closes the queue when the writer stops, however it stops (a panic included), so that
+/// nobody waits for it.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.queue.abandon();
+    }
+}
+
 impl Writer {
     fn run(mut self) {
-        // Requests that arrived while the previous group was being committed.
+        let shared = Arc::clone(&self.shared);
+        let _stopped = Stopped(&shared);
+        // Requests that arrived while the previous transaction was being committed.
         let mut carry: Vec<Request> = Vec::new();
-        // Size of the previous group, and how long its commit took.
+        // Size of the previous transaction, and how long its commit took.
         let (mut answered, mut last_commit) = (0, Duration::ZERO);
         loop {
             let mut group = std::mem::take(&mut carry);
+            let mut bytes = group.iter().map(|r| r.op.size_bytes()).sum();
             // The writers just answered are likely to come back at once (a closed loop of
             // callers, each waiting for its write before the next): expect them as well as
             // the requests that queued up during the commit.
             let expected = (answered + group.len()).min(self.limits.max_requests);
             if group.is_empty() {
-                match self.rx.recv() {
-                    Ok(request) => group.push(request),
-                    Err(_) => break,
+                if !shared.queue.wait(None) {
+                    break;
                 }
+                shared.queue.take(&mut group, &mut bytes, 1, u64::MAX);
             }
             #[cfg(test)]
-            drop(self.shared.pause.lock());
-            let mut bytes = group.iter().map(|r| r.op.size_bytes()).sum();
+            drop(shared.pause.lock());
             self.gather(&mut group, &mut bytes);
             self.linger(&mut group, &mut bytes, expected, last_commit);
-            self.shared.space.notify(usize::MAX);
             answered = group.len();
             let started = Instant::now();
             let replies = self.commit_group(group);
@@ -128,28 +149,24 @@ impl Writer {
             // mistaken for the answered callers coming back.
             let mut carried_bytes = 0;
             self.gather(&mut carry, &mut carried_bytes);
-            for (reply, outcome) in replies {
+            let mut groups = Vec::with_capacity(replies.len());
+            for (group, reply, outcome) in replies {
                 // The caller may have stopped waiting; the write is durable all the same.
                 let _ = reply.send(outcome);
+                groups.push(group);
             }
+            shared.queue.answered(groups);
         }
-        tracing::debug!("raft-lmdb writer thread stops: the store was dropped");
+        tracing::debug!("raft-lmdb writer thread stops: the environment was dropped");
     }
 
-    /// Adds queued requests to `group` without waiting, within the group limits.
+    /// Adds queued requests to `group` without waiting, within the transaction limits.
     fn gather(&mut self, group: &mut Vec<Request>, bytes: &mut u64) {
-        while group.len() < self.limits.max_requests && *bytes < self.limits.max_bytes {
-            match self.rx.try_recv() {
-                Ok(request) => {
-                    *bytes += request.op.size_bytes();
-                    group.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+        let GroupLimits { max_requests, max_bytes } = self.limits;
+        self.shared.queue.take(group, bytes, max_requests, max_bytes);
     }
 
-    /// Waits a little for the group to reach `expected` requests: a fraction of the last
+    /// Waits a little for the transaction to reach `expected` requests: a fraction of the last
     /// commit's duration, at most [`MAX_LINGER`]. One sync then serves them all instead of the
     /// callers splitting into cohorts that alternate between commits. A lone caller never
     /// waits here (`expected` is 1).
@@ -160,35 +177,40 @@ impl Writer {
         expected: usize,
         last_commit: Duration,
     ) {
-        if group.len() >= expected {
-            return;
-        }
         let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
         while group.len() < expected && *bytes < self.limits.max_bytes {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            match self.rx.recv_timeout(left) {
-                Ok(request) => {
-                    *bytes += request.op.size_bytes();
-                    group.push(request);
-                    self.gather(group, bytes);
-                }
-                Err(_) => break,
+            if !self.shared.queue.wait(Some(left)) {
+                break;
             }
+            self.gather(group, bytes);
         }
     }
 
     /// Commits `group` and returns the answer for each request (not sent yet).
     fn commit_group(&mut self, group: Vec<Request>) -> Vec<Reply> {
         if self.shared.is_poisoned() {
-            return group.into_iter().map(|r| (r.reply, Err(StorageError::Closed))).collect();
+            return group
+                .into_iter()
+                .map(|r| (r.group, r.reply, Err(StorageError::Closed)))
+                .collect();
         }
         loop {
             match self.try_commit(&group) {
-                Ok((meta, outcomes)) => {
-                    self.committed = meta;
+                Ok((touched, outcomes)) => {
+                    for (id, meta) in touched {
+                        match meta {
+                            Some(meta) => self.committed.insert(id, meta),
+                            None => self.committed.remove(&id),
+                        };
+                    }
                     self.shared.commits.fetch_add(1, Ordering::Relaxed);
                     self.shared.committed_requests.fetch_add(group.len() as u64, Ordering::Relaxed);
-                    return group.into_iter().map(|r| r.reply).zip(outcomes).collect();
+                    return group
+                        .into_iter()
+                        .zip(outcomes)
+                        .map(|(r, outcome)| (r.group, r.reply, outcome))
+                        .collect();
                 }
                 Err(Failure::MapFull) => {
                     if let Err(err) = self.grow_map() {
@@ -200,11 +222,11 @@ impl Writer {
         }
     }
 
-    /// Poisons the store and answers the whole group with `err`.
+    /// Poisons the environment and answers the whole transaction with `err`.
     fn fail(&mut self, group: Vec<Request>, err: StorageError) -> Vec<Reply> {
-        tracing::error!(error = %err, "raft-lmdb write failed; the store accepts no more writes");
+        tracing::error!(error = %err, "raft-lmdb write failed; the environment accepts no more writes");
         self.shared.poison();
-        group.into_iter().map(|r| (r.reply, Err(copy_error(&err)))).collect()
+        group.into_iter().map(|r| (r.group, r.reply, Err(copy_error(&err)))).collect()
     }
 
     /// Closes the environment and reopens it with a larger map.
@@ -230,12 +252,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies the whole group in one transaction and commits it. Returns the new metadata and
-    /// each request's outcome.
+    /// Applies the whole transaction and commits it. Returns the new metadata of the groups it
+    /// touched and each request's outcome.
     fn try_commit(
         &mut self,
         group: &[Request],
-    ) -> Result<(MetaRecord, Vec<Result<(), StorageError>>), Failure> {
+    ) -> Result<(Touched, Vec<Result<(), StorageError>>), Failure> {
         let shared = Arc::clone(&self.shared);
         let slot = shared.handles();
         let Some(handles) = slot.as_ref() else {
@@ -245,31 +267,71 @@ impl Writer {
         let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum();
         self.headroom.ensure(used, entry_bytes, page_size);
         let mut txn = handles.env.write_txn()?;
-        let mut meta = self.committed;
+        let mut touched = Touched::new();
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
-            let applied = match &request.op {
-                Op::Write(batch) => self.applier.write(handles, &mut txn, &mut meta, batch),
-                Op::Purge(up_to) => apply::purge(handles, &mut txn, &mut meta, *up_to),
-                Op::Reset(last_included) => {
-                    apply::reset(handles, &mut txn, &mut meta, *last_included)
-                }
-            };
-            match applied {
+            match self.apply(handles, &mut txn, &mut touched, request) {
                 Ok(()) => outcomes.push(Ok(())),
                 Err(Rejection::Invalid(err)) => outcomes.push(Err(err)),
                 Err(Rejection::Failed(failure)) => return Err(failure),
             }
         }
-        if meta != self.committed {
-            handles.meta.put(&mut txn, STATE_KEY, &codec::encode_meta(&meta)?)?;
+        for (id, meta) in &touched {
+            if let Some(meta) = meta {
+                if self.committed.get(id) != Some(meta) {
+                    let key = handles.layout.keys(*id).meta();
+                    handles.meta.put(&mut txn, key.as_slice(), &codec::encode_meta(meta)?)?;
+                }
+            }
         }
         #[cfg(test)]
         if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
         txn.commit()?;
-        Ok((meta, outcomes))
+        Ok((touched, outcomes))
+    }
+
+    /// Applies one request to the transaction, against its group's metadata in `touched`.
+    fn apply(
+        &mut self,
+        handles: &Handles,
+        txn: &mut heed::RwTxn<'_>,
+        touched: &mut Touched,
+        request: &Request,
+    ) -> Result<(), Rejection> {
+        let keys = handles.layout.keys(request.group);
+        let log = GroupLog::new(handles, keys);
+        if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group) {
+            // Not loaded yet (a group found on disk): what is on disk is what is committed.
+            if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {
+                self.committed.insert(request.group, meta);
+            }
+        }
+        let meta = match touched.entry(request.group) {
+            MapEntry::Occupied(entry) => entry.into_mut(),
+            MapEntry::Vacant(entry) => entry.insert(self.committed.get(&request.group).copied()),
+        };
+        match (&request.op, meta) {
+            (Op::Open, Some(_)) => Ok(()),
+            (Op::Open, meta @ None) => {
+                *meta = Some(MetaRecord::default());
+                Ok(())
+            }
+            (Op::Remove, meta) => {
+                log.clear(txn)?;
+                handles.meta.delete(txn, keys.meta().as_slice())?;
+                *meta = None;
+                Ok(())
+            }
+            (_, None) => Err(Rejection::Invalid(StorageError::InvalidRequest(format!(
+                "group {} does not exist",
+                request.group
+            )))),
+            (Op::Write(batch), Some(meta)) => self.applier.write(log, txn, meta, batch),
+            (Op::Purge(up_to), Some(meta)) => apply::purge(log, txn, meta, *up_to),
+            (Op::Reset(last_included), Some(meta)) => apply::reset(log, txn, meta, *last_included),
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! request on stdout; the parent kills it with SIGKILL at a random moment, reopens the store and
 //! checks that it holds exactly the state after some prefix of the requests that includes every
 //! acknowledged one: nothing acknowledged is lost, no request is half applied, the log is a
-//! clean prefix.
+//! clean prefix. The same with several groups of one `LmdbEnvironment` written at once (their
+//! requests share transactions): every group's state is a prefix of its own requests holding
+//! all its acknowledged ones, and its log opens (its records are consistent).
 //!
 //! `RAFT_LMDB_CRASH_SEED` replays a run (the seed is printed); `RAFT_LMDB_CRASH_ROUNDS` changes
 //! the number of rounds (default 60).
@@ -17,15 +19,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::executor::block_on;
+use raft_core::GroupId;
 use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, WriteBatch};
-use raft_lmdb::LmdbLogStore;
+use raft_lmdb::{LmdbEnvironment, LmdbLogStore};
 
 const CHILD_DIR_ENV: &str = "RAFT_LMDB_CRASH_CHILD_DIR";
 const CHILD_SEED_ENV: &str = "RAFT_LMDB_CRASH_CHILD_SEED";
+/// The number of groups of an environment the child writes to; 0: a store of its own.
+const CHILD_GROUPS_ENV: &str = "RAFT_LMDB_CRASH_CHILD_GROUPS";
 /// Requests a child makes if it is not killed first.
 const OPS_PER_ROUND: usize = 250;
 const DEFAULT_SEED: u64 = 0x5eed_1a7e_2026;
 const DEFAULT_ROUNDS: u64 = 60;
+/// Rounds of the multi-group test (a quarter more requests each on average).
+const DEFAULT_GROUP_ROUNDS: u64 = 30;
 
 /// SplitMix64: a tiny deterministic PRNG.
 struct Rng(u64);
@@ -144,36 +151,64 @@ fn pipeline_depth(seed: u64) -> usize {
     [1, 1, 4, 16][(Rng(seed ^ 0xd0d0).below(4)) as usize]
 }
 
-/// Not a test on its own: the child process of the crash test.
+/// The requests of `group` in a round of seed `seed` (group 0's are the round's own).
+fn group_seed(seed: u64, group: GroupId) -> u64 {
+    seed ^ group.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// The stores a child writes to: a store of its own (`groups` 0) or groups `0..groups` of an
+/// environment.
+fn open_stores(dir: &std::path::Path, groups: u64) -> Vec<LmdbLogStore> {
+    if groups == 0 {
+        return vec![LmdbLogStore::open_dir(dir).unwrap()];
+    }
+    let env = LmdbEnvironment::open(dir).unwrap();
+    (0..groups).map(|group| env.log_store(group).unwrap()).collect()
+}
+
+/// Not a test on its own: the child process of the crash tests. Writes the requests of every
+/// group in turn, several in flight, and prints `ACK <group> <n>` once request `n` of a group
+/// is durable.
 #[test]
 fn crash_child() {
-    let (Ok(dir), Ok(seed)) = (std::env::var(CHILD_DIR_ENV), std::env::var(CHILD_SEED_ENV)) else {
+    let (Ok(dir), Ok(seed), Ok(groups)) = (
+        std::env::var(CHILD_DIR_ENV),
+        std::env::var(CHILD_SEED_ENV),
+        std::env::var(CHILD_GROUPS_ENV),
+    ) else {
         return;
     };
-    let seed: u64 = seed.parse().unwrap();
+    let (seed, groups): (u64, u64) = (seed.parse().unwrap(), groups.parse().unwrap());
     let depth = pipeline_depth(seed);
-    let store = LmdbLogStore::open_dir(dir).unwrap();
+    let stores = open_stores(dir.as_ref(), groups);
+    let mut ops: Vec<_> =
+        (0..stores.len() as u64).map(|g| generate(group_seed(seed, g)).into_iter()).collect();
     let mut out = std::io::stdout().lock();
     writeln!(out).unwrap();
     let mut in_flight = VecDeque::new();
-    let mut acked = 0usize;
-    for op in generate(seed) {
-        let pending = match op {
-            Op::Write(batch) => block_on(store.submit(batch)).unwrap(),
-            Op::Purge(up_to) => block_on(store.submit_purge(up_to)).unwrap(),
-        };
-        in_flight.push_back(pending);
-        while in_flight.len() >= depth {
-            block_on(in_flight.pop_front().unwrap()).unwrap();
-            writeln!(out, "ACK {acked}").unwrap();
-            out.flush().unwrap();
-            acked += 1;
+    let mut acked = vec![0usize; stores.len()];
+    let mut ack = |out: &mut std::io::StdoutLock<'_>, group: usize| {
+        writeln!(out, "ACK {group} {}", acked[group]).unwrap();
+        out.flush().unwrap();
+        acked[group] += 1;
+    };
+    for _ in 0..OPS_PER_ROUND {
+        for (group, store) in stores.iter().enumerate() {
+            let pending = match ops[group].next().unwrap() {
+                Op::Write(batch) => block_on(store.submit(batch)).unwrap(),
+                Op::Purge(up_to) => block_on(store.submit_purge(up_to)).unwrap(),
+            };
+            in_flight.push_back((group, pending));
+        }
+        while in_flight.len() >= depth * stores.len() {
+            let (group, pending) = in_flight.pop_front().unwrap();
+            block_on(pending).unwrap();
+            ack(&mut out, group);
         }
     }
-    for pending in in_flight {
+    for (group, pending) in in_flight {
         block_on(pending).unwrap();
-        writeln!(out, "ACK {acked}").unwrap();
-        acked += 1;
+        ack(&mut out, group);
     }
     writeln!(out, "DONE").unwrap();
     out.flush().unwrap();
@@ -190,12 +225,14 @@ fn stored(store: &LmdbLogStore) -> Model {
     Model { hard_state: state.hard_state, purged: state.purged, entries }
 }
 
-/// Runs one child, kills it, and returns how many requests it acknowledged.
-fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool) {
+/// Runs one child writing to `groups` groups (0: a store of its own), kills it, and returns how
+/// many requests of each group it acknowledged.
+fn crash_round(dir: &std::path::Path, seed: u64, groups: u64, rng: &mut Rng) -> (Vec<usize>, bool) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_SEED_ENV, seed.to_string())
+        .env(CHILD_GROUPS_ENV, groups.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -204,7 +241,8 @@ fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool)
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let message = if let Some(ack) = line.split("ACK ").nth(1) {
-                Some(ack.trim().parse::<usize>().unwrap() + 1)
+                let (group, n) = ack.trim().split_once(' ').unwrap();
+                Some((group.parse::<usize>().unwrap(), n.parse::<usize>().unwrap() + 1))
             } else if line.contains("DONE") {
                 None
             } else {
@@ -220,7 +258,7 @@ fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool)
     let by_time = rng.chance(30);
     let kill_after_acks = 1 + rng.below(60) as usize;
     let deadline = Instant::now() + Duration::from_micros(rng.below(40_000));
-    let mut acked = 0;
+    let mut acked = vec![0; groups.max(1) as usize];
     let mut finished = false;
     loop {
         let wait = if by_time {
@@ -229,7 +267,7 @@ fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool)
             Duration::from_secs(30)
         };
         match rx.recv_timeout(wait) {
-            Ok(Some(count)) => acked = count,
+            Ok(Some((group, count))) => acked[group] = count,
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 finished = true;
                 break;
@@ -237,7 +275,7 @@ fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool)
             Err(mpsc::RecvTimeoutError::Timeout) if by_time => break,
             Err(mpsc::RecvTimeoutError::Timeout) => panic!("seed {seed}: the child stalled"),
         }
-        if !by_time && acked >= kill_after_acks {
+        if !by_time && acked.iter().sum::<usize>() >= kill_after_acks {
             break;
         }
     }
@@ -249,49 +287,83 @@ fn crash_round(dir: &std::path::Path, seed: u64, rng: &mut Rng) -> (usize, bool)
         child.wait().unwrap();
     }
     // Acknowledgements read before the kill are all that count; later ones may be lost lines.
-    while let Ok(Some(count)) = rx.try_recv() {
-        acked = acked.max(count);
+    while let Ok(Some((group, count))) = rx.try_recv() {
+        acked[group] = acked[group].max(count);
     }
     reader.join().unwrap();
     (acked, finished)
 }
 
-/// Checks that the store in `dir` holds the state after `j` requests for some `j >= acked`.
-fn verify(dir: &std::path::Path, seed: u64, acked: usize) -> usize {
-    let store = LmdbLogStore::open_dir(dir)
-        .unwrap_or_else(|e| panic!("seed {seed}: reopening after the crash failed: {e}"));
-    let on_disk = stored(&store);
-    let ops = generate(seed);
+/// Checks that each group in `dir` holds the state after `j` of its requests for some
+/// `j >= acked[group]`, and returns the `j` of each group.
+fn verify(dir: &std::path::Path, seed: u64, groups: u64, acked: &[usize]) -> Vec<usize> {
+    let stores = if groups == 0 {
+        vec![LmdbLogStore::open_dir(dir)
+            .unwrap_or_else(|e| panic!("seed {seed}: reopening after the crash failed: {e}"))]
+    } else {
+        let env = LmdbEnvironment::open(dir)
+            .unwrap_or_else(|e| panic!("seed {seed}: reopening after the crash failed: {e}"));
+        let on_disk = env.groups().unwrap();
+        (0..groups)
+            .map(|group| {
+                let present = on_disk.contains(&group);
+                assert!(present || acked[group as usize] == 0, "seed {seed}: group {group} lost");
+                env.log_store(group).unwrap_or_else(|e| {
+                    panic!("seed {seed}: group {group} does not open after the crash: {e}")
+                })
+            })
+            .collect()
+    };
+    let applied = stores
+        .iter()
+        .enumerate()
+        .map(|(group, store)| verify_group(store, seed, group as u64, acked[group]))
+        .collect();
+    // The recovered stores accept writes again, together.
+    let pending: Vec<_> = stores
+        .iter()
+        .map(|store| {
+            let last = block_on(store.open()).unwrap().last;
+            let entry = Entry {
+                index: last.index + 1,
+                term: last.term.max(1),
+                payload: EntryPayload::Blank,
+            };
+            block_on(store.submit(WriteBatch { entries: vec![entry], ..WriteBatch::default() }))
+                .unwrap()
+        })
+        .collect();
+    for write in pending {
+        block_on(write).unwrap();
+    }
+    applied
+}
+
+/// Checks that `store` holds the state after `j` of `group`'s requests for some `j >= acked`.
+fn verify_group(store: &LmdbLogStore, seed: u64, group: GroupId, acked: usize) -> usize {
+    let on_disk = stored(store);
+    let ops = generate(group_seed(seed, group));
     let mut model = Model::default();
-    let mut matched = None;
     for (j, op) in std::iter::once(None).chain(ops.iter().map(Some)).enumerate() {
         if let Some(op) = op {
             model.apply(op);
         }
         if j >= acked && model == on_disk {
-            matched = Some(j);
-            break;
+            return j;
         }
     }
-    let Some(j) = matched else {
-        panic!(
-            "seed {seed}: after {acked} acknowledged requests the store holds a state that is \
-             no prefix of the requests: hard state {:?}, purged {:?}, last {:?}",
-            on_disk.hard_state,
-            on_disk.purged,
-            on_disk.last()
-        );
-    };
-    // The recovered store accepts writes again.
-    let next = on_disk.last().index + 1;
-    let entry =
-        Entry { index: next, term: on_disk.last().term.max(1), payload: EntryPayload::Blank };
-    block_on(store.write(WriteBatch { entries: vec![entry], ..WriteBatch::default() })).unwrap();
-    j
+    panic!(
+        "seed {seed}, group {group}: after {acked} acknowledged requests the store holds a state \
+         that is no prefix of the requests: hard state {:?}, purged {:?}, last {:?}",
+        on_disk.hard_state,
+        on_disk.purged,
+        on_disk.last()
+    );
 }
 
-#[test]
-fn acknowledged_writes_survive_sigkill() {
+/// Runs the crash test: each round a child writes to `groups(rng)` groups (0: a store of its
+/// own) and is killed; the directory is then checked.
+fn crash_test(name: &str, default_rounds: u64, groups: impl Fn(&mut Rng) -> u64) {
     let seed = std::env::var("RAFT_LMDB_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -299,24 +371,36 @@ fn acknowledged_writes_survive_sigkill() {
     let rounds = std::env::var("RAFT_LMDB_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_ROUNDS);
-    println!("crash test: seed {seed} (RAFT_LMDB_CRASH_SEED), {rounds} rounds");
+        .unwrap_or(default_rounds);
+    println!("{name}: seed {seed} (RAFT_LMDB_CRASH_SEED), {rounds} rounds");
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
     let (mut total_acked, mut finished_rounds, mut in_flight_applied) = (0, 0, 0);
     for round in 0..rounds {
         let round_seed = rng.next();
+        let groups = groups(&mut rng);
         let dir = root.path().join(format!("round-{round}"));
-        let (acked, finished) = crash_round(&dir, round_seed, &mut rng);
-        let recovered = verify(&dir, round_seed, acked);
-        total_acked += acked;
+        let (acked, finished) = crash_round(&dir, round_seed, groups, &mut rng);
+        let recovered = verify(&dir, round_seed, groups, &acked);
+        total_acked += acked.iter().sum::<usize>();
         finished_rounds += usize::from(finished);
-        in_flight_applied += recovered - acked;
+        in_flight_applied += recovered.iter().sum::<usize>() - acked.iter().sum::<usize>();
         std::fs::remove_dir_all(&dir).unwrap();
     }
     println!(
-        "crash test: {rounds} rounds, {total_acked} acknowledged requests all recovered, \
+        "{name}: {rounds} rounds, {total_acked} acknowledged requests all recovered, \
          {in_flight_applied} unacknowledged requests found applied, {finished_rounds} rounds \
          finished before the kill"
     );
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    crash_test("crash test", DEFAULT_ROUNDS, |_| 0);
+}
+
+/// Several groups of one environment, their requests sharing transactions.
+#[test]
+fn acknowledged_writes_of_every_group_survive_sigkill() {
+    crash_test("multi-group crash test", DEFAULT_GROUP_ROUNDS, |rng| 2 + rng.below(4));
 }

@@ -18,6 +18,12 @@
 //! the headroom buys in the same run.
 //! `--dir` must be on the disk you care about (not a tmpfs); the benchmark works in a fresh
 //! sub-directory that it removes at the end.
+//!
+//! `--groups 1,4,16,64` measures instead the shared environment of many Raft groups
+//! (`LmdbEnvironment`): for each group count, `--writers` writers (default 64) spread over the
+//! groups (writer `i` appends to group `i % groups`), each waiting for its write before the
+//! next; one table of durable entries/s, syncs (commits) per second and entries per sync, with a
+//! store of its own (`LmdbLogStore::open_dir`) as the first row for comparison.
 
 use std::error::Error;
 use std::fs::{self, OpenOptions};
@@ -29,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raft_core::{Entry, EntryPayload, LogIndex, LogStore, WriteBatch};
-use raft_lmdb::{LmdbLogStore, LmdbOptions};
+use raft_lmdb::{LmdbEnvironment, LmdbLogStore, LmdbOptions};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -54,17 +60,32 @@ const GROUP_COMMIT_TARGET_WRITERS: usize = 64;
 struct Args {
     dir: PathBuf,
     seconds: f64,
+    /// Group counts of the multi-group table (empty: the default tables).
+    groups: Vec<usize>,
+    /// Writers of the multi-group table.
+    writers: usize,
 }
 
+/// The most groups or writers the multi-group table takes.
+const MAX_GROUPS_OR_WRITERS: usize = 100_000;
+
 fn parse_args() -> Result<Args, BoxError> {
-    let mut args = Args { dir: PathBuf::from("."), seconds: 3.0 };
+    let mut args = Args { dir: PathBuf::from("."), seconds: 3.0, groups: Vec::new(), writers: 64 };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--dir" => args.dir = it.next().ok_or("--dir needs a path")?.into(),
             "--seconds" => args.seconds = it.next().ok_or("--seconds needs a number")?.parse()?,
+            "--groups" => {
+                let list = it.next().ok_or("--groups needs a list such as 1,4,16")?;
+                args.groups = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            }
+            "--writers" => args.writers = it.next().ok_or("--writers needs a number")?.parse()?,
             "--help" | "-h" => {
-                println!("usage: bench-lmdb [--dir DIR (default .)] [--seconds S (default 3)]");
+                println!(
+                    "usage: bench-lmdb [--dir DIR (default .)] [--seconds S (default 3)] \
+                     [--groups N,N,... [--writers W (default 64)]]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
@@ -72,6 +93,12 @@ fn parse_args() -> Result<Args, BoxError> {
     }
     if !(args.seconds > 0.0 && args.seconds < 600.0) {
         return Err("--seconds must be between 0 and 600".into());
+    }
+    let in_range = |n: &usize| (1..=MAX_GROUPS_OR_WRITERS).contains(n);
+    if !args.groups.iter().all(in_range) || !in_range(&args.writers) {
+        return Err(
+            format!("groups and writers must be between 1 and {MAX_GROUPS_OR_WRITERS}").into()
+        );
     }
     Ok(args)
 }
@@ -90,7 +117,7 @@ fn main() -> Result<(), BoxError> {
     fs::create_dir_all(&args.dir)?;
     let work = fs::canonicalize(&args.dir)?.join(format!("bench-lmdb-{}", std::process::id()));
     fs::create_dir(&work)?;
-    let result = run(&args, &work);
+    let result = if args.groups.is_empty() { run(&args, &work) } else { run_groups(&args, &work) };
     fs::remove_dir_all(&work)?;
     result
 }
@@ -378,13 +405,28 @@ async fn concurrent_writers(
     period: Duration,
     meter: &mut GroupMeter,
 ) -> Result<(), BoxError> {
-    let next = Arc::new(tokio::sync::Mutex::new(store.open().await?.last.index + 1));
-    let before = store.stats();
+    spread_writers(std::slice::from_ref(store), writers, period, meter).await
+}
+
+/// [`concurrent_writers`] over several stores of one environment: writer `i` appends to store
+/// `i % stores.len()`. The commit counters are the environment's.
+async fn spread_writers(
+    stores: &[Arc<LmdbLogStore>],
+    writers: usize,
+    period: Duration,
+    meter: &mut GroupMeter,
+) -> Result<(), BoxError> {
+    let mut next = Vec::with_capacity(stores.len());
+    for store in stores {
+        next.push(Arc::new(tokio::sync::Mutex::new(store.open().await?.last.index + 1)));
+    }
+    let before = stores[0].stats();
     let start = Instant::now();
     let deadline = start + period;
     let tasks: Vec<_> = (0..writers)
-        .map(|_| {
-            let (store, next) = (Arc::clone(store), Arc::clone(&next));
+        .map(|writer| {
+            let i = writer % stores.len();
+            let (store, next) = (Arc::clone(&stores[i]), Arc::clone(&next[i]));
             tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new(3)?;
                 let mut count = 0u64;
@@ -410,9 +452,65 @@ async fn concurrent_writers(
         meter.meter.latency.add(histogram)?;
     }
     meter.meter.elapsed += start.elapsed();
-    let after = store.stats();
+    let after = stores[0].stats();
     meter.commits += after.commits - before.commits;
     meter.requests += after.requests - before.requests;
+    Ok(())
+}
+
+/// The multi-group table: `args.writers` writers spread over each group count of
+/// `args.groups`, one environment per count, after a store of its own as the baseline.
+fn run_groups(args: &Args, work: &Path) -> Result<(), BoxError> {
+    let period = Duration::from_secs_f64(args.seconds);
+    println!(
+        "bench-lmdb --groups in {} ({}), {} writers, {:.1} s per measurement",
+        work.display(),
+        describe_fs(work),
+        args.writers,
+        args.seconds
+    );
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        let single = Arc::new(LmdbLogStore::open_dir(work.join("single"))?);
+        let mut meter = GroupMeter::new()?;
+        spread_writers(&[Arc::clone(&single)], args.writers, period / 4, &mut GroupMeter::new()?)
+            .await?;
+        spread_writers(&[single], args.writers, period, &mut meter).await?;
+        rows.push(("store of its own".to_string(), meter));
+        for &groups in &args.groups {
+            let env = LmdbEnvironment::open(work.join(format!("groups-{groups}")))?;
+            let stores = (0..groups as u64)
+                .map(|group| env.log_store(group).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut meter = GroupMeter::new()?;
+            // Warm up (data file, map, headroom), then measure.
+            spread_writers(&stores, args.writers, period / 4, &mut GroupMeter::new()?).await?;
+            spread_writers(&stores, args.writers, period, &mut meter).await?;
+            rows.push((format!("{groups} groups, one environment"), meter));
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    println!();
+    println!(
+        "| {:<28} | {:>14} | {:>10} | {:>15} | {:>9} | {:>9} |",
+        "stores", "entries/s", "syncs/s", "entries / sync", "p50", "p99"
+    );
+    println!("|{:-<30}|{:->16}|{:->12}|{:->17}|{:->11}|{:->11}|", "", "", "", "", "", "");
+    for (what, meter) in rows {
+        let seconds = meter.meter.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+        let latency = &meter.meter.latency;
+        println!(
+            "| {:<28} | {:>14} | {:>10} | {:>15.1} | {:>9} | {:>9} |",
+            what,
+            thousands(meter.meter.rate()),
+            thousands(meter.commits as f64 / seconds),
+            meter.requests as f64 / meter.commits.max(1) as f64,
+            millis(latency.value_at_quantile(0.50)),
+            millis(latency.value_at_quantile(0.99)),
+        );
+    }
     Ok(())
 }
 

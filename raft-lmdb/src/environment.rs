@@ -1,0 +1,421 @@
+//! [`LmdbEnvironment`]: one LMDB environment and one writer thread for all the Raft groups of a
+//! process; and the running environment every [`LmdbLogStore`] stands on (a store opened with
+//! `open_dir` has one of its own, with one group).
+
+use std::collections::HashMap;
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{JoinHandle, Thread};
+
+use raft_core::{GroupId, StorageError, DEFAULT_GROUP_ID};
+
+use crate::codec::MetaRecord;
+use crate::env::{self, Handles};
+use crate::error::OpenError;
+use crate::fsdir;
+use crate::headroom::{Headroom, DATA_FILE};
+use crate::layout::Layout;
+use crate::options::LmdbOptions;
+use crate::queue::{Queue, QueueLimits};
+use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
+use crate::shared::{with_handles, Shared};
+use crate::store::{enqueue, LmdbLogStore, StoreStats};
+use crate::writer::{self, GroupLimits, Op};
+use crate::FileSnapshotStore;
+
+/// The sub-directory of an environment's directory that holds the groups' snapshot stores,
+/// one directory per group named by its id in decimal.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// Files LMDB and this crate (this build or an older one) create in a single-group store's
+/// directory; anything else makes the directory foreign.
+const SINGLE_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
+/// The same for an environment's directory.
+const GROUPS_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", SNAPSHOTS_DIR];
+
+/// An open environment with its writer thread. Dropping it (its last handle) closes the queue,
+/// waits for the writer to answer what was queued and stop, and then (with the last
+/// [`Shared`]) closes LMDB and releases the directory.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shared.queue.close();
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the raft-lmdb writer thread panicked");
+            }
+        }
+    }
+}
+
+/// Opens (or creates) the environment of `layout` in `dir` and starts its writer thread.
+pub(crate) fn start(
+    dir: &Path,
+    options: LmdbOptions,
+    layout: Layout,
+) -> Result<Arc<Running>, OpenError> {
+    let guard = DirGuard::open(dir)?;
+    let dir = guard.path().to_path_buf();
+    let own_files = match layout {
+        Layout::Single => SINGLE_OWN_FILES,
+        Layout::Groups => GROUPS_OWN_FILES,
+    };
+    check_own_files(&dir, own_files)?;
+    let legacy_lock = LegacyLock::take(&dir)?;
+    let data_len = fs::metadata(dir.join(DATA_FILE)).map(|m| m.len()).unwrap_or(0);
+    let map_size = env::initial_map_size(options.initial_map_size, data_len);
+    let handles = env::open_environment(&guard, map_size, layout)?;
+    let mut committed = HashMap::new();
+    if layout == Layout::Single {
+        let meta =
+            check_group(&handles, &dir, DEFAULT_GROUP_ID)?.ok_or_else(|| OpenError::Corrupt {
+                path: dir.clone(),
+                reason: "the metadata record is missing".into(),
+            })?;
+        tracing::debug!(path = %dir.display(), map_size, ?meta, "opened raft-lmdb store");
+        committed.insert(DEFAULT_GROUP_ID, meta);
+    }
+    let io_err = |source| OpenError::Io { path: dir.clone(), source };
+    // The entries of LMDB's files (created by the first open) become durable.
+    fsdir::sync_dir(&dir).map_err(io_err)?;
+    if let Some(legacy_lock) = legacy_lock {
+        legacy_lock.remove().map_err(io_err)?;
+    }
+    let mut headroom = Headroom::open(&dir, options.file_headroom_bytes).map_err(io_err)?;
+    // Before the first write, not during it (the writer thread has not started).
+    let (page_size, used) = handles.pages();
+    headroom.ensure(used, 0, page_size);
+    let per_group = match layout {
+        // One group: its bound is the queue's.
+        Layout::Single => options.queue_capacity,
+        Layout::Groups => options.group_queue_capacity,
+    };
+    let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
+    let shared = Arc::new(Shared::new(handles, guard, queue));
+    let limits = GroupLimits {
+        max_requests: options.max_group_requests,
+        max_bytes: options.max_group_bytes,
+    };
+    let writer = writer::spawn(Arc::clone(&shared), committed, limits, headroom).map_err(io_err)?;
+    Ok(Arc::new(Running { shared, writer: Some(writer) }))
+}
+
+/// Checks the records of `group` (see [`env::check_group`]): its metadata, `None` if the group
+/// does not exist.
+fn check_group(
+    handles: &Handles,
+    dir: &Path,
+    group: GroupId,
+) -> Result<Option<MetaRecord>, OpenError> {
+    env::check_group(handles, handles.layout.keys(group)).map_err(|e| match e {
+        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
+        source => OpenError::Storage { path: dir.to_path_buf(), source },
+    })
+}
+
+/// Checks that `dir` holds no file a raft-lmdb store does not create.
+fn check_own_files(dir: &Path, own: &[&str]) -> Result<(), OpenError> {
+    let io_err = |source: io::Error| OpenError::Io { path: dir.to_path_buf(), source };
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        let name = entry.map_err(io_err)?.file_name();
+        if !own.iter().any(|own| name == *own) {
+            return Err(OpenError::ForeignDirectory {
+                path: dir.to_path_buf(),
+                entry: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One LMDB environment holding the logs of many Raft groups, with one writer thread whose
+/// transactions merge the pending writes of every group: one sync makes many groups durable.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use raft_core::LogStore;
+/// let env = raft_lmdb::LmdbEnvironment::open("/var/lib/my-node/raft")?;
+/// for group in env.groups()? {
+///     let log = env.log_store(group)?; // a `LogStore` for this group's node
+///     let snapshots = env.snapshot_store(group)?; // its `SnapshotStore`
+///     # let _ = (log.open().await?, snapshots);
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Layout
+///
+/// `dir` holds LMDB's files (`data.mdb`, `lock.mdb`) and `snapshots/<group>/`, the snapshot
+/// store of each group (see [`LmdbEnvironment::snapshot_store`]). Every group's log, hard
+/// state and log bounds live in two databases keyed by group id (see the crate documentation);
+/// the records are those of a single-group store. A directory of [`LmdbLogStore::open_dir`] is
+/// not an environment and the other way round: each refuses the other's directory with
+/// [`OpenError::NotOurStore`] (there is no automatic migration between them).
+///
+/// # Guarantees
+///
+/// Every [`LmdbLogStore`] of the environment has the guarantees of a store of its own
+/// (durability, atomicity, order); in addition:
+///
+/// * **Group commit across groups.** The writer merges the requests of every group queued while
+///   it commits into the next transaction, and validates each one against its own group's log:
+///   an invalid request is answered with its error and changes nothing, without disturbing any
+///   other request of the transaction.
+/// * **Fairness.** The queue holds at most [`LmdbOptions::with_group_queue_capacity`] requests
+///   of one group and [`LmdbOptions::with_queue_capacity`] overall, except that a group with
+///   nothing queued is always admitted; the writer takes requests round-robin over the groups.
+///   A busy group can neither keep another group's request out of the queue nor hold it
+///   behind its own backlog: a queued request goes into the next transaction while fewer than
+///   [`LmdbOptions::with_max_group_requests`] groups have requests queued.
+/// * **Failures are per environment.** A full map grows (closing and reopening the environment
+///   for all groups) and the transaction is retried. Any other failure of a commit answers all
+///   its requests with the error and stops the environment: every later write of every group
+///   fails with [`StorageError::Closed`], nothing more is acknowledged.
+/// * **Groups on disk.** A group exists from the moment its first store (log or snapshot) is
+///   opened until it is removed ([`LmdbEnvironment::remove_group`]), durably:
+///   [`LmdbEnvironment::groups`] lists them after a restart.
+///
+/// The environment holds its directory exclusively, like a single store (process-wide registry
+/// and a lock on the directory). It stays open while this handle or any store of it exists:
+/// dropping the last one waits for the writer to answer what was queued, then closes it.
+/// Cloning gives another handle to the same environment.
+#[derive(Debug, Clone)]
+pub struct LmdbEnvironment {
+    running: Arc<Running>,
+}
+
+impl LmdbEnvironment {
+    /// Opens the environment in `dir` with default [`LmdbOptions`], creating the directory and a
+    /// new environment if it does not exist. See [`LmdbEnvironment::open_with`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(dir, LmdbOptions::default())
+    }
+
+    /// Opens the environment in `dir`, creating the directory and a new environment if it does
+    /// not exist, and starts its writer thread.
+    ///
+    /// Fails with a clear [`OpenError`], never a panic, for the reasons
+    /// [`LmdbLogStore::open_dir_with`] does (a single-group store's directory is refused as
+    /// [`OpenError::NotOurStore`]). The directory is durable when this returns, and held
+    /// exclusively until the environment and all its stores are dropped. A group's records are
+    /// checked when its store is opened. A snapshot directory of a group that does not exist
+    /// (left by a [`LmdbEnvironment::remove_group`] that a crash interrupted) is deleted.
+    pub fn open_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, OpenError> {
+        let env = Self { running: start(dir.as_ref(), options, Layout::Groups)? };
+        env.delete_orphan_snapshot_dirs()?;
+        Ok(env)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.running.shared
+    }
+
+    /// The shared state, for the crate's tests (test hooks).
+    #[cfg(test)]
+    pub(crate) fn running_shared(&self) -> &Shared {
+        self.shared()
+    }
+
+    /// The environment's directory (canonical).
+    pub fn path(&self) -> &Path {
+        self.shared().guard.path()
+    }
+
+    /// The directory of `group`'s snapshot store: `snapshots/<group>` in the environment's
+    /// directory.
+    pub fn snapshot_dir(&self, group: GroupId) -> PathBuf {
+        self.path().join(SNAPSHOTS_DIR).join(group.to_string())
+    }
+
+    /// The groups on disk, in ascending order: every group whose store was opened and that was
+    /// not removed since.
+    pub fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
+        with_handles(self.shared(), |handles| handles.groups(&handles.read_txn()?))
+    }
+
+    /// Opens the [`raft_core::LogStore`] of `group`, creating the group (an empty log, durably)
+    /// if it does not exist. Blocks the calling thread until then, like
+    /// [`LmdbLogStore::open_dir`].
+    ///
+    /// Checks the group's records first (the log holds exactly the entries its metadata says).
+    /// One store per group at a time: fails with [`OpenError::GroupInUse`] while another store
+    /// of the group is open (or the group is being removed); [`OpenError::Storage`] if the
+    /// environment has stopped.
+    pub fn log_store(&self, group: GroupId) -> Result<LmdbLogStore, OpenError> {
+        let shared = self.shared();
+        let _changing = shared.changing_groups();
+        if !shared.claim_group(group) {
+            return Err(OpenError::GroupInUse { path: self.path().to_path_buf(), group });
+        }
+        let opened = self.open_group(group);
+        match opened {
+            Ok(()) => Ok(LmdbLogStore::new(Arc::clone(&self.running), group)),
+            Err(err) => {
+                shared.release_group(group);
+                Err(err)
+            }
+        }
+    }
+
+    /// Checks `group`'s records and makes sure the group exists on disk.
+    fn open_group(&self, group: GroupId) -> Result<(), OpenError> {
+        let dir = self.path();
+        let checked = with_handles(self.shared(), |handles| {
+            check_group(handles, dir, group).map_err(StorageError::from)
+        });
+        match checked {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => self.run(group, Op::Open),
+            Err(StorageError::Corrupt(reason)) => {
+                Err(OpenError::Corrupt { path: dir.to_path_buf(), reason })
+            }
+            Err(source) => Err(OpenError::Storage { path: dir.to_path_buf(), source }),
+        }
+    }
+
+    /// Runs `op` for `group` on the writer and waits until it is durable.
+    fn run(&self, group: GroupId, op: Op) -> Result<(), OpenError> {
+        let storage = |source| OpenError::Storage { path: self.path().to_path_buf(), source };
+        wait_here(async { enqueue(self.shared(), group, op).await?.await }).map_err(storage)?;
+        Ok(())
+    }
+
+    /// Opens the [`raft_core::SnapshotStore`] of `group` in [`LmdbEnvironment::snapshot_dir`]
+    /// (see [`FileSnapshotStore::open_dir`]), creating the group if it does not exist. One
+    /// snapshot store per group at a time (the directory is locked like any snapshot store's).
+    pub fn snapshot_store(&self, group: GroupId) -> Result<FileSnapshotStore, OpenError> {
+        let _changing = self.shared().changing_groups();
+        // The group's record comes first: a snapshot directory without one is an orphan that
+        // the next open deletes.
+        self.open_group(group)?;
+        FileSnapshotStore::open_dir(self.snapshot_dir(group))
+    }
+
+    /// Deletes everything of `group`: its log, hard state and metadata (one synced transaction),
+    /// then its snapshot directory. Removing a group that does not exist does nothing.
+    ///
+    /// Refused with [`OpenError::GroupInUse`] while a log store or the snapshot store of the
+    /// group is open. Once this returns, the group is gone durably; if the process dies before
+    /// the snapshot directory is deleted, the next [`LmdbEnvironment::open`] deletes it.
+    pub fn remove_group(&self, group: GroupId) -> Result<(), OpenError> {
+        let shared = self.shared();
+        let _changing = shared.changing_groups();
+        let path = self.path().to_path_buf();
+        if !shared.claim_group(group) {
+            return Err(OpenError::GroupInUse { path, group });
+        }
+        let removed = self.remove_claimed(group);
+        shared.release_group(group);
+        removed
+    }
+
+    fn remove_claimed(&self, group: GroupId) -> Result<(), OpenError> {
+        let snapshots = self.snapshot_dir(group);
+        // Hold the snapshot directory so that no snapshot store opens it meanwhile.
+        let held = match snapshots.try_exists() {
+            Ok(true) => Some(DirGuard::acquire(&snapshots).map_err(|e| match e {
+                OpenError::AlreadyOpenInProcess { .. } => {
+                    OpenError::GroupInUse { path: self.path().to_path_buf(), group }
+                }
+                other => other,
+            })?),
+            Ok(false) => None,
+            Err(source) => return Err(OpenError::Io { path: snapshots, source }),
+        };
+        self.run(group, Op::Remove)?;
+        if let Some(held) = held {
+            delete_dir_durably(&snapshots)?;
+            drop(held);
+        }
+        tracing::info!(path = %self.path().display(), group, "removed a raft group");
+        Ok(())
+    }
+
+    /// Deletes the snapshot directories of groups that do not exist.
+    fn delete_orphan_snapshot_dirs(&self) -> Result<(), OpenError> {
+        let root = self.path().join(SNAPSHOTS_DIR);
+        let io_err = |source: io::Error| OpenError::Io { path: root.clone(), source };
+        let entries = match fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(e)),
+        };
+        let groups = self
+            .groups()
+            .map_err(|source| OpenError::Storage { path: self.path().to_path_buf(), source })?;
+        for entry in entries {
+            let name = entry.map_err(io_err)?.file_name();
+            let Some(group) = name.to_str().and_then(|n| n.parse::<GroupId>().ok()) else {
+                return Err(OpenError::ForeignDirectory {
+                    path: root.clone(),
+                    entry: name.to_string_lossy().into_owned(),
+                });
+            };
+            if groups.binary_search(&group).is_err() {
+                let dir = root.join(&name);
+                let held = DirGuard::acquire(&dir)?;
+                tracing::info!(dir = %dir.display(), "deleting the snapshots of a removed group");
+                delete_dir_durably(&dir)?;
+                drop(held);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of the writer thread since the environment was opened (all groups).
+    pub fn stats(&self) -> StoreStats {
+        self.shared().stats()
+    }
+
+    /// True once a write has failed: the environment then accepts no more writes.
+    pub fn has_failed(&self) -> bool {
+        self.shared().is_poisoned()
+    }
+
+    /// The current size of LMDB's memory map in bytes (it grows when full), or `None` once the
+    /// environment has stopped.
+    pub fn map_size(&self) -> Option<usize> {
+        self.shared().handles().as_ref().map(Handles::map_size)
+    }
+}
+
+/// Deletes `dir` and everything in it, then syncs its parent so that the deletion is durable.
+fn delete_dir_durably(dir: &Path) -> Result<(), OpenError> {
+    let io_err = |source| OpenError::Io { path: dir.to_path_buf(), source };
+    fs::remove_dir_all(dir).map_err(io_err)?;
+    match dir.parent() {
+        Some(parent) => fsdir::sync_dir(parent).map_err(io_err),
+        None => Ok(()),
+    }
+}
+
+/// Runs `future` to completion on the calling thread, parking it while the future waits. Unlike
+/// an executor's `block_on`, it may be called from within any executor (it blocks that
+/// executor's thread meanwhile, as opening a store does).
+fn wait_here<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
