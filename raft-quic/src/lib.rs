@@ -62,6 +62,7 @@ mod client;
 mod config;
 pub mod expiry;
 pub mod frame;
+mod group;
 mod handshakes;
 mod identity;
 mod inbound;
@@ -84,6 +85,7 @@ pub use certs::{
 };
 pub use config::{ConfigError, QuicConfig};
 pub use frame::FrameError;
+pub use group::QuicGroupNetwork;
 pub use identity::{
     dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,
     NODE_NAME_SUFFIX, NODE_ROLE_OID,

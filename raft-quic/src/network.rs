@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use raft_core::{Envelope, Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcResponse};
+use raft_core::{
+    Envelope, GroupId, Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcResponse,
+};
 use tracing::{info, warn};
 
 use crate::accept::{Gate, GateStats};
@@ -20,9 +22,10 @@ use crate::client::{lock, Client, Peer};
 use crate::config::{ConfigError, QuicConfig};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
+use crate::group::QuicGroupNetwork;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
-use crate::members::MembershipAddresses;
+use crate::members::{MembershipAddresses, NETWORK_SOURCE};
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
@@ -350,6 +353,23 @@ impl QuicNetwork {
         &self.inner.client.shared
     }
 
+    pub(crate) fn member_addresses(&self) -> &MembershipAddresses {
+        &self.inner.members
+    }
+
+    /// A view of this network for Raft group `group_id`, to hand to that group's node: all
+    /// the groups of a process share this endpoint, its one connection per peer process and its
+    /// limits, and the one handler it [serves](Self::serve) receives every group's requests
+    /// (the envelope names the group). Each view keeps its group's member addresses apart
+    /// (`members_changed`); the network dials from the union of every view's, of this network's
+    /// own (`members_changed` called on it directly) and of the configured ones (see
+    /// [`QuicGroupNetwork`]). Call it once per group and clone the view; a group's addresses
+    /// are forgotten when its view's last clone is dropped. A process with one group may use
+    /// this network directly instead.
+    pub fn for_group(&self, group_id: GroupId) -> QuicGroupNetwork {
+        QuicGroupNetwork::new(self.clone(), group_id)
+    }
+
     /// Installs (or replaces) the handler of inbound requests; from now on authenticated
     /// requests are handed to it. Typically the node: `network.serve(Arc::new(node.clone()))`.
     pub fn serve(&self, handler: Arc<dyn RpcHandler>) {
@@ -518,6 +538,6 @@ impl Network for QuicNetwork {
     /// (names are not resolved here), and leaves alone the addresses of nodes the membership
     /// gives none for.
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
-        self.inner.members.apply(self, members);
+        self.inner.members.apply(self, NETWORK_SOURCE, None, members);
     }
 }
