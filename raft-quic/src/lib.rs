@@ -54,6 +54,7 @@
 pub mod accept;
 mod backoff;
 pub mod bounded;
+mod bulk;
 mod ca;
 mod cert_dirs;
 pub mod certs;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::accept::{Gate, GateStats};
 use crate::backoff::Backoff;
 use crate::bounded::Limits;
+use crate::bulk::BulkWindow;
 use crate::certs::NodeTls;
 use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
@@ -63,6 +64,11 @@ pub(crate) struct Settings {
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// The bytes of bulk requests (frames above `priority_frame_threshold`) in flight to one
+    /// peer, all groups together: half of `connection_receive_window`.
+    pub(crate) bulk_window_bytes: u64,
+    /// The bulk requests in flight to one peer: half of `max_concurrent_streams`.
+    pub(crate) bulk_window_requests: usize,
 }
 
 /// State shared by the dialer, the accept loop and the stream tasks. Holds no endpoint, so the
@@ -107,8 +113,12 @@ impl Shared {
             || self.inbound.is_remembered(addr)
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.limits.backoff_min, self.limits.backoff_max)
+    /// A new peer at `addr`: no connection yet, a fresh backoff and bulk window.
+    fn new_peer(&self, id: NodeId, addr: SocketAddr) -> Arc<Peer> {
+        let backoff = Backoff::new(self.limits.backoff_min, self.limits.backoff_max);
+        let window =
+            BulkWindow::new(self.limits.bulk_window_bytes, self.limits.bulk_window_requests);
+        Arc::new(Peer::new(id, addr, backoff, window))
     }
 }
 
@@ -294,6 +304,8 @@ impl QuicNetwork {
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
+            bulk_window_bytes: u64::from(config.connection_receive_window / 2),
+            bulk_window_requests: (config.max_concurrent_streams / 2) as usize,
         };
         let shared = Arc::new(Shared {
             id: config.node_id,
@@ -322,7 +334,7 @@ impl QuicNetwork {
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
             for (&id, &addr) in &configured {
-                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                peers.insert(id, shared.new_peer(id, addr));
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
@@ -424,7 +436,7 @@ impl QuicNetwork {
         match peers.get(&id) {
             Some(peer) => peer.set_addr(addr),
             None => {
-                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                peers.insert(id, shared.new_peer(id, addr));
             }
         }
         true
