@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
 use raft_core::{Envelope, NetworkError, NodeId, RpcResponse};
 use tracing::{debug, info, warn};
@@ -168,6 +167,10 @@ pub(crate) struct Client {
     pub(crate) shared: Arc<Shared>,
 }
 
+fn codec(error: frame::FrameError) -> NetworkError {
+    NetworkError::Codec(error.to_string())
+}
+
 fn unreachable(peer: NodeId, reason: impl std::fmt::Display) -> NetworkError {
     NetworkError::Unreachable { peer, reason: reason.to_string() }
 }
@@ -185,7 +188,6 @@ impl Client {
         }
         let peer = shared.peer(target).ok_or(NetworkError::UnknownPeer(target))?;
         let max = shared.limits.max_frame_size;
-        let codec = |e: frame::FrameError| NetworkError::Codec(e.to_string());
         let len = frame::request_len(request, max).map_err(codec)?;
         let bulk = len > shared.limits.priority_frame_threshold;
         let rpc = async {
@@ -193,9 +195,8 @@ impl Client {
                 true => Some(peer.bulk.admit(request.group_id, len as u64).await),
                 false => None,
             };
-            let frame = frame::encode_request(request, max).map_err(codec)?;
             let priority = if bulk { PRIORITY_BULK } else { PRIORITY_CONTROL };
-            self.exchange(&peer, frame, priority).await
+            self.exchange(&peer, request, priority).await
         };
         let result = match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
             Ok(result) => result,
@@ -215,10 +216,13 @@ impl Client {
         result
     }
 
+    /// Sends `request` on a stream of its own and reads the answer. The frame is encoded once
+    /// the stream is open, so the RPCs that wait for a stream slot hold no frame: the encoded
+    /// frames of one peer are at most its streams' (`max_concurrent_streams`) worth.
     async fn exchange(
         &self,
         peer: &Peer,
-        frame: Bytes,
+        request: &Envelope,
         priority: i32,
     ) -> Result<RpcResponse, NetworkError> {
         let conn = self.connection(peer).await?;
@@ -228,6 +232,8 @@ impl Client {
         };
         let (send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut send = RequestStream { send, finished: false };
+        let frame =
+            frame::encode_request(request, self.shared.limits.max_frame_size).map_err(codec)?;
         // Only fails if the stream is already closed, which the write below reports.
         let _ = send.send.set_priority(priority);
         // A server may stop reading a request it refuses from its header alone (a sender it
