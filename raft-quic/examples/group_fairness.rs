@@ -7,7 +7,7 @@
 //! Prints, per scenario, group 2's heartbeat latency (p50, p99, max), how many of its heartbeats
 //! failed (timed out), and group 1's bulk throughput.
 //!
-//! `cargo run --release -p raft-quic --features tokio --example group_fairness [-- --seconds 3]`
+//! `cargo run --release -p raft-quic --example group_fairness [-- --seconds 3]`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,7 +96,8 @@ async fn run(scenario: &Scenario, seconds: u64) {
     let bulk_done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..scenario.bulk_senders {
-        let (sender, stop, bulk_done) = (sender.clone(), stop.clone(), bulk_done.clone());
+        let (sender, stop, bulk_done) =
+            (sender.for_group(BULK_GROUP), stop.clone(), bulk_done.clone());
         tasks.push(tokio::spawn(async move {
             let batch = Envelope::new(2, append(8, 128 << 10)).with_group_id(BULK_GROUP);
             while !stop.load(Ordering::Relaxed) {
@@ -109,13 +110,14 @@ async fn run(scenario: &Scenario, seconds: u64) {
     // Let the bulk load build up before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let heartbeat = Envelope::new(2, append(0, 0)).with_group_id(CONTROL_GROUP);
+    let control = sender.for_group(CONTROL_GROUP);
     let mut latencies = Vec::new();
     let mut failed = 0;
     let bulk_before = bulk_done.load(Ordering::Relaxed);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(seconds) {
         let sent = Instant::now();
-        match sender.send(heartbeat.clone()).await {
+        match control.send(heartbeat.clone()).await {
             Ok(_) => latencies.push(sent.elapsed()),
             Err(_) => failed += 1,
         }

@@ -161,6 +161,14 @@ impl Drop for Inner {
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
 ///   task.
+/// - **Shared by groups, fair between them.** All the Raft groups of a process may share one
+///   network: each group's node gets a view ([`for_group`](QuicNetwork::for_group)), requests
+///   carry their group id, and the one handler served routes them. Bulk requests (frames above
+///   `priority_frame_threshold`) to one peer take at most half its connection window and half
+///   its streams, all groups together, admitted round robin by group while they wait; so a
+///   vote or heartbeat of any group waits behind at most half the connection window of other
+///   groups' bulk bytes, and only those already sent: never for flow-control credit, send
+///   buffer or a stream slot. No limit is per group.
 /// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
 ///   elements per frame, streams, flow-control windows, memory per node id and every wait are
 ///   bounded by [`QuicConfig`].
@@ -548,7 +556,9 @@ impl Network for QuicNetwork {
     /// address, and forgets those it took from an earlier membership for nodes that left it.
     /// Never refuses a node (see [`QuicNetwork::refuse`]); ignores empty and invalid addresses
     /// (names are not resolved here), and leaves alone the addresses of nodes the membership
-    /// gives none for.
+    /// gives none for. This is one group's membership: with several groups, give each its own
+    /// view ([`for_group`](QuicNetwork::for_group)), whose memberships are kept apart from this
+    /// one's and from each other's.
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
         self.inner.members.apply(self, NETWORK_SOURCE, None, members);
     }
