@@ -20,7 +20,7 @@ use serde::de::{
     VariantAccess, Visitor,
 };
 
-/// The budget of one decoded message.
+/// The budget of one decoded message (per frame, whatever its group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The most elements of variable-length sequences and maps, all of them together.

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
 use raft_core::{Envelope, NetworkError, NodeId, RefusalReason, RpcResponse};
 use tracing::{debug, info, warn};
 
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
+use crate::bulk::BulkWindow;
 use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, ReadFrameError};
@@ -71,16 +71,24 @@ pub(crate) struct Peer {
     dial: async_lock::Mutex<()>,
     /// Registered on first use (they need this node's id).
     counters: OnceLock<PeerCounters>,
+    /// Room for bulk requests to this peer, shared fairly by all groups.
+    bulk: Arc<BulkWindow>,
 }
 
 impl Peer {
-    pub(crate) fn new(id: NodeId, addr: SocketAddr, backoff: Backoff) -> Self {
+    pub(crate) fn new(
+        id: NodeId,
+        addr: SocketAddr,
+        backoff: Backoff,
+        bulk: Arc<BulkWindow>,
+    ) -> Self {
         Self {
             id,
             server_name: node_dns_name(id),
             state: Mutex::new(PeerState { addr, connection: None, backoff, warned: None }),
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
+            bulk,
         }
     }
 
@@ -159,12 +167,19 @@ pub(crate) struct Client {
     pub(crate) shared: Arc<Shared>,
 }
 
+fn codec(error: frame::FrameError) -> NetworkError {
+    NetworkError::Codec(error.to_string())
+}
+
 fn unreachable(peer: NodeId, reason: impl std::fmt::Display) -> NetworkError {
     NetworkError::Unreachable { peer, reason: reason.to_string() }
 }
 
 impl Client {
-    /// Sends `request` to its receiver and waits for its response, within the RPC timeout.
+    /// Sends `request` to its receiver and waits for its response, within the RPC timeout. A
+    /// bulk request (a frame above `priority_frame_threshold`) first waits for room in the
+    /// peer's bulk window, in turn with the other groups' (see [`crate::bulk`]), and is encoded
+    /// only then; a small one goes at once, with the higher stream priority.
     pub(crate) async fn call(&self, request: &Envelope) -> Result<RpcResponse, NetworkError> {
         let target = request.receiver;
         let shared = &self.shared;
@@ -173,14 +188,16 @@ impl Client {
         }
         let peer = shared.peer(target).ok_or(NetworkError::UnknownPeer(target))?;
         let max = shared.limits.max_frame_size;
-        let frame =
-            frame::encode_request(request, max).map_err(|e| NetworkError::Codec(e.to_string()))?;
-        let priority = if frame.len() <= shared.limits.priority_frame_threshold {
-            PRIORITY_CONTROL
-        } else {
-            PRIORITY_BULK
+        let len = frame::request_len(request, max).map_err(codec)?;
+        let bulk = len > shared.limits.priority_frame_threshold;
+        let rpc = async {
+            let _room = match bulk {
+                true => Some(peer.bulk.admit(request.group_id, len as u64).await),
+                false => None,
+            };
+            let priority = if bulk { PRIORITY_BULK } else { PRIORITY_CONTROL };
+            self.exchange(&peer, request, priority).await
         };
-        let rpc = self.exchange(&peer, frame, priority);
         let result = match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
             Ok(result) => result,
             Err(_) => {
@@ -199,10 +216,13 @@ impl Client {
         result
     }
 
+    /// Sends `request` on a stream of its own and reads the answer. The frame is encoded once
+    /// the stream is open, so the RPCs that wait for a stream slot hold no frame: the encoded
+    /// frames of one peer are at most its streams' (`max_concurrent_streams`) worth.
     async fn exchange(
         &self,
         peer: &Peer,
-        frame: Bytes,
+        request: &Envelope,
         priority: i32,
     ) -> Result<RpcResponse, NetworkError> {
         let conn = self.connection(peer).await?;
@@ -212,6 +232,8 @@ impl Client {
         };
         let (send, mut recv) = conn.open_bi().await.map_err(lost)?;
         let mut send = RequestStream { send, finished: false };
+        let frame =
+            frame::encode_request(request, self.shared.limits.max_frame_size).map_err(codec)?;
         // Only fails if the stream is already closed, which the write below reports.
         let _ = send.send.set_priority(priority);
         // A server may stop reading a request it refuses from its header alone (a sender it

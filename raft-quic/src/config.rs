@@ -15,8 +15,12 @@ use crate::frame::MIN_MAX_FRAME_SIZE;
 ///
 /// Every resource a peer can make this node spend is bounded by a field here: frame size and
 /// decoded elements per frame, streams per connection, handshakes and inbound connections,
-/// flow-control windows and memory per connection, and time (RPC, connect, handshake and idle
-/// timeouts).
+/// flow-control windows and memory per peer node id, and time (RPC, connect, handshake and idle
+/// timeouts). No bound is per Raft group: the groups of a process that share one network
+/// ([`QuicNetwork::for_group`]) share its budgets, so any number of groups gets the budgets of
+/// one. The bounds assume every node of a cluster uses the same values.
+///
+/// [`QuicNetwork::for_group`]: crate::QuicNetwork::for_group
 ///
 /// [`QuicNetwork::bind`]: crate::QuicNetwork::bind
 #[derive(Clone, Debug)]
@@ -58,9 +62,11 @@ pub struct QuicConfig {
     /// The cap of that wait. Default 2 s.
     pub backoff_max: Duration,
     /// The most RPCs a peer may have in flight towards this node on one connection (QUIC
-    /// bidirectional stream limit); further ones wait for a slot. Default 256. Applies to the
-    /// connections peers dial; on the connections this node dials, the peer may open no stream
-    /// at all (it only answers).
+    /// bidirectional stream limit), all its groups together; further ones wait for a slot.
+    /// Default 256. Applies to the connections peers dial; on the connections this node dials,
+    /// the peer may open no stream at all (it only answers). This node sends at most half as
+    /// many bulk requests (frames above `priority_frame_threshold`) to one peer at once, so
+    /// votes and heartbeats always find a slot.
     pub max_concurrent_streams: u32,
     /// The most inbound connections one node id may hold; a newer one closes its oldest (a
     /// restarted node's new connection always gets in, beside its stale one). Default 4.
@@ -80,6 +86,12 @@ pub struct QuicConfig {
     /// id pins at most `max_connections_per_node + 1` times this. A large request waits for
     /// room (within the RPC timeout); one whose elements do not fit is refused as busy. Must be
     /// at least `max_frame_size`. Default 32 MiB.
+    ///
+    /// This node keeps at most half of it in bulk requests (frames above
+    /// `priority_frame_threshold`) in flight to one peer, all groups together, taking turns
+    /// (the bulk window): the other half of the peer's window is left for small requests, so
+    /// one group's batches or snapshot chunks never hold up another's votes and heartbeats. A
+    /// single peer thus gets at most half this window of bulk bytes per round trip.
     pub connection_receive_window: u32,
     /// How often an idle connection is pinged to keep it open and detect a dead peer.
     /// Default 1 s.
@@ -87,7 +99,8 @@ pub struct QuicConfig {
     /// A connection that hears nothing from its peer for this long is closed. Default 10 s.
     pub idle_timeout: Duration,
     /// Outbound frames up to this size (votes, heartbeats, small appends) are sent with a
-    /// higher stream priority than larger ones, so they never queue behind a bulk transfer;
+    /// higher stream priority than larger ones and never wait for the bulk window (see
+    /// `connection_receive_window`), so they never queue behind a bulk transfer of any group;
     /// inbound requests up to this size never wait for memory. Default 16 KiB.
     pub priority_frame_threshold: usize,
     /// This node warns (at bind, and when its certificate is replaced) if its certificate

@@ -136,6 +136,20 @@ pub fn encode_request(request: &Envelope, max_frame_size: u32) -> Result<Bytes, 
     encode_with(request, Some(request.request.sender()), max_frame_size)
 }
 
+/// The size of `request`'s frame (header, sender header, body), as [`encode_request`] would
+/// make it, computed without encoding it; fails as `encode_request` would if it exceeds
+/// `max_frame_size`.
+pub(crate) fn request_len(request: &Envelope, max_frame_size: u32) -> Result<usize, FrameError> {
+    let body = postcard::serialize_with_flavor(request, postcard::ser_flavors::Size::default())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    let frame = HEADER_LEN + SENDER_LEN + body;
+    let len = (frame - 4) as u64;
+    if len > u64::from(max_frame_size) {
+        return Err(FrameError::TooLarge { len, max: max_frame_size });
+    }
+    Ok(frame)
+}
+
 /// Validates a frame header and returns the length of what follows it.
 ///
 /// Checks, in order: the length holds at least the version byte, the length is within
@@ -358,6 +372,19 @@ mod tests {
         let mut lying = frame.to_vec();
         lying[HEADER_LEN + SENDER_LEN - 1] = 8;
         assert!(matches!(decode_request(&lying, 1 << 20, LIMITS), Err(FrameError::Decode(_))));
+    }
+
+    /// The size a bulk request waits room for is the size of the frame it sends.
+    #[test]
+    fn request_len_is_the_encoded_frame_length() {
+        for entries in [0, 1, 300, 70_000] {
+            let request = append(7, entries);
+            let frame = encode_request(&request, 1 << 20).unwrap();
+            assert_eq!(request_len(&request, 1 << 20).unwrap(), frame.len(), "{entries}");
+            let max = (frame.len() - 5) as u32;
+            assert!(request_len(&request, max).is_err(), "{entries}: over the maximum");
+            assert!(encode_request(&request, max).is_err());
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! [`Inbound`]: the established inbound connections of a node, by the node id each proved, with
 //! what one identity may hold: at most `max_connections_per_node` connections (the newest
 //! replaces the oldest), one memory budget for the requests of all of them, and log lines
-//! about its misbehaviour at most once per interval.
+//! about its misbehaviour at most once per interval. All per node id, that is per peer process,
+//! whatever the number of Raft groups its requests belong to.
 
 use std::collections::HashMap;
 use std::fmt::Display;

@@ -10,6 +10,11 @@
 //!   each other (no head-of-line blocking), and small frames (votes, heartbeats) get a higher
 //!   send priority than bulk transfers. A failed dial is retried with capped exponential
 //!   backoff; a restarted peer's stateless reset tears down the stale connection at once.
+//! - **Many groups.** All the Raft groups of a process share one network: one endpoint, one
+//!   connection per peer process, one handler that routes by the envelope's group id; each
+//!   group's node gets a view ([`QuicNetwork::for_group`]) that keeps its membership's
+//!   addresses apart. Bulk requests to a peer share a window, taking turns by group, that
+//!   leaves room for every group's votes and heartbeats; no limit is per group.
 //! - **Framing.** `u32 length | u8 version | [u64 sender] | postcard body` ([`frame`]), at most
 //!   [`QuicConfig::max_frame_size`], checked before anything is allocated; bodies decode within
 //!   a budget of elements and depth ([`bounded`]), and a request's sender is checked from its
@@ -55,6 +60,7 @@
 pub mod accept;
 mod backoff;
 pub mod bounded;
+mod bulk;
 mod ca;
 mod cert_dirs;
 pub mod certs;
@@ -63,6 +69,7 @@ mod client;
 mod config;
 pub mod expiry;
 pub mod frame;
+mod group;
 mod handshakes;
 mod identity;
 mod inbound;
@@ -85,6 +92,7 @@ pub use certs::{
 };
 pub use config::{QuicConfig, QuicConfigError};
 pub use frame::FrameError;
+pub use group::QuicGroupNetwork;
 pub use identity::{
     dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,
     NODE_NAME_SUFFIX, NODE_ROLE_OID,

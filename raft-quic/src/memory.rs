@@ -1,5 +1,6 @@
 //! [`MemoryBudget`]: the bytes the requests of one peer node id (all its inbound connections)
-//! may hold while they are read, decoded and handled.
+//! may hold while they are read, decoded and handled. A node id is a process: the budget is
+//! shared by all the Raft groups of that peer, never multiplied by their number.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use crate::client::lock;
 /// least the size of an `Entry` in memory.
 pub(crate) const ITEM_COST: u64 = 80;
 
-/// A budget of bytes shared by the requests of one peer node id.
+/// A budget of bytes shared by the requests of one peer node id (all its groups).
 #[derive(Debug)]
 pub(crate) struct MemoryBudget {
     capacity: u64,

@@ -8,21 +8,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quinn::{Endpoint, IdleTimeout, TransportConfig, VarInt};
-use raft_core::{Envelope, Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcResponse};
+use raft_core::{
+    Envelope, GroupId, Network, NetworkError, NodeId, NodeInfo, RpcHandler, RpcResponse,
+};
 use tracing::{info, warn};
 
 use crate::accept::{Gate, GateStats};
 use crate::backoff::Backoff;
 use crate::bounded::Limits;
+use crate::bulk::BulkWindow;
 use crate::certs::NodeTls;
 use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
 use crate::config::{QuicConfig, QuicConfigError};
 use crate::expiry::expiry_warning;
 use crate::frame::MAX_DEPTH;
+use crate::group::QuicGroupNetwork;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
-use crate::members::MembershipAddresses;
+use crate::members::{MembershipAddresses, NETWORK_SOURCE};
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
@@ -60,6 +64,11 @@ pub(crate) struct Settings {
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// The bytes of bulk requests (frames above `priority_frame_threshold`) in flight to one
+    /// peer, all groups together: half of `connection_receive_window`.
+    pub(crate) bulk_window_bytes: u64,
+    /// The bulk requests in flight to one peer: half of `max_concurrent_streams`.
+    pub(crate) bulk_window_requests: usize,
 }
 
 /// State shared by the dialer, the accept loop and the stream tasks. Holds no endpoint, so the
@@ -104,8 +113,12 @@ impl Shared {
             || self.inbound.is_remembered(addr)
     }
 
-    fn backoff(&self) -> Backoff {
-        Backoff::new(self.limits.backoff_min, self.limits.backoff_max)
+    /// A new peer at `addr`: no connection yet, a fresh backoff and bulk window.
+    fn new_peer(&self, id: NodeId, addr: SocketAddr) -> Arc<Peer> {
+        let backoff = Backoff::new(self.limits.backoff_min, self.limits.backoff_max);
+        let window =
+            BulkWindow::new(self.limits.bulk_window_bytes, self.limits.bulk_window_requests);
+        Arc::new(Peer::new(id, addr, backoff, window))
     }
 }
 
@@ -148,6 +161,14 @@ impl Drop for Inner {
 /// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
 ///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
 ///   task.
+/// - **Shared by groups, fair between them.** All the Raft groups of a process may share one
+///   network: each group's node gets a view ([`for_group`](QuicNetwork::for_group)), requests
+///   carry their group id, and the one handler served routes them. Bulk requests (frames above
+///   `priority_frame_threshold`) to one peer take at most half its connection window and half
+///   its streams, all groups together, admitted round robin by group while they wait; so a
+///   vote or heartbeat of any group waits behind at most half the connection window of other
+///   groups' bulk bytes, and only those already sent: never for flow-control credit, send
+///   buffer or a stream slot. No limit is per group.
 /// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
 ///   elements per frame, streams, flow-control windows, memory per node id and every wait are
 ///   bounded by [`QuicConfig`].
@@ -291,6 +312,8 @@ impl QuicNetwork {
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
             backoff_max: config.backoff_max,
+            bulk_window_bytes: u64::from(config.connection_receive_window / 2),
+            bulk_window_requests: (config.max_concurrent_streams / 2) as usize,
         };
         let shared = Arc::new(Shared {
             id: config.node_id,
@@ -319,7 +342,7 @@ impl QuicNetwork {
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
             for (&id, &addr) in &configured {
-                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                peers.insert(id, shared.new_peer(id, addr));
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
@@ -348,6 +371,23 @@ impl QuicNetwork {
 
     fn shared(&self) -> &Arc<Shared> {
         &self.inner.client.shared
+    }
+
+    pub(crate) fn member_addresses(&self) -> &MembershipAddresses {
+        &self.inner.members
+    }
+
+    /// A view of this network for Raft group `group_id`, to hand to that group's node: all
+    /// the groups of a process share this endpoint, its one connection per peer process and its
+    /// limits, and the one handler it [serves](Self::serve) receives every group's requests
+    /// (the envelope names the group). Each view keeps its group's member addresses apart
+    /// (`members_changed`); the network dials from the union of every view's, of this network's
+    /// own (`members_changed` called on it directly) and of the configured ones (see
+    /// [`QuicGroupNetwork`]). Call it once per group and clone the view; a group's addresses
+    /// are forgotten when its view's last clone is dropped. A process with one group may use
+    /// this network directly instead.
+    pub fn for_group(&self, group_id: GroupId) -> QuicGroupNetwork {
+        QuicGroupNetwork::new(self.clone(), group_id)
     }
 
     /// Installs (or replaces) the handler of inbound requests; from now on authenticated
@@ -404,7 +444,7 @@ impl QuicNetwork {
         match peers.get(&id) {
             Some(peer) => peer.set_addr(addr),
             None => {
-                peers.insert(id, Arc::new(Peer::new(id, addr, shared.backoff())));
+                peers.insert(id, shared.new_peer(id, addr));
             }
         }
         true
@@ -516,8 +556,10 @@ impl Network for QuicNetwork {
     /// address, and forgets those it took from an earlier membership for nodes that left it.
     /// Never refuses a node (see [`QuicNetwork::refuse`]); ignores empty and invalid addresses
     /// (names are not resolved here), and leaves alone the addresses of nodes the membership
-    /// gives none for.
+    /// gives none for. This is one group's membership: with several groups, give each its own
+    /// view ([`for_group`](QuicNetwork::for_group)), whose memberships are kept apart from this
+    /// one's and from each other's.
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
-        self.inner.members.apply(self, members);
+        self.inner.members.apply(self, NETWORK_SOURCE, None, members);
     }
 }

@@ -78,10 +78,7 @@ async fn the_connections_of_one_node_share_one_memory_budget() {
     init_tracing();
     let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
     let ca = ClusterCa::generate().unwrap();
-    let mut config2 = test_config(&ca, 2, loopback());
-    config2.max_frame_size = 256 << 10;
-    config2.stream_receive_window = 256 << 10;
-    config2.connection_receive_window = 256 << 10;
+    let config2 = small_budget_config(&ca, 2);
     let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
     let handler = TestHandler::new(2);
     net2.serve(handler.clone());

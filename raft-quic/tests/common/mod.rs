@@ -77,6 +77,16 @@ pub fn test_config(ca: &ClusterCa, id: NodeId, addr: SocketAddr) -> QuicConfig {
     config
 }
 
+/// [`test_config`] with a 256 KiB memory budget per peer (`connection_receive_window`), frames
+/// and stream windows of 256 KiB: two ~100 KB requests fit it at once, not three.
+pub fn small_budget_config(ca: &ClusterCa, id: NodeId) -> QuicConfig {
+    let mut config = test_config(ca, id, loopback());
+    config.max_frame_size = 256 << 10;
+    config.stream_receive_window = 256 << 10;
+    config.connection_receive_window = 256 << 10;
+    config
+}
+
 /// Binds one network per id on loopback port 0, then tells each about the others.
 pub fn bind_cluster(
     ca: &ClusterCa,

@@ -916,10 +916,7 @@ pub async fn another_wire_version_is_refused_clearly(rt: Arc<dyn Runtime>) {
 pub async fn requests_stay_within_the_connection_memory_budget(rt: Arc<dyn Runtime>) {
     init_tracing();
     let ca = ClusterCa::generate().unwrap();
-    let mut config2 = test_config(&ca, 2, loopback());
-    config2.max_frame_size = 256 << 10;
-    config2.stream_receive_window = 256 << 10;
-    config2.connection_receive_window = 256 << 10;
+    let config2 = small_budget_config(&ca, 2);
     let net2 = QuicNetwork::bind(config2, rt.clone()).unwrap();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, net2.local_addr());
