@@ -16,14 +16,14 @@ use async_trait::async_trait;
 use common::scenarios::{client_material, raw_endpoint};
 use common::*;
 use raft_core::{
-    Bytes, Envelope, GroupId, Membership, Network, NetworkError, Node, NodeId, NodeInfo, RpcError,
-    RpcHandler, RpcResponse,
+    Bytes, Envelope, GroupId, Membership, Network, NetworkError, Node, NodeId, NodeInfo,
+    RefusalReason, RpcError, RpcHandler, RpcResponse,
 };
 use raft_mem::harness::RecordingStateMachine;
 use raft_mem::MemLogStore;
 use raft_quic::bounded::Limits;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
-use raft_quic::{frame, tls, ClusterCa, QuicGroupNetwork, QuicNetwork, WireResponse};
+use raft_quic::{frame, tls, ClusterCa, QuicGroupNetwork, QuicNetwork, Refusal, WireResponse};
 
 /// Routes each request to the handler of its envelope's group; a group it does not host is
 /// refused. (Replaceable by raft-core's multi-group host.)
@@ -291,8 +291,14 @@ async fn identity_checks_hold_for_every_group() {
         let view = nets[1].for_group(group);
         let spoofed = Envelope::new(1, heartbeat(3)).with_group_id(group);
         match bounded(&rt, "a spoofed RPC", view.send(spoofed)).await {
-            Err(NetworkError::Refused { reason, .. }) => {
-                assert!(reason.contains("claims sender 3"), "{reason}")
+            Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
+                assert!(
+                    matches!(
+                        error.downcast_ref::<Refusal>(),
+                        Some(Refusal::SenderMismatch { claimed: 3, authenticated: 2 })
+                    ),
+                    "{error}"
+                )
             }
             other => panic!("group {group}: spoofed request not refused: {other:?}"),
         }
