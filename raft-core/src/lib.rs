@@ -18,6 +18,7 @@ mod ids;
 pub mod membership;
 pub mod message;
 pub mod metrics;
+pub mod multi;
 pub mod network;
 mod node;
 pub mod runtime;
@@ -37,6 +38,7 @@ pub use error::{
 };
 pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
+pub use multi::Host;
 pub use network::{Network, NetworkError, RefusalReason, RpcError, RpcHandler, RPC_ERROR_VARIANTS};
 pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
 pub use runtime::Runtime;

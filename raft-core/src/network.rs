@@ -120,6 +120,12 @@ pub trait Network: Send + Sync + 'static {
     /// Called from the node's main loop: it must not block. The default does nothing (a
     /// transport that is given addresses some other way); a `Network` that wraps another must
     /// forward it, or the inner transport never learns the members' addresses.
+    ///
+    /// **Several groups, one transport.** When the groups of a [`Host`](crate::multi::Host)
+    /// share a transport, each group's node calls this with *its own* membership, at its own
+    /// times: a shared transport receives `members_changed` per group. It must keep what it
+    /// learns per group (a per-group view of the transport, or a merge that one group's call
+    /// cannot undo for another), never let the latest call replace what other groups said.
     fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
         let _ = members;
     }
@@ -202,12 +208,20 @@ pub enum RpcError {
         /// The group of the node that received and refused it (its `Config::group_id`).
         receiver_group: GroupId,
     },
+    /// The receiving process hosts no Raft group with the request's `group_id` (a
+    /// [`Host`](crate::multi::Host) that never had it, has not finished adding it, or removed it).
+    /// The sender treats it like any failed RPC and retries later.
+    #[error("unknown group: this process hosts no group {group}")]
+    UnknownGroup {
+        /// The group written on the request (`Envelope::group_id`).
+        group: GroupId,
+    },
 }
 
 /// How many variants [`RpcError`] has in the current wire format: raft-quic's golden wire
 /// test checks that it holds the bytes of this many (raft-core's own test keeps the number
 /// true).
-pub const RPC_ERROR_VARIANTS: usize = 4;
+pub const RPC_ERROR_VARIANTS: usize = 5;
 
 impl RpcError {
     /// A short name of the variant (`"WrongCluster"`), for logs and metrics labels.
@@ -217,6 +231,7 @@ impl RpcError {
             RpcError::WrongNode { .. } => "WrongNode",
             RpcError::WrongCluster { .. } => "WrongCluster",
             RpcError::WrongGroup { .. } => "WrongGroup",
+            RpcError::UnknownGroup { .. } => "UnknownGroup",
         }
     }
 }
@@ -228,7 +243,8 @@ pub trait RpcHandler: Send + Sync + 'static {
     /// Handles one request and returns the response to send back. The response is returned only
     /// once everything it acknowledges is durable. A request whose envelope names another
     /// receiver, cluster or group is refused (`RpcError::WrongNode`, `WrongCluster`,
-    /// `WrongGroup`) without being looked at.
+    /// `WrongGroup`; a [`Host`](crate::multi::Host) of several groups answers `UnknownGroup` for
+    /// a group it does not host) without being looked at.
     async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError>;
 }
 
@@ -248,6 +264,7 @@ mod tests {
             RpcError::WrongNode { .. } => 1,
             RpcError::WrongCluster { .. } => 2,
             RpcError::WrongGroup { .. } => 3,
+            RpcError::UnknownGroup { .. } => 4,
         }
     }
 
@@ -258,6 +275,7 @@ mod tests {
             RpcError::WrongNode { expected: 1, actual: 2 },
             RpcError::WrongCluster { sender_cluster: 1, receiver_cluster: 2 },
             RpcError::WrongGroup { sender_group: 1, receiver_group: 2 },
+            RpcError::UnknownGroup { group: 3 },
         ];
         assert_eq!(all.len(), crate::network::RPC_ERROR_VARIANTS);
         for (index, error) in all.iter().enumerate() {

@@ -270,6 +270,14 @@ impl MemNetwork {
 
     /// The `Network` for a new incarnation of node `id`. Endpoints of earlier incarnations can
     /// send no more (requests they sent before are still delivered).
+    ///
+    /// Several Raft groups in one process (a [`raft_core::Host`]) share one endpoint: take it
+    /// once per process start and give each group a clone (a second call for the same id would
+    /// retire the first endpoint, and with it the other groups' sends). Register the host once
+    /// for the id ([`MemNetwork::register`]); the envelope's group id does the rest. The
+    /// endpoint keeps no per-membership state (it ignores `members_changed`), so the groups'
+    /// calls cannot clobber each other; faults, partitions and crashes act on the node id, so
+    /// they hit every group of the process at once.
     pub fn endpoint(&self, id: NodeId) -> MemEndpoint {
         let mut inner = self.lock();
         let incarnation = inner.incarnations.entry(id).or_insert(0);

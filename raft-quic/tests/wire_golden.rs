@@ -194,6 +194,10 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
                 receiver_group: 8,
             })),
         ),
+        (
+            "Handler(UnknownGroup)",
+            WireResponse::Refused(Refusal::Handler(RpcError::UnknownGroup { group: 9 })),
+        ),
         ("RemovedNode", WireResponse::Refused(Refusal::RemovedNode(5))),
     ]
 }
@@ -221,6 +225,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("refusal Handler(WrongNode)", "00000006040102010304"),
     ("refusal Handler(WrongCluster)", "00000006040102020506"),
     ("refusal Handler(WrongGroup)", "00000006040102030708"),
+    ("refusal Handler(UnknownGroup)", "000000050401020409"),
     ("refusal RemovedNode", "0000000404010305"),
 ];
 

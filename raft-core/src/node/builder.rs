@@ -132,6 +132,24 @@ where
     }
 }
 
+impl<S, N, M, R> NodeBuilder<S, N, M, R> {
+    /// The id of the node this builder starts (`Config::id`).
+    pub(crate) fn node_id(&self) -> crate::types::NodeId {
+        self.config.id
+    }
+
+    /// Makes the node a member of Raft group `group` (`Config::group_id`) and labels its metrics
+    /// with the group (`group_id`) unless the caller already did: what a
+    /// [`Host`](crate::multi::Host) does to every group it adds.
+    pub(crate) fn in_group(mut self, group: crate::types::GroupId) -> Self {
+        self.config.group_id = group;
+        if !self.metric_labels.iter().any(|(name, _)| name == "group_id") {
+            self.metric_labels.push(("group_id".to_owned(), group.to_string()));
+        }
+        self
+    }
+}
+
 /// The options a [`NodeBuilder`] collected, handed to the start.
 pub(super) struct Options {
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,

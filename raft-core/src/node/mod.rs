@@ -41,6 +41,7 @@ use futures::{FutureExt, StreamExt};
 pub use self::builder::NodeBuilder;
 pub use self::probe::LATENCY_TARGET;
 use self::snapshot::SnapshotInput;
+pub(crate) use self::supervisor::panic_message;
 use self::supervisor::{Spawner, Task};
 use self::watch::StatusCell;
 pub use self::watch::StatusWatch;
@@ -733,6 +734,16 @@ impl Node {
     /// Why the node stopped on its own, if it did (a store or state machine failure).
     pub fn fatal_error(&self) -> Option<FatalError> {
         self.shared.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the node has stopped (shut down or failed): it takes no more inputs.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.shared.inputs.is_closed()
+    }
+
+    /// Whether `other` is a handle to this very node (not another node started later).
+    pub(crate) fn same_node(&self, other: &Node) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
     }
 
     /// Stops the node: every task and timer ends, pending proposals, reads and inbound RPCs

@@ -126,6 +126,7 @@ mod disk;
 mod executor;
 mod history;
 mod liveness;
+mod multi;
 mod observe;
 mod queries;
 mod recorder;
@@ -146,6 +147,7 @@ pub use disk::{
 pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
+pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{

@@ -2,11 +2,13 @@
 //! surface the oracles' findings, handle nodes that stopped on an injected fault, and carry out
 //! planned crashes.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use raft_core::{NodeId, Role, Status};
+use raft_core::{HardState, LogIndex, Membership, NodeId, Role, Status};
 
-use super::checker::Violation;
+use super::checker::{InvariantChecker, Violation};
+use super::disk::SimDisk;
 use super::recorder::{lock, Event};
 use super::simulation::{stuck, Planned, Simulation};
 
@@ -84,81 +86,17 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             self.trace_status(&status);
             let events = std::mem::take(&mut *lock(&fresh));
             let disk = self.disks.get(&id).cloned();
-            for event in events {
-                match event {
-                    Event::Applied(entries, digest) => {
-                        let local = disk
-                            .as_ref()
-                            .is_none_or(|d| entries.iter().all(|e| d.holds(e.log_id())));
-                        if !local {
-                            return Err(Violation {
-                                invariant: "apply only what is locally durable",
-                                detail: format!(
-                                    "node {id} applied entries {:?}..={:?} that its disk does not hold",
-                                    entries.first().map(|e| e.log_id()),
-                                    entries.last().map(|e| e.log_id())
-                                ),
-                            });
-                        }
-                        self.checker.observe_applied((id, incarnation), &entries)?;
-                        if let (Some(digest), Some(last)) = (digest, entries.last()) {
-                            self.check_digest(id, last.index, digest)?;
-                        }
-                    }
-                    Event::Restored(last, verified, digest) => {
-                        if let Err(detail) = verified {
-                            return Err(Violation {
-                                invariant: "restores install a snapshot captured at its entry",
-                                detail: format!("node {id}: {detail}"),
-                            });
-                        }
-                        if disk.as_ref().is_some_and(|d| !d.holds(last)) {
-                            return Err(Violation {
-                                invariant: "apply only what is locally durable",
-                                detail: format!(
-                                    "node {id} restored snapshot {last:?} that its disk does not hold"
-                                ),
-                            });
-                        }
-                        self.checker.observe_snapshot((id, incarnation), last, &[])?;
-                        if let Some(digest) = digest {
-                            self.check_digest(id, last.index, digest)?;
-                        }
-                    }
-                }
-            }
+            let checker = &mut self.checker;
+            let digests = &mut self.digests;
+            let at = (id, incarnation);
+            feed_events(checker, at, events, disk.as_ref(), |index, digest| {
+                check_digest(digests, id, index, digest)
+            })?;
         }
         self.shared.max_committed.fetch_max(max_commit, Ordering::SeqCst);
         self.progress = progress.wrapping_add(self.oracle.match_progress());
         for (&id, disk) in &self.disks {
-            // The hard state first: a disk that went back shows there most precisely.
-            let hard_state = disk.hard_state();
-            if self.hard_states.insert(id, hard_state) != Some(hard_state) {
-                self.checker.observe_durable_hard_state(id, hard_state)?;
-            }
-            if let Some(meta) = disk.snapshots().latest_meta() {
-                self.checker.observe_durable_snapshot(id, meta.last_included)?;
-            }
-            let store = disk.log();
-            self.checker.observe_purged(id, store.purged())?;
-            if let Some(change) = store.take_change() {
-                self.checker.observe_log(id, &change, || store.entries())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Divergence detection: every state machine that applied up to `index` must report the
-    /// same digest there.
-    fn check_digest(&mut self, id: NodeId, index: u64, digest: u64) -> Result<(), Violation> {
-        let (first, by) = *self.digests.entry(index).or_insert((digest, id));
-        if first != digest {
-            return Err(Violation {
-                invariant: "state machines agree at every applied index (deterministic apply)",
-                detail: format!(
-                    "at applied index {index} node {id}'s state machine reports digest {digest:#018x}, node {by}'s reported {first:#018x}"
-                ),
-            });
+            feed_disk(&mut self.checker, id, disk, &mut self.hard_states)?;
         }
         Ok(())
     }
@@ -197,36 +135,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
     /// once acknowledged, which the follower does only when durable.
     fn check_commit_durable(&self, id: NodeId, status: &Status) -> Result<(), Violation> {
         let Some(node) = self.node(id) else { return Ok(()) };
-        let membership = node.membership();
-        let index = status.commit_index;
-        // Whether `voter`'s disk holds the entry (in its log, or under its snapshot or purge
-        // point), and the terms found there otherwise, for the report.
-        let mut by_term = std::collections::BTreeMap::<u64, Vec<NodeId>>::new();
-        let holds = |voter: NodeId| {
-            let disk = self.disks.get(&voter)?;
-            let snapshot = disk.snapshots().latest_meta().map_or(0, |m| m.last_included.index);
-            if index <= disk.log().purged().index.max(snapshot) {
-                return Some(status.current_term);
-            }
-            disk.log().term_at(index)
-        };
-        for voter in membership.all_voters() {
-            by_term.entry(holds(voter).unwrap_or(0)).or_default().push(voter);
-        }
-        if !super::checker::is_quorum(&membership, |voter| {
-            holds(voter) == Some(status.current_term)
-        }) {
-            return Err(Violation {
-                invariant: "committed entries are durable on a majority",
-                detail: format!(
-                    "leader {id} of term {} committed index {index}, not durable on a majority of each voter set of {:?} / {:?} (voters by the term they hold there, 0 for none: {by_term:?})",
-                    status.current_term,
-                    membership.voters(),
-                    membership.outgoing_voters()
-                ),
-            });
-        }
-        Ok(())
+        commit_durable(id, status, &node.membership(), |voter| self.disks.get(&voter))
     }
 
     /// Arms the planned crashes waiting for `id` (or anyone) to win an election, and runs the
@@ -358,4 +267,142 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             self.crash_with(id, policy);
         }
     }
+}
+
+/// Divergence detection: every state machine that applied up to `index` must report the same
+/// digest there (`digests`: the first digest reported at each index, and by whom).
+pub(super) fn check_digest(
+    digests: &mut BTreeMap<LogIndex, (u64, NodeId)>,
+    id: NodeId,
+    index: LogIndex,
+    digest: u64,
+) -> Result<(), Violation> {
+    let (first, by) = *digests.entry(index).or_insert((digest, id));
+    if first != digest {
+        return Err(Violation {
+            invariant: "state machines agree at every applied index (deterministic apply)",
+            detail: format!(
+                "at applied index {index} node {id}'s state machine reports digest {digest:#018x}, node {by}'s reported {first:#018x}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Feeds what node incarnation `at`'s state machine did (`events`) to its group's checker: each
+/// apply and restore must be of entries its own `disk` holds; `digest` checks the state's
+/// digest at an index.
+pub(super) fn feed_events(
+    checker: &mut InvariantChecker,
+    at: (NodeId, u64),
+    events: Vec<Event>,
+    disk: Option<&SimDisk>,
+    mut digest: impl FnMut(LogIndex, u64) -> Result<(), Violation>,
+) -> Result<(), Violation> {
+    let id = at.0;
+    for event in events {
+        match event {
+            Event::Applied(entries, state_digest) => {
+                let local = disk.is_none_or(|d| entries.iter().all(|e| d.holds(e.log_id())));
+                if !local {
+                    return Err(Violation {
+                        invariant: "apply only what is locally durable",
+                        detail: format!(
+                            "node {id} applied entries {:?}..={:?} that its disk does not hold",
+                            entries.first().map(|e| e.log_id()),
+                            entries.last().map(|e| e.log_id())
+                        ),
+                    });
+                }
+                checker.observe_applied(at, &entries)?;
+                if let (Some(state_digest), Some(last)) = (state_digest, entries.last()) {
+                    digest(last.index, state_digest)?;
+                }
+            }
+            Event::Restored(last, verified, state_digest) => {
+                if let Err(detail) = verified {
+                    return Err(Violation {
+                        invariant: "restores install a snapshot captured at its entry",
+                        detail: format!("node {id}: {detail}"),
+                    });
+                }
+                if disk.is_some_and(|d| !d.holds(last)) {
+                    return Err(Violation {
+                        invariant: "apply only what is locally durable",
+                        detail: format!(
+                            "node {id} restored snapshot {last:?} that its disk does not hold"
+                        ),
+                    });
+                }
+                checker.observe_snapshot(at, last, &[])?;
+                if let Some(state_digest) = state_digest {
+                    digest(last.index, state_digest)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Feeds what node `id`'s `disk` holds durably to its group's checker (`hard_states`: the hard
+/// state last fed, per node).
+pub(super) fn feed_disk(
+    checker: &mut InvariantChecker,
+    id: NodeId,
+    disk: &SimDisk,
+    hard_states: &mut BTreeMap<NodeId, HardState>,
+) -> Result<(), Violation> {
+    // The hard state first: a disk that went back shows there most precisely.
+    let hard_state = disk.hard_state();
+    if hard_states.insert(id, hard_state) != Some(hard_state) {
+        checker.observe_durable_hard_state(id, hard_state)?;
+    }
+    if let Some(meta) = disk.snapshots().latest_meta() {
+        checker.observe_durable_snapshot(id, meta.last_included)?;
+    }
+    let store = disk.log();
+    checker.observe_purged(id, store.purged())?;
+    if let Some(change) = store.take_change() {
+        checker.observe_log(id, &change, || store.entries())?;
+    }
+    Ok(())
+}
+
+/// The entry at leader `id`'s new commit index (one of its own term: it counts replicas only
+/// for those) must be durable on a majority of every voter set of its `membership` (both during
+/// a joint change): it may count its own copy only once durable, a follower's only once
+/// acknowledged, which the follower does only when durable. `disk_of` gives each voter's disk.
+pub(super) fn commit_durable<'a>(
+    id: NodeId,
+    status: &Status,
+    membership: &Membership,
+    disk_of: impl Fn(NodeId) -> Option<&'a SimDisk>,
+) -> Result<(), Violation> {
+    let index = status.commit_index;
+    // Whether `voter`'s disk holds the entry (in its log, or under its snapshot or purge
+    // point), and the terms found there otherwise, for the report.
+    let mut by_term = BTreeMap::<u64, Vec<NodeId>>::new();
+    let holds = |voter: NodeId| {
+        let disk = disk_of(voter)?;
+        let snapshot = disk.snapshots().latest_meta().map_or(0, |m| m.last_included.index);
+        if index <= disk.log().purged().index.max(snapshot) {
+            return Some(status.current_term);
+        }
+        disk.log().term_at(index)
+    };
+    for voter in membership.all_voters() {
+        by_term.entry(holds(voter).unwrap_or(0)).or_default().push(voter);
+    }
+    if !super::checker::is_quorum(membership, |voter| holds(voter) == Some(status.current_term)) {
+        return Err(Violation {
+            invariant: "committed entries are durable on a majority",
+            detail: format!(
+                "leader {id} of term {} committed index {index}, not durable on a majority of each voter set of {:?} / {:?} (voters by the term they hold there, 0 for none: {by_term:?})",
+                status.current_term,
+                membership.voters(),
+                membership.outgoing_voters()
+            ),
+        });
+    }
+    Ok(())
 }

@@ -232,6 +232,20 @@ pub(super) fn mix(seed: u64, salt: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Counts a new incarnation of node `id` and returns its number (1 for the first start).
+pub(super) fn next_incarnation(incarnations: &mut BTreeMap<NodeId, u64>, id: NodeId) -> u64 {
+    let counter = incarnations.entry(id).or_insert(0);
+    *counter += 1;
+    *counter
+}
+
+/// An empty simulated disk with `faults`, its randomness drawn from `seed`.
+pub(super) fn new_disk(runtime: SimRuntime, seed: u64, faults: DiskFaults) -> SimDisk {
+    let disk = SimDisk::new(runtime, seed);
+    disk.set_faults(faults);
+    disk
+}
+
 pub(super) fn stuck(detail: String) -> Violation {
     Violation { invariant: "liveness (scenario expectation)", detail }
 }
@@ -527,11 +541,7 @@ impl<S: StateMachine> Simulation<S> {
         let (runtime, seed, faults) = (self.runtime.clone(), self.seed, self.disk_faults);
         self.disks
             .entry(id)
-            .or_insert_with(|| {
-                let disk = SimDisk::new(runtime, mix(seed, 7_000 + id));
-                disk.set_faults(faults);
-                disk
-            })
+            .or_insert_with(|| new_disk(runtime, mix(seed, 7_000 + id), faults))
             .clone()
     }
 
@@ -542,11 +552,7 @@ impl<S: StateMachine> Simulation<S> {
         if self.running.contains_key(&id) {
             return Ok(());
         }
-        let incarnation = {
-            let counter = self.incarnations.entry(id).or_insert(0);
-            *counter += 1;
-            *counter
-        };
+        let incarnation = next_incarnation(&mut self.incarnations, id);
         let mut config = Config::new(id);
         config.random_seed = mix(self.seed, id * 1_000 + incarnation);
         if let Some(hook) = &self.config_hook {

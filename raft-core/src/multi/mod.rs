@@ -1,0 +1,369 @@
+//! Multi-Raft: the Raft groups one process runs as one node id, behind one transport.
+//!
+//! A service that outgrows one Raft group shards its data over many groups, each an ordinary
+//! [`Node`] with its own log, state machine and leader. A [`Host`] is the set of groups of one
+//! process: the node id the process has in every group's cluster, and the [`RpcHandler`] its
+//! transport serves. It routes each inbound request to the group named by the envelope's
+//! `group_id` and refuses a request for a group it does not host with
+//! [`RpcError::UnknownGroup`].
+//!
+//! ```ignore
+//! let host = Host::new(node_id);
+//! network.serve(host.clone()); // one registration for every group (the transport's own call)
+//! for group in 1..=4 {
+//!     let builder = Node::builder(Config::new(node_id), log(group), endpoint.clone(), sm(group), rt.clone());
+//!     let node = host.add_group(group, builder.snapshot_store(snaps(group))).await?;
+//! }
+//! // ... one group's node is used exactly as a single-group node:
+//! host.group(3).unwrap().write(command).await?;
+//! // A failed group is reported, and can be removed while the others serve on:
+//! for info in host.groups() { if let GroupHealth::Failed(error) = info.health { ... } }
+//! let removed = host.remove_group(3).await?; // its stores are unused from now on
+//! ```
+//!
+//! **Guarantees.** Each group keeps every guarantee of a single [`Node`]: the host only routes.
+//! Groups are independent: each has its own tasks, queues and bounds; a group whose store fails
+//! or whose state machine panics (in `apply`, while taking or restoring a snapshot, or at
+//! start) stops alone, with its [`FatalError`] saying why, and the host serves the others on.
+//! The host spawns nothing and holds no runtime: groups run on the runtimes their builders
+//! were given.
+//!
+//! **What a group shares.** The transport: every group of a host is given the same network
+//! (a clone of one endpoint), which stamps each request with the sender group's id. Since the
+//! network is shared, each group's node tells it *its* membership (see
+//! [`Network::members_changed`](crate::Network::members_changed)). Stores are the caller's:
+//! one per group, or per-group views of a shared one.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+
+pub use self::error::{AddGroupError, RemoveGroupError};
+use crate::error::FatalError;
+use crate::message::{Envelope, RpcResponse};
+use crate::network::{Network, RpcError, RpcHandler};
+use crate::node::{panic_message, Node, NodeBuilder};
+use crate::runtime::Runtime;
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::types::{GroupId, NodeId, Status};
+
+/// How many groups a [`Host::new`] holds at most: each group is a node with its own tasks and
+/// memory, so the number is bounded like every other resource.
+pub const DEFAULT_MAX_GROUPS: usize = 65_536;
+
+/// The Raft groups of one process, as one node id: routes inbound RPCs by group id, adds and
+/// removes groups at run time, and reports each group's health. Cheap to clone; every clone is
+/// the same host.
+///
+/// `G` is what the caller attaches to each group ([`Host::add_group_with`]) and gets back when
+/// the group is removed ([`RemovedGroup::state`]): the paths or handles it needs to delete the
+/// group's state, for instance. It defaults to `()`.
+pub struct Host<G = ()> {
+    inner: Arc<Inner<G>>,
+}
+
+impl<G> Clone for Host<G> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<G> std::fmt::Debug for Host<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<GroupId> = self.inner.read().keys().copied().collect();
+        f.debug_struct("Host").field("id", &self.inner.id).field("groups", &ids).finish()
+    }
+}
+
+struct Inner<G> {
+    id: NodeId,
+    max_groups: usize,
+    groups: RwLock<BTreeMap<GroupId, Slot<G>>>,
+}
+
+impl<G> Inner<G> {
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<GroupId, Slot<G>>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<GroupId, Slot<G>>> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A group id taken by the host.
+enum Slot<G> {
+    /// Reserved by an `add_group` whose node is starting.
+    Starting,
+    /// The group's node (running, or stopped: until it is removed).
+    Hosted { node: Node, state: G },
+}
+
+impl<G> Slot<G> {
+    fn node(&self) -> Option<&Node> {
+        match self {
+            Slot::Starting => None,
+            Slot::Hosted { node, .. } => Some(node),
+        }
+    }
+}
+
+/// How a hosted group is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupHealth {
+    /// Its `add_group` has not returned yet; requests for it are refused as unknown.
+    Starting,
+    /// Its node runs.
+    Running,
+    /// Its node stopped on its own, for this reason (a store failure, a state machine
+    /// failure or panic, ...). Requests for it are answered `RpcError::Shutdown`; remove it
+    /// ([`Host::remove_group`]) to free its id and its stores.
+    Failed(FatalError),
+    /// Its node was shut down ([`Node::shutdown`] on its handle) but the group was not removed.
+    Stopped,
+}
+
+/// One group of a host, as [`Host::groups`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group's id.
+    pub id: GroupId,
+    /// How it is doing.
+    pub health: GroupHealth,
+    /// Its node's status (`None` while it starts).
+    pub status: Option<Status>,
+}
+
+/// A group taken out of a host by [`Host::remove_group`]: its node has stopped (every task
+/// ended, its stores are no longer used), so its state can be deleted.
+#[derive(Debug)]
+pub struct RemovedGroup<G = ()> {
+    /// The group's id (free again in the host).
+    pub id: GroupId,
+    /// What the caller attached to the group when it added it.
+    pub state: G,
+    /// Why the group had stopped on its own before it was removed, if it had.
+    pub fatal_error: Option<FatalError>,
+    /// Its node's last status.
+    pub status: Status,
+}
+
+/// Frees a reserved group id unless the group's start completed (an `add_group` that failed,
+/// panicked or was dropped while its node started).
+struct Reservation<'a, G> {
+    inner: &'a Inner<G>,
+    group: GroupId,
+    armed: bool,
+}
+
+impl<G> Drop for Reservation<'_, G> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut groups = self.inner.write();
+            if matches!(groups.get(&self.group), Some(Slot::Starting)) {
+                groups.remove(&self.group);
+            }
+        }
+    }
+}
+
+impl<G> Host<G> {
+    /// An empty host for node `id`, holding at most [`DEFAULT_MAX_GROUPS`] groups.
+    pub fn new(id: NodeId) -> Self {
+        Self::with_max_groups(id, DEFAULT_MAX_GROUPS)
+    }
+
+    /// An empty host for node `id`, holding at most `max_groups` groups (starting ones
+    /// included): [`Host::add_group`] fails with [`AddGroupError::TooManyGroups`] beyond.
+    pub fn with_max_groups(id: NodeId, max_groups: usize) -> Self {
+        let groups = RwLock::new(BTreeMap::new());
+        Self { inner: Arc::new(Inner { id, max_groups, groups }) }
+    }
+
+    /// The node id this host is in every group.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Adds group `group` (see [`Host::add_group_with`]), attaching `G::default()` to it.
+    pub async fn add_group<S, N, M, R>(
+        &self,
+        group: GroupId,
+        builder: NodeBuilder<S, N, M, R>,
+    ) -> Result<Node, AddGroupError>
+    where
+        G: Default,
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
+        self.add_group_with(group, builder, G::default()).await
+    }
+
+    /// Starts group `group`'s node from `builder` (made by [`Node::builder`] with this host's
+    /// node id, with any options) and routes the group's requests to it from the moment it
+    /// runs; returns its handle, the same [`Node`] a single-group user has. The host sets
+    /// `Config::group_id` to `group` (whatever the builder's config said) and labels the node's
+    /// metrics with `group_id`. `state` is handed back when the group is removed.
+    ///
+    /// Refused, without starting anything, for a group id the host already has
+    /// ([`AddGroupError::Duplicate`], also while that group starts or after it stopped), for a
+    /// builder of another node id ([`AddGroupError::WrongNode`]) and beyond the host's limit
+    /// ([`AddGroupError::TooManyGroups`]). A start that fails or panics leaves the id free
+    /// ([`AddGroupError::Start`], [`AddGroupError::Panicked`]); so does dropping this future
+    /// before it returns. Requests for the group that arrive while it starts are refused with
+    /// [`RpcError::UnknownGroup`] (the senders retry).
+    pub async fn add_group_with<S, N, M, R>(
+        &self,
+        group: GroupId,
+        builder: NodeBuilder<S, N, M, R>,
+        state: G,
+    ) -> Result<Node, AddGroupError>
+    where
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
+        let host = self.inner.id;
+        if builder.node_id() != host {
+            return Err(AddGroupError::WrongNode { host, builder: builder.node_id() });
+        }
+        {
+            let mut groups = self.inner.write();
+            if groups.contains_key(&group) {
+                return Err(AddGroupError::Duplicate { group });
+            }
+            if groups.len() >= self.inner.max_groups {
+                return Err(AddGroupError::TooManyGroups { limit: self.inner.max_groups });
+            }
+            groups.insert(group, Slot::Starting);
+        }
+        let mut reservation = Reservation { inner: &self.inner, group, armed: true };
+        let start = AssertUnwindSafe(builder.in_group(group).start()).catch_unwind().await;
+        let node = match start {
+            Ok(Ok(node)) => node,
+            Ok(Err(error)) => return Err(AddGroupError::Start { group, error }),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                tracing::error!(id = host, group, %message, "starting a group panicked");
+                return Err(AddGroupError::Panicked { group, message });
+            }
+        };
+        self.inner.write().insert(group, Slot::Hosted { node: node.clone(), state });
+        reservation.armed = false;
+        tracing::info!(id = host, group, "group added");
+        Ok(node)
+    }
+
+    /// The node of group `group`, if the host has it and it has started (it may have stopped
+    /// since: see [`Host::groups`]).
+    pub fn group(&self, group: GroupId) -> Option<Node> {
+        self.inner.read().get(&group).and_then(Slot::node).cloned()
+    }
+
+    /// Every group of the host, by id, with its health and status.
+    pub fn groups(&self) -> Vec<GroupInfo> {
+        let groups = self.inner.read();
+        groups
+            .iter()
+            .map(|(&id, slot)| match slot {
+                Slot::Starting => GroupInfo { id, health: GroupHealth::Starting, status: None },
+                Slot::Hosted { node, .. } => {
+                    let health = match (node.fatal_error(), node.is_stopped()) {
+                        (Some(error), _) => GroupHealth::Failed(error),
+                        (None, true) => GroupHealth::Stopped,
+                        (None, false) => GroupHealth::Running,
+                    };
+                    GroupInfo { id, health, status: Some(node.status()) }
+                }
+            })
+            .collect()
+    }
+
+    /// The groups that stopped on their own, with why.
+    pub fn failed_groups(&self) -> Vec<(GroupId, FatalError)> {
+        let groups = self.inner.read();
+        let nodes = groups.iter().filter_map(|(&id, slot)| Some((id, slot.node()?)));
+        nodes.filter_map(|(id, node)| Some((id, node.fatal_error()?))).collect()
+    }
+
+    /// Removes group `group`: shuts its node down ([`Node::shutdown`]: pending calls fail with
+    /// `Shutdown`, writes handed to its store complete, every task ends), then stops routing to
+    /// it; returns once the node has stopped, with what the caller needs to delete the group's
+    /// state. Requests for the group get `RpcError::Shutdown` while it stops and
+    /// [`RpcError::UnknownGroup`] afterwards; its id can be added again.
+    ///
+    /// Works on failed groups alike. Cancellation-safe: dropped before it returns, the group
+    /// stays hosted (stopping or stopped) and a later call removes it.
+    pub async fn remove_group(&self, group: GroupId) -> Result<RemovedGroup<G>, RemoveGroupError> {
+        let node = match self.inner.read().get(&group) {
+            None => return Err(RemoveGroupError::NotHosted { group }),
+            Some(Slot::Starting) => return Err(RemoveGroupError::Starting { group }),
+            Some(Slot::Hosted { node, .. }) => node.clone(),
+        };
+        node.shutdown().await;
+        let mut groups = self.inner.write();
+        // Another call may have removed it (and someone added the id again) meanwhile.
+        match groups.get(&group) {
+            Some(Slot::Hosted { node: hosted, .. }) if hosted.same_node(&node) => {}
+            _ => return Err(RemoveGroupError::NotHosted { group }),
+        }
+        let Some(Slot::Hosted { state, .. }) = groups.remove(&group) else {
+            return Err(RemoveGroupError::NotHosted { group });
+        };
+        drop(groups);
+        tracing::info!(id = self.inner.id, group, "group removed");
+        Ok(RemovedGroup {
+            id: group,
+            state,
+            fatal_error: node.fatal_error(),
+            status: node.status(),
+        })
+    }
+
+    /// Removes every group that has started (see [`Host::remove_group`]), all at once, and
+    /// returns them. Groups still starting are left in place.
+    pub async fn shutdown(&self) -> Vec<RemovedGroup<G>> {
+        let ids: Vec<GroupId> = {
+            let groups = self.inner.read();
+            groups.iter().filter(|(_, slot)| slot.node().is_some()).map(|(&id, _)| id).collect()
+        };
+        let removals = ids.into_iter().map(|id| self.remove_group(id));
+        futures::future::join_all(removals).await.into_iter().filter_map(Result::ok).collect()
+    }
+}
+
+#[async_trait]
+impl<G: Send + Sync + 'static> RpcHandler for Host<G> {
+    /// Hands `request` to the node of its group, which checks the rest of the envelope (cluster,
+    /// receiver) as a single node does. A request for a group this host does not have (never
+    /// added, still starting, or removed) is refused with [`RpcError::UnknownGroup`], or with
+    /// [`RpcError::WrongNode`] if it was not even meant for this node id.
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        let node = self.inner.read().get(&request.group_id).and_then(Slot::node).cloned();
+        match node {
+            Some(node) => node.handle_rpc(request).await,
+            None if request.receiver != self.inner.id => {
+                Err(RpcError::WrongNode { expected: request.receiver, actual: self.inner.id })
+            }
+            None => {
+                tracing::debug!(
+                    id = self.inner.id,
+                    group = request.group_id,
+                    peer = request.request.sender(),
+                    "refused a request for a group this host does not have"
+                );
+                Err(RpcError::UnknownGroup { group: request.group_id })
+            }
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! Several Raft groups on the same simulated nodes ([`MultiSimulation`]): each node is one
+//! process, a [`Host`] of one node of every group behind one registration on the network and
+//! one endpoint; a crash takes every group of the node down at once and a partition cuts them
+//! all. Every group has its own disks and its own [`InvariantChecker`], fed as a single-group
+//! [`Simulation`](super::Simulation) feeds its one; and a starvation check requires every group
+//! with a connected majority to make progress within one liveness bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use raft_core::{
+    Bytes, Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Runtime,
+    Term,
+};
+
+use super::checker::{InvariantChecker, Violation};
+use super::disk::{DiskFaults, InFlight, SimDisk};
+use super::executor::SimRuntime;
+use super::observe::{check_digest, commit_durable, feed_disk, feed_events};
+use super::recorder::{lock, Observed, Record, Registry, StateMachineFaults};
+use super::schedule::{random_link_faults, Dice};
+use super::simulation::{mix, new_disk, next_incarnation, stuck, SimFailure};
+use crate::harness::RecordingStateMachine;
+use crate::{LinkFaults, MemNetwork};
+
+/// How to build a [`MultiSimulation`].
+#[derive(Debug, Clone)]
+pub struct MultiSimConfig {
+    /// Number of nodes (processes), with ids `1..=nodes`: each is a voter of every group.
+    pub nodes: u64,
+    /// Number of groups, with ids `1..=groups`.
+    pub groups: u64,
+    /// The seed every random choice derives from.
+    pub seed: u64,
+    /// How long a group with a connected majority (and its client) may go without an
+    /// acknowledged write before the run fails as starved: the liveness bound, the same for
+    /// every group.
+    pub liveness_bound: Duration,
+}
+
+impl MultiSimConfig {
+    /// `nodes` nodes, `groups` groups, the given seed, and a liveness bound of 10 s of virtual
+    /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s).
+    pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
+        Self { nodes, groups, seed, liveness_bound: Duration::from_secs(10) }
+    }
+}
+
+/// What a [`MultiSimulation`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MultiSimStats {
+    /// Node crashes (each takes every group of the node down).
+    pub crashes: u64,
+    /// Partitions set.
+    pub partitions: u64,
+    /// Progress checks passed (every group acknowledged a write within the bound).
+    pub progress_checks: u64,
+    /// Writes acknowledged to the clients, per group.
+    pub acknowledged: BTreeMap<GroupId, u64>,
+}
+
+/// One group's checking state.
+struct GroupCheck {
+    checker: InvariantChecker,
+    hard_states: BTreeMap<NodeId, HardState>,
+    /// Snapshots captured by the group's state machines (restores are verified against them).
+    registry: Registry,
+    /// Per leader incarnation: the term and commit index last seen.
+    leading: BTreeMap<(NodeId, u64), (Term, LogIndex)>,
+    digests: BTreeMap<LogIndex, (u64, NodeId)>,
+}
+
+/// A running node: its host and, per group, the record of its state machine.
+struct RunningHost {
+    host: Host,
+    incarnation: u64,
+    records: BTreeMap<GroupId, Record>,
+}
+
+/// Where the clients find the groups' nodes, and what they report.
+#[derive(Default)]
+struct ClientBoard {
+    nodes: Mutex<BTreeMap<(GroupId, NodeId), Node>>,
+    acknowledged: Mutex<BTreeMap<GroupId, u64>>,
+    /// A client that got an answer other than its command's (the state machine's answer).
+    wrong_answers: Mutex<Vec<String>>,
+    next_command: AtomicU64,
+}
+
+/// Several Raft groups on the same simulated nodes, in virtual time, under faults that hit
+/// nodes (every group of a crashed node goes down with it, a partition cuts every group),
+/// each group's invariants checked after every step, plus a starvation check: every group with
+/// a connected majority acknowledges a client write within [`MultiSimConfig::liveness_bound`].
+/// A failure names its seed (replay with `RAFT_SIM_SEED=<seed>` in tests that read it with
+/// [`SimulationConfig::seed_from_env`](super::SimulationConfig::seed_from_env)).
+pub struct MultiSimulation {
+    /// The executor (virtual time).
+    pub runtime: SimRuntime,
+    /// The network every host is registered on, once.
+    pub network: MemNetwork,
+    seed: u64,
+    nodes: Vec<NodeId>,
+    groups: Vec<GroupId>,
+    bound: Duration,
+    disks: BTreeMap<(NodeId, GroupId), SimDisk>,
+    running: BTreeMap<NodeId, RunningHost>,
+    incarnations: BTreeMap<NodeId, u64>,
+    checks: BTreeMap<GroupId, GroupCheck>,
+    board: Arc<ClientBoard>,
+    failure: Option<SimFailure>,
+    stats: MultiSimStats,
+}
+
+impl std::fmt::Debug for MultiSimulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiSimulation")
+            .field("seed", &self.seed)
+            .field("nodes", &self.nodes)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MultiSimulation {
+    /// Builds the nodes, starts every group on every node (each node's groups found one
+    /// cluster of all the nodes) and one client per group that keeps writing to its leader.
+    pub fn new(config: MultiSimConfig) -> Result<Self, SimFailure> {
+        let runtime = SimRuntime::seeded(config.seed, 100);
+        let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 1));
+        network.set_default_faults(LinkFaults::RELIABLE);
+        network.set_rpc_timeout(Some(Duration::from_secs(2)), 0.0);
+        let groups: Vec<GroupId> = (1..=config.groups).collect();
+        let checks = groups
+            .iter()
+            .map(|&g| {
+                let check = GroupCheck {
+                    checker: InvariantChecker::new(),
+                    hard_states: BTreeMap::new(),
+                    registry: Registry::default(),
+                    leading: BTreeMap::new(),
+                    digests: BTreeMap::new(),
+                };
+                (g, check)
+            })
+            .collect();
+        let mut sim = Self {
+            runtime,
+            network,
+            seed: config.seed,
+            nodes: (1..=config.nodes).collect(),
+            groups,
+            bound: config.liveness_bound,
+            disks: BTreeMap::new(),
+            running: BTreeMap::new(),
+            incarnations: BTreeMap::new(),
+            checks,
+            board: Arc::default(),
+            failure: None,
+            stats: MultiSimStats::default(),
+        };
+        for id in sim.nodes.clone() {
+            sim.start(id)?;
+        }
+        for group in sim.groups.clone() {
+            sim.spawn_client(group);
+        }
+        Ok(sim)
+    }
+
+    /// The seed of this run.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> MultiSimStats {
+        let mut stats = self.stats.clone();
+        stats.acknowledged = lock(&self.board.acknowledged).clone();
+        stats
+    }
+
+    /// The host of node `id`, if it runs.
+    pub fn host(&self, id: NodeId) -> Option<&Host> {
+        self.running.get(&id).map(|r| &r.host)
+    }
+
+    /// Group `group`'s invariant checker.
+    pub fn checker(&self, group: GroupId) -> Option<&InvariantChecker> {
+        self.checks.get(&group).map(|c| &c.checker)
+    }
+
+    /// Whether node `id` runs.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.running.contains_key(&id)
+    }
+
+    fn fail(&self, violation: Violation) -> SimFailure {
+        SimFailure { seed: self.seed, at: self.runtime.now(), violation }
+    }
+
+    fn disk(&mut self, id: NodeId, group: GroupId) -> SimDisk {
+        let (runtime, seed) = (self.runtime.clone(), self.seed);
+        self.disks
+            .entry((id, group))
+            .or_insert_with(|| {
+                new_disk(runtime, mix(seed, 7_000 + id * 1_000_003 + group), DiskFaults::SSD)
+            })
+            .clone()
+    }
+
+    /// Starts node `id` (a boot, or a restart after a crash): a new host with every group on
+    /// its disks, registered once on the network; a group founds its cluster when its disk
+    /// holds nothing.
+    pub fn start(&mut self, id: NodeId) -> Result<(), SimFailure> {
+        if self.running.contains_key(&id) {
+            return Ok(());
+        }
+        let incarnation = next_incarnation(&mut self.incarnations, id);
+        let host = Host::new(id);
+        let endpoint = self.network.endpoint(id);
+        let node_runtime = self.runtime.tagged(id);
+        let mut builders = Vec::new();
+        let mut records = BTreeMap::new();
+        for group in self.groups.clone() {
+            let disk = self.disk(id, group);
+            let mut config = Config::new(id);
+            config.random_seed = mix(self.seed, (id * 1_000 + incarnation) * 1_000 + group);
+            let bootstrap = disk.hard_state().current_term == 0;
+            let (log, snapshots) = disk.attach();
+            let registry = self.checks.get(&group).map(|c| c.registry.clone()).unwrap_or_default();
+            let state_machine = Observed::new(
+                RecordingStateMachine::new(),
+                (node_runtime.clone(), mix(self.seed, 0x6_3000 + id * 1_000 + group)),
+                Arc::new(Mutex::new(StateMachineFaults::default())),
+                registry,
+                None,
+            );
+            records.insert(group, state_machine.record());
+            let builder =
+                Node::builder(config, log, endpoint.clone(), state_machine, node_runtime.clone())
+                    .snapshot_store(snapshots);
+            let builder = if bootstrap {
+                builder.bootstrap(Membership::with_voters(self.nodes.iter().copied()))
+            } else {
+                builder
+            };
+            builders.push((group, builder));
+        }
+        let adding = host.clone();
+        let start = async move {
+            let mut failures = Vec::new();
+            for (group, builder) in builders {
+                if let Err(error) = adding.add_group(group, builder).await {
+                    failures.push(error.to_string());
+                }
+            }
+            failures
+        };
+        let runtime = self.runtime.clone();
+        let started = runtime.block_on(Duration::from_secs(60), start, || self.check_step());
+        self.outcome()?;
+        match started {
+            Some(failures) if failures.is_empty() => {}
+            Some(failures) => {
+                return Err(self.fail(stuck(format!("node {id} failed to start: {failures:?}"))))
+            }
+            None => return Err(self.fail(stuck(format!("node {id} did not start")))),
+        }
+        self.network.register(id, Arc::new(host.clone()));
+        let mut board = lock(&self.board.nodes);
+        for group in &self.groups {
+            if let Some(node) = host.group(*group) {
+                board.insert((*group, id), node);
+            }
+        }
+        drop(board);
+        self.running.insert(id, RunningHost { host, incarnation, records });
+        Ok(())
+    }
+
+    /// Crashes node `id`: every group of it stops mid-flight at once (its tasks vanish); of each
+    /// group's storage operations in flight a random prefix lands.
+    pub fn crash(&mut self, id: NodeId) {
+        if self.running.remove(&id).is_none() {
+            return;
+        }
+        lock(&self.board.nodes).retain(|(_, node), _| *node != id);
+        self.network.unregister(id);
+        self.runtime.kill(id);
+        for group in self.groups.clone() {
+            if let Some(check) = self.checks.get_mut(&group) {
+                check.checker.observe_down(id);
+            }
+            self.disk(id, group).crash(InFlight::Random);
+        }
+        self.stats.crashes += 1;
+    }
+
+    /// Spawns group `group`'s client: it keeps writing distinct commands to the group's leader
+    /// (any node that says it leads), each with a bounded wait, and counts the acknowledged ones.
+    fn spawn_client(&mut self, group: GroupId) {
+        let board = self.board.clone();
+        let runtime = self.runtime.clone();
+        self.runtime.spawn_task(async move {
+            loop {
+                let leader = {
+                    let nodes = lock(&board.nodes);
+                    nodes
+                        .iter()
+                        .filter(|((g, _), node)| *g == group && node.status().role == Role::Leader)
+                        .map(|(_, node)| node.clone())
+                        .next()
+                };
+                let Some(leader) = leader else {
+                    runtime.sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let n = board.next_command.fetch_add(1, Ordering::SeqCst);
+                let command = Bytes::from(format!("g{group}-{n}"));
+                let write = leader.write(command.clone()).fuse();
+                let timeout = runtime.sleep(Duration::from_secs(3)).fuse();
+                futures::pin_mut!(write, timeout);
+                futures::select! {
+                    answer = write => match answer {
+                        Ok(answer) if answer == command => {
+                            *lock(&board.acknowledged).entry(group).or_insert(0) += 1;
+                        }
+                        Ok(answer) => lock(&board.wrong_answers).push(format!(
+                            "group {group}: write {command:?} answered {answer:?}"
+                        )),
+                        Err(_) => runtime.sleep(Duration::from_millis(20)).await,
+                    },
+                    () = timeout => {}
+                }
+            }
+        });
+    }
+
+    /// Feeds every group's observations to its checker; the first violation stops the run.
+    fn check_step(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        if let Err(violation) = self.observe() {
+            self.failure = Some(self.fail(violation));
+        }
+    }
+
+    fn observe(&mut self) -> Result<(), Violation> {
+        for (&id, running) in &self.running {
+            for (&group, record) in &running.records {
+                let Some(node) = running.host.group(group) else { continue };
+                let Some(check) = self.checks.get_mut(&group) else { continue };
+                let at = (id, running.incarnation);
+                observe_group(check, &self.disks, (group, at), &node, record)
+                    .map_err(|v| in_group(group, v))?;
+            }
+        }
+        for (&(id, group), disk) in &self.disks {
+            let Some(check) = self.checks.get_mut(&group) else { continue };
+            feed_disk(&mut check.checker, id, disk, &mut check.hard_states)
+                .map_err(|v| in_group(group, v))?;
+        }
+        if let Some(wrong) = lock(&self.board.wrong_answers).first() {
+            return Err(Violation {
+                invariant: "a write's answer is the state machine's for it",
+                detail: wrong.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The failure found by the last steps, if any (taken).
+    fn outcome(&mut self) -> Result<(), SimFailure> {
+        self.failure.take().map_or(Ok(()), Err)
+    }
+
+    /// Runs every group for `duration` of virtual time, checking after every step.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), SimFailure> {
+        let runtime = self.runtime.clone();
+        runtime.run_for(duration, || self.check_step());
+        self.outcome()
+    }
+
+    /// The starvation check: runs until every group has acknowledged at least one more write,
+    /// and fails naming the groups that did not within the liveness bound. Call it only while
+    /// every group has a connected majority (`why` says what the cluster is going through).
+    pub fn require_progress(&mut self, why: &str) -> Result<(), SimFailure> {
+        let before = lock(&self.board.acknowledged).clone();
+        let board = self.board.clone();
+        let groups = self.groups.clone();
+        let behind = move || -> Vec<GroupId> {
+            let now = lock(&board.acknowledged);
+            let count = |acks: &BTreeMap<GroupId, u64>, g| acks.get(&g).copied().unwrap_or(0);
+            groups.iter().copied().filter(|&g| count(&now, g) <= count(&before, g)).collect()
+        };
+        let runtime = self.runtime.clone();
+        let waiting = behind.clone();
+        let done = runtime.run_until(self.bound, || self.check_step(), || waiting().is_empty());
+        self.outcome()?;
+        if !done {
+            let starved = behind();
+            return Err(self.fail(Violation {
+                invariant: "no group is starved (liveness per group)",
+                detail: format!(
+                    "groups {starved:?} acknowledged no write within {:?} {why}, with a connected majority",
+                    self.bound
+                ),
+            }));
+        }
+        self.stats.progress_checks += 1;
+        Ok(())
+    }
+
+    /// Runs `rounds` rounds of faults drawn from the seed. Each round hits one minority of the
+    /// nodes (crash, isolation by a partition, or random link faults on its links), during which
+    /// every group must still progress (the others are a connected majority), then heals and
+    /// restarts everyone and requires progress again. One round in five instead crashes every
+    /// node at once (a power cut) and restarts them.
+    pub fn run_faults(&mut self, rounds: u64) -> Result<(), SimFailure> {
+        let mut dice = Dice(mix(self.seed, 0xfa17));
+        let minority = (self.nodes.len() as u64 - 1) / 2;
+        for _ in 0..rounds {
+            let pause = Duration::from_millis(200 + dice.below(3_000));
+            if dice.chance(20) {
+                for id in self.nodes.clone() {
+                    self.crash(id);
+                }
+                self.run_for(pause)?;
+            } else {
+                let mut hit = BTreeSet::new();
+                let count = 1 + dice.below(minority.max(1));
+                while (hit.len() as u64) < count.min(minority) {
+                    hit.insert(dice.pick(&self.nodes));
+                }
+                match dice.below(3) {
+                    0 => hit.iter().for_each(|&id| self.crash(id)),
+                    1 => {
+                        let rest: Vec<NodeId> =
+                            self.nodes.iter().copied().filter(|id| !hit.contains(id)).collect();
+                        self.network.partition(&[rest, hit.iter().copied().collect()]);
+                        self.stats.partitions += 1;
+                    }
+                    _ => {
+                        for &id in &hit {
+                            self.network.set_node_faults(id, random_link_faults(&mut dice));
+                        }
+                    }
+                }
+                self.run_for(pause)?;
+                if minority > 0 {
+                    self.require_progress("while a minority is down or cut off")?;
+                }
+            }
+            self.network.heal();
+            self.network.clear_faults();
+            self.network.set_default_faults(LinkFaults::RELIABLE);
+            for id in self.nodes.clone() {
+                self.start(id)?;
+            }
+            self.require_progress("after the cluster healed")?;
+        }
+        Ok(())
+    }
+}
+
+/// Feeds what node incarnation `at` of group `group` shows (its status, its state machine's
+/// applies and restores) to the group's checks.
+fn observe_group(
+    check: &mut GroupCheck,
+    disks: &BTreeMap<(NodeId, GroupId), SimDisk>,
+    (group, at): (GroupId, (NodeId, u64)),
+    node: &Node,
+    record: &Record,
+) -> Result<(), Violation> {
+    let id = at.0;
+    if let Some(error) = node.fatal_error() {
+        return Err(Violation {
+            invariant: "no fatal error without an injected fault",
+            detail: format!("node {id} stopped: {error}"),
+        });
+    }
+    let status = node.status();
+    check.checker.observe_status(at, &status)?;
+    if status.role == Role::Leader {
+        let durable_term = disks.get(&(id, group)).map_or(0, |d| d.hard_state().current_term);
+        if durable_term >= status.current_term {
+            check.checker.observe_leader_acted(at, status.current_term)?;
+        }
+        let seen = (status.current_term, status.commit_index);
+        let before = check.leading.insert(at, seen);
+        // A commit made by this leader's own count in this term.
+        if before.is_some_and(|(term, commit)| term == status.current_term && commit < seen.1) {
+            let disk_of = |voter| disks.get(&(voter, group));
+            commit_durable(id, &status, &node.membership(), disk_of)?;
+        }
+    }
+    let events = std::mem::take(&mut *lock(&record.fresh));
+    let digests = &mut check.digests;
+    feed_events(&mut check.checker, at, events, disks.get(&(id, group)), |index, digest| {
+        check_digest(digests, id, index, digest)
+    })
+}
+
+/// `violation`, naming the group it happened in.
+fn in_group(group: GroupId, mut violation: Violation) -> Violation {
+    violation.detail = format!("group {group}: {}", violation.detail);
+    violation
+}

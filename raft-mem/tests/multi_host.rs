@@ -1,0 +1,359 @@
+//! Multi-Raft on the in-memory backends: several groups per process behind one
+//! [`raft_core::Host`], one registration per node id on one `MemNetwork`, under tokio and smol.
+//! A group whose state machine panics stops alone; the other groups keep committing and reading.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raft_core::multi::{AddGroupError, GroupHealth, RemoveGroupError};
+use raft_core::{
+    Bytes, Entry, Envelope, FatalError, GroupId, Host, LogId, Membership, Node, NodeId, Role,
+    RpcError, RpcHandler, RpcRequest, Runtime, SnapshotMeta, SnapshotStream, StateMachine,
+    StateMachineError, TimeoutNowRequest,
+};
+use raft_mem::harness::{test_config, RecordingStateMachine};
+use raft_mem::{MemEndpoint, MemLogStore, MemNetwork, MemSnapshotStore};
+use support::within;
+
+mod support;
+
+const HOSTS: [NodeId; 3] = [1, 2, 3];
+const GROUPS: [GroupId; 4] = [1, 2, 3, 4];
+
+/// A recording state machine that panics on the command `poison`, and whose
+/// `applied_index` panics if made with `panic_at_start` (a panic inside `Node::start`).
+#[derive(Clone, Default)]
+struct Poisonable {
+    record: RecordingStateMachine,
+    panic_at_start: bool,
+}
+
+#[async_trait]
+impl StateMachine for Poisonable {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        if entries.iter().any(|e| e.command().is_some_and(|c| c.as_ref() == b"poison")) {
+            panic!("poisoned command");
+        }
+        self.record.apply(entries).await
+    }
+
+    fn applied_index(&self) -> Option<LogId> {
+        assert!(!self.panic_at_start, "state machine broken at start");
+        None
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        self.record.snapshot().await
+    }
+
+    async fn restore(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        self.record.restore(meta, data).await
+    }
+}
+
+/// Three processes (hosts 1, 2, 3) on one `MemNetwork`, each registered once, each hosting a
+/// voter of every group.
+struct Hosts<R> {
+    rt: R,
+    network: MemNetwork,
+    hosts: BTreeMap<NodeId, Host>,
+    /// One endpoint per process, shared by its groups.
+    endpoints: BTreeMap<NodeId, MemEndpoint>,
+    /// What each group's state machine applied, per (host, group).
+    records: BTreeMap<(NodeId, GroupId), RecordingStateMachine>,
+}
+
+impl<R: Runtime + Clone> Hosts<R> {
+    fn new(rt: R) -> Self {
+        let network = MemNetwork::new();
+        let mut hosts = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        for id in HOSTS {
+            let host = Host::new(id);
+            network.register(id, Arc::new(host.clone()));
+            hosts.insert(id, host);
+            endpoints.insert(id, network.endpoint(id));
+        }
+        Self { rt, network, hosts, endpoints, records: BTreeMap::new() }
+    }
+
+    /// The builder of group `group`'s node on host `id`, on fresh stores.
+    fn builder(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        state_machine: Poisonable,
+    ) -> raft_core::NodeBuilder<MemLogStore, MemEndpoint, Poisonable, R> {
+        self.records.insert((id, group), state_machine.record.clone());
+        let endpoint = self.endpoints[&id].clone();
+        Node::builder(test_config(id), MemLogStore::new(), endpoint, state_machine, self.rt.clone())
+            .snapshot_store(MemSnapshotStore::new())
+            .bootstrap(Membership::with_voters(HOSTS))
+    }
+
+    async fn add_group(&mut self, group: GroupId) {
+        for id in HOSTS {
+            let builder = self.builder(id, group, Poisonable::default());
+            let node = self.hosts[&id].add_group(group, builder).await.unwrap();
+            assert_eq!(node.id(), id);
+        }
+    }
+
+    fn node(&self, id: NodeId, group: GroupId) -> Node {
+        self.hosts[&id].group(group).unwrap()
+    }
+
+    /// Waits for a leader of `group` and returns its host.
+    async fn leader(&self, group: GroupId) -> NodeId {
+        let rt = self.rt.clone();
+        within(&rt, "a leader", async {
+            loop {
+                for id in HOSTS {
+                    if self.node(id, group).status().role == Role::Leader {
+                        return id;
+                    }
+                }
+                self.rt.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// Writes `command` to `group` through its leader (retrying while leadership moves) and
+    /// checks the answer.
+    async fn write(&self, group: GroupId, command: &'static [u8]) {
+        let rt = self.rt.clone();
+        within(&rt, "a write", async {
+            loop {
+                let leader = self.leader(group).await;
+                match self.node(leader, group).write(Bytes::from_static(command)).await {
+                    Ok(answer) => return assert_eq!(answer.as_ref(), command),
+                    Err(_) => self.rt.sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until every host's node of `group` applied `command`.
+    async fn applied_everywhere(&self, group: GroupId, command: &'static [u8]) {
+        let rt = self.rt.clone();
+        within(&rt, "the command applied on every host", async {
+            while !HOSTS.iter().all(|&id| {
+                self.records[&(id, group)].commands().iter().any(|(_, c)| c.as_ref() == command)
+            }) {
+                self.rt.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+    }
+
+    /// A linearizable read of `group` on every host answers.
+    async fn read_everywhere(&self, group: GroupId) {
+        for id in HOSTS {
+            let node = self.node(id, group);
+            let rt = self.rt.clone();
+            within(&rt, "a read", async {
+                while node.read_index().await.is_err() {
+                    self.rt.sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+        }
+    }
+}
+
+/// An envelope for `group` to host `receiver` (a TimeoutNow: no state needed to build it).
+fn envelope(receiver: NodeId, group: GroupId) -> Envelope {
+    let request = RpcRequest::TimeoutNow(TimeoutNowRequest { term: 1, leader_id: 2 });
+    Envelope::new(receiver, request).with_group_id(group)
+}
+
+/// Item 2 of issue 21: 3 hosts on one MemNetwork, 4 groups each; group 2's state machine panics
+/// on a command. Group 2 stops (on every host that applies the command) with the panic as its
+/// cause, reported by the host; groups 1, 3 and 4 keep committing and reading; the failed group
+/// is removed, later requests for it are refused as unknown, and it can be added again.
+async fn a_panicking_group_stops_alone<R: Runtime + Clone>(rt: R) {
+    let mut hosts = Hosts::new(rt.clone());
+    for group in GROUPS {
+        hosts.add_group(group).await;
+    }
+    for group in GROUPS {
+        hosts.write(group, b"before").await;
+        hosts.applied_everywhere(group, b"before").await;
+    }
+    // Each group applied its own commands only (the host routed by group id).
+    for group in GROUPS {
+        for id in HOSTS {
+            let commands = hosts.records[&(id, group)].commands();
+            assert_eq!(commands.len(), 1, "group {group} on host {id}: {commands:?}");
+        }
+    }
+
+    let leader = hosts.leader(2).await;
+    let _ = hosts.node(leader, 2).write(Bytes::from_static(b"poison")).await;
+    // The leader applies the command once it is committed: its group 2 stops. A follower stops
+    // too once it learns the commit and applies it (the one that does not may never learn it:
+    // with two of three nodes stopped, group 2 has no majority left).
+    within(&rt, "group 2 failing on its leader's host", async {
+        while hosts.hosts[&leader].failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for id in HOSTS {
+        let host = &hosts.hosts[&id];
+        let failed = host.failed_groups();
+        assert!(failed.len() <= 1 && (id != leader || failed.len() == 1), "{failed:?}");
+        for (group, error) in &failed {
+            assert_eq!(*group, 2);
+            match error {
+                FatalError::Panicked { task, message } => {
+                    assert!(task.contains("applier"), "{task}");
+                    assert!(message.contains("poisoned command"), "{message}");
+                }
+                other => panic!("expected a panic of the applier, got {other}"),
+            }
+            // The stopped group answers Shutdown while it is hosted.
+            let refused = host.handle_rpc(envelope(id, 2)).await;
+            assert_eq!(refused.unwrap_err(), RpcError::Shutdown);
+        }
+        for info in host.groups() {
+            if info.id != 2 {
+                assert_eq!(info.health, GroupHealth::Running, "{info:?}");
+            }
+        }
+    }
+
+    // The other groups keep committing and reading.
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+        hosts.read_everywhere(group).await;
+    }
+
+    // Removing the failed group hands back its cause; its id is unknown afterwards.
+    for id in HOSTS {
+        let host = &hosts.hosts[&id];
+        let failed = !host.failed_groups().is_empty();
+        let removed = within(&rt, "removal", host.remove_group(2)).await.unwrap();
+        assert_eq!(removed.id, 2);
+        // (A follower may stop meanwhile: two that never failed can still elect and apply.)
+        match &removed.fatal_error {
+            Some(error) => assert!(matches!(error, FatalError::Panicked { .. }), "{error}"),
+            None => assert!(!failed),
+        }
+        let refused = host.handle_rpc(envelope(id, 2)).await;
+        assert_eq!(refused.unwrap_err(), RpcError::UnknownGroup { group: 2 });
+        assert_eq!(
+            host.remove_group(2).await.unwrap_err(),
+            RemoveGroupError::NotHosted { group: 2 }
+        );
+        assert!(host.failed_groups().is_empty());
+        assert_eq!(host.groups().len(), 3);
+    }
+    // Added again on fresh stores, the group elects a leader and commits.
+    hosts.add_group(2).await;
+    hosts.write(2, b"again").await;
+    hosts.applied_everywhere(2, b"again").await;
+    hosts.write(1, b"last").await;
+
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert_eq!(removed.len(), GROUPS.len());
+        assert!(removed.iter().all(|r| r.fatal_error.is_none()));
+        assert!(hosts.hosts[&id].groups().is_empty());
+    }
+}
+
+/// What `add_group` refuses, and that a refused or panicking start leaves the id free.
+async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R) {
+    let mut hosts = Hosts::new(rt.clone());
+    hosts.add_group(7).await;
+    let host = hosts.hosts[&1].clone();
+
+    let builder = hosts.builder(1, 7, Poisonable::default());
+    let duplicate = host.add_group(7, builder).await.unwrap_err();
+    assert!(matches!(duplicate, AddGroupError::Duplicate { group: 7 }), "{duplicate}");
+
+    let builder = hosts.builder(2, 8, Poisonable::default());
+    let wrong = host.add_group(8, builder).await.unwrap_err();
+    assert!(matches!(wrong, AddGroupError::WrongNode { host: 1, builder: 2 }), "{wrong}");
+
+    let broken = Poisonable { panic_at_start: true, ..Poisonable::default() };
+    let builder = hosts.builder(1, 8, broken);
+    match host.add_group(8, builder).await.unwrap_err() {
+        AddGroupError::Panicked { group: 8, message } => {
+            assert!(message.contains("state machine broken at start"), "{message}")
+        }
+        other => panic!("expected a panicking start, got {other}"),
+    }
+    assert!(host.group(8).is_none());
+    assert_eq!(host.groups().len(), 1, "the panicking start left nothing behind");
+    // The id is free again; the host still serves group 7.
+    let builder = hosts.builder(1, 8, Poisonable::default());
+    let node = host.add_group(8, builder).await.unwrap();
+    assert_eq!(node.status().id, 1);
+    hosts.write(7, b"still").await;
+
+    let small = Host::<()>::with_max_groups(4, 0);
+    let builder = Node::builder(
+        test_config(4),
+        MemLogStore::new(),
+        hosts.network.endpoint(4),
+        Poisonable::default(),
+        rt.clone(),
+    );
+    let full = small.add_group(1, builder).await.unwrap_err();
+    assert!(matches!(full, AddGroupError::TooManyGroups { limit: 0 }), "{full}");
+
+    // Requests for a group the host lacks, or for another node id.
+    assert_eq!(
+        host.handle_rpc(envelope(1, 99)).await.unwrap_err(),
+        RpcError::UnknownGroup { group: 99 }
+    );
+    assert_eq!(
+        host.handle_rpc(envelope(5, 99)).await.unwrap_err(),
+        RpcError::WrongNode { expected: 5, actual: 1 }
+    );
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
+mod tokio_rt {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_group_stops_alone() {
+        let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+        super::a_panicking_group_stops_alone(rt).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adding_groups_checks_ids_limits_and_panics() {
+        let rt = raft_core::runtime::TokioRuntime::current().unwrap();
+        super::adding_groups_checks_ids_limits_and_panics(rt).await;
+    }
+}
+
+mod smol_rt {
+    #[test]
+    fn a_panicking_group_stops_alone() {
+        smol::block_on(super::a_panicking_group_stops_alone(
+            raft_core::runtime::SmolRuntime::global(),
+        ));
+    }
+
+    #[test]
+    fn adding_groups_checks_ids_limits_and_panics() {
+        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(
+            raft_core::runtime::SmolRuntime::global(),
+        ));
+    }
+}
