@@ -114,8 +114,9 @@ impl<G> Slot<G> {
     }
 }
 
-/// How a hosted group is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a hosted group is doing. Not `PartialEq`: a failure carries the typed error that stopped
+/// the group; compare with `matches!`.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum GroupHealth {
     /// Its `add_group` has not returned yet; requests for it are refused as unknown.
@@ -131,7 +132,7 @@ pub enum GroupHealth {
 }
 
 /// One group of a host, as [`Host::groups`] reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct GroupInfo {
     /// The group's id.
     pub id: GroupId,

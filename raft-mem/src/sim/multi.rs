@@ -269,7 +269,7 @@ impl MultiSimulation {
             }
             None => return Err(self.fail(stuck(format!("node {id} did not start")))),
         }
-        self.network.register(id, Arc::new(host.clone()));
+        self.network.serve(id, Arc::new(host.clone()));
         let mut board = lock(&self.board.nodes);
         for group in &self.groups {
             if let Some(node) = host.group(*group) {
@@ -288,7 +288,7 @@ impl MultiSimulation {
             return;
         }
         lock(&self.board.nodes).retain(|(_, node), _| *node != id);
-        self.network.unregister(id);
+        self.network.stop_serving(id);
         self.runtime.kill(id);
         for group in self.groups.clone() {
             if let Some(check) = self.checks.get_mut(&group) {
