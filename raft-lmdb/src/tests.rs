@@ -468,3 +468,21 @@ fn a_busy_group_does_not_keep_another_groups_write_out_of_the_queue() {
     }
     assert_eq!(block_on(busy.open()).unwrap().last, LogId::new(1, next));
 }
+
+/// A group removed and created again in one transaction keeps its (new, empty) record, even
+/// though that record equals the one removed.
+#[test]
+fn a_group_removed_and_created_in_one_transaction_exists() {
+    let (_root, env, stores) = environment_with_groups(1, crate::LmdbOptions::default());
+    drop(stores);
+    let shared = env.running_shared();
+    let pause = shared.pause.lock().unwrap();
+    let remove = block_on(crate::store::enqueue(shared, 1, crate::writer::Op::Remove)).unwrap();
+    let open = block_on(crate::store::enqueue(shared, 1, crate::writer::Op::Open)).unwrap();
+    drop(pause);
+    block_on(remove).unwrap();
+    block_on(open).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![1]);
+    let store = env.log_store(1).unwrap();
+    block_on(store.write(append(1..2, 1))).unwrap();
+}

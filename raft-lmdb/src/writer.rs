@@ -322,6 +322,10 @@ impl Writer {
                 log.clear(txn)?;
                 handles.meta.delete(txn, keys.meta().as_slice())?;
                 *meta = None;
+                // No longer what the disk holds: a group created again in this transaction
+                // must have its record written even if it equals the old one. (A transaction
+                // retried after the map grew loads it again from the disk.)
+                self.committed.remove(&request.group);
                 Ok(())
             }
             (_, None) => Err(Rejection::Invalid(StorageError::InvalidRequest(format!(

@@ -20,6 +20,7 @@
 //! frees up.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::oneshot;
@@ -77,7 +78,7 @@ impl WindowState {
     /// waiting, wrapping around.
     fn next_turn(&self) -> Option<GroupId> {
         let after = match self.last_served {
-            Some(last) => self.waiting.range(last.saturating_add(1)..).next(),
+            Some(last) => self.waiting.range((Excluded(last), Unbounded)).next(),
             None => None,
         };
         after.or_else(|| self.waiting.iter().next()).map(|(&group, _)| group)
@@ -285,6 +286,19 @@ mod tests {
             held = next;
         }
         assert_eq!(order, [2, 1, 1, 1, 1, 1], "group 2 admitted in its turn");
+    }
+
+    /// The turn wraps around after the largest group id.
+    #[test]
+    fn turns_wrap_around_after_the_last_group() {
+        let window = BulkWindow::new(10, 1);
+        let held = poll(&mut request(&window, u64::MAX, 10)).unwrap();
+        let mut last_again = request(&window, u64::MAX, 10);
+        let mut first = request(&window, 0, 10);
+        assert!(poll(&mut last_again).is_none() && poll(&mut first).is_none());
+        drop(held);
+        assert!(poll(&mut last_again).is_none(), "the last group served twice in a row");
+        assert!(poll(&mut first).is_some());
     }
 
     /// A turn whose request does not fit yet is not skipped: smaller requests of other groups
