@@ -324,7 +324,7 @@ impl<S: StateMachine> Simulation<S> {
                         }
                     }
                     // A client keeps reading from the node it believes leads.
-                    self.spawn_reader_on(leader, Duration::from_secs(3));
+                    self.pin_readers(leader, Duration::from_secs(3));
                     if dice.chance(50) {
                         self.network.disconnect(leader);
                     } else {
@@ -342,7 +342,7 @@ impl<S: StateMachine> Simulation<S> {
                 if let Some(leader) = leader {
                     let max = self.config(leader).map_or(600, |c| c.election_timeout_ms_max);
                     let pause = Duration::from_millis(max + dice.below(3 * max));
-                    self.spawn_reader_on(leader, pause + Duration::from_secs(1));
+                    self.pin_readers(leader, pause + Duration::from_secs(1));
                     self.pause(leader);
                     self.run_for(pause)?;
                     self.resume(leader);
