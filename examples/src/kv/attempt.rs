@@ -289,6 +289,9 @@ pub async fn run<T: ClientTransport>(
                     })
                     .or_else(|| routing.pick(Some(node), now));
                 if let Some(target) = target {
+                    // A suspect target means every node failed lately: pause rather than spin
+                    // through nodes that fail at once (cached connection failures).
+                    let pause = pause || routing.is_suspect(target, now);
                     let delay = pause.then_some(options.retry_delay);
                     attempts.launch(transport, clock, target, delay);
                 }
