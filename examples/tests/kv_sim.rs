@@ -74,10 +74,20 @@ struct SimTransport {
 
 impl SimTransport {
     fn new(sim: &Simulation<KvStateMachine>, states: &States, known: &[NodeId]) -> Self {
+        Self::with(&sim.runtime, &sim.running_nodes(), states, known)
+    }
+
+    /// A transport to the nodes of `nodes`, knowing the addresses of `known`.
+    fn with(
+        runtime: &SimRuntime,
+        nodes: &RunningNodes<KvStateMachine>,
+        states: &States,
+        known: &[NodeId],
+    ) -> Self {
         let options = client_options();
         Self {
-            runtime: sim.runtime.clone(),
-            nodes: sim.running_nodes(),
+            runtime: runtime.clone(),
+            nodes: nodes.clone(),
             states: states.clone(),
             routing: Routing::new(addresses(known.iter().copied()), options.suspect_for),
             options,
@@ -232,38 +242,34 @@ fn spawn_client(sim: &Simulation<KvStateMachine>, states: &States, record: &Reco
     });
 }
 
-/// Clients that know only `node` (configured with that one address, believing it leads) read a
-/// key from it every 50 to 150 ms for `duration`: the fault schedule pins them to an isolated
-/// or paused leader.
-fn spawn_pinned_readers(
+/// A client that knows only `node` (configured with that one address, believing it leads)
+/// reads a key from it, again and again for `duration`, one read at a time: the fault schedule
+/// pins it to an isolated or paused leader. Each read starts from that one address (a redirect
+/// teaches a client other nodes), as a fresh client configured with it would.
+fn spawn_pinned_reader(
     sim: &Simulation<KvStateMachine>,
     states: &States,
     record: &Record,
     node: NodeId,
     duration: Duration,
-    first_client: u64,
+    id: u64,
 ) {
-    let runtime = sim.runtime.clone();
+    let (runtime, nodes, states) = (sim.runtime.clone(), sim.running_nodes(), states.clone());
+    let history = record.history.clone();
     let end = runtime.now() + duration;
-    let mut transports = Vec::new();
-    let mut at = Duration::ZERO;
-    while runtime.now() + at < end {
-        transports.push((at, SimTransport::new(sim, states, &[node])));
-        at += Duration::from_millis(50 + runtime.below(100));
-    }
-    for (number, (at, transport)) in transports.into_iter().enumerate() {
-        let client = KvClient::with_transport(transport, runtime.clone());
-        let (runtime, history) = (runtime.clone(), record.history.clone());
-        let key = Bytes::from_static(KEYS[runtime.below(KEYS.len() as u64) as usize].as_bytes());
-        let id = first_client + number as u64;
-        sim.spawn(async move {
-            runtime.sleep_for(at).await;
+    sim.spawn(async move {
+        while runtime.now() < end {
+            let transport = SimTransport::with(&runtime, &nodes, &states, &[node]);
+            let client = KvClient::with_transport(transport, runtime.clone());
+            let key =
+                Bytes::from_static(KEYS[runtime.below(KEYS.len() as u64) as usize].as_bytes());
             let op = Op::Get { key };
             let pending = history.call(id, op.clone(), runtime.now());
             let outcome = perform(&client, op).await;
             pending.finish(outcome, runtime.now());
-        });
-    }
+            runtime.sleep_for(Duration::from_millis(3 + runtime.below(20))).await;
+        }
+    });
 }
 
 /// The fault schedule of one seed: six rounds (up to 1.2 s each, the actions' own durations
@@ -302,8 +308,8 @@ fn run_seed(seed: u64) -> Result<Run, String> {
     let (pinned_states, pinned_record) = (states.clone(), record.clone());
     let mut next_reader = 1_000;
     sim.on_pinned_reads(Some(Box::new(move |sim, node, duration| {
-        spawn_pinned_readers(sim, &pinned_states, &pinned_record, node, duration, next_reader);
-        next_reader += 1_000;
+        spawn_pinned_reader(sim, &pinned_states, &pinned_record, node, duration, next_reader);
+        next_reader += 1;
     })));
     sim.run_for(Duration::from_millis(500)).map_err(|f| f.to_string())?;
     sim.run_fault_schedule(&schedule()).map_err(|f| f.to_string())?;
