@@ -15,7 +15,8 @@ use raft_core::{
 };
 use raft_mem::{MemLogStore, MemNetwork};
 
-use common::{config, Recorder, PATIENCE};
+use common::{config, in_order, PATIENCE};
+use raft_mem::harness::RecordingStateMachine;
 
 fn runtime() -> TokioRuntime {
     TokioRuntime::current().unwrap()
@@ -27,8 +28,8 @@ async fn start(
     id: NodeId,
     store: &MemLogStore,
     bootstrap: Option<Membership>,
-) -> Result<(Node, Recorder), StartError> {
-    let recorder = Recorder::default();
+) -> Result<(Node, RecordingStateMachine), StartError> {
+    let recorder = RecordingStateMachine::new();
     let builder =
         Node::builder(config(id), store.clone(), network.endpoint(id), recorder.clone(), runtime());
     let builder = match bootstrap {
@@ -54,7 +55,7 @@ async fn bootstrap_is_a_one_time_step() {
     wait_leader(&node).await;
     let written = node.propose("x".into()).await.unwrap();
     tokio::time::timeout(PATIENCE, written.response()).await.unwrap().unwrap();
-    let first = recorder.applied.lock().unwrap()[0].clone();
+    let first = in_order(recorder.entries())[0].clone();
     assert_eq!((first.index, first.term), (1, 1), "the membership is the log's first entry");
     assert!(
         matches!(first.payload, EntryPayload::Membership(m) if m == Membership::with_voters([1]))

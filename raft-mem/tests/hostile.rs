@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Cluster;
+use common::{applied_commands, check_applied_agree, start, wait_applied, write};
 use raft_core::{
     AppendEntriesRequest, Bytes, Entry, EntryPayload, Envelope, InstallSnapshotRequest, LogId,
     Membership, NodeId, ReadIndexRequest, RequestVoteRequest, RpcHandler, RpcRequest, RpcResponse,
@@ -140,39 +140,42 @@ fn acknowledges(response: &RpcResponse) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_and_change_nothing() {
     let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-    let cluster = Cluster::start(3, rt).await;
+    let (mut cluster, _) = start(3, rt).await;
     for i in 0..5u8 {
-        cluster.write(&[i]).await;
+        write(&cluster, &[i]).await;
     }
     let mut forger = Forger { rng: ChaCha8Rng::seed_from_u64(seed()) };
     for round in 0..600 {
-        let to = cluster.ids[forger.below(3) as usize];
-        let from = cluster.ids.iter().copied().filter(|&id| id != to).nth(forger.below(2) as usize);
-        let status = cluster.nodes[&to].status();
+        let to = cluster.voters()[forger.below(3) as usize];
+        let from =
+            cluster.voters().iter().copied().filter(|&id| id != to).nth(forger.below(2) as usize);
+        let status = cluster.node(to).unwrap().status();
         let request = forger.malformed(from.unwrap(), &status);
         let answer = cluster
             .within(
                 "an answer to a malformed request",
-                cluster.nodes[&to].handle_rpc(Envelope::new(to, request.clone())),
+                cluster.node(to).unwrap().handle_rpc(Envelope::new(to, request.clone())),
             )
             .await
+            .unwrap()
             .unwrap();
         assert!(
             !acknowledges(&answer),
             "round {round} (seed {}): {request:?} was answered {answer:?}",
             seed()
         );
-        let after = cluster.nodes[&to].status();
+        let after = cluster.node(to).unwrap().status();
         assert!(after.current_term <= MAX_TERM, "round {round}: term {}", after.current_term);
         assert!(after.commit_index >= status.commit_index);
     }
     // Nothing changed: the cluster commits, and every node applied the same entries.
-    let (last, _) = cluster.write(b"after").await;
-    cluster.wait_applied(&cluster.ids, last).await;
-    cluster.check_applied_agree();
-    for (id, node) in &cluster.nodes {
+    let (last, _) = write(&cluster, b"after").await;
+    wait_applied(&cluster, &cluster.running(), last).await;
+    check_applied_agree(&cluster);
+    for id in cluster.running() {
+        let node = cluster.node(id).unwrap();
         assert!(node.fatal_error().is_none(), "node {id}: {:?}", node.fatal_error());
-        assert!(cluster.applied_commands(*id).iter().all(|c| c.as_ref() != b"forged"));
+        assert!(applied_commands(&cluster, id).iter().all(|c| c.as_ref() != b"forged"));
     }
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }

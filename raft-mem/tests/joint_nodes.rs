@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{config, Recorder, PATIENCE};
+use common::{config, in_order, PATIENCE};
 use futures::FutureExt;
 use raft_core::{
     Bytes, CommitError, EntryPayload, Envelope, Membership, MembershipError, Network, NetworkError,
     Node, NodeId, NodeInfo, ProposeError, Role, RpcRequest, RpcResponse, Runtime,
 };
+use raft_mem::harness::RecordingStateMachine;
 use raft_mem::{MemLogStore, MemNetwork};
 
 type Members = BTreeMap<NodeId, NodeInfo>;
@@ -75,7 +76,7 @@ struct Nodes<R: Runtime + Clone> {
     network: MemNetwork,
     stores: BTreeMap<NodeId, MemLogStore>,
     nodes: BTreeMap<NodeId, Node>,
-    recorders: BTreeMap<NodeId, Recorder>,
+    recorders: BTreeMap<NodeId, RecordingStateMachine>,
     calls: BTreeMap<NodeId, Arc<Mutex<Vec<Members>>>>,
     cuts: BTreeMap<NodeId, Arc<Cut>>,
 }
@@ -106,7 +107,7 @@ impl<R: Runtime + Clone> Nodes<R> {
         });
         self.cuts.insert(id, cut.clone());
         let network = Recording { inner: self.network.endpoint(id), calls: calls.clone(), cut };
-        let recorder = Recorder::default();
+        let recorder = RecordingStateMachine::new();
         let runtime = self.runtime.clone();
         let builder = Node::builder(config(id), store, network, recorder.clone(), runtime);
         let builder = match bootstrap {
@@ -175,7 +176,7 @@ impl<R: Runtime + Clone> Nodes<R> {
     }
 
     fn commands(&self, id: NodeId) -> Vec<Bytes> {
-        let applied = self.recorders[&id].applied.lock().unwrap();
+        let applied = in_order(self.recorders[&id].entries());
         applied.iter().filter_map(|e| e.command().cloned()).collect()
     }
 

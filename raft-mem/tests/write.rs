@@ -6,15 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{applied_commands, check_applied_agree, start, wait_applied, wait_for_leader};
 use raft_core::{Bytes, CommitError, ProposeError, Runtime, WriteError};
 
 /// Concurrent writes and proposals on the leader all get their own response, and every node
 /// applies all of them.
 async fn concurrent_writes_get_their_responses<R: Runtime + Clone>(rt: R) {
-    let cluster = Cluster::start(3, rt).await;
-    let leader = cluster.wait_for_leader().await;
-    let node = cluster.nodes[&leader].clone();
+    let (mut cluster, _) = start(3, rt).await;
+    let leader = wait_for_leader(&cluster).await;
+    let node = cluster.node(leader).unwrap().clone();
     let writes = futures::future::join_all((0..300u32).map(|i| {
         let node = node.clone();
         async move {
@@ -28,42 +28,42 @@ async fn concurrent_writes_get_their_responses<R: Runtime + Clone>(rt: R) {
             assert_eq!(response, command, "each caller gets the response to its own command");
         }
     }));
-    cluster.within("300 writes", writes).await;
+    cluster.within("300 writes", writes).await.unwrap();
     let last = node.status().last_log_index;
-    cluster.wait_applied(&cluster.ids, last).await;
-    let mut applied: Vec<Bytes> = cluster.applied_commands(leader);
+    wait_applied(&cluster, &cluster.running(), last).await;
+    let mut applied: Vec<Bytes> = applied_commands(&cluster, leader);
     applied.sort();
     let mut expected: Vec<Bytes> = (0..300u32).map(|i| Bytes::from(format!("w{i}"))).collect();
     expected.sort();
     assert_eq!(applied, expected, "every write applied exactly once");
-    cluster.check_applied_agree();
-    cluster.shutdown().await;
+    check_applied_agree(&cluster);
+    cluster.stop_all().await.unwrap();
 }
 
 /// `write` refuses what `propose` refuses, with the same error: on a follower (with the
 /// leader's id), and on the leader for a command over the size limit.
 async fn writes_are_refused_like_proposals<R: Runtime + Clone>(rt: R) {
-    let cluster = Cluster::start(3, rt).await;
-    let leader = cluster.wait_for_leader().await;
-    let follower = cluster.ids.iter().copied().find(|&id| id != leader).unwrap();
+    let (mut cluster, _) = start(3, rt).await;
+    let leader = wait_for_leader(&cluster).await;
+    let follower = cluster.voters().iter().copied().find(|&id| id != leader).unwrap();
     let big = Bytes::from(vec![0u8; 2 << 20]);
     for (node, command) in [(follower, Bytes::from_static(b"x")), (leader, big)] {
-        let node = &cluster.nodes[&node];
+        let node = cluster.node(node).unwrap();
         let refused = node.propose(command.clone()).await.map(|p| p.index).unwrap_err();
         assert!(matches!(refused, ProposeError::NotLeader { .. } | ProposeError::TooLarge { .. }));
         assert_eq!(node.write(command).await, Err(WriteError::Refused(refused)));
     }
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 /// A write that cannot commit (the followers are cut off) fails when its node stops, with an
 /// unknown outcome (the entry was appended); a write after the stop is refused with `Shutdown`.
 async fn a_pending_write_fails_at_shutdown<R: Runtime + Clone>(rt: R) {
-    let cluster = Cluster::start(3, rt.clone()).await;
-    let leader = cluster.wait_for_leader().await;
-    let node = cluster.nodes[&leader].clone();
-    for id in cluster.ids.iter().copied().filter(|&id| id != leader) {
-        cluster.network.disconnect(id);
+    let (mut cluster, _) = start(3, rt.clone()).await;
+    let leader = wait_for_leader(&cluster).await;
+    let node = cluster.node(leader).unwrap().clone();
+    for id in cluster.voters().iter().copied().filter(|&id| id != leader) {
+        cluster.transport().disconnect(id);
     }
     let before = node.status().last_log_index;
     let pending = {
@@ -73,18 +73,19 @@ async fn a_pending_write_fails_at_shutdown<R: Runtime + Clone>(rt: R) {
     let stop = async {
         // Let the write reach the node (and its entry the log) before stopping it.
         let mut watch = node.watch();
-        cluster.within("appended", watch.wait_for(|s| s.last_log_index > before)).await;
+        cluster.within("appended", watch.wait_for(|s| s.last_log_index > before)).await.unwrap();
         rt.sleep(Duration::from_millis(10)).await;
         node.shutdown().await;
     };
-    let (outcome, ()) = cluster.within("shutdown", futures::future::join(pending, stop)).await;
+    let (outcome, ()) =
+        cluster.within("shutdown", futures::future::join(pending, stop)).await.unwrap();
     assert_eq!(outcome, Err(WriteError::Failed(CommitError::Shutdown)));
     // A stopped node says so (not "not the leader, leader unknown").
     let after = node.write(Bytes::from_static(b"x")).await;
     assert_eq!(after, Err(WriteError::Refused(ProposeError::Shutdown)));
     let after = node.propose(Bytes::from_static(b"x")).await.map(|p| p.index);
     assert_eq!(after, Err(ProposeError::Shutdown));
-    cluster.shutdown().await;
+    cluster.stop_all().await.unwrap();
 }
 
 macro_rules! under_runtimes {

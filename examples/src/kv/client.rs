@@ -14,8 +14,10 @@ use raft_core::session::ClientSession;
 use raft_core::{NodeId, Status};
 use tracing::debug;
 
+use super::attempt::{self, ClientTransport, TlsFailures};
 use super::bounded::Bounded;
-use super::command::{Command, KvError, Op, OpResult, Response, SessionId, SessionRef};
+use super::clock::{Clock, TokioClock};
+use super::command::{Command, KvError, Op, OpResult, Response, SessionRef};
 use super::connections::{CallError, Connections, TlsFailure};
 use super::health::HealthReport;
 use super::protocol::{
@@ -122,48 +124,45 @@ pub mod exit {
     pub const NOT_READY: u8 = 6;
 }
 
-/// The TLS failures of one operation, by node: once every known node failed TLS, the
-/// operation fails at once (no retry can help).
-#[derive(Default)]
-struct TlsFailures(std::collections::BTreeMap<NodeId, TlsFailure>);
-
-impl TlsFailures {
-    /// Records `node`'s failure; the error to fail with if every known node has failed.
-    fn record(
-        &mut self,
-        conns: &Connections,
-        node: NodeId,
-        failure: TlsFailure,
-    ) -> Option<ClientError> {
-        self.0.insert(node, failure);
-        let all = conns.nodes().iter().all(|n| self.0.contains_key(n));
-        let (&node, failure) = self.0.iter().next()?;
-        all.then(|| ClientError::Tls { node, failure: failure.clone() })
-    }
-
-    fn contains(&self, node: NodeId) -> bool {
-        self.0.contains_key(&node)
-    }
-}
-
-/// A client session. Create as many as needed on one [`Connections`].
+/// A client session. Create as many as needed on one [`Connections`] (or, generally, one
+/// [`ClientTransport`]: the same client runs over QUIC with tokio's clock, and over in-process
+/// nodes in virtual time in the simulation).
 #[derive(Debug)]
-pub struct KvClient {
-    connections: Connections,
+pub struct KvClient<T = Connections, C = TokioClock> {
+    transport: T,
+    clock: C,
     session: Mutex<Option<ClientSession>>,
     /// Serializes session registration.
     registering: tokio::sync::Mutex<()>,
 }
 
 impl KvClient {
-    /// A client on `connections`. Its session is opened with its first write.
+    /// A client on `connections`, on tokio's clock. Its session is opened with its first write.
     pub fn new(connections: Connections) -> Self {
-        Self { connections, session: Mutex::new(None), registering: tokio::sync::Mutex::new(()) }
+        Self::with_transport(connections, TokioClock)
     }
 
     /// The connections this client uses.
     pub fn connections(&self) -> &Connections {
-        &self.connections
+        &self.transport
+    }
+}
+
+impl<T: ClientTransport, C: Clock> KvClient<T, C> {
+    /// A client sending through `transport`, its deadlines and pauses on `clock`. Its session
+    /// is opened with its first write.
+    pub fn with_transport(transport: T, clock: C) -> Self {
+        Self {
+            transport,
+            clock,
+            session: Mutex::new(None),
+            registering: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The transport this client sends through.
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
     fn session(&self) -> std::sync::MutexGuard<'_, Option<ClientSession>> {
@@ -244,7 +243,7 @@ impl KvClient {
         if let Some(allocated) = self.allocate() {
             return Ok(allocated);
         }
-        let id = new_session_id()?;
+        let id = self.transport.session_id()?;
         let register = Command { session: None, op: Op::Register { id } };
         // The write itself was not sent yet: whatever happened to the registration (an unused
         // session at worst), the write was not applied.
@@ -271,203 +270,10 @@ impl KvClient {
         self.session().as_mut()?.begin()
     }
 
-    /// Sends `command` until a node applies it or the deadline passes, following redirects.
-    ///
-    /// Normally one attempt, at the node believed to lead. Once an answer is late
-    /// (`hedge_after`), another node is tried with the same request every `probe_interval`, so
-    /// that a dead leader is routed around as soon as another node has taken over; the session
-    /// makes the copies harmless (a read is harmless anyway). A follower answers such a probe
-    /// with a redirect at once, so probing costs little.
+    /// Sends `command` through the attempt loop ([`attempt::run`]).
     async fn run(&self, command: &Command) -> Result<Response, ClientError> {
-        let conns = &self.connections;
-        let options = conns.options().clone();
-        let deadline = tokio::time::Instant::now() + options.op_timeout;
-        let request = ClientRequest::Command(command.clone());
-        let mut attempts = Attempts::new(conns.clone(), request);
-        // Only a write can have been applied (a session registration is a write too).
-        let is_write = !command.op.is_read();
-        let mut maybe_applied = false;
-        let mut last_reason = String::from("no answer yet");
-        let mut tls = TlsFailures::default();
-        let mut redirects = 0u32;
-        let first = conns.leader().or_else(|| conns.pick(None));
-        match first {
-            Some(node) => attempts.launch(node, None),
-            None => return Err(ClientError::Protocol("no nodes configured".into())),
-        }
-        let mut next_hedge = tokio::time::Instant::now() + options.hedge_after;
-        loop {
-            let (node, result) = tokio::select! {
-                Some(done) = attempts.next() => done,
-                () = tokio::time::sleep_until(next_hedge) => {
-                    next_hedge = tokio::time::Instant::now() + options.probe_interval;
-                    if attempts.len() < 3 {
-                        if let Some(other) = attempts.pick_idle(None) {
-                            attempts.launch(other, None);
-                        }
-                    }
-                    continue;
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    // An attempt still in flight may have reached a node.
-                    let maybe_applied = is_write && (maybe_applied || attempts.len() > 0);
-                    return Err(ClientError::Timeout { maybe_applied, reason: last_reason });
-                }
-            };
-            // Where to go next, and after what pause, if nothing else is in flight.
-            let mut next: Option<(Option<NodeId>, bool)> = Some((None, true));
-            match result {
-                Ok(ClientResponse::Applied(response)) => {
-                    conns.set_leader(Some(node));
-                    return Ok(response);
-                }
-                Ok(ClientResponse::NotLeader { leader: Some(leader) })
-                    if leader.id != node && !conns.is_suspect(leader.id) =>
-                {
-                    conns.learn(&leader);
-                    conns.set_leader(Some(leader.id));
-                    if attempts.is_in_flight(leader.id) {
-                        next = None;
-                    } else {
-                        redirects += 1;
-                        // Nodes that disagree about the leader (an election settling) slow us.
-                        next = Some((Some(leader.id), redirects.is_multiple_of(4)));
-                    }
-                }
-                Ok(ClientResponse::NotLeader { .. }) => {
-                    last_reason = format!("node {node} knows no leader");
-                    conns.set_leader(None);
-                }
-                Ok(ClientResponse::NotApplied(reason)) => {
-                    debug!(node, "not applied: {reason}");
-                    last_reason = format!("node {node}: {reason}");
-                }
-                Ok(ClientResponse::Unknown(reason)) => {
-                    debug!(node, "outcome unknown: {reason}");
-                    last_reason = format!("node {node}: {reason}");
-                    maybe_applied = true;
-                    conns.set_leader(None);
-                }
-                Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
-                Ok(ClientResponse::Forbidden(reason)) => {
-                    return Err(ClientError::Forbidden(reason))
-                }
-                Ok(other) => return Err(ClientError::Protocol(format!("unexpected {other:?}"))),
-                Err(CallError::Tls { node, failure }) => {
-                    debug!(node, "TLS failed: {failure}");
-                    last_reason = failure.to_string();
-                    conns.suspect(node);
-                    if let Some(error) = tls.record(conns, node, failure) {
-                        return Err(error);
-                    }
-                    next = Some((None, false));
-                }
-                Err(e) => {
-                    debug!(node, "attempt failed: {e}");
-                    last_reason = e.to_string();
-                    maybe_applied |= e.maybe_sent();
-                    if !matches!(e, CallError::UnknownNode(_)) {
-                        conns.suspect(node);
-                    }
-                    next = Some((None, false));
-                }
-            }
-            match next {
-                Some((Some(target), pause)) => {
-                    attempts.launch(target, pause.then_some(options.retry_delay));
-                }
-                Some((None, pause)) if attempts.len() == 0 => {
-                    let target = conns
-                        .leader()
-                        .filter(|&l| l != node && !tls.contains(l))
-                        .or_else(|| attempts.pick_idle(Some(node)).filter(|&n| !tls.contains(n)))
-                        .or_else(|| conns.pick(Some(node)));
-                    if let Some(target) = target {
-                        attempts.launch(target, pause.then_some(options.retry_delay));
-                    }
-                }
-                _ => {}
-            }
-        }
+        attempt::run(&self.transport, &self.clock, command).await
     }
-}
-
-type AttemptFuture =
-    futures::future::BoxFuture<'static, (NodeId, Result<ClientResponse, CallError>)>;
-
-/// The attempts of one operation in flight, by node.
-struct Attempts {
-    connections: Connections,
-    request: std::sync::Arc<ClientRequest>,
-    running: futures::stream::FuturesUnordered<AttemptFuture>,
-    nodes: Vec<NodeId>,
-}
-
-impl Attempts {
-    fn new(connections: Connections, request: ClientRequest) -> Self {
-        Self {
-            connections,
-            request: std::sync::Arc::new(request),
-            running: futures::stream::FuturesUnordered::new(),
-            nodes: Vec::new(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    fn is_in_flight(&self, node: NodeId) -> bool {
-        self.nodes.contains(&node)
-    }
-
-    /// A node with no attempt in flight, not suspect if possible, after `after` in id order.
-    fn pick_idle(&self, after: Option<NodeId>) -> Option<NodeId> {
-        let nodes = self.connections.nodes();
-        let start = after.and_then(|p| nodes.iter().position(|&n| n == p)).map_or(0, |i| i + 1);
-        let idle: Vec<NodeId> = nodes
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(nodes.len())
-            .copied()
-            .filter(|n| !self.is_in_flight(*n))
-            .collect();
-        idle.iter().copied().find(|&n| !self.connections.is_suspect(n)).or(idle.first().copied())
-    }
-
-    fn launch(&mut self, node: NodeId, delay: Option<std::time::Duration>) {
-        use futures::FutureExt;
-        let connections = self.connections.clone();
-        let request = self.request.clone();
-        self.nodes.push(node);
-        self.running.push(
-            async move {
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                (node, connections.call(node, &request).await)
-            }
-            .boxed(),
-        );
-    }
-
-    async fn next(&mut self) -> Option<(NodeId, Result<ClientResponse, CallError>)> {
-        use futures::StreamExt;
-        let (node, result) = self.running.next().await?;
-        if let Some(i) = self.nodes.iter().position(|&n| n == node) {
-            self.nodes.swap_remove(i);
-        }
-        Some((node, result))
-    }
-}
-
-/// A fresh session id: 128 bits from the operating system's random source.
-fn new_session_id() -> Result<SessionId, ClientError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| ClientError::NoRandomness)?;
-    Ok(SessionId::from_le_bytes(bytes))
 }
 
 /// A request to one node that got no answer: a TLS failure as such, anything else as the node
@@ -565,7 +371,7 @@ impl Connections {
                 Err(CallError::Tls { node, failure }) => {
                     last_reason = failure.to_string();
                     self.suspect(node);
-                    if let Some(error) = tls.record(self, node, failure) {
+                    if let Some(error) = tls.record(self.routing(), node, failure) {
                         return Err(error);
                     }
                     target = self.pick(Some(node));

@@ -6,12 +6,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use raft_core::runtime::monotonic_now;
 use raft_core::NodeId;
 use raft_quic::quinn::{self, Connection, Endpoint};
 use raft_quic::{node_dns_name, NodeTls};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use super::attempt::{ClientTransport, Routing};
 use super::command::Command;
 use super::protocol::{
     self, ClientRequest, ClientResponse, CommandAnswer, CommandBatch, Member, MAX_BATCH_BYTES,
@@ -177,10 +181,9 @@ struct Inner {
     endpoint: Endpoint,
     config: quinn::ClientConfig,
     options: ClientOptions,
-    addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
+    /// The nodes' addresses, the leader believed, the nodes suspected (on the OS clock).
+    routing: Routing,
     slots: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
-    leader: Mutex<Option<NodeId>>,
-    suspects: Mutex<BTreeMap<NodeId, Instant>>,
     batchers: Mutex<BTreeMap<NodeId, mpsc::Sender<Pending>>>,
 }
 
@@ -205,7 +208,7 @@ pub struct Connections {
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connections").field("nodes", &*lock(&self.inner.addrs)).finish()
+        f.debug_struct("Connections").field("routing", &self.inner.routing).finish()
     }
 }
 
@@ -228,11 +231,9 @@ impl Connections {
             inner: Arc::new(Inner {
                 endpoint,
                 config: client_config(tls)?,
+                routing: Routing::new(endpoints, options.suspect_for),
                 options,
-                addrs: Mutex::new(endpoints),
                 slots: Mutex::new(BTreeMap::new()),
-                leader: Mutex::new(None),
-                suspects: Mutex::new(BTreeMap::new()),
                 batchers: Mutex::new(BTreeMap::new()),
             }),
         })
@@ -243,61 +244,45 @@ impl Connections {
         &self.inner.options
     }
 
-    /// The known nodes, in id order.
-    pub fn nodes(&self) -> Vec<NodeId> {
-        lock(&self.inner.addrs).keys().copied().collect()
+    /// What this client believes about the cluster (nodes, leader, suspects).
+    pub fn routing(&self) -> &Routing {
+        &self.inner.routing
     }
 
-    /// Records the address of a member this client does not know yet (learned from a
-    /// redirect or a status answer). A known member's address is never replaced: a node
-    /// (trusted by Raft, but its key may leak) cannot steer this client away from the others.
+    /// The known nodes, in id order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.inner.routing.nodes()
+    }
+
+    /// Records the address of a member this client does not know yet (see [`Routing::learn`]).
     pub fn learn(&self, member: &Member) {
-        lock(&self.inner.addrs).entry(member.id).or_insert(member.client_addr);
+        self.inner.routing.learn(member);
     }
 
     /// The node believed to lead, if any.
     pub fn leader(&self) -> Option<NodeId> {
-        *lock(&self.inner.leader)
+        self.inner.routing.leader()
     }
 
     /// Records the node believed to lead (`None`: unknown).
     pub fn set_leader(&self, leader: Option<NodeId>) {
-        *lock(&self.inner.leader) = leader;
-        if let Some(id) = leader {
-            lock(&self.inner.suspects).remove(&id);
-        }
+        self.inner.routing.set_leader(leader);
     }
 
     /// Marks `node` as not answering: [`Connections::pick`] avoids it for a while.
     pub fn suspect(&self, node: NodeId) {
-        lock(&self.inner.suspects).insert(node, Instant::now() + self.inner.options.suspect_for);
-        let mut leader = lock(&self.inner.leader);
-        if *leader == Some(node) {
-            *leader = None;
-        }
+        self.inner.routing.suspect(node, monotonic_now());
     }
 
     /// Whether `node` is currently suspected of being down.
     pub fn is_suspect(&self, node: NodeId) -> bool {
-        let mut suspects = lock(&self.inner.suspects);
-        match suspects.get(&node) {
-            Some(&until) if until > Instant::now() => true,
-            Some(_) => {
-                suspects.remove(&node);
-                false
-            }
-            None => false,
-        }
+        self.inner.routing.is_suspect(node, monotonic_now())
     }
 
     /// A node to try after `previous`: the next one in id order that is not suspect (or simply
     /// the next one if every node is suspect).
     pub fn pick(&self, previous: Option<NodeId>) -> Option<NodeId> {
-        let nodes = self.nodes();
-        let start = previous.and_then(|p| nodes.iter().position(|&n| n == p)).map_or(0, |i| i + 1);
-        let rotated: Vec<NodeId> =
-            nodes.iter().cycle().skip(start).take(nodes.len()).copied().collect();
-        rotated.iter().copied().find(|&n| !self.is_suspect(n)).or(rotated.first().copied())
+        self.inner.routing.pick(previous, monotonic_now())
     }
 
     fn slot(&self, node: NodeId) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -305,8 +290,7 @@ impl Connections {
     }
 
     async fn connection(&self, node: NodeId) -> Result<Connection, CallError> {
-        let addr =
-            lock(&self.inner.addrs).get(&node).copied().ok_or(CallError::UnknownNode(node))?;
+        let addr = self.inner.routing.address(node).ok_or(CallError::UnknownNode(node))?;
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
         if let Some(connection) = &slot.connection {
@@ -498,6 +482,26 @@ impl Connections {
         self.inner.endpoint.close(0u32.into(), b"client done");
         let _ =
             tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// The production transport: QUIC, commands of concurrent sessions batched per node.
+impl ClientTransport for Connections {
+    fn send(
+        &self,
+        node: NodeId,
+        request: Arc<ClientRequest>,
+    ) -> BoxFuture<'static, Result<ClientResponse, CallError>> {
+        let connections = self.clone();
+        async move { connections.call(node, &request).await }.boxed()
+    }
+
+    fn routing(&self) -> &Routing {
+        &self.inner.routing
+    }
+
+    fn options(&self) -> &ClientOptions {
+        &self.inner.options
     }
 }
 

@@ -17,12 +17,16 @@
 //!   membership requests on the leader (admin certificates only).
 //! * [`config`], [`node`], [`store`], [`fault`]: the `kv-node` program; [`health`] and
 //!   [`metrics`]: its health (live, ready, lag) and its metrics listener.
-//! * [`connections`], [`client`]: the client library (leader discovery, retries, sessions).
+//! * [`connections`], [`client`], [`attempt`], [`clock`]: the client library (leader
+//!   discovery, retries, hedging, sessions); its attempt loop is generic over the transport
+//!   (QUIC in production, in-process nodes in the simulation) and the clock.
 //! * [`cluster`]: starting and killing `kv-node` processes on loopback (demo, benchmark, tests).
 
+pub mod attempt;
 pub mod auth;
 pub mod bounded;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod cluster_id;
 pub mod command;

@@ -9,6 +9,7 @@
 //! The port itself (connections, streams, answer budgets) is [`port`](super::port).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{
@@ -18,6 +19,7 @@ use raft_core::{
 use tracing::{debug, info};
 
 use super::auth::Principal;
+use super::clock::{within, Clock, TokioClock};
 use super::command::{decode_responses, encode_entry, Command, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
@@ -47,6 +49,9 @@ pub struct ClientService {
     pub fault_injection: bool,
     /// How health reports are judged (see [`HealthReport`]).
     pub health: HealthConfig,
+    /// The clock that bounds each request ([`REQUEST_TIMEOUT`]): tokio's by default, the
+    /// simulation's virtual time under `raft_mem::sim`.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl ClientService {
@@ -59,7 +64,8 @@ impl ClientService {
         fault_injection: bool,
     ) -> Self {
         let health = HealthConfig::default();
-        Self { node, state, configured, firewall, fault_injection, health }
+        let clock = Arc::new(TokioClock);
+        Self { node, state, configured, firewall, fault_injection, health, clock }
     }
 
     /// The node's health now (see [`HealthReport`]).
@@ -144,8 +150,8 @@ impl ClientService {
                     }
                     _ => Duration::ZERO,
                 } + REQUEST_TIMEOUT;
-                tokio::time::timeout(limit, self.handle_member(request)).await.unwrap_or_else(
-                    |_| {
+                within(&*self.clock, limit, self.handle_member(request)).await.unwrap_or_else(
+                    || {
                         ClientResponse::Unknown(
                             "the node did not finish the request in time".into(),
                         )
@@ -180,9 +186,10 @@ impl ClientService {
         let (read_positions, reads): (Vec<usize>, Vec<Command>) = reads.into_iter().unzip();
         let (write_positions, writes): (Vec<usize>, Vec<Command>) = writes.into_iter().unzip();
         let owner = principal.dns_name();
+        let clock = &*self.clock;
         let (read_answers, write_answers) = futures::join!(
-            bounded(reads.len(), self.read(reads)),
-            bounded(writes.len(), self.propose(Some(&owner), writes)),
+            bounded(clock, reads.len(), self.read(reads)),
+            bounded(clock, writes.len(), self.propose(Some(&owner), writes)),
         );
         for (positions, results) in
             [(read_positions, read_answers), (write_positions, write_answers)]
@@ -478,10 +485,11 @@ pub const MAX_CATCH_UP_MS: u64 = 10 * 60 * 1000;
 /// Bounds the time spent on `count` commands: past [`REQUEST_TIMEOUT`] each is answered
 /// "outcome unknown".
 async fn bounded(
+    clock: &dyn Clock,
     count: usize,
     work: impl std::future::Future<Output = Vec<CommandAnswer>>,
 ) -> Vec<CommandAnswer> {
-    tokio::time::timeout(REQUEST_TIMEOUT, work).await.unwrap_or_else(|_| {
+    within(clock, REQUEST_TIMEOUT, work).await.unwrap_or_else(|| {
         vec![CommandAnswer::Unknown("the node did not finish the request in time".into()); count]
     })
 }

@@ -35,7 +35,43 @@ impl<S, Op, Res> std::fmt::Debug for SimClient<S, Op, Res> {
     }
 }
 
+/// The nodes running at each moment, for tasks that run while the simulation does (a fault
+/// schedule crashes and restarts nodes meanwhile): a user's own client reaches the nodes
+/// through it. Cheap to clone; see [`Simulation::running_nodes`].
+pub struct RunningNodes<S> {
+    directory: Directory<S>,
+}
+
+impl<S> Clone for RunningNodes<S> {
+    fn clone(&self) -> Self {
+        Self { directory: self.directory.clone() }
+    }
+}
+
+impl<S> std::fmt::Debug for RunningNodes<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RunningNodes").field(&self.ids()).finish()
+    }
+}
+
+impl<S> RunningNodes<S> {
+    /// Node `id`'s handle, if it runs now (the handle of its current incarnation).
+    pub fn get(&self, id: NodeId) -> Option<Node> {
+        lock(&self.directory).get(&id).map(|(node, _, _)| node.clone())
+    }
+
+    /// The ids of the nodes running now, in order.
+    pub fn ids(&self) -> Vec<NodeId> {
+        lock(&self.directory).keys().copied().collect()
+    }
+}
+
 impl<S: StateMachine> Simulation<S> {
+    /// The nodes running at each moment (see [`RunningNodes`]).
+    pub fn running_nodes(&self) -> RunningNodes<S> {
+        RunningNodes { directory: self.directory.clone() }
+    }
+
     /// A client numbered `id` that records its operations in `history`, waiting at most the
     /// client timeout ([`Simulation::set_client_timeout`], 3 s by default) for each.
     pub fn client<Op: Clone, Res: Clone>(

@@ -138,7 +138,7 @@ pub use crate::harness::RecordingStateMachine;
 pub use checker::{
     check_request, check_response, DurableView, Incarnation, InvariantChecker, LogChange, Violation,
 };
-pub use client::SimClient;
+pub use client::{RunningNodes, SimClient};
 pub use clients::{ClientLog, ClientOptions, ReaderLog};
 pub use disk::{
     CrashOutcome, CrashTrigger, DiskFaults, DiskImage, DiskStats, InFlight, SimDisk, SimLogStore,
@@ -151,6 +151,6 @@ pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{
-    ConfigHook, ElectionHook, SimFailure, SimStats, Simulation, SimulationBuilder,
+    ConfigHook, ElectionHook, PinnedReadsHook, SimFailure, SimStats, Simulation, SimulationBuilder,
     SimulationConfig, StateMachineFactory,
 };

@@ -325,7 +325,7 @@ impl<S: StateMachine> Simulation<S> {
                         }
                     }
                     // A client keeps reading from the node it believes leads.
-                    self.spawn_reader_on(leader, Duration::from_secs(3));
+                    self.pin_readers(leader, Duration::from_secs(3));
                     if dice.chance(50) {
                         self.network.disconnect(leader);
                     } else {
@@ -345,7 +345,7 @@ impl<S: StateMachine> Simulation<S> {
                         u64::try_from(c.election_timeout_max.as_millis()).unwrap_or(u64::MAX)
                     });
                     let pause = Duration::from_millis(max + dice.below(3 * max));
-                    self.spawn_reader_on(leader, pause + Duration::from_secs(1));
+                    self.pin_readers(leader, pause + Duration::from_secs(1));
                     self.pause(leader);
                     self.run_for(pause)?;
                     self.resume(leader);

@@ -29,6 +29,12 @@ pub type ConfigHook = Arc<dyn Fn(&mut Config) + Send + Sync>;
 pub type ElectionHook<S = RecordingStateMachine> =
     Box<dyn FnMut(&mut Simulation<S>, NodeId) + Send>;
 
+/// Called with the simulation, a node and a duration each time the fault schedule makes clients
+/// keep asking that node, which it believes leads, for reads while it is isolated or paused
+/// (see [`Simulation::on_pinned_reads`]).
+pub type PinnedReadsHook<S = RecordingStateMachine> =
+    Box<dyn FnMut(&Simulation<S>, NodeId, Duration) + Send>;
+
 /// Makes the state machine of a simulated node: called with the node's id at every start (the
 /// first one and each restart after a crash: a state machine keeps only what it persisted
 /// itself, exactly as in production).
@@ -200,6 +206,7 @@ pub struct Simulation<S = RecordingStateMachine> {
     pub(super) wakeups: BTreeSet<Duration>,
     pub(super) stats: SimStats,
     pub(super) election_hook: Option<ElectionHook<S>>,
+    pinned_reads_hook: Option<PinnedReadsHook<S>>,
     factory: StateMachineFactory<S>,
     digest: Option<DigestFn<S>>,
     registry: Registry,
@@ -379,6 +386,7 @@ impl<S: StateMachine> SimulationBuilder<S> {
             wakeups: BTreeSet::new(),
             stats: SimStats::default(),
             election_hook: None,
+            pinned_reads_hook: None,
             factory,
             digest,
             registry: Registry::default(),
@@ -762,6 +770,25 @@ impl<S: StateMachine> Simulation<S> {
     /// it did), for example to propose a membership change on every new leader at once.
     pub fn on_election(&mut self, hook: Option<ElectionHook<S>>) {
         self.election_hook = hook;
+    }
+
+    /// Calls `hook` each time the fault schedule pins readers to a node (an isolated or paused
+    /// leader, asked for reads by clients that believe it leads), with the node and how long
+    /// they keep asking: start your own clients there, so that reads through your service's
+    /// read path meet the stale leader too. The built-in reader
+    /// ([`Simulation::spawn_reader_on`]) runs as well. Not cleared by [`Simulation::calm`].
+    pub fn on_pinned_reads(&mut self, hook: Option<PinnedReadsHook<S>>) {
+        self.pinned_reads_hook = hook;
+    }
+
+    /// Pins readers to node `id` for `duration`: the built-in reader and the test's own
+    /// ([`Simulation::on_pinned_reads`]).
+    pub(super) fn pin_readers(&mut self, id: NodeId, duration: Duration) {
+        self.spawn_reader_on(id, duration);
+        if let Some(mut hook) = self.pinned_reads_hook.take() {
+            hook(self, id, duration);
+            self.pinned_reads_hook.get_or_insert(hook);
+        }
     }
 
     /// Makes sure the executor stops at virtual time `at` (a timer is due then).

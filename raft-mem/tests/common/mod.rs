@@ -1,151 +1,73 @@
-//! A test cluster of real `Node`s on `MemNetwork` and `MemLogStore`, generic over the runtime.
+//! Setup shared by the tests of real nodes on the in-memory backends: `raft_mem::harness`'s
+//! `Cluster` on `MemNetwork` and `MemLogStore` (a store per node that survives its restarts),
+//! nodes running a `RecordingStateMachine`, and the checks these tests make of it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures::FutureExt;
-use raft_core::{
-    Bytes, Entry, Membership, Node, NodeId, ProposeError, Role, Runtime, StateMachine,
-    StateMachineError, Status,
-};
+use raft_core::{Entry, NodeId, Role, Runtime, Status};
+use raft_mem::harness::{Cluster, RecordingStateMachine};
 use raft_mem::{MemLogStore, MemNetwork};
-
-/// Records every applied entry; answers each command with its own bytes.
-#[derive(Clone, Default)]
-pub struct Recorder {
-    pub applied: Arc<Mutex<Vec<Entry>>>,
-}
-
-#[async_trait]
-impl StateMachine for Recorder {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut applied = self.applied.lock().unwrap();
-        if let (Some(last), Some(first)) = (applied.last(), entries.first()) {
-            assert_eq!(first.index, last.index + 1, "applies happen in order without gaps");
-        }
-        applied.extend(entries.iter().cloned());
-        Ok(entries.iter().map(|e| e.command().cloned().unwrap_or_default()).collect())
-    }
-}
 
 /// A generous bound used only to turn a hang into a failure, never to measure speed.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-pub struct Cluster<R: Runtime + Clone> {
-    pub runtime: R,
-    pub network: MemNetwork,
-    pub ids: Vec<NodeId>,
-    /// The initial voters: each bootstraps the cluster at its first boot.
-    pub founders: Vec<NodeId>,
-    /// The nodes booted at least once (their stores are initialized or joining).
-    pub booted: BTreeSet<NodeId>,
-    pub stores: BTreeMap<NodeId, MemLogStore>,
-    pub nodes: BTreeMap<NodeId, Node>,
-    pub recorders: BTreeMap<NodeId, Recorder>,
-}
-
 /// Short timeouts keep the tests quick; they are still many ticks long.
+#[allow(unused_imports)]
 pub use raft_mem::harness::test_config as config;
 
-impl<R: Runtime + Clone> Cluster<R> {
-    pub async fn start(n: u64, runtime: R) -> Self {
-        let ids: Vec<NodeId> = (1..=n).collect();
-        let mut cluster = Self {
-            runtime,
-            network: MemNetwork::new(),
-            stores: ids.iter().map(|&id| (id, MemLogStore::new())).collect(),
-            founders: ids.clone(),
-            booted: BTreeSet::new(),
-            ids,
-            nodes: BTreeMap::new(),
-            recorders: BTreeMap::new(),
-        };
-        for id in cluster.ids.clone() {
-            cluster.boot(id).await;
-        }
-        cluster
-    }
+/// A cluster of real nodes on the in-memory network and log stores.
+pub type MemCluster<R> = Cluster<R, MemNetwork, MemLogStore, RecordingStateMachine>;
 
-    /// Adds node `id` to the test, started empty as a node joining the cluster (no initial
-    /// voters); a leader must add it with a membership change.
-    pub async fn boot_joining(&mut self, id: NodeId) {
-        self.stores.insert(id, MemLogStore::new());
-        self.ids.push(id);
-        self.boot(id).await;
-    }
+/// The nodes' log stores (each node's survives its restarts), shared with the cluster.
+#[derive(Clone, Default)]
+pub struct Stores(Arc<Mutex<BTreeMap<NodeId, MemLogStore>>>);
 
-    /// Starts node `id` from whatever its store holds, with a fresh state machine. A founder
-    /// bootstraps the cluster at its first boot.
-    pub async fn boot(&mut self, id: NodeId) {
-        let recorder = Recorder::default();
-        let builder = Node::builder(
-            config(id),
-            self.stores[&id].clone(),
-            self.network.endpoint(id),
-            recorder.clone(),
-            self.runtime.clone(),
-        );
-        let first_boot = self.booted.insert(id);
-        let builder = if first_boot && self.founders.contains(&id) {
-            builder.bootstrap(Membership::with_voters(self.founders.iter().copied()))
-        } else {
-            builder
-        };
-        let node = builder.start().await.unwrap();
-        self.network.serve(id, Arc::new(node.clone()));
-        self.nodes.insert(id, node);
-        self.recorders.insert(id, recorder);
+impl Stores {
+    /// Node `id`'s store, created empty on first use.
+    pub fn get(&self, id: NodeId) -> MemLogStore {
+        self.0.lock().unwrap().entry(id).or_default().clone()
     }
+}
 
-    /// Crashes node `id`: it stops, keeping only what its store made durable.
-    pub async fn crash(&mut self, id: NodeId) {
-        self.network.stop_serving(id);
-        if let Some(node) = self.nodes.remove(&id) {
-            node.shutdown().await;
-        }
-    }
+/// Starts `n` founding voters on `runtime`; returns the cluster and the nodes' stores. Nodes
+/// started later (with `Cluster::start`) join with an empty store.
+pub async fn start<R: Runtime + Clone>(n: u64, runtime: R) -> (MemCluster<R>, Stores) {
+    let stores = Stores::default();
+    let factory = stores.clone();
+    let mut cluster = Cluster::builder(
+        runtime,
+        MemNetwork::new(),
+        1..=n,
+        move |id| Ok(factory.get(id)),
+        |_id| RecordingStateMachine::new(),
+    )
+    .patience(PATIENCE)
+    .build();
+    cluster.start_all().await.unwrap();
+    (cluster, stores)
+}
 
-    pub async fn restart(&mut self, id: NodeId) {
-        self.crash(id).await;
-        self.boot(id).await;
-    }
+/// The statuses of the running nodes that the network has not disconnected.
+pub fn connected_statuses<R: Runtime + Clone>(cluster: &MemCluster<R>) -> Vec<Status> {
+    let network = cluster.transport();
+    cluster
+        .running()
+        .into_iter()
+        .filter(|&id| !network.is_disconnected(id))
+        .filter_map(|id| cluster.node(id).map(raft_core::Node::status))
+        .collect()
+}
 
-    pub async fn shutdown(self) {
-        for node in self.nodes.values() {
-            node.shutdown().await;
-        }
-    }
-
-    pub async fn sleep(&self, duration: Duration) {
-        self.runtime.sleep(duration).await;
-    }
-
-    /// Runs `future`, failing the test if it takes longer than [`PATIENCE`].
-    pub async fn within<T>(&self, what: &str, future: impl std::future::Future<Output = T>) -> T {
-        futures::select! {
-            value = future.fuse() => value,
-            _ = self.runtime.sleep(PATIENCE).fuse() => panic!("timed out waiting for {what}"),
-        }
-    }
-
-    /// The statuses of the running, connected nodes.
-    pub fn connected_statuses(&self) -> Vec<Status> {
-        self.nodes
-            .iter()
-            .filter(|(id, _)| !self.network.is_disconnected(**id))
-            .map(|(_, node)| node.status())
-            .collect()
-    }
-
-    /// Waits until exactly one connected node leads, and every connected node follows it in
-    /// its term; returns it.
-    pub async fn wait_for_leader(&self) -> NodeId {
-        self.within("a leader", async {
+/// Waits until exactly one connected node leads and every connected node follows it in its
+/// term (a disconnected node may still believe it leads); returns it.
+pub async fn wait_for_leader<R: Runtime + Clone>(cluster: &MemCluster<R>) -> NodeId {
+    cluster
+        .within("a leader among the connected nodes", async {
             loop {
-                let statuses = self.connected_statuses();
+                let statuses = connected_statuses(cluster);
                 let leaders: Vec<&Status> =
                     statuses.iter().filter(|s| s.role == Role::Leader).collect();
                 if let [leader] = leaders[..] {
@@ -155,61 +77,82 @@ impl<R: Runtime + Clone> Cluster<R> {
                         return leader.id;
                     }
                 }
-                self.sleep(Duration::from_millis(5)).await;
+                cluster.runtime().sleep(Duration::from_millis(5)).await;
             }
         })
         .await
-    }
+        .unwrap()
+}
 
-    /// Proposes on the current leader until accepted, and returns the applied response.
-    pub async fn write(&self, data: &[u8]) -> (u64, Bytes) {
-        let data = Bytes::copy_from_slice(data);
-        self.within("a write", async {
+/// Proposes `data` on the leader among the connected nodes until one commits and applies it;
+/// returns its index and the state machine's response.
+pub async fn write<R: Runtime + Clone>(
+    cluster: &MemCluster<R>,
+    data: &[u8],
+) -> (u64, raft_core::Bytes) {
+    let data = raft_core::Bytes::copy_from_slice(data);
+    cluster
+        .within("a write", async {
             loop {
-                let leader = self.wait_for_leader().await;
-                match self.nodes[&leader].propose(data.clone()).await {
+                let leader = wait_for_leader(cluster).await;
+                match cluster.running_node(leader).unwrap().propose(data.clone()).await {
                     Ok(proposal) => {
                         let index = proposal.index;
                         if let Ok(response) = proposal.response().await {
                             return (index, response);
                         }
                     }
-                    Err(ProposeError::NotLeader { .. }) => {}
+                    Err(raft_core::ProposeError::NotLeader { .. }) => {}
                     Err(e) => panic!("propose failed: {e}"),
                 }
-                self.sleep(Duration::from_millis(5)).await;
+                cluster.runtime().sleep(Duration::from_millis(5)).await;
             }
         })
         .await
-    }
+        .unwrap()
+}
 
-    /// Waits until every running node has applied up to `index`.
-    pub async fn wait_applied(&self, nodes: &[NodeId], index: u64) {
-        for id in nodes {
-            let mut watch = self.nodes[id].watch();
-            self.within("applies", watch.wait_for(|s| s.applied_index >= index)).await;
-        }
+/// Waits until each of `nodes` applied `index`.
+pub async fn wait_applied<R: Runtime + Clone>(
+    cluster: &MemCluster<R>,
+    nodes: &[NodeId],
+    index: u64,
+) {
+    for &id in nodes {
+        cluster.wait_applied_on(id, index).await.unwrap();
     }
+}
 
-    pub fn applied_commands(&self, id: NodeId) -> Vec<Bytes> {
-        self.recorders[&id]
-            .applied
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e.command().cloned())
-            .collect()
+/// What node `id`'s state machine applied since its latest start: applies come in order
+/// without gaps.
+pub fn applied_entries<R: Runtime + Clone>(cluster: &MemCluster<R>, id: NodeId) -> Vec<Entry> {
+    in_order(cluster.state_machine(id).map(RecordingStateMachine::entries).unwrap_or_default())
+}
+
+/// The entries a `RecordingStateMachine` applied, checked to come in order without gaps.
+pub fn in_order(entries: Vec<Entry>) -> Vec<Entry> {
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1].index, pair[0].index + 1, "applies happen in order without gaps");
     }
+    entries
+}
 
-    /// State Machine Safety across nodes: no two nodes applied different entries at one index.
-    pub fn check_applied_agree(&self) {
-        let logs: Vec<Vec<Entry>> =
-            self.recorders.values().map(|r| r.applied.lock().unwrap().clone()).collect();
-        for a in &logs {
-            for b in &logs {
-                for (x, y) in a.iter().zip(b.iter()) {
-                    assert_eq!(x, y, "two nodes applied different entries at index {}", x.index);
-                }
+/// The commands node `id` applied since its latest start, in order.
+pub fn applied_commands<R: Runtime + Clone>(
+    cluster: &MemCluster<R>,
+    id: NodeId,
+) -> Vec<raft_core::Bytes> {
+    applied_entries(cluster, id).iter().filter_map(|e| e.command().cloned()).collect()
+}
+
+/// State Machine Safety across nodes: no two nodes applied different entries at one index.
+pub fn check_applied_agree<R: Runtime + Clone>(cluster: &MemCluster<R>) {
+    let logs: Vec<Vec<Entry>> =
+        cluster.running().into_iter().map(|id| applied_entries(cluster, id)).collect();
+    for a in &logs {
+        for b in &logs {
+            for (x, y) in a.iter().zip(b.iter()) {
+                assert_eq!(x, y, "two nodes applied different entries at index {}", x.index);
             }
         }
     }
