@@ -159,7 +159,18 @@ impl Engine {
         let newcomers: Vec<NodeId> =
             target.voters().iter().copied().filter(|&id| !current.contains(id)).collect();
         if !newcomers.is_empty() {
-            let mut next = current;
+            // The learners' entry is the first membership a newcomer receives: it carries the
+            // target's metadata of the members kept too, so that a newcomer can reach (say,
+            // ask the leader for a read index) every member as soon as it is replicated to,
+            // not only once the joint entry, which may commit without it, reaches it.
+            let mut next = current.clone();
+            for (&id, info) in target.nodes() {
+                if current.node(id).is_some_and(|old| old != info) {
+                    next = next
+                        .apply(MembershipChange::SetNodeInfo(id, info.clone()))
+                        .map_err(MembershipRefusal::Invalid)?;
+                }
+            }
             for id in newcomers {
                 let info = target.node(id).cloned().unwrap_or_default();
                 next = next

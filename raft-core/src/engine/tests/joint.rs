@@ -568,3 +568,29 @@ fn a_node_demoted_by_a_committed_change_is_not_elected_after_a_restart() {
         assert_eq!(c.nodes[&id].engine.hard_state().current_term, term, "node {id}");
     }
 }
+
+/// A target that also gives the members it keeps new metadata (their addresses, say) hands it
+/// to the newcomers in the first membership entry they receive, the one that makes them
+/// learners: a newcomer knows every member's address as soon as it is replicated to, not only
+/// once the joint entry reaches it (which the leader can commit without it).
+#[test]
+fn the_learners_entry_carries_the_targets_metadata_of_kept_members() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, b"a");
+    c.add_node(NodeConfig::joining(4));
+    let current = c.nodes[&leader].engine.membership().clone();
+    assert_eq!(current.node(1), Some(&NodeInfo::default()), "founders start without metadata");
+    let goal = current.target([1, 2, 3, 4], [], (1..=4).map(|id| (id, info(id)))).unwrap();
+
+    let step = c.engine(leader).propose_membership_target(&goal).unwrap();
+    assert!(matches!(step, MembershipProgress::LearnersAdded(_)), "{step:?}");
+    let membership = c.nodes[&leader].engine.membership().clone();
+    assert_eq!(membership.learners(), &BTreeSet::from([4]));
+    for id in 1..=4 {
+        assert_eq!(membership.node(id), Some(&info(id)), "node {id}'s metadata in {membership:?}");
+    }
+    c.settle();
+    c.tick(5);
+    assert_eq!(c.nodes[&4].engine.membership(), &membership, "what the newcomer first learns");
+}
