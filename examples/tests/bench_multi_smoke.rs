@@ -52,9 +52,10 @@ fn two_groups_four_clients_print_a_row() {
         .lines()
         .find(|line| line.starts_with("| 2 | 4 |"))
         .unwrap_or_else(|| panic!("no row for 2 groups and 4 clients in:\n{out}"));
-    // groups, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, CPU s, CPU µs/put, failed
+    // groups, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync, CPU s,
+    // CPU µs/put, RPCs/put, failed
     let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 11, "{row}");
+    assert_eq!(cells.len(), 13, "{row}");
     let puts: f64 = cells[2].parse().unwrap();
     assert!(puts > 0.0, "no put acknowledged: {row}");
     assert_eq!(cells[6].split(" / ").count(), 3, "one syncs/s figure per node: {row}");

@@ -277,7 +277,16 @@ struct Counters {
     syncs: u64,
     requests: u64,
     entries: u64,
+    written_bytes: u64,
     rpcs: BTreeMap<NodeId, u64>,
+}
+
+/// Bytes this process caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`, Linux); 0 where unavailable.
+fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let line = io.lines().find_map(|line| line.strip_prefix("write_bytes:"));
+    line.and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 impl Process {
@@ -288,6 +297,7 @@ impl Process {
             syncs: stats.commits,
             requests: stats.requests,
             entries: self.nodes.iter().map(|(_, node)| node.status().last_log_index).sum(),
+            written_bytes: written_bytes(),
             rpcs: self.counts.snapshot(),
         }
     }
@@ -329,6 +339,7 @@ async fn run(
         syncs: after.syncs - before.syncs,
         requests: after.requests - before.requests,
         entries: after.entries.saturating_sub(before.entries),
+        written_bytes: after.written_bytes.saturating_sub(before.written_bytes),
         rpcs: after.rpcs.iter().map(|(id, n)| (*id, n - before.rpcs[id])).collect(),
         ..Report::default()
     };

@@ -250,6 +250,12 @@ impl Sample {
         self.reports.iter().map(f).collect()
     }
 
+    /// RPCs sent by the three processes per put (how well each group's AppendEntries batch).
+    fn rpcs_per_put(&self) -> f64 {
+        let rpcs: u64 = self.reports.iter().flat_map(|r| r.rpcs.values()).sum();
+        rpcs as f64 / self.puts().max(1) as f64
+    }
+
     fn cpu_us_per_put(&self) -> f64 {
         let cpu: u64 = self.reports.iter().map(|r| r.cpu_us).sum();
         cpu as f64 / self.puts().max(1) as f64
@@ -282,9 +288,9 @@ fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
     println!();
     println!(
         "| groups | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
-         entries/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | failed puts |"
+         entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | failed puts |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let median_of = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
     for (&(groups, clients), rounds) in samples {
         let puts = median_of(rounds, &|s| s.puts_per_second());
@@ -296,15 +302,20 @@ fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
             node_medians(rounds, |s| s.per_node(|r| r.syncs as f64 / s.window.as_secs_f64()));
         let batch =
             node_medians(rounds, |s| s.per_node(|r| r.entries as f64 / r.syncs.max(1) as f64));
+        let kib = node_medians(rounds, |s| {
+            s.per_node(|r| r.written_bytes as f64 / 1024.0 / r.syncs.max(1) as f64)
+        });
         let cpu = node_medians(rounds, |s| s.per_node(|r| r.cpu_us as f64 / 1e6));
         let cpu_per_put = median_of(rounds, &|s| s.cpu_us_per_put());
+        let rpcs_per_put = median_of(rounds, &|s| s.rpcs_per_put());
         let errors = median_of(rounds, &|s| s.reports.iter().map(|r| r.errors).sum::<u64>() as f64);
         println!(
-            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {errors:.0} |",
+            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {errors:.0} |",
             format_us(p50),
             format_us(p99),
             joined(&syncs, 0),
             joined(&batch, 1),
+            joined(&kib, 0),
             joined(&cpu, 2),
         );
     }

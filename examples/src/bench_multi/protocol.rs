@@ -101,6 +101,9 @@ pub(crate) struct Report {
     pub(crate) requests: u64,
     /// Entries appended to the process's logs (every group, led or followed).
     pub(crate) entries: u64,
+    /// Bytes the process caused to be written to the disk (`write_bytes` of `/proc/self/io`:
+    /// LMDB's pages; 0 where unavailable).
+    pub(crate) written_bytes: u64,
     /// RPCs this process sent, by receiver.
     pub(crate) rpcs: BTreeMap<NodeId, u64>,
     /// Latencies of the acknowledged puts, µs (at most [`MAX_SAMPLES`], evenly thinned).
@@ -111,8 +114,14 @@ impl Report {
     /// The report as one line (without the newline).
     pub(crate) fn to_line(&self) -> String {
         let mut line = format!(
-            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} rpcs=",
-            self.puts, self.errors, self.cpu_us, self.syncs, self.requests, self.entries
+            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} written={} rpcs=",
+            self.puts,
+            self.errors,
+            self.cpu_us,
+            self.syncs,
+            self.requests,
+            self.entries,
+            self.written_bytes
         );
         let rpcs: Vec<String> = self.rpcs.iter().map(|(id, n)| format!("{id}:{n}")).collect();
         line.push_str(&rpcs.join(","));
@@ -138,6 +147,7 @@ impl Report {
                 "syncs" => report.syncs = number(value)?,
                 "requests" => report.requests = number(value)?,
                 "entries" => report.entries = number(value)?,
+                "written" => report.written_bytes = number(value)?,
                 "rpcs" => {
                     for pair in value.split(',').filter(|p| !p.is_empty()) {
                         let (id, n) = pair.split_once(':').ok_or(format!("rpcs: {pair:?}"))?;
@@ -181,6 +191,7 @@ mod tests {
             syncs: 3,
             requests: 9,
             entries: 15,
+            written_bytes: 4096,
             rpcs: BTreeMap::from([(2, 7), (3, 8)]),
             latencies_us: vec![100, 2000, 3],
         };
