@@ -177,28 +177,33 @@ fn throughput(launch: &Launch, work: &Path, args: &Args) -> Result<(), Error> {
 
 /// The cost of idle groups: no clients, once every group has its leader.
 fn idle(launch: &Launch, work: &Path, groups: u64, seconds: u64) -> Result<(), Error> {
-    println!("{groups} idle groups, no clients; measured {seconds} s after every group elected");
+    println!(
+        "{groups} idle groups, no clients; measured {seconds} s after every group had a leader \
+         (new terms: elections held in the window, summed over the groups)"
+    );
     let dir = work.join(format!("idle-groups{groups}"));
     let started = Instant::now();
     let mut cluster = Cluster::start(launch, &dir, groups, Mode::Idle)?;
-    eprintln!("{groups} groups elected and spread in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("{groups} groups all elected in {:.1} s", started.elapsed().as_secs_f64());
     let window = Duration::from_secs(seconds);
     let reports = cluster.run(0, WARMUP, window)?;
     cluster.stop()?;
     std::fs::remove_dir_all(&dir)?;
     let per_second = |n: u64| n as f64 / window.as_secs_f64();
     println!();
-    println!("| node | CPU % of one core | RPCs/s sent to each peer | syncs/s |");
-    println!("|------|-------------------|--------------------------|---------|");
+    println!("| node | CPU % of one core | RPCs/s sent to each peer | syncs/s | new terms |");
+    println!("|------|-------------------|--------------------------|---------|-----------|");
     for (i, report) in reports.iter().enumerate() {
+        let peers = report.rpcs.iter().filter(|(&to, _)| to != i as NodeId + 1);
         let sent: Vec<String> =
-            report.rpcs.iter().map(|(to, n)| format!("->{to}: {:.0}", per_second(*n))).collect();
+            peers.map(|(to, n)| format!("->{to}: {:.0}", per_second(*n))).collect();
         println!(
-            "| {} | {:.1} % | {} | {:.0} |",
+            "| {} | {:.1} % | {} | {:.0} | {} |",
             i + 1,
             report.cpu_us as f64 / 1e6 / window.as_secs_f64() * 100.0,
             sent.join(", "),
-            per_second(report.syncs)
+            per_second(report.syncs),
+            report.new_terms
         );
     }
     println!();

@@ -2,8 +2,8 @@
 //! message, parent to child on the child's stdin, child to parent on its stdout.
 //!
 //! Parent to child: `peers ID=ADDR,ID=ADDR,...` (once, after the child said `addr`), then any
-//! number of `run CLIENTS WARMUP_MS MEASURE_MS` (each answered by one `result`), then `quit` or
-//! the end of stdin (the child exits either way: a parent that dies takes its children along).
+//! number of `run CLIENTS WARMUP_MS MEASURE_MS` (each answered by one `result`), then `quit`.
+//! The end of stdin before `quit` means the parent is gone: the child exits at once.
 //!
 //! Child to parent: `addr ADDR` (its QUIC endpoint), `ready` (every group elected, leaders
 //! where they belong), `result ...` (a [`Report`]), `error MESSAGE` (then it exits).
@@ -104,6 +104,9 @@ pub(crate) struct Report {
     /// Bytes the process caused to be written to the disk (`write_bytes` of `/proc/self/io`:
     /// LMDB's pages; 0 where unavailable).
     pub(crate) written_bytes: u64,
+    /// Terms its groups went through (the sum over its groups of each one's term increase):
+    /// elections, which steady groups do not hold.
+    pub(crate) new_terms: u64,
     /// RPCs this process sent, by receiver.
     pub(crate) rpcs: BTreeMap<NodeId, u64>,
     /// Latencies of the acknowledged puts, µs (at most [`MAX_SAMPLES`], evenly thinned).
@@ -114,14 +117,15 @@ impl Report {
     /// The report as one line (without the newline).
     pub(crate) fn to_line(&self) -> String {
         let mut line = format!(
-            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} written={} rpcs=",
+            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} written={} terms={} rpcs=",
             self.puts,
             self.errors,
             self.cpu_us,
             self.syncs,
             self.requests,
             self.entries,
-            self.written_bytes
+            self.written_bytes,
+            self.new_terms
         );
         let rpcs: Vec<String> = self.rpcs.iter().map(|(id, n)| format!("{id}:{n}")).collect();
         line.push_str(&rpcs.join(","));
@@ -148,6 +152,7 @@ impl Report {
                 "requests" => report.requests = number(value)?,
                 "entries" => report.entries = number(value)?,
                 "written" => report.written_bytes = number(value)?,
+                "terms" => report.new_terms = number(value)?,
                 "rpcs" => {
                     for pair in value.split(',').filter(|p| !p.is_empty()) {
                         let (id, n) = pair.split_once(':').ok_or(format!("rpcs: {pair:?}"))?;
@@ -192,6 +197,7 @@ mod tests {
             requests: 9,
             entries: 15,
             written_bytes: 4096,
+            new_terms: 2,
             rpcs: BTreeMap::from([(2, 7), (3, 8)]),
             latencies_us: vec![100, 2000, 3],
         };
