@@ -1,0 +1,84 @@
+//! `bench-multi` runs end to end: three node processes with two groups, four clients, one
+//! measured second; it must exit successfully and print a row for the configuration, and its
+//! idle mode must print the per-node and per-pair tables. Not timed: the only time bound is a
+//! hang guard.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A hang guard, far above what the run takes even in a debug build on a loaded machine.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
+/// Runs bench-multi with `args` under a fresh directory; its stdout.
+fn bench_multi(args: &[&str]) -> String {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bench-multi"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        out
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > HANG_GUARD {
+            child.kill().unwrap();
+            panic!("bench-multi {args:?} did not finish within the hang guard");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = reader.join().unwrap();
+    assert!(status.success(), "bench-multi {args:?} failed ({status}); stdout:\n{out}");
+    // The run's data is removed at the end.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "left data behind");
+    out
+}
+
+#[test]
+fn two_groups_four_clients_print_a_row() {
+    let out = bench_multi(&["--groups", "2", "--clients", "4", "--seconds", "1", "--rounds", "1"]);
+    let row = out
+        .lines()
+        .find(|line| line.starts_with("| 2 | 4 |"))
+        .unwrap_or_else(|| panic!("no row for 2 groups and 4 clients in:\n{out}"));
+    // groups, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync, CPU s,
+    // CPU µs/put, RPCs/put, failed
+    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!(cells.len(), 13, "{row}");
+    let puts: f64 = cells[2].parse().unwrap();
+    assert!(puts > 0.0, "no put acknowledged: {row}");
+    assert_eq!(cells[6].split(" / ").count(), 3, "one syncs/s figure per node: {row}");
+}
+
+#[test]
+fn idle_mode_prints_cpu_and_rpcs_per_pair() {
+    let out = bench_multi(&["--idle-groups", "3", "--seconds", "1"]);
+    for node in 1..=3 {
+        assert!(out.lines().any(|l| l.starts_with(&format!("| {node} | "))), "node {node}:\n{out}");
+    }
+    for pair in ["1-2", "1-3", "2-3"] {
+        let line = out.lines().find(|l| l.starts_with(&format!("| {pair} | ")));
+        let rpcs: f64 = line
+            .unwrap_or_else(|| panic!("no pair {pair} in:\n{out}"))
+            .trim_matches('|')
+            .split('|')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // A number (idle groups that quiesce may send none at all).
+        assert!(rpcs >= 0.0, "pair {pair}: {rpcs}");
+    }
+}
