@@ -24,6 +24,7 @@
 
 pub mod attempt;
 pub mod auth;
+pub mod balancer;
 pub mod bounded;
 pub mod client;
 pub mod clock;
@@ -38,7 +39,9 @@ pub mod metrics;
 pub mod node;
 pub mod port;
 pub mod protocol;
+pub mod router;
 pub mod server;
+pub mod shard;
 pub mod state;
 pub mod state_machine;
 pub mod store;
