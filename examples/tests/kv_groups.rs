@@ -57,6 +57,22 @@ async fn sharded_operations_status_restart_and_refused_regroup() {
     let (leaders, led) = wait_for_group_leaders(&connections, &ids, PATIENCE, all_led).await;
     assert!(led, "every group elects a leader: {leaders:?}");
 
+    // Sessions that start together on one client send their first commands in one batch,
+    // which names no group: the service answers `Sharded` and nobody suspects the node.
+    let options = ClientOptions { suspect_for: Duration::from_secs(600), ..Default::default() };
+    let fresh = cluster.connections(options).unwrap();
+    let puts = (0..16).map(|i| {
+        let client = KvClient::new(fresh.clone());
+        async move { client.put(format!("together-{i}"), "v").await }
+    });
+    for put in futures::future::join_all(puts).await {
+        put.unwrap();
+    }
+    for &id in &ids {
+        assert!(!fresh.is_suspect(id), "node {id} suspected after a batch answered Sharded");
+    }
+    fresh.close().await;
+
     // Puts and gets land in every group; every operation works per key.
     let client = KvClient::new(connections.clone());
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();

@@ -20,6 +20,10 @@
 //! * [`connections`], [`client`], [`attempt`], [`clock`]: the client library (leader
 //!   discovery, retries, hedging, sessions); its attempt loop is generic over the transport
 //!   (QUIC in production, in-process nodes in the simulation) and the clock.
+//! * [`shard`], [`router`], [`balancer`]: the sharded service (`kv-node --groups N`): the fixed
+//!   hash of keys to groups and the number of groups a data directory was created with, the
+//!   client port's dispatch to each group's [`server::ClientService`], and the leadership
+//!   balancer that spreads the groups' leaders over the nodes.
 //! * [`cluster`]: starting and killing `kv-node` processes on loopback (demo, benchmark, tests).
 
 pub mod attempt;

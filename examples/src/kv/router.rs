@@ -85,11 +85,10 @@ impl GroupRouter {
     /// The node's health: the report of the first group that is not live, else of the first
     /// that is not ready, else group 0's (a sharded node is ready when every group is).
     pub async fn health(&self) -> HealthReport {
-        let reports =
+        let mut reports =
             futures::future::join_all(self.groups.iter().map(|service| service.health())).await;
         let worst =
             reports.iter().position(|r| !r.live).or_else(|| reports.iter().position(|r| !r.ready));
-        let mut reports = reports;
         reports.swap_remove(worst.unwrap_or(0))
     }
 }
