@@ -3,13 +3,16 @@
 //! LMDB log, and a clean shutdown. Time limits here only turn a hang into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use examples::kv::cluster::{wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
 use examples::kv::{ClientOptions, Connections, KvClient};
+
+use common::kv_cli;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -22,22 +25,6 @@ fn start(nodes: u64) -> ProcessCluster {
     // Frequent snapshots: a restarted node restores one, a lagging one is sent one.
     let spec = ClusterSpec { nodes, snapshot_entries: 8, ..ClusterSpec::default() };
     ProcessCluster::start(launcher, spec).unwrap()
-}
-
-fn kv_cli(cluster: &ProcessCluster, args: &[&str]) -> (bool, String) {
-    let endpoints: Vec<String> =
-        cluster.client_endpoints().iter().map(|(id, addr)| format!("{id}={addr}")).collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .arg("--certs")
-        .arg(cluster.dir().join("certs"))
-        .arg("--endpoints")
-        .arg(endpoints.join(","))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text.trim().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

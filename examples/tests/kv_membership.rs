@@ -8,8 +8,9 @@
 //! Time limits here only turn a hang into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,25 +34,8 @@ fn kv_cli_within(
     timeout_secs: u64,
     args: &[&str],
 ) -> (bool, String) {
-    let endpoints: Vec<String> = cluster
-        .client_endpoints()
-        .iter()
-        .filter(|(id, _)| endpoints.contains(id))
-        .map(|(id, addr)| format!("{id}={addr}"))
-        .collect();
-    let output = Command::new(env!("CARGO_BIN_EXE_kv"))
-        .arg("--certs")
-        .arg(cluster.dir().join("certs"))
-        .arg("--endpoints")
-        .arg(endpoints.join(","))
-        .arg("--timeout")
-        .arg(timeout_secs.to_string())
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text.trim().to_owned())
+    let timeout = timeout_secs.to_string();
+    common::kv_cli_to(cluster, endpoints, &[&["--timeout", timeout.as_str()], args].concat())
 }
 
 /// The `role` column of `kv member list` output, by node id.

@@ -39,7 +39,8 @@ commands:
   get KEY                    print a key's value ((nil) if absent)
   del KEY                    remove a key
   cas KEY EXPECTED NEW       compare-and-swap (`-` stands for absent)
-  status                     role, term, leader, commit and applied index of every node
+  status                     role, term, leader, commit and applied index of every node (and
+                             of every group of a sharded service: kv-node --groups)
   member list                voters, learners, the leader and their addresses (from the leader)
   member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
                              address) and CLIENT: learner, catch-up, then voter

@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use raft_core::NodeId;
+use raft_core::{GroupId, NodeId};
 use tracing::debug;
 
 use super::client::ClientError;
@@ -23,6 +24,7 @@ use super::clock::Clock;
 use super::command::{Command, Response, SessionId};
 use super::connections::{CallError, ClientOptions, TlsFailure};
 use super::protocol::{ClientRequest, ClientResponse, Member};
+use super::shard::MAX_GROUPS;
 
 /// One request to one node: what the attempt loop needs of a transport.
 pub trait ClientTransport: Send + Sync + 'static {
@@ -54,12 +56,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The nodes a client knows (with their client addresses), the one it believes leads, and the
-/// ones it suspects of being down (until an instant of the client's clock).
+/// The nodes a client knows (with their client addresses), the ones it believes lead (one per
+/// Raft group of a sharded service), the number of groups, and the nodes it suspects of being
+/// down (until an instant of the client's clock).
 #[derive(Debug)]
 pub struct Routing {
     addrs: Mutex<BTreeMap<NodeId, SocketAddr>>,
-    leader: Mutex<Option<NodeId>>,
+    leaders: Mutex<BTreeMap<GroupId, NodeId>>,
+    groups: AtomicU32,
     suspects: Mutex<BTreeMap<NodeId, Duration>>,
     suspect_for: Duration,
 }
@@ -70,7 +74,8 @@ impl Routing {
     pub fn new(addrs: BTreeMap<NodeId, SocketAddr>, suspect_for: Duration) -> Self {
         Self {
             addrs: Mutex::new(addrs),
-            leader: Mutex::new(None),
+            leaders: Mutex::new(BTreeMap::new()),
+            groups: AtomicU32::new(1),
             suspects: Mutex::new(BTreeMap::new()),
             suspect_for,
         }
@@ -93,27 +98,54 @@ impl Routing {
         lock(&self.addrs).entry(member.id).or_insert(member.client_addr);
     }
 
-    /// The node believed to lead, if any.
+    /// The node believed to lead (group 0 of a sharded service), if any.
     pub fn leader(&self) -> Option<NodeId> {
-        *lock(&self.leader)
+        self.leader_of(0)
     }
 
-    /// Records the node believed to lead (`None`: unknown); it is no longer suspect.
+    /// Records the node believed to lead (group 0 of a sharded service; `None`: unknown); it
+    /// is no longer suspect.
     pub fn set_leader(&self, leader: Option<NodeId>) {
-        *lock(&self.leader) = leader;
-        if let Some(id) = leader {
-            lock(&self.suspects).remove(&id);
+        self.set_leader_of(0, leader);
+    }
+
+    /// The node believed to lead group `group`, if any.
+    pub fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        lock(&self.leaders).get(&group).copied()
+    }
+
+    /// Records the node believed to lead group `group` (`None`: unknown); it is no longer
+    /// suspect.
+    pub fn set_leader_of(&self, group: GroupId, leader: Option<NodeId>) {
+        let mut leaders = lock(&self.leaders);
+        match leader {
+            Some(id) => {
+                leaders.insert(group, id);
+                lock(&self.suspects).remove(&id);
+            }
+            None => {
+                leaders.remove(&group);
+            }
         }
+    }
+
+    /// How many Raft groups the service shards its keys over, as far as this client knows
+    /// (1 until a node said otherwise with [`ClientResponse::Sharded`]).
+    pub fn groups(&self) -> u32 {
+        self.groups.load(Ordering::Relaxed)
+    }
+
+    /// Records the number of groups a node said the service has (at most
+    /// [`MAX_GROUPS`]; a larger number is taken as that bound, 0 as 1).
+    pub fn set_groups(&self, groups: u32) {
+        self.groups.store(groups.clamp(1, MAX_GROUPS), Ordering::Relaxed);
     }
 
     /// Marks `node` as not answering at `now`: [`Routing::pick`] avoids it for a while, and it
-    /// is no longer believed to lead.
+    /// is no longer believed to lead any group.
     pub fn suspect(&self, node: NodeId, now: Duration) {
         lock(&self.suspects).insert(node, now + self.suspect_for);
-        let mut leader = lock(&self.leader);
-        if *leader == Some(node) {
-            *leader = None;
-        }
+        lock(&self.leaders).retain(|_, leader| *leader != node);
     }
 
     /// Whether `node` is suspected of being down at `now`.
@@ -167,7 +199,12 @@ impl TlsFailures {
     }
 }
 
-/// Sends `command` until a node applies it or the deadline passes, following redirects.
+/// Sends `command` of Raft group `group` (0 for a single-group service; see
+/// [`group_of`](super::shard::group_of)) until a node applies it or the deadline passes,
+/// following redirects, to the node believed to lead that group. A single-group client sends
+/// [`ClientRequest::Command`], a sharded one [`ClientRequest::InGroup`]. A node that answers
+/// [`ClientResponse::Sharded`] (the client's number of groups was wrong) ends the operation with
+/// [`ClientError::WrongGroup`] (nothing applied), having recorded the number it gave.
 ///
 /// Normally one attempt, at the node believed to lead. Once an answer is late
 /// (`hedge_after`), another node is tried with the same request every `probe_interval`, so
@@ -177,12 +214,18 @@ impl TlsFailures {
 pub async fn run<T: ClientTransport>(
     transport: &T,
     clock: &dyn Clock,
+    group: GroupId,
     command: &Command,
 ) -> Result<Response, ClientError> {
     let routing = transport.routing();
     let options = transport.options().clone();
     let deadline = clock.now() + options.op_timeout;
-    let request = Arc::new(ClientRequest::Command(command.clone()));
+    let request = if group == 0 && routing.groups() <= 1 {
+        ClientRequest::Command(command.clone())
+    } else {
+        ClientRequest::InGroup { group, command: command.clone() }
+    };
+    let request = Arc::new(request);
     let mut attempts = Attempts { request, running: FuturesUnordered::new(), nodes: Vec::new() };
     // Only a write can have been applied (a session registration is a write too).
     let is_write = !command.op.is_read();
@@ -190,7 +233,7 @@ pub async fn run<T: ClientTransport>(
     let mut last_reason = String::from("no answer yet");
     let mut tls = TlsFailures::default();
     let mut redirects = 0u32;
-    let first = routing.leader().or_else(|| routing.pick(None, clock.now()));
+    let first = routing.leader_of(group).or_else(|| routing.pick(None, clock.now()));
     match first {
         Some(node) => attempts.launch(transport, clock, node, None),
         None => return Err(ClientError::Protocol("no nodes configured".into())),
@@ -222,14 +265,18 @@ pub async fn run<T: ClientTransport>(
         let mut next: Option<(Option<NodeId>, bool)> = Some((None, true));
         match result {
             Ok(ClientResponse::Applied(response)) => {
-                routing.set_leader(Some(node));
+                routing.set_leader_of(group, Some(node));
                 return Ok(response);
+            }
+            Ok(ClientResponse::Sharded { groups }) => {
+                routing.set_groups(groups);
+                return Err(ClientError::WrongGroup { groups });
             }
             Ok(ClientResponse::NotLeader { leader: Some(leader) })
                 if leader.id != node && !routing.is_suspect(leader.id, clock.now()) =>
             {
                 routing.learn(&leader);
-                routing.set_leader(Some(leader.id));
+                routing.set_leader_of(group, Some(leader.id));
                 if attempts.is_in_flight(leader.id) {
                     next = None;
                 } else {
@@ -240,7 +287,7 @@ pub async fn run<T: ClientTransport>(
             }
             Ok(ClientResponse::NotLeader { .. }) => {
                 last_reason = format!("node {node} knows no leader");
-                routing.set_leader(None);
+                routing.set_leader_of(group, None);
             }
             Ok(ClientResponse::NotApplied(reason)) => {
                 debug!(node, "not applied: {reason}");
@@ -250,7 +297,7 @@ pub async fn run<T: ClientTransport>(
                 debug!(node, "outcome unknown: {reason}");
                 last_reason = format!("node {node}: {reason}");
                 maybe_applied = true;
-                routing.set_leader(None);
+                routing.set_leader_of(group, None);
             }
             Ok(ClientResponse::Refused(reason)) => return Err(ClientError::Refused(reason)),
             Ok(ClientResponse::Forbidden(reason)) => return Err(ClientError::Forbidden(reason)),
@@ -282,7 +329,7 @@ pub async fn run<T: ClientTransport>(
             Some((None, pause)) if attempts.len() == 0 => {
                 let now = clock.now();
                 let target = routing
-                    .leader()
+                    .leader_of(group)
                     .filter(|&l| l != node && !tls.contains(l))
                     .or_else(|| {
                         attempts.pick_idle(routing, Some(node), now).filter(|&n| !tls.contains(n))

@@ -45,10 +45,14 @@ impl Principal {
     /// Whether this principal may make `request`.
     pub fn may(&self, request: &ClientRequest) -> bool {
         match request {
-            ClientRequest::Command(_) | ClientRequest::Batch(_) | ClientRequest::Health => true,
-            ClientRequest::Status | ClientRequest::Admin(_) | ClientRequest::Member(_) => {
-                self.role == CertRole::Admin
-            }
+            ClientRequest::Command(_)
+            | ClientRequest::Batch(_)
+            | ClientRequest::InGroup { .. }
+            | ClientRequest::Health => true,
+            ClientRequest::Status
+            | ClientRequest::Groups
+            | ClientRequest::Admin(_)
+            | ClientRequest::Member(_) => self.role == CertRole::Admin,
         }
     }
 }

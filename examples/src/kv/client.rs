@@ -7,11 +7,12 @@
 //! (it is `Sync`); each session tells the state machine which answers it has received, so the
 //! state machine keeps only the answers still awaited.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use raft_core::session::ClientSession;
-use raft_core::{NodeId, Status};
+use raft_core::{GroupId, NodeId, Status};
 use tracing::debug;
 
 use super::attempt::{self, ClientTransport, TlsFailures};
@@ -21,9 +22,10 @@ use super::command::{Command, KvError, Op, OpResult, Response, SessionRef};
 use super::connections::{CallError, Connections, TlsFailure};
 use super::health::HealthReport;
 use super::protocol::{
-    AdminRequest, ClientRequest, ClientResponse, Member, MemberError, MemberList, MemberRequest,
-    NewMember, MAX_SET_MEMBERS,
+    AdminRequest, ClientRequest, ClientResponse, GroupStatus, Member, MemberError, MemberList,
+    MemberRequest, NewMember, MAX_SET_MEMBERS,
 };
+use super::shard::group_of;
 
 /// Why an operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +78,16 @@ pub enum ClientError {
     /// No leader answered before the deadline (membership requests need one).
     #[error("no leader answered within the time limit (last reason: {0})")]
     NoLeader(String),
+    /// The service shards its keys over `groups` Raft groups and the request was sent for
+    /// another number: nothing was applied. [`KvClient`] sends the operation again in the
+    /// key's group by itself; this reaches the caller only if the number keeps changing.
+    #[error(
+        "the service has {groups} groups and the request named another group: nothing applied"
+    )]
+    WrongGroup {
+        /// The number of groups the node gave.
+        groups: u32,
+    },
 }
 
 fn timeout_message(maybe_applied: bool, reason: &str) -> String {
@@ -131,10 +143,16 @@ pub mod exit {
 pub struct KvClient<T = Connections, C = TokioClock> {
     transport: T,
     clock: C,
-    session: Mutex<Option<ClientSession>>,
+    /// The session of each Raft group (only group 0 for a single-group service): a session
+    /// lives in one group's state machine.
+    sessions: Mutex<BTreeMap<GroupId, ClientSession>>,
     /// Serializes session registration.
     registering: tokio::sync::Mutex<()>,
 }
+
+/// How many times an operation is sent again after a node said the client's number of groups
+/// was wrong (it cannot change more than once for a running cluster).
+const MAX_REGROUPS: u32 = 2;
 
 impl KvClient {
     /// A client on `connections`, on tokio's clock. Its session is opened with its first write.
@@ -155,7 +173,7 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         Self {
             transport,
             clock,
-            session: Mutex::new(None),
+            sessions: Mutex::new(BTreeMap::new()),
             registering: tokio::sync::Mutex::new(()),
         }
     }
@@ -165,16 +183,36 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         &self.transport
     }
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Option<ClientSession>> {
-        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    fn sessions(&self) -> std::sync::MutexGuard<'_, BTreeMap<GroupId, ClientSession>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The group `key` belongs to, as far as this client knows the number of groups.
+    fn group_of(&self, key: &[u8]) -> (GroupId, u32) {
+        let groups = self.transport.routing().groups();
+        (group_of(key, groups), groups)
     }
 
     /// Reads `key` (linearizable).
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
-        let command = Command { session: None, op: Op::Get { key: key.into() } };
-        match self.run(&command).await? {
-            Ok(OpResult::Value(value)) => Ok(value),
-            other => Err(unexpected(other)),
+        let key = key.into();
+        let command = Command { session: None, op: Op::Get { key: key.clone() } };
+        let mut regroups = 0;
+        loop {
+            let (group, groups) = self.group_of(&key);
+            match self.run(group, &command).await {
+                Err(ClientError::WrongGroup { groups: told })
+                    if told != groups && regroups < MAX_REGROUPS =>
+                {
+                    regroups += 1;
+                }
+                answer => {
+                    return match answer? {
+                        Ok(OpResult::Value(value)) => Ok(value),
+                        other => Err(unexpected(other)),
+                    }
+                }
+            }
         }
     }
 
@@ -184,7 +222,8 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
     ) -> Result<(), ClientError> {
-        match self.write(Op::Put { key: key.into(), value: value.into() }).await? {
+        let key = key.into();
+        match self.write(&key.clone(), Op::Put { key, value: value.into() }).await? {
             OpResult::Written => Ok(()),
             other => Err(unexpected(Ok(other))),
         }
@@ -192,7 +231,8 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
 
     /// Removes `key`; returns whether it existed.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<bool, ClientError> {
-        match self.write(Op::Delete { key: key.into() }).await? {
+        let key = key.into();
+        match self.write(&key.clone(), Op::Delete { key }).await? {
             OpResult::Deleted { existed } => Ok(existed),
             other => Err(unexpected(Ok(other))),
         }
@@ -206,27 +246,45 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         expected: Option<Bytes>,
         new: Option<Bytes>,
     ) -> Result<bool, ClientError> {
-        match self.write(Op::Cas { key: key.into(), expected, new }).await? {
+        let key = key.into();
+        match self.write(&key.clone(), Op::Cas { key, expected, new }).await? {
             OpResult::Cas { swapped } => Ok(swapped),
             other => Err(unexpected(Ok(other))),
         }
     }
 
-    /// Runs a write in this client's session (opening one first if needed).
-    async fn write(&self, op: Op) -> Result<OpResult, ClientError> {
-        let session_ref = self.next_seq().await?;
+    /// Runs a write of `key` in this client's session of the key's group (opening one first
+    /// if needed), again in the right group if a node says the number of groups changed.
+    async fn write(&self, key: &[u8], op: Op) -> Result<OpResult, ClientError> {
+        let mut regroups = 0;
+        loop {
+            let (group, groups) = self.group_of(key);
+            match self.write_in(group, op.clone()).await {
+                Err(ClientError::WrongGroup { groups: told })
+                    if told != groups && regroups < MAX_REGROUPS =>
+                {
+                    regroups += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Runs a write in this client's session of group `group` (opening one first if needed).
+    async fn write_in(&self, group: GroupId, op: Op) -> Result<OpResult, ClientError> {
+        let session_ref = self.next_seq(group).await?;
         let (id, seq) = (session_ref.id, session_ref.seq);
         let command = Command { session: Some(session_ref), op };
-        let result = self.run(&command).await;
-        let mut session = self.session();
-        if let Some(s) = session.as_mut().filter(|s| s.id() == id) {
+        let result = self.run(group, &command).await;
+        let mut sessions = self.sessions();
+        if let Some(s) = sessions.get_mut(&group).filter(|s| s.id() == id) {
             s.finish(seq);
         }
         match result? {
             Ok(result) => Ok(result),
             Err(KvError::UnknownSession) => {
-                if session.as_ref().is_some_and(|s| s.id() == id) {
-                    *session = None;
+                if sessions.get(&group).is_some_and(|s| s.id() == id) {
+                    sessions.remove(&group);
                 }
                 Err(ClientError::SessionExpired)
             }
@@ -234,20 +292,21 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         }
     }
 
-    /// Allocates a sequence number, opening the session first if there is none.
-    async fn next_seq(&self) -> Result<SessionRef, ClientError> {
-        if let Some(allocated) = self.allocate() {
+    /// Allocates a sequence number in group `group`'s session, opening the session first if
+    /// there is none.
+    async fn next_seq(&self, group: GroupId) -> Result<SessionRef, ClientError> {
+        if let Some(allocated) = self.allocate(group) {
             return Ok(allocated);
         }
         let _registering = self.registering.lock().await;
-        if let Some(allocated) = self.allocate() {
+        if let Some(allocated) = self.allocate(group) {
             return Ok(allocated);
         }
         let id = self.transport.session_id()?;
         let register = Command { session: None, op: Op::Register { id } };
         // The write itself was not sent yet: whatever happened to the registration (an unused
         // session at worst), the write was not applied.
-        let registered = self.run(&register).await.map_err(|e| match e {
+        let registered = self.run(group, &register).await.map_err(|e| match e {
             ClientError::Timeout { reason, .. } => ClientError::Timeout {
                 maybe_applied: false,
                 reason: format!("opening a session: {reason}"),
@@ -256,23 +315,23 @@ impl<T: ClientTransport, C: Clock> KvClient<T, C> {
         });
         match registered? {
             Ok(OpResult::Registered { id: opened, incarnation }) if opened == id => {
-                debug!(id, incarnation, "session opened");
+                debug!(id, incarnation, group, "session opened");
                 let mut session = ClientSession::new(id);
                 session.opened(incarnation);
-                *self.session() = Some(session);
+                self.sessions().insert(group, session);
             }
             other => return Err(unexpected(other)),
         }
-        self.allocate().ok_or(ClientError::SessionExpired)
+        self.allocate(group).ok_or(ClientError::SessionExpired)
     }
 
-    fn allocate(&self) -> Option<SessionRef> {
-        self.session().as_mut()?.begin()
+    fn allocate(&self, group: GroupId) -> Option<SessionRef> {
+        self.sessions().get_mut(&group)?.begin()
     }
 
-    /// Sends `command` through the attempt loop ([`attempt::run`]).
-    async fn run(&self, command: &Command) -> Result<Response, ClientError> {
-        attempt::run(&self.transport, &self.clock, command).await
+    /// Sends `command` of group `group` through the attempt loop ([`attempt::run`]).
+    async fn run(&self, group: GroupId, command: &Command) -> Result<Response, ClientError> {
+        attempt::run(&self.transport, &self.clock, group, command).await
     }
 }
 
@@ -301,6 +360,9 @@ pub struct NodeStatus {
     pub members: Vec<Member>,
     /// Its health, if it answered that too (it says whether the node stopped on a fault).
     pub health: Option<HealthReport>,
+    /// Its status in each Raft group it hosts, if it answered that too (one group for a
+    /// single-group service).
+    pub groups: Vec<GroupStatus>,
 }
 
 impl Connections {
@@ -503,17 +565,26 @@ impl Connections {
         Ok(list)
     }
 
-    /// Asks `node` for its status and its health, concurrently (within the status timeout).
+    /// Asks `node` for its status, its health and the status of its groups, concurrently
+    /// (within the status timeout).
     pub async fn status(&self, node: NodeId) -> Result<NodeStatus, ClientError> {
         let limit = self.options().status_timeout;
-        let (answer, health) = futures::join!(
+        let (answer, health, groups) = futures::join!(
             self.call_within(node, &ClientRequest::Status, limit),
-            self.health(node)
+            self.health(node),
+            self.call_within(node, &ClientRequest::Groups, limit),
         );
+        let groups = match groups {
+            Ok(ClientResponse::Groups(groups)) => groups.into_inner(),
+            _ => Vec::new(),
+        };
         match answer {
-            Ok(ClientResponse::Status { status, members }) => {
-                Ok(NodeStatus { status, members: members.into_inner(), health: health.ok() })
-            }
+            Ok(ClientResponse::Status { status, members }) => Ok(NodeStatus {
+                status,
+                members: members.into_inner(),
+                health: health.ok(),
+                groups,
+            }),
             Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(unreachable_node(e)),
@@ -634,15 +705,10 @@ pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> S
     for (id, answer) in statuses {
         match answer {
             Ok(NodeStatus { status: s, health, .. }) => {
-                let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
                 out += &format!(
-                    "{:>4}  {:<13} {:>6} {:>7} {:>9} {:>9} {:>9}  {}\n",
+                    "{:>4}  {} {:>9}  {}\n",
                     id,
-                    s.role.to_string(),
-                    s.current_term,
-                    leader,
-                    s.commit_index,
-                    s.applied_index,
+                    raft_columns(s),
                     s.last_log_index,
                     health.as_ref().map_or("?".to_owned(), HealthReport::summary),
                 );
@@ -651,5 +717,51 @@ pub fn status_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> S
             Err(e) => out += &format!("{id:>4}  unreachable ({e})\n"),
         }
     }
+    out += &group_table(statuses);
     out.trim_end().to_owned()
+}
+
+/// The role, term, leader, commit and applied index columns of a status table.
+fn raft_columns(s: &Status) -> String {
+    let leader = s.leader_id.map_or("-".to_owned(), |l| l.to_string());
+    format!(
+        "{:<13} {:>6} {:>7} {:>9} {:>9}",
+        s.role.to_string(),
+        s.current_term,
+        leader,
+        s.commit_index,
+        s.applied_index
+    )
+}
+
+/// The groups of a sharded service (empty for a single group): one line per group and node
+/// (group, node, role, term, leader, commit, applied, voters, learners, fault).
+fn group_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> String {
+    let mut rows: Vec<(NodeId, &GroupStatus)> = statuses
+        .iter()
+        .filter_map(|(id, answer)| Some((*id, answer.as_ref().ok()?)))
+        .flat_map(|(id, status)| status.groups.iter().map(move |group| (id, group)))
+        .collect();
+    if rows.iter().all(|(_, g)| g.group == 0) {
+        return String::new();
+    }
+    rows.sort_by_key(|(id, g)| (g.group, *id));
+    let ids = |ids: &[NodeId]| ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let mut out = format!(
+        "\n{:>5} {:>4}  {:<13} {:>6} {:>7} {:>9} {:>9}  {:<12} {}\n",
+        "group", "node", "role", "term", "leader", "commit", "applied", "voters", "learners"
+    );
+    for (id, g) in rows {
+        let learners = if g.learners.is_empty() { "-".to_owned() } else { ids(&g.learners) };
+        out += &format!(
+            "{:>5} {:>4}  {}  {:<12} {}{}\n",
+            g.group,
+            id,
+            raft_columns(&g.status),
+            ids(&g.voters),
+            learners,
+            g.fault.as_ref().map_or(String::new(), |f| format!("  FAILED: {f}")),
+        );
+    }
+    out
 }

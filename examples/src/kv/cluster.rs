@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raft_core::{NodeId, Role, Term};
+use raft_core::{GroupId, NodeId, Role, Term};
 use raft_quic::NodeTls;
 
 use super::config::MemberAddrs;
@@ -70,6 +70,8 @@ pub struct ClusterSpec {
     pub log_filter: String,
     /// More arguments for some nodes (test-only faults such as `--panic-on-key`).
     pub node_args: BTreeMap<NodeId, Vec<String>>,
+    /// Raft groups the service shards its keys over (`--groups`; 1: a single group).
+    pub groups: u32,
 }
 
 impl Default for ClusterSpec {
@@ -86,6 +88,7 @@ impl Default for ClusterSpec {
             worker_threads: 2,
             log_filter: "info".into(),
             node_args: BTreeMap::new(),
+            groups: 1,
         }
     }
 }
@@ -307,6 +310,10 @@ impl ProcessCluster {
         if joining {
             args.push("--join".into());
         }
+        if self.spec.groups != 1 {
+            args.push("--groups".into());
+            args.push(self.spec.groups.to_string());
+        }
         args.extend(self.spec.node_args.get(&id).into_iter().flatten().cloned());
         args
     }
@@ -450,6 +457,48 @@ pub async fn wait_for_leader(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     None
+}
+
+/// The leader of each Raft group of a sharded service, as `nodes` report it: for each group,
+/// the node that says it leads it in the highest term. Groups no answering node leads are
+/// missing.
+pub async fn group_leaders(
+    connections: &Connections,
+    nodes: &[NodeId],
+) -> BTreeMap<GroupId, NodeId> {
+    let mut leaders: BTreeMap<GroupId, (Term, NodeId)> = BTreeMap::new();
+    for (id, answer) in connections.statuses_of(nodes).await {
+        let Ok(status) = answer else { continue };
+        for group in status.groups.iter().filter(|g| g.status.role == Role::Leader) {
+            let term = group.status.current_term;
+            let entry = leaders.entry(group.group).or_insert((term, id));
+            if term > entry.0 {
+                *entry = (term, id);
+            }
+        }
+    }
+    leaders.into_iter().map(|(group, (_, id))| (group, id)).collect()
+}
+
+/// Polls [`group_leaders`] every 50 ms until `done` accepts the leaders it reports; returns
+/// the last report, and whether `done` accepted it before `timeout`.
+pub async fn wait_for_group_leaders(
+    connections: &Connections,
+    nodes: &[NodeId],
+    timeout: Duration,
+    done: impl Fn(&BTreeMap<GroupId, NodeId>) -> bool,
+) -> (BTreeMap<GroupId, NodeId>, bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leaders = group_leaders(connections, nodes).await;
+        if done(&leaders) {
+            return (leaders, true);
+        }
+        if Instant::now() >= deadline {
+            return (leaders, false);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls node `id`'s status until its state machine applied `index`; false if that did not

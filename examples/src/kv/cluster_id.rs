@@ -97,21 +97,23 @@ pub fn settle(
                 Some(id) => id,
                 None => derive(node_cas)?,
             };
-            std::fs::create_dir_all(data_dir).map_err(io)?;
-            // Written whole, then renamed over: a crash leaves no half-written id.
-            let temporary = data_dir.join(format!("{CLUSTER_ID_FILE}.tmp"));
-            let write = |file: &Path| -> std::io::Result<()> {
-                use std::io::Write;
-                let mut out = std::fs::File::create(file)?;
-                out.write_all(format!("{id}\n").as_bytes())?;
-                out.sync_all()
-            };
-            write(&temporary).map_err(io)?;
-            std::fs::rename(&temporary, &path).map_err(io)?;
+            write_whole(data_dir, CLUSTER_ID_FILE, &format!("{id}\n")).map_err(io)?;
             Ok(id)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `text` to the file `name` of `data_dir` (created if needed): whole, synced, then
+/// renamed over, so that a crash leaves either no file or the whole text.
+pub(crate) fn write_whole(data_dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(data_dir)?;
+    let temporary = data_dir.join(format!("{name}.tmp"));
+    let mut out = std::fs::File::create(&temporary)?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&temporary, data_dir.join(name))
 }
 
 #[cfg(test)]

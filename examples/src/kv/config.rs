@@ -108,6 +108,9 @@ pub struct NodeConfig {
     /// The cluster id (`--cluster-id`); `None`: the one stored in the data directory, else
     /// derived from the node CA (see [`super::cluster_id`]).
     pub cluster_id: Option<raft_core::ClusterId>,
+    /// How many Raft groups the service shards its keys over (`--groups`, default 1; see
+    /// [`super::shard`]). Fixed when the cluster is created.
+    pub groups: u32,
 }
 
 /// A configuration error, with the offending key.
@@ -160,6 +163,10 @@ usage: kv-node [--config FILE] [flags]
                              fault) over HTTP on ADDR; bind a loopback or management address
   --health-max-lag N         not ready while the state machine is more than N entries behind
                              the commit index (default 1000)
+  --groups N                 shard the keys over N Raft groups (default 1), each with the
+                             --node members, their leaders spread over the nodes; a key's group
+                             is FNV-1a-64(key) mod N. Fixed at the cluster's creation (stored in
+                             DATA_DIR/groups; a node refuses to start with another N)
   --config FILE              read `key = value` lines with the same keys (flags win)
 ";
 
@@ -272,6 +279,7 @@ impl NodeConfig {
             metrics_listen: None,
             health_max_lag: super::health::DEFAULT_MAX_LAG,
             cluster_id: None,
+            groups: 1,
         };
         for (k, v) in pairs {
             let addr = |v: &str| -> Result<SocketAddr, NodeConfigError> {
@@ -304,6 +312,7 @@ impl NodeConfig {
                 "metrics-listen" => config.metrics_listen = Some(addr(&v)?),
                 "health-max-lag" => config.health_max_lag = number(&k, &v)?,
                 "cluster-id" => config.cluster_id = Some(number(&k, &v)?),
+                "groups" => config.groups = number(&k, &v)?,
                 _ => return err(format!("unknown option `{k}`\n{USAGE}")),
             }
         }
@@ -336,6 +345,13 @@ impl NodeConfig {
         }
         if config.max_client_connections == 0 || config.worker_threads == 0 {
             return err("--max-client-connections and --worker-threads must be positive");
+        }
+        if !(1..=super::shard::MAX_GROUPS).contains(&config.groups) {
+            return err(format!("--groups must be between 1 and {}", super::shard::MAX_GROUPS));
+        }
+        if config.groups > 1 && config.join {
+            return err("--join is not supported with --groups above 1 (membership changes of a \
+                 sharded service are not supported)");
         }
         config.id = id;
         config.listen = listen.unwrap_or(own.raft);
@@ -448,5 +464,9 @@ mod tests {
         assert!(e("--node 1=bad").contains("expected ID=RAFT_ADDR"));
         assert!(e("--bogus 1").contains("unknown option"));
         assert!(e("--id").contains("needs a value"));
+        let base = "--id 1 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2";
+        assert!(e(&format!("{base} --groups 0")).contains("--groups"));
+        assert!(e(&format!("{base} --groups 2 --join")).contains("--join"));
+        assert_eq!(NodeConfig::from_args(args(&format!("{base} --groups 4"))).unwrap().groups, 4);
     }
 }

@@ -413,6 +413,13 @@ impl Connections {
                     }
                 }
             }
+            Ok(sharded @ ClientResponse::Sharded { .. }) => {
+                // A sharded service applies no batch (a batch names no group): each command
+                // gets the answer, and its client sends it again in its key's group.
+                for reply in replies {
+                    let _ = reply.send(Ok(sharded.clone()));
+                }
+            }
             outcome => {
                 let error = match outcome {
                     Err(e) => e,

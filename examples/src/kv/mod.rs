@@ -20,10 +20,15 @@
 //! * [`connections`], [`client`], [`attempt`], [`clock`]: the client library (leader
 //!   discovery, retries, hedging, sessions); its attempt loop is generic over the transport
 //!   (QUIC in production, in-process nodes in the simulation) and the clock.
+//! * [`shard`], [`router`], [`balancer`]: the sharded service (`kv-node --groups N`): the fixed
+//!   hash of keys to groups and the number of groups a data directory was created with, the
+//!   client port's dispatch to each group's [`server::ClientService`], and the leadership
+//!   balancer that spreads the groups' leaders over the nodes.
 //! * [`cluster`]: starting and killing `kv-node` processes on loopback (demo, benchmark, tests).
 
 pub mod attempt;
 pub mod auth;
+pub mod balancer;
 pub mod bounded;
 pub mod client;
 pub mod clock;
@@ -38,7 +43,9 @@ pub mod metrics;
 pub mod node;
 pub mod port;
 pub mod protocol;
+pub mod router;
 pub mod server;
+pub mod shard;
 pub mod state;
 pub mod state_machine;
 pub mod store;

@@ -6,18 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::runtime::TokioRuntime;
-use raft_core::{BootstrapError, HardState, LogStore, Node, NodeId, SnapshotStore, StartError};
+use raft_core::{
+    BootstrapError, GroupId, HardState, Host, LogStore, Node, NodeId, SnapshotStore, StartError,
+};
 use raft_quic::quinn::Endpoint;
 use raft_quic::{QuicConfig, QuicNetwork};
 use tracing::{debug, error, info};
 
+use super::balancer::{self, Balancer};
 use super::cluster_id;
 use super::config::{NodeConfig, USAGE};
 use super::fault::{Firewall, FirewalledHandler, FirewalledNetwork, PanicOnKey};
 use super::health::{self, HealthConfig};
 use super::metrics;
 use super::port::{accept_loop, ClientPort};
+use super::router::GroupRouter;
 use super::server::ClientService;
+use super::shard;
 use super::state_machine::{KvStateMachine, OnRemoved, SharedState};
 use super::store::{open_store, Store, StoreOpenError};
 use super::tls::{server_config, ClientPortLimits, KvTlsError, ReloadTargets, Reloader};
@@ -64,6 +69,18 @@ pub enum NodeError {
     /// The cluster id could not be settled (the data directory is another cluster's).
     #[error("cluster id: {0}")]
     ClusterId(#[from] cluster_id::ClusterIdError),
+    /// The data directory was created with another number of groups (`--groups`).
+    #[error("groups: {0}")]
+    Groups(#[from] shard::GroupsError),
+    /// The LMDB environment of a sharded node could not be opened.
+    #[error("log store of the groups: {0}")]
+    Environment(#[source] raft_lmdb::OpenError),
+    /// A group's node could not start.
+    #[error("Raft group: {0}")]
+    AddGroup(#[from] raft_core::multi::AddGroupError),
+    /// The configuration names no group (`--groups` must be at least 1).
+    #[error("no Raft group to run")]
+    NoGroups,
 }
 
 /// Why the node is stopping.
@@ -96,6 +113,55 @@ async fn stores_empty(
     Ok(empty_log && snapshots.latest().await?.is_none())
 }
 
+/// The log and snapshot store of each group, in group order: a single group in the
+/// single-group layout (`DATA_DIR/raft`, `DATA_DIR/snapshots`); several in one LMDB environment
+/// (one writer, one sync for all groups) in `DATA_DIR/raft-groups`.
+fn open_group_stores(
+    config: &NodeConfig,
+) -> Result<Vec<(Store, raft_lmdb::FileSnapshotStore)>, NodeError> {
+    let dir = &config.data_dir;
+    if config.groups <= 1 {
+        let store = open_store(&dir.join(shard::SINGLE_STORE_DIR))?;
+        let snapshots = raft_lmdb::FileSnapshotStore::open_dir(dir.join("snapshots"))?;
+        return Ok(vec![(store, snapshots)]);
+    }
+    let open = || -> Result<_, raft_lmdb::OpenError> {
+        let env = raft_lmdb::LmdbEnvironment::open(dir.join(shard::GROUPS_STORE_DIR))?;
+        (0..GroupId::from(config.groups))
+            .map(|group| Ok((env.log_store(group)?, env.snapshot_store(group)?)))
+            .collect()
+    };
+    open().map_err(NodeError::Environment)
+}
+
+/// What one group's node is built from, besides its configuration and network.
+struct GroupParts {
+    store: Store,
+    snapshots: raft_lmdb::FileSnapshotStore,
+    state_machine: PanicOnKey<KvStateMachine>,
+    bootstrap: Option<raft_core::Membership>,
+}
+
+impl GroupParts {
+    /// The group's node builder on `network`. The members' addresses come with the membership
+    /// of the log and the snapshot (the node hands them to the network when it starts); the
+    /// tombstones of the snapshot are refused.
+    fn builder<N: raft_core::Network>(
+        self,
+        config: raft_core::Config,
+        network: N,
+        runtime: TokioRuntime,
+    ) -> raft_core::NodeBuilder<Arc<Store>, N, PanicOnKey<KvStateMachine>, TokioRuntime> {
+        let builder =
+            Node::builder(config, Arc::new(self.store), network, self.state_machine, runtime)
+                .snapshot_store(self.snapshots);
+        match self.bootstrap {
+            Some(membership) => builder.bootstrap(membership),
+            None => builder,
+        }
+    }
+}
+
 /// Runs a node until a stop signal; returns once everything is shut down.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // First: from here a SIGHUP reloads instead of killing, and changed files are noticed.
@@ -108,17 +174,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let material = reloader.load()?;
     let cluster_id =
         cluster_id::settle(&config.data_dir, config.cluster_id, &material.node.trust_anchors)?;
-    info!(id = config.id, cluster_id, "cluster id (pass --cluster-id {cluster_id} to a node that joins after a node-CA roll-over)");
-    let store = Arc::new(open_store(&config.data_dir.join("raft"))?);
-    let snapshots = raft_lmdb::FileSnapshotStore::open_dir(config.data_dir.join("snapshots"))?;
-    // A founding node bootstraps the cluster at its first start (empty stores); a joining node
+    info!(id = config.id, cluster_id, groups = config.groups, "cluster id (pass --cluster-id {cluster_id} to a node that joins after a node-CA roll-over)");
+    shard::settle(&config.data_dir, config.groups)?;
+    let stores = open_group_stores(&config)?;
+    // A founding node bootstraps each group at its first start (empty stores); a joining node
     // (`--join`) never does.
     let founding = config.bootstrap_membership();
     let founding = founding.map_err(|e| StartError::Bootstrap(BootstrapError::Invalid(e)))?;
-    let bootstrap = match founding {
-        Some(membership) if stores_empty(&store, &snapshots).await? => Some(membership),
-        _ => None,
-    };
 
     let mut quic_config = QuicConfig::new(config.id, config.listen, material.node.clone());
     quic_config.backoff_max = Duration::from_millis(500);
@@ -129,29 +191,61 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     let network = QuicNetwork::bind(quic_config, Arc::new(raft_quic::QuinnTokioRuntime))?;
     let firewall = Firewall::new();
-    let state = SharedState::new();
     let runtime = TokioRuntime::current().ok_or(NodeError::Runtime)?;
-    let node = Node::builder(
-        config.raft_config(cluster_id),
-        Arc::clone(&store),
-        FirewalledNetwork::new(network.clone(), firewall.clone()),
-        PanicOnKey::new(
-            KvStateMachine::new(state.clone())
-                .on_removed(refuse_removed(network.clone(), config.id)),
-            config.panic_on_key.clone(),
-        ),
-        runtime,
-    )
-    .snapshot_store(snapshots);
-    let node = match bootstrap {
-        Some(membership) => node.bootstrap(membership),
-        None => node,
+    // One handler for every group; requests for a group that has not started yet are refused
+    // as unknown (the sender retries).
+    // A sharded node serves one handler for every group (requests for a group that has not
+    // started yet are refused as unknown: the sender retries); a single-group node serves its
+    // node as it always did (no group label on its metrics).
+    let host: Host = Host::new(config.id);
+    if config.groups > 1 {
+        network.serve(Arc::new(FirewalledHandler::new(host.clone(), firewall.clone())));
     }
-    .start()
-    .await?;
-    // The members' addresses came with the membership of the log and the snapshot (the node
-    // handed them to the network when it started); the tombstones of the snapshot are refused.
-    network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
+    let mut services = Vec::with_capacity(stores.len());
+    for (group, (store, snapshots)) in (0..).zip(stores) {
+        let bootstrap = match &founding {
+            Some(membership) if stores_empty(&store, &snapshots).await? => Some(membership.clone()),
+            _ => None,
+        };
+        let state = SharedState::new();
+        let kv = KvStateMachine::new(state.clone())
+            .on_removed(refuse_removed(network.clone(), config.id));
+        let parts = GroupParts {
+            store,
+            snapshots,
+            state_machine: PanicOnKey::new(kv, config.panic_on_key.clone()),
+            bootstrap,
+        };
+        let raft_config = config.raft_config(cluster_id);
+        let node = if config.groups > 1 {
+            let view = FirewalledNetwork::new(network.for_group(group), firewall.clone());
+            host.add_group(group, parts.builder(raft_config, view, runtime.clone())).await?
+        } else {
+            let view = FirewalledNetwork::new(network.clone(), firewall.clone());
+            let node = parts.builder(raft_config, view, runtime.clone()).start().await?;
+            network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
+            node
+        };
+        let mut service = ClientService::new(
+            node,
+            state,
+            config.members.clone(),
+            firewall.clone(),
+            config.fault_injection,
+        );
+        service.health = HealthConfig {
+            max_lag: config.health_max_lag,
+            data_dir: Some(config.data_dir.clone()),
+        };
+        service.group = group;
+        services.push(Arc::new(service));
+    }
+    let nodes: Vec<Node> = services.iter().map(|s| s.node.clone()).collect();
+    let service = GroupRouter::new(services).ok_or(NodeError::NoGroups)?;
+    let balancer = (config.groups > 1).then(|| {
+        let groups = (0..).zip(nodes.iter().cloned()).collect();
+        tokio::spawn(Balancer::new(groups).run(balancer::INTERVAL))
+    });
 
     let limits = ClientPortLimits {
         max_streams: config.max_client_streams,
@@ -160,20 +254,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let server = server_config(&material, limits)?;
     let endpoint = Endpoint::server(server, config.client_listen)
         .map_err(|source| NodeError::ClientBind { addr: config.client_listen, source })?;
-    let mut service = ClientService::new(
-        node.clone(),
-        state,
-        config.members.clone(),
-        firewall,
-        config.fault_injection,
-    );
-    service.health =
-        HealthConfig { max_lag: config.health_max_lag, data_dir: Some(config.data_dir.clone()) };
-    let service = Arc::new(service);
     let exporter = exporter.map(|(handle, listener)| {
-        let service = Arc::clone(&service);
+        let service = service.clone();
         let health: metrics::HealthSource = Arc::new(move || {
-            let service = Arc::clone(&service);
+            let service = service.clone();
             Box::pin(async move { service.health().await })
         });
         tokio::spawn(metrics::serve(listener, handle, health))
@@ -191,11 +275,12 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         id = config.id,
         raft = %network.local_addr(),
         client = ?endpoint.local_addr().ok(),
+        groups = config.groups,
         "kv-node ready"
     );
 
-    let mut reason = wait_for_stop(Some(&node), config.stop_on_stdin_eof).await;
-    let fault = || health::fault_of(&node, Some(&config.data_dir));
+    let mut reason = wait_for_stop(&nodes, config.stop_on_stdin_eof).await;
+    let fault = || nodes.iter().find_map(|node| health::fault_of(node, Some(&config.data_dir)));
     if let (StopReason::NodeStopped, Some(fault)) = (reason, fault()) {
         // Logged once, here: the process stays up to report the fault (status, health: not
         // live; metrics: raft_node_failed) until it is stopped, and exits with the cause.
@@ -205,15 +290,19 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
              still answering status, health and metrics until stopped: fix the cause, then \
              restart the node"
         );
-        reason = wait_for_stop(None, config.stop_on_stdin_eof).await;
+        reason = wait_for_stop(&[], config.stop_on_stdin_eof).await;
     }
     info!(id = config.id, ?reason, "shutting down");
     reload.abort();
+    if let Some(balancer) = balancer {
+        balancer.abort();
+    }
     if let Some(exporter) = exporter {
         exporter.abort();
     }
     endpoint.close(0u32.into(), b"node shutting down");
-    node.shutdown().await;
+    futures::future::join_all(nodes.iter().map(Node::shutdown)).await;
+    host.shutdown().await;
     network.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     info!(id = config.id, "stopped");
@@ -223,9 +312,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
 }
 
-/// Waits for a signal, the end of standard input (if asked to) or, with `node`, for the node to
-/// stop on its own.
-async fn wait_for_stop(node: Option<&Node>, stop_on_stdin_eof: bool) -> StopReason {
+/// Waits for a signal, the end of standard input (if asked to) or for one of `nodes` (the
+/// node's groups) to stop on its own.
+async fn wait_for_stop(nodes: &[Node], stop_on_stdin_eof: bool) -> StopReason {
     let stdin_closed = async {
         if !stop_on_stdin_eof {
             return std::future::pending().await;
@@ -246,12 +335,16 @@ async fn wait_for_stop(node: Option<&Node>, stop_on_stdin_eof: bool) -> StopReas
         }
     };
     let stopped = async {
-        match node {
-            Some(node) => {
-                node.watch().wait_for(|_| false).await;
-            }
-            None => std::future::pending::<()>().await,
+        if nodes.is_empty() {
+            return std::future::pending::<()>().await;
         }
+        let watches = nodes.iter().map(|node| {
+            let mut watch = node.watch();
+            Box::pin(async move {
+                watch.wait_for(|_| false).await;
+            })
+        });
+        futures::future::select_all(watches).await;
     };
     tokio::select! {
         reason = signal() => reason,

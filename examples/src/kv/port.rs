@@ -46,7 +46,7 @@ use super::auth::{principal_of, CertRole, Principal};
 use super::command::Command;
 use super::protocol::{self, ClientRequest, ClientResponse, CommandAnswer, MAX_BATCH_LEN};
 use super::protocol::{MAX_FRAME_BYTES, MIN_COMMAND_BYTES};
-use super::server::ClientService;
+use super::router::GroupRouter;
 
 /// The longest a client may take to send its request once it opened the stream.
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,7 +151,7 @@ impl Budget {
 /// A node's client port: the service, the admission gate and the node-wide budgets.
 #[derive(Debug)]
 pub struct ClientPort {
-    service: Arc<ClientService>,
+    service: GroupRouter,
     gate: Gate,
     requests: Arc<Semaphore>,
     answers: Arc<Semaphore>,
@@ -162,7 +162,7 @@ impl ClientPort {
     /// their handshake), at most [`connections_per_principal`] of them from one principal, plus
     /// [`ADMIN_RESERVED_CONNECTIONS`] for administrators; the gate's other limits are
     /// [`GateConfig::new`]'s.
-    pub fn new(service: Arc<ClientService>, max_connections: usize) -> Arc<Self> {
+    pub fn new(service: GroupRouter, max_connections: usize) -> Arc<Self> {
         let config = GateConfig {
             max_connections_per_identity: connections_per_principal(max_connections),
             reserved_connections: ADMIN_RESERVED_CONNECTIONS,

@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use raft_core::{NodeId, Status};
+use raft_core::{GroupId, NodeId, Status};
 use raft_quic::quinn::{RecvStream, SendStream};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -23,8 +23,10 @@ use super::health::HealthReport;
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
 /// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
 /// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
-/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`.
-pub const ALPN: &[u8] = b"raft-kv/5";
+/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`. Version 6:
+/// sharded services (`ClientRequest::InGroup`, `ClientRequest::Groups`,
+/// `ClientResponse::Sharded`, `ClientResponse::Groups`).
+pub const ALPN: &[u8] = b"raft-kv/6";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
 pub const MAX_SET_MEMBERS: usize = 256;
@@ -67,6 +69,18 @@ pub enum ClientRequest {
     Member(MemberRequest),
     /// This node's health ([`ClientResponse::Health`]); any client may ask.
     Health,
+    /// A command for the Raft group `group` of a sharded service (`kv-node --groups N`): the
+    /// client hashed the command's key to the group ([`super::shard::group_of`]) and sends it to
+    /// the node it believes leads that group. Answered as a [`ClientRequest::Command`] of that
+    /// group; a group the node does not have is answered [`ClientResponse::Sharded`].
+    InGroup {
+        /// The group the command's key maps to.
+        group: GroupId,
+        /// The command.
+        command: Command,
+    },
+    /// The status of every group this node hosts ([`ClientResponse::Groups`]).
+    Groups,
 }
 
 /// Membership administration. Every request is idempotent, so a client may retry one whose
@@ -259,6 +273,35 @@ pub enum ClientResponse {
     Forbidden(String),
     /// The node's health (answer to [`ClientRequest::Health`]).
     Health(HealthReport),
+    /// The node serves `groups` Raft groups and the request did not name a valid one (a
+    /// [`ClientRequest::Command`] or [`ClientRequest::Batch`] to a sharded service, or an
+    /// [`ClientRequest::InGroup`] beyond its groups): nothing was applied; send the command
+    /// again in the group its key maps to ([`super::shard::group_of`]).
+    Sharded {
+        /// How many groups the service has.
+        groups: u32,
+    },
+    /// The status of every group of the node (answer to [`ClientRequest::Groups`]), in group
+    /// order (the first [`MAX_LISTED_GROUPS`]).
+    Groups(Bounded<GroupStatus, MAX_LISTED_GROUPS>),
+}
+
+/// The most groups a [`ClientResponse::Groups`] lists (checked before decoding).
+pub const MAX_LISTED_GROUPS: usize = 1024;
+
+/// One Raft group of a node, as [`ClientResponse::Groups`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group's id.
+    pub group: GroupId,
+    /// The node's Raft status in the group.
+    pub status: Status,
+    /// The group's voters, in id order (the first [`MAX_LISTED_MEMBERS`]).
+    pub voters: Bounded<NodeId, MAX_LISTED_MEMBERS>,
+    /// The group's learners, in id order (the first [`MAX_LISTED_MEMBERS`]).
+    pub learners: Bounded<NodeId, MAX_LISTED_MEMBERS>,
+    /// Why the group stopped on its own, if it did.
+    pub fault: Option<String>,
 }
 
 /// A node's answer to one command (alone, or in a batch).

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_core::{
-    CommitError, InvalidChange, MembershipChange, MembershipError, Node, NodeId, ProposeError,
-    ReadIndexError, Role, TransferError, WriteError,
+    CommitError, GroupId, InvalidChange, MembershipChange, MembershipError, Node, NodeId,
+    ProposeError, ReadIndexError, Role, TransferError, WriteError,
 };
 use tracing::{debug, info};
 
@@ -25,8 +25,8 @@ use super::config::MemberAddrs;
 use super::fault::Firewall;
 use super::health::{HealthConfig, HealthReport};
 use super::protocol::{
-    AdminRequest, ClientRequest, ClientResponse, CommandAnswer, Member, MemberError, MemberInfo,
-    MemberList, MemberRequest, NewMember,
+    AdminRequest, ClientRequest, ClientResponse, CommandAnswer, GroupStatus, Member, MemberError,
+    MemberInfo, MemberList, MemberRequest, NewMember,
 };
 use super::state_machine::SharedState;
 
@@ -52,6 +52,20 @@ pub struct ClientService {
     /// The clock that bounds each request ([`REQUEST_TIMEOUT`]): tokio's by default, the
     /// simulation's virtual time under `raft_mem::sim`.
     pub clock: Arc<dyn Clock>,
+    /// The Raft group `node` is in (0 for a single-group service).
+    pub group: GroupId,
+}
+
+/// `None` if `principal`'s role allows `request`; else the answer refusing it.
+pub fn authorize(principal: &Principal, request: &ClientRequest) -> Option<ClientResponse> {
+    if principal.may(request) {
+        return None;
+    }
+    // Not logged above debug: a client could fill the log with such requests.
+    debug!(%principal, "refused a request that needs the admin role");
+    Some(ClientResponse::Forbidden(format!(
+        "{principal} may not make this request: it needs an admin certificate"
+    )))
 }
 
 impl ClientService {
@@ -65,7 +79,22 @@ impl ClientService {
     ) -> Self {
         let health = HealthConfig::default();
         let clock = Arc::new(TokioClock);
-        Self { node, state, configured, firewall, fault_injection, health, clock }
+        Self { node, state, configured, firewall, fault_injection, health, clock, group: 0 }
+    }
+
+    /// The node's status in its group, with the group's members and fault.
+    pub fn group_status(&self) -> GroupStatus {
+        let membership = self.node.membership();
+        let ids = |set: &std::collections::BTreeSet<NodeId>| {
+            super::bounded::Bounded::truncated(set.iter().copied().collect())
+        };
+        GroupStatus {
+            group: self.group,
+            status: self.node.status(),
+            voters: ids(membership.voters()),
+            learners: ids(membership.learners()),
+            fault: self.node.fatal_error().map(|e| e.to_string()),
+        }
     }
 
     /// The node's health now (see [`HealthReport`]).
@@ -115,12 +144,8 @@ impl ClientService {
     /// share log entries: its writes are proposed as one entry (owned by `principal`, whose
     /// sessions they may use) and its reads go through [`ClientService::read`] together.
     pub async fn handle(&self, principal: &Principal, request: ClientRequest) -> ClientResponse {
-        if !principal.may(&request) {
-            // Not logged above debug: a client could fill the log with such requests.
-            debug!(node = self.node.id(), %principal, "refused a request that needs the admin role");
-            return ClientResponse::Forbidden(format!(
-                "{principal} may not make this request: it needs an admin certificate"
-            ));
+        if let Some(refused) = authorize(principal, &request) {
+            return refused;
         }
         match request {
             ClientRequest::Batch(commands) => {
@@ -130,13 +155,16 @@ impl ClientService {
                     Err(e) => ClientResponse::Refused(e.to_string()),
                 }
             }
-            ClientRequest::Command(command) => {
+            ClientRequest::Command(command) | ClientRequest::InGroup { command, .. } => {
                 let mut answers = self.handle_batch(principal, vec![command]).await;
                 answers
                     .pop()
                     .map_or_else(|| ClientResponse::Refused("no answer".into()), Into::into)
             }
             ClientRequest::Health => ClientResponse::Health(self.health().await),
+            ClientRequest::Groups => ClientResponse::Groups(super::bounded::Bounded::truncated(
+                vec![self.group_status()],
+            )),
             ClientRequest::Status => ClientResponse::Status {
                 status: self.node.status(),
                 members: super::bounded::Bounded::truncated(self.client_members()),

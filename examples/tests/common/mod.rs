@@ -1,11 +1,46 @@
 //! Helpers shared by the process tests of the kv service (each test crate uses some of them).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub(crate) mod fault;
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use examples::kv::cluster::ProcessCluster;
+use raft_core::NodeId;
 use tokio::net::UdpSocket;
+
+/// Runs the `kv` command-line client against `cluster` (admin certificate, every node's client
+/// address) with `args`; whether it succeeded, and its standard output and error, trimmed.
+pub(crate) fn kv_cli(cluster: &ProcessCluster, args: &[&str]) -> (bool, String) {
+    kv_cli_to(cluster, &cluster.ids(), args)
+}
+
+/// [`kv_cli`] knowing only the client addresses of `endpoints`.
+pub(crate) fn kv_cli_to(
+    cluster: &ProcessCluster,
+    endpoints: &[NodeId],
+    args: &[&str],
+) -> (bool, String) {
+    let endpoints: Vec<String> = cluster
+        .client_endpoints()
+        .iter()
+        .filter(|(id, _)| endpoints.contains(id))
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
+        .arg("--certs")
+        .arg(cluster.dir().join("certs"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text.trim().to_owned())
+}
 
 /// A UDP relay in front of `server`: it forwards every datagram sent to it on to `server`, each
 /// sender through its own upstream socket (so the server sees distinct addresses), and of the

@@ -1,0 +1,94 @@
+//! [`GroupRouter`]: what a node's client port serves requests with, one [`ClientService`] per
+//! Raft group of the node (one for a single-group service).
+//!
+//! Routing is the client's job: it hashes each key to its group
+//! ([`group_of`](super::shard::group_of)) and sends [`ClientRequest::InGroup`] to the node it
+//! believes leads that group; the group's service answers exactly as a single-group node does
+//! (a write on a follower is redirected to the group's leader, a read goes through the group's
+//! ReadIndex on any node). A sharded node answers a request that names no group or a group it
+//! does not have with [`ClientResponse::Sharded`] (nothing applied), which tells the client the
+//! number of groups. A single-group node serves every request as before.
+
+use std::sync::Arc;
+
+use super::auth::Principal;
+use super::bounded::Bounded;
+use super::health::HealthReport;
+use super::protocol::{ClientRequest, ClientResponse, MemberRequest};
+use super::server::{authorize, ClientService};
+
+/// The client services of a node's groups, by group id (`0..N`).
+#[derive(Debug, Clone)]
+pub struct GroupRouter {
+    groups: Arc<[Arc<ClientService>]>,
+}
+
+impl GroupRouter {
+    /// Serves `groups`, the services of groups `0..groups.len()` in order; `None` if empty.
+    pub fn new(groups: Vec<Arc<ClientService>>) -> Option<Self> {
+        (!groups.is_empty()).then(|| Self { groups: groups.into() })
+    }
+
+    /// How many groups the node serves.
+    pub fn group_count(&self) -> u32 {
+        u32::try_from(self.groups.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The service of every group, in group order.
+    pub fn groups(&self) -> &[Arc<ClientService>] {
+        &self.groups
+    }
+
+    fn first(&self) -> &ClientService {
+        // Never empty (see `new`).
+        &self.groups[0]
+    }
+
+    fn sharded(&self) -> ClientResponse {
+        ClientResponse::Sharded { groups: self.group_count() }
+    }
+
+    /// Answers one request of `principal` (see the module documentation). Requests that are not
+    /// about one group's data (status, health, partitions) are answered by group 0's service,
+    /// which shares the node's firewall with every group; membership changes of a sharded
+    /// service are refused (each group has its own membership; not supported yet).
+    pub async fn handle(&self, principal: &Principal, request: ClientRequest) -> ClientResponse {
+        if let Some(refused) = authorize(principal, &request) {
+            return refused;
+        }
+        let sharded = self.groups.len() > 1;
+        match request {
+            ClientRequest::InGroup { group, command } => {
+                let service = usize::try_from(group).ok().and_then(|g| self.groups.get(g));
+                match service {
+                    Some(service) => {
+                        service.handle(principal, ClientRequest::Command(command)).await
+                    }
+                    None => self.sharded(),
+                }
+            }
+            ClientRequest::Command(_) | ClientRequest::Batch(_) if sharded => self.sharded(),
+            ClientRequest::Groups => ClientResponse::Groups(Bounded::truncated(
+                self.groups.iter().map(|service| service.group_status()).collect(),
+            )),
+            ClientRequest::Member(request) if sharded && request != MemberRequest::List => {
+                ClientResponse::Refused(format!(
+                    "membership changes of a sharded service ({} groups) are not supported",
+                    self.groups.len()
+                ))
+            }
+            ClientRequest::Health => ClientResponse::Health(self.health().await),
+            request => self.first().handle(principal, request).await,
+        }
+    }
+
+    /// The node's health: the report of the first group that is not live, else of the first
+    /// that is not ready, else group 0's (a sharded node is ready when every group is).
+    pub async fn health(&self) -> HealthReport {
+        let mut reports =
+            futures::future::join_all(self.groups.iter().map(|service| service.health())).await;
+        let worst =
+            reports.iter().position(|r| !r.live).or_else(|| reports.iter().position(|r| !r.ready));
+        reports.swap_remove(worst.unwrap_or(0))
+    }
+}
