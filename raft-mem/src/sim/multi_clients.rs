@@ -72,6 +72,9 @@ impl Model for Register {
     }
 }
 
+/// How many of the contradicting operations a failure shows (the last ones: where it broke).
+const SHOWN: usize = 8;
+
 /// Checks group `group`'s `history` for linearizability (a search that runs out of budget is
 /// a failure too: the histories are small and nearly sequential).
 pub(crate) fn check_history(
@@ -83,7 +86,13 @@ pub(crate) fn check_history(
         Verdict::Linearizable => return Ok(()),
         Verdict::NotLinearizable(explanation) => {
             let ops: Vec<_> = explanation.ops.iter().filter_map(|&i| history.get(i)).collect();
-            format!("group {group}: these operations contradict each other: {ops:?}")
+            let last = &ops[ops.len().saturating_sub(SHOWN)..];
+            format!(
+                "group {group}: {} operations contradict each other ({}minimal), the last {} of them: {last:?}",
+                ops.len(),
+                if explanation.minimal { "" } else { "not " },
+                last.len()
+            )
         }
         Verdict::Unknown => format!(
             "group {group}: the check ran out of budget after {} steps on {} operations",
