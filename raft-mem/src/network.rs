@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use futures::channel::oneshot;
 use futures::FutureExt;
 use raft_core::{
-    Envelope, Network, NetworkError, NodeId, RefusalReason, RpcHandler, RpcRequest, RpcResponse,
-    Runtime,
+    Envelope, GroupId, Network, NetworkError, NodeId, RefusalReason, RpcHandler, RpcRequest,
+    RpcResponse, Runtime,
 };
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -93,16 +93,20 @@ pub struct NetworkStats {
 }
 
 /// Watches every message the network carries (the simulation's message-boundary oracles).
+/// `group` is the Raft group the message belongs to (the envelope's `group_id`;
+/// [`DEFAULT_GROUP_ID`](raft_core::DEFAULT_GROUP_ID) for nodes that run one group), so that a
+/// host of several groups is checked group by group.
 pub trait WireObserver: Send + Sync + 'static {
-    /// `from` sends `request` to `to`: called as the request leaves its sender.
-    fn on_request(&self, from: NodeId, to: NodeId, request: &RpcRequest);
-    /// `request` from `from` reaches `to`'s handler. The value returned is passed to
+    /// `from` sends `request` of `group` to `to`: called as the request leaves its sender.
+    fn on_request(&self, group: GroupId, from: NodeId, to: NodeId, request: &RpcRequest);
+    /// `request` of `group` from `from` reaches `to`'s handler. The value returned is passed to
     /// [`WireObserver::on_response`] for the answer.
-    fn on_delivery(&self, from: NodeId, to: NodeId, request: &RpcRequest) -> u64;
-    /// `to` answers `from`'s `request` with `response`: called as the response leaves `to`.
-    /// `delivered` is what [`WireObserver::on_delivery`] returned for the request.
+    fn on_delivery(&self, group: GroupId, from: NodeId, to: NodeId, request: &RpcRequest) -> u64;
+    /// `to` answers `from`'s `request` of `group` with `response`: called as the response
+    /// leaves `to`. `delivered` is what [`WireObserver::on_delivery`] returned for the request.
     fn on_response(
         &self,
+        group: GroupId,
         from: NodeId,
         to: NodeId,
         request: &RpcRequest,
@@ -687,14 +691,16 @@ async fn deliver(
         let handler = inner.handlers.get(&to).cloned().ok_or(NetworkError::UnknownPeer(to))?;
         (handler, inner.observer.clone())
     };
-    let delivered = observer.as_ref().map_or(0, |o| o.on_delivery(from, to, &envelope.request));
+    let group = envelope.group_id;
+    let delivered =
+        observer.as_ref().map_or(0, |o| o.on_delivery(group, from, to, &envelope.request));
     let observed = observer.as_ref().map(|_| envelope.request.clone());
     let response = handler
         .handle_rpc(envelope)
         .await
         .map_err(|e| NetworkError::Refused { peer: to, reason: RefusalReason::Rpc(e) })?;
     if let (Some(observer), Some(request)) = (&observer, &observed) {
-        observer.on_response(from, to, request, &response, delivered);
+        observer.on_response(group, from, to, request, &response, delivered);
     }
     let (response, size) = network.wire(response)?;
     network.lock().count(from, size, false);
@@ -728,7 +734,7 @@ impl Network for MemEndpoint {
             YieldOnce(false).await;
         }
         if let Some(observer) = &observer {
-            observer.on_request(self.id, target, &envelope.request);
+            observer.on_request(envelope.group_id, self.id, target, &envelope.request);
         }
         let (request, size) = self.network.wire(envelope)?;
         self.network.lock().count(self.id, size, true);

@@ -16,12 +16,20 @@
 //! oracle watches a healthy majority for the whole run. Every invariant is checked after every
 //! step; at the end the cluster must converge with every acknowledged write in place.
 //!
+//! One seed in [`MULTI_ONE_IN`] instead runs several Raft groups on the same nodes
+//! ([`MultiSimulation`]): 1 to 8 groups on 3 or 5 nodes, a disk profile, and 2 to 5 rounds of
+//! faults that hit whole nodes (crashes, partitions, link faults, power cuts); each group's
+//! invariants and message-boundary durability are checked after every step, no group may
+//! starve, and each group's client history must be linearizable at the end.
+//!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
 //! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, replay one with
 //! `RAFT_SIM_SEED=<seed>`, print each seed's draws with `RAFT_SWARM_VERBOSE=1` and a failing
 //! seed's whole trace (with the schedule's actions and each round's statuses) with
 //! `RAFT_SWARM_TRACE=1`. The first failing seed stops every shard;
 //! `RAFT_SWARM_KEEP_GOING=1` runs every seed and lists the failing ones.
+//! `RAFT_SWARM_ONLY=multi` (or `single`) runs only the seeds of that kind among those given
+//! (a seed's kind is drawn from the seed, so `RAFT_SIM_SEED` replays it without the flag).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod sim_support;
@@ -34,13 +42,15 @@ use std::time::Duration;
 use raft_core::{Config, EntryPayload, MembershipChange, NodeId, NodeInfo};
 use raft_mem::sim::{
     random_link_faults, ClientOptions, ConfigHook, DiskFaults, FaultSchedule, LivenessBounds,
-    NodeClock, Simulation, SimulationConfig, StateMachineFaults,
+    MultiSimConfig, MultiSimulation, NodeClock, Simulation, SimulationConfig, StateMachineFaults,
 };
 use raft_mem::LinkFaults;
 use sim_support::*;
 
 const SWARM_SEEDS_CI: u64 = 400;
 const SHARDS: u64 = 4;
+/// One seed in this many is a multi-group run.
+const MULTI_ONE_IN: u64 = 16;
 
 fn verbose() -> bool {
     std::env::var("RAFT_SWARM_VERBOSE").is_ok()
@@ -183,6 +193,43 @@ fn draw(seed: u64) -> Draws {
     }
 }
 
+/// What a multi-group seed draws.
+#[derive(Debug, Clone, Copy)]
+struct MultiDraws {
+    nodes: u64,
+    groups: u64,
+    rounds: u64,
+    disk: DiskFaults,
+}
+
+/// The multi-group run `seed` draws, if it draws one (one seed in [`MULTI_ONE_IN`]).
+fn draw_multi(seed: u64) -> Option<MultiDraws> {
+    let mut dice = Dice(seed ^ 0x6D75_6C74);
+    if dice.below(MULTI_ONE_IN) != 0 {
+        return None;
+    }
+    let groups = 1 + dice.below(8);
+    let nodes = if dice.chance(25) { 5 } else { 3 };
+    let rounds = 2 + dice.below(4);
+    let disk = [DiskFaults::INSTANT, DiskFaults::SSD, DiskFaults::SPINNING][dice.below(3) as usize];
+    Some(MultiDraws { nodes, groups, rounds, disk })
+}
+
+/// Runs the multi-group seed `seed` drew.
+fn multi_run(seed: u64, draws: MultiDraws) -> Outcome {
+    let mut config = MultiSimConfig::new(draws.nodes, draws.groups, seed);
+    config.disk = draws.disk;
+    let mut sim = MultiSimulation::new(config)?;
+    sim.run_faults(draws.rounds)?;
+    let stats = sim.stats();
+    add(&TOTALS.multi_runs, 1);
+    add(&TOTALS.multi_groups, draws.groups);
+    add(&TOTALS.multi_operations, stats.operations_checked);
+    add(&TOTALS.crashes, stats.crashes);
+    add(&TOTALS.writes, stats.acknowledged.values().sum());
+    Ok(())
+}
+
 fn config_hook(draws: &Draws) -> ConfigHook {
     let draws = draws.clone();
     Arc::new(move |c: &mut Config| {
@@ -231,6 +278,9 @@ struct Totals {
     live_periods: AtomicU64,
     readded: AtomicU64,
     shutdowns: AtomicU64,
+    multi_runs: AtomicU64,
+    multi_groups: AtomicU64,
+    multi_operations: AtomicU64,
 }
 
 static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
@@ -251,6 +301,12 @@ fn targets(draws: &Draws, ids: &[NodeId]) -> Vec<NodeId> {
 }
 
 fn swarm_run(seed: u64) -> Outcome {
+    if let Some(multi) = draw_multi(seed) {
+        if verbose() {
+            println!("  multi-group draws: {multi:?}");
+        }
+        return multi_run(seed, multi);
+    }
     let draws = draw(seed);
     if verbose() {
         println!("  draws: {draws:?}");
@@ -388,9 +444,15 @@ fn shard(index: u64) {
     let first = env_u64("RAFT_SWARM_FIRST").unwrap_or(1_000_000);
     let started = std::time::Instant::now();
     let keep_going = std::env::var("RAFT_SWARM_KEEP_GOING").is_ok();
+    let only = std::env::var("RAFT_SWARM_ONLY").ok();
+    let wanted = |seed: u64| match (only.as_deref(), draw_multi(seed)) {
+        (Some("multi"), multi) => multi.is_some(),
+        (Some("single"), multi) => multi.is_none(),
+        _ => true,
+    };
     let mut failures = Vec::new();
     let mut ran = 0;
-    for seed in (first..first + total).filter(|s| s % SHARDS == index) {
+    for seed in (first..first + total).filter(|s| s % SHARDS == index && wanted(*s)) {
         if FAILED.load(Ordering::SeqCst) {
             return; // another shard failed: its seed is the report
         }
@@ -415,7 +477,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs of {} groups in all, {} client operations checked for linearizability)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -435,7 +497,10 @@ fn shard(index: u64) {
         n(&t.readded),
         n(&t.restores),
         n(&t.healthy_periods),
-        n(&t.live_periods)
+        n(&t.live_periods),
+        n(&t.multi_runs),
+        n(&t.multi_groups),
+        n(&t.multi_operations)
     );
     assert!(failures.is_empty(), "swarm shard {index}: failing seeds {failures:?}");
 }

@@ -127,6 +127,7 @@ mod executor;
 mod history;
 mod liveness;
 mod multi;
+mod multi_clients;
 mod observe;
 mod queries;
 mod recorder;

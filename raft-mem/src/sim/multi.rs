@@ -2,27 +2,26 @@
 //! process, a [`Host`] of one node of every group behind one registration on the network and
 //! one endpoint; a crash takes every group of the node down at once and a partition cuts them
 //! all. Every group has its own disks and its own [`InvariantChecker`], fed as a single-group
-//! [`Simulation`](super::Simulation) feeds its one; and a starvation check requires every group
+//! [`Simulation`](super::Simulation) feeds its one, the message-boundary oracle checks every
+//! message against its sender's disk of the message's group, each group's client history is
+//! checked for linearizability at the end of a run, and a starvation check requires every group
 //! with a connected majority to make progress within one liveness bound.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
-use raft_core::{
-    Bytes, Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Runtime,
-    Term,
-};
+use raft_core::{Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Term};
 
 use super::checker::{InvariantChecker, Violation};
 use super::disk::{DiskFaults, InFlight, SimDisk};
 use super::executor::SimRuntime;
+use super::multi_clients::{check_history, spawn_clients, ClientBoard, GroupHistory, GroupNode};
 use super::observe::{check_digest, commit_durable, feed_disk, feed_events};
 use super::recorder::{lock, Observed, Record, Registry, StateMachineFaults};
 use super::schedule::{random_link_faults, Dice};
 use super::simulation::{mix, new_disk, next_incarnation, stuck, SimFailure};
+use super::wire_oracle::WireOracle;
 use crate::harness::RecordingStateMachine;
 use crate::{LinkFaults, MemNetwork};
 
@@ -39,13 +38,16 @@ pub struct MultiSimConfig {
     /// acknowledged write before the run fails as starved: the liveness bound, the same for
     /// every group.
     pub liveness_bound: Duration,
+    /// The disks' latencies and stalls (I/O errors are not injected: a group stopped by one
+    /// would starve).
+    pub disk: DiskFaults,
 }
 
 impl MultiSimConfig {
     /// `nodes` nodes, `groups` groups, the given seed, and a liveness bound of 10 s of virtual
     /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s).
     pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
-        Self { nodes, groups, seed, liveness_bound: Duration::from_secs(10) }
+        Self { nodes, groups, seed, liveness_bound: Duration::from_secs(10), disk: DiskFaults::SSD }
     }
 }
 
@@ -60,6 +62,8 @@ pub struct MultiSimStats {
     pub progress_checks: u64,
     /// Writes acknowledged to the clients, per group.
     pub acknowledged: BTreeMap<GroupId, u64>,
+    /// Client operations whose histories were checked for linearizability (all groups).
+    pub operations_checked: u64,
 }
 
 /// One group's checking state.
@@ -71,6 +75,8 @@ struct GroupCheck {
     /// Per leader incarnation: the term and commit index last seen.
     leading: BTreeMap<(NodeId, u64), (Term, LogIndex)>,
     digests: BTreeMap<LogIndex, (u64, NodeId)>,
+    /// The group's clients' operations.
+    history: GroupHistory,
 }
 
 /// A running node: its host and, per group, the record of its state machine.
@@ -80,20 +86,13 @@ struct RunningHost {
     records: BTreeMap<GroupId, Record>,
 }
 
-/// Where the clients find the groups' nodes, and what they report.
-#[derive(Default)]
-struct ClientBoard {
-    nodes: Mutex<BTreeMap<(GroupId, NodeId), Node>>,
-    acknowledged: Mutex<BTreeMap<GroupId, u64>>,
-    /// A client that got an answer other than its command's (the state machine's answer).
-    wrong_answers: Mutex<Vec<String>>,
-    next_command: AtomicU64,
-}
-
 /// Several Raft groups on the same simulated nodes, in virtual time, under faults that hit
 /// nodes (every group of a crashed node goes down with it, a partition cuts every group),
-/// each group's invariants checked after every step, plus a starvation check: every group with
-/// a connected majority acknowledges a client write within [`MultiSimConfig::liveness_bound`].
+/// each group's invariants checked after every step, every message checked against its
+/// sender's durable state of its group, each group's client history checked for
+/// linearizability ([`MultiSimulation::check_histories`], at the end of
+/// [`MultiSimulation::run_faults`]), plus a starvation check: every group with a connected
+/// majority acknowledges a client write within [`MultiSimConfig::liveness_bound`].
 /// A failure names its seed (replay with `RAFT_SIM_SEED=<seed>` in tests that read it with
 /// [`SimulationConfig::seed_from_env`](super::SimulationConfig::seed_from_env)).
 pub struct MultiSimulation {
@@ -105,11 +104,13 @@ pub struct MultiSimulation {
     nodes: Vec<NodeId>,
     groups: Vec<GroupId>,
     bound: Duration,
+    disk_faults: DiskFaults,
     disks: BTreeMap<(NodeId, GroupId), SimDisk>,
     running: BTreeMap<NodeId, RunningHost>,
     incarnations: BTreeMap<NodeId, u64>,
     checks: BTreeMap<GroupId, GroupCheck>,
     board: Arc<ClientBoard>,
+    oracle: Arc<WireOracle>,
     failure: Option<SimFailure>,
     stats: MultiSimStats,
 }
@@ -126,12 +127,15 @@ impl std::fmt::Debug for MultiSimulation {
 
 impl MultiSimulation {
     /// Builds the nodes, starts every group on every node (each node's groups found one
-    /// cluster of all the nodes) and one client per group that keeps writing to its leader.
+    /// cluster of all the nodes) and per group a client that keeps writing to its leader and
+    /// one that keeps reading from each node in turn.
     pub fn new(config: MultiSimConfig) -> Result<Self, SimFailure> {
         let runtime = SimRuntime::seeded(config.seed, 100);
         let network = MemNetwork::with_runtime(runtime.clone(), mix(config.seed, 1));
         network.set_default_faults(LinkFaults::RELIABLE);
         network.set_rpc_timeout(Some(Duration::from_secs(2)), 0.0);
+        let oracle = Arc::new(WireOracle::new(runtime.clone(), false));
+        network.set_observer(Some(oracle.clone()));
         let groups: Vec<GroupId> = (1..=config.groups).collect();
         let checks = groups
             .iter()
@@ -142,6 +146,7 @@ impl MultiSimulation {
                     registry: Registry::default(),
                     leading: BTreeMap::new(),
                     digests: BTreeMap::new(),
+                    history: GroupHistory::new(),
                 };
                 (g, check)
             })
@@ -153,19 +158,21 @@ impl MultiSimulation {
             nodes: (1..=config.nodes).collect(),
             groups,
             bound: config.liveness_bound,
+            disk_faults: DiskFaults { error_chance: 0.0, ..config.disk },
             disks: BTreeMap::new(),
             running: BTreeMap::new(),
             incarnations: BTreeMap::new(),
             checks,
             board: Arc::default(),
+            oracle,
             failure: None,
             stats: MultiSimStats::default(),
         };
         for id in sim.nodes.clone() {
             sim.start(id)?;
         }
-        for group in sim.groups.clone() {
-            sim.spawn_client(group);
+        for (&group, check) in &sim.checks {
+            spawn_clients(&sim.board, &sim.runtime, group, &check.history);
         }
         Ok(sim)
     }
@@ -202,13 +209,19 @@ impl MultiSimulation {
     }
 
     fn disk(&mut self, id: NodeId, group: GroupId) -> SimDisk {
-        let (runtime, seed) = (self.runtime.clone(), self.seed);
+        let (runtime, seed, faults) = (self.runtime.clone(), self.seed, self.disk_faults);
         self.disks
             .entry((id, group))
-            .or_insert_with(|| {
-                new_disk(runtime, mix(seed, 7_000 + id * 1_000_003 + group), DiskFaults::SSD)
-            })
+            .or_insert_with(|| new_disk(runtime, mix(seed, 7_000 + id * 1_000_003 + group), faults))
             .clone()
+    }
+
+    /// The configuration of group `group`'s node on node `id`, in its `incarnation`: every
+    /// setting of a group's node is made here.
+    fn group_config(&self, id: NodeId, group: GroupId, incarnation: u64) -> Config {
+        let mut config = Config::new(id);
+        config.random_seed = mix(self.seed, (id * 1_000 + incarnation) * 1_000 + group);
+        config
     }
 
     /// Starts node `id` (a boot, or a restart after a crash): a new host with every group on
@@ -226,8 +239,8 @@ impl MultiSimulation {
         let mut records = BTreeMap::new();
         for group in self.groups.clone() {
             let disk = self.disk(id, group);
-            let mut config = Config::new(id);
-            config.random_seed = mix(self.seed, (id * 1_000 + incarnation) * 1_000 + group);
+            self.oracle.started(id, group, incarnation, disk.clone());
+            let config = self.group_config(id, group, incarnation);
             let bootstrap = disk.hard_state().current_term == 0;
             let (log, snapshots) = disk.attach();
             let registry = self.checks.get(&group).map(|c| c.registry.clone()).unwrap_or_default();
@@ -238,7 +251,7 @@ impl MultiSimulation {
                 registry,
                 None,
             );
-            records.insert(group, state_machine.record());
+            records.insert(group, (state_machine.record(), state_machine.handle()));
             let builder =
                 Node::builder(config, log, endpoint.clone(), state_machine, node_runtime.clone())
                     .snapshot_store(snapshots);
@@ -271,13 +284,16 @@ impl MultiSimulation {
         }
         self.network.serve(id, Arc::new(host.clone()));
         let mut board = lock(&self.board.nodes);
-        for group in &self.groups {
-            if let Some(node) = host.group(*group) {
-                board.insert((*group, id), node);
+        let mut recorded = BTreeMap::new();
+        for (group, (record, state_machine)) in records {
+            if let Some(node) = host.group(group) {
+                board
+                    .insert((group, id), GroupNode { node, record: record.clone(), state_machine });
             }
+            recorded.insert(group, record);
         }
         drop(board);
-        self.running.insert(id, RunningHost { host, incarnation, records });
+        self.running.insert(id, RunningHost { host, incarnation, records: recorded });
         Ok(())
     }
 
@@ -297,46 +313,6 @@ impl MultiSimulation {
             self.disk(id, group).crash(InFlight::Random);
         }
         self.stats.crashes += 1;
-    }
-
-    /// Spawns group `group`'s client: it keeps writing distinct commands to the group's leader
-    /// (any node that says it leads), each with a bounded wait, and counts the acknowledged ones.
-    fn spawn_client(&mut self, group: GroupId) {
-        let board = self.board.clone();
-        let runtime = self.runtime.clone();
-        self.runtime.spawn_task(async move {
-            loop {
-                let leader = {
-                    let nodes = lock(&board.nodes);
-                    nodes
-                        .iter()
-                        .filter(|((g, _), node)| *g == group && node.status().role == Role::Leader)
-                        .map(|(_, node)| node.clone())
-                        .next()
-                };
-                let Some(leader) = leader else {
-                    runtime.sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let n = board.next_command.fetch_add(1, Ordering::SeqCst);
-                let command = Bytes::from(format!("g{group}-{n}"));
-                let write = leader.write(command.clone()).fuse();
-                let timeout = runtime.sleep(Duration::from_secs(3)).fuse();
-                futures::pin_mut!(write, timeout);
-                futures::select! {
-                    answer = write => match answer {
-                        Ok(answer) if answer == command => {
-                            *lock(&board.acknowledged).entry(group).or_insert(0) += 1;
-                        }
-                        Ok(answer) => lock(&board.wrong_answers).push(format!(
-                            "group {group}: write {command:?} answered {answer:?}"
-                        )),
-                        Err(_) => runtime.sleep(Duration::from_millis(20)).await,
-                    },
-                    () = timeout => {}
-                }
-            }
-        });
     }
 
     /// Feeds every group's observations to its checker; the first violation stops the run.
@@ -364,11 +340,31 @@ impl MultiSimulation {
             feed_disk(&mut check.checker, id, disk, &mut check.hard_states)
                 .map_err(|v| in_group(group, v))?;
         }
-        if let Some(wrong) = lock(&self.board.wrong_answers).first() {
+        for (group, findings) in self.oracle.take_findings() {
+            if let Some(check) = self.checks.get_mut(&group) {
+                findings.feed(&mut check.checker).map_err(|v| in_group(group, v))?;
+            }
+        }
+        if let Some(error) = self.network.take_wire_errors().into_iter().next() {
             return Err(Violation {
-                invariant: "a write's answer is the state machine's for it",
-                detail: wrong.clone(),
+                invariant: "messages survive their wire encoding",
+                detail: error,
             });
+        }
+        if let Some(violation) = lock(&self.board.violations).first() {
+            return Err(violation.clone());
+        }
+        Ok(())
+    }
+
+    /// Checks every group's client history so far for linearizability (operations still in
+    /// flight count as of unknown outcome); the first group whose history is not linearizable
+    /// fails the run, naming its contradicting operations.
+    pub fn check_histories(&mut self) -> Result<(), SimFailure> {
+        for (&group, check) in &self.checks {
+            let history = check.history.records();
+            self.stats.operations_checked += history.len() as u64;
+            check_history(group, &history).map_err(|violation| self.fail(violation))?;
         }
         Ok(())
     }
@@ -415,7 +411,8 @@ impl MultiSimulation {
         Ok(())
     }
 
-    /// Runs `rounds` rounds of faults drawn from the seed. Each round hits one minority of the
+    /// Runs `rounds` rounds of faults drawn from the seed, then checks every group's client
+    /// history ([`MultiSimulation::check_histories`]). Each round hits one minority of the
     /// nodes (crash, isolation by a partition, or random link faults on its links), during which
     /// every group must still progress (the others are a connected majority), then heals and
     /// restarts everyone and requires progress again. One round in five instead crashes every
@@ -463,7 +460,7 @@ impl MultiSimulation {
             }
             self.require_progress("after the cluster healed")?;
         }
-        Ok(())
+        self.check_histories()
     }
 }
 

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft_core::{Config, Entry, LogId, LogIndex, Membership, Node, NodeId, StateMachine, Term};
+use raft_core::{
+    Config, Entry, LogId, LogIndex, Membership, Node, NodeId, StateMachine, Term, DEFAULT_GROUP_ID,
+};
 
 use super::checker::{InvariantChecker, Violation};
 use super::clients::{Directory, Shared};
@@ -585,7 +587,7 @@ impl<S: StateMachine> Simulation<S> {
             self.digest.clone(),
         );
         let (record, handle) = (state_machine.record(), state_machine.handle());
-        self.oracle.started(id, incarnation, disk.clone());
+        self.oracle.started(id, DEFAULT_GROUP_ID, incarnation, disk.clone());
         self.configs.insert(id, config.clone());
         self.epoch += 1;
         let builder =

@@ -4,14 +4,20 @@
 //! [`check_response`](super::checker::check_response)), and what it reveals (votes cast, leaders
 //! acting in a term) is handed to the [`InvariantChecker`](super::InvariantChecker). Optionally
 //! it records a trace of every message for the determinism tests.
+//!
+//! The oracle works per Raft group: a node that hosts several groups (a
+//! [`MultiSimulation`](super::MultiSimulation)) has one disk per group, and each message is
+//! checked against the disk of its envelope's group; its findings come back per group.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use raft_core::{LogId, NodeId, RpcRequest, RpcResponse, Term};
+use raft_core::{GroupId, LogId, NodeId, RpcRequest, RpcResponse, Term, DEFAULT_GROUP_ID};
 
-use super::checker::{check_request, check_response, DurableView, Incarnation, Violation};
+use super::checker::{
+    check_request, check_response, DurableView, Incarnation, InvariantChecker, Violation,
+};
 use super::disk::SimDisk;
 use super::executor::SimRuntime;
 use super::recorder::lock;
@@ -39,7 +45,7 @@ impl DurableView for SimDisk {
     }
 }
 
-/// What the oracle learned since the simulation last looked.
+/// What the oracle learned about one group since the simulation last looked.
 #[derive(Default)]
 pub(crate) struct WireFindings {
     pub(crate) violations: Vec<Violation>,
@@ -49,21 +55,39 @@ pub(crate) struct WireFindings {
     pub(crate) leaders_acted: Vec<(Incarnation, Term)>,
 }
 
+impl WireFindings {
+    /// Hands these findings to their group's `checker`: the first message that left ahead of
+    /// its sender's durable state, then the votes cast and the leaders that acted.
+    pub(crate) fn feed(self, checker: &mut InvariantChecker) -> Result<(), Violation> {
+        if let Some(violation) = self.violations.into_iter().next() {
+            return Err(violation);
+        }
+        for (voter, term, candidate) in self.votes {
+            checker.observe_vote(voter, term, candidate)?;
+        }
+        for (incarnation, term) in self.leaders_acted {
+            checker.observe_leader_acted(incarnation, term)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct WireState {
-    disks: BTreeMap<NodeId, SimDisk>,
+    /// Each node's disk of each group.
+    disks: BTreeMap<(NodeId, GroupId), SimDisk>,
     incarnations: BTreeMap<NodeId, u64>,
-    findings: WireFindings,
+    findings: BTreeMap<GroupId, WireFindings>,
     trace: Option<Vec<String>>,
-    /// The highest match index each follower acknowledged to each leader in each term, and the
-    /// furthest offset it reached in each snapshot that leader sent.
-    matched: BTreeMap<(NodeId, NodeId, Term), raft_core::LogIndex>,
-    received: BTreeMap<(NodeId, NodeId, Term, LogId), u64>,
+    /// The highest match index each follower acknowledged to each leader of each group in each
+    /// term, and the furthest offset it reached in each snapshot that leader sent.
+    matched: BTreeMap<(GroupId, NodeId, NodeId, Term), raft_core::LogIndex>,
+    received: BTreeMap<(GroupId, NodeId, NodeId, Term, LogId), u64>,
     /// How many answers raised one of those (replication progress).
     match_progress: u64,
 }
 
-/// Checks every message against its sender's [`SimDisk`].
+/// Checks every message against its sender's [`SimDisk`] of the message's group.
 pub(crate) struct WireOracle {
     runtime: SimRuntime,
     state: Mutex<WireState>,
@@ -75,14 +99,16 @@ impl WireOracle {
         Self { runtime, state: Mutex::new(state) }
     }
 
-    /// Node `id` runs incarnation `incarnation` on `disk` from now on.
-    pub(crate) fn started(&self, id: NodeId, incarnation: u64, disk: SimDisk) {
+    /// Node `id` runs incarnation `incarnation` from now on, with its group `group` on `disk`
+    /// (call it for each group the node hosts).
+    pub(crate) fn started(&self, id: NodeId, group: GroupId, incarnation: u64, disk: SimDisk) {
         let mut state = lock(&self.state);
-        state.disks.insert(id, disk);
+        state.disks.insert((id, group), disk);
         state.incarnations.insert(id, incarnation);
     }
 
-    pub(crate) fn take_findings(&self) -> WireFindings {
+    /// What the oracle found since the last call, per group (taken).
+    pub(crate) fn take_findings(&self) -> BTreeMap<GroupId, WireFindings> {
         std::mem::take(&mut lock(&self.state).findings)
     }
 
@@ -109,14 +135,25 @@ impl WireOracle {
     fn record(
         &self,
         state: &mut WireState,
+        group: GroupId,
         outcome: Result<Option<(Term, NodeId)>, Violation>,
         voter: NodeId,
     ) {
+        let findings = state.findings.entry(group).or_default();
         match outcome {
-            Ok(Some((term, candidate))) => state.findings.votes.push((voter, term, candidate)),
+            Ok(Some((term, candidate))) => findings.votes.push((voter, term, candidate)),
             Ok(None) => {}
-            Err(violation) => state.findings.violations.push(violation),
+            Err(violation) => findings.violations.push(violation),
         }
+    }
+}
+
+/// How the trace names a message's group: nothing for a node's only group.
+fn group_tag(group: GroupId) -> String {
+    if group == DEFAULT_GROUP_ID {
+        String::new()
+    } else {
+        format!("g{group} ")
     }
 }
 
@@ -134,14 +171,15 @@ fn describe(request: &RpcRequest) -> String {
 }
 
 impl WireObserver for WireOracle {
-    fn on_request(&self, from: NodeId, to: NodeId, request: &RpcRequest) {
+    fn on_request(&self, group: GroupId, from: NodeId, to: NodeId, request: &RpcRequest) {
         let mut state = lock(&self.state);
         if let Some(trace) = state.trace.as_mut() {
-            trace.push(format!("{:>12?} {from}->{to} {}", self.runtime.now(), describe(request)));
+            let (at, tag) = (self.runtime.now(), group_tag(group));
+            trace.push(format!("{at:>12?} {tag}{from}->{to} {}", describe(request)));
         }
-        let Some(disk) = state.disks.get(&from).cloned() else { return };
+        let Some(disk) = state.disks.get(&(from, group)).cloned() else { return };
         let outcome = check_request(from, request, &disk);
-        self.record(&mut state, outcome, from);
+        self.record(&mut state, group, outcome, from);
         let leads = matches!(
             request,
             RpcRequest::AppendEntries(_)
@@ -150,16 +188,18 @@ impl WireObserver for WireOracle {
         );
         if leads {
             let incarnation = state.incarnations.get(&from).copied().unwrap_or(0);
-            state.findings.leaders_acted.push(((from, incarnation), request.term()));
+            let findings = state.findings.entry(group).or_default();
+            findings.leaders_acted.push(((from, incarnation), request.term()));
         }
     }
 
-    fn on_delivery(&self, _from: NodeId, _to: NodeId, _request: &RpcRequest) -> u64 {
+    fn on_delivery(&self, _group: GroupId, _from: NodeId, _to: NodeId, _: &RpcRequest) -> u64 {
         self.runtime.polls()
     }
 
     fn on_response(
         &self,
+        group: GroupId,
         from: NodeId,
         to: NodeId,
         request: &RpcRequest,
@@ -169,23 +209,24 @@ impl WireObserver for WireOracle {
         let mut state = lock(&self.state);
         if let Some(trace) = state.trace.as_mut() {
             let at: Duration = self.runtime.now();
-            trace.push(format!("{at:>12?} {to}=>{from} {response:?}"));
+            let tag = group_tag(group);
+            trace.push(format!("{at:>12?} {tag}{to}=>{from} {response:?}"));
         }
         let raised = match (request, response) {
             (_, RpcResponse::AppendEntries(ack)) => ack.match_index.is_some_and(|matched| {
-                let best = state.matched.entry((to, from, ack.term)).or_default();
+                let best = state.matched.entry((group, to, from, ack.term)).or_default();
                 std::mem::replace(best, matched.max(*best)) < matched
             }),
             (RpcRequest::InstallSnapshot(req), RpcResponse::InstallSnapshot(ack)) => {
-                let key = (to, from, ack.term, req.meta.last_included);
+                let key = (group, to, from, ack.term, req.meta.last_included);
                 let best = state.received.entry(key).or_default();
                 std::mem::replace(best, ack.next_offset.max(*best)) < ack.next_offset
             }
             _ => false,
         };
         state.match_progress += u64::from(raised);
-        let Some(disk) = state.disks.get(&to).cloned() else { return };
+        let Some(disk) = state.disks.get(&(to, group)).cloned() else { return };
         let outcome = check_response(to, request, response, delivered, &disk);
-        self.record(&mut state, outcome, to);
+        self.record(&mut state, group, outcome, to);
     }
 }

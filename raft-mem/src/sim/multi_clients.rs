@@ -1,0 +1,293 @@
+//! The clients of a [`MultiSimulation`](super::MultiSimulation): per group, a writer that keeps
+//! writing unique values to the group's leader and a reader that keeps reading the last value
+//! written through [`Node::read_index`] on each node in turn (followers too). Every operation
+//! goes into the group's [`History`], checked at the end for linearizability against a
+//! register ([`Register`]) with the library's checker ([`crate::linearizability`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use raft_core::{Bytes, GroupId, Node, NodeId, Role};
+
+use super::checker::Violation;
+use super::executor::SimRuntime;
+use super::history::{History, OpOutcome, OpRecord};
+use super::recorder::{lock, Record, StateMachineHandle};
+use crate::harness::RecordingStateMachine;
+use crate::linearizability::{self, Budget, Model, Verdict};
+
+/// How long a client waits for one operation before it gives up on it (its outcome is then
+/// unknown for a write, and the read is dropped).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a client waits between operations, and with no leader.
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// One operation on a group's register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterOp {
+    /// Writes a value no other write of the run writes.
+    Write(u64),
+    /// Reads the last value written.
+    Read,
+}
+
+/// What a [`RegisterOp`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterOutput {
+    /// The write is applied (the state machine answered its command).
+    Written,
+    /// The last value written, `None` before the first write.
+    Read(Option<u64>),
+}
+
+/// A group's client history.
+pub(crate) type GroupHistory = History<RegisterOp, RegisterOutput>;
+
+/// The sequential specification of what a group's clients do: a register of the last value
+/// written.
+pub(crate) struct Register;
+
+impl Model for Register {
+    type State = Option<u64>;
+    type Input = RegisterOp;
+    type Output = RegisterOutput;
+
+    fn init(&self) -> Option<u64> {
+        None
+    }
+
+    fn step(&self, state: &Option<u64>, op: &RegisterOp) -> (Option<u64>, RegisterOutput) {
+        match op {
+            RegisterOp::Write(value) => (Some(*value), RegisterOutput::Written),
+            RegisterOp::Read => (*state, RegisterOutput::Read(*state)),
+        }
+    }
+
+    fn is_read_only(&self, op: &RegisterOp) -> bool {
+        matches!(op, RegisterOp::Read)
+    }
+}
+
+/// How many of the contradicting operations a failure shows (the last ones: where it broke).
+const SHOWN: usize = 8;
+
+/// Checks group `group`'s `history` for linearizability (a search that runs out of budget is
+/// a failure too: the histories are small and nearly sequential).
+pub(crate) fn check_history(
+    group: GroupId,
+    history: &[OpRecord<RegisterOp, RegisterOutput>],
+) -> Result<(), Violation> {
+    let report = linearizability::check(&Register, history, Budget::default());
+    let detail = match report.verdict {
+        Verdict::Linearizable => return Ok(()),
+        Verdict::NotLinearizable(explanation) => {
+            let ops: Vec<_> = explanation.ops.iter().filter_map(|&i| history.get(i)).collect();
+            let last = &ops[ops.len().saturating_sub(SHOWN)..];
+            format!(
+                "group {group}: {} operations contradict each other ({}minimal), the last {} of them: {last:?}",
+                ops.len(),
+                if explanation.minimal { "" } else { "not " },
+                last.len()
+            )
+        }
+        Verdict::Unknown => format!(
+            "group {group}: the check ran out of budget after {} steps on {} operations",
+            report.steps, report.searched
+        ),
+    };
+    Err(Violation { invariant: "each group's client history is linearizable", detail })
+}
+
+/// The value of a command written by a client (`g<group>-<value>`).
+fn value_of(command: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(command).ok()?;
+    text.split_once('-')?.1.parse().ok()
+}
+
+/// A node of a group, as the clients reach it.
+#[derive(Clone)]
+pub(crate) struct GroupNode {
+    pub(crate) node: Node,
+    pub(crate) record: Record,
+    pub(crate) state_machine: StateMachineHandle<RecordingStateMachine>,
+}
+
+/// Where the clients find the groups' nodes, and what they report.
+#[derive(Default)]
+pub(crate) struct ClientBoard {
+    pub(crate) nodes: Mutex<BTreeMap<(GroupId, NodeId), GroupNode>>,
+    pub(crate) acknowledged: Mutex<BTreeMap<GroupId, u64>>,
+    /// What a client saw that no correct cluster shows: a write answered other than by the
+    /// state machine's answer to its command, a read index the state did not reach.
+    pub(crate) violations: Mutex<Vec<Violation>>,
+    next_value: AtomicU64,
+}
+
+impl ClientBoard {
+    fn report(&self, invariant: &'static str, detail: String) {
+        lock(&self.violations).push(Violation { invariant, detail });
+    }
+
+    /// Group `group`'s nodes, by id.
+    fn group(&self, group: GroupId) -> Vec<(NodeId, GroupNode)> {
+        let nodes = lock(&self.nodes);
+        nodes
+            .iter()
+            .filter(|((g, _), _)| *g == group)
+            .map(|((_, id), n)| (*id, n.clone()))
+            .collect()
+    }
+}
+
+/// Spawns group `group`'s clients on `runtime`: the writer (client 0 of the history) and the
+/// reader (client 1).
+pub(crate) fn spawn_clients(
+    board: &Arc<ClientBoard>,
+    runtime: &SimRuntime,
+    group: GroupId,
+    history: &GroupHistory,
+) {
+    let (writer, reader) = (board.clone(), board.clone());
+    let (writing, reading) = (runtime.clone(), runtime.clone());
+    let (written, read) = (history.clone(), history.clone());
+    runtime.spawn_task(async move {
+        loop {
+            write_once(&writer, &writing, group, &written).await;
+        }
+    });
+    runtime.spawn_task(async move {
+        let mut turn = 0u64;
+        loop {
+            read_once(&reader, &reading, group, &read, turn).await;
+            turn += 1;
+            reading.sleep_for(PAUSE).await;
+        }
+    });
+}
+
+/// One write to whichever node says it leads `group` (or a pause when none does), with a
+/// bounded wait; counts it acknowledged when the state machine answered its command.
+async fn write_once(
+    board: &ClientBoard,
+    runtime: &SimRuntime,
+    group: GroupId,
+    history: &GroupHistory,
+) {
+    let leader = board
+        .group(group)
+        .into_iter()
+        .map(|(_, n)| n.node)
+        .find(|node| node.status().role == Role::Leader);
+    let Some(leader) = leader else {
+        runtime.sleep_for(PAUSE).await;
+        return;
+    };
+    let value = board.next_value.fetch_add(1, Ordering::SeqCst);
+    let command = Bytes::from(format!("g{group}-{value}"));
+    let pending = history.call(0, RegisterOp::Write(value), runtime.now());
+    let write = leader.write(command.clone()).fuse();
+    let timeout = runtime.sleep_for(OPERATION_TIMEOUT).fuse();
+    futures::pin_mut!(write, timeout);
+    // Whatever went wrong, the write may still be applied later: its outcome is unknown.
+    let outcome = futures::select! {
+        answer = write => match answer {
+            Ok(answer) if answer == command => {
+                *lock(&board.acknowledged).entry(group).or_insert(0) += 1;
+                OpOutcome::Ok(RegisterOutput::Written)
+            }
+            Ok(answer) => {
+                board.report(
+                    "a write's answer is the state machine's for it",
+                    format!("group {group}: write {command:?} answered {answer:?}"),
+                );
+                OpOutcome::Unknown
+            }
+            Err(_) => OpOutcome::Unknown,
+        },
+        () = timeout => OpOutcome::Unknown,
+    };
+    pending.finish(outcome, runtime.now());
+    // Paced: the history (checked as one part: a register does not split) stays a few
+    // thousand operations per group.
+    runtime.sleep_for(PAUSE).await;
+}
+
+/// One linearizable read of `group`'s register on its `turn`-th node (of those running), with
+/// a bounded wait: the node's read index, then its state machine's last value once it reflects
+/// that index. A read that fails or times out is dropped (it has no effect).
+async fn read_once(
+    board: &ClientBoard,
+    runtime: &SimRuntime,
+    group: GroupId,
+    history: &GroupHistory,
+    turn: u64,
+) {
+    let nodes = board.group(group);
+    let Some((id, target)) = nodes.get((turn % nodes.len().max(1) as u64) as usize).cloned() else {
+        return;
+    };
+    let pending = history.call(1, RegisterOp::Read, runtime.now());
+    let read = async {
+        let index = target.node.read_index().await.ok()?;
+        let state_machine = target.state_machine.lock().await;
+        let state_end = target.record.state_end().index;
+        if state_end < index {
+            board.report(
+                "a read index is applied before the read answers",
+                format!("group {group}: node {id} returned read index {index} with its state at {state_end}"),
+            );
+        }
+        let last = state_machine.commands().last().map(|(_, command)| value_of(command));
+        Some(last.flatten())
+    };
+    let timeout = runtime.sleep_for(OPERATION_TIMEOUT).fuse();
+    let read = read.fuse();
+    futures::pin_mut!(read, timeout);
+    let outcome = futures::select! {
+        value = read => value.map_or(OpOutcome::Failed, |v| OpOutcome::Ok(RegisterOutput::Read(v))),
+        () = timeout => OpOutcome::Failed,
+    };
+    pending.finish(outcome, runtime.now());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn op(
+        client: u64,
+        op: RegisterOp,
+        (call, ret): (u64, u64),
+        out: RegisterOutput,
+    ) -> OpRecord<RegisterOp, RegisterOutput> {
+        let ms = Duration::from_millis;
+        OpRecord { client, op, call: ms(call), ret: Some(ms(ret)), outcome: OpOutcome::Ok(out) }
+    }
+
+    #[test]
+    fn a_stale_read_is_not_linearizable() {
+        let fresh = [
+            op(0, RegisterOp::Write(1), (0, 10), RegisterOutput::Written),
+            op(1, RegisterOp::Read, (5, 15), RegisterOutput::Read(None)),
+            op(1, RegisterOp::Read, (20, 30), RegisterOutput::Read(Some(1))),
+        ];
+        assert!(check_history(1, &fresh).is_ok());
+        let stale = [
+            op(0, RegisterOp::Write(1), (0, 10), RegisterOutput::Written),
+            op(1, RegisterOp::Read, (20, 30), RegisterOutput::Read(None)),
+        ];
+        let violation = check_history(1, &stale).unwrap_err();
+        assert!(violation.detail.starts_with("group 1:"), "{violation:?}");
+    }
+
+    #[test]
+    fn commands_carry_their_value() {
+        assert_eq!(value_of(b"g3-42"), Some(42));
+        assert_eq!(value_of(b"noise"), None);
+    }
+}
