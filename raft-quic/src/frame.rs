@@ -343,6 +343,7 @@ mod tests {
                 .collect(),
             leader_commit: 1,
             read_round: 0,
+            quiesce: false,
         });
         Envelope::new(9, request).with_cluster_id(5)
     }

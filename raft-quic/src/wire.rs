@@ -27,6 +27,7 @@
 //! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
 //! | 3 | `raft-quic/3` | joint consensus and member metadata: `Membership` (in membership entries and `SnapshotMeta`) is an enum whose variant 0 holds the voters, the outgoing voters, the learners and each member's `NodeInfo` (address, data); a membership entry is `EntryPayload` variant 3 (variant 2, the old bare voters and learners, is only decoded) |
 //! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`) instead of a string |
+//! | 5 | `raft-quic/5` | `AppendEntriesRequest.quiesce` (a bool after `read_round`): the quiesce mark of idle groups |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
@@ -35,11 +36,11 @@ use serde::{Deserialize, Serialize};
 /// The protocol version carried by every frame. A node refuses frames of any other version, so
 /// two nodes that disagree on the encoding never misinterpret each other's bytes. Bumped with
 /// [`ALPN`] on every incompatible change (see the module docs).
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// The ALPN protocol name negotiated by the TLS handshake: `raft-quic/<PROTOCOL_VERSION>`. A
 /// peer speaking anything else is refused before any stream is opened.
-pub const ALPN: &[u8] = b"raft-quic/4";
+pub const ALPN: &[u8] = b"raft-quic/5";
 
 /// The TLS alert a server sends when no ALPN protocol is common (`no_application_protocol`),
 /// as QUIC carries it: a CRYPTO_ERROR transport code `0x100 + alert`.

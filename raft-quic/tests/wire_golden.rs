@@ -20,7 +20,7 @@ use raft_quic::frame::{decode, decode_request, encode, encode_request, MAX_DEPTH
 use raft_quic::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};
 
 /// The version these goldens are the encoding of.
-const GOLDEN_VERSION: u8 = 4;
+const GOLDEN_VERSION: u8 = 5;
 const MAX: u32 = 1 << 20;
 const LIMITS: Limits = Limits { max_items: 1 << 10, max_depth: MAX_DEPTH };
 
@@ -87,6 +87,7 @@ fn rpc_requests() -> Vec<(&'static str, RpcRequest)> {
                 entries,
                 leader_commit: 9,
                 read_round: 1000,
+                quiesce: true,
             }),
         ),
         ("TimeoutNow", RpcRequest::TimeoutNow(TimeoutNowRequest { term: 8, leader_id: 4 })),
@@ -201,27 +202,27 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
 /// The golden frames of version [`GOLDEN_VERSION`], by name: requests (`u32 length | version |
 /// u64 sender | envelope`), then `WireResponse::Ok` of each response, then each refusal.
 const GOLDEN: &[(&str, &str)] = &[
-    ("request RequestVote", "00000015040000000000000002c101119003000702060d0100"),
-    ("request AppendEntries", "0000004d040000000000000003c101129103010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e807"),
-    ("request TimeoutNow", "00000011040000000000000004c101139203020804"),
-    ("request InstallSnapshot", "00000051040000000000000005c10114930303090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
-    ("request ReadIndex", "00000012040000000000000006c101159403040a064d"),
-    ("response RequestVote", "00000006040000070100"),
-    ("response AppendEntries", "0000000a04000106000104080c00"),
-    ("response AppendEntries(match)", "0000000904000106010d00dc0b"),
-    ("response TimeoutNow", "0000000404000208"),
-    ("response InstallSnapshot", "000000080400030980100000"),
-    ("response InstallSnapshot(Unsupported)", "00000009040003098010000100"),
-    ("response InstallSnapshot(ChecksumMismatch)", "00000009040003098010000101"),
-    ("response InstallSnapshot(Malformed)", "00000009040003098010000102"),
-    ("response ReadIndex", "000000090400040a01ac020103"),
-    ("refusal NotServing", "00000003040100"),
-    ("refusal SenderMismatch", "000000050401010902"),
-    ("refusal Handler(Shutdown)", "0000000404010200"),
-    ("refusal Handler(WrongNode)", "00000006040102010304"),
-    ("refusal Handler(WrongCluster)", "00000006040102020506"),
-    ("refusal Handler(WrongGroup)", "00000006040102030708"),
-    ("refusal RemovedNode", "0000000404010305"),
+    ("request RequestVote", "00000015050000000000000002c101119003000702060d0100"),
+    ("request AppendEntries", "0000004e050000000000000003c101129103010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e80701"),
+    ("request TimeoutNow", "00000011050000000000000004c101139203020804"),
+    ("request InstallSnapshot", "00000051050000000000000005c10114930303090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
+    ("request ReadIndex", "00000012050000000000000006c101159403040a064d"),
+    ("response RequestVote", "00000006050000070100"),
+    ("response AppendEntries", "0000000a05000106000104080c00"),
+    ("response AppendEntries(match)", "0000000905000106010d00dc0b"),
+    ("response TimeoutNow", "0000000405000208"),
+    ("response InstallSnapshot", "000000080500030980100000"),
+    ("response InstallSnapshot(Unsupported)", "00000009050003098010000100"),
+    ("response InstallSnapshot(ChecksumMismatch)", "00000009050003098010000101"),
+    ("response InstallSnapshot(Malformed)", "00000009050003098010000102"),
+    ("response ReadIndex", "000000090500040a01ac020103"),
+    ("refusal NotServing", "00000003050100"),
+    ("refusal SenderMismatch", "000000050501010902"),
+    ("refusal Handler(Shutdown)", "0000000405010200"),
+    ("refusal Handler(WrongNode)", "00000006050102010304"),
+    ("refusal Handler(WrongCluster)", "00000006050102020506"),
+    ("refusal Handler(WrongGroup)", "00000006050102030708"),
+    ("refusal RemovedNode", "0000000405010305"),
 ];
 
 /// `RpcError` is wire format (raft-core lists its variants exhaustively in its own test and
