@@ -130,6 +130,17 @@ pub struct Config {
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
     pub max_clock_drift: Duration,
+    /// Quiescence of idle groups (off by default): a leader with nothing to replicate, commit,
+    /// read, transfer or change sends one last heartbeat marked `quiesce` and stops
+    /// heartbeating and counting CheckQuorum time; its followers stop their election timers.
+    /// Any proposal, read, membership change, transfer, failure or message of another kind
+    /// wakes them. A quiesced follower does not notice that its leader died: turn this on only
+    /// under a host that calls `Engine::wake` on the groups whose leader's node it suspects dead
+    /// (a node-liveness layer). Set it the same on every node of a group: a follower without it
+    /// ignores the mark and keeps ticking, and its election timeouts then wake the leader again
+    /// and again. Never changes what is voted, appended, committed or read (see ARCHITECTURE.md,
+    /// "Quiescence").
+    pub quiesce_idle: bool,
 }
 
 impl Config {
@@ -165,6 +176,7 @@ impl Config {
             leadership_transfer_timeout: Duration::from_millis(1_000),
             lease_reads: false,
             max_clock_drift: Duration::from_millis(100),
+            quiesce_idle: false,
         }
     }
 

@@ -23,8 +23,9 @@ use super::health::HealthReport;
 /// The ALPN protocol id of the client port. Version 3: batches hold commands only, sessions
 /// have 128-bit ids chosen by the client, requests are authorized by certificate role. Version
 /// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
-/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`.
-pub const ALPN: &[u8] = b"raft-kv/5";
+/// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`. Version 6:
+/// `Status::quiesced` in `ClientResponse::Status`.
+pub const ALPN: &[u8] = b"raft-kv/6";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
 pub const MAX_SET_MEMBERS: usize = 256;

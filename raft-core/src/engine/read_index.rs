@@ -84,14 +84,21 @@ impl ReadQueue {
     fn len(&self) -> usize {
         self.waiting_commit.len() + self.pending.len()
     }
+
+    /// Whether no read waits and no round is wanted.
+    pub(super) fn is_idle(&self) -> bool {
+        self.len() == 0 && !self.round_wanted
+    }
 }
 
 impl Engine {
     /// Asks for a read index. The outcome comes as [`Action::ReadIndexReady`] for `id`: on the
     /// leader once a quorum confirmed its leadership, on a follower once the leader answered
     /// its `ReadIndex` request. Reading the state machine after it applied that index is
-    /// linearizable.
+    /// linearizable. Wakes a quiesced node (a quiesced leader answers from its lease only while
+    /// the lease holds by the clock, as ever, and else runs a round).
     pub fn read_index(&mut self, id: ReadId) {
+        self.unquiesce();
         if matches!(self.role, RoleState::Leader(_)) {
             self.register_read(ReadWaiter::Local(id));
             return;

@@ -418,6 +418,24 @@ impl Cluster {
     }
 }
 
+/// A quiesce-marked heartbeat (see `engine/quiesce.rs`).
+fn quiesce_mark(
+    term: Term,
+    leader_id: NodeId,
+    prev_log_id: LogId,
+    leader_commit: LogIndex,
+) -> RpcRequest {
+    RpcRequest::AppendEntries(AppendEntriesRequest {
+        term,
+        leader_id,
+        prev_log_id,
+        entries: Vec::new(),
+        leader_commit,
+        read_round: 0,
+        quiesce: true,
+    })
+}
+
 fn commands(entries: &[Entry]) -> Vec<Bytes> {
     entries.iter().filter_map(|e| e.command().cloned()).collect()
 }
@@ -777,6 +795,7 @@ mod elections;
 mod hostile;
 mod joint;
 mod membership;
+mod quiesce;
 mod reads;
 mod snapshot_failures;
 mod snapshot_restore;
