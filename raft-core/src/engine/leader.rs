@@ -69,7 +69,7 @@ impl Engine {
     /// Appends an entry of the current term (waking a quiesced leader: a proposal, a membership
     /// change).
     pub(super) fn append_entry(&mut self, payload: EntryPayload) -> LogId {
-        self.unquiesce();
+        self.unquiesce(super::quiesce::Waker::Other);
         let entry =
             Entry { index: self.log.last_index() + 1, term: self.hard_state.current_term, payload };
         let id = entry.log_id();
@@ -152,7 +152,7 @@ impl Engine {
                 RoleState::Leader(leader) => leader.reads.round(),
                 _ => 0,
             },
-            quiesce: self.quiesced,
+            quiesce: self.quiet.quiesced,
         })
     }
 
@@ -259,10 +259,8 @@ impl Engine {
         // A removed leader whose hand-over timed out steps down now.
         self.step_down_if_removed();
         self.tick_snapshot_transfers();
-        if !due.is_empty() && self.may_quiesce() {
+        if !due.is_empty() && self.maybe_quiesce() {
             // The last heartbeat, to every member, carries the quiesce mark.
-            tracing::trace!(id = self.id, "quiescing");
-            self.quiesced = true;
             due = self.peers();
         }
         for peer in due {

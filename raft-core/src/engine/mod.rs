@@ -174,6 +174,8 @@ struct Timing {
     election_ticks_max: u64,
     /// How long a lease lasts from the start of a round a majority acknowledged.
     lease_span: std::time::Duration,
+    /// `quiesce_check_interval` in ticks.
+    quiesce_check_ticks: u64,
 }
 
 /// Role-specific state.
@@ -202,8 +204,9 @@ pub struct Engine {
     /// Ticks since the last election timeout reset (followers and candidates) or since the last
     /// CheckQuorum round (leaders).
     election_elapsed: u64,
-    /// Timers are suspended until an input wakes the node (see `quiesce.rs`).
-    quiesced: bool,
+    /// Quiescence: timers suspended until an input or a deadline wakes the node (see
+    /// `quiesce.rs`).
+    quiet: quiesce::Quiet,
     randomized_election_ticks: u64,
     /// The write being accumulated for the next `Persist`.
     pending_write: WriteBatch,
@@ -270,6 +273,7 @@ impl Engine {
             election_ticks_min: config.ticks(config.election_timeout_min),
             election_ticks_max: config.ticks(config.election_timeout_max),
             lease_span: lease::lease_span(&config),
+            quiesce_check_ticks: config.ticks(config.quiesce_check_interval),
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
@@ -286,7 +290,7 @@ impl Engine {
             leader_id: None,
             log: RaftLog::restore(durable.purged, entries, base),
             election_elapsed: 0,
-            quiesced: false,
+            quiet: quiesce::Quiet::default(),
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
             actions: Vec::new(),
@@ -387,7 +391,7 @@ impl Engine {
             commit_index: self.log.commit_index,
             applied_index: self.log.applied_index,
             last_log_index: self.log.last_index(),
-            quiesced: self.quiesced,
+            quiesced: self.quiet.quiesced,
         }
     }
 
@@ -404,18 +408,19 @@ impl Engine {
             self.replicate_all();
             self.advance_transfer();
         }
+        self.announce_wake();
         self.forward_reads();
         self.flush_write();
         self.emit_apply();
         std::mem::take(&mut self.actions)
     }
 
-    /// Advances the logical clock by one tick. A quiesced engine only counts it (see
-    /// [`Engine::needs_ticks`]).
+    /// Advances the logical clock by one tick. A quiesced engine only counts it towards its
+    /// deadline (see [`Engine::ticks_until_needed`]).
     pub fn tick(&mut self) {
         self.now_tick += 1;
-        if self.quiesced {
-            return;
+        if self.quiet.quiesced {
+            return self.tick_quiesced();
         }
         self.election_elapsed += 1;
         if matches!(self.role, RoleState::Leader(_)) {
@@ -439,8 +444,8 @@ impl Engine {
             let response = self.refusal(&request);
             return self.respond(reply_to, response, false);
         }
-        let quiesce_mark = self.quiesce_mark(&request);
-        self.unquiesce();
+        let (waker, quiesce_mark) = self.quiesce_mark(&request);
+        self.unquiesce(waker);
         self.note_term(request.sender(), request.term());
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
@@ -448,10 +453,9 @@ impl Engine {
                 RpcResponse::RequestVote(self.handle_request_vote(&req))
             }
             RpcRequest::AppendEntries(req) => {
+                let marked = req.quiesce;
                 let answer = self.handle_append_entries(req);
-                if let Some(mark) = quiesce_mark {
-                    self.quiesce_follower(mark, &answer);
-                }
+                self.after_append(marked, quiesce_mark, &answer);
                 RpcResponse::AppendEntries(answer)
             }
             RpcRequest::TimeoutNow(req) => RpcResponse::TimeoutNow(self.handle_timeout_now(&req)),
@@ -474,7 +478,7 @@ impl Engine {
             return self.on_unreachable(from, request);
         }
         if !self.keeps_quiet(&request, &response) {
-            self.unquiesce();
+            self.unquiesce(quiesce::Waker::Other);
         }
         self.note_term(from, response.term());
         if let SentRequest::ReadIndex { read_id, .. } = request {
@@ -518,7 +522,7 @@ impl Engine {
 
     /// A request to `from` failed (lost, timed out, unreachable). Wakes a quiesced node.
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
-        self.unquiesce();
+        self.unquiesce(quiesce::Waker::Other);
         let current = self.hard_state.current_term;
         match request {
             SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),

@@ -119,12 +119,20 @@ fn an_idle_cluster_goes_quiet_after_its_last_commit_and_sends_nothing() {
         assert_eq!(marks.count(), 1, "one quiesce-marked heartbeat to {follower}");
     }
     for n in c.nodes.values() {
-        assert!(n.engine.status().quiesced && !n.engine.needs_ticks());
+        assert!(n.engine.status().quiesced && n.engine.ticks_until_needed() > 1);
         assert_eq!(n.engine.commit_index(), 2, "blank entry + a, known everywhere");
     }
     let before = c.log.len();
     c.tick(1_000); // 10 s: 200 heartbeat intervals, 33 minimum election timeouts
-    assert_eq!(sends(&c, before), 0, "a quiesced group sends nothing");
+                   // Nothing but the leader's refreshed marks, at most one per follower per half check
+                   // interval (5 s by default): at most 4 each in 10 s, instead of 200 heartbeats.
+    let sent: Vec<&Action> = c.log[before..]
+        .iter()
+        .map(|(_, a)| a)
+        .filter(|a| matches!(a, Action::Send { .. }))
+        .collect();
+    assert!(sent.iter().all(|a| is_mark(a, None)), "only refreshed marks: {sent:?}");
+    assert!(sent.len() <= 2 * 4, "a quiesced group sends only its refreshes: {}", sent.len());
     assert!(all_quiesced(&c));
     assert_eq!(c.leaders(), vec![leader]);
     assert!(c.nodes.keys().all(|&id| term_of(&c, id) == term), "no election");
@@ -232,10 +240,12 @@ fn followers_woken_by_the_host_elect_a_new_leader_when_the_leader_died() {
         let (mut c, leader) = quiet_cluster(quiet_configs(3));
         let term = term_of(&c, leader);
         c.isolated.insert(leader); // it died
-        c.tick(500);
+        c.tick(500); // within the followers' fallback deadline (2 to 3 check intervals)
         assert!(
-            c.nodes.keys().all(|&id| term_of(&c, id) == term && c.nodes[&id].engine.is_quiesced()),
-            "quiesced followers do not notice a dead leader by themselves"
+            followers(&c, leader)
+                .iter()
+                .all(|id| term_of(&c, *id) == term && c.nodes[id].engine.is_quiesced()),
+            "quiesced followers do not notice a dead leader before their fallback deadline"
         );
         // The host's liveness layer suspects the leader's node and wakes the group: on both
         // followers' nodes at once, or on one only (the other learns from the PreVote).
@@ -243,7 +253,7 @@ fn followers_woken_by_the_host_elect_a_new_leader_when_the_leader_died() {
         let woken = if wake_both { &woken[..] } else { &woken[..1] };
         for &id in woken {
             c.engine(id).wake();
-            assert!(c.nodes[&id].engine.needs_ticks());
+            assert_eq!(c.nodes[&id].engine.ticks_until_needed(), 1);
         }
         let mut elected = None;
         for tick in 0..10 * ELECTION_TICKS_MIN {
@@ -301,7 +311,14 @@ fn a_quiesced_leader_never_answers_a_lease_read_after_its_lease_expired() {
     c.engine(leader).read_index(ReadId(1));
     c.drain(leader);
     assert_eq!(c.reads, vec![(leader, ReadId(1), Ok(2))], "answered from the lease");
-    assert_eq!(sends(&c, before), 0, "without a round");
+    // Without a round: answered before any message was delivered; the read woke the leader,
+    // whose wake-up heartbeats (one per follower) are no read round.
+    let sent: Vec<&Action> = c.log[before..]
+        .iter()
+        .map(|(_, a)| a)
+        .filter(|a| matches!(a, Action::Send { .. }))
+        .collect();
+    assert_eq!(sent.len(), 2, "one wake-up heartbeat per follower: {sent:?}");
     c.settle();
     tick_until_quiet(&mut c);
     // Time passes (ticks included, as a host that keeps ticking; none renews the lease).
@@ -355,7 +372,17 @@ fn a_quiesce_mark_from_another_leader_or_of_another_log_does_not_quiesce() {
     let mark = super::quiesce_mark;
     let earlier = LogId::new(last.term, last.index - 1);
     let mut check = |what: &str, request: RpcRequest, quiesces: bool| {
-        c.engine(follower).wake();
+        // Awake, by an unmarked heartbeat of the leader it follows (after which marks count).
+        let engine = &c.nodes[&follower].engine;
+        let (term, leader_id) = (engine.hard_state().current_term, engine.leader_id().unwrap());
+        let RpcRequest::AppendEntries(mut heartbeat) =
+            mark(term, leader_id, engine.last_log_id(), engine.commit_index())
+        else {
+            unreachable!()
+        };
+        heartbeat.quiesce = false;
+        ask(&mut c, leader_id, follower, RpcRequest::AppendEntries(heartbeat));
+        assert!(!c.nodes[&follower].engine.is_quiesced());
         let answer = ask(&mut c, leader, follower, request);
         assert_eq!(c.nodes[&follower].engine.is_quiesced(), quiesces, "{what}: {answer:?}");
         c.queue.clear();
@@ -425,4 +452,143 @@ fn with_the_flag_off_the_behaviour_is_unchanged() {
     // Taken on commit 82e74a4, before quiescence existed.
     let before_quiescence = (9_773_888_056_477_573_946, 220);
     assert_eq!((digest, sends), before_quiescence, "the flag-off scenario's actions changed");
+}
+
+/// `quiesce_check_interval` of the test configuration (the default), in ticks.
+const CHECK_TICKS: usize = 500;
+const ELECTION_TICKS_MAX: usize = 60;
+
+/// Ticks until some node other than `old` leads (not isolated), at most `bound` ticks; returns
+/// the new leader and the ticks it took.
+fn tick_until_new_leader(c: &mut Cluster, old: NodeId, bound: usize) -> Option<(NodeId, usize)> {
+    for tick in 1..=bound {
+        c.tick(1);
+        if let [leader] = c.leaders()[..] {
+            if leader != old {
+                return Some((leader, tick));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_quiesced_group_whose_leader_group_died_on_a_live_node_elects_a_new_leader() {
+    // Review M1: the group stops on the leader's node (a store failure, removed there), the
+    // node itself lives on, so no host liveness layer wakes the followers: the fallback
+    // deadline does, within 3 check intervals, and they elect a new leader within two more
+    // election timeouts.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    c.isolated.insert(leader);
+    let bound = 3 * CHECK_TICKS + 3 * ELECTION_TICKS_MAX;
+    let (new_leader, ticks) =
+        tick_until_new_leader(&mut c, leader, bound).expect("a new leader within the bound");
+    assert!(ticks >= 2 * CHECK_TICKS, "not before the fallback deadline ({ticks} ticks)");
+    assert_eq!(term_of(&c, new_leader), term + 1, "one election (PreVote first)");
+}
+
+#[test]
+fn a_stale_mark_does_not_requiesce_a_follower_woken_by_the_host() {
+    // Review M2: marks the leader sent before it died, delivered after the host woke the
+    // followers, must not put them back to sleep.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    let marks: Vec<(NodeId, RpcRequest)> = followers(&c, leader)
+        .into_iter()
+        .map(|f| {
+            let e = &c.nodes[&f].engine;
+            (f, super::quiesce_mark(term, leader, e.last_log_id(), e.commit_index()))
+        })
+        .collect();
+    c.isolated.insert(leader);
+    for (f, _) in &marks {
+        c.engine(*f).wake();
+    }
+    c.tick(ELECTION_TICKS_MIN / 2);
+    for (f, mark) in &marks {
+        ask(&mut c, leader, *f, mark.clone());
+        assert!(!c.nodes[f].engine.is_quiesced(), "a stale mark quiesced {f} again");
+    }
+    let elected = tick_until_new_leader(&mut c, leader, 10 * ELECTION_TICKS_MIN);
+    assert!(elected.is_some(), "a new leader within 10 election timeouts");
+}
+
+#[test]
+fn a_false_suspicion_does_not_depose_a_live_reachable_leader() {
+    // Review M3: the host wakes both followers although the leader is alive: they tell it, it
+    // heartbeats, nothing changes, and the group goes quiet again.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    for f in followers(&c, leader) {
+        c.engine(f).wake();
+    }
+    c.tick(5 * ELECTION_TICKS_MIN);
+    assert_eq!(c.leaders(), vec![leader], "no leader change");
+    assert!(c.nodes.keys().all(|&id| term_of(&c, id) == term), "no term change");
+    tick_until_quiet(&mut c);
+}
+
+#[test]
+fn a_suspicion_by_a_follower_cut_from_the_leader_does_not_depose_it() {
+    // Review M3, scenario B: the link between one follower and the leader is down, the other
+    // works; the cut-off follower is woken. The other hears the leader and refuses it.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    let [cut, other] = followers(&c, leader)[..] else { unreachable!() };
+    c.links_down.insert((leader.min(cut), leader.max(cut)));
+    c.engine(cut).wake();
+    c.tick(10 * ELECTION_TICKS_MIN);
+    assert_eq!(c.leaders(), vec![leader], "no leader change");
+    assert_eq!(term_of(&c, other), term, "the follower that hears the leader kept its term");
+}
+
+#[test]
+fn quiesce_idle_needs_check_quorum_and_pre_vote() {
+    // Review M4: without them a woken follower deposes a live leader.
+    let mut config = Config::new(1);
+    config.quiesce_idle = true;
+    assert!(config.validate().is_ok());
+    for (check_quorum, pre_vote) in [(false, true), (true, false), (false, false)] {
+        let mut config = config.clone();
+        config.check_quorum = check_quorum;
+        config.pre_vote = pre_vote;
+        assert!(config.validate().is_err(), "check_quorum {check_quorum}, pre_vote {pre_vote}");
+    }
+    let mut short = config.clone();
+    short.quiesce_check_interval = short.election_timeout_max;
+    assert!(short.validate().is_err(), "a check interval within an election timeout");
+}
+
+#[test]
+fn a_quiesced_leader_refreshes_its_marks_and_followers_stay_asleep() {
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    let before = c.log.len();
+    c.tick(10 * CHECK_TICKS);
+    // Only marks, at most one per follower per half check interval; nobody woke.
+    let sent: Vec<&Action> = c.log[before..]
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Send { .. }))
+        .map(|(_, a)| a)
+        .collect();
+    assert!(sent.iter().all(|a| is_mark(a, None)), "only refreshed marks: {sent:?}");
+    assert!(sent.len() >= 2 * 10, "refreshed at least every check interval: {}", sent.len());
+    assert!(sent.len() <= 2 * 20, "at most every half check interval: {}", sent.len());
+    assert!(all_quiesced(&c));
+    assert!(c.nodes.keys().all(|&id| term_of(&c, id) == term), "no election");
+    for id in followers(&c, leader) {
+        let wait = c.nodes[&id].engine.ticks_until_needed();
+        assert!(wait > 1 && wait <= 3 * CHECK_TICKS as u64, "a deadline: {wait}");
+    }
+}
+
+#[test]
+fn a_quiesced_leader_whose_refresh_fails_wakes_and_steps_down_without_a_quorum() {
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    for id in followers(&c, leader) {
+        c.isolated.insert(id);
+    }
+    c.tick(CHECK_TICKS + ELECTION_TICKS_MIN + 1);
+    assert_ne!(c.nodes[&leader].engine.role(), Role::Leader, "CheckQuorum after the refresh");
 }
