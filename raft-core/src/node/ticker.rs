@@ -86,6 +86,8 @@ pub(super) async fn run(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
     use std::sync::Mutex;
 
     use futures::future::BoxFuture;
