@@ -93,6 +93,7 @@ async fn a_client_certificate_cannot_speak_raft_to_a_running_cluster() {
             }],
             leader_commit: last + 1,
             read_round: 0,
+            quiesce: false,
         });
         let config = raft_quic::tls::quic_client_config(&material).unwrap();
         let answer = raw_request(config, target, follower, &attack).await;

@@ -130,6 +130,27 @@ pub struct Config {
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
     pub max_clock_drift: Duration,
+    /// Quiescence of idle groups (off by default): a leader with nothing to replicate, commit,
+    /// read, transfer or change sends one last heartbeat marked `quiesce` and stops
+    /// heartbeating and counting CheckQuorum time; its followers stop their election timers.
+    /// Any proposal, read, membership change, transfer, failure or message of another kind
+    /// wakes them. A quiesced leader sends its marks again every `quiesce_check_interval / 2`
+    /// to `quiesce_check_interval`; a quiesced follower that got none for 2 to 3
+    /// `quiesce_check_interval`s wakes by itself, so an idle group notices a dead leader (or
+    /// its leader's group stopped on a live node) and elects a new one within
+    /// `3 * quiesce_check_interval + 2 * election_timeout_max` plus a few round trips. A host
+    /// may call `Engine::wake` for a faster detection. Needs `check_quorum` and `pre_vote`
+    /// (they keep a woken follower from deposing a live leader). Set it the same on every node
+    /// of a group: a follower without it ignores the mark and keeps ticking, and its election
+    /// timeouts then wake the leader again and again. Never changes what is voted, appended,
+    /// committed or read (see ARCHITECTURE.md, "Quiescence").
+    pub quiesce_idle: bool,
+    /// With `quiesce_idle`: how often a quiesced leader shows its followers it is alive (every
+    /// half to one interval), and, times 3, the longest a quiesced follower waits without
+    /// hearing it before it wakes by itself. Longer is cheaper (one heartbeat per member per
+    /// refresh) and slower to notice a dead leader without the host's help. Must exceed
+    /// `election_timeout_max`.
+    pub quiesce_check_interval: Duration,
 }
 
 impl Config {
@@ -165,6 +186,8 @@ impl Config {
             leadership_transfer_timeout: Duration::from_millis(1_000),
             lease_reads: false,
             max_clock_drift: Duration::from_millis(100),
+            quiesce_idle: false,
+            quiesce_check_interval: Duration::from_secs(5),
         }
     }
 
@@ -217,6 +240,12 @@ impl Config {
                 "lease_reads needs check_quorum and max_clock_drift + tick_interval < \
                  election_timeout_min",
             );
+        }
+        if self.quiesce_idle && !(self.check_quorum && self.pre_vote) {
+            return fail("quiesce_idle needs check_quorum and pre_vote");
+        }
+        if self.quiesce_idle && self.quiesce_check_interval <= self.election_timeout_max {
+            return fail("quiesce_check_interval must exceed election_timeout_max");
         }
         if self.max_pending_reads == 0 {
             return fail("max_pending_reads must be positive");

@@ -69,6 +69,12 @@ pub struct AppendEntriesRequest {
     /// counts an answer as confirming its leadership for every read registered in this round or
     /// before (so many reads share one heartbeat round).
     pub read_round: u64,
+    /// The quiesce mark (`Config::quiesce_idle`): the leader has nothing left to replicate,
+    /// commit or confirm, and this is its last heartbeat until something happens. A follower of
+    /// this leader in this term whose log ends at `prev_log_id` and whose commit index is
+    /// `leader_commit` then suspends its election timer until any other message arrives or its
+    /// host wakes it (`Engine::wake`). It changes nothing else about how the request is handled.
+    pub quiesce: bool,
 }
 
 /// Why a follower rejected an AppendEntries, so that the leader can skip a whole term per round

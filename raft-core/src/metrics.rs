@@ -14,6 +14,7 @@
 //! | `raft_term` | gauge | | the current term |
 //! | `raft_leader_id` | gauge | | the known leader (0: none) |
 //! | `raft_commit_index`, `raft_applied_index`, `raft_last_log_index` | gauge | | as in `Status` |
+//! | `raft_quiesced` | gauge | | 1 while the node is quiesced (`Config::quiesce_idle`), else 0 |
 //! | `raft_follower_match_index`, `raft_follower_lag_entries` | gauge | `peer` | leader only: a follower's match index and how far it is behind the leader's last index (frozen while not leading) |
 //! | `raft_elections_started_total`, `raft_elections_won_total`, `raft_pre_votes_started_total` | counter | | |
 //! | `raft_proposals_total` | counter | | proposals the leader appended |
@@ -89,6 +90,7 @@ pub(crate) struct NodeMetrics {
     commit: Gauge,
     applied: Gauge,
     last_index: Gauge,
+    quiesced: Gauge,
     elections_started: Counter,
     elections_won: Counter,
     pre_votes_started: Counter,
@@ -134,6 +136,7 @@ impl NodeMetrics {
             commit: gauge("raft_commit_index"),
             applied: gauge("raft_applied_index"),
             last_index: gauge("raft_last_log_index"),
+            quiesced: gauge("raft_quiesced"),
             elections_started: counter("raft_elections_started_total"),
             elections_won: counter("raft_elections_won_total"),
             pre_votes_started: counter("raft_pre_votes_started_total"),
@@ -184,6 +187,7 @@ impl NodeMetrics {
         self.commit.set(status.commit_index as f64);
         self.applied.set(status.applied_index as f64);
         self.last_index.set(status.last_log_index as f64);
+        self.quiesced.set(f64::from(u8::from(status.quiesced)));
         let counters = engine.counters();
         self.elections_started.absolute(counters.elections_started);
         self.elections_won.absolute(counters.elections_won);

@@ -230,6 +230,9 @@ pub struct Status {
     pub applied_index: LogIndex,
     /// The index of the last entry in its log (durable or not yet).
     pub last_log_index: LogIndex,
+    /// Whether the node is quiesced (`Config::quiesce_idle`): an idle group's timers are
+    /// suspended until something happens; it needs no ticks meanwhile.
+    pub quiesced: bool,
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ impl Forger {
                 entries,
                 leader_commit: last + 10,
                 read_round: 0,
+                quiesce: false,
             })
         };
         let prev = LogId::new(1, last.min(1));
@@ -119,6 +120,7 @@ impl Forger {
                 entries: Vec::new(),
                 leader_commit: 0,
                 read_round: 0,
+                quiesce: false,
             }),
         }
     }

@@ -63,6 +63,7 @@ fn append(entries: usize, entry_bytes: usize) -> RpcRequest {
             .collect(),
         leader_commit: 100,
         read_round: 0,
+        quiesce: false,
     })
 }
 

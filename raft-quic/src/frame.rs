@@ -357,6 +357,7 @@ mod tests {
                 .collect(),
             leader_commit: 1,
             read_round: 0,
+            quiesce: false,
         });
         Envelope::new(9, request).with_cluster_id(5)
     }
@@ -407,7 +408,9 @@ mod tests {
         // A frame of version 3 (requests without an envelope) is refused with its version named.
         let old = decode_header([0, 0, 0, 10, 3], 100).unwrap_err();
         assert_eq!(old, FrameError::UnsupportedVersion(3));
-        assert_eq!(old.to_string(), "unsupported protocol version 3 (this node speaks 4)");
+        let speaks =
+            format!("unsupported protocol version 3 (this node speaks {PROTOCOL_VERSION})");
+        assert_eq!(old.to_string(), speaks);
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn rpc_request() -> impl Strategy<Value = RpcRequest> {
                     entries,
                     leader_commit,
                     read_round: leader_commit,
+                    quiesce: false,
                 })
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(term, leader_id)| RpcRequest::TimeoutNow(

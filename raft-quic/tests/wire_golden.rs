@@ -87,6 +87,7 @@ fn rpc_requests() -> Vec<(&'static str, RpcRequest)> {
                 entries,
                 leader_commit: 9,
                 read_round: 1000,
+                quiesce: true,
             }),
         ),
         ("TimeoutNow", RpcRequest::TimeoutNow(TimeoutNowRequest { term: 8, leader_id: 4 })),
@@ -206,7 +207,7 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
 /// u64 sender | envelope`), then `WireResponse::Ok` of each response, then each refusal.
 const GOLDEN: &[(&str, &str)] = &[
     ("request RequestVote", "00000015040000000000000002c101119003000702060d0100"),
-    ("request AppendEntries", "0000004d040000000000000003c101129103010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e807"),
+    ("request AppendEntries", "0000004e040000000000000003c101129103010603040a030b05000c0501037075740d060300030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac020178017909e80701"),
     ("request TimeoutNow", "00000011040000000000000004c101139203020804"),
     ("request InstallSnapshot", "00000051040000000000000005c10114930303090508c80100030205ac02030102ac020104050103613a3100020001620403643a34026464050000ac02017801798020ef9bafcdf8acd191018008056368756e6b01"),
     ("request ReadIndex", "00000012040000000000000006c101159403040a064d"),

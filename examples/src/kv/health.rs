@@ -206,6 +206,7 @@ mod tests {
             commit_index: commit,
             applied_index: applied,
             last_log_index: commit,
+            quiesced: false,
         }
     }
 

@@ -198,6 +198,7 @@ mod tests {
             commit_index: 5,
             applied_index: 5,
             last_log_index: 5,
+            quiesced: false,
         };
         HealthReport::assess(status, &Membership::with_voters([1]), Vec::new(), None, 10)
     }

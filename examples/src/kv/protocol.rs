@@ -25,7 +25,8 @@ use super::health::HealthReport;
 /// 4: `MemberRequest::Set` (joint consensus); the address book's results and errors are gone.
 /// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`. Version 6:
 /// sharded services (`ClientRequest::InGroup`, `ClientRequest::Groups`,
-/// `ClientResponse::Sharded`, `ClientResponse::Groups`).
+/// `ClientResponse::Sharded`, `ClientResponse::Groups`) and `Status::quiesced` in
+/// `ClientResponse::Status`.
 pub const ALPN: &[u8] = b"raft-kv/6";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).

@@ -66,7 +66,10 @@ impl Engine {
         Ok(self.append_entry(EntryPayload::Command(command)))
     }
 
+    /// Appends an entry of the current term (waking a quiesced leader: a proposal, a membership
+    /// change).
     pub(super) fn append_entry(&mut self, payload: EntryPayload) -> LogId {
+        self.unquiesce(super::quiesce::Waker::Other);
         let entry =
             Entry { index: self.log.last_index() + 1, term: self.hard_state.current_term, payload };
         let id = entry.log_id();
@@ -111,6 +114,7 @@ impl Engine {
             let last_index = prev_index + entries.len() as u64;
             progress.sent(last_index, bytes);
             progress.read_round_sent = round;
+            progress.commit_sent = self.log.commit_index;
             let request = self.append_request(LogId::new(prev_term, prev_index), entries);
             self.send(peer, request, false);
             sent_any = true;
@@ -131,6 +135,7 @@ impl Engine {
             progress.idle_ticks = 0;
             progress.read_round_sent = round;
             progress.heartbeats_in_flight += 1;
+            progress.commit_sent = self.log.commit_index;
             let request = self.append_request(LogId::new(prev_term, prev_index), Vec::new());
             self.send(peer, request, false);
         }
@@ -147,6 +152,7 @@ impl Engine {
                 RoleState::Leader(leader) => leader.reads.round(),
                 _ => 0,
             },
+            quiesce: self.quiet.quiesced,
         })
     }
 
@@ -253,6 +259,10 @@ impl Engine {
         // A removed leader whose hand-over timed out steps down now.
         self.step_down_if_removed();
         self.tick_snapshot_transfers();
+        if !due.is_empty() && self.maybe_quiesce() {
+            // The last heartbeat, to every member, carries the quiesce mark.
+            due = self.peers();
+        }
         for peer in due {
             self.replicate_to(peer, true);
         }

@@ -48,6 +48,7 @@ mod log;
 mod membership;
 mod outbox;
 mod progress;
+mod quiesce;
 mod quorum;
 mod read_index;
 mod snapshot;
@@ -173,6 +174,8 @@ struct Timing {
     election_ticks_max: u64,
     /// How long a lease lasts from the start of a round a majority acknowledged.
     lease_span: std::time::Duration,
+    /// `quiesce_check_interval` in ticks.
+    quiesce_check_ticks: u64,
 }
 
 /// Role-specific state.
@@ -201,6 +204,9 @@ pub struct Engine {
     /// Ticks since the last election timeout reset (followers and candidates) or since the last
     /// CheckQuorum round (leaders).
     election_elapsed: u64,
+    /// Quiescence: timers suspended until an input or a deadline wakes the node (see
+    /// `quiesce.rs`).
+    quiet: quiesce::Quiet,
     randomized_election_ticks: u64,
     /// The write being accumulated for the next `Persist`.
     pending_write: WriteBatch,
@@ -267,6 +273,7 @@ impl Engine {
             election_ticks_min: config.ticks(config.election_timeout_min),
             election_ticks_max: config.ticks(config.election_timeout_max),
             lease_span: lease::lease_span(&config),
+            quiesce_check_ticks: config.ticks(config.quiesce_check_interval),
         };
         let base = match &snapshot {
             Some(meta) => (meta.last_included.index, meta.membership.clone()),
@@ -283,6 +290,7 @@ impl Engine {
             leader_id: None,
             log: RaftLog::restore(durable.purged, entries, base),
             election_elapsed: 0,
+            quiet: quiesce::Quiet::default(),
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
             actions: Vec::new(),
@@ -383,6 +391,7 @@ impl Engine {
             commit_index: self.log.commit_index,
             applied_index: self.log.applied_index,
             last_log_index: self.log.last_index(),
+            quiesced: self.quiet.quiesced,
         }
     }
 
@@ -399,15 +408,20 @@ impl Engine {
             self.replicate_all();
             self.advance_transfer();
         }
+        self.announce_wake();
         self.forward_reads();
         self.flush_write();
         self.emit_apply();
         std::mem::take(&mut self.actions)
     }
 
-    /// Advances the logical clock by one tick.
+    /// Advances the logical clock by one tick. A quiesced engine only counts it towards its
+    /// deadline (see [`Engine::ticks_until_needed`]).
     pub fn tick(&mut self) {
         self.now_tick += 1;
+        if self.quiet.quiesced {
+            return self.tick_quiesced();
+        }
         self.election_elapsed += 1;
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
@@ -422,13 +436,16 @@ impl Engine {
 
     /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
     /// A malformed request (see [`Engine::malformed_count`]) changes nothing and is answered with
-    /// a refusal that acknowledges nothing.
+    /// a refusal that acknowledges nothing. Any other request wakes a quiesced node first (a
+    /// follower quiesces again on the leader's quiesce-marked heartbeat).
     pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
         if let Err(reason) = self.check_request(&request) {
             self.count_malformed(request.sender(), request.kind(), &reason);
             let response = self.refusal(&request);
             return self.respond(reply_to, response, false);
         }
+        let (waker, quiesce_mark) = self.quiesce_mark(&request);
+        self.unquiesce(waker);
         self.note_term(request.sender(), request.term());
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),
@@ -436,7 +453,10 @@ impl Engine {
                 RpcResponse::RequestVote(self.handle_request_vote(&req))
             }
             RpcRequest::AppendEntries(req) => {
-                RpcResponse::AppendEntries(self.handle_append_entries(req))
+                let marked = req.quiesce;
+                let answer = self.handle_append_entries(req);
+                self.after_append(marked, quiesce_mark, &answer);
+                RpcResponse::AppendEntries(answer)
             }
             RpcRequest::TimeoutNow(req) => RpcResponse::TimeoutNow(self.handle_timeout_now(&req)),
             RpcRequest::InstallSnapshot(req) => {
@@ -448,13 +468,17 @@ impl Engine {
 
     /// The response to a request this engine sent to `from` (`request` is what was sent, minus
     /// entries: see [`SentRequest::of`]). A malformed response is counted and treated as no
-    /// answer ([`Engine::on_unreachable`]).
+    /// answer ([`Engine::on_unreachable`]). Any response but the full success of an
+    /// AppendEntries wakes a quiesced node.
     pub fn on_response(&mut self, from: NodeId, request: SentRequest, response: RpcResponse) {
         let checked =
             validate::response(&request, &response).and_then(|()| self.check_term(response.term()));
         if let Err(reason) = checked {
             self.count_malformed(from, "response", &reason);
             return self.on_unreachable(from, request);
+        }
+        if !self.keeps_quiet(&request, &response) {
+            self.unquiesce(quiesce::Waker::Other);
         }
         self.note_term(from, response.term());
         if let SentRequest::ReadIndex { read_id, .. } = request {
@@ -496,8 +520,9 @@ impl Engine {
         }
     }
 
-    /// A request to `from` failed (lost, timed out, unreachable).
+    /// A request to `from` failed (lost, timed out, unreachable). Wakes a quiesced node.
     pub fn on_unreachable(&mut self, from: NodeId, request: SentRequest) {
+        self.unquiesce(quiesce::Waker::Other);
         let current = self.hard_state.current_term;
         match request {
             SentRequest::ReadIndex { read_id, .. } => self.read_index_unreachable(read_id),

@@ -102,6 +102,11 @@ impl Inflight {
         self.bytes = 0;
     }
 
+    /// Whether no AppendEntries with entries is in flight.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.requests.len()
@@ -134,6 +139,9 @@ pub(crate) struct Progress {
     /// Heartbeats (empty AppendEntries) sent and not yet answered or failed. A read round adds
     /// a heartbeat only while there is none, so reads never pile heartbeats up on a slow link.
     pub(crate) heartbeats_in_flight: u64,
+    /// The `leader_commit` of the latest AppendEntries sent to this follower (quiescence waits
+    /// until every follower was sent the commit index).
+    pub(crate) commit_sent: LogIndex,
 }
 
 impl Progress {
@@ -151,6 +159,7 @@ impl Progress {
             read_round_acked: 0,
             read_round_sent: 0,
             heartbeats_in_flight: 0,
+            commit_sent: 0,
         }
     }
 

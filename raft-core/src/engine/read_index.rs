@@ -84,14 +84,21 @@ impl ReadQueue {
     fn len(&self) -> usize {
         self.waiting_commit.len() + self.pending.len()
     }
+
+    /// Whether no read waits and no round is wanted.
+    pub(super) fn is_idle(&self) -> bool {
+        self.len() == 0 && !self.round_wanted
+    }
 }
 
 impl Engine {
     /// Asks for a read index. The outcome comes as [`Action::ReadIndexReady`] for `id`: on the
     /// leader once a quorum confirmed its leadership, on a follower once the leader answered
     /// its `ReadIndex` request. Reading the state machine after it applied that index is
-    /// linearizable.
+    /// linearizable. Wakes a quiesced node (a quiesced leader answers from its lease only while
+    /// the lease holds by the clock, as ever, and else runs a round).
     pub fn read_index(&mut self, id: ReadId) {
+        self.unquiesce(super::quiesce::Waker::Other);
         if matches!(self.role, RoleState::Leader(_)) {
             self.register_read(ReadWaiter::Local(id));
             return;
@@ -118,6 +125,24 @@ impl Engine {
         let read_id = self.forwarded.next_rpc;
         self.forwarded.next_rpc += 1;
         self.forwarded.in_flight.insert(read_id, batch);
+        let request = RpcRequest::ReadIndex(ReadIndexRequest {
+            term: self.hard_state.current_term,
+            sender: self.id,
+            read_id,
+        });
+        self.send(leader, request, false);
+    }
+
+    /// Follower woken from quiescence by anything but its leader: asks its leader for a read
+    /// index that no read waits for (unless a forwarded read does it already). A live leader
+    /// answers it after a heartbeat round, which reaches every follower.
+    pub(super) fn ping_leader(&mut self) {
+        let Some(leader) = self.leader_id.filter(|&l| l != self.id) else { return };
+        if !self.forwarded.batch.is_empty() {
+            return;
+        }
+        let read_id = self.forwarded.next_rpc;
+        self.forwarded.next_rpc += 1;
         let request = RpcRequest::ReadIndex(ReadIndexRequest {
             term: self.hard_state.current_term,
             sender: self.id,

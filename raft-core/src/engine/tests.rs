@@ -39,6 +39,8 @@ struct Cluster {
     deaf: BTreeSet<NodeId>,
     /// A partition (empty: none): two nodes talk only if every group holds both or neither.
     groups: Vec<BTreeSet<NodeId>>,
+    /// Links that are down (both directions), as (lower id, higher id).
+    links_down: BTreeSet<(NodeId, NodeId)>,
     /// Pending replies: reply id -> (requester, sent summary).
     replies: BTreeMap<u64, (NodeId, SentRequest)>,
     next_reply: u64,
@@ -128,6 +130,7 @@ impl Cluster {
             isolated: BTreeSet::new(),
             deaf: BTreeSet::new(),
             groups: Vec::new(),
+            links_down: BTreeSet::new(),
             replies: BTreeMap::new(),
             next_reply: 0,
             log: Vec::new(),
@@ -320,6 +323,7 @@ impl Cluster {
 
     fn cut(&self, a: NodeId, b: NodeId) -> bool {
         self.groups.iter().any(|g| g.contains(&a) != g.contains(&b))
+            || self.links_down.contains(&(a.min(b), a.max(b)))
             || self.isolated.contains(&a)
             || self.isolated.contains(&b)
             || !self.nodes.contains_key(&a)
@@ -416,6 +420,24 @@ impl Cluster {
         self.settle();
         id
     }
+}
+
+/// A quiesce-marked heartbeat (see `engine/quiesce.rs`).
+fn quiesce_mark(
+    term: Term,
+    leader_id: NodeId,
+    prev_log_id: LogId,
+    leader_commit: LogIndex,
+) -> RpcRequest {
+    RpcRequest::AppendEntries(AppendEntriesRequest {
+        term,
+        leader_id,
+        prev_log_id,
+        entries: Vec::new(),
+        leader_commit,
+        read_round: 0,
+        quiesce: true,
+    })
 }
 
 fn commands(entries: &[Entry]) -> Vec<Bytes> {
@@ -777,6 +799,7 @@ mod elections;
 mod hostile;
 mod joint;
 mod membership;
+mod quiesce;
 mod reads;
 mod snapshot_failures;
 mod snapshot_restore;

@@ -60,6 +60,7 @@ impl Engine {
         }
         tracing::info!(id = self.id, target, "leadership transfer started");
         leader.transfer = Some(LeaderTransfer::new(target));
+        self.unquiesce(super::quiesce::Waker::Other);
         Ok(())
     }
 

@@ -102,6 +102,8 @@ pub(super) struct CoreLoop {
     step_now: Option<Duration>,
     metrics: LoopMetrics,
     stop: Option<Stop>,
+    /// Tells the ticker how many ticks the engine may go without.
+    pacer: super::ticker::Pacer,
 }
 
 /// Where the main loop sends its work: the log writer, the applier and the peers' sender tasks.
@@ -162,6 +164,7 @@ impl CoreLoop {
             step_now: None,
             metrics,
             stop: None,
+            pacer: super::ticker::Pacer::new(),
         }
     }
 
@@ -202,8 +205,15 @@ impl CoreLoop {
             let status = self.engine.status();
             self.metrics.node.step(&status, &self.engine);
             self.inputs.status.publish(status);
+            self.pacer.set(self.engine.ticks_until_needed());
         }
         self.finish();
+    }
+
+    /// Connects the ticker: after each step it learns how many ticks the engine may go without.
+    pub(super) fn with_pacer(mut self, pacer: super::ticker::Pacer) -> Self {
+        self.pacer = pacer;
+        self
     }
 
     /// Feeds one input to the engine; sets `stop` when the node must stop.
@@ -212,14 +222,16 @@ impl CoreLoop {
         // read, local or from a follower, checks the lease), read after the input arrived: a
         // read is answered from the lease only if it still holds after the read was asked for.
         // Other inputs happen at the last reading, which can only make a lease shorter.
-        if matches!(input, Input::Tick | Input::ReadIndex { .. } | Input::Request { .. }) {
+        if matches!(input, Input::Tick(_) | Input::ReadIndex { .. } | Input::Request { .. }) {
             let now = self.clock.now();
             self.step_now = Some(now);
             self.engine.set_now(now);
         }
         match input {
-            Input::Tick => {
-                self.engine.tick();
+            Input::Tick(ticks) => {
+                for _ in 0..ticks {
+                    self.engine.tick();
+                }
                 if self.engine.role() == Role::Leader {
                     self.metrics.replication(&self.engine);
                 }

@@ -8,7 +8,8 @@
 //!   write is in progress (one sync for many proposals);
 //! * the **applier** runs the state machine and answers proposers;
 //! * one **sender per peer** runs that peer's RPCs concurrently;
-//! * the **ticker** turns the runtime's timer into engine ticks.
+//! * the **ticker** turns the runtime's timer into engine ticks (only at the engine's next
+//!   deadline while it is quiesced).
 //!
 //! Messages that acknowledge state wait in the main loop until the writes before them are
 //! durable; the leader's own AppendEntries go out at once (see the engine's ordering contract).
@@ -25,6 +26,7 @@ mod reentrancy;
 mod resume;
 mod snapshot;
 mod supervisor;
+mod ticker;
 mod watch;
 mod writer;
 
@@ -63,7 +65,8 @@ use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term}
 
 /// Inputs of the main loop.
 pub(crate) enum Input {
-    Tick,
+    /// This many ticks of `tick_interval` passed.
+    Tick(u64),
     Propose {
         command: Bytes,
         permit: async_lock::SemaphoreGuardArc,
@@ -471,21 +474,10 @@ impl Node {
             )
             .boxed(),
         );
-        let tick = config.tick_interval;
-        let ticker_inputs = inputs_tx.clone();
-        let ticker_sleeper = runtime.clone();
-        spawn(
-            "ticker",
-            async move {
-                loop {
-                    ticker_sleeper.sleep(tick).await;
-                    if ticker_inputs.send(Input::Tick).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            .boxed(),
-        );
+        let pacer = ticker::Pacer::new();
+        let ticks =
+            ticker::run(pacer.clone(), runtime.clone(), config.tick_interval, inputs_tx.clone());
+        spawn("ticker", ticks.boxed());
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,
             status: status.clone(),
@@ -500,7 +492,8 @@ impl Node {
             runtime.clone(),
             core_loop::LoopMetrics::new(metrics.clone()),
         )
-        .with_snapshots(snap_ops);
+        .with_snapshots(snap_ops)
+        .with_pacer(pacer);
         spawner.spawn(Task::MainLoop(ends), main_loop.run().boxed());
         drop(spawner);
         tracing::info!(

@@ -178,6 +178,7 @@ mod tests {
             commit_index: 0,
             applied_index: 0,
             last_log_index: 0,
+            quiesced: false,
         }
     }
 

@@ -704,6 +704,7 @@ mod tests {
             commit_index: commit,
             applied_index: applied,
             last_log_index: commit,
+            quiesced: false,
         }
     }
 
@@ -1043,6 +1044,7 @@ mod tests {
             entries: vec![entry(11, 6, "blank"), entry(12, 6, "a")],
             leader_commit: 10,
             read_round: 0,
+            quiesce: false,
         });
         assert!(check_request(1, &append, &durable(5, Some(1), &[])).is_err());
         assert!(check_request(1, &append, &durable(6, Some(1), &[])).is_ok());
@@ -1106,6 +1108,7 @@ mod tests {
             entries: (4..=7).map(|index| entry(index, 3, "x")).collect(),
             leader_commit: 2,
             read_round: 0,
+            quiesce: false,
         });
         let ack = RpcResponse::AppendEntries(AppendEntriesResponse {
             term: 3,

@@ -195,6 +195,7 @@ pub fn heartbeat(leader: NodeId) -> RpcRequest {
         entries: Vec::new(),
         leader_commit: 7,
         read_round: 0,
+        quiesce: false,
     })
 }
 
@@ -219,6 +220,7 @@ pub fn append(leader: NodeId, count: usize, size: usize, first: &'static [u8]) -
         entries,
         leader_commit: 7,
         read_round: 0,
+        quiesce: false,
     })
 }
 

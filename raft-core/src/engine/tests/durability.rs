@@ -154,6 +154,7 @@ fn a_timeout_now_election_won_at_once_waits_for_the_term() {
         entries: Vec::new(),
         leader_commit: 0,
         read_round: 0,
+        quiesce: false,
     };
     c.engine(2).on_request(RpcRequest::AppendEntries(heartbeat), ReplyId(u64::MAX - 1));
     c.engine(2).take_actions();

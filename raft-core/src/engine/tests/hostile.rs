@@ -59,6 +59,7 @@ fn a_follower_refuses_to_overwrite_committed_entries_and_does_not_acknowledge() 
         entries: vec![forged],
         leader_commit: commit,
         read_round: 0,
+        quiesce: false,
     };
     let answer = ask(&mut c, follower, RpcRequest::AppendEntries(request));
     let RpcResponse::AppendEntries(answer) = answer else { panic!("{answer:?}") };
@@ -82,6 +83,7 @@ fn malformed_append_entries_are_refused_before_any_state_changes() {
         entries,
         leader_commit: 0,
         read_round: 0,
+        quiesce: false,
     };
     let cases = [
         // A gap after prev_log_id, in a higher term (which must not be adopted).
@@ -222,6 +224,7 @@ fn one_message_with_the_largest_term_cannot_stop_elections() {
             entries: Vec::new(),
             leader_commit: 0,
             read_round: 0,
+            quiesce: false,
         };
         ask(&mut c, id, RpcRequest::AppendEntries(request));
     }
@@ -261,6 +264,7 @@ fn terms_climb_into_the_reserve_only_step_by_step() {
             entries: Vec::new(),
             leader_commit: 0,
             read_round: 0,
+            quiesce: false,
         })
     };
     let term_of = |c: &Cluster| c.nodes[&follower].engine.hard_state().current_term;
@@ -362,6 +366,7 @@ fn malformed_messages_are_logged_at_most_once_per_peer_per_ten_seconds() {
             entries: vec![entry],
             leader_commit: 0,
             read_round: 0,
+            quiesce: false,
         })
     };
     let warnings = std::sync::Arc::new(Warnings::default());
@@ -478,6 +483,7 @@ enum Hostile {
         prev: (Num, Num),
         entries: Vec<(Num, Num, u8)>,
         commit: Num,
+        quiesce: bool,
     },
     RequestVote {
         term: Num,
@@ -499,6 +505,13 @@ enum Hostile {
     ReadIndex {
         term: Num,
     },
+    /// A quiesce-marked heartbeat at the target's term, log end and commit index (what its leader
+    /// would send), but for one of them (`off`: 1 the term, 2 the log end, 3 the commit index; 0
+    /// none) set to `n` relative to it.
+    QuiesceMark {
+        off: u8,
+        n: Num,
+    },
     /// A response to one of the target's requests to the peer (`pick` chooses which).
     Response {
         pick: usize,
@@ -517,9 +530,20 @@ enum Hostile {
 fn hostile() -> impl Strategy<Value = Hostile> {
     let pair = || (num(), num());
     prop_oneof![
-        (num(), pair(), prop::collection::vec((num(), num(), any::<u8>()), 0..4), num()).prop_map(
-            |(term, prev, entries, commit)| Hostile::AppendEntries { term, prev, entries, commit }
-        ),
+        (
+            num(),
+            pair(),
+            prop::collection::vec((num(), num(), any::<u8>()), 0..4),
+            num(),
+            any::<bool>()
+        )
+            .prop_map(|(term, prev, entries, commit, quiesce)| Hostile::AppendEntries {
+                term,
+                prev,
+                entries,
+                commit,
+                quiesce
+            }),
         (num(), pair(), any::<bool>(), any::<bool>()).prop_map(|(term, last, pre_vote, t)| {
             Hostile::RequestVote { term, last, pre_vote, transfer: t }
         }),
@@ -535,6 +559,7 @@ fn hostile() -> impl Strategy<Value = Hostile> {
             }
         ),
         num().prop_map(|term| Hostile::ReadIndex { term }),
+        (0u8..4, num()).prop_map(|(off, n)| Hostile::QuiesceMark { off, n }),
         (any::<usize>(), num(), 0u8..5, num(), num(), num(), any::<bool>()).prop_map(
             |(pick, term, kind, a, b, c, flag)| Hostile::Response {
                 pick,
@@ -590,7 +615,7 @@ impl Target {
         let id = |(ti, ii): (Num, Num)| LogId::new(ti.at(last.term, MAX_TERM), i(ii));
         let leader_id = self.peer;
         match h {
-            Hostile::AppendEntries { term, prev, entries, commit } => {
+            Hostile::AppendEntries { term, prev, entries, commit, quiesce } => {
                 let prev_log_id = id(*prev);
                 let entries = entries
                     .iter()
@@ -631,6 +656,7 @@ impl Target {
                     entries,
                     leader_commit: i(*commit),
                     read_round: 0,
+                    quiesce: *quiesce,
                 })
             }
             Hostile::RequestVote { term, last, pre_vote, transfer } => {
@@ -661,6 +687,19 @@ impl Target {
                     data: Bytes::from(data),
                     done: *done,
                 })
+            }
+            Hostile::QuiesceMark { off, n } => {
+                let (mut term, mut prev_log_id, mut leader_commit) = (term, last, e.commit_index());
+                match off {
+                    1 => term = t(*n),
+                    2 => {
+                        let index = i(*n);
+                        prev_log_id = LogId::new(e.term_at(index).unwrap_or(last.term), index);
+                    }
+                    3 => leader_commit = n.at(leader_commit, MAX_LOG_INDEX),
+                    _ => {}
+                }
+                super::quiesce_mark(term, leader_id, prev_log_id, leader_commit)
             }
             Hostile::ReadIndex { term } => RpcRequest::ReadIndex(ReadIndexRequest {
                 term: t(*term),
@@ -784,9 +823,17 @@ impl Target {
     fn step(&mut self, h: &Hostile) -> Result<(), TestCaseError> {
         let before = state_of(&self.engine);
         let malformed = self.engine.malformed_count();
+        let (was_quiesced, leader_before) = (self.engine.is_quiesced(), self.engine.leader_id());
         let mut expect_refusal = None;
+        let mut request_sent = None;
         match h {
-            Hostile::Tick => self.engine.tick(),
+            Hostile::Tick => {
+                self.engine.tick();
+                if was_quiesced {
+                    prop_assert!(self.engine.is_quiesced(), "a tick woke a quiesced node");
+                    prop_assert!(self.engine.take_actions().is_empty(), "a quiesced node acted");
+                }
+            }
             Hostile::Read => self.engine.read_index(ReadId(self.next_reply)),
             Hostile::Propose => {
                 let _ = self.engine.propose(Bytes::from_static(b"p"));
@@ -802,13 +849,17 @@ impl Target {
                 let request = self.build(request);
                 self.next_reply += 1;
                 expect_refusal = Some(self.next_reply);
-                self.engine.on_request(request, ReplyId(self.next_reply));
+                self.engine.on_request(request.clone(), ReplyId(self.next_reply));
+                request_sent = Some(request);
             }
         }
         let refused = self.engine.malformed_count() > malformed;
         let after = state_of(&self.engine);
         if refused {
             prop_assert_eq!(after, before, "a refused message changed the node's state");
+        }
+        if let Some(request) = &request_sent {
+            self.check_quiescence(request, refused, was_quiesced, before, leader_before)?;
         }
         let expect_refusal = expect_refusal.filter(|_| refused);
         self.run(expect_refusal)?;
@@ -818,6 +869,46 @@ impl Target {
         prop_assert!(after.0.current_term <= climb, "the term climbed the reserve too fast");
         prop_assert!(after.2 >= before.2, "commit index went back");
         prop_assert!(after.2 <= after.1.index, "commit index beyond the log");
+        Ok(())
+    }
+}
+
+impl Target {
+    /// After `request` (`refused` or not): only a quiesce-marked heartbeat of the leader the node
+    /// already followed in its term, ending where its log ends and at its commit index, leaves
+    /// it quiesced; a refused request changes nothing; any other request wakes it.
+    fn check_quiescence(
+        &self,
+        request: &RpcRequest,
+        refused: bool,
+        was_quiesced: bool,
+        before: (HardState, LogId, LogIndex, Role),
+        leader_before: Option<NodeId>,
+    ) -> Result<(), TestCaseError> {
+        let e = &self.engine;
+        if refused {
+            prop_assert_eq!(e.is_quiesced(), was_quiesced, "a refused message changed quiescence");
+            return Ok(());
+        }
+        if !e.is_quiesced() {
+            return Ok(());
+        }
+        let RpcRequest::AppendEntries(r) = request else {
+            return Err(TestCaseError::fail(format!("quiesced by {request:?}")));
+        };
+        prop_assert!(e.config.quiesce_idle, "quiesced without quiesce_idle");
+        prop_assert!(r.quiesce && r.entries.is_empty(), "quiesced by an unmarked {r:?}");
+        let (hard_state, _, _, role) = before;
+        prop_assert!(
+            role == Role::Follower
+                && r.term == hard_state.current_term
+                && leader_before == Some(r.leader_id),
+            "a mark from a stale or wrong leader quiesced the node (term {}, leader {:?}): {r:?}",
+            hard_state.current_term,
+            leader_before
+        );
+        prop_assert_eq!(e.last_log_id(), r.prev_log_id, "quiesced with another log end");
+        prop_assert_eq!(e.commit_index(), r.leader_commit, "quiesced at another commit index");
         Ok(())
     }
 }
@@ -839,11 +930,13 @@ proptest! {
     /// random and adversarial messages from an authenticated peer: no panic (overflow panics in
     /// debug builds), no term or commit index going back, no term climbing the reserve faster
     /// than a step per message, no message of a term not yet durable, no refused message
-    /// acknowledged or changing state.
+    /// acknowledged or changing state, no node quiesced by a quiesce mark of a stale or wrong
+    /// leader (or by anything but its leader's mark), no quiesced node acting on a tick.
     #[test]
     fn hostile_messages_never_panic_wrap_or_get_acknowledged(
         prefix in prop::collection::vec(legal(), 0..60),
         pre_vote in any::<bool>(),
+        quiesce in any::<bool>(),
         target in 1u64..=3,
         peer_offset in 1u64..=2,
         attack in prop::collection::vec(hostile(), 1..40),
@@ -852,6 +945,7 @@ proptest! {
         let mut configs = super::snapshot_configs(3);
         for config in &mut configs {
             config.pre_vote = pre_vote;
+            config.quiesce_idle = quiesce;
         }
         let mut c = Cluster::with_configs(configs);
         for op in prefix {
