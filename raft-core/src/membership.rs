@@ -39,6 +39,7 @@
 //! [`NodeBuilder::bootstrap`]: crate::NodeBuilder::bootstrap
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -105,8 +106,19 @@ impl NodeInfo {
 /// membership has voters in both sets; at most [`MAX_MEMBERS`] members, [`MAX_NODE_INFO_BYTES`]
 /// per member and [`MAX_MEMBERSHIP_BYTES`] in all. The empty membership (no member at all) is
 /// the one of a node that waits to join a cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// A membership is immutable and shares its parts: cloning it is one reference count, and it
+/// takes one pointer inside an [`EntryPayload`](crate::EntryPayload), so entries stay small
+/// (every log push, store append, AppendEntries and apply moves them).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Membership {
+    /// Compared by pointer first (`Arc`'s equality for `Eq` types), then by value.
+    parts: Arc<Parts>,
+}
+
+/// What a [`Membership`] holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Parts {
     /// The voters of the configuration in force, or being entered during a joint change.
     voters: BTreeSet<NodeId>,
     /// During a joint change, the voters of the configuration being left; empty otherwise.
@@ -197,7 +209,7 @@ impl Membership {
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         let nodes = voters.iter().map(|&id| (id, NodeInfo::default())).collect();
-        Self { voters, outgoing: BTreeSet::new(), learners: BTreeSet::new(), nodes }
+        Self::of(Parts { voters, outgoing: BTreeSet::new(), learners: BTreeSet::new(), nodes })
     }
 
     /// A membership of `voters` and `learners`, each with its metadata. Fails if there is no
@@ -206,17 +218,18 @@ impl Membership {
         voters: impl IntoIterator<Item = (NodeId, NodeInfo)>,
         learners: impl IntoIterator<Item = (NodeId, NodeInfo)>,
     ) -> Result<Self, InvalidChange> {
-        let mut membership = Self::default();
+        let mut parts = Parts::default();
         for (id, info) in voters {
-            membership.voters.insert(id);
-            membership.nodes.insert(id, info);
+            parts.voters.insert(id);
+            parts.nodes.insert(id, info);
         }
         for (id, info) in learners {
-            if membership.nodes.insert(id, info).is_some() {
+            if parts.nodes.insert(id, info).is_some() {
                 return Err(InvalidChange::VoterIsLearner(id));
             }
-            membership.learners.insert(id);
+            parts.learners.insert(id);
         }
+        let membership = Self::of(parts);
         membership.check_target()?;
         Ok(membership)
     }
@@ -240,7 +253,7 @@ impl Membership {
         learners: BTreeSet<NodeId>,
         nodes: BTreeMap<NodeId, NodeInfo>,
     ) -> Result<Self, InvalidChange> {
-        let membership = Self { voters, outgoing, learners, nodes };
+        let membership = Self::of(Parts { voters, outgoing, learners, nodes });
         membership.check()?;
         Ok(membership)
     }
@@ -259,9 +272,12 @@ impl Membership {
         let mut given: BTreeMap<NodeId, NodeInfo> = new_nodes.into_iter().collect();
         let mut info = |id: NodeId| match given.remove(&id) {
             Some(info) => Ok((id, info)),
-            None => {
-                self.nodes.get(&id).map(|i| (id, i.clone())).ok_or(InvalidChange::UnknownNode(id))
-            }
+            None => self
+                .parts
+                .nodes
+                .get(&id)
+                .map(|i| (id, i.clone()))
+                .ok_or(InvalidChange::UnknownNode(id)),
         };
         let voters: Vec<_> = voters.into_iter().map(&mut info).collect::<Result<_, _>>()?;
         let learners: Vec<_> = learners.into_iter().map(&mut info).collect::<Result<_, _>>()?;
@@ -274,64 +290,65 @@ impl Membership {
     /// The voters of the configuration in force, or, during a joint change, of the
     /// configuration being entered (those who vote once the change is complete).
     pub fn voters(&self) -> &BTreeSet<NodeId> {
-        &self.voters
+        &self.parts.voters
     }
 
     /// During a joint change, the voters of the configuration being left; empty otherwise.
     pub fn outgoing_voters(&self) -> &BTreeSet<NodeId> {
-        &self.outgoing
+        &self.parts.outgoing
     }
 
     /// Whether this is a joint membership (two voter sets).
     pub fn is_joint(&self) -> bool {
-        !self.outgoing.is_empty()
+        !self.parts.outgoing.is_empty()
     }
 
     /// Every node that votes now: the voters of both sets during a joint change.
     pub fn all_voters(&self) -> BTreeSet<NodeId> {
-        self.voters.union(&self.outgoing).copied().collect()
+        self.parts.voters.union(&self.parts.outgoing).copied().collect()
     }
 
     /// The learners (during a joint change, of the configuration being entered: a voter of the
     /// outgoing set that stays as a learner is listed here and still votes until the change is
     /// complete).
     pub fn learners(&self) -> &BTreeSet<NodeId> {
-        &self.learners
+        &self.parts.learners
     }
 
     /// Whether `id` votes now (in either set during a joint change).
     pub fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.contains(&id) || self.outgoing.contains(&id)
+        self.parts.voters.contains(&id) || self.parts.outgoing.contains(&id)
     }
 
     /// Whether `id` is a member that does not vote now.
     pub fn is_learner(&self, id: NodeId) -> bool {
-        self.learners.contains(&id) && !self.outgoing.contains(&id)
+        self.parts.learners.contains(&id) && !self.parts.outgoing.contains(&id)
     }
 
     /// Whether `id` is a voter or a learner.
     pub fn contains(&self, id: NodeId) -> bool {
-        self.nodes.contains_key(&id)
+        self.parts.nodes.contains_key(&id)
     }
 
     /// Every member, voters and learners, in increasing id order.
     pub fn members(&self) -> BTreeSet<NodeId> {
-        self.nodes.keys().copied().collect()
+        self.parts.nodes.keys().copied().collect()
     }
 
     /// The metadata of every member.
     pub fn nodes(&self) -> &BTreeMap<NodeId, NodeInfo> {
-        &self.nodes
+        &self.parts.nodes
     }
 
     /// The metadata of member `id`.
     pub fn node(&self, id: NodeId) -> Option<&NodeInfo> {
-        self.nodes.get(&id)
+        self.parts.nodes.get(&id)
     }
 
     /// The voter sets: one, or two during a joint change (the new set first).
     fn voter_sets(&self) -> impl Iterator<Item = &BTreeSet<NodeId>> {
-        std::iter::once(&self.voters).chain(Some(&self.outgoing).filter(|s| !s.is_empty()))
+        std::iter::once(&self.parts.voters)
+            .chain(Some(&self.parts.outgoing).filter(|s| !s.is_empty()))
     }
 
     /// **The quorum rule.** Given each voter's value (a match index, an acknowledged round, 1 for
@@ -367,63 +384,65 @@ impl Membership {
         if !self.is_joint() {
             return self.clone();
         }
-        let keep = |id: &NodeId| self.voters.contains(id) || self.learners.contains(id);
-        Membership {
-            voters: self.voters.clone(),
+        let keep = |id: &NodeId| self.parts.voters.contains(id) || self.parts.learners.contains(id);
+        Self::of(Parts {
+            voters: self.parts.voters.clone(),
             outgoing: BTreeSet::new(),
-            learners: self.learners.clone(),
+            learners: self.parts.learners.clone(),
             nodes: self
+                .parts
                 .nodes
                 .iter()
                 .filter(|(id, _)| keep(id))
                 .map(|(&id, i)| (id, i.clone()))
                 .collect(),
-        }
+        })
     }
 
     /// The joint membership from this (single) configuration to `target` (also single): the
     /// current voters as the outgoing set, `target`'s voters and learners, and the metadata of
     /// both (`target`'s where both have some).
     pub(crate) fn joint_to(&self, target: &Membership) -> Membership {
-        let mut nodes = self.nodes.clone();
-        nodes.retain(|id, _| self.voters.contains(id));
-        nodes.extend(target.nodes.iter().map(|(&id, info)| (id, info.clone())));
-        Membership {
-            voters: target.voters.clone(),
-            outgoing: self.voters.clone(),
-            learners: target.learners.clone(),
+        let mut nodes = self.parts.nodes.clone();
+        nodes.retain(|id, _| self.parts.voters.contains(id));
+        nodes.extend(target.parts.nodes.iter().map(|(&id, info)| (id, info.clone())));
+        Self::of(Parts {
+            voters: target.parts.voters.clone(),
+            outgoing: self.parts.voters.clone(),
+            learners: target.parts.learners.clone(),
             nodes,
-        }
+        })
     }
 
     /// The membership after `change`, as a single configuration (for a joint membership,
     /// applied to the configuration being entered), or why the change does not apply.
     pub fn apply(&self, change: MembershipChange) -> Result<Membership, InvalidChange> {
         let mut next = self.finalized();
+        let parts = Arc::make_mut(&mut next.parts);
         match change {
             MembershipChange::AddLearner(id, info) => {
-                if next.contains(id) {
+                if parts.nodes.contains_key(&id) {
                     return Err(InvalidChange::AlreadyMember(id));
                 }
-                next.learners.insert(id);
-                next.nodes.insert(id, info);
+                parts.learners.insert(id);
+                parts.nodes.insert(id, info);
             }
             MembershipChange::PromoteLearner(id) => {
-                if !next.learners.remove(&id) {
+                if !parts.learners.remove(&id) {
                     return Err(InvalidChange::NotLearner(id));
                 }
-                next.voters.insert(id);
+                parts.voters.insert(id);
             }
             MembershipChange::RemoveNode(id) => {
-                if next.voters.len() == 1 && next.voters.contains(&id) {
+                if parts.voters.len() == 1 && parts.voters.contains(&id) {
                     return Err(InvalidChange::LastVoter(id));
                 }
-                if !(next.voters.remove(&id) || next.learners.remove(&id)) {
+                if !(parts.voters.remove(&id) || parts.learners.remove(&id)) {
                     return Err(InvalidChange::NotMember(id));
                 }
-                next.nodes.remove(&id);
+                parts.nodes.remove(&id);
             }
-            MembershipChange::SetNodeInfo(id, info) => match next.nodes.get_mut(&id) {
+            MembershipChange::SetNodeInfo(id, info) => match parts.nodes.get_mut(&id) {
                 Some(slot) => *slot = info,
                 None => return Err(InvalidChange::NotMember(id)),
             },
@@ -436,33 +455,37 @@ impl Membership {
     /// 16 bytes per member and per entry of the voter and learner sets (at least its postcard
     /// encoding, minus a few bytes of lengths and tags).
     pub fn size_bytes(&self) -> u64 {
-        let entries =
-            self.nodes.len() + self.voters.len() + self.outgoing.len() + self.learners.len();
-        let info: u64 = self.nodes.values().map(|i| i.len() as u64).sum();
+        let entries = self.parts.nodes.len()
+            + self.parts.voters.len()
+            + self.parts.outgoing.len()
+            + self.parts.learners.len();
+        let info: u64 = self.parts.nodes.values().map(|i| i.len() as u64).sum();
         info.saturating_add(MEMBER_OVERHEAD_BYTES * entries as u64)
     }
 
     /// Checks the invariants (see the type's docs): what decoding and the engine's validation
     /// of memberships from the wire rely on.
     pub fn check(&self) -> Result<(), InvalidChange> {
-        if self.nodes.len() > MAX_MEMBERS {
-            return Err(InvalidChange::TooManyMembers(self.nodes.len()));
+        if self.parts.nodes.len() > MAX_MEMBERS {
+            return Err(InvalidChange::TooManyMembers(self.parts.nodes.len()));
         }
-        if self.is_joint() && self.voters.is_empty() {
+        if self.is_joint() && self.parts.voters.is_empty() {
             return Err(InvalidChange::Joint);
         }
-        if let Some(&id) = self.learners.intersection(&self.voters).next() {
+        if let Some(&id) = self.parts.learners.intersection(&self.parts.voters).next() {
             return Err(InvalidChange::VoterIsLearner(id));
         }
-        let named = self.voters.iter().chain(&self.outgoing).chain(&self.learners);
-        if let Some(&id) = named.clone().find(|id| !self.nodes.contains_key(id)) {
+        let named =
+            self.parts.voters.iter().chain(&self.parts.outgoing).chain(&self.parts.learners);
+        if let Some(&id) = named.clone().find(|id| !self.parts.nodes.contains_key(id)) {
             return Err(InvalidChange::UnknownNode(id));
         }
         let named: BTreeSet<NodeId> = named.copied().collect();
-        if let Some(&id) = self.nodes.keys().find(|id| !named.contains(id)) {
+        if let Some(&id) = self.parts.nodes.keys().find(|id| !named.contains(id)) {
             return Err(InvalidChange::NotMember(id));
         }
-        if let Some((&id, _)) = self.nodes.iter().find(|(_, i)| i.len() > MAX_NODE_INFO_BYTES) {
+        if let Some((&id, _)) = self.parts.nodes.iter().find(|(_, i)| i.len() > MAX_NODE_INFO_BYTES)
+        {
             return Err(InvalidChange::NodeInfoTooLarge(id));
         }
         match self.size_bytes() {
@@ -476,7 +499,7 @@ impl Membership {
         if self.is_joint() {
             return Err(InvalidChange::Joint);
         }
-        if self.voters.is_empty() {
+        if self.parts.voters.is_empty() {
             return Err(InvalidChange::NoVoters);
         }
         self.check()
@@ -490,7 +513,24 @@ impl Membership {
         learners: BTreeSet<NodeId>,
         nodes: BTreeMap<NodeId, NodeInfo>,
     ) -> Self {
-        Self { voters, outgoing, learners, nodes }
+        Self::of(Parts { voters, outgoing, learners, nodes })
+    }
+
+    /// A membership of `parts` (unchecked: every caller checks or builds valid parts).
+    fn of(parts: Parts) -> Self {
+        Self { parts: Arc::new(parts) }
+    }
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Parts { voters, outgoing, learners, nodes } = &*self.parts;
+        f.debug_struct("Membership")
+            .field("voters", voters)
+            .field("outgoing", outgoing)
+            .field("learners", learners)
+            .field("nodes", nodes)
+            .finish()
     }
 }
 
@@ -573,7 +613,7 @@ fn ascending_nodes<'de, D: Deserializer<'de>>(
 
 impl Serialize for Membership {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Membership { voters, outgoing, learners, nodes } = self;
+        let Parts { voters, outgoing, learners, nodes } = &*self.parts;
         MembershipFormat::V2 { voters, outgoing, learners, nodes }.serialize(serializer)
     }
 }
@@ -582,7 +622,7 @@ impl<'de> Deserialize<'de> for Membership {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let MembershipDecoded::V2 { voters, outgoing, learners, nodes } =
             MembershipDecoded::deserialize(deserializer)?;
-        let membership = Membership { voters, outgoing, learners, nodes };
+        let membership = Membership::of(Parts { voters, outgoing, learners, nodes });
         membership.check().map_err(serde::de::Error::custom)?;
         Ok(membership)
     }

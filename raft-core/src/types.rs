@@ -241,6 +241,17 @@ mod tests {
 
     use super::*;
 
+    /// Entries are moved and copied on every log push, store append, AppendEntries and apply:
+    /// a membership payload (rare) is a pointer, so an entry is its ids plus a `Bytes`.
+    #[test]
+    fn an_entry_is_small() {
+        assert!(std::mem::size_of::<Entry>() <= 56, "{}", std::mem::size_of::<Entry>());
+        let membership = Membership::with_voters([1, 2, 3]);
+        assert_eq!(membership.clone(), membership);
+        let debug = format!("{membership:?}");
+        assert!(debug.starts_with("Membership { voters: {1, 2, 3}, outgoing: {}"), "{debug}");
+    }
+
     /// Entries as the build before joint consensus encoded them with postcard (bytes printed by
     /// that build, commit 3bbd55a): each still decodes, membership entries with empty metadata.
     #[test]
