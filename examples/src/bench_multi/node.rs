@@ -66,9 +66,9 @@ pub(crate) fn group_config(id: NodeId, group: GroupId, mode: Mode) -> Config {
     let mut config = Config::new(id);
     // Distinct timers per group (the default seed depends on the node id alone).
     config.random_seed ^= group.wrapping_mul(0xA24B_AED4_963E_E407);
-    // Issue 21 item 4: idle groups quiesce once raft-core offers it; it goes here, as
-    // `config.quiesce_idle = mode == Mode::Idle;`.
-    let _ = mode;
+    // Issue 21 item 4: the idle mode measures quiesced groups (a group with clients quiesces
+    // only when they stop, which they do not during a round).
+    config.quiesce_idle = mode == Mode::Idle;
     config
 }
 

@@ -389,6 +389,12 @@ impl NodeConfig {
         config.snapshot_interval_entries = self.snapshot_entries;
         config.snapshot_keep_entries = (self.snapshot_entries / 10).max(1);
         config.lease_reads = self.lease_reads;
+        // A sharded node's idle groups quiesce (issue 21.4): they cost no heartbeats until
+        // a request or a suspicion wakes them. A single group keeps its steady heartbeats.
+        config.quiesce_idle = self.groups > 1;
+        // Its fallback deadline must exceed the election timeout (Config::validate).
+        config.quiesce_check_interval =
+            config.quiesce_check_interval.max(4 * config.election_timeout_max);
         config
     }
 }

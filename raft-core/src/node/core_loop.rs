@@ -641,6 +641,7 @@ impl CoreLoop {
     /// Stops the node's other tasks by closing their queues, and fails what is pending: the
     /// inputs still queued too, so that every caller gets `Shutdown` at once.
     fn finish(&mut self) {
+        self.pacer.stop();
         let cause = self.inputs.close();
         let fatal = match self.stop.take() {
             // A task that ended reported why before its queue closed: that report is the cause.

@@ -5,7 +5,7 @@
 //! sends the ticks that passed in one input. So an idle group's node costs a wake-up per
 //! deadline (seconds), not one per tick.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +27,15 @@ struct Shared {
     /// Wakes a sleeping ticker when `ticks` shrinks (capacity 1: one pending kick is enough).
     kick: Sender<()>,
     kicked: Receiver<()>,
+    /// Set once the main loop stopped: the ticker ends, even in the middle of a long sleep.
+    stopped: AtomicBool,
 }
 
 impl Pacer {
     pub(super) fn new() -> Self {
         let (kick, kicked) = async_channel::bounded(1);
-        Self { inner: Arc::new(Shared { ticks: AtomicU64::new(1), kick, kicked }) }
+        let stopped = AtomicBool::new(false);
+        Self { inner: Arc::new(Shared { ticks: AtomicU64::new(1), kick, kicked, stopped }) }
     }
 
     /// The main loop, after each step: the engine's
@@ -45,6 +48,17 @@ impl Pacer {
     }
 
     /// The ticks the engine may go without now (at least 1).
+    /// Ends the ticker at once (the main loop stopped): without it, a node whose engine was
+    /// quiesced would wait for the ticker's long sleep (seconds) to end before it stops.
+    pub(super) fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        let _ = self.inner.kick.try_send(());
+    }
+
+    fn stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
     fn ticks(&self) -> u64 {
         self.inner.ticks.load(Ordering::Acquire).max(1)
     }
@@ -78,6 +92,9 @@ pub(super) async fn run(
                 }
             }
         };
+        if pacer.stopped() {
+            return;
+        }
         if ticks > 0 && inputs.send(Input::Tick(ticks)).await.is_err() {
             return;
         }
@@ -158,5 +175,35 @@ mod tests {
         assert_eq!(long + short, sleeps.len(), "{sleeps:?}");
         assert!((5..=7).contains(&long), "one sleep per 700 ticks: {sleeps:?}");
         assert!(short <= 8, "no tick-by-tick wake-ups while quiesced: {sleeps:?}");
+    }
+
+    /// A runtime whose sleeps never end.
+    struct NeverWakes;
+
+    impl Runtime for NeverWakes {
+        fn spawn(&self, _future: BoxFuture<'static, ()>) {
+            unreachable!("the ticker spawns nothing")
+        }
+        fn sleep(&self, _duration: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    #[test]
+    fn stopping_ends_a_quiesced_tickers_long_sleep() {
+        use std::future::Future;
+        let pacer = Pacer::new();
+        pacer.set(700);
+        let (inputs, _received) = async_channel::bounded(1);
+        let tick = Duration::from_millis(10);
+        let mut ticker = Box::pin(run(pacer.clone(), Arc::new(NeverWakes), tick, inputs));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(ticker.as_mut().poll(&mut cx).is_pending(), "asleep until its deadline");
+        pacer.stop();
+        assert!(ticker.as_mut().poll(&mut cx).is_ready(), "a stopped node's ticker ends at once");
     }
 }
