@@ -229,9 +229,12 @@ impl CoreLoop {
         }
         match input {
             Input::Tick(ticks) => {
-                for _ in 0..ticks {
-                    self.engine.tick();
-                }
+                let engine = std::cell::RefCell::new(&mut self.engine);
+                super::ticker::deliver_ticks(
+                    ticks,
+                    || engine.borrow_mut().tick(),
+                    || engine.borrow().is_quiesced(),
+                );
                 if self.engine.role() == Role::Leader {
                     self.metrics.replication(&self.engine);
                 }

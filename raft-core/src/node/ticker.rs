@@ -101,6 +101,25 @@ pub(super) async fn run(
     }
 }
 
+/// Feeds a batch of `ticks` that passed to the engine (`tick` once per tick), but only while
+/// it stays quiesced: the first tick always, the others only to a quiesced engine, which
+/// merely counts them toward its deadline. An engine awake (or woken by one of these ticks)
+/// gets no more of the batch: those ticks passed while it slept, and counting them toward
+/// an election timeout or a heartbeat that was not due would start an election (a follower)
+/// or judge CheckQuorum (a leader) on time it spent asleep. Dropped ticks only delay.
+pub(super) fn deliver_ticks(
+    ticks: u64,
+    mut tick: impl FnMut(),
+    mut quiesced: impl FnMut() -> bool,
+) {
+    for delivered in 0..ticks {
+        if delivered > 0 && !quiesced() {
+            return;
+        }
+        tick();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -205,5 +224,22 @@ mod tests {
         assert!(ticker.as_mut().poll(&mut cx).is_pending(), "asleep until its deadline");
         pacer.stop();
         assert!(ticker.as_mut().poll(&mut cx).is_ready(), "a stopped node's ticker ends at once");
+    }
+
+    /// Delivers `ticks` to a fake engine that is quiesced for its first `asleep` ticks (none:
+    /// awake); returns the ticks it got.
+    fn delivered(ticks: u64, asleep: Option<u64>) -> u64 {
+        let got = std::cell::Cell::new(0);
+        let quiesced = || asleep.is_some_and(|asleep| got.get() < asleep);
+        deliver_ticks(ticks, || got.set(got.get() + 1), quiesced);
+        got.get()
+    }
+
+    #[test]
+    fn a_batch_of_ticks_only_counts_while_the_engine_sleeps() {
+        assert_eq!(delivered(1, None), 1, "an awake engine ticks");
+        assert_eq!(delivered(700, None), 1, "woken by a message: the sleep's ticks do not count");
+        assert_eq!(delivered(700, Some(1_000)), 700, "quiesced: every tick counts");
+        assert_eq!(delivered(700, Some(3)), 3, "woken by its deadline: the rest is dropped");
     }
 }
