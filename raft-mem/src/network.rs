@@ -277,8 +277,8 @@ impl MemNetwork {
     ///
     /// Several Raft groups in one process (a [`raft_core::Host`]) share one endpoint: take it
     /// once per process start and give each group a clone (a second call for the same id would
-    /// retire the first endpoint, and with it the other groups' sends). Register the host once
-    /// for the id ([`MemNetwork::register`]); the envelope's group id does the rest. The
+    /// retire the first endpoint, and with it the other groups' sends). Serve the host once for
+    /// the id ([`MemNetwork::serve`]); the envelope's group id does the rest. The
     /// endpoint keeps no per-membership state (it ignores `members_changed`), so the groups'
     /// calls cannot clobber each other; faults, partitions and crashes act on the node id, so
     /// they hit every group of the process at once.

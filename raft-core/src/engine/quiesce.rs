@@ -81,7 +81,7 @@ pub(super) enum Waker {
 
 impl Engine {
     /// Whether this engine is quiesced: its ticks only count towards its next deadline until
-    /// an input wakes it (see the [module docs](self)).
+    /// an input wakes it (`Config::quiesce_idle` says when an engine quiesces).
     pub fn is_quiesced(&self) -> bool {
         self.quiet.quiesced
     }

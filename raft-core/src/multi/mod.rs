@@ -31,7 +31,7 @@
 //! **What a group shares.** The transport: every group of a host is given the same network
 //! (a clone of one endpoint), which stamps each request with the sender group's id. Since the
 //! network is shared, each group's node tells it *its* membership (see
-//! [`Network::members_changed`](crate::Network::members_changed)). Stores are the caller's:
+//! [`crate::Network::members_changed`]). Stores are the caller's:
 //! one per group, or per-group views of a shared one.
 
 mod error;
