@@ -352,25 +352,18 @@ fn a_deterministic_apply_passes_the_digest_check() {
     run_writes(&mut sim).unwrap_or_else(|failure| panic!("{failure}"));
 }
 
+/// A completed operation of `client`, called and returned at `(call, ret)` milliseconds.
+fn record(client: u64, op: Op, (call, ret): (u64, u64), outcome: OpOutcome<Vec<u64>>) -> Record {
+    let at = Duration::from_millis;
+    Record { client, op, call: at(call), ret: Some(at(ret)), outcome }
+}
+
 #[test]
 fn the_history_check_rejects_a_stale_read() {
-    let at = Duration::from_millis;
     let history = vec![
-        Record {
-            client: 0,
-            op: Op::Append { key: 0, value: 1 },
-            call: at(1),
-            ret: Some(at(2)),
-            outcome: OpOutcome::Ok(vec![1]),
-        },
+        record(0, Op::Append { key: 0, value: 1 }, (1, 2), OpOutcome::Ok(vec![1])),
         // Called after the append returned, yet it does not see it.
-        Record {
-            client: 1,
-            op: Op::Read { key: 0 },
-            call: at(3),
-            ret: Some(at(4)),
-            outcome: OpOutcome::Ok(vec![]),
-        },
+        record(1, Op::Read { key: 0 }, (3, 4), OpOutcome::Ok(vec![])),
     ];
     match check_history(&history) {
         Verdict::NotLinearizable(explanation) => assert_eq!(explanation.ops, vec![0, 1]),
@@ -380,24 +373,11 @@ fn the_history_check_rejects_a_stale_read() {
 
 #[test]
 fn the_history_check_rejects_a_failed_append_that_took_effect() {
-    let at = Duration::from_millis;
     let history = vec![
         // Certainly not applied...
-        Record {
-            client: 0,
-            op: Op::Append { key: 0, value: 1 },
-            call: at(1),
-            ret: Some(at(2)),
-            outcome: OpOutcome::Failed,
-        },
+        record(0, Op::Append { key: 0, value: 1 }, (1, 2), OpOutcome::Failed),
         // ...yet a later read sees it.
-        Record {
-            client: 1,
-            op: Op::Read { key: 0 },
-            call: at(3),
-            ret: Some(at(4)),
-            outcome: OpOutcome::Ok(vec![1]),
-        },
+        record(1, Op::Read { key: 0 }, (3, 4), OpOutcome::Ok(vec![1])),
     ];
     assert!(!check_history(&history).is_linearizable());
     // The same append of unknown outcome may have taken effect.
