@@ -1,7 +1,9 @@
 //! The sharded key-value service (`kv-node --groups N`) as real processes over QUIC on LMDB:
 //! keys spread over the groups, every operation per key, leaders spread over the nodes by the
 //! balancer, `kv` and `kv status`, a restart that keeps every group's data, a restart with
-//! another number of groups refused, and the fault test (kills, partitions, linearizability per
+//! another number of groups refused, a node added to and a node removed from every group (the
+//! leaders then spread over the new voters), a client's batch split per group across a leader
+//! crash (each command applied once), and the fault test (kills, partitions, linearizability per
 //! key) on a sharded cluster. Time limits here only turn a hang into a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -15,12 +17,13 @@ use examples::kv::balancer::preferred;
 use examples::kv::cluster::{
     wait_for_group_leaders, wait_for_leader, ClusterSpec, Launcher, ProcessCluster,
 };
+use examples::kv::protocol::Member;
 use examples::kv::shard::group_of;
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::{GroupId, NodeId};
 
 use common::fault::{run, FaultSpec};
-use common::kv_cli;
+use common::{kv_cli, kv_cli_to};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -175,6 +178,168 @@ async fn six_groups_on_three_nodes_give_each_node_two_leaders() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (again, _) = wait_for_group_leaders(&connections, &ids, PATIENCE, |_| true).await;
     assert_eq!(again, leaders, "leaders moved once balanced");
+    stop_cleanly(cluster, connections).await;
+}
+
+/// Reads every key of `keys` (value `v-KEY`) through node `only` alone.
+async fn read_back_through(cluster: &ProcessCluster, only: NodeId, keys: &[String]) {
+    let endpoints: BTreeMap<_, _> =
+        cluster.client_endpoints().into_iter().filter(|(id, _)| *id == only).collect();
+    let connections =
+        Connections::new(endpoints, cluster.client_tls(), ClientOptions::default()).unwrap();
+    let reader = KvClient::new(connections.clone());
+    for key in keys {
+        let value = reader.get(key.clone()).await.unwrap();
+        assert_eq!(value, Some(b(&format!("v-{key}"))), "{key} read through node {only}");
+    }
+    connections.close().await;
+}
+
+/// Every group's voters (and no learner), as each group's leader lists them.
+async fn assert_voters_everywhere(connections: &Connections, groups: u32, voters: &[NodeId]) {
+    let lists = connections.member_lists().await;
+    assert_eq!(lists.len(), groups as usize, "{lists:?}");
+    for (group, list) in lists {
+        let list = list.unwrap();
+        let ids: Vec<NodeId> = list.members.iter().map(|m| m.id).collect();
+        assert_eq!(ids, voters, "the members of group {group:?}");
+        assert!(list.members.iter().all(|m| m.voter), "group {group:?}: {list:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_every_group_and_a_founder_leaves_every_group() {
+    const GROUPS: u32 = 4;
+    let mut cluster = start(3, GROUPS);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    let all_led = |leaders: &BTreeMap<GroupId, NodeId>| leaders.len() == GROUPS as usize;
+    let (leaders, led) = wait_for_group_leaders(&connections, &[1, 2, 3], PATIENCE, all_led).await;
+    assert!(led, "every group elects a leader: {leaders:?}");
+    let client = KvClient::new(connections.clone());
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let groups: BTreeSet<GroupId> = keys.iter().map(|k| group_of(k.as_bytes(), GROUPS)).collect();
+    assert_eq!(groups.len(), GROUPS as usize, "the keys cover every group");
+    for key in &keys[..20] {
+        client.put(key.clone(), format!("v-{key}")).await.unwrap();
+    }
+
+    // Node 4 joins: one command makes it a voter of every group (learner, catch-up, voter).
+    let addrs = cluster.start_joining(4).unwrap();
+    connections.learn(&Member { id: 4, client_addr: addrs.client });
+    let (raft, client_addr) = (addrs.raft.to_string(), addrs.client.to_string());
+    let add = ["--timeout", "60", "member", "add", "4", raft.as_str(), client_addr.as_str()];
+    let (ok, added) = kv_cli_to(&cluster, &[1, 2, 3], &add);
+    assert!(ok && added.contains("node 4 is a voter in all 4 groups"), "{added}");
+    assert_voters_everywhere(&connections, GROUPS, &[1, 2, 3, 4]).await;
+    // Adding it again does nothing more, in every group.
+    let (ok, again) = kv_cli_to(&cluster, &[2], &add);
+    assert!(ok, "{again}");
+    let (ok, list) = kv_cli_to(&cluster, &[3], &["member", "list"]);
+    assert!(ok, "{list}");
+    let group_rows = list.lines().skip_while(|l| !l.trim_start().starts_with("group")).skip(1);
+    let voters: Vec<Option<&str>> = group_rows.map(|l| l.split_whitespace().nth(2)).collect();
+    assert_eq!(voters, [Some("1,2,3,4"); GROUPS as usize], "{list}");
+    for key in &keys[20..] {
+        client.put(key.clone(), format!("v-{key}")).await.unwrap();
+    }
+    // Every group's data, old and new, is served through node 4 alone.
+    read_back_through(&cluster, 4, &keys).await;
+    // The balancer spreads the leaders over the four voters: one group each.
+    let four = [1, 2, 3, 4];
+    let (leaders, spread_out) =
+        wait_for_group_leaders(&connections, &four, PATIENCE, |l| spread(l, GROUPS, &four)).await;
+    assert!(spread_out, "leaders are not spread over the new voters: {leaders:?}");
+
+    // Node 1 (the preferred leader of group 0, so leading it) leaves every group.
+    let (ok, removed) = kv_cli_to(&cluster, &[2, 3, 4], &["member", "remove", "1"]);
+    assert!(ok && removed.contains("node 1 removed in all 4 groups"), "{removed}");
+    assert_voters_everywhere(&connections, GROUPS, &[2, 3, 4]).await;
+    // A removed id is never used again, in any group.
+    let (ok, refused) = kv_cli_to(&cluster, &[2], &["member", "add", "1", &raft, &client_addr]);
+    assert!(!ok && refused.contains("node 1 was removed"), "{refused}");
+    cluster.retire(1, Duration::from_secs(10)).unwrap();
+    let rest = [2, 3, 4];
+    let (leaders, spread_out) =
+        wait_for_group_leaders(&connections, &rest, PATIENCE, |l| spread(l, GROUPS, &rest)).await;
+    assert!(spread_out, "leaders are not spread over the remaining voters: {leaders:?}");
+    for &id in &rest {
+        assert!(leaders.values().any(|&l| l == id), "node {id} leads no group: {leaders:?}");
+    }
+    read_back_through(&cluster, 4, &keys).await;
+    stop_cleanly(cluster, connections).await;
+}
+
+/// Commands of many sessions issued together span every group: the client sends them as one
+/// batch per group (to each group's leader, in parallel), and a leader killed while a round is
+/// in flight loses none and applies none twice: every command is a compare-and-swap from the
+/// previous round's value, so a command applied twice would answer "not swapped", and one
+/// never applied would leave its key behind. (The client runs on one thread here, so the
+/// commands of a round are all queued before any batch is sent.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_spanning_every_group_applies_each_command_once_across_a_leader_crash() {
+    const GROUPS: u32 = 4;
+    const ROUNDS: u32 = 8;
+    const CRASH_ROUND: u32 = 3;
+    let mut cluster = start(3, GROUPS);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    let ids = cluster.ids();
+    let (leaders, spread_out) =
+        wait_for_group_leaders(&connections, &ids, PATIENCE, |l| spread(l, GROUPS, &ids)).await;
+    assert!(spread_out, "leaders are not spread: {leaders:?}");
+    let client = KvClient::new(connections.clone());
+    let keys: Vec<String> = (0..64).map(|i| format!("batch-{i}")).collect();
+    let groups: BTreeSet<GroupId> = keys.iter().map(|k| group_of(k.as_bytes(), GROUPS)).collect();
+    assert_eq!(groups.len(), GROUPS as usize, "the keys cover every group");
+    // One write per group opens the client's session there and finds the group's leader.
+    for group in 0..GroupId::from(GROUPS) {
+        let key =
+            (0..).map(|i| format!("open-{i}")).find(|k| group_of(k.as_bytes(), GROUPS) == group);
+        client.put(key.unwrap(), "v").await.unwrap();
+    }
+    let client = &client;
+    let round = |r: u32| {
+        futures::future::join_all(keys.iter().map(move |key| {
+            let expected = r.checked_sub(1).map(|previous| b(&previous.to_string()));
+            client.cas(key.clone(), expected, Some(b(&r.to_string())))
+        }))
+    };
+    let victim = leaders[&0];
+    for r in 0..ROUNDS {
+        let (requests_before, commands_before) = connections.batching();
+        let results = if r == CRASH_ROUND {
+            // The leader of group 0 dies once the round's commands are queued and its batches
+            // sent (the batcher and the sends run at the yields), before their answers.
+            let round = round(r);
+            tokio::pin!(round);
+            let early = futures::poll!(&mut round);
+            assert!(early.is_pending(), "a round needs the nodes to answer");
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            cluster.kill(victim).unwrap();
+            round.await
+        } else {
+            round(r).await
+        };
+        for (key, result) in keys.iter().zip(&results) {
+            assert_eq!(result, &Ok(true), "round {r}: the compare-and-swap of {key}");
+        }
+        let (requests, commands) = connections.batching();
+        let (requests, commands) = (requests - requests_before, commands - commands_before);
+        if r == 0 {
+            assert!(
+                commands >= keys.len() as u64 && requests < commands,
+                "the round's commands were not batched: {commands} commands in {requests} requests"
+            );
+        }
+        if r == CRASH_ROUND + 2 {
+            cluster.spawn(victim).unwrap();
+        }
+    }
+    let last = Some(b(&(ROUNDS - 1).to_string()));
+    for key in &keys {
+        assert_eq!(client.get(key.clone()).await.unwrap(), last, "{key}");
+    }
     stop_cleanly(cluster, connections).await;
 }
 

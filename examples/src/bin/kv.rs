@@ -41,7 +41,8 @@ commands:
   cas KEY EXPECTED NEW       compare-and-swap (`-` stands for absent)
   status                     role, term, leader, commit and applied index of every node (and
                              of every group of a sharded service: kv-node --groups)
-  member list                voters, learners, the leader and their addresses (from the leader)
+  member list                voters, learners, the leader and their addresses (from the leader;
+                             of a sharded service: group 0's table, then each group's members)
   member add ID RAFT CLIENT  add node ID (started with `kv-node --join`) listening at RAFT (peer
                              address) and CLIENT: learner, catch-up, then voter
   member remove ID           remove node ID (the leader too: it steps down); its id is refused
@@ -49,7 +50,11 @@ commands:
                              is ID (a member) or ID=RAFT,CLIENT (a node started with `kv-node
                              --join`): new nodes catch up as learners first; voters not named
                              are removed
-  transfer-leader ID         hand leadership to voter ID
+                             A sharded service (kv-node --groups N) makes each change in every
+                             group, at each group's leader; if some groups fail, the output says
+                             which were changed and why the others were not: run the same
+                             command again to finish (every change is idempotent)
+  transfer-leader ID [GROUP] hand leadership (of GROUP, for a sharded service) to voter ID
   health [ID...]             whether each node (default: every --endpoints node) is ready: in
                              a cluster with a known leader, and at most --health-max-lag
                              entries behind (exit status 0 only if every node asked is ready)
@@ -273,33 +278,46 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             connections.close().await;
             return health(&answers, &cli, &identity);
         }
-        ["member", "list"] => connections.member_list().await.map(|list| member_table(&list)),
+        ["member", "list"] => member_lists(&connections).await,
         ["member", "add", id, raft, client] => {
             let id = node_id(id)?;
             let raft = address("RAFT", raft)?;
             let client_addr = address("CLIENT", client)?;
-            connections
-                .member_add(id, raft, client_addr)
-                .await
-                .map(|list| format!("node {id} is a voter\n{}", member_table(&list)))
+            let added = connections.member_add(id, raft, client_addr).await;
+            let groups = in_groups(&connections);
+            added.map(|list| format!("node {id} is a voter{groups}\n{}", member_table(&list)))
         }
         ["member", "set", specs @ ..] if !specs.is_empty() => {
             let (voters, new_members) = member_specs(specs)?;
-            connections
-                .member_set(voters, new_members)
-                .await
-                .map(|list| format!("the voters are {}\n{}", voter_ids(&list), member_table(&list)))
+            let set = connections.member_set(voters, new_members).await;
+            let groups = in_groups(&connections);
+            set.map(|list| {
+                format!("the voters are {}{groups}\n{}", voter_ids(&list), member_table(&list))
+            })
         }
         ["member", "remove", id] => {
             let id = node_id(id)?;
-            connections
-                .member_remove(id)
-                .await
-                .map(|list| format!("node {id} removed\n{}", member_table(&list)))
+            let removed = connections.member_remove(id).await;
+            let groups = in_groups(&connections);
+            removed.map(|list| format!("node {id} removed{groups}\n{}", member_table(&list)))
         }
-        ["transfer-leader", id] => {
+        ["transfer-leader", id, group @ ..] if group.len() <= 1 => {
             let id = node_id(id)?;
-            connections.transfer_leader(id).await.map(|_| format!("node {id} is the leader"))
+            let group = match group {
+                [g] => Some(g.parse().map_err(|_| Failure::usage(format!("`{g}` is no group")))?),
+                _ => None,
+            };
+            let moved = connections.transfer_leader_in(group, id).await;
+            let of = group.map_or(String::new(), |g| format!(" of group {g}"));
+            match moved {
+                Err(ClientError::WrongGroup { groups }) if group.is_none() => {
+                    return Err(Failure::usage(format!(
+                        "the service has {groups} groups, each with its own leader: name the \
+                         group (transfer-leader ID GROUP)"
+                    )));
+                }
+                moved => moved.map(|_| format!("node {id} is the leader{of}")),
+            }
         }
         _ => return Err(Failure::usage(format!("unknown command\n{USAGE}"))),
     };
@@ -349,6 +367,51 @@ fn health(
         return Err(Failure { code: exit::NOT_READY, message: format!("node {id} is not ready") });
     }
     Ok(table)
+}
+
+/// ` in all N groups` after a change of a sharded service (nothing for a single group).
+fn in_groups(connections: &Connections) -> String {
+    match connections.routing().groups() {
+        groups if groups > 1 => format!(" in all {groups} groups"),
+        _ => String::new(),
+    }
+}
+
+/// `kv member list`: the member table (group 0's for a sharded service), then, for a sharded
+/// service, each group's voters, learners and leader (or why its leader did not answer).
+async fn member_lists(connections: &Connections) -> Result<String, ClientError> {
+    let mut lists = connections.member_lists().await;
+    if lists.len() == 1 && lists[0].0.is_none() {
+        return lists.swap_remove(0).1.map(|list| member_table(&list));
+    }
+    let table = match lists.iter().find_map(|(_, list)| list.as_ref().ok()) {
+        Some(list) => member_table(list),
+        None => return lists.swap_remove(0).1.map(|list| member_table(&list)),
+    };
+    let mut out =
+        format!("{table}\n\n{:>5}  {:<7} {:<16} {}", "group", "leader", "voters", "learners");
+    let ids = |voter: bool, list: &MemberList| {
+        let named: Vec<String> =
+            list.members.iter().filter(|m| m.voter == voter).map(|m| m.id.to_string()).collect();
+        if named.is_empty() {
+            "-".to_owned()
+        } else {
+            named.join(",")
+        }
+    };
+    for (group, list) in &lists {
+        let group = group.unwrap_or(0);
+        out += &match list {
+            Ok(list) => format!(
+                "\n{group:>5}  {:<7} {:<16} {}",
+                list.leader.map_or("-".to_owned(), |l| l.to_string()),
+                ids(true, list),
+                ids(false, list)
+            ),
+            Err(e) => format!("\n{group:>5}  FAILED: {e}"),
+        };
+    }
+    Ok(out)
 }
 
 /// Parses the SPECs of `member set`: `ID` (a member) or `ID=RAFT,CLIENT` (a new node).

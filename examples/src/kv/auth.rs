@@ -48,11 +48,13 @@ impl Principal {
             ClientRequest::Command(_)
             | ClientRequest::Batch(_)
             | ClientRequest::InGroup { .. }
+            | ClientRequest::GroupBatch { .. }
             | ClientRequest::Health => true,
             ClientRequest::Status
             | ClientRequest::Groups
             | ClientRequest::Admin(_)
-            | ClientRequest::Member(_) => self.role == CertRole::Admin,
+            | ClientRequest::Member(_)
+            | ClientRequest::MemberInGroup { .. } => self.role == CertRole::Admin,
         }
     }
 }

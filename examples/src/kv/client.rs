@@ -88,6 +88,46 @@ pub enum ClientError {
         /// The number of groups the node gave.
         groups: u32,
     },
+    /// A membership change of a sharded service (one change per Raft group) failed in some
+    /// groups. It was made in the groups of `done` and not (or not surely) in those of
+    /// `failed`: nothing is undone. Every membership request is idempotent: the same command
+    /// again finishes it (or, for an added node, `member remove` takes it out of every group).
+    #[error("{}", partial_message(.done, .failed))]
+    Groups {
+        /// The groups where the change was made, in order.
+        done: Vec<GroupId>,
+        /// The groups where it failed, in order, with why.
+        failed: Vec<GroupFailure>,
+    },
+}
+
+/// Why a membership change failed in one group (see [`ClientError::Groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupFailure {
+    /// The group.
+    pub group: GroupId,
+    /// What failed there.
+    pub error: Box<ClientError>,
+}
+
+fn partial_message(done: &[GroupId], failed: &[GroupFailure]) -> String {
+    let ids = |groups: &mut dyn Iterator<Item = GroupId>| {
+        groups.map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let mut out = if done.is_empty() {
+        "the membership change failed in every group:".to_owned()
+    } else {
+        format!(
+            "the membership change was made in groups {} but not in groups {}:",
+            ids(&mut done.iter().copied()),
+            ids(&mut failed.iter().map(|f| f.group))
+        )
+    };
+    for failure in failed {
+        out += &format!("\n  group {}: {}", failure.group, failure.error);
+    }
+    out + "\nmembership requests are idempotent: run the same command again to finish the \
+           change in every group (`kv status` shows each group's voters and learners)"
 }
 
 fn timeout_message(maybe_applied: bool, reason: &str) -> String {
@@ -101,10 +141,12 @@ fn timeout_message(maybe_applied: bool, reason: &str) -> String {
 impl ClientError {
     /// Whether the operation may have taken effect.
     pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Timeout { maybe_applied: true, .. } | ClientError::SessionExpired
-        )
+        match self {
+            ClientError::Timeout { maybe_applied, .. } => *maybe_applied,
+            ClientError::SessionExpired => true,
+            ClientError::Groups { failed, .. } => failed.iter().any(|f| f.error.outcome_unknown()),
+            _ => false,
+        }
     }
 
     /// The exit status of the `kv` command that failed with this error (see [`exit`]).
@@ -112,6 +154,12 @@ impl ClientError {
         match self {
             ClientError::Tls { .. } => exit::TLS,
             e if e.outcome_unknown() => exit::OUTCOME_UNKNOWN,
+            // The most telling failure: unavailable (retry later) before refused.
+            ClientError::Groups { failed, .. } => failed
+                .iter()
+                .map(|f| f.error.exit_status())
+                .find(|&status| status != exit::REFUSED)
+                .unwrap_or(exit::REFUSED),
             ClientError::Timeout { .. }
             | ClientError::NoLeader(_)
             | ClientError::Unreachable(_) => exit::UNAVAILABLE,
@@ -153,6 +201,10 @@ pub struct KvClient<T = Connections, C = TokioClock> {
 /// How many times an operation is sent again after a node said the client's number of groups
 /// was wrong (it cannot change more than once for a running cluster).
 const MAX_REGROUPS: u32 = 2;
+
+/// The most Raft groups whose membership one client changes at a time (each change is a few
+/// requests to the group's leader, and a catch-up poll of the new node).
+pub const MAX_PARALLEL_GROUP_CHANGES: usize = 8;
 
 impl KvClient {
     /// A client on `connections`, on tokio's clock. Its session is opened with its first write.
@@ -370,14 +422,32 @@ impl Connections {
     /// says "retry" (another change in progress, no leader yet, node unreachable), until the
     /// client's operation timeout. Membership requests are idempotent, so a retry after a lost
     /// answer is harmless. No hedging: one attempt at a time, each allowed the whole remaining
-    /// time (adding a node waits for it to catch up).
+    /// time (adding a node waits for it to catch up). A sharded service answers a change with
+    /// [`ClientError::WrongGroup`] (nothing done): see [`Connections::member_request_in`].
     pub async fn member_request(&self, request: MemberRequest) -> Result<MemberList, ClientError> {
+        self.member_request_in(None, request).await
+    }
+
+    /// [`Connections::member_request`] in Raft group `group` of a sharded service (`None`: a
+    /// single-group service), sent to that group's leader. A node that says the service has
+    /// another number of groups ends it with [`ClientError::WrongGroup`] (nothing done), having
+    /// recorded the number.
+    pub async fn member_request_in(
+        &self,
+        group: Option<GroupId>,
+        request: MemberRequest,
+    ) -> Result<MemberList, ClientError> {
         let options = self.options().clone();
         let deadline = tokio::time::Instant::now() + options.op_timeout;
         // A list changes nothing: only a change can have been applied.
         let is_change = !matches!(request, MemberRequest::List);
-        let request = ClientRequest::Member(request);
-        let mut target = self.leader().or_else(|| self.pick(None));
+        let request = match group {
+            None => ClientRequest::Member(request),
+            Some(group) => ClientRequest::MemberInGroup { group, request },
+        };
+        let routing = self.routing();
+        let leader_group = group.unwrap_or(0);
+        let mut target = routing.leader_of(leader_group).or_else(|| self.pick(None));
         let mut last_reason = String::from("no attempt");
         let mut maybe_applied = false;
         let mut tls = TlsFailures::default();
@@ -397,7 +467,7 @@ impl Connections {
             match self.call_within(node, &request, deadline - now).await {
                 Ok(ClientResponse::Members(list)) => {
                     if list.leader == Some(list.answered_by) {
-                        self.set_leader(Some(list.answered_by));
+                        routing.set_leader_of(leader_group, Some(list.answered_by));
                     }
                     return Ok(list);
                 }
@@ -406,15 +476,19 @@ impl Connections {
                 Ok(ClientResponse::Forbidden(reason)) => {
                     return Err(ClientError::Forbidden(reason))
                 }
+                Ok(ClientResponse::Sharded { groups }) => {
+                    routing.set_groups(groups);
+                    return Err(ClientError::WrongGroup { groups });
+                }
                 Ok(ClientResponse::NotLeader { leader: Some(leader) }) if leader.id != node => {
                     self.learn(&leader);
-                    self.set_leader(Some(leader.id));
+                    routing.set_leader_of(leader_group, Some(leader.id));
                     last_reason = format!("node {node} redirected to node {}", leader.id);
                     target = Some(leader.id);
                     pause = false;
                 }
                 Ok(ClientResponse::NotLeader { .. }) => {
-                    self.set_leader(None);
+                    routing.set_leader_of(leader_group, None);
                     last_reason = format!("node {node} knows no leader");
                     target = self.pick(Some(node));
                 }
@@ -424,7 +498,7 @@ impl Connections {
                 Ok(ClientResponse::Unknown(reason)) => {
                     maybe_applied = is_change;
                     last_reason = format!("node {node}: {reason}");
-                    self.set_leader(None);
+                    routing.set_leader_of(leader_group, None);
                     target = self.pick(Some(node));
                 }
                 Ok(other) => {
@@ -455,19 +529,83 @@ impl Connections {
         }
     }
 
-    /// The membership as the leader knows it (voters, learners, leader, addresses).
+    /// Runs `request` in every Raft group: once (`None`) for a single-group service, once per
+    /// group (at most [`MAX_PARALLEL_GROUP_CHANGES`] at a time, each at its group's leader) for
+    /// a sharded one; the outcome of each, in group order. The number of groups is learned from
+    /// the service: a node that says it is another makes the whole run start again (nothing is
+    /// done by a request in the wrong number of groups).
+    async fn for_each_group<'a, F, Fut>(
+        &'a self,
+        request: F,
+    ) -> Vec<(Option<GroupId>, Result<MemberList, ClientError>)>
+    where
+        F: Fn(Option<GroupId>) -> Fut,
+        Fut: std::future::Future<Output = Result<MemberList, ClientError>> + 'a,
+    {
+        use futures::StreamExt;
+        let mut regroups = 0;
+        loop {
+            let groups = self.routing().groups();
+            let outcomes: Vec<_> = if groups <= 1 {
+                vec![(None, request(None).await)]
+            } else {
+                futures::stream::iter(0..GroupId::from(groups))
+                    .map(|group| {
+                        let outcome = request(Some(group));
+                        async move { (Some(group), outcome.await) }
+                    })
+                    .buffered(MAX_PARALLEL_GROUP_CHANGES)
+                    .collect()
+                    .await
+            };
+            let regroup = outcomes.iter().any(|(_, outcome)| {
+                matches!(outcome, Err(ClientError::WrongGroup { groups: told }) if *told != groups)
+            });
+            if !regroup || regroups >= MAX_REGROUPS {
+                return outcomes;
+            }
+            regroups += 1;
+        }
+    }
+
+    /// Runs the membership change `change` in every group ([`Connections::for_each_group`]);
+    /// the outcomes combined by [`combine_groups`].
+    async fn in_every_group<'a, F, Fut>(&'a self, change: F) -> Result<MemberList, ClientError>
+    where
+        F: Fn(Option<GroupId>) -> Fut,
+        Fut: std::future::Future<Output = Result<MemberList, ClientError>> + 'a,
+    {
+        combine_groups(self.for_each_group(change).await)
+    }
+
+    /// The membership as the leader knows it (voters, learners, leader, addresses); group 0's
+    /// for a sharded service (see [`Connections::member_lists`]).
     pub async fn member_list(&self) -> Result<MemberList, ClientError> {
         self.member_request(MemberRequest::List).await
     }
 
+    /// The membership of every group as its leader knows it, in group order (one, `None`, for
+    /// a single-group service).
+    pub async fn member_lists(&self) -> Vec<(Option<GroupId>, Result<MemberList, ClientError>)> {
+        let groups = self.routing().groups();
+        if groups <= 1 {
+            // A sharded service answers a list that names no group with group 0's: ask how
+            // many groups there are.
+            let _ = self.call_within_status(ClientRequest::Groups).await;
+        }
+        self.for_each_group(|group| self.member_request_in(group, MemberRequest::List)).await
+    }
+
     /// Adds node `id` (listening at `raft_addr` for peers and `client_addr` for clients) as a
-    /// voter. The node must be running (`kv-node --join`). Three steps, each retried as needed
-    /// within the client's operation timeout: the leader adds the node as a learner, with its
+    /// voter, in every group of a sharded service. The node must be running (`kv-node --join`,
+    /// with the service's `--groups`). Three steps per group, each retried as needed within the
+    /// client's operation timeout: the group's leader adds the node as a learner, with its
     /// addresses in the membership; the client polls the new node's status on its client port
-    /// until it has applied the commit index the leader had then (evidence that it is reachable
-    /// and caught up, which the leader's promotion check does not give in a young cluster); the
-    /// leader promotes it (`Node::add_voter`). A node that never catches up stays a learner
-    /// ([`MemberError::CatchUpTimeout`]; `member remove` it or retry).
+    /// until it has applied (in that group) the commit index the leader had then (evidence
+    /// that it is reachable and caught up, which the leader's promotion check does not give in
+    /// a young cluster); the leader promotes it (`Node::add_voter`). A node that never catches
+    /// up stays a learner ([`MemberError::CatchUpTimeout`]; `member remove` it or retry). A
+    /// change made in some groups only fails with [`ClientError::Groups`].
     pub async fn member_add(
         &self,
         id: NodeId,
@@ -475,74 +613,92 @@ impl Connections {
         client_addr: std::net::SocketAddr,
     ) -> Result<MemberList, ClientError> {
         let clock = CatchUpClock::start(self.options().op_timeout);
-        let add = |promote| MemberRequest::Add {
-            id,
-            raft_addr,
-            client_addr,
-            catch_up_ms: clock.remaining_ms(),
-            promote,
-        };
-        let learner = self.member_request(add(false)).await?;
-        if learner.members.iter().any(|m| m.id == id && m.voter) {
-            return Ok(learner);
-        }
-        self.learn(&Member { id, client_addr });
-        self.wait_caught_up(id, learner.commit_index, &clock).await?;
-        self.member_request(add(true)).await
+        let clock = &clock;
+        self.in_every_group(|group| async move {
+            let add = |promote| MemberRequest::Add {
+                id,
+                raft_addr,
+                client_addr,
+                catch_up_ms: clock.remaining_ms(),
+                promote,
+            };
+            let learner = self.member_request_in(group, add(false)).await?;
+            if learner.members.iter().any(|m| m.id == id && m.voter) {
+                return Ok(learner);
+            }
+            self.learn(&Member { id, client_addr });
+            self.wait_caught_up(id, group, learner.commit_index, clock).await?;
+            self.member_request_in(group, add(true)).await
+        })
+        .await
     }
 
-    /// Makes exactly `voters` the voters in one change (joint consensus): the nodes of
-    /// `new_members` (running `kv-node --join`) join as learners, the client waits for each to
-    /// apply the commit index the leader had then (as `member add` does), and the leader moves
-    /// the cluster to the new voter set ([`MemberRequest::Set`]). Voters not named are removed
-    /// for good. Every step is retried as needed within the client's operation timeout.
+    /// Makes exactly `voters` the voters in one change (joint consensus), in every group of a
+    /// sharded service: the nodes of `new_members` (running `kv-node --join`) join as learners,
+    /// the client waits for each to apply the commit index the leader had then (as `member add`
+    /// does), and the leader moves the group to the new voter set ([`MemberRequest::Set`]).
+    /// Voters not named are removed for good. Every step is retried as needed within the
+    /// client's operation timeout; a change made in some groups only fails with
+    /// [`ClientError::Groups`].
     pub async fn member_set(
         &self,
         voters: Vec<NodeId>,
         new_members: Vec<NewMember>,
     ) -> Result<MemberList, ClientError> {
         let clock = CatchUpClock::start(self.options().op_timeout);
-        let mut commit_index = 0;
-        for member in &new_members {
-            let add = MemberRequest::Add {
-                id: member.id,
-                raft_addr: member.raft_addr,
-                client_addr: member.client_addr,
-                catch_up_ms: clock.remaining_ms(),
-                promote: false,
-            };
-            commit_index = commit_index.max(self.member_request(add).await?.commit_index);
-            self.learn(&Member { id: member.id, client_addr: member.client_addr });
-        }
-        for member in &new_members {
-            self.wait_caught_up(member.id, commit_index, &clock).await?;
-        }
         let bounded = |what: &str, len: usize| {
             ClientError::Refused(format!("{len} {what} exceed the limit of {MAX_SET_MEMBERS}"))
         };
-        let (voter_count, new_count) = (voters.len(), new_members.len());
-        let set = MemberRequest::Set {
-            voters: Bounded::new(voters).map_err(|_| bounded("voters", voter_count))?,
-            new_members: Bounded::new(new_members)
-                .map_err(|_| bounded("new members", new_count))?,
-            catch_up_ms: clock.remaining_ms(),
-        };
-        self.member_request(set).await
+        let set_voters =
+            Bounded::new(voters.clone()).map_err(|_| bounded("voters", voters.len()))?;
+        let set_new = Bounded::new(new_members.clone())
+            .map_err(|_| bounded("new members", new_members.len()))?;
+        let (clock, new_members) = (&clock, &new_members);
+        let (set_voters, set_new) = (&set_voters, &set_new);
+        self.in_every_group(|group| async move {
+            let mut commit_index = 0;
+            for member in new_members {
+                let add = MemberRequest::Add {
+                    id: member.id,
+                    raft_addr: member.raft_addr,
+                    client_addr: member.client_addr,
+                    catch_up_ms: clock.remaining_ms(),
+                    promote: false,
+                };
+                let list = self.member_request_in(group, add).await?;
+                commit_index = commit_index.max(list.commit_index);
+                self.learn(&Member { id: member.id, client_addr: member.client_addr });
+            }
+            for member in new_members {
+                self.wait_caught_up(member.id, group, commit_index, clock).await?;
+            }
+            let set = MemberRequest::Set {
+                voters: set_voters.clone(),
+                new_members: set_new.clone(),
+                catch_up_ms: clock.remaining_ms(),
+            };
+            self.member_request_in(group, set).await
+        })
+        .await
     }
 
-    /// Polls node `id`'s own status until it has applied `index` and knows a leader; fails
-    /// with [`MemberError::CatchUpTimeout`] at the clock's deadline.
+    /// Polls node `id`'s own status (in `group` of a sharded service) until it has applied
+    /// `index` and knows a leader; fails with [`MemberError::CatchUpTimeout`] at the clock's
+    /// deadline.
     async fn wait_caught_up(
         &self,
         id: NodeId,
+        group: Option<GroupId>,
         index: u64,
         clock: &CatchUpClock,
     ) -> Result<(), ClientError> {
         loop {
-            if let Ok(s) = self.status(id).await {
-                if s.status.leader_id.is_some() && s.status.applied_index >= index {
-                    return Ok(());
-                }
+            let status = match group {
+                None => self.status(id).await.ok().map(|s| s.status),
+                Some(group) => self.group_status_of(id, group).await,
+            };
+            if status.is_some_and(|s| s.leader_id.is_some() && s.applied_index >= index) {
+                return Ok(());
             }
             if tokio::time::Instant::now() >= clock.deadline {
                 let waited_ms =
@@ -553,15 +709,57 @@ impl Connections {
         }
     }
 
-    /// Removes node `id` (the leader too) and forgets its addresses.
-    pub async fn member_remove(&self, id: NodeId) -> Result<MemberList, ClientError> {
-        self.member_request(MemberRequest::Remove { id }).await
+    /// Node `node`'s Raft status in group `group`, if it answers (within the status timeout).
+    async fn group_status_of(&self, node: NodeId, group: GroupId) -> Option<Status> {
+        let limit = self.options().status_timeout;
+        match self.call_within(node, &ClientRequest::Groups, limit).await {
+            Ok(ClientResponse::Groups(groups)) => {
+                groups.into_inner().into_iter().find(|g| g.group == group).map(|g| g.status)
+            }
+            _ => None,
+        }
     }
 
-    /// Makes voter `id` the leader.
+    /// Sends `request` to the first known node that answers it (within the status timeout),
+    /// recording the number of groups a [`ClientResponse::Groups`] answer shows.
+    async fn call_within_status(&self, request: ClientRequest) -> Option<ClientResponse> {
+        let limit = self.options().status_timeout;
+        for node in self.nodes() {
+            if let Ok(answer) = self.call_within(node, &request, limit).await {
+                if let ClientResponse::Groups(groups) = &answer {
+                    self.routing().set_groups(u32::try_from(groups.len()).unwrap_or(u32::MAX));
+                }
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Removes node `id` (the leader too), from every group of a sharded service. Once every
+    /// group of a node has removed it, that node's transport refuses it. A removal made in
+    /// some groups only fails with [`ClientError::Groups`] (the node is still a member of the
+    /// others, and still heard by them: run it again).
+    pub async fn member_remove(&self, id: NodeId) -> Result<MemberList, ClientError> {
+        self.in_every_group(|group| self.member_request_in(group, MemberRequest::Remove { id }))
+            .await
+    }
+
+    /// Makes voter `id` the leader (of a single-group service; a sharded one answers
+    /// [`ClientError::WrongGroup`]: see [`Connections::transfer_leader_in`]).
     pub async fn transfer_leader(&self, id: NodeId) -> Result<MemberList, ClientError> {
-        let list = self.member_request(MemberRequest::TransferLeader { id }).await?;
-        self.set_leader(Some(id));
+        self.transfer_leader_in(None, id).await
+    }
+
+    /// Makes voter `id` the leader of group `group` of a sharded service (`None`: of a
+    /// single-group service). The balancer of a sharded service moves a group's leadership
+    /// back to its preferred node within seconds.
+    pub async fn transfer_leader_in(
+        &self,
+        group: Option<GroupId>,
+        id: NodeId,
+    ) -> Result<MemberList, ClientError> {
+        let list = self.member_request_in(group, MemberRequest::TransferLeader { id }).await?;
+        self.routing().set_leader_of(group.unwrap_or(0), Some(id));
         Ok(list)
     }
 
@@ -646,6 +844,36 @@ impl Connections {
             Ok(ClientResponse::Forbidden(reason)) => Err(ClientError::Forbidden(reason)),
             Ok(other) => Err(ClientError::Protocol(format!("unexpected {other:?}"))),
             Err(e) => Err(ClientError::Refused(e.to_string())),
+        }
+    }
+}
+
+/// The outcome of a membership change from the outcomes in each group (in group order; one,
+/// `None`, for a single-group service): the member list of the first group if it succeeded in
+/// all of them; else the error of a single group, or the same error of every group, or
+/// [`ClientError::Groups`] saying where the change was made and where not (and why).
+pub fn combine_groups(
+    mut outcomes: Vec<(Option<GroupId>, Result<MemberList, ClientError>)>,
+) -> Result<MemberList, ClientError> {
+    let failed: Vec<GroupFailure> = outcomes
+        .iter()
+        .filter_map(|(group, outcome)| {
+            let error = outcome.as_ref().err()?;
+            Some(GroupFailure { group: group.unwrap_or(0), error: Box::new(error.clone()) })
+        })
+        .collect();
+    let same = failed.windows(2).all(|pair| pair[0].error == pair[1].error);
+    match failed.first() {
+        None if outcomes.is_empty() => Err(ClientError::Protocol("no group to change".into())),
+        None => outcomes.swap_remove(0).1,
+        Some(first) if failed.len() == outcomes.len() && same => Err(*first.error.clone()),
+        Some(_) => {
+            let done = outcomes
+                .iter()
+                .filter(|(_, outcome)| outcome.is_ok())
+                .map(|(group, _)| group.unwrap_or(0))
+                .collect();
+            Err(ClientError::Groups { done, failed })
         }
     }
 }
@@ -764,4 +992,52 @@ fn group_table(statuses: &[(NodeId, Result<NodeStatus, ClientError>)]) -> String
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn list(answered_by: NodeId) -> MemberList {
+        MemberList {
+            answered_by,
+            leader: None,
+            commit_index: 0,
+            members: Bounded::truncated(vec![]),
+        }
+    }
+
+    #[test]
+    fn a_change_made_in_some_groups_says_where_and_how_to_finish() {
+        let refused = || ClientError::Member(MemberError::NotMember(9));
+        let unavailable = || ClientError::NoLeader("no quorum".into());
+        // Every group changed: the first group's list.
+        let all = combine_groups(vec![(Some(0), Ok(list(1))), (Some(1), Ok(list(2)))]);
+        assert_eq!(all.unwrap().answered_by, 1);
+        // The same failure everywhere is that failure (a single group's too).
+        let same = combine_groups(vec![(Some(0), Err(refused())), (Some(1), Err(refused()))]);
+        assert_eq!(same.unwrap_err(), refused());
+        assert_eq!(combine_groups(vec![(None, Err(unavailable()))]).unwrap_err(), unavailable());
+        // Done in some groups only: each group's outcome, the worst exit status, how to retry.
+        let partial = combine_groups(vec![
+            (Some(0), Ok(list(1))),
+            (Some(1), Err(refused())),
+            (Some(2), Ok(list(3))),
+            (Some(3), Err(unavailable())),
+        ])
+        .unwrap_err();
+        let ClientError::Groups { done, failed } = &partial else { panic!("{partial:?}") };
+        assert_eq!(done, &[0, 2]);
+        assert_eq!(failed.iter().map(|f| f.group).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(partial.exit_status(), exit::UNAVAILABLE);
+        assert!(!partial.outcome_unknown());
+        let text = partial.to_string();
+        assert!(text.contains("made in groups 0, 2 but not in groups 1, 3"), "{text}");
+        assert!(text.contains("group 1: node 9 is not a member"), "{text}");
+        assert!(text.contains("run the same command again"), "{text}");
+        let unknown = ClientError::Timeout { maybe_applied: true, reason: "lost".into() };
+        let partial = combine_groups(vec![(Some(0), Ok(list(1))), (Some(1), Err(unknown))]);
+        assert_eq!(partial.unwrap_err().exit_status(), exit::OUTCOME_UNKNOWN);
+    }
 }

@@ -166,7 +166,9 @@ usage: kv-node [--config FILE] [flags]
   --groups N                 shard the keys over N Raft groups (default 1), each with the
                              --node members, their leaders spread over the nodes; a key's group
                              is FNV-1a-64(key) mod N. Fixed at the cluster's creation (stored in
-                             DATA_DIR/groups; a node refuses to start with another N)
+                             DATA_DIR/groups; a node refuses to start with another N). A
+                             node that joins (--join) gives the cluster's N: it is added to
+                             every group (`kv member add` changes each group's membership)
   --config FILE              read `key = value` lines with the same keys (flags win)
 ";
 
@@ -349,10 +351,6 @@ impl NodeConfig {
         if !(1..=super::shard::MAX_GROUPS).contains(&config.groups) {
             return err(format!("--groups must be between 1 and {}", super::shard::MAX_GROUPS));
         }
-        if config.groups > 1 && config.join {
-            return err("--join is not supported with --groups above 1 (membership changes of a \
-                 sharded service are not supported)");
-        }
         config.id = id;
         config.listen = listen.unwrap_or(own.raft);
         config.client_listen = client_listen.unwrap_or(own.client);
@@ -472,7 +470,9 @@ mod tests {
         assert!(e("--id").contains("needs a value"));
         let base = "--id 1 --data-dir /d --certs /c --node 1=127.0.0.1:1,127.0.0.1:2";
         assert!(e(&format!("{base} --groups 0")).contains("--groups"));
-        assert!(e(&format!("{base} --groups 2 --join")).contains("--join"));
+        let joining = NodeConfig::from_args(args(&format!("{base} --groups 2 --join"))).unwrap();
+        assert!(joining.join && joining.groups == 2);
+        assert_eq!(joining.bootstrap_membership(), Ok(None));
         assert_eq!(NodeConfig::from_args(args(&format!("{base} --groups 4"))).unwrap().groups, 4);
     }
 }

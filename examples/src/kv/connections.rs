@@ -3,16 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use raft_core::runtime::monotonic_now;
-use raft_core::NodeId;
+use raft_core::{GroupId, NodeId};
 use raft_quic::quinn::{self, Connection, Endpoint};
 use raft_quic::{node_dns_name, NodeTls};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::debug;
 
 use super::attempt::{ClientTransport, Routing};
@@ -185,16 +186,31 @@ struct Inner {
     routing: Routing,
     slots: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
     batchers: Mutex<BTreeMap<NodeId, mpsc::Sender<Pending>>>,
+    /// The in-flight bound of each node's batches of each group.
+    in_flight: Mutex<BTreeMap<(NodeId, Option<GroupId>), Arc<Semaphore>>>,
+    counts: BatchCounts,
 }
 
 /// A command waiting for its node's batcher.
 struct Pending {
+    /// The Raft group of a sharded service the command is for (`None`: a single-group one).
+    group: Option<GroupId>,
     command: Command,
     reply: oneshot::Sender<Result<ClientResponse, CallError>>,
 }
 
 /// How many commands may wait for one node's batcher.
 const BATCHER_QUEUE: usize = 4096;
+/// How many batches of one Raft group may be in flight to one node at a time (a batch is
+/// held back, its commands waiting, until an earlier one of its group is answered).
+pub const MAX_GROUP_BATCHES_IN_FLIGHT: usize = 64;
+
+/// How many requests carried the commands this client sent (see [`Connections::batching`]).
+#[derive(Debug, Default)]
+struct BatchCounts {
+    requests: AtomicU64,
+    commands: AtomicU64,
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -235,6 +251,8 @@ impl Connections {
                 options,
                 slots: Mutex::new(BTreeMap::new()),
                 batchers: Mutex::new(BTreeMap::new()),
+                in_flight: Mutex::new(BTreeMap::new()),
+                counts: BatchCounts::default(),
             }),
         })
     }
@@ -339,19 +357,24 @@ impl Connections {
     ///
     /// Commands issued at the same moment by several sessions of this process are sent to the
     /// node together, in one [`ClientRequest::Batch`] on one stream (each is still handled on
-    /// its own by the node): one stream and a few packets instead of one per command.
+    /// its own by the node): one stream and a few packets instead of one per command. Those of
+    /// a sharded service ([`ClientRequest::InGroup`]) are split by group: one
+    /// [`ClientRequest::GroupBatch`] per group, sent in parallel (at most
+    /// [`MAX_GROUP_BATCHES_IN_FLIGHT`] per node and group).
     pub async fn call(
         &self,
         node: NodeId,
         request: &ClientRequest,
     ) -> Result<ClientResponse, CallError> {
         let limit = self.inner.options.attempt_timeout;
-        let ClientRequest::Command(command) = request else {
-            return self.call_within(node, request, limit).await;
+        let (group, command) = match request {
+            ClientRequest::Command(command) => (None, command),
+            ClientRequest::InGroup { group, command } => (Some(*group), command),
+            _ => return self.call_within(node, request, limit).await,
         };
         let queue = self.batcher(node);
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { command: command.clone(), reply };
+        let pending = Pending { group, command: command.clone(), reply };
         let wait = async {
             queue.send(pending).await.map_err(|_| CallError::Connect {
                 node,
@@ -378,13 +401,38 @@ impl Connections {
         queue
     }
 
-    /// Sends `batch` on one stream (alone if it holds one command) and answers each waiter.
-    async fn send_batch(&self, node: NodeId, mut batch: Vec<Pending>) {
+    /// How many requests carried the commands this client sent through the batchers, and how
+    /// many commands: `(requests, commands)` (a batch is one request).
+    pub fn batching(&self) -> (u64, u64) {
+        let counts = &self.inner.counts;
+        (counts.requests.load(Ordering::Relaxed), counts.commands.load(Ordering::Relaxed))
+    }
+
+    /// The in-flight bound of `node`'s batches of `group`.
+    fn in_flight(&self, node: NodeId, group: Option<GroupId>) -> Arc<Semaphore> {
+        let mut bounds = lock(&self.inner.in_flight);
+        let bound = bounds.entry((node, group));
+        bound.or_insert_with(|| Arc::new(Semaphore::new(MAX_GROUP_BATCHES_IN_FLIGHT))).clone()
+    }
+
+    /// Sends `batch`, commands of `group` (`None`: a single-group service), on one stream
+    /// (alone if it holds one command) once fewer than [`MAX_GROUP_BATCHES_IN_FLIGHT`] of the
+    /// group's batches are in flight to `node`, and answers each waiter.
+    async fn send_batch(&self, node: NodeId, group: Option<GroupId>, mut batch: Vec<Pending>) {
         let limit = self.inner.options.attempt_timeout;
+        let bound = self.in_flight(node, group);
+        // The semaphore is never closed.
+        let Ok(_permit) = bound.acquire().await else { return };
+        let counts = &self.inner.counts;
+        counts.requests.fetch_add(1, Ordering::Relaxed);
+        counts.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let alone = |command| match group {
+            None => ClientRequest::Command(command),
+            Some(group) => ClientRequest::InGroup { group, command },
+        };
         if batch.len() == 1 {
             if let Some(pending) = batch.pop() {
-                let request = ClientRequest::Command(pending.command);
-                let answer = self.call_within(node, &request, limit).await;
+                let answer = self.call_within(node, &alone(pending.command), limit).await;
                 let _ = pending.reply.send(answer);
             }
             return;
@@ -392,8 +440,12 @@ impl Connections {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let count = commands.len();
-        let outcome = match CommandBatch::new(commands.clone()) {
-            Ok(commands) => self.call_within(node, &ClientRequest::Batch(commands), limit).await,
+        let request = CommandBatch::new(commands.clone()).map(|commands| match group {
+            None => ClientRequest::Batch(commands),
+            Some(group) => ClientRequest::GroupBatch { group, commands },
+        });
+        let outcome = match request {
+            Ok(request) => self.call_within(node, &request, limit).await,
             Err(e) => Ok(ClientResponse::Refused(e.to_string())),
         };
         match outcome {
@@ -403,8 +455,8 @@ impl Connections {
                     if answer == CommandAnswer::TooLarge {
                         // A read whose value did not fit in the batch's answer: read it alone.
                         let connections = self.clone();
+                        let request = alone(command);
                         tokio::spawn(async move {
-                            let request = ClientRequest::Command(command);
                             let _ =
                                 reply.send(connections.call_within(node, &request, limit).await);
                         });
@@ -414,8 +466,9 @@ impl Connections {
                 }
             }
             Ok(sharded @ ClientResponse::Sharded { .. }) => {
-                // A sharded service applies no batch (a batch names no group): each command
-                // gets the answer, and its client sends it again in its key's group.
+                // A sharded service applies no batch that names no group (nor one of a group
+                // it does not have): each command gets the answer, and its client sends it
+                // again in its key's group.
                 for reply in replies {
                     let _ = reply.send(Ok(sharded.clone()));
                 }
@@ -514,7 +567,8 @@ impl ClientTransport for Connections {
 
 /// Collects the commands queued for `node` into batches and sends each batch in its own task,
 /// without waiting for earlier batches: a batch holds what queued up while the task ran, so a
-/// lone command is never delayed.
+/// lone command is never delayed. The commands of a sharded service are split by group: one
+/// batch per group, all sent at once.
 async fn run_batcher(inner: Weak<Inner>, node: NodeId, mut queue: mpsc::Receiver<Pending>) {
     while let Some(first) = queue.recv().await {
         // Let the sessions woken together with this one queue their commands too.
@@ -532,6 +586,13 @@ async fn run_batcher(inner: Weak<Inner>, node: NodeId, mut queue: mpsc::Receiver
         }
         let Some(inner) = inner.upgrade() else { return };
         let connections = Connections { inner };
-        tokio::spawn(async move { connections.send_batch(node, batch).await });
+        let mut by_group: BTreeMap<Option<GroupId>, Vec<Pending>> = BTreeMap::new();
+        for pending in batch {
+            by_group.entry(pending.group).or_default().push(pending);
+        }
+        for (group, batch) in by_group {
+            let connections = connections.clone();
+            tokio::spawn(async move { connections.send_batch(node, group, batch).await });
+        }
     }
 }

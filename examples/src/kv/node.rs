@@ -1,6 +1,7 @@
 //! Running one `kv-node`: the log store, the Raft node over QUIC, the client port, and a clean
 //! shutdown on SIGINT, SIGTERM or (for supervised children) the end of standard input.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,16 +92,63 @@ enum StopReason {
     NodeStopped,
 }
 
-/// What the state machine calls for a member removed for good: the Raft transport refuses it
-/// from then on (`QuicNetwork::refuse`), on apply and again from every restored snapshot, so a
-/// restarted node refuses it before it serves Raft traffic.
-fn refuse_removed(network: QuicNetwork, own: NodeId) -> OnRemoved {
-    OnRemoved(Arc::new(move |id| {
+/// What the state machines of a node's groups call for a member removed for good: the Raft
+/// transport refuses it (`QuicNetwork::refuse`) once *every* group of the node has removed it.
+/// A sharded service removes a node one group at a time (each group has its own membership):
+/// until the last group's removal is applied, the node is still a member of the others, which
+/// must go on hearing it (it may even lead them). Removals are reported on apply and again from
+/// every restored snapshot, so a restarted node refuses the node again once all its groups
+/// have started. A single group refuses at its one report.
+#[derive(Clone)]
+pub struct Removals {
+    groups: usize,
+    /// The groups that removed each node, until all of them did.
+    seen: Arc<std::sync::Mutex<BTreeMap<NodeId, BTreeSet<GroupId>>>>,
+    refuse: Arc<dyn Fn(NodeId) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Removals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Removals").field("groups", &self.groups).finish_non_exhaustive()
+    }
+}
+
+impl Removals {
+    /// Calls `refuse` for a node once each of `groups` groups removed it.
+    pub fn new(groups: u32, refuse: impl Fn(NodeId) + Send + Sync + 'static) -> Self {
+        let groups = usize::try_from(groups).unwrap_or(usize::MAX).max(1);
+        Self { groups, seen: Arc::default(), refuse: Arc::new(refuse) }
+    }
+
+    /// The callback of group `group`'s state machine.
+    pub fn of_group(&self, group: GroupId) -> OnRemoved {
+        let removals = self.clone();
+        OnRemoved(Arc::new(move |id| removals.removed(group, id)))
+    }
+
+    fn removed(&self, group: GroupId, id: NodeId) {
+        let everywhere = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let groups = seen.entry(id).or_default();
+            groups.insert(group);
+            groups.len() >= self.groups
+        };
+        if everywhere {
+            (self.refuse)(id);
+        } else {
+            debug!(group, peer = id, "peer removed from this group; other groups still have it");
+        }
+    }
+}
+
+/// Refuses removed peers on `network` (not this node itself).
+fn refuse_removed(network: QuicNetwork, own: NodeId) -> impl Fn(NodeId) + Send + Sync {
+    move |id| {
         if id != own {
             debug!(peer = id, "peer removed from the cluster: refused from now on");
             network.refuse(id);
         }
-    }))
+    }
 }
 
 /// Whether the stores hold no Raft state at all (a node's first start).
@@ -198,6 +246,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     // started yet are refused as unknown: the sender retries); a single-group node serves its
     // node as it always did (no group label on its metrics).
     let host: Host = Host::new(config.id);
+    let removals = Removals::new(config.groups, refuse_removed(network.clone(), config.id));
     if config.groups > 1 {
         network.serve(Arc::new(FirewalledHandler::new(host.clone(), firewall.clone())));
     }
@@ -208,8 +257,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             _ => None,
         };
         let state = SharedState::new();
-        let kv = KvStateMachine::new(state.clone())
-            .on_removed(refuse_removed(network.clone(), config.id));
+        let kv = KvStateMachine::new(state.clone()).on_removed(removals.of_group(group));
         let parts = GroupParts {
             store,
             snapshots,
@@ -420,5 +468,31 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
             eprintln!("kv-node: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_node_is_refused_once_every_group_removed_it() {
+        let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = refused.clone();
+        let removals = Removals::new(3, move |id| log.lock().unwrap().push(id));
+        let report = |group: GroupId, id: NodeId| (removals.of_group(group).0)(id);
+        report(0, 5);
+        report(1, 5);
+        report(1, 5); // a restored snapshot reports it again
+        report(0, 6);
+        assert!(refused.lock().unwrap().is_empty(), "still a member of group 2");
+        report(2, 5);
+        assert_eq!(*refused.lock().unwrap(), [5]);
+        // A single group refuses at once.
+        let log = refused.clone();
+        let single = Removals::new(1, move |id| log.lock().unwrap().push(id));
+        (single.of_group(0).0)(7);
+        assert_eq!(*refused.lock().unwrap(), [5, 7]);
     }
 }

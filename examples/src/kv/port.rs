@@ -86,7 +86,9 @@ pub fn request_cost(len: usize) -> usize {
 /// built): one [`CommandAnswer`] per command, besides the response itself.
 pub fn answer_cost(request: &ClientRequest) -> usize {
     let answers = match request {
-        ClientRequest::Batch(commands) => commands.len(),
+        ClientRequest::Batch(commands) | ClientRequest::GroupBatch { commands, .. } => {
+            commands.len()
+        }
         _ => 0,
     };
     std::mem::size_of::<ClientResponse>() + answers * std::mem::size_of::<CommandAnswer>()

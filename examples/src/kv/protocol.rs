@@ -26,8 +26,9 @@ use super::health::HealthReport;
 /// Version 5: requests in a session name its incarnation; `CommandAnswer::TooLarge`. Version 6:
 /// sharded services (`ClientRequest::InGroup`, `ClientRequest::Groups`,
 /// `ClientResponse::Sharded`, `ClientResponse::Groups`) and `Status::quiesced` in
-/// `ClientResponse::Status`.
-pub const ALPN: &[u8] = b"raft-kv/6";
+/// `ClientResponse::Status`. Version 7: a sharded service's membership changes
+/// (`ClientRequest::MemberInGroup`) and batches (`ClientRequest::GroupBatch`).
+pub const ALPN: &[u8] = b"raft-kv/7";
 
 /// The most voters or new members a [`MemberRequest::Set`] names (checked before decoding).
 pub const MAX_SET_MEMBERS: usize = 256;
@@ -82,6 +83,26 @@ pub enum ClientRequest {
     },
     /// The status of every group this node hosts ([`ClientResponse::Groups`]).
     Groups,
+    /// A membership request for the Raft group `group` of a sharded service (each group has its
+    /// own membership; a client changes every group, one request per group, each at that
+    /// group's leader). Answered as a [`ClientRequest::Member`] of that group; a group the node
+    /// does not have is answered [`ClientResponse::Sharded`].
+    MemberInGroup {
+        /// The group.
+        group: GroupId,
+        /// The request.
+        request: MemberRequest,
+    },
+    /// Several independent commands of the Raft group `group` of a sharded service, sent
+    /// together (a client's batch split per group), answered by a [`ClientResponse::Batch`]
+    /// in the same order, each handled as if sent alone in an [`ClientRequest::InGroup`]. A
+    /// group the node does not have is answered [`ClientResponse::Sharded`].
+    GroupBatch {
+        /// The group every command's key maps to.
+        group: GroupId,
+        /// The commands.
+        commands: CommandBatch,
+    },
 }
 
 /// Membership administration. Every request is idempotent, so a client may retry one whose
@@ -275,9 +296,10 @@ pub enum ClientResponse {
     /// The node's health (answer to [`ClientRequest::Health`]).
     Health(HealthReport),
     /// The node serves `groups` Raft groups and the request did not name a valid one (a
-    /// [`ClientRequest::Command`] or [`ClientRequest::Batch`] to a sharded service, or an
-    /// [`ClientRequest::InGroup`] beyond its groups): nothing was applied; send the command
-    /// again in the group its key maps to ([`super::shard::group_of`]).
+    /// [`ClientRequest::Command`], [`ClientRequest::Batch`] or membership change to a sharded
+    /// service, or a request for a group beyond its groups): nothing was applied; send the
+    /// command again in the group its key maps to ([`super::shard::group_of`]), the
+    /// membership change in every group.
     Sharded {
         /// How many groups the service has.
         groups: u32,

@@ -5,11 +5,16 @@
 //! ([`group_of`](super::shard::group_of)) and sends [`ClientRequest::InGroup`] to the node it
 //! believes leads that group; the group's service answers exactly as a single-group node does
 //! (a write on a follower is redirected to the group's leader, a read goes through the group's
-//! ReadIndex on any node). A sharded node answers a request that names no group or a group it
-//! does not have with [`ClientResponse::Sharded`] (nothing applied), which tells the client the
-//! number of groups. A single-group node serves every request as before.
+//! ReadIndex on any node), and so do a group's batches ([`ClientRequest::GroupBatch`]) and
+//! membership requests ([`ClientRequest::MemberInGroup`]: each group has its own membership, so
+//! an administrator's change is one request per group). A sharded node answers a command or a
+//! membership change that names no group, or a group it does not have, with
+//! [`ClientResponse::Sharded`] (nothing applied), which tells the client the number of groups.
+//! A single-group node serves every request as before.
 
 use std::sync::Arc;
+
+use raft_core::GroupId;
 
 use super::auth::Principal;
 use super::bounded::Bounded;
@@ -50,8 +55,10 @@ impl GroupRouter {
 
     /// Answers one request of `principal` (see the module documentation). Requests that are not
     /// about one group's data (status, health, partitions) are answered by group 0's service,
-    /// which shares the node's firewall with every group; membership changes of a sharded
-    /// service are refused (each group has its own membership; not supported yet).
+    /// which shares the node's firewall with every group. A sharded service changes its
+    /// membership one group at a time ([`ClientRequest::MemberInGroup`]): a membership change
+    /// that names no group is answered [`ClientResponse::Sharded`] (nothing done), as is a
+    /// command that names none; a member list that names none is group 0's.
     pub async fn handle(&self, principal: &Principal, request: ClientRequest) -> ClientResponse {
         if let Some(refused) = authorize(principal, &request) {
             return refused;
@@ -59,26 +66,37 @@ impl GroupRouter {
         let sharded = self.groups.len() > 1;
         match request {
             ClientRequest::InGroup { group, command } => {
-                let service = usize::try_from(group).ok().and_then(|g| self.groups.get(g));
-                match service {
-                    Some(service) => {
-                        service.handle(principal, ClientRequest::Command(command)).await
-                    }
-                    None => self.sharded(),
-                }
+                self.in_group(principal, group, ClientRequest::Command(command)).await
+            }
+            ClientRequest::GroupBatch { group, commands } => {
+                self.in_group(principal, group, ClientRequest::Batch(commands)).await
+            }
+            ClientRequest::MemberInGroup { group, request } => {
+                self.in_group(principal, group, ClientRequest::Member(request)).await
             }
             ClientRequest::Command(_) | ClientRequest::Batch(_) if sharded => self.sharded(),
+            ClientRequest::Member(request) if sharded && request != MemberRequest::List => {
+                self.sharded()
+            }
             ClientRequest::Groups => ClientResponse::Groups(Bounded::truncated(
                 self.groups.iter().map(|service| service.group_status()).collect(),
             )),
-            ClientRequest::Member(request) if sharded && request != MemberRequest::List => {
-                ClientResponse::Refused(format!(
-                    "membership changes of a sharded service ({} groups) are not supported",
-                    self.groups.len()
-                ))
-            }
             ClientRequest::Health => ClientResponse::Health(self.health().await),
             request => self.first().handle(principal, request).await,
+        }
+    }
+
+    /// Answers `request` with group `group`'s service; [`ClientResponse::Sharded`] if the node
+    /// has no such group.
+    async fn in_group(
+        &self,
+        principal: &Principal,
+        group: GroupId,
+        request: ClientRequest,
+    ) -> ClientResponse {
+        match usize::try_from(group).ok().and_then(|g| self.groups.get(g)) {
+            Some(service) => service.handle(principal, request).await,
+            None => self.sharded(),
         }
     }
 

@@ -148,7 +148,7 @@ impl ClientService {
             return refused;
         }
         match request {
-            ClientRequest::Batch(commands) => {
+            ClientRequest::Batch(commands) | ClientRequest::GroupBatch { commands, .. } => {
                 let answers = self.handle_batch(principal, commands.into_inner()).await;
                 match super::bounded::Bounded::new(answers) {
                     Ok(answers) => ClientResponse::Batch(answers),
@@ -169,7 +169,7 @@ impl ClientService {
                 status: self.node.status(),
                 members: super::bounded::Bounded::truncated(self.client_members()),
             },
-            ClientRequest::Member(request) => {
+            ClientRequest::Member(request) | ClientRequest::MemberInGroup { request, .. } => {
                 // Bounded like every request; a catch-up gets the time the client allowed.
                 let limit = match &request {
                     MemberRequest::Add { catch_up_ms, .. }

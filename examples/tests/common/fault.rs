@@ -2,27 +2,31 @@
 //! (a sharded service): `kv-node` processes on loopback, concurrent clients doing gets, puts,
 //! deletes and compare-and-swaps on a few keys, while a nemesis kills nodes with SIGKILL,
 //! restarts them, and partitions the network (each node's test-only firewall, set through its
-//! client port). The whole history is then checked for linearizability (per key, Wing-Gong-Lowe
+//! client port), choosing its victims among the leaders of every group: the node leading the
+//! most groups, the leader of a random group, the leaders of two groups cut off together. The whole history is then checked for linearizability (per key, Wing-Gong-Lowe
 //! search), and every acknowledged write to a key of its own is read back (nothing acknowledged
 //! is lost). A failing history is saved, with the node logs, under the cargo target directory.
 //!
 //! The nemesis draws from a seed printed at the start; `KV_FAULT_SEED=<n>` replays its choices
 //! (timing still varies). Time limits are hang guards only; nothing asserts speed.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use examples::kv::cluster::{read_log, wait_for_leader, ClusterSpec, Launcher, ProcessCluster};
+use examples::kv::cluster::{
+    read_log, wait_for_group_leaders, wait_for_leader, ClusterSpec, Launcher, ProcessCluster,
+};
 use examples::kv::command::{Op, OpResult};
 use examples::kv::{ClientError, ClientOptions, Connections, KvClient};
 use examples::linearizability::kv::{
     check_kv_history, format_explanation, save_history, KvOperation,
 };
 use examples::linearizability::{Budget, OpOutcome, Verdict};
-use raft_core::NodeId;
+use raft_core::{GroupId, NodeId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -150,37 +154,56 @@ async fn client_loop(
     }
 }
 
-/// The faults, one at a time: crash a node (often the leader) or cut a minority off, hold the
-/// fault for a while, then heal it.
+/// The node leading the most groups of `leaders` (ties broken at random), if any leads.
+fn busiest(leaders: &BTreeMap<GroupId, NodeId>, rng: &mut ChaCha8Rng) -> Option<NodeId> {
+    let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for &leader in leaders.values() {
+        *led.entry(leader).or_default() += 1;
+    }
+    let most = led.values().copied().max()?;
+    let busiest: Vec<NodeId> =
+        led.into_iter().filter(|&(_, n)| n == most).map(|(id, _)| id).collect();
+    Some(pick(rng, &busiest))
+}
+
+/// The faults, one at a time, aimed at the leaders of every group (one group: its leader):
+/// crash the node leading the most groups (or a random one; sometimes a second node too),
+/// isolate the leader of a random group, or cut the leaders of two groups off from the
+/// majority (each group then loses its leader's majority at once); hold the fault for a
+/// while, then heal it.
 async fn nemesis(
     cluster: &mut ProcessCluster,
     connections: &Connections,
     rng: &mut ChaCha8Rng,
     chaos: Duration,
+    groups: u32,
 ) -> Vec<String> {
     let ids = cluster.ids();
     let mut log = Vec::new();
     let until = Instant::now() + chaos;
+    let all_led = |leaders: &BTreeMap<GroupId, NodeId>| leaders.len() == groups as usize;
     while Instant::now() < until {
-        let leader = wait_for_leader(connections, &ids, ids.len(), Duration::from_secs(5))
-            .await
-            .map(|l| l.id);
-        let victim = match leader {
-            Some(l) if rng.next_u64().is_multiple_of(2) => l,
-            _ => pick(rng, &ids),
+        let (leaders, _) =
+            wait_for_group_leaders(connections, &ids, Duration::from_secs(5), all_led).await;
+        let random_leader = |rng: &mut ChaCha8Rng| {
+            let group = rng.next_u64() % u64::from(groups);
+            leaders.get(&group).copied().unwrap_or_else(|| pick(rng, &ids))
+        };
+        let other_than = |rng: &mut ChaCha8Rng, victims: &[NodeId]| {
+            let other = pick(rng, &ids);
+            (!victims.contains(&other)).then_some(other)
         };
         let hold = Duration::from_millis(1000 + rng.next_u64() % 2000);
-        match rng.next_u64() % 4 {
+        let minority = match rng.next_u64() % 4 {
             0 | 1 => {
-                // Crash one node, or two (a majority of 3 of 5 remains).
-                let mut victims = vec![victim];
+                // Crash the busiest leader or a random node, sometimes one more (a majority of
+                // 3 of 5 remains).
+                let busiest = busiest(&leaders, rng).filter(|_| rng.next_u64().is_multiple_of(2));
+                let mut victims = vec![busiest.unwrap_or_else(|| pick(rng, &ids))];
                 if rng.next_u64().is_multiple_of(3) {
-                    let other = pick(rng, &ids);
-                    if other != victim {
-                        victims.push(other);
-                    }
+                    victims.extend(other_than(rng, &victims));
                 }
-                log.push(format!("kill -9 {victims:?} (leader {leader:?}) for {hold:?}"));
+                log.push(format!("kill -9 {victims:?} (leaders {leaders:?}) for {hold:?}"));
                 for &v in &victims {
                     cluster.kill(v).unwrap();
                 }
@@ -188,29 +211,43 @@ async fn nemesis(
                 for &v in &victims {
                     cluster.spawn(v).unwrap();
                 }
+                None
+            }
+            2 => {
+                // Isolate the leader of a random group, sometimes with one more node.
+                let mut minority = vec![random_leader(rng)];
+                if rng.next_u64().is_multiple_of(2) {
+                    minority.extend(other_than(rng, &minority));
+                }
+                Some(minority)
             }
             _ => {
-                // Partition: the victim (and maybe one more) on one side, the rest on the other.
-                let mut minority = vec![victim];
-                if rng.next_u64().is_multiple_of(2) {
-                    let other = pick(rng, &ids);
-                    if other != victim {
-                        minority.push(other);
-                    }
+                // The leaders of two groups (two nodes, if two lead) cut off together.
+                let mut minority = vec![random_leader(rng)];
+                let others: BTreeSet<NodeId> =
+                    leaders.values().copied().filter(|l| !minority.contains(l)).collect();
+                let others: Vec<NodeId> = others.into_iter().collect();
+                if others.is_empty() {
+                    minority.extend(other_than(rng, &minority));
+                } else {
+                    minority.push(pick(rng, &others));
                 }
-                let majority: Vec<NodeId> =
-                    ids.iter().copied().filter(|id| !minority.contains(id)).collect();
-                log.push(format!(
-                    "partition {minority:?} | {majority:?} (leader {leader:?}) for {hold:?}"
-                ));
-                for &id in &ids {
-                    let blocked =
-                        if minority.contains(&id) { majority.clone() } else { minority.clone() };
-                    let _ = connections.partition(id, blocked).await;
-                }
-                tokio::time::sleep(hold).await;
-                heal(connections, &ids).await;
+                Some(minority)
             }
+        };
+        if let Some(minority) = minority {
+            let majority: Vec<NodeId> =
+                ids.iter().copied().filter(|id| !minority.contains(id)).collect();
+            log.push(format!(
+                "partition {minority:?} | {majority:?} (leaders {leaders:?}) for {hold:?}"
+            ));
+            for &id in &ids {
+                let blocked =
+                    if minority.contains(&id) { majority.clone() } else { minority.clone() };
+                let _ = connections.partition(id, blocked).await;
+            }
+            tokio::time::sleep(hold).await;
+            heal(connections, &ids).await;
         }
         tokio::time::sleep(Duration::from_millis(300 + rng.next_u64() % 700)).await;
     }
@@ -298,7 +335,7 @@ pub(crate) async fn run(spec: FaultSpec) {
         })
         .collect();
 
-    let nemesis_log = nemesis(&mut cluster, &connections, &mut rng, chaos).await;
+    let nemesis_log = nemesis(&mut cluster, &connections, &mut rng, chaos, groups).await;
     for line in &nemesis_log {
         println!("nemesis: {line}");
     }
