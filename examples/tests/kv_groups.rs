@@ -239,6 +239,11 @@ async fn a_node_joins_every_group_and_a_founder_leaves_every_group() {
     let group_rows = list.lines().skip_while(|l| !l.trim_start().starts_with("group")).skip(1);
     let voters: Vec<Option<&str>> = group_rows.map(|l| l.split_whitespace().nth(2)).collect();
     assert_eq!(voters, [Some("1,2,3,4"); GROUPS as usize], "{list}");
+    // Leadership moves per group: the group must be named.
+    let (ok, moved) = kv_cli_to(&cluster, &[2], &["transfer-leader", "4", "0"]);
+    assert!(ok && moved.contains("node 4 is the leader of group 0"), "{moved}");
+    let (ok, unnamed) = kv_cli_to(&cluster, &[2], &["transfer-leader", "4"]);
+    assert!(!ok && unnamed.contains("name the group"), "{unnamed}");
     for key in &keys[20..] {
         client.put(key.clone(), format!("v-{key}")).await.unwrap();
     }

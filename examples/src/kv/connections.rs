@@ -187,7 +187,7 @@ struct Inner {
     slots: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Slot>>>>,
     batchers: Mutex<BTreeMap<NodeId, mpsc::Sender<Pending>>>,
     /// The in-flight bound of each node's batches of each group.
-    in_flight: Mutex<BTreeMap<(NodeId, Option<GroupId>), Arc<Semaphore>>>,
+    in_flight: Mutex<BTreeMap<BatchTarget, Arc<Semaphore>>>,
     counts: BatchCounts,
 }
 
@@ -204,6 +204,9 @@ const BATCHER_QUEUE: usize = 4096;
 /// How many batches of one Raft group may be in flight to one node at a time (a batch is
 /// held back, its commands waiting, until an earlier one of its group is answered).
 pub const MAX_GROUP_BATCHES_IN_FLIGHT: usize = 64;
+
+/// A node and a Raft group of it (`None`: a single-group service) that batches go to.
+type BatchTarget = (NodeId, Option<GroupId>);
 
 /// How many requests carried the commands this client sent (see [`Connections::batching`]).
 #[derive(Debug, Default)]
