@@ -38,6 +38,8 @@ const COMPACT_EVERY: u64 = 10_000;
 const KEEP_ENTRIES: u64 = 1_000;
 /// The raw file's size: overwrites go all over it.
 const RAW_FILE_BYTES: u64 = 64 << 20;
+/// Blocks per write when filling the raw file (1 MiB).
+const RAW_SLICE_BLOCKS: usize = 256;
 
 /// One shape of commit.
 #[derive(Clone, Copy)]
@@ -93,8 +95,11 @@ impl Target {
                     .read(true)
                     .write(true)
                     .open(dir.join("raw.bin"))?;
-                for at in (0..RAW_FILE_BYTES).step_by(BLOCK.len()) {
-                    file.write_all_at(&BLOCK, at)?;
+                // In 1 MiB slices, as the headroom writes its zeros: the page cache may then
+                // hold the file in large folios, which `write_bytes` counts whole.
+                let slice = BLOCK.repeat(RAW_SLICE_BLOCKS);
+                for at in (0..RAW_FILE_BYTES).step_by(slice.len()) {
+                    file.write_all_at(&slice, at)?;
                 }
                 file.sync_all()?;
                 Target::Raw { file, next: 0, written: 0 }
