@@ -280,7 +280,9 @@ pub struct StoreStats {
 }
 
 /// How an environment uses its data file, as of its last commit: a diagnostic
-/// (`bench-lmdb --io` prints it). Page counts are in pages of `page_size` bytes.
+/// (`bench-lmdb --io` prints it). The fields are read one after the other while the writer
+/// may go on committing, so they agree exactly only when no write is in flight. Page counts
+/// are in pages of `page_size` bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DiskStats {
