@@ -6,13 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
+use heed::{CommitOrAbort, Database, DatabaseStat, Env, EnvOpenOptions, RoTxn, WithoutTls};
 use raft_core::{GroupId, LogId, StorageError};
 
 use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
 use crate::error::{storage_error, OpenError};
+use crate::headroom::DATA_FILE;
 use crate::layout::{GroupKeys, Layout};
 use crate::registry::DirGuard;
+use crate::store::DiskStats;
 
 /// A database of the environment: byte keys (see `layout`) → encoded records (see `codec`).
 pub(crate) type Db = Database<'static, Bytes, Bytes>;
@@ -53,6 +55,25 @@ impl Handles {
         let page_size = u64::from(self.env.unnamed_database_stat().page_size);
         let pages = u64::try_from(self.env.info().last_page_number).unwrap_or(u64::MAX);
         (page_size, pages.saturating_add(1).saturating_mul(page_size))
+    }
+
+    /// How LMDB uses the data file as of the last commit (`written_bytes` left unknown).
+    pub(crate) fn disk_stats(&self) -> Result<DiskStats, StorageError> {
+        let (page_size, used_bytes) = self.pages();
+        let rtxn = self.read_txn()?;
+        let pages =
+            |stat: DatabaseStat| (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
+        let tree_pages = pages(self.env.unnamed_database_stat())
+            + pages(self.log.stat(&rtxn).map_err(storage_error)?)
+            + pages(self.meta.stat(&rtxn).map_err(storage_error)?);
+        let file_bytes = std::fs::metadata(self.env.path().join(DATA_FILE))?.len();
+        Ok(DiskStats {
+            page_size,
+            used_pages: used_bytes / page_size.max(1),
+            tree_pages,
+            file_bytes,
+            written_bytes: None,
+        })
     }
 
     /// Reads a group's metadata record, `None` if the group has none (it does not exist).

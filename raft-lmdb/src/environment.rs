@@ -24,7 +24,7 @@ use crate::options::LmdbOptions;
 use crate::queue::{Queue, QueueLimits};
 use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
 use crate::shared::{with_handles, Shared};
-use crate::store::{enqueue, LmdbLogStore, StoreStats};
+use crate::store::{enqueue, DiskStats, LmdbLogStore, StoreStats};
 use crate::writer::{self, GroupLimits, Op};
 use crate::FileSnapshotStore;
 
@@ -94,7 +94,7 @@ pub(crate) fn start(
     let mut headroom = Headroom::open(&dir, options.file_headroom_bytes).map_err(io_err)?;
     // Before the first write, not during it (the writer thread has not started).
     let (page_size, used) = handles.pages();
-    headroom.ensure(used, 0, page_size);
+    let zeros = headroom.ensure(used, 0, page_size);
     let per_group = match layout {
         // One group: its bound is the queue's.
         Layout::Single => options.queue_capacity,
@@ -102,6 +102,7 @@ pub(crate) fn start(
     };
     let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
     let shared = Arc::new(Shared::new(handles, guard, queue));
+    shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
         max_requests: options.max_group_requests,
         max_bytes: options.max_group_bytes,
@@ -375,6 +376,12 @@ impl LmdbEnvironment {
     /// Counters of the writer thread since the environment was opened (all groups).
     pub fn stats(&self) -> StoreStats {
         self.shared().stats()
+    }
+
+    /// How the environment uses its data file as of the last commit, and what its writer
+    /// thread has written (a diagnostic: it reads the disk and `/proc`).
+    pub fn disk_stats(&self) -> Result<DiskStats, StorageError> {
+        self.shared().disk_stats()
     }
 
     /// True once a write has failed: the environment then accepts no more writes.

@@ -64,10 +64,10 @@ impl Headroom {
     /// Makes sure the file extends past `used` bytes (LMDB's pages up to the last committed
     /// one) plus what a commit of `entry_bytes` of entries with pages of `page_size` bytes may
     /// add, plus half the headroom. When it does not, extends it (zeros, then a sync) to the
-    /// whole headroom past that. Call only between transactions, on the thread that writes
-    /// them.
-    pub(crate) fn ensure(&mut self, used: u64, entry_bytes: u64, page_size: u64) {
-        let Some(file) = self.file.as_mut() else { return };
+    /// whole headroom past that. Returns the bytes of zeros written. Call only between
+    /// transactions, on the thread that writes them.
+    pub(crate) fn ensure(&mut self, used: u64, entry_bytes: u64, page_size: u64) -> u64 {
+        let Some(file) = self.file.as_mut() else { return 0 };
         let upcoming = entry_bytes.saturating_mul(100 + ENCODING_OVERHEAD_PERCENT) / 100
             + TREE_PAGES.saturating_mul(page_size);
         let needed = used.saturating_add(upcoming).saturating_add(self.bytes / 2);
@@ -80,9 +80,10 @@ impl Headroom {
             extend_with_zeros(file, meta.len(), target).map(|()| Some((meta.len(), target)))
         });
         match extended {
-            Ok(None) => {}
+            Ok(None) => 0,
             Ok(Some((from, to))) => {
                 tracing::debug!(from, to, "raft-lmdb data file extended ahead of use");
+                to - from
             }
             Err(error) => {
                 tracing::warn!(
@@ -91,6 +92,7 @@ impl Headroom {
                      (slower syncs) from now on"
                 );
                 self.file = None;
+                0
             }
         }
     }

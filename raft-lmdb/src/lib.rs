@@ -105,6 +105,7 @@ mod snapshot_store;
 mod store;
 #[cfg(test)]
 mod tests;
+mod thread_io;
 mod writer;
 
 pub use codec::FORMAT_VERSION;
@@ -112,4 +113,4 @@ pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
 pub use options::LmdbOptions;
 pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};
-pub use store::{LmdbLogStore, PendingWrite, StoreStats};
+pub use store::{DiskStats, LmdbLogStore, PendingWrite, StoreStats};

@@ -2,8 +2,9 @@
 //! thread.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft_core::{GroupId, StorageError};
 
@@ -11,7 +12,8 @@ use crate::env::Handles;
 use crate::layout::Layout;
 use crate::queue::Queue;
 use crate::registry::DirGuard;
-use crate::store::StoreStats;
+use crate::store::{DiskStats, StoreStats};
+use crate::thread_io;
 
 /// What the handles of an environment and its writer thread share.
 ///
@@ -38,6 +40,10 @@ pub(crate) struct Shared {
     pub(crate) commits: AtomicU64,
     /// Requests answered by those transactions.
     pub(crate) committed_requests: AtomicU64,
+    /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
+    pub(crate) headroom_bytes: AtomicU64,
+    /// The writer thread's I/O counters in `/proc` (set by the writer when it starts, if any).
+    pub(crate) writer_io: OnceLock<PathBuf>,
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
@@ -60,6 +66,8 @@ impl Shared {
             group_changes: Mutex::new(()),
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
+            headroom_bytes: AtomicU64::new(0),
+            writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             #[cfg(test)]
@@ -90,7 +98,15 @@ impl Shared {
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
+            headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// How LMDB uses the data file as of the last commit, and what the writer wrote.
+    pub(crate) fn disk_stats(&self) -> Result<DiskStats, StorageError> {
+        let mut stats = with_handles(self, Handles::disk_stats)?;
+        stats.written_bytes = self.writer_io.get().and_then(|path| thread_io::written_bytes(path));
+        Ok(stats)
     }
 
     /// Stops all further writes.

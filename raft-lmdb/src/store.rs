@@ -124,6 +124,12 @@ impl LmdbLogStore {
         self.shared.stats()
     }
 
+    /// How the environment uses its data file as of the last commit, and what its writer
+    /// thread has written (a diagnostic: it reads the disk and `/proc`).
+    pub fn disk_stats(&self) -> Result<DiskStats, StorageError> {
+        self.shared.disk_stats()
+    }
+
     /// True once a write has failed: the environment (every group of it) then accepts no more
     /// writes.
     pub fn has_failed(&self) -> bool {
@@ -268,7 +274,47 @@ pub struct StoreStats {
     pub commits: u64,
     /// Write and purge requests answered by those transactions (valid or not).
     pub requests: u64,
+    /// Bytes of zeros written past LMDB's last page to keep the data file grown ahead of use
+    /// ([`crate::LmdbOptions::with_file_headroom`]), open included.
+    pub headroom_bytes: u64,
 }
+
+/// How an environment uses its data file, as of its last commit: a diagnostic
+/// (`bench-lmdb --io` prints it). The fields are read one after the other while the writer
+/// may go on committing, so they agree exactly only when no write is in flight. Page counts
+/// are in pages of `page_size` bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiskStats {
+    /// LMDB's page size in bytes.
+    pub page_size: u64,
+    /// Pages from the start of the file up to the last page LMDB uses (its two meta pages
+    /// included): the file LMDB needs.
+    pub used_pages: u64,
+    /// Pages of the B-trees of the databases (the main one included): what the data occupies.
+    pub tree_pages: u64,
+    /// The data file's length in bytes (LMDB's pages and the headroom beyond them).
+    pub file_bytes: u64,
+    /// Bytes the writer thread has handed to the operating system since it started (`wchar` of
+    /// its `/proc/<pid>/task/<tid>/io`): the pages and meta pages of LMDB's commits and the
+    /// headroom zeros written between commits (plus any log line a `tracing` subscriber writes
+    /// on that thread). These are the bytes a commit really writes; `write_bytes` of
+    /// `/proc/self/io` is no measure of them on kernels whose page cache uses large folios
+    /// (it counts a whole folio, up to 2 MiB, for a 4 KiB write). `None` where `/proc` does not
+    /// tell (not Linux) or once the writer has stopped.
+    pub written_bytes: Option<u64>,
+}
+
+impl DiskStats {
+    /// Pages LMDB holds but no database uses: its free list (pages it may reuse) and the free
+    /// list's own pages.
+    pub fn free_pages(&self) -> u64 {
+        self.used_pages.saturating_sub(self.tree_pages).saturating_sub(META_PAGES)
+    }
+}
+
+/// LMDB's meta pages at the start of the file.
+const META_PAGES: u64 = 2;
 
 /// A write that has been queued: resolves to `Ok(())` once it is durable, or to the error that
 /// stopped it. Dropping it does not cancel the write.

@@ -33,6 +33,7 @@ use crate::codec::{self, MetaRecord};
 use crate::env::{self, Handles};
 use crate::headroom::Headroom;
 use crate::shared::Shared;
+use crate::thread_io;
 
 /// What a request asks the writer to do.
 #[derive(Debug)]
@@ -92,7 +93,19 @@ pub(crate) fn spawn(
     headroom: Headroom,
 ) -> io::Result<JoinHandle<()>> {
     let writer = Writer { shared, committed, limits, applier: Applier::default(), headroom };
-    std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || writer.run())
+    // The writer's `/proc` counters are known before the environment is handed out, so that
+    // `DiskStats::written_bytes` counts from the first request on.
+    let (ready, started) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new().name("raft-lmdb-writer".into()).spawn(move || {
+        if let Some(path) = thread_io::current_thread_io() {
+            let _ = writer.shared.writer_io.set(path);
+        }
+        let _ = ready.send(());
+        writer.run();
+    })?;
+    // An error means the thread ended before telling: the counters stay unknown.
+    let _ = started.recv();
+    Ok(thread)
 }
 
 struct Writer {
@@ -265,7 +278,8 @@ impl Writer {
         };
         let (page_size, used) = handles.pages();
         let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum();
-        self.headroom.ensure(used, entry_bytes, page_size);
+        let zeros = self.headroom.ensure(used, entry_bytes, page_size);
+        self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
         let mut touched = Touched::new();
         let mut outcomes = Vec::with_capacity(group.len());

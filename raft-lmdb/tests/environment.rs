@@ -245,3 +245,27 @@ fn groups_writing_concurrently_share_commits() {
         assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, WRITES));
     }
 }
+
+/// The environment's `DiskStats` count the pages of every group and what the one writer wrote
+/// for them; a store of the environment reports the same environment.
+#[test]
+fn disk_stats_cover_every_group_of_the_environment() {
+    let root = tempfile::tempdir().unwrap();
+    let env = LmdbEnvironment::open(root.path().join("env")).unwrap();
+    let stores: Vec<_> = (1..=4).map(|g| env.log_store(g).unwrap()).collect();
+    let before = env.disk_stats().unwrap();
+    for store in &stores {
+        block_on(store.write(append(1..401, 1))).unwrap();
+    }
+    let after = env.disk_stats().unwrap();
+    // 1,600 entries of ~10 bytes, in pages of their own groups: at least 4 leaf pages more.
+    assert!(after.tree_pages >= before.tree_pages + 4, "{before:?} -> {after:?}");
+    assert!(after.used_pages >= after.tree_pages, "{after:?}");
+    let per_store = stores[0].disk_stats().unwrap();
+    assert_eq!((per_store.tree_pages, per_store.used_pages), (after.tree_pages, after.used_pages));
+    if cfg!(target_os = "linux") {
+        let written = after.written_bytes.unwrap() - before.written_bytes.unwrap();
+        // Four commits, each writing at least its new pages.
+        assert!(written >= 4 * after.page_size, "{written}");
+    }
+}

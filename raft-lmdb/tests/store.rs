@@ -267,3 +267,41 @@ fn a_store_that_purges_reuses_its_pages() {
     }
     assert!(sizes[5] < sizes[0] * 3 / 2, "the file kept growing: {sizes:?}");
 }
+
+#[test]
+fn disk_stats_count_what_the_writer_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let options = LmdbOptions::default().with_file_headroom(1 << 20);
+    let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
+    let (stats0, disk0) = (store.stats(), store.disk_stats().unwrap());
+    // The headroom written at open: the file reaches past LMDB's pages by at least half of it.
+    assert!(stats0.headroom_bytes >= 1 << 19, "{stats0:?}");
+    assert_eq!(disk0.file_bytes % disk0.page_size, 0);
+    assert!(disk0.file_bytes >= disk0.used_pages * disk0.page_size + (1 << 19), "{disk0:?}");
+    // 200 commits of 64 entries of 100 bytes: about 1.7 MB of pages, so the headroom is
+    // extended at least once between commits.
+    let commits = 200;
+    for commit in 0..commits {
+        let first = commit * 64 + 1;
+        block_on(store.write(append((first..first + 64).map(|i| entry(i, 1, 100)).collect())))
+            .unwrap();
+    }
+    let (stats1, disk1) = (store.stats(), store.disk_stats().unwrap());
+    assert_eq!(stats1.commits - stats0.commits, commits);
+    let zeros = stats1.headroom_bytes - stats0.headroom_bytes;
+    assert!(zeros > 0, "{stats0:?} -> {stats1:?}");
+    let grown = (disk1.used_pages - disk0.used_pages) * disk1.page_size;
+    assert!(grown >= commits * 64 * 100, "{disk0:?} -> {disk1:?}");
+    assert!(disk1.tree_pages * disk1.page_size >= commits * 64 * 100, "{disk1:?}");
+    assert!(disk1.free_pages() < disk1.tree_pages, "{disk1:?}");
+    assert!(disk1.file_bytes >= disk1.used_pages * disk1.page_size, "{disk1:?}");
+    if cfg!(target_os = "linux") {
+        // The writer wrote the zeros, and every page LMDB added, and at least a page a commit.
+        let written = disk1.written_bytes.unwrap() - disk0.written_bytes.unwrap();
+        assert!(written >= zeros + grown, "{written} < {zeros} + {grown}");
+        assert!(written >= zeros + commits * disk1.page_size, "{written}");
+        // And not much more than a copy-on-write B-tree needs: at most 16 pages a commit
+        // besides the zeros (about 8 in practice).
+        assert!(written <= zeros + commits * 16 * disk1.page_size, "{written}");
+    }
+}

@@ -22,8 +22,16 @@
 //! `--groups 1,4,16,64` measures instead the shared environment of many Raft groups
 //! (`LmdbEnvironment`): for each group count, `--writers` writers (default 64) spread over the
 //! groups (writer `i` appends to group `i % groups`), each waiting for its write before the
-//! next; one table of durable entries/s, syncs (commits) per second and entries per sync, with a
-//! store of its own (`LmdbLogStore::open_dir`) as the first row for comparison.
+//! next; one table of durable entries/s, syncs (commits) per second, entries per sync and KiB
+//! the writer thread wrote per sync (`DiskStats::written_bytes`: LMDB's pages and the headroom
+//! zeros), with a store of its own (`LmdbLogStore::open_dir`) as the first row for comparison.
+//!
+//! `--io [--commits N]` shows instead where the bytes of a commit go (see `io.rs`): per commit,
+//! the bytes written, the headroom zeros among them, LMDB's pages written and its file growth,
+//! for one store and for environments of 1 and 64 groups.
+
+#[path = "bench_lmdb/io.rs"]
+mod io;
 
 use std::error::Error;
 use std::fs::{self, OpenOptions};
@@ -64,13 +72,25 @@ struct Args {
     groups: Vec<usize>,
     /// Writers of the multi-group table.
     writers: usize,
+    /// Measured rounds of the `--io` table (`None`: not that table).
+    io_rounds: Option<u64>,
 }
+
+/// Measured rounds of the `--io` table by default, and at most.
+const DEFAULT_IO_ROUNDS: u64 = 1_000;
+const MAX_IO_ROUNDS: u64 = 1_000_000;
 
 /// The most groups or writers the multi-group table takes.
 const MAX_GROUPS_OR_WRITERS: usize = 100_000;
 
 fn parse_args() -> Result<Args, BoxError> {
-    let mut args = Args { dir: PathBuf::from("."), seconds: 3.0, groups: Vec::new(), writers: 64 };
+    let mut args = Args {
+        dir: PathBuf::from("."),
+        seconds: 3.0,
+        groups: Vec::new(),
+        writers: 64,
+        io_rounds: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -81,15 +101,23 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.groups = list.split(',').map(str::parse).collect::<Result<_, _>>()?;
             }
             "--writers" => args.writers = it.next().ok_or("--writers needs a number")?.parse()?,
+            "--io" => args.io_rounds = Some(args.io_rounds.unwrap_or(DEFAULT_IO_ROUNDS)),
+            "--commits" => {
+                args.io_rounds = Some(it.next().ok_or("--commits needs a number")?.parse()?);
+            }
             "--help" | "-h" => {
                 println!(
                     "usage: bench-lmdb [--dir DIR (default .)] [--seconds S (default 3)] \
-                     [--groups N,N,... [--writers W (default 64)]]"
+                     [--groups N,N,... [--writers W (default 64)]] [--io [--commits N (default \
+                     {DEFAULT_IO_ROUNDS})]]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
         }
+    }
+    if args.io_rounds.is_some_and(|n| !(1..=MAX_IO_ROUNDS).contains(&n)) {
+        return Err(format!("--commits must be between 1 and {MAX_IO_ROUNDS}").into());
     }
     if !(args.seconds > 0.0 && args.seconds < 600.0) {
         return Err("--seconds must be between 0 and 600".into());
@@ -117,7 +145,11 @@ fn main() -> Result<(), BoxError> {
     fs::create_dir_all(&args.dir)?;
     let work = fs::canonicalize(&args.dir)?.join(format!("bench-lmdb-{}", std::process::id()));
     fs::create_dir(&work)?;
-    let result = if args.groups.is_empty() { run(&args, &work) } else { run_groups(&args, &work) };
+    let result = match args.io_rounds {
+        Some(rounds) => run_io(&work, rounds),
+        None if args.groups.is_empty() => run(&args, &work),
+        None => run_groups(&args, &work),
+    };
     fs::remove_dir_all(&work)?;
     result
 }
@@ -226,6 +258,18 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
     drop((store, growing));
     print_table(&rows);
     Ok(())
+}
+
+/// The `--io` table (see `io.rs`).
+fn run_io(work: &Path, rounds: u64) -> Result<(), BoxError> {
+    println!(
+        "bench-lmdb --io in {} ({}), {rounds} measured rounds per shape",
+        work.display(),
+        describe_fs(work)
+    );
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(io::run_io(work, rounds))
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -379,11 +423,13 @@ struct GroupMeter {
     meter: Meter,
     commits: u64,
     requests: u64,
+    /// Bytes the writer thread wrote (LMDB's pages and meta pages, headroom zeros).
+    written_bytes: u64,
 }
 
 impl GroupMeter {
     fn new() -> Result<Self, BoxError> {
-        Ok(Self { meter: Meter::new()?, commits: 0, requests: 0 })
+        Ok(Self { meter: Meter::new()?, commits: 0, requests: 0, written_bytes: 0 })
     }
 
     fn row(&self, what: String) -> Row {
@@ -421,6 +467,7 @@ async fn spread_writers(
         next.push(Arc::new(tokio::sync::Mutex::new(store.open().await?.last.index + 1)));
     }
     let before = stores[0].stats();
+    let written_before = stores[0].disk_stats()?.written_bytes;
     let start = Instant::now();
     let deadline = start + period;
     let tasks: Vec<_> = (0..writers)
@@ -453,6 +500,9 @@ async fn spread_writers(
     }
     meter.meter.elapsed += start.elapsed();
     let after = stores[0].stats();
+    if let (Some(before), Some(after)) = (written_before, stores[0].disk_stats()?.written_bytes) {
+        meter.written_bytes += after - before;
+    }
     meter.commits += after.commits - before.commits;
     meter.requests += after.requests - before.requests;
     Ok(())
@@ -494,19 +544,23 @@ fn run_groups(args: &Args, work: &Path) -> Result<(), BoxError> {
     })?;
     println!();
     println!(
-        "| {:<28} | {:>14} | {:>10} | {:>15} | {:>9} | {:>9} |",
-        "stores", "entries/s", "syncs/s", "entries / sync", "p50", "p99"
+        "| {:<28} | {:>14} | {:>10} | {:>15} | {:>14} | {:>9} | {:>9} |",
+        "stores", "entries/s", "syncs/s", "entries / sync", "KiB / sync", "p50", "p99"
     );
-    println!("|{:-<30}|{:->16}|{:->12}|{:->17}|{:->11}|{:->11}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<30}|{:->16}|{:->12}|{:->17}|{:->16}|{:->11}|{:->11}|",
+        "", "", "", "", "", "", ""
+    );
     for (what, meter) in rows {
         let seconds = meter.meter.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
         let latency = &meter.meter.latency;
         println!(
-            "| {:<28} | {:>14} | {:>10} | {:>15.1} | {:>9} | {:>9} |",
+            "| {:<28} | {:>14} | {:>10} | {:>15.1} | {:>14.1} | {:>9} | {:>9} |",
             what,
             thousands(meter.meter.rate()),
             thousands(meter.commits as f64 / seconds),
             meter.requests as f64 / meter.commits.max(1) as f64,
+            meter.written_bytes as f64 / 1024.0 / meter.commits.max(1) as f64,
             millis(latency.value_at_quantile(0.50)),
             millis(latency.value_at_quantile(0.99)),
         );
