@@ -106,6 +106,13 @@ pub struct AppendEntriesResponse {
     /// `check_quorum` or without `lease_reads`, or the request was rejected for its term or
     /// refused (an answer with neither `match_index` nor `conflict` acknowledges nothing).
     pub lease_promise_ms: u64,
+    /// The responder is quiesced after handling the request (`Config::quiesce_idle`: it
+    /// accepted its leader's quiesce mark, its election timer stands still until something
+    /// wakes it). A quiesced leader stays quiet only on answers that say so: an answer from a
+    /// follower that did not quiesce (restarted and following nobody yet, running without the
+    /// flag, ignoring marks after a wake) wakes it, and it heartbeats until the follower
+    /// confirms. `false` on an answer without `match_index`.
+    pub quiesced: bool,
 }
 
 /// TimeoutNow: asks the target to start an election at once (leadership transfer).

@@ -2,9 +2,16 @@
 //! one node of every group, under seeded faults that hit whole nodes (crashes take every group
 //! down, partitions cut them all). Each group's invariants are checked after every step, and
 //! every group with a connected majority must acknowledge a write within the same liveness
-//! bound (no group is starved). A failure prints its seed; `RAFT_SIM_SEED=<seed>` replays it.
+//! bound (no group is starved). Odd seeds quiesce idle groups: the idle rounds let them quiesce
+//! and the faults land on quiet groups (a quiesced group that loses its leader's node must elect
+//! a new one within the stated bound), and a run that saw no quiescence fails. A failure prints
+//! its seed; `RAFT_SIM_SEED=<seed>` replays it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raft_core::{GroupId, NodeId, Role, Term};
 use raft_mem::sim::{MultiSimConfig, MultiSimulation, SimulationConfig};
 
 /// Runs `groups` groups on 3 nodes for `rounds` fault rounds from `seed`.
@@ -17,6 +24,13 @@ fn run(seed: u64, groups: u64, rounds: u64) {
     println!("seed {seed}: {stats:?}");
     assert_eq!(stats.acknowledged.len() as u64, groups, "{stats:?}");
     assert!(stats.progress_checks >= rounds, "{stats:?}");
+    let quiet = &stats.quiescence;
+    assert!(quiet.idle_phases >= rounds / 2, "{stats:?}");
+    if sim.quiesce_check_interval().is_some() {
+        assert!(quiet.quiesce_events > 0 && quiet.quiesced_group_ms > 0, "{stats:?}");
+    } else {
+        assert_eq!(quiet.quiesce_events, 0, "{stats:?}");
+    }
     for group in 1..=groups {
         let checker = sim.checker(group).unwrap();
         assert!(checker.observations() > 0 && checker.committed_entries().count() > 1);
@@ -33,4 +47,67 @@ fn four_groups_on_three_nodes_under_faults() {
 #[test]
 fn sixteen_groups_on_three_nodes_under_faults() {
     run(11, 16, 4);
+}
+
+/// Each group's leader and its term, with every node's term per group.
+fn leadership(sim: &MultiSimulation) -> BTreeMap<GroupId, (Option<NodeId>, Vec<Term>)> {
+    let mut groups: BTreeMap<GroupId, (Option<NodeId>, Vec<Term>)> = BTreeMap::new();
+    for (group, status) in sim.statuses() {
+        let entry = groups.entry(group).or_default();
+        if status.role == Role::Leader {
+            entry.0 = Some(status.id);
+        }
+        entry.1.push(status.current_term);
+    }
+    groups
+}
+
+#[test]
+fn quiesced_groups_keep_their_leaders_for_ten_minutes_at_a_few_rpcs_per_check_interval() {
+    // Issue 21 item 4 end to end: idle groups, no faults. Quiescence holds every group's term
+    // and leader for 10 minutes of virtual time, with at most 2 requests per check interval
+    // per member (a leader refreshes its marks every half to one interval: about 0.9 per
+    // member); without it a leader heartbeats every 50 ms (about 13 requests per member per
+    // second).
+    let (nodes, groups) = (3, 4);
+    let seed = SimulationConfig::seed_from_env(2_101);
+    let mut config = MultiSimConfig::new(nodes, groups, seed);
+    let interval = Duration::from_secs(1);
+    config.quiesce_check_interval = Some(interval);
+    let mut sim = MultiSimulation::new(config).unwrap_or_else(|f| panic!("{f}"));
+    let all = sim.group_ids();
+    sim.require_progress(&all, "after the start").unwrap_or_else(|f| panic!("{f}"));
+    sim.set_idle(all.clone());
+    sim.run_for(Duration::from_secs(5)).unwrap_or_else(|f| panic!("{f}"));
+    let statuses = sim.statuses();
+    assert!(statuses.iter().all(|(_, s)| s.quiesced), "every group quiesced: {statuses:?}");
+    let before = leadership(&sim);
+    assert!(before.values().all(|(leader, _)| leader.is_some()), "{before:?}");
+    sim.network.reset_stats();
+    let quiet_before = sim.stats().quiescence;
+    let span = Duration::from_secs(600);
+    sim.run_for(span).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(leadership(&sim), before, "every group kept its leader and its term");
+    let rpcs = sim.network.stats().rpcs;
+    let intervals = span.as_secs() / interval.as_secs();
+    let per_member = rpcs as f64 / (groups * nodes * intervals) as f64;
+    let quiet = sim.stats().quiescence;
+    println!(
+        "seed {seed}: {rpcs} requests in {span:?} for {groups} quiesced groups of {nodes}: {per_member:.2} per member per check interval; {quiet:?}"
+    );
+    assert!(rpcs <= 2 * groups * nodes * intervals, "{rpcs} requests in {span:?}");
+    assert!(rpcs >= groups * (nodes - 1) * intervals / 2, "the leaders refreshed their marks");
+    let quiesced_ms = quiet.quiesced_group_ms - quiet_before.quiesced_group_ms;
+    // Counted from one step to the next: the time after the last step of the span is not yet.
+    let whole = groups * (span - 2 * interval).as_millis() as u64;
+    assert!(quiesced_ms >= whole, "quiesced the whole time: {quiesced_ms} group-ms");
+    let wakes = |q: &raft_mem::sim::QuiescenceStats| {
+        q.wakes_by_clients + q.wakes_by_faults + q.wakes_unprompted
+    };
+    assert_eq!(wakes(&quiet), wakes(&quiet_before), "nobody woke");
+    assert_eq!(quiet.quiesce_events, quiet_before.quiesce_events, "nobody quiesced anew");
+    // The clients resume: every group still serves, and its history is linearizable.
+    sim.set_idle([]);
+    sim.require_progress(&all, "after ten quiet minutes").unwrap_or_else(|f| panic!("{f}"));
+    sim.check_histories().unwrap_or_else(|f| panic!("{f}"));
 }

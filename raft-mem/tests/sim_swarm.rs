@@ -18,9 +18,12 @@
 //!
 //! One seed in [`MULTI_ONE_IN`] instead runs several Raft groups on the same nodes
 //! ([`MultiSimulation`]): 1 to 8 groups on 3 or 5 nodes, a disk profile, and 2 to 5 rounds of
-//! faults that hit whole nodes (crashes, partitions, link faults, power cuts); each group's
-//! invariants and message-boundary durability are checked after every step, no group may
-//! starve, and each group's client history must be linearizable at the end.
+//! faults that hit whole nodes (crashes, partitions, pauses, link faults, power cuts), every
+//! other round idle for some groups so that they quiesce (odd seeds) and the fault lands on
+//! quiet groups; each group's invariants and message-boundary durability are checked after
+//! every step, no group may starve, a quiesced group that loses its leader's node must elect a
+//! new leader within the stated bound, and each group's client history must be linearizable at
+//! the end.
 //!
 //! CI runs `SWARM_SEEDS_CI` seeds (split across tests so they run in parallel). Run more with
 //! `RAFT_SWARM_SEEDS=<n>`, start elsewhere with `RAFT_SWARM_FIRST=<seed>`, replay one with
@@ -226,7 +229,19 @@ fn multi_run(seed: u64, draws: MultiDraws) -> Outcome {
     add(&TOTALS.multi_groups, draws.groups);
     add(&TOTALS.multi_operations, stats.operations_checked);
     add(&TOTALS.crashes, stats.crashes);
+    add(&TOTALS.pauses, stats.pauses);
     add(&TOTALS.writes, stats.acknowledged.values().sum());
+    let quiet = &stats.quiescence;
+    add(&TOTALS.quiesce_events, quiet.quiesce_events);
+    add(&TOTALS.quiesced_group_ms, quiet.quiesced_group_ms);
+    add(&TOTALS.quiet_leaders_lost, quiet.leaders_lost);
+    TOTALS.slowest_recovery_ms.fetch_max(quiet.slowest_recovery_ms, Ordering::Relaxed);
+    add(&TOTALS.wakes_by_clients, quiet.wakes_by_clients);
+    add(&TOTALS.wakes_by_faults, quiet.wakes_by_faults);
+    add(&TOTALS.wakes_unprompted, quiet.wakes_unprompted);
+    if verbose() {
+        println!("  multi-group stats: {stats:?}");
+    }
     Ok(())
 }
 
@@ -281,6 +296,13 @@ struct Totals {
     multi_runs: AtomicU64,
     multi_groups: AtomicU64,
     multi_operations: AtomicU64,
+    quiesce_events: AtomicU64,
+    quiesced_group_ms: AtomicU64,
+    quiet_leaders_lost: AtomicU64,
+    slowest_recovery_ms: AtomicU64,
+    wakes_by_clients: AtomicU64,
+    wakes_by_faults: AtomicU64,
+    wakes_unprompted: AtomicU64,
 }
 
 static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
@@ -477,7 +499,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs of {} groups in all, {} client operations checked for linearizability)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs of {} groups in all, {} client operations checked for linearizability; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -500,7 +522,14 @@ fn shard(index: u64) {
         n(&t.live_periods),
         n(&t.multi_runs),
         n(&t.multi_groups),
-        n(&t.multi_operations)
+        n(&t.multi_operations),
+        n(&t.quiesce_events),
+        n(&t.quiesced_group_ms) / 1_000,
+        n(&t.wakes_by_clients),
+        n(&t.wakes_by_faults),
+        n(&t.wakes_unprompted),
+        n(&t.quiet_leaders_lost),
+        n(&t.slowest_recovery_ms)
     );
     assert!(failures.is_empty(), "swarm shard {index}: failing seeds {failures:?}");
 }

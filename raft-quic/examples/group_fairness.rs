@@ -42,6 +42,7 @@ impl RpcHandler for Responder {
                 match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
                 conflict: None,
                 lease_promise_ms: 0,
+                quiesced: false,
             })),
             _ => Err(RpcError::Shutdown),
         }

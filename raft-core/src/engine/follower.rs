@@ -60,6 +60,7 @@ impl Engine {
             match_index,
             conflict,
             lease_promise_ms: 0,
+            quiesced: false,
         };
         if validate::acknowledges_leader(&answer) {
             answer.lease_promise_ms = self.lease_promise_ms();

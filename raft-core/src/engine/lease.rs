@@ -88,8 +88,9 @@ fn nanos(at: Duration) -> u64 {
 
 impl Engine {
     /// The driver's monotonic clock reads `now` (the time since an arbitrary origin fixed for
-    /// the node's life, such as [`Runtime::now`](crate::Runtime::now)). Only lease reads use
-    /// it; the engine never reads a clock itself. Call it with a fresh reading, taken after the
+    /// the node's life, such as [`Runtime::now`](crate::Runtime::now)). Lease reads use it,
+    /// and a quiesced engine counts no more ticks toward its deadline than it says passed
+    /// (ticks delivered late in a batch only delay); the engine never reads a clock itself. Call it with a fresh reading, taken after the
     /// input arrived, before every [`Engine::tick`], [`Engine::read_index`] and
     /// [`Engine::on_request`] (or before every input): a read is answered from the lease only if
     /// the lease holds at the latest reading. Any other input happens at the latest reading,
@@ -97,6 +98,7 @@ impl Engine {
     /// shorter. A reading earlier than the previous one is ignored.
     pub fn set_now(&mut self, now: Duration) {
         self.now = self.now.max(now);
+        self.quiet.clocked = true;
     }
 
     /// Lease reads: starts a new round (at every leader tick and when the leader takes office),

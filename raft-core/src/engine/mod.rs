@@ -454,8 +454,9 @@ impl Engine {
             }
             RpcRequest::AppendEntries(req) => {
                 let marked = req.quiesce;
-                let answer = self.handle_append_entries(req);
+                let mut answer = self.handle_append_entries(req);
                 self.after_append(marked, quiesce_mark, &answer);
+                answer.quiesced = self.quiet.quiesced;
                 RpcResponse::AppendEntries(answer)
             }
             RpcRequest::TimeoutNow(req) => RpcResponse::TimeoutNow(self.handle_timeout_now(&req)),

@@ -42,6 +42,8 @@
 
 use super::progress::ReplicationMode;
 use super::{Engine, RoleState, SentRequest};
+use std::time::Duration;
+
 use rand_core::RngCore;
 
 use crate::message::{AppendEntriesResponse, RpcRequest, RpcResponse};
@@ -61,6 +63,10 @@ pub(super) struct Quiet {
     pub(super) quiesced: bool,
     /// Ticks since quiescing, or since the leader's last refresh or the follower's last mark.
     elapsed: u64,
+    /// The driver's clock then (`Engine::set_now`).
+    since: Duration,
+    /// The driver gives a clock: it called `Engine::set_now`.
+    pub(super) clocked: bool,
     /// When `elapsed` reaches it, the leader refreshes its marks and a follower wakes.
     deadline: u64,
     /// A follower woken by anything but its leader's AppendEntries: it ignores marks until it
@@ -149,6 +155,7 @@ impl Engine {
         };
         self.quiet.quiesced = true;
         self.quiet.elapsed = 0;
+        self.quiet.since = self.now;
         self.quiet.deadline = base + self.rng.next_u64() % span.max(1);
     }
 
@@ -156,6 +163,15 @@ impl Engine {
     /// sends its marks again and a follower wakes.
     pub(super) fn tick_quiesced(&mut self) {
         self.quiet.elapsed += 1;
+        // A driver that slept delivers the ticks that passed in one batch, which may have begun
+        // before the last mark: with a clock (`set_now`), no more ticks count than it says
+        // passed since then, so ticks delivered late only delay the deadline.
+        if self.quiet.clocked {
+            let passed = self.now.saturating_sub(self.quiet.since).as_nanos();
+            let by_clock = passed / self.config.tick_interval.as_nanos().max(1);
+            let by_clock = u64::try_from(by_clock).unwrap_or(u64::MAX);
+            self.quiet.elapsed = self.quiet.elapsed.min(by_clock);
+        }
         if self.quiet.elapsed < self.quiet.deadline {
             return;
         }
@@ -279,7 +295,11 @@ impl Engine {
     }
 
     /// Whether a response leaves a quiesced leader quiet: only the full success of an
-    /// AppendEntries of its term (the answer to its quiesce-marked heartbeat).
+    /// AppendEntries of its term (the answer to its quiesce-marked heartbeat) from a follower
+    /// that says it quiesced. One that did not (restarted and following nobody when the mark
+    /// came, running without the flag, ignoring marks after a wake) would time out and
+    /// campaign while the leader stays silent: the leader wakes and heartbeats it instead,
+    /// and quiesces again, with a mark that quiesces it, once everything is quiet.
     pub(super) fn keeps_quiet(&self, request: &SentRequest, response: &RpcResponse) -> bool {
         match (request, response) {
             (
@@ -289,6 +309,7 @@ impl Engine {
                 *term == self.hard_state.current_term
                     && r.match_index == Some(*last_index)
                     && *last_index == self.log.last_index()
+                    && r.quiesced
             }
             _ => false,
         }

@@ -343,6 +343,7 @@ impl Engine {
                 match_index: None,
                 conflict: None,
                 lease_promise_ms: 0,
+                quiesced: false,
             }),
             RpcRequest::TimeoutNow(_) => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             RpcRequest::InstallSnapshot(_) => {

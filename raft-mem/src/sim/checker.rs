@@ -1055,6 +1055,7 @@ mod tests {
                 match_index: Some(matched),
                 conflict: None,
                 lease_promise_ms: 0,
+                quiesced: false,
             })
         };
         let held = [LogId::new(5, 10), LogId::new(6, 11)];
@@ -1115,6 +1116,7 @@ mod tests {
             match_index: Some(7),
             conflict: None,
             lease_promise_ms: 0,
+            quiesced: false,
         });
         let durable = |term, held: &[LogId], written| Durable {
             hard_state: HardState { current_term: term, voted_for: None },

@@ -128,6 +128,8 @@ mod history;
 mod liveness;
 mod multi;
 mod multi_clients;
+mod multi_quiet;
+mod multi_rounds;
 mod observe;
 mod queries;
 mod recorder;
@@ -149,6 +151,7 @@ pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};
+pub use multi_quiet::QuiescenceStats;
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{

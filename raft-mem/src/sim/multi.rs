@@ -5,25 +5,33 @@
 //! [`Simulation`](super::Simulation) feeds its one, the message-boundary oracle checks every
 //! message against its sender's disk of the message's group, each group's client history is
 //! checked for linearizability at the end of a run, and a starvation check requires every group
-//! with a connected majority to make progress within one liveness bound.
+//! with a connected majority to make progress within one liveness bound. Idle phases let groups
+//! quiesce (`Config::quiesce_idle`, on in odd seeds), and what quiescence did is counted and
+//! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_core::{Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Term};
+use raft_core::{
+    Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Status, Term,
+};
 
 use super::checker::{InvariantChecker, Violation};
 use super::disk::{DiskFaults, InFlight, SimDisk};
 use super::executor::SimRuntime;
 use super::multi_clients::{check_history, spawn_clients, ClientBoard, GroupHistory, GroupNode};
+use super::multi_quiet::{QuiescenceStats, QuietWatch};
 use super::observe::{check_digest, commit_durable, feed_disk, feed_events};
 use super::recorder::{lock, Observed, Record, Registry, StateMachineFaults};
-use super::schedule::{random_link_faults, Dice};
 use super::simulation::{mix, new_disk, next_incarnation, stuck, SimFailure};
 use super::wire_oracle::WireOracle;
 use crate::harness::RecordingStateMachine;
 use crate::{LinkFaults, MemNetwork};
+
+/// The `quiesce_check_interval` of the seeds that quiesce idle groups: short, so that a
+/// quiesced follower whose leader vanished wakes within 3 s and the runs stay short.
+const QUIESCE_CHECK_INTERVAL: Duration = Duration::from_millis(1_000);
 
 /// How to build a [`MultiSimulation`].
 #[derive(Debug, Clone)]
@@ -41,13 +49,26 @@ pub struct MultiSimConfig {
     /// The disks' latencies and stalls (I/O errors are not injected: a group stopped by one
     /// would starve).
     pub disk: DiskFaults,
+    /// `Some(interval)`: every group quiesces when idle (`Config::quiesce_idle`) with this
+    /// `quiesce_check_interval`; `None`: no group quiesces.
+    pub quiesce_check_interval: Option<Duration>,
 }
 
 impl MultiSimConfig {
     /// `nodes` nodes, `groups` groups, the given seed, and a liveness bound of 10 s of virtual
-    /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s).
+    /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s);
+    /// odd seeds quiesce idle groups, with a check interval of 1 s (a quiesced follower whose
+    /// leader vanished wakes within 3 s, inside the liveness bound).
     pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
-        Self { nodes, groups, seed, liveness_bound: Duration::from_secs(10), disk: DiskFaults::SSD }
+        let quiesce_check_interval = (seed % 2 == 1).then_some(QUIESCE_CHECK_INTERVAL);
+        Self {
+            nodes,
+            groups,
+            seed,
+            liveness_bound: Duration::from_secs(10),
+            disk: DiskFaults::SSD,
+            quiesce_check_interval,
+        }
     }
 }
 
@@ -58,12 +79,16 @@ pub struct MultiSimStats {
     pub crashes: u64,
     /// Partitions set.
     pub partitions: u64,
+    /// Node pauses (every group of the node stops, its clock runs on).
+    pub pauses: u64,
     /// Progress checks passed (every group acknowledged a write within the bound).
     pub progress_checks: u64,
     /// Writes acknowledged to the clients, per group.
     pub acknowledged: BTreeMap<GroupId, u64>,
     /// Client operations whose histories were checked for linearizability (all groups).
     pub operations_checked: u64,
+    /// What quiescence did (all zero when it is off).
+    pub quiescence: QuiescenceStats,
 }
 
 /// One group's checking state.
@@ -105,8 +130,11 @@ pub struct MultiSimulation {
     groups: Vec<GroupId>,
     bound: Duration,
     disk_faults: DiskFaults,
+    quiesce_check_interval: Option<Duration>,
     disks: BTreeMap<(NodeId, GroupId), SimDisk>,
     running: BTreeMap<NodeId, RunningHost>,
+    paused: BTreeSet<NodeId>,
+    pub(super) quiet: QuietWatch,
     incarnations: BTreeMap<NodeId, u64>,
     checks: BTreeMap<GroupId, GroupCheck>,
     board: Arc<ClientBoard>,
@@ -159,8 +187,11 @@ impl MultiSimulation {
             groups,
             bound: config.liveness_bound,
             disk_faults: DiskFaults { error_chance: 0.0, ..config.disk },
+            quiesce_check_interval: config.quiesce_check_interval,
             disks: BTreeMap::new(),
             running: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            quiet: QuietWatch::default(),
             incarnations: BTreeMap::new(),
             checks,
             board: Arc::default(),
@@ -186,7 +217,43 @@ impl MultiSimulation {
     pub fn stats(&self) -> MultiSimStats {
         let mut stats = self.stats.clone();
         stats.acknowledged = lock(&self.board.acknowledged).clone();
+        stats.quiescence = self.quiet.stats.clone();
         stats
+    }
+
+    /// The groups' ids.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.groups.clone()
+    }
+
+    /// The nodes' ids.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.clone()
+    }
+
+    /// The `quiesce_check_interval` of the groups, if they quiesce when idle.
+    pub fn quiesce_check_interval(&self) -> Option<Duration> {
+        self.quiesce_check_interval
+    }
+
+    /// The status of every group's node on every running node, by group.
+    pub fn statuses(&self) -> Vec<(GroupId, Status)> {
+        let mut statuses = Vec::new();
+        for running in self.running.values() {
+            for &group in running.records.keys() {
+                if let Some(node) = running.host.group(group) {
+                    statuses.push((group, node.status()));
+                }
+            }
+        }
+        statuses
+    }
+
+    /// From now on the clients of the groups in `idle` stand still (once their operation in
+    /// flight ended), and those of the other groups run: nothing wakes an idle group but the
+    /// protocol itself and faults.
+    pub fn set_idle(&self, idle: impl IntoIterator<Item = GroupId>) {
+        self.board.set_idle(idle.into_iter().collect());
     }
 
     /// The host of node `id`, if it runs.
@@ -204,7 +271,7 @@ impl MultiSimulation {
         self.running.contains_key(&id)
     }
 
-    fn fail(&self, violation: Violation) -> SimFailure {
+    pub(super) fn fail(&self, violation: Violation) -> SimFailure {
         SimFailure { seed: self.seed, at: self.runtime.now(), violation }
     }
 
@@ -221,14 +288,66 @@ impl MultiSimulation {
     fn group_config(&self, id: NodeId, group: GroupId, incarnation: u64) -> Config {
         let mut config = Config::new(id);
         config.random_seed = mix(self.seed, (id * 1_000 + incarnation) * 1_000 + group);
-        // Odd seeds quiesce their idle groups (issue 21.4), with a fallback deadline short
-        // enough for the starvation check: a quiesced follower whose leader vanished wakes
-        // within 3 check intervals.
-        if self.seed % 2 == 1 {
+        if let Some(interval) = self.quiesce_check_interval {
             config.quiesce_idle = true;
-            config.quiesce_check_interval = Duration::from_millis(1_000);
+            config.quiesce_check_interval = interval;
         }
         config
+    }
+
+    /// The configuration of one group's node (every group's timing is the same).
+    pub(super) fn some_group_config(&self) -> Option<Config> {
+        let (&id, &group) = (self.nodes.first()?, self.groups.first()?);
+        Some(self.group_config(id, group, 0))
+    }
+
+    /// The disks' latencies and stalls.
+    pub(super) fn disk_faults(&self) -> DiskFaults {
+        self.disk_faults
+    }
+
+    /// The message-boundary oracle (which also notes the quiesce marks acknowledged).
+    pub(super) fn oracle(&self) -> &WireOracle {
+        &self.oracle
+    }
+
+    /// Counts a partition the rounds set.
+    pub(super) fn count_partition(&mut self) {
+        self.stats.partitions += 1;
+    }
+
+    /// Pauses node `id` (a stopped process): every group of it stops, its clock runs on,
+    /// messages to it wait; [`MultiSimulation::heal`] resumes it.
+    pub fn pause(&mut self, id: NodeId) {
+        if self.running.contains_key(&id) && self.paused.insert(id) {
+            self.runtime.pause(id);
+            self.network.pause(id);
+            self.stats.pauses += 1;
+        }
+    }
+
+    fn resume(&mut self, id: NodeId) {
+        if self.paused.remove(&id) {
+            self.runtime.resume(id);
+            self.network.resume(id);
+        }
+    }
+
+    /// Heals the cluster: the network's faults are cleared (links reliable again), paused nodes
+    /// resume, crashed ones restart, and every group's clients run.
+    pub fn heal(&mut self) -> Result<(), SimFailure> {
+        self.network.heal();
+        self.network.clear_faults();
+        self.network.set_default_faults(LinkFaults::RELIABLE);
+        for id in self.paused.clone() {
+            self.resume(id);
+        }
+        for id in self.nodes.clone() {
+            self.start(id)?;
+        }
+        self.quiet.fault_active = false;
+        self.set_idle([]);
+        Ok(())
     }
 
     /// Starts node `id` (a boot, or a restart after a crash): a new host with every group on
@@ -307,9 +426,11 @@ impl MultiSimulation {
     /// Crashes node `id`: every group of it stops mid-flight at once (its tasks vanish); of each
     /// group's storage operations in flight a random prefix lands.
     pub fn crash(&mut self, id: NodeId) {
+        self.resume(id);
         if self.running.remove(&id).is_none() {
             return;
         }
+        self.quiet.crashed(id);
         lock(&self.board.nodes).retain(|(_, node), _| *node != id);
         self.network.stop_serving(id);
         self.runtime.kill(id);
@@ -323,7 +444,7 @@ impl MultiSimulation {
     }
 
     /// Feeds every group's observations to its checker; the first violation stops the run.
-    fn check_step(&mut self) {
+    pub(super) fn check_step(&mut self) {
         if self.failure.is_some() {
             return;
         }
@@ -333,15 +454,19 @@ impl MultiSimulation {
     }
 
     fn observe(&mut self) -> Result<(), Violation> {
+        let mut statuses = Vec::new();
         for (&id, running) in &self.running {
             for (&group, record) in &running.records {
                 let Some(node) = running.host.group(group) else { continue };
                 let Some(check) = self.checks.get_mut(&group) else { continue };
                 let at = (id, running.incarnation);
-                observe_group(check, &self.disks, (group, at), &node, record)
+                let status = observe_group(check, &self.disks, (group, at), &node, record)
                     .map_err(|v| in_group(group, v))?;
+                statuses.push((group, status));
             }
         }
+        let board = &self.board;
+        self.quiet.observe(self.runtime.now(), &statuses, |g| board.is_idle(g))?;
         for (&(id, group), disk) in &self.disks {
             let Some(check) = self.checks.get_mut(&group) else { continue };
             feed_disk(&mut check.checker, id, disk, &mut check.hard_states)
@@ -377,7 +502,7 @@ impl MultiSimulation {
     }
 
     /// The failure found by the last steps, if any (taken).
-    fn outcome(&mut self) -> Result<(), SimFailure> {
+    pub(super) fn outcome(&mut self) -> Result<(), SimFailure> {
         self.failure.take().map_or(Ok(()), Err)
     }
 
@@ -388,13 +513,14 @@ impl MultiSimulation {
         self.outcome()
     }
 
-    /// The starvation check: runs until every group has acknowledged at least one more write,
-    /// and fails naming the groups that did not within the liveness bound. Call it only while
-    /// every group has a connected majority (`why` says what the cluster is going through).
-    pub fn require_progress(&mut self, why: &str) -> Result<(), SimFailure> {
+    /// The starvation check: runs until each of `groups` has acknowledged at least one more
+    /// write, and fails naming the groups that did not within the liveness bound. Call it only
+    /// while those groups have a connected majority and running clients (`why` says what the
+    /// cluster is going through).
+    pub fn require_progress(&mut self, groups: &[GroupId], why: &str) -> Result<(), SimFailure> {
         let before = lock(&self.board.acknowledged).clone();
         let board = self.board.clone();
-        let groups = self.groups.clone();
+        let groups = groups.to_vec();
         let behind = move || -> Vec<GroupId> {
             let now = lock(&board.acknowledged);
             let count = |acks: &BTreeMap<GroupId, u64>, g| acks.get(&g).copied().unwrap_or(0);
@@ -417,58 +543,6 @@ impl MultiSimulation {
         self.stats.progress_checks += 1;
         Ok(())
     }
-
-    /// Runs `rounds` rounds of faults drawn from the seed, then checks every group's client
-    /// history ([`MultiSimulation::check_histories`]). Each round hits one minority of the
-    /// nodes (crash, isolation by a partition, or random link faults on its links), during which
-    /// every group must still progress (the others are a connected majority), then heals and
-    /// restarts everyone and requires progress again. One round in five instead crashes every
-    /// node at once (a power cut) and restarts them.
-    pub fn run_faults(&mut self, rounds: u64) -> Result<(), SimFailure> {
-        let mut dice = Dice(mix(self.seed, 0xfa17));
-        let minority = (self.nodes.len() as u64 - 1) / 2;
-        for _ in 0..rounds {
-            let pause = Duration::from_millis(200 + dice.below(3_000));
-            if dice.chance(20) {
-                for id in self.nodes.clone() {
-                    self.crash(id);
-                }
-                self.run_for(pause)?;
-            } else {
-                let mut hit = BTreeSet::new();
-                let count = 1 + dice.below(minority.max(1));
-                while (hit.len() as u64) < count.min(minority) {
-                    hit.insert(dice.pick(&self.nodes));
-                }
-                match dice.below(3) {
-                    0 => hit.iter().for_each(|&id| self.crash(id)),
-                    1 => {
-                        let rest: Vec<NodeId> =
-                            self.nodes.iter().copied().filter(|id| !hit.contains(id)).collect();
-                        self.network.partition(&[rest, hit.iter().copied().collect()]);
-                        self.stats.partitions += 1;
-                    }
-                    _ => {
-                        for &id in &hit {
-                            self.network.set_node_faults(id, random_link_faults(&mut dice));
-                        }
-                    }
-                }
-                self.run_for(pause)?;
-                if minority > 0 {
-                    self.require_progress("while a minority is down or cut off")?;
-                }
-            }
-            self.network.heal();
-            self.network.clear_faults();
-            self.network.set_default_faults(LinkFaults::RELIABLE);
-            for id in self.nodes.clone() {
-                self.start(id)?;
-            }
-            self.require_progress("after the cluster healed")?;
-        }
-        self.check_histories()
-    }
 }
 
 /// Feeds what node incarnation `at` of group `group` shows (its status, its state machine's
@@ -479,7 +553,7 @@ fn observe_group(
     (group, at): (GroupId, (NodeId, u64)),
     node: &Node,
     record: &Record,
-) -> Result<(), Violation> {
+) -> Result<Status, Violation> {
     let id = at.0;
     if let Some(error) = node.fatal_error() {
         return Err(Violation {
@@ -506,7 +580,8 @@ fn observe_group(
     let digests = &mut check.digests;
     feed_events(&mut check.checker, at, events, disks.get(&(id, group)), |index, digest| {
         check_digest(digests, id, index, digest)
-    })
+    })?;
+    Ok(status)
 }
 
 /// `violation`, naming the group it happened in.

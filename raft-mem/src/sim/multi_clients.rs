@@ -2,9 +2,11 @@
 //! writing unique values to the group's leader and a reader that keeps reading the last value
 //! written through [`Node::read_index`] on each node in turn (followers too). Every operation
 //! goes into the group's [`History`], checked at the end for linearizability against a
-//! register ([`Register`]) with the library's checker ([`crate::linearizability`]).
+//! register ([`Register`]) with the library's checker ([`crate::linearizability`]). A group's
+//! clients can be told to stand still ([`ClientBoard::set_idle`]), so that the group goes idle
+//! and, with `Config::quiesce_idle`, quiesces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +27,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long a client waits between operations, and with no leader.
 const PAUSE: Duration = Duration::from_millis(20);
+
+/// How often an idle client looks whether it may go on.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// One operation on a group's register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,12 +129,25 @@ pub(crate) struct ClientBoard {
     /// What a client saw that no correct cluster shows: a write answered other than by the
     /// state machine's answer to its command, a read index the state did not reach.
     pub(crate) violations: Mutex<Vec<Violation>>,
+    /// The groups whose clients stand still (their last operation ended): nothing wakes them.
+    idle: Mutex<BTreeSet<GroupId>>,
     next_value: AtomicU64,
 }
 
 impl ClientBoard {
     fn report(&self, invariant: &'static str, detail: String) {
         lock(&self.violations).push(Violation { invariant, detail });
+    }
+
+    /// From now on, the clients of the groups in `idle` stand still once their operation in
+    /// flight ended, and the others' run.
+    pub(crate) fn set_idle(&self, idle: BTreeSet<GroupId>) {
+        *lock(&self.idle) = idle;
+    }
+
+    /// Whether group `group`'s clients stand still.
+    pub(crate) fn is_idle(&self, group: GroupId) -> bool {
+        lock(&self.idle).contains(&group)
     }
 
     /// Group `group`'s nodes, by id.
@@ -156,12 +174,20 @@ pub(crate) fn spawn_clients(
     let (written, read) = (history.clone(), history.clone());
     runtime.spawn_task(async move {
         loop {
+            if writer.is_idle(group) {
+                writing.sleep_for(IDLE_POLL).await;
+                continue;
+            }
             write_once(&writer, &writing, group, &written).await;
         }
     });
     runtime.spawn_task(async move {
         let mut turn = 0u64;
         loop {
+            if reader.is_idle(group) {
+                reading.sleep_for(IDLE_POLL).await;
+                continue;
+            }
             read_once(&reader, &reading, group, &read, turn).await;
             turn += 1;
             reading.sleep_for(PAUSE).await;
@@ -169,19 +195,22 @@ pub(crate) fn spawn_clients(
     });
 }
 
-/// One write to whichever node says it leads `group` (or a pause when none does), with a
-/// bounded wait; counts it acknowledged when the state machine answered its command.
+/// One write to whichever node says it leads `group` in the highest term (or a pause when
+/// none does), with a bounded wait; counts it acknowledged when the state machine answered its command.
 async fn write_once(
     board: &ClientBoard,
     runtime: &SimRuntime,
     group: GroupId,
     history: &GroupHistory,
 ) {
+    // The leader of the highest term: a paused node may still believe it leads an older one.
     let leader = board
         .group(group)
         .into_iter()
-        .map(|(_, n)| n.node)
-        .find(|node| node.status().role == Role::Leader);
+        .map(|(_, n)| (n.node.status(), n.node))
+        .filter(|(status, _)| status.role == Role::Leader)
+        .max_by_key(|(status, _)| status.current_term)
+        .map(|(_, node)| node);
     let Some(leader) = leader else {
         runtime.sleep_for(PAUSE).await;
         return;

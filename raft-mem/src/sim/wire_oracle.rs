@@ -85,6 +85,9 @@ struct WireState {
     received: BTreeMap<(GroupId, NodeId, NodeId, Term, LogId), u64>,
     /// How many answers raised one of those (replication progress).
     match_progress: u64,
+    /// When each node last acknowledged a quiesce-marked AppendEntries of each group (the mark
+    /// its fallback deadline counts from, if it quiesced).
+    marks: BTreeMap<(GroupId, NodeId), Duration>,
 }
 
 /// Checks every message against its sender's [`SimDisk`] of the message's group.
@@ -126,6 +129,11 @@ impl WireOracle {
     /// holds, a snapshot on its way).
     pub(crate) fn match_progress(&self) -> u64 {
         lock(&self.state).match_progress
+    }
+
+    /// When node `id` last acknowledged a quiesce-marked AppendEntries of group `group`.
+    pub(crate) fn last_mark(&self, group: GroupId, id: NodeId) -> Option<Duration> {
+        lock(&self.state).marks.get(&(group, id)).copied()
     }
 
     pub(crate) fn take_trace(&self) -> Vec<String> {
@@ -225,6 +233,13 @@ impl WireObserver for WireOracle {
             _ => false,
         };
         state.match_progress += u64::from(raised);
+        if let (RpcRequest::AppendEntries(req), RpcResponse::AppendEntries(ack)) =
+            (request, response)
+        {
+            if req.quiesce && ack.match_index.is_some() {
+                state.marks.insert((group, to), self.runtime.now());
+            }
+        }
         let Some(disk) = state.disks.get(&(to, group)).cloned() else { return };
         let outcome = check_response(to, request, response, delivered, &disk);
         self.record(&mut state, group, outcome, to);

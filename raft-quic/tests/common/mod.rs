@@ -176,6 +176,7 @@ impl RpcHandler for TestHandler {
                     match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
                     conflict: None,
                     lease_promise_ms: 0,
+                    quiesced: false,
                 })
             }
             RpcRequest::TimeoutNow(r) => {

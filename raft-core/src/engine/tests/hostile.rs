@@ -169,6 +169,7 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             match_index: None,
             conflict: Some(ConflictHint { conflict_term, first_index_of_term, last_log_index }),
             lease_promise_ms: 0,
+            quiesced: false,
         })
     };
     let responses = [
@@ -181,12 +182,14 @@ fn malformed_responses_are_counted_and_treated_as_lost() {
             match_index: Some(last + 1),
             conflict: None,
             lease_promise_ms: 0,
+            quiesced: false,
         }),
         RpcResponse::AppendEntries(AppendEntriesResponse {
             term: u64::MAX,
             match_index: None,
             conflict: None,
             lease_promise_ms: 0,
+            quiesced: false,
         }),
         RpcResponse::RequestVote(RequestVoteResponse {
             term: term + 1,
@@ -239,6 +242,7 @@ fn one_message_with_the_largest_term_cannot_stop_elections() {
         match_index: None,
         conflict: None,
         lease_promise_ms: 0,
+        quiesced: false,
     };
     c.engine(leader).on_response(follower, sent, RpcResponse::AppendEntries(answer));
     c.drain(leader);
@@ -737,6 +741,7 @@ impl Target {
                     last_log_index: index(a),
                 }),
                 lease_promise_ms: b.at(0, 1000),
+                quiesced: flag,
             }),
             2 => RpcResponse::TimeoutNow(TimeoutNowResponse { term }),
             3 => RpcResponse::InstallSnapshot(InstallSnapshotResponse {

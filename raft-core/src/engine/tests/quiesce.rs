@@ -402,7 +402,8 @@ fn a_quiesce_mark_from_another_leader_or_of_another_log_does_not_quiesce() {
 }
 
 /// The action trace of a scenario run with `quiesce_idle` off, summarized without the new
-/// field: it must be what it was before quiescence existed (digest taken on the commit before it).
+/// fields (`AppendEntriesRequest::quiesce`, `AppendEntriesResponse::quiesced`): it must be what
+/// it was before quiescence existed (digest taken on the commit before it).
 fn flag_off_trace_digest() -> (u64, usize) {
     let mut c = Cluster::new(3);
     let leader = c.elect();
@@ -434,6 +435,14 @@ fn flag_off_trace_digest() -> (u64, usize) {
                     other => format!("{other:?}"),
                 };
                 format!("{id} send {to} {after_persist} {detail}")
+            }
+            // As `Debug` printed it before `quiesced` existed (never set with the flag off).
+            Action::Respond { response: RpcResponse::AppendEntries(r), .. } => {
+                assert!(!r.quiesced, "nothing quiesces with the flag off: {r:?}");
+                format!(
+                    "{id} respond AppendEntries(AppendEntriesResponse {{ term: {:?}, match_index: {:?}, conflict: {:?}, lease_promise_ms: {:?} }})",
+                    r.term, r.match_index, r.conflict, r.lease_promise_ms
+                )
             }
             Action::Respond { response, .. } => format!("{id} respond {response:?}"),
             other => format!("{id} {other:?}"),
@@ -591,4 +600,114 @@ fn a_quiesced_leader_whose_refresh_fails_wakes_and_steps_down_without_a_quorum()
     }
     c.tick(CHECK_TICKS + ELECTION_TICKS_MIN + 1);
     assert_ne!(c.nodes[&leader].engine.role(), Role::Leader, "CheckQuorum after the refresh");
+}
+
+#[test]
+fn a_follower_that_acknowledged_a_mark_without_quiescing_keeps_the_leader_awake() {
+    // Review L6: a follower restarted from its durable state follows no leader, so the mark it
+    // gets first does not quiesce it, yet it acknowledges it. The leader must not take that
+    // acknowledgement for the follower's quiescence (or the follower's election timer runs
+    // while the leader stays silent, and it campaigns): it stays awake and heartbeats until
+    // the follower confirms it quiesced.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let term = term_of(&c, leader);
+    let mut waited = 0;
+    while c.nodes[&leader].engine.ticks_until_needed() > 1 {
+        c.tick(1);
+        waited += 1;
+        assert!(waited <= CHECK_TICKS, "the leader refreshes its marks within a check interval");
+    }
+    // The follower restarts just before the refresh.
+    let victim = followers(&c, leader)[0];
+    let node = &c.nodes[&victim];
+    let (hard_state, log) = (node.durable_hard_state, node.durable_log.clone());
+    let last = log.last().map(|e| e.log_id()).unwrap_or_default();
+    let durable = DurableState { hard_state, purged: LogId::default(), last };
+    let engine = node.config.clone().engine(&durable, log.clone());
+    c.restart(engine, hard_state, log);
+    assert_eq!(c.nodes[&victim].engine.leader_id(), None, "a restarted node follows nobody");
+    let before = c.log.len();
+    c.tick(1);
+    let marked = c.log[before..].iter().any(|(id, a)| *id == leader && is_mark(a, Some(victim)));
+    assert!(marked, "the refresh reached the restarted follower");
+    assert!(!c.nodes[&victim].engine.is_quiesced(), "the mark did not quiesce it");
+    c.tick(3 * ELECTION_TICKS_MIN);
+    let pre_votes = c.nodes[&victim].engine.counters().pre_votes_started;
+    assert_eq!(pre_votes, 0, "the leader kept heartbeating the follower: no PreVote");
+    assert_eq!(c.leaders(), vec![leader], "no leader change");
+    assert!(c.nodes.keys().all(|&id| term_of(&c, id) == term), "no term change");
+    tick_until_quiet(&mut c);
+}
+
+#[test]
+fn ticks_a_driver_delivers_late_count_only_from_the_last_mark() {
+    // Found by the multi-group simulation's idle phases (a quiet group woke every few seconds):
+    // a driver sleeps until the follower's deadline and then delivers the ticks it slept in
+    // one batch. A mark that came meanwhile (one tick before the batch, or at the same
+    // instant) restarted the fallback count, yet the batch then counted in full from it
+    // (ticks from before the mark), so the follower woke long before its fallback deadline,
+    // and woke the group. With a clock (`set_now`), ticks count no more than the time since
+    // the last mark.
+    for ticks_before in [1, 0] {
+        let (mut c, leader) = quiet_cluster(quiet_configs(3));
+        let follower = followers(&c, leader)[0];
+        let tick = c.nodes[&follower].engine.config.tick_interval;
+        let mut sleep = c.nodes[&follower].engine.ticks_until_needed();
+        assert!(sleep > 2, "a quiesced follower sleeps until its deadline");
+        // The driver sleeps; the leader's refresh arrives just before it wakes.
+        let mut now = c.now + tick * (sleep as u32);
+        let marked_at = now - tick * ticks_before;
+        c.engine(follower).set_now(marked_at);
+        let engine = &c.nodes[&leader].engine;
+        let (term, last, commit) =
+            (engine.hard_state().current_term, engine.last_log_id(), engine.status().commit_index);
+        ask(&mut c, leader, follower, quiesce_mark(term, leader, last, commit));
+        assert!(c.nodes[&follower].engine.is_quiesced());
+        // The driver delivers what it slept, as the node's ticker does, until the follower
+        // wakes.
+        let woke_at = loop {
+            c.engine(follower).set_now(now);
+            for delivered in 0..sleep {
+                if delivered > 0 && !c.nodes[&follower].engine.is_quiesced() {
+                    break;
+                }
+                c.engine(follower).tick();
+            }
+            if !c.nodes[&follower].engine.is_quiesced() {
+                break now;
+            }
+            sleep = c.nodes[&follower].engine.ticks_until_needed();
+            now += tick * (sleep as u32);
+            assert!(now < marked_at + tick * (4 * CHECK_TICKS as u32), "it wakes by its deadline");
+        };
+        let earliest = marked_at + tick * (2 * CHECK_TICKS as u32);
+        let after = woke_at - marked_at;
+        assert!(
+            woke_at >= earliest,
+            "{ticks_before} tick(s) before: woke {after:?} after the mark"
+        );
+    }
+}
+
+#[test]
+fn ticks_delivered_at_the_instant_of_a_mark_count_nothing() {
+    // The same, when the driver's batch of ticks is fed right after a mark that came at the
+    // very instant its sleep ended: no time passed since the mark, so none of them counts.
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let follower = followers(&c, leader)[0];
+    let tick = c.nodes[&follower].engine.config.tick_interval;
+    let mut now = c.now;
+    for round in 0..10 {
+        let sleep = c.nodes[&follower].engine.ticks_until_needed();
+        now += tick * (sleep as u32);
+        c.engine(follower).set_now(now);
+        let engine = &c.nodes[&leader].engine;
+        let (term, last, commit) =
+            (engine.hard_state().current_term, engine.last_log_id(), engine.status().commit_index);
+        ask(&mut c, leader, follower, quiesce_mark(term, leader, last, commit));
+        for _ in 0..sleep {
+            c.engine(follower).tick();
+        }
+        assert!(c.nodes[&follower].engine.is_quiesced(), "round {round}: woke at a mark");
+    }
 }

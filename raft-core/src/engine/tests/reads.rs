@@ -424,6 +424,7 @@ fn a_refusal_confirms_no_read_and_extends_no_lease() {
         match_index: None,
         conflict: None,
         lease_promise_ms: 290,
+        quiesced: false,
     });
     let mut refused = 0;
     for action in &actions {
