@@ -14,7 +14,7 @@ use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
 use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
-use super::writer::WriteRequest;
+use super::writer::{StartWrite, WriteRequest, WriterMsg, Written};
 use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
     Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
@@ -60,7 +60,13 @@ pub(super) struct CoreLoop {
     engine: Engine,
     /// The input queue, and what the node publishes when it stops.
     inputs: Arc<Inputs>,
-    writer: Sender<WriteRequest>,
+    /// The log writer task, for writes issued while another one is in progress.
+    writer: Sender<WriterMsg>,
+    /// Starts a store write in this task (when nothing else is being written).
+    start_write: StartWrite,
+    /// The sequence number of the last batch handed to the log writer task (the task is idle
+    /// once it is durable).
+    writer_seq: u64,
     applier: Sender<ApplyMsg>,
     /// Proposers of this step, handed to the applier in one message before anything else
     /// goes to it (so before the entries can be applied).
@@ -108,7 +114,8 @@ pub(super) struct CoreLoop {
 
 /// Where the main loop sends its work: the log writer, the applier and the peers' sender tasks.
 pub(super) struct Outlets {
-    pub(super) writer: Sender<WriteRequest>,
+    pub(super) writer: Sender<WriterMsg>,
+    pub(super) start_write: StartWrite,
     pub(super) applier: Sender<ApplyMsg>,
     pub(super) peer_factory: PeerFactory,
 }
@@ -123,7 +130,7 @@ impl CoreLoop {
         clock: Arc<dyn Runtime>,
         metrics: LoopMetrics,
     ) -> Self {
-        let Outlets { writer, applier, peer_factory } = outlets;
+        let Outlets { writer, start_write, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
         let membership_generation_seen = engine.membership_generation();
         peer_factory.network.members_changed(membership_seen.nodes());
@@ -138,6 +145,8 @@ impl CoreLoop {
             engine,
             inputs,
             writer,
+            start_write,
+            writer_seq: 0,
             applier,
             new_waiters: Vec::new(),
             peers,
@@ -274,15 +283,7 @@ impl CoreLoop {
                 }
             }
             Input::Persisted { seq, written, result } => {
-                if let Err(error) = result {
-                    return self.fail(FatalError::Storage(error));
-                }
-                self.durable_seq = seq;
-                let last = written.last_entry.map_or(0, |id| id.index);
-                self.probe.persisted(last, || self.clock.now());
-                self.engine.on_persisted(written);
-                self.release_held();
-                self.release_storage();
+                self.persisted(Written { seq, written, result })
             }
             Input::Applied(index) => {
                 self.probe.applied(index, || self.clock.now());
@@ -570,6 +571,21 @@ impl CoreLoop {
         if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
             self.lost("applier (state machine)");
         }
+    }
+
+    /// A log write ended: what it made durable is acknowledged to the engine, and the messages
+    /// and storage operations waiting for it go out.
+    fn persisted(&mut self, done: Written) {
+        let Written { seq, written, result } = done;
+        if let Err(error) = result {
+            return self.fail(FatalError::Storage(error));
+        }
+        self.durable_seq = seq;
+        let last = written.last_entry.map_or(0, |id| id.index);
+        self.probe.persisted(last, || self.clock.now());
+        self.engine.on_persisted(written);
+        self.release_held();
+        self.release_storage();
     }
 
     fn release_held(&mut self) {

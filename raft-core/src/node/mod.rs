@@ -460,7 +460,9 @@ impl Node {
                 (Some(ops_tx), Some(applier))
             }
         };
-        let writer = writer::run(store, writer_rx, inputs_tx.clone(), metrics.clone());
+        let start_write = writer::start_write(store);
+        let writer =
+            writer::run(start_write.clone(), writer_rx, inputs_tx.clone(), metrics.clone());
         spawn("log writer", writer.boxed());
         spawn(
             "applier (state machine)",
@@ -487,7 +489,12 @@ impl Node {
             token,
             engine,
             ends.clone(),
-            core_loop::Outlets { writer: writer_tx, applier: applier_tx, peer_factory },
+            core_loop::Outlets {
+                writer: writer_tx,
+                start_write,
+                applier: applier_tx,
+                peer_factory,
+            },
             membership.clone(),
             runtime.clone(),
             core_loop::LoopMetrics::new(metrics.clone()),
