@@ -158,3 +158,113 @@ pub(super) async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::runtime::Runtime;
+    use crate::types::HardState;
+
+    struct NoClock;
+
+    impl Runtime for NoClock {
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    fn metrics() -> Arc<NodeMetrics> {
+        Arc::new(NodeMetrics::new(1, &[], Arc::new(NoClock)))
+    }
+
+    /// A batch recognizable by its term.
+    fn batch(term: u64) -> WriteBatch {
+        let hard_state = Some(HardState { current_term: term, voted_for: None });
+        WriteBatch { hard_state, ..WriteBatch::default() }
+    }
+
+    fn term_of(written: &PersistedWrite) -> u64 {
+        written.hard_state.map_or(0, |h| h.current_term)
+    }
+
+    /// A store done at once is done within the caller's poll: no task, no wake-up.
+    #[test]
+    fn a_write_the_store_finishes_at_once_ends_in_the_first_poll() {
+        let start: StartWrite = Arc::new(|_| futures::future::ready(Ok(())).boxed());
+        let metrics = metrics();
+        let mut write = Write::start(&start, &metrics, 3, batch(7));
+        let done = write.poll_once(&metrics).unwrap().unwrap();
+        assert_eq!((done.seq, term_of(&done.written)), (3, 7));
+        assert!(done.result.is_ok());
+    }
+
+    /// A write still pending at the first poll is finished by the writer task, before the
+    /// batches issued after it (merged into one store call), and reported in order.
+    #[test]
+    fn a_pending_write_is_finished_by_the_task_before_later_batches() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open_tx, open_rx) = futures::channel::oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some(open_rx)));
+        let start: StartWrite = {
+            let calls = calls.clone();
+            Arc::new(move |batch: WriteBatch| {
+                calls.lock().unwrap().push(batch.hard_state.map(|h| h.current_term));
+                let gate = gate.lock().unwrap().take();
+                async move {
+                    if let Some(gate) = gate {
+                        let _ = gate.await;
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+        };
+        let metrics = metrics();
+        let mut first = Write::start(&start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        let (requests_tx, requests) = async_channel::unbounded();
+        let (inputs, reports) = async_channel::unbounded();
+        requests_tx.try_send(WriterMsg::Started(first)).unwrap();
+        requests_tx.try_send(WriterMsg::Batch(WriteRequest { seq: 2, batch: batch(2) })).unwrap();
+        requests_tx.try_send(WriterMsg::Batch(WriteRequest { seq: 3, batch: batch(3) })).unwrap();
+        requests_tx.close();
+        open_tx.send(()).unwrap();
+        futures::executor::block_on(run(start, requests, inputs, metrics));
+        let reported: Vec<(u64, u64)> = std::iter::from_fn(|| reports.try_recv().ok())
+            .map(|input| match input {
+                Input::Persisted { seq, written, result } => {
+                    assert!(result.is_ok());
+                    (seq, term_of(&written))
+                }
+                _ => panic!("only write reports expected"),
+            })
+            .collect();
+        assert_eq!(reported, [(1, 1), (3, 3)]);
+        assert_eq!(*calls.lock().unwrap(), [Some(1), Some(3)]);
+    }
+
+    /// A panic in the store during the main loop's poll is the log writer's, as in the task.
+    #[test]
+    fn a_store_panic_in_the_first_poll_is_reported_as_the_writers() {
+        fn burn() -> Result<(), StorageError> {
+            panic!("disk on fire")
+        }
+        let start: StartWrite = Arc::new(|_| async { burn() }.boxed());
+        let metrics = metrics();
+        let mut write = Write::start(&start, &metrics, 1, batch(1));
+        match write.poll_once(&metrics) {
+            Err(FatalError::Panicked { task, message }) => {
+                assert_eq!((task.as_str(), message.as_str()), ("log writer", "disk on fire"));
+            }
+            _ => panic!("expected the writer's panic"),
+        }
+    }
+}
