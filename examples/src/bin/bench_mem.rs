@@ -12,21 +12,62 @@
 //! machine shared with other work, throughput follows the CPU share the process gets, CPU time
 //! per write much less.
 //!
+//! Like any long-running deployment (and like openraft's `benchmarks/minimal`), the nodes keep
+//! their logs short: the state machine takes (empty) snapshots, so each node compacts its log by
+//! the default snapshot policy. `--no-compaction` runs them without a snapshot store, their logs
+//! growing for the whole run (as this benchmark did up to issue 19's fifth round).
+//!
 //! It prints only what it measured. To compare with openraft, run both side by side in one run
 //! (`../shared/bench/mem_vs_openraft.sh`): figures from another run or machine are not comparable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use examples::bench::{print_table, process_cpu_time, LatencyRecorder, Row, Samples};
 use examples::NoopStateMachine;
+use futures::StreamExt;
 use raft_core::runtime::TokioRuntime;
-use raft_core::{Bytes, Config, Membership, Node, Role};
-use raft_mem::{MemLogStore, MemNetwork};
+use raft_core::{
+    Bytes, Config, Entry, Membership, Node, Role, SnapshotMeta, SnapshotStream, StateMachine,
+    StateMachineError,
+};
+use raft_mem::{MemLogStore, MemNetwork, MemSnapshotStore};
+
+/// [`NoopStateMachine`] that also takes snapshots (of nothing), so that a node with a snapshot
+/// store compacts its log (without one, it is a `NoopStateMachine`).
+struct CompactingNoop;
+
+#[async_trait]
+impl StateMachine for CompactingNoop {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        NoopStateMachine.apply(entries).await
+    }
+
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, StateMachineError> {
+        Ok(Some(futures::stream::empty().boxed()))
+    }
+
+    async fn restore(
+        &mut self,
+        _meta: &SnapshotMeta,
+        mut data: SnapshotStream,
+    ) -> Result<(), StateMachineError> {
+        while let Some(chunk) = data.next().await {
+            chunk?;
+        }
+        Ok(())
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args =
-        examples::bench::Args::parse(std::env::args().skip(1), 3, &[1, 64, 256, 1024, 4096])?;
+    let mut compaction = true;
+    let rest = std::env::args().skip(1).filter(|arg| {
+        let no_compaction = arg == "--no-compaction";
+        compaction &= !no_compaction;
+        !no_compaction
+    });
+    let args = examples::bench::Args::parse(rest, 3, &[1, 64, 256, 1024, 4096])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers)
         .enable_all()
@@ -36,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut rows = Vec::new();
         let mut cpu = Vec::new();
         for &clients in &args.clients {
-            let (nodes, leader) = start_cluster(false).await?;
+            let (nodes, leader) = start_cluster(false, compaction).await?;
             let (row, cpu_time) = run_level(&leader, clients, seconds, Op::Write).await;
             for node in &nodes {
                 node.shutdown().await;
@@ -46,7 +87,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         print_table(
             &format!(
-                "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine, {} workers",
+                "bench-mem: 3 nodes, MemLogStore + MemNetwork, no-op state machine, {}, {} workers",
+                if compaction { "logs compacted by snapshots" } else { "no log compaction" },
                 args.workers
             ),
             "clients",
@@ -62,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for &clients in &args.clients {
             let write_rate = writes.iter().find(|(l, _)| *l == format!("{clients}")).map(|w| w.1);
             for (on_follower, lease) in [(false, false), (true, false), (false, true)] {
-                let (nodes, leader) = start_cluster(lease).await?;
+                let (nodes, leader) = start_cluster(lease, compaction).await?;
                 let target = if on_follower {
                     nodes.iter().find(|n| n.id() != leader.id()).cloned().unwrap_or(leader)
                 } else {
@@ -90,8 +132,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
 }
 
-/// Starts a 3-node cluster (with lease reads if `lease_reads`) and returns its nodes and leader.
-async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>> {
+/// Starts a 3-node cluster (with lease reads if `lease_reads`, compacting their logs if
+/// `compaction`) and returns its nodes and leader.
+async fn start_cluster(
+    lease_reads: bool,
+    compaction: bool,
+) -> Result<(Vec<Node>, Node), Box<dyn std::error::Error>> {
     let network = MemNetwork::new();
     // Measure the node, not the simulator's check that every message survives its encoding.
     network.set_wire_check(false);
@@ -101,16 +147,12 @@ async fn start_cluster(lease_reads: bool) -> Result<(Vec<Node>, Node), Box<dyn s
     for id in ids {
         let mut config = Config::new(id);
         config.lease_reads = lease_reads;
-        let node = Node::builder(
-            config,
-            MemLogStore::new(),
-            network.endpoint(id),
-            NoopStateMachine,
-            rt.clone(),
-        )
-        .bootstrap(Membership::with_voters(ids))
-        .start()
-        .await?;
+        let (store, endpoint) = (MemLogStore::new(), network.endpoint(id));
+        let mut builder = Node::builder(config, store, endpoint, CompactingNoop, rt.clone());
+        if compaction {
+            builder = builder.snapshot_store(MemSnapshotStore::new());
+        }
+        let node = builder.bootstrap(Membership::with_voters(ids)).start().await?;
         network.serve(id, Arc::new(node.clone()));
         nodes.push(node);
     }

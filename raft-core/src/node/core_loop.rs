@@ -14,7 +14,7 @@ use super::applier::{Answer, ApplyMsg, Waiter};
 use super::peer::PeerQueue;
 use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
-use super::writer::WriteRequest;
+use super::writer::{StartWrite, WriteRequest, WriterMsg, Written};
 use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
     Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
@@ -32,6 +32,27 @@ use crate::types::{LogIndex, NodeId, Role};
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
 const MAX_INPUTS_PER_STEP: usize = 1024;
+
+/// Returns `Pending` once, after waking itself: the runtime runs the tasks already waiting to
+/// run before it polls this one again (tokio queues a task that woke itself behind the others;
+/// a first-in first-out executor such as smol's does so anyway).
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
 
 /// Why the main loop stops.
 enum Stop {
@@ -60,7 +81,13 @@ pub(super) struct CoreLoop {
     engine: Engine,
     /// The input queue, and what the node publishes when it stops.
     inputs: Arc<Inputs>,
-    writer: Sender<WriteRequest>,
+    /// The log writer task, for writes issued while another one is in progress.
+    writer: Sender<WriterMsg>,
+    /// Starts a store write in this task (when nothing else is being written).
+    start_write: StartWrite,
+    /// The sequence number of the last batch handed to the log writer task (the task is idle
+    /// once it is durable).
+    writer_seq: u64,
     applier: Sender<ApplyMsg>,
     /// Proposers of this step, handed to the applier in one message before anything else
     /// goes to it (so before the entries can be applied).
@@ -108,7 +135,8 @@ pub(super) struct CoreLoop {
 
 /// Where the main loop sends its work: the log writer, the applier and the peers' sender tasks.
 pub(super) struct Outlets {
-    pub(super) writer: Sender<WriteRequest>,
+    pub(super) writer: Sender<WriterMsg>,
+    pub(super) start_write: StartWrite,
     pub(super) applier: Sender<ApplyMsg>,
     pub(super) peer_factory: PeerFactory,
 }
@@ -123,7 +151,7 @@ impl CoreLoop {
         clock: Arc<dyn Runtime>,
         metrics: LoopMetrics,
     ) -> Self {
-        let Outlets { writer, applier, peer_factory } = outlets;
+        let Outlets { writer, start_write, applier, peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
         let membership_generation_seen = engine.membership_generation();
         peer_factory.network.members_changed(membership_seen.nodes());
@@ -138,6 +166,8 @@ impl CoreLoop {
             engine,
             inputs,
             writer,
+            start_write,
+            writer_seq: 0,
             applier,
             new_waiters: Vec::new(),
             peers,
@@ -178,6 +208,14 @@ impl CoreLoop {
     pub(super) async fn run(mut self) {
         let inputs = self.inputs.clone();
         while let Ok(input) = inputs.receiver.recv().await {
+            if inputs.receiver.len() < MAX_INPUTS_PER_STEP {
+                // Woken by its first input, the step lets the tasks that are ready to run go
+                // first (the proposers woken by the last answers, on this or another worker
+                // thread) so that their inputs join this step: without it, on a multi-threaded
+                // runtime the loop ran a whole step (a write, an AppendEntries per follower, a
+                // hand-off to the applier) for every one or two proposals.
+                YieldOnce(false).await;
+            }
             self.step_now = None;
             self.handle(input);
             for _ in 1..MAX_INPUTS_PER_STEP {
@@ -274,15 +312,7 @@ impl CoreLoop {
                 }
             }
             Input::Persisted { seq, written, result } => {
-                if let Err(error) = result {
-                    return self.fail(FatalError::Storage(error));
-                }
-                self.durable_seq = seq;
-                let last = written.last_entry.map_or(0, |id| id.index);
-                self.probe.persisted(last, || self.clock.now());
-                self.engine.on_persisted(written);
-                self.release_held();
-                self.release_storage();
+                self.persisted(Written { seq, written, result })
             }
             Input::Applied(index) => {
                 self.probe.applied(index, || self.clock.now());
@@ -570,6 +600,21 @@ impl CoreLoop {
         if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
             self.lost("applier (state machine)");
         }
+    }
+
+    /// A log write ended: what it made durable is acknowledged to the engine, and the messages
+    /// and storage operations waiting for it go out.
+    fn persisted(&mut self, done: Written) {
+        let Written { seq, written, result } = done;
+        if let Err(error) = result {
+            return self.fail(FatalError::Storage(error));
+        }
+        self.durable_seq = seq;
+        let last = written.last_entry.map_or(0, |id| id.index);
+        self.probe.persisted(last, || self.clock.now());
+        self.engine.on_persisted(written);
+        self.release_held();
+        self.release_storage();
     }
 
     fn release_held(&mut self) {

@@ -5,7 +5,8 @@
 //! * the **main loop** owns the [`Engine`] and is the only code that touches it; it feeds inputs
 //!   in batches (many proposals and messages per step) and dispatches the resulting actions;
 //! * the **log writer** writes `Persist` batches in order, merging the ones that queue up while a
-//!   write is in progress (one sync for many proposals);
+//!   write is in progress (one sync for many proposals); the main loop starts a write itself
+//!   when none is in progress, and finishes it in its step if the store is done at once;
 //! * the **applier** runs the state machine and answers proposers;
 //! * one **sender per peer** runs that peer's RPCs concurrently;
 //! * the **ticker** turns the runtime's timer into engine ticks (only at the engine's next
@@ -460,7 +461,9 @@ impl Node {
                 (Some(ops_tx), Some(applier))
             }
         };
-        let writer = writer::run(store, writer_rx, inputs_tx.clone(), metrics.clone());
+        let start_write = writer::start_write(store);
+        let writer =
+            writer::run(start_write.clone(), writer_rx, inputs_tx.clone(), metrics.clone());
         spawn("log writer", writer.boxed());
         spawn(
             "applier (state machine)",
@@ -487,7 +490,12 @@ impl Node {
             token,
             engine,
             ends.clone(),
-            core_loop::Outlets { writer: writer_tx, applier: applier_tx, peer_factory },
+            core_loop::Outlets {
+                writer: writer_tx,
+                start_write,
+                applier: applier_tx,
+                peer_factory,
+            },
             membership.clone(),
             runtime.clone(),
             core_loop::LoopMetrics::new(metrics.clone()),
@@ -580,6 +588,9 @@ impl Node {
         if size > self.shared.max_payload_bytes {
             self.shared.metrics.proposals_failed.increment(1);
             return Err(ProposeError::TooLarge { size, limit: self.shared.max_payload_bytes });
+        }
+        if self.shared.status.is_leader() {
+            return Ok(());
         }
         let status = self.shared.status.get();
         if status.role != Role::Leader {

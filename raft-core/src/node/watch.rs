@@ -1,10 +1,11 @@
 //! A small runtime-agnostic "latest value" watch for the node status.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::Event;
 
-use crate::types::Status;
+use crate::types::{Role, Status};
 
 #[derive(Debug)]
 struct Slot {
@@ -17,11 +18,15 @@ struct Slot {
 pub(crate) struct StatusCell {
     slot: Mutex<Slot>,
     changed: Event,
+    /// Whether the latest status is a leader's: what every proposal checks first, read
+    /// without taking the lock (set under it, with the status).
+    leading: AtomicBool,
 }
 
 impl StatusCell {
     pub(crate) fn new(status: Status) -> Arc<Self> {
         Arc::new(Self {
+            leading: AtomicBool::new(status.role == Role::Leader),
             slot: Mutex::new(Slot { status, version: 0, closed: false }),
             changed: Event::new(),
         })
@@ -35,6 +40,12 @@ impl StatusCell {
         self.lock().status.clone()
     }
 
+    /// Whether the latest status published is a leader's (as `get().role == Role::Leader`,
+    /// without the lock and the copy).
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
     /// Publishes `status` if it differs from the current one.
     pub(crate) fn publish(&self, status: Status) {
         {
@@ -42,6 +53,7 @@ impl StatusCell {
             if slot.status == status {
                 return;
             }
+            self.leading.store(status.role == Role::Leader, Ordering::Release);
             slot.status = status;
             slot.version += 1;
         }

@@ -1,14 +1,24 @@
-//! The log writer task: writes `Persist` batches in order, merging those that queue up while a
+//! Log writes: the main loop starts each write itself when nothing is being written, and
+//! finishes it in the same step if the store's future is ready at its first poll (an in-memory
+//! store); a write still pending then, and every write issued while one is in progress, goes to
+//! the log writer task, which writes them in order, merging the batches that queue up while a
 //! write is in progress into one store call (group commit at the node level).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
+use super::supervisor::panic_message;
 use super::Input;
 use crate::engine::PersistedWrite;
+use crate::error::FatalError;
 use crate::metrics::NodeMetrics;
-use crate::storage::{LogStore, WriteBatch};
+use crate::storage::{LogStore, StorageError, WriteBatch};
 
 /// A batch and its sequence number (batches are numbered 1, 2, ... in emission order).
 pub(super) struct WriteRequest {
@@ -16,36 +26,245 @@ pub(super) struct WriteRequest {
     pub(super) batch: WriteBatch,
 }
 
-/// At most this many entries go into one merged write.
-const MAX_MERGED_ENTRIES: usize = 65_536;
+/// What the main loop hands to the log writer task.
+pub(super) enum WriterMsg {
+    /// A batch to write (merged with the batches queued behind it).
+    Batch(WriteRequest),
+    /// A write the main loop started (nothing else was being written) and found pending: the
+    /// task finishes it before anything queued behind it.
+    Started(Write),
+}
 
-pub(super) async fn run<S: LogStore>(
-    store: S,
-    requests: Receiver<WriteRequest>,
-    inputs: Sender<Input>,
-    metrics: Arc<NodeMetrics>,
-) {
-    while let Ok(first) = requests.recv().await {
-        let mut seq = first.seq;
-        let mut batch = first.batch;
-        while batch.entries.len() < MAX_MERGED_ENTRIES {
-            match requests.try_recv() {
-                Ok(next) => {
-                    seq = next.seq;
-                    batch.merge(next.batch);
-                }
-                Err(_) => break,
-            }
-        }
+/// Starts `LogStore::write` calls on the node's store (shared by the main loop and the task).
+pub(super) type StartWrite = Arc<dyn Fn(WriteBatch) -> WriteFuture + Send + Sync>;
+
+type WriteFuture = BoxFuture<'static, Result<(), StorageError>>;
+
+/// The `StartWrite` of `store`.
+pub(super) fn start_write<S: LogStore>(store: Arc<S>) -> StartWrite {
+    Arc::new(move |batch| {
+        let store = store.clone();
+        async move { store.write(batch).await }.boxed()
+    })
+}
+
+/// One `LogStore::write` call in progress, with what to report when it is done.
+pub(super) struct Write {
+    seq: u64,
+    written: PersistedWrite,
+    entries: usize,
+    started: Duration,
+    future: WriteFuture,
+}
+
+/// How a write ended.
+pub(super) struct Written {
+    /// The sequence number of the last batch it holds.
+    pub(super) seq: u64,
+    pub(super) written: PersistedWrite,
+    pub(super) result: Result<(), Arc<StorageError>>,
+}
+
+impl Write {
+    /// Starts writing `batch`, the batch of sequence number `seq` (and those before it).
+    pub(super) fn start(
+        start: &StartWrite,
+        metrics: &NodeMetrics,
+        seq: u64,
+        batch: WriteBatch,
+    ) -> Self {
         let written = PersistedWrite::of(&batch);
         let entries = batch.entries.len();
         let started = metrics.now();
-        let result = store.write(batch).await.map_err(std::sync::Arc::new);
+        Self { seq, written, entries, started, future: start(batch) }
+    }
+
+    /// Polls the write once, in the caller's task, without registering for a wake-up (whoever
+    /// finishes a pending write polls it again). A panic in the store is caught and reported
+    /// as the log writer's, as if the task had run it.
+    pub(super) fn poll_once(
+        &mut self,
+        metrics: &NodeMetrics,
+    ) -> Result<Option<Written>, FatalError> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let future = &mut self.future;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(Poll::Ready(result)) => Ok(Some(self.finish(metrics, result))),
+            Ok(Poll::Pending) => Ok(None),
+            Err(payload) => Err(FatalError::Panicked {
+                task: "log writer".to_owned(),
+                message: panic_message(payload.as_ref()),
+            }),
+        }
+    }
+
+    /// Waits for the write to end.
+    async fn wait(mut self, metrics: &NodeMetrics) -> Written {
+        let result = (&mut self.future).await;
+        self.finish(metrics, result)
+    }
+
+    fn finish(&self, metrics: &NodeMetrics, result: Result<(), StorageError>) -> Written {
+        metrics.log_write_done(self.entries, self.started, result.is_ok());
+        Written { seq: self.seq, written: self.written, result: result.map_err(Arc::new) }
+    }
+}
+
+/// At most this many entries go into one merged write.
+const MAX_MERGED_ENTRIES: usize = 65_536;
+
+pub(super) async fn run(
+    start: StartWrite,
+    requests: Receiver<WriterMsg>,
+    inputs: Sender<Input>,
+    metrics: Arc<NodeMetrics>,
+) {
+    let mut next = None;
+    loop {
+        let message = match next.take() {
+            Some(message) => message,
+            None => match requests.recv().await {
+                Ok(message) => message,
+                Err(_) => return,
+            },
+        };
+        let write = match message {
+            WriterMsg::Started(write) => write,
+            WriterMsg::Batch(first) => {
+                let mut seq = first.seq;
+                let mut batch = first.batch;
+                while batch.entries.len() < MAX_MERGED_ENTRIES {
+                    match requests.try_recv() {
+                        Ok(WriterMsg::Batch(more)) => {
+                            seq = more.seq;
+                            batch.merge(more.batch);
+                        }
+                        Ok(started @ WriterMsg::Started(_)) => {
+                            next = Some(started);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Write::start(&start, &metrics, seq, batch)
+            }
+        };
+        let Written { seq, written, result } = write.wait(&metrics).await;
         let failed = result.is_err();
-        metrics.log_write_done(entries, started, !failed);
         if inputs.send(Input::Persisted { seq, written, result }).await.is_err() || failed {
             // The node stopped, or the store failed: nothing more may be acknowledged.
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::runtime::Runtime;
+    use crate::types::HardState;
+
+    struct NoClock;
+
+    impl Runtime for NoClock {
+        fn spawn(&self, _: BoxFuture<'static, ()>) {}
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    fn metrics() -> Arc<NodeMetrics> {
+        Arc::new(NodeMetrics::new(1, &[], Arc::new(NoClock)))
+    }
+
+    /// A batch recognizable by its term.
+    fn batch(term: u64) -> WriteBatch {
+        let hard_state = Some(HardState { current_term: term, voted_for: None });
+        WriteBatch { hard_state, ..WriteBatch::default() }
+    }
+
+    fn term_of(written: &PersistedWrite) -> u64 {
+        written.hard_state.map_or(0, |h| h.current_term)
+    }
+
+    /// A store done at once is done within the caller's poll: no task, no wake-up.
+    #[test]
+    fn a_write_the_store_finishes_at_once_ends_in_the_first_poll() {
+        let start: StartWrite = Arc::new(|_| futures::future::ready(Ok(())).boxed());
+        let metrics = metrics();
+        let mut write = Write::start(&start, &metrics, 3, batch(7));
+        let done = write.poll_once(&metrics).unwrap().unwrap();
+        assert_eq!((done.seq, term_of(&done.written)), (3, 7));
+        assert!(done.result.is_ok());
+    }
+
+    /// A write still pending at the first poll is finished by the writer task, before the
+    /// batches issued after it (merged into one store call), and reported in order.
+    #[test]
+    fn a_pending_write_is_finished_by_the_task_before_later_batches() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open_tx, open_rx) = futures::channel::oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some(open_rx)));
+        let start: StartWrite = {
+            let calls = calls.clone();
+            Arc::new(move |batch: WriteBatch| {
+                calls.lock().unwrap().push(batch.hard_state.map(|h| h.current_term));
+                let gate = gate.lock().unwrap().take();
+                async move {
+                    if let Some(gate) = gate {
+                        let _ = gate.await;
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
+        };
+        let metrics = metrics();
+        let mut first = Write::start(&start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        let (requests_tx, requests) = async_channel::unbounded();
+        let (inputs, reports) = async_channel::unbounded();
+        requests_tx.try_send(WriterMsg::Started(first)).unwrap();
+        requests_tx.try_send(WriterMsg::Batch(WriteRequest { seq: 2, batch: batch(2) })).unwrap();
+        requests_tx.try_send(WriterMsg::Batch(WriteRequest { seq: 3, batch: batch(3) })).unwrap();
+        requests_tx.close();
+        open_tx.send(()).unwrap();
+        futures::executor::block_on(run(start, requests, inputs, metrics));
+        let reported: Vec<(u64, u64)> = std::iter::from_fn(|| reports.try_recv().ok())
+            .map(|input| match input {
+                Input::Persisted { seq, written, result } => {
+                    assert!(result.is_ok());
+                    (seq, term_of(&written))
+                }
+                _ => panic!("only write reports expected"),
+            })
+            .collect();
+        assert_eq!(reported, [(1, 1), (3, 3)]);
+        assert_eq!(*calls.lock().unwrap(), [Some(1), Some(3)]);
+    }
+
+    /// A panic in the store during the main loop's poll is the log writer's, as in the task.
+    #[test]
+    fn a_store_panic_in_the_first_poll_is_reported_as_the_writers() {
+        fn burn() -> Result<(), StorageError> {
+            panic!("disk on fire")
+        }
+        let start: StartWrite = Arc::new(|_| async { burn() }.boxed());
+        let metrics = metrics();
+        let mut write = Write::start(&start, &metrics, 1, batch(1));
+        match write.poll_once(&metrics) {
+            Err(FatalError::Panicked { task, message }) => {
+                assert_eq!((task.as_str(), message.as_str()), ("log writer", "disk on fire"));
+            }
+            _ => panic!("expected the writer's panic"),
         }
     }
 }

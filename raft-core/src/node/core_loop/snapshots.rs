@@ -8,7 +8,7 @@ use futures::channel::oneshot;
 
 use super::super::applier::ApplyMsg;
 use super::super::snapshot::{SnapOp, SnapOpRequest, SnapshotInput};
-use super::super::writer::WriteRequest;
+use super::super::writer::{Write, WriteRequest, WriterMsg};
 use super::CoreLoop;
 use crate::engine::Action;
 use crate::error::FatalError;
@@ -58,10 +58,35 @@ impl CoreLoop {
         }
     }
 
-    /// Hands a batch to the log writer. Its queue holds only batches of entries that the
-    /// in-memory log holds anyway; it cannot be full, only closed (the writer ended).
+    /// Writes a batch: at once, in this task, if nothing else is being written (finished in
+    /// this step if the store is done at the first poll, else handed to the log writer task);
+    /// else through the log writer task, behind the writes in progress. Its queue holds only
+    /// batches of entries that the in-memory log holds anyway; it cannot be full, only closed
+    /// (the writer ended).
     fn write_log(&mut self, request: WriteRequest) {
-        if self.writer.try_send(request).is_err() {
+        let seq = request.seq;
+        let message = if self.writer_seq <= self.durable_seq && self.stop.is_none() {
+            let metrics = &self.metrics.node;
+            let mut write = Write::start(&self.start_write, metrics, request.seq, request.batch);
+            match write.poll_once(metrics) {
+                Ok(Some(done)) => {
+                    if done.result.is_err() {
+                        // Nothing written after a failed write may reach the store.
+                        self.writer.close();
+                    }
+                    return self.persisted(done);
+                }
+                Ok(None) => WriterMsg::Started(write),
+                Err(panicked) => {
+                    self.writer.close();
+                    return self.fail(panicked);
+                }
+            }
+        } else {
+            WriterMsg::Batch(request)
+        };
+        self.writer_seq = seq;
+        if self.writer.try_send(message).is_err() {
             self.lost("log writer");
         }
     }
