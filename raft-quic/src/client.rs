@@ -3,6 +3,7 @@
 //! batch of the small requests issued together ([`crate::outbox`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,8 @@ pub(crate) struct Peer {
     bulk: Arc<BulkWindow>,
     /// Small requests waiting for the next frame to this peer.
     outbox: Outbox,
+    /// Callers of small requests to this peer waiting for their answer (queued or sent).
+    waiting: AtomicUsize,
     /// What was sent to this peer.
     pub(crate) sent: SentCounts,
 }
@@ -98,6 +101,7 @@ impl Peer {
             counters: OnceLock::new(),
             bulk,
             outbox: Outbox::default(),
+            waiting: AtomicUsize::new(0),
             sent: SentCounts::default(),
         }
     }
@@ -229,6 +233,26 @@ fn fail_all(answers: Vec<Option<Answer>>, error: &NetworkError) {
     }
 }
 
+/// A small request's caller, counted in its peer's `waiting` until it has its answer (or gave
+/// up).
+struct Waiting<'a> {
+    peer: &'a Peer,
+    /// The other callers waiting for an answer from the peer when this one came.
+    others: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(peer: &'a Peer) -> Self {
+        Self { peer, others: peer.waiting.fetch_add(1, Ordering::AcqRel) }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.peer.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request frame written to a peer, whose answer(s) are to be read.
 struct Sent {
     conn: quinn::Connection,
@@ -316,11 +340,16 @@ impl Client {
     ) -> Result<RpcResponse, NetworkError> {
         let (answer, answered) = oneshot::channel();
         let unanswered = || Err(NetworkError::Timeout(peer.id));
+        let waiting = Waiting::enter(peer);
         if !peer.outbox.push(Queued { request, len, answer }) {
             return answered.await.unwrap_or_else(|_| unanswered());
         }
         let mut turn = Turn { client: self.clone(), peer: Arc::clone(peer), passed: false };
-        yield_now().await;
+        // Nothing else to this peer waits for an answer: this request is alone, and goes at
+        // once. Otherwise the requests issued together with it get one chance to join it.
+        if waiting.others > 0 {
+            yield_now().await;
+        }
         let mut batch = peer.outbox.take(self.shared.limits.priority_frame_threshold);
         // This caller's request is the first queued (the queue was empty when it took the
         // turn), and its caller waits for it: the batch holds at least it.

@@ -1,8 +1,9 @@
 //! [`Outbox`]: coalescing the small requests to one peer ("Nagle without delay"). A request
-//! that finds no send to its peer in progress makes its caller the *sender*: the caller lets
-//! the tasks that are ready run once (one [`yield_now`], no timer), then takes everything
-//! queued for that peer meanwhile, its own request first, and sends it: alone as an ordinary
-//! request frame, or as one batch frame ([`crate::frame::encode_batch`]). Requests that find a
+//! that finds no send to its peer in progress makes its caller the *sender*. If no other request
+//! to that peer awaits its answer, the request is alone: it goes at once, as before. Otherwise
+//! the caller lets the tasks that are ready run once (one [`yield_now`], no timer), then takes
+//! everything queued for that peer meanwhile, its own request first, and sends it: alone as an
+//! ordinary request frame, or as one batch frame ([`crate::frame::encode_batch`]). Requests that find a
 //! send in progress only queue; once the sender's frame is written, whatever queued during the
 //! write goes in the next frame, sent by a task the sender spawns (see `client.rs`). A lone
 //! request thus waits for no timer and no other request, and requests issued together (the
@@ -93,8 +94,9 @@ impl Outbox {
 }
 
 /// Lets every other task that is ready run once before the caller goes on: the window in
-/// which the requests issued together join the first one's frame. Costs a lone request one
-/// trip through the runtime's run queue, never a timer.
+/// which the requests issued together join the first one's frame. Costs one trip through the
+/// runtime's run queue, never a timer; a request with no other one to its peer outstanding
+/// skips it.
 pub(crate) fn yield_now() -> impl Future<Output = ()> {
     YieldNow(false)
 }

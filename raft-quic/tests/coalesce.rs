@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use common::*;
-use futures::future::{join_all, select, Either};
+use futures::future::{join, join_all, select, Either};
 use raft_core::{
     Envelope, GroupId, Network, NetworkError, RefusalReason, RpcError, RpcHandler, RpcResponse,
 };
@@ -53,10 +53,13 @@ fn serve_groups(
     handlers
 }
 
+/// The handler of each group a node serves.
+type Handlers = BTreeMap<GroupId, Arc<TestHandler>>;
+
 /// Nodes 1 and 2 on loopback, node 2 serving `groups` (one handler each).
 fn two_nodes(
     groups: impl IntoIterator<Item = GroupId>,
-) -> (Arc<dyn Runtime>, Vec<QuicNetwork>, BTreeMap<GroupId, Arc<TestHandler>>) {
+) -> (Arc<dyn Runtime>, Vec<QuicNetwork>, Handlers) {
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
@@ -72,12 +75,13 @@ async fn close_all(nets: &[QuicNetwork]) {
 }
 
 /// The heartbeats of 64 groups to one peer, issued together (as the groups of a process do
-/// when their refreshes fall on the same instant), travel in fewer frames than requests: one
-/// here, since all are queued before the first is sent. Each group's handler gets its own
-/// heartbeat and each caller its answer. A heartbeat alone afterwards is an ordinary frame.
-/// (Before coalescing: 64 streams, one per request.)
+/// when their refreshes fall on the same instant), travel in fewer frames than requests: two
+/// here, the first alone (nothing else awaited an answer from the peer: it goes at once) and
+/// the 63 queued while it was sent in one batch. Each group's handler gets its own heartbeat
+/// and each caller its answer. A heartbeat alone afterwards is an ordinary frame. (Before
+/// coalescing: 64 streams, one per request.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_heartbeats_of_many_groups_issued_together_share_one_frame() {
+async fn the_heartbeats_of_many_groups_issued_together_share_a_frame() {
     const GROUPS: u64 = 64;
     let (rt, nets, handlers) = two_nodes(1..=GROUPS);
     let views: Vec<_> = (1..=GROUPS).map(|g| nets[0].for_group(g)).collect();
@@ -91,17 +95,18 @@ async fn the_heartbeats_of_many_groups_issued_together_share_one_frame() {
     }
     let stats = nets[0].peer_stats(2);
     assert_eq!(stats.requests_sent, GROUPS);
-    assert_eq!((stats.frames_sent, stats.batches_sent), (1, 1), "{stats:?}");
+    assert_eq!((stats.frames_sent, stats.batches_sent), (2, 1), "{stats:?}");
 
     let alone = Envelope::new(2, heartbeat(1)).with_group_id(1);
     bounded(&rt, "a lone heartbeat", views[0].send(alone)).await.unwrap();
     let stats = nets[0].peer_stats(2);
-    assert_eq!((stats.frames_sent, stats.batches_sent), (2, 1), "{stats:?}");
+    assert_eq!((stats.frames_sent, stats.batches_sent), (3, 1), "{stats:?}");
     close_all(&nets).await;
 }
 
 /// More small requests than a batch holds go in several batches, each within the bounds, each
-/// as full as the bounds allow when all of them were queued together.
+/// as full as the bounds allow when all of them were queued together (behind the first, which
+/// goes alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_hold_at_most_their_count_and_a_small_frames_bytes() {
     let (rt, nets, handlers) = two_nodes([1]);
@@ -113,7 +118,8 @@ async fn batches_hold_at_most_their_count_and_a_small_frames_bytes() {
     }
     let stats = nets[0].peer_stats(2);
     assert_eq!(stats.requests_sent, 600);
-    assert_eq!(stats.frames_sent, 600usize.div_ceil(MAX_BATCH_REQUESTS) as u64, "{stats:?}");
+    let frames = 1 + 599usize.div_ceil(MAX_BATCH_REQUESTS) as u64;
+    assert_eq!(stats.frames_sent, frames, "{stats:?}");
     // 40 AppendEntries of ~2 KB: the bytes bind (a batch is at most a small frame, 16 KiB).
     let append = || Envelope::new(2, append(1, 1, 2_000, b"")).with_group_id(1);
     let len = frame::encode_request(&append(), 1 << 20).unwrap().len();
@@ -125,7 +131,7 @@ async fn batches_hold_at_most_their_count_and_a_small_frames_bytes() {
         answer.unwrap();
     }
     let frames = nets[0].peer_stats(2).frames_sent - stats.frames_sent;
-    assert_eq!(frames, 40usize.div_ceil(per_batch) as u64, "{per_batch} a batch");
+    assert_eq!(frames, 1 + 39usize.div_ceil(per_batch) as u64, "{per_batch} a batch");
     assert_eq!(handlers[&1].calls(), 640);
     close_all(&nets).await;
 }
@@ -138,10 +144,16 @@ async fn a_slow_handler_of_one_group_holds_up_no_other_answer_in_its_batch() {
     let (rt, nets, handlers) = two_nodes([1, 2]);
     let gate = handlers[&1].close_gate();
     let (view1, view2) = (nets[0].for_group(1), nets[0].for_group(2));
+    let beat = |group| Envelope::new(2, heartbeat(1)).with_group_id(group);
+    bounded(&rt, "a heartbeat that dials", view2.send(beat(2))).await.unwrap();
+    let opener = view2.send(beat(2));
     let held = view1.send(Envelope::new(2, append(1, 1, 0, b"gated")).with_group_id(1));
-    let quick = view2.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
-    // `select` polls both at once: they are queued together, so they share a frame.
-    let held = match bounded(&rt, "group 2's answer", select(held, quick)).await {
+    let quick = view2.send(beat(2));
+    // `join` and `select` poll all three at once: the opener goes alone (nothing awaited an
+    // answer), the two others are queued together behind it and share a frame.
+    let (opened, first) = bounded(&rt, "group 2's answer", join(opener, select(held, quick))).await;
+    opened.unwrap();
+    let held = match first {
         Either::Right((answer, held)) => {
             assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "{answer:?}");
             held
@@ -149,7 +161,7 @@ async fn a_slow_handler_of_one_group_holds_up_no_other_answer_in_its_batch() {
         Either::Left((answer, _)) => panic!("group 1 answered through its closed gate: {answer:?}"),
     };
     let stats = nets[0].peer_stats(2);
-    assert_eq!((stats.frames_sent, stats.batches_sent), (1, 1), "one batch: {stats:?}");
+    assert_eq!((stats.frames_sent, stats.batches_sent), (3, 1), "one batch: {stats:?}");
     assert_eq!(handlers[&1].calls(), 1, "group 1's request is in its handler");
     drop(gate);
     let answer = bounded(&rt, "group 1's answer", held).await;
@@ -302,10 +314,13 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, net2.local_addr());
     let handlers = serve_groups(&net2, [1, 2]);
+    // The opener goes alone (nothing awaited an answer); the two others share a batch.
+    let opener = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
     let crowded = net1.send(Envelope::new(2, append(1, 11, 1, b"")).with_group_id(1));
     let fine = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
-    let (crowded, fine) =
-        bounded(&rt, "a refused batch", futures::future::join(crowded, fine)).await;
+    let (opened, crowded, fine) =
+        bounded(&rt, "a refused batch", futures::future::join3(opener, crowded, fine)).await;
+    opened.unwrap();
     for answer in [crowded, fine] {
         match answer {
             Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
@@ -317,7 +332,7 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
     }
     assert_eq!(net1.peer_stats(2).batches_sent, 1);
     assert_eq!(net2.bad_batches_received(), 1);
-    assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 0);
+    assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 1, "the opener only");
     let alone = Envelope::new(2, heartbeat(1)).with_group_id(2);
     bounded(&rt, "a lone heartbeat", net1.send(alone)).await.unwrap();
     net1.close().await;
