@@ -53,9 +53,11 @@ fn two_groups_four_clients_print_a_row() {
         .find(|line| line.starts_with("| 2 | 4 |"))
         .unwrap_or_else(|| panic!("no row for 2 groups and 4 clients in:\n{out}"));
     // groups, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync, CPU s,
-    // CPU µs/put, RPCs/put, failed
+    // CPU µs/put, RPCs/put, frames/put, failed
     let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 13, "{row}");
+    assert_eq!(cells.len(), 14, "{row}");
+    let frames: f64 = cells[12].parse().unwrap();
+    assert!(frames > 0.0, "no request frame sent: {row}");
     let puts: f64 = cells[2].parse().unwrap();
     assert!(puts > 0.0, "no put acknowledged: {row}");
     assert_eq!(cells[6].split(" / ").count(), 3, "one syncs/s figure per node: {row}");

@@ -1,10 +1,14 @@
 //! The outbound side: one cached connection per peer, dialed on demand with capped exponential
-//! backoff, and one bidirectional stream per RPC.
+//! backoff, and one bidirectional stream per frame: a bulk request, a lone small request, or a
+//! batch of the small requests issued together ([`crate::outbox`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures::channel::oneshot;
 use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
 use raft_core::{Envelope, NetworkError, NodeId, RefusalReason, RpcResponse};
 use tracing::{debug, info, warn};
@@ -14,10 +18,11 @@ use crate::backoff::Backoff;
 use crate::bulk::BulkWindow;
 use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
-use crate::frame::{self, ReadFrameError};
+use crate::frame::{self, FrameError, ReadFrameError};
 use crate::identity::node_dns_name;
-use crate::metrics::PeerCounters;
+use crate::metrics::{PeerCounters, SentCounts};
 use crate::network::Shared;
+use crate::outbox::{yield_now, Answer, Outbox, Queued};
 use crate::timer::timeout;
 use crate::wire::{code, Refusal, WireResponse};
 
@@ -73,6 +78,12 @@ pub(crate) struct Peer {
     counters: OnceLock<PeerCounters>,
     /// Room for bulk requests to this peer, shared fairly by all groups.
     bulk: Arc<BulkWindow>,
+    /// Small requests waiting for the next frame to this peer.
+    outbox: Outbox,
+    /// Callers of small requests to this peer waiting for their answer (queued or sent).
+    waiting: AtomicUsize,
+    /// What was sent to this peer.
+    pub(crate) sent: SentCounts,
 }
 
 impl Peer {
@@ -89,6 +100,9 @@ impl Peer {
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
             bulk,
+            outbox: Outbox::default(),
+            waiting: AtomicUsize::new(0),
+            sent: SentCounts::default(),
         }
     }
 
@@ -159,11 +173,13 @@ impl Drop for RequestStream {
     }
 }
 
-/// Sends RPCs from one endpoint.
+/// Sends RPCs from one endpoint. Clones share everything (the turns of `crate::outbox` hold
+/// one, for the tasks they spawn).
+#[derive(Clone)]
 pub(crate) struct Client {
     pub(crate) endpoint: Endpoint,
     /// Replaced when the node's TLS material is (new connections use the new one).
-    pub(crate) config: RwLock<quinn::ClientConfig>,
+    pub(crate) config: Arc<RwLock<quinn::ClientConfig>>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -175,38 +191,135 @@ fn unreachable(peer: NodeId, reason: impl std::fmt::Display) -> NetworkError {
     NetworkError::Unreachable { peer, reason: reason.to_string() }
 }
 
+/// The connection to `peer` failed: it is forgotten (the next RPC dials anew).
+fn lost(peer: &Peer, conn: &quinn::Connection, error: ConnectionError) -> NetworkError {
+    peer.forget(conn);
+    unreachable(peer.id, error)
+}
+
+/// The caller's result of a response frame.
+fn answer(peer: NodeId, response: WireResponse) -> Result<RpcResponse, NetworkError> {
+    match response {
+        WireResponse::Ok(response) => Ok(response),
+        WireResponse::Refused(Refusal::Handler(error)) => {
+            Err(NetworkError::Refused { peer, reason: RefusalReason::Rpc(error) })
+        }
+        WireResponse::Refused(refusal) => {
+            Err(NetworkError::Refused { peer, reason: RefusalReason::transport(refusal) })
+        }
+    }
+}
+
+/// The same error again, for each of the requests of a batch that failed as a whole.
+fn duplicate(error: &NetworkError) -> NetworkError {
+    match error {
+        NetworkError::UnknownPeer(peer) => NetworkError::UnknownPeer(*peer),
+        NetworkError::Unreachable { peer, reason } => {
+            NetworkError::Unreachable { peer: *peer, reason: reason.clone() }
+        }
+        NetworkError::Timeout(peer) => NetworkError::Timeout(*peer),
+        NetworkError::Refused { peer, reason } => {
+            NetworkError::Refused { peer: *peer, reason: reason.clone() }
+        }
+        NetworkError::Shutdown => NetworkError::Shutdown,
+        other => NetworkError::Codec(other.to_string()),
+    }
+}
+
+/// Fails every request of a batch still waiting for its answer.
+fn fail_all(answers: Vec<Option<Answer>>, error: &NetworkError) {
+    for caller in answers.into_iter().flatten() {
+        let _ = caller.send(Err(duplicate(error)));
+    }
+}
+
+/// A small request's caller, counted in its peer's `waiting` until it has its answer (or gave
+/// up).
+struct Waiting<'a> {
+    peer: &'a Peer,
+    /// The other callers waiting for an answer from the peer when this one came.
+    others: usize,
+}
+
+impl<'a> Waiting<'a> {
+    fn enter(peer: &'a Peer) -> Self {
+        Self { peer, others: peer.waiting.fetch_add(1, Ordering::AcqRel) }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.peer.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request frame written to a peer, whose answer(s) are to be read.
+struct Sent {
+    conn: quinn::Connection,
+    recv: quinn::RecvStream,
+    /// The peer stopped the request stream (with this code) before the whole frame was sent.
+    stopped: Option<quinn::VarInt>,
+}
+
+/// The turn to send a peer's queued requests (see [`crate::outbox`]), passed on once its
+/// holder's frame is written: to a task that sends what queued meanwhile, or back to the next
+/// caller if nothing did. Passed on when dropped, so an abandoned send never strands a queue.
+struct Turn {
+    client: Client,
+    peer: Arc<Peer>,
+    passed: bool,
+}
+
+impl Turn {
+    fn pass(&mut self) {
+        if std::mem::replace(&mut self.passed, true) {
+            return;
+        }
+        if self.peer.outbox.pass() {
+            let next =
+                Turn { client: self.client.clone(), peer: Arc::clone(&self.peer), passed: false };
+            let client = self.client.clone();
+            self.client.shared.runtime.spawn(Box::pin(client.send_queued(next)));
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.pass();
+    }
+}
+
 impl Client {
     /// Sends `request` to its receiver and waits for its response, within the RPC timeout. A
     /// bulk request (a frame above `priority_frame_threshold`) first waits for room in the
     /// peer's bulk window, in turn with the other groups' (see [`crate::bulk`]), and is encoded
-    /// only then; a small one goes at once, with the higher stream priority.
-    pub(crate) async fn call(&self, request: &Envelope) -> Result<RpcResponse, NetworkError> {
+    /// only then, on a stream of its own; a small one goes at once, with the higher stream
+    /// priority, in one frame with the other small requests to that peer issued at the same
+    /// time (see [`crate::outbox`]).
+    pub(crate) async fn call(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
         let target = request.receiver;
+        let kind = request.request.kind();
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(NetworkError::Shutdown);
         }
         let peer = shared.peer(target).ok_or(NetworkError::UnknownPeer(target))?;
         let max = shared.limits.max_frame_size;
-        let len = frame::request_len(request, max).map_err(codec)?;
+        let len = frame::request_len(&request, max).map_err(codec)?;
         let bulk = len > shared.limits.priority_frame_threshold;
         let rpc = async {
-            let _room = match bulk {
-                true => Some(peer.bulk.admit(request.group_id, len as u64).await),
-                false => None,
-            };
-            let priority = if bulk { PRIORITY_BULK } else { PRIORITY_CONTROL };
-            self.exchange(&peer, request, priority).await
+            if bulk {
+                let _room = peer.bulk.admit(request.group_id, len as u64).await;
+                self.exchange(&peer, &request, PRIORITY_BULK, || {}).await
+            } else {
+                self.coalesced(&peer, request, len).await
+            }
         };
         let result = match timeout(&*shared.runtime, shared.limits.rpc_timeout, rpc).await {
             Ok(result) => result,
             Err(_) => {
-                debug!(
-                    node = shared.id,
-                    peer = target,
-                    kind = request.request.kind(),
-                    "RPC timed out"
-                );
+                debug!(node = shared.id, peer = target, kind, "RPC timed out");
                 Err(NetworkError::Timeout(target))
             }
         };
@@ -216,24 +329,149 @@ impl Client {
         result
     }
 
-    /// Sends `request` on a stream of its own and reads the answer. The frame is encoded once
-    /// the stream is open, so the RPCs that wait for a stream slot hold no frame: the encoded
-    /// frames of one peer are at most its streams' (`max_concurrent_streams`) worth.
+    /// Sends a small request in the peer's next frame (see [`crate::outbox`]): the caller that
+    /// finds no send in progress sends it, alone on a stream of its own as before if nothing
+    /// else queued meanwhile; the others wait for their answer from the frame's reader.
+    async fn coalesced(
+        &self,
+        peer: &Arc<Peer>,
+        request: Envelope,
+        len: usize,
+    ) -> Result<RpcResponse, NetworkError> {
+        let (answer, answered) = oneshot::channel();
+        let unanswered = || Err(NetworkError::Timeout(peer.id));
+        let waiting = Waiting::enter(peer);
+        if !peer.outbox.push(Queued { request, len, answer }) {
+            return answered.await.unwrap_or_else(|_| unanswered());
+        }
+        let mut turn = Turn { client: self.clone(), peer: Arc::clone(peer), passed: false };
+        // Nothing else to this peer waits for an answer: this request is alone, and goes at
+        // once. Otherwise the requests issued together with it get one chance to join it.
+        if waiting.others > 0 {
+            yield_now().await;
+        }
+        let mut batch = peer.outbox.take(self.shared.limits.priority_frame_threshold);
+        // This caller's request is the first queued (the queue was empty when it took the
+        // turn), and its caller waits for it: the batch holds at least it.
+        if batch.len() == 1 {
+            if let Some(lone) = batch.pop() {
+                return self.exchange(peer, &lone.request, PRIORITY_CONTROL, || turn.pass()).await;
+            }
+        }
+        let client = self.clone();
+        let task = async move { client.send_batch(batch, turn).await };
+        self.shared.runtime.spawn(Box::pin(task));
+        answered.await.unwrap_or_else(|_| unanswered())
+    }
+
+    /// Sends what queued for `turn`'s peer while its previous frame was written: the task a
+    /// turn's holder spawns when it passes the turn on.
+    async fn send_queued(self, turn: Turn) {
+        let batch = turn.peer.outbox.take(self.shared.limits.priority_frame_threshold);
+        self.send_batch(batch, turn).await;
+    }
+
+    /// Sends `batch` (of `turn`'s peer) in one frame, passes the turn on once it is written,
+    /// and hands each answer to its caller as it arrives; within the RPC timeout (each caller
+    /// also has its own). A batch of one request is an ordinary request frame.
+    async fn send_batch(&self, mut batch: Vec<Queued>, mut turn: Turn) {
+        let peer = Arc::clone(&turn.peer);
+        let send = async {
+            if batch.len() <= 1 {
+                if let Some(lone) = batch.pop() {
+                    let request = &lone.request;
+                    let result = self.exchange(&peer, request, PRIORITY_CONTROL, || turn.pass());
+                    let _ = lone.answer.send(result.await);
+                }
+                return;
+            }
+            let requests = batch.iter().map(|queued| &queued.request);
+            let encode = |max| frame::encode_batch(requests, max);
+            let sent = self.write(&peer, PRIORITY_CONTROL, batch.len(), encode).await;
+            turn.pass();
+            let answers = batch.into_iter().map(|queued| Some(queued.answer)).collect();
+            match sent {
+                Ok(sent) => self.read_answers(&peer, sent, answers).await,
+                Err(error) => fail_all(answers, &error),
+            }
+        };
+        let _ = timeout(&*self.shared.runtime, self.shared.limits.rpc_timeout, send).await;
+    }
+
+    /// Sends `request` on a stream of its own, calls `written` once the frame is written (or
+    /// failed), and reads the answer.
     async fn exchange(
         &self,
         peer: &Peer,
         request: &Envelope,
         priority: i32,
+        written: impl FnOnce(),
     ) -> Result<RpcResponse, NetworkError> {
-        let conn = self.connection(peer).await?;
-        let lost = |e: ConnectionError| {
-            peer.forget(&conn);
-            unreachable(peer.id, e)
+        let sent = self.write(peer, priority, 1, |max| frame::encode_request(request, max)).await;
+        written();
+        let mut sent = sent?;
+        let limits = &self.shared.limits;
+        let read =
+            frame::read_sized::<WireResponse>(&mut sent.recv, limits.max_frame_size, limits.decode);
+        let (response, frame_len) =
+            read.await.map_err(|e| self.read_failed(peer, &sent.conn, sent.stopped, e))?;
+        peer.counters(self.shared.id).received_bytes.increment(frame_len as u64);
+        answer(peer.id, response)
+    }
+
+    /// Reads the answers on a batch's stream and hands each to its caller (`answers`, by
+    /// position) as it arrives; the callers left without one when the stream ends or fails
+    /// get the error.
+    async fn read_answers(&self, peer: &Peer, mut sent: Sent, mut answers: Vec<Option<Answer>>) {
+        let limits = &self.shared.limits;
+        let mut left = answers.len();
+        let failure = loop {
+            if left == 0 {
+                return;
+            }
+            let read = frame::read_answer::<WireResponse>(
+                &mut sent.recv,
+                limits.max_frame_size,
+                limits.decode,
+            );
+            match read.await {
+                Ok(Some((position, response, len))) => {
+                    peer.counters(self.shared.id).received_bytes.increment(len as u64);
+                    let Some(caller) =
+                        answers.get_mut(usize::from(position)).and_then(Option::take)
+                    else {
+                        let what =
+                            format!("an answer to request {position} of the batch, not awaited");
+                        break NetworkError::Codec(what);
+                    };
+                    left -= 1;
+                    let _ = caller.send(answer(peer.id, response));
+                }
+                Ok(None) => {
+                    let what = format!("the batch's stream ended with {left} requests unanswered");
+                    break NetworkError::Codec(what);
+                }
+                Err(e) => break self.read_failed(peer, &sent.conn, sent.stopped, e),
+            }
         };
-        let (send, mut recv) = conn.open_bi().await.map_err(lost)?;
+        fail_all(answers, &failure);
+    }
+
+    /// Opens a stream to `peer` and writes the frame `encode` makes (of `requests` requests)
+    /// on it, at `priority`. The frame is encoded once the stream is open, so the RPCs that
+    /// wait for a stream slot hold no frame: the encoded frames of one peer are at most its
+    /// streams' (`max_concurrent_streams`) worth.
+    async fn write(
+        &self,
+        peer: &Peer,
+        priority: i32,
+        requests: usize,
+        encode: impl FnOnce(u32) -> Result<Bytes, FrameError>,
+    ) -> Result<Sent, NetworkError> {
+        let conn = self.connection(peer).await?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| lost(peer, &conn, e))?;
         let mut send = RequestStream { send, finished: false };
-        let frame =
-            frame::encode_request(request, self.shared.limits.max_frame_size).map_err(codec)?;
+        let frame = encode(self.shared.limits.max_frame_size).map_err(codec)?;
         // Only fails if the stream is already closed, which the write below reports.
         let _ = send.send.set_priority(priority);
         // A server may stop reading a request it refuses from its header alone (a sender it
@@ -243,18 +481,27 @@ impl Client {
         let frame_len = frame.len() as u64;
         match send.send.write_chunk(frame).await {
             Ok(()) => counters.sent_bytes.increment(frame_len),
-            Err(WriteError::ConnectionLost(e)) => return Err(lost(e)),
+            Err(WriteError::ConnectionLost(e)) => return Err(lost(peer, &conn, e)),
             Err(WriteError::Stopped(code)) => stopped = Some(code),
             Err(other) => return Err(unreachable(peer.id, other)),
         }
-        // Only fails if the stream was reset, in which case the read below reports why.
+        // Only fails if the stream was reset, in which case the read reports why.
         let _ = send.send.finish();
         send.finished = true;
-        let limits = &self.shared.limits;
-        let read =
-            frame::read_sized::<WireResponse>(&mut recv, limits.max_frame_size, limits.decode);
-        let (response, frame_len) = read.await.map_err(|e| match e {
-            ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(e),
+        peer.sent.count(requests);
+        Ok(Sent { conn, recv, stopped })
+    }
+
+    /// What a failure to read a response means for its caller(s).
+    fn read_failed(
+        &self,
+        peer: &Peer,
+        conn: &quinn::Connection,
+        stopped: Option<quinn::VarInt>,
+        error: ReadFrameError,
+    ) -> NetworkError {
+        match error {
+            ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(peer, conn, e),
             _ if stopped.is_some() => NetworkError::Refused {
                 peer: peer.id,
                 reason: RefusalReason::transport(format!(
@@ -277,17 +524,6 @@ impl Client {
                 }
                 NetworkError::Codec(e.to_string())
             }
-        })?;
-        counters.received_bytes.increment(frame_len as u64);
-        match response {
-            WireResponse::Ok(response) => Ok(response),
-            WireResponse::Refused(Refusal::Handler(error)) => {
-                Err(NetworkError::Refused { peer: peer.id, reason: RefusalReason::Rpc(error) })
-            }
-            WireResponse::Refused(refusal) => Err(NetworkError::Refused {
-                peer: peer.id,
-                reason: RefusalReason::transport(refusal),
-            }),
         }
     }
 

@@ -3,7 +3,15 @@
 //! ```text
 //! response: | length: u32 BE | version: u8 |                  postcard body |
 //! request:  | length: u32 BE | version: u8 | sender: u64 BE | postcard body |
+//! batch:    | length: u32 BE | BATCH_KIND: u8 | count: u16 BE | count request frames |
+//! answer:   | length: u32 BE | BATCH_KIND: u8 | position: u16 BE | postcard body |
 //! ```
+//!
+//! A *batch* carries several requests to one peer in one frame on one stream (the coalescing of
+//! `client.rs`): its requests are complete request frames, each with its own sender header, so
+//! each gets the checks of a lone request. Its kind byte, [`BATCH_KIND`], is the version with
+//! its high bit set. The answers come back on the batch's stream, one *answer* frame per
+//! request in the order the handlers finish, each naming its request's position in the batch.
 //!
 //! A request's body is a `raft_core::Envelope`: the receiver, cluster and group it is meant
 //! for, and the request (whose sender must be the header's). The receiving node checks the
@@ -30,6 +38,19 @@ pub const HEADER_LEN: usize = 5;
 
 /// The size of a request's sender header, after the frame header.
 pub const SENDER_LEN: usize = 8;
+
+/// The kind byte of a batch frame and of the answers on a batch's stream: the version with
+/// its high bit set.
+pub const BATCH_KIND: u8 = 0x80 | PROTOCOL_VERSION;
+
+/// The most requests one batch frame may carry.
+pub const MAX_BATCH_REQUESTS: usize = 256;
+
+/// The size of a batch's request count, after the frame header.
+pub const BATCH_COUNT_LEN: usize = 2;
+
+/// The size of an answer's position header, after the frame header.
+pub const POSITION_LEN: usize = 2;
 
 /// The smallest maximum frame size a configuration may set (room for any vote or heartbeat).
 pub const MIN_MAX_FRAME_SIZE: u32 = 1024;
@@ -101,26 +122,31 @@ impl From<BoundedError> for FrameError {
     }
 }
 
-fn encode_with<T: Serialize>(
-    message: &T,
-    sender: Option<NodeId>,
-    max_frame_size: u32,
-) -> Result<Bytes, FrameError> {
-    let mut out = BytesMut::with_capacity(256).writer();
-    out.get_mut().put_bytes(0, HEADER_LEN);
-    if let Some(sender) = sender {
-        out.get_mut().put_u64(sender);
-    }
-    let out = postcard::to_io(message, out).map_err(|e| FrameError::Encode(e.to_string()))?;
-    let mut buf = out.into_inner();
+/// Writes the frame header of `buf` (which starts with [`HEADER_LEN`] placeholder bytes): its
+/// length and `kind`; fails if the frame exceeds `max_frame_size`.
+fn seal(mut buf: BytesMut, kind: u8, max_frame_size: u32) -> Result<Bytes, FrameError> {
     let len = (buf.len() - 4) as u64;
     if len > u64::from(max_frame_size) {
         return Err(FrameError::TooLarge { len, max: max_frame_size });
     }
     // `len <= max_frame_size`, a u32, so the cast is lossless.
     buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    buf[4] = PROTOCOL_VERSION;
+    buf[4] = kind;
     Ok(buf.freeze())
+}
+
+/// A frame of `kind`: the header, `prefix` (a sender or position header), the postcard body.
+fn encode_with<T: Serialize>(
+    message: &T,
+    kind: u8,
+    prefix: &[u8],
+    max_frame_size: u32,
+) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::with_capacity(256).writer();
+    out.get_mut().put_bytes(0, HEADER_LEN);
+    out.get_mut().put_slice(prefix);
+    let out = postcard::to_io(message, out).map_err(|e| FrameError::Encode(e.to_string()))?;
+    seal(out.into_inner(), kind, max_frame_size)
 }
 
 /// Encodes `message` as one complete frame (header and body): a response frame.
@@ -128,12 +154,43 @@ fn encode_with<T: Serialize>(
 /// Fails with [`FrameError::TooLarge`] if the frame would exceed `max_frame_size`, so a sender
 /// never emits a frame its peer (configured alike) would refuse.
 pub fn encode<T: Serialize>(message: &T, max_frame_size: u32) -> Result<Bytes, FrameError> {
-    encode_with(message, None, max_frame_size)
+    encode_with(message, PROTOCOL_VERSION, &[], max_frame_size)
 }
 
 /// Encodes `request` as one complete request frame: header, sender header, body.
 pub fn encode_request(request: &Envelope, max_frame_size: u32) -> Result<Bytes, FrameError> {
-    encode_with(request, Some(request.request.sender()), max_frame_size)
+    let sender = request.request.sender().to_be_bytes();
+    encode_with(request, PROTOCOL_VERSION, &sender, max_frame_size)
+}
+
+/// Encodes `requests` (at least one, at most [`MAX_BATCH_REQUESTS`]) as one batch frame: the
+/// header, their count, then each one's request frame. Fails as [`encode_request`] does if the
+/// batch exceeds `max_frame_size`, or with [`FrameError::Encode`] for a count out of range.
+pub fn encode_batch<'a>(
+    requests: impl ExactSizeIterator<Item = &'a Envelope>,
+    max_frame_size: u32,
+) -> Result<Bytes, FrameError> {
+    let count = requests.len();
+    if count == 0 || count > MAX_BATCH_REQUESTS {
+        return Err(FrameError::Encode(format!("a batch of {count} requests")));
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    buf.put_bytes(0, HEADER_LEN);
+    // `count <= MAX_BATCH_REQUESTS`, which fits a u16.
+    buf.put_u16(count as u16);
+    for request in requests {
+        buf.put_slice(&encode_request(request, max_frame_size)?);
+    }
+    seal(buf, BATCH_KIND, max_frame_size)
+}
+
+/// Encodes the answer to the request at `position` of a batch.
+pub fn encode_answer<T: Serialize>(
+    position: u16,
+    answer: &T,
+    max_frame_size: u32,
+) -> Result<Bytes, FrameError> {
+    encode_with(answer, BATCH_KIND, &position.to_be_bytes(), max_frame_size)
 }
 
 /// The size of `request`'s frame (header, sender header, body), as [`encode_request`] would
@@ -150,12 +207,34 @@ pub(crate) fn request_len(request: &Envelope, max_frame_size: u32) -> Result<usi
     Ok(frame)
 }
 
-/// Validates a frame header and returns the length of what follows it.
+/// Validates the header of a lone message's frame and returns the length of what follows it.
 ///
 /// Checks, in order: the length holds at least the version byte, the length is within
-/// `max_frame_size`, and the version is [`PROTOCOL_VERSION`].
+/// `max_frame_size`, and the version is [`PROTOCOL_VERSION`] (a batch's kind byte is not).
 pub fn decode_header(header: [u8; HEADER_LEN], max_frame_size: u32) -> Result<usize, FrameError> {
-    let [a, b, c, d, version] = header;
+    match decode_any_header(header, max_frame_size)? {
+        (FrameKind::Single, len) => Ok(len),
+        // Not a version of a lone message.
+        (FrameKind::Batch, _) => Err(FrameError::UnsupportedVersion(BATCH_KIND)),
+    }
+}
+
+/// What a frame header announces: one message, or a batch (or a batch's answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A request or a response: the kind byte is [`PROTOCOL_VERSION`].
+    Single,
+    /// A batch of requests, or an answer on a batch's stream: the kind byte is [`BATCH_KIND`].
+    Batch,
+}
+
+/// Validates a frame header of either kind (see [`decode_header`]) and returns its kind and the
+/// length of what follows it.
+pub fn decode_any_header(
+    header: [u8; HEADER_LEN],
+    max_frame_size: u32,
+) -> Result<(FrameKind, usize), FrameError> {
+    let [a, b, c, d, kind] = header;
     let len = u32::from_be_bytes([a, b, c, d]);
     if len == 0 {
         return Err(FrameError::Empty(len));
@@ -163,10 +242,12 @@ pub fn decode_header(header: [u8; HEADER_LEN], max_frame_size: u32) -> Result<us
     if len > max_frame_size {
         return Err(FrameError::TooLarge { len: u64::from(len), max: max_frame_size });
     }
-    if version != PROTOCOL_VERSION {
-        return Err(FrameError::UnsupportedVersion(version));
-    }
-    Ok(len as usize - 1)
+    let kind = match kind {
+        PROTOCOL_VERSION => FrameKind::Single,
+        BATCH_KIND => FrameKind::Batch,
+        other => return Err(FrameError::UnsupportedVersion(other)),
+    };
+    Ok((kind, len as usize - 1))
 }
 
 /// Decodes a frame body: the whole of `body` must be one postcard-encoded `T`, within `limits`.
@@ -198,11 +279,87 @@ pub fn decode_request(
     Ok((sender, request, need))
 }
 
+/// Decodes one batch frame from the start of `input`: every request's claimed sender and
+/// request, in order, and the number of bytes consumed. (A receiver checks each sender before
+/// decoding its request: [`split_batch`].)
+pub fn decode_batch(
+    input: &[u8],
+    max_frame_size: u32,
+    limits: Limits,
+) -> Result<(Vec<(NodeId, Envelope)>, usize), FrameError> {
+    let (rest, need) = split_any_frame(input, max_frame_size, FrameKind::Batch)?;
+    let requests = split_batch(rest, max_frame_size)?
+        .into_iter()
+        .map(|(sender, body)| Ok((sender, request_body(sender, body, limits, &|| true)?)))
+        .collect::<Result<_, FrameError>>()?;
+    Ok((requests, need))
+}
+
+/// Decodes one answer frame (of a batch's stream) from the start of `input`: the position of
+/// the request it answers, the answer, and the number of bytes consumed.
+pub fn decode_answer<T: DeserializeOwned>(
+    input: &[u8],
+    max_frame_size: u32,
+    limits: Limits,
+) -> Result<(u16, T, usize), FrameError> {
+    let (rest, need) = split_any_frame(input, max_frame_size, FrameKind::Batch)?;
+    let (position, body) = split_position(rest)?;
+    Ok((position, decode_body(body, limits)?, need))
+}
+
+/// Splits the body of a batch frame (what follows its header) into its requests: each one's
+/// claimed sender and undecoded body, in order. Checks the count (1 to
+/// [`MAX_BATCH_REQUESTS`]), each request frame's header, and that nothing follows the last.
+pub fn split_batch(body: &[u8], max_frame_size: u32) -> Result<Vec<(NodeId, &[u8])>, FrameError> {
+    let Some((count, mut rest)) = body.split_first_chunk::<BATCH_COUNT_LEN>() else {
+        return Err(FrameError::Empty(body.len() as u32 + 1));
+    };
+    let count = usize::from(u16::from_be_bytes(*count));
+    if count == 0 || count > MAX_BATCH_REQUESTS {
+        return Err(FrameError::Decode(format!(
+            "a batch announces {count} requests (1 to {MAX_BATCH_REQUESTS} allowed)"
+        )));
+    }
+    let mut requests = Vec::with_capacity(count.min(rest.len() / (HEADER_LEN + SENDER_LEN) + 1));
+    for _ in 0..count {
+        let (frame, used) = split_frame(rest, max_frame_size)?;
+        requests.push(split_sender(frame)?);
+        rest = &rest[used..];
+    }
+    if !rest.is_empty() {
+        return Err(FrameError::Decode(format!("{} bytes after a batch's requests", rest.len())));
+    }
+    Ok(requests)
+}
+
+fn split_position(rest: &[u8]) -> Result<(u16, &[u8]), FrameError> {
+    match rest.split_first_chunk::<POSITION_LEN>() {
+        Some((position, body)) => Ok((u16::from_be_bytes(*position), body)),
+        None => Err(FrameError::Empty(rest.len() as u32 + 1)),
+    }
+}
+
 fn split_frame(input: &[u8], max_frame_size: u32) -> Result<(&[u8], usize), FrameError> {
+    split_any_frame(input, max_frame_size, FrameKind::Single)
+}
+
+fn split_any_frame(
+    input: &[u8],
+    max_frame_size: u32,
+    expected: FrameKind,
+) -> Result<(&[u8], usize), FrameError> {
     let Some(header) = input.first_chunk::<HEADER_LEN>() else {
         return Err(FrameError::Truncated { have: input.len(), need: HEADER_LEN });
     };
-    let body_len = decode_header(*header, max_frame_size)?;
+    let (kind, body_len) = decode_any_header(*header, max_frame_size)?;
+    if kind != expected {
+        return Err(match kind {
+            FrameKind::Batch => FrameError::UnsupportedVersion(BATCH_KIND),
+            FrameKind::Single => {
+                FrameError::Decode("a lone message where a batch's was due".into())
+            }
+        });
+    }
     let need = HEADER_LEN + body_len;
     let Some(body) = input.get(HEADER_LEN..need) else {
         return Err(FrameError::Truncated { have: input.len(), need });
@@ -277,6 +434,49 @@ pub(crate) async fn read_header(
     let mut header = [0u8; HEADER_LEN];
     read_exact(recv, &mut header, HEADER_LEN, 0).await?;
     Ok(decode_header(header, max_frame_size)?)
+}
+
+/// Reads a frame header of either kind from `recv`: the kind and the length of what follows.
+pub(crate) async fn read_any_header(
+    recv: &mut quinn::RecvStream,
+    max_frame_size: u32,
+) -> Result<(FrameKind, usize), ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
+    Ok(decode_any_header(header, max_frame_size)?)
+}
+
+/// Reads the next answer frame of a batch's stream and decodes its body within `limits`:
+/// the position it answers, the answer and the frame's size; `None` once the stream ended
+/// cleanly between frames.
+pub(crate) async fn read_answer<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max_frame_size: u32,
+    limits: Limits,
+) -> Result<Option<(u16, T, usize)>, ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let first = loop {
+        match recv.read(&mut header).await? {
+            None => return Ok(None),
+            Some(0) => continue,
+            Some(n) => break n,
+        }
+    };
+    read_exact(recv, &mut header[first..], HEADER_LEN, first).await?;
+    let len = match decode_any_header(header, max_frame_size)? {
+        (FrameKind::Batch, len) => len,
+        (FrameKind::Single, _) => {
+            return Err(FrameError::Decode("a lone response on a batch's stream".into()).into())
+        }
+    };
+    let Some(body_len) = len.checked_sub(POSITION_LEN) else {
+        return Err(FrameError::Empty(len as u32 + 1).into());
+    };
+    let mut position = [0u8; POSITION_LEN];
+    read_exact(recv, &mut position, HEADER_LEN + len, HEADER_LEN).await?;
+    let body = read_body(recv, body_len).await?;
+    let answer = decode_body(&body, limits)?;
+    Ok(Some((u16::from_be_bytes(position), answer, HEADER_LEN + len)))
 }
 
 /// Reads a request's sender header, given the `len` announced by the frame header; returns the

@@ -6,16 +6,20 @@
 //! - **Transport.** One UDP endpoint per node serves inbound RPCs and dials peers. Each node
 //!   keeps one outbound connection per peer, reused by every RPC it sends there (a pair of
 //!   nodes thus shares two connections, one per direction, which avoids any simultaneous-dial
-//!   tie-breaking). Each RPC runs on its own bidirectional QUIC stream, so RPCs never wait for
-//!   each other (no head-of-line blocking), and small frames (votes, heartbeats) get a higher
-//!   send priority than bulk transfers. A failed dial is retried with capped exponential
+//!   tie-breaking). Each frame runs on its own bidirectional QUIC stream, so frames never wait
+//!   for each other (no head-of-line blocking), and small frames (votes, heartbeats) get a
+//!   higher send priority than bulk transfers. The small requests to one peer issued together
+//!   (every group's, while a send to that peer is in progress) share one batch frame, and their
+//!   answers come back on its stream as each handler finishes; a lone request waits for no
+//!   timer and travels alone. A failed dial is retried with capped exponential
 //!   backoff; a restarted peer's stateless reset tears down the stale connection at once.
 //! - **Many groups.** All the Raft groups of a process share one network: one endpoint, one
 //!   connection per peer process, one handler that routes by the envelope's group id; each
 //!   group's node gets a view ([`QuicNetwork::for_group`]) that keeps its membership's
 //!   addresses apart. Bulk requests to a peer share a window, taking turns by group, that
 //!   leaves room for every group's votes and heartbeats; no limit is per group.
-//! - **Framing.** `u32 length | u8 version | [u64 sender] | postcard body` ([`frame`]), at most
+//! - **Framing.** `u32 length | u8 version | [u64 sender] | postcard body` ([`frame`]), or a
+//!   batch of such request frames (and its answers, tagged with their position), at most
 //!   [`QuicConfig::max_frame_size`], checked before anything is allocated; bodies decode within
 //!   a budget of elements and depth ([`bounded`]), and a request's sender is checked from its
 //!   header before its body is read. The wire version policy is in [`wire`].
@@ -79,6 +83,7 @@ pub mod metrics;
 mod network;
 mod node_tls;
 mod offload;
+mod outbox;
 mod quiet;
 mod server;
 mod timer;
@@ -97,6 +102,7 @@ pub use identity::{
     dns_names, node_dns_name, node_id_of, peer_certificate, recheck_peer, IdentityError,
     NODE_NAME_SUFFIX, NODE_ROLE_OID,
 };
+pub use metrics::PeerStats;
 pub use network::{BindError, QuicNetwork};
 pub use tls::{PeerRole, TlsError};
 pub use wire::{Refusal, WireResponse, ALPN, PROTOCOL_VERSION};

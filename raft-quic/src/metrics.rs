@@ -12,6 +12,8 @@
 //!
 //! Handles are registered once per peer (per connection on the inbound side) and per gate.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ::metrics::{Counter, Label};
 use raft_core::{NetworkError, NodeId};
 
@@ -81,5 +83,44 @@ impl GateCounters {
 
     pub(crate) fn count(&self, outcome: Outcome) {
         self.0[outcome as usize].increment(1);
+    }
+}
+
+/// What one node sent to one peer since its network was bound ([`QuicNetwork::peer_stats`](crate::QuicNetwork::peer_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// Requests written to the peer (every group's, bulk and small).
+    pub requests_sent: u64,
+    /// Request frames written, each on a stream of its own: lone requests and batches.
+    pub frames_sent: u64,
+    /// Of those frames, the batches: frames carrying more than one request.
+    pub batches_sent: u64,
+}
+
+/// The counts behind [`PeerStats`].
+#[derive(Debug, Default)]
+pub(crate) struct SentCounts {
+    requests: AtomicU64,
+    frames: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl SentCounts {
+    /// A frame of `requests` requests was written.
+    pub(crate) fn count(&self, requests: usize) {
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        if requests > 1 {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PeerStats {
+        PeerStats {
+            requests_sent: self.requests.load(Ordering::Relaxed),
+            frames_sent: self.frames.load(Ordering::Relaxed),
+            batches_sent: self.batches.load(Ordering::Relaxed),
+        }
     }
 }

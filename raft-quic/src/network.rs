@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::group::QuicGroupNetwork;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
 use crate::members::{MembershipAddresses, NETWORK_SOURCE};
+use crate::metrics::PeerStats;
 use crate::offload::Offload;
 use crate::timer::timeout;
 use crate::tls::{quic_server_crypto, rustls_client_config, PeerRole, TlsError};
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) inbound: Arc<Inbound>,
     /// Decodes large request bodies off the runtime's threads.
     pub(crate) offload: Offload,
+    /// Inbound batch frames refused as malformed.
+    pub(crate) bad_batches: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -158,9 +161,18 @@ impl Drop for Inner {
 /// - **Authenticated senders.** An inbound request is handed to the handler only if its
 ///   [`RpcRequest::sender`](raft_core::RpcRequest::sender) is that id; the claim is checked from a small header before the
 ///   body is read.
-/// - **No head-of-line blocking.** Each RPC has its own QUIC stream; small frames (votes,
-///   heartbeats) have a higher send priority than bulk ones; each inbound RPC runs in its own
-///   task.
+/// - **No head-of-line blocking.** Each frame has its own QUIC stream; small frames (votes,
+///   heartbeats) have a higher send priority than bulk ones; each inbound frame is served in
+///   its own task.
+/// - **Coalesced.** The small requests (frames up to `priority_frame_threshold`) to one peer
+///   that are issued while a send to it is in progress, of every group, travel in one batch
+///   frame on one stream (at most 256 requests, and a small frame's bytes); each is checked as
+///   a lone request is (its own sender header against the certificate: a spoofed one is
+///   refused alone), handled at once, and answered on the batch's stream as soon as its
+///   handler finishes, so a slow handler holds up no other request. A lone request waits for
+///   no timer: it is sent after the tasks ready at that moment ran once (see
+///   [`peer_stats`](QuicNetwork::peer_stats) for the frames sent). A malformed batch resets its
+///   own stream only.
 /// - **Shared by groups, fair between them.** All the Raft groups of a process may share one
 ///   network: each group's node gets a view ([`for_group`](QuicNetwork::for_group)), requests
 ///   carry their group id, and the one handler served routes them. Bulk requests (frames above
@@ -331,6 +343,7 @@ impl QuicNetwork {
                 },
             ),
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
+            bad_batches: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let configured: BTreeMap<NodeId, SocketAddr> = config
@@ -354,7 +367,7 @@ impl QuicNetwork {
             crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared), gate.clone());
         runtime.spawn(Box::pin(accept));
         info!(node = config.node_id, %local_addr, "QUIC endpoint bound");
-        let client = Client { endpoint, config: RwLock::new(client), shared };
+        let client = Client { endpoint, config: Arc::new(RwLock::new(client)), shared };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -515,6 +528,19 @@ impl QuicNetwork {
         Ok(())
     }
 
+    /// What this node sent to peer `id` so far: requests, and the frames (streams) that carried
+    /// them, lone or batched (all zero for a peer never sent to or unknown).
+    pub fn peer_stats(&self, id: NodeId) -> PeerStats {
+        self.shared().peer(id).map(|peer| peer.sent.stats()).unwrap_or_default()
+    }
+
+    /// The inbound batch frames this node refused as malformed (truncated, a bad count or
+    /// request frame, an undecodable request, over budget), all peers together; each one's
+    /// stream was reset, nothing else.
+    pub fn bad_batches_received(&self) -> u64 {
+        self.shared().bad_batches.load(Ordering::Relaxed)
+    }
+
     /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.
     pub fn accept_stats(&self) -> GateStats {
         self.inner.gate.stats()
@@ -542,7 +568,7 @@ impl QuicNetwork {
 #[async_trait]
 impl Network for QuicNetwork {
     async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
-        self.inner.client.call(&request).await
+        self.inner.client.call(request).await
     }
 
     /// `QuicConfig::max_frame_size` less what a request frame holds besides the request (the

@@ -2,14 +2,16 @@
 //! certificate proves (unless refused), and serves every bidirectional stream as one RPC in its
 //! own task.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use quinn::{Endpoint, RecvStream, SendStream};
 use raft_core::{Envelope, NodeId};
 use tracing::{debug, info};
 
 use crate::accept::{Gate, Handshake};
-use crate::frame::{self, FrameError, ReadFrameError};
+use crate::frame::{self, FrameError, FrameKind, ReadFrameError};
 use crate::identity::peer_node_id;
 use crate::memory::{MemoryBudget, Reservation, ITEM_COST};
 use crate::metrics::PeerCounters;
@@ -68,7 +70,7 @@ async fn serve_connection(handshake: Handshake, gate: Gate, shared: Arc<Shared>)
     }
 }
 
-/// Why an inbound request was not read.
+/// Why an inbound request (or batch) was not read.
 enum RequestError {
     Read(ReadFrameError),
     /// The sender header names another node than the connection's certificate.
@@ -83,53 +85,129 @@ impl From<ReadFrameError> for RequestError {
     }
 }
 
-/// Reads one request from `peer`: the headers first (the claimed sender is checked before the
-/// body is read), then the body within the connection's memory budget. Returns the request and
-/// the memory it holds, to be released once it is answered.
-async fn read_request(
+/// What a stream brought: one request, or a batch of them, each one decoded or refused for
+/// the sender it claims; with the memory they hold, released once they are answered.
+enum Inbound {
+    Lone(Envelope),
+    Batch(Vec<Result<Envelope, NodeId>>),
+}
+
+/// Reads what a stream of `peer` brings: the frame header, then one request or a batch.
+async fn read_inbound(
     recv: &mut RecvStream,
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
     counters: &PeerCounters,
-) -> Result<(Envelope, Reservation), RequestError> {
-    let limits = &shared.limits;
-    let len = frame::read_header(recv, limits.max_frame_size).await?;
+) -> Result<(Inbound, Reservation), RequestError> {
+    let (kind, len) = frame::read_any_header(recv, shared.limits.max_frame_size).await?;
     counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
+    match kind {
+        FrameKind::Single => {
+            let (request, held) = read_request(recv, len, peer, shared, budget).await?;
+            Ok((Inbound::Lone(request), held))
+        }
+        FrameKind::Batch => {
+            let read = read_batch(recv, len, peer, shared, budget).await;
+            if let Err(RequestError::Busy | RequestError::Read(ReadFrameError::Frame(_))) = &read {
+                shared.bad_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            let (requests, held) = read?;
+            Ok((Inbound::Batch(requests), held))
+        }
+    }
+}
+
+/// The bytes a frame body of `body_len` bytes takes from the budget before it is read: those
+/// of a large one (small ones are only charged for their elements as they decode).
+async fn reserve(shared: &Shared, budget: &Arc<MemoryBudget>, body_len: usize) -> Reservation {
+    if body_len > shared.limits.priority_frame_threshold {
+        budget.take(body_len as u64).await
+    } else {
+        Reservation::empty(budget)
+    }
+}
+
+/// Runs `decode` on the helper thread if the body it decodes is large, here otherwise.
+async fn decode_off<T: Send + 'static>(
+    shared: &Shared,
+    body_len: usize,
+    decode: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RequestError> {
+    if body_len > OFFLOAD_ABOVE {
+        // `None` only if the helper thread died; nothing can be decoded there any more.
+        shared.offload.run(decode).await.ok_or(RequestError::Busy)
+    } else {
+        Ok(decode())
+    }
+}
+
+fn decoded<T>(result: Result<T, FrameError>) -> Result<T, RequestError> {
+    result.map_err(|e| match e {
+        FrameError::Busy => RequestError::Busy,
+        e => RequestError::Read(e.into()),
+    })
+}
+
+/// Reads one request from `peer`, given the `len` its frame header announced: the sender
+/// header first (checked before the body is read), then the body within the connection's
+/// memory budget. Returns the request and the memory it holds, to be released once it is
+/// answered.
+async fn read_request(
+    recv: &mut RecvStream,
+    len: usize,
+    peer: NodeId,
+    shared: &Shared,
+    budget: &Arc<MemoryBudget>,
+) -> Result<(Envelope, Reservation), RequestError> {
     let (sender, body_len) = frame::read_sender(recv, len).await?;
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
     }
-    let reservation = if body_len > limits.priority_frame_threshold {
-        budget.take(body_len as u64).await
-    } else {
-        Reservation::empty(budget)
-    };
+    let reservation = reserve(shared, budget, body_len).await;
     let body = frame::read_body(recv, body_len).await?;
-    let decode_limits = limits.decode;
+    let decode_limits = shared.limits.decode;
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
         let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
         (decoded, reservation)
     };
-    let (decoded, reservation) = if body_len > OFFLOAD_ABOVE {
-        match shared.offload.run(decode).await {
-            Some(done) => done,
-            // Only if the helper thread died; nothing can be decoded there any more.
-            None => return Err(RequestError::Busy),
-        }
-    } else {
-        decode()
-    };
-    match decoded {
-        Ok(request) => Ok((request, reservation)),
-        Err(FrameError::Busy) => Err(RequestError::Busy),
-        Err(e) => Err(RequestError::Read(e.into())),
-    }
+    let (request, reservation) = decode_off(shared, body_len, decode).await?;
+    Ok((decoded(request)?, reservation))
 }
 
-/// Serves one RPC: reads the request frame, answers it, closes the stream. A bad frame closes
-/// this stream only, with a logged reason; the connection and every other stream carry on.
+/// Reads a batch of requests from `peer`, given the `len` its frame header announced: the
+/// whole frame (within the memory budget, as a lone request's), then each request's sender
+/// header and body. A request claiming another sender than the connection's certificate is
+/// refused alone (`Err` of its claim); anything else wrong refuses the whole batch.
+async fn read_batch(
+    recv: &mut RecvStream,
+    len: usize,
+    peer: NodeId,
+    shared: &Shared,
+    budget: &Arc<MemoryBudget>,
+) -> Result<(Vec<Result<Envelope, NodeId>>, Reservation), RequestError> {
+    let reservation = reserve(shared, budget, len).await;
+    let body = frame::read_body(recv, len).await?;
+    let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
+    let decode = move || {
+        let on_item = || reservation.try_grow(ITEM_COST);
+        let decoded = frame::split_batch(&body, max_frame_size).and_then(|requests| {
+            let decode_one = |(sender, body)| match sender == peer {
+                true => frame::request_body(sender, body, decode_limits, &on_item).map(Ok),
+                false => Ok(Err(sender)),
+            };
+            requests.into_iter().map(decode_one).collect::<Result<Vec<_>, FrameError>>()
+        });
+        (decoded, reservation)
+    };
+    let (requests, reservation) = decode_off(shared, len, decode).await?;
+    Ok((decoded(requests)?, reservation))
+}
+
+/// Serves one stream: reads the request frame (or batch), answers it, closes the stream. A
+/// bad frame closes this stream only, with a logged reason; the connection and every other
+/// stream carry on.
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -139,15 +217,20 @@ async fn serve_stream(
     counters: PeerCounters,
 ) {
     let limits = &shared.limits;
-    let read = read_request(&mut recv, peer, &shared, &budget, &counters);
+    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters);
     let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
-    let (response, held) = match timeout(&*shared.runtime, limits.rpc_timeout, read).await {
-        Ok(Ok((request, held))) => {
+    let read = timeout(&*shared.runtime, limits.rpc_timeout, read).await;
+    let (response, held) = match read {
+        Ok(Ok((Inbound::Lone(request), held))) => {
             drop(recv);
             (respond(&shared, peer, request).await, held)
+        }
+        Ok(Ok((Inbound::Batch(requests), held))) => {
+            drop(recv);
+            return serve_batch(send, requests, held, peer, &shared, &counters).await;
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
             counters.bad_requests.increment(1);
@@ -162,12 +245,7 @@ async fn serve_stream(
         }
         Ok(Err(RequestError::SenderMismatch(claimed))) => {
             counters.bad_requests.increment(1);
-            shared.inbound.warn(
-                peer,
-                format_args!(
-                    "refusing request: it claims sender {claimed}, not the certificate's identity"
-                ),
-            );
+            refused_sender(&shared, peer, claimed);
             let _ = recv.stop(code::SENDER_MISMATCH);
             let refusal = Refusal::SenderMismatch { claimed, authenticated: peer };
             (WireResponse::Refused(refusal), Reservation::empty(&budget))
@@ -194,19 +272,92 @@ async fn serve_stream(
             return;
         }
     };
+    if write_answer(&mut send, frame, peer, &shared, &counters).await {
+        // Fails only if the peer already reset the stream; nothing is left to do then.
+        let _ = send.finish();
+    }
+}
+
+fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
+    shared.inbound.warn(
+        peer,
+        format_args!(
+            "refusing request: it claims sender {claimed}, not the certificate's identity"
+        ),
+    );
+}
+
+/// Writes one answer frame on `send` within the RPC timeout; false (and the stream reset if
+/// it timed out) if it could not be.
+async fn write_answer(
+    send: &mut SendStream,
+    frame: bytes::Bytes,
+    peer: NodeId,
+    shared: &Shared,
+    counters: &PeerCounters,
+) -> bool {
     let frame_len = frame.len() as u64;
-    match timeout(&*shared.runtime, limits.rpc_timeout, send.write_chunk(frame)).await {
+    match timeout(&*shared.runtime, shared.limits.rpc_timeout, send.write_chunk(frame)).await {
         Ok(Ok(())) => {
             counters.sent_bytes.increment(frame_len);
-            // Fails only if the peer already reset the stream; nothing is left to do then.
-            let _ = send.finish();
+            true
         }
-        Ok(Err(e)) => debug!(node = shared.id, peer, "cannot write response: {e}"),
+        Ok(Err(e)) => {
+            debug!(node = shared.id, peer, "cannot write response: {e}");
+            false
+        }
         Err(_) => {
             debug!(node = shared.id, peer, "response not accepted within the RPC timeout");
             let _ = send.reset(code::TIMEOUT);
+            false
         }
     }
+}
+
+/// Answers the requests of a batch, each handled as a lone request would be and all at once:
+/// each answer is written (with its position) as soon as its handler finishes, so a slow
+/// handler holds up no other request's answer. A request claiming another sender is refused
+/// alone.
+async fn serve_batch(
+    mut send: SendStream,
+    requests: Vec<Result<Envelope, NodeId>>,
+    held: Reservation,
+    peer: NodeId,
+    shared: &Shared,
+    counters: &PeerCounters,
+) {
+    let mut answers: FuturesUnordered<_> = requests
+        .into_iter()
+        .enumerate()
+        .map(|(position, request)| async move {
+            let response = match request {
+                Ok(request) => respond(shared, peer, request).await,
+                Err(claimed) => {
+                    counters.bad_requests.increment(1);
+                    refused_sender(shared, peer, claimed);
+                    WireResponse::Refused(Refusal::SenderMismatch { claimed, authenticated: peer })
+                }
+            };
+            (position, response)
+        })
+        .collect();
+    while let Some((position, response)) = answers.next().await {
+        // At most `MAX_BATCH_REQUESTS` positions, which fit a u16.
+        let frame =
+            match frame::encode_answer(position as u16, &response, shared.limits.max_frame_size) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
+                    let _ = send.reset(e.code());
+                    return;
+                }
+            };
+        if !write_answer(&mut send, frame, peer, shared, counters).await {
+            return;
+        }
+    }
+    drop(held);
+    let _ = send.finish();
 }
 
 /// Checks that the sender is still welcome and hands the request to the handler. (The claimed

@@ -17,7 +17,7 @@
 //! keep the version.
 //!
 //! The test `tests/wire_golden.rs` holds the exact bytes of a frame of every request, response
-//! and refusal variant of the current version: any change to the encoding fails it until the
+//! and refusal variant of the current version, and of a batch and an answer frame: any change to the encoding fails it until the
 //! version is bumped and the change is listed below (a version is fixed once released; changes
 //! made before its first release belong to it).
 //!
@@ -26,7 +26,7 @@
 //! | 1 | `raft-quic/1` | first version |
 //! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
 //! | 3 | `raft-quic/3` | joint consensus and member metadata: `Membership` (in membership entries and `SnapshotMeta`) is an enum whose variant 0 holds the voters, the outgoing voters, the learners and each member's `NodeInfo` (address, data); a membership entry is `EntryPayload` variant 3 (variant 2, the old bare voters and learners, is only decoded) |
-//! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`, and `UnknownGroup` from a multi-group host, added before version 4's first release) instead of a string; `AppendEntriesRequest.quiesce` (a bool after `read_round`: the quiesce mark of idle groups) and `AppendEntriesResponse.quiesced` (a bool after `lease_promise_ms`: the follower confirms it quiesced), both added before version 4's first release |
+//! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`, and `UnknownGroup` from a multi-group host, added before version 4's first release) instead of a string; `AppendEntriesRequest.quiesce` (a bool after `read_round`: the quiesce mark of idle groups) and `AppendEntriesResponse.quiesced` (a bool after `lease_promise_ms`: the follower confirms it quiesced); batch frames (kind byte `0x84` in the version's place, a `u16` count, then that many request frames) and their answer frames (kind `0x84`, the `u16` position of the request answered, then a `WireResponse`), the coalescing of the small requests to one peer; all added before version 4's first release |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;

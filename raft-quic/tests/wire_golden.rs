@@ -299,3 +299,41 @@ fn every_message_encodes_to_its_golden_bytes_of_this_wire_version() {
         );
     }
 }
+
+/// The frames of coalescing (added to version 4 before its first release): a batch of two
+/// requests (its kind byte, the count, then each request's own frame) and the answer to its
+/// second request (its kind byte, the position, then the response). Kept apart from the
+/// per-message goldens above: their bytes change with the messages, these with the framing.
+#[test]
+fn batch_and_answer_frames_encode_to_their_golden_bytes() {
+    use raft_quic::frame::{decode_answer, decode_batch, encode_answer, encode_batch, BATCH_KIND};
+    assert_eq!(BATCH_KIND, 0x80 | GOLDEN_VERSION);
+    let requests = [
+        Envelope::new(2, RpcRequest::TimeoutNow(TimeoutNowRequest { term: 8, leader_id: 4 }))
+            .with_cluster_id(0xc1)
+            .with_group_id(17),
+        Envelope::new(
+            3,
+            RpcRequest::ReadIndex(ReadIndexRequest { term: 10, sender: 4, read_id: 77 }),
+        )
+        .with_group_id(300),
+    ];
+    let batch = encode_batch(requests.iter(), MAX).unwrap();
+    assert_eq!(&batch[4..7], &[BATCH_KIND, 0, 2], "kind, then a count of two");
+    let first = encode_request(&requests[0], MAX).unwrap();
+    let second = encode_request(&requests[1], MAX).unwrap();
+    assert_eq!(&batch[7..], [first, second].concat().as_slice(), "then the requests' own frames");
+    assert_eq!(hex(&batch), BATCH_GOLDEN);
+    let expected: Vec<_> = requests.iter().map(|r| (r.request.sender(), r.clone())).collect();
+    assert_eq!(decode_batch(&batch, MAX, LIMITS).unwrap(), (expected, batch.len()));
+
+    let response = WireResponse::Ok(RpcResponse::TimeoutNow(TimeoutNowResponse { term: 8 }));
+    let answer = encode_answer(1, &response, MAX).unwrap();
+    assert_eq!(&answer[4..7], &[BATCH_KIND, 0, 1], "kind, then position 1");
+    assert_eq!(&answer[7..], &encode(&response, MAX).unwrap()[5..], "then the response");
+    assert_eq!(hex(&answer), ANSWER_GOLDEN);
+    assert_eq!(decode_answer(&answer, MAX, LIMITS).unwrap(), (1, response, answer.len()));
+}
+
+const BATCH_GOLDEN: &str = "0000002c84000200000010040000000000000004c10111020208040000001104000000000000000400ac0203040a044d";
+const ANSWER_GOLDEN: &str = "00000006840001000208";

@@ -136,6 +136,8 @@ struct Process {
     env: LmdbEnvironment,
     nodes: Vec<(GroupId, Node)>,
     counts: Arc<RpcCounts>,
+    /// The shared network, for the frames (streams) that carried the RPCs.
+    net: QuicNetwork,
 }
 
 /// Runs the node process until `quit` or the end of stdin; reports a failure as `error ...`.
@@ -236,7 +238,7 @@ async fn start(args: &NodeArgs, net: &QuicNetwork) -> Result<Process, Error> {
         .bootstrap(Membership::with_voters(1..=NODES));
         nodes.push((group, host.add_group(group, builder).await?));
     }
-    Ok(Process { id: args.id, host, env, nodes, counts })
+    Ok(Process { id: args.id, host, env, nodes, counts, net: net.clone() })
 }
 
 /// Throughput mode: waits until every group has a leader and each group this process should
@@ -292,6 +294,7 @@ struct Counters {
     written_bytes: u64,
     terms: u64,
     rpcs: BTreeMap<NodeId, u64>,
+    frames: BTreeMap<NodeId, u64>,
 }
 
 /// Bytes this process caused to be written to storage so far (`write_bytes` of
@@ -313,6 +316,7 @@ impl Process {
             written_bytes: written_bytes(),
             terms: self.nodes.iter().map(|(_, node)| node.status().current_term).sum(),
             rpcs: self.counts.snapshot(),
+            frames: (1..=NODES).map(|id| (id, self.net.peer_stats(id).frames_sent)).collect(),
         }
     }
 }
@@ -356,6 +360,7 @@ async fn run(
         written_bytes: after.written_bytes.saturating_sub(before.written_bytes),
         new_terms: after.terms.saturating_sub(before.terms),
         rpcs: after.rpcs.iter().map(|(id, n)| (*id, n - before.rpcs[id])).collect(),
+        frames: after.frames.iter().map(|(id, n)| (*id, n - before.frames[id])).collect(),
         ..Report::default()
     };
     let stop_deadline = tokio::time::Instant::now() + CLIENT_STOP_DEADLINE;

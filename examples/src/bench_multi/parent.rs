@@ -207,14 +207,21 @@ fn idle(launch: &Launch, work: &Path, groups: u64, seconds: u64) -> Result<(), E
         );
     }
     println!();
-    println!("| node pair | RPCs/s (both ways) |");
-    println!("|-----------|--------------------|");
+    println!("| node pair | RPCs/s (both ways) | request frames/s (both ways) |");
+    println!("|-----------|--------------------|------------------------------|");
     for a in 1..=NODES {
         for b in a + 1..=NODES {
-            let sent = |from: NodeId, to: NodeId| {
-                reports.get(from as usize - 1).and_then(|r| r.rpcs.get(&to)).copied().unwrap_or(0)
+            let sent = |counts: fn(&Report) -> &BTreeMap<NodeId, u64>, from: NodeId, to: NodeId| {
+                let report = reports.get(from as usize - 1);
+                report.and_then(|r| counts(r).get(&to)).copied().unwrap_or(0)
             };
-            println!("| {a}-{b} | {:.0} |", per_second(sent(a, b) + sent(b, a)));
+            let rpcs: fn(&Report) -> &BTreeMap<NodeId, u64> = |r| &r.rpcs;
+            let frames: fn(&Report) -> &BTreeMap<NodeId, u64> = |r| &r.frames;
+            println!(
+                "| {a}-{b} | {:.0} | {:.0} |",
+                per_second(sent(rpcs, a, b) + sent(rpcs, b, a)),
+                per_second(sent(frames, a, b) + sent(frames, b, a))
+            );
         }
     }
     println!("load average {} (at end)", load_average());
@@ -261,6 +268,13 @@ impl Sample {
         rpcs as f64 / self.puts().max(1) as f64
     }
 
+    /// Request frames (streams) sent by the three processes per put (how well the transport
+    /// coalesced the RPCs).
+    fn frames_per_put(&self) -> f64 {
+        let frames: u64 = self.reports.iter().flat_map(|r| r.frames.values()).sum();
+        frames as f64 / self.puts().max(1) as f64
+    }
+
     fn cpu_us_per_put(&self) -> f64 {
         let cpu: u64 = self.reports.iter().map(|r| r.cpu_us).sum();
         cpu as f64 / self.puts().max(1) as f64
@@ -293,9 +307,9 @@ fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
     println!();
     println!(
         "| groups | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
-         entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | failed puts |"
+         entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | frames/put | failed puts |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let median_of = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
     for (&(groups, clients), rounds) in samples {
         let puts = median_of(rounds, &|s| s.puts_per_second());
@@ -313,9 +327,10 @@ fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
         let cpu = node_medians(rounds, |s| s.per_node(|r| r.cpu_us as f64 / 1e6));
         let cpu_per_put = median_of(rounds, &|s| s.cpu_us_per_put());
         let rpcs_per_put = median_of(rounds, &|s| s.rpcs_per_put());
+        let frames_per_put = median_of(rounds, &|s| s.frames_per_put());
         let errors = median_of(rounds, &|s| s.reports.iter().map(|r| r.errors).sum::<u64>() as f64);
         println!(
-            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {errors:.0} |",
+            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} |",
             format_us(p50),
             format_us(p99),
             joined(&syncs, 0),

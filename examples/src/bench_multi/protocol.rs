@@ -109,6 +109,9 @@ pub(crate) struct Report {
     pub(crate) new_terms: u64,
     /// RPCs this process sent, by receiver.
     pub(crate) rpcs: BTreeMap<NodeId, u64>,
+    /// Request frames (streams) this process sent, by receiver: lone RPCs and coalesced
+    /// batches of them.
+    pub(crate) frames: BTreeMap<NodeId, u64>,
     /// Latencies of the acknowledged puts, µs (at most [`MAX_SAMPLES`], evenly thinned).
     pub(crate) latencies_us: Vec<u32>,
 }
@@ -127,8 +130,12 @@ impl Report {
             self.written_bytes,
             self.new_terms
         );
-        let rpcs: Vec<String> = self.rpcs.iter().map(|(id, n)| format!("{id}:{n}")).collect();
-        line.push_str(&rpcs.join(","));
+        let by_peer = |counts: &BTreeMap<NodeId, u64>| {
+            counts.iter().map(|(id, n)| format!("{id}:{n}")).collect::<Vec<_>>().join(",")
+        };
+        line.push_str(&by_peer(&self.rpcs));
+        line.push_str(" frames=");
+        line.push_str(&by_peer(&self.frames));
         line.push_str(" lat=");
         let step = self.latencies_us.len().div_ceil(MAX_SAMPLES).max(1);
         for (i, us) in self.latencies_us.iter().step_by(step).enumerate() {
@@ -153,10 +160,11 @@ impl Report {
                 "entries" => report.entries = number(value)?,
                 "written" => report.written_bytes = number(value)?,
                 "terms" => report.new_terms = number(value)?,
-                "rpcs" => {
+                "rpcs" | "frames" => {
+                    let counts = if key == "rpcs" { &mut report.rpcs } else { &mut report.frames };
                     for pair in value.split(',').filter(|p| !p.is_empty()) {
-                        let (id, n) = pair.split_once(':').ok_or(format!("rpcs: {pair:?}"))?;
-                        report.rpcs.insert(number(id)?, number(n)?);
+                        let (id, n) = pair.split_once(':').ok_or(format!("{key}: {pair:?}"))?;
+                        counts.insert(number(id)?, number(n)?);
                     }
                 }
                 "lat" => {
@@ -199,6 +207,7 @@ mod tests {
             written_bytes: 4096,
             new_terms: 2,
             rpcs: BTreeMap::from([(2, 7), (3, 8)]),
+            frames: BTreeMap::from([(2, 2), (3, 1)]),
             latencies_us: vec![100, 2000, 3],
         };
         assert_eq!(Report::parse(&report.to_line()).unwrap(), report);

@@ -4,6 +4,12 @@
 //! until the engine's next deadline, or until the main loop tells it the engine woke, and then
 //! sends the ticks that passed in one input. So an idle group's node costs a wake-up per
 //! deadline (seconds), not one per tick.
+//!
+//! A quiesced engine's wake-ups fall on a grid of the runtime's clock ([`QUIESCED_WAKE_GRID`]),
+//! which all the groups of a process share: the groups whose deadlines fall in one slot wake at
+//! the same instant, so their quiesce refreshes to a peer leave together and the transport can
+//! carry them in one frame (raft-quic coalesces the requests issued together). The rounding
+//! delays a quiesced deadline by less than one slot, and only a quiesced one.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +20,17 @@ use futures::future::{select, Either};
 
 use super::Input;
 use crate::runtime::Runtime;
+
+/// The grid a quiesced engine's wake-ups are rounded up to (instants that are multiples of it
+/// on the runtime's clock): the groups of a process due within one slot wake together.
+pub(crate) const QUIESCED_WAKE_GRID: Duration = Duration::from_millis(250);
+
+/// How long to sleep from `now` to wake at least `sleep` later, on the next multiple of `grid`.
+fn until_grid(now: Duration, sleep: Duration, grid: Duration) -> Duration {
+    let grid = grid.as_nanos().max(1);
+    let wake = now.saturating_add(sleep).as_nanos().div_ceil(grid) * grid;
+    Duration::from_nanos(u64::try_from(wake - now.as_nanos()).unwrap_or(u64::MAX))
+}
 
 /// What the main loop tells the ticker: how many ticks the engine may go without.
 #[derive(Clone)]
@@ -82,8 +99,12 @@ pub(super) async fn run(
         } else {
             let start = runtime.now();
             let long = tick.saturating_mul(u32::try_from(wanted).unwrap_or(u32::MAX));
+            let long = until_grid(start, long, QUIESCED_WAKE_GRID);
             let kicked = pacer.inner.kicked.recv();
             match select(runtime.sleep(long), Box::pin(kicked)).await {
+                // The engine's deadline passed (up to one slot ago, on the grid): the ticks
+                // it asked to skip, not the slot's extra time, so that its quiesced timers
+                // only ever run late, never early, and each by less than one slot.
                 Either::Left(_) => wanted,
                 // The engine woke: the whole ticks that passed, then every tick again.
                 Either::Right(_) => {
@@ -189,11 +210,61 @@ mod tests {
             let (_, ()) = futures::join!(ticker, test);
         });
         let sleeps = runtime.sleeps.lock().unwrap().clone();
-        let long = sleeps.iter().filter(|&&d| d == tick * 700).count();
+        // A long sleep: 700 ticks, rounded up to the wake-up grid (less than one slot more).
+        let deadline = tick * 700;
+        let is_long = |d: Duration| d >= deadline && d < deadline + QUIESCED_WAKE_GRID;
+        let long = sleeps.iter().filter(|&&d| is_long(d)).count();
         let short = sleeps.iter().filter(|&&d| d == tick).count();
         assert_eq!(long + short, sleeps.len(), "{sleeps:?}");
         assert!((5..=7).contains(&long), "one sleep per 700 ticks: {sleeps:?}");
         assert!(short <= 8, "no tick-by-tick wake-ups while quiesced: {sleeps:?}");
+    }
+
+    /// The groups of a process whose quiesced deadlines fall in one slot of the grid wake at
+    /// the same instant (so their refreshes leave together), never before their deadline and
+    /// less than one slot after it; an awake engine's ticks are not rounded.
+    #[test]
+    fn quiesced_wake_ups_fall_on_the_grid_shared_by_every_group() {
+        let tick = Duration::from_millis(10);
+        let mut wakes = Vec::new();
+        // Eight groups whose deadlines fall within one slot (at different offsets).
+        for group in 0..8u64 {
+            let runtime = Arc::new(VirtualTime::default());
+            *runtime.now.lock().unwrap() = Duration::from_millis(1_010 + 20 * group);
+            let pacer = Pacer::new();
+            pacer.set(300 + group);
+            let (inputs, received) = async_channel::bounded(1);
+            let ticker = run(pacer.clone(), runtime.clone(), tick, inputs);
+            let start = runtime.now();
+            let test = async {
+                assert_eq!(ticks(received.recv().await.unwrap()), 300 + group);
+                drop(received);
+            };
+            futures::executor::block_on(async {
+                let (_, ()) = futures::join!(ticker, test);
+            });
+            let first = runtime.sleeps.lock().unwrap()[0];
+            let deadline = tick * (300 + group as u32);
+            assert!(first >= deadline && first < deadline + QUIESCED_WAKE_GRID, "{first:?}");
+            wakes.push(start + first);
+        }
+        let grid = QUIESCED_WAKE_GRID.as_nanos();
+        assert!(wakes.iter().all(|wake| wake.as_nanos() % grid == 0), "{wakes:?}");
+        assert!(wakes.windows(2).all(|w| w[0] == w[1]), "one instant for all: {wakes:?}");
+
+        // Awake: one tick per interval, whatever the grid.
+        let runtime = Arc::new(VirtualTime::default());
+        *runtime.now.lock().unwrap() = Duration::from_millis(1_003);
+        let (inputs, received) = async_channel::bounded(1);
+        let ticker = run(Pacer::new(), runtime.clone(), tick, inputs);
+        let test = async {
+            assert_eq!(ticks(received.recv().await.unwrap()), 1);
+            drop(received);
+        };
+        futures::executor::block_on(async {
+            let (_, ()) = futures::join!(ticker, test);
+        });
+        assert!(runtime.sleeps.lock().unwrap().iter().all(|&d| d == tick));
     }
 
     /// A runtime whose sleeps never end.
