@@ -286,6 +286,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             data_dir: Some(config.data_dir.clone()),
         };
         service.group = group;
+        service.sharded = config.groups > 1;
         services.push(Arc::new(service));
     }
     let nodes: Vec<Node> = services.iter().map(|s| s.node.clone()).collect();
