@@ -74,6 +74,17 @@ impl Op {
         matches!(self, Op::Get { .. })
     }
 
+    /// The key the operation touches (`None` for a session registration or a tombstone, which
+    /// touch no key of the map).
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Register { .. } | Op::Tombstone { .. } => None,
+            Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+                Some(key)
+            }
+        }
+    }
+
     /// Checks key and value sizes.
     pub fn validate(&self) -> Result<(), KvError> {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;

@@ -15,12 +15,7 @@ pub type KvOperation = OpRecord<Op, OpResult>;
 /// The key an operation touches (`None` for a session registration or a node's tombstone,
 /// which are not operations of the map).
 pub fn key_of(op: &Op) -> Option<&Bytes> {
-    match op {
-        Op::Register { .. } | Op::Tombstone { .. } => None,
-        Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
-            Some(key)
-        }
-    }
+    op.key()
 }
 
 /// The sequential specification of the map, partitioned by key: each part is checked alone, and
