@@ -131,12 +131,7 @@ impl GroupRouter {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
-    use std::time::Duration;
-
     use bytes::Bytes;
-    use raft_core::runtime::TokioRuntime;
-    use raft_core::{Config, Membership, Node, Role};
-    use raft_mem::{MemLogStore, MemNetwork};
 
     use super::*;
     use crate::kv::auth::CertRole;
@@ -144,33 +139,14 @@ mod tests {
     use crate::kv::fault::Firewall;
     use crate::kv::protocol::CommandBatch;
     use crate::kv::state_machine::{KvStateMachine, SharedState};
+    use crate::kv::testing::one_voter_node;
 
     /// A one-voter group (node 1 alone, on its own in-memory network), once it leads.
     async fn one_voter_group(group: GroupId) -> Arc<ClientService> {
-        let runtime = TokioRuntime::current().unwrap();
-        let network = MemNetwork::new();
         let state = SharedState::new();
-        let machine = KvStateMachine::new(state.clone());
-        let node = Node::builder(
-            Config::new(1),
-            MemLogStore::new(),
-            network.endpoint(1),
-            machine,
-            runtime,
-        )
-        .bootstrap(Membership::with_voters([1]))
-        .start()
-        .await
-        .unwrap();
-        network.serve(1, Arc::new(node.clone()));
-        let led = async {
-            while node.status().role != Role::Leader {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), led).await.unwrap();
-        let mut service =
-            ClientService::new(node, state, Default::default(), Firewall::new(), false);
+        let node = one_voter_node(KvStateMachine::new(state.clone())).await;
+        let configured = Default::default();
+        let mut service = ClientService::new(node, state, configured, Firewall::new(), false);
         service.group = group;
         service.sharded = true;
         Arc::new(service)
