@@ -2,7 +2,7 @@
 //! Raft group of the node (one for a single-group service).
 //!
 //! Routing is the client's job: it hashes each key to its group
-//! ([`group_of`](super::shard::group_of)) and sends [`ClientRequest::InGroup`] to the node it
+//! ([`group_of`]) and sends [`ClientRequest::InGroup`] to the node it
 //! believes leads that group; the group's service answers exactly as a single-group node does
 //! (a write on a follower is redirected to the group's leader, a read goes through the group's
 //! ReadIndex on any node), and so do a group's batches ([`ClientRequest::GroupBatch`]) and
