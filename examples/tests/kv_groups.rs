@@ -15,9 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use examples::kv::balancer::preferred;
 use examples::kv::cluster::{
-    wait_for_group_leaders, wait_for_leader, ClusterSpec, Launcher, ProcessCluster,
+    read_log, wait_for_group_leaders, wait_for_leader, ClusterSpec, Launcher, ProcessCluster,
 };
-use examples::kv::protocol::Member;
+use examples::kv::protocol::{Member, MemberRequest};
 use examples::kv::shard::group_of;
 use examples::kv::{ClientOptions, Connections, KvClient};
 use raft_core::{GroupId, NodeId};
@@ -271,6 +271,45 @@ async fn a_node_joins_every_group_and_a_founder_leaves_every_group() {
         assert!(leaders.values().any(|&l| l == id), "node {id} leads no group: {leaders:?}");
     }
     read_back_through(&cluster, 4, &keys).await;
+    stop_cleanly(cluster, connections).await;
+}
+
+/// How many times node `id`'s log says it refuses a removed node.
+fn refusals(cluster: &ProcessCluster, id: NodeId) -> usize {
+    const REFUSED: &str = "refusing removed node from now on";
+    read_log(&cluster.log_path(id)).lines().filter(|l| l.contains(REFUSED)).count()
+}
+
+/// A `member add` that reached some groups only (here: group 0 of 2) is undone by `member
+/// remove`: the group that never had the node records its tombstone, so the removal succeeds
+/// in every group and the founders refuse the node's Raft connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_some_groups_only_is_removed_from_all_and_refused() {
+    const GROUPS: u32 = 2;
+    let mut cluster = start(3, GROUPS);
+    let connections = cluster.connections(ClientOptions::default()).unwrap();
+    let all_led = |leaders: &BTreeMap<GroupId, NodeId>| leaders.len() == GROUPS as usize;
+    let (leaders, led) = wait_for_group_leaders(&connections, &[1, 2, 3], PATIENCE, all_led).await;
+    assert!(led, "every group elects a leader: {leaders:?}");
+    let addrs = cluster.start_joining(4).unwrap();
+    connections.learn(&Member { id: 4, client_addr: addrs.client });
+    let add = MemberRequest::Add {
+        id: 4,
+        raft_addr: addrs.raft,
+        client_addr: addrs.client,
+        catch_up_ms: 0,
+        promote: false,
+    };
+    connections.member_request_in(Some(0), add).await.unwrap();
+    let removed = connections.member_remove(4).await;
+    assert!(removed.is_ok(), "the removal of a node that group 1 never had: {removed:?}");
+    let refused = async {
+        while refusals(&cluster, 1) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let refused = tokio::time::timeout(PATIENCE, refused).await;
+    assert!(refused.is_ok(), "node 1 never refused node 4");
     stop_cleanly(cluster, connections).await;
 }
 

@@ -174,7 +174,7 @@ async fn perform(client: &SimKvClient, op: Op) -> OpOutcome<OpResult> {
         Op::Cas { key, expected, new } => {
             client.cas(key, expected, new).await.map(|swapped| OpResult::Cas { swapped })
         }
-        Op::Register { .. } => return OpOutcome::Failed,
+        Op::Register { .. } | Op::Tombstone { .. } => return OpOutcome::Failed,
     };
     match result {
         Ok(result) => OpOutcome::Ok(result),

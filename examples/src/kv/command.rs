@@ -56,6 +56,15 @@ pub enum Op {
         /// The value to install.
         new: Option<Bytes>,
     },
+    /// Records node `id` as removed from this group for good (its tombstone), although no
+    /// membership entry of the group ever held it: proposed by a node of a sharded service
+    /// whose `member remove` names a node that this group never had (a `member add` that
+    /// reached other groups only). Refused ([`KvError::NodeOnly`]) in an entry a client sent,
+    /// and ([`KvError::Member`]) while `id` is a member of the group.
+    Tombstone {
+        /// The node removed.
+        id: raft_core::NodeId,
+    },
 }
 
 impl Op {
@@ -65,12 +74,23 @@ impl Op {
         matches!(self, Op::Get { .. })
     }
 
+    /// The key the operation touches (`None` for a session registration or a tombstone, which
+    /// touch no key of the map).
+    pub fn key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Register { .. } | Op::Tombstone { .. } => None,
+            Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+                Some(key)
+            }
+        }
+    }
+
     /// Checks key and value sizes.
     pub fn validate(&self) -> Result<(), KvError> {
         let key_ok = |k: &Bytes| k.len() <= MAX_KEY_BYTES;
         let value_ok = |v: &Bytes| v.len() <= MAX_VALUE_BYTES;
         let ok = match self {
-            Op::Register { .. } => true,
+            Op::Register { .. } | Op::Tombstone { .. } => true,
             Op::Get { key } | Op::Delete { key } => key_ok(key),
             Op::Put { key, value } => key_ok(key) && value_ok(value),
             Op::Cas { key, expected, new } => {
@@ -99,7 +119,7 @@ impl Command {
     /// Roughly how many bytes the command takes on the wire (for batch limits).
     pub fn approximate_size(&self) -> usize {
         let payload = match &self.op {
-            Op::Register { .. } => 32,
+            Op::Register { .. } | Op::Tombstone { .. } => 32,
             Op::Get { key } | Op::Delete { key } => key.len(),
             Op::Put { key, value } => key.len() + value.len(),
             Op::Cas { key, expected, new } => {
@@ -138,6 +158,11 @@ pub enum OpResult {
         /// Whether the expected value matched and the new value was installed.
         swapped: bool,
     },
+    /// Node `id` is recorded as removed from the group ([`Op::Tombstone`]).
+    Tombstoned {
+        /// The node removed.
+        id: raft_core::NodeId,
+    },
 }
 
 /// A deterministic refusal by the state machine (the same on every node).
@@ -168,6 +193,13 @@ pub enum KvError {
     /// The entry does not decode as a command.
     #[error("malformed command: {0}")]
     Malformed(String),
+    /// The command may only be proposed by a node, not sent by a client ([`Op::Tombstone`]).
+    #[error("only a node may propose this command")]
+    NodeOnly,
+    /// The node is a member of the group: it leaves through a membership change, not a
+    /// tombstone ([`Op::Tombstone`]).
+    #[error("node {0} is a member of the group")]
+    Member(raft_core::NodeId),
 }
 
 impl From<raft_core::session::SessionError> for KvError {

@@ -420,12 +420,25 @@ impl Connections {
 
     /// Sends `batch`, commands of `group` (`None`: a single-group service), on one stream
     /// (alone if it holds one command) once fewer than [`MAX_GROUP_BATCHES_IN_FLIGHT`] of the
-    /// group's batches are in flight to `node`, and answers each waiter.
+    /// group's batches are in flight to `node`, and answers each waiter. Commands whose caller
+    /// gave up (its answer channel closed, e.g. its attempt timed out) are dropped, before and
+    /// after the wait for a permit: nobody would read their answers.
     async fn send_batch(&self, node: NodeId, group: Option<GroupId>, mut batch: Vec<Pending>) {
         let limit = self.inner.options.attempt_timeout;
+        // Keeps the commands someone still waits for; whether none is left.
+        let abandoned = |batch: &mut Vec<Pending>| {
+            batch.retain(|pending| !pending.reply.is_closed());
+            batch.is_empty()
+        };
+        if abandoned(&mut batch) {
+            return;
+        }
         let bound = self.in_flight(node, group);
         // The semaphore is never closed.
         let Ok(_permit) = bound.acquire().await else { return };
+        if abandoned(&mut batch) {
+            return;
+        }
         let counts = &self.inner.counts;
         counts.requests.fetch_add(1, Ordering::Relaxed);
         counts.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -597,5 +610,47 @@ async fn run_batcher(inner: Weak<Inner>, node: NodeId, mut queue: mpsc::Receiver
             let connections = connections.clone();
             tokio::spawn(async move { connections.send_batch(node, group, batch).await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::kv::command::Op;
+    use crate::kv::tls::{gen_certs, load_client_tls, CertRole, DEFAULT_ADMIN};
+
+    /// Commands whose callers gave up while their batch waited for an in-flight permit are not
+    /// sent: a batch of only such commands sends nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn commands_whose_callers_gave_up_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        gen_certs(&dir.path().join("ca"), &certs, [1]).unwrap();
+        let tls = load_client_tls(&certs, &CertRole::Admin.file_stem(DEFAULT_ADMIN)).unwrap();
+        let endpoints = [(1, "127.0.0.1:9".parse().unwrap())].into();
+        let connections = Connections::new(endpoints, &tls, ClientOptions::default()).unwrap();
+        // Every in-flight permit of node 1's group 0 is taken: the batch waits for one.
+        let bound = connections.in_flight(1, Some(0));
+        let all = u32::try_from(MAX_GROUP_BATCHES_IN_FLIGHT).unwrap();
+        let held = bound.acquire_many_owned(all).await.unwrap();
+        let mut answers = Vec::new();
+        let batch: Vec<Pending> = (0..2)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                let key = bytes::Bytes::from(format!("k{i}"));
+                let command = Command { session: None, op: Op::Get { key } };
+                Pending { group: Some(0), command, reply }
+            })
+            .collect();
+        let sender = connections.clone();
+        let sending = tokio::spawn(async move { sender.send_batch(1, Some(0), batch).await });
+        tokio::task::yield_now().await;
+        drop(answers); // the callers give up
+        drop(held);
+        sending.await.unwrap();
+        assert_eq!(connections.batching(), (0, 0), "a batch nobody waits for was sent");
+        connections.close().await;
     }
 }

@@ -17,6 +17,7 @@ use raft_core::{
 };
 
 use super::command::{decode_entry, Op};
+use super::node::Removals;
 
 /// The set of peers this node must not talk to. Clones share it.
 #[derive(Clone, Debug, Default)]
@@ -72,26 +73,43 @@ impl<N: Network> Network for FirewalledNetwork<N> {
     }
 }
 
-/// An [`RpcHandler`] that refuses requests from blocked peers.
+/// An [`RpcHandler`] that refuses requests from blocked peers, and (with
+/// [`refusing_removed`](Self::refusing_removed)) the requests of a Raft group from the peers
+/// that group removed.
 #[derive(Clone, Debug)]
 pub struct FirewalledHandler<H> {
     inner: H,
     firewall: Firewall,
+    removals: Option<Removals>,
 }
 
 impl<H> FirewalledHandler<H> {
     /// Wraps `inner`.
     pub fn new(inner: H, firewall: Firewall) -> Self {
-        Self { inner, firewall }
+        Self { inner, firewall, removals: None }
+    }
+
+    /// Also refuses every request of group `g` whose sender group `g`'s state machine reported
+    /// removed to `removals` ([`RpcError::UnknownGroup`]: for that peer, this process no
+    /// longer hosts the group), though the peer may still be a member of other groups, whose
+    /// requests pass.
+    pub fn refusing_removed(mut self, removals: Removals) -> Self {
+        self.removals = Some(removals);
+        self
     }
 }
 
 #[async_trait]
 impl<H: RpcHandler> RpcHandler for FirewalledHandler<H> {
     async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
-        if self.firewall.blocks(request.request.sender()) {
+        let sender = request.request.sender();
+        if self.firewall.blocks(sender) {
             // The transport turns this into a refusal, which the sender treats as unreachable.
             return Err(RpcError::Shutdown);
+        }
+        let group = request.group_id;
+        if self.removals.as_ref().is_some_and(|removals| removals.removed_from(group, sender)) {
+            return Err(RpcError::UnknownGroup { group });
         }
         self.inner.handle_rpc(request).await
     }

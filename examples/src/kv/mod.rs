@@ -49,6 +49,8 @@ pub mod shard;
 pub mod state;
 pub mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 
 pub use client::{ClientError, KvClient, NodeStatus};

@@ -126,6 +126,13 @@ impl Removals {
         OnRemoved(Arc::new(move |id| removals.removed(group, id)))
     }
 
+    /// Whether group `group`'s state machine reported node `id` removed (a committed removal, or
+    /// a tombstone of its restored state).
+    pub fn removed_from(&self, group: GroupId, id: NodeId) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&id).is_some_and(|groups| groups.contains(&group))
+    }
+
     fn removed(&self, group: GroupId, id: NodeId) {
         let everywhere = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,7 +255,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let host: Host = Host::new(config.id);
     let removals = Removals::new(config.groups, refuse_removed(network.clone(), config.id));
     if config.groups > 1 {
-        network.serve(Arc::new(FirewalledHandler::new(host.clone(), firewall.clone())));
+        let handler = FirewalledHandler::new(host.clone(), firewall.clone());
+        network.serve(Arc::new(handler.refusing_removed(removals.clone())));
     }
     let mut services = Vec::with_capacity(stores.len());
     for (group, (store, snapshots)) in (0..).zip(stores) {
@@ -271,7 +279,8 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         } else {
             let view = FirewalledNetwork::new(network.clone(), firewall.clone());
             let node = parts.builder(raft_config, view, runtime.clone()).start().await?;
-            network.serve(Arc::new(FirewalledHandler::new(node.clone(), firewall.clone())));
+            let handler = FirewalledHandler::new(node.clone(), firewall.clone());
+            network.serve(Arc::new(handler.refusing_removed(removals.clone())));
             node
         };
         let mut service = ClientService::new(
@@ -286,6 +295,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             data_dir: Some(config.data_dir.clone()),
         };
         service.group = group;
+        service.sharded = config.groups > 1;
         services.push(Arc::new(service));
     }
     let nodes: Vec<Node> = services.iter().map(|s| s.node.clone()).collect();
@@ -475,6 +485,58 @@ pub fn main_with_args(args: impl IntoIterator<Item = String>) -> ExitCode {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use raft_core::{
+        AppendEntriesRequest, Envelope, LogId, RequestVoteRequest, RpcError, RpcHandler,
+        RpcRequest, Term,
+    };
+
+    use crate::kv::testing::one_voter_node;
+
+    /// An AppendEntries of self-declared leader `from` in term `term` (group 0), and a
+    /// RequestVote of candidate `from` in that term with a log ahead of any.
+    fn hostile(from: NodeId, term: Term) -> [Envelope; 2] {
+        let append = AppendEntriesRequest {
+            term,
+            leader_id: from,
+            prev_log_id: LogId::default(),
+            entries: Vec::new(),
+            leader_commit: 0,
+            read_round: 0,
+            quiesce: false,
+        };
+        let vote = RequestVoteRequest {
+            term,
+            candidate_id: from,
+            last_log_id: LogId { term, index: u64::MAX / 2 },
+            pre_vote: false,
+            leadership_transfer: false,
+        };
+        [RpcRequest::AppendEntries(append), RpcRequest::RequestVote(vote)]
+            .map(|request| Envelope::new(1, request))
+    }
+
+    /// A peer that group 0 removed but group 1 still has is refused in group 0: its
+    /// RequestVote and AppendEntries of a later term leave node 1's term alone there.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_removed_from_one_group_is_refused_in_that_group() {
+        let node = one_voter_node(KvStateMachine::new(SharedState::new())).await;
+        let removals = Removals::new(2, |_| {});
+        let handler = FirewalledHandler::new(node.clone(), Firewall::new())
+            .refusing_removed(removals.clone());
+        (removals.of_group(0).0)(4);
+        assert!(!removals.removed_from(1, 4) && removals.removed_from(0, 4));
+        let term = node.status().current_term;
+        for envelope in hostile(4, term + 1) {
+            let answer = handler.handle_rpc(envelope).await;
+            assert!(matches!(answer, Err(RpcError::UnknownGroup { group: 0 })), "{answer:?}");
+        }
+        assert_eq!(node.status().current_term, term, "the removed peer moved the term");
+        // A peer no group removed is heard: the same requests move the term.
+        for envelope in hostile(5, term + 1) {
+            assert!(handler.handle_rpc(envelope).await.is_ok());
+        }
+        assert!(node.status().current_term > term);
+    }
 
     #[test]
     fn a_node_is_refused_once_every_group_removed_it() {

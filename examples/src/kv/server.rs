@@ -20,7 +20,7 @@ use tracing::{debug, info};
 
 use super::auth::Principal;
 use super::clock::{within, Clock, TokioClock};
-use super::command::{decode_responses, encode_entry, Command, Op, OpResult};
+use super::command::{decode_responses, encode_entry, Command, KvError, Op, OpResult};
 use super::config::MemberAddrs;
 use super::fault::Firewall;
 use super::health::{HealthConfig, HealthReport};
@@ -54,6 +54,9 @@ pub struct ClientService {
     pub clock: Arc<dyn Clock>,
     /// The Raft group `node` is in (0 for a single-group service).
     pub group: GroupId,
+    /// Whether the service has more than one group: then `member remove` of a node this group
+    /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing.
+    pub sharded: bool,
 }
 
 /// `None` if `principal`'s role allows `request`; else the answer refusing it.
@@ -79,7 +82,17 @@ impl ClientService {
     ) -> Self {
         let health = HealthConfig::default();
         let clock = Arc::new(TokioClock);
-        Self { node, state, configured, firewall, fault_injection, health, clock, group: 0 }
+        Self {
+            node,
+            state,
+            configured,
+            firewall,
+            fault_injection,
+            health,
+            clock,
+            group: 0,
+            sharded: false,
+        }
     }
 
     /// The node's status in its group, with the group's members and fault.
@@ -207,6 +220,9 @@ impl ClientService {
         for (i, command) in commands.into_iter().enumerate() {
             match command.op.validate() {
                 Err(e) => answers[i] = Some(CommandAnswer::Refused(e.to_string())),
+                Ok(()) if matches!(command.op, Op::Tombstone { .. }) => {
+                    answers[i] = Some(CommandAnswer::Refused(KvError::NodeOnly.to_string()));
+                }
                 Ok(()) if command.op.is_read() => reads.push((i, command)),
                 Ok(()) => writes.push((i, command)),
             }
@@ -388,11 +404,15 @@ impl ClientService {
 
     /// `member remove`: the Raft change. Once it is applied the state machine tombstones the id
     /// (every node refuses it from then on). Removing this node (the leader) makes it step down
-    /// once the change commits. Idempotent: removing a removed node succeeds.
+    /// once the change commits. Idempotent: removing a removed node succeeds. A group of a
+    /// sharded service that never had the node records its tombstone all the same (a `member
+    /// add` may have reached other groups only): the removal then completes in every group.
     async fn remove_member(&self, id: NodeId) -> ClientResponse {
         if !self.node.membership().contains(id) {
             return if self.state.read().removed_members.contains(&id) {
                 ClientResponse::Members(self.member_list())
+            } else if self.sharded {
+                self.tombstone(id).await
             } else {
                 ClientResponse::MemberFailed(MemberError::NotMember(id))
             };
@@ -402,6 +422,20 @@ impl ClientService {
                 ClientResponse::Members(self.member_list())
             }
             Err(e) => self.membership_error(e),
+        }
+    }
+
+    /// Records `id`, a node this group never had, as removed ([`Op::Tombstone`]). If the node
+    /// became a member meanwhile, the answer is "retry" (the retry removes it by a change).
+    async fn tombstone(&self, id: NodeId) -> ClientResponse {
+        let command = Command { session: None, op: Op::Tombstone { id } };
+        match self.propose(None, vec![command]).await.pop() {
+            Some(CommandAnswer::Applied(Ok(_))) => ClientResponse::Members(self.member_list()),
+            Some(CommandAnswer::Applied(Err(e @ KvError::Member(_)))) => {
+                ClientResponse::NotApplied(e.to_string())
+            }
+            Some(answer) => answer.into(),
+            None => ClientResponse::Refused("no answer".into()),
         }
     }
 

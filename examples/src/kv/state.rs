@@ -70,6 +70,7 @@ impl KvState {
                     self.sessions.register(owner, id, op_id).map_err(KvError::from)?;
                 Ok(OpResult::Registered { id, incarnation })
             }
+            (Op::Tombstone { id }, _) => self.tombstone(owner, id),
             (op, _) if op.is_read() => Ok(Self::execute_on(&mut self.data, op)),
             (op, None) => Ok(Self::execute_on(&mut self.data, op)),
             (op, Some(session)) => {
@@ -94,10 +95,23 @@ impl KvState {
         removed
     }
 
+    /// [`Op::Tombstone`]: records `id` as removed, if a node proposed it (`owner` is `None`)
+    /// and the latest membership entry applied does not hold `id`.
+    fn tombstone(&mut self, owner: Option<&str>, id: NodeId) -> Response {
+        if owner.is_some() {
+            return Err(KvError::NodeOnly);
+        }
+        if self.members.contains(&id) {
+            return Err(KvError::Member(id));
+        }
+        self.removed_members.insert(id);
+        Ok(OpResult::Tombstoned { id })
+    }
+
     fn execute_on(data: &mut BTreeMap<Bytes, Bytes>, op: Op) -> OpResult {
         match op {
             // Registrations are handled by `apply`; a session does not make one apply to the map.
-            Op::Register { .. } => OpResult::Written,
+            Op::Register { .. } | Op::Tombstone { .. } => OpResult::Written,
             Op::Get { key } => OpResult::Value(data.get(&key).cloned()),
             Op::Put { key, value } => {
                 data.insert(key, value);
@@ -329,6 +343,21 @@ mod tests {
         // The tombstones survive a snapshot.
         let restored = KvState::from_bytes(&s.to_bytes().unwrap()).unwrap();
         assert_eq!(restored, s);
+    }
+
+    #[test]
+    fn a_node_proposed_tombstone_removes_a_never_member_only() {
+        let mut s = KvState::new();
+        let tombstone = |id| plain(Op::Tombstone { id });
+        assert_eq!(s.apply_membership(&Membership::with_voters([1, 2, 3])), Vec::<NodeId>::new());
+        // A client may not send one; a member leaves through a membership change.
+        assert_eq!(s.apply(1, ALICE, tombstone(4)), Err(KvError::NodeOnly));
+        assert_eq!(s.apply(2, None, tombstone(3)), Err(KvError::Member(3)));
+        assert!(s.removed_members.is_empty());
+        assert_eq!(s.apply(3, None, tombstone(4)), Ok(OpResult::Tombstoned { id: 4 }));
+        assert_eq!(s.apply(4, None, tombstone(4)), Ok(OpResult::Tombstoned { id: 4 }));
+        assert_eq!(s.removed_members, [4].into());
+        assert_eq!(KvState::from_bytes(&s.to_bytes().unwrap()).unwrap(), s);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use raft_core::{Bytes, Entry, SnapshotMeta, SnapshotStream, StateMachine, StateM
 
 use raft_core::{EntryPayload, NodeId};
 
-use super::command::{decode_entry, encode_responses, Response, MAX_COMMANDS_PER_ENTRY};
+use super::command::{decode_entry, encode_responses, OpResult, Response, MAX_COMMANDS_PER_ENTRY};
 use super::state::KvState;
 
 /// What the state machine calls, on the apply path and in log order on every node, for each
@@ -94,7 +94,12 @@ impl StateMachine for KvStateMachine {
                                 .enumerate()
                                 .map(|(i, command)| {
                                     // Saturates (never wraps) at indexes beyond 2^54.
-                                    state.apply(base.saturating_add(i as u64), owner, command)
+                                    let op_id = base.saturating_add(i as u64);
+                                    let response = state.apply(op_id, owner, command);
+                                    if let Ok(OpResult::Tombstoned { id }) = response {
+                                        removed.push(id);
+                                    }
+                                    response
                                 })
                                 .collect();
                             encode_responses(&responses)

@@ -12,15 +12,10 @@ use raft_mem::linearizability::{check, Budget, Explanation, Model, OpOutcome, Op
 /// One operation of a key-value history: the service's own [`Op`] and [`OpResult`].
 pub type KvOperation = OpRecord<Op, OpResult>;
 
-/// The key an operation touches (`None` for a session registration, which is not an operation
-/// of the map).
+/// The key an operation touches (`None` for a session registration or a node's tombstone,
+/// which are not operations of the map).
 pub fn key_of(op: &Op) -> Option<&Bytes> {
-    match op {
-        Op::Register { .. } => None,
-        Op::Get { key } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
-            Some(key)
-        }
-    }
+    op.key()
 }
 
 /// The sequential specification of the map, partitioned by key: each part is checked alone, and
@@ -51,6 +46,7 @@ impl Model for KvModel {
             Op::Register { id } => {
                 (state.clone(), OpResult::Registered { id: *id, incarnation: 0 })
             }
+            Op::Tombstone { id } => (state.clone(), OpResult::Tombstoned { id: *id }),
         }
     }
 
@@ -89,6 +85,7 @@ pub fn format_history(history: &[KvOperation]) -> String {
     for op in ops {
         let input = match &op.op {
             Op::Register { id } => format!("register {id:x}"),
+            Op::Tombstone { id } => format!("tombstone {id}"),
             Op::Get { .. } => "get".to_owned(),
             Op::Put { value, .. } => format!("put {}", show(Some(value))),
             Op::Delete { .. } => "delete".to_owned(),
@@ -106,6 +103,7 @@ pub fn format_history(history: &[KvOperation]) -> String {
                 OpResult::Written => "ok".to_owned(),
                 OpResult::Deleted { existed } => format!("deleted existed={existed}"),
                 OpResult::Cas { swapped } => format!("swapped={swapped}"),
+                OpResult::Tombstoned { id } => format!("tombstoned {id}"),
             },
         };
         let _ = writeln!(
