@@ -33,6 +33,14 @@ use crate::types::{Entry, LogId, LogIndex};
 ///
 /// A panic in any method is caught: the node stops with
 /// [`FatalError::Panicked`](crate::FatalError::Panicked), as after an error.
+///
+/// **The futures must not block the thread that polls them.** The node polls a `write` once
+/// from its main loop (a store that is done at once, like an in-memory one, finishes there
+/// without a task hop) and only then hands it to its log writer task; a store that does
+/// blocking IO inside the future (`std::fs` plus `sync_all`, a synchronous database call)
+/// would stall the main loop, hence heartbeats and votes, for the length of each sync. Do
+/// blocking work on a thread of the store's own and await its completion, as `raft-lmdb` does
+/// (one writer thread, answers through a channel), or through the runtime's blocking pool.
 #[async_trait]
 pub trait LogStore: Send + Sync + 'static {
     /// Opens (or creates) the store and returns its durable state. Called once, before any other

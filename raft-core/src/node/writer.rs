@@ -141,6 +141,10 @@ pub(super) async fn run(
                             batch.merge(more.batch);
                         }
                         Ok(started @ WriterMsg::Started(_)) => {
+                            // Unreachable: the main loop starts a write itself only when no
+                            // write is outstanding, so a started one never follows a queued
+                            // batch (its store call began first and must finish first).
+                            debug_assert!(false, "a started write queued behind a batch");
                             next = Some(started);
                             break;
                         }

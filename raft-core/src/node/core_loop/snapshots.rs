@@ -38,6 +38,8 @@ pub(super) struct SnapshotDriver {
     /// or a build was still running): the engine makes no new attempt before something more is
     /// applied, so a request until then gets the latest snapshot at once.
     declined_at: Option<LogIndex>,
+    /// `release_storage` is running (a write it dispatched finished inline and called back).
+    releasing: bool,
 }
 
 impl CoreLoop {
@@ -117,8 +119,20 @@ impl CoreLoop {
         }
     }
 
-    /// Dispatches held storage operations whose predecessors are all durable.
+    /// Dispatches held storage operations whose predecessors are all durable. A log write it
+    /// dispatches may finish at once (a store done at the first poll) and call back here: that
+    /// nested call returns at once and this loop goes on, so the depth stays one however many
+    /// writes were held (review L1).
     pub(super) fn release_storage(&mut self) {
+        if self.snap.releasing {
+            return;
+        }
+        self.snap.releasing = true;
+        self.release_held_storage();
+        self.snap.releasing = false;
+    }
+
+    fn release_held_storage(&mut self) {
         while let Some(next) = self.snap.held.front() {
             let ready = match next {
                 Held::Log(_) => self.snap.last_snap_seq <= self.durable_seq,
