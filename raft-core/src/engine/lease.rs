@@ -90,8 +90,10 @@ impl Engine {
     /// The driver's monotonic clock reads `now` (the time since an arbitrary origin fixed for
     /// the node's life, such as [`Runtime::now`](crate::Runtime::now)). Lease reads use it,
     /// and a quiesced engine counts no more ticks toward its deadline than it says passed
-    /// (ticks delivered late in a batch only delay); the engine never reads a clock itself. Call it with a fresh reading, taken after the
-    /// input arrived, before every [`Engine::tick`], [`Engine::read_index`] and
+    /// (ticks delivered late in a batch only delay); the engine never reads a clock itself.
+    /// Once called, it must be called with a fresh reading, taken after the input arrived,
+    /// before every [`Engine::tick`] (a frozen reading keeps a quiesced engine from its
+    /// deadline), [`Engine::read_index`] and
     /// [`Engine::on_request`] (or before every input): a read is answered from the lease only if
     /// the lease holds at the latest reading. Any other input happens at the latest reading,
     /// which can only start a lease round earlier than it really starts, so make the lease

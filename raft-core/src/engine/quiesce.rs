@@ -98,8 +98,10 @@ impl Engine {
     /// deliver the ticks that passed (calling `tick` once per tick: a quiesced engine only
     /// counts them), provided it asks again after every other input it feeds and every
     /// [`Engine::take_actions`], since inputs wake the engine. Ticks delivered late or never
-    /// only delay what they trigger. Keep calling [`Engine::set_now`] before every read:
-    /// leases are judged by that clock, never by ticks.
+    /// only delay what they trigger. A driver that has called [`Engine::set_now`] once must
+    /// call it again before every tick and every read: leases are judged by that clock, and a
+    /// quiesced engine counts no more ticks than that clock says passed since the last mark,
+    /// so a clock left frozen would keep a quiesced engine from ever reaching its deadline.
     pub fn ticks_until_needed(&self) -> u64 {
         if self.quiet.quiesced {
             self.quiet.deadline.saturating_sub(self.quiet.elapsed).max(1)
