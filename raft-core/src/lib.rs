@@ -40,7 +40,10 @@ pub use membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
 pub use message::*;
 pub use multi::Host;
 pub use network::{Network, NetworkError, RefusalReason, RpcError, RpcHandler, RPC_ERROR_VARIANTS};
-pub use node::{Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET};
+pub use node::{
+    quiesced_wake_grid, Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET,
+    QUIESCED_WAKE_GRID_MAX,
+};
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};

@@ -264,20 +264,32 @@ struct Sent {
 /// The turn to send a peer's queued requests (see [`crate::outbox`]), passed on once its
 /// holder's frame is written: to a task that sends what queued meanwhile, or back to the next
 /// caller if nothing did. Passed on when dropped, so an abandoned send never strands a queue.
+///
+/// A turn handed to a spawned task that is dropped before it ever ran (the runtime is shutting
+/// down, or closed, and drops its tasks' futures, even those spawned during the shutdown) does
+/// not pass itself on again: that would spawn another task dropped at once, and so on without
+/// end (a stack overflow). It fails the queued callers with [`NetworkError::Shutdown`] instead
+/// and frees the turn.
 struct Turn {
     client: Client,
     peer: Arc<Peer>,
     passed: bool,
+    /// The turn belongs to a spawned task that has not run yet.
+    unstarted: bool,
 }
 
 impl Turn {
+    fn new(client: &Client, peer: &Arc<Peer>) -> Self {
+        Self { client: client.clone(), peer: Arc::clone(peer), passed: false, unstarted: false }
+    }
+
     fn pass(&mut self) {
         if std::mem::replace(&mut self.passed, true) {
             return;
         }
         if self.peer.outbox.pass() {
-            let next =
-                Turn { client: self.client.clone(), peer: Arc::clone(&self.peer), passed: false };
+            let mut next = Turn::new(&self.client, &self.peer);
+            next.unstarted = true;
             let client = self.client.clone();
             self.client.shared.runtime.spawn(Box::pin(client.send_queued(next)));
         }
@@ -286,6 +298,12 @@ impl Turn {
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        if self.unstarted && !std::mem::replace(&mut self.passed, true) {
+            for queued in self.peer.outbox.drain() {
+                let _ = queued.answer.send(Err(NetworkError::Shutdown));
+            }
+            return;
+        }
         self.pass();
     }
 }
@@ -344,7 +362,7 @@ impl Client {
         if !peer.outbox.push(Queued { request, len, answer }) {
             return answered.await.unwrap_or_else(|_| unanswered());
         }
-        let mut turn = Turn { client: self.clone(), peer: Arc::clone(peer), passed: false };
+        let mut turn = Turn::new(self, peer);
         // Nothing else to this peer waits for an answer: this request is alone, and goes at
         // once. Otherwise the requests issued together with it get one chance to join it.
         if waiting.others > 0 {
@@ -366,7 +384,8 @@ impl Client {
 
     /// Sends what queued for `turn`'s peer while its previous frame was written: the task a
     /// turn's holder spawns when it passes the turn on.
-    async fn send_queued(self, turn: Turn) {
+    async fn send_queued(self, mut turn: Turn) {
+        turn.unstarted = false;
         let batch = turn.peer.outbox.take(self.shared.limits.priority_frame_threshold);
         self.send_batch(batch, turn).await;
     }

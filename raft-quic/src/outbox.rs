@@ -91,6 +91,14 @@ impl Outbox {
         state.sending = !state.queue.is_empty();
         state.sending
     }
+
+    /// Frees the turn and empties the queue, for a holder that can neither send nor pass the
+    /// turn on (its runtime shut down): the requests, for their callers to be failed.
+    pub(crate) fn drain(&self) -> Vec<Queued> {
+        let mut state = lock(&self.state);
+        state.sending = false;
+        state.queue.drain(..).collect()
+    }
 }
 
 /// Lets every other task that is ready run once before the caller goes on: the window in

@@ -338,3 +338,35 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
     net1.close().await;
     net2.close().await;
 }
+
+/// A runtime that shuts down while small requests are queued behind one still being sent (its
+/// peer never answers: the dial hangs) drops every task's future, the turn's holder's among
+/// them; passing the turn on then must not spawn the next send on the closed runtime over and
+/// over (each such task is dropped at once, which passed the turn on again: the recursion
+/// overflowed the stack and aborted the process). The queued callers are failed instead.
+#[test]
+fn a_runtime_shut_down_with_requests_queued_for_a_silent_peer_ends_cleanly() {
+    const GROUPS: u64 = 32;
+    init_tracing();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // A peer that swallows every datagram: dialing it hangs until the connect timeout.
+    let silent = std::net::UdpSocket::bind(loopback()).unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    let net = runtime.block_on(async {
+        let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt()).unwrap();
+        net.set_peer(2, silent.local_addr().unwrap());
+        net
+    });
+    for group in 1..=GROUPS {
+        let view = net.for_group(group);
+        runtime.spawn(async move {
+            let _ = view.send(Envelope::new(2, heartbeat(1)).with_group_id(group)).await;
+        });
+    }
+    // One request holds the turn (dialing), the others queue behind it.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Waits for the workers to drop every task.
+    drop(runtime);
+    drop(net);
+}

@@ -46,6 +46,7 @@ pub use self::probe::LATENCY_TARGET;
 use self::snapshot::SnapshotInput;
 pub(crate) use self::supervisor::panic_message;
 use self::supervisor::{Spawner, Task};
+pub use self::ticker::{quiesced_wake_grid, QUIESCED_WAKE_GRID_MAX};
 use self::watch::StatusCell;
 pub use self::watch::StatusWatch;
 use crate::config::Config;
@@ -478,8 +479,14 @@ impl Node {
             .boxed(),
         );
         let pacer = ticker::Pacer::new();
-        let ticks =
-            ticker::run(pacer.clone(), runtime.clone(), config.tick_interval, inputs_tx.clone());
+        let grid = ticker::quiesced_wake_grid(config.quiesce_check_interval);
+        let ticks = ticker::run(
+            pacer.clone(),
+            runtime.clone(),
+            config.tick_interval,
+            grid,
+            inputs_tx.clone(),
+        );
         spawn("ticker", ticks.boxed());
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,

@@ -5,8 +5,8 @@
 //! sends the ticks that passed in one input. So an idle group's node costs a wake-up per
 //! deadline (seconds), not one per tick.
 //!
-//! A quiesced engine's wake-ups fall on a grid of the runtime's clock ([`QUIESCED_WAKE_GRID`]),
-//! which all the groups of a process share: the groups whose deadlines fall in one slot wake at
+//! A quiesced engine's wake-ups fall on a grid of the runtime's clock ([`quiesced_wake_grid`]),
+//! which all the groups of a process with the same `quiesce_check_interval` share: the groups whose deadlines fall in one slot wake at
 //! the same instant, so their quiesce refreshes to a peer leave together and the transport can
 //! carry them in one frame (raft-quic coalesces the requests issued together). The rounding
 //! delays a quiesced deadline by less than one slot, and only a quiesced one.
@@ -21,9 +21,20 @@ use futures::future::{select, Either};
 use super::Input;
 use crate::runtime::Runtime;
 
+/// The longest slot of the grid a quiesced engine's wake-ups are rounded up to (see
+/// [`quiesced_wake_grid`]).
+pub const QUIESCED_WAKE_GRID_MAX: Duration = Duration::from_millis(250);
+
 /// The grid a quiesced engine's wake-ups are rounded up to (instants that are multiples of it
-/// on the runtime's clock): the groups of a process due within one slot wake together.
-pub(crate) const QUIESCED_WAKE_GRID: Duration = Duration::from_millis(250);
+/// on the runtime's clock), for a `Config::quiesce_check_interval` of `interval`: the groups of
+/// a process due within one slot wake together. Each wake-up is delayed by less than one slot:
+/// at most [`QUIESCED_WAKE_GRID_MAX`] and at most a quarter of `interval`, so a quiesced
+/// leader's refresh (due within one interval) still reaches its followers well before their
+/// shortest fallback (two intervals), whatever the interval. A bound on the time an idle group
+/// takes to notice a failure adds one slot per quiesced deadline.
+pub fn quiesced_wake_grid(interval: Duration) -> Duration {
+    QUIESCED_WAKE_GRID_MAX.min(interval / 4)
+}
 
 /// How long to sleep from `now` to wake at least `sleep` later, on the next multiple of `grid`.
 fn until_grid(now: Duration, sleep: Duration, grid: Duration) -> Duration {
@@ -86,6 +97,7 @@ pub(super) async fn run(
     pacer: Pacer,
     runtime: Arc<dyn Runtime>,
     tick: Duration,
+    grid: Duration,
     inputs: Sender<Input>,
 ) {
     let tick_nanos = tick.as_nanos().max(1);
@@ -99,7 +111,7 @@ pub(super) async fn run(
         } else {
             let start = runtime.now();
             let long = tick.saturating_mul(u32::try_from(wanted).unwrap_or(u32::MAX));
-            let long = until_grid(start, long, QUIESCED_WAKE_GRID);
+            let long = until_grid(start, long, grid);
             let kicked = pacer.inner.kicked.recv();
             match select(runtime.sleep(long), Box::pin(kicked)).await {
                 // The engine's deadline passed (up to one slot ago, on the grid): the ticks
@@ -187,7 +199,7 @@ mod tests {
         let runtime = Arc::new(VirtualTime::default());
         let pacer = Pacer::new();
         let (inputs, received) = async_channel::bounded(1);
-        let ticker = run(pacer.clone(), runtime.clone(), tick, inputs);
+        let ticker = run(pacer.clone(), runtime.clone(), tick, QUIESCED_WAKE_GRID_MAX, inputs);
         let test = async {
             // Awake: one tick per tick interval.
             for _ in 0..3 {
@@ -212,7 +224,7 @@ mod tests {
         let sleeps = runtime.sleeps.lock().unwrap().clone();
         // A long sleep: 700 ticks, rounded up to the wake-up grid (less than one slot more).
         let deadline = tick * 700;
-        let is_long = |d: Duration| d >= deadline && d < deadline + QUIESCED_WAKE_GRID;
+        let is_long = |d: Duration| d >= deadline && d < deadline + QUIESCED_WAKE_GRID_MAX;
         let long = sleeps.iter().filter(|&&d| is_long(d)).count();
         let short = sleeps.iter().filter(|&&d| d == tick).count();
         assert_eq!(long + short, sleeps.len(), "{sleeps:?}");
@@ -234,7 +246,7 @@ mod tests {
             let pacer = Pacer::new();
             pacer.set(300 + group);
             let (inputs, received) = async_channel::bounded(1);
-            let ticker = run(pacer.clone(), runtime.clone(), tick, inputs);
+            let ticker = run(pacer.clone(), runtime.clone(), tick, QUIESCED_WAKE_GRID_MAX, inputs);
             let start = runtime.now();
             let test = async {
                 assert_eq!(ticks(received.recv().await.unwrap()), 300 + group);
@@ -245,10 +257,10 @@ mod tests {
             });
             let first = runtime.sleeps.lock().unwrap()[0];
             let deadline = tick * (300 + group as u32);
-            assert!(first >= deadline && first < deadline + QUIESCED_WAKE_GRID, "{first:?}");
+            assert!(first >= deadline && first < deadline + QUIESCED_WAKE_GRID_MAX, "{first:?}");
             wakes.push(start + first);
         }
-        let grid = QUIESCED_WAKE_GRID.as_nanos();
+        let grid = QUIESCED_WAKE_GRID_MAX.as_nanos();
         assert!(wakes.iter().all(|wake| wake.as_nanos() % grid == 0), "{wakes:?}");
         assert!(wakes.windows(2).all(|w| w[0] == w[1]), "one instant for all: {wakes:?}");
 
@@ -256,7 +268,7 @@ mod tests {
         let runtime = Arc::new(VirtualTime::default());
         *runtime.now.lock().unwrap() = Duration::from_millis(1_003);
         let (inputs, received) = async_channel::bounded(1);
-        let ticker = run(Pacer::new(), runtime.clone(), tick, inputs);
+        let ticker = run(Pacer::new(), runtime.clone(), tick, QUIESCED_WAKE_GRID_MAX, inputs);
         let test = async {
             assert_eq!(ticks(received.recv().await.unwrap()), 1);
             drop(received);
@@ -265,6 +277,37 @@ mod tests {
             let (_, ()) = futures::join!(ticker, test);
         });
         assert!(runtime.sleeps.lock().unwrap().iter().all(|&d| d == tick));
+    }
+
+    /// With a short `quiesce_check_interval` the grid shrinks to a quarter of it: a quiesced
+    /// leader's refresh (due within one interval, rounded up by less than a slot) still comes
+    /// before its followers' shortest fallback (two intervals). With 200 ms: a 50 ms grid.
+    #[test]
+    fn a_short_quiesce_check_interval_gets_a_finer_grid() {
+        let interval = Duration::from_millis(200);
+        let grid = quiesced_wake_grid(interval);
+        assert!(grid <= interval / 4, "{grid:?}");
+        assert_eq!(quiesced_wake_grid(Duration::from_secs(5)), QUIESCED_WAKE_GRID_MAX);
+        let tick = Duration::from_millis(10);
+        let runtime = Arc::new(VirtualTime::default());
+        *runtime.now.lock().unwrap() = Duration::from_millis(1_010);
+        let pacer = Pacer::new();
+        pacer.set(30);
+        let (inputs, received) = async_channel::bounded(1);
+        let ticker = run(pacer.clone(), runtime.clone(), tick, grid, inputs);
+        let test = async {
+            assert_eq!(ticks(received.recv().await.unwrap()), 30);
+            drop(received);
+        };
+        futures::executor::block_on(async {
+            let (_, ()) = futures::join!(ticker, test);
+        });
+        let first = runtime.sleeps.lock().unwrap()[0];
+        let deadline = tick * 30;
+        let slot = Duration::from_millis(50);
+        assert!(first >= deadline && first < deadline + slot, "{first:?}");
+        let wake = Duration::from_millis(1_010) + first;
+        assert_eq!(wake.as_nanos() % slot.as_nanos(), 0, "{wake:?}");
     }
 
     /// A runtime whose sleeps never end.
@@ -289,7 +332,13 @@ mod tests {
         pacer.set(700);
         let (inputs, _received) = async_channel::bounded(1);
         let tick = Duration::from_millis(10);
-        let mut ticker = Box::pin(run(pacer.clone(), Arc::new(NeverWakes), tick, inputs));
+        let mut ticker = Box::pin(run(
+            pacer.clone(),
+            Arc::new(NeverWakes),
+            tick,
+            QUIESCED_WAKE_GRID_MAX,
+            inputs,
+        ));
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         assert!(ticker.as_mut().poll(&mut cx).is_pending(), "asleep until its deadline");
