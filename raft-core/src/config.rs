@@ -138,7 +138,9 @@ pub struct Config {
     /// to `quiesce_check_interval`; a quiesced follower that got none for 2 to 3
     /// `quiesce_check_interval`s wakes by itself, so an idle group notices a dead leader (or
     /// its leader's group stopped on a live node) and elects a new one within
-    /// `3 * quiesce_check_interval + 2 * election_timeout_max` plus a few round trips. A host
+    /// `3 * quiesce_check_interval + 2 * election_timeout_max` plus one slot of the quiesced
+    /// ticker's wake-up grid ([`quiesced_wake_grid`](crate::quiesced_wake_grid): at most
+    /// 250 ms, and a quarter of the interval) and a few round trips. A host
     /// may call `Engine::wake` for a faster detection. Needs `check_quorum` and `pre_vote`
     /// (they keep a woken follower from deposing a live leader). Set it the same on every node
     /// of a group: a follower without it ignores the mark and keeps ticking, and its election

@@ -80,7 +80,9 @@ async fn close_all(nets: &[QuicNetwork]) {
 /// the 63 queued while it was sent in one batch. Each group's handler gets its own heartbeat
 /// and each caller its answer. A heartbeat alone afterwards is an ordinary frame. (Before
 /// coalescing: 64 streams, one per request.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
 async fn the_heartbeats_of_many_groups_issued_together_share_a_frame() {
     const GROUPS: u64 = 64;
     let (rt, nets, handlers) = two_nodes(1..=GROUPS);
@@ -107,7 +109,9 @@ async fn the_heartbeats_of_many_groups_issued_together_share_a_frame() {
 /// More small requests than a batch holds go in several batches, each within the bounds, each
 /// as full as the bounds allow when all of them were queued together (behind the first, which
 /// goes alone).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
 async fn batches_hold_at_most_their_count_and_a_small_frames_bytes() {
     let (rt, nets, handlers) = two_nodes([1]);
     // 600 heartbeats: the count binds (256 a batch).
@@ -139,7 +143,9 @@ async fn batches_hold_at_most_their_count_and_a_small_frames_bytes() {
 /// Two groups' requests in one batch: group 1's handler is held; group 2's answer comes back
 /// meanwhile (answers are written as their handlers finish, not in the batch's order), and
 /// group 1's once its handler is let go.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
 async fn a_slow_handler_of_one_group_holds_up_no_other_answer_in_its_batch() {
     let (rt, nets, handlers) = two_nodes([1, 2]);
     let gate = handlers[&1].close_gate();
@@ -302,7 +308,9 @@ async fn hostile_batches_close_nothing_but_themselves() {
 
 /// A batch whose requests the receiver refuses as a whole (its stream reset) fails each of its
 /// callers with the reset, not with a timeout; a lone request to the same peer still works.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
 async fn every_caller_of_a_refused_batch_gets_the_refusal() {
     init_tracing();
     let rt = rt();

@@ -174,7 +174,8 @@ impl QuietWatch {
 
 /// The bound within which a quiesced group whose leader vanished elects a new leader, from the
 /// last mark its members acknowledged (ARCHITECTURE.md, "Quiescence"): the latest fallback
-/// deadline (3 check intervals), two election timeouts (the first PreVote wakes the other
+/// deadline (3 check intervals, plus one slot of the quiesced ticker's wake-up grid,
+/// [`raft_core::quiesced_wake_grid`], which only ever delays a deadline), two election timeouts (the first PreVote wakes the other
 /// members, which refuse it inside their lease; the next one wins), and a few round trips: four
 /// over healthy links with a write on `disk` each, two of those writes stalled (the candidate's
 /// and a voter's vote), and two ticks of timer granularity.
@@ -182,6 +183,7 @@ pub(super) fn lost_leader_bound(config: &Config, disk: &DiskFaults) -> Duration 
     let round_trip =
         Duration::from_millis(2 * LINK_DELAY_MS_MAX) + Duration::from_micros(disk.latency_us.1);
     3 * config.quiesce_check_interval
+        + raft_core::quiesced_wake_grid(config.quiesce_check_interval)
         + 2 * config.election_timeout_max
         + 4 * round_trip
         + 2 * Duration::from_millis(disk.stall_ms.1)
