@@ -30,6 +30,7 @@ pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
+mod yield_now;
 
 pub use config::{Config, ConfigError};
 pub use error::{
@@ -49,5 +50,6 @@ pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, Snapsh
 pub use state_machine::{StateMachine, StateMachineError};
 pub use storage::{DurableState, LogStore, StorageError, WriteBatch};
 pub use types::*;
+pub use yield_now::{yield_now, YieldNow};
 
 pub use bytes::Bytes;

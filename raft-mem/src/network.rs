@@ -541,22 +541,6 @@ impl MemNetwork {
     }
 }
 
-/// Returns `Pending` once (after waking itself): other ready tasks may run first.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 /// See [`MemNetwork::unpaused`].
 struct Unpaused {
     network: MemNetwork,
@@ -731,7 +715,7 @@ impl Network for MemEndpoint {
             (fate, inner.observer.clone(), inner.rpc_timeout, routed, yields, target)
         };
         if yields {
-            YieldOnce(false).await;
+            raft_core::yield_now().await;
         }
         if let Some(observer) = &observer {
             observer.on_request(envelope.group_id, self.id, target, &envelope.request);

@@ -22,7 +22,7 @@ use crate::frame::{self, FrameError, ReadFrameError};
 use crate::identity::node_dns_name;
 use crate::metrics::{PeerCounters, SentCounts};
 use crate::network::Shared;
-use crate::outbox::{yield_now, Answer, Outbox, Queued};
+use crate::outbox::{Answer, Outbox, Queued};
 use crate::timer::timeout;
 use crate::wire::{code, Refusal, WireResponse};
 
@@ -366,7 +366,9 @@ impl Client {
         // Nothing else to this peer waits for an answer: this request is alone, and goes at
         // once. Otherwise the requests issued together with it get one chance to join it.
         if waiting.others > 0 {
-            yield_now().await;
+            // Lets every ready task run once: the window in which the requests issued
+            // together join the first one's frame (no timer).
+            raft_core::yield_now().await;
         }
         let mut batch = peer.outbox.take(self.shared.limits.priority_frame_threshold);
         // This caller's request is the first queued (the queue was empty when it took the

@@ -1,7 +1,7 @@
 //! [`Outbox`]: coalescing the small requests to one peer ("Nagle without delay"). A request
 //! that finds no send to its peer in progress makes its caller the *sender*. If no other request
 //! to that peer awaits its answer, the request is alone: it goes at once, as before. Otherwise
-//! the caller lets the tasks that are ready run once (one [`yield_now`], no timer), then takes
+//! the caller lets the tasks that are ready run once (one [`raft_core::yield_now`], no timer), then takes
 //! everything queued for that peer meanwhile, its own request first, and sends it: alone as an
 //! ordinary request frame, or as one batch frame ([`crate::frame::encode_batch`]). Requests that find a
 //! send in progress only queue; once the sender's frame is written, whatever queued during the
@@ -16,10 +16,7 @@
 //! a request whose caller gave up is dropped when its batch is formed.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
 use raft_core::{Envelope, NetworkError, RpcResponse};
@@ -98,29 +95,6 @@ impl Outbox {
         let mut state = lock(&self.state);
         state.sending = false;
         state.queue.drain(..).collect()
-    }
-}
-
-/// Lets every other task that is ready run once before the caller goes on: the window in
-/// which the requests issued together join the first one's frame. Costs one trip through the
-/// runtime's run queue, never a timer; a request with no other one to its peer outstanding
-/// skips it.
-pub(crate) fn yield_now() -> impl Future<Output = ()> {
-    YieldNow(false)
-}
-
-struct YieldNow(bool);
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 

@@ -33,27 +33,6 @@ use crate::types::{LogIndex, NodeId, Role};
 /// while letting many proposals share one write and one AppendEntries).
 const MAX_INPUTS_PER_STEP: usize = 1024;
 
-/// Returns `Pending` once, after waking itself: the runtime runs the tasks already waiting to
-/// run before it polls this one again (tokio queues a task that woke itself behind the others;
-/// a first-in first-out executor such as smol's does so anyway).
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            return std::task::Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    }
-}
-
 /// Why the main loop stops.
 enum Stop {
     /// `Node::shutdown`.
@@ -214,7 +193,7 @@ impl CoreLoop {
                 // thread) so that their inputs join this step: without it, on a multi-threaded
                 // runtime the loop ran a whole step (a write, an AppendEntries per follower, a
                 // hand-off to the applier) for every one or two proposals.
-                YieldOnce(false).await;
+                crate::yield_now().await;
             }
             self.step_now = None;
             self.handle(input);
