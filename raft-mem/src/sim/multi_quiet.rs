@@ -136,7 +136,8 @@ impl QuietWatch {
         self.orphans.iter().map(|o| o.deadline).max()
     }
 
-    /// Settles the orphans that found a new leader; fails on one past its deadline.
+    /// Settles the orphans that found a new leader by their deadline; fails on one past it
+    /// (found or not).
     pub(super) fn check_orphans(
         &mut self,
         now: Duration,
@@ -151,7 +152,9 @@ impl QuietWatch {
                     && s.role == Role::Leader
                     && s.current_term > orphan.term
             });
-            if elected {
+            // Statuses are seen after every step and the clock jumps between steps: a leader
+            // first seen past the deadline was elected late.
+            if elected && now <= orphan.deadline {
                 stats.leaders_lost += 1;
                 let took = now.saturating_sub(orphan.since).as_millis() as u64;
                 stats.slowest_recovery_ms = stats.slowest_recovery_ms.max(took);
@@ -188,4 +191,55 @@ pub(super) fn lost_leader_bound(config: &Config, disk: &DiskFaults) -> Duration 
         + 4 * round_trip
         + 2 * Duration::from_millis(disk.stall_ms.1)
         + 2 * config.tick_interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(id: NodeId, term: Term) -> (GroupId, Status) {
+        let status = Status {
+            id,
+            role: Role::Leader,
+            current_term: term,
+            leader_id: Some(id),
+            commit_index: 0,
+            applied_index: 0,
+            last_log_index: 0,
+            quiesced: false,
+        };
+        (1, status)
+    }
+
+    /// Group 1 lost its leader (node 1, term 3); its last mark was acknowledged at 1 s and the
+    /// bound is 2 s.
+    fn orphaned() -> QuietWatch {
+        let mut watch = QuietWatch::default();
+        let bound = Duration::from_secs(2);
+        watch.orphaned(1, BTreeSet::from([1]), 3, Duration::from_secs(1), bound);
+        watch
+    }
+
+    #[test]
+    fn a_new_leader_within_the_bound_settles_the_loss() {
+        let mut watch = orphaned();
+        let at = Duration::from_millis(2_500);
+        assert!(watch.check_orphans(at, &[]).is_ok(), "no leader yet, within the bound");
+        assert!(watch.check_orphans(at, &[leader(1, 4)]).is_ok(), "the lost node is no heir");
+        assert_eq!(watch.stats.leaders_lost, 0);
+        assert!(watch.check_orphans(Duration::from_secs(3), &[leader(2, 4)]).is_ok());
+        assert_eq!((watch.stats.leaders_lost, watch.stats.slowest_recovery_ms), (1, 2_000));
+        assert_eq!(watch.orphans_deadline(), None);
+    }
+
+    #[test]
+    fn a_new_leader_first_seen_past_the_bound_is_late() {
+        // The simulation's clock jumps from step to step: the first step to show the new
+        // leader may come after the deadline, and that election was late.
+        let mut watch = orphaned();
+        assert!(watch.check_orphans(Duration::from_millis(2_900), &[]).is_ok());
+        let late = watch.check_orphans(Duration::from_millis(3_001), &[leader(2, 4)]);
+        assert!(late.is_err(), "elected 2.001 s after the last mark, the bound is 2 s");
+        assert_eq!(watch.stats.leaders_lost, 0);
+    }
 }
