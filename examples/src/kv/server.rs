@@ -57,6 +57,10 @@ pub struct ClientService {
     /// Whether the service has more than one group: then `member remove` of a node this group
     /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing.
     pub sharded: bool,
+    /// Held by a `member add` or `member set` from its check of the tombstones until its
+    /// change is proposed, and by a tombstone until it is applied: on this node, one never
+    /// slips between the other's check and its log entry (see [`ClientService::tombstone`]).
+    tombstones: futures::lock::Mutex<()>,
 }
 
 /// `None` if `principal`'s role allows `request`; else the answer refusing it.
@@ -92,6 +96,7 @@ impl ClientService {
             clock,
             group: 0,
             sharded: false,
+            tombstones: futures::lock::Mutex::new(()),
         }
     }
 
@@ -364,6 +369,10 @@ impl ClientService {
         catch_up_ms: u64,
         promote: bool,
     ) -> ClientResponse {
+        let _tombstones = self.tombstones.lock().await;
+        if let Err(stopped) = self.applied_own_log().await {
+            return stopped;
+        }
         if self.state.read().removed_members.contains(&id) {
             return ClientResponse::MemberFailed(MemberError::Removed(id));
         }
@@ -427,7 +436,21 @@ impl ClientService {
 
     /// Records `id`, a node this group never had, as removed ([`Op::Tombstone`]). If the node
     /// became a member meanwhile, the answer is "retry" (the retry removes it by a change).
+    ///
+    /// A tombstone and a `member add` (or `member set`) of the same id never both succeed:
+    /// the state machine refuses a tombstone of an id in the group's latest membership entry
+    /// (the add landed first in the log), and an add refuses a tombstoned id after waiting
+    /// until its node applied every entry of its log (earlier leaders' tombstones). What is
+    /// left is this leader's own tombstone proposed between an add's check and its change:
+    /// the two take [`ClientService::tombstones`], the tombstone without waiting (a change
+    /// in progress answers "retry", as a membership change would).
     async fn tombstone(&self, id: NodeId) -> ClientResponse {
+        let Some(_tombstones) = self.tombstones.try_lock() else {
+            return ClientResponse::NotApplied(format!(
+                "a membership change of group {} is in progress",
+                self.group
+            ));
+        };
         let command = Command { session: None, op: Op::Tombstone { id } };
         match self.propose(None, vec![command]).await.pop() {
             Some(CommandAnswer::Applied(Ok(_))) => ClientResponse::Members(self.member_list()),
@@ -446,6 +469,10 @@ impl ClientService {
         new_members: Vec<NewMember>,
         catch_up_ms: u64,
     ) -> ClientResponse {
+        let _tombstones = self.tombstones.lock().await;
+        if let Err(stopped) = self.applied_own_log().await {
+            return stopped;
+        }
         let removed = self.state.read().removed_members.clone();
         let named = voters.iter().copied().chain(new_members.iter().map(|m| m.id));
         if let Some(id) = named.clone().find(|id| removed.contains(id)) {
@@ -485,6 +512,16 @@ impl ClientService {
                 })
             }
             Err(e) => self.membership_error(e),
+        }
+    }
+
+    /// Waits until this node applied every entry its log holds now: the tombstones proposed
+    /// before (by this leader or an earlier one) are then in its state.
+    async fn applied_own_log(&self) -> Result<(), ClientResponse> {
+        let last = self.node.status().last_log_index;
+        match self.node.watch().wait_for(|status| status.applied_index >= last).await {
+            Some(_) => Ok(()),
+            None => Err(ClientResponse::NotApplied("the node stopped".into())),
         }
     }
 
@@ -554,4 +591,82 @@ async fn bounded(
     within(clock, REQUEST_TIMEOUT, work).await.unwrap_or_else(|| {
         vec![CommandAnswer::Unknown("the node did not finish the request in time".into()); count]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::kv::auth::CertRole;
+    use crate::kv::state_machine::KvStateMachine;
+    use crate::kv::testing::one_voter_node;
+
+    /// A group of a sharded service: node 1 alone, leading.
+    async fn sharded_group() -> ClientService {
+        let state = SharedState::new();
+        let node = one_voter_node(KvStateMachine::new(state.clone())).await;
+        let mut service = ClientService::new(node, state, BTreeMap::new(), Firewall::new(), false);
+        service.sharded = true;
+        service
+    }
+
+    fn add(id: NodeId) -> ClientRequest {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let request = MemberRequest::Add {
+            id,
+            raft_addr: addr,
+            client_addr: addr,
+            catch_up_ms: 0,
+            promote: false,
+        };
+        ClientRequest::Member(request)
+    }
+
+    /// An operator removes node 5 (which this group never had: a tombstone) and adds it at the
+    /// same time, the two requests reaching the leader together. Whichever lands first in the
+    /// log wins, and the id never ends up both tombstoned and a member (a member whose
+    /// connections every node refuses once all groups removed it, and whose removal could never
+    /// complete: `member remove` of a tombstoned id answers "done").
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tombstone_and_an_add_of_the_same_id_at_once_leave_it_one_or_the_other() {
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        for remove_first in [true, false] {
+            let service = sharded_group().await;
+            let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
+            let (removed, added) = if remove_first {
+                futures::join!(service.handle(&admin, remove), service.handle(&admin, add(5)))
+            } else {
+                let (added, removed) =
+                    futures::join!(service.handle(&admin, add(5)), service.handle(&admin, remove));
+                (removed, added)
+            };
+            let tombstoned = service.state.read().removed_members.contains(&5);
+            let member = service.node.membership().contains(5);
+            let outcome = format!(
+                "remove first: {remove_first}; remove: {removed:?}; add: {added:?}; \
+                 tombstoned: {tombstoned}, member: {member}"
+            );
+            assert!(!(tombstoned && member), "{outcome}");
+            // The request polled first reaches the leader first and wins; the other fails
+            // without effect ("removed" for the add, "retry" for the removal).
+            if remove_first {
+                assert!(tombstoned && !member, "{outcome}");
+                assert!(matches!(removed, ClientResponse::Members(_)), "{outcome}");
+                let refused = ClientResponse::MemberFailed(MemberError::Removed(5));
+                assert_eq!(added, refused, "{outcome}");
+            } else {
+                assert!(member && !tombstoned, "{outcome}");
+                assert!(matches!(added, ClientResponse::Members(_)), "{outcome}");
+                assert!(matches!(removed, ClientResponse::NotApplied(_)), "{outcome}");
+                // The retry removes the member by a membership change.
+                let retry = ClientRequest::Member(MemberRequest::Remove { id: 5 });
+                let retried = service.handle(&admin, retry).await;
+                assert!(matches!(retried, ClientResponse::Members(_)), "{retried:?}");
+                assert!(!service.node.membership().contains(5));
+                service.applied_own_log().await.unwrap();
+                assert!(service.state.read().removed_members.contains(&5));
+            }
+            service.node.shutdown().await;
+        }
+    }
 }
