@@ -4,6 +4,7 @@
 //! and async-std.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
@@ -667,37 +668,7 @@ async fn a_failing_state_machine_stops_the_node_with_its_error<R: Runtime + Clon
     cluster.shutdown().await;
 }
 
-macro_rules! under_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod tokio_rt {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-                    super::$name(rt).await;
-                }
-            )*
-        }
-        mod async_std_rt {
-            $(
-                #[test]
-                fn $name() {
-                    async_std::task::block_on(super::$name(raft_core::runtime::AsyncStdRuntime));
-                }
-            )*
-        }
-        mod smol_rt {
-            $(
-                #[test]
-                fn $name() {
-                    smol::block_on(super::$name(raft_core::runtime::SmolRuntime::global()));
-                }
-            )*
-        }
-    };
-}
-
-under_runtimes!(
+common::under_runtimes!(
     a_failing_log_store_stops_the_node_with_its_error,
     a_failing_state_machine_stops_the_node_with_its_error,
     a_leader_whose_state_machine_panics_is_replaced,

@@ -419,9 +419,24 @@ where
     /// Waits until exactly one running node leads and every running node follows it in its
     /// term; returns its id.
     pub async fn leader(&self) -> Result<NodeId, HarnessError> {
+        self.leader_among(|_| true).await
+    }
+
+    /// Waits until exactly one of the running nodes that `counts` leads and every one of them
+    /// follows it in its term (the others, e.g. nodes cut off by the network, are not looked
+    /// at: one may still believe it leads); returns its id.
+    pub async fn leader_among(
+        &self,
+        counts: impl Fn(NodeId) -> bool,
+    ) -> Result<NodeId, HarnessError> {
         self.within("a leader", async {
             loop {
-                let statuses: Vec<Status> = self.nodes.values().map(Node::status).collect();
+                let statuses: Vec<Status> = self
+                    .nodes
+                    .iter()
+                    .filter(|(&id, _)| counts(id))
+                    .map(|(_, node)| node.status())
+                    .collect();
                 let leaders: Vec<&Status> =
                     statuses.iter().filter(|s| s.role == Role::Leader).collect();
                 if let [leader] = leaders[..] {

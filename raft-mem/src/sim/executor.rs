@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, OptionFuture};
 use futures::FutureExt;
 use raft_core::Runtime;
 use rand_chacha::ChaCha8Rng;
@@ -499,9 +499,12 @@ impl SimRuntime {
     }
 
     /// A future that lets every other ready task run first with probability `chance` (seeded
-    /// executors only): a random interleaving point.
-    pub fn maybe_yield(&self, chance: f64) -> YieldNow {
-        YieldNow { yielded: !self.lock().chance(chance) }
+    /// executors only): a random interleaving point. The draw is made here, when the future is
+    /// created, as the seed's sequence of draws requires; a yield is [`raft_core::yield_now`]
+    /// (pending once after waking its task, which this executor then schedules like any other
+    /// ready task: no timer, no draw of its own).
+    pub fn maybe_yield(&self, chance: f64) -> OptionFuture<raft_core::YieldNow> {
+        self.lock().chance(chance).then(raft_core::yield_now).into()
     }
 }
 
@@ -545,25 +548,6 @@ impl Drop for Sleep {
         if let Some(key) = self.timer.take() {
             self.runtime.lock().timers.remove(&key);
         }
-    }
-}
-
-/// Returns `Pending` once (after waking itself) unless it was created ready: see
-/// [`SimRuntime::maybe_yield`].
-pub struct YieldNow {
-    yielded: bool,
-}
-
-impl Future for YieldNow {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 

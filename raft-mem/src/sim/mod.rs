@@ -147,7 +147,7 @@ pub use disk::{
     CrashOutcome, CrashTrigger, DiskFaults, DiskImage, DiskStats, InFlight, SimDisk, SimLogStore,
     SimSnapshotStore,
 };
-pub use executor::{NodeClock, SimRuntime, Sleep, YieldNow};
+pub use executor::{NodeClock, SimRuntime, Sleep};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};

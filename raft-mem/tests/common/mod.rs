@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_core::{Entry, NodeId, Role, Runtime, Status};
+use raft_core::{Entry, NodeId, Runtime, Status};
 use raft_mem::harness::{Cluster, RecordingStateMachine};
 use raft_mem::{MemLogStore, MemNetwork};
 
@@ -64,24 +64,8 @@ pub fn connected_statuses<R: Runtime + Clone>(cluster: &MemCluster<R>) -> Vec<St
 /// Waits until exactly one connected node leads and every connected node follows it in its
 /// term (a disconnected node may still believe it leads); returns it.
 pub async fn wait_for_leader<R: Runtime + Clone>(cluster: &MemCluster<R>) -> NodeId {
-    cluster
-        .within("a leader among the connected nodes", async {
-            loop {
-                let statuses = connected_statuses(cluster);
-                let leaders: Vec<&Status> =
-                    statuses.iter().filter(|s| s.role == Role::Leader).collect();
-                if let [leader] = leaders[..] {
-                    if statuses.iter().all(|s| {
-                        s.current_term == leader.current_term && s.leader_id == Some(leader.id)
-                    }) {
-                        return leader.id;
-                    }
-                }
-                cluster.runtime().sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .unwrap()
+    let network = cluster.transport();
+    cluster.leader_among(|id| !network.is_disconnected(id)).await.unwrap()
 }
 
 /// Proposes `data` on the leader among the connected nodes until one commits and applies it;
