@@ -647,7 +647,7 @@ impl CoreLoop {
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {
         if let RpcResponse::AppendEntries(r) = &response {
-            self.probe.answered(r.match_index.unwrap_or(0), || self.clock.now());
+            self.probe.answered(r.match_index, || self.clock.now());
         }
         if let Some(reply) = self.replies.remove(&reply_to.0) {
             let _ = reply.send(response);

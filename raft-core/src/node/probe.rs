@@ -133,9 +133,18 @@ impl LatencyProbe {
         }
     }
 
-    /// A follower handed an acknowledgement of entries up to `match_index` to the transport:
-    /// reports the followed AppendEntries if it covers it.
-    pub(super) fn answered(&mut self, match_index: LogIndex, now: impl FnOnce() -> Duration) {
+    /// A follower handed an answer to an AppendEntries to the transport: an acknowledgement of
+    /// entries up to `match_index` reports the followed AppendEntries if it covers it; a
+    /// rejection (`None`) lets it go (its entries may never be acknowledged as such).
+    pub(super) fn answered(
+        &mut self,
+        match_index: Option<LogIndex>,
+        now: impl FnOnce() -> Duration,
+    ) {
+        let Some(match_index) = match_index else {
+            self.received = None;
+            return;
+        };
         if let Some(stages) = self.finish_received(match_index, now) {
             tracing::debug!(
                 target: LATENCY_TARGET,
@@ -285,5 +294,11 @@ mod tests {
             FollowerStages { index: 8, written_us: 500, persisted_us: 520, answered_us: 540 };
         assert_eq!(probe.finish_received(8, at(1_540)), Some(expected));
         assert_eq!(probe.finish_received(8, at(1_541)), None, "reported once");
+        // A rejected AppendEntries is let go: the next one is followed.
+        probe.receive(12, at(2_000));
+        probe.answered(None, at(2_001));
+        probe.receive(13, at(2_100));
+        let next = probe.finish_received(13, at(2_150)).map(|s| (s.index, s.answered_us));
+        assert_eq!(next, Some((13, 50)));
     }
 }
