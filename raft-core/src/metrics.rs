@@ -206,10 +206,16 @@ impl NodeMetrics {
     }
 
     /// A `LogStore::write` of `entries` entries that started at `started` ended.
-    pub(crate) fn log_write_done(&self, entries: usize, started: Duration, ok: bool) {
+    pub(crate) fn log_write_done(
+        &self,
+        entries: usize,
+        started: Duration,
+        ended: Duration,
+        ok: bool,
+    ) {
         if ok {
             self.log_writes.increment(1);
-            self.log_write_seconds.record(self.now().saturating_sub(started));
+            self.log_write_seconds.record(ended.saturating_sub(started));
             self.log_write_entries.record(entries as f64);
         } else {
             self.log_write_errors.increment(1);

@@ -14,10 +14,12 @@
 //! `--breakdown` instead measures where the time of one put goes, with one client: the
 //! leader's driver follows one proposal at a time (the `raft_core::latency` tracing target,
 //! turned on in the nodes' logs) and reports when its AppendEntries left, when the leader's own
-//! LMDB commit was durable, when the first follower acknowledged it (network round trip plus
-//! the follower's commit), when it committed and when it was applied; the rest of the
-//! client's latency is the client's request to the leader and its answer back (QUIC both ways,
-//! the kv service).
+//! LMDB commit resolved and when its main loop learned it, when the first follower
+//! acknowledged it (network round trip plus the follower's commit), when it committed and when
+//! it was applied; the rest of the client's latency is the client's request to the leader and
+//! its answer back (QUIC both ways, the kv service). The followers' drivers report likewise,
+//! from taking an AppendEntries, when their commit resolved, when their main loop learned it
+//! and when the acknowledgement went to the transport.
 //!
 //! The data directory is created under `--dir` (default `target/`), not in `/tmp`, which is
 //! a RAM disk on many systems. The nodes are this executable run as `bench-kv __kv-node`.
@@ -281,15 +283,53 @@ async fn bench(cluster: &mut ProcessCluster, args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// The stages the leader's driver reports per followed proposal (fields of its events), in
-/// order, with what each covers.
-const STAGES: [(&str, &str); 5] = [
+/// The stages the leader's driver reports per followed proposal (fields of its "proposal
+/// stages" events), in order, with what each covers.
+const STAGES: [(&str, &str); 6] = [
     ("sent_us", "AppendEntries handed to the peers' senders"),
-    ("persisted_us", "leader's own LMDB commit durable"),
+    ("written_us", "leader's own LMDB commit resolved"),
+    ("persisted_us", "leader's main loop learned it (durable)"),
     ("acked_us", "first follower's ack (round trip + its commit)"),
     ("committed_us", "committed (quorum durable)"),
     ("applied_us", "applied, proposer answered"),
 ];
+
+/// The stages a follower's driver reports per followed AppendEntries ("follower stages").
+const FOLLOWER_STAGES: [(&str, &str); 3] = [
+    ("written_us", "follower's LMDB commit resolved"),
+    ("persisted_us", "follower's main loop learned it (durable)"),
+    ("answered_us", "acknowledgement handed to the transport"),
+];
+
+/// The p50 and p99 of the fields `stages` in the log lines holding `event` of every node.
+fn stage_latencies(
+    cluster: &ProcessCluster,
+    event: &str,
+    stages: &[(&str, &str)],
+) -> Result<Vec<LatencyRecorder>, Error> {
+    let mut recorders: Vec<LatencyRecorder> =
+        stages.iter().map(|_| LatencyRecorder::new()).collect();
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id))?;
+        let lines = log.lines().filter(|l| l.contains(raft_core::LATENCY_TARGET));
+        for line in lines.filter(|l| l.contains(event)) {
+            for ((field, _), recorder) in stages.iter().zip(&mut recorders) {
+                if let Some(us) = field_value(line, field) {
+                    recorder.record(Duration::from_micros(us));
+                }
+            }
+        }
+    }
+    Ok(recorders)
+}
+
+/// Prints one line per stage: what it covers, p50, p99.
+fn print_stages(stages: &[(&str, &str)], recorders: &[LatencyRecorder]) {
+    for ((_, what), recorder) in stages.iter().zip(recorders) {
+        let row = recorder.row(String::new(), Duration::from_secs(1));
+        println!("{what:<52} | {:>9} | {:>9}", format_us(row.p50_us), format_us(row.p99_us));
+    }
+}
 
 /// Prints the client's put latency next to the stages the leader reported in its log.
 fn print_breakdown(
@@ -297,17 +337,8 @@ fn print_breakdown(
     client: &LatencyRecorder,
     errors: u64,
 ) -> Result<(), Error> {
-    let mut stages: Vec<LatencyRecorder> = STAGES.iter().map(|_| LatencyRecorder::new()).collect();
-    for id in cluster.ids() {
-        let log = std::fs::read_to_string(cluster.log_path(id))?;
-        for line in log.lines().filter(|l| l.contains(raft_core::LATENCY_TARGET)) {
-            for ((field, _), recorder) in STAGES.iter().zip(&mut stages) {
-                if let Some(us) = field_value(line, field) {
-                    recorder.record(Duration::from_micros(us));
-                }
-            }
-        }
-    }
+    let stages = stage_latencies(cluster, "proposal stages", &STAGES)?;
+    let follower = stage_latencies(cluster, "follower stages", &FOLLOWER_STAGES)?;
     let followed = stages.last().map_or(0, LatencyRecorder::count);
     let client_row = client.row(String::new(), Duration::from_secs(1));
     println!(
@@ -316,10 +347,7 @@ fn print_breakdown(
     );
     println!("{:<52} | {:>9} | {:>9}", "time since the leader took the proposal", "p50", "p99");
     println!("{}", "-".repeat(76));
-    for ((_, what), recorder) in STAGES.iter().zip(&stages) {
-        let row = recorder.row(String::new(), Duration::from_secs(1));
-        println!("{what:<52} | {:>9} | {:>9}", format_us(row.p50_us), format_us(row.p99_us));
-    }
+    print_stages(&STAGES, &stages);
     let applied = stages.last().map(|r| r.row(String::new(), Duration::from_secs(1)));
     println!("{}", "-".repeat(76));
     println!(
@@ -335,6 +363,14 @@ fn print_breakdown(
             format_us(client_row.p50_us.saturating_sub(applied.p50_us))
         );
     }
+    let answered = follower.last().map_or(0, LatencyRecorder::count);
+    println!(
+        "\n{:<52} | {:>9} | {:>9}",
+        "time since a follower took the AppendEntries", "p50", "p99"
+    );
+    println!("{}", "-".repeat(76));
+    print_stages(&FOLLOWER_STAGES, &follower);
+    println!("({answered} AppendEntries followed by the followers)");
     Ok(())
 }
 

@@ -266,6 +266,10 @@ impl CoreLoop {
                 }
             }
             Input::Request { request, reply } => {
+                if let RpcRequest::AppendEntries(append) = &request {
+                    let last = append.entries.last().map_or(0, |e| e.index);
+                    self.probe.received(last, || self.clock.now());
+                }
                 let id = self.next_reply;
                 self.next_reply += 1;
                 self.replies.insert(id, reply);
@@ -290,8 +294,8 @@ impl CoreLoop {
                     }
                 }
             }
-            Input::Persisted { seq, written, result } => {
-                self.persisted(Written { seq, written, result })
+            Input::Persisted { seq, written, result, ended } => {
+                self.persisted(Written { seq, written, result, ended })
             }
             Input::Applied(index) => {
                 self.probe.applied(index, || self.clock.now());
@@ -584,12 +588,13 @@ impl CoreLoop {
     /// A log write ended: what it made durable is acknowledged to the engine, and the messages
     /// and storage operations waiting for it go out.
     fn persisted(&mut self, done: Written) {
-        let Written { seq, written, result } = done;
+        let Written { seq, written, result, ended } = done;
         if let Err(error) = result {
             return self.fail(FatalError::Storage(error));
         }
         self.durable_seq = seq;
         let last = written.last_entry.map_or(0, |id| id.index);
+        self.probe.written(last, ended);
         self.probe.persisted(last, || self.clock.now());
         self.engine.on_persisted(written);
         self.release_held();
@@ -641,6 +646,9 @@ impl CoreLoop {
     }
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {
+        if let RpcResponse::AppendEntries(r) = &response {
+            self.probe.answered(r.match_index, || self.clock.now());
+        }
         if let Some(reply) = self.replies.remove(&reply_to.0) {
             let _ = reply.send(response);
         }

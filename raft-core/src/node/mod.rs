@@ -115,6 +115,8 @@ pub(crate) enum Input {
         seq: u64,
         written: crate::engine::PersistedWrite,
         result: Result<(), Arc<StorageError>>,
+        /// When the store's future resolved (the runtime's clock).
+        ended: std::time::Duration,
     },
     Applied(LogIndex),
     ApplyFailed(Arc<StateMachineError>),

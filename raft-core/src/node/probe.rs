@@ -5,10 +5,17 @@
 //!
 //! Stages, from the moment the main loop hands the proposal to the engine (`accepted`):
 //! `sent_us` until the first AppendEntries carrying it is handed to a peer's sender task,
-//! `persisted_us` until the leader's own write covering it is durable, `acked_us` until the
-//! first follower acknowledges it (its own durable write plus a network round trip),
-//! `committed_us` until the commit index covers it, `applied_us` until the applier reports it
-//! applied (the proposer was answered just before). All are times since `accepted`.
+//! `written_us` until the store's future covering it resolved (seen by whichever task polled
+//! it: the main loop or the log writer task), `persisted_us` until the main loop learned it
+//! (the engine's `on_persisted`), `acked_us` until the first follower acknowledges it (its own
+//! durable write plus a network round trip), `committed_us` until the commit index covers it,
+//! `applied_us` until the applier reports it applied (the proposer was answered just before).
+//! All are times since `accepted`.
+//!
+//! A follower follows one AppendEntries carrying entries at a time, from the moment its main
+//! loop takes the request (`received`): `written_us` until its write of them resolved,
+//! `persisted_us` until the main loop learned it, `answered_us` until the acknowledgement was
+//! handed to the transport (event "follower stages").
 
 use std::time::Duration;
 
@@ -24,15 +31,27 @@ struct Followed {
     index: LogIndex,
     accepted: Duration,
     sent: Option<Duration>,
+    written: Option<Duration>,
     persisted: Option<Duration>,
     acked: Option<Duration>,
     committed: Option<Duration>,
 }
 
-/// Follows at most one proposal at a time (the next one starts once it is applied).
+/// The stages of the AppendEntries a follower follows.
+struct Received {
+    /// The last entry it carries.
+    index: LogIndex,
+    received: Duration,
+    written: Option<Duration>,
+    persisted: Option<Duration>,
+}
+
+/// Follows at most one proposal at a time (the next one starts once it is applied), and on a
+/// follower at most one AppendEntries at a time (the next one once it is answered).
 #[derive(Default)]
 pub(super) struct LatencyProbe {
     followed: Option<Followed>,
+    received: Option<Received>,
 }
 
 impl LatencyProbe {
@@ -52,6 +71,7 @@ impl LatencyProbe {
             index,
             accepted: now(),
             sent: None,
+            written: None,
             persisted: None,
             acked: None,
             committed: None,
@@ -73,9 +93,83 @@ impl LatencyProbe {
         self.mark(last, now, |f| &mut f.sent);
     }
 
-    /// The leader's writes up to `last` are durable.
+    /// The store's future of a write up to `last` resolved at `at` (before the main loop
+    /// learned it).
+    pub(super) fn written(&mut self, last: LogIndex, at: Duration) {
+        self.mark(last, || at, |f| &mut f.written);
+        if let Some(r) = self.received.as_mut().filter(|r| last >= r.index) {
+            r.written.get_or_insert(at);
+        }
+    }
+
+    /// The writes up to `last` are durable (the main loop learned it).
     pub(super) fn persisted(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
-        self.mark(last, now, |f| &mut f.persisted);
+        if self.followed.is_none() && self.received.is_none() {
+            return;
+        }
+        let now = now();
+        self.mark(last, || now, |f| &mut f.persisted);
+        if let Some(r) = self.received.as_mut().filter(|r| last >= r.index) {
+            r.persisted.get_or_insert(now);
+        }
+    }
+
+    /// A follower took an AppendEntries carrying entries up to `last` (none: `last` is 0):
+    /// followed if none is, and the probe's target is enabled.
+    pub(super) fn received(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+        if last > 0
+            && self.received.is_none()
+            && tracing::enabled!(target: LATENCY_TARGET, Level::DEBUG)
+        {
+            self.receive(last, now);
+        }
+    }
+
+    fn receive(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+        if self.received.is_none() {
+            let received = now();
+            self.received =
+                Some(Received { index: last, received, written: None, persisted: None });
+        }
+    }
+
+    /// A follower handed an answer to an AppendEntries to the transport: an acknowledgement of
+    /// entries up to `match_index` reports the followed AppendEntries if it covers it; a
+    /// rejection (`None`) lets it go (its entries may never be acknowledged as such).
+    pub(super) fn answered(
+        &mut self,
+        match_index: Option<LogIndex>,
+        now: impl FnOnce() -> Duration,
+    ) {
+        let Some(match_index) = match_index else {
+            self.received = None;
+            return;
+        };
+        if let Some(stages) = self.finish_received(match_index, now) {
+            tracing::debug!(
+                target: LATENCY_TARGET,
+                index = stages.index,
+                written_us = stages.written_us,
+                persisted_us = stages.persisted_us,
+                answered_us = stages.answered_us,
+                "follower stages"
+            );
+        }
+    }
+
+    fn finish_received(
+        &mut self,
+        match_index: LogIndex,
+        now: impl FnOnce() -> Duration,
+    ) -> Option<FollowerStages> {
+        let r = self.received.take_if(|r| match_index >= r.index)?;
+        let since = |t: Option<Duration>| t.map_or(0, |t| micros(t.saturating_sub(r.received)));
+        Some(FollowerStages {
+            index: r.index,
+            written_us: since(r.written),
+            persisted_us: since(r.persisted),
+            answered_us: since(Some(now())),
+        })
     }
 
     /// A follower acknowledged entries up to `last`.
@@ -95,6 +189,7 @@ impl LatencyProbe {
                 target: LATENCY_TARGET,
                 index = stages.index,
                 sent_us = stages.sent_us,
+                written_us = stages.written_us,
                 persisted_us = stages.persisted_us,
                 acked_us = stages.acked_us,
                 committed_us = stages.committed_us,
@@ -111,6 +206,7 @@ impl LatencyProbe {
         Some(Stages {
             index: f.index,
             sent_us: since(f.sent),
+            written_us: since(f.written),
             persisted_us: since(f.persisted),
             acked_us: since(f.acked),
             committed_us: since(f.committed),
@@ -124,10 +220,20 @@ impl LatencyProbe {
 struct Stages {
     index: LogIndex,
     sent_us: u64,
+    written_us: u64,
     persisted_us: u64,
     acked_us: u64,
     committed_us: u64,
     applied_us: u64,
+}
+
+/// Microseconds from a follower's taking an AppendEntries to each stage (0: not seen).
+#[derive(Debug, PartialEq, Eq)]
+struct FollowerStages {
+    index: LogIndex,
+    written_us: u64,
+    persisted_us: u64,
+    answered_us: u64,
 }
 
 type Pick = fn(&mut Followed) -> &mut Option<Duration>;
@@ -153,6 +259,8 @@ mod tests {
         probe.sent(7, at(110));
         probe.sent(9, at(111)); // the first time counts
         probe.acked(5, at(400));
+        probe.written(4, Duration::from_micros(250)); // an earlier write
+        probe.written(6, Duration::from_micros(280));
         probe.persisted(6, at(300));
         probe.committed(4, at(350));
         probe.committed(5, at(420));
@@ -160,6 +268,7 @@ mod tests {
         let expected = Stages {
             index: 5,
             sent_us: 10,
+            written_us: 180,
             persisted_us: 200,
             acked_us: 300,
             committed_us: 320,
@@ -170,5 +279,26 @@ mod tests {
         probe.follow(6, at(600));
         let next = probe.finish(6, at(601)).map(|s| (s.index, s.sent_us, s.applied_us));
         assert_eq!(next, Some((6, 0, 1)));
+    }
+
+    #[test]
+    fn a_follower_reports_its_write_and_answer_since_it_took_the_request() {
+        let mut probe = LatencyProbe::default();
+        probe.receive(8, at(1_000));
+        probe.receive(9, at(1_001)); // one at a time: ignored
+        probe.written(7, Duration::from_micros(1_100)); // an earlier write
+        probe.written(8, Duration::from_micros(1_500));
+        probe.persisted(9, at(1_520));
+        assert_eq!(probe.finish_received(7, at(1_530)), None, "an earlier acknowledgement");
+        let expected =
+            FollowerStages { index: 8, written_us: 500, persisted_us: 520, answered_us: 540 };
+        assert_eq!(probe.finish_received(8, at(1_540)), Some(expected));
+        assert_eq!(probe.finish_received(8, at(1_541)), None, "reported once");
+        // A rejected AppendEntries is let go: the next one is followed.
+        probe.receive(12, at(2_000));
+        probe.answered(None, at(2_001));
+        probe.receive(13, at(2_100));
+        let next = probe.finish_received(13, at(2_150)).map(|s| (s.index, s.answered_us));
+        assert_eq!(next, Some((13, 50)));
     }
 }

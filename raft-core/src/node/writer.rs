@@ -63,6 +63,8 @@ pub(super) struct Written {
     pub(super) seq: u64,
     pub(super) written: PersistedWrite,
     pub(super) result: Result<(), Arc<StorageError>>,
+    /// When the store's future resolved (the runtime's clock).
+    pub(super) ended: Duration,
 }
 
 impl Write {
@@ -106,8 +108,10 @@ impl Write {
     }
 
     fn finish(&self, metrics: &NodeMetrics, result: Result<(), StorageError>) -> Written {
-        metrics.log_write_done(self.entries, self.started, result.is_ok());
-        Written { seq: self.seq, written: self.written, result: result.map_err(Arc::new) }
+        let ended = metrics.now();
+        metrics.log_write_done(self.entries, self.started, ended, result.is_ok());
+        let result = result.map_err(Arc::new);
+        Written { seq: self.seq, written: self.written, result, ended }
     }
 }
 
@@ -154,9 +158,10 @@ pub(super) async fn run(
                 Write::start(&start, &metrics, seq, batch)
             }
         };
-        let Written { seq, written, result } = write.wait(&metrics).await;
+        let Written { seq, written, result, ended } = write.wait(&metrics).await;
         let failed = result.is_err();
-        if inputs.send(Input::Persisted { seq, written, result }).await.is_err() || failed {
+        let done = Input::Persisted { seq, written, result, ended };
+        if inputs.send(done).await.is_err() || failed {
             // The node stopped, or the store failed: nothing more may be acknowledged.
             return;
         }
@@ -244,7 +249,7 @@ mod tests {
         futures::executor::block_on(run(start, requests, inputs, metrics));
         let reported: Vec<(u64, u64)> = std::iter::from_fn(|| reports.try_recv().ok())
             .map(|input| match input {
-                Input::Persisted { seq, written, result } => {
+                Input::Persisted { seq, written, result, .. } => {
                     assert!(result.is_ok());
                     (seq, term_of(&written))
                 }
