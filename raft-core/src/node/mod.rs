@@ -28,6 +28,7 @@ mod resume;
 mod snapshot;
 mod supervisor;
 mod ticker;
+mod waiters;
 mod watch;
 mod writer;
 
@@ -578,10 +579,22 @@ impl Node {
             return Err(ProposeError::InsideStateMachine.into());
         }
         self.check_proposal(&command)?;
-        let permit = self.shared.proposal_slots.acquire_arc().await;
+        // The waits below are taken only when needed: a free slot and room in the queue (the
+        // common case) cost no future, no listener.
+        let permit = match self.shared.proposal_slots.try_acquire_arc() {
+            Some(permit) => permit,
+            None => self.shared.proposal_slots.acquire_arc().await,
+        };
         let (reply, answer) = oneshot::channel();
         let input = Input::Propose { command, permit, reply: ProposeReply::Applied(reply) };
-        if self.shared.inputs.send(input).await.is_err() {
+        let sent = match self.shared.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(async_channel::TrySendError::Full(input)) => {
+                self.shared.inputs.send(input).await.map_err(drop)
+            }
+            Err(async_channel::TrySendError::Closed(_)) => Err(()),
+        };
+        if sent.is_err() {
             return Err(ProposeError::Shutdown.into());
         }
         // Dropped unanswered: the node stopped, before or after appending the entry.
