@@ -214,18 +214,18 @@ async fn run_level(
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             let mut recorder = Samples::default();
-            loop {
-                let now = Instant::now();
-                if now >= stop_at {
-                    break;
-                }
+            // One clock read per operation: its end is the next one's start.
+            let mut now = Instant::now();
+            while now < stop_at {
                 let result = match op {
                     Op::Write => leader.write(payload.clone()).await.is_ok(),
                     Op::ReadIndex => leader.read_index().await.is_ok(),
                 };
+                let end = Instant::now();
                 if result && now >= measure_from {
-                    recorder.record(now.elapsed());
+                    recorder.record(end - now);
                 }
+                now = end;
             }
             recorder
         }));

@@ -124,7 +124,8 @@ impl RaftLog {
     pub(crate) fn slice(&self, start: LogIndex, max_count: usize, max_bytes: u64) -> Vec<Entry> {
         let Some(pos) = self.position(start) else { return Vec::new() };
         let mut bytes = 0;
-        let mut out = Vec::new();
+        // Sized once: a batch of 4096 entries grown by doubling was reallocated and copied 12 times.
+        let mut out = Vec::with_capacity(max_count.min(self.entries.len() - pos));
         for entry in self.entries.range(pos..).take(max_count) {
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {

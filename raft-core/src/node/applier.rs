@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use super::snapshot::{self, ApplierSnapshots};
+use super::waiters::IndexQueue;
 use super::{Input, PendingRead};
 use crate::error::{CommitError, StateMachineError, WriteError};
 use crate::membership::Membership;
@@ -108,7 +109,7 @@ pub(super) async fn run<M: StateMachine>(
     mut applied: LogIndex,
     metrics: Arc<NodeMetrics>,
 ) {
-    let mut waiters: BTreeMap<LogIndex, Waiter> = BTreeMap::new();
+    let mut waiters: IndexQueue<Waiter> = IndexQueue::default();
     let mut reads = ReadWaiters::default();
     while let Ok(message) = messages.recv().await {
         match message {
@@ -122,7 +123,7 @@ pub(super) async fn run<M: StateMachine>(
             ApplyMsg::PruneReads => reads.prune(),
             ApplyMsg::Wait(batch) => waiters.extend(batch),
             ApplyMsg::LeadershipLost { commit_index } => {
-                for (_, waiter) in waiters.split_off(&(commit_index + 1)) {
+                for (_, waiter) in waiters.split_above(commit_index) {
                     metrics.proposal_answered(waiter.proposed_at, Duration::ZERO, false);
                     waiter.reply.send(Err(CommitError::LeadershipLost));
                 }
@@ -166,7 +167,7 @@ pub(super) async fn run<M: StateMachine>(
                 let ended = metrics.now();
                 metrics.apply_done(entries.len(), started, ended);
                 for (entry, response) in entries.iter().zip(responses) {
-                    if let Some(waiter) = waiters.remove(&entry.index) {
+                    if let Some(waiter) = waiters.remove(entry.index) {
                         let ok = waiter.term == entry.term;
                         metrics.proposal_answered(waiter.proposed_at, ended, ok);
                         let outcome = if ok {

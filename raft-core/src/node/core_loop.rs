@@ -11,6 +11,7 @@ use futures::channel::oneshot;
 
 use self::snapshots::SnapshotDriver;
 use super::applier::{Answer, ApplyMsg, Waiter};
+use super::inbox::Proposed;
 use super::peer::PeerQueue;
 use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
@@ -45,13 +46,6 @@ enum Stop {
 enum Held {
     Send { to: NodeId, request: RpcRequest },
     Respond { reply_to: ReplyId, response: RpcResponse },
-}
-
-/// A proposal the engine could not take yet (state machine backlog); retried after applies.
-struct Deferred {
-    command: bytes::Bytes,
-    permit: async_lock::SemaphoreGuardArc,
-    reply: ProposeReply,
 }
 
 pub(super) struct CoreLoop {
@@ -97,7 +91,9 @@ pub(super) struct CoreLoop {
     durable_seq: u64,
     held: VecDeque<(u64, Held)>,
     /// Proposals waiting for room, in arrival order: while any waits, new ones queue behind it.
-    deferred: VecDeque<Deferred>,
+    deferred: VecDeque<Proposed>,
+    /// The proposals taken from the inbox, being handed to the engine (kept for its capacity).
+    arrived: Vec<Proposed>,
     was_leader: bool,
     snap: SnapshotDriver,
     /// Follows one proposal at a time through its stages (when its `tracing` target is on).
@@ -166,6 +162,7 @@ impl CoreLoop {
             durable_seq: 0,
             held: VecDeque::new(),
             deferred: VecDeque::new(),
+            arrived: Vec::new(),
             was_leader: false,
             snap: SnapshotDriver::default(),
             probe: LatencyProbe::default(),
@@ -196,13 +193,11 @@ impl CoreLoop {
                 crate::yield_now().await;
             }
             self.step_now = None;
-            self.handle(input);
-            for _ in 1..MAX_INPUTS_PER_STEP {
-                if self.stop.is_some() {
-                    break;
-                }
+            // Each proposal taken from the inbox counts as one input.
+            let mut taken = self.handle(input);
+            while taken < MAX_INPUTS_PER_STEP && self.stop.is_none() {
                 match inputs.receiver.try_recv() {
-                    Ok(input) => self.handle(input),
+                    Ok(input) => taken += self.handle(input),
                     Err(_) => break,
                 }
             }
@@ -233,8 +228,9 @@ impl CoreLoop {
         self
     }
 
-    /// Feeds one input to the engine; sets `stop` when the node must stop.
-    fn handle(&mut self, input: Input) {
+    /// Feeds one input to the engine (or the proposals of the inbox); sets `stop` when the
+    /// node must stop. Returns how many inputs that was (proposals count one each).
+    fn handle(&mut self, input: Input) -> usize {
         // For the inputs whose time matters to lease reads (a tick starts a lease round; a
         // read, local or from a follower, checks the lease), read after the input arrived: a
         // read is answered from the lease only if it still holds after the read was asked for.
@@ -256,15 +252,7 @@ impl CoreLoop {
                     self.metrics.replication(&self.engine);
                 }
             }
-            Input::Propose { command, permit, reply } => {
-                let proposal = Deferred { command, permit, reply };
-                if self.deferred.is_empty() {
-                    self.propose(proposal);
-                } else {
-                    // Older proposals wait for room: this one waits behind them.
-                    self.deferred.push_back(proposal);
-                }
-            }
+            Input::Proposals => return self.take_proposals(),
             Input::Request { request, reply } => {
                 if let RpcRequest::AppendEntries(append) = &request {
                     let last = append.entries.last().map_or(0, |e| e.index);
@@ -303,7 +291,7 @@ impl CoreLoop {
             }
             Input::ReadIndex { read } => {
                 if read.abandoned() {
-                    return; // the caller gave up before the read started
+                    return 1; // the caller gave up before the read started
                 }
                 let id = self.next_read;
                 self.next_read += 1;
@@ -343,11 +331,30 @@ impl CoreLoop {
                 }
             }
         }
+        1
+    }
+
+    /// Hands the proposals waiting in the inbox to the engine, in arrival order; returns how
+    /// many there were.
+    fn take_proposals(&mut self) -> usize {
+        let mut arrived = std::mem::take(&mut self.arrived);
+        self.inputs.inbox.take(&mut arrived);
+        let count = arrived.len();
+        for proposal in arrived.drain(..) {
+            if self.deferred.is_empty() {
+                self.propose(proposal);
+            } else {
+                // Older proposals wait for room: this one waits behind them.
+                self.deferred.push_back(proposal);
+            }
+        }
+        self.arrived = arrived;
+        count
     }
 
     /// Hands a proposal to the engine; one that must wait for room goes to the front of
     /// the deferred queue (it is older than every proposal queued there).
-    fn propose(&mut self, proposal: Deferred) {
+    fn propose(&mut self, proposal: Proposed) {
         match self.engine.propose(proposal.command.clone()) {
             Ok(id) => {
                 self.metrics.node.proposals.increment(1);

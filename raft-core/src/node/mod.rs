@@ -19,6 +19,7 @@ mod applier;
 mod bootstrap;
 mod builder;
 mod core_loop;
+mod inbox;
 mod membership;
 mod peer;
 mod probe;
@@ -28,6 +29,7 @@ mod resume;
 mod snapshot;
 mod supervisor;
 mod ticker;
+mod waiters;
 mod watch;
 mod writer;
 
@@ -69,11 +71,9 @@ use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term}
 pub(crate) enum Input {
     /// This many ticks of `tick_interval` passed.
     Tick(u64),
-    Propose {
-        command: Bytes,
-        permit: async_lock::SemaphoreGuardArc,
-        reply: ProposeReply,
-    },
+    /// Proposals are waiting in the node's [`inbox::Inbox`] (sent by the proposer that found
+    /// it empty).
+    Proposals,
     Request {
         request: RpcRequest,
         reply: oneshot::Sender<RpcResponse>,
@@ -209,6 +209,8 @@ struct Shared {
     runtime: Arc<dyn Runtime>,
     membership: Arc<Mutex<Membership>>,
     inputs: Sender<Input>,
+    /// Proposals on their way to the main loop.
+    inbox: Arc<inbox::Inbox>,
     status: Arc<StatusCell>,
     proposal_slots: Arc<Semaphore>,
     /// Bounds the reads this node holds (`Config::max_pending_reads`), wherever they wait.
@@ -490,8 +492,10 @@ impl Node {
             inputs_tx.clone(),
         );
         spawn("ticker", ticks.boxed());
+        let inbox = Arc::new(inbox::Inbox::default());
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,
+            inbox: inbox.clone(),
             status: status.clone(),
             fatal: fatal.clone(),
         });
@@ -534,6 +538,7 @@ impl Node {
                 runtime,
                 membership,
                 inputs: inputs_tx,
+                inbox,
                 status,
                 proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
                 read_slots: Arc::new(Semaphore::new(config.max_pending_reads)),
@@ -558,11 +563,10 @@ impl Node {
     /// and returns its index and term; [`Proposal::response`] waits for it to be applied.
     pub async fn propose(&self, command: Bytes) -> Result<Proposal, ProposeError> {
         self.check_proposal(&command)?;
-        let permit = self.shared.proposal_slots.acquire_arc().await;
-        let answer = self
-            .ask(|reply| Input::Propose { command, permit, reply: ProposeReply::Appended(reply) })
-            .await;
-        answer.unwrap_or(Err(ProposeError::Shutdown))
+        let permit = self.proposal_slot().await;
+        let (reply, answer) = oneshot::channel();
+        self.submit(inbox::Proposed { command, permit, reply: ProposeReply::Appended(reply) })?;
+        answer.await.unwrap_or(Err(ProposeError::Shutdown))
     }
 
     /// Proposes `command` and waits until it is applied: [`Node::propose`] followed by
@@ -580,14 +584,34 @@ impl Node {
             return Err(ProposeError::InsideStateMachine.into());
         }
         self.check_proposal(&command)?;
-        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let permit = self.proposal_slot().await;
         let (reply, answer) = oneshot::channel();
-        let input = Input::Propose { command, permit, reply: ProposeReply::Applied(reply) };
-        if self.shared.inputs.send(input).await.is_err() {
-            return Err(ProposeError::Shutdown.into());
-        }
+        self.submit(inbox::Proposed { command, permit, reply: ProposeReply::Applied(reply) })?;
         // Dropped unanswered: the node stopped, before or after appending the entry.
         answer.await.unwrap_or(Err(WriteError::Failed(CommitError::Shutdown)))
+    }
+
+    /// One of the node's `max_pending_proposals` slots, waiting for one if none is free (the
+    /// wait's future is built only then).
+    async fn proposal_slot(&self) -> async_lock::SemaphoreGuardArc {
+        match self.shared.proposal_slots.try_acquire_arc() {
+            Some(permit) => permit,
+            None => self.shared.proposal_slots.acquire_arc().await,
+        }
+    }
+
+    /// Hands `proposal` to the main loop (through the inbox; the proposer that finds the inbox
+    /// empty wakes the main loop). Never waits: proposals are bounded by their slots, not by
+    /// the input queue. Fails if the node stopped.
+    fn submit(&self, proposal: inbox::Proposed) -> Result<(), ProposeError> {
+        match self.shared.inbox.push(proposal) {
+            Ok(inbox::Pushed::Queued) => {}
+            Ok(inbox::Pushed::WakeMainLoop) => {
+                inbox::wake_main_loop(&self.shared.inputs, self.shared.runtime.as_ref())
+            }
+            Err(_) => return Err(ProposeError::Shutdown),
+        }
+        Ok(())
     }
 
     /// The checks of a proposal that need no round trip to the main loop: its size, and

@@ -3,7 +3,6 @@
 //! apply path), the apply-path steps (take, restore), reading a stored snapshot as a stream, and
 //! the network wrapper that fills InstallSnapshot chunks from the store.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
@@ -11,6 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use super::applier::Waiter;
+use super::waiters::IndexQueue;
 use super::Input;
 use crate::error::{CommitError, FatalError};
 use crate::membership::Membership;
@@ -216,12 +216,11 @@ pub(super) async fn restore<M: StateMachine>(
     state_machine: &mut M,
     snapshots: Option<&ApplierSnapshots>,
     meta: SnapshotMeta,
-    waiters: &mut BTreeMap<LogIndex, Waiter>,
+    waiters: &mut IndexQueue<Waiter>,
     inputs: &Sender<Input>,
 ) -> bool {
     let last = meta.last_included.index;
-    let rest = waiters.split_off(&(last + 1));
-    for (_, waiter) in std::mem::replace(waiters, rest) {
+    for (_, waiter) in waiters.split_up_to(last) {
         waiter.reply.send(Err(CommitError::LeadershipLost));
     }
     let Some(s) = snapshots else {

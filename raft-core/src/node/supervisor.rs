@@ -21,16 +21,20 @@ use crate::types::Role;
 /// How the node's inputs end, shared by the main loop and the supervisor of its task.
 pub(crate) struct Inputs {
     pub(crate) receiver: Receiver<Input>,
+    /// The proposals on their way to the main loop, which end with the queue.
+    pub(crate) inbox: Arc<super::inbox::Inbox>,
     pub(crate) status: Arc<StatusCell>,
     pub(crate) fatal: Arc<Mutex<Option<FatalError>>>,
 }
 
 impl Inputs {
-    /// Closes the input queue and drops every input still in it: their reply channels and
-    /// proposal permits go with them, so their callers get `Shutdown` at once. Returns the first
-    /// failure report found among them (a task that failed just before the stop).
+    /// Closes the input queue and the proposal inbox and drops every input and proposal still
+    /// in them: their reply channels and proposal permits go with them, so their callers get
+    /// `Shutdown` at once. Returns the first failure report found among them (a task that
+    /// failed just before the stop).
     pub(crate) fn close(&self) -> Option<FatalError> {
         self.receiver.close();
+        self.inbox.close();
         let mut cause = None;
         while let Ok(input) = self.receiver.try_recv() {
             if cause.is_none() {
@@ -191,6 +195,7 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::channel(0);
         let ends = Arc::new(Inputs {
             receiver: inputs_rx,
+            inbox: Arc::default(),
             status: StatusCell::new(status()),
             fatal: Arc::new(Mutex::new(None)),
         });
