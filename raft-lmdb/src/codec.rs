@@ -1,6 +1,6 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 3
+//! # Format version 4
 //!
 //! The environment holds two named databases:
 //!
@@ -19,8 +19,11 @@
 //!
 //! That is the layout of a store of its own. An [`crate::LmdbEnvironment`] holds the same records
 //! for many groups in `raft-groups-log` (key: group id then index, both big-endian `u64`) and
-//! `raft-groups-meta` ([`FORMAT_KEY`], and `g` followed by the big-endian group id for each
-//! group's [`MetaRecord`]); see `layout.rs`.
+//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, and `g` followed by the big-endian group
+//! id for each group's [`MetaRecord`]), plus a journal, `raft-groups-journal`, where commits
+//! append new entries of every group before they are moved in bulk to `raft-groups-log` (key: a
+//! big-endian `u64` sequence number; value: group id and index, both big-endian `u64`, then the
+//! entry record); see `layout.rs` and `journal.rs`.
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
@@ -42,6 +45,13 @@
 //!   raft-core's joint consensus); tag `2` is still read (a membership with empty metadata) and
 //!   never written. Every version 1 or 2 record is a valid version 3 record, so such a store is
 //!   upgraded the same way: its format record is rewritten to 3 when it is opened.
+//! * **4**: a multi-group environment has a journal (`raft-groups-journal`, see `journal.rs`)
+//!   that holds the newest entries of its groups, and `journal-seq` in its metadata database;
+//!   an older build would not see the entries in the journal, so it must refuse the
+//!   environment. Single-group stores are unchanged. Opening an environment of version 1 to 3
+//!   creates its (empty) journal and rewrites its format record to 4 in one synced transaction
+//!   before anything else is written; a single-group store of version 1 to 3 has only its
+//!   format record rewritten.
 
 use std::collections::BTreeSet;
 
@@ -65,14 +75,15 @@ pub(crate) const STATE_KEY: &str = "state";
 pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
 /// The format version this build writes.
 ///
-/// It also reads versions 1 and 2, the formats of earlier builds, and upgrades such a store
-/// when it opens it by rewriting only its format record (every version 1 or 2 record is a valid
-/// version 3 record); from then on a build that knows only an older version refuses the store
+/// It also reads versions 1 to 3, the formats of earlier builds, and upgrades such a store
+/// when it opens it by rewriting its format record (every version 1 to 3 record is a valid
+/// version 4 record) and, for a multi-group environment, creating its empty journal; from then on a build that knows only an older version refuses the store
 /// with an "unsupported version" error instead of misreading it. Version 2 differs from version
 /// 1 in that membership entries belong to it (builds since the membership change had written
 /// them under version 1, which an older build then called corrupt); version 3 writes memberships
-/// with joint configurations and member metadata under a new tag.
-pub const FORMAT_VERSION: u32 = 3;
+/// with joint configurations and member metadata under a new tag; version 4 gives multi-group
+/// environments a journal of new entries (single-group stores are otherwise unchanged).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format version this build reads (and upgrades when it opens the store).
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, DatabaseStat, Env, EnvOpenOptions, RoTxn, WithoutTls};
-use raft_core::{GroupId, LogId, StorageError};
+use raft_core::{GroupId, LogId, LogIndex, StorageError};
 
 use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
+use crate::journal::{split_record, JOURNAL_DB};
 use crate::layout::{GroupKeys, Layout};
 use crate::registry::DirGuard;
 use crate::store::DiskStats;
@@ -25,16 +26,19 @@ const MAP_GRANULE: usize = 1 << 20;
 const MAX_GROWTH_STEP: usize = 16 << 30;
 /// How long closing waits for the last handle on the environment before giving up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Named databases an environment may open: the two of its layout, and the two of the other
-/// layout, looked up (never created) to recognize a directory opened the wrong way.
-const MAX_DBS: u32 = 4;
+/// Named databases an environment may open: those of its layout (two, and the journal of the
+/// multi-group layout), and those of the other layout, looked up (never created) to recognize
+/// a directory opened the wrong way.
+const MAX_DBS: u32 = 6;
 
-/// An open environment and its two databases. Dropping it closes the environment.
+/// An open environment and its databases. Dropping it closes the environment.
 #[derive(Debug)]
 pub(crate) struct Handles {
     pub(crate) env: Env<WithoutTls>,
     pub(crate) log: Db,
     pub(crate) meta: Db,
+    /// The journal ([`crate::journal`]): in the multi-group layout only.
+    pub(crate) journal: Option<Db>,
     pub(crate) layout: Layout,
 }
 
@@ -65,7 +69,11 @@ impl Handles {
             |stat: DatabaseStat| (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
         let tree_pages = pages(self.env.unnamed_database_stat())
             + pages(self.log.stat(&rtxn).map_err(storage_error)?)
-            + pages(self.meta.stat(&rtxn).map_err(storage_error)?);
+            + pages(self.meta.stat(&rtxn).map_err(storage_error)?)
+            + match &self.journal {
+                Some(journal) => pages(journal.stat(&rtxn).map_err(storage_error)?),
+                None => 0,
+            };
         let file_bytes = std::fs::metadata(self.env.path().join(DATA_FILE))?.len();
         Ok(DiskStats {
             page_size,
@@ -163,7 +171,7 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
 
 /// Opens the environment in `guard`'s directory with `layout`: creates the databases of a new
 /// environment, or checks that an existing one is ours, of that layout and of a supported
-/// format version (upgrading the format record of an older one).
+/// format version (upgrading an older one).
 pub(crate) fn open_environment(
     guard: &DirGuard,
     map_size: usize,
@@ -171,8 +179,8 @@ pub(crate) fn open_environment(
 ) -> Result<Handles, OpenError> {
     let path = guard.path();
     let env = open_env(guard, map_size).map_err(|e| open_error(path, e))?;
-    let (log, meta) = open_databases(&env, layout).map_err(|e| open_error(path, e))?;
-    let (other_log, other_meta) =
+    let (log, meta, journal) = open_databases(&env, layout).map_err(|e| open_error(path, e))?;
+    let (other_log, other_meta, _) =
         open_databases(&env, layout.other()).map_err(|e| open_error(path, e))?;
     // The main database lists the named databases (and whatever another program stored there).
     let main_is_empty = env.unnamed_database_stat().entries == 0;
@@ -190,7 +198,7 @@ pub(crate) fn open_environment(
         return Err(OpenError::NotOurStore { path: path.to_path_buf(), reason: reason.into() });
     }
     let handles = match (log, meta) {
-        (Some(log), Some(meta)) => Handles { env, log, meta, layout },
+        (Some(log), Some(meta)) => Handles { env, log, meta, journal, layout },
         (None, None) if main_is_empty => {
             create_databases(env, layout).map_err(|e| open_error(path, e))?
         }
@@ -207,7 +215,13 @@ pub(crate) fn open_environment(
             })
         }
     };
-    check_format(&handles, path)?;
+    let handles = check_format(handles, path)?;
+    if layout == Layout::Groups && handles.journal.is_none() {
+        return Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "the journal database is missing".into(),
+        });
+    }
     Ok(handles)
 }
 
@@ -222,7 +236,9 @@ pub(crate) fn reopen(
     handles.close()?;
     let env = open_env(guard, map_size).map_err(storage_error)?;
     match open_databases(&env, layout).map_err(storage_error)? {
-        (Some(log), Some(meta)) => Ok(Handles { env, log, meta, layout }),
+        (Some(log), Some(meta), journal) if journal.is_some() || layout == Layout::Single => {
+            Ok(Handles { env, log, meta, journal, layout })
+        }
         _ => Err(StorageError::Corrupt("the raft-lmdb databases vanished while reopening".into())),
     }
 }
@@ -246,19 +262,27 @@ fn round_up_map_size(size: usize) -> Option<usize> {
     size.checked_next_multiple_of(MAP_GRANULE)
 }
 
-/// Opens the log and metadata databases of `layout` if they exist.
+/// The databases of an environment of `layout`: log, metadata and (multi-group layout only)
+/// journal, each `None` if it does not exist.
+pub(crate) type Databases = (Option<Db>, Option<Db>, Option<Db>);
+
+/// Opens the databases of `layout` that exist.
 pub(crate) fn open_databases(
     env: &Env<WithoutTls>,
     layout: Layout,
-) -> Result<(Option<Db>, Option<Db>), heed::Error> {
+) -> Result<Databases, heed::Error> {
     let (log_name, meta_name) = layout.db_names();
     let rtxn = env.read_txn()?;
     let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, heed::Error> {
         let log = opener.open_database::<Bytes, Bytes>(rtxn, Some(log_name))?;
         let meta = opener.open_database::<Bytes, Bytes>(rtxn, Some(meta_name))?;
-        Ok(CommitOrAbort::<_, ()>::Commit((log, meta)))
+        let journal = match layout {
+            Layout::Single => None,
+            Layout::Groups => opener.open_database::<Bytes, Bytes>(rtxn, Some(JOURNAL_DB))?,
+        };
+        Ok(CommitOrAbort::<_, ()>::Commit((log, meta, journal)))
     })?;
-    Ok(Result::from(opened).unwrap_or((None, None)))
+    Ok(Result::from(opened).unwrap_or((None, None, None)))
 }
 
 /// Creates the databases and the format record of a new environment (and, in the single-group
@@ -270,6 +294,12 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
         env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
             let meta = opener.create_database::<Bytes, Bytes>(wtxn, Some(meta_name))?;
             let log = opener.create_database::<Bytes, Bytes>(wtxn, Some(log_name))?;
+            let journal = match layout {
+                Layout::Single => None,
+                Layout::Groups => {
+                    Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?)
+                }
+            };
             meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
             if layout == Layout::Single {
                 let state = codec::encode_meta(&MetaRecord::default()).map_err(|e| {
@@ -278,12 +308,12 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
                 let key = layout.keys(raft_core::DEFAULT_GROUP_ID).meta();
                 meta.put(wtxn, key.as_slice(), &state)?;
             }
-            Ok(CommitOrAbort::<_, ()>::Commit((meta, log)))
+            Ok(CommitOrAbort::<_, ()>::Commit((meta, log, journal)))
         })?;
     match Result::from(created) {
-        Ok((meta, log)) => {
+        Ok((meta, log, journal)) => {
             tracing::info!(path = %env.path().display(), ?layout, "created a new raft-lmdb environment");
-            Ok(Handles { env, log, meta, layout })
+            Ok(Handles { env, log, meta, journal, layout })
         }
         Err(()) => {
             Err(heed::Error::Io(std::io::Error::other("creating the databases was aborted")))
@@ -291,9 +321,10 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
     }
 }
 
-/// Checks the format record, then upgrades the format record of an older readable version
-/// (see `codec`'s version history).
-fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
+/// Checks the format record, then upgrades an older readable version (see `codec`'s version
+/// history): rewrites its format record and, for a multi-group environment of version 3 or
+/// older, creates its journal, in one synced transaction before any other write.
+fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError> {
     let rtxn = handles.env.read_txn().map_err(|e| open_error(path, e))?;
     let format = handles.meta.get(&rtxn, FORMAT_KEY.as_bytes()).map_err(|e| open_error(path, e))?;
     let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
@@ -316,27 +347,38 @@ fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
         }
     };
     drop(rtxn);
-    if let Some(old) = upgrade_from {
-        let mut wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
-        let record = codec::encode_format(FORMAT_VERSION);
-        handles
-            .meta
-            .put(&mut wtxn, FORMAT_KEY.as_bytes(), &record)
-            .map_err(|e| open_error(path, e))?;
-        wtxn.commit().map_err(|e| open_error(path, e))?;
-        tracing::info!(
-            path = %path.display(),
-            from = old,
-            to = FORMAT_VERSION,
-            "upgraded the raft-lmdb format record"
-        );
+    let Some(old) = upgrade_from else { return Ok(handles) };
+    let wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
+    let meta = handles.meta;
+    let create_journal = handles.layout == Layout::Groups && handles.journal.is_none();
+    let upgraded = handles
+        .env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+            let journal = match create_journal {
+                true => Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?),
+                false => None,
+            };
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
+            Ok(CommitOrAbort::<_, ()>::Commit(journal))
+        })
+        .map_err(|e| open_error(path, e))?;
+    match Result::from(upgraded) {
+        Ok(Some(journal)) => handles.journal = Some(journal),
+        Ok(None) => {}
+        Err(()) => return Err(corrupt("the format upgrade was aborted".into())),
     }
-    Ok(())
+    tracing::info!(
+        path = %path.display(),
+        from = old,
+        to = FORMAT_VERSION,
+        "upgraded the raft-lmdb format"
+    );
+    Ok(handles)
 }
 
 /// Reads the metadata record of the group `keys` (`None` if it does not exist) and checks that
-/// its log holds exactly the entries `purged.index + 1 ..= last.index`, the last one with the
-/// recorded term.
+/// its log and journal records hold exactly the entries `purged.index + 1 ..= last.index`, the
+/// last one with the recorded term, those of the log before those of the journal.
 pub(crate) fn check_group(
     handles: &Handles,
     keys: GroupKeys,
@@ -350,7 +392,7 @@ pub(crate) fn check_group(
     let all = keys.log(0);
     let end = keys.log(u64::MAX);
     let bounds = all.through(&end);
-    let len = match keys.layout() {
+    let log_len = match keys.layout() {
         // The whole database is the group's: LMDB keeps the count.
         Layout::Single => handles.log.len(&rtxn).map_err(storage_error)?,
         Layout::Groups => {
@@ -362,6 +404,22 @@ pub(crate) fn check_group(
             len
         }
     };
+    // The group's journal records: (count, first index, last index and its record).
+    let mut journaled: (u64, Option<LogIndex>, Option<(LogIndex, &[u8])>) = (0, None, None);
+    if let Some(journal) = &handles.journal {
+        for item in journal.iter(&rtxn).map_err(storage_error)? {
+            let (_, record) = item.map_err(storage_error)?;
+            let (group, index, entry) = split_record(record)?;
+            if group == keys.group() {
+                journaled.0 += 1;
+                journaled.1 = Some(journaled.1.map_or(index, |first: LogIndex| first.min(index)));
+                if journaled.2.is_none_or(|(max, _)| index > max) {
+                    journaled.2 = Some((index, entry));
+                }
+            }
+        }
+    }
+    let len = log_len + journaled.0;
     if len != expected_len {
         return Err(StorageError::Corrupt(format!(
             "the log holds {len} entries where the metadata (purged {purged:?}, last {last:?}) says {expected_len}"
@@ -370,20 +428,29 @@ pub(crate) fn check_group(
     if len == 0 {
         return Ok(Some(meta));
     }
-    let first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
+    let log_first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => keys.index_of(item.map_err(storage_error)?.0),
         None => None,
     };
-    let stored_last_id = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next()
-    {
+    let log_last = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => {
             let (key, bytes) = item.map_err(storage_error)?;
             let index = keys.index_of(key).unwrap_or_default();
-            LogId::new(codec::decode_entry_term(index, bytes)?, index)
+            Some((index, bytes))
         }
+        None => None,
+    };
+    let first = log_first.or(journaled.1);
+    let stored_last = journaled.2.or(log_last);
+    let stored_last_id = match stored_last {
+        Some((index, bytes)) => LogId::new(codec::decode_entry_term(index, bytes)?, index),
         None => LogId::default(),
     };
-    if first != Some(purged.index + 1) || stored_last_id != last {
+    let in_order = match (log_last, journaled.1) {
+        (Some((log_last, _)), Some(journal_first)) => log_last < journal_first,
+        _ => true,
+    };
+    if first != Some(purged.index + 1) || stored_last_id != last || !in_order {
         return Err(StorageError::Corrupt(format!(
             "the log spans {first:?}..={stored_last_id:?} where the metadata says {}..={last:?}",
             purged.index + 1

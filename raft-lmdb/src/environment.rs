@@ -19,6 +19,7 @@ use crate::env::{self, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
+use crate::journal::JournalIndex;
 use crate::layout::Layout;
 use crate::options::LmdbOptions;
 use crate::queue::{Queue, QueueLimits};
@@ -101,13 +102,19 @@ pub(crate) fn start(
         Layout::Groups => options.group_queue_capacity,
     };
     let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
-    let shared = Arc::new(Shared::new(handles, guard, queue));
+    let journal = match &handles.journal {
+        Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
+        None => None,
+    };
+    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
+    let shared = Arc::new(Shared::new(handles, guard, queue, read_index));
     shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
         max_requests: options.max_group_requests,
         max_bytes: options.max_group_bytes,
     };
-    let writer = writer::spawn(Arc::clone(&shared), committed, limits, headroom).map_err(io_err)?;
+    let writer =
+        writer::spawn(Arc::clone(&shared), committed, journal, limits, headroom).map_err(io_err)?;
     Ok(Arc::new(Running { shared, writer: Some(writer) }))
 }
 
@@ -119,6 +126,23 @@ fn check_group(
     group: GroupId,
 ) -> Result<Option<MetaRecord>, OpenError> {
     env::check_group(handles, handles.layout.keys(group)).map_err(|e| match e {
+        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
+        source => OpenError::Storage { path: dir.to_path_buf(), source },
+    })
+}
+
+/// Reads the journal of a multi-group environment (bounded: it is moved to the groups' logs
+/// once it reaches its bound).
+fn load_journal(
+    handles: &Handles,
+    journal: &env::Db,
+    dir: &Path,
+    options: &LmdbOptions,
+) -> Result<JournalIndex, OpenError> {
+    let bound = (options.journal_move_records, options.journal_move_bytes);
+    let loaded =
+        handles.read_txn().and_then(|txn| JournalIndex::load(journal, &handles.meta, &txn, bound));
+    loaded.map_err(|e| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
         source => OpenError::Storage { path: dir.to_path_buf(), source },
     })

@@ -109,6 +109,12 @@ impl Key {
     }
 }
 
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// A range of keys (bounds on unsized slices: what LMDB's range operations take).
 pub(crate) type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
@@ -123,6 +129,11 @@ impl GroupKeys {
     /// The layout.
     pub(crate) fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The group.
+    pub(crate) fn group(&self) -> GroupId {
+        self.group
     }
 
     /// The key of the entry `index`.

@@ -96,6 +96,7 @@ mod environment;
 mod error;
 mod fsdir;
 mod headroom;
+mod journal;
 mod layout;
 mod options;
 mod queue;
@@ -105,6 +106,8 @@ mod snapshot_store;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_journal;
 mod thread_io;
 mod writer;
 

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWrit
 use raft_core::{GroupId, StorageError};
 
 use crate::env::Handles;
+use crate::journal::ReadIndex;
 use crate::layout::Layout;
 use crate::queue::Queue;
 use crate::registry::DirGuard;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     handles: RwLock<Option<Handles>>,
     /// How the groups are laid out in the databases.
     pub(crate) layout: Layout,
+    /// Where readers find the records of the journal (multi-group layout; empty otherwise).
+    pub(crate) read_index: ReadIndex,
     /// Set when a write failed: from then on every write fails with [`StorageError::Closed`].
     poisoned: AtomicBool,
     /// The writer's requests.
@@ -56,9 +59,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(handles: Handles, guard: DirGuard, queue: Queue) -> Self {
+    pub(crate) fn new(
+        handles: Handles,
+        guard: DirGuard,
+        queue: Queue,
+        read_index: ReadIndex,
+    ) -> Self {
         Self {
             layout: handles.layout,
+            read_index,
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
             queue,

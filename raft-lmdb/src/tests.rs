@@ -44,10 +44,10 @@ fn store_with_entries() -> (tempfile::TempDir, std::path::PathBuf) {
 fn tamper(dir: &Path, change: impl FnOnce(&Handles, &mut RwTxn<'_>)) {
     let guard = DirGuard::acquire(&std::fs::canonicalize(dir).unwrap()).unwrap();
     let env = env::open_env(&guard, 1 << 24).unwrap();
-    let (Some(log), Some(meta)) = env::open_databases(&env, Layout::Single).unwrap() else {
+    let (Some(log), Some(meta), None) = env::open_databases(&env, Layout::Single).unwrap() else {
         panic!("not a store");
     };
-    let handles = Handles { env, log, meta, layout: Layout::Single };
+    let handles = Handles { env, log, meta, journal: None, layout: Layout::Single };
     let mut txn = handles.env.write_txn().unwrap();
     change(&handles, &mut txn);
     txn.commit().unwrap();
@@ -305,7 +305,7 @@ fn an_older_store_is_read_and_upgraded(records: &[(String, String, Vec<u8>)]) {
         format = h.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap().to_vec()
     });
     assert_eq!(format, codec::encode_format(FORMAT_VERSION));
-    assert_eq!(FORMAT_VERSION, 3);
+    assert_eq!(FORMAT_VERSION, 4);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(3..9, u64::MAX)).unwrap()[..5], expected[..]);
 }

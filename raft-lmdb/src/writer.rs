@@ -32,6 +32,7 @@ use crate::apply::{self, Applier, Failure, GroupLog, Rejection};
 use crate::codec::{self, MetaRecord};
 use crate::env::{self, Handles};
 use crate::headroom::Headroom;
+use crate::journal::{JournalIndex, MoveError};
 use crate::shared::Shared;
 use crate::thread_io;
 
@@ -89,10 +90,12 @@ pub(crate) struct GroupLimits {
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     committed: HashMap<GroupId, MetaRecord>,
+    journal: Option<JournalIndex>,
     limits: GroupLimits,
     headroom: Headroom,
 ) -> io::Result<JoinHandle<()>> {
-    let writer = Writer { shared, committed, limits, applier: Applier::default(), headroom };
+    let writer =
+        Writer { shared, committed, journal, limits, applier: Applier::default(), headroom };
     // The writer's `/proc` counters are known before the environment is handed out, so that
     // `DiskStats::written_bytes` counts from the first request on.
     let (ready, started) = std::sync::mpsc::sync_channel(1);
@@ -112,6 +115,9 @@ struct Writer {
     shared: Arc<Shared>,
     /// Each loaded group's metadata as of the last commit (only this thread changes it).
     committed: HashMap<GroupId, MetaRecord>,
+    /// The writer's index of the journal (multi-group layout only), as of the transaction
+    /// being built.
+    journal: Option<JournalIndex>,
     limits: GroupLimits,
     /// Applies requests to a transaction.
     applier: Applier,
@@ -209,7 +215,18 @@ impl Writer {
                 .collect();
         }
         loop {
-            match self.try_commit(&group) {
+            let result = self.try_commit(&group);
+            if let Some(journal) = &mut self.journal {
+                match &result {
+                    // Readers no longer need the records the commit deleted.
+                    Ok(_) => journal.withdraw_removed(&self.shared.read_index),
+                    Err(_) => {
+                        journal.withdraw_added(&self.shared.read_index);
+                        journal.rollback();
+                    }
+                }
+            }
+            match result {
                 Ok((touched, outcomes)) => {
                     for (id, meta) in touched {
                         match meta {
@@ -281,6 +298,18 @@ impl Writer {
         let zeros = self.headroom.ensure(used, entry_bytes, page_size);
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
+        if let (Some(journal), Some(db)) = (&mut self.journal, &handles.journal) {
+            journal.begin();
+            if journal.is_due() {
+                let dbs = (db, &handles.log, &handles.meta);
+                let keys = |group, index| handles.layout.keys(group).log(index);
+                let moved = journal.move_all(dbs, &mut txn, keys).map_err(|e| match e {
+                    MoveError::Lmdb(e) => Failure::from(e),
+                    MoveError::Corrupt(e) => Failure::Fatal(e),
+                })?;
+                tracing::debug!(moved, "moved the journal to the groups' logs");
+            }
+        }
         let mut touched = Touched::new();
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
@@ -302,6 +331,10 @@ impl Writer {
         if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
+        if let Some(journal) = &self.journal {
+            // Before the commit: a reader whose snapshot has the new records finds them.
+            journal.publish_added(&self.shared.read_index);
+        }
         txn.commit()?;
         Ok((touched, outcomes))
     }
@@ -315,7 +348,7 @@ impl Writer {
         request: &Request,
     ) -> Result<(), Rejection> {
         let keys = handles.layout.keys(request.group);
-        let log = GroupLog::new(handles, keys);
+        let mut log = GroupLog::new(handles, keys, self.journal.as_mut());
         if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group) {
             // Not loaded yet (a group found on disk): what is on disk is what is committed.
             if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {
