@@ -182,8 +182,10 @@ fn check_own_files(dir: &Path, own: &[&str]) -> Result<(), OpenError> {
 ///
 /// `dir` holds LMDB's files (`data.mdb`, `lock.mdb`) and `snapshots/<group>/`, the snapshot
 /// store of each group (see [`LmdbEnvironment::snapshot_store`]). Every group's log, hard
-/// state and log bounds live in two databases keyed by group id (see the crate documentation);
-/// the records are those of a single-group store. A directory of [`LmdbLogStore::open_dir`] is
+/// state and log bounds live in two databases keyed by group id (see the crate documentation),
+/// the newest entries of every group in a journal where each commit appends in one place (moved
+/// in bulk to the groups' keys once it reaches [`LmdbOptions::with_journal_bound`]); the
+/// records are those of a single-group store. A directory of [`LmdbLogStore::open_dir`] is
 /// not an environment and the other way round: each refuses the other's directory with
 /// [`OpenError::NotOurStore`] (there is no automatic migration between them).
 ///

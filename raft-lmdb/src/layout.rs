@@ -6,8 +6,9 @@
 //! * [`Layout::Groups`] (an [`crate::LmdbEnvironment`]): any number of groups in one key space.
 //!   Databases `raft-groups-log` (key: the group id then the entry index, both big-endian
 //!   `u64`, so that a group's entries are contiguous and in index order) and
-//!   `raft-groups-meta` (key `format`, and `g` followed by the big-endian group id for each
-//!   group's metadata record).
+//!   `raft-groups-meta` (keys `format` and `journal-seq`, and `g` followed by the big-endian
+//!   group id for each group's metadata record), plus the journal `raft-groups-journal` where
+//!   commits append new entries before they are moved to `raft-groups-log` (see `journal`).
 //!
 //! The records themselves (entries, metadata, format) are the same in both (see `codec`). One
 //! key space rather than named databases per group: LMDB looks named databases up by a linear
