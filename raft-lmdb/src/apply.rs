@@ -74,10 +74,12 @@ impl<'a> GroupLog<'a> {
     }
 
     /// Stores an entry after every entry of the group: at the end of the journal if there is
-    /// one, else at the end of the log.
+    /// one and it takes the group's entries in this transaction, else at the end of the log.
     fn append(&mut self, txn: &mut RwTxn<'_>, index: LogIndex, bytes: &[u8]) -> heed::Result<()> {
         if let Some((journal, records)) = &mut self.journal {
-            return records.append(journal, txn, self.keys.group(), index, bytes);
+            if records.journals(self.keys.group()) {
+                return records.append(journal, txn, self.keys.group(), index, bytes);
+            }
         }
         let key = self.keys.log(index);
         if self.keys.appends_at_end() {

@@ -18,8 +18,10 @@
 //!   records as well as its log range; a move deletes every record it moves.
 //! * A group's entries in the log come before its entries in the journal (a move takes them
 //!   all, and new entries follow the last one).
-//! * Sequence numbers are never reused: [`JOURNAL_SEQ_KEY`] in the metadata database holds the
-//!   next one as of the last move (when the journal was emptied).
+//! * Sequence numbers only grow while the environment is open, so a reader never meets a
+//!   number reused for another record, and each record is appended after every other one.
+//!   [`JOURNAL_SEQ_KEY`] in the metadata database holds the next one as of the last move (when
+//!   the journal was emptied); open continues from it or from the journal's last record.
 //!
 //! # Reads racing a move
 //!
@@ -32,14 +34,17 @@
 //! longer knows an entry its snapshot needs (a move or truncation committed meanwhile), the
 //! reader starts again with a fresh snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
 use raft_core::{GroupId, LogIndex, StorageError};
 
+use crate::codec;
 use crate::env::Db;
 use crate::error::storage_error;
+use crate::layout::Layout;
 
 /// Name of the journal database of the multi-group layout.
 pub(crate) const JOURNAL_DB: &str = "raft-groups-journal";
@@ -106,11 +111,15 @@ pub(crate) struct JournalIndex {
     buf: Vec<u8>,
     /// A commit moves the journal first once it holds this many records or bytes.
     bound: (usize, u64),
+    /// Whether the current transaction appends to the log of a group that has no journal
+    /// records instead (see [`JournalIndex::set_direct`]).
+    direct: bool,
 }
 
 impl JournalIndex {
     /// Reads the journal of a committed state (at open): every record, and the next sequence
-    /// number. A record for an entry already met is corruption.
+    /// number. A record for an entry already met, or outside its group's log (the group's
+    /// metadata record says which entries it holds), is corruption.
     pub(crate) fn load(
         journal: &Db,
         meta: &Db,
@@ -118,6 +127,8 @@ impl JournalIndex {
         bound: (usize, u64),
     ) -> Result<JournalIndex, StorageError> {
         let mut index = JournalIndex { bound, ..JournalIndex::default() };
+        // Each group's (purged, last) indexes, `None` for a group without metadata.
+        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex)>> = HashMap::new();
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -130,6 +141,21 @@ impl JournalIndex {
                 StorageError::Corrupt(format!("a journal key of {} bytes", key.len()))
             })?);
             let (group, entry_index, _) = split_record(value)?;
+            let bounds = match metas.entry(group) {
+                Entry::Occupied(known) => *known.get(),
+                Entry::Vacant(vacant) => {
+                    let key = Layout::Groups.keys(group).meta();
+                    let meta = meta.get(txn, key.as_slice()).map_err(storage_error)?;
+                    let meta = meta.map(codec::decode_meta).transpose()?;
+                    *vacant.insert(meta.map(|m| (m.purged().index, m.last().index)))
+                }
+            };
+            if !bounds.is_some_and(|(purged, last)| purged < entry_index && entry_index <= last) {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, outside its log \
+                     ({bounds:?})"
+                )));
+            }
             if index.locations.insert((group, entry_index), seq).is_some() {
                 return Err(StorageError::Corrupt(format!(
                     "entry {entry_index} of group {group} is in the journal twice"
@@ -160,6 +186,19 @@ impl JournalIndex {
             }
         }
         (self.next_seq, self.bytes) = self.started;
+    }
+
+    /// Lets the current transaction append a group's entries straight to its log when the
+    /// group has no journal records (its log then still holds all its entries): worth it when
+    /// the transaction appends to one group only, whose last leaf it dirties either way, and
+    /// saves writing those entries twice.
+    pub(crate) fn set_direct(&mut self, direct: bool) {
+        self.direct = direct;
+    }
+
+    /// Whether the group's next entry goes to the journal (else straight to its log).
+    pub(crate) fn journals(&self, group: GroupId) -> bool {
+        !self.direct || self.locations.range((group, 0)..=(group, LogIndex::MAX)).next().is_some()
     }
 
     /// Whether the journal is due to be moved to the groups' logs.

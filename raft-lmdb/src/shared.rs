@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: transactions appending to one group use the journal too.
+    #[cfg(test)]
+    pub(crate) always_journal: AtomicBool,
     /// Test hook: the writer waits for this lock after receiving a request, before gathering
     /// the rest of its group.
     #[cfg(test)]
@@ -79,6 +82,8 @@ impl Shared {
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            always_journal: AtomicBool::new(false),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
             guard,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::executor::block_on;
@@ -35,6 +36,14 @@ fn bound(records: usize) -> LmdbOptions {
     LmdbOptions::default().with_journal_bound(records, u64::MAX)
 }
 
+/// An environment whose journal is moved once it holds `records` entries, and takes every
+/// transaction's entries (not only those of transactions appending to several groups).
+fn journaled(dir: impl AsRef<Path>, records: usize) -> LmdbEnvironment {
+    let env = LmdbEnvironment::open_with(dir, bound(records)).unwrap();
+    env.running_shared().always_journal.store(true, Ordering::SeqCst);
+    env
+}
+
 /// The number of records in the journal database.
 fn journal_len(store: &LmdbLogStore) -> u64 {
     let slot = store.shared.handles();
@@ -50,7 +59,7 @@ fn read(store: &LmdbLogStore, range: std::ops::Range<u64>) -> Vec<Entry> {
 #[test]
 fn entries_are_read_from_the_journal_and_after_a_move_from_the_log() {
     let root = tempfile::tempdir().unwrap();
-    let env = LmdbEnvironment::open_with(root.path().join("env"), bound(6)).unwrap();
+    let env = journaled(root.path().join("env"), 6);
     let (a, b) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
     block_on(a.write(append(1..4, 1))).unwrap();
     block_on(b.write(append(1..3, 1))).unwrap();
@@ -77,7 +86,7 @@ fn truncation_purge_and_reset_apply_to_the_journal_and_the_log() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     {
-        let env = LmdbEnvironment::open_with(&dir, bound(4)).unwrap();
+        let env = journaled(&dir, 4);
         let (a, b) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
         block_on(a.write(append(1..5, 1))).unwrap(); // 4 records: due
         block_on(a.write(append(5..8, 1))).unwrap(); // moves 1..=4, journals 5..=7
@@ -105,7 +114,7 @@ fn truncation_purge_and_reset_apply_to_the_journal_and_the_log() {
         assert_eq!(read(&b, 11..13), entries(11..13, 4));
     }
     // The journal left by all that opens (each entry stored once) and reads the same.
-    let env = LmdbEnvironment::open_with(&dir, bound(4)).unwrap();
+    let env = journaled(&dir, 4);
     let (a, b) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
     assert_eq!(read(&a, 4..5), entries(4..5, 3));
     assert_eq!(read(&b, 11..13), entries(11..13, 4));
@@ -117,7 +126,7 @@ fn a_reopened_environment_reads_its_journal_and_moves_it_later() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     {
-        let env = LmdbEnvironment::open_with(&dir, bound(100)).unwrap();
+        let env = journaled(&dir, 100);
         for group in 1..=3 {
             let store = env.log_store(group).unwrap();
             let mut batch = append(1..4, group);
@@ -125,7 +134,7 @@ fn a_reopened_environment_reads_its_journal_and_moves_it_later() {
             block_on(store.write(batch)).unwrap();
         }
     }
-    let env = LmdbEnvironment::open_with(&dir, bound(10)).unwrap();
+    let env = journaled(&dir, 10);
     let stores: Vec<_> = (1..=3).map(|g| env.log_store(g).unwrap()).collect();
     assert_eq!(journal_len(&stores[0]), 9);
     for (store, group) in stores.iter().zip(1..) {
@@ -140,7 +149,7 @@ fn a_reopened_environment_reads_its_journal_and_moves_it_later() {
     assert_eq!(read(&stores[1], 1..5), entries(1..5, 2));
     drop((stores, env));
     // Sequence numbers go on after a move emptied the journal and a restart.
-    let env = LmdbEnvironment::open_with(&dir, bound(10)).unwrap();
+    let env = journaled(&dir, 10);
     let store = env.log_store(3).unwrap();
     block_on(store.write(append(4..6, 3))).unwrap();
     assert_eq!(read(&store, 1..6), entries(1..6, 3));
@@ -151,7 +160,7 @@ fn a_removed_group_leaves_nothing_in_the_journal() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     {
-        let env = LmdbEnvironment::open_with(&dir, bound(5)).unwrap();
+        let env = journaled(&dir, 5);
         let (a, b) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
         block_on(a.write(append(1..6, 1))).unwrap();
         block_on(a.write(append(6..9, 1))).unwrap(); // 1..=5 moved, 6..=8 journaled
@@ -164,7 +173,7 @@ fn a_removed_group_leaves_nothing_in_the_journal() {
         block_on(a.write(append(1..3, 7))).unwrap();
         assert_eq!(read(&a, 1..3), entries(1..3, 7));
     }
-    let env = LmdbEnvironment::open_with(&dir, bound(5)).unwrap();
+    let env = journaled(&dir, 5);
     let a = env.log_store(1).unwrap();
     assert_eq!(block_on(a.open()).unwrap().last, LogId::new(7, 2));
     assert_eq!(read(&a, 1..3), entries(1..3, 7));
@@ -176,7 +185,7 @@ fn a_removed_group_leaves_nothing_in_the_journal() {
 #[test]
 fn a_read_snapshot_held_across_a_move_or_a_truncation_is_read_again() {
     let root = tempfile::tempdir().unwrap();
-    let env = LmdbEnvironment::open_with(root.path().join("env"), bound(3)).unwrap();
+    let env = journaled(root.path().join("env"), 3);
     let store = env.log_store(1).unwrap();
     block_on(store.write(append(1..4, 1))).unwrap(); // due
     let slot = store.shared.handles();
@@ -259,7 +268,7 @@ fn a_format_3_environment_is_read_and_upgraded_and_a_newer_one_refused() {
     write_format_3_environment(&dir);
     assert_eq!(format_and_journal(&dir), (codec::encode_format(3).to_vec(), false));
     {
-        let env = LmdbEnvironment::open_with(&dir, bound(4)).unwrap();
+        let env = journaled(&dir, 4);
         assert_eq!(env.groups().unwrap(), vec![5]);
         let store = env.log_store(5).unwrap();
         assert_eq!(read(&store, 1..4), entries(1..4, 3));
@@ -306,4 +315,61 @@ fn a_current_environment_without_a_journal_is_corrupt() {
         env.prepare_for_closing().wait();
     }
     assert!(matches!(LmdbEnvironment::open(&dir), Err(OpenError::Corrupt { .. })));
+}
+
+/// A journal record of a group that does not exist, or outside its group's log, is corrupt.
+#[test]
+fn a_journal_record_outside_its_groups_log_is_corrupt() {
+    for (group, index) in [(9, 1), (1, 5)] {
+        let root = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(root.path()).unwrap();
+        {
+            let env = LmdbEnvironment::open(&dir).unwrap();
+            block_on(env.log_store(1).unwrap().write(append(1..3, 1))).unwrap();
+        }
+        {
+            let guard = DirGuard::acquire(&dir).unwrap();
+            let env = env::open_env(&guard, 1 << 20).unwrap();
+            let (_, _, Some(journal)) = env::open_databases(&env, Layout::Groups).unwrap() else {
+                panic!("no journal");
+            };
+            let mut txn = env.write_txn().unwrap();
+            let mut record = [group, index].map(u64::to_be_bytes).concat();
+            record.extend(codec::encode_entry(&entry(index, 1), Vec::new()).unwrap());
+            journal.put(&mut txn, &u64::MAX.to_be_bytes(), &record).unwrap();
+            txn.commit().unwrap();
+            env.prepare_for_closing().wait();
+        }
+        match LmdbEnvironment::open(&dir) {
+            Err(OpenError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("outside"), "{reason}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A transaction appending to one group writes its entries straight to the group's log, unless
+/// the group has entries in the journal (its log must hold only its older entries).
+#[test]
+fn a_transaction_of_one_group_appends_to_its_log_unless_the_group_is_in_the_journal() {
+    let root = tempfile::tempdir().unwrap();
+    let env = LmdbEnvironment::open_with(root.path().join("env"), bound(100)).unwrap();
+    let (a, b) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
+    block_on(a.write(append(1..4, 1))).unwrap();
+    assert_eq!(journal_len(&a), 0);
+    // Two groups in one transaction: journaled.
+    let pause = env.running_shared().pause.lock().unwrap();
+    let first = block_on(a.submit(append(4..5, 1))).unwrap();
+    let second = block_on(b.submit(append(1..3, 1))).unwrap();
+    drop(pause);
+    block_on(first).unwrap();
+    block_on(second).unwrap();
+    let journaled_now = journal_len(&a);
+    assert!(journaled_now >= 2, "{journaled_now}");
+    // Group 2 alone, but with entries in the journal: still journaled.
+    block_on(b.write(append(3..4, 1))).unwrap();
+    assert_eq!(journal_len(&a), journaled_now + 1);
+    assert_eq!(read(&a, 1..5), entries(1..5, 1));
+    assert_eq!(read(&b, 1..4), entries(1..4, 1));
 }

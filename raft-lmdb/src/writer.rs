@@ -52,6 +52,11 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Whether this request appends entries.
+    pub(crate) fn appends(&self) -> bool {
+        matches!(self, Op::Write(batch) if !batch.entries.is_empty())
+    }
+
     /// The bytes this request adds to a transaction (for the byte bound).
     pub(crate) fn size_bytes(&self) -> u64 {
         match self {
@@ -215,6 +220,10 @@ impl Writer {
                 .collect();
         }
         loop {
+            if let Some(journal) = &mut self.journal {
+                // Whatever fails from here on, only this transaction's changes are undone.
+                journal.begin();
+            }
             let result = self.try_commit(&group);
             if let Some(journal) = &mut self.journal {
                 match &result {
@@ -299,7 +308,12 @@ impl Writer {
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
         if let (Some(journal), Some(db)) = (&mut self.journal, &handles.journal) {
-            journal.begin();
+            let mut appending = group.iter().filter(|r| r.op.appends()).map(|r| r.group);
+            let first = appending.next();
+            let one_group = first.is_some_and(|g| appending.all(|other| other == g));
+            #[cfg(test)]
+            let one_group = one_group && !self.shared.always_journal.load(Ordering::SeqCst);
+            journal.set_direct(one_group);
             if journal.is_due() {
                 let dbs = (db, &handles.log, &handles.meta);
                 let keys = |group, index| handles.layout.keys(group).log(index);
