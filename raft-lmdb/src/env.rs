@@ -404,22 +404,23 @@ pub(crate) fn check_group(
             len
         }
     };
-    // The group's journal records: (count, first index, last index and its record).
-    let mut journaled: (u64, Option<LogIndex>, Option<(LogIndex, &[u8])>) = (0, None, None);
+    // The group's journal records: how many, the first index, the last index and its record.
+    let (mut journal_len, mut journal_first) = (0u64, None::<LogIndex>);
+    let mut journal_last: Option<(LogIndex, &[u8])> = None;
     if let Some(journal) = &handles.journal {
         for item in journal.iter(&rtxn).map_err(storage_error)? {
             let (_, record) = item.map_err(storage_error)?;
             let (group, index, entry) = split_record(record)?;
             if group == keys.group() {
-                journaled.0 += 1;
-                journaled.1 = Some(journaled.1.map_or(index, |first: LogIndex| first.min(index)));
-                if journaled.2.is_none_or(|(max, _)| index > max) {
-                    journaled.2 = Some((index, entry));
+                journal_len += 1;
+                journal_first = Some(journal_first.map_or(index, |first| first.min(index)));
+                if journal_last.is_none_or(|(max, _)| index > max) {
+                    journal_last = Some((index, entry));
                 }
             }
         }
     }
-    let len = log_len + journaled.0;
+    let len = log_len + journal_len;
     if len != expected_len {
         return Err(StorageError::Corrupt(format!(
             "the log holds {len} entries where the metadata (purged {purged:?}, last {last:?}) says {expected_len}"
@@ -440,13 +441,13 @@ pub(crate) fn check_group(
         }
         None => None,
     };
-    let first = log_first.or(journaled.1);
-    let stored_last = journaled.2.or(log_last);
+    let first = log_first.or(journal_first);
+    let stored_last = journal_last.or(log_last);
     let stored_last_id = match stored_last {
         Some((index, bytes)) => LogId::new(codec::decode_entry_term(index, bytes)?, index),
         None => LogId::default(),
     };
-    let in_order = match (log_last, journaled.1) {
+    let in_order = match (log_last, journal_first) {
         (Some((log_last, _)), Some(journal_first)) => log_last < journal_first,
         _ => true,
     };
