@@ -12,7 +12,7 @@ use raft_core::{GroupId, LogId, LogIndex, StorageError};
 use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
-use crate::journal::{split_record, JOURNAL_DB};
+use crate::journal::{read_record, ReadIndex, JOURNAL_DB};
 use crate::layout::{GroupKeys, Layout};
 use crate::registry::DirGuard;
 use crate::store::DiskStats;
@@ -30,6 +30,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// multi-group layout), and those of the other layout, looked up (never created) to recognize
 /// a directory opened the wrong way.
 const MAX_DBS: u32 = 6;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook: journal records [`check_group`] has read on this thread.
+    pub(crate) static JOURNAL_RECORDS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// An open environment and its databases. Dropping it closes the environment.
 #[derive(Debug)]
@@ -379,10 +385,17 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
 /// Reads the metadata record of the group `keys` (`None` if it does not exist) and checks that
 /// its log and journal records hold exactly the entries `purged.index + 1 ..= last.index`, the
 /// last one with the recorded term, those of the log before those of the journal.
+///
+/// The group's journal records are found through `read_index` (reading only those, not the
+/// whole journal), taken before the snapshot: the group has no writer meanwhile (it is not
+/// open), so a record of the snapshot was published before it, and one withdrawn before the
+/// candidates were taken was deleted by a commit the snapshot includes.
 pub(crate) fn check_group(
     handles: &Handles,
     keys: GroupKeys,
+    read_index: &ReadIndex,
 ) -> Result<Option<MetaRecord>, StorageError> {
+    let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);
     let rtxn = handles.read_txn()?;
     let Some(meta) = handles.find_meta(&rtxn, keys)? else {
         return Ok(None);
@@ -408,10 +421,10 @@ pub(crate) fn check_group(
     let (mut journal_len, mut journal_first) = (0u64, None::<LogIndex>);
     let mut journal_last: Option<(LogIndex, &[u8])> = None;
     if let Some(journal) = &handles.journal {
-        for item in journal.iter(&rtxn).map_err(storage_error)? {
-            let (_, record) = item.map_err(storage_error)?;
-            let (group, index, entry) = split_record(record)?;
-            if group == keys.group() {
+        for (index, seq) in candidates {
+            #[cfg(test)]
+            JOURNAL_RECORDS_CHECKED.with(|n| n.set(n.get() + 1));
+            if let Some(entry) = read_record(journal, &rtxn, seq, keys.group(), index)? {
                 journal_len += 1;
                 journal_first = Some(journal_first.map_or(index, |first| first.min(index)));
                 if journal_last.is_none_or(|(max, _)| index > max) {

@@ -19,7 +19,7 @@ use crate::env::{self, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
-use crate::journal::JournalIndex;
+use crate::journal::{JournalIndex, ReadIndex};
 use crate::layout::Layout;
 use crate::options::LmdbOptions;
 use crate::queue::{Queue, QueueLimits};
@@ -78,8 +78,8 @@ pub(crate) fn start(
     let handles = env::open_environment(&guard, map_size, layout)?;
     let mut committed = HashMap::new();
     if layout == Layout::Single {
-        let meta =
-            check_group(&handles, &dir, DEFAULT_GROUP_ID)?.ok_or_else(|| OpenError::Corrupt {
+        let meta = check_group(&handles, &ReadIndex::default(), &dir, DEFAULT_GROUP_ID)?
+            .ok_or_else(|| OpenError::Corrupt {
                 path: dir.clone(),
                 reason: "the metadata record is missing".into(),
             })?;
@@ -122,10 +122,11 @@ pub(crate) fn start(
 /// does not exist.
 fn check_group(
     handles: &Handles,
+    read_index: &ReadIndex,
     dir: &Path,
     group: GroupId,
 ) -> Result<Option<MetaRecord>, OpenError> {
-    env::check_group(handles, handles.layout.keys(group)).map_err(|e| match e {
+    env::check_group(handles, handles.layout.keys(group), read_index).map_err(|e| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
         source => OpenError::Storage { path: dir.to_path_buf(), source },
     })
@@ -297,8 +298,9 @@ impl LmdbEnvironment {
     /// Checks `group`'s records and makes sure the group exists on disk.
     fn open_group(&self, group: GroupId) -> Result<(), OpenError> {
         let dir = self.path();
-        let checked = with_handles(self.shared(), |handles| {
-            check_group(handles, dir, group).map_err(StorageError::from)
+        let shared = self.shared();
+        let checked = with_handles(shared, |handles| {
+            check_group(handles, &shared.read_index, dir, group).map_err(StorageError::from)
         });
         match checked {
             Ok(Some(_)) => Ok(()),

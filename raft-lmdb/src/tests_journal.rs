@@ -373,3 +373,23 @@ fn a_transaction_of_one_group_appends_to_its_log_unless_the_group_is_in_the_jour
     assert_eq!(read(&a, 1..5), entries(1..5, 1));
     assert_eq!(read(&b, 1..4), entries(1..4, 1));
 }
+
+/// Opening a group reads only that group's journal records, not the whole journal (startup
+/// would otherwise take groups x journal records).
+#[test]
+fn opening_a_group_reads_only_its_own_journal_records() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    {
+        let env = journaled(&dir, 1000);
+        block_on(env.log_store(1).unwrap().write(append(1..201, 1))).unwrap();
+        block_on(env.log_store(2).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    let env = journaled(&dir, 1000);
+    env::JOURNAL_RECORDS_CHECKED.with(|n| n.set(0));
+    let b = env.log_store(2).unwrap();
+    let checked = env::JOURNAL_RECORDS_CHECKED.with(|n| n.get());
+    assert_eq!(checked, 3, "journal records read to open a group of 3 of them");
+    assert_eq!(journal_len(&b), 203);
+    assert_eq!(read(&b, 1..4), entries(1..4, 1));
+}
