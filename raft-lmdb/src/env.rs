@@ -9,7 +9,7 @@ use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, DatabaseStat, Env, EnvOpenOptions, RoTxn, WithoutTls};
 use raft_core::{GroupId, LogId, LogIndex, StorageError};
 
-use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
+use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
 use crate::journal::{read_record, ReadIndex, JOURNAL_DB};
@@ -306,7 +306,7 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
                     Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?)
                 }
             };
-            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(layout.format_version()))?;
             if layout == Layout::Single {
                 let state = codec::encode_meta(&MetaRecord::default()).map_err(|e| {
                     heed::Error::Encoding(Box::new(std::io::Error::other(e.to_string())))
@@ -334,7 +334,8 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
     let rtxn = handles.env.read_txn().map_err(|e| open_error(path, e))?;
     let format = handles.meta.get(&rtxn, FORMAT_KEY.as_bytes()).map_err(|e| open_error(path, e))?;
     let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
-    let upgrade_from = match format.map(codec::check_format) {
+    let current = handles.layout.format_version();
+    let upgrade_from = match format.map(|bytes| codec::check_format(bytes, current)) {
         None => return Err(corrupt("the format record is missing".into())),
         Some(FormatCheck::Current) => None,
         Some(FormatCheck::Upgradable(old)) => Some(old),
@@ -342,7 +343,7 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
             return Err(OpenError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found,
-                supported: FORMAT_VERSION,
+                supported: current,
             })
         }
         Some(FormatCheck::Foreign) => {
@@ -364,7 +365,7 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
                 true => Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?),
                 false => None,
             };
-            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(current))?;
             Ok(CommitOrAbort::<_, ()>::Commit(journal))
         })
         .map_err(|e| open_error(path, e))?;
@@ -376,7 +377,7 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
     tracing::info!(
         path = %path.display(),
         from = old,
-        to = FORMAT_VERSION,
+        to = current,
         "upgraded the raft-lmdb format"
     );
     Ok(handles)

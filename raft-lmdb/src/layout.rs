@@ -37,6 +37,14 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
+    /// The format version this build writes for the layout (see `codec`).
+    pub(crate) fn format_version(self) -> u32 {
+        match self {
+            Layout::Single => crate::codec::STORE_FORMAT_VERSION,
+            Layout::Groups => crate::codec::FORMAT_VERSION,
+        }
+    }
+
     /// The names of the log and metadata databases.
     pub(crate) fn db_names(self) -> (&'static str, &'static str) {
         match self {

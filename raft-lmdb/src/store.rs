@@ -91,7 +91,7 @@ impl LmdbLogStore {
     /// is synced into its parent, and the directory itself is synced once LMDB's files exist.
     /// The store holds the directory exclusively (an advisory lock on the directory itself, which
     /// no file deletion defeats) until it is dropped. A store of an older format version is
-    /// upgraded (see [`crate::FORMAT_VERSION`]).
+    /// upgraded (see [`crate::STORE_FORMAT_VERSION`]).
     pub fn open_dir_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, OpenError> {
         let running = environment::start(dir.as_ref(), options, Layout::Single)?;
         if !running.shared.claim_group(DEFAULT_GROUP_ID) {
