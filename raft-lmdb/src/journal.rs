@@ -164,6 +164,14 @@ impl JournalIndex {
             index.bytes += value.len() as u64;
             index.next_seq = index.next_seq.max(seq.saturating_add(1));
         }
+        // The last sequence number is never used (the one after it would overflow): a journal
+        // that reached it was not written by this crate.
+        if index.next_seq == u64::MAX {
+            return Err(StorageError::Corrupt(
+                "the journal's sequence numbers are used up (a record or journal-seq at the end)"
+                    .into(),
+            ));
+        }
         Ok(index)
     }
 
@@ -221,13 +229,17 @@ impl JournalIndex {
         entry: &[u8],
     ) -> heed::Result<()> {
         let seq = self.next_seq;
+        // Never `u64::MAX` (see `load`): 2^64 - 1 appends do not happen.
+        let next_seq = seq.checked_add(1).filter(|&next| next < u64::MAX).ok_or_else(|| {
+            heed::Error::Io(std::io::Error::other("the journal's sequence numbers are used up"))
+        })?;
         let buf = &mut self.buf;
         buf.clear();
         buf.extend_from_slice(&group.to_be_bytes());
         buf.extend_from_slice(&index.to_be_bytes());
         buf.extend_from_slice(entry);
         journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
-        self.next_seq += 1;
+        self.next_seq = next_seq;
         self.bytes += buf.len() as u64;
         if let Some(old) = self.locations.insert((group, index), seq) {
             // Callers delete an entry before writing it again; keep the map exact regardless.

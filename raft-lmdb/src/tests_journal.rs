@@ -15,6 +15,7 @@ use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, WriteBatch};
 
 use crate::codec::{self, MetaRecord, FORMAT_KEY};
 use crate::env;
+use crate::journal;
 use crate::layout::{Layout, GROUPS_LOG_DB, GROUPS_META_DB};
 use crate::registry::DirGuard;
 use crate::{LmdbEnvironment, LmdbLogStore, LmdbOptions, OpenError, FORMAT_VERSION};
@@ -392,4 +393,46 @@ fn opening_a_group_reads_only_its_own_journal_records() {
     assert_eq!(checked, 3, "journal records read to open a group of 3 of them");
     assert_eq!(journal_len(&b), 203);
     assert_eq!(read(&b, 1..4), entries(1..4, 1));
+}
+
+/// Changes the journal and metadata databases of the environment in `dir` (closed) in one
+/// transaction.
+fn tamper_journal(dir: &Path, change: impl FnOnce(&env::Db, &env::Db, &mut heed::RwTxn<'_>)) {
+    let guard = DirGuard::acquire(dir).unwrap();
+    let env = env::open_env(&guard, 1 << 20).unwrap();
+    let (_, Some(meta), Some(journal)) = env::open_databases(&env, Layout::Groups).unwrap() else {
+        panic!("not an environment with a journal");
+    };
+    let mut txn = env.write_txn().unwrap();
+    change(&journal, &meta, &mut txn);
+    txn.commit().unwrap();
+    env.prepare_for_closing().wait();
+}
+
+/// A journal record: group, index, then the entry record.
+fn journal_record(group: u64, index: u64, term: u64) -> Vec<u8> {
+    let mut record = [group, index].map(u64::to_be_bytes).concat();
+    record.extend(codec::encode_entry(&entry(index, term), Vec::new()).unwrap());
+    record
+}
+
+fn open_is_corrupt(dir: &Path) -> String {
+    match LmdbEnvironment::open(dir) {
+        Err(OpenError::Corrupt { reason, .. }) => reason,
+        Err(other) => panic!("unexpected {other:?}"),
+        Ok(_) => panic!("a hostile journal opened"),
+    }
+}
+
+/// A journal sequence number that cannot grow (the last one) is corrupt: appending after it
+/// would overflow.
+#[test]
+fn a_journal_sequence_at_its_end_is_corrupt() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(root.path()).unwrap();
+    drop(LmdbEnvironment::open(&dir).unwrap());
+    tamper_journal(&dir, |_, meta, txn| {
+        meta.put(txn, journal::JOURNAL_SEQ_KEY, &u64::MAX.to_be_bytes()).unwrap();
+    });
+    open_is_corrupt(&dir);
 }
