@@ -141,8 +141,9 @@ fn load_journal(
     options: &LmdbOptions,
 ) -> Result<JournalIndex, OpenError> {
     let bound = (options.journal_move_records, options.journal_move_bytes);
-    let loaded =
-        handles.read_txn().and_then(|txn| JournalIndex::load(journal, &handles.meta, &txn, bound));
+    let loaded = handles
+        .read_txn()
+        .and_then(|txn| JournalIndex::load((journal, &handles.log, &handles.meta), &txn, bound));
     loaded.map_err(|e| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
         source => OpenError::Storage { path: dir.to_path_buf(), source },

@@ -118,17 +118,19 @@ pub(crate) struct JournalIndex {
 
 impl JournalIndex {
     /// Reads the journal of a committed state (at open): every record, and the next sequence
-    /// number. A record for an entry already met, or outside its group's log (the group's
-    /// metadata record says which entries it holds), is corruption.
+    /// number. A record for an entry already met, outside its group's log (the group's
+    /// metadata record says which entries it holds), or not after the last entry of the
+    /// group's key range of `log` (the log holds a group's older entries), is corruption.
     pub(crate) fn load(
-        journal: &Db,
-        meta: &Db,
+        dbs: (&Db, &Db, &Db),
         txn: &RoTxn<'_, WithoutTls>,
         bound: (usize, u64),
     ) -> Result<JournalIndex, StorageError> {
+        let (journal, log, meta) = dbs;
         let mut index = JournalIndex { bound, ..JournalIndex::default() };
-        // Each group's (purged, last) indexes, `None` for a group without metadata.
-        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex)>> = HashMap::new();
+        // Each group's purged and last indexes (metadata) and the last index of its log range,
+        // `None` for a group without metadata.
+        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex, LogIndex)>> = HashMap::new();
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -144,16 +146,39 @@ impl JournalIndex {
             let bounds = match metas.entry(group) {
                 Entry::Occupied(known) => *known.get(),
                 Entry::Vacant(vacant) => {
-                    let key = Layout::Groups.keys(group).meta();
-                    let meta = meta.get(txn, key.as_slice()).map_err(storage_error)?;
-                    let meta = meta.map(codec::decode_meta).transpose()?;
-                    *vacant.insert(meta.map(|m| (m.purged().index, m.last().index)))
+                    let keys = Layout::Groups.keys(group);
+                    let meta = meta.get(txn, keys.meta().as_slice()).map_err(storage_error)?;
+                    let bounds = match meta.map(codec::decode_meta).transpose()? {
+                        Some(m) => {
+                            let (first, end) = (keys.log(0), keys.log(LogIndex::MAX));
+                            let range = first.through(&end);
+                            let mut from_end = log.rev_range(txn, &range).map_err(storage_error)?;
+                            let last_item = from_end.next().transpose().map_err(storage_error)?;
+                            let log_last = last_item.and_then(|(key, _)| keys.index_of(key));
+                            let purged = m.purged().index;
+                            Some((purged, m.last().index, log_last.unwrap_or(purged)))
+                        }
+                        None => None,
+                    };
+                    *vacant.insert(bounds)
                 }
             };
-            if !bounds.is_some_and(|(purged, last)| purged < entry_index && entry_index <= last) {
+            let Some((purged, last, log_last)) = bounds else {
                 return Err(StorageError::Corrupt(format!(
                     "the journal holds entry {entry_index} of group {group}, outside its log \
-                     ({bounds:?})"
+                     (the group does not exist)"
+                )));
+            };
+            if !(purged < entry_index && entry_index <= last) {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, outside its log \
+                     (purged {purged}, last {last})"
+                )));
+            }
+            if entry_index <= log_last {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, also in its log \
+                     (which ends at {log_last})"
                 )));
             }
             if index.locations.insert((group, entry_index), seq).is_some() {

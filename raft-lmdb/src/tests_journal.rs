@@ -436,3 +436,21 @@ fn a_journal_sequence_at_its_end_is_corrupt() {
     });
     open_is_corrupt(&dir);
 }
+
+/// A journal record of an entry the group's log also holds (inside the group's bounds) is
+/// corrupt at open, even if the group is never opened: a move would overwrite the log's entry.
+#[test]
+fn a_journal_record_of_an_entry_also_in_the_log_is_corrupt() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = std::fs::canonicalize(root.path()).unwrap();
+    {
+        // One group per transaction: straight to the log.
+        let env = LmdbEnvironment::open(&dir).unwrap();
+        block_on(env.log_store(1).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    tamper_journal(&dir, |journal, _, txn| {
+        journal.put(txn, &7u64.to_be_bytes(), &journal_record(1, 3, 1)).unwrap();
+    });
+    let reason = open_is_corrupt(&dir);
+    assert!(reason.contains("also in its log"), "{reason}");
+}
