@@ -57,6 +57,13 @@ pub(crate) struct Shared {
     /// the rest of its group.
     #[cfg(test)]
     pub(crate) pause: std::sync::Mutex<()>,
+    /// Test hook: the next read waits at this barrier twice once it has its snapshot (the test
+    /// commits in between).
+    #[cfg(test)]
+    pub(crate) read_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
+    /// Test hook: snapshots taken by reads of entries.
+    #[cfg(test)]
+    pub(crate) read_attempts: AtomicU64,
     /// Exclusive ownership of the directory.
     pub(crate) guard: DirGuard,
 }
@@ -86,7 +93,22 @@ impl Shared {
             always_journal: AtomicBool::new(false),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            read_barrier: Mutex::new(None),
+            #[cfg(test)]
+            read_attempts: AtomicU64::new(0),
             guard,
+        }
+    }
+
+    /// Test hook, called by a read of entries once it has its snapshot.
+    #[cfg(test)]
+    pub(crate) fn read_snapshot_taken(&self) {
+        self.read_attempts.fetch_add(1, Ordering::SeqCst);
+        let barrier = self.read_barrier.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(barrier) = barrier {
+            barrier.wait();
+            barrier.wait();
         }
     }
 

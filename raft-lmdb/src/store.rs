@@ -193,6 +193,8 @@ impl LmdbLogStore {
         with_handles(&self.shared, |handles| {
             for _ in 0..READ_ATTEMPTS {
                 let txn = handles.read_txn()?;
+                #[cfg(test)]
+                self.shared.read_snapshot_taken();
                 if let Some(entries) = self.try_read(handles, &txn, &range, max_bytes)? {
                     return Ok(entries);
                 }
