@@ -239,6 +239,16 @@ impl JournalIndex {
         self.locations.len() >= self.bound.0 || self.bytes >= self.bound.1
     }
 
+    /// The bytes the next commit moves to the groups' logs (0 unless the journal is due): an
+    /// upper bound (records deleted since the last move are still counted).
+    pub(crate) fn due_bytes(&self) -> u64 {
+        if self.is_due() {
+            self.bytes
+        } else {
+            0
+        }
+    }
+
     /// The sequence number of the record of `(group, index)`, if it is in the journal.
     pub(crate) fn get(&self, group: GroupId, index: LogIndex) -> Option<u64> {
         self.locations.get(&(group, index)).copied()

@@ -514,3 +514,33 @@ fn hostile_journal_shapes_are_corrupt() {
         assert_eq!(reason, expected);
     }
 }
+
+/// The data file is extended ahead of a commit that moves the journal by the bytes it moves,
+/// not only by the commit's own entries: LMDB never grows the file itself in that commit.
+#[test]
+fn the_headroom_counts_the_journal_a_commit_moves() {
+    let root = tempfile::tempdir().unwrap();
+    let options =
+        LmdbOptions::default().with_journal_bound(1000, u64::MAX).with_file_headroom(256 << 10);
+    let env = LmdbEnvironment::open_with(root.path().join("env"), options).unwrap();
+    env.running_shared().always_journal.store(true, Ordering::SeqCst);
+    let store = env.log_store(1).unwrap();
+    let big = |index: u64| Entry {
+        index,
+        term: 1,
+        payload: EntryPayload::Command(Bytes::from(vec![index as u8; 1024])),
+    };
+    let mut next = 1;
+    while journal_len(&store) < 1000 {
+        let batch = (next..next + 100).map(big).collect();
+        block_on(store.write(WriteBatch { entries: batch, ..WriteBatch::default() })).unwrap();
+        next += 100;
+    }
+    // Due (1000 records, 1 MiB): this small commit moves them all.
+    block_on(store.write(WriteBatch { entries: vec![big(next)], ..WriteBatch::default() }))
+        .unwrap();
+    assert_eq!(journal_len(&store), 1);
+    let stats = env.disk_stats().unwrap();
+    let used = stats.used_pages * stats.page_size;
+    assert!(stats.file_bytes > used, "LMDB grew the file itself: {stats:?}");
+}

@@ -303,7 +303,9 @@ impl Writer {
             return Err(Failure::Fatal(StorageError::Closed));
         };
         let (page_size, used) = handles.pages();
-        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum();
+        // A commit that moves the journal writes its records again, to the groups' logs.
+        let moved_bytes = self.journal.as_ref().map_or(0, JournalIndex::due_bytes);
+        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum::<u64>() + moved_bytes;
         let zeros = self.headroom.ensure(used, entry_bytes, page_size);
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
