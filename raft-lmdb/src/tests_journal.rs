@@ -330,19 +330,9 @@ fn a_journal_record_outside_its_groups_log_is_corrupt() {
             let env = LmdbEnvironment::open(&dir).unwrap();
             block_on(env.log_store(1).unwrap().write(append(1..3, 1))).unwrap();
         }
-        {
-            let guard = DirGuard::acquire(&dir).unwrap();
-            let env = env::open_env(&guard, 1 << 20).unwrap();
-            let (_, _, Some(journal)) = env::open_databases(&env, Layout::Groups).unwrap() else {
-                panic!("no journal");
-            };
-            let mut txn = env.write_txn().unwrap();
-            let mut record = [group, index].map(u64::to_be_bytes).concat();
-            record.extend(codec::encode_entry(&entry(index, 1), Vec::new()).unwrap());
-            journal.put(&mut txn, &u64::MAX.to_be_bytes(), &record).unwrap();
-            txn.commit().unwrap();
-            env.prepare_for_closing().wait();
-        }
+        tamper_journal(&dir, |journal, _, txn| {
+            journal.put(txn, &u64::MAX.to_be_bytes(), &journal_record(group, index, 1)).unwrap();
+        });
         match LmdbEnvironment::open(&dir) {
             Err(OpenError::Corrupt { reason, .. }) => {
                 assert!(reason.contains("outside"), "{reason}")
