@@ -7,6 +7,7 @@ use raft_core::{Entry, LogId, LogIndex, StorageError, Term, WriteBatch};
 use crate::codec::{self, MetaRecord};
 use crate::env::{Db, Handles};
 use crate::error::{is_map_full, storage_error};
+use crate::journal::{seq_key, split_record, JournalIndex};
 use crate::layout::{GroupKeys, Layout};
 
 /// Why a group could not be committed.
@@ -51,20 +52,35 @@ fn invalid(msg: String) -> Rejection {
     Rejection::Invalid(StorageError::InvalidRequest(msg))
 }
 
-/// One group's entries in the log database.
-#[derive(Debug, Clone, Copy)]
+/// One group's entries: in the log database and, in the multi-group layout, in the journal
+/// (see `journal.rs`), with the writer's index of the journal.
+#[derive(Debug)]
 pub(crate) struct GroupLog<'a> {
     log: &'a Db,
     keys: GroupKeys,
+    journal: Option<(&'a Db, &'a mut JournalIndex)>,
 }
 
 impl<'a> GroupLog<'a> {
-    pub(crate) fn new(handles: &'a Handles, keys: GroupKeys) -> Self {
-        Self { log: &handles.log, keys }
+    /// The group `keys`; `journal` is the writer's index of the journal of the multi-group
+    /// layout (`None` in the single-group layout).
+    pub(crate) fn new(
+        handles: &'a Handles,
+        keys: GroupKeys,
+        journal: Option<&'a mut JournalIndex>,
+    ) -> Self {
+        let journal = handles.journal.as_ref().zip(journal);
+        Self { log: &handles.log, keys, journal }
     }
 
-    /// Stores an entry after every entry of the group.
-    fn append(&self, txn: &mut RwTxn<'_>, index: LogIndex, bytes: &[u8]) -> heed::Result<()> {
+    /// Stores an entry after every entry of the group: at the end of the journal if there is
+    /// one and it takes the group's entries in this transaction, else at the end of the log.
+    fn append(&mut self, txn: &mut RwTxn<'_>, index: LogIndex, bytes: &[u8]) -> heed::Result<()> {
+        if let Some((journal, records)) = &mut self.journal {
+            if records.journals(self.keys.group()) {
+                return records.append(journal, txn, self.keys.group(), index, bytes);
+            }
+        }
         let key = self.keys.log(index);
         if self.keys.appends_at_end() {
             self.log.put_with_flags(txn, PutFlags::APPEND, key.as_slice(), bytes)
@@ -73,14 +89,17 @@ impl<'a> GroupLog<'a> {
         }
     }
 
-    /// Deletes the entries in `from..=to`.
-    fn delete(&self, txn: &mut RwTxn<'_>, from: LogIndex, to: LogIndex) -> heed::Result<()> {
+    /// Deletes the entries in `from..=to`, from the log and the journal.
+    fn delete(&mut self, txn: &mut RwTxn<'_>, from: LogIndex, to: LogIndex) -> heed::Result<()> {
+        if let Some((journal, records)) = &mut self.journal {
+            records.delete(journal, txn, self.keys.group(), from, to)?;
+        }
         let (from, to) = (self.keys.log(from), self.keys.log(to));
         self.log.delete_range(txn, &from.through(&to)).map(drop)
     }
 
     /// Deletes every entry of the group.
-    pub(crate) fn clear(&self, txn: &mut RwTxn<'_>) -> heed::Result<()> {
+    pub(crate) fn clear(&mut self, txn: &mut RwTxn<'_>) -> heed::Result<()> {
         match self.keys.layout() {
             // The database holds this group alone.
             Layout::Single => self.log.clear(txn),
@@ -88,9 +107,17 @@ impl<'a> GroupLog<'a> {
         }
     }
 
-    /// The stored bytes of entry `index`.
-    fn get<'t>(&self, txn: &'t RwTxn<'_>, index: LogIndex) -> heed::Result<Option<&'t [u8]>> {
-        self.log.get(txn, self.keys.log(index).as_slice())
+    /// The stored bytes of entry `index` (the entry record).
+    fn get<'t>(&self, txn: &'t RwTxn<'_>, index: LogIndex) -> Result<Option<&'t [u8]>, Failure> {
+        if let Some(bytes) = self.log.get(txn, self.keys.log(index).as_slice())? {
+            return Ok(Some(bytes));
+        }
+        let Some((journal, records)) = &self.journal else { return Ok(None) };
+        let Some(seq) = records.get(self.keys.group(), index) else { return Ok(None) };
+        match journal.get(txn, &seq_key(seq))? {
+            Some(record) => Ok(Some(split_record(record)?.2)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -113,7 +140,7 @@ impl Applier {
     /// term is below the purged term).
     pub(crate) fn write(
         &mut self,
-        log: GroupLog<'_>,
+        mut log: GroupLog<'_>,
         txn: &mut RwTxn<'_>,
         meta: &mut MetaRecord,
         batch: &WriteBatch,
@@ -131,7 +158,7 @@ impl Applier {
         // The id of the entry the batch's entries follow: the last one left by the truncation.
         let before = match cut {
             Some(cut) if cut - 1 == purged.index => purged,
-            Some(cut) => LogId::new(stored_term(log, txn, cut - 1)?, cut - 1),
+            Some(cut) => LogId::new(stored_term(&log, txn, cut - 1)?, cut - 1),
             None => last,
         };
         self.encode(batch, before)?;
@@ -184,7 +211,7 @@ impl Applier {
 
 /// Validates a purge against `meta`, then applies it to `txn` and `meta`.
 pub(crate) fn purge(
-    log: GroupLog<'_>,
+    mut log: GroupLog<'_>,
     txn: &mut RwTxn<'_>,
     meta: &mut MetaRecord,
     up_to: LogIndex,
@@ -196,7 +223,7 @@ pub(crate) fn purge(
     if up_to > last.index {
         return Err(invalid(format!("purge up to {up_to} beyond last index {}", last.index)));
     }
-    let term = if up_to == last.index { last.term } else { stored_term(log, txn, up_to)? };
+    let term = if up_to == last.index { last.term } else { stored_term(&log, txn, up_to)? };
     log.delete(txn, 0, up_to)?;
     meta.set_purged(LogId::new(term, up_to));
     Ok(())
@@ -205,7 +232,7 @@ pub(crate) fn purge(
 /// Applies a reset (after a snapshot was installed): removes every entry and makes
 /// `last_included` both the purged and the last id.
 pub(crate) fn reset(
-    log: GroupLog<'_>,
+    mut log: GroupLog<'_>,
     txn: &mut RwTxn<'_>,
     meta: &mut MetaRecord,
     last_included: LogId,
@@ -217,7 +244,7 @@ pub(crate) fn reset(
 }
 
 /// The term of the stored entry `index`, which the metadata says exists.
-fn stored_term(log: GroupLog<'_>, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
+fn stored_term(log: &GroupLog<'_>, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
     match log.get(txn, index)? {
         Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
         None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),

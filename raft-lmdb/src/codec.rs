@@ -1,6 +1,6 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 3
+//! # Format version 4 (single-group stores: 3)
 //!
 //! The environment holds two named databases:
 //!
@@ -19,8 +19,11 @@
 //!
 //! That is the layout of a store of its own. An [`crate::LmdbEnvironment`] holds the same records
 //! for many groups in `raft-groups-log` (key: group id then index, both big-endian `u64`) and
-//! `raft-groups-meta` ([`FORMAT_KEY`], and `g` followed by the big-endian group id for each
-//! group's [`MetaRecord`]); see `layout.rs`.
+//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, and `g` followed by the big-endian group
+//! id for each group's [`MetaRecord`]), plus a journal, `raft-groups-journal`, where commits
+//! append new entries of every group before they are moved in bulk to `raft-groups-log` (key: a
+//! big-endian `u64` sequence number; value: group id and index, both big-endian `u64`, then the
+//! entry record); see `layout.rs` and `journal.rs`.
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
@@ -42,6 +45,13 @@
 //!   raft-core's joint consensus); tag `2` is still read (a membership with empty metadata) and
 //!   never written. Every version 1 or 2 record is a valid version 3 record, so such a store is
 //!   upgraded the same way: its format record is rewritten to 3 when it is opened.
+//! * **4**: a multi-group environment has a journal (`raft-groups-journal`, see `journal.rs`)
+//!   that holds the newest entries of its groups, and `journal-seq` in its metadata database;
+//!   an older build would not see the entries in the journal, so it must refuse the
+//!   environment. Opening an environment of version 1 to 3 creates its (empty) journal and
+//!   rewrites its format record to 4 in one synced transaction before anything else is
+//!   written. Single-group stores are unchanged and stay at version 3
+//!   ([`STORE_FORMAT_VERSION`]), so that builds of format 3 still open them (a rollback).
 
 use std::collections::BTreeSet;
 
@@ -63,16 +73,26 @@ pub(crate) const FORMAT_KEY: &str = "format";
 pub(crate) const STATE_KEY: &str = "state";
 /// First bytes of the format record: identifies a raft-lmdb store.
 pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
-/// The format version this build writes.
+/// The format version this build writes in a multi-group environment
+/// ([`crate::LmdbEnvironment`]).
 ///
-/// It also reads versions 1 and 2, the formats of earlier builds, and upgrades such a store
-/// when it opens it by rewriting only its format record (every version 1 or 2 record is a valid
-/// version 3 record); from then on a build that knows only an older version refuses the store
-/// with an "unsupported version" error instead of misreading it. Version 2 differs from version
-/// 1 in that membership entries belong to it (builds since the membership change had written
-/// them under version 1, which an older build then called corrupt); version 3 writes memberships
-/// with joint configurations and member metadata under a new tag.
-pub const FORMAT_VERSION: u32 = 3;
+/// It also reads versions 1 to 3, the formats of earlier builds, and upgrades such an
+/// environment when it opens it by creating its empty journal and rewriting its format record
+/// (every version 1 to 3 record is a valid version 4 record); from then on a build that knows
+/// only an older version refuses the environment with an "unsupported version" error instead
+/// of missing the entries in its journal. Version 2 differs from version 1 in that membership
+/// entries belong to it (builds since the membership change had written them under version 1,
+/// which an older build then called corrupt); version 3 writes memberships with joint
+/// configurations and member metadata under a new tag; version 4 gives multi-group
+/// environments a journal of new entries. Single-group stores stay at
+/// [`STORE_FORMAT_VERSION`].
+pub const FORMAT_VERSION: u32 = 4;
+/// The format version this build writes in a single-group store
+/// ([`crate::LmdbLogStore::open_dir`]): 3, the last version that changed such a store, so that
+/// the builds of format 3 still open it. Stores of versions 1 and 2 are upgraded to it when
+/// opened (their format record is rewritten); a single-group store of any other version is
+/// refused as unsupported.
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// The oldest format version this build reads (and upgrades when it opens the store).
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 1;
 
@@ -98,8 +118,8 @@ pub(crate) enum FormatCheck {
     Foreign,
 }
 
-/// Checks a format record.
-pub(crate) fn check_format(bytes: &[u8]) -> FormatCheck {
+/// Checks a format record against `current`, the version this build writes for the layout.
+pub(crate) fn check_format(bytes: &[u8], current: u32) -> FormatCheck {
     let (Some(magic), Some(version)) = (bytes.get(..8), bytes.get(8..)) else {
         return FormatCheck::Foreign;
     };
@@ -110,8 +130,8 @@ pub(crate) fn check_format(bytes: &[u8]) -> FormatCheck {
         return FormatCheck::Foreign;
     };
     match u32::from_be_bytes(version) {
-        FORMAT_VERSION => FormatCheck::Current,
-        old @ OLDEST_READABLE_VERSION..FORMAT_VERSION => FormatCheck::Upgradable(old),
+        version if version == current => FormatCheck::Current,
+        old if (OLDEST_READABLE_VERSION..current).contains(&old) => FormatCheck::Upgradable(old),
         other => FormatCheck::Unsupported(other),
     }
 }
@@ -503,11 +523,18 @@ mod tests {
 
     #[test]
     fn format_records() {
-        assert_eq!(check_format(&encode_format(FORMAT_VERSION)), FormatCheck::Current);
-        assert_eq!(check_format(&encode_format(1)), FormatCheck::Upgradable(1));
-        assert_eq!(check_format(&encode_format(0)), FormatCheck::Unsupported(0));
-        assert_eq!(check_format(&encode_format(9)), FormatCheck::Unsupported(9));
-        assert_eq!(check_format(b"something else"), FormatCheck::Foreign);
-        assert_eq!(check_format(b""), FormatCheck::Foreign);
+        let check = |bytes: &[u8]| check_format(bytes, FORMAT_VERSION);
+        assert_eq!(check(&encode_format(FORMAT_VERSION)), FormatCheck::Current);
+        assert_eq!(check(&encode_format(1)), FormatCheck::Upgradable(1));
+        assert_eq!(check(&encode_format(3)), FormatCheck::Upgradable(3));
+        assert_eq!(check(&encode_format(0)), FormatCheck::Unsupported(0));
+        assert_eq!(check(&encode_format(9)), FormatCheck::Unsupported(9));
+        assert_eq!(check(b"something else"), FormatCheck::Foreign);
+        assert_eq!(check(b""), FormatCheck::Foreign);
+        // A single-group store: 3 is current, 4 (an environment's) is not its format.
+        let store = |bytes: &[u8]| check_format(bytes, STORE_FORMAT_VERSION);
+        assert_eq!(store(&encode_format(3)), FormatCheck::Current);
+        assert_eq!(store(&encode_format(2)), FormatCheck::Upgradable(2));
+        assert_eq!(store(&encode_format(4)), FormatCheck::Unsupported(4));
     }
 }

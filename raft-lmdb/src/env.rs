@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, Database, DatabaseStat, Env, EnvOpenOptions, RoTxn, WithoutTls};
-use raft_core::{GroupId, LogId, StorageError};
+use raft_core::{GroupId, LogId, LogIndex, StorageError};
 
-use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY, FORMAT_VERSION};
+use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
+use crate::journal::{read_record, ReadIndex, JOURNAL_DB};
 use crate::layout::{GroupKeys, Layout};
 use crate::registry::DirGuard;
 use crate::store::DiskStats;
@@ -25,16 +26,25 @@ const MAP_GRANULE: usize = 1 << 20;
 const MAX_GROWTH_STEP: usize = 16 << 30;
 /// How long closing waits for the last handle on the environment before giving up.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Named databases an environment may open: the two of its layout, and the two of the other
-/// layout, looked up (never created) to recognize a directory opened the wrong way.
-const MAX_DBS: u32 = 4;
+/// Named databases an environment may open: those of its layout (two, and the journal of the
+/// multi-group layout), and those of the other layout, looked up (never created) to recognize
+/// a directory opened the wrong way.
+const MAX_DBS: u32 = 6;
 
-/// An open environment and its two databases. Dropping it closes the environment.
+#[cfg(test)]
+thread_local! {
+    /// Test hook: journal records [`check_group`] has read on this thread.
+    pub(crate) static JOURNAL_RECORDS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// An open environment and its databases. Dropping it closes the environment.
 #[derive(Debug)]
 pub(crate) struct Handles {
     pub(crate) env: Env<WithoutTls>,
     pub(crate) log: Db,
     pub(crate) meta: Db,
+    /// The journal ([`crate::journal`]): in the multi-group layout only.
+    pub(crate) journal: Option<Db>,
     pub(crate) layout: Layout,
 }
 
@@ -65,7 +75,11 @@ impl Handles {
             |stat: DatabaseStat| (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
         let tree_pages = pages(self.env.unnamed_database_stat())
             + pages(self.log.stat(&rtxn).map_err(storage_error)?)
-            + pages(self.meta.stat(&rtxn).map_err(storage_error)?);
+            + pages(self.meta.stat(&rtxn).map_err(storage_error)?)
+            + match &self.journal {
+                Some(journal) => pages(journal.stat(&rtxn).map_err(storage_error)?),
+                None => 0,
+            };
         let file_bytes = std::fs::metadata(self.env.path().join(DATA_FILE))?.len();
         Ok(DiskStats {
             page_size,
@@ -163,7 +177,7 @@ pub(crate) fn open_env(guard: &DirGuard, map_size: usize) -> Result<Env<WithoutT
 
 /// Opens the environment in `guard`'s directory with `layout`: creates the databases of a new
 /// environment, or checks that an existing one is ours, of that layout and of a supported
-/// format version (upgrading the format record of an older one).
+/// format version (upgrading an older one).
 pub(crate) fn open_environment(
     guard: &DirGuard,
     map_size: usize,
@@ -171,8 +185,8 @@ pub(crate) fn open_environment(
 ) -> Result<Handles, OpenError> {
     let path = guard.path();
     let env = open_env(guard, map_size).map_err(|e| open_error(path, e))?;
-    let (log, meta) = open_databases(&env, layout).map_err(|e| open_error(path, e))?;
-    let (other_log, other_meta) =
+    let (log, meta, journal) = open_databases(&env, layout).map_err(|e| open_error(path, e))?;
+    let (other_log, other_meta, _) =
         open_databases(&env, layout.other()).map_err(|e| open_error(path, e))?;
     // The main database lists the named databases (and whatever another program stored there).
     let main_is_empty = env.unnamed_database_stat().entries == 0;
@@ -190,7 +204,7 @@ pub(crate) fn open_environment(
         return Err(OpenError::NotOurStore { path: path.to_path_buf(), reason: reason.into() });
     }
     let handles = match (log, meta) {
-        (Some(log), Some(meta)) => Handles { env, log, meta, layout },
+        (Some(log), Some(meta)) => Handles { env, log, meta, journal, layout },
         (None, None) if main_is_empty => {
             create_databases(env, layout).map_err(|e| open_error(path, e))?
         }
@@ -207,7 +221,13 @@ pub(crate) fn open_environment(
             })
         }
     };
-    check_format(&handles, path)?;
+    let handles = check_format(handles, path)?;
+    if layout == Layout::Groups && handles.journal.is_none() {
+        return Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "the journal database is missing".into(),
+        });
+    }
     Ok(handles)
 }
 
@@ -222,7 +242,9 @@ pub(crate) fn reopen(
     handles.close()?;
     let env = open_env(guard, map_size).map_err(storage_error)?;
     match open_databases(&env, layout).map_err(storage_error)? {
-        (Some(log), Some(meta)) => Ok(Handles { env, log, meta, layout }),
+        (Some(log), Some(meta), journal) if journal.is_some() || layout == Layout::Single => {
+            Ok(Handles { env, log, meta, journal, layout })
+        }
         _ => Err(StorageError::Corrupt("the raft-lmdb databases vanished while reopening".into())),
     }
 }
@@ -246,19 +268,27 @@ fn round_up_map_size(size: usize) -> Option<usize> {
     size.checked_next_multiple_of(MAP_GRANULE)
 }
 
-/// Opens the log and metadata databases of `layout` if they exist.
+/// The databases of an environment of `layout`: log, metadata and (multi-group layout only)
+/// journal, each `None` if it does not exist.
+pub(crate) type Databases = (Option<Db>, Option<Db>, Option<Db>);
+
+/// Opens the databases of `layout` that exist.
 pub(crate) fn open_databases(
     env: &Env<WithoutTls>,
     layout: Layout,
-) -> Result<(Option<Db>, Option<Db>), heed::Error> {
+) -> Result<Databases, heed::Error> {
     let (log_name, meta_name) = layout.db_names();
     let rtxn = env.read_txn()?;
     let opened = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, heed::Error> {
         let log = opener.open_database::<Bytes, Bytes>(rtxn, Some(log_name))?;
         let meta = opener.open_database::<Bytes, Bytes>(rtxn, Some(meta_name))?;
-        Ok(CommitOrAbort::<_, ()>::Commit((log, meta)))
+        let journal = match layout {
+            Layout::Single => None,
+            Layout::Groups => opener.open_database::<Bytes, Bytes>(rtxn, Some(JOURNAL_DB))?,
+        };
+        Ok(CommitOrAbort::<_, ()>::Commit((log, meta, journal)))
     })?;
-    Ok(Result::from(opened).unwrap_or((None, None)))
+    Ok(Result::from(opened).unwrap_or((None, None, None)))
 }
 
 /// Creates the databases and the format record of a new environment (and, in the single-group
@@ -270,7 +300,13 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
         env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
             let meta = opener.create_database::<Bytes, Bytes>(wtxn, Some(meta_name))?;
             let log = opener.create_database::<Bytes, Bytes>(wtxn, Some(log_name))?;
-            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION))?;
+            let journal = match layout {
+                Layout::Single => None,
+                Layout::Groups => {
+                    Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?)
+                }
+            };
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(layout.format_version()))?;
             if layout == Layout::Single {
                 let state = codec::encode_meta(&MetaRecord::default()).map_err(|e| {
                     heed::Error::Encoding(Box::new(std::io::Error::other(e.to_string())))
@@ -278,12 +314,12 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
                 let key = layout.keys(raft_core::DEFAULT_GROUP_ID).meta();
                 meta.put(wtxn, key.as_slice(), &state)?;
             }
-            Ok(CommitOrAbort::<_, ()>::Commit((meta, log)))
+            Ok(CommitOrAbort::<_, ()>::Commit((meta, log, journal)))
         })?;
     match Result::from(created) {
-        Ok((meta, log)) => {
+        Ok((meta, log, journal)) => {
             tracing::info!(path = %env.path().display(), ?layout, "created a new raft-lmdb environment");
-            Ok(Handles { env, log, meta, layout })
+            Ok(Handles { env, log, meta, journal, layout })
         }
         Err(()) => {
             Err(heed::Error::Io(std::io::Error::other("creating the databases was aborted")))
@@ -291,13 +327,15 @@ fn create_databases(env: Env<WithoutTls>, layout: Layout) -> Result<Handles, hee
     }
 }
 
-/// Checks the format record, then upgrades the format record of an older readable version
-/// (see `codec`'s version history).
-fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
+/// Checks the format record, then upgrades an older readable version (see `codec`'s version
+/// history): rewrites its format record and, for a multi-group environment of version 3 or
+/// older, creates its journal, in one synced transaction before any other write.
+fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError> {
     let rtxn = handles.env.read_txn().map_err(|e| open_error(path, e))?;
     let format = handles.meta.get(&rtxn, FORMAT_KEY.as_bytes()).map_err(|e| open_error(path, e))?;
     let corrupt = |reason: String| OpenError::Corrupt { path: path.to_path_buf(), reason };
-    let upgrade_from = match format.map(codec::check_format) {
+    let current = handles.layout.format_version();
+    let upgrade_from = match format.map(|bytes| codec::check_format(bytes, current)) {
         None => return Err(corrupt("the format record is missing".into())),
         Some(FormatCheck::Current) => None,
         Some(FormatCheck::Upgradable(old)) => Some(old),
@@ -305,7 +343,7 @@ fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
             return Err(OpenError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found,
-                supported: FORMAT_VERSION,
+                supported: current,
             })
         }
         Some(FormatCheck::Foreign) => {
@@ -316,31 +354,49 @@ fn check_format(handles: &Handles, path: &Path) -> Result<(), OpenError> {
         }
     };
     drop(rtxn);
-    if let Some(old) = upgrade_from {
-        let mut wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
-        let record = codec::encode_format(FORMAT_VERSION);
-        handles
-            .meta
-            .put(&mut wtxn, FORMAT_KEY.as_bytes(), &record)
-            .map_err(|e| open_error(path, e))?;
-        wtxn.commit().map_err(|e| open_error(path, e))?;
-        tracing::info!(
-            path = %path.display(),
-            from = old,
-            to = FORMAT_VERSION,
-            "upgraded the raft-lmdb format record"
-        );
+    let Some(old) = upgrade_from else { return Ok(handles) };
+    let wtxn = handles.env.write_txn().map_err(|e| open_error(path, e))?;
+    let meta = handles.meta;
+    let create_journal = handles.layout == Layout::Groups && handles.journal.is_none();
+    let upgraded = handles
+        .env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, heed::Error> {
+            let journal = match create_journal {
+                true => Some(opener.create_database::<Bytes, Bytes>(wtxn, Some(JOURNAL_DB))?),
+                false => None,
+            };
+            meta.put(wtxn, FORMAT_KEY.as_bytes(), &codec::encode_format(current))?;
+            Ok(CommitOrAbort::<_, ()>::Commit(journal))
+        })
+        .map_err(|e| open_error(path, e))?;
+    match Result::from(upgraded) {
+        Ok(Some(journal)) => handles.journal = Some(journal),
+        Ok(None) => {}
+        Err(()) => return Err(corrupt("the format upgrade was aborted".into())),
     }
-    Ok(())
+    tracing::info!(
+        path = %path.display(),
+        from = old,
+        to = current,
+        "upgraded the raft-lmdb format"
+    );
+    Ok(handles)
 }
 
 /// Reads the metadata record of the group `keys` (`None` if it does not exist) and checks that
-/// its log holds exactly the entries `purged.index + 1 ..= last.index`, the last one with the
-/// recorded term.
+/// its log and journal records hold exactly the entries `purged.index + 1 ..= last.index`, the
+/// last one with the recorded term, those of the log before those of the journal.
+///
+/// The group's journal records are found through `read_index` (reading only those, not the
+/// whole journal), taken before the snapshot: the group has no writer meanwhile (it is not
+/// open), so a record of the snapshot was published before it, and one withdrawn before the
+/// candidates were taken was deleted by a commit the snapshot includes.
 pub(crate) fn check_group(
     handles: &Handles,
     keys: GroupKeys,
+    read_index: &ReadIndex,
 ) -> Result<Option<MetaRecord>, StorageError> {
+    let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);
     let rtxn = handles.read_txn()?;
     let Some(meta) = handles.find_meta(&rtxn, keys)? else {
         return Ok(None);
@@ -350,7 +406,7 @@ pub(crate) fn check_group(
     let all = keys.log(0);
     let end = keys.log(u64::MAX);
     let bounds = all.through(&end);
-    let len = match keys.layout() {
+    let log_len = match keys.layout() {
         // The whole database is the group's: LMDB keeps the count.
         Layout::Single => handles.log.len(&rtxn).map_err(storage_error)?,
         Layout::Groups => {
@@ -362,6 +418,23 @@ pub(crate) fn check_group(
             len
         }
     };
+    // The group's journal records: how many, the first index, the last index and its record.
+    let (mut journal_len, mut journal_first) = (0u64, None::<LogIndex>);
+    let mut journal_last: Option<(LogIndex, &[u8])> = None;
+    if let Some(journal) = &handles.journal {
+        for (index, seq) in candidates {
+            #[cfg(test)]
+            JOURNAL_RECORDS_CHECKED.with(|n| n.set(n.get() + 1));
+            if let Some(entry) = read_record(journal, &rtxn, seq, keys.group(), index)? {
+                journal_len += 1;
+                journal_first = Some(journal_first.map_or(index, |first| first.min(index)));
+                if journal_last.is_none_or(|(max, _)| index > max) {
+                    journal_last = Some((index, entry));
+                }
+            }
+        }
+    }
+    let len = log_len + journal_len;
     if len != expected_len {
         return Err(StorageError::Corrupt(format!(
             "the log holds {len} entries where the metadata (purged {purged:?}, last {last:?}) says {expected_len}"
@@ -370,20 +443,29 @@ pub(crate) fn check_group(
     if len == 0 {
         return Ok(Some(meta));
     }
-    let first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
+    let log_first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => keys.index_of(item.map_err(storage_error)?.0),
         None => None,
     };
-    let stored_last_id = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next()
-    {
+    let log_last = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => {
             let (key, bytes) = item.map_err(storage_error)?;
             let index = keys.index_of(key).unwrap_or_default();
-            LogId::new(codec::decode_entry_term(index, bytes)?, index)
+            Some((index, bytes))
         }
+        None => None,
+    };
+    let first = log_first.or(journal_first);
+    let stored_last = journal_last.or(log_last);
+    let stored_last_id = match stored_last {
+        Some((index, bytes)) => LogId::new(codec::decode_entry_term(index, bytes)?, index),
         None => LogId::default(),
     };
-    if first != Some(purged.index + 1) || stored_last_id != last {
+    let in_order = match (log_last, journal_first) {
+        (Some((log_last, _)), Some(journal_first)) => log_last < journal_first,
+        _ => true,
+    };
+    if first != Some(purged.index + 1) || stored_last_id != last || !in_order {
         return Err(StorageError::Corrupt(format!(
             "the log spans {first:?}..={stored_last_id:?} where the metadata says {}..={last:?}",
             purged.index + 1

@@ -19,6 +19,7 @@ use crate::env::{self, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
+use crate::journal::{JournalIndex, ReadIndex};
 use crate::layout::Layout;
 use crate::options::LmdbOptions;
 use crate::queue::{Queue, QueueLimits};
@@ -77,8 +78,8 @@ pub(crate) fn start(
     let handles = env::open_environment(&guard, map_size, layout)?;
     let mut committed = HashMap::new();
     if layout == Layout::Single {
-        let meta =
-            check_group(&handles, &dir, DEFAULT_GROUP_ID)?.ok_or_else(|| OpenError::Corrupt {
+        let meta = check_group(&handles, &ReadIndex::default(), &dir, DEFAULT_GROUP_ID)?
+            .ok_or_else(|| OpenError::Corrupt {
                 path: dir.clone(),
                 reason: "the metadata record is missing".into(),
             })?;
@@ -101,13 +102,19 @@ pub(crate) fn start(
         Layout::Groups => options.group_queue_capacity,
     };
     let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
-    let shared = Arc::new(Shared::new(handles, guard, queue));
+    let journal = match &handles.journal {
+        Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
+        None => None,
+    };
+    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
+    let shared = Arc::new(Shared::new(handles, guard, queue, read_index));
     shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
         max_requests: options.max_group_requests,
         max_bytes: options.max_group_bytes,
     };
-    let writer = writer::spawn(Arc::clone(&shared), committed, limits, headroom).map_err(io_err)?;
+    let writer =
+        writer::spawn(Arc::clone(&shared), committed, journal, limits, headroom).map_err(io_err)?;
     Ok(Arc::new(Running { shared, writer: Some(writer) }))
 }
 
@@ -115,10 +122,29 @@ pub(crate) fn start(
 /// does not exist.
 fn check_group(
     handles: &Handles,
+    read_index: &ReadIndex,
     dir: &Path,
     group: GroupId,
 ) -> Result<Option<MetaRecord>, OpenError> {
-    env::check_group(handles, handles.layout.keys(group)).map_err(|e| match e {
+    env::check_group(handles, handles.layout.keys(group), read_index).map_err(|e| match e {
+        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
+        source => OpenError::Storage { path: dir.to_path_buf(), source },
+    })
+}
+
+/// Reads the journal of a multi-group environment (bounded: it is moved to the groups' logs
+/// once it reaches its bound).
+fn load_journal(
+    handles: &Handles,
+    journal: &env::Db,
+    dir: &Path,
+    options: &LmdbOptions,
+) -> Result<JournalIndex, OpenError> {
+    let bound = (options.journal_move_records, options.journal_move_bytes);
+    let loaded = handles
+        .read_txn()
+        .and_then(|txn| JournalIndex::load((journal, &handles.log, &handles.meta), &txn, bound));
+    loaded.map_err(|e| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
         source => OpenError::Storage { path: dir.to_path_buf(), source },
     })
@@ -158,8 +184,10 @@ fn check_own_files(dir: &Path, own: &[&str]) -> Result<(), OpenError> {
 ///
 /// `dir` holds LMDB's files (`data.mdb`, `lock.mdb`) and `snapshots/<group>/`, the snapshot
 /// store of each group (see [`LmdbEnvironment::snapshot_store`]). Every group's log, hard
-/// state and log bounds live in two databases keyed by group id (see the crate documentation);
-/// the records are those of a single-group store. A directory of [`LmdbLogStore::open_dir`] is
+/// state and log bounds live in two databases keyed by group id (see the crate documentation),
+/// the newest entries of every group in a journal where each commit appends in one place (moved
+/// in bulk to the groups' keys once it reaches [`LmdbOptions::with_journal_bound`]); the
+/// records are those of a single-group store. A directory of [`LmdbLogStore::open_dir`] is
 /// not an environment and the other way round: each refuses the other's directory with
 /// [`OpenError::NotOurStore`] (there is no automatic migration between them).
 ///
@@ -271,8 +299,9 @@ impl LmdbEnvironment {
     /// Checks `group`'s records and makes sure the group exists on disk.
     fn open_group(&self, group: GroupId) -> Result<(), OpenError> {
         let dir = self.path();
-        let checked = with_handles(self.shared(), |handles| {
-            check_group(handles, dir, group).map_err(StorageError::from)
+        let shared = self.shared();
+        let checked = with_handles(shared, |handles| {
+            check_group(handles, &shared.read_index, dir, group).map_err(StorageError::from)
         });
         match checked {
             Ok(Some(_)) => Ok(()),

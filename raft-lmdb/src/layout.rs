@@ -6,8 +6,9 @@
 //! * [`Layout::Groups`] (an [`crate::LmdbEnvironment`]): any number of groups in one key space.
 //!   Databases `raft-groups-log` (key: the group id then the entry index, both big-endian
 //!   `u64`, so that a group's entries are contiguous and in index order) and
-//!   `raft-groups-meta` (key `format`, and `g` followed by the big-endian group id for each
-//!   group's metadata record).
+//!   `raft-groups-meta` (keys `format` and `journal-seq`, and `g` followed by the big-endian
+//!   group id for each group's metadata record), plus the journal `raft-groups-journal` where
+//!   commits append new entries before they are moved to `raft-groups-log` (see `journal`).
 //!
 //! The records themselves (entries, metadata, format) are the same in both (see `codec`). One
 //! key space rather than named databases per group: LMDB looks named databases up by a linear
@@ -36,6 +37,14 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
+    /// The format version this build writes for the layout (see `codec`).
+    pub(crate) fn format_version(self) -> u32 {
+        match self {
+            Layout::Single => crate::codec::STORE_FORMAT_VERSION,
+            Layout::Groups => crate::codec::FORMAT_VERSION,
+        }
+    }
+
     /// The names of the log and metadata databases.
     pub(crate) fn db_names(self) -> (&'static str, &'static str) {
         match self {
@@ -109,6 +118,12 @@ impl Key {
     }
 }
 
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 /// A range of keys (bounds on unsized slices: what LMDB's range operations take).
 pub(crate) type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
@@ -123,6 +138,11 @@ impl GroupKeys {
     /// The layout.
     pub(crate) fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The group.
+    pub(crate) fn group(&self) -> GroupId {
+        self.group
     }
 
     /// The key of the entry `index`.

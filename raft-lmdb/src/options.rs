@@ -12,6 +12,8 @@ pub struct LmdbOptions {
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_bytes: u64,
     pub(crate) file_headroom_bytes: u64,
+    pub(crate) journal_move_records: usize,
+    pub(crate) journal_move_bytes: u64,
 }
 
 impl Default for LmdbOptions {
@@ -23,6 +25,8 @@ impl Default for LmdbOptions {
             max_group_requests: 4096,
             max_group_bytes: 64 << 20,
             file_headroom_bytes: 8 << 20,
+            journal_move_records: 4096,
+            journal_move_bytes: 4 << 20,
         }
     }
 }
@@ -30,8 +34,8 @@ impl Default for LmdbOptions {
 impl LmdbOptions {
     /// The default options: a 1 GiB initial map (address space only: the data file grows with
     /// the data), a queue of 4096 write requests (at most 1024 of one group in an
-    /// [`crate::LmdbEnvironment`]), transactions of at most 4096 requests or 64 MiB, and 8 MiB
-    /// of file headroom.
+    /// [`crate::LmdbEnvironment`]), transactions of at most 4096 requests or 64 MiB, 8 MiB
+    /// of file headroom, and an environment's journal moved once it holds 4096 entries or 4 MiB.
     pub fn new() -> Self {
         Self::default()
     }
@@ -86,6 +90,19 @@ impl LmdbOptions {
     /// store needs. Durability is the same either way.
     pub fn with_file_headroom(mut self, bytes: u64) -> Self {
         self.file_headroom_bytes = bytes;
+        self
+    }
+
+    /// When an [`crate::LmdbEnvironment`] moves its journal to the groups' logs: once the
+    /// journal holds `records` entries (at least 1) or `bytes` bytes of them. Commits append
+    /// the new entries of every group to the journal, in one place, and the commit that finds
+    /// it this full first moves every entry to its group (in the same transaction). A larger
+    /// journal spreads the cost of a move over more commits and uses more memory (the writer
+    /// and the readers index every entry in it); the journal may exceed the bound by one
+    /// transaction's entries. No effect on a store of its own.
+    pub fn with_journal_bound(mut self, records: usize, bytes: u64) -> Self {
+        self.journal_move_records = records.max(1);
+        self.journal_move_bytes = bytes;
         self
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWrit
 use raft_core::{GroupId, StorageError};
 
 use crate::env::Handles;
+use crate::journal::ReadIndex;
 use crate::layout::Layout;
 use crate::queue::Queue;
 use crate::registry::DirGuard;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     handles: RwLock<Option<Handles>>,
     /// How the groups are laid out in the databases.
     pub(crate) layout: Layout,
+    /// Where readers find the records of the journal (multi-group layout; empty otherwise).
+    pub(crate) read_index: ReadIndex,
     /// Set when a write failed: from then on every write fails with [`StorageError::Closed`].
     poisoned: AtomicBool,
     /// The writer's requests.
@@ -47,18 +50,34 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: transactions appending to one group use the journal too.
+    #[cfg(test)]
+    pub(crate) always_journal: AtomicBool,
     /// Test hook: the writer waits for this lock after receiving a request, before gathering
     /// the rest of its group.
     #[cfg(test)]
     pub(crate) pause: std::sync::Mutex<()>,
+    /// Test hook: the next read waits at this barrier twice once it has its snapshot (the test
+    /// commits in between).
+    #[cfg(test)]
+    pub(crate) read_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
+    /// Test hook: snapshots taken by reads of entries.
+    #[cfg(test)]
+    pub(crate) read_attempts: AtomicU64,
     /// Exclusive ownership of the directory.
     pub(crate) guard: DirGuard,
 }
 
 impl Shared {
-    pub(crate) fn new(handles: Handles, guard: DirGuard, queue: Queue) -> Self {
+    pub(crate) fn new(
+        handles: Handles,
+        guard: DirGuard,
+        queue: Queue,
+        read_index: ReadIndex,
+    ) -> Self {
         Self {
             layout: handles.layout,
+            read_index,
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
             queue,
@@ -71,8 +90,25 @@ impl Shared {
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             #[cfg(test)]
+            always_journal: AtomicBool::new(false),
+            #[cfg(test)]
             pause: std::sync::Mutex::new(()),
+            #[cfg(test)]
+            read_barrier: Mutex::new(None),
+            #[cfg(test)]
+            read_attempts: AtomicU64::new(0),
             guard,
+        }
+    }
+
+    /// Test hook, called by a read of entries once it has its snapshot.
+    #[cfg(test)]
+    pub(crate) fn read_snapshot_taken(&self) {
+        self.read_attempts.fetch_add(1, Ordering::SeqCst);
+        let barrier = self.read_barrier.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(barrier) = barrier {
+            barrier.wait();
+            barrier.wait();
         }
     }
 

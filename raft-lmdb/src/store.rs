@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
+use heed::{RoTxn, WithoutTls};
 use raft_core::{
     DurableState, Entry, GroupId, LogId, LogIndex, LogStore, StorageError, WriteBatch,
     DEFAULT_GROUP_ID,
@@ -18,6 +19,7 @@ use crate::codec;
 use crate::env::Handles;
 use crate::environment::{self, Running};
 use crate::error::{storage_error, OpenError};
+use crate::journal;
 use crate::layout::{GroupKeys, Layout};
 use crate::options::LmdbOptions;
 use crate::queue::Refused;
@@ -89,7 +91,7 @@ impl LmdbLogStore {
     /// is synced into its parent, and the directory itself is synced once LMDB's files exist.
     /// The store holds the directory exclusively (an advisory lock on the directory itself, which
     /// no file deletion defeats) until it is dropped. A store of an older format version is
-    /// upgraded (see [`crate::FORMAT_VERSION`]).
+    /// upgraded (see [`crate::STORE_FORMAT_VERSION`]).
     pub fn open_dir_with(dir: impl AsRef<Path>, options: LmdbOptions) -> Result<Self, OpenError> {
         let running = environment::start(dir.as_ref(), options, Layout::Single)?;
         if !running.shared.claim_group(DEFAULT_GROUP_ID) {
@@ -189,43 +191,97 @@ impl LmdbLogStore {
             return Ok(Vec::new());
         }
         with_handles(&self.shared, |handles| {
-            let keys = self.keys();
-            let txn = handles.read_txn()?;
-            let meta = handles.read_meta(&txn, keys)?;
-            let (first, last) = (meta.purged().index + 1, meta.last().index);
-            if range.start < first || range.end - 1 > last {
-                return Err(StorageError::InvalidRequest(format!(
-                    "read of {range:?} outside stored entries {first}..={last}"
-                )));
-            }
-            let mut out = Vec::new();
-            let mut bytes = 0u64;
-            let mut expected = range.start;
-            let (start, end) = (keys.log(range.start), keys.log(range.end));
-            let bounds = start.until(&end);
-            for item in handles.log.range(&txn, &bounds).map_err(storage_error)? {
-                let (key, value) = item.map_err(storage_error)?;
-                let index = keys.index_of(key).unwrap_or_default();
-                if index != expected {
-                    return Err(StorageError::Corrupt(format!(
-                        "log entry {expected} is missing (found {index})"
-                    )));
+            for _ in 0..READ_ATTEMPTS {
+                let txn = handles.read_txn()?;
+                #[cfg(test)]
+                self.shared.read_snapshot_taken();
+                if let Some(entries) = self.try_read(handles, &txn, &range, max_bytes)? {
+                    return Ok(entries);
                 }
-                let entry = codec::decode_entry(index, value)?;
-                bytes += entry.size_bytes();
-                if !out.is_empty() && bytes > max_bytes {
-                    return Ok(out);
-                }
-                out.push(entry);
-                expected += 1;
             }
-            if expected != range.end {
-                return Err(StorageError::Corrupt(format!("log entry {expected} is missing")));
-            }
-            Ok(out)
+            Err(StorageError::Other(format!(
+                "the entries {range:?} were moved in the journal {READ_ATTEMPTS} times while being read"
+            )))
         })
     }
+
+    /// Reads `range` in one snapshot: the entries, or `None` if a commit made since the
+    /// snapshot began deleted a journal record the snapshot needs (a move or a truncation):
+    /// reading again with a new snapshot then succeeds (see `journal.rs`).
+    pub(crate) fn try_read(
+        &self,
+        handles: &Handles,
+        txn: &RoTxn<'_, WithoutTls>,
+        range: &Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<Entry>>, StorageError> {
+        let keys = self.keys();
+        let meta = handles.read_meta(txn, keys)?;
+        let (first, last) = (meta.purged().index + 1, meta.last().index);
+        if range.start < first || range.end - 1 > last {
+            return Err(StorageError::InvalidRequest(format!(
+                "read of {range:?} outside stored entries {first}..={last}"
+            )));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut expected = range.start;
+        let mut push = |entry: Entry, out: &mut Vec<Entry>| {
+            bytes += entry.size_bytes();
+            let full = !out.is_empty() && bytes > max_bytes;
+            if !full {
+                out.push(entry);
+            }
+            full
+        };
+        let (start, end) = (keys.log(range.start), keys.log(range.end));
+        let bounds = start.until(&end);
+        for item in handles.log.range(txn, &bounds).map_err(storage_error)? {
+            let (key, value) = item.map_err(storage_error)?;
+            let index = keys.index_of(key).unwrap_or_default();
+            if index != expected {
+                return Err(StorageError::Corrupt(format!(
+                    "log entry {expected} is missing (found {index})"
+                )));
+            }
+            if push(codec::decode_entry(index, value)?, &mut out) {
+                return Ok(Some(out));
+            }
+            expected += 1;
+        }
+        // The rest is in the journal (the log holds a group's older entries).
+        if let (Some(journal), true) = (&handles.journal, expected < range.end) {
+            let candidates = self.shared.read_index.candidates(self.group, expected, range.end);
+            let mut candidates = candidates.iter().peekable();
+            while expected < range.end {
+                let mut found = None;
+                while let Some(&&(index, seq)) = candidates.peek() {
+                    if index > expected {
+                        break;
+                    }
+                    candidates.next();
+                    if found.is_none() && index == expected {
+                        found = journal::read_record(journal, txn, seq, self.group, index)?;
+                    }
+                }
+                let Some(record) = found else { return Ok(None) };
+                if push(codec::decode_entry(expected, record)?, &mut out) {
+                    return Ok(Some(out));
+                }
+                expected += 1;
+            }
+        }
+        if expected != range.end {
+            return Err(StorageError::Corrupt(format!("log entry {expected} is missing")));
+        }
+        Ok(Some(out))
+    }
 }
+
+/// How many snapshots a read takes at most before giving up: it takes another only when a
+/// commit deleted journal records it needed while it was reading, so each attempt fails only if
+/// such a commit races it again.
+const READ_ATTEMPTS: usize = 64;
 
 impl Drop for LmdbLogStore {
     fn drop(&mut self) {

@@ -18,7 +18,7 @@ use crate::env::{self, Handles};
 use crate::fsdir::synced;
 use crate::layout::Layout;
 use crate::registry::DirGuard;
-use crate::{FileSnapshotStore, LmdbLogStore, OpenError, FORMAT_VERSION};
+use crate::{FileSnapshotStore, LmdbLogStore, OpenError, STORE_FORMAT_VERSION};
 
 fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
@@ -44,10 +44,10 @@ fn store_with_entries() -> (tempfile::TempDir, std::path::PathBuf) {
 fn tamper(dir: &Path, change: impl FnOnce(&Handles, &mut RwTxn<'_>)) {
     let guard = DirGuard::acquire(&std::fs::canonicalize(dir).unwrap()).unwrap();
     let env = env::open_env(&guard, 1 << 24).unwrap();
-    let (Some(log), Some(meta)) = env::open_databases(&env, Layout::Single).unwrap() else {
+    let (Some(log), Some(meta), None) = env::open_databases(&env, Layout::Single).unwrap() else {
         panic!("not a store");
     };
-    let handles = Handles { env, log, meta, layout: Layout::Single };
+    let handles = Handles { env, log, meta, journal: None, layout: Layout::Single };
     let mut txn = handles.env.write_txn().unwrap();
     change(&handles, &mut txn);
     txn.commit().unwrap();
@@ -122,13 +122,13 @@ fn unknown_format_version_is_rejected() {
         h.meta.put(txn, FORMAT_KEY.as_bytes(), &codec::encode_format(99)).unwrap()
     });
     match open_err(&dir) {
-        OpenError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION, .. } => {}
+        OpenError::UnsupportedVersion { found: 99, supported: STORE_FORMAT_VERSION, .. } => {}
         other => panic!("unexpected {other}"),
     }
     let storage: StorageError = open_err(&dir).into();
     assert!(matches!(
         storage,
-        StorageError::UnsupportedVersion { found: 99, supported: FORMAT_VERSION }
+        StorageError::UnsupportedVersion { found: 99, supported: STORE_FORMAT_VERSION }
     ));
 }
 
@@ -304,8 +304,9 @@ fn an_older_store_is_read_and_upgraded(records: &[(String, String, Vec<u8>)]) {
     tamper(&dir, |h, txn| {
         format = h.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap().to_vec()
     });
-    assert_eq!(format, codec::encode_format(FORMAT_VERSION));
-    assert_eq!(FORMAT_VERSION, 3);
+    // Single-group stores did not change in format 4 (the journal's): they stay at 3, so that
+    // the previous release still opens them.
+    assert_eq!(format, codec::encode_format(3));
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(block_on(store.read(3..9, u64::MAX)).unwrap()[..5], expected[..]);
 }
@@ -485,4 +486,16 @@ fn a_group_removed_and_created_in_one_transaction_exists() {
     assert_eq!(env.groups().unwrap(), vec![1]);
     let store = env.log_store(1).unwrap();
     block_on(store.write(append(1..2, 1))).unwrap();
+}
+
+/// A new single-group store is written in format 3, the last format that changed it (format 4
+/// changed only multi-group environments): a rollback to the previous release opens it.
+#[test]
+fn a_new_single_group_store_is_written_in_format_3() {
+    let (_root, dir) = store_with_entries();
+    let mut format = Vec::new();
+    tamper(&dir, |h, txn| {
+        format = h.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap().to_vec()
+    });
+    assert_eq!(format, codec::encode_format(3));
 }

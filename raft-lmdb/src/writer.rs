@@ -32,6 +32,7 @@ use crate::apply::{self, Applier, Failure, GroupLog, Rejection};
 use crate::codec::{self, MetaRecord};
 use crate::env::{self, Handles};
 use crate::headroom::Headroom;
+use crate::journal::{JournalIndex, MoveError};
 use crate::shared::Shared;
 use crate::thread_io;
 
@@ -51,6 +52,11 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Whether this request appends entries.
+    pub(crate) fn appends(&self) -> bool {
+        matches!(self, Op::Write(batch) if !batch.entries.is_empty())
+    }
+
     /// The bytes this request adds to a transaction (for the byte bound).
     pub(crate) fn size_bytes(&self) -> u64 {
         match self {
@@ -89,10 +95,12 @@ pub(crate) struct GroupLimits {
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     committed: HashMap<GroupId, MetaRecord>,
+    journal: Option<JournalIndex>,
     limits: GroupLimits,
     headroom: Headroom,
 ) -> io::Result<JoinHandle<()>> {
-    let writer = Writer { shared, committed, limits, applier: Applier::default(), headroom };
+    let writer =
+        Writer { shared, committed, journal, limits, applier: Applier::default(), headroom };
     // The writer's `/proc` counters are known before the environment is handed out, so that
     // `DiskStats::written_bytes` counts from the first request on.
     let (ready, started) = std::sync::mpsc::sync_channel(1);
@@ -112,6 +120,9 @@ struct Writer {
     shared: Arc<Shared>,
     /// Each loaded group's metadata as of the last commit (only this thread changes it).
     committed: HashMap<GroupId, MetaRecord>,
+    /// The writer's index of the journal (multi-group layout only), as of the transaction
+    /// being built.
+    journal: Option<JournalIndex>,
     limits: GroupLimits,
     /// Applies requests to a transaction.
     applier: Applier,
@@ -209,7 +220,22 @@ impl Writer {
                 .collect();
         }
         loop {
-            match self.try_commit(&group) {
+            if let Some(journal) = &mut self.journal {
+                // Whatever fails from here on, only this transaction's changes are undone.
+                journal.begin();
+            }
+            let result = self.try_commit(&group);
+            if let Some(journal) = &mut self.journal {
+                match &result {
+                    // Readers no longer need the records the commit deleted.
+                    Ok(_) => journal.withdraw_removed(&self.shared.read_index),
+                    Err(_) => {
+                        journal.withdraw_added(&self.shared.read_index);
+                        journal.rollback();
+                    }
+                }
+            }
+            match result {
                 Ok((touched, outcomes)) => {
                     for (id, meta) in touched {
                         match meta {
@@ -277,10 +303,29 @@ impl Writer {
             return Err(Failure::Fatal(StorageError::Closed));
         };
         let (page_size, used) = handles.pages();
-        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum();
+        // A commit that moves the journal writes its records again, to the groups' logs.
+        let moved_bytes = self.journal.as_ref().map_or(0, JournalIndex::due_bytes);
+        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum::<u64>() + moved_bytes;
         let zeros = self.headroom.ensure(used, entry_bytes, page_size);
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
+        if let (Some(journal), Some(db)) = (&mut self.journal, &handles.journal) {
+            let mut appending = group.iter().filter(|r| r.op.appends()).map(|r| r.group);
+            let first = appending.next();
+            let one_group = first.is_some_and(|g| appending.all(|other| other == g));
+            #[cfg(test)]
+            let one_group = one_group && !self.shared.always_journal.load(Ordering::SeqCst);
+            journal.set_direct(one_group);
+            if journal.is_due() {
+                let dbs = (db, &handles.log, &handles.meta);
+                let keys = |group, index| handles.layout.keys(group).log(index);
+                let moved = journal.move_all(dbs, &mut txn, keys).map_err(|e| match e {
+                    MoveError::Lmdb(e) => Failure::from(e),
+                    MoveError::Corrupt(e) => Failure::Fatal(e),
+                })?;
+                tracing::debug!(moved, "moved the journal to the groups' logs");
+            }
+        }
         let mut touched = Touched::new();
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
@@ -302,6 +347,10 @@ impl Writer {
         if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
+        if let Some(journal) = &self.journal {
+            // Before the commit: a reader whose snapshot has the new records finds them.
+            journal.publish_added(&self.shared.read_index);
+        }
         txn.commit()?;
         Ok((touched, outcomes))
     }
@@ -315,7 +364,7 @@ impl Writer {
         request: &Request,
     ) -> Result<(), Rejection> {
         let keys = handles.layout.keys(request.group);
-        let log = GroupLog::new(handles, keys);
+        let mut log = GroupLog::new(handles, keys, self.journal.as_mut());
         if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group) {
             // Not loaded yet (a group found on disk): what is on disk is what is committed.
             if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {

@@ -4,8 +4,9 @@
 //! checks that it holds exactly the state after some prefix of the requests that includes every
 //! acknowledged one: nothing acknowledged is lost, no request is half applied, the log is a
 //! clean prefix. The same with several groups of one `LmdbEnvironment` written at once (their
-//! requests share transactions): every group's state is a prefix of its own requests holding
-//! all its acknowledged ones, and its log opens (its records are consistent).
+//! requests share transactions, their new entries go to the environment's journal, moved to
+//! the groups' logs every few entries): every group's state is a prefix of its own requests
+//! holding all its acknowledged ones, and its log opens (its records are consistent).
 //!
 //! `RAFT_LMDB_CRASH_SEED` replays a run (the seed is printed); `RAFT_LMDB_CRASH_ROUNDS` changes
 //! the number of rounds (default 60).
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use futures::executor::block_on;
 use raft_core::GroupId;
 use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, WriteBatch};
-use raft_lmdb::{LmdbEnvironment, LmdbLogStore};
+use raft_lmdb::{LmdbEnvironment, LmdbLogStore, LmdbOptions};
 
 const CHILD_DIR_ENV: &str = "RAFT_LMDB_CRASH_CHILD_DIR";
 const CHILD_SEED_ENV: &str = "RAFT_LMDB_CRASH_CHILD_SEED";
@@ -157,12 +158,15 @@ fn group_seed(seed: u64, group: GroupId) -> u64 {
 }
 
 /// The stores a child writes to: a store of its own (`groups` 0) or groups `0..groups` of an
-/// environment.
-fn open_stores(dir: &std::path::Path, groups: u64) -> Vec<LmdbLogStore> {
+/// environment whose journal is moved to the groups' logs every few entries (4 to 64, from the
+/// seed), so that kills land before, during and after moves.
+fn open_stores(dir: &std::path::Path, seed: u64, groups: u64) -> Vec<LmdbLogStore> {
     if groups == 0 {
         return vec![LmdbLogStore::open_dir(dir).unwrap()];
     }
-    let env = LmdbEnvironment::open(dir).unwrap();
+    let journal_bound = 4 + (seed % 61) as usize;
+    let options = LmdbOptions::default().with_journal_bound(journal_bound, u64::MAX);
+    let env = LmdbEnvironment::open_with(dir, options).unwrap();
     (0..groups).map(|group| env.log_store(group).unwrap()).collect()
 }
 
@@ -180,7 +184,7 @@ fn crash_child() {
     };
     let (seed, groups): (u64, u64) = (seed.parse().unwrap(), groups.parse().unwrap());
     let depth = pipeline_depth(seed);
-    let stores = open_stores(dir.as_ref(), groups);
+    let stores = open_stores(dir.as_ref(), seed, groups);
     let mut ops: Vec<_> =
         (0..stores.len() as u64).map(|g| generate(group_seed(seed, g)).into_iter()).collect();
     let mut out = std::io::stdout().lock();

@@ -101,8 +101,8 @@ pub(crate) struct Report {
     pub(crate) requests: u64,
     /// Entries appended to the process's logs (every group, led or followed).
     pub(crate) entries: u64,
-    /// Bytes the process caused to be written to the disk (`write_bytes` of `/proc/self/io`:
-    /// LMDB's pages; 0 where unavailable).
+    /// Bytes the environment's writer thread wrote (`DiskStats::written_bytes`: LMDB's pages
+    /// and the headroom zeros; 0 where unknown).
     pub(crate) written_bytes: u64,
     /// Terms its groups went through (the sum over its groups of each one's term increase):
     /// elections, which steady groups do not hold.

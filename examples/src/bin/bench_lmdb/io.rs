@@ -249,7 +249,7 @@ pub(crate) async fn run_io(work: &Path, rounds: u64) -> Result<(), BoxError> {
 fn print_io_table(measured: &[Measured], rounds: u64) -> Result<(), BoxError> {
     println!();
     println!(
-        "| {:<30} | {:>7} | {:>7} | {:>11} | {:>9} | {:>10} | {:>11} | {:>9} | {:>7} | {:>7} | {:>8} |",
+        "| {:<30} | {:>7} | {:>7} | {:>11} | {:>9} | {:>10} | {:>11} | {:>9} | {:>7} | {:>7} | {:>8} | {:>8} |",
         "per commit",
         "commits",
         "entries",
@@ -260,11 +260,12 @@ fn print_io_table(measured: &[Measured], rounds: u64) -> Result<(), BoxError> {
         "growth pg",
         "free pg",
         "tree pg",
-        "p50"
+        "p50",
+        "p99"
     );
     println!(
-        "|{:-<32}|{:->9}|{:->9}|{:->13}|{:->11}|{:->12}|{:->13}|{:->11}|{:->9}|{:->9}|{:->10}|",
-        "", "", "", "", "", "", "", "", "", "", ""
+        "|{:-<32}|{:->9}|{:->9}|{:->13}|{:->11}|{:->12}|{:->13}|{:->11}|{:->9}|{:->9}|{:->10}|{:->10}|",
+        "", "", "", "", "", "", "", "", "", "", "", ""
     );
     for m in measured {
         let (commits0, written0, zeros0, disk0) = m.start;
@@ -288,7 +289,7 @@ fn print_io_table(measured: &[Measured], rounds: u64) -> Result<(), BoxError> {
             _ => Default::default(),
         };
         println!(
-            "| {:<30} | {:>7} | {:>7.1} | {:>11.1} | {:>9.1} | {:>10} | {:>11.1} | {:>9} | {:>7} | {:>7} | {:>8} |",
+            "| {:<30} | {:>7} | {:>7.1} | {:>11.1} | {:>9.1} | {:>10} | {:>11.1} | {:>9} | {:>7} | {:>7} | {:>8} | {:>8} |",
             m.what,
             commits,
             entries as f64 / commits as f64,
@@ -300,6 +301,7 @@ fn print_io_table(measured: &[Measured], rounds: u64) -> Result<(), BoxError> {
             free,
             tree,
             millis(m.latency.value_at_quantile(0.5)),
+            millis(m.latency.value_at_quantile(0.99)),
         );
     }
     println!(
@@ -307,7 +309,8 @@ fn print_io_table(measured: &[Measured], rounds: u64) -> Result<(), BoxError> {
          headroom zeros); zeros: the headroom's part; LMDB pages: the rest, in pages; \
          write_bytes: /proc/self/io's page-cache bytes dirtied (whole large folios, not what \
          reaches the disk); growth: LMDB's last page, pages per commit; free/tree: pages at \
-         the end; p50: one round (all of a shape's writes)."
+         the end; p50, p99: one round (all of a shape's writes; in an environment, a round \
+         that moves the journal is among the slow ones)."
     );
     Ok(())
 }

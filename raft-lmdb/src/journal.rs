@@ -1,0 +1,435 @@
+//! The journal of a multi-group environment ([`crate::layout::Layout::Groups`]): where each
+//! commit appends the new entries of every group, in one place.
+//!
+//! An environment keeps each group's entries under its own key range of `raft-groups-log`, so
+//! a commit appending one entry to each of 64 groups would dirty 64 leaves and their branch
+//! pages. Instead, new entries go to [`JOURNAL_DB`], keyed by a sequence number that only grows
+//! (big-endian `u64`, appended at the end of the B-tree with `MDB_APPEND`): a commit dirties the
+//! last one or two leaves of the journal whatever the number of groups. Once the journal holds
+//! as many records or bytes as its bound ([`crate::LmdbOptions::with_journal_bound`]), the
+//! next commit first moves
+//! every record to its group's key range (each group's leaf then touched once for many entries)
+//! and empties the journal, in the same transaction as its own writes: no extra sync.
+//!
+//! # Invariants (of every committed state)
+//!
+//! * A group's entry `(group, index)` is stored exactly once: in `raft-groups-log` or as one
+//!   journal record. Truncation, purge, reset and group removal delete the group's journal
+//!   records as well as its log range; a move deletes every record it moves.
+//! * A group's entries in the log come before its entries in the journal (a move takes them
+//!   all, and new entries follow the last one).
+//! * Sequence numbers only grow while the environment is open, so a reader never meets a
+//!   number reused for another record, and each record is appended after every other one.
+//!   [`JOURNAL_SEQ_KEY`] in the metadata database holds the next one as of the last move (when
+//!   the journal was emptied); open continues from it or from the journal's last record.
+//!
+//! # Reads racing a move
+//!
+//! Readers find a journal record through [`ReadIndex`], shared with the writer, which may be
+//! newer or older than the reader's LMDB snapshot. The writer publishes a record's location
+//! before the commit that writes it and withdraws it only after the commit that deletes it, so
+//! the index holds every record of any snapshot a reader may have unless a later commit has
+//! deleted it. A reader checks that the record it finds in its own snapshot carries the group
+//! and index it looks for; by the first invariant such a record is the entry. If the index no
+//! longer knows an entry its snapshot needs (a move or truncation committed meanwhile), the
+//! reader starts again with a fresh snapshot.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
+use raft_core::{GroupId, LogIndex, StorageError};
+
+use crate::codec;
+use crate::env::Db;
+use crate::error::storage_error;
+use crate::layout::Layout;
+
+/// Name of the journal database of the multi-group layout.
+pub(crate) const JOURNAL_DB: &str = "raft-groups-journal";
+/// Key, in the metadata database of the multi-group layout, of the next journal sequence
+/// number as of the last move (big-endian `u64`).
+pub(crate) const JOURNAL_SEQ_KEY: &[u8] = b"journal-seq";
+/// Bytes before the entry record in a journal record: group id and index, big-endian.
+const HEADER_LEN: usize = 16;
+
+/// The key of the journal record `seq`.
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Splits a journal record into its group, index and entry record.
+pub(crate) fn split_record(bytes: &[u8]) -> Result<(GroupId, LogIndex, &[u8]), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("a journal record of {} bytes", bytes.len()));
+    let (head, entry) = (bytes.get(..HEADER_LEN).ok_or_else(corrupt)?, &bytes[HEADER_LEN..]);
+    let group = GroupId::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
+    let index = LogIndex::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?);
+    Ok((group, index, entry))
+}
+
+/// The entry record of `(group, index)` in the journal record `seq` of `txn`'s snapshot, if
+/// that record exists and is that entry's.
+pub(crate) fn read_record<'t>(
+    journal: &Db,
+    txn: &'t RoTxn<'_, WithoutTls>,
+    seq: u64,
+    group: GroupId,
+    index: LogIndex,
+) -> Result<Option<&'t [u8]>, StorageError> {
+    match journal.get(txn, &seq_key(seq)).map_err(storage_error)? {
+        Some(bytes) => {
+            let (g, i, entry) = split_record(bytes)?;
+            Ok((g == group && i == index).then_some(entry))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A change of the journal made by the current transaction.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Added(GroupId, LogIndex, u64),
+    Removed(GroupId, LogIndex, u64),
+}
+
+/// The writer's exact map of the journal: where each record of the current transaction's state
+/// is. Bounded by the move threshold (plus one transaction's records).
+#[derive(Debug, Default)]
+pub(crate) struct JournalIndex {
+    /// `(group, index)` → sequence number of its record.
+    locations: BTreeMap<(GroupId, LogIndex), u64>,
+    /// The next sequence number.
+    next_seq: u64,
+    /// Bytes of the records added since the last move (deletions are not subtracted).
+    bytes: u64,
+    /// The changes of the current transaction, in order.
+    changes: Vec<Change>,
+    /// `next_seq` and `bytes` when the current transaction began.
+    started: (u64, u64),
+    /// A record being written or moved.
+    buf: Vec<u8>,
+    /// A commit moves the journal first once it holds this many records or bytes.
+    bound: (usize, u64),
+    /// Whether the current transaction appends to the log of a group that has no journal
+    /// records instead (see [`JournalIndex::set_direct`]).
+    direct: bool,
+}
+
+impl JournalIndex {
+    /// Reads the journal of a committed state (at open): every record, and the next sequence
+    /// number. A record for an entry already met, outside its group's log (the group's
+    /// metadata record says which entries it holds), or not after the last entry of the
+    /// group's key range of `log` (the log holds a group's older entries), is corruption.
+    pub(crate) fn load(
+        dbs: (&Db, &Db, &Db),
+        txn: &RoTxn<'_, WithoutTls>,
+        bound: (usize, u64),
+    ) -> Result<JournalIndex, StorageError> {
+        let (journal, log, meta) = dbs;
+        let mut index = JournalIndex { bound, ..JournalIndex::default() };
+        // Each group's purged and last indexes (metadata) and the last index of its log range,
+        // `None` for a group without metadata.
+        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex, LogIndex)>> = HashMap::new();
+        if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
+            let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+                StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
+            })?;
+            index.next_seq = u64::from_be_bytes(bytes);
+        }
+        for item in journal.iter(txn).map_err(storage_error)? {
+            let (key, value) = item.map_err(storage_error)?;
+            let seq = u64::from_be_bytes(key.try_into().map_err(|_| {
+                StorageError::Corrupt(format!("a journal key of {} bytes", key.len()))
+            })?);
+            let (group, entry_index, _) = split_record(value)?;
+            let bounds = match metas.entry(group) {
+                Entry::Occupied(known) => *known.get(),
+                Entry::Vacant(vacant) => {
+                    let keys = Layout::Groups.keys(group);
+                    let meta = meta.get(txn, keys.meta().as_slice()).map_err(storage_error)?;
+                    let bounds = match meta.map(codec::decode_meta).transpose()? {
+                        Some(m) => {
+                            let (first, end) = (keys.log(0), keys.log(LogIndex::MAX));
+                            let range = first.through(&end);
+                            let mut from_end = log.rev_range(txn, &range).map_err(storage_error)?;
+                            let last_item = from_end.next().transpose().map_err(storage_error)?;
+                            let log_last = last_item.and_then(|(key, _)| keys.index_of(key));
+                            let purged = m.purged().index;
+                            Some((purged, m.last().index, log_last.unwrap_or(purged)))
+                        }
+                        None => None,
+                    };
+                    *vacant.insert(bounds)
+                }
+            };
+            let Some((purged, last, log_last)) = bounds else {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, outside its log \
+                     (the group does not exist)"
+                )));
+            };
+            if !(purged < entry_index && entry_index <= last) {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, outside its log \
+                     (purged {purged}, last {last})"
+                )));
+            }
+            if entry_index <= log_last {
+                return Err(StorageError::Corrupt(format!(
+                    "the journal holds entry {entry_index} of group {group}, also in its log \
+                     (which ends at {log_last})"
+                )));
+            }
+            if index.locations.insert((group, entry_index), seq).is_some() {
+                return Err(StorageError::Corrupt(format!(
+                    "entry {entry_index} of group {group} is in the journal twice"
+                )));
+            }
+            index.bytes += value.len() as u64;
+            index.next_seq = index.next_seq.max(seq.saturating_add(1));
+        }
+        // The last sequence number is never used (the one after it would overflow): a journal
+        // that reached it was not written by this crate.
+        if index.next_seq == u64::MAX {
+            return Err(StorageError::Corrupt(
+                "the journal's sequence numbers are used up (a record or journal-seq at the end)"
+                    .into(),
+            ));
+        }
+        Ok(index)
+    }
+
+    /// Marks the start of a transaction.
+    pub(crate) fn begin(&mut self) {
+        self.changes.clear();
+        self.started = (self.next_seq, self.bytes);
+    }
+
+    /// Undoes the changes of the transaction (it was abandoned).
+    pub(crate) fn rollback(&mut self) {
+        for change in self.changes.drain(..).rev() {
+            match change {
+                Change::Added(group, index, _) => {
+                    self.locations.remove(&(group, index));
+                }
+                Change::Removed(group, index, seq) => {
+                    self.locations.insert((group, index), seq);
+                }
+            }
+        }
+        (self.next_seq, self.bytes) = self.started;
+    }
+
+    /// Lets the current transaction append a group's entries straight to its log when the
+    /// group has no journal records (its log then still holds all its entries): worth it when
+    /// the transaction appends to one group only, whose last leaf it dirties either way, and
+    /// saves writing those entries twice.
+    pub(crate) fn set_direct(&mut self, direct: bool) {
+        self.direct = direct;
+    }
+
+    /// Whether the group's next entry goes to the journal (else straight to its log).
+    pub(crate) fn journals(&self, group: GroupId) -> bool {
+        !self.direct || self.locations.range((group, 0)..=(group, LogIndex::MAX)).next().is_some()
+    }
+
+    /// Whether the journal is due to be moved to the groups' logs.
+    pub(crate) fn is_due(&self) -> bool {
+        self.locations.len() >= self.bound.0 || self.bytes >= self.bound.1
+    }
+
+    /// The bytes the next commit moves to the groups' logs (0 unless the journal is due): an
+    /// upper bound (records deleted since the last move are still counted).
+    pub(crate) fn due_bytes(&self) -> u64 {
+        if self.is_due() {
+            self.bytes
+        } else {
+            0
+        }
+    }
+
+    /// The sequence number of the record of `(group, index)`, if it is in the journal.
+    pub(crate) fn get(&self, group: GroupId, index: LogIndex) -> Option<u64> {
+        self.locations.get(&(group, index)).copied()
+    }
+
+    /// Appends the record of `(group, index)` to the journal.
+    pub(crate) fn append(
+        &mut self,
+        journal: &Db,
+        txn: &mut RwTxn<'_>,
+        group: GroupId,
+        index: LogIndex,
+        entry: &[u8],
+    ) -> heed::Result<()> {
+        let seq = self.next_seq;
+        // Never `u64::MAX` (see `load`): 2^64 - 1 appends do not happen.
+        let next_seq = seq.checked_add(1).filter(|&next| next < u64::MAX).ok_or_else(|| {
+            heed::Error::Io(std::io::Error::other("the journal's sequence numbers are used up"))
+        })?;
+        let buf = &mut self.buf;
+        buf.clear();
+        buf.extend_from_slice(&group.to_be_bytes());
+        buf.extend_from_slice(&index.to_be_bytes());
+        buf.extend_from_slice(entry);
+        journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
+        self.next_seq = next_seq;
+        self.bytes += buf.len() as u64;
+        if let Some(old) = self.locations.insert((group, index), seq) {
+            // Callers delete an entry before writing it again; keep the map exact regardless.
+            self.changes.push(Change::Removed(group, index, old));
+        }
+        self.changes.push(Change::Added(group, index, seq));
+        Ok(())
+    }
+
+    /// Deletes the group's journal records of entries `from..=to`.
+    pub(crate) fn delete(
+        &mut self,
+        journal: &Db,
+        txn: &mut RwTxn<'_>,
+        group: GroupId,
+        from: LogIndex,
+        to: LogIndex,
+    ) -> heed::Result<()> {
+        if from > to {
+            return Ok(());
+        }
+        let doomed: Vec<_> =
+            self.locations.range((group, from)..=(group, to)).map(|(&k, &s)| (k, s)).collect();
+        for ((group, index), seq) in doomed {
+            journal.delete(txn, &seq_key(seq))?;
+            self.locations.remove(&(group, index));
+            self.changes.push(Change::Removed(group, index, seq));
+        }
+        Ok(())
+    }
+
+    /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
+    /// empties the journal, recording the next sequence number in `meta`.
+    pub(crate) fn move_all<K: AsRef<[u8]>>(
+        &mut self,
+        dbs: (&Db, &Db, &Db),
+        txn: &mut RwTxn<'_>,
+        log_key: impl Fn(GroupId, LogIndex) -> K,
+    ) -> Result<usize, MoveError> {
+        let (journal, log, meta) = dbs;
+        let buf = &mut self.buf;
+        // Recorded first, so that a failed move is undone whole (see `rollback`).
+        let moved = std::mem::take(&mut self.locations);
+        self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
+        for (&(group, index), &seq) in &moved {
+            buf.clear();
+            match journal.get(txn, &seq_key(seq))? {
+                Some(bytes) => buf.extend_from_slice(split_record(bytes)?.2),
+                None => {
+                    return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
+                        "journal record {seq} (entry {index} of group {group}) is missing"
+                    ))))
+                }
+            }
+            log.put(txn, log_key(group, index).as_ref(), buf)?;
+        }
+        journal.clear(txn)?;
+        meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;
+        self.bytes = 0;
+        Ok(moved.len())
+    }
+
+    /// Publishes to `shared` the records this transaction added (before its commit).
+    pub(crate) fn publish_added(&self, shared: &ReadIndex) {
+        let mut set = shared.lock();
+        for change in &self.changes {
+            if let Change::Added(group, index, seq) = *change {
+                set.insert((group, index, seq));
+            }
+        }
+    }
+
+    /// Withdraws from `shared` the records this transaction deleted (after its commit).
+    pub(crate) fn withdraw_removed(&self, shared: &ReadIndex) {
+        let mut set = shared.lock();
+        for change in &self.changes {
+            if let Change::Removed(group, index, seq) = *change {
+                set.remove(&(group, index, seq));
+            }
+        }
+    }
+
+    /// Withdraws from `shared` the records this transaction added (it was abandoned).
+    pub(crate) fn withdraw_added(&self, shared: &ReadIndex) {
+        let mut set = shared.lock();
+        for change in &self.changes {
+            if let Change::Added(group, index, seq) = *change {
+                set.remove(&(group, index, seq));
+            }
+        }
+    }
+
+    /// The committed records, for a new [`ReadIndex`].
+    pub(crate) fn read_index(&self) -> ReadIndex {
+        let set = self.locations.iter().map(|(&(g, i), &s)| (g, i, s)).collect();
+        ReadIndex { set: Mutex::new(set) }
+    }
+}
+
+/// Why a move failed.
+#[derive(Debug)]
+pub(crate) enum MoveError {
+    /// LMDB failed (the map may be full).
+    Lmdb(heed::Error),
+    /// The journal is inconsistent.
+    Corrupt(StorageError),
+}
+
+impl From<heed::Error> for MoveError {
+    fn from(err: heed::Error) -> Self {
+        MoveError::Lmdb(err)
+    }
+}
+
+impl From<StorageError> for MoveError {
+    fn from(err: StorageError) -> Self {
+        MoveError::Corrupt(err)
+    }
+}
+
+/// Where readers look for journal records: `(group, index, sequence number)` of every record
+/// of the committed state, and of the transaction being committed, and of records deleted by a
+/// commit just made (see the module documentation). Its size is bounded like the journal's.
+#[derive(Debug, Default)]
+pub(crate) struct ReadIndex {
+    set: Mutex<BTreeSet<(GroupId, LogIndex, u64)>>,
+}
+
+impl ReadIndex {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<(GroupId, LogIndex, u64)>> {
+        // Only inserted into or removed from: a panic elsewhere cannot leave it torn.
+        self.set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The candidate records of the group's entries `from..end`: (index, sequence number), in
+    /// index order and, for one index, newest first.
+    pub(crate) fn candidates(
+        &self,
+        group: GroupId,
+        from: LogIndex,
+        end: LogIndex,
+    ) -> Vec<(LogIndex, u64)> {
+        if from >= end {
+            return Vec::new();
+        }
+        let set = self.lock();
+        let mut out: Vec<_> =
+            set.range((group, from, 0)..(group, end, 0)).map(|&(_, i, s)| (i, s)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        out
+    }
+
+    /// The number of records it knows.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
