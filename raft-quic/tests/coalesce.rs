@@ -185,10 +185,21 @@ async fn raw_peer(
     ca: &ClusterCa,
     groups: &[GroupId],
 ) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
+    raw_peer_with(rt, ca, groups, |_| {}).await
+}
+
+/// [`raw_peer`], with node 1's configuration changed by `configure` first.
+async fn raw_peer_with(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    groups: &[GroupId],
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
     let mut config = test_config(ca, 1, loopback());
     // Short, so that a stalled batch is given up quickly.
     config.rpc_timeout = std::time::Duration::from_millis(300);
     config.max_decoded_items = RAW_PEER_MAX_ITEMS;
+    configure(&mut config);
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();
     let handler = serve_groups(&net, groups.iter().copied());
     let endpoint = common::scenarios::raw_endpoint(rt);
@@ -367,6 +378,38 @@ async fn a_bad_request_in_a_well_formed_batch_is_refused_alone() {
     malformed(4, "names sender 3");
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 1));
     assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
+/// A request of a well-formed batch whose elements do not fit the receiver's memory budget for
+/// its sender now is refused alone (`Refusal::Busy`); the batch's other request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    // A 1 KiB budget for node 2's unanswered requests: 13 elements (80 bytes each) overflow it.
+    let small = |config: &mut raft_quic::QuicConfig| {
+        config.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
+        config.stream_receive_window = frame::MIN_MAX_FRAME_SIZE;
+        config.connection_receive_window = frame::MIN_MAX_FRAME_SIZE;
+    };
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1, 2], small).await;
+    let good = Envelope::new(1, heartbeat(2)).with_group_id(1);
+    let heavy = Envelope::new(1, append(2, 14, 1, b"")).with_group_id(2);
+    let bytes = batch(&[good, heavy]);
+    assert!(bytes.len() <= frame::MIN_MAX_FRAME_SIZE as usize, "{} bytes", bytes.len());
+    let bytes = exchange(&rt, &conn, "a batch with a request over budget", &bytes).await.unwrap();
+    let answered = answers(&bytes);
+    assert!(
+        matches!(answered[&0], WireResponse::Ok(RpcResponse::AppendEntries(_))),
+        "{answered:?}"
+    );
+    assert_eq!(answered[&1], WireResponse::Refused(Refusal::Busy));
+    assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 0));
+    assert_eq!(net.bad_batches_received(), 0);
     conn.close(0u32.into(), b"");
     endpoint.close(0u32.into(), b"");
     net.close().await;
