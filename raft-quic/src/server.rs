@@ -296,8 +296,12 @@ fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
     );
 }
 
-/// Logs why a request of a batch was refused alone (at most once per interval per peer).
-fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal) {
+/// Logs why a request of a batch was refused alone (at most once per interval per peer), and
+/// counts it as a bad request unless it was only refused as busy (as a lone request is).
+fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &PeerCounters) {
+    if *refusal != Refusal::Busy {
+        counters.bad_requests.increment(1);
+    }
     match refusal {
         Refusal::SenderMismatch { claimed, .. } => refused_sender(shared, peer, *claimed),
         Refusal::Busy => {
@@ -353,8 +357,7 @@ async fn serve_batch(
             let response = match request {
                 Ok(request) => respond(shared, peer, request).await,
                 Err(refusal) => {
-                    counters.bad_requests.increment(1);
-                    refused_alone(shared, peer, &refusal);
+                    refused_alone(shared, peer, &refusal, counters);
                     WireResponse::Refused(refusal)
                 }
             };
