@@ -415,6 +415,23 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     net.close().await;
 }
 
+/// Node 1 sending to node 2, which serves groups 1 and 2 with its configuration changed by
+/// `configure`.
+fn sender_and_receiver(
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+) -> (Arc<dyn Runtime>, QuicNetwork, QuicNetwork, Handlers) {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let mut receiver = test_config(&ca, 2, loopback());
+    configure(&mut receiver);
+    let net2 = QuicNetwork::bind(receiver, rt.clone()).unwrap();
+    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    let handlers = serve_groups(&net2, [1, 2]);
+    (rt, net1, net2, handlers)
+}
+
 /// A batch the receiver refuses as a whole (here: larger than its maximum frame size, though
 /// each request fits it) fails each of its callers with the reset, not with a timeout; a lone
 /// request to the same peer still works.
@@ -422,16 +439,9 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
 // frame counts are exact (on two workers a send task can take part of a queue still filling).
 #[tokio::test(flavor = "current_thread")]
 async fn every_caller_of_a_refused_batch_gets_the_refusal() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let mut receiver = test_config(&ca, 2, loopback());
     // Node 2 takes frames of at most 1 KiB: two appends of 600 bytes fit one each, not together.
-    receiver.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
-    let net2 = QuicNetwork::bind(receiver, rt.clone()).unwrap();
-    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    net1.set_peer(2, net2.local_addr());
-    let handlers = serve_groups(&net2, [1, 2]);
+    let (rt, net1, net2, handlers) =
+        sender_and_receiver(|receiver| receiver.max_frame_size = frame::MIN_MAX_FRAME_SIZE);
     let append = |group| Envelope::new(2, append(1, 1, 600, b"")).with_group_id(group);
     assert!(frame::encode_request(&append(1), frame::MIN_MAX_FRAME_SIZE).is_ok());
     // The opener goes alone (nothing awaited an answer); the two others share a batch.
@@ -467,16 +477,9 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
 // frame counts are exact (on two workers a send task can take part of a queue still filling).
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_of_a_batch_over_the_receivers_budget_fails_its_caller_alone() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let mut receiver = test_config(&ca, 2, loopback());
     // Node 2 decodes at most 10 elements per request: a request of 11 entries is refused.
-    receiver.max_decoded_items = 10;
-    let net2 = QuicNetwork::bind(receiver, rt.clone()).unwrap();
-    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    net1.set_peer(2, net2.local_addr());
-    let handlers = serve_groups(&net2, [1, 2]);
+    let (rt, net1, net2, handlers) =
+        sender_and_receiver(|receiver| receiver.max_decoded_items = 10);
     // The opener goes alone (nothing awaited an answer); the two others share a batch.
     let opener = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
     let crowded = net1.send(Envelope::new(2, append(1, 11, 1, b"")).with_group_id(1));
