@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod multi;
 pub mod network;
 mod node;
+pub mod quiet_log;
 pub mod runtime;
 pub mod session;
 pub mod snapshot;
@@ -45,6 +46,7 @@ pub use node::{
     quiesced_wake_grid, Node, NodeBuilder, Proposal, StatusWatch, LATENCY_TARGET,
     QUIESCED_WAKE_GRID_MAX,
 };
+pub use quiet_log::QuietLog;
 pub use runtime::Runtime;
 pub use snapshot::{Checksum, SnapshotMeta, SnapshotStore, SnapshotStream, SnapshotWriter};
 pub use state_machine::{StateMachine, StateMachineError};

@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, Envelope, GroupId,
-    LogId, Network, RpcError, RpcHandler, RpcRequest, RpcResponse,
-};
+use raft_core::testing::{append_entries as append, MatchingFollower};
+use raft_core::{Envelope, GroupId, Network, RpcError, RpcHandler, RpcResponse};
 use raft_quic::quinn::TokioRuntime;
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
 
@@ -36,36 +34,8 @@ impl RpcHandler for Responder {
         if request.group_id == BULK_GROUP && !self.bulk_delay.is_zero() {
             tokio::time::sleep(self.bulk_delay).await;
         }
-        match request.request {
-            RpcRequest::AppendEntries(r) => Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
-                term: r.term,
-                match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
-                conflict: None,
-                lease_promise_ms: 0,
-                quiesced: false,
-            })),
-            _ => Err(RpcError::Shutdown),
-        }
+        MatchingFollower.handle_rpc(request).await
     }
-}
-
-fn append(entries: usize, entry_bytes: usize) -> RpcRequest {
-    let payload = Bytes::from(vec![0x5a; entry_bytes]);
-    RpcRequest::AppendEntries(AppendEntriesRequest {
-        term: 1,
-        leader_id: 1,
-        prev_log_id: LogId::new(1, 100),
-        entries: (0..entries)
-            .map(|i| Entry {
-                index: 101 + i as u64,
-                term: 1,
-                payload: EntryPayload::Command(payload.clone()),
-            })
-            .collect(),
-        leader_commit: 100,
-        read_round: 0,
-        quiesce: false,
-    })
 }
 
 struct Scenario {

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use quinn::{Connecting, ConnectionError, Incoming};
+use raft_core::QuietLog;
 use tracing::{debug, warn};
 
 use crate::cid::cleartext;
@@ -67,7 +68,6 @@ use crate::client::lock;
 use crate::expiry::close_at_expiry;
 use crate::handshakes::{Handshakes, Place};
 use crate::metrics::{GateCounters, Outcome};
-use crate::quiet::QuietLog;
 use crate::timer::timeout;
 use crate::wire::{code, NO_APPLICATION_PROTOCOL};
 
@@ -168,7 +168,11 @@ pub struct GateStats {
     pub rejected: u64,
 }
 
-#[derive(Debug, Default)]
+/// The most sources (remote IPs here, node ids in `inbound.rs`) whose log lines are limited
+/// one by one; beyond, newcomers are not logged one by one.
+pub(crate) const MAX_LOGGED_SOURCES: usize = 1024;
+
+#[derive(Debug)]
 struct GateState {
     handshakes: Handshakes,
     stats: GateStats,
@@ -200,6 +204,8 @@ struct GateInner {
     config: GateConfig,
     runtime: Arc<dyn quinn::Runtime>,
     state: Mutex<GateState>,
+    /// The origin of the times its log of failures records.
+    epoch: Instant,
     expected: RwLock<Option<Expected>>,
     identify: RwLock<Option<Identify>>,
     counters: GateCounters,
@@ -256,12 +262,20 @@ fn peer_went_away(error: &ConnectionError) -> bool {
 impl Gate {
     /// A gate named `name` (in logs) with `config`'s limits, timing handshakes on `runtime`.
     pub fn new(name: &'static str, config: GateConfig, runtime: Arc<dyn quinn::Runtime>) -> Self {
+        let failures = QuietLog::new(config.log_interval, MAX_LOGGED_SOURCES);
         Self {
             inner: Arc::new(GateInner {
                 name,
                 config,
+                state: Mutex::new(GateState {
+                    handshakes: Handshakes::default(),
+                    stats: GateStats::default(),
+                    failures,
+                    connections: HashMap::new(),
+                    per_identity: HashMap::new(),
+                }),
+                epoch: Instant::now(),
                 runtime,
-                state: Mutex::new(GateState::default()),
                 expected: RwLock::new(None),
                 identify: RwLock::new(None),
                 counters: GateCounters::new(name),
@@ -426,8 +440,8 @@ impl Gate {
         remote: SocketAddr,
         what: impl std::fmt::Display,
     ) {
-        let interval = self.inner.config.log_interval;
-        let log = state.failures.record(remote.ip(), Instant::now(), interval);
+        let now = Instant::now().saturating_duration_since(self.inner.epoch);
+        let log = state.failures.record(remote.ip(), now);
         drop(state);
         if let Some(suppressed) = log {
             warn!(gate = self.inner.name, %remote, suppressed, "{what}");

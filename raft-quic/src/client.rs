@@ -441,8 +441,9 @@ impl Client {
     }
 
     /// Reads the answers on a batch's stream and hands each to its caller (`answers`, by
-    /// position) as it arrives; the callers left without one when the stream ends or fails
-    /// get the error.
+    /// position) as it arrives; an answer that does not decode fails its own caller only (the
+    /// stream is still in step); the callers left without one when the stream ends, fails or
+    /// loses its framing get the error.
     async fn read_answers(&self, peer: &Peer, mut sent: Sent, mut answers: Vec<Option<Answer>>) {
         let limits = &self.shared.limits;
         let mut left = answers.len();
@@ -466,7 +467,11 @@ impl Client {
                         break NetworkError::Codec(what);
                     };
                     left -= 1;
-                    let _ = caller.send(answer(peer.id, response));
+                    let result = match response {
+                        Ok(response) => answer(peer.id, response),
+                        Err(e) => Err(self.bad_response(peer, e)),
+                    };
+                    let _ = caller.send(result);
                 }
                 Ok(None) => {
                     let what = format!("the batch's stream ended with {left} requests unanswered");
@@ -537,15 +542,19 @@ impl Client {
                 )),
             },
             ReadFrameError::Stream(other) => unreachable(peer.id, other),
-            ReadFrameError::Frame(e) => {
-                let warn_now = lock(&peer.state).should_warn(self.shared.runtime.now());
-                if let Some(suppressed) = warn_now {
-                    let node = self.shared.id;
-                    warn!(node, peer = peer.id, suppressed, "bad response frame: {e}");
-                }
-                NetworkError::Codec(e.to_string())
-            }
+            ReadFrameError::Frame(e) => self.bad_response(peer, e),
         }
+    }
+
+    /// A response frame of `peer` that is not valid: warned about (at most once per interval)
+    /// and its caller's error.
+    fn bad_response(&self, peer: &Peer, error: FrameError) -> NetworkError {
+        let warn_now = lock(&peer.state).should_warn(self.shared.runtime.now());
+        if let Some(suppressed) = warn_now {
+            let node = self.shared.id;
+            warn!(node, peer = peer.id, suppressed, "bad response frame: {error}");
+        }
+        NetworkError::Codec(error.to_string())
     }
 
     /// The open connection to `peer`, dialing it if needed (unless in backoff).

@@ -446,14 +446,21 @@ pub(crate) async fn read_any_header(
     Ok(decode_any_header(header, max_frame_size)?)
 }
 
+/// An answer frame read from a batch's stream: the position it answers, its body decoded (or
+/// why not), the frame's size.
+pub(crate) type ReadAnswer<T> = (u16, Result<T, FrameError>, usize);
+
 /// Reads the next answer frame of a batch's stream and decodes its body within `limits`:
 /// the position it answers, the answer and the frame's size; `None` once the stream ended
-/// cleanly between frames.
+/// cleanly between frames. An answer whose frame was read whole but whose body does not decode
+/// is the inner `Err`: the stream is still in step (the next frame starts after it), so only
+/// that position's caller fails. The outer `Err` means the framing itself broke (a bad header,
+/// a truncated frame, a failed stream): nothing after it can be read.
 pub(crate) async fn read_answer<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max_frame_size: u32,
     limits: Limits,
-) -> Result<Option<(u16, T, usize)>, ReadFrameError> {
+) -> Result<Option<ReadAnswer<T>>, ReadFrameError> {
     let mut header = [0u8; HEADER_LEN];
     let first = loop {
         match recv.read(&mut header).await? {
@@ -475,7 +482,7 @@ pub(crate) async fn read_answer<T: DeserializeOwned>(
     let mut position = [0u8; POSITION_LEN];
     read_exact(recv, &mut position, HEADER_LEN + len, HEADER_LEN).await?;
     let body = read_body(recv, body_len).await?;
-    let answer = decode_body(&body, limits)?;
+    let answer = decode_body(&body, limits);
     Ok(Some((u16::from_be_bytes(position), answer, HEADER_LEN + len)))
 }
 

@@ -10,12 +10,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use raft_core::NodeId;
+use raft_core::{NodeId, QuietLog};
 use tracing::warn;
 
+use crate::accept::MAX_LOGGED_SOURCES;
 use crate::client::lock;
 use crate::memory::MemoryBudget;
-use crate::quiet::QuietLog;
 use crate::wire::code;
 
 /// The most node ids whose last authenticated address is remembered (for the gate's reserve).
@@ -52,6 +52,8 @@ pub(crate) struct Inbound {
     /// with when; at most [`MAX_REMEMBERED_ADDRESSES`].
     remembered: Mutex<HashMap<NodeId, (SocketAddr, Instant)>>,
     log: Mutex<QuietLog<NodeId>>,
+    /// The origin of the times `log` records.
+    epoch: Instant,
 }
 
 /// An inbound connection's registration: the budget its requests share with the other
@@ -83,7 +85,8 @@ impl Inbound {
             limits,
             identities: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
-            log: Mutex::new(QuietLog::default()),
+            log: Mutex::new(QuietLog::new(limits.log_interval, MAX_LOGGED_SOURCES)),
+            epoch: Instant::now(),
         })
     }
 
@@ -142,8 +145,8 @@ impl Inbound {
     /// interval: then it is only counted, and the count goes with the next line logged. A
     /// member sending bad frames in a loop costs one line per interval.
     pub(crate) fn warn(&self, peer: NodeId, what: impl Display) {
-        let now = Instant::now();
-        let logged = lock(&self.log).record(peer, now, self.limits.log_interval);
+        let now = Instant::now().saturating_duration_since(self.epoch);
+        let logged = lock(&self.log).record(peer, now);
         if let Some(suppressed) = logged {
             warn!(node = self.node, peer, suppressed, "{what}");
         }

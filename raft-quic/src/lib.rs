@@ -84,7 +84,6 @@ mod network;
 mod node_tls;
 mod offload;
 mod outbox;
-mod quiet;
 mod server;
 mod timer;
 pub mod tls;

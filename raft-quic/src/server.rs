@@ -85,11 +85,12 @@ impl From<ReadFrameError> for RequestError {
     }
 }
 
-/// What a stream brought: one request, or a batch of them, each one decoded or refused for
-/// the sender it claims; with the memory they hold, released once they are answered.
+/// What a stream brought: one request, or a batch of them, each one decoded or refused alone
+/// (the sender it claims is not the certificate's, its body does not decode, it does not fit
+/// the memory budget); with the memory they hold, released once they are answered.
 enum Inbound {
     Lone(Envelope),
-    Batch(Vec<Result<Envelope, NodeId>>),
+    Batch(Vec<Result<Envelope, Refusal>>),
 }
 
 /// Reads what a stream of `peer` brings: the frame header, then one request or a batch.
@@ -178,27 +179,35 @@ async fn read_request(
 
 /// Reads a batch of requests from `peer`, given the `len` its frame header announced: the
 /// whole frame (within the memory budget, as a lone request's), then each request's sender
-/// header and body. A request claiming another sender than the connection's certificate is
-/// refused alone (`Err` of its claim); anything else wrong refuses the whole batch.
+/// header and body. Once the frame's structure holds (its count, and each request frame's
+/// header and length, fill it exactly), each request stands alone: one claiming another sender
+/// than the connection's certificate (checked before its body is decoded), one whose body does
+/// not decode or exceeds the decoding budget, and one that does not fit the memory budget is
+/// refused alone (`Err` of the refusal), and the others are served. A broken structure refuses
+/// the whole batch.
 async fn read_batch(
     recv: &mut RecvStream,
     len: usize,
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
-) -> Result<(Vec<Result<Envelope, NodeId>>, Reservation), RequestError> {
+) -> Result<(Vec<Result<Envelope, Refusal>>, Reservation), RequestError> {
     let reservation = reserve(shared, budget, len).await;
     let body = frame::read_body(recv, len).await?;
     let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
-        let decoded = frame::split_batch(&body, max_frame_size).and_then(|requests| {
-            let decode_one = |(sender, body)| match sender == peer {
-                true => frame::request_body(sender, body, decode_limits, &on_item).map(Ok),
-                false => Ok(Err(sender)),
-            };
-            requests.into_iter().map(decode_one).collect::<Result<Vec<_>, FrameError>>()
-        });
+        let decode_one = |(sender, body)| {
+            if sender != peer {
+                return Err(Refusal::SenderMismatch { claimed: sender, authenticated: peer });
+            }
+            frame::request_body(sender, body, decode_limits, &on_item).map_err(|e| match e {
+                FrameError::Busy => Refusal::Busy,
+                e => Refusal::malformed(e),
+            })
+        };
+        let decoded = frame::split_batch(&body, max_frame_size)
+            .map(|requests| requests.into_iter().map(decode_one).collect::<Vec<_>>());
         (decoded, reservation)
     };
     let (requests, reservation) = decode_off(shared, len, decode).await?;
@@ -287,6 +296,21 @@ fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
     );
 }
 
+/// Logs why a request of a batch was refused alone (at most once per interval per peer), and
+/// counts it as a bad request unless it was only refused as busy (as a lone request is).
+fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &PeerCounters) {
+    if *refusal != Refusal::Busy {
+        counters.bad_requests.increment(1);
+    }
+    match refusal {
+        Refusal::SenderMismatch { claimed, .. } => refused_sender(shared, peer, *claimed),
+        Refusal::Busy => {
+            debug!(node = shared.id, peer, "refusing a request of a batch: memory budget exhausted")
+        }
+        other => shared.inbound.warn(peer, format_args!("refusing a request of a batch: {other}")),
+    }
+}
+
 /// Writes one answer frame on `send` within the RPC timeout; false (and the stream reset if
 /// it timed out) if it could not be.
 async fn write_answer(
@@ -316,11 +340,11 @@ async fn write_answer(
 
 /// Answers the requests of a batch, each handled as a lone request would be and all at once:
 /// each answer is written (with its position) as soon as its handler finishes, so a slow
-/// handler holds up no other request's answer. A request claiming another sender is refused
-/// alone.
+/// handler holds up no other request's answer. A request refused when it was read (another
+/// sender, undecodable, over budget) gets its refusal as its answer.
 async fn serve_batch(
     mut send: SendStream,
-    requests: Vec<Result<Envelope, NodeId>>,
+    requests: Vec<Result<Envelope, Refusal>>,
     held: Reservation,
     peer: NodeId,
     shared: &Shared,
@@ -332,10 +356,9 @@ async fn serve_batch(
         .map(|(position, request)| async move {
             let response = match request {
                 Ok(request) => respond(shared, peer, request).await,
-                Err(claimed) => {
-                    counters.bad_requests.increment(1);
-                    refused_sender(shared, peer, claimed);
-                    WireResponse::Refused(Refusal::SenderMismatch { claimed, authenticated: peer })
+                Err(refusal) => {
+                    refused_alone(shared, peer, &refusal, counters);
+                    WireResponse::Refused(refusal)
                 }
             };
             (position, response)

@@ -26,7 +26,7 @@
 //! | 1 | `raft-quic/1` | first version |
 //! | 2 | `raft-quic/2` | request frames carry their sender in a fixed header; node certificates need the node role; `Refusal::RemovedNode`; and every change to raft-core's messages since version 1 that shipped without a bump (learners in `Membership`, `TimeoutNow`, `leadership_transfer`, `ReadIndex`, `read_round`) or came after the bump but before any release (`InstallSnapshotResponse.refusal`, `SnapshotRefusal`, `AppendEntriesResponse.lease_promise_ms`) |
 //! | 3 | `raft-quic/3` | joint consensus and member metadata: `Membership` (in membership entries and `SnapshotMeta`) is an enum whose variant 0 holds the voters, the outgoing voters, the learners and each member's `NodeInfo` (address, data); a membership entry is `EntryPayload` variant 3 (variant 2, the old bare voters and learners, is only decoded) |
-//! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`, and `UnknownGroup` from a multi-group host, added before version 4's first release) instead of a string; `AppendEntriesRequest.quiesce` (a bool after `read_round`: the quiesce mark of idle groups) and `AppendEntriesResponse.quiesced` (a bool after `lease_promise_ms`: the follower confirms it quiesced); batch frames (kind byte `0x84` in the version's place, a `u16` count, then that many request frames) and their answer frames (kind `0x84`, the `u16` position of the request answered, then a `WireResponse`), the coalescing of the small requests to one peer; all added before version 4's first release |
+//! | 4 | `raft-quic/4` | the request body is an `Envelope` (cluster id, group id, receiver id, then the request), checked by the receiving node; `Refusal::Handler` carries the handler's typed `RpcError` (`Shutdown`, `WrongNode`, `WrongCluster`, `WrongGroup`, and `UnknownGroup` from a multi-group host, added before version 4's first release) instead of a string; `AppendEntriesRequest.quiesce` (a bool after `read_round`: the quiesce mark of idle groups) and `AppendEntriesResponse.quiesced` (a bool after `lease_promise_ms`: the follower confirms it quiesced); batch frames (kind byte `0x84` in the version's place, a `u16` count, then that many request frames) and their answer frames (kind `0x84`, the `u16` position of the request answered, then a `WireResponse`), the coalescing of the small requests to one peer; `Refusal::Malformed` and `Refusal::Busy` (a bad request of a batch refused alone); all added before version 4's first release |
 
 use quinn::VarInt;
 use raft_core::RpcResponse;
@@ -73,6 +73,32 @@ pub enum Refusal {
     Handler(raft_core::RpcError),
     /// The sender was removed from the cluster: this node refuses its requests.
     RemovedNode(raft_core::NodeId),
+    /// The request, one of a batch's, does not decode: malformed, over the decoding budget, or
+    /// its body names another sender than its header (the reason, at most
+    /// [`MAX_REASON_LEN`] bytes). It alone is refused; the batch's other requests are served.
+    /// (A lone request that does not decode has its stream reset instead.)
+    Malformed(String),
+    /// The request, one of a batch's, does not fit the receiver's memory budget for its sender
+    /// now. It alone is refused; the batch's other requests are served. (A lone request has
+    /// its stream reset with [`code::BUSY`] instead.)
+    Busy,
+}
+
+/// The longest reason a [`Refusal::Malformed`] carries, in bytes: a longer one is cut (at a
+/// character boundary), so that an answer always fits a small frame.
+pub const MAX_REASON_LEN: usize = 256;
+
+impl Refusal {
+    /// [`Refusal::Malformed`] with `reason` cut to [`MAX_REASON_LEN`] bytes.
+    pub fn malformed(reason: impl std::fmt::Display) -> Self {
+        let mut reason = reason.to_string();
+        let mut end = reason.len().min(MAX_REASON_LEN);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        Refusal::Malformed(reason)
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -85,6 +111,8 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::Handler(reason) => write!(f, "handler error: {reason}"),
             Refusal::RemovedNode(id) => write!(f, "node {id} was removed from the cluster"),
+            Refusal::Malformed(reason) => write!(f, "malformed request: {reason}"),
+            Refusal::Busy => f.write_str("the receiver's memory budget for this peer is exhausted"),
         }
     }
 }

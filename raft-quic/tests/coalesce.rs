@@ -175,16 +175,33 @@ async fn a_slow_handler_of_one_group_holds_up_no_other_answer_in_its_batch() {
     close_all(&nets).await;
 }
 
-/// A raw connection of node 2 to node 1 (node 1 serving group 1), to send hostile batches.
+/// Elements node 1 decodes per request in [`raw_peer`].
+const RAW_PEER_MAX_ITEMS: u64 = 16;
+
+/// A raw connection of node 2 to node 1 (node 1 serving `groups`, decoding at most
+/// [`RAW_PEER_MAX_ITEMS`] elements per request), to send hostile batches.
 async fn raw_peer(
     rt: &Arc<dyn Runtime>,
     ca: &ClusterCa,
-) -> (QuicNetwork, Arc<TestHandler>, quinn::Endpoint, quinn::Connection) {
+    groups: &[GroupId],
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
+    raw_peer_with(rt, ca, groups, |_| {}).await
+}
+
+/// [`raw_peer`], with node 1's configuration changed by `configure` first.
+async fn raw_peer_with(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    groups: &[GroupId],
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
     let mut config = test_config(ca, 1, loopback());
     // Short, so that a stalled batch is given up quickly.
     config.rpc_timeout = std::time::Duration::from_millis(300);
+    config.max_decoded_items = RAW_PEER_MAX_ITEMS;
+    configure(&mut config);
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();
-    let handler = serve_groups(&net, [1]).remove(&1).unwrap();
+    let handler = serve_groups(&net, groups.iter().copied());
     let endpoint = common::scenarios::raw_endpoint(rt);
     let client = tls::quic_client_config(&ca.node_tls(2).unwrap()).unwrap();
     let conn = bounded(rt, "raw connect", async {
@@ -233,17 +250,35 @@ fn fix_length(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
+/// A batch frame of the request frames `requests`, whatever they hold.
+fn raw_batch(requests: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0, 0, BATCH_KIND];
+    bytes.extend((requests.len() as u16).to_be_bytes());
+    requests.iter().for_each(|request| bytes.extend(*request));
+    fix_length(bytes)
+}
+
+/// A request frame whose header says node `sender` and whose body is `body`, whatever it is.
+fn raw_request(sender: u64, body: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0, 0, raft_quic::PROTOCOL_VERSION];
+    bytes.extend(sender.to_be_bytes());
+    bytes.extend(body);
+    fix_length(bytes)
+}
+
 /// A request inside a batch that claims another sender than the connection's certificate is
 /// refused alone; the others are served. Malformed batches (truncated, a count of 0 or above
-/// the maximum, fewer requests than announced, bytes after the last, a batch inside a batch, an
-/// undecodable request) reset their own stream only, with the code a lone bad frame gets, are
-/// counted, and reach no handler; the connection serves a valid batch afterwards.
+/// the maximum, fewer requests than announced, bytes after the last, a batch inside a batch)
+/// reset their own stream only, with the code a lone bad frame gets, are counted, and reach no
+/// handler; the connection serves a valid batch afterwards. (A bad request inside a well-formed
+/// batch: `a_bad_request_in_a_well_formed_batch_is_refused_alone`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_batches_close_nothing_but_themselves() {
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
-    let (net, handler, endpoint, conn) = raw_peer(&rt, &ca).await;
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    let handler = &handlers[&1];
     let from = |sender| Envelope::new(1, heartbeat(sender)).with_group_id(1);
 
     // Node 2 slips a request claiming node 3 between two of its own.
@@ -270,12 +305,6 @@ async fn hostile_batches_close_nothing_but_themselves() {
     trailing.push(0);
     let mut nested = vec![0, 0, 0, 0, BATCH_KIND, 0, 1];
     nested.extend(&valid);
-    let lone = frame::encode_request(&from(2), 1 << 20).unwrap();
-    let mut undecodable = vec![0, 0, 0, 0, BATCH_KIND, 0, 2];
-    undecodable.extend(lone.iter());
-    undecodable.extend([0, 0, 0, 13, raft_quic::PROTOCOL_VERSION]);
-    undecodable.extend(2u64.to_be_bytes());
-    undecodable.extend([0xff; 4]);
     let cases: Vec<(&str, Vec<u8>, quinn::VarInt)> = vec![
         ("truncated", truncated, code::TRUNCATED),
         ("a count of 0", count(0), code::DECODE_ERROR),
@@ -283,7 +312,6 @@ async fn hostile_batches_close_nothing_but_themselves() {
         ("fewer requests than announced", count(3), code::TRUNCATED),
         ("bytes after the last request", fix_length(trailing), code::DECODE_ERROR),
         ("a batch inside a batch", fix_length(nested), code::UNSUPPORTED_VERSION),
-        ("an undecodable request", fix_length(undecodable), code::DECODE_ERROR),
     ];
     let malformed = cases.len() as u64;
     for (name, bytes, expected) in cases {
@@ -306,45 +334,249 @@ async fn hostile_batches_close_nothing_but_themselves() {
     net.close().await;
 }
 
-/// A batch whose requests the receiver refuses as a whole (its stream reset) fails each of its
-/// callers with the reset, not with a timeout; a lone request to the same peer still works.
-// One thread: requests "issued together" are all queued before any send task runs, so the
-// frame counts are exact (on two workers a send task can take part of a queue still filling).
-#[tokio::test(flavor = "current_thread")]
-async fn every_caller_of_a_refused_batch_gets_the_refusal() {
+/// A request inside a batch whose structure holds (its count and every request frame's header
+/// and length fill it exactly) stands alone: one whose body does not decode, one over the
+/// receiver's decoding budget and one whose body names another sender than its header are each
+/// refused alone (answered at their position), and the batch's other requests, of two groups,
+/// are served. Nothing of it is a malformed batch. (Before, any of them reset the whole batch:
+/// the good requests, of any group, got the refusal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_in_a_well_formed_batch_is_refused_alone() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1, 2]).await;
+    let good = |group| {
+        frame::encode_request(&Envelope::new(1, heartbeat(2)).with_group_id(group), 1 << 20)
+            .unwrap()
+    };
+    let undecodable = raw_request(2, &[0xff; 4]);
+    let crowded =
+        Envelope::new(1, append(2, RAW_PEER_MAX_ITEMS as usize + 1, 1, b"")).with_group_id(2);
+    let crowded = frame::encode_request(&crowded, 1 << 20).unwrap();
+    // The header says node 2 (the certificate's), the body node 3.
+    let lying = frame::encode_request(&Envelope::new(1, heartbeat(3)).with_group_id(1), 1 << 20);
+    let mut lying = lying.unwrap().to_vec();
+    lying[frame::HEADER_LEN..frame::HEADER_LEN + frame::SENDER_LEN]
+        .copy_from_slice(&2u64.to_be_bytes());
+    let bytes = raw_batch(&[&good(1), &undecodable, &good(2), &crowded, &lying]);
+    let bytes = exchange(&rt, &conn, "a batch with bad requests", &bytes).await.unwrap();
+    let answered = answers(&bytes);
+    assert_eq!(answered.len(), 5, "{answered:?}");
+    for position in [0, 2] {
+        let answer = &answered[&position];
+        assert!(matches!(answer, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{answer:?}");
+    }
+    let malformed = |position: u16, says: &str| match &answered[&position] {
+        WireResponse::Refused(Refusal::Malformed(reason)) => {
+            assert!(reason.contains(says), "position {position}: {reason}")
+        }
+        other => panic!("position {position}: expected a malformed request, got {other:?}"),
+    };
+    malformed(1, "");
+    malformed(3, &format!("more than {RAW_PEER_MAX_ITEMS} sequence elements"));
+    malformed(4, "names sender 3");
+    assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 1));
+    assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
+/// A request of a well-formed batch whose elements do not fit the receiver's memory budget for
+/// its sender now is refused alone (`Refusal::Busy`); the batch's other request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    // A 1 KiB budget for node 2's unanswered requests: 13 elements (80 bytes each) overflow it.
+    let small = |config: &mut raft_quic::QuicConfig| {
+        config.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
+        config.stream_receive_window = frame::MIN_MAX_FRAME_SIZE;
+        config.connection_receive_window = frame::MIN_MAX_FRAME_SIZE;
+    };
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1, 2], small).await;
+    let good = Envelope::new(1, heartbeat(2)).with_group_id(1);
+    let heavy = Envelope::new(1, append(2, 14, 1, b"")).with_group_id(2);
+    let bytes = batch(&[good, heavy]);
+    assert!(bytes.len() <= frame::MIN_MAX_FRAME_SIZE as usize, "{} bytes", bytes.len());
+    let bytes = exchange(&rt, &conn, "a batch with a request over budget", &bytes).await.unwrap();
+    let answered = answers(&bytes);
+    assert!(
+        matches!(answered[&0], WireResponse::Ok(RpcResponse::AppendEntries(_))),
+        "{answered:?}"
+    );
+    assert_eq!(answered[&1], WireResponse::Refused(Refusal::Busy));
+    assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 0));
+    assert_eq!(net.bad_batches_received(), 0);
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
+/// Node 1 sending to node 2, which serves groups 1 and 2 with its configuration changed by
+/// `configure`.
+fn sender_and_receiver(
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+) -> (Arc<dyn Runtime>, QuicNetwork, QuicNetwork, Handlers) {
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
     let mut receiver = test_config(&ca, 2, loopback());
-    // Node 2 decodes at most 10 elements per request: a request of 11 entries is refused.
-    receiver.max_decoded_items = 10;
+    configure(&mut receiver);
     let net2 = QuicNetwork::bind(receiver, rt.clone()).unwrap();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, net2.local_addr());
     let handlers = serve_groups(&net2, [1, 2]);
+    (rt, net1, net2, handlers)
+}
+
+/// A batch the receiver refuses as a whole (here: larger than its maximum frame size, though
+/// each request fits it) fails each of its callers with the reset, not with a timeout; a lone
+/// request to the same peer still works.
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
+async fn every_caller_of_a_refused_batch_gets_the_refusal() {
+    // Node 2 takes frames of at most 1 KiB: two appends of 600 bytes fit one each, not together.
+    let (rt, net1, net2, handlers) =
+        sender_and_receiver(|receiver| receiver.max_frame_size = frame::MIN_MAX_FRAME_SIZE);
+    let append = |group| Envelope::new(2, append(1, 1, 600, b"")).with_group_id(group);
+    assert!(frame::encode_request(&append(1), frame::MIN_MAX_FRAME_SIZE).is_ok());
     // The opener goes alone (nothing awaited an answer); the two others share a batch.
     let opener = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
-    let crowded = net1.send(Envelope::new(2, append(1, 11, 1, b"")).with_group_id(1));
-    let fine = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
-    let (opened, crowded, fine) =
-        bounded(&rt, "a refused batch", futures::future::join3(opener, crowded, fine)).await;
+    let (first, second) = (net1.send(append(1)), net1.send(append(2)));
+    let (opened, first, second) =
+        bounded(&rt, "a refused batch", futures::future::join3(opener, first, second)).await;
     opened.unwrap();
-    for answer in [crowded, fine] {
+    for answer in [first, second] {
         match answer {
             Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
                 let error = error.to_string();
-                assert!(error.contains("reset") || error.contains("stopped"), "{error}")
+                assert!(error.contains("reset") || error.contains("stopped"), "{error}");
+                // Refused at its header, before it is known to be a batch (so it is counted as
+                // a bad frame, not a bad batch).
+                let too_large = format!("(code {})", code::FRAME_TOO_LARGE);
+                assert!(error.contains(&too_large), "{error}")
             }
             other => panic!("expected the batch's reset, got {other:?}"),
         }
     }
     assert_eq!(net1.peer_stats(2).batches_sent, 1);
-    assert_eq!(net2.bad_batches_received(), 1);
     assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 1, "the opener only");
-    let alone = Envelope::new(2, heartbeat(1)).with_group_id(2);
-    bounded(&rt, "a lone heartbeat", net1.send(alone)).await.unwrap();
+    bounded(&rt, "a lone append", net1.send(append(1))).await.unwrap();
     net1.close().await;
     net2.close().await;
+}
+
+/// A request of a real batch over the receiver's decoding budget fails its own caller only,
+/// with the receiver's reason; the other request of the batch, of another group, is answered.
+/// (Before, the receiver reset the whole batch and both callers got the refusal.)
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// frame counts are exact (on two workers a send task can take part of a queue still filling).
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_of_a_batch_over_the_receivers_budget_fails_its_caller_alone() {
+    // Node 2 decodes at most 10 elements per request: a request of 11 entries is refused.
+    let (rt, net1, net2, handlers) =
+        sender_and_receiver(|receiver| receiver.max_decoded_items = 10);
+    // The opener goes alone (nothing awaited an answer); the two others share a batch.
+    let opener = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
+    let crowded = net1.send(Envelope::new(2, append(1, 11, 1, b"")).with_group_id(1));
+    let fine = net1.send(Envelope::new(2, heartbeat(1)).with_group_id(2));
+    let (opened, crowded, fine) =
+        bounded(&rt, "a batch", futures::future::join3(opener, crowded, fine)).await;
+    opened.unwrap();
+    assert!(matches!(fine, Ok(RpcResponse::AppendEntries(_))), "{fine:?}");
+    match crowded {
+        Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
+            let refusal = error.downcast_ref::<Refusal>();
+            assert!(matches!(refusal, Some(Refusal::Malformed(_))), "{error}");
+            assert!(error.to_string().contains("more than 10 sequence elements"), "{error}");
+        }
+        other => panic!("expected the request's own refusal, got {other:?}"),
+    }
+    assert_eq!(net1.peer_stats(2).batches_sent, 1);
+    assert_eq!(net2.bad_batches_received(), 0);
+    assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (0, 2));
+    net1.close().await;
+    net2.close().await;
+}
+
+/// A hostile node 2 for `net` (node 1 dials it): answers a lone request, and on a batch's
+/// stream answers every request of group 2 with an answer frame whose framing is intact (its
+/// length and position) but whose body is garbage, every other request well.
+async fn garbling_peer(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    net: &QuicNetwork,
+) -> quinn::Endpoint {
+    let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    let server = quinn::ServerConfig::with_crypto(crypto);
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, rt.clone())
+            .unwrap();
+    net.set_peer(2, endpoint.local_addr().unwrap());
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        let conn = accepting.accept().await.unwrap().await.unwrap();
+        let handler = TestHandler::new(2);
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let bytes = recv.read_to_end(1 << 20).await.unwrap();
+            if bytes[4] != BATCH_KIND {
+                let (_, request, _) = frame::decode_request(&bytes, 1 << 20, LIMITS).unwrap();
+                let response = WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
+                send.write_all(&frame::encode(&response, 1 << 20).unwrap()).await.unwrap();
+            } else {
+                let (requests, _) = frame::decode_batch(&bytes, 1 << 20, LIMITS).unwrap();
+                for (position, (_, request)) in requests.into_iter().enumerate() {
+                    let position = position as u16;
+                    let answer = if request.group_id == 2 {
+                        let mut garbage = vec![0, 0, 0, 0, BATCH_KIND];
+                        garbage.extend(position.to_be_bytes());
+                        garbage.extend([0xff; 6]);
+                        fix_length(garbage)
+                    } else {
+                        let response = WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
+                        frame::encode_answer(position, &response, 1 << 20).unwrap().to_vec()
+                    };
+                    send.write_all(&answer).await.unwrap();
+                }
+            }
+            let _ = send.finish();
+        }
+    });
+    endpoint
+}
+
+/// An answer on a batch's stream whose body does not decode, but whose frame (its length and
+/// position) is intact, fails its own caller only: the answers after it are still read and
+/// handed to their callers. (Before, it failed every caller still waiting in the batch.)
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// batch holds them all.
+#[tokio::test(flavor = "current_thread")]
+async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let endpoint = garbling_peer(&rt, &ca, &net).await;
+    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
+    // The opener goes alone (nothing awaited an answer); the others share a batch, in which
+    // group 2's answer (second of three) is garbage.
+    let sends = [beat(1), beat(1), beat(2), beat(3)];
+    let answers = bounded(&rt, "a batch with a garbled answer", join_all(sends)).await;
+    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i == 2 {
+            assert!(matches!(answer, Err(NetworkError::Codec(_))), "group 2: {answer:?}");
+        } else {
+            assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
+        }
+    }
+    net.close().await;
+    endpoint.close(0u32.into(), b"");
 }
 
 /// A runtime that shuts down while small requests are queued behind one still being sent (its

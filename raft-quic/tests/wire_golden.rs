@@ -202,6 +202,8 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
             WireResponse::Refused(Refusal::Handler(RpcError::UnknownGroup { group: 9 })),
         ),
         ("RemovedNode", WireResponse::Refused(Refusal::RemovedNode(5))),
+        ("Malformed", WireResponse::Refused(Refusal::Malformed("bad".into()))),
+        ("Busy", WireResponse::Refused(Refusal::Busy)),
     ]
 }
 
@@ -230,6 +232,8 @@ const GOLDEN: &[(&str, &str)] = &[
     ("refusal Handler(WrongGroup)", "00000006040102030708"),
     ("refusal Handler(UnknownGroup)", "000000050401020409"),
     ("refusal RemovedNode", "0000000404010305"),
+    ("refusal Malformed", "0000000704010403626164"),
+    ("refusal Busy", "00000003040105"),
 ];
 
 /// `RpcError` is wire format (raft-core lists its variants exhaustively in its own test and

@@ -12,51 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use examples::bench::{format_us, LatencyRecorder};
-use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, Bytes, Entry, EntryPayload, Envelope, LogId,
-    Network, RpcError, RpcHandler, RpcRequest, RpcResponse,
-};
+use raft_core::testing::{append_entries as append, MatchingFollower};
+use raft_core::{Entry, Envelope, Network, RpcRequest};
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork, QuinnTokioRuntime};
-
-/// Answers AppendEntries as a follower whose log always matches, without storing anything.
-struct Responder;
-
-#[async_trait]
-impl RpcHandler for Responder {
-    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
-        match request.request {
-            RpcRequest::AppendEntries(r) => Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
-                term: r.term,
-                match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
-                conflict: None,
-                lease_promise_ms: 0,
-                quiesced: false,
-            })),
-            _ => Err(RpcError::Shutdown),
-        }
-    }
-}
-
-fn append(entries: usize, entry_bytes: usize) -> RpcRequest {
-    let payload = Bytes::from(vec![0x5a; entry_bytes]);
-    RpcRequest::AppendEntries(AppendEntriesRequest {
-        term: 1,
-        leader_id: 1,
-        prev_log_id: LogId::new(1, 100),
-        entries: (0..entries)
-            .map(|i| Entry {
-                index: 101 + i as u64,
-                term: 1,
-                payload: EntryPayload::Command(payload.clone()),
-            })
-            .collect(),
-        leader_commit: 100,
-        read_round: 0,
-        quiesce: false,
-    })
-}
 
 /// Payload bytes of a request (entry commands only).
 fn payload_bytes(request: &RpcRequest) -> u64 {
@@ -174,7 +133,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let receiver = QuicNetwork::bind(config2, quic_runtime)?;
         sender.set_peer(2, receiver.local_addr());
         receiver.set_peer(1, sender.local_addr());
-        receiver.serve(Arc::new(Responder));
+        receiver.serve(Arc::new(MatchingFollower));
 
         print_header(seconds);
         let small = append(1, 128);

@@ -1,4 +1,6 @@
-//! Test support for implementers of the `raft-core` traits (feature `testing`).
+//! Test support for implementers of the `raft-core` traits (feature `testing`): the `LogStore`
+//! conformance suite below, and the fixtures of a transport measured alone ([`MatchingFollower`],
+//! [`append_entries`]).
 //!
 //! # The `LogStore` conformance suite
 //!
@@ -21,12 +23,14 @@
 //!
 //! The suite uses no async runtime (only `futures`): drive it with any executor.
 
+mod follower;
 mod log_store_cases;
 
 use std::fmt;
 
 use crate::storage::{LogStore, StorageError};
 
+pub use follower::{append_entries, MatchingFollower};
 pub use log_store_cases::LogStoreCase;
 
 /// Makes stores for the conformance suite.
