@@ -55,12 +55,9 @@ pub struct ClientService {
     /// The Raft group `node` is in (0 for a single-group service).
     pub group: GroupId,
     /// Whether the service has more than one group: then `member remove` of a node this group
-    /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing.
+    /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing (see
+    /// [`ClientService::tombstone`] for a tombstone racing a `member add` of the same id).
     pub sharded: bool,
-    /// Held by a `member add` or `member set` from its check of the tombstones until its
-    /// change is proposed, and by a tombstone until it is applied: on this node, one never
-    /// slips between the other's check and its log entry (see [`ClientService::tombstone`]).
-    tombstones: futures::lock::Mutex<()>,
 }
 
 /// `None` if `principal`'s role allows `request`; else the answer refusing it.
@@ -96,7 +93,6 @@ impl ClientService {
             clock,
             group: 0,
             sharded: false,
-            tombstones: futures::lock::Mutex::new(()),
         }
     }
 
@@ -369,13 +365,27 @@ impl ClientService {
         catch_up_ms: u64,
         promote: bool,
     ) -> ClientResponse {
-        let _tombstones = self.tombstones.lock().await;
         if let Err(stopped) = self.applied_own_log().await {
             return stopped;
         }
-        if self.state.read().removed_members.contains(&id) {
-            return ClientResponse::MemberFailed(MemberError::Removed(id));
+        if let Some(removed) = self.undo_tombstoned(&[id]).await {
+            return removed;
         }
+        let answer = self.change_to_add(id, addrs, catch_up_ms, promote).await;
+        // A tombstone of `id` that landed in the log before the learner's entry (proposed by
+        // a request given up after handing it to the node, or by an earlier leader) was
+        // applied before it: the add lost, and is undone.
+        self.undo_tombstoned(&[id]).await.unwrap_or(answer)
+    }
+
+    /// The membership change of [`ClientService::add_member`], once `id` was not tombstoned.
+    async fn change_to_add(
+        &self,
+        id: NodeId,
+        addrs: MemberAddrs,
+        catch_up_ms: u64,
+        promote: bool,
+    ) -> ClientResponse {
         let membership = self.node.membership();
         let info = addrs.to_node_info();
         if membership.contains(id) && membership.node(id) != Some(&info) {
@@ -437,20 +447,16 @@ impl ClientService {
     /// Records `id`, a node this group never had, as removed ([`Op::Tombstone`]). If the node
     /// became a member meanwhile, the answer is "retry" (the retry removes it by a change).
     ///
-    /// A tombstone and a `member add` (or `member set`) of the same id never both succeed:
-    /// the state machine refuses a tombstone of an id in the group's latest membership entry
-    /// (the add landed first in the log), and an add refuses a tombstoned id after waiting
-    /// until its node applied every entry of its log (earlier leaders' tombstones). What is
-    /// left is this leader's own tombstone proposed between an add's check and its change:
-    /// the two take [`ClientService::tombstones`], the tombstone without waiting (a change
-    /// in progress answers "retry", as a membership change would).
+    /// A tombstone and a `member add` (or `member set`) of the same id do not both stay in
+    /// force, whatever their order in the log and whoever leads: if the add's membership entry
+    /// is first, the state machine refuses the tombstone (it holds `id`: "retry", and the
+    /// retry removes the member by a change); if the tombstone is first, the add sees it once
+    /// its own change is applied (or before proposing it) and removes `id` again by a change,
+    /// answering [`MemberError::Removed`]. Residual: if that compensating removal fails (the
+    /// leader stops leading or crashes in between), `id` stays tombstoned and a member until a
+    /// retry of the add (which removes it first) or a `member remove` (a change, as for any
+    /// member).
     async fn tombstone(&self, id: NodeId) -> ClientResponse {
-        let Some(_tombstones) = self.tombstones.try_lock() else {
-            return ClientResponse::NotApplied(format!(
-                "a membership change of group {} is in progress",
-                self.group
-            ));
-        };
         let command = Command { session: None, op: Op::Tombstone { id } };
         match self.propose(None, vec![command]).await.pop() {
             Some(CommandAnswer::Applied(Ok(_))) => ClientResponse::Members(self.member_list()),
@@ -469,15 +475,27 @@ impl ClientService {
         new_members: Vec<NewMember>,
         catch_up_ms: u64,
     ) -> ClientResponse {
-        let _tombstones = self.tombstones.lock().await;
         if let Err(stopped) = self.applied_own_log().await {
             return stopped;
         }
-        let removed = self.state.read().removed_members.clone();
-        let named = voters.iter().copied().chain(new_members.iter().map(|m| m.id));
-        if let Some(id) = named.clone().find(|id| removed.contains(id)) {
-            return ClientResponse::MemberFailed(MemberError::Removed(id));
+        let named: Vec<NodeId> =
+            voters.iter().copied().chain(new_members.iter().map(|m| m.id)).collect();
+        if let Some(removed) = self.undo_tombstoned(&named).await {
+            return removed;
         }
+        let answer = self.change_to_set(voters, new_members, catch_up_ms).await;
+        // As for `member add`: a tombstone that landed before the change is undone by it.
+        self.undo_tombstoned(&named).await.unwrap_or(answer)
+    }
+
+    /// The membership change of [`ClientService::set_members`], once no id it names was
+    /// tombstoned.
+    async fn change_to_set(
+        &self,
+        voters: Vec<NodeId>,
+        new_members: Vec<NewMember>,
+        catch_up_ms: u64,
+    ) -> ClientResponse {
         let current = self.node.membership();
         let mut nodes: BTreeMap<NodeId, raft_core::NodeInfo> = BTreeMap::new();
         for member in &new_members {
@@ -513,6 +531,29 @@ impl ClientService {
             }
             Err(e) => self.membership_error(e),
         }
+    }
+
+    /// `None` if no id of `ids` is tombstoned. Else the answer refusing the change that names
+    /// them ([`MemberError::Removed`]), once every tombstoned id that is a member (a change
+    /// that lost the race with its tombstone, see [`ClientService::tombstone`]) was removed
+    /// by a change; a failed removal is answered as such (a retry removes it).
+    async fn undo_tombstoned(&self, ids: &[NodeId]) -> Option<ClientResponse> {
+        let tombstoned: Vec<NodeId> = {
+            let state = self.state.read();
+            ids.iter().copied().filter(|id| state.removed_members.contains(id)).collect()
+        };
+        for &id in &tombstoned {
+            if !self.node.membership().contains(id) {
+                continue;
+            }
+            info!(node = self.node.id(), id, "removing a tombstoned member again");
+            match self.node.change_membership(MembershipChange::RemoveNode(id)).await {
+                Ok(_) | Err(MembershipError::Invalid(InvalidChange::NotMember(_))) => {}
+                Err(e) => return Some(self.membership_error(e)),
+            }
+        }
+        let first = tombstoned.first()?;
+        Some(ClientResponse::MemberFailed(MemberError::Removed(*first)))
     }
 
     /// Waits until this node applied every entry its log holds now: the tombstones proposed
@@ -668,5 +709,52 @@ mod tests {
             }
             service.node.shutdown().await;
         }
+    }
+
+    /// The remove's request is given up (its time limit, or the node's queue deferred its
+    /// proposal) after its tombstone reached the node; an add of the same id follows. The
+    /// tombstone lands first in the log: the add, once its learner's entry is applied, sees
+    /// the tombstone, removes the learner again and answers "removed" (review H1 of cleanup).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_add() {
+        use futures::FutureExt;
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let service = sharded_group().await;
+        let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
+        assert!(service.handle(&admin, remove).now_or_never().is_none());
+        let added = service.handle(&admin, add(5)).await;
+        service.applied_own_log().await.unwrap();
+        let tombstoned = service.state.read().removed_members.contains(&5);
+        let member = service.node.membership().contains(5);
+        let outcome = format!("add: {added:?}; tombstoned: {tombstoned}, member: {member}");
+        assert!(tombstoned && !member, "{outcome}");
+        assert_eq!(added, ClientResponse::MemberFailed(MemberError::Removed(5)), "{outcome}");
+        service.node.shutdown().await;
+    }
+
+    /// An add catching up its learner (id 4, unreachable) does not hold up the removal of
+    /// another never-member (id 6) of the group (review M1 of cleanup).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_add_catching_up_does_not_block_another_ids_tombstone() {
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let service = sharded_group().await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let slow = MemberRequest::Add {
+            id: 4,
+            raft_addr: addr,
+            client_addr: addr,
+            catch_up_ms: 2_000,
+            promote: true,
+        };
+        let remove = ClientRequest::Member(MemberRequest::Remove { id: 6 });
+        let (added, removed) =
+            futures::join!(service.handle(&admin, ClientRequest::Member(slow)), async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                service.handle(&admin, remove).await
+            });
+        let outcome = format!("remove 6: {removed:?}; add 4: {added:?}");
+        assert!(matches!(removed, ClientResponse::Members(_)), "{outcome}");
+        assert!(service.state.read().removed_members.contains(&6), "{outcome}");
+        service.node.shutdown().await;
     }
 }
