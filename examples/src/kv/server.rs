@@ -556,12 +556,17 @@ impl ClientService {
         Some(ClientResponse::MemberFailed(MemberError::Removed(*first)))
     }
 
-    /// Waits until this node applied every entry its log holds now: the tombstones proposed
-    /// before (by this leader or an earlier one) are then in its state.
+    /// Waits until this node applied every entry its log holds now (the tombstones proposed
+    /// before, by this leader or an earlier one, are then in its state), or stops leading: then
+    /// the answer is a redirect (entries it could not commit may never be).
     async fn applied_own_log(&self) -> Result<(), ClientResponse> {
         let last = self.node.status().last_log_index;
-        match self.node.watch().wait_for(|status| status.applied_index >= last).await {
-            Some(_) => Ok(()),
+        let done = |status: &raft_core::Status| {
+            status.applied_index >= last || status.role != Role::Leader
+        };
+        match self.node.watch().wait_for(done).await {
+            Some(status) if status.applied_index >= last => Ok(()),
+            Some(status) => Err(self.redirect(status.leader_id)),
             None => Err(ClientResponse::NotApplied("the node stopped".into())),
         }
     }
@@ -756,5 +761,61 @@ mod tests {
         assert!(matches!(removed, ClientResponse::Members(_)), "{outcome}");
         assert!(service.state.read().removed_members.contains(&6), "{outcome}");
         service.node.shutdown().await;
+    }
+
+    /// Two voters on one in-memory network; returns the leader's service (sharded) and the
+    /// other node, once one leads. Panics (a test failure) if none does within 30 s.
+    async fn two_voter_group(network: &raft_mem::MemNetwork) -> (ClientService, Node) {
+        use raft_core::runtime::TokioRuntime;
+        use raft_core::{Config, Membership};
+        let runtime = TokioRuntime::current().unwrap();
+        let mut nodes = Vec::new();
+        for id in [1, 2] {
+            let state = SharedState::new();
+            let machine = KvStateMachine::new(state.clone());
+            let store = raft_mem::MemLogStore::new();
+            let endpoint = network.endpoint(id);
+            let builder = Node::builder(Config::new(id), store, endpoint, machine, runtime.clone());
+            let node = builder.bootstrap(Membership::with_voters([1, 2])).start().await.unwrap();
+            network.serve(id, Arc::new(node.clone()));
+            nodes.push((node, state));
+        }
+        let led = async {
+            loop {
+                if let Some(i) = nodes.iter().position(|(n, _)| n.status().role == Role::Leader) {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let leader = tokio::time::timeout(Duration::from_secs(30), led).await.unwrap();
+        let (node, state) = nodes.swap_remove(leader);
+        let other = nodes.pop().unwrap().0;
+        let mut service = ClientService::new(node, state, BTreeMap::new(), Firewall::new(), false);
+        service.sharded = true;
+        (service, other)
+    }
+
+    /// A `member add` waits until its leader applied its whole log; a leader cut off from its
+    /// group cannot commit its last entry and steps down (check quorum): the add answers a
+    /// redirect then, not "outcome unknown" at its time limit (review L1 of cleanup).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_add_waiting_for_its_log_answers_a_redirect_once_its_node_stops_leading() {
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let network = raft_mem::MemNetwork::new();
+        let (service, other) = two_voter_group(&network).await;
+        network.disconnect(other.id());
+        let put = Op::Put { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::new() };
+        let entry = encode_entry(None, vec![Command { session: None, op: put }]).unwrap();
+        let writer = service.node.clone();
+        let write = tokio::spawn(async move { writer.write(entry).await });
+        let mut watch = service.node.watch();
+        watch.wait_for(|s| s.last_log_index > s.commit_index).await.unwrap();
+        let added = service.handle(&admin, add(5)).await;
+        assert!(matches!(added, ClientResponse::NotLeader { .. }), "{added:?}");
+        assert!(!service.node.membership().contains(5));
+        write.abort();
+        service.node.shutdown().await;
+        other.shutdown().await;
     }
 }
