@@ -737,6 +737,33 @@ mod tests {
         service.node.shutdown().await;
     }
 
+    /// As for an add: a `member set` that makes a node whose tombstone landed first in the log
+    /// a voter (it joins as a learner, then catches up) removes it again and answers "removed".
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_set() {
+        use super::super::bounded::Bounded;
+        use futures::FutureExt;
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let service = sharded_group().await;
+        let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
+        assert!(service.handle(&admin, remove).now_or_never().is_none());
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let new = NewMember { id: 5, raft_addr: addr, client_addr: addr };
+        let set = MemberRequest::Set {
+            voters: Bounded::new(vec![1, 5]).unwrap(),
+            new_members: Bounded::new(vec![new]).unwrap(),
+            catch_up_ms: 0,
+        };
+        let answer = service.handle(&admin, ClientRequest::Member(set)).await;
+        service.applied_own_log().await.unwrap();
+        let tombstoned = service.state.read().removed_members.contains(&5);
+        let member = service.node.membership().contains(5);
+        let outcome = format!("set: {answer:?}; tombstoned: {tombstoned}, member: {member}");
+        assert!(tombstoned && !member, "{outcome}");
+        assert_eq!(answer, ClientResponse::MemberFailed(MemberError::Removed(5)), "{outcome}");
+        service.node.shutdown().await;
+    }
+
     /// An add catching up its learner (id 4, unreachable) does not hold up the removal of
     /// another never-member (id 6) of the group (review M1 of cleanup).
     #[tokio::test(flavor = "current_thread")]
