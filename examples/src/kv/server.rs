@@ -323,13 +323,18 @@ impl ClientService {
             MemberRequest::List => ClientResponse::Members(self.member_list()),
             MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms, promote } => {
                 let addrs = MemberAddrs { raft: raft_addr, client: client_addr };
-                self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote).await
+                let change = self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote);
+                self.unless_tombstoned(&[id], change).await
             }
             MemberRequest::Remove { id } => self.remove_member(id).await,
             MemberRequest::TransferLeader { id } => self.transfer_leader(id).await,
             MemberRequest::Set { voters, new_members, catch_up_ms } => {
                 let (voters, new_members) = (voters.into_inner(), new_members.into_inner());
-                self.set_members(voters, new_members, catch_up_ms.min(MAX_CATCH_UP_MS)).await
+                let named: Vec<NodeId> =
+                    voters.iter().copied().chain(new_members.iter().map(|m| m.id)).collect();
+                let change =
+                    self.set_members(voters, new_members, catch_up_ms.min(MAX_CATCH_UP_MS));
+                self.unless_tombstoned(&named, change).await
             }
         }
     }
@@ -357,29 +362,9 @@ impl ClientService {
     }
 
     /// `member add`: learner with its addresses in the membership (the leader and every other
-    /// node reach it through them); with `promote`, catch-up and promotion.
+    /// node reach it through them); with `promote`, catch-up and promotion. Called through
+    /// [`ClientService::unless_tombstoned`].
     async fn add_member(
-        &self,
-        id: NodeId,
-        addrs: MemberAddrs,
-        catch_up_ms: u64,
-        promote: bool,
-    ) -> ClientResponse {
-        if let Err(stopped) = self.applied_own_log().await {
-            return stopped;
-        }
-        if let Some(removed) = self.undo_tombstoned(&[id]).await {
-            return removed;
-        }
-        let answer = self.change_to_add(id, addrs, catch_up_ms, promote).await;
-        // A tombstone of `id` that landed in the log before the learner's entry (proposed by
-        // a request given up after handing it to the node, or by an earlier leader) was
-        // applied before it: the add lost, and is undone.
-        self.undo_tombstoned(&[id]).await.unwrap_or(answer)
-    }
-
-    /// The membership change of [`ClientService::add_member`], once `id` was not tombstoned.
-    async fn change_to_add(
         &self,
         id: NodeId,
         addrs: MemberAddrs,
@@ -468,29 +453,29 @@ impl ClientService {
         }
     }
 
-    /// `member set`: exactly `voters` vote after one joint change; see [`MemberRequest::Set`].
-    async fn set_members(
+    /// Runs `change`, a membership change making `ids` members, unless one of them is
+    /// tombstoned: the check is made once this node applied its whole log (tombstones of
+    /// earlier leaders), and again once the change is done (applied here: every tombstone
+    /// before it in the log is applied too). A tombstoned id that became a member is removed
+    /// again by a change; see [`ClientService::tombstone`].
+    async fn unless_tombstoned(
         &self,
-        voters: Vec<NodeId>,
-        new_members: Vec<NewMember>,
-        catch_up_ms: u64,
+        ids: &[NodeId],
+        change: impl std::future::Future<Output = ClientResponse>,
     ) -> ClientResponse {
         if let Err(stopped) = self.applied_own_log().await {
             return stopped;
         }
-        let named: Vec<NodeId> =
-            voters.iter().copied().chain(new_members.iter().map(|m| m.id)).collect();
-        if let Some(removed) = self.undo_tombstoned(&named).await {
+        if let Some(removed) = self.undo_tombstoned(ids).await {
             return removed;
         }
-        let answer = self.change_to_set(voters, new_members, catch_up_ms).await;
-        // As for `member add`: a tombstone that landed before the change is undone by it.
-        self.undo_tombstoned(&named).await.unwrap_or(answer)
+        let answer = change.await;
+        self.undo_tombstoned(ids).await.unwrap_or(answer)
     }
 
-    /// The membership change of [`ClientService::set_members`], once no id it names was
-    /// tombstoned.
-    async fn change_to_set(
+    /// `member set`: exactly `voters` vote after one joint change; see [`MemberRequest::Set`].
+    /// Called through [`ClientService::unless_tombstoned`].
+    async fn set_members(
         &self,
         voters: Vec<NodeId>,
         new_members: Vec<NewMember>,
@@ -657,15 +642,19 @@ mod tests {
     }
 
     fn add(id: NodeId) -> ClientRequest {
+        ClientRequest::Member(learner_add(id))
+    }
+
+    /// `member add` of learner `id` (no promotion) at an address nobody serves.
+    fn learner_add(id: NodeId) -> MemberRequest {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        let request = MemberRequest::Add {
+        MemberRequest::Add {
             id,
             raft_addr: addr,
             client_addr: addr,
             catch_up_ms: 0,
             promote: false,
-        };
-        ClientRequest::Member(request)
+        }
     }
 
     /// An operator removes node 5 (which this group never had: a tombstone) and adds it at the
@@ -716,52 +705,43 @@ mod tests {
         }
     }
 
-    /// The remove's request is given up (its time limit, or the node's queue deferred its
-    /// proposal) after its tombstone reached the node; an add of the same id follows. The
-    /// tombstone lands first in the log: the add, once its learner's entry is applied, sees
-    /// the tombstone, removes the learner again and answers "removed" (review H1 of cleanup).
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_given_up_tombstone_request_still_wins_over_a_later_add() {
+    /// The removal of node 5 (which the group never had) is given up (its time limit, or the
+    /// node's queue deferred its proposal) after its tombstone reached the node; `request`, a
+    /// change making 5 a member, follows. The tombstone lands first in the log: the change,
+    /// once applied, sees it, removes 5 again and answers "removed" (review H1 of cleanup).
+    async fn given_up_tombstone_then(request: MemberRequest) {
         use futures::FutureExt;
         let admin = Principal { role: CertRole::Admin, name: "ops".into() };
         let service = sharded_group().await;
         let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
         assert!(service.handle(&admin, remove).now_or_never().is_none());
-        let added = service.handle(&admin, add(5)).await;
+        let answer = service.handle(&admin, ClientRequest::Member(request)).await;
         service.applied_own_log().await.unwrap();
         let tombstoned = service.state.read().removed_members.contains(&5);
         let member = service.node.membership().contains(5);
-        let outcome = format!("add: {added:?}; tombstoned: {tombstoned}, member: {member}");
-        assert!(tombstoned && !member, "{outcome}");
-        assert_eq!(added, ClientResponse::MemberFailed(MemberError::Removed(5)), "{outcome}");
-        service.node.shutdown().await;
-    }
-
-    /// As for an add: a `member set` that makes a node whose tombstone landed first in the log
-    /// a voter (it joins as a learner, then catches up) removes it again and answers "removed".
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_given_up_tombstone_request_still_wins_over_a_later_set() {
-        use super::super::bounded::Bounded;
-        use futures::FutureExt;
-        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
-        let service = sharded_group().await;
-        let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
-        assert!(service.handle(&admin, remove).now_or_never().is_none());
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        let new = NewMember { id: 5, raft_addr: addr, client_addr: addr };
-        let set = MemberRequest::Set {
-            voters: Bounded::new(vec![1, 5]).unwrap(),
-            new_members: Bounded::new(vec![new]).unwrap(),
-            catch_up_ms: 0,
-        };
-        let answer = service.handle(&admin, ClientRequest::Member(set)).await;
-        service.applied_own_log().await.unwrap();
-        let tombstoned = service.state.read().removed_members.contains(&5);
-        let member = service.node.membership().contains(5);
-        let outcome = format!("set: {answer:?}; tombstoned: {tombstoned}, member: {member}");
+        let outcome = format!("answer: {answer:?}; tombstoned: {tombstoned}, member: {member}");
         assert!(tombstoned && !member, "{outcome}");
         assert_eq!(answer, ClientResponse::MemberFailed(MemberError::Removed(5)), "{outcome}");
         service.node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_add() {
+        given_up_tombstone_then(learner_add(5)).await;
+    }
+
+    /// Through `member set`, node 5 joins as a learner, then would be promoted once caught up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_set() {
+        use super::super::bounded::Bounded;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let new = NewMember { id: 5, raft_addr: addr, client_addr: addr };
+        given_up_tombstone_then(MemberRequest::Set {
+            voters: Bounded::new(vec![1, 5]).unwrap(),
+            new_members: Bounded::new(vec![new]).unwrap(),
+            catch_up_ms: 0,
+        })
+        .await;
     }
 
     /// An add catching up its learner (id 4, unreachable) does not hold up the removal of
