@@ -14,9 +14,10 @@ use std::time::Duration;
 use raft_core::{GroupId, NodeId, Role, Term};
 use raft_mem::sim::{MultiSimConfig, MultiSimStats, MultiSimulation, SimulationConfig};
 
-/// Runs `groups` groups on 3 nodes for `rounds` fault rounds from `seed`; returns its stats
-/// and whether its groups quiesced when idle.
-fn run(seed: u64, groups: u64, rounds: u64) -> (MultiSimStats, bool) {
+/// Runs `groups` groups on 3 nodes for `rounds` fault rounds from `seed` (or the seed of
+/// `RAFT_SIM_SEED`, a replay); returns the seed it ran, its stats and whether its groups
+/// quiesced when idle.
+fn run(seed: u64, groups: u64, rounds: u64) -> (u64, MultiSimStats, bool) {
     let seed = SimulationConfig::seed_from_env(seed);
     let outcome = MultiSimulation::new(MultiSimConfig::new(3, groups, seed))
         .and_then(|mut sim| sim.run_faults(rounds).map(|()| sim));
@@ -40,17 +41,18 @@ fn run(seed: u64, groups: u64, rounds: u64) -> (MultiSimStats, bool) {
         let checker = sim.checker(group).unwrap();
         assert!(checker.observations() > 0 && checker.committed_entries().count() > 1);
     }
-    (stats, quiesced)
+    (seed, stats, quiesced)
 }
 
 #[test]
 fn four_groups_on_three_nodes_under_faults() {
-    for seed in [1, 2, 3, 5] {
-        let (stats, quiesced) = run(seed, 4, 6);
+    for listed in [1, 2, 3, 5] {
+        let (seed, stats, quiesced) = run(listed, 4, 6);
         // The duty of a quiesced group that loses its leader's node is checked whenever it
         // arises; these seeds make it arise: their idle rounds aim two faults in three at a
-        // quiesced leader's node (review L5 of quietsim).
-        if quiesced {
+        // quiesced leader's node (review L5 of quietsim). Another seed (a replay through
+        // `RAFT_SIM_SEED`) need not (review L2 of cleanup).
+        if quiesced && seed == listed {
             let quiet = &stats.quiescence;
             assert!(
                 quiet.leaders_lost > 0,

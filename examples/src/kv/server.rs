@@ -55,12 +55,9 @@ pub struct ClientService {
     /// The Raft group `node` is in (0 for a single-group service).
     pub group: GroupId,
     /// Whether the service has more than one group: then `member remove` of a node this group
-    /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing.
+    /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing (see
+    /// [`ClientService::tombstone`] for a tombstone racing a `member add` of the same id).
     pub sharded: bool,
-    /// Held by a `member add` or `member set` from its check of the tombstones until its
-    /// change is proposed, and by a tombstone until it is applied: on this node, one never
-    /// slips between the other's check and its log entry (see [`ClientService::tombstone`]).
-    tombstones: futures::lock::Mutex<()>,
 }
 
 /// `None` if `principal`'s role allows `request`; else the answer refusing it.
@@ -96,7 +93,6 @@ impl ClientService {
             clock,
             group: 0,
             sharded: false,
-            tombstones: futures::lock::Mutex::new(()),
         }
     }
 
@@ -327,13 +323,18 @@ impl ClientService {
             MemberRequest::List => ClientResponse::Members(self.member_list()),
             MemberRequest::Add { id, raft_addr, client_addr, catch_up_ms, promote } => {
                 let addrs = MemberAddrs { raft: raft_addr, client: client_addr };
-                self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote).await
+                let change = self.add_member(id, addrs, catch_up_ms.min(MAX_CATCH_UP_MS), promote);
+                self.unless_tombstoned(&[id], change).await
             }
             MemberRequest::Remove { id } => self.remove_member(id).await,
             MemberRequest::TransferLeader { id } => self.transfer_leader(id).await,
             MemberRequest::Set { voters, new_members, catch_up_ms } => {
                 let (voters, new_members) = (voters.into_inner(), new_members.into_inner());
-                self.set_members(voters, new_members, catch_up_ms.min(MAX_CATCH_UP_MS)).await
+                let named: Vec<NodeId> =
+                    voters.iter().copied().chain(new_members.iter().map(|m| m.id)).collect();
+                let change =
+                    self.set_members(voters, new_members, catch_up_ms.min(MAX_CATCH_UP_MS));
+                self.unless_tombstoned(&named, change).await
             }
         }
     }
@@ -361,7 +362,8 @@ impl ClientService {
     }
 
     /// `member add`: learner with its addresses in the membership (the leader and every other
-    /// node reach it through them); with `promote`, catch-up and promotion.
+    /// node reach it through them); with `promote`, catch-up and promotion. Called through
+    /// [`ClientService::unless_tombstoned`].
     async fn add_member(
         &self,
         id: NodeId,
@@ -369,13 +371,6 @@ impl ClientService {
         catch_up_ms: u64,
         promote: bool,
     ) -> ClientResponse {
-        let _tombstones = self.tombstones.lock().await;
-        if let Err(stopped) = self.applied_own_log().await {
-            return stopped;
-        }
-        if self.state.read().removed_members.contains(&id) {
-            return ClientResponse::MemberFailed(MemberError::Removed(id));
-        }
         let membership = self.node.membership();
         let info = addrs.to_node_info();
         if membership.contains(id) && membership.node(id) != Some(&info) {
@@ -437,20 +432,16 @@ impl ClientService {
     /// Records `id`, a node this group never had, as removed ([`Op::Tombstone`]). If the node
     /// became a member meanwhile, the answer is "retry" (the retry removes it by a change).
     ///
-    /// A tombstone and a `member add` (or `member set`) of the same id never both succeed:
-    /// the state machine refuses a tombstone of an id in the group's latest membership entry
-    /// (the add landed first in the log), and an add refuses a tombstoned id after waiting
-    /// until its node applied every entry of its log (earlier leaders' tombstones). What is
-    /// left is this leader's own tombstone proposed between an add's check and its change:
-    /// the two take [`ClientService::tombstones`], the tombstone without waiting (a change
-    /// in progress answers "retry", as a membership change would).
+    /// A tombstone and a `member add` (or `member set`) of the same id do not both stay in
+    /// force, whatever their order in the log and whoever leads: if the add's membership entry
+    /// is first, the state machine refuses the tombstone (it holds `id`: "retry", and the
+    /// retry removes the member by a change); if the tombstone is first, the add sees it once
+    /// its own change is applied (or before proposing it) and removes `id` again by a change,
+    /// answering [`MemberError::Removed`]. Residual: if that compensating removal fails (the
+    /// leader stops leading or crashes in between), `id` stays tombstoned and a member until a
+    /// retry of the add (which removes it first) or a `member remove` (a change, as for any
+    /// member).
     async fn tombstone(&self, id: NodeId) -> ClientResponse {
-        let Some(_tombstones) = self.tombstones.try_lock() else {
-            return ClientResponse::NotApplied(format!(
-                "a membership change of group {} is in progress",
-                self.group
-            ));
-        };
         let command = Command { session: None, op: Op::Tombstone { id } };
         match self.propose(None, vec![command]).await.pop() {
             Some(CommandAnswer::Applied(Ok(_))) => ClientResponse::Members(self.member_list()),
@@ -462,22 +453,34 @@ impl ClientService {
         }
     }
 
+    /// Runs `change`, a membership change making `ids` members, unless one of them is
+    /// tombstoned: the check is made once this node applied its whole log (tombstones of
+    /// earlier leaders), and again once the change is done (applied here: every tombstone
+    /// before it in the log is applied too). A tombstoned id that became a member is removed
+    /// again by a change; see [`ClientService::tombstone`].
+    async fn unless_tombstoned(
+        &self,
+        ids: &[NodeId],
+        change: impl std::future::Future<Output = ClientResponse>,
+    ) -> ClientResponse {
+        if let Err(stopped) = self.applied_own_log().await {
+            return stopped;
+        }
+        if let Some(removed) = self.undo_tombstoned(ids).await {
+            return removed;
+        }
+        let answer = change.await;
+        self.undo_tombstoned(ids).await.unwrap_or(answer)
+    }
+
     /// `member set`: exactly `voters` vote after one joint change; see [`MemberRequest::Set`].
+    /// Called through [`ClientService::unless_tombstoned`].
     async fn set_members(
         &self,
         voters: Vec<NodeId>,
         new_members: Vec<NewMember>,
         catch_up_ms: u64,
     ) -> ClientResponse {
-        let _tombstones = self.tombstones.lock().await;
-        if let Err(stopped) = self.applied_own_log().await {
-            return stopped;
-        }
-        let removed = self.state.read().removed_members.clone();
-        let named = voters.iter().copied().chain(new_members.iter().map(|m| m.id));
-        if let Some(id) = named.clone().find(|id| removed.contains(id)) {
-            return ClientResponse::MemberFailed(MemberError::Removed(id));
-        }
         let current = self.node.membership();
         let mut nodes: BTreeMap<NodeId, raft_core::NodeInfo> = BTreeMap::new();
         for member in &new_members {
@@ -515,12 +518,40 @@ impl ClientService {
         }
     }
 
-    /// Waits until this node applied every entry its log holds now: the tombstones proposed
-    /// before (by this leader or an earlier one) are then in its state.
+    /// `None` if no id of `ids` is tombstoned. Else the answer refusing the change that names
+    /// them ([`MemberError::Removed`]), once every tombstoned id that is a member (a change
+    /// that lost the race with its tombstone, see [`ClientService::tombstone`]) was removed
+    /// by a change; a failed removal is answered as such (a retry removes it).
+    async fn undo_tombstoned(&self, ids: &[NodeId]) -> Option<ClientResponse> {
+        let tombstoned: Vec<NodeId> = {
+            let state = self.state.read();
+            ids.iter().copied().filter(|id| state.removed_members.contains(id)).collect()
+        };
+        for &id in &tombstoned {
+            if !self.node.membership().contains(id) {
+                continue;
+            }
+            info!(node = self.node.id(), id, "removing a tombstoned member again");
+            match self.node.change_membership(MembershipChange::RemoveNode(id)).await {
+                Ok(_) | Err(MembershipError::Invalid(InvalidChange::NotMember(_))) => {}
+                Err(e) => return Some(self.membership_error(e)),
+            }
+        }
+        let first = tombstoned.first()?;
+        Some(ClientResponse::MemberFailed(MemberError::Removed(*first)))
+    }
+
+    /// Waits until this node applied every entry its log holds now (the tombstones proposed
+    /// before, by this leader or an earlier one, are then in its state), or stops leading: then
+    /// the answer is a redirect (entries it could not commit may never be).
     async fn applied_own_log(&self) -> Result<(), ClientResponse> {
         let last = self.node.status().last_log_index;
-        match self.node.watch().wait_for(|status| status.applied_index >= last).await {
-            Some(_) => Ok(()),
+        let done = |status: &raft_core::Status| {
+            status.applied_index >= last || status.role != Role::Leader
+        };
+        match self.node.watch().wait_for(done).await {
+            Some(status) if status.applied_index >= last => Ok(()),
+            Some(status) => Err(self.redirect(status.leader_id)),
             None => Err(ClientResponse::NotApplied("the node stopped".into())),
         }
     }
@@ -611,15 +642,19 @@ mod tests {
     }
 
     fn add(id: NodeId) -> ClientRequest {
+        ClientRequest::Member(learner_add(id))
+    }
+
+    /// `member add` of learner `id` (no promotion) at an address nobody serves.
+    fn learner_add(id: NodeId) -> MemberRequest {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
-        let request = MemberRequest::Add {
+        MemberRequest::Add {
             id,
             raft_addr: addr,
             client_addr: addr,
             catch_up_ms: 0,
             promote: false,
-        };
-        ClientRequest::Member(request)
+        }
     }
 
     /// An operator removes node 5 (which this group never had: a tombstone) and adds it at the
@@ -668,5 +703,126 @@ mod tests {
             }
             service.node.shutdown().await;
         }
+    }
+
+    /// The removal of node 5 (which the group never had) is given up (its time limit, or the
+    /// node's queue deferred its proposal) after its tombstone reached the node; `request`, a
+    /// change making 5 a member, follows. The tombstone lands first in the log: the change,
+    /// once applied, sees it, removes 5 again and answers "removed" (review H1 of cleanup).
+    async fn given_up_tombstone_then(request: MemberRequest) {
+        use futures::FutureExt;
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let service = sharded_group().await;
+        let remove = ClientRequest::Member(MemberRequest::Remove { id: 5 });
+        assert!(service.handle(&admin, remove).now_or_never().is_none());
+        let answer = service.handle(&admin, ClientRequest::Member(request)).await;
+        service.applied_own_log().await.unwrap();
+        let tombstoned = service.state.read().removed_members.contains(&5);
+        let member = service.node.membership().contains(5);
+        let outcome = format!("answer: {answer:?}; tombstoned: {tombstoned}, member: {member}");
+        assert!(tombstoned && !member, "{outcome}");
+        assert_eq!(answer, ClientResponse::MemberFailed(MemberError::Removed(5)), "{outcome}");
+        service.node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_add() {
+        given_up_tombstone_then(learner_add(5)).await;
+    }
+
+    /// Through `member set`, node 5 joins as a learner, then would be promoted once caught up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_given_up_tombstone_request_still_wins_over_a_later_set() {
+        use super::super::bounded::Bounded;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let new = NewMember { id: 5, raft_addr: addr, client_addr: addr };
+        given_up_tombstone_then(MemberRequest::Set {
+            voters: Bounded::new(vec![1, 5]).unwrap(),
+            new_members: Bounded::new(vec![new]).unwrap(),
+            catch_up_ms: 0,
+        })
+        .await;
+    }
+
+    /// An add catching up its learner (id 4, unreachable) does not hold up the removal of
+    /// another never-member (id 6) of the group (review M1 of cleanup).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_add_catching_up_does_not_block_another_ids_tombstone() {
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let service = sharded_group().await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let slow = MemberRequest::Add {
+            id: 4,
+            raft_addr: addr,
+            client_addr: addr,
+            catch_up_ms: 2_000,
+            promote: true,
+        };
+        let remove = ClientRequest::Member(MemberRequest::Remove { id: 6 });
+        let (added, removed) =
+            futures::join!(service.handle(&admin, ClientRequest::Member(slow)), async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                service.handle(&admin, remove).await
+            });
+        let outcome = format!("remove 6: {removed:?}; add 4: {added:?}");
+        assert!(matches!(removed, ClientResponse::Members(_)), "{outcome}");
+        assert!(service.state.read().removed_members.contains(&6), "{outcome}");
+        service.node.shutdown().await;
+    }
+
+    /// Two voters on one in-memory network; returns the leader's service (sharded) and the
+    /// other node, once one leads. Panics (a test failure) if none does within 30 s.
+    async fn two_voter_group(network: &raft_mem::MemNetwork) -> (ClientService, Node) {
+        use raft_core::runtime::TokioRuntime;
+        use raft_core::{Config, Membership};
+        let runtime = TokioRuntime::current().unwrap();
+        let mut nodes = Vec::new();
+        for id in [1, 2] {
+            let state = SharedState::new();
+            let machine = KvStateMachine::new(state.clone());
+            let store = raft_mem::MemLogStore::new();
+            let endpoint = network.endpoint(id);
+            let builder = Node::builder(Config::new(id), store, endpoint, machine, runtime.clone());
+            let node = builder.bootstrap(Membership::with_voters([1, 2])).start().await.unwrap();
+            network.serve(id, Arc::new(node.clone()));
+            nodes.push((node, state));
+        }
+        let led = async {
+            loop {
+                if let Some(i) = nodes.iter().position(|(n, _)| n.status().role == Role::Leader) {
+                    return i;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let leader = tokio::time::timeout(Duration::from_secs(30), led).await.unwrap();
+        let (node, state) = nodes.swap_remove(leader);
+        let other = nodes.pop().unwrap().0;
+        let mut service = ClientService::new(node, state, BTreeMap::new(), Firewall::new(), false);
+        service.sharded = true;
+        (service, other)
+    }
+
+    /// A `member add` waits until its leader applied its whole log; a leader cut off from its
+    /// group cannot commit its last entry and steps down (check quorum): the add answers a
+    /// redirect then, not "outcome unknown" at its time limit (review L1 of cleanup).
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_add_waiting_for_its_log_answers_a_redirect_once_its_node_stops_leading() {
+        let admin = Principal { role: CertRole::Admin, name: "ops".into() };
+        let network = raft_mem::MemNetwork::new();
+        let (service, other) = two_voter_group(&network).await;
+        network.disconnect(other.id());
+        let put = Op::Put { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::new() };
+        let entry = encode_entry(None, vec![Command { session: None, op: put }]).unwrap();
+        let writer = service.node.clone();
+        let write = tokio::spawn(async move { writer.write(entry).await });
+        let mut watch = service.node.watch();
+        watch.wait_for(|s| s.last_log_index > s.commit_index).await.unwrap();
+        let added = service.handle(&admin, add(5)).await;
+        assert!(matches!(added, ClientResponse::NotLeader { .. }), "{added:?}");
+        assert!(!service.node.membership().contains(5));
+        write.abort();
+        service.node.shutdown().await;
+        other.shutdown().await;
     }
 }
