@@ -107,12 +107,26 @@ async fn a_node_removed_from_one_group_is_refused_there_over_quic_and_served_in_
     let (leaders, led) =
         wait_for_group_leaders(&connections, &voters, PATIENCE, |l| l.contains_key(&0)).await;
     assert!(led, "group 0 elects a leader among its voters: {leaders:?}");
-    let term = term_of(&connections, 0).await;
-    for request in disruptive(0, term + 1, cluster_id) {
-        let answer = network.send(request).await;
-        assert!(is_refused_as_unknown(&answer, 0), "group 0: {answer:?}");
+    // Its term stays put. An election of group 0's own voters on a loaded machine can move the
+    // term too, so a moved term is tried again, up to three times: requests the node accepted
+    // would move it every time, an unrelated election does not recur three times in a row.
+    let mut terms = Vec::new();
+    for _ in 0..3 {
+        let term = term_of(&connections, 0).await;
+        for request in disruptive(0, term + 1, cluster_id) {
+            let answer = network.send(request).await;
+            assert!(is_refused_as_unknown(&answer, 0), "group 0: {answer:?}");
+        }
+        let after = term_of(&connections, 0).await;
+        terms.push((term, after));
+        if after == term {
+            break;
+        }
     }
-    assert_eq!(term_of(&connections, 0).await, term, "the removed node moved group 0's term");
+    assert!(
+        terms.iter().any(|(before, after)| before == after),
+        "the removed node moved group 0's term: {terms:?}"
+    );
     // ... and served in group 1, where it is still a voter (its connection is not refused).
     let term = term_of(&connections, 1).await;
     let [vote, append] = disruptive(1, term + 1, cluster_id);

@@ -204,6 +204,12 @@ fn answer(peer: NodeId, response: WireResponse) -> Result<RpcResponse, NetworkEr
         WireResponse::Refused(Refusal::Handler(error)) => {
             Err(NetworkError::Refused { peer, reason: RefusalReason::Rpc(error) })
         }
+        // A peer's reason is cut to MAX_REASON_LEN here too: the bound must not rest on the
+        // sender's honesty (the reason reaches the caller's error and the driver's log).
+        WireResponse::Refused(Refusal::Malformed(reason)) => Err(NetworkError::Refused {
+            peer,
+            reason: RefusalReason::transport(Refusal::malformed(reason)),
+        }),
         WireResponse::Refused(refusal) => {
             Err(NetworkError::Refused { peer, reason: RefusalReason::transport(refusal) })
         }
@@ -668,5 +674,20 @@ impl Client {
                 _ => info!(node, peer, "connection to peer lost: {reason}"),
             }
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answer;
+    use crate::wire::{Refusal, WireResponse, MAX_REASON_LEN};
+
+    /// A hostile peer's reason is cut on receipt: the bound does not rest on the sender.
+    #[test]
+    fn a_peers_malformed_reason_is_cut_on_receipt() {
+        let hostile = WireResponse::Refused(Refusal::Malformed("x\n".repeat(50_000)));
+        let error = answer(2, hostile).expect_err("a refusal");
+        let text = error.to_string();
+        assert!(text.len() <= MAX_REASON_LEN + 200, "{} bytes: {}", text.len(), &text[..300]);
     }
 }

@@ -7,7 +7,7 @@
 //! | `quic_received_bytes_total` | counter | `node_id`, `peer` | frame bytes read from a peer (answers it got, requests it served) |
 //! | `quic_rpc_errors_total` | counter | `node_id`, `peer`, `error` | outbound RPCs that failed: `timeout`, `unreachable`, `refused`, `codec` |
 //! | `quic_dial_failures_total` | counter | `node_id`, `peer` | failed attempts to connect to a peer |
-//! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound streams closed for a bad frame, a lying sender or a timeout |
+//! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound requests refused as bad: a stream closed for a bad frame, a lying sender or a timeout, or one request of a batch refused alone (undecodable, lying sender; not when only busy) |
 //! | `quic_handshakes_total` | counter | `gate`, `outcome` | connection attempts at a [`Gate`](crate::Gate): `admitted`, `failed` (TLS or the peer gave up), `timed_out`, `refused` (limits, Retry not counted), `rejected` (identity or removed node, after the handshake), `over_capacity` |
 //!
 //! Handles are registered once per peer (per connection on the inbound side) and per gate.

@@ -534,9 +534,10 @@ impl QuicNetwork {
         self.shared().peer(id).map(|peer| peer.sent.stats()).unwrap_or_default()
     }
 
-    /// The inbound batch frames this node refused as malformed (truncated, a bad count or
-    /// request frame, an undecodable request, over budget), all peers together; each one's
-    /// stream was reset, nothing else.
+    /// The inbound batch frames this node refused whole as malformed (truncated, a bad count,
+    /// a bad request header, a nested batch), all peers together; each one's stream was reset,
+    /// nothing else. A request of a well-formed batch that does not decode or does not fit the
+    /// budget is refused alone and not counted here (see `quic_bad_requests_total`).
     pub fn bad_batches_received(&self) -> u64 {
         self.shared().bad_batches.load(Ordering::Relaxed)
     }

@@ -156,3 +156,23 @@ pub mod code {
     /// The peer's certificate (or one of its chain) has expired.
     pub const CERT_EXPIRED: VarInt = VarInt::from_u32(0x16);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Refusal, MAX_REASON_LEN};
+
+    #[test]
+    fn a_long_reason_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(200); // 400 bytes, 2 per character
+        let Refusal::Malformed(reason) = Refusal::malformed(&long) else {
+            panic!("not a Malformed refusal");
+        };
+        assert!(reason.len() <= MAX_REASON_LEN, "{} bytes", reason.len());
+        assert!(reason.len() >= MAX_REASON_LEN - 1, "cut too short: {} bytes", reason.len());
+        assert!(long.starts_with(&reason));
+        let Refusal::Malformed(short) = Refusal::malformed("bad") else {
+            panic!("not a Malformed refusal");
+        };
+        assert_eq!(short, "bad");
+    }
+}

@@ -22,7 +22,7 @@ impl RpcHandler for MatchingFollower {
         match request.request {
             RpcRequest::AppendEntries(r) => Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
                 term: r.term,
-                match_index: Some(r.prev_log_id.index + r.entries.len() as u64),
+                match_index: Some(r.prev_log_id.index.saturating_add(r.entries.len() as u64)),
                 conflict: None,
                 lease_promise_ms: 0,
                 quiesced: false,
@@ -51,4 +51,27 @@ pub fn append_entries(entries: usize, entry_bytes: usize) -> RpcRequest {
         read_round: 0,
         quiesce: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{append_entries, MatchingFollower};
+    use crate::message::{Envelope, RpcRequest, RpcResponse};
+    use crate::network::RpcHandler;
+
+    /// A request whose last index would pass `u64::MAX` is answered, not a panic (the handler
+    /// is public: its input may come from a peer).
+    #[test]
+    fn a_request_ending_past_the_last_index_is_answered() {
+        let RpcRequest::AppendEntries(mut request) = append_entries(2, 8) else {
+            unreachable!("append_entries builds an AppendEntries");
+        };
+        request.prev_log_id.index = u64::MAX - 1;
+        let envelope = Envelope::new(2, RpcRequest::AppendEntries(request));
+        let answer = futures::executor::block_on(MatchingFollower.handle_rpc(envelope));
+        let Ok(RpcResponse::AppendEntries(answer)) = answer else {
+            panic!("not an AppendEntries answer: {answer:?}");
+        };
+        assert_eq!(answer.match_index, Some(u64::MAX));
+    }
 }
