@@ -10,12 +10,14 @@
 //! (the engine's `on_persisted`), `acked_us` until the first follower acknowledges it (its own
 //! durable write plus a network round trip), `committed_us` until the commit index covers it,
 //! `applied_us` until the applier reports it applied (the proposer was answered just before).
-//! All are times since `accepted`.
+//! All are times since `accepted`. A stage the proposal never reached (a leader that
+//! committed on its followers' acknowledgements before its own write resolved, a single voter
+//! with no one to send to) is left out of the event, never reported as 0 µs.
 //!
 //! A follower follows one AppendEntries carrying entries at a time, from the moment its main
 //! loop takes the request (`received`): `written_us` until its write of them resolved,
 //! `persisted_us` until the main loop learned it, `answered_us` until the acknowledgement was
-//! handed to the transport (event "follower stages").
+//! handed to the transport (event "follower stages"); likewise without the stages not reached.
 
 use std::time::Duration;
 
@@ -163,12 +165,12 @@ impl LatencyProbe {
         now: impl FnOnce() -> Duration,
     ) -> Option<FollowerStages> {
         let r = self.received.take_if(|r| match_index >= r.index)?;
-        let since = |t: Option<Duration>| t.map_or(0, |t| micros(t.saturating_sub(r.received)));
+        let since = |t: Duration| micros(t.saturating_sub(r.received));
         Some(FollowerStages {
             index: r.index,
-            written_us: since(r.written),
-            persisted_us: since(r.persisted),
-            answered_us: since(Some(now())),
+            written_us: r.written.map(since),
+            persisted_us: r.persisted.map(since),
+            answered_us: since(now()),
         })
     }
 
@@ -202,37 +204,40 @@ impl LatencyProbe {
     /// The stages of the followed proposal if `applied` covers it (it is then let go).
     fn finish(&mut self, applied: LogIndex, now: impl FnOnce() -> Duration) -> Option<Stages> {
         let f = self.followed.take_if(|f| applied >= f.index)?;
-        let since = |t: Option<Duration>| t.map_or(0, |t| micros(t.saturating_sub(f.accepted)));
+        let since = |t: Duration| micros(t.saturating_sub(f.accepted));
         Some(Stages {
             index: f.index,
-            sent_us: since(f.sent),
-            written_us: since(f.written),
-            persisted_us: since(f.persisted),
-            acked_us: since(f.acked),
-            committed_us: since(f.committed),
-            applied_us: since(Some(now())),
+            sent_us: f.sent.map(since),
+            written_us: f.written.map(since),
+            persisted_us: f.persisted.map(since),
+            acked_us: f.acked.map(since),
+            committed_us: f.committed.map(since),
+            applied_us: since(now()),
         })
     }
 }
 
-/// Microseconds from acceptance to each stage (0: not seen).
+/// Microseconds from acceptance to each stage (`None`: not reached, e.g. the leader committed
+/// on its followers' acknowledgements before its own write resolved; the event then leaves
+/// the field out rather than report 0 µs).
 #[derive(Debug, PartialEq, Eq)]
 struct Stages {
     index: LogIndex,
-    sent_us: u64,
-    written_us: u64,
-    persisted_us: u64,
-    acked_us: u64,
-    committed_us: u64,
+    sent_us: Option<u64>,
+    written_us: Option<u64>,
+    persisted_us: Option<u64>,
+    acked_us: Option<u64>,
+    committed_us: Option<u64>,
     applied_us: u64,
 }
 
-/// Microseconds from a follower's taking an AppendEntries to each stage (0: not seen).
+/// Microseconds from a follower's taking an AppendEntries to each stage (`None`: not reached;
+/// left out of the event).
 #[derive(Debug, PartialEq, Eq)]
 struct FollowerStages {
     index: LogIndex,
-    written_us: u64,
-    persisted_us: u64,
+    written_us: Option<u64>,
+    persisted_us: Option<u64>,
     answered_us: u64,
 }
 
@@ -244,6 +249,8 @@ fn micros(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn at(us: u64) -> impl FnOnce() -> Duration {
@@ -267,18 +274,34 @@ mod tests {
         assert_eq!(probe.finish(4, at(500)), None, "not applied yet");
         let expected = Stages {
             index: 5,
-            sent_us: 10,
-            written_us: 180,
-            persisted_us: 200,
-            acked_us: 300,
-            committed_us: 320,
+            sent_us: Some(10),
+            written_us: Some(180),
+            persisted_us: Some(200),
+            acked_us: Some(300),
+            committed_us: Some(320),
             applied_us: 350,
         };
         assert_eq!(probe.finish(5, at(450)), Some(expected));
         // The next proposal is followed from scratch.
         probe.follow(6, at(600));
         let next = probe.finish(6, at(601)).map(|s| (s.index, s.sent_us, s.applied_us));
-        assert_eq!(next, Some((6, 0, 1)));
+        assert_eq!(next, Some((6, None, 1)));
+    }
+
+    /// A stage the followed proposal never reached (a leader that committed on two
+    /// followers' acknowledgements before its own write resolved) is reported missing, not as
+    /// 0 µs (which would bias the stage's percentiles down).
+    #[test]
+    fn a_stage_never_reached_is_reported_missing_not_as_zero() {
+        let mut probe = LatencyProbe::default();
+        probe.follow(5, at(100));
+        probe.acked(5, at(400));
+        probe.committed(5, at(420));
+        let stages = probe.finish(5, at(450)).unwrap();
+        assert_eq!(stages.written_us, None, "the leader's write never resolved");
+        assert_eq!(stages.persisted_us, None, "nor did its main loop learn it");
+        assert_eq!(stages.sent_us, None, "nothing was sent");
+        assert_eq!((stages.acked_us, stages.committed_us), (Some(300), Some(320)));
     }
 
     #[test]
@@ -290,8 +313,12 @@ mod tests {
         probe.written(8, Duration::from_micros(1_500));
         probe.persisted(9, at(1_520));
         assert_eq!(probe.finish_received(7, at(1_530)), None, "an earlier acknowledgement");
-        let expected =
-            FollowerStages { index: 8, written_us: 500, persisted_us: 520, answered_us: 540 };
+        let expected = FollowerStages {
+            index: 8,
+            written_us: Some(500),
+            persisted_us: Some(520),
+            answered_us: 540,
+        };
         assert_eq!(probe.finish_received(8, at(1_540)), Some(expected));
         assert_eq!(probe.finish_received(8, at(1_541)), None, "reported once");
         // A rejected AppendEntries is let go: the next one is followed.
