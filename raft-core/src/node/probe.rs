@@ -41,6 +41,8 @@ struct Followed {
 
 /// The stages of the AppendEntries a follower follows.
 struct Received {
+    /// The main loop's id of its reply: only the answer to it finishes it.
+    reply: u64,
     /// The last entry it carries.
     index: LogIndex,
     received: Duration,
@@ -116,38 +118,39 @@ impl LatencyProbe {
         }
     }
 
-    /// A follower took an AppendEntries carrying entries up to `last` (none: `last` is 0):
-    /// followed if none is, and the probe's target is enabled.
-    pub(super) fn received(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+    /// A follower took an AppendEntries carrying entries up to `last` (none: `last` is 0),
+    /// to be answered under the main loop's reply id `reply`: followed if none is, and the
+    /// probe's target is enabled.
+    pub(super) fn received(&mut self, reply: u64, last: LogIndex, now: impl FnOnce() -> Duration) {
         if last > 0
             && self.received.is_none()
             && tracing::enabled!(target: LATENCY_TARGET, Level::DEBUG)
         {
-            self.receive(last, now);
+            self.receive(reply, last, now);
         }
     }
 
-    fn receive(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+    fn receive(&mut self, reply: u64, last: LogIndex, now: impl FnOnce() -> Duration) {
         if self.received.is_none() {
             let received = now();
             self.received =
-                Some(Received { index: last, received, written: None, persisted: None });
+                Some(Received { reply, index: last, received, written: None, persisted: None });
         }
     }
 
-    /// A follower handed an answer to an AppendEntries to the transport: an acknowledgement of
-    /// entries up to `match_index` reports the followed AppendEntries if it covers it; a
-    /// rejection (`None`) lets it go (its entries may never be acknowledged as such).
+    /// A follower handed the answer under reply id `reply` to an AppendEntries to the
+    /// transport. The answer to the followed AppendEntries reports it if it acknowledges its
+    /// entries (`match_index` covers them), else (a rejection) lets it go unreported. A later
+    /// AppendEntries' acknowledgement covering its entries lets it go unreported too (they
+    /// were acknowledged by another request, e.g. another leader's after a truncation: its
+    /// times would be that write's). Other answers leave it followed.
     pub(super) fn answered(
         &mut self,
+        reply: u64,
         match_index: Option<LogIndex>,
         now: impl FnOnce() -> Duration,
     ) {
-        let Some(match_index) = match_index else {
-            self.received = None;
-            return;
-        };
-        if let Some(stages) = self.finish_received(match_index, now) {
+        if let Some(stages) = self.finish_received(reply, match_index, now) {
             tracing::debug!(
                 target: LATENCY_TARGET,
                 index = stages.index,
@@ -159,12 +162,19 @@ impl LatencyProbe {
         }
     }
 
+    /// The stages of the followed AppendEntries if `reply` answers it with an acknowledgement
+    /// of its entries; it is let go on its own answer or a later acknowledgement covering it.
     fn finish_received(
         &mut self,
-        match_index: LogIndex,
+        reply: u64,
+        match_index: Option<LogIndex>,
         now: impl FnOnce() -> Duration,
     ) -> Option<FollowerStages> {
-        let r = self.received.take_if(|r| match_index >= r.index)?;
+        let covers = |r: &Received| match_index.is_some_and(|m| m >= r.index);
+        let r = self.received.take_if(|r| reply == r.reply || (reply > r.reply && covers(r)))?;
+        if reply != r.reply || !covers(&r) {
+            return None;
+        }
         let since = |t: Duration| micros(t.saturating_sub(r.received));
         Some(FollowerStages {
             index: r.index,
@@ -304,28 +314,51 @@ mod tests {
         assert_eq!((stages.acked_us, stages.committed_us), (Some(300), Some(320)));
     }
 
+    /// The rejection of another AppendEntries does not let go the followed one (review L4).
+    #[test]
+    fn only_the_followed_append_entries_own_answer_lets_it_go() {
+        let mut probe = LatencyProbe::default();
+        probe.receive(3, 8, at(1_000));
+        probe.answered(2, None, at(1_010)); // an earlier AppendEntries, rejected
+        probe.answered(4, None, at(1_011)); // a later one, rejected
+        probe.written(8, Duration::from_micros(1_500));
+        probe.persisted(8, at(1_520));
+        let stages = probe.finish_received(3, Some(8), at(1_540)).map(|s| s.answered_us);
+        assert_eq!(stages, Some(540));
+        // An acknowledgement to a later AppendEntries (another leader's entries after a
+        // truncation) does not report the followed one with that write's times: it lets it go.
+        probe.receive(5, 12, at(2_000));
+        probe.written(13, Duration::from_micros(2_300));
+        assert_eq!(probe.finish_received(6, Some(13), at(2_400)), None);
+        assert!(probe.received.is_none(), "let go");
+        // Its own rejection lets it go unreported as well.
+        probe.receive(7, 20, at(3_000));
+        assert_eq!(probe.finish_received(7, None, at(3_010)), None);
+        assert!(probe.received.is_none(), "let go");
+    }
+
     #[test]
     fn a_follower_reports_its_write_and_answer_since_it_took_the_request() {
         let mut probe = LatencyProbe::default();
-        probe.receive(8, at(1_000));
-        probe.receive(9, at(1_001)); // one at a time: ignored
+        probe.receive(1, 8, at(1_000));
+        probe.receive(2, 9, at(1_001)); // one at a time: ignored
         probe.written(7, Duration::from_micros(1_100)); // an earlier write
         probe.written(8, Duration::from_micros(1_500));
         probe.persisted(9, at(1_520));
-        assert_eq!(probe.finish_received(7, at(1_530)), None, "an earlier acknowledgement");
+        assert_eq!(probe.finish_received(0, Some(7), at(1_530)), None, "an earlier answer");
         let expected = FollowerStages {
             index: 8,
             written_us: Some(500),
             persisted_us: Some(520),
             answered_us: 540,
         };
-        assert_eq!(probe.finish_received(8, at(1_540)), Some(expected));
-        assert_eq!(probe.finish_received(8, at(1_541)), None, "reported once");
+        assert_eq!(probe.finish_received(1, Some(8), at(1_540)), Some(expected));
+        assert_eq!(probe.finish_received(1, Some(8), at(1_541)), None, "reported once");
         // A rejected AppendEntries is let go: the next one is followed.
-        probe.receive(12, at(2_000));
-        probe.answered(None, at(2_001));
-        probe.receive(13, at(2_100));
-        let next = probe.finish_received(13, at(2_150)).map(|s| (s.index, s.answered_us));
+        probe.receive(3, 12, at(2_000));
+        probe.answered(3, None, at(2_001));
+        probe.receive(4, 13, at(2_100));
+        let next = probe.finish_received(4, Some(13), at(2_150)).map(|s| (s.index, s.answered_us));
         assert_eq!(next, Some((13, 50)));
     }
 }
