@@ -7,28 +7,22 @@
 
 mod support;
 
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::future::BoxFuture;
 use raft_core::runtime::TokioRuntime;
-use raft_core::{
-    Bytes, DurableState, Entry, LogId, LogIndex, LogStore, Membership, Node, Runtime, StorageError,
-    WriteBatch, LATENCY_TARGET,
-};
-use raft_mem::{MemLogStore, MemNetwork};
-use support::{config, wait_until, within, Cluster, Machine, Recipe};
+use raft_core::{Bytes, Runtime, LATENCY_TARGET};
+use support::{wait_until, within, Cluster, Recipe};
 
 /// How long every log write takes on the [`JumpClock`].
 const WRITE: Duration = Duration::from_millis(50);
 /// How long the hand-off from a resolved write to whoever reads the clock next but one takes.
 const HANDOFF: Duration = Duration::from_millis(20);
 
-/// A clock that jumps: a log write moves it `WRITE` on when it resolves, and the second read
-/// after that (the first is the writer's own, at once, in the same poll) sees it `HANDOFF`
-/// later, as if the main loop learned of the write that much later.
+/// A clock that jumps: a log write moves it `WRITE` on as it ends (the store's hook), and the
+/// second read after that (the first is the writer's own, at once, in the same poll) sees it
+/// `HANDOFF` later, as if the main loop learned of the write that much later.
 #[derive(Clone)]
 struct JumpClock {
     inner: TokioRuntime,
@@ -56,40 +50,6 @@ impl Runtime for JumpClock {
             jumps.offset += HANDOFF;
         }
         now
-    }
-}
-
-/// A store whose every write takes [`WRITE`] on the [`JumpClock`].
-#[derive(Clone)]
-struct JumpStore {
-    inner: MemLogStore,
-    clock: JumpClock,
-}
-
-#[async_trait]
-impl LogStore for JumpStore {
-    async fn open(&self) -> Result<DurableState, StorageError> {
-        self.inner.open().await
-    }
-    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let result = self.inner.write(batch).await;
-        let mut jumps = self.clock.state.lock().unwrap();
-        jumps.offset += WRITE;
-        jumps.armed = true;
-        result
-    }
-    async fn read(
-        &self,
-        range: Range<LogIndex>,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        self.inner.read(range, max_bytes).await
-    }
-    async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
-        self.inner.purge(up_to).await
-    }
-    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
-        self.inner.reset(last_included).await
     }
 }
 
@@ -143,15 +103,16 @@ async fn a_leader_reports_when_its_write_resolved_and_leaves_out_stages_never_re
     let captured = Captured::default();
     let _guard = captured.start();
     let clock = JumpClock { inner: TokioRuntime::current().unwrap(), state: Arc::default() };
-    let store = JumpStore { inner: MemLogStore::default(), clock: clock.clone() };
-    let network = MemNetwork::new();
-    let node =
-        Node::builder(config(1), store, network.endpoint(1), Machine::default(), clock.clone())
-            .bootstrap(Membership::with_voters([1]))
-            .start()
-            .await
-            .unwrap();
-    wait_until(&clock, "a leader", || node.status().role == raft_core::Role::Leader).await;
+    let cluster = Cluster::start(clock.clone(), 1, |_| Recipe::default()).await;
+    let leader = cluster.leader().await;
+    // From now on every write of the leader's store takes `WRITE` on the clock.
+    let jumps = clock.state.clone();
+    *cluster.members[&leader].store.after_write.lock().unwrap() = Some(Arc::new(move || {
+        let mut jumps = jumps.lock().unwrap();
+        jumps.offset += WRITE;
+        jumps.armed = true;
+    }));
+    let node = cluster.node(leader);
     for i in 0..3u8 {
         within(&clock, "a put", node.write(Bytes::from(vec![i]))).await.unwrap();
     }
