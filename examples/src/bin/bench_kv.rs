@@ -19,7 +19,9 @@
 //! it was applied; the rest of the client's latency is the client's request to the leader and
 //! its answer back (QUIC both ways, the kv service). The followers' drivers report likewise,
 //! from taking an AppendEntries, when their commit resolved, when their main loop learned it
-//! and when the acknowledgement went to the transport.
+//! and when the acknowledgement went to the transport. A stage a followed request never
+//! reached (the leader committed before its own write resolved) adds no sample: each stage's
+//! percentiles are over the requests that reached it, and the `missing` column counts the rest.
 //!
 //! The data directory is created under `--dir` (default `target/`), not in `/tmp`, which is
 //! a RAM disk on many systems. The nodes are this executable run as `bench-kv __kv-node`.
@@ -301,18 +303,22 @@ const FOLLOWER_STAGES: [(&str, &str); 3] = [
     ("answered_us", "acknowledgement handed to the transport"),
 ];
 
-/// The p50 and p99 of the fields `stages` in the log lines holding `event` of every node.
+/// The fields `stages` of the log lines holding `event` of every node, and how many such
+/// lines there were. A line without a stage's field (a stage the followed request never
+/// reached) adds no sample to that stage: its percentiles are over the lines that have it.
 fn stage_latencies(
     cluster: &ProcessCluster,
     event: &str,
     stages: &[(&str, &str)],
-) -> Result<Vec<LatencyRecorder>, Error> {
+) -> Result<(Vec<LatencyRecorder>, u64), Error> {
     let mut recorders: Vec<LatencyRecorder> =
         stages.iter().map(|_| LatencyRecorder::new()).collect();
+    let mut events = 0;
     for id in cluster.ids() {
         let log = std::fs::read_to_string(cluster.log_path(id))?;
         let lines = log.lines().filter(|l| l.contains(raft_core::LATENCY_TARGET));
         for line in lines.filter(|l| l.contains(event)) {
+            events += 1;
             for ((field, _), recorder) in stages.iter().zip(&mut recorders) {
                 if let Some(us) = field_value(line, field) {
                     recorder.record(Duration::from_micros(us));
@@ -320,14 +326,19 @@ fn stage_latencies(
             }
         }
     }
-    Ok(recorders)
+    Ok((recorders, events))
 }
 
-/// Prints one line per stage: what it covers, p50, p99.
-fn print_stages(stages: &[(&str, &str)], recorders: &[LatencyRecorder]) {
+/// Prints one line per stage: what it covers, p50, p99 and how many of the `events` lacked it.
+fn print_stages(stages: &[(&str, &str)], recorders: &[LatencyRecorder], events: u64) {
     for ((_, what), recorder) in stages.iter().zip(recorders) {
         let row = recorder.row(String::new(), Duration::from_secs(1));
-        println!("{what:<52} | {:>9} | {:>9}", format_us(row.p50_us), format_us(row.p99_us));
+        let missing = events.saturating_sub(recorder.count());
+        println!(
+            "{what:<52} | {:>9} | {:>9} | {missing:>7}",
+            format_us(row.p50_us),
+            format_us(row.p99_us)
+        );
     }
 }
 
@@ -337,19 +348,21 @@ fn print_breakdown(
     client: &LatencyRecorder,
     errors: u64,
 ) -> Result<(), Error> {
-    let stages = stage_latencies(cluster, "proposal stages", &STAGES)?;
-    let follower = stage_latencies(cluster, "follower stages", &FOLLOWER_STAGES)?;
-    let followed = stages.last().map_or(0, LatencyRecorder::count);
+    let (stages, followed) = stage_latencies(cluster, "proposal stages", &STAGES)?;
+    let (follower, answered) = stage_latencies(cluster, "follower stages", &FOLLOWER_STAGES)?;
     let client_row = client.row(String::new(), Duration::from_secs(1));
     println!(
         "\nOne put, 1 client: {} puts ({errors} errors), {followed} followed by the leader",
         client.count()
     );
-    println!("{:<52} | {:>9} | {:>9}", "time since the leader took the proposal", "p50", "p99");
-    println!("{}", "-".repeat(76));
-    print_stages(&STAGES, &stages);
+    println!(
+        "{:<52} | {:>9} | {:>9} | {:>7}",
+        "time since the leader took the proposal", "p50", "p99", "missing"
+    );
+    println!("{}", "-".repeat(86));
+    print_stages(&STAGES, &stages, followed);
     let applied = stages.last().map(|r| r.row(String::new(), Duration::from_secs(1)));
-    println!("{}", "-".repeat(76));
+    println!("{}", "-".repeat(86));
     println!(
         "{:<52} | {:>9} | {:>9}",
         "client: put sent -> answer received",
@@ -363,13 +376,12 @@ fn print_breakdown(
             format_us(client_row.p50_us.saturating_sub(applied.p50_us))
         );
     }
-    let answered = follower.last().map_or(0, LatencyRecorder::count);
     println!(
-        "\n{:<52} | {:>9} | {:>9}",
-        "time since a follower took the AppendEntries", "p50", "p99"
+        "\n{:<52} | {:>9} | {:>9} | {:>7}",
+        "time since a follower took the AppendEntries", "p50", "p99", "missing"
     );
-    println!("{}", "-".repeat(76));
-    print_stages(&FOLLOWER_STAGES, &follower);
+    println!("{}", "-".repeat(86));
+    print_stages(&FOLLOWER_STAGES, &follower, answered);
     println!("({answered} AppendEntries followed by the followers)");
     Ok(())
 }

@@ -254,11 +254,11 @@ impl CoreLoop {
             }
             Input::Proposals => return self.take_proposals(),
             Input::Request { request, reply } => {
+                let id = self.next_reply;
                 if let RpcRequest::AppendEntries(append) = &request {
                     let last = append.entries.last().map_or(0, |e| e.index);
-                    self.probe.received(last, || self.clock.now());
+                    self.probe.received(id, last, || self.clock.now());
                 }
-                let id = self.next_reply;
                 self.next_reply += 1;
                 self.replies.insert(id, reply);
                 self.metrics.received(request.sender(), &SentRequest::of(&request));
@@ -654,7 +654,7 @@ impl CoreLoop {
 
     fn respond(&mut self, reply_to: ReplyId, response: RpcResponse) {
         if let RpcResponse::AppendEntries(r) = &response {
-            self.probe.answered(r.match_index, || self.clock.now());
+            self.probe.answered(reply_to.0, r.match_index, || self.clock.now());
         }
         if let Some(reply) = self.replies.remove(&reply_to.0) {
             let _ = reply.send(response);

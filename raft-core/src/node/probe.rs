@@ -10,12 +10,14 @@
 //! (the engine's `on_persisted`), `acked_us` until the first follower acknowledges it (its own
 //! durable write plus a network round trip), `committed_us` until the commit index covers it,
 //! `applied_us` until the applier reports it applied (the proposer was answered just before).
-//! All are times since `accepted`.
+//! All are times since `accepted`. A stage the proposal never reached (a leader that
+//! committed on its followers' acknowledgements before its own write resolved, a single voter
+//! with no one to send to) is left out of the event, never reported as 0 µs.
 //!
 //! A follower follows one AppendEntries carrying entries at a time, from the moment its main
 //! loop takes the request (`received`): `written_us` until its write of them resolved,
 //! `persisted_us` until the main loop learned it, `answered_us` until the acknowledgement was
-//! handed to the transport (event "follower stages").
+//! handed to the transport (event "follower stages"); likewise without the stages not reached.
 
 use std::time::Duration;
 
@@ -39,6 +41,8 @@ struct Followed {
 
 /// The stages of the AppendEntries a follower follows.
 struct Received {
+    /// The main loop's id of its reply: only the answer to it finishes it.
+    reply: u64,
     /// The last entry it carries.
     index: LogIndex,
     received: Duration,
@@ -114,38 +118,39 @@ impl LatencyProbe {
         }
     }
 
-    /// A follower took an AppendEntries carrying entries up to `last` (none: `last` is 0):
-    /// followed if none is, and the probe's target is enabled.
-    pub(super) fn received(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+    /// A follower took an AppendEntries carrying entries up to `last` (none: `last` is 0),
+    /// to be answered under the main loop's reply id `reply`: followed if none is, and the
+    /// probe's target is enabled.
+    pub(super) fn received(&mut self, reply: u64, last: LogIndex, now: impl FnOnce() -> Duration) {
         if last > 0
             && self.received.is_none()
             && tracing::enabled!(target: LATENCY_TARGET, Level::DEBUG)
         {
-            self.receive(last, now);
+            self.receive(reply, last, now);
         }
     }
 
-    fn receive(&mut self, last: LogIndex, now: impl FnOnce() -> Duration) {
+    fn receive(&mut self, reply: u64, last: LogIndex, now: impl FnOnce() -> Duration) {
         if self.received.is_none() {
             let received = now();
             self.received =
-                Some(Received { index: last, received, written: None, persisted: None });
+                Some(Received { reply, index: last, received, written: None, persisted: None });
         }
     }
 
-    /// A follower handed an answer to an AppendEntries to the transport: an acknowledgement of
-    /// entries up to `match_index` reports the followed AppendEntries if it covers it; a
-    /// rejection (`None`) lets it go (its entries may never be acknowledged as such).
+    /// A follower handed the answer under reply id `reply` to an AppendEntries to the
+    /// transport. The answer to the followed AppendEntries reports it if it acknowledges its
+    /// entries (`match_index` covers them), else (a rejection) lets it go unreported. A later
+    /// AppendEntries' acknowledgement covering its entries lets it go unreported too (they
+    /// were acknowledged by another request, e.g. another leader's after a truncation: its
+    /// times would be that write's). Other answers leave it followed.
     pub(super) fn answered(
         &mut self,
+        reply: u64,
         match_index: Option<LogIndex>,
         now: impl FnOnce() -> Duration,
     ) {
-        let Some(match_index) = match_index else {
-            self.received = None;
-            return;
-        };
-        if let Some(stages) = self.finish_received(match_index, now) {
+        if let Some(stages) = self.finish_received(reply, match_index, now) {
             tracing::debug!(
                 target: LATENCY_TARGET,
                 index = stages.index,
@@ -157,18 +162,25 @@ impl LatencyProbe {
         }
     }
 
+    /// The stages of the followed AppendEntries if `reply` answers it with an acknowledgement
+    /// of its entries; it is let go on its own answer or a later acknowledgement covering it.
     fn finish_received(
         &mut self,
-        match_index: LogIndex,
+        reply: u64,
+        match_index: Option<LogIndex>,
         now: impl FnOnce() -> Duration,
     ) -> Option<FollowerStages> {
-        let r = self.received.take_if(|r| match_index >= r.index)?;
-        let since = |t: Option<Duration>| t.map_or(0, |t| micros(t.saturating_sub(r.received)));
+        let covers = |r: &Received| match_index.is_some_and(|m| m >= r.index);
+        let r = self.received.take_if(|r| reply == r.reply || (reply > r.reply && covers(r)))?;
+        if reply != r.reply || !covers(&r) {
+            return None;
+        }
+        let since = |t: Duration| micros(t.saturating_sub(r.received));
         Some(FollowerStages {
             index: r.index,
-            written_us: since(r.written),
-            persisted_us: since(r.persisted),
-            answered_us: since(Some(now())),
+            written_us: r.written.map(since),
+            persisted_us: r.persisted.map(since),
+            answered_us: since(now()),
         })
     }
 
@@ -202,37 +214,40 @@ impl LatencyProbe {
     /// The stages of the followed proposal if `applied` covers it (it is then let go).
     fn finish(&mut self, applied: LogIndex, now: impl FnOnce() -> Duration) -> Option<Stages> {
         let f = self.followed.take_if(|f| applied >= f.index)?;
-        let since = |t: Option<Duration>| t.map_or(0, |t| micros(t.saturating_sub(f.accepted)));
+        let since = |t: Duration| micros(t.saturating_sub(f.accepted));
         Some(Stages {
             index: f.index,
-            sent_us: since(f.sent),
-            written_us: since(f.written),
-            persisted_us: since(f.persisted),
-            acked_us: since(f.acked),
-            committed_us: since(f.committed),
-            applied_us: since(Some(now())),
+            sent_us: f.sent.map(since),
+            written_us: f.written.map(since),
+            persisted_us: f.persisted.map(since),
+            acked_us: f.acked.map(since),
+            committed_us: f.committed.map(since),
+            applied_us: since(now()),
         })
     }
 }
 
-/// Microseconds from acceptance to each stage (0: not seen).
+/// Microseconds from acceptance to each stage (`None`: not reached, e.g. the leader committed
+/// on its followers' acknowledgements before its own write resolved; the event then leaves
+/// the field out rather than report 0 µs).
 #[derive(Debug, PartialEq, Eq)]
 struct Stages {
     index: LogIndex,
-    sent_us: u64,
-    written_us: u64,
-    persisted_us: u64,
-    acked_us: u64,
-    committed_us: u64,
+    sent_us: Option<u64>,
+    written_us: Option<u64>,
+    persisted_us: Option<u64>,
+    acked_us: Option<u64>,
+    committed_us: Option<u64>,
     applied_us: u64,
 }
 
-/// Microseconds from a follower's taking an AppendEntries to each stage (0: not seen).
+/// Microseconds from a follower's taking an AppendEntries to each stage (`None`: not reached;
+/// left out of the event).
 #[derive(Debug, PartialEq, Eq)]
 struct FollowerStages {
     index: LogIndex,
-    written_us: u64,
-    persisted_us: u64,
+    written_us: Option<u64>,
+    persisted_us: Option<u64>,
     answered_us: u64,
 }
 
@@ -244,6 +259,8 @@ fn micros(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn at(us: u64) -> impl FnOnce() -> Duration {
@@ -267,38 +284,81 @@ mod tests {
         assert_eq!(probe.finish(4, at(500)), None, "not applied yet");
         let expected = Stages {
             index: 5,
-            sent_us: 10,
-            written_us: 180,
-            persisted_us: 200,
-            acked_us: 300,
-            committed_us: 320,
+            sent_us: Some(10),
+            written_us: Some(180),
+            persisted_us: Some(200),
+            acked_us: Some(300),
+            committed_us: Some(320),
             applied_us: 350,
         };
         assert_eq!(probe.finish(5, at(450)), Some(expected));
         // The next proposal is followed from scratch.
         probe.follow(6, at(600));
         let next = probe.finish(6, at(601)).map(|s| (s.index, s.sent_us, s.applied_us));
-        assert_eq!(next, Some((6, 0, 1)));
+        assert_eq!(next, Some((6, None, 1)));
+    }
+
+    /// A stage the followed proposal never reached (a leader that committed on two
+    /// followers' acknowledgements before its own write resolved) is reported missing, not as
+    /// 0 µs (which would bias the stage's percentiles down).
+    #[test]
+    fn a_stage_never_reached_is_reported_missing_not_as_zero() {
+        let mut probe = LatencyProbe::default();
+        probe.follow(5, at(100));
+        probe.acked(5, at(400));
+        probe.committed(5, at(420));
+        let stages = probe.finish(5, at(450)).unwrap();
+        assert_eq!(stages.written_us, None, "the leader's write never resolved");
+        assert_eq!(stages.persisted_us, None, "nor did its main loop learn it");
+        assert_eq!(stages.sent_us, None, "nothing was sent");
+        assert_eq!((stages.acked_us, stages.committed_us), (Some(300), Some(320)));
+    }
+
+    /// The rejection of another AppendEntries does not let go the followed one (review L4).
+    #[test]
+    fn only_the_followed_append_entries_own_answer_lets_it_go() {
+        let mut probe = LatencyProbe::default();
+        probe.receive(3, 8, at(1_000));
+        probe.answered(2, None, at(1_010)); // an earlier AppendEntries, rejected
+        probe.answered(4, None, at(1_011)); // a later one, rejected
+        probe.written(8, Duration::from_micros(1_500));
+        probe.persisted(8, at(1_520));
+        let stages = probe.finish_received(3, Some(8), at(1_540)).map(|s| s.answered_us);
+        assert_eq!(stages, Some(540));
+        // An acknowledgement to a later AppendEntries (another leader's entries after a
+        // truncation) does not report the followed one with that write's times: it lets it go.
+        probe.receive(5, 12, at(2_000));
+        probe.written(13, Duration::from_micros(2_300));
+        assert_eq!(probe.finish_received(6, Some(13), at(2_400)), None);
+        assert!(probe.received.is_none(), "let go");
+        // Its own rejection lets it go unreported as well.
+        probe.receive(7, 20, at(3_000));
+        assert_eq!(probe.finish_received(7, None, at(3_010)), None);
+        assert!(probe.received.is_none(), "let go");
     }
 
     #[test]
     fn a_follower_reports_its_write_and_answer_since_it_took_the_request() {
         let mut probe = LatencyProbe::default();
-        probe.receive(8, at(1_000));
-        probe.receive(9, at(1_001)); // one at a time: ignored
+        probe.receive(1, 8, at(1_000));
+        probe.receive(2, 9, at(1_001)); // one at a time: ignored
         probe.written(7, Duration::from_micros(1_100)); // an earlier write
         probe.written(8, Duration::from_micros(1_500));
         probe.persisted(9, at(1_520));
-        assert_eq!(probe.finish_received(7, at(1_530)), None, "an earlier acknowledgement");
-        let expected =
-            FollowerStages { index: 8, written_us: 500, persisted_us: 520, answered_us: 540 };
-        assert_eq!(probe.finish_received(8, at(1_540)), Some(expected));
-        assert_eq!(probe.finish_received(8, at(1_541)), None, "reported once");
+        assert_eq!(probe.finish_received(0, Some(7), at(1_530)), None, "an earlier answer");
+        let expected = FollowerStages {
+            index: 8,
+            written_us: Some(500),
+            persisted_us: Some(520),
+            answered_us: 540,
+        };
+        assert_eq!(probe.finish_received(1, Some(8), at(1_540)), Some(expected));
+        assert_eq!(probe.finish_received(1, Some(8), at(1_541)), None, "reported once");
         // A rejected AppendEntries is let go: the next one is followed.
-        probe.receive(12, at(2_000));
-        probe.answered(None, at(2_001));
-        probe.receive(13, at(2_100));
-        let next = probe.finish_received(13, at(2_150)).map(|s| (s.index, s.answered_us));
+        probe.receive(3, 12, at(2_000));
+        probe.answered(3, None, at(2_001));
+        probe.receive(4, 13, at(2_100));
+        let next = probe.finish_received(4, Some(13), at(2_150)).map(|s| (s.index, s.answered_us));
         assert_eq!(next, Some((13, 50)));
     }
 }

@@ -215,7 +215,12 @@ pub struct FaultyStore {
     pub write_gate: Arc<Mutex<Option<Gate>>>,
     pub writes_started: Arc<AtomicUsize>,
     pub writes_finished: Arc<AtomicUsize>,
+    /// Called as each write ends, before its future resolves.
+    pub after_write: Arc<Mutex<Option<AfterWrite>>>,
 }
+
+/// What [`FaultyStore::after_write`] calls.
+pub type AfterWrite = Arc<dyn Fn() + Send + Sync>;
 
 #[async_trait]
 impl LogStore for FaultyStore {
@@ -237,6 +242,9 @@ impl LogStore for FaultyStore {
         }
         let result = self.inner.write(batch).await;
         self.writes_finished.fetch_add(1, Ordering::SeqCst);
+        if let Some(after_write) = self.after_write.lock().unwrap().clone() {
+            after_write();
+        }
         result
     }
     async fn read(
