@@ -8,8 +8,9 @@
 //! wake it, and the main loop takes every proposal gathered meanwhile with one lock.
 //!
 //! Bounded by the proposal slots: every proposal in the buffer holds one of the node's
-//! `max_pending_proposals` permits. Closed with the input queue (`Inputs::close`): what it still
-//! holds is dropped (the proposers see `Shutdown`), and later proposals are refused.
+//! `max_pending_proposals` permits. Closed with the input queue (`Inputs::close`, or when the
+//! main loop's task is dropped without it): what it still holds is dropped (the proposers see
+//! `Shutdown`), and later proposals are refused.
 
 use std::sync::Mutex;
 
@@ -98,6 +99,8 @@ impl Inbox {
 /// lose it (no later proposal would send another while this one is due).
 pub(crate) fn wake_main_loop(inputs: &Sender<Input>, runtime: &dyn Runtime) {
     match inputs.try_send(Input::Proposals) {
+        // Closed: whoever closed the queue closed the inbox too (`Inputs::close`, or dropping
+        // `Inputs`), which dropped this proposal and refuses later ones.
         Ok(()) | Err(TrySendError::Closed(_)) => {}
         Err(TrySendError::Full(wake)) => {
             let inputs = inputs.clone();

@@ -61,6 +61,17 @@ impl Inputs {
     }
 }
 
+/// The main loop's task can also be dropped without [`Inputs::close`] (its runtime shut down,
+/// a simulated crash): the input queue then closes with its receiver, and the proposal inbox,
+/// shared with the node's handles, is closed here, so that later proposals are refused and
+/// queued ones dropped (their proposers see `Shutdown`) instead of waiting for a main loop
+/// that is gone.
+impl Drop for Inputs {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
 impl Input {
     /// The failure this input reports, if it reports one.
     fn failure(&self) -> Option<FatalError> {
@@ -228,6 +239,38 @@ mod tests {
         let mut watch = super::super::StatusWatch::new(ends.status.clone());
         assert_eq!(futures::executor::block_on(watch.changed()), None, "watchers see the end");
         assert_eq!(futures::executor::block_on(done_rx.next()), None, "the task is done");
+    }
+
+    /// The main loop's task dropped without a stop (its runtime gone): the proposal inbox
+    /// closes with `Inputs`, so a proposal queued there is dropped and later ones are refused.
+    #[test]
+    fn dropping_the_inputs_closes_the_inbox() {
+        let (_inputs_tx, inputs_rx) = async_channel::bounded(8);
+        let inbox = Arc::new(super::super::inbox::Inbox::default());
+        let ends = Inputs {
+            receiver: inputs_rx,
+            inbox: inbox.clone(),
+            status: StatusCell::new(status()),
+            fatal: Arc::new(Mutex::new(None)),
+        };
+        let slots = Arc::new(async_lock::Semaphore::new(2));
+        let proposal = |slots: &Arc<async_lock::Semaphore>| {
+            let (reply, answer) = futures::channel::oneshot::channel();
+            let proposed = super::super::inbox::Proposed {
+                command: bytes::Bytes::from_static(b"x"),
+                permit: slots.try_acquire_arc().unwrap(),
+                reply: super::super::ProposeReply::Applied(reply),
+            };
+            (proposed, answer)
+        };
+        let (queued, answer) = proposal(&slots);
+        assert!(inbox.push(queued).is_ok());
+        drop(ends);
+        let answered = futures::FutureExt::now_or_never(answer);
+        assert!(matches!(answered, Some(Err(_))), "the queued proposal is dropped");
+        assert_eq!(slots.available_permits(), 2, "its slot is back");
+        let (later, _answer) = proposal(&slots);
+        assert!(inbox.push(later).is_err(), "later proposals are refused");
     }
 
     /// A panicking task other than the main loop reports the panic to the main loop.
