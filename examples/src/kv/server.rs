@@ -56,7 +56,7 @@ pub struct ClientService {
     pub group: GroupId,
     /// Whether the service has more than one group: then `member remove` of a node this group
     /// never had records its tombstone here ([`Op::Tombstone`]) instead of failing (see
-    /// [`ClientService::tombstone`] for a tombstone racing a `member add` of the same id).
+    /// `ClientService::tombstone` for a tombstone racing a `member add` of the same id).
     pub sharded: bool,
 }
 
