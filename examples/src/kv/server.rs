@@ -192,13 +192,12 @@ impl ClientService {
                     }
                     _ => Duration::ZERO,
                 } + REQUEST_TIMEOUT;
-                within(&*self.clock, limit, self.handle_member(request)).await.unwrap_or_else(
-                    || {
-                        ClientResponse::Unknown(
-                            "the node did not finish the request in time".into(),
-                        )
-                    },
-                )
+                // Boxed: a membership change's future is large and rare; inline, it would
+                // size the future of every request (reads included) held per open stream.
+                let change = Box::pin(self.handle_member(request));
+                within(&*self.clock, limit, change).await.unwrap_or_else(|| {
+                    ClientResponse::Unknown("the node did not finish the request in time".into())
+                })
             }
             ClientRequest::Admin(AdminRequest::Partition { blocked }) => {
                 if !self.fault_injection {
