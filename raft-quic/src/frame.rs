@@ -426,24 +426,27 @@ async fn read_exact(
     Ok(())
 }
 
+/// Reads a frame header from `recv`, not yet checked.
+pub(crate) async fn read_raw_header(
+    recv: &mut quinn::RecvStream,
+) -> Result<[u8; HEADER_LEN], ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
+    Ok(header)
+}
+
+/// Whether `header` announces a batch (or an answer on a batch's stream): its kind byte is
+/// [`BATCH_KIND`], whether or not the rest of the header is valid.
+pub(crate) fn announces_batch(header: &[u8; HEADER_LEN]) -> bool {
+    header[HEADER_LEN - 1] == BATCH_KIND
+}
+
 /// Reads a frame header from `recv` and returns the length of what follows it.
 pub(crate) async fn read_header(
     recv: &mut quinn::RecvStream,
     max_frame_size: u32,
 ) -> Result<usize, ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
-    Ok(decode_header(header, max_frame_size)?)
-}
-
-/// Reads a frame header of either kind from `recv`: the kind and the length of what follows.
-pub(crate) async fn read_any_header(
-    recv: &mut quinn::RecvStream,
-    max_frame_size: u32,
-) -> Result<(FrameKind, usize), ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
-    Ok(decode_any_header(header, max_frame_size)?)
+    Ok(decode_header(read_raw_header(recv).await?, max_frame_size)?)
 }
 
 /// An answer frame read from a batch's stream: the position it answers, its body decoded (or

@@ -94,29 +94,37 @@ enum Inbound {
 }
 
 /// Reads what a stream of `peer` brings: the frame header, then one request or a batch.
+/// Sets `batch` once the header is read, if its kind byte announces a batch (even if the rest
+/// of the header is refused), for the caller to count a batch refused whole. The requests of a
+/// batch refused alone are counted (and logged) here, when they are found, whatever becomes
+/// of their answers; the frame's bytes once it is read whole.
 async fn read_inbound(
     recv: &mut RecvStream,
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
     counters: &PeerCounters,
+    batch: &mut bool,
 ) -> Result<(Inbound, Reservation), RequestError> {
-    let (kind, len) = frame::read_any_header(recv, shared.limits.max_frame_size).await?;
-    counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
-    match kind {
+    let header = frame::read_raw_header(recv).await?;
+    *batch = frame::announces_batch(&header);
+    let (kind, len) = frame::decode_any_header(header, shared.limits.max_frame_size)
+        .map_err(ReadFrameError::from)?;
+    let read = match kind {
         FrameKind::Single => {
             let (request, held) = read_request(recv, len, peer, shared, budget).await?;
-            Ok((Inbound::Lone(request), held))
+            (Inbound::Lone(request), held)
         }
         FrameKind::Batch => {
-            let read = read_batch(recv, len, peer, shared, budget).await;
-            if let Err(RequestError::Busy | RequestError::Read(ReadFrameError::Frame(_))) = &read {
-                shared.bad_batches.fetch_add(1, Ordering::Relaxed);
+            let (requests, held) = read_batch(recv, len, peer, shared, budget).await?;
+            for refusal in requests.iter().filter_map(|request| request.as_ref().err()) {
+                refused_alone(shared, peer, refusal, counters);
             }
-            let (requests, held) = read?;
-            Ok((Inbound::Batch(requests), held))
+            (Inbound::Batch(requests), held)
         }
-    }
+    };
+    counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
+    Ok(read)
 }
 
 /// The bytes a frame body of `body_len` bytes takes from the budget before it is read: those
@@ -226,12 +234,19 @@ async fn serve_stream(
     counters: PeerCounters,
 ) {
     let limits = &shared.limits;
-    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters);
+    let mut batch = false;
+    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters, &mut batch);
     let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
     let read = timeout(&*shared.runtime, limits.rpc_timeout, read).await;
+    // A frame that announced a batch and was refused whole: counted once, here.
+    let bad_batch = |batch: bool| {
+        if batch {
+            shared.bad_batches.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let (response, held) = match read {
         Ok(Ok((Inbound::Lone(request), held))) => {
             drop(recv);
@@ -242,7 +257,8 @@ async fn serve_stream(
             return serve_batch(send, requests, held, peer, &shared, &counters).await;
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
+            bad_batch(batch);
             shared
                 .inbound
                 .warn(peer, format_args!("closing stream {}: bad request: {e}", recv.id()));
@@ -253,7 +269,7 @@ async fn serve_stream(
             return;
         }
         Ok(Err(RequestError::SenderMismatch(claimed))) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
             refused_sender(&shared, peer, claimed);
             let _ = recv.stop(code::SENDER_MISMATCH);
             let refusal = Refusal::SenderMismatch { claimed, authenticated: peer };
@@ -264,7 +280,8 @@ async fn serve_stream(
             return reject(&mut recv, &mut send, code::BUSY);
         }
         Err(_) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
+            bad_batch(batch);
             let timeout = limits.rpc_timeout;
             shared
                 .inbound
@@ -287,6 +304,12 @@ async fn serve_stream(
     }
 }
 
+/// Counts a bad request of `peer` (its metric and the network's total).
+fn bad_request(shared: &Shared, counters: &PeerCounters) {
+    counters.bad_requests.increment(1);
+    shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+}
+
 fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
     shared.inbound.warn(
         peer,
@@ -300,7 +323,7 @@ fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
 /// counts it as a bad request unless it was only refused as busy (as a lone request is).
 fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &PeerCounters) {
     if *refusal != Refusal::Busy {
-        counters.bad_requests.increment(1);
+        bad_request(shared, counters);
     }
     match refusal {
         Refusal::SenderMismatch { claimed, .. } => refused_sender(shared, peer, *claimed),
@@ -341,7 +364,9 @@ async fn write_answer(
 /// Answers the requests of a batch, each handled as a lone request would be and all at once:
 /// each answer is written (with its position) as soon as its handler finishes, so a slow
 /// handler holds up no other request's answer. A request refused when it was read (another
-/// sender, undecodable, over budget) gets its refusal as its answer.
+/// sender, undecodable, over budget) gets its refusal as its answer (it was counted and logged
+/// then). If an answer cannot be written, the stream is given up and the handlers still
+/// running are dropped.
 async fn serve_batch(
     mut send: SendStream,
     requests: Vec<Result<Envelope, Refusal>>,
@@ -356,10 +381,8 @@ async fn serve_batch(
         .map(|(position, request)| async move {
             let response = match request {
                 Ok(request) => respond(shared, peer, request).await,
-                Err(refusal) => {
-                    refused_alone(shared, peer, &refusal, counters);
-                    WireResponse::Refused(refusal)
-                }
+                // Counted when it was read.
+                Err(refusal) => WireResponse::Refused(refusal),
             };
             (position, response)
         })

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
@@ -334,6 +335,99 @@ async fn hostile_batches_close_nothing_but_themselves() {
     net.close().await;
 }
 
+/// A batch frame refused at its header (a length of 0, a length above the maximum frame size:
+/// refused before its body is read) or not received whole within the RPC timeout is a bad
+/// batch like one refused later, and counted once: one bad batch and one bad request each.
+/// (Before, only a batch refused after its header was read whole was counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_at_its_header_or_stalled_is_counted_once() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    let max_frame_size = test_config(&ca, 1, loopback()).max_frame_size;
+    let mut oversized = vec![0, 0, 0, 0, BATCH_KIND, 0, 1];
+    oversized[..4].copy_from_slice(&(max_frame_size + 1).to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, quinn::VarInt)> = vec![
+        ("a batch header of length 0", vec![0, 0, 0, 0, BATCH_KIND], code::DECODE_ERROR),
+        ("a batch header above the maximum frame size", oversized, code::FRAME_TOO_LARGE),
+    ];
+    let mut refused = 0;
+    for (name, bytes, expected) in cases {
+        match exchange(&rt, &conn, name, &bytes).await {
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(code, expected, "case {name}: wrong reset code")
+            }
+            other => panic!("case {name}: expected a reset stream, got {other:?}"),
+        }
+        refused += 1;
+        assert_eq!(net.bad_batches_received(), refused, "case {name}");
+        assert_eq!(net.bad_requests_received(), refused, "case {name}: one bad request");
+    }
+    // A batch whose last bytes never come (the stream stays open): refused once the RPC timeout
+    // (300 ms here) passes.
+    let valid = batch(&[Envelope::new(1, heartbeat(2)).with_group_id(1)]);
+    let stalled = bounded(&rt, "a stalled batch", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&valid[..valid.len() - 1]).await.unwrap();
+        let read = recv.read_to_end(1 << 20).await;
+        drop(send);
+        read
+    })
+    .await;
+    match stalled {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, code::TIMEOUT)
+        }
+        other => panic!("a stalled batch: expected a reset stream, got {other:?}"),
+    }
+    assert_eq!(net.bad_batches_received(), refused + 1, "a stalled batch");
+    assert_eq!(net.bad_requests_received(), refused + 1, "a stalled batch: one bad request");
+    assert_eq!(handlers[&1].calls(), 0);
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
+/// The bad requests of a well-formed batch are counted when they are found, before any answer
+/// is written: here the peer stops reading the batch's stream before its last byte is sent, so
+/// writing the first answer (a good request's, handled at once) fails, and the two undecodable
+/// requests behind it are still counted. (Before, a request refused alone was counted only
+/// when its answer's turn came, and these two never were.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_written() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    let beat = Envelope::new(1, heartbeat(2)).with_group_id(1);
+    let good = frame::encode_request(&beat, 1 << 20).unwrap();
+    let undecodable = raw_request(2, &[0xff; 4]);
+    let bytes = raw_batch(&[&good, &undecodable, &undecodable]);
+    bounded(&rt, "a batch whose answers are not read", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        recv.stop(0u32.into()).unwrap();
+        // A lone request's round trip on another stream: node 1 has had the stop by then.
+        let lone = frame::encode_request(&beat, 1 << 20).unwrap();
+        exchange(&rt, &conn, "a lone request", &lone).await.unwrap();
+        send.write_all(&bytes[bytes.len() - 1..]).await.unwrap();
+        send.finish().unwrap();
+    })
+    .await;
+    let handler = &handlers[&1];
+    eventually(&rt, "the batch's good request handled", Duration::from_millis(10), || {
+        let calls = handler.calls();
+        async move { (calls == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(net.bad_requests_received(), 2, "the two undecodable requests");
+    assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
 /// A request inside a batch whose structure holds (its count and every request frame's header
 /// and length fill it exactly) stands alone: one whose body does not decode, one over the
 /// receiver's decoding budget and one whose body names another sender than its header are each
@@ -455,8 +549,7 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
             Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
                 let error = error.to_string();
                 assert!(error.contains("reset") || error.contains("stopped"), "{error}");
-                // Refused at its header, before it is known to be a batch (so it is counted as
-                // a bad frame, not a bad batch).
+                // Refused at its header, before its body is read.
                 let too_large = format!("(code {})", code::FRAME_TOO_LARGE);
                 assert!(error.contains(&too_large), "{error}")
             }
@@ -464,6 +557,7 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
         }
     }
     assert_eq!(net1.peer_stats(2).batches_sent, 1);
+    assert_eq!(net2.bad_batches_received(), 1, "refused at its header, counted once");
     assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 1, "the opener only");
     bounded(&rt, "a lone append", net1.send(append(1))).await.unwrap();
     net1.close().await;
