@@ -448,8 +448,11 @@ impl Client {
 
     /// Reads the answers on a batch's stream and hands each to its caller (`answers`, by
     /// position) as it arrives; an answer that does not decode fails its own caller only (the
-    /// stream is still in step); the callers left without one when the stream ends, fails or
-    /// loses its framing get the error.
+    /// stream is still in step); an answer for a position nobody awaits (never part of the
+    /// batch, or answered already) is ignored and counted, as its length keeps the stream in
+    /// step too; the callers left without one when the stream ends, fails or loses its framing
+    /// get the error. (Within the RPC timeout of [`send_batch`](Self::send_batch), so a peer
+    /// sending stray answers without end holds its batch's callers no longer than that.)
     async fn read_answers(&self, peer: &Peer, mut sent: Sent, mut answers: Vec<Option<Answer>>) {
         let limits = &self.shared.limits;
         let mut left = answers.len();
@@ -468,9 +471,9 @@ impl Client {
                     let Some(caller) =
                         answers.get_mut(usize::from(position)).and_then(Option::take)
                     else {
-                        let what =
-                            format!("an answer to request {position} of the batch, not awaited");
-                        break NetworkError::Codec(what);
+                        // Its framing is intact, so the stream is still in step: ignored.
+                        self.stray_answer(peer, position);
+                        continue;
                     };
                     left -= 1;
                     let result = match response {
@@ -550,6 +553,19 @@ impl Client {
             ReadFrameError::Stream(other) => unreachable(peer.id, other),
             ReadFrameError::Frame(e) => self.bad_response(peer, e),
         }
+    }
+
+    /// A well-framed answer of `peer` on a batch's stream for a `position` nobody awaits: a
+    /// protocol violation by the peer, counted and logged (at most once per interval per peer),
+    /// and otherwise ignored.
+    fn stray_answer(&self, peer: &Peer, position: u16) {
+        self.shared.stray_answers.fetch_add(1, Ordering::Relaxed);
+        self.shared.inbound.warn(
+            peer.id,
+            format_args!(
+                "ignoring its answer to position {position} of a batch: no request there awaits one"
+            ),
+        );
     }
 
     /// A response frame of `peer` that is not valid: warned about (at most once per interval)

@@ -89,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) bad_batches: AtomicU64,
     /// Inbound requests refused as bad (see [`QuicNetwork::bad_requests_received`]).
     pub(crate) bad_requests: AtomicU64,
+    /// Answers ignored as stray (see [`QuicNetwork::stray_answers_received`]).
+    pub(crate) stray_answers: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -347,6 +349,7 @@ impl QuicNetwork {
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             bad_batches: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
+            stray_answers: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let configured: BTreeMap<NodeId, SocketAddr> = config
@@ -556,6 +559,14 @@ impl QuicNetwork {
     /// batch is read, whether or not its answer can be written.
     pub fn bad_requests_received(&self) -> u64 {
         self.shared().bad_requests.load(Ordering::Relaxed)
+    }
+
+    /// The answer frames on this node's batch streams that were ignored, all peers together:
+    /// well-framed answers for a position nobody awaits (never part of the batch, or answered
+    /// already). Each is a protocol violation by the peer (logged at most once per interval
+    /// per peer); the batch's other callers still get their answers.
+    pub fn stray_answers_received(&self) -> u64 {
+        self.shared().stray_answers.load(Ordering::Relaxed)
     }
 
     /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.

@@ -597,13 +597,24 @@ async fn a_request_of_a_batch_over_the_receivers_budget_fails_its_caller_alone()
     net2.close().await;
 }
 
+/// What a [`scripted_peer`] writes on a batch's stream, in order.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The answer to the request at `request` of the batch, labelled with `position`.
+    Answer { position: u16, request: usize },
+    /// An answer frame for `position` whose framing is intact but whose body is garbage.
+    Garbage(u16),
+    /// A frame header announcing more bytes than follow (the stream ends inside it).
+    Truncated,
+}
+
 /// A hostile node 2 for `net` (node 1 dials it): answers a lone request, and on a batch's
-/// stream answers every request of group 2 with an answer frame whose framing is intact (its
-/// length and position) but whose body is garbage, every other request well.
-async fn garbling_peer(
+/// stream writes what `script` makes of the batch's requests, then ends the stream.
+async fn scripted_peer(
     rt: &Arc<dyn Runtime>,
     ca: &ClusterCa,
     net: &QuicNetwork,
+    script: impl Fn(&[Envelope]) -> Vec<Step> + Send + 'static,
 ) -> quinn::Endpoint {
     let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
@@ -624,16 +635,22 @@ async fn garbling_peer(
                 send.write_all(&frame::encode(&response, 1 << 20).unwrap()).await.unwrap();
             } else {
                 let (requests, _) = frame::decode_batch(&bytes, 1 << 20, LIMITS).unwrap();
-                for (position, (_, request)) in requests.into_iter().enumerate() {
-                    let position = position as u16;
-                    let answer = if request.group_id == 2 {
-                        let mut garbage = vec![0, 0, 0, 0, BATCH_KIND];
-                        garbage.extend(position.to_be_bytes());
-                        garbage.extend([0xff; 6]);
-                        fix_length(garbage)
-                    } else {
-                        let response = WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
-                        frame::encode_answer(position, &response, 1 << 20).unwrap().to_vec()
+                let requests: Vec<Envelope> = requests.into_iter().map(|(_, r)| r).collect();
+                for step in script(&requests) {
+                    let answer = match step {
+                        Step::Answer { position, request } => {
+                            let request = requests[request].clone();
+                            let response =
+                                WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
+                            frame::encode_answer(position, &response, 1 << 20).unwrap().to_vec()
+                        }
+                        Step::Garbage(position) => {
+                            let mut garbage = vec![0, 0, 0, 0, BATCH_KIND];
+                            garbage.extend(position.to_be_bytes());
+                            garbage.extend([0xff; 6]);
+                            fix_length(garbage)
+                        }
+                        Step::Truncated => vec![0, 0, 0, 100, BATCH_KIND, 0],
                     };
                     send.write_all(&answer).await.unwrap();
                 }
@@ -642,6 +659,22 @@ async fn garbling_peer(
         }
     });
     endpoint
+}
+
+/// A [`scripted_peer`] that answers every request of group 2 with garbage, every other well.
+async fn garbling_peer(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    net: &QuicNetwork,
+) -> quinn::Endpoint {
+    scripted_peer(rt, ca, net, |requests| {
+        let step = |(request, envelope): (usize, &Envelope)| match envelope.group_id {
+            2 => Step::Garbage(request as u16),
+            _ => Step::Answer { position: request as u16, request },
+        };
+        requests.iter().enumerate().map(step).collect()
+    })
+    .await
 }
 
 /// An answer on a batch's stream whose body does not decode, but whose frame (its length and
@@ -669,6 +702,72 @@ async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
             assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
         }
     }
+    net.close().await;
+    endpoint.close(0u32.into(), b"");
+}
+
+/// Answers on a batch's stream whose framing is intact but whose position nobody awaits (one
+/// never in the batch, one already answered) are ignored and counted: every caller of the
+/// batch still gets its own answer. (Before, the first such answer failed every caller still
+/// waiting.)
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// batch holds them all.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_for_positions_nobody_awaits_are_ignored_and_counted() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let endpoint = scripted_peer(&rt, &ca, &net, |_| {
+        vec![
+            Step::Answer { position: 9, request: 0 },
+            Step::Answer { position: 0, request: 0 },
+            Step::Answer { position: 0, request: 0 },
+            Step::Answer { position: 2, request: 2 },
+            Step::Answer { position: 1, request: 1 },
+        ]
+    })
+    .await;
+    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
+    // The opener goes alone (nothing awaited an answer); the others share a batch.
+    let sends = [beat(1), beat(1), beat(2), beat(3)];
+    let answers = bounded(&rt, "a batch with stray answers", join_all(sends)).await;
+    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
+    }
+    assert_eq!(net.stray_answers_received(), 2, "position 9, and position 0 again");
+    net.close().await;
+    endpoint.close(0u32.into(), b"");
+}
+
+/// Once the framing of a batch's stream breaks (a frame that announces more bytes than
+/// follow), nothing after it can be attributed: every caller still waiting fails, those
+/// answered before keep their answer.
+// One thread: requests "issued together" are all queued before any send task runs, so the
+// batch holds them all.
+#[tokio::test(flavor = "current_thread")]
+async fn a_broken_answer_framing_fails_every_caller_still_waiting() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let endpoint = scripted_peer(&rt, &ca, &net, |_| {
+        vec![Step::Answer { position: 1, request: 1 }, Step::Truncated]
+    })
+    .await;
+    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
+    let sends = [beat(1), beat(1), beat(2), beat(3)];
+    let answers = bounded(&rt, "a batch with a broken framing", join_all(sends)).await;
+    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i == 0 || i == 2 {
+            assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
+        } else {
+            assert!(matches!(answer, Err(NetworkError::Codec(_))), "request {i}: {answer:?}");
+        }
+    }
+    assert_eq!(net.stray_answers_received(), 0);
     net.close().await;
     endpoint.close(0u32.into(), b"");
 }
