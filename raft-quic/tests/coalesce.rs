@@ -212,6 +212,13 @@ async fn raw_peer_with(
     (net, handler, endpoint, conn)
 }
 
+/// Closes what [`raw_peer`] made.
+async fn close_raw(net: &QuicNetwork, endpoint: &quinn::Endpoint, conn: &quinn::Connection) {
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
 /// Writes `bytes` on a new stream of `conn` and reads everything that comes back.
 async fn exchange(
     rt: &Arc<dyn Runtime>,
@@ -227,6 +234,16 @@ async fn exchange(
         recv.read_to_end(1 << 20).await
     })
     .await
+}
+
+/// Checks that what came back on a stream (case `what`) is its reset with `expected`.
+fn assert_reset(read: Result<Vec<u8>, quinn::ReadToEndError>, expected: quinn::VarInt, what: &str) {
+    match read {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, expected, "case {what}: wrong reset code")
+        }
+        other => panic!("case {what}: expected a reset stream, got {other:?}"),
+    }
 }
 
 /// The answers on a batch's stream, by position.
@@ -316,12 +333,7 @@ async fn hostile_batches_close_nothing_but_themselves() {
     ];
     let malformed = cases.len() as u64;
     for (name, bytes, expected) in cases {
-        match exchange(&rt, &conn, name, &bytes).await {
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-                assert_eq!(code, expected, "case {name}: wrong reset code")
-            }
-            other => panic!("case {name}: expected a reset stream, got {other:?}"),
-        }
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, expected, name);
     }
     assert_eq!(net.bad_batches_received(), malformed);
     assert_eq!(handler.calls(), 2, "no request of a malformed batch reached the handler");
@@ -330,9 +342,7 @@ async fn hostile_batches_close_nothing_but_themselves() {
     let bytes = exchange(&rt, &conn, "a valid batch", &valid).await.unwrap();
     assert_eq!(answers(&bytes).len(), 2);
     assert_eq!(handler.calls(), 4);
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// A batch frame refused at its header (a length of 0, a length above the maximum frame size:
@@ -354,12 +364,7 @@ async fn a_batch_refused_at_its_header_or_stalled_is_counted_once() {
     ];
     let mut refused = 0;
     for (name, bytes, expected) in cases {
-        match exchange(&rt, &conn, name, &bytes).await {
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-                assert_eq!(code, expected, "case {name}: wrong reset code")
-            }
-            other => panic!("case {name}: expected a reset stream, got {other:?}"),
-        }
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, expected, name);
         refused += 1;
         assert_eq!(net.bad_batches_received(), refused, "case {name}");
         assert_eq!(net.bad_requests_received(), refused, "case {name}: one bad request");
@@ -375,18 +380,11 @@ async fn a_batch_refused_at_its_header_or_stalled_is_counted_once() {
         read
     })
     .await;
-    match stalled {
-        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-            assert_eq!(code, code::TIMEOUT)
-        }
-        other => panic!("a stalled batch: expected a reset stream, got {other:?}"),
-    }
+    assert_reset(stalled, code::TIMEOUT, "a stalled batch");
     assert_eq!(net.bad_batches_received(), refused + 1, "a stalled batch");
     assert_eq!(net.bad_requests_received(), refused + 1, "a stalled batch: one bad request");
     assert_eq!(handlers[&1].calls(), 0);
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// The bad requests of a well-formed batch are counted when they are found, before any answer
@@ -423,9 +421,7 @@ async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_w
     .await;
     assert_eq!(net.bad_requests_received(), 2, "the two undecodable requests");
     assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// A request inside a batch whose structure holds (its count and every request frame's header
@@ -472,9 +468,7 @@ async fn a_bad_request_in_a_well_formed_batch_is_refused_alone() {
     malformed(4, "names sender 3");
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 1));
     assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// A request of a well-formed batch whose elements do not fit the receiver's memory budget for
@@ -504,9 +498,7 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     assert_eq!(answered[&1], WireResponse::Refused(Refusal::Busy));
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 0));
     assert_eq!(net.bad_batches_received(), 0);
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// Node 1 sending to node 2, which serves groups 1 and 2 with its configuration changed by
@@ -661,40 +653,47 @@ async fn scripted_peer(
     endpoint
 }
 
-/// A [`scripted_peer`] that answers every request of group 2 with garbage, every other well.
-async fn garbling_peer(
-    rt: &Arc<dyn Runtime>,
-    ca: &ClusterCa,
-    net: &QuicNetwork,
-) -> quinn::Endpoint {
-    scripted_peer(rt, ca, net, |requests| {
-        let step = |(request, envelope): (usize, &Envelope)| match envelope.group_id {
-            2 => Step::Garbage(request as u16),
-            _ => Step::Answer { position: request as u16, request },
-        };
-        requests.iter().enumerate().map(step).collect()
-    })
-    .await
+/// A [`scripted_peer`]'s script: every request of group 2 answered with garbage, every other
+/// well.
+fn garbling(requests: &[Envelope]) -> Vec<Step> {
+    let step = |(request, envelope): (usize, &Envelope)| match envelope.group_id {
+        2 => Step::Garbage(request as u16),
+        _ => Step::Answer { position: request as u16, request },
+    };
+    requests.iter().enumerate().map(step).collect()
+}
+
+/// Node 1 sends four heartbeats issued together (groups 1, 1, 2, 3) to a [`scripted_peer`]
+/// running `script`: the first goes alone (nothing awaited an answer), the three others share
+/// one batch (positions 0, 1 and 2: groups 1, 2 and 3). Returns each caller's result, in order,
+/// and the answers node 1 ignored as stray. Run on one thread: requests "issued together" are
+/// then all queued before any send task runs, so the batch holds them all.
+async fn four_heartbeats_to(
+    script: impl Fn(&[Envelope]) -> Vec<Step> + Send + 'static,
+) -> (Vec<Result<RpcResponse, NetworkError>>, u64) {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let endpoint = scripted_peer(&rt, &ca, &net, script).await;
+    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
+    let sends = [beat(1), beat(1), beat(2), beat(3)];
+    let answers = bounded(&rt, "four heartbeats", join_all(sends)).await;
+    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    let stray = net.stray_answers_received();
+    net.close().await;
+    endpoint.close(0u32.into(), b"");
+    (answers, stray)
 }
 
 /// An answer on a batch's stream whose body does not decode, but whose frame (its length and
 /// position) is intact, fails its own caller only: the answers after it are still read and
 /// handed to their callers. (Before, it failed every caller still waiting in the batch.)
-// One thread: requests "issued together" are all queued before any send task runs, so the
-// batch holds them all.
+// One thread: see `four_heartbeats_to`.
 #[tokio::test(flavor = "current_thread")]
 async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    let endpoint = garbling_peer(&rt, &ca, &net).await;
-    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
-    // The opener goes alone (nothing awaited an answer); the others share a batch, in which
-    // group 2's answer (second of three) is garbage.
-    let sends = [beat(1), beat(1), beat(2), beat(3)];
-    let answers = bounded(&rt, "a batch with a garbled answer", join_all(sends)).await;
-    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    // Group 2's answer (second of the batch's three) is garbage.
+    let (answers, _) = four_heartbeats_to(garbling).await;
     for (i, answer) in answers.into_iter().enumerate() {
         if i == 2 {
             assert!(matches!(answer, Err(NetworkError::Codec(_))), "group 2: {answer:?}");
@@ -702,23 +701,16 @@ async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
             assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
         }
     }
-    net.close().await;
-    endpoint.close(0u32.into(), b"");
 }
 
 /// Answers on a batch's stream whose framing is intact but whose position nobody awaits (one
 /// never in the batch, one already answered) are ignored and counted: every caller of the
 /// batch still gets its own answer. (Before, the first such answer failed every caller still
 /// waiting.)
-// One thread: requests "issued together" are all queued before any send task runs, so the
-// batch holds them all.
+// One thread: see `four_heartbeats_to`.
 #[tokio::test(flavor = "current_thread")]
 async fn answers_for_positions_nobody_awaits_are_ignored_and_counted() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    let endpoint = scripted_peer(&rt, &ca, &net, |_| {
+    let (answers, stray) = four_heartbeats_to(|_| {
         vec![
             Step::Answer { position: 9, request: 0 },
             Step::Answer { position: 0, request: 0 },
@@ -728,38 +720,21 @@ async fn answers_for_positions_nobody_awaits_are_ignored_and_counted() {
         ]
     })
     .await;
-    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
-    // The opener goes alone (nothing awaited an answer); the others share a batch.
-    let sends = [beat(1), beat(1), beat(2), beat(3)];
-    let answers = bounded(&rt, "a batch with stray answers", join_all(sends)).await;
-    assert_eq!(net.peer_stats(2).batches_sent, 1);
     for (i, answer) in answers.into_iter().enumerate() {
         assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
     }
-    assert_eq!(net.stray_answers_received(), 2, "position 9, and position 0 again");
-    net.close().await;
-    endpoint.close(0u32.into(), b"");
+    assert_eq!(stray, 2, "position 9, and position 0 again");
 }
 
 /// Once the framing of a batch's stream breaks (a frame that announces more bytes than
 /// follow), nothing after it can be attributed: every caller still waiting fails, those
 /// answered before keep their answer.
-// One thread: requests "issued together" are all queued before any send task runs, so the
-// batch holds them all.
+// One thread: see `four_heartbeats_to`.
 #[tokio::test(flavor = "current_thread")]
 async fn a_broken_answer_framing_fails_every_caller_still_waiting() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    let endpoint = scripted_peer(&rt, &ca, &net, |_| {
-        vec![Step::Answer { position: 1, request: 1 }, Step::Truncated]
-    })
-    .await;
-    let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
-    let sends = [beat(1), beat(1), beat(2), beat(3)];
-    let answers = bounded(&rt, "a batch with a broken framing", join_all(sends)).await;
-    assert_eq!(net.peer_stats(2).batches_sent, 1);
+    let (answers, stray) =
+        four_heartbeats_to(|_| vec![Step::Answer { position: 1, request: 1 }, Step::Truncated])
+            .await;
     for (i, answer) in answers.into_iter().enumerate() {
         if i == 0 || i == 2 {
             assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
@@ -767,9 +742,7 @@ async fn a_broken_answer_framing_fails_every_caller_still_waiting() {
             assert!(matches!(answer, Err(NetworkError::Codec(_))), "request {i}: {answer:?}");
         }
     }
-    assert_eq!(net.stray_answers_received(), 0);
-    net.close().await;
-    endpoint.close(0u32.into(), b"");
+    assert_eq!(stray, 0);
 }
 
 /// A runtime that shuts down while small requests are queued behind one still being sent (its
