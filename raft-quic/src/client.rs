@@ -449,29 +449,42 @@ impl Client {
     /// Reads the answers on a batch's stream and hands each to its caller (`answers`, by
     /// position) as it arrives; an answer that does not decode fails its own caller only (the
     /// stream is still in step); an answer for a position nobody awaits (never part of the
-    /// batch, or answered already) is ignored and counted, as its length keeps the stream in
-    /// step too; the callers left without one when the stream ends, fails or loses its framing
-    /// get the error. (Within the RPC timeout of [`send_batch`](Self::send_batch), so a peer
-    /// sending stray answers without end holds its batch's callers no longer than that.)
+    /// batch, or answered already) is skipped undecoded, ignored and counted, as its length
+    /// keeps the stream in step too, but only as many as the batch has requests (a correct peer
+    /// sends none): one more is taken for broken framing. The callers left without an answer
+    /// when the stream ends, fails or loses its framing get the error. So a batch's reader
+    /// reads at most twice as many frames as the batch has requests, plus one, whatever the
+    /// peer sends (a peer writing stray answers without end does not keep it reading: the RPC
+    /// timeout alone would not stop it while the frames keep coming, as reading buffered data
+    /// never yields).
     async fn read_answers(&self, peer: &Peer, mut sent: Sent, mut answers: Vec<Option<Answer>>) {
         let limits = &self.shared.limits;
         let mut left = answers.len();
+        let mut strays_allowed = answers.len();
         let failure = loop {
             if left == 0 {
                 return;
             }
+            let awaited = |position: u16| {
+                answers.get(usize::from(position)).is_some_and(|caller| caller.is_some())
+            };
             let read = frame::read_answer::<WireResponse>(
                 &mut sent.recv,
                 limits.max_frame_size,
                 limits.decode,
+                awaited,
             );
             match read.await {
-                Ok(Some((position, response, len))) => {
+                Ok(Some((position, answered, len))) => {
                     peer.counters(self.shared.id).received_bytes.increment(len as u64);
-                    let Some(caller) =
-                        answers.get_mut(usize::from(position)).and_then(Option::take)
-                    else {
-                        // Its framing is intact, so the stream is still in step: ignored.
+                    let awaited = answers.get_mut(usize::from(position)).and_then(Option::take);
+                    let (Some(caller), Some(response)) = (awaited, answered) else {
+                        // Skipped undecoded (`awaited` said no, so no caller was taken): its
+                        // framing is intact and the stream still in step.
+                        if strays_allowed == 0 {
+                            break self.too_many_strays(peer, answers.len());
+                        }
+                        strays_allowed -= 1;
                         self.stray_answer(peer, position);
                         continue;
                     };
@@ -566,6 +579,19 @@ impl Client {
                 "ignoring its answer to position {position} of a batch: no request there awaits one"
             ),
         );
+    }
+
+    /// A stray answer of `peer` beyond the `allowed` ones (as many as its batch has requests)
+    /// on a batch's stream: the peer is taken to have lost its framing; warned about (at most
+    /// once per interval per peer, with its stray answers) and the error of the batch's
+    /// callers still waiting.
+    fn too_many_strays(&self, peer: &Peer, allowed: usize) -> NetworkError {
+        let what = format!(
+            "more answers on a batch's stream for positions nobody awaits than the {allowed} \
+             requests of the batch"
+        );
+        self.shared.inbound.warn(peer.id, format_args!("giving up a batch's stream: {what}"));
+        NetworkError::Codec(what)
     }
 
     /// A response frame of `peer` that is not valid: warned about (at most once per interval)

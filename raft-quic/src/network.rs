@@ -563,9 +563,11 @@ impl QuicNetwork {
 
     /// The answer frames on this node's batch streams that were ignored, all peers together:
     /// well-framed answers for a position nobody awaits (never part of the batch, or answered
-    /// already). Each is a protocol violation by the peer (logged at most once per interval
-    /// per peer); the batch's other callers still get their answers. Frames after the last
-    /// awaited answer are not read, so not counted.
+    /// already), read but not decoded. Each is a protocol violation by the peer (logged at most
+    /// once per interval per peer); the batch's other callers still get their answers. At most
+    /// as many per batch as it has requests: the next one is taken for broken framing (the
+    /// callers still waiting fail) and is not counted here. Frames after the last awaited
+    /// answer are not read, so not counted.
     pub fn stray_answers_received(&self) -> u64 {
         self.shared().stray_answers.load(Ordering::Relaxed)
     }
