@@ -397,7 +397,10 @@ async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_w
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
-    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    // Long: the stalled batch must stay unrefused while the lone round trip below happens,
+    // however slow the machine.
+    let patient = |config: &mut raft_quic::QuicConfig| config.rpc_timeout = Duration::from_secs(10);
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1], patient).await;
     let beat = Envelope::new(1, heartbeat(2)).with_group_id(1);
     let good = frame::encode_request(&beat, 1 << 20).unwrap();
     let undecodable = raw_request(2, &[0xff; 4]);
