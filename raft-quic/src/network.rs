@@ -544,11 +544,13 @@ impl QuicNetwork {
     /// refused: a frame whose header has the batch kind and is refused (a length of 0 or above
     /// the maximum frame size), one whose structure is broken (truncated, a count of 0 or above
     /// [`MAX_BATCH_REQUESTS`](crate::frame::MAX_BATCH_REQUESTS), fewer or more bytes than its
-    /// requests, a request frame with a bad header, a batch inside it), and one not read whole
-    /// within the RPC timeout. Each one's stream was reset, nothing else, and each is also one
-    /// bad request ([`bad_requests_received`](Self::bad_requests_received)). Not counted here: a
-    /// request of a well-formed batch refused alone (a bad request each), a batch the peer
-    /// reset itself, and one refused as busy.
+    /// requests, a request frame with a bad header, a batch inside it), and one whose bytes
+    /// did not all come within the RPC timeout. Each one's stream was reset, nothing else, and
+    /// each is also one bad request ([`bad_requests_received`](Self::bad_requests_received)).
+    /// Not counted here: a request of a well-formed batch refused alone (a bad request each), a
+    /// batch the peer reset itself, and one refused as busy (this node had no room for it: its
+    /// memory budget for the peer refused it, or kept it waiting, or the decoding thread did,
+    /// past the RPC timeout).
     pub fn bad_batches_received(&self) -> u64 {
         self.shared().bad_batches.load(Ordering::Relaxed)
     }

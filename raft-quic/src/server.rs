@@ -93,38 +93,76 @@ enum Inbound {
     Batch(Vec<Result<Envelope, Refusal>>),
 }
 
+/// How far the reading of a stream got, for [`serve_stream`] to say why it was refused if it
+/// was (the reading future is dropped then: this outlives it).
+#[derive(Debug, Default)]
+struct Progress {
+    /// The header's kind byte announced a batch (even if the rest of the header is refused):
+    /// a refusal of the frame is a bad batch.
+    batch: bool,
+    /// The reader waits for this node (room in the peer's memory budget, the decoding thread),
+    /// not for the peer's bytes: a timeout now is this node's doing, not the peer's.
+    local: bool,
+}
+
+/// Waits for `wait`, a wait for this node (not for the peer), marked as such in `progress`.
+async fn local<T>(progress: &mut Progress, wait: impl std::future::Future<Output = T>) -> T {
+    progress.local = true;
+    let done = wait.await;
+    progress.local = false;
+    done
+}
+
 /// Reads what a stream of `peer` brings: the frame header, then one request or a batch.
-/// Sets `batch` once the header is read, if its kind byte announces a batch (even if the rest
-/// of the header is refused), for the caller to count a batch refused whole. The requests of a
-/// batch refused alone are counted (and logged) here, when they are found, whatever becomes
-/// of their answers; the frame's bytes once it is read whole.
+/// Records in `progress` whether the header announces a batch and whether it waits for this
+/// node or for the peer. The frame's bytes are counted once it is read whole (whatever
+/// becomes of it); the requests of a batch refused alone are counted (and logged) here, when
+/// they are found, whatever becomes of their answers.
 async fn read_inbound(
     recv: &mut RecvStream,
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
     counters: &PeerCounters,
-    batch: &mut bool,
+    progress: &mut Progress,
 ) -> Result<(Inbound, Reservation), RequestError> {
     let header = frame::read_raw_header(recv).await?;
-    *batch = frame::announces_batch(&header);
+    progress.batch = frame::announces_batch(&header);
     let (kind, len) = frame::decode_any_header(header, shared.limits.max_frame_size)
         .map_err(ReadFrameError::from)?;
-    let read = match kind {
+    let reader = Reader { recv, len, peer, shared, budget, counters };
+    match kind {
         FrameKind::Single => {
-            let (request, held) = read_request(recv, len, peer, shared, budget).await?;
-            (Inbound::Lone(request), held)
+            let (request, held) = read_request(reader, progress).await?;
+            Ok((Inbound::Lone(request), held))
         }
         FrameKind::Batch => {
-            let (requests, held) = read_batch(recv, len, peer, shared, budget).await?;
+            let (requests, held) = read_batch(reader, progress).await?;
             for refusal in requests.iter().filter_map(|request| request.as_ref().err()) {
                 refused_alone(shared, peer, refusal, counters);
             }
-            (Inbound::Batch(requests), held)
+            Ok((Inbound::Batch(requests), held))
         }
-    };
-    counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
-    Ok(read)
+    }
+}
+
+/// What reading the rest of a frame of `peer` needs, once its header announced `len` bytes.
+struct Reader<'a> {
+    recv: &'a mut RecvStream,
+    len: usize,
+    peer: NodeId,
+    shared: &'a Shared,
+    budget: &'a Arc<MemoryBudget>,
+    counters: &'a PeerCounters,
+}
+
+impl Reader<'_> {
+    /// Reads the frame's last `body_len` bytes, and counts the frame's bytes: it is read whole.
+    async fn read_body(&mut self, body_len: usize) -> Result<Vec<u8>, ReadFrameError> {
+        let body = frame::read_body(self.recv, body_len).await?;
+        self.counters.received_bytes.increment((frame::HEADER_LEN + self.len) as u64);
+        Ok(body)
+    }
 }
 
 /// The bytes a frame body of `body_len` bytes takes from the budget before it is read: those
@@ -163,25 +201,23 @@ fn decoded<T>(result: Result<T, FrameError>) -> Result<T, RequestError> {
 /// memory budget. Returns the request and the memory it holds, to be released once it is
 /// answered.
 async fn read_request(
-    recv: &mut RecvStream,
-    len: usize,
-    peer: NodeId,
-    shared: &Shared,
-    budget: &Arc<MemoryBudget>,
+    mut reader: Reader<'_>,
+    progress: &mut Progress,
 ) -> Result<(Envelope, Reservation), RequestError> {
-    let (sender, body_len) = frame::read_sender(recv, len).await?;
+    let (peer, shared) = (reader.peer, reader.shared);
+    let (sender, body_len) = frame::read_sender(reader.recv, reader.len).await?;
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
     }
-    let reservation = reserve(shared, budget, body_len).await;
-    let body = frame::read_body(recv, body_len).await?;
+    let reservation = local(progress, reserve(shared, reader.budget, body_len)).await;
+    let body = reader.read_body(body_len).await?;
     let decode_limits = shared.limits.decode;
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
         let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
         (decoded, reservation)
     };
-    let (request, reservation) = decode_off(shared, body_len, decode).await?;
+    let (request, reservation) = local(progress, decode_off(shared, body_len, decode)).await?;
     Ok((decoded(request)?, reservation))
 }
 
@@ -194,14 +230,12 @@ async fn read_request(
 /// refused alone (`Err` of the refusal), and the others are served. A broken structure refuses
 /// the whole batch.
 async fn read_batch(
-    recv: &mut RecvStream,
-    len: usize,
-    peer: NodeId,
-    shared: &Shared,
-    budget: &Arc<MemoryBudget>,
+    mut reader: Reader<'_>,
+    progress: &mut Progress,
 ) -> Result<(Vec<Result<Envelope, Refusal>>, Reservation), RequestError> {
-    let reservation = reserve(shared, budget, len).await;
-    let body = frame::read_body(recv, len).await?;
+    let (len, peer, shared) = (reader.len, reader.peer, reader.shared);
+    let reservation = local(progress, reserve(shared, reader.budget, len)).await;
+    let body = reader.read_body(len).await?;
     let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
@@ -218,13 +252,16 @@ async fn read_batch(
             .map(|requests| requests.into_iter().map(decode_one).collect::<Vec<_>>());
         (decoded, reservation)
     };
-    let (requests, reservation) = decode_off(shared, len, decode).await?;
+    let (requests, reservation) = local(progress, decode_off(shared, len, decode)).await?;
     Ok((decoded(requests)?, reservation))
 }
 
 /// Serves one stream: reads the request frame (or batch), answers it, closes the stream. A
 /// bad frame closes this stream only, with a logged reason; the connection and every other
-/// stream carry on.
+/// stream carry on. So does a frame whose bytes do not all come within the RPC timeout (a bad
+/// one too); one that this node kept waiting that long itself (for room in the peer's memory
+/// budget, or for the decoding thread) is refused as busy, as one the budget refuses at once:
+/// neither counted nor logged as the peer's fault.
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -234,16 +271,16 @@ async fn serve_stream(
     counters: PeerCounters,
 ) {
     let limits = &shared.limits;
-    let mut batch = false;
-    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters, &mut batch);
+    let mut progress = Progress::default();
+    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters, &mut progress);
     let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
     let read = timeout(&*shared.runtime, limits.rpc_timeout, read).await;
     // A frame that announced a batch and was refused whole: counted once, here.
-    let bad_batch = |batch: bool| {
-        if batch {
+    let bad_batch = |progress: &Progress| {
+        if progress.batch {
             shared.bad_batches.fetch_add(1, Ordering::Relaxed);
         }
     };
@@ -258,7 +295,7 @@ async fn serve_stream(
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
             bad_request(&shared, &counters);
-            bad_batch(batch);
+            bad_batch(&progress);
             shared
                 .inbound
                 .warn(peer, format_args!("closing stream {}: bad request: {e}", recv.id()));
@@ -279,9 +316,16 @@ async fn serve_stream(
             debug!(node = shared.id, peer, "refusing request: connection memory budget exhausted");
             return reject(&mut recv, &mut send, code::BUSY);
         }
+        Err(_) if progress.local => {
+            // This node kept it waiting (for room in the peer's memory budget, or for the
+            // decoding thread): refused as busy, as when the budget refuses it at once.
+            let timeout = limits.rpc_timeout;
+            debug!(node = shared.id, peer, "refusing request: no room for it within {timeout:?}");
+            return reject(&mut recv, &mut send, code::BUSY);
+        }
         Err(_) => {
             bad_request(&shared, &counters);
-            bad_batch(batch);
+            bad_batch(&progress);
             let timeout = limits.rpc_timeout;
             shared
                 .inbound

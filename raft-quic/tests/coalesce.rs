@@ -212,6 +212,16 @@ async fn raw_peer_with(
     (net, handler, endpoint, conn)
 }
 
+/// A configuration change for [`raw_peer_with`]: a memory budget of `bytes` for node 2's
+/// requests, and the same maximum frame size and flow-control windows.
+fn budget_of(bytes: u32) -> impl FnOnce(&mut raft_quic::QuicConfig) {
+    move |config| {
+        config.max_frame_size = bytes;
+        config.stream_receive_window = bytes;
+        config.connection_receive_window = bytes;
+    }
+}
+
 /// Closes what [`raw_peer`] made.
 async fn close_raw(net: &QuicNetwork, endpoint: &quinn::Endpoint, conn: &quinn::Connection) {
     conn.close(0u32.into(), b"");
@@ -427,6 +437,154 @@ async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_w
     close_raw(&net, &endpoint, &conn).await;
 }
 
+/// Counts `quic_received_bytes_total` of node 1 from node 2 (every other metric is dropped).
+#[derive(Default)]
+struct ReceivedBytes(Arc<std::sync::atomic::AtomicU64>);
+
+impl ReceivedBytes {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct Adder(Arc<std::sync::atomic::AtomicU64>);
+
+impl metrics::CounterFn for Adder {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl metrics::Recorder for ReceivedBytes {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let label =
+            |name: &str| key.labels().find(|l| l.key() == name).map(|l| l.value().to_owned());
+        let ours = key.name() == "quic_received_bytes_total"
+            && label("node_id").as_deref() == Some("1")
+            && label("peer").as_deref() == Some("2");
+        if ours {
+            metrics::Counter::from_arc(Arc::new(Adder(Arc::clone(&self.0))))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// `quic_received_bytes_total` counts every frame read whole, whatever becomes of it: a lone
+/// request whose body does not decode and a batch whose structure is broken are refused after
+/// their last byte was read, and counted (before, neither was); a batch refused at its header
+/// is not read, nor counted. The recorder is this test's thread's only (one thread runs the
+/// whole node), so no other test's counts mix in.
+#[test]
+fn frames_read_whole_and_then_refused_count_as_received_bytes() {
+    init_tracing();
+    let recorder = ReceivedBytes::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let rt = rt();
+            let ca = ClusterCa::generate().unwrap();
+            let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+            // 100 bytes after the length field: version, sender, 91 bytes that do not decode.
+            let undecodable = raw_request(2, &[0xff; 91]);
+            assert_eq!(undecodable.len(), 104);
+            let read = exchange(&rt, &conn, "an undecodable lone request", &undecodable).await;
+            assert_reset(read, code::DECODE_ERROR, "an undecodable lone request");
+            assert_eq!(recorder.get(), 104, "the undecodable request, read whole");
+            let beat = frame::encode_request(&Envelope::new(1, heartbeat(2)), 1 << 20).unwrap();
+            let mut no_requests = raw_batch(&[&beat]);
+            no_requests[5..7].copy_from_slice(&0u16.to_be_bytes());
+            let read = exchange(&rt, &conn, "a batch of 0 requests", &no_requests).await;
+            assert_reset(read, code::DECODE_ERROR, "a batch of 0 requests");
+            let total = 104 + no_requests.len() as u64;
+            assert_eq!(recorder.get(), total, "and the batch of 0 requests, read whole");
+            let read =
+                exchange(&rt, &conn, "an empty batch header", &[0, 0, 0, 0, BATCH_KIND]).await;
+            assert_reset(read, code::DECODE_ERROR, "an empty batch header");
+            assert_eq!(recorder.get(), total, "a frame refused at its header is not counted");
+            assert_eq!(handlers[&1].calls(), 0);
+            close_raw(&net, &endpoint, &conn).await;
+        })
+    });
+}
+
+/// A request kept waiting by the receiver itself (for room in its memory budget for the
+/// sender, here held by a large request in a held handler) until the RPC timeout passes is
+/// refused as busy, like one refused for want of memory at once: not a bad request, and a
+/// batch not a bad batch. (Before, both were counted as bad and logged as stalled by the peer:
+/// "no request within" the timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_kept_waiting_by_the_receivers_own_budget_is_not_a_bad_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    // A budget of 64 KiB for node 2; frames above 16 KiB take their size from it up front.
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1], budget_of(64 << 10)).await;
+    let handler = &handlers[&1];
+    let gate = handler.close_gate();
+    // 40 KB held in the gated handler: 24 KiB left.
+    let held = Envelope::new(1, append(2, 2, 40_000, b"gated")).with_group_id(1);
+    let held = frame::encode_request(&held, 1 << 20).unwrap();
+    let (mut held_send, mut held_recv) = conn.open_bi().await.unwrap();
+    held_send.write_all(&held).await.unwrap();
+    held_send.finish().unwrap();
+    eventually(&rt, "the large request in its handler", Duration::from_millis(10), || {
+        let calls = handler.calls();
+        async move { (calls == 1).then_some(()) }
+    })
+    .await;
+    // Each 30 KB: more than is left, so each waits for room until the RPC timeout passes.
+    let large = |count| Envelope::new(1, append(2, count, 15_000, b"")).with_group_id(1);
+    let lone = frame::encode_request(&large(2), 1 << 20).unwrap().to_vec();
+    let batched = batch(&[large(1), large(1)]);
+    for (name, bytes) in [("a lone request", lone), ("a batch", batched)] {
+        assert!(bytes.len() > 24 << 10, "{name}: {} bytes", bytes.len());
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, code::BUSY, name);
+        assert_eq!(net.bad_requests_received(), 0, "{name}: no bad request");
+        assert_eq!(net.bad_batches_received(), 0, "{name}: no bad batch");
+    }
+    assert_eq!(handler.calls(), 1);
+    drop(gate);
+    let answer = bounded(&rt, "the held request's answer", held_recv.read_to_end(1 << 20)).await;
+    let (answer, _) = frame::decode::<WireResponse>(&answer.unwrap(), 1 << 20, LIMITS).unwrap();
+    assert!(matches!(answer, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{answer:?}");
+    close_raw(&net, &endpoint, &conn).await;
+}
+
 /// A request inside a batch whose structure holds (its count and every request frame's header
 /// and length fill it exactly) stands alone: one whose body does not decode, one over the
 /// receiver's decoding budget and one whose body names another sender than its header are each
@@ -482,11 +640,7 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
     // A 1 KiB budget for node 2's unanswered requests: 13 elements (80 bytes each) overflow it.
-    let small = |config: &mut raft_quic::QuicConfig| {
-        config.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
-        config.stream_receive_window = frame::MIN_MAX_FRAME_SIZE;
-        config.connection_receive_window = frame::MIN_MAX_FRAME_SIZE;
-    };
+    let small = budget_of(frame::MIN_MAX_FRAME_SIZE);
     let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1, 2], small).await;
     let good = Envelope::new(1, heartbeat(2)).with_group_id(1);
     let heavy = Envelope::new(1, append(2, 14, 1, b"")).with_group_id(2);
