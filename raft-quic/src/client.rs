@@ -448,29 +448,45 @@ impl Client {
 
     /// Reads the answers on a batch's stream and hands each to its caller (`answers`, by
     /// position) as it arrives; an answer that does not decode fails its own caller only (the
-    /// stream is still in step); the callers left without one when the stream ends, fails or
-    /// loses its framing get the error.
+    /// stream is still in step); an answer for a position nobody awaits (never part of the
+    /// batch, or answered already) is skipped undecoded, ignored and counted, as its length
+    /// keeps the stream in step too, but only as many as the batch has requests (a correct peer
+    /// sends none): one more is taken for broken framing. The callers left without an answer
+    /// when the stream ends, fails or loses its framing get the error. So a batch's reader
+    /// reads at most twice as many frames as the batch has requests, plus one, whatever the
+    /// peer sends (a peer writing stray answers without end does not keep it reading: the RPC
+    /// timeout alone would not stop it while the frames keep coming, as reading buffered data
+    /// never yields).
     async fn read_answers(&self, peer: &Peer, mut sent: Sent, mut answers: Vec<Option<Answer>>) {
         let limits = &self.shared.limits;
         let mut left = answers.len();
+        let mut strays_allowed = answers.len();
         let failure = loop {
             if left == 0 {
                 return;
             }
+            let awaited = |position: u16| {
+                answers.get(usize::from(position)).is_some_and(|caller| caller.is_some())
+            };
             let read = frame::read_answer::<WireResponse>(
                 &mut sent.recv,
                 limits.max_frame_size,
                 limits.decode,
+                awaited,
             );
             match read.await {
-                Ok(Some((position, response, len))) => {
+                Ok(Some((position, answered, len))) => {
                     peer.counters(self.shared.id).received_bytes.increment(len as u64);
-                    let Some(caller) =
-                        answers.get_mut(usize::from(position)).and_then(Option::take)
-                    else {
-                        let what =
-                            format!("an answer to request {position} of the batch, not awaited");
-                        break NetworkError::Codec(what);
+                    let awaited = answers.get_mut(usize::from(position)).and_then(Option::take);
+                    let (Some(caller), Some(response)) = (awaited, answered) else {
+                        // Skipped undecoded (`awaited` said no, so no caller was taken): its
+                        // framing is intact and the stream still in step.
+                        if strays_allowed == 0 {
+                            break self.too_many_strays(peer, answers.len());
+                        }
+                        strays_allowed -= 1;
+                        self.stray_answer(peer, position);
+                        continue;
                     };
                     left -= 1;
                     let result = match response {
@@ -550,6 +566,32 @@ impl Client {
             ReadFrameError::Stream(other) => unreachable(peer.id, other),
             ReadFrameError::Frame(e) => self.bad_response(peer, e),
         }
+    }
+
+    /// A well-framed answer of `peer` on a batch's stream for a `position` nobody awaits: a
+    /// protocol violation by the peer, counted and logged (at most once per interval per peer),
+    /// and otherwise ignored.
+    fn stray_answer(&self, peer: &Peer, position: u16) {
+        self.shared.stray_answers.fetch_add(1, Ordering::Relaxed);
+        self.shared.inbound.warn(
+            peer.id,
+            format_args!(
+                "ignoring its answer to position {position} of a batch: no request there awaits one"
+            ),
+        );
+    }
+
+    /// A stray answer of `peer` beyond the `allowed` ones (as many as its batch has requests)
+    /// on a batch's stream: the peer is taken to have lost its framing; warned about (at most
+    /// once per interval per peer, with its stray answers) and the error of the batch's
+    /// callers still waiting.
+    fn too_many_strays(&self, peer: &Peer, allowed: usize) -> NetworkError {
+        let what = format!(
+            "more answers on a batch's stream for positions nobody awaits than the {allowed} \
+             requests of the batch"
+        );
+        self.shared.inbound.warn(peer.id, format_args!("giving up a batch's stream: {what}"));
+        NetworkError::Codec(what)
     }
 
     /// A response frame of `peer` that is not valid: warned about (at most once per interval)

@@ -426,40 +426,47 @@ async fn read_exact(
     Ok(())
 }
 
+/// Reads a frame header from `recv`, not yet checked.
+pub(crate) async fn read_raw_header(
+    recv: &mut quinn::RecvStream,
+) -> Result<[u8; HEADER_LEN], ReadFrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
+    Ok(header)
+}
+
+/// Whether `header` announces a batch (or an answer on a batch's stream): its kind byte is
+/// [`BATCH_KIND`], whether or not the rest of the header is valid.
+pub(crate) fn announces_batch(header: &[u8; HEADER_LEN]) -> bool {
+    header[HEADER_LEN - 1] == BATCH_KIND
+}
+
 /// Reads a frame header from `recv` and returns the length of what follows it.
 pub(crate) async fn read_header(
     recv: &mut quinn::RecvStream,
     max_frame_size: u32,
 ) -> Result<usize, ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
-    Ok(decode_header(header, max_frame_size)?)
-}
-
-/// Reads a frame header of either kind from `recv`: the kind and the length of what follows.
-pub(crate) async fn read_any_header(
-    recv: &mut quinn::RecvStream,
-    max_frame_size: u32,
-) -> Result<(FrameKind, usize), ReadFrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    read_exact(recv, &mut header, HEADER_LEN, 0).await?;
-    Ok(decode_any_header(header, max_frame_size)?)
+    Ok(decode_header(read_raw_header(recv).await?, max_frame_size)?)
 }
 
 /// An answer frame read from a batch's stream: the position it answers, its body decoded (or
-/// why not), the frame's size.
-pub(crate) type ReadAnswer<T> = (u16, Result<T, FrameError>, usize);
+/// why not; `None`: the position was not awaited and the body was skipped, not decoded), the
+/// frame's size.
+pub(crate) type ReadAnswer<T> = (u16, Option<Result<T, FrameError>>, usize);
 
-/// Reads the next answer frame of a batch's stream and decodes its body within `limits`:
-/// the position it answers, the answer and the frame's size; `None` once the stream ended
-/// cleanly between frames. An answer whose frame was read whole but whose body does not decode
-/// is the inner `Err`: the stream is still in step (the next frame starts after it), so only
-/// that position's caller fails. The outer `Err` means the framing itself broke (a bad header,
-/// a truncated frame, a failed stream): nothing after it can be read.
+/// Reads the next answer frame of a batch's stream: the position it answers, the answer and the
+/// frame's size; `None` once the stream ended cleanly between frames. The body is decoded
+/// within `limits` only if `awaited` says the position is; otherwise it is read and dropped
+/// (the inner `None`), so a peer's answers for positions nobody awaits cost no decoding. An
+/// answer whose frame was read whole but whose body does not decode is the inner `Err`: the
+/// stream is still in step (the next frame starts after it), so only that position's caller
+/// fails. The outer `Err` means the framing itself broke (a bad header, a truncated frame, a
+/// failed stream): nothing after it can be read.
 pub(crate) async fn read_answer<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max_frame_size: u32,
     limits: Limits,
+    awaited: impl FnOnce(u16) -> bool,
 ) -> Result<Option<ReadAnswer<T>>, ReadFrameError> {
     let mut header = [0u8; HEADER_LEN];
     let first = loop {
@@ -481,9 +488,26 @@ pub(crate) async fn read_answer<T: DeserializeOwned>(
     };
     let mut position = [0u8; POSITION_LEN];
     read_exact(recv, &mut position, HEADER_LEN + len, HEADER_LEN).await?;
-    let body = read_body(recv, body_len).await?;
-    let answer = decode_body(&body, limits);
-    Ok(Some((u16::from_be_bytes(position), answer, HEADER_LEN + len)))
+    let position = u16::from_be_bytes(position);
+    let answer = if awaited(position) {
+        Some(decode_body(&read_body(recv, body_len).await?, limits))
+    } else {
+        skip_body(recv, body_len).await?;
+        None
+    };
+    Ok(Some((position, answer, HEADER_LEN + len)))
+}
+
+/// Reads `body_len` bytes of body from `recv` and drops them as they come (nothing is kept).
+async fn skip_body(recv: &mut quinn::RecvStream, body_len: usize) -> Result<(), ReadFrameError> {
+    let mut have = 0;
+    while have < body_len {
+        match recv.read_chunk(body_len - have, true).await? {
+            Some(chunk) => have += chunk.bytes.len(),
+            None => return Err(FrameError::Truncated { have, need: body_len }.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a request's sender header, given the `len` announced by the frame header; returns the

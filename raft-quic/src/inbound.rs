@@ -143,7 +143,8 @@ impl Inbound {
 
     /// Logs `what` about `peer` at WARN, unless a line about it was logged within the
     /// interval: then it is only counted, and the count goes with the next line logged. A
-    /// member sending bad frames in a loop costs one line per interval.
+    /// member sending bad frames in a loop costs one line per interval. (The dialer logs the
+    /// stray answers of a peer here too: one log of each node id's misbehaviour.)
     pub(crate) fn warn(&self, peer: NodeId, what: impl Display) {
         let now = Instant::now().saturating_duration_since(self.epoch);
         let logged = lock(&self.log).record(peer, now);

@@ -4,10 +4,10 @@
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
 //! | `quic_sent_bytes_total` | counter | `node_id`, `peer` | frame bytes written to a peer (requests this node sent, answers it gave) |
-//! | `quic_received_bytes_total` | counter | `node_id`, `peer` | frame bytes read from a peer (answers it got, requests it served) |
+//! | `quic_received_bytes_total` | counter | `node_id`, `peer` | bytes of the frames read whole from a peer, counted once the last byte is read, whatever becomes of them (answers it got, stray ones too; requests and batches it took in, refused after being read whole too: undecodable, a broken batch structure, busy at decoding); not a frame refused before its end |
 //! | `quic_rpc_errors_total` | counter | `node_id`, `peer`, `error` | outbound RPCs that failed: `timeout`, `unreachable`, `refused`, `codec` |
 //! | `quic_dial_failures_total` | counter | `node_id`, `peer` | failed attempts to connect to a peer |
-//! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound requests refused as bad: a stream closed for a bad frame, a lying sender or a timeout, or one request of a batch refused alone (undecodable, lying sender; not when only busy) |
+//! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound requests refused as bad, each once, when found: a stream closed for a bad frame (a batch refused whole is one) or because the peer's bytes did not all come within the RPC timeout (not when this node kept it waiting: room in the memory budget, the decoding thread; that is refused as busy), a lone request's lying sender header, or one request of a well-formed batch refused alone (undecodable, over the decoding budget, lying sender; not when only busy), even if its answer is never written |
 //! | `quic_handshakes_total` | counter | `gate`, `outcome` | connection attempts at a [`Gate`](crate::Gate): `admitted`, `failed` (TLS or the peer gave up), `timed_out`, `refused` (limits, Retry not counted), `rejected` (identity or removed node, after the handshake), `over_capacity` |
 //!
 //! Handles are registered once per peer (per connection on the inbound side) and per gate.

@@ -85,8 +85,12 @@ pub(crate) struct Shared {
     pub(crate) inbound: Arc<Inbound>,
     /// Decodes large request bodies off the runtime's threads.
     pub(crate) offload: Offload,
-    /// Inbound batch frames refused as malformed.
+    /// Inbound batch frames refused whole (see [`QuicNetwork::bad_batches_received`]).
     pub(crate) bad_batches: AtomicU64,
+    /// Inbound requests refused as bad (see [`QuicNetwork::bad_requests_received`]).
+    pub(crate) bad_requests: AtomicU64,
+    /// Answers ignored as stray (see [`QuicNetwork::stray_answers_received`]).
+    pub(crate) stray_answers: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -344,6 +348,8 @@ impl QuicNetwork {
             ),
             offload: Offload::start(format!("raft-quic-decode-{}", config.node_id))?,
             bad_batches: AtomicU64::new(0),
+            bad_requests: AtomicU64::new(0),
+            stray_answers: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let configured: BTreeMap<NodeId, SocketAddr> = config
@@ -534,12 +540,38 @@ impl QuicNetwork {
         self.shared().peer(id).map(|peer| peer.sent.stats()).unwrap_or_default()
     }
 
-    /// The inbound batch frames this node refused whole as malformed (truncated, a bad count,
-    /// a bad request header, a nested batch), all peers together; each one's stream was reset,
-    /// nothing else. A request of a well-formed batch that does not decode or does not fit the
-    /// budget is refused alone and not counted here (see `quic_bad_requests_total`).
+    /// The inbound batch frames this node refused whole, all peers together, each once when
+    /// refused: a frame whose header has the batch kind and is refused (a length of 0 or above
+    /// the maximum frame size), one whose structure is broken (truncated, a count of 0 or above
+    /// [`MAX_BATCH_REQUESTS`](crate::frame::MAX_BATCH_REQUESTS), fewer or more bytes than its
+    /// requests, a request frame with a bad header, a batch inside it), and one whose bytes
+    /// did not all come within the RPC timeout. Each one's stream was reset, nothing else, and
+    /// each is also one bad request ([`bad_requests_received`](Self::bad_requests_received)).
+    /// Not counted here: a request of a well-formed batch refused alone (a bad request each), a
+    /// batch the peer reset itself, and one refused as busy (this node had no room for it: its
+    /// memory budget for the peer refused it, or kept it waiting, or the decoding thread did,
+    /// past the RPC timeout).
     pub fn bad_batches_received(&self) -> u64 {
         self.shared().bad_batches.load(Ordering::Relaxed)
+    }
+
+    /// The inbound requests this node refused as bad, all peers together, each once when
+    /// found: what `quic_bad_requests_total` counts, summed over its peers (see
+    /// [`crate::metrics`]). A request of a well-formed batch refused alone is counted when the
+    /// batch is read, whether or not its answer can be written.
+    pub fn bad_requests_received(&self) -> u64 {
+        self.shared().bad_requests.load(Ordering::Relaxed)
+    }
+
+    /// The answer frames on this node's batch streams that were ignored, all peers together:
+    /// well-framed answers for a position nobody awaits (never part of the batch, or answered
+    /// already), read but not decoded. Each is a protocol violation by the peer (logged at most
+    /// once per interval per peer); the batch's other callers still get their answers. At most
+    /// as many per batch as it has requests: the next one is taken for broken framing (the
+    /// callers still waiting fail) and is not counted here. Frames after the last awaited
+    /// answer are not read, so not counted.
+    pub fn stray_answers_received(&self) -> u64 {
+        self.shared().stray_answers.load(Ordering::Relaxed)
     }
 
     /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.

@@ -93,29 +93,75 @@ enum Inbound {
     Batch(Vec<Result<Envelope, Refusal>>),
 }
 
+/// How far the reading of a stream got, for [`serve_stream`] to say why it was refused if it
+/// was (the reading future is dropped then: this outlives it).
+#[derive(Debug, Default)]
+struct Progress {
+    /// The header's kind byte announced a batch (even if the rest of the header is refused):
+    /// a refusal of the frame is a bad batch.
+    batch: bool,
+    /// The reader waits for this node (room in the peer's memory budget, the decoding thread),
+    /// not for the peer's bytes: a timeout now is this node's doing, not the peer's.
+    local: bool,
+}
+
+/// Waits for `wait`, a wait for this node (not for the peer), marked as such in `progress`.
+async fn local<T>(progress: &mut Progress, wait: impl std::future::Future<Output = T>) -> T {
+    progress.local = true;
+    let done = wait.await;
+    progress.local = false;
+    done
+}
+
 /// Reads what a stream of `peer` brings: the frame header, then one request or a batch.
+/// Records in `progress` whether the header announces a batch and whether it waits for this
+/// node or for the peer. The frame's bytes are counted once it is read whole (whatever
+/// becomes of it); the requests of a batch refused alone are counted (and logged) here, when
+/// they are found, whatever becomes of their answers.
 async fn read_inbound(
     recv: &mut RecvStream,
     peer: NodeId,
     shared: &Shared,
     budget: &Arc<MemoryBudget>,
     counters: &PeerCounters,
+    progress: &mut Progress,
 ) -> Result<(Inbound, Reservation), RequestError> {
-    let (kind, len) = frame::read_any_header(recv, shared.limits.max_frame_size).await?;
-    counters.received_bytes.increment((frame::HEADER_LEN + len) as u64);
+    let header = frame::read_raw_header(recv).await?;
+    progress.batch = frame::announces_batch(&header);
+    let (kind, len) = frame::decode_any_header(header, shared.limits.max_frame_size)
+        .map_err(ReadFrameError::from)?;
+    let reader = Reader { recv, len, peer, shared, budget, counters };
     match kind {
         FrameKind::Single => {
-            let (request, held) = read_request(recv, len, peer, shared, budget).await?;
+            let (request, held) = read_request(reader, progress).await?;
             Ok((Inbound::Lone(request), held))
         }
         FrameKind::Batch => {
-            let read = read_batch(recv, len, peer, shared, budget).await;
-            if let Err(RequestError::Busy | RequestError::Read(ReadFrameError::Frame(_))) = &read {
-                shared.bad_batches.fetch_add(1, Ordering::Relaxed);
+            let (requests, held) = read_batch(reader, progress).await?;
+            for refusal in requests.iter().filter_map(|request| request.as_ref().err()) {
+                refused_alone(shared, peer, refusal, counters);
             }
-            let (requests, held) = read?;
             Ok((Inbound::Batch(requests), held))
         }
+    }
+}
+
+/// What reading the rest of a frame of `peer` needs, once its header announced `len` bytes.
+struct Reader<'a> {
+    recv: &'a mut RecvStream,
+    len: usize,
+    peer: NodeId,
+    shared: &'a Shared,
+    budget: &'a Arc<MemoryBudget>,
+    counters: &'a PeerCounters,
+}
+
+impl Reader<'_> {
+    /// Reads the frame's last `body_len` bytes, and counts the frame's bytes: it is read whole.
+    async fn read_body(&mut self, body_len: usize) -> Result<Vec<u8>, ReadFrameError> {
+        let body = frame::read_body(self.recv, body_len).await?;
+        self.counters.received_bytes.increment((frame::HEADER_LEN + self.len) as u64);
+        Ok(body)
     }
 }
 
@@ -155,25 +201,23 @@ fn decoded<T>(result: Result<T, FrameError>) -> Result<T, RequestError> {
 /// memory budget. Returns the request and the memory it holds, to be released once it is
 /// answered.
 async fn read_request(
-    recv: &mut RecvStream,
-    len: usize,
-    peer: NodeId,
-    shared: &Shared,
-    budget: &Arc<MemoryBudget>,
+    mut reader: Reader<'_>,
+    progress: &mut Progress,
 ) -> Result<(Envelope, Reservation), RequestError> {
-    let (sender, body_len) = frame::read_sender(recv, len).await?;
+    let (peer, shared) = (reader.peer, reader.shared);
+    let (sender, body_len) = frame::read_sender(reader.recv, reader.len).await?;
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
     }
-    let reservation = reserve(shared, budget, body_len).await;
-    let body = frame::read_body(recv, body_len).await?;
+    let reservation = local(progress, reserve(shared, reader.budget, body_len)).await;
+    let body = reader.read_body(body_len).await?;
     let decode_limits = shared.limits.decode;
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
         let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
         (decoded, reservation)
     };
-    let (request, reservation) = decode_off(shared, body_len, decode).await?;
+    let (request, reservation) = local(progress, decode_off(shared, body_len, decode)).await?;
     Ok((decoded(request)?, reservation))
 }
 
@@ -186,14 +230,12 @@ async fn read_request(
 /// refused alone (`Err` of the refusal), and the others are served. A broken structure refuses
 /// the whole batch.
 async fn read_batch(
-    recv: &mut RecvStream,
-    len: usize,
-    peer: NodeId,
-    shared: &Shared,
-    budget: &Arc<MemoryBudget>,
+    mut reader: Reader<'_>,
+    progress: &mut Progress,
 ) -> Result<(Vec<Result<Envelope, Refusal>>, Reservation), RequestError> {
-    let reservation = reserve(shared, budget, len).await;
-    let body = frame::read_body(recv, len).await?;
+    let (len, peer, shared) = (reader.len, reader.peer, reader.shared);
+    let reservation = local(progress, reserve(shared, reader.budget, len)).await;
+    let body = reader.read_body(len).await?;
     let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
@@ -210,13 +252,16 @@ async fn read_batch(
             .map(|requests| requests.into_iter().map(decode_one).collect::<Vec<_>>());
         (decoded, reservation)
     };
-    let (requests, reservation) = decode_off(shared, len, decode).await?;
+    let (requests, reservation) = local(progress, decode_off(shared, len, decode)).await?;
     Ok((decoded(requests)?, reservation))
 }
 
 /// Serves one stream: reads the request frame (or batch), answers it, closes the stream. A
 /// bad frame closes this stream only, with a logged reason; the connection and every other
-/// stream carry on.
+/// stream carry on. So does a frame whose bytes do not all come within the RPC timeout (a bad
+/// one too); one that this node kept waiting that long itself (for room in the peer's memory
+/// budget, or for the decoding thread) is refused as busy, as one the budget refuses at once:
+/// neither counted nor logged as the peer's fault.
 async fn serve_stream(
     mut send: SendStream,
     mut recv: RecvStream,
@@ -226,12 +271,19 @@ async fn serve_stream(
     counters: PeerCounters,
 ) {
     let limits = &shared.limits;
-    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters);
+    let mut progress = Progress::default();
+    let read = read_inbound(&mut recv, peer, &shared, &budget, &counters, &mut progress);
     let reject = |recv: &mut RecvStream, send: &mut SendStream, code| {
         let _ = recv.stop(code);
         let _ = send.reset(code);
     };
     let read = timeout(&*shared.runtime, limits.rpc_timeout, read).await;
+    // A frame that announced a batch and was refused whole: counted once, here.
+    let bad_batch = |progress: &Progress| {
+        if progress.batch {
+            shared.bad_batches.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     let (response, held) = match read {
         Ok(Ok((Inbound::Lone(request), held))) => {
             drop(recv);
@@ -242,7 +294,8 @@ async fn serve_stream(
             return serve_batch(send, requests, held, peer, &shared, &counters).await;
         }
         Ok(Err(RequestError::Read(ReadFrameError::Frame(e)))) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
+            bad_batch(&progress);
             shared
                 .inbound
                 .warn(peer, format_args!("closing stream {}: bad request: {e}", recv.id()));
@@ -253,7 +306,7 @@ async fn serve_stream(
             return;
         }
         Ok(Err(RequestError::SenderMismatch(claimed))) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
             refused_sender(&shared, peer, claimed);
             let _ = recv.stop(code::SENDER_MISMATCH);
             let refusal = Refusal::SenderMismatch { claimed, authenticated: peer };
@@ -263,8 +316,16 @@ async fn serve_stream(
             debug!(node = shared.id, peer, "refusing request: connection memory budget exhausted");
             return reject(&mut recv, &mut send, code::BUSY);
         }
+        Err(_) if progress.local => {
+            // This node kept it waiting (for room in the peer's memory budget, or for the
+            // decoding thread): refused as busy, as when the budget refuses it at once.
+            let timeout = limits.rpc_timeout;
+            debug!(node = shared.id, peer, "refusing request: no room for it within {timeout:?}");
+            return reject(&mut recv, &mut send, code::BUSY);
+        }
         Err(_) => {
-            counters.bad_requests.increment(1);
+            bad_request(&shared, &counters);
+            bad_batch(&progress);
             let timeout = limits.rpc_timeout;
             shared
                 .inbound
@@ -287,6 +348,12 @@ async fn serve_stream(
     }
 }
 
+/// Counts a bad request of `peer` (its metric and the network's total).
+fn bad_request(shared: &Shared, counters: &PeerCounters) {
+    counters.bad_requests.increment(1);
+    shared.bad_requests.fetch_add(1, Ordering::Relaxed);
+}
+
 fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
     shared.inbound.warn(
         peer,
@@ -300,7 +367,7 @@ fn refused_sender(shared: &Shared, peer: NodeId, claimed: NodeId) {
 /// counts it as a bad request unless it was only refused as busy (as a lone request is).
 fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &PeerCounters) {
     if *refusal != Refusal::Busy {
-        counters.bad_requests.increment(1);
+        bad_request(shared, counters);
     }
     match refusal {
         Refusal::SenderMismatch { claimed, .. } => refused_sender(shared, peer, *claimed),
@@ -341,7 +408,9 @@ async fn write_answer(
 /// Answers the requests of a batch, each handled as a lone request would be and all at once:
 /// each answer is written (with its position) as soon as its handler finishes, so a slow
 /// handler holds up no other request's answer. A request refused when it was read (another
-/// sender, undecodable, over budget) gets its refusal as its answer.
+/// sender, undecodable, over budget) gets its refusal as its answer (it was counted and logged
+/// then). If an answer cannot be written, the stream is given up and the handlers still
+/// running are dropped.
 async fn serve_batch(
     mut send: SendStream,
     requests: Vec<Result<Envelope, Refusal>>,
@@ -356,10 +425,8 @@ async fn serve_batch(
         .map(|(position, request)| async move {
             let response = match request {
                 Ok(request) => respond(shared, peer, request).await,
-                Err(refusal) => {
-                    refused_alone(shared, peer, &refusal, counters);
-                    WireResponse::Refused(refusal)
-                }
+                // Counted when it was read.
+                Err(refusal) => WireResponse::Refused(refusal),
             };
             (position, response)
         })

@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
@@ -211,6 +212,23 @@ async fn raw_peer_with(
     (net, handler, endpoint, conn)
 }
 
+/// A configuration change for [`raw_peer_with`]: a memory budget of `bytes` for node 2's
+/// requests, and the same maximum frame size and flow-control windows.
+fn budget_of(bytes: u32) -> impl FnOnce(&mut raft_quic::QuicConfig) {
+    move |config| {
+        config.max_frame_size = bytes;
+        config.stream_receive_window = bytes;
+        config.connection_receive_window = bytes;
+    }
+}
+
+/// Closes what [`raw_peer`] made.
+async fn close_raw(net: &QuicNetwork, endpoint: &quinn::Endpoint, conn: &quinn::Connection) {
+    conn.close(0u32.into(), b"");
+    endpoint.close(0u32.into(), b"");
+    net.close().await;
+}
+
 /// Writes `bytes` on a new stream of `conn` and reads everything that comes back.
 async fn exchange(
     rt: &Arc<dyn Runtime>,
@@ -226,6 +244,16 @@ async fn exchange(
         recv.read_to_end(1 << 20).await
     })
     .await
+}
+
+/// Checks that what came back on a stream (case `what`) is its reset with `expected`.
+fn assert_reset(read: Result<Vec<u8>, quinn::ReadToEndError>, expected: quinn::VarInt, what: &str) {
+    match read {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, expected, "case {what}: wrong reset code")
+        }
+        other => panic!("case {what}: expected a reset stream, got {other:?}"),
+    }
 }
 
 /// The answers on a batch's stream, by position.
@@ -315,12 +343,7 @@ async fn hostile_batches_close_nothing_but_themselves() {
     ];
     let malformed = cases.len() as u64;
     for (name, bytes, expected) in cases {
-        match exchange(&rt, &conn, name, &bytes).await {
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-                assert_eq!(code, expected, "case {name}: wrong reset code")
-            }
-            other => panic!("case {name}: expected a reset stream, got {other:?}"),
-        }
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, expected, name);
     }
     assert_eq!(net.bad_batches_received(), malformed);
     assert_eq!(handler.calls(), 2, "no request of a malformed batch reached the handler");
@@ -329,9 +352,237 @@ async fn hostile_batches_close_nothing_but_themselves() {
     let bytes = exchange(&rt, &conn, "a valid batch", &valid).await.unwrap();
     assert_eq!(answers(&bytes).len(), 2);
     assert_eq!(handler.calls(), 4);
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// A batch frame refused at its header (a length of 0, a length above the maximum frame size:
+/// refused before its body is read) or not received whole within the RPC timeout is a bad
+/// batch like one refused later, and counted once: one bad batch and one bad request each.
+/// (Before, only a batch refused after its header was read whole was counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_at_its_header_or_stalled_is_counted_once() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    let max_frame_size = test_config(&ca, 1, loopback()).max_frame_size;
+    let mut oversized = vec![0, 0, 0, 0, BATCH_KIND, 0, 1];
+    oversized[..4].copy_from_slice(&(max_frame_size + 1).to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, quinn::VarInt)> = vec![
+        ("a batch header of length 0", vec![0, 0, 0, 0, BATCH_KIND], code::DECODE_ERROR),
+        ("a batch header above the maximum frame size", oversized, code::FRAME_TOO_LARGE),
+    ];
+    let mut refused = 0;
+    for (name, bytes, expected) in cases {
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, expected, name);
+        refused += 1;
+        assert_eq!(net.bad_batches_received(), refused, "case {name}");
+        assert_eq!(net.bad_requests_received(), refused, "case {name}: one bad request");
+    }
+    // A batch whose last bytes never come (the stream stays open): refused once the RPC timeout
+    // (300 ms here) passes.
+    let valid = batch(&[Envelope::new(1, heartbeat(2)).with_group_id(1)]);
+    let stalled = bounded(&rt, "a stalled batch", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&valid[..valid.len() - 1]).await.unwrap();
+        let read = recv.read_to_end(1 << 20).await;
+        drop(send);
+        read
+    })
+    .await;
+    assert_reset(stalled, code::TIMEOUT, "a stalled batch");
+    assert_eq!(net.bad_batches_received(), refused + 1, "a stalled batch");
+    assert_eq!(net.bad_requests_received(), refused + 1, "a stalled batch: one bad request");
+    assert_eq!(handlers[&1].calls(), 0);
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// The bad requests of a well-formed batch are counted when they are found, before any answer
+/// is written: here the peer stops reading the batch's stream before its last byte is sent, so
+/// writing the first answer (a good request's, handled at once) fails, and the two undecodable
+/// requests behind it are still counted. (Before, a request refused alone was counted only
+/// when its answer's turn came, and these two never were.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_written() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    // Long: the stalled batch must stay unrefused while the lone round trip below happens,
+    // however slow the machine.
+    let patient = |config: &mut raft_quic::QuicConfig| config.rpc_timeout = Duration::from_secs(10);
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1], patient).await;
+    let beat = Envelope::new(1, heartbeat(2)).with_group_id(1);
+    let good = frame::encode_request(&beat, 1 << 20).unwrap();
+    let undecodable = raw_request(2, &[0xff; 4]);
+    let bytes = raw_batch(&[&good, &undecodable, &undecodable]);
+    bounded(&rt, "a batch whose answers are not read", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes[..bytes.len() - 1]).await.unwrap();
+        recv.stop(0u32.into()).unwrap();
+        // A lone request's round trip on another stream: node 1 has had the stop by then.
+        let lone = frame::encode_request(&beat, 1 << 20).unwrap();
+        exchange(&rt, &conn, "a lone request", &lone).await.unwrap();
+        send.write_all(&bytes[bytes.len() - 1..]).await.unwrap();
+        send.finish().unwrap();
+    })
+    .await;
+    let handler = &handlers[&1];
+    eventually(&rt, "the batch's good request handled", Duration::from_millis(10), || {
+        let calls = handler.calls();
+        async move { (calls == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(net.bad_requests_received(), 2, "the two undecodable requests");
+    assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// Counts `quic_received_bytes_total` of node 1 from node 2 (every other metric is dropped).
+#[derive(Default)]
+struct ReceivedBytes(Arc<std::sync::atomic::AtomicU64>);
+
+impl ReceivedBytes {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+struct Adder(Arc<std::sync::atomic::AtomicU64>);
+
+impl metrics::CounterFn for Adder {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.fetch_max(value, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl metrics::Recorder for ReceivedBytes {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let label =
+            |name: &str| key.labels().find(|l| l.key() == name).map(|l| l.value().to_owned());
+        let ours = key.name() == "quic_received_bytes_total"
+            && label("node_id").as_deref() == Some("1")
+            && label("peer").as_deref() == Some("2");
+        if ours {
+            metrics::Counter::from_arc(Arc::new(Adder(Arc::clone(&self.0))))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// `quic_received_bytes_total` counts every frame read whole, whatever becomes of it: a lone
+/// request whose body does not decode and a batch whose structure is broken are refused after
+/// their last byte was read, and counted (before, neither was); a batch refused at its header
+/// is not read, nor counted. The recorder is this test's thread's only (one thread runs the
+/// whole node), so no other test's counts mix in.
+#[test]
+fn frames_read_whole_and_then_refused_count_as_received_bytes() {
+    init_tracing();
+    let recorder = ReceivedBytes::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let rt = rt();
+            let ca = ClusterCa::generate().unwrap();
+            let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+            // 100 bytes after the length field: version, sender, 91 bytes that do not decode.
+            let undecodable = raw_request(2, &[0xff; 91]);
+            assert_eq!(undecodable.len(), 104);
+            let read = exchange(&rt, &conn, "an undecodable lone request", &undecodable).await;
+            assert_reset(read, code::DECODE_ERROR, "an undecodable lone request");
+            assert_eq!(recorder.get(), 104, "the undecodable request, read whole");
+            let beat = frame::encode_request(&Envelope::new(1, heartbeat(2)), 1 << 20).unwrap();
+            let mut no_requests = raw_batch(&[&beat]);
+            no_requests[5..7].copy_from_slice(&0u16.to_be_bytes());
+            let read = exchange(&rt, &conn, "a batch of 0 requests", &no_requests).await;
+            assert_reset(read, code::DECODE_ERROR, "a batch of 0 requests");
+            let total = 104 + no_requests.len() as u64;
+            assert_eq!(recorder.get(), total, "and the batch of 0 requests, read whole");
+            let read =
+                exchange(&rt, &conn, "an empty batch header", &[0, 0, 0, 0, BATCH_KIND]).await;
+            assert_reset(read, code::DECODE_ERROR, "an empty batch header");
+            assert_eq!(recorder.get(), total, "a frame refused at its header is not counted");
+            assert_eq!(handlers[&1].calls(), 0);
+            close_raw(&net, &endpoint, &conn).await;
+        })
+    });
+}
+
+/// A request kept waiting by the receiver itself (for room in its memory budget for the
+/// sender, here held by a large request in a held handler) until the RPC timeout passes is
+/// refused as busy, like one refused for want of memory at once: not a bad request, and a
+/// batch not a bad batch. (Before, both were counted as bad and logged as stalled by the peer:
+/// "no request within" the timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_kept_waiting_by_the_receivers_own_budget_is_not_a_bad_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    // A budget of 64 KiB for node 2; frames above 16 KiB take their size from it up front.
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1], budget_of(64 << 10)).await;
+    let handler = &handlers[&1];
+    let gate = handler.close_gate();
+    // 40 KB held in the gated handler: 24 KiB left.
+    let held = Envelope::new(1, append(2, 2, 40_000, b"gated")).with_group_id(1);
+    let held = frame::encode_request(&held, 1 << 20).unwrap();
+    let (mut held_send, mut held_recv) = conn.open_bi().await.unwrap();
+    held_send.write_all(&held).await.unwrap();
+    held_send.finish().unwrap();
+    eventually(&rt, "the large request in its handler", Duration::from_millis(10), || {
+        let calls = handler.calls();
+        async move { (calls == 1).then_some(()) }
+    })
+    .await;
+    // Each 30 KB: more than is left, so each waits for room until the RPC timeout passes.
+    let large = |count| Envelope::new(1, append(2, count, 15_000, b"")).with_group_id(1);
+    let lone = frame::encode_request(&large(2), 1 << 20).unwrap().to_vec();
+    let batched = batch(&[large(1), large(1)]);
+    for (name, bytes) in [("a lone request", lone), ("a batch", batched)] {
+        assert!(bytes.len() > 24 << 10, "{name}: {} bytes", bytes.len());
+        assert_reset(exchange(&rt, &conn, name, &bytes).await, code::BUSY, name);
+        assert_eq!(net.bad_requests_received(), 0, "{name}: no bad request");
+        assert_eq!(net.bad_batches_received(), 0, "{name}: no bad batch");
+    }
+    assert_eq!(handler.calls(), 1);
+    drop(gate);
+    let answer = bounded(&rt, "the held request's answer", held_recv.read_to_end(1 << 20)).await;
+    let (answer, _) = frame::decode::<WireResponse>(&answer.unwrap(), 1 << 20, LIMITS).unwrap();
+    assert!(matches!(answer, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{answer:?}");
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// A request inside a batch whose structure holds (its count and every request frame's header
@@ -378,9 +629,7 @@ async fn a_bad_request_in_a_well_formed_batch_is_refused_alone() {
     malformed(4, "names sender 3");
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 1));
     assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// A request of a well-formed batch whose elements do not fit the receiver's memory budget for
@@ -391,11 +640,7 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
     // A 1 KiB budget for node 2's unanswered requests: 13 elements (80 bytes each) overflow it.
-    let small = |config: &mut raft_quic::QuicConfig| {
-        config.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
-        config.stream_receive_window = frame::MIN_MAX_FRAME_SIZE;
-        config.connection_receive_window = frame::MIN_MAX_FRAME_SIZE;
-    };
+    let small = budget_of(frame::MIN_MAX_FRAME_SIZE);
     let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1, 2], small).await;
     let good = Envelope::new(1, heartbeat(2)).with_group_id(1);
     let heavy = Envelope::new(1, append(2, 14, 1, b"")).with_group_id(2);
@@ -410,9 +655,7 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     assert_eq!(answered[&1], WireResponse::Refused(Refusal::Busy));
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 0));
     assert_eq!(net.bad_batches_received(), 0);
-    conn.close(0u32.into(), b"");
-    endpoint.close(0u32.into(), b"");
-    net.close().await;
+    close_raw(&net, &endpoint, &conn).await;
 }
 
 /// Node 1 sending to node 2, which serves groups 1 and 2 with its configuration changed by
@@ -455,8 +698,7 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
             Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
                 let error = error.to_string();
                 assert!(error.contains("reset") || error.contains("stopped"), "{error}");
-                // Refused at its header, before it is known to be a batch (so it is counted as
-                // a bad frame, not a bad batch).
+                // Refused at its header, before its body is read.
                 let too_large = format!("(code {})", code::FRAME_TOO_LARGE);
                 assert!(error.contains(&too_large), "{error}")
             }
@@ -464,6 +706,7 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
         }
     }
     assert_eq!(net1.peer_stats(2).batches_sent, 1);
+    assert_eq!(net2.bad_batches_received(), 1, "refused at its header, counted once");
     assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 1, "the opener only");
     bounded(&rt, "a lone append", net1.send(append(1))).await.unwrap();
     net1.close().await;
@@ -503,13 +746,24 @@ async fn a_request_of_a_batch_over_the_receivers_budget_fails_its_caller_alone()
     net2.close().await;
 }
 
+/// What a [`scripted_peer`] writes on a batch's stream, in order.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The answer to the request at `request` of the batch, labelled with `position`.
+    Answer { position: u16, request: usize },
+    /// An answer frame for `position` whose framing is intact but whose body is garbage.
+    Garbage(u16),
+    /// A frame header announcing more bytes than follow (the stream ends inside it).
+    Truncated,
+}
+
 /// A hostile node 2 for `net` (node 1 dials it): answers a lone request, and on a batch's
-/// stream answers every request of group 2 with an answer frame whose framing is intact (its
-/// length and position) but whose body is garbage, every other request well.
-async fn garbling_peer(
+/// stream writes what `script` makes of the batch's requests, then ends the stream.
+async fn scripted_peer(
     rt: &Arc<dyn Runtime>,
     ca: &ClusterCa,
     net: &QuicNetwork,
+    script: impl Fn(&[Envelope]) -> Vec<Step> + Send + 'static,
 ) -> quinn::Endpoint {
     let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
     let socket = std::net::UdpSocket::bind(loopback()).unwrap();
@@ -530,16 +784,22 @@ async fn garbling_peer(
                 send.write_all(&frame::encode(&response, 1 << 20).unwrap()).await.unwrap();
             } else {
                 let (requests, _) = frame::decode_batch(&bytes, 1 << 20, LIMITS).unwrap();
-                for (position, (_, request)) in requests.into_iter().enumerate() {
-                    let position = position as u16;
-                    let answer = if request.group_id == 2 {
-                        let mut garbage = vec![0, 0, 0, 0, BATCH_KIND];
-                        garbage.extend(position.to_be_bytes());
-                        garbage.extend([0xff; 6]);
-                        fix_length(garbage)
-                    } else {
-                        let response = WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
-                        frame::encode_answer(position, &response, 1 << 20).unwrap().to_vec()
+                let requests: Vec<Envelope> = requests.into_iter().map(|(_, r)| r).collect();
+                for step in script(&requests) {
+                    let answer = match step {
+                        Step::Answer { position, request } => {
+                            let request = requests[request].clone();
+                            let response =
+                                WireResponse::Ok(handler.handle_rpc(request).await.unwrap());
+                            frame::encode_answer(position, &response, 1 << 20).unwrap().to_vec()
+                        }
+                        Step::Garbage(position) => {
+                            let mut garbage = vec![0, 0, 0, 0, BATCH_KIND];
+                            garbage.extend(position.to_be_bytes());
+                            garbage.extend([0xff; 6]);
+                            fix_length(garbage)
+                        }
+                        Step::Truncated => vec![0, 0, 0, 100, BATCH_KIND, 0],
                     };
                     send.write_all(&answer).await.unwrap();
                 }
@@ -550,24 +810,47 @@ async fn garbling_peer(
     endpoint
 }
 
-/// An answer on a batch's stream whose body does not decode, but whose frame (its length and
-/// position) is intact, fails its own caller only: the answers after it are still read and
-/// handed to their callers. (Before, it failed every caller still waiting in the batch.)
-// One thread: requests "issued together" are all queued before any send task runs, so the
-// batch holds them all.
-#[tokio::test(flavor = "current_thread")]
-async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
+/// A [`scripted_peer`]'s script: every request of group 2 answered with garbage, every other
+/// well.
+fn garbling(requests: &[Envelope]) -> Vec<Step> {
+    let step = |(request, envelope): (usize, &Envelope)| match envelope.group_id {
+        2 => Step::Garbage(request as u16),
+        _ => Step::Answer { position: request as u16, request },
+    };
+    requests.iter().enumerate().map(step).collect()
+}
+
+/// Node 1 sends four heartbeats issued together (groups 1, 1, 2, 3) to a [`scripted_peer`]
+/// running `script`: the first goes alone (nothing awaited an answer), the three others share
+/// one batch (positions 0, 1 and 2: groups 1, 2 and 3). Returns each caller's result, in order,
+/// and the answers node 1 ignored as stray. Run on one thread: requests "issued together" are
+/// then all queued before any send task runs, so the batch holds them all.
+async fn four_heartbeats_to(
+    script: impl Fn(&[Envelope]) -> Vec<Step> + Send + 'static,
+) -> (Vec<Result<RpcResponse, NetworkError>>, u64) {
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
     let net = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    let endpoint = garbling_peer(&rt, &ca, &net).await;
+    let endpoint = scripted_peer(&rt, &ca, &net, script).await;
     let beat = |group| net.send(Envelope::new(2, heartbeat(1)).with_group_id(group));
-    // The opener goes alone (nothing awaited an answer); the others share a batch, in which
-    // group 2's answer (second of three) is garbage.
     let sends = [beat(1), beat(1), beat(2), beat(3)];
-    let answers = bounded(&rt, "a batch with a garbled answer", join_all(sends)).await;
+    let answers = bounded(&rt, "four heartbeats", join_all(sends)).await;
     assert_eq!(net.peer_stats(2).batches_sent, 1);
+    let stray = net.stray_answers_received();
+    net.close().await;
+    endpoint.close(0u32.into(), b"");
+    (answers, stray)
+}
+
+/// An answer on a batch's stream whose body does not decode, but whose frame (its length and
+/// position) is intact, fails its own caller only: the answers after it are still read and
+/// handed to their callers. (Before, it failed every caller still waiting in the batch.)
+// One thread: see `four_heartbeats_to`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
+    // Group 2's answer (second of the batch's three) is garbage.
+    let (answers, _) = four_heartbeats_to(garbling).await;
     for (i, answer) in answers.into_iter().enumerate() {
         if i == 2 {
             assert!(matches!(answer, Err(NetworkError::Codec(_))), "group 2: {answer:?}");
@@ -575,8 +858,48 @@ async fn a_malformed_answer_in_a_batch_fails_its_own_caller_only() {
             assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
         }
     }
-    net.close().await;
-    endpoint.close(0u32.into(), b"");
+}
+
+/// Answers on a batch's stream whose framing is intact but whose position nobody awaits (one
+/// never in the batch, one already answered) are ignored and counted: every caller of the
+/// batch still gets its own answer. (Before, the first such answer failed every caller still
+/// waiting.)
+// One thread: see `four_heartbeats_to`.
+#[tokio::test(flavor = "current_thread")]
+async fn answers_for_positions_nobody_awaits_are_ignored_and_counted() {
+    let (answers, stray) = four_heartbeats_to(|_| {
+        vec![
+            Step::Answer { position: 9, request: 0 },
+            Step::Answer { position: 0, request: 0 },
+            Step::Answer { position: 0, request: 0 },
+            Step::Answer { position: 2, request: 2 },
+            Step::Answer { position: 1, request: 1 },
+        ]
+    })
+    .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
+    }
+    assert_eq!(stray, 2, "position 9, and position 0 again");
+}
+
+/// Once the framing of a batch's stream breaks (a frame that announces more bytes than
+/// follow), nothing after it can be attributed: every caller still waiting fails, those
+/// answered before keep their answer.
+// One thread: see `four_heartbeats_to`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_broken_answer_framing_fails_every_caller_still_waiting() {
+    let (answers, stray) =
+        four_heartbeats_to(|_| vec![Step::Answer { position: 1, request: 1 }, Step::Truncated])
+            .await;
+    for (i, answer) in answers.into_iter().enumerate() {
+        if i == 0 || i == 2 {
+            assert!(matches!(answer, Ok(RpcResponse::AppendEntries(_))), "request {i}: {answer:?}");
+        } else {
+            assert!(matches!(answer, Err(NetworkError::Codec(_))), "request {i}: {answer:?}");
+        }
+    }
+    assert_eq!(stray, 0);
 }
 
 /// A runtime that shuts down while small requests are queued behind one still being sent (its
