@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use raft_core::{GroupId, StorageError};
 
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) committed_requests: AtomicU64,
     /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
     pub(crate) headroom_bytes: AtomicU64,
+    /// Where the writer thread's time went (`StoreStats`'s timings).
+    pub(crate) timings: WriterTimings,
     /// The writer thread's I/O counters in `/proc` (set by the writer when it starts, if any).
     pub(crate) writer_io: OnceLock<PathBuf>,
     /// Test hook: the next commit fails as if the disk were full.
@@ -86,6 +89,7 @@ impl Shared {
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             headroom_bytes: AtomicU64::new(0),
+            timings: WriterTimings::default(),
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
@@ -135,6 +139,11 @@ impl Shared {
             commits: self.commits.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
+            transaction_us: self.timings.transaction.micros(),
+            sync_us: self.timings.sync.micros(),
+            answer_us: self.timings.answer.micros(),
+            linger_us: self.timings.linger.micros(),
+            linger_timeouts: self.timings.linger_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -169,6 +178,37 @@ impl Shared {
     pub(crate) fn changing_groups(&self) -> MutexGuard<'_, ()> {
         self.group_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A total of durations, added to by the writer thread and read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct TotalTime(AtomicU64);
+
+impl TotalTime {
+    /// Adds `took` (saturating at `u64::MAX` nanoseconds, 584 years).
+    pub(crate) fn add(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn micros(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) / 1_000
+    }
+}
+
+/// The writer thread's timings (see `StoreStats`).
+#[derive(Debug, Default)]
+pub(crate) struct WriterTimings {
+    /// Building and committing transactions.
+    pub(crate) transaction: TotalTime,
+    /// LMDB's commit of a transaction (its page writes and syncs).
+    pub(crate) sync: TotalTime,
+    /// Answering the requests of committed transactions.
+    pub(crate) answer: TotalTime,
+    /// Waiting for expected requests with a transaction's first request in hand.
+    pub(crate) linger: TotalTime,
+    /// Lingers that ended at their time limit short of the expected requests.
+    pub(crate) linger_timeouts: AtomicU64,
 }
 
 /// Runs `f` on the open environment, or fails with [`StorageError::Closed`].

@@ -333,6 +333,23 @@ pub struct StoreStats {
     /// Bytes of zeros written past LMDB's last page to keep the data file grown ahead of use
     /// ([`crate::LmdbOptions::with_file_headroom`]), open included.
     pub headroom_bytes: u64,
+    /// Microseconds the writer thread spent building and committing transactions (every
+    /// request applied, the pages written and synced): the sum of their durations.
+    pub transaction_us: u64,
+    /// Microseconds of `transaction_us` spent in LMDB's commit: writing the transactions'
+    /// pages and syncing them, then their meta page.
+    pub sync_us: u64,
+    /// Microseconds the writer thread spent answering the requests of committed transactions
+    /// (waking their callers), from the end of each commit.
+    pub answer_us: u64,
+    /// Microseconds the writer thread waited, with a transaction's first request in hand, for
+    /// requests it expected before beginning the transaction (callers it has just answered,
+    /// likely to write again at once): at most a quarter of the previous commit's duration
+    /// each time. The rest of the writer's time is spent waiting for a first request, or on
+    /// bookkeeping.
+    pub linger_us: u64,
+    /// Lingers that ended at their time limit before the expected requests had arrived.
+    pub linger_timeouts: u64,
 }
 
 /// How an environment uses its data file, as of its last commit: a diagnostic

@@ -3,10 +3,12 @@
 //! It takes requests from the bounded queue (`queue.rs`: fair between Raft groups), merges every
 //! request queued while the previous commit was running, whatever its group, into one
 //! transaction (group commit: one sync for many writes of many groups), commits it and then
-//! answers every request of the transaction. When the callers just answered are expected back at once
-//! (several callers each waiting for their write before the next), it waits for them a fraction
-//! of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync instead of
-//! //! splitting into cohorts that alternate between commits; a lone caller never waits. A group's
+//! answers every request of the transaction. When the callers just answered are expected back at
+//! once (several callers each waiting for their write before the next), it waits for them a
+//! fraction of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync
+//! instead of splitting into cohorts that alternate between commits; a lone caller never waits.
+//! While it waits, submitters wake it once, when the requests it expects are queued (or the
+//! queue is full), not at each request. A group's
 //! requests are applied in its queue order, each validated against the group's log as left by
 //! the requests before it; an invalid request is answered with its error and has no effect,
 //! without disturbing the others, of its group or of another group.
@@ -156,7 +158,7 @@ impl Writer {
             // the requests that queued up during the commit.
             let expected = (answered + group.len()).min(self.limits.max_requests);
             if group.is_empty() {
-                if !shared.queue.wait(None) {
+                if !shared.queue.wait(1, u64::MAX, None) {
                     break;
                 }
                 shared.queue.take(&mut group, &mut bytes, 1, u64::MAX);
@@ -168,7 +170,9 @@ impl Writer {
             answered = group.len();
             let started = Instant::now();
             let replies = self.commit_group(group);
-            last_commit = started.elapsed();
+            let committed = Instant::now();
+            last_commit = committed - started;
+            shared.timings.transaction.add(last_commit);
             // Take what queued up during the commit before answering, so that it is not
             // mistaken for the answered callers coming back.
             let mut carried_bytes = 0;
@@ -180,6 +184,7 @@ impl Writer {
                 groups.push(group);
             }
             shared.queue.answered(groups);
+            shared.timings.answer.add(committed.elapsed());
         }
         tracing::debug!("raft-lmdb writer thread stops: the environment was dropped");
     }
@@ -201,14 +206,26 @@ impl Writer {
         expected: usize,
         last_commit: Duration,
     ) {
-        let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
-        while group.len() < expected && *bytes < self.limits.max_bytes {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            if !self.shared.queue.wait(Some(left)) {
+        let max_bytes = self.limits.max_bytes;
+        if group.len() >= expected || *bytes >= max_bytes {
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + (last_commit / 4).min(MAX_LINGER);
+        while group.len() < expected && *bytes < max_bytes {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                self.shared.timings.linger_timeouts.fetch_add(1, Ordering::Relaxed);
+                break;
+            };
+            // Woken once the missing requests (or bytes) are queued, not at each one.
+            let (missing, missing_bytes) = (expected - group.len(), max_bytes - *bytes);
+            if !self.shared.queue.wait(missing, missing_bytes, Some(left)) {
+                self.shared.timings.linger_timeouts.fetch_add(1, Ordering::Relaxed);
                 break;
             }
             self.gather(group, bytes);
         }
+        self.shared.timings.linger.add(started.elapsed());
     }
 
     /// Commits `group` and returns the answer for each request (not sent yet).
@@ -351,7 +368,9 @@ impl Writer {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
         }
+        let syncing = Instant::now();
         txn.commit()?;
+        self.shared.timings.sync.add(syncing.elapsed());
         Ok((touched, outcomes))
     }
 
