@@ -55,11 +55,6 @@ struct State {
     /// Groups with requests queued, in the order the writer serves them next.
     ready: VecDeque<GroupId>,
     queued: usize,
-    /// The bytes of the queued requests (`Op::size_bytes`).
-    queued_bytes: u64,
-    /// Set while the writer waits in [`Queue::wait`]: the queued requests or bytes at which
-    /// a submitter wakes it (and clears this, so that one wake-up serves).
-    wake_writer_at: Option<(usize, u64)>,
     /// No more requests: the environment is closing or the writer has stopped.
     closed: bool,
 }
@@ -105,33 +100,15 @@ impl Queue {
         let id = request.group;
         let len = state.groups.get(&id).map_or(0, |group| group.queued.len());
         if len >= self.limits.per_group || (over_total && len > 0) {
-            // The writer must take requests before this one fits: stop waiting for more.
-            let wake = state.wake_writer_at.take().is_some();
-            drop(state);
-            if wake {
-                self.arrived.notify_one();
-            }
             return Err(Refused::Full(request));
         }
-        let size = request.op.size_bytes();
         state.groups.entry(id).or_default().queued.push_back(request);
         if len == 0 {
             state.ready.push_back(id);
         }
         state.queued += 1;
-        state.queued_bytes = state.queued_bytes.saturating_add(size);
-        // Wake the writer only when what it waits for is queued: one wake-up (a system call,
-        // a context switch) per wait rather than one per request.
-        let wake = state.wake_writer_at.is_some_and(|(requests, bytes)| {
-            state.queued >= requests || state.queued_bytes >= bytes
-        });
-        if wake {
-            state.wake_writer_at = None;
-        }
         drop(state);
-        if wake {
-            self.arrived.notify_one();
-        }
+        self.arrived.notify_one();
         Ok(())
     }
 
@@ -161,9 +138,7 @@ impl Queue {
                 state.ready.push_back(id);
             }
             state.queued -= 1;
-            let size = request.op.size_bytes();
-            state.queued_bytes = state.queued_bytes.saturating_sub(size);
-            *bytes += size;
+            *bytes += request.op.size_bytes();
             out.push(request);
         }
         drop(state);
@@ -172,29 +147,26 @@ impl Queue {
         }
     }
 
-    /// Waits (the writer) until `requests` requests (at least one) or `bytes` bytes are queued,
-    /// a submitter finds the queue full, the queue is closed, or `timeout` passes. Returns
-    /// whether any request is queued. Submitters wake the writer once, when one of those
-    /// happens, not at each request.
-    pub(crate) fn wait(&self, requests: usize, bytes: u64, timeout: Option<Duration>) -> bool {
-        let requests = requests.max(1);
+    /// Waits until a request is queued (`true`), the queue is closed and empty (`false`), or
+    /// `timeout` passes (`false`).
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
         let mut state = self.lock();
-        if state.closed || state.queued >= requests || state.queued_bytes >= bytes {
-            return state.queued > 0;
-        }
-        state.wake_writer_at = Some((requests, bytes));
-        // A submitter clears `wake_writer_at` when it wakes the writer.
-        let waiting = |s: &mut State| !s.closed && s.wake_writer_at.is_some();
-        state = match timeout {
-            None => self.arrived.wait_while(state, waiting).unwrap_or_else(|p| p.into_inner()),
-            Some(timeout) => {
-                self.arrived
-                    .wait_timeout_while(state, timeout, waiting)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
+        let ready = |state: &mut State| state.queued > 0 || state.closed;
+        match timeout {
+            None => {
+                state = self
+                    .arrived
+                    .wait_while(state, |s| !ready(s))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
-        };
-        state.wake_writer_at = None;
+            Some(timeout) => {
+                state = self
+                    .arrived
+                    .wait_timeout_while(state, timeout, |s| !ready(s))
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0;
+            }
+        }
         state.queued > 0
     }
 
@@ -241,7 +213,6 @@ impl Queue {
             let mut state = self.lock();
             state.closed = true;
             state.queued = 0;
-            state.queued_bytes = 0;
             state.ready.clear();
             std::mem::take(&mut state.groups)
         };
@@ -320,74 +291,6 @@ mod tests {
         assert_eq!(taken(&queue, 4), [(9, 1), (7, 2), (9, 2), (7, 3)]);
         assert_eq!(taken(&queue, 10), [(7, 4), (7, 5)]);
         assert!(taken(&queue, 10).is_empty());
-    }
-
-    /// A writer thread waiting in `queue` for `requests` requests or `bytes` bytes.
-    fn waiting_writer(
-        queue: &std::sync::Arc<Queue>,
-        requests: usize,
-        bytes: u64,
-    ) -> std::thread::JoinHandle<bool> {
-        let queue = std::sync::Arc::clone(queue);
-        std::thread::spawn(move || queue.wait(requests, bytes, None))
-    }
-
-    /// Waits until the writer has registered what it waits for in `queue`.
-    /// (`None` if it has not after 10 s: the test then fails instead of hanging.)
-    fn writer_waits(queue: &Queue) -> Option<(usize, u64)> {
-        for _ in 0..10_000 {
-            if let Some(at) = queue.lock().wake_writer_at {
-                return Some(at);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        None
-    }
-
-    /// The writer waiting for 3 requests is woken by the third submitter, not by the first two
-    /// (each wake-up is a system call and a context switch on the submitters' path), and a
-    /// request already queued counts.
-    #[test]
-    fn the_writer_is_woken_once_what_it_waits_for_is_queued() {
-        let queue = std::sync::Arc::new(Queue::new(QueueLimits { per_group: 100, total: 100 }));
-        assert!(pushed(&queue, 1, 1));
-        let writer = waiting_writer(&queue, 3, u64::MAX);
-        assert_eq!(writer_waits(&queue), Some((3, u64::MAX)));
-        assert!(pushed(&queue, 2, 1));
-        assert!(queue.lock().wake_writer_at.is_some(), "2 of 3 queued: the writer sleeps on");
-        assert!(pushed(&queue, 1, 2));
-        assert!(queue.lock().wake_writer_at.is_none(), "the third submitter wakes the writer");
-        assert!(writer.join().unwrap());
-        // Already there: no wait at all.
-        assert!(queue.wait(3, u64::MAX, None));
-        assert!(queue.lock().wake_writer_at.is_none());
-    }
-
-    /// Bytes count as well as requests, and a submitter refused for want of room wakes the
-    /// writer at once: it must take requests before more can arrive.
-    #[test]
-    fn bytes_or_a_full_queue_wake_the_writer() {
-        let queue = std::sync::Arc::new(Queue::new(QueueLimits { per_group: 2, total: 100 }));
-        let size = request(1, 1).op.size_bytes();
-        let writer = waiting_writer(&queue, 50, 2 * size);
-        assert!(writer_waits(&queue).is_some());
-        assert!(pushed(&queue, 1, 1));
-        assert!(queue.lock().wake_writer_at.is_some());
-        assert!(pushed(&queue, 2, 1));
-        assert!(queue.lock().wake_writer_at.is_none(), "two requests' bytes are queued");
-        assert!(writer.join().unwrap());
-        let writer = waiting_writer(&queue, 50, u64::MAX);
-        assert!(writer_waits(&queue).is_some());
-        assert!(pushed(&queue, 1, 2));
-        assert!(!pushed(&queue, 1, 3), "group 1 is at its bound");
-        assert!(queue.lock().wake_writer_at.is_none(), "the refused submitter woke the writer");
-        assert!(writer.join().unwrap());
-        // A writer waiting for more than can come wakes at its time limit, or when closed.
-        assert!(queue.wait(50, u64::MAX, Some(Duration::from_millis(1))));
-        let writer = waiting_writer(&queue, 50, u64::MAX);
-        assert!(writer_waits(&queue).is_some());
-        queue.close();
-        assert!(writer.join().unwrap(), "requests still queued");
     }
 
     /// A closing store waits for its group's requests to be answered, not for other groups'.

@@ -7,9 +7,7 @@
 //! once (several callers each waiting for their write before the next), it waits for them a
 //! fraction of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync
 //! instead of splitting into cohorts that alternate between commits; a lone caller never waits.
-//! While it waits, submitters wake it once, when the requests it expects are queued (or the
-//! queue is full), not at each request. A group's
-//! requests are applied in its queue order, each validated against the group's log as left by
+//! A group's requests are applied in its queue order, each validated against the group's log as left by
 //! the requests before it; an invalid request is answered with its error and has no effect,
 //! without disturbing the others, of its group or of another group.
 //!
@@ -158,7 +156,7 @@ impl Writer {
             // the requests that queued up during the commit.
             let expected = (answered + group.len()).min(self.limits.max_requests);
             if group.is_empty() {
-                if !shared.queue.wait(1, u64::MAX, None) {
+                if !shared.queue.wait(None) {
                     break;
                 }
                 shared.queue.take(&mut group, &mut bytes, 1, u64::MAX);
@@ -217,9 +215,7 @@ impl Writer {
                 self.shared.timings.linger_timeouts.fetch_add(1, Ordering::Relaxed);
                 break;
             };
-            // Woken once the missing requests (or bytes) are queued, not at each one.
-            let (missing, missing_bytes) = (expected - group.len(), max_bytes - *bytes);
-            if !self.shared.queue.wait(missing, missing_bytes, Some(left)) {
+            if !self.shared.queue.wait(Some(left)) {
                 self.shared.timings.linger_timeouts.fetch_add(1, Ordering::Relaxed);
                 break;
             }
