@@ -15,7 +15,9 @@
 //! conditions on a disk whose speed drifts (the 64-writer runs alternate in short slices). The
 //! 64-entry and 64-writer measurements also run on a second store without file headroom
 //! (`LmdbOptions::with_file_headroom(0)`: LMDB grows the data file at each commit), to show what
-//! the headroom buys in the same run.
+//! the headroom buys in the same run. The concurrent-writer rows also give the writer thread's
+//! time per commit (`StoreStats`): the transaction (LMDB's commit within it), answering the
+//! callers, waiting for a first request of the next transaction, and lingering for the rest.
 //! `--dir` must be on the disk you care about (not a tmpfs); the benchmark works in a fresh
 //! sub-directory that it removes at the end.
 //!
