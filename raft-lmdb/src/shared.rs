@@ -135,14 +135,19 @@ impl Shared {
 
     /// The writer's counters.
     pub(crate) fn stats(&self) -> StoreStats {
+        // The writer adds a commit's transaction time before its sync time (Release), so
+        // loading the sync total first (Acquire) gives `sync_us <= transaction_us`.
+        let sync_us = self.timings.sync.micros();
+        let transaction_us = self.timings.transaction.micros();
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
-            transaction_us: self.timings.transaction.micros(),
-            sync_us: self.timings.sync.micros(),
+            transaction_us,
+            sync_us,
             answer_us: self.timings.answer.micros(),
             linger_us: self.timings.linger.micros(),
+            lingers: self.timings.lingers.load(Ordering::Relaxed),
             linger_timeouts: self.timings.linger_timeouts.load(Ordering::Relaxed),
         }
     }
@@ -180,33 +185,40 @@ impl Shared {
     }
 }
 
-/// A total of durations, added to by the writer thread and read by anyone.
+/// A total of durations, added to by the writer thread and read by anyone. Each addition is a
+/// Release and each read an Acquire: a reader that sees an addition also sees everything the
+/// writer did before it (`WriterTimings`'s order).
 #[derive(Debug, Default)]
 pub(crate) struct TotalTime(AtomicU64);
 
 impl TotalTime {
-    /// Adds `took` (saturating at `u64::MAX` nanoseconds, 584 years).
+    /// Adds `took` in nanoseconds (a `took` beyond `u64::MAX` nanoseconds counts as that). The
+    /// total wraps around past `u64::MAX` nanoseconds (584 years).
     pub(crate) fn add(&self, took: Duration) {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(nanos, Ordering::Relaxed);
+        self.0.fetch_add(nanos, Ordering::Release);
     }
 
     fn micros(&self) -> u64 {
-        self.0.load(Ordering::Relaxed) / 1_000
+        self.0.load(Ordering::Acquire) / 1_000
     }
 }
 
-/// The writer thread's timings (see `StoreStats`).
+/// The writer thread's timings (see `StoreStats`). The writer adds a commit's `transaction`
+/// before its `sync`, and `Shared::stats` reads `sync` before `transaction`, so that a
+/// snapshot never shows more sync time than transaction time.
 #[derive(Debug, Default)]
 pub(crate) struct WriterTimings {
-    /// Building and committing transactions.
+    /// Building and committing the transactions that committed.
     pub(crate) transaction: TotalTime,
-    /// LMDB's commit of a transaction (its page writes and syncs).
+    /// LMDB's commit of those transactions (their page writes and syncs).
     pub(crate) sync: TotalTime,
-    /// Answering the requests of committed transactions.
+    /// Answering the requests of each transaction, failed ones included.
     pub(crate) answer: TotalTime,
     /// Waiting for expected requests with a transaction's first request in hand.
     pub(crate) linger: TotalTime,
+    /// Lingers: the times the writer waited for expected requests.
+    pub(crate) lingers: AtomicU64,
     /// Lingers that ended at their time limit short of the expected requests.
     pub(crate) linger_timeouts: AtomicU64,
 }

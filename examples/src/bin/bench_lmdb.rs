@@ -431,22 +431,27 @@ struct GroupMeter {
     writer: WriterTime,
 }
 
-/// Microseconds of the writer thread, summed over commits (see `StoreStats`).
+/// Microseconds of the writer thread, summed over commits, and its lingers (see `StoreStats`).
 #[derive(Default)]
 struct WriterTime {
     transaction_us: u64,
     sync_us: u64,
     answer_us: u64,
     linger_us: u64,
+    lingers: u64,
     linger_timeouts: u64,
 }
 
 impl WriterTime {
+    /// Adds the writer's work between two snapshots. The answering time of the last commit
+    /// before `after` may be added after `after` was taken (its callers are woken before it
+    /// is added), and then counts in the next measurement: at most one commit's answering.
     fn add_difference(&mut self, before: &StoreStats, after: &StoreStats) {
         self.transaction_us += after.transaction_us - before.transaction_us;
         self.sync_us += after.sync_us - before.sync_us;
         self.answer_us += after.answer_us - before.answer_us;
         self.linger_us += after.linger_us - before.linger_us;
+        self.lingers += after.lingers - before.lingers;
         self.linger_timeouts += after.linger_timeouts - before.linger_timeouts;
     }
 }
@@ -476,7 +481,7 @@ impl GroupMeter {
             concat!(
                 "{:.0} commits/s, mean group {:.1}; writer per commit (us): transaction ",
                 "{:.0} (LMDB commit {:.0}), answer {:.1}, wait for a first request {:.0}, ",
-                "linger {:.0} ({:.0}% timed out)"
+                "linger {:.0} ({:.0}% of commits lingered, {:.0}% of lingers timed out)"
             ),
             self.commits as f64 / seconds,
             group,
@@ -485,7 +490,8 @@ impl GroupMeter {
             per_commit(w.answer_us),
             first,
             per_commit(w.linger_us),
-            w.linger_timeouts as f64 * 100.0 / commits,
+            w.lingers as f64 * 100.0 / commits,
+            w.linger_timeouts as f64 * 100.0 / w.lingers.max(1) as f64,
         );
         let mut row = self.meter.row("", "entries/s", note);
         row.what = what;
