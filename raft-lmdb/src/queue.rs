@@ -41,6 +41,17 @@ pub(crate) enum Refused {
     Closed,
 }
 
+/// How [`Queue::wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A request is queued.
+    Queued,
+    /// The queue is closed and empty.
+    Closed,
+    /// The timeout passed with the queue open and empty.
+    TimedOut,
+}
+
 /// One group's requests.
 #[derive(Debug, Default)]
 struct GroupQueue {
@@ -147,9 +158,8 @@ impl Queue {
         }
     }
 
-    /// Waits until a request is queued (`true`), the queue is closed and empty (`false`), or
-    /// `timeout` passes (`false`).
-    pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
+    /// Waits until a request is queued, the queue is closed and empty, or `timeout` passes.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> Waited {
         let mut state = self.lock();
         let ready = |state: &mut State| state.queued > 0 || state.closed;
         match timeout {
@@ -167,7 +177,13 @@ impl Queue {
                     .0;
             }
         }
-        state.queued > 0
+        if state.queued > 0 {
+            Waited::Queued
+        } else if state.closed {
+            Waited::Closed
+        } else {
+            Waited::TimedOut
+        }
     }
 
     /// Records that the requests of `groups` (one element per request) have been answered.
@@ -254,6 +270,21 @@ mod tests {
                 _ => panic!("unexpected op"),
             })
             .collect()
+    }
+
+    /// A wait tells a queued request, a timeout and a closed queue apart (the writer counts
+    /// only timeouts as lingers at their limit); requests still queued are taken after closing.
+    #[test]
+    fn a_wait_ends_queued_timed_out_or_closed() {
+        let queue = Queue::new(QueueLimits { per_group: 3, total: 4 });
+        assert_eq!(queue.wait(Some(Duration::ZERO)), Waited::TimedOut);
+        assert!(pushed(&queue, 1, 1));
+        assert_eq!(queue.wait(Some(Duration::ZERO)), Waited::Queued);
+        queue.close();
+        assert_eq!(queue.wait(Some(Duration::from_secs(60))), Waited::Queued);
+        assert_eq!(taken(&queue, 3), vec![(1, 1)]);
+        assert_eq!(queue.wait(Some(Duration::from_secs(60))), Waited::Closed);
+        assert_eq!(queue.wait(None), Waited::Closed);
     }
 
     /// A busy group fills its own bound and the overall one; another group with nothing queued

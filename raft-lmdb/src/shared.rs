@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use raft_core::{GroupId, StorageError};
 
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) committed_requests: AtomicU64,
     /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
     pub(crate) headroom_bytes: AtomicU64,
+    /// Where the writer thread's time went (`StoreStats`'s timings).
+    pub(crate) timings: WriterTimings,
     /// The writer thread's I/O counters in `/proc` (set by the writer when it starts, if any).
     pub(crate) writer_io: OnceLock<PathBuf>,
     /// Test hook: the next commit fails as if the disk were full.
@@ -86,6 +89,7 @@ impl Shared {
             commits: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             headroom_bytes: AtomicU64::new(0),
+            timings: WriterTimings::default(),
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
@@ -131,10 +135,20 @@ impl Shared {
 
     /// The writer's counters.
     pub(crate) fn stats(&self) -> StoreStats {
+        // The writer adds a commit's transaction time before its sync time (Release), so
+        // loading the sync total first (Acquire) gives `sync_us <= transaction_us`.
+        let sync_us = self.timings.sync.micros();
+        let transaction_us = self.timings.transaction.micros();
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
+            transaction_us,
+            sync_us,
+            answer_us: self.timings.answer.micros(),
+            linger_us: self.timings.linger.micros(),
+            lingers: self.timings.lingers.load(Ordering::Relaxed),
+            linger_timeouts: self.timings.linger_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -169,6 +183,44 @@ impl Shared {
     pub(crate) fn changing_groups(&self) -> MutexGuard<'_, ()> {
         self.group_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A total of durations, added to by the writer thread and read by anyone. Each addition is a
+/// Release and each read an Acquire: a reader that sees an addition also sees everything the
+/// writer did before it (`WriterTimings`'s order).
+#[derive(Debug, Default)]
+pub(crate) struct TotalTime(AtomicU64);
+
+impl TotalTime {
+    /// Adds `took` in nanoseconds (a `took` beyond `u64::MAX` nanoseconds counts as that). The
+    /// total wraps around past `u64::MAX` nanoseconds (584 years).
+    pub(crate) fn add(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Release);
+    }
+
+    fn micros(&self) -> u64 {
+        self.0.load(Ordering::Acquire) / 1_000
+    }
+}
+
+/// The writer thread's timings (see `StoreStats`). The writer adds a commit's `transaction`
+/// before its `sync`, and `Shared::stats` reads `sync` before `transaction`, so that a
+/// snapshot never shows more sync time than transaction time.
+#[derive(Debug, Default)]
+pub(crate) struct WriterTimings {
+    /// Building and committing the transactions that committed.
+    pub(crate) transaction: TotalTime,
+    /// LMDB's commit of those transactions (their page writes and syncs).
+    pub(crate) sync: TotalTime,
+    /// Answering the requests of each transaction, failed ones included.
+    pub(crate) answer: TotalTime,
+    /// Waiting for expected requests with a transaction's first request in hand.
+    pub(crate) linger: TotalTime,
+    /// Lingers: the times the writer waited for expected requests.
+    pub(crate) lingers: AtomicU64,
+    /// Lingers that ended at their time limit short of the expected requests.
+    pub(crate) linger_timeouts: AtomicU64,
 }
 
 /// Runs `f` on the open environment, or fails with [`StorageError::Closed`].

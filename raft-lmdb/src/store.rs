@@ -333,6 +333,35 @@ pub struct StoreStats {
     /// Bytes of zeros written past LMDB's last page to keep the data file grown ahead of use
     /// ([`crate::LmdbOptions::with_file_headroom`]), open included.
     pub headroom_bytes: u64,
+    /// Microseconds the writer thread spent on the transactions counted in `commits`, each
+    /// from the end of its linger (its requests in hand) to the end of LMDB's commit and the
+    /// journal's bookkeeping after it: the requests applied, the headroom zeros written
+    /// (`headroom_bytes`), LMDB's commit and, when the map was full, the abandoned attempt,
+    /// the reopening with a larger map and the retry. Failed transactions and requests
+    /// answered at once with an error (after a failure) are not included. The sum of their
+    /// durations; a snapshot never shows it below `sync_us`.
+    pub transaction_us: u64,
+    /// Microseconds of `transaction_us` spent in LMDB's commit: writing the transactions'
+    /// pages and syncing them, then their meta page.
+    pub sync_us: u64,
+    /// Microseconds the writer thread spent answering the requests of each transaction (waking
+    /// their callers; failed requests included), from the end of the transaction: taking the
+    /// requests queued meanwhile, then sending every answer. An answer can reach its caller
+    /// before the time it took is added here.
+    pub answer_us: u64,
+    /// Microseconds the writer thread waited, with a transaction's first request in hand, for
+    /// requests it expected before beginning the transaction (callers it has just answered,
+    /// likely to write again at once): each linger is limited to a quarter of the previous
+    /// commit's duration and at most 500 µs, and its measured time also covers the condition
+    /// variable waking the writer after that limit and the taking of requests that arrived.
+    /// The rest of the writer's time is spent waiting for a first request, or on bookkeeping.
+    pub linger_us: u64,
+    /// Lingers: the transactions for which the writer waited for expected requests (it does
+    /// not when the requests in hand already reach the expected count or the byte limit).
+    pub lingers: u64,
+    /// Lingers that ended at their time limit before the expected requests had arrived (not
+    /// those ended by the store closing).
+    pub linger_timeouts: u64,
 }
 
 /// How an environment uses its data file, as of its last commit: a diagnostic

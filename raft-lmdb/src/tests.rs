@@ -206,6 +206,33 @@ fn requests_queued_during_a_commit_share_the_next_one() {
 }
 
 #[test]
+fn a_linger_for_a_caller_that_does_not_come_back_times_out() {
+    let (_root, dir) = store_with_entries();
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    // Two callers share a commit (the writer held until both are queued)...
+    let pause = store.shared.pause.lock().unwrap();
+    let first = block_on(store.submit(append(6..7, 1))).unwrap();
+    let second = block_on(store.submit(append(7..8, 1))).unwrap();
+    drop(pause);
+    block_on(first).unwrap();
+    block_on(second).unwrap();
+    let shared = store.stats();
+    // ...then only one writes again: the writer expects both, lingers, and its linger ends at
+    // its time limit, since nothing else is ever submitted meanwhile.
+    block_on(store.write(append(8..9, 1))).unwrap();
+    let alone = store.stats();
+    assert_eq!(alone.commits - shared.commits, 1);
+    let timeouts = alone.linger_timeouts - shared.linger_timeouts;
+    assert_eq!((alone.lingers - shared.lingers, timeouts), (1, 1), "{shared:?} -> {alone:?}");
+    // A lone caller, answered alone, is not waited for.
+    block_on(store.write(append(9..10, 1))).unwrap();
+    let after = store.stats();
+    let waited = (after.lingers - alone.lingers, after.linger_timeouts - alone.linger_timeouts);
+    assert_eq!(waited, (0, 0), "{alone:?} -> {after:?}");
+    assert_eq!(block_on(store.open()).unwrap().last, LogId::new(1, 9));
+}
+
+#[test]
 fn an_invalid_request_in_a_group_fails_alone() {
     let (_root, dir) = store_with_entries();
     let store = LmdbLogStore::open_dir(&dir).unwrap();

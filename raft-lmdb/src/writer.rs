@@ -3,11 +3,11 @@
 //! It takes requests from the bounded queue (`queue.rs`: fair between Raft groups), merges every
 //! request queued while the previous commit was running, whatever its group, into one
 //! transaction (group commit: one sync for many writes of many groups), commits it and then
-//! answers every request of the transaction. When the callers just answered are expected back at once
-//! (several callers each waiting for their write before the next), it waits for them a fraction
-//! of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync instead of
-//! //! splitting into cohorts that alternate between commits; a lone caller never waits. A group's
-//! requests are applied in its queue order, each validated against the group's log as left by
+//! answers every request of the transaction. When the callers just answered are expected back at
+//! once (several callers each waiting for their write before the next), it waits for them a
+//! fraction of a commit's duration (at most [`MAX_LINGER`]) so that they share the next sync
+//! instead of splitting into cohorts that alternate between commits; a lone caller never waits.
+//! A group's requests are applied in its queue order, each validated against the group's log as left by
 //! the requests before it; an invalid request is answered with its error and has no effect,
 //! without disturbing the others, of its group or of another group.
 //!
@@ -33,6 +33,7 @@ use crate::codec::{self, MetaRecord};
 use crate::env::{self, Handles};
 use crate::headroom::Headroom;
 use crate::journal::{JournalIndex, MoveError};
+use crate::queue::Waited;
 use crate::shared::Shared;
 use crate::thread_io;
 
@@ -79,6 +80,16 @@ type Reply = (GroupId, oneshot::Sender<Result<(), StorageError>>, Result<(), Sto
 
 /// The state of the groups a transaction touches: `None` once removed.
 type Touched = HashMap<GroupId, Option<MetaRecord>>;
+
+/// What a committed transaction leaves to [`Writer::commit_group`].
+struct Committed {
+    /// The new metadata of the groups the transaction touched.
+    touched: Touched,
+    /// Each request's outcome, in order.
+    outcomes: Vec<Result<(), StorageError>>,
+    /// How long LMDB's commit took.
+    sync: Duration,
+}
 
 /// The longest a transaction waits for expected requests before committing.
 const MAX_LINGER: Duration = Duration::from_micros(500);
@@ -156,7 +167,7 @@ impl Writer {
             // the requests that queued up during the commit.
             let expected = (answered + group.len()).min(self.limits.max_requests);
             if group.is_empty() {
-                if !shared.queue.wait(None) {
+                if shared.queue.wait(None) != Waited::Queued {
                     break;
                 }
                 shared.queue.take(&mut group, &mut bytes, 1, u64::MAX);
@@ -167,8 +178,9 @@ impl Writer {
             self.linger(&mut group, &mut bytes, expected, last_commit);
             answered = group.len();
             let started = Instant::now();
-            let replies = self.commit_group(group);
-            last_commit = started.elapsed();
+            let replies = self.commit_group(group, started);
+            let committed = Instant::now();
+            last_commit = committed - started;
             // Take what queued up during the commit before answering, so that it is not
             // mistaken for the answered callers coming back.
             let mut carried_bytes = 0;
@@ -180,6 +192,7 @@ impl Writer {
                 groups.push(group);
             }
             shared.queue.answered(groups);
+            shared.timings.answer.add(committed.elapsed());
         }
         tracing::debug!("raft-lmdb writer thread stops: the environment was dropped");
     }
@@ -201,18 +214,37 @@ impl Writer {
         expected: usize,
         last_commit: Duration,
     ) {
-        let deadline = Instant::now() + (last_commit / 4).min(MAX_LINGER);
-        while group.len() < expected && *bytes < self.limits.max_bytes {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-            if !self.shared.queue.wait(Some(left)) {
-                break;
-            }
-            self.gather(group, bytes);
+        let max_bytes = self.limits.max_bytes;
+        if group.len() >= expected || *bytes >= max_bytes {
+            return;
         }
+        let shared = Arc::clone(&self.shared);
+        let timings = &shared.timings;
+        timings.lingers.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let deadline = started + (last_commit / 4).min(MAX_LINGER);
+        while group.len() < expected && *bytes < max_bytes {
+            let waited = match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => shared.queue.wait(Some(left)),
+                None => Waited::TimedOut,
+            };
+            match waited {
+                Waited::Queued => self.gather(group, bytes),
+                // The store is closing: commit what is in hand.
+                Waited::Closed => break,
+                Waited::TimedOut => {
+                    timings.linger_timeouts.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        timings.linger.add(started.elapsed());
     }
 
-    /// Commits `group` and returns the answer for each request (not sent yet).
-    fn commit_group(&mut self, group: Vec<Request>) -> Vec<Reply> {
+    /// Commits `group` and returns the answer for each request (not sent yet). If it commits,
+    /// adds the time since `started` to the transaction total, then LMDB's commit to the sync
+    /// total (in that order: see `WriterTimings`).
+    fn commit_group(&mut self, group: Vec<Request>, started: Instant) -> Vec<Reply> {
         if self.shared.is_poisoned() {
             return group
                 .into_iter()
@@ -236,7 +268,10 @@ impl Writer {
                 }
             }
             match result {
-                Ok((touched, outcomes)) => {
+                Ok(Committed { touched, outcomes, sync }) => {
+                    let timings = &self.shared.timings;
+                    timings.transaction.add(started.elapsed());
+                    timings.sync.add(sync);
                     for (id, meta) in touched {
                         match meta {
                             Some(meta) => self.committed.insert(id, meta),
@@ -291,12 +326,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies the whole transaction and commits it. Returns the new metadata of the groups it
-    /// touched and each request's outcome.
-    fn try_commit(
-        &mut self,
-        group: &[Request],
-    ) -> Result<(Touched, Vec<Result<(), StorageError>>), Failure> {
+    /// Applies the whole transaction and commits it.
+    fn try_commit(&mut self, group: &[Request]) -> Result<Committed, Failure> {
         let shared = Arc::clone(&self.shared);
         let slot = shared.handles();
         let Some(handles) = slot.as_ref() else {
@@ -351,8 +382,9 @@ impl Writer {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
         }
+        let syncing = Instant::now();
         txn.commit()?;
-        Ok((touched, outcomes))
+        Ok(Committed { touched, outcomes, sync: syncing.elapsed() })
     }
 
     /// Applies one request to the transaction, against its group's metadata in `touched`.

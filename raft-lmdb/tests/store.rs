@@ -112,8 +112,43 @@ fn submitted_writes_apply_in_submission_order() {
     let stats = store.stats();
     assert_eq!(stats.requests, 200);
     assert!(stats.commits >= 1 && stats.commits <= 200);
+    // The writer's timings: LMDB's commit (a sync of at least a microsecond) is part of the
+    // transaction.
+    assert!(stats.sync_us > 0 && stats.sync_us <= stats.transaction_us, "{stats:?}");
     let entries = block_on(store.read(1..201, u64::MAX)).unwrap();
     assert_eq!(entries, (1..=200).map(|i| entry(i, 1, 10)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_stats_snapshot_never_shows_more_sync_than_transaction_time() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path()).unwrap();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let snapshots = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let mut snapshots = 0u64;
+            while writing.load(std::sync::atomic::Ordering::Acquire) {
+                let stats = store.stats();
+                assert!(stats.sync_us <= stats.transaction_us, "{stats:?}");
+                snapshots += 1;
+            }
+            snapshots
+        });
+        // 64 writes in flight at a time, 50 times: commits of many sizes.
+        for round in 0..50u64 {
+            let pending: Vec<_> = (1..=64)
+                .map(|i| block_on(store.submit(append(vec![entry(round * 64 + i, 1, 10)]))))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            block_on(futures::future::try_join_all(pending)).unwrap();
+        }
+        writing.store(false, std::sync::atomic::Ordering::Release);
+        poller.join()
+    });
+    assert!(snapshots.is_ok_and(|n| n > 0));
+    let stats = store.stats();
+    assert_eq!(stats.requests, 50 * 64);
+    assert!(stats.sync_us > 0 && stats.sync_us <= stats.transaction_us, "{stats:?}");
 }
 
 #[test]

@@ -15,7 +15,9 @@
 //! conditions on a disk whose speed drifts (the 64-writer runs alternate in short slices). The
 //! 64-entry and 64-writer measurements also run on a second store without file headroom
 //! (`LmdbOptions::with_file_headroom(0)`: LMDB grows the data file at each commit), to show what
-//! the headroom buys in the same run.
+//! the headroom buys in the same run. The concurrent-writer rows also give the writer thread's
+//! time per commit (`StoreStats`): the transaction (LMDB's commit within it), answering the
+//! callers, waiting for a first request of the next transaction, and lingering for the rest.
 //! `--dir` must be on the disk you care about (not a tmpfs); the benchmark works in a fresh
 //! sub-directory that it removes at the end.
 //!
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use raft_core::{Entry, EntryPayload, LogIndex, LogStore, WriteBatch};
-use raft_lmdb::{LmdbEnvironment, LmdbLogStore, LmdbOptions};
+use raft_lmdb::{LmdbEnvironment, LmdbLogStore, LmdbOptions, StoreStats};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -425,17 +427,72 @@ struct GroupMeter {
     requests: u64,
     /// Bytes the writer thread wrote (LMDB's pages and meta pages, headroom zeros).
     written_bytes: u64,
+    /// The writer thread's time over the measurement (`StoreStats`'s timings).
+    writer: WriterTime,
+}
+
+/// Microseconds of the writer thread, summed over commits, and its lingers (see `StoreStats`).
+#[derive(Default)]
+struct WriterTime {
+    transaction_us: u64,
+    sync_us: u64,
+    answer_us: u64,
+    linger_us: u64,
+    lingers: u64,
+    linger_timeouts: u64,
+}
+
+impl WriterTime {
+    /// Adds the writer's work between two snapshots. The answering time of the last commit
+    /// before `after` may be added after `after` was taken (its callers are woken before it
+    /// is added), and then counts in the next measurement: at most one commit's answering.
+    fn add_difference(&mut self, before: &StoreStats, after: &StoreStats) {
+        self.transaction_us += after.transaction_us - before.transaction_us;
+        self.sync_us += after.sync_us - before.sync_us;
+        self.answer_us += after.answer_us - before.answer_us;
+        self.linger_us += after.linger_us - before.linger_us;
+        self.lingers += after.lingers - before.lingers;
+        self.linger_timeouts += after.linger_timeouts - before.linger_timeouts;
+    }
 }
 
 impl GroupMeter {
     fn new() -> Result<Self, BoxError> {
-        Ok(Self { meter: Meter::new()?, commits: 0, requests: 0, written_bytes: 0 })
+        Ok(Self {
+            meter: Meter::new()?,
+            commits: 0,
+            requests: 0,
+            written_bytes: 0,
+            writer: WriterTime::default(),
+        })
     }
 
     fn row(&self, what: String) -> Row {
         let seconds = self.meter.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
-        let group = self.requests as f64 / self.commits.max(1) as f64;
-        let note = format!("{:.0} commits/s, mean group {group:.1}", self.commits as f64 / seconds);
+        let commits = self.commits.max(1) as f64;
+        let group = self.requests as f64 / commits;
+        let w = &self.writer;
+        // The writer's cycle per commit: the transaction (its sync included), answering, then
+        // waiting for the first request of the next one, then lingering for the rest.
+        let per_commit = |us: u64| us as f64 / commits;
+        let cycle = seconds * 1e6 / commits;
+        let first = cycle - per_commit(w.transaction_us + w.answer_us + w.linger_us);
+        let note = format!(
+            concat!(
+                "{:.0} commits/s, mean group {:.1}; writer per commit (us): transaction ",
+                "{:.0} (LMDB commit {:.0}), answer {:.1}, wait for a first request {:.0}, ",
+                "linger {:.0} ({:.0}% of commits lingered, {:.0}% of lingers timed out)"
+            ),
+            self.commits as f64 / seconds,
+            group,
+            per_commit(w.transaction_us),
+            per_commit(w.sync_us),
+            per_commit(w.answer_us),
+            first,
+            per_commit(w.linger_us),
+            w.lingers as f64 * 100.0 / commits,
+            w.linger_timeouts as f64 * 100.0 / w.lingers.max(1) as f64,
+        );
         let mut row = self.meter.row("", "entries/s", note);
         row.what = what;
         row
@@ -505,6 +562,7 @@ async fn spread_writers(
     }
     meter.commits += after.commits - before.commits;
     meter.requests += after.requests - before.requests;
+    meter.writer.add_difference(&before, &after);
     Ok(())
 }
 
