@@ -227,3 +227,35 @@ async fn a_cluster_records_what_it_does() {
     .await;
     cluster.shutdown().await;
 }
+
+/// A step of the main loop takes at most 1,024 inputs, proposals included: a burst of
+/// proposals gathered in the inbox before the main loop runs is spread over several steps,
+/// so over several log writes none larger than a step (review L1 of perf5: one wake-up took
+/// the whole inbox, up to `max_pending_proposals`, into one step and one write).
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_proposals_is_spread_over_steps() {
+    let metrics = recorder();
+    let rt = TokioRuntime::current().unwrap();
+    let mut cluster = Cluster::new(rt.clone());
+    let id = 41; // its own labels: the other test's nodes are 1 to 3
+    cluster.add(id, &[id], Recipe::default()).await;
+    assert_eq!(cluster.leader().await, id);
+    let burst = 3_000;
+    // On this one thread, the proposers all queue their proposals before the main loop,
+    // woken by the first, runs.
+    let writes: Vec<_> = (0..burst)
+        .map(|i| {
+            let node = cluster.node(id).clone();
+            tokio::spawn(async move { node.write(raft_core::Bytes::from(format!("b{i}"))).await })
+        })
+        .collect();
+    for write in writes {
+        assert!(matches!(write.await, Ok(Ok(_))));
+    }
+    let batches = metrics.samples("raft_log_write_entries", &node(id));
+    assert!(batches.iter().sum::<f64>() >= f64::from(burst), "{batches:?}");
+    assert!(batches.iter().all(|&entries| entries <= 1024.0), "{batches:?}");
+    // The proposals did gather beyond a step's room: whole steps of them were written.
+    assert!(batches.iter().any(|&entries| entries >= 1000.0), "{batches:?}");
+    cluster.shutdown().await;
+}

@@ -92,7 +92,8 @@ pub(super) struct CoreLoop {
     held: VecDeque<(u64, Held)>,
     /// Proposals waiting for room, in arrival order: while any waits, new ones queue behind it.
     deferred: VecDeque<Proposed>,
-    /// The proposals taken from the inbox, being handed to the engine (kept for its capacity).
+    /// The proposals taken from the inbox, being handed to the engine (kept for its capacity,
+    /// at most a step's inputs).
     arrived: Vec<Proposed>,
     was_leader: bool,
     snap: SnapshotDriver,
@@ -194,10 +195,10 @@ impl CoreLoop {
             }
             self.step_now = None;
             // Each proposal taken from the inbox counts as one input.
-            let mut taken = self.handle(input);
+            let mut taken = self.handle(input, MAX_INPUTS_PER_STEP);
             while taken < MAX_INPUTS_PER_STEP && self.stop.is_none() {
                 match inputs.receiver.try_recv() {
-                    Ok(input) => taken += self.handle(input),
+                    Ok(input) => taken += self.handle(input, MAX_INPUTS_PER_STEP - taken),
                     Err(_) => break,
                 }
             }
@@ -228,9 +229,9 @@ impl CoreLoop {
         self
     }
 
-    /// Feeds one input to the engine (or the proposals of the inbox); sets `stop` when the
-    /// node must stop. Returns how many inputs that was (proposals count one each).
-    fn handle(&mut self, input: Input) -> usize {
+    /// Feeds one input to the engine (or at most `room` proposals of the inbox); sets `stop`
+    /// when the node must stop. Returns how many inputs that was (proposals count one each).
+    fn handle(&mut self, input: Input, room: usize) -> usize {
         // For the inputs whose time matters to lease reads (a tick starts a lease round; a
         // read, local or from a follower, checks the lease), read after the input arrived: a
         // read is answered from the lease only if it still holds after the read was asked for.
@@ -252,7 +253,7 @@ impl CoreLoop {
                     self.metrics.replication(&self.engine);
                 }
             }
-            Input::Proposals => return self.take_proposals(),
+            Input::Proposals => return self.take_proposals(room),
             Input::Request { request, reply } => {
                 let id = self.next_reply;
                 if let RpcRequest::AppendEntries(append) = &request {
@@ -334,11 +335,11 @@ impl CoreLoop {
         1
     }
 
-    /// Hands the proposals waiting in the inbox to the engine, in arrival order; returns how
-    /// many there were.
-    fn take_proposals(&mut self) -> usize {
+    /// Hands the proposals waiting in the inbox, at most `room`, to the engine in arrival
+    /// order (the inbox wakes the loop again for the rest); returns how many there were.
+    fn take_proposals(&mut self, room: usize) -> usize {
         let mut arrived = std::mem::take(&mut self.arrived);
-        self.inputs.inbox.take(&mut arrived);
+        self.inputs.inbox.take(&mut arrived, room, self.clock.as_ref());
         let count = arrived.len();
         for proposal in arrived.drain(..) {
             if self.deferred.is_empty() {
@@ -395,7 +396,7 @@ impl CoreLoop {
     fn change_membership(
         &mut self,
         request: membership::Request,
-        permit: async_lock::SemaphoreGuardArc,
+        permit: super::slots::SlotGuard,
     ) -> Result<membership::Step, MembershipError> {
         let result = match request {
             membership::Request::Change(change) => self.engine.propose_membership(change),
@@ -586,7 +587,9 @@ impl CoreLoop {
         if self.new_waiters.is_empty() {
             return;
         }
-        let waiters = std::mem::take(&mut self.new_waiters);
+        // The next step's proposers start with room for as many (under load, steps are alike).
+        let room = Vec::with_capacity(self.new_waiters.len());
+        let waiters = std::mem::replace(&mut self.new_waiters, room);
         if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
             self.lost("applier (state machine)");
         }
