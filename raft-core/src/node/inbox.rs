@@ -162,6 +162,17 @@ mod tests {
 
     type WriteResult = Result<Bytes, WriteError>;
 
+    /// Pushes `count` proposals; returns their answers.
+    fn push_many(inbox: &Inbox, slots: &Arc<Slots>, count: usize) -> Vec<Reply<WriteResult>> {
+        (0..count)
+            .map(|_| {
+                let (p, answer) = proposal(slots);
+                assert!(inbox.push(p).is_ok());
+                answer
+            })
+            .collect()
+    }
+
     /// An inbox and the input queue its wake-ups go to.
     fn inbox(queue: usize) -> (Inbox, Receiver<Input>) {
         let (inputs, receiver) = async_channel::bounded(queue);
@@ -210,12 +221,7 @@ mod tests {
         let slots = Arc::new(Slots::new(3000));
         let (inbox, receiver) = inbox(16);
         let runtime = Deferred::default();
-        let mut answers = Vec::new();
-        for _ in 0..2500 {
-            let (p, answer) = proposal(&slots);
-            answers.push(answer);
-            assert!(inbox.push(p).is_ok());
-        }
+        let _answers = push_many(&inbox, &slots, 2500);
         let mut batch = Vec::new();
         inbox.take(&mut batch, 1024, &runtime);
         assert_eq!(batch.len(), 1024, "at most the step's room");
@@ -244,12 +250,7 @@ mod tests {
         let slots = Arc::new(Slots::new(burst));
         let (inbox, _receiver) = inbox(4);
         let runtime = Deferred::default();
-        let mut answers = Vec::new();
-        for _ in 0..burst {
-            let (p, answer) = proposal(&slots);
-            answers.push(answer);
-            assert!(inbox.push(p).is_ok());
-        }
+        let answers = push_many(&inbox, &slots, burst);
         let peak = inbox.capacity();
         assert!(peak >= burst);
         let mut batch = Vec::new();
@@ -257,15 +258,9 @@ mod tests {
         while batch.len() < burst {
             inbox.take(&mut batch, 1024, &runtime);
         }
-        drop(batch);
-        answers.clear();
+        drop((batch, answers));
         for _ in 0..(2 * crate::node::waiters::CAPACITY_WINDOW / 10) {
-            let mut answers = Vec::new();
-            for _ in 0..10 {
-                let (p, answer) = proposal(&slots);
-                answers.push(answer);
-                assert!(inbox.push(p).is_ok());
-            }
+            let _answers = push_many(&inbox, &slots, 10);
             let mut batch = Vec::new();
             inbox.take(&mut batch, 1024, &runtime);
             assert_eq!(batch.len(), 10);
