@@ -8,12 +8,19 @@
 //! acquirer has announced that it waits (`waiting`), with the same semantics otherwise: any
 //! number of slots, taken without waiting when one is free, and a waiter woken per release.
 //!
-//! Why no wake-up is lost: a waiter increments `waiting`, then starts listening, then tries to
-//! take a slot; a release adds its slot, then reads `waiting` (all sequentially consistent). If
-//! the release read no waiter, its increment of the count came before the waiter's increment
-//! of `waiting`, so the waiter's try after it sees the slot. A notified listener that is
-//! dropped passes its notification on (event-listener), so a waiter that gives up after being
-//! notified does not swallow it.
+//! Why no wake-up is lost. A waiter (W) increments `waiting`, then starts listening, then reads
+//! `available` in `Slots::try_acquire`; a release (R) increments `available`, then reads
+//! `waiting`. All four operations are `SeqCst`, so they fall in one total order that agrees
+//! with each thread's program order, and a `SeqCst` load sees the last store before it in that
+//! order (or a later one). If R's read of `waiting` missed W's increment, that read came before
+//! the increment in the total order, so R's increment of `available` came before W's read of
+//! `available` too: W reads a count that includes R's slot, unless another acquirer took the
+//! slot first (then that acquirer's release notifies W, whose increment it does see). The
+//! `SeqCst` on the read matters: with `Acquire` alone W could read a count from before R's
+//! increment while R reads `waiting` from before W's (store buffering), and W would sleep with
+//! a slot free. Nothing tests this ordering (no loom or Miri here); the argument above is the
+//! guarantee. A notified listener that is dropped passes its notification on
+//! (event-listener), so a waiter that gives up after being notified does not swallow it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,9 +51,10 @@ impl Slots {
         }
     }
 
-    /// A free slot, if there is one.
+    /// A free slot, if there is one. Reads the count with `SeqCst`: a waiter's wake-up depends
+    /// on it (see the module docs).
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
-        let mut available = self.available.load(Ordering::Acquire);
+        let mut available = self.available.load(Ordering::SeqCst);
         loop {
             if available == 0 {
                 return None;
@@ -55,7 +63,7 @@ impl Slots {
                 available,
                 available - 1,
                 Ordering::SeqCst,
-                Ordering::Acquire,
+                Ordering::SeqCst,
             ) {
                 Ok(_) => return Some(SlotGuard(self.clone())),
                 Err(now) => available = now,
