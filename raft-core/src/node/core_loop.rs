@@ -205,7 +205,11 @@ impl CoreLoop {
             if self.stop.is_some() {
                 break;
             }
-            self.propose_deferred();
+            self.propose_deferred(MAX_INPUTS_PER_STEP.saturating_sub(taken));
+            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+                // The step's room ran out: the next step proposes more.
+                self.inputs.inbox.wake_again(self.clock.as_ref());
+            }
             self.publish_membership();
             self.process_actions();
             self.flush_waiters();
@@ -335,12 +339,14 @@ impl CoreLoop {
         1
     }
 
-    /// Hands the proposals waiting in the inbox, at most `room`, to the engine in arrival
-    /// order (the inbox wakes the loop again for the rest); returns how many there were.
+    /// Hands proposals to the engine in arrival order, at most `room`: first those that
+    /// waited for room (if the engine has room now), then those waiting in the inbox (which
+    /// wakes the loop again for the rest); returns how many there were.
     fn take_proposals(&mut self, room: usize) -> usize {
+        let proposed = self.propose_deferred(room);
         let mut arrived = std::mem::take(&mut self.arrived);
-        self.inputs.inbox.take(&mut arrived, room, self.clock.as_ref());
-        let count = arrived.len();
+        self.inputs.inbox.take(&mut arrived, room - proposed, self.clock.as_ref());
+        let count = proposed + arrived.len();
         for proposal in arrived.drain(..) {
             if self.deferred.is_empty() {
                 self.propose(proposal);
@@ -384,12 +390,19 @@ impl CoreLoop {
         }
     }
 
-    /// Proposes deferred proposals, oldest first, while the engine has room.
-    fn propose_deferred(&mut self) {
-        while self.engine.can_accept_proposal().is_ok() {
-            let Some(proposal) = self.deferred.pop_front() else { return };
+    /// Proposes deferred proposals, oldest first, at most `room` of them, while the engine
+    /// has room; returns how many it handed to the engine. Each counts as one of the step's
+    /// inputs: proposals that gathered while the engine refused them (up to
+    /// `max_pending_proposals`, during a leadership transfer or a backlog) are spread over
+    /// steps, not written and sent in one batch.
+    fn propose_deferred(&mut self, room: usize) -> usize {
+        let mut proposed = 0;
+        while proposed < room && self.engine.can_accept_proposal().is_ok() {
+            let Some(proposal) = self.deferred.pop_front() else { break };
             self.propose(proposal);
+            proposed += 1;
         }
+        proposed
     }
 
     /// One step of a membership change (see `node/membership.rs`).
@@ -587,8 +600,10 @@ impl CoreLoop {
         if self.new_waiters.is_empty() {
             return;
         }
-        // The next step's proposers start with room for as many (under load, steps are alike).
-        let room = Vec::with_capacity(self.new_waiters.len());
+        // The next step's proposers start with room for as many (under load, steps are alike),
+        // at most a step's inputs (each proposer and membership change counts as one): no
+        // reservation larger than the step bound outlives the hand-over that caused it.
+        let room = Vec::with_capacity(self.new_waiters.len().min(MAX_INPUTS_PER_STEP));
         let waiters = std::mem::replace(&mut self.new_waiters, room);
         if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
             self.lost("applier (state machine)");

@@ -105,6 +105,16 @@ impl Inbox {
         }
     }
 
+    /// Makes sure a wake-up is on its way to the main loop, for the proposals it left waiting
+    /// for room at the end of a step (a step hands the engine at most its room of them): sends
+    /// one unless one is already due, so that at most one is queued at a time.
+    pub(crate) fn wake_again(&self, runtime: &dyn Runtime) {
+        if std::mem::replace(&mut self.state().woken, true) {
+            return;
+        }
+        self.wake_main_loop(runtime);
+    }
+
     /// Refuses every later proposal and drops those queued (their proposers see `Shutdown`).
     pub(crate) fn close(&self) {
         let dropped = {
@@ -240,6 +250,24 @@ mod tests {
         let (p, _answer) = proposal(&slots);
         assert_eq!(inbox.push(p).ok(), Some(Pushed::WakeMainLoop));
         assert!(runtime.0.lock().unwrap().is_empty(), "the queue had room: sent at once");
+    }
+
+    /// The main loop's own wake-up (proposals it left waiting for room) is sent only if none
+    /// is due, and a proposal arriving meanwhile counts on it (review L1 of perf6).
+    #[test]
+    fn waking_again_sends_at_most_one_wake_up() {
+        let slots = Arc::new(Slots::new(4));
+        let (inbox, receiver) = inbox(8);
+        let runtime = Deferred::default();
+        inbox.wake_again(&runtime);
+        inbox.wake_again(&runtime);
+        let _answers = push_many(&inbox, &slots, 1);
+        assert_eq!(wake_ups(&receiver), 1, "one wake-up, for the loop and the proposal");
+        let mut batch = Vec::new();
+        inbox.take(&mut batch, 1024, &runtime);
+        assert_eq!(batch.len(), 1);
+        inbox.wake_again(&runtime);
+        assert_eq!(wake_ups(&receiver), 1, "none was due after the take: sent");
     }
 
     /// After a burst, the buffer gives its memory back once the traffic is small again (review
