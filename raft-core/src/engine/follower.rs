@@ -112,7 +112,13 @@ impl Engine {
             );
             self.pending_write.entries.retain(|e| e.index < conflict_index);
         }
-        entries.drain(..first_new);
+        if first_new > 0 {
+            entries.drain(..first_new);
+            if entries.len() < entries.capacity() / 4 {
+                // Most of the request was already stored: the write need not keep its memory.
+                entries.shrink_to_fit();
+            }
+        }
         for entry in &entries {
             self.log.push(entry.clone());
         }
