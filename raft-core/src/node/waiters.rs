@@ -22,9 +22,16 @@ pub(super) const MIN_CAPACITY: usize = 1_024;
 /// Gives back the memory of a queue that grew in a burst, without reallocating it over and
 /// over in steady traffic: every [`CAPACITY_WINDOW`] values taken out, a queue whose capacity is
 /// more than four times the most it held in that window shrinks to twice that most (never
-/// below [`MIN_CAPACITY`]). A queue that keeps the same peak keeps its memory; after a burst,
-/// at most two windows of smaller traffic bring it down. (A queue that nobody touches after a
-/// burst keeps it until the traffic resumes.)
+/// below [`MIN_CAPACITY`]). A queue that keeps the same peak keeps its memory.
+///
+/// Windows are counted in values taken out, not in time. A window's peak starts at what the
+/// queue holds when the window starts, so a burst counts until it has drained: once it has,
+/// the queue shrinks at the end of the next window at the latest, that is after fewer than
+/// `2 * CAPACITY_WINDOW` (32,768) more values were taken out. Under heavy traffic that is a
+/// fraction of a second; at one write a second it is hours, and a queue that nothing is taken
+/// from keeps the memory of its burst until traffic resumes. Meanwhile the memory is what the
+/// burst itself needed, bounded by the queue's own bound (`max_pending_proposals` for the
+/// proposers' queues).
 #[derive(Debug, Default)]
 pub(super) struct CapacityCheck {
     /// The most the queue held in this window.
