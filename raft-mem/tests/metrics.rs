@@ -15,7 +15,7 @@ use metrics::{
 };
 use raft_core::runtime::TokioRuntime;
 use raft_core::{FatalError, NodeId};
-use support::{wait_until, within, Cluster, Machine, Recipe};
+use support::{wait_until, within, Cluster, Gate, Machine, Recipe};
 
 /// A metric's name and labels, rendered `name{a="1",b="2"}` with the labels sorted.
 fn render(key: &Key) -> String {
@@ -226,4 +226,91 @@ async fn a_cluster_records_what_it_does() {
     })
     .await;
     cluster.shutdown().await;
+}
+
+/// A step of the main loop takes at most 1,024 inputs, proposals included: a burst of
+/// proposals gathered in the inbox before the main loop runs is spread over several steps,
+/// so over several log writes none larger than a step (review L1 of perf5: one wake-up took
+/// the whole inbox, up to `max_pending_proposals`, into one step and one write).
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_proposals_is_spread_over_steps() {
+    let metrics = recorder();
+    let id = 41; // its own labels: the other test's nodes are 1 to 3
+    let cluster = single_node(id, Recipe::default()).await;
+    let burst = 3_000;
+    // On this one thread, the proposers all queue their proposals before the main loop,
+    // woken by the first, runs.
+    let writes = spawn_writes(cluster.node(id), burst);
+    for write in writes {
+        assert!(matches!(write.await, Ok(Ok(_))));
+    }
+    let batches = metrics.samples("raft_log_write_entries", &node(id));
+    assert!(batches.iter().sum::<f64>() >= f64::from(burst), "{batches:?}");
+    assert!(batches.iter().all(|&entries| entries <= 1024.0), "{batches:?}");
+    // The proposals did gather beyond a step's room: whole steps of them were written.
+    assert!(batches.iter().any(|&entries| entries >= 1000.0), "{batches:?}");
+    cluster.shutdown().await;
+}
+
+/// Proposals that waited for room are handed to the engine at most a step's room at a time
+/// too (review L1 of perf6: while the engine refused them, for a backlog of unapplied entries
+/// as here or a leadership transfer, they gathered in the main loop's deferred queue, up to
+/// `max_pending_proposals`, and the step that found room again proposed them all: one log
+/// write and one AppendEntries round of thousands of entries).
+#[tokio::test(flavor = "current_thread")]
+async fn proposals_that_waited_for_room_are_spread_over_steps() {
+    let metrics = recorder();
+    let id = 42; // its own labels
+    let gate = Gate::default();
+    let machine = Machine { apply_gate: Some(gate.clone()), ..Machine::default() };
+    let recipe = Recipe {
+        machine,
+        configure: Some(|c| c.max_unapplied_entries = 2_000),
+        ..Recipe::default()
+    };
+    let cluster = single_node(id, recipe).await;
+    let rt = cluster.runtime.clone();
+    let leader = cluster.node(id).clone();
+    let burst = 5_000;
+    let writes = spawn_writes(&leader, burst);
+    // Nothing is applied (the state machine waits at the gate): the engine takes entries up
+    // to the backlog bound (the blank entry and 1,999 writes), the other writes wait.
+    let mut watch = leader.watch();
+    within(&rt, "the backlog", watch.wait_for(|s| s.last_log_index >= 2_000)).await;
+    // Round trips through the input queue, each behind the inbox's wake-up: the main loop
+    // takes every queued write (five steps' worth) into its queue of proposals waiting.
+    for _ in 0..20 {
+        within(&rt, "a round trip", leader.replication()).await;
+    }
+    assert_eq!(leader.status().last_log_index, 2_000, "the backlog bound holds");
+    // The applier applies the 2,000 entries at once: room for 2,000 more in one step.
+    gate.open();
+    for write in writes {
+        assert!(matches!(write.await, Ok(Ok(_))));
+    }
+    let batches = metrics.samples("raft_log_write_entries", &node(id));
+    assert_eq!(batches.iter().sum::<f64>(), f64::from(burst + 1), "{batches:?}");
+    assert!(batches.iter().all(|&entries| entries <= 1024.0), "{batches:?}");
+    cluster.shutdown().await;
+}
+
+/// A cluster of node `id` alone, leading.
+async fn single_node(id: NodeId, recipe: Recipe) -> Cluster<TokioRuntime> {
+    let mut cluster = Cluster::new(TokioRuntime::current().unwrap());
+    cluster.add(id, &[id], recipe).await;
+    assert_eq!(cluster.leader().await, id);
+    cluster
+}
+
+/// Spawns `count` writes on `node`, each of its own command.
+fn spawn_writes(
+    node: &raft_core::Node,
+    count: u32,
+) -> Vec<tokio::task::JoinHandle<Result<raft_core::Bytes, raft_core::WriteError>>> {
+    (0..count)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { node.write(raft_core::Bytes::from(format!("w{i}"))).await })
+        })
+        .collect()
 }

@@ -91,7 +91,7 @@ impl Engine {
     /// Appends entries that follow a matching entry, truncating a conflicting suffix first.
     /// Returns false, storing nothing, if that would overwrite a committed entry (validation
     /// refuses such requests first; this is the last line of defence).
-    fn store_entries(&mut self, entries: Vec<crate::types::Entry>) -> bool {
+    fn store_entries(&mut self, mut entries: Vec<crate::types::Entry>) -> bool {
         let Some(first_new) = entries.iter().position(|e| !self.log.matches(e.log_id())) else {
             return true;
         };
@@ -112,9 +112,21 @@ impl Engine {
             );
             self.pending_write.entries.retain(|e| e.index < conflict_index);
         }
-        for entry in entries.into_iter().skip(first_new) {
+        if first_new > 0 {
+            entries.drain(..first_new);
+            if entries.len() < entries.capacity() / 4 {
+                // Most of the request was already stored: the write need not keep its memory.
+                entries.shrink_to_fit();
+            }
+        }
+        for entry in &entries {
             self.log.push(entry.clone());
-            self.pending_write.entries.push(entry);
+        }
+        if self.pending_write.entries.is_empty() {
+            // The request's own vector becomes the write: no copy, no allocation.
+            self.pending_write.entries = entries;
+        } else {
+            self.pending_write.entries.append(&mut entries);
         }
         self.sync_membership();
         true

@@ -74,7 +74,11 @@ impl Engine {
             Entry { index: self.log.last_index() + 1, term: self.hard_state.current_term, payload };
         let id = entry.log_id();
         self.log.push(entry.clone());
-        self.pending_write.entries.push(entry);
+        let write = &mut self.pending_write.entries;
+        if write.capacity() == 0 {
+            write.reserve(self.leader_write_entries); // see `flush_write`
+        }
+        write.push(entry);
         id
     }
 

@@ -210,6 +210,9 @@ pub struct Engine {
     randomized_election_ticks: u64,
     /// The write being accumulated for the next `Persist`.
     pending_write: WriteBatch,
+    /// Entries in the last write emitted as leader (0 if emitted otherwise): a leader's next
+    /// write starts with room for as many when it appends its first entry.
+    leader_write_entries: usize,
     actions: Vec<Action>,
     snapshots: snapshot::SnapshotState,
     /// The membership the leader's replication and quorums were last set up for.
@@ -293,6 +296,7 @@ impl Engine {
             quiet: quiesce::Quiet::default(),
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
+            leader_write_entries: 0,
             actions: Vec::new(),
             snapshots: snapshot::SnapshotState::default(),
             membership_seen: Membership::default(),

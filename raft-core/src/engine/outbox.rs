@@ -49,9 +49,15 @@ impl Engine {
         }
     }
 
-    /// Emits the accumulated write, if any.
+    /// Emits the accumulated write, if any. A leader's next write starts with room for as many
+    /// entries as this one had, reserved when it appends the first
+    /// (`append_entry`): under load, steps append similar numbers of entries, and a
+    /// batch of a thousand grown by doubling was reallocated and copied ten times. A follower's
+    /// write is the vector its AppendEntries arrived in (`store_entries`): nothing reserved.
     pub(super) fn flush_write(&mut self) {
         if !self.pending_write.is_empty() {
+            let entries = self.pending_write.entries.len();
+            self.leader_write_entries = if self.is_leader() { entries } else { 0 };
             let batch = std::mem::take(&mut self.pending_write);
             self.actions.push(Action::Persist(batch));
         }

@@ -803,3 +803,55 @@ mod quiesce;
 mod reads;
 mod snapshot_failures;
 mod snapshot_restore;
+
+/// Write batches (review L2 of perf6): a leader's next write starts with room for as many
+/// entries as its last; a follower reserves nothing (its write is the vector its request
+/// arrived in), and a request mostly stored already does not keep its whole allocation.
+#[test]
+fn only_a_leader_reserves_room_for_its_next_write() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    for _ in 0..10 {
+        c.engine(leader).propose(Bytes::from_static(b"x")).unwrap();
+    }
+    let actions = c.engine(leader).take_actions();
+    let written = actions.iter().find_map(|a| match a {
+        Action::Persist(batch) => Some(batch.entries.len()),
+        _ => None,
+    });
+    assert_eq!(written, Some(10));
+    c.run(leader, actions);
+    assert_eq!(c.engine(leader).pending_write.entries.capacity(), 0, "nothing reserved yet");
+    c.engine(leader).propose(Bytes::from_static(b"y")).unwrap();
+    assert!(c.engine(leader).pending_write.entries.capacity() >= 10, "room for as many");
+    c.settle();
+    assert_eq!(c.engine(follower).pending_write.entries.capacity(), 0, "a follower reserves none");
+
+    // Eight entries of which the first seven are stored already: the write keeps the new one
+    // and not the request's allocation.
+    let engine = c.engine(follower);
+    let last = engine.last_log_id();
+    let term = engine.hard_state().current_term;
+    let first = last.index - 6;
+    let mut entries = Vec::with_capacity(8);
+    entries.extend(engine.log.slice(first, 7, u64::MAX));
+    entries.push(Entry { index: last.index + 1, term, payload: EntryPayload::Blank });
+    let request = AppendEntriesRequest {
+        term,
+        leader_id: leader,
+        prev_log_id: LogId::new(engine.term_at(first - 1).unwrap(), first - 1),
+        entries,
+        leader_commit: engine.commit_index(),
+        read_round: 0,
+        quiesce: false,
+    };
+    engine.on_request(RpcRequest::AppendEntries(request), ReplyId(1_000_000));
+    let written = engine.take_actions().into_iter().find_map(|a| match a {
+        Action::Persist(batch) => Some(batch.entries),
+        _ => None,
+    });
+    let written = written.unwrap();
+    assert_eq!(written.len(), 1);
+    assert!(written.capacity() < 8, "{}", written.capacity());
+}

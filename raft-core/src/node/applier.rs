@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
-use async_lock::SemaphoreGuardArc;
 use bytes::Bytes;
 use futures::channel::oneshot;
 
@@ -27,7 +26,7 @@ pub(super) struct Waiter {
     /// When the entry was appended (the runtime's clock, read once per main loop step).
     pub(super) proposed_at: Duration,
     /// Holds one of the node's proposal slots until the proposal is answered.
-    pub(super) _permit: SemaphoreGuardArc,
+    pub(super) _permit: super::slots::SlotGuard,
 }
 
 /// Where the response to a proposal goes.
@@ -35,7 +34,7 @@ pub(super) enum Answer {
     /// The channel behind a [`Proposal`](super::Proposal) (`Node::propose`).
     Proposal(oneshot::Sender<Result<Bytes, CommitError>>),
     /// The caller of `Node::write`, which waits for the response in one call.
-    Write(oneshot::Sender<Result<Bytes, WriteError>>),
+    Write(super::reply::ReplySender<Result<Bytes, WriteError>>),
 }
 
 impl Answer {
@@ -45,9 +44,7 @@ impl Answer {
             Answer::Proposal(reply) => {
                 let _ = reply.send(outcome);
             }
-            Answer::Write(reply) => {
-                let _ = reply.send(outcome.map_err(WriteError::Failed));
-            }
+            Answer::Write(reply) => reply.send(outcome.map_err(WriteError::Failed)),
         }
     }
 }

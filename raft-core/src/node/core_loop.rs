@@ -92,7 +92,8 @@ pub(super) struct CoreLoop {
     held: VecDeque<(u64, Held)>,
     /// Proposals waiting for room, in arrival order: while any waits, new ones queue behind it.
     deferred: VecDeque<Proposed>,
-    /// The proposals taken from the inbox, being handed to the engine (kept for its capacity).
+    /// The proposals taken from the inbox, being handed to the engine (kept for its capacity,
+    /// at most a step's inputs).
     arrived: Vec<Proposed>,
     was_leader: bool,
     snap: SnapshotDriver,
@@ -194,17 +195,21 @@ impl CoreLoop {
             }
             self.step_now = None;
             // Each proposal taken from the inbox counts as one input.
-            let mut taken = self.handle(input);
+            let mut taken = self.handle(input, MAX_INPUTS_PER_STEP);
             while taken < MAX_INPUTS_PER_STEP && self.stop.is_none() {
                 match inputs.receiver.try_recv() {
-                    Ok(input) => taken += self.handle(input),
+                    Ok(input) => taken += self.handle(input, MAX_INPUTS_PER_STEP - taken),
                     Err(_) => break,
                 }
             }
             if self.stop.is_some() {
                 break;
             }
-            self.propose_deferred();
+            self.propose_deferred(MAX_INPUTS_PER_STEP.saturating_sub(taken));
+            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+                // The step's room ran out: the next step proposes more.
+                self.inputs.inbox.wake_again(self.clock.as_ref());
+            }
             self.publish_membership();
             self.process_actions();
             self.flush_waiters();
@@ -228,9 +233,9 @@ impl CoreLoop {
         self
     }
 
-    /// Feeds one input to the engine (or the proposals of the inbox); sets `stop` when the
-    /// node must stop. Returns how many inputs that was (proposals count one each).
-    fn handle(&mut self, input: Input) -> usize {
+    /// Feeds one input to the engine (or at most `room` proposals of the inbox); sets `stop`
+    /// when the node must stop. Returns how many inputs that was (proposals count one each).
+    fn handle(&mut self, input: Input, room: usize) -> usize {
         // For the inputs whose time matters to lease reads (a tick starts a lease round; a
         // read, local or from a follower, checks the lease), read after the input arrived: a
         // read is answered from the lease only if it still holds after the read was asked for.
@@ -252,7 +257,7 @@ impl CoreLoop {
                     self.metrics.replication(&self.engine);
                 }
             }
-            Input::Proposals => return self.take_proposals(),
+            Input::Proposals => return self.take_proposals(room),
             Input::Request { request, reply } => {
                 let id = self.next_reply;
                 if let RpcRequest::AppendEntries(append) = &request {
@@ -334,12 +339,14 @@ impl CoreLoop {
         1
     }
 
-    /// Hands the proposals waiting in the inbox to the engine, in arrival order; returns how
-    /// many there were.
-    fn take_proposals(&mut self) -> usize {
+    /// Hands proposals to the engine in arrival order, at most `room`: first those that
+    /// waited for room (if the engine has room now), then those waiting in the inbox (which
+    /// wakes the loop again for the rest); returns how many there were.
+    fn take_proposals(&mut self, room: usize) -> usize {
+        let proposed = self.propose_deferred(room);
         let mut arrived = std::mem::take(&mut self.arrived);
-        self.inputs.inbox.take(&mut arrived);
-        let count = arrived.len();
+        self.inputs.inbox.take(&mut arrived, room - proposed, self.clock.as_ref());
+        let count = proposed + arrived.len();
         for proposal in arrived.drain(..) {
             if self.deferred.is_empty() {
                 self.propose(proposal);
@@ -383,19 +390,26 @@ impl CoreLoop {
         }
     }
 
-    /// Proposes deferred proposals, oldest first, while the engine has room.
-    fn propose_deferred(&mut self) {
-        while self.engine.can_accept_proposal().is_ok() {
-            let Some(proposal) = self.deferred.pop_front() else { return };
+    /// Proposes deferred proposals, oldest first, at most `room` of them, while the engine
+    /// has room; returns how many it handed to the engine. Each counts as one of the step's
+    /// inputs: proposals that gathered while the engine refused them (up to
+    /// `max_pending_proposals`, during a leadership transfer or a backlog) are spread over
+    /// steps, not written and sent in one batch.
+    fn propose_deferred(&mut self, room: usize) -> usize {
+        let mut proposed = 0;
+        while proposed < room && self.engine.can_accept_proposal().is_ok() {
+            let Some(proposal) = self.deferred.pop_front() else { break };
             self.propose(proposal);
+            proposed += 1;
         }
+        proposed
     }
 
     /// One step of a membership change (see `node/membership.rs`).
     fn change_membership(
         &mut self,
         request: membership::Request,
-        permit: async_lock::SemaphoreGuardArc,
+        permit: super::slots::SlotGuard,
     ) -> Result<membership::Step, MembershipError> {
         let result = match request {
             membership::Request::Change(change) => self.engine.propose_membership(change),
@@ -586,7 +600,11 @@ impl CoreLoop {
         if self.new_waiters.is_empty() {
             return;
         }
-        let waiters = std::mem::take(&mut self.new_waiters);
+        // The next step's proposers start with room for as many (under load, steps are alike),
+        // at most a step's inputs (each proposer and membership change counts as one): no
+        // reservation larger than the step bound outlives the hand-over that caused it.
+        let room = Vec::with_capacity(self.new_waiters.len().min(MAX_INPUTS_PER_STEP));
+        let waiters = std::mem::replace(&mut self.new_waiters, room);
         if self.applier.try_send(ApplyMsg::Wait(waiters)).is_err() {
             self.lost("applier (state machine)");
         }

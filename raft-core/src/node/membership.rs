@@ -40,7 +40,7 @@ pub(crate) enum Step {
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
     /// Holds one of the node's proposal slots while waiting (bounds the waiters).
-    pub(crate) _permit: async_lock::SemaphoreGuardArc,
+    pub(crate) _permit: super::slots::SlotGuard,
 }
 
 impl Node {
@@ -195,7 +195,7 @@ impl Node {
 
     /// Asks the leader for one step of `request`.
     async fn membership_step(&self, request: Request) -> Result<Step, MembershipError> {
-        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let permit = self.shared.proposal_slots.acquire().await;
         let answer = self.ask(|reply| Input::ChangeMembership { request, permit, reply }).await;
         answer.unwrap_or(Err(MembershipError::Shutdown))
     }
@@ -205,7 +205,7 @@ impl Node {
     /// force. Fails with
     /// `LeadershipLost` if this node stops leading first (the next leader finishes the change).
     async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
-        let permit = self.shared.proposal_slots.acquire_arc().await;
+        let permit = self.shared.proposal_slots.acquire().await;
         let answer = self
             .ask(|reply| Input::MembershipCommitted {
                 after: joint_index,

@@ -25,7 +25,9 @@ mod peer;
 mod probe;
 mod quiet;
 mod reentrancy;
+mod reply;
 mod resume;
+mod slots;
 mod snapshot;
 mod supervisor;
 mod ticker;
@@ -67,12 +69,14 @@ use crate::state_machine::{StateMachine, StateMachineError};
 use crate::storage::{LogStore, StorageError};
 use crate::types::{Entry, LogIndex, NodeId, PeerReplication, Role, Status, Term};
 
+use self::slots::{SlotGuard, Slots};
+
 /// Inputs of the main loop.
 pub(crate) enum Input {
     /// This many ticks of `tick_interval` passed.
     Tick(u64),
     /// Proposals are waiting in the node's [`inbox::Inbox`] (sent by the proposer that found
-    /// it empty).
+    /// it empty, or by the inbox for what a step had no room for).
     Proposals,
     Request {
         request: RpcRequest,
@@ -86,7 +90,7 @@ pub(crate) enum Input {
     ReadAbandoned,
     ChangeMembership {
         request: membership::Request,
-        permit: async_lock::SemaphoreGuardArc,
+        permit: SlotGuard,
         reply: oneshot::Sender<Result<membership::Step, MembershipError>>,
     },
     /// Answer once a single-configuration membership after `after` is committed.
@@ -132,7 +136,7 @@ pub(crate) enum ProposeReply {
     Appended(oneshot::Sender<Result<Proposal, ProposeError>>),
     /// `Node::write`: the state machine's response once the entry is applied (or the refusal),
     /// on one channel: one message to the caller instead of two.
-    Applied(oneshot::Sender<Result<Bytes, WriteError>>),
+    Applied(reply::ReplySender<Result<Bytes, WriteError>>),
 }
 
 impl ProposeReply {
@@ -142,9 +146,7 @@ impl ProposeReply {
             ProposeReply::Appended(reply) => {
                 let _ = reply.send(Err(error));
             }
-            ProposeReply::Applied(reply) => {
-                let _ = reply.send(Err(WriteError::Refused(error)));
-            }
+            ProposeReply::Applied(reply) => reply.send(Err(WriteError::Refused(error))),
         }
     }
 }
@@ -212,7 +214,7 @@ struct Shared {
     /// Proposals on their way to the main loop.
     inbox: Arc<inbox::Inbox>,
     status: Arc<StatusCell>,
-    proposal_slots: Arc<Semaphore>,
+    proposal_slots: Arc<Slots>,
     /// Bounds the reads this node holds (`Config::max_pending_reads`), wherever they wait.
     read_slots: Arc<Semaphore>,
     fatal: Arc<Mutex<Option<FatalError>>>,
@@ -492,7 +494,7 @@ impl Node {
             inputs_tx.clone(),
         );
         spawn("ticker", ticks.boxed());
-        let inbox = Arc::new(inbox::Inbox::default());
+        let inbox = Arc::new(inbox::Inbox::new(inputs_tx.clone()));
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,
             inbox: inbox.clone(),
@@ -540,7 +542,7 @@ impl Node {
                 inputs: inputs_tx,
                 inbox,
                 status,
-                proposal_slots: Arc::new(Semaphore::new(config.max_pending_proposals)),
+                proposal_slots: Arc::new(Slots::new(config.max_pending_proposals)),
                 read_slots: Arc::new(Semaphore::new(config.max_pending_reads)),
                 fatal,
                 token,
@@ -585,7 +587,7 @@ impl Node {
         }
         self.check_proposal(&command)?;
         let permit = self.proposal_slot().await;
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = reply::channel();
         self.submit(inbox::Proposed { command, permit, reply: ProposeReply::Applied(reply) })?;
         // Dropped unanswered: the node stopped, before or after appending the entry.
         answer.await.unwrap_or(Err(WriteError::Failed(CommitError::Shutdown)))
@@ -593,10 +595,10 @@ impl Node {
 
     /// One of the node's `max_pending_proposals` slots, waiting for one if none is free (the
     /// wait's future is built only then).
-    async fn proposal_slot(&self) -> async_lock::SemaphoreGuardArc {
-        match self.shared.proposal_slots.try_acquire_arc() {
+    async fn proposal_slot(&self) -> SlotGuard {
+        match self.shared.proposal_slots.try_acquire() {
             Some(permit) => permit,
-            None => self.shared.proposal_slots.acquire_arc().await,
+            None => self.shared.proposal_slots.acquire().await,
         }
     }
 
@@ -607,7 +609,7 @@ impl Node {
         match self.shared.inbox.push(proposal) {
             Ok(inbox::Pushed::Queued) => {}
             Ok(inbox::Pushed::WakeMainLoop) => {
-                inbox::wake_main_loop(&self.shared.inputs, self.shared.runtime.as_ref())
+                self.shared.inbox.wake_main_loop(self.shared.runtime.as_ref())
             }
             Err(_) => return Err(ProposeError::Shutdown),
         }

@@ -206,7 +206,7 @@ mod tests {
         let (done_tx, mut done_rx) = mpsc::channel(0);
         let ends = Arc::new(Inputs {
             receiver: inputs_rx,
-            inbox: Arc::default(),
+            inbox: Arc::new(super::super::inbox::Inbox::new(inputs_tx.clone())),
             status: StatusCell::new(status()),
             fatal: Arc::new(Mutex::new(None)),
         });
@@ -245,20 +245,20 @@ mod tests {
     /// closes with `Inputs`, so a proposal queued there is dropped and later ones are refused.
     #[test]
     fn dropping_the_inputs_closes_the_inbox() {
-        let (_inputs_tx, inputs_rx) = async_channel::bounded(8);
-        let inbox = Arc::new(super::super::inbox::Inbox::default());
+        let (inputs_tx, inputs_rx) = async_channel::bounded(8);
+        let inbox = Arc::new(super::super::inbox::Inbox::new(inputs_tx));
         let ends = Inputs {
             receiver: inputs_rx,
             inbox: inbox.clone(),
             status: StatusCell::new(status()),
             fatal: Arc::new(Mutex::new(None)),
         };
-        let slots = Arc::new(async_lock::Semaphore::new(2));
-        let proposal = |slots: &Arc<async_lock::Semaphore>| {
-            let (reply, answer) = futures::channel::oneshot::channel();
+        let slots = Arc::new(super::super::slots::Slots::new(2));
+        let proposal = |slots: &Arc<super::super::slots::Slots>| {
+            let (reply, answer) = super::super::reply::channel();
             let proposed = super::super::inbox::Proposed {
                 command: bytes::Bytes::from_static(b"x"),
-                permit: slots.try_acquire_arc().unwrap(),
+                permit: slots.try_acquire().unwrap(),
                 reply: super::super::ProposeReply::Applied(reply),
             };
             (proposed, answer)
@@ -267,8 +267,8 @@ mod tests {
         assert!(inbox.push(queued).is_ok());
         drop(ends);
         let answered = futures::FutureExt::now_or_never(answer);
-        assert!(matches!(answered, Some(Err(_))), "the queued proposal is dropped");
-        assert_eq!(slots.available_permits(), 2, "its slot is back");
+        assert!(matches!(answered, Some(None)), "the queued proposal is dropped");
+        assert_eq!(slots.available(), 2, "its slot is back");
         let (later, _answer) = proposal(&slots);
         assert!(inbox.push(later).is_err(), "later proposals are refused");
     }
