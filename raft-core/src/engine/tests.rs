@@ -855,3 +855,59 @@ fn only_a_leader_reserves_room_for_its_next_write() {
     assert_eq!(written.len(), 1);
     assert!(written.capacity() < 8, "{}", written.capacity());
 }
+
+/// A request whose first entries the follower has committed already (a duplicate or a
+/// delayed AppendEntries) does not keep its allocation for the few entries it adds either
+/// (review LOW-1 of perf6: only a stored, uncommitted prefix was shrunk).
+#[test]
+fn a_request_mostly_committed_already_is_shrunk() {
+    let mut c = Cluster::new(3);
+    let leader = c.elect();
+    let follower = *c.nodes.keys().find(|&&id| id != leader).unwrap();
+    for _ in 0..10 {
+        c.engine(leader).propose(Bytes::from_static(b"x")).unwrap();
+    }
+    c.settle();
+    let leader_commit = c.engine(leader).commit_index();
+    let engine = c.engine(follower);
+    let last = engine.last_log_id();
+    let term = engine.hard_state().current_term;
+    assert_eq!(leader_commit, last.index, "the leader committed everything");
+    // A heartbeat brings the follower's commit point to its last entry.
+    let heartbeat = AppendEntriesRequest {
+        term,
+        leader_id: leader,
+        prev_log_id: last,
+        entries: Vec::new(),
+        leader_commit,
+        read_round: 0,
+        quiesce: false,
+    };
+    engine.on_request(RpcRequest::AppendEntries(heartbeat), ReplyId(1_000_000));
+    engine.take_actions();
+    assert_eq!(engine.commit_index(), last.index);
+
+    // Eight entries of which the first seven are committed: the write keeps the new one and
+    // not the request's allocation.
+    let first = last.index - 6;
+    let mut entries = Vec::with_capacity(8);
+    entries.extend(engine.log.slice(first, 7, u64::MAX));
+    entries.push(Entry { index: last.index + 1, term, payload: EntryPayload::Blank });
+    let request = AppendEntriesRequest {
+        term,
+        leader_id: leader,
+        prev_log_id: LogId::new(engine.term_at(first - 1).unwrap(), first - 1),
+        entries,
+        leader_commit,
+        read_round: 0,
+        quiesce: false,
+    };
+    engine.on_request(RpcRequest::AppendEntries(request), ReplyId(1_000_001));
+    let written = engine.take_actions().into_iter().find_map(|a| match a {
+        Action::Persist(batch) => Some(batch.entries),
+        _ => None,
+    });
+    let written = written.unwrap();
+    assert_eq!(written.len(), 1);
+    assert!(written.capacity() < 8, "kept capacity {}", written.capacity());
+}
