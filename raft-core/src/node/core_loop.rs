@@ -212,12 +212,14 @@ impl CoreLoop {
                 break;
             }
             self.propose_deferred(MAX_INPUTS_PER_STEP.saturating_sub(taken));
-            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
-                // The step's room ran out: the next step proposes more.
-                self.inputs.inbox.wake_again(self.clock.as_ref());
-            }
             self.publish_membership();
             self.process_actions();
+            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+                // The step's room ran out, or room came during `process_actions` (a write
+                // that finished at once can commit and end a leadership transfer): the next
+                // step proposes more.
+                self.inputs.inbox.wake_again(self.clock.as_ref());
+            }
             self.flush_waiters();
             self.probe.committed(self.engine.commit_index(), || self.clock.now());
             if self.stop.is_some() {
