@@ -830,7 +830,14 @@ fn only_a_leader_reserves_room_for_its_next_write() {
 
     // Eight entries of which the first seven are stored already: the write keeps the new one
     // and not the request's allocation.
-    let engine = c.engine(follower);
+    let written = write_of_seven_stored_and_one_new(c.engine(follower), leader);
+    assert_eq!(written.len(), 1);
+    assert!(written.capacity() < 8, "{}", written.capacity());
+}
+
+/// The log write of a follower `engine` for an AppendEntries from `leader` of eight entries:
+/// its last seven and a new one.
+fn write_of_seven_stored_and_one_new(engine: &mut Engine, leader: NodeId) -> Vec<Entry> {
     let last = engine.last_log_id();
     let term = engine.hard_state().current_term;
     let first = last.index - 6;
@@ -846,14 +853,12 @@ fn only_a_leader_reserves_room_for_its_next_write() {
         read_round: 0,
         quiesce: false,
     };
-    engine.on_request(RpcRequest::AppendEntries(request), ReplyId(1_000_000));
+    engine.on_request(RpcRequest::AppendEntries(request), ReplyId(1_000_001));
     let written = engine.take_actions().into_iter().find_map(|a| match a {
         Action::Persist(batch) => Some(batch.entries),
         _ => None,
     });
-    let written = written.unwrap();
-    assert_eq!(written.len(), 1);
-    assert!(written.capacity() < 8, "{}", written.capacity());
+    written.unwrap()
 }
 
 /// A request whose first entries the follower has committed already (a duplicate or a
@@ -889,25 +894,7 @@ fn a_request_mostly_committed_already_is_shrunk() {
 
     // Eight entries of which the first seven are committed: the write keeps the new one and
     // not the request's allocation.
-    let first = last.index - 6;
-    let mut entries = Vec::with_capacity(8);
-    entries.extend(engine.log.slice(first, 7, u64::MAX));
-    entries.push(Entry { index: last.index + 1, term, payload: EntryPayload::Blank });
-    let request = AppendEntriesRequest {
-        term,
-        leader_id: leader,
-        prev_log_id: LogId::new(engine.term_at(first - 1).unwrap(), first - 1),
-        entries,
-        leader_commit,
-        read_round: 0,
-        quiesce: false,
-    };
-    engine.on_request(RpcRequest::AppendEntries(request), ReplyId(1_000_001));
-    let written = engine.take_actions().into_iter().find_map(|a| match a {
-        Action::Persist(batch) => Some(batch.entries),
-        _ => None,
-    });
-    let written = written.unwrap();
+    let written = write_of_seven_stored_and_one_new(engine, leader);
     assert_eq!(written.len(), 1);
     assert!(written.capacity() < 8, "kept capacity {}", written.capacity());
 }
