@@ -80,7 +80,7 @@ impl Engine {
         let skip = usize::try_from(committed.saturating_sub(req.prev_log_id.index))
             .unwrap_or(usize::MAX)
             .min(req.entries.len());
-        req.entries.drain(..skip);
+        drop_stored_prefix(&mut req.entries, skip);
         if !self.store_entries(req.entries) {
             return self.append_answer(None, None);
         }
@@ -112,13 +112,7 @@ impl Engine {
             );
             self.pending_write.entries.retain(|e| e.index < conflict_index);
         }
-        if first_new > 0 {
-            entries.drain(..first_new);
-            if entries.len() < entries.capacity() / 4 {
-                // Most of the request was already stored: the write need not keep its memory.
-                entries.shrink_to_fit();
-            }
-        }
+        drop_stored_prefix(&mut entries, first_new);
         for entry in &entries {
             self.log.push(entry.clone());
         }
@@ -197,4 +191,16 @@ impl Engine {
 /// Validation bounds it by `MAX_LOG_INDEX`.
 fn last_new_index(req: &AppendEntriesRequest) -> LogIndex {
     req.prev_log_id.index.saturating_add(req.entries.len() as u64)
+}
+
+/// Drops the first `count` entries of a request, stored (or committed) here already. If most
+/// of the request was, the rest is moved to a smaller allocation: it becomes the log write, which
+/// need not keep the request's memory.
+fn drop_stored_prefix(entries: &mut Vec<crate::types::Entry>, count: usize) {
+    if count > 0 {
+        entries.drain(..count);
+        if entries.len() < entries.capacity() / 4 {
+            entries.shrink_to_fit();
+        }
+    }
 }

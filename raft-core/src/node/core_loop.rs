@@ -193,6 +193,12 @@ impl CoreLoop {
                 // hand-off to the applier) for every one or two proposals.
                 crate::yield_now().await;
             }
+            // Proposals wait for room across steps only at a leader: a step that ends
+            // elsewhere refuses them (`process_actions`).
+            debug_assert!(
+                self.deferred.is_empty() || self.engine.role() == Role::Leader,
+                "deferred proposals outlived the node's leadership"
+            );
             self.step_now = None;
             // Each proposal taken from the inbox counts as one input.
             let mut taken = self.handle(input, MAX_INPUTS_PER_STEP);
@@ -206,12 +212,14 @@ impl CoreLoop {
                 break;
             }
             self.propose_deferred(MAX_INPUTS_PER_STEP.saturating_sub(taken));
-            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
-                // The step's room ran out: the next step proposes more.
-                self.inputs.inbox.wake_again(self.clock.as_ref());
-            }
             self.publish_membership();
             self.process_actions();
+            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+                // The step's room ran out, or room came during `process_actions` (a write
+                // that finished at once can commit and end a leadership transfer): the next
+                // step proposes more.
+                self.inputs.inbox.wake_again(self.clock.as_ref());
+            }
             self.flush_waiters();
             self.probe.committed(self.engine.commit_index(), || self.clock.now());
             if self.stop.is_some() {
@@ -575,6 +583,12 @@ impl CoreLoop {
         if self.was_leader && !is_leader {
             let commit_index = self.engine.commit_index();
             self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
+        }
+        if !is_leader && !self.deferred.is_empty() {
+            // Refused whenever the node is not leader at the end of a step, not only when it
+            // stopped leading since the last one: a node that won and lost an election in one
+            // step (review MEDIUM-2 of perf6) kept them, and every later proposal queued
+            // behind them until it led again.
             let leader_id = self.engine.leader_id();
             let leader_info = self.member_info(leader_id);
             for proposal in std::mem::take(&mut self.deferred) {
