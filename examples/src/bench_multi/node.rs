@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use raft_core::runtime::TaskPool;
 use raft_core::{
     Config, Entry, EntryPayload, Envelope, GroupId, Host, Membership, Network, NetworkError, Node,
-    NodeId, NodeInfo, Role, RpcResponse, Runtime, StateMachine, StateMachineError,
+    NodeId, NodeInfo, Role, RpcResponse, StateMachine, StateMachineError,
 };
 use raft_lmdb::LmdbEnvironment;
 use raft_quic::{ClusterCa, QuicConfig, QuicGroupNetwork, QuicNetwork};
@@ -47,9 +46,6 @@ pub(crate) struct NodeArgs {
     pub(crate) ca_key: PathBuf,
     /// Worker threads of its runtime.
     pub(crate) threads: usize,
-    /// Drivers of the `raft_core::runtime::TaskPool` its groups run on (group g on driver
-    /// g % pool), or 0: every group's tasks are tasks of the tokio runtime.
-    pub(crate) pool: usize,
     /// Which configuration its groups run with.
     pub(crate) mode: Mode,
 }
@@ -227,22 +223,17 @@ async fn start(args: &NodeArgs, net: &QuicNetwork) -> Result<Process, Error> {
     let env = LmdbEnvironment::open(&args.dir)?;
     let host = Host::new(args.id);
     net.serve(Arc::new(host.clone()));
-    let tokio = raft_core::runtime::TokioRuntime::current().ok_or("no tokio runtime")?;
-    let pool = (args.pool > 0).then(|| TaskPool::new(tokio.clone(), args.pool));
+    let runtime = raft_core::runtime::TokioRuntime::current().ok_or("no tokio runtime")?;
     let counts = Arc::new(RpcCounts::default());
     let mut nodes = Vec::new();
     for group in 1..=args.groups {
-        let runtime: Arc<dyn Runtime> = match &pool {
-            Some(pool) => Arc::new(pool.runtime_for(group)),
-            None => Arc::new(tokio.clone()),
-        };
         let network = CountingNetwork { inner: net.for_group(group), counts: counts.clone() };
         let builder = Node::builder(
             group_config(args.id, group, args.mode),
             env.log_store(group)?,
             network,
             PutStateMachine::default(),
-            runtime,
+            runtime.clone(),
         )
         .bootstrap(Membership::with_voters(1..=NODES));
         nodes.push((group, host.add_group(group, builder).await?));

@@ -31,8 +31,6 @@ const MAX_ROUNDS: usize = 20;
 const MAX_GROUPS: u64 = 10_000;
 const MAX_CLIENTS: usize = 4_096;
 const MAX_THREADS: usize = 64;
-/// Bound of `--pool` (drivers of a node's task pool).
-pub(crate) const MAX_POOL: usize = 64;
 
 /// Set by Ctrl-C: the parent stops waiting, kills its children and removes its data.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -46,8 +44,6 @@ pub(crate) struct Args {
     clients: Vec<usize>,
     idle_groups: Option<u64>,
     threads: usize,
-    /// Task pool drivers per node process to compare (0: no pool), interleaved in each round.
-    pools: Vec<usize>,
     dir: PathBuf,
 }
 
@@ -61,7 +57,6 @@ impl Args {
             clients: vec![64, 256],
             idle_groups: None,
             threads: 2,
-            pools: vec![0],
             dir: PathBuf::from("target"),
         };
         fn list<T: std::str::FromStr>(value: &str, what: &str) -> Result<Vec<T>, Error> {
@@ -72,8 +67,8 @@ impl Args {
             if arg == "--help" || arg == "-h" {
                 println!(
                     "usage: bench-multi [--seconds S (3)] [--rounds R (1)] [--groups 1,4,16,64] \
-                     [--clients 64,256] [--threads T per node (2)] [--pool 0,2: task pool drivers per node, 0 = \
-                     none (0)] [--dir DIR (target)] | [--idle-groups N --seconds S [--pool K]]"
+                     [--clients 64,256] [--threads T per node (2)] [--dir DIR (target)] | \
+                     [--idle-groups N --seconds S]"
                 );
                 std::process::exit(0);
             }
@@ -85,7 +80,6 @@ impl Args {
                 "--clients" => args.clients = list(&value, "--clients")?,
                 "--idle-groups" => args.idle_groups = Some(value.parse()?),
                 "--threads" => args.threads = value.parse()?,
-                "--pool" => args.pools = list(&value, "--pool")?,
                 "--dir" => args.dir = value.into(),
                 other => return Err(format!("unknown argument {other:?} (try --help)").into()),
             }
@@ -99,13 +93,10 @@ impl Args {
             || args.clients.is_empty()
             || !args.clients.iter().all(|c| (1..=MAX_CLIENTS).contains(c))
             || !args.idle_groups.iter().all(groups_ok)
-            || args.pools.is_empty()
-            || !args.pools.iter().all(|p| *p <= MAX_POOL)
         {
             return Err(format!(
                 "bounds: --seconds 1..={MAX_SECONDS}, --rounds 1..={MAX_ROUNDS}, groups \
-                 1..={MAX_GROUPS}, clients 1..={MAX_CLIENTS}, --threads 1..={MAX_THREADS}, \
-                 --pool 0..={MAX_POOL}"
+                 1..={MAX_GROUPS}, clients 1..={MAX_CLIENTS}, --threads 1..={MAX_THREADS}"
             )
             .into());
         }
@@ -125,8 +116,7 @@ pub(crate) fn main(args: Args) -> Result<(), Error> {
     let (ca_cert, ca_key) = (work.0.join("ca.pem"), work.0.join("ca.key"));
     std::fs::write(&ca_cert, ca.cert_pem())?;
     std::fs::write(&ca_key, ca.key_pem())?;
-    let launch =
-        Launch { exe: std::env::current_exe()?, ca_cert, ca_key, threads: args.threads, pool: 0 };
+    let launch = Launch { exe: std::env::current_exe()?, ca_cert, ca_key, threads: args.threads };
     println!(
         "bench-multi: {NODES} node processes on loopback ({} runtime threads each), QUIC with \
          mutual TLS, one LMDB environment per process (every commit synced) under {}",
@@ -139,12 +129,7 @@ pub(crate) fn main(args: Args) -> Result<(), Error> {
         load_average()
     );
     match args.idle_groups {
-        Some(groups) => {
-            for &pool in &args.pools {
-                idle(&Launch { pool, ..launch.clone() }, &work.0, groups, args.seconds)?;
-            }
-            Ok(())
-        }
+        Some(groups) => idle(&launch, &work.0, groups, args.seconds),
         None => throughput(&launch, &work.0, &args),
     }
 }
@@ -154,40 +139,35 @@ fn throughput(launch: &Launch, work: &Path, args: &Args) -> Result<(), Error> {
     println!(
         "{VALUE_BYTES}-byte durable puts; group g led by node (g-1) % {NODES} + 1; client c \
          writes to group c % G + 1 from inside its leader's process (no client network hop); one \
-         put in flight per client; {} s warm-up then {} s measured; {} round(s), medians; \
-         pool K: each process's groups run on a raft_core::runtime::TaskPool of K drivers \
-         (0: one tokio task per group task), interleaved with the others in each round",
+         put in flight per client; {} s warm-up then {} s measured; {} round(s), medians",
         WARMUP.as_secs(),
         args.seconds,
         args.rounds
     );
-    let mut samples: BTreeMap<(u64, usize, usize), Vec<Sample>> = BTreeMap::new();
+    let mut samples: BTreeMap<(u64, usize), Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
         for &groups in &args.groups {
-            for &pool in &args.pools {
-                let launch = Launch { pool, ..launch.clone() };
-                let dir = work.join(format!("round{round}-groups{groups}-pool{pool}"));
-                let started = Instant::now();
-                let mut cluster = Cluster::start(&launch, &dir, groups, Mode::Throughput)?;
+            let dir = work.join(format!("round{round}-groups{groups}"));
+            let started = Instant::now();
+            let mut cluster = Cluster::start(launch, &dir, groups, Mode::Throughput)?;
+            eprintln!(
+                "round {}: {groups} groups elected and spread in {:.1} s",
+                round + 1,
+                started.elapsed().as_secs_f64()
+            );
+            for &clients in &args.clients {
+                let measure = Duration::from_secs(args.seconds);
+                let reports = cluster.run(clients, WARMUP, measure)?;
+                let sample = Sample::new(reports, measure);
                 eprintln!(
-                    "round {}: {groups} groups (pool {pool}) elected and spread in {:.1} s",
+                    "round {}: {groups} groups, {clients} clients: {:.0} puts/s",
                     round + 1,
-                    started.elapsed().as_secs_f64()
+                    sample.puts_per_second()
                 );
-                for &clients in &args.clients {
-                    let measure = Duration::from_secs(args.seconds);
-                    let reports = cluster.run(clients, WARMUP, measure)?;
-                    let sample = Sample::new(reports, measure);
-                    eprintln!(
-                        "round {}: {groups} groups (pool {pool}), {clients} clients: {:.0} puts/s",
-                        round + 1,
-                        sample.puts_per_second()
-                    );
-                    samples.entry((groups, pool, clients)).or_default().push(sample);
-                }
-                cluster.stop()?;
-                std::fs::remove_dir_all(&dir)?;
+                samples.entry((groups, clients)).or_default().push(sample);
             }
+            cluster.stop()?;
+            std::fs::remove_dir_all(&dir)?;
         }
     }
     print_throughput(&samples);
@@ -198,9 +178,8 @@ fn throughput(launch: &Launch, work: &Path, args: &Args) -> Result<(), Error> {
 /// The cost of idle groups: no clients, once every group has its leader.
 fn idle(launch: &Launch, work: &Path, groups: u64, seconds: u64) -> Result<(), Error> {
     println!(
-        "{groups} idle groups, no clients, pool {}; measured {seconds} s after every group had a \
-         leader (new terms: elections held in the window, summed over the groups)",
-        launch.pool
+        "{groups} idle groups, no clients; measured {seconds} s after every group had a leader \
+         (new terms: elections held in the window, summed over the groups)"
     );
     let dir = work.join(format!("idle-groups{groups}"));
     let started = Instant::now();
@@ -324,22 +303,18 @@ fn joined(values: &[f64], decimals: usize) -> String {
     parts.join(" / ")
 }
 
-fn print_throughput(samples: &BTreeMap<(u64, usize, usize), Vec<Sample>>) {
+fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
     println!();
     println!(
-        "| groups | pool | clients | puts/s | vs 1 group, no pool | vs no pool | p50 | p99 | syncs/s (n1 / n2 / n3) | \
+        "| groups | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
          entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | frames/put | failed puts |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let median_of = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
-    for (&(groups, pool, clients), rounds) in samples {
+    for (&(groups, clients), rounds) in samples {
         let puts = median_of(rounds, &|s| s.puts_per_second());
-        let ratio_to = |key| {
-            let base = samples.get(&key).map(|s| median_of(s, &|s| s.puts_per_second()));
-            base.map_or("-".to_owned(), |base| format!("{:.2}x", puts / base.max(1.0)))
-        };
-        let ratio = ratio_to((1, 0, clients));
-        let vs_no_pool = ratio_to((groups, 0, clients));
+        let one_group = samples.get(&(1, clients)).map(|s| median_of(s, &|s| s.puts_per_second()));
+        let ratio = one_group.map_or("-".into(), |base| format!("{:.2}x", puts / base.max(1.0)));
         let p50 = median_of(rounds, &|s| s.percentiles().0 as f64) as u64;
         let p99 = median_of(rounds, &|s| s.percentiles().1 as f64) as u64;
         let syncs =
@@ -355,7 +330,7 @@ fn print_throughput(samples: &BTreeMap<(u64, usize, usize), Vec<Sample>>) {
         let frames_per_put = median_of(rounds, &|s| s.frames_per_put());
         let errors = median_of(rounds, &|s| s.reports.iter().map(|r| r.errors).sum::<u64>() as f64);
         println!(
-            "| {groups} | {pool} | {clients} | {puts:.0} | {ratio} | {vs_no_pool} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} |",
+            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} |",
             format_us(p50),
             format_us(p99),
             joined(&syncs, 0),
@@ -397,14 +372,11 @@ impl Drop for WorkDir {
 }
 
 /// How to start a node process.
-#[derive(Clone)]
 struct Launch {
     exe: PathBuf,
     ca_cert: PathBuf,
     ca_key: PathBuf,
     threads: usize,
-    /// Task pool drivers (0: none).
-    pool: usize,
 }
 
 /// One node process: its stdin, and its stdout's lines (read by a thread).
@@ -431,7 +403,6 @@ impl NodeProcess {
             .arg(NODE_SUBCOMMAND)
             .args(["--id", &id.to_string(), "--groups", &groups.to_string(), "--mode", mode])
             .args(["--threads", &launch.threads.to_string()])
-            .args(["--pool", &launch.pool.to_string()])
             .arg("--dir")
             .arg(dir.join(format!("node{id}")))
             .arg("--ca-cert")

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p examples --bin bench-multi -- [--seconds 3] [--rounds 2]
-//!     [--groups 1,4,16,64] [--clients 64,256] [--threads 2] [--pool 0] [--dir target]
+//!     [--groups 1,4,16,64] [--clients 64,256] [--threads 2] [--dir target]
 //! cargo run --release -p examples --bin bench-multi -- --idle-groups 1000 --seconds 10
 //! ```
 //!
@@ -80,7 +80,6 @@ fn parse_node_args(mut it: impl Iterator<Item = String>) -> Result<node::NodeArg
         ca_cert: PathBuf::new(),
         ca_key: PathBuf::new(),
         threads: 2,
-        pool: 0,
         mode: node::Mode::Throughput,
     };
     while let Some(arg) = it.next() {
@@ -92,7 +91,6 @@ fn parse_node_args(mut it: impl Iterator<Item = String>) -> Result<node::NodeArg
             "--ca-cert" => args.ca_cert = value.into(),
             "--ca-key" => args.ca_key = value.into(),
             "--threads" => args.threads = value.parse()?,
-            "--pool" => args.pool = value.parse()?,
             "--mode" => {
                 args.mode = match value.as_str() {
                     "throughput" => node::Mode::Throughput,
@@ -103,16 +101,8 @@ fn parse_node_args(mut it: impl Iterator<Item = String>) -> Result<node::NodeArg
             other => return Err(format!("unknown node argument {other:?}").into()),
         }
     }
-    if !(1..=NODES).contains(&args.id)
-        || args.groups == 0
-        || args.threads == 0
-        || args.pool > parent::MAX_POOL
-    {
-        return Err(format!(
-            "node: --id 1..=3, --groups and --threads at least 1, --pool 0..={}",
-            parent::MAX_POOL
-        )
-        .into());
+    if !(1..=NODES).contains(&args.id) || args.groups == 0 || args.threads == 0 {
+        return Err("node: --id 1..=3, --groups and --threads at least 1".into());
     }
     Ok(args)
 }

@@ -7,7 +7,6 @@ use futures::future::BoxFuture;
 
 #[cfg(feature = "async-std")]
 mod async_std_rt;
-mod pool;
 #[cfg(feature = "smol")]
 mod smol_rt;
 #[cfg(feature = "tokio")]
@@ -15,7 +14,6 @@ mod tokio_rt;
 
 #[cfg(feature = "async-std")]
 pub use async_std_rt::AsyncStdRuntime;
-pub use pool::{PooledRuntime, TaskPool};
 #[cfg(feature = "smol")]
 pub use smol_rt::SmolRuntime;
 #[cfg(feature = "tokio")]

@@ -13,10 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft_core::runtime::TaskPool;
 use raft_core::{
-    Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Runtime, Status,
-    Term,
+    Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Status, Term,
 };
 
 use super::checker::{InvariantChecker, Violation};
@@ -54,10 +52,6 @@ pub struct MultiSimConfig {
     /// `Some(interval)`: every group quiesces when idle (`Config::quiesce_idle`) with this
     /// `quiesce_check_interval`; `None`: no group quiesces.
     pub quiesce_check_interval: Option<Duration>,
-    /// 0: each group's tasks are tasks of the node's runtime. K > 0: every node runs its groups
-    /// on a [`raft_core::runtime::TaskPool`] of K drivers on its runtime (group g on driver
-    /// g % K), a new pool per incarnation (a crash kills the drivers with the node's tasks).
-    pub task_pool_drivers: usize,
 }
 
 impl MultiSimConfig {
@@ -74,7 +68,6 @@ impl MultiSimConfig {
             liveness_bound: Duration::from_secs(10),
             disk: DiskFaults::SSD,
             quiesce_check_interval,
-            task_pool_drivers: 0,
         }
     }
 }
@@ -138,8 +131,6 @@ pub struct MultiSimulation {
     bound: Duration,
     disk_faults: DiskFaults,
     quiesce_check_interval: Option<Duration>,
-    /// See [`MultiSimConfig::task_pool_drivers`].
-    task_pool_drivers: usize,
     disks: BTreeMap<(NodeId, GroupId), SimDisk>,
     running: BTreeMap<NodeId, RunningHost>,
     paused: BTreeSet<NodeId>,
@@ -197,7 +188,6 @@ impl MultiSimulation {
             bound: config.liveness_bound,
             disk_faults: DiskFaults { error_chance: 0.0, ..config.disk },
             quiesce_check_interval: config.quiesce_check_interval,
-            task_pool_drivers: config.task_pool_drivers,
             disks: BTreeMap::new(),
             running: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -371,8 +361,6 @@ impl MultiSimulation {
         let host = Host::new(id);
         let endpoint = self.network.endpoint(id);
         let node_runtime = self.runtime.tagged(id);
-        let drivers = self.task_pool_drivers;
-        let pool = (drivers > 0).then(|| TaskPool::new(node_runtime.clone(), drivers));
         let mut builders = Vec::new();
         let mut records = BTreeMap::new();
         for group in self.groups.clone() {
@@ -390,12 +378,8 @@ impl MultiSimulation {
                 None,
             );
             records.insert(group, (state_machine.record(), state_machine.handle()));
-            let group_runtime: Arc<dyn Runtime> = match &pool {
-                Some(pool) => Arc::new(pool.runtime_for(group)),
-                None => Arc::new(node_runtime.clone()),
-            };
             let builder =
-                Node::builder(config, log, endpoint.clone(), state_machine, group_runtime)
+                Node::builder(config, log, endpoint.clone(), state_machine, node_runtime.clone())
                     .snapshot_store(snapshots);
             let builder = if bootstrap {
                 builder.bootstrap(Membership::with_voters(self.nodes.iter().copied()))
