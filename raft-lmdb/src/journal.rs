@@ -107,8 +107,10 @@ pub(crate) struct JournalIndex {
     changes: Vec<Change>,
     /// `next_seq` and `bytes` when the current transaction began.
     started: (u64, u64),
-    /// A record being written or moved.
+    /// A record being written, or the entry records being moved, back to back.
     buf: Vec<u8>,
+    /// The entries being moved: group, index, and where their record is in `buf`.
+    spans: Vec<(GroupId, LogIndex, usize, usize)>,
     /// A commit moves the journal first once it holds this many records or bytes.
     bound: (usize, u64),
     /// Whether the current transaction appends to the log of a group that has no journal
@@ -308,6 +310,11 @@ impl JournalIndex {
 
     /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
     /// empties the journal, recording the next sequence number in `meta`.
+    ///
+    /// The journal is read in one pass in key order (not one lookup per record), then written
+    /// to the groups' logs in `(group, index)` order, so that each group's leaf is visited once
+    /// in turn. Every record read must be the one the writer's index holds for its entry, and
+    /// the index must hold no other: anything else is corruption, and the move fails.
     pub(crate) fn move_all<K: AsRef<[u8]>>(
         &mut self,
         dbs: (&Db, &Db, &Db),
@@ -315,21 +322,39 @@ impl JournalIndex {
         log_key: impl Fn(GroupId, LogIndex) -> K,
     ) -> Result<usize, MoveError> {
         let (journal, log, meta) = dbs;
-        let buf = &mut self.buf;
+        let (buf, spans) = (&mut self.buf, &mut self.spans);
+        buf.clear();
+        spans.clear();
         // Recorded first, so that a failed move is undone whole (see `rollback`).
         let moved = std::mem::take(&mut self.locations);
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
-        for (&(group, index), &seq) in &moved {
-            buf.clear();
-            match journal.get(txn, &seq_key(seq))? {
-                Some(bytes) => buf.extend_from_slice(split_record(bytes)?.2),
-                None => {
-                    return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                        "journal record {seq} (entry {index} of group {group}) is missing"
-                    ))))
-                }
+        for item in journal.iter(txn)? {
+            let (key, record) = item?;
+            let seq = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| {
+                StorageError::Corrupt(format!("a journal key of {} bytes", key.len()))
+            })?;
+            let (group, index, entry) = split_record(record)?;
+            if moved.get(&(group, index)) != Some(&seq) {
+                return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
+                    "journal record {seq} (entry {index} of group {group}) is not the one the \
+                     writer knows for that entry"
+                ))));
             }
-            log.put(txn, log_key(group, index).as_ref(), buf)?;
+            let start = buf.len();
+            buf.extend_from_slice(entry);
+            spans.push((group, index, start, buf.len()));
+        }
+        if spans.len() != moved.len() {
+            return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
+                "the journal holds {} records where the writer knows {}",
+                spans.len(),
+                moved.len()
+            ))));
+        }
+        // Each entry has one record (checked above against the index's distinct keys).
+        spans.sort_unstable_by_key(|&(group, index, _, _)| (group, index));
+        for &(group, index, start, end) in spans.iter() {
+            log.put(txn, log_key(group, index).as_ref(), &buf[start..end])?;
         }
         journal.clear(txn)?;
         meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;

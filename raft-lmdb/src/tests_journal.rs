@@ -534,3 +534,71 @@ fn the_headroom_counts_the_journal_a_commit_moves() {
     let used = stats.used_pages * stats.page_size;
     assert!(stats.file_bytes > used, "LMDB grew the file itself: {stats:?}");
 }
+
+/// A move reads the journal in one pass (sequence order, groups interleaved) and writes each
+/// group's entries to its log in key order: afterwards the log holds every moved entry of every
+/// group, once, under its own key, and each group reads back exactly its entries.
+#[test]
+fn a_move_of_interleaved_groups_puts_each_entry_under_its_own_key() {
+    let root = tempfile::tempdir().unwrap();
+    let env = journaled(root.path().join("env"), 12);
+    let stores: Vec<_> = (1..=3).map(|group| env.log_store(group).unwrap()).collect();
+    // Journal order: group 3, 1, 2, one entry each, four times (12 records, then due).
+    for index in 1..5 {
+        for (i, store) in [(2, &stores[2]), (0, &stores[0]), (1, &stores[1])] {
+            block_on(store.write(append(index..index + 1, i + 1))).unwrap();
+        }
+    }
+    assert_eq!(journal_len(&stores[0]), 12);
+    block_on(stores[1].write(append(5..6, 2))).unwrap(); // moves the 12, journals its own
+    assert_eq!(journal_len(&stores[0]), 1);
+    {
+        let slot = stores[0].shared.handles();
+        let handles = slot.as_ref().unwrap();
+        let txn = handles.read_txn().unwrap();
+        let mut keys = Vec::new();
+        for item in handles.log.iter(&txn).unwrap() {
+            let (key, value) = item.unwrap();
+            let keys_of = |group| handles.layout.keys(group);
+            let group = u64::from_be_bytes(key[..8].try_into().unwrap());
+            let index = keys_of(group).index_of(key).unwrap();
+            assert_eq!(value, codec::encode_entry(&entry(index, group), Vec::new()).unwrap());
+            keys.push((group, index));
+        }
+        let expected: Vec<_> = (1..=3).flat_map(|g| (1..5).map(move |i| (g, i))).collect();
+        assert_eq!(keys, expected);
+    }
+    for (i, store) in stores.iter().enumerate() {
+        let term = i as u64 + 1;
+        let last = if i == 1 { 6 } else { 5 };
+        assert_eq!(read(store, 1..last), entries(1..last, term));
+    }
+}
+
+/// The move checks the journal against the writer's index: a record the index does not know
+/// (written behind the writer's back), or a record the index knows that is gone, fails the
+/// move as corruption and stops the environment, instead of moving a wrong set of entries.
+#[test]
+fn a_journal_that_disagrees_with_the_writers_index_fails_the_move() {
+    for extra in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let env = journaled(root.path().join("env"), 3);
+        let store = env.log_store(1).unwrap();
+        block_on(store.write(append(1..4, 1))).unwrap(); // due: 3 records
+        {
+            let slot = store.shared.handles();
+            let handles = slot.as_ref().unwrap();
+            let journal = handles.journal.as_ref().unwrap();
+            let mut txn = handles.env.write_txn().unwrap();
+            if extra {
+                journal.put(&mut txn, &1_000u64.to_be_bytes(), &journal_record(1, 9, 1)).unwrap();
+            } else {
+                assert!(journal.delete(&mut txn, &1u64.to_be_bytes()).unwrap());
+            }
+            txn.commit().unwrap();
+        }
+        let moved = block_on(store.write(append(4..5, 1)));
+        assert!(matches!(moved, Err(raft_core::StorageError::Corrupt(_))), "{moved:?}");
+        assert!(env.has_failed());
+    }
+}
