@@ -107,10 +107,8 @@ pub(crate) struct JournalIndex {
     changes: Vec<Change>,
     /// `next_seq` and `bytes` when the current transaction began.
     started: (u64, u64),
-    /// A record being written, or the entry records being moved, back to back.
+    /// A record being written or moved (one at a time: its capacity is that of the largest).
     buf: Vec<u8>,
-    /// The entries being moved: group, index, and where their record is in `buf`.
-    spans: Vec<(GroupId, LogIndex, usize, usize)>,
     /// A commit moves the journal first once it holds this many records or bytes.
     bound: (usize, u64),
     /// Whether the current transaction appends to the log of a group that has no journal
@@ -311,10 +309,12 @@ impl JournalIndex {
     /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
     /// empties the journal, recording the next sequence number in `meta`.
     ///
-    /// The journal is read in one pass in key order (not one lookup per record), then written
-    /// to the groups' logs in `(group, index)` order, so that each group's leaf is visited once
-    /// in turn. Every record read must be the one the writer's index holds for its entry, and
-    /// the index must hold no other: anything else is corruption, and the move fails.
+    /// Records are read one at a time, in `(group, index)` order (so that each group's leaf of
+    /// `log` is visited once in turn), through a buffer that holds one record: the move keeps
+    /// no memory beyond the largest record. The journal must hold exactly the records of the
+    /// writer's index, each carrying the group and index the index has for it: a missing
+    /// record, a record holding another entry, or a record the index does not know is
+    /// corruption, and the move fails.
     pub(crate) fn move_all<K: AsRef<[u8]>>(
         &mut self,
         dbs: (&Db, &Db, &Db),
@@ -322,44 +322,48 @@ impl JournalIndex {
         log_key: impl Fn(GroupId, LogIndex) -> K,
     ) -> Result<usize, MoveError> {
         let (journal, log, meta) = dbs;
-        let (buf, spans) = (&mut self.buf, &mut self.spans);
-        buf.clear();
-        spans.clear();
+        let buf = &mut self.buf;
         // Recorded first, so that a failed move is undone whole (see `rollback`).
         let moved = std::mem::take(&mut self.locations);
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
-        for item in journal.iter(txn)? {
-            let (key, record) = item?;
-            let seq = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| {
-                StorageError::Corrupt(format!("a journal key of {} bytes", key.len()))
-            })?;
-            let (group, index, entry) = split_record(record)?;
-            if moved.get(&(group, index)) != Some(&seq) {
-                return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                    "journal record {seq} (entry {index} of group {group}) is not the one the \
-                     writer knows for that entry"
-                ))));
-            }
-            let start = buf.len();
-            buf.extend_from_slice(entry);
-            spans.push((group, index, start, buf.len()));
-        }
-        if spans.len() != moved.len() {
+        // The index's sequence numbers are distinct and each is checked below to be in the
+        // journal: as many records as the index knows means no record it does not know (which
+        // the clear below would drop).
+        let held = journal.len(txn)?;
+        if held != moved.len() as u64 {
             return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                "the journal holds {} records where the writer knows {}",
-                spans.len(),
+                "the journal holds {held} records where the writer knows {}",
                 moved.len()
             ))));
         }
-        // Each entry has one record (checked above against the index's distinct keys).
-        spans.sort_unstable_by_key(|&(group, index, _, _)| (group, index));
-        for &(group, index, start, end) in spans.iter() {
-            log.put(txn, log_key(group, index).as_ref(), &buf[start..end])?;
+        for (&(group, index), &seq) in &moved {
+            buf.clear();
+            let record = journal.get(txn, &seq_key(seq))?;
+            match record.map(split_record).transpose()? {
+                Some((g, i, entry)) if (g, i) == (group, index) => buf.extend_from_slice(entry),
+                found => {
+                    let found = match found {
+                        Some((g, i, _)) => format!("holds entry {i} of group {g}"),
+                        None => "is missing".to_owned(),
+                    };
+                    return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
+                        "journal record {seq} (entry {index} of group {group}) {found}"
+                    ))));
+                }
+            }
+            log.put(txn, log_key(group, index).as_ref(), buf)?;
         }
         journal.clear(txn)?;
         meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;
         self.bytes = 0;
         Ok(moved.len())
+    }
+
+    /// The capacity of the buffer records are written and moved through (tests check that a
+    /// move keeps no more than one record's worth).
+    #[cfg(test)]
+    pub(crate) fn buf_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Publishes to `shared` the records this transaction added (before its commit).
