@@ -28,8 +28,9 @@
 //! the writer thread wrote per sync (`DiskStats::written_bytes`: LMDB's pages and the headroom
 //! zeros), the writer thread's transaction time per sync and LMDB's commit within it
 //! (`StoreStats`: on a tmpfs, where the commit does not wait for a disk, the transaction time is
-//! the writer's CPU per commit), with a store of its own (`LmdbLogStore::open_dir`) as the first
-//! row for comparison.
+//! part of the writer's CPU per commit, which also answers the callers, takes requests from
+//! the queue and lingers for more), with a store of its own (`LmdbLogStore::open_dir`) as the
+//! first row for comparison.
 //!
 //! `--io [--commits N]` shows instead where the bytes of a commit go (see `io.rs`): per commit,
 //! the bytes written, the headroom zeros among them, LMDB's pages written and its file growth,
