@@ -107,7 +107,7 @@ pub(crate) struct JournalIndex {
     changes: Vec<Change>,
     /// `next_seq` and `bytes` when the current transaction began.
     started: (u64, u64),
-    /// A record being written or moved.
+    /// A record being written or moved (one at a time: its capacity is that of the largest).
     buf: Vec<u8>,
     /// A commit moves the journal first once it holds this many records or bytes.
     bound: (usize, u64),
@@ -308,6 +308,13 @@ impl JournalIndex {
 
     /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
     /// empties the journal, recording the next sequence number in `meta`.
+    ///
+    /// Records are read one at a time, in `(group, index)` order (so that each group's leaf of
+    /// `log` is visited once in turn), through a buffer that holds one record: the move keeps
+    /// no memory beyond the largest record. The journal must hold exactly the records of the
+    /// writer's index, each carrying the group and index the index has for it: a missing
+    /// record, a record holding another entry, or a record the index does not know is
+    /// corruption, and the move fails.
     pub(crate) fn move_all<K: AsRef<[u8]>>(
         &mut self,
         dbs: (&Db, &Db, &Db),
@@ -319,14 +326,29 @@ impl JournalIndex {
         // Recorded first, so that a failed move is undone whole (see `rollback`).
         let moved = std::mem::take(&mut self.locations);
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
+        // The index's sequence numbers are distinct and each is checked below to be in the
+        // journal: as many records as the index knows means no record it does not know (which
+        // the clear below would drop).
+        let held = journal.len(txn)?;
+        if held != moved.len() as u64 {
+            return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
+                "the journal holds {held} records where the writer knows {}",
+                moved.len()
+            ))));
+        }
         for (&(group, index), &seq) in &moved {
             buf.clear();
-            match journal.get(txn, &seq_key(seq))? {
-                Some(bytes) => buf.extend_from_slice(split_record(bytes)?.2),
-                None => {
+            let record = journal.get(txn, &seq_key(seq))?;
+            match record.map(split_record).transpose()? {
+                Some((g, i, entry)) if (g, i) == (group, index) => buf.extend_from_slice(entry),
+                found => {
+                    let found = match found {
+                        Some((g, i, _)) => format!("holds entry {i} of group {g}"),
+                        None => "is missing".to_owned(),
+                    };
                     return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                        "journal record {seq} (entry {index} of group {group}) is missing"
-                    ))))
+                        "journal record {seq} (entry {index} of group {group}) {found}"
+                    ))));
                 }
             }
             log.put(txn, log_key(group, index).as_ref(), buf)?;
@@ -335,6 +357,13 @@ impl JournalIndex {
         meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;
         self.bytes = 0;
         Ok(moved.len())
+    }
+
+    /// The capacity of the buffer records are written and moved through (tests check that a
+    /// move keeps no more than one record's worth).
+    #[cfg(test)]
+    pub(crate) fn buf_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Publishes to `shared` the records this transaction added (before its commit).

@@ -534,3 +534,141 @@ fn the_headroom_counts_the_journal_a_commit_moves() {
     let used = stats.used_pages * stats.page_size;
     assert!(stats.file_bytes > used, "LMDB grew the file itself: {stats:?}");
 }
+
+/// A journal holding the groups' entries interleaved (written group 3, 1, 2 in turn): the move
+/// puts every entry under its own key of its group's log, once, and each group reads back
+/// exactly its entries. (It checks each record's contents, not the order of the writes: a
+/// B-tree lists keys sorted whatever order they were put in.)
+#[test]
+fn a_move_of_interleaved_groups_puts_each_entry_under_its_own_key() {
+    let root = tempfile::tempdir().unwrap();
+    let env = journaled(root.path().join("env"), 12);
+    let stores: Vec<_> = (1..=3).map(|group| env.log_store(group).unwrap()).collect();
+    // Journal order: group 3, 1, 2, one entry each, four times (12 records, then due).
+    for index in 1..5 {
+        for (i, store) in [(2, &stores[2]), (0, &stores[0]), (1, &stores[1])] {
+            block_on(store.write(append(index..index + 1, i + 1))).unwrap();
+        }
+    }
+    assert_eq!(journal_len(&stores[0]), 12);
+    block_on(stores[1].write(append(5..6, 2))).unwrap(); // moves the 12, journals its own
+    assert_eq!(journal_len(&stores[0]), 1);
+    {
+        let slot = stores[0].shared.handles();
+        let handles = slot.as_ref().unwrap();
+        let txn = handles.read_txn().unwrap();
+        let mut keys = Vec::new();
+        for item in handles.log.iter(&txn).unwrap() {
+            let (key, value) = item.unwrap();
+            let keys_of = |group| handles.layout.keys(group);
+            let group = u64::from_be_bytes(key[..8].try_into().unwrap());
+            let index = keys_of(group).index_of(key).unwrap();
+            assert_eq!(value, codec::encode_entry(&entry(index, group), Vec::new()).unwrap());
+            keys.push((group, index));
+        }
+        let expected: Vec<_> = (1..=3).flat_map(|g| (1..5).map(move |i| (g, i))).collect();
+        assert_eq!(keys, expected);
+    }
+    for (i, store) in stores.iter().enumerate() {
+        let term = i as u64 + 1;
+        let last = if i == 1 { 6 } else { 5 };
+        assert_eq!(read(store, 1..last), entries(1..last, term));
+    }
+}
+
+/// The move checks the journal against the writer's index: a record the index does not know
+/// (written behind the writer's back), or a record the index knows that is gone, fails the
+/// move as corruption and stops the environment, instead of moving a wrong set of entries.
+#[test]
+fn a_journal_that_disagrees_with_the_writers_index_fails_the_move() {
+    for extra in [true, false] {
+        let root = tempfile::tempdir().unwrap();
+        let env = journaled(root.path().join("env"), 3);
+        let store = env.log_store(1).unwrap();
+        block_on(store.write(append(1..4, 1))).unwrap(); // due: 3 records
+        {
+            let slot = store.shared.handles();
+            let handles = slot.as_ref().unwrap();
+            let journal = handles.journal.as_ref().unwrap();
+            let mut txn = handles.env.write_txn().unwrap();
+            if extra {
+                journal.put(&mut txn, &1_000u64.to_be_bytes(), &journal_record(1, 9, 1)).unwrap();
+            } else {
+                assert!(journal.delete(&mut txn, &1u64.to_be_bytes()).unwrap());
+            }
+            txn.commit().unwrap();
+        }
+        let moved = block_on(store.write(append(4..5, 1)));
+        assert!(matches!(moved, Err(raft_core::StorageError::Corrupt(_))), "{moved:?}");
+        assert!(env.has_failed());
+    }
+}
+
+/// All the records of group 1's log database, in key order.
+fn log_records(store: &LmdbLogStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let slot = store.shared.handles();
+    let handles = slot.as_ref().unwrap();
+    let txn = handles.read_txn().unwrap();
+    let records = handles.log.iter(&txn).unwrap();
+    records.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect()
+}
+
+/// Two journal records swapped (seq 0 holds entry 2 of group 1, seq 1 holds entry 1): the
+/// count of records is right, but the move finds a record holding another entry than the one
+/// the writer's index has for it, fails as corruption and writes nothing to the log (it must
+/// not put entry 2's record under entry 1's key).
+#[test]
+fn a_move_of_swapped_records_fails_and_leaves_the_log_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let env = journaled(root.path().join("env"), 3);
+    let store = env.log_store(1).unwrap();
+    block_on(store.write(append(1..4, 1))).unwrap(); // seq 0, 1, 2; due: 3 records
+    let before = log_records(&store);
+    {
+        let slot = store.shared.handles();
+        let handles = slot.as_ref().unwrap();
+        let journal = handles.journal.as_ref().unwrap();
+        let mut txn = handles.env.write_txn().unwrap();
+        let first = journal.get(&txn, &journal::seq_key(0)).unwrap().unwrap().to_vec();
+        let second = journal.get(&txn, &journal::seq_key(1)).unwrap().unwrap().to_vec();
+        assert_eq!(journal::split_record(&first).unwrap().1, 1);
+        journal.put(&mut txn, &journal::seq_key(0), &second).unwrap();
+        journal.put(&mut txn, &journal::seq_key(1), &first).unwrap();
+        txn.commit().unwrap();
+    }
+    let moved = block_on(store.write(append(4..5, 1)));
+    assert!(matches!(moved, Err(raft_core::StorageError::Corrupt(_))), "{moved:?}");
+    assert!(env.has_failed());
+    assert_eq!(log_records(&store), before);
+    assert_eq!(journal_len(&store), 3);
+}
+
+/// A move of a journal of 1 MiB records reads and writes one record at a time: afterwards the
+/// writer's buffer holds at most one record's worth (with the slack of `Vec`'s growth), not
+/// the whole journal, which it would otherwise keep for the environment's life.
+#[test]
+fn a_move_keeps_at_most_one_records_worth_of_buffer() {
+    const RECORD: usize = 1 << 20;
+    const RECORDS: u64 = 8;
+    let root = tempfile::tempdir().unwrap();
+    let env = journaled(root.path().join("env"), 1_000);
+    let store = env.log_store(1).unwrap();
+    let slot = store.shared.handles();
+    let handles = slot.as_ref().unwrap();
+    let journal = handles.journal.as_ref().unwrap();
+    let dbs = (journal, &handles.log, &handles.meta);
+    let txn = handles.read_txn().unwrap();
+    let mut index = journal::JournalIndex::load(dbs, &txn, (1_000, u64::MAX)).unwrap();
+    drop(txn);
+    let mut txn = handles.env.write_txn().unwrap();
+    index.begin();
+    let entry = vec![7u8; RECORD];
+    for i in 1..=RECORDS {
+        index.append(journal, &mut txn, 1, i, &entry).unwrap();
+    }
+    let keys = |group, index| handles.layout.keys(group).log(index);
+    assert!(matches!(index.move_all(dbs, &mut txn, keys), Ok(8)));
+    assert_eq!(handles.log.len(&txn).unwrap(), RECORDS);
+    assert!(index.buf_capacity() <= 2 * RECORD, "buffer of {} bytes", index.buf_capacity());
+    txn.abort();
+}

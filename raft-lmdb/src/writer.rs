@@ -397,15 +397,25 @@ impl Writer {
     ) -> Result<(), Rejection> {
         let keys = handles.layout.keys(request.group);
         let mut log = GroupLog::new(handles, keys, self.journal.as_mut());
-        if !touched.contains_key(&request.group) && !self.committed.contains_key(&request.group) {
-            // Not loaded yet (a group found on disk): what is on disk is what is committed.
-            if let Some(meta) = handles.find_meta(txn, keys).map_err(Rejection::Invalid)? {
-                self.committed.insert(request.group, meta);
-            }
-        }
+        // One lookup for a group the transaction has met already (the common case of a busy
+        // group), two for its first request in the transaction.
         let meta = match touched.entry(request.group) {
             MapEntry::Occupied(entry) => entry.into_mut(),
-            MapEntry::Vacant(entry) => entry.insert(self.committed.get(&request.group).copied()),
+            MapEntry::Vacant(entry) => {
+                let committed = match self.committed.get(&request.group) {
+                    Some(meta) => Some(*meta),
+                    // Not loaded yet (a group found on disk): what is on disk is what is
+                    // committed.
+                    None => {
+                        let found = handles.find_meta(txn, keys).map_err(Rejection::Invalid)?;
+                        if let Some(meta) = found {
+                            self.committed.insert(request.group, meta);
+                        }
+                        found
+                    }
+                };
+                entry.insert(committed)
+            }
         };
         match (&request.op, meta) {
             (Op::Open, Some(_)) => Ok(()),
