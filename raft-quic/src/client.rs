@@ -508,7 +508,9 @@ impl Client {
     /// Opens a stream to `peer` and writes the frame `encode` makes (of `requests` requests)
     /// on it, at `priority`. The frame is encoded once the stream is open, so the RPCs that
     /// wait for a stream slot hold no frame: the encoded frames of one peer are at most its
-    /// streams' (`max_concurrent_streams`) worth.
+    /// streams' (`max_concurrent_streams`) worth. The frame counts in the peer's
+    /// [`PeerStats`](crate::PeerStats) as sent once the stream took it whole, as stopped if
+    /// the peer stopped the stream before.
     async fn write(
         &self,
         peer: &Peer,
@@ -528,15 +530,20 @@ impl Client {
         let counters = peer.counters(self.shared.id);
         let frame_len = frame.len() as u64;
         match send.send.write_chunk(frame).await {
-            Ok(()) => counters.sent_bytes.increment(frame_len),
+            Ok(()) => {
+                counters.sent_bytes.increment(frame_len);
+                peer.sent.count(requests);
+            }
             Err(WriteError::ConnectionLost(e)) => return Err(lost(peer, &conn, e)),
-            Err(WriteError::Stopped(code)) => stopped = Some(code),
+            Err(WriteError::Stopped(code)) => {
+                stopped = Some(code);
+                peer.sent.stopped();
+            }
             Err(other) => return Err(unreachable(peer.id, other)),
         }
         // Only fails if the stream was reset, in which case the read reports why.
         let _ = send.send.finish();
         send.finished = true;
-        peer.sent.count(requests);
         Ok(Sent { conn, recv, stopped })
     }
 

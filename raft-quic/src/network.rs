@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     pub(crate) bad_requests: AtomicU64,
     /// Answers ignored as stray (see [`QuicNetwork::stray_answers_received`]).
     pub(crate) stray_answers: AtomicU64,
+    /// Inbound streams whose answers the peer did not take in time (see
+    /// [`QuicNetwork::answer_timeouts`]).
+    pub(crate) answer_timeouts: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -350,6 +353,7 @@ impl QuicNetwork {
             bad_batches: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             stray_answers: AtomicU64::new(0),
+            answer_timeouts: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let configured: BTreeMap<NodeId, SocketAddr> = config
@@ -572,6 +576,17 @@ impl QuicNetwork {
     /// answer are not read, so not counted.
     pub fn stray_answers_received(&self) -> u64 {
         self.shared().stray_answers.load(Ordering::Relaxed)
+    }
+
+    /// The inbound streams this node gave up because their peer did not take their answers
+    /// (did not read them, so the stream had no flow-control credit for them) within one RPC
+    /// timeout of waiting in all, all peers together: a lone request's answer, or every answer
+    /// of a batch together (not one timeout per answer), each stream once. What
+    /// `quic_answer_timeouts_total` counts, summed over its peers (see [`crate::metrics`]).
+    /// Each such stream was reset (`code::TIMEOUT`), its handlers still running dropped and
+    /// the memory of its requests released. Not counted: a stream the peer stopped itself.
+    pub fn answer_timeouts(&self) -> u64 {
+        self.shared().answer_timeouts.load(Ordering::Relaxed)
     }
 
     /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.
