@@ -22,7 +22,7 @@ use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
 use crate::config::{QuicConfig, QuicConfigError};
 use crate::expiry::expiry_warning;
-use crate::frame::MAX_DEPTH;
+use crate::frame::{MAX_DEPTH, MAX_RESPONSE_FRAME_SIZE};
 use crate::group::QuicGroupNetwork;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
@@ -61,6 +61,9 @@ pub(crate) struct Settings {
     pub(crate) rpc_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
+    /// The largest response frame sent or read: `max_frame_size`, at most
+    /// [`MAX_RESPONSE_FRAME_SIZE`](crate::frame::MAX_RESPONSE_FRAME_SIZE).
+    pub(crate) max_response_frame_size: u32,
     pub(crate) decode: Limits,
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
@@ -327,6 +330,7 @@ impl QuicNetwork {
             rpc_timeout: config.rpc_timeout,
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
+            max_response_frame_size: config.max_frame_size.min(MAX_RESPONSE_FRAME_SIZE),
             decode: Limits { max_items: config.max_decoded_items, max_depth: MAX_DEPTH },
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,

@@ -334,7 +334,7 @@ async fn serve_stream(
         }
     };
     drop(held);
-    let frame = match frame::encode(&response, limits.max_frame_size) {
+    let frame = match frame::encode(&response, limits.max_response_frame_size) {
         Ok(frame) => frame,
         Err(e) => {
             shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
@@ -466,15 +466,15 @@ async fn serve_batch(
     let mut answer_time = AnswerTime::new(shared);
     while let Some((position, response)) = answers.next().await {
         // At most `MAX_BATCH_REQUESTS` positions, which fit a u16.
-        let frame =
-            match frame::encode_answer(position as u16, &response, shared.limits.max_frame_size) {
-                Ok(frame) => frame,
-                Err(e) => {
-                    shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
-                    let _ = send.reset(e.code());
-                    return;
-                }
-            };
+        let max = shared.limits.max_response_frame_size;
+        let frame = match frame::encode_answer(position as u16, &response, max) {
+            Ok(frame) => frame,
+            Err(e) => {
+                shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
+                let _ = send.reset(e.code());
+                return;
+            }
+        };
         if !write_answer(&mut send, frame, &mut answer_time, peer, shared, counters).await {
             return;
         }
