@@ -135,16 +135,43 @@ pub fn envelope(target: NodeId, request: RpcRequest) -> Envelope {
 }
 
 /// Answers every request positively and counts calls. AppendEntries whose first entry carries
-/// the payload `b"gated"` wait until the gate is opened.
+/// the payload `b"gated"` wait until the gate is opened; those dropped while they wait are
+/// counted too ([`TestHandler::abandoned`]).
 pub struct TestHandler {
     pub id: NodeId,
     pub calls: AtomicUsize,
     gate: async_lock::RwLock<()>,
+    abandoned: AtomicUsize,
+}
+
+/// Counts a gated call in [`TestHandler::abandoned`] when dropped while still armed: its
+/// future was dropped before the gate opened.
+struct Abandoned<'a> {
+    count: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl TestHandler {
     pub fn new(id: NodeId) -> Arc<Self> {
-        Arc::new(Self { id, calls: AtomicUsize::new(0), gate: async_lock::RwLock::new(()) })
+        Arc::new(Self {
+            id,
+            calls: AtomicUsize::new(0),
+            gate: async_lock::RwLock::new(()),
+            abandoned: AtomicUsize::new(0),
+        })
+    }
+
+    /// The gated calls whose futures were dropped (by the transport) before the gate opened.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> usize {
@@ -169,7 +196,9 @@ impl RpcHandler for TestHandler {
             }),
             RpcRequest::AppendEntries(r) => {
                 if r.entries.first().and_then(Entry::command).is_some_and(|c| c == "gated") {
+                    let mut abandoned = Abandoned { count: &self.abandoned, armed: true };
                     let _open = self.gate.read().await;
+                    abandoned.armed = false;
                 }
                 RpcResponse::AppendEntries(AppendEntriesResponse {
                     term: r.term,
