@@ -191,9 +191,12 @@ impl Drop for Inner {
 ///   vote or heartbeat of any group waits behind at most half the connection window of other
 ///   groups' bulk bytes, and only those already sent: never for flow-control credit, send
 ///   buffer or a stream slot. No limit is per group.
-/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
-///   elements per frame, streams, flow-control windows, memory per node id and every wait are
-///   bounded by [`QuicConfig`].
+/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes (a response
+///   at most [`MAX_RESPONSE_FRAME_SIZE`](crate::frame::MAX_RESPONSE_FRAME_SIZE)), decoded
+///   elements per frame, streams, flow-control windows, memory per node id and every wait for
+///   a peer are bounded by [`QuicConfig`]. The handlers' time is this node's own and not
+///   bounded here (an inbound stream's answers wait for the peer at most one RPC timeout in
+///   all, after the handlers finished).
 /// - **Certificates hold for a connection's lifetime.** A connection is closed once its
 ///   peer's certificate expires, and [`update_tls`](QuicNetwork::update_tls) closes those a
 ///   new trust bundle no longer accepts.
@@ -543,7 +546,9 @@ impl QuicNetwork {
     }
 
     /// What this node sent to peer `id` so far: requests, and the frames (streams) that carried
-    /// them, lone or batched (all zero for a peer never sent to or unknown).
+    /// them, lone or batched, each counted once its stream took it whole; and apart, the frames
+    /// the peer stopped before that (all zero for a peer never sent to or unknown; see
+    /// [`PeerStats`]).
     pub fn peer_stats(&self, id: NodeId) -> PeerStats {
         self.shared().peer(id).map(|peer| peer.sent.stats()).unwrap_or_default()
     }
@@ -588,7 +593,9 @@ impl QuicNetwork {
     /// of a batch together (not one timeout per answer), each stream once. What
     /// `quic_answer_timeouts_total` counts, summed over its peers (see [`crate::metrics`]).
     /// Each such stream was reset (`code::TIMEOUT`), its handlers still running dropped and
-    /// the memory of its requests released. Not counted: a stream the peer stopped itself.
+    /// the memory of its requests released. Not counted: a stream the peer stopped itself. The
+    /// waiting is the wall time of each pending write: this node's own delays while a write is
+    /// pending (a busy runtime, a process pause) count against the peer too.
     pub fn answer_timeouts(&self) -> u64 {
         self.shared().answer_timeouts.load(Ordering::Relaxed)
     }

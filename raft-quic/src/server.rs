@@ -381,8 +381,11 @@ fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &Pe
 
 /// The time the answers of one stream (a lone request's one, all of a batch's) may wait, in
 /// all, for the peer to take them (to give the stream flow-control credit by reading it): one
-/// RPC timeout per stream, not one per answer. Only waiting for the peer is charged: an answer
-/// that fits the peer's credit is written at once, whatever is left.
+/// RPC timeout per stream, not one per answer. Only the time of writes that did not complete
+/// at once is charged: an answer that fits the peer's credit is written at once, whatever is
+/// left. That time is the wall time of the pending write, so this node's own delays while it
+/// is pending (a busy runtime, a process pause) are charged to the peer too: quinn does not
+/// say when the credit came.
 struct AnswerTime {
     left: std::time::Duration,
 }
@@ -425,7 +428,10 @@ async fn write_answer(
             let timeout = shared.limits.rpc_timeout;
             shared.inbound.warn(
                 peer,
-                format_args!("giving up a stream: its answers were not taken within {timeout:?}"),
+                format_args!(
+                    "giving up a stream: its answers were not taken within {timeout:?} of \
+                     waiting (wall time, this node's own delays included)"
+                ),
             );
             let _ = send.reset(code::TIMEOUT);
             false
