@@ -22,8 +22,8 @@ use common::*;
 use futures::future::join_all;
 use raft_core::{Envelope, Network, NetworkError};
 use raft_quic::frame::{BATCH_KIND, MAX_RESPONSE_FRAME_SIZE};
-use raft_quic::quinn::{self, Runtime, TokioRuntime};
-use raft_quic::{tls, ClusterCa, QuicNetwork, PROTOCOL_VERSION};
+use raft_quic::quinn::{Runtime, TokioRuntime};
+use raft_quic::{ClusterCa, QuicNetwork, PROTOCOL_VERSION};
 
 /// The length the hostile peer's answers announce: node 1's `max_frame_size`.
 const ANNOUNCED: u32 = 16 << 20;
@@ -66,18 +66,7 @@ async fn oversized_answers(groups: u64) -> (u64, u64) {
     config.max_frame_size = ANNOUNCED;
     config.stream_receive_window = STREAM_WINDOW;
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();
-    // The peer runs on a runtime of its own, so it keeps writing whatever node 1's does.
-    let peer_rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
-    let endpoint = {
-        let _runtime = peer_rt.enter();
-        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
-        let server = quinn::ServerConfig::with_crypto(crypto);
-        let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime);
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-            .unwrap()
-    };
+    let (peer_rt, endpoint) = hostile_peer(&ca, 2);
     net.set_peer(2, endpoint.local_addr().unwrap());
     let written = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();

@@ -473,6 +473,32 @@ async fn slow_reader_with(
     raw_peer_with_transport(rt, ca, &[1], configure, transport).await
 }
 
+/// Writes `bytes` on a new stream of `conn` and reads what comes back slowly, 32 bytes every
+/// 100 ms, until the stream ends: returns how it ended (`None`: cleanly) and what was read.
+async fn read_slowly(
+    rt: &Arc<dyn Runtime>,
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> (Option<quinn::ReadError>, Vec<u8>) {
+    bounded(rt, "a batch read slowly", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        send.finish().unwrap();
+        let mut taken = Vec::new();
+        let mut buffer = [0; 32];
+        let end = loop {
+            sleep(rt, Duration::from_millis(100)).await;
+            match recv.read(&mut buffer).await {
+                Ok(Some(read)) => taken.extend_from_slice(&buffer[..read]),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        (end, taken)
+    })
+    .await
+}
+
 /// The answer frames whole at the start of `bytes` (a frame cut short at the end is not one).
 fn whole_frames(mut bytes: &[u8]) -> usize {
     let mut frames = 0;
@@ -513,23 +539,7 @@ async fn a_batch_whose_answers_are_taken_slowly_gets_one_rpc_timeout_in_all() {
     let ca = ClusterCa::generate().unwrap();
     let (net, handlers, endpoint, conn) = slow_reader(&rt, &ca).await;
     let bytes = heartbeats_of_node_2(REQUESTS);
-    let (end, taken) = bounded(&rt, "a batch read slowly", async {
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&bytes).await.unwrap();
-        send.finish().unwrap();
-        let mut taken = Vec::new();
-        let mut buffer = [0; 32];
-        let end = loop {
-            sleep(&rt, Duration::from_millis(100)).await;
-            match recv.read(&mut buffer).await {
-                Ok(Some(read)) => taken.extend_from_slice(&buffer[..read]),
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            }
-        };
-        (end, taken)
-    })
-    .await;
+    let (end, taken) = read_slowly(&rt, &conn, &bytes).await;
     let answered = whole_frames(&taken);
     assert!(answered < REQUESTS, "all {answered} answers were written to a slow reader");
     let calls = handlers[&1].calls();
@@ -572,23 +582,7 @@ async fn a_batch_given_up_for_a_slow_reader_drops_its_handlers_and_releases_its_
     requests.extend(vec![Envelope::new(1, heartbeat(2)).with_group_id(1); HEARTBEATS]);
     let bytes = batch(&requests);
     assert!(bytes.len() > 16 << 10, "{} bytes: under the priority threshold", bytes.len());
-    let (end, taken) = bounded(&rt, "a batch read slowly", async {
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&bytes).await.unwrap();
-        send.finish().unwrap();
-        let mut taken = Vec::new();
-        let mut buffer = [0; 32];
-        let end = loop {
-            sleep(&rt, Duration::from_millis(100)).await;
-            match recv.read(&mut buffer).await {
-                Ok(Some(read)) => taken.extend_from_slice(&buffer[..read]),
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            }
-        };
-        (end, taken)
-    })
-    .await;
+    let (end, taken) = read_slowly(&rt, &conn, &bytes).await;
     let answered = whole_frames(&taken);
     assert!(
         matches!(end, Some(quinn::ReadError::Reset(code)) if code == code::TIMEOUT),

@@ -15,7 +15,7 @@ use raft_core::{
     NetworkError, NodeId, RequestVoteRequest, RequestVoteResponse, RpcError, RpcHandler,
     RpcRequest, RpcResponse, TimeoutNowResponse,
 };
-use raft_quic::quinn::Runtime;
+use raft_quic::quinn::{self, Runtime};
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
 
 /// Calls the macro `$on_runtime` with the name of every scenario of [`scenarios`], so that each
@@ -335,3 +335,21 @@ pub async fn only_some_reach_the_handler<T>(
 
 pub mod proxy;
 pub mod scenarios;
+
+/// A raw QUIC server endpoint with node `id`'s certificate, for a hostile peer that writes
+/// whatever a test wants, on a tokio runtime of its own (one worker), so that it keeps writing
+/// whatever the runtime of the node under test does. Shut the runtime down at the end.
+pub fn hostile_peer(ca: &ClusterCa, id: NodeId) -> (tokio::runtime::Runtime, quinn::Endpoint) {
+    let peer_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let crypto = raft_quic::tls::quic_server_crypto(&ca.node_tls(id).unwrap()).unwrap();
+    let endpoint = {
+        let _runtime = peer_rt.enter();
+        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+        let server = quinn::ServerConfig::with_crypto(crypto);
+        let runtime: Arc<dyn Runtime> = Arc::new(raft_quic::quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+            .unwrap()
+    };
+    (peer_rt, endpoint)
+}
