@@ -438,10 +438,9 @@ impl Client {
         written();
         let mut sent = sent?;
         let limits = &self.shared.limits;
-        let read =
-            frame::read_sized::<WireResponse>(&mut sent.recv, limits.max_frame_size, limits.decode);
-        let (response, frame_len) =
-            read.await.map_err(|e| self.read_failed(peer, &sent.conn, sent.stopped, e))?;
+        let max = limits.max_response_frame_size;
+        let read = frame::read_sized::<WireResponse>(&mut sent.recv, max, limits.decode).await;
+        let (response, frame_len) = read.map_err(|e| self.read_failed(peer, &mut sent, e))?;
         peer.counters(self.shared.id).received_bytes.increment(frame_len as u64);
         answer(peer.id, response)
     }
@@ -470,7 +469,7 @@ impl Client {
             };
             let read = frame::read_answer::<WireResponse>(
                 &mut sent.recv,
-                limits.max_frame_size,
+                limits.max_response_frame_size,
                 limits.decode,
                 awaited,
             );
@@ -499,7 +498,7 @@ impl Client {
                     let what = format!("the batch's stream ended with {left} requests unanswered");
                     break NetworkError::Codec(what);
                 }
-                Err(e) => break self.read_failed(peer, &sent.conn, sent.stopped, e),
+                Err(e) => break self.read_failed(peer, &mut sent, e),
             }
         };
         fail_all(answers, &failure);
@@ -508,7 +507,9 @@ impl Client {
     /// Opens a stream to `peer` and writes the frame `encode` makes (of `requests` requests)
     /// on it, at `priority`. The frame is encoded once the stream is open, so the RPCs that
     /// wait for a stream slot hold no frame: the encoded frames of one peer are at most its
-    /// streams' (`max_concurrent_streams`) worth.
+    /// streams' (`max_concurrent_streams`) worth. The frame counts in the peer's
+    /// [`PeerStats`](crate::PeerStats) as sent once the stream took it whole, as stopped if
+    /// the peer stopped the stream before.
     async fn write(
         &self,
         peer: &Peer,
@@ -528,26 +529,33 @@ impl Client {
         let counters = peer.counters(self.shared.id);
         let frame_len = frame.len() as u64;
         match send.send.write_chunk(frame).await {
-            Ok(()) => counters.sent_bytes.increment(frame_len),
+            Ok(()) => {
+                counters.sent_bytes.increment(frame_len);
+                peer.sent.count(requests);
+            }
             Err(WriteError::ConnectionLost(e)) => return Err(lost(peer, &conn, e)),
-            Err(WriteError::Stopped(code)) => stopped = Some(code),
+            Err(WriteError::Stopped(code)) => {
+                stopped = Some(code);
+                peer.sent.stopped();
+            }
             Err(other) => return Err(unreachable(peer.id, other)),
         }
         // Only fails if the stream was reset, in which case the read reports why.
         let _ = send.send.finish();
         send.finished = true;
-        peer.sent.count(requests);
         Ok(Sent { conn, recv, stopped })
     }
 
-    /// What a failure to read a response means for its caller(s).
-    fn read_failed(
-        &self,
-        peer: &Peer,
-        conn: &quinn::Connection,
-        stopped: Option<quinn::VarInt>,
-        error: ReadFrameError,
-    ) -> NetworkError {
+    /// What a failure to read a response on `sent`'s stream means for its caller(s). A bad
+    /// frame (one announcing more than the largest response, `MAX_RESPONSE_FRAME_SIZE`, a bad
+    /// version, a body that does not decode) gives the stream up: it is stopped with the
+    /// frame error's code, so the peer sends nothing more on it and what it sent is dropped.
+    fn read_failed(&self, peer: &Peer, sent: &mut Sent, error: ReadFrameError) -> NetworkError {
+        if let ReadFrameError::Frame(e) = &error {
+            // Fails only if the stream already ended; nothing is left to give up then.
+            let _ = sent.recv.stop(e.code());
+        }
+        let (conn, stopped) = (&sent.conn, sent.stopped);
         match error {
             ReadFrameError::Stream(ReadError::ConnectionLost(e)) => lost(peer, conn, e),
             _ if stopped.is_some() => NetworkError::Refused {

@@ -42,8 +42,11 @@ pub struct QuicConfig {
     pub refused: BTreeSet<NodeId>,
     /// The trusted node CA certificate(s), this node's certificate chain and its key.
     pub tls: NodeTls,
-    /// The longest an outbound RPC may take, connection setup included; also the longest an
-    /// inbound request may take to arrive, and its response to be written. Default 2 s.
+    /// The longest an outbound RPC may take, connection setup included. On the serving side,
+    /// the longest an inbound request (or batch) may take to arrive, and, per stream, the
+    /// longest its answers may wait in all for the peer to take them (one timeout summed over
+    /// a batch's answers, not one per answer). The handlers' own time is not bounded by it.
+    /// Default 2 s.
     pub rpc_timeout: Duration,
     /// The longest a connection attempt (QUIC and TLS handshake) may take. Default 1 s.
     pub connect_timeout: Duration,

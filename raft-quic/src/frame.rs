@@ -55,6 +55,17 @@ pub const POSITION_LEN: usize = 2;
 /// The smallest maximum frame size a configuration may set (room for any vote or heartbeat).
 pub const MIN_MAX_FRAME_SIZE: u32 = 1024;
 
+/// The largest response frame (what its `length` counts: the kind byte, an answer's position and
+/// the body) a node writes or reads, whatever its maximum frame size: a sending node gives up
+/// a response stream whose header announces more, before it reads the body (the stream is
+/// stopped with `code::FRAME_TOO_LARGE` and the RPC fails with `NetworkError::Codec`), so a
+/// peer cannot make it hold more than this for one RPC in flight. The largest
+/// [`WireResponse`](crate::WireResponse) is a `Refusal::Malformed` with a reason of
+/// [`MAX_REASON_LEN`](crate::wire::MAX_REASON_LEN) bytes, 260 bytes encoded; the largest
+/// `RpcResponse` (every integer at its maximum) is under 80 (both checked by this module's
+/// tests): this leaves room for 15 times that.
+pub const MAX_RESPONSE_FRAME_SIZE: u32 = 4096;
+
 /// How many body bytes are reserved up front, at most, before any of them arrived.
 const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
@@ -665,5 +676,76 @@ mod tests {
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
         assert!(matches!(decode::<WireResponse>(&frame, 1024, LIMITS), Err(FrameError::Decode(_))));
+    }
+
+    /// Every response a node can send, with every integer at its maximum and the longest
+    /// refusal reason, fits [`MAX_RESPONSE_FRAME_SIZE`] many times over, as an answer of a
+    /// batch too (a new `RpcResponse` or `Refusal` variant belongs here as well:
+    /// `tests/wire_golden.rs` fails until it is added there).
+    #[test]
+    fn the_largest_responses_fit_the_response_frame_maximum_with_room() {
+        use crate::wire::MAX_REASON_LEN;
+        use raft_core::{
+            AppendEntriesResponse, ConflictHint, InstallSnapshotResponse, ReadIndexResponse,
+            RequestVoteResponse, RpcError, RpcResponse, SnapshotRefusal, TimeoutNowResponse,
+        };
+
+        const MAX: u64 = u64::MAX;
+        let responses = [
+            RpcResponse::RequestVote(RequestVoteResponse {
+                term: MAX,
+                vote_granted: true,
+                pre_vote: true,
+            }),
+            RpcResponse::AppendEntries(AppendEntriesResponse {
+                term: MAX,
+                match_index: Some(MAX),
+                conflict: Some(ConflictHint {
+                    conflict_term: MAX,
+                    first_index_of_term: MAX,
+                    last_log_index: MAX,
+                }),
+                lease_promise_ms: MAX,
+                quiesced: true,
+            }),
+            RpcResponse::TimeoutNow(TimeoutNowResponse { term: MAX }),
+            RpcResponse::InstallSnapshot(InstallSnapshotResponse {
+                term: MAX,
+                next_offset: MAX,
+                complete: true,
+                refusal: Some(SnapshotRefusal::Malformed),
+            }),
+            RpcResponse::ReadIndex(ReadIndexResponse {
+                term: MAX,
+                read_index: Some(MAX),
+                leader_id: Some(MAX),
+            }),
+        ];
+        let mut largest_ok = 0;
+        for response in responses {
+            let frame = encode(&WireResponse::Ok(response), MAX_RESPONSE_FRAME_SIZE).unwrap();
+            largest_ok = largest_ok.max(frame.len() - 4);
+        }
+        assert!(largest_ok < 80, "{largest_ok} bytes");
+        let refusals = [
+            Refusal::NotServing,
+            Refusal::SenderMismatch { claimed: MAX, authenticated: MAX },
+            Refusal::Handler(RpcError::WrongNode { expected: MAX, actual: MAX }),
+            Refusal::Handler(RpcError::WrongCluster { sender_cluster: MAX, receiver_cluster: MAX }),
+            Refusal::Handler(RpcError::WrongGroup { sender_group: MAX, receiver_group: MAX }),
+            Refusal::Handler(RpcError::UnknownGroup { group: MAX }),
+            Refusal::RemovedNode(MAX),
+            Refusal::malformed("x".repeat(10 * MAX_REASON_LEN)),
+            Refusal::Busy,
+        ];
+        let mut largest = largest_ok;
+        for refusal in refusals {
+            let response = WireResponse::Refused(refusal);
+            let frame = encode_answer(u16::MAX, &response, MAX_RESPONSE_FRAME_SIZE).unwrap();
+            largest = largest.max(frame.len() - 4);
+        }
+        // The longest reason: its bytes, its length, two tags, an answer's position.
+        assert_eq!(largest, MAX_REASON_LEN + 2 + 2 + 1 + POSITION_LEN);
+        assert!(largest * 15 <= MAX_RESPONSE_FRAME_SIZE as usize, "{largest} bytes");
     }
 }

@@ -20,7 +20,8 @@
 //!   leaves room for every group's votes and heartbeats; no limit is per group.
 //! - **Framing.** `u32 length | u8 version | [u64 sender] | postcard body` ([`frame`]), or a
 //!   batch of such request frames (and its answers, tagged with their position), at most
-//!   [`QuicConfig::max_frame_size`], checked before anything is allocated; bodies decode within
+//!   [`QuicConfig::max_frame_size`] (a response or answer at most
+//!   [`frame::MAX_RESPONSE_FRAME_SIZE`]), checked before anything is allocated; bodies decode within
 //!   a budget of elements and depth ([`bounded`]), and a request's sender is checked from its
 //!   header before its body is read. The wire version policy is in [`wire`].
 //! - **Identity.** A node CA signs one certificate per node, naming `node-<id>.raft`

@@ -8,6 +8,7 @@
 //! | `quic_rpc_errors_total` | counter | `node_id`, `peer`, `error` | outbound RPCs that failed: `timeout`, `unreachable`, `refused`, `codec` |
 //! | `quic_dial_failures_total` | counter | `node_id`, `peer` | failed attempts to connect to a peer |
 //! | `quic_bad_requests_total` | counter | `node_id`, `peer` | inbound requests refused as bad, each once, when found: a stream closed for a bad frame (a batch refused whole is one) or because the peer's bytes did not all come within the RPC timeout (not when this node kept it waiting: room in the memory budget, the decoding thread; that is refused as busy), a lone request's lying sender header, or one request of a well-formed batch refused alone (undecodable, over the decoding budget, lying sender; not when only busy), even if its answer is never written |
+//! | `quic_answer_timeouts_total` | counter | `node_id`, `peer` | inbound streams given up because the peer did not take their answers (did not read them, giving the stream flow-control credit) within one RPC timeout of waiting in all: a lone request's answer, or all the answers of a batch together; each such stream once, reset with `code::TIMEOUT` (its handlers still running dropped, its memory released). The waiting is the wall time of each pending write, so this node's own delays during one (a busy runtime, a process pause) count against the peer too |
 //! | `quic_handshakes_total` | counter | `gate`, `outcome` | connection attempts at a [`Gate`](crate::Gate): `admitted`, `failed` (TLS or the peer gave up), `timed_out`, `refused` (limits, Retry not counted), `rejected` (identity or removed node, after the handshake), `over_capacity` |
 //!
 //! Handles are registered once per peer (per connection on the inbound side) and per gate.
@@ -25,6 +26,7 @@ pub(crate) struct PeerCounters {
     errors: [Counter; 4],
     pub(crate) dial_failures: Counter,
     pub(crate) bad_requests: Counter,
+    pub(crate) answer_timeouts: Counter,
 }
 
 impl PeerCounters {
@@ -42,6 +44,7 @@ impl PeerCounters {
             errors: ["timeout", "unreachable", "refused", "codec"].map(error),
             dial_failures: ::metrics::counter!("quic_dial_failures_total", labels.iter()),
             bad_requests: ::metrics::counter!("quic_bad_requests_total", labels.iter()),
+            answer_timeouts: ::metrics::counter!("quic_answer_timeouts_total", labels.iter()),
         }
     }
 
@@ -87,15 +90,23 @@ impl GateCounters {
 }
 
 /// What one node sent to one peer since its network was bound ([`QuicNetwork::peer_stats`](crate::QuicNetwork::peer_stats)).
+/// A frame counts as sent once the stream took it whole (it fit the peer's flow-control credit
+/// and is QUIC's to deliver); one the peer stopped before that counts in `frames_stopped`
+/// only, and one abandoned otherwise (the connection was lost, the RPC timed out while it was
+/// written) in neither.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerStats {
-    /// Requests written to the peer (every group's, bulk and small).
+    /// Requests written whole to the peer (every group's, bulk and small), in the frames of
+    /// `frames_sent`.
     pub requests_sent: u64,
-    /// Request frames written, each on a stream of its own: lone requests and batches.
+    /// Request frames written whole, each on a stream of its own: lone requests and batches.
     pub frames_sent: u64,
     /// Of those frames, the batches: frames carrying more than one request.
     pub batches_sent: u64,
+    /// Request frames the peer stopped (`STOP_SENDING`) before the stream took them whole:
+    /// not in `frames_sent` (nor their requests in `requests_sent`).
+    pub frames_stopped: u64,
 }
 
 /// The counts behind [`PeerStats`].
@@ -104,10 +115,11 @@ pub(crate) struct SentCounts {
     requests: AtomicU64,
     frames: AtomicU64,
     batches: AtomicU64,
+    stopped: AtomicU64,
 }
 
 impl SentCounts {
-    /// A frame of `requests` requests was written.
+    /// A frame of `requests` requests was written whole.
     pub(crate) fn count(&self, requests: usize) {
         self.requests.fetch_add(requests as u64, Ordering::Relaxed);
         self.frames.fetch_add(1, Ordering::Relaxed);
@@ -116,11 +128,17 @@ impl SentCounts {
         }
     }
 
+    /// A frame was stopped by the peer before it was written whole.
+    pub(crate) fn stopped(&self) {
+        self.stopped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn stats(&self) -> PeerStats {
         PeerStats {
             requests_sent: self.requests.load(Ordering::Relaxed),
             frames_sent: self.frames.load(Ordering::Relaxed),
             batches_sent: self.batches.load(Ordering::Relaxed),
+            frames_stopped: self.stopped.load(Ordering::Relaxed),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
 use crate::config::{QuicConfig, QuicConfigError};
 use crate::expiry::expiry_warning;
-use crate::frame::MAX_DEPTH;
+use crate::frame::{MAX_DEPTH, MAX_RESPONSE_FRAME_SIZE};
 use crate::group::QuicGroupNetwork;
 use crate::identity::{check_node_cert, recheck_peer, IdentityError};
 use crate::inbound::{canonical, IdentityLimits, Inbound};
@@ -61,6 +61,9 @@ pub(crate) struct Settings {
     pub(crate) rpc_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_frame_size: u32,
+    /// The largest response frame sent or read: `max_frame_size`, at most
+    /// [`MAX_RESPONSE_FRAME_SIZE`](crate::frame::MAX_RESPONSE_FRAME_SIZE).
+    pub(crate) max_response_frame_size: u32,
     pub(crate) decode: Limits,
     pub(crate) priority_frame_threshold: usize,
     pub(crate) backoff_min: Duration,
@@ -91,6 +94,9 @@ pub(crate) struct Shared {
     pub(crate) bad_requests: AtomicU64,
     /// Answers ignored as stray (see [`QuicNetwork::stray_answers_received`]).
     pub(crate) stray_answers: AtomicU64,
+    /// Inbound streams whose answers the peer did not take in time (see
+    /// [`QuicNetwork::answer_timeouts`]).
+    pub(crate) answer_timeouts: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -185,9 +191,12 @@ impl Drop for Inner {
 ///   vote or heartbeat of any group waits behind at most half the connection window of other
 ///   groups' bulk bytes, and only those already sent: never for flow-control credit, send
 ///   buffer or a stream slot. No limit is per group.
-/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes, decoded
-///   elements per frame, streams, flow-control windows, memory per node id and every wait are
-///   bounded by [`QuicConfig`].
+/// - **Bounded.** Handshakes, connections (in all and per node id), frame sizes (a response
+///   at most [`MAX_RESPONSE_FRAME_SIZE`](crate::frame::MAX_RESPONSE_FRAME_SIZE)), decoded
+///   elements per frame, streams, flow-control windows, memory per node id and every wait for
+///   a peer are bounded by [`QuicConfig`]. The handlers' time is this node's own and not
+///   bounded here (an inbound stream's answers wait for the peer at most one RPC timeout in
+///   all, after the handlers finished).
 /// - **Certificates hold for a connection's lifetime.** A connection is closed once its
 ///   peer's certificate expires, and [`update_tls`](QuicNetwork::update_tls) closes those a
 ///   new trust bundle no longer accepts.
@@ -324,6 +333,7 @@ impl QuicNetwork {
             rpc_timeout: config.rpc_timeout,
             connect_timeout: config.connect_timeout,
             max_frame_size: config.max_frame_size,
+            max_response_frame_size: config.max_frame_size.min(MAX_RESPONSE_FRAME_SIZE),
             decode: Limits { max_items: config.max_decoded_items, max_depth: MAX_DEPTH },
             priority_frame_threshold: config.priority_frame_threshold,
             backoff_min: config.backoff_min,
@@ -350,6 +360,7 @@ impl QuicNetwork {
             bad_batches: AtomicU64::new(0),
             bad_requests: AtomicU64::new(0),
             stray_answers: AtomicU64::new(0),
+            answer_timeouts: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let configured: BTreeMap<NodeId, SocketAddr> = config
@@ -535,7 +546,9 @@ impl QuicNetwork {
     }
 
     /// What this node sent to peer `id` so far: requests, and the frames (streams) that carried
-    /// them, lone or batched (all zero for a peer never sent to or unknown).
+    /// them, lone or batched, each counted once its stream took it whole; and apart, the frames
+    /// the peer stopped before that (all zero for a peer never sent to or unknown; see
+    /// [`PeerStats`]).
     pub fn peer_stats(&self, id: NodeId) -> PeerStats {
         self.shared().peer(id).map(|peer| peer.sent.stats()).unwrap_or_default()
     }
@@ -572,6 +585,19 @@ impl QuicNetwork {
     /// answer are not read, so not counted.
     pub fn stray_answers_received(&self) -> u64 {
         self.shared().stray_answers.load(Ordering::Relaxed)
+    }
+
+    /// The inbound streams this node gave up because their peer did not take their answers
+    /// (did not read them, so the stream had no flow-control credit for them) within one RPC
+    /// timeout of waiting in all, all peers together: a lone request's answer, or every answer
+    /// of a batch together (not one timeout per answer), each stream once. What
+    /// `quic_answer_timeouts_total` counts, summed over its peers (see [`crate::metrics`]).
+    /// Each such stream was reset (`code::TIMEOUT`), its handlers still running dropped and
+    /// the memory of its requests released. Not counted: a stream the peer stopped itself. The
+    /// waiting is the wall time of each pending write: this node's own delays while a write is
+    /// pending (a busy runtime, a process pause) count against the peer too.
+    pub fn answer_timeouts(&self) -> u64 {
+        self.shared().answer_timeouts.load(Ordering::Relaxed)
     }
 
     /// The accept gate's counters: handshakes and connections now, retries, refusals, failures.

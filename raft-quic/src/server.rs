@@ -334,7 +334,7 @@ async fn serve_stream(
         }
     };
     drop(held);
-    let frame = match frame::encode(&response, limits.max_frame_size) {
+    let frame = match frame::encode(&response, limits.max_response_frame_size) {
         Ok(frame) => frame,
         Err(e) => {
             shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
@@ -342,7 +342,8 @@ async fn serve_stream(
             return;
         }
     };
-    if write_answer(&mut send, frame, peer, &shared, &counters).await {
+    let mut answer_time = AnswerTime::new(&shared);
+    if write_answer(&mut send, frame, &mut answer_time, peer, &shared, &counters).await {
         // Fails only if the peer already reset the stream; nothing is left to do then.
         let _ = send.finish();
     }
@@ -378,18 +379,42 @@ fn refused_alone(shared: &Shared, peer: NodeId, refusal: &Refusal, counters: &Pe
     }
 }
 
-/// Writes one answer frame on `send` within the RPC timeout; false (and the stream reset if
-/// it timed out) if it could not be.
+/// The time the answers of one stream (a lone request's one, all of a batch's) may wait, in
+/// all, for the peer to take them (to give the stream flow-control credit by reading it): one
+/// RPC timeout per stream, not one per answer. Only the time of writes that did not complete
+/// at once is charged: an answer that fits the peer's credit is written at once, whatever is
+/// left. That time is the wall time of the pending write, so this node's own delays while it
+/// is pending (a busy runtime, a process pause) are charged to the peer too: quinn does not
+/// say when the credit came.
+struct AnswerTime {
+    left: std::time::Duration,
+}
+
+impl AnswerTime {
+    fn new(shared: &Shared) -> Self {
+        Self { left: shared.limits.rpc_timeout }
+    }
+}
+
+/// Writes one answer frame on `send` within the time `answer_time` has left for the stream's
+/// answers, and charges it the time the write waited; false if it could not be written: the
+/// peer stopped the stream, or did not take the answer in time (then the stream is reset, and
+/// counted and logged as an answer timeout).
 async fn write_answer(
     send: &mut SendStream,
     frame: bytes::Bytes,
+    answer_time: &mut AnswerTime,
     peer: NodeId,
     shared: &Shared,
     counters: &PeerCounters,
 ) -> bool {
     let frame_len = frame.len() as u64;
-    match timeout(&*shared.runtime, shared.limits.rpc_timeout, send.write_chunk(frame)).await {
+    let runtime = &*shared.runtime;
+    let started = runtime.now();
+    match timeout(runtime, answer_time.left, send.write_chunk(frame)).await {
         Ok(Ok(())) => {
+            let waited = runtime.now().saturating_duration_since(started);
+            answer_time.left = answer_time.left.saturating_sub(waited);
             counters.sent_bytes.increment(frame_len);
             true
         }
@@ -398,7 +423,16 @@ async fn write_answer(
             false
         }
         Err(_) => {
-            debug!(node = shared.id, peer, "response not accepted within the RPC timeout");
+            counters.answer_timeouts.increment(1);
+            shared.answer_timeouts.fetch_add(1, Ordering::Relaxed);
+            let timeout = shared.limits.rpc_timeout;
+            shared.inbound.warn(
+                peer,
+                format_args!(
+                    "giving up a stream: its answers were not taken within {timeout:?} of \
+                     waiting (wall time, this node's own delays included)"
+                ),
+            );
             let _ = send.reset(code::TIMEOUT);
             false
         }
@@ -409,8 +443,12 @@ async fn write_answer(
 /// each answer is written (with its position) as soon as its handler finishes, so a slow
 /// handler holds up no other request's answer. A request refused when it was read (another
 /// sender, undecodable, over budget) gets its refusal as its answer (it was counted and logged
-/// then). If an answer cannot be written, the stream is given up and the handlers still
-/// running are dropped.
+/// then). The answers share one RPC timeout of waiting for the peer to take them
+/// ([`AnswerTime`]): a peer that reads them slowly, or not at all, holds the stream, the
+/// handlers and the batch's memory for at most that (plus the handlers' own time), not one
+/// timeout per answer. If an answer cannot be written (the peer stopped the stream, or the
+/// time is up: the stream is reset), the stream is given up, the handlers still running are
+/// dropped and the batch's memory is released.
 async fn serve_batch(
     mut send: SendStream,
     requests: Vec<Result<Envelope, Refusal>>,
@@ -431,18 +469,19 @@ async fn serve_batch(
             (position, response)
         })
         .collect();
+    let mut answer_time = AnswerTime::new(shared);
     while let Some((position, response)) = answers.next().await {
         // At most `MAX_BATCH_REQUESTS` positions, which fit a u16.
-        let frame =
-            match frame::encode_answer(position as u16, &response, shared.limits.max_frame_size) {
-                Ok(frame) => frame,
-                Err(e) => {
-                    shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
-                    let _ = send.reset(e.code());
-                    return;
-                }
-            };
-        if !write_answer(&mut send, frame, peer, shared, counters).await {
+        let max = shared.limits.max_response_frame_size;
+        let frame = match frame::encode_answer(position as u16, &response, max) {
+            Ok(frame) => frame,
+            Err(e) => {
+                shared.inbound.warn(peer, format_args!("cannot send response: {e}"));
+                let _ = send.reset(e.code());
+                return;
+            }
+        };
+        if !write_answer(&mut send, frame, &mut answer_time, peer, shared, counters).await {
             return;
         }
     }

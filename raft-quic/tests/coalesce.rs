@@ -196,6 +196,17 @@ async fn raw_peer_with(
     groups: &[GroupId],
     configure: impl FnOnce(&mut raft_quic::QuicConfig),
 ) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
+    raw_peer_with_transport(rt, ca, groups, configure, quinn::TransportConfig::default()).await
+}
+
+/// [`raw_peer_with`], the raw connection of node 2 with the transport settings `transport`.
+async fn raw_peer_with_transport(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    groups: &[GroupId],
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+    transport: quinn::TransportConfig,
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
     let mut config = test_config(ca, 1, loopback());
     // Short, so that a stalled batch is given up quickly.
     config.rpc_timeout = std::time::Duration::from_millis(300);
@@ -204,7 +215,8 @@ async fn raw_peer_with(
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();
     let handler = serve_groups(&net, groups.iter().copied());
     let endpoint = common::scenarios::raw_endpoint(rt);
-    let client = tls::quic_client_config(&ca.node_tls(2).unwrap()).unwrap();
+    let mut client = tls::quic_client_config(&ca.node_tls(2).unwrap()).unwrap();
+    client.transport_config(Arc::new(transport));
     let conn = bounded(rt, "raw connect", async {
         endpoint.connect_with(client, net.local_addr(), "node-1.raft").unwrap().await.unwrap()
     })
@@ -434,6 +446,188 @@ async fn the_bad_requests_of_a_batch_are_counted_even_if_its_answers_cannot_be_w
     .await;
     assert_eq!(net.bad_requests_received(), 2, "the two undecodable requests");
     assert_eq!(net.bad_batches_received(), 0, "the batch itself was well-formed");
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// The flow-control window of the raw connection's streams in the tests of slow readers: a
+/// couple of heartbeat answers.
+const SLOW_READER_WINDOW: u32 = 64;
+
+/// Node 1 (RPC timeout 300 ms) serving group 1, and a raw connection of node 2 whose streams
+/// take at most [`SLOW_READER_WINDOW`] bytes it has not read yet.
+async fn slow_reader(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
+    slow_reader_with(rt, ca, |_| {}).await
+}
+
+/// [`slow_reader`], with node 1's configuration changed by `configure` first.
+async fn slow_reader_with(
+    rt: &Arc<dyn Runtime>,
+    ca: &ClusterCa,
+    configure: impl FnOnce(&mut raft_quic::QuicConfig),
+) -> (QuicNetwork, Handlers, quinn::Endpoint, quinn::Connection) {
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(SLOW_READER_WINDOW.into());
+    raw_peer_with_transport(rt, ca, &[1], configure, transport).await
+}
+
+/// Writes `bytes` on a new stream of `conn` and reads what comes back slowly, 32 bytes every
+/// 100 ms, until the stream ends: returns how it ended (`None`: cleanly) and what was read.
+async fn read_slowly(
+    rt: &Arc<dyn Runtime>,
+    conn: &quinn::Connection,
+    bytes: &[u8],
+) -> (Option<quinn::ReadError>, Vec<u8>) {
+    bounded(rt, "a batch read slowly", async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        send.finish().unwrap();
+        let mut taken = Vec::new();
+        let mut buffer = [0; 32];
+        let end = loop {
+            sleep(rt, Duration::from_millis(100)).await;
+            match recv.read(&mut buffer).await {
+                Ok(Some(read)) => taken.extend_from_slice(&buffer[..read]),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        (end, taken)
+    })
+    .await
+}
+
+/// The answer frames whole at the start of `bytes` (a frame cut short at the end is not one).
+fn whole_frames(mut bytes: &[u8]) -> usize {
+    let mut frames = 0;
+    while let Some(len) = bytes.get(..4) {
+        let len = 4 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+        if bytes.len() < len {
+            break;
+        }
+        bytes = &bytes[len..];
+        frames += 1;
+    }
+    frames
+}
+
+/// A batch of `requests` heartbeats of node 2 for group 1.
+fn heartbeats_of_node_2(requests: usize) -> Vec<u8> {
+    batch(&vec![Envelope::new(1, heartbeat(2)).with_group_id(1); requests])
+}
+
+/// A peer that takes the answers of its batch slowly (its stream's window holds a couple of
+/// answers, and it reads 32 bytes every 100 ms, each read well within the 300 ms RPC timeout
+/// of the last) holds the batch's stream, its handlers and its memory for at most one RPC
+/// timeout of waiting for the peer in all, not one per answer: node 1 resets the stream
+/// (`TIMEOUT`) long before the 64 answers are taken, counts it once, and serves the
+/// connection's next batch. (Before, each answer had an RPC timeout of its own, and each was
+/// taken within it: all 64 answers were written, over ~5 s; a batch of 256 answers could hold
+/// the stream 256 RPC timeouts.) Not a speed assertion: the peer cannot take the answers
+/// faster than its own pace, so it cannot take them all within one timeout of waiting,
+/// however fast or slow the machine; and so the test cannot tell one timeout of waiting from
+/// ~20 (the ~5 s the peer needs for all the answers), only from one per answer. That the
+/// handlers still running are dropped and the memory released then is checked by the next
+/// test; here, that no handler of the given-up batch runs after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_answers_are_taken_slowly_gets_one_rpc_timeout_in_all() {
+    const REQUESTS: usize = 64;
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = slow_reader(&rt, &ca).await;
+    let bytes = heartbeats_of_node_2(REQUESTS);
+    let (end, taken) = read_slowly(&rt, &conn, &bytes).await;
+    let answered = whole_frames(&taken);
+    assert!(answered < REQUESTS, "all {answered} answers were written to a slow reader");
+    let calls = handlers[&1].calls();
+    assert!(
+        matches!(end, Some(quinn::ReadError::Reset(code)) if code == code::TIMEOUT),
+        "{end:?} after {answered} answers"
+    );
+    assert_eq!(net.answer_timeouts(), 1, "counted once");
+    assert_eq!(net.bad_requests_received(), 0, "the requests were good");
+    // The connection serves the next batch, read at once.
+    let bytes = exchange(&rt, &conn, "a batch read at once", &heartbeats_of_node_2(2)).await;
+    assert_eq!(answers(&bytes.unwrap()).len(), 2);
+    // Only the next batch's two handlers ran since: none of the given-up batch's.
+    assert_eq!(handlers[&1].calls(), calls + 2);
+    assert_eq!(net.answer_timeouts(), 1);
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// What a batch holds is released when it is given up for a slow reader (its answers not all
+/// taken within one RPC timeout of waiting): its handler still running (held at the closed
+/// gate) is dropped, and the batch's memory (its frame is above `priority_frame_threshold`,
+/// so its size was taken from the peer's 64 KiB budget) is released, so a request needing
+/// almost the whole budget is then served, not refused as busy. (Before the answers shared
+/// one timeout, the slow reader took every heartbeat's answer within its own timeout and the
+/// stream then waited for the held handler without end: the reader never saw the stream end.)
+/// Machine-speed independent: like the test above, it cannot tell one RPC timeout of waiting
+/// from ~20 (the slow reader needs ~3 s to take all the answers), only one from one per answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_given_up_for_a_slow_reader_drops_its_handlers_and_releases_its_memory() {
+    const HEARTBEATS: usize = 63;
+    const BUDGET: u32 = 64 << 10;
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, handlers, endpoint, conn) = slow_reader_with(&rt, &ca, budget_of(BUDGET)).await;
+    let handler = &handlers[&1];
+    let gate = handler.close_gate();
+    // 20 KB held in the gated handler, and heartbeats whose answers fill the window.
+    let mut requests = vec![Envelope::new(1, append(2, 2, 20_000, b"gated")).with_group_id(1)];
+    requests.extend(vec![Envelope::new(1, heartbeat(2)).with_group_id(1); HEARTBEATS]);
+    let bytes = batch(&requests);
+    assert!(bytes.len() > 16 << 10, "{} bytes: under the priority threshold", bytes.len());
+    let (end, taken) = read_slowly(&rt, &conn, &bytes).await;
+    let answered = whole_frames(&taken);
+    assert!(
+        matches!(end, Some(quinn::ReadError::Reset(code)) if code == code::TIMEOUT),
+        "{end:?} after {answered} answers"
+    );
+    assert_eq!(net.answer_timeouts(), 1, "counted once");
+    eventually(&rt, "the held handler dropped", Duration::from_millis(10), || {
+        let abandoned = handler.abandoned();
+        async move { (abandoned == 1).then_some(()) }
+    })
+    .await;
+    // ~60 KB: fits the 64 KiB budget only if the batch's ~25 KB were released.
+    let large = Envelope::new(1, append(2, 1, 60_000, b"")).with_group_id(1);
+    let large = frame::encode_request(&large, 1 << 20).unwrap();
+    assert!(large.len() + bytes.len() > BUDGET as usize, "{} bytes", large.len());
+    let answer = exchange(&rt, &conn, "a request needing the whole budget", &large).await;
+    let (answer, _) = frame::decode::<WireResponse>(&answer.unwrap(), 1 << 20, LIMITS).unwrap();
+    assert!(matches!(answer, WireResponse::Ok(RpcResponse::AppendEntries(_))), "{answer:?}");
+    assert_eq!(net.bad_requests_received(), 0, "the requests were good");
+    drop(gate);
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// A peer that never reads the answers of its batch holds its stream for at most one RPC
+/// timeout of waiting: node 1 resets it (`TIMEOUT`) and counts it, once. (Before, the stream
+/// was reset too, when its first blocked answer timed out, but not counted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_never_taken_are_given_up_and_counted() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let (net, _handlers, endpoint, conn) = slow_reader(&rt, &ca).await;
+    // The answers of 64 heartbeats fill the stream's window many times over.
+    let bytes = heartbeats_of_node_2(64);
+    let (mut send, mut recv) = bounded(&rt, "a stream", conn.open_bi()).await.unwrap();
+    bounded(&rt, "a batch never read", send.write_all(&bytes)).await.unwrap();
+    send.finish().unwrap();
+    eventually(&rt, "the batch given up", Duration::from_millis(20), || {
+        let given_up = net.answer_timeouts();
+        async move { (given_up == 1).then_some(()) }
+    })
+    .await;
+    let end = bounded(&rt, "the reset", recv.read_to_end(1 << 20)).await;
+    assert_reset(end, code::TIMEOUT, "a batch never read");
+    assert_eq!(net.bad_requests_received(), 0, "the requests were good");
     close_raw(&net, &endpoint, &conn).await;
 }
 
@@ -709,6 +903,43 @@ async fn every_caller_of_a_refused_batch_gets_the_refusal() {
     assert_eq!(net2.bad_batches_received(), 1, "refused at its header, counted once");
     assert_eq!(handlers.values().map(|h| h.calls()).sum::<usize>(), 1, "the opener only");
     bounded(&rt, "a lone append", net1.send(append(1))).await.unwrap();
+    net1.close().await;
+    net2.close().await;
+}
+
+/// A request frame the receiver stops before the stream took it whole (larger than the
+/// receiver's maximum frame size and than its stream window: the write waits for credit that
+/// never comes, and the receiver refuses the frame from its header) counts as stopped in the
+/// sender's `PeerStats`, not as sent; a frame taken whole afterwards counts as sent. (Before,
+/// the stopped frame counted as a frame and a request sent.)
+// One thread, as the other tests of `peer_stats`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_frame_the_peer_stopped_is_not_counted_as_sent() {
+    let (rt, net1, net2, handlers) = sender_and_receiver(|receiver| {
+        receiver.max_frame_size = frame::MIN_MAX_FRAME_SIZE;
+        receiver.stream_receive_window = frame::MIN_MAX_FRAME_SIZE;
+    });
+    // ~8 KB: a small frame to the sender (no bulk window), 8 times the receiver's window.
+    let large = Envelope::new(2, append(1, 1, 8_000, b"")).with_group_id(1);
+    match bounded(&rt, "a frame the receiver stops", net1.send(large)).await {
+        Err(NetworkError::Refused { reason: RefusalReason::Transport(error), .. }) => {
+            let error = error.to_string();
+            assert!(error.contains("stopped"), "{error}");
+            assert!(error.contains(&format!("(code {})", code::FRAME_TOO_LARGE)), "{error}");
+        }
+        other => panic!("expected the stop, got {other:?}"),
+    }
+    let stats = net1.peer_stats(2);
+    let sent = (stats.requests_sent, stats.frames_sent, stats.batches_sent);
+    assert_eq!(sent, (0, 0, 0), "a stopped frame is not sent: {stats:?}");
+    assert_eq!(stats.frames_stopped, 1, "{stats:?}");
+    let beat = Envelope::new(2, heartbeat(1)).with_group_id(1);
+    bounded(&rt, "a heartbeat", net1.send(beat)).await.unwrap();
+    let stats = net1.peer_stats(2);
+    assert_eq!((stats.requests_sent, stats.frames_sent), (1, 1), "{stats:?}");
+    assert_eq!(stats.frames_stopped, 1, "{stats:?}");
+    assert_eq!(handlers[&1].calls(), 1);
+    assert_eq!(net2.bad_requests_received(), 1, "the frame too large");
     net1.close().await;
     net2.close().await;
 }

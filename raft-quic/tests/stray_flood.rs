@@ -16,8 +16,8 @@ use futures::future::join_all;
 use raft_core::{Envelope, Network, NetworkError, RpcHandler};
 use raft_quic::bounded::Limits;
 use raft_quic::frame::{self, BATCH_KIND};
-use raft_quic::quinn::{self, Runtime, TokioRuntime};
-use raft_quic::{tls, ClusterCa, QuicNetwork, WireResponse};
+use raft_quic::quinn::{Runtime, TokioRuntime};
+use raft_quic::{ClusterCa, QuicNetwork, WireResponse};
 
 const LIMITS: Limits = Limits { max_items: 1 << 16, max_depth: frame::MAX_DEPTH };
 
@@ -55,18 +55,7 @@ async fn flood() -> (u64, u64) {
     let mut config = test_config(&ca, 1, loopback());
     config.rpc_timeout = Duration::from_secs(10);
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();
-    // The peer runs on a runtime of its own, so it keeps writing whatever node 1's does.
-    let peer_rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let crypto = tls::quic_server_crypto(&ca.node_tls(2).unwrap()).unwrap();
-    let endpoint = {
-        let _runtime = peer_rt.enter();
-        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
-        let server = quinn::ServerConfig::with_crypto(crypto);
-        let runtime: Arc<dyn Runtime> = Arc::new(TokioRuntime);
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
-            .unwrap()
-    };
+    let (peer_rt, endpoint) = hostile_peer(&ca, 2);
     net.set_peer(2, endpoint.local_addr().unwrap());
     let accepting = endpoint.clone();
     peer_rt.spawn(async move {

@@ -15,7 +15,7 @@ use raft_core::{
     NetworkError, NodeId, RequestVoteRequest, RequestVoteResponse, RpcError, RpcHandler,
     RpcRequest, RpcResponse, TimeoutNowResponse,
 };
-use raft_quic::quinn::Runtime;
+use raft_quic::quinn::{self, Runtime};
 use raft_quic::{ClusterCa, QuicConfig, QuicNetwork};
 
 /// Calls the macro `$on_runtime` with the name of every scenario of [`scenarios`], so that each
@@ -135,16 +135,43 @@ pub fn envelope(target: NodeId, request: RpcRequest) -> Envelope {
 }
 
 /// Answers every request positively and counts calls. AppendEntries whose first entry carries
-/// the payload `b"gated"` wait until the gate is opened.
+/// the payload `b"gated"` wait until the gate is opened; those dropped while they wait are
+/// counted too ([`TestHandler::abandoned`]).
 pub struct TestHandler {
     pub id: NodeId,
     pub calls: AtomicUsize,
     gate: async_lock::RwLock<()>,
+    abandoned: AtomicUsize,
+}
+
+/// Counts a gated call in [`TestHandler::abandoned`] when dropped while still armed: its
+/// future was dropped before the gate opened.
+struct Abandoned<'a> {
+    count: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl TestHandler {
     pub fn new(id: NodeId) -> Arc<Self> {
-        Arc::new(Self { id, calls: AtomicUsize::new(0), gate: async_lock::RwLock::new(()) })
+        Arc::new(Self {
+            id,
+            calls: AtomicUsize::new(0),
+            gate: async_lock::RwLock::new(()),
+            abandoned: AtomicUsize::new(0),
+        })
+    }
+
+    /// The gated calls whose futures were dropped (by the transport) before the gate opened.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> usize {
@@ -169,7 +196,9 @@ impl RpcHandler for TestHandler {
             }),
             RpcRequest::AppendEntries(r) => {
                 if r.entries.first().and_then(Entry::command).is_some_and(|c| c == "gated") {
+                    let mut abandoned = Abandoned { count: &self.abandoned, armed: true };
                     let _open = self.gate.read().await;
+                    abandoned.armed = false;
                 }
                 RpcResponse::AppendEntries(AppendEntriesResponse {
                     term: r.term,
@@ -306,3 +335,21 @@ pub async fn only_some_reach_the_handler<T>(
 
 pub mod proxy;
 pub mod scenarios;
+
+/// A raw QUIC server endpoint with node `id`'s certificate, for a hostile peer that writes
+/// whatever a test wants, on a tokio runtime of its own (one worker), so that it keeps writing
+/// whatever the runtime of the node under test does. Shut the runtime down at the end.
+pub fn hostile_peer(ca: &ClusterCa, id: NodeId) -> (tokio::runtime::Runtime, quinn::Endpoint) {
+    let peer_rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let crypto = raft_quic::tls::quic_server_crypto(&ca.node_tls(id).unwrap()).unwrap();
+    let endpoint = {
+        let _runtime = peer_rt.enter();
+        let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+        let server = quinn::ServerConfig::with_crypto(crypto);
+        let runtime: Arc<dyn Runtime> = Arc::new(raft_quic::quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+            .unwrap()
+    };
+    (peer_rt, endpoint)
+}
