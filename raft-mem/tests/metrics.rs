@@ -383,7 +383,7 @@ impl HeldNode {
         let (limits, receiver) = async_channel::unbounded();
         let reached = Gate::default();
         let machine = AppliesUpTo { limit: 0, limits: receiver, reached: reached.clone() };
-        let network = raft_mem::MemNetwork::with_runtime(rt.clone(), u64::from(id));
+        let network = raft_mem::MemNetwork::with_runtime(rt.clone(), id);
         let builder = raft_core::Node::builder(
             config,
             raft_mem::MemLogStore::new(),
