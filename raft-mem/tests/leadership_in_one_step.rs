@@ -21,11 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::{
-    AppendEntriesRequest, Bytes, CommitError, Config, Entry, Envelope, LogId, Membership, Node,
-    ProposeError, Role, RpcHandler, RpcRequest, StateMachine, StateMachineError, Status,
-    TimeoutNowRequest, WriteError,
+    AppendEntriesRequest, Bytes, CommitError, Config, Envelope, LogId, Membership, Node,
+    ProposeError, Role, RpcHandler, RpcRequest, Status, TimeoutNowRequest, WriteError,
 };
-use raft_mem::sim::SimRuntime;
+use raft_mem::sim::{RecordingStateMachine, SimRuntime};
 use raft_mem::MemLogStore;
 
 /// The node under test.
@@ -34,16 +33,6 @@ const NODE: u64 = 1;
 const FAKE_LEADER: u64 = 9;
 /// A step's inputs (the main loop's `MAX_INPUTS_PER_STEP`).
 const STEP_INPUTS: usize = 1024;
-
-/// Answers every command with nothing.
-struct Nothing;
-
-#[async_trait]
-impl StateMachine for Nothing {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        Ok(entries.iter().map(|_| Bytes::new()).collect())
-    }
-}
 
 fn config(max_unapplied_entries: u64) -> Config {
     let mut config = Config::new(NODE);
@@ -76,7 +65,7 @@ fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
         config(max_unapplied_entries),
         MemLogStore::new(),
         NoNetwork,
-        Nothing,
+        RecordingStateMachine::new(),
         node_rt,
     )
     .bootstrap(Membership::with_voters([NODE]));
