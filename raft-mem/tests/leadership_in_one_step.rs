@@ -14,8 +14,13 @@
 //!    queued while the main loop yields before its next step, so that step handles the
 //!    TimeoutNow (the node campaigns and, alone, wins term `t + 2` at once), `w`, and the
 //!    AppendEntries (it follows 9 again): leadership won and lost within one step.
+//!
+//! A third scenario checks when the loss is reported: a step in which node 1 accepts a write
+//! `w`, follows 9 (AppendEntries of term `t + 1`), and then learns from 9 that `w`'s entry is
+//! committed (a second AppendEntries whose commit index covers it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +36,9 @@ use raft_mem::MemLogStore;
 const NODE: u64 = 1;
 /// The fake leader whose requests the test forges.
 const FAKE_LEADER: u64 = 9;
-/// A step's inputs (the main loop's `MAX_INPUTS_PER_STEP`).
+/// A step's inputs: a copy of the main loop's `MAX_INPUTS_PER_STEP`, which raft-core does not
+/// export (if it changes, the first step no longer ends right before `w`, and the checks that
+/// the win and the loss share a step fail).
 const STEP_INPUTS: usize = 1024;
 
 fn config(max_unapplied_entries: u64) -> Config {
@@ -55,18 +62,25 @@ struct Outcome {
     status: Status,
     /// The node's status while it led, before the step.
     before: Status,
+    /// The statuses the node published from the first step on (one per step).
+    published: Vec<Status>,
+    /// The writes refused with `NotLeader`, of the 1,023 that should be.
+    refused: usize,
 }
 
-/// Runs the scenario of the module docs on a node with `max_unapplied_entries`.
-fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
-    let rt = SimRuntime::new();
-    let node_rt = rt.tagged(NODE);
+/// Starts node 1, the only voter, with `max_unapplied_entries`, and runs it until it leads with
+/// everything applied: returns it, its state machine and its status then.
+fn start_leader(
+    rt: &SimRuntime,
+    max_unapplied_entries: u64,
+) -> (Node, RecordingStateMachine, Status) {
+    let state_machine = RecordingStateMachine::new();
     let builder = Node::builder(
         config(max_unapplied_entries),
         MemLogStore::new(),
         NoNetwork,
-        RecordingStateMachine::new(),
-        node_rt,
+        state_machine.clone(),
+        rt.tagged(NODE),
     )
     .bootstrap(Membership::with_voters([NODE]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
@@ -76,6 +90,13 @@ fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
     };
     assert!(rt.run_until(Duration::from_secs(10), || {}, leading), "it never led");
     let before = node.status();
+    (node, state_machine, before)
+}
+
+/// Runs the scenario of the module docs on a node with `max_unapplied_entries`.
+fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
+    let rt = SimRuntime::new();
+    let (node, _, before) = start_leader(&rt, max_unapplied_entries);
     let (term, last, commit) = (before.current_term, before.last_log_index, before.commit_index);
     let append = move |term| {
         Envelope::new(
@@ -102,14 +123,16 @@ fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
         assert!(handler.handle_rpc(append(term + 1)).await.is_ok());
         assert!(handler.handle_rpc(append(term + 3)).await.is_ok());
     });
+    let refused = Arc::new(AtomicUsize::new(0));
     for i in 0..STEP_INPUTS - 1 {
-        let writer = node.clone();
+        let (writer, refused) = (node.clone(), refused.clone());
         rt.spawn_task(async move {
-            let refused = writer.write(Bytes::from(format!("refused {i}"))).await;
+            let answer = writer.write(Bytes::from(format!("refused {i}"))).await;
             assert!(
-                matches!(refused, Err(WriteError::Refused(ProposeError::NotLeader { .. }))),
-                "{refused:?}"
+                matches!(answer, Err(WriteError::Refused(ProposeError::NotLeader { .. }))),
+                "{answer:?}"
             );
+            refused.fetch_add(1, Ordering::SeqCst);
         });
     }
     let answer = Arc::new(Mutex::new(None));
@@ -126,22 +149,37 @@ fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
     rt.run_for(Duration::ZERO, || {});
     assert_eq!(node.status().role, Role::Leader, "no step ran yet");
     rt.resume(NODE);
-    rt.run_until(ANSWER_WITHIN, || {}, || answer.lock().unwrap().is_some());
+    // Every step yields before it takes its inputs (fewer than a step's inputs wait), so a
+    // status published at the end of a step is seen after the executor step that ran it.
+    let published = Mutex::new(Vec::new());
+    let sample = || published.lock().unwrap().push(node.status());
+    rt.run_until(ANSWER_WITHIN, sample, || answer.lock().unwrap().is_some());
+    // The refused writers' tasks finish at this instant.
+    rt.run_for(Duration::ZERO, sample);
     let write = answer.lock().unwrap().take();
     let status = node.status();
+    let refused = refused.load(Ordering::SeqCst);
     rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
     rt.clear();
-    Outcome { write, status, before }
+    Outcome { write, status, before, published: published.into_inner().unwrap(), refused }
 }
 
 /// Checks that the node did win term `t + 2` (its blank entry is in its log) and ended the
-/// step following 9 in term `t + 3`.
+/// step following 9 in term `t + 3`; that no step ended with it leading in term `t + 2` (the
+/// win and the loss shared a step); and that the first step refused the 1,023 other writes.
 fn assert_led_in_between(outcome: &Outcome, entries_appended: u64) {
-    let Outcome { status, before, .. } = outcome;
+    let Outcome { status, before, published, refused, .. } = outcome;
     assert_eq!(status.role, Role::Follower, "{status:?}");
     assert_eq!(status.leader_id, Some(FAKE_LEADER), "{status:?}");
     assert_eq!(status.current_term, before.current_term + 3, "{status:?}");
     assert_eq!(status.last_log_index, before.last_log_index + entries_appended, "{status:?}");
+    let won = before.current_term + 2;
+    assert!(
+        !published.iter().any(|s| s.role == Role::Leader && s.current_term == won),
+        "a step ended with the node leading in term {won}: the win and the loss did not share one"
+    );
+    assert!(published.iter().any(|s| s.current_term == won + 1), "no status sampled");
+    assert_eq!(*refused, STEP_INPUTS - 1);
 }
 
 /// A write that waits for room (the backlog of one unapplied entry is full with the node's
@@ -181,6 +219,67 @@ fn a_write_accepted_by_a_leader_lost_in_the_same_step_fails_at_once() {
     );
     // The blank entry of term t + 2 and the write.
     assert_led_in_between(&outcome, 2);
+}
+
+/// A write accepted by a leader that follows 9 on the next input and learns on a later input of
+/// the same step that the write's entry is committed gets its response, as when the loss was
+/// reported at the end of the step: the loss is reported with the commit index of the end of
+/// the step (or of the node's next win), not of the input that ended the leadership. It got
+/// `LeadershipLost` when the loss was reported at that input (review MEDIUM-1 of corefix).
+#[test]
+fn a_write_committed_after_the_loss_in_the_same_step_is_answered() {
+    let rt = SimRuntime::new();
+    let (node, state_machine, before) = start_leader(&rt, 1024);
+    let (term, last, commit) = (before.current_term, before.last_log_index, before.commit_index);
+    let append = move |prev_log_id, leader_commit| {
+        Envelope::new(
+            NODE,
+            RpcRequest::AppendEntries(AppendEntriesRequest {
+                term: term + 1,
+                leader_id: FAKE_LEADER,
+                prev_log_id,
+                entries: Vec::new(),
+                leader_commit,
+                read_round: 0,
+                quiesce: false,
+            }),
+        )
+    };
+    rt.pause(NODE);
+    let answer = Arc::new(Mutex::new(None));
+    let (writer, slot) = (node.clone(), answer.clone());
+    rt.spawn_task(async move {
+        let written = writer.write(Bytes::from_static(b"w")).await;
+        *slot.lock().unwrap() = Some(written);
+    });
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        // Follows 9 (its log matches up to the entry before `w`'s, nothing is truncated) ...
+        assert!(handler.handle_rpc(append(LogId::new(term, last), commit)).await.is_ok());
+    });
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        // ... and learns that `w`'s entry is committed.
+        assert!(handler.handle_rpc(append(LogId::new(term, last + 1), last + 1)).await.is_ok());
+    });
+    rt.run_for(Duration::ZERO, || {});
+    assert_eq!(node.status().role, Role::Leader, "no step ran yet");
+    rt.resume(NODE);
+    rt.run_until(ANSWER_WITHIN, || {}, || answer.lock().unwrap().is_some());
+    let write = answer.lock().unwrap().take();
+    let status = node.status();
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    assert_eq!((status.role, status.current_term), (Role::Follower, term + 1), "{status:?}");
+    let applied = state_machine.entries();
+    assert!(
+        applied.iter().any(|e| e.index == last + 1
+            && e.term == term
+            && e.command().map(|c| &c[..]) == Some(&b"w"[..])),
+        "w's entry was not applied: {:?}",
+        applied.last()
+    );
+    assert!(matches!(write, Some(Ok(_))), "w's entry was applied with its term, but: {write:?}");
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are

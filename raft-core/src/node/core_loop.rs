@@ -96,9 +96,12 @@ pub(super) struct CoreLoop {
     /// at most a step's inputs).
     arrived: Vec<Proposed>,
     /// The term this node led in when last checked (`None`: it did not lead), checked after
-    /// every input and at the end of each step: a leadership that ends is reported to the
-    /// applier then, even one won and lost inside one step.
+    /// every input and at the end of each step: a leadership that ends is noticed then, even
+    /// one won and lost inside one step.
     led_term: Option<Term>,
+    /// A leadership ended and the applier was not told yet: it is told at the end of the step
+    /// or when the node leads again, whichever comes first (`report_lost_leadership`).
+    leadership_lost: bool,
     snap: SnapshotDriver,
     /// Follows one proposal at a time through its stages (when its `tracing` target is on).
     probe: LatencyProbe,
@@ -168,6 +171,7 @@ impl CoreLoop {
             deferred: VecDeque::new(),
             arrived: Vec::new(),
             led_term: None,
+            leadership_lost: false,
             snap: SnapshotDriver::default(),
             probe: LatencyProbe::default(),
             clock,
@@ -585,6 +589,7 @@ impl CoreLoop {
             }
         }
         self.check_leadership();
+        self.report_lost_leadership();
         if self.led_term.is_none() && !self.deferred.is_empty() {
             // Refused whenever the node is not leader at the end of a step, not only when it
             // stopped leading since the last one: a node that won and lost an election in one
@@ -599,20 +604,36 @@ impl CoreLoop {
         }
     }
 
-    /// Tells the applier when the leadership this node held at the last check ended (it
-    /// follows, or leads in a later term): the proposers above the commit index then fail with
-    /// `LeadershipLost`, before any proposer of a later leadership is handed over. Checked after
-    /// every input, not once per step: a node that won and lost an election within one step
-    /// never told the applier, and the proposals it accepted meanwhile waited until their
-    /// entries were applied or overwritten (a committing leader: possibly never).
+    /// Notes when the leadership this node held at the last check ended (it follows, or leads
+    /// in a later term), and reports it when the node leads again (before any proposer of the
+    /// new leadership is handed over: the check runs after every input, and no input both
+    /// starts a leadership and proposes). Checked after every input, not once per step: a node
+    /// that won and lost an election within one step never told the applier, and the proposals
+    /// it accepted meanwhile waited until their entries were applied or overwritten (a
+    /// committing leader: possibly never).
     fn check_leadership(&mut self) {
         let leading =
             (self.engine.role() == Role::Leader).then(|| self.engine.hard_state().current_term);
         if self.led_term.is_some() && self.led_term != leading {
+            self.leadership_lost = true;
+        }
+        self.led_term = leading;
+        if leading.is_some() {
+            self.report_lost_leadership();
+        }
+    }
+
+    /// Tells the applier of a leadership loss noted by `check_leadership`, with the commit
+    /// index of this moment: the proposers above it fail with `LeadershipLost`; those at or
+    /// below it are answered when their index is applied (with their entry, or `Dropped`).
+    /// Not at the input that ended the leadership: a later input of the same step can commit
+    /// the proposals accepted before (a new leader's AppendEntries with its commit index), and
+    /// those then get their response, as when the loss was reported at the end of the step.
+    fn report_lost_leadership(&mut self) {
+        if std::mem::take(&mut self.leadership_lost) {
             let commit_index = self.engine.commit_index();
             self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
         }
-        self.led_term = leading;
     }
 
     /// Sends `message` to the applier, after the proposers waiting to be handed to it (the
