@@ -329,6 +329,15 @@ fn spawn_writes(
 // executor: its tasks are paused while the test queues work, its state machine applies only up
 // to an index the test gives, and the node runs only until nothing is ready at the current
 // instant (no tick falls due), so every step is one the test arranged.
+//
+// They check "a step proposes at most 1,024 entries" through the entries of each log write
+// (`raft_log_write_entries`), which no metric separates from the step's persist: the log writer
+// merges the batches queued behind a write in progress (up to 65,536 entries), so a write may
+// hold several steps' entries. Here no batch ever queues behind another: the main loop starts a
+// write itself when none is outstanding and `MemLogStore` is done at its first poll, within the
+// step, so each write is one step's persist. A store that takes time (or yields) to write would let
+// batches merge, and these checks would then fail although no step proposed too much: run them
+// on a store that finishes at once, or count the persists of each step instead.
 
 /// A step's inputs (the main loop's `MAX_INPUTS_PER_STEP`).
 const STEP_INPUTS: u64 = 1024;
@@ -466,7 +475,8 @@ impl HeldNode {
 /// wakes itself for the rest: nothing else would wake it (nothing is applied, no tick falls
 /// due). Fails with the main loop's `wake_again` removed (the proposals beyond the first step
 /// wait for a tick or an answer) and with the deferred proposals the end of a step proposes
-/// not counted against the step's room (a write of more than 1,024 entries).
+/// not counted against the step's room (a write of more than 1,024 entries). Each write is one
+/// step's persist only because `MemLogStore` finishes it at once (see above).
 #[test]
 fn deferred_proposals_are_proposed_a_step_at_a_time_and_wake_the_loop_themselves() {
     let _ = recorder();
@@ -492,7 +502,8 @@ fn deferred_proposals_are_proposed_a_step_at_a_time_and_wake_the_loop_themselves
 /// the inbox. The writes reach the inbox just after the applier's answers (they wait for the
 /// state machine to apply the backlog), so one step learns of the room, proposes the waiting
 /// ones and takes new ones. Fails with the inbox taking a whole step's room after the
-/// deferred proposals (a write of more than 1,024 entries).
+/// deferred proposals (a write of more than 1,024 entries). Each write is one step's persist
+/// only because `MemLogStore` finishes it at once (see above).
 #[test]
 fn new_proposals_share_the_step_room_with_the_waiting_ones() {
     let _ = recorder();
