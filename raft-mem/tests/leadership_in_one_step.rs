@@ -93,6 +93,20 @@ fn start_leader(
     (node, state_machine, before)
 }
 
+/// The answer to `w`, once `node` gave it.
+type Answer = Arc<Mutex<Option<Result<Bytes, WriteError>>>>;
+
+/// Spawns the write `w` on `node` (not run yet): its answer lands in the slot returned.
+fn spawn_write_w(rt: &SimRuntime, node: &Node) -> Answer {
+    let answer = Answer::default();
+    let (writer, slot) = (node.clone(), answer.clone());
+    rt.spawn_task(async move {
+        let written = writer.write(Bytes::from_static(b"w")).await;
+        *slot.lock().unwrap() = Some(written);
+    });
+    answer
+}
+
 /// Runs the scenario of the module docs on a node with `max_unapplied_entries`.
 fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
     let rt = SimRuntime::new();
@@ -135,12 +149,7 @@ fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
             refused.fetch_add(1, Ordering::SeqCst);
         });
     }
-    let answer = Arc::new(Mutex::new(None));
-    let (writer, slot) = (node.clone(), answer.clone());
-    rt.spawn_task(async move {
-        let written = writer.write(Bytes::from_static(b"w")).await;
-        *slot.lock().unwrap() = Some(written);
-    });
+    let answer = spawn_write_w(&rt, &node);
     let handler = node.clone();
     rt.spawn_task(async move {
         assert!(handler.handle_rpc(timeout_now).await.is_ok());
@@ -246,12 +255,7 @@ fn a_write_committed_after_the_loss_in_the_same_step_is_answered() {
         )
     };
     rt.pause(NODE);
-    let answer = Arc::new(Mutex::new(None));
-    let (writer, slot) = (node.clone(), answer.clone());
-    rt.spawn_task(async move {
-        let written = writer.write(Bytes::from_static(b"w")).await;
-        *slot.lock().unwrap() = Some(written);
-    });
+    let answer = spawn_write_w(&rt, &node);
     let handler = node.clone();
     rt.spawn_task(async move {
         // Follows 9 (its log matches up to the entry before `w`'s, nothing is truncated) ...
