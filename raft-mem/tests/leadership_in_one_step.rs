@@ -187,6 +187,9 @@ fn assert_led_in_between(outcome: &Outcome, entries_appended: u64) {
         !published.iter().any(|s| s.role == Role::Leader && s.current_term == won),
         "a step ended with the node leading in term {won}: the win and the loss did not share one"
     );
+    // The sampling sees every step's status: that of the first step (following 9 in t + 1) too.
+    let first_step = |s: &&Status| s.role == Role::Follower && s.current_term == won - 1;
+    assert!(published.iter().any(|s| first_step(&s)), "the first step's status was not sampled");
     assert!(published.iter().any(|s| s.current_term == won + 1), "no status sampled");
     assert_eq!(*refused, STEP_INPUTS - 1);
 }
