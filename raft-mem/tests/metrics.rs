@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -317,4 +318,209 @@ fn spawn_writes(
             tokio::spawn(async move { node.write(raft_core::Bytes::from(format!("w{i}"))).await })
         })
         .collect()
+}
+
+// ---- The step's room, deterministically (review LOW of corefix) ------------------------------
+//
+// The two tests above run on tokio: they pass with the main loop's own wake-up for the proposals
+// it left waiting (`Inbox::wake_again`) removed, and with the step's room not shared between
+// waiting and new proposals, because the applier's answers and the ticks wake the loop anyway
+// and the inputs do not land in the steps that matter. These run one node on the deterministic
+// executor: its tasks are paused while the test queues work, its state machine applies only up
+// to an index the test gives, and the node runs only until nothing is ready at the current
+// instant (no tick falls due), so every step is one the test arranged.
+//
+// They check "a step proposes at most 1,024 entries" through the entries of each log write
+// (`raft_log_write_entries`), which no metric separates from the step's persist: the log writer
+// merges the batches queued behind a write in progress (up to 65,536 entries), so a write may
+// hold several steps' entries. Here no batch ever queues behind another: the main loop starts a
+// write itself when none is outstanding and `MemLogStore` is done at its first poll, within the
+// step, so each write is one step's persist. A store that takes time (or yields) to write would let
+// batches merge, and these checks would then fail although no step proposed too much: run them
+// on a store that finishes at once, or count the persists of each step instead.
+
+/// A step's inputs (the main loop's `MAX_INPUTS_PER_STEP`).
+const STEP_INPUTS: u64 = 1024;
+
+/// Applies entries only up to the index last sent on `limits`; opens `reached` once it has
+/// applied up to a positive limit.
+struct AppliesUpTo {
+    limit: u64,
+    limits: async_channel::Receiver<u64>,
+    reached: Gate,
+}
+
+#[async_trait::async_trait]
+impl raft_core::StateMachine for AppliesUpTo {
+    async fn apply(
+        &mut self,
+        entries: &[raft_core::Entry],
+    ) -> Result<Vec<raft_core::Bytes>, raft_core::StateMachineError> {
+        let last = entries.last().map_or(0, |e| e.index);
+        while self.limit < last {
+            match self.limits.recv().await {
+                Ok(limit) => self.limit = limit,
+                Err(_) => self.limit = u64::MAX, // the test is over
+            }
+        }
+        if self.limit > 0 && last >= self.limit {
+            self.reached.open();
+        }
+        Ok(vec![raft_core::Bytes::new(); entries.len()])
+    }
+}
+
+/// One node on the deterministic executor whose state machine applies nothing yet.
+struct HeldNode {
+    rt: raft_mem::sim::SimRuntime,
+    id: NodeId,
+    node: raft_core::Node,
+    limits: async_channel::Sender<u64>,
+    /// Opens once the state machine applied up to the last limit sent.
+    reached: Gate,
+    /// Writes answered `Ok`, and the other answers.
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<raft_core::WriteError>>>,
+}
+
+impl HeldNode {
+    /// Node `id`, alone and leading, with at most `max_unapplied_entries` unapplied.
+    fn start(id: NodeId, max_unapplied_entries: u64) -> Self {
+        let rt = raft_mem::sim::SimRuntime::new();
+        let mut config = support::config(id);
+        config.max_unapplied_entries = max_unapplied_entries;
+        let (limits, receiver) = async_channel::unbounded();
+        let reached = Gate::default();
+        let machine = AppliesUpTo { limit: 0, limits: receiver, reached: reached.clone() };
+        let network = raft_mem::MemNetwork::with_runtime(rt.clone(), id);
+        let builder = raft_core::Node::builder(
+            config,
+            raft_mem::MemLogStore::new(),
+            network.endpoint(id),
+            machine,
+            rt.tagged(id),
+        )
+        .bootstrap(raft_core::Membership::with_voters([id]));
+        let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+        let leads = || node.status().role == raft_core::Role::Leader;
+        assert!(rt.run_until(Duration::from_secs(10), || {}, leads), "it never led");
+        let (ok, failed) = Default::default();
+        Self { rt, id, node, limits, reached, ok, failed }
+    }
+
+    /// Spawns `count` writes (not run yet); each first waits at `gate` if given.
+    fn spawn_writes(&self, count: u64, gate: Option<&Gate>) {
+        for i in 0..count {
+            let (node, ok, failed) = (self.node.clone(), self.ok.clone(), self.failed.clone());
+            let gate = gate.cloned();
+            self.rt.spawn_task(async move {
+                if let Some(gate) = gate {
+                    gate.pass().await;
+                }
+                match node.write(raft_core::Bytes::from(format!("w{i}"))).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(error) => {
+                        failed.lock().unwrap().push(error);
+                        0
+                    }
+                };
+            });
+        }
+    }
+
+    /// Runs everything ready at the current instant (no timer falls due: no tick).
+    fn settle(&self) {
+        self.rt.run_for(Duration::ZERO, || {});
+    }
+
+    /// Queues `count` writes into the node's inbox while its tasks are paused, then lets it
+    /// take them: with nothing applied, the engine takes them up to its backlog bound, the
+    /// others wait for room in the main loop's queue.
+    fn queue_writes(&self, count: u64) {
+        self.rt.pause(self.id);
+        self.spawn_writes(count, None);
+        self.settle();
+        self.rt.resume(self.id);
+        self.settle();
+    }
+
+    /// Lets the state machine apply up to `index`.
+    fn apply_up_to(&self, index: u64) {
+        assert!(self.limits.try_send(index).is_ok());
+    }
+
+    fn last_log_index(&self) -> u64 {
+        self.node.status().last_log_index
+    }
+
+    /// The entries of each log write so far.
+    fn write_batches(&self) -> Vec<f64> {
+        recorder().samples("raft_log_write_entries", &node(self.id))
+    }
+
+    /// Applies everything; checks that every write completed; stops the node.
+    fn finish(self, writes: u64) {
+        self.apply_up_to(u64::MAX);
+        let done =
+            || self.ok.load(Ordering::SeqCst) + self.failed.lock().unwrap().len() as u64 >= writes;
+        assert!(self.rt.run_until(Duration::from_secs(10), || {}, done), "writes left");
+        assert!(self.failed.lock().unwrap().is_empty(), "{:?}", self.failed.lock().unwrap());
+        let node = self.node.clone();
+        self.rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+        self.rt.clear();
+    }
+}
+
+/// Proposals left waiting for room are proposed a step's room at a time, and the main loop
+/// wakes itself for the rest: nothing else would wake it (nothing is applied, no tick falls
+/// due). Fails with the main loop's `wake_again` removed (the proposals beyond the first step
+/// wait for a tick or an answer) and with the deferred proposals the end of a step proposes
+/// not counted against the step's room (a write of more than 1,024 entries). Each write is one
+/// step's persist only because `MemLogStore` finishes it at once (see above).
+#[test]
+fn deferred_proposals_are_proposed_a_step_at_a_time_and_wake_the_loop_themselves() {
+    let _ = recorder();
+    let (backlog, waiting) = (3_000, 2_500);
+    let held = HeldNode::start(43, backlog);
+    // The entries of its start (unapplied too) and the first writes fill the backlog; 2,500
+    // wait.
+    let writes = backlog - held.last_log_index() + waiting;
+    held.queue_writes(writes);
+    assert_eq!(held.last_log_index(), backlog);
+    // All of it applied: room for 3,000 more. Nothing else happens at this instant: the
+    // steps that propose the 2,500 are woken by the applier's answers and the loop itself.
+    held.apply_up_to(backlog);
+    held.settle();
+    assert_eq!(held.last_log_index(), backlog + waiting, "some waited for another input");
+    let batches = held.write_batches();
+    assert!(batches.iter().all(|&entries| entries <= STEP_INPUTS as f64), "{batches:?}");
+    held.finish(writes);
+}
+
+/// New proposals share a step's room with the proposals that waited for room: a step that
+/// proposes the last 300 waiting ones takes at most 724 (less the step's other inputs) from
+/// the inbox. The writes reach the inbox just after the applier's answers (they wait for the
+/// state machine to apply the backlog), so one step learns of the room, proposes the waiting
+/// ones and takes new ones. Fails with the inbox taking a whole step's room after the
+/// deferred proposals (a write of more than 1,024 entries). Each write is one step's persist
+/// only because `MemLogStore` finishes it at once (see above).
+#[test]
+fn new_proposals_share_the_step_room_with_the_waiting_ones() {
+    let _ = recorder();
+    let (backlog, waiting, later) = (2_000, 300, 1_500);
+    let held = HeldNode::start(44, backlog);
+    let writes = backlog - held.last_log_index() + waiting;
+    held.queue_writes(writes);
+    assert_eq!(held.last_log_index(), backlog);
+    held.rt.pause(held.id);
+    let reached = held.reached.clone();
+    held.spawn_writes(later, Some(&reached));
+    held.settle();
+    held.apply_up_to(backlog);
+    held.rt.resume(held.id);
+    held.settle();
+    assert_eq!(held.last_log_index(), backlog + waiting + later, "every write proposed");
+    let batches = held.write_batches();
+    assert!(batches.iter().all(|&entries| entries <= STEP_INPUTS as f64), "{batches:?}");
+    held.finish(writes + later);
 }

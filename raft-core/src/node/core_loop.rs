@@ -28,7 +28,7 @@ use crate::membership::{Membership, NodeInfo};
 use crate::message::{RpcRequest, RpcResponse};
 pub(super) use crate::metrics::LoopMetrics;
 use crate::runtime::Runtime;
-use crate::types::{LogIndex, NodeId, Role};
+use crate::types::{LogIndex, NodeId, Role, Term};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
@@ -95,7 +95,13 @@ pub(super) struct CoreLoop {
     /// The proposals taken from the inbox, being handed to the engine (kept for its capacity,
     /// at most a step's inputs).
     arrived: Vec<Proposed>,
-    was_leader: bool,
+    /// The term this node led in when last checked (`None`: it did not lead), checked after
+    /// every input and at the end of each step: a leadership that ends is noticed then, even
+    /// one won and lost inside one step.
+    led_term: Option<Term>,
+    /// A leadership ended and the applier was not told yet: it is told at the end of the step
+    /// or when the node leads again, whichever comes first (`report_lost_leadership`).
+    leadership_lost: bool,
     snap: SnapshotDriver,
     /// Follows one proposal at a time through its stages (when its `tracing` target is on).
     probe: LatencyProbe,
@@ -164,7 +170,8 @@ impl CoreLoop {
             held: VecDeque::new(),
             deferred: VecDeque::new(),
             arrived: Vec::new(),
-            was_leader: false,
+            led_term: None,
+            leadership_lost: false,
             snap: SnapshotDriver::default(),
             probe: LatencyProbe::default(),
             clock,
@@ -202,11 +209,13 @@ impl CoreLoop {
             self.step_now = None;
             // Each proposal taken from the inbox counts as one input.
             let mut taken = self.handle(input, MAX_INPUTS_PER_STEP);
+            self.check_leadership();
             while taken < MAX_INPUTS_PER_STEP && self.stop.is_none() {
                 match inputs.receiver.try_recv() {
                     Ok(input) => taken += self.handle(input, MAX_INPUTS_PER_STEP - taken),
                     Err(_) => break,
                 }
+                self.check_leadership();
             }
             if self.stop.is_some() {
                 break;
@@ -579,12 +588,9 @@ impl CoreLoop {
                 }
             }
         }
-        let is_leader = self.engine.role() == Role::Leader;
-        if self.was_leader && !is_leader {
-            let commit_index = self.engine.commit_index();
-            self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
-        }
-        if !is_leader && !self.deferred.is_empty() {
+        self.check_leadership();
+        self.report_lost_leadership();
+        if self.led_term.is_none() && !self.deferred.is_empty() {
             // Refused whenever the node is not leader at the end of a step, not only when it
             // stopped leading since the last one: a node that won and lost an election in one
             // step (review MEDIUM-2 of perf6) kept them, and every later proposal queued
@@ -596,7 +602,38 @@ impl CoreLoop {
                 proposal.reply.refuse(ProposeError::NotLeader { leader_id, leader_info });
             }
         }
-        self.was_leader = is_leader;
+    }
+
+    /// Notes when the leadership this node held at the last check ended (it follows, or leads
+    /// in a later term), and reports it when the node leads again (before any proposer of the
+    /// new leadership is handed over: the check runs after every input, and no input both
+    /// starts a leadership and proposes). Checked after every input, not once per step: a node
+    /// that won and lost an election within one step never told the applier, and the proposals
+    /// it accepted meanwhile waited until their entries were applied or overwritten (a
+    /// committing leader: possibly never).
+    fn check_leadership(&mut self) {
+        let leading =
+            (self.engine.role() == Role::Leader).then(|| self.engine.hard_state().current_term);
+        if self.led_term.is_some() && self.led_term != leading {
+            self.leadership_lost = true;
+        }
+        self.led_term = leading;
+        if leading.is_some() {
+            self.report_lost_leadership();
+        }
+    }
+
+    /// Tells the applier of a leadership loss noted by `check_leadership`, with the commit
+    /// index of this moment: the proposers above it fail with `LeadershipLost`; those at or
+    /// below it are answered when their index is applied (with their entry, or `Dropped`).
+    /// Not at the input that ended the leadership: a later input of the same step can commit
+    /// the proposals accepted before (a new leader's AppendEntries with its commit index), and
+    /// those then get their response, as when the loss was reported at the end of the step.
+    fn report_lost_leadership(&mut self) {
+        if std::mem::take(&mut self.leadership_lost) {
+            let commit_index = self.engine.commit_index();
+            self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
+        }
     }
 
     /// Sends `message` to the applier, after the proposers waiting to be handed to it (the

@@ -1,0 +1,305 @@
+//! A node that wins and loses leadership inside one step of its main loop (review MEDIUM-2 of
+//! perf6 and its follow-up). The node runs on the deterministic executor (FIFO, virtual time);
+//! a fake leader 9 reaches it through forged requests (`handle_rpc`). The node's tasks are
+//! paused while the test queues its inputs, so which inputs share a step is decided here, not
+//! by the scheduler:
+//!
+//! 1. Node 1, the only voter, leads in term `t` and publishes it; paused, it is sent 9's
+//!    AppendEntries of term `t + 1`, then 1,024 writes (they pass the node's "am I leader"
+//!    check, which reads the published status) and 9's TimeoutNow of term `t + 1`.
+//! 2. Its first step takes the AppendEntries and 1,023 writes (a step's 1,024 inputs): it
+//!    follows 9 and refuses them, and the inbox wakes it again for the last write `w`, behind
+//!    the TimeoutNow. The step ends with the node a follower.
+//! 3. Answered, the test's first request is followed by 9's AppendEntries of term `t + 3`,
+//!    queued while the main loop yields before its next step, so that step handles the
+//!    TimeoutNow (the node campaigns and, alone, wins term `t + 2` at once), `w`, and the
+//!    AppendEntries (it follows 9 again): leadership won and lost within one step.
+//!
+//! A third scenario checks when the loss is reported: a step in which node 1 accepts a write
+//! `w`, follows 9 (AppendEntries of term `t + 1`), and then learns from 9 that `w`'s entry is
+//! committed (a second AppendEntries whose commit index covers it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use raft_core::{
+    AppendEntriesRequest, Bytes, CommitError, Config, Envelope, LogId, Membership, Node,
+    ProposeError, Role, RpcHandler, RpcRequest, Status, TimeoutNowRequest, WriteError,
+};
+use raft_mem::sim::{RecordingStateMachine, SimRuntime};
+use raft_mem::MemLogStore;
+
+/// The node under test.
+const NODE: u64 = 1;
+/// The fake leader whose requests the test forges.
+const FAKE_LEADER: u64 = 9;
+/// A step's inputs: a copy of the main loop's `MAX_INPUTS_PER_STEP`, which raft-core does not
+/// export (if it changes, the first step no longer ends right before `w`, and the checks that
+/// the win and the loss share a step fail).
+const STEP_INPUTS: usize = 1024;
+
+fn config(max_unapplied_entries: u64) -> Config {
+    let mut config = Config::new(NODE);
+    config.tick_interval = Duration::from_millis(5);
+    config.heartbeat_interval = Duration::from_millis(25);
+    // No election of its own for seconds after it follows 9: long after the answers checked.
+    config.election_timeout_min = Duration::from_secs(2);
+    config.election_timeout_max = Duration::from_secs(3);
+    config.max_unapplied_entries = max_unapplied_entries;
+    config
+}
+
+/// How long (virtual time) the node has to answer the write: far less than its election
+/// timeout, after which it would lead again and could answer it otherwise.
+const ANSWER_WITHIN: Duration = Duration::from_millis(100);
+
+/// What the test saw: the last write's answer, and the node's status after it.
+struct Outcome {
+    write: Option<Result<Bytes, WriteError>>,
+    status: Status,
+    /// The node's status while it led, before the step.
+    before: Status,
+    /// The statuses the node published from the first step on (one per step).
+    published: Vec<Status>,
+    /// The writes refused with `NotLeader`, of the 1,023 that should be.
+    refused: usize,
+}
+
+/// Starts node 1, the only voter, with `max_unapplied_entries`, and runs it until it leads with
+/// everything applied: returns it, its state machine and its status then.
+fn start_leader(
+    rt: &SimRuntime,
+    max_unapplied_entries: u64,
+) -> (Node, RecordingStateMachine, Status) {
+    let state_machine = RecordingStateMachine::new();
+    let builder = Node::builder(
+        config(max_unapplied_entries),
+        MemLogStore::new(),
+        NoNetwork,
+        state_machine.clone(),
+        rt.tagged(NODE),
+    )
+    .bootstrap(Membership::with_voters([NODE]));
+    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+    let leading = || {
+        let s = node.status();
+        s.role == Role::Leader && s.applied_index == s.last_log_index
+    };
+    assert!(rt.run_until(Duration::from_secs(10), || {}, leading), "it never led");
+    let before = node.status();
+    (node, state_machine, before)
+}
+
+/// The answer to `w`, once `node` gave it.
+type Answer = Arc<Mutex<Option<Result<Bytes, WriteError>>>>;
+
+/// Spawns the write `w` on `node` (not run yet): its answer lands in the slot returned.
+fn spawn_write_w(rt: &SimRuntime, node: &Node) -> Answer {
+    let answer = Answer::default();
+    let (writer, slot) = (node.clone(), answer.clone());
+    rt.spawn_task(async move {
+        let written = writer.write(Bytes::from_static(b"w")).await;
+        *slot.lock().unwrap() = Some(written);
+    });
+    answer
+}
+
+/// Runs the scenario of the module docs on a node with `max_unapplied_entries`.
+fn win_and_lose_in_one_step(max_unapplied_entries: u64) -> Outcome {
+    let rt = SimRuntime::new();
+    let (node, _, before) = start_leader(&rt, max_unapplied_entries);
+    let (term, last, commit) = (before.current_term, before.last_log_index, before.commit_index);
+    let append = move |term| {
+        Envelope::new(
+            NODE,
+            RpcRequest::AppendEntries(AppendEntriesRequest {
+                term,
+                leader_id: FAKE_LEADER,
+                prev_log_id: LogId::new(before.current_term, last),
+                entries: Vec::new(),
+                leader_commit: commit,
+                read_round: 0,
+                quiesce: false,
+            }),
+        )
+    };
+    let timeout_now = Envelope::new(
+        NODE,
+        RpcRequest::TimeoutNow(TimeoutNowRequest { term: term + 1, leader_id: FAKE_LEADER }),
+    );
+
+    rt.pause(NODE);
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        assert!(handler.handle_rpc(append(term + 1)).await.is_ok());
+        assert!(handler.handle_rpc(append(term + 3)).await.is_ok());
+    });
+    let refused = Arc::new(AtomicUsize::new(0));
+    for i in 0..STEP_INPUTS - 1 {
+        let (writer, refused) = (node.clone(), refused.clone());
+        rt.spawn_task(async move {
+            let answer = writer.write(Bytes::from(format!("refused {i}"))).await;
+            assert!(
+                matches!(answer, Err(WriteError::Refused(ProposeError::NotLeader { .. }))),
+                "{answer:?}"
+            );
+            refused.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    let answer = spawn_write_w(&rt, &node);
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        assert!(handler.handle_rpc(timeout_now).await.is_ok());
+    });
+    // The test's tasks queue their inputs; the node's wait.
+    rt.run_for(Duration::ZERO, || {});
+    assert_eq!(node.status().role, Role::Leader, "no step ran yet");
+    rt.resume(NODE);
+    // Every step yields before it takes its inputs (fewer than a step's inputs wait), so a
+    // status published at the end of a step is seen after the executor step that ran it.
+    let published = Mutex::new(Vec::new());
+    let sample = || published.lock().unwrap().push(node.status());
+    rt.run_until(ANSWER_WITHIN, sample, || answer.lock().unwrap().is_some());
+    // The refused writers' tasks finish at this instant.
+    rt.run_for(Duration::ZERO, sample);
+    let write = answer.lock().unwrap().take();
+    let status = node.status();
+    let refused = refused.load(Ordering::SeqCst);
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    Outcome { write, status, before, published: published.into_inner().unwrap(), refused }
+}
+
+/// Checks that the node did win term `t + 2` (its blank entry is in its log) and ended the
+/// step following 9 in term `t + 3`; that no step ended with it leading in term `t + 2` (the
+/// win and the loss shared a step); and that the first step refused the 1,023 other writes.
+fn assert_led_in_between(outcome: &Outcome, entries_appended: u64) {
+    let Outcome { status, before, published, refused, .. } = outcome;
+    assert_eq!(status.role, Role::Follower, "{status:?}");
+    assert_eq!(status.leader_id, Some(FAKE_LEADER), "{status:?}");
+    assert_eq!(status.current_term, before.current_term + 3, "{status:?}");
+    assert_eq!(status.last_log_index, before.last_log_index + entries_appended, "{status:?}");
+    let won = before.current_term + 2;
+    assert!(
+        !published.iter().any(|s| s.role == Role::Leader && s.current_term == won),
+        "a step ended with the node leading in term {won}: the win and the loss did not share one"
+    );
+    // The sampling sees every step's status: that of the first step (following 9 in t + 1) too.
+    let first_step = |s: &&Status| s.role == Role::Follower && s.current_term == won - 1;
+    assert!(published.iter().any(|s| first_step(&s)), "the first step's status was not sampled");
+    assert!(published.iter().any(|s| s.current_term == won + 1), "no status sampled");
+    assert_eq!(*refused, STEP_INPUTS - 1);
+}
+
+/// A write that waits for room (the backlog of one unapplied entry is full with the node's
+/// blank entry) at a node that wins and loses leadership within one step is refused with
+/// `NotLeader` when the step ends. Before (main before 937873e), deferred proposals were
+/// refused only when the node had led at the end of the previous step: this one waited until
+/// the node led again, and every later proposal queued behind it.
+#[test]
+fn a_write_waiting_for_room_at_a_leader_lost_in_the_same_step_is_refused() {
+    let outcome = win_and_lose_in_one_step(1);
+    assert!(
+        matches!(
+            &outcome.write,
+            Some(Err(WriteError::Refused(ProposeError::NotLeader {
+                leader_id: Some(FAKE_LEADER),
+                ..
+            })))
+        ),
+        "{:?}",
+        outcome.write
+    );
+    assert_led_in_between(&outcome, 1);
+}
+
+/// A write accepted by a node that wins and loses leadership within one step fails with
+/// `LeadershipLost` (outcome unknown) at once, as one accepted in an earlier step does. Before,
+/// the applier was told of a lost leadership only when the node had led at the end of the
+/// previous step: this write waited until its index was applied or overwritten, that is until
+/// a leader (here the node itself, seconds later) committed it.
+#[test]
+fn a_write_accepted_by_a_leader_lost_in_the_same_step_fails_at_once() {
+    let outcome = win_and_lose_in_one_step(1024);
+    assert!(
+        matches!(&outcome.write, Some(Err(WriteError::Failed(CommitError::LeadershipLost)))),
+        "{:?}",
+        outcome.write
+    );
+    // The blank entry of term t + 2 and the write.
+    assert_led_in_between(&outcome, 2);
+}
+
+/// A write accepted by a leader that follows 9 on the next input and learns on a later input of
+/// the same step that the write's entry is committed gets its response, as when the loss was
+/// reported at the end of the step: the loss is reported with the commit index of the end of
+/// the step (or of the node's next win), not of the input that ended the leadership. It got
+/// `LeadershipLost` when the loss was reported at that input (review MEDIUM-1 of corefix).
+#[test]
+fn a_write_committed_after_the_loss_in_the_same_step_is_answered() {
+    let rt = SimRuntime::new();
+    let (node, state_machine, before) = start_leader(&rt, 1024);
+    let (term, last, commit) = (before.current_term, before.last_log_index, before.commit_index);
+    let append = move |prev_log_id, leader_commit| {
+        Envelope::new(
+            NODE,
+            RpcRequest::AppendEntries(AppendEntriesRequest {
+                term: term + 1,
+                leader_id: FAKE_LEADER,
+                prev_log_id,
+                entries: Vec::new(),
+                leader_commit,
+                read_round: 0,
+                quiesce: false,
+            }),
+        )
+    };
+    rt.pause(NODE);
+    let answer = spawn_write_w(&rt, &node);
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        // Follows 9 (its log matches up to the entry before `w`'s, nothing is truncated) ...
+        assert!(handler.handle_rpc(append(LogId::new(term, last), commit)).await.is_ok());
+    });
+    let handler = node.clone();
+    rt.spawn_task(async move {
+        // ... and learns that `w`'s entry is committed.
+        assert!(handler.handle_rpc(append(LogId::new(term, last + 1), last + 1)).await.is_ok());
+    });
+    rt.run_for(Duration::ZERO, || {});
+    assert_eq!(node.status().role, Role::Leader, "no step ran yet");
+    rt.resume(NODE);
+    rt.run_until(ANSWER_WITHIN, || {}, || answer.lock().unwrap().is_some());
+    let write = answer.lock().unwrap().take();
+    let status = node.status();
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    assert_eq!((status.role, status.current_term), (Role::Follower, term + 1), "{status:?}");
+    let applied = state_machine.entries();
+    assert!(
+        applied.iter().any(|e| e.index == last + 1
+            && e.term == term
+            && e.command().map(|c| &c[..]) == Some(&b"w"[..])),
+        "w's entry was not applied: {:?}",
+        applied.last()
+    );
+    assert!(matches!(write, Some(Ok(_))), "w's entry was applied with its term, but: {write:?}");
+}
+
+/// A network that reaches nobody (the node is the only voter; the fake leader's requests are
+/// forged by the test, and its answers go nowhere).
+struct NoNetwork;
+
+#[async_trait]
+impl raft_core::Network for NoNetwork {
+    async fn send(
+        &self,
+        envelope: Envelope,
+    ) -> Result<raft_core::RpcResponse, raft_core::NetworkError> {
+        let reason = "no network in this test".to_owned();
+        Err(raft_core::NetworkError::Unreachable { peer: envelope.receiver, reason })
+    }
+}
