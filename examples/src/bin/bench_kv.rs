@@ -23,6 +23,9 @@
 //! reached (the leader committed before its own write resolved) adds no sample: each stage's
 //! percentiles are over the requests that reached it, and the `missing` column counts the rest.
 //!
+//! `--node-threads N` and `--client-threads N` set the tokio worker threads of the nodes and of
+//! the clients' process (2 each by default).
+//!
 //! The data directory is created under `--dir` (default `target/`), not in `/tmp`, which is
 //! a RAM disk on many systems. The nodes are this executable run as `bench-kv __kv-node`.
 #![forbid(unsafe_code)]
@@ -51,6 +54,7 @@ struct Args {
     trials: usize,
     dir: PathBuf,
     node_threads: usize,
+    client_threads: usize,
     breakdown: bool,
 }
 
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         trials: 10,
         dir: PathBuf::from("target"),
         node_threads: 2,
+        client_threads: 2,
         breakdown: false,
     };
     let mut it = std::env::args().skip(1);
@@ -76,6 +81,10 @@ fn parse_args() -> Result<Args, String> {
             "--node-threads" => {
                 args.node_threads = value()?.parse().map_err(|e| format!("--node-threads: {e}"))?
             }
+            "--client-threads" => {
+                args.client_threads =
+                    value()?.parse().map_err(|e| format!("--client-threads: {e}"))?
+            }
             "--clients" => {
                 args.clients = value()?
                     .split(',')
@@ -85,7 +94,7 @@ fn parse_args() -> Result<Args, String> {
             other => {
                 return Err(format!(
                 "unknown argument {other} (--seconds N, --clients a,b,c, --trials N, --dir PATH, \
-                 --breakdown)"
+                 --breakdown, --node-threads N, --client-threads N)"
             ))
             }
         }
@@ -409,14 +418,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                eprintln!("bench-kv: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    if args.node_threads == 0 || args.client_threads == 0 {
+        eprintln!("bench-kv: --node-threads and --client-threads need at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bench-kv: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let launcher = match Launcher::current_exe(NODE_SUBCOMMAND) {
         Ok(launcher) => launcher,
         Err(e) => {

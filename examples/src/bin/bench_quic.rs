@@ -1,12 +1,18 @@
 //! Round trips over `raft-quic` on loopback: two endpoints in one process (mutual TLS, ring
-//! provider, tokio with 2 workers), the receiver answering every AppendEntries at once.
+//! provider, tokio with 2 workers unless `--threads`), the receiver answering every AppendEntries at once.
 //!
 //! Prints RPCs/s, p50/p99 latency and MB/s for small AppendEntries (one 128-byte entry) at
 //! concurrency 1 and 64, for 1 MiB batches (16 entries of 64 KiB) at concurrency 1 and 4, and
 //! the latency of heartbeats sent while 1 MiB batches saturate the same connection (the
 //! head-of-line blocking check).
 //!
-//! `cargo run --release -p examples --bin bench-quic [-- --seconds 3]`
+//! With `--pause-us N`, each loop of the small-request rows sleeps N µs between its RPCs (tokio's
+//! timer: at least 1 ms in practice), so every RPC starts on an idle runtime whose threads are
+//! parked: the cost of a cold hop, as one durable put's hops see it, against the hot loop's.
+//!
+//! `--threads N` sets the runtime's worker threads (2 by default).
+//!
+//! `cargo run --release -p examples --bin bench-quic [-- --seconds 3] [--pause-us N] [--threads N]`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +45,7 @@ async fn run(
     request: &RpcRequest,
     concurrency: usize,
     duration: Duration,
+    pause: Option<Duration>,
 ) -> Measured {
     let warmup_until = Instant::now() + Duration::from_millis(300);
     let stop = Instant::now() + Duration::from_millis(300) + duration;
@@ -59,6 +66,9 @@ async fn run(
                 } else if start >= warmup_until {
                     latencies.record(start.elapsed());
                 }
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
             }
         }));
     }
@@ -71,10 +81,17 @@ async fn run(
     Measured { latencies, elapsed: duration, errors: errors.load(Ordering::Relaxed) }
 }
 
-fn print_header(seconds: u64) {
+/// The command line: seconds per row, and the pause between a loop's small RPCs if any.
+struct Args {
+    seconds: u64,
+    pause: Option<Duration>,
+    threads: usize,
+}
+
+fn print_header(seconds: u64, threads: usize) {
     println!(
-        "\nbench-quic: 2 QuicNetwork endpoints on 127.0.0.1 (mutual TLS, rustls/ring), tokio 2 \
-         workers, {seconds} s per row"
+        "\nbench-quic: 2 QuicNetwork endpoints on 127.0.0.1 (mutual TLS, rustls/ring), tokio \
+         {threads} workers, {seconds} s per row"
     );
     println!(
         "{:<40} | {:>5} | {:>9} | {:>9} | {:>9} | {:>9} | {:>6}",
@@ -98,8 +115,10 @@ fn print_row(name: &str, concurrency: usize, bytes_per_rpc: u64, m: &Measured) {
     );
 }
 
-fn parse_seconds() -> Result<u64, String> {
+fn parse_args() -> Result<Args, String> {
     let mut seconds = 3;
+    let mut pause = None;
+    let mut threads = 2;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -110,17 +129,39 @@ fn parse_seconds() -> Result<u64, String> {
                     .parse()
                     .map_err(|e| format!("--seconds: {e}"))?
             }
-            other => return Err(format!("unknown argument {other} (expected --seconds N)")),
+            "--pause-us" => {
+                let us: u64 = args
+                    .next()
+                    .ok_or("--pause-us needs a value")?
+                    .parse()
+                    .map_err(|e| format!("--pause-us: {e}"))?;
+                pause = Some(Duration::from_micros(us));
+            }
+            "--threads" => {
+                threads = args
+                    .next()
+                    .ok_or("--threads needs a value")?
+                    .parse()
+                    .map_err(|e| format!("--threads: {e}"))?;
+                if threads == 0 {
+                    return Err("--threads needs at least 1".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other} (expected --seconds N, --pause-us N, --threads N)"
+                ))
+            }
         }
     }
-    Ok(seconds)
+    Ok(Args { seconds, pause, threads })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds = parse_seconds()?;
+    let Args { seconds, pause, threads } = parse_args()?;
     let duration = Duration::from_secs(seconds);
     let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?;
     runtime.block_on(async move {
         let ca = ClusterCa::generate()?;
         let loopback = "127.0.0.1:0".parse()?;
@@ -135,15 +176,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         receiver.set_peer(1, sender.local_addr());
         receiver.serve(Arc::new(MatchingFollower));
 
-        print_header(seconds);
+        print_header(seconds, threads);
         let small = append(1, 128);
         for concurrency in [1, 64] {
-            let m = run(&sender, &small, concurrency, duration).await;
+            let m = run(&sender, &small, concurrency, duration, None).await;
             print_row("small AppendEntries (1 x 128 B)", concurrency, payload_bytes(&small), &m);
+        }
+        if let Some(pause) = pause {
+            let m = run(&sender, &small, 1, duration, Some(pause)).await;
+            let name = format!("small AE, {} µs pause between", pause.as_micros());
+            print_row(&name, 1, payload_bytes(&small), &m);
         }
         let batch = append(16, 64 << 10);
         for concurrency in [1, 4] {
-            let m = run(&sender, &batch, concurrency, duration).await;
+            let m = run(&sender, &batch, concurrency, duration, None).await;
             print_row("1 MiB AppendEntries (16 x 64 KiB)", concurrency, payload_bytes(&batch), &m);
         }
 
@@ -163,7 +209,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }));
         }
         let heartbeat = append(0, 0);
-        let m = run(&sender, &heartbeat, 1, duration).await;
+        let m = run(&sender, &heartbeat, 1, duration, None).await;
         busy.store(false, Ordering::Relaxed);
         let mut batches = 0;
         for task in bulk {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -189,6 +189,27 @@ struct Inner {
     /// The in-flight bound of each node's batches of each group.
     in_flight: Mutex<BTreeMap<BatchTarget, Arc<Semaphore>>>,
     counts: BatchCounts,
+    /// Commands inside [`Connections::call`] (to any node), from their entry until answered.
+    calls: AtomicUsize,
+}
+
+/// One command inside [`Connections::call`]: counted in `Inner::calls` while it lives.
+struct InCall<'a> {
+    calls: &'a AtomicUsize,
+    /// How many other commands were inside when this one entered.
+    others: usize,
+}
+
+impl<'a> InCall<'a> {
+    fn enter(calls: &'a AtomicUsize) -> Self {
+        Self { calls, others: calls.fetch_add(1, Ordering::AcqRel) }
+    }
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        self.calls.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A command waiting for its node's batcher.
@@ -256,6 +277,7 @@ impl Connections {
                 batchers: Mutex::new(BTreeMap::new()),
                 in_flight: Mutex::new(BTreeMap::new()),
                 counts: BatchCounts::default(),
+                calls: AtomicUsize::new(0),
             }),
         })
     }
@@ -363,7 +385,9 @@ impl Connections {
     /// its own by the node): one stream and a few packets instead of one per command. Those of
     /// a sharded service ([`ClientRequest::InGroup`]) are split by group: one
     /// [`ClientRequest::GroupBatch`] per group, sent in parallel (at most
-    /// [`MAX_GROUP_BATCHES_IN_FLIGHT`] per node and group).
+    /// [`MAX_GROUP_BATCHES_IN_FLIGHT`] per node and group). A command that finds no other
+    /// inside this call (the batcher idle, no batch in flight) is sent at once from the
+    /// caller's task, without the batcher's task hops: nothing could join its batch.
     pub async fn call(
         &self,
         node: NodeId,
@@ -375,6 +399,13 @@ impl Connections {
             ClientRequest::InGroup { group, command } => (Some(*group), command),
             _ => return self.call_within(node, request, limit).await,
         };
+        let in_call = InCall::enter(&self.inner.calls);
+        if in_call.others == 0 {
+            let counts = &self.inner.counts;
+            counts.requests.fetch_add(1, Ordering::Relaxed);
+            counts.commands.fetch_add(1, Ordering::Relaxed);
+            return self.call_within(node, request, limit).await;
+        }
         let queue = self.batcher(node);
         let (reply, answer) = oneshot::channel();
         let pending = Pending { group, command: command.clone(), reply };
@@ -620,14 +651,19 @@ mod tests {
     use crate::kv::command::Op;
     use crate::kv::tls::{gen_certs, load_client_tls, CertRole, DEFAULT_ADMIN};
 
+    /// An admin client's TLS of a fresh cluster CA (its files are read, then deleted).
+    fn admin_tls() -> NodeTls {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        gen_certs(&dir.path().join("ca"), &certs, [1]).unwrap();
+        load_client_tls(&certs, &CertRole::Admin.file_stem(DEFAULT_ADMIN)).unwrap()
+    }
+
     /// Commands whose callers gave up while their batch waited for an in-flight permit are not
     /// sent: a batch of only such commands sends nothing.
     #[tokio::test(flavor = "current_thread")]
     async fn commands_whose_callers_gave_up_are_not_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        gen_certs(&dir.path().join("ca"), &certs, [1]).unwrap();
-        let tls = load_client_tls(&certs, &CertRole::Admin.file_stem(DEFAULT_ADMIN)).unwrap();
+        let tls = admin_tls();
         let endpoints = [(1, "127.0.0.1:9".parse().unwrap())].into();
         let connections = Connections::new(endpoints, &tls, ClientOptions::default()).unwrap();
         // Every in-flight permit of node 1's group 0 is taken: the batch waits for one.
@@ -651,6 +687,42 @@ mod tests {
         drop(held);
         sending.await.unwrap();
         assert_eq!(connections.batching(), (0, 0), "a batch nobody waits for was sent");
+        connections.close().await;
+    }
+
+    /// A command alone inside `call` goes from its caller's task without the batcher; one
+    /// issued while another is inside goes through the batcher (which may join it to others).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_command_skips_the_batcher_and_a_concurrent_one_does_not() {
+        let tls = admin_tls();
+        // Nothing answers there: every attempt fails within the short timeouts.
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let endpoints = [(1, nowhere), (2, nowhere)].into();
+        let options = ClientOptions {
+            attempt_timeout: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(50),
+            ..ClientOptions::default()
+        };
+        let connections = Connections::new(endpoints, &tls, options).unwrap();
+        let get = |key: &'static str| {
+            let key = bytes::Bytes::from_static(key.as_bytes());
+            ClientRequest::Command(Command { session: None, op: Op::Get { key } })
+        };
+        let started = |c: &Connections| lock(&c.inner.batchers).contains_key(&1);
+
+        assert!(connections.call(1, &get("a")).await.is_err());
+        assert!(!started(&connections), "a lone command went through the batcher");
+        assert_eq!(connections.batching(), (1, 1));
+
+        let first = connections.clone();
+        // To node 2, whose first connection attempt is still to be made (node 1's failure is
+        // remembered for a while): the command stays inside `call` while it connects.
+        let first = tokio::spawn(async move { first.call(2, &get("b")).await });
+        tokio::task::yield_now().await;
+        assert!(connections.call(1, &get("c")).await.is_err());
+        assert!(started(&connections), "a command issued beside another skipped the batcher");
+        assert!(first.await.unwrap().is_err());
+        assert_eq!(connections.inner.calls.load(Ordering::Acquire), 0);
         connections.close().await;
     }
 }
