@@ -41,8 +41,8 @@
 //!   validation, handshake limits (per IP, per network prefix, in all) and timeout, handshakes
 //!   reserved for known peers, connection slots counted after the handshake; then at most a
 //!   few connections and one memory budget per node id.
-//! - **Runtime.** The caller's: any `quinn::Runtime` ([`QuinnTokioRuntime`],
-//!   [`QuinnSmolRuntime`] and [`QuinnAsyncStdRuntime`] behind the features `tokio`, `smol` and
+//! - **Runtime.** The caller's: any `quinn::Runtime` (`QuinnTokioRuntime`,
+//!   `QuinnSmolRuntime` and `QuinnAsyncStdRuntime` behind the features `tokio`, `smol` and
 //!   `async-std`; they are quinn's runtimes, not raft-core's `Runtime`s of the same runtime). Timeouts use the runtime's own timers.
 //!
 //! ```no_run
