@@ -18,16 +18,26 @@
 //! A third scenario checks when the loss is reported: a step in which node 1 accepts a write
 //! `w`, follows 9 (AppendEntries of term `t + 1`), and then learns from 9 that `w`'s entry is
 //! committed (a second AppendEntries whose commit index covers it).
+//!
+//! The last scenarios check a membership change whose leader loses and re-wins leadership
+//! within one step (9's AppendEntries of term `t + 1`, then its TimeoutNow: the node wins term
+//! `t + 2` alone): a change that keeps the voters (its proposer is answered by the applier),
+//! and the end of a joint change (its caller waits in the main loop for the final
+//! configuration), with the final configuration overwritten by 9 or kept.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::{
-    AppendEntriesRequest, Bytes, CommitError, Config, Envelope, LogId, Membership, Node,
-    ProposeError, Role, RpcHandler, RpcRequest, Status, TimeoutNowRequest, WriteError,
+    AppendEntriesRequest, AppendEntriesResponse, Bytes, CommitError, Config, Entry, EntryPayload,
+    Envelope, LogId, LogIndex, Membership, MembershipChange, MembershipError, Node, NodeInfo,
+    ProposeError, RequestVoteResponse, Role, RpcHandler, RpcRequest, RpcResponse, Status, Term,
+    TimeoutNowRequest, WriteError,
 };
 use raft_mem::sim::{RecordingStateMachine, SimRuntime};
 use raft_mem::MemLogStore;
@@ -287,6 +297,272 @@ fn a_write_committed_after_the_loss_in_the_same_step_is_answered() {
         applied.last()
     );
     assert!(matches!(write, Some(Ok(_))), "w's entry was applied with its term, but: {write:?}");
+}
+
+/// Runs until `node` leads with everything committed and applied; returns its status then.
+fn run_until_leading_idle(rt: &SimRuntime, node: &Node) -> Status {
+    let idle = || {
+        let s = node.status();
+        s.role == Role::Leader
+            && s.commit_index == s.last_log_index
+            && s.applied_index == s.last_log_index
+    };
+    assert!(rt.run_until(Duration::from_secs(10), || {}, idle), "it never led");
+    node.status()
+}
+
+/// 9's AppendEntries of term `term`: `entries` after `prev_log_id`, commit index `commit`.
+fn append_from_9(
+    term: Term,
+    prev_log_id: LogId,
+    entries: Vec<Entry>,
+    commit: LogIndex,
+) -> Envelope {
+    Envelope::new(
+        NODE,
+        RpcRequest::AppendEntries(AppendEntriesRequest {
+            term,
+            leader_id: FAKE_LEADER,
+            prev_log_id,
+            entries,
+            leader_commit: commit,
+            read_round: 0,
+            quiesce: false,
+        }),
+    )
+}
+
+/// Pauses the node, queues `requests` (forged, from 9) while it is paused, and lets it take
+/// them in one step; returns the statuses it published from that step on, for `within`.
+fn one_step(
+    rt: &SimRuntime,
+    node: &Node,
+    requests: Vec<Envelope>,
+    within: Duration,
+) -> Vec<Status> {
+    rt.pause(NODE);
+    for request in requests {
+        let handler = node.clone();
+        // The answers wait for writes that may be held: nobody waits for them.
+        rt.spawn_task(async move {
+            let _ = handler.handle_rpc(request).await;
+        });
+    }
+    rt.run_for(Duration::ZERO, || {});
+    rt.resume(NODE);
+    let published = Mutex::new(Vec::new());
+    rt.run_for(within, || published.lock().unwrap().push(node.status()));
+    published.into_inner().unwrap()
+}
+
+/// The answer to a membership change.
+type MembershipAnswer = Arc<Mutex<Option<Result<Membership, MembershipError>>>>;
+
+/// Spawns `change` on `node` (not run yet): its answer lands in the slot returned.
+fn spawn_change(rt: &SimRuntime, node: &Node, change: MembershipChange) -> MembershipAnswer {
+    let answer = MembershipAnswer::default();
+    let (changer, slot) = (node.clone(), answer.clone());
+    rt.spawn_task(async move {
+        let changed = changer.change_membership(change).await;
+        *slot.lock().unwrap() = Some(changed);
+    });
+    answer
+}
+
+/// A change that keeps the voters (adding a learner: one entry, whose proposer the applier
+/// answers) proposed in the step in which the leader's entry for it is overwritten by 9's
+/// AppendEntries of term `t + 1` and the node wins term `t + 2` on 9's TimeoutNow: the caller
+/// gets `LeadershipLost` (outcome unknown; here: overwritten) when the step ends, not an answer
+/// that waits for the new leadership.
+#[test]
+fn a_learner_added_at_a_leader_lost_and_rewon_in_one_step_fails() {
+    let rt = SimRuntime::new();
+    let (node, _, before) = start_leader(&rt, 1024);
+    let (term, last, commit) = (before.current_term, before.last_log_index, before.commit_index);
+    rt.pause(NODE);
+    let answer = spawn_change(&rt, &node, MembershipChange::AddLearner(2, NodeInfo::default()));
+    rt.run_for(Duration::ZERO, || {});
+    // 9's entry replaces the change's at `last + 1` (the membership in force reverts).
+    let overwrite = Entry { index: last + 1, term: term + 1, payload: EntryPayload::Blank };
+    let requests = vec![
+        append_from_9(term + 1, LogId::new(term, last), vec![overwrite], commit),
+        Envelope::new(
+            NODE,
+            RpcRequest::TimeoutNow(TimeoutNowRequest { term: term + 1, leader_id: FAKE_LEADER }),
+        ),
+    ];
+    let published = one_step(&rt, &node, requests, ANSWER_WITHIN);
+    let status = node.status();
+    let answer = answer.lock().unwrap().take();
+    let membership = node.membership();
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    assert_eq!((status.role, status.current_term), (Role::Leader, term + 2), "{status:?}");
+    assert!(published.iter().all(|s| s.role == Role::Leader), "not one step: {published:?}");
+    assert!(!membership.contains(2), "the change was overwritten: {membership:?}");
+    assert!(
+        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
+        "{answer:?}"
+    );
+}
+
+/// Node 2 as node 1 sees it through its network: grants every vote and acknowledges every
+/// AppendEntries; once it acknowledges index `hold_writes_from` (or beyond), node 1's log
+/// writes are held at a gate (the test opens it).
+struct YesPeer {
+    store: support::FaultyStore,
+    hold_writes_from: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl raft_core::Network for YesPeer {
+    async fn send(
+        &self,
+        envelope: Envelope,
+    ) -> Result<raft_core::RpcResponse, raft_core::NetworkError> {
+        match envelope.request {
+            RpcRequest::RequestVote(vote) if envelope.receiver == 2 => {
+                Ok(RpcResponse::RequestVote(RequestVoteResponse {
+                    term: vote.term,
+                    vote_granted: true,
+                    pre_vote: vote.pre_vote,
+                }))
+            }
+            RpcRequest::AppendEntries(append) if envelope.receiver == 2 => {
+                let match_index = append.prev_log_id.index + append.entries.len() as u64;
+                if match_index >= self.hold_writes_from.load(Ordering::SeqCst) {
+                    let mut gate = self.store.write_gate.lock().unwrap();
+                    gate.get_or_insert_with(support::Gate::default);
+                }
+                Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
+                    term: append.term,
+                    match_index: Some(match_index),
+                    conflict: None,
+                    lease_promise_ms: 0,
+                    quiesced: false,
+                }))
+            }
+            _ => {
+                let reason = "no network in this test".to_owned();
+                Err(raft_core::NetworkError::Unreachable { peer: envelope.receiver, reason })
+            }
+        }
+    }
+}
+
+/// How the joint change's final configuration fares in the step that loses and re-wins.
+enum Final {
+    /// 9's AppendEntries holds another configuration at its index (it replaces it).
+    Overwritten,
+    /// 9's AppendEntries holds no entries (the node keeps it; its next leadership commits it).
+    Kept,
+}
+
+/// Node 1 leads voters {1, 2} (node 2 acknowledges everything) in term `t` and removes 2: the
+/// joint configuration at `j` commits, the node appends the final one ({1}) at `j + 1`, and
+/// its writes are held from then on, so the final configuration is not committed when the
+/// caller waits for it. In one step the node follows 9 (term `t + 1`, `final_entry` decides
+/// what becomes of `j + 1`) and, on 9's TimeoutNow, wins term `t + 2` alone. Then its writes
+/// resume, and its leadership commits what is at `j + 1`. Returns the caller's answer.
+fn end_of_joint_change_lost_and_rewon(
+    final_entry: &Final,
+) -> Option<Result<Membership, MembershipError>> {
+    let rt = SimRuntime::new();
+    let store = support::FaultyStore::default();
+    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
+    let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
+    let builder = Node::builder(
+        config(1024),
+        store.clone(),
+        network,
+        RecordingStateMachine::new(),
+        rt.tagged(NODE),
+    )
+    .bootstrap(Membership::with_voters([NODE, 2]));
+    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+    let before = run_until_leading_idle(&rt, &node);
+    let (term, last) = (before.current_term, before.last_log_index);
+    let (joint, last_config) = (last + 1, last + 2);
+    hold_writes_from.store(joint, Ordering::SeqCst);
+    let answer = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
+    // The joint configuration commits and is applied (its caller then waits for the final
+    // one); the final one is appended but not durable.
+    let waiting = || {
+        let s = node.status();
+        s.commit_index == joint && s.applied_index == joint && s.last_log_index == last_config
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
+    assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
+
+    let (prev, entries) = match final_entry {
+        Final::Overwritten => {
+            // 9's configuration: voter 1 with other metadata, and 2 as a learner.
+            let info = NodeInfo::new("9's address of 1", "");
+            let theirs = Membership::new([(NODE, info)], [(2, NodeInfo::default())]).unwrap();
+            let entry = Entry {
+                index: last_config,
+                term: term + 1,
+                payload: EntryPayload::Membership(theirs),
+            };
+            (LogId::new(term, joint), vec![entry])
+        }
+        Final::Kept => (LogId::new(term, last_config), Vec::new()),
+    };
+    let requests = vec![
+        append_from_9(term + 1, prev, entries, joint),
+        Envelope::new(
+            NODE,
+            RpcRequest::TimeoutNow(TimeoutNowRequest { term: term + 1, leader_id: FAKE_LEADER }),
+        ),
+    ];
+    let published = one_step(&rt, &node, requests, Duration::from_millis(10));
+    let status = node.status();
+    assert_eq!((status.role, status.current_term), (Role::Leader, term + 2), "{status:?}");
+    assert!(published.iter().all(|s| s.role == Role::Leader), "not one step: {published:?}");
+    assert_eq!(status.commit_index, joint, "{status:?}");
+    // The writes resume: the leadership of t + 2 commits its blank entry, and so `j + 1`.
+    if let Some(gate) = store.write_gate.lock().unwrap().take() {
+        gate.open();
+    }
+    let committed = || node.status().applied_index > last_config;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    let answer = answer.lock().unwrap().take();
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    answer
+}
+
+/// The caller of a joint change waits (in the main loop) for the final configuration; its
+/// leader loses and re-wins leadership within one step, in which 9 replaces that
+/// configuration with its own: the caller gets `LeadershipLost`, as when the node does not
+/// lead at the end of the step. Before, the waiter looked only at the role at the end of the
+/// step: it waited on, and got `Ok` with 9's membership once the new leadership committed it.
+#[test]
+fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
+    let answer = end_of_joint_change_lost_and_rewon(&Final::Overwritten);
+    assert!(
+        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
+        "{answer:?}"
+    );
+}
+
+/// The same with the final configuration kept (9 sends no entries): the next leadership (the
+/// node's own, term `t + 2`) commits it. The caller gets `LeadershipLost`, the documented
+/// answer when the node stops leading before it knows the final configuration committed
+/// (outcome unknown: here the change did complete). Before, it got `Ok` once term `t + 2`
+/// committed it: a true answer, but not the documented one, and unlike a proposal accepted in
+/// the same circumstances.
+#[test]
+fn a_joint_change_whose_final_configuration_is_kept_in_one_step_fails_as_documented() {
+    let answer = end_of_joint_change_lost_and_rewon(&Final::Kept);
+    assert!(
+        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
+        "{answer:?}"
+    );
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are

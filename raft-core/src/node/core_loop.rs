@@ -235,7 +235,7 @@ impl CoreLoop {
                 break;
             }
             self.sync_peers();
-            self.answer_membership_waiters();
+            self.answer_membership_waiters(false);
             let status = self.engine.status();
             self.metrics.node.step(&status, &self.engine);
             self.inputs.status.publish(status);
@@ -469,11 +469,17 @@ impl CoreLoop {
     /// Answers the callers waiting for a joint change to be complete: once the membership in
     /// force is a single configuration entered after their joint one, committed and applied
     /// here (as a change that keeps the voters is, when its proposal is answered: a state
-    /// machine that derives state from membership entries has seen it). A node that stops
-    /// leading before it knows that configuration committed answers `LeadershipLost`; once it
-    /// is committed here, applying it needs no leader (a removed leader steps down as soon as
-    /// it commits).
-    fn answer_membership_waiters(&mut self) {
+    /// machine that derives state from membership entries has seen it). Once it is committed
+    /// here, applying it needs no leader (a removed leader steps down as soon as it commits).
+    ///
+    /// With `lost` (a leadership loss is being reported, `report_lost_leadership`), or when
+    /// the node does not lead, the callers whose configuration is not known committed get
+    /// `LeadershipLost` (outcome unknown: the next leader, maybe this node again, may still
+    /// commit it), as the proposers above the commit index do: also when the node lost and won
+    /// leadership again within one step, whose end finds it leading (before, such a caller
+    /// waited on, and got `Ok` with whatever membership the new leadership committed: possibly
+    /// one another leader wrote over its change).
+    fn answer_membership_waiters(&mut self, lost: bool) {
         if self.membership_waiters.is_empty() {
             return;
         }
@@ -481,7 +487,7 @@ impl CoreLoop {
         let index = self.engine.membership_index();
         let committed = !membership.is_joint() && self.engine.commit_index() >= index;
         let applied = committed && self.engine.status().applied_index >= index;
-        let leading = self.engine.role() == Role::Leader;
+        let leading = !lost && self.engine.role() == Role::Leader;
         let waiters = std::mem::take(&mut self.membership_waiters);
         for (after, waiter) in waiters {
             let final_committed = committed && index > after;
@@ -626,6 +632,8 @@ impl CoreLoop {
     /// Tells the applier of a leadership loss noted by `check_leadership`, with the commit
     /// index of this moment: the proposers above it fail with `LeadershipLost`; those at or
     /// below it are answered when their index is applied (with their entry, or `Dropped`).
+    /// The callers waiting for a joint change to be complete whose final configuration is not
+    /// committed at this moment fail with `LeadershipLost` too (`answer_membership_waiters`).
     /// Not at the input that ended the leadership: a later input of the same step can commit
     /// the proposals accepted before (a new leader's AppendEntries with its commit index), and
     /// those then get their response, as when the loss was reported at the end of the step.
@@ -633,6 +641,7 @@ impl CoreLoop {
         if std::mem::take(&mut self.leadership_lost) {
             let commit_index = self.engine.commit_index();
             self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
+            self.answer_membership_waiters(true);
         }
     }
 

@@ -34,9 +34,9 @@ pub(crate) enum Step {
 
 /// A caller waiting for a joint change to be complete: answered with the membership in force
 /// once a single-configuration membership after the joint one is committed and applied here, or
-/// with
-/// `LeadershipLost` if this node stops leading before it knows that (a node the change removed
-/// may never hear of the end: the next leader replicates nothing to it).
+/// with `LeadershipLost` if this node stops leading before it knows that, even if it leads again
+/// within the same step of its main loop (a node the change removed may never hear of the end:
+/// the next leader replicates nothing to it).
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
     /// Holds one of the node's proposal slots while waiting (bounds the waiters).
@@ -51,8 +51,9 @@ impl Node {
     /// final configuration is committed and applied here.
     ///
     /// If this node stops leading after the joint configuration committed but before it knows
-    /// the final one committed, the call fails with `Proposal(LeadershipLost)`: the next leader
-    /// finishes the change, and a retry on it returns once it is complete.
+    /// the final one committed, the call fails with `Commit(LeadershipLost)` (outcome unknown),
+    /// also when it wins leadership again at once: the next leader finishes the change, and a
+    /// retry on it returns once it is complete.
     ///
     /// One change at a time: while another change is not complete (or a new leader has not
     /// committed an entry of its term yet) the call waits, checking every heartbeat interval,
@@ -202,8 +203,8 @@ impl Node {
 
     /// Waits until the joint membership at `joint_index` (committed) was replaced by the
     /// configuration it moves to, committed and applied here; returns the membership then in
-    /// force. Fails with
-    /// `LeadershipLost` if this node stops leading first (the next leader finishes the change).
+    /// force. Fails with `LeadershipLost` if this node stops leading first, even for a moment
+    /// (the next leader finishes the change).
     async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire().await;
         let answer = self
