@@ -355,8 +355,19 @@ fn one_step(
     published.into_inner().unwrap()
 }
 
+/// Checks that a membership change was answered `LeadershipLost` (outcome unknown).
+fn assert_leadership_lost(answer: &MembershipAnswerValue) {
+    assert!(
+        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
+        "{answer:?}"
+    );
+}
+
+/// What a membership change returned.
+type MembershipAnswerValue = Option<Result<Membership, MembershipError>>;
+
 /// The answer to a membership change.
-type MembershipAnswer = Arc<Mutex<Option<Result<Membership, MembershipError>>>>;
+type MembershipAnswer = Arc<Mutex<MembershipAnswerValue>>;
 
 /// Spawns `change` on `node` (not run yet): its answer lands in the slot returned.
 fn spawn_change(rt: &SimRuntime, node: &Node, change: MembershipChange) -> MembershipAnswer {
@@ -400,10 +411,7 @@ fn a_learner_added_at_a_leader_lost_and_rewon_in_one_step_fails() {
     assert_eq!((status.role, status.current_term), (Role::Leader, term + 2), "{status:?}");
     assert!(published.iter().all(|s| s.role == Role::Leader), "not one step: {published:?}");
     assert!(!membership.contains(2), "the change was overwritten: {membership:?}");
-    assert!(
-        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
-        "{answer:?}"
-    );
+    assert_leadership_lost(&answer);
 }
 
 /// Node 2 as node 1 sees it through its network: grants every vote and acknowledges every
@@ -463,10 +471,9 @@ enum Final {
 /// its writes are held from then on, so the final configuration is not committed when the
 /// caller waits for it. In one step the node follows 9 (term `t + 1`, `final_entry` decides
 /// what becomes of `j + 1`) and, on 9's TimeoutNow, wins term `t + 2` alone. Then its writes
-/// resume, and its leadership commits what is at `j + 1`. Returns the caller's answer.
-fn end_of_joint_change_lost_and_rewon(
-    final_entry: &Final,
-) -> Option<Result<Membership, MembershipError>> {
+/// resume, and its leadership commits what is at `j + 1`. Returns the caller's answer and the
+/// membership in force then.
+fn end_of_joint_change_lost_and_rewon(final_entry: &Final) -> (MembershipAnswerValue, Membership) {
     let rt = SimRuntime::new();
     let store = support::FaultyStore::default();
     let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -531,9 +538,10 @@ fn end_of_joint_change_lost_and_rewon(
     assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
     rt.run_for(ANSWER_WITHIN, || {});
     let answer = answer.lock().unwrap().take();
+    let membership = node.membership();
     rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
     rt.clear();
-    answer
+    (answer, membership)
 }
 
 /// The caller of a joint change waits (in the main loop) for the final configuration; its
@@ -543,11 +551,9 @@ fn end_of_joint_change_lost_and_rewon(
 /// step: it waited on, and got `Ok` with 9's membership once the new leadership committed it.
 #[test]
 fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
-    let answer = end_of_joint_change_lost_and_rewon(&Final::Overwritten);
-    assert!(
-        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
-        "{answer:?}"
-    );
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Overwritten);
+    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
+    assert_leadership_lost(&answer);
 }
 
 /// The same with the final configuration kept (9 sends no entries): the next leadership (the
@@ -558,11 +564,9 @@ fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
 /// the same circumstances.
 #[test]
 fn a_joint_change_whose_final_configuration_is_kept_in_one_step_fails_as_documented() {
-    let answer = end_of_joint_change_lost_and_rewon(&Final::Kept);
-    assert!(
-        matches!(answer, Some(Err(MembershipError::Commit(CommitError::LeadershipLost)))),
-        "{answer:?}"
-    );
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept);
+    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
+    assert_leadership_lost(&answer);
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are
