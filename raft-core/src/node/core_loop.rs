@@ -99,8 +99,9 @@ pub(super) struct CoreLoop {
     /// every input and at the end of each step: a leadership that ends is noticed then, even
     /// one won and lost inside one step.
     led_term: Option<Term>,
-    /// A leadership ended and the applier was not told yet: it is told at the end of the step
-    /// or when the node leads again, whichever comes first (`report_lost_leadership`).
+    /// A leadership ended and the applier (and the membership waiters) were not told yet: they
+    /// are told at the end of the step or when the node leads again, whichever comes first
+    /// (`report_lost_leadership`).
     leadership_lost: bool,
     snap: SnapshotDriver,
     /// Follows one proposal at a time through its stages (when its `tracing` target is on).
