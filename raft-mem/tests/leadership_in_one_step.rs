@@ -466,42 +466,86 @@ enum Final {
     Kept,
 }
 
+/// A state machine whose applies of entries at `hold_from` or later wait at `gate`.
+#[derive(Clone)]
+struct HeldMachine {
+    hold_from: Arc<AtomicU64>,
+    gate: support::Gate,
+}
+
+impl Default for HeldMachine {
+    fn default() -> Self {
+        Self { hold_from: Arc::new(AtomicU64::new(u64::MAX)), gate: support::Gate::default() }
+    }
+}
+
+#[async_trait]
+impl raft_core::StateMachine for HeldMachine {
+    async fn apply(
+        &mut self,
+        entries: &[Entry],
+    ) -> Result<Vec<Bytes>, raft_core::StateMachineError> {
+        let hold_from = self.hold_from.load(Ordering::SeqCst);
+        if entries.last().is_some_and(|entry| entry.index >= hold_from) {
+            self.gate.pass().await;
+        }
+        Ok(entries.iter().map(|entry| entry.command().cloned().unwrap_or_default()).collect())
+    }
+}
+
+/// Whether the caller of the joint change waits in the main loop for the final configuration
+/// when the node loses and re-wins leadership.
+#[derive(PartialEq)]
+enum Caller {
+    /// It waits there (the joint entry was applied before the step).
+    Waiting,
+    /// It is not there yet: the applier is held before the joint entry (committed), and the
+    /// caller asks to wait only after the step, at the leader of `t + 2`, before that
+    /// leadership commits the entry at `j + 1`.
+    Late,
+}
+
 /// Node 1 leads voters {1, 2} (node 2 acknowledges everything) in term `t` and removes 2: the
 /// joint configuration at `j` commits, the node appends the final one ({1}) at `j + 1`, and
 /// its writes are held from then on, so the final configuration is not committed when the
-/// caller waits for it. In one step the node follows 9 (term `t + 1`, `final_entry` decides
-/// what becomes of `j + 1`) and, on 9's TimeoutNow, wins term `t + 2` alone. Then its writes
-/// resume, and its leadership commits what is at `j + 1`. Returns the caller's answer and the
-/// membership in force then.
-fn end_of_joint_change_lost_and_rewon(final_entry: &Final) -> (MembershipAnswerValue, Membership) {
+/// caller waits for it (`caller` says whether the caller waits before the step or only after
+/// it). In one step the node follows 9 (term `t + 1`, `final_entry` decides what becomes of
+/// `j + 1`) and, on 9's TimeoutNow, wins term `t + 2` alone. Then its writes resume, and its
+/// leadership commits what is at `j + 1`. Returns the caller's answer and the membership in
+/// force then.
+fn end_of_joint_change_lost_and_rewon(
+    final_entry: &Final,
+    caller: &Caller,
+) -> (MembershipAnswerValue, Membership) {
     let rt = SimRuntime::new();
     let store = support::FaultyStore::default();
     let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
     let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
-    let builder = Node::builder(
-        config(1024),
-        store.clone(),
-        network,
-        RecordingStateMachine::new(),
-        rt.tagged(NODE),
-    )
-    .bootstrap(Membership::with_voters([NODE, 2]));
+    let machine = HeldMachine::default();
+    let (hold_applies_from, applies) = (machine.hold_from.clone(), machine.gate.clone());
+    let builder = Node::builder(config(1024), store.clone(), network, machine, rt.tagged(NODE))
+        .bootstrap(Membership::with_voters([NODE, 2]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
     let before = run_until_leading_idle(&rt, &node);
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_config) = (last + 1, last + 2);
     hold_writes_from.store(joint, Ordering::SeqCst);
+    if *caller == Caller::Late {
+        hold_applies_from.store(joint, Ordering::SeqCst);
+    }
     let answer = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
-    // The joint configuration commits and is applied (its caller then waits for the final
-    // one); the final one is appended but not durable.
+    // The joint configuration commits (and, with the caller waiting, is applied: its caller
+    // then waits for the final one); the final one is appended but not durable.
+    let applied = if *caller == Caller::Late { last } else { joint };
     let waiting = || {
         let s = node.status();
-        s.commit_index == joint && s.applied_index == joint && s.last_log_index == last_config
+        s.commit_index == joint && s.applied_index == applied && s.last_log_index == last_config
     };
     assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
     rt.run_for(ANSWER_WITHIN, || {});
     assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
     assert_eq!(node.status().commit_index, joint, "the final configuration committed");
+    assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
 
     let (prev, entries) = match final_entry {
@@ -530,6 +574,15 @@ fn end_of_joint_change_lost_and_rewon(final_entry: &Final) -> (MembershipAnswerV
     assert_eq!((status.role, status.current_term), (Role::Leader, term + 2), "{status:?}");
     assert!(published.iter().all(|s| s.role == Role::Leader), "not one step: {published:?}");
     assert_eq!(status.commit_index, joint, "{status:?}");
+    if *caller == Caller::Late {
+        // The joint entry is applied: its caller asks to wait for the final configuration,
+        // which the leadership of t + 2 cannot commit yet (its writes are held).
+        applies.open();
+        let applied = || node.status().applied_index == joint;
+        assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
+        rt.run_for(ANSWER_WITHIN, || {});
+        assert_eq!(node.status().commit_index, joint, "{:?}", node.status());
+    }
     // The writes resume: the leadership of t + 2 commits its blank entry, and so `j + 1`.
     if let Some(gate) = store.write_gate.lock().unwrap().take() {
         gate.open();
@@ -551,7 +604,8 @@ fn end_of_joint_change_lost_and_rewon(final_entry: &Final) -> (MembershipAnswerV
 /// step: it waited on, and got `Ok` with 9's membership once the new leadership committed it.
 #[test]
 fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
-    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Overwritten);
+    let (answer, membership) =
+        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::Waiting);
     assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
     assert_leadership_lost(&answer);
 }
@@ -564,9 +618,94 @@ fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
 /// the same circumstances.
 #[test]
 fn a_joint_change_whose_final_configuration_is_kept_in_one_step_fails_as_documented() {
-    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept);
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::Waiting);
     assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
     assert_leadership_lost(&answer);
+}
+
+/// The caller of a joint change asks to wait for the final configuration only after its
+/// leader lost and re-won leadership in one step in which 9 replaced that configuration (the
+/// applier was held before the joint entry, committed): it asks the leader of `t + 2`, which
+/// has not committed the entry at `j + 1` yet. It gets `LeadershipLost`, as a caller that
+/// waited before the step does. Before (review MEDIUM-1 of memwait), the wait was stored with
+/// the joint index only: the new leadership's commit of 9's configuration answered it `Ok`.
+#[test]
+fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_fails() {
+    let (answer, membership) =
+        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::Late);
+    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
+    assert_leadership_lost(&answer);
+}
+
+/// The same with the final configuration kept: `LeadershipLost` (outcome unknown when the
+/// caller asked: the leader of `t + 2` had not committed it), as for a caller that waited
+/// before the step.
+#[test]
+fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_with_its_final_kept_fails() {
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::Late);
+    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
+    assert_leadership_lost(&answer);
+}
+
+/// Node 1 leads voters {1, 2} in term `t` and removes 2: the joint configuration at `j`
+/// commits and is applied, the final one ({1}) at `j + 1` commits but its apply is held; a
+/// second change (adding learner 4) is accepted at `j + 2` (its write held: not committed).
+/// Node 1 then follows 9 (term `t + 1`) and the applies resume: the first caller gets `Ok`
+/// with its final configuration, committed before the loss. Before (review LOW-1 of memwait),
+/// "committed" was decided from the latest membership (the learner's, not committed): the
+/// caller got `LeadershipLost`; with the leader still leading it would have waited for, and
+/// got, the second change's membership.
+#[test]
+fn a_joint_change_whose_final_configuration_committed_before_a_later_change_succeeds() {
+    let rt = SimRuntime::new();
+    let store = support::FaultyStore::default();
+    let network =
+        YesPeer { store: store.clone(), hold_writes_from: Arc::new(AtomicU64::new(u64::MAX)) };
+    let machine = HeldMachine::default();
+    let (hold_applies_from, applies) = (machine.hold_from.clone(), machine.gate.clone());
+    let builder = Node::builder(config(1024), store.clone(), network, machine, rt.tagged(NODE))
+        .bootstrap(Membership::with_voters([NODE, 2]));
+    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+    let before = run_until_leading_idle(&rt, &node);
+    let (term, last) = (before.current_term, before.last_log_index);
+    let (joint, last_config) = (last + 1, last + 2);
+    hold_applies_from.store(last_config, Ordering::SeqCst);
+    let first = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
+    let waiting = || {
+        let s = node.status();
+        s.commit_index == last_config && s.applied_index == joint
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
+    // The second change's entry is appended, not written.
+    *store.write_gate.lock().unwrap() = Some(support::Gate::default());
+    let second = spawn_change(&rt, &node, MembershipChange::AddLearner(4, NodeInfo::default()));
+    let appended = || node.status().last_log_index == last_config + 1;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, appended), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert!(first.lock().unwrap().is_none(), "{:?}", first.lock().unwrap());
+    assert!(node.membership().is_learner(4), "{:?}", node.membership());
+    assert_eq!(node.status().commit_index, last_config, "{:?}", node.status());
+
+    let requests =
+        vec![append_from_9(term + 1, LogId::new(term, last_config), Vec::new(), last_config)];
+    one_step(&rt, &node, requests, Duration::from_millis(10));
+    assert_eq!(node.status().role, Role::Follower, "{:?}", node.status());
+    applies.open();
+    let applied = || node.status().applied_index >= last_config;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    let first = first.lock().unwrap().take();
+    let second = second.lock().unwrap().take();
+    if let Some(gate) = store.write_gate.lock().unwrap().take() {
+        gate.open();
+    }
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    assert!(
+        matches!(&first, Some(Ok(membership)) if *membership == Membership::with_voters([NODE])),
+        "{first:?}"
+    );
+    assert_leadership_lost(&second);
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are

@@ -95,6 +95,13 @@ impl Engine {
         self.log.membership().latest_index()
     }
 
+    /// The first membership after index `index` and the index of its entry: the earliest
+    /// membership entry above `index`, or the membership of the compacted prefix if that ends
+    /// above `index`; `None` if the log holds none after `index`.
+    pub(crate) fn membership_after(&self, index: LogIndex) -> Option<(LogIndex, &Membership)> {
+        self.log.membership().first_after(index)
+    }
+
     /// Leader: takes one step of `change`, applied to the membership in force (see
     /// [`Engine::propose_membership_target`]; a change never adds a voter that is not a member
     /// yet, so it never needs a `LearnersAdded` step).
@@ -438,6 +445,16 @@ impl MembershipLog {
         }
     }
 
+    /// The first membership after `index`: the earliest membership entry above it, or the base
+    /// if that is above it (the entries up to the base's index were compacted away, the first
+    /// one after `index` with them); `None` if the log holds no membership after `index`.
+    pub(crate) fn first_after(&self, index: LogIndex) -> Option<(LogIndex, &Membership)> {
+        if self.base.0 > index {
+            return Some((self.base.0, &self.base.1));
+        }
+        self.changes.iter().find(|(at, _)| *at > index).map(|(at, m)| (*at, m))
+    }
+
     /// The membership in force at `index` (not before the base).
     pub(crate) fn at(&self, index: LogIndex) -> &Membership {
         self.changes.iter().rev().find(|(at, _)| *at <= index).map_or(&self.base.1, |(_, m)| m)
@@ -465,6 +482,8 @@ mod tests {
         assert_eq!(log.latest_index(), 5);
         assert_eq!(log.at(4).voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.at(1).voters(), &BTreeSet::from([1, 2, 3]));
+        assert_eq!(log.first_after(2).map(|(at, _)| at), Some(5));
+        assert_eq!(log.first_after(5).map(|(at, _)| at), None);
         log.truncated(5);
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.compacted(3);

@@ -236,7 +236,7 @@ impl CoreLoop {
                 break;
             }
             self.sync_peers();
-            self.answer_membership_waiters(false);
+            self.answer_membership_waiters();
             let status = self.engine.status();
             self.metrics.node.step(&status, &self.engine);
             self.inputs.status.publish(status);
@@ -467,38 +467,49 @@ impl CoreLoop {
         id.and_then(|id| self.engine.membership().node(id).cloned())
     }
 
-    /// Answers the callers waiting for a joint change to be complete: once the membership in
-    /// force is a single configuration entered after their joint one, committed and applied
-    /// here (as a change that keeps the voters is, when its proposal is answered: a state
-    /// machine that derives state from membership entries has seen it). Once it is committed
-    /// here, applying it needs no leader (a removed leader steps down as soon as it commits).
-    ///
-    /// With `lost` (a leadership loss is being reported, `report_lost_leadership`), or when
-    /// the node does not lead, the callers whose configuration is not known committed get
+    /// Answers the callers waiting for a joint change to be complete. Their final
+    /// configuration is the first membership after their joint one (appended by the leader of
+    /// the joint entry's term, or by one after it). Once it is committed and applied here, they
+    /// get it (as a change that keeps the voters is answered when applied: a state machine that
+    /// derives state from membership entries has seen it); once it is committed, applying it
+    /// needs no leader (a removed leader steps down as soon as it commits). While it is not
+    /// committed, a caller whose joint entry's term is not the one this node leads in gets
     /// `LeadershipLost` (outcome unknown: the next leader, maybe this node again, may still
     /// commit it), as the proposers above the commit index do: also when the node lost and won
-    /// leadership again within one step, whose end finds it leading (before, such a caller
-    /// waited on, and got `Ok` with whatever membership the new leadership committed: possibly
-    /// one another leader wrote over its change).
-    fn answer_membership_waiters(&mut self, lost: bool) {
+    /// leadership again, within one step or before the caller asked to wait (review MEDIUM-1 of
+    /// memwait: such a caller waited on, and got `Ok` with whatever the new leadership
+    /// committed, possibly a configuration another leader wrote over its own).
+    ///
+    /// Called at the end of each step and when a leadership loss is reported
+    /// (`report_lost_leadership`).
+    fn answer_membership_waiters(&mut self) {
         if self.membership_waiters.is_empty() {
             return;
         }
-        let membership = self.engine.membership();
-        let index = self.engine.membership_index();
-        let committed = !membership.is_joint() && self.engine.commit_index() >= index;
-        let applied = committed && self.engine.status().applied_index >= index;
-        let leading = !lost && self.engine.role() == Role::Leader;
+        let commit_index = self.engine.commit_index();
+        let applied_index = self.engine.status().applied_index;
         let waiters = std::mem::take(&mut self.membership_waiters);
         for (after, waiter) in waiters {
-            let final_committed = committed && index > after;
-            if applied && index > after {
-                let _ = waiter.reply.send(Ok(membership.clone()));
-            } else if !leading && !final_committed {
-                let lost = MembershipError::Commit(CommitError::LeadershipLost);
-                let _ = waiter.reply.send(Err(lost));
-            } else if !waiter.reply.is_canceled() {
-                self.membership_waiters.push((after, waiter));
+            // Decided from the waiter's own final configuration, not the latest membership: a
+            // later change (accepted before the final one was applied) neither holds the
+            // answer back nor replaces it (review LOW-1 of memwait).
+            let final_configuration = self
+                .engine
+                .membership_after(after)
+                .filter(|(index, membership)| !membership.is_joint() || *index <= applied_index);
+            let committed = final_configuration.is_some_and(|(index, _)| index <= commit_index);
+            match final_configuration {
+                Some((index, membership)) if index <= applied_index => {
+                    let _ = waiter.reply.send(Ok(membership.clone()));
+                }
+                _ if !committed && self.led_term != Some(waiter.joint_term) => {
+                    let lost = MembershipError::Commit(CommitError::LeadershipLost);
+                    let _ = waiter.reply.send(Err(lost));
+                }
+                _ if !waiter.reply.is_canceled() => {
+                    self.membership_waiters.push((after, waiter));
+                }
+                _ => {}
             }
         }
     }
@@ -642,7 +653,7 @@ impl CoreLoop {
         if std::mem::take(&mut self.leadership_lost) {
             let commit_index = self.engine.commit_index();
             self.send_to_applier(ApplyMsg::LeadershipLost { commit_index });
-            self.answer_membership_waiters(true);
+            self.answer_membership_waiters();
         }
     }
 

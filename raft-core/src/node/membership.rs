@@ -12,7 +12,7 @@ use super::{reentrancy, Input, Node, Proposal};
 use crate::engine::MembershipProgress;
 use crate::error::MembershipError;
 use crate::membership::{InvalidChange, Membership, MembershipChange, NodeInfo};
-use crate::types::{NodeId, SnapshotFailure};
+use crate::types::{LogIndex, NodeId, SnapshotFailure, Term};
 
 /// What a caller asks the leader for.
 #[derive(Debug, Clone)]
@@ -32,13 +32,17 @@ pub(crate) enum Step {
     Appended { proposal: Proposal, progress: MembershipProgress, membership: Membership },
 }
 
-/// A caller waiting for a joint change to be complete: answered with the membership in force
-/// once a single-configuration membership after the joint one is committed and applied here, or
-/// with `LeadershipLost` if this node stops leading before it knows that, even if it leads again
-/// within the same step of its main loop (a node the change removed may never hear of the end:
-/// the next leader replicates nothing to it).
+/// A caller waiting for a joint change to be complete: answered with the final configuration
+/// (the first membership after the joint one) once it is committed and applied here, or with
+/// `LeadershipLost` while it is not committed and this node does not lead in the joint entry's
+/// term: it stopped leading, even if it leads again (in the same step of its main loop or
+/// later, before or after the caller asked to wait). A node the change removed may never hear
+/// of the end: the next leader replicates nothing to it.
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
+    /// The term of the joint entry: the leadership that appended it, and so the final
+    /// configuration after it.
+    pub(crate) joint_term: Term,
     /// Holds one of the node's proposal slots while waiting (bounds the waiters).
     pub(crate) _permit: super::slots::SlotGuard,
 }
@@ -142,10 +146,12 @@ impl Node {
             match self.membership_step(request.clone()).await {
                 Ok(Step::Done(membership)) => return Ok(membership),
                 Ok(Step::Appended { proposal, progress, membership }) => {
-                    let index = proposal.index;
+                    let (index, term) = (proposal.index, proposal.term);
                     proposal.response().await?;
                     match progress {
-                        MembershipProgress::Joint(_) => return self.joint_complete(index).await,
+                        MembershipProgress::Joint(_) => {
+                            return self.joint_complete(index, term).await
+                        }
                         MembershipProgress::LearnersAdded(_) => in_progress = 0,
                         MembershipProgress::Changed(_) | MembershipProgress::Done => {
                             return Ok(membership)
@@ -201,16 +207,21 @@ impl Node {
         answer.unwrap_or(Err(MembershipError::Shutdown))
     }
 
-    /// Waits until the joint membership at `joint_index` (committed) was replaced by the
-    /// configuration it moves to, committed and applied here; returns the membership then in
-    /// force. Fails with `LeadershipLost` if this node stops leading first, even for a moment
-    /// (the next leader finishes the change).
-    async fn joint_complete(&self, joint_index: u64) -> Result<Membership, MembershipError> {
+    /// Waits until the joint membership at `joint_index` (committed, of term `joint_term`) was
+    /// replaced by the configuration it moves to, committed and applied here; returns that
+    /// configuration. Fails with `LeadershipLost` if this node stopped leading in `joint_term`
+    /// before it knows that configuration committed, even for a moment, and even before this
+    /// call reached the main loop (the next leader finishes the change).
+    async fn joint_complete(
+        &self,
+        joint_index: LogIndex,
+        joint_term: Term,
+    ) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire().await;
         let answer = self
             .ask(|reply| Input::MembershipCommitted {
                 after: joint_index,
-                waiter: CommitWaiter { reply, _permit: permit },
+                waiter: CommitWaiter { reply, joint_term, _permit: permit },
             })
             .await;
         answer.unwrap_or(Err(MembershipError::Shutdown))
