@@ -503,6 +503,8 @@ enum Caller {
     /// caller asks to wait only after the step, at the leader of `t + 2`, before that
     /// leadership commits the entry at `j + 1`.
     Late,
+    /// As `Late`, but the caller asks after the leadership of `t + 2` committed `j + 1`.
+    AfterCommit,
 }
 
 /// Node 1 leads voters {1, 2} (node 2 acknowledges everything) in term `t` and removes 2: the
@@ -530,13 +532,13 @@ fn end_of_joint_change_lost_and_rewon(
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_config) = (last + 1, last + 2);
     hold_writes_from.store(joint, Ordering::SeqCst);
-    if *caller == Caller::Late {
+    if *caller != Caller::Waiting {
         hold_applies_from.store(joint, Ordering::SeqCst);
     }
     let answer = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
     // The joint configuration commits (and, with the caller waiting, is applied: its caller
     // then waits for the final one); the final one is appended but not durable.
-    let applied = if *caller == Caller::Late { last } else { joint };
+    let applied = if *caller == Caller::Waiting { joint } else { last };
     let waiting = || {
         let s = node.status();
         s.commit_index == joint && s.applied_index == applied && s.last_log_index == last_config
@@ -586,6 +588,12 @@ fn end_of_joint_change_lost_and_rewon(
     // The writes resume: the leadership of t + 2 commits its blank entry, and so `j + 1`.
     if let Some(gate) = store.write_gate.lock().unwrap().take() {
         gate.open();
+    }
+    if *caller == Caller::AfterCommit {
+        let committed = || node.status().commit_index > last_config;
+        assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
+        // The joint entry is applied: its caller asks to wait for the final configuration.
+        applies.open();
     }
     let committed = || node.status().applied_index > last_config;
     assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
@@ -645,6 +653,28 @@ fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_with_its_final_kept_
     let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::Late);
     assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
     assert_leadership_lost(&answer);
+}
+
+/// The caller asks to wait for the end of its joint change only after the leader of `t + 2`
+/// committed 9's configuration at `j + 1`: `LeadershipLost` (the joint entry's leadership ended
+/// before it knew its final configuration committed; another leadership appended the one
+/// committed). Before, `Ok` with 9's configuration.
+#[test]
+fn a_joint_change_asking_for_its_end_after_an_overwrite_committed_fails() {
+    let (answer, membership) =
+        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::AfterCommit);
+    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
+    assert_leadership_lost(&answer);
+}
+
+/// The same with the final configuration kept: the configuration committed at `j + 1` is the
+/// one the joint entry's leadership appended, the caller's own: `Ok` with it.
+#[test]
+fn a_joint_change_asking_for_its_end_after_its_own_final_committed_succeeds() {
+    let (answer, membership) =
+        end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::AfterCommit);
+    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
+    assert!(matches!(&answer, Some(Ok(m)) if *m == membership), "{answer:?}");
 }
 
 /// Node 1 leads voters {1, 2} in term `t` and removes 2: the joint configuration at `j`

@@ -8,7 +8,7 @@ use super::transfer::LeaderTransfer;
 use super::{Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, TimeoutNowRequest};
-use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId, Term};
 
 /// Why the leader refused a membership change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,11 +95,19 @@ impl Engine {
         self.log.membership().latest_index()
     }
 
-    /// The first membership after index `index` and the index of its entry: the earliest
-    /// membership entry above `index`, or the membership of the compacted prefix if that ends
-    /// above `index`; `None` if the log holds none after `index`.
-    pub(crate) fn membership_after(&self, index: LogIndex) -> Option<(LogIndex, &Membership)> {
-        self.log.membership().first_after(index)
+    /// The first membership after index `index`, the index of its entry and that entry's term:
+    /// the earliest membership entry above `index`, or the membership of the compacted prefix
+    /// if that ends above `index` (its index is the prefix's end, its term `None`: unknown).
+    /// `None` if the log holds no membership after `index`.
+    pub(crate) fn membership_after(
+        &self,
+        index: LogIndex,
+    ) -> Option<(LogIndex, Option<Term>, &Membership)> {
+        let (at, membership) = self.log.membership().first_after(index)?;
+        Some(match at {
+            At::Entry(index) => (index, self.log.term_at(index), membership),
+            At::Base(index) => (index, None, membership),
+        })
     }
 
     /// Leader: takes one step of `change`, applied to the membership in force (see
@@ -360,6 +368,15 @@ impl Engine {
     }
 }
 
+/// Where a membership of a [`MembershipLog`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum At {
+    /// In the membership entry at this index.
+    Entry(LogIndex),
+    /// In the base, in force at this index (its entry was compacted away).
+    Base(LogIndex),
+}
+
 /// Memberships by log index. Invariant: `changes` are in increasing index order, all after
 /// `base.0`.
 #[derive(Debug, Clone)]
@@ -445,14 +462,15 @@ impl MembershipLog {
         }
     }
 
-    /// The first membership after `index`: the earliest membership entry above it, or the base
-    /// if that is above it (the entries up to the base's index were compacted away, the first
-    /// one after `index` with them); `None` if the log holds no membership after `index`.
-    pub(crate) fn first_after(&self, index: LogIndex) -> Option<(LogIndex, &Membership)> {
+    /// The first membership after `index` and where it is: `Entry(i)`, the earliest membership
+    /// entry above `index`, at `i`; or `Base(i)`, the base, if its index `i` is above `index`
+    /// (the entries up to `i` were compacted away, the first membership after `index` with
+    /// them). `None` if the log holds no membership after `index`.
+    pub(crate) fn first_after(&self, index: LogIndex) -> Option<(At, &Membership)> {
         if self.base.0 > index {
-            return Some((self.base.0, &self.base.1));
+            return Some((At::Base(self.base.0), &self.base.1));
         }
-        self.changes.iter().find(|(at, _)| *at > index).map(|(at, m)| (*at, m))
+        self.changes.iter().find(|(at, _)| *at > index).map(|(at, m)| (At::Entry(*at), m))
     }
 
     /// The membership in force at `index` (not before the base).
@@ -482,7 +500,7 @@ mod tests {
         assert_eq!(log.latest_index(), 5);
         assert_eq!(log.at(4).voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.at(1).voters(), &BTreeSet::from([1, 2, 3]));
-        assert_eq!(log.first_after(2).map(|(at, _)| at), Some(5));
+        assert_eq!(log.first_after(2).map(|(at, _)| at), Some(At::Entry(5)));
         assert_eq!(log.first_after(5).map(|(at, _)| at), None);
         log.truncated(5);
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));

@@ -468,16 +468,18 @@ impl CoreLoop {
     }
 
     /// Answers the callers waiting for a joint change to be complete. Their final
-    /// configuration is the first membership after their joint one (appended by the leader of
-    /// the joint entry's term, or by one after it). Once it is committed and applied here, they
-    /// get it (as a change that keeps the voters is answered when applied: a state machine that
-    /// derives state from membership entries has seen it); once it is committed, applying it
-    /// needs no leader (a removed leader steps down as soon as it commits). While it is not
-    /// committed, a caller whose joint entry's term is not the one this node leads in gets
-    /// `LeadershipLost` (outcome unknown: the next leader, maybe this node again, may still
-    /// commit it), as the proposers above the commit index do: also when the node lost and won
-    /// leadership again, within one step or before the caller asked to wait (review MEDIUM-1 of
-    /// memwait: such a caller waited on, and got `Ok` with whatever the new leadership
+    /// configuration is the first membership after their joint one. Once it is committed and
+    /// applied here, they get it (as a change that keeps the voters is answered when applied: a
+    /// state machine that derives state from membership entries has seen it), if their joint
+    /// entry's leadership appended it (its entry's term is the joint entry's; unknown once
+    /// compacted); once it is committed, applying it needs no leader (a removed leader steps
+    /// down as soon as it commits). They get `LeadershipLost` (outcome unknown: the next
+    /// leader, maybe this node again, may still commit it, or did) while it is not committed
+    /// and this node does not lead in the joint entry's term, as the proposers above the
+    /// commit index do, and when another leadership appended it: the joint entry's leadership
+    /// ended before it knew its final configuration committed. Also when the node lost and won
+    /// leadership again, within one step or before the caller asked to wait (review MEDIUM-1
+    /// of memwait: such a caller waited on, and got `Ok` with whatever the new leadership
     /// committed, possibly a configuration another leader wrote over its own).
     ///
     /// Called at the end of each step and when a leadership loss is reported
@@ -492,17 +494,25 @@ impl CoreLoop {
         for (after, waiter) in waiters {
             // Decided from the waiter's own final configuration, not the latest membership: a
             // later change (accepted before the final one was applied) neither holds the
-            // answer back nor replaces it (review LOW-1 of memwait).
-            let final_configuration = self
-                .engine
-                .membership_after(after)
-                .filter(|(index, membership)| !membership.is_joint() || *index <= applied_index);
-            let committed = final_configuration.is_some_and(|(index, _)| index <= commit_index);
+            // answer back nor replaces it (review LOW-1 of memwait). A joint one after the
+            // joint entry (only from a forged leader) is no final configuration.
+            let final_configuration =
+                self.engine.membership_after(after).filter(|(index, term, membership)| {
+                    !membership.is_joint() || (term.is_none() && *index <= applied_index)
+                });
+            let (committed, theirs) = match final_configuration {
+                Some((index, term, _)) => {
+                    (index <= commit_index, term.is_some_and(|term| term != waiter.joint_term))
+                }
+                None => (false, false),
+            };
             match final_configuration {
-                Some((index, membership)) if index <= applied_index => {
+                Some((index, _, membership)) if index <= applied_index && !theirs => {
                     let _ = waiter.reply.send(Ok(membership.clone()));
                 }
-                _ if !committed && self.led_term != Some(waiter.joint_term) => {
+                _ if (committed && theirs)
+                    || (!committed && self.led_term != Some(waiter.joint_term)) =>
+                {
                     let lost = MembershipError::Commit(CommitError::LeadershipLost);
                     let _ = waiter.reply.send(Err(lost));
                 }

@@ -33,11 +33,12 @@ pub(crate) enum Step {
 }
 
 /// A caller waiting for a joint change to be complete: answered with the final configuration
-/// (the first membership after the joint one) once it is committed and applied here, or with
-/// `LeadershipLost` while it is not committed and this node does not lead in the joint entry's
-/// term: it stopped leading, even if it leads again (in the same step of its main loop or
-/// later, before or after the caller asked to wait). A node the change removed may never hear
-/// of the end: the next leader replicates nothing to it.
+/// (the first membership after the joint one) once it is committed and applied here, if the
+/// joint entry's leadership appended it; with `LeadershipLost` while it is not committed and
+/// this node does not lead in the joint entry's term (it stopped leading, even if it leads
+/// again: in the same step of its main loop or later, before or after the caller asked to
+/// wait), or once one another leadership appended is committed. A node the change removed may
+/// never hear of the end: the next leader replicates nothing to it.
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
     /// The term of the joint entry: the leadership that appended it, and so the final
@@ -211,7 +212,8 @@ impl Node {
     /// replaced by the configuration it moves to, committed and applied here; returns that
     /// configuration. Fails with `LeadershipLost` if this node stopped leading in `joint_term`
     /// before it knows that configuration committed, even for a moment, and even before this
-    /// call reached the main loop (the next leader finishes the change).
+    /// call reached the main loop (the next leader finishes the change, or did: a final
+    /// configuration another leadership appended fails it too).
     async fn joint_complete(
         &self,
         joint_index: LogIndex,
