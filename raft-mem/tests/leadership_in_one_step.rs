@@ -525,7 +525,11 @@ fn end_of_joint_change_lost_and_rewon(
     let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
     let machine = HeldMachine::default();
     let (hold_applies_from, applies) = (machine.hold_from.clone(), machine.gate.clone());
-    let builder = Node::builder(config(1024), store.clone(), network, machine, rt.tagged(NODE))
+    // One proposal slot: a caller waiting for the final configuration holds it (checked
+    // below), so the main loop has its wait before the step.
+    let mut config = config(1024);
+    config.max_pending_proposals = 1;
+    let builder = Node::builder(config, store.clone(), network, machine, rt.tagged(NODE))
         .bootstrap(Membership::with_voters([NODE, 2]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
     let before = run_until_leading_idle(&rt, &node);
@@ -549,6 +553,18 @@ fn end_of_joint_change_lost_and_rewon(
     assert_eq!(node.status().commit_index, joint, "the final configuration committed");
     assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
+    if *caller == Caller::Waiting {
+        // The joint proposal was answered (its slot is free again), so the slot is the
+        // waiting caller's: it took it just before handing its wait to the main loop, which
+        // takes that input before the step's. A write waits for the slot meanwhile.
+        let probe = Arc::new(Mutex::new(None));
+        let (writer, slot) = (node.clone(), probe.clone());
+        rt.spawn_task(async move {
+            *slot.lock().unwrap() = Some(writer.propose(Bytes::from_static(b"probe")).await);
+        });
+        rt.run_for(ANSWER_WITHIN, || {});
+        assert!(probe.lock().unwrap().is_none(), "the slot is free: the caller does not wait");
+    }
 
     let (prev, entries) = match final_entry {
         Final::Overwritten => {
