@@ -621,6 +621,22 @@ fn end_of_joint_change_lost_and_rewon(
     (answer, membership)
 }
 
+/// `end_of_joint_change_lost_and_rewon` with the final configuration overwritten: checks that
+/// 9's configuration is in force at the end; returns the caller's answer.
+fn overwritten(caller: &Caller) -> MembershipAnswerValue {
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Overwritten, caller);
+    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
+    answer
+}
+
+/// `end_of_joint_change_lost_and_rewon` with the final configuration kept: checks that the
+/// change completed; returns the caller's answer.
+fn kept(caller: &Caller) -> MembershipAnswerValue {
+    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, caller);
+    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
+    answer
+}
+
 /// The caller of a joint change waits (in the main loop) for the final configuration; its
 /// leader loses and re-wins leadership within one step, in which 9 replaces that
 /// configuration with its own: the caller gets `LeadershipLost`, as when the node does not
@@ -628,10 +644,7 @@ fn end_of_joint_change_lost_and_rewon(
 /// step: it waited on, and got `Ok` with 9's membership once the new leadership committed it.
 #[test]
 fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
-    let (answer, membership) =
-        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::Waiting);
-    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
-    assert_leadership_lost(&answer);
+    assert_leadership_lost(&overwritten(&Caller::Waiting));
 }
 
 /// The same with the final configuration kept (9 sends no entries): the next leadership (the
@@ -642,9 +655,7 @@ fn a_joint_change_whose_final_configuration_is_overwritten_in_one_step_fails() {
 /// the same circumstances.
 #[test]
 fn a_joint_change_whose_final_configuration_is_kept_in_one_step_fails_as_documented() {
-    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::Waiting);
-    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
-    assert_leadership_lost(&answer);
+    assert_leadership_lost(&kept(&Caller::Waiting));
 }
 
 /// The caller of a joint change asks to wait for the final configuration only after its
@@ -655,10 +666,7 @@ fn a_joint_change_whose_final_configuration_is_kept_in_one_step_fails_as_documen
 /// the joint index only: the new leadership's commit of 9's configuration answered it `Ok`.
 #[test]
 fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_fails() {
-    let (answer, membership) =
-        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::Late);
-    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
-    assert_leadership_lost(&answer);
+    assert_leadership_lost(&overwritten(&Caller::Late));
 }
 
 /// The same with the final configuration kept: `LeadershipLost` (outcome unknown when the
@@ -666,9 +674,7 @@ fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_fails() {
 /// before the step.
 #[test]
 fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_with_its_final_kept_fails() {
-    let (answer, membership) = end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::Late);
-    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
-    assert_leadership_lost(&answer);
+    assert_leadership_lost(&kept(&Caller::Late));
 }
 
 /// The caller asks to wait for the end of its joint change only after the leader of `t + 2`
@@ -677,20 +683,16 @@ fn a_joint_change_asking_for_its_end_after_a_loss_and_rewin_with_its_final_kept_
 /// committed). Before, `Ok` with 9's configuration.
 #[test]
 fn a_joint_change_asking_for_its_end_after_an_overwrite_committed_fails() {
-    let (answer, membership) =
-        end_of_joint_change_lost_and_rewon(&Final::Overwritten, &Caller::AfterCommit);
-    assert!(membership.is_learner(2), "9's configuration is not in force: {membership:?}");
-    assert_leadership_lost(&answer);
+    assert_leadership_lost(&overwritten(&Caller::AfterCommit));
 }
 
 /// The same with the final configuration kept: the configuration committed at `j + 1` is the
 /// one the joint entry's leadership appended, the caller's own: `Ok` with it.
 #[test]
 fn a_joint_change_asking_for_its_end_after_its_own_final_committed_succeeds() {
-    let (answer, membership) =
-        end_of_joint_change_lost_and_rewon(&Final::Kept, &Caller::AfterCommit);
-    assert_eq!(membership, Membership::with_voters([NODE]), "the change did not complete");
-    assert!(matches!(&answer, Some(Ok(m)) if *m == membership), "{answer:?}");
+    let answer = kept(&Caller::AfterCommit);
+    let own = Membership::with_voters([NODE]);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
 }
 
 /// Node 1 leads voters {1, 2} in term `t` and removes 2: the joint configuration at `j`
