@@ -507,6 +507,9 @@ mod tests {
         log.compacted(3);
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.latest_index(), 3);
+        // The change at 2 was folded into the base: the first membership after 1 is the base's.
+        assert_eq!(log.first_after(1).map(|(at, _)| at), Some(At::Base(3)));
+        assert_eq!(log.first_after(3).map(|(at, _)| at), None);
         log.truncated(4); // nothing after the base to forget
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.reset(10, Membership::with_voters([7]));
