@@ -23,7 +23,8 @@
 //! within one step (9's AppendEntries of term `t + 1`, then its TimeoutNow: the node wins term
 //! `t + 2` alone): a change that keeps the voters (its proposer is answered by the applier),
 //! and the end of a joint change (its caller waits in the main loop for the final
-//! configuration), with the final configuration overwritten by 9 or kept.
+//! configuration), with the final configuration overwritten by 9 or kept. The last one checks
+//! a caller waiting for its final configuration while a snapshot compacts the joint entry away.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -33,14 +34,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use raft_core::{
     AppendEntriesRequest, AppendEntriesResponse, Bytes, CommitError, Config, Entry, EntryPayload,
     Envelope, LogId, LogIndex, Membership, MembershipChange, MembershipError, Node, NodeInfo,
-    ProposeError, RequestVoteResponse, Role, RpcHandler, RpcRequest, RpcResponse, Status, Term,
-    TimeoutNowRequest, WriteError,
+    ProposeError, RequestVoteResponse, Role, RpcHandler, RpcRequest, RpcResponse, SnapshotStream,
+    Status, Term, TimeoutNowRequest, WriteError,
 };
 use raft_mem::sim::{RecordingStateMachine, SimRuntime};
-use raft_mem::MemLogStore;
+use raft_mem::{MemLogStore, MemSnapshotStore};
 
 /// The node under test.
 const NODE: u64 = 1;
@@ -491,6 +493,11 @@ impl raft_core::StateMachine for HeldMachine {
         }
         Ok(entries.iter().map(|entry| entry.command().cloned().unwrap_or_default()).collect())
     }
+
+    /// An empty state: the tests read only the node's log, membership and answers.
+    async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, raft_core::StateMachineError> {
+        Ok(Some(futures::stream::iter([Ok(Bytes::new())]).boxed()))
+    }
 }
 
 /// Whether the caller of the joint change waits in the main loop for the final configuration
@@ -592,6 +599,15 @@ fn end_of_joint_change_lost_and_rewon(
     assert_eq!((status.role, status.current_term), (Role::Leader, term + 2), "{status:?}");
     assert!(published.iter().all(|s| s.role == Role::Leader), "not one step: {published:?}");
     assert_eq!(status.commit_index, joint, "{status:?}");
+    if *caller != Caller::Waiting {
+        // The loss did not fail the joint proposal (committed: only proposals above the commit
+        // index fail then); its applier answers it, `Ok` (same term), once it applies it. So a
+        // later `LeadershipLost` comes from the wait for the final configuration (review LOW-2
+        // of memwait), which the caller can only start after that `Ok`.
+        rt.run_for(ANSWER_WITHIN, || {});
+        assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+        assert!(node.status().applied_index < joint, "{:?}", node.status());
+    }
     if *caller == Caller::Late {
         // The joint entry is applied: its caller asks to wait for the final configuration,
         // which the leadership of t + 2 cannot commit yet (its writes are held).
@@ -754,6 +770,83 @@ fn a_joint_change_whose_final_configuration_committed_before_a_later_change_succ
         "{first:?}"
     );
     assert_leadership_lost(&second);
+}
+
+/// Node 1 leads voters {1, 2} in term `t`, takes a snapshot after every entry applied and keeps
+/// no entry below it, and removes 2 with two writes proposed in the same step: the joint
+/// configuration at `j`, the writes at `j + 1` and `j + 2`, the final configuration ({1}) at
+/// `j + 3`, whose write is held. The joint entry and the writes commit and are applied, and the
+/// snapshot at `j + 2` folds the joint configuration into the compacted prefix (in force at
+/// `j + 2`): the caller, waiting for its final configuration, gets nothing while `j + 3` is not
+/// committed, and `Ok({1})` once it is committed and applied. Before (review HIGH-1 of
+/// memwait), the compacted prefix was taken for the first membership after `j`: the caller got
+/// `Ok` with the joint configuration while its final one was not committed.
+#[test]
+fn a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it() {
+    let rt = SimRuntime::new();
+    let store = support::FaultyStore::default();
+    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
+    let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
+    let snapshots = MemSnapshotStore::new();
+    let mut config = config(1024);
+    config.snapshot_interval_entries = 1;
+    config.snapshot_keep_entries = 0;
+    let builder =
+        Node::builder(config, store.clone(), network, HeldMachine::default(), rt.tagged(NODE))
+            .snapshot_store(snapshots.clone())
+            .bootstrap(Membership::with_voters([NODE, 2]));
+    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
+    let before = run_until_leading_idle(&rt, &node);
+    let last = before.last_log_index;
+    let (joint, last_write, last_config) = (last + 1, last + 3, last + 4);
+    hold_writes_from.store(last_write, Ordering::SeqCst);
+    rt.pause(NODE);
+    let answer = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
+    for command in [&b"w1"[..], &b"w2"[..]] {
+        let writer = node.clone();
+        rt.spawn_task(async move {
+            let _ = writer.write(Bytes::from_static(command)).await;
+        });
+    }
+    rt.run_for(Duration::ZERO, || {});
+    rt.resume(NODE);
+    let snapshot_index = || snapshots.latest_meta().map_or(0, |meta| meta.last_included.index);
+    let compacted = || {
+        let s = node.status();
+        s.commit_index == last_write
+            && s.applied_index == last_write
+            && s.last_log_index == last_config
+            && snapshot_index() == last_write
+    };
+    // The first answer seen before the final configuration can commit.
+    let early = Mutex::new(None);
+    let watch = || {
+        if let Some(answer) = answer.lock().unwrap().as_ref() {
+            early.lock().unwrap().get_or_insert_with(|| format!("{answer:?}"));
+        }
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, watch, compacted), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, watch);
+    let status = node.status();
+    assert_eq!((status.commit_index, status.applied_index), (last_write, last_write));
+    assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
+    assert_eq!(snapshot_index(), last_write, "no snapshot folded the joint configuration");
+    let early = early.into_inner().unwrap();
+    assert!(early.is_none(), "answered before {last_config} committed: {early:?}");
+    assert!(joint < last_write, "the snapshot does not end above the joint entry");
+
+    // The writes resume: the final configuration commits and is applied.
+    if let Some(gate) = store.write_gate.lock().unwrap().take() {
+        gate.open();
+    }
+    let applied = || node.status().applied_index >= last_config;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    let answer = answer.lock().unwrap().take();
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    let own = Membership::with_voters([NODE]);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are

@@ -8,7 +8,7 @@ use super::transfer::LeaderTransfer;
 use super::{Engine, RoleState};
 use crate::membership::{InvalidChange, Membership, MembershipChange};
 use crate::message::{RpcRequest, TimeoutNowRequest};
-use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId, Term};
+use crate::types::{Entry, EntryPayload, LogId, LogIndex, NodeId};
 
 /// Why the leader refused a membership change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,19 +95,11 @@ impl Engine {
         self.log.membership().latest_index()
     }
 
-    /// The first membership after index `index`, the index of its entry and that entry's term:
-    /// the earliest membership entry above `index`, or the membership of the compacted prefix
-    /// if that ends above `index` (its index is the prefix's end, its term `None`: unknown).
-    /// `None` if the log holds no membership after `index`.
-    pub(crate) fn membership_after(
-        &self,
-        index: LogIndex,
-    ) -> Option<(LogIndex, Option<Term>, &Membership)> {
-        let (at, membership) = self.log.membership().first_after(index)?;
-        Some(match at {
-            At::Entry(index) => (index, self.log.term_at(index), membership),
-            At::Base(index) => (index, None, membership),
-        })
+    /// The first membership after index `index` as far as the log knows it (see
+    /// `MembershipLog::first_after`: a membership entry, or the membership in force at the end
+    /// of a compacted prefix that covers `index + 1`, which is not claimed to be the first).
+    pub(crate) fn membership_after(&self, index: LogIndex) -> FirstAfter<'_> {
+        self.log.membership().first_after(index)
     }
 
     /// Leader: takes one step of `change`, applied to the membership in force (see
@@ -368,13 +360,22 @@ impl Engine {
     }
 }
 
-/// Where a membership of a [`MembershipLog`] is.
+/// The first membership after an index of a [`MembershipLog`] (see
+/// [`MembershipLog::first_after`]), as far as the log still knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum At {
-    /// In the membership entry at this index.
-    Entry(LogIndex),
-    /// In the base, in force at this index (its entry was compacted away).
-    Base(LogIndex),
+pub(crate) enum FirstAfter<'a> {
+    /// Known: the membership entry at this index is the first one after the index asked for
+    /// (the entries between them are in the log and carry none).
+    Entry(LogIndex, &'a Membership),
+    /// Unknown: the entries after the index asked for, up to `base`'s index, were compacted
+    /// away (or replaced by an installed snapshot), so whether one of them carried a membership,
+    /// and which, is unknown. `base` is the membership in force at the end of that prefix (the
+    /// last membership entry in it, else the one in force before it); `next` is the first
+    /// membership entry after the prefix still in the log, if any. Neither is necessarily the
+    /// first membership after the index asked for.
+    Compacted { base: (LogIndex, &'a Membership), next: Option<(LogIndex, &'a Membership)> },
+    /// The log holds no membership entry after the index asked for, and none was compacted.
+    None,
 }
 
 /// Memberships by log index. Invariant: `changes` are in increasing index order, all after
@@ -462,15 +463,18 @@ impl MembershipLog {
         }
     }
 
-    /// The first membership after `index` and where it is: `Entry(i)`, the earliest membership
-    /// entry above `index`, at `i`; or `Base(i)`, the base, if its index `i` is above `index`
-    /// (the entries up to `i` were compacted away, the first membership after `index` with
-    /// them). `None` if the log holds no membership after `index`.
-    pub(crate) fn first_after(&self, index: LogIndex) -> Option<(At, &Membership)> {
+    /// The first membership entry after `index` if the log still holds every entry after
+    /// `index` ([`FirstAfter::Entry`], or [`FirstAfter::None`] if there is none); else
+    /// [`FirstAfter::Compacted`]: the entries after `index` up to the base's index were
+    /// compacted away, and the base is only the membership in force at its index (it is not
+    /// claimed to be the first change after `index`). O(log n) in the changes held.
+    pub(crate) fn first_after(&self, index: LogIndex) -> FirstAfter<'_> {
+        let next = self.changes.partition_point(|(at, _)| *at <= index);
+        let next = self.changes.get(next).map(|(at, m)| (*at, m));
         if self.base.0 > index {
-            return Some((At::Base(self.base.0), &self.base.1));
+            return FirstAfter::Compacted { base: (self.base.0, &self.base.1), next };
         }
-        self.changes.iter().find(|(at, _)| *at > index).map(|(at, m)| (At::Entry(*at), m))
+        next.map_or(FirstAfter::None, |(at, m)| FirstAfter::Entry(at, m))
     }
 
     /// The membership in force at `index` (not before the base).
@@ -500,21 +504,49 @@ mod tests {
         assert_eq!(log.latest_index(), 5);
         assert_eq!(log.at(4).voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.at(1).voters(), &BTreeSet::from([1, 2, 3]));
-        assert_eq!(log.first_after(2).map(|(at, _)| at), Some(At::Entry(5)));
-        assert_eq!(log.first_after(5).map(|(at, _)| at), None);
+        let (m2, m5) = (log.at(2).clone(), log.latest().clone());
+        assert_eq!(log.first_after(1), FirstAfter::Entry(2, &m2));
+        assert_eq!(log.first_after(2), FirstAfter::Entry(5, &m5));
+        assert_eq!(log.first_after(4), FirstAfter::Entry(5, &m5));
+        assert_eq!(log.first_after(5), FirstAfter::None);
         log.truncated(5);
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.compacted(3);
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         assert_eq!(log.latest_index(), 3);
-        // The change at 2 was folded into the base: the first membership after 1 is the base's.
-        assert_eq!(log.first_after(1).map(|(at, _)| at), Some(At::Base(3)));
-        assert_eq!(log.first_after(3).map(|(at, _)| at), None);
+        // The change at 2 was folded into the base: the first membership after 1 is not known
+        // any more, only the base (the membership in force at 3).
+        let base = FirstAfter::Compacted { base: (3, &m2), next: None };
+        assert_eq!(log.first_after(1), base);
+        assert_eq!(log.first_after(3), FirstAfter::None);
         log.truncated(4); // nothing after the base to forget
         assert_eq!(log.latest().voters(), &BTreeSet::from([1, 2, 3, 4]));
         log.reset(10, Membership::with_voters([7]));
         log.appended(&change(9, &[8])); // before the base: ignored
         assert_eq!(log.latest().voters(), &BTreeSet::from([7]));
+    }
+
+    /// Review HIGH-1 of memwait: once the entries after an index are compacted, the base (the
+    /// membership in force at the compaction index) is not the first change after that index.
+    /// Changes at 2 and 5, compacted up to 3: the first change after 2 is the one at 5, and
+    /// the base holds the one at 2; `first_after(2)` says the entries after 2 were compacted,
+    /// not that the base is the first change after 2.
+    #[test]
+    fn a_compacted_prefix_is_not_taken_for_the_first_change_after_an_index_in_it() {
+        let mut log = MembershipLog::new(0, Membership::with_voters([1, 2, 3]));
+        log.appended(&change(2, &[1, 2, 3, 4]));
+        log.appended(&change(5, &[2, 3, 4]));
+        let (m2, m5) = (log.at(2).clone(), log.latest().clone());
+        log.compacted(3);
+        let after_2 = log.first_after(2);
+        assert_eq!(after_2, FirstAfter::Compacted { base: (3, &m2), next: Some((5, &m5)) });
+        assert!(!matches!(after_2, FirstAfter::Entry(..)), "the base claimed as the first change");
+        assert_eq!(log.first_after(0), after_2, "the change at 2 is folded: unknown too");
+        assert_eq!(log.first_after(3), FirstAfter::Entry(5, &m5));
+        log.compacted(5);
+        let base = FirstAfter::Compacted { base: (5, &m5), next: None };
+        assert_eq!(log.first_after(2), base);
+        assert_eq!(log.first_after(5), FirstAfter::None);
     }
 
     /// Whatever changes the latest membership changes the generation (the driver and the

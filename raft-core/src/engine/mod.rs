@@ -62,6 +62,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 pub use self::counters::EngineCounters;
+pub(crate) use self::membership::FirstAfter;
 pub use self::membership::{MembershipProgress, MembershipRefusal};
 pub use self::outbox::PersistedWrite;
 pub use self::read_index::{ReadId, ReadIndexRefusal};

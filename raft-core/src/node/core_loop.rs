@@ -18,7 +18,7 @@ use super::supervisor::Inputs;
 use super::writer::{StartWrite, WriteRequest, WriterMsg, Written};
 use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
-    Action, Engine, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
+    Action, Engine, FirstAfter, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
     ReadIndexRefusal, ReplyId, SentRequest, TransferRefusal,
 };
 use crate::error::{
@@ -467,23 +467,37 @@ impl CoreLoop {
         id.and_then(|id| self.engine.membership().node(id).cloned())
     }
 
-    /// Answers the callers waiting for a joint change to be complete. Their final
-    /// configuration is the first membership after their joint one. Once it is committed and
-    /// applied here, they get it (as a change that keeps the voters is answered when applied: a
-    /// state machine that derives state from membership entries has seen it), if their joint
-    /// entry's leadership appended it (its entry's term is the joint entry's; unknown once
-    /// compacted); once it is committed, applying it needs no leader (a removed leader steps
-    /// down as soon as it commits). They get `LeadershipLost` (outcome unknown: the next
-    /// leader, maybe this node again, may still commit it, or did) while it is not committed
-    /// and this node does not lead in the joint entry's term, as the proposers above the
-    /// commit index do, and when another leadership appended it: the joint entry's leadership
-    /// ended before it knew its final configuration committed. Also when the node lost and won
-    /// leadership again, within one step or before the caller asked to wait (review MEDIUM-1
-    /// of memwait: such a caller waited on, and got `Ok` with whatever the new leadership
-    /// committed, possibly a configuration another leader wrote over its own).
+    /// Answers the callers waiting for a joint change to be complete: never with a joint
+    /// membership, and with `LeadershipLost` (outcome unknown: the next leader, maybe this
+    /// node again, may still commit the final configuration, or did) when the joint entry's
+    /// leadership may have ended before it knew its final configuration committed. Their final
+    /// configuration is the first membership after their joint entry:
     ///
-    /// Called at the end of each step and when a leadership loss is reported
-    /// (`report_lost_leadership`).
+    /// * Known (its entry is in the log, with its index and term): if it is their own (its
+    ///   term is the joint entry's: the joint entry's leadership appended it) and committed,
+    ///   they get it once it is applied here (as a change that keeps the voters is answered
+    ///   when applied; applying needs no leader, and a removed leader steps down only once it
+    ///   committed); if it is committed but another leadership appended it, `LeadershipLost`;
+    ///   while it is not committed, they wait if this node leads in the joint entry's term,
+    ///   else `LeadershipLost`, as the proposers above the commit index get. The same while no
+    ///   membership follows the joint entry (or only a joint one, which a leader never appends
+    ///   there: it is no final configuration).
+    /// * Unknown (the entries after the joint one were compacted away, or replaced by an
+    ///   installed snapshot): `LeadershipLost` unless this node leads in the joint entry's
+    ///   term. If it does, every entry after the joint one is this leadership's, so the first
+    ///   change after it is their own final configuration, committed if compacted (compacted
+    ///   entries were applied). They get the membership in force at the end of the compacted
+    ///   prefix if it is not joint (as main answered: it may include a later change folded
+    ///   with their final configuration), else the first membership entry after the prefix
+    ///   once it is applied, if it is not joint; else they wait (a later change or the end of
+    ///   this leadership decides). Review HIGH-1 of memwait: the compacted prefix, joint or
+    ///   another node's, was taken for their final configuration.
+    ///
+    /// `LeadershipLost` also when the node lost and won leadership again, within one step or
+    /// before the caller asked to wait (review MEDIUM-1 of memwait: such a caller waited on,
+    /// and got `Ok` with whatever the new leadership committed, possibly a configuration
+    /// another leader wrote over its own). Called at the end of each step and when a
+    /// leadership loss is reported (`report_lost_leadership`).
     fn answer_membership_waiters(&mut self) {
         if self.membership_waiters.is_empty() {
             return;
@@ -494,32 +508,40 @@ impl CoreLoop {
         for (after, waiter) in waiters {
             // Decided from the waiter's own final configuration, not the latest membership: a
             // later change (accepted before the final one was applied) neither holds the
-            // answer back nor replaces it (review LOW-1 of memwait). A joint one after the
-            // joint entry (only from a forged leader) is no final configuration.
-            let final_configuration =
-                self.engine.membership_after(after).filter(|(index, term, membership)| {
-                    !membership.is_joint() || (term.is_none() && *index <= applied_index)
-                });
-            let (committed, theirs) = match final_configuration {
-                Some((index, term, _)) => {
-                    (index <= commit_index, term.is_some_and(|term| term != waiter.joint_term))
+            // answer back nor replaces it (review LOW-1 of memwait).
+            let leading = self.led_term == Some(waiter.joint_term);
+            let lost = || Err(MembershipError::Commit(CommitError::LeadershipLost));
+            let answer = match self.engine.membership_after(after) {
+                FirstAfter::Entry(index, membership) if !membership.is_joint() => {
+                    let own = self.engine.term_at(index) == Some(waiter.joint_term);
+                    let committed = index <= commit_index;
+                    if own && index <= applied_index {
+                        Some(Ok(membership.clone()))
+                    } else if (committed && !own) || (!committed && !leading) {
+                        Some(lost())
+                    } else {
+                        None
+                    }
                 }
-                None => (false, false),
+                FirstAfter::Entry(..) | FirstAfter::None => (!leading).then(lost),
+                FirstAfter::Compacted { base, next } if leading => {
+                    let final_configuration = Some(base)
+                        .filter(|(_, membership)| !membership.is_joint())
+                        .or(next.filter(|(_, membership)| !membership.is_joint()));
+                    final_configuration
+                        .filter(|(index, _)| *index <= applied_index)
+                        .map(|(_, membership)| Ok(membership.clone()))
+                }
+                FirstAfter::Compacted { .. } => Some(lost()),
             };
-            match final_configuration {
-                Some((index, _, membership)) if index <= applied_index && !theirs => {
-                    let _ = waiter.reply.send(Ok(membership.clone()));
+            match answer {
+                Some(reply) => {
+                    let _ = waiter.reply.send(reply);
                 }
-                _ if (committed && theirs)
-                    || (!committed && self.led_term != Some(waiter.joint_term)) =>
-                {
-                    let lost = MembershipError::Commit(CommitError::LeadershipLost);
-                    let _ = waiter.reply.send(Err(lost));
-                }
-                _ if !waiter.reply.is_canceled() => {
+                None if !waiter.reply.is_canceled() => {
                     self.membership_waiters.push((after, waiter));
                 }
-                _ => {}
+                None => {}
             }
         }
     }

@@ -32,12 +32,16 @@ pub(crate) enum Step {
     Appended { proposal: Proposal, progress: MembershipProgress, membership: Membership },
 }
 
-/// A caller waiting for a joint change to be complete: answered with the final configuration
-/// (the first membership after the joint one) once it is committed and applied here, if the
-/// joint entry's leadership appended it; with `LeadershipLost` while it is not committed and
-/// this node does not lead in the joint entry's term (it stopped leading, even if it leads
-/// again: in the same step of its main loop or later, before or after the caller asked to
-/// wait), or once one another leadership appended is committed. A node the change removed may
+/// A caller waiting for a joint change to be complete, never answered with a joint membership:
+/// with the final configuration (the first membership after the joint one) once it is
+/// committed and applied here, if the joint entry's leadership appended it; with
+/// `LeadershipLost` while it is not committed and this node does not lead in the joint entry's
+/// term (it stopped leading, even if it leads again: in the same step of its main loop or
+/// later, before or after the caller asked to wait), or once one another leadership appended
+/// is committed. Once the entries after the joint one were compacted away (the final
+/// configuration is not known any more): `LeadershipLost` unless this node leads in the joint
+/// entry's term, else the membership in force after the compacted prefix, if not joint (it may
+/// include a later change folded with the final configuration). A node the change removed may
 /// never hear of the end: the next leader replicates nothing to it.
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
