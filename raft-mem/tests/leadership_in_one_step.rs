@@ -783,6 +783,25 @@ fn a_joint_change_whose_final_configuration_committed_before_a_later_change_succ
 /// `Ok` with the joint configuration while its final one was not committed.
 #[test]
 fn a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it() {
+    let answer = joint_change_compacted_before_its_final_configuration(false);
+    let own = Membership::with_voters([NODE]);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
+}
+
+/// The same, but node 1 then follows 9 (term `t + 1`) instead of committing the final
+/// configuration: the entries after the joint one are compacted, so the final configuration is
+/// not known from the log, and the node no longer leads in the joint entry's term: the caller
+/// gets `LeadershipLost` (outcome unknown). Before, `Ok` with the joint configuration, before
+/// the loss.
+#[test]
+fn a_joint_change_compacted_before_its_leader_is_lost_fails() {
+    assert_leadership_lost(&joint_change_compacted_before_its_final_configuration(true));
+}
+
+/// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
+/// up to the compaction; then, if `lose`, node 1 follows 9 (term `t + 1`), else its writes
+/// resume and the final configuration commits. Returns the caller's answer then.
+fn joint_change_compacted_before_its_final_configuration(lose: bool) -> MembershipAnswerValue {
     let rt = SimRuntime::new();
     let store = support::FaultyStore::default();
     let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
@@ -797,7 +816,7 @@ fn a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it(
             .bootstrap(Membership::with_voters([NODE, 2]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
     let before = run_until_leading_idle(&rt, &node);
-    let last = before.last_log_index;
+    let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_write, last_config) = (last + 1, last + 3, last + 4);
     hold_writes_from.store(last_write, Ordering::SeqCst);
     rt.pause(NODE);
@@ -835,18 +854,27 @@ fn a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it(
     assert!(early.is_none(), "answered before {last_config} committed: {early:?}");
     assert!(joint < last_write, "the snapshot does not end above the joint entry");
 
-    // The writes resume: the final configuration commits and is applied.
+    if lose {
+        let prev = LogId::new(term, last_write);
+        let requests = vec![append_from_9(term + 1, prev, Vec::new(), last_write)];
+        one_step(&rt, &node, requests, ANSWER_WITHIN);
+        assert_eq!(node.status().role, Role::Follower, "{:?}", node.status());
+    } else {
+        // The writes resume: the final configuration commits and is applied.
+        if let Some(gate) = store.write_gate.lock().unwrap().take() {
+            gate.open();
+        }
+        let applied = || node.status().applied_index >= last_config;
+        assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
+        rt.run_for(ANSWER_WITHIN, || {});
+    }
+    let answer = answer.lock().unwrap().take();
     if let Some(gate) = store.write_gate.lock().unwrap().take() {
         gate.open();
     }
-    let applied = || node.status().applied_index >= last_config;
-    assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    let answer = answer.lock().unwrap().take();
     rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
     rt.clear();
-    let own = Membership::with_voters([NODE]);
-    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
+    answer
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are
