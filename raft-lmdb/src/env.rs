@@ -102,6 +102,12 @@ impl Handles {
         }
     }
 
+    /// The generation of the write-ahead file's frames for the snapshot of `txn` (`wal.rs`).
+    pub(crate) fn wal_generation(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<u64, StorageError> {
+        let bytes = self.meta.get(txn, crate::wal::WAL_GENERATION_KEY).map_err(storage_error)?;
+        crate::wal::decode_generation(bytes)
+    }
+
     /// Reads the metadata record of a group that exists.
     pub(crate) fn read_meta(
         &self,

@@ -16,6 +16,7 @@ use crate::queue::Queue;
 use crate::registry::DirGuard;
 use crate::store::{DiskStats, StoreStats};
 use crate::thread_io;
+use crate::wal::Pending;
 
 /// What the handles of an environment and its writer thread share.
 ///
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     /// Where readers find the records of the journal (multi-group layout; empty otherwise).
     pub(crate) read_index: ReadIndex,
+    /// The entries acknowledged through the write-ahead file and not yet in LMDB (`wal.rs`).
+    pub(crate) pending: Pending,
     /// Set when a write failed: from then on every write fails with [`StorageError::Closed`].
     poisoned: AtomicBool,
     /// The writer's requests.
@@ -42,6 +45,10 @@ pub(crate) struct Shared {
     group_changes: Mutex<()>,
     /// Transactions committed by the writer.
     pub(crate) commits: AtomicU64,
+    /// Of `commits`, those made by a frame of the write-ahead file (one `fdatasync`).
+    pub(crate) wal_commits: AtomicU64,
+    /// LMDB transactions that applied the write-ahead file's entries (checkpoints).
+    pub(crate) checkpoints: AtomicU64,
     /// Requests answered by those transactions.
     pub(crate) committed_requests: AtomicU64,
     /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
@@ -77,16 +84,20 @@ impl Shared {
         guard: DirGuard,
         queue: Queue,
         read_index: ReadIndex,
+        pending: Pending,
     ) -> Self {
         Self {
             layout: handles.layout,
             read_index,
+            pending,
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
             queue,
             open_groups: Mutex::new(HashSet::new()),
             group_changes: Mutex::new(()),
             commits: AtomicU64::new(0),
+            wal_commits: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             headroom_bytes: AtomicU64::new(0),
             timings: WriterTimings::default(),
@@ -141,6 +152,8 @@ impl Shared {
         let transaction_us = self.timings.transaction.micros();
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
+            wal_commits: self.wal_commits.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
             transaction_us,
