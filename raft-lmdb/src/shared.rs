@@ -71,6 +71,10 @@ pub(crate) struct Shared {
     /// commits in between).
     #[cfg(test)]
     pub(crate) read_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
+    /// Test hook: the writer waits at this barrier twice after a checkpoint's commit, before
+    /// emptying the pending entries (the test reads in between).
+    #[cfg(test)]
+    pub(crate) checkpoint_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
     /// Test hook: snapshots taken by reads of entries.
     #[cfg(test)]
     pub(crate) read_attempts: AtomicU64,
@@ -110,6 +114,8 @@ impl Shared {
             pause: std::sync::Mutex::new(()),
             #[cfg(test)]
             read_barrier: Mutex::new(None),
+            #[cfg(test)]
+            checkpoint_barrier: Mutex::new(None),
             #[cfg(test)]
             read_attempts: AtomicU64::new(0),
             guard,

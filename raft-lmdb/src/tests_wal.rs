@@ -271,3 +271,34 @@ fn reads_racing_checkpoints_see_contiguous_entries() {
     let stats = store.stats();
     assert!(stats.wal_commits > 0 && stats.checkpoints > 0, "{stats:?}");
 }
+
+/// A read between a checkpoint's commit and the emptying of the pending entries (held there by
+/// a test hook) sees the checkpoint's truncation, not the pending entries it replaced: the
+/// snapshot's generation is newer than theirs, so they are ignored.
+#[test]
+fn a_read_between_a_checkpoint_and_its_bookkeeping_sees_the_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let store = LmdbLogStore::open_dir(root.path().join("store")).unwrap();
+    block_on(store.write(append(1..11, 1))).unwrap();
+    assert_eq!(store.stats().wal_commits, 1);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    *store.shared.checkpoint_barrier.lock().unwrap() = Some(Arc::clone(&barrier));
+    let mut batch = append(5..7, 2);
+    batch.truncate_from = Some(5);
+    batch.hard_state = Some(HardState { current_term: 2, voted_for: None });
+    let pending = block_on(store.submit(batch)).unwrap();
+    barrier.wait();
+    // Committed in LMDB; the writer has not emptied its pending entries 1..=10 of term 1.
+    let state = block_on(store.open());
+    let read = block_on(store.read(1..7, u64::MAX));
+    // The replaced pending entries 7..=10 are not read either.
+    let beyond = block_on(store.read(1..11, u64::MAX));
+    // Released before asserting, so that a failure does not leave the writer waiting.
+    barrier.wait();
+    block_on(pending).unwrap();
+    let term = |i| if i < 5 { 1 } else { 2 };
+    assert_eq!(state.unwrap().last, LogId::new(2, 6));
+    assert_eq!(read.unwrap(), (1..7).map(|i| entry(i, term(i))).collect::<Vec<_>>());
+    assert!(matches!(beyond, Err(StorageError::InvalidRequest(_))), "{beyond:?}");
+    check(&store, 1, 6, term);
+}

@@ -320,6 +320,15 @@ impl Writer {
             match result {
                 Ok(Committed { touched, outcomes, sync, checkpointed }) => {
                     if let Some(generation) = checkpointed {
+                        #[cfg(test)]
+                        {
+                            let slot = &self.shared.checkpoint_barrier;
+                            let barrier = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            if let Some(barrier) = barrier {
+                                barrier.wait();
+                                barrier.wait();
+                            }
+                        }
                         // Only now, after the commit: readers stop using the pending entries.
                         self.shared.pending.checkpointed(generation);
                         self.wal_generation = generation;
