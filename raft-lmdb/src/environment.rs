@@ -114,8 +114,10 @@ pub(crate) fn start(
         source => OpenError::Storage { path: dir.clone(), source },
     };
     let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    let recovered_entries = recovered.records.len() as u64;
     let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
     let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));
+    shared.recovered_entries.store(recovered_entries, std::sync::atomic::Ordering::Relaxed);
     shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
         max_requests: options.max_group_requests,
@@ -141,6 +143,8 @@ pub(crate) struct Recovered {
     pub(crate) generation: u64,
     /// The records of the file's valid frames, each checked to extend its group's log.
     pub(crate) records: Vec<(GroupId, raft_core::Entry)>,
+    /// The bytes of their entries (`Entry::size_bytes`).
+    pub(crate) bytes: u64,
     /// The last recovered entry of each group that has some.
     pub(crate) lasts: HashMap<GroupId, raft_core::LogId>,
     /// Whether the file holds anything but zeros after its valid frames, or records: the writer
@@ -152,9 +156,22 @@ pub(crate) struct Recovered {
 /// generation, each record checked to extend its group's log contiguously (anything else is
 /// corruption: such a frame was never written by this crate).
 fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, StorageError> {
+    let (id, foreign) = match handles.wal_id(&handles.read_txn()?)? {
+        Some(id) => (id, false),
+        // Before any frame of this environment is written: whatever the file holds is another
+        // environment's (see `wal.rs`).
+        None => (handles.create_wal_id()?, true),
+    };
     let txn = handles.read_txn()?;
     let generation = handles.wal_generation(&txn)?;
-    let (wal, scanned) = wal::open(dir, bytes, generation)?;
+    let (wal, scanned) = wal::open(dir, bytes, (id, generation))?;
+    if foreign && scanned.stopped_on_data {
+        tracing::warn!(
+            path = %dir.display(),
+            "raft-lmdb ignores the write-ahead file it found: it was not written by this \
+             environment (LMDB's files were removed or replaced); its frames are overwritten"
+        );
+    }
     let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
     for (group, entry) in &scanned.records {
         let last = match lasts.get(group) {
@@ -186,7 +203,8 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
         );
     }
     let dirty = !scanned.records.is_empty() || scanned.stopped_on_data;
-    Ok(Recovered { wal, generation, records: scanned.records, lasts, dirty })
+    let bytes = scanned.bytes;
+    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty })
 }
 
 /// Checks the records of `group` (see [`env::check_group`]): its metadata, `None` if the group

@@ -125,6 +125,6 @@ mod writer;
 pub use codec::{FORMAT_VERSION, STORE_FORMAT_VERSION};
 pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
-pub use options::LmdbOptions;
+pub use options::{LmdbOptions, MAX_WAL_BYTES};
 pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};
 pub use store::{DiskStats, LmdbLogStore, PendingWrite, StoreStats};

@@ -1,6 +1,10 @@
 //! Tuning knobs of an [`crate::LmdbLogStore`] or an [`crate::LmdbEnvironment`]. None of them
 //! can weaken durability.
 
+/// The largest write-ahead file ([`LmdbOptions::with_wal_bytes`] clamps to it): 1 GiB. It also
+/// bounds the one frame that recovery holds in memory at a time.
+pub const MAX_WAL_BYTES: u64 = 1 << 30;
+
 /// Options for [`crate::LmdbLogStore::open_dir_with`] and [`crate::LmdbEnvironment::open_with`]. The defaults suit a Raft node; change them
 /// for tests (a tiny map exercises map growth) or benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +121,13 @@ impl LmdbOptions {
     /// yet checkpointed are also kept in memory (at most about this many bytes of entries).
     /// 0 turns it off: every cycle is an LMDB transaction (a file an earlier run left is still
     /// recovered at open, then deleted). Durability is the same either way: a write returns
-    /// once it is synced, in the file or in LMDB.
+    /// once it is synced, in the file or in LMDB. Values above [`MAX_WAL_BYTES`] are clamped
+    /// to it.
+    ///
+    /// A copy of the store is `data.mdb` *and* `raft-wal` taken together from a store that is
+    /// not open (acknowledged entries may be only in `raft-wal`), never from a running one.
     pub fn with_wal_bytes(mut self, bytes: u64) -> Self {
-        self.wal_bytes = bytes;
+        self.wal_bytes = bytes.min(MAX_WAL_BYTES);
         self
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) wal_commits: AtomicU64,
     /// LMDB transactions that applied the write-ahead file's entries (checkpoints).
     pub(crate) checkpoints: AtomicU64,
+    /// Entries recovered from the write-ahead file at open.
+    pub(crate) recovered_entries: AtomicU64,
     /// Requests answered by those transactions.
     pub(crate) committed_requests: AtomicU64,
     /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
@@ -102,6 +104,7 @@ impl Shared {
             commits: AtomicU64::new(0),
             wal_commits: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            recovered_entries: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             headroom_bytes: AtomicU64::new(0),
             timings: WriterTimings::default(),
@@ -160,6 +163,7 @@ impl Shared {
             commits: self.commits.load(Ordering::Relaxed),
             wal_commits: self.wal_commits.load(Ordering::Relaxed),
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            recovered_entries: self.recovered_entries.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
             transaction_us,

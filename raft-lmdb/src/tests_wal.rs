@@ -157,9 +157,24 @@ fn a_frame_that_does_not_follow_the_log_is_corrupt() {
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     let store = LmdbLogStore::open_dir(&a).unwrap();
     block_on(store.write(append(1..6, 1))).unwrap();
+    let id = {
+        let handles = store.shared.handles();
+        let handles = handles.as_ref().unwrap();
+        let txn = handles.read_txn().unwrap();
+        handles.wal_id(&txn).unwrap()
+    }
+    .unwrap();
     drop(store);
-    // B holds entries 1..=10 in LMDB (the hard state makes it an LMDB transaction).
+    // B holds entries 1..=10 in LMDB (the hard state makes it an LMDB transaction), and A's
+    // id (else A's frames would be foreign to it, and ignored).
     let store = LmdbLogStore::open_dir(&b).unwrap();
+    {
+        let handles = store.shared.handles();
+        let handles = handles.as_ref().unwrap();
+        let mut txn = handles.env.write_txn().unwrap();
+        handles.meta.put(&mut txn, crate::wal::WAL_ID_KEY, &id.to_be_bytes()).unwrap();
+        txn.commit().unwrap();
+    }
     let mut batch = append(1..11, 1);
     batch.hard_state = Some(HardState { current_term: 1, voted_for: None });
     block_on(store.write(batch)).unwrap();
@@ -301,4 +316,81 @@ fn a_read_between_a_checkpoint_and_its_bookkeeping_sees_the_checkpoint() {
     assert_eq!(read.unwrap(), (1..7).map(|i| entry(i, term(i))).collect::<Vec<_>>());
     assert!(matches!(beyond, Err(StorageError::InvalidRequest(_))), "{beyond:?}");
     check(&store, 1, 6, term);
+}
+
+/// Removes LMDB's files of `dir`, keeping the write-ahead file (a wiped or replaced store).
+fn wipe_lmdb(dir: &Path) {
+    for file in ["data.mdb", "lock.mdb"] {
+        std::fs::remove_file(dir.join(file)).unwrap();
+    }
+}
+
+/// A write-ahead file left by another environment (here: the same directory before its LMDB
+/// files were removed) is not replayed into a new store: its frames carry another id.
+#[test]
+fn a_new_store_does_not_replay_a_file_left_by_another() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(vote(7))).unwrap();
+    block_on(store.write(append(1..4, 7))).unwrap();
+    assert_eq!(store.stats().wal_commits, 1);
+    drop(store);
+    wipe_lmdb(&dir);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let state = block_on(store.open()).unwrap();
+    assert_eq!(state.last.index, 0);
+    assert_eq!(state.hard_state.current_term, 0);
+    assert!(block_on(store.read(1..4, u64::MAX)).is_err());
+    assert_eq!(store.stats().recovered_entries, 0);
+    // The new store's own appends are recovered, and only those.
+    block_on(store.write(append(1..3, 1))).unwrap();
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    check(&store, 1, 2, |_| 1);
+    assert_eq!(store.stats().recovered_entries, 2);
+}
+
+/// Stale frames of generation 1 left by another environment, lined up after a new store's
+/// own frames of generation 1 (same sizes, following indexes), are not read.
+#[test]
+fn stale_frames_of_another_store_do_not_line_up_with_new_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(append(1..3, 1))).unwrap();
+    // Checkpoints: the next frames are of generation 1, from offset 0.
+    block_on(store.write(vote(1))).unwrap();
+    for i in 3..=8 {
+        block_on(store.write(append(i..i + 1, 1))).unwrap();
+    }
+    drop(store);
+    wipe_lmdb(&dir);
+    // The new store checkpoints at open (the file holds bytes): generation 1 too.
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.reset(LogId::new(1, 2))).unwrap();
+    for i in 3..=5 {
+        block_on(store.write(append(i..i + 1, 1))).unwrap();
+    }
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    check(&store, 3, 5, |_| 1);
+}
+
+/// A multi-group environment whose LMDB files were removed opens as a new, empty one.
+#[test]
+fn a_wiped_environment_opens_without_the_old_frames() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    let env = LmdbEnvironment::open(&dir).unwrap();
+    let store = env.log_store(3).unwrap();
+    block_on(store.write(append(1..4, 1))).unwrap();
+    drop(store);
+    drop(env);
+    wipe_lmdb(&dir);
+    let env = LmdbEnvironment::open(&dir).unwrap();
+    assert!(env.groups().unwrap().is_empty());
+    drop(env);
+    let env = LmdbEnvironment::open(&dir).unwrap();
+    assert!(env.groups().unwrap().is_empty());
 }

@@ -14,22 +14,36 @@
 //!
 //! # The file
 //!
-//! Preallocated at open to its size ([`crate::LmdbOptions::with_wal_bytes`]) by *writing*
-//! zeros (not `fallocate`: an unwritten extent makes each later `fdatasync` convert it, which
-//! is journaled), synced, and the directory synced: a frame's `pwrite` + `fdatasync` then
-//! flushes data only.
+//! Preallocated at open to its size ([`crate::LmdbOptions::with_wal_bytes`], at most
+//! [`crate::MAX_WAL_BYTES`]) by *writing* zeros (not `fallocate`: an unwritten extent makes each
+//! later `fdatasync` convert it, which is journaled), synced, and the directory synced (at
+//! every open, before any frame is acknowledged: a run that crashed between creating the file
+//! and syncing its directory entry is covered by the next): a frame's `pwrite` + `fdatasync`
+//! then flushes data only.
+//!
+//! # Whose frames
+//!
+//! Each environment has a random 64-bit *id* in its metadata database ([`WAL_ID_KEY`]),
+//! committed before its first frame is written (an environment without one, created before
+//! the id existed, gets one at open, and whatever its file holds is then foreign: never
+//! replayed, overwritten by the next frames). Every frame carries the id, under its CRC, and
+//! recovery accepts only frames of LMDB's id and generation: a file left by another
+//! environment (LMDB's files removed or replaced, the directory reused) is never replayed
+//! into this one, whatever its generations.
 //!
 //! # Frames
 //!
-//! `[body length u32][crc32 of the body u32][body]`, body = `[generation u64][record ...]`,
+//! `[body length u32][crc32 of the body u32][body]`, body =
+//! `[environment id u64][generation u64][record ...]`,
 //! record = `[group u64][index u64][entry length u32][entry record]` (big-endian; the entry
 //! record is the codec's, as stored in LMDB).
 //!
 //! # Recovery
 //!
-//! At open, `G` is read from LMDB (absent: 0) and the frames are scanned from offset 0 while
-//! the length is sane (bounded by the file), the CRC matches and the generation is `G`; the
-//! scan stops at the first frame that does not. Frames are acknowledged only after their
+//! At open, the id and `G` are read from LMDB (`G` absent: 0) and the frames are read one at
+//! a time (a buffer of one frame, at most [`crate::MAX_WAL_BYTES`]) from offset 0 while the
+//! length is sane (bounded by the file and that maximum), the CRC matches and the id and
+//! generation are LMDB's; the scan stops at the first frame that does not. Frames are acknowledged only after their
 //! `fdatasync`, in file order, so a torn or stale frame was never acknowledged. The records
 //! found must each extend their group's log contiguously (else `Corrupt`); they are applied in
 //! one checkpoint transaction before the store is handed out.
@@ -70,8 +84,13 @@ pub(crate) const WAL_FILE: &str = "raft-wal";
 /// Key, in the metadata database, of the generation of the frames the file may hold for the
 /// committed state (big-endian `u64`; absent means 0).
 pub(crate) const WAL_GENERATION_KEY: &[u8] = b"wal-generation";
+/// Key, in the metadata database, of the environment's id, carried by each of its frames
+/// (big-endian `u64`).
+pub(crate) const WAL_ID_KEY: &[u8] = b"wal-id";
 /// Bytes before a frame's body: its length and CRC.
 const FRAME_HEADER: usize = 8;
+/// Bytes of a body before its records: the environment id and the generation.
+const BODY_HEADER: usize = 16;
 /// Bytes of a record before its entry record.
 const RECORD_HEADER: usize = 20;
 /// Zeros are written in slices of this size.
@@ -84,10 +103,11 @@ pub(crate) struct FrameBuilder {
 }
 
 impl FrameBuilder {
-    /// Starts a frame of `generation`, forgetting the previous one.
-    pub(crate) fn begin(&mut self, generation: u64) {
+    /// Starts a frame of the environment `id` and `generation`, forgetting the previous one.
+    pub(crate) fn begin(&mut self, id: u64, generation: u64) {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; FRAME_HEADER]);
+        self.buf.extend_from_slice(&id.to_be_bytes());
         self.buf.extend_from_slice(&generation.to_be_bytes());
     }
 
@@ -127,26 +147,51 @@ pub(crate) struct Scanned {
     /// The records of the valid frames, in file order.
     pub(crate) records: Vec<(GroupId, Entry)>,
     /// The offset after the last valid frame.
-    pub(crate) end: usize,
+    pub(crate) end: u64,
     /// Whether the file holds bytes other than zeros after the valid frames (a torn or stale
-    /// frame).
+    /// frame, or another environment's).
     pub(crate) stopped_on_data: bool,
+    /// The bytes of the records' entries ([`Entry::size_bytes`]).
+    pub(crate) bytes: u64,
 }
 
-/// Reads the frames of `generation` from the start of `bytes` (the whole file). Stops at the
-/// first frame whose length does not fit, whose CRC does not match or whose generation
-/// differs; a frame that passes those checks but whose records do not decode is corruption.
-pub(crate) fn scan(bytes: &[u8], generation: u64) -> Result<Scanned, StorageError> {
+/// What the scan reads from: the file, or bytes in tests.
+pub(crate) trait ReadAt {
+    /// Fills `buf` from `offset` (which the caller keeps within the source).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = usize::try_from(offset).map_err(io::Error::other)?;
+        let src = at.checked_add(buf.len()).and_then(|end| self.get(at..end));
+        buf.copy_from_slice(src.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?);
+        Ok(())
+    }
+}
+
+/// Reads the frames of the environment `id` and `generation` from the start of `source` (of
+/// `len` bytes), one frame at a time. Stops at the first frame whose length does not fit (in
+/// the file, or above [`crate::MAX_WAL_BYTES`]), whose CRC does not match or whose id or
+/// generation differs; a frame that passes those checks but whose records do not decode is
+/// corruption.
+pub(crate) fn scan<R: ReadAt + ?Sized>(
+    source: &R,
+    len: u64,
+    id: u64,
+    generation: u64,
+) -> Result<Scanned, StorageError> {
     let mut scanned = Scanned::default();
-    let mut at = 0usize;
-    loop {
-        let Some(frame) = frame_at(bytes, at, generation) else {
-            // Any byte left (a torn frame's later blocks may have reached the disk without
-            // its first one).
-            scanned.stopped_on_data = bytes.get(at..).unwrap_or_default().iter().any(|&b| b != 0);
-            break;
-        };
-        let mut records = &frame[8..];
+    let mut at = 0u64;
+    let mut body = Vec::new();
+    while read_frame(source, len, at, (id, generation), &mut body)? {
+        let mut records = &body[BODY_HEADER..];
         while !records.is_empty() {
             let corrupt =
                 || StorageError::Corrupt(format!("a torn record in the write-ahead frame at {at}"));
@@ -157,32 +202,63 @@ pub(crate) fn scan(bytes: &[u8], generation: u64) -> Result<Scanned, StorageErro
             let end = RECORD_HEADER.checked_add(len as usize).ok_or_else(corrupt)?;
             let entry = records.get(RECORD_HEADER..end).ok_or_else(corrupt)?;
             scanned.records.push((group, codec::decode_entry(index, entry)?));
+            scanned.bytes += scanned.records.last().map_or(0, |(_, e)| e.size_bytes());
             records = &records[end..];
         }
-        at += FRAME_HEADER + frame.len();
+        at += (FRAME_HEADER + body.len()) as u64;
         scanned.end = at;
+    }
+    // Any byte left (a torn frame's later blocks may have reached the disk without its first
+    // one), read in bounded slices.
+    let mut slice = vec![0u8; ZERO_SLICE];
+    let mut from = at;
+    while from < len && !scanned.stopped_on_data {
+        let n = usize::try_from(len - from).map_or(ZERO_SLICE, |left| left.min(ZERO_SLICE));
+        source.read_exact_at(&mut slice[..n], from).map_err(StorageError::Io)?;
+        scanned.stopped_on_data = slice[..n].iter().any(|&b| b != 0);
+        from += n as u64;
     }
     Ok(scanned)
 }
 
-/// The body of the valid frame of `generation` at `at`, if there is one.
-fn frame_at(bytes: &[u8], at: usize, generation: u64) -> Option<&[u8]> {
-    let header = bytes.get(at..at.checked_add(FRAME_HEADER)?)?;
-    let len = u32::from_be_bytes(header[..4].try_into().ok()?) as usize;
-    // A length past the end of the file is not a frame (no allocation follows from it).
-    let start = at + FRAME_HEADER;
-    let body = bytes.get(start..start.checked_add(len)?)?;
-    let crc = u32::from_be_bytes(header[4..8].try_into().ok()?);
-    if len < 8 || crc32fast::hash(body) != crc {
-        return None;
+/// Reads into `body` the valid frame of `(id, generation)` at `at`, if there is one.
+fn read_frame<R: ReadAt + ?Sized>(
+    source: &R,
+    len: u64,
+    at: u64,
+    (id, generation): (u64, u64),
+    body: &mut Vec<u8>,
+) -> Result<bool, StorageError> {
+    let start = at + FRAME_HEADER as u64;
+    if start > len {
+        return Ok(false);
     }
-    (u64::from_be_bytes(body[..8].try_into().ok()?) == generation).then_some(body)
+    let mut header = [0u8; FRAME_HEADER];
+    source.read_exact_at(&mut header, at).map_err(StorageError::Io)?;
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    let body_len = u64::from(u32::from_be_bytes([l0, l1, l2, l3]));
+    // A length past the end of the file or above the largest file is not a frame (no
+    // allocation follows from it).
+    if body_len < BODY_HEADER as u64 || body_len > len - start || body_len > crate::MAX_WAL_BYTES {
+        return Ok(false);
+    }
+    body.resize(body_len as usize, 0);
+    source.read_exact_at(body, start).map_err(StorageError::Io)?;
+    if crc32fast::hash(body) != u32::from_be_bytes([c0, c1, c2, c3]) {
+        return Ok(false);
+    }
+    let mut expected = [0u8; BODY_HEADER];
+    expected[..8].copy_from_slice(&id.to_be_bytes());
+    expected[8..].copy_from_slice(&generation.to_be_bytes());
+    Ok(body[..BODY_HEADER] == expected)
 }
 
 /// The open write-ahead file, owned by the writer thread.
 #[derive(Debug)]
 pub(crate) struct Wal {
     file: File,
+    /// The environment's id, carried by each frame.
+    pub(crate) id: u64,
     /// The usable size of the file.
     size: u64,
     /// Where the next frame goes.
@@ -212,14 +288,14 @@ impl Wal {
     }
 }
 
-/// Opens the write-ahead file in `dir` for frames of LMDB's `generation`, or, with `bytes` 0,
-/// only reads it if it exists (to recover it; it is removed by [`remove_if_off`] once
-/// checkpointed). Returns the file (`None` when off, or when it could not be written to its
-/// size: disk full, file size limit) and what it held.
+/// Opens the write-ahead file in `dir` for frames of LMDB's environment `id` and `generation`,
+/// or, with `bytes` 0, only reads it if it exists (to recover it; it is removed by
+/// [`remove_if_off`] once checkpointed). Returns the file (`None` when off, or when it could
+/// not be written to its size: disk full, file size limit) and what it held.
 pub(crate) fn open(
     dir: &Path,
     bytes: u64,
-    generation: u64,
+    (id, generation): (u64, u64),
 ) -> Result<(Option<Wal>, Scanned), StorageError> {
     let path = dir.join(WAL_FILE);
     let existing = match OpenOptions::new().read(true).write(true).open(&path) {
@@ -230,12 +306,7 @@ pub(crate) fn open(
     let scanned = match &existing {
         Some(file) => {
             let len = file.metadata().map_err(StorageError::Io)?.len();
-            let len = usize::try_from(len).map_err(|_| {
-                StorageError::Corrupt(format!("the write-ahead file is {len} bytes"))
-            })?;
-            let mut contents = vec![0u8; len];
-            file.read_exact_at(&mut contents, 0).map_err(StorageError::Io)?;
-            scan(&contents, generation)?
+            scan(file, len, id, generation)?
         }
         None => Scanned::default(),
     };
@@ -244,18 +315,17 @@ pub(crate) fn open(
     }
     let file = match existing {
         Some(file) => file,
-        None => {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(StorageError::Io)?;
-            crate::fsdir::sync_dir(dir).map_err(StorageError::Io)?;
-            file
-        }
+        None => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(StorageError::Io)?,
     };
+    // At every open, not only when this run creates the file: an earlier run may have created
+    // it (and acknowledged frames in it) and crashed before its directory entry was durable.
+    crate::fsdir::sync_dir(dir).map_err(StorageError::Io)?;
     let len = file.metadata().map_err(StorageError::Io)?.len();
     if len < bytes {
         if let Err(error) = write_zeros(&file, len, bytes) {
@@ -270,8 +340,7 @@ pub(crate) fn open(
             return Ok((None, scanned));
         }
     }
-    let wal =
-        Wal { file, size: bytes, offset: scanned.end as u64, builder: FrameBuilder::default() };
+    let wal = Wal { file, id, size: bytes, offset: scanned.end, builder: FrameBuilder::default() };
     Ok((Some(wal), scanned))
 }
 
@@ -297,17 +366,27 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Decodes LMDB's `wal-generation` record.
-pub(crate) fn decode_generation(bytes: Option<&[u8]>) -> Result<u64, StorageError> {
-    match bytes {
-        None => Ok(0),
-        Some(bytes) => {
+/// Decodes LMDB's `wal-generation` or `wal-id` record (`None` if absent).
+pub(crate) fn decode_u64(bytes: Option<&[u8]>) -> Result<Option<u64>, StorageError> {
+    bytes
+        .map(|bytes| {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
-                StorageError::Corrupt("the write-ahead generation record is not 8 bytes".into())
+                StorageError::Corrupt("a write-ahead record of LMDB is not 8 bytes".into())
             })?;
             Ok(u64::from_be_bytes(bytes))
-        }
-    }
+        })
+        .transpose()
+}
+
+/// A new environment id: random (std's `RandomState` keys come from the operating system's
+/// random source), mixed with the time and the process id.
+pub(crate) fn new_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// The entries acknowledged through the write-ahead file and not checkpointed yet, shared by
@@ -415,9 +494,16 @@ mod tests {
         Entry { index, term, payload: EntryPayload::Command(Bytes::from(vec![7u8; len])) }
     }
 
+    /// The environment id of the frames in these tests.
+    const ID: u64 = 0x5eed_1d00_0000_0001;
+
+    fn scan_bytes(bytes: &[u8], generation: u64) -> Result<Scanned, StorageError> {
+        scan(bytes, bytes.len() as u64, ID, generation)
+    }
+
     fn frame(generation: u64, entries: &[(GroupId, Entry)]) -> Vec<u8> {
         let mut builder = FrameBuilder::default();
-        builder.begin(generation);
+        builder.begin(ID, generation);
         for (group, entry) in entries {
             assert!(builder.push(*group, entry).is_ok());
         }
@@ -435,24 +521,24 @@ mod tests {
         let a = frame(3, &[(1, entry(5, 2, 10)), (9, entry(1, 1, 0))]);
         let b = frame(3, &[(1, entry(6, 2, 3000))]);
         let bytes = file(&[a.clone(), b.clone()], 8192);
-        let scanned = scan(&bytes, 3)?;
+        let scanned = scan_bytes(&bytes, 3)?;
         assert_eq!(scanned.records.len(), 3);
         assert_eq!(scanned.records[0], (1, entry(5, 2, 10)));
         assert_eq!(scanned.records[1], (9, entry(1, 1, 0)));
         assert_eq!(scanned.records[2], (1, entry(6, 2, 3000)));
-        assert_eq!(scanned.end, a.len() + b.len());
+        assert_eq!(scanned.end as usize, a.len() + b.len());
         assert!(!scanned.stopped_on_data);
         Ok(())
     }
 
     #[test]
     fn zeros_hold_no_frame() -> Result<(), StorageError> {
-        let scanned = scan(&[0u8; 4096], 0)?;
+        let scanned = scan_bytes(&[0u8; 4096], 0)?;
         assert!(scanned.records.is_empty());
-        assert_eq!(scanned.end, 0);
+        assert_eq!(scanned.end as usize, 0);
         assert!(!scanned.stopped_on_data);
         // Generation 0 with an empty body of zeros is not a frame either.
-        assert!(scan(&[], 0)?.records.is_empty());
+        assert!(scan_bytes(&[], 0)?.records.is_empty());
         Ok(())
     }
 
@@ -463,17 +549,17 @@ mod tests {
         // Cut short: the file ends inside the second frame.
         let mut bytes = [a.clone(), b.clone()].concat();
         bytes.truncate(a.len() + b.len() - 10);
-        let scanned = scan(&bytes, 1)?;
+        let scanned = scan_bytes(&bytes, 1)?;
         assert_eq!(scanned.records.len(), 1);
-        assert_eq!(scanned.end, a.len());
+        assert_eq!(scanned.end as usize, a.len());
         assert!(scanned.stopped_on_data);
         // One byte flipped in the last frame's body.
         for at in [FRAME_HEADER + 2, b.len() - 1] {
             let mut torn = b.clone();
             torn[at] ^= 0x40;
-            let scanned = scan(&file(&[a.clone(), torn], 4096), 1)?;
+            let scanned = scan_bytes(&file(&[a.clone(), torn], 4096), 1)?;
             assert_eq!(scanned.records.len(), 1);
-            assert_eq!(scanned.end, a.len());
+            assert_eq!(scanned.end as usize, a.len());
         }
         Ok(())
     }
@@ -483,11 +569,28 @@ mod tests {
         // After a checkpoint to generation 5, frames of 4 further on are stale.
         let new = frame(5, &[(1, entry(10, 3, 8))]);
         let old = frame(4, &[(1, entry(7, 3, 8)), (1, entry(8, 3, 8))]);
-        let scanned = scan(&file(&[new.clone(), old.clone()], 4096), 5)?;
+        let scanned = scan_bytes(&file(&[new.clone(), old.clone()], 4096), 5)?;
         assert_eq!(scanned.records, vec![(1, entry(10, 3, 8))]);
         assert!(scanned.stopped_on_data);
         // Seen from generation 6 (the next checkpoint), nothing is valid.
-        assert!(scan(&file(&[new, old], 4096), 6)?.records.is_empty());
+        assert!(scan_bytes(&file(&[new, old], 4096), 6)?.records.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn frames_of_another_environment_are_ignored() -> Result<(), StorageError> {
+        let mut builder = FrameBuilder::default();
+        builder.begin(ID + 1, 2);
+        assert!(builder.push(1, &entry(1, 1, 4)).is_ok());
+        let other = builder.finish().map(<[u8]>::to_vec).unwrap_or_default();
+        let scanned = scan_bytes(&file(std::slice::from_ref(&other), 4096), 2)?;
+        assert!(scanned.records.is_empty());
+        assert!(scanned.stopped_on_data);
+        // Nor after this environment's own frames.
+        let own = frame(2, &[(1, entry(1, 1, 4))]);
+        let scanned = scan_bytes(&file(&[own, other], 4096), 2)?;
+        assert_eq!(scanned.records.len(), 1);
+        assert!(scanned.stopped_on_data);
         Ok(())
     }
 
@@ -498,7 +601,7 @@ mod tests {
             let mut bogus = vec![0u8; 64];
             bogus[..4].copy_from_slice(&len.to_be_bytes());
             bogus[4] = 1;
-            let scanned = scan(&[a.clone(), bogus].concat(), 2)?;
+            let scanned = scan_bytes(&[a.clone(), bogus].concat(), 2)?;
             assert_eq!(scanned.records.len(), 1);
             assert!(scanned.stopped_on_data);
         }
@@ -507,17 +610,17 @@ mod tests {
         short[..4].copy_from_slice(&3u32.to_be_bytes());
         let crc = crc32fast::hash(&short[8..11]);
         short[4..8].copy_from_slice(&crc.to_be_bytes());
-        assert!(scan(&short, 0)?.records.is_empty());
+        assert!(scan_bytes(&short, 0)?.records.is_empty());
         Ok(())
     }
 
     #[test]
     fn a_valid_frame_with_a_bad_record_is_corrupt() {
         let mut builder = FrameBuilder::default();
-        builder.begin(0);
+        builder.begin(ID, 0);
         // A record header with no entry after it, under a correct CRC.
         builder.buf.extend_from_slice(&[0u8; 10]);
         let bytes = builder.finish().map(<[u8]>::to_vec).unwrap_or_default();
-        assert!(matches!(scan(&bytes, 0), Err(StorageError::Corrupt(_))));
+        assert!(matches!(scan_bytes(&bytes, 0), Err(StorageError::Corrupt(_))));
     }
 }

@@ -122,7 +122,9 @@ pub(crate) fn spawn(
     headroom: Headroom,
     recovered: Recovered,
 ) -> io::Result<JoinHandle<()>> {
-    let Recovered { wal, generation, lasts, dirty, .. } = recovered;
+    let Recovered { wal, generation, lasts, dirty, bytes, .. } = recovered;
+    let recovered = shared.recovered_entries.load(Ordering::Relaxed);
+    let recovered_entries = usize::try_from(recovered).unwrap_or(usize::MAX);
     let mut writer = Writer {
         shared,
         committed,
@@ -134,8 +136,9 @@ pub(crate) fn spawn(
         wal_generation: generation,
         wal_dirty: dirty,
         pending_lasts: lasts,
-        pending_bytes: 0,
-        pending_entries: 0,
+        // The open-time checkpoint's estimate for the headroom counts them.
+        pending_bytes: bytes,
+        pending_entries: recovered_entries,
     };
     if writer.wal_dirty || !writer.pending_lasts.is_empty() {
         drop(writer.commit_group(Vec::new(), Instant::now()));
@@ -392,7 +395,8 @@ impl Writer {
         if self.pending_entries.saturating_add(entries) > MAX_PENDING_ENTRIES {
             return false;
         }
-        wal.builder.begin(self.wal_generation);
+        let id = wal.id;
+        wal.builder.begin(id, self.wal_generation);
         let mut lasts: HashMap<GroupId, LogId> = HashMap::new();
         for request in group {
             let Op::Write(batch) = &request.op else { return false };
