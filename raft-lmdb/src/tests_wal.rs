@@ -394,3 +394,58 @@ fn a_wiped_environment_opens_without_the_old_frames() {
     let env = LmdbEnvironment::open(&dir).unwrap();
     assert!(env.groups().unwrap().is_empty());
 }
+
+/// An environment without an id (none can exist with frames: no release wrote the file without
+/// one) gets one at open, before any frame; what its file held is foreign: not replayed, and
+/// the store opens and goes on (the next open too).
+#[test]
+fn an_environment_without_an_id_gets_one_and_ignores_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(vote(2))).unwrap();
+    block_on(store.write(append(1..4, 2))).unwrap();
+    {
+        let handles = store.shared.handles();
+        let handles = handles.as_ref().unwrap();
+        let mut txn = handles.env.write_txn().unwrap();
+        assert!(handles.meta.delete(&mut txn, crate::wal::WAL_ID_KEY).unwrap());
+        txn.commit().unwrap();
+    }
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    let state = block_on(store.open()).unwrap();
+    assert_eq!((state.last.index, state.hard_state.current_term), (0, 2));
+    assert_eq!(store.stats().recovered_entries, 0);
+    block_on(store.write(append(1..3, 2))).unwrap();
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    check(&store, 1, 2, |_| 2);
+    assert_eq!(store.stats().recovered_entries, 2);
+}
+
+/// Frames written with a larger file are recovered by an open with a smaller one (the scan
+/// reads the file, frame by frame, whatever the option says); the option is clamped.
+#[test]
+fn frames_of_a_larger_file_are_recovered_with_a_smaller_one() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let large = LmdbOptions::default().with_wal_bytes(1 << 20);
+    let store = LmdbLogStore::open_dir_with(&dir, large).unwrap();
+    let big = |i: u64| Entry {
+        index: i,
+        term: 1,
+        payload: EntryPayload::Command(Bytes::from(vec![i as u8; 100_000])),
+    };
+    let batch = WriteBatch { entries: (1..=3).map(big).collect(), ..WriteBatch::default() };
+    block_on(store.write(batch)).unwrap();
+    assert_eq!(store.stats().wal_commits, 1);
+    drop(store);
+    let small = LmdbOptions::default().with_wal_bytes(4096);
+    let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
+    assert_eq!(store.stats().recovered_entries, 3);
+    let read = block_on(store.read(1..4, u64::MAX)).unwrap();
+    assert_eq!(read, (1..=3).map(big).collect::<Vec<_>>());
+    let huge = LmdbOptions::default().with_wal_bytes(u64::MAX);
+    assert_eq!(huge.wal_bytes, crate::MAX_WAL_BYTES);
+}
