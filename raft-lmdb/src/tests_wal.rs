@@ -337,17 +337,22 @@ fn a_new_store_does_not_replay_a_file_left_by_another() {
     assert_eq!(store.stats().wal_commits, 1);
     drop(store);
     wipe_lmdb(&dir);
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    opens_without_the_file(&dir, 0);
+}
+
+/// Opens the store in `dir`, whose write-ahead file holds entries 1..=3 of another
+/// environment, and checks they are not replayed (LMDB's hard state has `term`), then that its
+/// own appends are recovered, and only those.
+fn opens_without_the_file(dir: &Path, term: u64) {
+    let store = LmdbLogStore::open_dir(dir).unwrap();
     let state = block_on(store.open()).unwrap();
-    assert_eq!(state.last.index, 0);
-    assert_eq!(state.hard_state.current_term, 0);
+    assert_eq!((state.last.index, state.hard_state.current_term), (0, term));
     assert!(block_on(store.read(1..4, u64::MAX)).is_err());
     assert_eq!(store.stats().recovered_entries, 0);
-    // The new store's own appends are recovered, and only those.
-    block_on(store.write(append(1..3, 1))).unwrap();
+    block_on(store.write(append(1..3, term.max(1)))).unwrap();
     drop(store);
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
-    check(&store, 1, 2, |_| 1);
+    let store = LmdbLogStore::open_dir(dir).unwrap();
+    check(&store, 1, 2, |_| term.max(1));
     assert_eq!(store.stats().recovered_entries, 2);
 }
 
@@ -413,15 +418,7 @@ fn an_environment_without_an_id_gets_one_and_ignores_the_file() {
         txn.commit().unwrap();
     }
     drop(store);
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
-    let state = block_on(store.open()).unwrap();
-    assert_eq!((state.last.index, state.hard_state.current_term), (0, 2));
-    assert_eq!(store.stats().recovered_entries, 0);
-    block_on(store.write(append(1..3, 2))).unwrap();
-    drop(store);
-    let store = LmdbLogStore::open_dir(&dir).unwrap();
-    check(&store, 1, 2, |_| 2);
-    assert_eq!(store.stats().recovered_entries, 2);
+    opens_without_the_file(&dir, 2);
 }
 
 /// Frames written with a larger file are recovered by an open with a smaller one (the scan
