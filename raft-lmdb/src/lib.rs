@@ -43,9 +43,10 @@
 //! entries, by one frame of the write-ahead file `raft-wal`, written and synced with one
 //! `fdatasync` (one sync instead of LMDB's two). The entries of those frames are applied to
 //! LMDB by the next transaction of any other kind (or when the file is full), and at open
-//! after a crash ([`LmdbOptions::with_wal_bytes`]; 0 turns the file off). Closing does not
-//! apply them: a copy (backup) of a store is `data.mdb` and `raft-wal` taken together from a
-//! store that is not open, never from a running one. Frames carry the environment's random id,
+//! after a crash ([`LmdbOptions::with_wal_bytes`]; 0 turns the file off), and when the store
+//! (environment) is closed cleanly: a closed store's `data.mdb` holds every acknowledged
+//! entry. A copy (backup) is taken from a store that is not open, never from a running one,
+//! with `raft-wal` (after a crash, acknowledged entries may be only there). Frames carry the environment's random id,
 //! so a `raft-wal` left by another environment is never replayed. The environment is always
 //! opened with LMDB's **default flags**:
 //! never `NO_SYNC`, `NO_META_SYNC`, `MAP_ASYNC` or `WRITE_MAP`, and no option of this crate can

@@ -124,8 +124,9 @@ impl LmdbOptions {
     /// once it is synced, in the file or in LMDB. Values above [`MAX_WAL_BYTES`] are clamped
     /// to it.
     ///
-    /// A copy of the store is `data.mdb` *and* `raft-wal` taken together from a store that is
-    /// not open (acknowledged entries may be only in `raft-wal`), never from a running one.
+    /// A clean close applies the file's entries to LMDB. A copy (backup) of the store is taken
+    /// from a store that is not open, never from a running one, with `raft-wal` (after a
+    /// crash, acknowledged entries may be only there until the next open).
     pub fn with_wal_bytes(mut self, bytes: u64) -> Self {
         self.wal_bytes = bytes.min(MAX_WAL_BYTES);
         self

@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: the writer stops without its close checkpoint, leaving the pending entries
+    /// in the write-ahead file alone, as a crash would.
+    #[cfg(test)]
+    pub(crate) skip_close_checkpoint: AtomicBool,
     /// Test hook: transactions appending to one group use the journal too.
     #[cfg(test)]
     pub(crate) always_journal: AtomicBool,
@@ -111,6 +115,8 @@ impl Shared {
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            skip_close_checkpoint: AtomicBool::new(false),
             #[cfg(test)]
             always_journal: AtomicBool::new(false),
             #[cfg(test)]

@@ -373,8 +373,8 @@ pub struct StoreStats {
     /// to LMDB first (checkpoints; an open that recovers frames makes one).
     pub checkpoints: u64,
     /// Entries read back from the write-ahead file when the store (environment) was opened:
-    /// acknowledged through frames by an earlier run and not yet in LMDB (a crash, or a close
-    /// that did not checkpoint). They were applied to LMDB before the store was handed out.
+    /// acknowledged through frames by an earlier run and not yet in LMDB (it crashed, or its
+    /// close checkpoint failed). They were applied to LMDB before the store was handed out.
     pub recovered_entries: u64,
     /// Write and purge requests answered by those transactions (valid or not).
     pub requests: u64,

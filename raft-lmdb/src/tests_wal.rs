@@ -1,7 +1,8 @@
 //! Tests of the write-ahead file (`wal.rs`) through stores: pure appends committed with one
 //! sync, recovery of frames never checkpointed, checkpoints before truncation, purge, reset
 //! and hard state, reads racing checkpoints, several groups, a torn frame, a file left
-//! behind with the file turned off, and a frame that does not follow the log.
+//! behind with the file turned off, a frame that does not follow the log, files of another
+//! environment, and the checkpoint at close. `crash` drops a store without that checkpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -30,6 +31,13 @@ fn vote(term: u64) -> WriteBatch {
     }
 }
 
+/// Drops `store` without the close checkpoint (a test hook): its pending entries stay only in
+/// the write-ahead file, as after a crash.
+fn crash(store: LmdbLogStore) {
+    store.shared.skip_close_checkpoint.store(true, Ordering::SeqCst);
+    drop(store);
+}
+
 /// Checks that `store` holds exactly `first..=last` with the terms `term_of` gives.
 fn check(store: &LmdbLogStore, first: u64, last: u64, term_of: impl Fn(u64) -> u64) {
     let state = block_on(store.open()).unwrap();
@@ -55,9 +63,8 @@ fn appends_take_one_frame_each_and_are_recovered_without_a_checkpoint() {
     assert_eq!(stats.commits - before.commits, 50);
     assert_eq!(stats.checkpoints, 0);
     check(&store, 1, 50, |_| 1);
-    // Closing does not checkpoint: the entries are only in the write-ahead file, as after a
-    // crash.
-    drop(store);
+    // A crash: the entries are only in the write-ahead file.
+    crash(store);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     assert_eq!(store.stats().checkpoints, 1, "open applies the recovered frames");
     check(&store, 1, 50, |_| 1);
@@ -116,7 +123,7 @@ fn a_torn_last_frame_is_dropped_and_the_rest_recovered() {
     for i in 1..=3 {
         block_on(store.write(append(i..i + 1, 1))).unwrap();
     }
-    drop(store);
+    crash(store);
     // The third frame is the last non-zero bytes: flip its last byte (as a write torn by a
     // power loss would leave it; such a frame was never acknowledged).
     let path = dir.join(WAL_FILE);
@@ -139,7 +146,7 @@ fn a_file_left_behind_is_recovered_and_removed_when_the_file_is_off() {
     let dir = root.path().join("store");
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     block_on(store.write(append(1..8, 1))).unwrap();
-    drop(store);
+    crash(store);
     let off = LmdbOptions::default().with_wal_bytes(0);
     let store = LmdbLogStore::open_dir_with(&dir, off).unwrap();
     assert!(!dir.join(WAL_FILE).exists());
@@ -164,7 +171,7 @@ fn a_frame_that_does_not_follow_the_log_is_corrupt() {
         handles.wal_id(&txn).unwrap()
     }
     .unwrap();
-    drop(store);
+    crash(store);
     // B holds entries 1..=10 in LMDB (the hard state makes it an LMDB transaction), and A's
     // id (else A's frames would be foreign to it, and ignored).
     let store = LmdbLogStore::open_dir(&b).unwrap();
@@ -228,6 +235,7 @@ fn groups_of_one_environment_share_frames_and_recover() {
     for store in &stores {
         check(store, 1, 30, |_| 1);
     }
+    stores[0].shared.skip_close_checkpoint.store(true, Ordering::SeqCst);
     drop(stores);
     drop(env);
     let env = LmdbEnvironment::open(&dir).unwrap();
@@ -335,7 +343,7 @@ fn a_new_store_does_not_replay_a_file_left_by_another() {
     block_on(store.write(vote(7))).unwrap();
     block_on(store.write(append(1..4, 7))).unwrap();
     assert_eq!(store.stats().wal_commits, 1);
-    drop(store);
+    crash(store);
     wipe_lmdb(&dir);
     opens_without_the_file(&dir, 0);
 }
@@ -350,7 +358,7 @@ fn opens_without_the_file(dir: &Path, term: u64) {
     assert!(block_on(store.read(1..4, u64::MAX)).is_err());
     assert_eq!(store.stats().recovered_entries, 0);
     block_on(store.write(append(1..3, term.max(1)))).unwrap();
-    drop(store);
+    crash(store);
     let store = LmdbLogStore::open_dir(dir).unwrap();
     check(&store, 1, 2, |_| term.max(1));
     assert_eq!(store.stats().recovered_entries, 2);
@@ -369,7 +377,7 @@ fn stale_frames_of_another_store_do_not_line_up_with_new_ones() {
     for i in 3..=8 {
         block_on(store.write(append(i..i + 1, 1))).unwrap();
     }
-    drop(store);
+    crash(store);
     wipe_lmdb(&dir);
     // The new store checkpoints at open (the file holds bytes): generation 1 too.
     let store = LmdbLogStore::open_dir(&dir).unwrap();
@@ -377,7 +385,7 @@ fn stale_frames_of_another_store_do_not_line_up_with_new_ones() {
     for i in 3..=5 {
         block_on(store.write(append(i..i + 1, 1))).unwrap();
     }
-    drop(store);
+    crash(store);
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     check(&store, 3, 5, |_| 1);
 }
@@ -390,6 +398,7 @@ fn a_wiped_environment_opens_without_the_old_frames() {
     let env = LmdbEnvironment::open(&dir).unwrap();
     let store = env.log_store(3).unwrap();
     block_on(store.write(append(1..4, 1))).unwrap();
+    store.shared.skip_close_checkpoint.store(true, Ordering::SeqCst);
     drop(store);
     drop(env);
     wipe_lmdb(&dir);
@@ -417,7 +426,7 @@ fn an_environment_without_an_id_gets_one_and_ignores_the_file() {
         assert!(handles.meta.delete(&mut txn, crate::wal::WAL_ID_KEY).unwrap());
         txn.commit().unwrap();
     }
-    drop(store);
+    crash(store);
     opens_without_the_file(&dir, 2);
 }
 
@@ -437,7 +446,7 @@ fn frames_of_a_larger_file_are_recovered_with_a_smaller_one() {
     let batch = WriteBatch { entries: (1..=3).map(big).collect(), ..WriteBatch::default() };
     block_on(store.write(batch)).unwrap();
     assert_eq!(store.stats().wal_commits, 1);
-    drop(store);
+    crash(store);
     let small = LmdbOptions::default().with_wal_bytes(4096);
     let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
     assert_eq!(store.stats().recovered_entries, 3);
@@ -445,4 +454,26 @@ fn frames_of_a_larger_file_are_recovered_with_a_smaller_one() {
     assert_eq!(read, (1..=3).map(big).collect::<Vec<_>>());
     let huge = LmdbOptions::default().with_wal_bytes(u64::MAX);
     assert_eq!(huge.wal_bytes, crate::MAX_WAL_BYTES);
+}
+
+/// A clean close applies the pending entries to LMDB: the next open recovers nothing from the
+/// file, and `data.mdb` alone (the write-ahead file removed) holds every acknowledged entry.
+#[test]
+fn a_clean_close_checkpoints() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    block_on(store.write(vote(1))).unwrap();
+    for i in 1..=5 {
+        block_on(store.write(append(i..i + 1, 1))).unwrap();
+    }
+    assert_eq!((store.stats().wal_commits, store.stats().checkpoints), (5, 0));
+    drop(store);
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    assert_eq!(store.stats().recovered_entries, 0);
+    check(&store, 1, 5, |_| 1);
+    drop(store);
+    std::fs::remove_file(dir.join(WAL_FILE)).unwrap();
+    let store = LmdbLogStore::open_dir(&dir).unwrap();
+    check(&store, 1, 5, |_| 1);
 }

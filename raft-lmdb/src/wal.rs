@@ -10,7 +10,8 @@
 //! *checkpoint*), then the cycle's requests, and writes the next *generation* `G + 1` into the
 //! metadata database ([`WAL_GENERATION_KEY`]); after its commit the file is written again from
 //! offset 0 with frames of generation `G + 1`. The file therefore only ever holds pure appends on
-//! top of LMDB's committed state.
+//! top of LMDB's committed state. A clean close (the writer stopping, not poisoned) checkpoints
+//! too.
 //!
 //! # The file
 //!

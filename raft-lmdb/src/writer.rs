@@ -247,6 +247,15 @@ impl Writer {
             shared.queue.answered(groups);
             shared.timings.answer.add(committed.elapsed());
         }
+        // A clean close applies the pending entries to LMDB: a closed store's `data.mdb` then
+        // holds every acknowledged entry (the write-ahead file holds only stale frames).
+        #[cfg(test)]
+        let skip = shared.skip_close_checkpoint.load(Ordering::SeqCst);
+        #[cfg(not(test))]
+        let skip = false;
+        if !self.pending_lasts.is_empty() && !shared.is_poisoned() && !skip {
+            drop(self.commit_group(Vec::new(), Instant::now()));
+        }
         tracing::debug!("raft-lmdb writer thread stops: the environment was dropped");
     }
 
