@@ -102,6 +102,30 @@ impl Handles {
         }
     }
 
+    /// The generation of the write-ahead file's frames for the snapshot of `txn` (`wal.rs`).
+    pub(crate) fn wal_generation(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<u64, StorageError> {
+        let bytes = self.meta.get(txn, crate::wal::WAL_GENERATION_KEY).map_err(storage_error)?;
+        Ok(crate::wal::decode_u64(bytes)?.unwrap_or(0))
+    }
+
+    /// The environment's id carried by its write-ahead frames (`wal.rs`), `None` if it has none
+    /// yet.
+    pub(crate) fn wal_id(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Option<u64>, StorageError> {
+        let bytes = self.meta.get(txn, crate::wal::WAL_ID_KEY).map_err(storage_error)?;
+        crate::wal::decode_u64(bytes)
+    }
+
+    /// Gives the environment a new id (`wal.rs`), in a synced transaction of its own.
+    pub(crate) fn create_wal_id(&self) -> Result<u64, StorageError> {
+        let id = crate::wal::new_id();
+        let mut txn = self.env.write_txn().map_err(storage_error)?;
+        self.meta
+            .put(&mut txn, crate::wal::WAL_ID_KEY, &id.to_be_bytes())
+            .map_err(storage_error)?;
+        txn.commit().map_err(storage_error)?;
+        Ok(id)
+    }
+
     /// Reads the metadata record of a group that exists.
     pub(crate) fn read_meta(
         &self,

@@ -26,6 +26,7 @@ use crate::queue::{Queue, QueueLimits};
 use crate::registry::{DirGuard, LegacyLock, LEGACY_LOCK_FILE};
 use crate::shared::{with_handles, Shared};
 use crate::store::{enqueue, DiskStats, LmdbLogStore, StoreStats};
+use crate::wal::{self, Pending, WAL_FILE};
 use crate::writer::{self, GroupLimits, Op};
 use crate::FileSnapshotStore;
 
@@ -35,9 +36,9 @@ pub const SNAPSHOTS_DIR: &str = "snapshots";
 
 /// Files LMDB and this crate (this build or an older one) create in a single-group store's
 /// directory; anything else makes the directory foreign.
-const SINGLE_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE];
+const SINGLE_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", LEGACY_LOCK_FILE, WAL_FILE];
 /// The same for an environment's directory.
-const GROUPS_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", SNAPSHOTS_DIR];
+const GROUPS_OWN_FILES: &[&str] = &[DATA_FILE, "lock.mdb", SNAPSHOTS_DIR, WAL_FILE];
 
 /// An open environment with its writer thread. Dropping it (its last handle) closes the queue,
 /// waits for the writer to answer what was queued and stop, and then (with the last
@@ -107,15 +108,103 @@ pub(crate) fn start(
         None => None,
     };
     let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
-    let shared = Arc::new(Shared::new(handles, guard, queue, read_index));
+    let storage_err = |e: StorageError| match e {
+        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.clone(), reason },
+        StorageError::Io(source) => OpenError::Io { path: dir.clone(), source },
+        source => OpenError::Storage { path: dir.clone(), source },
+    };
+    let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    let recovered_entries = recovered.records.len() as u64;
+    let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
+    let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));
+    shared.recovered_entries.store(recovered_entries, std::sync::atomic::Ordering::Relaxed);
     shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
         max_requests: options.max_group_requests,
         max_bytes: options.max_group_bytes,
     };
     let writer =
-        writer::spawn(Arc::clone(&shared), committed, journal, limits, headroom).map_err(io_err)?;
-    Ok(Arc::new(Running { shared, writer: Some(writer) }))
+        writer::spawn(Arc::clone(&shared), committed, journal, limits, headroom, recovered)
+            .map_err(io_err)?;
+    let running = Arc::new(Running { shared, writer: Some(writer) });
+    if options.wal_bytes == 0 {
+        // Its frames (if any) were checkpointed by `spawn`.
+        wal::remove_if_off(&dir).map_err(io_err)?;
+    }
+    Ok(running)
+}
+
+/// What open found in the write-ahead file.
+#[derive(Debug, Default)]
+pub(crate) struct Recovered {
+    /// The file, `None` when off.
+    pub(crate) wal: Option<wal::Wal>,
+    /// LMDB's generation of the frames.
+    pub(crate) generation: u64,
+    /// The records of the file's valid frames, each checked to extend its group's log.
+    pub(crate) records: Vec<(GroupId, raft_core::Entry)>,
+    /// The bytes of their entries (`Entry::size_bytes`).
+    pub(crate) bytes: u64,
+    /// The last recovered entry of each group that has some.
+    pub(crate) lasts: HashMap<GroupId, raft_core::LogId>,
+    /// Whether the file holds anything but zeros after its valid frames, or records: the writer
+    /// then checkpoints before the store is handed out, moving to the next generation.
+    pub(crate) dirty: bool,
+}
+
+/// Opens (creating it when on) and reads the write-ahead file: its frames of LMDB's
+/// generation, each record checked to extend its group's log contiguously (anything else is
+/// corruption: such a frame was never written by this crate).
+fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, StorageError> {
+    let (id, foreign) = match handles.wal_id(&handles.read_txn()?)? {
+        Some(id) => (id, false),
+        // Before any frame of this environment is written: whatever the file holds is another
+        // environment's (see `wal.rs`).
+        None => (handles.create_wal_id()?, true),
+    };
+    let txn = handles.read_txn()?;
+    let generation = handles.wal_generation(&txn)?;
+    let (wal, scanned) = wal::open(dir, bytes, (id, generation))?;
+    if foreign && scanned.stopped_on_data {
+        tracing::warn!(
+            path = %dir.display(),
+            "raft-lmdb ignores the write-ahead file it found: it was not written by this \
+             environment (LMDB's files were removed or replaced); its frames are overwritten"
+        );
+    }
+    let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
+    for (group, entry) in &scanned.records {
+        let last = match lasts.get(group) {
+            Some(last) => *last,
+            None => match handles.find_meta(&txn, handles.layout.keys(*group))? {
+                Some(meta) => meta.last(),
+                None => {
+                    return Err(StorageError::Corrupt(format!(
+                    "the write-ahead file holds entry {} of group {group}, which does not exist",
+                    entry.index
+                )))
+                }
+            },
+        };
+        if last.index.checked_add(1) != Some(entry.index) || entry.term < last.term {
+            return Err(StorageError::Corrupt(format!(
+                "the write-ahead file holds entry {} (term {}) of group {group}, which does not \
+                 follow its entry {} (term {})",
+                entry.index, entry.term, last.index, last.term
+            )));
+        }
+        lasts.insert(*group, entry.log_id());
+    }
+    if !scanned.records.is_empty() {
+        tracing::info!(
+            records = scanned.records.len(),
+            generation,
+            "raft-lmdb recovers entries from its write-ahead file"
+        );
+    }
+    let dirty = !scanned.records.is_empty() || scanned.stopped_on_data;
+    let bytes = scanned.bytes;
+    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty })
 }
 
 /// Checks the records of `group` (see [`env::check_group`]): its metadata, `None` if the group
@@ -182,8 +271,9 @@ fn check_own_files(dir: &Path, own: &[&str]) -> Result<(), OpenError> {
 ///
 /// # Layout
 ///
-/// `dir` holds LMDB's files (`data.mdb`, `lock.mdb`) and `snapshots/<group>/`, the snapshot
-/// store of each group (see [`LmdbEnvironment::snapshot_store`]). Every group's log, hard
+/// `dir` holds LMDB's files (`data.mdb`, `lock.mdb`), the write-ahead file `raft-wal` (see
+/// [`LmdbOptions::with_wal_bytes`]) and `snapshots/<group>/`, the snapshot store of each group
+/// (see [`LmdbEnvironment::snapshot_store`]). Every group's log, hard
 /// state and log bounds live in two databases keyed by group id (see the crate documentation),
 /// the newest entries of every group in a journal where each commit appends in one place (moved
 /// in bulk to the groups' keys once it reaches [`LmdbOptions::with_journal_bound`]); the

@@ -39,7 +39,16 @@
 //!
 //! A `write` or `purge` that returns `Ok` is durable: it was committed by one LMDB write
 //! transaction, and LMDB's commit syncs the data pages and then the meta page (`fdatasync`/
-//! `O_DSYNC`) before returning. The environment is always opened with LMDB's **default flags**:
+//! `O_DSYNC`) before returning; or, when every request of the writer's cycle only appends
+//! entries, by one frame of the write-ahead file `raft-wal`, written and synced with one
+//! `fdatasync` (one sync instead of LMDB's two). The entries of those frames are applied to
+//! LMDB by the next transaction of any other kind (or when the file is full), and at open
+//! after a crash ([`LmdbOptions::with_wal_bytes`]; 0 turns the file off), and when the store
+//! (environment) is closed cleanly: a closed store's `data.mdb` holds every acknowledged
+//! entry. A copy (backup) is taken from a store that is not open, never from a running one,
+//! with `raft-wal` (after a crash, acknowledged entries may be only there). Frames carry the environment's random id,
+//! so a `raft-wal` left by another environment is never replayed. The environment is always
+//! opened with LMDB's **default flags**:
 //! never `NO_SYNC`, `NO_META_SYNC`, `MAP_ASYNC` or `WRITE_MAP`, and no option of this crate can
 //! turn them on. A crash (`kill -9`, power loss) leaves the state of the last committed
 //! transaction: every acknowledged batch is there, and no batch is there in part. The crash test
@@ -112,12 +121,15 @@ mod store;
 mod tests;
 #[cfg(test)]
 mod tests_journal;
+#[cfg(test)]
+mod tests_wal;
 mod thread_io;
+mod wal;
 mod writer;
 
 pub use codec::{FORMAT_VERSION, STORE_FORMAT_VERSION};
 pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
-pub use options::LmdbOptions;
+pub use options::{LmdbOptions, MAX_WAL_BYTES};
 pub use snapshot_store::{FileSnapshotStore, SNAPSHOT_FORMAT_VERSION};
 pub use store::{DiskStats, LmdbLogStore, PendingWrite, StoreStats};

@@ -1,6 +1,10 @@
 //! Tuning knobs of an [`crate::LmdbLogStore`] or an [`crate::LmdbEnvironment`]. None of them
 //! can weaken durability.
 
+/// The largest write-ahead file ([`LmdbOptions::with_wal_bytes`] clamps to it): 1 GiB. It also
+/// bounds the one frame that recovery holds in memory at a time.
+pub const MAX_WAL_BYTES: u64 = 1 << 30;
+
 /// Options for [`crate::LmdbLogStore::open_dir_with`] and [`crate::LmdbEnvironment::open_with`]. The defaults suit a Raft node; change them
 /// for tests (a tiny map exercises map growth) or benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +18,7 @@ pub struct LmdbOptions {
     pub(crate) file_headroom_bytes: u64,
     pub(crate) journal_move_records: usize,
     pub(crate) journal_move_bytes: u64,
+    pub(crate) wal_bytes: u64,
 }
 
 impl Default for LmdbOptions {
@@ -27,6 +32,7 @@ impl Default for LmdbOptions {
             file_headroom_bytes: 8 << 20,
             journal_move_records: 4096,
             journal_move_bytes: 4 << 20,
+            wal_bytes: 8 << 20,
         }
     }
 }
@@ -35,7 +41,8 @@ impl LmdbOptions {
     /// The default options: a 1 GiB initial map (address space only: the data file grows with
     /// the data), a queue of 4096 write requests (at most 1024 of one group in an
     /// [`crate::LmdbEnvironment`]), transactions of at most 4096 requests or 64 MiB, 8 MiB
-    /// of file headroom, and an environment's journal moved once it holds 4096 entries or 4 MiB.
+    /// of file headroom, an environment's journal moved once it holds 4096 entries or 4 MiB, and an
+    /// 8 MiB write-ahead file.
     pub fn new() -> Self {
         Self::default()
     }
@@ -103,6 +110,25 @@ impl LmdbOptions {
     pub fn with_journal_bound(mut self, records: usize, bytes: u64) -> Self {
         self.journal_move_records = records.max(1);
         self.journal_move_bytes = bytes;
+        self
+    }
+
+    /// The size of the write-ahead file (`raft-wal` in the directory) through which a writer
+    /// cycle made only of pure appends (entries, no hard state, no truncation) is committed
+    /// with one `fdatasync` instead of an LMDB commit's two; its entries are applied to LMDB
+    /// (a checkpoint) by the next transaction of any other kind, or once the file is full.
+    /// The file is written with zeros to this size at open (disk space), and the entries not
+    /// yet checkpointed are also kept in memory (at most about this many bytes of entries).
+    /// 0 turns it off: every cycle is an LMDB transaction (a file an earlier run left is still
+    /// recovered at open, then deleted). Durability is the same either way: a write returns
+    /// once it is synced, in the file or in LMDB. Values above [`MAX_WAL_BYTES`] are clamped
+    /// to it.
+    ///
+    /// A clean close applies the file's entries to LMDB. A copy (backup) of the store is taken
+    /// from a store that is not open, never from a running one, with `raft-wal` (after a
+    /// crash, acknowledged entries may be only there until the next open).
+    pub fn with_wal_bytes(mut self, bytes: u64) -> Self {
+        self.wal_bytes = bytes.min(MAX_WAL_BYTES);
         self
     }
 }

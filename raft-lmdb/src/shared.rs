@@ -16,6 +16,7 @@ use crate::queue::Queue;
 use crate::registry::DirGuard;
 use crate::store::{DiskStats, StoreStats};
 use crate::thread_io;
+use crate::wal::Pending;
 
 /// What the handles of an environment and its writer thread share.
 ///
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) layout: Layout,
     /// Where readers find the records of the journal (multi-group layout; empty otherwise).
     pub(crate) read_index: ReadIndex,
+    /// The entries acknowledged through the write-ahead file and not yet in LMDB (`wal.rs`).
+    pub(crate) pending: Pending,
     /// Set when a write failed: from then on every write fails with [`StorageError::Closed`].
     poisoned: AtomicBool,
     /// The writer's requests.
@@ -42,6 +45,12 @@ pub(crate) struct Shared {
     group_changes: Mutex<()>,
     /// Transactions committed by the writer.
     pub(crate) commits: AtomicU64,
+    /// Of `commits`, those made by a frame of the write-ahead file (one `fdatasync`).
+    pub(crate) wal_commits: AtomicU64,
+    /// LMDB transactions that applied the write-ahead file's entries (checkpoints).
+    pub(crate) checkpoints: AtomicU64,
+    /// Entries recovered from the write-ahead file at open.
+    pub(crate) recovered_entries: AtomicU64,
     /// Requests answered by those transactions.
     pub(crate) committed_requests: AtomicU64,
     /// Bytes of zeros written ahead of LMDB's use of the data file (`headroom.rs`).
@@ -53,6 +62,10 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: the writer stops without its close checkpoint, leaving the pending entries
+    /// in the write-ahead file alone, as a crash would.
+    #[cfg(test)]
+    pub(crate) skip_close_checkpoint: AtomicBool,
     /// Test hook: transactions appending to one group use the journal too.
     #[cfg(test)]
     pub(crate) always_journal: AtomicBool,
@@ -64,6 +77,10 @@ pub(crate) struct Shared {
     /// commits in between).
     #[cfg(test)]
     pub(crate) read_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
+    /// Test hook: the writer waits at this barrier twice after a checkpoint's commit, before
+    /// emptying the pending entries (the test reads in between).
+    #[cfg(test)]
+    pub(crate) checkpoint_barrier: Mutex<Option<std::sync::Arc<std::sync::Barrier>>>,
     /// Test hook: snapshots taken by reads of entries.
     #[cfg(test)]
     pub(crate) read_attempts: AtomicU64,
@@ -77,16 +94,21 @@ impl Shared {
         guard: DirGuard,
         queue: Queue,
         read_index: ReadIndex,
+        pending: Pending,
     ) -> Self {
         Self {
             layout: handles.layout,
             read_index,
+            pending,
             handles: RwLock::new(Some(handles)),
             poisoned: AtomicBool::new(false),
             queue,
             open_groups: Mutex::new(HashSet::new()),
             group_changes: Mutex::new(()),
             commits: AtomicU64::new(0),
+            wal_commits: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            recovered_entries: AtomicU64::new(0),
             committed_requests: AtomicU64::new(0),
             headroom_bytes: AtomicU64::new(0),
             timings: WriterTimings::default(),
@@ -94,11 +116,15 @@ impl Shared {
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
             #[cfg(test)]
+            skip_close_checkpoint: AtomicBool::new(false),
+            #[cfg(test)]
             always_journal: AtomicBool::new(false),
             #[cfg(test)]
             pause: std::sync::Mutex::new(()),
             #[cfg(test)]
             read_barrier: Mutex::new(None),
+            #[cfg(test)]
+            checkpoint_barrier: Mutex::new(None),
             #[cfg(test)]
             read_attempts: AtomicU64::new(0),
             guard,
@@ -141,6 +167,9 @@ impl Shared {
         let transaction_us = self.timings.transaction.micros();
         StoreStats {
             commits: self.commits.load(Ordering::Relaxed),
+            wal_commits: self.wal_commits.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            recovered_entries: self.recovered_entries.load(Ordering::Relaxed),
             requests: self.committed_requests.load(Ordering::Relaxed),
             headroom_bytes: self.headroom_bytes.load(Ordering::Relaxed),
             transaction_us,

@@ -24,6 +24,7 @@ use crate::layout::{GroupKeys, Layout};
 use crate::options::LmdbOptions;
 use crate::queue::Refused;
 use crate::shared::{with_handles, Shared};
+use crate::wal::PendingView;
 use crate::writer::{Op, Request};
 
 /// A durable [`LogStore`] on LMDB: a store of its own ([`LmdbLogStore::open_dir`]), or one
@@ -32,9 +33,12 @@ use crate::writer::{Op, Request};
 /// # Guarantees
 ///
 /// * **Durability.** When [`LogStore::write`] or [`LogStore::purge`] returns `Ok`, the change
-///   has been committed by an LMDB transaction with LMDB's default (synchronous) flags: the data
-///   pages and then the meta page were synced to disk. It survives a process crash and a power
-///   loss, as far as the disk honours `fdatasync`.
+///   has been committed by an LMDB transaction with LMDB's default (synchronous) flags (the data
+///   pages and then the meta page were synced to disk), or, for writes that only append
+///   entries, by a frame of the write-ahead file synced with `fdatasync`
+///   ([`crate::LmdbOptions::with_wal_bytes`]; applied to LMDB later, and at open after a
+///   crash). It survives a process crash and a power loss, as far as the disk honours
+///   `fdatasync`.
 /// * **Atomicity.** Each batch is all-or-nothing, including its hard state, truncation and
 ///   entries. Several concurrent calls may share one transaction (group commit), with calls of
 ///   other groups of the same environment too; each returns only once the transaction holding
@@ -172,12 +176,18 @@ impl LmdbLogStore {
 
     fn durable_state(&self) -> Result<DurableState, StorageError> {
         with_handles(&self.shared, |handles| {
-            let txn = handles.read_txn()?;
+            let (txn, pending) =
+                self.shared.pending.view(self.group, 0..0, 0, || handles.read_txn())?;
             let meta = handles.read_meta(&txn, self.keys())?;
+            let pending_last = match handles.wal_generation(&txn)? == pending.generation {
+                true => pending.last,
+                // A checkpoint committed and the snapshot holds the pending entries.
+                false => None,
+            };
             Ok(DurableState {
                 hard_state: meta.hard_state(),
                 purged: meta.purged(),
-                last: meta.last(),
+                last: pending_last.unwrap_or(meta.last()),
             })
         })
     }
@@ -192,10 +202,13 @@ impl LmdbLogStore {
         }
         with_handles(&self.shared, |handles| {
             for _ in 0..READ_ATTEMPTS {
-                let txn = handles.read_txn()?;
+                let (txn, pending) =
+                    self.shared
+                        .pending
+                        .view(self.group, range.clone(), max_bytes, || handles.read_txn())?;
                 #[cfg(test)]
                 self.shared.read_snapshot_taken();
-                if let Some(entries) = self.try_read(handles, &txn, &range, max_bytes)? {
+                if let Some(entries) = self.try_read(handles, &txn, pending, &range, max_bytes)? {
                     return Ok(entries);
                 }
             }
@@ -205,19 +218,31 @@ impl LmdbLogStore {
         })
     }
 
-    /// Reads `range` in one snapshot: the entries, or `None` if a commit made since the
-    /// snapshot began deleted a journal record the snapshot needs (a move or a truncation):
-    /// reading again with a new snapshot then succeeds (see `journal.rs`).
+    /// Reads `range` in one snapshot and the pending entries of the write-ahead file copied
+    /// with it (`pending`, used only if they follow that snapshot: see `wal.rs`): the entries,
+    /// or `None` if a commit made since the snapshot began deleted a journal record the
+    /// snapshot needs (a move or a truncation): reading again with a new snapshot then
+    /// succeeds (see `journal.rs`).
     pub(crate) fn try_read(
         &self,
         handles: &Handles,
         txn: &RoTxn<'_, WithoutTls>,
+        pending: PendingView,
         range: &Range<LogIndex>,
         max_bytes: u64,
     ) -> Result<Option<Vec<Entry>>, StorageError> {
         let keys = self.keys();
         let meta = handles.read_meta(txn, keys)?;
-        let (first, last) = (meta.purged().index + 1, meta.last().index);
+        let current = handles.wal_generation(txn)? == pending.generation;
+        let (pending_last, pending) = match current {
+            true => (pending.last, pending.entries),
+            // A checkpoint committed after the pending entries were added: the snapshot
+            // holds them (as that commit's requests left them).
+            false => (None, Vec::new()),
+        };
+        let stored_end = meta.last().index.saturating_add(1).min(range.end);
+        let last = pending_last.map_or(meta.last().index, |id| id.index);
+        let first = meta.purged().index + 1;
         if range.start < first || range.end - 1 > last {
             return Err(StorageError::InvalidRequest(format!(
                 "read of {range:?} outside stored entries {first}..={last}"
@@ -234,7 +259,7 @@ impl LmdbLogStore {
             }
             full
         };
-        let (start, end) = (keys.log(range.start), keys.log(range.end));
+        let (start, end) = (keys.log(range.start), keys.log(stored_end.max(range.start)));
         let bounds = start.until(&end);
         for item in handles.log.range(txn, &bounds).map_err(storage_error)? {
             let (key, value) = item.map_err(storage_error)?;
@@ -250,10 +275,10 @@ impl LmdbLogStore {
             expected += 1;
         }
         // The rest is in the journal (the log holds a group's older entries).
-        if let (Some(journal), true) = (&handles.journal, expected < range.end) {
-            let candidates = self.shared.read_index.candidates(self.group, expected, range.end);
+        if let (Some(journal), true) = (&handles.journal, expected < stored_end) {
+            let candidates = self.shared.read_index.candidates(self.group, expected, stored_end);
             let mut candidates = candidates.iter().peekable();
-            while expected < range.end {
+            while expected < stored_end {
                 let mut found = None;
                 while let Some(&&(index, seq)) = candidates.peek() {
                     if index > expected {
@@ -270,6 +295,17 @@ impl LmdbLogStore {
                 }
                 expected += 1;
             }
+        }
+        // The rest is pending in the write-ahead file (it follows the snapshot's log).
+        let from = expected;
+        for entry in pending.into_iter().skip_while(|e| e.index < from) {
+            if entry.index != expected {
+                break;
+            }
+            if push(entry, &mut out) {
+                return Ok(Some(out));
+            }
+            expected += 1;
         }
         if expected != range.end {
             return Err(StorageError::Corrupt(format!("log entry {expected} is missing")));
@@ -326,8 +362,20 @@ impl LogStore for LmdbLogStore {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Transactions committed (each one sync).
+    /// Synced commits: LMDB transactions (two syncs each: data pages, then meta page) and
+    /// frames of the write-ahead file (one `fdatasync` each, counted also in `wal_commits`).
+    /// `requests / commits` is the mean number of requests one commit made durable.
     pub commits: u64,
+    /// Of `commits`, the frames of the write-ahead file ([`crate::LmdbOptions::with_wal_bytes`]):
+    /// cycles of pure appends made durable with one `fdatasync`.
+    pub wal_commits: u64,
+    /// Of the LMDB transactions in `commits`, those that applied entries of the write-ahead file
+    /// to LMDB first (checkpoints; an open that recovers frames makes one).
+    pub checkpoints: u64,
+    /// Entries read back from the write-ahead file when the store (environment) was opened:
+    /// acknowledged through frames by an earlier run and not yet in LMDB (it crashed, or its
+    /// close checkpoint failed). They were applied to LMDB before the store was handed out.
+    pub recovered_entries: u64,
     /// Write and purge requests answered by those transactions (valid or not).
     pub requests: u64,
     /// Bytes of zeros written past LMDB's last page to keep the data file grown ahead of use
@@ -337,12 +385,14 @@ pub struct StoreStats {
     /// from the end of its linger (its requests in hand) to the end of LMDB's commit and the
     /// journal's bookkeeping after it: the requests applied, the headroom zeros written
     /// (`headroom_bytes`), LMDB's commit and, when the map was full, the abandoned attempt,
-    /// the reopening with a larger map and the retry. Failed transactions and requests
+    /// the reopening with a larger map and the retry; for a frame of the write-ahead file,
+    /// its encoding, write and sync. Failed transactions and requests
     /// answered at once with an error (after a failure) are not included. The sum of their
     /// durations; a snapshot never shows it below `sync_us`.
     pub transaction_us: u64,
     /// Microseconds of `transaction_us` spent in LMDB's commit: writing the transactions'
-    /// pages and syncing them, then their meta page.
+    /// pages and syncing them, then their meta page; for a frame of the write-ahead file, its
+    /// `pwrite` and `fdatasync`.
     pub sync_us: u64,
     /// Microseconds the writer thread spent answering the requests of each transaction (waking
     /// their callers; failed requests included), from the end of the transaction: taking the

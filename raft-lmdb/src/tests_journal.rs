@@ -34,7 +34,8 @@ fn append(range: std::ops::Range<u64>, term: u64) -> WriteBatch {
 
 /// Options whose journal is moved once it holds `records` entries.
 fn bound(records: usize) -> LmdbOptions {
-    LmdbOptions::default().with_journal_bound(records, u64::MAX)
+    // Without the write-ahead file, whose frames take pure appends past the journal.
+    LmdbOptions::default().with_journal_bound(records, u64::MAX).with_wal_bytes(0)
 }
 
 /// An environment whose journal is moved once it holds `records` entries, and takes every
@@ -196,9 +197,14 @@ fn a_read_snapshot_held_across_a_move_or_a_truncation_is_read_again() {
     std::thread::scope(|s| {
         s.spawn(|| block_on(store.write(append(4..5, 1))).unwrap()).join().unwrap();
     });
-    assert_eq!(store.try_read(handles, &before_move, &(1..4), u64::MAX).unwrap(), None);
     assert_eq!(
-        store.try_read(handles, &handles.read_txn().unwrap(), &(1..5), u64::MAX).unwrap(),
+        store.try_read(handles, &before_move, Default::default(), &(1..4), u64::MAX).unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .try_read(handles, &handles.read_txn().unwrap(), Default::default(), &(1..5), u64::MAX)
+            .unwrap(),
         Some(entries(1..5, 1))
     );
     drop(before_move);
@@ -215,7 +221,8 @@ fn a_read_snapshot_held_across_a_move_or_a_truncation_is_read_again() {
     });
     // The old record of entry 4 is withdrawn from the read index once deleted, and the new one
     // is not in the old snapshot.
-    let old = store.try_read(handles, &before_truncation, &(1..5), u64::MAX).unwrap();
+    let old =
+        store.try_read(handles, &before_truncation, Default::default(), &(1..5), u64::MAX).unwrap();
     assert_eq!(old, None);
     drop(before_truncation);
     drop(slot);
@@ -436,8 +443,10 @@ fn a_journal_record_of_an_entry_also_in_the_log_is_corrupt() {
     let root = tempfile::tempdir().unwrap();
     let dir = std::fs::canonicalize(root.path()).unwrap();
     {
-        // One group per transaction: straight to the log.
-        let env = LmdbEnvironment::open(&dir).unwrap();
+        // One group per transaction: straight to the log (without the write-ahead file, which
+        // would hold the entries instead).
+        let env =
+            LmdbEnvironment::open_with(&dir, LmdbOptions::default().with_wal_bytes(0)).unwrap();
         block_on(env.log_store(1).unwrap().write(append(1..4, 1))).unwrap();
     }
     tamper_journal(&dir, |journal, _, txn| {
@@ -510,8 +519,10 @@ fn hostile_journal_shapes_are_corrupt() {
 #[test]
 fn the_headroom_counts_the_journal_a_commit_moves() {
     let root = tempfile::tempdir().unwrap();
-    let options =
-        LmdbOptions::default().with_journal_bound(1000, u64::MAX).with_file_headroom(256 << 10);
+    let options = LmdbOptions::default()
+        .with_journal_bound(1000, u64::MAX)
+        .with_file_headroom(256 << 10)
+        .with_wal_bytes(0);
     let env = LmdbEnvironment::open_with(root.path().join("env"), options).unwrap();
     env.running_shared().always_journal.store(true, Ordering::SeqCst);
     let store = env.log_store(1).unwrap();

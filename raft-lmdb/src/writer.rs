@@ -26,16 +26,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use raft_core::{GroupId, LogId, LogIndex, StorageError, WriteBatch};
+use raft_core::{Entry, GroupId, LogId, LogIndex, StorageError, WriteBatch};
 
 use crate::apply::{self, Applier, Failure, GroupLog, Rejection};
 use crate::codec::{self, MetaRecord};
 use crate::env::{self, Handles};
+use crate::environment::Recovered;
 use crate::headroom::Headroom;
 use crate::journal::{JournalIndex, MoveError};
 use crate::queue::Waited;
 use crate::shared::Shared;
 use crate::thread_io;
+use crate::wal::{Wal, WAL_GENERATION_KEY};
 
 /// What a request asks the writer to do.
 #[derive(Debug)]
@@ -89,10 +91,17 @@ struct Committed {
     outcomes: Vec<Result<(), StorageError>>,
     /// How long LMDB's commit took.
     sync: Duration,
+    /// The write-ahead generation the transaction committed, if it moved to a new one (a
+    /// checkpoint).
+    checkpointed: Option<u64>,
 }
 
 /// The longest a transaction waits for expected requests before committing.
 const MAX_LINGER: Duration = Duration::from_micros(500);
+
+/// The most entries pending in the write-ahead file: a cycle that would go beyond checkpoints
+/// first, so that a checkpoint's transaction stays about the size of a journal move.
+const MAX_PENDING_ENTRIES: usize = 4096;
 
 /// Bounds on one transaction.
 #[derive(Debug, Clone, Copy)]
@@ -102,16 +111,43 @@ pub(crate) struct GroupLimits {
 }
 
 /// Starts the writer thread, knowing the metadata of the groups in `committed` (others are
-/// loaded by [`Op::Open`]). It runs until the queue is closed and drained.
+/// loaded by [`Op::Open`]). It runs until the queue is closed and drained. When `recovered`
+/// holds entries of the write-ahead file (or torn bytes), it first checkpoints them, on the
+/// calling thread: an error then fails the open.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     committed: HashMap<GroupId, MetaRecord>,
     journal: Option<JournalIndex>,
     limits: GroupLimits,
     headroom: Headroom,
+    recovered: Recovered,
 ) -> io::Result<JoinHandle<()>> {
-    let writer =
-        Writer { shared, committed, journal, limits, applier: Applier::default(), headroom };
+    let Recovered { wal, generation, lasts, dirty, bytes, .. } = recovered;
+    let recovered = shared.recovered_entries.load(Ordering::Relaxed);
+    let recovered_entries = usize::try_from(recovered).unwrap_or(usize::MAX);
+    let mut writer = Writer {
+        shared,
+        committed,
+        journal,
+        limits,
+        applier: Applier::default(),
+        headroom,
+        wal,
+        wal_generation: generation,
+        wal_dirty: dirty,
+        pending_lasts: lasts,
+        // The open-time checkpoint's estimate for the headroom counts them.
+        pending_bytes: bytes,
+        pending_entries: recovered_entries,
+    };
+    if writer.wal_dirty || !writer.pending_lasts.is_empty() {
+        drop(writer.commit_group(Vec::new(), Instant::now()));
+        if writer.shared.is_poisoned() {
+            return Err(io::Error::other(
+                "applying the write-ahead file's entries to LMDB at open failed",
+            ));
+        }
+    }
     // The writer's `/proc` counters are known before the environment is handed out, so that
     // `DiskStats::written_bytes` counts from the first request on.
     let (ready, started) = std::sync::mpsc::sync_channel(1);
@@ -139,6 +175,19 @@ struct Writer {
     applier: Applier,
     /// Keeps the data file written ahead of the commits.
     headroom: Headroom,
+    /// The write-ahead file (`wal.rs`), `None` when off.
+    wal: Option<Wal>,
+    /// The generation of LMDB's committed state (`wal-generation`): of the frames written now.
+    wal_generation: u64,
+    /// Whether the file may hold frames or torn bytes of `wal_generation`: the next LMDB
+    /// transaction then moves to the next generation (a checkpoint).
+    wal_dirty: bool,
+    /// The id of each group's last pending entry (in the file, not yet in LMDB).
+    pending_lasts: HashMap<GroupId, LogId>,
+    /// Bytes of the pending entries (for the headroom's estimate of a checkpoint).
+    pending_bytes: u64,
+    /// The number of pending entries (bounded by [`MAX_PENDING_ENTRIES`]).
+    pending_entries: usize,
 }
 
 /// Closes the queue when the writer stops, however it stops (a panic included), so that
@@ -178,7 +227,11 @@ impl Writer {
             self.linger(&mut group, &mut bytes, expected, last_commit);
             answered = group.len();
             let started = Instant::now();
-            let replies = self.commit_group(group, started);
+            let replies = if self.frame(&group) {
+                self.commit_frame(group, started)
+            } else {
+                self.commit_group(group, started)
+            };
             let committed = Instant::now();
             last_commit = committed - started;
             // Take what queued up during the commit before answering, so that it is not
@@ -193,6 +246,15 @@ impl Writer {
             }
             shared.queue.answered(groups);
             shared.timings.answer.add(committed.elapsed());
+        }
+        // A clean close applies the pending entries to LMDB: a closed store's `data.mdb` then
+        // holds every acknowledged entry (the write-ahead file holds only stale frames).
+        #[cfg(test)]
+        let skip = shared.skip_close_checkpoint.load(Ordering::SeqCst);
+        #[cfg(not(test))]
+        let skip = false;
+        if !self.pending_lasts.is_empty() && !shared.is_poisoned() && !skip {
+            drop(self.commit_group(Vec::new(), Instant::now()));
         }
         tracing::debug!("raft-lmdb writer thread stops: the environment was dropped");
     }
@@ -268,7 +330,29 @@ impl Writer {
                 }
             }
             match result {
-                Ok(Committed { touched, outcomes, sync }) => {
+                Ok(Committed { touched, outcomes, sync, checkpointed }) => {
+                    if let Some(generation) = checkpointed {
+                        #[cfg(test)]
+                        {
+                            let slot = &self.shared.checkpoint_barrier;
+                            let barrier = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            if let Some(barrier) = barrier {
+                                barrier.wait();
+                                barrier.wait();
+                            }
+                        }
+                        // Only now, after the commit: readers stop using the pending entries.
+                        self.shared.pending.checkpointed(generation);
+                        self.wal_generation = generation;
+                        self.wal_dirty = false;
+                        self.pending_lasts.clear();
+                        self.pending_bytes = 0;
+                        self.pending_entries = 0;
+                        if let Some(wal) = &mut self.wal {
+                            wal.checkpointed();
+                        }
+                        self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    }
                     let timings = &self.shared.timings;
                     timings.transaction.add(started.elapsed());
                     timings.sync.add(sync);
@@ -294,6 +378,108 @@ impl Writer {
                 Err(Failure::Fatal(err)) => return self.fail(group, err),
             }
         }
+    }
+
+    /// Whether the cycle `group` is committed through the write-ahead file: every request is a
+    /// pure append (entries only) of a loaded group, contiguous after the group's last entry
+    /// (pending or committed) with terms that never decrease, and the frame, encoded here into
+    /// the file's builder, fits in the file. Anything else (invalid requests included) goes to
+    /// an LMDB transaction, which checkpoints first and validates as always.
+    fn frame(&mut self, group: &[Request]) -> bool {
+        let Some(wal) = &mut self.wal else { return false };
+        if group.is_empty() || self.shared.is_poisoned() {
+            return false;
+        }
+        #[cfg(test)]
+        if self.shared.fail_next_commit.load(Ordering::SeqCst) {
+            return false;
+        }
+        let entries: usize = group
+            .iter()
+            .map(|r| match &r.op {
+                Op::Write(batch) => batch.entries.len(),
+                _ => 0,
+            })
+            .sum();
+        if self.pending_entries.saturating_add(entries) > MAX_PENDING_ENTRIES {
+            return false;
+        }
+        let id = wal.id;
+        wal.builder.begin(id, self.wal_generation);
+        let mut lasts: HashMap<GroupId, LogId> = HashMap::new();
+        for request in group {
+            let Op::Write(batch) = &request.op else { return false };
+            if batch.hard_state.is_some()
+                || batch.truncate_from.is_some()
+                || batch.entries.is_empty()
+            {
+                return false;
+            }
+            let last = match lasts.get(&request.group) {
+                Some(last) => *last,
+                None => match self.pending_lasts.get(&request.group) {
+                    Some(last) => *last,
+                    None => match self.committed.get(&request.group) {
+                        Some(meta) => meta.last(),
+                        None => return false,
+                    },
+                },
+            };
+            let mut previous = last;
+            for entry in &batch.entries {
+                if previous.index.checked_add(1) != Some(entry.index) || entry.term < previous.term
+                {
+                    return false;
+                }
+                if wal.builder.push(request.group, entry).is_err() {
+                    return false;
+                }
+                previous = entry.log_id();
+            }
+            lasts.insert(request.group, previous);
+        }
+        wal.fits(wal.builder.frame_len())
+    }
+
+    /// Commits the cycle `group` whose frame [`Writer::frame`] built: writes it at the file's
+    /// write offset, syncs it, then publishes its entries as pending and returns the answers.
+    /// A failure poisons the environment like a failed LMDB commit.
+    fn commit_frame(&mut self, group: Vec<Request>, started: Instant) -> Vec<Reply> {
+        let Some(wal) = &mut self.wal else {
+            return self.fail(group, StorageError::Other("no write-ahead file".into()));
+        };
+        self.wal_dirty = true;
+        let syncing = Instant::now();
+        if let Err(err) = wal.append() {
+            return self.fail(group, err);
+        }
+        let sync = syncing.elapsed();
+        let requests = group.len() as u64;
+        let mut added: Vec<(GroupId, Vec<Entry>)> = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        for request in group {
+            if let Op::Write(batch) = request.op {
+                if let Some(last) = batch.entries.last() {
+                    self.pending_lasts.insert(request.group, last.log_id());
+                }
+                self.pending_bytes += batch.entries.iter().map(Entry::size_bytes).sum::<u64>();
+                self.pending_entries += batch.entries.len();
+                match added.last_mut() {
+                    Some((g, entries)) if *g == request.group => entries.extend(batch.entries),
+                    _ => added.push((request.group, batch.entries)),
+                }
+            }
+            replies.push((request.group, request.reply, Ok(())));
+        }
+        // Before answering: a caller reads its own writes as soon as it has its answer.
+        self.shared.pending.add(added);
+        let timings = &self.shared.timings;
+        timings.transaction.add(started.elapsed());
+        timings.sync.add(sync);
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.wal_commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.committed_requests.fetch_add(requests, Ordering::Relaxed);
+        replies
     }
 
     /// Poisons the environment and answers the whole transaction with `err`.
@@ -336,12 +522,17 @@ impl Writer {
         let (page_size, used) = handles.pages();
         // A commit that moves the journal writes its records again, to the groups' logs.
         let moved_bytes = self.journal.as_ref().map_or(0, JournalIndex::due_bytes);
-        let entry_bytes = group.iter().map(|r| r.op.size_bytes()).sum::<u64>() + moved_bytes;
+        let entry_bytes =
+            group.iter().map(|r| r.op.size_bytes()).sum::<u64>() + moved_bytes + self.pending_bytes;
+        // The pending entries of the write-ahead file go into this transaction first.
+        let checkpoint = self.wal_dirty || !self.pending_lasts.is_empty();
+        let pending = if checkpoint { self.shared.pending.all() } else { Vec::new() };
         let zeros = self.headroom.ensure(used, entry_bytes, page_size);
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
         if let (Some(journal), Some(db)) = (&mut self.journal, &handles.journal) {
-            let mut appending = group.iter().filter(|r| r.op.appends()).map(|r| r.group);
+            let requests = group.iter().filter(|r| r.op.appends()).map(|r| r.group);
+            let mut appending = pending.iter().map(|(g, _)| *g).chain(requests);
             let first = appending.next();
             let one_group = first.is_some_and(|g| appending.all(|other| other == g));
             #[cfg(test)]
@@ -358,9 +549,31 @@ impl Writer {
             }
         }
         let mut touched = Touched::new();
+        for (id, entries) in pending {
+            let op = Op::Write(WriteBatch { entries, ..WriteBatch::default() });
+            match self.apply(handles, &mut txn, &mut touched, id, &op) {
+                Ok(()) => {}
+                Err(Rejection::Invalid(err)) => {
+                    return Err(Failure::Fatal(StorageError::Corrupt(format!(
+                        "the write-ahead entries of group {id} do not follow its log: {err}"
+                    ))))
+                }
+                Err(Rejection::Failed(failure)) => return Err(failure),
+            }
+        }
+        let checkpointed = match checkpoint {
+            true => {
+                let next = self.wal_generation.checked_add(1).ok_or_else(|| {
+                    StorageError::Corrupt("the write-ahead generations are used up".into())
+                })?;
+                handles.meta.put(&mut txn, WAL_GENERATION_KEY, &next.to_be_bytes())?;
+                Some(next)
+            }
+            false => None,
+        };
         let mut outcomes = Vec::with_capacity(group.len());
         for request in group {
-            match self.apply(handles, &mut txn, &mut touched, request) {
+            match self.apply(handles, &mut txn, &mut touched, request.group, &request.op) {
                 Ok(()) => outcomes.push(Ok(())),
                 Err(Rejection::Invalid(err)) => outcomes.push(Err(err)),
                 Err(Rejection::Failed(failure)) => return Err(failure),
@@ -384,7 +597,7 @@ impl Writer {
         }
         let syncing = Instant::now();
         txn.commit()?;
-        Ok(Committed { touched, outcomes, sync: syncing.elapsed() })
+        Ok(Committed { touched, outcomes, sync: syncing.elapsed(), checkpointed })
     }
 
     /// Applies one request to the transaction, against its group's metadata in `touched`.
@@ -393,23 +606,24 @@ impl Writer {
         handles: &Handles,
         txn: &mut heed::RwTxn<'_>,
         touched: &mut Touched,
-        request: &Request,
+        id: GroupId,
+        op: &Op,
     ) -> Result<(), Rejection> {
-        let keys = handles.layout.keys(request.group);
+        let keys = handles.layout.keys(id);
         let mut log = GroupLog::new(handles, keys, self.journal.as_mut());
         // One lookup for a group the transaction has met already (the common case of a busy
         // group), two for its first request in the transaction.
-        let meta = match touched.entry(request.group) {
+        let meta = match touched.entry(id) {
             MapEntry::Occupied(entry) => entry.into_mut(),
             MapEntry::Vacant(entry) => {
-                let committed = match self.committed.get(&request.group) {
+                let committed = match self.committed.get(&id) {
                     Some(meta) => Some(*meta),
                     // Not loaded yet (a group found on disk): what is on disk is what is
                     // committed.
                     None => {
                         let found = handles.find_meta(txn, keys).map_err(Rejection::Invalid)?;
                         if let Some(meta) = found {
-                            self.committed.insert(request.group, meta);
+                            self.committed.insert(id, meta);
                         }
                         found
                     }
@@ -417,7 +631,7 @@ impl Writer {
                 entry.insert(committed)
             }
         };
-        match (&request.op, meta) {
+        match (op, meta) {
             (Op::Open, Some(_)) => Ok(()),
             (Op::Open, meta @ None) => {
                 *meta = Some(MetaRecord::default());
@@ -430,12 +644,11 @@ impl Writer {
                 // No longer what the disk holds: a group created again in this transaction
                 // must have its record written even if it equals the old one. (A transaction
                 // retried after the map grew loads it again from the disk.)
-                self.committed.remove(&request.group);
+                self.committed.remove(&id);
                 Ok(())
             }
             (_, None) => Err(Rejection::Invalid(StorageError::InvalidRequest(format!(
-                "group {} does not exist",
-                request.group
+                "group {id} does not exist"
             )))),
             (Op::Write(batch), Some(meta)) => self.applier.write(log, txn, meta, batch),
             (Op::Purge(up_to), Some(meta)) => apply::purge(log, txn, meta, *up_to),

@@ -1,6 +1,7 @@
 //! `LmdbLogStore` passes the `LogStore` conformance suite of `raft-core`, with the default map
 //! and with a tiny map that has to grow during the suite: a store of its own, and the group
-//! stores of one `LmdbEnvironment`, several suites running at once on different groups.
+//! stores of one `LmdbEnvironment`, several suites running at once on different groups; with
+//! the write-ahead file (the default), without it and with one so small that it fills often.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
@@ -32,6 +33,17 @@ fn run_suite(options: LmdbOptions) {
 #[test]
 fn lmdb_log_store_conformance() {
     run_suite(LmdbOptions::default());
+}
+
+#[test]
+fn lmdb_log_store_conformance_without_the_write_ahead_file() {
+    run_suite(LmdbOptions::default().with_wal_bytes(0));
+}
+
+#[test]
+fn lmdb_log_store_conformance_with_a_small_write_ahead_file() {
+    // Frames often do not fit: many checkpoints.
+    run_suite(LmdbOptions::default().with_wal_bytes(2048));
 }
 
 #[test]
@@ -77,6 +89,11 @@ fn run_group_suites(options: LmdbOptions, suites: u64) {
 #[test]
 fn group_stores_of_one_environment_pass_conformance_side_by_side() {
     run_group_suites(LmdbOptions::default(), 4);
+}
+
+#[test]
+fn group_stores_pass_conformance_side_by_side_without_the_write_ahead_file() {
+    run_group_suites(LmdbOptions::default().with_wal_bytes(0), 4);
 }
 
 #[test]

@@ -245,7 +245,8 @@ fn the_last_possible_index_is_refused_not_wrapped() {
 /// How many of `commits` commits of 64 entries each changed the data file's length.
 fn commits_that_grew_the_file(headroom: u64, commits: u64) -> u64 {
     let root = tempfile::tempdir().unwrap();
-    let options = LmdbOptions::default().with_file_headroom(headroom);
+    // Without the write-ahead file, so that every commit is an LMDB transaction.
+    let options = LmdbOptions::default().with_file_headroom(headroom).with_wal_bytes(0);
     let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
     let data = store.path().join("data.mdb");
     let mut len = std::fs::metadata(&data).unwrap().len();
@@ -286,7 +287,8 @@ fn a_store_that_purges_reuses_its_pages() {
     // followed by a purge that keeps the last 1000 entries. LMDB reuses the pages the purges
     // freed, so the file stops growing although six times as much is written.
     let root = tempfile::tempdir().unwrap();
-    let options = LmdbOptions::default().with_file_headroom(0);
+    // Without the write-ahead file either: every commit is an LMDB transaction.
+    let options = LmdbOptions::default().with_file_headroom(0).with_wal_bytes(0);
     let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
     let data = store.path().join("data.mdb");
     let mut next = 1;
@@ -306,7 +308,8 @@ fn a_store_that_purges_reuses_its_pages() {
 #[test]
 fn disk_stats_count_what_the_writer_writes() {
     let root = tempfile::tempdir().unwrap();
-    let options = LmdbOptions::default().with_file_headroom(1 << 20);
+    // Without the write-ahead file: every commit writes LMDB's pages.
+    let options = LmdbOptions::default().with_file_headroom(1 << 20).with_wal_bytes(0);
     let store = LmdbLogStore::open_dir_with(root.path().join("s"), options).unwrap();
     let (stats0, disk0) = (store.stats(), store.disk_stats().unwrap());
     // The headroom written at open: the file reaches past LMDB's pages by at least half of it.

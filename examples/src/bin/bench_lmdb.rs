@@ -13,9 +13,9 @@
 //! 64 writers). The raw fsyncs, the single-entry and the 64-entry commits are taken in turn,
 //! one operation of each per round, so that their ratios compare operations made under the same
 //! conditions on a disk whose speed drifts (the 64-writer runs alternate in short slices). The
-//! 64-entry and 64-writer measurements also run on a second store without file headroom
-//! (`LmdbOptions::with_file_headroom(0)`: LMDB grows the data file at each commit), to show what
-//! the headroom buys in the same run. The concurrent-writer rows also give the writer thread's
+//! single-entry, 64-entry and 64-writer measurements also run on a second store without the
+//! write-ahead file (`LmdbOptions::with_wal_bytes(0)`: every commit an LMDB transaction, two
+//! syncs), to show what the file buys in the same run. The concurrent-writer rows also give the writer thread's
 //! time per commit (`StoreStats`): the transaction (LMDB's commit within it), answering the
 //! callers, waiting for a first request of the next transaction, and lingering for the rest.
 //! `--dir` must be on the disk you care about (not a tmpfs); the benchmark works in a fresh
@@ -58,8 +58,9 @@ const BLOCK: [u8; 4096] = [0xa5; 4096];
 /// Slices of the interleaved 64-writer measurements.
 const SLICES: u32 = 10;
 /// Kinds of operations measured in turn (raw overwrite, raw append, single-entry commit,
-/// 64-entry commit, 64-entry commit without headroom): they share `INTERLEAVED_KINDS` periods.
-const INTERLEAVED_KINDS: u32 = 5;
+/// 64-entry commit, and both commits without the write-ahead file): they share
+/// `INTERLEAVED_KINDS` periods.
+const INTERLEAVED_KINDS: u32 = 6;
 /// Single-entry commits to each store before measuring.
 const WARM_UP_COMMITS: usize = 500;
 const WRITER_COUNTS: [usize; 4] = [1, 16, 64, 256];
@@ -171,10 +172,10 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let store = Arc::new(LmdbLogStore::open_dir(work.join("store"))?);
-    // The same store without file headroom: LMDB grows the data file at each commit that needs
-    // new pages (what every commit did before the headroom existed), for comparison.
-    let no_headroom = LmdbOptions::default().with_file_headroom(0);
-    let growing = Arc::new(LmdbLogStore::open_dir_with(work.join("growing"), no_headroom)?);
+    // The same store without the write-ahead file: every commit is an LMDB transaction (data
+    // pages, then meta page: two syncs), as before the file existed, for comparison.
+    let no_wal = LmdbOptions::default().with_wal_bytes(0);
+    let growing = Arc::new(LmdbLogStore::open_dir_with(work.join("no-wal"), no_wal)?);
     let mut overwrite = RawFsync::new(work, "raw-overwrite.bin", false)?;
     let mut append = RawFsync::new(work, "raw-append.bin", true)?;
     let mut rows = Vec::new();
@@ -189,8 +190,8 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
         // The disk's speed drifts (other processes write too): take the raw fsyncs and the
         // commits in turn, one operation of each kind per round, so that every ratio compares
         // operations made under the same conditions.
-        let (mut single, mut batched, mut batched_growing) =
-            (Meter::new()?, Meter::new()?, Meter::new()?);
+        let (mut single, mut batched, mut batched_growing, mut single_growing) =
+            (Meter::new()?, Meter::new()?, Meter::new()?, Meter::new()?);
         let start = Instant::now();
         while start.elapsed() < period * INTERLEAVED_KINDS {
             overwrite.once()?;
@@ -198,6 +199,7 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
             committer.commit(1, &mut single).await?;
             committer.commit(BATCH_ENTRIES, &mut batched).await?;
             growing_committer.commit(BATCH_ENTRIES, &mut batched_growing).await?;
+            growing_committer.commit(1, &mut single_growing).await?;
         }
         let raw = overwrite.meter.rate().max(append.meter.rate());
         rows.push(overwrite.meter.row("raw 4 KiB overwrite + fsync", "syncs/s", String::new()));
@@ -210,6 +212,9 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
             verdict(ratio >= SINGLE_COMMIT_TARGET)
         );
         rows.push(single.row("single-entry durable commits", "commits/s", note));
+        let ratio = single_growing.rate() / raw;
+        let note = format!("{:.0}% of raw fsync", ratio * 100.0);
+        rows.push(single_growing.row("single-entry, no write-ahead file", "commits/s", note));
         let single_p50 = single.latency.value_at_quantile(0.5).max(1) as f64;
         let batch_note = |meter: &Meter| {
             let ratio = meter.latency.value_at_quantile(0.5) as f64 / single_p50;
@@ -222,7 +227,7 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
         };
         let what = format!("{BATCH_ENTRIES}-entry durable commits");
         rows.push(batched.row(&what, "commits/s", batch_note(&batched)));
-        let what = format!("{BATCH_ENTRIES}-entry commits, no headroom");
+        let what = format!("{BATCH_ENTRIES}-entry commits, no write-ahead file");
         rows.push(batched_growing.row(&what, "commits/s", batch_note(&batched_growing)));
         for writers in WRITER_COUNTS {
             // The disk's speed just before, for context.
@@ -237,7 +242,7 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
                 rows.push(row);
                 continue;
             }
-            // The target: in slices interleaved with the store without headroom, and with raw
+            // The target: in slices interleaved with the store without the file, and with raw
             // fsyncs, so that all three compare like with like.
             let (mut group, mut group_growing) = (GroupMeter::new()?, GroupMeter::new()?);
             let slice = period / SLICES;
@@ -257,7 +262,7 @@ fn run(args: &Args, work: &Path) -> Result<(), BoxError> {
                 ));
             }
             rows.push(row);
-            rows.push(group_growing.row(format!("{what}, no headroom")));
+            rows.push(group_growing.row(format!("{what}, no write-ahead file")));
         }
         Ok::<(), BoxError>(())
     })?;
@@ -428,6 +433,10 @@ impl<'a> Committer<'a> {
 struct GroupMeter {
     meter: Meter,
     commits: u64,
+    /// Of `commits`, frames of the write-ahead file (one sync each).
+    wal_commits: u64,
+    /// LMDB transactions that checkpointed the write-ahead file's entries.
+    checkpoints: u64,
     requests: u64,
     /// Bytes the writer thread wrote (LMDB's pages and meta pages, headroom zeros).
     written_bytes: u64,
@@ -465,6 +474,8 @@ impl GroupMeter {
         Ok(Self {
             meter: Meter::new()?,
             commits: 0,
+            wal_commits: 0,
+            checkpoints: 0,
             requests: 0,
             written_bytes: 0,
             writer: WriterTime::default(),
@@ -483,11 +494,14 @@ impl GroupMeter {
         let first = cycle - per_commit(w.transaction_us + w.answer_us + w.linger_us);
         let note = format!(
             concat!(
-                "{:.0} commits/s, mean group {:.1}; writer per commit (us): transaction ",
+                "{:.0} commits/s ({} write-ahead frames, {} checkpoints), mean group {:.1}; ",
+                "writer per commit (us): transaction ",
                 "{:.0} (LMDB commit {:.0}), answer {:.1}, wait for a first request {:.0}, ",
                 "linger {:.0} ({:.0}% of commits lingered, {:.0}% of lingers timed out)"
             ),
             self.commits as f64 / seconds,
+            self.wal_commits,
+            self.checkpoints,
             group,
             per_commit(w.transaction_us),
             per_commit(w.sync_us),
@@ -565,6 +579,8 @@ async fn spread_writers(
         meter.written_bytes += after - before;
     }
     meter.commits += after.commits - before.commits;
+    meter.wal_commits += after.wal_commits - before.wal_commits;
+    meter.checkpoints += after.checkpoints - before.checkpoints;
     meter.requests += after.requests - before.requests;
     meter.writer.add_difference(&before, &after);
     Ok(())
