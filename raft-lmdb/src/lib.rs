@@ -107,6 +107,8 @@ mod codec;
 mod env;
 mod environment;
 mod error;
+#[cfg(test)]
+mod faults;
 mod fsdir;
 mod headroom;
 mod journal;
@@ -123,6 +125,8 @@ mod tests;
 mod tests_journal;
 #[cfg(test)]
 mod tests_wal;
+#[cfg(test)]
+mod tests_wal_faults;
 mod thread_io;
 mod wal;
 mod writer;

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     /// Test hook: snapshots taken by reads of entries.
     #[cfg(test)]
     pub(crate) read_attempts: AtomicU64,
+    /// Test hooks: failures of the write-ahead file and of checkpoints (`faults.rs`).
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Arc<crate::faults::Faults>,
     /// Exclusive ownership of the directory.
     pub(crate) guard: DirGuard,
 }
@@ -127,6 +130,8 @@ impl Shared {
             checkpoint_barrier: Mutex::new(None),
             #[cfg(test)]
             read_attempts: AtomicU64::new(0),
+            #[cfg(test)]
+            faults: crate::faults::take_opening(),
             guard,
         }
     }

@@ -16,15 +16,15 @@ use raft_core::{Entry, EntryPayload, HardState, LogId, LogStore, StorageError, W
 use crate::wal::WAL_FILE;
 use crate::{LmdbEnvironment, LmdbLogStore, LmdbOptions, OpenError};
 
-fn entry(index: u64, term: u64) -> Entry {
+pub(crate) fn entry(index: u64, term: u64) -> Entry {
     Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index}"))) }
 }
 
-fn append(range: std::ops::Range<u64>, term: u64) -> WriteBatch {
+pub(crate) fn append(range: std::ops::Range<u64>, term: u64) -> WriteBatch {
     WriteBatch { entries: range.map(|i| entry(i, term)).collect(), ..WriteBatch::default() }
 }
 
-fn vote(term: u64) -> WriteBatch {
+pub(crate) fn vote(term: u64) -> WriteBatch {
     WriteBatch {
         hard_state: Some(HardState { current_term: term, voted_for: Some(1) }),
         ..WriteBatch::default()
@@ -33,13 +33,13 @@ fn vote(term: u64) -> WriteBatch {
 
 /// Drops `store` without the close checkpoint (a test hook): its pending entries stay only in
 /// the write-ahead file, as after a crash.
-fn crash(store: LmdbLogStore) {
+pub(crate) fn crash(store: LmdbLogStore) {
     store.shared.skip_close_checkpoint.store(true, Ordering::SeqCst);
     drop(store);
 }
 
 /// Checks that `store` holds exactly `first..=last` with the terms `term_of` gives.
-fn check(store: &LmdbLogStore, first: u64, last: u64, term_of: impl Fn(u64) -> u64) {
+pub(crate) fn check(store: &LmdbLogStore, first: u64, last: u64, term_of: impl Fn(u64) -> u64) {
     let state = block_on(store.open()).unwrap();
     assert_eq!(state.last.index, last);
     assert_eq!(state.purged.index + 1, first);

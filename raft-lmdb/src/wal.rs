@@ -266,6 +266,9 @@ pub(crate) struct Wal {
     pub(crate) offset: u64,
     /// Encodes frames.
     pub(crate) builder: FrameBuilder,
+    /// Test hooks: the environment's (set by the writer when it starts).
+    #[cfg(test)]
+    pub(crate) faults: std::sync::Arc<crate::faults::Faults>,
 }
 
 impl Wal {
@@ -277,7 +280,19 @@ impl Wal {
     /// Writes the frame built in `builder` at the write offset and syncs it.
     pub(crate) fn append(&mut self) -> Result<(), StorageError> {
         let frame = self.builder.finish()?;
+        #[cfg(test)]
+        if self.faults.frame_write.strikes() {
+            // Cut short: half the frame reaches the file.
+            self.file
+                .write_all_at(&frame[..frame.len() / 2], self.offset)
+                .map_err(StorageError::Io)?;
+            return Err(StorageError::Io(io::Error::from_raw_os_error(crate::faults::ENOSPC)));
+        }
         self.file.write_all_at(frame, self.offset).map_err(StorageError::Io)?;
+        #[cfg(test)]
+        if self.faults.frame_sync.strikes() {
+            return Err(StorageError::Io(io::Error::from_raw_os_error(crate::faults::EIO)));
+        }
         self.file.sync_data().map_err(StorageError::Io)?;
         self.offset += frame.len() as u64;
         Ok(())
@@ -341,7 +356,15 @@ pub(crate) fn open(
             return Ok((None, scanned));
         }
     }
-    let wal = Wal { file, id, size: bytes, offset: scanned.end, builder: FrameBuilder::default() };
+    let wal = Wal {
+        file,
+        id,
+        size: bytes,
+        offset: scanned.end,
+        builder: FrameBuilder::default(),
+        #[cfg(test)]
+        faults: std::sync::Arc::default(),
+    };
     Ok((Some(wal), scanned))
 }
 
@@ -363,6 +386,10 @@ fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
         let len = usize::try_from(to - at).map_or(ZERO_SLICE, |left| left.min(ZERO_SLICE));
         file.write_all_at(&zeros[..len], at)?;
         at += len as u64;
+        #[cfg(test)]
+        if crate::faults::opening().is_some_and(|faults| faults.zeros.strikes()) {
+            return Err(io::Error::from_raw_os_error(crate::faults::EFBIG));
+        }
     }
     file.sync_all()
 }

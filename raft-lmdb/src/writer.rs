@@ -140,6 +140,10 @@ pub(crate) fn spawn(
         pending_bytes: bytes,
         pending_entries: recovered_entries,
     };
+    #[cfg(test)]
+    if let Some(wal) = &mut writer.wal {
+        wal.faults = Arc::clone(&writer.shared.faults);
+    }
     if writer.wal_dirty || !writer.pending_lasts.is_empty() {
         drop(writer.commit_group(Vec::new(), Instant::now()));
         if writer.shared.is_poisoned() {
@@ -594,6 +598,12 @@ impl Writer {
         if let Some(journal) = &self.journal {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
+        }
+        #[cfg(test)]
+        if checkpointed.is_some() && self.shared.faults.checkpoint.strikes() {
+            // As a failed commit: the transaction is dropped, nothing of it committed.
+            let error = io::Error::from_raw_os_error(crate::faults::EIO);
+            return Err(Failure::Fatal(StorageError::Io(error)));
         }
         let syncing = Instant::now();
         txn.commit()?;
