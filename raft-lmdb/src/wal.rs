@@ -280,20 +280,26 @@ impl Wal {
     /// Writes the frame built in `builder` at the write offset and syncs it.
     pub(crate) fn append(&mut self) -> Result<(), StorageError> {
         let frame = self.builder.finish()?;
+        // The test hooks (`faults.rs`) replace an outcome; the errors go the same way.
+        #[cfg(not(test))]
+        let written = self.file.write_all_at(frame, self.offset);
         #[cfg(test)]
-        if self.faults.frame_write.strikes() {
-            // Cut short: half the frame reaches the file.
-            self.file
+        let written = match self.faults.frame_write.strikes() {
+            // Cut short (a full disk): half the frame reaches the file.
+            true => self
+                .file
                 .write_all_at(&frame[..frame.len() / 2], self.offset)
-                .map_err(StorageError::Io)?;
-            return Err(StorageError::Io(io::Error::from_raw_os_error(crate::faults::ENOSPC)));
-        }
-        self.file.write_all_at(frame, self.offset).map_err(StorageError::Io)?;
+                .and(Err(io::Error::from_raw_os_error(crate::faults::ENOSPC))),
+            false => self.file.write_all_at(frame, self.offset),
+        };
+        written.map_err(StorageError::Io)?;
+        let synced = self.file.sync_data();
         #[cfg(test)]
-        if self.faults.frame_sync.strikes() {
-            return Err(StorageError::Io(io::Error::from_raw_os_error(crate::faults::EIO)));
-        }
-        self.file.sync_data().map_err(StorageError::Io)?;
+        let synced = match self.faults.frame_sync.strikes() {
+            true => Err(io::Error::from_raw_os_error(crate::faults::EIO)),
+            false => synced,
+        };
+        synced.map_err(StorageError::Io)?;
         self.offset += frame.len() as u64;
         Ok(())
     }

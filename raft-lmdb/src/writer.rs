@@ -599,14 +599,18 @@ impl Writer {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
         }
-        #[cfg(test)]
-        if checkpointed.is_some() && self.shared.faults.checkpoint.strikes() {
-            // As a failed commit: the transaction is dropped, nothing of it committed.
-            let error = io::Error::from_raw_os_error(crate::faults::EIO);
-            return Err(Failure::Fatal(StorageError::Io(error)));
-        }
         let syncing = Instant::now();
-        txn.commit()?;
+        #[cfg(not(test))]
+        let committed = txn.commit().map_err(Failure::from);
+        // Test hook (`faults.rs`): a checkpoint's commit fails, nothing of it committed.
+        #[cfg(test)]
+        let committed = match checkpointed.is_some() && self.shared.faults.checkpoint.strikes() {
+            true => Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(
+                crate::faults::EIO,
+            )))),
+            false => txn.commit().map_err(Failure::from),
+        };
+        committed?;
         Ok(Committed { touched, outcomes, sync: syncing.elapsed(), checkpointed })
     }
 
