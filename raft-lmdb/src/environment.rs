@@ -125,7 +125,7 @@ pub(crate) fn start(
     };
     let writer =
         writer::spawn(Arc::clone(&shared), committed, journal, limits, headroom, recovered)
-            .map_err(io_err)?;
+            .map_err(storage_err)?;
     let running = Arc::new(Running { shared, writer: Some(writer) });
     if options.wal_bytes == 0 {
         // Its frames (if any) were checkpointed by `spawn`.

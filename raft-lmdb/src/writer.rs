@@ -113,7 +113,7 @@ pub(crate) struct GroupLimits {
 /// Starts the writer thread, knowing the metadata of the groups in `committed` (others are
 /// loaded by [`Op::Open`]). It runs until the queue is closed and drained. When `recovered`
 /// holds entries of the write-ahead file (or torn bytes), it first checkpoints them, on the
-/// calling thread: an error then fails the open.
+/// calling thread: an error then fails the open with that checkpoint's error.
 pub(crate) fn spawn(
     shared: Arc<Shared>,
     committed: HashMap<GroupId, MetaRecord>,
@@ -121,7 +121,7 @@ pub(crate) fn spawn(
     limits: GroupLimits,
     headroom: Headroom,
     recovered: Recovered,
-) -> io::Result<JoinHandle<()>> {
+) -> Result<JoinHandle<()>, StorageError> {
     let Recovered { wal, generation, lasts, dirty, bytes, .. } = recovered;
     let recovered = shared.recovered_entries.load(Ordering::Relaxed);
     let recovered_entries = usize::try_from(recovered).unwrap_or(usize::MAX);
@@ -139,6 +139,7 @@ pub(crate) fn spawn(
         // The open-time checkpoint's estimate for the headroom counts them.
         pending_bytes: bytes,
         pending_entries: recovered_entries,
+        failure: None,
     };
     #[cfg(test)]
     if let Some(wal) = &mut writer.wal {
@@ -147,9 +148,7 @@ pub(crate) fn spawn(
     if writer.wal_dirty || !writer.pending_lasts.is_empty() {
         drop(writer.commit_group(Vec::new(), Instant::now()));
         if writer.shared.is_poisoned() {
-            return Err(io::Error::other(
-                "applying the write-ahead file's entries to LMDB at open failed",
-            ));
+            return Err(writer.failure.take().unwrap_or(StorageError::Closed));
         }
     }
     // The writer's `/proc` counters are known before the environment is handed out, so that
@@ -161,7 +160,8 @@ pub(crate) fn spawn(
         }
         let _ = ready.send(());
         writer.run();
-    })?;
+    });
+    let thread = thread.map_err(StorageError::Io)?;
     // An error means the thread ended before telling: the counters stay unknown.
     let _ = started.recv();
     Ok(thread)
@@ -192,6 +192,8 @@ struct Writer {
     pending_bytes: u64,
     /// The number of pending entries (bounded by [`MAX_PENDING_ENTRIES`]).
     pending_entries: usize,
+    /// The error that poisoned the environment (for the open-time checkpoint's caller).
+    failure: Option<StorageError>,
 }
 
 /// Closes the queue when the writer stops, however it stops (a panic included), so that
@@ -490,7 +492,10 @@ impl Writer {
     fn fail(&mut self, group: Vec<Request>, err: StorageError) -> Vec<Reply> {
         tracing::error!(error = %err, "raft-lmdb write failed; the environment accepts no more writes");
         self.shared.poison();
-        group.into_iter().map(|r| (r.group, r.reply, Err(copy_error(&err)))).collect()
+        let replies = group.into_iter().map(|r| (r.group, r.reply, Err(copy_error(&err))));
+        let replies = replies.collect();
+        self.failure.get_or_insert(err);
+        replies
     }
 
     /// Closes the environment and reopens it with a larger map.
