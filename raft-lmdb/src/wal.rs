@@ -62,6 +62,16 @@
 //! the reader ignores its copy). A reader never sees a frame's entries before the frame is
 //! durable, and sees every acknowledged entry.
 //!
+//! # Failures
+//!
+//! A frame's failed write or sync fails every request of its cycle and poisons the
+//! environment; its entries were never published. A frame written whole may still be read by
+//! the next open (its entries follow the acknowledged ones); a torn one is not. A failed
+//! checkpoint commits nothing: the generation does not move, the pending entries stay in
+//! memory and in the file, and the next open recovers them. Zeros that cannot be written at
+//! open turn the file off for the run, after the open checkpointed what it held. Tested in
+//! `tests_wal_faults.rs`, with the test hooks of `faults.rs`.
+//!
 //! # Memory
 //!
 //! The pending entries in memory are bounded: at most 4096 entries (the writer's

@@ -14,7 +14,9 @@
 //! SIGKILL ends the process, not the machine: what the child wrote stays in the page cache,
 //! synced or not. This test therefore checks recovery's logic (frames acknowledged, then found
 //! and applied in order; nothing acknowledged lost), not what a power loss leaves on the disk;
-//! torn and stale frames are covered by the unit tests of `wal.rs` and `tests_wal.rs` only.
+//! torn and stale frames are covered by the unit tests of `wal.rs` and `tests_wal.rs` only, and
+//! failures (a frame's write or sync, a checkpoint's commit, the zeros at open) by
+//! `tests_wal_faults.rs` (test hooks) and `io_error.rs` (a real file size limit).
 //!
 //! `RAFT_LMDB_CRASH_SEED` replays a run (the seed is printed); `RAFT_LMDB_CRASH_ROUNDS` changes
 //! the number of rounds (default 60).
