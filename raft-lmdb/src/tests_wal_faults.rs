@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use raft_core::{LogId, LogStore, StorageError};
+use raft_core::{LogId, LogStore, StorageError, WriteBatch};
 
-use crate::faults::{self, Faults, EIO, ENOSPC};
+use crate::faults::{self, Fault, Faults, EIO, ENOSPC};
 use crate::tests_wal::{append, check, crash, entry, vote};
 use crate::{LmdbEnvironment, LmdbLogStore, LmdbOptions, OpenError};
 
@@ -43,8 +43,24 @@ fn store_with_pending_frames(dir: &std::path::Path) -> Result<LmdbLogStore, Stor
     Ok(store)
 }
 
-/// After a failed cycle that tried to append 4..=5: the store is poisoned, later writes fail
-/// with `Closed`, and only the acknowledged entries 1..=3 are readable.
+/// A store of [`store_with_pending_frames`] whose write of `batch` failed with the I/O error
+/// `code`, made by the fault `fault` chooses; checked with [`only_the_acknowledged_are_readable`].
+fn a_failed_write(
+    dir: &std::path::Path,
+    fault: fn(&Faults) -> &Fault,
+    code: i32,
+    batch: WriteBatch,
+) -> Result<LmdbLogStore, StorageError> {
+    let store = store_with_pending_frames(dir)?;
+    fault(&store.shared.faults).fail_nth(1);
+    let failed = block_on(store.write(batch));
+    assert!(is_io(&failed, code), "{failed:?}");
+    only_the_acknowledged_are_readable(&store)?;
+    Ok(store)
+}
+
+/// After a failed cycle (that tried to append 4..=5, or a hard state): the store is poisoned,
+/// later writes fail with `Closed`, and only the acknowledged entries 1..=3 are readable.
 fn only_the_acknowledged_are_readable(store: &LmdbLogStore) -> Result<(), StorageError> {
     assert!(store.has_failed());
     assert!(matches!(block_on(store.write(append(4..5, 1))), Err(StorageError::Closed)));
@@ -73,11 +89,7 @@ fn a_frame_write_cut_short_acknowledges_nothing_and_the_reopening_drops_it(
 ) -> Result<(), StorageError> {
     let root = tempfile::tempdir().map_err(StorageError::Io)?;
     let dir = root.path().join("store");
-    let store = store_with_pending_frames(&dir)?;
-    store.shared.faults.frame_write.fail_nth(1);
-    let failed = block_on(store.write(append(4..6, 1)));
-    assert!(is_io(&failed, ENOSPC), "{failed:?}");
-    only_the_acknowledged_are_readable(&store)?;
+    let store = a_failed_write(&dir, |f| &f.frame_write, ENOSPC, append(4..6, 1))?;
     // Poisoned: no close checkpoint. The file holds the three frames and half of the fourth.
     drop(store);
     let store = LmdbLogStore::open_dir(&dir)?;
@@ -104,11 +116,7 @@ fn a_failed_frame_sync_acknowledges_nothing_and_the_reopening_finds_a_valid_log(
 ) -> Result<(), StorageError> {
     let root = tempfile::tempdir().map_err(StorageError::Io)?;
     let dir = root.path().join("store");
-    let store = store_with_pending_frames(&dir)?;
-    store.shared.faults.frame_sync.fail_nth(1);
-    let failed = block_on(store.write(append(4..6, 1)));
-    assert!(is_io(&failed, EIO), "{failed:?}");
-    only_the_acknowledged_are_readable(&store)?;
+    let store = a_failed_write(&dir, |f| &f.frame_sync, EIO, append(4..6, 1))?;
     drop(store);
     let store = LmdbLogStore::open_dir(&dir)?;
     assert_eq!(store.stats().recovered_entries, 5);
@@ -182,12 +190,9 @@ fn a_failed_frame_fails_every_group_of_its_cycle_and_the_others_entries_survive(
 fn a_failed_checkpoint_keeps_the_pending_entries_recoverable() -> Result<(), StorageError> {
     let root = tempfile::tempdir().map_err(StorageError::Io)?;
     let dir = root.path().join("store");
-    let store = store_with_pending_frames(&dir)?;
-    let generation_before = generation(&store)?;
-    store.shared.faults.checkpoint.fail_nth(1);
-    let failed = block_on(store.write(vote(2)));
-    assert!(is_io(&failed, EIO), "{failed:?}");
-    only_the_acknowledged_are_readable(&store)?;
+    let store = a_failed_write(&dir, |f| &f.checkpoint, EIO, vote(2))?;
+    // The generation of the three frames (a new store's: no checkpoint yet).
+    let generation_before = 0;
     assert_eq!(generation(&store)?, generation_before);
     drop(store);
     let store = LmdbLogStore::open_dir(&dir)?;
