@@ -182,6 +182,30 @@ fn a_failed_frame_fails_every_group_of_its_cycle_and_the_others_entries_survive(
     Ok(())
 }
 
+/// Requests queued behind a failed frame (cycles of at most two requests: the third waits
+/// for the next cycle) are answered `Closed`, never written: no frame follows a failed one.
+#[test]
+fn requests_queued_behind_a_failed_frame_are_refused() -> Result<(), StorageError> {
+    let root = tempfile::tempdir().map_err(StorageError::Io)?;
+    let options = LmdbOptions::default().with_max_group_requests(2);
+    let env = LmdbEnvironment::open_with(root.path().join("env"), options)?;
+    let stores = (1..=3).map(|g| env.log_store(g)).collect::<Result<Vec<_>, _>>()?;
+    env.running_shared().faults.frame_sync.fail_nth(1);
+    let outcomes: Vec<_> = {
+        let _pause = env.running_shared().pause.lock().map_err(|_| StorageError::Closed)?;
+        let queued = stores.iter().map(|s| block_on(s.submit(append(1..3, 1))));
+        queued.collect::<Result<_, _>>()?
+    };
+    let outcomes: Vec<_> = outcomes.into_iter().map(block_on).collect();
+    assert!(is_io(&outcomes[0], EIO) && is_io(&outcomes[1], EIO), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Err(StorageError::Closed)), "{outcomes:?}");
+    assert_eq!(env.stats().wal_commits, 0);
+    for store in &stores {
+        assert_eq!(block_on(store.open())?.last, LogId::new(0, 0));
+    }
+    Ok(())
+}
+
 /// A checkpoint (here of a hard state after three pending frames) whose commit fails: the
 /// write fails, the pending entries stay readable, LMDB's generation is not moved on, so the
 /// reopening recovers the pending entries from the file (the hard state was never
