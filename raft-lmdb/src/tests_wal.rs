@@ -447,11 +447,22 @@ fn frames_of_a_larger_file_are_recovered_with_a_smaller_one() {
     block_on(store.write(batch)).unwrap();
     assert_eq!(store.stats().wal_commits, 1);
     crash(store);
+    let wal_len = || std::fs::metadata(dir.join(WAL_FILE)).unwrap().len();
+    assert_eq!(wal_len(), 1 << 20);
     let small = LmdbOptions::default().with_wal_bytes(4096);
     let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
     assert_eq!(store.stats().recovered_entries, 3);
     let read = block_on(store.read(1..4, u64::MAX)).unwrap();
     assert_eq!(read, (1..=3).map(big).collect::<Vec<_>>());
+    // Shrunk once the open's checkpoint committed them; frames go on in the smaller file.
+    assert_eq!(wal_len(), 4096);
+    block_on(store.write(append(4..6, 1))).unwrap();
+    assert_eq!(store.stats().wal_commits, 1);
+    crash(store);
+    let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
+    assert_eq!(store.stats().recovered_entries, 2);
+    assert_eq!(block_on(store.read(4..6, u64::MAX)).unwrap(), vec![entry(4, 1), entry(5, 1)]);
+    assert_eq!(wal_len(), 4096);
     let huge = LmdbOptions::default().with_wal_bytes(u64::MAX);
     assert_eq!(huge.wal_bytes, crate::MAX_WAL_BYTES);
 }

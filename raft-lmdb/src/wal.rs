@@ -20,7 +20,10 @@
 //! later `fdatasync` convert it, which is journaled), synced, and the directory synced (at
 //! every open, before any frame is acknowledged: a run that crashed between creating the file
 //! and syncing its directory entry is covered by the next): a frame's `pwrite` + `fdatasync`
-//! then flushes data only.
+//! then flushes data only. A file larger than its size (an earlier run's, with a larger
+//! option) has all its frames read at open and is truncated to the size only after the open's checkpoint
+//! committed the frames it held ([`Wal::shrink`]); if that checkpoint fails the open fails and
+//! the file keeps every frame.
 //!
 //! # Whose frames
 //!
@@ -305,6 +308,11 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
+    /// The usable size of the file (what [`crate::LmdbOptions::with_wal_bytes`] asked for).
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Whether a frame of `len` bytes fits after the frames written.
     pub(crate) fn fits(&self, len: usize) -> bool {
         self.offset.saturating_add(len as u64) <= self.size
@@ -340,6 +348,20 @@ impl Wal {
     /// After a checkpoint committed the next generation: frames start again at 0.
     pub(crate) fn checkpointed(&mut self) {
         self.offset = 0;
+    }
+
+    /// Truncates the file to its size if an earlier run left it larger, and syncs it: the
+    /// file's length before, if it was truncated. Only once the file holds no frame of LMDB's
+    /// generation (the open checkpointed what it held, or it held nothing): truncating before
+    /// that checkpoint committed would lose acknowledged frames if it failed.
+    pub(crate) fn shrink(&self) -> io::Result<Option<u64>> {
+        let len = self.file.metadata()?.len();
+        if len <= self.size {
+            return Ok(None);
+        }
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
+        Ok(Some(len))
     }
 }
 
