@@ -25,6 +25,19 @@
 //! big-endian `u64` sequence number; value: group id and index, both big-endian `u64`, then the
 //! entry record); see `layout.rs` and `journal.rs`.
 //!
+//! A store or environment directory may also hold the write-ahead file `raft-wal` (`wal.rs`):
+//! frames `[body length u32][crc32 of the body u32][body]`, body = `[environment id u64]
+//! [generation u64][frame version u16][record ...]`, record = `[group u64][index u64][entry
+//! length u32][entry record]` (all big-endian; the entry record is [`LOG_DB`]'s value). The
+//! frame version (1) is the file's own: a CRC-valid frame of the environment's id and generation
+//! with another version is corruption (the open fails, the frame is never dropped). Their
+//! metadata records in [`META_DB`] (`raft-groups-meta` for an environment): `wal-id`, the
+//! environment's random id that every frame carries (big-endian `u64`), and `wal-generation`,
+//! the generation of the frames that follow the committed state (big-endian `u64`, absent =
+//! 0), moved on by every transaction that applies the file's entries (a checkpoint). The file
+//! does not change [`FORMAT_VERSION`]: an older build refuses a directory holding it (an
+//! unknown file).
+//!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here
 //! instead of silently changing the bytes on disk. Every decode is strict: trailing bytes, an

@@ -35,6 +35,19 @@ const MAX_DBS: u32 = 6;
 thread_local! {
     /// Test hook: journal records [`check_group`] has read on this thread.
     pub(crate) static JOURNAL_RECORDS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Test hook: the next [`check_group`] on this thread waits at this barrier twice between
+    /// its snapshot and its journal candidates (the test commits in between).
+    pub(crate) static CHECK_GROUP_BARRIER: std::cell::RefCell<Option<std::sync::Arc<std::sync::Barrier>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Test hook: waits at [`CHECK_GROUP_BARRIER`] twice if a test set it on this thread.
+#[cfg(test)]
+fn check_group_paused() {
+    if let Some(barrier) = CHECK_GROUP_BARRIER.with(|b| b.borrow_mut().take()) {
+        barrier.wait();
+        barrier.wait();
+    }
 }
 
 /// An open environment and its databases. Dropping it closes the environment.
@@ -412,17 +425,53 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
 /// last one with the recorded term, those of the log before those of the journal.
 ///
 /// The group's journal records are found through `read_index` (reading only those, not the
-/// whole journal), taken before the snapshot: the group has no writer meanwhile (it is not
-/// open), so a record of the snapshot was published before it, and one withdrawn before the
-/// candidates were taken was deleted by a commit the snapshot includes.
+/// whole journal), taken *after* the snapshot: the group may be written meanwhile even though
+/// it is not open (a checkpoint of the write-ahead file, started by another group's request,
+/// applies the pending entries of every group, including those of a group whose store was
+/// dropped; a journal move takes every group's records). A record is published before the
+/// commit that adds it and withdrawn after the commit that deletes it, so the candidates hold
+/// every record of the snapshot unless a commit made after the snapshot deleted it; a check
+/// that fails is therefore taken again with a new snapshot if a transaction committed since,
+/// at most [`CHECK_ATTEMPTS`] times, and reported (`Corrupt`) once none did (or the last
+/// attempt failed too).
 pub(crate) fn check_group(
     handles: &Handles,
     keys: GroupKeys,
     read_index: &ReadIndex,
 ) -> Result<Option<MetaRecord>, StorageError> {
-    let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);
-    let rtxn = handles.read_txn()?;
-    let Some(meta) = handles.find_meta(&rtxn, keys)? else {
+    let mut attempt = 1;
+    loop {
+        let rtxn = handles.read_txn()?;
+        #[cfg(test)]
+        check_group_paused();
+        let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);
+        match check_snapshot(handles, &rtxn, keys, candidates) {
+            // Records the snapshot holds may have been withdrawn by a later commit.
+            Err(StorageError::Corrupt(_))
+                if attempt < CHECK_ATTEMPTS && handles.read_txn()?.id() != rtxn.id() =>
+            {
+                attempt += 1;
+            }
+            checked => return checked,
+        }
+    }
+}
+
+/// How many snapshots [`check_group`] takes at most: it takes another only when its check
+/// failed and a transaction committed after its snapshot (which may have deleted journal
+/// records the snapshot holds), so a healthy group's attempt fails only if such a commit races
+/// it again.
+const CHECK_ATTEMPTS: usize = 64;
+
+/// [`check_group`] in the snapshot `rtxn`, with the group's journal records `candidates`
+/// (taken after the snapshot).
+fn check_snapshot(
+    handles: &Handles,
+    rtxn: &RoTxn<'_, WithoutTls>,
+    keys: GroupKeys,
+    candidates: Vec<(LogIndex, u64)>,
+) -> Result<Option<MetaRecord>, StorageError> {
+    let Some(meta) = handles.find_meta(rtxn, keys)? else {
         return Ok(None);
     };
     let (purged, last) = (meta.purged(), meta.last());
@@ -432,10 +481,10 @@ pub(crate) fn check_group(
     let bounds = all.through(&end);
     let log_len = match keys.layout() {
         // The whole database is the group's: LMDB keeps the count.
-        Layout::Single => handles.log.len(&rtxn).map_err(storage_error)?,
+        Layout::Single => handles.log.len(rtxn).map_err(storage_error)?,
         Layout::Groups => {
             let mut len = 0u64;
-            for item in handles.log.range(&rtxn, &bounds).map_err(storage_error)? {
+            for item in handles.log.range(rtxn, &bounds).map_err(storage_error)? {
                 item.map_err(storage_error)?;
                 len += 1;
             }
@@ -449,7 +498,7 @@ pub(crate) fn check_group(
         for (index, seq) in candidates {
             #[cfg(test)]
             JOURNAL_RECORDS_CHECKED.with(|n| n.set(n.get() + 1));
-            if let Some(entry) = read_record(journal, &rtxn, seq, keys.group(), index)? {
+            if let Some(entry) = read_record(journal, rtxn, seq, keys.group(), index)? {
                 journal_len += 1;
                 journal_first = Some(journal_first.map_or(index, |first| first.min(index)));
                 if journal_last.is_none_or(|(max, _)| index > max) {
@@ -467,11 +516,11 @@ pub(crate) fn check_group(
     if len == 0 {
         return Ok(Some(meta));
     }
-    let log_first = match handles.log.range(&rtxn, &bounds).map_err(storage_error)?.next() {
+    let log_first = match handles.log.range(rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => keys.index_of(item.map_err(storage_error)?.0),
         None => None,
     };
-    let log_last = match handles.log.rev_range(&rtxn, &bounds).map_err(storage_error)?.next() {
+    let log_last = match handles.log.rev_range(rtxn, &bounds).map_err(storage_error)?.next() {
         Some(item) => {
             let (key, bytes) = item.map_err(storage_error)?;
             let index = keys.index_of(key).unwrap_or_default();

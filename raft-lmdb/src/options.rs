@@ -120,7 +120,9 @@ impl LmdbOptions {
     /// The file is written with zeros to this size at open (disk space), and the entries not
     /// yet checkpointed are also kept in memory (at most about this many bytes of entries).
     /// 0 turns it off: every cycle is an LMDB transaction (a file an earlier run left is still
-    /// recovered at open, then deleted). Durability is the same either way: a write returns
+    /// recovered at open, then deleted). A size below the file's (an earlier run's larger
+    /// option) shrinks the file at open, once that open has applied the entries it held to
+    /// LMDB (an open that fails leaves the file as it was). Durability is the same either way: a write returns
     /// once it is synced, in the file or in LMDB. Values above [`MAX_WAL_BYTES`] are clamped
     /// to it.
     ///

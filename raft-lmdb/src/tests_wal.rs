@@ -447,11 +447,22 @@ fn frames_of_a_larger_file_are_recovered_with_a_smaller_one() {
     block_on(store.write(batch)).unwrap();
     assert_eq!(store.stats().wal_commits, 1);
     crash(store);
+    let wal_len = || std::fs::metadata(dir.join(WAL_FILE)).unwrap().len();
+    assert_eq!(wal_len(), 1 << 20);
     let small = LmdbOptions::default().with_wal_bytes(4096);
     let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
     assert_eq!(store.stats().recovered_entries, 3);
     let read = block_on(store.read(1..4, u64::MAX)).unwrap();
     assert_eq!(read, (1..=3).map(big).collect::<Vec<_>>());
+    // Shrunk once the open's checkpoint committed them; frames go on in the smaller file.
+    assert_eq!(wal_len(), 4096);
+    block_on(store.write(append(4..6, 1))).unwrap();
+    assert_eq!(store.stats().wal_commits, 1);
+    crash(store);
+    let store = LmdbLogStore::open_dir_with(&dir, small).unwrap();
+    assert_eq!(store.stats().recovered_entries, 2);
+    assert_eq!(block_on(store.read(4..6, u64::MAX)).unwrap(), vec![entry(4, 1), entry(5, 1)]);
+    assert_eq!(wal_len(), 4096);
     let huge = LmdbOptions::default().with_wal_bytes(u64::MAX);
     assert_eq!(huge.wal_bytes, crate::MAX_WAL_BYTES);
 }
@@ -476,4 +487,38 @@ fn a_clean_close_checkpoints() {
     std::fs::remove_file(dir.join(WAL_FILE)).unwrap();
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     check(&store, 1, 5, |_| 1);
+}
+
+/// Opening a group whose entries were left pending in the write-ahead file by a dropped store
+/// while another group's write checkpoints them into the journal (between the two reads of the
+/// group's check, held there by a test hook): the group opens with every entry, never
+/// `Corrupt` (its check reads the journal records its snapshot holds).
+#[test]
+fn a_group_opens_while_another_group_checkpoints_its_pending_entries() {
+    let root = tempfile::tempdir().unwrap();
+    let env = LmdbEnvironment::open(root.path().join("env")).unwrap();
+    let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
+    block_on(one.write(append(1..6, 1))).unwrap();
+    block_on(two.write(append(1..3, 1))).unwrap();
+    assert_eq!(env.stats().checkpoints, 0, "the entries are pending in the file only");
+    // A drop does not checkpoint: 1..=5 of group 1 stay pending.
+    drop(one);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let opener = {
+        let (env, barrier) = (env.clone(), Arc::clone(&barrier));
+        std::thread::spawn(move || {
+            crate::env::CHECK_GROUP_BARRIER.with(|b| *b.borrow_mut() = Some(barrier));
+            env.log_store(1)
+        })
+    };
+    barrier.wait();
+    // Group 2's hard state checkpoints every group's pending entries (into the journal).
+    let voted = block_on(two.write(vote(1)));
+    barrier.wait();
+    let one = opener.join().unwrap();
+    voted.unwrap();
+    assert_eq!(env.stats().checkpoints, 1);
+    let one = one.unwrap();
+    check(&one, 1, 5, |_| 1);
+    check(&two, 1, 2, |_| 1);
 }

@@ -1,7 +1,7 @@
 //! Failures of the write-ahead file (`wal.rs`) and of checkpoints, injected by the test hooks
 //! of `faults.rs`: a frame's write cut short, a frame's sync failing, several groups in the
 //! failed cycle, a checkpoint's commit failing (of a hard state, of a full file, at close, at
-//! open), and the zeros at open failing after a crash. In each case nothing of the failed
+//! open, at an open that would shrink the file), and the zeros at open failing after a crash. In each case nothing of the failed
 //! cycle is acknowledged or readable, the environment accepts no more writes, the acknowledged
 //! entries stay readable, and a reopening without the fault recovers exactly them (plus, only
 //! where a whole frame was written before its sync failed, that frame's entries, which follow
@@ -326,6 +326,40 @@ fn a_failed_checkpoint_at_open_fails_the_open_and_loses_nothing() -> Result<(), 
     let store = LmdbLogStore::open_dir(&dir)?;
     assert_eq!(store.stats().recovered_entries, 3);
     check(&store, 1, 3, |_| 1);
+    Ok(())
+}
+
+/// After a crash, an open with a smaller file whose checkpoint of the recovered entries fails
+/// does not shrink the file (its frames past the new size hold acknowledged entries); the next
+/// open recovers them all and only then shrinks it.
+#[test]
+fn a_failed_checkpoint_at_open_does_not_shrink_the_file() -> Result<(), StorageError> {
+    let root = tempfile::tempdir().map_err(StorageError::Io)?;
+    let dir = root.path().join("store");
+    let wal_len = || std::fs::metadata(dir.join(crate::wal::WAL_FILE)).map(|m| m.len());
+    let large = LmdbOptions::default().with_wal_bytes(1 << 20);
+    let store = LmdbLogStore::open_dir_with(&dir, large)?;
+    // Frames of about 3 KiB each: most of them lie past 4 KiB.
+    let big = |i: u64| raft_core::Entry {
+        payload: raft_core::EntryPayload::Command(bytes::Bytes::from(vec![i as u8; 3000])),
+        ..entry(i, 1)
+    };
+    for i in 1..=20u64 {
+        block_on(store.write(WriteBatch { entries: vec![big(i)], ..WriteBatch::default() }))?;
+    }
+    assert_eq!(store.stats().wal_commits, 20);
+    crash(store);
+    let armed = Arc::new(Faults::default());
+    armed.checkpoint.fail_nth(1);
+    faults::arm_next_open(Arc::clone(&armed));
+    let small = LmdbOptions::default().with_wal_bytes(4096);
+    let failed = LmdbLogStore::open_dir_with(&dir, small);
+    assert!(matches!(&failed, Err(OpenError::Io { .. })), "{failed:?}");
+    assert_eq!(wal_len().map_err(StorageError::Io)?, 1 << 20);
+    let store = LmdbLogStore::open_dir_with(&dir, small)?;
+    assert_eq!(store.stats().recovered_entries, 20);
+    assert_eq!(block_on(store.read(1..21, u64::MAX))?, (1..=20).map(big).collect::<Vec<_>>());
+    assert_eq!(wal_len().map_err(StorageError::Io)?, 4096);
     Ok(())
 }
 

@@ -20,7 +20,10 @@
 //! later `fdatasync` convert it, which is journaled), synced, and the directory synced (at
 //! every open, before any frame is acknowledged: a run that crashed between creating the file
 //! and syncing its directory entry is covered by the next): a frame's `pwrite` + `fdatasync`
-//! then flushes data only.
+//! then flushes data only. A file larger than its size (an earlier run's, with a larger
+//! option) has all its frames read at open and is truncated to the size only after the open's checkpoint
+//! committed the frames it held ([`Wal::shrink`]); if that checkpoint fails the open fails and
+//! the file keeps every frame.
 //!
 //! # Whose frames
 //!
@@ -35,9 +38,12 @@
 //! # Frames
 //!
 //! `[body length u32][crc32 of the body u32][body]`, body =
-//! `[environment id u64][generation u64][record ...]`,
+//! `[environment id u64][generation u64][format version u16][record ...]`,
 //! record = `[group u64][index u64][entry length u32][entry record]` (big-endian; the entry
-//! record is the codec's, as stored in LMDB).
+//! record is the codec's, as stored in LMDB). The version ([`FRAME_VERSION`]) follows the id
+//! and the generation, which every layout keeps first: a CRC-valid frame of LMDB's id and
+//! generation with another version (a layout this build cannot read, e.g. written by a later
+//! build) may hold acknowledged entries, so it is corruption (the open fails), never skipped.
 //!
 //! # Recovery
 //!
@@ -100,8 +106,13 @@ pub(crate) const WAL_GENERATION_KEY: &[u8] = b"wal-generation";
 pub(crate) const WAL_ID_KEY: &[u8] = b"wal-id";
 /// Bytes before a frame's body: its length and CRC.
 const FRAME_HEADER: usize = 8;
-/// Bytes of a body before its records: the environment id and the generation.
-const BODY_HEADER: usize = 16;
+/// Bytes of a body before its format version: the environment id and the generation (first in
+/// every layout).
+const BODY_OWNER: usize = 16;
+/// Bytes of a body before its records: the environment id, the generation and the version.
+const BODY_HEADER: usize = BODY_OWNER + 2;
+/// The layout of the frames this build writes and reads (see the module documentation).
+const FRAME_VERSION: u16 = 1;
 /// Bytes of a record before its entry record.
 const RECORD_HEADER: usize = 20;
 /// Zeros are written in slices of this size.
@@ -120,6 +131,7 @@ impl FrameBuilder {
         self.buf.extend_from_slice(&[0; FRAME_HEADER]);
         self.buf.extend_from_slice(&id.to_be_bytes());
         self.buf.extend_from_slice(&generation.to_be_bytes());
+        self.buf.extend_from_slice(&FRAME_VERSION.to_be_bytes());
     }
 
     /// Adds the record of `entry` of `group`.
@@ -232,7 +244,8 @@ pub(crate) fn scan<R: ReadAt + ?Sized>(
     Ok(scanned)
 }
 
-/// Reads into `body` the valid frame of `(id, generation)` at `at`, if there is one.
+/// Reads into `body` the valid frame of `(id, generation)` at `at`, if there is one; a valid
+/// frame of `(id, generation)` in another layout than [`FRAME_VERSION`] is corruption.
 fn read_frame<R: ReadAt + ?Sized>(
     source: &R,
     len: u64,
@@ -250,7 +263,7 @@ fn read_frame<R: ReadAt + ?Sized>(
     let body_len = u64::from(u32::from_be_bytes([l0, l1, l2, l3]));
     // A length past the end of the file or above the largest file is not a frame (no
     // allocation follows from it).
-    if body_len < BODY_HEADER as u64 || body_len > len - start || body_len > crate::MAX_WAL_BYTES {
+    if body_len < BODY_OWNER as u64 || body_len > len - start || body_len > crate::MAX_WAL_BYTES {
         return Ok(false);
     }
     body.resize(body_len as usize, 0);
@@ -258,10 +271,23 @@ fn read_frame<R: ReadAt + ?Sized>(
     if crc32fast::hash(body) != u32::from_be_bytes([c0, c1, c2, c3]) {
         return Ok(false);
     }
-    let mut expected = [0u8; BODY_HEADER];
+    let mut expected = [0u8; BODY_OWNER];
     expected[..8].copy_from_slice(&id.to_be_bytes());
     expected[8..].copy_from_slice(&generation.to_be_bytes());
-    Ok(body[..BODY_HEADER] == expected)
+    if body[..BODY_OWNER] != expected {
+        return Ok(false);
+    }
+    // Of this environment and generation, so possibly acknowledged: never skipped.
+    match *body.get(BODY_OWNER..BODY_HEADER).unwrap_or_default() {
+        [v0, v1] if u16::from_be_bytes([v0, v1]) == FRAME_VERSION => Ok(true),
+        [v0, v1] => Err(StorageError::Corrupt(format!(
+            "the write-ahead frame at {at} has version {} where this build reads {FRAME_VERSION}",
+            u16::from_be_bytes([v0, v1])
+        ))),
+        _ => Err(StorageError::Corrupt(format!(
+            "the write-ahead frame at {at} is too short for its version"
+        ))),
+    }
 }
 
 /// The open write-ahead file, owned by the writer thread.
@@ -282,6 +308,11 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
+    /// The usable size of the file (what [`crate::LmdbOptions::with_wal_bytes`] asked for).
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     /// Whether a frame of `len` bytes fits after the frames written.
     pub(crate) fn fits(&self, len: usize) -> bool {
         self.offset.saturating_add(len as u64) <= self.size
@@ -317,6 +348,20 @@ impl Wal {
     /// After a checkpoint committed the next generation: frames start again at 0.
     pub(crate) fn checkpointed(&mut self) {
         self.offset = 0;
+    }
+
+    /// Truncates the file to its size if an earlier run left it larger, and syncs it: the
+    /// file's length before, if it was truncated. Only once the file holds no frame of LMDB's
+    /// generation (the open checkpointed what it held, or it held nothing): truncating before
+    /// that checkpoint committed would lose acknowledged frames if it failed.
+    pub(crate) fn shrink(&self) -> io::Result<Option<u64>> {
+        let len = self.file.metadata()?.len();
+        if len <= self.size {
+            return Ok(None);
+        }
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
+        Ok(Some(len))
     }
 }
 
@@ -655,6 +700,29 @@ mod tests {
         let crc = crc32fast::hash(&short[8..11]);
         short[4..8].copy_from_slice(&crc.to_be_bytes());
         assert!(scan_bytes(&short, 0)?.records.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_frame_of_another_version_is_corrupt_not_skipped() -> Result<(), StorageError> {
+        let own = frame(2, &[(1, entry(1, 1, 4))]);
+        // The same frame in layout 2 (a later build), its CRC valid, after a frame of ours.
+        let mut later = frame(2, &[(1, entry(2, 1, 4))]);
+        later[FRAME_HEADER + BODY_OWNER..FRAME_HEADER + BODY_HEADER]
+            .copy_from_slice(&2u16.to_be_bytes());
+        let crc = crc32fast::hash(&later[FRAME_HEADER..]);
+        later[4..8].copy_from_slice(&crc.to_be_bytes());
+        let scanned = scan_bytes(&file(&[own.clone(), later.clone()], 4096), 2);
+        assert!(matches!(scanned, Err(StorageError::Corrupt(_))), "{scanned:?}");
+        // A body too short for a version, of this environment and generation: corrupt too.
+        let mut short = own[..FRAME_HEADER + BODY_OWNER].to_vec();
+        short[..4].copy_from_slice(&(BODY_OWNER as u32).to_be_bytes());
+        let crc = crc32fast::hash(&short[FRAME_HEADER..]);
+        short[4..8].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(scan_bytes(&file(&[short], 4096), 2), Err(StorageError::Corrupt(_))));
+        // Of another generation (stale), the version does not matter: not a frame of ours.
+        let scanned = scan_bytes(&file(&[own, later], 4096), 3)?;
+        assert!(scanned.records.is_empty() && scanned.stopped_on_data);
         Ok(())
     }
 

@@ -151,6 +151,19 @@ pub(crate) fn spawn(
             return Err(writer.failure.take().unwrap_or(StorageError::Closed));
         }
     }
+    // Only now that the file holds no frame of LMDB's generation (checkpointed above, or none).
+    if let Some(wal) = &writer.wal {
+        match wal.shrink() {
+            Ok(Some(from)) => {
+                tracing::info!(from, to = wal.size(), "raft-lmdb shrank its write-ahead file");
+            }
+            Ok(None) => {}
+            // Its bytes past the size are never written again: stale frames at most.
+            Err(error) => {
+                tracing::warn!(%error, "raft-lmdb could not shrink its write-ahead file");
+            }
+        }
+    }
     // The writer's `/proc` counters are known before the environment is handed out, so that
     // `DiskStats::written_bytes` counts from the first request on.
     let (ready, started) = std::sync::mpsc::sync_channel(1);
