@@ -23,8 +23,10 @@
 //! within one step (9's AppendEntries of term `t + 1`, then its TimeoutNow: the node wins term
 //! `t + 2` alone): a change that keeps the voters (its proposer is answered by the applier),
 //! and the end of a joint change (its caller waits in the main loop for the final
-//! configuration), with the final configuration overwritten by 9 or kept. The last one checks
-//! a caller waiting for its final configuration while a snapshot compacts the joint entry away.
+//! configuration), with the final configuration overwritten by 9 or kept. The last ones check
+//! a caller waiting for its final configuration while a snapshot compacts the joint entry away,
+//! one that asks only after its final configuration (and a later change) were compacted into a
+//! snapshot, and one whose entries after the joint one a snapshot installed from 9 replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -527,6 +529,42 @@ enum Caller {
     AfterCommit,
 }
 
+/// Runs `node` a while longer, then takes the caller's answer and the node's status and
+/// membership, and shuts it down.
+fn answer_and_shut_down(
+    rt: &SimRuntime,
+    node: Node,
+    answer: &MembershipAnswer,
+) -> (MembershipAnswerValue, Status, Membership) {
+    rt.run_for(ANSWER_WITHIN, || {});
+    let answer = answer.lock().unwrap().take();
+    let (status, membership) = (node.status(), node.membership());
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    (answer, status, membership)
+}
+
+/// Runs until the joint configuration at `joint` is committed, applied up to `applied`, and
+/// the final one appended after it (not durable); checks that, a while later, the final one is
+/// still not committed, nor applied further, and the caller has no answer.
+fn run_until_final_configuration_appended(
+    rt: &SimRuntime,
+    node: &Node,
+    answer: &MembershipAnswer,
+    joint: LogIndex,
+    applied: LogIndex,
+) {
+    let waiting = || {
+        let s = node.status();
+        s.commit_index == joint && s.applied_index == applied && s.last_log_index == joint + 1
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
+    assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
+}
+
 /// Node 1 leads voters {1, 2} (node 2 acknowledges everything) in term `t` and removes 2: the
 /// joint configuration at `j` commits, the node appends the final one ({1}) at `j + 1`, and
 /// its writes are held from then on, so the final configuration is not committed when the
@@ -563,15 +601,7 @@ fn end_of_joint_change_lost_and_rewon(
     // The joint configuration commits (and, with the caller waiting, is applied: its caller
     // then waits for the final one); the final one is appended but not durable.
     let applied = if *caller == Caller::Waiting { joint } else { last };
-    let waiting = || {
-        let s = node.status();
-        s.commit_index == joint && s.applied_index == applied && s.last_log_index == last_config
-    };
-    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
-    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
-    assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
+    run_until_final_configuration_appended(&rt, &node, &answer, joint, applied);
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
     if *caller == Caller::Waiting {
         // The joint proposal was answered (its slot is free again), so the slot is the
@@ -642,11 +672,7 @@ fn end_of_joint_change_lost_and_rewon(
     }
     let committed = || node.status().applied_index > last_config;
     assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    let answer = answer.lock().unwrap().take();
-    let membership = node.membership();
-    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
-    rt.clear();
+    let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
     (answer, membership)
 }
 
@@ -811,24 +837,40 @@ fn a_joint_change_compacted_before_its_leader_is_lost_fails() {
     assert_leadership_lost(&joint_change_compacted_before_its_final_configuration(true));
 }
 
-/// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
-/// up to the compaction; then, if `lose`, node 1 follows 9 (term `t + 1`), else its writes
-/// resume and the final configuration commits. Returns the caller's answer then.
-fn joint_change_compacted_before_its_final_configuration(lose: bool) -> MembershipAnswerValue {
-    let rt = SimRuntime::new();
+/// Starts node 1 as the leader of voters {1, 2} (node 2 is a `YesPeer` that holds node 1's
+/// writes once it acknowledges `hold_writes_from`), with a snapshot store; if `compacting`, it
+/// takes a snapshot after every entry applied and keeps no entry below it. Runs it until it
+/// leads with everything applied; returns it, its log store, its snapshot store and its status
+/// then.
+fn start_leader_of_two(
+    rt: &SimRuntime,
+    hold_writes_from: &Arc<AtomicU64>,
+    compacting: bool,
+) -> (Node, support::FaultyStore, MemSnapshotStore, Status) {
     let store = support::FaultyStore::default();
-    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
     let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
     let snapshots = MemSnapshotStore::new();
     let mut config = config(1024);
-    config.snapshot_interval_entries = 1;
-    config.snapshot_keep_entries = 0;
+    if compacting {
+        config.snapshot_interval_entries = 1;
+        config.snapshot_keep_entries = 0;
+    }
     let builder =
         Node::builder(config, store.clone(), network, HeldMachine::default(), rt.tagged(NODE))
             .snapshot_store(snapshots.clone())
             .bootstrap(Membership::with_voters([NODE, 2]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
-    let before = run_until_leading_idle(&rt, &node);
+    let before = run_until_leading_idle(rt, &node);
+    (node, store, snapshots, before)
+}
+
+/// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
+/// up to the compaction; then, if `lose`, node 1 follows 9 (term `t + 1`), else its writes
+/// resume and the final configuration commits. Returns the caller's answer then.
+fn joint_change_compacted_before_its_final_configuration(lose: bool) -> MembershipAnswerValue {
+    let rt = SimRuntime::new();
+    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
+    let (node, store, snapshots, before) = start_leader_of_two(&rt, &hold_writes_from, true);
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_write, last_config) = (last + 1, last + 3, last + 4);
     hold_writes_from.store(last_write, Ordering::SeqCst);
@@ -842,13 +884,12 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     }
     rt.run_for(Duration::ZERO, || {});
     rt.resume(NODE);
-    let snapshot_index = || snapshots.latest_meta().map_or(0, |meta| meta.last_included.index);
     let compacted = || {
         let s = node.status();
         s.commit_index == last_write
             && s.applied_index == last_write
             && s.last_log_index == last_config
-            && snapshot_index() == last_write
+            && snapshot_index(&snapshots) == last_write
     };
     // The first answer seen before the final configuration can commit.
     let early = Mutex::new(None);
@@ -862,7 +903,11 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     let status = node.status();
     assert_eq!((status.commit_index, status.applied_index), (last_write, last_write));
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
-    assert_eq!(snapshot_index(), last_write, "no snapshot folded the joint configuration");
+    assert_eq!(
+        snapshot_index(&snapshots),
+        last_write,
+        "no snapshot folded the joint configuration"
+    );
     let early = early.into_inner().unwrap();
     assert!(early.is_none(), "answered before {last_config} committed: {early:?}");
     assert!(joint < last_write, "the snapshot does not end above the joint entry");
@@ -912,19 +957,8 @@ fn joint_change_compacted_before_its_caller_asks(
     second: bool,
 ) -> (MembershipAnswerValue, Membership) {
     let rt = SimRuntime::new();
-    let store = support::FaultyStore::default();
-    let network =
-        YesPeer { store: store.clone(), hold_writes_from: Arc::new(AtomicU64::new(u64::MAX)) };
-    let snapshots = MemSnapshotStore::new();
-    let mut config = config(1024);
-    config.snapshot_interval_entries = 1;
-    config.snapshot_keep_entries = 0;
-    let builder =
-        Node::builder(config, store.clone(), network, HeldMachine::default(), rt.tagged(NODE))
-            .snapshot_store(snapshots.clone())
-            .bootstrap(Membership::with_voters([NODE, 2]));
-    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
-    let before = run_until_leading_idle(&rt, &node);
+    let (node, _, snapshots, before) =
+        start_leader_of_two(&rt, &Arc::new(AtomicU64::new(u64::MAX)), true);
     let (term, joint) = (before.current_term, before.last_log_index + 1);
     let answer = spawn_change(&rt.tagged(CALLER), &node, MembershipChange::RemoveNode(2));
     let proposed = || node.status().last_log_index >= joint;
@@ -955,11 +989,7 @@ fn joint_change_compacted_before_its_caller_asks(
     assert_eq!(snapshot_index(&snapshots), status.last_log_index, "not all compacted");
     assert!(answer.lock().unwrap().is_none(), "the caller asked before the compaction");
     rt.resume(CALLER);
-    rt.run_for(ANSWER_WITHIN, || {});
-    let answer = answer.lock().unwrap().take();
-    let membership = node.membership();
-    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
-    rt.clear();
+    let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
     (answer, membership)
 }
 
@@ -1004,21 +1034,8 @@ fn joint_change_replaced_by_an_installed_snapshot(
     late: bool,
 ) -> (MembershipAnswerValue, Status, Membership) {
     let rt = SimRuntime::new();
-    let store = support::FaultyStore::default();
     let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
-    let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
-    let snapshots = MemSnapshotStore::new();
-    let builder = Node::builder(
-        config(1024),
-        store.clone(),
-        network,
-        HeldMachine::default(),
-        rt.tagged(NODE),
-    )
-    .snapshot_store(snapshots.clone())
-    .bootstrap(Membership::with_voters([NODE, 2]));
-    let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
-    let before = run_until_leading_idle(&rt, &node);
+    let (node, store, _, before) = start_leader_of_two(&rt, &hold_writes_from, false);
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_config) = (last + 1, last + 2);
     hold_writes_from.store(joint, Ordering::SeqCst);
@@ -1028,14 +1045,7 @@ fn joint_change_replaced_by_an_installed_snapshot(
     if late {
         rt.pause(CALLER);
     }
-    let waiting = || {
-        let s = node.status();
-        s.commit_index == joint && s.applied_index == joint && s.last_log_index == last_config
-    };
-    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
-    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
+    run_until_final_configuration_appended(&rt, &node, &answer, joint, joint);
 
     let info = NodeInfo::new("9's address of 1", "");
     let theirs = Membership::new([(NODE, info)], [(2, NodeInfo::default())]).unwrap();
@@ -1069,12 +1079,7 @@ fn joint_change_replaced_by_an_installed_snapshot(
         assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
         rt.resume(CALLER);
     }
-    rt.run_for(ANSWER_WITHIN, || {});
-    let answer = answer.lock().unwrap().take();
-    let (status, membership) = (node.status(), node.membership());
-    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
-    rt.clear();
-    (answer, status, membership)
+    answer_and_shut_down(&rt, node, &answer)
 }
 
 /// The caller of a joint change asks to wait for its final configuration only after its node
