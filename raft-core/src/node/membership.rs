@@ -220,10 +220,10 @@ impl Node {
 
     /// Waits until the joint membership `joint` at `joint_index` (committed, of term
     /// `joint_term`) was replaced by the configuration it moves to, committed and applied here;
-    /// returns that configuration. Fails with `LeadershipLost` if this node stopped leading in `joint_term`
-    /// before it knows that configuration committed, even for a moment, and even before this
-    /// call reached the main loop (the next leader finishes the change, or did: a final
-    /// configuration another leadership appended fails it too).
+    /// returns that configuration. Fails with `LeadershipLost` if this node stopped leading in
+    /// `joint_term` before it knows that configuration committed, even for a moment, and even
+    /// before this call reached the main loop (the next leader finishes the change, or did: a
+    /// final configuration another leadership appended fails it too).
     async fn joint_complete(
         &self,
         joint_index: LogIndex,
