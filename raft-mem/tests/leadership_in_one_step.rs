@@ -23,8 +23,10 @@
 //! within one step (9's AppendEntries of term `t + 1`, then its TimeoutNow: the node wins term
 //! `t + 2` alone): a change that keeps the voters (its proposer is answered by the applier),
 //! and the end of a joint change (its caller waits in the main loop for the final
-//! configuration), with the final configuration overwritten by 9 or kept. The last one checks
-//! a caller waiting for its final configuration while a snapshot compacts the joint entry away.
+//! configuration), with the final configuration overwritten by 9 or kept. The last ones check
+//! a caller waiting for its final configuration while a snapshot compacts the joint entry away,
+//! one that asks only after its final configuration (and a later change) were compacted into a
+//! snapshot, and one whose entries after the joint one a snapshot installed from 9 replaced.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -36,10 +38,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use raft_core::{
-    AppendEntriesRequest, AppendEntriesResponse, Bytes, CommitError, Config, Entry, EntryPayload,
-    Envelope, LogId, LogIndex, Membership, MembershipChange, MembershipError, Node, NodeInfo,
-    ProposeError, RequestVoteResponse, Role, RpcHandler, RpcRequest, RpcResponse, SnapshotStream,
-    Status, Term, TimeoutNowRequest, WriteError,
+    AppendEntriesRequest, AppendEntriesResponse, Bytes, Checksum, CommitError, Config, Entry,
+    EntryPayload, Envelope, InstallSnapshotRequest, LogId, LogIndex, Membership, MembershipChange,
+    MembershipError, Node, NodeInfo, ProposeError, RequestVoteResponse, Role, RpcHandler,
+    RpcRequest, RpcResponse, SnapshotMeta, SnapshotStream, Status, Term, TimeoutNowRequest,
+    WriteError,
 };
 use raft_mem::sim::{RecordingStateMachine, SimRuntime};
 use raft_mem::{MemLogStore, MemSnapshotStore};
@@ -498,6 +501,18 @@ impl raft_core::StateMachine for HeldMachine {
     async fn snapshot(&mut self) -> Result<Option<SnapshotStream>, raft_core::StateMachineError> {
         Ok(Some(futures::stream::iter([Ok(Bytes::new())]).boxed()))
     }
+
+    /// Takes any state (a snapshot installed from 9): the tests do not read it.
+    async fn restore(
+        &mut self,
+        _meta: &SnapshotMeta,
+        mut data: SnapshotStream,
+    ) -> Result<(), raft_core::StateMachineError> {
+        while let Some(chunk) = data.next().await {
+            chunk?;
+        }
+        Ok(())
+    }
 }
 
 /// Whether the caller of the joint change waits in the main loop for the final configuration
@@ -512,6 +527,42 @@ enum Caller {
     Late,
     /// As `Late`, but the caller asks after the leadership of `t + 2` committed `j + 1`.
     AfterCommit,
+}
+
+/// Runs `node` a while longer, then takes the caller's answer and the node's status and
+/// membership, and shuts it down.
+fn answer_and_shut_down(
+    rt: &SimRuntime,
+    node: Node,
+    answer: &MembershipAnswer,
+) -> (MembershipAnswerValue, Status, Membership) {
+    rt.run_for(ANSWER_WITHIN, || {});
+    let answer = answer.lock().unwrap().take();
+    let (status, membership) = (node.status(), node.membership());
+    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
+    rt.clear();
+    (answer, status, membership)
+}
+
+/// Runs until the joint configuration at `joint` is committed, applied up to `applied`, and
+/// the final one appended after it (not durable); checks that, a while later, the final one is
+/// still not committed, nor applied further, and the caller has no answer.
+fn run_until_final_configuration_appended(
+    rt: &SimRuntime,
+    node: &Node,
+    answer: &MembershipAnswer,
+    joint: LogIndex,
+    applied: LogIndex,
+) {
+    let waiting = || {
+        let s = node.status();
+        s.commit_index == joint && s.applied_index == applied && s.last_log_index == joint + 1
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
+    assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
 }
 
 /// Node 1 leads voters {1, 2} (node 2 acknowledges everything) in term `t` and removes 2: the
@@ -550,15 +601,7 @@ fn end_of_joint_change_lost_and_rewon(
     // The joint configuration commits (and, with the caller waiting, is applied: its caller
     // then waits for the final one); the final one is appended but not durable.
     let applied = if *caller == Caller::Waiting { joint } else { last };
-    let waiting = || {
-        let s = node.status();
-        s.commit_index == joint && s.applied_index == applied && s.last_log_index == last_config
-    };
-    assert!(rt.run_until(ANSWER_WITHIN, || {}, waiting), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
-    assert_eq!(node.status().commit_index, joint, "the final configuration committed");
-    assert_eq!(node.status().applied_index, applied, "{:?}", node.status());
+    run_until_final_configuration_appended(&rt, &node, &answer, joint, applied);
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
     if *caller == Caller::Waiting {
         // The joint proposal was answered (its slot is free again), so the slot is the
@@ -629,11 +672,7 @@ fn end_of_joint_change_lost_and_rewon(
     }
     let committed = || node.status().applied_index > last_config;
     assert!(rt.run_until(ANSWER_WITHIN, || {}, committed), "{:?}", node.status());
-    rt.run_for(ANSWER_WITHIN, || {});
-    let answer = answer.lock().unwrap().take();
-    let membership = node.membership();
-    rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
-    rt.clear();
+    let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
     (answer, membership)
 }
 
@@ -798,24 +837,40 @@ fn a_joint_change_compacted_before_its_leader_is_lost_fails() {
     assert_leadership_lost(&joint_change_compacted_before_its_final_configuration(true));
 }
 
-/// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
-/// up to the compaction; then, if `lose`, node 1 follows 9 (term `t + 1`), else its writes
-/// resume and the final configuration commits. Returns the caller's answer then.
-fn joint_change_compacted_before_its_final_configuration(lose: bool) -> MembershipAnswerValue {
-    let rt = SimRuntime::new();
+/// Starts node 1 as the leader of voters {1, 2} (node 2 is a `YesPeer` that holds node 1's
+/// writes once it acknowledges `hold_writes_from`), with a snapshot store; if `compacting`, it
+/// takes a snapshot after every entry applied and keeps no entry below it. Runs it until it
+/// leads with everything applied; returns it, its log store, its snapshot store and its status
+/// then.
+fn start_leader_of_two(
+    rt: &SimRuntime,
+    hold_writes_from: &Arc<AtomicU64>,
+    compacting: bool,
+) -> (Node, support::FaultyStore, MemSnapshotStore, Status) {
     let store = support::FaultyStore::default();
-    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
     let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
     let snapshots = MemSnapshotStore::new();
     let mut config = config(1024);
-    config.snapshot_interval_entries = 1;
-    config.snapshot_keep_entries = 0;
+    if compacting {
+        config.snapshot_interval_entries = 1;
+        config.snapshot_keep_entries = 0;
+    }
     let builder =
         Node::builder(config, store.clone(), network, HeldMachine::default(), rt.tagged(NODE))
             .snapshot_store(snapshots.clone())
             .bootstrap(Membership::with_voters([NODE, 2]));
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
-    let before = run_until_leading_idle(&rt, &node);
+    let before = run_until_leading_idle(rt, &node);
+    (node, store, snapshots, before)
+}
+
+/// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
+/// up to the compaction; then, if `lose`, node 1 follows 9 (term `t + 1`), else its writes
+/// resume and the final configuration commits. Returns the caller's answer then.
+fn joint_change_compacted_before_its_final_configuration(lose: bool) -> MembershipAnswerValue {
+    let rt = SimRuntime::new();
+    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
+    let (node, store, snapshots, before) = start_leader_of_two(&rt, &hold_writes_from, true);
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_write, last_config) = (last + 1, last + 3, last + 4);
     hold_writes_from.store(last_write, Ordering::SeqCst);
@@ -829,13 +884,12 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     }
     rt.run_for(Duration::ZERO, || {});
     rt.resume(NODE);
-    let snapshot_index = || snapshots.latest_meta().map_or(0, |meta| meta.last_included.index);
     let compacted = || {
         let s = node.status();
         s.commit_index == last_write
             && s.applied_index == last_write
             && s.last_log_index == last_config
-            && snapshot_index() == last_write
+            && snapshot_index(&snapshots) == last_write
     };
     // The first answer seen before the final configuration can commit.
     let early = Mutex::new(None);
@@ -849,7 +903,11 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     let status = node.status();
     assert_eq!((status.commit_index, status.applied_index), (last_write, last_write));
     assert!(node.membership().voters().len() == 1, "{:?}", node.membership());
-    assert_eq!(snapshot_index(), last_write, "no snapshot folded the joint configuration");
+    assert_eq!(
+        snapshot_index(&snapshots),
+        last_write,
+        "no snapshot folded the joint configuration"
+    );
     let early = early.into_inner().unwrap();
     assert!(early.is_none(), "answered before {last_config} committed: {early:?}");
     assert!(joint < last_write, "the snapshot does not end above the joint entry");
@@ -875,6 +933,178 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     rt.block_on(Duration::from_secs(5), async move { node.shutdown().await }, || {});
     rt.clear();
     answer
+}
+
+/// The tag of the caller's task in the tests whose caller asks late: pausing it holds the
+/// caller between its joint proposal's answer and its wait for the final configuration, while
+/// the node runs on.
+const CALLER: u64 = 7;
+
+/// Snapshots `store` holds up to (0: none).
+fn snapshot_index(store: &MemSnapshotStore) -> LogIndex {
+    store.latest_meta().map_or(0, |meta| meta.last_included.index)
+}
+
+/// Node 1 leads voters {1, 2} in term `t`, takes a snapshot after every entry applied and keeps
+/// no entry below it, and removes 2 (joint configuration at `j`, final one, {1}, at `j + 1`).
+/// The caller's task is paused once the joint entry is appended, so it asks to wait for the
+/// final configuration only after that configuration was committed, applied and compacted into
+/// a snapshot: its wait finds `FirstAfter::Compacted` while the node leads in `t`. If `second`,
+/// another caller adds learner 4 after the final configuration, and that change too is
+/// committed, applied and compacted before the first caller asks. Returns the first caller's
+/// answer and the membership in force then.
+fn joint_change_compacted_before_its_caller_asks(
+    second: bool,
+) -> (MembershipAnswerValue, Membership) {
+    let rt = SimRuntime::new();
+    let (node, _, snapshots, before) =
+        start_leader_of_two(&rt, &Arc::new(AtomicU64::new(u64::MAX)), true);
+    let (term, joint) = (before.current_term, before.last_log_index + 1);
+    let answer = spawn_change(&rt.tagged(CALLER), &node, MembershipChange::RemoveNode(2));
+    let proposed = || node.status().last_log_index >= joint;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, proposed), "{:?}", node.status());
+    rt.pause(CALLER);
+    let own = Membership::with_voters([NODE]);
+    let final_compacted = || {
+        let s = node.status();
+        node.membership() == own && s.applied_index > joint && snapshot_index(&snapshots) > joint
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, final_compacted), "{:?}", node.status());
+    if second {
+        let learner =
+            spawn_change(&rt, &node, MembershipChange::AddLearner(4, NodeInfo::default()));
+        let done = || learner.lock().unwrap().is_some();
+        assert!(rt.run_until(ANSWER_WITHIN, || {}, done), "{:?}", node.status());
+        let learner = learner.lock().unwrap().take();
+        assert!(matches!(&learner, Some(Ok(m)) if m.is_learner(4)), "{learner:?}");
+    }
+    let idle = || {
+        let s = node.status();
+        s.applied_index == s.last_log_index && snapshot_index(&snapshots) == s.applied_index
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, idle), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    let status = node.status();
+    assert_eq!((status.role, status.current_term), (Role::Leader, term), "{status:?}");
+    assert_eq!(snapshot_index(&snapshots), status.last_log_index, "not all compacted");
+    assert!(answer.lock().unwrap().is_none(), "the caller asked before the compaction");
+    rt.resume(CALLER);
+    let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
+    (answer, membership)
+}
+
+/// The caller of a joint change (removing 2 from {1, 2}) asks to wait for the final
+/// configuration only after it was committed, applied and compacted into a snapshot, its node
+/// still leading in the joint entry's term: the entries after the joint one are compacted
+/// (`FirstAfter::Compacted` with a base that is not joint), and the caller gets `Ok` with its
+/// final configuration, {1}. It would catch an answer of `LeadershipLost` or a wait that never
+/// ends when the final configuration is known only as compacted.
+#[test]
+fn a_joint_change_whose_final_configuration_is_compacted_before_its_caller_asks_succeeds() {
+    let (answer, membership) = joint_change_compacted_before_its_caller_asks(false);
+    let own = Membership::with_voters([NODE]);
+    assert_eq!(membership, own);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
+}
+
+/// The same, with a second change (adding learner 4) committed, applied and compacted into the
+/// same snapshot before the first caller asks: the compacted prefix's membership is the second
+/// change's, {1} with learner 4. The first caller still gets its own final configuration, {1},
+/// as `Node::change_membership` promises. Before, the waiter answered with the membership in
+/// force at the end of the compacted prefix: `Ok` with the second change's membership, labelled
+/// as the caller's final configuration.
+#[test]
+fn a_joint_change_compacted_with_a_later_change_before_its_caller_asks_gets_its_own() {
+    let (answer, membership) = joint_change_compacted_before_its_caller_asks(true);
+    assert!(membership.is_learner(4), "{membership:?}");
+    let own = Membership::with_voters([NODE]);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == own), "{answer:?}");
+}
+
+/// Node 1 leads voters {1, 2} in term `t` and removes 2: the joint configuration at `j` commits
+/// and is applied, the final one ({1}) at `j + 1` is appended but its write is held (not
+/// committed). If `late`, the caller's task is paused after the joint entry is appended, so it
+/// asks to wait only at the end; else it waits from before. In one step, 9 (term `t + 1`)
+/// sends a snapshot whose last entry is `j + 3` (term `t + 1`), with its own membership ({1}
+/// with other metadata, 2 a learner): the node follows 9, and once the writes resume it
+/// installs the snapshot, which replaces every entry after the joint one. Then 9's TimeoutNow
+/// makes it win term `t + 2` alone, and the caller (if late) asks. Returns the caller's answer,
+/// and the node's status and membership then.
+fn joint_change_replaced_by_an_installed_snapshot(
+    late: bool,
+) -> (MembershipAnswerValue, Status, Membership) {
+    let rt = SimRuntime::new();
+    let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
+    let (node, store, _, before) = start_leader_of_two(&rt, &hold_writes_from, false);
+    let (term, last) = (before.current_term, before.last_log_index);
+    let (joint, last_config) = (last + 1, last + 2);
+    hold_writes_from.store(joint, Ordering::SeqCst);
+    let answer = spawn_change(&rt.tagged(CALLER), &node, MembershipChange::RemoveNode(2));
+    let proposed = || node.status().last_log_index >= joint;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, proposed), "{:?}", node.status());
+    if late {
+        rt.pause(CALLER);
+    }
+    run_until_final_configuration_appended(&rt, &node, &answer, joint, joint);
+
+    let info = NodeInfo::new("9's address of 1", "");
+    let theirs = Membership::new([(NODE, info)], [(2, NodeInfo::default())]).unwrap();
+    let data = b"9's state";
+    let meta = SnapshotMeta {
+        last_included: LogId::new(term + 1, last_config + 2),
+        membership: theirs.clone(),
+        size: data.len() as u64,
+        checksum: Checksum::of(data),
+    };
+    let install = RpcRequest::InstallSnapshot(InstallSnapshotRequest {
+        term: term + 1,
+        leader_id: FAKE_LEADER,
+        meta,
+        offset: 0,
+        data: Bytes::from_static(data),
+        done: true,
+    });
+    one_step(&rt, &node, vec![Envelope::new(NODE, install)], Duration::from_millis(10));
+    assert_eq!(node.status().role, Role::Follower, "{:?}", node.status());
+    if let Some(gate) = store.write_gate.lock().unwrap().take() {
+        gate.open();
+    }
+    let installed = || node.status().applied_index == last_config + 2;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, installed), "{:?}", node.status());
+    assert_eq!(node.membership(), theirs);
+    let timeout_now =
+        RpcRequest::TimeoutNow(TimeoutNowRequest { term: term + 1, leader_id: FAKE_LEADER });
+    one_step(&rt, &node, vec![Envelope::new(NODE, timeout_now)], ANSWER_WITHIN);
+    if late {
+        assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+        rt.resume(CALLER);
+    }
+    answer_and_shut_down(&rt, node, &answer)
+}
+
+/// The caller of a joint change asks to wait for its final configuration only after its node
+/// stopped leading (9's snapshot of term `t + 1`), installed 9's snapshot covering the joint
+/// entry and beyond (`FirstAfter::Compacted`, with 9's membership as the base), and won term
+/// `t + 2` alone: it gets `LeadershipLost` (outcome unknown), never `Ok` with 9's membership or
+/// its own final configuration, which the node never knew committed, and it does not hang.
+/// It would catch a waiter that took a leader's role (not its term) for the joint entry's
+/// leadership when the entries after the joint one are compacted.
+#[test]
+fn a_joint_change_asking_for_its_end_after_an_installed_snapshot_fails() {
+    let (answer, status, membership) = joint_change_replaced_by_an_installed_snapshot(true);
+    assert_eq!(status.role, Role::Leader, "{status:?}");
+    assert!(membership.is_learner(2), "9's membership is not in force: {membership:?}");
+    assert_leadership_lost(&answer);
+}
+
+/// The same with the caller waiting from before 9's snapshot: `LeadershipLost` too, when the
+/// node follows 9 (its final configuration not committed), not an answer after the install.
+#[test]
+fn a_joint_change_waiting_when_a_snapshot_is_installed_fails() {
+    let (answer, status, membership) = joint_change_replaced_by_an_installed_snapshot(false);
+    assert_eq!(status.role, Role::Leader, "{status:?}");
+    assert!(membership.is_learner(2), "9's membership is not in force: {membership:?}");
+    assert_leadership_lost(&answer);
 }
 
 /// A network that reaches nobody (the node is the only voter; the fake leader's requests are

@@ -485,13 +485,15 @@ impl CoreLoop {
     /// * Unknown (the entries after the joint one were compacted away, or replaced by an
     ///   installed snapshot): `LeadershipLost` unless this node leads in the joint entry's
     ///   term. If it does, every entry after the joint one is this leadership's, so the first
-    ///   change after it is their own final configuration, committed if compacted (compacted
-    ///   entries were applied). They get the membership in force at the end of the compacted
-    ///   prefix if it is not joint (as main answered: it may include a later change folded
-    ///   with their final configuration), else the first membership entry after the prefix
-    ///   once it is applied, if it is not joint; else they wait (a later change or the end of
-    ///   this leadership decides). Review HIGH-1 of memwait: the compacted prefix, joint or
-    ///   another node's, was taken for their final configuration.
+    ///   change after it is their own final configuration, the joint membership finalized
+    ///   (kept with the waiter). It is in the compacted prefix, so committed and applied,
+    ///   unless the membership in force at the end of the prefix is still their joint one;
+    ///   then it is the first membership entry after the prefix, once that is applied (if
+    ///   none is there yet, they wait: its append or the end of this leadership decides).
+    ///   They get their final configuration, never the prefix's membership: that may fold a
+    ///   later change (memtest; `Ok` with a learner added after their final configuration,
+    ///   before). Review HIGH-1 of memwait: the compacted prefix, joint or another node's,
+    ///   was taken for their final configuration.
     ///
     /// `LeadershipLost` also when the node lost and won leadership again, within one step or
     /// before the caller asked to wait (review MEDIUM-1 of memwait: such a caller waited on,
@@ -524,13 +526,15 @@ impl CoreLoop {
                     }
                 }
                 FirstAfter::Entry(..) | FirstAfter::None => (!leading).then(lost),
-                FirstAfter::Compacted { base, next } if leading => {
-                    let final_configuration = Some(base)
-                        .filter(|(_, membership)| !membership.is_joint())
-                        .or(next.filter(|(_, membership)| !membership.is_joint()));
-                    final_configuration
-                        .filter(|(index, _)| *index <= applied_index)
-                        .map(|(_, membership)| Ok(membership.clone()))
+                FirstAfter::Compacted { base: (_, in_force), next } if leading => {
+                    // A later joint membership equal to theirs would only delay the answer:
+                    // the final configuration after it is equal to theirs too.
+                    let compacted = *in_force != waiter.joint;
+                    let applied = compacted
+                        || next.is_some_and(|(index, membership)| {
+                            !membership.is_joint() && index <= applied_index
+                        });
+                    applied.then(|| Ok(waiter.joint.finalized()))
                 }
                 FirstAfter::Compacted { .. } => Some(lost()),
             };

@@ -39,15 +39,21 @@ pub(crate) enum Step {
 /// term (it stopped leading, even if it leads again: in the same step of its main loop or
 /// later, before or after the caller asked to wait), or once one another leadership appended
 /// is committed. Once the entries after the joint one were compacted away (the final
-/// configuration is not known any more): `LeadershipLost` unless this node leads in the joint
-/// entry's term, else the membership in force after the compacted prefix, if not joint (it may
-/// include a later change folded with the final configuration). A node the change removed may
-/// never hear of the end: the next leader replicates nothing to it.
+/// configuration's entry is not in the log any more): `LeadershipLost` unless this node leads
+/// in the joint entry's term, else its final configuration (`joint.finalized()`, never the
+/// membership in force after the compacted prefix, which may fold a later change) once it is
+/// applied. A node the change removed may never hear of the end: the next leader replicates
+/// nothing to it.
 pub(crate) struct CommitWaiter {
     pub(crate) reply: oneshot::Sender<Result<Membership, MembershipError>>,
     /// The term of the joint entry: the leadership that appended it, and so the final
     /// configuration after it.
     pub(crate) joint_term: Term,
+    /// The joint membership appended at the caller's joint entry. Its leadership appends
+    /// `joint.finalized()` as the first membership after it (no other change is accepted
+    /// while the latest membership is joint): the caller's final configuration, known here
+    /// when its entry is compacted away.
+    pub(crate) joint: Membership,
     /// Holds one of the node's proposal slots while waiting (bounds the waiters).
     pub(crate) _permit: super::slots::SlotGuard,
 }
@@ -155,7 +161,7 @@ impl Node {
                     proposal.response().await?;
                     match progress {
                         MembershipProgress::Joint(_) => {
-                            return self.joint_complete(index, term).await
+                            return self.joint_complete(index, term, membership).await
                         }
                         MembershipProgress::LearnersAdded(_) => in_progress = 0,
                         MembershipProgress::Changed(_) | MembershipProgress::Done => {
@@ -212,22 +218,23 @@ impl Node {
         answer.unwrap_or(Err(MembershipError::Shutdown))
     }
 
-    /// Waits until the joint membership at `joint_index` (committed, of term `joint_term`) was
-    /// replaced by the configuration it moves to, committed and applied here; returns that
-    /// configuration. Fails with `LeadershipLost` if this node stopped leading in `joint_term`
-    /// before it knows that configuration committed, even for a moment, and even before this
-    /// call reached the main loop (the next leader finishes the change, or did: a final
-    /// configuration another leadership appended fails it too).
+    /// Waits until the joint membership `joint` at `joint_index` (committed, of term
+    /// `joint_term`) was replaced by the configuration it moves to, committed and applied here;
+    /// returns that configuration. Fails with `LeadershipLost` if this node stopped leading in
+    /// `joint_term` before it knows that configuration committed, even for a moment, and even
+    /// before this call reached the main loop (the next leader finishes the change, or did: a
+    /// final configuration another leadership appended fails it too).
     async fn joint_complete(
         &self,
         joint_index: LogIndex,
         joint_term: Term,
+        joint: Membership,
     ) -> Result<Membership, MembershipError> {
         let permit = self.shared.proposal_slots.acquire().await;
         let answer = self
             .ask(|reply| Input::MembershipCommitted {
                 after: joint_index,
-                waiter: CommitWaiter { reply, joint_term, _permit: permit },
+                waiter: CommitWaiter { reply, joint_term, joint, _permit: permit },
             })
             .await;
         answer.unwrap_or(Err(MembershipError::Shutdown))
