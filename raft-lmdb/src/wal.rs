@@ -721,7 +721,23 @@ mod tests {
         short[4..8].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(scan_bytes(&file(&[short], 4096), 2), Err(StorageError::Corrupt(_))));
         // Of another generation (stale), the version does not matter: not a frame of ours.
-        let scanned = scan_bytes(&file(&[own, later], 4096), 3)?;
+        // First in the file, so that the scan reads it (and stops on it, as data).
+        let scanned = scan_bytes(&file(std::slice::from_ref(&later), 4096), 3)?;
+        assert!(scanned.records.is_empty() && scanned.stopped_on_data);
+        // After a frame of generation 3: the scan reads the stale frame and stops there.
+        let next = frame(3, &[(1, entry(3, 1, 4))]);
+        let scanned = scan_bytes(&file(&[next.clone(), later], 4096), 3)?;
+        assert_eq!(scanned.records, vec![(1, entry(3, 1, 4))]);
+        assert_eq!(scanned.end as usize, next.len());
+        assert!(scanned.stopped_on_data);
+        // Of another environment, likewise.
+        let mut foreign = own;
+        foreign[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&(ID + 1).to_be_bytes());
+        foreign[FRAME_HEADER + BODY_OWNER..FRAME_HEADER + BODY_HEADER]
+            .copy_from_slice(&2u16.to_be_bytes());
+        let crc = crc32fast::hash(&foreign[FRAME_HEADER..]);
+        foreign[4..8].copy_from_slice(&crc.to_be_bytes());
+        let scanned = scan_bytes(&file(&[foreign], 4096), 2)?;
         assert!(scanned.records.is_empty() && scanned.stopped_on_data);
         Ok(())
     }
