@@ -44,6 +44,8 @@
 //! and the generation, which every layout keeps first: a CRC-valid frame of LMDB's id and
 //! generation with another version (a layout this build cannot read, e.g. written by a later
 //! build) may hold acknowledged entries, so it is corruption (the open fails), never skipped.
+//! Frames of the builds before the version (body = `[id][generation][record ...]`) read as
+//! version 0: the error says to open the directory with such a build, which checkpoints them.
 //!
 //! # Recovery
 //!
@@ -280,6 +282,12 @@ fn read_frame<R: ReadAt + ?Sized>(
     // Of this environment and generation, so possibly acknowledged: never skipped.
     match *body.get(BODY_OWNER..BODY_HEADER).unwrap_or_default() {
         [v0, v1] if u16::from_be_bytes([v0, v1]) == FRAME_VERSION => Ok(true),
+        // The layout before versions: the first record's group id (below 2^48) follows the
+        // generation, so its top bytes read as version 0.
+        [0, 0] => Err(StorageError::Corrupt(format!(
+            "the write-ahead frame at {at} was written by an earlier build (frames without a \
+             version): open it with that build to checkpoint it"
+        ))),
         [v0, v1] => Err(StorageError::Corrupt(format!(
             "the write-ahead frame at {at} has version {} where this build reads {FRAME_VERSION}",
             u16::from_be_bytes([v0, v1])
@@ -740,6 +748,29 @@ mod tests {
         let scanned = scan_bytes(&file(&[foreign], 4096), 2)?;
         assert!(scanned.records.is_empty() && scanned.stopped_on_data);
         Ok(())
+    }
+
+    #[test]
+    fn a_frame_without_a_version_is_corrupt_with_the_way_out() {
+        // The layout of the builds before the version: body = [id][generation][record ...].
+        let mut body = Vec::new();
+        body.extend_from_slice(&ID.to_be_bytes());
+        body.extend_from_slice(&2u64.to_be_bytes());
+        let record = codec::encode_entry(&entry(1, 1, 4), Vec::new()).unwrap_or_default();
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        body.extend_from_slice(&record);
+        let mut old = (body.len() as u32).to_be_bytes().to_vec();
+        old.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        old.extend_from_slice(&body);
+        let scanned = scan_bytes(&file(&[old], 4096), 2);
+        assert!(
+            matches!(&scanned, Err(StorageError::Corrupt(why))
+                if why.contains("written by an earlier build (frames without a version)")
+                    && why.contains("open it with that build to checkpoint it")),
+            "{scanned:?}"
+        );
     }
 
     #[test]
