@@ -358,19 +358,40 @@ impl Wal {
         self.offset = 0;
     }
 
-    /// Truncates the file to its size if an earlier run left it larger, and syncs it: the
-    /// file's length before, if it was truncated. Only once the file holds no frame of LMDB's
-    /// generation (the open checkpointed what it held, or it held nothing): truncating before
-    /// that checkpoint committed would lose acknowledged frames if it failed.
-    pub(crate) fn shrink(&self) -> io::Result<Option<u64>> {
+    /// Truncates the file to its size if an earlier run left it larger, and syncs it (an error:
+    /// the file's length could not be read or changed). Only once the file holds no frame of
+    /// LMDB's generation (the open checkpointed what it held, or it held nothing): truncating
+    /// before that checkpoint committed would lose acknowledged frames if it failed.
+    pub(crate) fn shrink(&self) -> io::Result<Shrink> {
         let len = self.file.metadata()?.len();
         if len <= self.size {
-            return Ok(None);
+            return Ok(Shrink::Unneeded);
         }
         self.file.set_len(self.size)?;
-        self.file.sync_all()?;
-        Ok(Some(len))
+        Ok(match self.file.sync_all() {
+            Ok(()) => Shrink::Shrank { from: len },
+            Err(error) => Shrink::Unsynced { from: len, error },
+        })
     }
+}
+
+/// What [`Wal::shrink`] did.
+#[derive(Debug)]
+pub(crate) enum Shrink {
+    /// Nothing: the file was not larger than its size.
+    Unneeded,
+    /// Truncated from `from` bytes to its size, and synced.
+    Shrank {
+        /// The file's length before.
+        from: u64,
+    },
+    /// Truncated from `from` bytes to its size, but the sync that follows failed.
+    Unsynced {
+        /// The file's length before.
+        from: u64,
+        /// The sync's error.
+        error: io::Error,
+    },
 }
 
 /// Opens the write-ahead file in `dir` for frames of LMDB's environment `id` and `generation`,
