@@ -35,8 +35,13 @@
 //! environment's random id that every frame carries (big-endian `u64`), and `wal-generation`,
 //! the generation of the frames that follow the committed state (big-endian `u64`, absent =
 //! 0), moved on by every transaction that applies the file's entries (a checkpoint). The file
-//! does not change [`FORMAT_VERSION`]: an older build refuses a directory holding it (an
-//! unknown file).
+//! does not change [`FORMAT_VERSION`]. Builds from before the write-ahead file refuse a
+//! directory holding it (an unknown file). Builds between the write-ahead file and its frame
+//! version wrote frames without a version (body = `[environment id u64][generation u64]
+//! [record ...]`): they and this build refuse each other's unchecked frames as corruption (the
+//! open fails, the frames are never dropped; this build's error says to open the directory
+//! with the earlier build, whose clean close checkpoints them). A directory closed cleanly
+//! holds no unchecked frame and opens with either.
 //!
 //! The records below are this crate's own types, not `raft-core`'s, so that the format changes
 //! only when [`FORMAT_VERSION`] does: a change to `raft-core`'s types fails to compile here

@@ -33,6 +33,8 @@ const MAX_DBS: u32 = 6;
 
 #[cfg(test)]
 thread_local! {
+    /// Test hook: snapshots [`check_group`] has checked on this thread (its attempts).
+    pub(crate) static CHECK_GROUP_ATTEMPTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// Test hook: journal records [`check_group`] has read on this thread.
     pub(crate) static JOURNAL_RECORDS_CHECKED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Test hook: the next [`check_group`] on this thread waits at this barrier twice between
@@ -442,6 +444,8 @@ pub(crate) fn check_group(
     let mut attempt = 1;
     loop {
         let rtxn = handles.read_txn()?;
+        #[cfg(test)]
+        CHECK_GROUP_ATTEMPTS.with(|n| n.set(n.get() + 1));
         #[cfg(test)]
         check_group_paused();
         let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);

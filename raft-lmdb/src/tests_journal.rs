@@ -703,18 +703,21 @@ fn a_group_opens_while_a_move_takes_its_records() {
         std::thread::spawn(move || {
             env::CHECK_GROUP_BARRIER.with(|b| *b.borrow_mut() = Some(barrier));
             env::JOURNAL_RECORDS_CHECKED.with(|n| n.set(0));
+            env::CHECK_GROUP_ATTEMPTS.with(|n| n.set(0));
             let opened = env.log_store(1);
-            (opened, env::JOURNAL_RECORDS_CHECKED.with(|n| n.get()))
+            let attempts = env::CHECK_GROUP_ATTEMPTS.with(|n| n.get());
+            (opened, env::JOURNAL_RECORDS_CHECKED.with(|n| n.get()), attempts)
         })
     };
     barrier.wait();
     // Due: this commit moves the 6 records (group 1's 1..=3 among them) to the log.
     let moved = block_on(b.write(append(4..5, 1)));
     barrier.wait();
-    let (a, checked) = opener.join().unwrap();
+    let (a, checked, attempts) = opener.join().unwrap();
     moved.unwrap();
     assert_eq!(journal_len(&b), 1);
     assert_eq!(checked, 0, "the move withdrew group 1's records before the candidates");
+    assert_eq!(attempts, 2, "the first check failed (its records withdrawn) and was retried");
     let a = a.unwrap();
     assert_eq!(read(&a, 1..4), entries(1..4, 1));
     assert_eq!(read(&b, 1..5), entries(1..5, 1));

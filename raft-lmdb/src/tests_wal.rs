@@ -508,16 +508,19 @@ fn a_group_opens_while_another_group_checkpoints_its_pending_entries() {
         let (env, barrier) = (env.clone(), Arc::clone(&barrier));
         std::thread::spawn(move || {
             crate::env::CHECK_GROUP_BARRIER.with(|b| *b.borrow_mut() = Some(barrier));
-            env.log_store(1)
+            crate::env::CHECK_GROUP_ATTEMPTS.with(|n| n.set(0));
+            let opened = env.log_store(1);
+            (opened, crate::env::CHECK_GROUP_ATTEMPTS.with(|n| n.get()))
         })
     };
     barrier.wait();
     // Group 2's hard state checkpoints every group's pending entries (into the journal).
     let voted = block_on(two.write(vote(1)));
     barrier.wait();
-    let one = opener.join().unwrap();
+    let (one, attempts) = opener.join().unwrap();
     voted.unwrap();
     assert_eq!(env.stats().checkpoints, 1);
+    assert_eq!(attempts, 1, "the records the checkpoint added are not in the check's snapshot");
     let one = one.unwrap();
     check(&one, 1, 5, |_| 1);
     check(&two, 1, 2, |_| 1);

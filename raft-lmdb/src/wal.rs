@@ -44,6 +44,8 @@
 //! and the generation, which every layout keeps first: a CRC-valid frame of LMDB's id and
 //! generation with another version (a layout this build cannot read, e.g. written by a later
 //! build) may hold acknowledged entries, so it is corruption (the open fails), never skipped.
+//! Frames of the builds before the version (body = `[id][generation][record ...]`) read as
+//! version 0: the error says to open the directory with such a build, which checkpoints them.
 //!
 //! # Recovery
 //!
@@ -280,6 +282,12 @@ fn read_frame<R: ReadAt + ?Sized>(
     // Of this environment and generation, so possibly acknowledged: never skipped.
     match *body.get(BODY_OWNER..BODY_HEADER).unwrap_or_default() {
         [v0, v1] if u16::from_be_bytes([v0, v1]) == FRAME_VERSION => Ok(true),
+        // The layout before versions: the first record's group id (below 2^48) follows the
+        // generation, so its top bytes read as version 0.
+        [0, 0] => Err(StorageError::Corrupt(format!(
+            "the write-ahead frame at {at} was written by an earlier build (frames without a \
+             version): open it with that build to checkpoint it"
+        ))),
         [v0, v1] => Err(StorageError::Corrupt(format!(
             "the write-ahead frame at {at} has version {} where this build reads {FRAME_VERSION}",
             u16::from_be_bytes([v0, v1])
@@ -350,19 +358,40 @@ impl Wal {
         self.offset = 0;
     }
 
-    /// Truncates the file to its size if an earlier run left it larger, and syncs it: the
-    /// file's length before, if it was truncated. Only once the file holds no frame of LMDB's
-    /// generation (the open checkpointed what it held, or it held nothing): truncating before
-    /// that checkpoint committed would lose acknowledged frames if it failed.
-    pub(crate) fn shrink(&self) -> io::Result<Option<u64>> {
+    /// Truncates the file to its size if an earlier run left it larger, and syncs it (an error:
+    /// the file's length could not be read or changed). Only once the file holds no frame of
+    /// LMDB's generation (the open checkpointed what it held, or it held nothing): truncating
+    /// before that checkpoint committed would lose acknowledged frames if it failed.
+    pub(crate) fn shrink(&self) -> io::Result<Shrink> {
         let len = self.file.metadata()?.len();
         if len <= self.size {
-            return Ok(None);
+            return Ok(Shrink::Unneeded);
         }
         self.file.set_len(self.size)?;
-        self.file.sync_all()?;
-        Ok(Some(len))
+        Ok(match self.file.sync_all() {
+            Ok(()) => Shrink::Shrank { from: len },
+            Err(error) => Shrink::Unsynced { from: len, error },
+        })
     }
+}
+
+/// What [`Wal::shrink`] did.
+#[derive(Debug)]
+pub(crate) enum Shrink {
+    /// Nothing: the file was not larger than its size.
+    Unneeded,
+    /// Truncated from `from` bytes to its size, and synced.
+    Shrank {
+        /// The file's length before.
+        from: u64,
+    },
+    /// Truncated from `from` bytes to its size, but the sync that follows failed.
+    Unsynced {
+        /// The file's length before.
+        from: u64,
+        /// The sync's error.
+        error: io::Error,
+    },
 }
 
 /// Opens the write-ahead file in `dir` for frames of LMDB's environment `id` and `generation`,
@@ -721,9 +750,48 @@ mod tests {
         short[4..8].copy_from_slice(&crc.to_be_bytes());
         assert!(matches!(scan_bytes(&file(&[short], 4096), 2), Err(StorageError::Corrupt(_))));
         // Of another generation (stale), the version does not matter: not a frame of ours.
-        let scanned = scan_bytes(&file(&[own, later], 4096), 3)?;
+        // First in the file, so that the scan reads it (and stops on it, as data).
+        let scanned = scan_bytes(&file(std::slice::from_ref(&later), 4096), 3)?;
+        assert!(scanned.records.is_empty() && scanned.stopped_on_data);
+        // After a frame of generation 3: the scan reads the stale frame and stops there.
+        let next = frame(3, &[(1, entry(3, 1, 4))]);
+        let scanned = scan_bytes(&file(&[next.clone(), later], 4096), 3)?;
+        assert_eq!(scanned.records, vec![(1, entry(3, 1, 4))]);
+        assert_eq!(scanned.end as usize, next.len());
+        assert!(scanned.stopped_on_data);
+        // Of another environment, likewise.
+        let mut foreign = own;
+        foreign[FRAME_HEADER..FRAME_HEADER + 8].copy_from_slice(&(ID + 1).to_be_bytes());
+        foreign[FRAME_HEADER + BODY_OWNER..FRAME_HEADER + BODY_HEADER]
+            .copy_from_slice(&2u16.to_be_bytes());
+        let crc = crc32fast::hash(&foreign[FRAME_HEADER..]);
+        foreign[4..8].copy_from_slice(&crc.to_be_bytes());
+        let scanned = scan_bytes(&file(&[foreign], 4096), 2)?;
         assert!(scanned.records.is_empty() && scanned.stopped_on_data);
         Ok(())
+    }
+
+    #[test]
+    fn a_frame_without_a_version_is_corrupt_with_the_way_out() {
+        // The layout of the builds before the version: body = [id][generation][record ...].
+        let mut body = Vec::new();
+        body.extend_from_slice(&ID.to_be_bytes());
+        body.extend_from_slice(&2u64.to_be_bytes());
+        let record = codec::encode_entry(&entry(1, 1, 4), Vec::new()).unwrap_or_default();
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.extend_from_slice(&1u64.to_be_bytes());
+        body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        body.extend_from_slice(&record);
+        let mut old = (body.len() as u32).to_be_bytes().to_vec();
+        old.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        old.extend_from_slice(&body);
+        let scanned = scan_bytes(&file(&[old], 4096), 2);
+        assert!(
+            matches!(&scanned, Err(StorageError::Corrupt(why))
+                if why.contains("written by an earlier build (frames without a version)")
+                    && why.contains("open it with that build to checkpoint it")),
+            "{scanned:?}"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::journal::{JournalIndex, MoveError};
 use crate::queue::Waited;
 use crate::shared::Shared;
 use crate::thread_io;
-use crate::wal::{Wal, WAL_GENERATION_KEY};
+use crate::wal::{Shrink, Wal, WAL_GENERATION_KEY};
 
 /// What a request asks the writer to do.
 #[derive(Debug)]
@@ -153,12 +153,28 @@ pub(crate) fn spawn(
     }
     // Only now that the file holds no frame of LMDB's generation (checkpointed above, or none).
     if let Some(wal) = &writer.wal {
+        // Either failure is tolerated (the file stays on). The bytes past the size hold no frame
+        // of LMDB's generation (the checkpoint above committed the next one, or the file held
+        // none): stale frames at most, which no scan accepts and no frame overwrites, whether
+        // the file keeps them, loses them, or comes back larger after a crash (the next open
+        // shrinks it again). The truncation frees only blocks past the size: those of
+        // `[0, size)` stay allocated, so frames' `fdatasync`s still flush data only. And a
+        // failed sync can only lose the size change: the file holds no unsynced data (frames
+        // were synced when written, zeros at open, and this open wrote neither: a file larger
+        // than its size needs no zeros).
         match wal.shrink() {
-            Ok(Some(from)) => {
+            Ok(Shrink::Unneeded) => {}
+            Ok(Shrink::Shrank { from }) => {
                 tracing::info!(from, to = wal.size(), "raft-lmdb shrank its write-ahead file");
             }
-            Ok(None) => {}
-            // Its bytes past the size are never written again: stale frames at most.
+            Ok(Shrink::Unsynced { from, error }) => {
+                tracing::warn!(
+                    %error,
+                    from,
+                    to = wal.size(),
+                    "raft-lmdb shrank its write-ahead file but could not sync it"
+                );
+            }
             Err(error) => {
                 tracing::warn!(%error, "raft-lmdb could not shrink its write-ahead file");
             }
