@@ -421,10 +421,19 @@ fn a_learner_added_at_a_leader_lost_and_rewon_in_one_step_fails() {
 
 /// Node 2 as node 1 sees it through its network: grants every vote and acknowledges every
 /// AppendEntries; once it acknowledges index `hold_writes_from` (or beyond), node 1's log
-/// writes are held at a gate (the test opens it).
+/// writes are held at a gate (the test opens it). With `held_acks` (an index and a gate), its
+/// answers to AppendEntries reaching that index (or beyond) wait at that gate.
 struct YesPeer {
     store: support::FaultyStore,
     hold_writes_from: Arc<AtomicU64>,
+    held_acks: Option<(Arc<AtomicU64>, support::Gate)>,
+}
+
+impl YesPeer {
+    /// A peer that holds node 1's writes from `hold_writes_from` on, and no acknowledgement.
+    fn new(store: &support::FaultyStore, hold_writes_from: &Arc<AtomicU64>) -> Self {
+        Self { store: store.clone(), hold_writes_from: hold_writes_from.clone(), held_acks: None }
+    }
 }
 
 #[async_trait]
@@ -446,6 +455,11 @@ impl raft_core::Network for YesPeer {
                 if match_index >= self.hold_writes_from.load(Ordering::SeqCst) {
                     let mut gate = self.store.write_gate.lock().unwrap();
                     gate.get_or_insert_with(support::Gate::default);
+                }
+                if let Some((from, gate)) = &self.held_acks {
+                    if match_index >= from.load(Ordering::SeqCst) {
+                        gate.pass().await;
+                    }
                 }
                 Ok(RpcResponse::AppendEntries(AppendEntriesResponse {
                     term: append.term,
@@ -580,7 +594,7 @@ fn end_of_joint_change_lost_and_rewon(
     let rt = SimRuntime::new();
     let store = support::FaultyStore::default();
     let hold_writes_from = Arc::new(AtomicU64::new(u64::MAX));
-    let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
+    let network = YesPeer::new(&store, &hold_writes_from);
     let machine = HeldMachine::default();
     let (hold_applies_from, applies) = (machine.hold_from.clone(), machine.gate.clone());
     // One proposal slot: a caller waiting for the final configuration holds it (checked
@@ -762,8 +776,7 @@ fn a_joint_change_asking_for_its_end_after_its_own_final_committed_succeeds() {
 fn a_joint_change_whose_final_configuration_committed_before_a_later_change_succeeds() {
     let rt = SimRuntime::new();
     let store = support::FaultyStore::default();
-    let network =
-        YesPeer { store: store.clone(), hold_writes_from: Arc::new(AtomicU64::new(u64::MAX)) };
+    let network = YesPeer::new(&store, &Arc::new(AtomicU64::new(u64::MAX)));
     let machine = HeldMachine::default();
     let (hold_applies_from, applies) = (machine.hold_from.clone(), machine.gate.clone());
     let builder = Node::builder(config(1024), store.clone(), network, machine, rt.tagged(NODE))
@@ -848,13 +861,26 @@ fn start_leader_of_two(
     compacting: bool,
 ) -> (Node, support::FaultyStore, MemSnapshotStore, Status) {
     let store = support::FaultyStore::default();
-    let network = YesPeer { store: store.clone(), hold_writes_from: hold_writes_from.clone() };
+    let network = YesPeer::new(&store, hold_writes_from);
+    start_leader_of_two_with(rt, network, compacting, |_| {})
+}
+
+/// `start_leader_of_two` with node 2 as `network` (its store is node 1's log store) and the
+/// configuration changed by `adjust`.
+fn start_leader_of_two_with(
+    rt: &SimRuntime,
+    network: YesPeer,
+    compacting: bool,
+    adjust: impl FnOnce(&mut Config),
+) -> (Node, support::FaultyStore, MemSnapshotStore, Status) {
+    let store = network.store.clone();
     let snapshots = MemSnapshotStore::new();
     let mut config = config(1024);
     if compacting {
         config.snapshot_interval_entries = 1;
         config.snapshot_keep_entries = 0;
     }
+    adjust(&mut config);
     let builder =
         Node::builder(config, store.clone(), network, HeldMachine::default(), rt.tagged(NODE))
             .snapshot_store(snapshots.clone())
@@ -862,6 +888,42 @@ fn start_leader_of_two(
     let node = rt.block_on(Duration::from_secs(5), builder.start(), || {}).unwrap().unwrap();
     let before = run_until_leading_idle(rt, &node);
     (node, store, snapshots, before)
+}
+
+/// Queues `change` and two writes at `node`, paused meanwhile so that they share a step: the
+/// joint entry at `j`, the writes at `j + 1` and `j + 2`. Returns the change's answer slot.
+fn change_then_two_writes(
+    rt: &SimRuntime,
+    node: &Node,
+    change: MembershipChange,
+) -> MembershipAnswer {
+    rt.pause(NODE);
+    let answer = spawn_change(rt, node, change);
+    for command in [&b"w1"[..], &b"w2"[..]] {
+        let writer = node.clone();
+        rt.spawn_task(async move {
+            let _ = writer.write(Bytes::from_static(command)).await;
+        });
+    }
+    rt.run_for(Duration::ZERO, || {});
+    rt.resume(NODE);
+    answer
+}
+
+/// Whether `node` committed and applied its log up to `last_write`, which `snapshots` holds
+/// (the joint entry before it compacted), and its log ends at `last_config`, the final
+/// configuration.
+fn writes_compacted_before(
+    node: &Node,
+    snapshots: &MemSnapshotStore,
+    last_write: LogIndex,
+    last_config: LogIndex,
+) -> bool {
+    let s = node.status();
+    s.commit_index == last_write
+        && s.applied_index == last_write
+        && s.last_log_index == last_config
+        && snapshot_index(snapshots) == last_write
 }
 
 /// The scenario of `a_joint_change_compacted_before_its_final_configuration_commits_waits_for_it`
@@ -874,23 +936,8 @@ fn joint_change_compacted_before_its_final_configuration(lose: bool) -> Membersh
     let (term, last) = (before.current_term, before.last_log_index);
     let (joint, last_write, last_config) = (last + 1, last + 3, last + 4);
     hold_writes_from.store(last_write, Ordering::SeqCst);
-    rt.pause(NODE);
-    let answer = spawn_change(&rt, &node, MembershipChange::RemoveNode(2));
-    for command in [&b"w1"[..], &b"w2"[..]] {
-        let writer = node.clone();
-        rt.spawn_task(async move {
-            let _ = writer.write(Bytes::from_static(command)).await;
-        });
-    }
-    rt.run_for(Duration::ZERO, || {});
-    rt.resume(NODE);
-    let compacted = || {
-        let s = node.status();
-        s.commit_index == last_write
-            && s.applied_index == last_write
-            && s.last_log_index == last_config
-            && snapshot_index(&snapshots) == last_write
-    };
+    let answer = change_then_two_writes(&rt, &node, MembershipChange::RemoveNode(2));
+    let compacted = || writes_compacted_before(&node, &snapshots, last_write, last_config);
     // The first answer seen before the final configuration can commit.
     let early = Mutex::new(None);
     let watch = || {
@@ -951,14 +998,18 @@ fn snapshot_index(store: &MemSnapshotStore) -> LogIndex {
 /// final configuration only after that configuration was committed, applied and compacted into
 /// a snapshot: its wait finds `FirstAfter::Compacted` while the node leads in `t`. If `second`,
 /// another caller adds learner 4 after the final configuration, and that change too is
-/// committed, applied and compacted before the first caller asks. Returns the first caller's
-/// answer and the membership in force then.
+/// committed, applied and compacted before the first caller asks. The node has one proposal
+/// slot, which a caller waiting for its final configuration holds: a write that gets its
+/// answer before the caller is resumed shows the caller had not asked yet. Returns the first
+/// caller's answer and the membership in force then.
 fn joint_change_compacted_before_its_caller_asks(
     second: bool,
 ) -> (MembershipAnswerValue, Membership) {
     let rt = SimRuntime::new();
+    let store = support::FaultyStore::default();
+    let network = YesPeer::new(&store, &Arc::new(AtomicU64::new(u64::MAX)));
     let (node, _, snapshots, before) =
-        start_leader_of_two(&rt, &Arc::new(AtomicU64::new(u64::MAX)), true);
+        start_leader_of_two_with(&rt, network, true, |config| config.max_pending_proposals = 1);
     let (term, joint) = (before.current_term, before.last_log_index + 1);
     let answer = spawn_change(&rt.tagged(CALLER), &node, MembershipChange::RemoveNode(2));
     let proposed = || node.status().last_log_index >= joint;
@@ -978,6 +1029,16 @@ fn joint_change_compacted_before_its_caller_asks(
         let learner = learner.lock().unwrap().take();
         assert!(matches!(&learner, Some(Ok(m)) if m.is_learner(4)), "{learner:?}");
     }
+    // The slot is free: the paused caller has not asked to wait yet.
+    let probe = Arc::new(Mutex::new(None));
+    let (writer, slot) = (node.clone(), probe.clone());
+    rt.spawn_task(async move {
+        *slot.lock().unwrap() = Some(writer.propose(Bytes::from_static(b"probe")).await);
+    });
+    let probed = || probe.lock().unwrap().is_some();
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, probed), "{:?}", node.status());
+    let probe = probe.lock().unwrap().take();
+    assert!(matches!(probe, Some(Ok(_))), "{probe:?}");
     let idle = || {
         let s = node.status();
         s.applied_index == s.last_log_index && snapshot_index(&snapshots) == s.applied_index
@@ -987,7 +1048,7 @@ fn joint_change_compacted_before_its_caller_asks(
     let status = node.status();
     assert_eq!((status.role, status.current_term), (Role::Leader, term), "{status:?}");
     assert_eq!(snapshot_index(&snapshots), status.last_log_index, "not all compacted");
-    assert!(answer.lock().unwrap().is_none(), "the caller asked before the compaction");
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
     rt.resume(CALLER);
     let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
     (answer, membership)
@@ -1120,4 +1181,88 @@ impl raft_core::Network for NoNetwork {
         let reason = "no network in this test".to_owned();
         Err(raft_core::NetworkError::Unreachable { peer: envelope.receiver, reason })
     }
+}
+
+/// Node 1 leads voters {1, 2} in term `t` (if `compacting`, it takes a snapshot after every
+/// entry applied and keeps no entry below it) and removes itself: joint configuration at `j`,
+/// final one, {2}, at `j + 1`. The caller's task is paused once the joint entry is appended, so
+/// it asks to wait for the final configuration only after that configuration was committed
+/// (the node then steps down, still in `t`), applied and, if `compacting`, compacted into a
+/// snapshot with the joint entry. Returns the caller's answer.
+fn leader_removing_itself_whose_caller_asks_late(compacting: bool) -> MembershipAnswerValue {
+    let rt = SimRuntime::new();
+    let (node, _, snapshots, before) =
+        start_leader_of_two(&rt, &Arc::new(AtomicU64::new(u64::MAX)), compacting);
+    let (term, joint) = (before.current_term, before.last_log_index + 1);
+    let answer = spawn_change(&rt.tagged(CALLER), &node, MembershipChange::RemoveNode(NODE));
+    let proposed = || node.status().last_log_index >= joint;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, proposed), "{:?}", node.status());
+    rt.pause(CALLER);
+    let done = || {
+        let s = node.status();
+        s.role == Role::Follower
+            && s.applied_index > joint
+            && (!compacting || snapshot_index(&snapshots) > joint)
+    };
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, done), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert_eq!(node.status().current_term, term, "{:?}", node.status());
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+    rt.resume(CALLER);
+    let (answer, _, membership) = answer_and_shut_down(&rt, node, &answer);
+    assert_eq!(membership, Membership::with_voters([2]));
+    answer
+}
+
+/// A leader removes itself ({1, 2} to {2}); its caller asks to wait only after the final
+/// configuration was committed (the node stepped down, in the joint entry's term) and
+/// applied, the entries still in the log: `Ok({2})`. The control of the compacted test below
+/// (passed before).
+#[test]
+fn a_leader_removing_itself_whose_caller_asks_after_the_end_succeeds() {
+    let answer = leader_removing_itself_whose_caller_asks_late(false);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == Membership::with_voters([2])), "{answer:?}");
+}
+
+/// The same, with the joint entry and the final configuration compacted into a snapshot before
+/// the caller asks (`FirstAfter::Compacted` with a base that is not joint, node no longer
+/// leading but still in the joint entry's term): `Ok({2})`. Failed before (review MEDIUM-1 of
+/// memtest) with `LeadershipLost`, though the final configuration committed in the caller's
+/// leadership and `Node::change_membership` promises removing the leader itself works.
+#[test]
+fn a_leader_removing_itself_whose_caller_asks_after_the_compaction_succeeds() {
+    let answer = leader_removing_itself_whose_caller_asks_late(true);
+    assert!(matches!(&answer, Some(Ok(m)) if *m == Membership::with_voters([2])), "{answer:?}");
+}
+
+/// Leader 1 removes itself from {1, 2}; two writes follow the joint entry, and a snapshot folds
+/// the joint entry and the writes (`FirstAfter::Compacted`, the joint membership in force at
+/// the end of the prefix) before node 2 acknowledges the final configuration {2}. Then 2's
+/// acknowledgements resume: {2} commits in the caller's term, node 1 steps down at once (same
+/// term), then applies it. The caller, waiting all along, gets `Ok({2})`. Failed before
+/// (review MEDIUM-1 of memtest) with `LeadershipLost`: the waiter answered it for any node not
+/// leading in the joint entry's term when the joint entry was compacted.
+#[test]
+fn a_leader_removing_itself_with_its_joint_entry_compacted_succeeds() {
+    let rt = SimRuntime::new();
+    let (hold_acks_from, acks) = (Arc::new(AtomicU64::new(u64::MAX)), support::Gate::default());
+    let store = support::FaultyStore::default();
+    let mut network = YesPeer::new(&store, &Arc::new(AtomicU64::new(u64::MAX)));
+    network.held_acks = Some((hold_acks_from.clone(), acks.clone()));
+    let (node, _, snapshots, before) = start_leader_of_two_with(&rt, network, true, |_| {});
+    let (term, last) = (before.current_term, before.last_log_index);
+    let (last_write, last_config) = (last + 3, last + 4);
+    hold_acks_from.store(last_config, Ordering::SeqCst);
+    let answer = change_then_two_writes(&rt, &node, MembershipChange::RemoveNode(NODE));
+    let compacted = || writes_compacted_before(&node, &snapshots, last_write, last_config);
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, compacted), "{:?}", node.status());
+    rt.run_for(ANSWER_WITHIN, || {});
+    assert!(answer.lock().unwrap().is_none(), "{:?}", answer.lock().unwrap());
+    acks.open();
+    let applied = || node.status().applied_index >= last_config;
+    assert!(rt.run_until(ANSWER_WITHIN, || {}, applied), "{:?}", node.status());
+    let (answer, status, membership) = answer_and_shut_down(&rt, node, &answer);
+    assert_eq!(status.current_term, term);
+    assert_eq!(membership, Membership::with_voters([2]));
+    assert!(matches!(&answer, Some(Ok(m)) if *m == Membership::with_voters([2])), "{answer:?}");
 }

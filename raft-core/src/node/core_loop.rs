@@ -483,17 +483,26 @@ impl CoreLoop {
     ///   membership follows the joint entry (or only a joint one, which a leader never appends
     ///   there: it is no final configuration).
     /// * Unknown (the entries after the joint one were compacted away, or replaced by an
-    ///   installed snapshot): `LeadershipLost` unless this node leads in the joint entry's
-    ///   term. If it does, every entry after the joint one is this leadership's, so the first
-    ///   change after it is their own final configuration, the joint membership finalized
-    ///   (kept with the waiter). It is in the compacted prefix, so committed and applied,
-    ///   unless the membership in force at the end of the prefix is still their joint one;
-    ///   then it is the first membership entry after the prefix, once that is applied (if
-    ///   none is there yet, they wait: its append or the end of this leadership decides).
-    ///   They get their final configuration, never the prefix's membership: that may fold a
-    ///   later change (memtest; `Ok` with a learner added after their final configuration,
-    ///   before). Review HIGH-1 of memwait: the compacted prefix, joint or another node's,
-    ///   was taken for their final configuration.
+    ///   installed snapshot). If the membership in force at the end of the prefix is still
+    ///   their joint one, the first membership entry after the prefix is taken for the first
+    ///   after their joint entry, with the rules above (none there yet: they wait while this
+    ///   node leads in the joint entry's term, else `LeadershipLost`). Else the first
+    ///   membership after their joint entry is in the prefix: if this node's current term is
+    ///   still the joint entry's, no other leader wrote in it, so every entry after the joint
+    ///   one up to the prefix's end is this leadership's and that membership is their own final
+    ///   configuration, the joint membership finalized (kept with the waiter), committed and
+    ///   applied (compaction only takes applied entries): they get it, whether the node still
+    ///   leads or stepped down, being removed (review MEDIUM-1 of memtest: a removed leader's
+    ///   caller got `LeadershipLost`). In a later term, `LeadershipLost`. They get their final
+    ///   configuration, never the prefix's membership: that may fold a later change
+    ///   (memtest; `Ok` with a learner added after their final configuration, before). Review
+    ///   HIGH-1 of memwait: the compacted prefix, joint or another node's, was taken for their
+    ///   final configuration. A later joint membership equal to theirs ending the prefix (their
+    ///   final configuration, then another change back to it, compacted) is taken for theirs:
+    ///   if its final configuration is appended in the same term, the answer is that, equal to
+    ///   theirs; else it can be `LeadershipLost` (outcome unknown) though their own final
+    ///   configuration committed, when this leadership ends before the later final one is
+    ///   applied.
     ///
     /// `LeadershipLost` also when the node lost and won leadership again, within one step or
     /// before the caller asked to wait (review MEDIUM-1 of memwait: such a caller waited on,
@@ -506,6 +515,7 @@ impl CoreLoop {
         }
         let commit_index = self.engine.commit_index();
         let applied_index = self.engine.status().applied_index;
+        let current_term = self.engine.hard_state().current_term;
         let waiters = std::mem::take(&mut self.membership_waiters);
         for (after, waiter) in waiters {
             // Decided from the waiter's own final configuration, not the latest membership: a
@@ -513,8 +523,8 @@ impl CoreLoop {
             // answer back nor replaces it (review LOW-1 of memwait).
             let leading = self.led_term == Some(waiter.joint_term);
             let lost = || Err(MembershipError::Commit(CommitError::LeadershipLost));
-            let answer = match self.engine.membership_after(after) {
-                FirstAfter::Entry(index, membership) if !membership.is_joint() => {
+            let first_final = |next: Option<(LogIndex, &Membership)>| match next {
+                Some((index, membership)) if !membership.is_joint() => {
                     let own = self.engine.term_at(index) == Some(waiter.joint_term);
                     let committed = index <= commit_index;
                     if own && index <= applied_index {
@@ -525,16 +535,25 @@ impl CoreLoop {
                         None
                     }
                 }
-                FirstAfter::Entry(..) | FirstAfter::None => (!leading).then(lost),
-                FirstAfter::Compacted { base: (_, in_force), next } if leading => {
-                    // A later joint membership equal to theirs would only delay the answer:
-                    // the final configuration after it is equal to theirs too.
-                    let compacted = *in_force != waiter.joint;
-                    let applied = compacted
-                        || next.is_some_and(|(index, membership)| {
-                            !membership.is_joint() && index <= applied_index
-                        });
-                    applied.then(|| Ok(waiter.joint.finalized()))
+                _ => (!leading).then(lost),
+            };
+            let answer = match self.engine.membership_after(after) {
+                FirstAfter::Entry(index, membership) => first_final(Some((index, membership))),
+                FirstAfter::None => first_final(None),
+                // Their joint membership is in force at the end of the prefix: the first
+                // membership after the prefix is the first after their joint entry (unless a
+                // later joint membership equal to theirs ended the prefix: then the answer may
+                // be `LeadershipLost` though theirs committed; see above).
+                FirstAfter::Compacted { base: (_, in_force), next }
+                    if *in_force == waiter.joint =>
+                {
+                    first_final(next)
+                }
+                // The first membership after their joint entry is in the prefix: their own
+                // final configuration, committed and applied, if this node's term is still the
+                // joint entry's (no other leader wrote in that term).
+                FirstAfter::Compacted { .. } if current_term == waiter.joint_term => {
+                    Some(Ok(waiter.joint.finalized()))
                 }
                 FirstAfter::Compacted { .. } => Some(lost()),
             };
