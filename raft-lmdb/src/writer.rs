@@ -429,13 +429,20 @@ impl Writer {
         if self.shared.fail_next_commit.load(Ordering::SeqCst) {
             return false;
         }
-        let entries: usize = group
-            .iter()
-            .map(|r| match &r.op {
-                Op::Write(batch) => batch.entries.len(),
-                _ => 0,
-            })
-            .sum();
+        // Only pure appends go in a frame: decided before any entry is encoded.
+        let mut entries = 0usize;
+        for request in group {
+            match &request.op {
+                Op::Write(batch)
+                    if batch.hard_state.is_none()
+                        && batch.truncate_from.is_none()
+                        && !batch.entries.is_empty() =>
+                {
+                    entries = entries.saturating_add(batch.entries.len());
+                }
+                _ => return false,
+            }
+        }
         if self.pending_entries.saturating_add(entries) > MAX_PENDING_ENTRIES {
             return false;
         }
@@ -444,20 +451,13 @@ impl Writer {
         let mut lasts: HashMap<GroupId, LogId> = HashMap::new();
         for request in group {
             let Op::Write(batch) = &request.op else { return false };
-            if batch.hard_state.is_some()
-                || batch.truncate_from.is_some()
-                || batch.entries.is_empty()
-            {
-                return false;
-            }
-            let last = match lasts.get(&request.group) {
+            let known =
+                lasts.get(&request.group).or_else(|| self.pending_lasts.get(&request.group));
+            let last = match known {
                 Some(last) => *last,
-                None => match self.pending_lasts.get(&request.group) {
-                    Some(last) => *last,
-                    None => match self.committed.get(&request.group) {
-                        Some(meta) => meta.last(),
-                        None => return false,
-                    },
+                None => match self.committed.get(&request.group) {
+                    Some(meta) => meta.last(),
+                    None => return false,
                 },
             };
             let mut previous = last;
