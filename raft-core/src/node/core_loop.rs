@@ -42,6 +42,16 @@ enum Stop {
     Failed(FatalError),
 }
 
+/// What a [`CoreLoop::step`] leaves to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stepped {
+    /// The node goes on: the next step waits for the next input.
+    Continue,
+    /// The node must stop (shutdown asked for, or a fatal error): no more steps; the caller
+    /// calls [`CoreLoop::finish`].
+    Stop,
+}
+
 /// A message waiting for the writes before it to become durable.
 enum Held {
     Send { to: NodeId, request: RpcRequest },
@@ -190,6 +200,8 @@ impl CoreLoop {
         *self.step_now.get_or_insert_with(|| clock.now())
     }
 
+    /// The main loop: waits for an input, then runs a [`CoreLoop::step`] over it and the
+    /// inputs already queued behind it, until the node must stop; then [`CoreLoop::finish`].
     pub(super) async fn run(mut self) {
         let inputs = self.inputs.clone();
         while let Ok(input) = inputs.receiver.recv().await {
@@ -201,48 +213,73 @@ impl CoreLoop {
                 // hand-off to the applier) for every one or two proposals.
                 crate::yield_now().await;
             }
-            // Proposals wait for room across steps only at a leader: a step that ends
-            // elsewhere refuses them (`process_actions`).
-            debug_assert!(
-                self.deferred.is_empty() || self.engine.role() == Role::Leader,
-                "deferred proposals outlived the node's leadership"
-            );
-            self.step_now = None;
-            // Each proposal taken from the inbox counts as one input.
-            let mut taken = self.handle(input, MAX_INPUTS_PER_STEP);
-            self.check_leadership();
-            while taken < MAX_INPUTS_PER_STEP && self.stop.is_none() {
-                match inputs.receiver.try_recv() {
-                    Ok(input) => taken += self.handle(input, MAX_INPUTS_PER_STEP - taken),
-                    Err(_) => break,
-                }
-                self.check_leadership();
-            }
-            if self.stop.is_some() {
+            let mut more = || inputs.receiver.try_recv().ok();
+            if self.step(input, &mut more, MAX_INPUTS_PER_STEP) == Stepped::Stop {
                 break;
             }
-            self.propose_deferred(MAX_INPUTS_PER_STEP.saturating_sub(taken));
-            self.publish_membership();
-            self.process_actions();
-            if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
-                // The step's room ran out, or room came during `process_actions` (a write
-                // that finished at once can commit and end a leadership transfer): the next
-                // step proposes more.
-                self.inputs.inbox.wake_again(self.clock.as_ref());
-            }
-            self.flush_waiters();
-            self.probe.committed(self.engine.commit_index(), || self.clock.now());
-            if self.stop.is_some() {
-                break;
-            }
-            self.sync_peers();
-            self.answer_membership_waiters();
-            let status = self.engine.status();
-            self.metrics.node.step(&status, &self.engine);
-            self.inputs.status.publish(status);
-            self.pacer.set(self.engine.ticks_until_needed());
         }
         self.finish();
+    }
+
+    /// One step of the main loop, without waiting: handles `first`, then the inputs `more`
+    /// gives (until it gives none, `room` inputs were taken, or the node must stop), then
+    /// takes the engine's actions and publishes what the step changed.
+    ///
+    /// Every input the step takes is handled (`more` is not called once the step is full or
+    /// the node must stop; each proposal taken from the inbox counts as one input, at most
+    /// `room` in all). Unless the node must stop, the engine's actions are then processed by
+    /// [`CoreLoop::process_actions`], which keeps the persistence rules (nothing is sent or
+    /// answered before the writes it depends on are durable), and the waiters, peers,
+    /// membership, status, metrics and ticker pacing are brought up to date. Returns
+    /// [`Stepped::Stop`] when the node must stop: the caller then ends the loop and calls
+    /// [`CoreLoop::finish`].
+    pub(super) fn step(
+        &mut self,
+        first: Input,
+        more: &mut dyn FnMut() -> Option<Input>,
+        room: usize,
+    ) -> Stepped {
+        // Proposals wait for room across steps only at a leader: a step that ends
+        // elsewhere refuses them (`process_actions`).
+        debug_assert!(
+            self.deferred.is_empty() || self.engine.role() == Role::Leader,
+            "deferred proposals outlived the node's leadership"
+        );
+        self.step_now = None;
+        // Each proposal taken from the inbox counts as one input.
+        let mut taken = self.handle(first, room);
+        self.check_leadership();
+        while taken < room && self.stop.is_none() {
+            match more() {
+                Some(input) => taken += self.handle(input, room - taken),
+                None => break,
+            }
+            self.check_leadership();
+        }
+        if self.stop.is_some() {
+            return Stepped::Stop;
+        }
+        self.propose_deferred(room.saturating_sub(taken));
+        self.publish_membership();
+        self.process_actions();
+        if !self.deferred.is_empty() && self.engine.can_accept_proposal().is_ok() {
+            // The step's room ran out, or room came during `process_actions` (a write
+            // that finished at once can commit and end a leadership transfer): the next
+            // step proposes more.
+            self.inputs.inbox.wake_again(self.clock.as_ref());
+        }
+        self.flush_waiters();
+        self.probe.committed(self.engine.commit_index(), || self.clock.now());
+        if self.stop.is_some() {
+            return Stepped::Stop;
+        }
+        self.sync_peers();
+        self.answer_membership_waiters();
+        let status = self.engine.status();
+        self.metrics.node.step(&status, &self.engine);
+        self.inputs.status.publish(status);
+        self.pacer.set(self.engine.ticks_until_needed());
+        Stepped::Continue
     }
 
     /// Connects the ticker: after each step it learns how many ticks the engine may go without.
