@@ -96,15 +96,6 @@ pub(crate) enum Task {
     Other(String),
 }
 
-impl Task {
-    fn name(&self) -> String {
-        match self {
-            Task::MainLoop(_) => "main loop".to_owned(),
-            Task::Other(name) => name.clone(),
-        }
-    }
-}
-
 /// Spawns the node's tasks on its runtime, supervised.
 #[derive(Clone)]
 pub(crate) struct Spawner {
@@ -124,19 +115,15 @@ impl Spawner {
             async move {
                 let mut future = AssertUnwindSafe(future).catch_unwind();
                 if let Err(payload) = (&mut future).await {
-                    let error = FatalError::Panicked {
-                        task: task.name(),
-                        message: panic_message(payload.as_ref()),
-                    };
                     // The failed future (and the queues it holds) is dropped only after the
                     // report is queued: whoever sees those queues closed finds the report.
                     match task {
-                        Task::MainLoop(ends) => {
-                            ends.close();
-                            let status = ends.status.get();
-                            ends.finish(Some(error), status);
-                        }
-                        Task::Other(_) => {
+                        Task::MainLoop(ends) => main_loop_panicked(&ends, payload.as_ref()),
+                        Task::Other(name) => {
+                            let error = FatalError::Panicked {
+                                task: name,
+                                message: panic_message(payload.as_ref()),
+                            };
                             tracing::error!(%error, "a task of the node panicked");
                             let _ = inputs.send(Input::Fatal(error)).await;
                         }
@@ -148,6 +135,24 @@ impl Spawner {
             .boxed(),
         );
     }
+}
+
+/// Stops the node whose main loop panicked with `payload`, in place of the main loop's own
+/// stop: closes its inputs and proposal inbox (every input and proposal still queued is
+/// dropped, so its caller gets `Shutdown` at once), records
+/// [`FatalError::Panicked`] `{ task: "main loop", .. }` with the panic's message (unless an
+/// earlier error was recorded) and publishes the end to watchers.
+///
+/// For whoever runs a main loop under `catch_unwind` (the main loop's task, a host loop). The
+/// caller drops the failed main loop (and the queues it holds) only after this returns, so
+/// that whoever sees those queues closed finds the report; it never calls the main loop's
+/// `finish`.
+pub(crate) fn main_loop_panicked(ends: &Inputs, payload: &(dyn std::any::Any + Send)) {
+    let error =
+        FatalError::Panicked { task: "main loop".to_owned(), message: panic_message(payload) };
+    ends.close();
+    let status = ends.status.get();
+    ends.finish(Some(error), status);
 }
 
 /// The message of a panic payload (`panic!` with a literal or a formatted message).
