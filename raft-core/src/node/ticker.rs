@@ -45,7 +45,7 @@ fn until_grid(now: Duration, sleep: Duration, grid: Duration) -> Duration {
 
 /// What the main loop tells the ticker: how many ticks the engine may go without.
 #[derive(Clone)]
-pub(super) struct Pacer {
+pub(crate) struct Pacer {
     inner: Arc<Shared>,
 }
 
@@ -75,7 +75,6 @@ impl Pacer {
         }
     }
 
-    /// The ticks the engine may go without now (at least 1).
     /// Ends the ticker at once (the main loop stopped): without it, a node whose engine was
     /// quiesced would wait for the ticker's long sleep (seconds) to end before it stops.
     pub(super) fn stop(&self) {
@@ -83,12 +82,94 @@ impl Pacer {
         let _ = self.inner.kick.try_send(());
     }
 
-    fn stopped(&self) -> bool {
+    /// Whether the main loop stopped ([`Pacer::stop`]): its ticker ends (a host's ticker drops
+    /// the group).
+    pub(crate) fn stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::Acquire)
     }
 
+    /// The ticks the engine may go without now (at least 1).
     fn ticks(&self) -> u64 {
         self.inner.ticks.load(Ordering::Acquire).max(1)
+    }
+
+    /// Starts a wait for the next ticks: drops the kicks that came before this reading of
+    /// `ticks` (a later one still interrupts the wait), then decides from it. `now` (the
+    /// runtime's clock) is read only for a quiesced engine. The one decision of both the
+    /// ticker task ([`run`]) and a host's ticker ([`Plan::due`]).
+    pub(crate) fn plan(
+        &self,
+        now: impl FnOnce() -> Duration,
+        tick: Duration,
+        grid: Duration,
+    ) -> Plan {
+        while self.inner.kicked.try_recv().is_ok() {}
+        let wanted = self.ticks();
+        if wanted == 1 {
+            return Plan::EveryTick;
+        }
+        let start = now();
+        let long = tick.saturating_mul(u32::try_from(wanted).unwrap_or(u32::MAX));
+        Plan::Quiesced(QuiescedWait { wanted, start, sleep: until_grid(start, long, grid) })
+    }
+
+    /// Whether the engine woke since the last [`Pacer::plan`] (the main loop lowered `ticks`),
+    /// taking that kick: for a ticker that does not wait on the kick itself (a host's).
+    // Used by the host loop (plan S1).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn woke(&self) -> bool {
+        self.inner.kicked.try_recv().is_ok()
+    }
+}
+
+/// What a group's ticker waits for next, decided by [`Pacer::plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// The engine needs every tick: one tick after one `tick` interval.
+    EveryTick,
+    /// The engine is quiesced: its ticks come at its deadline, or earlier if it wakes.
+    Quiesced(QuiescedWait),
+}
+
+/// The wait of a quiesced engine's ticker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuiescedWait {
+    /// The ticks the engine asked to skip, delivered at its deadline.
+    pub(crate) wanted: u64,
+    /// When the wait started (the runtime's clock).
+    pub(crate) start: Duration,
+    /// How long the wait lasts: `wanted` ticks from `start`, rounded up to the grid (less than
+    /// one slot more).
+    pub(crate) sleep: Duration,
+}
+
+impl QuiescedWait {
+    /// The ticks to deliver when the engine woke at `now`, before its deadline: the whole
+    /// ticks that passed since the wait started (possibly none).
+    pub(crate) fn woken_at(&self, now: Duration, tick: Duration) -> u64 {
+        let elapsed = now.saturating_sub(self.start).as_nanos() / tick.as_nanos().max(1);
+        u64::try_from(elapsed).unwrap_or(u64::MAX)
+    }
+}
+
+impl Plan {
+    /// For a ticker that looks at the group at `now`, once per `tick` interval (a host's):
+    /// the ticks due under this plan, given whether the engine woke since it was made
+    /// ([`Pacer::woke`]). `None`: nothing is due, keep the plan; `Some(n)`: deliver `n` ticks
+    /// if `n > 0`, then plan again. As in [`run`]: every tick while the engine needs them;
+    /// while it is quiesced, `wanted` ticks once its deadline passed (a passed deadline wins
+    /// over a wake), or the whole ticks that passed if it woke first.
+    // Used by the host loop (plan S1).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn due(&self, now: Duration, tick: Duration, woke: bool) -> Option<u64> {
+        match self {
+            Plan::EveryTick => Some(1),
+            Plan::Quiesced(wait) if now >= wait.start.saturating_add(wait.sleep) => {
+                Some(wait.wanted)
+            }
+            Plan::Quiesced(wait) if woke => Some(wait.woken_at(now, tick)),
+            Plan::Quiesced(_) => None,
+        }
     }
 }
 
@@ -100,28 +181,21 @@ pub(super) async fn run(
     grid: Duration,
     inputs: Sender<Input>,
 ) {
-    let tick_nanos = tick.as_nanos().max(1);
     loop {
-        // Drop kicks that came before this reading of `ticks`: a later one still interrupts.
-        while pacer.inner.kicked.try_recv().is_ok() {}
-        let wanted = pacer.ticks();
-        let ticks = if wanted == 1 {
-            runtime.sleep(tick).await;
-            1
-        } else {
-            let start = runtime.now();
-            let long = tick.saturating_mul(u32::try_from(wanted).unwrap_or(u32::MAX));
-            let long = until_grid(start, long, grid);
-            let kicked = pacer.inner.kicked.recv();
-            match select(runtime.sleep(long), Box::pin(kicked)).await {
-                // The engine's deadline passed (up to one slot ago, on the grid): the ticks
-                // it asked to skip, not the slot's extra time, so that its quiesced timers
-                // only ever run late, never early, and each by less than one slot.
-                Either::Left(_) => wanted,
-                // The engine woke: the whole ticks that passed, then every tick again.
-                Either::Right(_) => {
-                    let elapsed = runtime.now().saturating_sub(start).as_nanos() / tick_nanos;
-                    u64::try_from(elapsed).unwrap_or(u64::MAX)
+        let ticks = match pacer.plan(|| runtime.now(), tick, grid) {
+            Plan::EveryTick => {
+                runtime.sleep(tick).await;
+                1
+            }
+            Plan::Quiesced(wait) => {
+                let kicked = pacer.inner.kicked.recv();
+                match select(runtime.sleep(wait.sleep), Box::pin(kicked)).await {
+                    // The engine's deadline passed (up to one slot ago, on the grid): the ticks
+                    // it asked to skip, not the slot's extra time, so that its quiesced timers
+                    // only ever run late, never early, and each by less than one slot.
+                    Either::Left(_) => wait.wanted,
+                    // The engine woke: the whole ticks that passed, then every tick again.
+                    Either::Right(_) => wait.woken_at(runtime.now(), tick),
                 }
             }
         };
@@ -344,6 +418,55 @@ mod tests {
         assert!(ticker.as_mut().poll(&mut cx).is_pending(), "asleep until its deadline");
         pacer.stop();
         assert!(ticker.as_mut().poll(&mut cx).is_ready(), "a stopped node's ticker ends at once");
+    }
+
+    /// The decision a host's ticker makes per group, once per tick interval: every tick while
+    /// the engine needs them; while it is quiesced, nothing until its deadline (on the grid,
+    /// as the ticker task sleeps), then the ticks it skipped; if it wakes first, the whole
+    /// ticks that passed; the kicks that came before the plan do not count as a wake.
+    #[test]
+    fn a_hosts_ticker_gets_the_ticker_tasks_decision() {
+        let tick = Duration::from_millis(10);
+        let grid = QUIESCED_WAKE_GRID_MAX;
+        let start = Duration::from_millis(1_010);
+        let pacer = Pacer::new();
+        let mut clock_read = false;
+        let plan = pacer.plan(
+            || {
+                clock_read = true;
+                start
+            },
+            tick,
+            grid,
+        );
+        assert_eq!(plan, Plan::EveryTick);
+        assert!(!clock_read, "an awake engine's plan does not read the clock");
+        assert_eq!(plan.due(start, tick, false), Some(1));
+
+        pacer.set(700);
+        pacer.set(600); // a kick before the plan: not a wake
+        let plan = pacer.plan(|| start, tick, grid);
+        let Plan::Quiesced(wait) = plan else { panic!("{plan:?}") };
+        assert_eq!((wait.wanted, wait.start), (600, start));
+        let deadline = start + wait.sleep;
+        assert!(wait.sleep >= tick * 600 && wait.sleep < tick * 600 + grid, "{wait:?}");
+        assert_eq!(deadline.as_nanos() % grid.as_nanos(), 0, "on the grid: {deadline:?}");
+        assert!(!pacer.woke(), "the kick before the plan was dropped");
+        assert_eq!(plan.due(start + tick * 599, tick, false), None, "asleep");
+        assert_eq!(plan.due(deadline - Duration::from_nanos(1), tick, false), None);
+        assert_eq!(plan.due(deadline, tick, false), Some(600), "the ticks it skipped");
+        assert_eq!(plan.due(deadline, tick, true), Some(600), "a passed deadline wins");
+
+        pacer.set(1);
+        assert!(pacer.woke(), "the main loop woke the engine");
+        assert!(!pacer.woke(), "one kick, taken once");
+        assert_eq!(plan.due(start + Duration::from_millis(55), tick, true), Some(5));
+        assert_eq!(plan.due(start + Duration::from_millis(5), tick, true), Some(0));
+        assert_eq!(pacer.plan(|| start, tick, grid), Plan::EveryTick);
+
+        assert!(!pacer.stopped());
+        pacer.stop();
+        assert!(pacer.stopped(), "a stopped main loop's group is dropped");
     }
 
     /// Delivers `ticks` to a fake engine that is quiesced for its first `asleep` ticks (none:
