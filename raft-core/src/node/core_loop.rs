@@ -32,7 +32,7 @@ use crate::types::{LogIndex, NodeId, Role, Term};
 
 /// Inputs handled per step before the engine's actions are taken (bounds latency under load
 /// while letting many proposals share one write and one AppendEntries).
-const MAX_INPUTS_PER_STEP: usize = 1024;
+pub(super) const MAX_INPUTS_PER_STEP: usize = 1024;
 
 /// Why the main loop stops.
 enum Stop {
@@ -44,7 +44,7 @@ enum Stop {
 
 /// What a [`CoreLoop::step`] leaves to its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stepped {
+pub(crate) enum Stepped {
     /// The node goes on: the next step waits for the next input.
     Continue,
     /// The node must stop (shutdown asked for, or a fatal error): no more steps; the caller
@@ -198,27 +198,6 @@ impl CoreLoop {
     fn step_now(&mut self) -> Duration {
         let clock = &self.clock;
         *self.step_now.get_or_insert_with(|| clock.now())
-    }
-
-    /// The main loop: waits for an input, then runs a [`CoreLoop::step`] over it and the
-    /// inputs already queued behind it, until the node must stop; then [`CoreLoop::finish`].
-    pub(super) async fn run(mut self) {
-        let inputs = self.inputs.clone();
-        while let Ok(input) = inputs.receiver.recv().await {
-            if inputs.receiver.len() < MAX_INPUTS_PER_STEP {
-                // Woken by its first input, the step lets the tasks that are ready to run go
-                // first (the proposers woken by the last answers, on this or another worker
-                // thread) so that their inputs join this step: without it, on a multi-threaded
-                // runtime the loop ran a whole step (a write, an AppendEntries per follower, a
-                // hand-off to the applier) for every one or two proposals.
-                crate::yield_now().await;
-            }
-            let mut more = || inputs.receiver.try_recv().ok();
-            if self.step(input, &mut more, MAX_INPUTS_PER_STEP) == Stepped::Stop {
-                break;
-            }
-        }
-        self.finish();
     }
 
     /// One step of the main loop, without waiting: handles `first`, then the inputs `more`
@@ -863,8 +842,9 @@ impl CoreLoop {
     }
 
     /// Stops the node's other tasks by closing their queues, and fails what is pending: the
-    /// inputs still queued too, so that every caller gets `Shutdown` at once.
-    fn finish(&mut self) {
+    /// inputs still queued too, so that every caller gets `Shutdown` at once. Called once, after
+    /// the last step (not after a step panicked: see `supervisor::main_loop_panicked`).
+    pub(super) fn finish(&mut self) {
         self.pacer.stop();
         let cause = self.inputs.close();
         let fatal = match self.stop.take() {

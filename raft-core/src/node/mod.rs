@@ -19,6 +19,7 @@ mod applier;
 mod bootstrap;
 mod builder;
 mod core_loop;
+mod hosted;
 mod inbox;
 mod membership;
 mod peer;
@@ -364,15 +365,44 @@ impl Node {
         NodeBuilder::new(config, store, network, state_machine, runtime)
     }
 
-    /// Starts a node (see [`NodeBuilder::start`]).
+    /// Starts a node (see [`NodeBuilder::start`]): [`Node::prepare`]s it with its ticker task,
+    /// then spawns its main loop as its own task on `runtime`.
     async fn launch<S, N, M, R>(
+        config: Config,
+        store: S,
+        network: N,
+        state_machine: M,
+        runtime: R,
+        options: builder::Options,
+    ) -> Result<Node, StartError>
+    where
+        S: LogStore,
+        N: Network,
+        M: StateMachine,
+        R: Runtime,
+    {
+        let (node, hosted) =
+            Self::prepare(config, store, network, state_machine, runtime, options, true).await?;
+        hosted.spawn(node.shared.runtime.clone());
+        Ok(node)
+    }
+
+    /// Prepares a node: opens `store` (and the snapshot store), restores the state machine and
+    /// loads the log as [`NodeBuilder::start`] says, spawns the node's tasks other than the
+    /// main loop (log writer, applier, snapshot tasks, peer senders; the ticker only if
+    /// `spawn_ticker`, at the place it always had among them, since the spawn order is part of
+    /// a deterministic simulation's schedule) and builds the main loop. Returns the node's
+    /// handle and its main loop, which does nothing until its runner runs it: its own task
+    /// ([`hosted::Hosted::spawn`]) or a host loop (which then also sends its ticks: plan S1).
+    async fn prepare<S, N, M, R>(
         config: Config,
         store: S,
         network: N,
         mut state_machine: M,
         runtime: R,
         options: builder::Options,
-    ) -> Result<Node, StartError>
+        spawn_ticker: bool,
+    ) -> Result<(Node, hosted::Hosted), StartError>
     where
         S: LogStore,
         N: Network,
@@ -484,16 +514,22 @@ impl Node {
             )
             .boxed(),
         );
-        let pacer = ticker::Pacer::new();
-        let grid = ticker::quiesced_wake_grid(config.quiesce_check_interval);
-        let ticks = ticker::run(
-            pacer.clone(),
-            runtime.clone(),
-            config.tick_interval,
-            grid,
-            inputs_tx.clone(),
-        );
-        spawn("ticker", ticks.boxed());
+        let ticking = ticker::Ticking {
+            pacer: ticker::Pacer::new(),
+            tick: config.tick_interval,
+            grid: ticker::quiesced_wake_grid(config.quiesce_check_interval),
+            inputs: inputs_tx.clone(),
+        };
+        if spawn_ticker {
+            let ticks = ticker::run(
+                ticking.pacer.clone(),
+                runtime.clone(),
+                ticking.tick,
+                ticking.grid,
+                ticking.inputs.clone(),
+            );
+            spawn("ticker", ticks.boxed());
+        }
         let inbox = Arc::new(inbox::Inbox::new(inputs_tx.clone()));
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,
@@ -516,8 +552,8 @@ impl Node {
             core_loop::LoopMetrics::new(metrics.clone()),
         )
         .with_snapshots(snap_ops)
-        .with_pacer(pacer);
-        spawner.spawn(Task::MainLoop(ends), main_loop.run().boxed());
+        .with_pacer(ticking.pacer.clone());
+        let hosted = hosted::Hosted { core: main_loop, ends, done: spawner.done.clone(), ticking };
         drop(spawner);
         tracing::info!(
             id,
@@ -526,7 +562,7 @@ impl Node {
             last = ?durable.last,
             "node started"
         );
-        Ok(Node {
+        let node = Node {
             shared: Arc::new(Shared {
                 id,
                 address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
@@ -549,7 +585,8 @@ impl Node {
                 tasks_done: async_lock::Mutex::new(done_rx),
                 metrics,
             }),
-        })
+        };
+        Ok((node, hosted))
     }
 
     /// This node's id.

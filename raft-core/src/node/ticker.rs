@@ -43,6 +43,21 @@ fn until_grid(now: Duration, sleep: Duration, grid: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(wake - now.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// A node's tick settings: what its ticker task runs on ([`run`]), and what a host's ticker
+/// needs per group instead.
+#[derive(Clone)]
+pub(crate) struct Ticking {
+    /// What the main loop tells the ticker (shared with the main loop).
+    pub(crate) pacer: Pacer,
+    /// `Config::tick_interval`.
+    pub(crate) tick: Duration,
+    /// The grid a quiesced engine's wake-ups are rounded up to ([`quiesced_wake_grid`] of
+    /// `Config::quiesce_check_interval`).
+    pub(crate) grid: Duration,
+    /// Where the ticks go: the main loop's inputs ([`Input::Tick`]).
+    pub(crate) inputs: Sender<Input>,
+}
+
 /// What the main loop tells the ticker: how many ticks the engine may go without.
 #[derive(Clone)]
 pub(crate) struct Pacer {

@@ -1,0 +1,119 @@
+//! A prepared node's main loop, as a value: what runs it gets the main loop itself (the only
+//! owner of the engine), the end of its input queue, its share of the "all tasks done" guard
+//! and its tick settings. Today the main loop's own task runs it ([`Hosted::spawn`], the one
+//! path of `NodeBuilder::start`); a host loop (plan S1) is to step many of them in one task.
+//! Either way the same methods run it, and nothing outside `node` sees the main loop's type.
+
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+use futures::FutureExt;
+
+use super::core_loop::{CoreLoop, MAX_INPUTS_PER_STEP};
+use super::supervisor::{self, Spawner, Task};
+use super::ticker::Ticking;
+use super::Input;
+use crate::runtime::Runtime;
+
+pub(crate) use super::core_loop::Stepped;
+
+/// A prepared node's main loop, not running yet (see the module documentation).
+///
+/// Dropped without [`Hosted::finish`] (its runner gone: a runtime shut down, a simulated
+/// crash), it closes the node's proposal inbox when the last holder of its inputs goes, as the
+/// main loop's task does when it is dropped.
+pub(crate) struct Hosted {
+    /// The main loop.
+    pub(super) core: CoreLoop,
+    /// The end of the node's input queue (the main loop holds it too).
+    pub(super) ends: Arc<supervisor::Inputs>,
+    /// A guard of the node's "all tasks done" channel (`Node::shutdown` waits until every
+    /// guard is dropped): dropped only after the main loop finished and was dropped.
+    pub(super) done: mpsc::Sender<()>,
+    /// The node's tick settings (its ticker task is spawned apart, by `Node::prepare`).
+    pub(super) ticking: Ticking,
+}
+
+impl Hosted {
+    /// Runs the main loop as its own task on `runtime`, supervised as every task of the node
+    /// ([`Spawner::spawn`]): a panic stops the node ([`supervisor::main_loop_panicked`]), and
+    /// the task counts as running for `Node::shutdown` until it ended and was dropped.
+    pub(super) fn spawn(self, runtime: Arc<dyn Runtime>) {
+        let spawner =
+            Spawner { runtime, done: self.done.clone(), inputs: self.ticking.inputs.clone() };
+        let ends = self.ends.clone();
+        spawner.spawn(Task::MainLoop(ends), self.run().boxed());
+    }
+
+    /// The main loop's task: waits for an input, then runs a [`Hosted::step`] over it and the
+    /// inputs already queued behind it, until the node must stop or its input queue is closed;
+    /// then [`Hosted::finish`].
+    pub(crate) async fn run(mut self) {
+        let ends = self.ends.clone();
+        while let Ok(input) = ends.receiver.recv().await {
+            if ends.receiver.len() < MAX_INPUTS_PER_STEP {
+                // Woken by its first input, the step lets the tasks that are ready to run go
+                // first (the proposers woken by the last answers, on this or another worker
+                // thread) so that their inputs join this step: without it, on a multi-threaded
+                // runtime the loop ran a whole step (a write, an AppendEntries per follower, a
+                // hand-off to the applier) for every one or two proposals.
+                crate::yield_now().await;
+            }
+            let mut more = || ends.receiver.try_recv().ok();
+            if self.step(input, &mut more, MAX_INPUTS_PER_STEP) == Stepped::Stop {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    /// One step of the main loop, without waiting: handles `first`, then the inputs `more`
+    /// gives (until it gives none, `room` inputs were taken, or the node must stop), then takes
+    /// the engine's actions (keeping the persistence rules) and publishes what the step
+    /// changed. After [`Stepped::Stop`] the caller steps no more and calls
+    /// [`Hosted::finish`]; so it does when the input queue is closed.
+    pub(crate) fn step(
+        &mut self,
+        first: Input,
+        more: &mut dyn FnMut() -> Option<Input>,
+        room: usize,
+    ) -> Stepped {
+        self.core.step(first, more, room)
+    }
+
+    /// Stops the node after its last step: stops its other tasks and its ticker, fails what
+    /// is pending (inputs still queued too: every caller gets `Shutdown` at once) and publishes
+    /// the end. Then drops the main loop (and the guards it holds), and only then this main
+    /// loop's guard of the "all tasks done" channel: `Node::shutdown` returns after all that.
+    pub(crate) fn finish(self) {
+        let Hosted { mut core, ends, done, ticking } = self;
+        core.finish();
+        drop(core);
+        drop(ticking);
+        drop(ends);
+        drop(done);
+    }
+
+    /// Stops the node after a step (or [`Hosted::finish`]) panicked with `payload`, as the
+    /// main loop's task does ([`supervisor::main_loop_panicked`]: `FatalError::Panicked` with
+    /// task "main loop"), without finishing the failed main loop; then drops it, and only
+    /// then this main loop's guard of the "all tasks done" channel.
+    // Used by the host loop (plan S1): the main loop's task is supervised by `Spawner::spawn`.
+    #[allow(dead_code)]
+    pub(crate) fn panicked(self, payload: &(dyn std::any::Any + Send)) {
+        supervisor::main_loop_panicked(&self.ends, payload);
+        let Hosted { core, ends, done, ticking } = self;
+        drop(core);
+        drop(ticking);
+        drop(ends);
+        drop(done);
+    }
+
+    /// The node's tick settings: a host's ticker sends the group `Input::Tick` when its pacer
+    /// wants it (`Pacer::plan`, `Plan::due`), and drops the group once the pacer is stopped.
+    // Used by the host loop (plan S1): in tasks mode the node's own ticker task has them.
+    #[allow(dead_code)]
+    pub(crate) fn ticking(&self) -> &Ticking {
+        &self.ticking
+    }
+}
