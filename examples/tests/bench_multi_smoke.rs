@@ -1,7 +1,8 @@
 //! `bench-multi` runs end to end: three node processes with two groups, four clients, one
-//! measured second; it must exit successfully and print a row for the configuration, and its
-//! idle mode must print the per-node and per-pair tables. Not timed: the only time bound is a
-//! hang guard.
+//! measured second, with a task per group's main loop and with a host loop; it must exit
+//! successfully and print a row for each configuration (the host-loop one with its groups
+//! stepped per pass), and its idle mode must print the per-node and per-pair tables. Not
+//! timed: the only time bound is a hang guard.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
@@ -47,20 +48,29 @@ fn bench_multi(args: &[&str]) -> String {
 
 #[test]
 fn two_groups_four_clients_print_a_row() {
-    let out = bench_multi(&["--groups", "2", "--clients", "4", "--seconds", "1", "--rounds", "1"]);
-    let row = out
-        .lines()
-        .find(|line| line.starts_with("| 2 | 4 |"))
-        .unwrap_or_else(|| panic!("no row for 2 groups and 4 clients in:\n{out}"));
-    // groups, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync, CPU s,
-    // CPU µs/put, RPCs/put, frames/put, failed
-    let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 14, "{row}");
-    let frames: f64 = cells[12].parse().unwrap();
-    assert!(frames > 0.0, "no request frame sent: {row}");
-    let puts: f64 = cells[2].parse().unwrap();
-    assert!(puts > 0.0, "no put acknowledged: {row}");
-    assert_eq!(cells[6].split(" / ").count(), 3, "one syncs/s figure per node: {row}");
+    let args = ["--groups", "2", "--clients", "4", "--seconds", "1", "--rounds", "1"];
+    let out = bench_multi(&[&args[..], &["--host-loop", "0,1"]].concat());
+    for host in ["tasks", "loop"] {
+        let row = out
+            .lines()
+            .find(|line| line.starts_with(&format!("| 2 | {host} | 4 |")))
+            .unwrap_or_else(|| panic!("no row for 2 groups ({host}) and 4 clients in:\n{out}"));
+        // groups, host, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync,
+        // CPU s, CPU µs/put, RPCs/put, frames/put, failed, k (group steps per host-loop pass)
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 16, "{row}");
+        let frames: f64 = cells[13].parse().unwrap();
+        assert!(frames > 0.0, "no request frame sent: {row}");
+        let puts: f64 = cells[3].parse().unwrap();
+        assert!(puts > 0.0, "no put acknowledged: {row}");
+        assert_eq!(cells[7].split(" / ").count(), 3, "one syncs/s figure per node: {row}");
+        if host == "loop" {
+            let k: Vec<f64> = cells[15].split(" / ").map(|k| k.parse().unwrap()).collect();
+            assert!(k.len() == 3 && k.iter().all(|&k| k > 0.0), "k per node: {row}");
+        } else {
+            assert_eq!(cells[15], "-", "{row}");
+        }
+    }
 }
 
 #[test]

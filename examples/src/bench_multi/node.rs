@@ -48,6 +48,9 @@ pub(crate) struct NodeArgs {
     pub(crate) threads: usize,
     /// Which configuration its groups run with.
     pub(crate) mode: Mode,
+    /// Whether its host runs the groups' main loops in one host loop (`Host::with_loop`)
+    /// rather than a task per group (`Host::new`).
+    pub(crate) host_loop: bool,
 }
 
 /// What the groups are measured for: their configuration comes from [`group_config`].
@@ -221,9 +224,10 @@ async fn serve(
 /// Opens the environment and starts every group, bootstrapped with the three nodes.
 async fn start(args: &NodeArgs, net: &QuicNetwork) -> Result<Process, Error> {
     let env = LmdbEnvironment::open(&args.dir)?;
-    let host = Host::new(args.id);
-    net.serve(Arc::new(host.clone()));
     let runtime = raft_core::runtime::TokioRuntime::current().ok_or("no tokio runtime")?;
+    let host =
+        if args.host_loop { Host::with_loop(args.id, runtime.clone()) } else { Host::new(args.id) };
+    net.serve(Arc::new(host.clone()));
     let counts = Arc::new(RpcCounts::default());
     let mut nodes = Vec::new();
     for group in 1..=args.groups {
@@ -295,6 +299,8 @@ struct Counters {
     terms: u64,
     rpcs: BTreeMap<NodeId, u64>,
     frames: BTreeMap<NodeId, u64>,
+    /// The host loop's counts (zeros without one).
+    host_loop: raft_core::multi::HostLoopStats,
 }
 
 impl Process {
@@ -317,6 +323,7 @@ impl Process {
             terms: self.nodes.iter().map(|(_, node)| node.status().current_term).sum(),
             rpcs: self.counts.snapshot(),
             frames: (1..=NODES).map(|id| (id, self.net.peer_stats(id).frames_sent)).collect(),
+            host_loop: self.host.loop_stats().unwrap_or_default(),
         }
     }
 }
@@ -361,6 +368,9 @@ async fn run(
         new_terms: after.terms.saturating_sub(before.terms),
         rpcs: after.rpcs.iter().map(|(id, n)| (*id, n - before.rpcs[id])).collect(),
         frames: after.frames.iter().map(|(id, n)| (*id, n - before.frames[id])).collect(),
+        passes: after.host_loop.passes.saturating_sub(before.host_loop.passes),
+        group_steps: after.host_loop.steps.saturating_sub(before.host_loop.steps),
+        loop_inputs: after.host_loop.inputs.saturating_sub(before.host_loop.inputs),
         ..Report::default()
     };
     let stop_deadline = tokio::time::Instant::now() + CLIENT_STOP_DEADLINE;

@@ -42,6 +42,8 @@ pub(crate) struct Args {
     rounds: usize,
     groups: Vec<u64>,
     clients: Vec<usize>,
+    /// Host modes to compare: `false` a task per group's main loop, `true` one host loop.
+    host_loop: Vec<bool>,
     idle_groups: Option<u64>,
     threads: usize,
     dir: PathBuf,
@@ -55,6 +57,7 @@ impl Args {
             rounds: 1,
             groups: vec![1, 4, 16, 64],
             clients: vec![64, 256],
+            host_loop: vec![false],
             idle_groups: None,
             threads: 2,
             dir: PathBuf::from("target"),
@@ -67,8 +70,8 @@ impl Args {
             if arg == "--help" || arg == "-h" {
                 println!(
                     "usage: bench-multi [--seconds S (3)] [--rounds R (1)] [--groups 1,4,16,64] \
-                     [--clients 64,256] [--threads T per node (2)] [--dir DIR (target)] | \
-                     [--idle-groups N --seconds S]"
+                     [--clients 64,256] [--host-loop 0,1 (0)] [--threads T per node (2)] \
+                     [--dir DIR (target)] | [--idle-groups N --seconds S [--host-loop 0,1]]"
                 );
                 std::process::exit(0);
             }
@@ -78,6 +81,13 @@ impl Args {
                 "--rounds" => args.rounds = value.parse()?,
                 "--groups" => args.groups = list(&value, "--groups")?,
                 "--clients" => args.clients = list(&value, "--clients")?,
+                "--host-loop" => {
+                    let modes: Vec<u8> = list(&value, "--host-loop")?;
+                    if modes.iter().any(|&m| m > 1) {
+                        return Err(format!("--host-loop takes 0 and 1: {value:?}").into());
+                    }
+                    args.host_loop = modes.into_iter().map(|m| m == 1).collect();
+                }
                 "--idle-groups" => args.idle_groups = Some(value.parse()?),
                 "--threads" => args.threads = value.parse()?,
                 "--dir" => args.dir = value.into(),
@@ -93,6 +103,7 @@ impl Args {
             || args.clients.is_empty()
             || !args.clients.iter().all(|c| (1..=MAX_CLIENTS).contains(c))
             || !args.idle_groups.iter().all(groups_ok)
+            || args.host_loop.is_empty()
         {
             return Err(format!(
                 "bounds: --seconds 1..={MAX_SECONDS}, --rounds 1..={MAX_ROUNDS}, groups \
@@ -129,7 +140,12 @@ pub(crate) fn main(args: Args) -> Result<(), Error> {
         load_average()
     );
     match args.idle_groups {
-        Some(groups) => idle(&launch, &work.0, groups, args.seconds),
+        Some(groups) => {
+            for &host_loop in &args.host_loop {
+                idle(&launch, &work.0, groups, args.seconds, host_loop)?;
+            }
+            Ok(())
+        }
         None => throughput(&launch, &work.0, &args),
     }
 }
@@ -144,30 +160,34 @@ fn throughput(launch: &Launch, work: &Path, args: &Args) -> Result<(), Error> {
         args.seconds,
         args.rounds
     );
-    let mut samples: BTreeMap<(u64, usize), Vec<Sample>> = BTreeMap::new();
+    let mut samples: BTreeMap<(u64, bool, usize), Vec<Sample>> = BTreeMap::new();
     for round in 0..args.rounds {
         for &groups in &args.groups {
-            let dir = work.join(format!("round{round}-groups{groups}"));
-            let started = Instant::now();
-            let mut cluster = Cluster::start(launch, &dir, groups, Mode::Throughput)?;
-            eprintln!(
-                "round {}: {groups} groups elected and spread in {:.1} s",
-                round + 1,
-                started.elapsed().as_secs_f64()
-            );
-            for &clients in &args.clients {
-                let measure = Duration::from_secs(args.seconds);
-                let reports = cluster.run(clients, WARMUP, measure)?;
-                let sample = Sample::new(reports, measure);
+            for &host_loop in &args.host_loop {
+                let host = host_label(host_loop);
+                let dir = work.join(format!("round{round}-groups{groups}-{host}"));
+                let started = Instant::now();
+                let mut cluster =
+                    Cluster::start(launch, &dir, groups, Mode::Throughput, host_loop)?;
                 eprintln!(
-                    "round {}: {groups} groups, {clients} clients: {:.0} puts/s",
+                    "round {}: {groups} groups ({host}) elected and spread in {:.1} s",
                     round + 1,
-                    sample.puts_per_second()
+                    started.elapsed().as_secs_f64()
                 );
-                samples.entry((groups, clients)).or_default().push(sample);
+                for &clients in &args.clients {
+                    let measure = Duration::from_secs(args.seconds);
+                    let reports = cluster.run(clients, WARMUP, measure)?;
+                    let sample = Sample::new(reports, measure);
+                    eprintln!(
+                        "round {}: {groups} groups ({host}), {clients} clients: {:.0} puts/s",
+                        round + 1,
+                        sample.puts_per_second()
+                    );
+                    samples.entry((groups, host_loop, clients)).or_default().push(sample);
+                }
+                cluster.stop()?;
+                std::fs::remove_dir_all(&dir)?;
             }
-            cluster.stop()?;
-            std::fs::remove_dir_all(&dir)?;
         }
     }
     print_throughput(&samples);
@@ -175,15 +195,31 @@ fn throughput(launch: &Launch, work: &Path, args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// How a row names a host mode.
+fn host_label(host_loop: bool) -> &'static str {
+    if host_loop {
+        "loop"
+    } else {
+        "tasks"
+    }
+}
+
 /// The cost of idle groups: no clients, once every group has its leader.
-fn idle(launch: &Launch, work: &Path, groups: u64, seconds: u64) -> Result<(), Error> {
+fn idle(
+    launch: &Launch,
+    work: &Path,
+    groups: u64,
+    seconds: u64,
+    host_loop: bool,
+) -> Result<(), Error> {
+    let host = host_label(host_loop);
     println!(
-        "{groups} idle groups, no clients; measured {seconds} s after every group had a leader \
-         (new terms: elections held in the window, summed over the groups)"
+        "{groups} idle groups ({host}), no clients; measured {seconds} s after every group had a \
+         leader (new terms: elections held in the window, summed over the groups)"
     );
-    let dir = work.join(format!("idle-groups{groups}"));
+    let dir = work.join(format!("idle-groups{groups}-{host}"));
     let started = Instant::now();
-    let mut cluster = Cluster::start(launch, &dir, groups, Mode::Idle)?;
+    let mut cluster = Cluster::start(launch, &dir, groups, Mode::Idle, host_loop)?;
     eprintln!("{groups} groups all elected in {:.1} s", started.elapsed().as_secs_f64());
     let window = Duration::from_secs(seconds);
     let reports = cluster.run(0, WARMUP, window)?;
@@ -275,6 +311,11 @@ impl Sample {
         frames as f64 / self.puts().max(1) as f64
     }
 
+    /// Each process's host-loop group steps per pass (k; 0 without a host loop).
+    fn steps_per_pass(&self) -> Vec<f64> {
+        self.per_node(|r| r.group_steps as f64 / r.passes.max(1) as f64)
+    }
+
     fn cpu_us_per_put(&self) -> f64 {
         let cpu: u64 = self.reports.iter().map(|r| r.cpu_us).sum();
         cpu as f64 / self.puts().max(1) as f64
@@ -303,17 +344,18 @@ fn joined(values: &[f64], decimals: usize) -> String {
     parts.join(" / ")
 }
 
-fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
+fn print_throughput(samples: &BTreeMap<(u64, bool, usize), Vec<Sample>>) {
     println!();
     println!(
-        "| groups | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
-         entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | frames/put | failed puts |"
+        "| groups | host | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
+         entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | frames/put | failed puts | k steps/pass (n1 / n2 / n3) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let median_of = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
-    for (&(groups, clients), rounds) in samples {
+    for (&(groups, host_loop, clients), rounds) in samples {
         let puts = median_of(rounds, &|s| s.puts_per_second());
-        let one_group = samples.get(&(1, clients)).map(|s| median_of(s, &|s| s.puts_per_second()));
+        let one_group =
+            samples.get(&(1, host_loop, clients)).map(|s| median_of(s, &|s| s.puts_per_second()));
         let ratio = one_group.map_or("-".into(), |base| format!("{:.2}x", puts / base.max(1.0)));
         let p50 = median_of(rounds, &|s| s.percentiles().0 as f64) as u64;
         let p99 = median_of(rounds, &|s| s.percentiles().1 as f64) as u64;
@@ -329,8 +371,14 @@ fn print_throughput(samples: &BTreeMap<(u64, usize), Vec<Sample>>) {
         let rpcs_per_put = median_of(rounds, &|s| s.rpcs_per_put());
         let frames_per_put = median_of(rounds, &|s| s.frames_per_put());
         let errors = median_of(rounds, &|s| s.reports.iter().map(|r| r.errors).sum::<u64>() as f64);
+        let k = if host_loop {
+            joined(&node_medians(rounds, Sample::steps_per_pass), 1)
+        } else {
+            "-".to_owned()
+        };
+        let host = host_label(host_loop);
         println!(
-            "| {groups} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} |",
+            "| {groups} | {host} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} | {k} |",
             format_us(p50),
             format_us(p99),
             joined(&syncs, 0),
@@ -394,6 +442,7 @@ impl NodeProcess {
         id: NodeId,
         groups: u64,
         mode: Mode,
+        host_loop: bool,
     ) -> Result<Self, Error> {
         let mode = match mode {
             Mode::Throughput => "throughput",
@@ -403,6 +452,7 @@ impl NodeProcess {
             .arg(NODE_SUBCOMMAND)
             .args(["--id", &id.to_string(), "--groups", &groups.to_string(), "--mode", mode])
             .args(["--threads", &launch.threads.to_string()])
+            .args(["--host-loop", if host_loop { "1" } else { "0" }])
             .arg("--dir")
             .arg(dir.join(format!("node{id}")))
             .arg("--ca-cert")
@@ -473,10 +523,16 @@ struct Cluster {
 impl Cluster {
     /// Starts the nodes, tells them each other's addresses, and waits until every group is
     /// elected with its leader where it belongs.
-    fn start(launch: &Launch, dir: &Path, groups: u64, mode: Mode) -> Result<Self, Error> {
+    fn start(
+        launch: &Launch,
+        dir: &Path,
+        groups: u64,
+        mode: Mode,
+        host_loop: bool,
+    ) -> Result<Self, Error> {
         let mut cluster = Cluster { nodes: Vec::new() };
         for id in 1..=NODES {
-            cluster.nodes.push(NodeProcess::spawn(launch, dir, id, groups, mode)?);
+            cluster.nodes.push(NodeProcess::spawn(launch, dir, id, groups, mode, host_loop)?);
         }
         let deadline = Instant::now() + START_DEADLINE;
         let mut peers = BTreeMap::new();

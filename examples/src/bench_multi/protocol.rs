@@ -112,6 +112,12 @@ pub(crate) struct Report {
     /// Request frames (streams) this process sent, by receiver: lone RPCs and coalesced
     /// batches of them.
     pub(crate) frames: BTreeMap<NodeId, u64>,
+    /// Host-loop passes inside the window (`Host::loop_stats`; 0 without a host loop).
+    pub(crate) passes: u64,
+    /// Group steps those passes ran (steps / passes: groups stepped per pass, k).
+    pub(crate) group_steps: u64,
+    /// Inputs those steps took.
+    pub(crate) loop_inputs: u64,
     /// Latencies of the acknowledged puts, µs (at most [`MAX_SAMPLES`], evenly thinned).
     pub(crate) latencies_us: Vec<u32>,
 }
@@ -120,7 +126,7 @@ impl Report {
     /// The report as one line (without the newline).
     pub(crate) fn to_line(&self) -> String {
         let mut line = format!(
-            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} written={} terms={} rpcs=",
+            "result puts={} errors={} cpu_us={} syncs={} requests={} entries={} written={} terms={} passes={} steps={} loop_inputs={} rpcs=",
             self.puts,
             self.errors,
             self.cpu_us,
@@ -128,7 +134,10 @@ impl Report {
             self.requests,
             self.entries,
             self.written_bytes,
-            self.new_terms
+            self.new_terms,
+            self.passes,
+            self.group_steps,
+            self.loop_inputs
         );
         let by_peer = |counts: &BTreeMap<NodeId, u64>| {
             counts.iter().map(|(id, n)| format!("{id}:{n}")).collect::<Vec<_>>().join(",")
@@ -160,6 +169,9 @@ impl Report {
                 "entries" => report.entries = number(value)?,
                 "written" => report.written_bytes = number(value)?,
                 "terms" => report.new_terms = number(value)?,
+                "passes" => report.passes = number(value)?,
+                "steps" => report.group_steps = number(value)?,
+                "loop_inputs" => report.loop_inputs = number(value)?,
                 "rpcs" | "frames" => {
                     let counts = if key == "rpcs" { &mut report.rpcs } else { &mut report.frames };
                     for pair in value.split(',').filter(|p| !p.is_empty()) {
@@ -206,6 +218,9 @@ mod tests {
             entries: 15,
             written_bytes: 4096,
             new_terms: 2,
+            passes: 10,
+            group_steps: 40,
+            loop_inputs: 90,
             rpcs: BTreeMap::from([(2, 7), (3, 8)]),
             frames: BTreeMap::from([(2, 2), (3, 1)]),
             latencies_us: vec![100, 2000, 3],

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p examples --bin bench-multi -- [--seconds 3] [--rounds 2]
-//!     [--groups 1,4,16,64] [--clients 64,256] [--threads 2] [--dir target]
+//!     [--groups 1,4,16,64] [--clients 64,256] [--host-loop 0,1] [--threads 2] [--dir target]
 //! cargo run --release -p examples --bin bench-multi -- --idle-groups 1000 --seconds 10
 //! ```
 //!
@@ -16,10 +16,15 @@
 //! all (one put in flight each), client `c` writing 100-byte values to group `c % G + 1` from
 //! inside that group's leader process.
 //!
-//! Throughput mode prints, per G x C (medians over `--rounds`, which interleave every G so that
-//! they are compared side by side under the same load): aggregate puts/s and its ratio to G = 1
-//! at the same C, p50/p99 latency, per process syncs/s (LMDB commits) and entries per sync, CPU
-//! seconds, and CPU µs per put (the three processes' CPU over the puts).
+//! `--host-loop` lists how the hosts run their groups' main loops: `0` a task per group
+//! (`Host::new`, the default), `1` one host loop per process (`Host::with_loop`, plan S1).
+//!
+//! Throughput mode prints, per G x host mode x C (medians over `--rounds`, which interleave
+//! every G and every host mode so that they are compared side by side under the same load):
+//! aggregate puts/s and its ratio to G = 1 (same host mode and C), p50/p99 latency, per process
+//! syncs/s (LMDB commits) and entries per sync, CPU seconds, CPU µs per put (the three
+//! processes' CPU over the puts), and for host-loop rows per process k, the group steps per
+//! host-loop pass.
 //!
 //! Idle mode (`--idle-groups N`): N groups, no clients; once every group has its leader, per
 //! process CPU % of one core, RPCs/s sent to each peer and per node pair, and syncs/s.
@@ -81,6 +86,7 @@ fn parse_node_args(mut it: impl Iterator<Item = String>) -> Result<node::NodeArg
         ca_key: PathBuf::new(),
         threads: 2,
         mode: node::Mode::Throughput,
+        host_loop: false,
     };
     while let Some(arg) = it.next() {
         let value = it.next().ok_or(format!("{arg} needs a value"))?;
@@ -91,6 +97,13 @@ fn parse_node_args(mut it: impl Iterator<Item = String>) -> Result<node::NodeArg
             "--ca-cert" => args.ca_cert = value.into(),
             "--ca-key" => args.ca_key = value.into(),
             "--threads" => args.threads = value.parse()?,
+            "--host-loop" => {
+                args.host_loop = match value.as_str() {
+                    "0" => false,
+                    "1" => true,
+                    other => return Err(format!("--host-loop {other:?}").into()),
+                }
+            }
             "--mode" => {
                 args.mode = match value.as_str() {
                     "throughput" => node::Mode::Throughput,
