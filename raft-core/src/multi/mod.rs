@@ -267,6 +267,10 @@ impl<G> Host<G> {
     /// ([`AddGroupError::Start`], [`AddGroupError::Panicked`]); so does dropping this future
     /// before it returns. Requests for the group that arrive while it starts are refused with
     /// [`RpcError::UnknownGroup`] (the senders retry).
+    ///
+    /// On a host made by [`Host::with_loop`], the node's main loop is handed to the host loop
+    /// (which steps it from its next pass on) instead of getting a task of its own; the node's
+    /// other tasks are spawned on the builder's runtime either way.
     pub async fn add_group_with<S, N, M, R>(
         &self,
         group: GroupId,
