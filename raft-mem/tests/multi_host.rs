@@ -437,7 +437,8 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
     assert!(matches!(removed.fatal_error, Some(FatalError::Panicked { .. })));
     hosts.write(3, b"last").await;
     if let Some(stats) = host.loop_stats() {
-        assert!(stats.passes > 0 && stats.steps >= stats.passes, "{stats:?}");
+        // (A pass may step nothing: a group woken for an input an earlier step already took.)
+        assert!(stats.passes > 0 && stats.steps > 0, "{stats:?}");
         assert!(stats.inputs >= stats.steps, "{stats:?}");
     }
 
