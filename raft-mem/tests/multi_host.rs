@@ -1,18 +1,22 @@
 //! Multi-Raft on the in-memory backends: several groups per process behind one
-//! [`raft_core::Host`], one registration per node id on one `MemNetwork`, under tokio and smol.
-//! A group whose state machine panics stops alone; the other groups keep committing and reading.
+//! [`raft_core::Host`], one registration per node id on one `MemNetwork`, under tokio and smol,
+//! each scenario with a task per group's main loop (`Host::new`) and with one host loop
+//! (`Host::with_loop`). A group whose state machine or main-loop step panics stops alone; the
+//! other groups keep committing and reading.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::multi::{AddGroupError, GroupHealth, RemoveGroupError};
 use raft_core::{
-    Bytes, Entry, Envelope, FatalError, GroupId, Host, LogId, Membership, Node, NodeId, Role,
-    RpcError, RpcHandler, RpcRequest, Runtime, SnapshotMeta, SnapshotStream, StateMachine,
-    StateMachineError, TimeoutNowRequest,
+    Bytes, Entry, Envelope, FatalError, GroupId, Host, LogId, Membership, MembershipChange,
+    Network, NetworkError, Node, NodeId, NodeInfo, Role, RpcError, RpcHandler, RpcRequest,
+    RpcResponse, Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
+    TimeoutNowRequest,
 };
 use raft_mem::harness::{test_config, RecordingStateMachine};
 use raft_mem::{MemEndpoint, MemLogStore, MemNetwork, MemSnapshotStore};
@@ -58,6 +62,40 @@ impl StateMachine for Poisonable {
     }
 }
 
+/// A host's shared endpoint as one group's network, which panics in `members_changed` once
+/// its switch is on: the group's node calls it from its main loop's step when the membership
+/// it publishes changes, so this is a panic inside a main-loop step.
+#[derive(Clone)]
+struct GroupNetwork {
+    inner: MemEndpoint,
+    panic_on_members: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Network for GroupNetwork {
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        self.inner.send(request).await
+    }
+
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        assert!(!self.panic_on_members.load(Ordering::SeqCst), "membership bomb");
+        self.inner.members_changed(members)
+    }
+
+    fn max_request_bytes(&self) -> Option<u64> {
+        self.inner.max_request_bytes()
+    }
+}
+
+/// How a host runs its groups' main loops.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `Host::new`: a task per group.
+    Tasks,
+    /// `Host::with_loop`: one host loop.
+    Loop,
+}
+
 /// Three processes (hosts 1, 2, 3) on one `MemNetwork`, each registered once, each hosting a
 /// voter of every group.
 struct Hosts<R> {
@@ -68,20 +106,27 @@ struct Hosts<R> {
     endpoints: BTreeMap<NodeId, MemEndpoint>,
     /// What each group's state machine applied, per (host, group).
     records: BTreeMap<(NodeId, GroupId), RecordingStateMachine>,
+    /// The switch of each group's [`GroupNetwork`], per (host, group).
+    bombs: BTreeMap<(NodeId, GroupId), Arc<AtomicBool>>,
 }
 
 impl<R: Runtime + Clone> Hosts<R> {
-    fn new(rt: R) -> Self {
+    fn new(rt: R, mode: Mode) -> Self {
         let network = MemNetwork::new();
         let mut hosts = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         for id in HOSTS {
-            let host = Host::new(id);
+            let host = match mode {
+                Mode::Tasks => Host::new(id),
+                Mode::Loop => Host::with_loop(id, rt.clone()),
+            };
+            assert_eq!(host.loop_stats().is_some(), matches!(mode, Mode::Loop));
             network.serve(id, Arc::new(host.clone()));
             hosts.insert(id, host);
             endpoints.insert(id, network.endpoint(id));
         }
-        Self { rt, network, hosts, endpoints, records: BTreeMap::new() }
+        let (records, bombs) = (BTreeMap::new(), BTreeMap::new());
+        Self { rt, network, hosts, endpoints, records, bombs }
     }
 
     /// The builder of group `group`'s node on host `id`, on fresh stores.
@@ -90,10 +135,12 @@ impl<R: Runtime + Clone> Hosts<R> {
         id: NodeId,
         group: GroupId,
         state_machine: Poisonable,
-    ) -> raft_core::NodeBuilder<MemLogStore, MemEndpoint, Poisonable, R> {
+    ) -> raft_core::NodeBuilder<MemLogStore, GroupNetwork, Poisonable, R> {
         self.records.insert((id, group), state_machine.record.clone());
-        let endpoint = self.endpoints[&id].clone();
-        Node::builder(test_config(id), MemLogStore::new(), endpoint, state_machine, self.rt.clone())
+        let panic_on_members = Arc::new(AtomicBool::new(false));
+        self.bombs.insert((id, group), panic_on_members.clone());
+        let network = GroupNetwork { inner: self.endpoints[&id].clone(), panic_on_members };
+        Node::builder(test_config(id), MemLogStore::new(), network, state_machine, self.rt.clone())
             .snapshot_store(MemSnapshotStore::new())
             .bootstrap(Membership::with_voters(HOSTS))
     }
@@ -180,8 +227,8 @@ fn envelope(receiver: NodeId, group: GroupId) -> Envelope {
 /// on a command. Group 2 stops (on every host that applies the command) with the panic as its
 /// cause, reported by the host; groups 1, 3 and 4 keep committing and reading; the failed group
 /// is removed, later requests for it are refused as unknown, and it can be added again.
-async fn a_panicking_group_stops_alone<R: Runtime + Clone>(rt: R) {
-    let mut hosts = Hosts::new(rt.clone());
+async fn a_panicking_group_stops_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
     for group in GROUPS {
         hosts.add_group(group).await;
     }
@@ -274,8 +321,8 @@ async fn a_panicking_group_stops_alone<R: Runtime + Clone>(rt: R) {
 }
 
 /// What `add_group` refuses, and that a refused or panicking start leaves the id free.
-async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R) {
-    let mut hosts = Hosts::new(rt.clone());
+async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
     hosts.add_group(7).await;
     let host = hosts.hosts[&1].clone();
 
@@ -328,32 +375,151 @@ async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R) {
     }
 }
 
+/// A group whose main-loop step panics (its network's `members_changed`, called from the step
+/// that publishes a new membership) stops alone, with `Panicked { task: "main loop" }`: the
+/// other groups of its host (in looped mode, stepped by the same host loop) keep committing
+/// and reading, and the group itself goes on on the other hosts. `Node::shutdown` of a group,
+/// and removing a stopped or failed group, return.
+async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    for group in GROUPS {
+        hosts.add_group(group).await;
+    }
+    for group in GROUPS {
+        hosts.write(group, b"before").await;
+    }
+
+    let leader = hosts.leader(2).await;
+    hosts.bombs[&(leader, 2)].store(true, Ordering::SeqCst);
+    let learner = MembershipChange::AddLearner(9, NodeInfo::default());
+    let changed = within(&rt, "the change", hosts.node(leader, 2).change_membership(learner)).await;
+    assert!(changed.is_err(), "the leader's step panicked before the change: {changed:?}");
+    let host = hosts.hosts[&leader].clone();
+    within(&rt, "group 2 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match &failed[0] {
+        (2, FatalError::Panicked { task, message }) => {
+            assert_eq!(task, "main loop");
+            assert!(message.contains("membership bomb"), "{message}");
+        }
+        other => panic!("expected group 2's main loop to panic, got {other:?}"),
+    }
+    assert_eq!(host.handle_rpc(envelope(leader, 2)).await.unwrap_err(), RpcError::Shutdown);
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+
+    // The neighbours on the failed group's host (and everywhere) keep committing and reading.
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+        hosts.read_everywhere(group).await;
+    }
+    // Group 2 itself goes on with its two other voters.
+    hosts.write(2, b"survivors").await;
+
+    // A group's own shutdown returns (every task done), and its health says so.
+    let node = hosts.node(leader, 1);
+    within(&rt, "a group's shutdown", node.shutdown()).await;
+    let health = host.groups().into_iter().find(|info| info.id == 1).unwrap().health;
+    assert!(matches!(health, GroupHealth::Stopped), "{health:?}");
+    let removed = within(&rt, "removing a stopped group", host.remove_group(1)).await.unwrap();
+    assert!(removed.fatal_error.is_none());
+    let removed = within(&rt, "removing a failed group", host.remove_group(2)).await.unwrap();
+    assert!(matches!(removed.fatal_error, Some(FatalError::Panicked { .. })));
+    hosts.write(3, b"last").await;
+    if let Some(stats) = host.loop_stats() {
+        assert!(stats.passes > 0 && stats.steps >= stats.passes, "{stats:?}");
+        assert!(stats.inputs >= stats.steps, "{stats:?}");
+    }
+
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.id == 2 || r.fatal_error.is_none()), "{removed:?}");
+        assert!(hosts.hosts[&id].groups().is_empty());
+    }
+}
+
 mod tokio_rt {
+    use super::Mode;
+
+    fn rt() -> raft_core::runtime::TokioRuntime {
+        raft_core::runtime::TokioRuntime::current().unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_group_stops_alone() {
-        let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-        super::a_panicking_group_stops_alone(rt).await;
+        super::a_panicking_group_stops_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_group_stops_alone_looped() {
+        super::a_panicking_group_stops_alone(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn adding_groups_checks_ids_limits_and_panics() {
-        let rt = raft_core::runtime::TokioRuntime::current().unwrap();
-        super::adding_groups_checks_ids_limits_and_panics(rt).await;
+        super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adding_groups_checks_ids_limits_and_panics_looped() {
+        super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_step_stops_its_group_alone() {
+        super::a_panicking_step_stops_its_group_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_step_stops_its_group_alone_looped() {
+        super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop).await;
     }
 }
 
 mod smol_rt {
+    use super::Mode;
+
+    fn rt() -> raft_core::runtime::SmolRuntime {
+        raft_core::runtime::SmolRuntime::global()
+    }
+
     #[test]
     fn a_panicking_group_stops_alone() {
-        smol::block_on(super::a_panicking_group_stops_alone(
-            raft_core::runtime::SmolRuntime::global(),
-        ));
+        smol::block_on(super::a_panicking_group_stops_alone(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_panicking_group_stops_alone_looped() {
+        smol::block_on(super::a_panicking_group_stops_alone(rt(), Mode::Loop));
     }
 
     #[test]
     fn adding_groups_checks_ids_limits_and_panics() {
-        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(
-            raft_core::runtime::SmolRuntime::global(),
-        ));
+        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn adding_groups_checks_ids_limits_and_panics_looped() {
+        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_panicking_step_stops_its_group_alone() {
+        smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_panicking_step_stops_its_group_alone_looped() {
+        smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
     }
 }

@@ -25,8 +25,17 @@
 //! Groups are independent: each has its own tasks, queues and bounds; a group whose store fails
 //! or whose state machine panics (in `apply`, while taking or restoring a snapshot, or at
 //! start) stops alone, with its [`FatalError`] saying why, and the host serves the others on.
-//! The host spawns nothing and holds no runtime: groups run on the runtimes their builders
-//! were given.
+//! A host made by [`Host::new`] spawns nothing and holds no runtime: groups run on the runtimes
+//! their builders were given, each with its own main-loop task.
+//!
+//! **Host loop (opt-in).** A host made by [`Host::with_loop`] runs the main loops of all its
+//! groups in one task of its own (the *host loop*), instead of one task per group: each pass
+//! of that task steps every group that has inputs, one step each (at most 4,096 inputs a
+//! pass), so that the work of many groups becomes one unit for the runtime. Everything else
+//! about a group is as with [`Host::new`]: its [`Node`] handle, its other tasks (log writer,
+//! applier, peer senders, ticker) on its builder's runtime, its guarantees, and its failure
+//! isolation (a group whose step panics stops alone with [`FatalError::Panicked`], task
+//! "main loop").
 //!
 //! **What a group shares.** The transport: every group of a host is given the same network
 //! (a clone of one endpoint), which stamps each request with the sender group's id. Since the
@@ -35,6 +44,8 @@
 //! one per group, or per-group views of a shared one.
 
 mod error;
+mod host_loop;
+mod ready;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -44,6 +55,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 
 pub use self::error::{AddGroupError, RemoveGroupError};
+pub use self::host_loop::HostLoopStats;
+use self::host_loop::LoopHandle;
 use crate::error::FatalError;
 use crate::message::{Envelope, RpcResponse};
 use crate::network::{Network, RpcError, RpcHandler};
@@ -77,7 +90,11 @@ impl<G> Clone for Host<G> {
 impl<G> std::fmt::Debug for Host<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<GroupId> = self.inner.read().keys().copied().collect();
-        f.debug_struct("Host").field("id", &self.inner.id).field("groups", &ids).finish()
+        f.debug_struct("Host")
+            .field("id", &self.inner.id)
+            .field("groups", &ids)
+            .field("host_loop", &self.inner.looped.is_some())
+            .finish()
     }
 }
 
@@ -85,6 +102,9 @@ struct Inner<G> {
     id: NodeId,
     max_groups: usize,
     groups: RwLock<BTreeMap<GroupId, Slot<G>>>,
+    /// The host loop running the groups' main loops ([`Host::with_loop`]); `None`: each group's
+    /// main loop has its own task.
+    looped: Option<LoopHandle>,
 }
 
 impl<G> Inner<G> {
@@ -185,7 +205,32 @@ impl<G> Host<G> {
     /// included): [`Host::add_group`] fails with [`AddGroupError::TooManyGroups`] beyond.
     pub fn with_max_groups(id: NodeId, max_groups: usize) -> Self {
         let groups = RwLock::new(BTreeMap::new());
-        Self { inner: Arc::new(Inner { id, max_groups, groups }) }
+        Self { inner: Arc::new(Inner { id, max_groups, groups, looped: None }) }
+    }
+
+    /// An empty host for node `id`, holding at most [`DEFAULT_MAX_GROUPS`] groups, whose groups
+    /// run their main loops in one host task spawned on `runtime` now, instead of one task per
+    /// group (see the module documentation, "Host loop"). Everything else about a group (its
+    /// [`Node`] handle, its other tasks, its guarantees, failure isolation) is as with
+    /// [`Host::new`].
+    ///
+    /// Give the groups' builders this same runtime: a group's other tasks, its timers and its
+    /// clock stay on its builder's runtime, and the host loop steps it on `runtime` (nothing
+    /// checks that they are the same). The host task ends once no clone of the host is left
+    /// and every group has stopped; dropped with its runtime (shut down, or a simulated
+    /// crash), it drops the groups' main loops, as their own tasks would be dropped.
+    pub fn with_loop<R: Runtime>(id: NodeId, runtime: R) -> Self {
+        let groups = RwLock::new(BTreeMap::new());
+        let looped = Some(LoopHandle::spawn(runtime));
+        let max_groups = DEFAULT_MAX_GROUPS;
+        Self { inner: Arc::new(Inner { id, max_groups, groups, looped }) }
+    }
+
+    /// Diagnostics of a host made by [`Host::with_loop`] (`None` for others): how many passes
+    /// its loop made, and how many group steps and inputs they ran, since it started. For
+    /// benchmarks and debugging; not a stable interface.
+    pub fn loop_stats(&self) -> Option<HostLoopStats> {
+        self.inner.looped.as_ref().map(LoopHandle::stats)
     }
 
     /// The node id this host is in every group.
@@ -249,9 +294,23 @@ impl<G> Host<G> {
             groups.insert(group, Slot::Starting);
         }
         let mut reservation = Reservation { inner: &self.inner, group, armed: true };
-        let start = AssertUnwindSafe(builder.in_group(group).start()).catch_unwind().await;
+        let builder = builder.in_group(group);
+        let start = match &self.inner.looped {
+            None => {
+                AssertUnwindSafe(builder.start()).catch_unwind().await.map(|s| s.map(|n| (n, None)))
+            }
+            Some(_) => AssertUnwindSafe(builder.start_hosted())
+                .catch_unwind()
+                .await
+                .map(|s| s.map(|(n, hosted)| (n, Some(hosted)))),
+        };
         let node = match start {
-            Ok(Ok(node)) => node,
+            Ok(Ok((node, hosted))) => {
+                if let (Some(looped), Some(hosted)) = (&self.inner.looped, hosted) {
+                    looped.add(hosted);
+                }
+                node
+            }
             Ok(Err(error)) => return Err(AddGroupError::Start { group, error }),
             Err(payload) => {
                 let message = panic_message(payload.as_ref());

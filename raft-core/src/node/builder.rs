@@ -130,6 +130,20 @@ where
         )
         .await
     }
+
+    /// Starts the node as [`NodeBuilder::start`] does, except for its main loop: returns the
+    /// node's handle and its main loop, which does nothing until its runner (a host loop) runs
+    /// it. Every other task of the node (ticker included) is spawned on the builder's runtime
+    /// as `start` does.
+    pub(crate) async fn start_hosted(self) -> Result<(Node, super::Hosted), StartError> {
+        let options = Options {
+            snapshots: self.snapshots,
+            bootstrap: self.bootstrap,
+            metric_labels: self.metric_labels,
+        };
+        let (config, store, network) = (self.config, self.store, self.network);
+        Node::prepare(config, store, network, self.state_machine, self.runtime, options, true).await
+    }
 }
 
 impl<S, N, M, R> NodeBuilder<S, N, M, R> {

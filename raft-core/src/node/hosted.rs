@@ -94,12 +94,33 @@ impl Hosted {
         drop(done);
     }
 
+    /// [`Hosted::finish`] under `catch_unwind`, for a runner that supervises steps one by one
+    /// (a host loop): if the stop panics, reports it as a panic of the main loop
+    /// ([`supervisor::main_loop_panicked`]) before the "all tasks done" guard is dropped, as
+    /// the main loop's task does when its `finish` panics.
+    pub(crate) fn finish_supervised(self) {
+        let ends = self.ends.clone();
+        let done = self.done.clone();
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.finish()));
+        if let Err(payload) = finished {
+            supervisor::main_loop_panicked(&ends, payload.as_ref());
+        }
+        drop(ends);
+        drop(done);
+    }
+
+    /// A handle on the node's input queue (a clone of the main loop's receiver): a runner that
+    /// does not run [`Hosted::run`] polls it for the first input of a step, with its own
+    /// waker, and takes the rest with `try_recv`. Closed (and empty) when the main loop must
+    /// not wait any longer: the runner then calls [`Hosted::finish`].
+    pub(crate) fn receiver(&self) -> async_channel::Receiver<Input> {
+        self.ends.receiver.clone()
+    }
+
     /// Stops the node after a step (or [`Hosted::finish`]) panicked with `payload`, as the
     /// main loop's task does ([`supervisor::main_loop_panicked`]: `FatalError::Panicked` with
     /// task "main loop"), without finishing the failed main loop; then drops it, and only
     /// then this main loop's guard of the "all tasks done" channel.
-    // Used by the host loop (plan S1): the main loop's task is supervised by `Spawner::spawn`.
-    #[allow(dead_code)]
     pub(crate) fn panicked(self, payload: &(dyn std::any::Any + Send)) {
         supervisor::main_loop_panicked(&self.ends, payload);
         let Hosted { core, ends, done, ticking } = self;

@@ -47,6 +47,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
 pub use self::builder::NodeBuilder;
+pub(crate) use self::hosted::{Hosted, Stepped};
 pub use self::probe::LATENCY_TARGET;
 use self::snapshot::SnapshotInput;
 pub(crate) use self::supervisor::panic_message;

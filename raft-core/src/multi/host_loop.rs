@@ -1,0 +1,370 @@
+//! The host loop (plan S1): one task of a [`Host::with_loop`](super::Host::with_loop) host
+//! that runs the main-loop steps of all its groups, instead of one main-loop task per group.
+//!
+//! Each group's main loop comes as a [`Hosted`] value (`NodeBuilder::start_hosted`). The loop
+//! polls each group's input queue with the group's own waker ([`GroupWake`]); an input wakes
+//! the group, which queues it once on the loop's [`ReadyQueue`] and wakes the loop's task. A
+//! **pass**, after the task was woken: [`crate::yield_now`] once (as a group's own main loop
+//! does before a step, so that the tasks woken by the last answers queue their inputs first),
+//! then every group queued so far in turn: one step over its first input and the inputs
+//! queued behind it. A group with inputs left is queued again at the tail (one step per group
+//! per pass). A pass takes at most [`PASS_INPUTS`] inputs in all, each group at most
+//! `min(1024, max(64, PASS_INPUTS / groups queued))`; groups left over go first in the next
+//! pass, after the task yielded to the runtime.
+//!
+//! Each step (and a group's stop) runs under `catch_unwind`: a group whose step panics stops
+//! alone (`FatalError::Panicked` with task "main loop", as in its own task) and is dropped
+//! from the loop; the others go on. A group whose main loop must stop, or whose input queue is
+//! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
+//!
+//! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
+//! crash), it drops them, which closes each node's proposal inbox as a dropped main-loop task
+//! does. It ends once no clone of its host is left and every group has stopped.
+
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use async_channel::Receiver;
+use futures::{FutureExt, Stream};
+
+use super::ready::{GroupWake, ReadyQueue};
+use crate::node::{panic_message, Hosted, Input, Stepped};
+use crate::runtime::Runtime;
+
+/// How many inputs one pass takes at most, over all groups.
+pub(crate) const PASS_INPUTS: usize = 4_096;
+
+/// The most inputs one group's step takes in a pass (as a group's own main loop).
+const MAX_ROOM: usize = 1_024;
+
+/// The fewest inputs one group's step may take in a pass, however many groups are ready.
+const MIN_ROOM: usize = 64;
+
+/// How much room each of `ready` groups gets in a pass.
+fn room_per_group(ready: usize) -> usize {
+    (PASS_INPUTS / ready.max(1)).clamp(MIN_ROOM, MAX_ROOM)
+}
+
+/// Counts of a host loop's work since it started: diagnostics (for benchmarks), not a stable
+/// interface. Read with [`Host::loop_stats`](super::Host::loop_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HostLoopStats {
+    /// Passes that stepped or polled at least one group.
+    pub passes: u64,
+    /// Main-loop steps run, over all groups (`steps / passes` is the mean number of groups
+    /// stepped per pass).
+    pub steps: u64,
+    /// Inputs those steps took from the groups' input queues.
+    pub inputs: u64,
+}
+
+/// What a host and its loop's task share.
+struct Shared {
+    ready: Arc<ReadyQueue>,
+    /// Groups handed to the loop and not adopted yet; `None` once the loop's task is gone
+    /// (a group handed over then is dropped at once: the same fate as the groups it had).
+    incoming: Mutex<Option<Vec<Hosted>>>,
+    /// No clone of the host is left: no group will be added.
+    closed: AtomicBool,
+    passes: AtomicU64,
+    steps: AtomicU64,
+    inputs: AtomicU64,
+}
+
+impl Shared {
+    fn incoming(&self) -> MutexGuard<'_, Option<Vec<Hosted>>> {
+        self.incoming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A host's handle on its loop (one per host, shared by the host's clones): hands groups to
+/// the loop; dropped with the host's last clone, it tells the loop that no group will come.
+pub(crate) struct LoopHandle {
+    shared: Arc<Shared>,
+}
+
+impl LoopHandle {
+    /// Spawns the loop's task on `runtime` and returns its handle.
+    pub(crate) fn spawn<R: Runtime>(runtime: R) -> Self {
+        let shared = Arc::new(Shared {
+            ready: Arc::new(ReadyQueue::default()),
+            incoming: Mutex::new(Some(Vec::new())),
+            closed: AtomicBool::new(false),
+            passes: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            inputs: AtomicU64::new(0),
+        });
+        let task = shared.clone();
+        runtime.spawn(
+            async move {
+                let gone = Gone(task.clone());
+                // The steps are supervised one by one; this only catches a bug of the loop
+                // itself, which then drops every group (as if its runtime had shut down).
+                if let Err(payload) = AssertUnwindSafe(run(task)).catch_unwind().await {
+                    let message = panic_message(payload.as_ref());
+                    tracing::error!(%message, "a host loop panicked: its groups are dropped");
+                }
+                drop(gone);
+            }
+            .boxed(),
+        );
+        Self { shared }
+    }
+
+    /// Hands a group's main loop to the loop, which runs it from its next pass on.
+    pub(crate) fn add(&self, hosted: Hosted) {
+        let mut incoming = self.shared.incoming();
+        match incoming.as_mut() {
+            Some(list) => {
+                list.push(hosted);
+                drop(incoming);
+                self.shared.ready.wake_task();
+            }
+            None => {
+                drop(incoming);
+                tracing::warn!("a group was added to a host whose loop is gone: dropped");
+                drop(hosted);
+            }
+        }
+    }
+
+    /// The loop's counts so far.
+    pub(crate) fn stats(&self) -> HostLoopStats {
+        HostLoopStats {
+            passes: self.shared.passes.load(Ordering::Relaxed),
+            steps: self.shared.steps.load(Ordering::Relaxed),
+            inputs: self.shared.inputs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for LoopHandle {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ready.wake_task();
+    }
+}
+
+/// Marks the loop's task gone when its future ends or is dropped, and drops the groups handed
+/// to it that it never adopted.
+struct Gone(Arc<Shared>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        let pending = self.0.incoming().take();
+        drop(pending);
+    }
+}
+
+/// One group of the loop.
+struct Group {
+    hosted: Hosted,
+    /// The group's input queue (a clone of its main loop's receiver), polled with `waker`.
+    receiver: Pin<Box<Receiver<Input>>>,
+    wake: Arc<GroupWake>,
+    waker: Waker,
+    /// An input taken from the queue after a step (when polling to register the waker found
+    /// one): the first input of the group's next step.
+    next: Option<Input>,
+}
+
+/// How a group's turn in a pass went.
+enum Turn {
+    /// Nothing to do (its waker is registered).
+    Idle,
+    /// One step over this many inputs; the group goes on.
+    Stepped(usize),
+}
+
+impl Group {
+    /// The group's turn in a pass: one step, at most `room` inputs.
+    fn turn(&mut self, room: usize) -> Result<Turn, End> {
+        self.wake.clear();
+        let mut cx = Context::from_waker(&self.waker);
+        let first = match self.next.take() {
+            Some(input) => input,
+            None => match self.receiver.as_mut().poll_next(&mut cx) {
+                Poll::Pending => return Ok(Turn::Idle),
+                Poll::Ready(None) => return Err(End::Finish(0)),
+                Poll::Ready(Some(input)) => input,
+            },
+        };
+        let receiver = &self.receiver;
+        let mut taken = 1;
+        let mut more = || {
+            let input = receiver.try_recv().ok();
+            taken += usize::from(input.is_some());
+            input
+        };
+        let hosted = &mut self.hosted;
+        let stepped =
+            std::panic::catch_unwind(AssertUnwindSafe(|| hosted.step(first, &mut more, room)));
+        match stepped {
+            Ok(Stepped::Continue) => {}
+            Ok(Stepped::Stop) => return Err(End::Finish(taken)),
+            Err(payload) => return Err(End::Panicked(taken, payload)),
+        }
+        // Registers the waker for the next input, or finds it already there.
+        match self.receiver.as_mut().poll_next(&mut cx) {
+            Poll::Pending => {}
+            Poll::Ready(None) => return Err(End::Finish(taken)),
+            Poll::Ready(Some(input)) => {
+                self.next = Some(input);
+                self.wake.queue();
+            }
+        }
+        Ok(Turn::Stepped(taken))
+    }
+
+    /// Ends the group: finishes its main loop (or reports its panic), each under
+    /// `catch_unwind`, then drops it. Returns how many inputs its last step took.
+    fn end(self, end: End) -> usize {
+        let Group { hosted, receiver, wake, waker, next } = self;
+        drop((receiver, waker, wake, next));
+        match end {
+            End::Finish(taken) => {
+                hosted.finish_supervised();
+                taken
+            }
+            End::Panicked(taken, payload) => {
+                let reported = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    hosted.panicked(payload.as_ref())
+                }));
+                if let Err(again) = reported {
+                    let message = panic_message(again.as_ref());
+                    tracing::error!(%message, "stopping a group whose step panicked panicked");
+                }
+                taken
+            }
+        }
+    }
+}
+
+/// Why a group leaves the loop.
+enum End {
+    /// Its main loop must stop (after a step over this many inputs) or its queue is closed.
+    Finish(usize),
+    /// Its step over this many inputs panicked.
+    Panicked(usize, Box<dyn std::any::Any + Send>),
+}
+
+/// The loop's groups, by index (indexes are reused once a group is gone).
+#[derive(Default)]
+struct Table {
+    groups: Vec<Option<Group>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Table {
+    /// Takes `hosted` in and queues it for a first poll.
+    fn adopt(&mut self, hosted: Hosted, ready: &Arc<ReadyQueue>) {
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None => {
+                self.groups.push(None);
+                self.groups.len() - 1
+            }
+        };
+        let wake = GroupWake::new(idx, ready.clone());
+        let waker = Waker::from(wake.clone());
+        let receiver = Box::pin(hosted.receiver());
+        self.groups[idx] = Some(Group { hosted, receiver, wake: wake.clone(), waker, next: None });
+        self.live += 1;
+        wake.queue();
+    }
+
+    /// Takes the group at `idx` out.
+    fn remove(&mut self, idx: usize) -> Option<Group> {
+        let group = self.groups.get_mut(idx)?.take()?;
+        self.free.push(idx);
+        self.live -= 1;
+        Some(group)
+    }
+}
+
+/// The loop's task (see the module documentation).
+async fn run(shared: Arc<Shared>) {
+    let mut table = Table::default();
+    loop {
+        poll_fn(|cx| {
+            shared.ready.register(cx);
+            let adding = shared.incoming().as_ref().is_some_and(|list| !list.is_empty());
+            let closed = shared.closed.load(Ordering::Acquire);
+            if adding || !shared.ready.is_empty() || (closed && table.live == 0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        // `closed` first: every group handed over before the host went is then in `incoming`.
+        let closed = shared.closed.load(Ordering::Acquire);
+        let adopted = shared.incoming().as_mut().map(std::mem::take).unwrap_or_default();
+        for hosted in adopted {
+            table.adopt(hosted, &shared.ready);
+        }
+        if closed && table.live == 0 {
+            return;
+        }
+        crate::yield_now().await;
+        pass(&shared, &mut table);
+    }
+}
+
+/// One pass over the groups queued so far (see the module documentation).
+fn pass(shared: &Shared, table: &mut Table) {
+    let ids = shared.ready.drain();
+    if ids.is_empty() {
+        return;
+    }
+    let room = room_per_group(ids.len());
+    let mut budget = PASS_INPUTS;
+    let (mut steps, mut inputs) = (0u64, 0u64);
+    for (pos, &idx) in ids.iter().enumerate() {
+        if budget == 0 {
+            // The rest go first in the next pass (still marked queued), after a yield.
+            shared.ready.push_front(ids[pos..].iter().copied());
+            break;
+        }
+        let Some(Some(group)) = table.groups.get_mut(idx) else {
+            continue; // a stale wake-up of a group that is gone
+        };
+        let taken = match group.turn(room.min(budget)) {
+            Ok(Turn::Idle) => 0,
+            Ok(Turn::Stepped(taken)) => {
+                steps += 1;
+                taken
+            }
+            Err(end) => {
+                steps += u64::from(!matches!(end, End::Finish(0)));
+                table.remove(idx).map_or(0, |group| group.end(end))
+            }
+        };
+        inputs += taken as u64;
+        budget = budget.saturating_sub(taken);
+    }
+    shared.passes.fetch_add(1, Ordering::Relaxed);
+    shared.steps.fetch_add(steps, Ordering::Relaxed);
+    shared.inputs.fetch_add(inputs, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_per_group_follows_the_plan() {
+        assert_eq!(room_per_group(1), 1_024);
+        assert_eq!(room_per_group(4), 1_024);
+        assert_eq!(room_per_group(8), 512);
+        assert_eq!(room_per_group(64), 64);
+        assert_eq!(room_per_group(1_000), 64);
+        assert_eq!(room_per_group(0), 1_024);
+    }
+}
