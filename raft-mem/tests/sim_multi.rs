@@ -35,6 +35,12 @@ fn run(seed: u64, groups: u64, rounds: u64, host_loop: bool) -> (u64, MultiSimSt
         .and_then(|mut sim| sim.run_faults(rounds).map(|()| sim));
     let sim = outcome.unwrap_or_else(|failure| panic!("{failure}"));
     assert_eq!(sim.host_loop(), host_loop);
+    for id in sim.node_ids() {
+        // Every node ran its groups' steps in its host loop, or had none.
+        let looped = sim.host(id).and_then(|host| host.loop_stats());
+        assert_eq!(looped.is_some(), host_loop, "node {id}: {looped:?}");
+        assert!(looped.is_none_or(|s| s.steps > 0 && s.inputs > 0), "node {id}: {looped:?}");
+    }
     let stats = sim.stats();
     println!("seed {seed} (host loop {host_loop}): {stats:?}");
     assert_eq!(stats.acknowledged.len() as u64, groups, "{stats:?}");

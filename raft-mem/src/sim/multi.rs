@@ -374,9 +374,12 @@ impl MultiSimulation {
             return Ok(());
         }
         let incarnation = next_incarnation(&mut self.incarnations, id);
-        let host = Host::new(id);
         let endpoint = self.network.endpoint(id);
         let node_runtime = self.runtime.tagged(id);
+        // The host task runs on the node's tagged runtime, like its groups' tasks: a crash
+        // kills it with the node.
+        let host =
+            if self.host_loop { Host::with_loop(id, node_runtime.clone()) } else { Host::new(id) };
         let mut builders = Vec::new();
         let mut records = BTreeMap::new();
         for group in self.groups.clone() {
