@@ -356,7 +356,47 @@ fn pass(shared: &Shared, table: &mut Table) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use crate::multi::Host;
+    use futures::future::BoxFuture;
+    use std::time::Duration;
+
+    /// A runtime whose spawned futures the test polls itself.
+    #[derive(Clone, Default)]
+    struct Local(Arc<Mutex<Vec<BoxFuture<'static, ()>>>>);
+
+    impl Runtime for Local {
+        fn spawn(&self, future: BoxFuture<'static, ()>) {
+            self.0.lock().unwrap().push(future);
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+        fn now(&self) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    /// The host task waits while a clone of its host is left, and ends once none is (with no
+    /// group left); until then it sleeps without passes.
+    #[test]
+    fn the_host_task_ends_with_its_last_host() {
+        let local = Local::default();
+        let host = Host::<()>::with_loop(1, local.clone());
+        let mut task = local.0.lock().unwrap().pop().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(task.as_mut().poll(&mut cx).is_pending());
+        let clone = host.clone();
+        drop(host);
+        assert!(task.as_mut().poll(&mut cx).is_pending(), "a clone is left");
+        assert_eq!(clone.loop_stats(), Some(HostLoopStats::default()));
+        drop(clone);
+        assert!(task.as_mut().poll(&mut cx).is_ready(), "no host left, no group");
+        assert_eq!(Host::<()>::new(1).loop_stats(), None);
+    }
 
     #[test]
     fn room_per_group_follows_the_plan() {
