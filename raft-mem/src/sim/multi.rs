@@ -7,7 +7,9 @@
 //! checked for linearizability at the end of a run, and a starvation check requires every group
 //! with a connected majority to make progress within one liveness bound. Idle phases let groups
 //! quiesce (`Config::quiesce_idle`, on in odd seeds), and what quiescence did is counted and
-//! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`).
+//! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`). A node's host runs each group
+//! as its own main-loop task, or every group's steps in one host loop
+//! ([`MultiSimConfig::host_loop`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -52,13 +54,19 @@ pub struct MultiSimConfig {
     /// `Some(interval)`: every group quiesces when idle (`Config::quiesce_idle`) with this
     /// `quiesce_check_interval`; `None`: no group quiesces.
     pub quiesce_check_interval: Option<Duration>,
+    /// How each node runs its groups. `false` (the default): a plain [`Host::new`], each group
+    /// running its own main-loop task on the node's runtime. `true`: [`Host::with_loop`], the
+    /// groups' main-loop steps run in one host task, spawned on the node's tagged runtime (the
+    /// one its groups' builders are given), so a crash kills that task with the node.
+    pub host_loop: bool,
 }
 
 impl MultiSimConfig {
     /// `nodes` nodes, `groups` groups, the given seed, and a liveness bound of 10 s of virtual
     /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s);
     /// odd seeds quiesce idle groups, with a check interval of 1 s (a quiesced follower whose
-    /// leader vanished wakes within 3 s, inside the liveness bound).
+    /// leader vanished wakes within 3 s, inside the liveness bound); each group runs its own
+    /// main-loop task (`host_loop` off).
     pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
         let quiesce_check_interval = (seed % 2 == 1).then_some(QUIESCE_CHECK_INTERVAL);
         Self {
@@ -68,6 +76,7 @@ impl MultiSimConfig {
             liveness_bound: Duration::from_secs(10),
             disk: DiskFaults::SSD,
             quiesce_check_interval,
+            host_loop: false,
         }
     }
 }
@@ -131,6 +140,7 @@ pub struct MultiSimulation {
     bound: Duration,
     disk_faults: DiskFaults,
     quiesce_check_interval: Option<Duration>,
+    host_loop: bool,
     disks: BTreeMap<(NodeId, GroupId), SimDisk>,
     running: BTreeMap<NodeId, RunningHost>,
     paused: BTreeSet<NodeId>,
@@ -188,6 +198,7 @@ impl MultiSimulation {
             bound: config.liveness_bound,
             disk_faults: DiskFaults { error_chance: 0.0, ..config.disk },
             quiesce_check_interval: config.quiesce_check_interval,
+            host_loop: config.host_loop,
             disks: BTreeMap::new(),
             running: BTreeMap::new(),
             paused: BTreeSet::new(),
@@ -234,6 +245,11 @@ impl MultiSimulation {
     /// The `quiesce_check_interval` of the groups, if they quiesce when idle.
     pub fn quiesce_check_interval(&self) -> Option<Duration> {
         self.quiesce_check_interval
+    }
+
+    /// Whether the nodes run their groups in one host loop ([`MultiSimConfig::host_loop`]).
+    pub fn host_loop(&self) -> bool {
+        self.host_loop
     }
 
     /// The status of every group's node on every running node, by group.
@@ -358,9 +374,12 @@ impl MultiSimulation {
             return Ok(());
         }
         let incarnation = next_incarnation(&mut self.incarnations, id);
-        let host = Host::new(id);
         let endpoint = self.network.endpoint(id);
         let node_runtime = self.runtime.tagged(id);
+        // The host task runs on the node's tagged runtime, like its groups' tasks: a crash
+        // kills it with the node.
+        let host =
+            if self.host_loop { Host::with_loop(id, node_runtime.clone()) } else { Host::new(id) };
         let mut builders = Vec::new();
         let mut records = BTreeMap::new();
         for group in self.groups.clone() {
