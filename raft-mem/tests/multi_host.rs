@@ -484,6 +484,11 @@ mod tokio_rt {
     async fn a_panicking_step_stops_its_group_alone_looped() {
         super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_takes_at_most_4096_proposals_looped() {
+        super::a_pass_takes_at_most_4096_proposals(rt()).await;
+    }
 }
 
 mod smol_rt {
@@ -522,4 +527,129 @@ mod smol_rt {
     fn a_panicking_step_stops_its_group_alone_looped() {
         smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
     }
+}
+
+/// A runtime whose first spawned task (a host loop's, when given to `Host::with_loop` alone)
+/// is polled only while the gate is open or a permit is left (one permit, one poll); other
+/// tasks run as on `inner`.
+#[derive(Clone)]
+struct Gated<R> {
+    inner: R,
+    gate: Arc<Gate>,
+}
+
+/// The gate of a [`Gated`] runtime's gated task.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    permits: std::sync::atomic::AtomicUsize,
+    gated_one: AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Gate {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl<R: Runtime> Runtime for Gated<R> {
+    fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
+        if self.gate.gated_one.swap(true, Ordering::SeqCst) {
+            return self.inner.spawn(future);
+        }
+        let gate = self.gate.clone();
+        let mut future = future;
+        self.inner.spawn(Box::pin(std::future::poll_fn(move |cx| {
+            *gate.waker.lock().unwrap() = Some(cx.waker().clone());
+            let allowed = gate.open.load(Ordering::SeqCst)
+                || gate
+                    .permits
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1))
+                    .is_ok();
+            if allowed {
+                std::future::Future::poll(future.as_mut(), cx)
+            } else {
+                std::task::Poll::Pending
+            }
+        })));
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn now(&self) -> Duration {
+        self.inner.now()
+    }
+}
+
+/// Review finding (MEDIUM 1): a host-loop pass takes at most 4,096 inputs, counted as a step
+/// counts them (each proposal one): with 128 ready leader groups of 64 queued proposals each,
+/// one pass appends at most 4,096 entries over all groups.
+async fn a_pass_takes_at_most_4096_proposals(rt: raft_core::runtime::TokioRuntime) {
+    let gated = Gated { inner: rt.clone(), gate: Arc::new(Gate::default()) };
+    gated.gate.open.store(true, Ordering::SeqCst);
+    let host: Host = Host::with_loop(1, gated.clone());
+    let network = MemNetwork::new();
+    let mut nodes = Vec::new();
+    for group in 1..=128u64 {
+        let builder = Node::builder(
+            test_config(1),
+            MemLogStore::new(),
+            network.endpoint(1),
+            RecordingStateMachine::default(),
+            rt.clone(),
+        )
+        .bootstrap(Membership::with_voters([1]));
+        nodes.push(host.add_group(group, builder).await.unwrap());
+    }
+    within(&rt, "128 leaders", async {
+        while !nodes.iter().all(|n| n.status().role == Role::Leader) {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Settle (the leaders' first entries applied), then gate the loop.
+    rt.sleep(Duration::from_millis(200)).await;
+    gated.gate.open.store(false, Ordering::SeqCst);
+    rt.sleep(Duration::from_millis(100)).await;
+    let before: u64 = nodes.iter().map(|n| n.status().last_log_index).sum();
+    let passes = host.loop_stats().unwrap().passes;
+    let mut writers = Vec::new();
+    for node in &nodes {
+        for _ in 0..64 {
+            let node = node.clone();
+            writers.push(tokio::spawn(async move {
+                let _ = node.write(Bytes::from_static(b"x")).await;
+            }));
+        }
+    }
+    rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        nodes.iter().map(|n| n.status().last_log_index).sum::<u64>(),
+        before,
+        "gated: nothing stepped"
+    );
+    // One pass: one poll at a time until the pass count moves.
+    within(&rt, "one pass", async {
+        while host.loop_stats().unwrap().passes == passes {
+            gated.gate.permits.fetch_add(1, Ordering::SeqCst);
+            gated.gate.wake();
+            rt.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    rt.sleep(Duration::from_millis(50)).await;
+    let stats = host.loop_stats().unwrap();
+    assert_eq!(stats.passes, passes + 1, "{stats:?}");
+    let after: u64 = nodes.iter().map(|n| n.status().last_log_index).sum();
+    assert!(after > before, "the pass appended nothing");
+    assert!(after - before <= 4_096, "one pass appended {} entries", after - before);
+    gated.gate.open.store(true, Ordering::SeqCst);
+    gated.gate.wake();
+    for writer in writers {
+        within(&rt, "the writes", writer).await.unwrap();
+    }
+    within(&rt, "host shutdown", host.shutdown()).await;
 }

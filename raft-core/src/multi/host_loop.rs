@@ -8,7 +8,9 @@
 //! does before a step, so that the tasks woken by the last answers queue their inputs first),
 //! then every group queued so far in turn: one step over its first input and the inputs
 //! queued behind it. A group with inputs left is queued again at the tail (one step per group
-//! per pass). A pass takes at most [`PASS_INPUTS`] inputs in all, each group at most
+//! per pass). A pass takes at most [`PASS_INPUTS`] inputs in all, counted as a step counts
+//! them against its room (each proposal taken from a group's inbox one; a step at least one),
+//! not as messages of the input queues; each group at most
 //! `min(1024, max(64, PASS_INPUTS / groups queued))`; groups left over go first in the next
 //! pass, after the task yielded to the runtime.
 //!
@@ -59,7 +61,8 @@ pub struct HostLoopStats {
     /// Main-loop steps run, over all groups (`steps / passes` is the mean number of groups
     /// stepped per pass).
     pub steps: u64,
-    /// Inputs those steps took from the groups' input queues.
+    /// Inputs those steps took, counted as a step counts them against its room (each proposal
+    /// taken from a group's inbox one; a step at least one): what the pass cap bounds.
     pub inputs: u64,
 }
 
@@ -195,20 +198,23 @@ impl Group {
             },
         };
         let receiver = &self.receiver;
-        let mut taken = 1;
+        // Messages taken from the queue: the count of a step that panicked (which reports none).
+        let mut messages = 1;
         let mut more = || {
             let input = receiver.try_recv().ok();
-            taken += usize::from(input.is_some());
+            messages += usize::from(input.is_some());
             input
         };
         let hosted = &mut self.hosted;
         let stepped =
             std::panic::catch_unwind(AssertUnwindSafe(|| hosted.step(first, &mut more, room)));
-        match stepped {
-            Ok(Stepped::Continue) => {}
-            Ok(Stepped::Stop) => return Err(End::Finish(taken)),
-            Err(payload) => return Err(End::Panicked(taken, payload)),
-        }
+        // The budget is charged the inputs as the step counts them (each proposal one), at
+        // least one: its first input (`room` is at least one, so this stays within `room`).
+        let taken = match stepped {
+            Ok(step) if step.then == Stepped::Stop => return Err(End::Finish(step.inputs.max(1))),
+            Ok(step) => step.inputs.max(1),
+            Err(payload) => return Err(End::Panicked(messages, payload)),
+        };
         // Registers the waker for the next input, or finds it already there.
         match self.receiver.as_mut().poll_next(&mut cx) {
             Poll::Pending => {}

@@ -15,6 +15,7 @@ use super::ticker::Ticking;
 use super::Input;
 use crate::runtime::Runtime;
 
+use super::core_loop::Step;
 pub(crate) use super::core_loop::Stepped;
 
 /// A prepared node's main loop, not running yet (see the module documentation).
@@ -60,7 +61,7 @@ impl Hosted {
                 crate::yield_now().await;
             }
             let mut more = || ends.receiver.try_recv().ok();
-            if self.step(input, &mut more, MAX_INPUTS_PER_STEP) == Stepped::Stop {
+            if self.step(input, &mut more, MAX_INPUTS_PER_STEP).then == Stepped::Stop {
                 break;
             }
         }
@@ -70,14 +71,16 @@ impl Hosted {
     /// One step of the main loop, without waiting: handles `first`, then the inputs `more`
     /// gives (until it gives none, `room` inputs were taken, or the node must stop), then takes
     /// the engine's actions (keeping the persistence rules) and publishes what the step
-    /// changed. After [`Stepped::Stop`] the caller steps no more and calls
-    /// [`Hosted::finish`]; so it does when the input queue is closed.
+    /// changed. Returns how many inputs the step took as it counts them against `room` (each
+    /// proposal taken from the inbox one, not each message of the queue). After
+    /// [`Stepped::Stop`] the caller steps no more and calls [`Hosted::finish`]; so it does
+    /// when the input queue is closed.
     pub(crate) fn step(
         &mut self,
         first: Input,
         more: &mut dyn FnMut() -> Option<Input>,
         room: usize,
-    ) -> Stepped {
+    ) -> Step {
         self.core.step(first, more, room)
     }
 
