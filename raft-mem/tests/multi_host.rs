@@ -489,6 +489,11 @@ mod tokio_rt {
     async fn a_pass_takes_at_most_4096_proposals_looped() {
         super::a_pass_takes_at_most_4096_proposals(rt()).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_dropped_unpolled_drops_its_groups_looped() {
+        super::a_loop_dropped_unpolled_drops_its_groups(rt()).await;
+    }
 }
 
 mod smol_rt {
@@ -652,4 +657,59 @@ async fn a_pass_takes_at_most_4096_proposals(rt: raft_core::runtime::TokioRuntim
         within(&rt, "the writes", writer).await.unwrap();
     }
     within(&rt, "host shutdown", host.shutdown()).await;
+}
+
+/// A runtime that drops the first future spawned on it unpolled (a host loop's task whose
+/// runtime shut down before it ran).
+#[derive(Clone)]
+struct DropFirst<R> {
+    inner: R,
+    dropped: Arc<AtomicBool>,
+}
+
+impl<R: Runtime> Runtime for DropFirst<R> {
+    fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
+        if self.dropped.swap(true, Ordering::SeqCst) {
+            self.inner.spawn(future);
+        } else {
+            drop(future);
+        }
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn now(&self) -> Duration {
+        self.inner.now()
+    }
+}
+
+/// Review finding (MEDIUM 2): a host loop whose task was dropped before its first poll drops
+/// the groups added later (as a dropped main-loop task does): their callers get an error and
+/// `Node::shutdown` returns, instead of hanging.
+async fn a_loop_dropped_unpolled_drops_its_groups(rt: raft_core::runtime::TokioRuntime) {
+    let dropping = DropFirst { inner: rt.clone(), dropped: Arc::new(AtomicBool::new(false)) };
+    let host: Host = Host::with_loop(1, dropping);
+    let network = MemNetwork::new();
+    let builder = Node::builder(
+        test_config(1),
+        MemLogStore::new(),
+        network.endpoint(1),
+        RecordingStateMachine::default(),
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters([1]));
+    let node = host.add_group(1, builder).await.unwrap();
+    let five = Duration::from_secs(5);
+    // Never started, the group has no leader: a write is refused at once (as in tasks mode
+    // when its main-loop task was dropped).
+    let proposed = tokio::time::timeout(five, node.write(Bytes::from_static(b"x"))).await;
+    assert!(proposed.expect("propose hung").is_err());
+    tokio::time::timeout(five, node.shutdown()).await.expect("Node::shutdown hung");
+    let proposed = tokio::time::timeout(five, node.write(Bytes::from_static(b"x"))).await;
+    let error = proposed.expect("propose hung").unwrap_err();
+    assert!(
+        matches!(error, raft_core::WriteError::Refused(raft_core::ProposeError::Shutdown)),
+        "{error:?}"
+    );
+    tokio::time::timeout(five, host.shutdown()).await.expect("Host::shutdown hung");
 }

@@ -103,9 +103,11 @@ impl LoopHandle {
             inputs: AtomicU64::new(0),
         });
         let task = shared.clone();
+        // Built before the future and moved into it: dropped with it, polled or not (a task
+        // dropped before its first poll must still drop the groups handed to it).
+        let gone = Gone(shared.clone());
         runtime.spawn(
             async move {
-                let gone = Gone(task.clone());
                 // The steps are supervised one by one; this only catches a bug of the loop
                 // itself, which then drops every group (as if its runtime had shut down).
                 if let Err(payload) = AssertUnwindSafe(run(task)).catch_unwind().await {
