@@ -494,6 +494,16 @@ mod tokio_rt {
     async fn a_loop_dropped_unpolled_drops_its_groups_looped() {
         super::a_loop_dropped_unpolled_drops_its_groups(rt()).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_whose_drop_panics_stops_its_group_alone() {
+        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_whose_drop_panics_stops_its_group_alone_looped() {
+        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
 }
 
 mod smol_rt {
@@ -712,4 +722,94 @@ async fn a_loop_dropped_unpolled_drops_its_groups(rt: raft_core::runtime::TokioR
         "{error:?}"
     );
     tokio::time::timeout(five, host.shutdown()).await.expect("Host::shutdown hung");
+}
+
+/// A panic payload whose own drop panics.
+struct DropBomb;
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        panic!("payload drop");
+    }
+}
+
+/// A host's shared endpoint as one group's network, whose `members_changed` panics with a
+/// [`DropBomb`] payload once its switch is on.
+#[derive(Clone)]
+struct BombNetwork {
+    inner: MemEndpoint,
+    bomb: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Network for BombNetwork {
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        self.inner.send(request).await
+    }
+
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        if self.bomb.load(Ordering::SeqCst) {
+            std::panic::panic_any(DropBomb);
+        }
+        self.inner.members_changed(members)
+    }
+}
+
+/// Review finding (MEDIUM 3): a step panicking with a payload whose drop panics stops its
+/// group alone; the host's other groups stay Running and still commit.
+async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let host: Host = match mode {
+        Mode::Tasks => Host::new(1),
+        Mode::Loop => Host::with_loop(1, rt.clone()),
+    };
+    let network = MemNetwork::new();
+    let mut bombs = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for group in GROUPS {
+        let bomb = Arc::new(AtomicBool::new(false));
+        let net = BombNetwork { inner: network.endpoint(1), bomb: bomb.clone() };
+        let builder = Node::builder(
+            test_config(1),
+            MemLogStore::new(),
+            net,
+            Poisonable::default(),
+            rt.clone(),
+        )
+        .bootstrap(Membership::with_voters([1]));
+        nodes.insert(group, host.add_group(group, builder).await.unwrap());
+        bombs.insert(group, bomb);
+    }
+    for node in nodes.values() {
+        within(&rt, "a first write", async {
+            while node.write(Bytes::from_static(b"before")).await.is_err() {
+                rt.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    bombs[&2].store(true, Ordering::SeqCst);
+    let learner = MembershipChange::AddLearner(9, NodeInfo::default());
+    let changed = within(&rt, "the change", nodes[&2].change_membership(learner)).await;
+    assert!(changed.is_err(), "the step panicked before the change: {changed:?}");
+    within(&rt, "group 2 failing", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(matches!(&failed[0], (2, FatalError::Panicked { .. })), "{failed:?}");
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        let written =
+            within(&rt, "a write after", nodes[&group].write(Bytes::from_static(b"after")));
+        assert_eq!(written.await.unwrap().as_ref(), b"after");
+    }
+    let removed = within(&rt, "host shutdown", host.shutdown()).await;
+    assert_eq!(removed.len(), GROUPS.len());
 }

@@ -16,7 +16,9 @@
 //!
 //! Each step (and a group's stop) runs under `catch_unwind`: a group whose step panics stops
 //! alone (`FatalError::Panicked` with task "main loop", as in its own task) and is dropped
-//! from the loop; the others go on. A group whose main loop must stop, or whose input queue is
+//! from the loop; the others go on. A panic payload is user code's value: it is dropped under
+//! `catch_unwind` too, and leaked if its drop panics ([`Hosted::drop_payload`]), so that no
+//! panic of a group reaches the loop's own `catch_unwind` (which would drop every group). A group whose main loop must stop, or whose input queue is
 //! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
 //!
 //! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
@@ -113,6 +115,7 @@ impl LoopHandle {
                 if let Err(payload) = AssertUnwindSafe(run(task)).catch_unwind().await {
                     let message = panic_message(payload.as_ref());
                     tracing::error!(%message, "a host loop panicked: its groups are dropped");
+                    Hosted::drop_payload(payload);
                 }
                 drop(gone);
             }
@@ -246,7 +249,10 @@ impl Group {
                 if let Err(again) = reported {
                     let message = panic_message(again.as_ref());
                     tracing::error!(%message, "stopping a group whose step panicked panicked");
+                    Hosted::drop_payload(again);
                 }
+                // User code's payload: its drop may panic too, which must not reach the loop.
+                Hosted::drop_payload(payload);
                 taken
             }
         }

@@ -100,16 +100,34 @@ impl Hosted {
     /// [`Hosted::finish`] under `catch_unwind`, for a runner that supervises steps one by one
     /// (a host loop): if the stop panics, reports it as a panic of the main loop
     /// ([`supervisor::main_loop_panicked`]) before the "all tasks done" guard is dropped, as
-    /// the main loop's task does when its `finish` panics.
+    /// the main loop's task does when its `finish` panics. No panic unwinds out of it: not
+    /// the report's, nor a payload's drop ([`Hosted::drop_payload`]).
     pub(crate) fn finish_supervised(self) {
         let ends = self.ends.clone();
         let done = self.done.clone();
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.finish()));
         if let Err(payload) = finished {
-            supervisor::main_loop_panicked(&ends, payload.as_ref());
+            let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                supervisor::main_loop_panicked(&ends, payload.as_ref())
+            }));
+            if let Err(again) = reported {
+                Self::drop_payload(again);
+            }
+            Self::drop_payload(payload);
         }
         drop(ends);
         drop(done);
+    }
+
+    /// Drops a panic payload (user code's: any type) without letting a panic of its own drop
+    /// unwind into the caller: that drop runs under `catch_unwind`, and the payload of a panic
+    /// there is forgotten (leaked) rather than dropped, which could panic again.
+    pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        if let Err(again) = dropped {
+            tracing::error!("dropping a panic payload panicked: its payload is leaked");
+            std::mem::forget(again);
+        }
     }
 
     /// A handle on the node's input queue (a clone of the main loop's receiver): a runner that
