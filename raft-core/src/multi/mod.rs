@@ -90,11 +90,13 @@ impl<G> Clone for Host<G> {
 impl<G> std::fmt::Debug for Host<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<GroupId> = self.inner.read().keys().copied().collect();
-        f.debug_struct("Host")
-            .field("id", &self.inner.id)
-            .field("groups", &ids)
-            .field("host_loop", &self.inner.looped.is_some())
-            .finish()
+        let mut host = f.debug_struct("Host");
+        host.field("id", &self.inner.id).field("groups", &ids);
+        // Only a looped host says so: a host of tasks prints as it did before host loops.
+        if self.inner.looped.is_some() {
+            host.field("host_loop", &true);
+        }
+        host.finish()
     }
 }
 
