@@ -21,6 +21,9 @@
 //! panic of a group reaches the loop's own `catch_unwind` (which would drop every group). A group whose main loop must stop, or whose input queue is
 //! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
 //!
+//! A step runs in the loop's task: a group's blocking network or store callback stalls the
+//! whole loop (every group of the host), where in tasks mode it stalls one worker.
+//!
 //! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
 //! crash), it drops them, which closes each node's proposal inbox as a dropped main-loop task
 //! does. It ends once no clone of its host is left and every group has stopped.
