@@ -61,7 +61,8 @@ fn room_per_group(ready: usize) -> usize {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HostLoopStats {
-    /// Passes that stepped or polled at least one group.
+    /// Passes that stepped at least one group (a pass whose groups all had nothing to do,
+    /// their wake-up spurious or stale, is not counted: `steps >= passes`).
     pub passes: u64,
     /// Main-loop steps run, over all groups (`steps / passes` is the mean number of groups
     /// stepped per pass).
@@ -371,7 +372,7 @@ fn pass(shared: &Shared, table: &mut Table) {
         inputs += taken as u64;
         budget = budget.saturating_sub(taken);
     }
-    shared.passes.fetch_add(1, Ordering::Relaxed);
+    shared.passes.fetch_add(u64::from(steps > 0), Ordering::Relaxed);
     shared.steps.fetch_add(steps, Ordering::Relaxed);
     shared.inputs.fetch_add(inputs, Ordering::Relaxed);
 }
