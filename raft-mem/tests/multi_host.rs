@@ -485,6 +485,26 @@ mod tokio_rt {
     async fn a_panicking_step_stops_its_group_alone_looped() {
         super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_takes_at_most_4096_proposals_looped() {
+        super::a_pass_takes_at_most_4096_proposals(rt()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_loop_dropped_unpolled_drops_its_groups_looped() {
+        super::a_loop_dropped_unpolled_drops_its_groups(rt()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_whose_drop_panics_stops_its_group_alone() {
+        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_payload_whose_drop_panics_stops_its_group_alone_looped() {
+        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
 }
 
 mod smol_rt {
@@ -523,4 +543,274 @@ mod smol_rt {
     fn a_panicking_step_stops_its_group_alone_looped() {
         smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
     }
+}
+
+/// A runtime whose first spawned task (a host loop's, when given to `Host::with_loop` alone)
+/// is polled only while the gate is open or a permit is left (one permit, one poll); other
+/// tasks run as on `inner`.
+#[derive(Clone)]
+struct Gated<R> {
+    inner: R,
+    gate: Arc<Gate>,
+}
+
+/// The gate of a [`Gated`] runtime's gated task.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    permits: std::sync::atomic::AtomicUsize,
+    gated_one: AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Gate {
+    fn wake(&self) {
+        if let Some(waker) = self.waker.lock().unwrap().take() {
+            waker.wake();
+        }
+    }
+}
+
+impl<R: Runtime> Runtime for Gated<R> {
+    fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
+        if self.gate.gated_one.swap(true, Ordering::SeqCst) {
+            return self.inner.spawn(future);
+        }
+        let gate = self.gate.clone();
+        let mut future = future;
+        self.inner.spawn(Box::pin(std::future::poll_fn(move |cx| {
+            *gate.waker.lock().unwrap() = Some(cx.waker().clone());
+            let allowed = gate.open.load(Ordering::SeqCst)
+                || gate
+                    .permits
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1))
+                    .is_ok();
+            if allowed {
+                std::future::Future::poll(future.as_mut(), cx)
+            } else {
+                std::task::Poll::Pending
+            }
+        })));
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn now(&self) -> Duration {
+        self.inner.now()
+    }
+}
+
+/// Review finding (MEDIUM 1): a host-loop pass takes at most 4,096 inputs, counted as a step
+/// counts them (each proposal one): with 128 ready leader groups of 64 queued proposals each,
+/// one pass appends at most 4,096 entries over all groups.
+async fn a_pass_takes_at_most_4096_proposals(rt: raft_core::runtime::TokioRuntime) {
+    let gated = Gated { inner: rt.clone(), gate: Arc::new(Gate::default()) };
+    gated.gate.open.store(true, Ordering::SeqCst);
+    let host: Host = Host::with_loop(1, gated.clone());
+    let network = MemNetwork::new();
+    let mut nodes = Vec::new();
+    for group in 1..=128u64 {
+        let builder = Node::builder(
+            test_config(1),
+            MemLogStore::new(),
+            network.endpoint(1),
+            RecordingStateMachine::default(),
+            rt.clone(),
+        )
+        .bootstrap(Membership::with_voters([1]));
+        nodes.push(host.add_group(group, builder).await.unwrap());
+    }
+    within(&rt, "128 leaders", async {
+        while !nodes.iter().all(|n| n.status().role == Role::Leader) {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Settle (the leaders' first entries applied), then gate the loop.
+    rt.sleep(Duration::from_millis(200)).await;
+    gated.gate.open.store(false, Ordering::SeqCst);
+    rt.sleep(Duration::from_millis(100)).await;
+    let before: u64 = nodes.iter().map(|n| n.status().last_log_index).sum();
+    let passes = host.loop_stats().unwrap().passes;
+    let mut writers = Vec::new();
+    for node in &nodes {
+        for _ in 0..64 {
+            let node = node.clone();
+            writers.push(tokio::spawn(async move {
+                let _ = node.write(Bytes::from_static(b"x")).await;
+            }));
+        }
+    }
+    rt.sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        nodes.iter().map(|n| n.status().last_log_index).sum::<u64>(),
+        before,
+        "gated: nothing stepped"
+    );
+    // One pass: one poll at a time until the pass count moves.
+    within(&rt, "one pass", async {
+        while host.loop_stats().unwrap().passes == passes {
+            gated.gate.permits.fetch_add(1, Ordering::SeqCst);
+            gated.gate.wake();
+            rt.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    rt.sleep(Duration::from_millis(50)).await;
+    let stats = host.loop_stats().unwrap();
+    assert_eq!(stats.passes, passes + 1, "{stats:?}");
+    let after: u64 = nodes.iter().map(|n| n.status().last_log_index).sum();
+    assert!(after > before, "the pass appended nothing");
+    assert!(after - before <= 4_096, "one pass appended {} entries", after - before);
+    gated.gate.open.store(true, Ordering::SeqCst);
+    gated.gate.wake();
+    for writer in writers {
+        within(&rt, "the writes", writer).await.unwrap();
+    }
+    within(&rt, "host shutdown", host.shutdown()).await;
+}
+
+/// A runtime that drops the first future spawned on it unpolled (a host loop's task whose
+/// runtime shut down before it ran).
+#[derive(Clone)]
+struct DropFirst<R> {
+    inner: R,
+    dropped: Arc<AtomicBool>,
+}
+
+impl<R: Runtime> Runtime for DropFirst<R> {
+    fn spawn(&self, future: futures::future::BoxFuture<'static, ()>) {
+        if self.dropped.swap(true, Ordering::SeqCst) {
+            self.inner.spawn(future);
+        } else {
+            drop(future);
+        }
+    }
+    fn sleep(&self, duration: Duration) -> futures::future::BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+    fn now(&self) -> Duration {
+        self.inner.now()
+    }
+}
+
+/// Review finding (MEDIUM 2): a host loop whose task was dropped before its first poll drops
+/// the groups added later (as a dropped main-loop task does): their callers get an error and
+/// `Node::shutdown` returns, instead of hanging.
+async fn a_loop_dropped_unpolled_drops_its_groups(rt: raft_core::runtime::TokioRuntime) {
+    let dropping = DropFirst { inner: rt.clone(), dropped: Arc::new(AtomicBool::new(false)) };
+    let host: Host = Host::with_loop(1, dropping);
+    let network = MemNetwork::new();
+    let builder = Node::builder(
+        test_config(1),
+        MemLogStore::new(),
+        network.endpoint(1),
+        RecordingStateMachine::default(),
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters([1]));
+    let node = host.add_group(1, builder).await.unwrap();
+    let five = Duration::from_secs(5);
+    // Never started, the group has no leader: a write is refused at once (as in tasks mode
+    // when its main-loop task was dropped).
+    let proposed = tokio::time::timeout(five, node.write(Bytes::from_static(b"x"))).await;
+    assert!(proposed.expect("propose hung").is_err());
+    tokio::time::timeout(five, node.shutdown()).await.expect("Node::shutdown hung");
+    let proposed = tokio::time::timeout(five, node.write(Bytes::from_static(b"x"))).await;
+    let error = proposed.expect("propose hung").unwrap_err();
+    assert!(
+        matches!(error, raft_core::WriteError::Refused(raft_core::ProposeError::Shutdown)),
+        "{error:?}"
+    );
+    tokio::time::timeout(five, host.shutdown()).await.expect("Host::shutdown hung");
+}
+
+/// A panic payload whose own drop panics.
+struct DropBomb;
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        panic!("payload drop");
+    }
+}
+
+/// A host's shared endpoint as one group's network, whose `members_changed` panics with a
+/// [`DropBomb`] payload once its switch is on.
+#[derive(Clone)]
+struct BombNetwork {
+    inner: MemEndpoint,
+    bomb: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Network for BombNetwork {
+    async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        self.inner.send(request).await
+    }
+
+    fn members_changed(&self, members: &BTreeMap<NodeId, NodeInfo>) {
+        if self.bomb.load(Ordering::SeqCst) {
+            std::panic::panic_any(DropBomb);
+        }
+        self.inner.members_changed(members)
+    }
+}
+
+/// Review finding (MEDIUM 3): a step panicking with a payload whose drop panics stops its
+/// group alone; the host's other groups stay Running and still commit.
+async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let host: Host = match mode {
+        Mode::Tasks => Host::new(1),
+        Mode::Loop => Host::with_loop(1, rt.clone()),
+    };
+    let network = MemNetwork::new();
+    let mut bombs = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for group in GROUPS {
+        let bomb = Arc::new(AtomicBool::new(false));
+        let net = BombNetwork { inner: network.endpoint(1), bomb: bomb.clone() };
+        let builder = Node::builder(
+            test_config(1),
+            MemLogStore::new(),
+            net,
+            Poisonable::default(),
+            rt.clone(),
+        )
+        .bootstrap(Membership::with_voters([1]));
+        nodes.insert(group, host.add_group(group, builder).await.unwrap());
+        bombs.insert(group, bomb);
+    }
+    for node in nodes.values() {
+        within(&rt, "a first write", async {
+            while node.write(Bytes::from_static(b"before")).await.is_err() {
+                rt.sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    bombs[&2].store(true, Ordering::SeqCst);
+    let learner = MembershipChange::AddLearner(9, NodeInfo::default());
+    let changed = within(&rt, "the change", nodes[&2].change_membership(learner)).await;
+    assert!(changed.is_err(), "the step panicked before the change: {changed:?}");
+    within(&rt, "group 2 failing", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(matches!(&failed[0], (2, FatalError::Panicked { .. })), "{failed:?}");
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        let written =
+            within(&rt, "a write after", nodes[&group].write(Bytes::from_static(b"after")));
+        assert_eq!(written.await.unwrap().as_ref(), b"after");
+    }
+    let removed = within(&rt, "host shutdown", host.shutdown()).await;
+    assert_eq!(removed.len(), GROUPS.len());
 }

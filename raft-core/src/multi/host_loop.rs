@@ -8,14 +8,21 @@
 //! does before a step, so that the tasks woken by the last answers queue their inputs first),
 //! then every group queued so far in turn: one step over its first input and the inputs
 //! queued behind it. A group with inputs left is queued again at the tail (one step per group
-//! per pass). A pass takes at most [`PASS_INPUTS`] inputs in all, each group at most
+//! per pass). A pass takes at most [`PASS_INPUTS`] inputs in all, counted as a step counts
+//! them against its room (each proposal taken from a group's inbox one; a step at least one),
+//! not as messages of the input queues; each group at most
 //! `min(1024, max(64, PASS_INPUTS / groups queued))`; groups left over go first in the next
 //! pass, after the task yielded to the runtime.
 //!
 //! Each step (and a group's stop) runs under `catch_unwind`: a group whose step panics stops
 //! alone (`FatalError::Panicked` with task "main loop", as in its own task) and is dropped
-//! from the loop; the others go on. A group whose main loop must stop, or whose input queue is
+//! from the loop; the others go on. A panic payload is user code's value: it is dropped under
+//! `catch_unwind` too, and leaked if its drop panics ([`Hosted::drop_payload`]), so that no
+//! panic of a group reaches the loop's own `catch_unwind` (which would drop every group). A group whose main loop must stop, or whose input queue is
 //! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
+//!
+//! A step runs in the loop's task: a group's blocking network or store callback stalls the
+//! whole loop (every group of the host), where in tasks mode it stalls one worker.
 //!
 //! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
 //! crash), it drops them, which closes each node's proposal inbox as a dropped main-loop task
@@ -54,12 +61,14 @@ fn room_per_group(ready: usize) -> usize {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HostLoopStats {
-    /// Passes that stepped or polled at least one group.
+    /// Passes that stepped at least one group (a pass whose groups all had nothing to do,
+    /// their wake-up spurious or stale, is not counted: `steps >= passes`).
     pub passes: u64,
     /// Main-loop steps run, over all groups (`steps / passes` is the mean number of groups
     /// stepped per pass).
     pub steps: u64,
-    /// Inputs those steps took from the groups' input queues.
+    /// Inputs those steps took, counted as a step counts them against its room (each proposal
+    /// taken from a group's inbox one; a step at least one): what the pass cap bounds.
     pub inputs: u64,
 }
 
@@ -100,14 +109,17 @@ impl LoopHandle {
             inputs: AtomicU64::new(0),
         });
         let task = shared.clone();
+        // Built before the future and moved into it: dropped with it, polled or not (a task
+        // dropped before its first poll must still drop the groups handed to it).
+        let gone = Gone(shared.clone());
         runtime.spawn(
             async move {
-                let gone = Gone(task.clone());
                 // The steps are supervised one by one; this only catches a bug of the loop
                 // itself, which then drops every group (as if its runtime had shut down).
                 if let Err(payload) = AssertUnwindSafe(run(task)).catch_unwind().await {
                     let message = panic_message(payload.as_ref());
                     tracing::error!(%message, "a host loop panicked: its groups are dropped");
+                    Hosted::drop_payload(payload);
                 }
                 drop(gone);
             }
@@ -195,20 +207,23 @@ impl Group {
             },
         };
         let receiver = &self.receiver;
-        let mut taken = 1;
+        // Messages taken from the queue: the count of a step that panicked (which reports none).
+        let mut messages = 1;
         let mut more = || {
             let input = receiver.try_recv().ok();
-            taken += usize::from(input.is_some());
+            messages += usize::from(input.is_some());
             input
         };
         let hosted = &mut self.hosted;
         let stepped =
             std::panic::catch_unwind(AssertUnwindSafe(|| hosted.step(first, &mut more, room)));
-        match stepped {
-            Ok(Stepped::Continue) => {}
-            Ok(Stepped::Stop) => return Err(End::Finish(taken)),
-            Err(payload) => return Err(End::Panicked(taken, payload)),
-        }
+        // The budget is charged the inputs as the step counts them (each proposal one), at
+        // least one: its first input (`room` is at least one, so this stays within `room`).
+        let taken = match stepped {
+            Ok(step) if step.then == Stepped::Stop => return Err(End::Finish(step.inputs.max(1))),
+            Ok(step) => step.inputs.max(1),
+            Err(payload) => return Err(End::Panicked(messages, payload)),
+        };
         // Registers the waker for the next input, or finds it already there.
         match self.receiver.as_mut().poll_next(&mut cx) {
             Poll::Pending => {}
@@ -238,7 +253,10 @@ impl Group {
                 if let Err(again) = reported {
                     let message = panic_message(again.as_ref());
                     tracing::error!(%message, "stopping a group whose step panicked panicked");
+                    Hosted::drop_payload(again);
                 }
+                // User code's payload: its drop may panic too, which must not reach the loop.
+                Hosted::drop_payload(payload);
                 taken
             }
         }
@@ -253,10 +271,14 @@ enum End {
     Panicked(usize, Box<dyn std::any::Any + Send>),
 }
 
+/// A slot of the loop's table: boxed, so that growing the table moves pointers and a free
+/// slot keeps no memory of the group that was there.
+type Slot = Option<Box<Group>>;
+
 /// The loop's groups, by index (indexes are reused once a group is gone).
 #[derive(Default)]
 struct Table {
-    groups: Vec<Option<Group>>,
+    groups: Vec<Slot>,
     free: Vec<usize>,
     live: usize,
 }
@@ -274,13 +296,14 @@ impl Table {
         let wake = GroupWake::new(idx, ready.clone());
         let waker = Waker::from(wake.clone());
         let receiver = Box::pin(hosted.receiver());
-        self.groups[idx] = Some(Group { hosted, receiver, wake: wake.clone(), waker, next: None });
+        let group = Group { hosted, receiver, wake: wake.clone(), waker, next: None };
+        self.groups[idx] = Some(Box::new(group));
         self.live += 1;
         wake.queue();
     }
 
     /// Takes the group at `idx` out.
-    fn remove(&mut self, idx: usize) -> Option<Group> {
+    fn remove(&mut self, idx: usize) -> Option<Box<Group>> {
         let group = self.groups.get_mut(idx)?.take()?;
         self.free.push(idx);
         self.live -= 1;
@@ -343,13 +366,13 @@ fn pass(shared: &Shared, table: &mut Table) {
             }
             Err(end) => {
                 steps += u64::from(!matches!(end, End::Finish(0)));
-                table.remove(idx).map_or(0, |group| group.end(end))
+                table.remove(idx).map_or(0, |group| (*group).end(end))
             }
         };
         inputs += taken as u64;
         budget = budget.saturating_sub(taken);
     }
-    shared.passes.fetch_add(1, Ordering::Relaxed);
+    shared.passes.fetch_add(u64::from(steps > 0), Ordering::Relaxed);
     shared.steps.fetch_add(steps, Ordering::Relaxed);
     shared.inputs.fetch_add(inputs, Ordering::Relaxed);
 }
@@ -396,6 +419,22 @@ mod tests {
         drop(clone);
         assert!(task.as_mut().poll(&mut cx).is_ready(), "no host left, no group");
         assert_eq!(Host::<()>::new(1).loop_stats(), None);
+    }
+
+    /// Review finding (LOW 2): the table holds pointers, not groups.
+    #[test]
+    fn a_table_slot_is_a_pointer() {
+        assert!(std::mem::size_of::<Slot>() <= 16, "{}", std::mem::size_of::<Slot>());
+    }
+
+    /// Review finding (LOW 3): a host's Debug output names the loop only for a looped host.
+    #[test]
+    fn debug_shows_the_loop_only_when_looped() {
+        let local = Local::default();
+        let plain = format!("{:?}", Host::<()>::new(1));
+        assert!(!plain.contains("host_loop"), "{plain}");
+        let looped = format!("{:?}", Host::<()>::with_loop(1, local));
+        assert!(looped.contains("host_loop: true"), "{looped}");
     }
 
     #[test]

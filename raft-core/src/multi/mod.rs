@@ -35,7 +35,9 @@
 //! about a group is as with [`Host::new`]: its [`Node`] handle, its other tasks (log writer,
 //! applier, peer senders, ticker) on its builder's runtime, its guarantees, and its failure
 //! isolation (a group whose step panics stops alone with [`FatalError::Panicked`], task
-//! "main loop").
+//! "main loop"). One thing differs: a group's step runs in the loop's task, so a group's
+//! blocking network or store callback (one that blocks the thread instead of returning a
+//! future) stalls the whole loop, every group of the host; in tasks mode it stalls one worker.
 //!
 //! **What a group shares.** The transport: every group of a host is given the same network
 //! (a clone of one endpoint), which stamps each request with the sender group's id. Since the
@@ -90,11 +92,13 @@ impl<G> Clone for Host<G> {
 impl<G> std::fmt::Debug for Host<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<GroupId> = self.inner.read().keys().copied().collect();
-        f.debug_struct("Host")
-            .field("id", &self.inner.id)
-            .field("groups", &ids)
-            .field("host_loop", &self.inner.looped.is_some())
-            .finish()
+        let mut host = f.debug_struct("Host");
+        host.field("id", &self.inner.id).field("groups", &ids);
+        // Only a looped host says so: a host of tasks prints as it did before host loops.
+        if self.inner.looped.is_some() {
+            host.field("host_loop", &true);
+        }
+        host.finish()
     }
 }
 
@@ -219,6 +223,11 @@ impl<G> Host<G> {
     /// checks that they are the same). The host task ends once no clone of the host is left
     /// and every group has stopped; dropped with its runtime (shut down, or a simulated
     /// crash), it drops the groups' main loops, as their own tasks would be dropped.
+    ///
+    /// Every group's steps run in that one task: a group's blocking network or store callback
+    /// (e.g. `Network::members_changed`, or a store method that blocks before returning its
+    /// future) stalls the whole loop, so every group of the host; in tasks mode it stalls
+    /// one worker thread.
     pub fn with_loop<R: Runtime>(id: NodeId, runtime: R) -> Self {
         let groups = RwLock::new(BTreeMap::new());
         let looped = Some(LoopHandle::spawn(runtime));

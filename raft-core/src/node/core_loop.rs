@@ -42,6 +42,16 @@ enum Stop {
     Failed(FatalError),
 }
 
+/// What a [`CoreLoop::step`] did: how many inputs it took, and what it leaves to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// The inputs the step took, as it counts them against its room (each proposal taken
+    /// from the inbox one): what a runner charges to a budget of inputs.
+    pub(crate) inputs: usize,
+    /// Whether the node goes on.
+    pub(crate) then: Stepped,
+}
+
 /// What a [`CoreLoop::step`] leaves to its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stepped {
@@ -209,15 +219,15 @@ impl CoreLoop {
     /// `room` in all). Unless the node must stop, the engine's actions are then processed by
     /// [`CoreLoop::process_actions`], which keeps the persistence rules (nothing is sent or
     /// answered before the writes it depends on are durable), and the waiters, peers,
-    /// membership, status, metrics and ticker pacing are brought up to date. Returns
-    /// [`Stepped::Stop`] when the node must stop: the caller then ends the loop and calls
-    /// [`CoreLoop::finish`].
+    /// membership, status, metrics and ticker pacing are brought up to date. Returns how many
+    /// inputs the step took (as counted against `room`), and [`Stepped::Stop`] when the node
+    /// must stop: the caller then ends the loop and calls [`CoreLoop::finish`].
     pub(super) fn step(
         &mut self,
         first: Input,
         more: &mut dyn FnMut() -> Option<Input>,
         room: usize,
-    ) -> Stepped {
+    ) -> Step {
         // Proposals wait for room across steps only at a leader: a step that ends
         // elsewhere refuses them (`process_actions`).
         debug_assert!(
@@ -236,7 +246,7 @@ impl CoreLoop {
             self.check_leadership();
         }
         if self.stop.is_some() {
-            return Stepped::Stop;
+            return Step { inputs: taken, then: Stepped::Stop };
         }
         self.propose_deferred(room.saturating_sub(taken));
         self.publish_membership();
@@ -250,7 +260,7 @@ impl CoreLoop {
         self.flush_waiters();
         self.probe.committed(self.engine.commit_index(), || self.clock.now());
         if self.stop.is_some() {
-            return Stepped::Stop;
+            return Step { inputs: taken, then: Stepped::Stop };
         }
         self.sync_peers();
         self.answer_membership_waiters();
@@ -258,7 +268,7 @@ impl CoreLoop {
         self.metrics.node.step(&status, &self.engine);
         self.inputs.status.publish(status);
         self.pacer.set(self.engine.ticks_until_needed());
-        Stepped::Continue
+        Step { inputs: taken, then: Stepped::Continue }
     }
 
     /// Connects the ticker: after each step it learns how many ticks the engine may go without.

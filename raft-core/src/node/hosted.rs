@@ -15,6 +15,7 @@ use super::ticker::Ticking;
 use super::Input;
 use crate::runtime::Runtime;
 
+use super::core_loop::Step;
 pub(crate) use super::core_loop::Stepped;
 
 /// A prepared node's main loop, not running yet (see the module documentation).
@@ -60,7 +61,7 @@ impl Hosted {
                 crate::yield_now().await;
             }
             let mut more = || ends.receiver.try_recv().ok();
-            if self.step(input, &mut more, MAX_INPUTS_PER_STEP) == Stepped::Stop {
+            if self.step(input, &mut more, MAX_INPUTS_PER_STEP).then == Stepped::Stop {
                 break;
             }
         }
@@ -70,14 +71,16 @@ impl Hosted {
     /// One step of the main loop, without waiting: handles `first`, then the inputs `more`
     /// gives (until it gives none, `room` inputs were taken, or the node must stop), then takes
     /// the engine's actions (keeping the persistence rules) and publishes what the step
-    /// changed. After [`Stepped::Stop`] the caller steps no more and calls
-    /// [`Hosted::finish`]; so it does when the input queue is closed.
+    /// changed. Returns how many inputs the step took as it counts them against `room` (each
+    /// proposal taken from the inbox one, not each message of the queue). After
+    /// [`Stepped::Stop`] the caller steps no more and calls [`Hosted::finish`]; so it does
+    /// when the input queue is closed.
     pub(crate) fn step(
         &mut self,
         first: Input,
         more: &mut dyn FnMut() -> Option<Input>,
         room: usize,
-    ) -> Stepped {
+    ) -> Step {
         self.core.step(first, more, room)
     }
 
@@ -97,16 +100,34 @@ impl Hosted {
     /// [`Hosted::finish`] under `catch_unwind`, for a runner that supervises steps one by one
     /// (a host loop): if the stop panics, reports it as a panic of the main loop
     /// ([`supervisor::main_loop_panicked`]) before the "all tasks done" guard is dropped, as
-    /// the main loop's task does when its `finish` panics.
+    /// the main loop's task does when its `finish` panics. No panic unwinds out of it: not
+    /// the report's, nor a payload's drop ([`Hosted::drop_payload`]).
     pub(crate) fn finish_supervised(self) {
         let ends = self.ends.clone();
         let done = self.done.clone();
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.finish()));
         if let Err(payload) = finished {
-            supervisor::main_loop_panicked(&ends, payload.as_ref());
+            let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                supervisor::main_loop_panicked(&ends, payload.as_ref())
+            }));
+            if let Err(again) = reported {
+                Self::drop_payload(again);
+            }
+            Self::drop_payload(payload);
         }
         drop(ends);
         drop(done);
+    }
+
+    /// Drops a panic payload (user code's: any type) without letting a panic of its own drop
+    /// unwind into the caller: that drop runs under `catch_unwind`, and the payload of a panic
+    /// there is forgotten (leaked) rather than dropped, which could panic again.
+    pub(crate) fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        if let Err(again) = dropped {
+            tracing::error!("dropping a panic payload panicked: its payload is leaked");
+            std::mem::forget(again);
+        }
     }
 
     /// A handle on the node's input queue (a clone of the main loop's receiver): a runner that
