@@ -228,6 +228,12 @@ impl<G> Host<G> {
     /// (e.g. `Network::members_changed`, or a store method that blocks before returning its
     /// future) stalls the whole loop, so every group of the host; in tasks mode it stalls
     /// one worker thread.
+    ///
+    /// **Experimental, not faster yet.** This is the first step of a host-level loop meant to
+    /// batch many groups' writes and messages; alone it saves ~10 % CPU per write with one
+    /// client per group, but with several clients per group its rounds carry fewer writes
+    /// and it measured about half the throughput of [`Host::new`] (ARCHITECTURE.md, "Built:
+    /// step S1"). Prefer [`Host::new`] unless you are measuring it.
     pub fn with_loop<R: Runtime>(id: NodeId, runtime: R) -> Self {
         let groups = RwLock::new(BTreeMap::new());
         let looped = Some(LoopHandle::spawn(runtime));
