@@ -230,10 +230,8 @@ impl<G> Host<G> {
     /// one worker thread.
     ///
     /// **Experimental, not faster yet.** This is the first step of a host-level loop meant to
-    /// batch many groups' writes and messages; alone it saves ~10 % CPU per write with one
-    /// client per group, but with several clients per group its rounds carry fewer writes
-    /// and it measured about half the throughput of [`Host::new`] (ARCHITECTURE.md, "Built:
-    /// step S1"). Prefer [`Host::new`] unless you are measuring it.
+    /// batch many groups' writes and messages; alone it measured about the throughput and CPU
+    /// per write of [`Host::new`] (ARCHITECTURE.md, "Built: step S1").
     pub fn with_loop<R: Runtime>(id: NodeId, runtime: R) -> Self {
         let groups = RwLock::new(BTreeMap::new());
         let looped = Some(LoopHandle::spawn(runtime));
