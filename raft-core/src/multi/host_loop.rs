@@ -248,16 +248,8 @@ impl Group {
                 taken
             }
             End::Panicked(taken, payload) => {
-                let reported = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    hosted.panicked(payload.as_ref())
-                }));
-                if let Err(again) = reported {
-                    let message = panic_message(again.as_ref());
-                    tracing::error!(%message, "stopping a group whose step panicked panicked");
-                    Hosted::drop_payload(again);
-                }
-                // User code's payload: its drop may panic too, which must not reach the loop.
-                Hosted::drop_payload(payload);
+                // Never unwinds: neither the report nor the drop of user code's payload.
+                hosted.panicked(payload);
                 taken
             }
         }

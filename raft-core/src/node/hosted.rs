@@ -107,13 +107,7 @@ impl Hosted {
         let done = self.done.clone();
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.finish()));
         if let Err(payload) = finished {
-            let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                supervisor::main_loop_panicked(&ends, payload.as_ref())
-            }));
-            if let Err(again) = reported {
-                Self::drop_payload(again);
-            }
-            Self::drop_payload(payload);
+            Self::report_panic(&ends, payload);
         }
         drop(ends);
         drop(done);
@@ -141,14 +135,30 @@ impl Hosted {
     /// Stops the node after a step (or [`Hosted::finish`]) panicked with `payload`, as the
     /// main loop's task does ([`supervisor::main_loop_panicked`]: `FatalError::Panicked` with
     /// task "main loop"), without finishing the failed main loop; then drops it, and only
-    /// then this main loop's guard of the "all tasks done" channel.
-    pub(crate) fn panicked(self, payload: &(dyn std::any::Any + Send)) {
-        supervisor::main_loop_panicked(&self.ends, payload);
+    /// then this main loop's guard of the "all tasks done" channel. Never unwinds
+    /// ([`Hosted::report_panic`]).
+    pub(crate) fn panicked(self, payload: Box<dyn std::any::Any + Send>) {
+        Self::report_panic(&self.ends, payload);
         let Hosted { core, ends, done, ticking } = self;
         drop(core);
         drop(ticking);
         drop(ends);
         drop(done);
+    }
+
+    /// Reports `payload` as a panic of the main loop ([`supervisor::main_loop_panicked`]), then
+    /// drops it; nothing unwinds out of it: a panicking report is logged and its own payload
+    /// dropped, and a payload whose drop panics is leaked ([`Hosted::drop_payload`]).
+    fn report_panic(ends: &supervisor::Inputs, payload: Box<dyn std::any::Any + Send>) {
+        let reported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            supervisor::main_loop_panicked(ends, payload.as_ref())
+        }));
+        if let Err(again) = reported {
+            let message = supervisor::panic_message(again.as_ref());
+            tracing::error!(%message, "reporting a main loop's panic panicked");
+            Self::drop_payload(again);
+        }
+        Self::drop_payload(payload);
     }
 
     /// The node's tick settings: a host's ticker sends the group `Input::Tick` when its pacer
