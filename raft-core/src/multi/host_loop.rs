@@ -22,6 +22,17 @@
 //! panic of a group reaches the loop's own `catch_unwind` (which would drop every group). A group whose main loop must stop, or whose input queue is
 //! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
 //!
+//! A group's log writes are the loop's too (plan S2, inline writes): its node has no log
+//! writer task. A step starts a write itself when none is in flight (finished in the step if
+//! the store is done at the first poll) and queues the batches issued while one is; in the
+//! group's turn the loop polls the write in flight with the group's waker, first (its report,
+//! `Input::Persisted`, is the step's first input, counted as one against the budget, and the
+//! batches queued behind it start at once, merged) and again after every step (a write
+//! started in the step was polled only with a noop waker: this poll registers the group's
+//! waker; a write found ended queues the group again). A group that stops with a write in
+//! flight hands it to a task that awaits it, so that `Node::shutdown` returns only after the
+//! store's call returned.
+//!
 //! A step runs in the loop's task: a group's blocking network or store callback stalls the
 //! whole loop (every group of the host), where in tasks mode it stalls one worker.
 //!
@@ -182,8 +193,11 @@ struct Group {
     wake: Arc<GroupWake>,
     waker: Waker,
     /// An input taken from the queue after a step (when polling to register the waker found
-    /// one): the first input of the group's next step.
+    /// one): the first input of the group's next step (after `written`).
     next: Option<Input>,
+    /// The report of the group's log write, found ended when polling it after a step: the
+    /// first input of the group's next step.
+    written: Option<Input>,
 }
 
 /// How a group's turn in a pass went.
@@ -195,11 +209,16 @@ enum Turn {
 }
 
 impl Group {
-    /// The group's turn in a pass: one step, at most `room` inputs.
+    /// The group's turn in a pass: one step, at most `room` inputs. Its first input is the
+    /// report of its log write if that ended, else the next of its input queue.
     fn turn(&mut self, room: usize) -> Result<Turn, End> {
         self.wake.clear();
         let mut cx = Context::from_waker(&self.waker);
-        let first = match self.next.take() {
+        let written = match self.written.take() {
+            Some(report) => Some(report),
+            None => poll_log_write(&mut self.hosted, &mut cx)?,
+        };
+        let first = match written.or_else(|| self.next.take()) {
             Some(input) => input,
             None => match self.receiver.as_mut().poll_next(&mut cx) {
                 Poll::Pending => return Ok(Turn::Idle),
@@ -208,10 +227,11 @@ impl Group {
             },
         };
         let receiver = &self.receiver;
+        let next = &mut self.next;
         // Messages taken from the queue: the count of a step that panicked (which reports none).
         let mut messages = 1;
         let mut more = || {
-            let input = receiver.try_recv().ok();
+            let input = next.take().or_else(|| receiver.try_recv().ok());
             messages += usize::from(input.is_some());
             input
         };
@@ -225,6 +245,19 @@ impl Group {
             Ok(step) => step.inputs.max(1),
             Err(payload) => return Err(End::Panicked(messages, payload)),
         };
+        // Polls the log write with the group's waker: a write the step started was polled only
+        // with a noop waker, and nothing else would wake the group when it ends.
+        if let Some(report) =
+            poll_log_write(&mut self.hosted, &mut cx).map_err(|end| end.after(taken))?
+        {
+            self.written = Some(report);
+            self.wake.queue();
+        }
+        if self.next.is_some() {
+            // The step had no room for the input taken last turn: the group goes on.
+            self.wake.queue();
+            return Ok(Turn::Stepped(taken));
+        }
         // Registers the waker for the next input, or finds it already there.
         match self.receiver.as_mut().poll_next(&mut cx) {
             Poll::Pending => {}
@@ -240,8 +273,8 @@ impl Group {
     /// Ends the group: finishes its main loop (or reports its panic), each under
     /// `catch_unwind`, then drops it. Returns how many inputs its last step took.
     fn end(self, end: End) -> usize {
-        let Group { hosted, receiver, wake, waker, next } = self;
-        drop((receiver, waker, wake, next));
+        let Group { hosted, receiver, wake, waker, next, written } = self;
+        drop((receiver, waker, wake, next, written));
         match end {
             End::Finish(taken) => {
                 hosted.finish_supervised();
@@ -256,12 +289,29 @@ impl Group {
     }
 }
 
+/// Polls a group's log write in flight with `cx` ([`Hosted::poll_log_write`]: a panic in the
+/// store is its report), under `catch_unwind` as a step (a metrics recorder's panic).
+fn poll_log_write(hosted: &mut Hosted, cx: &mut Context<'_>) -> Result<Option<Input>, End> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| hosted.poll_log_write(cx)))
+        .map_err(|payload| End::Panicked(0, payload))
+}
+
 /// Why a group leaves the loop.
 enum End {
     /// Its main loop must stop (after a step over this many inputs) or its queue is closed.
     Finish(usize),
-    /// Its step over this many inputs panicked.
+    /// Its step over this many inputs panicked (or polling its log write did, after it).
     Panicked(usize, Box<dyn std::any::Any + Send>),
+}
+
+impl End {
+    /// The end, when it came after a step over `taken` inputs.
+    fn after(self, taken: usize) -> End {
+        match self {
+            End::Finish(n) => End::Finish(n.max(taken)),
+            End::Panicked(n, payload) => End::Panicked(n.max(taken), payload),
+        }
+    }
 }
 
 /// A slot of the loop's table: boxed, so that growing the table moves pointers and a free
@@ -289,7 +339,8 @@ impl Table {
         let wake = GroupWake::new(idx, ready.clone());
         let waker = Waker::from(wake.clone());
         let receiver = Box::pin(hosted.receiver());
-        let group = Group { hosted, receiver, wake: wake.clone(), waker, next: None };
+        let group =
+            Group { hosted, receiver, wake: wake.clone(), waker, next: None, written: None };
         self.groups[idx] = Some(Box::new(group));
         self.live += 1;
         wake.queue();
@@ -365,7 +416,7 @@ fn pass(shared: &Shared, table: &mut Table) {
                 taken
             }
             Err(end) => {
-                steps += u64::from(!matches!(end, End::Finish(0)));
+                steps += u64::from(!matches!(end, End::Finish(0) | End::Panicked(0, _)));
                 table.remove(idx).map_or(0, |group| (*group).end(end))
             }
         };

@@ -134,7 +134,8 @@ where
     /// Starts the node as [`NodeBuilder::start`] does, except for its main loop: returns the
     /// node's handle and its main loop, which does nothing until its runner (a host loop) runs
     /// it. Every other task of the node (ticker included) is spawned on the builder's runtime
-    /// as `start` does.
+    /// as `start` does, except the log writer: the main loop writes inline, and the host loop
+    /// polls its writes (plan S2).
     pub(crate) async fn start_hosted(self) -> Result<(Node, super::Hosted), StartError> {
         let options = Options {
             snapshots: self.snapshots,
@@ -142,7 +143,9 @@ where
             metric_labels: self.metric_labels,
         };
         let (config, store, network) = (self.config, self.store, self.network);
-        Node::prepare(config, store, network, self.state_machine, self.runtime, options, true).await
+        let runner = super::Runner::HOST_LOOP;
+        Node::prepare(config, store, network, self.state_machine, self.runtime, options, runner)
+            .await
     }
 }
 

@@ -15,7 +15,7 @@ use super::inbox::Proposed;
 use super::peer::PeerQueue;
 use super::probe::LatencyProbe;
 use super::supervisor::Inputs;
-use super::writer::{StartWrite, WriteRequest, WriterMsg, Written};
+use super::writer::{InlineWriter, StartWrite, WriteRequest, WriterMsg, Written};
 use super::{membership, Input, PeerFactory, PendingRead, Proposal, ProposeReply};
 use crate::engine::{
     Action, Engine, FirstAfter, MembershipProgress, MembershipRefusal, ProposeRefusal, ReadId,
@@ -74,11 +74,12 @@ pub(super) struct CoreLoop {
     engine: Engine,
     /// The input queue, and what the node publishes when it stops.
     inputs: Arc<Inputs>,
-    /// The log writer task, for writes issued while another one is in progress.
-    writer: Sender<WriterMsg>,
+    /// The log writer task, for writes issued while another one is in progress, or (in a
+    /// host loop) the writes in flight and queued, kept here.
+    writer: LogWriter,
     /// Starts a store write in this task (when nothing else is being written).
     start_write: StartWrite,
-    /// The sequence number of the last batch handed to the log writer task (the task is idle
+    /// The sequence number of the last batch handed to the log writer (the task is idle
     /// once it is durable).
     writer_seq: u64,
     applier: Sender<ApplyMsg>,
@@ -136,9 +137,31 @@ pub(super) struct CoreLoop {
     pacer: super::ticker::Pacer,
 }
 
+/// Where a node's log writes go once they are not done at the first poll.
+pub(super) enum LogWriter {
+    /// Tasks mode: to the node's log writer task ([`super::writer::run`]).
+    Task(Sender<WriterMsg>),
+    /// A host loop runs the main loop: kept here, and polled by the host loop
+    /// ([`CoreLoop::poll_log_write`]); the node has no log writer task.
+    Inline(InlineWriter),
+}
+
+impl LogWriter {
+    /// Lets nothing more reach the store (the task's queue closed, or the inline writer's
+    /// queued batches dropped).
+    fn close(&mut self) {
+        match self {
+            LogWriter::Task(queue) => {
+                queue.close();
+            }
+            LogWriter::Inline(inline) => inline.close(),
+        }
+    }
+}
+
 /// Where the main loop sends its work: the log writer, the applier and the peers' sender tasks.
 pub(super) struct Outlets {
-    pub(super) writer: Sender<WriterMsg>,
+    pub(super) writer: LogWriter,
     pub(super) start_write: StartWrite,
     pub(super) applier: Sender<ApplyMsg>,
     pub(super) peer_factory: PeerFactory,
@@ -849,6 +872,33 @@ impl CoreLoop {
         if self.stop.is_none() {
             self.stop = Some(Stop::Failed(FatalError::TaskEnded(task.to_owned())));
         }
+    }
+
+    /// Polls the log write in flight with `cx` (a host loop's group waker) and returns its
+    /// report once it ended (`Input::Persisted`, or `Input::Fatal` for a panic in the store),
+    /// starting the batches queued behind it (see [`InlineWriter::poll`]); the caller's next
+    /// step takes the report as its first input. `None` in tasks mode (the log writer task
+    /// reports through the input queue) and while the write is pending.
+    pub(super) fn poll_log_write(&mut self, cx: &mut std::task::Context<'_>) -> Option<Input> {
+        match &mut self.writer {
+            LogWriter::Task(_) => None,
+            LogWriter::Inline(inline) => inline.poll(cx),
+        }
+    }
+
+    /// Takes the log write in flight out (inline writes only), as a future that ends when the
+    /// store's call returned: whoever stops the node runs it to its end before the node counts
+    /// as stopped (as the log writer task finishes its write).
+    pub(super) fn take_log_write(&mut self) -> Option<futures::future::BoxFuture<'static, ()>> {
+        match &mut self.writer {
+            LogWriter::Task(_) => None,
+            LogWriter::Inline(inline) => inline.take_in_flight(),
+        }
+    }
+
+    /// The node's runtime.
+    pub(super) fn runtime(&self) -> Arc<dyn Runtime> {
+        self.clock.clone()
     }
 
     /// Stops the node's other tasks by closing their queues, and fails what is pending: the

@@ -3,6 +3,13 @@
 //! and its tick settings. Today the main loop's own task runs it ([`Hosted::spawn`], the one
 //! path of `NodeBuilder::start`); a host loop (plan S1) is to step many of them in one task.
 //! Either way the same methods run it, and nothing outside `node` sees the main loop's type.
+//!
+//! A main loop prepared for a host loop (`NodeBuilder::start_hosted`, plan S2) writes its log
+//! inline: no log writer task; the host loop polls the write in flight in the group's turn
+//! ([`Hosted::poll_log_write`]) and steps the group over its report. A group that stops with
+//! a write in flight hands it to a task of its own, which holds a guard of the "all tasks
+//! done" channel until the store's call returned: `Node::shutdown` waits for it, as for the
+//! log writer task in tasks mode.
 
 use std::sync::Arc;
 
@@ -90,6 +97,7 @@ impl Hosted {
     /// loop's guard of the "all tasks done" channel: `Node::shutdown` returns after all that.
     pub(crate) fn finish(self) {
         let Hosted { mut core, ends, done, ticking } = self;
+        Self::drain_log_write(&mut core, &done, &ticking);
         core.finish();
         drop(core);
         drop(ticking);
@@ -139,7 +147,15 @@ impl Hosted {
     /// ([`Hosted::report_panic`]).
     pub(crate) fn panicked(self, payload: Box<dyn std::any::Any + Send>) {
         Self::report_panic(&self.ends, payload);
-        let Hosted { core, ends, done, ticking } = self;
+        let Hosted { mut core, ends, done, ticking } = self;
+        // Never unwinds: a panic there (a runtime's spawn) is reported and its payload dropped.
+        let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::drain_log_write(&mut core, &done, &ticking)
+        }));
+        if let Err(again) = drained {
+            tracing::error!("handing a stopped group's log write to a task panicked");
+            Self::drop_payload(again);
+        }
         drop(core);
         drop(ticking);
         drop(ends);
@@ -159,6 +175,30 @@ impl Hosted {
             Self::drop_payload(again);
         }
         Self::drop_payload(payload);
+    }
+
+    /// Polls the main loop's log write in flight (inline writes, a host loop's group) with
+    /// `cx`, the group's waker: once it ended, returns its report (`Input::Persisted`, or
+    /// `Input::Fatal` if the store panicked: task "log writer"), which the caller makes the
+    /// first input of the group's next step (a step handles it as the log writer task's
+    /// report), and starts the batches queued behind it. `None` while it is pending (the
+    /// waker is then registered), with nothing in flight, and in tasks mode.
+    pub(crate) fn poll_log_write(&mut self, cx: &mut std::task::Context<'_>) -> Option<Input> {
+        self.core.poll_log_write(cx)
+    }
+
+    /// Hands the log write in flight (inline writes), if any, to a task of the node that
+    /// awaits it, holding a guard of the "all tasks done" channel: `Node::shutdown` returns
+    /// only after the store's call returned (its result is ignored: the node stops).
+    fn drain_log_write(core: &mut CoreLoop, done: &mpsc::Sender<()>, ticking: &Ticking) {
+        if let Some(write) = core.take_log_write() {
+            let spawner = Spawner {
+                runtime: core.runtime(),
+                done: done.clone(),
+                inputs: ticking.inputs.clone(),
+            };
+            spawner.spawn(Task::Other("log writer".to_owned()), write);
+        }
     }
 
     /// The node's tick settings: a host's ticker sends the group `Input::Tick` when its pacer

@@ -383,16 +383,18 @@ impl Node {
         R: Runtime,
     {
         let (node, hosted) =
-            Self::prepare(config, store, network, state_machine, runtime, options, true).await?;
+            Self::prepare(config, store, network, state_machine, runtime, options, Runner::TASK)
+                .await?;
         hosted.spawn(node.shared.runtime.clone());
         Ok(node)
     }
 
     /// Prepares a node: opens `store` (and the snapshot store), restores the state machine and
     /// loads the log as [`NodeBuilder::start`] says, spawns the node's tasks other than the
-    /// main loop (log writer, applier, snapshot tasks, peer senders; the ticker only if
-    /// `spawn_ticker`, at the place it always had among them, since the spawn order is part of
-    /// a deterministic simulation's schedule) and builds the main loop. Returns the node's
+    /// main loop (log writer unless `runner.inline_writes`, applier, snapshot tasks, peer
+    /// senders; the ticker only if `runner.spawn_ticker`, at the place it always had among
+    /// them, since the spawn order is part of a deterministic simulation's schedule) and
+    /// builds the main loop. Returns the node's
     /// handle and its main loop, which does nothing until its runner runs it: its own task
     /// ([`hosted::Hosted::spawn`]) or a host loop (which then also sends its ticks: plan S1).
     async fn prepare<S, N, M, R>(
@@ -402,7 +404,7 @@ impl Node {
         mut state_machine: M,
         runtime: R,
         options: builder::Options,
-        spawn_ticker: bool,
+        runner: Runner,
     ) -> Result<(Node, hosted::Hosted), StartError>
     where
         S: LogStore,
@@ -500,9 +502,18 @@ impl Node {
             }
         };
         let start_write = writer::start_write(store);
-        let writer =
-            writer::run(start_write.clone(), writer_rx, inputs_tx.clone(), metrics.clone());
-        spawn("log writer", writer.boxed());
+        let writer = if runner.inline_writes {
+            drop(writer_rx);
+            core_loop::LogWriter::Inline(writer::InlineWriter::new(
+                start_write.clone(),
+                metrics.clone(),
+            ))
+        } else {
+            let writer =
+                writer::run(start_write.clone(), writer_rx, inputs_tx.clone(), metrics.clone());
+            spawn("log writer", writer.boxed());
+            core_loop::LogWriter::Task(writer_tx)
+        };
         spawn(
             "applier (state machine)",
             applier::run(
@@ -521,7 +532,7 @@ impl Node {
             grid: ticker::quiesced_wake_grid(config.quiesce_check_interval),
             inputs: inputs_tx.clone(),
         };
-        if spawn_ticker {
+        if runner.spawn_ticker {
             let ticks = ticker::run(
                 ticking.pacer.clone(),
                 runtime.clone(),
@@ -542,12 +553,7 @@ impl Node {
             token,
             engine,
             ends.clone(),
-            core_loop::Outlets {
-                writer: writer_tx,
-                start_write,
-                applier: applier_tx,
-                peer_factory,
-            },
+            core_loop::Outlets { writer, start_write, applier: applier_tx, peer_factory },
             membership.clone(),
             runtime.clone(),
             core_loop::LoopMetrics::new(metrics.clone()),
@@ -899,4 +905,21 @@ async fn load_log<S: LogStore>(
         }
     }
     Ok(entries)
+}
+
+/// How a prepared node's main loop is to be run ([`Node::prepare`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Runner {
+    /// Spawn the node's ticker task.
+    pub(crate) spawn_ticker: bool,
+    /// The main loop writes the log inline, with no log writer task (a host loop runs it and
+    /// polls its writes: plan S2).
+    pub(crate) inline_writes: bool,
+}
+
+impl Runner {
+    /// The main loop's own task runs it (`NodeBuilder::start`).
+    pub(crate) const TASK: Runner = Runner { spawn_ticker: true, inline_writes: false };
+    /// A host loop runs it (`NodeBuilder::start_hosted`).
+    pub(crate) const HOST_LOOP: Runner = Runner { spawn_ticker: true, inline_writes: true };
 }

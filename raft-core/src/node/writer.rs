@@ -3,7 +3,14 @@
 //! store); a write still pending then, and every write issued while one is in progress, goes to
 //! the log writer task, which writes them in order, merging the batches that queue up while a
 //! write is in progress into one store call (group commit at the node level).
+//!
+//! A node whose main loop a host loop runs (`Host::with_loop`, plan S2) has no log writer
+//! task: its [`InlineWriter`] keeps the pending write and the batches queued behind it, and
+//! the host loop polls the write in the group's turn with the group's waker; the batches are
+//! merged by the same rule ([`merge_queued`]) and the write's report is handled by the main
+//! loop as the task's.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -89,8 +96,18 @@ impl Write {
         metrics: &NodeMetrics,
     ) -> Result<Option<Written>, FatalError> {
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        self.poll(&mut cx, metrics)
+    }
+
+    /// Polls the write once with `cx` (a panic in the store is caught, as in
+    /// [`Write::poll_once`]).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        metrics: &NodeMetrics,
+    ) -> Result<Option<Written>, FatalError> {
         let future = &mut self.future;
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
         match polled {
             Ok(Poll::Ready(result)) => Ok(Some(self.finish(metrics, result))),
             Ok(Poll::Pending) => Ok(None),
@@ -118,6 +135,29 @@ impl Write {
 /// At most this many entries go into one merged write.
 const MAX_MERGED_ENTRIES: usize = 65_536;
 
+/// Merges into `first` the batches `more` gives, in order, until it gives none or the merged
+/// batch holds [`MAX_MERGED_ENTRIES`] entries: one store call for the batches that queued up
+/// while a write was in progress (the log writer task's rule, and the inline writer's).
+fn merge_queued(
+    first: WriteRequest,
+    mut more: impl FnMut() -> Option<WriteRequest>,
+) -> WriteRequest {
+    let WriteRequest { mut seq, mut batch } = first;
+    while batch.entries.len() < MAX_MERGED_ENTRIES {
+        match more() {
+            Some(next) => {
+                seq = next.seq;
+                batch.merge(next.batch);
+            }
+            None => break,
+        }
+    }
+    WriteRequest { seq, batch }
+}
+
+/// The log writer task (tasks mode): writes the batches the main loop hands it, in order,
+/// merging those queued behind each other, and reports each write as `Input::Persisted`.
+/// Ends when its queue is closed, the node's input queue is closed, or a write failed.
 pub(super) async fn run(
     start: StartWrite,
     requests: Receiver<WriterMsg>,
@@ -136,25 +176,19 @@ pub(super) async fn run(
         let write = match message {
             WriterMsg::Started(write) => write,
             WriterMsg::Batch(first) => {
-                let mut seq = first.seq;
-                let mut batch = first.batch;
-                while batch.entries.len() < MAX_MERGED_ENTRIES {
-                    match requests.try_recv() {
-                        Ok(WriterMsg::Batch(more)) => {
-                            seq = more.seq;
-                            batch.merge(more.batch);
-                        }
-                        Ok(started @ WriterMsg::Started(_)) => {
-                            // Unreachable: the main loop starts a write itself only when no
-                            // write is outstanding, so a started one never follows a queued
-                            // batch (its store call began first and must finish first).
-                            debug_assert!(false, "a started write queued behind a batch");
-                            next = Some(started);
-                            break;
-                        }
-                        Err(_) => break,
+                let more = || match requests.try_recv() {
+                    Ok(WriterMsg::Batch(more)) => Some(more),
+                    Ok(started @ WriterMsg::Started(_)) => {
+                        // Unreachable: the main loop starts a write itself only when no
+                        // write is outstanding, so a started one never follows a queued
+                        // batch (its store call began first and must finish first).
+                        debug_assert!(false, "a started write queued behind a batch");
+                        next = Some(started);
+                        None
                     }
-                }
+                    Err(_) => None,
+                };
+                let WriteRequest { seq, batch } = merge_queued(first, more);
                 Write::start(&start, &metrics, seq, batch)
             }
         };
@@ -165,6 +199,102 @@ pub(super) async fn run(
             // The node stopped, or the store failed: nothing more may be acknowledged.
             return;
         }
+    }
+}
+
+/// The log writes of a node whose main loop a host loop runs (plan S2): no log writer task.
+/// At most one write is in flight, kept here; the batches issued meanwhile queue here and go
+/// to the store merged into one call (the task's rule, [`merge_queued`]) once it ended. The
+/// host loop polls the write in the group's turn ([`InlineWriter::poll`]), with the group's
+/// waker, and the main loop handles the report as the task's. After a failed (or panicked)
+/// write nothing more reaches the store, as the task ends after one.
+pub(super) struct InlineWriter {
+    start: StartWrite,
+    metrics: Arc<NodeMetrics>,
+    /// The write handed to the store and not ended yet.
+    in_flight: Option<Write>,
+    /// Batches issued while a write is in flight, in order.
+    queued: VecDeque<WriteRequest>,
+    /// A write failed (or the node stops): no more store calls.
+    closed: bool,
+}
+
+impl InlineWriter {
+    /// A writer with nothing in flight.
+    pub(super) fn new(start: StartWrite, metrics: Arc<NodeMetrics>) -> Self {
+        Self { start, metrics, in_flight: None, queued: VecDeque::new(), closed: false }
+    }
+
+    /// Whether a write is in flight (a new batch must then queue behind it).
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Keeps `write`, started by the main loop and found pending at its first poll, in flight.
+    pub(super) fn started(&mut self, write: Write) {
+        debug_assert!(self.in_flight.is_none() && self.queued.is_empty());
+        if self.closed {
+            return; // unreachable: the main loop starts no write once the writer is closed
+        }
+        self.in_flight = Some(write);
+    }
+
+    /// Queues `request` behind the write in flight. Dropped once the writer is closed.
+    pub(super) fn queue(&mut self, request: WriteRequest) {
+        if !self.closed {
+            self.queued.push_back(request);
+        }
+    }
+
+    /// Lets nothing more reach the store (a write failed, or the node stops): the queued
+    /// batches are dropped; a write in flight stays (see [`InlineWriter::take_in_flight`]).
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+        self.queued.clear();
+    }
+
+    /// Whether the writer is closed.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Polls the write in flight with `cx` (a panic in the store is caught, as in
+    /// [`Write::poll_once`]). When it ended, returns its report, `Input::Persisted` (or
+    /// `Input::Fatal` for a panic: task "log writer", as the task reports one), and starts
+    /// the batches queued behind it, merged, without polling them yet; after a failure,
+    /// nothing more.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Option<Input> {
+        let write = self.in_flight.as_mut()?;
+        let polled = write.poll(cx, &self.metrics);
+        let report = match polled {
+            Ok(None) => return None,
+            Ok(Some(Written { seq, written, result, ended })) => {
+                if result.is_err() {
+                    self.close();
+                }
+                Input::Persisted { seq, written, result, ended }
+            }
+            Err(panicked) => {
+                self.close();
+                Input::Fatal(panicked)
+            }
+        };
+        self.in_flight = None;
+        if !self.closed {
+            if let Some(first) = self.queued.pop_front() {
+                let queued = &mut self.queued;
+                let WriteRequest { seq, batch } = merge_queued(first, || queued.pop_front());
+                self.in_flight = Some(Write::start(&self.start, &self.metrics, seq, batch));
+            }
+        }
+        Some(report)
+    }
+
+    /// Takes the write in flight out, as a future that ends when the store's call returned
+    /// (its result ignored: the node stops). `Node::shutdown` must not return before it did.
+    pub(super) fn take_in_flight(&mut self) -> Option<BoxFuture<'static, ()>> {
+        let write = self.in_flight.take()?;
+        Some(write.future.map(drop).boxed())
     }
 }
 

@@ -10,6 +10,7 @@ use super::super::applier::ApplyMsg;
 use super::super::snapshot::{SnapOp, SnapOpRequest, SnapshotInput};
 use super::super::writer::{Write, WriteRequest, WriterMsg};
 use super::CoreLoop;
+use super::LogWriter;
 use crate::engine::Action;
 use crate::error::FatalError;
 use crate::snapshot::SnapshotMeta;
@@ -61,13 +62,18 @@ impl CoreLoop {
     }
 
     /// Writes a batch: at once, in this task, if nothing else is being written (finished in
-    /// this step if the store is done at the first poll, else handed to the log writer task);
-    /// else through the log writer task, behind the writes in progress. Its queue holds only
-    /// batches of entries that the in-memory log holds anyway; it cannot be full, only closed
-    /// (the writer ended).
+    /// this step if the store is done at the first poll, else handed to the log writer task,
+    /// or kept in flight by the inline writer of a host loop's group); else through the log
+    /// writer task (or the inline writer's queue), behind the writes in progress. The task's
+    /// queue holds only batches of entries that the in-memory log holds anyway; it cannot be
+    /// full, only closed (the writer ended).
     fn write_log(&mut self, request: WriteRequest) {
         let seq = request.seq;
-        let message = if self.writer_seq <= self.durable_seq && self.stop.is_none() {
+        let idle = match &self.writer {
+            LogWriter::Task(_) => self.writer_seq <= self.durable_seq,
+            LogWriter::Inline(inline) => !inline.busy() && !inline.is_closed(),
+        };
+        let message = if idle && self.stop.is_none() {
             let metrics = &self.metrics.node;
             let mut write = Write::start(&self.start_write, metrics, request.seq, request.batch);
             match write.poll_once(metrics) {
@@ -88,8 +94,23 @@ impl CoreLoop {
             WriterMsg::Batch(request)
         };
         self.writer_seq = seq;
-        if self.writer.try_send(message).is_err() {
-            self.lost("log writer");
+        match &mut self.writer {
+            LogWriter::Task(queue) => {
+                if queue.try_send(message).is_err() {
+                    self.lost("log writer");
+                }
+            }
+            LogWriter::Inline(inline) => {
+                if inline.is_closed() {
+                    // As the task's closed queue: the writer ended after a failure.
+                    self.lost("log writer");
+                    return;
+                }
+                match message {
+                    WriterMsg::Started(write) => inline.started(write),
+                    WriterMsg::Batch(request) => inline.queue(request),
+                }
+            }
         }
     }
 
