@@ -6,17 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::multi::{AddGroupError, GroupHealth, RemoveGroupError};
 use raft_core::{
-    Bytes, Entry, Envelope, FatalError, GroupId, Host, LogId, Membership, MembershipChange,
-    Network, NetworkError, Node, NodeId, NodeInfo, Role, RpcError, RpcHandler, RpcRequest,
-    RpcResponse, Runtime, SnapshotMeta, SnapshotStream, StateMachine, StateMachineError,
-    TimeoutNowRequest,
+    Bytes, DurableState, Entry, Envelope, FatalError, GroupId, Host, LogId, LogIndex, LogStore,
+    Membership, MembershipChange, Network, NetworkError, Node, NodeId, NodeInfo, Role, RpcError,
+    RpcHandler, RpcRequest, RpcResponse, Runtime, SnapshotMeta, SnapshotStream, StateMachine,
+    StateMachineError, StorageError, TimeoutNowRequest, WriteBatch,
 };
 use raft_mem::harness::{test_config, RecordingStateMachine};
 use raft_mem::{MemEndpoint, MemLogStore, MemNetwork, MemSnapshotStore};
@@ -136,11 +136,22 @@ impl<R: Runtime + Clone> Hosts<R> {
         group: GroupId,
         state_machine: Poisonable,
     ) -> raft_core::NodeBuilder<MemLogStore, GroupNetwork, Poisonable, R> {
+        self.builder_on(id, group, state_machine, MemLogStore::new())
+    }
+
+    /// The builder of group `group`'s node on host `id`, on log store `store`.
+    fn builder_on<S: LogStore>(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        state_machine: Poisonable,
+        store: S,
+    ) -> raft_core::NodeBuilder<S, GroupNetwork, Poisonable, R> {
         self.records.insert((id, group), state_machine.record.clone());
         let panic_on_members = Arc::new(AtomicBool::new(false));
         self.bombs.insert((id, group), panic_on_members.clone());
         let network = GroupNetwork { inner: self.endpoints[&id].clone(), panic_on_members };
-        Node::builder(test_config(id), MemLogStore::new(), network, state_machine, self.rt.clone())
+        Node::builder(test_config(id), store, network, state_machine, self.rt.clone())
             .snapshot_store(MemSnapshotStore::new())
             .bootstrap(Membership::with_voters(HOSTS))
     }
@@ -449,8 +460,182 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
     }
 }
 
+/// A log store (in memory) whose every write is pending at its first poll (it yields once, so
+/// that the runner of the main loop, a host loop or the log writer task, finishes it), whose
+/// `fail_at`-th write (counting from 1) fails or panics, and whose writes sleep `slow` once
+/// switched on. Counts the writes started and those whose call returned.
+#[derive(Clone)]
+struct FaultyStore {
+    inner: MemLogStore,
+    rt: Arc<dyn Runtime>,
+    fail_at: Option<(usize, Fault)>,
+    slow: Arc<AtomicBool>,
+    started: Arc<AtomicUsize>,
+    returned: Arc<AtomicUsize>,
+}
+
+/// How a [`FaultyStore`]'s write fails.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Error,
+    Panic,
+}
+
+impl FaultyStore {
+    fn new(rt: Arc<dyn Runtime>, fail_at: Option<(usize, Fault)>) -> Self {
+        Self {
+            inner: MemLogStore::new(),
+            rt,
+            fail_at,
+            slow: Arc::default(),
+            started: Arc::default(),
+            returned: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl LogStore for FaultyStore {
+    async fn open(&self) -> Result<DurableState, StorageError> {
+        self.inner.open().await
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let nth = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        raft_core::yield_now().await;
+        if self.slow.load(Ordering::SeqCst) {
+            self.rt.sleep(Duration::from_millis(300)).await;
+        }
+        let result = match self.fail_at {
+            Some((at, Fault::Error)) if nth == at => {
+                Err(StorageError::Corrupt("write 5 fails".to_owned()))
+            }
+            Some((at, Fault::Panic)) if nth == at => panic!("write 5 panics"),
+            _ => self.inner.write(batch).await,
+        };
+        self.returned.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    async fn read(
+        &self,
+        range: std::ops::Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.inner.read(range, max_bytes).await
+    }
+
+    async fn purge(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        self.inner.purge(up_to).await
+    }
+
+    async fn reset(&self, last_included: LogId) -> Result<(), StorageError> {
+        self.inner.reset(last_included).await
+    }
+}
+
+/// S2 (inline writes): group 2's log store on host 1 fails (or panics) at its 5th write, every
+/// write of it finishing after its first poll (in looped mode, in the host loop's poll). That
+/// group stops on host 1 with the store's error (a panic as the log writer's, as in tasks
+/// mode); its neighbours on host 1 keep committing, and group 2 goes on with its other voters.
+async fn a_failing_log_store_stops_its_group_alone<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+    fault: Fault,
+) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    for group in GROUPS {
+        for id in HOSTS {
+            let builder = if (id, group) == (1, 2) {
+                let store = FaultyStore::new(Arc::new(rt.clone()), Some((5, fault)));
+                let builder = hosts.builder_on(id, group, Poisonable::default(), store);
+                hosts.hosts[&id].add_group(group, builder).await
+            } else {
+                let builder = hosts.builder(id, group, Poisonable::default());
+                hosts.hosts[&id].add_group(group, builder).await
+            };
+            builder.unwrap();
+        }
+    }
+    let host = hosts.hosts[&1].clone();
+    within(&rt, "group 2 failing on host 1", async {
+        let mut n = 0u32;
+        while host.failed_groups().is_empty() {
+            n += 1;
+            let leader = hosts.leader(2).await;
+            let _ = hosts.node(leader, 2).write(Bytes::from(format!("w{n}"))).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match (&failed[0], fault) {
+        ((2, FatalError::Storage(error)), Fault::Error) => {
+            assert!(error.to_string().contains("write 5 fails"), "{error}")
+        }
+        ((2, FatalError::Panicked { task, message }), Fault::Panic) => {
+            assert_eq!(task, "log writer");
+            assert!(message.contains("write 5 panics"), "{message}");
+        }
+        other => panic!("expected group 2 to fail with its store ({fault:?}), got {other:?}"),
+    }
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+    }
+    hosts.write(2, b"survivors").await;
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert_eq!(removed.len(), GROUPS.len());
+    }
+}
+
+/// S2 (inline writes): `Node::shutdown` of a group whose log write is in flight on a slow
+/// store returns only after the store's write call returned (in looped mode a task finishes
+/// it, as the log writer task does in tasks mode).
+async fn shutdown_waits_for_a_log_write_in_flight<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    let store = FaultyStore::new(Arc::new(rt.clone()), None);
+    for id in HOSTS {
+        let builder = if id == 1 {
+            let builder = hosts.builder_on(id, 1, Poisonable::default(), store.clone());
+            hosts.hosts[&id].add_group(1, builder).await
+        } else {
+            let builder = hosts.builder(id, 1, Poisonable::default());
+            hosts.hosts[&id].add_group(1, builder).await
+        };
+        builder.unwrap();
+    }
+    hosts.write(1, b"before").await;
+    hosts.applied_everywhere(1, b"before").await;
+    store.slow.store(true, Ordering::SeqCst);
+    let in_flight = || store.started.load(Ordering::SeqCst) > store.returned.load(Ordering::SeqCst);
+    let node = hosts.node(1, 1);
+    within(&rt, "a write in flight on host 1", async {
+        let mut n = 0u32;
+        while !in_flight() {
+            n += 1;
+            let leader = hosts.leader(1).await;
+            // Appended (hence written) on every host; the answer is not awaited.
+            let _ = hosts.node(leader, 1).propose(Bytes::from(format!("p{n}"))).await;
+            rt.sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    within(&rt, "the group's shutdown", node.shutdown()).await;
+    assert!(!in_flight(), "Node::shutdown returned with a log write in flight");
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
 mod tokio_rt {
-    use super::Mode;
+    use super::{Fault, Mode};
 
     fn rt() -> raft_core::runtime::TokioRuntime {
         raft_core::runtime::TokioRuntime::current().unwrap()
@@ -505,10 +690,40 @@ mod tokio_rt {
     async fn a_payload_whose_drop_panics_stops_its_group_alone_looped() {
         super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Loop).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_log_store_stops_its_group_alone() {
+        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Tasks, Fault::Error).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_log_store_stops_its_group_alone_looped() {
+        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Error).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_log_store_stops_its_group_alone() {
+        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Tasks, Fault::Panic).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_log_store_stops_its_group_alone_looped() {
+        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Panic).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_waits_for_a_log_write_in_flight() {
+        super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_waits_for_a_log_write_in_flight_looped() {
+        super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop).await;
+    }
 }
 
 mod smol_rt {
-    use super::Mode;
+    use super::{Fault, Mode};
 
     fn rt() -> raft_core::runtime::SmolRuntime {
         raft_core::runtime::SmolRuntime::global()
@@ -542,6 +757,23 @@ mod smol_rt {
     #[test]
     fn a_panicking_step_stops_its_group_alone_looped() {
         smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_failing_log_store_stops_its_group_alone_looped() {
+        let run = super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Error);
+        smol::block_on(run);
+    }
+
+    #[test]
+    fn a_panicking_log_store_stops_its_group_alone_looped() {
+        let run = super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Panic);
+        smol::block_on(run);
+    }
+
+    #[test]
+    fn shutdown_waits_for_a_log_write_in_flight_looped() {
+        smol::block_on(super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop));
     }
 }
 

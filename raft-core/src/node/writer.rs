@@ -406,4 +406,134 @@ mod tests {
             _ => panic!("expected the writer's panic"),
         }
     }
+
+    /// A store whose writes record their batch's term when started and wait for `gate` (the
+    /// first one taken from it), failing if the term is in `fail`.
+    fn gated_store(
+        calls: &Arc<Mutex<Vec<Option<u64>>>>,
+        gate: futures::channel::oneshot::Receiver<()>,
+        fail: &'static [u64],
+    ) -> StartWrite {
+        let calls = calls.clone();
+        let gate = Arc::new(Mutex::new(Some(gate)));
+        Arc::new(move |batch: WriteBatch| {
+            let term = batch.hard_state.map(|h| h.current_term);
+            calls.lock().unwrap().push(term);
+            let gate = gate.lock().unwrap().take();
+            async move {
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                match term {
+                    Some(t) if fail.contains(&t) => Err(StorageError::Corrupt(format!("{t}"))),
+                    _ => Ok(()),
+                }
+            }
+            .boxed()
+        })
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn report(input: Option<Input>) -> (u64, u64, bool) {
+        match input {
+            Some(Input::Persisted { seq, written, result, .. }) => {
+                (seq, term_of(&written), result.is_ok())
+            }
+            _ => panic!("a write report expected"),
+        }
+    }
+
+    /// Inline (a host loop's group): a write pending at its first poll stays in flight, the
+    /// batches issued meanwhile wait (nothing reaches the store before it returned), then go
+    /// to the store merged into one call; the poller's waker is woken when the write ends, and
+    /// the reports come in order.
+    #[test]
+    fn inline_a_pending_write_finishes_before_later_batches_merged() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = futures::channel::oneshot::channel::<()>();
+        let start = gated_store(&calls, gate, &[]);
+        let metrics = metrics();
+        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
+        let mut first = Write::start(&start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        inline.started(first);
+        assert!(inline.busy());
+        inline.queue(WriteRequest { seq: 2, batch: batch(2) });
+        inline.queue(WriteRequest { seq: 3, batch: batch(3) });
+        let count = Arc::new(Count(Default::default()));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(inline.poll(&mut cx).is_none());
+        assert_eq!(*calls.lock().unwrap(), [Some(1)], "a later batch reached the store first");
+        open.send(()).unwrap();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1, "the poller's waker");
+        assert_eq!(report(inline.poll(&mut cx)), (1, 1, true));
+        assert!(inline.busy(), "the queued batches start at once");
+        assert_eq!(report(inline.poll(&mut cx)), (3, 3, true));
+        assert_eq!(*calls.lock().unwrap(), [Some(1), Some(3)]);
+        assert!(!inline.busy());
+        assert!(inline.poll(&mut cx).is_none());
+    }
+
+    /// Inline: after a failed write nothing more reaches the store (as the task ends).
+    #[test]
+    fn inline_after_a_failed_write_nothing_more_reaches_the_store() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = futures::channel::oneshot::channel::<()>();
+        let start = gated_store(&calls, gate, &[1]);
+        let metrics = metrics();
+        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
+        let mut first = Write::start(&start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        inline.started(first);
+        inline.queue(WriteRequest { seq: 2, batch: batch(2) });
+        open.send(()).unwrap();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        assert_eq!(report(inline.poll(&mut cx)), (1, 1, false));
+        assert!(inline.is_closed() && !inline.busy());
+        inline.queue(WriteRequest { seq: 3, batch: batch(3) });
+        assert!(inline.poll(&mut cx).is_none());
+        assert!(inline.take_in_flight().is_none());
+        assert_eq!(*calls.lock().unwrap(), [Some(1)]);
+    }
+
+    /// Inline: a store panic while the host loop polls is the log writer's; nothing more.
+    #[test]
+    fn inline_a_store_panic_is_reported_as_the_writers() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (open, gate) = futures::channel::oneshot::channel::<()>();
+        let gated = gated_store(&calls, gate, &[]);
+        let start: StartWrite = Arc::new(move |batch: WriteBatch| {
+            let write = gated(batch);
+            async move {
+                let _ = write.await;
+                panic!("disk on fire")
+            }
+            .boxed()
+        });
+        let metrics = metrics();
+        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
+        let mut first = Write::start(&start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        inline.started(first);
+        inline.queue(WriteRequest { seq: 2, batch: batch(2) });
+        open.send(()).unwrap();
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match inline.poll(&mut cx) {
+            Some(Input::Fatal(FatalError::Panicked { task, message })) => {
+                assert_eq!((task.as_str(), message.as_str()), ("log writer", "disk on fire"));
+            }
+            _ => panic!("expected the writer's panic"),
+        }
+        assert!(inline.poll(&mut cx).is_none());
+        assert_eq!(*calls.lock().unwrap(), [Some(1)]);
+    }
 }
