@@ -634,6 +634,54 @@ async fn shutdown_waits_for_a_log_write_in_flight<R: Runtime + Clone>(rt: R, mod
     }
 }
 
+/// S2 (inline writes): a lone voter's group on a store whose writes are pending at their
+/// first poll commits write after write without waiting for ticks (250 ms apart here): in
+/// looped mode the host loop polls the write with the group's waker after the step that
+/// started it (nothing else but a tick would wake a lone leader). 20 writes take well under
+/// a second (with a tick's wait each, about 2.5 s).
+async fn a_lone_group_commits_on_a_store_pending_at_first_poll<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+) {
+    let host: Host = match mode {
+        Mode::Tasks => Host::new(1),
+        Mode::Loop => Host::with_loop(1, rt.clone()),
+    };
+    let network = MemNetwork::new();
+    network.serve(1, Arc::new(host.clone()));
+    let store = FaultyStore::new(Arc::new(rt.clone()), None);
+    let mut config = test_config(1);
+    config.tick_interval = Duration::from_millis(250);
+    config.heartbeat_interval = Duration::from_millis(250);
+    config.election_timeout_min = Duration::from_millis(300);
+    config.election_timeout_max = Duration::from_millis(600);
+    let builder = Node::builder(
+        config,
+        store.clone(),
+        network.endpoint(1),
+        RecordingStateMachine::default(),
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters([1]));
+    let node = host.add_group(1, builder).await.unwrap();
+    within(&rt, "the lone voter leading", async {
+        while node.status().role != Role::Leader {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let start = rt.now();
+    for n in 0..20u32 {
+        let command = Bytes::from(format!("c{n}"));
+        let answer = within(&rt, "a lone write", node.write(command.clone())).await;
+        assert_eq!(answer.unwrap(), command);
+    }
+    let took = rt.now() - start;
+    assert!(took < Duration::from_secs(1), "20 writes took {took:?}: were they left to ticks?");
+    assert!(store.returned.load(Ordering::SeqCst) >= 20);
+    within(&rt, "host shutdown", host.shutdown()).await;
+}
+
 mod tokio_rt {
     use super::{Fault, Mode};
 
@@ -712,6 +760,16 @@ mod tokio_rt {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_group_commits_on_a_store_pending_at_first_poll() {
+        super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_group_commits_on_a_store_pending_at_first_poll_looped() {
+        super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_waits_for_a_log_write_in_flight() {
         super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Tasks).await;
     }
@@ -768,6 +826,12 @@ mod smol_rt {
     #[test]
     fn a_panicking_log_store_stops_its_group_alone_looped() {
         let run = super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Panic);
+        smol::block_on(run);
+    }
+
+    #[test]
+    fn a_lone_group_commits_on_a_store_pending_at_first_poll_looped() {
+        let run = super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Loop);
         smol::block_on(run);
     }
 
