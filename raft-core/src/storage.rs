@@ -36,9 +36,12 @@ use crate::types::{Entry, LogId, LogIndex};
 ///
 /// **The futures must not block the thread that polls them.** The node polls a `write` once
 /// from its main loop (a store that is done at once, like an in-memory one, finishes there
-/// without a task hop) and only then hands it to its log writer task; a store that does
-/// blocking IO inside the future (`std::fs` plus `sync_all`, a synchronous database call)
-/// would stall the main loop, hence heartbeats and votes, for the length of each sync. Do
+/// without a task hop) and only then hands it to its log writer task; in a looped host
+/// ([`Host::with_loop`](crate::multi::Host::with_loop)) the node has no log writer task: the
+/// host loop polls the write in the group's turns, in the one task that steps every group of
+/// the host, until it is done. A store that does blocking IO inside the future (`std::fs`
+/// plus `sync_all`, a synchronous database call) would stall the main loop (in a looped host,
+/// every group of the host), hence heartbeats and votes, for the length of each sync. Do
 /// blocking work on a thread of the store's own and await its completion, as `raft-lmdb` does
 /// (one writer thread, answers through a channel), or through the runtime's blocking pool.
 #[async_trait]
