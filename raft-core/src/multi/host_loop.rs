@@ -198,13 +198,21 @@ impl Group {
     /// The group's turn in a pass: one step, at most `room` inputs.
     fn turn(&mut self, room: usize) -> Result<Turn, End> {
         self.wake.clear();
-        let mut cx = Context::from_waker(&self.waker);
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
         let first = match self.next.take() {
             Some(input) => input,
-            None => match self.receiver.as_mut().poll_next(&mut cx) {
-                Poll::Pending => return Ok(Turn::Idle),
-                Poll::Ready(None) => return Err(End::Finish(0)),
-                Poll::Ready(Some(input)) => input,
+            None => match self.poll_input(&mut cx)? {
+                Some(input) => input,
+                None => {
+                    // Woken by its peer senders (an RPC ended, a request was taken), or
+                    // spuriously: they run, and an answer they queued is stepped over now.
+                    self.poll_peers(&mut cx, 0)?;
+                    match self.poll_input(&mut cx)? {
+                        Some(input) => input,
+                        None => return Ok(Turn::Idle),
+                    }
+                }
             },
         };
         let receiver = &self.receiver;
@@ -225,6 +233,9 @@ impl Group {
             Ok(step) => step.inputs.max(1),
             Err(payload) => return Err(End::Panicked(messages, payload)),
         };
+        // The senders take the step's requests (and report what ended) before the waker is
+        // registered: an answer they queue is found just below.
+        self.poll_peers(&mut cx, taken)?;
         // Registers the waker for the next input, or finds it already there.
         match self.receiver.as_mut().poll_next(&mut cx) {
             Poll::Pending => {}
@@ -235,6 +246,25 @@ impl Group {
             }
         }
         Ok(Turn::Stepped(taken))
+    }
+
+    /// Polls the group's input queue with the group's waker: its next input, if one is there
+    /// (the waker registered if none is); the group ends if the queue is closed.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Result<Option<Input>, End> {
+        match self.receiver.as_mut().poll_next(cx) {
+            Poll::Pending => Ok(None),
+            Poll::Ready(None) => Err(End::Finish(0)),
+            Poll::Ready(Some(input)) => Ok(Some(input)),
+        }
+    }
+
+    /// Polls the group's peer senders with the group's waker ([`Hosted::poll_peers`]: each
+    /// under `catch_unwind`, a panicking sender stops the group at its next step). Should the
+    /// poll itself panic, the group stops as if its step (over `taken` inputs) had.
+    fn poll_peers(&mut self, cx: &mut Context<'_>, taken: usize) -> Result<(), End> {
+        let hosted = &mut self.hosted;
+        std::panic::catch_unwind(AssertUnwindSafe(|| hosted.poll_peers(cx)))
+            .map_err(|payload| End::Panicked(taken, payload))
     }
 
     /// Ends the group: finishes its main loop (or reports its panic), each under

@@ -126,6 +126,7 @@ where
                 snapshots: self.snapshots,
                 bootstrap: self.bootstrap,
                 metric_labels: self.metric_labels,
+                inline_peers: false,
             },
         )
         .await
@@ -140,6 +141,7 @@ where
             snapshots: self.snapshots,
             bootstrap: self.bootstrap,
             metric_labels: self.metric_labels,
+            inline_peers: true,
         };
         let (config, store, network) = (self.config, self.store, self.network);
         Node::prepare(config, store, network, self.state_machine, self.runtime, options, true).await
@@ -169,4 +171,6 @@ pub(super) struct Options {
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) bootstrap: Option<Membership>,
     pub(super) metric_labels: Vec<(String, String)>,
+    /// The node's peer senders are futures its host loop polls, not tasks (a hosted node).
+    pub(super) inline_peers: bool,
 }

@@ -124,6 +124,17 @@ impl Hosted {
         }
     }
 
+    /// Hosted node (plan S3b-lite): polls the senders of its peers, futures its runner polls
+    /// with the group's waker instead of tasks (`peer::InlineSenders`), each under
+    /// `catch_unwind`. Call it in the group's turn after its step (and when the group was woken
+    /// without an input: a sender's RPC ended, or it took a request), before polling the input
+    /// queue, which then finds the answers the senders queued. A sender that panicked stops the
+    /// group as a task's panic does (`FatalError::Panicked` with task "sender to peer N"), at
+    /// its next step.
+    pub(crate) fn poll_peers(&mut self, cx: &mut std::task::Context<'_>) {
+        self.core.poll_peers(cx)
+    }
+
     /// A handle on the node's input queue (a clone of the main loop's receiver): a runner that
     /// does not run [`Hosted::run`] polls it for the first input of a step, with its own
     /// waker, and takes the rest with `try_recv`. Closed (and empty) when the main loop must

@@ -289,7 +289,8 @@ pub(crate) fn max_in_flight_per_peer(config: &Config) -> usize {
     config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8
 }
 
-/// Starts the sender task of one peer.
+/// Starts the sender of one peer: a task, or in a hosted node a future its host loop polls
+/// ([`peer::InlineSenders`]).
 pub(crate) struct PeerFactory {
     spawner: Spawner,
     network: Arc<dyn Network>,
@@ -298,22 +299,76 @@ pub(crate) struct PeerFactory {
     metrics: Arc<NodeMetrics>,
     chunk_bytes: u64,
     address: peer::Address,
+    /// Hosted node (`NodeBuilder::start_hosted`): the senders its host loop polls. `None`:
+    /// each sender is a task.
+    inline: Option<peer::InlineSenders>,
 }
 
 impl PeerFactory {
-    pub(crate) fn start(&self, peer: NodeId) -> peer::PeerQueue {
+    pub(crate) fn start(&mut self, peer: NodeId) -> peer::PeerQueue {
+        let (queue, task) = self.queue(peer);
+        match &mut self.inline {
+            None => self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed()),
+            Some(inline) => inline.push(peer, task.boxed()),
+        }
+        queue
+    }
+
+    /// A new queue to `peer` and its sender's future.
+    fn queue(
+        &self,
+        peer: NodeId,
+    ) -> (peer::PeerQueue, impl std::future::Future<Output = ()> + Send + 'static) {
         let metrics = PeerMetrics::new(self.metrics.clone(), peer, self.chunk_bytes);
         let network = self.network.clone();
-        let (queue, task) = peer::PeerQueue::new(
+        peer::PeerQueue::new(
             peer,
             self.address,
             network,
             self.inputs.clone(),
             self.capacity,
             metrics,
-        );
-        self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
-        queue
+        )
+    }
+
+    /// Hands `request` to the sender of `peer` (whose queue is `queue`). In a hosted node an
+    /// InstallSnapshot goes to the peer's snapshot sender task, started on the first one: its
+    /// chunk is read from the snapshot store inside the send, which must not stall the host
+    /// loop.
+    pub(crate) fn send(
+        &self,
+        peer: NodeId,
+        queue: &mut peer::PeerQueue,
+        request: RpcRequest,
+    ) -> Result<(), async_channel::TrySendError<RpcRequest>> {
+        if self.inline.is_none() || !matches!(request, RpcRequest::InstallSnapshot(_)) {
+            return queue.queue().try_send(request);
+        }
+        let start = || {
+            let (queue, task) = self.queue(peer);
+            self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
+            queue
+        };
+        queue.snapshots(start).try_send(request)
+    }
+
+    /// Hosted node: polls its inline senders with `cx` ([`peer::InlineSenders::poll`]) and
+    /// reports each that panicked as a task's supervisor does: logged, and
+    /// `Input::Fatal` queued to the main loop (which wakes the group). Returns the failures
+    /// that could not be queued (the input queue full or closed), for the main loop to take
+    /// itself.
+    pub(crate) fn poll_inline(&mut self, cx: &mut std::task::Context<'_>) -> Vec<FatalError> {
+        let Some(inline) = &mut self.inline else { return Vec::new() };
+        let mut unqueued = Vec::new();
+        for error in inline.poll(cx) {
+            tracing::error!(%error, "a task of the node panicked");
+            if let Err(refused) = self.inputs.try_send(Input::Fatal(error)) {
+                if let Input::Fatal(error) = refused.into_inner() {
+                    unqueued.push(error);
+                }
+            }
+        }
+        unqueued
     }
 }
 
@@ -410,7 +465,7 @@ impl Node {
         M: StateMachine,
         R: Runtime,
     {
-        let builder::Options { snapshots, bootstrap, metric_labels } = options;
+        let builder::Options { snapshots, bootstrap, metric_labels, inline_peers } = options;
         config.validate()?;
         if let Some(limit) = network.max_request_bytes() {
             config.check_request_limit(limit).map_err(|(setting, needed)| {
@@ -478,6 +533,7 @@ impl Node {
             metrics: metrics.clone(),
             chunk_bytes: config.snapshot_chunk_bytes,
             address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
+            inline: inline_peers.then(peer::InlineSenders::default),
         };
         let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
