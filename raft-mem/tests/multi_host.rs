@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,11 +69,47 @@ impl StateMachine for Poisonable {
 struct GroupNetwork {
     inner: MemEndpoint,
     panic_on_members: Arc<AtomicBool>,
+    sends: Arc<SendFaults>,
+}
+
+/// Faults of a group's sends (its peer senders call `send`): a panic, or requests to one
+/// peer that never end (counted while they are in flight).
+#[derive(Default)]
+struct SendFaults {
+    /// `send` panics.
+    panic: AtomicBool,
+    /// Requests to this node (0: none) hang until their future is dropped.
+    hang_to: AtomicU64,
+    /// Hanging requests in flight now, and the most seen at once.
+    hung: AtomicUsize,
+    most_hung: AtomicUsize,
+}
+
+/// One hanging request in flight (see [`SendFaults::hung`]).
+struct Hung(Arc<SendFaults>);
+
+impl Hung {
+    fn new(faults: &Arc<SendFaults>) -> Self {
+        let now = faults.hung.fetch_add(1, Ordering::SeqCst) + 1;
+        faults.most_hung.fetch_max(now, Ordering::SeqCst);
+        Self(faults.clone())
+    }
+}
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        self.0.hung.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl Network for GroupNetwork {
     async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        assert!(!self.sends.panic.load(Ordering::SeqCst), "send bomb");
+        if request.receiver == self.sends.hang_to.load(Ordering::SeqCst) {
+            let _hung = Hung::new(&self.sends);
+            futures::future::pending::<()>().await;
+        }
         self.inner.send(request).await
     }
 
@@ -108,6 +144,8 @@ struct Hosts<R> {
     records: BTreeMap<(NodeId, GroupId), RecordingStateMachine>,
     /// The switch of each group's [`GroupNetwork`], per (host, group).
     bombs: BTreeMap<(NodeId, GroupId), Arc<AtomicBool>>,
+    /// The send faults of each group's [`GroupNetwork`], per (host, group).
+    sends: BTreeMap<(NodeId, GroupId), Arc<SendFaults>>,
 }
 
 impl<R: Runtime + Clone> Hosts<R> {
@@ -125,8 +163,8 @@ impl<R: Runtime + Clone> Hosts<R> {
             hosts.insert(id, host);
             endpoints.insert(id, network.endpoint(id));
         }
-        let (records, bombs) = (BTreeMap::new(), BTreeMap::new());
-        Self { rt, network, hosts, endpoints, records, bombs }
+        let (records, bombs, sends) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        Self { rt, network, hosts, endpoints, records, bombs, sends }
     }
 
     /// The builder of group `group`'s node on host `id`, on fresh stores.
@@ -139,7 +177,10 @@ impl<R: Runtime + Clone> Hosts<R> {
         self.records.insert((id, group), state_machine.record.clone());
         let panic_on_members = Arc::new(AtomicBool::new(false));
         self.bombs.insert((id, group), panic_on_members.clone());
-        let network = GroupNetwork { inner: self.endpoints[&id].clone(), panic_on_members };
+        let sends = Arc::new(SendFaults::default());
+        self.sends.insert((id, group), sends.clone());
+        let inner = self.endpoints[&id].clone();
+        let network = GroupNetwork { inner, panic_on_members, sends };
         Node::builder(test_config(id), MemLogStore::new(), network, state_machine, self.rt.clone())
             .snapshot_store(MemSnapshotStore::new())
             .bootstrap(Membership::with_voters(HOSTS))
@@ -449,6 +490,92 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
     }
 }
 
+/// A group's peer sender panics (its network's `send`, on the group's leader): in tasks mode
+/// its task, in looped mode its future polled by the host loop (S3b-lite). The group stops on
+/// that host alone, with the panic as its cause (`Panicked` with task "sender to peer N"); the
+/// other groups of the host (stepped by the same host loop) keep committing and reading.
+async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    for group in GROUPS {
+        hosts.add_group(group).await;
+    }
+    for group in GROUPS {
+        hosts.write(group, b"before").await;
+    }
+    let leader = hosts.leader(2).await;
+    hosts.sends[&(leader, 2)].panic.store(true, Ordering::SeqCst);
+    let host = hosts.hosts[&leader].clone();
+    within(&rt, "group 2 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match &failed[0] {
+        (2, FatalError::Panicked { task, message }) => {
+            assert!(task.starts_with("sender to peer "), "{task}");
+            assert!(message.contains("send bomb"), "{message}");
+        }
+        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
+    }
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+        hosts.read_everywhere(group).await;
+    }
+    hosts.write(2, b"survivors").await;
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.id == 2 || r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
+/// A peer that never answers: the leader of group 1 sends to one follower RPCs that never
+/// end. Its sender keeps at most its window in flight to that peer (in looped mode inside the
+/// host loop, S3b-lite), the group stays live with its other follower, and the node's stop
+/// (its host's shutdown) drops the hung RPCs at once.
+async fn a_peer_that_never_answers_gets_a_bounded_window<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    // No snapshot is sent (the follower has the whole log): one window of the peer's sender.
+    let config = test_config(leader);
+    let window = config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8;
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    // Heartbeats fill the window (one per 25 ms), then the queue; more are counted as lost.
+    support::wait_until(&rt, "the window full", || {
+        sends.most_hung.load(Ordering::SeqCst) >= window
+    })
+    .await;
+    rt.sleep(Duration::from_millis(300)).await;
+    let most = sends.most_hung.load(Ordering::SeqCst);
+    assert_eq!(most, window, "at most the window in flight to the silent peer");
+    assert_eq!(hosts.leader(1).await, leader);
+    hosts.write(1, b"after").await;
+    let node = hosts.node(leader, 1);
+    within(&rt, "a read", node.read_index()).await.unwrap();
+    let removed = within(&rt, "host shutdown", hosts.hosts[&leader].shutdown()).await;
+    assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    assert_eq!(sends.hung.load(Ordering::SeqCst), 0, "the stop drops the hung RPCs");
+    for id in HOSTS.into_iter().filter(|&id| id != leader) {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
 mod tokio_rt {
     use super::Mode;
 
@@ -484,6 +611,26 @@ mod tokio_rt {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_step_stops_its_group_alone_looped() {
         super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_stops_its_group_alone() {
+        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_stops_its_group_alone_looped() {
+        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_answers_gets_a_bounded_window() {
+        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
+        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,6 +689,26 @@ mod smol_rt {
     #[test]
     fn a_panicking_step_stops_its_group_alone_looped() {
         smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_panicking_sender_stops_its_group_alone() {
+        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_panicking_sender_stops_its_group_alone_looped() {
+        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_gets_a_bounded_window() {
+        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
+        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop));
     }
 }
 
