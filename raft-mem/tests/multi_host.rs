@@ -146,6 +146,8 @@ struct Hosts<R> {
     bombs: BTreeMap<(NodeId, GroupId), Arc<AtomicBool>>,
     /// The send faults of each group's [`GroupNetwork`], per (host, group).
     sends: BTreeMap<(NodeId, GroupId), Arc<SendFaults>>,
+    /// Each node's configuration (default: `test_config`).
+    config: fn(NodeId) -> raft_core::Config,
 }
 
 impl<R: Runtime + Clone> Hosts<R> {
@@ -164,7 +166,7 @@ impl<R: Runtime + Clone> Hosts<R> {
             endpoints.insert(id, network.endpoint(id));
         }
         let (records, bombs, sends) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-        Self { rt, network, hosts, endpoints, records, bombs, sends }
+        Self { rt, network, hosts, endpoints, records, bombs, sends, config: test_config }
     }
 
     /// The builder of group `group`'s node on host `id`, on fresh stores.
@@ -181,7 +183,8 @@ impl<R: Runtime + Clone> Hosts<R> {
         self.sends.insert((id, group), sends.clone());
         let inner = self.endpoints[&id].clone();
         let network = GroupNetwork { inner, panic_on_members, sends };
-        Node::builder(test_config(id), MemLogStore::new(), network, state_machine, self.rt.clone())
+        let config = (self.config)(id);
+        Node::builder(config, MemLogStore::new(), network, state_machine, self.rt.clone())
             .snapshot_store(MemSnapshotStore::new())
             .bootstrap(Membership::with_voters(HOSTS))
     }
@@ -576,6 +579,39 @@ async fn a_peer_that_never_answers_gets_a_bounded_window<R: Runtime + Clone>(rt:
     }
 }
 
+/// Ticks 20 times slower than `test_config`'s (100 ms), and timeouts to match.
+fn slow_ticks(id: NodeId) -> raft_core::Config {
+    let mut config = test_config(id);
+    config.tick_interval = Duration::from_millis(100);
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.election_timeout_min = Duration::from_millis(1_500);
+    config.election_timeout_max = Duration::from_millis(3_000);
+    config
+}
+
+/// An RPC's answer reaches its group at once, not at the group's next input: in looped mode
+/// (S3b-lite) the host loop polls a group's senders when they wake it, even with no input
+/// queued. With ticks every 100 ms, 60 writes one after the other (each waits for a
+/// follower's answer to its AppendEntries) take far less than the 3 s they take if each
+/// answer waits for the next tick (50 ms on average).
+async fn answers_reach_an_idle_group_at_once<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.config = slow_ticks;
+    hosts.add_group(1).await;
+    hosts.write(1, b"first").await;
+    let leader = hosts.leader(1).await;
+    let node = hosts.node(leader, 1);
+    let started = rt.now();
+    for _ in 0..60 {
+        node.write(Bytes::from_static(b"w")).await.unwrap();
+    }
+    let took = rt.now() - started;
+    assert!(took < Duration::from_millis(1_500), "60 writes took {took:?}");
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
 mod tokio_rt {
     use super::Mode;
 
@@ -631,6 +667,16 @@ mod tokio_rt {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
         super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reach_an_idle_group_at_once() {
+        super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reach_an_idle_group_at_once_looped() {
+        super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,6 +755,16 @@ mod smol_rt {
     #[test]
     fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
         smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn answers_reach_an_idle_group_at_once() {
+        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn answers_reach_an_idle_group_at_once_looped() {
+        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop));
     }
 }
 
