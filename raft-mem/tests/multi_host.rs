@@ -73,16 +73,37 @@ struct GroupNetwork {
 }
 
 /// Faults of a group's sends (its peer senders call `send`): a panic, or requests to one
-/// peer that never end (counted while they are in flight).
-#[derive(Default)]
+/// peer that hang until released (counted while they are in flight).
 struct SendFaults {
     /// `send` panics.
     panic: AtomicBool,
-    /// Requests to this node (0: none) hang until their future is dropped.
+    /// Requests to this node (0: none) hang until their future is dropped or the gate opens.
     hang_to: AtomicU64,
+    /// Closed: the hanging requests fail (and no new one hangs).
+    gate: (async_channel::Sender<()>, async_channel::Receiver<()>),
     /// Hanging requests in flight now, and the most seen at once.
     hung: AtomicUsize,
     most_hung: AtomicUsize,
+}
+
+impl Default for SendFaults {
+    fn default() -> Self {
+        Self {
+            panic: AtomicBool::new(false),
+            hang_to: AtomicU64::new(0),
+            gate: async_channel::bounded(1),
+            hung: AtomicUsize::new(0),
+            most_hung: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl SendFaults {
+    /// Lets the hanging requests fail (`Unreachable`: what they carried never arrives).
+    fn release(&self) {
+        self.hang_to.store(0, Ordering::SeqCst);
+        self.gate.0.close();
+    }
 }
 
 /// One hanging request in flight (see [`SendFaults::hung`]).
@@ -108,7 +129,9 @@ impl Network for GroupNetwork {
         assert!(!self.sends.panic.load(Ordering::SeqCst), "send bomb");
         if request.receiver == self.sends.hang_to.load(Ordering::SeqCst) {
             let _hung = Hung::new(&self.sends);
-            futures::future::pending::<()>().await;
+            let _ = self.sends.gate.1.recv().await;
+            let reason = "hung, then released".into();
+            return Err(NetworkError::Unreachable { peer: request.receiver, reason });
         }
         self.inner.send(request).await
     }
@@ -612,6 +635,48 @@ async fn answers_reach_an_idle_group_at_once<R: Runtime + Clone>(rt: R, mode: Mo
     }
 }
 
+/// Small snapshot chunks, and a log compacted down to the snapshot.
+fn small_snapshots(id: NodeId) -> raft_core::Config {
+    let mut config = test_config(id);
+    config.snapshot_keep_entries = 0;
+    config.snapshot_chunk_bytes = 16;
+    config
+}
+
+/// A follower that missed entries the leader compacted away catches up through a snapshot: in
+/// looped mode (S3b-lite) the InstallSnapshot chunks go through the peer's snapshot sender
+/// task, beside its inline sender (whose window the hung RPCs filled, then freed by failing).
+async fn a_lagging_follower_catches_up_through_a_snapshot<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.config = small_snapshots;
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let lagging = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(lagging, Ordering::SeqCst);
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    let node = hosts.node(leader, 1);
+    let meta = within(&rt, "a snapshot", node.snapshot()).await.unwrap().unwrap();
+    assert!(meta.last_included.index >= 8, "{meta:?}");
+    sends.release();
+    let follower = hosts.node(lagging, 1);
+    support::wait_until(&rt, "the follower caught up", || {
+        follower.status().applied_index >= meta.last_included.index
+    })
+    .await;
+    hosts.write(1, b"after").await;
+    hosts.applied_everywhere(1, b"after").await;
+    assert_eq!(sends.hung.load(Ordering::SeqCst), 0);
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
 mod tokio_rt {
     use super::Mode;
 
@@ -677,6 +742,16 @@ mod tokio_rt {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_reach_an_idle_group_at_once_looped() {
         super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_catches_up_through_a_snapshot() {
+        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
+        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,6 +840,18 @@ mod smol_rt {
     #[test]
     fn answers_reach_an_idle_group_at_once_looped() {
         smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_lagging_follower_catches_up_through_a_snapshot() {
+        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
+        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop);
+        smol::block_on(test);
     }
 }
 

@@ -22,8 +22,18 @@
 //! panic of a group reaches the loop's own `catch_unwind` (which would drop every group). A group whose main loop must stop, or whose input queue is
 //! closed, is finished and dropped from the loop; its `Node::shutdown` returns after that.
 //!
+//! A group's peer senders (plan S3b-lite) are futures, not tasks: in the group's turn, after
+//! its step (and when they woke the group with no input queued), the loop polls them with the
+//! group's waker ([`Hosted::poll_peers`], each under `catch_unwind`), then polls the input
+//! queue, which finds the answers they queued. A request a step queues for a sender wakes the
+//! group again, so the sender's network future is polled again in the next pass (a transport
+//! that yields once before forming a batch batches the requests of every group of the pass).
+//! A sender that panics stops its group alone. InstallSnapshot requests go to a sender task
+//! per (group, peer) as in tasks mode (their chunks are read from the snapshot store).
+//!
 //! A step runs in the loop's task: a group's blocking network or store callback stalls the
-//! whole loop (every group of the host), where in tasks mode it stalls one worker.
+//! whole loop (every group of the host), where in tasks mode it stalls one worker; so does a
+//! `Network::send` that blocks before its future's first `Pending`.
 //!
 //! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
 //! crash), it drops them, which closes each node's proposal inbox as a dropped main-loop task

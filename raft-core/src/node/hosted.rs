@@ -3,6 +3,8 @@
 //! and its tick settings. Today the main loop's own task runs it ([`Hosted::spawn`], the one
 //! path of `NodeBuilder::start`); a host loop (plan S1) is to step many of them in one task.
 //! Either way the same methods run it, and nothing outside `node` sees the main loop's type.
+//! A hosted node (`NodeBuilder::start_hosted`) differs in one way: its peer senders are futures
+//! its runner polls ([`Hosted::poll_peers`]), not tasks.
 
 use std::sync::Arc;
 

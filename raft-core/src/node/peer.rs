@@ -1,5 +1,9 @@
-//! One sender task per peer: runs RPCs to that peer concurrently (pipelining) and reports each
-//! outcome to the main loop.
+//! One sender per peer: runs RPCs to that peer concurrently (pipelining) and reports each
+//! outcome to the main loop. The sender is a task of its own, or, in a hosted node (run by a
+//! host loop, plan S3b-lite), a future the host loop polls in the group's turn
+//! ([`InlineSenders`]): the same future either way, with the same window and the same report
+//! of abandoned RPCs; a hosted node sends InstallSnapshot through a sender task of its own
+//! ([`PeerQueue`]).
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
