@@ -677,6 +677,37 @@ async fn a_lagging_follower_catches_up_through_a_snapshot<R: Runtime + Clone>(rt
     }
 }
 
+/// A follower's read forwarded to its leader hangs there when that node stops being leader and
+/// member: the follower stops talking to it, and the read ends (`Unreachable`) instead of
+/// waiting forever. In looped mode (S3b-lite) the follower's inline sender to the old leader,
+/// its queue dropped, is polled on until it reported the read's RPC abandoned.
+async fn a_forwarded_read_ends_when_its_leader_is_removed<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let old = hosts.leader(1).await;
+    let follower = HOSTS.into_iter().find(|&id| id != old).unwrap();
+    let new = HOSTS.into_iter().find(|&id| id != old && id != follower).unwrap();
+    let sends = hosts.sends[&(follower, 1)].clone();
+    sends.hang_to.store(old, Ordering::SeqCst);
+    let reader = hosts.node(follower, 1);
+    let read = reader.read_index();
+    let script = async {
+        support::wait_until(&rt, "the forwarded read", || sends.hung.load(Ordering::SeqCst) > 0)
+            .await;
+        hosts.node(old, 1).transfer_leadership(new).await.unwrap();
+        let remove = MembershipChange::RemoveNode(old);
+        hosts.node(new, 1).change_membership(remove).await.unwrap();
+    };
+    let (read, ()) = within(&rt, "the read", futures::future::join(read, script)).await;
+    assert_eq!(read, Err(raft_core::ReadIndexError::Unreachable));
+    within(&rt, "a read", hosts.node(follower, 1).read_index()).await.unwrap();
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
 mod tokio_rt {
     use super::Mode;
 
@@ -752,6 +783,16 @@ mod tokio_rt {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
         super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_read_ends_when_its_leader_is_removed() {
+        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
+        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,6 +886,18 @@ mod smol_rt {
     #[test]
     fn a_lagging_follower_catches_up_through_a_snapshot() {
         let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_forwarded_read_ends_when_its_leader_is_removed() {
+        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
+        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop);
         smol::block_on(test);
     }
 
