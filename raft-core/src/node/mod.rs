@@ -305,6 +305,8 @@ pub(crate) struct PeerFactory {
 }
 
 impl PeerFactory {
+    /// Starts the sender of `peer` and returns its queue: spawns it as a task, or in a hosted
+    /// node keeps its future for the host loop to poll ([`PeerFactory::poll_inline`]).
     pub(crate) fn start(&mut self, peer: NodeId) -> peer::PeerQueue {
         let (queue, task) = self.queue(peer);
         match &mut self.inline {
