@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,11 +69,70 @@ impl StateMachine for Poisonable {
 struct GroupNetwork {
     inner: MemEndpoint,
     panic_on_members: Arc<AtomicBool>,
+    sends: Arc<SendFaults>,
+}
+
+/// Faults of a group's sends (its peer senders call `send`): a panic, or requests to one
+/// peer that hang until released (counted while they are in flight).
+struct SendFaults {
+    /// `send` panics.
+    panic: AtomicBool,
+    /// Requests to this node (0: none) hang until their future is dropped or the gate opens.
+    hang_to: AtomicU64,
+    /// Closed: the hanging requests fail (and no new one hangs).
+    gate: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// Hanging requests in flight now, and the most seen at once.
+    hung: AtomicUsize,
+    most_hung: AtomicUsize,
+}
+
+impl Default for SendFaults {
+    fn default() -> Self {
+        Self {
+            panic: AtomicBool::new(false),
+            hang_to: AtomicU64::new(0),
+            gate: async_channel::bounded(1),
+            hung: AtomicUsize::new(0),
+            most_hung: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl SendFaults {
+    /// Lets the hanging requests fail (`Unreachable`: what they carried never arrives).
+    fn release(&self) {
+        self.hang_to.store(0, Ordering::SeqCst);
+        self.gate.0.close();
+    }
+}
+
+/// One hanging request in flight (see [`SendFaults::hung`]).
+struct Hung(Arc<SendFaults>);
+
+impl Hung {
+    fn new(faults: &Arc<SendFaults>) -> Self {
+        let now = faults.hung.fetch_add(1, Ordering::SeqCst) + 1;
+        faults.most_hung.fetch_max(now, Ordering::SeqCst);
+        Self(faults.clone())
+    }
+}
+
+impl Drop for Hung {
+    fn drop(&mut self) {
+        self.0.hung.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl Network for GroupNetwork {
     async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
+        assert!(!self.sends.panic.load(Ordering::SeqCst), "send bomb");
+        if request.receiver == self.sends.hang_to.load(Ordering::SeqCst) {
+            let _hung = Hung::new(&self.sends);
+            let _ = self.sends.gate.1.recv().await;
+            let reason = "hung, then released".into();
+            return Err(NetworkError::Unreachable { peer: request.receiver, reason });
+        }
         self.inner.send(request).await
     }
 
@@ -108,6 +167,10 @@ struct Hosts<R> {
     records: BTreeMap<(NodeId, GroupId), RecordingStateMachine>,
     /// The switch of each group's [`GroupNetwork`], per (host, group).
     bombs: BTreeMap<(NodeId, GroupId), Arc<AtomicBool>>,
+    /// The send faults of each group's [`GroupNetwork`], per (host, group).
+    sends: BTreeMap<(NodeId, GroupId), Arc<SendFaults>>,
+    /// Each node's configuration (default: `test_config`).
+    config: fn(NodeId) -> raft_core::Config,
 }
 
 impl<R: Runtime + Clone> Hosts<R> {
@@ -125,8 +188,8 @@ impl<R: Runtime + Clone> Hosts<R> {
             hosts.insert(id, host);
             endpoints.insert(id, network.endpoint(id));
         }
-        let (records, bombs) = (BTreeMap::new(), BTreeMap::new());
-        Self { rt, network, hosts, endpoints, records, bombs }
+        let (records, bombs, sends) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        Self { rt, network, hosts, endpoints, records, bombs, sends, config: test_config }
     }
 
     /// The builder of group `group`'s node on host `id`, on fresh stores.
@@ -150,8 +213,12 @@ impl<R: Runtime + Clone> Hosts<R> {
         self.records.insert((id, group), state_machine.record.clone());
         let panic_on_members = Arc::new(AtomicBool::new(false));
         self.bombs.insert((id, group), panic_on_members.clone());
-        let network = GroupNetwork { inner: self.endpoints[&id].clone(), panic_on_members };
-        Node::builder(test_config(id), store, network, state_machine, self.rt.clone())
+        let sends = Arc::new(SendFaults::default());
+        self.sends.insert((id, group), sends.clone());
+        let inner = self.endpoints[&id].clone();
+        let network = GroupNetwork { inner, panic_on_members, sends };
+        let config = (self.config)(id);
+        Node::builder(config, store, network, state_machine, self.rt.clone())
             .snapshot_store(MemSnapshotStore::new())
             .bootstrap(Membership::with_voters(HOSTS))
     }
@@ -460,6 +527,198 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
     }
 }
 
+/// A group's peer sender panics (its network's `send`, on the group's leader): in tasks mode
+/// its task, in looped mode its future polled by the host loop (S3b-lite). The group stops on
+/// that host alone, with the panic as its cause (`Panicked` with task "sender to peer N"); the
+/// other groups of the host (stepped by the same host loop) keep committing and reading.
+async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    for group in GROUPS {
+        hosts.add_group(group).await;
+    }
+    for group in GROUPS {
+        hosts.write(group, b"before").await;
+    }
+    let leader = hosts.leader(2).await;
+    hosts.sends[&(leader, 2)].panic.store(true, Ordering::SeqCst);
+    let host = hosts.hosts[&leader].clone();
+    within(&rt, "group 2 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match &failed[0] {
+        (2, FatalError::Panicked { task, message }) => {
+            assert!(task.starts_with("sender to peer "), "{task}");
+            assert!(message.contains("send bomb"), "{message}");
+        }
+        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
+    }
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+        hosts.read_everywhere(group).await;
+    }
+    hosts.write(2, b"survivors").await;
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.id == 2 || r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
+/// A peer that never answers: the leader of group 1 sends to one follower RPCs that never
+/// end. Its sender keeps at most its window in flight to that peer (in looped mode inside the
+/// host loop, S3b-lite), the group stays live with its other follower, and the node's stop
+/// (its host's shutdown) drops the hung RPCs at once.
+async fn a_peer_that_never_answers_gets_a_bounded_window<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    // No snapshot is sent (the follower has the whole log): one window of the peer's sender.
+    let config = test_config(leader);
+    let window = config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8;
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    // Heartbeats fill the window (one per 25 ms), then the queue; more are counted as lost.
+    support::wait_until(&rt, "the window full", || {
+        sends.most_hung.load(Ordering::SeqCst) >= window
+    })
+    .await;
+    rt.sleep(Duration::from_millis(300)).await;
+    let most = sends.most_hung.load(Ordering::SeqCst);
+    assert_eq!(most, window, "at most the window in flight to the silent peer");
+    assert_eq!(hosts.leader(1).await, leader);
+    hosts.write(1, b"after").await;
+    let node = hosts.node(leader, 1);
+    within(&rt, "a read", node.read_index()).await.unwrap();
+    let removed = within(&rt, "host shutdown", hosts.hosts[&leader].shutdown()).await;
+    assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    assert_eq!(sends.hung.load(Ordering::SeqCst), 0, "the stop drops the hung RPCs");
+    for id in HOSTS.into_iter().filter(|&id| id != leader) {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
+/// Ticks 20 times slower than `test_config`'s (100 ms), and timeouts to match.
+fn slow_ticks(id: NodeId) -> raft_core::Config {
+    let mut config = test_config(id);
+    config.tick_interval = Duration::from_millis(100);
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.election_timeout_min = Duration::from_millis(1_500);
+    config.election_timeout_max = Duration::from_millis(3_000);
+    config
+}
+
+/// An RPC's answer reaches its group at once, not at the group's next input: in looped mode
+/// (S3b-lite) the host loop polls a group's senders when they wake it, even with no input
+/// queued. With ticks every 100 ms, 60 writes one after the other (each waits for a
+/// follower's answer to its AppendEntries) take far less than the 3 s they take if each
+/// answer waits for the next tick (50 ms on average).
+async fn answers_reach_an_idle_group_at_once<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.config = slow_ticks;
+    hosts.add_group(1).await;
+    hosts.write(1, b"first").await;
+    let leader = hosts.leader(1).await;
+    let node = hosts.node(leader, 1);
+    let started = rt.now();
+    for _ in 0..60 {
+        node.write(Bytes::from_static(b"w")).await.unwrap();
+    }
+    let took = rt.now() - started;
+    assert!(took < Duration::from_millis(1_500), "60 writes took {took:?}");
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
+/// Small snapshot chunks, and a log compacted down to the snapshot.
+fn small_snapshots(id: NodeId) -> raft_core::Config {
+    let mut config = test_config(id);
+    config.snapshot_keep_entries = 0;
+    config.snapshot_chunk_bytes = 16;
+    config
+}
+
+/// A follower that missed entries the leader compacted away catches up through a snapshot: in
+/// looped mode (S3b-lite) the InstallSnapshot chunks go through the peer's snapshot sender
+/// task, beside its inline sender (whose window the hung RPCs filled, then freed by failing).
+async fn a_lagging_follower_catches_up_through_a_snapshot<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.config = small_snapshots;
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let lagging = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(lagging, Ordering::SeqCst);
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    let node = hosts.node(leader, 1);
+    let meta = within(&rt, "a snapshot", node.snapshot()).await.unwrap().unwrap();
+    assert!(meta.last_included.index >= 8, "{meta:?}");
+    sends.release();
+    let follower = hosts.node(lagging, 1);
+    support::wait_until(&rt, "the follower caught up", || {
+        follower.status().applied_index >= meta.last_included.index
+    })
+    .await;
+    hosts.write(1, b"after").await;
+    hosts.applied_everywhere(1, b"after").await;
+    assert_eq!(sends.hung.load(Ordering::SeqCst), 0);
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
+/// A follower's read forwarded to its leader hangs there when that node stops being leader and
+/// member: the follower stops talking to it, and the read ends (`Unreachable`) instead of
+/// waiting forever. In looped mode (S3b-lite) the follower's inline sender to the old leader,
+/// its queue dropped, is polled on until it reported the read's RPC abandoned.
+async fn a_forwarded_read_ends_when_its_leader_is_removed<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let old = hosts.leader(1).await;
+    let follower = HOSTS.into_iter().find(|&id| id != old).unwrap();
+    let new = HOSTS.into_iter().find(|&id| id != old && id != follower).unwrap();
+    let sends = hosts.sends[&(follower, 1)].clone();
+    sends.hang_to.store(old, Ordering::SeqCst);
+    let reader = hosts.node(follower, 1);
+    let read = reader.read_index();
+    let script = async {
+        support::wait_until(&rt, "the forwarded read", || sends.hung.load(Ordering::SeqCst) > 0)
+            .await;
+        hosts.node(old, 1).transfer_leadership(new).await.unwrap();
+        let remove = MembershipChange::RemoveNode(old);
+        hosts.node(new, 1).change_membership(remove).await.unwrap();
+    };
+    let (read, ()) = within(&rt, "the read", futures::future::join(read, script)).await;
+    assert_eq!(read, Err(raft_core::ReadIndexError::Unreachable));
+    within(&rt, "a read", hosts.node(follower, 1).read_index()).await.unwrap();
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
 /// A log store (in memory) whose every write is pending at its first poll (it yields once, so
 /// that the runner of the main loop, a host loop or the log writer task, finishes it), whose
 /// `fail_at`-th write (counting from 1) fails or panics, and whose writes sleep `slow` once
@@ -720,6 +979,56 @@ mod tokio_rt {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_stops_its_group_alone() {
+        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sender_stops_its_group_alone_looped() {
+        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_answers_gets_a_bounded_window() {
+        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
+        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reach_an_idle_group_at_once() {
+        super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_reach_an_idle_group_at_once_looped() {
+        super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_catches_up_through_a_snapshot() {
+        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
+        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_read_ends_when_its_leader_is_removed() {
+        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
+        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pass_takes_at_most_4096_proposals_looped() {
         super::a_pass_takes_at_most_4096_proposals(rt()).await;
     }
@@ -778,6 +1087,7 @@ mod tokio_rt {
     async fn shutdown_waits_for_a_log_write_in_flight_looped() {
         super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop).await;
     }
+    use super::{Fault, Mode};
 }
 
 mod smol_rt {
@@ -815,6 +1125,60 @@ mod smol_rt {
     #[test]
     fn a_panicking_step_stops_its_group_alone_looped() {
         smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_panicking_sender_stops_its_group_alone() {
+        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_panicking_sender_stops_its_group_alone_looped() {
+        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_gets_a_bounded_window() {
+        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
+        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn answers_reach_an_idle_group_at_once() {
+        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks));
+    }
+
+    #[test]
+    fn answers_reach_an_idle_group_at_once_looped() {
+        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop));
+    }
+
+    #[test]
+    fn a_lagging_follower_catches_up_through_a_snapshot() {
+        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_forwarded_read_ends_when_its_leader_is_removed() {
+        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
+        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop);
+        smol::block_on(test);
+    }
+
+    #[test]
+    fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
+        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop);
+        smol::block_on(test);
     }
 
     #[test]

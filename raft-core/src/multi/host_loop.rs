@@ -33,8 +33,18 @@
 //! flight hands it to a task that awaits it, so that `Node::shutdown` returns only after the
 //! store's call returned.
 //!
+//! A group's peer senders (plan S3b-lite) are futures, not tasks: in the group's turn, after
+//! its step (and when they woke the group with no input queued), the loop polls them with the
+//! group's waker ([`Hosted::poll_peers`], each under `catch_unwind`), then polls the input
+//! queue, which finds the answers they queued. A request a step queues for a sender wakes the
+//! group again, so the sender's network future is polled again in the next pass (a transport
+//! that yields once before forming a batch batches the requests of every group of the pass).
+//! A sender that panics stops its group alone. InstallSnapshot requests go to a sender task
+//! per (group, peer) as in tasks mode (their chunks are read from the snapshot store).
+//!
 //! A step runs in the loop's task: a group's blocking network or store callback stalls the
-//! whole loop (every group of the host), where in tasks mode it stalls one worker.
+//! whole loop (every group of the host), where in tasks mode it stalls one worker; so does a
+//! `Network::send` that blocks before its future's first `Pending`.
 //!
 //! The loop's task owns the groups' main loops: dropped (its runtime shut down, a simulated
 //! crash), it drops them, which closes each node's proposal inbox as a dropped main-loop task
@@ -213,17 +223,25 @@ impl Group {
     /// report of its log write if that ended, else the next of its input queue.
     fn turn(&mut self, room: usize) -> Result<Turn, End> {
         self.wake.clear();
-        let mut cx = Context::from_waker(&self.waker);
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
         let written = match self.written.take() {
             Some(report) => Some(report),
             None => poll_log_write(&mut self.hosted, &mut cx)?,
         };
         let first = match written.or_else(|| self.next.take()) {
             Some(input) => input,
-            None => match self.receiver.as_mut().poll_next(&mut cx) {
-                Poll::Pending => return Ok(Turn::Idle),
-                Poll::Ready(None) => return Err(End::Finish(0)),
-                Poll::Ready(Some(input)) => input,
+            None => match self.poll_input(&mut cx)? {
+                Some(input) => input,
+                None => {
+                    // Woken by its peer senders (an RPC ended, a request was taken), or
+                    // spuriously: they run, and an answer they queued is stepped over now.
+                    self.poll_peers(&mut cx, 0)?;
+                    match self.poll_input(&mut cx)? {
+                        Some(input) => input,
+                        None => return Ok(Turn::Idle),
+                    }
+                }
             },
         };
         let receiver = &self.receiver;
@@ -253,6 +271,9 @@ impl Group {
             self.written = Some(report);
             self.wake.queue();
         }
+        // The senders take the step's requests (and report what ended) before the waker is
+        // registered: an answer they queue is found just below.
+        self.poll_peers(&mut cx, taken)?;
         if self.next.is_some() {
             // The step had no room for the input taken last turn: the group goes on.
             self.wake.queue();
@@ -268,6 +289,25 @@ impl Group {
             }
         }
         Ok(Turn::Stepped(taken))
+    }
+
+    /// Polls the group's input queue with the group's waker: its next input, if one is there
+    /// (the waker registered if none is); the group ends if the queue is closed.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Result<Option<Input>, End> {
+        match self.receiver.as_mut().poll_next(cx) {
+            Poll::Pending => Ok(None),
+            Poll::Ready(None) => Err(End::Finish(0)),
+            Poll::Ready(Some(input)) => Ok(Some(input)),
+        }
+    }
+
+    /// Polls the group's peer senders with the group's waker ([`Hosted::poll_peers`]: each
+    /// under `catch_unwind`, a panicking sender stops the group at its next step). Should the
+    /// poll itself panic, the group stops as if its step (over `taken` inputs) had.
+    fn poll_peers(&mut self, cx: &mut Context<'_>, taken: usize) -> Result<(), End> {
+        let hosted = &mut self.hosted;
+        std::panic::catch_unwind(AssertUnwindSafe(|| hosted.poll_peers(cx)))
+            .map_err(|payload| End::Panicked(taken, payload))
     }
 
     /// Ends the group: finishes its main loop (or reports its panic), each under

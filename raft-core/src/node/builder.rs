@@ -134,8 +134,9 @@ where
     /// Starts the node as [`NodeBuilder::start`] does, except for its main loop: returns the
     /// node's handle and its main loop, which does nothing until its runner (a host loop) runs
     /// it. Every other task of the node (ticker included) is spawned on the builder's runtime
-    /// as `start` does, except the log writer: the main loop writes inline, and the host loop
-    /// polls its writes (plan S2).
+    /// as `start` does, except the log writer (the main loop writes inline, and the host loop
+    /// polls its writes: plan S2) and its peer senders: futures the runner polls
+    /// (`Hosted::poll_peers`), but for InstallSnapshot, which keeps a sender task per peer.
     pub(crate) async fn start_hosted(self) -> Result<(Node, super::Hosted), StartError> {
         let options = Options {
             snapshots: self.snapshots,

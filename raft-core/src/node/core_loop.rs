@@ -177,7 +177,7 @@ impl CoreLoop {
         clock: Arc<dyn Runtime>,
         metrics: LoopMetrics,
     ) -> Self {
-        let Outlets { writer, start_write, applier, peer_factory } = outlets;
+        let Outlets { writer, start_write, applier, mut peer_factory } = outlets;
         let membership_seen = engine.membership().clone();
         let membership_generation_seen = engine.membership_generation();
         peer_factory.network.members_changed(membership_seen.nodes());
@@ -823,11 +823,20 @@ impl CoreLoop {
             RpcRequest::AppendEntries(append) => append.entries.last().map_or(0, |e| e.index),
             _ => 0,
         };
-        let factory = &self.peer_factory;
+        let factory = &mut self.peer_factory;
         let peer = self.peers.entry(to).or_insert_with(|| factory.start(to));
-        match peer.queue().try_send(request) {
+        match factory.send(to, peer, request) {
             Ok(()) => self.probe.sent(carries, || self.clock.now()),
             Err(error) => self.unsent(to, error),
+        }
+    }
+
+    /// Hosted node: polls its peers' inline senders with `cx` (the group's waker), after a
+    /// step of its host loop. A sender that panicked stops the node, as a sender task's panic
+    /// does: reported through the input queue, or taken here if that queue refused it.
+    pub(super) fn poll_peers(&mut self, cx: &mut std::task::Context<'_>) {
+        for error in self.peer_factory.poll_inline(cx) {
+            self.fail(error);
         }
     }
 

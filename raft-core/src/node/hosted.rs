@@ -10,6 +10,9 @@
 //! a write in flight hands it to a task of its own, which holds a guard of the "all tasks
 //! done" channel until the store's call returned: `Node::shutdown` waits for it, as for the
 //! log writer task in tasks mode.
+//!
+//! A hosted node (`NodeBuilder::start_hosted`) differs in a second way too: its peer senders are futures
+//! its runner polls ([`Hosted::poll_peers`]), not tasks.
 
 use std::sync::Arc;
 
@@ -130,6 +133,17 @@ impl Hosted {
             tracing::error!("dropping a panic payload panicked: its payload is leaked");
             std::mem::forget(again);
         }
+    }
+
+    /// Hosted node (plan S3b-lite): polls the senders of its peers, futures its runner polls
+    /// with the group's waker instead of tasks (`peer::InlineSenders`), each under
+    /// `catch_unwind`. Call it in the group's turn after its step (and when the group was woken
+    /// without an input: a sender's RPC ended, or it took a request), before polling the input
+    /// queue, which then finds the answers the senders queued. A sender that panicked stops the
+    /// group as a task's panic does (`FatalError::Panicked` with task "sender to peer N"), at
+    /// its next step.
+    pub(crate) fn poll_peers(&mut self, cx: &mut std::task::Context<'_>) {
+        self.core.poll_peers(cx)
     }
 
     /// A handle on the node's input queue (a clone of the main loop's receiver): a runner that

@@ -289,7 +289,8 @@ pub(crate) fn max_in_flight_per_peer(config: &Config) -> usize {
     config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8
 }
 
-/// Starts the sender task of one peer.
+/// Starts the sender of one peer: a task, or in a hosted node a future its host loop polls
+/// ([`peer::InlineSenders`]).
 pub(crate) struct PeerFactory {
     spawner: Spawner,
     network: Arc<dyn Network>,
@@ -298,22 +299,78 @@ pub(crate) struct PeerFactory {
     metrics: Arc<NodeMetrics>,
     chunk_bytes: u64,
     address: peer::Address,
+    /// Hosted node (`NodeBuilder::start_hosted`): the senders its host loop polls. `None`:
+    /// each sender is a task.
+    inline: Option<peer::InlineSenders>,
 }
 
 impl PeerFactory {
-    pub(crate) fn start(&self, peer: NodeId) -> peer::PeerQueue {
+    /// Starts the sender of `peer` and returns its queue: spawns it as a task, or in a hosted
+    /// node keeps its future for the host loop to poll ([`PeerFactory::poll_inline`]).
+    pub(crate) fn start(&mut self, peer: NodeId) -> peer::PeerQueue {
+        let (queue, task) = self.queue(peer);
+        match &mut self.inline {
+            None => self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed()),
+            Some(inline) => inline.push(peer, task.boxed()),
+        }
+        queue
+    }
+
+    /// A new queue to `peer` and its sender's future.
+    fn queue(
+        &self,
+        peer: NodeId,
+    ) -> (peer::PeerQueue, impl std::future::Future<Output = ()> + Send + 'static) {
         let metrics = PeerMetrics::new(self.metrics.clone(), peer, self.chunk_bytes);
         let network = self.network.clone();
-        let (queue, task) = peer::PeerQueue::new(
+        peer::PeerQueue::new(
             peer,
             self.address,
             network,
             self.inputs.clone(),
             self.capacity,
             metrics,
-        );
-        self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
-        queue
+        )
+    }
+
+    /// Hands `request` to the sender of `peer` (whose queue is `queue`). In a hosted node an
+    /// InstallSnapshot goes to the peer's snapshot sender task, started on the first one: its
+    /// chunk is read from the snapshot store inside the send, which must not stall the host
+    /// loop.
+    pub(crate) fn send(
+        &self,
+        peer: NodeId,
+        queue: &mut peer::PeerQueue,
+        request: RpcRequest,
+    ) -> Result<(), async_channel::TrySendError<RpcRequest>> {
+        if self.inline.is_none() || !matches!(request, RpcRequest::InstallSnapshot(_)) {
+            return queue.queue().try_send(request);
+        }
+        let start = || {
+            let (queue, task) = self.queue(peer);
+            self.spawner.spawn(Task::Other(format!("sender to peer {peer}")), task.boxed());
+            queue
+        };
+        queue.snapshots(start).try_send(request)
+    }
+
+    /// Hosted node: polls its inline senders with `cx` ([`peer::InlineSenders::poll`]) and
+    /// reports each that panicked as a task's supervisor does: logged, and
+    /// `Input::Fatal` queued to the main loop (which wakes the group). Returns the failures
+    /// that could not be queued (the input queue full or closed), for the main loop to take
+    /// itself.
+    pub(crate) fn poll_inline(&mut self, cx: &mut std::task::Context<'_>) -> Vec<FatalError> {
+        let Some(inline) = &mut self.inline else { return Vec::new() };
+        let mut unqueued = Vec::new();
+        for error in inline.poll(cx) {
+            tracing::error!(%error, "a task of the node panicked");
+            if let Err(refused) = self.inputs.try_send(Input::Fatal(error)) {
+                if let Input::Fatal(error) = refused.into_inner() {
+                    unqueued.push(error);
+                }
+            }
+        }
+        unqueued
     }
 }
 
@@ -392,10 +449,10 @@ impl Node {
     /// Prepares a node: opens `store` (and the snapshot store), restores the state machine and
     /// loads the log as [`NodeBuilder::start`] says, spawns the node's tasks other than the
     /// main loop (log writer unless `runner.inline_writes`, applier, snapshot tasks, peer
-    /// senders; the ticker only if `runner.spawn_ticker`, at the place it always had among
-    /// them, since the spawn order is part of a deterministic simulation's schedule) and
-    /// builds the main loop. Returns the node's
-    /// handle and its main loop, which does nothing until its runner runs it: its own task
+    /// senders unless `runner.inline_peers`; the ticker only if `runner.spawn_ticker`, at the
+    /// place it always had among them, since the spawn order is part of a deterministic
+    /// simulation's schedule) and builds the main loop. Returns the node's handle and its
+    /// main loop, which does nothing until its runner runs it: its own task
     /// ([`hosted::Hosted::spawn`]) or a host loop (which then also sends its ticks: plan S1).
     async fn prepare<S, N, M, R>(
         config: Config,
@@ -480,6 +537,7 @@ impl Node {
             metrics: metrics.clone(),
             chunk_bytes: config.snapshot_chunk_bytes,
             address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
+            inline: runner.inline_peers.then(peer::InlineSenders::default),
         };
         let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
@@ -915,11 +973,16 @@ pub(crate) struct Runner {
     /// The main loop writes the log inline, with no log writer task (a host loop runs it and
     /// polls its writes: plan S2).
     pub(crate) inline_writes: bool,
+    /// The node's peer senders are futures the runner polls (`Hosted::poll_peers`), not tasks,
+    /// but for InstallSnapshot (plan S3b-lite).
+    pub(crate) inline_peers: bool,
 }
 
 impl Runner {
     /// The main loop's own task runs it (`NodeBuilder::start`).
-    pub(crate) const TASK: Runner = Runner { spawn_ticker: true, inline_writes: false };
+    pub(crate) const TASK: Runner =
+        Runner { spawn_ticker: true, inline_writes: false, inline_peers: false };
     /// A host loop runs it (`NodeBuilder::start_hosted`).
-    pub(crate) const HOST_LOOP: Runner = Runner { spawn_ticker: true, inline_writes: true };
+    pub(crate) const HOST_LOOP: Runner =
+        Runner { spawn_ticker: true, inline_writes: true, inline_peers: true };
 }

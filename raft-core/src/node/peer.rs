@@ -1,17 +1,24 @@
-//! One sender task per peer: runs RPCs to that peer concurrently (pipelining) and reports each
-//! outcome to the main loop.
+//! One sender per peer: runs RPCs to that peer concurrently (pipelining) and reports each
+//! outcome to the main loop. The sender is a task of its own, or, in a hosted node (run by a
+//! host loop, plan S3b-lite), a future the host loop polls in the group's turn
+//! ([`InlineSenders`]): the same future either way, with the same window and the same report
+//! of abandoned RPCs; a hosted node sends InstallSnapshot through a sender task of its own
+//! ([`PeerQueue`]).
 
 use std::collections::HashMap;
-use std::task::Poll;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::task::{Context, Poll};
 
 use async_channel::{Receiver, Sender};
 use futures::channel::oneshot;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 
 use super::quiet::QuietLog;
 use super::Input;
 use crate::engine::SentRequest;
+use crate::error::FatalError;
 use crate::message::{Envelope, RpcRequest, RpcResponse};
 use crate::metrics::{rpc_kind_name, PeerMetrics};
 use crate::network::{Network, NetworkError, RefusalReason, RpcError};
@@ -55,21 +62,19 @@ impl Address {
     }
 }
 
-/// The main loop's end of a peer's sender task: its request queue. Dropping it stops the task
-/// at once, whatever its RPCs in flight are doing; the task then reports each of them, and each
-/// request still queued, as failed, so that nothing in the engine waits for their answers.
-pub(crate) struct PeerQueue {
+/// One request queue of a peer's sender: dropping it stops the sender at once, whatever its
+/// RPCs in flight are doing; the sender then reports each of them, and each request still
+/// queued, as failed, so that nothing in the engine waits for their answers.
+struct Lane {
     queue: Sender<RpcRequest>,
-    /// Why the peer refused the latest RPC whose outcome the main loop saw, if it did.
-    last_refusal: Option<RefusalReason>,
-    /// Dropped with the queue: wakes the task even when its window is full.
+    /// Dropped with the queue: wakes the sender even when its window is full.
     _stop: oneshot::Sender<()>,
 }
 
-impl PeerQueue {
-    /// The queue and the sender task to spawn for `peer`, with at most `max_in_flight` RPCs
-    /// in flight and as many queued.
-    pub(crate) fn new<N: Network + Clone>(
+impl Lane {
+    /// The queue and the sender (its future, to spawn or to poll) for `peer`, with at most
+    /// `max_in_flight` RPCs in flight and as many queued.
+    fn new<N: Network + Clone>(
         peer: NodeId,
         address: Address,
         network: N,
@@ -80,12 +85,59 @@ impl PeerQueue {
         let (queue, requests) = async_channel::bounded(max_in_flight);
         let (stop_tx, stop) = oneshot::channel();
         let task = run(peer, address, network, requests, stop, inputs, max_in_flight, metrics);
-        (Self { queue, last_refusal: None, _stop: stop_tx }, task)
+        (Self { queue, _stop: stop_tx }, task)
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
+}
+
+/// The main loop's end of a peer's sender: its request queue. Dropping it stops the sender at
+/// once, whatever its RPCs in flight are doing; the sender then reports each of them, and each
+/// request still queued, as failed, so that nothing in the engine waits for their answers.
+///
+/// In a hosted node (run by a host loop) the sender is a future the host loop polls in the
+/// group's turn ([`InlineSenders`]), not a task; InstallSnapshot requests, whose chunks are
+/// read from the snapshot store inside the send, go through a second queue to a sender task
+/// of their own, spawned when the first one is sent ([`PeerQueue::snapshots`]). Each queue's
+/// sender keeps at most `max_in_flight` RPCs in flight and as many queued: a hosted node has
+/// at most `2 x max_in_flight` RPCs in flight to one peer (a node run by its own task
+/// `max_in_flight`).
+pub(crate) struct PeerQueue {
+    lane: Lane,
+    /// Hosted node: the queue of the InstallSnapshot sender task, once one was sent.
+    snapshots: Option<Lane>,
+    /// Why the peer refused the latest RPC whose outcome the main loop saw, if it did.
+    last_refusal: Option<RefusalReason>,
+}
+
+impl PeerQueue {
+    /// The queue and the sender (a future, to spawn as a task or to poll inline) for `peer`,
+    /// with at most `max_in_flight` RPCs in flight and as many queued.
+    pub(crate) fn new<N: Network + Clone>(
+        peer: NodeId,
+        address: Address,
+        network: N,
+        inputs: Sender<Input>,
+        max_in_flight: usize,
+        metrics: PeerMetrics,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (lane, task) = Lane::new(peer, address, network, inputs, max_in_flight, metrics);
+        (Self { lane, snapshots: None, last_refusal: None }, task)
     }
 
     /// The request queue (full: the peer is not answering).
     pub(crate) fn queue(&self) -> &Sender<RpcRequest> {
-        &self.queue
+        &self.lane.queue
+    }
+
+    /// Hosted node: the queue of the peer's InstallSnapshot sender task, started by `start`
+    /// (a [`PeerQueue`] whose sender it spawned) the first time.
+    pub(crate) fn snapshots(&mut self, start: impl FnOnce() -> PeerQueue) -> &Sender<RpcRequest> {
+        &self.snapshots.get_or_insert_with(|| start().lane).queue
     }
 
     /// Notes the outcome of an RPC to the peer: the refusal if the peer refused it (its node
@@ -103,9 +155,58 @@ impl PeerQueue {
     }
 }
 
-impl Drop for PeerQueue {
-    fn drop(&mut self) {
-        self.queue.close();
+/// The senders of a hosted node's peers, as futures its host loop polls in the group's turn
+/// with the group's waker ([`InlineSenders::poll`]), instead of a task per peer. A sender
+/// whose [`PeerQueue`] is dropped while the node runs (the peer left) is polled on until it
+/// has reported its abandoned RPCs, as a task would; all of them are dropped with the node's
+/// main loop (the node stopped, or its host loop is gone).
+#[derive(Default)]
+pub(crate) struct InlineSenders {
+    senders: Vec<(NodeId, BoxFuture<'static, ()>)>,
+}
+
+impl InlineSenders {
+    /// Keeps `sender`, the sender future of `peer`, to poll.
+    pub(crate) fn push(&mut self, peer: NodeId, sender: BoxFuture<'static, ()>) {
+        self.senders.push((peer, sender));
+    }
+
+    /// Polls every sender with `cx`, each under `catch_unwind`, and drops the ones that ended.
+    /// A sender that panics is dropped too (a panic of its drop is caught, and its payload
+    /// leaked); returns the failure of each one that panicked, for the node to stop as when a
+    /// task of it panics (`FatalError::Panicked` with task "sender to peer N").
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Vec<FatalError> {
+        let mut failed = Vec::new();
+        let mut i = 0;
+        while i < self.senders.len() {
+            let sender = &mut self.senders[i].1;
+            let polled = catch_unwind(AssertUnwindSafe(|| sender.as_mut().poll(cx)));
+            let message = match polled {
+                Ok(Poll::Pending) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(Poll::Ready(())) => None,
+                Err(payload) => {
+                    let message = super::panic_message(payload.as_ref());
+                    super::Hosted::drop_payload(payload);
+                    Some(message)
+                }
+            };
+            let (peer, sender) = self.senders.swap_remove(i);
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(sender))) {
+                tracing::error!(
+                    peer,
+                    "dropping a sender to a peer panicked: its payload is leaked"
+                );
+                std::mem::forget(again);
+            }
+            if let Some(message) = message {
+                failed
+                    .push(FatalError::Panicked { task: format!("sender to peer {peer}"), message });
+            }
+        }
+        failed
     }
 }
 
