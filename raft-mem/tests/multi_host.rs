@@ -1087,7 +1087,6 @@ mod tokio_rt {
     async fn shutdown_waits_for_a_log_write_in_flight_looped() {
         super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop).await;
     }
-    use super::{Fault, Mode};
 }
 
 mod smol_rt {
