@@ -84,6 +84,8 @@ struct SendFaults {
     /// Hanging requests in flight now, and the most seen at once.
     hung: AtomicUsize,
     most_hung: AtomicUsize,
+    /// Dropping a hung request panics (a user's network future whose drop panics).
+    drop_bomb: AtomicBool,
 }
 
 impl Default for SendFaults {
@@ -94,6 +96,7 @@ impl Default for SendFaults {
             gate: async_channel::bounded(1),
             hung: AtomicUsize::new(0),
             most_hung: AtomicUsize::new(0),
+            drop_bomb: AtomicBool::new(false),
         }
     }
 }
@@ -120,6 +123,9 @@ impl Hung {
 impl Drop for Hung {
     fn drop(&mut self) {
         self.0.hung.fetch_sub(1, Ordering::SeqCst);
+        if self.0.drop_bomb.load(Ordering::SeqCst) && !std::thread::panicking() {
+            panic!("drop bomb");
+        }
     }
 }
 
@@ -613,6 +619,77 @@ async fn a_peer_that_never_answers_gets_a_bounded_window<R: Runtime + Clone>(rt:
     }
 }
 
+/// Group 1's leader has an RPC hung to a silent peer whose future panics when dropped (a
+/// user's network future). Review finding M1 of integ34: in looped mode the inline senders
+/// were dropped with the main loop outside any `catch_unwind`. A clean `remove_group` must
+/// report no fatal error (tasks mode drops the future in the sender task), and the host's other
+/// group keeps committing.
+async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.add_group(2).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    support::wait_until(&rt, "a hung RPC", || sends.hung.load(Ordering::SeqCst) >= 1).await;
+    sends.drop_bomb.store(true, Ordering::SeqCst);
+    let removed = within(&rt, "remove", hosts.hosts[&leader].remove_group(1)).await.unwrap();
+    assert!(removed.fatal_error.is_none(), "{mode:?}: {:?}", removed.fatal_error);
+    hosts.write(2, b"group 2 still fine").await;
+    hosts.applied_everywhere(2, b"group 2 still fine").await;
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
+/// As above, but group 1's step panics (its network's `members_changed`) while the RPC whose
+/// drop panics is in flight: group 1 stops on that host, and the host's group 2 is still
+/// running there (looped mode: the panic of the drop unwound into the host loop, which dropped
+/// every group of the host, before the fix).
+async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone<
+    R: Runtime + Clone,
+>(
+    rt: R,
+    mode: Mode,
+) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(1).await;
+    hosts.add_group(2).await;
+    hosts.write(1, b"before").await;
+    hosts.write(2, b"before").await;
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    support::wait_until(&rt, "a hung RPC", || sends.hung.load(Ordering::SeqCst) >= 1).await;
+    sends.drop_bomb.store(true, Ordering::SeqCst);
+    hosts.bombs[&(leader, 1)].store(true, Ordering::SeqCst);
+    let learner = MembershipChange::AddLearner(9, NodeInfo::default());
+    let _ = within(&rt, "the change", hosts.node(leader, 1).change_membership(learner)).await;
+    let host = hosts.hosts[&leader].clone();
+    within(&rt, "group 1 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.iter().map(|(g, _)| *g).collect::<Vec<_>>(), [1], "{failed:?}");
+    for info in host.groups() {
+        if info.id == 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{mode:?}: {info:?}");
+        }
+    }
+    hosts.write(2, b"after").await;
+    hosts.applied_everywhere(2, b"after").await;
+    hosts.bombs[&(leader, 1)].store(false, Ordering::SeqCst);
+    for id in HOSTS {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+    }
+}
+
 /// Ticks 20 times slower than `test_config`'s (100 ms), and timeouts to match.
 fn slow_ticks(id: NodeId) -> raft_core::Config {
     let mut config = test_config(id);
@@ -986,6 +1063,28 @@ mod tokio_rt {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_sender_stops_its_group_alone_looped() {
         super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove() {
+        super::a_hung_rpc_whose_drop_panics_leaves_a_clean_remove(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped() {
+        super::a_hung_rpc_whose_drop_panics_leaves_a_clean_remove(rt(), Mode::Loop).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone() {
+        let test = super::a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone;
+        test(rt(), Mode::Tasks).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped() {
+        let test = super::a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone;
+        test(rt(), Mode::Loop).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

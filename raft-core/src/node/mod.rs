@@ -889,7 +889,10 @@ impl Node {
 
     /// Stops the node: every task and timer ends, pending proposals, reads and inbound RPCs
     /// fail with `Shutdown` (those still queued too), and writes already handed to the store
-    /// complete. Returns once everything has stopped (then the stores are no longer used).
+    /// complete (a node of a [`Host::with_loop`](crate::Host::with_loop) host hands the store
+    /// one write at a time and drops the batches queued behind it: nothing was acknowledged
+    /// for them, as after a crash; in its own task the log writer writes them too). Returns
+    /// once everything has stopped (then the stores are no longer used).
     ///
     /// Idempotent and cancellation-safe: calling it again (or on a node that stopped on its own)
     /// waits for the same end, and returns at once if the node has already stopped; a call

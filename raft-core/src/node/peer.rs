@@ -194,19 +194,35 @@ impl InlineSenders {
                 }
             };
             let (peer, sender) = self.senders.swap_remove(i);
-            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(sender))) {
-                tracing::error!(
-                    peer,
-                    "dropping a sender to a peer panicked: its payload is leaked"
-                );
-                std::mem::forget(again);
-            }
+            drop_sender(peer, sender);
             if let Some(message) = message {
                 failed
                     .push(FatalError::Panicked { task: format!("sender to peer {peer}"), message });
             }
         }
         failed
+    }
+}
+
+/// The senders go with the node's main loop (its stop, a panic, the host loop's task dropped):
+/// each is dropped under `catch_unwind`, as its own task would drop it, so that a user's
+/// network future whose drop panics cannot unwind into the host loop (which would drop every
+/// group of the host) nor change how the node ended.
+impl Drop for InlineSenders {
+    fn drop(&mut self) {
+        for (peer, sender) in self.senders.drain(..) {
+            drop_sender(peer, sender);
+        }
+    }
+}
+
+/// Drops `sender`, the sender future of `peer`, under `catch_unwind`: a panic of its drop (a
+/// user's network future) is logged and its payload leaked, as [`super::Hosted::drop_payload`]
+/// does.
+fn drop_sender(peer: NodeId, sender: BoxFuture<'static, ()>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(sender))) {
+        tracing::error!(peer, "dropping a sender to a peer panicked: its payload is leaked");
+        std::mem::forget(again);
     }
 }
 

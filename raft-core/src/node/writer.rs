@@ -111,10 +111,12 @@ impl Write {
         match polled {
             Ok(Poll::Ready(result)) => Ok(Some(self.finish(metrics, result))),
             Ok(Poll::Pending) => Ok(None),
-            Err(payload) => Err(FatalError::Panicked {
-                task: "log writer".to_owned(),
-                message: panic_message(payload.as_ref()),
-            }),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                // User code's payload: its drop must not unwind into the caller either.
+                super::Hosted::drop_payload(payload);
+                Err(FatalError::Panicked { task: "log writer".to_owned(), message })
+            }
         }
     }
 
@@ -264,10 +266,15 @@ impl InlineWriter {
     /// the batches queued behind it, merged, without polling them yet; after a failure,
     /// nothing more.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Option<Input> {
-        let write = self.in_flight.as_mut()?;
+        // Taken out first: should anything below unwind (a metrics recorder), no ended or
+        // panicked write is left in flight to be polled again (`take_in_flight`).
+        let mut write = self.in_flight.take()?;
         let polled = write.poll(cx, &self.metrics);
         let report = match polled {
-            Ok(None) => return None,
+            Ok(None) => {
+                self.in_flight = Some(write);
+                return None;
+            }
             Ok(Some(Written { seq, written, result, ended })) => {
                 if result.is_err() {
                     self.close();
@@ -279,7 +286,7 @@ impl InlineWriter {
                 Input::Fatal(panicked)
             }
         };
-        self.in_flight = None;
+        drop(write);
         if !self.closed {
             if let Some(first) = self.queued.pop_front() {
                 let queued = &mut self.queued;
@@ -535,5 +542,38 @@ mod tests {
         }
         assert!(inline.poll(&mut cx).is_none());
         assert_eq!(*calls.lock().unwrap(), [Some(1)]);
+    }
+
+    /// Review finding LOW 1 of integ34: a store whose write panics with a payload whose drop
+    /// panics too. The inline writer reports the log writer's panic, and no write is left in
+    /// flight: before the fix the payload's drop unwound out of `poll` with the ended write
+    /// still in flight, which `take_in_flight` then handed to a task that polled it again.
+    #[test]
+    fn inline_a_store_panic_whose_payload_drop_panics_leaves_nothing_in_flight() {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                if !std::thread::panicking() {
+                    panic!("payload drop");
+                }
+            }
+        }
+        fn burn() -> Result<(), StorageError> {
+            std::panic::panic_any(Bomb)
+        }
+        let start: StartWrite = Arc::new(|_| async { burn() }.boxed());
+        let metrics = metrics();
+        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
+        inline.started(Write::start(&start, &metrics, 1, batch(1)));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inline.poll(&mut cx)));
+        match polled {
+            Ok(Some(Input::Fatal(FatalError::Panicked { task, .. }))) => {
+                assert_eq!(task, "log writer")
+            }
+            Ok(_) => panic!("expected the writer's panic"),
+            Err(_) => panic!("the payload's drop unwound out of InlineWriter::poll"),
+        }
+        assert!(inline.take_in_flight().is_none(), "an ended write was left in flight");
     }
 }
