@@ -224,14 +224,18 @@ impl<G> Host<G> {
     /// and every group has stopped; dropped with its runtime (shut down, or a simulated
     /// crash), it drops the groups' main loops, as their own tasks would be dropped.
     ///
-    /// Every group's steps run in that one task: a group's blocking network or store callback
-    /// (e.g. `Network::members_changed`, or a store method that blocks before returning its
-    /// future) stalls the whole loop, so every group of the host; in tasks mode it stalls
-    /// one worker thread.
+    /// Every group's steps run in that one task, and its log writes and its RPCs to peers (but
+    /// InstallSnapshot) are polled there too: those `LogStore::write` and `Network::send`
+    /// futures have no task of their own. A group's blocking network or store callback (e.g.
+    /// `Network::members_changed`, or a store method or `send` that blocks before its future's
+    /// first `Pending`) stalls the whole loop, so every group of the host; in tasks mode it
+    /// stalls one worker thread.
     ///
-    /// **Experimental, not faster yet.** This is the first step of a host-level loop meant to
-    /// batch many groups' writes and messages; alone it measured about the throughput and CPU
-    /// per write of [`Host::new`] (ARCHITECTURE.md, "Built: step S1").
+    /// **Experimental.** The steps of a host-level loop meant to batch many groups' writes and
+    /// messages; so far it measured 1.0-1.2x the throughput of [`Host::new`] at 64 groups, with
+    /// less CPU per write, but 0.8x with one busy group and 64 writers (its senders no longer
+    /// run beside its steps): prefer [`Host::new`] for a few busy groups (ARCHITECTURE.md,
+    /// "S2 and S3b-lite measured").
     pub fn with_loop<R: Runtime>(id: NodeId, runtime: R) -> Self {
         let groups = RwLock::new(BTreeMap::new());
         let looped = Some(LoopHandle::spawn(runtime));
