@@ -449,6 +449,17 @@ mod tests {
         }
     }
 
+    /// An inline writer whose first write (batch 1, seq 1) is in flight: started by the main
+    /// loop and found pending at its first poll, as `write_log` hands it over.
+    fn inline_with_first_pending(start: &StartWrite) -> InlineWriter {
+        let metrics = metrics();
+        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
+        let mut first = Write::start(start, &metrics, 1, batch(1));
+        assert!(first.poll_once(&metrics).unwrap().is_none());
+        inline.started(first);
+        inline
+    }
+
     fn report(input: Option<Input>) -> (u64, u64, bool) {
         match input {
             Some(Input::Persisted { seq, written, result, .. }) => {
@@ -467,11 +478,7 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (open, gate) = futures::channel::oneshot::channel::<()>();
         let start = gated_store(&calls, gate, &[]);
-        let metrics = metrics();
-        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
-        let mut first = Write::start(&start, &metrics, 1, batch(1));
-        assert!(first.poll_once(&metrics).unwrap().is_none());
-        inline.started(first);
+        let mut inline = inline_with_first_pending(&start);
         assert!(inline.busy());
         inline.queue(WriteRequest { seq: 2, batch: batch(2) });
         inline.queue(WriteRequest { seq: 3, batch: batch(3) });
@@ -496,11 +503,7 @@ mod tests {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (open, gate) = futures::channel::oneshot::channel::<()>();
         let start = gated_store(&calls, gate, &[1]);
-        let metrics = metrics();
-        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
-        let mut first = Write::start(&start, &metrics, 1, batch(1));
-        assert!(first.poll_once(&metrics).unwrap().is_none());
-        inline.started(first);
+        let mut inline = inline_with_first_pending(&start);
         inline.queue(WriteRequest { seq: 2, batch: batch(2) });
         open.send(()).unwrap();
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
@@ -526,11 +529,7 @@ mod tests {
             }
             .boxed()
         });
-        let metrics = metrics();
-        let mut inline = InlineWriter::new(start.clone(), metrics.clone());
-        let mut first = Write::start(&start, &metrics, 1, batch(1));
-        assert!(first.poll_once(&metrics).unwrap().is_none());
-        inline.started(first);
+        let mut inline = inline_with_first_pending(&start);
         inline.queue(WriteRequest { seq: 2, batch: batch(2) });
         open.send(()).unwrap();
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
