@@ -144,7 +144,7 @@ where
             metric_labels: self.metric_labels,
         };
         let (config, store, network) = (self.config, self.store, self.network);
-        let runner = super::Runner::HOST_LOOP;
+        let runner = super::Runner::HostLoop;
         Node::prepare(config, store, network, self.state_machine, self.runtime, options, runner)
             .await
     }

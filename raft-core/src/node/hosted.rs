@@ -9,10 +9,8 @@
 //! ([`Hosted::poll_log_write`]) and steps the group over its report. A group that stops with
 //! a write in flight hands it to a task of its own, which holds a guard of the "all tasks
 //! done" channel until the store's call returned: `Node::shutdown` waits for it, as for the
-//! log writer task in tasks mode.
-//!
-//! A hosted node (`NodeBuilder::start_hosted`) differs in a second way too: its peer senders are futures
-//! its runner polls ([`Hosted::poll_peers`]), not tasks.
+//! log writer task in tasks mode. Its peer senders, too, are futures the host loop polls
+//! ([`Hosted::poll_peers`]), not tasks.
 
 use std::sync::Arc;
 

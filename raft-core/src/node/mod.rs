@@ -440,7 +440,7 @@ impl Node {
         R: Runtime,
     {
         let (node, hosted) =
-            Self::prepare(config, store, network, state_machine, runtime, options, Runner::TASK)
+            Self::prepare(config, store, network, state_machine, runtime, options, Runner::Task)
                 .await?;
         hosted.spawn(node.shared.runtime.clone());
         Ok(node)
@@ -448,10 +448,9 @@ impl Node {
 
     /// Prepares a node: opens `store` (and the snapshot store), restores the state machine and
     /// loads the log as [`NodeBuilder::start`] says, spawns the node's tasks other than the
-    /// main loop (log writer unless `runner.inline_writes`, applier, snapshot tasks, peer
-    /// senders unless `runner.inline_peers`; the ticker only if `runner.spawn_ticker`, at the
-    /// place it always had among them, since the spawn order is part of a deterministic
-    /// simulation's schedule) and builds the main loop. Returns the node's handle and its
+    /// main loop (applier, snapshot tasks, ticker; log writer and peer senders unless a host
+    /// loop runs it, see [`Runner`]; in an order kept since the spawn order is part of a
+    /// deterministic simulation's schedule) and builds the main loop. Returns the node's handle and its
     /// main loop, which does nothing until its runner runs it: its own task
     /// ([`hosted::Hosted::spawn`]) or a host loop (which then also sends its ticks: plan S1).
     async fn prepare<S, N, M, R>(
@@ -537,7 +536,7 @@ impl Node {
             metrics: metrics.clone(),
             chunk_bytes: config.snapshot_chunk_bytes,
             address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
-            inline: runner.inline_peers.then(peer::InlineSenders::default),
+            inline: (runner == Runner::HostLoop).then(peer::InlineSenders::default),
         };
         let membership = Arc::new(Mutex::new(engine.membership().clone()));
         let (snap_ops, applier_snapshots) = match &snapshots {
@@ -560,7 +559,7 @@ impl Node {
             }
         };
         let start_write = writer::start_write(store);
-        let writer = if runner.inline_writes {
+        let writer = if runner == Runner::HostLoop {
             drop(writer_rx);
             core_loop::LogWriter::Inline(writer::InlineWriter::new(
                 start_write.clone(),
@@ -590,16 +589,14 @@ impl Node {
             grid: ticker::quiesced_wake_grid(config.quiesce_check_interval),
             inputs: inputs_tx.clone(),
         };
-        if runner.spawn_ticker {
-            let ticks = ticker::run(
-                ticking.pacer.clone(),
-                runtime.clone(),
-                ticking.tick,
-                ticking.grid,
-                ticking.inputs.clone(),
-            );
-            spawn("ticker", ticks.boxed());
-        }
+        let ticks = ticker::run(
+            ticking.pacer.clone(),
+            runtime.clone(),
+            ticking.tick,
+            ticking.grid,
+            ticking.inputs.clone(),
+        );
+        spawn("ticker", ticks.boxed());
         let inbox = Arc::new(inbox::Inbox::new(inputs_tx.clone()));
         let ends = Arc::new(supervisor::Inputs {
             receiver: inputs_rx,
@@ -968,24 +965,14 @@ async fn load_log<S: LogStore>(
     Ok(entries)
 }
 
-/// How a prepared node's main loop is to be run ([`Node::prepare`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Runner {
-    /// Spawn the node's ticker task.
-    pub(crate) spawn_ticker: bool,
-    /// The main loop writes the log inline, with no log writer task (a host loop runs it and
-    /// polls its writes: plan S2).
-    pub(crate) inline_writes: bool,
-    /// The node's peer senders are futures the runner polls (`Hosted::poll_peers`), not tasks,
-    /// but for InstallSnapshot (plan S3b-lite).
-    pub(crate) inline_peers: bool,
-}
-
-impl Runner {
-    /// The main loop's own task runs it (`NodeBuilder::start`).
-    pub(crate) const TASK: Runner =
-        Runner { spawn_ticker: true, inline_writes: false, inline_peers: false };
-    /// A host loop runs it (`NodeBuilder::start_hosted`).
-    pub(crate) const HOST_LOOP: Runner =
-        Runner { spawn_ticker: true, inline_writes: true, inline_peers: true };
+/// Who runs a prepared node's main loop ([`Node::prepare`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runner {
+    /// Its own task (`NodeBuilder::start`); the node has a log writer task and a sender task
+    /// per peer.
+    Task,
+    /// A host loop (`NodeBuilder::start_hosted`): the main loop writes its log inline (plan
+    /// S2), and its peer senders, but InstallSnapshot's, are futures the host loop polls
+    /// (`Hosted::poll_peers`, plan S3b-lite).
+    HostLoop,
 }
