@@ -48,27 +48,48 @@ fn bench_multi(args: &[&str]) -> String {
 
 #[test]
 fn two_groups_four_clients_print_a_row() {
-    let args = ["--groups", "2", "--clients", "4", "--seconds", "1", "--rounds", "1"];
+    // 1 group with 2 clients too: the base of the 2-group, 4-client row's "same clients per
+    // group" ratio.
+    let args = ["--groups", "1,2", "--clients", "2,4", "--seconds", "1", "--rounds", "1"];
     let out = bench_multi(&[&args[..], &["--host-loop", "0,1"]].concat());
+    let cells_of = |row: &str| -> Vec<String> {
+        row.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    let puts_of = |groups: u64, host: &str, clients: usize| -> f64 {
+        let prefix = format!("| {groups} | {host} | {clients} |");
+        let row = out
+            .lines()
+            .find(|line| line.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no row {prefix} in:\n{out}"));
+        cells_of(row)[3].parse().unwrap()
+    };
     for host in ["tasks", "loop"] {
         let row = out
             .lines()
             .find(|line| line.starts_with(&format!("| 2 | {host} | 4 |")))
             .unwrap_or_else(|| panic!("no row for 2 groups ({host}) and 4 clients in:\n{out}"));
-        // groups, host, clients, puts/s, ratio, p50, p99, syncs/s, entries/sync, KiB/sync,
-        // CPU s, CPU µs/put, RPCs/put, frames/put, failed, k (group steps per host-loop pass)
-        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-        assert_eq!(cells.len(), 16, "{row}");
-        let frames: f64 = cells[13].parse().unwrap();
+        // groups, host, clients, puts/s, ratio, ratio at the same clients per group, p50, p99,
+        // syncs/s, entries/sync, KiB/sync, CPU s, CPU µs/put, RPCs/put, frames/put, failed, k
+        // (group steps per host-loop pass)
+        let cells = cells_of(row);
+        assert_eq!(cells.len(), 17, "{row}");
+        let frames: f64 = cells[14].parse().unwrap();
         assert!(frames > 0.0, "no request frame sent: {row}");
         let puts: f64 = cells[3].parse().unwrap();
         assert!(puts > 0.0, "no put acknowledged: {row}");
-        assert_eq!(cells[7].split(" / ").count(), 3, "one syncs/s figure per node: {row}");
+        // Both ratios: against 1 group with 4 clients, and with 2 (the printed puts/s are
+        // rounded, the ratios are not: a margin for that and the ratios' own rounding).
+        let ratio = |cell: &str| -> f64 { cell.trim_end_matches('x').parse().unwrap() };
+        let expected = |base: f64| puts / base.max(1.0);
+        let near = |cell: &str, base: f64| (ratio(cell) - expected(base)).abs() <= 0.02;
+        assert!(near(&cells[4], puts_of(1, host, 4)), "vs 1 group with 4 clients: {row}");
+        assert!(near(&cells[5], puts_of(1, host, 2)), "vs 1 group with 2 clients: {row}");
+        assert_eq!(cells[8].split(" / ").count(), 3, "one syncs/s figure per node: {row}");
         if host == "loop" {
-            let k: Vec<f64> = cells[15].split(" / ").map(|k| k.parse().unwrap()).collect();
+            let k: Vec<f64> = cells[16].split(" / ").map(|k| k.parse().unwrap()).collect();
             assert!(k.len() == 3 && k.iter().all(|&k| k > 0.0), "k per node: {row}");
         } else {
-            assert_eq!(cells[15], "-", "{row}");
+            assert_eq!(cells[16], "-", "{row}");
         }
     }
 }

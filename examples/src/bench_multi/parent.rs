@@ -347,16 +347,23 @@ fn joined(values: &[f64], decimals: usize) -> String {
 fn print_throughput(samples: &BTreeMap<(u64, bool, usize), Vec<Sample>>) {
     println!();
     println!(
-        "| groups | host | clients | puts/s | vs 1 group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
+        "| groups | host | clients | puts/s | vs 1 group | vs 1 group, same clients per group | p50 | p99 | syncs/s (n1 / n2 / n3) | \
          entries/sync (n1 / n2 / n3) | KiB written/sync (n1 / n2 / n3) | CPU s (n1 / n2 / n3) | CPU µs/put | RPCs/put | frames/put | failed puts | k steps/pass (n1 / n2 / n3) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let median_of = |s: &[Sample], f: &dyn Fn(&Sample) -> f64| median(s.iter().map(f).collect());
     for (&(groups, host_loop, clients), rounds) in samples {
         let puts = median_of(rounds, &|s| s.puts_per_second());
         let one_group =
             samples.get(&(1, host_loop, clients)).map(|s| median_of(s, &|s| s.puts_per_second()));
         let ratio = one_group.map_or("-".into(), |base| format!("{:.2}x", puts / base.max(1.0)));
+        // The same load per group: 1 group with C / G clients, if that row was measured.
+        let per_group = (clients % groups as usize == 0)
+            .then(|| samples.get(&(1, host_loop, clients / groups as usize)))
+            .flatten()
+            .map(|s| median_of(s, &|s| s.puts_per_second()));
+        let per_group_ratio =
+            per_group.map_or("-".into(), |base| format!("{:.2}x", puts / base.max(1.0)));
         let p50 = median_of(rounds, &|s| s.percentiles().0 as f64) as u64;
         let p99 = median_of(rounds, &|s| s.percentiles().1 as f64) as u64;
         let syncs =
@@ -378,7 +385,7 @@ fn print_throughput(samples: &BTreeMap<(u64, bool, usize), Vec<Sample>>) {
         };
         let host = host_label(host_loop);
         println!(
-            "| {groups} | {host} | {clients} | {puts:.0} | {ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} | {k} |",
+            "| {groups} | {host} | {clients} | {puts:.0} | {ratio} | {per_group_ratio} | {} | {} | {} | {} | {} | {} | {cpu_per_put:.0} | {rpcs_per_put:.2} | {frames_per_put:.2} | {errors:.0} | {k} |",
             format_us(p50),
             format_us(p99),
             joined(&syncs, 0),
