@@ -1018,6 +1018,52 @@ async fn a_lone_group_commits_on_a_store_pending_at_first_poll<R: Runtime + Clon
     within(&rt, "host shutdown", host.shutdown()).await;
 }
 
+/// The tests of the scenarios above, in the module it is invoked in (which defines `rt()`, its
+/// runtime), run by `tokio` (a multi-threaded runtime of 2 workers) or `smol` (`block_on`).
+/// Each line names tests and the scenario they run, with its arguments after the runtime and
+/// the mode:
+/// - `tasks, looped => scenario(args);` declares the test `tasks`, which runs
+///   `scenario(rt(), Mode::Tasks, args)`, and the test `looped`, which runs it with `Mode::Loop`;
+/// - `tasks, looped;` is short for `tasks, looped => tasks();`;
+/// - `looped name => scenario(args);` (the word `looped`, then one name) declares only the
+///   test `name`, which runs the scenario with `Mode::Loop`.
+///
+/// (Both names are spelled out: `macro_rules!` cannot append `_looped` to an identifier.)
+macro_rules! scenario_tests {
+    ($runner:ident; $($lines:tt)*) => {
+        scenario_tests!(@lines $runner; $($lines)*);
+    };
+    (@lines $runner:ident;) => {};
+    (@lines $runner:ident;
+        looped $looped:ident => $scenario:ident($($arg:expr),*); $($rest:tt)*
+    ) => {
+        scenario_tests!(@test $runner; $looped, Loop => $scenario($($arg),*));
+        scenario_tests!(@lines $runner; $($rest)*);
+    };
+    (@lines $runner:ident;
+        $tasks:ident, $looped:ident => $scenario:ident($($arg:expr),*); $($rest:tt)*
+    ) => {
+        scenario_tests!(@test $runner; $tasks, Tasks => $scenario($($arg),*));
+        scenario_tests!(@test $runner; $looped, Loop => $scenario($($arg),*));
+        scenario_tests!(@lines $runner; $($rest)*);
+    };
+    (@lines $runner:ident; $tasks:ident, $looped:ident; $($rest:tt)*) => {
+        scenario_tests!(@lines $runner; $tasks, $looped => $tasks(); $($rest)*);
+    };
+    (@test tokio; $name:ident, $mode:ident => $scenario:ident($($arg:expr),*)) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            super::$scenario(rt(), Mode::$mode $(, $arg)*).await;
+        }
+    };
+    (@test smol; $name:ident, $mode:ident => $scenario:ident($($arg:expr),*)) => {
+        #[test]
+        fn $name() {
+            smol::block_on(super::$scenario(rt(), Mode::$mode $(, $arg)*));
+        }
+    };
+}
+
 mod tokio_rt {
     use super::{Fault, Mode};
 
@@ -1025,107 +1071,36 @@ mod tokio_rt {
         raft_core::runtime::TokioRuntime::current().unwrap()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_group_stops_alone() {
-        super::a_panicking_group_stops_alone(rt(), Mode::Tasks).await;
+    scenario_tests! { tokio;
+        a_panicking_group_stops_alone, a_panicking_group_stops_alone_looped;
+        adding_groups_checks_ids_limits_and_panics,
+            adding_groups_checks_ids_limits_and_panics_looped;
+        a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
+        a_panicking_sender_stops_its_group_alone, a_panicking_sender_stops_its_group_alone_looped;
+        a_hung_rpc_whose_drop_panics_leaves_a_clean_remove,
+            a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped;
+        a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone,
+            a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
+        a_peer_that_never_answers_gets_a_bounded_window,
+            a_peer_that_never_answers_gets_a_bounded_window_looped;
+        answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
+        a_lagging_follower_catches_up_through_a_snapshot,
+            a_lagging_follower_catches_up_through_a_snapshot_looped;
+        a_forwarded_read_ends_when_its_leader_is_removed,
+            a_forwarded_read_ends_when_its_leader_is_removed_looped;
+        a_payload_whose_drop_panics_stops_its_group_alone,
+            a_payload_whose_drop_panics_stops_its_group_alone_looped;
+        a_failing_log_store_stops_its_group_alone, a_failing_log_store_stops_its_group_alone_looped
+            => a_failing_log_store_stops_its_group_alone(Fault::Error);
+        a_panicking_log_store_stops_its_group_alone,
+            a_panicking_log_store_stops_its_group_alone_looped
+            => a_failing_log_store_stops_its_group_alone(Fault::Panic);
+        a_lone_group_commits_on_a_store_pending_at_first_poll,
+            a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
+        shutdown_waits_for_a_log_write_in_flight, shutdown_waits_for_a_log_write_in_flight_looped;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_group_stops_alone_looped() {
-        super::a_panicking_group_stops_alone(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn adding_groups_checks_ids_limits_and_panics() {
-        super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn adding_groups_checks_ids_limits_and_panics_looped() {
-        super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_step_stops_its_group_alone() {
-        super::a_panicking_step_stops_its_group_alone(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_step_stops_its_group_alone_looped() {
-        super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_sender_stops_its_group_alone() {
-        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_sender_stops_its_group_alone_looped() {
-        super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove() {
-        super::a_hung_rpc_whose_drop_panics_leaves_a_clean_remove(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped() {
-        super::a_hung_rpc_whose_drop_panics_leaves_a_clean_remove(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone() {
-        let test = super::a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone;
-        test(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped() {
-        let test = super::a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone;
-        test(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_that_never_answers_gets_a_bounded_window() {
-        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
-        super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn answers_reach_an_idle_group_at_once() {
-        super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn answers_reach_an_idle_group_at_once_looped() {
-        super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lagging_follower_catches_up_through_a_snapshot() {
-        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
-        super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_forwarded_read_ends_when_its_leader_is_removed() {
-        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
-        super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop).await;
-    }
+    // Looped only, on tokio only (the scenarios take a `TokioRuntime` and no mode).
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pass_takes_at_most_4096_proposals_looped() {
@@ -1136,56 +1111,6 @@ mod tokio_rt {
     async fn a_loop_dropped_unpolled_drops_its_groups_looped() {
         super::a_loop_dropped_unpolled_drops_its_groups(rt()).await;
     }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_payload_whose_drop_panics_stops_its_group_alone() {
-        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_payload_whose_drop_panics_stops_its_group_alone_looped() {
-        super::a_payload_whose_drop_panics_stops_its_group_alone(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_log_store_stops_its_group_alone() {
-        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Tasks, Fault::Error).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_log_store_stops_its_group_alone_looped() {
-        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Error).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_log_store_stops_its_group_alone() {
-        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Tasks, Fault::Panic).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panicking_log_store_stops_its_group_alone_looped() {
-        super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Panic).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lone_group_commits_on_a_store_pending_at_first_poll() {
-        super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lone_group_commits_on_a_store_pending_at_first_poll_looped() {
-        super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Loop).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown_waits_for_a_log_write_in_flight() {
-        super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Tasks).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn shutdown_waits_for_a_log_write_in_flight_looped() {
-        super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop).await;
-    }
 }
 
 mod smol_rt {
@@ -1195,111 +1120,27 @@ mod smol_rt {
         raft_core::runtime::SmolRuntime::global()
     }
 
-    #[test]
-    fn a_panicking_group_stops_alone() {
-        smol::block_on(super::a_panicking_group_stops_alone(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn a_panicking_group_stops_alone_looped() {
-        smol::block_on(super::a_panicking_group_stops_alone(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn adding_groups_checks_ids_limits_and_panics() {
-        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn adding_groups_checks_ids_limits_and_panics_looped() {
-        smol::block_on(super::adding_groups_checks_ids_limits_and_panics(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn a_panicking_step_stops_its_group_alone() {
-        smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn a_panicking_step_stops_its_group_alone_looped() {
-        smol::block_on(super::a_panicking_step_stops_its_group_alone(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn a_panicking_sender_stops_its_group_alone() {
-        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn a_panicking_sender_stops_its_group_alone_looped() {
-        smol::block_on(super::a_panicking_sender_stops_its_group_alone(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn a_peer_that_never_answers_gets_a_bounded_window() {
-        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn a_peer_that_never_answers_gets_a_bounded_window_looped() {
-        smol::block_on(super::a_peer_that_never_answers_gets_a_bounded_window(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn answers_reach_an_idle_group_at_once() {
-        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Tasks));
-    }
-
-    #[test]
-    fn answers_reach_an_idle_group_at_once_looped() {
-        smol::block_on(super::answers_reach_an_idle_group_at_once(rt(), Mode::Loop));
-    }
-
-    #[test]
-    fn a_lagging_follower_catches_up_through_a_snapshot() {
-        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Tasks);
-        smol::block_on(test);
-    }
-
-    #[test]
-    fn a_forwarded_read_ends_when_its_leader_is_removed() {
-        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Tasks);
-        smol::block_on(test);
-    }
-
-    #[test]
-    fn a_forwarded_read_ends_when_its_leader_is_removed_looped() {
-        let test = super::a_forwarded_read_ends_when_its_leader_is_removed(rt(), Mode::Loop);
-        smol::block_on(test);
-    }
-
-    #[test]
-    fn a_lagging_follower_catches_up_through_a_snapshot_looped() {
-        let test = super::a_lagging_follower_catches_up_through_a_snapshot(rt(), Mode::Loop);
-        smol::block_on(test);
-    }
-
-    #[test]
-    fn a_failing_log_store_stops_its_group_alone_looped() {
-        let run = super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Error);
-        smol::block_on(run);
-    }
-
-    #[test]
-    fn a_panicking_log_store_stops_its_group_alone_looped() {
-        let run = super::a_failing_log_store_stops_its_group_alone(rt(), Mode::Loop, Fault::Panic);
-        smol::block_on(run);
-    }
-
-    #[test]
-    fn a_lone_group_commits_on_a_store_pending_at_first_poll_looped() {
-        let run = super::a_lone_group_commits_on_a_store_pending_at_first_poll(rt(), Mode::Loop);
-        smol::block_on(run);
-    }
-
-    #[test]
-    fn shutdown_waits_for_a_log_write_in_flight_looped() {
-        smol::block_on(super::shutdown_waits_for_a_log_write_in_flight(rt(), Mode::Loop));
+    scenario_tests! { smol;
+        a_panicking_group_stops_alone, a_panicking_group_stops_alone_looped;
+        adding_groups_checks_ids_limits_and_panics,
+            adding_groups_checks_ids_limits_and_panics_looped;
+        a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
+        a_panicking_sender_stops_its_group_alone, a_panicking_sender_stops_its_group_alone_looped;
+        a_peer_that_never_answers_gets_a_bounded_window,
+            a_peer_that_never_answers_gets_a_bounded_window_looped;
+        answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
+        a_lagging_follower_catches_up_through_a_snapshot,
+            a_lagging_follower_catches_up_through_a_snapshot_looped;
+        a_forwarded_read_ends_when_its_leader_is_removed,
+            a_forwarded_read_ends_when_its_leader_is_removed_looped;
+        looped a_failing_log_store_stops_its_group_alone_looped
+            => a_failing_log_store_stops_its_group_alone(Fault::Error);
+        looped a_panicking_log_store_stops_its_group_alone_looped
+            => a_failing_log_store_stops_its_group_alone(Fault::Panic);
+        looped a_lone_group_commits_on_a_store_pending_at_first_poll_looped
+            => a_lone_group_commits_on_a_store_pending_at_first_poll();
+        looped shutdown_waits_for_a_log_write_in_flight_looped
+            => shutdown_waits_for_a_log_write_in_flight();
     }
 }
 
