@@ -800,8 +800,16 @@ async fn a_forwarded_read_ends_when_its_leader_is_removed<R: Runtime + Clone>(rt
 /// that the runner of the main loop, a host loop or the log writer task, finishes it), whose
 /// `fail_at`-th write (counting from 1) fails or panics, and whose writes sleep `slow` once
 /// switched on. Counts the writes started and those whose call returned.
+///
+/// Not `support::FaultyStore`, whose faults are switches the test flips at a moment it picks
+/// (`panic_on_write`, `fail_writes`, a gate) and which needs no runtime (it is `Default`): the
+/// scenarios here need every write pending at its first poll, from the first, and a fault at
+/// a fixed write (the 5th: after the group started and elected, with no race between the test
+/// and the log writer), with messages the scenario checks; `started` counts the failing write
+/// too (`writes_started` does not), and `slow` sleeps on the runtime. One type for both would
+/// carry two ways to fail a write and a runtime most of its users never set.
 #[derive(Clone)]
-struct FaultyStore {
+struct PendingFirstPollStore {
     inner: MemLogStore,
     rt: Arc<dyn Runtime>,
     fail_at: Option<(usize, Fault)>,
@@ -810,14 +818,14 @@ struct FaultyStore {
     returned: Arc<AtomicUsize>,
 }
 
-/// How a [`FaultyStore`]'s write fails.
+/// How a [`PendingFirstPollStore`]'s write fails.
 #[derive(Clone, Copy, Debug)]
 enum Fault {
     Error,
     Panic,
 }
 
-impl FaultyStore {
+impl PendingFirstPollStore {
     fn new(rt: Arc<dyn Runtime>, fail_at: Option<(usize, Fault)>) -> Self {
         Self {
             inner: MemLogStore::new(),
@@ -831,7 +839,7 @@ impl FaultyStore {
 }
 
 #[async_trait]
-impl LogStore for FaultyStore {
+impl LogStore for PendingFirstPollStore {
     async fn open(&self) -> Result<DurableState, StorageError> {
         self.inner.open().await
     }
@@ -883,7 +891,7 @@ async fn a_failing_log_store_stops_its_group_alone<R: Runtime + Clone>(
     for group in GROUPS {
         for id in HOSTS {
             let builder = if (id, group) == (1, 2) {
-                let store = FaultyStore::new(Arc::new(rt.clone()), Some((5, fault)));
+                let store = PendingFirstPollStore::new(Arc::new(rt.clone()), Some((5, fault)));
                 let builder = hosts.builder_on(id, group, Poisonable::default(), store);
                 hosts.hosts[&id].add_group(group, builder).await
             } else {
@@ -936,7 +944,7 @@ async fn a_failing_log_store_stops_its_group_alone<R: Runtime + Clone>(
 /// it, as the log writer task does in tasks mode).
 async fn shutdown_waits_for_a_log_write_in_flight<R: Runtime + Clone>(rt: R, mode: Mode) {
     let mut hosts = Hosts::new(rt.clone(), mode);
-    let store = FaultyStore::new(Arc::new(rt.clone()), None);
+    let store = PendingFirstPollStore::new(Arc::new(rt.clone()), None);
     for id in HOSTS {
         let builder = if id == 1 {
             let builder = hosts.builder_on(id, 1, Poisonable::default(), store.clone());
@@ -985,7 +993,7 @@ async fn a_lone_group_commits_on_a_store_pending_at_first_poll<R: Runtime + Clon
     };
     let network = MemNetwork::new();
     network.serve(1, Arc::new(host.clone()));
-    let store = FaultyStore::new(Arc::new(rt.clone()), None);
+    let store = PendingFirstPollStore::new(Arc::new(rt.clone()), None);
     let mut config = test_config(1);
     config.tick_interval = Duration::from_millis(250);
     config.heartbeat_interval = Duration::from_millis(250);
