@@ -1032,9 +1032,7 @@ async fn a_lone_group_commits_on_a_store_pending_at_first_poll<R: Runtime + Clon
 /// the mode:
 /// - `tasks, looped => scenario(args);` declares the test `tasks`, which runs
 ///   `scenario(rt(), Mode::Tasks, args)`, and the test `looped`, which runs it with `Mode::Loop`;
-/// - `tasks, looped;` is short for `tasks, looped => tasks();`;
-/// - `looped name => scenario(args);` (the word `looped`, then one name) declares only the
-///   test `name`, which runs the scenario with `Mode::Loop`.
+/// - `tasks, looped;` is short for `tasks, looped => tasks();`.
 ///
 /// (Both names are spelled out: `macro_rules!` cannot append `_looped` to an identifier.)
 macro_rules! scenario_tests {
@@ -1042,12 +1040,6 @@ macro_rules! scenario_tests {
         scenario_tests!(@lines $runner; $($lines)*);
     };
     (@lines $runner:ident;) => {};
-    (@lines $runner:ident;
-        looped $looped:ident => $scenario:ident($($arg:expr),*); $($rest:tt)*
-    ) => {
-        scenario_tests!(@test $runner; $looped, Loop => $scenario($($arg),*));
-        scenario_tests!(@lines $runner; $($rest)*);
-    };
     (@lines $runner:ident;
         $tasks:ident, $looped:ident => $scenario:ident($($arg:expr),*); $($rest:tt)*
     ) => {
@@ -1134,6 +1126,10 @@ mod smol_rt {
             adding_groups_checks_ids_limits_and_panics_looped;
         a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
         a_panicking_sender_stops_its_group_alone, a_panicking_sender_stops_its_group_alone_looped;
+        a_hung_rpc_whose_drop_panics_leaves_a_clean_remove,
+            a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped;
+        a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone,
+            a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
         a_peer_that_never_answers_gets_a_bounded_window,
             a_peer_that_never_answers_gets_a_bounded_window_looped;
         answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
@@ -1141,14 +1137,16 @@ mod smol_rt {
             a_lagging_follower_catches_up_through_a_snapshot_looped;
         a_forwarded_read_ends_when_its_leader_is_removed,
             a_forwarded_read_ends_when_its_leader_is_removed_looped;
-        looped a_failing_log_store_stops_its_group_alone_looped
+        a_payload_whose_drop_panics_stops_its_group_alone,
+            a_payload_whose_drop_panics_stops_its_group_alone_looped;
+        a_failing_log_store_stops_its_group_alone, a_failing_log_store_stops_its_group_alone_looped
             => a_failing_log_store_stops_its_group_alone(Fault::Error);
-        looped a_panicking_log_store_stops_its_group_alone_looped
+        a_panicking_log_store_stops_its_group_alone,
+            a_panicking_log_store_stops_its_group_alone_looped
             => a_failing_log_store_stops_its_group_alone(Fault::Panic);
-        looped a_lone_group_commits_on_a_store_pending_at_first_poll_looped
-            => a_lone_group_commits_on_a_store_pending_at_first_poll();
-        looped shutdown_waits_for_a_log_write_in_flight_looped
-            => shutdown_waits_for_a_log_write_in_flight();
+        a_lone_group_commits_on_a_store_pending_at_first_poll,
+            a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
+        shutdown_waits_for_a_log_write_in_flight, shutdown_waits_for_a_log_write_in_flight_looped;
     }
 }
 
