@@ -1064,6 +1064,44 @@ macro_rules! scenario_tests {
     };
 }
 
+/// Declares the tests of every scenario that both runtimes run, in both modes, for `$runner`
+/// (`tokio` or `smol`; see [`scenario_tests`]).
+macro_rules! every_scenario {
+    ($runner:ident) => {
+        scenario_tests! { $runner;
+            a_panicking_group_stops_alone, a_panicking_group_stops_alone_looped;
+            adding_groups_checks_ids_limits_and_panics,
+                adding_groups_checks_ids_limits_and_panics_looped;
+            a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
+            a_panicking_sender_stops_its_group_alone,
+                a_panicking_sender_stops_its_group_alone_looped;
+            a_hung_rpc_whose_drop_panics_leaves_a_clean_remove,
+                a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped;
+            a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone,
+                a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
+            a_peer_that_never_answers_gets_a_bounded_window,
+                a_peer_that_never_answers_gets_a_bounded_window_looped;
+            answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
+            a_lagging_follower_catches_up_through_a_snapshot,
+                a_lagging_follower_catches_up_through_a_snapshot_looped;
+            a_forwarded_read_ends_when_its_leader_is_removed,
+                a_forwarded_read_ends_when_its_leader_is_removed_looped;
+            a_payload_whose_drop_panics_stops_its_group_alone,
+                a_payload_whose_drop_panics_stops_its_group_alone_looped;
+            a_failing_log_store_stops_its_group_alone,
+                a_failing_log_store_stops_its_group_alone_looped
+                => a_failing_log_store_stops_its_group_alone(Fault::Error);
+            a_panicking_log_store_stops_its_group_alone,
+                a_panicking_log_store_stops_its_group_alone_looped
+                => a_failing_log_store_stops_its_group_alone(Fault::Panic);
+            a_lone_group_commits_on_a_store_pending_at_first_poll,
+                a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
+            shutdown_waits_for_a_log_write_in_flight,
+                shutdown_waits_for_a_log_write_in_flight_looped;
+        }
+    };
+}
+
 mod tokio_rt {
     use super::{Fault, Mode};
 
@@ -1071,34 +1109,7 @@ mod tokio_rt {
         raft_core::runtime::TokioRuntime::current().unwrap()
     }
 
-    scenario_tests! { tokio;
-        a_panicking_group_stops_alone, a_panicking_group_stops_alone_looped;
-        adding_groups_checks_ids_limits_and_panics,
-            adding_groups_checks_ids_limits_and_panics_looped;
-        a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
-        a_panicking_sender_stops_its_group_alone, a_panicking_sender_stops_its_group_alone_looped;
-        a_hung_rpc_whose_drop_panics_leaves_a_clean_remove,
-            a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped;
-        a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone,
-            a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
-        a_peer_that_never_answers_gets_a_bounded_window,
-            a_peer_that_never_answers_gets_a_bounded_window_looped;
-        answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
-        a_lagging_follower_catches_up_through_a_snapshot,
-            a_lagging_follower_catches_up_through_a_snapshot_looped;
-        a_forwarded_read_ends_when_its_leader_is_removed,
-            a_forwarded_read_ends_when_its_leader_is_removed_looped;
-        a_payload_whose_drop_panics_stops_its_group_alone,
-            a_payload_whose_drop_panics_stops_its_group_alone_looped;
-        a_failing_log_store_stops_its_group_alone, a_failing_log_store_stops_its_group_alone_looped
-            => a_failing_log_store_stops_its_group_alone(Fault::Error);
-        a_panicking_log_store_stops_its_group_alone,
-            a_panicking_log_store_stops_its_group_alone_looped
-            => a_failing_log_store_stops_its_group_alone(Fault::Panic);
-        a_lone_group_commits_on_a_store_pending_at_first_poll,
-            a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
-        shutdown_waits_for_a_log_write_in_flight, shutdown_waits_for_a_log_write_in_flight_looped;
-    }
+    every_scenario!(tokio);
 
     // Looped only, on tokio only (the scenarios take a `TokioRuntime` and no mode).
 
@@ -1120,34 +1131,7 @@ mod smol_rt {
         raft_core::runtime::SmolRuntime::global()
     }
 
-    scenario_tests! { smol;
-        a_panicking_group_stops_alone, a_panicking_group_stops_alone_looped;
-        adding_groups_checks_ids_limits_and_panics,
-            adding_groups_checks_ids_limits_and_panics_looped;
-        a_panicking_step_stops_its_group_alone, a_panicking_step_stops_its_group_alone_looped;
-        a_panicking_sender_stops_its_group_alone, a_panicking_sender_stops_its_group_alone_looped;
-        a_hung_rpc_whose_drop_panics_leaves_a_clean_remove,
-            a_hung_rpc_whose_drop_panics_leaves_a_clean_remove_looped;
-        a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone,
-            a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
-        a_peer_that_never_answers_gets_a_bounded_window,
-            a_peer_that_never_answers_gets_a_bounded_window_looped;
-        answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
-        a_lagging_follower_catches_up_through_a_snapshot,
-            a_lagging_follower_catches_up_through_a_snapshot_looped;
-        a_forwarded_read_ends_when_its_leader_is_removed,
-            a_forwarded_read_ends_when_its_leader_is_removed_looped;
-        a_payload_whose_drop_panics_stops_its_group_alone,
-            a_payload_whose_drop_panics_stops_its_group_alone_looped;
-        a_failing_log_store_stops_its_group_alone, a_failing_log_store_stops_its_group_alone_looped
-            => a_failing_log_store_stops_its_group_alone(Fault::Error);
-        a_panicking_log_store_stops_its_group_alone,
-            a_panicking_log_store_stops_its_group_alone_looped
-            => a_failing_log_store_stops_its_group_alone(Fault::Panic);
-        a_lone_group_commits_on_a_store_pending_at_first_poll,
-            a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
-        shutdown_waits_for_a_log_write_in_flight, shutdown_waits_for_a_log_write_in_flight_looped;
-    }
+    every_scenario!(smol);
 }
 
 /// A runtime whose first spawned task (a host loop's, when given to `Host::with_loop` alone)
