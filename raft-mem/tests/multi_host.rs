@@ -86,6 +86,15 @@ struct SendFaults {
     most_hung: AtomicUsize,
     /// Dropping a hung request panics (a user's network future whose drop panics).
     drop_bomb: AtomicBool,
+    /// Of the hanging requests: InstallSnapshot chunks in flight now, and the most at once.
+    hung_chunks: AtomicUsize,
+    most_hung_chunks: AtomicUsize,
+    /// Of the hanging requests: the others (AppendEntries, heartbeats), now and most at once.
+    hung_others: AtomicUsize,
+    most_hung_others: AtomicUsize,
+    /// The next `send` takes this node, fills its input queue (inside the send's first poll:
+    /// in looped mode the host loop, which drains that queue, is the one polling), then panics.
+    flood: std::sync::Mutex<Option<Node>>,
 }
 
 impl Default for SendFaults {
@@ -97,6 +106,11 @@ impl Default for SendFaults {
             hung: AtomicUsize::new(0),
             most_hung: AtomicUsize::new(0),
             drop_bomb: AtomicBool::new(false),
+            hung_chunks: AtomicUsize::new(0),
+            most_hung_chunks: AtomicUsize::new(0),
+            hung_others: AtomicUsize::new(0),
+            most_hung_others: AtomicUsize::new(0),
+            flood: std::sync::Mutex::new(None),
         }
     }
 }
@@ -109,20 +123,35 @@ impl SendFaults {
     }
 }
 
-/// One hanging request in flight (see [`SendFaults::hung`]).
-struct Hung(Arc<SendFaults>);
+/// One hanging request in flight (see [`SendFaults::hung`]), an InstallSnapshot chunk or not.
+struct Hung(Arc<SendFaults>, bool);
 
 impl Hung {
-    fn new(faults: &Arc<SendFaults>) -> Self {
+    fn new(faults: &Arc<SendFaults>, request: &RpcRequest) -> Self {
+        let chunk = matches!(request, RpcRequest::InstallSnapshot(_));
         let now = faults.hung.fetch_add(1, Ordering::SeqCst) + 1;
         faults.most_hung.fetch_max(now, Ordering::SeqCst);
-        Self(faults.clone())
+        let (kind, most) = faults.kind(chunk);
+        let now = kind.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        Self(faults.clone(), chunk)
+    }
+}
+
+impl SendFaults {
+    /// The counters (now, most at once) of hanging InstallSnapshot chunks, or of the others.
+    fn kind(&self, chunk: bool) -> (&AtomicUsize, &AtomicUsize) {
+        match chunk {
+            true => (&self.hung_chunks, &self.most_hung_chunks),
+            false => (&self.hung_others, &self.most_hung_others),
+        }
     }
 }
 
 impl Drop for Hung {
     fn drop(&mut self) {
         self.0.hung.fetch_sub(1, Ordering::SeqCst);
+        self.0.kind(self.1).0.fetch_sub(1, Ordering::SeqCst);
         if self.0.drop_bomb.load(Ordering::SeqCst) && !std::thread::panicking() {
             panic!("drop bomb");
         }
@@ -133,8 +162,13 @@ impl Drop for Hung {
 impl Network for GroupNetwork {
     async fn send(&self, request: Envelope) -> Result<RpcResponse, NetworkError> {
         assert!(!self.sends.panic.load(Ordering::SeqCst), "send bomb");
+        let flood = self.sends.flood.lock().unwrap().take();
+        if let Some(node) = flood {
+            fill_input_queue(&node);
+            panic!("send bomb on a full input queue");
+        }
         if request.receiver == self.sends.hang_to.load(Ordering::SeqCst) {
-            let _hung = Hung::new(&self.sends);
+            let _hung = Hung::new(&self.sends, &request.request);
             let _ = self.sends.gate.1.recv().await;
             let reason = "hung, then released".into();
             return Err(NetworkError::Unreachable { peer: request.receiver, reason });
@@ -149,6 +183,20 @@ impl Network for GroupNetwork {
 
     fn max_request_bytes(&self) -> Option<u64> {
         self.inner.max_request_bytes()
+    }
+}
+
+/// The capacity of a node's input queue (`INPUT_QUEUE_CAPACITY` in raft-core's node module).
+const INPUT_QUEUE_CAPACITY: usize = 16_384;
+
+/// Fills `node`'s input queue without waiting: polls once each of more `Node::replication`
+/// calls than the queue holds (each queues its input at its first poll, or finds the queue
+/// full), and drops them (what they queued stays queued).
+fn fill_input_queue(node: &Node) {
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    for _ in 0..2 * INPUT_QUEUE_CAPACITY {
+        let mut call = Box::pin(node.replication());
+        let _ = std::future::Future::poll(call.as_mut(), &mut cx);
     }
 }
 
@@ -580,6 +628,62 @@ async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mod
     }
 }
 
+/// A group's peer sender panics right after filling its own node's input queue (its network's
+/// `send` queues `Node::replication` calls until the queue is full), so the report of the
+/// panic finds no room. In looped mode (S3b-lite) that send is polled by the host loop, which
+/// alone drains the queue: `PeerFactory::poll_inline` cannot queue `Input::Fatal` and hands the
+/// failure back, and `CoreLoop::poll_peers` stops the group with it (the path no other test
+/// reaches: the queue is never full there). In tasks mode the sender's supervisor waits for
+/// room. Either way group 2 stops on that host alone, with the sender's panic as its cause
+/// (not "task ended"), and the host's other groups keep committing and reading.
+async fn a_panicking_sender_on_a_full_input_queue_stops_its_group_alone<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    for group in GROUPS {
+        hosts.add_group(group).await;
+    }
+    for group in GROUPS {
+        hosts.write(group, b"before").await;
+    }
+    let leader = hosts.leader(2).await;
+    let node = hosts.node(leader, 2);
+    *hosts.sends[&(leader, 2)].flood.lock().unwrap() = Some(node.clone());
+    let host = hosts.hosts[&leader].clone();
+    within(&rt, "group 2 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(hosts.sends[&(leader, 2)].flood.lock().unwrap().is_none(), "the flood ran");
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match &failed[0] {
+        (2, FatalError::Panicked { task, message }) => {
+            assert!(task.starts_with("sender to peer "), "{task}");
+            assert!(message.contains("send bomb on a full input queue"), "{message}");
+        }
+        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
+    }
+    assert_eq!(node.fatal_error().map(|e| e.to_string()), Some(failed[0].1.to_string()));
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+    for group in [1, 3, 4] {
+        hosts.write(group, b"after").await;
+        hosts.applied_everywhere(group, b"after").await;
+        hosts.read_everywhere(group).await;
+    }
+    for id in HOSTS {
+        let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
+        assert!(removed.iter().all(|r| r.id == 2 || r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
 /// A peer that never answers: the leader of group 1 sends to one follower RPCs that never
 /// end. Its sender keeps at most its window in flight to that peer (in looped mode inside the
 /// host loop, S3b-lite), the group stays live with its other follower, and the node's stop
@@ -762,6 +866,93 @@ async fn a_lagging_follower_catches_up_through_a_snapshot<R: Runtime + Clone>(rt
     for id in HOSTS {
         let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
         assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    }
+}
+
+/// Small windows (`max_inflight_append_entries` and `snapshot_max_inflight_chunks` 4: a peer's
+/// sender keeps at most 12 RPCs in flight), small snapshot chunks, a log compacted down to
+/// the snapshot, and snapshot transfers that time out after a heartbeat interval (their chunks
+/// unanswered): a leader starts a new transfer to a silent follower every back-off.
+fn small_windows(id: NodeId) -> raft_core::Config {
+    let mut config = small_snapshots(id);
+    config.max_inflight_append_entries = 4;
+    config.snapshot_max_inflight_chunks = 4;
+    config.snapshot_transfer_timeout = config.heartbeat_interval;
+    config
+}
+
+/// The RPCs in flight to one peer, with a snapshot in flight: group 1's leader sends to a
+/// follower that never answers, its heartbeats and AppendEntries first, then (its log compacted
+/// past the follower) InstallSnapshot chunks, transfer after transfer, while heartbeats go on.
+/// A node run by its own task has one sender per peer: at most its window in flight
+/// (`max_in_flight_per_peer`, 12 here) over all kinds. A hosted node (looped mode, S3b-lite)
+/// has two: its inline sender and the InstallSnapshot sender task, each with that window: at
+/// most 2 x 12, reached (each kind fills its own window), never exceeded.
+async fn a_silent_peer_with_a_snapshot_gets_bounded_windows<R: Runtime + Clone>(rt: R, mode: Mode) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.config = small_windows;
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let config = small_windows(leader);
+    let window = config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8;
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    // Heartbeats fill the window, then the queue; the next one is lost, which sends the
+    // follower back to its match index.
+    support::wait_until(&rt, "the window full", || {
+        sends.most_hung_others.load(Ordering::SeqCst) >= window
+    })
+    .await;
+    // Compacted past the follower's match index: it needs the snapshot (more than 4 chunks).
+    let node = hosts.node(leader, 1);
+    let meta = within(&rt, "a snapshot", node.snapshot()).await.unwrap().unwrap();
+    assert!(meta.size > 4 * config.snapshot_chunk_bytes, "{meta:?}");
+    assert!(meta.last_included.index >= 8, "{meta:?}");
+    // Three transfers failed (in tasks mode their chunks found the one sender's queue full; in
+    // looped mode they timed out in flight): the leader went on sending chunks.
+    within(&rt, "three failed snapshot transfers to the silent follower", async {
+        loop {
+            let peers = node.replication().await;
+            let failures = peers.iter().find(|p| p.id == silent).map_or(0, |p| p.snapshot_failures);
+            if failures >= 3 {
+                break;
+            }
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let (most, chunks, others) =
+        (&sends.most_hung, &sends.most_hung_chunks, &sends.most_hung_others);
+    if matches!(mode, Mode::Loop) {
+        support::wait_until(&rt, "the snapshot sender's window full", || {
+            chunks.load(Ordering::SeqCst) >= window
+        })
+        .await;
+    }
+    // More heartbeats and transfers (a back-off of up to 8 heartbeat intervals between them).
+    rt.sleep(Duration::from_millis(300)).await;
+    let (most, chunks, others) =
+        (most.load(Ordering::SeqCst), chunks.load(Ordering::SeqCst), others.load(Ordering::SeqCst));
+    match mode {
+        Mode::Tasks => assert_eq!(most, window, "one window: {chunks} chunks, {others} others"),
+        Mode::Loop => {
+            assert_eq!((chunks, others), (window, window), "a window per sender");
+            assert_eq!(most, 2 * window, "2 x the window in flight to the silent peer");
+        }
+    }
+    assert_eq!(hosts.leader(1).await, leader);
+    hosts.write(1, b"after").await;
+    let removed = within(&rt, "host shutdown", hosts.hosts[&leader].shutdown()).await;
+    assert!(removed.iter().all(|r| r.fatal_error.is_none()), "{removed:?}");
+    assert_eq!(sends.hung.load(Ordering::SeqCst), 0, "the stop drops the hung RPCs");
+    for id in HOSTS.into_iter().filter(|&id| id != leader) {
+        within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
     }
 }
 
@@ -1081,6 +1272,10 @@ macro_rules! every_scenario {
                 a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone_looped;
             a_peer_that_never_answers_gets_a_bounded_window,
                 a_peer_that_never_answers_gets_a_bounded_window_looped;
+            a_panicking_sender_on_a_full_input_queue_stops_its_group_alone,
+                a_panicking_sender_on_a_full_input_queue_stops_its_group_alone_looped;
+            a_silent_peer_with_a_snapshot_gets_bounded_windows,
+                a_silent_peer_with_a_snapshot_gets_bounded_windows_looped;
             answers_reach_an_idle_group_at_once, answers_reach_an_idle_group_at_once_looped;
             a_lagging_follower_catches_up_through_a_snapshot,
                 a_lagging_follower_catches_up_through_a_snapshot_looped;
