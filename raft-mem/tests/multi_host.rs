@@ -228,6 +228,18 @@ struct Hosts<R> {
 }
 
 impl<R: Runtime + Clone> Hosts<R> {
+    /// Hosts running every group of `GROUPS`, each of which committed a first write.
+    async fn with_every_group(rt: R, mode: Mode) -> Self {
+        let mut hosts = Self::new(rt, mode);
+        for group in GROUPS {
+            hosts.add_group(group).await;
+        }
+        for group in GROUPS {
+            hosts.write(group, b"before").await;
+        }
+        hosts
+    }
+
     fn new(rt: R, mode: Mode) -> Self {
         let network = MemNetwork::new();
         let mut hosts = BTreeMap::new();
@@ -321,6 +333,16 @@ impl<R: Runtime + Clone> Hosts<R> {
         .await
     }
 
+    /// Groups 1, 3 and 4 (the neighbours of group 2, which a scenario made fail) still commit a
+    /// write, apply it on every host and serve reads.
+    async fn groups_1_3_4_go_on(&self) {
+        for group in [1, 3, 4] {
+            self.write(group, b"after").await;
+            self.applied_everywhere(group, b"after").await;
+            self.read_everywhere(group).await;
+        }
+    }
+
     /// Waits until every host's node of `group` applied `command`.
     async fn applied_everywhere(&self, group: GroupId, command: &'static [u8]) {
         let rt = self.rt.clone();
@@ -404,19 +426,11 @@ async fn a_panicking_group_stops_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
             let refused = host.handle_rpc(envelope(id, 2)).await;
             assert_eq!(refused.unwrap_err(), RpcError::Shutdown);
         }
-        for info in host.groups() {
-            if info.id != 2 {
-                assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-            }
-        }
+        assert_only_group_2_stopped(host);
     }
 
     // The other groups keep committing and reading.
-    for group in [1, 3, 4] {
-        hosts.write(group, b"after").await;
-        hosts.applied_everywhere(group, b"after").await;
-        hosts.read_everywhere(group).await;
-    }
+    hosts.groups_1_3_4_go_on().await;
 
     // Removing the failed group hands back its cause; its id is unknown afterwards.
     for id in HOSTS {
@@ -513,13 +527,7 @@ async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R, m
 /// and reading, and the group itself goes on on the other hosts. `Node::shutdown` of a group,
 /// and removing a stopped or failed group, return.
 async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
-    let mut hosts = Hosts::new(rt.clone(), mode);
-    for group in GROUPS {
-        hosts.add_group(group).await;
-    }
-    for group in GROUPS {
-        hosts.write(group, b"before").await;
-    }
+    let hosts = Hosts::with_every_group(rt.clone(), mode).await;
 
     let leader = hosts.leader(2).await;
     hosts.bombs[&(leader, 2)].store(true, Ordering::SeqCst);
@@ -543,18 +551,10 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
         other => panic!("expected group 2's main loop to panic, got {other:?}"),
     }
     assert_eq!(host.handle_rpc(envelope(leader, 2)).await.unwrap_err(), RpcError::Shutdown);
-    for info in host.groups() {
-        if info.id != 2 {
-            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-        }
-    }
+    assert_only_group_2_stopped(&host);
 
     // The neighbours on the failed group's host (and everywhere) keep committing and reading.
-    for group in [1, 3, 4] {
-        hosts.write(group, b"after").await;
-        hosts.applied_everywhere(group, b"after").await;
-        hosts.read_everywhere(group).await;
-    }
+    hosts.groups_1_3_4_go_on().await;
     // Group 2 itself goes on with its two other voters.
     hosts.write(2, b"survivors").await;
 
@@ -586,13 +586,7 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
 /// that host alone, with the panic as its cause (`Panicked` with task "sender to peer N"); the
 /// other groups of the host (stepped by the same host loop) keep committing and reading.
 async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode: Mode) {
-    let mut hosts = Hosts::new(rt.clone(), mode);
-    for group in GROUPS {
-        hosts.add_group(group).await;
-    }
-    for group in GROUPS {
-        hosts.write(group, b"before").await;
-    }
+    let hosts = Hosts::with_every_group(rt.clone(), mode).await;
     let leader = hosts.leader(2).await;
     hosts.sends[&(leader, 2)].panic.store(true, Ordering::SeqCst);
     let host = hosts.hosts[&leader].clone();
@@ -611,16 +605,8 @@ async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mod
         }
         other => panic!("expected a sender of group 2 to panic, got {other:?}"),
     }
-    for info in host.groups() {
-        if info.id != 2 {
-            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-        }
-    }
-    for group in [1, 3, 4] {
-        hosts.write(group, b"after").await;
-        hosts.applied_everywhere(group, b"after").await;
-        hosts.read_everywhere(group).await;
-    }
+    assert_only_group_2_stopped(&host);
+    hosts.groups_1_3_4_go_on().await;
     hosts.write(2, b"survivors").await;
     for id in HOSTS {
         let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
@@ -640,13 +626,7 @@ async fn a_panicking_sender_on_a_full_input_queue_stops_its_group_alone<R: Runti
     rt: R,
     mode: Mode,
 ) {
-    let mut hosts = Hosts::new(rt.clone(), mode);
-    for group in GROUPS {
-        hosts.add_group(group).await;
-    }
-    for group in GROUPS {
-        hosts.write(group, b"before").await;
-    }
+    let hosts = Hosts::with_every_group(rt.clone(), mode).await;
     let leader = hosts.leader(2).await;
     let node = hosts.node(leader, 2);
     *hosts.sends[&(leader, 2)].flood.lock().unwrap() = Some(node.clone());
@@ -668,16 +648,8 @@ async fn a_panicking_sender_on_a_full_input_queue_stops_its_group_alone<R: Runti
         other => panic!("expected a sender of group 2 to panic, got {other:?}"),
     }
     assert_eq!(node.fatal_error().map(|e| e.to_string()), Some(failed[0].1.to_string()));
-    for info in host.groups() {
-        if info.id != 2 {
-            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-        }
-    }
-    for group in [1, 3, 4] {
-        hosts.write(group, b"after").await;
-        hosts.applied_everywhere(group, b"after").await;
-        hosts.read_everywhere(group).await;
-    }
+    assert_only_group_2_stopped(&host);
+    hosts.groups_1_3_4_go_on().await;
     for id in HOSTS {
         let removed = within(&rt, "host shutdown", hosts.hosts[&id].shutdown()).await;
         assert!(removed.iter().all(|r| r.id == 2 || r.fatal_error.is_none()), "{removed:?}");
@@ -835,22 +807,43 @@ fn small_snapshots(id: NodeId) -> raft_core::Config {
     config
 }
 
+/// Asserts that every group of `host` but group 2 (the one a scenario made fail) is running.
+fn assert_only_group_2_stopped(host: &Host) {
+    for info in host.groups() {
+        if info.id != 2 {
+            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
+        }
+    }
+}
+
+/// Group 1 on `hosts` with `config`, one write, then its leader's sends to one follower hang
+/// while seven more commit (with the third node): the leader, that follower and the leader's
+/// send faults (to release them).
+async fn leader_past_a_cut_off_follower<R: Runtime + Clone>(
+    hosts: &mut Hosts<R>,
+    config: fn(NodeId) -> raft_core::Config,
+) -> (NodeId, NodeId, Arc<SendFaults>) {
+    hosts.config = config;
+    hosts.add_group(1).await;
+    hosts.write(1, b"before").await;
+    let leader = hosts.leader(1).await;
+    let follower = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = hosts.sends[&(leader, 1)].clone();
+    sends.hang_to.store(follower, Ordering::SeqCst);
+    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
+    for command in &commands {
+        hosts.write(1, command).await;
+    }
+    (leader, follower, sends)
+}
+
 /// A follower that missed entries the leader compacted away catches up through a snapshot: in
 /// looped mode (S3b-lite) the InstallSnapshot chunks go through the peer's snapshot sender
 /// task, beside its inline sender (whose window the hung RPCs filled, then freed by failing).
 async fn a_lagging_follower_catches_up_through_a_snapshot<R: Runtime + Clone>(rt: R, mode: Mode) {
     let mut hosts = Hosts::new(rt.clone(), mode);
-    hosts.config = small_snapshots;
-    hosts.add_group(1).await;
-    hosts.write(1, b"before").await;
-    let leader = hosts.leader(1).await;
-    let lagging = HOSTS.into_iter().find(|&id| id != leader).unwrap();
-    let sends = hosts.sends[&(leader, 1)].clone();
-    sends.hang_to.store(lagging, Ordering::SeqCst);
-    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
-    for command in &commands {
-        hosts.write(1, command).await;
-    }
+    let (leader, lagging, sends) =
+        leader_past_a_cut_off_follower(&mut hosts, small_snapshots).await;
     let node = hosts.node(leader, 1);
     let meta = within(&rt, "a snapshot", node.snapshot()).await.unwrap().unwrap();
     assert!(meta.last_included.index >= 8, "{meta:?}");
@@ -890,19 +883,9 @@ fn small_windows(id: NodeId) -> raft_core::Config {
 /// most 2 x 12, reached (each kind fills its own window), never exceeded.
 async fn a_silent_peer_with_a_snapshot_gets_bounded_windows<R: Runtime + Clone>(rt: R, mode: Mode) {
     let mut hosts = Hosts::new(rt.clone(), mode);
-    hosts.config = small_windows;
-    hosts.add_group(1).await;
-    hosts.write(1, b"before").await;
-    let leader = hosts.leader(1).await;
-    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let (leader, silent, sends) = leader_past_a_cut_off_follower(&mut hosts, small_windows).await;
     let config = small_windows(leader);
     let window = config.max_inflight_append_entries.max(config.snapshot_max_inflight_chunks) + 8;
-    let sends = hosts.sends[&(leader, 1)].clone();
-    sends.hang_to.store(silent, Ordering::SeqCst);
-    let commands: Vec<&'static [u8]> = vec![b"w0", b"w1", b"w2", b"w3", b"w4", b"w5", b"w6"];
-    for command in &commands {
-        hosts.write(1, command).await;
-    }
     // Heartbeats fill the window, then the queue; the next one is lost, which sends the
     // follower back to its match index.
     support::wait_until(&rt, "the window full", || {
@@ -1114,11 +1097,7 @@ async fn a_failing_log_store_stops_its_group_alone<R: Runtime + Clone>(
         }
         other => panic!("expected group 2 to fail with its store ({fault:?}), got {other:?}"),
     }
-    for info in host.groups() {
-        if info.id != 2 {
-            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-        }
-    }
+    assert_only_group_2_stopped(&host);
     for group in [1, 3, 4] {
         hosts.write(group, b"after").await;
         hosts.applied_everywhere(group, b"after").await;
@@ -1585,11 +1564,7 @@ async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(r
     let failed = host.failed_groups();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(matches!(&failed[0], (2, FatalError::Panicked { .. })), "{failed:?}");
-    for info in host.groups() {
-        if info.id != 2 {
-            assert!(matches!(info.health, GroupHealth::Running), "{info:?}");
-        }
-    }
+    assert_only_group_2_stopped(&host);
     for group in [1, 3, 4] {
         let written =
             within(&rt, "a write after", nodes[&group].write(Bytes::from_static(b"after")));
