@@ -590,21 +590,7 @@ async fn a_panicking_sender_stops_its_group_alone<R: Runtime + Clone>(rt: R, mod
     let leader = hosts.leader(2).await;
     hosts.sends[&(leader, 2)].panic.store(true, Ordering::SeqCst);
     let host = hosts.hosts[&leader].clone();
-    within(&rt, "group 2 failing on its leader's host", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let failed = host.failed_groups();
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    match &failed[0] {
-        (2, FatalError::Panicked { task, message }) => {
-            assert!(task.starts_with("sender to peer "), "{task}");
-            assert!(message.contains("send bomb"), "{message}");
-        }
-        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
-    }
+    group_2_stopped_by_a_sender_panic(&rt, &host, "send bomb").await;
     assert_only_group_2_stopped(&host);
     hosts.groups_1_3_4_go_on().await;
     hosts.write(2, b"survivors").await;
@@ -631,23 +617,10 @@ async fn a_panicking_sender_on_a_full_input_queue_stops_its_group_alone<R: Runti
     let node = hosts.node(leader, 2);
     *hosts.sends[&(leader, 2)].flood.lock().unwrap() = Some(node.clone());
     let host = hosts.hosts[&leader].clone();
-    within(&rt, "group 2 failing on its leader's host", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let cause =
+        group_2_stopped_by_a_sender_panic(&rt, &host, "send bomb on a full input queue").await;
     assert!(hosts.sends[&(leader, 2)].flood.lock().unwrap().is_none(), "the flood ran");
-    let failed = host.failed_groups();
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    match &failed[0] {
-        (2, FatalError::Panicked { task, message }) => {
-            assert!(task.starts_with("sender to peer "), "{task}");
-            assert!(message.contains("send bomb on a full input queue"), "{message}");
-        }
-        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
-    }
-    assert_eq!(node.fatal_error().map(|e| e.to_string()), Some(failed[0].1.to_string()));
+    assert_eq!(node.fatal_error().map(|e| e.to_string()), Some(cause.to_string()));
     assert_only_group_2_stopped(&host);
     hosts.groups_1_3_4_go_on().await;
     for id in HOSTS {
@@ -805,6 +778,31 @@ fn small_snapshots(id: NodeId) -> raft_core::Config {
     config.snapshot_keep_entries = 0;
     config.snapshot_chunk_bytes = 16;
     config
+}
+
+/// Waits until `host` reports a failed group, and asserts that it is group 2 alone, stopped by
+/// a panic of one of its peer senders whose message contains `message`: that failure.
+async fn group_2_stopped_by_a_sender_panic<R: Runtime>(
+    rt: &R,
+    host: &Host,
+    message: &str,
+) -> FatalError {
+    within(rt, "group 2 failing on its leader's host", async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let failed = host.failed_groups();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    match &failed[0] {
+        (2, cause @ FatalError::Panicked { task, message: panicked }) => {
+            assert!(task.starts_with("sender to peer "), "{task}");
+            assert!(panicked.contains(message), "{panicked}");
+            cause.clone()
+        }
+        other => panic!("expected a sender of group 2 to panic, got {other:?}"),
+    }
 }
 
 /// Asserts that every group of `host` but group 2 (the one a scenario made fail) is running.
