@@ -535,13 +535,7 @@ async fn a_panicking_step_stops_its_group_alone<R: Runtime + Clone>(rt: R, mode:
     let changed = within(&rt, "the change", hosts.node(leader, 2).change_membership(learner)).await;
     assert!(changed.is_err(), "the leader's step panicked before the change: {changed:?}");
     let host = hosts.hosts[&leader].clone();
-    within(&rt, "group 2 failing on its leader's host", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let failed = host.failed_groups();
+    let failed = failed_groups_of(&rt, &host, "group 2 failing on its leader's host").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     match &failed[0] {
         (2, FatalError::Panicked { task, message }) => {
@@ -718,13 +712,7 @@ async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone<
     let learner = MembershipChange::AddLearner(9, NodeInfo::default());
     let _ = within(&rt, "the change", hosts.node(leader, 1).change_membership(learner)).await;
     let host = hosts.hosts[&leader].clone();
-    within(&rt, "group 1 failing on its leader's host", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let failed = host.failed_groups();
+    let failed = failed_groups_of(&rt, &host, "group 1 failing on its leader's host").await;
     assert_eq!(failed.iter().map(|(g, _)| *g).collect::<Vec<_>>(), [1], "{failed:?}");
     for info in host.groups() {
         if info.id == 2 {
@@ -780,6 +768,21 @@ fn small_snapshots(id: NodeId) -> raft_core::Config {
     config
 }
 
+/// Waits (bounded, as `within`) until `host` reports a failed group: its failed groups then.
+async fn failed_groups_of<R: Runtime>(
+    rt: &R,
+    host: &Host,
+    what: &str,
+) -> Vec<(GroupId, FatalError)> {
+    within(rt, what, async {
+        while host.failed_groups().is_empty() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    host.failed_groups()
+}
+
 /// Waits until `host` reports a failed group, and asserts that it is group 2 alone, stopped by
 /// a panic of one of its peer senders whose message contains `message`: that failure.
 async fn group_2_stopped_by_a_sender_panic<R: Runtime>(
@@ -787,13 +790,7 @@ async fn group_2_stopped_by_a_sender_panic<R: Runtime>(
     host: &Host,
     message: &str,
 ) -> FatalError {
-    within(rt, "group 2 failing on its leader's host", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let failed = host.failed_groups();
+    let failed = failed_groups_of(rt, host, "group 2 failing on its leader's host").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     match &failed[0] {
         (2, cause @ FatalError::Panicked { task, message: panicked }) => {
@@ -1553,13 +1550,7 @@ async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(r
     let learner = MembershipChange::AddLearner(9, NodeInfo::default());
     let changed = within(&rt, "the change", nodes[&2].change_membership(learner)).await;
     assert!(changed.is_err(), "the step panicked before the change: {changed:?}");
-    within(&rt, "group 2 failing", async {
-        while host.failed_groups().is_empty() {
-            rt.sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let failed = host.failed_groups();
+    let failed = failed_groups_of(&rt, &host, "group 2 failing").await;
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(matches!(&failed[0], (2, FatalError::Panicked { .. })), "{failed:?}");
     assert_only_group_2_stopped(&host);
