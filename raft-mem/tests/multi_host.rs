@@ -662,6 +662,18 @@ async fn a_peer_that_never_answers_gets_a_bounded_window<R: Runtime + Clone>(rt:
     }
 }
 
+/// Makes group 1's leader hang its RPCs to one follower, waits until one is in flight, and
+/// makes the hung RPCs' futures panic when dropped: group 1's leader.
+async fn hung_rpc_whose_drop_panics<R: Runtime + Clone>(hosts: &Hosts<R>) -> NodeId {
+    let leader = hosts.leader(1).await;
+    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
+    let sends = &hosts.sends[&(leader, 1)];
+    sends.hang_to.store(silent, Ordering::SeqCst);
+    support::wait_until(&hosts.rt, "a hung RPC", || sends.hung.load(Ordering::SeqCst) >= 1).await;
+    sends.drop_bomb.store(true, Ordering::SeqCst);
+    leader
+}
+
 /// Group 1's leader has an RPC hung to a silent peer whose future panics when dropped (a
 /// user's network future). Review finding M1 of integ34: in looped mode the inline senders
 /// were dropped with the main loop outside any `catch_unwind`. A clean `remove_group` must
@@ -672,12 +684,7 @@ async fn a_hung_rpc_whose_drop_panics_leaves_a_clean_remove<R: Runtime + Clone>(
     hosts.add_group(1).await;
     hosts.add_group(2).await;
     hosts.write(1, b"before").await;
-    let leader = hosts.leader(1).await;
-    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
-    let sends = hosts.sends[&(leader, 1)].clone();
-    sends.hang_to.store(silent, Ordering::SeqCst);
-    support::wait_until(&rt, "a hung RPC", || sends.hung.load(Ordering::SeqCst) >= 1).await;
-    sends.drop_bomb.store(true, Ordering::SeqCst);
+    let leader = hung_rpc_whose_drop_panics(&hosts).await;
     let removed = within(&rt, "remove", hosts.hosts[&leader].remove_group(1)).await.unwrap();
     assert!(removed.fatal_error.is_none(), "{mode:?}: {:?}", removed.fatal_error);
     hosts.write(2, b"group 2 still fine").await;
@@ -702,12 +709,7 @@ async fn a_hung_rpc_whose_drop_panics_after_a_step_panic_stops_its_group_alone<
     hosts.add_group(2).await;
     hosts.write(1, b"before").await;
     hosts.write(2, b"before").await;
-    let leader = hosts.leader(1).await;
-    let silent = HOSTS.into_iter().find(|&id| id != leader).unwrap();
-    let sends = hosts.sends[&(leader, 1)].clone();
-    sends.hang_to.store(silent, Ordering::SeqCst);
-    support::wait_until(&rt, "a hung RPC", || sends.hung.load(Ordering::SeqCst) >= 1).await;
-    sends.drop_bomb.store(true, Ordering::SeqCst);
+    let leader = hung_rpc_whose_drop_panics(&hosts).await;
     hosts.bombs[&(leader, 1)].store(true, Ordering::SeqCst);
     let learner = MembershipChange::AddLearner(9, NodeInfo::default());
     let _ = within(&rt, "the change", hosts.node(leader, 1).change_membership(learner)).await;
