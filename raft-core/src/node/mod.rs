@@ -515,7 +515,6 @@ impl Node {
         let applied_at_start = engine.status().applied_index;
         let fatal = Arc::new(Mutex::new(None));
         let (inputs_tx, inputs_rx) = async_channel::bounded(INPUT_QUEUE_CAPACITY);
-        let (writer_tx, writer_rx) = async_channel::unbounded();
         let (applier_tx, applier_rx) = async_channel::unbounded();
         let (done_tx, done_rx) = mpsc::channel::<()>(0);
         let network = Arc::new(snapshot::ChunkFiller {
@@ -560,12 +559,12 @@ impl Node {
         };
         let start_write = writer::start_write(store);
         let writer = if runner == Runner::HostLoop {
-            drop(writer_rx);
             core_loop::LogWriter::Inline(writer::InlineWriter::new(
                 start_write.clone(),
                 metrics.clone(),
             ))
         } else {
+            let (writer_tx, writer_rx) = async_channel::unbounded();
             let writer =
                 writer::run(start_write.clone(), writer_rx, inputs_tx.clone(), metrics.clone());
             spawn("log writer", writer.boxed());
