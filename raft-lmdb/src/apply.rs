@@ -244,9 +244,15 @@ pub(crate) fn reset(
 }
 
 /// The term of the stored entry `index`, which the metadata says exists.
-fn stored_term(log: &GroupLog<'_>, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Failure> {
+///
+/// An entry that is missing or does not decode is this group's corruption: the request alone
+/// fails ([`Rejection::Invalid`], the group stops on it), not the transaction of every group.
+/// Both callers read the term before touching the transaction, so the rejection has no effect.
+fn stored_term(log: &GroupLog<'_>, txn: &RwTxn<'_>, index: LogIndex) -> Result<Term, Rejection> {
     match log.get(txn, index)? {
-        Some(bytes) => Ok(codec::decode_entry_term(index, bytes)?),
-        None => Err(Failure::Fatal(StorageError::Corrupt(format!("log entry {index} is missing")))),
+        Some(bytes) => codec::decode_entry_term(index, bytes).map_err(Rejection::Invalid),
+        None => {
+            Err(Rejection::Invalid(StorageError::Corrupt(format!("log entry {index} is missing"))))
+        }
     }
 }

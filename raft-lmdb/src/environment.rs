@@ -395,7 +395,17 @@ impl LmdbEnvironment {
         });
         match checked {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => self.run(group, Op::Open),
+            Ok(None) => {
+                // A snapshot directory of a group that is not on disk is an orphan (a removal
+                // whose deletion failed): the group created now must not adopt its snapshots.
+                let orphan = self.snapshot_dir(group);
+                match orphan.try_exists() {
+                    Ok(false) => {}
+                    Ok(true) => delete_orphan_snapshot_dir(&orphan)?,
+                    Err(source) => return Err(OpenError::Io { path: orphan, source }),
+                }
+                self.run(group, Op::Open)
+            }
             Err(StorageError::Corrupt(reason)) => {
                 Err(OpenError::Corrupt { path: dir.to_path_buf(), reason })
             }
@@ -426,7 +436,13 @@ impl LmdbEnvironment {
     ///
     /// Refused with [`OpenError::GroupInUse`] while a log store or the snapshot store of the
     /// group is open. Once this returns, the group is gone durably; if the process dies before
-    /// the snapshot directory is deleted, the next [`LmdbEnvironment::open`] deletes it.
+    /// the snapshot directory is deleted, or its deletion fails, the next
+    /// [`LmdbEnvironment::open`] deletes it, and so does creating the group again. A group
+    /// whose metadata record is corrupt can still be removed.
+    ///
+    /// The group's hard state (term and vote) goes with it: a replica of this process must not
+    /// rejoin the same cluster of that group under the same node id (it could vote twice in
+    /// a term); join it as a new node id, as for any replica whose disk was wiped.
     pub fn remove_group(&self, group: GroupId) -> Result<(), OpenError> {
         let shared = self.shared();
         let _changing = shared.changing_groups();
@@ -482,11 +498,7 @@ impl LmdbEnvironment {
                 });
             };
             if groups.binary_search(&group).is_err() {
-                let dir = root.join(&name);
-                let held = DirGuard::acquire(&dir)?;
-                tracing::info!(dir = %dir.display(), "deleting the snapshots of a removed group");
-                delete_dir_durably(&dir)?;
-                drop(held);
+                delete_orphan_snapshot_dir(&root.join(&name))?;
             }
         }
         Ok(())
@@ -513,6 +525,16 @@ impl LmdbEnvironment {
     pub fn map_size(&self) -> Option<usize> {
         self.shared().handles().as_ref().map(Handles::map_size)
     }
+}
+
+/// Deletes the snapshot directory `dir` of a group that is not on disk, durably, holding it
+/// meanwhile (so that no snapshot store opens it).
+fn delete_orphan_snapshot_dir(dir: &Path) -> Result<(), OpenError> {
+    let held = DirGuard::acquire(dir)?;
+    tracing::info!(dir = %dir.display(), "deleting the snapshots of a removed group");
+    delete_dir_durably(dir)?;
+    drop(held);
+    Ok(())
 }
 
 /// Deletes `dir` and everything in it, then syncs its parent so that the deletion is durable.

@@ -561,18 +561,12 @@ fn environment_with_two_written_groups(dir: &Path) -> crate::LmdbOptions {
     options
 }
 
-/// Finding (robustness, cross-group blast radius): an entry of ONE group that does not decode
-/// (a bit flip in the middle of its log passes `log_store`'s check, which decodes only the
-/// last entry) is met by that group's purge (`stored_term`, apply.rs:226) or truncation
-/// (apply.rs:161); `stored_term` returns `Failure::Fatal(Corrupt)`, so `try_commit` fails the
-/// whole transaction and poisons the environment: every other group of the process stops with
-/// `Closed`, and after a restart the same purge stops them again. A corrupt metadata record
-/// of one group, by contrast, fails only that group's request (`find_meta` ->
-/// `Rejection::Invalid`, writer.rs:672), and reads of the corrupt entry fail for that group
-/// only. Nothing is written before `stored_term` in either caller, so a per-request rejection
-/// is safe.
+/// An entry of ONE group that does not decode (a bit flip in the middle of its log passes
+/// `log_store`'s check, which decodes only the last entry), met by that group's purge, fails
+/// that request alone: the other groups of the environment go on. (Found by review: the
+/// term lookup's `Corrupt` was a fatal failure of the whole transaction, which poisoned the
+/// environment, and again after every restart.)
 #[test]
-#[ignore = "finding: one group's corrupt entry, met by its purge, poisons every group of the environment"]
 fn a_corrupt_entry_of_one_group_met_by_its_purge_fails_that_group_alone() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
@@ -592,9 +586,8 @@ fn a_corrupt_entry_of_one_group_met_by_its_purge_fails_that_group_alone() {
     assert_eq!(block_on(two.open()).unwrap().last, LogId::new(1, 11));
 }
 
-/// The same through a truncation (a follower's log repair), apply.rs:161.
+/// The same through a truncation (a follower's log repair).
 #[test]
-#[ignore = "finding: one group's corrupt entry, met by its truncation, poisons every group of the environment"]
 fn a_corrupt_entry_of_one_group_met_by_its_truncation_fails_that_group_alone() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
@@ -611,15 +604,11 @@ fn a_corrupt_entry_of_one_group_met_by_its_truncation_fails_that_group_alone() {
     block_on(two.write(append(11..12, 1))).unwrap();
 }
 
-/// Finding (robustness/operability): a group whose metadata record does not decode can be
-/// neither opened (`Corrupt`, right) nor removed: `Op::Remove` loads the record first
-/// (writer.rs:672, `find_meta` -> `Rejection::Invalid`), so `remove_group` fails with
-/// `Corrupt` and the group stays listed by `groups()` for ever. The usual way out for a
-/// corrupt Raft replica (delete it, let the leader send a snapshot) is closed short of
-/// deleting the whole environment, i.e. every group of the process. Removal needs nothing of
-/// the record (it clears the key range and the journal records by index).
+/// A group whose metadata record does not decode cannot be opened (`Corrupt`) but can be
+/// removed: the usual way out for a corrupt replica (delete it, let the leader send a
+/// snapshot) without deleting every group of the process. (Found by review: the removal
+/// loaded the record first and failed with `Corrupt`, for ever.)
 #[test]
-#[ignore = "finding: a group whose metadata record is corrupt cannot be removed"]
 fn a_group_whose_metadata_record_is_corrupt_can_be_removed() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
@@ -637,18 +626,14 @@ fn a_group_whose_metadata_record_is_corrupt_can_be_removed() {
     assert_eq!(block_on(env.log_store(1).unwrap().open()).unwrap().last, LogId::new(1, 10));
 }
 
-/// Finding (low; safety if the caller goes on): `remove_group` deletes the group's records
-/// first (durably), then its snapshot directory (environment.rs:455-457). If that deletion
-/// fails (an I/O error; here an immutable file), the call returns the error but the group is
-/// gone, and its snapshot directory is an orphan that only the next `LmdbEnvironment::open`
-/// deletes. Creating the group again in the same process (`snapshot_store`, which creates the
-/// group and then opens whatever directory is there, environment.rs:416-421) hands the NEW
-/// group the OLD incarnation's snapshot: its node restores it and starts with that snapshot's
-/// last log id (term and index) as its own, e.g. able to win votes in a fresh cluster of that
-/// group id. Needs root (`chattr +i`) on a file system with the immutable flag; skipped
-/// otherwise.
+/// `remove_group` deletes the group's records first (durably), then its snapshot directory;
+/// if that deletion fails (here an immutable file) the call fails but the group is gone and
+/// its directory is an orphan. Creating the group again in the same process must not hand
+/// the new incarnation the old one's snapshot (whose last log id it would take as its own,
+/// e.g. to win votes in a fresh cluster of that group id): the orphan is deleted when the
+/// group is created. (Found by review: `snapshot_store` opened whatever directory was there.)
+/// Needs `chattr +i` (root, a file system with the immutable flag); skipped otherwise.
 #[test]
-#[ignore = "finding: a group created again after a failed removal adopts the removed group's snapshots"]
 fn a_group_created_again_after_a_failed_removal_starts_without_the_old_snapshots() {
     use raft_core::{Membership, SnapshotMeta, SnapshotStore};
     let chattr = |flag: &str, path: &Path| {
@@ -686,15 +671,14 @@ fn a_group_created_again_after_a_failed_removal_starts_without_the_old_snapshots
     assert!(latest.is_none(), "the new group adopted the removed group's snapshot {latest:?}");
 }
 
-/// Finding (robustness, worse form of the one above): in an environment the newest entries of
-/// every group sit in the shared journal, and opening the environment decodes the metadata
-/// record of every group that has journal records (`JournalIndex::load`, journal.rs:150-151).
-/// So one group's undecodable metadata record makes the whole environment fail to open: every
-/// group of the process is down, and the corrupt group cannot even be removed
-/// (`remove_group` needs an open environment). Expected: the environment opens; that group
-/// alone is reported corrupt (when opened) and can be removed.
+/// Known limitation, not fixed (found by review; ARCHITECTURE, "Known limitations of the
+/// shared environment"): the newest entries of every group sit in the shared journal, and
+/// opening the environment decodes the metadata record of every group that has journal
+/// records (`JournalIndex::load`), so one group's undecodable metadata record makes the whole
+/// environment fail to open, and the corrupt group cannot be removed either. Expected: the
+/// environment opens; that group alone is reported corrupt and can be removed.
 #[test]
-#[ignore = "finding: one group's corrupt metadata record with journal records keeps the whole environment from opening"]
+#[ignore = "known limitation (ARCHITECTURE, shared environment): one group's corrupt metadata record with journal records keeps the whole environment from opening"]
 fn one_groups_corrupt_metadata_record_does_not_keep_the_environment_closed() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");

@@ -669,7 +669,14 @@ impl Writer {
                     // Not loaded yet (a group found on disk): what is on disk is what is
                     // committed.
                     None => {
-                        let found = handles.find_meta(txn, keys).map_err(Rejection::Invalid)?;
+                        let found = match handles.find_meta(txn, keys) {
+                            Ok(found) => found,
+                            // A removal needs no record: it deletes the group's key range
+                            // and record whatever they hold, so a corrupt record is no
+                            // obstacle to deleting a broken replica.
+                            Err(_) if matches!(op, Op::Remove) => None,
+                            Err(err) => return Err(Rejection::Invalid(err)),
+                        };
                         if let Some(meta) = found {
                             self.committed.insert(id, meta);
                         }
