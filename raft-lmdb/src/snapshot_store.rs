@@ -204,7 +204,10 @@ fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
 impl FileSnapshotStore {
     /// Opens (or creates) the store in `dir`: removes temporary files left by a crash, keeps the
     /// valid snapshot with the highest index as the latest, and deletes the others. A snapshot
-    /// file whose trailer is unreadable is ignored and reported in the log.
+    /// file whose trailer is corrupt is ignored and reported in the log; one that cannot be
+    /// read ([`OpenError::Io`]) or has a format version this build does not read
+    /// ([`OpenError::Storage`] with [`StorageError::UnsupportedVersion`]) fails the open and
+    /// changes nothing: falling back to an older snapshot would hide it.
     ///
     /// A directory it creates is durable when this returns (its parent is synced). The store
     /// holds the directory exclusively until its last handle is dropped: opening it again, in
@@ -235,9 +238,14 @@ impl FileSnapshotStore {
                             others.push(path);
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(path = %path.display(), %error, "ignoring an unreadable snapshot file");
+                    Err(StorageError::Corrupt(error)) => {
+                        tracing::warn!(path = %path.display(), %error, "ignoring a corrupt snapshot file");
                     }
+                    // Not corruption: a read that failed (the file may be sound) or a format
+                    // this build does not read (a newer build wrote it). Falling back to an
+                    // older snapshot would hide it, with the log perhaps purged past that one.
+                    Err(StorageError::Io(source)) => return Err(OpenError::Io { path, source }),
+                    Err(source) => return Err(OpenError::Storage { path, source }),
                 }
             }
         }
@@ -489,5 +497,43 @@ mod tests {
                     if found == version
             ));
         }
+    }
+
+    /// A newer snapshot in a format this build does not read (a newer build wrote it) fails
+    /// the open, and the older snapshot is kept: starting from the older one would hide the
+    /// newer (the log may be purged past the older). (Found by review: it was ignored, the
+    /// older one taken as the latest.)
+    #[test]
+    fn a_snapshot_in_a_newer_format_fails_the_open_instead_of_being_skipped() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = fs::canonicalize(root.path()).unwrap();
+        let meta = |index| SnapshotMeta {
+            last_included: LogId::new(1, index),
+            membership: Membership::from_ids([1], []).unwrap(),
+            size: 3,
+            checksum: 5,
+        };
+        let (older, newer) = (meta(5), meta(9));
+        let (older_name, newer_name) = (file_name(&older), file_name(&newer));
+        write_file(
+            &dir,
+            &older_name,
+            b"abc",
+            &encode_meta(&older).unwrap(),
+            SNAPSHOT_FORMAT_VERSION,
+        );
+        let encoded = encode_meta(&newer).unwrap();
+        write_file(&dir, &newer_name, b"abc", &encoded, SNAPSHOT_FORMAT_VERSION + 1);
+        let opened = FileSnapshotStore::open_dir(&dir);
+        assert!(
+            matches!(
+                &opened,
+                Err(OpenError::Storage { source: StorageError::UnsupportedVersion { .. }, path })
+                    if *path == dir.join(&newer_name)
+            ),
+            "{:?}",
+            opened.as_ref().map(FileSnapshotStore::latest_path)
+        );
+        assert!(dir.join(&older_name).exists(), "the older snapshot was deleted");
     }
 }
