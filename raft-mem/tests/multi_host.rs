@@ -537,6 +537,48 @@ async fn a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor<
     );
 }
 
+/// Review finding (rev_host, SAFETY): a group removed on one host and added again there on
+/// fresh stores (what `GroupHealth::Failed`'s "remove it to free its id and its stores" and
+/// `remove_group`'s "its id can be added again" invite) while the other hosts keep the group is
+/// a voter that lost its durable term and vote: nothing tells the group or the new replica, so
+/// it votes a second time in a term it already voted in, for another candidate (two leaders of
+/// one term become possible). The votes are asked with `leadership_transfer` so that the
+/// CheckQuorum lease does not hide the point.
+async fn a_replica_added_again_on_fresh_stores_does_not_vote_twice_in_a_term<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+) {
+    let mut hosts = Hosts::new(rt.clone(), mode);
+    hosts.add_group(2).await;
+    hosts.write(2, b"before").await;
+    hosts.applied_everywhere(2, b"before").await;
+    let vote = |candidate: NodeId| {
+        let request = raft_core::RequestVoteRequest {
+            term: 100,
+            candidate_id: candidate,
+            last_log_id: LogId { index: 1_000, term: 99 },
+            pre_vote: false,
+            leadership_transfer: true,
+        };
+        Envelope::new(1, RpcRequest::RequestVote(request)).with_group_id(2)
+    };
+    let granted = |answer: &Result<RpcResponse, RpcError>| matches!(answer, Ok(RpcResponse::RequestVote(r)) if r.vote_granted && r.term == 100);
+    let first = hosts.hosts[&1].handle_rpc(vote(2)).await;
+    assert!(granted(&first), "the first vote of term 100 (for node 2): {first:?}");
+
+    // Host 1 removes its replica of group 2 and adds it again on fresh stores; hosts 2 and 3
+    // keep theirs.
+    within(&rt, "removal", hosts.hosts[&1].remove_group(2)).await.unwrap();
+    let builder = hosts.builder(1, 2, Poisonable::default());
+    hosts.hosts[&1].add_group(2, builder).await.unwrap();
+
+    let second = hosts.hosts[&1].handle_rpc(vote(3)).await;
+    assert!(
+        !granted(&second),
+        "node 1 voted twice in term 100 (for node 2, then, re-added, for node 3): {second:?}"
+    );
+}
+
 /// What `add_group` refuses, and that a refused or panicking start leaves the id free.
 async fn adding_groups_checks_ids_limits_and_panics<R: Runtime + Clone>(rt: R, mode: Mode) {
     let mut hosts = Hosts::new(rt.clone(), mode);
@@ -1359,6 +1401,16 @@ mod tokio_rt {
     #[ignore = "finding (rev_host): a re-added group id takes its old incarnation's requests"]
     async fn a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor() {
         super::a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor(
+            rt(),
+            Mode::Tasks,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "finding (rev_host): a replica re-added on fresh stores votes twice in a term"]
+    async fn a_replica_added_again_on_fresh_stores_does_not_vote_twice_in_a_term() {
+        super::a_replica_added_again_on_fresh_stores_does_not_vote_twice_in_a_term(
             rt(),
             Mode::Tasks,
         )
