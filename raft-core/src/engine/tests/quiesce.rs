@@ -711,3 +711,30 @@ fn ticks_delivered_at_the_instant_of_a_mark_count_nothing() {
         assert!(c.nodes[&follower].engine.is_quiesced(), "round {round}: woke at a mark");
     }
 }
+
+/// Review finding (rev_host, ROBUSTNESS / cost): a request from a node that is no member of
+/// the group (a zombie replica of a node removed from this group but still in the cluster for
+/// other groups, so that the shared transport cannot refuse it; or any authenticated node of
+/// the cluster) wakes a quiesced follower, which then wakes its leader with a `ReadIndex`, and
+/// the whole group heartbeats again until it re-quiesces. Node 9 is in no membership here; its
+/// PreVote (refused, as it must be) should leave the quiesced group asleep.
+#[test]
+#[ignore = "finding (rev_host): a non-member's PreVote wakes a quiesced group"]
+fn a_request_from_a_non_member_does_not_wake_a_quiesced_group() {
+    let (mut c, leader) = quiet_cluster(quiet_configs(3));
+    let follower = followers(&c, leader)[0];
+    let engine = &c.nodes[&leader].engine;
+    let request = RpcRequest::RequestVote(RequestVoteRequest {
+        term: engine.hard_state().current_term + 1,
+        candidate_id: 9,
+        last_log_id: engine.last_log_id(),
+        pre_vote: true,
+        leadership_transfer: false,
+    });
+    let answer = ask(&mut c, 9, follower, request);
+    assert!(!granted(&answer), "a quiesced follower refuses the pre-vote: {answer:?}");
+    c.tick(1);
+    let awake: Vec<NodeId> =
+        c.nodes.iter().filter(|(_, n)| !n.engine.is_quiesced()).map(|(&id, _)| id).collect();
+    assert!(awake.is_empty(), "a non-member's PreVote woke {awake:?} (leader {leader})");
+}
