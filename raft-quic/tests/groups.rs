@@ -159,7 +159,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
 /// to count; in life nothing answers there, or another node does and fails the identity check),
 /// until group 1's log learns the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding (rev_host): a restart's group start order picks a moved node's stale address"]
+#[ignore = "known limitation (found by review, not fixed): the address of the group started last wins, not the newest membership's"]
 async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_order() {
     init_tracing();
     let rt = rt();

@@ -442,7 +442,10 @@ impl Engine {
     /// An inbound request; its response is produced later as [`Action::Respond`] for `reply_to`.
     /// A malformed request (see [`Engine::malformed_count`]) changes nothing and is answered with
     /// a refusal that acknowledges nothing. Any other request wakes a quiesced node first (a
-    /// follower quiesces again on the leader's quiesce-marked heartbeat).
+    /// follower quiesces again on the leader's quiesce-marked heartbeat), except a PreVote of a
+    /// node that is no member: it changes no state, and a replica left on a node removed from
+    /// this group (which a transport shared with other groups still serves) must not keep the
+    /// group awake.
     pub fn on_request(&mut self, request: RpcRequest, reply_to: ReplyId) {
         if let Err(reason) = self.check_request(&request) {
             self.count_malformed(request.sender(), request.kind(), &reason);
@@ -450,7 +453,9 @@ impl Engine {
             return self.respond(reply_to, response, false);
         }
         let (waker, quiesce_mark) = self.quiesce_mark(&request);
-        self.unquiesce(waker);
+        if !self.is_strangers_pre_vote(&request) {
+            self.unquiesce(waker);
+        }
         self.note_term(request.sender(), request.term());
         let response = match request {
             RpcRequest::ReadIndex(req) => return self.handle_read_index(&req, reply_to),

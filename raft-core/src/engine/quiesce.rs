@@ -253,6 +253,14 @@ impl Engine {
         }
     }
 
+    /// Whether `request` is a PreVote of a node outside the membership in force: it wakes no
+    /// quiesced node (a PreVote changes no term nor vote; a member's lagging view of the
+    /// membership is woken by its leader's AppendEntries).
+    pub(super) fn is_strangers_pre_vote(&self, request: &RpcRequest) -> bool {
+        matches!(request, RpcRequest::RequestVote(r)
+            if r.pre_vote && !self.membership().contains(r.candidate_id))
+    }
+
     /// Before an inbound request is handled: what wakes the node, and the mark the request
     /// carries if it may quiesce this follower (a quiesce-marked heartbeat of the leader it
     /// already follows in its term, unless it ignores marks).

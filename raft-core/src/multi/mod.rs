@@ -149,7 +149,8 @@ pub enum GroupHealth {
     Running,
     /// Its node stopped on its own, for this reason (a store failure, a state machine
     /// failure or panic, ...). Requests for it are answered `RpcError::Shutdown`; remove it
-    /// ([`Host::remove_group`]) to free its id and its stores.
+    /// ([`Host::remove_group`]) to free its id and its stores (how its id may be added again:
+    /// see there).
     Failed(FatalError),
     /// Its node was shut down ([`Node::shutdown`] on its handle) but the group was not removed.
     Stopped,
@@ -381,7 +382,17 @@ impl<G> Host<G> {
     /// `Shutdown`, writes handed to its store complete, every task ends), then stops routing to
     /// it; returns once the node has stopped, with what the caller needs to delete the group's
     /// state. Requests for the group get `RpcError::Shutdown` while it stops and
-    /// [`RpcError::UnknownGroup`] afterwards; its id can be added again.
+    /// [`RpcError::UnknownGroup`] afterwards; its id can be added again, as one of:
+    ///
+    /// * the same replica restarted: on the group's stores, kept;
+    /// * a new replica of the same group on fresh stores: only as a new member, through the
+    ///   group's membership change, under a node id that never was a member. A replica that
+    ///   loses its stores loses its term and vote: added again as itself it could vote twice
+    ///   in one term (two leaders of a term);
+    /// * a new group on fresh stores (the id removed from every host): with a
+    ///   [`crate::Config::cluster_id`] of its own. Requests carry the cluster id, so that
+    ///   requests of the removed incarnation still in flight are refused; under the old
+    ///   cluster id the new group would take them as its own (its term, its entries).
     ///
     /// Works on failed groups alike. Cancellation-safe: dropped before it returns, the group
     /// stays hosted (stopping or stopped) and a later call removes it.

@@ -712,14 +712,12 @@ fn ticks_delivered_at_the_instant_of_a_mark_count_nothing() {
     }
 }
 
-/// Review finding (rev_host, ROBUSTNESS / cost): a request from a node that is no member of
-/// the group (a zombie replica of a node removed from this group but still in the cluster for
-/// other groups, so that the shared transport cannot refuse it; or any authenticated node of
-/// the cluster) wakes a quiesced follower, which then wakes its leader with a `ReadIndex`, and
-/// the whole group heartbeats again until it re-quiesces. Node 9 is in no membership here; its
-/// PreVote (refused, as it must be) should leave the quiesced group asleep.
+/// A PreVote of a node that is no member of the group (a replica left on a node removed from
+/// this group but still in the cluster for other groups, which the shared transport cannot
+/// refuse; or any authenticated node of the cluster) is refused and leaves the quiesced group
+/// asleep. (Found by review: it woke the follower, which woke its leader with a ReadIndex, and
+/// the whole group heartbeated again until it quiesced anew.)
 #[test]
-#[ignore = "finding (rev_host): a non-member's PreVote wakes a quiesced group"]
 fn a_request_from_a_non_member_does_not_wake_a_quiesced_group() {
     let (mut c, leader) = quiet_cluster(quiet_configs(3));
     let follower = followers(&c, leader)[0];
