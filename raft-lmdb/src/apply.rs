@@ -107,15 +107,16 @@ impl<'a> GroupLog<'a> {
         }
     }
 
-    /// The stored bytes of entry `index` (the entry record).
-    fn get<'t>(&self, txn: &'t RwTxn<'_>, index: LogIndex) -> Result<Option<&'t [u8]>, Failure> {
+    /// The stored bytes of entry `index` (the entry record). A journal record that does not
+    /// split is this group's corruption: [`Rejection::Invalid`].
+    fn get<'t>(&self, txn: &'t RwTxn<'_>, index: LogIndex) -> Result<Option<&'t [u8]>, Rejection> {
         if let Some(bytes) = self.log.get(txn, self.keys.log(index).as_slice())? {
             return Ok(Some(bytes));
         }
         let Some((journal, records)) = &self.journal else { return Ok(None) };
         let Some(seq) = records.get(self.keys.group(), index) else { return Ok(None) };
         match journal.get(txn, &seq_key(seq))? {
-            Some(record) => Ok(Some(split_record(record)?.2)),
+            Some(record) => Ok(Some(split_record(record).map_err(Rejection::Invalid)?.2)),
             None => Ok(None),
         }
     }

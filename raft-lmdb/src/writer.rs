@@ -674,7 +674,7 @@ impl Writer {
                             // A removal needs no record: it deletes the group's key range
                             // and record whatever they hold, so a corrupt record is no
                             // obstacle to deleting a broken replica.
-                            Err(_) if matches!(op, Op::Remove) => None,
+                            Err(StorageError::Corrupt(_)) if matches!(op, Op::Remove) => None,
                             Err(err) => return Err(Rejection::Invalid(err)),
                         };
                         if let Some(meta) = found {

@@ -254,8 +254,10 @@ impl Engine {
     }
 
     /// Whether `request` is a PreVote of a node outside the membership in force: it wakes no
-    /// quiesced node (a PreVote changes no term nor vote; a member's lagging view of the
-    /// membership is woken by its leader's AppendEntries).
+    /// quiesced node (a PreVote changes no term nor vote). A quiesced node's membership is its
+    /// leader's committed one; a later one reaches it by AppendEntries or InstallSnapshot,
+    /// which wake it, or, if it missed them (isolated meanwhile), its fallback deadline wakes
+    /// it, after which a new member's PreVote counts as before.
     pub(super) fn is_strangers_pre_vote(&self, request: &RpcRequest) -> bool {
         matches!(request, RpcRequest::RequestVote(r)
             if r.pre_vote && !self.membership().contains(r.candidate_id))
