@@ -524,6 +524,29 @@ mod tests {
         }
     }
 
+    /// The metadata of a 3-byte snapshot up to `index` (term 1, one voter).
+    fn small_snapshot(index: LogIndex) -> SnapshotMeta {
+        SnapshotMeta {
+            last_included: LogId::new(1, index),
+            membership: Membership::from_ids([1], []).unwrap(),
+            size: 3,
+            checksum: 5,
+        }
+    }
+
+    /// Writes snapshots up to index 5 (format `older_version`) and 9 (`newer_version`) into
+    /// `dir`; returns their file names.
+    fn write_two_snapshots(dir: &Path, older_version: u32, newer_version: u32) -> (String, String) {
+        [(5, older_version), (9, newer_version)]
+            .map(|(index, version)| {
+                let meta = small_snapshot(index);
+                let name = file_name(&meta);
+                write_file(dir, &name, b"abc", &encode_meta(&meta).unwrap(), version);
+                name
+            })
+            .into()
+    }
+
     /// A newer snapshot in a format this build does not read (a newer build wrote it) fails
     /// the open, and the older snapshot is kept: starting from the older one would hide the
     /// newer (the log may be purged past the older). (Found by review: it was ignored, the
@@ -532,23 +555,8 @@ mod tests {
     fn a_snapshot_in_a_newer_format_fails_the_open_instead_of_being_skipped() {
         let root = tempfile::tempdir().unwrap();
         let dir = fs::canonicalize(root.path()).unwrap();
-        let meta = |index| SnapshotMeta {
-            last_included: LogId::new(1, index),
-            membership: Membership::from_ids([1], []).unwrap(),
-            size: 3,
-            checksum: 5,
-        };
-        let (older, newer) = (meta(5), meta(9));
-        let (older_name, newer_name) = (file_name(&older), file_name(&newer));
-        write_file(
-            &dir,
-            &older_name,
-            b"abc",
-            &encode_meta(&older).unwrap(),
-            SNAPSHOT_FORMAT_VERSION,
-        );
-        let encoded = encode_meta(&newer).unwrap();
-        write_file(&dir, &newer_name, b"abc", &encoded, SNAPSHOT_FORMAT_VERSION + 1);
+        let (older_name, newer_name) =
+            write_two_snapshots(&dir, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_FORMAT_VERSION + 1);
         let opened = FileSnapshotStore::open_dir(&dir);
         assert!(
             matches!(
@@ -570,20 +578,10 @@ mod tests {
         for stale_version in [1, SNAPSHOT_FORMAT_VERSION + 1] {
             let root = tempfile::tempdir().unwrap();
             let dir = fs::canonicalize(root.path()).unwrap();
-            let meta = |index| SnapshotMeta {
-                last_included: LogId::new(1, index),
-                membership: Membership::from_ids([1], []).unwrap(),
-                size: 3,
-                checksum: 5,
-            };
-            let (stale, latest) = (meta(5), meta(9));
-            let encoded = encode_meta(&stale).unwrap();
-            write_file(&dir, &file_name(&stale), b"abc", &encoded, stale_version);
-            let encoded = encode_meta(&latest).unwrap();
-            write_file(&dir, &file_name(&latest), b"abc", &encoded, SNAPSHOT_FORMAT_VERSION);
+            write_two_snapshots(&dir, stale_version, SNAPSHOT_FORMAT_VERSION);
             let store = FileSnapshotStore::open_dir(&dir).unwrap();
             let found = futures::executor::block_on(store.latest()).unwrap();
-            assert_eq!(found, Some(latest), "stale version {stale_version}");
+            assert_eq!(found, Some(small_snapshot(9)), "stale version {stale_version}");
         }
     }
 }

@@ -114,6 +114,29 @@ async fn a_groups_membership_change_keeps_the_addresses_another_group_names() {
     }
 }
 
+/// Node 2 at its old address and at its new one (two endpoints with its certificate), each
+/// serving groups 1 and 2 with handlers that count the requests they get.
+struct Moved {
+    old: QuicNetwork,
+    new: QuicNetwork,
+    at_old: BTreeMap<GroupId, Arc<TestHandler>>,
+    at_new: BTreeMap<GroupId, Arc<TestHandler>>,
+}
+
+impl Moved {
+    fn bind(ca: &ClusterCa, rt: &Arc<dyn Runtime>) -> Self {
+        let old = QuicNetwork::bind(test_config(ca, 2, loopback()), rt.clone()).unwrap();
+        let new = QuicNetwork::bind(test_config(ca, 2, loopback()), rt.clone()).unwrap();
+        let (at_old, at_new) = (serve_groups(&old, &[1, 2]), serve_groups(&new, &[1, 2]));
+        Self { old, new, at_old, at_new }
+    }
+}
+
+/// The requests `handlers` got, in all.
+fn calls(handlers: &BTreeMap<GroupId, Arc<TestHandler>>) -> usize {
+    handlers.values().map(|h| h.calls()).sum()
+}
+
 /// Two groups name different addresses for one node (it moved, and one group's log says so
 /// first): the one set last is dialed; when that group stops naming it, the other group's comes
 /// back. An unchanged address handed over again does not count as newer.
@@ -123,14 +146,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
-    // Node 2 at its old address and at its new one (two endpoints with its certificate).
-    let old = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_old = serve_groups(&old, &[1, 2]);
-    let at_new = serve_groups(&new, &[1, 2]);
-    let calls = |handlers: &BTreeMap<GroupId, Arc<TestHandler>>| {
-        handlers.values().map(|h| h.calls()).sum::<usize>()
-    };
+    let Moved { old, new, at_old, at_new } = Moved::bind(&ca, &rt);
     let (g1, g2) = (net1.for_group(1), net1.for_group(2));
 
     g1.members_changed(&members(&[(2, &old)]));
@@ -164,13 +180,7 @@ async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_ord
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
-    let old = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_old = serve_groups(&old, &[1, 2]);
-    let at_new = serve_groups(&new, &[1, 2]);
-    let calls = |handlers: &BTreeMap<GroupId, Arc<TestHandler>>| {
-        handlers.values().map(|h| h.calls()).sum::<usize>()
-    };
+    let Moved { old, new, at_old, at_new } = Moved::bind(&ca, &rt);
     // Before the restart: group 1 named the old address, then group 2 learned the move.
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     let (g1, g2) = (net1.for_group(1), net1.for_group(2));
