@@ -561,6 +561,18 @@ fn environment_with_two_written_groups(dir: &Path) -> crate::LmdbOptions {
     options
 }
 
+/// An environment of two written groups in `dir` whose group 1's entry 5 (in its log, not the
+/// journal) does not decode, opened.
+fn two_groups_with_entry_5_of_group_1_corrupt(dir: &Path) -> crate::LmdbEnvironment {
+    let options = environment_with_two_written_groups(dir);
+    tamper_environment(dir, |handles, txn| {
+        let key = Layout::Groups.keys(1).log(5);
+        assert!(handles.log.get(txn, key.as_slice()).unwrap().is_some(), "entry 5 is in the log");
+        handles.log.put(txn, key.as_slice(), &[0xff, 0xff, 0xff]).unwrap();
+    });
+    crate::LmdbEnvironment::open_with(dir, options).unwrap()
+}
+
 /// An entry of ONE group that does not decode (a bit flip in the middle of its log passes
 /// `log_store`'s check, which decodes only the last entry), met by that group's purge, fails
 /// that request alone: the other groups of the environment go on. (Found by review: the
@@ -569,14 +581,7 @@ fn environment_with_two_written_groups(dir: &Path) -> crate::LmdbOptions {
 #[test]
 fn a_corrupt_entry_of_one_group_met_by_its_purge_fails_that_group_alone() {
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("env");
-    let options = environment_with_two_written_groups(&dir);
-    tamper_environment(&dir, |handles, txn| {
-        let key = Layout::Groups.keys(1).log(5);
-        assert!(handles.log.get(txn, key.as_slice()).unwrap().is_some(), "entry 5 is in the log");
-        handles.log.put(txn, key.as_slice(), &[0xff, 0xff, 0xff]).unwrap();
-    });
-    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    let env = two_groups_with_entry_5_of_group_1_corrupt(&root.path().join("env"));
     let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
     // Group 1's purge up to its corrupt entry fails, as it should.
     assert!(matches!(block_on(one.purge(5)), Err(StorageError::Corrupt(_))));
@@ -590,13 +595,7 @@ fn a_corrupt_entry_of_one_group_met_by_its_purge_fails_that_group_alone() {
 #[test]
 fn a_corrupt_entry_of_one_group_met_by_its_truncation_fails_that_group_alone() {
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("env");
-    let options = environment_with_two_written_groups(&dir);
-    tamper_environment(&dir, |handles, txn| {
-        let key = Layout::Groups.keys(1).log(5);
-        handles.log.put(txn, key.as_slice(), &[0xff, 0xff, 0xff]).unwrap();
-    });
-    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    let env = two_groups_with_entry_5_of_group_1_corrupt(&root.path().join("env"));
     let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
     let repair = WriteBatch { truncate_from: Some(6), ..append(6..8, 2) };
     assert!(matches!(block_on(one.write(repair)), Err(StorageError::Corrupt(_))));
