@@ -718,7 +718,7 @@ fn ticks_delivered_at_the_instant_of_a_mark_count_nothing() {
 /// asleep. (Found by review: it woke the follower, which woke its leader with a ReadIndex, and
 /// the whole group heartbeated again until it quiesced anew.)
 #[test]
-fn a_request_from_a_non_member_does_not_wake_a_quiesced_group() {
+fn a_non_members_pre_vote_does_not_wake_a_quiesced_group() {
     let (mut c, leader) = quiet_cluster(quiet_configs(3));
     let follower = followers(&c, leader)[0];
     let engine = &c.nodes[&leader].engine;
