@@ -1350,6 +1350,8 @@ macro_rules! every_scenario {
                 a_lone_group_commits_on_a_store_pending_at_first_poll_looped;
             shutdown_waits_for_a_log_write_in_flight,
                 shutdown_waits_for_a_log_write_in_flight_looped;
+            a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor,
+                a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor_looped;
         }
     };
 }
@@ -1364,15 +1366,6 @@ mod tokio_rt {
     every_scenario!(tokio);
 
     // Looped only, on tokio only (the scenarios take a `TokioRuntime` and no mode).
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor() {
-        super::a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor(
-            rt(),
-            Mode::Tasks,
-        )
-        .await;
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pass_takes_at_most_4096_proposals_looped() {
