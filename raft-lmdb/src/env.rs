@@ -112,7 +112,15 @@ impl Handles {
         keys: GroupKeys,
     ) -> Result<Option<MetaRecord>, StorageError> {
         match self.meta.get(txn, keys.meta().as_slice()).map_err(storage_error)? {
-            Some(bytes) => codec::decode_meta(bytes).map(Some),
+            Some(bytes) => {
+                codec::decode_meta(bytes).map(Some).map_err(|e| match (e, self.layout) {
+                    // Which group, among all those of the environment.
+                    (StorageError::Corrupt(reason), Layout::Groups) => StorageError::Corrupt(
+                        format!("group {}: {reason} (remove the group to go on)", keys.group()),
+                    ),
+                    (e, _) => e,
+                })
+            }
             None => Ok(None),
         }
     }

@@ -2,7 +2,7 @@
 //! process; and the running environment every [`LmdbLogStore`] stands on (a store opened with
 //! `open_dir` has one of its own, with one group).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::future::Future;
 use std::io;
@@ -103,7 +103,7 @@ pub(crate) fn start(
         Layout::Groups => options.group_queue_capacity,
     };
     let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
-    let journal = match &handles.journal {
+    let mut journal = match &handles.journal {
         Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
         None => None,
     };
@@ -114,6 +114,12 @@ pub(crate) fn start(
         source => OpenError::Storage { path: dir.clone(), source },
     };
     let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    // Their frames are set aside in the journal by the open-time checkpoint.
+    if let Some(journal) = &mut journal {
+        for &group in &recovered.failed {
+            journal.set_failed(group);
+        }
+    }
     let recovered_entries = recovered.records.len() as u64;
     let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
     let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));
@@ -150,6 +156,10 @@ pub(crate) struct Recovered {
     /// Whether the file holds anything but zeros after its valid frames, or records: the writer
     /// then checkpoints before the store is handed out, moving to the next generation.
     pub(crate) dirty: bool,
+    /// The groups of the multi-group layout that have records but whose metadata record is
+    /// corrupt: failed (see `journal.rs`), their records are set aside, unchecked but for
+    /// following each other.
+    pub(crate) failed: BTreeSet<GroupId>,
 }
 
 /// Opens (creating it when on) and reads the write-ahead file: its frames of LMDB's
@@ -173,17 +183,32 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
         );
     }
     let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
+    let mut failed = BTreeSet::new();
     for (group, entry) in &scanned.records {
         let last = match lasts.get(group) {
             Some(last) => *last,
-            None => match handles.find_meta(&txn, handles.layout.keys(*group))? {
-                Some(meta) => meta.last(),
-                None => {
+            None => match handles.find_meta(&txn, handles.layout.keys(*group)) {
+                Ok(Some(meta)) => meta.last(),
+                Ok(None) => {
                     return Err(StorageError::Corrupt(format!(
                     "the write-ahead file holds entry {} of group {group}, which does not exist",
                     entry.index
                 )))
                 }
+                // That group alone fails: its first entry cannot be checked.
+                Err(StorageError::Corrupt(reason)) if handles.journal.is_some() => {
+                    tracing::error!(
+                        group,
+                        %reason,
+                        "raft-lmdb: the metadata record of a group with entries in the \
+                         write-ahead file is corrupt; its entries are set aside until it is \
+                         removed, the other groups open"
+                    );
+                    failed.insert(*group);
+                    let before = entry.index.saturating_sub(1);
+                    raft_core::LogId::new(entry.term, before)
+                }
+                Err(err) => return Err(err),
             },
         };
         if last.index.checked_add(1) != Some(entry.index) || entry.term < last.term {
@@ -204,7 +229,7 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
     }
     let dirty = !scanned.records.is_empty() || scanned.stopped_on_data;
     let bytes = scanned.bytes;
-    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty })
+    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty, failed })
 }
 
 /// Checks the records of `group` (see [`env::check_group`]): its metadata, `None` if the group

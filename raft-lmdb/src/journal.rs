@@ -23,6 +23,22 @@
 //!   [`JOURNAL_SEQ_KEY`] in the metadata database holds the next one as of the last move (when
 //!   the journal was emptied); open continues from it or from the journal's last record.
 //!
+//! # A group whose metadata record is corrupt
+//!
+//! Open checks every record against its group's metadata record. When that record does not
+//! decode, the group is *failed* ([`JournalIndex::failed`]): its records are kept as they are,
+//! unchecked, and set aside: a move leaves them in the journal (it cannot tell where they
+//! belong, nor whether its log holds them already), they do not count towards the bound, and
+//! every other group opens and works. Opening the group fails with `Corrupt` (its metadata
+//! record does not decode: [`crate::env::check_group`], as for a corrupt group without
+//! journal records); removing it deletes its records like any group's, and the group is no
+//! longer failed (created again, it starts empty). Entries of a failed group found in the
+//! write-ahead file at open are set aside the same way (appended to the journal by the
+//! open-time checkpoint): nothing of the group is lost until it is removed. The invariants
+//! above hold for every other group; what stays corruption of the whole journal is what no
+//! group can be blamed for alone: a record that does not split, a record of a group without
+//! a metadata record, the same entry twice, a sequence number at its end.
+//!
 //! # Reads racing a move
 //!
 //! Readers find a journal record through [`ReadIndex`], shared with the writer, which may be
@@ -91,6 +107,19 @@ pub(crate) fn read_record<'t>(
 enum Change {
     Added(GroupId, LogIndex, u64),
     Removed(GroupId, LogIndex, u64),
+    /// The group was failed and no longer is (it was removed).
+    Recovered(GroupId),
+}
+
+/// What open knows of a group that has journal records.
+#[derive(Debug, Clone, Copy)]
+enum Bounds {
+    /// No metadata record: the group does not exist.
+    Missing,
+    /// The metadata record does not decode: the group is failed.
+    Failed,
+    /// Purged and last index (metadata record), last index of the group's key range of the log.
+    Known(LogIndex, LogIndex, LogIndex),
 }
 
 /// The writer's exact map of the journal: where each record of the current transaction's state
@@ -114,6 +143,9 @@ pub(crate) struct JournalIndex {
     /// Whether the current transaction appends to the log of a group that has no journal
     /// records instead (see [`JournalIndex::set_direct`]).
     direct: bool,
+    /// The failed groups: their metadata record is corrupt, their records are set aside (see
+    /// the module documentation). Empty unless something is corrupt.
+    failed: BTreeSet<GroupId>,
 }
 
 impl JournalIndex {
@@ -121,6 +153,9 @@ impl JournalIndex {
     /// number. A record for an entry already met, outside its group's log (the group's
     /// metadata record says which entries it holds), or not after the last entry of the
     /// group's key range of `log` (the log holds a group's older entries), is corruption.
+    ///
+    /// A group whose metadata record is corrupt fails alone: its records are kept unchecked
+    /// and set aside, and the group is failed (see the module documentation).
     pub(crate) fn load(
         dbs: (&Db, &Db, &Db),
         txn: &RoTxn<'_, WithoutTls>,
@@ -128,9 +163,7 @@ impl JournalIndex {
     ) -> Result<JournalIndex, StorageError> {
         let (journal, log, meta) = dbs;
         let mut index = JournalIndex { bound, ..JournalIndex::default() };
-        // Each group's purged and last indexes (metadata) and the last index of its log range,
-        // `None` for a group without metadata.
-        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex, LogIndex)>> = HashMap::new();
+        let mut metas: HashMap<GroupId, Bounds> = HashMap::new();
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -148,45 +181,65 @@ impl JournalIndex {
                 Entry::Vacant(vacant) => {
                     let keys = Layout::Groups.keys(group);
                     let meta = meta.get(txn, keys.meta().as_slice()).map_err(storage_error)?;
-                    let bounds = match meta.map(codec::decode_meta).transpose()? {
-                        Some(m) => {
+                    let bounds = match meta.map(codec::decode_meta).transpose() {
+                        Ok(Some(m)) => {
                             let (first, end) = (keys.log(0), keys.log(LogIndex::MAX));
                             let range = first.through(&end);
                             let mut from_end = log.rev_range(txn, &range).map_err(storage_error)?;
                             let last_item = from_end.next().transpose().map_err(storage_error)?;
                             let log_last = last_item.and_then(|(key, _)| keys.index_of(key));
                             let purged = m.purged().index;
-                            Some((purged, m.last().index, log_last.unwrap_or(purged)))
+                            Bounds::Known(purged, m.last().index, log_last.unwrap_or(purged))
                         }
-                        None => None,
+                        Ok(None) => Bounds::Missing,
+                        Err(StorageError::Corrupt(reason)) => {
+                            tracing::error!(
+                                group,
+                                %reason,
+                                "raft-lmdb: the metadata record of a group is corrupt; its \
+                                 journal records are set aside until it is removed, the other \
+                                 groups open"
+                            );
+                            index.failed.insert(group);
+                            Bounds::Failed
+                        }
+                        Err(err) => return Err(err),
                     };
                     *vacant.insert(bounds)
                 }
             };
-            let Some((purged, last, log_last)) = bounds else {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, outside its log \
-                     (the group does not exist)"
-                )));
-            };
-            if !(purged < entry_index && entry_index <= last) {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, outside its log \
-                     (purged {purged}, last {last})"
-                )));
-            }
-            if entry_index <= log_last {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, also in its log \
-                     (which ends at {log_last})"
-                )));
+            match bounds {
+                Bounds::Known(purged, last, log_last) => {
+                    if !(purged < entry_index && entry_index <= last) {
+                        return Err(StorageError::Corrupt(format!(
+                            "the journal holds entry {entry_index} of group {group}, outside its \
+                             log (purged {purged}, last {last})"
+                        )));
+                    }
+                    if entry_index <= log_last {
+                        return Err(StorageError::Corrupt(format!(
+                            "the journal holds entry {entry_index} of group {group}, also in its \
+                             log (which ends at {log_last})"
+                        )));
+                    }
+                }
+                // Kept as they are: nothing tells where they belong.
+                Bounds::Failed => {}
+                Bounds::Missing => {
+                    return Err(StorageError::Corrupt(format!(
+                        "the journal holds entry {entry_index} of group {group}, outside its \
+                         log (the group does not exist)"
+                    )))
+                }
             }
             if index.locations.insert((group, entry_index), seq).is_some() {
                 return Err(StorageError::Corrupt(format!(
                     "entry {entry_index} of group {group} is in the journal twice"
                 )));
             }
-            index.bytes += value.len() as u64;
+            if !matches!(bounds, Bounds::Failed) {
+                index.bytes += value.len() as u64;
+            }
             index.next_seq = index.next_seq.max(seq.saturating_add(1));
         }
         // The last sequence number is never used (the one after it would overflow): a journal
@@ -216,9 +269,37 @@ impl JournalIndex {
                 Change::Removed(group, index, seq) => {
                     self.locations.insert((group, index), seq);
                 }
+                Change::Recovered(group) => {
+                    self.failed.insert(group);
+                }
             }
         }
         (self.next_seq, self.bytes) = self.started;
+    }
+
+    /// The failed groups (see the module documentation).
+    pub(crate) fn failed(&self) -> &BTreeSet<GroupId> {
+        &self.failed
+    }
+
+    /// Marks `group` failed (its metadata record is corrupt) before the writer starts: the
+    /// group's records, and those the open-time checkpoint adds, are set aside.
+    pub(crate) fn set_failed(&mut self, group: GroupId) {
+        self.failed.insert(group);
+    }
+
+    /// The group is no longer failed: it was removed, with its records, in the current
+    /// transaction.
+    pub(crate) fn recover(&mut self, group: GroupId) {
+        if self.failed.remove(&group) {
+            self.changes.push(Change::Recovered(group));
+        }
+    }
+
+    /// The number of records set aside (of failed groups).
+    fn aside(&self) -> usize {
+        let records = |&g: &GroupId| self.locations.range((g, 0)..=(g, LogIndex::MAX)).count();
+        self.failed.iter().map(records).sum()
     }
 
     /// Lets the current transaction append a group's entries straight to its log when the
@@ -236,7 +317,12 @@ impl JournalIndex {
 
     /// Whether the journal is due to be moved to the groups' logs.
     pub(crate) fn is_due(&self) -> bool {
-        self.locations.len() >= self.bound.0 || self.bytes >= self.bound.1
+        let records = match self.failed.is_empty() {
+            true => self.locations.len(),
+            // A failed group's records stay: they would make every commit move.
+            false => self.locations.len().saturating_sub(self.aside()),
+        };
+        records >= self.bound.0 || self.bytes >= self.bound.1
     }
 
     /// The bytes the next commit moves to the groups' logs (0 unless the journal is due): an
@@ -254,7 +340,8 @@ impl JournalIndex {
         self.locations.get(&(group, index)).copied()
     }
 
-    /// Appends the record of `(group, index)` to the journal.
+    /// Appends the record of `(group, index)` to the journal (for a failed group, set aside:
+    /// its bytes are not counted towards the bound).
     pub(crate) fn append(
         &mut self,
         journal: &Db,
@@ -275,7 +362,9 @@ impl JournalIndex {
         buf.extend_from_slice(entry);
         journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
         self.next_seq = next_seq;
-        self.bytes += buf.len() as u64;
+        if !self.failed.contains(&group) {
+            self.bytes += buf.len() as u64;
+        }
         if let Some(old) = self.locations.insert((group, index), seq) {
             // Callers delete an entry before writing it again; keep the map exact regardless.
             self.changes.push(Change::Removed(group, index, old));
@@ -307,7 +396,8 @@ impl JournalIndex {
     }
 
     /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
-    /// empties the journal, recording the next sequence number in `meta`.
+    /// empties the journal, recording the next sequence number in `meta`. The records of
+    /// failed groups stay (see the module documentation).
     ///
     /// Records are read one at a time, in `(group, index)` order (so that each group's leaf of
     /// `log` is visited once in turn), through a buffer that holds one record: the move keeps
@@ -324,16 +414,22 @@ impl JournalIndex {
         let (journal, log, meta) = dbs;
         let buf = &mut self.buf;
         // Recorded first, so that a failed move is undone whole (see `rollback`).
-        let moved = std::mem::take(&mut self.locations);
+        let mut moved = std::mem::take(&mut self.locations);
+        let failed = &self.failed;
+        if !failed.is_empty() {
+            let (kept, rest) = moved.into_iter().partition(|((g, _), _)| failed.contains(g));
+            (self.locations, moved) = (kept, rest);
+        }
+        let kept = self.locations.len();
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
-        // The index's sequence numbers are distinct and each is checked below to be in the
-        // journal: as many records as the index knows means no record it does not know (which
-        // the clear below would drop).
+        // The index's sequence numbers are distinct and each moved one is checked below to be
+        // in the journal: as many records as the index knows means no record it does not know
+        // (which the clear below would drop). Kept records are not read: they stay as they are.
         let held = journal.len(txn)?;
-        if held != moved.len() as u64 {
+        let known = moved.len() + kept;
+        if held != known as u64 {
             return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                "the journal holds {held} records where the writer knows {}",
-                moved.len()
+                "the journal holds {held} records where the writer knows {known}"
             ))));
         }
         for (&(group, index), &seq) in &moved {
@@ -353,7 +449,13 @@ impl JournalIndex {
             }
             log.put(txn, log_key(group, index).as_ref(), buf)?;
         }
-        journal.clear(txn)?;
+        if kept == 0 {
+            journal.clear(txn)?;
+        } else {
+            for seq in moved.values() {
+                journal.delete(txn, &seq_key(*seq))?;
+            }
+        }
         meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;
         self.bytes = 0;
         Ok(moved.len())

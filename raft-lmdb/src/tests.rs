@@ -750,13 +750,14 @@ fn one_groups_corrupt_metadata_record_does_not_keep_the_environment_closed() {
 
 /// Removing a group whose metadata record is corrupt deletes its journal records too: the
 /// group created again under that id starts empty and adopts none of them, in this process
-/// and after a restart.
+/// and after a restart, and it is an ordinary group again (its records are moved to its log,
+/// not set aside).
 #[test]
 fn a_corrupt_group_created_again_after_its_removal_has_none_of_its_old_journal_records() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     journaled_groups_with_group_2_metadata_corrupt(&dir);
-    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0).with_journal_bound(4, u64::MAX);
     {
         let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
         env.running_shared().always_journal.store(true, Ordering::SeqCst);
@@ -765,13 +766,17 @@ fn a_corrupt_group_created_again_after_its_removal_has_none_of_its_old_journal_r
         assert_eq!(shared.read_index.candidates(2, 0, u64::MAX), vec![], "records left");
         let two = env.log_store(2).unwrap();
         assert_eq!(read_all(&two), (LogId::default(), vec![]));
-        block_on(two.write(append(1..4, 5))).unwrap();
-        assert_eq!(read_all(&two), (LogId::new(5, 3), entries(1..4, 5)));
+        for first in [1, 4, 7] {
+            block_on(two.write(append(first..first + 3, 5))).unwrap();
+        }
+        assert_eq!(read_all(&two), (LogId::new(5, 9), entries(1..10, 5)));
+        let of_two = shared.read_index.candidates(2, 0, u64::MAX).len();
+        assert!(of_two <= 4, "the new group's records were set aside, not moved: {of_two}");
     }
     let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
-    assert_eq!(of_two, vec![(2, 1, 5), (2, 2, 5), (2, 3, 5)], "only the new group's records");
+    assert!(of_two.iter().all(|r| r.2 == 5), "a record of the old group is left: {of_two:?}");
     let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
-    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(5, 3), entries(1..4, 5)));
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(5, 9), entries(1..10, 5)));
     assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 10), entries(1..11, 1)));
 }
 

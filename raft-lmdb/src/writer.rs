@@ -588,6 +588,11 @@ impl Writer {
         }
         let mut touched = Touched::new();
         for (id, entries) in pending {
+            if self.journal.as_ref().is_some_and(|journal| journal.failed().contains(&id)) {
+                let log = GroupLog::new(handles, handles.layout.keys(id), self.journal.as_mut());
+                apply::set_aside(log, &mut txn, &entries)?;
+                continue;
+            }
             let op = Op::Write(WriteBatch { entries, ..WriteBatch::default() });
             match self.apply(handles, &mut txn, &mut touched, id, &op) {
                 Ok(()) => {}
@@ -693,7 +698,7 @@ impl Writer {
                 Ok(())
             }
             (Op::Remove, meta) => {
-                log.clear(txn)?;
+                log.remove(txn)?;
                 handles.meta.delete(txn, keys.meta().as_slice())?;
                 *meta = None;
                 // No longer what the disk holds: a group created again in this transaction
