@@ -41,6 +41,9 @@ thread_local! {
     /// its snapshot and its journal candidates (the test commits in between).
     pub(crate) static CHECK_GROUP_BARRIER: std::cell::RefCell<Option<std::sync::Arc<std::sync::Barrier>>> =
         const { std::cell::RefCell::new(None) };
+    /// Test hook: reading the metadata record of this group on this thread fails as LMDB does
+    /// on a damaged page (`MDB_CORRUPTED`).
+    pub(crate) static META_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Test hook: waits at [`CHECK_GROUP_BARRIER`] twice if a test set it on this thread.
@@ -111,6 +114,10 @@ impl Handles {
         txn: &RoTxn<'_, WithoutTls>,
         keys: GroupKeys,
     ) -> Result<Option<MetaRecord>, StorageError> {
+        #[cfg(test)]
+        if META_READ_FAILS.with(|g| g.get()) == Some(keys.group()) {
+            return Err(storage_error(heed::Error::Mdb(heed::MdbError::Corrupted)));
+        }
         match self.meta.get(txn, keys.meta().as_slice()).map_err(storage_error)? {
             Some(bytes) => {
                 codec::decode_meta(bytes).map(Some).map_err(|e| match (e, self.layout) {

@@ -920,3 +920,183 @@ fn frames_of_a_removed_group_are_not_replayed_into_the_group_created_again() {
     let expected_two: Vec<_> = (1..5).map(|i| entry(i, 1)).collect();
     assert_eq!(read_all(&two), (LogId::new(1, 4), expected_two));
 }
+
+/// Entries 1..=5 of groups 1 (term 1) and 2 (term 3) of a new environment in `dir`, only in
+/// its write-ahead file (the process "dies" without its close checkpoint); closed.
+fn framed_groups_1_and_2(dir: &Path) {
+    let env = crate::LmdbEnvironment::open(dir).unwrap();
+    let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
+    block_on(one.write(append(1..6, 1))).unwrap();
+    block_on(two.write(append(1..6, 3))).unwrap();
+    assert_eq!(env.stats().wal_commits, 2, "{:?}", env.stats());
+    env.running_shared().skip_close_checkpoint.store(true, Ordering::SeqCst);
+}
+
+/// Writes `bytes` as the metadata record of `group` of the closed environment in `dir`.
+fn put_meta_record(dir: &Path, group: u64, bytes: &[u8]) {
+    tamper_environment(dir, |handles, txn| {
+        let key = Layout::Groups.keys(group).meta();
+        handles.meta.put(txn, key.as_slice(), bytes).unwrap();
+    });
+}
+
+/// The metadata record of `group` of the closed environment in `dir`, as stored.
+fn meta_record(dir: &Path, group: u64) -> Vec<u8> {
+    let mut bytes = None;
+    tamper_environment(dir, |handles, txn| {
+        let key = Layout::Groups.keys(group).meta();
+        bytes = handles.meta.get(txn, key.as_slice()).unwrap().map(<[u8]>::to_vec);
+    });
+    bytes.unwrap()
+}
+
+/// A metadata record that decodes, purged nothing, last entry `last`.
+fn meta_with_last(last: LogId) -> Vec<u8> {
+    let mut meta = codec::MetaRecord::default();
+    meta.set_last(last);
+    codec::encode_meta(&meta).unwrap()
+}
+
+/// The write-ahead generation recorded in the closed environment in `dir`.
+fn wal_generation(dir: &Path) -> u64 {
+    let mut generation = None;
+    tamper_environment(dir, |handles, txn| generation = Some(handles.wal_generation(txn).unwrap()));
+    generation.unwrap()
+}
+
+/// Opening group 2 of `env` fails, `Corrupt`, naming the group and saying `why`.
+fn assert_group_2_failed(env: &crate::LmdbEnvironment, why: &str) {
+    match env.log_store(2) {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("group 2"), "the error does not name the group: {reason}");
+            assert!(reason.contains(why), "the error does not say {why:?}: {reason}");
+        }
+        other => panic!("the failed group opened: {other:?}"),
+    }
+}
+
+/// Group 2 of `env` is removed; its records are gone (after a reopen as well), the group
+/// created again starts empty and group 1 holds `one`.
+fn remove_group_2_and_reopen(dir: &Path, env: crate::LmdbEnvironment, one: (LogId, Vec<Entry>)) {
+    env.remove_group(2).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![1]);
+    drop(env);
+    assert!(journal_records(dir).iter().all(|r| r.0 != 2), "the removal left records");
+    let env = crate::LmdbEnvironment::open(dir).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), one);
+}
+
+/// Review (F1): an LMDB read error on a group's metadata record while the write-ahead file is
+/// replayed at open (a damaged page, not an undecodable record) is no one group's corruption:
+/// the open fails, as when `JournalIndex::load` meets it, and checkpoints nothing into the
+/// damaged tree (the write-ahead generation is unchanged). (Before: taken for an undecodable
+/// record, the group was failed and the open went on.)
+#[test]
+fn an_lmdb_read_error_on_a_metadata_record_at_replay_fails_the_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    let generation = wal_generation(&dir);
+    env::META_READ_FAILS.with(|g| g.set(Some(2)));
+    let opened = crate::LmdbEnvironment::open(&dir);
+    env::META_READ_FAILS.with(|g| g.set(None));
+    match opened {
+        Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("LMDB"), "{reason}"),
+        Err(other) => panic!("not the LMDB error: {other}"),
+        Ok(_) => panic!("the open went on past an LMDB read error"),
+    }
+    assert_eq!(wal_generation(&dir), generation, "the failed open checkpointed");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(3, 5), entries(1..6, 3)));
+}
+
+/// Review (F2): a metadata record that decodes but disagrees with the group's journal records
+/// (last 8, journal records 1..=10) fails that group alone, like an undecodable one: the
+/// environment opens, the group is `Corrupt` with the reason, and it can be removed.
+#[test]
+fn a_metadata_record_disagreeing_with_its_journal_records_fails_that_group_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(1, 8)));
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    let env = match crate::LmdbEnvironment::open_with(&dir, options) {
+        Ok(env) => env,
+        Err(err) => panic!("one group's records kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "outside its log");
+    let one = env.log_store(1).unwrap();
+    assert_eq!(read_all(&one), (LogId::new(1, 10), entries(1..11, 1)));
+    block_on(one.write(append(11..12, 1))).unwrap();
+    assert!(!env.has_failed());
+    drop(one);
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 11), entries(1..12, 1)));
+}
+
+/// Review (F2): write-ahead entries that do not follow their group's (decodable) metadata
+/// record fail that group alone: the environment opens, the entries are set aside, the group
+/// is `Corrupt` with the reason, and it can be removed.
+#[test]
+fn frames_not_following_their_groups_metadata_record_fail_that_group_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(3, 8)));
+    let env = match crate::LmdbEnvironment::open(&dir) {
+        Ok(env) => env,
+        Err(err) => panic!("one group's frames kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "does not follow");
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    drop(env);
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, (1..6).map(|i| (2, i, 3)).collect::<Vec<_>>(), "set aside, all of them");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "outside its log");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
+}
+
+/// Review (F3): a group failed for its undecodable metadata record, whose write-ahead entries
+/// were set aside, then its true record restored: the set-aside records disagree with it (they
+/// were never applied), which fails that group alone, not the environment.
+#[test]
+fn restoring_a_failed_groups_true_record_keeps_the_environment_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    let original = meta_record(&dir, 2);
+    put_meta_record(&dir, 2, b"not a metadata record");
+    drop(crate::LmdbEnvironment::open(&dir).unwrap());
+    put_meta_record(&dir, 2, &original);
+    let env = match crate::LmdbEnvironment::open(&dir) {
+        Ok(env) => env,
+        Err(err) => panic!("the restored record kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "outside its log");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
+}
+
+/// Review (F6): a removal of a failed group whose transaction fails leaves it as it was: after
+/// a reopen the group is still `Corrupt`, with all its records, and removable.
+#[test]
+fn a_failed_removal_of_a_failed_group_leaves_it_failed_and_removable() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let before: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(before.len(), 10);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        env.running_shared().fail_next_commit.store(true, Ordering::SeqCst);
+        assert!(env.remove_group(2).is_err(), "the removal's transaction did not fail");
+        assert!(env.has_failed());
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, before, "the failed removal changed the group's records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_group_2_failed(&env, "group 2");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 10), entries(1..11, 1)));
+}
