@@ -51,7 +51,7 @@
 //! reader starts again with a fresh snapshot.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
@@ -103,12 +103,17 @@ pub(crate) fn read_record<'t>(
 }
 
 /// A change of the journal made by the current transaction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Change {
     Added(GroupId, LogIndex, u64),
     Removed(GroupId, LogIndex, u64),
-    /// The group was failed and no longer is (it was removed).
-    Recovered(GroupId),
+    /// The group was failed (why) and no longer is (it was removed).
+    Recovered(GroupId, String),
+}
+
+/// Why `group` failed, naming it, from what is wrong (`what`).
+pub(crate) fn failure(group: GroupId, what: &str) -> String {
+    format!("group {group}: {what} (remove the group to go on)")
 }
 
 /// What open knows of a group that has journal records.
@@ -143,9 +148,12 @@ pub(crate) struct JournalIndex {
     /// Whether the current transaction appends to the log of a group that has no journal
     /// records instead (see [`JournalIndex::set_direct`]).
     direct: bool,
-    /// The failed groups: their metadata record is corrupt, their records are set aside (see
-    /// the module documentation). Empty unless something is corrupt.
-    failed: BTreeSet<GroupId>,
+    /// The failed groups, with why (naming the group): their records are set aside (see the
+    /// module documentation). Empty unless something is corrupt.
+    failed: BTreeMap<GroupId, String>,
+    /// How many records of `locations` are set aside (of failed groups): kept exact on every
+    /// change, so that [`JournalIndex::is_due`] does not count them.
+    aside: usize,
 }
 
 impl JournalIndex {
@@ -164,6 +172,8 @@ impl JournalIndex {
         let (journal, log, meta) = dbs;
         let mut index = JournalIndex { bound, ..JournalIndex::default() };
         let mut metas: HashMap<GroupId, Bounds> = HashMap::new();
+        // The bytes of each group's records (those of failed groups do not count).
+        let mut group_bytes: HashMap<GroupId, u64> = HashMap::new();
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -180,6 +190,7 @@ impl JournalIndex {
                 Entry::Occupied(known) => *known.get(),
                 Entry::Vacant(vacant) => {
                     let keys = Layout::Groups.keys(group);
+                    // An LMDB read error fails the open (`?`): it is no one group's corruption.
                     let meta = meta.get(txn, keys.meta().as_slice()).map_err(storage_error)?;
                     let bounds = match meta.map(codec::decode_meta).transpose() {
                         Ok(Some(m)) => {
@@ -193,14 +204,7 @@ impl JournalIndex {
                         }
                         Ok(None) => Bounds::Missing,
                         Err(StorageError::Corrupt(reason)) => {
-                            tracing::error!(
-                                group,
-                                %reason,
-                                "raft-lmdb: the metadata record of a group is corrupt; its \
-                                 journal records are set aside until it is removed, the other \
-                                 groups open"
-                            );
-                            index.failed.insert(group);
+                            index.fail(group, failure(group, &reason));
                             Bounds::Failed
                         }
                         Err(err) => return Err(err),
@@ -209,18 +213,24 @@ impl JournalIndex {
                 }
             };
             match bounds {
+                // A record disagreeing with its group's metadata record: that group fails.
                 Bounds::Known(purged, last, log_last) => {
-                    if !(purged < entry_index && entry_index <= last) {
-                        return Err(StorageError::Corrupt(format!(
-                            "the journal holds entry {entry_index} of group {group}, outside its \
-                             log (purged {purged}, last {last})"
-                        )));
-                    }
-                    if entry_index <= log_last {
-                        return Err(StorageError::Corrupt(format!(
-                            "the journal holds entry {entry_index} of group {group}, also in its \
-                             log (which ends at {log_last})"
-                        )));
+                    let disagrees = if !(purged < entry_index && entry_index <= last) {
+                        Some(format!(
+                            "the journal holds entry {entry_index}, outside its log (purged \
+                             {purged}, last {last})"
+                        ))
+                    } else if entry_index <= log_last {
+                        Some(format!(
+                            "the journal holds entry {entry_index}, also in its log (which ends \
+                             at {log_last})"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = disagrees {
+                        index.fail(group, failure(group, &reason));
+                        metas.insert(group, Bounds::Failed);
                     }
                 }
                 // Kept as they are: nothing tells where they belong.
@@ -237,11 +247,14 @@ impl JournalIndex {
                     "entry {entry_index} of group {group} is in the journal twice"
                 )));
             }
-            if !matches!(bounds, Bounds::Failed) {
-                index.bytes += value.len() as u64;
-            }
+            *group_bytes.entry(group).or_default() += value.len() as u64;
             index.next_seq = index.next_seq.max(seq.saturating_add(1));
         }
+        // A group may fail after some of its records were met: counted once all are known.
+        let failed = &index.failed;
+        index.bytes =
+            group_bytes.iter().filter(|(g, _)| !failed.contains_key(g)).map(|(_, b)| b).sum();
+        index.recount_aside();
         // The last sequence number is never used (the one after it would overflow): a journal
         // that reached it was not written by this crate.
         if index.next_seq == u64::MAX {
@@ -269,37 +282,66 @@ impl JournalIndex {
                 Change::Removed(group, index, seq) => {
                     self.locations.insert((group, index), seq);
                 }
-                Change::Recovered(group) => {
-                    self.failed.insert(group);
+                Change::Recovered(group, reason) => {
+                    self.failed.insert(group, reason);
                 }
             }
         }
         (self.next_seq, self.bytes) = self.started;
+        self.recount_aside();
     }
 
-    /// The failed groups (see the module documentation).
-    pub(crate) fn failed(&self) -> &BTreeSet<GroupId> {
+    /// The failed groups, with why (see the module documentation).
+    pub(crate) fn failed(&self) -> &BTreeMap<GroupId, String> {
         &self.failed
     }
 
-    /// Marks `group` failed (its metadata record is corrupt) before the writer starts: the
-    /// group's records, and those the open-time checkpoint adds, are set aside.
-    pub(crate) fn set_failed(&mut self, group: GroupId) {
-        self.failed.insert(group);
+    /// Whether `group` is failed (see the module documentation).
+    pub(crate) fn is_failed(&self, group: GroupId) -> bool {
+        self.failed.contains_key(&group)
+    }
+
+    /// Marks `group` failed for `reason` (it names the group) before the writer starts: the
+    /// group's records, and those the open-time checkpoint adds, are set aside. A group
+    /// already failed keeps its first reason.
+    pub(crate) fn set_failed(&mut self, group: GroupId, reason: String) {
+        self.fail(group, reason);
+        self.recount_aside();
+    }
+
+    /// Marks `group` failed for `reason` (logged), outside any transaction.
+    fn fail(&mut self, group: GroupId, reason: String) {
+        if let btree_map::Entry::Vacant(vacant) = self.failed.entry(group) {
+            tracing::error!(
+                group,
+                %reason,
+                "raft-lmdb: a group's records disagree with its metadata record or it does not \
+                 decode; its records are set aside until it is removed, the other groups open"
+            );
+            vacant.insert(reason);
+        }
     }
 
     /// The group is no longer failed: it was removed, with its records, in the current
     /// transaction.
     pub(crate) fn recover(&mut self, group: GroupId) {
-        if self.failed.remove(&group) {
-            self.changes.push(Change::Recovered(group));
+        if let Some(reason) = self.failed.remove(&group) {
+            self.changes.push(Change::Recovered(group, reason));
         }
     }
 
-    /// The number of records set aside (of failed groups).
-    fn aside(&self) -> usize {
-        let records = |&g: &GroupId| self.locations.range((g, 0)..=(g, LogIndex::MAX)).count();
-        self.failed.iter().map(records).sum()
+    /// Counts the records set aside again (`aside`): after a change of the failed groups or a
+    /// rollback, both rare.
+    fn recount_aside(&mut self) {
+        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
+        self.aside = self.failed.keys().map(records).sum();
+    }
+
+    /// The number of records set aside, kept (`aside`) and counted again: they must agree.
+    #[cfg(test)]
+    pub(crate) fn aside_counts(&self) -> (usize, usize) {
+        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
+        (self.aside, self.failed.keys().map(records).sum())
     }
 
     /// Lets the current transaction append a group's entries straight to its log when the
@@ -317,11 +359,8 @@ impl JournalIndex {
 
     /// Whether the journal is due to be moved to the groups' logs.
     pub(crate) fn is_due(&self) -> bool {
-        let records = match self.failed.is_empty() {
-            true => self.locations.len(),
-            // A failed group's records stay: they would make every commit move.
-            false => self.locations.len().saturating_sub(self.aside()),
-        };
+        // A failed group's records stay: they would make every commit move.
+        let records = self.locations.len().saturating_sub(self.aside);
         records >= self.bound.0 || self.bytes >= self.bound.1
     }
 
@@ -362,12 +401,15 @@ impl JournalIndex {
         buf.extend_from_slice(entry);
         journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
         self.next_seq = next_seq;
-        if !self.failed.contains(&group) {
+        let failed = self.failed.contains_key(&group);
+        if !failed {
             self.bytes += buf.len() as u64;
         }
         if let Some(old) = self.locations.insert((group, index), seq) {
             // Callers delete an entry before writing it again; keep the map exact regardless.
             self.changes.push(Change::Removed(group, index, old));
+        } else if failed {
+            self.aside += 1;
         }
         self.changes.push(Change::Added(group, index, seq));
         Ok(())
@@ -387,10 +429,14 @@ impl JournalIndex {
         }
         let doomed: Vec<_> =
             self.locations.range((group, from)..=(group, to)).map(|(&k, &s)| (k, s)).collect();
+        let failed = self.failed.contains_key(&group);
         for ((group, index), seq) in doomed {
             journal.delete(txn, &seq_key(seq))?;
             self.locations.remove(&(group, index));
             self.changes.push(Change::Removed(group, index, seq));
+            if failed {
+                self.aside = self.aside.saturating_sub(1);
+            }
         }
         Ok(())
     }
@@ -417,7 +463,7 @@ impl JournalIndex {
         let mut moved = std::mem::take(&mut self.locations);
         let failed = &self.failed;
         if !failed.is_empty() {
-            let (kept, rest) = moved.into_iter().partition(|((g, _), _)| failed.contains(g));
+            let (kept, rest) = moved.into_iter().partition(|((g, _), _)| failed.contains_key(g));
             (self.locations, moved) = (kept, rest);
         }
         let kept = self.locations.len();

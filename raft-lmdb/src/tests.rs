@@ -1053,8 +1053,10 @@ fn frames_not_following_their_groups_metadata_record_fail_that_group_alone() {
     drop(env);
     let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
     assert_eq!(of_two, (1..6).map(|i| (2, i, 3)).collect::<Vec<_>>(), "set aside, all of them");
+    // Entries 1..=5 inside (0, 8]: they disagree with the record in number only, which the
+    // group's check finds.
     let env = crate::LmdbEnvironment::open(&dir).unwrap();
-    assert_group_2_failed(&env, "outside its log");
+    assert_group_2_failed(&env, "the log holds 5 entries");
     remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
 }
 

@@ -588,7 +588,7 @@ impl Writer {
         }
         let mut touched = Touched::new();
         for (id, entries) in pending {
-            if self.journal.as_ref().is_some_and(|journal| journal.failed().contains(&id)) {
+            if self.journal.as_ref().is_some_and(|journal| journal.is_failed(id)) {
                 let log = GroupLog::new(handles, handles.layout.keys(id), self.journal.as_mut());
                 apply::set_aside(log, &mut txn, &entries)?;
                 continue;
@@ -674,13 +674,16 @@ impl Writer {
                     // Not loaded yet (a group found on disk): what is on disk is what is
                     // committed.
                     None => {
-                        let found = match handles.find_meta(txn, keys) {
-                            Ok(found) => found,
+                        // An LMDB read error is no record's corruption: the transaction
+                        // fails (`?`), as for any other failed read.
+                        let found = match handles.lookup_meta(txn, keys)? {
+                            Some(Ok(meta)) => Some(meta),
+                            None => None,
                             // A removal needs no record: it deletes the group's key range
-                            // and record whatever they hold, so a corrupt record is no
-                            // obstacle to deleting a broken replica.
-                            Err(StorageError::Corrupt(_)) if matches!(op, Op::Remove) => None,
-                            Err(err) => return Err(Rejection::Invalid(err)),
+                            // and record whatever they hold, so a record that does not
+                            // decode is no obstacle to deleting a broken replica.
+                            Some(Err(_)) if matches!(op, Op::Remove) => None,
+                            Some(Err(err)) => return Err(Rejection::Invalid(err)),
                         };
                         if let Some(meta) = found {
                             self.committed.insert(id, meta);
