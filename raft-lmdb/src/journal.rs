@@ -9,7 +9,8 @@
 //! as many records or bytes as its bound ([`crate::LmdbOptions::with_journal_bound`]), the
 //! next commit first moves
 //! every record to its group's key range (each group's leaf then touched once for many entries)
-//! and empties the journal, in the same transaction as its own writes: no extra sync.
+//! and empties the journal of all but the set-aside records of failed groups (see below), in
+//! the same transaction as its own writes: no extra sync.
 //!
 //! # Invariants (of every committed state)
 //!
@@ -21,23 +22,29 @@
 //! * Sequence numbers only grow while the environment is open, so a reader never meets a
 //!   number reused for another record, and each record is appended after every other one.
 //!   [`JOURNAL_SEQ_KEY`] in the metadata database holds the next one as of the last move (when
-//!   the journal was emptied); open continues from it or from the journal's last record.
+//!   the journal was emptied but for failed groups' records); open continues from it or from
+//!   the journal's last record.
 //!
-//! # A group whose metadata record is corrupt
+//! # A failed group
 //!
-//! Open checks every record against its group's metadata record. When that record does not
-//! decode, the group is *failed* ([`JournalIndex::failed`]): its records are kept as they are,
+//! Open checks every record against its group's metadata record, and the write-ahead file's
+//! entries against it too (`environment.rs`). When that record does not decode, or a record
+//! or entry disagrees with it (a journal record outside `(purged, last]` or of an entry its
+//! log also holds, a write-ahead entry that does not follow), the group alone is *failed*
+//! ([`JournalIndex::failed`], with the reason naming it): its records are kept as they are,
 //! unchecked, and set aside: a move leaves them in the journal (it cannot tell where they
 //! belong, nor whether its log holds them already), they do not count towards the bound, and
-//! every other group opens and works. Opening the group fails with `Corrupt` (its metadata
-//! record does not decode: [`crate::env::check_group`], as for a corrupt group without
-//! journal records); removing it deletes its records like any group's, and the group is no
-//! longer failed (created again, it starts empty). Entries of a failed group found in the
-//! write-ahead file at open are set aside the same way (appended to the journal by the
-//! open-time checkpoint): nothing of the group is lost until it is removed. The invariants
-//! above hold for every other group; what stays corruption of the whole journal is what no
-//! group can be blamed for alone: a record that does not split, a record of a group without
-//! a metadata record, the same entry twice, a sequence number at its end.
+//! every other group opens and works. Opening the group fails with `Corrupt` and that reason;
+//! removing it deletes its records like any group's, and the group is no longer failed
+//! (created again, it starts empty). Entries of a failed group found in the write-ahead file at
+//! open are set aside the same way (appended to the journal by the open-time checkpoint):
+//! nothing of the group is lost until it is removed. A failed group's set-aside records are at
+//! most the move threshold plus one transaction's records (its journal records at open) plus
+//! the write-ahead file's pending entries (`MAX_PENDING_ENTRIES`), and stay until the group is
+//! removed. The invariants above hold for every other group; what stays corruption of the whole
+//! journal (the open fails) is what no group can be blamed for alone: an LMDB read error, a
+//! key or record that does not split, a record (or write-ahead entry) of a group without a
+//! metadata record, the same entry twice, a sequence number at its end.
 //!
 //! # Reads racing a move
 //!
@@ -128,7 +135,8 @@ enum Bounds {
 }
 
 /// The writer's exact map of the journal: where each record of the current transaction's state
-/// is. Bounded by the move threshold (plus one transaction's records).
+/// is. Bounded by the move threshold (plus one transaction's records), plus the set-aside
+/// records of each failed group (see the module documentation) until it is removed.
 #[derive(Debug, Default)]
 pub(crate) struct JournalIndex {
     /// `(group, index)` → sequence number of its record.
@@ -574,7 +582,8 @@ impl From<StorageError> for MoveError {
 
 /// Where readers look for journal records: `(group, index, sequence number)` of every record
 /// of the committed state, and of the transaction being committed, and of records deleted by a
-/// commit just made (see the module documentation). Its size is bounded like the journal's.
+/// commit just made (see the module documentation). Its size is bounded like the journal's
+/// (the failed groups' set-aside records included, see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
     set: Mutex<BTreeSet<(GroupId, LogIndex, u64)>>,
