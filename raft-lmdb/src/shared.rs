@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: the next transaction's commit finds the map full (nothing committed): the
+    /// writer grows the map and applies the requests again.
+    #[cfg(test)]
+    pub(crate) map_full_next_commit: AtomicBool,
     /// Test hook: the writer stops without its close checkpoint, leaving the pending entries
     /// in the write-ahead file alone, as a crash would.
     #[cfg(test)]
@@ -122,6 +126,8 @@ impl Shared {
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            map_full_next_commit: AtomicBool::new(false),
             #[cfg(test)]
             skip_close_checkpoint: AtomicBool::new(false),
             #[cfg(test)]

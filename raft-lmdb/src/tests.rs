@@ -1102,3 +1102,26 @@ fn a_failed_removal_of_a_failed_group_leaves_it_failed_and_removable() {
     assert_group_2_failed(&env, "group 2");
     remove_group_2_and_reopen(&dir, env, (LogId::new(1, 10), entries(1..11, 1)));
 }
+
+/// Review (F6): a removal of a failed group whose transaction finds the map full is applied
+/// again after the map grew (the journal index rolled back in between): no record of the group
+/// is left, it is no longer failed, and its neighbour is untouched.
+#[test]
+fn a_removal_of_a_failed_group_retried_after_the_map_grew_leaves_no_records() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    env.running_shared().map_full_next_commit.store(true, Ordering::SeqCst);
+    env.remove_group(2).unwrap();
+    assert!(!env.running_shared().map_full_next_commit.load(Ordering::SeqCst), "no retry");
+    assert!(!env.has_failed());
+    assert_eq!(env.running_shared().read_index.candidates(2, 0, u64::MAX), vec![]);
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    drop(env);
+    assert!(journal_records(&dir).iter().all(|r| r.0 != 2), "the removal left records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 10), entries(1..11, 1)));
+}

@@ -634,6 +634,10 @@ impl Writer {
         if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
+        #[cfg(test)]
+        if self.shared.map_full_next_commit.swap(false, Ordering::SeqCst) {
+            return Err(Failure::MapFull);
+        }
         if let Some(journal) = &self.journal {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
