@@ -69,6 +69,10 @@ pub(crate) struct Shared {
     /// writer grows the map and applies the requests again.
     #[cfg(test)]
     pub(crate) map_full_next_commit: AtomicBool,
+    /// Test hook: the writer's reads of this group's metadata record fail as LMDB does on a
+    /// damaged page (`env::META_READ_FAILS`, set on the writer's thread by each transaction).
+    #[cfg(test)]
+    pub(crate) writer_meta_read_fails: Mutex<Option<raft_core::GroupId>>,
     /// Test hook: the writer stops without its close checkpoint, leaving the pending entries
     /// in the write-ahead file alone, as a crash would.
     #[cfg(test)]
@@ -128,6 +132,8 @@ impl Shared {
             fail_next_commit: AtomicBool::new(false),
             #[cfg(test)]
             map_full_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            writer_meta_read_fails: Mutex::new(None),
             #[cfg(test)]
             skip_close_checkpoint: AtomicBool::new(false),
             #[cfg(test)]

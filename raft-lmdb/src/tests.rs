@@ -1125,3 +1125,29 @@ fn a_removal_of_a_failed_group_retried_after_the_map_grew_leaves_no_records() {
     assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
     assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 10), entries(1..11, 1)));
 }
+
+/// Review (F1, the writer's side): a removal whose read of the group's metadata record fails
+/// in LMDB (a damaged page, not an undecodable record) does not take it for "no record": the
+/// transaction fails (the environment stops, like any failed read) and the group is still
+/// there, whole, after a reopen. (Before: any `Corrupt` from the read, "LMDB: ..." included,
+/// let the removal go on.)
+#[test]
+fn an_lmdb_read_error_in_a_removal_is_not_taken_for_a_corrupt_record() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        block_on(env.log_store(2).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    {
+        // Group 2 not opened: the writer reads its record from the disk.
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        *env.running_shared().writer_meta_read_fails.lock().unwrap() = Some(2);
+        assert!(env.remove_group(2).is_err(), "removed past an LMDB read error");
+        assert!(env.has_failed());
+    }
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![2]);
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(1, 3), entries(1..4, 1)));
+}

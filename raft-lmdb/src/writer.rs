@@ -553,6 +553,11 @@ impl Writer {
     /// Applies the whole transaction and commits it.
     fn try_commit(&mut self, group: &[Request]) -> Result<Committed, Failure> {
         let shared = Arc::clone(&self.shared);
+        #[cfg(test)]
+        {
+            let fails = *shared.writer_meta_read_fails.lock().unwrap_or_else(|p| p.into_inner());
+            crate::env::META_READ_FAILS.with(|g| g.set(fails));
+        }
         let slot = shared.handles();
         let Some(handles) = slot.as_ref() else {
             return Err(Failure::Fatal(StorageError::Closed));
