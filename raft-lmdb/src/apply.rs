@@ -98,6 +98,16 @@ impl<'a> GroupLog<'a> {
         self.log.delete_range(txn, &from.through(&to)).map(drop)
     }
 
+    /// Deletes every entry of the group being removed: it is then no longer failed (see
+    /// `journal.rs`), and a group created again under its id starts empty.
+    pub(crate) fn remove(&mut self, txn: &mut RwTxn<'_>) -> heed::Result<()> {
+        self.clear(txn)?;
+        if let Some((_, records)) = &mut self.journal {
+            records.recover(self.keys.group());
+        }
+        Ok(())
+    }
+
     /// Deletes every entry of the group.
     pub(crate) fn clear(&mut self, txn: &mut RwTxn<'_>) -> heed::Result<()> {
         match self.keys.layout() {
@@ -208,6 +218,31 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Stores the write-ahead entries of a failed group (its metadata record is corrupt) as they
+/// are, set aside in the journal (see `journal.rs`): they cannot be checked against the
+/// group's log, and stay until the group is removed. A record of the same entry already in the
+/// journal is replaced (the write-ahead file's is the newer).
+pub(crate) fn set_aside(
+    log: GroupLog<'_>,
+    txn: &mut RwTxn<'_>,
+    entries: &[Entry],
+) -> Result<(), Failure> {
+    let group = log.keys.group();
+    let Some((journal, records)) = log.journal else {
+        return Err(Failure::Fatal(StorageError::Corrupt(format!(
+            "the write-ahead entries of group {group} have no journal to be set aside in"
+        ))));
+    };
+    let mut buf = Vec::new();
+    for entry in entries {
+        buf.clear();
+        buf = codec::encode_entry(entry, buf)?;
+        records.delete(journal, txn, group, entry.index, entry.index)?;
+        records.append(journal, txn, group, entry.index, &buf)?;
+    }
+    Ok(())
 }
 
 /// Validates a purge against `meta`, then applies it to `txn` and `meta`.

@@ -41,6 +41,9 @@ thread_local! {
     /// its snapshot and its journal candidates (the test commits in between).
     pub(crate) static CHECK_GROUP_BARRIER: std::cell::RefCell<Option<std::sync::Arc<std::sync::Barrier>>> =
         const { std::cell::RefCell::new(None) };
+    /// Test hook: reading the metadata record of this group on this thread fails as LMDB does
+    /// on a damaged page (`MDB_CORRUPTED`).
+    pub(crate) static META_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Test hook: waits at [`CHECK_GROUP_BARRIER`] twice if a test set it on this thread.
@@ -105,16 +108,41 @@ impl Handles {
         })
     }
 
-    /// Reads a group's metadata record, `None` if the group has none (it does not exist).
+    /// Reads a group's metadata record, `None` if the group has none (it does not exist). An
+    /// LMDB read error and a record that does not decode are both errors: see
+    /// [`Handles::lookup_meta`] to tell them apart.
     pub(crate) fn find_meta(
         &self,
         txn: &RoTxn<'_, WithoutTls>,
         keys: GroupKeys,
     ) -> Result<Option<MetaRecord>, StorageError> {
-        match self.meta.get(txn, keys.meta().as_slice()).map_err(storage_error)? {
-            Some(bytes) => codec::decode_meta(bytes).map(Some),
-            None => Ok(None),
+        self.lookup_meta(txn, keys)?.transpose()
+    }
+
+    /// Reads a group's metadata record in two steps: the outer error is LMDB's (the read
+    /// failed: a damaged page, an I/O error; nothing is known of the record), `Some(Err(_))`
+    /// is a record read whole that does not decode (that group's corruption, naming the group
+    /// in the multi-group layout), `None` no record (the group does not exist).
+    pub(crate) fn lookup_meta(
+        &self,
+        txn: &RoTxn<'_, WithoutTls>,
+        keys: GroupKeys,
+    ) -> Result<Option<Result<MetaRecord, StorageError>>, StorageError> {
+        #[cfg(test)]
+        if META_READ_FAILS.with(|g| g.get()) == Some(keys.group()) {
+            return Err(storage_error(heed::Error::Mdb(heed::MdbError::Corrupted)));
         }
+        let Some(bytes) = self.meta.get(txn, keys.meta().as_slice()).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        Ok(Some(codec::decode_meta(bytes).map_err(|e| match (e, self.layout) {
+            // Which group, among all those of the environment.
+            (StorageError::Corrupt(reason), Layout::Groups) => StorageError::Corrupt(format!(
+                "group {}: {reason} (remove the group to go on)",
+                keys.group()
+            )),
+            (e, _) => e,
+        })))
     }
 
     /// The generation of the write-ahead file's frames for the snapshot of `txn` (`wal.rs`).

@@ -2,7 +2,7 @@
 //! process; and the running environment every [`LmdbLogStore`] stands on (a store opened with
 //! `open_dir` has one of its own, with one group).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::future::Future;
 use std::io;
@@ -19,7 +19,7 @@ use crate::env::{self, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
-use crate::journal::{JournalIndex, ReadIndex};
+use crate::journal::{self, JournalIndex, ReadIndex};
 use crate::layout::Layout;
 use crate::options::LmdbOptions;
 use crate::queue::{Queue, QueueLimits};
@@ -103,7 +103,7 @@ pub(crate) fn start(
         Layout::Groups => options.group_queue_capacity,
     };
     let queue = Queue::new(QueueLimits { per_group, total: options.queue_capacity });
-    let journal = match &handles.journal {
+    let mut journal = match &handles.journal {
         Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
         None => None,
     };
@@ -114,9 +114,18 @@ pub(crate) fn start(
         source => OpenError::Storage { path: dir.clone(), source },
     };
     let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    // Their frames are set aside in the journal by the open-time checkpoint.
+    if let Some(journal) = &mut journal {
+        for (&group, reason) in &recovered.failed {
+            journal.set_failed(group, reason.clone());
+        }
+    }
     let recovered_entries = recovered.records.len() as u64;
     let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
     let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));
+    if let Some(journal) = &journal {
+        shared.set_failed_groups(journal.failed().clone());
+    }
     shared.recovered_entries.store(recovered_entries, std::sync::atomic::Ordering::Relaxed);
     shared.headroom_bytes.fetch_add(zeros, std::sync::atomic::Ordering::Relaxed);
     let limits = GroupLimits {
@@ -150,6 +159,10 @@ pub(crate) struct Recovered {
     /// Whether the file holds anything but zeros after its valid frames, or records: the writer
     /// then checkpoints before the store is handed out, moving to the next generation.
     pub(crate) dirty: bool,
+    /// The groups of the multi-group layout that have records but whose metadata record is
+    /// corrupt: failed (see `journal.rs`), their records are set aside, unchecked but for
+    /// following each other.
+    pub(crate) failed: BTreeMap<GroupId, String>,
 }
 
 /// Opens (creating it when on) and reads the write-ahead file: its frames of LMDB's
@@ -173,25 +186,55 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
         );
     }
     let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
+    let mut failed: BTreeMap<GroupId, String> = BTreeMap::new();
     for (group, entry) in &scanned.records {
+        // A failed group's entries are set aside as they are (see `journal.rs`).
+        if failed.contains_key(group) {
+            lasts.insert(*group, entry.log_id());
+            continue;
+        }
         let last = match lasts.get(group) {
-            Some(last) => *last,
-            None => match handles.find_meta(&txn, handles.layout.keys(*group))? {
-                Some(meta) => meta.last(),
+            Some(last) => Ok(*last),
+            // An LMDB read error fails the open (`?`): it is no one group's corruption.
+            None => match handles.lookup_meta(&txn, handles.layout.keys(*group))? {
+                Some(Ok(meta)) => Ok(meta.last()),
                 None => {
                     return Err(StorageError::Corrupt(format!(
                     "the write-ahead file holds entry {} of group {group}, which does not exist",
                     entry.index
                 )))
                 }
+                // Names the group (multi-group layout).
+                Some(Err(err)) => Err(err),
             },
         };
-        if last.index.checked_add(1) != Some(entry.index) || entry.term < last.term {
-            return Err(StorageError::Corrupt(format!(
-                "the write-ahead file holds entry {} (term {}) of group {group}, which does not \
-                 follow its entry {} (term {})",
-                entry.index, entry.term, last.index, last.term
-            )));
+        let wrong = match last {
+            Ok(last)
+                if last.index.checked_add(1) == Some(entry.index) && entry.term >= last.term =>
+            {
+                None
+            }
+            Ok(last) => {
+                let what = format!(
+                    "the write-ahead file holds entry {} (term {}), which does not follow its \
+                     entry {} (term {})",
+                    entry.index, entry.term, last.index, last.term
+                );
+                Some(StorageError::Corrupt(match handles.journal {
+                    Some(_) => journal::failure(*group, &what),
+                    None => format!("group {group}: {what}"),
+                }))
+            }
+            Err(err) => Some(err),
+        };
+        match wrong {
+            None => {}
+            // That group alone fails: its entries are set aside (multi-group layout; logged
+            // when the journal index marks it failed).
+            Some(StorageError::Corrupt(reason)) if handles.journal.is_some() => {
+                failed.insert(*group, reason);
+            }
+            Some(err) => return Err(err),
         }
         lasts.insert(*group, entry.log_id());
     }
@@ -204,7 +247,7 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
     }
     let dirty = !scanned.records.is_empty() || scanned.stopped_on_data;
     let bytes = scanned.bytes;
-    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty })
+    Ok(Recovered { wal, generation, records: scanned.records, bytes, lasts, dirty, failed })
 }
 
 /// Checks the records of `group` (see [`env::check_group`]): its metadata, `None` if the group
@@ -216,6 +259,13 @@ fn check_group(
     group: GroupId,
 ) -> Result<Option<MetaRecord>, OpenError> {
     env::check_group(handles, handles.layout.keys(group), read_index).map_err(|e| match e {
+        // Which group, among all those of the environment (a record that does not decode
+        // names it already).
+        StorageError::Corrupt(reason)
+            if handles.layout == Layout::Groups && !reason.starts_with("group ") =>
+        {
+            OpenError::Corrupt { path: dir.to_path_buf(), reason: journal::failure(group, &reason) }
+        }
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
         source => OpenError::Storage { path: dir.to_path_buf(), source },
     })
@@ -390,6 +440,9 @@ impl LmdbEnvironment {
     fn open_group(&self, group: GroupId) -> Result<(), OpenError> {
         let dir = self.path();
         let shared = self.shared();
+        if let Some(reason) = shared.failed_group(group) {
+            return Err(OpenError::Corrupt { path: dir.to_path_buf(), reason });
+        }
         let checked = with_handles(shared, |handles| {
             check_group(handles, &shared.read_index, dir, group).map_err(StorageError::from)
         });
@@ -469,6 +522,8 @@ impl LmdbEnvironment {
             Err(source) => return Err(OpenError::Io { path: snapshots, source }),
         };
         self.run(group, Op::Remove)?;
+        // Durably gone, with its records: created again, it starts empty.
+        self.shared().group_removed(group);
         if let Some(held) = held {
             delete_dir_durably(&snapshots)?;
             drop(held);

@@ -9,7 +9,8 @@
 //! as many records or bytes as its bound ([`crate::LmdbOptions::with_journal_bound`]), the
 //! next commit first moves
 //! every record to its group's key range (each group's leaf then touched once for many entries)
-//! and empties the journal, in the same transaction as its own writes: no extra sync.
+//! and empties the journal of all but the set-aside records of failed groups (see below), in
+//! the same transaction as its own writes: no extra sync.
 //!
 //! # Invariants (of every committed state)
 //!
@@ -21,7 +22,29 @@
 //! * Sequence numbers only grow while the environment is open, so a reader never meets a
 //!   number reused for another record, and each record is appended after every other one.
 //!   [`JOURNAL_SEQ_KEY`] in the metadata database holds the next one as of the last move (when
-//!   the journal was emptied); open continues from it or from the journal's last record.
+//!   the journal was emptied but for failed groups' records); open continues from it or from
+//!   the journal's last record.
+//!
+//! # A failed group
+//!
+//! Open checks every record against its group's metadata record, and the write-ahead file's
+//! entries against it too (`environment.rs`). When that record does not decode, or a record
+//! or entry disagrees with it (a journal record outside `(purged, last]` or of an entry its
+//! log also holds, a write-ahead entry that does not follow), the group alone is *failed*
+//! ([`JournalIndex::failed`], with the reason naming it): its records are kept as they are,
+//! unchecked, and set aside: a move leaves them in the journal (it cannot tell where they
+//! belong, nor whether its log holds them already), they do not count towards the bound, and
+//! every other group opens and works. Opening the group fails with `Corrupt` and that reason;
+//! removing it deletes its records like any group's, and the group is no longer failed
+//! (created again, it starts empty). Entries of a failed group found in the write-ahead file at
+//! open are set aside the same way (appended to the journal by the open-time checkpoint):
+//! nothing of the group is lost until it is removed. A failed group's set-aside records are at
+//! most the move threshold plus one transaction's records (its journal records at open) plus
+//! the write-ahead file's pending entries (`MAX_PENDING_ENTRIES`), and stay until the group is
+//! removed. The invariants above hold for every other group; what stays corruption of the whole
+//! journal (the open fails) is what no group can be blamed for alone: an LMDB read error, a
+//! key or record that does not split, a record (or write-ahead entry) of a group without a
+//! metadata record, the same entry twice, a sequence number at its end.
 //!
 //! # Reads racing a move
 //!
@@ -35,7 +58,7 @@
 //! reader starts again with a fresh snapshot.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
@@ -87,14 +110,33 @@ pub(crate) fn read_record<'t>(
 }
 
 /// A change of the journal made by the current transaction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Change {
     Added(GroupId, LogIndex, u64),
     Removed(GroupId, LogIndex, u64),
+    /// The group was failed (why) and no longer is (it was removed).
+    Recovered(GroupId, String),
+}
+
+/// Why `group` failed, naming it, from what is wrong (`what`).
+pub(crate) fn failure(group: GroupId, what: &str) -> String {
+    format!("group {group}: {what} (remove the group to go on)")
+}
+
+/// What open knows of a group that has journal records.
+#[derive(Debug, Clone, Copy)]
+enum Bounds {
+    /// No metadata record: the group does not exist.
+    Missing,
+    /// The metadata record does not decode: the group is failed.
+    Failed,
+    /// Purged and last index (metadata record), last index of the group's key range of the log.
+    Known(LogIndex, LogIndex, LogIndex),
 }
 
 /// The writer's exact map of the journal: where each record of the current transaction's state
-/// is. Bounded by the move threshold (plus one transaction's records).
+/// is. Bounded by the move threshold (plus one transaction's records), plus the set-aside
+/// records of each failed group (see the module documentation) until it is removed.
 #[derive(Debug, Default)]
 pub(crate) struct JournalIndex {
     /// `(group, index)` → sequence number of its record.
@@ -114,6 +156,12 @@ pub(crate) struct JournalIndex {
     /// Whether the current transaction appends to the log of a group that has no journal
     /// records instead (see [`JournalIndex::set_direct`]).
     direct: bool,
+    /// The failed groups, with why (naming the group): their records are set aside (see the
+    /// module documentation). Empty unless something is corrupt.
+    failed: BTreeMap<GroupId, String>,
+    /// How many records of `locations` are set aside (of failed groups): kept exact on every
+    /// change, so that [`JournalIndex::is_due`] does not count them.
+    aside: usize,
 }
 
 impl JournalIndex {
@@ -121,6 +169,9 @@ impl JournalIndex {
     /// number. A record for an entry already met, outside its group's log (the group's
     /// metadata record says which entries it holds), or not after the last entry of the
     /// group's key range of `log` (the log holds a group's older entries), is corruption.
+    ///
+    /// A group whose metadata record is corrupt fails alone: its records are kept unchecked
+    /// and set aside, and the group is failed (see the module documentation).
     pub(crate) fn load(
         dbs: (&Db, &Db, &Db),
         txn: &RoTxn<'_, WithoutTls>,
@@ -128,9 +179,9 @@ impl JournalIndex {
     ) -> Result<JournalIndex, StorageError> {
         let (journal, log, meta) = dbs;
         let mut index = JournalIndex { bound, ..JournalIndex::default() };
-        // Each group's purged and last indexes (metadata) and the last index of its log range,
-        // `None` for a group without metadata.
-        let mut metas: HashMap<GroupId, Option<(LogIndex, LogIndex, LogIndex)>> = HashMap::new();
+        let mut metas: HashMap<GroupId, Bounds> = HashMap::new();
+        // The bytes of each group's records (those of failed groups do not count).
+        let mut group_bytes: HashMap<GroupId, u64> = HashMap::new();
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -147,48 +198,71 @@ impl JournalIndex {
                 Entry::Occupied(known) => *known.get(),
                 Entry::Vacant(vacant) => {
                     let keys = Layout::Groups.keys(group);
+                    // An LMDB read error fails the open (`?`): it is no one group's corruption.
                     let meta = meta.get(txn, keys.meta().as_slice()).map_err(storage_error)?;
-                    let bounds = match meta.map(codec::decode_meta).transpose()? {
-                        Some(m) => {
+                    let bounds = match meta.map(codec::decode_meta).transpose() {
+                        Ok(Some(m)) => {
                             let (first, end) = (keys.log(0), keys.log(LogIndex::MAX));
                             let range = first.through(&end);
                             let mut from_end = log.rev_range(txn, &range).map_err(storage_error)?;
                             let last_item = from_end.next().transpose().map_err(storage_error)?;
                             let log_last = last_item.and_then(|(key, _)| keys.index_of(key));
                             let purged = m.purged().index;
-                            Some((purged, m.last().index, log_last.unwrap_or(purged)))
+                            Bounds::Known(purged, m.last().index, log_last.unwrap_or(purged))
                         }
-                        None => None,
+                        Ok(None) => Bounds::Missing,
+                        Err(StorageError::Corrupt(reason)) => {
+                            index.fail(group, failure(group, &reason));
+                            Bounds::Failed
+                        }
+                        Err(err) => return Err(err),
                     };
                     *vacant.insert(bounds)
                 }
             };
-            let Some((purged, last, log_last)) = bounds else {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, outside its log \
-                     (the group does not exist)"
-                )));
-            };
-            if !(purged < entry_index && entry_index <= last) {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, outside its log \
-                     (purged {purged}, last {last})"
-                )));
-            }
-            if entry_index <= log_last {
-                return Err(StorageError::Corrupt(format!(
-                    "the journal holds entry {entry_index} of group {group}, also in its log \
-                     (which ends at {log_last})"
-                )));
+            match bounds {
+                // A record disagreeing with its group's metadata record: that group fails.
+                Bounds::Known(purged, last, log_last) => {
+                    let disagrees = if !(purged < entry_index && entry_index <= last) {
+                        Some(format!(
+                            "the journal holds entry {entry_index}, outside its log (purged \
+                             {purged}, last {last})"
+                        ))
+                    } else if entry_index <= log_last {
+                        Some(format!(
+                            "the journal holds entry {entry_index}, also in its log (which ends \
+                             at {log_last})"
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = disagrees {
+                        index.fail(group, failure(group, &reason));
+                        metas.insert(group, Bounds::Failed);
+                    }
+                }
+                // Kept as they are: nothing tells where they belong.
+                Bounds::Failed => {}
+                Bounds::Missing => {
+                    return Err(StorageError::Corrupt(format!(
+                        "the journal holds entry {entry_index} of group {group}, outside its \
+                         log (the group does not exist)"
+                    )))
+                }
             }
             if index.locations.insert((group, entry_index), seq).is_some() {
                 return Err(StorageError::Corrupt(format!(
                     "entry {entry_index} of group {group} is in the journal twice"
                 )));
             }
-            index.bytes += value.len() as u64;
+            *group_bytes.entry(group).or_default() += value.len() as u64;
             index.next_seq = index.next_seq.max(seq.saturating_add(1));
         }
+        // A group may fail after some of its records were met: counted once all are known.
+        let failed = &index.failed;
+        index.bytes =
+            group_bytes.iter().filter(|(g, _)| !failed.contains_key(g)).map(|(_, b)| b).sum();
+        index.recount_aside();
         // The last sequence number is never used (the one after it would overflow): a journal
         // that reached it was not written by this crate.
         if index.next_seq == u64::MAX {
@@ -216,9 +290,66 @@ impl JournalIndex {
                 Change::Removed(group, index, seq) => {
                     self.locations.insert((group, index), seq);
                 }
+                Change::Recovered(group, reason) => {
+                    self.failed.insert(group, reason);
+                }
             }
         }
         (self.next_seq, self.bytes) = self.started;
+        self.recount_aside();
+    }
+
+    /// The failed groups, with why (see the module documentation).
+    pub(crate) fn failed(&self) -> &BTreeMap<GroupId, String> {
+        &self.failed
+    }
+
+    /// Whether `group` is failed (see the module documentation).
+    pub(crate) fn is_failed(&self, group: GroupId) -> bool {
+        self.failed.contains_key(&group)
+    }
+
+    /// Marks `group` failed for `reason` (it names the group) before the writer starts: the
+    /// group's records, and those the open-time checkpoint adds, are set aside. A group
+    /// already failed keeps its first reason.
+    pub(crate) fn set_failed(&mut self, group: GroupId, reason: String) {
+        self.fail(group, reason);
+        self.recount_aside();
+    }
+
+    /// Marks `group` failed for `reason` (logged), outside any transaction.
+    fn fail(&mut self, group: GroupId, reason: String) {
+        if let btree_map::Entry::Vacant(vacant) = self.failed.entry(group) {
+            tracing::error!(
+                group,
+                %reason,
+                "raft-lmdb: a group's records disagree with its metadata record or it does not \
+                 decode; its records are set aside until it is removed, the other groups open"
+            );
+            vacant.insert(reason);
+        }
+    }
+
+    /// The group is no longer failed: it was removed, with its records, in the current
+    /// transaction.
+    pub(crate) fn recover(&mut self, group: GroupId) {
+        if let Some(reason) = self.failed.remove(&group) {
+            self.changes.push(Change::Recovered(group, reason));
+        }
+    }
+
+    /// Counts the records set aside again (`aside`): after a change of the failed groups or a
+    /// rollback, both rare.
+    fn recount_aside(&mut self) {
+        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
+        self.aside = self.failed.keys().map(records).sum();
+    }
+
+    /// The number of records set aside, kept (`aside`) and counted again: they must agree.
+    #[cfg(test)]
+    pub(crate) fn aside_counts(&self) -> (usize, usize) {
+        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
+        (self.aside, self.failed.keys().map(records).sum())
     }
 
     /// Lets the current transaction append a group's entries straight to its log when the
@@ -236,7 +367,9 @@ impl JournalIndex {
 
     /// Whether the journal is due to be moved to the groups' logs.
     pub(crate) fn is_due(&self) -> bool {
-        self.locations.len() >= self.bound.0 || self.bytes >= self.bound.1
+        // A failed group's records stay: they would make every commit move.
+        let records = self.locations.len().saturating_sub(self.aside);
+        records >= self.bound.0 || self.bytes >= self.bound.1
     }
 
     /// The bytes the next commit moves to the groups' logs (0 unless the journal is due): an
@@ -254,7 +387,8 @@ impl JournalIndex {
         self.locations.get(&(group, index)).copied()
     }
 
-    /// Appends the record of `(group, index)` to the journal.
+    /// Appends the record of `(group, index)` to the journal (for a failed group, set aside:
+    /// its bytes are not counted towards the bound).
     pub(crate) fn append(
         &mut self,
         journal: &Db,
@@ -275,10 +409,15 @@ impl JournalIndex {
         buf.extend_from_slice(entry);
         journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
         self.next_seq = next_seq;
-        self.bytes += buf.len() as u64;
+        let failed = self.failed.contains_key(&group);
+        if !failed {
+            self.bytes += buf.len() as u64;
+        }
         if let Some(old) = self.locations.insert((group, index), seq) {
             // Callers delete an entry before writing it again; keep the map exact regardless.
             self.changes.push(Change::Removed(group, index, old));
+        } else if failed {
+            self.aside += 1;
         }
         self.changes.push(Change::Added(group, index, seq));
         Ok(())
@@ -298,16 +437,21 @@ impl JournalIndex {
         }
         let doomed: Vec<_> =
             self.locations.range((group, from)..=(group, to)).map(|(&k, &s)| (k, s)).collect();
+        let failed = self.failed.contains_key(&group);
         for ((group, index), seq) in doomed {
             journal.delete(txn, &seq_key(seq))?;
             self.locations.remove(&(group, index));
             self.changes.push(Change::Removed(group, index, seq));
+            if failed {
+                self.aside = self.aside.saturating_sub(1);
+            }
         }
         Ok(())
     }
 
     /// Moves every record to its group's key range of `log` (`log_key` gives the key) and
-    /// empties the journal, recording the next sequence number in `meta`.
+    /// empties the journal, recording the next sequence number in `meta`. The records of
+    /// failed groups stay (see the module documentation).
     ///
     /// Records are read one at a time, in `(group, index)` order (so that each group's leaf of
     /// `log` is visited once in turn), through a buffer that holds one record: the move keeps
@@ -324,16 +468,22 @@ impl JournalIndex {
         let (journal, log, meta) = dbs;
         let buf = &mut self.buf;
         // Recorded first, so that a failed move is undone whole (see `rollback`).
-        let moved = std::mem::take(&mut self.locations);
+        let mut moved = std::mem::take(&mut self.locations);
+        let failed = &self.failed;
+        if !failed.is_empty() {
+            let (kept, rest) = moved.into_iter().partition(|((g, _), _)| failed.contains_key(g));
+            (self.locations, moved) = (kept, rest);
+        }
+        let kept = self.locations.len();
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
-        // The index's sequence numbers are distinct and each is checked below to be in the
-        // journal: as many records as the index knows means no record it does not know (which
-        // the clear below would drop).
+        // The index's sequence numbers are distinct and each moved one is checked below to be
+        // in the journal: as many records as the index knows means no record it does not know
+        // (which the clear below would drop). Kept records are not read: they stay as they are.
         let held = journal.len(txn)?;
-        if held != moved.len() as u64 {
+        let known = moved.len() + kept;
+        if held != known as u64 {
             return Err(MoveError::Corrupt(StorageError::Corrupt(format!(
-                "the journal holds {held} records where the writer knows {}",
-                moved.len()
+                "the journal holds {held} records where the writer knows {known}"
             ))));
         }
         for (&(group, index), &seq) in &moved {
@@ -353,7 +503,13 @@ impl JournalIndex {
             }
             log.put(txn, log_key(group, index).as_ref(), buf)?;
         }
-        journal.clear(txn)?;
+        if kept == 0 {
+            journal.clear(txn)?;
+        } else {
+            for seq in moved.values() {
+                journal.delete(txn, &seq_key(*seq))?;
+            }
+        }
         meta.put(txn, JOURNAL_SEQ_KEY, &self.next_seq.to_be_bytes())?;
         self.bytes = 0;
         Ok(moved.len())
@@ -426,7 +582,8 @@ impl From<StorageError> for MoveError {
 
 /// Where readers look for journal records: `(group, index, sequence number)` of every record
 /// of the committed state, and of the transaction being committed, and of records deleted by a
-/// commit just made (see the module documentation). Its size is bounded like the journal's.
+/// commit just made (see the module documentation). Its size is bounded like the journal's
+/// (the failed groups' set-aside records included, see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
     set: Mutex<BTreeSet<(GroupId, LogIndex, u64)>>,

@@ -1,7 +1,7 @@
 //! State shared by an environment's handles (the environment, its group stores) and its writer
 //! thread.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     open_groups: Mutex<HashSet<GroupId>>,
     /// Held while a group is opened or removed, so that those never interleave.
     group_changes: Mutex<()>,
+    /// The failed groups found at open, with why (see `journal.rs`): opening one fails until
+    /// it is removed.
+    failed_groups: Mutex<BTreeMap<GroupId, String>>,
     /// Transactions committed by the writer.
     pub(crate) commits: AtomicU64,
     /// Of `commits`, those made by a frame of the write-ahead file (one `fdatasync`).
@@ -62,6 +65,14 @@ pub(crate) struct Shared {
     /// Test hook: the next commit fails as if the disk were full.
     #[cfg(test)]
     pub(crate) fail_next_commit: AtomicBool,
+    /// Test hook: the next transaction's commit finds the map full (nothing committed): the
+    /// writer grows the map and applies the requests again.
+    #[cfg(test)]
+    pub(crate) map_full_next_commit: AtomicBool,
+    /// Test hook: the writer's reads of this group's metadata record fail as LMDB does on a
+    /// damaged page (`env::META_READ_FAILS`, set on the writer's thread by each transaction).
+    #[cfg(test)]
+    pub(crate) writer_meta_read_fails: Mutex<Option<raft_core::GroupId>>,
     /// Test hook: the writer stops without its close checkpoint, leaving the pending entries
     /// in the write-ahead file alone, as a crash would.
     #[cfg(test)]
@@ -108,6 +119,7 @@ impl Shared {
             queue,
             open_groups: Mutex::new(HashSet::new()),
             group_changes: Mutex::new(()),
+            failed_groups: Mutex::new(BTreeMap::new()),
             commits: AtomicU64::new(0),
             wal_commits: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
@@ -118,6 +130,10 @@ impl Shared {
             writer_io: OnceLock::new(),
             #[cfg(test)]
             fail_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            map_full_next_commit: AtomicBool::new(false),
+            #[cfg(test)]
+            writer_meta_read_fails: Mutex::new(None),
             #[cfg(test)]
             skip_close_checkpoint: AtomicBool::new(false),
             #[cfg(test)]
@@ -206,6 +222,26 @@ impl Shared {
     /// Releases a group claimed by [`Shared::claim_group`].
     pub(crate) fn release_group(&self, group: GroupId) {
         self.groups_in_use().remove(&group);
+    }
+
+    /// Records the failed groups found at open (see `journal.rs`).
+    pub(crate) fn set_failed_groups(&self, failed: BTreeMap<GroupId, String>) {
+        *self.failed() = failed;
+    }
+
+    /// Why `group` is failed, `None` if it is not.
+    pub(crate) fn failed_group(&self, group: GroupId) -> Option<String> {
+        self.failed().get(&group).cloned()
+    }
+
+    /// `group` was removed (durably): it is no longer failed.
+    pub(crate) fn group_removed(&self, group: GroupId) {
+        self.failed().remove(&group);
+    }
+
+    fn failed(&self) -> MutexGuard<'_, BTreeMap<GroupId, String>> {
+        // Only assigned, inserted into or removed from: a panic elsewhere cannot leave it torn.
+        self.failed_groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn groups_in_use(&self) -> MutexGuard<'_, HashSet<GroupId>> {

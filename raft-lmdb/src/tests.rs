@@ -670,40 +670,217 @@ fn a_group_created_again_after_a_failed_removal_starts_without_the_old_snapshots
     assert!(latest.is_none(), "the new group adopted the removed group's snapshot {latest:?}");
 }
 
-/// Known limitation, not fixed (found by review; ARCHITECTURE, "Known limitations of the
-/// shared environment"): the newest entries of every group sit in the shared journal, and
-/// opening the environment decodes the metadata record of every group that has journal
-/// records (`JournalIndex::load`), so one group's undecodable metadata record makes the whole
-/// environment fail to open, and the corrupt group cannot be removed either. Expected: the
-/// environment opens; that group alone is reported corrupt and can be removed.
-#[test]
-#[ignore = "known limitation (ARCHITECTURE, shared environment): one group's corrupt metadata record with journal records keeps the whole environment from opening"]
-fn one_groups_corrupt_metadata_record_does_not_keep_the_environment_closed() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("env");
+/// Writes entries 1..=10 of term 1 to groups 1 and 2 of a new environment in `dir` (write-ahead
+/// file off), all in the journal as a transaction of several groups puts them, then makes group
+/// 2's metadata record undecodable; closed.
+fn journaled_groups_with_group_2_metadata_corrupt(dir: &Path) {
     let options = crate::LmdbOptions::default().with_wal_bytes(0);
     {
-        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        let env = crate::LmdbEnvironment::open_with(dir, options).unwrap();
         // As a transaction of several groups does: the entries go to the journal.
         env.running_shared().always_journal.store(true, Ordering::SeqCst);
         for group in 1..=2 {
             block_on(env.log_store(group).unwrap().write(append(1..11, 1))).unwrap();
         }
     }
-    tamper_environment(&dir, |handles, txn| {
+    tamper_environment(dir, |handles, txn| {
         let journal = handles.journal.as_ref().unwrap();
         assert!(journal.len(txn).unwrap() >= 20, "the entries are in the journal");
         let key = Layout::Groups.keys(2).meta();
         handles.meta.put(txn, key.as_slice(), b"not a metadata record").unwrap();
     });
+}
+
+/// `(group, index, term)` of every record of the journal of the closed environment in `dir`.
+fn journal_records(dir: &Path) -> Vec<(u64, u64, u64)> {
+    let mut records = Vec::new();
+    tamper_environment(dir, |handles, txn| {
+        let journal = handles.journal.as_ref().unwrap();
+        for item in journal.iter(txn).unwrap() {
+            let (_, bytes) = item.unwrap();
+            let (group, index, entry) = crate::journal::split_record(bytes).unwrap();
+            records.push((group, index, codec::decode_entry_term(index, entry).unwrap()));
+        }
+    });
+    records.sort_unstable();
+    records
+}
+
+/// The entries of `store`, all of them: its last id and the entries.
+fn read_all(store: &LmdbLogStore) -> (LogId, Vec<Entry>) {
+    let state = block_on(store.open()).unwrap();
+    let entries = block_on(store.read(state.purged.index + 1..state.last.index + 1, u64::MAX));
+    (state.last, entries.unwrap())
+}
+
+/// Entries `range` of term `term`, as read back.
+fn entries(range: std::ops::Range<u64>, term: u64) -> Vec<Entry> {
+    range.map(|i| entry(i, term)).collect()
+}
+
+/// One group's undecodable metadata record, with the group's entries in the shared journal,
+/// fails that group alone: the environment opens (`JournalIndex::load` sets the group's
+/// records aside), opening the group is `Corrupt` (naming it), its neighbour reads and writes,
+/// and the group can be removed. (Found by review: the whole environment failed to open, and
+/// the corrupt group could not be removed either.)
+#[test]
+fn one_groups_corrupt_metadata_record_does_not_keep_the_environment_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
     let env = crate::LmdbEnvironment::open_with(&dir, options);
     let env = match env {
         Ok(env) => env,
         Err(err) => panic!("one group's corrupt record kept every group closed: {err}"),
     };
-    assert!(matches!(env.log_store(2), Err(OpenError::Corrupt { .. })));
-    assert_eq!(block_on(env.log_store(1).unwrap().open()).unwrap().last, LogId::new(1, 10));
+    match env.log_store(2) {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("group 2"), "the error does not name the group: {reason}")
+        }
+        other => panic!("the corrupt group opened: {other:?}"),
+    }
+    let one = env.log_store(1).unwrap();
+    assert_eq!(read_all(&one), (LogId::new(1, 10), entries(1..11, 1)));
+    block_on(one.write(append(11..12, 1))).unwrap();
+    assert!(!env.has_failed());
     env.remove_group(2).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![1]);
+}
+
+/// Removing a group whose metadata record is corrupt deletes its journal records too: the
+/// group created again under that id starts empty and adopts none of them, in this process
+/// and after a restart, and it is an ordinary group again (its records are moved to its log,
+/// not set aside).
+#[test]
+fn a_corrupt_group_created_again_after_its_removal_has_none_of_its_old_journal_records() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0).with_journal_bound(4, u64::MAX);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        env.running_shared().always_journal.store(true, Ordering::SeqCst);
+        env.remove_group(2).unwrap();
+        let shared = env.running_shared();
+        assert_eq!(shared.read_index.candidates(2, 0, u64::MAX), vec![], "records left");
+        let two = env.log_store(2).unwrap();
+        assert_eq!(read_all(&two), (LogId::default(), vec![]));
+        for first in [1, 4, 7] {
+            block_on(two.write(append(first..first + 3, 5))).unwrap();
+        }
+        assert_eq!(read_all(&two), (LogId::new(5, 9), entries(1..10, 5)));
+        let of_two = shared.read_index.candidates(2, 0, u64::MAX).len();
+        assert!(of_two <= 4, "the new group's records were set aside, not moved: {of_two}");
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert!(of_two.iter().all(|r| r.2 == 5), "a record of the old group is left: {of_two:?}");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(5, 9), entries(1..10, 5)));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 10), entries(1..11, 1)));
+}
+
+/// An environment with a corrupt group goes on: the other groups' commits move the journal
+/// (several times) and checkpoint the write-ahead file, the corrupt group's records stay in
+/// the journal untouched (a move leaves them: it cannot tell where they belong), they do not
+/// make every commit move, and the environment reopens, with the group still corrupt and
+/// removable.
+#[test]
+fn an_environment_with_a_corrupt_group_survives_moves_checkpoints_and_reopens() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let group_2_before: Vec<_> = (1..11).map(|i| (2, i, 1)).collect();
+    let small = crate::LmdbOptions::default().with_wal_bytes(0).with_journal_bound(8, u64::MAX);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, small).unwrap();
+        env.running_shared().always_journal.store(true, Ordering::SeqCst);
+        let one = env.log_store(1).unwrap();
+        // Group 1's 10 records are due at once; then a move every 8 records or so.
+        let mut most = 0;
+        for first in (11..41).step_by(2) {
+            block_on(one.write(append(first..first + 2, 1))).unwrap();
+            let shared = env.running_shared();
+            let of_one = shared.read_index.candidates(1, 0, u64::MAX).len();
+            assert!(of_one <= 8, "group 1's records were not moved: {of_one}");
+            most = most.max(of_one);
+        }
+        // Not a move by every commit (group 2's records do not count towards the bound).
+        assert!(most >= 6, "group 1 never held more than {most} records");
+        block_on(one.purge(20)).unwrap();
+        assert!(!env.has_failed());
+        assert_eq!(read_all(&one), (LogId::new(1, 40), entries(21..41, 1)));
+        assert!(matches!(env.log_store(2), Err(OpenError::Corrupt { .. })));
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, group_2_before, "the corrupt group's records changed");
+    {
+        // Write-ahead file on: group 1's appends go to frames, its purge checkpoints them.
+        let env = crate::LmdbEnvironment::open(&dir).unwrap();
+        let one = env.log_store(1).unwrap();
+        assert_eq!(read_all(&one), (LogId::new(1, 40), entries(21..41, 1)));
+        // The first one loads the group (an LMDB transaction), the second is a frame.
+        block_on(one.write(append(41..43, 2))).unwrap();
+        block_on(one.write(append(43..45, 2))).unwrap();
+        block_on(one.purge(30)).unwrap();
+        assert!(env.stats().wal_commits >= 1 && env.stats().checkpoints >= 1, "{:?}", env.stats());
+        assert!(!env.has_failed());
+        assert!(matches!(env.log_store(2), Err(OpenError::Corrupt { .. })));
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, group_2_before, "the corrupt group's records changed");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    let mut expected = entries(31..41, 1);
+    expected.extend(entries(41..45, 2));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(2, 44), expected));
+    env.remove_group(2).unwrap();
+    drop(env);
+    assert!(journal_records(&dir).iter().all(|r| r.0 != 2), "the removal left records");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+}
+
+/// Entries of a group whose metadata record is corrupt, found in the write-ahead file at open
+/// (acknowledged, not yet checkpointed), fail that group alone: the environment opens and the
+/// open-time checkpoint sets them aside in the journal, where the group's removal deletes
+/// them. (Before: the replay met the undecodable record and the whole open failed.)
+#[test]
+fn frames_of_a_group_whose_metadata_record_is_corrupt_do_not_keep_the_environment_closed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    {
+        let env = crate::LmdbEnvironment::open(&dir).unwrap();
+        let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
+        block_on(one.write(append(1..6, 1))).unwrap();
+        block_on(two.write(append(1..6, 3))).unwrap();
+        assert_eq!(env.stats().wal_commits, 2, "{:?}", env.stats());
+        env.running_shared().skip_close_checkpoint.store(true, Ordering::SeqCst);
+    }
+    tamper_environment(&dir, |handles, txn| {
+        let key = Layout::Groups.keys(2).meta();
+        handles.meta.put(txn, key.as_slice(), b"not a metadata record").unwrap();
+    });
+    {
+        let env = match crate::LmdbEnvironment::open(&dir) {
+            Ok(env) => env,
+            Err(err) => panic!("one group's corrupt record kept every group closed: {err}"),
+        };
+        assert!(env.stats().recovered_entries > 0, "{:?}", env.stats());
+        assert!(matches!(env.log_store(2), Err(OpenError::Corrupt { .. })));
+        assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, (1..6).map(|i| (2, i, 3)).collect::<Vec<_>>(), "set aside, all of them");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert!(matches!(env.log_store(2), Err(OpenError::Corrupt { .. })));
+    env.remove_group(2).unwrap();
+    let two = env.log_store(2).unwrap();
+    assert_eq!(read_all(&two), (LogId::default(), vec![]));
+    block_on(two.write(append(1..3, 7))).unwrap();
+    drop((two, env));
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(7, 2), entries(1..3, 7)));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
 }
 
 /// Checked, holds (review): a group with entries only in the write-ahead file is removed, then
@@ -742,4 +919,235 @@ fn frames_of_a_removed_group_are_not_replayed_into_the_group_created_again() {
     assert_eq!(read_all(&one), (LogId::new(7, 2), expected_one));
     let expected_two: Vec<_> = (1..5).map(|i| entry(i, 1)).collect();
     assert_eq!(read_all(&two), (LogId::new(1, 4), expected_two));
+}
+
+/// Entries 1..=5 of groups 1 (term 1) and 2 (term 3) of a new environment in `dir`, only in
+/// its write-ahead file (the process "dies" without its close checkpoint); closed.
+fn framed_groups_1_and_2(dir: &Path) {
+    let env = crate::LmdbEnvironment::open(dir).unwrap();
+    let (one, two) = (env.log_store(1).unwrap(), env.log_store(2).unwrap());
+    block_on(one.write(append(1..6, 1))).unwrap();
+    block_on(two.write(append(1..6, 3))).unwrap();
+    assert_eq!(env.stats().wal_commits, 2, "{:?}", env.stats());
+    env.running_shared().skip_close_checkpoint.store(true, Ordering::SeqCst);
+}
+
+/// Writes `bytes` as the metadata record of `group` of the closed environment in `dir`.
+fn put_meta_record(dir: &Path, group: u64, bytes: &[u8]) {
+    tamper_environment(dir, |handles, txn| {
+        let key = Layout::Groups.keys(group).meta();
+        handles.meta.put(txn, key.as_slice(), bytes).unwrap();
+    });
+}
+
+/// The metadata record of `group` of the closed environment in `dir`, as stored.
+fn meta_record(dir: &Path, group: u64) -> Vec<u8> {
+    let mut bytes = None;
+    tamper_environment(dir, |handles, txn| {
+        let key = Layout::Groups.keys(group).meta();
+        bytes = handles.meta.get(txn, key.as_slice()).unwrap().map(<[u8]>::to_vec);
+    });
+    bytes.unwrap()
+}
+
+/// A metadata record that decodes, purged nothing, last entry `last`.
+fn meta_with_last(last: LogId) -> Vec<u8> {
+    let mut meta = codec::MetaRecord::default();
+    meta.set_last(last);
+    codec::encode_meta(&meta).unwrap()
+}
+
+/// The write-ahead generation recorded in the closed environment in `dir`.
+fn wal_generation(dir: &Path) -> u64 {
+    let mut generation = None;
+    tamper_environment(dir, |handles, txn| generation = Some(handles.wal_generation(txn).unwrap()));
+    generation.unwrap()
+}
+
+/// Opening group 2 of `env` fails, `Corrupt`, naming the group and saying `why`.
+fn assert_group_2_failed(env: &crate::LmdbEnvironment, why: &str) {
+    match env.log_store(2) {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("group 2"), "the error does not name the group: {reason}");
+            assert!(reason.contains(why), "the error does not say {why:?}: {reason}");
+        }
+        other => panic!("the failed group opened: {other:?}"),
+    }
+}
+
+/// Group 2 of `env` is removed; its records are gone (after a reopen as well), the group
+/// created again starts empty and group 1 holds `one`.
+fn remove_group_2_and_reopen(dir: &Path, env: crate::LmdbEnvironment, one: (LogId, Vec<Entry>)) {
+    env.remove_group(2).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![1]);
+    drop(env);
+    assert!(journal_records(dir).iter().all(|r| r.0 != 2), "the removal left records");
+    let env = crate::LmdbEnvironment::open(dir).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), one);
+}
+
+/// Review (F1): an LMDB read error on a group's metadata record while the write-ahead file is
+/// replayed at open (a damaged page, not an undecodable record) is no one group's corruption:
+/// the open fails, as when `JournalIndex::load` meets it, and checkpoints nothing into the
+/// damaged tree (the write-ahead generation is unchanged). (Before: taken for an undecodable
+/// record, the group was failed and the open went on.)
+#[test]
+fn an_lmdb_read_error_on_a_metadata_record_at_replay_fails_the_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    let generation = wal_generation(&dir);
+    env::META_READ_FAILS.with(|g| g.set(Some(2)));
+    let opened = crate::LmdbEnvironment::open(&dir);
+    env::META_READ_FAILS.with(|g| g.set(None));
+    match opened {
+        Err(OpenError::Corrupt { reason, .. }) => assert!(reason.contains("LMDB"), "{reason}"),
+        Err(other) => panic!("not the LMDB error: {other}"),
+        Ok(_) => panic!("the open went on past an LMDB read error"),
+    }
+    assert_eq!(wal_generation(&dir), generation, "the failed open checkpointed");
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(3, 5), entries(1..6, 3)));
+}
+
+/// Review (F2): a metadata record that decodes but disagrees with the group's journal records
+/// (last 8, journal records 1..=10) fails that group alone, like an undecodable one: the
+/// environment opens, the group is `Corrupt` with the reason, and it can be removed.
+#[test]
+fn a_metadata_record_disagreeing_with_its_journal_records_fails_that_group_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(1, 8)));
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    let env = match crate::LmdbEnvironment::open_with(&dir, options) {
+        Ok(env) => env,
+        Err(err) => panic!("one group's records kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "outside its log");
+    let one = env.log_store(1).unwrap();
+    assert_eq!(read_all(&one), (LogId::new(1, 10), entries(1..11, 1)));
+    block_on(one.write(append(11..12, 1))).unwrap();
+    assert!(!env.has_failed());
+    drop(one);
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 11), entries(1..12, 1)));
+}
+
+/// Review (F2): write-ahead entries that do not follow their group's (decodable) metadata
+/// record fail that group alone: the environment opens, the entries are set aside, the group
+/// is `Corrupt` with the reason, and it can be removed.
+#[test]
+fn frames_not_following_their_groups_metadata_record_fail_that_group_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(3, 8)));
+    let env = match crate::LmdbEnvironment::open(&dir) {
+        Ok(env) => env,
+        Err(err) => panic!("one group's frames kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "does not follow");
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    drop(env);
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, (1..6).map(|i| (2, i, 3)).collect::<Vec<_>>(), "set aside, all of them");
+    // Entries 1..=5 inside (0, 8]: they disagree with the record in number only, which the
+    // group's check finds.
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "the log holds 5 entries");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
+}
+
+/// Review (F3): a group failed for its undecodable metadata record, whose write-ahead entries
+/// were set aside, then its true record restored: the set-aside records disagree with it (they
+/// were never applied), which fails that group alone, not the environment.
+#[test]
+fn restoring_a_failed_groups_true_record_keeps_the_environment_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    let original = meta_record(&dir, 2);
+    put_meta_record(&dir, 2, b"not a metadata record");
+    drop(crate::LmdbEnvironment::open(&dir).unwrap());
+    put_meta_record(&dir, 2, &original);
+    let env = match crate::LmdbEnvironment::open(&dir) {
+        Ok(env) => env,
+        Err(err) => panic!("the restored record kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "outside its log");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
+}
+
+/// Review (F6): a removal of a failed group whose transaction fails leaves it as it was: after
+/// a reopen the group is still `Corrupt`, with all its records, and removable.
+#[test]
+fn a_failed_removal_of_a_failed_group_leaves_it_failed_and_removable() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let before: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(before.len(), 10);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        env.running_shared().fail_next_commit.store(true, Ordering::SeqCst);
+        assert!(env.remove_group(2).is_err(), "the removal's transaction did not fail");
+        assert!(env.has_failed());
+    }
+    let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, before, "the failed removal changed the group's records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_group_2_failed(&env, "group 2");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 10), entries(1..11, 1)));
+}
+
+/// Review (F6): a removal of a failed group whose transaction finds the map full is applied
+/// again after the map grew (the journal index rolled back in between): no record of the group
+/// is left, it is no longer failed, and its neighbour is untouched.
+#[test]
+fn a_removal_of_a_failed_group_retried_after_the_map_grew_leaves_no_records() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    env.running_shared().map_full_next_commit.store(true, Ordering::SeqCst);
+    env.remove_group(2).unwrap();
+    assert!(!env.running_shared().map_full_next_commit.load(Ordering::SeqCst), "no retry");
+    assert!(!env.has_failed());
+    assert_eq!(env.running_shared().read_index.candidates(2, 0, u64::MAX), vec![]);
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    drop(env);
+    assert!(journal_records(&dir).iter().all(|r| r.0 != 2), "the removal left records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 10), entries(1..11, 1)));
+}
+
+/// Review (F1, the writer's side): a removal whose read of the group's metadata record fails
+/// in LMDB (a damaged page, not an undecodable record) does not take it for "no record": the
+/// transaction fails (the environment stops, like any failed read) and the group is still
+/// there, whole, after a reopen. (Before: any `Corrupt` from the read, "LMDB: ..." included,
+/// let the removal go on.)
+#[test]
+fn an_lmdb_read_error_in_a_removal_is_not_taken_for_a_corrupt_record() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        block_on(env.log_store(2).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    {
+        // Group 2 not opened: the writer reads its record from the disk.
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        *env.running_shared().writer_meta_read_fails.lock().unwrap() = Some(2);
+        assert!(env.remove_group(2).is_err(), "removed past an LMDB read error");
+        assert!(env.has_failed());
+    }
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![2]);
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(1, 3), entries(1..4, 1)));
 }

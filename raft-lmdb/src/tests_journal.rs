@@ -328,7 +328,10 @@ fn a_current_environment_without_a_journal_is_corrupt() {
     assert!(matches!(LmdbEnvironment::open(&dir), Err(OpenError::Corrupt { .. })));
 }
 
-/// A journal record of a group that does not exist, or outside its group's log, is corrupt.
+/// A journal record of a group that does not exist is corrupt (no group to blame); one
+/// outside its group's log (the group's metadata record says which entries it holds) fails
+/// that group alone: the environment opens, the group is `Corrupt`, naming it and why, and it
+/// can be removed (review F2).
 #[test]
 fn a_journal_record_outside_its_groups_log_is_corrupt() {
     for (group, index) in [(9, 1), (1, 5)] {
@@ -339,14 +342,28 @@ fn a_journal_record_outside_its_groups_log_is_corrupt() {
             block_on(env.log_store(1).unwrap().write(append(1..3, 1))).unwrap();
         }
         tamper_journal(&dir, |journal, _, txn| {
-            journal.put(txn, &u64::MAX.to_be_bytes(), &journal_record(group, index, 1)).unwrap();
+            journal.put(txn, &1000u64.to_be_bytes(), &journal_record(group, index, 1)).unwrap();
         });
-        match LmdbEnvironment::open(&dir) {
-            Err(OpenError::Corrupt { reason, .. }) => {
-                assert!(reason.contains("outside"), "{reason}")
-            }
-            other => panic!("unexpected {other:?}"),
+        if group == 9 {
+            let reason = open_is_corrupt(&dir);
+            assert!(reason.contains("outside"), "{reason}");
+            continue;
         }
+        let env = LmdbEnvironment::open(&dir).unwrap();
+        assert_group_failed(&env, 1, "outside its log");
+        env.remove_group(1).unwrap();
+        assert_eq!(read(&env.log_store(1).unwrap(), 1..1), vec![]);
+    }
+}
+
+/// Opening `group` of `env` fails, `Corrupt`, naming the group and saying `why`.
+fn assert_group_failed(env: &LmdbEnvironment, group: u64, why: &str) {
+    match env.log_store(group) {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains(&format!("group {group}")), "not named: {reason}");
+            assert!(reason.contains(why), "does not say {why:?}: {reason}");
+        }
+        other => panic!("the failed group opened: {other:?}"),
     }
 }
 
@@ -437,8 +454,10 @@ fn a_journal_sequence_at_its_end_is_corrupt() {
     open_is_corrupt(&dir);
 }
 
-/// A journal record of an entry the group's log also holds (inside the group's bounds) is
-/// corrupt at open, even if the group is never opened: a move would overwrite the log's entry.
+/// A journal record of an entry the group's log also holds (inside the group's bounds) fails
+/// that group at open, even if the group is never opened (a move would overwrite the log's
+/// entry): its records are set aside, never moved, the other groups open and move their
+/// records, and the group is `Corrupt` until it is removed (review F2).
 #[test]
 fn a_journal_record_of_an_entry_also_in_the_log_is_corrupt() {
     let root = tempfile::tempdir().unwrap();
@@ -449,12 +468,25 @@ fn a_journal_record_of_an_entry_also_in_the_log_is_corrupt() {
         let env =
             LmdbEnvironment::open_with(&dir, LmdbOptions::default().with_wal_bytes(0)).unwrap();
         block_on(env.log_store(1).unwrap().write(append(1..4, 1))).unwrap();
+        block_on(env.log_store(2).unwrap().write(append(1..2, 1))).unwrap();
     }
     tamper_journal(&dir, |journal, _, txn| {
-        journal.put(txn, &7u64.to_be_bytes(), &journal_record(1, 3, 1)).unwrap();
+        journal.put(txn, &7u64.to_be_bytes(), &journal_record(1, 3, 9)).unwrap();
     });
-    let reason = open_is_corrupt(&dir);
-    assert!(reason.contains("also in its log"), "{reason}");
+    let env = LmdbEnvironment::open_with(&dir, bound(2).with_wal_bytes(0)).unwrap();
+    assert_group_failed(&env, 1, "also in its log");
+    let b = env.log_store(2).unwrap();
+    env.running_shared().always_journal.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 2..6 {
+        block_on(b.write(append(i..i + 1, 1))).unwrap();
+    }
+    assert_eq!(read(&b, 1..6), entries(1..6, 1));
+    assert!(!env.has_failed());
+    drop((b, env));
+    let env = LmdbEnvironment::open(&dir).unwrap();
+    assert_group_failed(&env, 1, "also in its log");
+    env.remove_group(1).unwrap();
+    assert_eq!(read(&env.log_store(1).unwrap(), 1..1), vec![]);
 }
 
 /// `read` itself, its snapshot taken just before a move deletes the journal records it needs:
@@ -721,4 +753,75 @@ fn a_group_opens_while_a_move_takes_its_records() {
     let a = a.unwrap();
     assert_eq!(read(&a, 1..4), entries(1..4, 1));
     assert_eq!(read(&b, 1..5), entries(1..5, 1));
+}
+
+/// Review (F4): the count of set-aside records (of failed groups), kept so that `is_due` does
+/// not count them on every commit, stays exact through appends, deletions, a move, a removal
+/// (the group no longer failed) and rollbacks of each.
+#[test]
+fn the_count_of_set_aside_records_stays_exact() {
+    let root = tempfile::tempdir().unwrap();
+    let env = journaled(root.path().join("env"), 1_000);
+    let store = env.log_store(1).unwrap();
+    let slot = store.shared.handles();
+    let handles = slot.as_ref().unwrap();
+    let journal = handles.journal.as_ref().unwrap();
+    let dbs = (journal, &handles.log, &handles.meta);
+    let txn = handles.read_txn().unwrap();
+    let mut index = journal::JournalIndex::load(dbs, &txn, (4, u64::MAX)).unwrap();
+    drop(txn);
+    index.set_failed(7, "group 7: test".into());
+    let mut txn = handles.env.write_txn().unwrap();
+    let keys = |group, index| handles.layout.keys(group).log(index);
+    let exact = |index: &journal::JournalIndex, n: usize| {
+        assert_eq!(index.aside_counts(), (n, n));
+    };
+    index.begin();
+    for i in 1..=6 {
+        index.append(journal, &mut txn, 7, i, b"entry").unwrap();
+    }
+    index.append(journal, &mut txn, 1, 1, b"entry").unwrap();
+    exact(&index, 6);
+    // Six records set aside, one of group 1: not due (the bound is 4).
+    assert!(!index.is_due());
+    index.delete(journal, &mut txn, 7, 5, 6).unwrap();
+    exact(&index, 4);
+    // A rollback goes with the transaction's abort.
+    txn.abort();
+    index.rollback();
+    exact(&index, 0);
+    let mut txn = handles.env.write_txn().unwrap();
+    index.begin();
+    for i in 1..=3 {
+        index.append(journal, &mut txn, 7, i, b"entry").unwrap();
+    }
+    // The same entry again (replaced): still three.
+    index.delete(journal, &mut txn, 7, 3, 3).unwrap();
+    index.append(journal, &mut txn, 7, 3, b"entry").unwrap();
+    exact(&index, 3);
+    for i in 1..=4 {
+        index.append(journal, &mut txn, 1, i, b"entry").unwrap();
+    }
+    assert!(index.is_due());
+    assert!(matches!(index.move_all(dbs, &mut txn, keys), Ok(4)));
+    exact(&index, 3);
+    assert!(!index.is_due());
+    index.begin();
+    index.delete(journal, &mut txn, 7, 0, u64::MAX).unwrap();
+    index.recover(7);
+    exact(&index, 0);
+    txn.abort();
+    index.rollback();
+    exact(&index, 3);
+    assert!(index.is_failed(7));
+    // (The index's records were never committed: LMDB's deletions below find nothing, the
+    // index is what is checked.)
+    let mut txn = handles.env.write_txn().unwrap();
+    index.begin();
+    index.delete(journal, &mut txn, 7, 0, u64::MAX).unwrap();
+    index.recover(7);
+    index.append(journal, &mut txn, 7, 1, b"entry").unwrap();
+    exact(&index, 0);
+    assert!(!index.is_failed(7));
+    txn.abort();
 }

@@ -553,6 +553,11 @@ impl Writer {
     /// Applies the whole transaction and commits it.
     fn try_commit(&mut self, group: &[Request]) -> Result<Committed, Failure> {
         let shared = Arc::clone(&self.shared);
+        #[cfg(test)]
+        {
+            let fails = *shared.writer_meta_read_fails.lock().unwrap_or_else(|p| p.into_inner());
+            crate::env::META_READ_FAILS.with(|g| g.set(fails));
+        }
         let slot = shared.handles();
         let Some(handles) = slot.as_ref() else {
             return Err(Failure::Fatal(StorageError::Closed));
@@ -588,6 +593,11 @@ impl Writer {
         }
         let mut touched = Touched::new();
         for (id, entries) in pending {
+            if self.journal.as_ref().is_some_and(|journal| journal.is_failed(id)) {
+                let log = GroupLog::new(handles, handles.layout.keys(id), self.journal.as_mut());
+                apply::set_aside(log, &mut txn, &entries)?;
+                continue;
+            }
             let op = Op::Write(WriteBatch { entries, ..WriteBatch::default() });
             match self.apply(handles, &mut txn, &mut touched, id, &op) {
                 Ok(()) => {}
@@ -629,6 +639,10 @@ impl Writer {
         if self.shared.fail_next_commit.swap(false, Ordering::SeqCst) {
             return Err(Failure::Fatal(StorageError::Io(io::Error::from_raw_os_error(28))));
         }
+        #[cfg(test)]
+        if self.shared.map_full_next_commit.swap(false, Ordering::SeqCst) {
+            return Err(Failure::MapFull);
+        }
         if let Some(journal) = &self.journal {
             // Before the commit: a reader whose snapshot has the new records finds them.
             journal.publish_added(&self.shared.read_index);
@@ -669,13 +683,16 @@ impl Writer {
                     // Not loaded yet (a group found on disk): what is on disk is what is
                     // committed.
                     None => {
-                        let found = match handles.find_meta(txn, keys) {
-                            Ok(found) => found,
+                        // An LMDB read error is no record's corruption: the transaction
+                        // fails (`?`), as for any other failed read.
+                        let found = match handles.lookup_meta(txn, keys)? {
+                            Some(Ok(meta)) => Some(meta),
+                            None => None,
                             // A removal needs no record: it deletes the group's key range
-                            // and record whatever they hold, so a corrupt record is no
-                            // obstacle to deleting a broken replica.
-                            Err(StorageError::Corrupt(_)) if matches!(op, Op::Remove) => None,
-                            Err(err) => return Err(Rejection::Invalid(err)),
+                            // and record whatever they hold, so a record that does not
+                            // decode is no obstacle to deleting a broken replica.
+                            Some(Err(_)) if matches!(op, Op::Remove) => None,
+                            Some(Err(err)) => return Err(Rejection::Invalid(err)),
                         };
                         if let Some(meta) = found {
                             self.committed.insert(id, meta);
@@ -693,7 +710,7 @@ impl Writer {
                 Ok(())
             }
             (Op::Remove, meta) => {
-                log.clear(txn)?;
+                log.remove(txn)?;
                 handles.meta.delete(txn, keys.meta().as_slice())?;
                 *meta = None;
                 // No longer what the disk holds: a group created again in this transaction
