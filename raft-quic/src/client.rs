@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
 use crate::bulk::BulkWindow;
+use crate::candidates::Candidates;
 use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, FrameError, ReadFrameError};
@@ -41,7 +42,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct PeerState {
-    addr: SocketAddr,
+    /// The addresses the peer may be at, and the one dialed (see [`crate::candidates`]).
+    addrs: Candidates,
     connection: Option<quinn::Connection>,
     backoff: Backoff,
     /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
@@ -89,14 +91,14 @@ pub(crate) struct Peer {
 impl Peer {
     pub(crate) fn new(
         id: NodeId,
-        addr: SocketAddr,
+        addrs: Candidates,
         backoff: Backoff,
         bulk: Arc<BulkWindow>,
     ) -> Self {
         Self {
             id,
             server_name: node_dns_name(id),
-            state: Mutex::new(PeerState { addr, connection: None, backoff, warned: None }),
+            state: Mutex::new(PeerState { addrs, connection: None, backoff, warned: None }),
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
             bulk,
@@ -106,16 +108,18 @@ impl Peer {
         }
     }
 
-    /// Where the peer listens (and dials from).
-    pub(crate) fn addr(&self) -> SocketAddr {
-        lock(&self.state).addr
+    /// Whether `matches` holds for one of the addresses the peer may be at (where it listens,
+    /// and dials from).
+    pub(crate) fn is_at(&self, matches: impl Fn(SocketAddr) -> bool) -> bool {
+        lock(&self.state).addrs.all().iter().any(|&addr| matches(addr))
     }
 
-    /// Points the peer at a new address: drops its connection and forgets past failures.
-    pub(crate) fn set_addr(&self, addr: SocketAddr) {
+    /// Gives the peer new candidate addresses (see [`Candidates::replace`]). If that changes
+    /// the address in use, the peer moved: its connection is dropped and past failures are
+    /// forgotten.
+    pub(crate) fn set_addrs(&self, addrs: Candidates) {
         let mut state = lock(&self.state);
-        if state.addr != addr {
-            state.addr = addr;
+        if state.addrs.replace(addrs) {
             if let Some(conn) = state.connection.take() {
                 conn.close(code::NO_ERROR, b"peer moved");
             }
@@ -634,7 +638,7 @@ impl Client {
                     ),
                 ));
             }
-            state.addr
+            state.addrs.current()
         };
         let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
@@ -650,7 +654,7 @@ impl Client {
         };
         let mut state = lock(&peer.state);
         match result {
-            Ok(conn) if state.addr == addr && !shared.is_closed() => {
+            Ok(conn) if state.addrs.current() == addr && !shared.is_closed() => {
                 state.backoff.succeeded();
                 state.warned = None;
                 state.connection = Some(conn.clone());
@@ -666,6 +670,14 @@ impl Client {
             Err(reason) => {
                 let delay = state.backoff.failed(shared.runtime.now());
                 peer.counters(shared.id).dial_failures.increment(1);
+                // Another source may name another address of the peer (it may have moved, and
+                // the source that names its new address may not be the latest): the next dial,
+                // paced by the same backoff, tries the next one. Unless it moved meanwhile.
+                let next = if state.addrs.current() == addr {
+                    state.addrs.failed()
+                } else {
+                    state.addrs.current()
+                };
                 // Once per interval, however often the backoff lets the node try again.
                 if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
                     warn!(
@@ -675,10 +687,17 @@ impl Client {
                         failures = state.backoff.failures(),
                         suppressed,
                         retry_in = ?delay,
+                        %next,
                         "cannot connect to peer: {reason}"
                     );
                 } else {
-                    debug!(node = shared.id, peer = peer.id, %addr, "cannot connect to peer: {reason}");
+                    debug!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        %next,
+                        "cannot connect to peer: {reason}"
+                    );
                 }
                 Err(unreachable(peer.id, reason))
             }

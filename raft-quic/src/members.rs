@@ -18,9 +18,20 @@
 //! (through its [`QuicGroupNetwork`](crate::QuicGroupNetwork) view; the network used directly is
 //! one more source). Every source's addresses are kept apart and the peers are dialed from their
 //! union, so one group's membership change never forgets an address another group still names.
-//! When two sources name different addresses for one id (a node moved and one group's log does not
-//! say so yet), the address set most recently wins; when its source stops naming it, the next most
-//! recent one comes back. A source's addresses go when its view is dropped (the group removed).
+//! A source's addresses go when its view is dropped (the group removed).
+//!
+//! **A node several sources name different addresses for** (it moved, and some group's log does
+//! not say so yet). The memberships of different groups are not comparable (their log indexes
+//! are unrelated), so which address is current cannot be known here. Every address named is a
+//! candidate ([`Candidates`]): the one set most recently is dialed first, then, each time a dial
+//! fails (nothing answers there, or another node does and fails the identity check: the peer's
+//! certificate must name the id dialed), the next dial tries the next one, most recent first,
+//! round robin, then the configured address. The dials are paced by the peer's one backoff,
+//! so a node whose every address is dead costs what one dead address does; an address that
+//! works is kept. So after a restart in which a lagging group's stale address is set last, each
+//! group reaches the moved node after one failed dial. Not handled: two *live* endpoints proving
+//! the same node id (two processes with one id, an operator error): the most recently set
+//! address is used, as the other one answers too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -29,6 +40,7 @@ use std::sync::Mutex;
 use raft_core::{GroupId, NodeId, NodeInfo};
 use tracing::warn;
 
+use crate::candidates::Candidates;
 use crate::client::lock;
 use crate::network::QuicNetwork;
 
@@ -69,18 +81,21 @@ struct Learned {
 }
 
 impl Sources {
-    /// The address of `id` that the memberships name, the most recently set one if several do.
-    fn learned_address(&self, id: NodeId) -> Option<SocketAddr> {
-        let named = self.learned.values().filter_map(|addresses| addresses.get(&id));
-        named.max_by_key(|learned| learned.stamp).map(|learned| learned.addr)
+    /// The addresses of `id` that the memberships name, the most recently set first.
+    fn learned_addresses(&self, id: NodeId) -> Vec<SocketAddr> {
+        let mut named: Vec<Learned> =
+            self.learned.values().filter_map(|addresses| addresses.get(&id)).copied().collect();
+        named.sort_by_key(|learned| std::cmp::Reverse(learned.stamp));
+        named.into_iter().map(|learned| learned.addr).collect()
     }
 
-    /// Points peer `id` at what the sources say now: the memberships' address, else the
-    /// configured one, else none.
+    /// Points peer `id` at what the sources say now: the memberships' addresses, the most
+    /// recently set first, then the configured one; none if no source names one.
     fn settle(&self, network: &QuicNetwork, id: NodeId) {
-        match self.learned_address(id).or_else(|| self.configured.get(&id).copied()) {
-            Some(addr) => {
-                network.place_peer(id, addr);
+        let configured = self.configured.get(&id).copied();
+        match Candidates::new(self.learned_addresses(id).into_iter().chain(configured)) {
+            Some(addrs) => {
+                network.place_peer(id, addrs);
             }
             None => network.drop_peer(id),
         }
@@ -123,7 +138,9 @@ impl MembershipAddresses {
         let mut state = lock(&self.state);
         match addr {
             Some(addr) => {
-                if network.place_peer(id, addr) {
+                // Used at once (set last), the memberships' addresses as the next candidates.
+                let addrs = std::iter::once(addr).chain(state.learned_addresses(id));
+                if Candidates::new(addrs).is_some_and(|addrs| network.place_peer(id, addrs)) {
                     state.configured.insert(id, addr);
                 }
             }
