@@ -175,7 +175,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
 /// to count; in life nothing answers there, or another node does and fails the identity check),
 /// until group 1's log learns the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limitation (found by review, not fixed): the address of the group started last wins, not the newest membership's"]
+#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address; a dead or wrong-identity old address is handled (see the two tests below)"]
 async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_order() {
     init_tracing();
     let rt = rt();
@@ -202,6 +202,106 @@ async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_ord
         "after the restart group 2's request went to node 2's old address"
     );
     for net in [net1, old, new] {
+        net.close().await;
+    }
+}
+
+/// How many heartbeats of group `group` from `view` it took until one reached node `id` (those
+/// that fail as unreachable or timed out are retried after a short pause; the 20 s bound of
+/// [`eventually`] is generous, not a speed assertion).
+async fn attempts_to_reach(view: &QuicGroupNetwork, id: NodeId, group: GroupId) -> usize {
+    let runtime = rt();
+    let mut attempts = 0;
+    let what = format!("group {group} reaches node {id}");
+    eventually(&runtime, &what, Duration::from_millis(20), || {
+        attempts += 1;
+        let request = Envelope::new(id, heartbeat(view.node_id())).with_group_id(group);
+        async move {
+            match bounded(&rt(), "a heartbeat", view.send(request)).await {
+                Ok(_) => Some(()),
+                Err(NetworkError::Unreachable { .. } | NetworkError::Timeout(_)) => None,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    attempts
+}
+
+/// The most attempts a group may need to reach the moved node: the first dial at the stale
+/// address fails (nothing answers within the connect timeout, or the identity check fails),
+/// a few more are turned away by the backoff, then the new address is dialed. Generous.
+const MOVED_NODE_ATTEMPTS: usize = 20;
+
+/// After node 1's restart, its groups hand their memberships over with the lagging group's
+/// (stale) address of node 2 set last (the order of the ignored test above): node 2's new
+/// address is named by group 2 (`new`), its old one by group 1 (`stale`). Returns how many
+/// attempts each group took to reach node 2.
+async fn reach_the_moved_node_after_a_restart(
+    ca: &ClusterCa,
+    stale: std::net::SocketAddr,
+    new: &QuicNetwork,
+) -> (QuicNetwork, Vec<usize>) {
+    let rt = rt();
+    let net1 = QuicNetwork::bind(test_config(ca, 1, loopback()), rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    g2.members_changed(&members(&[(2, new)]));
+    let stale_member = NodeInfo::with_address(stale.to_string());
+    g1.members_changed(&BTreeMap::from([(2, stale_member)]));
+    let mut attempts = Vec::new();
+    for (view, group) in [(&g1, 1), (&g2, 2)] {
+        attempts.push(attempts_to_reach(view, 2, group).await);
+    }
+    (net1, attempts)
+}
+
+/// Review finding (rev_host, LIVENESS) with nothing listening at the moved node's old address
+/// any more: after the restart order that sets the lagging group's stale address last, every
+/// group of node 1 still reaches node 2, at its new address, within a bounded number of
+/// attempts (the failed dial at the stale address makes the next one try the other candidate).
+/// (Before, every dial went to the stale address until group 1's log learned the move.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_is_reached_at_its_new_address_when_nothing_answers_at_the_old_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1, 2]);
+    // An address nothing listens at: a socket bound, then closed.
+    let dead = std::net::UdpSocket::bind(loopback()).unwrap();
+    let stale = dead.local_addr().unwrap();
+    drop(dead);
+    let (net1, attempts) = reach_the_moved_node_after_a_restart(&ca, stale, &new).await;
+    assert!(attempts.iter().all(|&n| n <= MOVED_NODE_ATTEMPTS), "attempts by group: {attempts:?}");
+    for group in [1, 2] {
+        assert_eq!(at_new[&group].calls(), 1, "group {group}'s heartbeat at the new address");
+    }
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
+/// The same with ANOTHER node (3) listening at node 2's old address: the dial there fails the
+/// identity check (node 3's certificate does not name node 2), so node 3 never gets a request
+/// meant for node 2, and the next dial reaches node 2 at its new address, for every group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_is_reached_at_its_new_address_when_another_node_answers_at_the_old_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1, 2]);
+    let other = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
+    let at_other = serve_groups(&other, &[1, 2]);
+    let stale = other.local_addr();
+    let (net1, attempts) = reach_the_moved_node_after_a_restart(&ca, stale, &new).await;
+    assert!(attempts.iter().all(|&n| n <= MOVED_NODE_ATTEMPTS), "attempts by group: {attempts:?}");
+    for group in [1, 2] {
+        assert_eq!(at_new[&group].calls(), 1, "group {group}'s heartbeat at the new address");
+    }
+    assert_eq!(calls(&at_other), 0, "node 3 got a request meant for node 2");
+    assert_eq!(other.accept_stats().admitted, 0, "node 3 admitted node 1's dial for node 2");
+    for net in [net1, new, other] {
         net.close().await;
     }
 }
