@@ -120,4 +120,13 @@ mod tests {
         assert!(!d.replace(candidates(&[2, 1])));
         assert_eq!(d.current(), addr(2));
     }
+
+    /// Review finding M1 (rev_qaddr): another source naming an address (perhaps a stale one)
+    /// later must not move a peer off the address its working connection is at.
+    #[test]
+    fn a_working_connection_is_not_dropped_for_a_newly_named_address() {
+        let mut c = candidates(&[2]);
+        assert!(!c.replace(candidates(&[1, 2])), "moved off the working address");
+        assert_eq!(c.current(), addr(2));
+    }
 }
