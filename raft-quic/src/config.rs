@@ -217,3 +217,33 @@ impl QuicConfigError {
         Self { field, reason }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::{QuicConfig, QuicConfigError};
+    use crate::ClusterCa;
+
+    /// Review finding M2 (rev_qaddr): a dial runs inside the RPC's timeout, and a failed dial
+    /// is what turns the next one to the peer's next candidate address; a connect timeout the
+    /// RPC timeout cuts short cancels every dial of a silent address, and the peer is never
+    /// reached at its other one. So the RPC timeout must exceed the connect timeout.
+    #[test]
+    fn the_rpc_timeout_must_exceed_the_connect_timeout() {
+        let ca = ClusterCa::generate().unwrap();
+        let mut config =
+            QuicConfig::new(1, "127.0.0.1:0".parse().unwrap(), ca.node_tls(1).unwrap());
+        assert_eq!(config.validate(), Ok(()), "the defaults");
+        let expected = Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
+        for (rpc, connect) in [(300, 500), (500, 500)] {
+            config.rpc_timeout = Duration::from_millis(rpc);
+            config.connect_timeout = Duration::from_millis(connect);
+            assert_eq!(config.validate(), expected, "rpc {rpc} ms, connect {connect} ms");
+        }
+        config.rpc_timeout = Duration::from_millis(501);
+        assert_eq!(config.validate(), Ok(()));
+    }
+}
