@@ -706,6 +706,43 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
     }
 }
 
+/// Review finding M3 (rev_qaddr): a dial to node 2 that completes after node 1 refused node 2
+/// (its peer entry removed meanwhile) neither keeps the connection nor delivers the request:
+/// node 2's handler never runs, and node 2 ends up holding no connection of node 1.
+/// (Before, the connection was cached in the removed peer entry, the request written on it, and
+/// the connection kept open by keep-alives until the certificate expired.)
+pub async fn a_dial_completing_after_a_refusal_is_dropped(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.connect_timeout = Duration::from_secs(3);
+    config1.rpc_timeout = Duration::from_secs(5);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    proxy.block();
+    let refuse_during_the_dial = async {
+        sleep(&rt, Duration::from_millis(100)).await;
+        net1.refuse(2);
+        proxy.unblock();
+    };
+    let rpc = net1.send_to(2, heartbeat(1));
+    let (result, ()) =
+        bounded(&rt, "the RPC dialing", futures::future::join(rpc, refuse_during_the_dial)).await;
+    assert!(result.is_err(), "a refused node got the request: {result:?}");
+    assert_eq!(handler.calls(), 0);
+    eventually(&rt, "node 2 holds no connection of node 1", Duration::from_millis(20), || {
+        let connections = net2.accept_stats().connections;
+        async move { (connections == 0).then_some(()) }
+    })
+    .await;
+    net1.close().await;
+    net2.close().await;
+}
+
 /// A refused (removed) node loses its connections at once and can never connect again, with
 /// its still-valid certificate; refusals given at bind time hold from the start.
 pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
