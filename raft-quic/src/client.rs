@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
 use crate::bulk::BulkWindow;
-use crate::candidates::Candidates;
+use crate::candidates::{Candidates, Move};
 use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, FrameError, ReadFrameError};
@@ -114,12 +114,20 @@ impl Peer {
         lock(&self.state).addrs.all().iter().any(|&addr| matches(addr))
     }
 
-    /// Gives the peer new candidate addresses (see [`Candidates::replace`]). If that changes
-    /// the address in use, the peer moved: its connection is dropped and past failures are
-    /// forgotten.
-    pub(crate) fn set_addrs(&self, addrs: Candidates) {
+    /// Gives the peer new candidate addresses (see [`Candidates::replace`]): at once (`at_once`,
+    /// the application's word), or keeping the address of a working connection while it is a
+    /// candidate. If that changes the address in use, the peer moved: its connection is
+    /// dropped and past failures are forgotten.
+    pub(crate) fn set_addrs(&self, addrs: Candidates, at_once: bool) {
         let mut state = lock(&self.state);
-        if state.addrs.replace(addrs) {
+        let how = if at_once {
+            Move::AtOnce
+        } else {
+            let connected =
+                state.connection.as_ref().is_some_and(|conn| conn.close_reason().is_none());
+            Move::Sticky { connected }
+        };
+        if state.addrs.replace(addrs, how) {
             if let Some(conn) = state.connection.take() {
                 conn.close(code::NO_ERROR, b"peer moved");
             }
@@ -139,6 +147,7 @@ impl Peer {
             Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
             Some(_) => {
                 state.connection = None;
+                state.addrs.connection_lost();
                 None
             }
             None => None,
@@ -150,6 +159,7 @@ impl Peer {
         let mut state = lock(&self.state);
         if state.connection.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             state.connection = None;
+            state.addrs.connection_lost();
         }
     }
 

@@ -63,11 +63,13 @@ pub(crate) struct MembershipAddresses {
 #[derive(Debug, Default)]
 struct Sources {
     /// The addresses the application configured (bind, `set_peer`), put back when no
-    /// membership names one for that id.
-    configured: BTreeMap<NodeId, SocketAddr>,
+    /// membership names one for that id; stamped like the learned ones (those given at bind
+    /// with 0, the oldest), so that an address is ranked among the candidates by when it was
+    /// set, whoever set it.
+    configured: BTreeMap<NodeId, Learned>,
     /// The addresses each source's membership last applied named, by source, then by node id.
     learned: BTreeMap<SourceId, BTreeMap<NodeId, Learned>>,
-    /// Stamps each learned address with when it was set, to pick the latest of several.
+    /// Stamps each learned or configured address with when it was set, to rank several.
     next_stamp: u64,
     /// The last source number handed out ([`NETWORK_SOURCE`] is 0).
     last_source: SourceId,
@@ -81,21 +83,28 @@ struct Learned {
 }
 
 impl Sources {
-    /// The addresses of `id` that the memberships name, the most recently set first.
-    fn learned_addresses(&self, id: NodeId) -> Vec<SocketAddr> {
-        let mut named: Vec<Learned> =
-            self.learned.values().filter_map(|addresses| addresses.get(&id)).copied().collect();
+    /// The addresses of `id` that the memberships name and the application configured, the
+    /// most recently set first (the same order whoever set them); `None` if there is none.
+    fn candidates(&self, id: NodeId) -> Option<Candidates> {
+        let learned = self.learned.values().filter_map(|addresses| addresses.get(&id));
+        let mut named: Vec<Learned> = learned.chain(self.configured.get(&id)).copied().collect();
         named.sort_by_key(|learned| std::cmp::Reverse(learned.stamp));
-        named.into_iter().map(|learned| learned.addr).collect()
+        Candidates::new(named.into_iter().map(|learned| learned.addr))
     }
 
-    /// Points peer `id` at what the sources say now: the memberships' addresses, the most
-    /// recently set first, then the configured one; none if no source names one.
+    /// A stamp newer than every one given before.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// Points peer `id` at what the sources say now (see [`candidates`](Self::candidates));
+    /// none if no source names one. A working connection stays while its address is still a
+    /// candidate (see [`Candidates::replace`]).
     fn settle(&self, network: &QuicNetwork, id: NodeId) {
-        let configured = self.configured.get(&id).copied();
-        match Candidates::new(self.learned_addresses(id).into_iter().chain(configured)) {
+        match self.candidates(id) {
             Some(addrs) => {
-                network.place_peer(id, addrs);
+                network.place_peer(id, addrs, false);
             }
             None => network.drop_peer(id),
         }
@@ -122,6 +131,8 @@ pub(crate) fn parse_address(address: &[u8]) -> Result<SocketAddr, AddressError> 
 impl MembershipAddresses {
     /// Starts from the addresses configured at bind.
     pub(crate) fn new(configured: BTreeMap<NodeId, SocketAddr>) -> Self {
+        let configured =
+            configured.into_iter().map(|(id, addr)| (id, Learned { addr, stamp: 0 })).collect();
         Self { state: Mutex::new(Sources { configured, ..Sources::default() }) }
     }
 
@@ -138,10 +149,17 @@ impl MembershipAddresses {
         let mut state = lock(&self.state);
         match addr {
             Some(addr) => {
-                // Used at once (set last), the memberships' addresses as the next candidates.
-                let addrs = std::iter::once(addr).chain(state.learned_addresses(id));
-                if Candidates::new(addrs).is_some_and(|addrs| network.place_peer(id, addrs)) {
-                    state.configured.insert(id, addr);
+                // Set last, so the first candidate, and used at once (the application's word),
+                // the memberships' addresses as the next candidates.
+                let stamp = state.stamp();
+                let before = state.configured.insert(id, Learned { addr, stamp });
+                let placed =
+                    state.candidates(id).is_some_and(|addrs| network.place_peer(id, addrs, true));
+                if !placed {
+                    match before {
+                        Some(before) => state.configured.insert(id, before),
+                        None => state.configured.remove(&id),
+                    };
                 }
             }
             None => {
@@ -191,10 +209,7 @@ impl MembershipAddresses {
                     // old address does not make it the latest.
                     let stamp = match before.get(&id) {
                         Some(known) if known.addr == addr => known.stamp,
-                        _ => {
-                            state.next_stamp += 1;
-                            state.next_stamp
-                        }
+                        _ => state.stamp(),
                     };
                     now.insert(id, Learned { addr, stamp });
                 }

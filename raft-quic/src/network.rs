@@ -465,9 +465,10 @@ impl QuicNetwork {
     }
 
     /// Puts peer `id` at the candidate addresses `addrs` (adds it, or gives it those: see
-    /// [`Candidates::replace`]); false, and nothing done, for this node's own id and for
-    /// refused ids.
-    pub(crate) fn place_peer(&self, id: NodeId, addrs: Candidates) -> bool {
+    /// [`Candidates::replace`]; `at_once`: the application's word, a newly preferred address
+    /// is used at once even if the peer's connection works); false, and nothing done, for this
+    /// node's own id and for refused ids.
+    pub(crate) fn place_peer(&self, id: NodeId, addrs: Candidates, at_once: bool) -> bool {
         let shared = self.shared();
         if id == shared.id {
             return false;
@@ -478,7 +479,7 @@ impl QuicNetwork {
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
-            Some(peer) => peer.set_addrs(addrs),
+            Some(peer) => peer.set_addrs(addrs, at_once),
             None => {
                 peers.insert(id, shared.new_peer(id, addrs));
             }
