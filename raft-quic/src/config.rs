@@ -46,9 +46,11 @@ pub struct QuicConfig {
     /// the longest an inbound request (or batch) may take to arrive, and, per stream, the
     /// longest its answers may wait in all for the peer to take them (one timeout summed over
     /// a batch's answers, not one per answer). The handlers' own time is not bounded by it.
-    /// Default 2 s.
+    /// Must exceed `connect_timeout`: a dial happens within an RPC, and only a dial that ends
+    /// (fails) turns the next one to a peer's next candidate address. Default 2 s.
     pub rpc_timeout: Duration,
-    /// The longest a connection attempt (QUIC and TLS handshake) may take. Default 1 s.
+    /// The longest a connection attempt (QUIC and TLS handshake) may take; less than
+    /// `rpc_timeout`. Default 1 s.
     pub connect_timeout: Duration,
     /// The largest frame (version byte, headers and body) this node sends or accepts. Larger
     /// inbound frames close their stream; larger outbound messages fail with
@@ -156,6 +158,11 @@ impl QuicConfig {
             if value.is_zero() {
                 return Err(QuicConfigError::new(field, "must be greater than zero"));
             }
+        }
+        if self.rpc_timeout <= self.connect_timeout {
+            // A dial runs inside its RPC's timeout; one cut short records no failure, so the
+            // peer's next candidate address would never be tried (see `crate::candidates`).
+            return Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
         }
         if self.peers.contains_key(&self.node_id) {
             return Err(QuicConfigError::new("peers", "must not contain the node's own id"));

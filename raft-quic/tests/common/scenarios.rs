@@ -480,6 +480,8 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     let mut config1 = test_config(&ca, 1, loopback());
     // Short, so that the stalled-frame case below ends quickly.
     config1.rpc_timeout = Duration::from_millis(300);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 300 ms already).
+    config1.connect_timeout = Duration::from_millis(250);
     config1.max_decoded_items = 1_000;
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let net3 = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
@@ -572,7 +574,8 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
 pub fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
     let mut config = test_config(ca, id, loopback());
     config.rpc_timeout = Duration::from_millis(300);
-    config.connect_timeout = Duration::from_millis(300);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 300 ms already).
+    config.connect_timeout = Duration::from_millis(250);
     config.keep_alive_interval = Duration::from_millis(100);
     config.idle_timeout = idle;
     config
@@ -666,6 +669,8 @@ pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
     let ca = ClusterCa::generate().unwrap();
     let mut config1 = test_config(&ca, 1, loopback());
     config1.rpc_timeout = Duration::from_millis(200);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 200 ms already).
+    config1.connect_timeout = Duration::from_millis(150);
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, net2.local_addr());
