@@ -662,9 +662,18 @@ impl Client {
             }
             Err(e) => Err(e.to_string()),
         };
+        // Whether this peer entry is still the one RPCs reach node `peer.id` by, and the node
+        // not refused: `drop_peer` (refuse, remove_peer, the last source naming it gone) may
+        // have removed it during the dial. Checked with the peers' lock held, then the peer's
+        // state (the lock order of `place_peer`/`drop_peer`), so that no removal slips in
+        // between the check and the caching: a removal after it closes the cached connection.
+        let peers = shared.peers.read().unwrap_or_else(|p| p.into_inner());
+        let listed = peers.get(&peer.id).is_some_and(|listed| std::ptr::eq(&**listed, peer))
+            && !shared.is_refused(peer.id);
         let mut state = lock(&peer.state);
+        drop(peers);
         match result {
-            Ok(conn) if state.addrs.current() == addr && !shared.is_closed() => {
+            Ok(conn) if listed && state.addrs.current() == addr && !shared.is_closed() => {
                 state.backoff.succeeded();
                 state.warned = None;
                 state.connection = Some(conn.clone());
@@ -675,18 +684,23 @@ impl Client {
             }
             Ok(conn) => {
                 conn.close(code::NO_ERROR, b"stale");
-                Err(unreachable(peer.id, "peer address changed or network closed while dialing"))
+                Err(unreachable(
+                    peer.id,
+                    "peer removed or refused, its address changed, or network closed while \
+                     dialing",
+                ))
             }
             Err(reason) => {
-                let delay = state.backoff.failed(shared.runtime.now());
                 peer.counters(shared.id).dial_failures.increment(1);
                 // Another source may name another address of the peer (it may have moved, and
                 // the source that names its new address may not be the latest): the next dial,
-                // paced by the same backoff, tries the next one. Unless it moved meanwhile.
-                let next = if state.addrs.current() == addr {
-                    state.addrs.failed()
+                // paced by the same backoff, tries the next one. Unless it moved meanwhile:
+                // then the failure was at an address no longer in use, and is not charged to
+                // the new one (whose backoff the move reset).
+                let (delay, next) = if state.addrs.current() == addr {
+                    (Some(state.backoff.failed(shared.runtime.now())), state.addrs.failed())
                 } else {
-                    state.addrs.current()
+                    (None, state.addrs.current())
                 };
                 // Once per interval, however often the backoff lets the node try again.
                 if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
