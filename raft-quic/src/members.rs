@@ -23,14 +23,22 @@
 //! **A node several sources name different addresses for** (it moved, and some group's log does
 //! not say so yet). The memberships of different groups are not comparable (their log indexes
 //! are unrelated), so which address is current cannot be known here. Every address named is a
-//! candidate ([`Candidates`]): the one set most recently is dialed first, then, each time a dial
-//! fails (nothing answers there, or another node does and fails the identity check: the peer's
-//! certificate must name the id dialed), the next dial tries the next one, most recent first,
-//! round robin, then the configured address. The dials are paced by the peer's one backoff,
-//! so a node whose every address is dead costs what one dead address does; an address that
-//! works is kept. So after a restart in which a lagging group's stale address is set last, each
-//! group reaches the moved node after one failed dial. Not handled: two *live* endpoints proving
-//! the same node id (two processes with one id, an operator error): the most recently set
+//! candidate ([`Candidates`]), ranked by when it was set (the application's configured address
+//! too: those given at bind are the oldest, a `set_peer` is the newest then): the one set most
+//! recently is dialed first, then, each time a dial fails (nothing answers there, or another
+//! node does and fails the identity check: the peer's certificate must name the id dialed), the
+//! next dial tries the next one, round robin. The dials are paced by the peer's one backoff, so
+//! a node whose every address is dead costs what one dead address does. A working connection
+//! stays while its address is a candidate: a source naming another address later does not drop
+//! it (the new first address is dialed once that connection or a dial fails); `set_peer` moves
+//! the peer at once. So after a restart in which a lagging group's stale address is set last,
+//! every group reaches the moved node after the failed dials of the addresses ranked before its
+//! live one: with the live address k places after the first, at most the sum over i = 1..k of
+//! (`connect_timeout` + min(`backoff_min` * 2^(i-1), `backoff_max`)), plus Raft's next send,
+//! provided no source names a new first address meanwhile while no connection works (which
+//! restarts the count); `rpc_timeout > connect_timeout` (enforced by `QuicConfig::validate`)
+//! lets every dial run to its end. Not handled: two *live* endpoints proving the same node id
+//! (two processes with one id, an operator error): the most recently set
 //! address is used, as the other one answers too.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,7 +60,7 @@ pub(crate) type SourceId = u64;
 pub(crate) const NETWORK_SOURCE: SourceId = 0;
 
 /// Where this network's peer addresses come from: the application's configuration, and the
-/// memberships of its groups (which take precedence while one names an address).
+/// memberships of its groups, ranked as candidates by when each address was set.
 #[derive(Debug, Default)]
 pub(crate) struct MembershipAddresses {
     /// One lock, so that the application's `set_peer`/`remove_peer` and the nodes'

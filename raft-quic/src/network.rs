@@ -447,11 +447,12 @@ impl QuicNetwork {
         self.inner.local_addr
     }
 
-    /// Adds peer `id` at `addr`, or moves it there (its connection is closed and its backoff
-    /// reset), so that RPCs can be sent to it. Ignored for this node's own id and for refused
-    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) A member's address
-    /// from the membership takes precedence while the membership names one (`members_changed`);
-    /// this address is used again when it stops naming one.
+    /// Adds peer `id` at `addr`, or moves it there at once (its connection is closed and its
+    /// backoff reset), so that RPCs can be sent to it. Ignored for this node's own id and for
+    /// refused ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) The
+    /// addresses the memberships name (`members_changed`) are the other candidates, ranked with
+    /// this one by when each was set (see the `members` module); this address stays one while
+    /// no membership names one too.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
         self.inner.members.configure(self, id, Some(addr));
     }
