@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::accept::describe_connection_error;
 use crate::backoff::Backoff;
 use crate::bulk::BulkWindow;
+use crate::candidates::{Candidates, Move};
 use crate::cid::cleartext;
 use crate::expiry::close_at_expiry;
 use crate::frame::{self, FrameError, ReadFrameError};
@@ -41,7 +42,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct PeerState {
-    addr: SocketAddr,
+    /// The addresses the peer may be at, and the one dialed (see [`crate::candidates`]).
+    addrs: Candidates,
     connection: Option<quinn::Connection>,
     backoff: Backoff,
     /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
@@ -89,14 +91,14 @@ pub(crate) struct Peer {
 impl Peer {
     pub(crate) fn new(
         id: NodeId,
-        addr: SocketAddr,
+        addrs: Candidates,
         backoff: Backoff,
         bulk: Arc<BulkWindow>,
     ) -> Self {
         Self {
             id,
             server_name: node_dns_name(id),
-            state: Mutex::new(PeerState { addr, connection: None, backoff, warned: None }),
+            state: Mutex::new(PeerState { addrs, connection: None, backoff, warned: None }),
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
             bulk,
@@ -106,16 +108,26 @@ impl Peer {
         }
     }
 
-    /// Where the peer listens (and dials from).
-    pub(crate) fn addr(&self) -> SocketAddr {
-        lock(&self.state).addr
+    /// Whether `matches` holds for one of the addresses the peer may be at (where it listens,
+    /// and dials from).
+    pub(crate) fn is_at(&self, matches: impl Fn(SocketAddr) -> bool) -> bool {
+        lock(&self.state).addrs.all().iter().any(|&addr| matches(addr))
     }
 
-    /// Points the peer at a new address: drops its connection and forgets past failures.
-    pub(crate) fn set_addr(&self, addr: SocketAddr) {
+    /// Gives the peer new candidate addresses (see [`Candidates::replace`]): at once (`at_once`,
+    /// the application's word), or keeping the address of a working connection while it is a
+    /// candidate. If that changes the address in use, the peer moved: its connection is
+    /// dropped and past failures are forgotten.
+    pub(crate) fn set_addrs(&self, addrs: Candidates, at_once: bool) {
         let mut state = lock(&self.state);
-        if state.addr != addr {
-            state.addr = addr;
+        let how = if at_once {
+            Move::AtOnce
+        } else {
+            let connected =
+                state.connection.as_ref().is_some_and(|conn| conn.close_reason().is_none());
+            Move::Sticky { connected }
+        };
+        if state.addrs.replace(addrs, how) {
             if let Some(conn) = state.connection.take() {
                 conn.close(code::NO_ERROR, b"peer moved");
             }
@@ -135,6 +147,7 @@ impl Peer {
             Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
             Some(_) => {
                 state.connection = None;
+                state.addrs.connection_lost();
                 None
             }
             None => None,
@@ -146,6 +159,7 @@ impl Peer {
         let mut state = lock(&self.state);
         if state.connection.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             state.connection = None;
+            state.addrs.connection_lost();
         }
     }
 
@@ -634,7 +648,7 @@ impl Client {
                     ),
                 ));
             }
-            state.addr
+            state.addrs.current()
         };
         let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
         let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
@@ -648,9 +662,18 @@ impl Client {
             }
             Err(e) => Err(e.to_string()),
         };
+        // Whether this peer entry is still the one RPCs reach node `peer.id` by, and the node
+        // not refused: `drop_peer` (refuse, remove_peer, the last source naming it gone) may
+        // have removed it during the dial. Checked with the peers' lock held, then the peer's
+        // state (the lock order of `place_peer`/`drop_peer`), so that no removal slips in
+        // between the check and the caching: a removal after it closes the cached connection.
+        let peers = shared.peers.read().unwrap_or_else(|p| p.into_inner());
+        let listed = peers.get(&peer.id).is_some_and(|listed| std::ptr::eq(&**listed, peer))
+            && !shared.is_refused(peer.id);
         let mut state = lock(&peer.state);
+        drop(peers);
         match result {
-            Ok(conn) if state.addr == addr && !shared.is_closed() => {
+            Ok(conn) if listed && state.addrs.current() == addr && !shared.is_closed() => {
                 state.backoff.succeeded();
                 state.warned = None;
                 state.connection = Some(conn.clone());
@@ -661,11 +684,24 @@ impl Client {
             }
             Ok(conn) => {
                 conn.close(code::NO_ERROR, b"stale");
-                Err(unreachable(peer.id, "peer address changed or network closed while dialing"))
+                Err(unreachable(
+                    peer.id,
+                    "peer removed or refused, its address changed, or network closed while \
+                     dialing",
+                ))
             }
             Err(reason) => {
-                let delay = state.backoff.failed(shared.runtime.now());
                 peer.counters(shared.id).dial_failures.increment(1);
+                // Another source may name another address of the peer (it may have moved, and
+                // the source that names its new address may not be the latest): the next dial,
+                // paced by the same backoff, tries the next one. Unless it moved meanwhile:
+                // then the failure was at an address no longer in use, and is not charged to
+                // the new one (whose backoff the move reset).
+                let (delay, next) = if state.addrs.current() == addr {
+                    (Some(state.backoff.failed(shared.runtime.now())), state.addrs.failed())
+                } else {
+                    (None, state.addrs.current())
+                };
                 // Once per interval, however often the backoff lets the node try again.
                 if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
                     warn!(
@@ -675,10 +711,17 @@ impl Client {
                         failures = state.backoff.failures(),
                         suppressed,
                         retry_in = ?delay,
+                        %next,
                         "cannot connect to peer: {reason}"
                     );
                 } else {
-                    debug!(node = shared.id, peer = peer.id, %addr, "cannot connect to peer: {reason}");
+                    debug!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        %next,
+                        "cannot connect to peer: {reason}"
+                    );
                 }
                 Err(unreachable(peer.id, reason))
             }

@@ -46,9 +46,11 @@ pub struct QuicConfig {
     /// the longest an inbound request (or batch) may take to arrive, and, per stream, the
     /// longest its answers may wait in all for the peer to take them (one timeout summed over
     /// a batch's answers, not one per answer). The handlers' own time is not bounded by it.
-    /// Default 2 s.
+    /// Must exceed `connect_timeout`: a dial happens within an RPC, and only a dial that ends
+    /// (fails) turns the next one to a peer's next candidate address. Default 2 s.
     pub rpc_timeout: Duration,
-    /// The longest a connection attempt (QUIC and TLS handshake) may take. Default 1 s.
+    /// The longest a connection attempt (QUIC and TLS handshake) may take; less than
+    /// `rpc_timeout`. Default 1 s.
     pub connect_timeout: Duration,
     /// The largest frame (version byte, headers and body) this node sends or accepts. Larger
     /// inbound frames close their stream; larger outbound messages fail with
@@ -157,6 +159,11 @@ impl QuicConfig {
                 return Err(QuicConfigError::new(field, "must be greater than zero"));
             }
         }
+        if self.rpc_timeout <= self.connect_timeout {
+            // A dial runs inside its RPC's timeout; one cut short records no failure, so the
+            // peer's next candidate address would never be tried (see `crate::candidates`).
+            return Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
+        }
         if self.peers.contains_key(&self.node_id) {
             return Err(QuicConfigError::new("peers", "must not contain the node's own id"));
         }
@@ -215,5 +222,35 @@ pub struct QuicConfigError {
 impl QuicConfigError {
     fn new(field: &'static str, reason: &'static str) -> Self {
         Self { field, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::{QuicConfig, QuicConfigError};
+    use crate::ClusterCa;
+
+    /// Review finding M2 (rev_qaddr): a dial runs inside the RPC's timeout, and a failed dial
+    /// is what turns the next one to the peer's next candidate address; a connect timeout the
+    /// RPC timeout cuts short cancels every dial of a silent address, and the peer is never
+    /// reached at its other one. So the RPC timeout must exceed the connect timeout.
+    #[test]
+    fn the_rpc_timeout_must_exceed_the_connect_timeout() {
+        let ca = ClusterCa::generate().unwrap();
+        let mut config =
+            QuicConfig::new(1, "127.0.0.1:0".parse().unwrap(), ca.node_tls(1).unwrap());
+        assert_eq!(config.validate(), Ok(()), "the defaults");
+        let expected = Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
+        for (rpc, connect) in [(300, 500), (500, 500)] {
+            config.rpc_timeout = Duration::from_millis(rpc);
+            config.connect_timeout = Duration::from_millis(connect);
+            assert_eq!(config.validate(), expected, "rpc {rpc} ms, connect {connect} ms");
+        }
+        config.rpc_timeout = Duration::from_millis(501);
+        assert_eq!(config.validate(), Ok(()));
     }
 }

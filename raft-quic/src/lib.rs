@@ -67,6 +67,7 @@ mod backoff;
 pub mod bounded;
 mod bulk;
 mod ca;
+mod candidates;
 mod cert_dirs;
 pub mod certs;
 mod cid;

@@ -18,9 +18,28 @@
 //! (through its [`QuicGroupNetwork`](crate::QuicGroupNetwork) view; the network used directly is
 //! one more source). Every source's addresses are kept apart and the peers are dialed from their
 //! union, so one group's membership change never forgets an address another group still names.
-//! When two sources name different addresses for one id (a node moved and one group's log does not
-//! say so yet), the address set most recently wins; when its source stops naming it, the next most
-//! recent one comes back. A source's addresses go when its view is dropped (the group removed).
+//! A source's addresses go when its view is dropped (the group removed).
+//!
+//! **A node several sources name different addresses for** (it moved, and some group's log does
+//! not say so yet). The memberships of different groups are not comparable (their log indexes
+//! are unrelated), so which address is current cannot be known here. Every address named is a
+//! candidate ([`Candidates`]), ranked by when it was set (the application's configured address
+//! too: those given at bind are the oldest, a `set_peer` is the newest then): the one set most
+//! recently is dialed first, then, each time a dial fails (nothing answers there, or another
+//! node does and fails the identity check: the peer's certificate must name the id dialed), the
+//! next dial tries the next one, round robin. The dials are paced by the peer's one backoff, so
+//! a node whose every address is dead costs what one dead address does. A working connection
+//! stays while its address is a candidate: a source naming another address later does not drop
+//! it (the new first address is dialed once that connection or a dial fails); `set_peer` moves
+//! the peer at once. So after a restart in which a lagging group's stale address is set last,
+//! every group reaches the moved node after the failed dials of the addresses ranked before its
+//! live one: with the live address k places after the first, at most the sum over i = 1..k of
+//! (`connect_timeout` + min(`backoff_min` * 2^(i-1), `backoff_max`)), plus Raft's next send,
+//! provided no source names a new first address meanwhile while no connection works (which
+//! restarts the count); `rpc_timeout > connect_timeout` (enforced by `QuicConfig::validate`)
+//! lets every dial run to its end. Not handled: two *live* endpoints proving the same node id
+//! (two processes with one id, an operator error): the most recently set
+//! address is used, as the other one answers too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -29,6 +48,7 @@ use std::sync::Mutex;
 use raft_core::{GroupId, NodeId, NodeInfo};
 use tracing::warn;
 
+use crate::candidates::Candidates;
 use crate::client::lock;
 use crate::network::QuicNetwork;
 
@@ -40,7 +60,7 @@ pub(crate) type SourceId = u64;
 pub(crate) const NETWORK_SOURCE: SourceId = 0;
 
 /// Where this network's peer addresses come from: the application's configuration, and the
-/// memberships of its groups (which take precedence while one names an address).
+/// memberships of its groups, ranked as candidates by when each address was set.
 #[derive(Debug, Default)]
 pub(crate) struct MembershipAddresses {
     /// One lock, so that the application's `set_peer`/`remove_peer` and the nodes'
@@ -51,11 +71,13 @@ pub(crate) struct MembershipAddresses {
 #[derive(Debug, Default)]
 struct Sources {
     /// The addresses the application configured (bind, `set_peer`), put back when no
-    /// membership names one for that id.
-    configured: BTreeMap<NodeId, SocketAddr>,
+    /// membership names one for that id; stamped like the learned ones (those given at bind
+    /// with 0, the oldest), so that an address is ranked among the candidates by when it was
+    /// set, whoever set it.
+    configured: BTreeMap<NodeId, Learned>,
     /// The addresses each source's membership last applied named, by source, then by node id.
     learned: BTreeMap<SourceId, BTreeMap<NodeId, Learned>>,
-    /// Stamps each learned address with when it was set, to pick the latest of several.
+    /// Stamps each learned or configured address with when it was set, to rank several.
     next_stamp: u64,
     /// The last source number handed out ([`NETWORK_SOURCE`] is 0).
     last_source: SourceId,
@@ -69,18 +91,28 @@ struct Learned {
 }
 
 impl Sources {
-    /// The address of `id` that the memberships name, the most recently set one if several do.
-    fn learned_address(&self, id: NodeId) -> Option<SocketAddr> {
-        let named = self.learned.values().filter_map(|addresses| addresses.get(&id));
-        named.max_by_key(|learned| learned.stamp).map(|learned| learned.addr)
+    /// The addresses of `id` that the memberships name and the application configured, the
+    /// most recently set first (the same order whoever set them); `None` if there is none.
+    fn candidates(&self, id: NodeId) -> Option<Candidates> {
+        let learned = self.learned.values().filter_map(|addresses| addresses.get(&id));
+        let mut named: Vec<Learned> = learned.chain(self.configured.get(&id)).copied().collect();
+        named.sort_by_key(|learned| std::cmp::Reverse(learned.stamp));
+        Candidates::new(named.into_iter().map(|learned| learned.addr))
     }
 
-    /// Points peer `id` at what the sources say now: the memberships' address, else the
-    /// configured one, else none.
+    /// A stamp newer than every one given before.
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    /// Points peer `id` at what the sources say now (see [`candidates`](Self::candidates));
+    /// none if no source names one. A working connection stays while its address is still a
+    /// candidate (see [`Candidates::replace`]).
     fn settle(&self, network: &QuicNetwork, id: NodeId) {
-        match self.learned_address(id).or_else(|| self.configured.get(&id).copied()) {
-            Some(addr) => {
-                network.place_peer(id, addr);
+        match self.candidates(id) {
+            Some(addrs) => {
+                network.place_peer(id, addrs, false);
             }
             None => network.drop_peer(id),
         }
@@ -107,6 +139,8 @@ pub(crate) fn parse_address(address: &[u8]) -> Result<SocketAddr, AddressError> 
 impl MembershipAddresses {
     /// Starts from the addresses configured at bind.
     pub(crate) fn new(configured: BTreeMap<NodeId, SocketAddr>) -> Self {
+        let configured =
+            configured.into_iter().map(|(id, addr)| (id, Learned { addr, stamp: 0 })).collect();
         Self { state: Mutex::new(Sources { configured, ..Sources::default() }) }
     }
 
@@ -123,8 +157,17 @@ impl MembershipAddresses {
         let mut state = lock(&self.state);
         match addr {
             Some(addr) => {
-                if network.place_peer(id, addr) {
-                    state.configured.insert(id, addr);
+                // Set last, so the first candidate, and used at once (the application's word),
+                // the memberships' addresses as the next candidates.
+                let stamp = state.stamp();
+                let before = state.configured.insert(id, Learned { addr, stamp });
+                let placed =
+                    state.candidates(id).is_some_and(|addrs| network.place_peer(id, addrs, true));
+                if !placed {
+                    match before {
+                        Some(before) => state.configured.insert(id, before),
+                        None => state.configured.remove(&id),
+                    };
                 }
             }
             None => {
@@ -174,10 +217,7 @@ impl MembershipAddresses {
                     // old address does not make it the latest.
                     let stamp = match before.get(&id) {
                         Some(known) if known.addr == addr => known.stamp,
-                        _ => {
-                            state.next_stamp += 1;
-                            state.next_stamp
-                        }
+                        _ => state.stamp(),
                     };
                     now.insert(id, Learned { addr, stamp });
                 }

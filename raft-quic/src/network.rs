@@ -17,6 +17,7 @@ use crate::accept::{Gate, GateStats};
 use crate::backoff::Backoff;
 use crate::bounded::Limits;
 use crate::bulk::BulkWindow;
+use crate::candidates::Candidates;
 use crate::certs::NodeTls;
 use crate::cid::endpoint_config;
 use crate::client::{lock, Client, Peer};
@@ -122,16 +123,16 @@ impl Shared {
     fn is_expected(&self, addr: SocketAddr) -> bool {
         let addr = canonical(addr);
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
-        peers.values().any(|peer| canonical(peer.addr()) == addr)
+        peers.values().any(|peer| peer.is_at(|at| canonical(at) == addr))
             || self.inbound.is_remembered(addr)
     }
 
-    /// A new peer at `addr`: no connection yet, a fresh backoff and bulk window.
-    fn new_peer(&self, id: NodeId, addr: SocketAddr) -> Arc<Peer> {
+    /// A new peer at `addrs`: no connection yet, a fresh backoff and bulk window.
+    fn new_peer(&self, id: NodeId, addrs: Candidates) -> Arc<Peer> {
         let backoff = Backoff::new(self.limits.backoff_min, self.limits.backoff_max);
         let window =
             BulkWindow::new(self.limits.bulk_window_bytes, self.limits.bulk_window_requests);
-        Arc::new(Peer::new(id, addr, backoff, window))
+        Arc::new(Peer::new(id, addrs, backoff, window))
     }
 }
 
@@ -204,7 +205,9 @@ impl Drop for Inner {
 ///   reason; nothing a peer sends can make the node panic. A peer of another wire version is
 ///   refused at the handshake with an error that says so.
 /// - **Self-healing.** A failed or lost connection is redialed on the next RPC, with capped
-///   exponential backoff between failed attempts.
+///   exponential backoff between failed attempts. When several groups (or the configuration)
+///   name different addresses for a peer, a failed dial makes the next one try the next address,
+///   the most recently set first, under the same backoff (see `members.rs`).
 ///
 /// Requests that arrive before [`QuicNetwork::serve`] installs a handler are refused. Clones
 /// share the endpoint; it closes on [`QuicNetwork::close`] or when the last clone is dropped.
@@ -372,7 +375,9 @@ impl QuicNetwork {
         {
             let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
             for (&id, &addr) in &configured {
-                peers.insert(id, shared.new_peer(id, addr));
+                if let Some(addrs) = Candidates::new([addr]) {
+                    peers.insert(id, shared.new_peer(id, addrs));
+                }
             }
         }
         let gate = Gate::new("raft", config.accept.clone(), Arc::clone(&runtime));
@@ -442,11 +447,12 @@ impl QuicNetwork {
         self.inner.local_addr
     }
 
-    /// Adds peer `id` at `addr`, or moves it there (its connection is closed and its backoff
-    /// reset), so that RPCs can be sent to it. Ignored for this node's own id and for refused
-    /// ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) A member's address
-    /// from the membership takes precedence while the membership names one (`members_changed`);
-    /// this address is used again when it stops naming one.
+    /// Adds peer `id` at `addr`, or moves it there at once (its connection is closed and its
+    /// backoff reset), so that RPCs can be sent to it. Ignored for this node's own id and for
+    /// refused ids. (Inbound connections do not depend on it: see [`QuicNetwork`].) The
+    /// addresses the memberships name (`members_changed`) are the other candidates, ranked with
+    /// this one by when each was set (see the `members` module); this address stays one while
+    /// no membership names one too.
     pub fn set_peer(&self, id: NodeId, addr: SocketAddr) {
         self.inner.members.configure(self, id, Some(addr));
     }
@@ -459,9 +465,11 @@ impl QuicNetwork {
         self.inner.members.configure(self, id, None);
     }
 
-    /// Puts peer `id` at `addr` (adds it, or moves it); false, and nothing done, for this
+    /// Puts peer `id` at the candidate addresses `addrs` (adds it, or gives it those: see
+    /// [`Candidates::replace`]; `at_once`: the application's word, a newly preferred address
+    /// is used at once even if the peer's connection works); false, and nothing done, for this
     /// node's own id and for refused ids.
-    pub(crate) fn place_peer(&self, id: NodeId, addr: SocketAddr) -> bool {
+    pub(crate) fn place_peer(&self, id: NodeId, addrs: Candidates, at_once: bool) -> bool {
         let shared = self.shared();
         if id == shared.id {
             return false;
@@ -472,9 +480,9 @@ impl QuicNetwork {
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
-            Some(peer) => peer.set_addr(addr),
+            Some(peer) => peer.set_addrs(addrs, at_once),
             None => {
-                peers.insert(id, shared.new_peer(id, addr));
+                peers.insert(id, shared.new_peer(id, addrs));
             }
         }
         true

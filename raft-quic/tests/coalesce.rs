@@ -210,6 +210,8 @@ async fn raw_peer_with_transport(
     let mut config = test_config(ca, 1, loopback());
     // Short, so that a stalled batch is given up quickly.
     config.rpc_timeout = std::time::Duration::from_millis(300);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 300 ms already).
+    config.connect_timeout = std::time::Duration::from_millis(250);
     config.max_decoded_items = RAW_PEER_MAX_ITEMS;
     configure(&mut config);
     let net = QuicNetwork::bind(config, rt.clone()).unwrap();

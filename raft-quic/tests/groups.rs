@@ -175,7 +175,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
 /// to count; in life nothing answers there, or another node does and fails the identity check),
 /// until group 1's log learns the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known limitation (found by review, not fixed): the address of the group started last wins, not the newest membership's"]
+#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address; a dead or wrong-identity old address is handled (see the two tests below)"]
 async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_order() {
     init_tracing();
     let rt = rt();
@@ -202,6 +202,225 @@ async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_ord
         "after the restart group 2's request went to node 2's old address"
     );
     for net in [net1, old, new] {
+        net.close().await;
+    }
+}
+
+/// How many heartbeats of group `group` from `view` it took until one reached node `id` (those
+/// that fail as unreachable or timed out are retried after a short pause; the 20 s bound of
+/// [`eventually`] is generous, not a speed assertion).
+async fn attempts_to_reach(view: &QuicGroupNetwork, id: NodeId, group: GroupId) -> usize {
+    let runtime = rt();
+    let mut attempts = 0;
+    let what = format!("group {group} reaches node {id}");
+    eventually(&runtime, &what, Duration::from_millis(20), || {
+        attempts += 1;
+        let request = Envelope::new(id, heartbeat(view.node_id())).with_group_id(group);
+        async move {
+            match bounded(&rt(), "a heartbeat", view.send(request)).await {
+                Ok(_) => Some(()),
+                Err(NetworkError::Unreachable { .. } | NetworkError::Timeout(_)) => None,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    attempts
+}
+
+/// The most attempts a group may need to reach the moved node: the first dial at the stale
+/// address fails (nothing answers within the connect timeout, or the identity check fails),
+/// a few more are turned away by the backoff, then the new address is dialed. Generous.
+const MOVED_NODE_ATTEMPTS: usize = 20;
+
+/// After node 1's restart, its groups hand their memberships over with the lagging group's
+/// (stale) address of node 2 set last (the order of the ignored test above): node 2's new
+/// address is named by group 2 (`new`), its old one by group 1 (`stale`). Returns how many
+/// attempts each group took to reach node 2.
+async fn reach_the_moved_node_after_a_restart(
+    ca: &ClusterCa,
+    stale: std::net::SocketAddr,
+    new: &QuicNetwork,
+) -> (QuicNetwork, Vec<usize>) {
+    let rt = rt();
+    let net1 = QuicNetwork::bind(test_config(ca, 1, loopback()), rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    g2.members_changed(&members(&[(2, new)]));
+    let stale_member = NodeInfo::with_address(stale.to_string());
+    g1.members_changed(&BTreeMap::from([(2, stale_member)]));
+    let mut attempts = Vec::new();
+    for (view, group) in [(&g1, 1), (&g2, 2)] {
+        attempts.push(attempts_to_reach(view, 2, group).await);
+    }
+    (net1, attempts)
+}
+
+/// Review finding (rev_host, LIVENESS) with nothing listening at the moved node's old address
+/// any more: after the restart order that sets the lagging group's stale address last, every
+/// group of node 1 still reaches node 2, at its new address, within a bounded number of
+/// attempts (the failed dial at the stale address makes the next one try the other candidate).
+/// (Before, every dial went to the stale address until group 1's log learned the move.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_is_reached_at_its_new_address_when_nothing_answers_at_the_old_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1, 2]);
+    // An address nothing answers at: a socket kept bound (no concurrent test can take its
+    // port), never read.
+    let (silent, stale) = silent_address();
+    let (net1, attempts) = reach_the_moved_node_after_a_restart(&ca, stale, &new).await;
+    assert!(attempts.iter().all(|&n| n <= MOVED_NODE_ATTEMPTS), "attempts by group: {attempts:?}");
+    for group in [1, 2] {
+        assert_eq!(at_new[&group].calls(), 1, "group {group}'s heartbeat at the new address");
+    }
+    for net in [net1, new] {
+        net.close().await;
+    }
+    drop(silent);
+}
+
+/// A UDP socket bound on loopback and never read, and its address: nothing answers there, and
+/// no other test can bind its port while it is held.
+fn silent_address() -> (std::net::UdpSocket, std::net::SocketAddr) {
+    let socket = std::net::UdpSocket::bind(loopback()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// One heartbeat of group `group` from `view` to node `id`, which must succeed (first try).
+async fn heartbeat_ok(view: &QuicGroupNetwork, id: NodeId, group: GroupId, what: &str) {
+    let request = Envelope::new(id, heartbeat(view.node_id())).with_group_id(group);
+    if let Err(error) = bounded(&rt(), what, view.send(request)).await {
+        panic!("{what}: {error:?}");
+    }
+}
+
+/// Review finding M1 (rev_qaddr): node 1 is connected to node 2 at its new address (named by
+/// group 2) when a lagging group 1 names node 2's old address later (a staggered restart, a
+/// group added at run time, a rolled-back membership). The working connection stays: group 2's
+/// next heartbeat goes through on it at once, no new connection. (Before, the new first
+/// candidate closed the connection, failing every group's RPCs in flight, and the next dial
+/// went to the silent old address: a connect timeout and a backoff before node 2 was reached
+/// again, longer than an election timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_connection_stays_when_another_group_names_a_stale_address_later() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1, 2]);
+    let (silent, stale) = silent_address();
+    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    g2.members_changed(&members(&[(2, &new)]));
+    heartbeat_ok(&g2, 2, 2, "group 2's first heartbeat").await;
+    assert_eq!(new.accept_stats().admitted, 1);
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(stale.to_string()))]));
+    heartbeat_ok(&g2, 2, 2, "group 2's heartbeat once group 1 named the old address").await;
+    assert_eq!(new.accept_stats().admitted, 1, "the working connection was dropped");
+    assert_eq!(at_new[&2].calls(), 2);
+    for net in [net1, new] {
+        net.close().await;
+    }
+    drop(silent);
+}
+
+/// Review finding L3 (rev_qaddr): the address the application set (`set_peer`) is the most
+/// recently set one, wherever it is put among the candidates: a membership handing over the
+/// same (old) address again does not make that address the preferred one, with or without a
+/// connection. (Before, `set_peer` put its address first and every later membership change
+/// touching the id put it last: an unchanged hand-over moved the peer to the dead address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_old_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1]);
+    let (silent, dead) = silent_address();
+    let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    let old_membership = BTreeMap::from([(2, NodeInfo::with_address(dead.to_string()))]);
+    g1.members_changed(&old_membership);
+    net1.set_peer(2, new.local_addr());
+    // No connection yet.
+    g1.members_changed(&old_membership);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the same membership, unconnected").await;
+    // Connected.
+    g1.members_changed(&old_membership);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the same membership, connected").await;
+    assert_eq!(new.accept_stats().admitted, 1);
+    assert_eq!(at_new[&1].calls(), 2);
+    for net in [net1, new] {
+        net.close().await;
+    }
+    drop(silent);
+}
+
+/// Review finding L5 (rev_qaddr), and the "moved meanwhile" branch of a failed dial: a dial at
+/// the old address that fails after the application moved the peer (`set_peer`) charges no
+/// failure to the new address (no backoff: the backoff here is long) and does not turn the next
+/// dial away from it (to the old address, still a candidate). (Before, the old dial's failure was charged after the move had reset the
+/// backoff, and the next RPC was turned away for the backoff's wait.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_address() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1]);
+    let (silent, dead) = silent_address();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.backoff_min = Duration::from_secs(30);
+    config1.backoff_max = Duration::from_secs(30);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    // Group 1 names the old address, so that it stays a candidate after the move: a failure
+    // there must not turn the next dial to it either.
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(dead.to_string()))]));
+    let move_during_the_dial = async {
+        sleep(&rt, Duration::from_millis(150)).await;
+        net1.set_peer(2, new.local_addr());
+    };
+    let request = Envelope::new(2, heartbeat(1)).with_group_id(1);
+    let (old_dial, ()) = bounded(
+        &rt,
+        "the dial at the old address",
+        futures::future::join(g1.send(request), move_during_the_dial),
+    )
+    .await;
+    assert!(old_dial.is_err(), "{old_dial:?}");
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the move").await;
+    assert_eq!(at_new[&1].calls(), 1);
+    for net in [net1, new] {
+        net.close().await;
+    }
+    drop(silent);
+}
+
+/// The same with ANOTHER node (3) listening at node 2's old address: the dial there fails the
+/// identity check (node 3's certificate does not name node 2), so node 3 never gets a request
+/// meant for node 2, and the next dial reaches node 2 at its new address, for every group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_is_reached_at_its_new_address_when_another_node_answers_at_the_old_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1, 2]);
+    let other = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
+    let at_other = serve_groups(&other, &[1, 2]);
+    let stale = other.local_addr();
+    let (net1, attempts) = reach_the_moved_node_after_a_restart(&ca, stale, &new).await;
+    assert!(attempts.iter().all(|&n| n <= MOVED_NODE_ATTEMPTS), "attempts by group: {attempts:?}");
+    for group in [1, 2] {
+        assert_eq!(at_new[&group].calls(), 1, "group {group}'s heartbeat at the new address");
+    }
+    assert_eq!(calls(&at_other), 0, "node 3 got a request meant for node 2");
+    assert_eq!(other.accept_stats().admitted, 0, "node 3 admitted node 1's dial for node 2");
+    for net in [net1, new, other] {
         net.close().await;
     }
 }

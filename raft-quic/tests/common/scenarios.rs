@@ -480,6 +480,8 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
     let mut config1 = test_config(&ca, 1, loopback());
     // Short, so that the stalled-frame case below ends quickly.
     config1.rpc_timeout = Duration::from_millis(300);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 300 ms already).
+    config1.connect_timeout = Duration::from_millis(250);
     config1.max_decoded_items = 1_000;
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let net3 = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
@@ -572,7 +574,8 @@ pub async fn malformed_frames_are_survived(rt: Arc<dyn Runtime>) {
 pub fn impatient(ca: &ClusterCa, id: NodeId, idle: Duration) -> raft_quic::QuicConfig {
     let mut config = test_config(ca, id, loopback());
     config.rpc_timeout = Duration::from_millis(300);
-    config.connect_timeout = Duration::from_millis(300);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 300 ms already).
+    config.connect_timeout = Duration::from_millis(250);
     config.keep_alive_interval = Duration::from_millis(100);
     config.idle_timeout = idle;
     config
@@ -666,6 +669,8 @@ pub async fn rpc_timeout_is_enforced(rt: Arc<dyn Runtime>) {
     let ca = ClusterCa::generate().unwrap();
     let mut config1 = test_config(&ca, 1, loopback());
     config1.rpc_timeout = Duration::from_millis(200);
+    // Below the RPC timeout, as `validate` requires (a dial had to fit in 200 ms already).
+    config1.connect_timeout = Duration::from_millis(150);
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
     net1.set_peer(2, net2.local_addr());
@@ -704,6 +709,43 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
     for net in &nets {
         net.close().await;
     }
+}
+
+/// Review finding M3 (rev_qaddr): a dial to node 2 that completes after node 1 refused node 2
+/// (its peer entry removed meanwhile) neither keeps the connection nor delivers the request:
+/// node 2's handler never runs, and node 2 ends up holding no connection of node 1.
+/// (Before, the connection was cached in the removed peer entry, the request written on it, and
+/// the connection kept open by keep-alives until the certificate expired.)
+pub async fn a_dial_completing_after_a_refusal_is_dropped(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.connect_timeout = Duration::from_secs(3);
+    config1.rpc_timeout = Duration::from_secs(5);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    proxy.block();
+    let refuse_during_the_dial = async {
+        sleep(&rt, Duration::from_millis(100)).await;
+        net1.refuse(2);
+        proxy.unblock();
+    };
+    let rpc = net1.send_to(2, heartbeat(1));
+    let (result, ()) =
+        bounded(&rt, "the RPC dialing", futures::future::join(rpc, refuse_during_the_dial)).await;
+    assert!(result.is_err(), "a refused node got the request: {result:?}");
+    assert_eq!(handler.calls(), 0);
+    eventually(&rt, "node 2 holds no connection of node 1", Duration::from_millis(20), || {
+        let connections = net2.accept_stats().connections;
+        async move { (connections == 0).then_some(()) }
+    })
+    .await;
+    net1.close().await;
+    net2.close().await;
 }
 
 /// A refused (removed) node loses its connections at once and can never connect again, with
