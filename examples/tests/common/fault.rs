@@ -315,10 +315,15 @@ async fn nemesis(
     while round < 2 || Instant::now() < until {
         round += 1;
         check_none_exited(cluster);
-        // Every node answers (a restarted one included) before the next fault, so that every
-        // node can take a partition.
+        let kind = match round {
+            1 => 0,
+            2 => 2,
+            _ => rng.next_u64() % 4,
+        };
+        // Before a partition every node answers (a restarted one included), so that every node
+        // can take it. A crash needs no such wait: it may strike a node still starting up.
         let deadline = Instant::now() + PATIENCE;
-        loop {
+        while kind >= 2 {
             let silent: Vec<NodeId> = connections
                 .statuses_of(&ids)
                 .await
@@ -355,11 +360,6 @@ async fn nemesis(
             (!victims.contains(&other)).then_some(other)
         };
         let hold = Duration::from_millis(1000 + rng.next_u64() % 2000);
-        let kind = match round {
-            1 => 0,
-            2 => 2,
-            _ => rng.next_u64() % 4,
-        };
         let minority = match kind {
             0 | 1 => {
                 // Crash the busiest leader or a random node, sometimes one more (a majority of
