@@ -19,7 +19,7 @@ use examples::kv::cluster::{
 };
 use examples::kv::protocol::{Member, MemberRequest};
 use examples::kv::shard::group_of;
-use examples::kv::{ClientOptions, Connections, KvClient};
+use examples::kv::{ClientError, ClientOptions, Connections, KvClient, NodeStatus};
 use raft_core::{GroupId, NodeId};
 
 use common::fault::{run, FaultSpec};
@@ -99,14 +99,42 @@ async fn sharded_operations_status_restart_and_refused_regroup() {
         assert!(!client.delete(key.clone()).await.unwrap());
         assert_eq!(client.get(key.clone()).await.unwrap(), None);
     }
-    let status = connections.statuses().await;
+    // Every node applied every group's writes: a group's log holds its bootstrap entry and a
+    // first leader's blank entry, then (at least) one entry per put of `keys` in the group (one
+    // client, one put at a time; other entries only add). Followers learn the last commits
+    // with the next heartbeat: wait for them.
+    let mut puts: BTreeMap<GroupId, u64> = BTreeMap::new();
+    for key in &keys {
+        *puts.entry(group_of(key.as_bytes(), GROUPS)).or_default() += 1;
+    }
+    let applied_all = |status: &[(NodeId, Result<NodeStatus, ClientError>)]| {
+        status.iter().all(|(_, answer)| {
+            answer.as_ref().is_ok_and(|answer| {
+                answer.groups.len() == GROUPS as usize
+                    && answer.groups.iter().all(|g| g.status.applied_index >= 2 + puts[&g.group])
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        let status = connections.statuses().await;
+        if applied_all(&status) || std::time::Instant::now() >= deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for (id, answer) in &status {
         let answer = answer.as_ref().unwrap();
         let hosted: Vec<GroupId> = answer.groups.iter().map(|g| g.group).collect();
         assert_eq!(hosted, [0, 1, 2, 3], "node {id} hosts every group");
         for group in &answer.groups {
-            assert_eq!(group.voters.to_vec(), ids, "group {} has every node", group.group);
-            assert!(group.status.applied_index > 1, "group {} applied writes", group.group);
+            let (g, applied) = (group.group, group.status.applied_index);
+            assert_eq!(group.voters.to_vec(), ids, "group {g} has every node");
+            assert!(
+                applied >= 2 + puts[&g],
+                "node {id} applied group {g} up to {applied}: not its {} puts",
+                puts[&g]
+            );
         }
     }
 

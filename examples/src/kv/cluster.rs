@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use raft_core::{GroupId, NodeId, Role, Term};
@@ -111,6 +111,22 @@ pub enum ClusterError {
     /// Certificates could not be generated.
     #[error(transparent)]
     Cert(#[from] raft_quic::CertError),
+    /// Node `id` is not running: it was never started, or it was killed or stopped already
+    /// (so there is nothing to kill).
+    #[error("node {id} is not running")]
+    NotRunning {
+        /// The node.
+        id: NodeId,
+    },
+    /// Node `id`'s process exited on its own (neither killed nor stopped by the cluster): it
+    /// is not restarted behind the caller's back, nor reported as killed.
+    #[error("node {id} exited on its own ({status})")]
+    Exited {
+        /// The node.
+        id: NodeId,
+        /// How its process ended.
+        status: ExitStatus,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -318,10 +334,15 @@ impl ProcessCluster {
         args
     }
 
-    /// Starts node `id` (again), appending its output to its log file.
+    /// Starts node `id` (again), appending its output to its log file. Nothing to do if it
+    /// runs. A process that exited on its own is an error ([`ClusterError::Exited`]), not
+    /// restarted: to start such a node again, [`stop`](ProcessCluster::stop) it first.
     pub fn spawn(&mut self, id: NodeId) -> Result<(), ClusterError> {
         if self.is_running(id) {
             return Ok(());
+        }
+        if let Some(status) = self.exit_status(id) {
+            return Err(ClusterError::Exited { id, status });
         }
         let log_path = self.log_path(id);
         let log = OpenOptions::new()
@@ -358,17 +379,31 @@ impl ProcessCluster {
         }
     }
 
+    /// How node `id`'s process ended, if it exited on its own: neither killed nor stopped by
+    /// the cluster (a crash, a panic, a fatal error). `None` while it runs, and for a node
+    /// killed, stopped or never started.
+    pub fn exit_status(&mut self, id: NodeId) -> Option<ExitStatus> {
+        self.children.get_mut(&id).and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// The ids of the running nodes.
     pub fn running(&mut self) -> Vec<NodeId> {
         self.ids().into_iter().filter(|&id| self.is_running(id)).collect()
     }
 
-    /// Kills node `id` with SIGKILL (no chance to clean up) and reaps it.
+    /// Kills node `id` with SIGKILL (no chance to clean up) and reaps it. An error if there
+    /// was nothing to kill: [`ClusterError::NotRunning`] if it was not started (or was killed
+    /// or stopped already), [`ClusterError::Exited`] if its process had exited on its own
+    /// (reaped: [`spawn`](ProcessCluster::spawn) starts it again).
     pub fn kill(&mut self, id: NodeId) -> Result<(), ClusterError> {
-        if let Some(mut child) = self.children.remove(&id) {
-            let _ = child.kill();
-            child.wait().map_err(io(format!("reaping node {id}")))?;
+        let Some(mut child) = self.children.remove(&id) else {
+            return Err(ClusterError::NotRunning { id });
+        };
+        if let Some(status) = child.try_wait().map_err(io(format!("waiting for node {id}")))? {
+            return Err(ClusterError::Exited { id, status });
         }
+        child.kill().map_err(io(format!("killing node {id}")))?;
+        child.wait().map_err(io(format!("reaping node {id}")))?;
         Ok(())
     }
 
@@ -588,5 +623,52 @@ pub fn finish_demo<T, E: std::fmt::Display>(
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A cluster of one "node" that runs `script` under `sh` (the node flags are its ignored
+    /// arguments): certificates and ports as for a real node, but no kv-node.
+    fn cluster_running(script: &str) -> ProcessCluster {
+        let launcher = Launcher {
+            program: "/bin/sh".into(),
+            prefix: vec!["-c".into(), script.into(), "sh".into()],
+        };
+        let spec = ClusterSpec { nodes: 1, ..ClusterSpec::default() };
+        ProcessCluster::start(launcher, spec).unwrap()
+    }
+
+    #[test]
+    fn killing_a_node_that_is_not_running_is_an_error() {
+        let mut cluster = cluster_running("sleep 60");
+        assert!(cluster.is_running(1));
+        cluster.kill(1).unwrap();
+        assert!(matches!(cluster.kill(1), Err(ClusterError::NotRunning { id: 1 })));
+        assert!(matches!(cluster.kill(2), Err(ClusterError::NotRunning { id: 2 })));
+        assert_eq!(cluster.exit_status(1), None, "a killed node did not exit on its own");
+        cluster.spawn(1).unwrap();
+        assert!(cluster.is_running(1));
+    }
+
+    #[test]
+    fn a_node_that_exited_on_its_own_is_reported_not_restarted() {
+        let mut cluster = cluster_running("exit 3");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.exit_status(1).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(cluster.exit_status(1).and_then(|s| s.code()), Some(3));
+        let exited = |e: Result<(), ClusterError>| match e {
+            Err(ClusterError::Exited { id: 1, status }) => status.code() == Some(3),
+            _ => false,
+        };
+        assert!(exited(cluster.spawn(1)), "a node that exited is not restarted silently");
+        assert!(exited(cluster.kill(1)), "a node that exited is not reported killed");
+        // Reaped by the failed kill: it can be started again.
+        cluster.spawn(1).unwrap();
     }
 }
