@@ -603,6 +603,10 @@ fn observe_group(
     Ok(status)
 }
 
+#[cfg(test)]
+#[path = "multi_tests.rs"]
+mod tests;
+
 /// `violation`, naming the group it happened in.
 fn in_group(group: GroupId, mut violation: Violation) -> Violation {
     violation.detail = format!("group {group}: {}", violation.detail);
