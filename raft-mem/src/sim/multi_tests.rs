@@ -2,6 +2,7 @@
 //! known-bad message, goes through the same path as everything a run observes, and the run must
 //! report it, naming the group. Deleting the disk feed of `MultiSimulation::observe` fails the
 //! first test; deleting its oracle-findings loop (or the network's observer) fails the second.
+//! The convergence check (review M1) must catch a node that stays behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
@@ -59,4 +60,27 @@ fn a_message_ahead_of_its_senders_disk_fails_the_run_in_its_group() {
     let failure = sim.run_for(Duration::from_millis(100)).unwrap_err();
     assert_eq!(failure.violation.invariant, "durability at the message boundary", "{failure}");
     assert!(failure.violation.detail.starts_with("group 2: node 1 sent RequestVote"), "{failure}");
+}
+
+#[test]
+fn a_node_that_stays_behind_fails_the_convergence_check() {
+    let mut sim = started(46);
+    // Node 3 stops (paused, its clock running on) while the others acknowledge more writes:
+    // it misses them, and nothing brings it back before the check.
+    sim.pause(3);
+    let groups = sim.group_ids();
+    sim.require_progress(&groups, "with node 3 paused").unwrap();
+    let failure = sim.require_convergence().unwrap_err();
+    let detail = &failure.violation.detail;
+    assert_eq!(
+        failure.violation.invariant,
+        "every acknowledged write is at its index on every node after the heal",
+        "{failure}"
+    );
+    assert!(detail.contains("missing on node 3"), "{failure}");
+    // Healed, it catches up: the same check passes, over every acknowledged write.
+    sim.heal().unwrap();
+    sim.require_convergence().unwrap();
+    let stats = sim.stats();
+    assert_eq!(stats.converged_writes, stats.acknowledged.values().sum::<u64>(), "{stats:?}");
 }
