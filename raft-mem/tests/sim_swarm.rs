@@ -253,6 +253,8 @@ fn multi_run(seed: u64, draws: MultiDraws) -> Outcome {
     add(&TOTALS.multi_reads, stats.reads.values().map(|r| r.ok).sum());
     add(&TOTALS.multi_follower_reads, stats.reads.values().map(|r| r.ok_on_followers).sum());
     add(&TOTALS.multi_fault_reads, stats.reads.values().map(|r| r.ok_during_faults).sum());
+    add(&TOTALS.multi_converged, stats.converged_writes);
+    add(&TOTALS.multi_failed_writes, stats.failed_writes);
     add(&TOTALS.multi_runs, 1);
     add(&TOTALS.multi_groups, draws.groups);
     add(&TOTALS.multi_looped, u64::from(draws.host_loop));
@@ -329,6 +331,8 @@ struct Totals {
     multi_reads: AtomicU64,
     multi_follower_reads: AtomicU64,
     multi_fault_reads: AtomicU64,
+    multi_converged: AtomicU64,
+    multi_failed_writes: AtomicU64,
     quiesce_events: AtomicU64,
     quiesced_group_ms: AtomicU64,
     quiet_leaders_lost: AtomicU64,
@@ -547,7 +551,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability, {} reads answered ({} on followers, {} during faults); quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability, {} reads answered ({} on followers, {} during faults), {} acknowledged writes found on every node after the last heal, {} writes certainly not applied; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -575,6 +579,8 @@ fn shard(index: u64) {
         n(&t.multi_reads),
         n(&t.multi_follower_reads),
         n(&t.multi_fault_reads),
+        n(&t.multi_converged),
+        n(&t.multi_failed_writes),
         n(&t.quiesce_events),
         n(&t.quiesced_group_ms) / 1_000,
         n(&t.wakes_by_clients),
