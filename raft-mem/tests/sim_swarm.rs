@@ -47,7 +47,8 @@ use std::time::Duration;
 use raft_core::{Config, EntryPayload, MembershipChange, NodeId, NodeInfo};
 use raft_mem::sim::{
     random_link_faults, ClientOptions, ConfigHook, DiskFaults, FaultSchedule, LivenessBounds,
-    MultiSimConfig, MultiSimulation, NodeClock, Simulation, SimulationConfig, StateMachineFaults,
+    MultiSimConfig, MultiSimulation, NodeClock, SimFailure, Simulation, SimulationConfig,
+    StateMachineFaults, Violation,
 };
 use raft_mem::LinkFaults;
 use sim_support::*;
@@ -236,6 +237,24 @@ fn multi_run(seed: u64, draws: MultiDraws) -> Outcome {
     let mut sim = MultiSimulation::new(config)?;
     sim.run_faults(draws.rounds)?;
     let stats = sim.stats();
+    // Every group answered reads (`run_faults` requires some after the last heal, on the
+    // leader and on a follower): a seed whose reads all failed checked writes only, which are
+    // always linearizable.
+    for group in sim.group_ids() {
+        let reads = stats.reads.get(&group).copied().unwrap_or_default();
+        if reads.ok == 0 || reads.ok_on_followers == 0 {
+            let violation = Violation {
+                invariant: "every group answers reads (the linearizability check is not vacuous)",
+                detail: format!("group {group}: {reads:?}"),
+            };
+            return Err(SimFailure { seed, at: sim.runtime.now(), violation });
+        }
+    }
+    add(&TOTALS.multi_reads, stats.reads.values().map(|r| r.ok).sum());
+    add(&TOTALS.multi_follower_reads, stats.reads.values().map(|r| r.ok_on_followers).sum());
+    add(&TOTALS.multi_fault_reads, stats.reads.values().map(|r| r.ok_during_faults).sum());
+    add(&TOTALS.multi_converged, stats.converged_writes);
+    add(&TOTALS.multi_failed_writes, stats.failed_writes);
     add(&TOTALS.multi_runs, 1);
     add(&TOTALS.multi_groups, draws.groups);
     add(&TOTALS.multi_looped, u64::from(draws.host_loop));
@@ -309,6 +328,11 @@ struct Totals {
     multi_groups: AtomicU64,
     multi_looped: AtomicU64,
     multi_operations: AtomicU64,
+    multi_reads: AtomicU64,
+    multi_follower_reads: AtomicU64,
+    multi_fault_reads: AtomicU64,
+    multi_converged: AtomicU64,
+    multi_failed_writes: AtomicU64,
     quiesce_events: AtomicU64,
     quiesced_group_ms: AtomicU64,
     quiet_leaders_lost: AtomicU64,
@@ -527,7 +551,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability, {} reads answered ({} on followers, {} during faults), {} acknowledged writes found on every node after the last heal, {} writes certainly not applied; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -552,6 +576,11 @@ fn shard(index: u64) {
         n(&t.multi_looped),
         n(&t.multi_groups),
         n(&t.multi_operations),
+        n(&t.multi_reads),
+        n(&t.multi_follower_reads),
+        n(&t.multi_fault_reads),
+        n(&t.multi_converged),
+        n(&t.multi_failed_writes),
         n(&t.quiesce_events),
         n(&t.quiesced_group_ms) / 1_000,
         n(&t.wakes_by_clients),

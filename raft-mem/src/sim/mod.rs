@@ -151,6 +151,7 @@ pub use executor::{NodeClock, SimRuntime, Sleep};
 pub use history::{History, OpOutcome, OpRecord, PendingOp};
 pub use liveness::LivenessBounds;
 pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};
+pub use multi_clients::GroupReads;
 pub use multi_quiet::QuiescenceStats;
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};

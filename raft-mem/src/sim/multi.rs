@@ -4,25 +4,32 @@
 //! all. Every group has its own disks and its own [`InvariantChecker`], fed as a single-group
 //! [`Simulation`](super::Simulation) feeds its one, the message-boundary oracle checks every
 //! message against its sender's disk of the message's group, each group's client history is
-//! checked for linearizability at the end of a run, and a starvation check requires every group
-//! with a connected majority to make progress within one liveness bound. Idle phases let groups
+//! checked for linearizability at the end of a run (every group must have answered reads, on its
+//! followers too, for that check to mean something), every node must hold every acknowledged
+//! write of every group at its index after the last heal, and a starvation check requires every
+//! group with a connected majority to make progress within one liveness bound. Idle phases let groups
 //! quiesce (`Config::quiesce_idle`, on in odd seeds), and what quiescence did is counted and
 //! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`). A node's host runs each group
 //! as its own main-loop task, or every group's steps in one host loop
 //! ([`MultiSimConfig::host_loop`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use raft_core::{
-    Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Status, Term,
+    Bytes, Config, GroupId, HardState, Host, LogIndex, Membership, Node, NodeId, Role, Status, Term,
 };
 
 use super::checker::{InvariantChecker, Violation};
 use super::disk::{DiskFaults, InFlight, SimDisk};
 use super::executor::SimRuntime;
-use super::multi_clients::{check_history, spawn_clients, ClientBoard, GroupHistory, GroupNode};
+use super::history::{OpOutcome, OpRecord};
+use super::multi_clients::{
+    check_history, command_of, spawn_clients, ClientBoard, GroupHistory, GroupNode, GroupReads,
+    RegisterOp,
+};
 use super::multi_quiet::{QuiescenceStats, QuietWatch};
 use super::observe::{check_digest, commit_durable, feed_disk, feed_events};
 use super::recorder::{lock, Observed, Record, Registry, StateMachineFaults};
@@ -34,6 +41,9 @@ use crate::{LinkFaults, MemNetwork};
 /// The `quiesce_check_interval` of the seeds that quiesce idle groups: short, so that a
 /// quiesced follower whose leader vanished wakes within 3 s and the runs stay short.
 const QUIESCE_CHECK_INTERVAL: Duration = Duration::from_millis(1_000);
+
+/// How often the convergence check looks whether every node applied every acknowledged write.
+const CONVERGE_POLL: Duration = Duration::from_millis(100);
 
 /// How to build a [`MultiSimulation`].
 #[derive(Debug, Clone)]
@@ -96,6 +106,20 @@ pub struct MultiSimStats {
     pub acknowledged: BTreeMap<GroupId, u64>,
     /// Client operations whose histories were checked for linearizability (all groups).
     pub operations_checked: u64,
+    /// What each group's reader got: reads answered (on followers, during faults) and failed.
+    pub reads: BTreeMap<GroupId, GroupReads>,
+    /// Read checks passed (every group answered reads on its leader and on a follower within
+    /// the bound, after the last heal).
+    pub read_checks: u64,
+    /// Acknowledged writes the convergence check found at their index on every node of their
+    /// group (all groups).
+    pub converged_writes: u64,
+    /// Writes recorded as certainly not applied (refused, or dropped before they committed):
+    /// the linearizability check holds the library to it (all groups).
+    pub failed_writes: u64,
+    /// Messages the message-boundary oracle checked against their sender's disk of their
+    /// group (requests and responses; a message it could not place fails the run).
+    pub messages_checked: u64,
     /// What quiescence did (all zero when it is off).
     pub quiescence: QuiescenceStats,
 }
@@ -228,6 +252,8 @@ impl MultiSimulation {
     pub fn stats(&self) -> MultiSimStats {
         let mut stats = self.stats.clone();
         stats.acknowledged = lock(&self.board.acknowledged).clone();
+        stats.reads = lock(&self.board.reads).clone();
+        stats.messages_checked = self.oracle.counts().0;
         stats.quiescence = self.quiet.stats.clone();
         stats
     }
@@ -327,6 +353,13 @@ impl MultiSimulation {
         &self.oracle
     }
 
+    /// A fault of a round is in force from now on (until the heal): the reads that begin
+    /// meanwhile are counted as reads during faults.
+    pub(super) fn fault_begins(&mut self) {
+        self.quiet.fault_active = true;
+        self.board.faulted.store(true, Ordering::SeqCst);
+    }
+
     /// Counts a partition the rounds set.
     pub(super) fn count_partition(&mut self) {
         self.stats.partitions += 1;
@@ -362,6 +395,7 @@ impl MultiSimulation {
             self.start(id)?;
         }
         self.quiet.fault_active = false;
+        self.board.faulted.store(false, Ordering::SeqCst);
         self.set_idle([]);
         Ok(())
     }
@@ -389,14 +423,15 @@ impl MultiSimulation {
             let bootstrap = disk.hard_state().current_term == 0;
             let (log, snapshots) = disk.attach();
             let registry = self.checks.get(&group).map(|c| c.registry.clone()).unwrap_or_default();
+            let recording = RecordingStateMachine::new();
             let state_machine = Observed::new(
-                RecordingStateMachine::new(),
+                recording.clone(),
                 (node_runtime.clone(), mix(self.seed, 0x6_3000 + id * 1_000 + group)),
                 Arc::new(Mutex::new(StateMachineFaults::default())),
                 registry,
                 None,
             );
-            records.insert(group, (state_machine.record(), state_machine.handle()));
+            records.insert(group, (state_machine.record(), state_machine.handle(), recording));
             let builder =
                 Node::builder(config, log, endpoint.clone(), state_machine, node_runtime.clone())
                     .snapshot_store(snapshots);
@@ -430,10 +465,10 @@ impl MultiSimulation {
         self.network.serve(id, Arc::new(host.clone()));
         let mut board = lock(&self.board.nodes);
         let mut recorded = BTreeMap::new();
-        for (group, (record, state_machine)) in records {
+        for (group, (record, state_machine, recording)) in records {
             if let Some(node) = host.group(group) {
-                board
-                    .insert((group, id), GroupNode { node, record: record.clone(), state_machine });
+                let record = record.clone();
+                board.insert((group, id), GroupNode { node, record, state_machine, recording });
             }
             recorded.insert(group, record);
         }
@@ -496,6 +531,13 @@ impl MultiSimulation {
                 findings.feed(&mut check.checker).map_err(|v| in_group(group, v))?;
             }
         }
+        let unplaced = self.oracle.counts().1;
+        if unplaced > 0 {
+            return Err(Violation {
+                invariant: "every message is checked against its sender's disk of its group",
+                detail: format!("{unplaced} messages came from a node with no disk of their group"),
+            });
+        }
         if let Some(error) = self.network.take_wire_errors().into_iter().next() {
             return Err(Violation {
                 invariant: "messages survive their wire encoding",
@@ -515,6 +557,10 @@ impl MultiSimulation {
         for (&group, check) in &self.checks {
             let history = check.history.records();
             self.stats.operations_checked += history.len() as u64;
+            let failed = |r: &&OpRecord<RegisterOp, _>| {
+                matches!((r.op, &r.outcome), (RegisterOp::Write(_), OpOutcome::Failed))
+            };
+            self.stats.failed_writes += history.iter().filter(failed).count() as u64;
             check_history(group, &history).map_err(|violation| self.fail(violation))?;
         }
         Ok(())
@@ -562,6 +608,124 @@ impl MultiSimulation {
         self.stats.progress_checks += 1;
         Ok(())
     }
+
+    /// The read check: runs until each of `groups` has answered at least one more read begun
+    /// on its leader and (with more than one node) one more begun on a follower, and fails
+    /// naming the groups that did not within the liveness bound. Call it only while those
+    /// groups have every node up, a healthy network and running clients: a reader asks each
+    /// node in turn, so both come within a few reads.
+    pub fn require_reads(&mut self, groups: &[GroupId], why: &str) -> Result<(), SimFailure> {
+        let before = lock(&self.board.reads).clone();
+        let followers = self.nodes.len() > 1;
+        let board = self.board.clone();
+        let groups = groups.to_vec();
+        let behind = move || -> Vec<GroupId> {
+            let now = lock(&board.reads);
+            let reads = |reads: &BTreeMap<GroupId, GroupReads>, g| {
+                let counts = reads.get(&g).copied().unwrap_or_default();
+                (counts.ok - counts.ok_on_followers, counts.ok_on_followers)
+            };
+            let short = |g: &GroupId| {
+                let ((leader, follower), (leader_0, follower_0)) =
+                    (reads(&now, *g), reads(&before, *g));
+                leader <= leader_0 || (followers && follower <= follower_0)
+            };
+            groups.iter().copied().filter(short).collect()
+        };
+        let runtime = self.runtime.clone();
+        let waiting = behind.clone();
+        let done = runtime.run_until(self.bound, || self.check_step(), || waiting().is_empty());
+        self.outcome()?;
+        if !done {
+            let short = behind();
+            return Err(self.fail(Violation {
+                invariant: "every group answers linearizable reads, on its leader and its followers",
+                detail: format!(
+                    "groups {short:?} did not answer a read on their leader and one on a follower within {:?} {why}",
+                    self.bound
+                ),
+            }));
+        }
+        self.stats.read_checks += 1;
+        Ok(())
+    }
+
+    /// The convergence check, after the last heal (every node up, the network healthy): the
+    /// clients stand still, and within the liveness bound every node of every group must hold
+    /// every write acknowledged to the group's clients in its state machine, at one index, the
+    /// same on every node (as the single-group scenarios check after healing). The clients run
+    /// again afterwards.
+    pub fn require_convergence(&mut self) -> Result<(), SimFailure> {
+        self.set_idle(self.groups.clone());
+        let deadline = self.runtime.now() + self.bound;
+        let outcome = loop {
+            let outcome = self.converged();
+            if outcome.is_ok() || self.runtime.now() >= deadline {
+                break outcome;
+            }
+            self.run_for(CONVERGE_POLL)?;
+        };
+        self.set_idle([]);
+        match outcome {
+            Ok(writes) => {
+                self.stats.converged_writes += writes;
+                Ok(())
+            }
+            Err(detail) => Err(self.fail(Violation {
+                invariant: "every acknowledged write is at its index on every node after the heal",
+                detail: format!("after {:?}: {detail}", self.bound),
+            })),
+        }
+    }
+
+    /// How many acknowledged writes every node of their group holds, each at one index, the
+    /// same on every node; or the first that one does not.
+    fn converged(&self) -> Result<u64, String> {
+        let nodes = lock(&self.board.nodes);
+        let mut writes = 0;
+        for (&group, check) in &self.checks {
+            let mut applied = Vec::new();
+            for &id in &self.nodes {
+                let Some(member) = nodes.get(&(group, id)) else {
+                    return Err(format!("group {group}: node {id} is not running"));
+                };
+                let mut at: BTreeMap<Bytes, u64> = BTreeMap::new();
+                for (index, command) in member.recording.commands() {
+                    if let Some(first) = at.insert(command.clone(), index) {
+                        return Err(format!(
+                            "group {group}: node {id} applied {command:?} twice, at {first} and {index}"
+                        ));
+                    }
+                }
+                applied.push((id, at));
+            }
+            for record in check.history.records() {
+                let (RegisterOp::Write(value), OpOutcome::Ok(_)) = (record.op, &record.outcome)
+                else {
+                    continue;
+                };
+                let command = command_of(group, value);
+                let mut seen: Option<(NodeId, u64)> = None;
+                for (id, at) in &applied {
+                    let Some(&index) = at.get(&command) else {
+                        return Err(format!(
+                            "group {group}: acknowledged write {command:?} missing on node {id}"
+                        ));
+                    };
+                    match seen {
+                        Some((other, first)) if first != index => {
+                            return Err(format!(
+                                "group {group}: acknowledged write {command:?} at index {first} on node {other}, at {index} on node {id}"
+                            ))
+                        }
+                        _ => seen = Some((*id, index)),
+                    }
+                }
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
 }
 
 /// Feeds what node incarnation `at` of group `group` shows (its status, its state machine's
@@ -602,6 +766,10 @@ fn observe_group(
     })?;
     Ok(status)
 }
+
+#[cfg(test)]
+#[path = "multi_tests.rs"]
+mod tests;
 
 /// `violation`, naming the group it happened in.
 fn in_group(group: GroupId, mut violation: Violation) -> Violation {

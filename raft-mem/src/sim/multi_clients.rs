@@ -7,12 +7,12 @@
 //! and, with `Config::quiesce_idle`, quiesces.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use raft_core::{Bytes, GroupId, Node, NodeId, Role};
+use raft_core::{Bytes, CommitError, GroupId, Node, NodeId, Role, WriteError};
 
 use super::checker::Violation;
 use super::executor::SimRuntime;
@@ -107,10 +107,29 @@ pub(crate) fn check_history(
     Err(Violation { invariant: "each group's client history is linearizable", detail })
 }
 
-/// The value of a command written by a client (`g<group>-<value>`).
-fn value_of(command: &[u8]) -> Option<u64> {
+/// The command a client writes to group `group` for `value` (`g<group>-<value>`).
+pub(crate) fn command_of(group: GroupId, value: u64) -> Bytes {
+    Bytes::from(format!("g{group}-{value}"))
+}
+
+/// The group and the value of a command written by a client (`g<group>-<value>`).
+fn parse_command(command: &[u8]) -> Option<(GroupId, u64)> {
     let text = std::str::from_utf8(command).ok()?;
-    text.split_once('-')?.1.parse().ok()
+    let (group, value) = text.strip_prefix('g')?.split_once('-')?;
+    Some((group.parse().ok()?, value.parse().ok()?))
+}
+
+/// What a group's reader got, over a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupReads {
+    /// Reads answered (recorded [`OpOutcome::Ok`] and checked for linearizability).
+    pub ok: u64,
+    /// Of those, the reads asked of a node that was not the group's leader when the read began.
+    pub ok_on_followers: u64,
+    /// Of those, the reads that began while a fault of a round was in force (before its heal).
+    pub ok_during_faults: u64,
+    /// Reads that failed or timed out (recorded [`OpOutcome::Failed`]: left out of the check).
+    pub failed: u64,
 }
 
 /// A node of a group, as the clients reach it.
@@ -119,6 +138,9 @@ pub(crate) struct GroupNode {
     pub(crate) node: Node,
     pub(crate) record: Record,
     pub(crate) state_machine: StateMachineHandle<RecordingStateMachine>,
+    /// A handle on the same state machine's record of what it applied, readable without its
+    /// lock (for the convergence check at the end of a run).
+    pub(crate) recording: RecordingStateMachine,
 }
 
 /// Where the clients find the groups' nodes, and what they report.
@@ -126,6 +148,10 @@ pub(crate) struct GroupNode {
 pub(crate) struct ClientBoard {
     pub(crate) nodes: Mutex<BTreeMap<(GroupId, NodeId), GroupNode>>,
     pub(crate) acknowledged: Mutex<BTreeMap<GroupId, u64>>,
+    /// What each group's reader got.
+    pub(crate) reads: Mutex<BTreeMap<GroupId, GroupReads>>,
+    /// Whether a fault of a round is in force (set when it is injected, cleared by the heal).
+    pub(crate) faulted: AtomicBool,
     /// What a client saw that no correct cluster shows: a write answered other than by the
     /// state machine's answer to its command, a read index the state did not reach.
     pub(crate) violations: Mutex<Vec<Violation>>,
@@ -216,12 +242,15 @@ async fn write_once(
         return;
     };
     let value = board.next_value.fetch_add(1, Ordering::SeqCst);
-    let command = Bytes::from(format!("g{group}-{value}"));
+    let command = command_of(group, value);
     let pending = history.call(0, RegisterOp::Write(value), runtime.now());
     let write = leader.write(command.clone()).fuse();
     let timeout = runtime.sleep_for(OPERATION_TIMEOUT).fuse();
     futures::pin_mut!(write, timeout);
-    // Whatever went wrong, the write may still be applied later: its outcome is unknown.
+    // A refused proposal was never appended and a dropped entry was overwritten before it
+    // committed: neither is ever applied (recorded failed, the checker holds the library to
+    // it, as the single-group client does). Whatever else went wrong, the write may still be
+    // applied later: its outcome is unknown.
     let outcome = futures::select! {
         answer = write => match answer {
             Ok(answer) if answer == command => {
@@ -234,6 +263,9 @@ async fn write_once(
                     format!("group {group}: write {command:?} answered {answer:?}"),
                 );
                 OpOutcome::Unknown
+            }
+            Err(WriteError::Refused(_) | WriteError::Failed(CommitError::Dropped { .. })) => {
+                OpOutcome::Failed
             }
             Err(_) => OpOutcome::Unknown,
         },
@@ -259,6 +291,9 @@ async fn read_once(
     let Some((id, target)) = nodes.get((turn % nodes.len().max(1) as u64) as usize).cloned() else {
         return;
     };
+    // Where and when the read begins, for the counts of reads answered.
+    let on_follower = target.node.status().role != Role::Leader;
+    let during_fault = board.faulted.load(Ordering::SeqCst);
     let pending = history.call(1, RegisterOp::Read, runtime.now());
     let read = async {
         let index = target.node.read_index().await.ok()?;
@@ -270,8 +305,18 @@ async fn read_once(
                 format!("group {group}: node {id} returned read index {index} with its state at {state_end}"),
             );
         }
-        let last = state_machine.commands().last().map(|(_, command)| value_of(command));
-        Some(last.flatten())
+        let Some((at, command)) = state_machine.commands().pop() else { return Some(None) };
+        // A group's state machine holds only its own clients' commands.
+        match parse_command(&command) {
+            Some((of, value)) if of == group => Some(Some(value)),
+            _ => {
+                board.report(
+                    "a group applies only its own clients' commands",
+                    format!("group {group}: node {id} applied {command:?} at {at}"),
+                );
+                None
+            }
+        }
     };
     let timeout = runtime.sleep_for(OPERATION_TIMEOUT).fuse();
     let read = read.fuse();
@@ -280,6 +325,17 @@ async fn read_once(
         value = read => value.map_or(OpOutcome::Failed, |v| OpOutcome::Ok(RegisterOutput::Read(v))),
         () = timeout => OpOutcome::Failed,
     };
+    {
+        let mut reads = lock(&board.reads);
+        let counts = reads.entry(group).or_default();
+        if matches!(outcome, OpOutcome::Ok(_)) {
+            counts.ok += 1;
+            counts.ok_on_followers += u64::from(on_follower);
+            counts.ok_during_faults += u64::from(during_fault);
+        } else {
+            counts.failed += 1;
+        }
+    }
     pending.finish(outcome, runtime.now());
 }
 
@@ -316,7 +372,9 @@ mod tests {
 
     #[test]
     fn commands_carry_their_value() {
-        assert_eq!(value_of(b"g3-42"), Some(42));
-        assert_eq!(value_of(b"noise"), None);
+        assert_eq!(parse_command(b"g3-42"), Some((3, 42)));
+        assert_eq!(parse_command(&command_of(12, 7)), Some((12, 7)));
+        assert_eq!(parse_command(b"3-42"), None);
+        assert_eq!(parse_command(b"noise"), None);
     }
 }

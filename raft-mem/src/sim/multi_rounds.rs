@@ -49,6 +49,10 @@ impl MultiSimulation {
     /// leader's node the fault crashes, cuts off or pauses must elect a new leader within the
     /// bound of ARCHITECTURE.md (checked, and counted in [`QuiescenceStats`](super::QuiescenceStats)).
     /// A run with quiescence on that saw no node quiesce fails: the check would be vacuous.
+    /// After the last heal every group must answer reads on its leader and on a follower
+    /// ([`MultiSimulation::require_reads`]: a history of writes only is always linearizable)
+    /// and every node must hold every acknowledged write at its index
+    /// ([`MultiSimulation::require_convergence`]), each within the liveness bound.
     pub fn run_faults(&mut self, rounds: u64) -> Result<(), SimFailure> {
         let mut dice = Dice(mix(self.seed(), 0xfa17));
         for round in 0..rounds {
@@ -60,6 +64,8 @@ impl MultiSimulation {
             self.heal()?;
             self.require_progress(&self.group_ids(), "after the cluster healed")?;
         }
+        self.require_reads(&self.group_ids(), "after the last heal")?;
+        self.require_convergence()?;
         if self.quiesce_check_interval().is_some() && self.quiet.stats.quiesce_events == 0 {
             return Err(self.fail(Violation {
                 invariant: "the simulation exercises quiescence where it is on",
@@ -207,7 +213,7 @@ impl MultiSimulation {
     /// Injects the fault of a round (hitting `prefer`, if given, among others) and returns it
     /// with the nodes it hit.
     fn inject(&mut self, dice: &mut Dice, prefer: Option<NodeId>) -> (Fault, BTreeSet<NodeId>) {
-        self.quiet.fault_active = true;
+        self.fault_begins();
         let nodes = self.node_ids();
         if dice.chance(20) {
             for &id in &nodes {

@@ -88,6 +88,10 @@ struct WireState {
     /// When each node last acknowledged a quiesce-marked AppendEntries of each group (the mark
     /// its fallback deadline counts from, if it quiesced).
     marks: BTreeMap<(GroupId, NodeId), Duration>,
+    /// Messages checked against their sender's disk (requests and responses).
+    checked: u64,
+    /// Messages whose sender has no disk of the message's group here: left unchecked.
+    unplaced: u64,
 }
 
 /// Checks every message against its sender's [`SimDisk`] of the message's group.
@@ -129,6 +133,13 @@ impl WireOracle {
     /// holds, a snapshot on its way).
     pub(crate) fn match_progress(&self) -> u64 {
         lock(&self.state).match_progress
+    }
+
+    /// How many messages were checked against their sender's disk, and how many could not be
+    /// (no disk of the message's group is known for the sender: the message went unchecked).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let state = lock(&self.state);
+        (state.checked, state.unplaced)
     }
 
     /// When node `id` last acknowledged a quiesce-marked AppendEntries of group `group`.
@@ -185,7 +196,11 @@ impl WireObserver for WireOracle {
             let (at, tag) = (self.runtime.now(), group_tag(group));
             trace.push(format!("{at:>12?} {tag}{from}->{to} {}", describe(request)));
         }
-        let Some(disk) = state.disks.get(&(from, group)).cloned() else { return };
+        let Some(disk) = state.disks.get(&(from, group)).cloned() else {
+            state.unplaced += 1;
+            return;
+        };
+        state.checked += 1;
         let outcome = check_request(from, request, &disk);
         self.record(&mut state, group, outcome, from);
         let leads = matches!(
@@ -240,7 +255,11 @@ impl WireObserver for WireOracle {
                 state.marks.insert((group, to), self.runtime.now());
             }
         }
-        let Some(disk) = state.disks.get(&(to, group)).cloned() else { return };
+        let Some(disk) = state.disks.get(&(to, group)).cloned() else {
+            state.unplaced += 1;
+            return;
+        };
+        state.checked += 1;
         let outcome = check_response(to, request, response, delivered, &disk);
         self.record(&mut state, group, outcome, to);
     }
