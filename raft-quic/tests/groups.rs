@@ -327,6 +327,45 @@ async fn a_working_connection_stays_when_another_group_names_a_stale_address_lat
     drop(silent);
 }
 
+/// Review finding M-A (second review of qaddr): node 2 is reachable at its configured address
+/// A (here through a proxy) and at B; node 1 is connected at A when the membership of group 1
+/// names B (node 2 moved, the membership committed). Node 1 probes B in the background and
+/// moves there once the dial succeeds, so when the operator retires A (a firewall dropping
+/// every datagram) the next heartbeat goes through at B at once. (Before, the working
+/// connection at A was kept until it failed: every RPC timed out until the idle timeout, and
+/// elections broke out everywhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    assert_eq!(new.accept_stats().admitted, 1);
+    g1.members_changed(&members(&[(2, &new)]));
+    eventually(&rt, "node 1 dials node 2 at its new address", Duration::from_millis(10), || {
+        let admitted = new.accept_stats().admitted;
+        async move { (admitted == 2).then_some(()) }
+    })
+    .await;
+    // The dial completed on node 2's side; give node 1's side a moment to take it up.
+    sleep(&rt, Duration::from_millis(200)).await;
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the membership named the new address").await;
+    proxy.block();
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
+    assert_eq!(at_new[&1].calls(), 3);
+    assert_eq!(new.accept_stats().admitted, 2, "one dial at the new address");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
 /// Review finding L3 (rev_qaddr): the address the application set (`set_peer`) is the most
 /// recently set one, wherever it is put among the candidates: a membership handing over the
 /// same (old) address again does not make that address the preferred one, with or without a
