@@ -234,7 +234,7 @@ fn transport_config(
     peer_streams: u32,
 ) -> Result<TransportConfig, QuicConfigError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| QuicConfigError { field: "idle_timeout", reason: "is too large" })?;
+        .map_err(|_| QuicConfigError::new("idle_timeout", "is too large"))?;
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
@@ -480,7 +480,10 @@ impl QuicNetwork {
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
-            Some(peer) => peer.set_addrs(addrs, at_once),
+            Some(peer) => {
+                peer.set_addrs(addrs, at_once);
+                self.inner.client.probe(peer);
+            }
             None => {
                 peers.insert(id, shared.new_peer(id, addrs));
             }
