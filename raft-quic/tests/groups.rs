@@ -414,6 +414,11 @@ async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_addres
     let mut config1 = test_config(&ca, 1, loopback());
     config1.backoff_min = Duration::from_secs(30);
     config1.backoff_max = Duration::from_secs(30);
+    // The move (at 150 ms) must come while the dial at the old address is still running: a
+    // connect timeout far above it keeps that order on a loaded machine (a stall of up to
+    // ~1.8 s), where 500 ms did not.
+    config1.connect_timeout = Duration::from_secs(2);
+    config1.rpc_timeout = Duration::from_secs(3);
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let g1 = net1.for_group(1);
     // Group 1 names the old address, so that it stays a candidate after the move: a failure
