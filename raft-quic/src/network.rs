@@ -207,7 +207,9 @@ impl Drop for Inner {
 /// - **Self-healing.** A failed or lost connection is redialed on the next RPC, with capped
 ///   exponential backoff between failed attempts. When several groups (or the configuration)
 ///   name different addresses for a peer, a failed dial makes the next one try the next address,
-///   the most recently set first, under the same backoff (see `members.rs`).
+///   the most recently set first, under the same backoff (see `members.rs`). A newly
+///   preferred address named while the peer's connection works is dialed in the background,
+///   and the connection moves there only once that dial succeeds (make before break).
 ///
 /// Requests that arrive before [`QuicNetwork::serve`] installs a handler are refused. Clones
 /// share the endpoint; it closes on [`QuicNetwork::close`] or when the last clone is dropped.

@@ -175,7 +175,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
 /// to count; in life nothing answers there, or another node does and fails the identity check),
 /// until group 1's log learns the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address; a dead or wrong-identity old address is handled (see the two tests below)"]
+#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address that answers (make before break probes it too); a dead or wrong-identity old address is handled (see the two tests below)"]
 async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_order() {
     init_tracing();
     let rt = rt();
