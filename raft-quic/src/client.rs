@@ -790,6 +790,11 @@ impl Client {
             };
             if let Some(wait) = wait {
                 Sleep::new(&*shared.runtime, wait).await;
+                if !lock(&peer.state).addrs.is_probe_target(addr) {
+                    // The peer moved or the candidates changed while waiting: the loop probes
+                    // what there is to probe now, if anything.
+                    continue;
+                }
             }
             let result = self.dial(peer, addr).await;
             let (listed, mut state) = self.listed(peer);
@@ -799,7 +804,12 @@ impl Client {
                     state.backoff.succeeded();
                     state.warned = None;
                     drop(state);
-                    info!(node = shared.id, peer = peer.id, %addr, "peer moved: connected at its newly preferred address");
+                    info!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        "peer moved: connected at its newly preferred address"
+                    );
                     self.watch(peer.id, conn);
                     if let Some(old) = old {
                         self.retire(old);

@@ -215,7 +215,10 @@ impl QuicConfig {
 
 /// A configuration value is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid raft-quic configuration: {field} {reason}{}", values.as_deref().map(|v| format!(" ({v})")).unwrap_or_default())]
+#[error(
+    "invalid raft-quic configuration: {field} {reason}{}",
+    values.as_deref().map(|v| format!(" ({v})")).unwrap_or_default()
+)]
 #[non_exhaustive]
 pub struct QuicConfigError {
     /// The offending field.

@@ -401,8 +401,9 @@ async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_o
 /// Review finding L5 (rev_qaddr), and the "moved meanwhile" branch of a failed dial: a dial at
 /// the old address that fails after the application moved the peer (`set_peer`) charges no
 /// failure to the new address (no backoff: the backoff here is long) and does not turn the next
-/// dial away from it (to the old address, still a candidate). (Before, the old dial's failure was charged after the move had reset the
-/// backoff, and the next RPC was turned away for the backoff's wait.)
+/// dial away from it (to the old address, still a candidate). (Before, the old dial's failure
+/// was charged after the move had reset the backoff, and the next RPC was turned away for the
+/// backoff's wait.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_address() {
     init_tracing();
