@@ -354,8 +354,18 @@ async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
         async move { (admitted == 2).then_some(()) }
     })
     .await;
-    // The dial completed on node 2's side; give node 1's side a moment to take it up.
-    sleep(&rt, Duration::from_millis(200)).await;
+    // Node 1 closes the old connection once it moved to the new one (one RPC timeout later,
+    // for the RPCs in flight on it): one connection left at node 2 means node 1 moved.
+    eventually(
+        &rt,
+        "node 1 closes its connection at the old address",
+        Duration::from_millis(10),
+        || {
+            let connections = new.accept_stats().connections;
+            async move { (connections == 1).then_some(()) }
+        },
+    )
+    .await;
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the membership named the new address").await;
     proxy.block();
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
