@@ -9,22 +9,28 @@
 //! stay paced by the peer's one backoff (a failure is a failure, whichever address it was at),
 //! so a peer whose every address is dead costs what a peer with one dead address does.
 //!
-//! An address with a working connection is kept while it is a candidate, even when a source
-//! names another address later (it may be a stale one: a lagging group started later, or an
-//! uncommitted membership rolled back): the newly preferred address is dialed once that
-//! connection or a dial fails. Only the application's own word (`set_peer`) moves the peer at
-//! once, and a change that leaves the address in use out of the candidates.
+//! **Make before break.** A source naming another address first while the peer's connection
+//! works does not drop that connection (the new address may be a stale one: a lagging group
+//! started later, an uncommitted membership rolled back), nor keep it for good (the new address
+//! may be the peer's move, and the old one retired silently later). The newly preferred address
+//! is *probed*: dialed in the background, one probe at a time, paced by the backoff, never
+//! holding up an RPC ([`Candidates::take_probe`]). If the probe connects (and the peer proves its
+//! identity, as on any dial), the peer moves there ([`Candidates::probe_connected`]) and the old
+//! connection is closed; if it fails, the working connection stays, and the probed address is
+//! dialed again only once that connection or a dial fails, or the candidates change again. The
+//! application's own word (`set_peer`) moves the peer at once, and so does a change that leaves
+//! the address in use out of the candidates.
 
 use std::net::SocketAddr;
 
 /// How a change of the candidates treats the address in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Move {
-    /// The application's word (`set_peer`): a newly preferred address is used at once.
+    /// The application's word (`set_peer`): the first candidate is used at once.
     AtOnce,
     /// What the memberships say: while the peer's connection works (`connected`), the address
-    /// in use stays as long as it is a candidate, and a newly preferred one is tried once
-    /// that connection or a dial fails; without a working connection it is used at once.
+    /// in use stays as long as it is a candidate, and a newly preferred one is probed (see the
+    /// module's doc); without a working connection it is used at once.
     Sticky {
         /// Whether the peer has a working (open) connection at the address in use.
         connected: bool,
@@ -39,9 +45,12 @@ pub(crate) struct Candidates {
     /// Index in `list` of the address dialed next (or connected to).
     current: usize,
     /// A newly preferred (first) address was named while a working connection kept the
-    /// address in use: the first candidate is dialed next once the connection or a dial fails.
+    /// address in use: it is probed, and dialed next once the connection or a dial fails.
     /// Never set while `current` is 0.
     first_next: bool,
+    /// The first candidate was probed (or is being probed) since it became the newly preferred
+    /// one: not probed again until the candidates change.
+    probed: bool,
 }
 
 impl Candidates {
@@ -54,7 +63,12 @@ impl Candidates {
                 unique.push(addr);
             }
         }
-        (!unique.is_empty()).then_some(Self { list: unique, current: 0, first_next: false })
+        (!unique.is_empty()).then_some(Self {
+            list: unique,
+            current: 0,
+            first_next: false,
+            probed: false,
+        })
     }
 
     /// The address the next dial uses (or the connection is at).
@@ -68,24 +82,59 @@ impl Candidates {
     }
 
     /// Replaces the candidates with `new`'s and returns whether the address in use changed.
-    /// The address in use is kept while it is still a candidate and either the first
-    /// candidate is the same as before or (`Move::Sticky`) the peer's connection works: a
-    /// working connection is not dropped because a source names another address later (it
-    /// may be a stale one); the newly preferred address is dialed once the connection or a
-    /// dial fails. Otherwise (a newly preferred address and no working connection, or the
-    /// application's `Move::AtOnce`) the first candidate is used at once, and so it is when
-    /// the address in use is no longer a candidate.
+    /// `Move::AtOnce` (the application's word) uses the first candidate at once. Otherwise the
+    /// address in use is kept while it is still a candidate and either the first candidate is
+    /// the same as before or (`Move::Sticky`) the peer's connection works: a working
+    /// connection is not dropped because a source names another address later (it may be a
+    /// stale one); the newly preferred address is probed (see [`take_probe`](Self::take_probe)).
+    /// Without a working connection a newly preferred address is used at once, and so is the
+    /// first candidate when the address in use is no longer one. A probe that failed is tried
+    /// again once the candidates change (an unchanged list handed over again is no change).
     pub(crate) fn replace(&mut self, new: Candidates, how: Move) -> bool {
         let before = self.current();
         let kept = new.list.iter().position(|&addr| addr == before);
         let same_first = new.list[0] == self.list[0];
         let (current, first_next) = match (kept, how) {
+            (_, Move::AtOnce) => (0, false),
             (Some(at), _) if same_first => (at, self.first_next),
             (Some(at), Move::Sticky { connected: true }) => (at, true),
             _ => (0, false),
         };
-        *self = Self { list: new.list, current, first_next: first_next && current != 0 };
+        let probed = self.probed && new.list == self.list;
+        *self = Self { list: new.list, current, first_next: first_next && current != 0, probed };
         self.current() != before
+    }
+
+    /// Whether [`take_probe`](Self::take_probe) has an address to probe.
+    pub(crate) fn wants_probe(&self) -> bool {
+        self.first_next && !self.probed
+    }
+
+    /// The address to probe now, if any: the newly preferred (first) address, while a working
+    /// connection keeps the peer at another one and it was not probed since the candidates last
+    /// changed. It counts as probed from now on.
+    pub(crate) fn take_probe(&mut self) -> Option<SocketAddr> {
+        if !self.first_next || std::mem::replace(&mut self.probed, true) {
+            return None;
+        }
+        Some(self.list[0])
+    }
+
+    /// Whether `addr` is the newly preferred address waiting for a probe or its outcome.
+    pub(crate) fn is_probe_target(&self, addr: SocketAddr) -> bool {
+        self.first_next && self.list[0] == addr
+    }
+
+    /// A probe of `addr` connected: if `addr` is still the newly preferred address waiting
+    /// for one, the peer moves there (returns true); otherwise (the peer moved meanwhile, or
+    /// the candidates changed) the probe's connection is of no use (false).
+    pub(crate) fn probe_connected(&mut self, addr: SocketAddr) -> bool {
+        if !self.is_probe_target(addr) {
+            return false;
+        }
+        self.current = 0;
+        self.first_next = false;
+        true
     }
 
     /// The peer's connection at the address in use failed: if a newly preferred address was
@@ -189,5 +238,56 @@ mod tests {
         let mut e = candidates(&[2]);
         assert!(e.replace(candidates(&[1, 2]), Move::AtOnce));
         assert_eq!(e.current(), addr(1));
+    }
+    /// Review finding M-A (second review of qaddr): the newly preferred address is probed once
+    /// while the connection works; a probe that connects moves the peer there, one that fails
+    /// keeps it where it is, and the address is probed again only once the candidates change
+    /// (or dialed once the connection or a dial fails).
+    #[test]
+    fn a_newly_preferred_address_is_probed_while_connected() {
+        let mut c = candidates(&[2]);
+        assert_eq!(c.take_probe(), None, "nothing newly preferred");
+        assert!(!c.replace(candidates(&[1, 2]), Move::Sticky { connected: true }));
+        assert_eq!(c.take_probe(), Some(addr(1)));
+        assert_eq!(c.take_probe(), None, "one probe");
+        // The same list again: no new probe.
+        assert!(!c.replace(candidates(&[1, 2]), Move::Sticky { connected: true }));
+        assert_eq!(c.take_probe(), None);
+        // The probe connected: the peer moves to the first candidate.
+        assert!(c.probe_connected(addr(1)));
+        assert_eq!(c.current(), addr(1));
+        assert_eq!(c.take_probe(), None);
+        assert!(!c.probe_connected(addr(1)), "already there");
+
+        // A failed probe keeps the peer where it is; a changed list probes again.
+        let mut d = candidates(&[2]);
+        d.replace(candidates(&[1, 2]), Move::Sticky { connected: true });
+        assert_eq!(d.take_probe(), Some(addr(1)));
+        assert_eq!(d.current(), addr(2));
+        assert!(!d.replace(candidates(&[1, 3, 2]), Move::Sticky { connected: true }));
+        assert_eq!(d.take_probe(), Some(addr(1)), "the candidates changed");
+        assert!(!d.replace(candidates(&[4, 1, 3, 2]), Move::Sticky { connected: true }));
+        // A probe of an address no longer the newly preferred one does not move the peer.
+        assert!(!d.probe_connected(addr(1)));
+        assert_eq!(d.current(), addr(2));
+        assert_eq!(d.take_probe(), Some(addr(4)));
+        // The connection fails: the newly preferred address is dialed next, and not probed.
+        d.connection_lost();
+        assert_eq!(d.current(), addr(4));
+        assert_eq!(d.take_probe(), None);
+        assert!(!d.probe_connected(addr(4)));
+    }
+
+    /// Review finding L-a (second review of qaddr): the application's word moves the peer to
+    /// its first candidate at once even when that address was already the first one (named
+    /// while a connection kept the peer at another). (Before, an unchanged first candidate kept
+    /// the address in use.)
+    #[test]
+    fn set_peer_moves_at_once_to_an_address_already_first() {
+        let mut c = candidates(&[2]);
+        assert!(!c.replace(candidates(&[1, 2]), Move::Sticky { connected: true }));
+        assert!(c.replace(candidates(&[1, 2]), Move::AtOnce));
+        assert_eq!(c.current(), addr(1));
+        assert_eq!(c.take_probe(), None);
     }
 }

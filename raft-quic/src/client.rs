@@ -24,7 +24,7 @@ use crate::identity::node_dns_name;
 use crate::metrics::{PeerCounters, SentCounts};
 use crate::network::Shared;
 use crate::outbox::{Answer, Outbox, Queued};
-use crate::timer::timeout;
+use crate::timer::{timeout, Sleep};
 use crate::wire::{code, Refusal, WireResponse};
 
 /// Stream priority of small frames (votes, heartbeats): sent before any bulk data.
@@ -49,6 +49,8 @@ struct PeerState {
     /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
     /// how many were not warned about since.
     warned: Option<(Instant, u64)>,
+    /// A probe task runs for this peer (see [`Client::probe`]): at most one at a time.
+    probing: bool,
 }
 
 impl PeerState {
@@ -98,7 +100,13 @@ impl Peer {
         Self {
             id,
             server_name: node_dns_name(id),
-            state: Mutex::new(PeerState { addrs, connection: None, backoff, warned: None }),
+            state: Mutex::new(PeerState {
+                addrs,
+                connection: None,
+                backoff,
+                warned: None,
+                probing: false,
+            }),
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
             bulk,
@@ -116,8 +124,9 @@ impl Peer {
 
     /// Gives the peer new candidate addresses (see [`Candidates::replace`]): at once (`at_once`,
     /// the application's word), or keeping the address of a working connection while it is a
-    /// candidate. If that changes the address in use, the peer moved: its connection is
-    /// dropped and past failures are forgotten.
+    /// candidate (a newly preferred address is then probed: see [`Client::probe`]). If that
+    /// changes the address in use, the peer moved: its connection is closed at once
+    /// (`NO_ERROR`, "peer moved") and past failures are forgotten.
     pub(crate) fn set_addrs(&self, addrs: Candidates, at_once: bool) {
         let mut state = lock(&self.state);
         let how = if at_once {
@@ -650,30 +659,10 @@ impl Client {
             }
             state.addrs.current()
         };
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
-        let result = match dial {
-            Ok(connecting) => {
-                match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
-                    Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(describe_connection_error(&e)),
-                    Err(_) => Err("connection attempt timed out".to_owned()),
-                }
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        // Whether this peer entry is still the one RPCs reach node `peer.id` by, and the node
-        // not refused: `drop_peer` (refuse, remove_peer, the last source naming it gone) may
-        // have removed it during the dial. Checked with the peers' lock held, then the peer's
-        // state (the lock order of `place_peer`/`drop_peer`), so that no removal slips in
-        // between the check and the caching: a removal after it closes the cached connection.
-        let peers = shared.peers.read().unwrap_or_else(|p| p.into_inner());
-        let listed = peers.get(&peer.id).is_some_and(|listed| std::ptr::eq(&**listed, peer))
-            && !shared.is_refused(peer.id);
-        let mut state = lock(&peer.state);
-        drop(peers);
+        let result = self.dial(peer, addr).await;
+        let (listed, mut state) = self.listed(peer);
         match result {
-            Ok(conn) if listed && state.addrs.current() == addr && !shared.is_closed() => {
+            Ok(conn) if listed && state.addrs.current() == addr => {
                 state.backoff.succeeded();
                 state.warned = None;
                 state.connection = Some(conn.clone());
@@ -726,6 +715,154 @@ impl Client {
                 Err(unreachable(peer.id, reason))
             }
         }
+    }
+
+    /// Dials `peer` at `addr`, within the connect timeout; the peer must prove its id (the TLS
+    /// verifier checks the certificate names the id dialed).
+    async fn dial(&self, peer: &Peer, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let shared = &self.shared;
+        let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
+        match dial {
+            Ok(connecting) => {
+                match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
+                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Err(e)) => Err(describe_connection_error(&e)),
+                    Err(_) => Err("connection attempt timed out".to_owned()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether `peer`'s entry is still the one RPCs reach node `peer.id` by, the node not
+    /// refused and the network not closed, and the peer's state, locked. `drop_peer` (refuse,
+    /// remove_peer, the last source naming it gone) may have removed it during a dial. Checked
+    /// with the peers' lock held, then the peer's state (the lock order of
+    /// `place_peer`/`drop_peer`), so that no removal slips in between the check and the caching
+    /// of a connection: a removal after it closes the cached connection.
+    fn listed<'p>(&self, peer: &'p Peer) -> (bool, MutexGuard<'p, PeerState>) {
+        let shared = &self.shared;
+        let peers = shared.peers.read().unwrap_or_else(|p| p.into_inner());
+        let listed = peers.get(&peer.id).is_some_and(|listed| std::ptr::eq(&**listed, peer))
+            && !shared.is_refused(peer.id)
+            && !shared.is_closed();
+        let state = lock(&peer.state);
+        drop(peers);
+        (listed, state)
+    }
+
+    /// Starts probing `peer`'s newly preferred address in the background if there is one to
+    /// probe (see [`crate::candidates`]) and no probe runs for it yet: make before break. The
+    /// probe is a dial like any (the peer must prove its id), paced by the peer's backoff, and
+    /// runs on the network's runtime: no RPC waits for it. If it connects while that address
+    /// is still the newly preferred one, the peer moves there and the old connection is closed
+    /// once the RPCs in flight on it are done (after one RPC timeout, `NO_ERROR`, "peer
+    /// moved"); if it fails, the old connection stays and the failure is charged to the peer's
+    /// backoff, and the address is dialed again once that connection or a dial fails, or
+    /// probed again once the candidates change.
+    pub(crate) fn probe(&self, peer: &Arc<Peer>) {
+        {
+            let mut state = lock(&peer.state);
+            if state.probing || !state.addrs.wants_probe() || self.shared.is_closed() {
+                return;
+            }
+            state.probing = true;
+        }
+        let client = self.clone();
+        let peer = Arc::clone(peer);
+        self.shared.runtime.spawn(Box::pin(async move { client.run_probes(&peer).await }));
+    }
+
+    /// The probe task of `peer`: probes its newly preferred addresses one after the other
+    /// until none is left to probe.
+    async fn run_probes(&self, peer: &Peer) {
+        let shared = &self.shared;
+        loop {
+            let (addr, wait) = {
+                let mut state = lock(&peer.state);
+                let next = if shared.is_closed() { None } else { state.addrs.take_probe() };
+                let Some(addr) = next else {
+                    state.probing = false;
+                    return;
+                };
+                (addr, state.backoff.check(shared.runtime.now()).err())
+            };
+            if let Some(wait) = wait {
+                Sleep::new(&*shared.runtime, wait).await;
+                if !lock(&peer.state).addrs.is_probe_target(addr) {
+                    // The peer moved or the candidates changed while waiting: the loop probes
+                    // what there is to probe now, if anything.
+                    continue;
+                }
+            }
+            let result = self.dial(peer, addr).await;
+            let (listed, mut state) = self.listed(peer);
+            match result {
+                Ok(conn) if listed && state.addrs.probe_connected(addr) => {
+                    let old = state.connection.replace(conn.clone());
+                    state.backoff.succeeded();
+                    state.warned = None;
+                    drop(state);
+                    info!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        "peer moved: connected at its newly preferred address"
+                    );
+                    self.watch(peer.id, conn);
+                    if let Some(old) = old {
+                        self.retire(old);
+                    }
+                }
+                Ok(conn) => {
+                    drop(state);
+                    conn.close(code::NO_ERROR, b"stale");
+                }
+                Err(reason) => {
+                    peer.counters(shared.id).dial_failures.increment(1);
+                    // Charged only if the address is still the one waiting for a probe (not
+                    // if the peer moved meanwhile, whose backoff the move reset: see L5).
+                    let delay = state
+                        .addrs
+                        .is_probe_target(addr)
+                        .then(|| state.backoff.failed(shared.runtime.now()));
+                    let at = state.addrs.current();
+                    if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
+                        warn!(
+                            node = shared.id,
+                            peer = peer.id,
+                            %addr,
+                            failures = state.backoff.failures(),
+                            suppressed,
+                            retry_in = ?delay,
+                            kept = %at,
+                            "cannot connect to peer at its newly preferred address, keeping \
+                             its working connection: {reason}"
+                        );
+                    } else {
+                        debug!(
+                            node = shared.id,
+                            peer = peer.id,
+                            %addr,
+                            kept = %at,
+                            "cannot connect to peer at its newly preferred address: {reason}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes `conn`, a peer's connection replaced by a newer one, once the RPCs in flight on it
+    /// are done: they end within one RPC timeout, and no new one starts on it.
+    fn retire(&self, conn: quinn::Connection) {
+        let runtime = Arc::clone(&self.shared.runtime);
+        let linger = self.shared.limits.rpc_timeout;
+        self.shared.runtime.spawn(Box::pin(async move {
+            Sleep::new(&*runtime, linger).await;
+            conn.close(code::NO_ERROR, b"peer moved");
+        }));
     }
 
     /// Closes the cached connections whose peer fails `check` now (with `code` and the reason

@@ -162,7 +162,12 @@ impl QuicConfig {
         if self.rpc_timeout <= self.connect_timeout {
             // A dial runs inside its RPC's timeout; one cut short records no failure, so the
             // peer's next candidate address would never be tried (see `crate::candidates`).
-            return Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
+            let values = format!(
+                "rpc_timeout = {:?}, connect_timeout = {:?}",
+                self.rpc_timeout, self.connect_timeout
+            );
+            return Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout")
+                .with_values(values));
         }
         if self.peers.contains_key(&self.node_id) {
             return Err(QuicConfigError::new("peers", "must not contain the node's own id"));
@@ -210,18 +215,30 @@ impl QuicConfig {
 
 /// A configuration value is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid raft-quic configuration: {field} {reason}")]
+#[error(
+    "invalid raft-quic configuration: {field} {reason}{}",
+    values.as_deref().map(|v| format!(" ({v})")).unwrap_or_default()
+)]
 #[non_exhaustive]
 pub struct QuicConfigError {
     /// The offending field.
     pub field: &'static str,
     /// What is wrong with it.
     pub reason: &'static str,
+    /// The values found, when the check compares several (for example `rpc_timeout = 1s,
+    /// connect_timeout = 1s`).
+    pub values: Option<String>,
 }
 
 impl QuicConfigError {
-    fn new(field: &'static str, reason: &'static str) -> Self {
-        Self { field, reason }
+    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason, values: None }
+    }
+
+    /// The same error, showing the `values` found.
+    fn with_values(mut self, values: String) -> Self {
+        self.values = Some(values);
+        self
     }
 }
 
@@ -231,7 +248,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use super::{QuicConfig, QuicConfigError};
+    use super::QuicConfig;
     use crate::ClusterCa;
 
     /// Review finding M2 (rev_qaddr): a dial runs inside the RPC's timeout, and a failed dial
@@ -244,11 +261,19 @@ mod tests {
         let mut config =
             QuicConfig::new(1, "127.0.0.1:0".parse().unwrap(), ca.node_tls(1).unwrap());
         assert_eq!(config.validate(), Ok(()), "the defaults");
-        let expected = Err(QuicConfigError::new("rpc_timeout", "must exceed connect_timeout"));
         for (rpc, connect) in [(300, 500), (500, 500)] {
             config.rpc_timeout = Duration::from_millis(rpc);
             config.connect_timeout = Duration::from_millis(connect);
-            assert_eq!(config.validate(), expected, "rpc {rpc} ms, connect {connect} ms");
+            let error = config.validate().unwrap_err();
+            assert_eq!(
+                (error.field, error.reason),
+                ("rpc_timeout", "must exceed connect_timeout"),
+                "rpc {rpc} ms, connect {connect} ms"
+            );
+            // Review finding (second review of qaddr): the message shows both values.
+            let message = error.to_string();
+            let both = [format!("rpc_timeout = {rpc}ms"), format!("connect_timeout = {connect}ms")];
+            assert!(both.iter().all(|value| message.contains(value.as_str())), "{message}");
         }
         config.rpc_timeout = Duration::from_millis(501);
         assert_eq!(config.validate(), Ok(()));

@@ -207,7 +207,9 @@ impl Drop for Inner {
 /// - **Self-healing.** A failed or lost connection is redialed on the next RPC, with capped
 ///   exponential backoff between failed attempts. When several groups (or the configuration)
 ///   name different addresses for a peer, a failed dial makes the next one try the next address,
-///   the most recently set first, under the same backoff (see `members.rs`).
+///   the most recently set first, under the same backoff (see `members.rs`). A newly
+///   preferred address named while the peer's connection works is dialed in the background,
+///   and the connection moves there only once that dial succeeds (make before break).
 ///
 /// Requests that arrive before [`QuicNetwork::serve`] installs a handler are refused. Clones
 /// share the endpoint; it closes on [`QuicNetwork::close`] or when the last clone is dropped.
@@ -234,7 +236,7 @@ fn transport_config(
     peer_streams: u32,
 ) -> Result<TransportConfig, QuicConfigError> {
     let idle = IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| QuicConfigError { field: "idle_timeout", reason: "is too large" })?;
+        .map_err(|_| QuicConfigError::new("idle_timeout", "is too large"))?;
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
@@ -480,7 +482,10 @@ impl QuicNetwork {
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
-            Some(peer) => peer.set_addrs(addrs, at_once),
+            Some(peer) => {
+                peer.set_addrs(addrs, at_once);
+                self.inner.client.probe(peer);
+            }
             None => {
                 peers.insert(id, shared.new_peer(id, addrs));
             }

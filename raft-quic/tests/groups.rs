@@ -175,7 +175,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
 /// to count; in life nothing answers there, or another node does and fails the identity check),
 /// until group 1's log learns the move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address; a dead or wrong-identity old address is handled (see the two tests below)"]
+#[ignore = "not a transport bug: with two LIVE endpoints proving node 2's identity (two processes with one node id, an operator error) the transport cannot tell which is current and uses the most recently set address that answers (make before break probes it too); a dead or wrong-identity old address is handled (see the two tests below)"]
 async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_order() {
     init_tracing();
     let rt = rt();
@@ -327,6 +327,55 @@ async fn a_working_connection_stays_when_another_group_names_a_stale_address_lat
     drop(silent);
 }
 
+/// Review finding M-A (second review of qaddr): node 2 is reachable at its configured address
+/// A (here through a proxy) and at B; node 1 is connected at A when the membership of group 1
+/// names B (node 2 moved, the membership committed). Node 1 probes B in the background and
+/// moves there once the dial succeeds, so when the operator retires A (a firewall dropping
+/// every datagram) the next heartbeat goes through at B at once. (Before, the working
+/// connection at A was kept until it failed: every RPC timed out until the idle timeout, and
+/// elections broke out everywhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    assert_eq!(new.accept_stats().admitted, 1);
+    g1.members_changed(&members(&[(2, &new)]));
+    eventually(&rt, "node 1 dials node 2 at its new address", Duration::from_millis(10), || {
+        let admitted = new.accept_stats().admitted;
+        async move { (admitted == 2).then_some(()) }
+    })
+    .await;
+    // Node 1 closes the old connection once it moved to the new one (one RPC timeout later,
+    // for the RPCs in flight on it): one connection left at node 2 means node 1 moved.
+    eventually(
+        &rt,
+        "node 1 closes its connection at the old address",
+        Duration::from_millis(10),
+        || {
+            let connections = new.accept_stats().connections;
+            async move { (connections == 1).then_some(()) }
+        },
+    )
+    .await;
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the membership named the new address").await;
+    proxy.block();
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
+    assert_eq!(at_new[&1].calls(), 3);
+    assert_eq!(new.accept_stats().admitted, 2, "one dial at the new address");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
 /// Review finding L3 (rev_qaddr): the address the application set (`set_peer`) is the most
 /// recently set one, wherever it is put among the candidates: a membership handing over the
 /// same (old) address again does not make that address the preferred one, with or without a
@@ -362,8 +411,9 @@ async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_o
 /// Review finding L5 (rev_qaddr), and the "moved meanwhile" branch of a failed dial: a dial at
 /// the old address that fails after the application moved the peer (`set_peer`) charges no
 /// failure to the new address (no backoff: the backoff here is long) and does not turn the next
-/// dial away from it (to the old address, still a candidate). (Before, the old dial's failure was charged after the move had reset the
-/// backoff, and the next RPC was turned away for the backoff's wait.)
+/// dial away from it (to the old address, still a candidate). (Before, the old dial's failure
+/// was charged after the move had reset the backoff, and the next RPC was turned away for the
+/// backoff's wait.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_address() {
     init_tracing();
@@ -375,6 +425,11 @@ async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_addres
     let mut config1 = test_config(&ca, 1, loopback());
     config1.backoff_min = Duration::from_secs(30);
     config1.backoff_max = Duration::from_secs(30);
+    // The move (at 150 ms) must come while the dial at the old address is still running: a
+    // connect timeout far above it keeps that order on a loaded machine (a stall of up to
+    // ~1.8 s), where 500 ms did not.
+    config1.connect_timeout = Duration::from_secs(2);
+    config1.rpc_timeout = Duration::from_secs(3);
     let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
     let g1 = net1.for_group(1);
     // Group 1 names the old address, so that it stays a candidate after the move: a failure

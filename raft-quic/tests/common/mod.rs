@@ -42,6 +42,7 @@ macro_rules! all_scenarios {
             certificate_without_the_node_role_is_refused,
             refused_node_is_shut_out,
             a_dial_completing_after_a_refusal_is_dropped,
+            a_dial_completing_after_its_peer_entry_was_replaced_is_dropped,
             nodes_of_two_cas_interoperate_during_a_roll_over,
             renewed_certificate_is_used_by_new_connections,
             another_wire_version_is_refused_clearly,

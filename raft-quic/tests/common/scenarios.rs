@@ -748,6 +748,48 @@ pub async fn a_dial_completing_after_a_refusal_is_dropped(rt: Arc<dyn Runtime>) 
     net2.close().await;
 }
 
+/// Review finding L-e (second review of qaddr), the other half of M3: a dial to node 2 that
+/// completes after node 1 replaced node 2's peer entry (`remove_peer` then `set_peer`: a new
+/// entry, the dialing one orphaned) is not kept in the orphaned entry: the RPC that dialed
+/// fails, the next heartbeat goes through the new entry's own connection, and node 2 ends up
+/// holding one connection of node 1, not two.
+pub async fn a_dial_completing_after_its_peer_entry_was_replaced_is_dropped(rt: Arc<dyn Runtime>) {
+    init_tracing();
+    let ca = ClusterCa::generate().unwrap();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.connect_timeout = Duration::from_secs(3);
+    config1.rpc_timeout = Duration::from_secs(5);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let proxy = proxy::UdpProxy::start(net2.local_addr());
+    net1.set_peer(2, proxy.addr());
+    proxy.block();
+    let replace_during_the_dial = async {
+        sleep(&rt, Duration::from_millis(100)).await;
+        net1.remove_peer(2);
+        net1.set_peer(2, proxy.addr());
+        proxy.unblock();
+    };
+    let rpc = net1.send_to(2, heartbeat(1));
+    let (result, ()) =
+        bounded(&rt, "the RPC dialing", futures::future::join(rpc, replace_during_the_dial)).await;
+    assert!(result.is_err(), "the orphaned entry's dial was used: {result:?}");
+    assert_eq!(handler.calls(), 0);
+    bounded(&rt, "the heartbeat through the new entry", net1.send_to(2, heartbeat(1)))
+        .await
+        .unwrap();
+    assert_eq!(handler.calls(), 1);
+    eventually(&rt, "node 2 holds one connection of node 1", Duration::from_millis(20), || {
+        let connections = net2.accept_stats().connections;
+        async move { (connections == 1).then_some(()) }
+    })
+    .await;
+    net1.close().await;
+    net2.close().await;
+}
+
 /// A refused (removed) node loses its connections at once and can never connect again, with
 /// its still-valid certificate; refusals given at bind time hold from the start.
 pub async fn refused_node_is_shut_out(rt: Arc<dyn Runtime>) {
