@@ -23,8 +23,9 @@
 //! harvested by sending Initials (from Retries or handshake packets, before or after a restart)
 //! earn nothing, and cannot be replayed to spend the endpoint's stateless-reset budget (quinn
 //! sends at most one reset per 20 ms) or to fish for tokens. What remains: a connection younger
-//! than [`CID_LIFETIME`] when its peer crashed still uses its public id, so it gets no reset
-//! and idles out instead; an on-path attacker (who sees the ids a connection uses) or a member
+//! than [`CID_LIFETIME`] when its peer crashed still uses its public id, so it gets no reset:
+//! the dialer closes it at its first RPC timeout in which nothing came back (see
+//! `Client::drop_if_silent`), an accepted one idles out; an on-path attacker (who sees the ids a connection uses) or a member
 //! (who holds private ids of its own connections) can still spend the reset budget during the
 //! reset window after a restart, delaying other peers' teardown to their idle timeout.
 //!

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use quinn::{ConnectionError, Endpoint, ReadError, WriteError};
+use quinn::{ConnectionError, ConnectionStats, Endpoint, ReadError, WriteError};
 use raft_core::{Envelope, NetworkError, NodeId, RefusalReason, RpcResponse};
 use tracing::{debug, info, warn};
 
@@ -355,6 +355,9 @@ impl Client {
         let max = shared.limits.max_frame_size;
         let len = frame::request_len(&request, max).map_err(codec)?;
         let bulk = len > shared.limits.priority_frame_threshold;
+        // The connection the RPC will use if one is open, and what it had carried so far: to
+        // tell a dead peer from a slow one if the RPC times out.
+        let before = peer.cached().map(|conn| (conn.stats(), conn));
         let rpc = async {
             if bulk {
                 let _room = peer.bulk.admit(request.group_id, len as u64).await;
@@ -367,6 +370,9 @@ impl Client {
             Ok(result) => result,
             Err(_) => {
                 debug!(node = shared.id, peer = target, kind, "RPC timed out");
+                if let Some((stats, conn)) = before {
+                    self.drop_if_silent(&peer, &conn, &stats);
+                }
                 Err(NetworkError::Timeout(target))
             }
         };
@@ -374,6 +380,32 @@ impl Client {
             peer.counters(shared.id).failed(error);
         }
         result
+    }
+
+    /// After an RPC on `conn` timed out: closes `conn` (the next RPC dials anew) if it sent
+    /// datagrams since `before` but received none. A live peer acknowledges every packet that
+    /// asks for it (the request's, the keep-alives) within a round trip, however slow its
+    /// answer; silence for a whole RPC timeout means the peer is gone. Typically it crashed
+    /// and restarted at the same address while the connection was still on its handshake id,
+    /// which earns no stateless reset (see [`crate::cid`]): the connection would otherwise
+    /// last until its idle timeout, and every RPC on it time out, although a new dial would
+    /// reach the restarted peer at once.
+    fn drop_if_silent(&self, peer: &Peer, conn: &quinn::Connection, before: &ConnectionStats) {
+        if conn.close_reason().is_some() {
+            return;
+        }
+        let now = conn.stats();
+        let sent = now.udp_tx.datagrams > before.udp_tx.datagrams;
+        let heard = now.udp_rx.datagrams > before.udp_rx.datagrams;
+        if sent && !heard {
+            info!(
+                node = self.shared.id,
+                peer = peer.id,
+                "closing connection to peer: nothing received from it during an RPC timeout"
+            );
+            conn.close(code::TIMEOUT, b"peer silent");
+            peer.forget(conn);
+        }
     }
 
     /// Sends a small request in the peer's next frame (see [`crate::outbox`]): the caller that

@@ -47,7 +47,9 @@ pub struct QuicConfig {
     /// longest its answers may wait in all for the peer to take them (one timeout summed over
     /// a batch's answers, not one per answer). The handlers' own time is not bounded by it.
     /// Must exceed `connect_timeout`: a dial happens within an RPC, and only a dial that ends
-    /// (fails) turns the next one to a peer's next candidate address. Default 2 s.
+    /// (fails) turns the next one to a peer's next candidate address. An outbound connection
+    /// on which an RPC timed out without a single packet from the peer meanwhile is closed
+    /// (the peer is gone, e.g. restarted): the next RPC dials anew. Default 2 s.
     pub rpc_timeout: Duration,
     /// The longest a connection attempt (QUIC and TLS handshake) may take; less than
     /// `rpc_timeout`. Default 1 s.

@@ -112,3 +112,53 @@ async fn ids_harvested_in_clear_earn_no_reset_after_a_restart() {
     net1.close().await;
     restarted.close().await;
 }
+
+/// A peer crashes while the connection to it is still on its handshake id (younger than the id
+/// lifetime, so the restarted endpoint sends no stateless reset for it) and restarts at once at
+/// the same address. The RPCs on the stale connection time out; the dialer must then drop it
+/// (it heard nothing at all from the peer during an RPC timeout, keep-alives included) and dial
+/// anew, not keep it until its idle timeout. (The kv fault test saw elections wait ~10 s for
+/// that: the one node that could win sent its PreVotes to a restarted voter on such a
+/// connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_replaced_after_an_rpc_timeout() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = ClusterCa::generate().unwrap();
+    let idle = Duration::from_secs(120);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let mut config2 = impatient(&ca, 2, idle);
+    let net2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
+    let addr2 = net2.local_addr();
+    let link = UdpProxy::start(addr2);
+    net1.set_peer(2, link.addr());
+    net2.serve(TestHandler::new(2));
+    bounded(&rt, "RPC to node 2", net1.send_to(2, heartbeat(1))).await.unwrap();
+
+    // Node 2 crashes (its close lost) while node 1 still uses its public handshake id, and
+    // restarts at the same address.
+    link.block();
+    assert!(!link.client_uses_a_private_id(), "the connection left its handshake id already");
+    net2.close().await;
+    drop(net2);
+    config2.listen_addr = addr2;
+    let restarted = eventually(&rt, "rebind node 2", Duration::from_millis(20), || {
+        let (config, rt) = (config2.clone(), rt.clone());
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    restarted.serve(TestHandler::new(2));
+    link.unblock();
+
+    // Node 1 reaches the restarted node within a few RPC timeouts (300 ms each).
+    let started = Instant::now();
+    eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
+        let net1 = net1.clone();
+        async move { net1.send_to(2, heartbeat(1)).await.ok() }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took < RESET_BOUND, "the stale connection lasted {took:?}");
+    net1.close().await;
+    restarted.close().await;
+}

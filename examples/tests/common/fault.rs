@@ -323,18 +323,20 @@ async fn nemesis(
         // Before a partition every node answers (a restarted one included), so that every node
         // can take it. A crash needs no such wait: it may strike a node still starting up.
         let deadline = Instant::now() + PATIENCE;
-        while kind >= 2 {
-            let silent: Vec<NodeId> = connections
-                .statuses_of(&ids)
-                .await
-                .into_iter()
-                .filter_map(|(id, answer)| answer.is_err().then_some(id))
-                .collect();
-            if silent.is_empty() {
-                break;
+        if kind >= 2 {
+            loop {
+                let silent: Vec<NodeId> = connections
+                    .statuses_of(&ids)
+                    .await
+                    .into_iter()
+                    .filter_map(|(id, answer)| answer.is_err().then_some(id))
+                    .collect();
+                if silent.is_empty() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "round {round}: nodes {silent:?} do not answer");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(Instant::now() < deadline, "round {round}: nodes {silent:?} do not answer");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The first two rounds need every group's leader (the second isolates one); later
         // rounds may strike while a group is still electing.
