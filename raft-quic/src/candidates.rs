@@ -20,7 +20,7 @@
 //! identity, as on any dial), the peer moves there ([`Candidates::probe_connected`]) and the old
 //! connection is retired; no other move by probe follows for `backoff_max`. If it fails, the
 //! working connection stays and the probe is retried (by a later RPC, under the probe's backoff)
-//! as long as that address is the newly preferred one; it is dialed at once once that
+//! as long as that address is the newly preferred one; it is dialed first once that
 //! connection or a dial fails. The application's own word (`set_peer`) moves the peer at once,
 //! and so does a change that leaves the address in use out of the candidates.
 
