@@ -979,3 +979,30 @@ fn a_membership_change_outside_the_runtime_spawns_nothing() {
     });
     drop(silent);
 }
+
+/// Review finding L7 (third review of qaddr), the probing guard: many RPCs at once, each of
+/// which finds the connection working while a newly preferred address waits, start one probe
+/// between them (one handshake at the new address), not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rpcs_start_one_probe() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    serve_groups(&new, &[1]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    g1.members_changed(&members(&[(2, &new)]));
+    let many = (0..20).map(|_| heartbeat_ok(&g1, 2, 1, "a concurrent heartbeat"));
+    futures::future::join_all(many).await;
+    heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted >= 2).await;
+    sleep(&rt, Duration::from_millis(300)).await;
+    assert_eq!(new.accept_stats().admitted, 2, "more than one probe");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
