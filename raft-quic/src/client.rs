@@ -842,6 +842,11 @@ impl Client {
                 drop(state);
                 conn.close(code::NO_ERROR, b"stale");
             }
+            Err(reason) if !listed => {
+                // The peer was removed or refused, or the network closed, during the dial:
+                // nothing to charge or warn about.
+                debug!(node = shared.id, peer = peer.id, %addr, "probe ended: {reason}");
+            }
             Err(reason) => {
                 peer.counters(shared.id).dial_failures.increment(1);
                 // Charged to the probe's backoff only: the working connection stays, and a
