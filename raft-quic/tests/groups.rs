@@ -1006,3 +1006,36 @@ async fn concurrent_rpcs_start_one_probe() {
         net.close().await;
     }
 }
+
+/// Review findings M-1's variant and L7 (third review of qaddr): an RPC in flight on the old
+/// connection when a probe moves the peer (group 2's request, held by node 2's handler until
+/// after the move) still gets its answer: the old connection retires, it is not closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_in_flight_at_a_move_gets_its_answer() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let handlers = serve_groups(&new, &[1, 2]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    let gate = handlers[&2].close_gate();
+    let held = g2.send(Envelope::new(2, append(1, 1, 10, b"gated")).with_group_id(2));
+    let move_then_open = async {
+        sleep(&rt, Duration::from_millis(50)).await;
+        g1.members_changed(&members(&[(2, &new)]));
+        heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted == 2).await;
+        sleep(&rt, Duration::from_millis(100)).await;
+        drop(gate);
+    };
+    let (answer, ()) =
+        bounded(&rt, "the held request", futures::future::join(held, move_then_open)).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
