@@ -44,6 +44,13 @@ impl Backoff {
         self.retry_at = None;
     }
 
+    /// Forbids the next attempt for `delay` from `now` without counting a failure (the next
+    /// failure starts again from `min`): pacing after a success.
+    pub(crate) fn pause(&mut self, now: Instant, delay: Duration) {
+        self.failures = 0;
+        self.retry_at = Some(now + delay);
+    }
+
     /// Consecutive failures since the last success.
     pub(crate) fn failures(&self) -> u32 {
         self.failures

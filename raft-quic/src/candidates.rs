@@ -13,13 +13,16 @@
 //! works does not drop that connection (the new address may be a stale one: a lagging group
 //! started later, an uncommitted membership rolled back), nor keep it for good (the new address
 //! may be the peer's move, and the old one retired silently later). The newly preferred address
-//! is *probed*: dialed in the background, one probe at a time, paced by the backoff, never
+//! is *probed*: dialed in the background, started lazily by an RPC that finds the connection
+//! working (never from a synchronous call), one probe at a time, paced by the probe's own
+//! backoff (separate from the peer's dial backoff: a failed probe never delays a redial), never
 //! holding up an RPC ([`Candidates::take_probe`]). If the probe connects (and the peer proves its
 //! identity, as on any dial), the peer moves there ([`Candidates::probe_connected`]) and the old
-//! connection is closed; if it fails, the working connection stays, and the probed address is
-//! dialed again only once that connection or a dial fails, or the candidates change again. The
-//! application's own word (`set_peer`) moves the peer at once, and so does a change that leaves
-//! the address in use out of the candidates.
+//! connection is retired; no other move by probe follows for `backoff_max`. If it fails, the
+//! working connection stays and the probe is retried (by a later RPC, under the probe's backoff)
+//! as long as that address is the newly preferred one; it is dialed first once that
+//! connection or a dial fails. The application's own word (`set_peer`) moves the peer at once,
+//! and so does a change that leaves the address in use out of the candidates.
 
 use std::net::SocketAddr;
 
@@ -48,9 +51,6 @@ pub(crate) struct Candidates {
     /// address in use: it is probed, and dialed next once the connection or a dial fails.
     /// Never set while `current` is 0.
     first_next: bool,
-    /// The first candidate was probed (or is being probed) since it became the newly preferred
-    /// one: not probed again until the candidates change.
-    probed: bool,
 }
 
 impl Candidates {
@@ -63,12 +63,7 @@ impl Candidates {
                 unique.push(addr);
             }
         }
-        (!unique.is_empty()).then_some(Self {
-            list: unique,
-            current: 0,
-            first_next: false,
-            probed: false,
-        })
+        (!unique.is_empty()).then_some(Self { list: unique, current: 0, first_next: false })
     }
 
     /// The address the next dial uses (or the connection is at).
@@ -88,8 +83,7 @@ impl Candidates {
     /// connection is not dropped because a source names another address later (it may be a
     /// stale one); the newly preferred address is probed (see [`take_probe`](Self::take_probe)).
     /// Without a working connection a newly preferred address is used at once, and so is the
-    /// first candidate when the address in use is no longer one. A probe that failed is tried
-    /// again once the candidates change (an unchanged list handed over again is no change).
+    /// first candidate when the address in use is no longer one.
     pub(crate) fn replace(&mut self, new: Candidates, how: Move) -> bool {
         let before = self.current();
         let kept = new.list.iter().position(|&addr| addr == before);
@@ -100,24 +94,15 @@ impl Candidates {
             (Some(at), Move::Sticky { connected: true }) => (at, true),
             _ => (0, false),
         };
-        let probed = self.probed && new.list == self.list;
-        *self = Self { list: new.list, current, first_next: first_next && current != 0, probed };
+        *self = Self { list: new.list, current, first_next: first_next && current != 0 };
         self.current() != before
     }
 
-    /// Whether [`take_probe`](Self::take_probe) has an address to probe.
-    pub(crate) fn wants_probe(&self) -> bool {
-        self.first_next && !self.probed
-    }
-
-    /// The address to probe now, if any: the newly preferred (first) address, while a working
-    /// connection keeps the peer at another one and it was not probed since the candidates last
-    /// changed. It counts as probed from now on.
-    pub(crate) fn take_probe(&mut self) -> Option<SocketAddr> {
-        if !self.first_next || std::mem::replace(&mut self.probed, true) {
-            return None;
-        }
-        Some(self.list[0])
+    /// The address to probe, if any: the newly preferred (first) address, while a working
+    /// connection keeps the peer at another one. It stays the one to probe (a failed probe is
+    /// retried, paced by the caller) until the peer moves or the candidates change.
+    pub(crate) fn take_probe(&self) -> Option<SocketAddr> {
+        self.first_next.then(|| self.list[0])
     }
 
     /// Whether `addr` is the newly preferred address waiting for a probe or its outcome.
@@ -239,33 +224,34 @@ mod tests {
         assert!(e.replace(candidates(&[1, 2]), Move::AtOnce));
         assert_eq!(e.current(), addr(1));
     }
-    /// Review finding M-A (second review of qaddr): the newly preferred address is probed once
-    /// while the connection works; a probe that connects moves the peer there, one that fails
-    /// keeps it where it is, and the address is probed again only once the candidates change
-    /// (or dialed once the connection or a dial fails).
+    /// Review findings M-A (second review of qaddr) and M-2 (third): the newly preferred address
+    /// is the one to probe while the connection works; a probe that connects moves the peer
+    /// there, one that fails keeps it where it is, and the address stays the one to probe (a
+    /// failed probe is retried, paced by the caller) until the peer moves or it is no longer
+    /// the newly preferred one.
     #[test]
     fn a_newly_preferred_address_is_probed_while_connected() {
         let mut c = candidates(&[2]);
         assert_eq!(c.take_probe(), None, "nothing newly preferred");
         assert!(!c.replace(candidates(&[1, 2]), Move::Sticky { connected: true }));
         assert_eq!(c.take_probe(), Some(addr(1)));
-        assert_eq!(c.take_probe(), None, "one probe");
-        // The same list again: no new probe.
+        assert_eq!(c.take_probe(), Some(addr(1)), "retried until it connects");
+        // The same list again: still the one to probe.
         assert!(!c.replace(candidates(&[1, 2]), Move::Sticky { connected: true }));
-        assert_eq!(c.take_probe(), None);
+        assert_eq!(c.take_probe(), Some(addr(1)));
         // The probe connected: the peer moves to the first candidate.
         assert!(c.probe_connected(addr(1)));
         assert_eq!(c.current(), addr(1));
         assert_eq!(c.take_probe(), None);
         assert!(!c.probe_connected(addr(1)), "already there");
 
-        // A failed probe keeps the peer where it is; a changed list probes again.
+        // A failed probe keeps the peer where it is.
         let mut d = candidates(&[2]);
         d.replace(candidates(&[1, 2]), Move::Sticky { connected: true });
         assert_eq!(d.take_probe(), Some(addr(1)));
         assert_eq!(d.current(), addr(2));
         assert!(!d.replace(candidates(&[1, 3, 2]), Move::Sticky { connected: true }));
-        assert_eq!(d.take_probe(), Some(addr(1)), "the candidates changed");
+        assert_eq!(d.take_probe(), Some(addr(1)));
         assert!(!d.replace(candidates(&[4, 1, 3, 2]), Move::Sticky { connected: true }));
         // A probe of an address no longer the newly preferred one does not move the peer.
         assert!(!d.probe_connected(addr(1)));

@@ -49,8 +49,15 @@ struct PeerState {
     /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
     /// how many were not warned about since.
     warned: Option<(Instant, u64)>,
-    /// A probe task runs for this peer (see [`Client::probe`]): at most one at a time.
+    /// A probe task runs for this peer (see [`Client::probe_if_due`]): at most one at a time.
     probing: bool,
+    /// Paces the probes of a newly preferred address, apart from `backoff` (a failed probe
+    /// never delays a redial): failures back off as dials do; a move pauses the next probe
+    /// for `backoff_max` (at most one move by probe per peer per `backoff_max`).
+    probe_backoff: Backoff,
+    /// The connection a probe's move replaced, closed one RPC timeout later (for the RPCs in
+    /// flight on it): at most one per peer, a newer move closes it at once.
+    retiring: Option<quinn::Connection>,
 }
 
 impl PeerState {
@@ -103,9 +110,11 @@ impl Peer {
             state: Mutex::new(PeerState {
                 addrs,
                 connection: None,
-                backoff,
+                backoff: backoff.clone(),
                 warned: None,
                 probing: false,
+                probe_backoff: backoff,
+                retiring: None,
             }),
             dial: async_lock::Mutex::new(()),
             counters: OnceLock::new(),
@@ -124,7 +133,7 @@ impl Peer {
 
     /// Gives the peer new candidate addresses (see [`Candidates::replace`]): at once (`at_once`,
     /// the application's word), or keeping the address of a working connection while it is a
-    /// candidate (a newly preferred address is then probed: see [`Client::probe`]). If that
+    /// candidate (a newly preferred address is then probed: see [`Client::probe_if_due`]). If that
     /// changes the address in use, the peer moved: its connection is closed at once
     /// (`NO_ERROR`, "peer moved") and past failures are forgotten.
     pub(crate) fn set_addrs(&self, addrs: Candidates, at_once: bool) {
@@ -172,9 +181,11 @@ impl Peer {
         }
     }
 
-    /// Closes the cached connection, if any.
+    /// Closes the cached connection and the retiring one (see [`Client::probe_if_due`]), if
+    /// any.
     pub(crate) fn close(&self, reason: &[u8]) {
-        if let Some(conn) = lock(&self.state).connection.take() {
+        let mut state = lock(&self.state);
+        for conn in [state.connection.take(), state.retiring.take()].into_iter().flatten() {
             conn.close(code::SHUTDOWN, reason);
         }
     }
@@ -671,6 +682,7 @@ impl Client {
     /// The open connection to `peer`, dialing it if needed (unless in backoff).
     async fn connection(&self, peer: &Peer) -> Result<quinn::Connection, NetworkError> {
         if let Some(conn) = peer.cached() {
+            self.probe_if_due(peer);
             return Ok(conn);
         }
         let _dialing = peer.dial.lock().await;
@@ -785,114 +797,133 @@ impl Client {
     }
 
     /// Starts probing `peer`'s newly preferred address in the background if there is one to
-    /// probe (see [`crate::candidates`]) and no probe runs for it yet: make before break. The
-    /// probe is a dial like any (the peer must prove its id), paced by the peer's backoff, and
-    /// runs on the network's runtime: no RPC waits for it. If it connects while that address
-    /// is still the newly preferred one, the peer moves there and the old connection is closed
-    /// once the RPCs in flight on it are done (after one RPC timeout, `NO_ERROR`, "peer
-    /// moved"); if it fails, the old connection stays and the failure is charged to the peer's
-    /// backoff, and the address is dialed again once that connection or a dial fails, or
-    /// probed again once the candidates change.
-    pub(crate) fn probe(&self, peer: &Arc<Peer>) {
-        {
+    /// probe (see [`crate::candidates`]), no probe runs for it and the probe's own backoff
+    /// allows one now: make before break. Called only from the RPC path (an RPC that found the
+    /// peer's connection working), so the probe is spawned in the runtime's context, never
+    /// from a synchronous call. The probe is one dial like any (the peer must prove its id),
+    /// and no RPC waits for it. If it connects while that address is still the newly preferred
+    /// one, the peer moves there, the old connection retires (closed once the RPCs in flight
+    /// on it are done: after one RPC timeout, `NO_ERROR`, "peer moved"; a retiring connection
+    /// still open is closed at once), and the next probe waits `backoff_max`. If it fails, the
+    /// old connection stays, the failure is charged to the probe's backoff only (never to the
+    /// peer's), and a later RPC probes again once that backoff allows, while the address is
+    /// still the newly preferred one.
+    fn probe_if_due(&self, peer: &Peer) {
+        let shared = &self.shared;
+        let addr = {
             let mut state = lock(&peer.state);
-            if state.probing || !state.addrs.wants_probe() || self.shared.is_closed() {
+            let Some(addr) = state.addrs.take_probe() else { return };
+            if state.probing
+                || state.probe_backoff.check(shared.runtime.now()).is_err()
+                || shared.is_closed()
+            {
                 return;
             }
             state.probing = true;
-        }
+            addr
+        };
+        // The task needs the peer's entry; an entry no longer listed is not probed.
+        let listed = shared.peer(peer.id).filter(|listed| std::ptr::eq(&**listed, peer));
+        let Some(peer) = listed else {
+            lock(&peer.state).probing = false;
+            return;
+        };
         let client = self.clone();
-        let peer = Arc::clone(peer);
-        self.shared.runtime.spawn(Box::pin(async move { client.run_probes(&peer).await }));
+        shared.runtime.spawn(Box::pin(async move { client.run_probe(&peer, addr).await }));
     }
 
-    /// The probe task of `peer`: probes its newly preferred addresses one after the other
-    /// until none is left to probe.
-    async fn run_probes(&self, peer: &Peer) {
+    /// The probe task of `peer`: one dial at `addr` (see [`probe_if_due`](Self::probe_if_due)),
+    /// unless the peer was removed or refused, the network closed or `addr` stopped being the
+    /// newly preferred address.
+    async fn run_probe(&self, peer: &Arc<Peer>, addr: SocketAddr) {
         let shared = &self.shared;
-        loop {
-            let (addr, wait) = {
-                let mut state = lock(&peer.state);
-                let next = if shared.is_closed() { None } else { state.addrs.take_probe() };
-                let Some(addr) = next else {
-                    state.probing = false;
-                    return;
-                };
-                (addr, state.backoff.check(shared.runtime.now()).err())
-            };
-            if let Some(wait) = wait {
-                Sleep::new(&*shared.runtime, wait).await;
-                if !lock(&peer.state).addrs.is_probe_target(addr) {
-                    // The peer moved or the candidates changed while waiting: the loop probes
-                    // what there is to probe now, if anything.
-                    continue;
+        {
+            let (listed, mut state) = self.listed(peer);
+            if !listed || !state.addrs.is_probe_target(addr) {
+                state.probing = false;
+                return;
+            }
+        }
+        let result = self.dial(peer, addr).await;
+        let (listed, mut state) = self.listed(peer);
+        state.probing = false;
+        let now = shared.runtime.now();
+        match result {
+            Ok(conn) if listed && state.addrs.probe_connected(addr) => {
+                let old = state.connection.replace(conn.clone());
+                state.backoff.succeeded();
+                state.probe_backoff.pause(now, shared.limits.backoff_max);
+                state.warned = None;
+                if let Some(previous) = state.retiring.take() {
+                    previous.close(code::NO_ERROR, b"peer moved");
+                }
+                state.retiring = old.clone();
+                drop(state);
+                info!(
+                    node = shared.id,
+                    peer = peer.id,
+                    %addr,
+                    "peer moved: connected at its newly preferred address"
+                );
+                self.watch(peer.id, conn);
+                if let Some(old) = old {
+                    self.retire(peer, old);
                 }
             }
-            let result = self.dial(peer, addr).await;
-            let (listed, mut state) = self.listed(peer);
-            match result {
-                Ok(conn) if listed && state.addrs.probe_connected(addr) => {
-                    let old = state.connection.replace(conn.clone());
-                    state.backoff.succeeded();
-                    state.warned = None;
-                    drop(state);
-                    info!(
+            Ok(conn) => {
+                drop(state);
+                conn.close(code::NO_ERROR, b"stale");
+            }
+            Err(reason) if !listed => {
+                // The peer was removed or refused, or the network closed, during the dial:
+                // nothing to charge or warn about.
+                debug!(node = shared.id, peer = peer.id, %addr, "probe ended: {reason}");
+            }
+            Err(reason) => {
+                peer.counters(shared.id).dial_failures.increment(1);
+                // Charged to the probe's backoff only: the working connection stays, and a
+                // redial once it is lost is not delayed by the probe.
+                let delay = state.probe_backoff.failed(now);
+                let at = state.addrs.current();
+                if let Some(suppressed) = state.should_warn(now) {
+                    warn!(
                         node = shared.id,
                         peer = peer.id,
                         %addr,
-                        "peer moved: connected at its newly preferred address"
+                        suppressed,
+                        probe_in = ?delay,
+                        kept = %at,
+                        "cannot connect to peer at its newly preferred address, keeping \
+                         its working connection: {reason}"
                     );
-                    self.watch(peer.id, conn);
-                    if let Some(old) = old {
-                        self.retire(old);
-                    }
-                }
-                Ok(conn) => {
-                    drop(state);
-                    conn.close(code::NO_ERROR, b"stale");
-                }
-                Err(reason) => {
-                    peer.counters(shared.id).dial_failures.increment(1);
-                    // Charged only if the address is still the one waiting for a probe (not
-                    // if the peer moved meanwhile, whose backoff the move reset: see L5).
-                    let delay = state
-                        .addrs
-                        .is_probe_target(addr)
-                        .then(|| state.backoff.failed(shared.runtime.now()));
-                    let at = state.addrs.current();
-                    if let Some(suppressed) = state.should_warn(shared.runtime.now()) {
-                        warn!(
-                            node = shared.id,
-                            peer = peer.id,
-                            %addr,
-                            failures = state.backoff.failures(),
-                            suppressed,
-                            retry_in = ?delay,
-                            kept = %at,
-                            "cannot connect to peer at its newly preferred address, keeping \
-                             its working connection: {reason}"
-                        );
-                    } else {
-                        debug!(
-                            node = shared.id,
-                            peer = peer.id,
-                            %addr,
-                            kept = %at,
-                            "cannot connect to peer at its newly preferred address: {reason}"
-                        );
-                    }
+                } else {
+                    debug!(
+                        node = shared.id,
+                        peer = peer.id,
+                        %addr,
+                        kept = %at,
+                        "cannot connect to peer at its newly preferred address: {reason}"
+                    );
                 }
             }
         }
     }
 
-    /// Closes `conn`, a peer's connection replaced by a newer one, once the RPCs in flight on it
-    /// are done: they end within one RPC timeout, and no new one starts on it.
-    fn retire(&self, conn: quinn::Connection) {
+    /// Closes `conn`, `peer`'s connection replaced by a probe's move, once the RPCs in flight
+    /// on it are done: they end within one RPC timeout, and no new one starts on it. Closed
+    /// at once instead by a newer move or by the peer's removal (see `PeerState::retiring`).
+    fn retire(&self, peer: &Arc<Peer>, conn: quinn::Connection) {
         let runtime = Arc::clone(&self.shared.runtime);
         let linger = self.shared.limits.rpc_timeout;
+        let peer = Arc::downgrade(peer);
         self.shared.runtime.spawn(Box::pin(async move {
             Sleep::new(&*runtime, linger).await;
+            if let Some(peer) = peer.upgrade() {
+                let mut state = lock(&peer.state);
+                if state.retiring.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                    state.retiring = None;
+                }
+            }
             conn.close(code::NO_ERROR, b"peer moved");
         }));
     }

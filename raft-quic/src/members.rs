@@ -20,29 +20,30 @@
 //! union, so one group's membership change never forgets an address another group still names.
 //! A source's addresses go when its view is dropped (the group removed).
 //!
-//! **A node several sources name different addresses for** (it moved, and some group's log does
-//! not say so yet). The memberships of different groups are not comparable (their log indexes
-//! are unrelated), so which address is current cannot be known here. Every address named is a
-//! candidate ([`Candidates`]), ranked by when it was set (the application's configured address
-//! too: those given at bind are the oldest, a `set_peer` is the newest then): the one set most
-//! recently is dialed first, then, each time a dial fails (nothing answers there, or another
-//! node does and fails the identity check: the peer's certificate must name the id dialed), the
-//! next dial tries the next one, round robin. The dials are paced by the peer's one backoff, so
-//! a node whose every address is dead costs what one dead address does. Make before break: a
-//! source naming another address first while the peer's connection works does not drop that
-//! connection; the new first address is probed in the background, and the connection moves
-//! there once the probe connects (the peer proved its id there); a failed probe keeps the
-//! working connection, and the address is dialed once that connection or a dial fails, or
-//! probed again when the candidates change (see [`crate::candidates`]). `set_peer` moves the
-//! peer at once. So after a restart in which a lagging group's stale address is set last,
-//! every group reaches the moved node after the failed dials of the addresses ranked before its
-//! live one: with the live address k places after the first, at most the sum over i = 1..k of
-//! (`connect_timeout` + min(`backoff_min` * 2^(i-1), `backoff_max`)), plus Raft's next send,
-//! provided no source names a new first address meanwhile while no connection works (which
-//! restarts the count); `rpc_timeout > connect_timeout` (enforced by `QuicConfig::validate`)
-//! lets every dial run to its end. Not handled: two *live* endpoints proving the same node id
-//! (two processes with one id, an operator error): the most recently set address that answers
-//! is used (a probe of it connects), as the other one answers too.
+//! **A node several sources name different addresses for** (it moved, and some group's log does not
+//! say so yet). The memberships of different groups are not comparable (their log indexes are
+//! unrelated), so which address is current cannot be known here. Every address named is a candidate
+//! ([`Candidates`]), ranked by when it was set (the application's configured address too: those
+//! given at bind are the oldest, a `set_peer` is the newest then): the one set most recently is
+//! dialed first, then, each time a dial fails (nothing answers there, or another node does and
+//! fails the identity check: the peer's certificate must name the id dialed), the next dial tries
+//! the next one, round robin. The dials are paced by the peer's one backoff, so a node whose every
+//! address is dead costs what one dead address does. Make before break: a source naming another
+//! address first while the peer's connection works does not drop that connection; the new first
+//! address is probed in the background (started by the next RPC, paced by the probes' own backoff),
+//! and the connection moves there once the probe connects (the peer proved its id there; at most
+//! one such move per `backoff_max`); a failed probe keeps the working connection and is retried
+//! while the address is the newly preferred one, and the address is dialed once that connection or
+//! a dial fails (see [`crate::candidates`]). `set_peer` moves the peer at once. So after a restart
+//! in which a lagging group's stale address is set last, every group reaches the moved node after
+//! the failed dials of the addresses ranked before its live one: with the live address k places
+//! after the first, at most the sum over i = 1..k of (`connect_timeout` + min(`backoff_min` *
+//! 2^(i-1), `backoff_max`)), plus Raft's next send, provided no source names a new first address
+//! meanwhile while no connection works (which restarts the count); `rpc_timeout > connect_timeout`
+//! (enforced by `QuicConfig::validate`) lets every dial run to its end. Not handled: two *live*
+//! endpoints proving the same node id (two processes with one id, an operator error): the most
+//! recently set address that answers is used (a probe of it connects), as the other one answers
+//! too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

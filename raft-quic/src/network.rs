@@ -482,10 +482,9 @@ impl QuicNetwork {
         }
         let mut peers = shared.peers.write().unwrap_or_else(|p| p.into_inner());
         match peers.get(&id) {
-            Some(peer) => {
-                peer.set_addrs(addrs, at_once);
-                self.inner.client.probe(peer);
-            }
+            // A newly preferred address is probed lazily, by the next RPC (see
+            // `Client::probe_if_due`): nothing is spawned from this synchronous call.
+            Some(peer) => peer.set_addrs(addrs, at_once),
             None => {
                 peers.insert(id, shared.new_peer(id, addrs));
             }

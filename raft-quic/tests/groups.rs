@@ -349,28 +349,188 @@ async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     assert_eq!(new.accept_stats().admitted, 1);
     g1.members_changed(&members(&[(2, &new)]));
-    eventually(&rt, "node 1 dials node 2 at its new address", Duration::from_millis(10), || {
-        let admitted = new.accept_stats().admitted;
-        async move { (admitted == 2).then_some(()) }
+    // The probe starts lazily from the RPCs (Raft's heartbeats).
+    heartbeats_until(&g1, 2, 1, "node 1 dials node 2 at its new address", || {
+        new.accept_stats().admitted == 2
     })
     .await;
     // Node 1 closes the old connection once it moved to the new one (one RPC timeout later,
     // for the RPCs in flight on it): one connection left at node 2 means node 1 moved.
-    eventually(
-        &rt,
-        "node 1 closes its connection at the old address",
-        Duration::from_millis(10),
-        || {
-            let connections = new.accept_stats().connections;
-            async move { (connections == 1).then_some(()) }
-        },
-    )
+    heartbeats_until(&g1, 2, 1, "node 1 closes its connection at the old address", || {
+        new.accept_stats().connections == 1
+    })
     .await;
+    let calls = at_new[&1].calls();
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the membership named the new address").await;
     proxy.block();
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
-    assert_eq!(at_new[&1].calls(), 3);
+    assert_eq!(at_new[&1].calls(), calls + 2);
     assert_eq!(new.accept_stats().admitted, 2, "one dial at the new address");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
+/// Heartbeats of group `group` from `view` to node `id` (each must succeed), one every 20 ms,
+/// until `done` holds (within the generous bound of [`bounded`]).
+async fn heartbeats_until(
+    view: &QuicGroupNetwork,
+    id: NodeId,
+    group: GroupId,
+    what: &str,
+    done: impl Fn() -> bool,
+) {
+    bounded(&rt(), what, async {
+        while !done() {
+            heartbeat_ok(view, id, group, what).await;
+            sleep(&rt(), Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Heartbeats of group `group` from `view` to node `id` (each must succeed), one every 20 ms,
+/// for `duration`.
+async fn heartbeats_for(view: &QuicGroupNetwork, id: NodeId, group: GroupId, duration: Duration) {
+    let until = std::time::Instant::now() + duration;
+    heartbeats_until(view, id, group, "heartbeats", || std::time::Instant::now() >= until).await;
+}
+
+/// Review finding M-2 (third review of qaddr): the probe of node 2's new address B fails (B does
+/// not answer yet when the membership naming it is applied: a proxy drops everything for 1 s);
+/// the probe is retried (from the RPCs, under its own backoff) while B is still the newly
+/// preferred address, so node 1 moves there once B answers, and the old path retired later
+/// costs nothing. (Before, a failed probe was retried only once the candidates changed: the
+/// heartbeat after the old path was retired timed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_is_retried_while_the_new_address_is_preferred() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let at_new = serve_groups(&new, &[1]);
+    let old_path = common::proxy::UdpProxy::start(new.local_addr());
+    let new_path = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, old_path.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    new_path.block();
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(new_path.addr().to_string()))]));
+    heartbeats_for(&g1, 2, 1, Duration::from_secs(1)).await;
+    new_path.unblock();
+    heartbeats_for(&g1, 2, 1, Duration::from_secs(3)).await;
+    old_path.block();
+    heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
+    assert!(at_new[&1].calls() > 2);
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
+/// Review finding M-3 (third review of qaddr): a failed probe is charged to the probe's own
+/// backoff, not to the peer's: once node 2's connection is lost (a routine restart), the next
+/// RPC dials it at once. (Before, the probe's failure put the peer in its backoff, 5 s here:
+/// the first heartbeat after the restart failed with "reconnecting in".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_does_not_delay_the_peers_redial() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let config2 = test_config(&ca, 2, loopback());
+    let node2 = QuicNetwork::bind(config2.clone(), rt.clone()).unwrap();
+    serve_groups(&node2, &[1, 2]);
+    let at = node2.local_addr();
+    let (silent, dead) = silent_address();
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.backoff_min = Duration::from_secs(5);
+    config1.backoff_max = Duration::from_secs(5);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    g2.members_changed(&members(&[(2, &node2)]));
+    heartbeat_ok(&g2, 2, 2, "group 2's first heartbeat").await;
+    // Group 1 names a silent address: probed (from the next RPC), the probe fails.
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(dead.to_string()))]));
+    heartbeats_for(&g2, 2, 2, Duration::from_millis(800)).await;
+    // Group 1 names node 2's address again: the silent one is no candidate any more.
+    g1.members_changed(&members(&[(2, &node2)]));
+    // Node 2 restarts on the same port.
+    node2.close().await;
+    drop(node2);
+    sleep(&rt, Duration::from_millis(200)).await;
+    let mut config2 = config2;
+    config2.listen_addr = at;
+    let restarted = eventually(&rt, "rebind node 2", Duration::from_millis(10), || {
+        let (config, rt) = (config2.clone(), rt.clone());
+        async move { QuicNetwork::bind(config, rt).ok() }
+    })
+    .await;
+    serve_groups(&restarted, &[1, 2]);
+    heartbeat_ok(&g2, 2, 2, "group 2's first heartbeat after node 2's restart").await;
+    for net in [net1, restarted] {
+        net.close().await;
+    }
+    drop(silent);
+}
+
+/// Review finding M-1 (third review of qaddr): moves by probe are paced: at most one per peer
+/// per `backoff_max` (5 s here). Node 2 is reachable through two proxies; node 1 moves from P1
+/// (configured) to P2 (group 1) by probe, then group 2 names P1 again: no second move (no new
+/// handshake at node 2) within 1 s of heartbeats, and node 2 never holds more than two of node
+/// 1's connections (the current one and at most one retiring). (Before, every change of the
+/// first address moved the connection at once: a hostile leader could make node 1 hop without
+/// bound, each move keeping the old connection open for an RPC timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_by_probe_are_paced() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let node2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    serve_groups(&node2, &[1, 2]);
+    let p1 = common::proxy::UdpProxy::start(node2.local_addr());
+    let p2 = common::proxy::UdpProxy::start(node2.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.backoff_max = Duration::from_secs(5);
+    config1.peers.insert(2, p1.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at P1").await;
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(p2.addr().to_string()))]));
+    heartbeats_until(&g1, 2, 1, "node 1 moves to P2", || node2.accept_stats().admitted == 2).await;
+    g2.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(p1.addr().to_string()))]));
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    heartbeats_until(&g2, 2, 2, "heartbeats after group 2 named P1", || {
+        assert!(node2.accept_stats().connections <= 2, "{:?}", node2.accept_stats());
+        std::time::Instant::now() >= until
+    })
+    .await;
+    assert_eq!(node2.accept_stats().admitted, 2, "a second move within backoff_max");
+    for net in [net1, node2] {
+        net.close().await;
+    }
+}
+
+/// Review finding L1 (third review of qaddr): refusing a node closes the connection a move
+/// retired too, at once (not one RPC timeout later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_a_node_closes_its_retiring_connection() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    serve_groups(&new, &[1]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    g1.members_changed(&members(&[(2, &new)]));
+    heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted == 2).await;
+    net1.refuse(2);
+    sleep(&rt, Duration::from_millis(300)).await;
+    assert_eq!(new.accept_stats().connections, 0, "a connection to the refused node is open");
     for net in [net1, new] {
         net.close().await;
     }
@@ -786,4 +946,96 @@ async fn the_receivers_memory_budget_is_one_per_peer_for_all_groups() {
     assert_eq!(handler.calls(), 3);
     sender.close().await;
     receiver.close().await;
+}
+
+/// Review finding M-4 (third review of qaddr): a membership change from a thread outside the
+/// runtime (the runtime alive, not inside `block_on`) while node 1 is connected to node 2 must
+/// not spawn anything: the probe of the newly preferred address starts lazily from the next
+/// RPC, on the runtime. (Before, `members_changed` spawned the probe at once and panicked: "no
+/// reactor running".)
+#[test]
+fn a_membership_change_outside_the_runtime_spawns_nothing() {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ca = ClusterCa::generate().unwrap();
+    let (new, net1, g2) = runtime.block_on(async {
+        init_tracing();
+        let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt()).unwrap();
+        serve_groups(&new, &[2]);
+        let mut config1 = test_config(&ca, 1, loopback());
+        config1.peers.insert(2, new.local_addr());
+        let net1 = QuicNetwork::bind(config1, rt()).unwrap();
+        let g2 = net1.for_group(2);
+        heartbeat_ok(&g2, 2, 2, "the first heartbeat").await;
+        (new, net1, g2)
+    });
+    let (silent, elsewhere) = silent_address();
+    g2.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(elsewhere.to_string()))]));
+    drop(g2);
+    runtime.block_on(async {
+        for net in [net1, new] {
+            net.close().await;
+        }
+    });
+    drop(silent);
+}
+
+/// Review finding L7 (third review of qaddr), the probing guard: many RPCs at once, each of
+/// which finds the connection working while a newly preferred address waits, start one probe
+/// between them (one handshake at the new address), not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rpcs_start_one_probe() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    serve_groups(&new, &[1]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    g1.members_changed(&members(&[(2, &new)]));
+    let many = (0..20).map(|_| heartbeat_ok(&g1, 2, 1, "a concurrent heartbeat"));
+    futures::future::join_all(many).await;
+    heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted >= 2).await;
+    sleep(&rt, Duration::from_millis(300)).await;
+    assert_eq!(new.accept_stats().admitted, 2, "more than one probe");
+    for net in [net1, new] {
+        net.close().await;
+    }
+}
+
+/// Review findings M-1's variant and L7 (third review of qaddr): an RPC in flight on the old
+/// connection when a probe moves the peer (group 2's request, held by node 2's handler until
+/// after the move) still gets its answer: the old connection retires, it is not closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_in_flight_at_a_move_gets_its_answer() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    let handlers = serve_groups(&new, &[1, 2]);
+    let proxy = common::proxy::UdpProxy::start(new.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.peers.insert(2, proxy.addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let (g1, g2) = (net1.for_group(1), net1.for_group(2));
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    let gate = handlers[&2].close_gate();
+    let held = g2.send(Envelope::new(2, append(1, 1, 10, b"gated")).with_group_id(2));
+    let move_then_open = async {
+        sleep(&rt, Duration::from_millis(50)).await;
+        g1.members_changed(&members(&[(2, &new)]));
+        heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted == 2).await;
+        sleep(&rt, Duration::from_millis(100)).await;
+        drop(gate);
+    };
+    let (answer, ()) =
+        bounded(&rt, "the held request", futures::future::join(held, move_then_open)).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    for net in [net1, new] {
+        net.close().await;
+    }
 }
