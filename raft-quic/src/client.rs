@@ -871,6 +871,12 @@ impl Client {
                 }
             }
             Ok(conn) => {
+                // Stale: the preferred address changed during the dial. Charged to the probes'
+                // backoff like a failure, so that address changes made while probes are in
+                // flight cannot start one handshake each.
+                if listed {
+                    state.probe_backoff.failed(now);
+                }
                 drop(state);
                 conn.close(code::NO_ERROR, b"stale");
             }

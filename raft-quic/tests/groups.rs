@@ -511,6 +511,47 @@ async fn moves_by_probe_are_paced() {
     }
 }
 
+/// Review finding MEDIUM/LOW-2 (fourth review of qaddr): a probe that connects after the
+/// preferred address changed under it (stale, closed unused) counts against the probes'
+/// backoff like a failed one, so a group leader flipping a node's address while probes are in
+/// flight cannot make this node handshake once per change. Before, the next RPC probed the
+/// new first address at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_probe_paces_the_next_one() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let node2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+    serve_groups(&node2, &[1, 2]);
+    let p1 = common::proxy::UdpProxy::start(node2.local_addr());
+    let p2 = common::proxy::UdpProxy::start(node2.local_addr());
+    let mut config1 = test_config(&ca, 1, loopback());
+    config1.backoff_min = Duration::from_secs(5);
+    config1.backoff_max = Duration::from_secs(5);
+    // Room for the probe's handshake to wait behind the blocked proxy and still connect.
+    config1.connect_timeout = Duration::from_secs(4);
+    config1.rpc_timeout = Duration::from_secs(5);
+    config1.peers.insert(2, node2.local_addr());
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let g1 = net1.for_group(1);
+    heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
+    p1.block();
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(p1.addr().to_string()))]));
+    // This heartbeat (on the working connection) starts the probe of P1, which waits.
+    heartbeat_ok(&g1, 2, 1, "the heartbeat that starts the probe of P1").await;
+    g1.members_changed(&BTreeMap::from([(2, NodeInfo::with_address(p2.addr().to_string()))]));
+    p1.unblock();
+    heartbeats_until(&g1, 2, 1, "the stale probe through P1 connects", || {
+        node2.accept_stats().admitted == 2
+    })
+    .await;
+    heartbeats_for(&g1, 2, 1, Duration::from_secs(1)).await;
+    assert_eq!(node2.accept_stats().admitted, 2, "P2 probed right after the stale probe of P1");
+    for net in [net1, node2] {
+        net.close().await;
+    }
+}
+
 /// Review finding L1 (third review of qaddr): refusing a node closes the connection a move
 /// retired too, at once (not one RPC timeout later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
