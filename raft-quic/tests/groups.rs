@@ -132,6 +132,44 @@ impl Moved {
     }
 }
 
+/// The set-up of the tests below: tracing, the runtime, a CA, and node 2 bound with its test
+/// configuration, serving `groups` with handlers that count the requests they get.
+struct Node2 {
+    rt: Arc<dyn Runtime>,
+    ca: ClusterCa,
+    net: QuicNetwork,
+    handlers: BTreeMap<GroupId, Arc<TestHandler>>,
+}
+
+impl Node2 {
+    fn start(groups: &[GroupId]) -> Self {
+        init_tracing();
+        let rt = rt();
+        let ca = ClusterCa::generate().unwrap();
+        let net = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+        let handlers = serve_groups(&net, groups);
+        Self { rt, ca, net, handlers }
+    }
+}
+
+/// Node 1 bound with its test configuration, node 2 configured at `node2_at`.
+fn node1_reaching(
+    ca: &ClusterCa,
+    rt: &Arc<dyn Runtime>,
+    node2_at: std::net::SocketAddr,
+) -> QuicNetwork {
+    let mut config1 = test_config(ca, 1, loopback());
+    config1.peers.insert(2, node2_at);
+    QuicNetwork::bind(config1, rt.clone()).unwrap()
+}
+
+/// Closes every network of `nets`, one after the other (each dropped once closed).
+async fn close_all(nets: impl IntoIterator<Item = QuicNetwork>) {
+    for net in nets {
+        net.close().await;
+    }
+}
+
 /// The requests `handlers` got, in all.
 fn calls(handlers: &BTreeMap<GroupId, Arc<TestHandler>>) -> usize {
     handlers.values().map(|h| h.calls()).sum()
@@ -161,9 +199,7 @@ async fn the_latest_address_of_a_node_wins_across_groups() {
     g2.members_changed(&BTreeMap::from([(2, NodeInfo::default())]));
     assert!(reaches(&g2, 2, 2).await);
     assert_eq!((calls(&at_old), calls(&at_new)), (1, 2));
-    for net in [net1, old, new] {
-        net.close().await;
-    }
+    close_all([net1, old, new]).await;
 }
 
 /// Review finding (rev_host, LIVENESS, low): which address of a moved node is dialed depends
@@ -201,9 +237,7 @@ async fn the_address_a_newer_membership_names_wins_whatever_the_groups_start_ord
         (0, 2),
         "after the restart group 2's request went to node 2's old address"
     );
-    for net in [net1, old, new] {
-        net.close().await;
-    }
+    close_all([net1, old, new]).await;
 }
 
 /// How many heartbeats of group `group` from `view` it took until one reached node `id` (those
@@ -262,11 +296,7 @@ async fn reach_the_moved_node_after_a_restart(
 /// (Before, every dial went to the stale address until group 1's log learned the move.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_node_is_reached_at_its_new_address_when_nothing_answers_at_the_old_one() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1, 2]);
+    let Node2 { ca, net: new, handlers: at_new, .. } = Node2::start(&[1, 2]);
     // An address nothing answers at: a socket kept bound (no concurrent test can take its
     // port), never read.
     let (silent, stale) = silent_address();
@@ -275,9 +305,7 @@ async fn a_moved_node_is_reached_at_its_new_address_when_nothing_answers_at_the_
     for group in [1, 2] {
         assert_eq!(at_new[&group].calls(), 1, "group {group}'s heartbeat at the new address");
     }
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
     drop(silent);
 }
 
@@ -306,11 +334,7 @@ async fn heartbeat_ok(view: &QuicGroupNetwork, id: NodeId, group: GroupId, what:
 /// again, longer than an election timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_connection_stays_when_another_group_names_a_stale_address_later() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1, 2]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1, 2]);
     let (silent, stale) = silent_address();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     let (g1, g2) = (net1.for_group(1), net1.for_group(2));
@@ -321,9 +345,7 @@ async fn a_working_connection_stays_when_another_group_names_a_stale_address_lat
     heartbeat_ok(&g2, 2, 2, "group 2's heartbeat once group 1 named the old address").await;
     assert_eq!(new.accept_stats().admitted, 1, "the working connection was dropped");
     assert_eq!(at_new[&2].calls(), 2);
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
     drop(silent);
 }
 
@@ -336,15 +358,9 @@ async fn a_working_connection_stays_when_another_group_names_a_stale_address_lat
 /// elections broke out everywhere.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1]);
     let proxy = common::proxy::UdpProxy::start(new.local_addr());
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.peers.insert(2, proxy.addr());
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net1 = node1_reaching(&ca, &rt, proxy.addr());
     let g1 = net1.for_group(1);
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     assert_eq!(new.accept_stats().admitted, 1);
@@ -366,9 +382,7 @@ async fn a_working_connection_moves_to_a_newly_named_address_that_answers() {
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
     assert_eq!(at_new[&1].calls(), calls + 2);
     assert_eq!(new.accept_stats().admitted, 2, "one dial at the new address");
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
 }
 
 /// Heartbeats of group `group` from `view` to node `id` (each must succeed), one every 20 ms,
@@ -404,16 +418,10 @@ async fn heartbeats_for(view: &QuicGroupNetwork, id: NodeId, group: GroupId, dur
 /// heartbeat after the old path was retired timed out.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_probe_is_retried_while_the_new_address_is_preferred() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1]);
     let old_path = common::proxy::UdpProxy::start(new.local_addr());
     let new_path = common::proxy::UdpProxy::start(new.local_addr());
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.peers.insert(2, old_path.addr());
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net1 = node1_reaching(&ca, &rt, old_path.addr());
     let g1 = net1.for_group(1);
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     new_path.block();
@@ -424,9 +432,7 @@ async fn a_failed_probe_is_retried_while_the_new_address_is_preferred() {
     old_path.block();
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the old path is retired").await;
     assert!(at_new[&1].calls() > 2);
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
 }
 
 /// Review finding M-3 (third review of qaddr): a failed probe is charged to the probe's own
@@ -468,9 +474,7 @@ async fn a_failed_probe_does_not_delay_the_peers_redial() {
     .await;
     serve_groups(&restarted, &[1, 2]);
     heartbeat_ok(&g2, 2, 2, "group 2's first heartbeat after node 2's restart").await;
-    for net in [net1, restarted] {
-        net.close().await;
-    }
+    close_all([net1, restarted]).await;
     drop(silent);
 }
 
@@ -483,11 +487,7 @@ async fn a_failed_probe_does_not_delay_the_peers_redial() {
 /// bound, each move keeping the old connection open for an RPC timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_by_probe_are_paced() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let node2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    serve_groups(&node2, &[1, 2]);
+    let Node2 { rt, ca, net: node2, .. } = Node2::start(&[1, 2]);
     let p1 = common::proxy::UdpProxy::start(node2.local_addr());
     let p2 = common::proxy::UdpProxy::start(node2.local_addr());
     let mut config1 = test_config(&ca, 1, loopback());
@@ -506,9 +506,7 @@ async fn moves_by_probe_are_paced() {
     })
     .await;
     assert_eq!(node2.accept_stats().admitted, 2, "a second move within backoff_max");
-    for net in [net1, node2] {
-        net.close().await;
-    }
+    close_all([net1, node2]).await;
 }
 
 /// Review finding MEDIUM/LOW-2 (fourth review of qaddr): a probe that connects after the
@@ -518,11 +516,7 @@ async fn moves_by_probe_are_paced() {
 /// new first address at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_probe_paces_the_next_one() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let node2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    serve_groups(&node2, &[1, 2]);
+    let Node2 { rt, ca, net: node2, .. } = Node2::start(&[1, 2]);
     let p1 = common::proxy::UdpProxy::start(node2.local_addr());
     let p2 = common::proxy::UdpProxy::start(node2.local_addr());
     let mut config1 = test_config(&ca, 1, loopback());
@@ -547,24 +541,16 @@ async fn a_stale_probe_paces_the_next_one() {
     .await;
     heartbeats_for(&g1, 2, 1, Duration::from_secs(1)).await;
     assert_eq!(node2.accept_stats().admitted, 2, "P2 probed right after the stale probe of P1");
-    for net in [net1, node2] {
-        net.close().await;
-    }
+    close_all([net1, node2]).await;
 }
 
 /// Review finding L1 (third review of qaddr): refusing a node closes the connection a move
 /// retired too, at once (not one RPC timeout later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_a_node_closes_its_retiring_connection() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, .. } = Node2::start(&[1]);
     let proxy = common::proxy::UdpProxy::start(new.local_addr());
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.peers.insert(2, proxy.addr());
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net1 = node1_reaching(&ca, &rt, proxy.addr());
     let g1 = net1.for_group(1);
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     g1.members_changed(&members(&[(2, &new)]));
@@ -572,9 +558,7 @@ async fn refusing_a_node_closes_its_retiring_connection() {
     net1.refuse(2);
     sleep(&rt, Duration::from_millis(300)).await;
     assert_eq!(new.accept_stats().connections, 0, "a connection to the refused node is open");
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
 }
 
 /// Review finding L3 (rev_qaddr): the address the application set (`set_peer`) is the most
@@ -584,11 +568,7 @@ async fn refusing_a_node_closes_its_retiring_connection() {
 /// touching the id put it last: an unchanged hand-over moved the peer to the dead address.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_old_one() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1]);
     let (silent, dead) = silent_address();
     let net1 = QuicNetwork::bind(test_config(&ca, 1, loopback()), rt.clone()).unwrap();
     let g1 = net1.for_group(1);
@@ -603,9 +583,7 @@ async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_o
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the same membership, connected").await;
     assert_eq!(new.accept_stats().admitted, 1);
     assert_eq!(at_new[&1].calls(), 2);
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
     drop(silent);
 }
 
@@ -617,11 +595,7 @@ async fn the_applications_address_stays_preferred_when_a_membership_repeats_an_o
 /// backoff's wait.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_address() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1]);
     let (silent, dead) = silent_address();
     let mut config1 = test_config(&ca, 1, loopback());
     config1.backoff_min = Duration::from_secs(30);
@@ -650,9 +624,7 @@ async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_addres
     assert!(old_dial.is_err(), "{old_dial:?}");
     heartbeat_ok(&g1, 2, 1, "the heartbeat after the move").await;
     assert_eq!(at_new[&1].calls(), 1);
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
     drop(silent);
 }
 
@@ -661,11 +633,7 @@ async fn a_dial_that_fails_after_the_peer_moved_is_not_charged_to_the_new_addres
 /// meant for node 2, and the next dial reaches node 2 at its new address, for every group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_node_is_reached_at_its_new_address_when_another_node_answers_at_the_old_one() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let at_new = serve_groups(&new, &[1, 2]);
+    let Node2 { rt, ca, net: new, handlers: at_new } = Node2::start(&[1, 2]);
     let other = QuicNetwork::bind(test_config(&ca, 3, loopback()), rt.clone()).unwrap();
     let at_other = serve_groups(&other, &[1, 2]);
     let stale = other.local_addr();
@@ -676,9 +644,7 @@ async fn a_moved_node_is_reached_at_its_new_address_when_another_node_answers_at
     }
     assert_eq!(calls(&at_other), 0, "node 3 got a request meant for node 2");
     assert_eq!(other.accept_stats().admitted, 0, "node 3 admitted node 1's dial for node 2");
-    for net in [net1, new, other] {
-        net.close().await;
-    }
+    close_all([net1, new, other]).await;
 }
 
 /// Three processes, three groups each, one endpoint per process: every group elects a leader
@@ -1026,15 +992,9 @@ fn a_membership_change_outside_the_runtime_spawns_nothing() {
 /// between them (one handshake at the new address), not one each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_rpcs_start_one_probe() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    serve_groups(&new, &[1]);
+    let Node2 { rt, ca, net: new, .. } = Node2::start(&[1]);
     let proxy = common::proxy::UdpProxy::start(new.local_addr());
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.peers.insert(2, proxy.addr());
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net1 = node1_reaching(&ca, &rt, proxy.addr());
     let g1 = net1.for_group(1);
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     g1.members_changed(&members(&[(2, &new)]));
@@ -1043,9 +1003,7 @@ async fn concurrent_rpcs_start_one_probe() {
     heartbeats_until(&g1, 2, 1, "node 1 moves", || new.accept_stats().admitted >= 2).await;
     sleep(&rt, Duration::from_millis(300)).await;
     assert_eq!(new.accept_stats().admitted, 2, "more than one probe");
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
 }
 
 /// Review findings M-1's variant and L7 (third review of qaddr): an RPC in flight on the old
@@ -1053,15 +1011,9 @@ async fn concurrent_rpcs_start_one_probe() {
 /// after the move) still gets its answer: the old connection retires, it is not closed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rpc_in_flight_at_a_move_gets_its_answer() {
-    init_tracing();
-    let rt = rt();
-    let ca = ClusterCa::generate().unwrap();
-    let new = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let handlers = serve_groups(&new, &[1, 2]);
+    let Node2 { rt, ca, net: new, handlers } = Node2::start(&[1, 2]);
     let proxy = common::proxy::UdpProxy::start(new.local_addr());
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.peers.insert(2, proxy.addr());
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let net1 = node1_reaching(&ca, &rt, proxy.addr());
     let (g1, g2) = (net1.for_group(1), net1.for_group(2));
     heartbeat_ok(&g1, 2, 1, "the heartbeat at the configured address").await;
     let gate = handlers[&2].close_gate();
@@ -1076,7 +1028,5 @@ async fn an_rpc_in_flight_at_a_move_gets_its_answer() {
     let (answer, ()) =
         bounded(&rt, "the held request", futures::future::join(held, move_then_open)).await;
     assert!(answer.is_ok(), "{answer:?}");
-    for net in [net1, new] {
-        net.close().await;
-    }
+    close_all([net1, new]).await;
 }
