@@ -395,7 +395,8 @@ impl Client {
 
     /// After an RPC on `conn` timed out: closes `conn` (the next RPC dials anew) if it sent
     /// datagrams since `before` but received none. A live peer acknowledges every packet that
-    /// asks for it (the request's, the keep-alives) within a round trip, however slow its
+    /// asks for it (the request's, the keep-alives) within a round trip plus its ACK delay
+    /// (25 ms at most), however slow its
     /// answer; silence for a whole RPC timeout means the peer is gone. Typically it crashed
     /// and restarted at the same address while the connection was still on its handshake id,
     /// which earns no stateless reset (see [`crate::cid`]): the connection would otherwise
