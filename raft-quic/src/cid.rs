@@ -35,8 +35,9 @@
 //! driver: the ids of NEW_CONNECTION_ID frames) is private.
 //!
 //! Both keys change when the node's key does (a renewed certificate with a new key): the first
-//! restart after a renewal does not reset stale connections; peers notice within their idle
-//! timeout instead.
+//! restart after a renewal does not reset stale connections; a peer notices at its first RPC
+//! timeout on such a connection (the dialer's silence check, see
+//! `QuicConfig::rpc_timeout`), or within its idle timeout for a connection no RPC uses.
 
 use std::cell::Cell;
 use std::sync::Arc;

@@ -49,6 +49,10 @@ struct PeerState {
     /// When a failure to reach this peer (or a bad answer of it) was last warned about, and
     /// how many were not warned about since.
     warned: Option<(Instant, u64)>,
+    /// When a silence close of a connection to this peer (see [`Client::drop_if_silent`]) was
+    /// last logged at info level, and how many were logged at debug level since: a silent
+    /// peer is redialed every RPC timeout, logged once per [`WARN_INTERVAL`].
+    silenced: Option<(Instant, u64)>,
     /// A probe task runs for this peer (see [`Client::probe_if_due`]): at most one at a time.
     probing: bool,
     /// Paces the probes of a newly preferred address, apart from `backoff` (a failed probe
@@ -64,16 +68,29 @@ impl PeerState {
     /// Whether to warn about a failure now; `Some(n)`: yes, `n` failures were left out since
     /// the last warning.
     fn should_warn(&mut self, now: Instant) -> Option<u64> {
-        match &mut self.warned {
-            Some((at, skipped)) if now.duration_since(*at) < WARN_INTERVAL => {
-                *skipped += 1;
-                None
-            }
-            warned => {
-                let skipped = warned.map_or(0, |(_, skipped)| skipped);
-                *warned = Some((now, 0));
-                Some(skipped)
-            }
+        once_per_interval(&mut self.warned, now)
+    }
+
+    /// Whether a reconnection is worth an info line: not if it follows, within
+    /// [`WARN_INTERVAL`], a silence close that was itself logged at debug level only.
+    fn reconnect_is_news(&self, now: Instant) -> bool {
+        !matches!(self.silenced, Some((at, skipped))
+            if skipped > 0 && now.duration_since(at) < WARN_INTERVAL)
+    }
+}
+
+/// Rate limit of a log line: `Some(n)` if it is due at `now` (at most once per
+/// [`WARN_INTERVAL`]; `n` were left out since the last), `None` if not (counted in `slot`).
+fn once_per_interval(slot: &mut Option<(Instant, u64)>, now: Instant) -> Option<u64> {
+    match slot {
+        Some((at, skipped)) if now.duration_since(*at) < WARN_INTERVAL => {
+            *skipped += 1;
+            None
+        }
+        last => {
+            let skipped = last.map_or(0, |(_, skipped)| skipped);
+            *last = Some((now, 0));
+            Some(skipped)
         }
     }
 }
@@ -112,6 +129,7 @@ impl Peer {
                 connection: None,
                 backoff: backoff.clone(),
                 warned: None,
+                silenced: None,
                 probing: false,
                 probe_backoff: backoff,
                 retiring: None,
@@ -395,7 +413,8 @@ impl Client {
 
     /// After an RPC on `conn` timed out: closes `conn` (the next RPC dials anew) if it sent
     /// datagrams since `before` but received none. A live peer acknowledges every packet that
-    /// asks for it (the request's, the keep-alives) within a round trip, however slow its
+    /// asks for it (the request's, the keep-alives) within a round trip plus its ACK delay
+    /// (25 ms at most), however slow its
     /// answer; silence for a whole RPC timeout means the peer is gone. Typically it crashed
     /// and restarted at the same address while the connection was still on its handshake id,
     /// which earns no stateless reset (see [`crate::cid`]): the connection would otherwise
@@ -409,11 +428,12 @@ impl Client {
         let sent = now.udp_tx.datagrams > before.udp_tx.datagrams;
         let heard = now.udp_rx.datagrams > before.udp_rx.datagrams;
         if sent && !heard {
-            info!(
-                node = self.shared.id,
-                peer = peer.id,
-                "closing connection to peer: nothing received from it during an RPC timeout"
-            );
+            let due = once_per_interval(&mut lock(&peer.state).silenced, Instant::now());
+            let what = "closing connection to peer: nothing received from it during an RPC timeout";
+            match due {
+                Some(skipped) => info!(node = self.shared.id, peer = peer.id, skipped, "{what}"),
+                None => debug!(node = self.shared.id, peer = peer.id, "{what}"),
+            }
             conn.close(code::TIMEOUT, b"peer silent");
             peer.forget(conn);
         }
@@ -710,8 +730,13 @@ impl Client {
                 state.backoff.succeeded();
                 state.warned = None;
                 state.connection = Some(conn.clone());
+                let news = state.reconnect_is_news(Instant::now());
                 drop(state);
-                info!(node = shared.id, peer = peer.id, %addr, "connected to peer");
+                if news {
+                    info!(node = shared.id, peer = peer.id, %addr, "connected to peer");
+                } else {
+                    debug!(node = shared.id, peer = peer.id, %addr, "connected to peer");
+                }
                 self.watch(peer.id, conn.clone());
                 Ok(conn)
             }
@@ -978,8 +1003,9 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::answer;
+    use super::{answer, once_per_interval, WARN_INTERVAL};
     use crate::wire::{Refusal, WireResponse, MAX_REASON_LEN};
+    use std::time::{Duration, Instant};
 
     /// A hostile peer's reason is cut on receipt: the bound does not rest on the sender.
     #[test]
@@ -991,5 +1017,19 @@ mod tests {
         };
         assert!(text.contains("x\nx"), "{text}");
         assert!(text.len() <= MAX_REASON_LEN + 200, "{} bytes: {}", text.len(), &text[..300]);
+    }
+
+    /// A silent peer redialed every RPC timeout logs its silence close once per interval,
+    /// with the count of the ones left out (review L4).
+    #[test]
+    fn a_line_is_logged_once_per_interval_with_the_count_left_out() {
+        let start = Instant::now();
+        let mut slot = None;
+        assert_eq!(once_per_interval(&mut slot, start), Some(0));
+        for n in 1..=5 {
+            assert_eq!(once_per_interval(&mut slot, start + Duration::from_millis(300 * n)), None);
+        }
+        assert_eq!(once_per_interval(&mut slot, start + WARN_INTERVAL), Some(5));
+        assert_eq!(once_per_interval(&mut slot, start + WARN_INTERVAL), None);
     }
 }

@@ -47,9 +47,18 @@ pub struct QuicConfig {
     /// longest its answers may wait in all for the peer to take them (one timeout summed over
     /// a batch's answers, not one per answer). The handlers' own time is not bounded by it.
     /// Must exceed `connect_timeout`: a dial happens within an RPC, and only a dial that ends
-    /// (fails) turns the next one to a peer's next candidate address. An outbound connection
-    /// on which an RPC timed out without a single packet from the peer meanwhile is closed
-    /// (the peer is gone, e.g. restarted): the next RPC dials anew. Default 2 s.
+    /// (fails) turns the next one to a peer's next candidate address.
+    ///
+    /// **It also bounds how long an outbound connection may stay silent:** one on which an RPC
+    /// timed out after packets were sent and none received during it (not even the ACKs of
+    /// keep-alives) is closed, and the next RPC dials anew. A crashed and restarted peer is so
+    /// found within one RPC timeout even when it sends no stateless reset (it does not for a
+    /// connection younger than a second, still on its handshake id: see `idle_timeout`). The
+    /// cost: a link outage longer than one RPC timeout (but shorter than `idle_timeout`) now
+    /// closes a healthy connection too, and recovery after the outage takes a new handshake
+    /// (plus any dial backoff) instead of the old connection resuming at once. A slow peer that
+    /// is alive keeps its connection (its endpoint acknowledges packets however slow its
+    /// handlers are). Default 2 s.
     pub rpc_timeout: Duration,
     /// The longest a connection attempt (QUIC and TLS handshake) may take; less than
     /// `rpc_timeout`. Default 1 s.
@@ -101,9 +110,14 @@ pub struct QuicConfig {
     /// single peer thus gets at most half this window of bulk bytes per round trip.
     pub connection_receive_window: u32,
     /// How often an idle connection is pinged to keep it open and detect a dead peer.
-    /// Default 1 s.
+    /// Keep it well below `rpc_timeout`: the silence check there counts on hearing the peer's
+    /// acknowledgements (one keep-alive interval plus a round trip plus the peer's ACK delay)
+    /// within one RPC timeout. Default 1 s.
     pub keep_alive_interval: Duration,
-    /// A connection that hears nothing from its peer for this long is closed. Default 10 s.
+    /// A connection that hears nothing from its peer for this long is closed. An outbound
+    /// connection is closed sooner, after one `rpc_timeout`, if an RPC on it times out while
+    /// nothing is heard (see `rpc_timeout`), so this bounds mainly inbound connections and
+    /// outbound ones no RPC uses. Default 10 s.
     pub idle_timeout: Duration,
     /// Outbound frames up to this size (votes, heartbeats, small appends) are sent with a
     /// higher stream priority than larger ones and never wait for the bulk window (see

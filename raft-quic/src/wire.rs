@@ -133,7 +133,9 @@ pub mod code {
     pub const DECODE_ERROR: VarInt = VarInt::from_u32(3);
     /// The stream ended inside a frame.
     pub const TRUNCATED: VarInt = VarInt::from_u32(4);
-    /// The peer did not deliver its frame within the RPC timeout.
+    /// The peer did not deliver its frame within the RPC timeout (a stream reset); also the
+    /// code with which a dialer closes a connection on which an RPC timed out while nothing was
+    /// heard from the peer.
     pub const TIMEOUT: VarInt = VarInt::from_u32(5);
     /// The sender abandoned the RPC (its own timeout expired) before finishing the request.
     pub const CANCELLED: VarInt = VarInt::from_u32(6);

@@ -652,6 +652,12 @@ pub async fn stale_connection_is_reset_after_crash(rt: Arc<dyn Runtime>) {
     restarted.serve(handler.clone());
     proxy.unblock();
 
+    // The stateless reset, not the dialer's silence check, must end the stale connection: the
+    // silence check would replace it too, one RPC timeout later, and so hide broken resets. A
+    // reset tears the connection down at its next packet (the RPC fails `Unreachable` or goes
+    // out on a new connection); only a connection nobody resets lets the RPC time out.
+    let first = bounded(&rt, "first RPC after the restart", net1.send_to(2, heartbeat(1))).await;
+    assert!(!matches!(first, Err(NetworkError::Timeout(_))), "no stateless reset: {first:?}");
     eventually(&rt, "RPC to the restarted node", Duration::from_millis(20), || {
         let net1 = net1.clone();
         async move { net1.send_to(2, heartbeat(1)).await.ok() }
