@@ -717,41 +717,74 @@ pub async fn certificate_without_the_node_role_is_refused(rt: Arc<dyn Runtime>) 
     }
 }
 
+/// Node 1 (connect timeout 3 s, RPC timeout 5 s) reaching node 2 through a proxy that holds
+/// node 1's first dial back: the set-up of the tests of a dial that completes after node 2's
+/// peer entry changed under it (review M3 and L-e of qaddr).
+struct HeldDial {
+    rt: Arc<dyn Runtime>,
+    net1: QuicNetwork,
+    net2: QuicNetwork,
+    handler: Arc<TestHandler>,
+    proxy: proxy::UdpProxy,
+}
+
+impl HeldDial {
+    fn start(rt: Arc<dyn Runtime>) -> Self {
+        init_tracing();
+        let ca = ClusterCa::generate().unwrap();
+        let mut config1 = test_config(&ca, 1, loopback());
+        config1.connect_timeout = Duration::from_secs(3);
+        config1.rpc_timeout = Duration::from_secs(5);
+        let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+        let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
+        let handler = TestHandler::new(2);
+        net2.serve(handler.clone());
+        let proxy = proxy::UdpProxy::start(net2.local_addr());
+        net1.set_peer(2, proxy.addr());
+        proxy.block();
+        Self { rt, net1, net2, handler, proxy }
+    }
+
+    /// A heartbeat from node 1 to node 2 whose dial waits at the proxy while `change` runs on
+    /// node 1, 100 ms in; then the proxy lets the dial through. The heartbeat's result.
+    async fn heartbeat_while(
+        &self,
+        change: impl FnOnce(&QuicNetwork),
+    ) -> Result<RpcResponse, NetworkError> {
+        let during_the_dial = async {
+            sleep(&self.rt, Duration::from_millis(100)).await;
+            change(&self.net1);
+            self.proxy.unblock();
+        };
+        let rpc = self.net1.send_to(2, heartbeat(1));
+        let (result, ()) =
+            bounded(&self.rt, "the RPC dialing", futures::future::join(rpc, during_the_dial)).await;
+        result
+    }
+
+    /// Waits until node 2 holds `count` connections of node 1, then closes both networks.
+    async fn close_once_node2_holds(self, count: usize, what: &str) {
+        eventually(&self.rt, what, Duration::from_millis(20), || {
+            let connections = self.net2.accept_stats().connections;
+            async move { (connections == count).then_some(()) }
+        })
+        .await;
+        self.net1.close().await;
+        self.net2.close().await;
+    }
+}
+
 /// Review finding M3 (rev_qaddr): a dial to node 2 that completes after node 1 refused node 2
 /// (its peer entry removed meanwhile) neither keeps the connection nor delivers the request:
 /// node 2's handler never runs, and node 2 ends up holding no connection of node 1.
 /// (Before, the connection was cached in the removed peer entry, the request written on it, and
 /// the connection kept open by keep-alives until the certificate expired.)
 pub async fn a_dial_completing_after_a_refusal_is_dropped(rt: Arc<dyn Runtime>) {
-    init_tracing();
-    let ca = ClusterCa::generate().unwrap();
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.connect_timeout = Duration::from_secs(3);
-    config1.rpc_timeout = Duration::from_secs(5);
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
-    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let handler = TestHandler::new(2);
-    net2.serve(handler.clone());
-    let proxy = proxy::UdpProxy::start(net2.local_addr());
-    net1.set_peer(2, proxy.addr());
-    proxy.block();
-    let refuse_during_the_dial = async {
-        sleep(&rt, Duration::from_millis(100)).await;
-        net1.refuse(2);
-        proxy.unblock();
-    };
-    let rpc = net1.send_to(2, heartbeat(1));
-    let (result, ()) =
-        bounded(&rt, "the RPC dialing", futures::future::join(rpc, refuse_during_the_dial)).await;
+    let held = HeldDial::start(rt);
+    let result = held.heartbeat_while(|net1| net1.refuse(2)).await;
     assert!(result.is_err(), "a refused node got the request: {result:?}");
-    assert_eq!(handler.calls(), 0);
-    eventually(&rt, "node 2 holds no connection of node 1", Duration::from_millis(20), || {
-        let connections = net2.accept_stats().connections;
-        async move { (connections == 0).then_some(()) }
-    })
-    .await;
-    net1.close().await;
-    net2.close().await;
+    assert_eq!(held.handler.calls(), 0);
+    held.close_once_node2_holds(0, "node 2 holds no connection of node 1").await;
 }
 
 /// Review finding L-e (second review of qaddr), the other half of M3: a dial to node 2 that
@@ -760,40 +793,21 @@ pub async fn a_dial_completing_after_a_refusal_is_dropped(rt: Arc<dyn Runtime>) 
 /// fails, the next heartbeat goes through the new entry's own connection, and node 2 ends up
 /// holding one connection of node 1, not two.
 pub async fn a_dial_completing_after_its_peer_entry_was_replaced_is_dropped(rt: Arc<dyn Runtime>) {
-    init_tracing();
-    let ca = ClusterCa::generate().unwrap();
-    let mut config1 = test_config(&ca, 1, loopback());
-    config1.connect_timeout = Duration::from_secs(3);
-    config1.rpc_timeout = Duration::from_secs(5);
-    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
-    let net2 = QuicNetwork::bind(test_config(&ca, 2, loopback()), rt.clone()).unwrap();
-    let handler = TestHandler::new(2);
-    net2.serve(handler.clone());
-    let proxy = proxy::UdpProxy::start(net2.local_addr());
-    net1.set_peer(2, proxy.addr());
-    proxy.block();
-    let replace_during_the_dial = async {
-        sleep(&rt, Duration::from_millis(100)).await;
-        net1.remove_peer(2);
-        net1.set_peer(2, proxy.addr());
-        proxy.unblock();
-    };
-    let rpc = net1.send_to(2, heartbeat(1));
-    let (result, ()) =
-        bounded(&rt, "the RPC dialing", futures::future::join(rpc, replace_during_the_dial)).await;
+    let held = HeldDial::start(rt);
+    let proxy_addr = held.proxy.addr();
+    let result = held
+        .heartbeat_while(|net1| {
+            net1.remove_peer(2);
+            net1.set_peer(2, proxy_addr);
+        })
+        .await;
     assert!(result.is_err(), "the orphaned entry's dial was used: {result:?}");
-    assert_eq!(handler.calls(), 0);
-    bounded(&rt, "the heartbeat through the new entry", net1.send_to(2, heartbeat(1)))
+    assert_eq!(held.handler.calls(), 0);
+    bounded(&held.rt, "the heartbeat through the new entry", held.net1.send_to(2, heartbeat(1)))
         .await
         .unwrap();
-    assert_eq!(handler.calls(), 1);
-    eventually(&rt, "node 2 holds one connection of node 1", Duration::from_millis(20), || {
-        let connections = net2.accept_stats().connections;
-        async move { (connections == 1).then_some(()) }
-    })
-    .await;
-    net1.close().await;
-    net2.close().await;
+    assert_eq!(held.handler.calls(), 1);
+    held.close_once_node2_holds(1, "node 2 holds one connection of node 1").await;
 }
 
 /// A refused (removed) node loses its connections at once and can never connect again, with
