@@ -975,6 +975,26 @@ fn assert_group_2_failed(env: &crate::LmdbEnvironment, why: &str) {
     }
 }
 
+/// Known gap (second review of the failed-group fixes, H1, not fixed yet): a group failed at
+/// open because its write-ahead entries do not follow its metadata record is failed for that
+/// open only (the failed state is not stored). Its entries are set aside in the journal, and
+/// when they fit the record's range exactly (entries 1..=5 against last (3, 5)), the next open
+/// finds nothing wrong: the group opens and serves the unchecked entries. Expected: it stays
+/// failed until it is removed (a failed mark stored with the open's checkpoint, say).
+#[test]
+#[ignore = "known gap (review H1 of the failed-group fixes): a group failed for its write-ahead entries opens again after a reopen when they fit its record"]
+fn a_group_failed_for_its_frames_stays_failed_after_a_reopen_when_they_fit_its_record() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(3, 5)));
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "does not follow");
+    drop(env);
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "group 2");
+}
+
 /// Group 2 of `env` is removed; its records are gone (after a reopen as well), the group
 /// created again starts empty and group 1 holds `one`.
 fn remove_group_2_and_reopen(dir: &Path, env: crate::LmdbEnvironment, one: (LogId, Vec<Entry>)) {
