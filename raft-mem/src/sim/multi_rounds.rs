@@ -232,6 +232,7 @@ impl MultiSimulation {
         }
         let fault =
             [Fault::Crash, Fault::Partition, Fault::Links, Fault::Pause][dice.below(4) as usize];
+        self.impair(hit.iter().copied());
         match fault {
             Fault::Crash => hit.iter().for_each(|&id| self.crash(id)),
             Fault::Partition => {
