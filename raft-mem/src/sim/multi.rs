@@ -278,7 +278,7 @@ impl MultiSimulation {
             stats: MultiSimStats::default(),
         };
         if let Some(group_config) = sim.some_group_config() {
-            let bound = starvation_bound(&group_config, &sim.disk_faults);
+            let bound = starvation_bound(&group_config);
             sim.starve = StarveWatch::new(bound, sim.hot.clone());
         }
         for id in sim.nodes.clone() {
