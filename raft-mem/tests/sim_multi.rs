@@ -2,7 +2,9 @@
 //! one node of every group, under seeded faults that hit whole nodes (crashes take every group
 //! down, partitions cut them all). Each group's invariants are checked after every step, and
 //! every group with a connected majority must acknowledge a write within the same liveness
-//! bound (no group is starved). Odd seeds quiesce idle groups: the idle rounds let them quiesce
+//! bound, and, after every step, every light group's awake leader must have sent each sound
+//! follower a request within `heartbeat_interval + 2 * tick_interval` (no group is starved;
+//! seeds 1, 5 and 11 load groups hot: load writers, many-chunk snapshots). Odd seeds quiesce idle groups: the idle rounds let them quiesce
 //! and the faults land on quiet groups (a quiesced group that loses its leader's node must elect
 //! a new one within the stated bound), and a run that saw no quiescence fails. Every scenario
 //! runs in both host modes: each group its own main-loop task, and every group of a node in

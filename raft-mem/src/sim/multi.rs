@@ -6,8 +6,11 @@
 //! message against its sender's disk of the message's group, each group's client history is
 //! checked for linearizability at the end of a run (every group must have answered reads, on its
 //! followers too, for that check to mean something), every node must hold every acknowledged
-//! write of every group at its index after the last heal, and a starvation check requires every
-//! group with a connected majority to make progress within one liveness bound. Idle phases let groups
+//! write of every group at its index after the last heal, and two starvation checks: every
+//! group with a connected majority must make progress within one liveness bound, and after
+//! every step every light group's awake leader must have sent each sound follower a request
+//! within the starvation bound while some seeds load one or two groups hot (`multi_starve.rs`,
+//! [`MultiSimConfig::hot_groups`]). Idle phases let groups
 //! quiesce (`Config::quiesce_idle`, on in odd seeds), and what quiescence did is counted and
 //! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`). A node's host runs each group
 //! as its own main-loop task, or every group's steps in one host loop
@@ -184,8 +187,11 @@ struct RunningHost {
 /// each group's invariants checked after every step, every message checked against its
 /// sender's durable state of its group, each group's client history checked for
 /// linearizability ([`MultiSimulation::check_histories`], at the end of
-/// [`MultiSimulation::run_faults`]), plus a starvation check: every group with a connected
-/// majority acknowledges a client write within [`MultiSimConfig::liveness_bound`].
+/// [`MultiSimulation::run_faults`]), plus starvation checks: every group with a connected
+/// majority acknowledges a client write within [`MultiSimConfig::liveness_bound`], and after
+/// every step the leader of every group not loaded hot ([`MultiSimConfig::hot_groups`]) has
+/// sent each follower a request within `heartbeat_interval + 2 * tick_interval` while both are
+/// sound (running, not paused, not hit by the fault in force; see [`StarvationStats`]).
 /// A failure names its seed (replay with `RAFT_SIM_SEED=<seed>` in tests that read it with
 /// [`SimulationConfig::seed_from_env`](super::SimulationConfig::seed_from_env)).
 pub struct MultiSimulation {
