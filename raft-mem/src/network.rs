@@ -147,6 +147,10 @@ struct Inner {
     /// Messages that did not survive their encoding.
     wire_errors: Vec<String>,
     observer: Option<Arc<dyn WireObserver>>,
+    /// A group whose requests leave each sender one at a time, this far apart (test hook).
+    throttle: Option<(GroupId, Duration)>,
+    /// When each sender's next request of the throttled group may leave.
+    throttle_next: BTreeMap<NodeId, Duration>,
     /// Bumped by every change of the fault settings.
     epoch: u64,
     rng: ChaCha8Rng,
@@ -239,6 +243,8 @@ impl MemNetwork {
             wire_check: true,
             wire_errors: Vec::new(),
             observer: None,
+            throttle: None,
+            throttle_next: BTreeMap::new(),
             epoch: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             stats: NetworkStats::default(),
@@ -488,6 +494,17 @@ impl MemNetwork {
         self.lock().observer = observer;
     }
 
+    /// A test hook for starvation checks: from now on the requests of `group` leave each
+    /// sender one at a time, `gap` apart, as if they queued behind another group's stream on a
+    /// shared link (`None`: no throttle). Needs a runtime (a network built with
+    /// [`with_runtime`](Self::with_runtime)); without one it does nothing.
+    pub fn throttle_group(&self, throttle: Option<(GroupId, Duration)>) {
+        self.change(|inner| {
+            inner.throttle = throttle;
+            inner.throttle_next.clear();
+        });
+    }
+
     /// A number that changes whenever a fault setting, a pause or a registration changes.
     pub fn fault_epoch(&self) -> u64 {
         self.lock().epoch
@@ -694,7 +711,7 @@ async fn deliver(
 #[async_trait]
 impl Network for MemEndpoint {
     async fn send(&self, envelope: Envelope) -> Result<RpcResponse, NetworkError> {
-        let (fate, observer, timeout, routed, yields, target) = {
+        let (fate, observer, timeout, routed, yields, target, throttled) = {
             let mut inner = self.network.lock();
             if inner.incarnations.get(&self.id) != Some(&self.incarnation) {
                 return Err(NetworkError::Shutdown);
@@ -712,8 +729,19 @@ impl Network for MemEndpoint {
             let yield_chance = inner.yield_chance;
             let yields = self.network.runtime.is_some() && inner.chance(yield_chance);
             let fate = inner.fate(self.id, target);
-            (fate, inner.observer.clone(), inner.rpc_timeout, routed, yields, target)
+            let throttled = match (inner.throttle, &self.network.runtime) {
+                (Some((group, gap)), Some(runtime)) if group == envelope.group_id => {
+                    let now = runtime.now();
+                    let next = inner.throttle_next.entry(self.id).or_default();
+                    let leaves = now.max(*next);
+                    *next = leaves + gap;
+                    leaves - now
+                }
+                _ => Duration::ZERO,
+            };
+            (fate, inner.observer.clone(), inner.rpc_timeout, routed, yields, target, throttled)
         };
+        self.network.pause_for(throttled).await;
         if yields {
             raft_core::yield_now().await;
         }

@@ -2,7 +2,9 @@
 //! one node of every group, under seeded faults that hit whole nodes (crashes take every group
 //! down, partitions cut them all). Each group's invariants are checked after every step, and
 //! every group with a connected majority must acknowledge a write within the same liveness
-//! bound (no group is starved). Odd seeds quiesce idle groups: the idle rounds let them quiesce
+//! bound, and, after every step, every light group's awake leader must have sent each sound
+//! follower a request within `heartbeat_interval + 2 * tick_interval` (no group is starved;
+//! seeds 1, 5 and 11 load groups hot: load writers, many-chunk snapshots). Odd seeds quiesce idle groups: the idle rounds let them quiesce
 //! and the faults land on quiet groups (a quiesced group that loses its leader's node must elect
 //! a new one within the stated bound), and a run that saw no quiescence fails. Every scenario
 //! runs in both host modes: each group its own main-loop task, and every group of a node in
@@ -133,7 +135,9 @@ fn replayed(seed: u64, host_loop: bool) -> Replayed {
 fn a_looped_seed_replays_exactly() {
     // The host loop picks the order of its groups' steps: it must do so from the seed alone,
     // so that a failing seed replays (odd and even seeds: with and without quiescence).
-    for seed in [SimulationConfig::seed_from_env(7), 8] {
+    // Seed 5 loads group 2 hot (load writers, snapshots): its stats, starvation's included,
+    // replay too.
+    for seed in [SimulationConfig::seed_from_env(7), 8, 5] {
         let first = replayed(seed, true);
         let second = replayed(seed, true);
         assert_eq!(first, second, "seed {seed}: the looped run did not replay");
@@ -217,4 +221,108 @@ fn quiesced_groups_keep_their_leaders(host_loop: bool) {
     sim.set_idle([]);
     sim.require_progress(&all, "after ten quiet minutes").unwrap_or_else(|f| panic!("{f}"));
     sim.check_histories().unwrap_or_else(|f| panic!("{f}"));
+}
+
+/// 4 groups on 3 nodes from even `seed` (no quiescence), group 1 loaded hot, in one host loop
+/// per node or not; every group past its first write.
+fn hot_started(seed: u64, host_loop: bool) -> MultiSimulation {
+    let mut config = config(4, seed, host_loop);
+    config.hot_groups = [1].into();
+    let mut sim = MultiSimulation::new(config).unwrap_or_else(|f| panic!("{f}"));
+    let all = sim.group_ids();
+    sim.require_progress(&all, "after the start").unwrap_or_else(|f| panic!("{f}"));
+    sim
+}
+
+/// Each group's highest term on any node, with its leader in it.
+fn terms(sim: &MultiSimulation) -> BTreeMap<GroupId, (Term, Option<NodeId>)> {
+    let mut terms: BTreeMap<GroupId, (Term, Option<NodeId>)> = BTreeMap::new();
+    for (group, status) in sim.statuses() {
+        let entry = terms.entry(group).or_default();
+        entry.0 = entry.0.max(status.current_term);
+        if status.role == Role::Leader && status.current_term >= entry.0 {
+            entry.1 = Some(status.id);
+        }
+    }
+    terms
+}
+
+fn a_snapshot_stream_starves_no_group(host_loop: bool) {
+    // The plan's targeted test (plan-host-loop.md section 3, fairness): group 1, hot (4 load
+    // writers of 1 KiB entries, a snapshot every 1,000 entries in 16 KiB chunks), streams a
+    // many-chunk snapshot to a restarted node; the other groups start no new term, and the
+    // starvation oracle (every light leader sends every sound follower a request within the
+    // bound, checked after every step) holds throughout.
+    let seed = SimulationConfig::seed_from_env(60);
+    let mut sim = hot_started(seed, host_loop);
+    sim.crash(3);
+    // Group 1's log moves past node 3 by more than a snapshot interval: it needs a snapshot.
+    sim.run_for(Duration::from_secs(6)).unwrap_or_else(|f| panic!("{f}"));
+    let before = terms(&sim);
+    let sent_before = sim.stats().starvation.snapshot_requests;
+    sim.heal().unwrap_or_else(|f| panic!("{f}"));
+    sim.run_for(Duration::from_secs(8)).unwrap_or_else(|f| panic!("{f}"));
+    let after = terms(&sim);
+    let stats = sim.stats();
+    let chunks = stats.starvation.snapshot_requests - sent_before;
+    println!(
+        "seed {seed} (host loop {host_loop}): {chunks} InstallSnapshot requests to the restarted node; terms {before:?} -> {after:?}; {:?}",
+        stats.starvation
+    );
+    assert!(chunks >= 20, "group 1 streamed a many-chunk snapshot: {chunks} requests");
+    for group in [2, 3, 4] {
+        assert_eq!(after[&group], before[&group], "group {group} started no new term");
+    }
+    // Node 3 caught up in group 1 from the snapshot.
+    let group_1: Vec<Status> =
+        sim.statuses().into_iter().filter(|(g, _)| *g == 1).map(|(_, s)| s).collect();
+    let restored = group_1.iter().find(|s| s.id == 3).map(|s| s.applied_index).unwrap_or(0);
+    assert!(restored > 1_000, "node 3 caught up in group 1: {group_1:?}");
+    assert!(stats.starvation.gaps_checked > 0, "{:?}", stats.starvation);
+    let all = sim.group_ids();
+    sim.require_progress(&all, "after the stream").unwrap_or_else(|f| panic!("{f}"));
+    sim.require_convergence().unwrap_or_else(|f| panic!("{f}"));
+    sim.check_histories().unwrap_or_else(|f| panic!("{f}"));
+}
+
+#[test]
+fn a_snapshot_stream_of_one_group_starves_no_other() {
+    a_snapshot_stream_starves_no_group(false);
+}
+
+#[test]
+fn a_snapshot_stream_of_one_group_starves_no_other_in_one_host_loop() {
+    a_snapshot_stream_starves_no_group(true);
+}
+
+fn a_group_held_behind_another_is_reported_starved(host_loop: bool) {
+    // The oracle's negative test: group 2's requests are made to wait behind another group's
+    // stream (`MemNetwork::throttle_group`: from each sender, one every 400 ms, where its
+    // leader heartbeats every 50 ms to each follower). Its followers hear from their leader
+    // too seldom: the run must fail as starved within the bound (70 ms after the last request
+    // left), naming group 2 and the seed. Without the oracle this test fails, and the progress
+    // check alone notices only 10 s later (its liveness bound), at 13.5 s.
+    let seed = SimulationConfig::seed_from_env(62);
+    let mut sim = hot_started(seed, host_loop);
+    // Loaded, unthrottled, every window open: no finding.
+    sim.run_for(Duration::from_secs(3)).unwrap_or_else(|f| panic!("{f}"));
+    let checked = sim.stats().starvation.gaps_checked;
+    assert!(checked > 0, "{:?}", sim.stats().starvation);
+    sim.network.throttle_group(Some((2, Duration::from_millis(400))));
+    let failure = sim.run_for(Duration::from_secs(3)).unwrap_err();
+    println!("seed {seed} (host loop {host_loop}): {failure}");
+    assert!(failure.violation.invariant.starts_with("no group is starved"), "{failure}");
+    assert!(failure.violation.detail.starts_with("group 2: leader"), "{failure}");
+    assert_eq!(failure.seed, seed);
+    assert!(failure.to_string().contains(&seed.to_string()), "{failure}");
+}
+
+#[test]
+fn a_group_held_behind_another_is_reported_starved_in_tasks_mode() {
+    a_group_held_behind_another_is_reported_starved(false);
+}
+
+#[test]
+fn a_group_held_behind_another_is_reported_starved_in_one_host_loop() {
+    a_group_held_behind_another_is_reported_starved(true);
 }

@@ -23,7 +23,10 @@
 //! faults that hit whole nodes (crashes, partitions, pauses, link faults, power cuts), every
 //! other round idle for some groups so that they quiesce (odd seeds) and the fault lands on
 //! quiet groups; each group's invariants and message-boundary durability are checked after
-//! every step, no group may starve, a quiesced group that loses its leader's node must elect a
+//! every step, no group may starve (half the seeds with 2 groups or more load one or two groups
+//! hot: many writers of large entries and many-chunk snapshots; the leader of every other group
+//! must send each sound follower a request within the starvation bound, checked after every
+//! step), a quiesced group that loses its leader's node must elect a
 //! new leader within the stated bound, and each group's client history must be linearizable at
 //! the end.
 //!
@@ -270,6 +273,12 @@ fn multi_run(seed: u64, draws: MultiDraws) -> Outcome {
     add(&TOTALS.wakes_by_clients, quiet.wakes_by_clients);
     add(&TOTALS.wakes_by_faults, quiet.wakes_by_faults);
     add(&TOTALS.wakes_unprompted, quiet.wakes_unprompted);
+    let starving = &stats.starvation;
+    add(&TOTALS.hot_runs, u64::from(!starving.hot_groups.is_empty()));
+    add(&TOTALS.hot_writes, starving.hot_writes);
+    add(&TOTALS.snapshot_requests, starving.snapshot_requests);
+    add(&TOTALS.starvation_gaps, starving.gaps_checked);
+    TOTALS.longest_gap_ms.fetch_max(starving.longest_gap_ms, Ordering::Relaxed);
     if verbose() {
         println!("  multi-group stats: {stats:?}");
     }
@@ -340,6 +349,11 @@ struct Totals {
     wakes_by_clients: AtomicU64,
     wakes_by_faults: AtomicU64,
     wakes_unprompted: AtomicU64,
+    hot_runs: AtomicU64,
+    hot_writes: AtomicU64,
+    snapshot_requests: AtomicU64,
+    starvation_gaps: AtomicU64,
+    longest_gap_ms: AtomicU64,
 }
 
 static TOTALS: std::sync::LazyLock<Totals> = std::sync::LazyLock::new(Totals::default);
@@ -551,7 +565,7 @@ fn shard(index: u64) {
     let t = &*TOTALS;
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     println!(
-        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability, {} reads answered ({} on followers, {} during faults), {} acknowledged writes found on every node after the last heal, {} writes certainly not applied; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms)",
+        "swarm shard {index}: {ran} seeds run ({} failed) in {:?} (all shards so far: {} seeds, {} lone voters, {} minority-fault runs, {} writes and {} reads checked, {} crashes with {} in-flight operations landed and {} lost, {} pauses, {} fault stops, {} graceful shutdowns, {} committed membership changes ({} joint memberships committed, {} multi-voter changes started), {} removed ids added again, {} snapshot restores, {} healthy periods watched of which {} saw a leader commit; {} multi-group runs ({} in one host loop per node) of {} groups in all, {} client operations checked for linearizability, {} reads answered ({} on followers, {} during faults), {} acknowledged writes found on every node after the last heal, {} writes certainly not applied; quiescence: {} node-group quiesce events, {} group-seconds quiesced, wakes {} by clients / {} by faults / {} unprompted, {} quiesced groups lost their leader's node and elected a new leader, the slowest in {} ms; starvation: {} runs with hot groups, {} load writes, {} InstallSnapshot requests, {} leader request gaps of light groups checked, the longest {} ms)",
         failures.len(),
         started.elapsed(),
         n(&t.seeds),
@@ -587,7 +601,12 @@ fn shard(index: u64) {
         n(&t.wakes_by_faults),
         n(&t.wakes_unprompted),
         n(&t.quiet_leaders_lost),
-        n(&t.slowest_recovery_ms)
+        n(&t.slowest_recovery_ms),
+        n(&t.hot_runs),
+        n(&t.hot_writes),
+        n(&t.snapshot_requests),
+        n(&t.starvation_gaps),
+        n(&t.longest_gap_ms)
     );
     assert!(failures.is_empty(), "swarm shard {index}: failing seeds {failures:?}");
 }

@@ -130,6 +130,7 @@ mod multi;
 mod multi_clients;
 mod multi_quiet;
 mod multi_rounds;
+mod multi_starve;
 mod observe;
 mod queries;
 mod recorder;
@@ -153,6 +154,7 @@ pub use liveness::LivenessBounds;
 pub use multi::{MultiSimConfig, MultiSimStats, MultiSimulation};
 pub use multi_clients::GroupReads;
 pub use multi_quiet::QuiescenceStats;
+pub use multi_starve::StarvationStats;
 pub use recorder::{DigestFn, StateMachineFaults, StateMachineHandle};
 pub use schedule::{random_link_faults, Dice, FaultSchedule, ScheduleStats};
 pub use simulation::{

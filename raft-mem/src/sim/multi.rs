@@ -6,8 +6,11 @@
 //! message against its sender's disk of the message's group, each group's client history is
 //! checked for linearizability at the end of a run (every group must have answered reads, on its
 //! followers too, for that check to mean something), every node must hold every acknowledged
-//! write of every group at its index after the last heal, and a starvation check requires every
-//! group with a connected majority to make progress within one liveness bound. Idle phases let groups
+//! write of every group at its index after the last heal, and two starvation checks: every
+//! group with a connected majority must make progress within one liveness bound, and after
+//! every step every light group's awake leader must have sent each sound follower a request
+//! within the starvation bound while some seeds load one or two groups hot (`multi_starve.rs`,
+//! [`MultiSimConfig::hot_groups`]). Idle phases let groups
 //! quiesce (`Config::quiesce_idle`, on in odd seeds), and what quiescence did is counted and
 //! checked (`multi_quiet.rs`; the rounds are in `multi_rounds.rs`). A node's host runs each group
 //! as its own main-loop task, or every group's steps in one host loop
@@ -31,8 +34,10 @@ use super::multi_clients::{
     RegisterOp,
 };
 use super::multi_quiet::{QuiescenceStats, QuietWatch};
+use super::multi_starve::{starvation_bound, StarvationStats, StarveWatch};
 use super::observe::{check_digest, commit_durable, feed_disk, feed_events};
 use super::recorder::{lock, Observed, Record, Registry, StateMachineFaults};
+use super::schedule::Dice;
 use super::simulation::{mix, new_disk, next_incarnation, stuck, SimFailure};
 use super::wire_oracle::WireOracle;
 use crate::harness::RecordingStateMachine;
@@ -44,6 +49,28 @@ const QUIESCE_CHECK_INTERVAL: Duration = Duration::from_millis(1_000);
 
 /// How often the convergence check looks whether every node applied every acknowledged write.
 const CONVERGE_POLL: Duration = Duration::from_millis(100);
+
+/// How many entries a hot group's snapshots are apart ([`MultiSimConfig::hot_groups`]).
+const HOT_SNAPSHOT_INTERVAL: u64 = 1_000;
+
+/// A hot group's snapshot chunk size: a snapshot of 1,000 entries of 1 KiB is 60 chunks or more.
+const HOT_SNAPSHOT_CHUNK_BYTES: u64 = 16 * 1024;
+
+/// The groups `MultiSimConfig::new` loads hot for `seed`: none with fewer than 2 groups (a
+/// light one must be left to check); otherwise one in half the seeds, and a second in a
+/// quarter of those with 4 groups or more.
+fn draw_hot_groups(groups: u64, seed: u64) -> BTreeSet<GroupId> {
+    let mut dice = Dice(mix(seed, 0xb07_6a11));
+    let mut hot = BTreeSet::new();
+    if groups < 2 || !dice.chance(50) {
+        return hot;
+    }
+    hot.insert(1 + dice.below(groups));
+    if groups >= 4 && dice.chance(25) {
+        hot.insert(1 + dice.below(groups));
+    }
+    hot
+}
 
 /// How to build a [`MultiSimulation`].
 #[derive(Debug, Clone)]
@@ -69,6 +96,12 @@ pub struct MultiSimConfig {
     /// groups' main-loop steps run in one host task, spawned on the node's tagged runtime (the
     /// one its groups' builders are given), so a crash kills that task with the node.
     pub host_loop: bool,
+    /// The groups loaded on purpose (the starvation check's aggressors): besides their
+    /// register clients, [`HOT_WRITERS`](super::multi_clients::HOT_WRITERS) concurrent writers
+    /// of 1 KiB entries, and snapshots every 1,000 entries streamed in 16 KiB chunks (a node
+    /// that restarts or falls behind gets a many-chunk InstallSnapshot). The starvation oracle
+    /// (`multi_starve.rs`) checks every other group after every step.
+    pub hot_groups: BTreeSet<GroupId>,
 }
 
 impl MultiSimConfig {
@@ -76,10 +109,13 @@ impl MultiSimConfig {
     /// time (elections take up to 0.6 s with the default `Config`, RPCs time out after 2 s);
     /// odd seeds quiesce idle groups, with a check interval of 1 s (a quiesced follower whose
     /// leader vanished wakes within 3 s, inside the liveness bound); each group runs its own
-    /// main-loop task (`host_loop` off).
+    /// main-loop task (`host_loop` off); with 2 groups or more, half the seeds load one group
+    /// hot, and a quarter of those with 4 groups or more a second one
+    /// ([`MultiSimConfig::hot_groups`]).
     pub fn new(nodes: u64, groups: u64, seed: u64) -> Self {
         let quiesce_check_interval = (seed % 2 == 1).then_some(QUIESCE_CHECK_INTERVAL);
         Self {
+            hot_groups: draw_hot_groups(groups, seed),
             nodes,
             groups,
             seed,
@@ -122,6 +158,8 @@ pub struct MultiSimStats {
     pub messages_checked: u64,
     /// What quiescence did (all zero when it is off).
     pub quiescence: QuiescenceStats,
+    /// What the starvation oracle saw.
+    pub starvation: StarvationStats,
 }
 
 /// One group's checking state.
@@ -149,8 +187,11 @@ struct RunningHost {
 /// each group's invariants checked after every step, every message checked against its
 /// sender's durable state of its group, each group's client history checked for
 /// linearizability ([`MultiSimulation::check_histories`], at the end of
-/// [`MultiSimulation::run_faults`]), plus a starvation check: every group with a connected
-/// majority acknowledges a client write within [`MultiSimConfig::liveness_bound`].
+/// [`MultiSimulation::run_faults`]), plus starvation checks: every group with a connected
+/// majority acknowledges a client write within [`MultiSimConfig::liveness_bound`], and after
+/// every step the leader of every group not loaded hot ([`MultiSimConfig::hot_groups`]) has
+/// sent each follower a request within `heartbeat_interval + 2 * tick_interval` while both are
+/// sound (running, not paused, not hit by the fault in force; see [`StarvationStats`]).
 /// A failure names its seed (replay with `RAFT_SIM_SEED=<seed>` in tests that read it with
 /// [`SimulationConfig::seed_from_env`](super::SimulationConfig::seed_from_env)).
 pub struct MultiSimulation {
@@ -169,6 +210,11 @@ pub struct MultiSimulation {
     running: BTreeMap<NodeId, RunningHost>,
     paused: BTreeSet<NodeId>,
     pub(super) quiet: QuietWatch,
+    hot: BTreeSet<GroupId>,
+    /// The nodes the fault in force hit (cut off, paused, on faulty links, crashed), until
+    /// the heal.
+    impaired: BTreeSet<NodeId>,
+    starve: StarveWatch,
     incarnations: BTreeMap<NodeId, u64>,
     checks: BTreeMap<GroupId, GroupCheck>,
     board: Arc<ClientBoard>,
@@ -227,6 +273,9 @@ impl MultiSimulation {
             running: BTreeMap::new(),
             paused: BTreeSet::new(),
             quiet: QuietWatch::default(),
+            hot: config.hot_groups.clone(),
+            impaired: BTreeSet::new(),
+            starve: StarveWatch::default(),
             incarnations: BTreeMap::new(),
             checks,
             board: Arc::default(),
@@ -234,11 +283,16 @@ impl MultiSimulation {
             failure: None,
             stats: MultiSimStats::default(),
         };
+        if let Some(group_config) = sim.some_group_config() {
+            let bound = starvation_bound(&group_config);
+            sim.starve = StarveWatch::new(bound, sim.hot.clone());
+        }
         for id in sim.nodes.clone() {
             sim.start(id)?;
         }
         for (&group, check) in &sim.checks {
-            spawn_clients(&sim.board, &sim.runtime, group, &check.history);
+            let hot = sim.hot.contains(&group);
+            spawn_clients(&sim.board, &sim.runtime, group, &check.history, hot);
         }
         Ok(sim)
     }
@@ -255,6 +309,9 @@ impl MultiSimulation {
         stats.reads = lock(&self.board.reads).clone();
         stats.messages_checked = self.oracle.counts().0;
         stats.quiescence = self.quiet.stats.clone();
+        stats.starvation = self.starve.stats.clone();
+        stats.starvation.hot_writes = self.board.hot_acknowledged.load(Ordering::SeqCst);
+        stats.starvation.snapshot_requests = self.oracle.snapshot_requests();
         stats
     }
 
@@ -334,6 +391,11 @@ impl MultiSimulation {
             config.quiesce_idle = true;
             config.quiesce_check_interval = interval;
         }
+        if self.hot.contains(&group) {
+            config.snapshot_interval_entries = HOT_SNAPSHOT_INTERVAL;
+            config.snapshot_keep_entries = HOT_SNAPSHOT_INTERVAL / 10;
+            config.snapshot_chunk_bytes = HOT_SNAPSHOT_CHUNK_BYTES;
+        }
         config
     }
 
@@ -358,6 +420,12 @@ impl MultiSimulation {
     pub(super) fn fault_begins(&mut self) {
         self.quiet.fault_active = true;
         self.board.faulted.store(true, Ordering::SeqCst);
+    }
+
+    /// The fault in force hit `nodes` (until the heal): the starvation oracle leaves their
+    /// pairs alone.
+    pub(super) fn impair(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
+        self.impaired.extend(nodes);
     }
 
     /// Counts a partition the rounds set.
@@ -395,6 +463,7 @@ impl MultiSimulation {
             self.start(id)?;
         }
         self.quiet.fault_active = false;
+        self.impaired.clear();
         self.board.faulted.store(false, Ordering::SeqCst);
         self.set_idle([]);
         Ok(())
@@ -520,7 +589,13 @@ impl MultiSimulation {
             }
         }
         let board = &self.board;
-        self.quiet.observe(self.runtime.now(), &statuses, |g| board.is_idle(g))?;
+        let now = self.runtime.now();
+        self.quiet.observe(now, &statuses, |g| board.is_idle(g))?;
+        let sound: BTreeSet<NodeId> = (self.running.keys())
+            .filter(|id| !self.paused.contains(id) && !self.impaired.contains(id))
+            .copied()
+            .collect();
+        self.starve.observe(now, &self.nodes, &sound, &statuses, &self.oracle)?;
         for (&(id, group), disk) in &self.disks {
             let Some(check) = self.checks.get_mut(&group) else { continue };
             feed_disk(&mut check.checker, id, disk, &mut check.hard_states)

@@ -31,6 +31,16 @@ const PAUSE: Duration = Duration::from_millis(20);
 /// How often an idle client looks whether it may go on.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// How many load writers a hot group has ([`MultiSimConfig::hot_groups`](super::MultiSimConfig::hot_groups)),
+/// each with one write in flight at a time.
+pub(crate) const HOT_WRITERS: u64 = 4;
+
+/// The size of a load writer's padding: its entries are about 1 KiB.
+const HOT_ENTRY_PAD: usize = 1_024;
+
+/// How long a load writer waits between its writes.
+const HOT_PAUSE: Duration = Duration::from_millis(2);
+
 /// One operation on a group's register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RegisterOp {
@@ -155,6 +165,8 @@ pub(crate) struct ClientBoard {
     /// What a client saw that no correct cluster shows: a write answered other than by the
     /// state machine's answer to its command, a read index the state did not reach.
     pub(crate) violations: Mutex<Vec<Violation>>,
+    /// Writes of the hot groups' load writers acknowledged.
+    pub(crate) hot_acknowledged: AtomicU64,
     /// The groups whose clients stand still (their last operation ended): nothing wakes them.
     idle: Mutex<BTreeSet<GroupId>>,
     next_value: AtomicU64,
@@ -188,13 +200,27 @@ impl ClientBoard {
 }
 
 /// Spawns group `group`'s clients on `runtime`: the writer (client 0 of the history) and the
-/// reader (client 1).
+/// reader (client 1), and if the group is `hot` its [`HOT_WRITERS`] load writers (their writes
+/// are load only: they leave the register alone and stay out of the history).
 pub(crate) fn spawn_clients(
     board: &Arc<ClientBoard>,
     runtime: &SimRuntime,
     group: GroupId,
     history: &GroupHistory,
+    hot: bool,
 ) {
+    for _ in 0..if hot { HOT_WRITERS } else { 0 } {
+        let (loader, loading) = (board.clone(), runtime.clone());
+        runtime.spawn_task(async move {
+            loop {
+                if loader.is_idle(group) {
+                    loading.sleep_for(IDLE_POLL).await;
+                    continue;
+                }
+                load_once(&loader, &loading, group).await;
+            }
+        });
+    }
     let (writer, reader) = (board.clone(), board.clone());
     let (writing, reading) = (runtime.clone(), runtime.clone());
     let (written, read) = (history.clone(), history.clone());
@@ -221,6 +247,59 @@ pub(crate) fn spawn_clients(
     });
 }
 
+/// The node that says it leads `group` in the highest term (a paused node may still believe
+/// it leads an older one).
+fn leader_of(board: &ClientBoard, group: GroupId) -> Option<Node> {
+    board
+        .group(group)
+        .into_iter()
+        .map(|(_, n)| (n.node.status(), n.node))
+        .filter(|(status, _)| status.role == Role::Leader)
+        .max_by_key(|(status, _)| status.current_term)
+        .map(|(_, node)| node)
+}
+
+/// The load command a hot group's load writer writes for `value` (`h<group>-<value>-` and
+/// padding to about 1 KiB): not a register command.
+fn load_command(group: GroupId, value: u64) -> Bytes {
+    let mut command = format!("h{group}-{value}-").into_bytes();
+    command.resize(command.len() + HOT_ENTRY_PAD, b'.');
+    Bytes::from(command)
+}
+
+/// Whether `command` is a load command of group `group`.
+fn is_load(group: GroupId, command: &[u8]) -> bool {
+    command.starts_with(format!("h{group}-").as_bytes())
+}
+
+/// One load write of a hot group (no history: the register's value stays), with a bounded
+/// wait, then a short pause.
+async fn load_once(board: &ClientBoard, runtime: &SimRuntime, group: GroupId) {
+    let Some(leader) = leader_of(board, group) else {
+        runtime.sleep_for(PAUSE).await;
+        return;
+    };
+    let value = board.next_value.fetch_add(1, Ordering::SeqCst);
+    let command = load_command(group, value);
+    let write = leader.write(command.clone()).fuse();
+    let timeout = runtime.sleep_for(OPERATION_TIMEOUT).fuse();
+    futures::pin_mut!(write, timeout);
+    futures::select! {
+        answer = write => match answer {
+            Ok(answer) if answer == command => {
+                board.hot_acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(answer) => board.report(
+                "a write's answer is the state machine's for it",
+                format!("group {group}: load write {value} answered {:.40?}", answer),
+            ),
+            Err(_) => {}
+        },
+        () = timeout => {}
+    }
+    runtime.sleep_for(HOT_PAUSE).await;
+}
+
 /// One write to whichever node says it leads `group` in the highest term (or a pause when
 /// none does), with a bounded wait; counts it acknowledged when the state machine answered its command.
 async fn write_once(
@@ -229,15 +308,7 @@ async fn write_once(
     group: GroupId,
     history: &GroupHistory,
 ) {
-    // The leader of the highest term: a paused node may still believe it leads an older one.
-    let leader = board
-        .group(group)
-        .into_iter()
-        .map(|(_, n)| (n.node.status(), n.node))
-        .filter(|(status, _)| status.role == Role::Leader)
-        .max_by_key(|(status, _)| status.current_term)
-        .map(|(_, node)| node);
-    let Some(leader) = leader else {
+    let Some(leader) = leader_of(board, group) else {
         runtime.sleep_for(PAUSE).await;
         return;
     };
@@ -305,7 +376,10 @@ async fn read_once(
                 format!("group {group}: node {id} returned read index {index} with its state at {state_end}"),
             );
         }
-        let Some((at, command)) = state_machine.commands().pop() else { return Some(None) };
+        // The last register command (a hot group's load commands leave the register alone).
+        let mut commands = state_machine.commands();
+        commands.retain(|(_, command)| !is_load(group, command));
+        let Some((at, command)) = commands.pop() else { return Some(None) };
         // A group's state machine holds only its own clients' commands.
         match parse_command(&command) {
             Some((of, value)) if of == group => Some(Some(value)),

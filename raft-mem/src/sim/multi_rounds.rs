@@ -182,10 +182,12 @@ impl MultiSimulation {
                 continue;
             }
             let survivors = self.node_ids().into_iter().filter(|id| !hit.contains(id));
+            // A quiesced group's survivors acknowledged a mark (they quiesced on one); should
+            // the answer still be on its way, the mark is younger than now: the duty counts
+            // from now rather than going unchecked (review L4 of oracles).
             let since = survivors.filter_map(|id| self.oracle().last_mark(group, id)).max();
-            if let Some(since) = since {
-                self.quiet.orphaned(group, hit.clone(), term, since, bound);
-            }
+            let since = since.unwrap_or_else(|| self.runtime.now());
+            self.quiet.orphaned(group, hit.clone(), term, since, bound);
         }
     }
 
@@ -232,6 +234,7 @@ impl MultiSimulation {
         }
         let fault =
             [Fault::Crash, Fault::Partition, Fault::Links, Fault::Pause][dice.below(4) as usize];
+        self.impair(hit.iter().copied());
         match fault {
             Fault::Crash => hit.iter().for_each(|&id| self.crash(id)),
             Fault::Partition => {

@@ -88,10 +88,27 @@ struct WireState {
     /// When each node last acknowledged a quiesce-marked AppendEntries of each group (the mark
     /// its fallback deadline counts from, if it quiesced).
     marks: BTreeMap<(GroupId, NodeId), Duration>,
+    /// Each leader's requests (AppendEntries, InstallSnapshot) of each group to each
+    /// follower: the term and the virtual times the last two left.
+    leader_requests: BTreeMap<(GroupId, NodeId, NodeId), LeaderRequests>,
+    /// InstallSnapshot requests sent.
+    snapshot_requests: u64,
     /// Messages checked against their sender's disk (requests and responses).
     checked: u64,
     /// Messages whose sender has no disk of the message's group here: left unchecked.
     unplaced: u64,
+}
+
+/// When the last two requests of one leader of one group to one follower left (the
+/// starvation oracle's record, `multi_starve.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaderRequests {
+    /// The term of the last request.
+    pub(crate) term: Term,
+    /// When the request before the last left, if it was of the same term.
+    pub(crate) previous: Option<Duration>,
+    /// When the last request left.
+    pub(crate) last: Duration,
 }
 
 /// Checks every message against its sender's [`SimDisk`] of the message's group.
@@ -140,6 +157,22 @@ impl WireOracle {
     pub(crate) fn counts(&self) -> (u64, u64) {
         let state = lock(&self.state);
         (state.checked, state.unplaced)
+    }
+
+    /// When the last two AppendEntries or InstallSnapshot requests of group `group` from
+    /// `from` to `to` left, in the term of the last.
+    pub(crate) fn leader_requests(
+        &self,
+        group: GroupId,
+        from: NodeId,
+        to: NodeId,
+    ) -> Option<LeaderRequests> {
+        lock(&self.state).leader_requests.get(&(group, from, to)).copied()
+    }
+
+    /// How many InstallSnapshot requests were sent so far (all groups).
+    pub(crate) fn snapshot_requests(&self) -> u64 {
+        lock(&self.state).snapshot_requests
     }
 
     /// When node `id` last acknowledged a quiesce-marked AppendEntries of group `group`.
@@ -209,6 +242,14 @@ impl WireObserver for WireOracle {
                 | RpcRequest::InstallSnapshot(_)
                 | RpcRequest::TimeoutNow(_)
         );
+        if matches!(request, RpcRequest::AppendEntries(_) | RpcRequest::InstallSnapshot(_)) {
+            let (now, term) = (self.runtime.now(), request.term());
+            state.snapshot_requests += u64::from(matches!(request, RpcRequest::InstallSnapshot(_)));
+            let key = (group, from, to);
+            let before = state.leader_requests.get(&key);
+            let previous = before.filter(|r| r.term == term).map(|r| r.last);
+            state.leader_requests.insert(key, LeaderRequests { term, previous, last: now });
+        }
         if leads {
             let incarnation = state.incarnations.get(&from).copied().unwrap_or(0);
             let findings = state.findings.entry(group).or_default();
