@@ -70,6 +70,14 @@
 //!   rewrites its format record to 4 in one synced transaction before anything else is
 //!   written. Single-group stores are unchanged and stay at version 3
 //!   ([`STORE_FORMAT_VERSION`]), so that builds of format 3 still open them (a rollback).
+//! * **5** ([`MARKED_FORMAT_VERSION`]): a multi-group environment holds a *failed mark* in its
+//!   metadata database (`failed` followed by the big-endian group id; value `[1 u8][reason,
+//!   UTF-8]`) for each group failed at an open (see `journal.rs`), and a failed group's journal
+//!   may hold two records of one index. A build of format 4 would ignore the marks and could
+//!   serve a failed group's unchecked records, so the transaction that stores the first mark
+//!   rewrites the format record to 5 (it stays 5 after the group is removed). An environment
+//!   that never held a mark stays at 4 and opens with builds of format 4 (a rollback); this
+//!   build opens both without rewriting either.
 
 use std::collections::BTreeSet;
 
@@ -105,6 +113,12 @@ pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
 /// environments a journal of new entries. Single-group stores stay at
 /// [`STORE_FORMAT_VERSION`].
 pub const FORMAT_VERSION: u32 = 4;
+/// The format version of a multi-group environment once it holds a failed group's mark (see
+/// the version history): written, in place of [`FORMAT_VERSION`], by the transaction that
+/// stores the first mark, so that builds that do not know marks refuse the environment rather
+/// than serve a failed group. This build reads both; an environment that never held a mark
+/// stays at [`FORMAT_VERSION`].
+pub const MARKED_FORMAT_VERSION: u32 = 5;
 /// The format version this build writes in a single-group store
 /// ([`crate::LmdbLogStore::open_dir`]): 3, the last version that changed such a store, so that
 /// the builds of format 3 still open it. Stores of versions 1 and 2 are upgraded to it when
@@ -541,6 +555,7 @@ mod tests {
 
     #[test]
     fn format_records() {
+        assert_eq!(MARKED_FORMAT_VERSION, FORMAT_VERSION + 1);
         let check = |bytes: &[u8]| check_format(bytes, FORMAT_VERSION);
         assert_eq!(check(&encode_format(FORMAT_VERSION)), FormatCheck::Current);
         assert_eq!(check(&encode_format(1)), FormatCheck::Upgradable(1));

@@ -15,7 +15,7 @@ use std::thread::{JoinHandle, Thread};
 use raft_core::{GroupId, StorageError, DEFAULT_GROUP_ID};
 
 use crate::codec::MetaRecord;
-use crate::env::{self, Handles};
+use crate::env::{self, CheckError, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
@@ -113,7 +113,10 @@ pub(crate) fn start(
         StorageError::Io(source) => OpenError::Io { path: dir.clone(), source },
         source => OpenError::Storage { path: dir.clone(), source },
     };
-    let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    // A failed group's write-ahead entries are set aside unchecked.
+    let failed = journal.as_ref().map(|j| j.failed().clone()).unwrap_or_default();
+    let mut recovered =
+        recover_wal(&handles, &dir, options.wal_bytes, failed).map_err(storage_err)?;
     // Their frames are set aside in the journal by the open-time checkpoint.
     if let Some(journal) = &mut journal {
         for (&group, reason) in &recovered.failed {
@@ -167,8 +170,14 @@ pub(crate) struct Recovered {
 
 /// Opens (creating it when on) and reads the write-ahead file: its frames of LMDB's
 /// generation, each record checked to extend its group's log contiguously (anything else is
-/// corruption: such a frame was never written by this crate).
-fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, StorageError> {
+/// corruption: such a frame was never written by this crate). The records of the groups of
+/// `failed` (failed by the journal's load, see `journal.rs`) are set aside unchecked.
+fn recover_wal(
+    handles: &Handles,
+    dir: &Path,
+    bytes: u64,
+    mut failed: BTreeMap<GroupId, String>,
+) -> Result<Recovered, StorageError> {
     let (id, foreign) = match handles.wal_id(&handles.read_txn()?)? {
         Some(id) => (id, false),
         // Before any frame of this environment is written: whatever the file holds is another
@@ -186,7 +195,6 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
         );
     }
     let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
-    let mut failed: BTreeMap<GroupId, String> = BTreeMap::new();
     for (group, entry) in &scanned.records {
         // A failed group's entries are set aside as they are (see `journal.rs`).
         if failed.contains_key(group) {
@@ -261,13 +269,20 @@ fn check_group(
     env::check_group(handles, handles.layout.keys(group), read_index).map_err(|e| match e {
         // Which group, among all those of the environment (a record that does not decode
         // names it already).
-        StorageError::Corrupt(reason)
+        CheckError::Records(StorageError::Corrupt(reason))
             if handles.layout == Layout::Groups && !reason.starts_with("group ") =>
         {
             OpenError::Corrupt { path: dir.to_path_buf(), reason: journal::failure(group, &reason) }
         }
-        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
-        source => OpenError::Storage { path: dir.to_path_buf(), source },
+        // An LMDB read error (a damaged page) is no one group's corruption: LMDB's error, not
+        // "remove the group".
+        CheckError::Records(StorageError::Corrupt(reason))
+        | CheckError::Lmdb(StorageError::Corrupt(reason)) => {
+            OpenError::Corrupt { path: dir.to_path_buf(), reason }
+        }
+        CheckError::Records(source) | CheckError::Lmdb(source) => {
+            OpenError::Storage { path: dir.to_path_buf(), source }
+        }
     })
 }
 

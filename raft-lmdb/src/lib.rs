@@ -131,7 +131,7 @@ mod thread_io;
 mod wal;
 mod writer;
 
-pub use codec::{FORMAT_VERSION, STORE_FORMAT_VERSION};
+pub use codec::{FORMAT_VERSION, MARKED_FORMAT_VERSION, STORE_FORMAT_VERSION};
 pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
 pub use options::{LmdbOptions, MAX_WAL_BYTES};

@@ -1072,16 +1072,35 @@ fn frames_not_following_their_groups_metadata_record_fail_that_group_alone() {
     drop(env);
     let of_two: Vec<_> = journal_records(&dir).into_iter().filter(|r| r.0 == 2).collect();
     assert_eq!(of_two, (1..6).map(|i| (2, i, 3)).collect::<Vec<_>>(), "set aside, all of them");
-    // Entries 1..=5 inside (0, 8]: they disagree with the record in number only, which the
-    // group's check finds.
+    // The group stays failed for its first reason (its stored mark).
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "does not follow");
+    drop(env);
+    // Without its mark (as an earlier build left it): entries 1..=5 inside (0, 8] disagree
+    // with the record in number only, which the group's check finds.
+    delete_failed_marks(&dir);
     let env = crate::LmdbEnvironment::open(&dir).unwrap();
     assert_group_2_failed(&env, "the log holds 5 entries");
     remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
 }
 
+/// Deletes every failed mark of the closed environment in `dir` (as an environment written
+/// by a build from before the marks).
+fn delete_failed_marks(dir: &Path) {
+    let marks = other_meta_keys(dir);
+    assert!(!marks.is_empty(), "no failed mark");
+    tamper_environment(dir, |handles, txn| {
+        for key in &marks {
+            assert!(handles.meta.delete(txn, key).unwrap());
+        }
+    });
+}
+
 /// Review (F3): a group failed for its undecodable metadata record, whose write-ahead entries
-/// were set aside, then its true record restored: the set-aside records disagree with it (they
-/// were never applied), which fails that group alone, not the environment.
+/// were set aside, then its true record restored: the group stays failed for its first reason
+/// (its stored mark), the environment opens. Without the mark (as an earlier build left it),
+/// the set-aside records disagree with the restored record (they were never applied), which
+/// fails that group alone, not the environment.
 #[test]
 fn restoring_a_failed_groups_true_record_keeps_the_environment_open() {
     let root = tempfile::tempdir().unwrap();
@@ -1091,6 +1110,13 @@ fn restoring_a_failed_groups_true_record_keeps_the_environment_open() {
     put_meta_record(&dir, 2, b"not a metadata record");
     drop(crate::LmdbEnvironment::open(&dir).unwrap());
     put_meta_record(&dir, 2, &original);
+    let env = match crate::LmdbEnvironment::open(&dir) {
+        Ok(env) => env,
+        Err(err) => panic!("the restored record kept every group closed: {err}"),
+    };
+    assert_group_2_failed(&env, "undecodable metadata record");
+    drop(env);
+    delete_failed_marks(&dir);
     let env = match crate::LmdbEnvironment::open(&dir) {
         Ok(env) => env,
         Err(err) => panic!("the restored record kept every group closed: {err}"),
@@ -1199,10 +1225,23 @@ fn other_meta_keys(dir: &Path) -> Vec<Vec<u8>> {
 fn group_2_failed_for_its_frames(dir: &Path) {
     framed_groups_1_and_2(dir);
     put_meta_record(dir, 2, &meta_with_last(LogId::new(3, 5)));
+    assert_eq!(format_record(dir), codec::encode_format(crate::FORMAT_VERSION));
     let env = crate::LmdbEnvironment::open(dir).unwrap();
     assert_group_2_failed(&env, "does not follow");
     drop(env);
     assert_eq!(other_meta_keys(dir).len(), 1, "no failed mark stored");
+    // Builds that do not know marks refuse it.
+    assert_eq!(format_record(dir), codec::encode_format(crate::MARKED_FORMAT_VERSION));
+}
+
+/// The format record of the closed environment in `dir`.
+fn format_record(dir: &Path) -> [u8; 12] {
+    let mut record = None;
+    tamper_environment(dir, |handles, txn| {
+        let bytes = handles.meta.get(txn, FORMAT_KEY.as_bytes()).unwrap().unwrap();
+        record = Some(bytes.try_into().unwrap());
+    });
+    record.unwrap()
 }
 
 /// Review (third, H1): a failed group's mark survives journal moves, checkpoints and several
@@ -1372,4 +1411,40 @@ fn the_failed_mark_and_the_set_aside_entries_are_committed_together() {
     assert_eq!(other_meta_keys(&dir).len(), 1, "set aside without its mark");
     let env = crate::LmdbEnvironment::open(&dir).unwrap();
     assert_group_2_failed(&env, "does not follow");
+}
+
+/// A failed mark that does not decode (here: an unknown version byte) keeps its group failed,
+/// with a reason saying so, rather than failing the environment: the other groups work, and
+/// removing the group deletes the mark.
+#[test]
+fn an_undecodable_failed_mark_keeps_its_group_failed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_failed_for_its_frames(&dir);
+    let marks = other_meta_keys(&dir);
+    tamper_environment(&dir, |handles, txn| {
+        handles.meta.put(txn, &marks[0], b"\x07?").unwrap();
+    });
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "its failed mark (2 bytes) does not decode");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 5), entries(1..6, 1)));
+    assert_eq!(other_meta_keys(&dir), Vec::<Vec<u8>>::new(), "the removal left the mark");
+}
+
+/// A group failed by its journal records at an open without write-ahead entries (nothing to
+/// checkpoint) has its mark stored all the same, by a transaction of that open: it stays
+/// failed for that reason whatever its records become.
+#[test]
+fn a_group_failed_by_its_journal_records_has_its_mark_stored_at_that_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    journaled_groups_with_group_2_metadata_corrupt(&dir);
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    drop(crate::LmdbEnvironment::open_with(&dir, options).unwrap());
+    assert_eq!(other_meta_keys(&dir).len(), 1, "no failed mark stored");
+    // Its records made consistent again: it stays failed for its first reason.
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(1, 10)));
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_group_2_failed(&env, "undecodable metadata record");
+    remove_group_2_and_reopen(&dir, env, (LogId::new(1, 10), entries(1..11, 1)));
 }
