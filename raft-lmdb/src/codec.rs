@@ -1,6 +1,6 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 4 (single-group stores: 3)
+//! # Format version 4 (5 once a failed mark is stored; single-group stores: 3)
 //!
 //! The environment holds two named databases:
 //!
@@ -19,8 +19,9 @@
 //!
 //! That is the layout of a store of its own. An [`crate::LmdbEnvironment`] holds the same records
 //! for many groups in `raft-groups-log` (key: group id then index, both big-endian `u64`) and
-//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, and `g` followed by the big-endian group
-//! id for each group's [`MetaRecord`]), plus a journal, `raft-groups-journal`, where commits
+//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, `g` followed by the big-endian group
+//! id for each group's [`MetaRecord`], and, from version 5, `failed` followed by the group id
+//! for each failed group's mark), plus a journal, `raft-groups-journal`, where commits
 //! append new entries of every group before they are moved in bulk to `raft-groups-log` (key: a
 //! big-endian `u64` sequence number; value: group id and index, both big-endian `u64`, then the
 //! entry record); see `layout.rs` and `journal.rs`.

@@ -162,9 +162,10 @@ pub(crate) struct Recovered {
     /// Whether the file holds anything but zeros after its valid frames, or records: the writer
     /// then checkpoints before the store is handed out, moving to the next generation.
     pub(crate) dirty: bool,
-    /// The groups of the multi-group layout that have records but whose metadata record is
-    /// corrupt: failed (see `journal.rs`), their records are set aside, unchecked but for
-    /// following each other.
+    /// The failed groups of the multi-group layout (see `journal.rs`): those the journal's load
+    /// failed (a stored mark, a metadata record that does not decode or disagrees with the
+    /// group's records) and those whose write-ahead entries do not follow their record. Their
+    /// entries are set aside unchecked.
     pub(crate) failed: BTreeMap<GroupId, String>,
 }
 

@@ -15,7 +15,7 @@
 //! # Invariants (of every committed state)
 //!
 //! * A group's entry `(group, index)` is stored exactly once: in `raft-groups-log` or as one
-//!   journal record. Truncation, purge, reset and group removal delete the group's journal
+//!   journal record (a failed group's set-aside records excepted, see below). Truncation, purge, reset and group removal delete the group's journal
 //!   records as well as its log range; a move deletes every record it moves.
 //! * A group's entries in the log come before its entries in the journal (a move takes them
 //!   all, and new entries follow the last one).
@@ -32,19 +32,35 @@
 //! or entry disagrees with it (a journal record outside `(purged, last]` or of an entry its
 //! log also holds, a write-ahead entry that does not follow), the group alone is *failed*
 //! ([`JournalIndex::failed`], with the reason naming it): its records are kept as they are,
-//! unchecked, and set aside: a move leaves them in the journal (it cannot tell where they
-//! belong, nor whether its log holds them already), they do not count towards the bound, and
-//! every other group opens and works. Opening the group fails with `Corrupt` and that reason;
-//! removing it deletes its records like any group's, and the group is no longer failed
-//! (created again, it starts empty). Entries of a failed group found in the write-ahead file at
-//! open are set aside the same way (appended to the journal by the open-time checkpoint):
-//! nothing of the group is lost until it is removed. A failed group's set-aside records are at
-//! most the move threshold plus one transaction's records (its journal records at open) plus
-//! the write-ahead file's pending entries (`MAX_PENDING_ENTRIES`), and stay until the group is
-//! removed. The invariants above hold for every other group; what stays corruption of the whole
-//! journal (the open fails) is what no group can be blamed for alone: an LMDB read error, a
-//! key or record that does not split, a record (or write-ahead entry) of a group without a
-//! metadata record, the same entry twice, a sequence number at its end.
+//! unchecked, and set aside (`JournalIndex::aside`, apart from the other groups' records): a
+//! move leaves them in the journal (it cannot tell where they belong, nor whether its log
+//! holds them already), they do not count towards the bound, and every other group opens and
+//! works. Opening the group fails with `Corrupt` and that reason. Entries of a failed group
+//! found in the write-ahead file at open are set aside the same way (appended to the journal
+//! by the open-time checkpoint, next to any record of the same index, which stays as it is):
+//! nothing of the group is lost until it is removed.
+//!
+//! The failed state is stored: a *failed mark* in the metadata database (key `failed` then the
+//! big-endian group id, see `layout`; value `[1 u8][reason, UTF-8]`), written by the first
+//! commit after the group failed, before anything else of it ([`JournalIndex::store_marks`]):
+//! the open-time checkpoint that sets its write-ahead entries aside, or a commit the open makes
+//! for the marks alone. That commit also rewrites the format record to
+//! [`MARKED_FORMAT_VERSION`] (builds that do not know marks must refuse the environment). Every
+//! later open reads the marks first: a marked group is failed with its stored reason whatever
+//! its records now look like, and its records (which may hold an index twice) are set aside
+//! unchecked. A mark that does not decode fails its group all the same, with a reason saying so;
+//! a mark key that does not split fails the open. Removing the group deletes its records like
+//! any group's and its mark in the same transaction, and the group is no longer failed
+//! (created again, it starts empty).
+//!
+//! A failed group's set-aside records are at most the move threshold plus one transaction's
+//! records (its journal records at the open that failed it) plus the write-ahead file's pending
+//! entries (`MAX_PENDING_ENTRIES`), and stay until the group is removed (nothing is written to a
+//! failed group, which cannot be opened). The invariants above hold for every other group; what
+//! stays corruption of the whole journal (the open fails) is what no group can be blamed for
+//! alone: an LMDB read error, a key or record that does not split, a record (or write-ahead
+//! entry) of an unmarked group without a metadata record, the same entry twice in a group that
+//! is not failed, a sequence number at its end.
 //!
 //! # Reads racing a move
 //!
