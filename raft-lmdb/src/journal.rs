@@ -699,8 +699,8 @@ impl From<StorageError> for MoveError {
 
 /// Where readers look for journal records: `(group, index, sequence number)` of every record
 /// of the committed state, and of the transaction being committed, and of records deleted by a
-/// commit just made (see the module documentation). Its size is bounded like the journal's
-/// (the failed groups' set-aside records included, see the module documentation).
+/// commit just made (see the module documentation), but for the failed groups' set-aside
+/// records (no reader opens a failed group). Its size is bounded like the journal's.
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
     set: Mutex<BTreeSet<(GroupId, LogIndex, u64)>>,
