@@ -44,6 +44,9 @@ thread_local! {
     /// Test hook: reading the metadata record of this group on this thread fails as LMDB does
     /// on a damaged page (`MDB_CORRUPTED`).
     pub(crate) static META_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
+    /// Test hook: reading a journal record of this group in its check ([`check_group`]) on
+    /// this thread fails as LMDB does on a damaged page (`MDB_CORRUPTED`).
+    pub(crate) static JOURNAL_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Test hook: waits at [`CHECK_GROUP_BARRIER`] twice if a test set it on this thread.
@@ -554,7 +557,13 @@ fn check_snapshot(
             #[cfg(test)]
             JOURNAL_RECORDS_CHECKED.with(|n| n.set(n.get() + 1));
             // As `journal::read_record`, telling LMDB's errors from the record's.
-            let record = journal.get(rtxn, &seq_key(seq)).map_err(lmdb)?;
+            let record = journal.get(rtxn, &seq_key(seq));
+            #[cfg(test)]
+            let record = match JOURNAL_READ_FAILS.with(|g| g.get()) == Some(keys.group()) {
+                true => Err(heed::Error::Mdb(heed::MdbError::Corrupted)),
+                false => record,
+            };
+            let record = record.map_err(lmdb)?;
             let split = record.map(split_record).transpose().map_err(CheckError::Records)?;
             if let Some((_, _, entry)) = split.filter(|&(g, i, _)| (g, i) == (keys.group(), index))
             {

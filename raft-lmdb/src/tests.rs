@@ -1448,3 +1448,226 @@ fn a_group_failed_by_its_journal_records_has_its_mark_stored_at_that_open() {
     assert_group_2_failed(&env, "undecodable metadata record");
     remove_group_2_and_reopen(&dir, env, (LogId::new(1, 10), entries(1..11, 1)));
 }
+
+/// Group 2 of the closed environment in `dir` with journal records 1..=4 (term 1), then
+/// write-ahead entries 5..=7 (term 1), then its metadata record set to last (5, 4): the
+/// entries do not follow it, and the next open fails the group with its journal records.
+fn group_2_journaled_then_framed_then_its_record_changed(dir: &Path) {
+    {
+        // Checkpointed when it closes, to the journal.
+        let env = crate::LmdbEnvironment::open(dir).unwrap();
+        env.running_shared().always_journal.store(true, Ordering::SeqCst);
+        block_on(env.log_store(1).unwrap().write(append(1..4, 1))).unwrap();
+        block_on(env.log_store(2).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    {
+        let env = crate::LmdbEnvironment::open(dir).unwrap();
+        env.running_shared().always_journal.store(true, Ordering::SeqCst);
+        let two = env.log_store(2).unwrap();
+        // The first write of a group found on disk goes to LMDB, the next to the file.
+        block_on(two.write(append(4..5, 1))).unwrap();
+        block_on(two.write(append(5..8, 1))).unwrap();
+        assert_eq!(env.stats().wal_commits, 1, "{:?}", env.stats());
+        env.running_shared().skip_close_checkpoint.store(true, Ordering::SeqCst);
+    }
+    let of_two: Vec<_> = journal_records(dir).into_iter().filter(|r| r.0 == 2).collect();
+    assert_eq!(of_two, (1..5).map(|i| (2, i, 1)).collect::<Vec<_>>());
+    put_meta_record(dir, 2, &meta_with_last(LogId::new(5, 4)));
+}
+
+/// Review (fourth, M1): the committed journal records of a group failed at open for its
+/// write-ahead entries are not in the readers' index (no reader opens a failed group), nor
+/// after its removal, nor once it is created again. (Before: the index was built before the
+/// group failed, kept its records, and its removal never withdrew them.)
+#[test]
+fn a_failed_groups_records_are_not_in_the_readers_index() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_journaled_then_framed_then_its_record_changed(&dir);
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "does not follow");
+    let of_two = |env: &crate::LmdbEnvironment| {
+        env.running_shared().read_index.candidates(2, 0, raft_core::LogIndex::MAX)
+    };
+    assert_eq!(of_two(&env), vec![], "after the open");
+    env.remove_group(2).unwrap();
+    assert_eq!(of_two(&env), vec![], "after the removal");
+    let two = env.log_store(2).unwrap();
+    assert_eq!(read_all(&two), (LogId::default(), vec![]));
+    assert_eq!(of_two(&env), vec![], "after the group was created again");
+    drop(two);
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 3), entries(1..4, 1)));
+}
+
+/// Review (fourth, M2): a group failed at an open whose checkpoint fills the map has its mark
+/// stored by the transaction retried after the map grew (the abandoned one's mark is undone,
+/// not forgotten).
+#[test]
+fn a_failed_mark_is_stored_by_the_checkpoint_retried_after_the_map_grew() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    let big = |index: u64| Entry {
+        index,
+        term: 5,
+        payload: EntryPayload::Command(Bytes::from(vec![index as u8; 64 << 10])),
+    };
+    {
+        let options = crate::LmdbOptions::default().with_file_headroom(0);
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        let two = env.log_store(2).unwrap();
+        for first in (1..49).step_by(12) {
+            let batch = WriteBatch {
+                entries: (first..first + 12).map(big).collect(),
+                ..WriteBatch::default()
+            };
+            block_on(two.write(batch)).unwrap();
+        }
+        assert_eq!(env.stats().wal_commits, 4, "{:?}", env.stats());
+        env.running_shared().skip_close_checkpoint.store(true, Ordering::SeqCst);
+    }
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(5, 48)));
+    let options =
+        crate::LmdbOptions::default().with_initial_map_size(1 << 20).with_file_headroom(0);
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert!(env.map_size().unwrap() > 1 << 20, "the map did not grow");
+    assert_group_2_failed(&env, "does not follow");
+    drop(env);
+    assert_eq!(other_meta_keys(&dir).len(), 1, "not exactly one failed mark stored");
+}
+
+/// Review (fourth, M3): a marked group's journal records are set aside unchecked at every
+/// open, even when they hold an index twice (a committed record and a write-ahead entry set
+/// aside next to it): the environment opens, the group stays failed.
+#[test]
+fn a_marked_groups_records_skip_the_open_checks() {
+    const SEQ: u64 = 1000;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    framed_groups_1_and_2(&dir);
+    let committed = {
+        let mut record = Vec::new();
+        record.extend_from_slice(&2u64.to_be_bytes());
+        record.extend_from_slice(&1u64.to_be_bytes());
+        codec::encode_entry(&entry(1, 9), record).unwrap()
+    };
+    tamper_environment(&dir, |handles, txn| {
+        let journal = handles.journal.as_ref().unwrap();
+        journal.put(txn, &crate::journal::seq_key(SEQ), &committed).unwrap();
+    });
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(9, 1)));
+    for _ in 0..3 {
+        let env = match crate::LmdbEnvironment::open(&dir) {
+            Ok(env) => env,
+            Err(err) => panic!("the marked group kept the environment closed: {err}"),
+        };
+        assert_group_2_failed(&env, "does not follow");
+        drop(env);
+        let of_two = journal_records(&dir).into_iter().filter(|r| r.0 == 2).count();
+        assert_eq!(of_two, 6);
+    }
+}
+
+/// Review (fourth, L1): removing the last failed group (no mark and no set-aside record
+/// left) rewrites the format record to 4 in the same transaction, so that a build of format
+/// 4 opens the environment again; while another failed group is left it stays 5.
+#[test]
+fn removing_the_last_failed_group_rewrites_the_format_record_to_4() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_failed_for_its_frames(&dir);
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    env.remove_group(2).unwrap();
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+
+    // Two failed groups (1 and 2): removing one keeps 5.
+    let dir = root.path().join("two");
+    framed_groups_1_and_2(&dir);
+    put_meta_record(&dir, 1, &meta_with_last(LogId::new(3, 5)));
+    put_meta_record(&dir, 2, &meta_with_last(LogId::new(3, 5)));
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    env.remove_group(2).unwrap();
+    drop(env);
+    assert_eq!(other_meta_keys(&dir).len(), 1);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::MARKED_FORMAT_VERSION));
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    env.remove_group(1).unwrap();
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+}
+
+/// Review (fourth, L3): a failed mark with an empty reason fails its group with a message
+/// naming it.
+#[test]
+fn a_failed_mark_without_a_reason_names_its_group() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_failed_for_its_frames(&dir);
+    let marks = other_meta_keys(&dir);
+    tamper_environment(&dir, |handles, txn| {
+        handles.meta.put(txn, &marks[0], &[1]).unwrap();
+    });
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    assert_group_2_failed(&env, "no reason stored");
+}
+
+/// Review (fourth, L4): a marked group without a metadata record is listed by `groups()` (so
+/// that it can be found and removed) and its snapshot directory is kept until its removal.
+#[test]
+fn a_marked_group_without_a_metadata_record_is_listed_and_keeps_its_snapshots() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_failed_for_its_frames(&dir);
+    tamper_environment(&dir, |handles, txn| {
+        assert!(handles.meta.delete(txn, Layout::Groups.keys(2).meta().as_slice()).unwrap());
+    });
+    let snapshots = dir.join(crate::environment::SNAPSHOTS_DIR).join("2");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    std::fs::write(snapshots.join("kept"), b"a snapshot").unwrap();
+    for _ in 0..2 {
+        let env = crate::LmdbEnvironment::open(&dir).unwrap();
+        assert_eq!(env.groups().unwrap(), vec![1, 2]);
+        assert_group_2_failed(&env, "does not follow");
+        drop(env);
+        assert!(snapshots.join("kept").exists(), "the failed group's snapshots were deleted");
+    }
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    env.remove_group(2).unwrap();
+    assert_eq!(env.groups().unwrap(), vec![1]);
+    assert!(!snapshots.exists(), "the removal left the snapshots");
+    drop(env);
+    assert_eq!(other_meta_keys(&dir), Vec::<Vec<u8>>::new(), "the removal left the mark");
+}
+
+/// Review (fourth, L5): an LMDB read error on a journal record met by a group's check when
+/// its store is opened is reported as LMDB's error, not as that group's corruption.
+#[test]
+fn an_lmdb_read_error_on_a_journal_record_in_a_groups_open_check_is_lmdbs() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    let options = crate::LmdbOptions::default().with_wal_bytes(0);
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        env.running_shared().always_journal.store(true, Ordering::SeqCst);
+        block_on(env.log_store(2).unwrap().write(append(1..4, 1))).unwrap();
+    }
+    assert_eq!(journal_records(&dir).len(), 3, "the entries are in the journal");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    env::JOURNAL_READ_FAILS.with(|g| g.set(Some(2)));
+    let opened = env.log_store(2);
+    env::JOURNAL_READ_FAILS.with(|g| g.set(None));
+    match opened {
+        Err(OpenError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("LMDB"), "{reason}");
+            assert!(!reason.contains("remove the group"), "taken for the group's: {reason}");
+        }
+        Err(other) => panic!("not the LMDB error: {other}"),
+        Ok(_) => panic!("the group opened past an LMDB read error"),
+    }
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::new(1, 3), entries(1..4, 1)));
+}
