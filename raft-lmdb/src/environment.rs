@@ -107,7 +107,6 @@ pub(crate) fn start(
         Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
         None => None,
     };
-    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
     let storage_err = |e: StorageError| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.clone(), reason },
         StorageError::Io(source) => OpenError::Io { path: dir.clone(), source },
@@ -123,6 +122,8 @@ pub(crate) fn start(
             journal.set_failed(group, reason.clone());
         }
     }
+    // Once every failed group is known: their records, set aside, are not in it.
+    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
     let recovered_entries = recovered.records.len() as u64;
     let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
     let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));

@@ -649,11 +649,15 @@ impl JournalIndex {
         }
     }
 
-    /// Withdraws from `shared` the records this transaction deleted (after its commit).
+    /// Withdraws from `shared` the records this transaction deleted (after its commit): the
+    /// set-aside ones too, though the index should not hold them (a safeguard: its size stays
+    /// bounded like the journal's whatever happened).
     pub(crate) fn withdraw_removed(&self, shared: &ReadIndex) {
         let mut set = shared.lock();
         for change in &self.changes {
-            if let Change::Removed(group, index, seq) = *change {
+            if let Change::Removed(group, index, seq) | Change::AsideRemoved(group, index, seq) =
+                *change
+            {
                 set.remove(&(group, index, seq));
             }
         }
@@ -669,7 +673,8 @@ impl JournalIndex {
         }
     }
 
-    /// The committed records, for a new [`ReadIndex`].
+    /// The committed records, for a new [`ReadIndex`] (not the failed groups' set-aside
+    /// records: called once every failed group is known, see `environment.rs`).
     pub(crate) fn read_index(&self) -> ReadIndex {
         let set = self.locations.iter().map(|(&(g, i), &s)| (g, i, s)).collect();
         ReadIndex { set: Mutex::new(set) }
