@@ -152,10 +152,12 @@ fn encode_mark(reason: &str) -> Vec<u8> {
     value
 }
 
-/// The reason stored in `group`'s failed mark `value`; a mark that does not decode still fails
-/// the group, with a reason saying so (see the module documentation).
+/// The reason stored in `group`'s failed mark `value`; a mark that does not decode, or holds
+/// no reason, still fails the group, with a reason naming it and saying so (see the module
+/// documentation).
 fn decode_mark(group: GroupId, value: &[u8]) -> String {
     match value.split_first() {
+        Some((&MARK_VERSION, [])) => failure(group, "failed (no reason stored)"),
         Some((&MARK_VERSION, reason)) => match std::str::from_utf8(reason) {
             Ok(reason) => reason.to_owned(),
             Err(_) => failure(group, "its failed mark does not decode (its reason is not UTF-8)"),
