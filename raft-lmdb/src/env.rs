@@ -13,7 +13,7 @@ use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
 use crate::journal::{seq_key, split_record, ReadIndex, JOURNAL_DB};
-use crate::layout::{GroupKeys, Layout};
+use crate::layout::{group_of_failed_mark, GroupKeys, Layout, FAILED_MARK_PREFIX};
 use crate::registry::DirGuard;
 use crate::store::DiskStats;
 
@@ -182,7 +182,9 @@ impl Handles {
             .ok_or_else(|| StorageError::Corrupt("the metadata record is missing".into()))
     }
 
-    /// The groups that have a metadata record, in ascending order.
+    /// The groups that have a metadata record or a failed mark (a failed group is listed
+    /// even without a metadata record, so that it can be found and removed, see `journal.rs`),
+    /// in ascending order.
     pub(crate) fn groups(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Vec<GroupId>, StorageError> {
         let mut groups = Vec::new();
         let prefix = self.layout.meta_prefix();
@@ -194,6 +196,23 @@ impl Handles {
                     return Err(StorageError::Corrupt(format!("unexpected metadata key {key:?}")))
                 }
             }
+        }
+        if self.layout == Layout::Groups {
+            let marks = self.meta.prefix_iter(txn, FAILED_MARK_PREFIX).map_err(storage_error)?;
+            for item in marks {
+                let (key, _) = item.map_err(storage_error)?;
+                match group_of_failed_mark(key) {
+                    Some(group) => groups.push(group),
+                    None => {
+                        return Err(StorageError::Corrupt(format!(
+                            "a failed mark key of {} bytes",
+                            key.len()
+                        )))
+                    }
+                }
+            }
+            groups.sort_unstable();
+            groups.dedup();
         }
         Ok(groups)
     }

@@ -424,7 +424,10 @@ impl LmdbEnvironment {
     }
 
     /// The groups on disk, in ascending order: every group whose store was opened and that was
-    /// not removed since.
+    /// not removed since, and every group failed at an open (its log store fails to open with
+    /// [`OpenError::Corrupt`] until it is removed; its failed mark is stored) even if its
+    /// metadata record is gone. Their snapshot directories are kept (those of groups not listed
+    /// are deleted at open).
     pub fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
         with_handles(self.shared(), |handles| handles.groups(&handles.read_txn()?))
     }
@@ -508,7 +511,8 @@ impl LmdbEnvironment {
     /// group is open. Once this returns, the group is gone durably; if the process dies before
     /// the snapshot directory is deleted, or its deletion fails, the next
     /// [`LmdbEnvironment::open`] deletes it, and so does creating the group again. A group
-    /// whose metadata record is corrupt can still be removed.
+    /// whose metadata record is corrupt, or that failed at an open, can still be removed (its
+    /// failed mark goes with it).
     ///
     /// The group's hard state (term and vote) goes with it: a replica of this process must not
     /// rejoin the same cluster of that group under the same node id (it could vote twice in
