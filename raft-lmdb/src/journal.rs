@@ -438,6 +438,12 @@ impl JournalIndex {
         }
     }
 
+    /// Whether a group is failed or a record set aside (in the current transaction's state):
+    /// once neither, the environment holds no failed mark.
+    pub(crate) fn holds_failed(&self) -> bool {
+        !self.failed.is_empty() || !self.aside.is_empty()
+    }
+
     /// Whether a failed group's mark is still to be stored (by the next commit).
     pub(crate) fn has_unstored_marks(&self) -> bool {
         !self.unstored.is_empty()

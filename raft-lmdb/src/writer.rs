@@ -720,7 +720,13 @@ impl Writer {
                 handles.meta.delete(txn, keys.meta().as_slice())?;
                 if handles.layout == crate::layout::Layout::Groups {
                     // Its failed mark, if any (see `journal.rs`): created again, it is healthy.
-                    handles.meta.delete(txn, keys.failed_mark().as_slice())?;
+                    let marked = handles.meta.delete(txn, keys.failed_mark().as_slice())?;
+                    // The last mark gone (no failed group, no set-aside record left): the
+                    // environment is one a build of format 4 reads again (see `codec`).
+                    if marked && !self.journal.as_ref().is_some_and(JournalIndex::holds_failed) {
+                        let format = codec::encode_format(codec::FORMAT_VERSION);
+                        handles.meta.put(txn, codec::FORMAT_KEY.as_bytes(), &format)?;
+                    }
                 }
                 *meta = None;
                 // No longer what the disk holds: a group created again in this transaction
