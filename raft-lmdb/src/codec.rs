@@ -76,8 +76,9 @@
 //!   UTF-8]`) for each group failed at an open (see `journal.rs`), and a failed group's journal
 //!   may hold two records of one index. A build of format 4 would ignore the marks and could
 //!   serve a failed group's unchecked records, so the transaction that stores the first mark
-//!   rewrites the format record to 5 (it stays 5 after the group is removed). An environment
-//!   that never held a mark stays at 4 and opens with builds of format 4 (a rollback); this
+//!   rewrites the format record to 5, and the removal that deletes the last mark (no failed
+//!   group nor set-aside record left) rewrites it to 4 again. An environment that never held a
+//!   mark, or holds none any more, is at 4 and opens with builds of format 4 (a rollback); this
 //!   build opens both without rewriting either.
 
 use std::collections::BTreeSet;

@@ -51,7 +51,11 @@
 //! unchecked. A mark that does not decode fails its group all the same, with a reason saying so;
 //! a mark key that does not split fails the open. Removing the group deletes its records like
 //! any group's and its mark in the same transaction, and the group is no longer failed
-//! (created again, it starts empty).
+//! (created again, it starts empty); the removal that deletes the last mark (no failed group
+//! nor set-aside record left) also rewrites the format record to [`codec::FORMAT_VERSION`].
+//! A marked group is listed by `groups()` even without a metadata record (so that it can be
+//! found and removed), and its snapshot directory is kept until then. A mark holding no reason
+//! fails its group with a reason naming it.
 //!
 //! A failed group's set-aside records are at most the move threshold plus one transaction's
 //! records (its journal records at the open that failed it) plus the write-ahead file's pending
