@@ -220,10 +220,10 @@ impl Applier {
     }
 }
 
-/// Stores the write-ahead entries of a failed group (its metadata record is corrupt) as they
-/// are, set aside in the journal (see `journal.rs`): they cannot be checked against the
-/// group's log, and stay until the group is removed. A record of the same entry already in the
-/// journal is replaced (the write-ahead file's is the newer).
+/// Stores the write-ahead entries of a failed group as they are, set aside in the journal (see
+/// `journal.rs`): they cannot be checked against the group's log, and stay until the group is
+/// removed. A record of the same index already in the journal (committed, the group's own
+/// data) is kept as it is: both are set aside, nothing of the group is lost.
 pub(crate) fn set_aside(
     log: GroupLog<'_>,
     txn: &mut RwTxn<'_>,
@@ -239,7 +239,6 @@ pub(crate) fn set_aside(
     for entry in entries {
         buf.clear();
         buf = codec::encode_entry(entry, buf)?;
-        records.delete(journal, txn, group, entry.index, entry.index)?;
         records.append(journal, txn, group, entry.index, &buf)?;
     }
     Ok(())

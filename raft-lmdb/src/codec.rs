@@ -1,6 +1,6 @@
 //! The on-disk format: how keys, entries and metadata are encoded.
 //!
-//! # Format version 4 (single-group stores: 3)
+//! # Format version 4 (5 once a failed mark is stored; single-group stores: 3)
 //!
 //! The environment holds two named databases:
 //!
@@ -19,8 +19,9 @@
 //!
 //! That is the layout of a store of its own. An [`crate::LmdbEnvironment`] holds the same records
 //! for many groups in `raft-groups-log` (key: group id then index, both big-endian `u64`) and
-//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, and `g` followed by the big-endian group
-//! id for each group's [`MetaRecord`]), plus a journal, `raft-groups-journal`, where commits
+//! `raft-groups-meta` ([`FORMAT_KEY`], `journal-seq`, `g` followed by the big-endian group
+//! id for each group's [`MetaRecord`], and, from version 5, `failed` followed by the group id
+//! for each failed group's mark), plus a journal, `raft-groups-journal`, where commits
 //! append new entries of every group before they are moved in bulk to `raft-groups-log` (key: a
 //! big-endian `u64` sequence number; value: group id and index, both big-endian `u64`, then the
 //! entry record); see `layout.rs` and `journal.rs`.
@@ -70,6 +71,15 @@
 //!   rewrites its format record to 4 in one synced transaction before anything else is
 //!   written. Single-group stores are unchanged and stay at version 3
 //!   ([`STORE_FORMAT_VERSION`]), so that builds of format 3 still open them (a rollback).
+//! * **5** ([`MARKED_FORMAT_VERSION`]): a multi-group environment holds a *failed mark* in its
+//!   metadata database (`failed` followed by the big-endian group id; value `[1 u8][reason,
+//!   UTF-8]`) for each group failed at an open (see `journal.rs`), and a failed group's journal
+//!   may hold two records of one index. A build of format 4 would ignore the marks and could
+//!   serve a failed group's unchecked records, so the transaction that stores the first mark
+//!   rewrites the format record to 5, and the removal that deletes the last mark (no failed
+//!   group nor set-aside record left) rewrites it to 4 again. An environment that never held a
+//!   mark, or holds none any more, is at 4 and opens with builds of format 4 (a rollback); this
+//!   build opens both without rewriting either.
 
 use std::collections::BTreeSet;
 
@@ -105,6 +115,12 @@ pub(crate) const FORMAT_MAGIC: [u8; 8] = *b"RAFTLMDB";
 /// environments a journal of new entries. Single-group stores stay at
 /// [`STORE_FORMAT_VERSION`].
 pub const FORMAT_VERSION: u32 = 4;
+/// The format version of a multi-group environment once it holds a failed group's mark (see
+/// the version history): written, in place of [`FORMAT_VERSION`], by the transaction that
+/// stores the first mark, so that builds that do not know marks refuse the environment rather
+/// than serve a failed group. This build reads both; an environment that never held a mark
+/// stays at [`FORMAT_VERSION`].
+pub const MARKED_FORMAT_VERSION: u32 = 5;
 /// The format version this build writes in a single-group store
 /// ([`crate::LmdbLogStore::open_dir`]): 3, the last version that changed such a store, so that
 /// the builds of format 3 still open it. Stores of versions 1 and 2 are upgraded to it when
@@ -541,6 +557,7 @@ mod tests {
 
     #[test]
     fn format_records() {
+        assert_eq!(MARKED_FORMAT_VERSION, FORMAT_VERSION + 1);
         let check = |bytes: &[u8]| check_format(bytes, FORMAT_VERSION);
         assert_eq!(check(&encode_format(FORMAT_VERSION)), FormatCheck::Current);
         assert_eq!(check(&encode_format(1)), FormatCheck::Upgradable(1));

@@ -12,8 +12,8 @@ use raft_core::{GroupId, LogId, LogIndex, StorageError};
 use crate::codec::{self, FormatCheck, MetaRecord, FORMAT_KEY};
 use crate::error::{storage_error, OpenError};
 use crate::headroom::DATA_FILE;
-use crate::journal::{read_record, ReadIndex, JOURNAL_DB};
-use crate::layout::{GroupKeys, Layout};
+use crate::journal::{seq_key, split_record, ReadIndex, JOURNAL_DB};
+use crate::layout::{group_of_failed_mark, GroupKeys, Layout, FAILED_MARK_PREFIX};
 use crate::registry::DirGuard;
 use crate::store::DiskStats;
 
@@ -44,6 +44,9 @@ thread_local! {
     /// Test hook: reading the metadata record of this group on this thread fails as LMDB does
     /// on a damaged page (`MDB_CORRUPTED`).
     pub(crate) static META_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
+    /// Test hook: reading a journal record of this group in its check ([`check_group`]) on
+    /// this thread fails as LMDB does on a damaged page (`MDB_CORRUPTED`).
+    pub(crate) static JOURNAL_READ_FAILS: std::cell::Cell<Option<GroupId>> = const { std::cell::Cell::new(None) };
 }
 
 /// Test hook: waits at [`CHECK_GROUP_BARRIER`] twice if a test set it on this thread.
@@ -179,7 +182,9 @@ impl Handles {
             .ok_or_else(|| StorageError::Corrupt("the metadata record is missing".into()))
     }
 
-    /// The groups that have a metadata record, in ascending order.
+    /// The groups that have a metadata record or a failed mark (a failed group is listed
+    /// even without a metadata record, so that it can be found and removed, see `journal.rs`),
+    /// in ascending order.
     pub(crate) fn groups(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Vec<GroupId>, StorageError> {
         let mut groups = Vec::new();
         let prefix = self.layout.meta_prefix();
@@ -191,6 +196,23 @@ impl Handles {
                     return Err(StorageError::Corrupt(format!("unexpected metadata key {key:?}")))
                 }
             }
+        }
+        if self.layout == Layout::Groups {
+            let marks = self.meta.prefix_iter(txn, FAILED_MARK_PREFIX).map_err(storage_error)?;
+            for item in marks {
+                let (key, _) = item.map_err(storage_error)?;
+                match group_of_failed_mark(key) {
+                    Some(group) => groups.push(group),
+                    None => {
+                        return Err(StorageError::Corrupt(format!(
+                            "a failed mark key of {} bytes",
+                            key.len()
+                        )))
+                    }
+                }
+            }
+            groups.sort_unstable();
+            groups.dedup();
         }
         Ok(groups)
     }
@@ -405,13 +427,23 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
     let upgrade_from = match format.map(|bytes| codec::check_format(bytes, current)) {
         None => return Err(corrupt("the format record is missing".into())),
         Some(FormatCheck::Current) => None,
+        // An environment holding failed marks (see `codec`'s version history): read as it is.
+        Some(FormatCheck::Unsupported(codec::MARKED_FORMAT_VERSION))
+            if handles.layout == Layout::Groups =>
+        {
+            None
+        }
         Some(FormatCheck::Upgradable(old)) => Some(old),
         Some(FormatCheck::Unsupported(found)) => {
             return Err(OpenError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found,
-                supported: current,
-            })
+                // The newest it reads.
+                supported: match handles.layout {
+                    Layout::Single => current,
+                    Layout::Groups => codec::MARKED_FORMAT_VERSION,
+                },
+            });
         }
         Some(FormatCheck::Foreign) => {
             return Err(OpenError::NotOurStore {
@@ -450,6 +482,16 @@ fn check_format(mut handles: Handles, path: &Path) -> Result<Handles, OpenError>
     Ok(handles)
 }
 
+/// Why [`check_group`] failed.
+#[derive(Debug)]
+pub(crate) enum CheckError {
+    /// A read failed in LMDB (a damaged page, an I/O error): no record's fault, nothing is
+    /// known of the group's records.
+    Lmdb(StorageError),
+    /// The group's records do not decode or disagree with each other.
+    Records(StorageError),
+}
+
 /// Reads the metadata record of the group `keys` (`None` if it does not exist) and checks that
 /// its log and journal records hold exactly the entries `purged.index + 1 ..= last.index`, the
 /// last one with the recorded term, those of the log before those of the journal.
@@ -468,10 +510,10 @@ pub(crate) fn check_group(
     handles: &Handles,
     keys: GroupKeys,
     read_index: &ReadIndex,
-) -> Result<Option<MetaRecord>, StorageError> {
+) -> Result<Option<MetaRecord>, CheckError> {
     let mut attempt = 1;
     loop {
-        let rtxn = handles.read_txn()?;
+        let rtxn = handles.read_txn().map_err(CheckError::Lmdb)?;
         #[cfg(test)]
         CHECK_GROUP_ATTEMPTS.with(|n| n.set(n.get() + 1));
         #[cfg(test)]
@@ -479,8 +521,9 @@ pub(crate) fn check_group(
         let candidates = read_index.candidates(keys.group(), 0, LogIndex::MAX);
         match check_snapshot(handles, &rtxn, keys, candidates) {
             // Records the snapshot holds may have been withdrawn by a later commit.
-            Err(StorageError::Corrupt(_))
-                if attempt < CHECK_ATTEMPTS && handles.read_txn()?.id() != rtxn.id() =>
+            Err(CheckError::Records(StorageError::Corrupt(_)))
+                if attempt < CHECK_ATTEMPTS
+                    && handles.read_txn().map_err(CheckError::Lmdb)?.id() != rtxn.id() =>
             {
                 attempt += 1;
             }
@@ -502,9 +545,11 @@ fn check_snapshot(
     rtxn: &RoTxn<'_, WithoutTls>,
     keys: GroupKeys,
     candidates: Vec<(LogIndex, u64)>,
-) -> Result<Option<MetaRecord>, StorageError> {
-    let Some(meta) = handles.find_meta(rtxn, keys)? else {
-        return Ok(None);
+) -> Result<Option<MetaRecord>, CheckError> {
+    let lmdb = |e| CheckError::Lmdb(storage_error(e));
+    let meta = match handles.lookup_meta(rtxn, keys).map_err(CheckError::Lmdb)? {
+        None => return Ok(None),
+        Some(meta) => meta.map_err(CheckError::Records)?,
     };
     let (purged, last) = (meta.purged(), meta.last());
     let expected_len = last.index - purged.index;
@@ -513,11 +558,11 @@ fn check_snapshot(
     let bounds = all.through(&end);
     let log_len = match keys.layout() {
         // The whole database is the group's: LMDB keeps the count.
-        Layout::Single => handles.log.len(rtxn).map_err(storage_error)?,
+        Layout::Single => handles.log.len(rtxn).map_err(lmdb)?,
         Layout::Groups => {
             let mut len = 0u64;
-            for item in handles.log.range(rtxn, &bounds).map_err(storage_error)? {
-                item.map_err(storage_error)?;
+            for item in handles.log.range(rtxn, &bounds).map_err(lmdb)? {
+                item.map_err(lmdb)?;
                 len += 1;
             }
             len
@@ -530,7 +575,17 @@ fn check_snapshot(
         for (index, seq) in candidates {
             #[cfg(test)]
             JOURNAL_RECORDS_CHECKED.with(|n| n.set(n.get() + 1));
-            if let Some(entry) = read_record(journal, rtxn, seq, keys.group(), index)? {
+            // As `journal::read_record`, telling LMDB's errors from the record's.
+            let record = journal.get(rtxn, &seq_key(seq));
+            #[cfg(test)]
+            let record = match JOURNAL_READ_FAILS.with(|g| g.get()) == Some(keys.group()) {
+                true => Err(heed::Error::Mdb(heed::MdbError::Corrupted)),
+                false => record,
+            };
+            let record = record.map_err(lmdb)?;
+            let split = record.map(split_record).transpose().map_err(CheckError::Records)?;
+            if let Some((_, _, entry)) = split.filter(|&(g, i, _)| (g, i) == (keys.group(), index))
+            {
                 journal_len += 1;
                 journal_first = Some(journal_first.map_or(index, |first| first.min(index)));
                 if journal_last.is_none_or(|(max, _)| index > max) {
@@ -541,20 +596,20 @@ fn check_snapshot(
     }
     let len = log_len + journal_len;
     if len != expected_len {
-        return Err(StorageError::Corrupt(format!(
+        return Err(CheckError::Records(StorageError::Corrupt(format!(
             "the log holds {len} entries where the metadata (purged {purged:?}, last {last:?}) says {expected_len}"
-        )));
+        ))));
     }
     if len == 0 {
         return Ok(Some(meta));
     }
-    let log_first = match handles.log.range(rtxn, &bounds).map_err(storage_error)?.next() {
-        Some(item) => keys.index_of(item.map_err(storage_error)?.0),
+    let log_first = match handles.log.range(rtxn, &bounds).map_err(lmdb)?.next() {
+        Some(item) => keys.index_of(item.map_err(lmdb)?.0),
         None => None,
     };
-    let log_last = match handles.log.rev_range(rtxn, &bounds).map_err(storage_error)?.next() {
+    let log_last = match handles.log.rev_range(rtxn, &bounds).map_err(lmdb)?.next() {
         Some(item) => {
-            let (key, bytes) = item.map_err(storage_error)?;
+            let (key, bytes) = item.map_err(lmdb)?;
             let index = keys.index_of(key).unwrap_or_default();
             Some((index, bytes))
         }
@@ -563,7 +618,9 @@ fn check_snapshot(
     let first = log_first.or(journal_first);
     let stored_last = journal_last.or(log_last);
     let stored_last_id = match stored_last {
-        Some((index, bytes)) => LogId::new(codec::decode_entry_term(index, bytes)?, index),
+        Some((index, bytes)) => {
+            LogId::new(codec::decode_entry_term(index, bytes).map_err(CheckError::Records)?, index)
+        }
         None => LogId::default(),
     };
     let in_order = match (log_last, journal_first) {
@@ -571,10 +628,10 @@ fn check_snapshot(
         _ => true,
     };
     if first != Some(purged.index + 1) || stored_last_id != last || !in_order {
-        return Err(StorageError::Corrupt(format!(
+        return Err(CheckError::Records(StorageError::Corrupt(format!(
             "the log spans {first:?}..={stored_last_id:?} where the metadata says {}..={last:?}",
             purged.index + 1
-        )));
+        ))));
     }
     Ok(Some(meta))
 }

@@ -15,7 +15,7 @@ use std::thread::{JoinHandle, Thread};
 use raft_core::{GroupId, StorageError, DEFAULT_GROUP_ID};
 
 use crate::codec::MetaRecord;
-use crate::env::{self, Handles};
+use crate::env::{self, CheckError, Handles};
 use crate::error::OpenError;
 use crate::fsdir;
 use crate::headroom::{Headroom, DATA_FILE};
@@ -107,19 +107,23 @@ pub(crate) fn start(
         Some(journal) => Some(load_journal(&handles, journal, &dir, &options)?),
         None => None,
     };
-    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
     let storage_err = |e: StorageError| match e {
         StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.clone(), reason },
         StorageError::Io(source) => OpenError::Io { path: dir.clone(), source },
         source => OpenError::Storage { path: dir.clone(), source },
     };
-    let mut recovered = recover_wal(&handles, &dir, options.wal_bytes).map_err(storage_err)?;
+    // A failed group's write-ahead entries are set aside unchecked.
+    let failed = journal.as_ref().map(|j| j.failed().clone()).unwrap_or_default();
+    let mut recovered =
+        recover_wal(&handles, &dir, options.wal_bytes, failed).map_err(storage_err)?;
     // Their frames are set aside in the journal by the open-time checkpoint.
     if let Some(journal) = &mut journal {
         for (&group, reason) in &recovered.failed {
             journal.set_failed(group, reason.clone());
         }
     }
+    // Once every failed group is known: their records, set aside, are not in it.
+    let read_index = journal.as_ref().map(JournalIndex::read_index).unwrap_or_default();
     let recovered_entries = recovered.records.len() as u64;
     let pending = Pending::new(recovered.generation, std::mem::take(&mut recovered.records));
     let shared = Arc::new(Shared::new(handles, guard, queue, read_index, pending));
@@ -159,16 +163,23 @@ pub(crate) struct Recovered {
     /// Whether the file holds anything but zeros after its valid frames, or records: the writer
     /// then checkpoints before the store is handed out, moving to the next generation.
     pub(crate) dirty: bool,
-    /// The groups of the multi-group layout that have records but whose metadata record is
-    /// corrupt: failed (see `journal.rs`), their records are set aside, unchecked but for
-    /// following each other.
+    /// The failed groups of the multi-group layout (see `journal.rs`): those the journal's load
+    /// failed (a stored mark, a metadata record that does not decode or disagrees with the
+    /// group's records) and those whose write-ahead entries do not follow their record. Their
+    /// entries are set aside unchecked.
     pub(crate) failed: BTreeMap<GroupId, String>,
 }
 
 /// Opens (creating it when on) and reads the write-ahead file: its frames of LMDB's
 /// generation, each record checked to extend its group's log contiguously (anything else is
-/// corruption: such a frame was never written by this crate).
-fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, StorageError> {
+/// corruption: such a frame was never written by this crate). The records of the groups of
+/// `failed` (failed by the journal's load, see `journal.rs`) are set aside unchecked.
+fn recover_wal(
+    handles: &Handles,
+    dir: &Path,
+    bytes: u64,
+    mut failed: BTreeMap<GroupId, String>,
+) -> Result<Recovered, StorageError> {
     let (id, foreign) = match handles.wal_id(&handles.read_txn()?)? {
         Some(id) => (id, false),
         // Before any frame of this environment is written: whatever the file holds is another
@@ -186,7 +197,6 @@ fn recover_wal(handles: &Handles, dir: &Path, bytes: u64) -> Result<Recovered, S
         );
     }
     let mut lasts: HashMap<GroupId, raft_core::LogId> = HashMap::new();
-    let mut failed: BTreeMap<GroupId, String> = BTreeMap::new();
     for (group, entry) in &scanned.records {
         // A failed group's entries are set aside as they are (see `journal.rs`).
         if failed.contains_key(group) {
@@ -261,13 +271,20 @@ fn check_group(
     env::check_group(handles, handles.layout.keys(group), read_index).map_err(|e| match e {
         // Which group, among all those of the environment (a record that does not decode
         // names it already).
-        StorageError::Corrupt(reason)
+        CheckError::Records(StorageError::Corrupt(reason))
             if handles.layout == Layout::Groups && !reason.starts_with("group ") =>
         {
             OpenError::Corrupt { path: dir.to_path_buf(), reason: journal::failure(group, &reason) }
         }
-        StorageError::Corrupt(reason) => OpenError::Corrupt { path: dir.to_path_buf(), reason },
-        source => OpenError::Storage { path: dir.to_path_buf(), source },
+        // An LMDB read error (a damaged page) is no one group's corruption: LMDB's error, not
+        // "remove the group".
+        CheckError::Records(StorageError::Corrupt(reason))
+        | CheckError::Lmdb(StorageError::Corrupt(reason)) => {
+            OpenError::Corrupt { path: dir.to_path_buf(), reason }
+        }
+        CheckError::Records(source) | CheckError::Lmdb(source) => {
+            OpenError::Storage { path: dir.to_path_buf(), source }
+        }
     })
 }
 
@@ -407,7 +424,10 @@ impl LmdbEnvironment {
     }
 
     /// The groups on disk, in ascending order: every group whose store was opened and that was
-    /// not removed since.
+    /// not removed since, and every group failed at an open (its log store fails to open with
+    /// [`OpenError::Corrupt`] until it is removed; its failed mark is stored) even if its
+    /// metadata record is gone. Their snapshot directories are kept (those of groups not listed
+    /// are deleted at open).
     pub fn groups(&self) -> Result<Vec<GroupId>, StorageError> {
         with_handles(self.shared(), |handles| handles.groups(&handles.read_txn()?))
     }
@@ -491,7 +511,8 @@ impl LmdbEnvironment {
     /// group is open. Once this returns, the group is gone durably; if the process dies before
     /// the snapshot directory is deleted, or its deletion fails, the next
     /// [`LmdbEnvironment::open`] deletes it, and so does creating the group again. A group
-    /// whose metadata record is corrupt can still be removed.
+    /// whose metadata record is corrupt, or that failed at an open, can still be removed (its
+    /// failed mark goes with it).
     ///
     /// The group's hard state (term and vote) goes with it: a replica of this process must not
     /// rejoin the same cluster of that group under the same node id (it could vote twice in

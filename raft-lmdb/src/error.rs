@@ -51,7 +51,9 @@ pub enum OpenError {
         path: PathBuf,
         /// The version found on disk.
         found: u32,
-        /// The version this build writes, the newest it reads (it also reads every older one).
+        /// The newest version this build reads (it also reads every older one): the version it
+        /// writes, or for a multi-group environment [`crate::MARKED_FORMAT_VERSION`] (written
+        /// once a failed group's mark is stored).
         supported: u32,
     },
     /// The store is ours but its contents are inconsistent or undecodable.

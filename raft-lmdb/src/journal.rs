@@ -15,7 +15,7 @@
 //! # Invariants (of every committed state)
 //!
 //! * A group's entry `(group, index)` is stored exactly once: in `raft-groups-log` or as one
-//!   journal record. Truncation, purge, reset and group removal delete the group's journal
+//!   journal record (a failed group's set-aside records excepted, see below). Truncation, purge, reset and group removal delete the group's journal
 //!   records as well as its log range; a move deletes every record it moves.
 //! * A group's entries in the log come before its entries in the journal (a move takes them
 //!   all, and new entries follow the last one).
@@ -32,19 +32,39 @@
 //! or entry disagrees with it (a journal record outside `(purged, last]` or of an entry its
 //! log also holds, a write-ahead entry that does not follow), the group alone is *failed*
 //! ([`JournalIndex::failed`], with the reason naming it): its records are kept as they are,
-//! unchecked, and set aside: a move leaves them in the journal (it cannot tell where they
-//! belong, nor whether its log holds them already), they do not count towards the bound, and
-//! every other group opens and works. Opening the group fails with `Corrupt` and that reason;
-//! removing it deletes its records like any group's, and the group is no longer failed
-//! (created again, it starts empty). Entries of a failed group found in the write-ahead file at
-//! open are set aside the same way (appended to the journal by the open-time checkpoint):
-//! nothing of the group is lost until it is removed. A failed group's set-aside records are at
-//! most the move threshold plus one transaction's records (its journal records at open) plus
-//! the write-ahead file's pending entries (`MAX_PENDING_ENTRIES`), and stay until the group is
-//! removed. The invariants above hold for every other group; what stays corruption of the whole
-//! journal (the open fails) is what no group can be blamed for alone: an LMDB read error, a
-//! key or record that does not split, a record (or write-ahead entry) of a group without a
-//! metadata record, the same entry twice, a sequence number at its end.
+//! unchecked, and set aside (`JournalIndex::aside`, apart from the other groups' records): a
+//! move leaves them in the journal (it cannot tell where they belong, nor whether its log
+//! holds them already), they do not count towards the bound, and every other group opens and
+//! works. Opening the group fails with `Corrupt` and that reason. Entries of a failed group
+//! found in the write-ahead file at open are set aside the same way (appended to the journal
+//! by the open-time checkpoint, next to any record of the same index, which stays as it is):
+//! nothing of the group is lost until it is removed.
+//!
+//! The failed state is stored: a *failed mark* in the metadata database (key `failed` then the
+//! big-endian group id, see `layout`; value `[1 u8][reason, UTF-8]`), written by the first
+//! commit after the group failed, before anything else of it ([`JournalIndex::store_marks`]):
+//! the open-time checkpoint that sets its write-ahead entries aside, or a commit the open makes
+//! for the marks alone. That commit also rewrites the format record to
+//! [`MARKED_FORMAT_VERSION`] (builds that do not know marks must refuse the environment). Every
+//! later open reads the marks first: a marked group is failed with its stored reason whatever
+//! its records now look like, and its records (which may hold an index twice) are set aside
+//! unchecked. A mark that does not decode fails its group all the same, with a reason saying so;
+//! a mark key that does not split fails the open. Removing the group deletes its records like
+//! any group's and its mark in the same transaction, and the group is no longer failed
+//! (created again, it starts empty); the removal that deletes the last mark (no failed group
+//! nor set-aside record left) also rewrites the format record to [`codec::FORMAT_VERSION`].
+//! A marked group is listed by `groups()` even without a metadata record (so that it can be
+//! found and removed), and its snapshot directory is kept until then. A mark holding no reason
+//! fails its group with a reason naming it.
+//!
+//! A failed group's set-aside records are at most the move threshold plus one transaction's
+//! records (its journal records at the open that failed it) plus the write-ahead file's pending
+//! entries (`MAX_PENDING_ENTRIES`), and stay until the group is removed (nothing is written to a
+//! failed group, which cannot be opened). The invariants above hold for every other group; what
+//! stays corruption of the whole journal (the open fails) is what no group can be blamed for
+//! alone: an LMDB read error, a key or record that does not split, a record (or write-ahead
+//! entry) of an unmarked group without a metadata record, the same entry twice in a group that
+//! is not failed, a sequence number at its end.
 //!
 //! # Reads racing a move
 //!
@@ -64,10 +84,10 @@ use std::sync::{Mutex, MutexGuard};
 use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
 use raft_core::{GroupId, LogIndex, StorageError};
 
-use crate::codec;
+use crate::codec::{self, FORMAT_KEY, MARKED_FORMAT_VERSION};
 use crate::env::Db;
 use crate::error::storage_error;
-use crate::layout::Layout;
+use crate::layout::{group_of_failed_mark, Layout, FAILED_MARK_PREFIX};
 
 /// Name of the journal database of the multi-group layout.
 pub(crate) const JOURNAL_DB: &str = "raft-groups-journal";
@@ -114,8 +134,40 @@ pub(crate) fn read_record<'t>(
 enum Change {
     Added(GroupId, LogIndex, u64),
     Removed(GroupId, LogIndex, u64),
-    /// The group was failed (why) and no longer is (it was removed).
-    Recovered(GroupId, String),
+    /// A record of a failed group was set aside (appended).
+    AsideAdded(GroupId, LogIndex, u64),
+    /// A record of a failed group was deleted (the group is being removed).
+    AsideRemoved(GroupId, LogIndex, u64),
+    /// The group was failed (why, and whether its mark was still to be stored) and no longer
+    /// is (it was removed).
+    Recovered(GroupId, String, bool),
+    /// The group's failed mark was stored.
+    MarkStored(GroupId),
+}
+
+/// Version of a failed mark's value: `[version u8][reason, UTF-8]`.
+const MARK_VERSION: u8 = 1;
+
+/// The value of a failed mark for `reason`.
+fn encode_mark(reason: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(1 + reason.len());
+    value.push(MARK_VERSION);
+    value.extend_from_slice(reason.as_bytes());
+    value
+}
+
+/// The reason stored in `group`'s failed mark `value`; a mark that does not decode, or holds
+/// no reason, still fails the group, with a reason naming it and saying so (see the module
+/// documentation).
+fn decode_mark(group: GroupId, value: &[u8]) -> String {
+    match value.split_first() {
+        Some((&MARK_VERSION, [])) => failure(group, "failed (no reason stored)"),
+        Some((&MARK_VERSION, reason)) => match std::str::from_utf8(reason) {
+            Ok(reason) => reason.to_owned(),
+            Err(_) => failure(group, "its failed mark does not decode (its reason is not UTF-8)"),
+        },
+        _ => failure(group, &format!("its failed mark ({} bytes) does not decode", value.len())),
+    }
 }
 
 /// Why `group` failed, naming it, from what is wrong (`what`).
@@ -139,8 +191,12 @@ enum Bounds {
 /// records of each failed group (see the module documentation) until it is removed.
 #[derive(Debug, Default)]
 pub(crate) struct JournalIndex {
-    /// `(group, index)` → sequence number of its record.
+    /// `(group, index)` → sequence number of its record, for every group that is not failed.
     locations: BTreeMap<(GroupId, LogIndex), u64>,
+    /// `(group, index, sequence number)` of the records of failed groups, set aside (see the
+    /// module documentation): an index may have several (a committed record and a write-ahead
+    /// entry set aside at open).
+    aside: BTreeSet<(GroupId, LogIndex, u64)>,
     /// The next sequence number.
     next_seq: u64,
     /// Bytes of the records added since the last move (deletions are not subtracted).
@@ -159,9 +215,8 @@ pub(crate) struct JournalIndex {
     /// The failed groups, with why (naming the group): their records are set aside (see the
     /// module documentation). Empty unless something is corrupt.
     failed: BTreeMap<GroupId, String>,
-    /// How many records of `locations` are set aside (of failed groups): kept exact on every
-    /// change, so that [`JournalIndex::is_due`] does not count them.
-    aside: usize,
+    /// The failed groups whose mark is not stored yet: the next commit stores them.
+    unstored: BTreeSet<GroupId>,
 }
 
 impl JournalIndex {
@@ -182,6 +237,21 @@ impl JournalIndex {
         let mut metas: HashMap<GroupId, Bounds> = HashMap::new();
         // The bytes of each group's records (those of failed groups do not count).
         let mut group_bytes: HashMap<GroupId, u64> = HashMap::new();
+        // The stored marks first: a marked group's records are set aside unchecked.
+        for item in meta.prefix_iter(txn, FAILED_MARK_PREFIX).map_err(storage_error)? {
+            let (key, value) = item.map_err(storage_error)?;
+            let group = group_of_failed_mark(key).ok_or_else(|| {
+                StorageError::Corrupt(format!("a failed mark key of {} bytes", key.len()))
+            })?;
+            let reason = decode_mark(group, value);
+            tracing::error!(
+                group,
+                %reason,
+                "raft-lmdb: a group failed at an earlier open (its mark is stored); its records \
+                 stay set aside until it is removed, the other groups open"
+            );
+            index.failed.insert(group, reason);
+        }
         if let Some(bytes) = meta.get(txn, JOURNAL_SEQ_KEY).map_err(storage_error)? {
             let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
                 StorageError::Corrupt("the journal sequence record is not 8 bytes".into())
@@ -194,6 +264,13 @@ impl JournalIndex {
                 StorageError::Corrupt(format!("a journal key of {} bytes", key.len()))
             })?);
             let (group, entry_index, _) = split_record(value)?;
+            index.next_seq = index.next_seq.max(seq.saturating_add(1));
+            // A failed group's records are kept as they are, unchecked (a marked group's may
+            // hold an index twice: see `crate::apply::set_aside`).
+            if index.failed.contains_key(&group) {
+                index.aside.insert((group, entry_index, seq));
+                continue;
+            }
             let bounds = match metas.entry(group) {
                 Entry::Occupied(known) => *known.get(),
                 Entry::Vacant(vacant) => {
@@ -242,7 +319,10 @@ impl JournalIndex {
                     }
                 }
                 // Kept as they are: nothing tells where they belong.
-                Bounds::Failed => {}
+                Bounds::Failed => {
+                    index.aside.insert((group, entry_index, seq));
+                    continue;
+                }
                 Bounds::Missing => {
                     return Err(StorageError::Corrupt(format!(
                         "the journal holds entry {entry_index} of group {group}, outside its \
@@ -256,13 +336,12 @@ impl JournalIndex {
                 )));
             }
             *group_bytes.entry(group).or_default() += value.len() as u64;
-            index.next_seq = index.next_seq.max(seq.saturating_add(1));
         }
         // A group may fail after some of its records were met: counted once all are known.
         let failed = &index.failed;
         index.bytes =
             group_bytes.iter().filter(|(g, _)| !failed.contains_key(g)).map(|(_, b)| b).sum();
-        index.recount_aside();
+        index.set_aside_failed();
         // The last sequence number is never used (the one after it would overflow): a journal
         // that reached it was not written by this crate.
         if index.next_seq == u64::MAX {
@@ -272,6 +351,17 @@ impl JournalIndex {
             ));
         }
         Ok(index)
+    }
+
+    /// Moves the records of failed groups still in `locations` (met before their group failed)
+    /// to `aside`: at open only.
+    fn set_aside_failed(&mut self) {
+        let failed = &self.failed;
+        let (aside, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.locations)
+            .into_iter()
+            .partition(|((g, _), _)| failed.contains_key(g));
+        self.locations = kept;
+        self.aside.extend(aside.into_iter().map(|((g, i), seq)| (g, i, seq)));
     }
 
     /// Marks the start of a transaction.
@@ -290,13 +380,24 @@ impl JournalIndex {
                 Change::Removed(group, index, seq) => {
                     self.locations.insert((group, index), seq);
                 }
-                Change::Recovered(group, reason) => {
+                Change::AsideAdded(group, index, seq) => {
+                    self.aside.remove(&(group, index, seq));
+                }
+                Change::AsideRemoved(group, index, seq) => {
+                    self.aside.insert((group, index, seq));
+                }
+                Change::Recovered(group, reason, unstored) => {
                     self.failed.insert(group, reason);
+                    if unstored {
+                        self.unstored.insert(group);
+                    }
+                }
+                Change::MarkStored(group) => {
+                    self.unstored.insert(group);
                 }
             }
         }
         (self.next_seq, self.bytes) = self.started;
-        self.recount_aside();
     }
 
     /// The failed groups, with why (see the module documentation).
@@ -314,12 +415,14 @@ impl JournalIndex {
     /// already failed keeps its first reason.
     pub(crate) fn set_failed(&mut self, group: GroupId, reason: String) {
         self.fail(group, reason);
-        self.recount_aside();
+        self.set_aside_failed();
     }
 
-    /// Marks `group` failed for `reason` (logged), outside any transaction.
+    /// Marks `group` failed for `reason` (logged), outside any transaction: its mark is stored
+    /// by the next commit.
     fn fail(&mut self, group: GroupId, reason: String) {
         if let btree_map::Entry::Vacant(vacant) = self.failed.entry(group) {
+            self.unstored.insert(group);
             tracing::error!(
                 group,
                 %reason,
@@ -330,26 +433,53 @@ impl JournalIndex {
         }
     }
 
-    /// The group is no longer failed: it was removed, with its records, in the current
-    /// transaction.
+    /// The group is no longer failed: it was removed, with its records and its mark (the
+    /// caller deletes the mark), in the current transaction.
     pub(crate) fn recover(&mut self, group: GroupId) {
         if let Some(reason) = self.failed.remove(&group) {
-            self.changes.push(Change::Recovered(group, reason));
+            let unstored = self.unstored.remove(&group);
+            self.changes.push(Change::Recovered(group, reason, unstored));
         }
     }
 
-    /// Counts the records set aside again (`aside`): after a change of the failed groups or a
-    /// rollback, both rare.
-    fn recount_aside(&mut self) {
-        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
-        self.aside = self.failed.keys().map(records).sum();
+    /// Whether a group is failed or a record set aside (in the current transaction's state):
+    /// once neither, the environment holds no failed mark.
+    pub(crate) fn holds_failed(&self) -> bool {
+        !self.failed.is_empty() || !self.aside.is_empty()
     }
 
-    /// The number of records set aside, kept (`aside`) and counted again: they must agree.
+    /// Whether a failed group's mark is still to be stored (by the next commit).
+    pub(crate) fn has_unstored_marks(&self) -> bool {
+        !self.unstored.is_empty()
+    }
+
+    /// Stores the marks of the failed groups that have none yet, in `meta` (see the module
+    /// documentation), with the format record of an environment holding marks: called by
+    /// every commit before anything else, so that the open-time checkpoint that sets a
+    /// group's write-ahead entries aside stores its mark in the same transaction.
+    pub(crate) fn store_marks(&mut self, meta: &Db, txn: &mut RwTxn<'_>) -> heed::Result<()> {
+        if self.unstored.is_empty() {
+            return Ok(());
+        }
+        meta.put(txn, FORMAT_KEY.as_bytes(), &codec::encode_format(MARKED_FORMAT_VERSION))?;
+        for group in std::mem::take(&mut self.unstored) {
+            let reason = self.failed.get(&group).map(String::as_str).unwrap_or_default();
+            let key = Layout::Groups.keys(group).failed_mark();
+            meta.put(txn, key.as_slice(), &encode_mark(reason))?;
+            self.changes.push(Change::MarkStored(group));
+        }
+        Ok(())
+    }
+
+    /// The number of records set aside, and of the failed groups' records counted again (in
+    /// `aside` and, wrongly, in `locations`): they must agree.
     #[cfg(test)]
     pub(crate) fn aside_counts(&self) -> (usize, usize) {
-        let records = |g: &GroupId| self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count();
-        (self.aside, self.failed.keys().map(records).sum())
+        let records = |g: &GroupId| {
+            self.locations.range((*g, 0)..=(*g, LogIndex::MAX)).count()
+                + self.aside.range((*g, 0, 0)..=(*g, LogIndex::MAX, u64::MAX)).count()
+        };
+        (self.aside.len(), self.failed.keys().map(records).sum())
     }
 
     /// Lets the current transaction append a group's entries straight to its log when the
@@ -367,9 +497,8 @@ impl JournalIndex {
 
     /// Whether the journal is due to be moved to the groups' logs.
     pub(crate) fn is_due(&self) -> bool {
-        // A failed group's records stay: they would make every commit move.
-        let records = self.locations.len().saturating_sub(self.aside);
-        records >= self.bound.0 || self.bytes >= self.bound.1
+        // A failed group's records (`aside`) stay: they would make every commit move.
+        self.locations.len() >= self.bound.0 || self.bytes >= self.bound.1
     }
 
     /// The bytes the next commit moves to the groups' logs (0 unless the journal is due): an
@@ -388,7 +517,8 @@ impl JournalIndex {
     }
 
     /// Appends the record of `(group, index)` to the journal (for a failed group, set aside:
-    /// its bytes are not counted towards the bound).
+    /// its bytes are not counted towards the bound, and a record of the same index it has
+    /// already is kept).
     pub(crate) fn append(
         &mut self,
         journal: &Db,
@@ -409,15 +539,15 @@ impl JournalIndex {
         buf.extend_from_slice(entry);
         journal.put_with_flags(txn, PutFlags::APPEND, &seq_key(seq), buf)?;
         self.next_seq = next_seq;
-        let failed = self.failed.contains_key(&group);
-        if !failed {
-            self.bytes += buf.len() as u64;
+        if self.failed.contains_key(&group) {
+            self.aside.insert((group, index, seq));
+            self.changes.push(Change::AsideAdded(group, index, seq));
+            return Ok(());
         }
+        self.bytes += buf.len() as u64;
         if let Some(old) = self.locations.insert((group, index), seq) {
             // Callers delete an entry before writing it again; keep the map exact regardless.
             self.changes.push(Change::Removed(group, index, old));
-        } else if failed {
-            self.aside += 1;
         }
         self.changes.push(Change::Added(group, index, seq));
         Ok(())
@@ -437,14 +567,17 @@ impl JournalIndex {
         }
         let doomed: Vec<_> =
             self.locations.range((group, from)..=(group, to)).map(|(&k, &s)| (k, s)).collect();
-        let failed = self.failed.contains_key(&group);
         for ((group, index), seq) in doomed {
             journal.delete(txn, &seq_key(seq))?;
             self.locations.remove(&(group, index));
             self.changes.push(Change::Removed(group, index, seq));
-            if failed {
-                self.aside = self.aside.saturating_sub(1);
-            }
+        }
+        let aside: Vec<_> =
+            self.aside.range((group, from, 0)..=(group, to, u64::MAX)).copied().collect();
+        for (group, index, seq) in aside {
+            journal.delete(txn, &seq_key(seq))?;
+            self.aside.remove(&(group, index, seq));
+            self.changes.push(Change::AsideRemoved(group, index, seq));
         }
         Ok(())
     }
@@ -467,14 +600,10 @@ impl JournalIndex {
     ) -> Result<usize, MoveError> {
         let (journal, log, meta) = dbs;
         let buf = &mut self.buf;
-        // Recorded first, so that a failed move is undone whole (see `rollback`).
-        let mut moved = std::mem::take(&mut self.locations);
-        let failed = &self.failed;
-        if !failed.is_empty() {
-            let (kept, rest) = moved.into_iter().partition(|((g, _), _)| failed.contains_key(g));
-            (self.locations, moved) = (kept, rest);
-        }
-        let kept = self.locations.len();
+        // Recorded first, so that a failed move is undone whole (see `rollback`). The failed
+        // groups' records (`aside`) stay.
+        let moved = std::mem::take(&mut self.locations);
+        let kept = self.aside.len();
         self.changes.extend(moved.iter().map(|(&(g, i), &seq)| Change::Removed(g, i, seq)));
         // The index's sequence numbers are distinct and each moved one is checked below to be
         // in the journal: as many records as the index knows means no record it does not know
@@ -532,11 +661,15 @@ impl JournalIndex {
         }
     }
 
-    /// Withdraws from `shared` the records this transaction deleted (after its commit).
+    /// Withdraws from `shared` the records this transaction deleted (after its commit): the
+    /// set-aside ones too, though the index should not hold them (a safeguard: its size stays
+    /// bounded like the journal's whatever happened).
     pub(crate) fn withdraw_removed(&self, shared: &ReadIndex) {
         let mut set = shared.lock();
         for change in &self.changes {
-            if let Change::Removed(group, index, seq) = *change {
+            if let Change::Removed(group, index, seq) | Change::AsideRemoved(group, index, seq) =
+                *change
+            {
                 set.remove(&(group, index, seq));
             }
         }
@@ -552,7 +685,8 @@ impl JournalIndex {
         }
     }
 
-    /// The committed records, for a new [`ReadIndex`].
+    /// The committed records, for a new [`ReadIndex`] (not the failed groups' set-aside
+    /// records: called once every failed group is known, see `environment.rs`).
     pub(crate) fn read_index(&self) -> ReadIndex {
         let set = self.locations.iter().map(|(&(g, i), &s)| (g, i, s)).collect();
         ReadIndex { set: Mutex::new(set) }
@@ -582,8 +716,8 @@ impl From<StorageError> for MoveError {
 
 /// Where readers look for journal records: `(group, index, sequence number)` of every record
 /// of the committed state, and of the transaction being committed, and of records deleted by a
-/// commit just made (see the module documentation). Its size is bounded like the journal's
-/// (the failed groups' set-aside records included, see the module documentation).
+/// commit just made (see the module documentation), but for the failed groups' set-aside
+/// records (no reader opens a failed group). Its size is bounded like the journal's.
 #[derive(Debug, Default)]
 pub(crate) struct ReadIndex {
     set: Mutex<BTreeSet<(GroupId, LogIndex, u64)>>,

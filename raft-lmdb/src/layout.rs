@@ -6,9 +6,12 @@
 //! * [`Layout::Groups`] (an [`crate::LmdbEnvironment`]): any number of groups in one key space.
 //!   Databases `raft-groups-log` (key: the group id then the entry index, both big-endian
 //!   `u64`, so that a group's entries are contiguous and in index order) and
-//!   `raft-groups-meta` (keys `format` and `journal-seq`, and `g` followed by the big-endian
-//!   group id for each group's metadata record), plus the journal `raft-groups-journal` where
-//!   commits append new entries before they are moved to `raft-groups-log` (see `journal`).
+//!   `raft-groups-meta` (keys `format`, `journal-seq`, `wal-id` and `wal-generation`, `g`
+//!   followed by the big-endian group id for each group's metadata record, and `failed`
+//!   followed by the big-endian group id for each failed group's mark, see `journal`), plus the
+//!   journal `raft-groups-journal` where commits append new entries before they are moved to
+//!   `raft-groups-log` (see `journal`). A mark's key never collides with another key: 14
+//!   bytes, where the group records' keys are 9 and the others are fixed words.
 //!
 //! The records themselves (entries, metadata, format) are the same in both (see `codec`). One
 //! key space rather than named databases per group: LMDB looks named databases up by a linear
@@ -26,6 +29,16 @@ pub(crate) const GROUPS_LOG_DB: &str = "raft-groups-log";
 pub(crate) const GROUPS_META_DB: &str = "raft-groups-meta";
 /// First byte of a group's metadata key in the multi-group layout.
 const GROUP_META_PREFIX: u8 = b'g';
+/// First bytes of a failed group's mark in the metadata database of the multi-group layout
+/// (see `journal`).
+pub(crate) const FAILED_MARK_PREFIX: &[u8] = b"failed";
+
+/// The group whose failed mark is under `key` (a key starting with [`FAILED_MARK_PREFIX`]),
+/// `None` if the rest of the key is not a group id.
+pub(crate) fn group_of_failed_mark(key: &[u8]) -> Option<GroupId> {
+    let id = key.strip_prefix(FAILED_MARK_PREFIX)?;
+    Some(GroupId::from_be_bytes(id.try_into().ok()?))
+}
 
 /// How the groups of an environment are laid out in its databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +174,12 @@ impl GroupKeys {
         }
     }
 
+    /// The key of the group's failed mark in the metadata database (multi-group layout; see
+    /// `journal`).
+    pub(crate) fn failed_mark(&self) -> Key {
+        Key::new(&[FAILED_MARK_PREFIX, &self.group.to_be_bytes()])
+    }
+
     /// The index of the entry under `key`, a key of this layout's log database.
     pub(crate) fn index_of(&self, key: &[u8]) -> Option<LogIndex> {
         let tail = key.len().checked_sub(8).and_then(|at| key.get(at..))?;
@@ -191,5 +210,10 @@ mod tests {
         assert_eq!(Layout::Groups.group_of_meta_key(b"format"), None);
         assert_eq!(Layout::Single.group_of_meta_key(b"state"), Some(DEFAULT_GROUP_ID));
         assert_eq!(Layout::Single.group_of_meta_key(b"format"), None);
+        let mark = b.failed_mark();
+        assert_eq!(group_of_failed_mark(mark.as_slice()), Some(2));
+        assert_eq!(Layout::Groups.group_of_meta_key(mark.as_slice()), None);
+        assert_eq!(group_of_failed_mark(b"failed"), None);
+        assert_ne!(mark.as_slice(), b.meta().as_slice());
     }
 }

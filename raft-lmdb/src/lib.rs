@@ -89,8 +89,8 @@
 //!
 //! Entries live under big-endian `u64` keys (prefixed by the big-endian group id in an
 //! [`LmdbEnvironment`], whose newest entries are in its journal); entries and metadata are encoded with `postcard`
-//! behind an explicit format version ([`FORMAT_VERSION`], [`STORE_FORMAT_VERSION`] for a
-//! single-group store); the hard state and the log bounds
+//! behind an explicit format version ([`FORMAT_VERSION`], or [`MARKED_FORMAT_VERSION`] once an
+//! environment stores a failed group's mark; [`STORE_FORMAT_VERSION`] for a single-group store); the hard state and the log bounds
 //! live in a metadata database updated in the same transaction as the log. Opening checks the
 //! directory, the format version and that the log matches its recorded bounds, and reports any
 //! problem as an [`OpenError`]: see the `codec` module for the layout.
@@ -131,7 +131,7 @@ mod thread_io;
 mod wal;
 mod writer;
 
-pub use codec::{FORMAT_VERSION, STORE_FORMAT_VERSION};
+pub use codec::{FORMAT_VERSION, MARKED_FORMAT_VERSION, STORE_FORMAT_VERSION};
 pub use environment::{LmdbEnvironment, SNAPSHOTS_DIR};
 pub use error::OpenError;
 pub use options::{LmdbOptions, MAX_WAL_BYTES};

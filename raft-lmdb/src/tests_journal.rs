@@ -297,13 +297,13 @@ fn a_format_3_environment_is_read_and_upgraded_and_a_newer_one_refused() {
             panic!("not an environment");
         };
         let mut txn = env.write_txn().unwrap();
-        meta.put(&mut txn, FORMAT_KEY.as_bytes(), &codec::encode_format(FORMAT_VERSION + 1))
-            .unwrap();
+        let newer = codec::encode_format(crate::MARKED_FORMAT_VERSION + 1);
+        meta.put(&mut txn, FORMAT_KEY.as_bytes(), &newer).unwrap();
         txn.commit().unwrap();
         env.prepare_for_closing().wait();
     }
     match LmdbEnvironment::open(&dir) {
-        Err(OpenError::UnsupportedVersion { found: 5, supported: 4, .. }) => {}
+        Err(OpenError::UnsupportedVersion { found: 6, supported: 5, .. }) => {}
         other => panic!("unexpected {other:?}"),
     }
 }

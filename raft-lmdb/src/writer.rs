@@ -145,7 +145,9 @@ pub(crate) fn spawn(
     if let Some(wal) = &mut writer.wal {
         wal.faults = Arc::clone(&writer.shared.faults);
     }
-    if writer.wal_dirty || !writer.pending_lasts.is_empty() {
+    // Also when a group failed at this open (its mark is stored then, see `journal.rs`).
+    let marks = writer.journal.as_ref().is_some_and(JournalIndex::has_unstored_marks);
+    if writer.wal_dirty || !writer.pending_lasts.is_empty() || marks {
         drop(writer.commit_group(Vec::new(), Instant::now()));
         if writer.shared.is_poisoned() {
             return Err(writer.failure.take().unwrap_or(StorageError::Closed));
@@ -573,6 +575,10 @@ impl Writer {
         let zeros = self.headroom.ensure(used, entry_bytes, page_size);
         self.shared.headroom_bytes.fetch_add(zeros, Ordering::Relaxed);
         let mut txn = handles.env.write_txn()?;
+        if let Some(journal) = &mut self.journal {
+            // First: the open-time checkpoint that sets a group's entries aside stores its mark.
+            journal.store_marks(&handles.meta, &mut txn)?;
+        }
         if let (Some(journal), Some(db)) = (&mut self.journal, &handles.journal) {
             let requests = group.iter().filter(|r| r.op.appends()).map(|r| r.group);
             let mut appending = pending.iter().map(|(g, _)| *g).chain(requests);
@@ -712,6 +718,16 @@ impl Writer {
             (Op::Remove, meta) => {
                 log.remove(txn)?;
                 handles.meta.delete(txn, keys.meta().as_slice())?;
+                if handles.layout == crate::layout::Layout::Groups {
+                    // Its failed mark, if any (see `journal.rs`): created again, it is healthy.
+                    let marked = handles.meta.delete(txn, keys.failed_mark().as_slice())?;
+                    // The last mark gone (no failed group, no set-aside record left): the
+                    // environment is one a build of format 4 reads again (see `codec`).
+                    if marked && !self.journal.as_ref().is_some_and(JournalIndex::holds_failed) {
+                        let format = codec::encode_format(codec::FORMAT_VERSION);
+                        handles.meta.put(txn, codec::FORMAT_KEY.as_bytes(), &format)?;
+                    }
+                }
                 *meta = None;
                 // No longer what the disk holds: a group created again in this transaction
                 // must have its record written even if it equals the old one. (A transaction
