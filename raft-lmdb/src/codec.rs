@@ -119,7 +119,8 @@ pub const FORMAT_VERSION: u32 = 4;
 /// the version history): written, in place of [`FORMAT_VERSION`], by the transaction that
 /// stores the first mark, so that builds that do not know marks refuse the environment rather
 /// than serve a failed group. This build reads both; an environment that never held a mark
-/// stays at [`FORMAT_VERSION`].
+/// stays at [`FORMAT_VERSION`], and the removal that deletes the last mark (no failed group and
+/// no set-aside record left) writes [`FORMAT_VERSION`] again in the same transaction.
 pub const MARKED_FORMAT_VERSION: u32 = 5;
 /// The format version this build writes in a single-group store
 /// ([`crate::LmdbLogStore::open_dir`]): 3, the last version that changed such a store, so that

@@ -329,7 +329,16 @@ fn check_own_files(dir: &Path, own: &[&str]) -> Result<(), OpenError> {
 /// use raft_core::LogStore;
 /// let env = raft_lmdb::LmdbEnvironment::open("/var/lib/my-node/raft")?;
 /// for group in env.groups()? {
-///     let log = env.log_store(group)?; // a `LogStore` for this group's node
+///     // A group found failed at an open (its records contradict each other) is listed too, so
+///     // that it can be removed; opening it fails with `Corrupt`, naming the group and why.
+///     let log = match env.log_store(group) {
+///         Ok(log) => log, // a `LogStore` for this group's node
+///         Err(raft_lmdb::OpenError::Corrupt { reason, .. }) => {
+///             eprintln!("skipping {reason}");
+///             continue;
+///         }
+///         Err(e) => return Err(e.into()),
+///     };
 ///     let snapshots = env.snapshot_store(group)?; // its `SnapshotStore`
 ///     # let _ = (log.open().await?, snapshots);
 /// }

@@ -53,7 +53,8 @@ pub enum OpenError {
         found: u32,
         /// The newest version this build reads (it also reads every older one): the version it
         /// writes, or for a multi-group environment [`crate::MARKED_FORMAT_VERSION`] (written
-        /// once a failed group's mark is stored).
+        /// while a failed group's mark is stored; back to [`crate::FORMAT_VERSION`] once the
+        /// last failed group is removed).
         supported: u32,
     },
     /// The store is ours but its contents are inconsistent or undecodable.
