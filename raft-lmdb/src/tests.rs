@@ -1679,6 +1679,9 @@ fn removing_the_last_failed_group_after_a_failed_commit_and_a_full_map_rewrites_
         env.running_shared().fail_next_commit.store(true, Ordering::SeqCst);
         assert!(env.remove_group(2).is_err(), "the removal's transaction did not fail");
         assert!(env.has_failed());
+        // Still failed, in this environment too (as its mark on disk says).
+        assert_group_2_failed(&env, "does not follow");
+        assert_eq!(env.groups().unwrap(), vec![1, 2]);
     }
     assert_eq!(format_record(&dir), codec::encode_format(crate::MARKED_FORMAT_VERSION));
     assert_eq!(other_meta_keys(&dir).len(), 1, "the failed commit deleted the mark");
