@@ -1601,6 +1601,112 @@ fn removing_the_last_failed_group_rewrites_the_format_record_to_4() {
     assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
 }
 
+/// Groups 1 and 2 of the closed environment in `dir` both failed at an open (their write-ahead
+/// entries do not follow their metadata records), their marks stored: format 5.
+fn groups_1_and_2_failed(dir: &Path) {
+    framed_groups_1_and_2(dir);
+    put_meta_record(dir, 1, &meta_with_last(LogId::new(3, 5)));
+    put_meta_record(dir, 2, &meta_with_last(LogId::new(3, 5)));
+    drop(crate::LmdbEnvironment::open(dir).unwrap());
+    assert_eq!(other_meta_keys(dir).len(), 2, "not two failed marks stored");
+    assert_eq!(format_record(dir), codec::encode_format(crate::MARKED_FORMAT_VERSION));
+}
+
+/// Review of the fourth review's L1 fix (test gap): the removals of the last two failed
+/// groups merged into one transaction delete both marks and rewrite the format record to 4
+/// (the first removal sees the other group still failed, the second sees none left, in the
+/// transaction's own state); the environment reopens and both groups are created again empty.
+#[test]
+fn removing_the_last_two_failed_groups_in_one_transaction_rewrites_the_format_record_to_4() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    groups_1_and_2_failed(&dir);
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    let shared = env.running_shared();
+    let before = env.stats();
+    // Hold the writer: both removals are queued before it gathers its transaction.
+    let pause = shared.pause.lock().unwrap();
+    let one = block_on(crate::store::enqueue(shared, 1, crate::writer::Op::Remove)).unwrap();
+    let two = block_on(crate::store::enqueue(shared, 2, crate::writer::Op::Remove)).unwrap();
+    drop(pause);
+    block_on(one).unwrap();
+    block_on(two).unwrap();
+    let after = env.stats();
+    assert_eq!(after.commits - before.commits, 1, "not one transaction: {before:?} -> {after:?}");
+    assert_eq!(after.requests - before.requests, 2, "{before:?} -> {after:?}");
+    // What `remove_group` does after its removal's commit.
+    shared.group_removed(1);
+    shared.group_removed(2);
+    drop(env);
+    assert_eq!(other_meta_keys(&dir), Vec::<Vec<u8>>::new(), "a mark was left");
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+    assert_eq!(journal_records(&dir), vec![], "the removals left records");
+    {
+        let env = crate::LmdbEnvironment::open(&dir).unwrap();
+        assert_eq!(env.groups().unwrap(), Vec::<u64>::new());
+        for group in [1, 2] {
+            let store = env.log_store(group).unwrap();
+            assert_eq!(read_all(&store), (LogId::default(), vec![]), "group {group}");
+            block_on(store.write(append(1..3, 4))).unwrap();
+        }
+    }
+    let env = crate::LmdbEnvironment::open(&dir).unwrap();
+    for group in [1, 2] {
+        let store = env.log_store(group).unwrap();
+        assert_eq!(read_all(&store), (LogId::new(4, 2), entries(1..3, 4)), "group {group}");
+    }
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+}
+
+/// Review of the fourth review's L1 fix (test gap): a removal of the last failed group whose
+/// commit fails leaves the format record at 5 with the mark (the group still failed after a
+/// reopen); its removal again, whose transaction finds the map full (small map, no headroom)
+/// and is applied again after the map grew, deletes the mark and rewrites the record to 4.
+#[test]
+fn removing_the_last_failed_group_after_a_failed_commit_and_a_full_map_rewrites_format_4() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("env");
+    group_2_failed_for_its_frames(&dir);
+    let options =
+        crate::LmdbOptions::default().with_initial_map_size(1 << 20).with_file_headroom(0);
+    let of_two =
+        |dir: &Path| -> Vec<_> { journal_records(dir).into_iter().filter(|r| r.0 == 2).collect() };
+    let records = of_two(&dir);
+    assert_eq!(records.len(), 5, "the failed group's records are not set aside");
+    {
+        let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+        env.running_shared().fail_next_commit.store(true, Ordering::SeqCst);
+        assert!(env.remove_group(2).is_err(), "the removal's transaction did not fail");
+        assert!(env.has_failed());
+        // Still failed, in this environment too (as its mark on disk says).
+        assert_group_2_failed(&env, "does not follow");
+        assert_eq!(env.groups().unwrap(), vec![1, 2]);
+    }
+    assert_eq!(format_record(&dir), codec::encode_format(crate::MARKED_FORMAT_VERSION));
+    assert_eq!(other_meta_keys(&dir).len(), 1, "the failed commit deleted the mark");
+    assert_eq!(of_two(&dir), records, "the failed commit changed the group's records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_group_2_failed(&env, "does not follow");
+    let map_size = env.map_size().unwrap();
+    let before = env.stats();
+    env.running_shared().map_full_next_commit.store(true, Ordering::SeqCst);
+    env.remove_group(2).unwrap();
+    assert!(!env.running_shared().map_full_next_commit.load(Ordering::SeqCst), "no retry");
+    assert!(env.map_size().unwrap() > map_size, "the map did not grow");
+    assert_eq!(env.stats().commits - before.commits, 1, "{before:?} -> {:?}", env.stats());
+    assert!(!env.has_failed());
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+    assert_eq!(other_meta_keys(&dir), Vec::<Vec<u8>>::new(), "the removal left the mark");
+    assert_eq!(of_two(&dir), vec![], "the removal left records");
+    let env = crate::LmdbEnvironment::open_with(&dir, options).unwrap();
+    assert_eq!(read_all(&env.log_store(2).unwrap()), (LogId::default(), vec![]));
+    assert_eq!(read_all(&env.log_store(1).unwrap()), (LogId::new(1, 5), entries(1..6, 1)));
+    drop(env);
+    assert_eq!(format_record(&dir), codec::encode_format(crate::FORMAT_VERSION));
+}
+
 /// Review (fourth, L3): a failed mark with an empty reason fails its group with a message
 /// naming it.
 #[test]
