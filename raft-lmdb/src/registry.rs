@@ -89,8 +89,9 @@ impl DirGuard {
             }
         }
         let io = |source| OpenError::Io { path: path.clone(), source };
-        let locked =
-            File::open(&path).map_err(io).and_then(|file| try_lock(&file, &path).map(|()| file));
+        let locked = File::open(&path).map_err(io).and_then(|file| {
+            lock_with_retries(&file, &path, LOCK_ATTEMPTS, LOCK_RETRY_PAUSE).map(|()| file)
+        });
         match locked {
             Ok(file) => Ok(DirGuard { path, _locked_dir: file }),
             Err(err) => {
@@ -115,6 +116,38 @@ impl Drop for DirGuard {
 fn release(path: &Path) {
     if let Some(set) = open_dirs().as_mut() {
         set.remove(path);
+    }
+}
+
+/// How many times [`DirGuard::acquire`] tries the directory's `flock` before it reports the
+/// directory as held by another process, and the pause between two tries.
+///
+/// A child process this process spawns (on any thread, at any time) shares the lock's open file
+/// description from its fork until its exec closes it (the descriptor is close-on-exec): a
+/// reopen that meets that window would report a lock held by "another process" that is in fact
+/// this one's child. The tries outlast such a window (a spawn's fork to exec takes well under a
+/// millisecond) and bound the wait when another process really holds the directory (~100 ms).
+const LOCK_ATTEMPTS: u32 = 20;
+/// See [`LOCK_ATTEMPTS`].
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Takes the exclusive `flock` on `file`, trying `attempts` times `pause` apart while another
+/// open file description holds it (see [`LOCK_ATTEMPTS`]).
+fn lock_with_retries(
+    file: &File,
+    dir: &Path,
+    attempts: u32,
+    pause: std::time::Duration,
+) -> Result<(), OpenError> {
+    let mut tried = 1;
+    loop {
+        match try_lock(file, dir) {
+            Err(OpenError::LockedByOtherProcess { .. }) if tried < attempts => {
+                tried += 1;
+                std::thread::sleep(pause);
+            }
+            result => return result,
+        }
     }
 }
 
@@ -156,5 +189,39 @@ impl LegacyLock {
             Some(dir) => fsdir::sync_dir(dir),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A lock held for a moment by another open file description of the directory (as a child
+    /// process between its fork and its exec holds this process's) does not fail the open;
+    /// one held for good still does, after the bounded tries.
+    #[test]
+    fn a_lock_held_for_a_moment_is_waited_for_and_one_held_for_good_is_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = std::fs::canonicalize(root.path()).unwrap();
+        let holder = File::open(&dir).unwrap();
+        holder.try_lock().unwrap();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(holder);
+        });
+        let guard = DirGuard::acquire(&dir);
+        released.join().unwrap();
+        assert!(guard.is_ok(), "a lock held for 20 ms failed the open: {guard:?}");
+        drop(guard);
+
+        let holder = File::open(&dir).unwrap();
+        holder.try_lock().unwrap();
+        let start = Instant::now();
+        let err = DirGuard::acquire(&dir).unwrap_err();
+        assert!(matches!(err, OpenError::LockedByOtherProcess { .. }), "{err}");
+        assert!(start.elapsed() >= LOCK_RETRY_PAUSE * (LOCK_ATTEMPTS - 1), "no retries");
+        drop(holder);
     }
 }
