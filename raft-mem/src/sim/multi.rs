@@ -97,7 +97,7 @@ pub struct MultiSimConfig {
     /// one its groups' builders are given), so a crash kills that task with the node.
     pub host_loop: bool,
     /// The groups loaded on purpose (the starvation check's aggressors): besides their
-    /// register clients, [`HOT_WRITERS`](super::multi_clients::HOT_WRITERS) concurrent writers
+    /// register clients, four concurrent writers
     /// of 1 KiB entries, and snapshots every 1,000 entries streamed in 16 KiB chunks (a node
     /// that restarts or falls behind gets a many-chunk InstallSnapshot). The starvation oracle
     /// (`multi_starve.rs`) checks every other group after every step.
