@@ -15,8 +15,9 @@
 //! # Invariants (of every committed state)
 //!
 //! * A group's entry `(group, index)` is stored exactly once: in `raft-groups-log` or as one
-//!   journal record (a failed group's set-aside records excepted, see below). Truncation, purge, reset and group removal delete the group's journal
-//!   records as well as its log range; a move deletes every record it moves.
+//!   journal record (a failed group's set-aside records excepted, see below). Truncation,
+//!   purge, reset and group removal delete the group's journal records as well as its log
+//!   range; a move deletes every record it moves.
 //! * A group's entries in the log come before its entries in the journal (a move takes them
 //!   all, and new entries follow the last one).
 //! * Sequence numbers only grow while the environment is open, so a reader never meets a

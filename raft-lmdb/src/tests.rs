@@ -1311,6 +1311,14 @@ fn removing_a_failed_group_deletes_its_mark() {
     }
 }
 
+/// The journal record (its value) of group 2's entry 1 in term 9, as a commit writes it.
+fn journal_record_of_entry_1_term_9_of_group_2() -> Vec<u8> {
+    let mut record = Vec::new();
+    record.extend_from_slice(&2u64.to_be_bytes());
+    record.extend_from_slice(&1u64.to_be_bytes());
+    codec::encode_entry(&entry(1, 9), record).unwrap()
+}
+
 /// Review (third): setting a failed group's write-ahead entry aside does not replace a
 /// committed journal record of the same index (the group's own data, kept as it is): both are
 /// kept, the committed one byte for byte, through reopens, until the group is removed.
@@ -1321,12 +1329,7 @@ fn a_set_aside_frame_does_not_replace_a_committed_journal_record_of_its_index() 
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     framed_groups_1_and_2(&dir);
-    let committed = {
-        let mut record = Vec::new();
-        record.extend_from_slice(&2u64.to_be_bytes());
-        record.extend_from_slice(&1u64.to_be_bytes());
-        codec::encode_entry(&entry(1, 9), record).unwrap()
-    };
+    let committed = journal_record_of_entry_1_term_9_of_group_2();
     tamper_environment(&dir, |handles, txn| {
         let journal = handles.journal.as_ref().unwrap();
         assert_eq!(journal.len(txn).unwrap(), 0);
@@ -1544,12 +1547,7 @@ fn a_marked_groups_records_skip_the_open_checks() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("env");
     framed_groups_1_and_2(&dir);
-    let committed = {
-        let mut record = Vec::new();
-        record.extend_from_slice(&2u64.to_be_bytes());
-        record.extend_from_slice(&1u64.to_be_bytes());
-        codec::encode_entry(&entry(1, 9), record).unwrap()
-    };
+    let committed = journal_record_of_entry_1_term_9_of_group_2();
     tamper_environment(&dir, |handles, txn| {
         let journal = handles.journal.as_ref().unwrap();
         journal.put(txn, &crate::journal::seq_key(SEQ), &committed).unwrap();
