@@ -148,6 +148,11 @@ impl MemLogStore {
         inner.position(index).map(|p| inner.entries[p].term)
     }
 
+    /// The id of the last stored entry (the purged one's if none is held).
+    pub(crate) fn last_id(&self) -> LogId {
+        self.lock().last()
+    }
+
     /// The ids of the stored entries from `index` on (what a truncation there removes).
     pub(crate) fn ids_from(&self, index: LogIndex) -> Vec<LogId> {
         let inner = self.lock();

@@ -15,7 +15,14 @@
 //! plus the snapshot transfer timeout and the RPC timeout configured):
 //!
 //! * the leader of the highest term has committed an entry of its term;
-//! * after that, its commit index advances whenever it holds uncommitted entries;
+//! * after that, its commit index advances whenever it holds uncommitted entries, or a follower
+//!   of the healthy set that holds less than the committed log catches up: its durable log
+//!   grows, in agreement with the leader's, while it ends below the leader's commit index (a
+//!   leader whose flow control allows one entry per round trip brings a follower thousands of
+//!   entries behind back in more than the bound, and its commit index cannot move before that
+//!   follower passes it when the third node is down: swarm seed 20985615). Once the follower
+//!   reaches the commit index, only the commit index counts again, so a leader that replicates
+//!   but never commits still fails the check;
 //! * at most `max_leader_changes` other leaders follow the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,6 +64,9 @@ struct Window {
     /// The highest commit index seen and when it last advanced (or had nothing to do).
     commit: LogIndex,
     progress_at: Duration,
+    /// For each follower of the healthy set, the highest index up to which its durable log was
+    /// seen to agree with the leader's.
+    caught_up: BTreeMap<NodeId, LogIndex>,
 }
 
 /// What the healthy set was computed from: when any of it changes, it is computed again.
@@ -114,6 +124,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             self.disks.get(&s.id).and_then(|d| d.log().term_at(s.commit_index))
                 == Some(s.current_term)
         });
+        let agreeing = leader.as_ref().map_or_else(Vec::new, |s| self.agreeing_logs(s.id));
         let Some(state) = &mut self.liveness else { return Ok(()) };
         state.last_look = now;
         if let Some(healthy) = healthy {
@@ -128,6 +139,7 @@ impl<S: raft_core::StateMachine> Simulation<S> {
                     terms: BTreeSet::new(),
                     commit: 0,
                     progress_at: now,
+                    caught_up: BTreeMap::new(),
                 });
             }
         }
@@ -143,6 +155,17 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             if leader.commit_index > window.commit || !pending {
                 window.commit = window.commit.max(leader.commit_index);
                 window.progress_at = now;
+            }
+            for &(id, index) in agreeing.iter().filter(|(id, _)| members.contains(id)) {
+                // The highest agreement seen only grows, so a follower's catch-up counts for at
+                // most the committed entries it lacked when the healthy set formed.
+                let seen = window.caught_up.entry(id).or_insert(index);
+                if index > *seen {
+                    if *seen < leader.commit_index {
+                        window.progress_at = now;
+                    }
+                    *seen = index;
+                }
             }
         }
         if window.terms.is_empty() && now > window.since + window.bound {
@@ -178,6 +201,21 @@ impl<S: raft_core::StateMachine> Simulation<S> {
             .map(|(_, r)| r.node.status())
             .filter(|s| s.role == Role::Leader)
             .max_by_key(|s| s.current_term)
+    }
+
+    /// The running nodes other than `leader` whose durable log ends with an entry the leader's
+    /// log holds too (same index and term, so the logs agree up to there), with that index.
+    fn agreeing_logs(&self, leader: NodeId) -> Vec<(NodeId, LogIndex)> {
+        let Some(leader_log) = self.disks.get(&leader).map(|d| d.log()) else { return Vec::new() };
+        self.running
+            .keys()
+            .filter(|&&id| id != leader)
+            .filter_map(|id| {
+                let last = self.disks.get(id)?.log().last_id();
+                (last.index > 0 && leader_log.term_at(last.index) == Some(last.term))
+                    .then_some((*id, last.index))
+            })
+            .collect()
     }
 
     /// How long progress may take while the cluster is healthy.
