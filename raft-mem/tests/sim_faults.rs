@@ -382,13 +382,18 @@ fn a_follower_caught_up_one_entry_per_round_trip_is_progress_for_the_liveness_or
         sim.network.reconnect(behind);
         sim.crash(crashed);
         let started = sim.now();
+        let watched = sim.stats().live_periods;
         let committed =
             |sim: &Simulation| sim.node(leader).is_some_and(|n| n.status().commit_index > last);
         sim.write(cmd("after"), Duration::from_secs(120))?;
         sim.run_until("the leader commits past the catch-up", LONG, committed)?;
         let took = sim.now() - started;
         // 10 election timeouts + the snapshot transfer and RPC timeouts: the old rule's bound.
-        assert!(took > Duration::from_secs(9), "the catch-up outlasted the bound: {took:?}");
+        assert!(took > Duration::from_secs(9), "the catch-up must outlast the old bound: {took:?}");
+        assert!(
+            sim.stats().live_periods > watched,
+            "the oracle watched the leader and the follower"
+        );
         assert_eq!(sim.leader(), Some(leader), "no election while the leader was reachable");
         Ok(())
     });
