@@ -25,7 +25,9 @@
 //! - **Certificates are checked for as long as a connection lasts**, not only at its
 //!   handshake: an admitted connection is closed once its peer's certificate expires
 //!   ([`code::CERT_EXPIRED`]), and [`Gate::revalidate`] closes those whose peer no longer
-//!   passes a check (a CA dropped from the trust bundle).
+//!   passes a check (a CA dropped from the trust bundle), and refuses, when it completes, a
+//!   handshake that was under way (verified against the trust bundle of its start) unless its
+//!   peer passes that check too.
 //! - **Quiet logs.** A failed or refused attempt is logged at most once per
 //!   [`GateConfig::log_interval`] per remote IP, with the number of failures not logged since.
 //!   A peer that merely went away during its handshake (it closed its endpoint, or gave up on
@@ -164,7 +166,9 @@ pub struct GateStats {
     pub over_identity_cap: u64,
     /// Connections admitted.
     pub admitted: u64,
-    /// Admitted connections the server then closed for who they are ([`Gate::reject`]).
+    /// Admitted connections the server then closed for who they are ([`Gate::reject`],
+    /// [`Gate::revalidate`]), and completed handshakes refused because their peer failed the
+    /// check of a [`Gate::revalidate`] made while they were under way.
     pub rejected: u64,
 }
 
@@ -181,6 +185,28 @@ struct GateState {
     connections: HashMap<usize, quinn::Connection>,
     /// How many slots each identity holds (only identities holding one).
     per_identity: HashMap<Arc<str>, usize>,
+    /// The check of the latest [`Gate::revalidate`], if any: a handshake that began before it
+    /// must pass it when it completes.
+    standing: Option<Standing>,
+    /// How many times [`Gate::revalidate`] was called: a handshake that began at an older
+    /// generation is checked with `standing` before it is admitted.
+    generation: u64,
+}
+
+/// A check of connections' peers (see [`Gate::revalidate`]).
+type Check = Arc<dyn Fn(&quinn::Connection) -> Result<(), String> + Send + Sync>;
+
+/// The check of the latest [`Gate::revalidate`] and the code it closes connections with.
+#[derive(Clone)]
+struct Standing {
+    code: quinn::VarInt,
+    check: Check,
+}
+
+impl std::fmt::Debug for Standing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standing").field("code", &self.code).finish_non_exhaustive()
+    }
 }
 
 /// Which addresses a server expects (see [`Gate::set_expected`]).
@@ -273,6 +299,8 @@ impl Gate {
                     failures,
                     connections: HashMap::new(),
                     per_identity: HashMap::new(),
+                    standing: None,
+                    generation: 0,
                 }),
                 epoch: Instant::now(),
                 runtime,
@@ -367,11 +395,14 @@ impl Gate {
             return None;
         };
         state.stats.handshakes = state.handshakes.in_progress();
+        // Read before the handshake starts with the server configuration in force (see
+        // `revalidate`).
+        let generation = state.generation;
         drop(state);
         // From here the slot gives the place back, whatever happens.
         let slot = HandshakeSlot { gate: self.clone(), place };
         match cleartext(|| incoming.accept()) {
-            Ok(connecting) => Some(Handshake { connecting, remote, slot }),
+            Ok(connecting) => Some(Handshake { connecting, remote, slot, generation }),
             Err(e) => {
                 self.failed(remote, &e, false);
                 None
@@ -382,16 +413,28 @@ impl Gate {
     /// Checks every admitted connection (one whose slot is held) with `check`, and closes those
     /// it refuses with `code` and the reason it gives (logged like failed handshakes). Returns
     /// how many were closed. For example, after a CA was dropped from the trust bundle:
-    /// `gate.revalidate(code, |c| recheck_peer(c, &bundle, role).map_err(|e| e.to_string()))`
+    /// `gate.revalidate(code, move |c| recheck_peer(c, &bundle, role).map_err(|e| e.to_string()))`
     /// (see [`recheck_peer`](crate::recheck_peer)), since TLS checks a certificate only at the
     /// handshake.
+    ///
+    /// The check also stands for the handshakes under way: each one that began before this
+    /// call (so was, or may have been, verified against the previous trust bundle) must pass
+    /// `check` when it completes, or its connection is closed with `code` instead of admitted
+    /// (until a later `revalidate` replaces the check). So set the endpoint's new server
+    /// configuration *before* calling this: a handshake that began after this call is not
+    /// checked again. `check` must not call into the gate.
     pub fn revalidate(
         &self,
         code: quinn::VarInt,
-        check: impl Fn(&quinn::Connection) -> Result<(), String>,
+        check: impl Fn(&quinn::Connection) -> Result<(), String> + Send + Sync + 'static,
     ) -> usize {
-        let connections: Vec<quinn::Connection> =
-            lock(&self.inner.state).connections.values().cloned().collect();
+        let check: Check = Arc::new(check);
+        let connections: Vec<quinn::Connection> = {
+            let mut state = lock(&self.inner.state);
+            state.generation = state.generation.wrapping_add(1);
+            state.standing = Some(Standing { code, check: Arc::clone(&check) });
+            state.connections.values().cloned().collect()
+        };
         let mut closed = 0;
         for connection in connections {
             if let Err(reason) = check(&connection) {
@@ -470,6 +513,8 @@ pub struct Handshake {
     connecting: Connecting,
     remote: SocketAddr,
     slot: HandshakeSlot,
+    /// The gate's generation when the handshake began (see [`Gate::revalidate`]).
+    generation: u64,
 }
 
 impl Handshake {
@@ -479,11 +524,12 @@ impl Handshake {
     }
 
     /// Completes the handshake within the gate's timeout and takes a connection slot. `None`
-    /// (logged, at most once per interval and remote) if the handshake fails or times out, or
-    /// if every slot is taken (the connection is then closed with
-    /// [`code::TOO_MANY_CONNECTIONS`]).
+    /// (logged, at most once per interval and remote) if the handshake fails or times out, if
+    /// its peer fails the check of a [`Gate::revalidate`] called since the handshake began
+    /// (the connection is then closed with that call's code), or if every slot is taken (the
+    /// connection is then closed with [`code::TOO_MANY_CONNECTIONS`]).
     pub async fn complete(self) -> Option<(quinn::Connection, ConnectionSlot)> {
-        let Handshake { connecting, remote, slot } = self;
+        let Handshake { connecting, remote, slot, generation } = self;
         let gate = slot.gate.clone();
         let inner = &gate.inner;
         let result = timeout(&*inner.runtime, inner.config.handshake_timeout, connecting).await;
@@ -506,7 +552,26 @@ impl Handshake {
         let reserve = if privileged { config.reserved_connections } else { 0 };
         let slots = config.max_connections.saturating_add(reserve);
         let name: Option<Arc<str>> = identity.map(|i| Arc::from(i.name));
-        let mut state = lock(&inner.state);
+        // A `revalidate` since the handshake began (a CA dropped from the trust bundle, say):
+        // the handshake may have verified the peer against the old bundle, and that call did
+        // not see this connection, so its check is applied here. Admitted (below) with the
+        // lock taken when the generation checked is the current one, so a later `revalidate`
+        // sees the connection among the admitted ones.
+        let mut checked = generation;
+        let mut state = loop {
+            let state = lock(&inner.state);
+            let standing = match &state.standing {
+                Some(standing) if state.generation != checked => standing.clone(),
+                _ => break state,
+            };
+            let current = state.generation;
+            drop(state);
+            if let Err(reason) = (standing.check)(&connection) {
+                gate.reject(&connection, standing.code, &reason);
+                return None;
+            }
+            checked = current;
+        };
         if state.stats.connections >= slots {
             state.stats.over_capacity += 1;
             inner.counters.count(Outcome::OverCapacity);

@@ -225,13 +225,41 @@ impl Drop for RequestStream {
     }
 }
 
+/// A check of a connection's peer (see [`Client::update_tls`]).
+pub(crate) type Check = Arc<dyn Fn(&quinn::Connection) -> Result<(), String> + Send + Sync>;
+
+/// The TLS material of new dials, and the check that connections dialed with older material
+/// must pass.
+pub(crate) struct ClientTls {
+    /// The client configuration of new dials.
+    config: quinn::ClientConfig,
+    /// How many times the material was replaced.
+    generation: u64,
+    /// The check of the latest [`Client::update_tls`] and the code it closes connections
+    /// with: a dial that began with older material must pass it before its connection is used.
+    check: Option<(quinn::VarInt, Check)>,
+}
+
+impl ClientTls {
+    /// The material of a new endpoint.
+    pub(crate) fn new(config: quinn::ClientConfig) -> Self {
+        Self { config, generation: 0, check: None }
+    }
+}
+
+/// A connection dialed with the TLS material of `generation`.
+struct Dialed {
+    conn: quinn::Connection,
+    generation: u64,
+}
+
 /// Sends RPCs from one endpoint. Clones share everything (the turns of `crate::outbox` hold
 /// one, for the tasks they spawn).
 #[derive(Clone)]
 pub(crate) struct Client {
     pub(crate) endpoint: Endpoint,
     /// Replaced when the node's TLS material is (new connections use the new one).
-    pub(crate) config: Arc<RwLock<quinn::ClientConfig>>,
+    pub(crate) tls: Arc<RwLock<ClientTls>>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -723,8 +751,8 @@ impl Client {
             }
             state.addrs.current()
         };
-        let result = self.dial(peer, addr).await;
-        let (listed, mut state) = self.listed(peer);
+        let dialed = self.dial(peer, addr).await;
+        let (result, listed, mut state) = self.settle(peer, dialed);
         match result {
             Ok(conn) if listed && state.addrs.current() == addr => {
                 state.backoff.succeeded();
@@ -787,20 +815,65 @@ impl Client {
     }
 
     /// Dials `peer` at `addr`, within the connect timeout; the peer must prove its id (the TLS
-    /// verifier checks the certificate names the id dialed).
-    async fn dial(&self, peer: &Peer, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    /// verifier checks the certificate names the id dialed). Pass the result through
+    /// [`settle`](Self::settle) before using the connection.
+    async fn dial(&self, peer: &Peer, addr: SocketAddr) -> Result<Dialed, String> {
         let shared = &self.shared;
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (config, generation) = {
+            let tls = self.tls.read().unwrap_or_else(|p| p.into_inner());
+            (tls.config.clone(), tls.generation)
+        };
         let dial = cleartext(|| self.endpoint.connect_with(config, addr, &peer.server_name));
         match dial {
             Ok(connecting) => {
                 match timeout(&*shared.runtime, shared.limits.connect_timeout, connecting).await {
-                    Ok(Ok(conn)) => Ok(conn),
+                    Ok(Ok(conn)) => Ok(Dialed { conn, generation }),
                     Ok(Err(e)) => Err(describe_connection_error(&e)),
                     Err(_) => Err("connection attempt timed out".to_owned()),
                 }
             }
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The result of a dial of `peer`, once its connection passed the check of every
+    /// [`update_tls`](Self::update_tls) made since the dial began (the dial verified the peer
+    /// against the trust bundle of its start, and `update_tls` did not see a connection not
+    /// yet cached: one that fails is closed, and the dial fails), with what
+    /// [`listed`](Self::listed) returns. The TLS generation is compared with the peer's state
+    /// locked, which the caller keeps until it caches the connection: an `update_tls` after
+    /// that comparison finds the connection cached (it locks the peer's state to check it).
+    fn settle<'p>(
+        &self,
+        peer: &'p Peer,
+        dialed: Result<Dialed, String>,
+    ) -> (Result<quinn::Connection, String>, bool, MutexGuard<'p, PeerState>) {
+        let mut result = dialed;
+        loop {
+            let (listed, state) = self.listed(peer);
+            let stale = match &result {
+                Ok(dialed) => {
+                    let tls = self.tls.read().unwrap_or_else(|p| p.into_inner());
+                    match &tls.check {
+                        Some((code, check)) if tls.generation != dialed.generation => {
+                            Some((*code, Arc::clone(check), tls.generation))
+                        }
+                        _ => None,
+                    }
+                }
+                Err(_) => None,
+            };
+            let Some((code, check, current)) = stale else {
+                return (result.map(|dialed| dialed.conn), listed, state);
+            };
+            drop(state);
+            result = result.and_then(|dialed| match check(&dialed.conn) {
+                Ok(()) => Ok(Dialed { generation: current, ..dialed }),
+                Err(reason) => {
+                    dialed.conn.close(code, reason.as_bytes());
+                    Err(format!("TLS material replaced during the handshake: {reason}"))
+                }
+            });
         }
     }
 
@@ -869,8 +942,8 @@ impl Client {
                 return;
             }
         }
-        let result = self.dial(peer, addr).await;
-        let (listed, mut state) = self.listed(peer);
+        let dialed = self.dial(peer, addr).await;
+        let (result, listed, mut state) = self.settle(peer, dialed);
         state.probing = false;
         let now = shared.runtime.now();
         match result {
@@ -959,27 +1032,44 @@ impl Client {
         }));
     }
 
-    /// Closes the cached connections whose peer fails `check` now (with `code` and the reason
-    /// it gives); returns how many were closed. Their next RPC dials anew.
-    pub(crate) fn revalidate(
+    /// New dials use `config` from now on; the cached connections (and those retiring) whose
+    /// peer fails `check` now are closed (with `code` and the reason it gives), and so is,
+    /// when it completes, any dial under way that fails it (see [`settle`](Self::settle)).
+    /// Returns how many were closed now. Their next RPC dials anew.
+    pub(crate) fn update_tls(
         &self,
+        config: quinn::ClientConfig,
         code: quinn::VarInt,
-        check: impl Fn(&quinn::Connection) -> Result<(), String>,
+        check: Check,
     ) -> usize {
+        {
+            let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
+            tls.config = config;
+            tls.generation = tls.generation.wrapping_add(1);
+            tls.check = Some((code, Arc::clone(&check)));
+        }
         let peers: Vec<Arc<Peer>> =
             self.shared.peers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let mut closed = 0;
         for peer in peers {
-            let Some(conn) = peer.cached() else { continue };
-            if let Err(reason) = check(&conn) {
-                warn!(
-                    node = self.shared.id,
-                    peer = peer.id,
-                    "closing connection to peer: {reason}"
-                );
-                conn.close(code, reason.as_bytes());
-                peer.forget(&conn);
-                closed += 1;
+            if let Some(conn) = peer.cached() {
+                if let Err(reason) = check(&conn) {
+                    warn!(
+                        node = self.shared.id,
+                        peer = peer.id,
+                        "closing connection to peer: {reason}"
+                    );
+                    conn.close(code, reason.as_bytes());
+                    peer.forget(&conn);
+                    closed += 1;
+                }
+            }
+            let retiring = lock(&peer.state).retiring.clone();
+            if let Some(conn) = retiring.filter(|conn| conn.close_reason().is_none()) {
+                if let Err(reason) = check(&conn) {
+                    conn.close(code, reason.as_bytes());
+                    closed += 1;
+                }
             }
         }
         closed

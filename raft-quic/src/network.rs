@@ -20,7 +20,7 @@ use crate::bulk::BulkWindow;
 use crate::candidates::Candidates;
 use crate::certs::NodeTls;
 use crate::cid::endpoint_config;
-use crate::client::{lock, Client, Peer};
+use crate::client::{lock, Check, Client, ClientTls, Peer};
 use crate::config::{QuicConfig, QuicConfigError};
 use crate::expiry::expiry_warning;
 use crate::frame::{MAX_DEPTH, MAX_RESPONSE_FRAME_SIZE};
@@ -391,7 +391,8 @@ impl QuicNetwork {
             crate::server::accept_loop(endpoint.clone(), Arc::clone(&shared), gate.clone());
         runtime.spawn(Box::pin(accept));
         info!(node = config.node_id, %local_addr, "QUIC endpoint bound");
-        let client = Client { endpoint, config: Arc::new(RwLock::new(client)), shared };
+        let client =
+            Client { endpoint, tls: Arc::new(RwLock::new(ClientTls::new(client))), shared };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -530,7 +531,9 @@ impl QuicNetwork {
     /// roll-over) without a restart: new connections, in both directions, use it, and the
     /// established ones are checked again against the new trust bundle: those whose peer's
     /// certificate it no longer accepts (a CA dropped from the bundle) are closed
-    /// ([`code::UNTRUSTED`]); the others stay up. Fails, keeping the current material, unless
+    /// ([`code::UNTRUSTED`]); the others stay up. So are the connections whose handshake was
+    /// under way (verified against the old bundle), inbound and outbound, when it completes:
+    /// one the new bundle refuses is closed instead of used. Fails, keeping the current material, unless
     /// the new certificate passes the checks of [`bind`](Self::bind); warns if it expires
     /// soon. The stateless-reset and connection-id keys stay those derived from the key the
     /// endpoint was bound with.
@@ -542,14 +545,17 @@ impl QuicNetwork {
         let server = server_config(tls, &transport.inbound, self.inner.max_incoming)?;
         let client = client_config(tls, &transport.outbound)?;
         let _serialized = lock(&self.inner.closing);
+        // The server configuration first: the gate then re-checks the handshakes that began
+        // before (with the old trust bundle) when they complete (see `Gate::revalidate`).
         self.inner.client.endpoint.set_server_config(Some(server));
-        *self.inner.client.config.write().unwrap_or_else(|p| p.into_inner()) = client;
-        let trusted = |conn: &quinn::Connection| {
-            recheck_peer(conn, &tls.trust_anchors, PeerRole::Node)
+        let anchors = tls.trust_anchors.clone();
+        let trusted: Check = Arc::new(move |conn: &quinn::Connection| {
+            recheck_peer(conn, &anchors, PeerRole::Node)
                 .map_err(|e| format!("its certificate is no longer trusted: {e}"))
-        };
-        let closed = self.inner.gate.revalidate(code::UNTRUSTED, trusted)
-            + self.inner.client.revalidate(code::UNTRUSTED, trusted);
+        });
+        let inbound = Arc::clone(&trusted);
+        let closed = self.inner.gate.revalidate(code::UNTRUSTED, move |conn| inbound(conn))
+            + self.inner.client.update_tls(client, code::UNTRUSTED, trusted);
         info!(
             node = shared.id,
             closed, "TLS material replaced: new connections use it, untrusted ones were closed"

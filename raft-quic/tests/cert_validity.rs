@@ -1,5 +1,6 @@
 //! A certificate is trusted for as long as a connection lasts, not only at its handshake: the
-//! connections of a CA dropped from the trust bundle are closed at the roll-over, and a
+//! connections of a CA dropped from the trust bundle are closed at the roll-over (those whose
+//! handshake was under way then, once it completes), and a
 //! connection is closed once its peer's certificate expires (keep-alives used to keep both up
 //! for good).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,6 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy::UdpProxy;
 use common::scenarios::{client_material, dialed_by, raw_endpoint, raw_rpc, raw_rpc_attempt};
 use common::*;
 use raft_quic::quinn::{self, Runtime, TokioRuntime};
@@ -83,6 +85,172 @@ async fn connections_of_a_dropped_ca_are_closed_at_the_roll_over() {
     rogue8.close(0u32.into(), b"");
     net2.close().await;
     net1.close().await;
+}
+
+/// Review rev39 (high): a handshake under way when the roll-over drops its peer's CA. quinn
+/// verifies it against the server configuration of its start (the old bundle), and the
+/// roll-over's re-check saw only admitted connections, so rogue node 7 (old CA), whose
+/// handshake node 1 had begun, was admitted after the roll-over and served for good. Node 1's
+/// flight is held by a relay across the roll-over; the handshake then completes, and node 1
+/// must close the connection at admission instead of serving it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_under_way_at_the_roll_over_is_checked_against_the_new_bundle() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let net1 = QuicNetwork::bind(
+        QuicConfig::new(1, loopback(), material(&[&old, &new], &new, 1)),
+        rt.clone(),
+    )
+    .unwrap();
+    let handler1 = TestHandler::new(1);
+    net1.serve(handler1.clone());
+    let relay = UdpProxy::start(net1.local_addr());
+    relay.hold();
+    let mut config7 =
+        QuicConfig::new(7, loopback(), material(&[&old, &new], &old, 7)).with_peer(1, relay.addr());
+    config7.connect_timeout = Duration::from_millis(1500);
+    config7.rpc_timeout = Duration::from_secs(3);
+    let net7 = QuicNetwork::bind(config7, rt.clone()).unwrap();
+    let first = tokio::spawn({
+        let net7 = net7.clone();
+        async move { net7.send_to(1, heartbeat(7)).await }
+    });
+    // Node 1 began the handshake (after its Retry, which the relay lets through) and answered;
+    // its answer is held.
+    eventually(&rt, "node 1's handshake under way", Duration::from_millis(5), || {
+        let started = net1.accept_stats().handshakes == 1;
+        async move { started.then_some(()) }
+    })
+    .await;
+    net1.update_tls(&material(&[&new], &new, 1)).unwrap();
+    relay.release();
+    let first = bounded(&rt, "the first RPC", first).await.unwrap();
+    let later = bounded(&rt, "a later RPC", net7.send_to(1, heartbeat(7))).await;
+    assert!(first.is_err() && later.is_err(), "the dropped CA was served: {first:?}, {later:?}");
+    assert_eq!(handler1.calls(), 0, "node 1 served a certificate of the dropped CA");
+    let stats = net1.accept_stats();
+    assert_eq!((stats.connections, stats.rejected), (0, 1), "{stats:?}");
+    net7.close().await;
+    net1.close().await;
+}
+
+/// The same on the dialing side: node 1 dials rogue node 8 (old CA) and drops the old CA while
+/// the dial is under way. The dial verifies node 8 against the client configuration of its
+/// start (the old bundle), and the roll-over's re-check saw only cached connections, so node 1
+/// used the connection after the roll-over (node 8 served its RPCs). It must refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_under_way_at_the_roll_over_is_checked_against_the_new_bundle() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let net8 = QuicNetwork::bind(
+        QuicConfig::new(8, loopback(), material(&[&old, &new], &old, 8)),
+        rt.clone(),
+    )
+    .unwrap();
+    let handler8 = TestHandler::new(8);
+    net8.serve(handler8.clone());
+    let relay = UdpProxy::start(net8.local_addr());
+    relay.hold();
+    let mut config1 =
+        QuicConfig::new(1, loopback(), material(&[&old, &new], &new, 1)).with_peer(8, relay.addr());
+    config1.connect_timeout = Duration::from_millis(1500);
+    config1.rpc_timeout = Duration::from_secs(3);
+    let net1 = QuicNetwork::bind(config1, rt.clone()).unwrap();
+    let first = tokio::spawn({
+        let net1 = net1.clone();
+        async move { net1.send_to(8, heartbeat(1)).await }
+    });
+    // Node 8 answered node 1's Initial; its certificate is in the held flight.
+    eventually(&rt, "node 8's handshake under way", Duration::from_millis(5), || {
+        let started = net8.accept_stats().handshakes == 1;
+        async move { started.then_some(()) }
+    })
+    .await;
+    net1.update_tls(&material(&[&new], &new, 1)).unwrap();
+    relay.release();
+    let first = bounded(&rt, "the first RPC", first).await.unwrap();
+    let later = bounded(&rt, "a later RPC", net1.send_to(8, heartbeat(1))).await;
+    assert!(first.is_err() && later.is_err(), "node 1 used the dropped CA: {first:?}, {later:?}");
+    assert_eq!(handler8.calls(), 0, "node 1 sent RPCs to a certificate of the dropped CA");
+    net1.close().await;
+    net8.close().await;
+}
+
+/// The same for any server admitting through a [`Gate`] (the kv client port): a client of the
+/// dropped CA whose handshake was under way when `Gate::revalidate` ran is closed when its
+/// handshake completes, not admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_handshake_under_way_at_a_revalidation_must_pass_its_check() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let (old, new) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let server_tls = old.node_tls(1).unwrap();
+    let server_config = |cas: &[raft_quic::rustls::pki_types::CertificateDer<'static>]| {
+        let rustls = tls::rustls_server_config_with(&server_tls, cas, PeerRole::Any).unwrap();
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls).unwrap();
+        quinn::ServerConfig::with_crypto(Arc::new(crypto))
+    };
+    let both = [old.cert_der().clone(), new.cert_der().clone()];
+    let server = quinn::Endpoint::server(server_config(&both), loopback()).unwrap();
+    let gate = Gate::new("clients", GateConfig::new(8), rt.clone());
+    let accepting = tokio::spawn({
+        let (server, gate) = (server.clone(), gate.clone());
+        async move {
+            let mut admitted = Vec::new();
+            while let Some(incoming) = server.accept().await {
+                if let Some(handshake) = gate.admit(incoming) {
+                    admitted
+                        .push(tokio::spawn(async move { handshake.complete().await.is_some() }));
+                }
+            }
+            admitted
+        }
+    });
+    let relay = UdpProxy::start(server.local_addr().unwrap());
+    relay.hold();
+    let endpoint = raw_endpoint(&rt);
+    let cert = old.issue_client("client-a.kv", Duration::from_secs(3600)).unwrap();
+    let client_tls = NodeTls::from_pem(
+        old.cert_pem().as_bytes(),
+        cert.cert_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let config = tls::quic_client_config(&client_tls).unwrap();
+    let connecting = endpoint.connect_with(config, relay.addr(), "node-1.raft").unwrap();
+    let connecting = tokio::spawn(connecting);
+    eventually(&rt, "the handshake under way", Duration::from_millis(5), || {
+        let started = gate.stats().handshakes == 1;
+        async move { started.then_some(()) }
+    })
+    .await;
+    // The roll-over: the new server configuration first, then the gate's check.
+    server.set_server_config(Some(server_config(std::slice::from_ref(new.cert_der()))));
+    let new_ca = new.cert_der().clone();
+    let closed = gate.revalidate(code::UNTRUSTED, move |conn| {
+        raft_quic::recheck_peer(conn, std::slice::from_ref(&new_ca), PeerRole::Any)
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(closed, 0, "no connection was admitted yet");
+    relay.release();
+    // The client may see its handshake complete (it verified the server) or fail; either way
+    // the server must close the connection with the revalidation's code.
+    if let Ok(Ok(conn)) = bounded(&rt, "the handshake", connecting).await {
+        assert_eq!(closed_with(&rt, &conn).await, code::UNTRUSTED);
+    }
+    let stats = eventually(&rt, "the handshake's outcome", Duration::from_millis(10), || {
+        let stats = gate.stats();
+        async move { (stats.admitted + stats.rejected + stats.failed > 0).then_some(stats) }
+    })
+    .await;
+    assert_eq!((stats.connections, stats.admitted, stats.rejected), (0, 0, 1), "{stats:?}");
+    endpoint.close(0u32.into(), b"");
+    server.close(0u32.into(), b"");
+    for task in bounded(&rt, "the accept loop", accepting).await.unwrap() {
+        assert!(!task.await.unwrap(), "the client of the dropped CA was admitted");
+    }
 }
 
 /// A CA made here with rcgen, to issue node certificates of any lifetime (`ClusterCa` issues
@@ -198,8 +366,9 @@ async fn a_gated_client_port_drops_the_clients_of_a_dropped_ca() {
         async move { (admitted == 2).then_some(()) }
     })
     .await;
-    let closed = gate.revalidate(code::UNTRUSTED, |conn| {
-        raft_quic::recheck_peer(conn, std::slice::from_ref(new.cert_der()), PeerRole::Any)
+    let new_ca = new.cert_der().clone();
+    let closed = gate.revalidate(code::UNTRUSTED, move |conn| {
+        raft_quic::recheck_peer(conn, std::slice::from_ref(&new_ca), PeerRole::Any)
             .map_err(|e| e.to_string())
     });
     assert_eq!(closed, 1);

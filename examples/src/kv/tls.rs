@@ -453,8 +453,11 @@ pub fn apply(material: &NodeMaterial, targets: &ReloadTargets) -> Result<(), KvT
     targets.network.update_tls(&material.node)?;
     targets.client_endpoint.set_server_config(Some(server));
     if let Some(gate) = &targets.client_gate {
-        let closed = gate.revalidate(raft_quic::wire::code::UNTRUSTED, |connection| {
-            raft_quic::recheck_peer(connection, &material.client_cas, PeerRole::Any)
+        // After the new server configuration: the gate also re-checks the handshakes that
+        // began before it (with the old bundle) when they complete.
+        let cas = material.client_cas.clone();
+        let closed = gate.revalidate(raft_quic::wire::code::UNTRUSTED, move |connection| {
+            raft_quic::recheck_peer(connection, &cas, PeerRole::Any)
                 .map_err(|e| format!("the client's certificate is no longer trusted: {e}"))
         });
         if closed > 0 {

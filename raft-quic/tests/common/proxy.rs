@@ -41,10 +41,16 @@ pub struct SeenIds {
     pub client_uses: Option<Vec<u8>>,
 }
 
+/// Whether a datagram is a QUIC Retry packet.
+pub fn is_retry(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| b & 0xf0 == 0xf0)
+}
+
 /// Forwards datagrams from one client to `target` and back, unless blocked.
 pub struct UdpProxy {
     addr: SocketAddr,
     blocked: Arc<AtomicBool>,
+    held: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<SeenIds>>,
     thread: Option<JoinHandle<()>>,
@@ -62,14 +68,24 @@ impl UdpProxy {
         socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let addr = socket.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(SeenIds::default()));
         let thread = {
-            let (blocked, stop, seen) = (blocked.clone(), stop.clone(), seen.clone());
+            let (blocked, held, stop, seen) =
+                (blocked.clone(), held.clone(), stop.clone(), seen.clone());
             std::thread::spawn(move || {
                 let mut client: Option<SocketAddr> = None;
+                let mut queue: Vec<Vec<u8>> = Vec::new();
                 let mut buf = vec![0u8; 65536];
                 while !stop.load(Ordering::Acquire) {
+                    if !held.load(Ordering::Acquire) {
+                        if let Some(client) = client {
+                            for datagram in queue.drain(..) {
+                                let _ = socket.send_to(&datagram, client);
+                            }
+                        }
+                    }
                     let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
                     if blocked.load(Ordering::Acquire) {
                         continue;
@@ -79,6 +95,10 @@ impl UdpProxy {
                             seen.lock().unwrap().target_public.insert(scid);
                         }
                         if !back(&buf[..n]) {
+                            continue;
+                        }
+                        if held.load(Ordering::Acquire) && !is_retry(&buf[..n]) {
+                            queue.push(buf[..n].to_vec());
                             continue;
                         }
                         if let Some(client) = client {
@@ -94,7 +114,7 @@ impl UdpProxy {
                 }
             })
         };
-        Self { addr, blocked, stop, seen, thread: Some(thread) }
+        Self { addr, blocked, held, stop, seen, thread: Some(thread) }
     }
 
     /// The ids the target sent in clear (long headers) through this proxy so far.
@@ -121,6 +141,18 @@ impl UdpProxy {
 
     pub fn unblock(&self) {
         self.blocked.store(false, Ordering::Release);
+    }
+
+    /// Delays (queues, never drops) the target's datagrams to the client, other than its
+    /// Retry packets, until [`release`](Self::release): a handshake through the proxy stays
+    /// under way, the target's flight held.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::Release);
+    }
+
+    /// Delivers the held datagrams, in order, and forwards the target's datagrams again.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::Release);
     }
 }
 
