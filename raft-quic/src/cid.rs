@@ -12,8 +12,9 @@
 //! sent in clear to whoever asked: the ids of Retry packets, of a server's handshake packets and
 //! of a client's first flight are *public* (anyone who sends an Initial gets one, before any
 //! certificate is checked); the ids issued later, in encrypted NEW_CONNECTION_ID frames to an
-//! authenticated peer, are *private*. Ids live [`CID_LIFETIME`]: quinn then issues new ones
-//! and retires the old, so a connection moves off its public handshake id within that time.
+//! authenticated peer, are *private*. Ids live [`cid_lifetime`] (10 s by default): quinn then
+//! issues new ones and retires the old, so a connection moves off its public handshake id
+//! within that time. (Not much shorter: see [`CID_LIFETIME`] for why.)
 //!
 //! An endpoint answers a packet for an unknown connection with a reset only if its id carries a
 //! valid *private* tag (no one without the node's key can forge one, and no one off the path of
@@ -23,7 +24,7 @@
 //! harvested by sending Initials (from Retries or handshake packets, before or after a restart)
 //! earn nothing, and cannot be replayed to spend the endpoint's stateless-reset budget (quinn
 //! sends at most one reset per 20 ms) or to fish for tokens. What remains: a connection younger
-//! than [`CID_LIFETIME`] when its peer crashed still uses its public id, so it gets no reset:
+//! than the id lifetime when its peer crashed still uses its public id, so it gets no reset:
 //! the dialer closes it at its first RPC timeout in which nothing came back (see
 //! `Client::drop_if_silent`), an accepted one idles out; an on-path attacker (who sees the ids a connection uses) or a member
 //! (who holds private ids of its own connections) can still spend the reset budget during the
@@ -58,9 +59,35 @@ const TAG_LEN: usize = 8;
 /// The length of every connection id (QUIC's maximum is 20).
 const CID_LEN: usize = INCARNATION_LEN + NONCE_LEN + TAG_LEN;
 
-/// How long a connection id is used before quinn retires it and issues a new one: a connection
-/// leaves its public handshake id after this (see the module docs).
-pub(crate) const CID_LIFETIME: Duration = Duration::from_secs(1);
+/// The least time a connection id is used before quinn retires it and issues a new one (see
+/// [`cid_lifetime`]): a connection leaves its public handshake id after this (see the module
+/// docs), so a shorter one would let younger connections get a stateless reset.
+///
+/// It must not be short, though: quinn-proto (0.11.19, `Connection::populate_packet`) resends a
+/// lost NEW_CONNECTION_ID frame with the *current* Retire Prior To value, and once the id that
+/// frame carries has outlived its lifetime and been retired, that value exceeds the frame's
+/// sequence number, which the peer must treat as a connection error (FRAME_ENCODING_ERROR, RFC
+/// 9000 section 19.15): the connection dies. A server issues its first ids as the handshake
+/// starts, in 0.5-RTT packets, and resends them if lost only once the handshake is complete
+/// (RFC 9002 section 6.2.1: no probe timeout for application data before that), a handshake
+/// that itself waits for probe timeouts of a second or more (quinn's initial RTT estimate is
+/// 333 ms) when a flight is lost. With ids living 1 s, one lost first flight of the server
+/// killed the connection (review rev39; `tests/resets.rs`). Later, a lost frame is resent
+/// within a few probe timeouts of the measured round trip.
+pub(crate) const CID_LIFETIME: Duration = Duration::from_secs(10);
+
+/// What the id lifetime leaves, beyond the longest handshake this node accepts, for lost
+/// NEW_CONNECTION_ID frames to be resent (see [`CID_LIFETIME`]): several probe timeouts with
+/// their backoff (1 s, then 2 s, at quinn's initial RTT estimate).
+const CID_REPAIR_MARGIN: Duration = Duration::from_secs(5);
+
+/// The lifetime of the connection ids of an endpoint whose inbound handshakes may take up to
+/// `handshake_timeout` (`GateConfig::handshake_timeout`; outbound ones issue their ids only
+/// once complete): [`CID_LIFETIME`], or longer with a long handshake timeout, so that ids
+/// issued at a handshake's start outlive it by [`CID_REPAIR_MARGIN`].
+pub(crate) fn cid_lifetime(handshake_timeout: Duration) -> Duration {
+    CID_LIFETIME.max(handshake_timeout.saturating_add(CID_REPAIR_MARGIN))
+}
 
 /// The kind byte of public ids in their tag's input.
 const PUBLIC: u8 = 0;
@@ -103,17 +130,20 @@ struct CidGenerator {
     incarnation: [u8; INCARNATION_LEN],
     started: Instant,
     reset_window: Duration,
+    /// How long each id is used (see [`cid_lifetime`]).
+    lifetime: Duration,
     fallback_counter: u64,
 }
 
 impl CidGenerator {
-    fn new(key: hmac::Key, reset_window: Duration) -> Self {
+    fn new(key: hmac::Key, reset_window: Duration, lifetime: Duration) -> Self {
         let mut generator = CidGenerator {
             key,
             random: SystemRandom::new(),
             incarnation: [0; INCARNATION_LEN],
             started: Instant::now(),
             reset_window,
+            lifetime,
             fallback_counter: 0,
         };
         let mut incarnation = [0u8; INCARNATION_LEN];
@@ -182,18 +212,25 @@ impl ConnectionIdGenerator for CidGenerator {
     }
 
     fn cid_lifetime(&self) -> Option<Duration> {
-        Some(CID_LIFETIME)
+        Some(self.lifetime)
     }
 }
 
 /// The endpoint configuration of a node: connection ids and stateless-reset key as described
 /// in the module docs; resets for a previous incarnation's connections are sent during
-/// `reset_window` after the endpoint starts.
-pub(crate) fn endpoint_config(tls: &NodeTls, reset_window: Duration) -> quinn::EndpointConfig {
+/// `reset_window` after the endpoint starts; ids live [`cid_lifetime`] of `handshake_timeout`.
+pub(crate) fn endpoint_config(
+    tls: &NodeTls,
+    reset_window: Duration,
+    handshake_timeout: Duration,
+) -> quinn::EndpointConfig {
     let reset_key = derived_key(tls, b"stateless reset key");
     let cid_key = derived_key(tls, b"connection id key");
+    let lifetime = cid_lifetime(handshake_timeout);
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    config.cid_generator(move || Box::new(CidGenerator::new(cid_key.clone(), reset_window)));
+    config.cid_generator(move || {
+        Box::new(CidGenerator::new(cid_key.clone(), reset_window, lifetime))
+    });
     config
 }
 
@@ -205,7 +242,14 @@ mod tests {
     use crate::ClusterCa;
 
     fn generator(tls: &NodeTls, window: Duration) -> CidGenerator {
-        CidGenerator::new(derived_key(tls, b"connection id key"), window)
+        CidGenerator::new(derived_key(tls, b"connection id key"), window, CID_LIFETIME)
+    }
+
+    #[test]
+    fn ids_outlive_the_longest_handshake_by_the_repair_margin() {
+        assert_eq!(cid_lifetime(Duration::from_secs(3)), CID_LIFETIME);
+        assert_eq!(cid_lifetime(Duration::from_secs(10)), Duration::from_secs(15));
+        assert_eq!(cid_lifetime(Duration::MAX), Duration::MAX);
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub struct QuicConfig {
     /// timed out after packets were sent and none received during it (not even the ACKs of
     /// keep-alives) is closed, and the next RPC dials anew. A crashed and restarted peer is so
     /// found within one RPC timeout even when it sends no stateless reset (it does not for a
-    /// connection younger than a second, still on its handshake id: see `idle_timeout`). The
+    /// connection younger than its connection-id lifetime, 10 s by default, still on its
+    /// handshake id: see `idle_timeout`). The
     /// cost: a link outage longer than one RPC timeout (but shorter than `idle_timeout`) now
     /// closes a healthy connection too, and recovery after the outage takes a new handshake
     /// (plus any dial backoff) instead of the old connection resuming at once. A slow peer that

@@ -327,7 +327,7 @@ impl QuicNetwork {
 
         let socket = std::net::UdpSocket::bind(config.listen_addr)?;
         let endpoint = Endpoint::new(
-            endpoint_config(tls, config.idle_timeout),
+            endpoint_config(tls, config.idle_timeout, config.accept.handshake_timeout),
             Some(server),
             socket,
             Arc::clone(&runtime),
