@@ -111,7 +111,8 @@ pub fn peer_certificate(
 /// [`PeerRole::Node`](crate::PeerRole::Node), TLS client authentication for
 /// [`PeerRole::Any`](crate::PeerRole::Any): what the handshake demanded). TLS checks a
 /// certificate once, at the handshake; this is how a server applies a CA roll-over to the
-/// connections it already holds.
+/// connections it already holds (with [`Gate::revalidate`](crate::Gate::revalidate), which
+/// also applies it to the handshakes under way).
 pub fn recheck_peer(
     connection: &quinn::Connection,
     cas: &[CertificateDer<'_>],

@@ -35,8 +35,9 @@
 //!   address plumbing and a restarted node knows every address its log holds.
 //!   [`generate_cluster_certs`] creates everything needed, with the CA key in a directory of
 //!   its own; [`QuicNetwork::update_tls`] swaps in renewed certificates without a restart and
-//!   closes the connections of a CA dropped from the trust bundle; a connection is closed once
-//!   its peer's certificate expires.
+//!   closes the connections of a CA dropped from the trust bundle (those whose handshake was
+//!   under way too, once it completes); a connection is closed once its peer's certificate
+//!   expires.
 //! - **Admission.** Inbound connection attempts go through a [`Gate`]: address
 //!   validation, handshake limits (per IP, per network prefix, in all) and timeout, handshakes
 //!   reserved for known peers, connection slots counted after the handshake; then at most a

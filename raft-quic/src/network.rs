@@ -200,7 +200,8 @@ impl Drop for Inner {
 ///   all, after the handlers finished).
 /// - **Certificates hold for a connection's lifetime.** A connection is closed once its
 ///   peer's certificate expires, and [`update_tls`](QuicNetwork::update_tls) closes those a
-///   new trust bundle no longer accepts.
+///   new trust bundle no longer accepts, the connections whose handshake was under way
+///   included (when it completes, before any RPC uses them).
 /// - **Robust.** Malformed input closes the offending stream (or connection) with a logged
 ///   reason; nothing a peer sends can make the node panic. A peer of another wire version is
 ///   refused at the handshake with an error that says so.
