@@ -166,12 +166,25 @@ impl Reader<'_> {
     }
 }
 
-/// The bytes a frame body of `body_len` bytes takes from the budget before it is read: those
-/// of a large one (small ones are not waited for; every request, of a frame of any size, is
-/// then charged [`REQUEST_COST`] and its elements as it decodes, or refused as busy).
-async fn reserve(shared: &Shared, budget: &Arc<MemoryBudget>, body_len: usize) -> Reservation {
-    if body_len > shared.limits.priority_frame_threshold {
-        budget.take(body_len as u64).await
+/// Whether a frame body of `body_len` bytes is large: its bytes are taken from the budget
+/// before it is read ([`reserve`]).
+fn is_large(shared: &Shared, body_len: usize) -> bool {
+    body_len > shared.limits.priority_frame_threshold
+}
+
+/// The bytes a frame body of `body_len` bytes takes from the budget before it is read, waiting
+/// for room: those of a large one plus `fixed` (at most the whole budget), none for a small
+/// one (not waited for). Every request is then charged its elements as it decodes, and
+/// [`REQUEST_COST`] unless it was taken here (`fixed`, for a large lone request), or refused as
+/// busy.
+async fn reserve(
+    shared: &Shared,
+    budget: &Arc<MemoryBudget>,
+    body_len: usize,
+    fixed: u64,
+) -> Reservation {
+    if is_large(shared, body_len) {
+        budget.take(body_len as u64 + fixed).await
     } else {
         Reservation::empty(budget)
     }
@@ -200,8 +213,8 @@ fn decoded<T>(result: Result<T, FrameError>) -> Result<T, RequestError> {
 
 /// Reads one request from `peer`, given the `len` its frame header announced: the sender
 /// header first (checked before the body is read), then the body within the peer's memory
-/// budget (its bytes if large, [`REQUEST_COST`], its elements). Returns the request and the memory it holds, to be released once it is
-/// answered.
+/// budget (its bytes if large, [`REQUEST_COST`], its elements). Returns the request and the
+/// memory it holds, to be released once it is answered.
 async fn read_request(
     mut reader: Reader<'_>,
     progress: &mut Progress,
@@ -211,12 +224,15 @@ async fn read_request(
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
     }
-    let reservation = local(progress, reserve(shared, reader.budget, body_len)).await;
+    // A large request's fixed cost is taken with its bytes (so that one of the largest frame
+    // with no elements fits a budget of `max_frame_size`), a small one's as it decodes.
+    let large = is_large(shared, body_len);
+    let reservation = local(progress, reserve(shared, reader.budget, body_len, REQUEST_COST)).await;
     let body = reader.read_body(body_len).await?;
     let decode_limits = shared.limits.decode;
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
-        let decoded = if reservation.try_grow(REQUEST_COST) {
+        let decoded = if large || reservation.try_grow(REQUEST_COST) {
             frame::request_body(sender, &body, decode_limits, &on_item)
         } else {
             Err(FrameError::Busy)
@@ -240,7 +256,7 @@ async fn read_batch(
     progress: &mut Progress,
 ) -> Result<(Vec<Result<Envelope, Refusal>>, Reservation), RequestError> {
     let (len, peer, shared) = (reader.len, reader.peer, reader.shared);
-    let reservation = local(progress, reserve(shared, reader.budget, len)).await;
+    let reservation = local(progress, reserve(shared, reader.budget, len, 0)).await;
     let body = reader.read_body(len).await?;
     let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
     let decode = move || {
