@@ -98,11 +98,13 @@ pub struct QuicConfig {
     /// The memory one peer may pin: QUIC flow control lets a connection send at most this much
     /// that this node has not read yet, and the requests this node has read but not yet
     /// answered hold at most this much for each peer node id, all its connections together
-    /// (their bytes, for frames above `priority_frame_threshold`, plus 80 bytes per decoded
-    /// element; smaller frames are bounded by `max_concurrent_streams` instead). So one node
-    /// id pins at most `max_connections_per_node + 1` times this. A large request waits for
-    /// room (within the RPC timeout); one whose elements do not fit is refused as busy. Must be
-    /// at least `max_frame_size`. Default 32 MiB.
+    /// (their bytes, for frames above `priority_frame_threshold`, plus 1 KiB per decoded
+    /// request, lone or in a batch, for the memory it pins until it is answered, plus 80 bytes
+    /// per decoded element; the bytes of smaller frames are bounded by `max_concurrent_streams`
+    /// instead). So one node id pins at most `max_connections_per_node + 1` times this. A large
+    /// request waits for room (within the RPC timeout); one whose fixed cost and elements do not
+    /// fit is refused as busy. Must be at least `max_frame_size`. Default 32 MiB: room for
+    /// 32,768 requests without elements (votes, heartbeats) held at once.
     ///
     /// This node keeps at most half of it in bulk requests (frames above
     /// `priority_frame_threshold`) in flight to one peer, all groups together, taking turns

@@ -1,13 +1,15 @@
 //! [`Inbound`]: the established inbound connections of a node, by the node id each proved, with
 //! what one identity may hold: at most `max_connections_per_node` connections (the newest
-//! replaces the oldest), one memory budget for the requests of all of them, and log lines
-//! about its misbehaviour at most once per interval. All per node id, that is per peer process,
-//! whatever the number of Raft groups its requests belong to.
+//! replaces the oldest), one memory budget for the requests of all of them (kept while any of
+//! its requests holds memory, after its connections are gone, so that one reconnecting is
+//! charged on the same budget), and log lines about its misbehaviour at most once per
+//! interval. All per node id, that is per peer process, whatever the number of Raft groups its
+//! requests belong to.
 
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use raft_core::{NodeId, QuietLog};
@@ -48,6 +50,10 @@ pub(crate) struct Inbound {
     node: NodeId,
     limits: IdentityLimits,
     identities: Mutex<HashMap<NodeId, Identity>>,
+    /// The memory budget of every node id that has one alive: while its connections are up, or
+    /// after, while a request read on one of them is held (it holds its budget); at most one
+    /// entry per budget alive (dead ones are pruned as budgets are made).
+    budgets: Mutex<HashMap<NodeId, Weak<MemoryBudget>>>,
     /// The address each node id last authenticated from (a peer dials from where it listens),
     /// with when; at most [`MAX_REMEMBERED_ADDRESSES`].
     remembered: Mutex<HashMap<NodeId, (SocketAddr, Instant)>>,
@@ -84,6 +90,7 @@ impl Inbound {
             node,
             limits,
             identities: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
             remembered: Mutex::new(HashMap::new()),
             log: Mutex::new(QuietLog::new(limits.log_interval, MAX_LOGGED_SOURCES)),
             epoch: Instant::now(),
@@ -93,7 +100,10 @@ impl Inbound {
     /// Registers an authenticated connection of `peer` from `remote`, until the returned
     /// registration is dropped. If `peer` already holds the most connections allowed, its
     /// oldest is closed ([`code::REPLACED`]): a restarted node's new connection always gets in,
-    /// and one certificate never holds more.
+    /// and one certificate never holds more. Its requests are charged on the node id's budget
+    /// while it is alive (its connections, or requests read on them and not yet answered, hold
+    /// it), whatever connection they came on: a node id that reconnects gets no fresh budget
+    /// while its earlier requests still hold memory.
     pub(crate) fn register(
         self: &Arc<Self>,
         peer: NodeId,
@@ -102,10 +112,9 @@ impl Inbound {
         let key = connection.stable_id();
         self.remember_address(peer, connection.remote_address());
         let mut identities = lock(&self.identities);
-        let identity = identities.entry(peer).or_insert_with(|| Identity {
-            connections: Vec::new(),
-            budget: MemoryBudget::new(self.limits.memory),
-        });
+        let identity = identities
+            .entry(peer)
+            .or_insert_with(|| Identity { connections: Vec::new(), budget: self.budget_of(peer) });
         identity.connections.push((key, connection.clone()));
         let excess = identity.connections.len().saturating_sub(self.limits.max_connections);
         let replaced: Vec<_> = identity.connections.drain(..excess).map(|(_, c)| c).collect();
@@ -116,6 +125,18 @@ impl Inbound {
             old.close(code::REPLACED, b"replaced by a newer connection of the same node");
         }
         Registration { inbound: Arc::clone(self), peer, key, budget }
+    }
+
+    /// The memory budget of `peer`: the one still alive if any, else a new one.
+    fn budget_of(&self, peer: NodeId) -> Arc<MemoryBudget> {
+        let mut budgets = lock(&self.budgets);
+        if let Some(budget) = budgets.get(&peer).and_then(Weak::upgrade) {
+            return budget;
+        }
+        budgets.retain(|_, budget| budget.strong_count() > 0);
+        let budget = MemoryBudget::new(self.limits.memory);
+        budgets.insert(peer, Arc::downgrade(&budget));
+        budget
     }
 
     /// Every inbound connection of `peer` now.

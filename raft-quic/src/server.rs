@@ -13,7 +13,7 @@ use tracing::{debug, info};
 use crate::accept::{Gate, Handshake};
 use crate::frame::{self, FrameError, FrameKind, ReadFrameError};
 use crate::identity::peer_node_id;
-use crate::memory::{MemoryBudget, Reservation, ITEM_COST};
+use crate::memory::{MemoryBudget, Reservation, ITEM_COST, REQUEST_COST};
 use crate::metrics::PeerCounters;
 use crate::network::Shared;
 use crate::offload::OFFLOAD_ABOVE;
@@ -75,7 +75,8 @@ enum RequestError {
     Read(ReadFrameError),
     /// The sender header names another node than the connection's certificate.
     SenderMismatch(NodeId),
-    /// The request's decoded elements do not fit the connection's memory budget.
+    /// The request (its fixed cost and its decoded elements) does not fit the peer's memory
+    /// budget.
     Busy,
 }
 
@@ -165,11 +166,25 @@ impl Reader<'_> {
     }
 }
 
-/// The bytes a frame body of `body_len` bytes takes from the budget before it is read: those
-/// of a large one (small ones are only charged for their elements as they decode).
-async fn reserve(shared: &Shared, budget: &Arc<MemoryBudget>, body_len: usize) -> Reservation {
-    if body_len > shared.limits.priority_frame_threshold {
-        budget.take(body_len as u64).await
+/// Whether a frame body of `body_len` bytes is large: its bytes are taken from the budget
+/// before it is read ([`reserve`]).
+fn is_large(shared: &Shared, body_len: usize) -> bool {
+    body_len > shared.limits.priority_frame_threshold
+}
+
+/// The bytes a frame body of `body_len` bytes takes from the budget before it is read, waiting
+/// for room: those of a large one plus `fixed` (at most the whole budget), none for a small
+/// one (not waited for). Every request is then charged its elements as it decodes, and
+/// [`REQUEST_COST`] unless it was taken here (`fixed`, for a large lone request), or refused as
+/// busy.
+async fn reserve(
+    shared: &Shared,
+    budget: &Arc<MemoryBudget>,
+    body_len: usize,
+    fixed: u64,
+) -> Reservation {
+    if is_large(shared, body_len) {
+        budget.take(body_len as u64 + fixed).await
     } else {
         Reservation::empty(budget)
     }
@@ -197,9 +212,9 @@ fn decoded<T>(result: Result<T, FrameError>) -> Result<T, RequestError> {
 }
 
 /// Reads one request from `peer`, given the `len` its frame header announced: the sender
-/// header first (checked before the body is read), then the body within the connection's
-/// memory budget. Returns the request and the memory it holds, to be released once it is
-/// answered.
+/// header first (checked before the body is read), then the body within the peer's memory
+/// budget (its bytes if large, [`REQUEST_COST`], its elements). Returns the request and the
+/// memory it holds, to be released once it is answered.
 async fn read_request(
     mut reader: Reader<'_>,
     progress: &mut Progress,
@@ -209,12 +224,19 @@ async fn read_request(
     if sender != peer {
         return Err(RequestError::SenderMismatch(sender));
     }
-    let reservation = local(progress, reserve(shared, reader.budget, body_len)).await;
+    // A large request's fixed cost is taken with its bytes (so that one of the largest frame
+    // with no elements fits a budget of `max_frame_size`), a small one's as it decodes.
+    let large = is_large(shared, body_len);
+    let reservation = local(progress, reserve(shared, reader.budget, body_len, REQUEST_COST)).await;
     let body = reader.read_body(body_len).await?;
     let decode_limits = shared.limits.decode;
     let decode = move || {
         let on_item = || reservation.try_grow(ITEM_COST);
-        let decoded = frame::request_body(sender, &body, decode_limits, &on_item);
+        let decoded = if large || reservation.try_grow(REQUEST_COST) {
+            frame::request_body(sender, &body, decode_limits, &on_item)
+        } else {
+            Err(FrameError::Busy)
+        };
         (decoded, reservation)
     };
     let (request, reservation) = local(progress, decode_off(shared, body_len, decode)).await?;
@@ -226,15 +248,15 @@ async fn read_request(
 /// header and body. Once the frame's structure holds (its count, and each request frame's
 /// header and length, fill it exactly), each request stands alone: one claiming another sender
 /// than the connection's certificate (checked before its body is decoded), one whose body does
-/// not decode or exceeds the decoding budget, and one that does not fit the memory budget is
-/// refused alone (`Err` of the refusal), and the others are served. A broken structure refuses
-/// the whole batch.
+/// not decode or exceeds the decoding budget, and one that does not fit the memory budget
+/// ([`REQUEST_COST`] and its elements, each request) is refused alone (`Err` of the refusal),
+/// and the others are served. A broken structure refuses the whole batch.
 async fn read_batch(
     mut reader: Reader<'_>,
     progress: &mut Progress,
 ) -> Result<(Vec<Result<Envelope, Refusal>>, Reservation), RequestError> {
     let (len, peer, shared) = (reader.len, reader.peer, reader.shared);
-    let reservation = local(progress, reserve(shared, reader.budget, len)).await;
+    let reservation = local(progress, reserve(shared, reader.budget, len, 0)).await;
     let body = reader.read_body(len).await?;
     let (max_frame_size, decode_limits) = (shared.limits.max_frame_size, shared.limits.decode);
     let decode = move || {
@@ -242,6 +264,9 @@ async fn read_batch(
         let decode_one = |(sender, body)| {
             if sender != peer {
                 return Err(Refusal::SenderMismatch { claimed: sender, authenticated: peer });
+            }
+            if !reservation.try_grow(REQUEST_COST) {
+                return Err(Refusal::Busy);
             }
             frame::request_body(sender, body, decode_limits, &on_item).map_err(|e| match e {
                 FrameError::Busy => Refusal::Busy,

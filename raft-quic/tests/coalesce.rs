@@ -835,7 +835,8 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     init_tracing();
     let rt = rt();
     let ca = ClusterCa::generate().unwrap();
-    // A 1 KiB budget for node 2's unanswered requests: 13 elements (80 bytes each) overflow it.
+    // A 1 KiB budget for node 2's unanswered requests: the first request's fixed cost (1 KiB)
+    // fills it, and the second's (with its 14 elements, 80 bytes each) overflows it.
     let small = budget_of(frame::MIN_MAX_FRAME_SIZE);
     let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1, 2], small).await;
     let good = Envelope::new(1, heartbeat(2)).with_group_id(1);
@@ -851,6 +852,68 @@ async fn a_request_of_a_batch_over_the_memory_budget_is_refused_alone_as_busy() 
     assert_eq!(answered[&1], WireResponse::Refused(Refusal::Busy));
     assert_eq!((handlers[&1].calls(), handlers[&2].calls()), (1, 0));
     assert_eq!(net.bad_batches_received(), 0);
+    close_raw(&net, &endpoint, &conn).await;
+}
+
+/// Every request, lone or of a batch, is charged a fixed cost (1 KiB) on its sender's memory
+/// budget whatever it holds (review 39: a request without elements, a vote or a heartbeat, was
+/// charged nothing, and one certificate held 262,144 of them, 263 MiB, under a 32 MiB budget).
+/// Under a 64 KiB budget, of a batch of 256 requests held in the handler, those beyond the
+/// budget are refused as busy: each one admitted was charged at least 512 bytes. Under the
+/// default budget (32 MiB), four such batches held at once (the heartbeats of 1,024 groups)
+/// are all admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_charged_on_the_memory_budget_even_without_elements() {
+    init_tracing();
+    let rt = rt();
+    let ca = ClusterCa::generate().unwrap();
+    let held: Vec<Envelope> = (0..MAX_BATCH_REQUESTS)
+        .map(|_| Envelope::new(1, append(2, 1, 0, b"gated")).with_group_id(1))
+        .collect();
+    let held = batch(&held);
+    const BUDGET: u32 = 64 << 10;
+    let (net, handlers, endpoint, conn) = raw_peer_with(&rt, &ca, &[1], budget_of(BUDGET)).await;
+    let gate = handlers[&1].close_gate();
+    let exchanged = exchange(&rt, &conn, "a batch over the budget", &held);
+    let mut exchanged = std::pin::pin!(exchanged);
+    // The batch is decoded (and charged) whole before its first request reaches the handler.
+    let in_handler = eventually(&rt, "the batch in the handler", Duration::from_millis(10), || {
+        let calls = handlers[&1].calls();
+        async move { (calls > 0).then_some(()) }
+    });
+    match select(exchanged.as_mut(), std::pin::pin!(in_handler)).await {
+        Either::Right(((), _)) => {}
+        Either::Left((answered, _)) => panic!("answered with the gate closed: {answered:?}"),
+    }
+    drop(gate);
+    let answered = answers(&exchanged.as_mut().await.unwrap());
+    assert_eq!(answered.len(), MAX_BATCH_REQUESTS);
+    let busy = answered.values().filter(|a| **a == WireResponse::Refused(Refusal::Busy)).count();
+    let served = handlers[&1].calls();
+    assert_eq!(served + busy, MAX_BATCH_REQUESTS, "{answered:?}");
+    assert!(served > 0 && served * 512 <= BUDGET as usize, "{served} requests held in 64 KiB");
+    close_raw(&net, &endpoint, &conn).await;
+
+    let (net, handlers, endpoint, conn) = raw_peer(&rt, &ca, &[1]).await;
+    let gate = handlers[&1].close_gate();
+    let exchanges = join_all((0..4).map(|_| exchange(&rt, &conn, "a batch of 256", &held)));
+    let mut exchanges = std::pin::pin!(exchanges);
+    let all_held =
+        eventually(&rt, "1,024 requests in the handler", Duration::from_millis(10), || {
+            let calls = handlers[&1].calls();
+            async move { (calls >= 4 * MAX_BATCH_REQUESTS).then_some(()) }
+        });
+    match select(exchanges.as_mut(), std::pin::pin!(all_held)).await {
+        Either::Right(((), _)) => {}
+        Either::Left((answered, _)) => panic!("answered with the gate closed: {answered:?}"),
+    }
+    drop(gate);
+    for answered in exchanges.await {
+        let answered = answers(&answered.unwrap());
+        assert_eq!(answered.len(), MAX_BATCH_REQUESTS);
+        assert!(answered.values().all(|a| matches!(a, WireResponse::Ok(_))), "{answered:?}");
+    }
+    assert_eq!(handlers[&1].calls(), 4 * MAX_BATCH_REQUESTS);
     close_raw(&net, &endpoint, &conn).await;
 }
 

@@ -1,12 +1,13 @@
 //! What a holder of a node certificate (a member, or a thief of a member's key) can make another
 //! node spend: no stream on a connection the node dialed, a few connections per identity, one
-//! memory budget per identity.
+//! memory budget per identity (kept across its reconnects while its requests hold memory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[macro_use]
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::scenarios::{dialed_by, raw_endpoint, raw_rpc};
 use common::*;
@@ -96,6 +97,56 @@ async fn the_connections_of_one_node_share_one_memory_budget() {
     assert_eq!(handler.calls(), 2);
     for net in &senders {
         net.close().await;
+    }
+    net2.close().await;
+}
+
+/// A node id that drops its connection and reconnects is charged on the same memory budget
+/// while requests read on its earlier connections are still held by the handler (review 39:
+/// the budget went with the node id's last connection, so each reconnect got a fresh one and
+/// the memory held grew with the reconnect rate times the handler's latency; 4 requests of
+/// ~150 KB were held under one 256 KiB budget). Each round is a fresh endpoint with node 1's
+/// identity, its only connection; the requests of rounds after the first must not reach the
+/// handler (each is given 2 s to, an upper bound: a slow machine can only make the test pass
+/// without the fix, never fail with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_does_not_get_a_fresh_memory_budget_while_requests_are_held() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = ClusterCa::generate().unwrap();
+    let net2 = QuicNetwork::bind(small_budget_config(&ca, 2), rt.clone()).unwrap();
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    let gate = handler.close_gate();
+    let mut sent = Vec::new();
+    for round in 0..4 {
+        let config = test_config(&ca, 1, loopback()).with_peer(2, net2.local_addr());
+        let net1 = QuicNetwork::bind(config, rt.clone()).unwrap();
+        let net = net1.clone();
+        // ~150 KB: one fits the 256 KiB budget, two do not.
+        sent.push(tokio::spawn(
+            async move { net.send_to(2, append(1, 3, 75_000, b"gated")).await },
+        ));
+        if round == 0 {
+            eventually(&rt, "the first request in the handler", Duration::from_millis(10), || {
+                let calls = handler.calls();
+                async move { (calls > 0).then_some(()) }
+            })
+            .await;
+        } else {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while handler.calls() <= round && std::time::Instant::now() < deadline {
+                sleep(&rt, Duration::from_millis(10)).await;
+            }
+        }
+        // The peer drops its connection; a request in the handler stays there, holding memory.
+        net1.close().await;
+    }
+    let calls = handler.calls();
+    drop(gate);
+    assert_eq!(calls, 1, "{calls} requests of ~150 KB held under one 256 KiB budget");
+    for task in sent {
+        task.abort();
     }
     net2.close().await;
 }

@@ -10,8 +10,10 @@
 //! The recorder is `metrics-exporter-prometheus`'s, installed before the node and its network
 //! start; histograms of durations (`*_seconds`) and batch sizes have fixed buckets, so they can
 //! be aggregated across nodes. The listener is a deliberately small HTTP/1.1 server (one request
-//! per connection): requests are bounded ([`MAX_REQUEST_BYTES`], [`REQUEST_TIMEOUT`]) and so
-//! are connections ([`MAX_CONNECTIONS`]; more are closed at once). It serves no secret and
+//! per connection): requests are bounded ([`MAX_REQUEST_BYTES`]), each connection is served
+//! for at most [`REQUEST_TIMEOUT`] (its request read and its answer written: a client that does
+//! not read the answer holds its slot no longer), and so are connections ([`MAX_CONNECTIONS`];
+//! more are closed at once). It serves no secret and
 //! accepts no input but the path; still, bind it to a loopback or management address: anyone
 //! who reaches it learns the cluster's shape and load.
 
@@ -29,7 +31,8 @@ use super::health::HealthReport;
 
 /// The largest request head read (the request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 8 << 10;
-/// The longest a client may take to send its request head.
+/// The longest one connection is served: its request head read and its answer written (to a
+/// client that reads it); past it the connection is dropped, and its slot freed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -116,24 +119,25 @@ pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, health: Hea
         };
         let (metrics, health) = (metrics.clone(), Arc::clone(&health));
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &metrics, &health).await {
-                debug!(%remote, "metrics listener: {e}");
+            match tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics, &health)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%remote, "metrics listener: {e}"),
+                Err(_) => {
+                    debug!(%remote, "metrics listener: not served within {REQUEST_TIMEOUT:?}")
+                }
             }
             drop(slot);
         });
     }
 }
 
-/// Reads one request head (bounded in size and time) and answers it.
+/// Reads one request head (bounded in size) and answers it; the caller bounds its time.
 async fn answer(
     mut stream: TcpStream,
     metrics: &PrometheusHandle,
     health: &HealthSource,
 ) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Ok(()),
-    };
+    let head = read_head(&mut stream).await?;
     let request_line = head.lines().next().unwrap_or_default();
     let mut words = request_line.split_whitespace();
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
@@ -241,5 +245,52 @@ mod tests {
         let huge = format!("GET /metrics HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(MAX_REQUEST_BYTES));
         assert_eq!(get(addr, &huge).await, "", "an oversized head gets no answer");
         server.abort();
+    }
+
+    /// Clients that ask for `/metrics` and never read the answer hold a connection slot for at
+    /// most [`REQUEST_TIMEOUT`] (review 39: the answer's write had no bound, so
+    /// [`MAX_CONNECTIONS`] such clients held every slot for good, `/health/live` was refused to
+    /// everyone, and a supervisor would restart a healthy node). The listener's send buffers
+    /// and the clients' receive buffers are small, and the body is much larger: no answer fits
+    /// them. The probe is given four request timeouts to get in (an upper bound).
+    #[tokio::test]
+    async fn metrics_clients_that_never_read_do_not_lock_out_the_liveness_probe() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            for i in 0..20_000 {
+                ::metrics::counter!("padding_total", "series" => i.to_string()).increment(1);
+            }
+        });
+        let body = handle.render().len();
+        assert!(body > 500_000, "a metrics body of {body} bytes");
+        let health: HealthSource = Arc::new(|| Box::pin(async { report(true) }));
+        let server = tokio::spawn(serve(listener, handle, health));
+        let live = get(addr, "GET /health/live HTTP/1.1\r\n\r\n").await;
+        assert!(live.starts_with("HTTP/1.1 200 OK"), "{live}");
+        let mut stuck = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(2048).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+            stuck.push(stream); // never read
+        }
+        let deadline = tokio::time::Instant::now() + 4 * REQUEST_TIMEOUT;
+        let live = loop {
+            let live = get(addr, "GET /health/live HTTP/1.1\r\n\r\n").await;
+            if live.starts_with("HTTP/1.1 200 OK") || tokio::time::Instant::now() >= deadline {
+                break live;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        server.abort();
+        assert!(live.starts_with("HTTP/1.1 200 OK"), "the liveness probe got {live:?}");
+        drop(stuck);
     }
 }
