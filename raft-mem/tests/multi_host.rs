@@ -1352,6 +1352,8 @@ macro_rules! every_scenario {
                 shutdown_waits_for_a_log_write_in_flight_looped;
             a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor,
                 a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor_looped;
+            a_group_cannot_remove_itself_from_inside_its_state_machine,
+                a_group_cannot_remove_itself_from_inside_its_state_machine_looped;
         }
     };
 }
@@ -1647,3 +1649,126 @@ async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(r
     let removed = within(&rt, "host shutdown", host.shutdown()).await;
     assert_eq!(removed.len(), GROUPS.len());
 }
+
+/// What [`SelfRemoving`] saw when its group tried to remove itself from inside `apply`.
+#[derive(Default)]
+struct SelfRemoval {
+    removed: Option<Result<(), RemoveGroupError>>,
+    readded: Option<bool>,
+    host_shutdown_removed: Option<Vec<GroupId>>,
+}
+
+/// A state machine whose group removes itself (`remove-me`: a "destroy this shard" command) or
+/// shuts its whole host down (`shutdown-host`) from inside its own `apply`.
+#[derive(Clone)]
+struct SelfRemoving<R> {
+    record: RecordingStateMachine,
+    host: Arc<std::sync::Mutex<Option<Host>>>,
+    store: MemLogStore,
+    rt: R,
+    seen: Arc<std::sync::Mutex<SelfRemoval>>,
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> StateMachine for SelfRemoving<R> {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        let host = self.host.lock().unwrap().clone();
+        if let Some(host) = host {
+            for command in entries.iter().filter_map(Entry::command) {
+                if command.as_ref() == b"remove-me" {
+                    let removed = host.remove_group(1).await.map(|_| ());
+                    // Were the id free and the store unused, the documented way to re-add the
+                    // id: the same replica again, on its kept store.
+                    let builder = Node::builder(
+                        test_config(1),
+                        self.store.clone(),
+                        MemNetwork::new().endpoint(1),
+                        RecordingStateMachine::default(),
+                        self.rt.clone(),
+                    );
+                    let readded = host.add_group(1, builder).await.is_ok();
+                    let mut seen = self.seen.lock().unwrap();
+                    seen.removed = Some(removed);
+                    seen.readded = Some(readded);
+                } else if command.as_ref() == b"shutdown-host" {
+                    let removed = host.shutdown().await.into_iter().map(|r| r.id).collect();
+                    self.seen.lock().unwrap().host_shutdown_removed = Some(removed);
+                }
+            }
+        }
+        self.record.apply(entries).await
+    }
+}
+
+/// Guards `Host::remove_group` and `Host::shutdown` called from inside the removed group's own
+/// state machine (review 39, M): the node cannot stop while its applier waits in that very
+/// `apply`, and `remove_group` used to return `Ok(RemovedGroup)` anyway ("its node has stopped,
+/// its stores are no longer used") while the node ran on, so that an `add_group` of the same id
+/// on the same store ran two nodes on one store. It is refused with
+/// `RemoveGroupError::InsideStateMachine` and changes nothing; `Host::shutdown` leaves that group
+/// hosted and removes the others; removed from outside, the group then goes as usual.
+async fn a_group_cannot_remove_itself_from_inside_its_state_machine<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+) {
+    let host: Host = match mode {
+        Mode::Tasks => Host::new(1),
+        Mode::Loop => Host::with_loop(1, rt.clone()),
+    };
+    let network = MemNetwork::new();
+    let store = MemLogStore::new();
+    let seen = Arc::new(std::sync::Mutex::new(SelfRemoval::default()));
+    let machine = SelfRemoving {
+        record: RecordingStateMachine::default(),
+        host: Arc::new(std::sync::Mutex::new(Some(host.clone()))),
+        store: store.clone(),
+        rt: rt.clone(),
+        seen: seen.clone(),
+    };
+    let builder = Node::builder(test_config(1), store, network.endpoint(1), machine, rt.clone())
+        .bootstrap(Membership::with_voters([1]));
+    let node = host.add_group(1, builder).await.unwrap();
+    let other = Node::builder(
+        test_config(1),
+        MemLogStore::new(),
+        network.endpoint(1),
+        RecordingStateMachine::default(),
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters([1]));
+    host.add_group(2, other).await.unwrap();
+    within(&rt, "a first write", async {
+        while node.write(Bytes::from_static(b"before")).await.is_err() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Answered once applied: the apply that tried the removal has returned.
+    let written = within(&rt, "the removal", node.write(Bytes::from_static(b"remove-me"))).await;
+    assert_eq!(written.unwrap().as_ref(), b"remove-me", "the group kept running");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.removed,
+            Some(Err(RemoveGroupError::InsideStateMachine { group: 1 })),
+            "remove_group inside the group's own apply returned before its node stopped"
+        );
+        assert_eq!(seen.readded, Some(false), "a second node was started on the group's store");
+    }
+    assert!(matches!(host.groups()[0].health, GroupHealth::Running), "{:?}", host.groups());
+    let written =
+        within(&rt, "the host shutdown", node.write(Bytes::from_static(b"shutdown-host")));
+    assert_eq!(written.await.unwrap().as_ref(), b"shutdown-host", "the group kept running");
+    let removed = seen.lock().unwrap().host_shutdown_removed.clone();
+    assert_eq!(
+        removed,
+        Some(vec![2]),
+        "Host::shutdown inside group 1's apply removes only group 2"
+    );
+    let ids: Vec<GroupId> = host.groups().iter().map(|g| g.id).collect();
+    assert_eq!(ids, vec![1]);
+    let removed = within(&rt, "the removal from outside", host.remove_group(1)).await.unwrap();
+    assert_eq!(removed.id, 1);
+    assert!(host.groups().is_empty());
+}
+

@@ -878,6 +878,12 @@ impl Node {
         self.shared.inputs.is_closed()
     }
 
+    /// Whether this runs inside a call of this node's own state machine (`apply`, `snapshot`,
+    /// `restore`): the node cannot stop before that call returns.
+    pub(crate) fn inside_own_state_machine(&self) -> bool {
+        reentrancy::inside_state_machine(self.shared.token)
+    }
+
     /// Whether `other` is a handle to this very node (not another node started later).
     pub(crate) fn same_node(&self, other: &Node) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -896,8 +902,9 @@ impl Node {
     ///
     /// Called inside this node's own state machine, it only asks the node to stop and returns at
     /// once: the node waits for that call to finish, so waiting here would wait for itself.
+    /// (`Host::remove_group`, which promises a stopped node, refuses such a call instead.)
     pub async fn shutdown(&self) {
-        if reentrancy::inside_state_machine(self.shared.token) {
+        if self.inside_own_state_machine() {
             let _ = self.shared.inputs.try_send(Input::Shutdown);
             return;
         }
