@@ -1772,3 +1772,105 @@ async fn a_group_cannot_remove_itself_from_inside_its_state_machine<R: Runtime +
     assert!(host.groups().is_empty());
 }
 
+/// Counts the inbound requests its host is handling (held) at once, and the most ever.
+struct CountingHandler {
+    host: Host,
+    held: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// Takes one off the held count when a request's handling ends (or is dropped).
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl RpcHandler for CountingHandler {
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let _held = Held(self.held.clone());
+        self.host.handle_rpc(request).await
+    }
+}
+
+/// Guards the per-group bound on the inbound requests a node holds (review 39, M): one group's
+/// hung log store held an unbounded number of that group's inbound RPCs at the node (326 after
+/// 10 s: AppendEntries are answered after persistence, and the leader's timed-out requests are
+/// sent again), and over raft-quic those took the connection's 256 streams, which all groups
+/// from that peer share. Now the node holds at most `Config::max_inbound_requests` of a group
+/// and refuses the rest at once (`RpcError::Overloaded`, a failed RPC to the leader). On the
+/// simulated runtime: 10 s of virtual time, deterministic.
+#[test]
+fn one_groups_hung_store_holds_a_bounded_number_of_inbound_rpcs() {
+    let rt = raft_mem::sim::SimRuntime::new();
+    let network = MemNetwork::with_runtime(rt.clone(), 7);
+    network.set_rpc_timeout(Some(Duration::from_millis(500)), 0.0);
+    let (held, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let faulty = support::FaultyStore::default();
+    let bound = test_config(3).max_inbound_requests;
+    let setup = {
+        let (rt, network, held, peak, faulty) =
+            (rt.clone(), network.clone(), held.clone(), peak.clone(), faulty.clone());
+        async move {
+            let mut nodes = BTreeMap::new();
+            for id in HOSTS {
+                let host: Host = Host::new(id);
+                let endpoint = network.endpoint(id);
+                let machine = RecordingStateMachine::default();
+                let node = if id == 3 {
+                    let (held, peak) = (held.clone(), peak.clone());
+                    let counting = CountingHandler { host: host.clone(), held, peak };
+                    network.serve(id, Arc::new(counting));
+                    let config = test_config(id);
+                    let builder =
+                        Node::builder(config, faulty.clone(), endpoint, machine, rt.clone());
+                    let builder = builder.bootstrap(Membership::with_voters(HOSTS));
+                    host.add_group(1, builder).await.unwrap()
+                } else {
+                    network.serve(id, Arc::new(host.clone()));
+                    let store = MemLogStore::new();
+                    let builder =
+                        Node::builder(test_config(id), store, endpoint, machine, rt.clone());
+                    let builder = builder.bootstrap(Membership::with_voters(HOSTS));
+                    host.add_group(1, builder).await.unwrap()
+                };
+                nodes.insert(id, (host, node));
+            }
+            // A leader other than 3, and a first write.
+            let leader = loop {
+                let leading = nodes.iter().find(|(_, (_, n))| n.status().role == Role::Leader);
+                if let Some((&id, (_, node))) = leading {
+                    if id == 3 {
+                        let _ = node.transfer_leadership(1).await;
+                    } else if node.write(Bytes::from_static(b"a")).await.is_ok() {
+                        break node.clone();
+                    }
+                }
+                rt.sleep(Duration::from_millis(10)).await;
+            };
+            // Node 3's store of group 1 hangs from now on (a stalled disk).
+            *faulty.write_gate.lock().unwrap() = Some(support::Gate::default());
+            let write = leader.write(Bytes::from_static(b"b"));
+            let _ =
+                futures::future::select(Box::pin(write), rt.sleep(Duration::from_secs(2))).await;
+            rt.sleep(Duration::from_secs(10)).await;
+            nodes
+        }
+    };
+    let nodes = rt.block_on(Duration::from_secs(60), setup, || {});
+    assert!(nodes.is_some(), "the scenario did not end in 60 s of virtual time");
+    let (now, peak) = (held.load(Ordering::SeqCst), peak.load(Ordering::SeqCst));
+    eprintln!("group 1's requests held at node 3 after 10 s of a hung store: {now} (peak {peak})");
+    assert!(peak > 2, "the hung store held no requests (peak {peak}): the scenario tests nothing");
+    // The count includes, for a moment, the one request being refused over the bound.
+    assert!(
+        peak <= bound + 1 && now <= bound,
+        "one group holds {now} inbound RPCs (peak {peak}), over its bound {bound} (raft-quic: \
+         256 streams per connection, all groups together)"
+    );
+}

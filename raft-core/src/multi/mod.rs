@@ -454,6 +454,12 @@ impl<G: Send + Sync + 'static> RpcHandler for Host<G> {
     /// receiver) as a single node does. A request for a group this host does not have (never
     /// added, still starting, or removed) is refused with [`RpcError::UnknownGroup`], or with
     /// [`RpcError::WrongNode`] if it was not even meant for this node id.
+    ///
+    /// Each group's node holds at most its [`Config::max_inbound_requests`](crate::Config::max_inbound_requests)
+    /// requests at once and refuses more with [`RpcError::Overloaded`], so that one group whose
+    /// log store stalls cannot take what the transport shares between the groups (raft-quic: a
+    /// connection's 256 streams, for every group of the peer; the default bound, 64, is a
+    /// quarter of them).
     async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
         let node = self.inner.read().get(&request.group_id).and_then(Slot::node).cloned();
         match node {
