@@ -153,6 +153,19 @@ pub struct Config {
     /// refresh) and slower to notice a dead leader without the host's help. Must exceed
     /// `election_timeout_max`.
     pub quiesce_check_interval: Duration,
+    /// The most inbound requests of this group the node holds at once (received, not yet
+    /// answered: an AppendEntries is answered once its entries are durable, so a stalled log
+    /// store holds them all, and a leader whose RPCs time out sends more). Requests beyond it
+    /// are refused at once with [`RpcError::Overloaded`](crate::RpcError::Overloaded), which
+    /// the sender treats as a failed RPC and retries later. It keeps one group's stalled store
+    /// from taking what a transport shares between groups: raft-quic gives a connection from
+    /// one peer 256 concurrent streams (`QuicConfig::max_concurrent_streams`) for every group of
+    /// that peer, and the default, [`DEFAULT_MAX_INBOUND_REQUESTS`] (64), leaves three quarters
+    /// of them to the other groups. Must be at least the in-flight window
+    /// (`max(max_inflight_append_entries, snapshot_max_inflight_chunks)`) plus
+    /// [`INBOUND_REQUEST_ROOM`] (heartbeats, votes, a second leader's requests), so that a busy
+    /// group never meets it in normal operation; set the same on every node of a group.
+    pub max_inbound_requests: usize,
 }
 
 impl Config {
@@ -190,6 +203,7 @@ impl Config {
             max_clock_drift: Duration::from_millis(100),
             quiesce_idle: false,
             quiesce_check_interval: Duration::from_secs(5),
+            max_inbound_requests: DEFAULT_MAX_INBOUND_REQUESTS,
         }
     }
 
@@ -273,6 +287,9 @@ impl Config {
         if window > MAX_INFLIGHT_WINDOW {
             return fail("max_inflight_append_entries and snapshot_max_inflight_chunks must be at most 4096 (the per-peer queue holds either window)");
         }
+        if self.max_inbound_requests < window.saturating_add(INBOUND_REQUEST_ROOM) {
+            return fail("max_inbound_requests must be at least max(max_inflight_append_entries, snapshot_max_inflight_chunks) + 16 (a busy group must not meet it)");
+        }
         let transfer_bytes =
             self.snapshot_chunk_bytes.saturating_mul(self.snapshot_max_inflight_chunks as u64);
         if transfer_bytes > MAX_SNAPSHOT_WINDOW_BYTES {
@@ -318,6 +335,14 @@ impl Config {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 }
+
+/// The default [`Config::max_inbound_requests`]: a quarter of raft-quic's default 256
+/// concurrent streams per connection, and twice the default AppendEntries window (32).
+pub const DEFAULT_MAX_INBOUND_REQUESTS: usize = 64;
+
+/// The room [`Config::max_inbound_requests`] must leave above the in-flight window: heartbeats,
+/// votes, a read's confirmation round and a previous leader's requests still held.
+pub const INBOUND_REQUEST_ROOM: usize = 16;
 
 /// The largest `snapshot_chunk_bytes` accepted: one chunk must fit a transport frame with room to
 /// spare (raft-quic's default frame limit is 16 MiB; raise it with the chunk size).

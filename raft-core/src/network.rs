@@ -216,12 +216,24 @@ pub enum RpcError {
         /// The group written on the request (`Envelope::group_id`).
         group: GroupId,
     },
+    /// The receiving node already holds `limit` unanswered requests of this group
+    /// ([`Config::max_inbound_requests`](crate::Config::max_inbound_requests); its log store is
+    /// stalled, for instance): the request was refused unseen, so that one group cannot take
+    /// what a transport shares between groups (raft-quic's streams of a connection). Transient:
+    /// the sender treats it like any failed RPC and retries later.
+    #[error("overloaded: the node holds {limit} unanswered requests of group {group}")]
+    Overloaded {
+        /// The group written on the request (`Envelope::group_id`).
+        group: GroupId,
+        /// The receiving node's bound (`Config::max_inbound_requests`).
+        limit: u64,
+    },
 }
 
 /// How many variants [`RpcError`] has in the current wire format: raft-quic's golden wire
 /// test checks that it holds the bytes of this many (raft-core's own test keeps the number
 /// true).
-pub const RPC_ERROR_VARIANTS: usize = 5;
+pub const RPC_ERROR_VARIANTS: usize = 6;
 
 impl RpcError {
     /// A short name of the variant (`"WrongCluster"`), for logs and metrics labels.
@@ -232,6 +244,7 @@ impl RpcError {
             RpcError::WrongCluster { .. } => "WrongCluster",
             RpcError::WrongGroup { .. } => "WrongGroup",
             RpcError::UnknownGroup { .. } => "UnknownGroup",
+            RpcError::Overloaded { .. } => "Overloaded",
         }
     }
 }
@@ -265,6 +278,7 @@ mod tests {
             RpcError::WrongCluster { .. } => 2,
             RpcError::WrongGroup { .. } => 3,
             RpcError::UnknownGroup { .. } => 4,
+            RpcError::Overloaded { .. } => 5,
         }
     }
 
@@ -276,6 +290,7 @@ mod tests {
             RpcError::WrongCluster { sender_cluster: 1, receiver_cluster: 2 },
             RpcError::WrongGroup { sender_group: 1, receiver_group: 2 },
             RpcError::UnknownGroup { group: 3 },
+            RpcError::Overloaded { group: 3, limit: 64 },
         ];
         assert_eq!(all.len(), crate::network::RPC_ERROR_VARIANTS);
         for (index, error) in all.iter().enumerate() {

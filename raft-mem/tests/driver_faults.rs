@@ -821,7 +821,17 @@ fn settings_that_overflow_the_driver_limits_are_refused() {
     transfer.snapshot_chunk_bytes = raft_core::config::MAX_SNAPSHOT_CHUNK_BYTES;
     transfer.snapshot_max_inflight_chunks = 64;
     assert!(transfer.validate().is_err(), "4 GiB of snapshot chunks in flight per follower");
-    let mut reads = valid;
+    let mut reads = valid.clone();
     reads.max_pending_reads = usize::MAX;
     assert!(reads.validate().is_err(), "unbounded reads");
+    // The bound on a group's held inbound requests leaves room above the in-flight window.
+    let room = raft_core::config::INBOUND_REQUEST_ROOM;
+    let mut inbound = valid;
+    inbound.max_inflight_append_entries = 48;
+    inbound.max_inbound_requests = 48 + room - 1;
+    assert!(inbound.validate().is_err(), "a busy group would meet its inbound bound");
+    inbound.max_inbound_requests = 48 + room;
+    assert_eq!(inbound.validate(), Ok(()));
+    inbound.snapshot_max_inflight_chunks = 64;
+    assert!(inbound.validate().is_err(), "a snapshot window would meet the inbound bound");
 }

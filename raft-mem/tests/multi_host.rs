@@ -1352,6 +1352,8 @@ macro_rules! every_scenario {
                 shutdown_waits_for_a_log_write_in_flight_looped;
             a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor,
                 a_stale_request_of_a_removed_incarnation_is_not_taken_by_its_successor_looped;
+            a_group_cannot_remove_itself_from_inside_its_state_machine,
+                a_group_cannot_remove_itself_from_inside_its_state_machine_looped;
         }
     };
 }
@@ -1646,4 +1648,229 @@ async fn a_payload_whose_drop_panics_stops_its_group_alone<R: Runtime + Clone>(r
     }
     let removed = within(&rt, "host shutdown", host.shutdown()).await;
     assert_eq!(removed.len(), GROUPS.len());
+}
+
+/// What [`SelfRemoving`] saw when its group tried to remove itself from inside `apply`.
+#[derive(Default)]
+struct SelfRemoval {
+    removed: Option<Result<(), RemoveGroupError>>,
+    readded: Option<bool>,
+    host_shutdown_removed: Option<Vec<GroupId>>,
+}
+
+/// A state machine whose group removes itself (`remove-me`: a "destroy this shard" command) or
+/// shuts its whole host down (`shutdown-host`) from inside its own `apply`.
+#[derive(Clone)]
+struct SelfRemoving<R> {
+    record: RecordingStateMachine,
+    host: Arc<std::sync::Mutex<Option<Host>>>,
+    store: MemLogStore,
+    rt: R,
+    seen: Arc<std::sync::Mutex<SelfRemoval>>,
+}
+
+#[async_trait]
+impl<R: Runtime + Clone> StateMachine for SelfRemoving<R> {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        let host = self.host.lock().unwrap().clone();
+        if let Some(host) = host {
+            for command in entries.iter().filter_map(Entry::command) {
+                if command.as_ref() == b"remove-me" {
+                    let removed = host.remove_group(1).await.map(|_| ());
+                    // Were the id free and the store unused, the documented way to re-add the
+                    // id: the same replica again, on its kept store.
+                    let builder = Node::builder(
+                        test_config(1),
+                        self.store.clone(),
+                        MemNetwork::new().endpoint(1),
+                        RecordingStateMachine::default(),
+                        self.rt.clone(),
+                    );
+                    let readded = host.add_group(1, builder).await.is_ok();
+                    let mut seen = self.seen.lock().unwrap();
+                    seen.removed = Some(removed);
+                    seen.readded = Some(readded);
+                } else if command.as_ref() == b"shutdown-host" {
+                    let removed = host.shutdown().await.into_iter().map(|r| r.id).collect();
+                    self.seen.lock().unwrap().host_shutdown_removed = Some(removed);
+                }
+            }
+        }
+        self.record.apply(entries).await
+    }
+}
+
+/// Guards `Host::remove_group` and `Host::shutdown` called from inside the removed group's own
+/// state machine (review 39, M): the node cannot stop while its applier waits in that very
+/// `apply`, and `remove_group` used to return `Ok(RemovedGroup)` anyway ("its node has stopped,
+/// its stores are no longer used") while the node ran on, so that an `add_group` of the same id
+/// on the same store ran two nodes on one store. It is refused with
+/// `RemoveGroupError::InsideStateMachine` and changes nothing; `Host::shutdown` leaves that group
+/// hosted and removes the others; removed from outside, the group then goes as usual.
+async fn a_group_cannot_remove_itself_from_inside_its_state_machine<R: Runtime + Clone>(
+    rt: R,
+    mode: Mode,
+) {
+    let host: Host = match mode {
+        Mode::Tasks => Host::new(1),
+        Mode::Loop => Host::with_loop(1, rt.clone()),
+    };
+    let network = MemNetwork::new();
+    let store = MemLogStore::new();
+    let seen = Arc::new(std::sync::Mutex::new(SelfRemoval::default()));
+    let machine = SelfRemoving {
+        record: RecordingStateMachine::default(),
+        host: Arc::new(std::sync::Mutex::new(Some(host.clone()))),
+        store: store.clone(),
+        rt: rt.clone(),
+        seen: seen.clone(),
+    };
+    let builder = Node::builder(test_config(1), store, network.endpoint(1), machine, rt.clone())
+        .bootstrap(Membership::with_voters([1]));
+    let node = host.add_group(1, builder).await.unwrap();
+    let other = Node::builder(
+        test_config(1),
+        MemLogStore::new(),
+        network.endpoint(1),
+        RecordingStateMachine::default(),
+        rt.clone(),
+    )
+    .bootstrap(Membership::with_voters([1]));
+    host.add_group(2, other).await.unwrap();
+    within(&rt, "a first write", async {
+        while node.write(Bytes::from_static(b"before")).await.is_err() {
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Answered once applied: the apply that tried the removal has returned.
+    let written = within(&rt, "the removal", node.write(Bytes::from_static(b"remove-me"))).await;
+    assert_eq!(written.unwrap().as_ref(), b"remove-me", "the group kept running");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.removed,
+            Some(Err(RemoveGroupError::InsideStateMachine { group: 1 })),
+            "remove_group inside the group's own apply returned before its node stopped"
+        );
+        assert_eq!(seen.readded, Some(false), "a second node was started on the group's store");
+    }
+    assert!(matches!(host.groups()[0].health, GroupHealth::Running), "{:?}", host.groups());
+    let written =
+        within(&rt, "the host shutdown", node.write(Bytes::from_static(b"shutdown-host")));
+    assert_eq!(written.await.unwrap().as_ref(), b"shutdown-host", "the group kept running");
+    let removed = seen.lock().unwrap().host_shutdown_removed.clone();
+    assert_eq!(
+        removed,
+        Some(vec![2]),
+        "Host::shutdown inside group 1's apply removes only group 2"
+    );
+    let ids: Vec<GroupId> = host.groups().iter().map(|g| g.id).collect();
+    assert_eq!(ids, vec![1]);
+    let removed = within(&rt, "the removal from outside", host.remove_group(1)).await.unwrap();
+    assert_eq!(removed.id, 1);
+    assert!(host.groups().is_empty());
+}
+
+/// Counts the inbound requests its host is handling (held) at once, and the most ever.
+struct CountingHandler {
+    host: Host,
+    held: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// Takes one off the held count when a request's handling ends (or is dropped).
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl RpcHandler for CountingHandler {
+    async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
+        let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let _held = Held(self.held.clone());
+        self.host.handle_rpc(request).await
+    }
+}
+
+/// Guards the per-group bound on the inbound requests a node holds (review 39, M): one group's
+/// hung log store held an unbounded number of that group's inbound RPCs at the node (326 after
+/// 10 s: AppendEntries are answered after persistence, and the leader's timed-out requests are
+/// sent again), and over raft-quic those took the connection's 256 streams, which all groups
+/// from that peer share. Now the node holds at most `Config::max_inbound_requests` of a group
+/// and refuses the rest at once (`RpcError::Overloaded`, a failed RPC to the leader). On the
+/// simulated runtime: 10 s of virtual time, deterministic.
+#[test]
+fn one_groups_hung_store_holds_a_bounded_number_of_inbound_rpcs() {
+    let rt = raft_mem::sim::SimRuntime::new();
+    let network = MemNetwork::with_runtime(rt.clone(), 7);
+    network.set_rpc_timeout(Some(Duration::from_millis(500)), 0.0);
+    let (held, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let faulty = support::FaultyStore::default();
+    let bound = test_config(3).max_inbound_requests;
+    let setup = {
+        let (rt, network, held, peak, faulty) =
+            (rt.clone(), network.clone(), held.clone(), peak.clone(), faulty.clone());
+        async move {
+            let mut nodes = BTreeMap::new();
+            for id in HOSTS {
+                let host: Host = Host::new(id);
+                let endpoint = network.endpoint(id);
+                let machine = RecordingStateMachine::default();
+                let node = if id == 3 {
+                    let (held, peak) = (held.clone(), peak.clone());
+                    let counting = CountingHandler { host: host.clone(), held, peak };
+                    network.serve(id, Arc::new(counting));
+                    let config = test_config(id);
+                    let builder =
+                        Node::builder(config, faulty.clone(), endpoint, machine, rt.clone());
+                    let builder = builder.bootstrap(Membership::with_voters(HOSTS));
+                    host.add_group(1, builder).await.unwrap()
+                } else {
+                    network.serve(id, Arc::new(host.clone()));
+                    let store = MemLogStore::new();
+                    let builder =
+                        Node::builder(test_config(id), store, endpoint, machine, rt.clone());
+                    let builder = builder.bootstrap(Membership::with_voters(HOSTS));
+                    host.add_group(1, builder).await.unwrap()
+                };
+                nodes.insert(id, (host, node));
+            }
+            // A leader other than 3, and a first write.
+            let leader = loop {
+                let leading = nodes.iter().find(|(_, (_, n))| n.status().role == Role::Leader);
+                if let Some((&id, (_, node))) = leading {
+                    if id == 3 {
+                        let _ = node.transfer_leadership(1).await;
+                    } else if node.write(Bytes::from_static(b"a")).await.is_ok() {
+                        break node.clone();
+                    }
+                }
+                rt.sleep(Duration::from_millis(10)).await;
+            };
+            // Node 3's store of group 1 hangs from now on (a stalled disk).
+            *faulty.write_gate.lock().unwrap() = Some(support::Gate::default());
+            let write = leader.write(Bytes::from_static(b"b"));
+            let _ =
+                futures::future::select(Box::pin(write), rt.sleep(Duration::from_secs(2))).await;
+            rt.sleep(Duration::from_secs(10)).await;
+            nodes
+        }
+    };
+    let nodes = rt.block_on(Duration::from_secs(60), setup, || {});
+    assert!(nodes.is_some(), "the scenario did not end in 60 s of virtual time");
+    let (now, peak) = (held.load(Ordering::SeqCst), peak.load(Ordering::SeqCst));
+    eprintln!("group 1's requests held at node 3 after 10 s of a hung store: {now} (peak {peak})");
+    assert!(peak > 2, "the hung store held no requests (peak {peak}): the scenario tests nothing");
+    // The count includes, for a moment, the one request being refused over the bound.
+    assert!(
+        peak <= bound + 1 && now <= bound,
+        "one group holds {now} inbound RPCs (peak {peak}), over its bound {bound} (raft-quic: \
+         256 streams per connection, all groups together)"
+    );
 }

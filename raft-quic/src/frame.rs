@@ -734,6 +734,7 @@ mod tests {
             Refusal::Handler(RpcError::WrongCluster { sender_cluster: MAX, receiver_cluster: MAX }),
             Refusal::Handler(RpcError::WrongGroup { sender_group: MAX, receiver_group: MAX }),
             Refusal::Handler(RpcError::UnknownGroup { group: MAX }),
+            Refusal::Handler(RpcError::Overloaded { group: MAX, limit: MAX }),
             Refusal::RemovedNode(MAX),
             Refusal::malformed("x".repeat(10 * MAX_REASON_LEN)),
             Refusal::Busy,

@@ -312,7 +312,20 @@ async fn serve_stream(
     let (response, held) = match read {
         Ok(Ok((Inbound::Lone(request), held))) => {
             drop(recv);
-            (respond(&shared, peer, request).await, held)
+            // A peer that stopped waiting for the answer (its RPC timed out) stops the stream:
+            // the handler is then dropped at once, so that the stream, which counts against the
+            // connection's `max_concurrent_streams` until it ends, is not held for an answer
+            // nobody reads (a group whose store stalls would otherwise keep its peers' streams).
+            let stopped = send.stopped();
+            let answered = respond(&shared, peer, request);
+            match futures::future::select(Box::pin(answered), Box::pin(stopped)).await {
+                futures::future::Either::Left((response, _)) => (response, held),
+                futures::future::Either::Right(_) => {
+                    debug!(node = shared.id, peer, "the peer stopped waiting: handler dropped");
+                    let _ = send.reset(code::CANCELLED);
+                    return;
+                }
+            }
         }
         Ok(Ok((Inbound::Batch(requests), held))) => {
             drop(recv);

@@ -243,3 +243,34 @@ async fn a_slow_but_alive_peer_keeps_its_connection() {
     net1.close().await;
     net2.close().await;
 }
+
+/// Guards the streams of a connection against handlers nobody waits for (review 39, M): a
+/// lone request whose sender gave up (its RPC timed out, and the dropped stream stops the
+/// answer) has its handler dropped at once, so that the stream, which counts against the
+/// connection's `max_concurrent_streams` shared by every group, ends instead of waiting for a
+/// handler held by a stalled store. (Before, the handler ran until the gate opened.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_sender_gave_up_is_dropped() {
+    init_tracing();
+    let rt: Arc<dyn Runtime> = Arc::new(TokioRuntime);
+    let ca = ClusterCa::generate().unwrap();
+    let idle = Duration::from_secs(120);
+    let net1 = QuicNetwork::bind(impatient(&ca, 1, idle), rt.clone()).unwrap();
+    let net2 = QuicNetwork::bind(impatient(&ca, 2, idle), rt.clone()).unwrap();
+    net1.set_peer(2, net2.local_addr());
+    let handler = TestHandler::new(2);
+    net2.serve(handler.clone());
+    bounded(&rt, "RPC to node 2", net1.send_to(2, heartbeat(1))).await.unwrap();
+    let gate = handler.close_gate();
+    let held = bounded(&rt, "held RPC", net1.send_to(2, append(1, 1, 10, b"gated"))).await;
+    assert!(matches!(held, Err(NetworkError::Timeout(2))), "{held:?}");
+    eventually(&rt, "the abandoned handler dropped", Duration::from_millis(10), || {
+        let abandoned = handler.abandoned();
+        async move { (abandoned == 1).then_some(()) }
+    })
+    .await;
+    drop(gate);
+    bounded(&rt, "RPC after the timeout", net1.send_to(2, heartbeat(1))).await.unwrap();
+    net1.close().await;
+    net2.close().await;
+}

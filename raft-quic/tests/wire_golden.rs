@@ -201,6 +201,10 @@ fn refusals() -> Vec<(&'static str, WireResponse)> {
             "Handler(UnknownGroup)",
             WireResponse::Refused(Refusal::Handler(RpcError::UnknownGroup { group: 9 })),
         ),
+        (
+            "Handler(Overloaded)",
+            WireResponse::Refused(Refusal::Handler(RpcError::Overloaded { group: 9, limit: 64 })),
+        ),
         ("RemovedNode", WireResponse::Refused(Refusal::RemovedNode(5))),
         ("Malformed", WireResponse::Refused(Refusal::Malformed("bad".into()))),
         ("Busy", WireResponse::Refused(Refusal::Busy)),
@@ -231,6 +235,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("refusal Handler(WrongCluster)", "00000006040102020506"),
     ("refusal Handler(WrongGroup)", "00000006040102030708"),
     ("refusal Handler(UnknownGroup)", "000000050401020409"),
+    ("refusal Handler(Overloaded)", "00000006040102050940"),
     ("refusal RemovedNode", "0000000404010305"),
     ("refusal Malformed", "0000000704010403626164"),
     ("refusal Busy", "00000003040105"),

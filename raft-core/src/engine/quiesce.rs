@@ -151,14 +151,16 @@ impl Engine {
     /// wake-up starts now.
     fn quiesce(&mut self) {
         let interval = self.timing.quiesce_check_ticks.max(2);
+        // Saturating: an interval of more than `u64::MAX / 2` ticks (`Duration::MAX`, which
+        // `Config::validate` accepts) means "effectively never", not an overflow.
         let (base, span) = match self.role {
             RoleState::Leader(_) => (interval / 2, interval - interval / 2),
-            _ => (2 * interval, interval),
+            _ => (interval.saturating_mul(2), interval),
         };
         self.quiet.quiesced = true;
         self.quiet.elapsed = 0;
         self.quiet.since = self.now;
-        self.quiet.deadline = base + self.rng.next_u64() % span.max(1);
+        self.quiet.deadline = base.saturating_add(self.rng.next_u64() % span.max(1));
     }
 
     /// A tick of a quiesced engine: counts towards its deadline; at the deadline a leader

@@ -67,4 +67,13 @@ pub enum RemoveGroupError {
         /// The group id asked for.
         group: GroupId,
     },
+    /// Called from inside the group's own state machine (`apply`, `snapshot`, `restore`): its
+    /// node cannot stop before that call returns, so the group cannot be removed from there.
+    /// Nothing was done: the group runs on. Remove it from another task (spawned from the state
+    /// machine, for instance), which waits until the call returned and the node stopped.
+    #[error("group {group} cannot be removed from inside its own state machine")]
+    InsideStateMachine {
+        /// The group id asked for.
+        group: GroupId,
+    },
 }

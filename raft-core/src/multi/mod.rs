@@ -396,12 +396,24 @@ impl<G> Host<G> {
     ///
     /// Works on failed groups alike. Cancellation-safe: dropped before it returns, the group
     /// stays hosted (stopping or stopped) and a later call removes it.
+    ///
+    /// Called from inside the group's own state machine (`apply`, `snapshot`, `restore`), it
+    /// is refused with [`RemoveGroupError::InsideStateMachine`] and does nothing: the node
+    /// cannot stop before that call returns, so it could neither wait for the node (it would
+    /// wait for itself) nor return a [`RemovedGroup`] whose node still runs (an `add_group` of
+    /// the id on the same stores would then run two nodes on them). A group that removes
+    /// itself (a "destroy this shard" command) does it from another task, spawned from its
+    /// state machine: that call returns once the state machine call has returned and the node
+    /// stopped. Called from another group's state machine, it works as from anywhere else.
     pub async fn remove_group(&self, group: GroupId) -> Result<RemovedGroup<G>, RemoveGroupError> {
         let node = match self.inner.read().get(&group) {
             None => return Err(RemoveGroupError::NotHosted { group }),
             Some(Slot::Starting) => return Err(RemoveGroupError::Starting { group }),
             Some(Slot::Hosted { node, .. }) => node.clone(),
         };
+        if node.inside_own_state_machine() {
+            return Err(RemoveGroupError::InsideStateMachine { group });
+        }
         node.shutdown().await;
         let mut groups = self.inner.write();
         // Another call may have removed it (and someone added the id again) meanwhile.
@@ -423,7 +435,9 @@ impl<G> Host<G> {
     }
 
     /// Removes every group that has started (see [`Host::remove_group`]), all at once, and
-    /// returns them. Groups still starting are left in place.
+    /// returns them. Groups still starting are left in place, and so is the group whose state
+    /// machine makes this call, if one does (see [`RemoveGroupError::InsideStateMachine`]):
+    /// remove it afterwards from outside its state machine.
     pub async fn shutdown(&self) -> Vec<RemovedGroup<G>> {
         let ids: Vec<GroupId> = {
             let groups = self.inner.read();
@@ -440,6 +454,12 @@ impl<G: Send + Sync + 'static> RpcHandler for Host<G> {
     /// receiver) as a single node does. A request for a group this host does not have (never
     /// added, still starting, or removed) is refused with [`RpcError::UnknownGroup`], or with
     /// [`RpcError::WrongNode`] if it was not even meant for this node id.
+    ///
+    /// Each group's node holds at most its [`Config::max_inbound_requests`](crate::Config::max_inbound_requests)
+    /// requests at once and refuses more with [`RpcError::Overloaded`], so that one group whose
+    /// log store stalls cannot take what the transport shares between the groups (raft-quic: a
+    /// connection's 256 streams, for every group of the peer; the default bound, 64, is a
+    /// quarter of them).
     async fn handle_rpc(&self, request: Envelope) -> Result<RpcResponse, RpcError> {
         let node = self.inner.read().get(&request.group_id).and_then(Slot::node).cloned();
         match node {

@@ -36,6 +36,7 @@ mod waiters;
 mod watch;
 mod writer;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -205,6 +206,12 @@ struct Shared {
     address: peer::Address,
     /// Refused inbound requests, logged at most once per interval per sender and refusal.
     refusals: Mutex<quiet::QuietLog<(NodeId, &'static str)>>,
+    /// The inbound requests being handled (received, not yet answered).
+    inbound_held: AtomicUsize,
+    /// Bounds `inbound_held` (`Config::max_inbound_requests`): beyond it a request is refused
+    /// (`RpcError::Overloaded`), so that one group with a stalled store cannot hold what a
+    /// transport shares between groups (raft-quic: the streams of a connection).
+    max_inbound_requests: usize,
     max_payload_bytes: u64,
     heartbeat_interval: Duration,
     /// How long a membership change waits for an earlier one (or the leader's first commit).
@@ -628,6 +635,8 @@ impl Node {
                 id,
                 address: peer::Address { cluster_id: config.cluster_id, group_id: config.group_id },
                 refusals: Mutex::new(quiet::QuietLog::default()),
+                inbound_held: AtomicUsize::new(0),
+                max_inbound_requests: config.max_inbound_requests,
                 max_payload_bytes: config.max_payload_bytes,
                 heartbeat_interval: config.heartbeat_interval,
                 change_wait: config.election_timeout_max,
@@ -878,6 +887,12 @@ impl Node {
         self.shared.inputs.is_closed()
     }
 
+    /// Whether this runs inside a call of this node's own state machine (`apply`, `snapshot`,
+    /// `restore`): the node cannot stop before that call returns.
+    pub(crate) fn inside_own_state_machine(&self) -> bool {
+        reentrancy::inside_state_machine(self.shared.token)
+    }
+
     /// Whether `other` is a handle to this very node (not another node started later).
     pub(crate) fn same_node(&self, other: &Node) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -896,8 +911,9 @@ impl Node {
     ///
     /// Called inside this node's own state machine, it only asks the node to stop and returns at
     /// once: the node waits for that call to finish, so waiting here would wait for itself.
+    /// (`Host::remove_group`, which promises a stopped node, refuses such a call instead.)
     pub async fn shutdown(&self) {
-        if reentrancy::inside_state_machine(self.shared.token) {
+        if self.inside_own_state_machine() {
             let _ = self.shared.inputs.try_send(Input::Shutdown);
             return;
         }
@@ -910,9 +926,13 @@ impl Node {
 
 #[async_trait]
 impl RpcHandler for Node {
+    /// Checks the envelope, then hands the request to the main loop and waits for its answer
+    /// (an AppendEntries is answered once its entries are durable). The node holds at most
+    /// `Config::max_inbound_requests` requests at once; beyond, a request is refused at once
+    /// with [`RpcError::Overloaded`] (the sender retries it as a failed RPC).
     async fn handle_rpc(&self, envelope: Envelope) -> Result<RpcResponse, RpcError> {
         let shared = &self.shared;
-        if let Err(refusal) = shared.address.accepts(shared.id, &envelope) {
+        let refused = |refusal: RpcError, envelope: &Envelope| {
             let sender = envelope.request.sender();
             let now = shared.runtime.now();
             let mut refusals = shared.refusals.lock().unwrap_or_else(|p| p.into_inner());
@@ -925,10 +945,40 @@ impl RpcHandler for Node {
                     "refused a request: {refusal}"
                 );
             }
-            return Err(refusal);
+            Err(refusal)
+        };
+        if let Err(refusal) = shared.address.accepts(shared.id, &envelope) {
+            return refused(refusal, &envelope);
         }
+        let Some(_held) = InboundSlot::take(&shared.inbound_held, shared.max_inbound_requests)
+        else {
+            let limit = u64::try_from(shared.max_inbound_requests).unwrap_or(u64::MAX);
+            return refused(RpcError::Overloaded { group: envelope.group_id, limit }, &envelope);
+        };
         let request = envelope.request;
         self.ask(|reply| Input::Request { request, reply }).await.ok_or(RpcError::Shutdown)
+    }
+}
+
+/// One inbound request held by a node (counted in `Shared::inbound_held`), given back when its
+/// handling ends or is dropped.
+struct InboundSlot<'a> {
+    held: &'a AtomicUsize,
+}
+
+impl<'a> InboundSlot<'a> {
+    /// Takes a slot, unless `limit` are held.
+    fn take(held: &'a AtomicUsize, limit: usize) -> Option<Self> {
+        let taken = held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now < limit).then_some(now + 1)
+        });
+        taken.ok().map(|_| Self { held })
+    }
+}
+
+impl Drop for InboundSlot<'_> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

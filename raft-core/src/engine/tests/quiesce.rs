@@ -736,3 +736,18 @@ fn a_non_members_pre_vote_does_not_wake_a_quiesced_group() {
         c.nodes.iter().filter(|(_, n)| !n.engine.is_quiesced()).map(|(&id, _)| id).collect();
     assert!(awake.is_empty(), "a non-member's PreVote woke {awake:?} (leader {leader})");
 }
+
+/// Guards a huge `quiesce_check_interval` (review 39, L): `validate` accepts any value above the
+/// election timeout, and one whose tick count exceeds `u64::MAX / 2` overflowed a follower's
+/// fallback deadline (`2 * interval` in `Engine::quiesce`) when the leader's mark arrived. Such
+/// an interval means "effectively never": the group quiesces and no deadline overflows.
+#[test]
+fn a_huge_check_interval_does_not_overflow_a_followers_deadline() {
+    let mut configs = quiet_configs(3);
+    for c in &mut configs {
+        c.quiesce_check_interval = std::time::Duration::MAX;
+        c.validate().unwrap();
+    }
+    let (c, _leader) = quiet_cluster(configs);
+    assert!(all_quiesced(&c));
+}
