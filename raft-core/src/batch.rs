@@ -37,6 +37,11 @@ pub struct WriteBatch {
     pub truncate_from: Option<LogIndex>,
     /// Entries to append.
     pub entries: Vec<Entry>,
+    /// The engine's number for this write: 1, 2, ... in the order it emits `Persist` batches
+    /// (0 for a batch no engine made). Stores ignore it; [`WriteBatch::merge`] keeps the later
+    /// batch's, and `PersistedWrite::of` reports it, which tells the engine which of its writes
+    /// (and so which truncations) a finished write covers.
+    pub seq: u64,
 }
 
 impl WriteBatch {
@@ -65,5 +70,6 @@ impl WriteBatch {
             }
         }
         self.entries.extend(later.entries);
+        self.seq = self.seq.max(later.seq);
     }
 }

@@ -126,7 +126,9 @@ pub struct Config {
     /// also refuses votes during its first election timeout after starting, when it cannot know
     /// whether it promised a leader its lease before a restart): a leader has a lease only from
     /// a majority of voters that enable it. A leader that started a leadership transfer serves
-    /// no lease reads for the rest of its term.
+    /// no lease reads for the rest of its term. A driver of the bare engine must give it the
+    /// clock (`Engine::set_now`, as the node's main loop does): without one, no read is answered
+    /// from a lease.
     pub lease_reads: bool,
     /// The clock-drift margin of lease reads, subtracted from the lease.
     pub max_clock_drift: Duration,

@@ -136,6 +136,7 @@ fn generate(seed: u64) -> Vec<Op> {
                 hard_state: Some(hard_state),
                 truncate_from: Some(cut),
                 entries,
+                seq: 0,
             })
         } else if roll < 20 && last.index >= first {
             Op::Purge(first + rng.below((last.index - first + 1).min(20)))
@@ -149,7 +150,7 @@ fn generate(seed: u64) -> Vec<Op> {
             let entries = (last.index + 1..last.index + 1 + count)
                 .map(|i| make_entry(&mut rng, i, term))
                 .collect();
-            Op::Write(WriteBatch { hard_state, truncate_from: None, entries })
+            Op::Write(WriteBatch { hard_state, truncate_from: None, entries, seq: 0 })
         };
         model.apply(&op);
         ops.push(op);

@@ -212,8 +212,12 @@ fn a_batch_that_would_leave_an_unopenable_store_is_refused_before_commit() {
     let store = LmdbLogStore::open_dir(&dir).unwrap();
     expect_refused(&dir, store, append(vec![entry(9, 3, 10)]), LogId::new(4, 8));
     let store = LmdbLogStore::open_dir(&dir).unwrap();
-    let overwrite_lower =
-        WriteBatch { truncate_from: Some(8), entries: vec![entry(8, 3, 10)], hard_state: None };
+    let overwrite_lower = WriteBatch {
+        truncate_from: Some(8),
+        entries: vec![entry(8, 3, 10)],
+        hard_state: None,
+        seq: 0,
+    };
     expect_refused(&dir, store, overwrite_lower, LogId::new(4, 8));
     // Indexes that do not follow.
     let store = LmdbLogStore::open_dir(&dir).unwrap();
@@ -223,8 +227,12 @@ fn a_batch_that_would_leave_an_unopenable_store_is_refused_before_commit() {
 
     // Valid writes still go through: an overwrite with a higher term, and equal terms.
     let store = LmdbLogStore::open_dir(&dir).unwrap();
-    let overwrite =
-        WriteBatch { truncate_from: Some(7), entries: vec![entry(7, 6, 10)], hard_state: None };
+    let overwrite = WriteBatch {
+        truncate_from: Some(7),
+        entries: vec![entry(7, 6, 10)],
+        hard_state: None,
+        seq: 0,
+    };
     block_on(store.write(overwrite)).unwrap();
     block_on(store.write(append(vec![entry(8, 6, 10), entry(9, 6, 10)]))).unwrap();
     drop(store);

@@ -32,6 +32,9 @@ impl Engine {
             self.role = RoleState::Candidate(tally);
         }
         self.leader_id = None;
+        // Its promise to refuse votes ran out before its election timer did, or a TimeoutNow
+        // overrode it (the leader that sent it serves no more lease reads).
+        self.heard_leader_elapsed = None;
         if self.check_election() {
             return;
         }

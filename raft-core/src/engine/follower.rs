@@ -19,8 +19,7 @@ impl Engine {
         if req.term > self.hard_state.current_term || !matches!(self.role, RoleState::Follower) {
             self.become_follower(req.term, Some(req.leader_id));
         }
-        self.leader_id = Some(req.leader_id);
-        self.election_elapsed = 0;
+        self.heard_from_leader(req.leader_id);
 
         let prev = req.prev_log_id;
         if prev.index < self.log.commit_index.max(self.log.compacted().index) {
@@ -106,7 +105,7 @@ impl Engine {
                 );
                 return false;
             }
-            self.log.truncate(conflict_index);
+            self.log.truncate(conflict_index, self.writes_emitted + 1);
             self.pending_write.truncate_from = Some(
                 self.pending_write.truncate_from.map_or(conflict_index, |t| t.min(conflict_index)),
             );
@@ -171,6 +170,9 @@ impl Engine {
             voted_for: Some(req.candidate_id),
         });
         self.reset_election_timer();
+        // Past its promise (`in_leader_lease`), or a leadership transfer overrode it: the
+        // leader that sent TimeoutNow serves no more lease reads.
+        self.heard_leader_elapsed = None;
         RequestVoteResponse { term: req.term, vote_granted: true, pre_vote: false }
     }
 

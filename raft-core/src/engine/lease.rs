@@ -91,6 +91,8 @@ impl Engine {
     /// the node's life, such as [`Runtime::now`](crate::Runtime::now)). Lease reads use it,
     /// and a quiesced engine counts no more ticks toward its deadline than it says passed
     /// (ticks delivered late in a batch only delay); the engine never reads a clock itself.
+    /// It is mandatory with lease reads ([`Config::lease_reads`](crate::Config::lease_reads)): an
+    /// engine never given a clock answers every read with a quorum round, never from a lease.
     /// Once called, it must be called with a fresh reading, taken after the input arrived,
     /// before every [`Engine::tick`] (a frozen reading keeps a quiesced engine from its
     /// deadline), [`Engine::read_index`] and
@@ -174,10 +176,13 @@ impl Engine {
         }
     }
 
-    /// Whether this leader may answer a read now from its lease.
+    /// Whether this leader may answer a read now from its lease. Never without a clock: a
+    /// driver that never called [`Engine::set_now`] leaves `now` at zero, before every lease's
+    /// end, and its leases would never run out.
     pub(super) fn lease_holds(&self) -> bool {
         let RoleState::Leader(leader) = &self.role else { return false };
         self.config.lease_reads
+            && self.quiet.clocked
             && !leader.lease.void
             && leader.transfer.is_none()
             && leader.lease.until.is_some_and(|until| self.now < until)

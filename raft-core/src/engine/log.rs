@@ -29,6 +29,12 @@ pub(crate) struct RaftLog {
     pub(crate) applied_index: LogIndex,
     /// The memberships the log holds, kept in step with every change of the entries.
     membership: MembershipLog,
+    /// Truncations (and snapshot installs, which drop every entry after the snapshot) not yet
+    /// known durable, oldest first: (the number of the first write whose report proves it
+    /// durable, the first index it removes). A finished write issued before one of them may
+    /// have written entries at or after that index which the store then loses, even if the log
+    /// holds entries with the same ids again (written back by a later write): see `persisted`.
+    cuts: VecDeque<(u64, LogIndex)>,
 }
 
 impl RaftLog {
@@ -53,6 +59,7 @@ impl RaftLog {
             durable_index,
             apply_sent_index: compacted.index,
             applied_index: compacted.index,
+            cuts: VecDeque::new(),
         }
     }
 
@@ -143,14 +150,15 @@ impl RaftLog {
         self.entries.push_back(entry);
     }
 
-    /// Removes every entry with index `>= from` (a conflicting suffix). Never below the commit
-    /// point: callers check.
-    pub(crate) fn truncate(&mut self, from: LogIndex) {
+    /// Removes every entry with index `>= from` (a conflicting suffix), in the store with write
+    /// number `seq` (the next to be emitted). Never below the commit point: callers check.
+    pub(crate) fn truncate(&mut self, from: LogIndex, seq: u64) {
         if let Some(pos) = self.position(from) {
             self.entries.truncate(pos);
         }
         self.membership.truncated(from);
         self.durable_index = self.durable_index.min(from.saturating_sub(1));
+        self.cut(seq, from);
     }
 
     /// Drops every entry up to `up_to` (log compaction after a snapshot). `up_to` must be held by
@@ -168,20 +176,39 @@ impl RaftLog {
 
     /// Replaces the whole log by an empty log after `last` (a snapshot installed from the
     /// leader): `last` is committed, and durable once the store's reset is; `membership` is the
-    /// snapshot's.
-    pub(crate) fn reset_to(&mut self, last: LogId, membership: Membership) {
+    /// snapshot's. `seq`: the number of the next write, which the store carries out after the
+    /// reset (which drops every entry after `last` that earlier writes stored).
+    pub(crate) fn reset_to(&mut self, last: LogId, membership: Membership, seq: u64) {
         self.entries.clear();
         self.membership.reset(last.index, membership);
         self.compacted = last;
         self.durable_index = last.index;
         self.commit_index = self.commit_index.max(last.index);
+        self.cut(seq, last.index.saturating_add(1));
     }
 
-    /// Records that the store made everything up to `last` durable, unless `last` has since been
-    /// overwritten by a truncation.
-    pub(crate) fn persisted(&mut self, last: LogId) {
-        if last.index > self.durable_index && self.matches(last) {
-            self.durable_index = last.index;
+    /// Notes a truncation at `from` that write `seq` makes durable (one per write: the lowest).
+    fn cut(&mut self, seq: u64, from: LogIndex) {
+        match self.cuts.back_mut() {
+            Some((last_seq, last_from)) if *last_seq == seq => *last_from = (*last_from).min(from),
+            _ => self.cuts.push_back((seq, from)),
+        }
+    }
+
+    /// Records that the store finished every write up to number `seq`, the last of which ended
+    /// with entry `last` (if any entry was written): everything up to `last` is durable, unless
+    /// `last` has since been overwritten, and except what a truncation issued after that write
+    /// removes (it may have removed entries the log now holds again, written back by a write
+    /// not yet finished: only that write's report makes them durable).
+    pub(crate) fn persisted(&mut self, seq: u64, last: Option<LogId>) {
+        while self.cuts.front().is_some_and(|&(cut_seq, _)| cut_seq <= seq) {
+            self.cuts.pop_front();
+        }
+        let Some(last) = last else { return };
+        let kept = self.cuts.iter().map(|&(_, from)| from.saturating_sub(1)).min();
+        let durable = kept.map_or(last.index, |kept| kept.min(last.index));
+        if durable > self.durable_index && self.matches(last) {
+            self.durable_index = durable;
         }
     }
 
@@ -255,13 +282,14 @@ mod tests {
     #[test]
     fn truncate_lowers_durable_and_persisted_ignores_overwritten() {
         let mut log = log_of(&[1, 1, 1]);
-        log.truncate(2);
+        log.truncate(2, 2);
         assert_eq!(log.last_index(), 1);
         assert_eq!(log.durable_index, 1);
         log.push(entry(2, 2));
-        log.persisted(LogId::new(1, 3)); // the old write of (1,3) finished: overwritten, ignored
+        // The old write of (1,3) finished: overwritten, ignored.
+        log.persisted(1, Some(LogId::new(1, 3)));
         assert_eq!(log.durable_index, 1);
-        log.persisted(LogId::new(2, 2));
+        log.persisted(2, Some(LogId::new(2, 2)));
         assert_eq!(log.durable_index, 2);
     }
 
@@ -287,7 +315,7 @@ mod tests {
         assert_eq!(log.term_at(2), None);
         assert_eq!(log.slice(4, 10, u64::MAX).len(), 2);
         assert_eq!(log.last_log_id(), LogId::new(3, 5));
-        log.reset_to(LogId::new(4, 9), Membership::default());
+        log.reset_to(LogId::new(4, 9), Membership::default(), 1);
         assert_eq!(log.last_log_id(), LogId::new(4, 9));
         assert_eq!((log.commit_index, log.durable_index), (9, 9));
         assert!(log.matches(LogId::new(4, 9)));

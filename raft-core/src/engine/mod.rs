@@ -205,12 +205,21 @@ pub struct Engine {
     /// Ticks since the last election timeout reset (followers and candidates) or since the last
     /// CheckQuorum round (leaders).
     election_elapsed: u64,
+    /// Ticks (counted like `election_elapsed`) since this node last heard from a leader of its
+    /// term (an AppendEntries or InstallSnapshot) or woke from quiescence after one; `None`
+    /// before it ever did and after it campaigned or granted a vote. With CheckQuorum it refuses
+    /// votes while this is below the minimum election timeout (`in_leader_lease`): the promise
+    /// behind lease reads (see `lease.rs`), kept whatever becomes of its term or `leader_id`
+    /// meanwhile. Only a leadership transfer's vote request overrides it.
+    heard_leader_elapsed: Option<u64>,
     /// Quiescence: timers suspended until an input or a deadline wakes the node (see
     /// `quiesce.rs`).
     quiet: quiesce::Quiet,
     randomized_election_ticks: u64,
     /// The write being accumulated for the next `Persist`.
     pending_write: WriteBatch,
+    /// `Persist` batches emitted so far (the last one's `WriteBatch::seq`).
+    writes_emitted: u64,
     /// Entries in the last write emitted as leader (0 if emitted otherwise): a leader's next
     /// write starts with room for as many when it appends its first entry.
     leader_write_entries: usize,
@@ -294,9 +303,11 @@ impl Engine {
             leader_id: None,
             log: RaftLog::restore(durable.purged, entries, base),
             election_elapsed: 0,
+            heard_leader_elapsed: None,
             quiet: quiesce::Quiet::default(),
             randomized_election_ticks: 0,
             pending_write: WriteBatch::default(),
+            writes_emitted: 0,
             leader_write_entries: 0,
             actions: Vec::new(),
             snapshots: snapshot::SnapshotState::default(),
@@ -428,6 +439,9 @@ impl Engine {
             return self.tick_quiesced();
         }
         self.election_elapsed += 1;
+        if let Some(elapsed) = &mut self.heard_leader_elapsed {
+            *elapsed = elapsed.saturating_add(1);
+        }
         if matches!(self.role, RoleState::Leader(_)) {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_election_ticks && self.may_campaign() {
@@ -616,13 +630,26 @@ impl Engine {
     /// Whether this node heard from a live leader within the minimum election timeout (the
     /// CheckQuorum lease, during which it refuses to help depose that leader).
     ///
+    /// It is counted from the leader's last message alone (`heard_leader_elapsed`), not from
+    /// `leader_id`, which a higher term learned from a response (or any other term change)
+    /// clears: the voter promised the leader's lease reads to refuse votes that long.
+    ///
     /// With lease reads, a node that just started counts as in a lease for its first election
     /// timeout: before a restart it may have acknowledged a leader whose lease still runs.
     fn in_leader_lease(&self) -> bool {
-        let boot_lease = self.config.lease_reads && self.now_tick < self.timing.election_ticks_min;
-        self.config.check_quorum
-            && (self.leader_id.is_some() || boot_lease)
-            && self.election_elapsed < self.timing.election_ticks_min
+        let min = self.timing.election_ticks_min;
+        let heard = self.heard_leader_elapsed.is_some_and(|elapsed| elapsed < min);
+        let boot_lease =
+            self.config.lease_reads && self.now_tick < min && self.election_elapsed < min;
+        self.config.check_quorum && (heard || boot_lease)
+    }
+
+    /// This node heard from the leader of its term: its election timer restarts, and so does
+    /// its promise to refuse votes (`in_leader_lease`).
+    fn heard_from_leader(&mut self, leader_id: NodeId) {
+        self.leader_id = Some(leader_id);
+        self.election_elapsed = 0;
+        self.heard_leader_elapsed = Some(0);
     }
 
     fn emit_apply(&mut self) {

@@ -23,12 +23,19 @@ pub struct PersistedWrite {
     pub last_entry: Option<LogId>,
     /// The hard state of the write (`None` if it carried none).
     pub hard_state: Option<HardState>,
+    /// The engine's number of the last batch the write holds ([`WriteBatch::seq`]): every
+    /// truncation emitted up to that batch is durable.
+    pub seq: u64,
 }
 
 impl PersistedWrite {
     /// Summarizes `batch` before it is handed to the store.
     pub fn of(batch: &WriteBatch) -> Self {
-        Self { last_entry: batch.entries.last().map(Entry::log_id), hard_state: batch.hard_state }
+        Self {
+            last_entry: batch.entries.last().map(Entry::log_id),
+            hard_state: batch.hard_state,
+            seq: batch.seq,
+        }
     }
 }
 
@@ -40,12 +47,10 @@ impl Engine {
         if let Some(hard_state) = write.hard_state {
             self.durable_term = self.durable_term.max(hard_state.current_term);
         }
-        if let Some(last) = write.last_entry {
-            let before = self.log.durable_index;
-            self.log.persisted(last);
-            if self.log.durable_index > before && self.is_leader() {
-                self.maybe_commit();
-            }
+        let before = self.log.durable_index;
+        self.log.persisted(write.seq, write.last_entry);
+        if self.log.durable_index > before && self.is_leader() {
+            self.maybe_commit();
         }
     }
 
@@ -58,7 +63,9 @@ impl Engine {
         if !self.pending_write.is_empty() {
             let entries = self.pending_write.entries.len();
             self.leader_write_entries = if self.is_leader() { entries } else { 0 };
-            let batch = std::mem::take(&mut self.pending_write);
+            let mut batch = std::mem::take(&mut self.pending_write);
+            self.writes_emitted += 1;
+            batch.seq = self.writes_emitted;
             self.actions.push(Action::Persist(batch));
         }
     }

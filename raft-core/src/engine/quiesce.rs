@@ -139,6 +139,10 @@ impl Engine {
             }
             _ => {
                 self.reset_election_timer();
+                if self.heard_leader_elapsed.is_some() {
+                    // The promise to refuse votes restarts too (see `Engine::wake`).
+                    self.heard_leader_elapsed = Some(0);
+                }
                 if waker == Waker::Other {
                     self.quiet.marks_ignored = true;
                     self.quiet.announce = true;

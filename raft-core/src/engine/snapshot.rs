@@ -192,8 +192,7 @@ impl Engine {
         if req.term > current || !matches!(self.role, RoleState::Follower) {
             self.become_follower(req.term, Some(req.leader_id));
         }
-        self.leader_id = Some(req.leader_id);
-        self.election_elapsed = 0;
+        self.heard_from_leader(req.leader_id);
         let term = self.hard_state.current_term;
         let answer = |next_offset, complete| InstallSnapshotResponse {
             term,
@@ -280,7 +279,7 @@ impl Engine {
         let last = meta.last_included;
         tracing::info!(id = self.id, snapshot = ?last, size = meta.size, "installing snapshot from the leader");
         self.actions.push(Action::InstallSnapshot(meta.clone()));
-        self.log.reset_to(last, meta.membership.clone());
+        self.log.reset_to(last, meta.membership.clone(), self.writes_emitted + 1);
         self.sync_membership();
         self.snapshots.base_index = last.index;
         self.snapshots.bytes_since = 0;

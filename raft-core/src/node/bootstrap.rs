@@ -56,6 +56,7 @@ pub(super) async fn bootstrap<S: LogStore>(
         hard_state: Some(hard_state),
         truncate_from: None,
         entries: vec![entry.clone()],
+        seq: 0,
     };
     store.write(batch).await?;
     tracing::info!(id, "bootstrapped: the membership is the first entry of the log");

@@ -706,6 +706,7 @@ mod tests {
             hard_state: Some(HardState { current_term: 1, voted_for: Some(1) }),
             truncate_from: None,
             entries,
+            seq: 0,
         }
     }
 

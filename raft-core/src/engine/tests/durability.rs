@@ -178,3 +178,67 @@ fn a_timeout_now_election_won_at_once_waits_for_the_term() {
         }
     }
 }
+
+fn ae(
+    term: Term,
+    leader: NodeId,
+    prev: LogId,
+    entries: &[(Term, LogIndex)],
+    commit: LogIndex,
+) -> RpcRequest {
+    RpcRequest::AppendEntries(AppendEntriesRequest {
+        term,
+        leader_id: leader,
+        prev_log_id: prev,
+        entries: entries
+            .iter()
+            .map(|&(t, i)| Entry { index: i, term: t, payload: EntryPayload::Blank })
+            .collect(),
+        leader_commit: commit,
+        read_round: 0,
+        quiesce: false,
+    })
+}
+
+/// Guards `persisted`: a finished write is no proof that an entry with the same id, written again
+/// by a later write that has not finished (after a truncation that removed it in between), is
+/// durable. Found by review 39 (raft-core engine): `durable_index` rose to 3 on the report of the
+/// first write, and a follower applied entries a crash could lose.
+#[test]
+fn an_entry_overwritten_and_rewritten_is_not_durable_before_the_rewrite() {
+    let durable = DurableState::default();
+    let mut e = config(1, 5).engine(&durable, Vec::new());
+    let mut writes = Vec::new();
+    let mut applied = Vec::new();
+    let step = |e: &mut Engine, writes: &mut Vec<WriteBatch>, applied: &mut Vec<LogIndex>| {
+        for a in e.take_actions() {
+            match a {
+                Action::Persist(b) => writes.push(b),
+                Action::Apply(entries) => applied.extend(entries.iter().map(|x| x.index)),
+                _ => {}
+            }
+        }
+    };
+    // W1: leader 2 of term 2 sends (2,1) (2,2) (2,3).
+    e.on_request(ae(2, 2, LogId::default(), &[(2, 1), (2, 2), (2, 3)], 0), ReplyId(1));
+    step(&mut e, &mut writes, &mut applied);
+    // W2: leader 3 of term 3 overwrites index 2 with (3,2).
+    e.on_request(ae(3, 3, LogId::new(2, 1), &[(3, 2)], 1), ReplyId(2));
+    step(&mut e, &mut writes, &mut applied);
+    // W3: leader 4 of term 4 (elected by 2, 4, 5 with logs ending at (2,3)) writes (2,2) (2,3)
+    // again and says index 3 is committed.
+    e.on_request(ae(4, 4, LogId::new(2, 1), &[(2, 2), (2, 3)], 4), ReplyId(3));
+    step(&mut e, &mut writes, &mut applied);
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert_eq!(writes[1].truncate_from, Some(2));
+    // Only W1 is durable: the store holds (2,1..3) now, but W2 will remove (2,2) (2,3) and W3
+    // will write them back; a crash between W2 and W3 leaves the store without them.
+    e.on_persisted(PersistedWrite::of(&writes[0]));
+    step(&mut e, &mut writes, &mut applied);
+    assert!(
+        e.durable_index() <= 1,
+        "durable_index {} although the write that truncates index 2 (W2) and the one that \
+         rewrites it (W3) are not done; applied so far {applied:?}",
+        e.durable_index()
+    );
+}

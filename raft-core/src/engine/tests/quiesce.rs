@@ -402,8 +402,9 @@ fn a_quiesce_mark_from_another_leader_or_of_another_log_does_not_quiesce() {
 }
 
 /// The action trace of a scenario run with `quiesce_idle` off, summarized without the new
-/// fields (`AppendEntriesRequest::quiesce`, `AppendEntriesResponse::quiesced`): it must be what
-/// it was before quiescence existed (digest taken on the commit before it).
+/// fields (`AppendEntriesRequest::quiesce`, `AppendEntriesResponse::quiesced`, and
+/// `WriteBatch::seq`, added since): it must be what it was before quiescence existed (digest
+/// taken on the commit before it).
 fn flag_off_trace_digest() -> (u64, usize) {
     let mut c = Cluster::new(3);
     let leader = c.elect();
@@ -445,6 +446,11 @@ fn flag_off_trace_digest() -> (u64, usize) {
                 )
             }
             Action::Respond { response, .. } => format!("{id} respond {response:?}"),
+            // As `Debug` printed it before `seq` existed.
+            Action::Persist(WriteBatch { hard_state, truncate_from, entries, .. }) => format!(
+                "{id} Persist(WriteBatch {{ hard_state: {hard_state:?}, truncate_from: \
+                 {truncate_from:?}, entries: {entries:?} }})"
+            ),
             other => format!("{id} {other:?}"),
         };
         for byte in line.bytes().chain([b'\n']) {

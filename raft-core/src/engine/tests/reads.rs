@@ -472,3 +472,155 @@ fn voters_without_lease_reads_give_no_lease() {
     assert!(append_entries_sent(&c, 1, before) > 0, "a round instead");
     assert_eq!(c.reads.len(), 1, "answered after the round");
 }
+
+fn tick_without_clock(c: &mut Cluster, ids: &[NodeId], n: usize) {
+    for _ in 0..n {
+        for &id in ids {
+            c.engine(id).tick();
+        }
+        c.settle();
+    }
+}
+
+/// Guards `lease_holds` without a clock: an engine user that never calls `set_now` gets no lease
+/// reads. Found by review 39 (raft-core engine): such a leader's lease never ended, so a leader
+/// paused while the others elected a new leader and committed served a stale read on resuming.
+#[test]
+fn without_a_clock_the_lease_never_ends() {
+    let mut c = lease_cluster();
+    let mut leader = None;
+    for _ in 0..200 {
+        tick_without_clock(&mut c, &[1, 2, 3], 1);
+        if let [l] = c.leaders()[..] {
+            leader = Some(l);
+            break;
+        }
+    }
+    let leader = leader.expect("a leader");
+    c.propose(leader, b"a");
+    tick_without_clock(&mut c, &[1, 2, 3], 6);
+    let old_commit = c.nodes[&leader].engine.commit_index();
+    // The leader is paused (no ticks, no inputs); the others elect a new leader and commit.
+    c.isolated.insert(leader);
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    tick_without_clock(&mut c, &others, 200);
+    let new_leader = c.leaders()[0];
+    c.propose(new_leader, b"b");
+    tick_without_clock(&mut c, &others, 3);
+    let new_commit = c.nodes[&new_leader].engine.commit_index();
+    assert!(new_commit > old_commit);
+    // The old leader resumes and gets a read.
+    c.engine(leader).read_index(ReadId(9));
+    let actions = c.engine(leader).take_actions();
+    let stale = actions.iter().any(
+        |a| matches!(a, Action::ReadIndexReady { id: ReadId(9), result: Ok(i) } if *i < new_commit),
+    );
+    assert!(!stale, "stale lease read at {old_commit} < {new_commit}: {actions:?}");
+}
+
+fn tick_some(c: &mut Cluster, ids: &[NodeId]) {
+    let interval = std::time::Duration::from_millis(10);
+    c.now += interval;
+    for &id in ids {
+        let now = c.now;
+        c.engine(id).set_now(now);
+        c.engine(id).tick();
+    }
+    c.settle();
+}
+
+/// Guards the voters' lease promise against term changes: a voter that promised the leader its
+/// lease (acknowledged an AppendEntries) and then adopts a higher term from a *response* (here the
+/// late answer to a pre-vote it asked for during the election the leader won) still refuses votes
+/// until the promise runs out, and the node it then elects commits only after the old leader's
+/// lease ended. Found by review 39 (raft-core engine): the new term cleared `leader_id` and with
+/// it the promise, the voter voted for another node at once, which committed a write, while the
+/// old leader, paused, still answered reads from its lease.
+#[test]
+fn a_higher_term_in_a_response_ends_a_voters_lease_promise_early() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut c = config(id, 3);
+            c.lease_reads = true;
+            c
+        })
+        .collect();
+    let mut c = Cluster::with_configs(configs);
+    let leader = c.elect();
+    let term = c.nodes[&leader].engine.hard_state().current_term;
+    let mut others = (1..=3).filter(|&id| id != leader);
+    let (f, k) = (others.next().unwrap(), others.next().unwrap());
+    // K runs without PreVote (ARCHITECTURE: a node cut off for long with PreVote off).
+    c.engine(k).config.pre_vote = false;
+    // The pre-vote F asked K for in the election the leader won, whose answer is late.
+    let f_pre_vote = RpcRequest::RequestVote(RequestVoteRequest {
+        term,
+        candidate_id: f,
+        last_log_id: c.nodes[&f].engine.last_log_id(),
+        pre_vote: true,
+        leadership_transfer: false,
+    });
+    // The link leader-K fails: K campaigns (term + 1); F, in the lease, refuses it.
+    c.links_down.insert((leader.min(k), leader.max(k)));
+    let mut guard = 0;
+    while c.nodes[&k].engine.hard_state().current_term == term {
+        tick_some(&mut c, &[1, 2, 3]);
+        guard += 1;
+        assert!(guard < 500);
+    }
+    assert_eq!(c.nodes[&f].engine.hard_state().current_term, term, "F refused K's vote request");
+    // Until K is about to campaign again (the leader heartbeats F all along: its lease holds).
+    loop {
+        let e = &c.nodes[&k].engine;
+        if e.election_elapsed + 1 >= e.randomized_election_ticks {
+            break;
+        }
+        tick_some(&mut c, &[1, 2, 3]);
+    }
+    let last_ack = c.now;
+    // K answers F's old pre-vote now, with its current term.
+    c.engine(k).on_request(f_pre_vote.clone(), ReplyId(900_000));
+    let answer = c
+        .engine(k)
+        .take_actions()
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Respond { reply_to: ReplyId(900_000), response, .. } => Some(response),
+            _ => None,
+        })
+        .unwrap();
+    c.engine(f).on_response(k, SentRequest::of(&f_pre_vote), answer);
+    c.drain(f);
+    assert!(c.nodes[&f].engine.hard_state().current_term > term, "F took K's term");
+    // The leader is paused from now on (or its link from F is slow).
+    c.isolated.insert(leader);
+    tick_some(&mut c, &[f, k]);
+    c.settle();
+    // (Before the fix F voted for K here, at once, and K led.)
+    assert_ne!(c.nodes[&k].engine.role(), Role::Leader, "F voted for K inside its promise");
+    assert_ne!(c.nodes[&f].engine.hard_state().voted_for, Some(k), "F voted inside its promise");
+    // 20 ms after F's last acknowledgement the old leader gets a read: nothing newer is
+    // committed (it may answer from its lease).
+    let at = last_ack + std::time::Duration::from_millis(20);
+    c.engine(leader).set_now(at);
+    c.engine(leader).read_index(ReadId(7));
+    c.engine(leader).take_actions();
+    // Once F's promise ran out, K wins and commits; the old leader's lease is over by then.
+    let mut guard = 0;
+    while c.nodes[&k].engine.role() != Role::Leader {
+        tick_some(&mut c, &[f, k]);
+        guard += 1;
+        assert!(guard < 500, "K never won");
+    }
+    c.propose(k, b"written by K");
+    let new_commit = c.nodes[&k].engine.commit_index();
+    assert!(c.nodes[&k].engine.commit_index() > c.nodes[&leader].engine.commit_index());
+    let now = c.now;
+    c.engine(leader).set_now(now);
+    c.engine(leader).read_index(ReadId(8));
+    let actions = c.engine(leader).take_actions();
+    let stale = actions.iter().any(
+        |a| matches!(a, Action::ReadIndexReady { id: ReadId(8), result: Ok(i) } if *i < new_commit),
+    );
+    assert!(!stale, "stale lease read (K committed {new_commit}): {actions:?}");
+}
